@@ -1,0 +1,1 @@
+"""spanproof's performance harness (``python -m benchmarks.run``)."""

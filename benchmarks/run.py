@@ -1,0 +1,278 @@
+"""spanproof performance harness.
+
+    python -m benchmarks.run [--quick] [--reps N] [--traces N] [--only SECTION,...]
+
+Alternates the configurations within one run, repeats each ``--reps`` times, and
+prints medians and ratios against baselines measured in the same run.  Sections:
+
+* ``app``: app-thread spans/s (time for the application thread to create and end
+  the spans) with a ``BatchSpanProcessor`` over a no-op exporter, the stock
+  OTLP/gRPC exporter to a local sink process, spanproof with 100% of spans
+  selected, and with 10% selected;
+* ``e2e``: end-to-end spans/s for the same (until every span is acknowledged by
+  the sink, or every bundle is sealed on disk);
+* ``canonical``: RFC 8785 records/s, ours against the ``rfc8785`` package;
+* ``verify``: records/s and peak memory verifying one trace of many records.
+
+``--quick`` uses tiny sizes (the test suite runs it so the harness cannot rot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+LONG_TEXT = "The customer reports a duplicate charge on invoice 2291; " * 4  # ~230 bytes
+
+
+class NoopExporter(SpanExporter):
+    """Accepts and discards spans."""
+
+    def export(self, spans: Sequence[Any]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+def workload(provider: TracerProvider, traces: int, selected_every: int) -> int:
+    """Create *traces* traces of a root and four children; return the span count.
+
+    Every ``selected_every``-th trace carries GenAI attributes (evidence); the others
+    carry attributes of the same size that select nothing.
+    """
+    tracer = provider.get_tracer("bench", "1.0")
+    for i in range(traces):
+        evidence = i % selected_every == 0
+        op_key = "gen_ai.operation.name" if evidence else "app.operation.name"
+        with tracer.start_as_current_span("handle_case", attributes={op_key: "workflow"}):
+            for step in ("classify", "retrieve", "policy", "draft"):
+                with tracer.start_as_current_span(
+                    f"chat {step}",
+                    attributes={
+                        op_key: "chat",
+                        "gen_ai.request.model": "local-model-1",
+                        "gen_ai.usage.input_tokens": 412,
+                        "gen_ai.usage.output_tokens": 96,
+                        "app.prompt": LONG_TEXT,
+                        "app.completion": LONG_TEXT,
+                    },
+                ):
+                    pass
+    return traces * 5
+
+
+class Sink:
+    """A local OTLP/gRPC sink in a child process."""
+
+    def __enter__(self) -> Sink:
+        self._dir = tempfile.mkdtemp(prefix="spanproof-bench-")
+        port_file = os.path.join(self._dir, "port")
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks._sink", port_file],
+            stdin=subprocess.PIPE, cwd=here,
+        )
+        deadline = time.monotonic() + 30
+        while not os.path.exists(port_file) or not open(port_file).read():
+            if time.monotonic() > deadline:
+                raise RuntimeError("sink did not start")
+            time.sleep(0.05)
+        self.endpoint = f"127.0.0.1:{open(port_file).read()}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._proc.stdin is not None
+        self._proc.stdin.close()
+        self._proc.wait(10)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _make(config: str, sink: Sink, out_dir: str) -> tuple[SpanExporter, int]:
+    if config == "noop":
+        return NoopExporter(), 1
+    if config == "otlp-grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter(endpoint=sink.endpoint, insecure=True), 1
+    from spanproof.exporter import SpanproofSpanExporter
+
+    every = 1 if config == "spanproof-100%" else 10
+    return SpanproofSpanExporter(output_dir=out_dir, seal_grace=0.05), every
+
+
+def run_once(config: str, sink: Sink, traces: int, queue: int) -> tuple[float, float]:
+    """Return (app-thread spans/s, end-to-end spans/s) for one configuration."""
+    out_dir = tempfile.mkdtemp(prefix="spanproof-bench-out-")
+    try:
+        exporter, every = _make(config, sink, out_dir)
+        provider = TracerProvider(resource=Resource.create({"service.name": "bench"}))
+        # A queue as large as the run: nothing is dropped, so end-to-end counts all.
+        provider.add_span_processor(
+            BatchSpanProcessor(exporter, max_queue_size=queue, max_export_batch_size=512)
+        )
+        gc.collect()
+        start = time.perf_counter()
+        spans = workload(provider, traces, every)
+        app_done = time.perf_counter()
+        provider.shutdown()  # flushes the processor, then shuts the exporter down
+        end = time.perf_counter()
+        return spans / (app_done - start), spans / (end - start)
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def section_app(reps: int, traces: int) -> dict[str, tuple[float, float]]:
+    configs = ["noop", "otlp-grpc", "spanproof-100%", "spanproof-10%"]
+    app: dict[str, list[float]] = {c: [] for c in configs}
+    e2e: dict[str, list[float]] = {c: [] for c in configs}
+    with Sink() as sink:
+        for _ in range(reps):
+            for config in configs:  # alternate within the run
+                a, e = run_once(config, sink, traces, queue=traces * 5 + 1)
+                app[config].append(a)
+                e2e[config].append(e)
+    return {c: (statistics.median(app[c]), statistics.median(e2e[c])) for c in configs}
+
+
+def section_canonical(reps: int, n: int) -> tuple[float, float]:
+    import rfc8785
+
+    from spanproof.verifier.canonical import canonicalize
+
+    records = [_sample_record(i) for i in range(n)]
+    ours, theirs = [], []
+    for _ in range(reps):
+        for fn, sink_list in ((canonicalize, ours), (rfc8785.dumps, theirs)):
+            start = time.perf_counter()
+            for r in records:
+                fn(r)
+            sink_list.append(n / (time.perf_counter() - start))
+    for r in records:
+        assert canonicalize(r) == rfc8785.dumps(r)
+    return statistics.median(ours), statistics.median(theirs)
+
+
+def _sample_record(i: int) -> dict[str, Any]:
+    tid = f"{i + 1:032x}"
+    return {
+        "mediaType": "application/vnd.spanproof.cer.v1+json",
+        "seq": str(i),
+        "prev": "sha256:" + "ab" * 32,
+        "span": {
+            "traceId": tid, "spanId": f"{i + 1:016x}", "parentSpanId": "", "traceState": "",
+            "name": "chat classify", "kind": "SPAN_KIND_CLIENT",
+            "startTimeUnixNano": "1764331200000000000", "endTimeUnixNano": "1764331200500000000",
+            "status": {"code": "STATUS_CODE_UNSET", "message": ""},
+            "attributes": {
+                "gen_ai.operation.name": {"stringValue": "chat"},
+                "gen_ai.request.model": {"stringValue": "local-model-1"},
+                "gen_ai.usage.input_tokens": {"intValue": "412"},
+                "app.prompt": {"stringValue": LONG_TEXT},
+                "app.completion": {"stringValue": LONG_TEXT + "é\u2028"},
+            },
+            "droppedAttributesCount": "0", "events": [], "droppedEventsCount": "0",
+            "links": [], "droppedLinksCount": "0",
+        },
+        "resource": {"attributes": {"service.name": {"stringValue": "bench"}},
+                     "droppedAttributesCount": "0", "schemaUrl": ""},
+        "scope": {"name": "bench", "version": "1.0", "attributes": {},
+                  "droppedAttributesCount": "0", "schemaUrl": ""},
+    }
+
+
+def section_verify(records: int) -> tuple[float, float]:
+    """Seal one trace of *records* records, then verify it in a child process and
+    report records/s and the child's peak RSS (MiB)."""
+    from datetime import datetime, timezone
+
+    from spanproof.exporter.keys import SigningKey
+    from spanproof.exporter.sealing import ChainPosition, seal
+    from spanproof.verifier.statement import Producer
+
+    tid = "0af7651916cd43dd8448eb211c80319c"
+    bodies = []
+    for i in range(records):
+        r = _sample_record(i)
+        r["span"]["traceId"] = tid
+        bodies.append({"span": r["span"], "resource": r["resource"], "scope": r["scope"]})
+    key = SigningKey.from_seed(bytes(32))
+    sealed = seal(tid, bodies, ChainPosition.genesis(tid), signer=key,
+                  producer=Producer("bench", "0", "00"),
+                  sealed_at=datetime(2026, 1, 1, tzinfo=timezone.utc), reason="shutdown")
+    del bodies
+    d = tempfile.mkdtemp(prefix="spanproof-bench-verify-")
+    try:
+        path = os.path.join(d, "t.spanproof.json")
+        with open(path, "wb") as f:
+            f.write(sealed.data)
+        pub = os.path.join(d, "k.pub")
+        with open(pub, "wb") as f:
+            f.write(key.public_pem())
+        code = (
+            "import sys,time\n"
+            "from spanproof.verifier import TrustRoot, check_bundle\n"
+            f"t=TrustRoot.from_pem_files([{pub!r}])\n"
+            "s=time.perf_counter()\n"
+            f"r=check_bundle({path!r}, t)\n"
+            "e=time.perf_counter()-s\n"
+            "assert r.ok, r.reason\n"
+            # VmHWM, not ru_maxrss: Linux carries ru_maxrss over execve from the
+            # forked parent, which would report the harness's memory, not ours.
+            "hwm=[l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+            "print(e, hwm.split()[1])\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True).stdout.split()
+        return records / float(out[0]), int(out[1]) / 1024
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
+    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--traces", type=int, default=None)
+    parser.add_argument("--only", default="app,canonical,verify")
+    args = parser.parse_args(argv)
+    reps = args.reps or (1 if args.quick else 5)
+    traces = args.traces or (20 if args.quick else 2000)
+    sections = set(args.only.split(","))
+    out: Callable[[str], None] = print
+    out(f"spanproof benchmark: python {sys.version.split()[0]}, {os.cpu_count()} cores, "
+        f"reps={reps}, traces={traces} (x5 spans); medians")
+    if "app" in sections:
+        res = section_app(reps, traces)
+        base_app, base_e2e = res["noop"]
+        otlp_app, otlp_e2e = res["otlp-grpc"]
+        out(f"{'config':<16}{'app spans/s':>14}{'x noop':>9}{'e2e spans/s':>14}{'x otlp':>9}")
+        for config, (a, e) in res.items():
+            out(f"{config:<16}{a:>14,.0f}{a / base_app:>9.2f}{e:>14,.0f}{e / otlp_e2e:>9.2f}")
+        _ = (base_e2e, otlp_app)
+    if "canonical" in sections:
+        ours, theirs = section_canonical(reps, 200 if args.quick else 5000)
+        out(f"canonical: spanproof {ours:,.0f} records/s, rfc8785 {theirs:,.0f} records/s, "
+            f"ratio {ours / theirs:.2f}x (byte-identical)")
+    if "verify" in sections:
+        n = 500 if args.quick else 100_000
+        rate, rss = section_verify(n)
+        out(f"verify: {n:,} records at {rate:,.0f} records/s, peak RSS {rss:,.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

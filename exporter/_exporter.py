@@ -1,0 +1,486 @@
+"""The OpenTelemetry SDK span exporter: selected spans in, sealed bundle files out.
+
+``export()`` runs on the span processor's thread and does only cheap work: select,
+normalize, hand the bodies to the :class:`~spanproof.exporter.assembly.TraceAssembler`.
+A daemon thread ("the sealer") seals traces when they are due, signs them and writes
+them through the sink; file I/O and signing never happen on the caller's thread.
+
+Locks: ``_lock`` guards the assembler and the sealer's state (held briefly, never
+during signing or I/O); ``_seal_lock`` makes sealing cycles (worker, ``force_flush``,
+``shutdown``) run one at a time, so when a cycle starts no segment is in flight.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import os
+import secrets
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from spanproof.verifier.canonical import canonicalize
+from spanproof.verifier.errors import CanonicalizationError
+from spanproof.verifier.statement import Completeness, Producer
+
+from .assembly import SHUTDOWN, SealJob, TraceAssembler
+from .config import ExporterConfig
+from .keys import SigningKey, load_or_create
+from .normalize import span_to_body
+from .sealing import SealedBundle, seal
+from .selection import AttributeSelector, Selector
+from .sinks import BundleSink, DirectorySink
+
+__all__ = ["PRODUCER_NAME", "SpanproofSpanExporter"]
+
+_logger = logging.getLogger(__name__)
+
+PRODUCER_NAME = "spanproof-exporter"
+# The sealer re-reads the clock at least this often (seconds), so a clock that
+# jumps, or a test clock, never leaves it asleep for long.
+_MAX_SLEEP = 1.0
+# Bundles kept in memory while the sink fails, and the wait between retries.
+_MAX_UNWRITTEN = 1024
+_RETRY_SECONDS = 1.0
+_BACKOFF_SECONDS = 0.05
+_MIN_SHUTDOWN_SECONDS = 5.0
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("spanproof")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _new_producer() -> Producer:
+    return Producer(PRODUCER_NAME, _package_version(), secrets.token_hex(8))
+
+
+def _selection_attributes(span: ReadableSpan) -> Mapping[str, Any]:
+    # Selection runs for every span the application ends, so it reads the SDK's
+    # underlying dict when it can: ``span.attributes`` wraps BoundedAttributes in a
+    # MappingProxyType whose lookups run in Python and cost ten times more.
+    bounded = getattr(span, "_attributes", None)
+    raw = getattr(bounded, "_dict", None)
+    if type(raw) is dict:
+        return raw
+    if type(bounded) is dict:
+        return bounded
+    return span.attributes or {}
+
+
+class SpanproofSpanExporter(SpanExporter):
+    """Certifies evidence spans into signed, hash-chained bundle files.
+
+    Every setting follows :class:`~spanproof.exporter.config.ExporterConfig`: an
+    argument that is not ``None``, else its ``OTEL_EXPORTER_SPANPROOF_*`` variable,
+    else the default, so ``SpanproofSpanExporter()`` (what ``OTEL_TRACES_EXPORTER=
+    spanproof`` constructs) is configured by the environment alone.
+
+    Args:
+        output_dir: directory for bundle files (and the generated key).
+        key_file: PKCS#8 PEM Ed25519 private key; unset, a key is generated once
+            at ``<output_dir>/keys/signing.key``.
+        selector: decides which spans are evidence (default: the configured
+            attribute rules, see :class:`~spanproof.exporter.selection.AttributeSelector`).
+        select_attributes, select_all: the default selector's rules.
+        seal_grace: seconds to wait after a trace's local root span ended.
+        idle_timeout: seconds without a new span after which a trace is sealed.
+        max_records: records per bundle.
+        max_pending_traces: open traces held in memory.
+        sealed_trace_memory: sealed traces whose chain position is remembered.
+        signing_key: a key object to sign with (overrides *key_file*).
+        clock: returns the current time as seconds since the epoch (default
+            :func:`time.time`); used for deadlines and the bundles' ``sealedAt``.
+        sink: where bundles go (default: a :class:`~spanproof.exporter.sinks.DirectorySink`
+            on *output_dir*).
+
+    Raises:
+        ValueError: a malformed setting (naming its environment variable).
+        InvalidKey: the key file cannot be used.
+        OSError: the key directory cannot be created.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        *,
+        selector: Selector | None = None,
+        select_attributes: Sequence[str] | None = None,
+        select_all: bool | None = None,
+        seal_grace: float | None = None,
+        idle_timeout: float | None = None,
+        max_records: int | None = None,
+        max_pending_traces: int | None = None,
+        sealed_trace_memory: int | None = None,
+        signing_key: SigningKey | None = None,
+        clock: Callable[[], float] | None = None,
+        sink: BundleSink | None = None,
+    ) -> None:
+        config = ExporterConfig.from_env(
+            output_dir=os.fspath(output_dir) if output_dir is not None else None,
+            key_file=os.fspath(key_file) if key_file is not None else None,
+            select_attributes=tuple(select_attributes) if select_attributes is not None else None,
+            select_all=select_all,
+            seal_grace=seal_grace,
+            idle_timeout=idle_timeout,
+            max_records=max_records,
+            max_pending_traces=max_pending_traces,
+            sealed_trace_memory=sealed_trace_memory,
+        )
+        output = os.path.abspath(config.output_dir)
+        self._config = dataclasses.replace(config, output_dir=output)
+        if signing_key is None:
+            if config.key_file is not None:
+                signing_key = SigningKey.load(config.key_file)
+            else:
+                signing_key = load_or_create(os.path.join(output, "keys"))
+        self._signer = signing_key
+        self._selector: Selector = selector or AttributeSelector.from_config(config)
+        self._clock: Callable[[], float] = clock or time.time
+        self._sink: BundleSink = sink or DirectorySink(output)
+        self._shutdown = False
+        self._reset_process_state()
+        weak_reinit = weakref.WeakMethod(self._after_fork_in_child)
+
+        def after_in_child() -> None:
+            reinit = weak_reinit()
+            if reinit is not None:
+                reinit()
+
+        if hasattr(os, "register_at_fork"):  # POSIX
+            os.register_at_fork(after_in_child=after_in_child)
+
+    def _reset_process_state(self) -> None:
+        """Everything that belongs to one process: locks, pending traces, the sealer."""
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._seal_lock = threading.Lock()
+        self._assembler = TraceAssembler.from_config(self._config)
+        self._producer = _new_producer()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        # When the waiting sealer will wake; -inf while it is not waiting.
+        self._wake_at = float("-inf")
+        self._unwritten: collections.deque[SealedBundle] = collections.deque()
+        self._retry_at = float("-inf")
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's pending traces stay the parent's: it seals them.  The child
+        # starts empty, with fresh locks (another thread may have held the parent's
+        # at fork time), a new producer instance (so bundle names never collide),
+        # and starts its own sealer on its next export.
+        self._reset_process_state()
+
+    @property
+    def config(self) -> ExporterConfig:
+        """The resolved settings (``output_dir`` made absolute)."""
+        return self._config
+
+    @property
+    def producer(self) -> Producer:
+        """The producer identity stated in this process's bundles."""
+        return self._producer
+
+    @property
+    def keyid(self) -> str:
+        """The key id (SPEC §6.1) of the signing key."""
+        return self._signer.keyid
+
+    # -- SpanExporter ------------------------------------------------------------
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Select and normalize *spans* and queue them for sealing.
+
+        Never raises and never blocks on I/O.  Returns FAILURE after shutdown or
+        when a span could not be handled (a selected span that cannot be
+        normalized is declared as rejected in its trace's bundle).
+        """
+        try:
+            return self._export(spans)
+        except Exception:
+            _logger.exception("spanproof: export failed")
+            return SpanExportResult.FAILURE
+
+    def _export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._shutdown:
+            _logger.warning("spanproof: export called after shutdown; %d span(s) ignored",
+                            len(spans))
+            return SpanExportResult.FAILURE
+        selects = self._selector.selects
+        bodies: list[tuple[str, dict[str, Any]]] = []
+        rejected: list[str] = []
+        roots: list[str] = []
+        failed = 0
+        for span in spans:
+            try:
+                if selects(_selection_attributes(span)):
+                    try:
+                        body = span_to_body(span)
+                    except Exception as e:
+                        failed += 1
+                        trace_id = _trace_id_of(span)
+                        if trace_id is not None:
+                            rejected.append(trace_id)
+                        _logger.warning("spanproof: cannot certify span %s of trace %s "
+                                        "(%s: %s); declared as rejected",
+                                        _span_id_of(span), trace_id, type(e).__name__, e)
+                    else:
+                        bodies.append((body["span"]["traceId"], body))
+                parent = span.parent
+                if parent is None or parent.is_remote:
+                    trace_id = _trace_id_of(span)
+                    if trace_id is not None:
+                        roots.append(trace_id)
+            except Exception as e:
+                failed += 1
+                _logger.warning("spanproof: cannot read a span (%s: %s); skipped",
+                                type(e).__name__, e)
+        now = self._clock()
+        with self._cond:
+            if self._shutdown:
+                _logger.warning("spanproof: exporter shut down during export; %d evidence "
+                                "span(s) not certified", len(bodies))
+                return SpanExportResult.FAILURE
+            if self._thread is None:
+                self._start_sealer()
+            wake = False
+            assembler = self._assembler
+            for trace_id, body in bodies:
+                wake = assembler.add(trace_id, body, now) or wake
+            for trace_id in rejected:
+                assembler.reject(trace_id, now)
+            # Roots last: a root and its children often arrive in one batch.
+            for trace_id in roots:
+                assembler.root_ended(trace_id, now)
+            deadline = assembler.next_deadline()
+            if wake or (deadline is not None and deadline < self._wake_at):
+                self._cond.notify()
+        return SpanExportResult.FAILURE if failed else SpanExportResult.SUCCESS
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Seal and write every trace that is due, on the calling thread.
+
+        Traces whose local root span ended are sealed without waiting for the
+        grace (reason ``force_flush``); traces still open are not cut.  Returns
+        True when everything due is written, False on timeout, after shutdown,
+        or while the sink keeps failing.
+        """
+        if self._shutdown:
+            return False
+        deadline = time.monotonic() + timeout_millis / 1000
+        try:
+            return self._cycle(flush=True, deadline=deadline)
+        except Exception:
+            _logger.exception("spanproof: force_flush failed")
+            return False
+
+    def shutdown(self, timeout_millis: float = 30000) -> None:
+        """Seal everything pending (reason ``shutdown``), write it, stop the sealer.
+
+        Idempotent; later exports return FAILURE.  *timeout_millis* (which the SDK's
+        BatchSpanProcessor passes) bounds the wait, but sealing pending traces gets
+        at least 5 seconds: a smaller budget would lose evidence.
+        Whatever is still unwritten at the end is logged as an error.
+        """
+        with self._cond:
+            if self._shutdown:
+                return
+            self._shutdown = True
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        deadline = time.monotonic() + max(timeout_millis / 1000, _MIN_SHUTDOWN_SECONDS)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        try:
+            done = self._cycle(drain=SHUTDOWN, deadline=deadline)
+        except Exception:
+            _logger.exception("spanproof: sealing at shutdown failed")
+            done = False
+        if not done or self._unwritten:
+            _logger.error("spanproof: shutdown incomplete: %d sealed bundle(s) not written, "
+                          "%d trace(s) not sealed", len(self._unwritten),
+                          self._assembler.pending_traces)
+
+    # -- the sealer --------------------------------------------------------------
+
+    def _start_sealer(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name="spanproof-sealer", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        worked = True
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                now = self._clock()
+                wake = self._assembler.next_deadline()
+                if self._unwritten:
+                    wake = self._retry_at if wake is None else min(wake, self._retry_at)
+                timeout = _MAX_SLEEP if wake is None else min(max(wake - now, 0.0), _MAX_SLEEP)
+                if timeout == 0 and not worked:
+                    # Something looked due but the last pass sealed nothing: no spinning.
+                    timeout = _BACKOFF_SECONDS
+                if timeout > 0:
+                    self._wake_at = now + timeout
+                    self._cond.wait(timeout)
+                    self._wake_at = float("-inf")
+                if self._stopping:
+                    return
+            try:
+                worked = self._cycle(flush=False, deadline=None, report_work=True)
+            except Exception:
+                _logger.exception("spanproof: sealing cycle failed")
+                worked = False
+
+    def _cycle(
+        self,
+        *,
+        flush: bool = False,
+        drain: str | None = None,
+        deadline: float | None,
+        report_work: bool = False,
+    ) -> bool:
+        """One sealing pass.  Returns whether it completed (or, with *report_work*,
+        whether it sealed or wrote anything)."""
+        timeout = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._seal_lock.acquire(timeout=timeout):
+            return False
+        try:
+            worked = self._retry_unwritten()
+            while True:
+                with self._lock:
+                    if drain is not None:
+                        jobs = self._assembler.drain_all(drain)
+                    else:
+                        jobs = self._assembler.due(self._clock(), flush=flush)
+                if not jobs:
+                    break
+                sealed = [self._seal_and_write(job) for job in jobs]
+                if not any(sealed):
+                    return False  # every job failed: retry on a later pass
+                worked = True
+                if deadline is not None and time.monotonic() > deadline:
+                    return False
+            return worked if report_work else not self._unwritten
+        finally:
+            self._seal_lock.release()
+
+    def _seal_and_write(self, job: SealJob) -> bool:
+        """Seal *job* and write it; False when it could not be sealed."""
+        try:
+            bundle = self._seal(job)
+        except Exception as e:
+            _logger.exception("spanproof: cannot seal segment of trace %s", job.trace_id)
+            with self._lock:
+                self._assembler.abandon(
+                    job, f"{len(job.bodies)} span(s) lost: sealing failed ({type(e).__name__})"
+                )
+            return False
+        with self._lock:
+            self._assembler.sealed(job, bundle.next_position())
+        self._write(bundle)
+        return True
+
+    def _seal(self, job: SealJob) -> SealedBundle:
+        sealed_at = datetime.fromtimestamp(self._clock(), timezone.utc)
+        bodies = job.bodies
+        completeness = job.completeness
+        try:
+            return self._sign(job, bodies, completeness, sealed_at)
+        except CanonicalizationError:
+            pass
+        # Some span holds a value JSON cannot carry (a string with a lone surrogate):
+        # certify the others and declare the rest rejected (SPEC §5.3).
+        kept = []
+        for body in bodies:
+            try:
+                canonicalize(body)
+            except CanonicalizationError:
+                continue
+            kept.append(body)
+        bad = len(bodies) - len(kept)
+        _logger.warning("spanproof: %d span(s) of trace %s rejected: not representable as "
+                        "canonical JSON", bad, job.trace_id)
+        completeness = dataclasses.replace(
+            completeness,
+            rejected_spans=completeness.rejected_spans + bad,
+            notes=(*completeness.notes,
+                   f"{bad} span(s) rejected: a value has no canonical JSON form "
+                   "(e.g. a string with a lone surrogate)"),
+        )
+        return self._sign(job, tuple(kept), completeness, sealed_at)
+
+    def _sign(
+        self,
+        job: SealJob,
+        bodies: Sequence[Mapping[str, Any]],
+        completeness: Completeness,
+        sealed_at: datetime,
+    ) -> SealedBundle:
+        return seal(
+            job.trace_id,
+            bodies,
+            job.position,
+            signer=self._signer,
+            producer=self._producer,
+            sealed_at=sealed_at,
+            reason=job.reason,
+            completeness=completeness,
+        )
+
+    def _write(self, bundle: SealedBundle) -> bool:
+        try:
+            self._sink.write(bundle)
+        except Exception as e:
+            _logger.error("spanproof: cannot write bundle %s (%s); will retry",
+                          bundle.file_name, e)
+            self._unwritten.append(bundle)
+            if len(self._unwritten) > _MAX_UNWRITTEN:
+                lost = self._unwritten.popleft()
+                _logger.error("spanproof: bundle %s discarded: %d bundles are waiting "
+                              "for a failing sink", lost.file_name, _MAX_UNWRITTEN)
+            self._retry_at = self._clock() + _RETRY_SECONDS
+            return False
+        return True
+
+    def _retry_unwritten(self) -> bool:
+        wrote = False
+        while self._unwritten:
+            bundle = self._unwritten.popleft()
+            if not self._write(bundle):
+                # _write queued it at the back; keep the original order.
+                self._unwritten.rotate(1)
+                break
+            wrote = True
+        return wrote
+
+
+def _trace_id_of(span: ReadableSpan) -> str | None:
+    ctx = span.get_span_context()
+    if ctx is None or not 0 < ctx.trace_id < 1 << 128:
+        return None
+    return f"{ctx.trace_id:032x}"
+
+
+def _span_id_of(span: ReadableSpan) -> str:
+    try:
+        ctx = span.get_span_context()
+        return f"{ctx.span_id:016x}" if ctx is not None else "?"
+    except Exception:
+        return "?"

@@ -1,0 +1,489 @@
+"""Per-trace assembly: which record bodies go into which bundle, and when.
+
+A trace's spans arrive over many export calls, interleaved with other traces.  The
+:class:`TraceAssembler` keeps each open trace's bodies and chain position, decides
+when a trace is due for sealing (SPEC §5.3 seal reasons), and hands out
+:class:`SealJob` values; whoever seals a job reports back with :meth:`~TraceAssembler.sealed`
+so the trace's next segment continues the chain (SPEC §4.4).
+
+Pure state: no OpenTelemetry, no I/O, no clock reads (every call takes ``now``, in
+seconds), no threads.  **Not thread-safe**: the owner serializes every call (the
+SDK exporter holds one lock around each).  Sealing itself happens outside, so a
+trace's segment is "in flight" between :meth:`~TraceAssembler.due` and
+:meth:`~TraceAssembler.sealed`; spans arriving meanwhile wait for the next segment.
+
+When a trace is due:
+
+* ``root_ended``: its local root span ended ``seal_grace`` seconds ago (children
+  still queued in the span processor arrive within the grace);
+* ``idle_timeout``: no span for ``idle_timeout`` seconds, or it was the least
+  recently active open trace when a new trace needed room (``max_pending_traces``;
+  the bundle's notes say so);
+* ``size_limit``: it holds ``max_records`` bodies; the rest continue in the next
+  segment;
+* ``force_flush`` (:meth:`~TraceAssembler.due` with ``flush=True``): its root ended
+  but the grace has not passed; open traces are never cut by a flush;
+* ``shutdown`` (or any reason given to :meth:`~TraceAssembler.drain_all`): everything.
+
+Losses are declared, never silent (SPEC §5.3): a span that cannot be admitted
+(every slot taken and the sealer far behind) is counted as dropped in its trace's
+next bundle; a span that could not be certified (:meth:`~TraceAssembler.reject`) is
+counted as rejected.  A re-delivered span identical to one still pending is
+ignored; the same span id with different content is kept as its own record and
+listed in the bundle's ``conflicts``.  Duplicates are only recognized among a
+trace's pending spans, not against segments already sealed.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from spanproof.verifier.statement import SEAL_REASONS, Completeness
+
+from .config import ExporterConfig
+from .sealing import ChainPosition
+
+__all__ = [
+    "FORCE_FLUSH",
+    "IDLE_TIMEOUT",
+    "RECOVERED",
+    "ROOT_ENDED",
+    "SHUTDOWN",
+    "SIZE_LIMIT",
+    "SealJob",
+    "TraceAssembler",
+]
+
+ROOT_ENDED = "root_ended"
+IDLE_TIMEOUT = "idle_timeout"
+SIZE_LIMIT = "size_limit"
+SHUTDOWN = "shutdown"
+FORCE_FLUSH = "force_flush"
+RECOVERED = "recovered"
+assert {ROOT_ENDED, IDLE_TIMEOUT, SIZE_LIMIT, SHUTDOWN, FORCE_FLUSH, RECOVERED} == SEAL_REASONS
+
+
+@dataclass(frozen=True)
+class SealJob:
+    """One segment to seal: these bodies, chained from this position, for this reason."""
+
+    trace_id: str
+    bodies: tuple[Mapping[str, Any], ...]
+    position: ChainPosition
+    reason: str
+    completeness: Completeness
+
+
+@dataclass
+class _Trace:
+    """An open trace.  ``position is None`` while a segment of it is in flight."""
+
+    trace_id: str
+    position: ChainPosition | None
+    last_activity: float
+    bodies: list[Mapping[str, Any]] = field(default_factory=list)
+    seen: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict)
+    conflicts: set[str] = field(default_factory=set)
+    dropped: int = 0
+    rejected: int = 0
+    notes: list[str] = field(default_factory=list)
+    root_ended: bool = False
+
+    def has_work(self) -> bool:
+        return bool(self.bodies) or self.dropped > 0 or self.rejected > 0
+
+
+@dataclass(frozen=True)
+class _Sealed:
+    """What is remembered of a sealed trace: where its chain continues."""
+
+    position: ChainPosition
+    root_ended: bool
+
+
+class TraceAssembler:
+    """Collects record bodies per trace and decides when each trace is sealed.
+
+    Not thread-safe; see the module docstring for the rules.
+
+    Raises:
+        ValueError: a limit below 1 (``sealed_trace_memory`` may be 0) or a
+            negative duration.
+    """
+
+    def __init__(
+        self,
+        *,
+        seal_grace: float = 2.0,
+        idle_timeout: float = 30.0,
+        max_records: int = 10_000,
+        max_pending_traces: int = 2048,
+        sealed_trace_memory: int = 65_536,
+    ) -> None:
+        if seal_grace < 0 or idle_timeout < 0:
+            raise ValueError("seal_grace and idle_timeout must be >= 0")
+        if max_records < 1 or max_pending_traces < 1 or sealed_trace_memory < 0:
+            raise ValueError(
+                "max_records and max_pending_traces must be >= 1, sealed_trace_memory >= 0"
+            )
+        self._grace = seal_grace
+        self._idle = idle_timeout
+        self._max_records = max_records
+        self._max_pending = max_pending_traces
+        self._memory = sealed_trace_memory
+        self._traces: dict[str, _Trace] = {}
+        # Traces with something to seal are in exactly one of _open (by last
+        # activity, oldest first) and _ready (due now: value is the reason).
+        # _roots holds those whose local root ended, with their sealing deadline;
+        # the grace is constant, so insertion order is deadline order.
+        self._open: OrderedDict[str, None] = OrderedDict()
+        self._ready: OrderedDict[str, str] = OrderedDict()
+        self._roots: OrderedDict[str, float] = OrderedDict()
+        self._sealed: OrderedDict[str, _Sealed] = OrderedDict()
+        # Spans dropped for traces that had no slot, by trace, and those whose
+        # trace could not even be remembered.
+        self._lost: OrderedDict[str, int] = OrderedDict()
+        self._untracked_lost = 0
+
+    @classmethod
+    def from_config(cls, config: ExporterConfig) -> TraceAssembler:
+        """An assembler with *config*'s timing and limits."""
+        return cls(
+            seal_grace=config.seal_grace,
+            idle_timeout=config.idle_timeout,
+            max_records=config.max_records,
+            max_pending_traces=config.max_pending_traces,
+            sealed_trace_memory=config.sealed_trace_memory,
+        )
+
+    @property
+    def pending_traces(self) -> int:
+        """Traces held in memory (open, due, or with a segment in flight)."""
+        return len(self._traces)
+
+    # -- input -----------------------------------------------------------------
+
+    def add(self, trace_id: str, body: Mapping[str, Any], now: float) -> bool:
+        """Add one span's record body (``body["span"]["spanId"]`` identifies it).
+
+        Returns True when something became due at once (size limit, or a trace
+        sealed early for room), so the caller can wake its sealer.
+        """
+        entry = self._entry(trace_id, now)
+        if entry is None:
+            self._count_lost(trace_id)
+            return True
+        span_id = body["span"]["spanId"]
+        versions = entry.seen.get(span_id)
+        if versions is None:
+            entry.seen[span_id] = [body]
+        elif any(version == body for version in versions):
+            return False  # an identical re-delivery: already pending
+        else:
+            versions.append(body)  # same span id, different content: a conflict
+            entry.conflicts.add(span_id)
+        entry.bodies.append(body)
+        self._touch(entry, now)
+        if len(entry.bodies) >= self._max_records and trace_id not in self._ready:
+            del self._open[trace_id]
+            self._ready[trace_id] = SIZE_LIMIT
+            return True
+        return bool(self._ready)
+
+    def reject(self, trace_id: str, now: float, count: int = 1) -> None:
+        """Count *count* spans of the trace that could not be certified (malformed);
+        its next bundle declares them as rejected."""
+        entry = self._entry(trace_id, now)
+        if entry is None:
+            self._count_lost(trace_id, count)
+            return
+        entry.rejected += count
+        self._touch(entry, now)
+
+    def root_ended(self, trace_id: str, now: float) -> None:
+        """The trace's local root span (no parent, or a remote parent) ended at *now*.
+
+        A trace with nothing pending is not tracked for this (most traces of an
+        application carry no evidence), except that a remembered sealed trace
+        records it, so a late span's segment gets the grace and not the idle timeout.
+        """
+        entry = self._traces.get(trace_id)
+        if entry is None:
+            sealed = self._sealed.get(trace_id)
+            if sealed is not None and not sealed.root_ended:
+                self._sealed[trace_id] = _Sealed(sealed.position, True)
+            return
+        entry.root_ended = True
+        if entry.has_work():
+            self._roots[trace_id] = now + self._grace
+            self._roots.move_to_end(trace_id)
+
+    # -- output ----------------------------------------------------------------
+
+    def due(self, now: float, *, flush: bool = False) -> list[SealJob]:
+        """Take the segments due at *now*: at most one per trace.
+
+        A trace with a segment in flight waits until :meth:`sealed`; call again
+        after reporting to collect it.  With *flush*, traces whose root ended are
+        sealed without waiting for the grace (reason ``force_flush``); traces whose
+        root has not ended stay open.
+        """
+        jobs: list[SealJob] = []
+        for trace_id, reason in list(self._ready.items()):
+            entry = self._traces[trace_id]
+            if entry.position is None:
+                continue
+            job = self._emit(entry, reason)
+            jobs.append(job)
+            if not entry.has_work():
+                self._forget_queues(trace_id)
+            elif reason == SIZE_LIMIT and len(entry.bodies) < self._max_records:
+                del self._ready[trace_id]
+                self._open[trace_id] = None
+
+        skipped: list[tuple[str, float]] = []
+        while self._roots:
+            trace_id, deadline = next(iter(self._roots.items()))
+            if deadline > now and not flush:
+                break
+            del self._roots[trace_id]
+            entry = self._traces[trace_id]
+            if entry.position is None:
+                skipped.append((trace_id, deadline))
+                continue
+            jobs.append(self._emit(entry, ROOT_ENDED if deadline <= now else FORCE_FLUSH))
+            if entry.has_work():
+                skipped.append((trace_id, deadline))
+            else:
+                self._forget_queues(trace_id)
+        self._reinstate(self._roots, skipped)
+
+        idle: list[tuple[str, None]] = []
+        while self._open:
+            trace_id = next(iter(self._open))
+            entry = self._traces[trace_id]
+            if entry.last_activity + self._idle > now:
+                break
+            del self._open[trace_id]
+            if entry.position is None:
+                idle.append((trace_id, None))
+                continue
+            jobs.append(self._emit(entry, IDLE_TIMEOUT))
+            if entry.has_work():
+                idle.append((trace_id, None))
+            else:
+                self._forget_queues(trace_id)
+        self._reinstate(self._open, idle)
+
+        # Declare spans dropped for want of a slot once there is room again, even
+        # if their trace sends nothing more: an empty segment stating the loss.
+        while self._lost and len(self._ready) < self._max_pending:
+            trace_id, count = self._lost.popitem(last=False)
+            entry = self._declare_lost(trace_id, count, now)
+            if entry.position is not None:
+                jobs.append(self._emit(entry, IDLE_TIMEOUT))
+                if not entry.has_work():
+                    self._forget_queues(trace_id)
+        return jobs
+
+    def drain_all(self, reason: str = SHUTDOWN) -> list[SealJob]:
+        """Take every pending segment (at most one per trace), due or not.
+
+        Call again after reporting the jobs with :meth:`sealed` until it returns
+        an empty list: a trace with a segment in flight, or with more than
+        ``max_records`` bodies, yields its next segment on the next call.
+
+        Raises:
+            ValueError: *reason* is not a SPEC §5.3 seal reason.
+        """
+        if reason not in SEAL_REASONS:
+            raise ValueError(f"unknown seal reason {reason!r}")
+        jobs = []
+        for trace_id, count in self._lost.items():
+            self._declare_lost(trace_id, count, 0.0)
+        self._lost.clear()
+        for trace_id, entry in list(self._traces.items()):
+            if entry.position is None or not entry.has_work():
+                continue
+            jobs.append(self._emit(entry, reason))
+            if not entry.has_work():
+                self._forget_queues(trace_id)
+        return jobs
+
+    def sealed(self, job: SealJob, next_position: ChainPosition) -> None:
+        """Report that *job* was sealed; the trace's next segment starts at *next_position*.
+
+        Raises:
+            ValueError: *job* is not in flight.
+        """
+        entry = self._traces.get(job.trace_id)
+        if entry is None or entry.position is not None:
+            raise ValueError(f"trace {job.trace_id} has no segment in flight")
+        entry.position = next_position
+        if not entry.has_work():
+            del self._traces[job.trace_id]
+            self._remember(job.trace_id, _Sealed(next_position, entry.root_ended))
+
+    def abandon(self, job: SealJob, note: str) -> None:
+        """Report that *job* could not be sealed: its spans are lost.
+
+        The trace's next bundle (due at once) starts where *job* would have and
+        declares the job's bodies as dropped, with *note*.
+
+        Raises:
+            ValueError: *job* is not in flight.
+        """
+        entry = self._traces.get(job.trace_id)
+        if entry is None or entry.position is not None:
+            raise ValueError(f"trace {job.trace_id} has no segment in flight")
+        entry.position = job.position
+        entry.dropped += len(job.bodies) + job.completeness.dropped_spans
+        entry.rejected += job.completeness.rejected_spans
+        entry.notes.extend(job.completeness.notes)
+        entry.notes.append(note)
+        self._open.pop(job.trace_id, None)
+        self._ready[job.trace_id] = job.reason
+
+    def next_deadline(self) -> float | None:
+        """The earliest time something may become due (``-inf``: now), or None."""
+        if self._ready or self._lost:
+            return float("-inf")
+        deadlines = []
+        if self._roots:
+            deadlines.append(next(iter(self._roots.values())))
+        if self._open:
+            deadlines.append(self._traces[next(iter(self._open))].last_activity + self._idle)
+        return min(deadlines) if deadlines else None
+
+    # -- internals -------------------------------------------------------------
+
+    def _new_entry(self, trace_id: str, now: float) -> _Trace:
+        sealed = self._sealed.pop(trace_id, None)
+        if sealed is None:
+            return _Trace(trace_id, ChainPosition.genesis(trace_id), now)
+        return _Trace(trace_id, sealed.position, now, root_ended=sealed.root_ended)
+
+    def _entry(self, trace_id: str, now: float) -> _Trace | None:
+        entry = self._traces.get(trace_id)
+        if entry is not None:
+            return entry
+        if len(self._open) >= self._max_pending:
+            if len(self._ready) >= self._max_pending:
+                return None  # the sealer is far behind: no room, the span is dropped
+            # Make room: the least recently active open trace is sealed early.
+            oldest = next(iter(self._open))
+            del self._open[oldest]
+            self._ready[oldest] = IDLE_TIMEOUT
+            self._traces[oldest].notes.append(_EVICTED_NOTE.format(self._max_pending))
+        entry = self._new_entry(trace_id, now)
+        entry.dropped += self._lost.pop(trace_id, 0)
+        if entry.dropped:
+            entry.notes.append(_LIMIT_NOTE.format(self._max_pending))
+        self._traces[trace_id] = entry
+        return entry
+
+    def _declare_lost(self, trace_id: str, count: int, now: float) -> _Trace:
+        """Give *count* dropped spans of *trace_id* a pending entry that declares them."""
+        entry = self._traces.get(trace_id)
+        if entry is None:
+            entry = self._new_entry(trace_id, now)
+            self._traces[trace_id] = entry
+        entry.dropped += count
+        entry.notes.append(_LIMIT_NOTE.format(self._max_pending))
+        if entry.trace_id not in self._ready:
+            self._open[trace_id] = None
+        return entry
+
+    def _touch(self, entry: _Trace, now: float) -> None:
+        trace_id = entry.trace_id
+        entry.last_activity = now
+        if trace_id not in self._ready:
+            self._open[trace_id] = None
+            self._open.move_to_end(trace_id)
+        if entry.root_ended and trace_id not in self._roots:
+            # A span after the root's segment was sealed: its continuation segment
+            # waits the usual grace for siblings.
+            self._roots[trace_id] = now + self._grace
+
+    def _count_lost(self, trace_id: str, count: int = 1) -> None:
+        self._lost[trace_id] = self._lost.get(trace_id, 0) + count
+        if len(self._lost) > self._max_pending:
+            _, forgotten = self._lost.popitem(last=False)
+            self._untracked_lost += forgotten
+
+    def _emit(self, entry: _Trace, reason: str) -> SealJob:
+        assert entry.position is not None
+        bodies = entry.bodies
+        if len(bodies) > self._max_records:
+            taken, rest = bodies[: self._max_records], bodies[self._max_records :]
+            reason = SIZE_LIMIT
+        else:
+            taken, rest = bodies, []
+        conflicts: tuple[str, ...] = ()
+        if entry.conflicts:
+            ids = {body["span"]["spanId"] for body in taken}
+            conflicts = tuple(sorted(entry.conflicts & ids))
+        dropped, notes = entry.dropped, tuple(entry.notes)
+        if self._untracked_lost:
+            # Losses whose trace could not be remembered are declared in the next
+            # bundle of any trace: over-declaring beats silence.
+            dropped += self._untracked_lost
+            notes += (_UNTRACKED_NOTE.format(self._untracked_lost),)
+            self._untracked_lost = 0
+        job = SealJob(
+            entry.trace_id,
+            tuple(taken),
+            entry.position,
+            reason,
+            Completeness(
+                dropped_spans=dropped,
+                rejected_spans=entry.rejected,
+                conflicts=conflicts,
+                notes=notes,
+            ),
+        )
+        entry.bodies = rest
+        entry.seen = {}
+        for body in rest:
+            entry.seen.setdefault(body["span"]["spanId"], []).append(body)
+        entry.conflicts = {c for c in entry.conflicts if c in entry.seen}
+        entry.dropped = entry.rejected = 0
+        entry.notes = []
+        entry.position = None
+        return job
+
+    def _forget_queues(self, trace_id: str) -> None:
+        self._open.pop(trace_id, None)
+        self._ready.pop(trace_id, None)
+        self._roots.pop(trace_id, None)
+
+    @staticmethod
+    def _reinstate(queue: OrderedDict[str, Any], items: list[tuple[str, Any]]) -> None:
+        for key, value in reversed(items):
+            queue[key] = value
+            queue.move_to_end(key, last=False)
+
+    def _remember(self, trace_id: str, sealed: _Sealed) -> None:
+        if self._memory == 0:
+            return
+        self._sealed[trace_id] = sealed
+        self._sealed.move_to_end(trace_id)
+        if len(self._sealed) > self._memory:
+            self._sealed.popitem(last=False)
+
+
+_EVICTED_NOTE = (
+    "sealed before its root span ended or went idle: {} traces were open "
+    "(max_pending_traces)"
+)
+_LIMIT_NOTE = (
+    "evidence spans of this trace were dropped: {} traces were waiting to be sealed "
+    "(max_pending_traces) and the sealer had fallen behind"
+)
+_UNTRACKED_NOTE = (
+    "{} evidence span(s) of other traces were dropped while the sealer had fallen "
+    "behind; their trace ids could not be kept"
+)

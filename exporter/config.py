@@ -1,0 +1,189 @@
+"""Exporter configuration: constructor argument, then environment variable, then default.
+
+This is the OTLP exporter's pattern: an explicit argument that is not ``None`` wins,
+otherwise the ``OTEL_EXPORTER_SPANPROOF_*`` variable, otherwise the default.  An empty
+variable counts as unset (as everywhere in OpenTelemetry).  Durations are seconds in
+Python and milliseconds in the environment (``*_MS``), as in the OTel SDK.
+
+Variables (all prefixed ``OTEL_EXPORTER_SPANPROOF_``), with their defaults:
+
+* ``OUTPUT_DIR`` (``./spanproof-bundles``): where bundle files are written.
+* ``KEY_FILE`` (unset): PKCS#8 PEM Ed25519 signing key.  Unset: a key is generated
+  once at ``<OUTPUT_DIR>/keys/signing.key`` (and a warning logged).
+* ``SELECT_ATTRIBUTES`` (``gen_ai.operation.name,openinference.span.kind,traceloop.span.kind``):
+  a span carrying any of these attribute keys is evidence.
+* ``SELECT_ALL`` (``false``): ``true`` makes every span evidence.
+* ``SEAL_GRACE_MS`` (``2000``): seal a trace this long after its local root span ended.
+* ``IDLE_TIMEOUT_MS`` (``30000``): seal a trace that received no span for this long.
+* ``MAX_RECORDS`` (``10000``): records per bundle; a bigger trace continues in
+  linked segments (seal reason ``size_limit``).
+* ``MAX_PENDING_TRACES`` (``2048``): open traces held in memory.
+* ``SEALED_TRACE_MEMORY`` (``65536``): sealed traces whose chain position is kept
+  so a late span continues the chain.
+
+Nothing here depends on the OpenTelemetry SDK, so the OTLP receiver reuses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["DEFAULT_SELECT_ATTRIBUTES", "ENV_PREFIX", "ExporterConfig"]
+
+ENV_PREFIX = "OTEL_EXPORTER_SPANPROOF_"
+
+#: Attribute keys that make a span evidence by default: the OTel GenAI semantic
+#: conventions, OpenInference and OpenLLMetry (Traceloop).
+DEFAULT_SELECT_ATTRIBUTES: tuple[str, ...] = (
+    "gen_ai.operation.name",
+    "openinference.span.kind",
+    "traceloop.span.kind",
+)
+
+@dataclass(frozen=True)
+class ExporterConfig:
+    """Settings of the span exporter (and of the OTLP receiver's assembly).
+
+    Build it with :meth:`from_env`; constructing it directly skips the environment
+    but still validates every field.
+
+    Raises:
+        ValueError: a field is out of range (the message names the field and its
+            environment variable).
+    """
+
+    output_dir: str = "./spanproof-bundles"
+    key_file: str | None = None
+    select_attributes: tuple[str, ...] = DEFAULT_SELECT_ATTRIBUTES
+    select_all: bool = False
+    #: Seconds to wait after a trace's local root span ended before sealing it,
+    #: so child spans still in the span processor's queue make it into the bundle.
+    seal_grace: float = 2.0
+    #: Seconds without a new span after which an open trace is sealed anyway.
+    idle_timeout: float = 30.0
+    max_records: int = 10_000
+    #: Open traces held in memory.  When a span of a new trace arrives and this
+    #: many are open, the least recently active one is sealed early (reason
+    #: ``idle_timeout``, with a note saying why).
+    max_pending_traces: int = 2048
+    #: Sealed traces whose chain position is remembered, so a late span continues
+    #: the trace's chain in a linked segment.  A late span of a forgotten trace
+    #: starts a new chain at genesis (the verifier then reports segment 0 twice).
+    sealed_trace_memory: int = 65_536
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.output_dir, str) and self.output_dir != "", "output_dir",
+               "must be a non-empty path", self.output_dir)
+        _check(self.key_file is None or (isinstance(self.key_file, str) and self.key_file != ""),
+               "key_file", "must be a non-empty path or None", self.key_file)
+        _check(isinstance(self.select_attributes, tuple)
+               and all(isinstance(k, str) and k for k in self.select_attributes),
+               "select_attributes", "must be a tuple of non-empty strings",
+               self.select_attributes)
+        _check(isinstance(self.select_all, bool), "select_all", "must be a bool", self.select_all)
+        for name in ("seal_grace", "idle_timeout"):
+            value = getattr(self, name)
+            _check(isinstance(value, (int, float)) and not isinstance(value, bool)
+                   and 0 <= value < float("inf"), name, "must be a finite number of seconds >= 0",
+                   value)
+        for name, minimum in (("max_records", 1), ("max_pending_traces", 1),
+                              ("sealed_trace_memory", 0)):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+                   name, f"must be an integer >= {minimum}", value)
+
+    @classmethod
+    def from_env(
+        cls, *, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> ExporterConfig:
+        """Resolve every setting: an override that is not ``None``, else the
+        ``OTEL_EXPORTER_SPANPROOF_*`` variable, else the default.
+
+        Args:
+            environ: the environment to read (default :data:`os.environ`).
+            overrides: field values by field name; ``None`` means "not given".
+
+        Raises:
+            TypeError: an override names no field.
+            ValueError: a variable or override is malformed or out of range; the
+                message names the variable.
+        """
+        env = os.environ if environ is None else environ
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise TypeError(f"unknown ExporterConfig field(s): {', '.join(unknown)}")
+        values: dict[str, Any] = {}
+        for name, (suffix, parse) in _ENV.items():
+            given = overrides.get(name)
+            if given is not None:
+                if name == "select_attributes":
+                    given = tuple(given)
+                values[name] = given
+                continue
+            raw = env.get(ENV_PREFIX + suffix, "").strip()
+            if raw:
+                values[name] = parse(ENV_PREFIX + suffix, raw)
+        return cls(**values)
+
+
+def _env_name(field_name: str) -> str:
+    return ENV_PREFIX + _ENV[field_name][0]
+
+
+def _check(ok: bool, field_name: str, requirement: str, value: object) -> None:
+    if not ok:
+        raise ValueError(
+            f"spanproof exporter setting {field_name} ({_env_name(field_name)}) "
+            f"{requirement}, got {value!r}"
+        )
+
+
+def _parse_str(var: str, raw: str) -> str:
+    return raw
+
+
+def _parse_list(var: str, raw: str) -> tuple[str, ...]:
+    items = tuple(item.strip() for item in raw.split(","))
+    return tuple(item for item in items if item)
+
+
+def _parse_bool(var: str, raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered == "true":
+        return True
+    if lowered == "false":
+        return False
+    raise ValueError(f"{var} must be 'true' or 'false', got {raw!r}")
+
+
+def _parse_int(var: str, raw: str) -> int:
+    try:
+        return int(raw, 10)
+    except ValueError:
+        raise ValueError(f"{var} must be a decimal integer, got {raw!r}") from None
+
+
+def _parse_millis(var: str, raw: str) -> float:
+    millis = _parse_int(var, raw)
+    if millis < 0:
+        raise ValueError(f"{var} must be a number of milliseconds >= 0, got {raw!r}")
+    return millis / 1000
+
+
+# Field name -> (variable suffix, parser of the variable's text).
+_ENV: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+    "output_dir": ("OUTPUT_DIR", _parse_str),
+    "key_file": ("KEY_FILE", _parse_str),
+    "select_attributes": ("SELECT_ATTRIBUTES", _parse_list),
+    "select_all": ("SELECT_ALL", _parse_bool),
+    "seal_grace": ("SEAL_GRACE_MS", _parse_millis),
+    "idle_timeout": ("IDLE_TIMEOUT_MS", _parse_millis),
+    "max_records": ("MAX_RECORDS", _parse_int),
+    "max_pending_traces": ("MAX_PENDING_TRACES", _parse_int),
+    "sealed_trace_memory": ("SEALED_TRACE_MEMORY", _parse_int),
+}

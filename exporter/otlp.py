@@ -1,0 +1,199 @@
+"""OTLP protobuf spans to CER record bodies (SPEC §2.4), for the Collector path.
+
+Produces exactly the bodies :mod:`spanproof.exporter.normalize` produces from SDK
+spans, so a span certified through a Collector and through the SDK exporter gives
+byte-identical records.  Pure: protobuf messages in, dicts out.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from typing import Any
+
+from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.resource.v1 import resource_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+from spanproof.verifier.values import encode_double
+
+__all__ = [
+    "MalformedSpan",
+    "iter_request_spans",
+    "otlp_span_to_body",
+    "resource_body",
+    "scope_body",
+]
+
+_KINDS = {
+    0: "SPAN_KIND_UNSPECIFIED",
+    1: "SPAN_KIND_INTERNAL",
+    2: "SPAN_KIND_SERVER",
+    3: "SPAN_KIND_CLIENT",
+    4: "SPAN_KIND_PRODUCER",
+    5: "SPAN_KIND_CONSUMER",
+}
+_STATUS = {0: "STATUS_CODE_UNSET", 1: "STATUS_CODE_OK", 2: "STATUS_CODE_ERROR"}
+_MAX_DEPTH = 64
+
+
+class MalformedSpan(ValueError):
+    """An OTLP span cannot be certified (bad ids, duplicate keys, unknown enum)."""
+
+
+def _value(v: common_pb2.AnyValue, where: str, depth: int = 0) -> dict[str, Any]:
+    if depth > _MAX_DEPTH:
+        raise MalformedSpan(f"{where}: value nested deeper than {_MAX_DEPTH}")
+    kind = v.WhichOneof("value")
+    if kind is None:
+        return {}
+    if kind == "string_value":
+        return {"stringValue": v.string_value}
+    if kind == "bool_value":
+        return {"boolValue": v.bool_value}
+    if kind == "int_value":
+        return {"intValue": str(v.int_value)}
+    if kind == "double_value":
+        return {"doubleValue": encode_double(v.double_value)}
+    if kind == "bytes_value":
+        return {"bytesValue": base64.b64encode(v.bytes_value).decode("ascii")}
+    if kind == "array_value":
+        return {"arrayValue": [_value(x, where, depth + 1) for x in v.array_value.values]}
+    if kind == "kvlist_value":
+        return {"kvlistValue": _attributes(v.kvlist_value.values, where, depth + 1)}
+    raise MalformedSpan(f"{where}: unsupported value type {kind}")
+
+
+def _attributes(kvs: Any, where: str, depth: int = 0) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kv in kvs:
+        if kv.key in out:
+            raise MalformedSpan(f"{where}: duplicate attribute key {kv.key!r}")
+        out[kv.key] = _value(kv.value, f"{where}[{kv.key!r}]", depth)
+    return out
+
+
+def _trace_id(raw: bytes, where: str) -> str:
+    if len(raw) != 16 or raw == bytes(16):
+        raise MalformedSpan(f"{where}: trace id must be 16 bytes, not all zero")
+    return raw.hex()
+
+
+def _span_id(raw: bytes, where: str) -> str:
+    if len(raw) != 8 or raw == bytes(8):
+        raise MalformedSpan(f"{where}: span id must be 8 bytes, not all zero")
+    return raw.hex()
+
+
+def resource_body(resource: resource_pb2.Resource, schema_url: str) -> dict[str, Any]:
+    """The record's ``resource`` member from an OTLP Resource and its schema URL."""
+    return {
+        "attributes": _attributes(resource.attributes, "resource.attributes"),
+        "droppedAttributesCount": str(resource.dropped_attributes_count),
+        "schemaUrl": schema_url,
+    }
+
+
+def scope_body(scope: common_pb2.InstrumentationScope, schema_url: str) -> dict[str, Any]:
+    """The record's ``scope`` member from an OTLP InstrumentationScope and schema URL."""
+    return {
+        "name": scope.name,
+        "version": scope.version,
+        "attributes": _attributes(scope.attributes, "scope.attributes"),
+        "droppedAttributesCount": str(scope.dropped_attributes_count),
+        "schemaUrl": schema_url,
+    }
+
+
+def otlp_span_to_body(
+    span: trace_pb2.Span, resource: dict[str, Any], scope: dict[str, Any]
+) -> dict[str, Any]:
+    """Return the record body (``span``, ``resource``, ``scope``) of one OTLP span.
+
+    The OTLP ``flags`` fields are not recorded (SPEC §2.4).
+
+    Raises:
+        MalformedSpan: invalid ids, duplicate attribute keys, unknown kind or status.
+    """
+    where = "span"
+    trace_id = _trace_id(span.trace_id, where)
+    span_id = _span_id(span.span_id, where)
+    parent = _span_id(span.parent_span_id, f"{where}.parent") if span.parent_span_id else ""
+    kind = _KINDS.get(span.kind)
+    if kind is None:
+        raise MalformedSpan(f"span {span_id}: unknown span kind {span.kind}")
+    code = _STATUS.get(span.status.code)
+    if code is None:
+        raise MalformedSpan(f"span {span_id}: unknown status code {span.status.code}")
+    events = [
+        {
+            "timeUnixNano": str(e.time_unix_nano),
+            "name": e.name,
+            "attributes": _attributes(e.attributes, f"span {span_id} event"),
+            "droppedAttributesCount": str(e.dropped_attributes_count),
+        }
+        for e in span.events
+    ]
+    links = []
+    invalid_links = 0
+    for ln in span.links:
+        # A link to an invalid context is left out and counted, as on the SDK path.
+        if len(ln.trace_id) != 16 or ln.trace_id == bytes(16) or len(ln.span_id) != 8 or (
+            ln.span_id == bytes(8)
+        ):
+            invalid_links += 1
+            continue
+        links.append(
+            {
+                "traceId": ln.trace_id.hex(),
+                "spanId": ln.span_id.hex(),
+                "traceState": ln.trace_state,
+                "attributes": _attributes(ln.attributes, f"span {span_id} link"),
+                "droppedAttributesCount": str(ln.dropped_attributes_count),
+            }
+        )
+    return {
+        "span": {
+            "traceId": trace_id,
+            "spanId": span_id,
+            "parentSpanId": parent,
+            "traceState": span.trace_state,
+            "name": span.name,
+            "kind": kind,
+            "startTimeUnixNano": str(span.start_time_unix_nano),
+            "endTimeUnixNano": str(span.end_time_unix_nano),
+            "status": {"code": code, "message": span.status.message},
+            "attributes": _attributes(span.attributes, f"span {span_id}"),
+            "droppedAttributesCount": str(span.dropped_attributes_count),
+            "events": events,
+            "droppedEventsCount": str(span.dropped_events_count),
+            "links": links,
+            "droppedLinksCount": str(span.dropped_links_count + invalid_links),
+        },
+        "resource": resource,
+        "scope": scope,
+    }
+
+
+def iter_request_spans(
+    resource_spans: Any,
+) -> Iterator[
+    tuple[trace_pb2.Span, dict[str, Any] | MalformedSpan, dict[str, Any] | MalformedSpan]
+]:
+    """Yield ``(span, resource body, scope body)`` for every span of an export request.
+
+    A malformed resource or scope is yielded as the :class:`MalformedSpan` instead
+    of a body, so the caller can reject exactly the spans under it.
+    """
+    for rs in resource_spans:
+        try:
+            res: dict[str, Any] | MalformedSpan = resource_body(rs.resource, rs.schema_url)
+        except MalformedSpan as e:
+            res = e
+        for ss in rs.scope_spans:
+            try:
+                sc: dict[str, Any] | MalformedSpan = scope_body(ss.scope, ss.schema_url)
+            except MalformedSpan as e:
+                sc = e
+            for span in ss.spans:
+                yield span, res, sc

@@ -1,0 +1,110 @@
+"""Sealing: turn a trace segment's record bodies into a signed bundle (pure).
+
+No clock, randomness or I/O here: the sealing time, the signer and the chain
+position are passed in, so the same inputs always give the same bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from spanproof.verifier.bundle import BUNDLE_SUFFIX, encode_bundle
+from spanproof.verifier.canonical import canonicalize
+from spanproof.verifier.records import CER_MEDIA_TYPE, digest_hex, genesis_hash, record_hash
+from spanproof.verifier.statement import Completeness, Producer, Statement
+
+from .keys import SigningKey
+
+__all__ = ["ChainPosition", "SealedBundle", "build_record", "seal"]
+
+
+@dataclass(frozen=True)
+class ChainPosition:
+    """Where a trace's next segment starts (SPEC §4.4)."""
+
+    segment_index: int
+    first_seq: int
+    start: str
+    previous_statement: str
+
+    @classmethod
+    def genesis(cls, trace_id: str) -> ChainPosition:
+        """The position of a trace's first segment."""
+        return cls(0, 0, genesis_hash(trace_id), "")
+
+
+@dataclass(frozen=True)
+class SealedBundle:
+    """A sealed bundle's bytes and what they state."""
+
+    data: bytes
+    statement: Statement
+    statement_digest: str
+
+    @property
+    def file_name(self) -> str:
+        """``<trace id>-<segment>-<producer instance>.spanproof.json`` (hex only)."""
+        s = self.statement
+        return f"{s.trace_id}-{s.segment_index:04d}-{s.producer.instance}{BUNDLE_SUFFIX}"
+
+    def next_position(self) -> ChainPosition:
+        """The position a continuation segment of this trace starts from."""
+        s = self.statement
+        return ChainPosition(
+            s.segment_index + 1, s.first_seq + s.record_count, s.head, self.statement_digest
+        )
+
+
+def build_record(body: Mapping[str, Any], seq: int, prev: str) -> dict[str, Any]:
+    """Return the CER for *body* (``span``, ``resource``, ``scope``) at chain position *seq*."""
+    return {
+        "mediaType": CER_MEDIA_TYPE,
+        "seq": str(seq),
+        "prev": prev,
+        "span": body["span"],
+        "resource": body["resource"],
+        "scope": body["scope"],
+    }
+
+
+def seal(
+    trace_id: str,
+    bodies: Sequence[Mapping[str, Any]],
+    position: ChainPosition,
+    *,
+    signer: SigningKey,
+    producer: Producer,
+    sealed_at: datetime,
+    reason: str,
+    completeness: Completeness | None = None,
+) -> SealedBundle:
+    """Chain *bodies* from *position*, sign the statement, and frame the bundle.
+
+    Raises:
+        CanonicalizationError: a body holds a value JSON cannot carry.
+    """
+    lines = []
+    head = position.start
+    for i, body in enumerate(bodies):
+        raw = canonicalize(build_record(body, position.first_seq + i, head))
+        head = record_hash(raw)
+        lines.append(raw)
+    statement = Statement(
+        trace_id=trace_id,
+        segment_index=position.segment_index,
+        first_seq=position.first_seq,
+        start=position.start,
+        previous_statement=position.previous_statement,
+        record_count=len(lines),
+        head=head,
+        seal_reason=reason,
+        sealed_at=sealed_at,
+        producer=producer,
+        completeness=completeness or Completeness(),
+    )
+    payload = statement.to_payload()
+    envelope = signer.sign_envelope(payload)
+    return SealedBundle(encode_bundle(envelope, lines), statement, digest_hex(payload))

@@ -1,0 +1,409 @@
+"""``spanproof verify``: output lines, --verbose, --json, failures and exit codes."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cli_support import (
+    OTHER_TRACE,
+    TRACE,
+    Keys,
+    flip_in_record,
+    spanproof_script,
+)
+
+from spanproof.verifier import TRUST_ROOT_MEDIA_TYPE
+from spanproof.verifier._cli import main
+from spanproof.verifier.statement import Completeness
+from spanproof.verifier.verify import CHECKS
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+def test_ok_line_names_trace_segment_records_seal_and_key(capsys, keys: Keys, make_bundle):
+    path, _ = make_bundle()
+    code, out, err = run(capsys, "verify", "--key", keys.pub, path)
+    assert code == 0, out + err
+    assert out == (
+        f"OK {path} trace={TRACE} segment=0 records=7 seal=root_ended "
+        f"key={keys.signer.keyid[:16]}\n"
+    )
+    assert err == ""
+
+
+def test_directory_verifies_every_bundle_below_it(capsys, keys: Keys, make_bundle, tmp_path):
+    make_bundle("a")
+    make_bundle("b", trace_id=OTHER_TRACE, directory=tmp_path / "bundles" / "nested")
+    (tmp_path / "bundles" / "notes.txt").write_text("not a bundle")
+    code, out, _ = run(capsys, "verify", "--key", keys.pub, tmp_path / "bundles")
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 2 and all(line.startswith("OK ") for line in lines)
+    assert {re.search(r"trace=(\w+)", line).group(1) for line in lines} == {TRACE, OTHER_TRACE}
+
+
+def test_same_bundle_given_twice_is_checked_once(capsys, keys: Keys, make_bundle, tmp_path):
+    path, _ = make_bundle()
+    code, out, _ = run(capsys, "verify", "--key", keys.pub, path, tmp_path / "bundles")
+    assert code == 0
+    assert len(out.splitlines()) == 1
+
+
+def test_verbose_lists_all_nine_checks_as_pass(capsys, keys: Keys, make_bundle):
+    path, _ = make_bundle()
+    code, out, _ = run(capsys, "verify", "--verbose", "--key", keys.pub, path)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("OK ")
+    checks = lines[1:]
+    assert len(checks) == len(CHECKS) == 9
+    for n, (line, name) in enumerate(zip(checks, CHECKS, strict=True), start=1):
+        assert line.startswith(f"  PASS  step {n} {name}: "), line
+
+
+def test_verbose_marks_the_failed_check_and_skips_the_rest(capsys, keys: Keys, make_bundle):
+    path, _ = make_bundle()
+    flip_in_record(path, 0)
+    code, out, _ = run(capsys, "verify", "-v", "--key", keys.pub, path)
+    assert code == 1
+    statuses = [line.split()[0] for line in out.splitlines()[1:]]
+    assert statuses == ["PASS"] * 5 + ["SKIPPED", "FAIL", "SKIPPED", "SKIPPED"]
+
+
+def test_json_report_has_bundles_traces_and_ok(capsys, keys: Keys, make_bundle):
+    path, sealed = make_bundle()
+    code, out, _ = run(capsys, "verify", "--json", "--key", keys.pub, path)
+    assert code == 0
+    doc = json.loads(out)
+    assert doc["ok"] is True
+    (bundle,) = doc["bundles"]
+    assert bundle["path"] == str(path)
+    assert bundle["verdict"] == "OK"
+    assert bundle["traceId"] == TRACE
+    assert bundle["segment"] == 0
+    assert bundle["records"] == 7
+    assert bundle["head"] == sealed.statement.head
+    assert bundle["statementDigest"] == sealed.statement_digest
+    assert bundle["signerKeyid"] == keys.signer.keyid
+    assert [c["name"] for c in bundle["checks"]] == list(CHECKS)
+    assert {c["status"] for c in bundle["checks"]} == {"PASS"}
+    assert doc["traces"] == [
+        {"traceId": TRACE, "producerInstance": sealed.statement.producer.instance,
+         "segments": [0], "ok": True, "message": "segments 0 form one chain"}
+    ]
+
+
+def test_json_reports_failure(capsys, keys: Keys, make_bundle):
+    path, _ = make_bundle()
+    flip_in_record(path, 2)
+    code, out, _ = run(capsys, "verify", "--json", "--key", keys.pub, path)
+    assert code == 1
+    doc = json.loads(out)
+    assert doc["ok"] is False
+    assert doc["bundles"][0]["verdict"] == "FAIL"
+    assert "previous-hash mismatch" in doc["bundles"][0]["reason"]
+
+
+def test_one_character_changed_in_a_record_fails_with_the_record_named(
+    capsys, keys: Keys, make_bundle
+):
+    path, _ = make_bundle()
+    flip_in_record(path, 0)
+    code, out, err = run(capsys, "verify", "--key", keys.pub, path)
+    assert code == 1
+    assert out.startswith(f"FAIL {path}: record 1: previous-hash mismatch")
+    assert err == ""
+
+
+def test_last_record_changed_fails_at_the_signed_head(capsys, keys: Keys, make_bundle):
+    path, _ = make_bundle()
+    flip_in_record(path, 6)
+    code, out, _ = run(capsys, "verify", "--key", keys.pub, path)
+    assert code == 1
+    assert out.startswith(f"FAIL {path}: chain head ")
+    assert "does not match the signed head" in out
+
+
+def test_one_bad_bundle_among_good_ones_fails_the_run(capsys, keys: Keys, make_bundle, tmp_path):
+    good, _ = make_bundle("good")
+    bad, _ = make_bundle("bad", trace_id=OTHER_TRACE)
+    flip_in_record(bad, 3)
+    code, out, _ = run(capsys, "verify", "--key", keys.pub, tmp_path / "bundles")
+    assert code == 1
+    assert f"FAIL {bad}: record 4: previous-hash mismatch" in out
+    assert f"OK {good} " in out
+
+
+def test_untrusted_key_fails(capsys, keys: Keys, make_bundle):
+    path, _ = make_bundle()
+    code, out, _ = run(capsys, "verify", "--key", keys.other_pub, path)
+    assert code == 1
+    assert out.startswith(f"FAIL {path}: signed by a key that is not trusted")
+
+
+def test_either_of_two_keys_may_have_signed(capsys, keys: Keys, make_bundle):
+    path, _ = make_bundle()
+    code, _, _ = run(capsys, "verify", "--key", keys.other_pub, "--key", keys.pub, path)
+    assert code == 0
+
+
+def test_trust_root_file(capsys, keys: Keys, make_bundle, tmp_path):
+    path, _ = make_bundle()
+    root = tmp_path / "trust.json"
+    root.write_text(json.dumps({
+        "mediaType": TRUST_ROOT_MEDIA_TYPE,
+        "keys": [{"keyid": keys.signer.keyid, "publicKey": keys.pub.read_text(),
+                  "validFrom": "2026-01-01T00:00:00Z"}],
+    }))
+    code, out, _ = run(capsys, "verify", "--trust-root", root, path)
+    assert code == 0, out
+
+
+def test_trust_root_window_that_excludes_the_sealing_time_fails(
+    capsys, keys: Keys, make_bundle, tmp_path
+):
+    path, _ = make_bundle()
+    root = tmp_path / "trust.json"
+    root.write_text(json.dumps({
+        "mediaType": TRUST_ROOT_MEDIA_TYPE,
+        "keys": [{"publicKey": keys.pub.read_text(), "validFrom": "2027-01-01T00:00:00Z"}],
+    }))
+    code, out, _ = run(capsys, "verify", "--trust-root", root, path)
+    assert code == 1
+    assert "is not valid at sealedAt" in out
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda data: data[: len(data) // 2], "truncated"),
+        (lambda data: data[:-3], "truncated"),
+        (lambda data: b"", "empty file"),
+        (lambda data: b"\x00\xffgarbage, not json at all\n", "not a spanproof v1 bundle"),
+        (lambda data: b'{"hello": "world"}\n', "not a spanproof v1 bundle"),
+        (lambda data: data + b"trailing", "data after the closing"),
+    ],
+    ids=["half", "last-bytes-cut", "empty", "garbage", "other-json", "trailing-data"],
+)
+def test_malformed_files_fail_with_a_message(capsys, keys: Keys, make_bundle, damage, reason):
+    path, sealed = make_bundle()
+    path.write_bytes(damage(sealed.data))
+    code, out, err = run(capsys, "verify", "--key", keys.pub, path)
+    assert code == 1
+    assert out.startswith(f"FAIL {path}: ")
+    assert reason in out
+    assert err == ""
+
+
+def test_directory_without_bundles_fails(capsys, keys: Keys, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, out, _ = run(capsys, "verify", "--key", keys.pub, empty)
+    assert code == 1
+    assert out == f"FAIL {empty}: no bundles (*.spanproof.json) found\n"
+
+
+def test_incomplete_bundle_fails_unless_allowed(capsys, keys: Keys, make_bundle):
+    path, _ = make_bundle(completeness=Completeness(dropped_spans=2, unsampled_spans=1))
+    code, out, _ = run(capsys, "verify", "--key", keys.pub, path)
+    assert code == 1
+    assert out.startswith(f"INCOMPLETE {path}: 2 evidence spans dropped before certification")
+    assert "--allow-incomplete" in out
+    code, out, _ = run(capsys, "verify", "--allow-incomplete", "--key", keys.pub, path)
+    assert code == 0
+    assert out.startswith(f"OK {path} ")
+    assert out.rstrip().endswith("incomplete=(2 dropped, 1 unsampled; allowed)")
+
+
+def test_segments_of_a_trace_are_checked_together(capsys, keys: Keys, make_bundle, tmp_path):
+    _, first = make_bundle("seg0")
+    _, second = make_bundle("seg1", position=first.next_position())
+    code, out, _ = run(capsys, "verify", "--key", keys.pub, tmp_path / "bundles")
+    assert code == 0, out
+    assert out.splitlines()[-1] == f"OK trace {TRACE}: segments 0, 1 form one chain"
+    assert second.statement.segment_index == 1
+
+
+def test_a_missing_segment_fails_the_trace(capsys, keys: Keys, make_bundle, tmp_path):
+    _, first = make_bundle("seg0")
+    second_dir = tmp_path / "elsewhere"
+    _, second = make_bundle("seg1", position=first.next_position(), directory=second_dir)
+    make_bundle("seg2", position=second.next_position())
+    code, out, _ = run(capsys, "verify", "--key", keys.pub, tmp_path / "bundles")
+    assert code == 1
+    assert out.splitlines()[-1] == f"FAIL trace {TRACE}: segment 1 is missing"
+    assert sum(line.startswith("OK ") for line in out.splitlines()) == 2
+
+
+def test_a_bug_in_the_checks_is_reported_as_a_failure_not_a_traceback(
+    capsys, keys: Keys, make_bundle, monkeypatch
+):
+    import spanproof.verifier._cli as cli
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(cli, "check_bundle", broken)
+    path, _ = make_bundle()
+    code, out, _ = run(capsys, "verify", "--verbose", "--key", keys.pub, path)
+    assert code == 1
+    assert out.startswith(f"FAIL {path}: verifier error: RuntimeError: simulated bug")
+    code, out, _ = run(capsys, "verify", "--json", "--key", keys.pub, path)
+    assert json.loads(out)["bundles"][0]["verdict"] == "FAIL"
+
+
+# ------------------------------------------------------------------ usage errors: 2
+
+
+def test_no_key_is_a_usage_error(capsys, make_bundle):
+    path, _ = make_bundle()
+    code, out, err = run(capsys, "verify", path)
+    assert code == 2
+    assert out == ""
+    assert err.startswith("spanproof: error: no trusted key")
+
+
+def test_missing_path_is_a_usage_error(capsys, keys: Keys, tmp_path):
+    missing = tmp_path / "nope.spanproof.json"
+    code, out, err = run(capsys, "verify", "--key", keys.pub, missing)
+    assert code == 2
+    assert out == ""
+    assert err == f"spanproof: error: {missing}: no such file or directory\n"
+
+
+def test_missing_key_file_is_a_usage_error(capsys, make_bundle, tmp_path):
+    path, _ = make_bundle()
+    code, _, err = run(capsys, "verify", "--key", tmp_path / "absent.pub", path)
+    assert code == 2
+    assert err.startswith("spanproof: error: ")
+    assert "cannot read key file" in err
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"not a key\n", b"", b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"],
+    ids=["text", "empty", "bad-pem"],
+)
+def test_bad_key_file_is_a_usage_error(capsys, make_bundle, tmp_path, content):
+    path, _ = make_bundle()
+    bad = tmp_path / "bad.pub"
+    bad.write_bytes(content)
+    code, _, err = run(capsys, "verify", "--key", bad, path)
+    assert code == 2
+    assert err.startswith(f"spanproof: error: {bad}: not a PEM public key")
+
+
+def test_private_key_given_as_key_is_a_usage_error(capsys, keys: Keys, make_bundle, tmp_path):
+    path, _ = make_bundle()
+    priv = tmp_path / "signing.key"
+    priv.write_bytes(keys.signer.private_pem())
+    code, _, err = run(capsys, "verify", "--key", priv, path)
+    assert code == 2
+    assert err.startswith("spanproof: error: ")
+
+
+def test_bad_trust_root_is_a_usage_error(capsys, make_bundle, tmp_path):
+    path, _ = make_bundle()
+    root = tmp_path / "trust.json"
+    root.write_text('{"mediaType": "something/else", "keys": []}')
+    code, _, err = run(capsys, "verify", "--trust-root", root, path)
+    assert code == 2
+    assert err.startswith("spanproof: error: ") and "mediaType" in err
+    code, _, err = run(capsys, "verify", "--trust-root", tmp_path / "absent.json", path)
+    assert code == 2
+    assert "cannot read trust root" in err
+
+
+def test_unknown_flag_is_a_usage_error(capsys, keys: Keys, make_bundle):
+    path, _ = make_bundle()
+    code, out, err = run(capsys, "verify", "--frobnicate", "--key", keys.pub, path)
+    assert code == 2
+    assert out == ""
+    assert err.startswith("usage: spanproof verify")
+    assert "spanproof: error: unrecognized arguments: --frobnicate" in err
+
+
+def test_no_path_and_no_command_are_usage_errors(capsys, keys: Keys):
+    assert run(capsys, "verify", "--key", keys.pub)[0] == 2
+    assert run(capsys)[0] == 2
+    assert run(capsys, "frobnicate")[0] == 2
+
+
+def test_help_and_version_exit_zero(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    for command in ("verify", "show", "keygen", "demo"):
+        assert command in out
+    code, out, _ = run(capsys, "verify", "--help")
+    assert code == 0 and "--allow-incomplete" in out and "--trust-root" in out
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.startswith("spanproof ")
+
+
+# --------------------------------------------------------------- real processes
+
+
+def test_console_script_verifies_and_fails_without_traceback(keys: Keys, make_bundle):
+    script = spanproof_script()
+    path, _ = make_bundle()
+    done = subprocess.run([script, "verify", "--key", str(keys.pub), str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"OK {path} trace={TRACE}")
+    flip_in_record(path, 1)
+    done = subprocess.run([script, "verify", "--key", str(keys.pub), str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stdout.startswith(f"FAIL {path}: record 2: previous-hash mismatch")
+    assert "Traceback" not in done.stdout + done.stderr
+    done = subprocess.run([script, "verify", str(path)], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert "spanproof: error:" in done.stderr
+
+
+def test_python_dash_m_runs_the_cli(keys: Keys, make_bundle):
+    path, _ = make_bundle()
+    done = subprocess.run(
+        [sys.executable, "-m", "spanproof.verifier", "verify", "--key", str(keys.pub), str(path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("OK ")
+
+
+def test_verifying_never_imports_opentelemetry_grpc_or_the_exporter(keys: Keys, make_bundle):
+    path, _ = make_bundle()
+    code = f"""
+import sys
+from spanproof.verifier._cli import main
+rc = main(["verify", "--key", {str(keys.pub)!r}, {str(path)!r}])
+rc2 = main(["show", "--key", {str(keys.pub)!r}, {str(path)!r}])
+loaded = sorted(m for m in sys.modules
+                if m.split(".")[0] in ("opentelemetry", "grpc")
+                or m.startswith("spanproof.exporter"))
+assert rc == 0 and rc2 == 0, (rc, rc2)
+assert not loaded, loaded
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_verify_paths_are_printed_as_given(capsys, keys: Keys, make_bundle, tmp_path, monkeypatch):
+    path, _ = make_bundle()
+    monkeypatch.chdir(tmp_path)
+    relative = Path("bundles") / path.name
+    code, out, _ = run(capsys, "verify", "--key", keys.pub, relative)
+    assert code == 0
+    assert out.startswith(f"OK {relative} ")

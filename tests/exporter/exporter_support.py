@@ -1,0 +1,123 @@
+"""Shared helpers for the SDK exporter tests: a fake clock, span factories, verification."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from spanproof.exporter import SigningKey, SpanproofSpanExporter
+from spanproof.verifier import BundleReport, TrustRoot, Verdict, check_bundle, find_bundles
+
+SEED = bytes(range(32))
+START = 1_800_000_000.0  # a fixed "now" for the fake clock (2027-01-15)
+
+
+class FakeClock:
+    """A callable clock (seconds since the epoch) that moves only when told."""
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def signing_key() -> SigningKey:
+    return SigningKey.from_seed(SEED)
+
+
+def trust_root(tmp_dir: str | os.PathLike[str], key: SigningKey | None = None) -> TrustRoot:
+    """A trust root holding *key*'s public half (written to a PEM file)."""
+    key = key or signing_key()
+    path = os.path.join(tmp_dir, f"trusted-{key.keyid[:8]}.pub")
+    with open(path, "wb") as f:
+        f.write(key.public_pem())
+    return TrustRoot.from_pem_files([path])
+
+
+def make_exporter(
+    output_dir: str | os.PathLike[str], clock: FakeClock, **kwargs: Any
+) -> SpanproofSpanExporter:
+    """An exporter with the test key and *clock*; grace 2 s and idle 30 s unless given."""
+    kwargs.setdefault("signing_key", signing_key())
+    kwargs.setdefault("seal_grace", 2.0)
+    kwargs.setdefault("idle_timeout", 30.0)
+    return SpanproofSpanExporter(output_dir, clock=clock, **kwargs)
+
+
+class Recorder:
+    """A tracer provider whose ended spans are collected, not exported anywhere."""
+
+    def __init__(self, **provider_kwargs: Any) -> None:
+        provider_kwargs.setdefault("resource", Resource.create({"service.name": "test-svc"}))
+        self.memory = InMemorySpanExporter()
+        self.provider = TracerProvider(**provider_kwargs)
+        self.provider.add_span_processor(SimpleSpanProcessor(self.memory))
+        self.tracer = self.provider.get_tracer("tests.exporter", "1.2.3")
+
+    def spans(self) -> list[ReadableSpan]:
+        return list(self.memory.get_finished_spans())
+
+    def take(self) -> list[ReadableSpan]:
+        spans = self.spans()
+        self.memory.clear()
+        return spans
+
+
+@contextmanager
+def evidence(recorder: Recorder, name: str, **attributes: Any) -> Iterator[Any]:
+    """Start a span selected as evidence (GenAI operation name)."""
+    attributes.setdefault("gen_ai.operation.name", "chat")
+    with recorder.tracer.start_as_current_span(name, attributes=attributes) as span:
+        yield span
+
+
+def span_hex(span: ReadableSpan) -> tuple[str, str]:
+    ctx = span.get_span_context()
+    assert ctx is not None
+    return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
+
+
+def reports(
+    directory: str | os.PathLike[str], trust: TrustRoot, *, allow_incomplete: bool = False
+) -> list[BundleReport]:
+    """Check every bundle below *directory*; keep the records."""
+    paths = list(find_bundles([os.fspath(directory)]))
+    return [
+        check_bundle(p, trust, keep_records=True, allow_incomplete=allow_incomplete) for p in paths
+    ]
+
+
+def verified(
+    directory: str | os.PathLike[str], trust: TrustRoot, *, allow_incomplete: bool = False
+) -> list[BundleReport]:
+    """Every bundle below *directory*, each asserted to verify OK."""
+    out = reports(directory, trust, allow_incomplete=allow_incomplete)
+    for report in out:
+        assert report.verdict is Verdict.OK, (report.source, report.reason)
+    return out
+
+
+def record_span_ids(report: BundleReport) -> list[str]:
+    assert report.records is not None
+    return [r["span"]["spanId"] for r in report.records]
+
+
+def by_trace(rs: Sequence[BundleReport]) -> dict[str, list[BundleReport]]:
+    out: dict[str, list[BundleReport]] = {}
+    for r in rs:
+        assert r.statement is not None
+        out.setdefault(r.statement.trace_id, []).append(r)
+    for group in out.values():
+        group.sort(key=lambda r: r.statement.segment_index if r.statement else 0)
+    return out

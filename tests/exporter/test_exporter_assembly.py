@@ -1,0 +1,389 @@
+"""TraceAssembler: when traces are sealed, how segments chain, how losses are declared."""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+from exporter_support import signing_key
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spanproof.exporter import ChainPosition, SealedBundle, SealJob, TraceAssembler, seal
+from spanproof.verifier import (
+    Producer,
+    TrustedKey,
+    TrustRoot,
+    Verdict,
+    check_bundle,
+    link_segments,
+)
+
+T1 = "11111111111111111111111111111111"
+T2 = "22222222222222222222222222222222"
+T3 = "33333333333333333333333333333333"
+PRODUCER = Producer("test", "0", "00000000000000aa")
+SEALED_AT = datetime(2027, 1, 1, tzinfo=timezone.utc)
+
+
+def body(trace_id: str, n: int, name: str = "step") -> dict[str, Any]:
+    """A valid record body for span number *n* of a trace."""
+    return {
+        "span": {
+            "traceId": trace_id, "spanId": f"{n + 1:016x}", "parentSpanId": "",
+            "traceState": "", "name": name, "kind": "SPAN_KIND_INTERNAL",
+            "startTimeUnixNano": "1", "endTimeUnixNano": "2",
+            "status": {"code": "STATUS_CODE_UNSET", "message": ""},
+            "attributes": {}, "droppedAttributesCount": "0", "events": [],
+            "droppedEventsCount": "0", "links": [], "droppedLinksCount": "0",
+        },
+        "resource": {"attributes": {}, "droppedAttributesCount": "0", "schemaUrl": ""},
+        "scope": {"name": "t", "version": "", "attributes": {}, "droppedAttributesCount": "0",
+                  "schemaUrl": ""},
+    }
+
+
+def assembler(**kwargs: Any) -> TraceAssembler:
+    kwargs.setdefault("seal_grace", 2.0)
+    kwargs.setdefault("idle_timeout", 30.0)
+    return TraceAssembler(**kwargs)
+
+
+def seal_all(asm: TraceAssembler, jobs: list[SealJob]) -> list[SealedBundle]:
+    """Seal each job for real and report it, as the exporter's sealer does."""
+    out = []
+    for job in jobs:
+        bundle = seal(job.trace_id, job.bodies, job.position, signer=signing_key(),
+                      producer=PRODUCER, sealed_at=SEALED_AT, reason=job.reason,
+                      completeness=job.completeness)
+        asm.sealed(job, bundle.next_position())
+        out.append(bundle)
+    return out
+
+
+def names(job: SealJob) -> list[str]:
+    return [b["span"]["name"] for b in job.bodies]
+
+
+def test_root_ended_trace_is_due_after_the_grace_only() -> None:
+    asm = assembler()
+    asm.add(T1, body(T1, 0), now=100.0)
+    asm.root_ended(T1, now=101.0)
+    assert asm.due(102.9) == []
+    asm.add(T1, body(T1, 1), now=102.5)  # a child still in the processor's queue
+    (job,) = asm.due(103.0)
+    assert (job.trace_id, job.reason, len(job.bodies)) == (T1, "root_ended", 2)
+    assert job.position == ChainPosition.genesis(T1)
+    seal_all(asm, [job])
+    assert asm.pending_traces == 0
+    assert asm.due(1e9) == []
+
+
+def test_open_trace_is_sealed_on_idle_timeout() -> None:
+    asm = assembler(idle_timeout=10.0)
+    asm.add(T1, body(T1, 0), now=0.0)
+    asm.add(T1, body(T1, 1), now=5.0)
+    assert asm.due(14.9) == []
+    (job,) = asm.due(15.0)
+    assert job.reason == "idle_timeout"
+    assert len(job.bodies) == 2
+
+
+def test_next_deadline_tracks_grace_and_idle() -> None:
+    asm = assembler(seal_grace=2.0, idle_timeout=10.0)
+    assert asm.next_deadline() is None
+    asm.add(T1, body(T1, 0), now=0.0)
+    assert asm.next_deadline() == 10.0
+    asm.root_ended(T1, now=1.0)
+    assert asm.next_deadline() == 3.0
+
+
+def test_root_of_an_unknown_trace_is_ignored() -> None:
+    asm = assembler()
+    asm.root_ended(T1, now=0.0)
+    assert asm.pending_traces == 0 and asm.next_deadline() is None
+
+
+def test_size_limit_cuts_linked_segments() -> None:
+    asm = assembler(max_records=3)
+    woke = [asm.add(T1, body(T1, i), now=0.0) for i in range(7)]
+    assert woke[2] is True  # the third body filled a segment
+    asm.root_ended(T1, now=0.0)
+    bundles = []
+    for _ in range(10):
+        jobs = asm.due(10.0)
+        if not jobs:
+            break
+        assert len(jobs) == 1
+        bundles += seal_all(asm, jobs)
+    assert [b.statement.seal_reason for b in bundles] == ["size_limit", "size_limit", "root_ended"]
+    assert [b.statement.record_count for b in bundles] == [3, 3, 1]
+    assert [b.statement.first_seq for b in bundles] == [0, 3, 6]
+    trust = trust_root_for_test()
+    reports = [check_bundle(io.BytesIO(b.data), trust) for b in bundles]
+    assert all(r.verdict is Verdict.OK for r in reports)
+    (link,) = link_segments(reports)
+    assert link.ok and link.segments == (0, 1, 2)
+
+
+def trust_root_for_test() -> TrustRoot:
+    public = signing_key().private_key.public_key()
+    return TrustRoot.from_keys([TrustedKey.from_public_key(public)])
+
+
+def test_late_span_after_sealing_continues_the_chain() -> None:
+    asm = assembler()
+    asm.add(T1, body(T1, 0), now=0.0)
+    asm.root_ended(T1, now=0.0)
+    (first,) = seal_all(asm, asm.due(2.0))
+    asm.add(T1, body(T1, 1, "late"), now=50.0)
+    # The root already ended: the continuation waits the grace, not the idle timeout.
+    assert asm.due(51.9) == []
+    (job,) = asm.due(52.0)
+    assert job.reason == "root_ended"
+    assert job.position == first.next_position()
+    (second,) = seal_all(asm, [job])
+    assert second.statement.segment_index == 1
+    assert second.statement.previous_statement == first.statement_digest
+
+
+def test_span_arriving_while_a_segment_is_in_flight_waits_for_it() -> None:
+    asm = assembler()
+    asm.add(T1, body(T1, 0), now=0.0)
+    asm.root_ended(T1, now=0.0)
+    (job,) = asm.due(2.0)
+    asm.add(T1, body(T1, 1), now=2.5)  # sealer busy with `job`
+    assert asm.due(100.0) == []  # cannot chain before the position is known
+    (bundle,) = seal_all(asm, [job])
+    (next_job,) = asm.due(100.0)
+    assert next_job.position == bundle.next_position()
+    assert names(next_job) == ["step"]
+
+
+def test_identical_duplicate_is_ignored_and_conflict_is_declared() -> None:
+    asm = assembler()
+    asm.add(T1, body(T1, 0), now=0.0)
+    assert asm.add(T1, body(T1, 0), now=0.1) is False  # identical re-delivery
+    changed = body(T1, 0, name="rewritten")
+    asm.add(T1, changed, now=0.2)
+    assert asm.add(T1, body(T1, 0, name="rewritten"), now=0.25) is False  # seen too
+    asm.add(T1, body(T1, 1), now=0.3)
+    (job,) = asm.drain_all("shutdown")
+    assert names(job) == ["step", "rewritten", "step"]
+    assert job.completeness.conflicts == (f"{1:016x}",)
+    (bundle,) = seal_all(asm, [job])
+    # The verifier accepts the duplicate span id because it is declared.
+    assert check_bundle(io.BytesIO(bundle.data), trust_root_for_test()).verdict is Verdict.OK
+
+
+def test_pending_trace_limit_seals_the_least_recently_active_trace() -> None:
+    asm = assembler(max_pending_traces=2)
+    asm.add(T1, body(T1, 0), now=0.0)
+    asm.add(T2, body(T2, 0), now=1.0)
+    asm.add(T1, body(T1, 1), now=2.0)  # T2 is now the least recently active
+    assert asm.add(T3, body(T3, 0), now=3.0) is True
+    (job,) = asm.due(3.0)
+    assert (job.trace_id, job.reason) == (T2, "idle_timeout")
+    assert any("max_pending_traces" in note for note in job.completeness.notes)
+    assert job.completeness.dropped_spans == 0
+
+
+def test_spans_dropped_for_want_of_room_are_declared_in_their_trace() -> None:
+    asm = assembler(max_pending_traces=1)
+    asm.add(T1, body(T1, 0), now=0.0)
+    asm.add(T2, body(T2, 0), now=1.0)  # T1 sealed early to make room
+    asm.add(T3, body(T3, 0), now=2.0)  # T2 cannot be sealed early: T1 still waits
+    asm.add(T3, body(T3, 1), now=2.0)
+    jobs = {job.trace_id: job for job in asm.due(2.0)}
+    assert jobs[T1].reason == "idle_timeout"
+    # T3's spans were dropped; once there is room, an empty segment declares them.
+    assert jobs[T3].bodies == ()
+    assert jobs[T3].completeness.dropped_spans == 2
+    assert T2 not in jobs
+    bundles = {b.statement.trace_id: b for b in seal_all(asm, list(jobs.values()))}
+    report = check_bundle(io.BytesIO(bundles[T3].data), trust_root_for_test())
+    assert report.verdict is Verdict.INCOMPLETE
+    assert report.statement is not None and report.statement.record_count == 0
+    # A later span of T3 continues the chain after the empty segment, owing nothing.
+    asm.add(T3, body(T3, 2), now=3.0)
+    later = {j.trace_id: j for j in asm.drain_all("shutdown")}
+    assert set(later) == {T2, T3}
+    assert later[T3].position == bundles[T3].next_position()
+    assert later[T3].completeness.dropped_spans == 0
+
+
+def test_rejected_spans_are_declared() -> None:
+    asm = assembler()
+    asm.add(T1, body(T1, 0), now=0.0)
+    asm.reject(T1, now=0.0)
+    asm.reject(T2, now=0.0, count=2)
+    jobs = {j.trace_id: j for j in asm.drain_all("shutdown")}
+    assert jobs[T1].completeness.rejected_spans == 1
+    assert (len(jobs[T2].bodies), jobs[T2].completeness.rejected_spans) == (0, 2)
+
+
+def test_flush_seals_ended_traces_early_but_never_cuts_open_ones() -> None:
+    asm = assembler()
+    asm.add(T1, body(T1, 0), now=0.0)
+    asm.root_ended(T1, now=0.0)
+    asm.add(T2, body(T2, 0), now=0.0)  # root still running
+    (job,) = asm.due(0.5, flush=True)
+    assert (job.trace_id, job.reason) == (T1, "force_flush")
+    seal_all(asm, [job])
+    assert asm.due(0.5, flush=True) == []
+    assert asm.pending_traces == 1
+
+
+def test_drain_all_takes_everything_over_several_calls() -> None:
+    asm = assembler(max_records=2)
+    for i in range(5):
+        asm.add(T1, body(T1, i), now=0.0)
+    asm.add(T2, body(T2, 0), now=0.0)
+    reasons = []
+    for _ in range(10):
+        jobs = asm.drain_all("shutdown")
+        if not jobs:
+            break
+        reasons += [(j.trace_id, j.reason, len(j.bodies)) for j in jobs]
+        seal_all(asm, jobs)
+    assert sorted(reasons) == sorted([
+        (T1, "size_limit", 2), (T1, "size_limit", 2), (T1, "shutdown", 1), (T2, "shutdown", 1),
+    ])
+    assert asm.pending_traces == 0
+
+
+def test_sealed_trace_memory_is_bounded() -> None:
+    asm = assembler(sealed_trace_memory=1)
+    for trace in (T1, T2):
+        asm.add(trace, body(trace, 0), now=0.0)
+        asm.root_ended(trace, now=0.0)
+        seal_all(asm, asm.due(5.0))
+    asm.add(T1, body(T1, 1), now=10.0)  # T1 was forgotten: a new chain
+    asm.add(T2, body(T2, 1), now=10.0)  # T2 is remembered: a continuation
+    jobs = {j.trace_id: j for j in asm.drain_all("shutdown")}
+    assert jobs[T1].position == ChainPosition.genesis(T1)
+    assert jobs[T2].position.segment_index == 1
+
+
+def test_abandoned_job_declares_its_spans_dropped() -> None:
+    asm = assembler()
+    asm.add(T1, body(T1, 0), now=0.0)
+    asm.add(T1, body(T1, 1), now=0.0)
+    (job,) = asm.drain_all("shutdown")
+    asm.abandon(job, "disk on fire")
+    (retry,) = asm.due(0.0)
+    assert retry.position == job.position
+    assert retry.bodies == ()
+    assert retry.completeness.dropped_spans == 2
+    assert "disk on fire" in retry.completeness.notes
+
+
+def test_caller_mistakes_raise() -> None:
+    asm = assembler()
+    with pytest.raises(ValueError, match="seal reason"):
+        asm.drain_all("because")
+    asm.add(T1, body(T1, 0), now=0.0)
+    (job,) = asm.drain_all("shutdown")
+    seal_all(asm, [job])
+    with pytest.raises(ValueError, match="in flight"):
+        asm.sealed(job, ChainPosition.genesis(T1))
+    with pytest.raises(ValueError):
+        TraceAssembler(max_records=0)
+
+
+
+# -- property: nothing lost, nothing duplicated, chains continue --------------------
+
+_STEPS = st.lists(
+    st.tuples(
+        st.sampled_from(["add", "add", "add", "again", "root", "due", "flush", "complete",
+                         "reject"]),
+        st.integers(0, 5),  # which trace
+        st.floats(0, 5),  # time passing
+    ),
+    max_size=120,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=_STEPS, max_records=st.integers(1, 4), max_pending=st.integers(1, 4),
+       redeliver=st.booleans())
+def test_every_span_is_certified_or_declared(
+    steps: list[tuple[str, int, float]], max_records: int, max_pending: int, redeliver: bool
+) -> None:
+    """Random interleavings of spans, roots, sealing passes and slow sealers: each
+    span ends up in exactly one record or in exactly one declared loss (identical
+    re-deliveries may only add records), segments chain, and a bundle never holds an
+    undeclared duplicate span id."""
+    asm = assembler(seal_grace=1.0, idle_timeout=8.0, max_records=max_records,
+                    max_pending_traces=max_pending)
+    traces = [f"{i + 1:032x}" for i in range(6)]
+    now = 0.0
+    sent = dict.fromkeys(traces, 0)
+    offered = 0  # spans and rejections handed to the assembler, re-deliveries excluded
+    in_flight: list[SealJob] = []
+    chain: dict[str, tuple[int, int]] = {}  # trace -> (next segment, next seq)
+    certified: dict[str, list[str]] = {t: [] for t in traces}
+    declared = 0
+
+    def take(jobs: list[SealJob]) -> None:
+        nonlocal declared
+        for job in jobs:
+            assert job.trace_id not in {j.trace_id for j in in_flight}
+            assert len(job.bodies) <= max_records
+            assert (job.position.segment_index, job.position.first_seq) == chain.get(
+                job.trace_id, (0, 0)
+            )
+            ids = [b["span"]["spanId"] for b in job.bodies]
+            repeated = {i for i in ids if ids.count(i) > 1}
+            assert repeated <= set(job.completeness.conflicts)
+            certified[job.trace_id] += ids
+            declared += job.completeness.dropped_spans + job.completeness.rejected_spans
+            in_flight.append(job)
+
+    def complete_all() -> None:
+        while in_flight:
+            job = in_flight.pop(0)
+            p = job.position
+            nxt = ChainPosition(p.segment_index + 1, p.first_seq + len(job.bodies), p.start,
+                                "sha256:" + "0" * 64)
+            chain[job.trace_id] = (nxt.segment_index, nxt.first_seq)
+            asm.sealed(job, nxt)
+
+    for op, t, step in steps:
+        now += step
+        trace_id = traces[t]
+        if op == "add" or (op == "again" and not (redeliver and sent[trace_id])):
+            asm.add(trace_id, body(trace_id, sent[trace_id]), now)
+            sent[trace_id] += 1
+            offered += 1
+        elif op == "again":
+            asm.add(trace_id, body(trace_id, sent[trace_id] - 1), now)
+        elif op == "root":
+            asm.root_ended(trace_id, now)
+        elif op in ("due", "flush"):
+            take(asm.due(now, flush=op == "flush"))
+        elif op == "complete":
+            complete_all()
+        else:
+            asm.reject(trace_id, now)
+            offered += 1
+    for _ in range(200):
+        complete_all()
+        jobs = asm.drain_all("shutdown")
+        if not jobs:
+            break
+        take(jobs)
+    complete_all()
+    assert asm.pending_traces == 0 and asm.next_deadline() is None
+    distinct = sum(len(set(ids)) for ids in certified.values())
+    records = sum(len(ids) for ids in certified.values())
+    if redeliver:
+        assert distinct + declared >= offered  # nothing lost silently
+        for trace_id in traces:
+            assert set(certified[trace_id]) <= {f"{n + 1:016x}" for n in range(sent[trace_id])}
+    else:
+        assert records == distinct  # no span certified twice
+        assert records + declared == offered  # and none lost without a declaration

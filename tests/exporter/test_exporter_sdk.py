@@ -1,0 +1,530 @@
+"""SpanproofSpanExporter: from SDK spans to bundle files that verify offline."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pytest
+from exporter_support import (
+    FakeClock,
+    Recorder,
+    by_trace,
+    evidence,
+    make_exporter,
+    record_span_ids,
+    reports,
+    signing_key,
+    span_hex,
+    trust_root,
+    verified,
+)
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.trace import SpanContext, TraceFlags
+from opentelemetry.trace.span import NonRecordingSpan
+
+from spanproof.exporter import SealedBundle, SpanproofSpanExporter
+from spanproof.verifier import Verdict, link_segments, verify_bundle
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll *predicate* until it holds or *timeout* seconds pass."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def bundle_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.spanproof.json"))
+
+
+def build_trace(
+    rec: Recorder, evidence_steps: int = 3, plain_steps: int = 2
+) -> tuple[str, list[str]]:
+    """One trace: a plain root with evidence and plain children.  Returns the trace
+    id and the evidence span ids in end order."""
+    selected = []
+    with rec.tracer.start_as_current_span("handle-case") as root:
+        for i in range(max(evidence_steps, plain_steps)):
+            if i < evidence_steps:
+                with evidence(rec, f"llm-{i}") as span:
+                    selected.append(f"{span.get_span_context().span_id:016x}")
+            if i < plain_steps:
+                with rec.tracer.start_as_current_span(f"db-{i}"):
+                    pass
+    return f"{root.get_span_context().trace_id:032x}", selected
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    return tmp_path / "bundles"
+
+
+def test_trace_split_over_many_batches_is_one_bundle(out: Path, clock: FakeClock) -> None:
+    rec = Recorder()
+    trace_id, selected = build_trace(rec, evidence_steps=10, plain_steps=5)
+    spans = rec.take()
+    assert len(spans) == 16
+    exporter = make_exporter(out, clock)
+    for i in range(0, len(spans), 3):
+        assert exporter.export(spans[i : i + 3]) is SpanExportResult.SUCCESS
+        clock.advance(0.1)
+    clock.advance(2.0)
+    assert exporter.force_flush()
+    (path,) = bundle_files(out)
+    proven = verify_bundle(path, trust_root(out.parent))
+    assert proven.statement.trace_id == trace_id
+    assert proven.statement.segment_index == 0
+    assert proven.statement.seal_reason == "root_ended"
+    assert proven.records is not None
+    assert [r["span"]["spanId"] for r in proven.records] == selected
+    assert proven.statement.sealed_at == datetime.fromtimestamp(clock.now, timezone.utc)
+    exporter.shutdown()
+    assert bundle_files(out) == [path]
+
+
+def test_producer_identity(out: Path, clock: FakeClock) -> None:
+    rec = Recorder()
+    build_trace(rec)
+    exporter = make_exporter(out, clock)
+    exporter.export(rec.take())
+    exporter.shutdown()
+    (report,) = verified(out, trust_root(out.parent))
+    assert report.statement is not None
+    producer = report.statement.producer
+    assert producer == exporter.producer
+    assert producer.name == "spanproof-exporter"
+    assert producer.version == metadata.version("spanproof")
+    assert len(producer.instance) == 16 and int(producer.instance, 16) >= 0
+    assert report.statement.seal_reason == "shutdown"
+
+
+def test_non_selected_spans_never_appear(out: Path, clock: FakeClock) -> None:
+    rec = Recorder()
+    expected: dict[str, list[str]] = {}
+    for _ in range(3):
+        trace_id, selected = build_trace(rec, evidence_steps=2, plain_steps=3)
+        expected[trace_id] = selected
+    with rec.tracer.start_as_current_span("no-evidence-root"):
+        with rec.tracer.start_as_current_span("plain-child", attributes={"gen_ai.system": "x"}):
+            pass
+    with rec.tracer.start_as_current_span(
+        "excluded", attributes={"gen_ai.operation.name": "chat", "spanproof.evidence": False}
+    ) as excluded:
+        pass
+    spans = rec.take()
+    exporter = make_exporter(out, clock)
+    exporter.export(spans)
+    exporter.shutdown()
+    found = by_trace(verified(out, trust_root(out.parent)))
+    certified = {t: [sid for r in rs for sid in record_span_ids(r)] for t, rs in found.items()}
+    assert certified == expected
+    assert span_hex(excluded)[0] not in found  # type: ignore[arg-type]
+
+
+def test_marker_selects_a_span_without_conventions(out: Path, clock: FakeClock) -> None:
+    rec = Recorder()
+    with rec.tracer.start_as_current_span("decision", attributes={"spanproof.evidence": True}):
+        pass
+    exporter = make_exporter(out, clock)
+    exporter.export(rec.take())
+    exporter.shutdown()
+    (report,) = verified(out, trust_root(out.parent))
+    assert report.records is not None and report.records[0]["span"]["name"] == "decision"
+
+
+def test_configured_selection(out: Path, clock: FakeClock) -> None:
+    rec = Recorder()
+    with rec.tracer.start_as_current_span("root"):
+        with rec.tracer.start_as_current_span("policy", attributes={"app.policy": "refund"}):
+            pass
+        with evidence(rec, "llm"):
+            pass
+    exporter = make_exporter(out, clock, select_attributes=["app.policy"])
+    exporter.export(rec.take())
+    exporter.shutdown()
+    (report,) = verified(out, trust_root(out.parent))
+    assert report.records is not None
+    assert [r["span"]["name"] for r in report.records] == ["policy"]
+
+
+def test_remote_parent_counts_as_local_root(out: Path, clock: FakeClock) -> None:
+    rec = Recorder()
+    remote = NonRecordingSpan(SpanContext(0xABC, 0xDEF, is_remote=True,
+                                          trace_flags=TraceFlags(TraceFlags.SAMPLED)))
+    with rec.tracer.start_as_current_span("server", context=trace.set_span_in_context(remote)):
+        with evidence(rec, "llm"):
+            pass
+    exporter = make_exporter(out, clock)
+    exporter.export(rec.take())
+    clock.advance(2.0)
+    assert exporter.force_flush()
+    (report,) = verified(out, trust_root(out.parent))
+    assert report.statement is not None and report.statement.seal_reason == "root_ended"
+    exporter.shutdown()
+
+
+def test_force_flush_does_not_cut_open_traces(out: Path, clock: FakeClock) -> None:
+    rec = Recorder()
+    root = rec.tracer.start_span("still-running")
+    with evidence(rec, "finished-root"):  # a whole trace in one span
+        pass
+    with rec.tracer.start_as_current_span("step", context=trace.set_span_in_context(root),
+                                          attributes={"gen_ai.operation.name": "chat"}):
+        pass
+    exporter = make_exporter(out, clock)
+    exporter.export(rec.take())  # one finished trace (its root ended) and one open
+    assert exporter.force_flush()
+    (report,) = verified(out, trust_root(out.parent))
+    assert report.statement is not None and report.statement.seal_reason == "force_flush"
+    root.end()
+    exporter.export(rec.take())
+    exporter.shutdown()
+    assert len(bundle_files(out)) == 2
+
+
+def test_many_concurrent_traces_from_several_threads(out: Path) -> None:
+    exporter = SpanproofSpanExporter(out, signing_key=signing_key(), seal_grace=0.05)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("threads")
+    expected: dict[str, list[str]] = {}
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(15):
+                with tracer.start_as_current_span(f"root-{n}-{i}") as root:
+                    ids = []
+                    for j in range(3):
+                        with tracer.start_as_current_span(
+                            f"llm-{j}", attributes={"gen_ai.operation.name": "chat"}
+                        ) as span:
+                            ids.append(f"{span.get_span_context().span_id:016x}")
+                        with tracer.start_as_current_span("plain"):
+                            pass
+                with lock:
+                    expected[f"{root.get_span_context().trace_id:032x}"] = ids
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    provider.shutdown()  # shuts the exporter down: everything is sealed
+    found = by_trace(verified(out, trust_root(out.parent)))
+    assert len(expected) == 90
+    assert set(found) == set(expected)
+    for trace_id, group in found.items():
+        assert len(group) == 1, trace_id  # one trace, one bundle
+        assert record_span_ids(group[0]) == expected[trace_id]
+
+
+def test_late_span_starts_a_linked_continuation(out: Path, clock: FakeClock) -> None:
+    rec = Recorder()
+    with rec.tracer.start_as_current_span("root") as root:
+        with evidence(rec, "llm"):
+            pass
+    exporter = make_exporter(out, clock)
+    exporter.export(rec.take())
+    clock.advance(3.0)
+    assert exporter.force_flush()
+    (first,) = bundle_files(out)
+    late = rec.tracer.start_span("late-tool-call", context=trace.set_span_in_context(root),
+                                 attributes={"gen_ai.operation.name": "execute_tool"})
+    late.end()
+    exporter.export(rec.take())
+    clock.advance(3.0)
+    assert exporter.force_flush()
+    exporter.shutdown()
+    rs = verified(out, trust_root(out.parent))
+    segments = {r.statement.segment_index: r for r in rs if r.statement}
+    assert sorted(segments) == [0, 1]
+    assert segments[0].source == str(first)
+    second = segments[1].statement
+    assert second is not None
+    assert second.previous_statement == segments[0].statement_digest
+    assert second.first_seq == 1
+    assert [r["span"]["name"] for r in segments[1].records or ()] == ["late-tool-call"]
+    (link,) = link_segments(rs)
+    assert link.ok, link.message
+    assert link.segments == (0, 1)
+
+
+def test_size_limit_seals_linked_segments(out: Path, clock: FakeClock) -> None:
+    rec = Recorder()
+    trace_id, selected = build_trace(rec, evidence_steps=7, plain_steps=0)
+    exporter = make_exporter(out, clock, max_records=3)
+    exporter.export(rec.take())
+    clock.advance(2.0)
+    assert exporter.force_flush()
+    exporter.shutdown()
+    rs = by_trace(verified(out, trust_root(out.parent)))[trace_id]
+    assert [r.statement.seal_reason for r in rs if r.statement] == [
+        "size_limit", "size_limit", "root_ended",
+    ]
+    assert [sid for r in rs for sid in record_span_ids(r)] == selected
+    (link,) = link_segments(rs)
+    assert link.ok and link.segments == (0, 1, 2)
+
+
+def test_root_end_seals_in_the_background(out: Path) -> None:
+    rec = Recorder()
+    build_trace(rec)
+    calls: list[str] = []
+
+    class ThreadRecordingSink:
+        def __init__(self) -> None:
+            from spanproof.exporter import DirectorySink
+
+            self.inner = DirectorySink(out)
+
+        def write(self, bundle: SealedBundle) -> str:
+            calls.append(threading.current_thread().name)
+            return self.inner.write(bundle)
+
+    exporter = SpanproofSpanExporter(out, signing_key=signing_key(), seal_grace=0.05,
+                                     sink=ThreadRecordingSink())
+    exporter.export(rec.take())
+    assert wait_for(lambda: len(bundle_files(out)) == 1)
+    (report,) = verified(out, trust_root(out.parent))
+    assert report.statement is not None and report.statement.seal_reason == "root_ended"
+    assert calls == ["spanproof-sealer"]  # written by the sealer, not by export()
+    exporter.shutdown()
+
+
+def test_idle_timeout_seals_in_the_background(out: Path) -> None:
+    rec = Recorder()
+    root = rec.tracer.start_span("never-ends")
+    with rec.tracer.start_as_current_span("step", context=trace.set_span_in_context(root),
+                                          attributes={"gen_ai.operation.name": "chat"}):
+        pass
+    exporter = SpanproofSpanExporter(out, signing_key=signing_key(), seal_grace=60.0,
+                                     idle_timeout=0.1)
+    exporter.export(rec.take())
+    assert wait_for(lambda: len(bundle_files(out)) == 1)
+    (report,) = verified(out, trust_root(out.parent))
+    assert report.statement is not None and report.statement.seal_reason == "idle_timeout"
+    exporter.shutdown()
+    assert len(bundle_files(out)) == 1
+
+
+def test_idle_timeout_with_injected_clock(out: Path, clock: FakeClock) -> None:
+    rec = Recorder()
+    root = rec.tracer.start_span("never-ends")
+    with rec.tracer.start_as_current_span("step", context=trace.set_span_in_context(root),
+                                          attributes={"gen_ai.operation.name": "chat"}):
+        pass
+    exporter = make_exporter(out, clock, idle_timeout=30.0)
+    exporter.export(rec.take())
+    clock.advance(29.0)
+    assert exporter.force_flush() and bundle_files(out) == []
+    clock.advance(1.0)
+    assert exporter.force_flush()
+    (report,) = verified(out, trust_root(out.parent))
+    assert report.statement is not None and report.statement.seal_reason == "idle_timeout"
+    exporter.shutdown()
+
+
+def test_shutdown_seals_pending_and_is_idempotent(out: Path, clock: FakeClock) -> None:
+    rec = Recorder()
+    root = rec.tracer.start_span("unfinished")
+    with rec.tracer.start_as_current_span("step", context=trace.set_span_in_context(root),
+                                          attributes={"gen_ai.operation.name": "chat"}):
+        pass
+    exporter = make_exporter(out, clock)
+    exporter.export(rec.take())
+    assert bundle_files(out) == []
+    exporter.shutdown()
+    (report,) = verified(out, trust_root(out.parent))
+    assert report.statement is not None and report.statement.seal_reason == "shutdown"
+    exporter.shutdown()
+    exporter.shutdown()
+    assert len(bundle_files(out)) == 1
+
+
+def test_after_shutdown_export_fails_without_raising(out: Path, clock: FakeClock) -> None:
+    rec = Recorder()
+    build_trace(rec)
+    exporter = make_exporter(out, clock)
+    exporter.shutdown()
+    assert exporter.export(rec.take()) is SpanExportResult.FAILURE
+    assert exporter.force_flush() is False
+    assert bundle_files(out) == []
+
+
+class _ExplodingSpan(ReadableSpan):
+    @property
+    def attributes(self) -> Any:
+        raise RuntimeError("attributes unavailable")
+
+
+def test_broken_span_objects_do_not_raise(out: Path, clock: FakeClock) -> None:
+    rec = Recorder()
+    _, selected = build_trace(rec, evidence_steps=1, plain_steps=0)
+    good = rec.take()
+    broken: list[Any] = [object(), None, _ExplodingSpan("x")]
+    exporter = make_exporter(out, clock)
+    assert exporter.export(broken + good) is SpanExportResult.FAILURE
+    assert exporter.export(None) is SpanExportResult.FAILURE  # type: ignore[arg-type]
+    exporter.shutdown()
+    (report,) = verified(out, trust_root(out.parent))
+    assert record_span_ids(report) == selected
+
+
+def test_unnormalizable_selected_span_is_declared_rejected(out: Path, clock: FakeClock) -> None:
+    rec = Recorder()
+    _, selected = build_trace(rec, evidence_steps=2, plain_steps=0)
+    spans = rec.take()
+    ctx = spans[0].get_span_context()
+    assert ctx is not None
+    attributes: Any = {"gen_ai.operation.name": "chat", "obj": object()}
+    bad = ReadableSpan(
+        "bad-value", context=SpanContext(ctx.trace_id, 0x77, False),
+        parent=spans[-1].get_span_context(),
+        attributes=attributes,
+        start_time=1, end_time=2,
+    )
+    exporter = make_exporter(out, clock)
+    assert exporter.export([*spans[:-1], bad, spans[-1]]) is SpanExportResult.FAILURE
+    exporter.shutdown()
+    (report,) = reports(out, trust_root(out.parent))
+    assert report.verdict is Verdict.INCOMPLETE
+    (report,) = verified(out, trust_root(out.parent), allow_incomplete=True)
+    assert report.statement is not None
+    assert report.statement.completeness.rejected_spans == 1
+    assert record_span_ids(report) == selected
+
+
+def test_lone_surrogate_span_is_rejected_and_the_rest_certified(
+    out: Path, clock: FakeClock
+) -> None:
+    rec = Recorder()
+    with rec.tracer.start_as_current_span("root"):
+        with evidence(rec, "ok") as ok:
+            pass
+        with evidence(rec, "bad", prompt="half a pair \ud800"):
+            pass
+    exporter = make_exporter(out, clock)
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    (report,) = verified(out, trust_root(out.parent), allow_incomplete=True)
+    assert report.statement is not None
+    assert report.statement.completeness.rejected_spans == 1
+    assert any("lone surrogate" in n for n in report.statement.completeness.notes)
+    assert record_span_ids(report) == [span_hex(ok)[1]]
+
+
+def test_failing_sink_is_retried(out: Path, clock: FakeClock) -> None:
+    from spanproof.exporter import DirectorySink
+
+    class FullDisk:
+        def __init__(self) -> None:
+            self.inner = DirectorySink(out)
+            self.full = True
+            self.attempts = 0
+
+        def write(self, bundle: SealedBundle) -> str:
+            self.attempts += 1
+            if self.full:
+                raise OSError(28, "No space left on device")
+            return self.inner.write(bundle)
+
+    rec = Recorder()
+    build_trace(rec)
+    sink = FullDisk()
+    exporter = make_exporter(out, clock, sink=sink)
+    exporter.export(rec.take())
+    clock.advance(2.0)
+    assert exporter.force_flush() is False  # sealed, but the write failed: kept
+    assert exporter.force_flush() is False  # retried, failed again
+    assert sink.attempts >= 2 and bundle_files(out) == []
+    sink.full = False
+    assert exporter.force_flush() is True
+    exporter.shutdown()
+    (report,) = verified(out, trust_root(out.parent))
+    assert report.statement is not None and report.statement.seal_reason == "root_ended"
+
+
+def _wait_child(pid: int, timeout: float) -> int:
+    """The child's wait status; kills it and fails the test if it outlives *timeout*."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail(f"forked child {pid} did not exit within {timeout} s")
+
+
+def test_fork_child_and_parent_each_seal_their_own(out: Path, clock: FakeClock) -> None:
+    rec = Recorder()
+    parent_root = rec.tracer.start_span("parent-root")
+    with rec.tracer.start_as_current_span(
+        "parent-step", context=trace.set_span_in_context(parent_root),
+        attributes={"gen_ai.operation.name": "chat"},
+    ) as parent_step:
+        pass
+    exporter = make_exporter(out, clock)
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS  # pending in the parent
+    parent_instance = exporter.producer.instance
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        signal.alarm(30)  # a child that deadlocks dies instead of hanging the suite
+        try:
+            child_rec = Recorder()
+            with child_rec.tracer.start_as_current_span("child-root"):
+                with evidence(child_rec, "child-step"):
+                    pass
+            ok = exporter.export(child_rec.take()) is SpanExportResult.SUCCESS
+            exporter.shutdown()
+            code = 0 if ok and exporter.producer.instance != parent_instance else 2
+        finally:
+            os._exit(code)
+    status = _wait_child(pid, timeout=40.0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child status {status}"
+    assert exporter.producer.instance == parent_instance
+    parent_root.end()
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    assert not [p for p in os.listdir(out) if not p.endswith(".spanproof.json") and p != "keys"]
+    rs = verified(out, trust_root(out.parent))
+    assert len(rs) == 2
+    names = {r.statement.producer.instance: [rec_["span"]["name"] for rec_ in r.records or ()]
+             for r in rs if r.statement}
+    assert names[parent_instance] == ["parent-step"]
+    (child_instance,) = set(names) - {parent_instance}
+    assert names[child_instance] == ["child-step"]
+    parent_bundle = next(r for r in rs if r.statement and r.statement.producer.instance
+                         == parent_instance)
+    assert parent_bundle.statement is not None
+    assert parent_bundle.statement.trace_id == span_hex(parent_step)[0]  # type: ignore[arg-type]
+
+
+def test_entry_point_names_the_exporter() -> None:
+    (ep,) = metadata.entry_points(group="opentelemetry_traces_exporter", name="spanproof")
+    assert ep.load() is SpanproofSpanExporter

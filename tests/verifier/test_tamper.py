@@ -1,0 +1,1066 @@
+"""Tampered bundles: one ``_fail`` case per defect, each pinned to the check that
+must catch it (SPEC §8), its message, and the exception :func:`verify_bundle` raises.
+
+The base bundle is four records of one trace, sealed by the producer's own pure
+``seal()`` with a fixed key and a fixed sealing time.  Tampering that the signature
+would catch first is re-signed with the trusted key (:func:`resign`), so each case
+reaches the deeper check it is about.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import io
+import json
+import re
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from spanproof.exporter.keys import SigningKey
+from spanproof.verifier import (
+    BUNDLE_MEDIA_TYPE,
+    CanonicalizationError,
+    ChainError,
+    Completeness,
+    IncompleteBundle,
+    InvalidBundle,
+    SignatureError,
+    SpanproofError,
+    Status,
+    TrustError,
+    TrustRoot,
+    Verdict,
+    canonicalize,
+    check_bundle,
+    record_hash,
+    verify_bundle,
+)
+from spanproof.verifier.keys import format_time
+from spanproof.verifier.verify import CHECKS
+
+if TYPE_CHECKING:
+    from conftest import Kit
+
+RECORDS_OPEN = b',"records":[\n'
+
+# --- helpers -------------------------------------------------------------------
+
+
+def split(data: bytes) -> tuple[bytes, list[bytes]]:
+    """Split bundle bytes into the header line (with its line feed) and record lines."""
+    lines = data.split(b"\n")
+    assert lines[-2:] == [b"]}", b""]
+    return lines[0] + b"\n", [line.removesuffix(b",") for line in lines[1:-2]]
+
+
+def join(header: bytes, records: Sequence[bytes]) -> bytes:
+    """Frame a header line and record lines as a bundle (SPEC §7)."""
+    return header + b",\n".join(records) + (b"\n" if records else b"") + b"]}\n"
+
+
+def header_doc(header: bytes) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(header[: -len(RECORDS_OPEN)] + b"}")
+    return doc
+
+
+def make_header(envelope: dict[str, Any], **fields: Any) -> bytes:
+    """A canonical header line for *envelope*, with *fields* merged in."""
+    doc = {"envelope": envelope, "mediaType": BUNDLE_MEDIA_TYPE, **fields}
+    return canonicalize(doc)[:-1] + RECORDS_OPEN
+
+
+def statement_of(data: bytes) -> dict[str, Any]:
+    payload = base64.b64decode(header_doc(split(data)[0])["envelope"]["payload"])
+    doc: dict[str, Any] = json.loads(payload)
+    return doc
+
+
+def chain(
+    records: Sequence[dict[str, Any]],
+    start: str,
+    *,
+    first_seq: int = 0,
+    encode: Callable[[int, dict[str, Any]], bytes] | None = None,
+) -> list[bytes]:
+    """Re-number and re-link *records* from *start*, as a forger with the tools would.
+
+    *encode* (default: canonical) turns record *i* into its line bytes; the next
+    record's ``prev`` is the hash of exactly those bytes.
+    """
+    out, head = [], start
+    for i, record in enumerate(records):
+        linked = {**record, "seq": str(first_seq + i), "prev": head}
+        raw = encode(i, linked) if encode else canonicalize(linked)
+        head = record_hash(raw)
+        out.append(raw)
+    return out
+
+
+def resign(
+    statement: dict[str, Any],
+    records: Sequence[bytes],
+    signer: SigningKey,
+    edit: Callable[[dict[str, Any]], None] | None = None,
+    *,
+    payload: Callable[[dict[str, Any]], bytes] = canonicalize,
+) -> bytes:
+    """Sign a statement over *records* (count and head recomputed from their bytes),
+    after *edit*, and frame the bundle: what an attacker holding *signer* can do."""
+    stmt = copy.deepcopy(statement)
+    head = stmt["predicate"]["segment"]["start"]
+    for raw in records:
+        head = record_hash(raw)
+    stmt["predicate"]["head"] = head
+    stmt["predicate"]["recordCount"] = str(len(records))
+    stmt["subject"][0]["digest"]["sha256"] = head.removeprefix("sha256:")
+    if edit is not None:
+        edit(stmt)
+    envelope = signer.sign_envelope(payload(stmt))
+    return join(make_header(envelope.to_json()), records)
+
+
+def edit_record(raw: bytes, change: Callable[[dict[str, Any]], None]) -> bytes:
+    record = json.loads(raw)
+    change(record)
+    return canonicalize(record)
+
+
+def set_note(record: dict[str, Any]) -> None:
+    record["span"]["attributes"]["step.note"] = {"stringValue": "step edited after sealing"}
+
+
+def assert_rejected(
+    kit: Kit,
+    data: bytes,
+    check: str,
+    message: str,
+    error: type[SpanproofError],
+    *,
+    trust: TrustRoot | None = None,
+    verdict: Verdict = Verdict.FAIL,
+) -> None:
+    """*data* fails exactly *check* with *message*, and ``verify_bundle`` raises *error*."""
+    trust = trust or kit.trust
+    report = check_bundle(io.BytesIO(data), trust)
+    assert report.verdict is verdict
+    failed = [c for c in report.checks if c.status is Status.FAIL]
+    assert [c.name for c in failed] == [check], report.checks
+    assert message in failed[0].message
+    assert report.reason == failed[0].message
+    position = CHECKS.index(check)
+    assert [c.name for c in report.checks] == list(CHECKS)
+    assert all(c.status is Status.SKIPPED for c in report.checks[position + 1 :])
+    with pytest.raises(error, match=re.escape(message)) as info:
+        verify_bundle(io.BytesIO(data), trust)
+    assert type(info.value) is error
+
+
+@pytest.fixture()
+def base(kit: Kit) -> bytes:
+    return kit.seal().data
+
+
+@pytest.fixture()
+def parts(base: bytes) -> tuple[bytes, list[bytes]]:
+    header, records = split(base)
+    assert len(records) == 4
+    return header, records
+
+
+# --- the untampered bundle -------------------------------------------------------
+
+
+def test_untampered_bundle_verifies(kit: Kit, base: bytes) -> None:
+    report = kit.check(base)
+    assert report.verdict is Verdict.OK and report.ok and report.reason == ""
+    assert [c.status for c in report.checks] == [Status.PASS] * len(CHECKS)
+    proven = verify_bundle(io.BytesIO(base), kit.trust)
+    assert proven.signer_keyid == kit.key.keyid
+    assert proven.statement.trace_id == kit.trace_id
+    assert proven.statement.record_count == 4
+    assert proven.statement.sealed_at == kit.sealed_at
+    assert proven.records is not None
+    assert [r["seq"] for r in proven.records] == ["0", "1", "2", "3"]
+
+
+def test_split_and_join_reproduce_the_sealed_bytes(base: bytes) -> None:
+    assert join(*split(base)) == base
+
+
+def test_resign_without_changes_reproduces_the_sealed_bytes(kit: Kit, base: bytes) -> None:
+    # Ed25519 is deterministic, so the forging helper is exact when nothing changed.
+    assert resign(statement_of(base), split(base)[1], kit.key) == base
+
+
+# --- records: content ------------------------------------------------------------
+
+
+def test_record_attribute_edited_middle_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    header, records = parts
+    records[1] = edit_record(records[1], set_note)
+    assert_rejected(
+        kit, join(header, records), "chain", "record 2: previous-hash mismatch", ChainError
+    )
+
+
+def test_record_attribute_edited_last_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    header, records = parts
+    records[3] = edit_record(records[3], set_note)
+    assert_rejected(
+        kit, join(header, records), "head", "does not match the signed head", ChainError
+    )
+
+
+def test_record_attribute_type_changed_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    # "1" for 1: the same digits, another type, so another record.
+    header, records = parts
+
+    def retype(record: dict[str, Any]) -> None:
+        record["span"]["attributes"]["step.index"] = {"stringValue": "1"}
+
+    records[1] = edit_record(records[1], retype)
+    assert_rejected(
+        kit, join(header, records), "chain", "record 2: previous-hash mismatch", ChainError
+    )
+
+
+# --- records: order and membership -------------------------------------------------
+
+
+def test_records_reordered_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    header, records = parts
+    records[1], records[2] = records[2], records[1]
+    assert_rejected(
+        kit, join(header, records), "chain", "record 1: sequence number 2, expected 1", ChainError
+    )
+
+
+def test_records_reordered_and_renumbered_fail(
+    kit: Kit, parts: tuple[bytes, list[bytes]]
+) -> None:
+    header, records = parts
+    records[1], records[2] = records[2], records[1]
+    for i in (1, 2):
+        records[i] = edit_record(records[i], lambda r, i=i: r.update(seq=str(i)))
+    assert_rejected(
+        kit, join(header, records), "chain", "record 1: previous-hash mismatch", ChainError
+    )
+
+
+def test_record_deleted_middle_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    header, records = parts
+    del records[1]
+    assert_rejected(
+        kit, join(header, records), "chain", "record 1: sequence number 2, expected 1", ChainError
+    )
+
+
+def test_record_deleted_and_renumbered_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    header, records = parts
+    del records[1]
+    for i in (1, 2):
+        records[i] = edit_record(records[i], lambda r, i=i: r.update(seq=str(i)))
+    assert_rejected(
+        kit, join(header, records), "chain", "record 1: previous-hash mismatch", ChainError
+    )
+
+
+def test_record_inserted_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    # A forged record correctly linked to its predecessor: its successor no longer fits.
+    header, records = parts
+    template = json.loads(records[0])
+    forged = chain([{**template, **kit.span_body(9)}], record_hash(records[1]), first_seq=2)
+    records.insert(2, forged[0])
+    assert_rejected(
+        kit, join(header, records), "chain", "record 3: sequence number 2, expected 3", ChainError
+    )
+
+
+def test_record_appended_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    # Correctly chained to the old head, but not covered by the signature.
+    header, records = parts
+    template = json.loads(records[0])
+    extra = chain([{**template, **kit.span_body(4)}], record_hash(records[3]), first_seq=4)
+    assert_rejected(
+        kit,
+        join(header, [*records, *extra]),
+        "head",
+        "bundle has 5 records but the signed statement covers 4",
+        ChainError,
+    )
+
+
+def test_record_duplicated_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    header, records = parts
+    records.insert(2, records[1])
+    assert_rejected(
+        kit, join(header, records), "chain", "record 2: sequence number 1, expected 2", ChainError
+    )
+
+
+def test_last_record_duplicated_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    header, records = parts
+    records.append(records[3])
+    assert_rejected(
+        kit, join(header, records), "chain", "record 4: sequence number 3, expected 4", ChainError
+    )
+
+
+def test_records_truncated_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    header, records = parts
+    assert_rejected(
+        kit,
+        join(header, records[:3]),
+        "head",
+        "bundle has 3 records but the signed statement covers 4",
+        ChainError,
+    )
+
+
+def test_all_records_removed_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    header, _records = parts
+    assert_rejected(
+        kit,
+        join(header, []),
+        "head",
+        "bundle has 0 records but the signed statement covers 4",
+        ChainError,
+    )
+
+
+def test_record_from_another_trace_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    header, records = parts
+    _other_header, other = split(kit.seal(trace_id=kit.other_trace_id).data)
+    records[1] = other[1]
+    assert_rejected(
+        kit,
+        join(header, records),
+        "chain",
+        f"record 1: trace id {kit.other_trace_id} does not match the bundle's trace {kit.trace_id} "
+        "(record moved from another trace)",
+        ChainError,
+    )
+
+
+def test_record_from_another_bundle_of_the_same_trace_fail(
+    kit: Kit, parts: tuple[bytes, list[bytes]]
+) -> None:
+    # Same trace, same position, different history: the link to its predecessor breaks.
+    header, records = parts
+    bodies = kit.bodies(4)
+    bodies[0] = kit.span_body(0, attributes={"step.note": "another history"})
+    records[1] = split(kit.seal(bodies).data)[1][1]
+    assert_rejected(
+        kit, join(header, records), "chain", "record 1: previous-hash mismatch", ChainError
+    )
+
+
+# --- truncated files -----------------------------------------------------------------
+
+
+def test_file_truncated_mid_record_fail(kit: Kit, base: bytes) -> None:
+    header, records = split(base)
+    cut = len(header) + len(records[0]) + 2 + len(records[1]) + 2 + len(records[2]) // 2
+    assert_rejected(kit, base[:cut], "records", "truncated: record 2", InvalidBundle)
+
+
+def test_file_truncated_mid_header_fail(kit: Kit, base: bytes) -> None:
+    header, _records = split(base)
+    assert_rejected(kit, base[: len(header) // 2], "format", "truncated", InvalidBundle)
+
+
+def test_file_truncated_before_closing_bracket_fail(kit: Kit, base: bytes) -> None:
+    assert_rejected(
+        kit, base[:-3], "records", "truncated: file ends after 4 record(s)", InvalidBundle
+    )
+
+
+def test_file_truncated_by_its_last_byte_fail(kit: Kit, base: bytes) -> None:
+    assert_rejected(kit, base[:-1], "records", "truncated", InvalidBundle)
+
+
+def test_data_after_the_bundle_fail(kit: Kit, base: bytes) -> None:
+    assert_rejected(kit, base + b"{}\n", "records", "data after the closing", InvalidBundle)
+
+
+def test_record_framing_without_comma_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    header, records = parts
+    data = header + b"\n".join(records) + b"\n]}\n"
+    assert_rejected(kit, data, "records", "record 1 follows a record with no comma", InvalidBundle)
+
+
+def test_every_proper_prefix_of_a_bundle_fails_without_raising(kit: Kit) -> None:
+    data = kit.seal(kit.bodies(2)).data
+    for length in range(len(data)):
+        report = kit.check(data[:length])
+        assert report.verdict is Verdict.FAIL, length
+        assert report.error is not None
+        failed = [c.name for c in report.checks if c.status is Status.FAIL]
+        assert failed and failed[0] in {"format", "envelope", "records", "head"}, (length, failed)
+
+
+# --- envelope and signature ------------------------------------------------------------
+
+
+def test_statement_payload_altered_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    # The payload is re-encoded with one more record; the signature is left as it was.
+    header, records = parts
+    doc = header_doc(header)
+    stmt = json.loads(base64.b64decode(doc["envelope"]["payload"]))
+    stmt["predicate"]["recordCount"] = "3"
+    doc["envelope"]["payload"] = base64.b64encode(canonicalize(stmt)).decode()
+    assert_rejected(
+        kit,
+        join(make_header(doc["envelope"]), records[:3]),
+        "signature",
+        "signature does not verify with the trusted key its key id names",
+        SignatureError,
+    )
+
+
+def test_signature_swapped_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    # A genuine signature by the trusted key, but over another bundle's statement.
+    header, records = parts
+    other = header_doc(split(kit.seal(trace_id=kit.other_trace_id).data)[0])
+    doc = header_doc(header)
+    doc["envelope"]["signatures"] = other["envelope"]["signatures"]
+    assert doc["envelope"]["signatures"][0]["keyid"] == kit.key.keyid
+    assert_rejected(
+        kit,
+        join(make_header(doc["envelope"]), records),
+        "signature",
+        "signature does not verify with the trusted key its key id names",
+        SignatureError,
+    )
+
+
+def test_untrusted_key_fail(kit: Kit) -> None:
+    data = kit.seal(signer=kit.attacker).data
+    assert_rejected(
+        kit, data, "signature", "signed by a key that is not trusted", SignatureError
+    )
+
+
+def test_keyid_pointing_to_the_trusted_key_fail(
+    kit: Kit, parts: tuple[bytes, list[bytes]]
+) -> None:
+    # Signed by the attacker, labelled with the trusted key's id.
+    _header, records = parts
+    forged = header_doc(split(kit.seal(signer=kit.attacker).data)[0])
+    forged["envelope"]["signatures"][0]["keyid"] = kit.key.keyid
+    assert_rejected(
+        kit,
+        join(make_header(forged["envelope"]), records),
+        "signature",
+        "signature does not verify with the trusted key its key id names",
+        SignatureError,
+    )
+
+
+@pytest.mark.parametrize("hint", ["", "0" * 64, "some-other-key"])
+def test_keyid_is_only_a_hint(kit: Kit, parts: tuple[bytes, list[bytes]], hint: str) -> None:
+    header, records = parts
+    doc = header_doc(header)
+    doc["envelope"]["signatures"][0]["keyid"] = hint
+    report = kit.check(join(make_header(doc["envelope"]), records))
+    assert report.verdict is Verdict.OK
+    assert report.signer_keyid == kit.key.keyid
+
+
+def test_extra_untrusted_signature_does_not_matter(
+    kit: Kit, parts: tuple[bytes, list[bytes]]
+) -> None:
+    header, records = parts
+    doc = header_doc(header)
+    attacker_sig = kit.attacker.sign_envelope(b"anything").to_json()["signatures"][0]
+    doc["envelope"]["signatures"].insert(0, attacker_sig)
+    report = kit.check(join(make_header(doc["envelope"]), records))
+    assert report.verdict is Verdict.OK and report.signer_keyid == kit.key.keyid
+
+
+def test_header_public_key_field_fail(kit: Kit) -> None:
+    # A bundle that ships its own (attacker) key: rejected as an unknown field,
+    # and that key is never trusted even for a moment.
+    forged = kit.seal(signer=kit.attacker).data
+    header, records = split(forged)
+    data = join(
+        make_header(header_doc(header)["envelope"], publicKey=kit.attacker.public_pem().decode()),
+        records,
+    )
+    assert_rejected(
+        kit, data, "format", "bundle header: unknown fields ['publicKey']", InvalidBundle
+    )
+
+
+def test_header_public_key_field_on_a_genuine_bundle_fail(
+    kit: Kit, parts: tuple[bytes, list[bytes]]
+) -> None:
+    header, records = parts
+    data = join(
+        make_header(header_doc(header)["envelope"], publicKey=kit.key.public_pem().decode()),
+        records,
+    )
+    assert_rejected(
+        kit, data, "format", "bundle header: unknown fields ['publicKey']", InvalidBundle
+    )
+
+
+def test_envelope_public_key_field_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    header, records = parts
+    envelope = header_doc(header)["envelope"]
+    envelope["publicKey"] = kit.attacker.public_pem().decode()
+    assert_rejected(
+        kit,
+        join(make_header(envelope), records),
+        "envelope",
+        "envelope: unknown fields ['publicKey']",
+        InvalidBundle,
+    )
+
+
+def test_signature_public_key_field_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    header, records = parts
+    envelope = header_doc(header)["envelope"]
+    envelope["signatures"][0]["publicKey"] = kit.attacker.public_pem().decode()
+    assert_rejected(
+        kit,
+        join(make_header(envelope), records),
+        "envelope",
+        "envelope.signatures[0]: must be",
+        InvalidBundle,
+    )
+
+
+def test_envelope_bad_base64_payload_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    header, records = parts
+    envelope = header_doc(header)["envelope"]
+    envelope["payload"] = envelope["payload"][:-2] + "*="
+    assert_rejected(
+        kit,
+        join(make_header(envelope), records),
+        "envelope",
+        "envelope.payload: not valid standard base64",
+        InvalidBundle,
+    )
+
+
+def test_envelope_without_signatures_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    header, records = parts
+    envelope = header_doc(header)["envelope"]
+    envelope["signatures"] = []
+    assert_rejected(
+        kit,
+        join(make_header(envelope), records),
+        "envelope",
+        "'signatures' must be a non-empty array",
+        InvalidBundle,
+    )
+
+
+# --- versions and media types ----------------------------------------------------------
+
+
+def test_bundle_media_type_unknown_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    header, records = parts
+    doc = header_doc(header)
+    data = canonicalize(
+        {"envelope": doc["envelope"], "mediaType": "application/vnd.spanproof.bundle.v2+json"}
+    )[:-1] + RECORDS_OPEN
+    assert_rejected(
+        kit,
+        join(data, records),
+        "format",
+        "bundle header: unknown mediaType 'application/vnd.spanproof.bundle.v2+json'",
+        InvalidBundle,
+    )
+
+
+def test_payload_type_unknown_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    header, records = parts
+    envelope = header_doc(header)["envelope"]
+    envelope["payloadType"] = "application/json"
+    assert_rejected(
+        kit,
+        join(make_header(envelope), records),
+        "envelope",
+        "envelope: unknown payloadType 'application/json'",
+        InvalidBundle,
+    )
+
+
+def test_statement_predicate_type_unknown_fail(kit: Kit, base: bytes) -> None:
+    data = resign(
+        statement_of(base),
+        split(base)[1],
+        kit.key,
+        lambda s: s.update(predicateType="https://spanproof.dev/bundle/v2"),
+    )
+    assert_rejected(
+        kit,
+        data,
+        "statement",
+        "statement: unknown predicateType 'https://spanproof.dev/bundle/v2'",
+        InvalidBundle,
+    )
+
+
+def test_statement_type_unknown_fail(kit: Kit, base: bytes) -> None:
+    data = resign(
+        statement_of(base),
+        split(base)[1],
+        kit.key,
+        lambda s: s.update(_type="https://in-toto.io/Statement/v0.1"),
+    )
+    assert_rejected(
+        kit,
+        data,
+        "statement",
+        "statement: unknown _type 'https://in-toto.io/Statement/v0.1'",
+        InvalidBundle,
+    )
+
+
+def test_statement_subject_not_the_head_fail(kit: Kit, base: bytes) -> None:
+    def edit(stmt: dict[str, Any]) -> None:
+        stmt["subject"][0]["digest"]["sha256"] = "0" * 64
+
+    data = resign(statement_of(base), split(base)[1], kit.key, edit)
+    assert_rejected(kit, data, "statement", "statement.subject", InvalidBundle)
+
+
+def test_statement_non_canonical_payload_fail(kit: Kit, base: bytes) -> None:
+    # Validly signed, but the signed bytes are not canonical JSON.
+    data = resign(
+        statement_of(base),
+        split(base)[1],
+        kit.key,
+        payload=lambda s: json.dumps(s, indent=1).encode(),
+    )
+    assert_rejected(
+        kit,
+        data,
+        "statement",
+        "statement: bytes are not RFC 8785 canonical JSON",
+        CanonicalizationError,
+    )
+
+
+def test_statement_record_count_wrong_fail(kit: Kit, base: bytes) -> None:
+    data = resign(
+        statement_of(base),
+        split(base)[1],
+        kit.key,
+        lambda s: s["predicate"].update(recordCount="5"),
+    )
+    assert_rejected(
+        kit, data, "head", "bundle has 4 records but the signed statement covers 5", ChainError
+    )
+
+
+def test_statement_segment_zero_not_at_genesis_fail(kit: Kit, base: bytes) -> None:
+    def edit(stmt: dict[str, Any]) -> None:
+        stmt["predicate"]["segment"]["start"] = "sha256:" + "0" * 64
+
+    data = resign(statement_of(base), split(base)[1], kit.key, edit)
+    assert_rejected(
+        kit, data, "statement", "segment 0 must start at seq 0 from the genesis hash", InvalidBundle
+    )
+
+
+def test_record_media_type_unknown_fail(kit: Kit, base: bytes) -> None:
+    stmt = statement_of(base)
+    records = [json.loads(raw) for raw in split(base)[1]]
+    for record in records:
+        record["mediaType"] = "application/vnd.spanproof.cer.v2+json"
+    rechained = chain(records, stmt["predicate"]["segment"]["start"])
+    assert_rejected(
+        kit,
+        resign(stmt, rechained, kit.key),
+        "records",
+        "record 0: unknown record media type 'application/vnd.spanproof.cer.v2+json'",
+        InvalidBundle,
+    )
+
+
+def test_record_unknown_field_fail(kit: Kit, base: bytes) -> None:
+    stmt = statement_of(base)
+    records = [json.loads(raw) for raw in split(base)[1]]
+    records[2]["signature"] = "trust me"
+    rechained = chain(records, stmt["predicate"]["segment"]["start"])
+    assert_rejected(
+        kit,
+        resign(stmt, rechained, kit.key),
+        "records",
+        "record 2: unknown signature",
+        InvalidBundle,
+    )
+
+
+# --- strict, canonical JSON inside the bundle --------------------------------------------
+
+
+def test_record_duplicate_json_key_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    header, records = parts
+    assert records[1].startswith(b'{"mediaType":')
+    records[1] = b'{"seq":"1",' + records[1][1:]
+    assert_rejected(
+        kit, join(header, records), "records", "record 1: duplicate JSON key 'seq'", InvalidBundle
+    )
+
+
+def test_header_duplicate_json_key_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    header, records = parts
+    forged = b'{"mediaType":"' + BUNDLE_MEDIA_TYPE.encode() + b'",' + header[1:]
+    assert_rejected(
+        kit,
+        join(forged, records),
+        "format",
+        "bundle header: duplicate JSON key 'mediaType'",
+        InvalidBundle,
+    )
+
+
+def test_record_nan_literal_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    header, records = parts
+    target = b'"droppedEventsCount":"0"'
+    assert target in records[1]
+    records[1] = records[1].replace(target, b'"droppedEventsCount":NaN')
+    assert_rejected(
+        kit, join(header, records), "records", "record 1: NaN literal is not JSON", InvalidBundle
+    )
+
+
+def test_record_invalid_utf8_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    header, records = parts
+    records[1] = records[1].replace(b"step 1", b"step \xff")
+    assert_rejected(
+        kit, join(header, records), "records", "record 1: not valid UTF-8", InvalidBundle
+    )
+
+
+def test_record_non_canonical_whitespace_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    header, records = parts
+    records[1] = records[1].replace(b'":"', b'": "', 1)
+    assert_rejected(
+        kit,
+        join(header, records),
+        "records",
+        "record 1: bytes are not RFC 8785 canonical JSON",
+        CanonicalizationError,
+    )
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda r: json.dumps(dict(reversed(r.items())), separators=(",", ":")).encode(),
+        lambda r: canonicalize(r).replace(b'"seq":', b'"seq" :'),
+        lambda r: canonicalize(r).replace(b'"name":"step-', b'"name":"\\u0073tep-'),
+        lambda r: canonicalize(r).replace(b"verifier-tests", b"verifier\\u002dtests"),
+    ],
+    ids=["key_order", "space", "escaped_ascii_letter", "escaped_hyphen"],
+)
+def test_record_non_canonical_resigned_fail(
+    kit: Kit, base: bytes, encode: Callable[[dict[str, Any]], bytes]
+) -> None:
+    # Even when the chain and the signature are computed over the non-canonical bytes
+    # (the same JSON value), the record is refused: records must be canonical as stored.
+    stmt = statement_of(base)
+    records = [json.loads(raw) for raw in split(base)[1]]
+    rechained = chain(
+        records,
+        stmt["predicate"]["segment"]["start"],
+        encode=lambda i, r: encode(r) if i == 1 else canonicalize(r),
+    )
+    assert rechained[1] != canonicalize(json.loads(rechained[1]))
+    assert_rejected(
+        kit,
+        resign(stmt, rechained, kit.key),
+        "records",
+        "record 1: bytes are not RFC 8785 canonical JSON",
+        CanonicalizationError,
+    )
+
+
+# --- trust: validity windows -----------------------------------------------------------------
+
+
+def _trust_root(key: SigningKey, **window: str) -> TrustRoot:
+    doc = {
+        "mediaType": "application/vnd.spanproof.trust-root.v1+json",
+        "keys": [{"publicKey": key.public_pem().decode(), "keyid": key.keyid, **window}],
+    }
+    return TrustRoot.from_json(json.dumps(doc).encode())
+
+
+def test_key_not_yet_valid_fail(kit: Kit, base: bytes) -> None:
+    trust = _trust_root(kit.key, validFrom=format_time(kit.sealed_at + timedelta(days=1)))
+    assert_rejected(
+        kit, base, "key-validity", "outside its trust-root window", TrustError, trust=trust
+    )
+
+
+def test_key_expired_fail(kit: Kit, base: bytes) -> None:
+    # validUntil is exclusive: a key retired at the sealing instant did not seal it.
+    trust = _trust_root(kit.key, validUntil=format_time(kit.sealed_at))
+    assert_rejected(
+        kit, base, "key-validity", "outside its trust-root window", TrustError, trust=trust
+    )
+
+
+def test_key_window_bounds(kit: Kit, base: bytes) -> None:
+    trust = _trust_root(
+        kit.key,
+        validFrom=format_time(kit.sealed_at),
+        validUntil=format_time(kit.sealed_at + timedelta(microseconds=1)),
+    )
+    assert kit.check(base, trust).verdict is Verdict.OK
+
+
+# --- completeness ------------------------------------------------------------------------------
+
+
+def test_declared_losses_incomplete(kit: Kit) -> None:
+    data = kit.seal(completeness=Completeness(dropped_spans=2, unsampled_spans=1)).data
+    message = (
+        "incomplete: 2 evidence spans dropped before certification, "
+        "1 evidence spans removed by sampling"
+    )
+    assert_rejected(
+        kit, data, "completeness", message, IncompleteBundle, verdict=Verdict.INCOMPLETE
+    )
+    report = kit.check(data, allow_incomplete=True)
+    assert report.verdict is Verdict.OK
+    assert report.checks[-1].status is Status.PASS and message in report.checks[-1].message
+    proven = verify_bundle(io.BytesIO(data), kit.trust, allow_incomplete=True)
+    assert proven.statement.completeness.dropped_spans == 2
+    assert proven.statement.completeness.lost == 3
+
+
+def test_declared_rejected_spans_incomplete(kit: Kit) -> None:
+    data = kit.seal(completeness=Completeness(rejected_spans=1)).data
+    assert_rejected(
+        kit,
+        data,
+        "completeness",
+        "incomplete: 1 spans rejected as malformed",
+        IncompleteBundle,
+        verdict=Verdict.INCOMPLETE,
+    )
+
+
+def test_notes_without_losses_are_complete(kit: Kit) -> None:
+    data = kit.seal(completeness=Completeness(notes=("attribute limit applied",))).data
+    assert kit.check(data).verdict is Verdict.OK
+
+
+def test_losses_hidden_by_editing_the_statement_fail(kit: Kit) -> None:
+    # Zeroing the declared losses after sealing breaks the signature.
+    data = kit.seal(completeness=Completeness(dropped_spans=2)).data
+    header, records = split(data)
+    envelope = header_doc(header)["envelope"]
+    envelope["payload"] = base64.b64encode(
+        base64.b64decode(envelope["payload"]).replace(b'"droppedSpans":"2"', b'"droppedSpans":"0"')
+    ).decode()
+    assert_rejected(
+        kit,
+        join(make_header(envelope), records),
+        "signature",
+        "signature does not verify",
+        SignatureError,
+    )
+
+
+def test_undeclared_duplicate_span_id_fail(kit: Kit) -> None:
+    bodies = kit.bodies(3)
+    bodies[2] = kit.span_body(2, span_id=bodies[1]["span"]["spanId"])
+    duplicate = bodies[1]["span"]["spanId"]
+    assert_rejected(
+        kit,
+        kit.seal(bodies).data,
+        "chain",
+        f"span id {duplicate} appears in more than one record but is not declared a conflict",
+        ChainError,
+    )
+    declared = kit.seal(bodies, completeness=Completeness(conflicts=(duplicate,))).data
+    assert kit.check(declared).verdict is Verdict.OK
+
+
+# --- any single-byte change ---------------------------------------------------------------------
+
+
+def test_any_byte_changed_in_a_record_fails(kit: Kit) -> None:
+    data = kit.seal(kit.bodies(2)).data
+    header, records = split(data)
+    offset = len(header)
+    for index, record in enumerate(records):
+        for i in range(len(record)):
+            replacement = b"a" if record[i] != ord("a") else b"b"
+            at = offset + i
+            report = kit.check(data[:at] + replacement + data[at + 1 :])
+            assert report.verdict is Verdict.FAIL, (index, i)
+            failed = [c.name for c in report.checks if c.status is Status.FAIL]
+            assert failed in (["records"], ["chain"], ["head"]), (index, i, failed)
+        offset += len(record) + 2
+
+
+# --- malformed input never escapes as an unexpected exception ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\x00", b"[]", b"{}\n", b"\xff\xfe", b'{"envelope":{}}\n', b"]}\n" * 3],
+    ids=["empty", "nul", "array", "object", "utf16_bom", "no_records", "closers"],
+)
+def test_garbage_is_a_failed_format_check(kit: Kit, data: bytes) -> None:
+    report = kit.check(data)
+    assert report.verdict is Verdict.FAIL
+    assert report.checks[0].name == "format" and report.checks[0].status is Status.FAIL
+    with pytest.raises(InvalidBundle):
+        verify_bundle(io.BytesIO(data), kit.trust)
+
+
+def test_missing_file_is_a_failed_format_check(kit: Kit, tmp_path: Any) -> None:
+    report = check_bundle(tmp_path / "absent.spanproof.json", kit.trust)
+    assert report.verdict is Verdict.FAIL
+    assert report.checks[0].status is Status.FAIL and "cannot read" in report.checks[0].message
+
+
+def _set_path(doc: Any, path: Sequence[Any], value: Any) -> Any:
+    if not path:
+        return value
+    doc[path[0]] = _set_path(doc[path[0]], path[1:], value)
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("span", "kind"), []),
+        (("span", "kind"), {}),
+        (("span", "status", "code"), ["STATUS_CODE_OK"]),
+        (("span", "startTimeUnixNano"), "9" * 5000),
+        (("span", "attributes", "step.index"), {"intValue": "9" * 5000}),
+        (("span", "attributes", "step.index"), {"doubleValue": "9" * 5000}),
+        (("span", "events"), [None]),
+        (("span", "links"), [{"traceId": 1}]),
+        (("span", "attributes"), []),
+        (("resource",), "resource"),
+        (("span",), None),
+    ],
+    ids=[
+        "kind_array",
+        "kind_object",
+        "status_code_array",
+        "time_with_5000_digits",
+        "int_with_5000_digits",
+        "double_with_5000_digits",
+        "event_null",
+        "link_malformed",
+        "attributes_array",
+        "resource_string",
+        "span_null",
+    ],
+)
+def test_malformed_record_is_reported_not_raised(
+    kit: Kit, base: bytes, path: Sequence[Any], value: Any
+) -> None:
+    stmt = statement_of(base)
+    records = [json.loads(raw) for raw in split(base)[1]]
+    _set_path(records[1], path, value)
+    data = resign(stmt, chain(records, stmt["predicate"]["segment"]["start"]), kit.key)
+    assert_rejected(kit, data, "records", "record 1", InvalidBundle)
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("predicate", "sealReason"), []),
+        (("predicate", "sealReason"), {}),
+        (("predicate", "sealedAt"), 5),
+        (("predicate", "sealedAt"), "yesterday Z"),
+        (("predicate", "sealedAt"), "\uff12\uff10\uff12\uff16-03-02T09:30:00Z"),
+        (("predicate", "recordCount"), "9" * 5000),
+        (("predicate", "segment", "index"), "9" * 5000),
+        (("predicate", "completeness", "conflicts"), [[]]),
+        (("predicate", "producer"), []),
+        (("subject",), {}),
+    ],
+    ids=[
+        "seal_reason_array",
+        "seal_reason_object",
+        "sealed_at_number",
+        "sealed_at_not_a_time",
+        "sealed_at_fullwidth_digits",
+        "record_count_5000_digits",
+        "segment_index_5000_digits",
+        "conflict_not_a_span_id",
+        "producer_array",
+        "subject_object",
+    ],
+)
+def test_malformed_statement_is_reported_not_raised(
+    kit: Kit, base: bytes, path: Sequence[Any], value: Any
+) -> None:
+    data = resign(statement_of(base), split(base)[1], kit.key, lambda s: _set_path(s, path, value))
+    assert_rejected(kit, data, "statement", "statement", InvalidBundle)
+
+
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
+    | st.text(max_size=8)
+    | st.sampled_from(["", "0", "-1", "01", "SPAN_KIND_SERVER", "STATUS_CODE_ERROR", "9" * 30]),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=8,
+)
+
+
+def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            out += _paths(value, (*prefix, key))
+    elif isinstance(doc, list):
+        for i, value in enumerate(doc):
+            out += _paths(value, (*prefix, i))
+    return out
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_structurally_mutated_record_never_crashes_the_verifier(kit: Kit, data: Any) -> None:
+    # Any JSON-level change to a record, re-chained and re-signed by the trusted key,
+    # yields a report (OK or a failed check), never an unexpected exception.
+    base = kit.seal(kit.bodies(3)).data
+    stmt = statement_of(base)
+    records = [json.loads(raw) for raw in split(base)[1]]
+    path = data.draw(st.sampled_from(_paths(records[1])[1:]))
+    records[1] = _set_path(records[1], path, data.draw(_json))
+    start = stmt["predicate"]["segment"]["start"]
+    if path[0] in ("seq", "prev"):  # keep the forged value: do not re-link record 1
+        lines = chain(records[:1], start)
+        lines.append(canonicalize(records[1]))
+        lines += chain(records[2:], record_hash(lines[1]), first_seq=2)
+    else:
+        lines = chain(records, start)
+    bundle = resign(stmt, lines, kit.key)
+    report = kit.check(bundle)
+    failed = [c.name for c in report.checks if c.status is Status.FAIL]
+    assert failed in ([], ["records"], ["chain"]), failed
+    try:
+        verify_bundle(io.BytesIO(bundle), kit.trust)
+    except SpanproofError as e:
+        assert report.error is not None and type(e) is type(report.error)
+    else:
+        assert report.verdict is Verdict.OK

@@ -1,0 +1,219 @@
+"""Trust roots (SPEC §6): key files, trust-root documents, validity windows, rotation."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from spanproof.exporter.keys import SigningKey
+from spanproof.verifier import (
+    TRUST_ROOT_MEDIA_TYPE,
+    InvalidKey,
+    Status,
+    TrustedKey,
+    TrustRoot,
+    Verdict,
+    key_id,
+    load_public_key,
+)
+from spanproof.verifier.keys import format_time
+
+if TYPE_CHECKING:
+    from conftest import Kit
+
+KEY_A = SigningKey.from_seed(b"\xaa" * 32)
+KEY_B = SigningKey.from_seed(b"\xbb" * 32)
+ROTATION = datetime(2026, 6, 1, tzinfo=timezone.utc)
+EC_P256_PEM = (
+    ec.derive_private_key(0x5EED, ec.SECP256R1())
+    .public_key()
+    .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    .decode()
+)
+
+
+def _entry(key: SigningKey, **fields: Any) -> dict[str, Any]:
+    return {"keyid": key.keyid, "publicKey": key.public_pem().decode(), **fields}
+
+
+def _doc(*entries: dict[str, Any], media_type: str = TRUST_ROOT_MEDIA_TYPE) -> bytes:
+    return json.dumps({"mediaType": media_type, "keys": list(entries)}).encode()
+
+
+def _rotation_root() -> TrustRoot:
+    # A signed until the rotation (then expired); B from the rotation on.
+    return TrustRoot.from_json(
+        _doc(
+            _entry(
+                KEY_A,
+                validFrom="2025-01-01T00:00:00Z",
+                validUntil=format_time(ROTATION),
+                comment="retired at rotation",
+            ),
+            _entry(KEY_B, validFrom=format_time(ROTATION)),
+        ),
+        "trust.json",
+    )
+
+
+def test_trust_root_with_two_keys_and_windows() -> None:
+    root = _rotation_root()
+    a, b = root.keys
+    assert (a.keyid, b.keyid) == (KEY_A.keyid, KEY_B.keyid)
+    assert a.valid_from == datetime(2025, 1, 1, tzinfo=timezone.utc)
+    assert a.valid_until == ROTATION and b.valid_from == ROTATION and b.valid_until is None
+    assert a.source == "trust.json: keys[0]"
+    assert a.valid_at(ROTATION - timedelta(microseconds=1)) and not a.valid_at(ROTATION)
+    assert b.valid_at(ROTATION) and not b.valid_at(ROTATION - timedelta(microseconds=1))
+
+
+def test_keyid_is_optional_and_derived_from_the_key() -> None:
+    entry = _entry(KEY_A)
+    del entry["keyid"]
+    (key,) = TrustRoot.from_json(_doc(entry)).keys
+    assert key.keyid == KEY_A.keyid == key_id(KEY_A.private_key.public_key())
+    assert key.valid_from is None and key.valid_until is None
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            _doc(_entry(KEY_A), media_type="application/vnd.spanproof.trust-root.v2+json"),
+            "mediaType must be 'application/vnd.spanproof.trust-root.v1+json' "
+            "(got 'application/vnd.spanproof.trust-root.v2+json')",
+        ),
+        (json.dumps({"keys": []}).encode(), "mediaType must be"),
+        (json.dumps([1]).encode(), "mediaType must be"),
+        (_doc(_entry(KEY_A, keyid=KEY_B.keyid)), "does not match the key"),
+        (_doc({"publicKey": EC_P256_PEM}), "key is not Ed25519"),
+        (
+            _doc({"publicKey": "-----BEGIN PUBLIC KEY-----\nnot b64\n-----END PUBLIC KEY-----\n"}),
+            "not a PEM public key",
+        ),
+        (_doc({"publicKey": KEY_A.public_pem().decode()[:60]}), "not a PEM public key"),
+        (_doc({"publicKey": KEY_A.private_pem().decode()}), "not a PEM public key"),
+        (_doc(), "'keys' must be a non-empty array"),
+        (_doc({"keyid": KEY_A.keyid}), "needs a 'publicKey' PEM string"),
+        (_doc(_entry(KEY_A, trusted=True)), "unknown fields ['trusted']"),
+        (_doc(_entry(KEY_A, validFrom="2026-01-01")), "validFrom: must be an RFC 3339 UTC time"),
+        (_doc(_entry(KEY_A, validUntil="soon Z")), "validUntil: must be an RFC 3339 UTC time"),
+        (
+            _doc(_entry(KEY_A, validUntil="2026-06-01T00:00:00+02:00")),
+            "validUntil: must be an RFC 3339 UTC time",
+        ),
+        (
+            _doc(_entry(KEY_A, validUntil="\uff12\uff10\uff12\uff16-06-01T00:00:00Z")),
+            "validUntil: must be an RFC 3339 UTC time",
+        ),
+        (_doc(_entry(KEY_A, validFrom="2026-02-30T00:00:00Z")), "is not a valid date and time"),
+        (b'{"mediaType":"x","mediaType":"y","keys":[]}', "duplicate JSON key 'mediaType'"),
+        (b"\xff", "not valid UTF-8"),
+    ],
+    ids=[
+        "unknown_media_type_fail",
+        "missing_media_type_fail",
+        "not_an_object_fail",
+        "keyid_mismatch_fail",
+        "ec_p256_key_fail",
+        "malformed_pem_fail",
+        "truncated_pem_fail",
+        "private_key_pem_fail",
+        "no_keys_fail",
+        "missing_public_key_fail",
+        "unknown_field_fail",
+        "valid_from_without_time_fail",
+        "valid_until_not_a_time_fail",
+        "valid_until_with_offset_fail",
+        "valid_until_fullwidth_digits_fail",
+        "valid_from_impossible_date_fail",
+        "duplicate_json_key_fail",
+        "invalid_utf8_fail",
+    ],
+)
+def test_trust_root_rejects(data: bytes, message: str) -> None:
+    with pytest.raises(InvalidKey) as info:
+        TrustRoot.from_json(data, "trust.json")
+    assert message in str(info.value)
+    assert str(info.value).startswith("trust.json")
+    assert isinstance(info.value, ValueError)
+
+
+def test_load_public_key_rejects_non_ed25519() -> None:
+    with pytest.raises(InvalidKey, match=r"key\.pem: key is not Ed25519"):
+        load_public_key(EC_P256_PEM.encode(), "key.pem")
+
+
+def test_pem_files(tmp_path: Path) -> None:
+    (tmp_path / "a.pub").write_bytes(KEY_A.public_pem())
+    (tmp_path / "b.pub").write_bytes(KEY_B.public_pem())
+    root = TrustRoot.from_pem_files([str(tmp_path / "a.pub"), str(tmp_path / "b.pub")])
+    assert [k.keyid for k in root.keys] == [KEY_A.keyid, KEY_B.keyid]
+    assert root.keys[0].source == str(tmp_path / "a.pub")
+
+
+def test_pem_file_missing_or_wrong(tmp_path: Path) -> None:
+    with pytest.raises(InvalidKey, match="cannot read key file"):
+        TrustRoot.from_pem_files([str(tmp_path / "absent.pub")])
+    (tmp_path / "ec.pub").write_text(EC_P256_PEM)
+    with pytest.raises(InvalidKey, match="key is not Ed25519"):
+        TrustRoot.from_pem_files([str(tmp_path / "ec.pub")])
+
+
+def test_empty_trust_root_is_a_caller_mistake() -> None:
+    with pytest.raises(ValueError, match="at least one key"):
+        TrustRoot.from_keys([])
+
+
+def test_key_id_hint_only_orders_the_search() -> None:
+    root = _rotation_root()
+    assert [k.keyid for k in root.ordered_for(KEY_B.keyid)] == [KEY_B.keyid, KEY_A.keyid]
+    assert [k.keyid for k in root.ordered_for("unknown")] == [KEY_A.keyid, KEY_B.keyid]
+    assert len(root.ordered_for(None)) == 2
+
+
+# --- rotation ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("signer", "sealed_at", "verdict"),
+    [
+        (KEY_A, ROTATION - timedelta(days=30), Verdict.OK),
+        (KEY_B, ROTATION + timedelta(days=30), Verdict.OK),
+        (KEY_B, ROTATION, Verdict.OK),
+        (KEY_A, ROTATION, Verdict.FAIL),
+        (KEY_A, ROTATION + timedelta(days=30), Verdict.FAIL),
+        (KEY_B, ROTATION - timedelta(days=30), Verdict.FAIL),
+        (KEY_A, datetime(2024, 12, 31, tzinfo=timezone.utc), Verdict.FAIL),
+    ],
+    ids=[
+        "a_in_its_window",
+        "b_in_its_window",
+        "b_at_rotation",
+        "a_at_rotation_expired_fail",
+        "a_after_rotation_expired_fail",
+        "b_before_rotation_fail",
+        "a_before_its_window_fail",
+    ],
+)
+def test_rotation(kit: Kit, signer: SigningKey, sealed_at: datetime, verdict: Verdict) -> None:
+    data = kit.seal(signer=signer, sealed_at=sealed_at).data
+    report = kit.check(data, _rotation_root())
+    assert report.verdict is verdict, report.reason
+    assert report.signer_keyid == signer.keyid
+    if verdict is Verdict.FAIL:
+        check = next(c for c in report.checks if c.status is Status.FAIL)
+        assert check.name == "key-validity"
+        assert "outside its trust-root window" in check.message
+
+
+def test_same_key_without_window_verifies_any_time(kit: Kit) -> None:
+    data = kit.seal(signer=KEY_A, sealed_at=ROTATION + timedelta(days=3650)).data
+    root = TrustRoot.from_keys([TrustedKey.from_public_key(KEY_A.private_key.public_key())])
+    assert kit.check(data, root).verdict is Verdict.OK

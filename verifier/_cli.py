@@ -1,0 +1,547 @@
+"""The ``spanproof`` command line (private: :func:`main` is the console script).
+
+Read-only commands (``verify``, ``show``) use the verifier alone.  Producer commands
+(``keygen``, ``demo``) live in ``spanproof.exporter._cli`` and are imported only when
+run, so verifying never imports OpenTelemetry, gRPC or the exporter.
+
+Exit status: 0 when everything verified, 1 when anything failed (a malformed or
+truncated bundle is a failure, reported as one), 2 for usage errors (bad flags, a
+missing path, an unusable key or trust-root file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, NoReturn, cast
+
+from .bundle import BundleReader
+from .canonical import loads_canonical
+from .errors import InvalidKey, SpanproofError
+from .keys import TrustedKey, TrustRoot, format_time
+from .records import validate_record
+from .statement import Statement
+from .tree import render_tree
+from .verify import (
+    BundleReport,
+    Status,
+    TraceLink,
+    Verdict,
+    check_bundle,
+    find_bundles,
+    link_segments,
+)
+
+__all__ = ["main"]
+
+_logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+_PROG = "spanproof"
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called (exit status 2)."""
+
+    def __init__(self, message: str, usage: str = "") -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that raises :class:`UsageError` instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, self.format_usage())
+
+
+def _error(message: str) -> None:
+    print(f"{_PROG}: error: {message}", file=sys.stderr)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("spanproof")
+    except metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown"
+
+
+# --------------------------------------------------------------------------- trust
+
+
+def load_trust(key_files: Sequence[str], trust_root_files: Sequence[str]) -> TrustRoot | None:
+    """Build the trust root from ``--key`` PEM files and ``--trust-root`` documents.
+
+    Returns ``None`` when neither was given.
+
+    Raises:
+        UsageError: a file cannot be read or holds no usable key.
+    """
+    keys: list[TrustedKey] = []
+    try:
+        if key_files:
+            keys.extend(TrustRoot.from_pem_files(list(key_files)).keys)
+        for path in trust_root_files:
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                raise UsageError(f"{path}: cannot read trust root ({e.strerror})") from e
+            keys.extend(TrustRoot.from_json(data, path).keys)
+    except InvalidKey as e:
+        raise UsageError(str(e)) from e
+    return TrustRoot.from_keys(keys) if keys else None
+
+
+# ------------------------------------------------------------------ per-bundle results
+
+
+@dataclass(frozen=True)
+class BundleResult:
+    """One bundle's report, or the text of an unexpected error while checking it."""
+
+    path: str
+    report: BundleReport | None
+    crash: str | None = None
+
+    @property
+    def verdict(self) -> Verdict:
+        """The report's verdict; FAIL when the check itself broke."""
+        return self.report.verdict if self.report is not None else Verdict.FAIL
+
+    @property
+    def reason(self) -> str:
+        """Why it did not verify (``""`` when it did)."""
+        if self.report is None:
+            return self.crash or "verifier error"
+        return self.report.reason
+
+    def to_json(self) -> dict[str, Any]:
+        """This result in the ``spanproof verify --json`` shape."""
+        if self.report is not None:
+            return self.report.to_json()
+        return {
+            "path": self.path,
+            "verdict": Verdict.FAIL.value,
+            "reason": self.reason,
+            "traceId": None,
+            "segment": None,
+            "records": None,
+            "head": None,
+            "statementDigest": None,
+            "signerKeyid": None,
+            "sealReason": None,
+            "completeness": None,
+            "checks": [],
+        }
+
+
+def check_path(
+    path: str, trust: TrustRoot, *, allow_incomplete: bool = False, keep_records: bool = False
+) -> BundleResult:
+    """Run :func:`check_bundle` on *path*; never raises.
+
+    ``check_bundle`` reports every defect of the input as a failed check.  Should
+    it raise anyway (a bug), the bundle is reported as failed with the error's
+    text instead of a traceback.
+    """
+    try:
+        report = check_bundle(
+            path, trust, allow_incomplete=allow_incomplete, keep_records=keep_records
+        )
+    except Exception as e:  # last resort: a bug must not reach the user as a traceback
+        _logger.debug("checking %s raised", path, exc_info=True)
+        return BundleResult(path, None, f"verifier error: {type(e).__name__}: {e}")
+    return BundleResult(path, report)
+
+
+def _loss_note(stmt: Statement) -> str:
+    comp = stmt.completeness
+    parts = [
+        f"{n} {what}"
+        for n, what in (
+            (comp.dropped_spans, "dropped"),
+            (comp.rejected_spans, "rejected"),
+            (comp.unsampled_spans, "unsampled"),
+        )
+        if n
+    ]
+    return ", ".join(parts)
+
+
+def format_result(result: BundleResult) -> str:
+    """The one-line verdict of ``spanproof verify`` for one bundle."""
+    report = result.report
+    stmt = report.statement if report is not None else None
+    if report is None or stmt is None or result.verdict is Verdict.FAIL:
+        return f"FAIL {result.path}: {result.reason}"
+    where = f"trace={stmt.trace_id} segment={stmt.segment_index}"
+    if result.verdict is Verdict.INCOMPLETE:
+        reason = result.reason.removeprefix("incomplete: ")
+        return (
+            f"INCOMPLETE {result.path}: {reason} ({where}; signature and chain verified; "
+            "--allow-incomplete accepts declared losses)"
+        )
+    line = (
+        f"OK {result.path} {where} records={stmt.record_count} seal={stmt.seal_reason} "
+        f"key={(report.signer_keyid or '')[:16]}"
+    )
+    if stmt.completeness.lost:
+        line += f" incomplete=({_loss_note(stmt)}; allowed)"
+    if stmt.completeness.conflicts:
+        line += f" conflicts={len(stmt.completeness.conflicts)}"
+    return line
+
+
+def format_checks(result: BundleResult) -> list[str]:
+    """The ``--verbose`` lines for one bundle: every check, PASS / FAIL / SKIPPED."""
+    if result.report is None:
+        return [f"  {Status.FAIL.value}  {result.reason}"]
+    return [
+        f"  {c.status.value}  step {c.step} {c.name}: {c.message}" for c in result.report.checks
+    ]
+
+
+def link_results(results: Sequence[BundleResult]) -> list[TraceLink]:
+    """Check that the segments of each trace form one chain (``link_segments``)."""
+    return link_segments([r.report for r in results if r.report is not None])
+
+
+def format_link(link: TraceLink) -> str:
+    """The one-line result of checking one trace's segments together."""
+    return f"{'OK' if link.ok else 'FAIL'} trace {link.trace_id}: {link.message}"
+
+
+def _worth_reporting(link: TraceLink) -> bool:
+    return len(link.segments) > 1 or not link.ok
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def _collect(paths: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Bundle files under *paths* (each once) and the directories that hold none."""
+    bundles: list[str] = []
+    empty: list[str] = []
+    seen: set[str] = set()
+    for path in paths:
+        if not os.path.exists(path):
+            raise UsageError(f"{path}: no such file or directory")
+        found = list(find_bundles([path]))
+        if not found:
+            empty.append(path)
+        for bundle in found:
+            real = os.path.realpath(bundle)
+            if real not in seen:
+                seen.add(real)
+                bundles.append(bundle)
+    return bundles, empty
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    trust = load_trust(args.key, args.trust_root)
+    if trust is None:
+        raise UsageError("no trusted key: give --key PUB.pem or --trust-root FILE")
+    paths, empty = _collect(args.paths)
+    results = [check_path(p, trust, allow_incomplete=args.allow_incomplete) for p in paths]
+    links = link_results(results)
+    empty_reason = "no bundles (*.spanproof.json) found"
+    ok = (
+        not empty
+        and all(r.verdict is Verdict.OK for r in results)
+        and all(link.ok for link in links)
+    )
+    if args.json:
+        doc = {
+            "bundles": [r.to_json() for r in results],
+            "traces": [
+                {
+                    "traceId": link.trace_id,
+                    "producerInstance": link.producer_instance,
+                    "segments": list(link.segments),
+                    "ok": link.ok,
+                    "message": link.message,
+                }
+                for link in links
+            ],
+            "errors": [{"path": path, "reason": empty_reason} for path in empty],
+            "ok": ok,
+        }
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        return EXIT_OK if ok else EXIT_FAILED
+    for path in empty:
+        print(f"FAIL {path}: {empty_reason}")
+    for result in results:
+        print(format_result(result))
+        if args.verbose:
+            for line in format_checks(result):
+                print(line)
+    for link in links:
+        if _worth_reporting(link):
+            print(format_link(link))
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+# ----------------------------------------------------------------------------- show
+
+
+@dataclass
+class _Unverified:
+    statement: Statement | None
+    records: list[dict[str, Any]]
+    problem: str | None
+
+
+def _read_unverified(path: str) -> _Unverified:
+    """Parse a bundle for display without checking its signature or chain."""
+    statement: Statement | None = None
+    records: list[dict[str, Any]] = []
+    try:
+        with open(path, "rb") as f:
+            reader = BundleReader(f)
+            envelope, _header = reader.read_header()
+            try:
+                statement = Statement.from_payload(envelope.payload)
+            except SpanproofError as e:
+                return _Unverified(None, records, str(e))
+            for position, raw in reader.records():
+                record = loads_canonical(raw, f"record {position}")
+                validate_record(record, f"record {position}")
+                records.append(record)
+    except OSError as e:
+        return _Unverified(statement, records, f"cannot read: {e.strerror or e}")
+    except SpanproofError as e:
+        return _Unverified(statement, records, str(e))
+    return _Unverified(statement, records, None)
+
+
+def format_header(path: str, statement: Statement | None) -> list[str]:
+    """The lines above a bundle's tree: what the statement says about the bundle."""
+    lines = [f"bundle    {path}"]
+    if statement is None:
+        return lines
+    s = statement
+    comp = s.completeness
+    lines += [
+        f"trace     {s.trace_id}  segment {s.segment_index}  records {s.record_count}",
+        f"sealed    {s.seal_reason} at {format_time(s.sealed_at)} by {s.producer.name} "
+        f"{s.producer.version} (instance {s.producer.instance})",
+        "complete  " + (f"no: {_loss_note(s)}" if comp.lost else "yes, no declared losses")
+        + (f"; conflicting span ids: {', '.join(comp.conflicts)}" if comp.conflicts else ""),
+    ]
+    lines += [f"note      {note}" for note in comp.notes]
+    return lines
+
+
+def _source_of(trust: TrustRoot, keyid: str | None) -> str:
+    for key in trust.keys:
+        if key.keyid == keyid:
+            return key.source
+    return "?"
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    path: str = args.bundle
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no such file or directory")
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: is a directory; show takes one bundle file")
+    trust = load_trust(args.key, args.trust_root)
+    if trust is None:
+        data = _read_unverified(path)
+        if data.statement is None and not data.records:
+            print(f"FAIL {path}: {data.problem}")
+            return EXIT_FAILED
+        for line in format_header(path, data.statement):
+            print(line)
+        print("verdict   UNVERIFIED (no --key given): signature and chain NOT checked; "
+              "do not rely on this content")
+        if data.problem:
+            print(f"problem   {data.problem}")
+        print()
+        print(render_tree(data.records) or "(no records)")
+        return EXIT_FAILED if data.problem else EXIT_OK
+    result = check_path(path, trust, allow_incomplete=args.allow_incomplete, keep_records=True)
+    report = result.report
+    for line in format_header(path, report.statement if report else None):
+        print(line)
+    records = list(report.records or ()) if report is not None else []
+    if result.verdict is Verdict.OK:
+        assert report is not None
+        keyid = report.signer_keyid
+        print(f"verdict   OK: verified by key {(keyid or '')[:16]} "
+              f"({_source_of(trust, keyid)})")
+    elif result.verdict is Verdict.INCOMPLETE:
+        print(f"verdict   INCOMPLETE: {result.reason} (signature and chain verified)")
+    else:
+        print(f"verdict   FAIL: {result.reason}")
+        if records:
+            print(f"          the {len(records)} record(s) below were read before the failure "
+                  "and are NOT verified")
+    print()
+    print(render_tree(records) or "(no records to show)")
+    return EXIT_OK if result.verdict is Verdict.OK else EXIT_FAILED
+
+
+# ------------------------------------------------------------------ producer commands
+
+
+def _producer(name: str) -> Callable[..., int]:
+    """The producer command *name* from ``spanproof.exporter._cli``, imported now."""
+    try:
+        module = importlib.import_module("spanproof.exporter._cli")
+    except ImportError as e:
+        raise UsageError(
+            f"'{_PROG} {name}' needs the producer side of spanproof "
+            f"(OpenTelemetry SDK) and it cannot be imported: {e}"
+        ) from e
+    return cast(Callable[..., int], getattr(module, name))
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    return _producer("keygen")(args.out, force=args.force)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    return _producer("demo")(args.out)
+
+
+# ------------------------------------------------------------------------- parsing
+
+
+def _add_trust_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--key", action="append", default=[], metavar="PUB.pem",
+        help="trust this Ed25519 public key (PEM); repeat for several",
+    )
+    parser.add_argument(
+        "--trust-root", action="append", default=[], metavar="FILE",
+        help="trust the keys listed in this trust-root file (with validity windows)",
+    )
+    parser.add_argument(
+        "--allow-incomplete", action="store_true",
+        help="accept bundles that declare spans they did not certify",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``spanproof`` argument parser."""
+    parser = _Parser(
+        prog=_PROG,
+        description="Verify and inspect spanproof evidence bundles: signed, hash-chained "
+        "records of OpenTelemetry spans.  Verification is offline and trusts only the keys "
+        "you give it.",
+        epilog="Exit status: 0 everything verified, 1 something failed, 2 usage error.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    verify = sub.add_parser(
+        "verify", help="verify bundles offline against trusted keys",
+        description="Verify bundles (files, or every *.spanproof.json below a directory) "
+        "against the trusted keys.  Prints one line per bundle, OK / FAIL / INCOMPLETE, and "
+        "a line per trace whose segments were checked together.",
+        epilog="Exit status: 0 every bundle verified, 1 any FAIL or INCOMPLETE (malformed "
+        "files included), 2 usage error (bad flag, missing path, unusable key file).",
+    )
+    _add_trust_options(verify)
+    verify.add_argument("--verbose", "-v", action="store_true",
+                        help="list every check (PASS / FAIL / SKIPPED) under each bundle")
+    verify.add_argument("--json", action="store_true",
+                        help="print one machine-readable JSON report instead")
+    verify.add_argument("paths", nargs="+", metavar="PATH", help="bundle file or directory")
+    verify.set_defaults(handler=_cmd_verify, subparser=verify)
+
+    show = sub.add_parser(
+        "show", help="print a bundle's execution path as a tree",
+        description="Print a bundle's spans as a tree (parent/child, kind, status, "
+        "duration, GenAI attributes) under a header with the verification verdict.  "
+        "Without --key/--trust-root the content is shown UNVERIFIED and the exit status "
+        "only says whether it could be read.",
+    )
+    _add_trust_options(show)
+    show.add_argument("bundle", metavar="BUNDLE", help="bundle file")
+    show.set_defaults(handler=_cmd_show, subparser=show)
+
+    keygen = sub.add_parser(
+        "keygen", help="create an Ed25519 signing key pair for a producer",
+        description="Write DIR/signing.key (PKCS#8 PEM, mode 0600) and DIR/signing.pub, "
+        "and print the key id.",
+    )
+    keygen.add_argument("--out", required=True, metavar="DIR", help="directory for the keys")
+    keygen.add_argument("--force", action="store_true", help="replace an existing key")
+    keygen.set_defaults(handler=_cmd_keygen, subparser=keygen)
+
+    demo = sub.add_parser(
+        "demo", help="trace, certify and verify an example support-case agent",
+        description="Run the example support-case agent for a few cases under OpenTelemetry "
+        "with the spanproof exporter, then verify every bundle written and show each "
+        "trace's tree.",
+    )
+    demo.add_argument("--out", default="spanproof-demo", metavar="DIR",
+                      help="output directory (default: ./spanproof-demo)")
+    demo.set_defaults(handler=_cmd_demo, subparser=demo)
+    _add_witness_commands(sub)
+    return parser
+
+
+def _add_witness_commands(sub: Any) -> None:
+    """Register ``witness ...`` and ``monitor`` from ``spanproof.witness._cli``.
+
+    That module imports only the verifier and ``cryptography`` (the web stack loads
+    when ``serve`` runs), so importing it here costs little.  Should it fail to
+    import, those commands are left out rather than breaking ``verify``.
+    """
+    try:
+        module = importlib.import_module("spanproof.witness._cli")
+        add_commands = cast(Callable[[Any], None], module.add_commands)
+    except Exception:  # a broken witness install must not take verify down with it
+        _logger.debug("witness commands unavailable", exc_info=True)
+        return
+    add_commands(sub)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``spanproof`` command line; return the exit status."""
+    parser = build_parser()
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # name the subcommand in the usage line, not just "spanproof"
+            owner = getattr(args, "subparser", None) or parser
+            owner.error(f"unrecognized arguments: {' '.join(extra)}")
+    except UsageError as e:
+        sys.stderr.write(e.usage)
+        _error(str(e))
+        return EXIT_USAGE
+    except SystemExit as e:  # --help and --version
+        return e.code if isinstance(e.code, int) else EXIT_OK
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    handler = cast(Callable[[argparse.Namespace], int], args.handler)
+    if args.command in ("witness", "monitor"):  # long-running services: show their logs
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return handler(args)
+    except UsageError as e:
+        _error(str(e))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_FAILED
+    except Exception as e:  # a bug: report it in one line, never a traceback
+        _logger.debug("%s %s failed", _PROG, args.command, exc_info=True)
+        _error(f"unexpected {type(e).__name__}: {e}")
+        return EXIT_FAILED
+

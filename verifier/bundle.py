@@ -1,0 +1,151 @@
+"""Bundle files (SPEC §7): one signed chain segment of one trace, framed by lines.
+
+A bundle is a single JSON object whose bytes are its RFC 8785 form with a line
+feed inserted after ``"records":[``, after each record's separating comma, and
+after the last record; it ends with ``]}`` and a line feed::
+
+    {"envelope":{...},"mediaType":"application/vnd.spanproof.bundle.v1+json","records":[
+    {...record 0...},
+    {...record 1...}
+    ]}
+
+Any JSON tool can read it whole; the verifier streams it a line at a time, so
+each record's own bytes can be checked for canonical form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import IO, Any
+
+from .canonical import canonicalize, loads_canonical
+from .dsse import Envelope
+from .errors import InvalidBundle
+
+__all__ = [
+    "BUNDLE_MEDIA_TYPE",
+    "BUNDLE_SUFFIX",
+    "BundleReader",
+    "encode_bundle",
+    "iter_bundle_chunks",
+]
+
+BUNDLE_MEDIA_TYPE = "application/vnd.spanproof.bundle.v1+json"
+BUNDLE_SUFFIX = ".spanproof.json"
+_RECORDS_OPEN = b',"records":[\n'
+_CLOSE = b"]}\n"
+# A record line longer than this is refused rather than read into memory.
+MAX_LINE_BYTES = 64 * 1024 * 1024
+
+
+def _header_bytes(envelope: Envelope) -> bytes:
+    header = canonicalize({"envelope": envelope.to_json(), "mediaType": BUNDLE_MEDIA_TYPE})
+    return header[:-1] + _RECORDS_OPEN
+
+
+def iter_bundle_chunks(envelope: Envelope, records: Iterable[bytes]) -> Iterator[bytes]:
+    """Yield the SPEC §7 bytes of a bundle piece by piece (for streaming writers).
+
+    *records* are the records' canonical bytes, in chain order.
+    """
+    yield _header_bytes(envelope)
+    previous: bytes | None = None
+    for record in records:
+        if previous is not None:
+            yield previous + b",\n"
+        previous = record
+    if previous is not None:
+        yield previous + b"\n"
+    yield _CLOSE
+
+
+def encode_bundle(envelope: Envelope, records: Sequence[bytes]) -> bytes:
+    """Return the SPEC §7 bytes of a bundle."""
+    return b"".join(iter_bundle_chunks(envelope, records))
+
+
+class BundleReader:
+    """Read a bundle from a binary stream, strictly, one line at a time.
+
+    Call :meth:`read_header` once, then iterate :meth:`records`.
+    """
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._stream = stream
+        self._line_no = 0
+
+    def _readline(self) -> bytes:
+        line = self._stream.readline(MAX_LINE_BYTES + 1)
+        self._line_no += 1
+        if len(line) > MAX_LINE_BYTES:
+            raise InvalidBundle(f"line {self._line_no}: longer than {MAX_LINE_BYTES} bytes")
+        return line
+
+    def read_header(self) -> tuple[Envelope, dict[str, Any]]:
+        """Parse line 1 (SPEC §8 step 1-2): canonical header, media type, envelope.
+
+        Raises:
+            InvalidBundle: empty file, bad framing, unknown media type, bad envelope.
+        """
+        line = self._readline()
+        if not line:
+            raise InvalidBundle("empty file")
+        if not line.endswith(_RECORDS_OPEN):
+            raise InvalidBundle(
+                "line 1: bundle header must end with '\"records\":[' and a line feed "
+                "(not a spanproof v1 bundle, or truncated)"
+            )
+        header = loads_canonical(line[: -len(_RECORDS_OPEN)] + b"}", "bundle header")
+        if not isinstance(header, dict):
+            raise InvalidBundle("bundle header: must be an object")
+        media_type = header.get("mediaType")
+        if media_type != BUNDLE_MEDIA_TYPE:
+            raise InvalidBundle(
+                f"bundle header: unknown mediaType {media_type!r} "
+                f"(this verifier knows {BUNDLE_MEDIA_TYPE!r})"
+            )
+        extra = set(header) - {"envelope", "mediaType", "receipts"}
+        if extra:
+            raise InvalidBundle(f"bundle header: unknown fields {sorted(extra)}")
+        if "envelope" not in header:
+            raise InvalidBundle("bundle header: missing envelope")
+        return Envelope.from_json(header["envelope"]), header
+
+    def records(self) -> Iterator[tuple[int, bytes]]:
+        """Yield ``(position, canonical bytes)`` for each record line, checking framing.
+
+        The bytes are not yet parsed; the caller parses and checks them.
+
+        Raises:
+            InvalidBundle: bad framing, truncation, or trailing data.
+        """
+        position = 0
+        expect_more = False
+        while True:
+            line = self._readline()
+            if not line:
+                raise InvalidBundle(
+                    f"truncated: file ends after {position} record(s) without the closing ']}}'"
+                )
+            if line == _CLOSE:
+                if expect_more:
+                    raise InvalidBundle(f"line {self._line_no}: ']}}' follows a trailing comma")
+                if self._stream.read(1):
+                    raise InvalidBundle(f"line {self._line_no + 1}: data after the closing ']}}'")
+                return
+            # A missing line end means the file was cut here (even if what is left
+            # looks like the closing ']}'), so say so before judging the framing.
+            if not line.endswith(b"\n"):
+                raise InvalidBundle(
+                    f"truncated: record {position} (line {self._line_no}) has no line end"
+                )
+            if position and not expect_more:
+                raise InvalidBundle(
+                    f"line {self._line_no}: record {position} follows a record with no comma"
+                )
+            if line.endswith(b",\n"):
+                body, expect_more = line[:-2], True
+            else:
+                body, expect_more = line[:-1], False
+            yield position, body
+            position += 1

@@ -1,0 +1,228 @@
+"""Public keys, key ids and trust roots (SPEC §6).
+
+The verifier trusts only the keys it is handed: PEM public key files, or a trust
+root file listing keys with validity windows.  A key id is derived from the key
+(SHA-256 of its DER SubjectPublicKeyInfo); a key id found in a bundle is only a
+hint for choosing which trusted key to try first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from .canonical import parse_strict
+from .errors import InvalidBundle, InvalidKey
+
+__all__ = [
+    "TRUST_ROOT_MEDIA_TYPE",
+    "TrustRoot",
+    "TrustedKey",
+    "format_time",
+    "key_id",
+    "load_public_key",
+    "parse_time",
+]
+
+TRUST_ROOT_MEDIA_TYPE = "application/vnd.spanproof.trust-root.v1+json"
+# re.ASCII: without it \d also matches non-ASCII digits (e.g. U+FF12 FULLWIDTH TWO).
+_RFC3339_UTC = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?Z\Z", re.ASCII
+)
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    """Return the SPEC §6.1 key id: lowercase hex SHA-256 of the DER SPKI encoding."""
+    der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
+
+
+def load_public_key(pem: bytes, source: str = "public key") -> Ed25519PublicKey:
+    """Load an Ed25519 public key from SPKI PEM.
+
+    Raises:
+        InvalidKey: the data is not PEM, or the key is not Ed25519.
+    """
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError) as e:
+        raise InvalidKey(f"{source}: not a PEM public key ({e})") from e
+    if not isinstance(key, Ed25519PublicKey):
+        raise InvalidKey(f"{source}: key is not Ed25519 (SPEC §6 allows only Ed25519)")
+    return key
+
+
+def parse_time(text: Any, where: str) -> datetime:
+    """Parse an RFC 3339 UTC timestamp ending in ``Z`` (SPEC §5.3).
+
+    Raises:
+        InvalidBundle: *text* is not such a timestamp.
+    """
+    match = _RFC3339_UTC.match(text) if isinstance(text, str) else None
+    if match is None:
+        raise InvalidBundle(
+            f"{where}: must be an RFC 3339 UTC time like 2026-01-31T12:00:00Z "
+            "(optional fraction of up to 9 digits)"
+        )
+    year, month, day, hour, minute, second, fraction = match.groups()
+    try:
+        return datetime(
+            int(year),
+            int(month),
+            int(day),
+            int(hour),
+            int(minute),
+            int(second),
+            int((fraction or "0")[:6].ljust(6, "0")),
+            tzinfo=timezone.utc,
+        )
+    except ValueError:
+        raise InvalidBundle(f"{where}: {text!r} is not a valid date and time") from None
+
+
+def format_time(value: datetime) -> str:
+    """Format an aware datetime as RFC 3339 UTC with microseconds and ``Z``."""
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    """One trusted Ed25519 key and the window in which it may have signed.
+
+    ``valid_from``/``valid_until`` bound the bundle's signed ``sealedAt`` time
+    (``valid_from <= sealedAt < valid_until``); ``None`` leaves that side open.
+    """
+
+    key: Ed25519PublicKey
+    keyid: str
+    source: str
+    valid_from: datetime | None = None
+    valid_until: datetime | None = None
+
+    @classmethod
+    def from_public_key(cls, key: Ed25519PublicKey, source: str = "public key") -> TrustedKey:
+        """Trust *key* with no validity window."""
+        return cls(key=key, keyid=key_id(key), source=source)
+
+    def verify(self, signature: bytes, message: bytes) -> bool:
+        """True when *signature* is a valid Ed25519 signature of *message* by this key."""
+        try:
+            self.key.verify(signature, message)
+        except InvalidSignature:
+            return False
+        return True
+
+    def valid_at(self, when: datetime) -> bool:
+        """True when *when* falls inside this key's validity window."""
+        if self.valid_from is not None and when < self.valid_from:
+            return False
+        return not (self.valid_until is not None and when >= self.valid_until)
+
+
+@dataclass(frozen=True)
+class TrustRoot:
+    """The set of keys a verifier trusts; nothing else is ever trusted."""
+
+    keys: tuple[TrustedKey, ...]
+
+    def __post_init__(self) -> None:
+        if not self.keys:
+            raise ValueError("a trust root needs at least one key")
+
+    @classmethod
+    def from_keys(cls, keys: Iterable[TrustedKey]) -> TrustRoot:
+        """Build a trust root from trusted keys."""
+        return cls(tuple(keys))
+
+    @classmethod
+    def from_pem_files(cls, paths: Sequence[str]) -> TrustRoot:
+        """Trust each PEM public key file in *paths*, with no validity window.
+
+        Raises:
+            InvalidKey: a file cannot be read or is not an Ed25519 public key.
+        """
+        keys = []
+        for path in paths:
+            try:
+                with open(path, "rb") as f:
+                    pem = f.read()
+            except OSError as e:
+                raise InvalidKey(f"{path}: cannot read key file ({e.strerror})") from e
+            keys.append(TrustedKey.from_public_key(load_public_key(pem, path), path))
+        return cls(tuple(keys))
+
+    @classmethod
+    def from_json(cls, data: bytes, source: str = "trust root") -> TrustRoot:
+        """Parse a SPEC §6.2 trust-root document.
+
+        Raises:
+            InvalidKey: the document is malformed, of an unknown version, or a
+                listed key id does not match its key.
+        """
+        try:
+            doc = parse_strict(data, source)
+        except InvalidBundle as e:
+            raise InvalidKey(str(e)) from None
+        if not isinstance(doc, dict) or doc.get("mediaType") != TRUST_ROOT_MEDIA_TYPE:
+            raise InvalidKey(
+                f"{source}: mediaType must be {TRUST_ROOT_MEDIA_TYPE!r} "
+                f"(got {doc.get('mediaType') if isinstance(doc, dict) else None!r})"
+            )
+        unknown = set(doc) - {"mediaType", "keys", "comment"}
+        if unknown:
+            raise InvalidKey(f"{source}: unknown fields {sorted(unknown)}")
+        if not isinstance(doc.get("comment", ""), str):
+            raise InvalidKey(f"{source}: comment must be a string")
+        entries = doc.get("keys")
+        if not isinstance(entries, list) or not entries:
+            raise InvalidKey(f"{source}: 'keys' must be a non-empty array")
+        keys: list[TrustedKey] = []
+        for i, entry in enumerate(entries):
+            where = f"{source}: keys[{i}]"
+            if not isinstance(entry, dict) or not isinstance(entry.get("publicKey"), str):
+                raise InvalidKey(f"{where}: needs a 'publicKey' PEM string")
+            allowed = {"keyid", "publicKey", "validFrom", "validUntil", "comment"}
+            if set(entry) - allowed:
+                raise InvalidKey(f"{where}: unknown fields {sorted(set(entry) - allowed)}")
+            if not isinstance(entry.get("comment", ""), str):
+                raise InvalidKey(f"{where}.comment: must be a string")
+            key = load_public_key(entry["publicKey"].encode("ascii", "replace"), where)
+            kid = key_id(key)
+            if any(k.keyid == kid for k in keys):
+                raise InvalidKey(f"{where}: key {kid} is listed twice (ambiguous validity window)")
+            if "keyid" in entry and entry["keyid"] != kid:
+                raise InvalidKey(
+                    f"{where}: keyid {entry['keyid']!r} does not match the key ({kid})"
+                )
+            try:
+                valid_from = (
+                    parse_time(entry["validFrom"], f"{where}.validFrom")
+                    if "validFrom" in entry
+                    else None
+                )
+                valid_until = (
+                    parse_time(entry["validUntil"], f"{where}.validUntil")
+                    if "validUntil" in entry
+                    else None
+                )
+            except InvalidBundle as e:
+                raise InvalidKey(str(e)) from None
+            keys.append(TrustedKey(key, kid, where, valid_from, valid_until))
+        return cls(tuple(keys))
+
+    def ordered_for(self, hint: str | None) -> list[TrustedKey]:
+        """Keys to try for a signature whose envelope names key id *hint*.
+
+        The hint only orders the search (SPEC §8 step 3); it never adds trust.
+        """
+        return sorted(self.keys, key=lambda k: k.keyid != hint)

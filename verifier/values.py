@@ -1,0 +1,173 @@
+"""Typed attribute values (SPEC §2.3): the lossless ``AnyValue`` encoding.
+
+Each value is a JSON object with exactly one member naming its type, after
+OTLP/JSON's ``AnyValue``; numbers are never JSON numbers::
+
+    {"stringValue": "5"}   {"intValue": "5"}   {"doubleValue": "5"}
+    {"boolValue": true}    {"bytesValue": "AAE="}
+    {"arrayValue": [ ... ]}   {"kvlistValue": {"k": { ... }}}   {}  (empty)
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from .canonical import format_double
+from .errors import InvalidBundle
+
+__all__ = [
+    "INT64_MAX",
+    "INT64_MIN",
+    "decode_double",
+    "decode_value",
+    "encode_double",
+    "encode_value",
+    "validate_value",
+]
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+_INT_RE = re.compile(r"-?(0|[1-9][0-9]{0,18})\Z")  # at most 19 digits: int64
+_MAX_DEPTH = 64
+
+
+def encode_double(value: float) -> str:
+    """Return the SPEC §2.3 string form of a double.
+
+    Finite values use the ECMAScript form of RFC 8785 §3.2.2.3; the values JSON
+    cannot carry are spelled ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` and ``"-0"``.
+    """
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    if value == 0.0 and math.copysign(1.0, value) < 0:
+        return "-0"
+    return format_double(value)
+
+
+def decode_double(text: str) -> float:
+    """Parse a SPEC §2.3 double string, requiring its one canonical spelling.
+
+    Raises:
+        ValueError: *text* is not the canonical spelling of any double.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a double") from None
+    if text in ("nan", "inf", "-inf", "+inf") or encode_double(value) != text:
+        raise ValueError(f"{text!r} is not the canonical spelling of a double")
+    return value
+
+
+def encode_value(value: Any) -> dict[str, Any]:
+    """Encode a Python attribute value (as the OTel SDK holds it) as a typed value.
+
+    ``bool``, ``int`` (int64), ``float``, ``str``, ``bytes``, sequences and string-keyed
+    mappings are accepted; ``None`` becomes the empty value.
+
+    Raises:
+        ValueError: an integer outside int64 or an unsupported type.
+    """
+    if isinstance(value, str):
+        return {"stringValue": value}
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise ValueError(f"integer {value} is outside int64")
+        return {"intValue": str(value)}
+    if isinstance(value, float):
+        return {"doubleValue": encode_double(value)}
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"bytesValue": base64.b64encode(bytes(value)).decode("ascii")}
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return {"kvlistValue": {str(k): encode_value(v) for k, v in value.items()}}
+    if isinstance(value, (list, tuple)):
+        return {"arrayValue": [encode_value(v) for v in value]}
+    raise ValueError(f"unsupported attribute value type {type(value).__name__}")
+
+
+def decode_value(typed: Mapping[str, Any]) -> Any:
+    """Decode a validated typed value back to Python (bytes for ``bytesValue``)."""
+    if not typed:
+        return None
+    ((kind, raw),) = typed.items()
+    if kind == "stringValue" or kind == "boolValue":
+        return raw
+    if kind == "intValue":
+        return int(raw)
+    if kind == "doubleValue":
+        return decode_double(raw)
+    if kind == "bytesValue":
+        return base64.b64decode(raw)
+    if kind == "arrayValue":
+        return [decode_value(v) for v in raw]
+    if kind == "kvlistValue":
+        return {k: decode_value(v) for k, v in raw.items()}
+    raise ValueError(f"unknown value type {kind!r}")
+
+
+def validate_value(typed: Any, where: str, depth: int = 0) -> None:
+    """Check that *typed* is a well-formed SPEC §2.3 typed value.
+
+    Raises:
+        InvalidBundle: naming *where* and the defect.
+    """
+    if not isinstance(typed, dict):
+        raise InvalidBundle(f"{where}: typed value must be an object")
+    if not typed:
+        return
+    if len(typed) != 1:
+        raise InvalidBundle(f"{where}: typed value must have exactly one member")
+    if depth > _MAX_DEPTH:
+        raise InvalidBundle(f"{where}: typed value nested deeper than {_MAX_DEPTH}")
+    ((kind, raw),) = typed.items()
+    if kind == "stringValue":
+        if not isinstance(raw, str):
+            raise InvalidBundle(f"{where}: stringValue must be a string")
+    elif kind == "boolValue":
+        if not isinstance(raw, bool):
+            raise InvalidBundle(f"{where}: boolValue must be true or false")
+    elif kind == "intValue":
+        if not (isinstance(raw, str) and _INT_RE.match(raw) and raw != "-0"):
+            raise InvalidBundle(f"{where}: intValue must be a canonical decimal string")
+        if not INT64_MIN <= int(raw) <= INT64_MAX:
+            raise InvalidBundle(f"{where}: intValue {raw} is outside int64")
+    elif kind == "doubleValue":
+        if not isinstance(raw, str):
+            raise InvalidBundle(f"{where}: doubleValue must be a string (SPEC §2.3)")
+        try:
+            decode_double(raw)
+        except ValueError as e:
+            raise InvalidBundle(f"{where}: {e}") from None
+    elif kind == "bytesValue":
+        if not isinstance(raw, str):
+            raise InvalidBundle(f"{where}: bytesValue must be a base64 string")
+        try:
+            ok = base64.b64encode(base64.b64decode(raw, validate=True)).decode() == raw
+        except (binascii.Error, ValueError):
+            ok = False
+        if not ok:
+            raise InvalidBundle(f"{where}: bytesValue is not canonical padded base64")
+    elif kind == "arrayValue":
+        if not isinstance(raw, list):
+            raise InvalidBundle(f"{where}: arrayValue must be an array")
+        for i, item in enumerate(raw):
+            validate_value(item, f"{where}[{i}]", depth + 1)
+    elif kind == "kvlistValue":
+        if not isinstance(raw, dict):
+            raise InvalidBundle(f"{where}: kvlistValue must be an object")
+        for key, item in raw.items():
+            validate_value(item, f"{where}.{key}", depth + 1)
+    else:
+        raise InvalidBundle(f"{where}: unknown value type {kind!r}")

@@ -1,0 +1,462 @@
+"""The verification algorithm (SPEC §8), as a per-check report and as a raising call.
+
+:func:`check_bundle` never raises for bad input: it returns a :class:`BundleReport`
+listing every check as PASS, FAIL or SKIPPED.  :func:`verify_bundle` runs the same
+code and raises the error of the first failed check, or returns what was proven.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from .bundle import BUNDLE_SUFFIX, BundleReader
+from .canonical import loads_canonical
+from .errors import (
+    ChainError,
+    IncompleteBundle,
+    InvalidBundle,
+    SpanproofError,
+    TrustError,
+    VerificationError,
+)
+from .keys import TrustRoot
+from .records import ChainState, digest_hex, validate_record
+from .statement import Statement
+
+__all__ = [
+    "CHECKS",
+    "BundleReport",
+    "Check",
+    "Status",
+    "TraceLink",
+    "Verdict",
+    "VerifiedBundle",
+    "check_bundle",
+    "find_bundles",
+    "link_segments",
+    "verify_bundle",
+]
+
+# Check names in SPEC §8 step order.
+CHECKS = (
+    "format",
+    "envelope",
+    "signature",
+    "statement",
+    "key-validity",
+    "records",
+    "chain",
+    "head",
+    "completeness",
+)
+
+
+class Status(str, enum.Enum):
+    """Outcome of one check."""
+
+    PASS = "PASS"  # noqa: S105 - a check outcome, not a password
+    FAIL = "FAIL"
+    SKIPPED = "SKIPPED"
+
+
+class Verdict(str, enum.Enum):
+    """Outcome of a whole bundle: ``INCOMPLETE`` verified but declares losses."""
+
+    OK = "OK"
+    FAIL = "FAIL"
+    INCOMPLETE = "INCOMPLETE"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One named check (SPEC §8 step ``step``) and its outcome."""
+
+    name: str
+    step: int
+    status: Status
+    message: str
+
+
+@dataclass(frozen=True)
+class BundleReport:
+    """Every check run on one bundle, and what was learned on the way.
+
+    ``statement`` is set once the signature verified and the statement parsed;
+    ``records`` holds the parsed records only when asked for (``keep_records``).
+    """
+
+    source: str
+    checks: tuple[Check, ...]
+    verdict: Verdict
+    statement: Statement | None = None
+    statement_digest: str | None = None
+    signer_keyid: str | None = None
+    records: tuple[dict[str, Any], ...] | None = None
+    error: SpanproofError | None = field(default=None, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        """True when the verdict is OK."""
+        return self.verdict is Verdict.OK
+
+    @property
+    def reason(self) -> str:
+        """The first failed check's message, or ``""``."""
+        for check in self.checks:
+            if check.status is Status.FAIL:
+                return check.message
+        return ""
+
+    def to_json(self) -> dict[str, Any]:
+        """Machine-readable form for ``spanproof verify --json``."""
+        stmt = self.statement
+        return {
+            "path": self.source,
+            "verdict": self.verdict.value,
+            "reason": self.reason,
+            "traceId": stmt.trace_id if stmt else None,
+            "segment": stmt.segment_index if stmt else None,
+            "records": stmt.record_count if stmt else None,
+            "head": stmt.head if stmt else None,
+            "statementDigest": self.statement_digest,
+            "signerKeyid": self.signer_keyid,
+            "sealReason": stmt.seal_reason if stmt else None,
+            "completeness": stmt.completeness.to_json() if stmt else None,
+            "checks": [
+                {"name": c.name, "step": c.step, "status": c.status.value, "message": c.message}
+                for c in self.checks
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class VerifiedBundle:
+    """What :func:`verify_bundle` proved: this statement, signed by this trusted key,
+    covers exactly these records."""
+
+    statement: Statement
+    statement_digest: str
+    signer_keyid: str
+    records: tuple[dict[str, Any], ...] | None
+
+
+class _Run:
+    """Collects check outcomes in order; later checks are SKIPPED after a failure."""
+
+    def __init__(self) -> None:
+        self.done: dict[str, Check] = {}
+        self.error: SpanproofError | None = None
+
+    def passed(self, name: str, message: str) -> None:
+        self.done[name] = Check(name, CHECKS.index(name) + 1, Status.PASS, message)
+
+    def failed(self, name: str, error: SpanproofError) -> None:
+        self.done[name] = Check(name, CHECKS.index(name) + 1, Status.FAIL, str(error))
+        self.error = error
+
+    def skipped(self, name: str, message: str) -> None:
+        self.done[name] = Check(name, CHECKS.index(name) + 1, Status.SKIPPED, message)
+
+    def checks(self) -> tuple[Check, ...]:
+        out = []
+        for i, name in enumerate(CHECKS):
+            check = self.done.get(name)
+            if check is None:
+                check = Check(name, i + 1, Status.SKIPPED, "not run: an earlier check failed")
+            out.append(check)
+        return tuple(out)
+
+
+def _open(source: str | os.PathLike[str] | IO[bytes]) -> tuple[str, IO[bytes], bool]:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source), open(source, "rb"), True
+    return getattr(source, "name", "<stream>"), source, False
+
+
+def check_bundle(
+    source: str | os.PathLike[str] | IO[bytes],
+    trust: TrustRoot,
+    *,
+    allow_incomplete: bool = False,
+    keep_records: bool = False,
+) -> BundleReport:
+    """Run every SPEC §8 check on one bundle and report each outcome; never raises
+    for bad input (an unreadable file is a failed ``format`` check).
+
+    Args:
+        source: a path or a binary stream positioned at the bundle's first byte.
+        trust: the only keys that may have signed it.
+        allow_incomplete: treat declared losses as OK instead of INCOMPLETE.
+        keep_records: keep the parsed records in the report (for display).
+    """
+    run = _Run()
+    name = str(source) if isinstance(source, (str, os.PathLike)) else "<stream>"
+    statement: Statement | None = None
+    digest: str | None = None
+    signer: str | None = None
+    kept: list[dict[str, Any]] | None = [] if keep_records else None
+    try:
+        name, stream, owned = _open(source)
+    except OSError as e:
+        run.failed("format", InvalidBundle(f"cannot read: {e.strerror}"))
+        return BundleReport(name, run.checks(), Verdict.FAIL, error=run.error)
+    try:
+        statement, digest, signer = _run_checks(stream, trust, run, kept, allow_incomplete)
+    except OSError as e:
+        run.failed("format", InvalidBundle(f"read error: {e.strerror or e}"))
+    finally:
+        if owned:
+            stream.close()
+    if run.error is None:
+        verdict = Verdict.OK
+    elif isinstance(run.error, IncompleteBundle):
+        verdict = Verdict.INCOMPLETE
+    else:
+        verdict = Verdict.FAIL
+    return BundleReport(
+        source=name,
+        checks=run.checks(),
+        verdict=verdict,
+        statement=statement,
+        statement_digest=digest,
+        signer_keyid=signer,
+        records=tuple(kept) if kept is not None else None,
+        error=run.error,
+    )
+
+
+def _run_checks(
+    stream: IO[bytes],
+    trust: TrustRoot,
+    run: _Run,
+    kept: list[dict[str, Any]] | None,
+    allow_incomplete: bool,
+) -> tuple[Statement | None, str | None, str | None]:
+    reader = BundleReader(stream)
+    # Steps 1-2: framing, header, media type, envelope shape.
+    try:
+        envelope, _header = reader.read_header()
+    except InvalidBundle as e:
+        target = "envelope" if str(e).startswith("envelope") else "format"
+        if target == "envelope":
+            run.passed("format", "bundle header is canonical v1")
+        run.failed(target, e)
+        return None, None, None
+    run.passed("format", "bundle header is canonical v1")
+    run.passed("envelope", f"DSSE envelope, payloadType {envelope.payload_type}")
+
+    # Step 3: signature over PAE(payloadType, payload), before the payload is parsed.
+    try:
+        signer = envelope.verify(trust)
+    except VerificationError as e:
+        run.failed("signature", e)
+        return None, None, None
+    run.passed("signature", f"Ed25519 signature by trusted key {signer.keyid[:16]}")
+
+    # Step 4: parse the verified payload bytes (never re-parsed).
+    digest = digest_hex(envelope.payload)
+    try:
+        statement = Statement.from_payload(envelope.payload)
+    except InvalidBundle as e:
+        run.failed("statement", e)
+        return None, digest, signer.keyid
+    run.passed(
+        "statement",
+        f"trace {statement.trace_id} segment {statement.segment_index}, "
+        f"{statement.record_count} records",
+    )
+
+    # Step 5: the signer's validity window covers the signed sealing time.
+    if not signer.valid_at(statement.sealed_at):
+        run.failed(
+            "key-validity",
+            TrustError(
+                f"key {signer.keyid[:16]} is not valid at sealedAt "
+                f"{statement.sealed_at.isoformat()} (outside its trust-root window)"
+            ),
+        )
+        return statement, digest, signer.keyid
+    run.passed("key-validity", "sealing time within the signer's validity window")
+
+    # Steps 6-7: every record well formed and in the chain.
+    chain = ChainState(statement.trace_id, statement.first_seq, statement.start)
+    span_ids: dict[int, int] = {}
+    duplicates: list[str] = []
+    try:
+        for position, raw in reader.records():
+            record = loads_canonical(raw, f"record {position}")
+            validate_record(record, f"record {position}")
+            chain.append(record, raw, position)
+            sid = int(record["span"]["spanId"], 16)
+            if sid in span_ids:
+                duplicates.append(record["span"]["spanId"])
+            span_ids[sid] = position
+            if kept is not None:
+                kept.append(record)
+    except ChainError as e:
+        run.skipped("records", f"stopped at the chain failure after {chain.count} records")
+        run.failed("chain", e)
+        return statement, digest, signer.keyid
+    except InvalidBundle as e:
+        run.failed("records", e)
+        return statement, digest, signer.keyid
+    run.passed("records", f"{chain.count} records, each strict canonical v1 CER")
+    undeclared = sorted(set(duplicates) - set(statement.completeness.conflicts))
+    if undeclared:
+        run.failed(
+            "chain",
+            ChainError(f"span id {undeclared[0]} appears in more than one record "
+                       "but is not declared a conflict"),
+        )
+        return statement, digest, signer.keyid
+    run.passed("chain", f"seq {statement.first_seq}..{chain.next_seq - 1} linked by prev hashes")
+
+    # Step 8: the chain ends exactly at the signed head.
+    if chain.count != statement.record_count:
+        run.failed(
+            "head",
+            ChainError(
+                f"bundle has {chain.count} records but the signed statement covers "
+                f"{statement.record_count} (records truncated or appended)"
+            ),
+        )
+        return statement, digest, signer.keyid
+    if chain.head != statement.head:
+        run.failed(
+            "head",
+            ChainError(
+                f"chain head {chain.head} does not match the signed head {statement.head} "
+                "(last record altered)"
+            ),
+        )
+        return statement, digest, signer.keyid
+    run.passed("head", f"chain head {statement.head[:23]}... is the signed head")
+
+    # Step 9: completeness.  Declared losses make the bundle INCOMPLETE.
+    comp = statement.completeness
+    if comp.lost and not allow_incomplete:
+        run.failed("completeness", IncompleteBundle(_loss_text(statement)))
+    else:
+        note = _loss_text(statement) if comp.lost else "no declared losses"
+        run.passed("completeness", f"{note}; sealed: {statement.seal_reason}")
+    return statement, digest, signer.keyid
+
+
+def _loss_text(statement: Statement) -> str:
+    comp = statement.completeness
+    parts = [
+        f"{n} {what}"
+        for n, what in (
+            (comp.dropped_spans, "evidence spans dropped before certification"),
+            (comp.rejected_spans, "spans rejected as malformed"),
+            (comp.unsampled_spans, "evidence spans removed by sampling"),
+        )
+        if n
+    ]
+    return "incomplete: " + ", ".join(parts) if parts else "complete"
+
+
+def verify_bundle(
+    source: str | os.PathLike[str] | IO[bytes],
+    trust: TrustRoot,
+    *,
+    allow_incomplete: bool = False,
+    keep_records: bool = True,
+) -> VerifiedBundle:
+    """Verify one bundle (SPEC §8) and return what it proves.
+
+    Raises:
+        InvalidBundle: the file is not a well-formed v1 bundle.
+        SignatureError: no trusted key signed it.
+        TrustError: the signer was not valid at the sealing time.
+        ChainError: the records are not exactly the signed chain.
+        IncompleteBundle: it verified but declares losses (unless *allow_incomplete*).
+    """
+    report = check_bundle(
+        source, trust, allow_incomplete=allow_incomplete, keep_records=keep_records
+    )
+    if report.error is not None:
+        raise report.error
+    assert report.statement is not None and report.statement_digest is not None
+    assert report.signer_keyid is not None
+    return VerifiedBundle(
+        report.statement, report.statement_digest, report.signer_keyid, report.records
+    )
+
+
+def find_bundles(paths: Sequence[str]) -> Iterator[str]:
+    """Yield bundle paths: each file as given, and every ``*.spanproof.json`` below
+    each directory, in sorted order.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+    """
+    for path in paths:
+        if os.path.isdir(path):
+            found: list[str] = []
+            for root, _dirs, files in os.walk(path):
+                found.extend(os.path.join(root, f) for f in files if f.endswith(BUNDLE_SUFFIX))
+            yield from sorted(found)
+        elif os.path.exists(path):
+            yield path
+        else:
+            raise FileNotFoundError(path)
+
+
+@dataclass(frozen=True)
+class TraceLink:
+    """Whether the verified segments of one trace (from one producer) form one chain."""
+
+    trace_id: str
+    producer_instance: str
+    segments: tuple[int, ...]
+    ok: bool
+    message: str
+
+
+def link_segments(reports: Iterable[BundleReport]) -> list[TraceLink]:
+    """Check that verified segments of the same trace and producer continue each
+    other (SPEC §4.4, §8 step 11): no gap, each ``start`` is the previous head, each
+    ``previousStatement`` is the previous statement's digest."""
+    groups: dict[tuple[str, str], list[BundleReport]] = {}
+    for report in reports:
+        stmt = report.statement
+        if report.verdict is Verdict.FAIL or stmt is None:
+            continue
+        groups.setdefault((stmt.trace_id, stmt.producer.instance), []).append(report)
+    links = []
+    for (trace_id, instance), group in sorted(groups.items()):
+        group.sort(key=lambda r: r.statement.segment_index if r.statement else 0)
+        indexes = tuple(r.statement.segment_index for r in group if r.statement)
+        problem = _link_problem(group)
+        message = problem or f"segments {', '.join(map(str, indexes))} form one chain"
+        if problem is None and indexes[0] != 0:
+            # Verifying later segments alone is legitimate; say what was not seen.
+            message += f" (segments 0-{indexes[0] - 1} not present)"
+        links.append(TraceLink(trace_id, instance, indexes, problem is None, message))
+    return links
+
+
+def _link_problem(group: list[BundleReport]) -> str | None:
+    for prev, cur in itertools.pairwise(group):
+        a, b = prev.statement, cur.statement
+        assert a is not None and b is not None
+        if b.segment_index == a.segment_index:
+            return f"segment {b.segment_index} appears twice ({prev.source}, {cur.source})"
+        if b.segment_index != a.segment_index + 1:
+            return f"segment {a.segment_index + 1} is missing"
+        if (
+            b.start != a.head
+            or b.first_seq != a.first_seq + a.record_count
+            or b.previous_statement != prev.statement_digest
+        ):
+            return (
+                f"segment {b.segment_index} does not continue segment {a.segment_index} "
+                "(start, firstSeq or previousStatement mismatch)"
+            )
+    return None
