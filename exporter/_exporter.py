@@ -29,6 +29,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from spanproof.verifier.canonical import canonicalize
+from spanproof.verifier.checkpoint import WitnessKey
 from spanproof.verifier.errors import CanonicalizationError
 from spanproof.verifier.statement import Completeness, Producer
 
@@ -39,6 +40,7 @@ from .normalize import span_to_body
 from .sealing import SealedBundle, seal
 from .selection import AttributeSelector, Selector
 from .sinks import BundleSink, DirectorySink
+from .submit import WitnessSubmitter
 
 __all__ = ["PRODUCER_NAME", "SpanproofSpanExporter"]
 
@@ -99,6 +101,10 @@ class SpanproofSpanExporter(SpanExporter):
         max_records: records per bundle.
         max_pending_traces: open traces held in memory.
         sealed_trace_memory: sealed traces whose chain position is remembered.
+        witness_url: submit every written bundle to this witness in the
+            background; receipts are stored beside the bundles.
+        witness_key: pinned witness public key (PEM path or verifier key string)
+            to verify receipts with before storing them.
         signing_key: a key object to sign with (overrides *key_file*).
         clock: returns the current time as seconds since the epoch (default
             :func:`time.time`); used for deadlines and the bundles' ``sealedAt``.
@@ -124,6 +130,8 @@ class SpanproofSpanExporter(SpanExporter):
         max_records: int | None = None,
         max_pending_traces: int | None = None,
         sealed_trace_memory: int | None = None,
+        witness_url: str | None = None,
+        witness_key: str | None = None,
         signing_key: SigningKey | None = None,
         clock: Callable[[], float] | None = None,
         sink: BundleSink | None = None,
@@ -138,6 +146,8 @@ class SpanproofSpanExporter(SpanExporter):
             max_records=max_records,
             max_pending_traces=max_pending_traces,
             sealed_trace_memory=sealed_trace_memory,
+            witness_url=witness_url,
+            witness_key=witness_key,
         )
         output = os.path.abspath(config.output_dir)
         self._config = dataclasses.replace(config, output_dir=output)
@@ -151,6 +161,9 @@ class SpanproofSpanExporter(SpanExporter):
         self._clock: Callable[[], float] = clock or time.time
         self._sink: BundleSink = sink or DirectorySink(output)
         self._shutdown = False
+        self._witness_keys: tuple[WitnessKey, ...] = ()
+        if self._config.witness_key is not None:
+            self._witness_keys = (WitnessKey.load(self._config.witness_key),)
         self._reset_process_state()
         weak_reinit = weakref.WeakMethod(self._after_fork_in_child)
 
@@ -175,6 +188,25 @@ class SpanproofSpanExporter(SpanExporter):
         self._wake_at = float("-inf")
         self._unwritten: collections.deque[SealedBundle] = collections.deque()
         self._retry_at = float("-inf")
+        self._submitter = self._start_submitter()
+
+    def _start_submitter(self) -> WitnessSubmitter | None:
+        """The background witness submitter, when a witness URL is configured.
+
+        Bundles written before a crash that never reached the queue are found by a
+        one-off scan of the output directory (bundles without a receipt).
+        """
+        url = self._config.witness_url
+        if url is None:
+            return None
+        submitter = WitnessSubmitter(
+            url, os.path.join(self._config.output_dir, "witness-queue"),
+            producer_key=self._signer.private_key.public_key(),
+            witness_keys=self._witness_keys,
+        )
+        threading.Thread(target=_scan_quietly, args=(submitter, self._config.output_dir),
+                         name="spanproof-witness-scan", daemon=True).start()
+        return submitter
 
     def _after_fork_in_child(self) -> None:
         # The parent's pending traces stay the parent's: it seals them.  The child
@@ -309,6 +341,12 @@ class SpanproofSpanExporter(SpanExporter):
         except Exception:
             _logger.exception("spanproof: sealing at shutdown failed")
             done = False
+        if self._submitter is not None:
+            # Deliver what was just sealed while the witness answers; whatever is
+            # not delivered stays queued on disk for the next start.
+            remaining = max(0.0, deadline - time.monotonic())
+            self._submitter.flush(min(remaining, _MIN_SHUTDOWN_SECONDS))
+            self._submitter.close(max(0.0, deadline - time.monotonic()))
         if not done or self._unwritten:
             _logger.error("spanproof: shutdown incomplete: %d sealed bundle(s) not written, "
                           "%d trace(s) not sealed", len(self._unwritten),
@@ -446,7 +484,7 @@ class SpanproofSpanExporter(SpanExporter):
 
     def _write(self, bundle: SealedBundle) -> bool:
         try:
-            self._sink.write(bundle)
+            where = self._sink.write(bundle)
         except Exception as e:
             _logger.error("spanproof: cannot write bundle %s (%s); will retry",
                           bundle.file_name, e)
@@ -457,6 +495,8 @@ class SpanproofSpanExporter(SpanExporter):
                               "for a failing sink", lost.file_name, _MAX_UNWRITTEN)
             self._retry_at = self._clock() + _RETRY_SECONDS
             return False
+        if self._submitter is not None:
+            self._submitter.submit(where)
         return True
 
     def _retry_unwritten(self) -> bool:
@@ -484,3 +524,13 @@ def _span_id_of(span: ReadableSpan) -> str:
         return f"{ctx.span_id:016x}" if ctx is not None else "?"
     except Exception:
         return "?"
+
+
+def _scan_quietly(submitter: WitnessSubmitter, directory: str) -> None:
+    try:
+        queued = submitter.scan(directory)
+    except Exception:
+        _logger.exception("spanproof: scanning %s for unsubmitted bundles failed", directory)
+        return
+    if queued:
+        _logger.info("spanproof: %d bundle(s) without a witness receipt queued", queued)

@@ -20,6 +20,11 @@ Variables (all prefixed ``OTEL_EXPORTER_SPANPROOF_``), with their defaults:
 * ``MAX_PENDING_TRACES`` (``2048``): open traces held in memory.
 * ``SEALED_TRACE_MEMORY`` (``65536``): sealed traces whose chain position is kept
   so a late span continues the chain.
+* ``WITNESS_URL`` (unset): submit each sealed bundle to this witness in the
+  background (queue under ``<OUTPUT_DIR>/witness-queue``); receipts are written
+  beside the bundles.
+* ``WITNESS_KEY`` (unset): the witness's public key (PEM file or verifier key
+  string); when set, each receipt is verified before it is stored.
 
 Nothing here depends on the OpenTelemetry SDK, so the OTLP receiver reuses it.
 """
@@ -74,6 +79,10 @@ class ExporterConfig:
     #: the trace's chain in a linked segment.  A late span of a forgotten trace
     #: starts a new chain at genesis (the verifier then reports segment 0 twice).
     sealed_trace_memory: int = 65_536
+    #: Witness base URL (``http(s)://host:port``); None submits nothing.
+    witness_url: str | None = None
+    #: Pinned witness public key used to verify receipts before storing them.
+    witness_key: str | None = None
 
     def __post_init__(self) -> None:
         _check(isinstance(self.output_dir, str) and self.output_dir != "", "output_dir",
@@ -85,6 +94,13 @@ class ExporterConfig:
                "select_attributes", "must be a tuple of non-empty strings",
                self.select_attributes)
         _check(isinstance(self.select_all, bool), "select_all", "must be a bool", self.select_all)
+        _check(self.witness_url is None or (isinstance(self.witness_url, str)
+                                            and self.witness_url.startswith(("http://",
+                                                                             "https://"))),
+               "witness_url", "must be an http:// or https:// URL or None", self.witness_url)
+        _check(self.witness_key is None or (isinstance(self.witness_key, str)
+                                            and self.witness_key != ""),
+               "witness_key", "must be a non-empty string or None", self.witness_key)
         for name in ("seal_grace", "idle_timeout"):
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -186,4 +202,6 @@ _ENV: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "max_records": ("MAX_RECORDS", _parse_int),
     "max_pending_traces": ("MAX_PENDING_TRACES", _parse_int),
     "sealed_trace_memory": ("SEALED_TRACE_MEMORY", _parse_int),
+    "witness_url": ("WITNESS_URL", _parse_str),
+    "witness_key": ("WITNESS_KEY", _parse_str),
 }

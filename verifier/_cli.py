@@ -24,8 +24,10 @@ from typing import Any, NoReturn, cast
 
 from .bundle import BundleReader
 from .canonical import loads_canonical
+from .checkpoint import WitnessKey, load_witness_keys
 from .errors import InvalidKey, SpanproofError
 from .keys import TrustedKey, TrustRoot, format_time
+from .receipt import attach_receipt_check, check_receipt_for_bundle
 from .records import validate_record
 from .statement import Statement
 from .tree import render_tree
@@ -248,12 +250,44 @@ def _collect(paths: Sequence[str]) -> tuple[list[str], list[str]]:
     return bundles, empty
 
 
+def _load_witness_keys(specs: Sequence[str]) -> tuple[WitnessKey, ...]:
+    try:
+        return load_witness_keys(specs)
+    except SpanproofError as e:
+        raise UsageError(str(e)) from e
+
+
+def _with_receipt(
+    result: BundleResult,
+    witness_keys: Sequence[WitnessKey],
+    *,
+    required: bool,
+    origin: str | None,
+) -> BundleResult:
+    """*result* with the receipt check (SPEC §8 step 10) of the receipt beside it."""
+    if result.report is None:
+        return result
+    check = check_receipt_for_bundle(
+        result.path, result.report, witness_keys, required=required, origin=origin
+    )
+    return BundleResult(result.path, attach_receipt_check(result.report, check))
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     trust = load_trust(args.key, args.trust_root)
     if trust is None:
         raise UsageError("no trusted key: give --key PUB.pem or --trust-root FILE")
+    witness_keys = _load_witness_keys(args.witness_key)
+    if args.require_receipt and not witness_keys:
+        raise UsageError("--require-receipt needs --witness-key (the pinned witness key)")
     paths, empty = _collect(args.paths)
     results = [check_path(p, trust, allow_incomplete=args.allow_incomplete) for p in paths]
+    if witness_keys:
+        results = [
+            _with_receipt(r, witness_keys, required=args.require_receipt,
+                          origin=args.witness_origin)
+            for r in results
+        ]
     links = link_results(results)
     empty_reason = "no bundles (*.spanproof.json) found"
     ok = (
@@ -455,6 +489,15 @@ def build_parser() -> argparse.ArgumentParser:
         "files included), 2 usage error (bad flag, missing path, unusable key file).",
     )
     _add_trust_options(verify)
+    verify.add_argument(
+        "--witness-key", action="append", default=[], metavar="PUB.pem",
+        help="check each bundle's witness receipt (<name>.receipt.json) against this pinned "
+        "witness key (PEM file or verifier key string); repeat for several",
+    )
+    verify.add_argument("--witness-origin", metavar="NAME",
+                        help="require receipts from the log with this origin")
+    verify.add_argument("--require-receipt", action="store_true",
+                        help="fail bundles without a valid receipt (needs --witness-key)")
     verify.add_argument("--verbose", "-v", action="store_true",
                         help="list every check (PASS / FAIL / SKIPPED) under each bundle")
     verify.add_argument("--json", action="store_true",

@@ -407,3 +407,11 @@ def test_verify_paths_are_printed_as_given(capsys, keys: Keys, make_bundle, tmp_
     code, out, _ = run(capsys, "verify", "--key", keys.pub, relative)
     assert code == 0
     assert out.startswith(f"OK {relative} ")
+
+
+def test_witness_commands_are_registered_on_the_same_cli(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "witness" in out and "monitor" in out
+    code, _, err = run(capsys, "witness")
+    assert code == 2
+    assert "spanproof: error:" in err

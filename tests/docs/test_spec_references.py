@@ -21,10 +21,8 @@ _CITATION = re.compile(
 _SECTION = re.compile(r"§(\d+(?:\.\d+)*)")
 _STEPS = re.compile(r"§8\s+steps?\s+(\d+)(?:\s*[-\u2013]\s*(\d+))?")
 
-# Sections the code may cite before SPEC.md has them.  §12 is witness receipts, which
-# SPEC v1 reserves (§7.2, §8 step 10) and a later revision specifies; the witness code
-# already cites its subsections.  Remove an entry once the section is written.
-_PENDING_SECTIONS = ("12",)
+# Sections the code may cite before SPEC.md has them (none at present).
+_PENDING_SECTIONS: tuple[str, ...] = ()
 
 
 def _pending(number: str) -> bool:
@@ -136,6 +134,6 @@ def test_error_classes_cite_the_steps_that_raise_them() -> None:
 def test_receipt_check_uses_the_reserved_step(spec_section) -> None:  # type: ignore[no-untyped-def]
     receipt = pytest.importorskip("spanproof.verifier.receipt")
     text = spec_section("8")
-    match = re.search(r"^### Step (\d+) — reserved: receipts", text, re.MULTILINE)
-    assert match, "SPEC §8 has no reserved receipts step"
+    match = re.search(r"^### Step (\d+) — `receipt`", text, re.MULTILINE)
+    assert match, "SPEC §8 has no receipt step"
     assert int(match.group(1)) == receipt.RECEIPT_CHECK_STEP

@@ -1,0 +1,451 @@
+"""Producer-side delivery of sealed bundles to a witness, in the background (SPEC §12.6).
+
+:class:`WitnessSubmitter` takes bundle paths from the sealing code and never
+blocks it: :meth:`~WitnessSubmitter.submit` only hands the path to a worker
+thread.  The worker records each pending submission as a small file in a queue
+directory (so nothing is lost while the witness is down or when the process
+restarts), POSTs the bundle to the witness, and writes the receipt it gets back
+atomically beside the bundle as ``<name>.receipt.json``.  When the witness is
+unreachable or overloaded (connection error, HTTP 408, 429 or 5xx), delivery is
+retried with exponential backoff and jitter; a bundle the witness rejects, or a
+receipt that does not verify, is moved to ``<queue>/failed/`` with the reason and
+logged as an error.
+
+The clock, the jitter source and the HTTP transport are injected, so the retry
+schedule is testable without sleeping; :meth:`~WitnessSubmitter.process_due` runs
+one delivery round without the thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from spanproof.verifier.bundle import BUNDLE_SUFFIX
+from spanproof.verifier.canonical import canonicalize
+from spanproof.verifier.checkpoint import WitnessKey
+from spanproof.verifier.errors import SpanproofError
+from spanproof.verifier.keys import TrustedKey, TrustRoot
+from spanproof.verifier.receipt import receipt_path, verify_receipt
+from spanproof.verifier.verify import Verdict, check_bundle
+
+__all__ = ["Post", "WitnessSubmitter", "backoff_delay"]
+
+_logger = logging.getLogger(__name__)
+
+#: ``post(url, body, headers, timeout) -> (status, body)``; raises ``OSError`` (or
+#: ``urllib.error.URLError``) when the witness cannot be reached.
+Post = Callable[[str, bytes, Mapping[str, str], float], tuple[int, bytes]]
+
+_MAX_RESPONSE = 4 * 1024 * 1024
+_FAILED_DIR = "failed"
+
+
+def backoff_delay(
+    failures: int, initial: float, maximum: float, rng: Callable[[], float]
+) -> float:
+    """Seconds to wait after *failures* consecutive failed attempts: exponential
+    (``initial * 2**(failures-1)``, capped at *maximum*) with "equal jitter" (a
+    random value in the upper half), so many producers do not retry in lockstep."""
+    base = min(maximum, initial * float(1 << min(60, max(0, failures - 1))))
+    return base / 2 + rng() * base / 2
+
+
+def _urllib_post(
+    url: str, body: bytes, headers: Mapping[str, str], timeout: float
+) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method="POST", headers=dict(headers))  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+            return int(resp.status), resp.read(_MAX_RESPONSE)
+    except urllib.error.HTTPError as e:
+        return int(e.code), e.read(_MAX_RESPONSE)
+
+
+@dataclass
+class _Pending:
+    seq: int
+    bundle: str
+    file: str
+
+
+class _Permanent(Exception):
+    """A submission that retrying will not fix."""
+
+
+class _Transient(Exception):
+    """The witness is unreachable or asked us to come back later."""
+
+
+class WitnessSubmitter:
+    """Submit sealed bundles to a witness from a background thread.
+
+    Args:
+        url: the witness base URL (``http://host:port``).
+        queue_dir: directory holding pending submissions (created if missing).
+        producer_key: the producer's own public key; sent in the
+            ``Spanproof-Public-Key`` header (for witnesses that pin no producer keys)
+            and needed to verify receipts.
+        witness_keys: pinned witness keys; when given (with *producer_key*) each
+            receipt is verified before it is stored.
+        max_pending: bound on queued submissions; beyond it :meth:`submit` refuses
+            (the bundle stays on disk and can be submitted later).
+        timeout: HTTP timeout per attempt, seconds.
+        backoff_initial, backoff_max: retry schedule bounds, seconds.
+        clock: monotonic seconds (injected for tests).
+        rng: uniform [0, 1) source for jitter (injected for tests).
+        post: HTTP transport (injected for tests).
+        start: start the worker thread now.
+
+    Raises:
+        ValueError: an argument is out of range or the URL is not http(s).
+        OSError: the queue directory cannot be created or read.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        queue_dir: str | os.PathLike[str],
+        *,
+        producer_key: Ed25519PublicKey | None = None,
+        witness_keys: Sequence[WitnessKey] = (),
+        max_pending: int = 10_000,
+        timeout: float = 10.0,
+        backoff_initial: float = 1.0,
+        backoff_max: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+        post: Post | None = None,
+        start: bool = True,
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"witness URL must be http(s)://...: {url!r}")
+        if max_pending < 1 or timeout <= 0 or not 0 < backoff_initial <= backoff_max:
+            raise ValueError("max_pending >= 1, timeout > 0, 0 < backoff_initial <= backoff_max")
+        self._url = url.rstrip("/") + "/v1/submit"
+        self._dir = os.fspath(queue_dir)
+        self._headers = {"Content-Type": "application/vnd.spanproof.bundle.v1+json"}
+        self._trust: TrustRoot | None = None
+        if producer_key is not None:
+            der = producer_key.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            self._headers["Spanproof-Public-Key"] = base64.b64encode(der).decode("ascii")
+            self._trust = TrustRoot((TrustedKey.from_public_key(producer_key, "producer key"),))
+        self._witness_keys = tuple(witness_keys)
+        if self._witness_keys and self._trust is None:
+            _logger.warning(
+                "witness receipts cannot be verified without the producer's public key; "
+                "they are stored unverified"
+            )
+        self._max_pending = max_pending
+        self._timeout = timeout
+        self._backoff = (backoff_initial, backoff_max)
+        self._clock = clock
+        self._rng = rng
+        self._post: Post = post or _urllib_post
+        self._cond = threading.Condition()
+        self._incoming: deque[str] = deque()
+        self._pending: dict[str, _Pending] = {}  # keyed by queue file name
+        self._failures = 0
+        self._transient_events = 0
+        self._not_before = 0.0
+        self._closing = False
+        self._closed = False
+        os.makedirs(os.path.join(self._dir, _FAILED_DIR), exist_ok=True)
+        self._seq = self._load()
+        self._thread: threading.Thread | None = None
+        if start:
+            self._thread = threading.Thread(
+                target=self._run, name="spanproof-witness-submitter", daemon=True
+            )
+            self._thread.start()
+
+    # --- the queue ------------------------------------------------------------------
+
+    def _load(self) -> int:
+        seq = 0
+        for name in sorted(os.listdir(self._dir)):
+            if not name.endswith(".json"):
+                continue
+            path = os.path.join(self._dir, name)
+            try:
+                with open(path, "rb") as f:
+                    doc = json.loads(f.read())
+                bundle = doc["bundle"]
+                n = int(name.split("-", 1)[0])
+            except (OSError, ValueError, KeyError, TypeError):
+                _logger.error("ignoring unreadable queue entry %s", path)
+                continue
+            self._pending[name] = _Pending(n, str(bundle), path)
+            seq = max(seq, n + 1)
+        if self._pending:
+            _logger.info("%d witness submissions pending from a previous run", len(self._pending))
+        return seq
+
+    def _persist(self, bundle: str) -> None:
+        # Called by the worker only.  One small file per pending bundle, named so
+        # that a second submission of the same path is recognized.
+        tag = hashlib.sha256(bundle.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        if any(name.endswith(f"-{tag}.json") for name in self._pending):
+            return
+        name = f"{self._seq:012d}-{tag}.json"
+        path = os.path.join(self._dir, name)
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(canonicalize({"bundle": bundle}))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self._pending[name] = _Pending(self._seq, bundle, path)
+        self._seq += 1
+
+    def _drain_incoming(self) -> None:
+        while True:
+            with self._cond:
+                if not self._incoming:
+                    return
+                bundle = self._incoming.popleft()
+            try:
+                self._persist(bundle)
+            except OSError as e:
+                _logger.error(
+                    "cannot queue %s for the witness (%s); submit it later with "
+                    "'spanproof witness submit'", bundle, e,
+                )
+
+    @property
+    def pending(self) -> int:
+        """Submissions not yet delivered (queued in memory or on disk)."""
+        with self._cond:
+            return len(self._incoming) + len(self._pending)
+
+    def submit(self, bundle_path: str | os.PathLike[str]) -> bool:
+        """Queue a sealed bundle for the witness; never blocks on I/O or the network.
+
+        Returns False (and logs) when the queue is full or the submitter is closed;
+        the bundle file itself is untouched and can be submitted later.
+        """
+        path = os.path.abspath(os.fspath(bundle_path))
+        with self._cond:
+            if self._closing:
+                _logger.warning("witness submitter is closed; %s not queued", path)
+                return False
+            if len(self._incoming) + len(self._pending) >= self._max_pending:
+                _logger.warning(
+                    "witness queue full (%d pending); %s not queued (submit it later with "
+                    "'spanproof witness submit')", self._max_pending, path,
+                )
+                return False
+            self._incoming.append(path)
+            self._cond.notify()
+        return True
+
+    def scan(self, directory: str | os.PathLike[str]) -> int:
+        """Queue every bundle below *directory* that has no receipt yet (recovery
+        after a crash between sealing and queueing); return how many were queued."""
+        queued = 0
+        for root, _dirs, files in os.walk(directory):
+            for name in sorted(files):
+                path = os.path.join(root, name)
+                if (
+                    name.endswith(BUNDLE_SUFFIX)
+                    and not os.path.exists(receipt_path(path))
+                    and self.submit(path)
+                ):
+                    queued += 1
+        return queued
+
+    # --- delivery -------------------------------------------------------------------
+
+    def process_due(self) -> float | None:
+        """Persist new submissions and try to deliver every pending one once, unless
+        backing off.  Return the seconds until the next attempt is due (None when
+        nothing is pending)."""
+        self._drain_incoming()
+        for name in sorted(self._pending, key=lambda n: self._pending[n].seq):
+            now = self._clock()
+            if now < self._not_before:
+                break
+            with self._cond:
+                if self._closing and self._thread is not None:
+                    break
+            item = self._pending[name]
+            try:
+                self._deliver(item.bundle)
+            except _Transient as e:
+                self._failures += 1
+                self._transient_events += 1
+                delay = backoff_delay(self._failures, *self._backoff, self._rng)
+                self._not_before = now + delay
+                _logger.warning(
+                    "witness unavailable (%s); %d submissions pending, retrying in %.1f s",
+                    e, len(self._pending), delay,
+                )
+                break
+            except _Permanent as e:
+                self._failures = 0
+                self._retire(item, str(e))
+                continue
+            self._failures = 0
+            self._remove(name)
+        if not self._pending:
+            return None
+        return max(0.0, self._not_before - self._clock())
+
+    def _remove(self, name: str) -> None:
+        item = self._pending.pop(name)
+        try:
+            os.unlink(item.file)
+        except FileNotFoundError:
+            pass
+
+    def _retire(self, item: _Pending, reason: str) -> None:
+        _logger.error("witness submission of %s failed permanently: %s", item.bundle, reason)
+        name = os.path.basename(item.file)
+        target = os.path.join(self._dir, _FAILED_DIR, name)
+        try:
+            with open(target, "wb") as f:
+                f.write(canonicalize({"bundle": item.bundle, "reason": reason}))
+            os.unlink(item.file)
+        except OSError as e:
+            _logger.error("cannot move %s to %s: %s", item.file, target, e)
+        self._pending.pop(name, None)
+
+    def _deliver(self, bundle: str) -> None:
+        try:
+            with open(bundle, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise _Permanent(f"cannot read bundle: {e.strerror}") from e
+        try:
+            status, body = self._post(self._url, data, self._headers, self._timeout)
+        except (OSError, urllib.error.URLError) as e:
+            raise _Transient(str(getattr(e, "reason", e))) from e
+        if status in (408, 429) or status >= 500:
+            raise _Transient(f"HTTP {status}")
+        if status not in (200, 201):
+            raise _Permanent(f"witness rejected the bundle: HTTP {status}: {_error_text(body)}")
+        self._store_receipt(bundle, body)
+
+    def _store_receipt(self, bundle: str, receipt: bytes) -> None:
+        if self._witness_keys and self._trust is not None:
+            report = check_bundle(bundle, self._trust, allow_incomplete=True)
+            if report.verdict is Verdict.FAIL:
+                raise _Permanent(f"own bundle does not verify: {report.reason}")
+            try:
+                verified = verify_receipt(receipt, report, self._witness_keys)
+            except SpanproofError as e:
+                raise _Permanent(f"witness receipt does not verify: {e}") from e
+            _logger.info(
+                "receipt for %s verified: index %d of %s (tree size %d)",
+                bundle, verified.leaf_index, verified.origin, verified.tree_size,
+            )
+        else:
+            _logger.info("receipt for %s stored (not verified: no witness key pinned)", bundle)
+        try:
+            target = receipt_path(bundle)
+        except ValueError as e:
+            raise _Permanent(str(e)) from e
+        try:
+            _write_atomic(target, receipt)
+        except OSError as e:
+            raise _Transient(f"cannot write {target}: {e}") from e
+
+    # --- the thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            try:
+                wait = self.process_due()
+            except Exception:  # never let the worker die silently
+                _logger.exception("witness submitter round failed")
+                wait = self._backoff[0]
+            with self._cond:
+                if self._closing:
+                    return
+                if not self._incoming:
+                    self._cond.wait(timeout=60.0 if wait is None else min(wait, 60.0))
+                if self._closing:
+                    return
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to *timeout* seconds for every queued submission to be delivered.
+
+        Returns True when nothing is pending.  Returns early with False when the
+        witness is unavailable (a delivery attempt failed, or the worker is backing
+        off): what is pending stays queued on disk for a later start.
+        """
+        deadline = time.monotonic() + timeout
+        failures_before = self._transient_events
+        while True:
+            with self._cond:
+                if not self._incoming and not self._pending:
+                    return True
+                if (self._transient_events != failures_before
+                        or self._clock() < self._not_before):
+                    return False
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.notify_all()
+                self._cond.wait(min(remaining, 0.05))
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Stop the worker (waiting up to *timeout* seconds for a delivery in
+        progress) and persist what is still queued in memory.  Idempotent.
+
+        Returns True when the worker stopped within *timeout*.
+        """
+        with self._cond:
+            if self._closed:
+                return True
+            self._closing = True
+            self._cond.notify_all()
+        stopped = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+            stopped = not self._thread.is_alive()
+        if stopped:
+            self._drain_incoming()
+            with self._cond:
+                self._closed = True
+        return stopped
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body[:200].decode("utf-8", "replace")
+    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+        return str(doc["error"])
+    return body[:200].decode("utf-8", "replace")

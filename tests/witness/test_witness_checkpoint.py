@@ -1,0 +1,269 @@
+"""C2SP signed notes and tlog-checkpoints: signing, strict parsing, pinned-key checks."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from witness_helpers import ORIGIN, OTHER_WITNESS_SEED
+
+from spanproof.verifier import errors
+from spanproof.verifier.checkpoint import (
+    Checkpoint,
+    SignedNote,
+    WitnessKey,
+    check_consistent,
+    note_key_hash,
+    verify_checkpoint,
+)
+from spanproof.verifier.merkle import EMPTY_ROOT, leaf_hash
+from spanproof.witness.signing import CheckpointSigner
+from spanproof.witness.tree import MerkleTree
+
+# The reference example of golang.org/x/mod/sumdb/note (note_test.go), the
+# implementation behind C2SP signed-note.
+GO_VKEY = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
+GO_SKEY = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz"
+GO_TEXT = (
+    "If you think cryptography is the answer to your problem,\n"
+    "then you don't know what your problem is.\n"
+)
+GO_NOTE = (
+    GO_TEXT
+    + "\n\u2014 PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNX"
+    + "gKvqfqdngotpRZb6KE6RyyBwJnAM=\n"
+)
+
+
+def _go_private() -> Ed25519PrivateKey:
+    blob = base64.b64decode(GO_SKEY.split("+", 4)[4])
+    assert blob[0] == 1
+    return Ed25519PrivateKey.from_private_bytes(blob[1:])
+
+
+@pytest.fixture
+def signer(witness_private: Ed25519PrivateKey) -> CheckpointSigner:
+    return CheckpointSigner(witness_private, ORIGIN)
+
+
+@pytest.fixture
+def pem_key(signer: CheckpointSigner) -> WitnessKey:
+    """The witness key pinned from PEM (no name: the origin names it)."""
+    return WitnessKey.from_pem(signer.key.public_pem())
+
+
+def _checkpoint(size: int = 3) -> Checkpoint:
+    tree = MerkleTree(leaf_hash(bytes([i])) for i in range(size))
+    return Checkpoint(ORIGIN, size, tree.root())
+
+
+# --- interoperability with the Go reference ------------------------------------------------
+
+
+def test_signer_reproduces_the_go_reference_note_byte_for_byte() -> None:
+    signer = CheckpointSigner(_go_private(), "PeterNeumann")
+    assert signer.vkey == GO_VKEY
+    assert signer.sign_text(GO_TEXT) == GO_NOTE.encode()
+
+
+def test_go_reference_note_parses_and_verifies_with_its_vkey() -> None:
+    key = WitnessKey.from_vkey(GO_VKEY)
+    note = SignedNote.from_bytes(GO_NOTE.encode())
+    assert note.text == GO_TEXT and note.to_bytes() == GO_NOTE.encode()
+    (sig,) = note.signatures
+    assert sig.name == "PeterNeumann" and sig.key_hash == key.key_hash() == bytes.fromhex(
+        "c74f20a3"
+    )
+    assert key.verify(sig.signature, GO_TEXT.encode())
+    assert not key.verify(sig.signature, GO_TEXT.replace("answer", "Answer").encode())
+
+
+def test_key_hash_is_the_signed_note_formula(signer: CheckpointSigner) -> None:
+    raw = signer.key.public_key.public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    want = hashlib.sha256(ORIGIN.encode() + b"\n\x01" + raw).digest()[:4]
+    assert note_key_hash(ORIGIN, signer.key.public_key) == want
+    name, khash, blob = signer.vkey.split("+", 2)
+    assert (name, khash) == (ORIGIN, want.hex())
+    assert base64.b64decode(blob) == b"\x01" + raw
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        GO_VKEY[:-1],
+        GO_VKEY.replace("c74f20a3", "c74f20a4"),
+        "PeterNeumann+c74f20a3",
+        "Peter Neumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
+        "PeterNeumann+173116ae+ZRpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
+    ],
+)
+def test_malformed_vkeys_are_rejected(bad: str) -> None:
+    with pytest.raises(errors.InvalidKey):
+        WitnessKey.from_vkey(bad)
+
+
+# --- checkpoints -----------------------------------------------------------------------
+
+
+def test_checkpoint_signs_and_verifies_with_pem_and_vkey(
+    signer: CheckpointSigner, pem_key: WitnessKey
+) -> None:
+    cp = _checkpoint()
+    note = signer.sign(cp)
+    lines = note.decode().split("\n")
+    assert lines[:3] == [ORIGIN, "3", base64.b64encode(cp.root).decode()]
+    assert lines[3] == "" and lines[4].startswith(f"\u2014 {ORIGIN} ")
+    for key in (pem_key, WitnessKey.from_vkey(signer.vkey)):
+        verified = verify_checkpoint(note, [key])
+        assert verified.checkpoint == cp and verified.key_name == ORIGIN
+        assert verified.note == note
+
+
+def test_empty_tree_checkpoint(signer: CheckpointSigner, pem_key: WitnessKey) -> None:
+    note = signer.sign(Checkpoint(ORIGIN, 0, EMPTY_ROOT))
+    assert verify_checkpoint(note, [pem_key]).size == 0
+
+
+def test_checkpoint_by_another_key_is_rejected(signer: CheckpointSigner) -> None:
+    other = CheckpointSigner(Ed25519PrivateKey.from_private_bytes(OTHER_WITNESS_SEED), ORIGIN)
+    note = other.sign(_checkpoint())
+    with pytest.raises(errors.NoteSignatureError, match="not signed by a pinned witness key"):
+        verify_checkpoint(note, [WitnessKey.from_pem(signer.key.public_pem())])
+
+
+@pytest.mark.parametrize(
+    "field, replace",
+    [
+        ("size", lambda lines: [lines[0], "4", *lines[2:]]),
+        (
+            "root",
+            lambda lines: [lines[0], lines[1], base64.b64encode(b"\x07" * 32).decode(), *lines[3:]],
+        ),
+        ("extension", lambda lines: [*lines[:3], "extra line", *lines[3:]]),
+    ],
+)
+def test_altered_checkpoint_is_rejected(
+    signer: CheckpointSigner, pem_key: WitnessKey, field: str, replace: object
+) -> None:
+    note = signer.sign(_checkpoint()).decode()
+    lines = note.split("\n")
+    altered = "\n".join(replace(lines))  # type: ignore[operator]
+    with pytest.raises(errors.NoteSignatureError, match="does not verify"):
+        verify_checkpoint(altered.encode(), [pem_key])
+
+
+def test_origin_must_be_the_key_name(witness_private: Ed25519PrivateKey) -> None:
+    # The log signs as "witness.test/spanproof" a checkpoint claiming another origin.
+    signer = CheckpointSigner(witness_private, ORIGIN)
+    note = signer.sign_text(Checkpoint("evil.example/log", 3, _checkpoint().root).to_text())
+    with pytest.raises(
+        errors.NoteSignatureError, match="is not the name of the pinned witness key"
+    ):
+        verify_checkpoint(note, [WitnessKey.from_pem(signer.key.public_pem())])
+
+
+def test_wrong_origin_is_rejected_when_pinned(
+    signer: CheckpointSigner, pem_key: WitnessKey
+) -> None:
+    note = signer.sign(_checkpoint())
+    with pytest.raises(errors.NoteSignatureError, match="not the pinned witness origin"):
+        verify_checkpoint(note, [pem_key], origin="other.example/log")
+    # A vkey pins the name: a vkey for another name ignores this signature.
+    vkey_other_name = signer.key.vkey("other.example/log")
+    with pytest.raises(errors.NoteSignatureError, match="not signed by a pinned"):
+        verify_checkpoint(note, [WitnessKey.from_vkey(vkey_other_name)])
+
+
+def test_unknown_cosignatures_are_ignored(signer: CheckpointSigner, pem_key: WitnessKey) -> None:
+    other = CheckpointSigner(
+        Ed25519PrivateKey.from_private_bytes(OTHER_WITNESS_SEED), "cosigner.example"
+    )
+    note = signer.sign(_checkpoint())
+    extra = other.sign_text(_checkpoint().to_text()).decode().split("\n\n")[1]
+    cosigned = note + extra.encode()
+    assert verify_checkpoint(cosigned, [pem_key]).size == 3
+
+
+def test_a_failing_signature_by_a_pinned_key_rejects_the_note(
+    signer: CheckpointSigner, pem_key: WitnessKey
+) -> None:
+    note = signer.sign(_checkpoint()).decode()
+    text, sig_line = note.split("\n\n")
+    name_part, blob = sig_line.rstrip("\n").rsplit(" ", 1)
+    raw = bytearray(base64.b64decode(blob))
+    raw[10] ^= 1
+    bad = f"{name_part} {base64.b64encode(bytes(raw)).decode()}\n"
+    with pytest.raises(errors.NoteSignatureError, match="does not verify"):
+        verify_checkpoint(f"{text}\n\n{bad}{sig_line}".encode(), [pem_key])
+
+
+@pytest.mark.parametrize(
+    "note, message",
+    [
+        (b"", "must end with a line feed"),
+        (b"a\n1\nroot\n", "no blank line"),
+        (b"a\n1\nroot\n\n", "no signature lines"),
+        (b"a\n1\nroot\n\n- a AAAAAAA=\n", "em dash"),
+        ("a\n1\nroot\n\n\u2014 a !!!\n".encode(), "base64"),
+        ("a\n1\nroot\n\n\u2014 a AAAA\n".encode(), "shorter than its 4-byte key hash"),
+        ("a\n1\nroot\n\n\u2014 a+b AAAAAAA=\n".encode(), "key name"),
+        ("a\t\n1\nroot\n\n\u2014 a AAAAAAA=\n".encode(), "control character"),
+        (b"\xff\n\n", "UTF-8"),
+    ],
+)
+def test_malformed_notes_are_rejected(note: bytes, message: str) -> None:
+    with pytest.raises(errors.InvalidReceipt, match=message):
+        SignedNote.from_bytes(note)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("o\n1\n", "needs origin"),
+        ("o\n01\n" + base64.b64encode(b"\0" * 32).decode() + "\n", "leading zeros"),
+        ("o\n-1\n" + base64.b64encode(b"\0" * 32).decode() + "\n", "leading zeros"),
+        ("o\n1\n" + base64.b64encode(b"\0" * 31).decode() + "\n", "not 32"),
+        ("o\n1\nAAAA AAAA\n", "base64"),
+        ("o\n0\n" + base64.b64encode(b"\0" * 32).decode() + "\n", "empty-tree root"),
+        ("o\n1\n" + base64.b64encode(b"\0" * 32).decode() + "\n\n", "must not be empty"),
+    ],
+)
+def test_malformed_checkpoint_bodies_are_rejected(text: str, message: str) -> None:
+    with pytest.raises(errors.InvalidReceipt, match=message):
+        Checkpoint.from_text(text)
+
+
+# --- consistency between checkpoints ---------------------------------------------------------
+
+
+def test_check_consistent_accepts_growth_and_detects_fork_and_rollback() -> None:
+    tree = MerkleTree(leaf_hash(bytes([i])) for i in range(9))
+    old, new = Checkpoint(ORIGIN, 5, tree.root(5)), Checkpoint(ORIGIN, 9, tree.root(9))
+    check_consistent(old, new, tree.consistency_proof(5, 9))
+    check_consistent(Checkpoint(ORIGIN, 0, EMPTY_ROOT), new, [])
+    check_consistent(new, new, [])
+    with pytest.raises(errors.LogInconsistent, match="rollback"):
+        check_consistent(new, old, [])
+    forked = Checkpoint(ORIGIN, 9, MerkleTree(leaf_hash(bytes([i + 1])) for i in range(9)).root())
+    with pytest.raises(errors.LogInconsistent, match="fork: two checkpoints of tree size 9"):
+        check_consistent(new, forked, [])
+    with pytest.raises(errors.LogInconsistent, match="fork: the tree of size 9 does not extend"):
+        check_consistent(old, forked, tree.consistency_proof(5, 9))
+    with pytest.raises(errors.LogInconsistent, match="different logs"):
+        check_consistent(old, Checkpoint("other", 9, tree.root()), [])
+
+
+def test_error_hierarchy() -> None:
+    assert issubclass(errors.InvalidReceipt, errors.InvalidBundle)
+    for cls in (
+        errors.ProofError,
+        errors.NoteSignatureError,
+        errors.ReceiptMismatch,
+        errors.LogInconsistent,
+    ):
+        assert issubclass(cls, errors.VerificationError)

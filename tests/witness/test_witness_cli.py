@@ -1,0 +1,304 @@
+"""``spanproof witness {keygen,submit}`` and ``spanproof monitor`` against live witnesses
+(uvicorn on 127.0.0.1 in a thread)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from witness_helpers import (
+    ORIGIN,
+    OTHER_WITNESS_SEED,
+    FakeClock,
+    free_port,
+    make_bundle,
+    trace_id,
+    write_bundle,
+    write_private_key,
+)
+
+from spanproof.exporter.keys import SigningKey
+from spanproof.verifier.checkpoint import WitnessKey
+from spanproof.verifier.keys import TrustRoot
+from spanproof.verifier.receipt import receipt_path, verify_receipt
+from spanproof.verifier.verify import check_bundle
+from spanproof.witness._cli import main, parse_listen
+from spanproof.witness.monitor import MONITOR_EVIDENCE_MEDIA_TYPE
+from spanproof.witness.service import Witness
+from spanproof.witness.signing import CheckpointSigner
+from spanproof.witness.store import Store
+
+
+@pytest.fixture
+def files(
+    tmp_path: Path, witness_private: Ed25519PrivateKey, producer_key: SigningKey
+) -> dict[str, Path]:
+    key = write_private_key(tmp_path / "witness.key", witness_private)
+    producer_pub = tmp_path / "producer.pub"
+    producer_pub.write_bytes(producer_key.public_pem())
+    bundles = tmp_path / "bundles"
+    bundles.mkdir()
+    return {
+        "key": key,
+        "pub": Path(str(key) + ".pub"),
+        "producer": producer_pub,
+        "bundles": bundles,
+    }
+
+
+@pytest.fixture
+def open_witness(tmp_path: Path, producer_trust: TrustRoot) -> Iterator[Callable[..., Witness]]:
+    """Factory: a Witness on a named database (closed at teardown)."""
+    stores: list[Store] = []
+
+    def make(name: str = "w.db", key: Ed25519PrivateKey | None = None) -> Witness:
+        store = Store(str(tmp_path / name))
+        stores.append(store)
+        signer = CheckpointSigner(
+            key or Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33))), ORIGIN
+        )
+        return Witness(store, signer, producer_trust=producer_trust, clock=FakeClock())
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    status = main(argv)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_parse_listen() -> None:
+    assert parse_listen("127.0.0.1:8080") == ("127.0.0.1", 8080)
+    assert parse_listen("[::1]:9") == ("::1", 9)
+    assert parse_listen(":80") == ("127.0.0.1", 80)
+    for bad in ("localhost", "h:x", "h:70000"):
+        with pytest.raises(ValueError):
+            parse_listen(bad)
+
+
+def test_keygen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = tmp_path / "new.key"
+    status, out, _ = _run(
+        ["witness", "keygen", "--key", str(key), "--origin", "w.example/log"], capsys
+    )
+    assert status == 0 and (key.stat().st_mode & 0o777) == 0o600
+    vkey = next(
+        line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("verifier key")
+    )
+    pinned = WitnessKey.from_vkey(vkey)
+    assert pinned.name == "w.example/log"
+    assert WitnessKey.load(str(key) + ".pub").public_key == pinned.public_key
+    status, _, err = _run(["witness", "keygen", "--key", str(key)], capsys)
+    assert status == 2 and "refusing to overwrite" in err
+
+
+def test_submit_writes_verified_receipts_beside_the_bundles(
+    files: dict[str, Path],
+    open_witness: Any,
+    serve_witness: Any,
+    producer_trust: TrustRoot,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    srv = serve_witness(open_witness())
+    paths = [write_bundle(files["bundles"], make_bundle(trace_id(i))) for i in range(3)]
+    args = [
+        "witness",
+        "submit",
+        str(files["bundles"]),
+        "--url",
+        srv.url,
+        "--producer-key",
+        str(files["producer"]),
+        "--witness-key",
+        str(files["pub"]),
+    ]
+    status, out, _ = _run(args, capsys)
+    assert status == 0, out
+    assert out.count("OK ") == 3 and "receipt verified" in out
+    keys = [WitnessKey.load(str(files["pub"]))]
+    for path in paths:
+        verify_receipt(
+            Path(receipt_path(path)).read_bytes(), check_bundle(path, producer_trust), keys
+        )
+    status, out, _ = _run(args, capsys)
+    assert status == 0 and out.count("already logged") == 3
+    # A tampered bundle is refused before it is sent.
+    bad = files["bundles"] / ("f" * 32 + "-0000-x.spanproof.json")
+    bad.write_bytes(paths[0].read_bytes().replace(b"step 1", b"step X"))
+    status, out, _ = _run([*args[:2], str(bad), *args[3:]], capsys)
+    assert status == 1 and out.startswith("FAIL") and "not submitted" in out
+    # Without a local key check the witness itself refuses it (HTTP 422).
+    status, out, _ = _run(["witness", "submit", str(bad), "--url", srv.url], capsys)
+    assert status == 1 and "HTTP 422" in out
+
+
+def test_submit_to_an_unreachable_witness(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_bundle(files["bundles"], make_bundle(trace_id(1)))
+    url = f"http://127.0.0.1:{free_port()}"
+    status, out, _ = _run(["witness", "submit", str(path), "--url", url, "--timeout", "2"], capsys)
+    assert status == 3 and "cannot reach witness" in out
+    assert not Path(receipt_path(path)).exists()
+
+
+def _monitor(
+    url: str, state: Path, key: Path, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str]:
+    status, out, _ = _run(
+        [
+            "monitor",
+            "--url",
+            url,
+            "--state",
+            str(state),
+            "--witness-key",
+            str(key),
+            "--timeout",
+            "5",
+        ],
+        capsys,
+    )
+    return status, out
+
+
+def test_monitor_follows_a_growing_log(
+    files: dict[str, Path],
+    open_witness: Any,
+    serve_witness: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    witness = open_witness()
+    srv = serve_witness(witness)
+    state = tmp_path / "monitor.json"
+    status, out = _monitor(srv.url, state, files["pub"], capsys)
+    assert status == 0 and "first checkpoint recorded (tree size 0" in out
+    for i in range(3):
+        witness.submit(make_bundle(trace_id(i)).data)
+    status, out = _monitor(srv.url, state, files["pub"], capsys)
+    assert status == 0 and "tree size 0 -> 3" in out
+    for i in range(3, 8):
+        witness.submit(make_bundle(trace_id(i)).data)
+    status, out = _monitor(srv.url, state, files["pub"], capsys)
+    assert status == 0 and "tree size 3 -> 8 is consistent" in out
+    status, out = _monitor(srv.url, state, files["pub"], capsys)
+    assert status == 0 and "unchanged at tree size 8" in out
+    assert json.loads(state.read_text())["checkpoint"].startswith(ORIGIN + "\n8\n")
+
+
+@pytest.mark.parametrize(
+    "second_history, alert",
+    [
+        # Same key, same origin, same size, other entries: a split view.
+        (lambda i: trace_id(100 + i), "fork: two checkpoints of tree size 4 with different roots"),
+    ],
+)
+def test_monitor_detects_a_fork_at_equal_size(
+    files: dict[str, Path],
+    open_witness: Any,
+    serve_witness: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    second_history: Any,
+    alert: str,
+) -> None:
+    port = free_port()
+    honest = open_witness("honest.db")
+    for i in range(4):
+        honest.submit(make_bundle(trace_id(i)).data)
+    srv = serve_witness(honest, port)
+    state = tmp_path / "monitor.json"
+    assert _monitor(srv.url, state, files["pub"], capsys)[0] == 0
+    before = state.read_bytes()
+    srv.stop()
+    forked = open_witness("forked.db")
+    for i in range(4):
+        forked.submit(make_bundle(second_history(i)).data)
+    srv = serve_witness(forked, port)
+    status, out = _monitor(srv.url, state, files["pub"], capsys)
+    assert status == 1 and out.startswith("ALERT") and alert in out
+    assert state.read_bytes() == before  # the state keeps the honest checkpoint
+    evidence = json.loads(Path(str(state) + ".evidence.json").read_text())
+    assert evidence["mediaType"] == MONITOR_EVIDENCE_MEDIA_TYPE
+    assert evidence["previous"] != evidence["current"]
+
+
+def test_monitor_detects_a_rewritten_history(
+    files: dict[str, Path],
+    open_witness: Any,
+    serve_witness: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    port = free_port()
+    honest = open_witness("honest.db")
+    for i in range(3):
+        honest.submit(make_bundle(trace_id(i)).data)
+    srv = serve_witness(honest, port)
+    state = tmp_path / "monitor.json"
+    assert _monitor(srv.url, state, files["pub"], capsys)[0] == 0
+    srv.stop()
+    # The same key serves a longer log whose first entries differ.
+    rewritten = open_witness("rewritten.db")
+    for i in [0, 2, 1, 3, 4]:
+        rewritten.submit(make_bundle(trace_id(i)).data)
+    srv = serve_witness(rewritten, port)
+    status, out = _monitor(srv.url, state, files["pub"], capsys)
+    assert status == 1 and "fork: the tree of size 5 does not extend the tree of size 3" in out
+
+
+def test_monitor_detects_a_rollback(
+    files: dict[str, Path],
+    open_witness: Any,
+    serve_witness: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    port = free_port()
+    honest = open_witness("honest.db")
+    for i in range(5):
+        honest.submit(make_bundle(trace_id(i)).data)
+    srv = serve_witness(honest, port)
+    state = tmp_path / "monitor.json"
+    assert _monitor(srv.url, state, files["pub"], capsys)[0] == 0
+    srv.stop()
+    restored = open_witness("restored-from-backup.db")
+    for i in range(2):
+        restored.submit(make_bundle(trace_id(i)).data)
+    srv = serve_witness(restored, port)
+    status, out = _monitor(srv.url, state, files["pub"], capsys)
+    assert status == 1 and "rollback: the log now shows tree size 2, smaller than the size 5" in out
+
+
+def test_monitor_rejects_a_checkpoint_by_another_key(
+    files: dict[str, Path],
+    open_witness: Any,
+    serve_witness: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    impostor = open_witness(
+        "impostor.db", key=Ed25519PrivateKey.from_private_bytes(OTHER_WITNESS_SEED)
+    )
+    srv = serve_witness(impostor)
+    state = tmp_path / "monitor.json"
+    status, out = _monitor(srv.url, state, files["pub"], capsys)
+    assert status == 1 and "checkpoint not signed by a pinned witness key" in out
+    assert not state.exists()
+
+
+def test_monitor_unreachable(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out = _monitor(
+        f"http://127.0.0.1:{free_port()}", tmp_path / "s.json", files["pub"], capsys
+    )
+    assert status == 3 and "cannot reach witness" in out

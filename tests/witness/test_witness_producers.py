@@ -1,0 +1,189 @@
+"""Receipts end to end: the exporter submits sealed bundles to a live witness in the
+background (also when the witness comes up late), and ``spanproof verify
+--witness-key`` checks the receipts offline."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from witness_helpers import (
+    ORIGIN,
+    OTHER_WITNESS_SEED,
+    FakeClock,
+    free_port,
+    make_bundle,
+    trace_id,
+    write_bundle,
+    write_private_key,
+)
+
+from spanproof.exporter import SpanproofSpanExporter
+from spanproof.exporter.keys import SigningKey
+from spanproof.verifier._cli import main
+from spanproof.verifier.keys import TrustRoot
+from spanproof.verifier.receipt import receipt_path
+from spanproof.witness.service import Witness
+from spanproof.witness.signing import CheckpointSigner
+from spanproof.witness.store import Store
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+@pytest.fixture
+def open_witness(tmp_path: Path, witness_private: Ed25519PrivateKey,
+                 producer_trust: TrustRoot) -> Iterator[Callable[[], Witness]]:
+    """Factory: a Witness (the fixed witness key) on one database, closed at teardown."""
+    stores: list[Store] = []
+
+    def make() -> Witness:
+        store = Store(str(tmp_path / "w.db"))
+        stores.append(store)
+        signer = CheckpointSigner(witness_private, ORIGIN)
+        return Witness(store, signer, producer_trust=producer_trust, clock=FakeClock())
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def keys(tmp_path: Path, witness_private: Ed25519PrivateKey,
+         producer_key: SigningKey) -> dict[str, Path]:
+    """Key files: producer private and public, witness public, another witness's public."""
+    (tmp_path / "keys").mkdir()
+    producer = tmp_path / "keys" / "producer.key"
+    producer.write_bytes(producer_key.private_pem())
+    producer.chmod(0o600)
+    producer_pub = tmp_path / "keys" / "producer.pub"
+    producer_pub.write_bytes(producer_key.public_pem())
+    witness = write_private_key(tmp_path / "keys" / "witness.key", witness_private)
+    other = write_private_key(tmp_path / "keys" / "other.key",
+                              Ed25519PrivateKey.from_private_bytes(OTHER_WITNESS_SEED))
+    return {"producer": producer, "producer_pub": producer_pub,
+            "witness_pub": Path(f"{witness}.pub"), "other_pub": Path(f"{other}.pub")}
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    status = main(argv)
+    out, err = capsys.readouterr()
+    return status, out + err
+
+
+def _wait_for(paths: list[Path], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(p.exists() for p in paths):
+        assert time.monotonic() < deadline, f"no receipt appeared for {paths}"
+        time.sleep(0.05)
+
+
+def _trace(exporter: SpanproofSpanExporter, name: str) -> None:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("producers-test")
+    with tracer.start_as_current_span(f"{name}-root"):
+        with tracer.start_as_current_span(name, attributes={"gen_ai.operation.name": "chat"}):
+            pass
+    provider.shutdown()  # shuts the exporter down: seals and writes the bundle
+
+
+def _bundles(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.spanproof.json"))
+
+
+def test_exporter_submits_and_verify_checks_the_receipt(
+    tmp_path: Path, keys: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    srv = serve_witness(open_witness())
+    out = tmp_path / "out"
+    exporter = SpanproofSpanExporter(out, keys["producer"], witness_url=srv.url,
+                                     witness_key=str(keys["witness_pub"]))
+    _trace(exporter, "answer")
+    (bundle,) = _bundles(out)
+    receipt = Path(receipt_path(bundle))
+    _wait_for([receipt])
+
+    trust = ["--key", str(keys["producer_pub"])]
+    pinned = ["--witness-key", str(keys["witness_pub"])]
+    status, text = _run(["verify", *trust, *pinned, "--require-receipt", "-v", str(out)], capsys)
+    assert status == EXIT_OK, text
+    assert "PASS  step 10 receipt" in text
+
+    status, text = _run(["verify", *trust, "--witness-key", str(keys["other_pub"]),
+                         str(bundle)], capsys)
+    assert status == EXIT_FAILED and text.startswith("FAIL") and "receipt" in text, text
+
+    status, text = _run(["verify", *trust, *pinned, "--witness-origin", "another.example/log",
+                         str(bundle)], capsys)
+    assert status == EXIT_FAILED and "origin" in text, text
+
+
+def test_verify_fails_a_receipt_that_belongs_to_another_bundle(
+    tmp_path: Path, keys: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    srv = serve_witness(open_witness())
+    bundles = tmp_path / "bundles"
+    bundles.mkdir()
+    first, second = (write_bundle(bundles, make_bundle(trace_id(i))) for i in range(2))
+    status, text = _run(["witness", "submit", str(bundles), "--url", srv.url], capsys)
+    assert status == EXIT_OK, text
+    shutil.copyfile(receipt_path(first), receipt_path(second))
+    status, text = _run(["verify", "--key", str(keys["producer_pub"]),
+                         "--witness-key", str(keys["witness_pub"]), str(bundles)], capsys)
+    assert status == EXIT_FAILED, text
+    lines = text.splitlines()
+    assert any(line.startswith(f"OK {first}") for line in lines), text
+    assert any(line.startswith(f"FAIL {second}") and "receipt" in line for line in lines), text
+
+
+def test_require_receipt_fails_a_bundle_without_one(
+    tmp_path: Path, keys: dict[str, Path], capsys: pytest.CaptureFixture[str],
+) -> None:
+    bundle = write_bundle(tmp_path, make_bundle(trace_id(7)))
+    trust = ["--key", str(keys["producer_pub"]), "--witness-key", str(keys["witness_pub"])]
+    status, text = _run(["verify", *trust, str(bundle)], capsys)
+    assert status == EXIT_OK, text  # a missing receipt is only SKIPPED unless required
+    status, text = _run(["verify", *trust, "--require-receipt", str(bundle)], capsys)
+    assert status == EXIT_FAILED and "receipt" in text, text
+    status, text = _run(["verify", "--key", str(keys["producer_pub"]), "--require-receipt",
+                         str(bundle)], capsys)
+    assert status == EXIT_USAGE and "--witness-key" in text, text
+
+
+def test_exporter_queues_while_the_witness_is_down_and_delivers_later(
+    tmp_path: Path, keys: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    out = tmp_path / "out"
+    started = time.monotonic()
+    _trace(SpanproofSpanExporter(out, keys["producer"], witness_url=url), "while-down")
+    assert time.monotonic() - started < 20, "a down witness held up the app's shutdown"
+    (bundle,) = _bundles(out)
+    assert not Path(receipt_path(bundle)).exists()
+    assert list((out / "witness-queue").glob("*.json")), "the submission was not queued on disk"
+
+    serve_witness(open_witness(), port)
+    _trace(SpanproofSpanExporter(out, keys["producer"], witness_url=url), "after-restart")
+    receipts = [Path(receipt_path(b)) for b in _bundles(out)]
+    assert len(receipts) == 2
+    # Both arrive: the new bundle, and the one queued while the witness was down
+    # (its queue entry is delivered by the next exporter start).
+    restart = SpanproofSpanExporter(out, keys["producer"], witness_url=url)
+    try:
+        _wait_for(receipts)
+    finally:
+        restart.shutdown()
+    status, text = _run(["verify", "--key", str(keys["producer_pub"]), "--witness-key",
+                         str(keys["witness_pub"]), "--require-receipt", str(out)], capsys)
+    assert status == EXIT_OK, text

@@ -1,0 +1,281 @@
+"""Receipts: offline verification, and the defects it must catch (SPEC §12.5)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from witness_helpers import (
+    ORIGIN,
+    OTHER_WITNESS_SEED,
+    FakeClock,
+    make_bundle,
+    trace_id,
+    write_bundle,
+)
+
+from spanproof.verifier import errors
+from spanproof.verifier.checkpoint import Checkpoint, WitnessKey
+from spanproof.verifier.keys import TrustRoot
+from spanproof.verifier.receipt import (
+    LEAF_MEDIA_TYPE,
+    Receipt,
+    WitnessLeaf,
+    check_receipt_for_bundle,
+    receipt_path,
+    verify_receipt,
+)
+from spanproof.verifier.verify import BundleReport, Status, check_bundle, verify_bundle
+from spanproof.witness.service import Witness
+from spanproof.witness.signing import CheckpointSigner
+from spanproof.witness.store import Store
+
+
+@pytest.fixture
+def witness(
+    tmp_path: Path, witness_private: Ed25519PrivateKey, producer_trust: TrustRoot
+) -> Iterator[Witness]:
+    store = Store(str(tmp_path / "witness.db"))
+    yield Witness(
+        store,
+        CheckpointSigner(witness_private, ORIGIN),
+        producer_trust=producer_trust,
+        clock=FakeClock(),
+    )
+    store.close()
+
+
+@pytest.fixture
+def keys(witness: Witness) -> list[WitnessKey]:
+    return [WitnessKey.from_pem(witness.signer.key.public_pem())]
+
+
+@pytest.fixture
+def logged(
+    tmp_path: Path, witness: Witness, producer_trust: TrustRoot
+) -> tuple[Path, BundleReport, bytes, BundleReport]:
+    """Two logged bundles: (path A, report A, receipt A bytes, report B)."""
+    a = write_bundle(tmp_path, make_bundle(trace_id(1)))
+    b = write_bundle(tmp_path, make_bundle(trace_id(2)))
+    receipt_a = witness.submit(a.read_bytes()).receipt.to_bytes()
+    witness.submit(b.read_bytes())
+    return a, check_bundle(a, producer_trust), receipt_a, check_bundle(b, producer_trust)
+
+
+def _edit(receipt: bytes, change: Any) -> bytes:
+    doc = json.loads(receipt)
+    change(doc)
+    return json.dumps(doc).encode()
+
+
+def test_receipt_verifies_for_its_bundle(
+    logged: Any, keys: list[WitnessKey], producer_trust: TrustRoot
+) -> None:
+    path, report, receipt, _ = logged
+    verified = verify_receipt(receipt, report, keys)
+    assert (verified.origin, verified.leaf_index, verified.tree_size) == (ORIGIN, 0, 1)
+    # A VerifiedBundle works as well as a report.
+    verify_receipt(receipt, verify_bundle(path, producer_trust), keys)
+    # A receipt against an older checkpoint stays valid after the log grew.
+    assert json.loads(receipt)["treeSize"] == "1"
+
+
+def test_leaf_is_the_canonical_allow_list(logged: Any) -> None:
+    _path, report, _receipt, _ = logged
+    leaf = WitnessLeaf.from_bundle(report)
+    stmt = report.statement
+    want = (
+        '{"mediaType":"'
+        + LEAF_MEDIA_TYPE
+        + '","producerInstance":"'
+        + stmt.producer.instance
+        + '","segment":"0","signerKeyid":"'
+        + report.signer_keyid
+        + '","statementDigest":"'
+        + report.statement_digest
+        + '","traceId":"'
+        + stmt.trace_id
+        + '"}'
+    )
+    assert leaf.encode() == want.encode()
+
+
+def test_receipt_for_another_bundle_is_rejected(logged: Any, keys: list[WitnessKey]) -> None:
+    _path, _report_a, receipt_a, report_b = logged
+    with pytest.raises(
+        errors.ReceiptMismatch, match="receipt leaf does not match this bundle's statement"
+    ):
+        verify_receipt(receipt_a, report_b, keys)
+
+
+def test_receipt_for_another_bundle_with_its_leaf_rewritten_is_rejected(
+    logged: Any, keys: list[WitnessKey]
+) -> None:
+    # The attacker copies bundle B's leaf into A's receipt: the displayed leaf now
+    # matches, but the proof still proves A's leaf (CVE-2022-36056).
+    _path, _report_a, receipt_a, report_b = logged
+    forged = _edit(receipt_a, lambda d: d.update(leaf=WitnessLeaf.from_bundle(report_b).to_json()))
+    with pytest.raises(
+        errors.ProofError, match="inclusion proof does not reach the checkpoint root"
+    ):
+        verify_receipt(forged, report_b, keys)
+
+
+def test_altered_inclusion_proof_is_rejected(
+    witness: Witness, tmp_path: Path, keys: list[WitnessKey], producer_trust: TrustRoot
+) -> None:
+    paths = [write_bundle(tmp_path, make_bundle(trace_id(i))) for i in range(5)]
+    receipts = [witness.submit(p.read_bytes()).receipt for p in paths]
+    receipt = witness.lookup(index=2)[0][2].to_bytes()
+    report = check_bundle(paths[2], producer_trust)
+    verify_receipt(receipt, report, keys)
+    assert receipts[4].tree_size == 5
+
+    def flip(d: dict[str, Any]) -> None:
+        raw = bytearray(base64.b64decode(d["inclusionProof"][0]))
+        raw[0] ^= 1
+        d["inclusionProof"][0] = base64.b64encode(bytes(raw)).decode()
+
+    with pytest.raises(errors.ProofError, match="does not reach the checkpoint root"):
+        verify_receipt(_edit(receipt, flip), report, keys)
+    with pytest.raises(errors.ProofError):
+        verify_receipt(_edit(receipt, lambda d: d["inclusionProof"].pop()), report, keys)
+
+
+def test_altered_leaf_index_is_rejected(
+    witness: Witness, tmp_path: Path, keys: list[WitnessKey], producer_trust: TrustRoot
+) -> None:
+    paths = [write_bundle(tmp_path, make_bundle(trace_id(i))) for i in range(4)]
+    for p in paths:
+        witness.submit(p.read_bytes())
+    receipt = witness.lookup(index=1)[0][2].to_bytes()
+    report = check_bundle(paths[1], producer_trust)
+    with pytest.raises(errors.ProofError, match="does not reach the checkpoint root"):
+        verify_receipt(_edit(receipt, lambda d: d.update(leafIndex="0")), report, keys)
+    with pytest.raises(errors.InvalidReceipt, match="not inside treeSize"):
+        verify_receipt(_edit(receipt, lambda d: d.update(leafIndex="4")), report, keys)
+
+
+def test_checkpoint_by_another_key_is_rejected(logged: Any, keys: list[WitnessKey]) -> None:
+    _path, report, receipt, _ = logged
+    impostor = CheckpointSigner(Ed25519PrivateKey.from_private_bytes(OTHER_WITNESS_SEED), ORIGIN)
+    doc = json.loads(receipt)
+    cp = Checkpoint.from_text(doc["checkpoint"].split("\n\n")[0] + "\n")
+    forged = _edit(receipt, lambda d: d.update(checkpoint=impostor.sign(cp).decode()))
+    with pytest.raises(
+        errors.NoteSignatureError, match="checkpoint not signed by a pinned witness key"
+    ):
+        verify_receipt(forged, report, keys)
+
+
+def test_tree_size_mismatch_is_rejected(logged: Any, keys: list[WitnessKey]) -> None:
+    _path, report, receipt, _ = logged
+    with pytest.raises(
+        errors.ReceiptMismatch,
+        match="receipt tree size 2 does not match the checkpoint's tree size 1",
+    ):
+        verify_receipt(_edit(receipt, lambda d: d.update(treeSize="2")), report, keys)
+
+
+def test_origin_mismatch_is_rejected(logged: Any, keys: list[WitnessKey]) -> None:
+    _path, report, receipt, _ = logged
+    with pytest.raises(errors.ReceiptMismatch, match="origin"):
+        verify_receipt(_edit(receipt, lambda d: d.update(origin="other.example")), report, keys)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda d: d.update(mediaType="application/vnd.spanproof.receipt.v2+json"),
+            "unknown mediaType",
+        ),
+        (lambda d: d.update(extra=1), "fields must be exactly"),
+        (lambda d: d.update(leafIndex=0), "decimal string"),
+        (lambda d: d.update(inclusionProof=["AAAA"]), "32-byte hash"),
+        (lambda d: d["leaf"].update(segment="01"), "decimal string"),
+        (lambda d: d["leaf"].update(mediaType="x"), "unknown mediaType"),
+    ],
+)
+def test_malformed_receipts_are_invalid(
+    logged: Any, keys: list[WitnessKey], change: Any, message: str
+) -> None:
+    _path, report, receipt, _ = logged
+    with pytest.raises(errors.InvalidReceipt, match=message):
+        verify_receipt(_edit(receipt, change), report, keys)
+
+
+def test_duplicate_keys_are_rejected(logged: Any, keys: list[WitnessKey]) -> None:
+    _path, report, receipt, _ = logged
+    dup = receipt.replace(b'"origin":', b'"origin":"x","origin":', 1)
+    with pytest.raises(errors.InvalidReceipt, match="duplicate"):
+        verify_receipt(dup, report, keys)
+
+
+def test_receipt_round_trips(logged: Any) -> None:
+    _path, _report, receipt, _ = logged
+    assert Receipt.from_bytes(receipt).to_bytes() == receipt
+
+
+def test_receipt_path_is_beside_the_bundle(tmp_path: Path) -> None:
+    assert receipt_path("/x/abc-0000-ff.spanproof.json") == "/x/abc-0000-ff.receipt.json"
+    with pytest.raises(ValueError, match=r"spanproof\.json"):
+        receipt_path("/x/abc.json")
+
+
+def test_check_receipt_for_bundle(
+    logged: Any, keys: list[WitnessKey], producer_trust: TrustRoot
+) -> None:
+    path, report, receipt, report_b = logged
+    # No receipt yet.
+    check = check_receipt_for_bundle(path, report, keys)
+    assert (check.name, check.status) == ("receipt", Status.SKIPPED)
+    assert check.message.startswith("no receipt")
+    assert check_receipt_for_bundle(path, report, keys, required=True).status is Status.FAIL
+    Path(receipt_path(path)).write_bytes(receipt)
+    check = check_receipt_for_bundle(path, report, keys)
+    assert check.status is Status.PASS, check.message
+    assert "logged at index 0 of witness.test/spanproof" in check.message
+    # The receipt of bundle A checked as if it belonged to bundle B.
+    check = check_receipt_for_bundle(path, report_b, keys)
+    assert check.status is Status.FAIL
+    assert check.message.startswith("receipt leaf does not match this bundle's statement")
+    # Without a pinned witness key nothing is claimed.
+    assert check_receipt_for_bundle(path, report, []).status is Status.SKIPPED
+    assert check_receipt_for_bundle(path, report, [], required=True).status is Status.FAIL
+    # A bundle whose signature failed has no leaf to look for.
+    other = TrustRoot.from_keys([keys_to_trusted()])
+    assert check_receipt_for_bundle(path, check_bundle(path, other), keys).status is Status.SKIPPED
+
+
+def keys_to_trusted() -> Any:
+    from spanproof.exporter.keys import SigningKey
+    from spanproof.verifier.keys import TrustedKey
+
+    return TrustedKey.from_public_key(SigningKey.from_seed(b"\x09" * 32).private_key.public_key())
+
+
+def test_attach_receipt_check_sets_the_verdict(logged: Any, keys: list[WitnessKey]) -> None:
+    from spanproof.verifier.receipt import attach_receipt_check
+    from spanproof.verifier.verify import Verdict
+
+    path, report, receipt, report_b = logged
+    Path(receipt_path(path)).write_bytes(receipt)
+    good = attach_receipt_check(report, check_receipt_for_bundle(path, report, keys))
+    assert good.verdict is Verdict.OK and good.checks[-1].name == "receipt"
+    assert [c.step for c in good.checks] == sorted(c.step for c in good.checks)
+    assert good.to_json()["checks"][-1]["status"] == "PASS"
+    bad = attach_receipt_check(report_b, check_receipt_for_bundle(path, report_b, keys))
+    assert bad.verdict is Verdict.FAIL
+    assert bad.reason.startswith("receipt leaf does not match this bundle's statement")
+    missing = tmp_missing = path.with_name("other.spanproof.json")
+    assert not tmp_missing.exists()
+    skipped = attach_receipt_check(report, check_receipt_for_bundle(missing, report, keys))
+    assert skipped.verdict is Verdict.OK
+    required = check_receipt_for_bundle(missing, report, keys, required=True)
+    assert attach_receipt_check(report, required).verdict is Verdict.FAIL

@@ -1,0 +1,454 @@
+"""The witness service through its HTTP API (Starlette TestClient, no sockets)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from starlette.testclient import TestClient
+from witness_helpers import (
+    INSTANCE,
+    ORIGIN,
+    OTHER_PRODUCER_SEED,
+    OTHER_WITNESS_SEED,
+    FakeClock,
+    make_bundle,
+    trace_id,
+    write_bundle,
+)
+
+from spanproof.exporter.keys import SigningKey
+from spanproof.verifier.checkpoint import WitnessKey, verify_checkpoint
+from spanproof.verifier.keys import TrustRoot
+from spanproof.verifier.merkle import verify_consistency, verify_inclusion
+from spanproof.verifier.receipt import verify_receipt
+from spanproof.verifier.verify import check_bundle
+from spanproof.witness.app import create_app
+from spanproof.witness.service import LogCorrupted, Witness
+from spanproof.witness.signing import CheckpointSigner
+from spanproof.witness.store import Store
+
+BUNDLE_TYPE = {"Content-Type": "application/vnd.spanproof.bundle.v1+json"}
+
+
+class Harness:
+    """A witness on a database file, reopenable like a restart."""
+
+    def __init__(self, db: Path, key: Ed25519PrivateKey, trust: TrustRoot | None) -> None:
+        self.db, self.key, self.trust = db, key, trust
+        self.store: Store | None = None
+        self.open()
+
+    def open(self, *, key: Ed25519PrivateKey | None = None, origin: str = ORIGIN) -> None:
+        self.store = Store(str(self.db))
+        try:
+            self.witness = Witness(
+                self.store,
+                CheckpointSigner(key or self.key, origin),
+                producer_trust=self.trust,
+                clock=FakeClock(),
+            )
+        except BaseException:
+            self.store.close()
+            raise
+        self.client = TestClient(create_app(self.witness, max_body=1 << 20))
+
+    def close(self) -> None:
+        assert self.store is not None
+        self.store.close()
+
+    @property
+    def keys(self) -> list[WitnessKey]:
+        return [WitnessKey.from_pem(self.witness.signer.key.public_pem())]
+
+    def submit(self, data: bytes, headers: dict[str, str] | None = None) -> Any:
+        return self.client.post(
+            "/v1/submit", content=data, headers={**BUNDLE_TYPE, **(headers or {})}
+        )
+
+
+@pytest.fixture
+def harness(
+    tmp_path: Path, witness_private: Ed25519PrivateKey, producer_trust: TrustRoot
+) -> Iterator[Harness]:
+    h = Harness(tmp_path / "w.db", witness_private, producer_trust)
+    yield h
+    h.close()
+
+
+def _bundles(tmp_path: Path, n: int, start: int = 0) -> list[Path]:
+    return [write_bundle(tmp_path, make_bundle(trace_id(i))) for i in range(start, start + n)]
+
+
+def test_submit_returns_a_receipt_that_verifies_offline(
+    harness: Harness, tmp_path: Path, producer_trust: TrustRoot
+) -> None:
+    paths = _bundles(tmp_path, 3)
+    for i, path in enumerate(paths):
+        resp = harness.submit(path.read_bytes())
+        assert resp.status_code == 201, resp.text
+        assert resp.headers["content-type"] == "application/vnd.spanproof.receipt.v1+json"
+        assert resp.headers["spanproof-leaf-index"] == str(i)
+        assert resp.headers["spanproof-conflict"] == "false"
+        verified = verify_receipt(resp.content, check_bundle(path, producer_trust), harness.keys)
+        assert (verified.leaf_index, verified.tree_size) == (i, i + 1)
+
+
+def test_resubmission_is_idempotent_with_a_fresh_receipt(
+    harness: Harness, tmp_path: Path, producer_trust: TrustRoot
+) -> None:
+    a, b = _bundles(tmp_path, 2)
+    harness.submit(a.read_bytes())
+    harness.submit(b.read_bytes())
+    again = harness.submit(a.read_bytes())
+    assert again.status_code == 200
+    receipt = json.loads(again.content)
+    assert (receipt["leafIndex"], receipt["treeSize"]) == ("0", "2")
+    verify_receipt(again.content, check_bundle(a, producer_trust), harness.keys)
+    assert harness.witness.size == 2
+
+
+def test_conflicting_statement_is_logged_and_flagged(harness: Harness, tmp_path: Path) -> None:
+    trace = trace_id(7)
+    first = make_bundle(trace, name="approve refund")
+    second = make_bundle(trace, name="deny refund")  # same trace, segment, instance
+    assert first.statement_digest != second.statement_digest
+    r1 = harness.submit(first.data)
+    assert r1.headers["spanproof-conflict"] == "false"
+    r2 = harness.submit(second.data)
+    assert r2.status_code == 201 and r2.headers["spanproof-conflict"] == "true"
+    doc = harness.client.get("/v1/lookup", params={"trace": trace}).json()
+    assert [(e["index"], e["conflict"]) for e in doc["entries"]] == [("0", True), ("1", True)]
+    # Another producer instance sealing the same trace is not a conflict.
+    other = make_bundle(trace_id(8), instance="aaaaaaaaaaaaaaaa")
+    harness.submit(other.data)
+    assert (
+        harness.client.get("/v1/lookup", params={"trace": trace_id(8)}).json()["entries"][0][
+            "conflict"
+        ]
+        is False
+    )
+
+
+def test_lookups(harness: Harness, tmp_path: Path) -> None:
+    sealed = make_bundle(trace_id(3))
+    harness.submit(make_bundle(trace_id(2)).data)
+    harness.submit(sealed.data)
+    by_trace = harness.client.get("/v1/lookup", params={"trace": trace_id(3)}).json()
+    by_digest = harness.client.get("/v1/lookup", params={"digest": sealed.statement_digest}).json()
+    by_index = harness.client.get("/v1/lookup", params={"index": "1"}).json()
+    for doc in (by_trace, by_digest, by_index):
+        (entry,) = doc["entries"]
+        assert entry["index"] == "1" and entry["statementDigest"] == sealed.statement_digest
+        assert entry["traceId"] == trace_id(3) and entry["segment"] == "0"
+        assert entry["producerInstance"] == INSTANCE and entry["producerKey"] == "pinned"
+        assert entry["checked"] == "bundle" and entry["conflict"] is False
+        assert {c["status"] for c in entry["submissionChecks"]} == {"PASS"}
+        assert doc["treeSize"] == "2" and doc["origin"] == ORIGIN
+    assert harness.client.get("/v1/lookup", params={"trace": trace_id(9)}).json()["entries"] == []
+    for bad in ({}, {"trace": "XYZ"}, {"digest": "md5:00"}, {"trace": trace_id(1), "index": "0"}):
+        assert harness.client.get("/v1/lookup", params=bad).status_code == 400
+    receipt = harness.client.get("/v1/receipt", params={"digest": sealed.statement_digest})
+    assert receipt.status_code == 200 and json.loads(receipt.content)["leafIndex"] == "1"
+    assert harness.client.get("/v1/receipt", params={"index": "5"}).status_code == 404
+
+
+def test_proof_endpoints_verify_against_signed_checkpoints(
+    harness: Harness, tmp_path: Path
+) -> None:
+    for path in _bundles(tmp_path, 6):
+        harness.submit(path.read_bytes())
+    keys = harness.keys
+
+    def checkpoint(size: int | None = None) -> Any:
+        params = {"size": str(size)} if size is not None else {}
+        resp = harness.client.get("/v1/checkpoint", params=params)
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/plain")
+        return verify_checkpoint(resp.content, keys, origin=ORIGIN)
+
+    latest = checkpoint()
+    assert latest.size == 6
+    for size in range(1, 7):
+        cp = checkpoint(size)
+        for index in range(size):
+            doc = harness.client.get(
+                "/v1/proof/inclusion", params={"index": index, "size": size}
+            ).json()
+            proof = [base64.b64decode(h) for h in doc["proof"]]
+            verify_inclusion(base64.b64decode(doc["leafHash"]), index, size, proof, cp.root)
+        doc = harness.client.get("/v1/proof/consistency", params={"from": size, "to": 6}).json()
+        verify_consistency(
+            size, 6, [base64.b64decode(h) for h in doc["proof"]], cp.root, latest.root
+        )
+    assert harness.client.get("/v1/checkpoint", params={"size": "0"}).status_code == 200
+    assert harness.client.get("/v1/checkpoint", params={"size": "7"}).status_code == 404
+    assert harness.client.get("/v1/proof/inclusion", params={"index": 6}).status_code == 400
+    assert harness.client.get("/v1/proof/consistency", params={"from": 0}).status_code == 400
+    assert harness.client.get("/v1/proof/consistency", params={"from": "x"}).status_code == 400
+
+
+def test_envelope_only_submission(
+    harness: Harness, producer_trust: TrustRoot, tmp_path: Path
+) -> None:
+    sealed = make_bundle(trace_id(4))
+    envelope = json.loads(sealed.data)["envelope"]
+    resp = harness.client.post("/v1/submit", json=envelope)
+    assert resp.status_code == 201, resp.text
+    (entry,) = harness.client.get("/v1/lookup", params={"index": "0"}).json()["entries"]
+    assert entry["checked"] == "envelope"
+    skipped = [c["name"] for c in entry["submissionChecks"] if c["status"] == "SKIPPED"]
+    assert skipped == ["records", "chain", "head", "completeness"]
+    # The receipt is the same as for the full bundle: the leaf is the statement's.
+    path = write_bundle(tmp_path, sealed)
+    verify_receipt(resp.content, check_bundle(path, producer_trust), harness.keys)
+    assert harness.submit(sealed.data).status_code == 200
+
+
+def test_bundles_that_fail_verification_are_rejected(harness: Harness) -> None:
+    sealed = make_bundle(trace_id(5))
+    tampered = sealed.data.replace(b'"name":"step 1"', b'"name":"step X"')
+    resp = harness.submit(tampered)
+    assert resp.status_code == 422
+    doc = resp.json()
+    assert "bundle rejected" in doc["error"]
+    assert doc["report"]["verdict"] == "FAIL"
+    assert {c["name"]: c["status"] for c in doc["report"]["checks"]}["head"] == "FAIL"
+    other = make_bundle(trace_id(5), key=SigningKey.from_seed(OTHER_PRODUCER_SEED))
+    resp = harness.submit(other.data)
+    assert resp.status_code == 422 and "not trusted" in resp.json()["error"]
+    envelope = json.loads(other.data)["envelope"]
+    assert harness.client.post("/v1/submit", json=envelope).status_code == 422
+    assert harness.witness.size == 0
+
+
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        (b"", 400),
+        (b"not json", 400),
+        (b"[]", 400),
+        (b'{"mediaType":"x"}', 400),
+        (b"x" * (2 << 20), 413),
+    ],
+)
+def test_malformed_submissions(harness: Harness, body: bytes, status: int) -> None:
+    resp = harness.submit(body)
+    assert resp.status_code == status
+    assert resp.json()["error"]
+
+
+def test_unpinned_witness_needs_and_records_the_submitters_key(
+    tmp_path: Path, witness_private: Ed25519PrivateKey, producer_key: SigningKey
+) -> None:
+    h = Harness(tmp_path / "open.db", witness_private, None)
+    try:
+        sealed = make_bundle(trace_id(6))
+        resp = h.submit(sealed.data)
+        assert resp.status_code == 400 and "Spanproof-Public-Key" in resp.json()["error"]
+        der = producer_key.private_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        header = {"Spanproof-Public-Key": base64.b64encode(der).decode()}
+        resp = h.submit(sealed.data, header)
+        assert resp.status_code == 201
+        (entry,) = h.client.get("/v1/lookup", params={"index": "0"}).json()["entries"]
+        assert entry["producerKey"] == "unverified-producer"
+        # The signature must still verify under the supplied key.
+        other = SigningKey.from_seed(OTHER_PRODUCER_SEED).private_key.public_key()
+        wrong = {
+            "Spanproof-Public-Key": base64.b64encode(
+                other.public_bytes(
+                    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+                )
+            ).decode()
+        }
+        assert h.submit(make_bundle(trace_id(7)).data, wrong).status_code == 422
+        assert (
+            h.submit(make_bundle(trace_id(7)).data, {"Spanproof-Public-Key": "!!"}).status_code
+            == 400
+        )
+        assert h.client.get("/v1/info").json()["producerKeys"] == "unverified-producer"
+    finally:
+        h.close()
+
+
+def test_restart_preserves_log_and_checkpoint(
+    harness: Harness, tmp_path: Path, producer_trust: TrustRoot
+) -> None:
+    paths = _bundles(tmp_path, 4)
+    receipts = [harness.submit(p.read_bytes()).content for p in paths]
+    before = harness.client.get("/v1/checkpoint").content
+    harness.close()
+    harness.open()
+    assert harness.client.get("/v1/checkpoint").content == before
+    more = _bundles(tmp_path, 1, start=10)[0]
+    harness.submit(more.read_bytes())
+    latest = verify_checkpoint(harness.client.get("/v1/checkpoint").content, harness.keys)
+    assert latest.size == 5
+    for path, receipt in zip(paths, receipts, strict=True):
+        verified = verify_receipt(receipt, check_bundle(path, producer_trust), harness.keys)
+        proof = harness.client.get(
+            "/v1/proof/consistency", params={"from": verified.tree_size, "to": 5}
+        ).json()["proof"]
+        verify_consistency(
+            verified.tree_size,
+            5,
+            [base64.b64decode(h) for h in proof],
+            verified.checkpoint.root,
+            latest.root,
+        )
+
+
+def _tamper(db: Path, *statements: str) -> None:
+    con = sqlite3.connect(db)
+    for name in (
+        "leaves_append_only_u",
+        "leaves_append_only_d",
+        "checkpoints_append_only_u",
+        "checkpoints_append_only_d",
+    ):
+        con.execute(f"DROP TRIGGER {name}")
+    for sql in statements:
+        con.execute(sql)
+    con.commit()
+    con.close()
+
+
+@pytest.mark.parametrize(
+    "statements, message",
+    [
+        (["UPDATE leaves SET leaf = x'00' WHERE idx = 1"], "does not hash to its leaf hash"),
+        (["DELETE FROM leaves WHERE idx = 2"], "signed but only 2 entries"),
+        (["DELETE FROM leaves WHERE idx = 1"], "entry 1 is missing"),
+        (["DELETE FROM checkpoints WHERE size = 3"], "entry written without its checkpoint"),
+        (["UPDATE checkpoints SET root = x'00' WHERE size = 2"], "disagrees with its note"),
+    ],
+)
+def test_startup_refuses_a_tampered_log(
+    harness: Harness, tmp_path: Path, statements: list[str], message: str
+) -> None:
+    for path in _bundles(tmp_path, 3):
+        harness.submit(path.read_bytes())
+    harness.close()
+    _tamper(harness.db, *statements)
+    with pytest.raises(LogCorrupted, match=message):
+        harness.open()
+    harness.store = Store(str(harness.db))  # for the fixture's close()
+
+
+def test_startup_refuses_another_key_or_origin(harness: Harness, tmp_path: Path) -> None:
+    harness.submit(_bundles(tmp_path, 1)[0].read_bytes())
+    harness.close()
+    with pytest.raises(LogCorrupted, match=r"not 'other\.example/log'"):
+        harness.open(origin="other.example/log")
+    with pytest.raises(LogCorrupted, match="stored checkpoint of size 0"):
+        harness.open(key=Ed25519PrivateKey.from_private_bytes(OTHER_WITNESS_SEED))
+    harness.open()
+
+
+def test_the_database_is_append_only(harness: Harness, tmp_path: Path) -> None:
+    harness.submit(_bundles(tmp_path, 1)[0].read_bytes())
+    con = sqlite3.connect(harness.db)
+    for sql in (
+        "UPDATE leaves SET trace_id = 'x'",
+        "DELETE FROM checkpoints",
+        "INSERT INTO checkpoints VALUES (1, x'00', x'00', 't')",
+    ):
+        with pytest.raises(sqlite3.DatabaseError):
+            con.execute(sql)
+    con.close()
+    assert con is not None
+    assert sqlite3.connect(harness.db).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_check_endpoint_reports_every_check_without_logging(harness: Harness) -> None:
+    sealed = make_bundle(trace_id(11))
+    harness.submit(sealed.data)
+    doc = harness.client.post("/v1/check", content=sealed.data).json()
+    assert doc["report"]["verdict"] == "OK"
+    assert [c["name"] for c in doc["report"]["checks"]][:3] == ["format", "envelope", "signature"]
+    assert doc["entries"][0]["index"] == "0"
+    unknown = make_bundle(trace_id(12))
+    doc = harness.client.post("/v1/check", content=unknown.data).json()
+    assert doc["report"]["verdict"] == "OK" and doc["entries"] == []
+    tampered = sealed.data.replace(b'"name":"step 0"', b'"name":"step X"')
+    doc = harness.client.post("/v1/check", content=tampered).json()
+    assert doc["report"]["verdict"] == "FAIL"
+    assert harness.witness.size == 1
+
+
+def test_page_is_self_contained_with_a_strict_csp(harness: Harness) -> None:
+    resp = harness.client.get("/")
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/html")
+    csp = resp.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "'unsafe-inline'" not in csp
+    assert "script-src 'sha256-" in csp and "connect-src 'self'" in csp
+    html = resp.text
+    assert "src=" not in html and "href=" not in html.replace('href=""', "")
+    assert "http://" not in html and "https://" not in html
+
+
+def test_info(harness: Harness) -> None:
+    info = harness.client.get("/v1/info").json()
+    assert info["origin"] == ORIGIN and info["treeSize"] == "0"
+    assert WitnessKey.from_vkey(info["vkey"]).name == ORIGIN
+    assert WitnessKey.from_pem(info["publicKey"].encode()).public_key == harness.keys[0].public_key
+    assert info["producerKeys"] == "pinned"
+
+
+def test_storage_failure_is_503_and_logs_nothing(
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, producer_trust: TrustRoot
+) -> None:
+    from spanproof.verifier.errors import TransportError
+
+    first, second = _bundles(tmp_path, 2)
+    harness.submit(first.read_bytes())
+    assert harness.store is not None
+    real_add = harness.store.add
+
+    def failing_add(*args: Any) -> None:
+        raise TransportError("witness database write failed: disk I/O error")
+
+    monkeypatch.setattr(harness.store, "add", failing_add)
+    resp = harness.submit(second.read_bytes())
+    assert resp.status_code == 503 and resp.headers["retry-after"]
+    assert harness.witness.size == 1
+    monkeypatch.setattr(harness.store, "add", real_add)
+    resp = harness.submit(second.read_bytes())
+    assert resp.status_code == 201
+    verify_receipt(resp.content, check_bundle(second, producer_trust), harness.keys)
+    harness.close()
+    harness.open()  # the log on disk matches its checkpoints
+    assert harness.witness.size == 2
+
+
+def test_a_bundle_declaring_losses_is_logged(harness: Harness) -> None:
+    from witness_helpers import PRODUCER_SEED, SEALED_AT, body
+
+    from spanproof.exporter.sealing import ChainPosition, seal
+    from spanproof.verifier.statement import Completeness, Producer
+
+    trace = trace_id(30)
+    sealed = seal(
+        trace,
+        [body(trace, 0)],
+        ChainPosition.genesis(trace),
+        signer=SigningKey.from_seed(PRODUCER_SEED),
+        producer=Producer("spanproof", "0", INSTANCE),
+        sealed_at=SEALED_AT,
+        reason="shutdown",
+        completeness=Completeness(dropped_spans=3),
+    )
+    resp = harness.submit(sealed.data)
+    assert resp.status_code == 201
+    (entry,) = harness.client.get("/v1/lookup", params={"trace": trace}).json()["entries"]
+    checks = {c["name"]: c for c in entry["submissionChecks"]}
+    assert "3 evidence spans dropped" in checks["completeness"]["message"]

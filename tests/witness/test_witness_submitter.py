@@ -1,0 +1,280 @@
+"""The producer-side background submitter (``spanproof.exporter.submit``)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from witness_helpers import (
+    ORIGIN,
+    FakeClock,
+    free_port,
+    make_bundle,
+    trace_id,
+    write_bundle,
+)
+
+from spanproof.exporter.keys import SigningKey
+from spanproof.exporter.submit import WitnessSubmitter, backoff_delay
+from spanproof.verifier.checkpoint import WitnessKey
+from spanproof.verifier.keys import TrustRoot
+from spanproof.verifier.receipt import receipt_path, verify_receipt
+from spanproof.verifier.verify import check_bundle
+from spanproof.witness.service import Witness
+from spanproof.witness.signing import CheckpointSigner
+from spanproof.witness.store import Store
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class FakeWitness:
+    """An injected transport: fails while ``down``, else answers like the witness."""
+
+    def __init__(self, witness: Witness) -> None:
+        self.witness = witness
+        self.down = True
+        self.status: int | None = None
+        self.calls = 0
+
+    def __call__(
+        self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
+    ) -> tuple[int, bytes]:
+        self.calls += 1
+        assert url.endswith("/v1/submit")
+        if self.down:
+            raise ConnectionRefusedError("connection refused")
+        if self.status is not None:
+            return self.status, b'{"error":"nope"}'
+        result = self.witness.submit(body, headers.get("Spanproof-Public-Key"))
+        return (201 if result.created else 200), result.receipt.to_bytes()
+
+
+@pytest.fixture
+def witness(
+    tmp_path: Path, witness_private: Ed25519PrivateKey, producer_trust: TrustRoot
+) -> Iterator[Witness]:
+    store = Store(str(tmp_path / "w.db"))
+    yield Witness(
+        store,
+        CheckpointSigner(witness_private, ORIGIN),
+        producer_trust=producer_trust,
+        clock=FakeClock(),
+    )
+    store.close()
+
+
+@pytest.fixture
+def witness_keys(witness: Witness) -> list[WitnessKey]:
+    return [WitnessKey.from_pem(witness.signer.key.public_pem())]
+
+
+def _bundles(directory: Path, n: int) -> list[Path]:
+    directory.mkdir(exist_ok=True)
+    return [write_bundle(directory, make_bundle(trace_id(i))) for i in range(n)]
+
+
+def test_backoff_grows_exponentially_with_bounded_jitter() -> None:
+    assert [backoff_delay(n, 1.0, 60.0, lambda: 1.0) for n in range(1, 9)] == [
+        1.0,
+        2.0,
+        4.0,
+        8.0,
+        16.0,
+        32.0,
+        60.0,
+        60.0,
+    ]
+    assert backoff_delay(3, 1.0, 60.0, lambda: 0.0) == 2.0  # never below half
+    assert backoff_delay(10_000, 1.0, 60.0, lambda: 0.5) == 45.0
+
+
+def test_queued_while_down_then_delivered_with_verified_receipts(
+    tmp_path: Path,
+    witness: Witness,
+    witness_keys: list[WitnessKey],
+    producer_key: SigningKey,
+    producer_trust: TrustRoot,
+) -> None:
+    clock, fake = Clock(), FakeWitness(witness)
+    sub = WitnessSubmitter(
+        "http://witness.invalid",
+        tmp_path / "queue",
+        producer_key=producer_key.private_key.public_key(),
+        witness_keys=witness_keys,
+        backoff_initial=1.0,
+        backoff_max=8.0,
+        clock=clock,
+        rng=lambda: 1.0,
+        post=fake,
+        start=False,
+    )
+    paths = _bundles(tmp_path / "b", 3)
+    assert all(sub.submit(p) for p in paths)
+    assert sub.process_due() == 1.0  # first failure: retry in 1 s
+    assert fake.calls == 1 and sub.pending == 3
+    assert len(list((tmp_path / "queue").glob("*.json"))) == 3  # persisted
+    assert sub.process_due() == 1.0 and fake.calls == 1  # not due yet: no attempt
+    clock.t += 1.0
+    assert sub.process_due() == 2.0 and fake.calls == 2  # second failure: 2 s
+    clock.t += 2.0
+    fake.down = False
+    assert sub.process_due() is None
+    assert sub.pending == 0 and not list((tmp_path / "queue").glob("*.json"))
+    for path in paths:
+        receipt = Path(receipt_path(path)).read_bytes()
+        verify_receipt(receipt, check_bundle(path, producer_trust), witness_keys)
+    sub.close()
+
+
+def test_pending_submissions_survive_a_restart(
+    tmp_path: Path, witness: Witness, producer_key: SigningKey
+) -> None:
+    fake = FakeWitness(witness)
+    paths = _bundles(tmp_path / "b", 2)
+    first = WitnessSubmitter(
+        "http://w.invalid",
+        tmp_path / "q",
+        post=fake,
+        clock=Clock(),
+        producer_key=producer_key.private_key.public_key(),
+        start=False,
+    )
+    for p in paths:
+        first.submit(p)
+    first.submit(paths[0])  # the same bundle twice is queued once
+    first.process_due()
+    assert first.close() and first.pending == 2
+    fake.down = False
+    second = WitnessSubmitter(
+        "http://w.invalid",
+        tmp_path / "q",
+        post=fake,
+        clock=Clock(),
+        producer_key=producer_key.private_key.public_key(),
+        start=False,
+    )
+    assert second.pending == 2
+    assert second.process_due() is None
+    assert all(Path(receipt_path(p)).exists() for p in paths)
+    assert witness.size == 2
+
+
+def test_close_persists_what_is_still_in_memory(tmp_path: Path, witness: Witness) -> None:
+    sub = WitnessSubmitter(
+        "http://w.invalid", tmp_path / "q", post=FakeWitness(witness), start=False
+    )
+    sub.submit(_bundles(tmp_path / "b", 1)[0])
+    assert sub.close()
+    assert len(list((tmp_path / "q").glob("*.json"))) == 1
+    assert sub.close()  # idempotent
+    assert not sub.submit(tmp_path / "b" / "x.spanproof.json")
+
+
+def test_rejections_and_bad_receipts_are_retired_not_retried(
+    tmp_path: Path,
+    witness: Witness,
+    witness_keys: list[WitnessKey],
+    producer_key: SigningKey,
+) -> None:
+    fake = FakeWitness(witness)
+    fake.down = False
+    fake.status = 422
+    sub = WitnessSubmitter(
+        "http://w.invalid", tmp_path / "q", post=fake, clock=Clock(), start=False
+    )
+    path = _bundles(tmp_path / "b", 1)[0]
+    sub.submit(path)
+    assert sub.process_due() is None
+    (failed,) = (tmp_path / "q" / "failed").glob("*.json")
+    assert "HTTP 422: nope" in json.loads(failed.read_text())["reason"]
+    assert not Path(receipt_path(path)).exists()
+
+    # A receipt from a witness that is not the pinned one is not stored.
+    fake.status = None
+    other_keys = [
+        WitnessKey.from_pem(CheckpointSigner(Ed25519PrivateKey.generate(), ORIGIN).key.public_pem())
+    ]
+    sub2 = WitnessSubmitter(
+        "http://w.invalid",
+        tmp_path / "q2",
+        post=fake,
+        clock=Clock(),
+        producer_key=producer_key.private_key.public_key(),
+        witness_keys=other_keys,
+        start=False,
+    )
+    sub2.submit(path)
+    assert sub2.process_due() is None
+    (failed,) = (tmp_path / "q2" / "failed").glob("*.json")
+    assert (
+        "checkpoint not signed by a pinned witness key" in json.loads(failed.read_text())["reason"]
+    )
+    assert not Path(receipt_path(path)).exists()
+
+
+def test_transient_http_statuses_back_off(tmp_path: Path, witness: Witness) -> None:
+    fake = FakeWitness(witness)
+    fake.down, fake.status = False, 503
+    sub = WitnessSubmitter(
+        "http://w.invalid", tmp_path / "q", post=fake, clock=Clock(), rng=lambda: 0.0, start=False
+    )
+    sub.submit(_bundles(tmp_path / "b", 1)[0])
+    assert sub.process_due() == 0.5 and sub.pending == 1
+
+
+def test_queue_is_bounded(tmp_path: Path) -> None:
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", max_pending=2, start=False)
+    assert sub.submit(tmp_path / "a.spanproof.json") and sub.submit(tmp_path / "b.spanproof.json")
+    assert not sub.submit(tmp_path / "c.spanproof.json")
+    sub.close()
+
+
+def test_background_thread_delivers_once_the_witness_comes_up(
+    tmp_path: Path,
+    witness: Witness,
+    witness_keys: list[WitnessKey],
+    serve_witness: Any,
+    producer_key: SigningKey,
+    producer_trust: TrustRoot,
+) -> None:
+    port = free_port()
+    sub = WitnessSubmitter(
+        f"http://127.0.0.1:{port}",
+        tmp_path / "q",
+        producer_key=producer_key.private_key.public_key(),
+        witness_keys=witness_keys,
+        backoff_initial=0.05,
+        backoff_max=0.2,
+        timeout=2.0,
+    )
+    try:
+        paths = _bundles(tmp_path / "b", 4)
+        started = time.monotonic()
+        for p in paths:
+            assert sub.submit(p)
+        assert time.monotonic() - started < 0.5  # submit never waits for the network
+        time.sleep(0.3)  # a few failed rounds while nothing listens
+        assert sub.pending == 4 and not Path(receipt_path(paths[0])).exists()
+        serve_witness(witness, port)
+        deadline = time.monotonic() + 15
+        while sub.pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sub.pending == 0
+        for p in paths:
+            verify_receipt(
+                Path(receipt_path(p)).read_bytes(), check_bundle(p, producer_trust), witness_keys
+            )
+        assert sub.scan(tmp_path / "b") == 0  # every bundle has its receipt
+    finally:
+        assert sub.close(timeout=10)

@@ -1,0 +1,469 @@
+"""Witness receipts (SPEC §12.3, §12.5, §12.6): the leaf a witness logs for a bundle,
+the receipt document, and its offline verification.
+
+A receipt says "this bundle's statement is entry *i* of the log whose signed
+checkpoint has tree size *n*", with an RFC 9162 inclusion proof.  It verifies
+offline with nothing but the bundle, the receipt and a pinned witness key.
+
+The leaf is never taken from the receipt: it is recomputed from the *verified*
+bundle (statement digest, trace, segment, producer instance, signer key id), so a
+receipt for one bundle cannot vouch for another (the lesson of Sigstore's
+CVE-2022-36056, where a log entry was not checked against the artifact).
+
+Receipts live beside their bundle: ``<name>.receipt.json`` for
+``<name>.spanproof.json`` (bundle files never change after sealing).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .bundle import BUNDLE_SUFFIX
+from .canonical import canonicalize, parse_strict
+from .checkpoint import VerifiedCheckpoint, WitnessKey, verify_checkpoint
+from .errors import (
+    InvalidBundle,
+    InvalidReceipt,
+    ProofError,
+    ReceiptMismatch,
+    SpanproofError,
+    VerificationError,
+)
+from .merkle import HASH_SIZE, leaf_hash, verify_inclusion
+from .records import is_digest, is_trace_id
+from .statement import Statement
+from .verify import BundleReport, Check, Status, Verdict
+
+__all__ = [
+    "LEAF_MEDIA_TYPE",
+    "RECEIPT_CHECK",
+    "RECEIPT_CHECK_STEP",
+    "RECEIPT_MEDIA_TYPE",
+    "RECEIPT_SUFFIX",
+    "LeafSource",
+    "Receipt",
+    "VerifiedReceipt",
+    "WitnessLeaf",
+    "attach_receipt_check",
+    "check_receipt",
+    "check_receipt_for_bundle",
+    "receipt_path",
+    "verify_receipt",
+]
+
+RECEIPT_MEDIA_TYPE = "application/vnd.spanproof.receipt.v1+json"
+LEAF_MEDIA_TYPE = "application/vnd.spanproof.witness-leaf.v1+json"
+RECEIPT_SUFFIX = ".receipt.json"
+#: Name and SPEC §8 step number of the receipt check in a bundle report.
+RECEIPT_CHECK = "receipt"
+RECEIPT_CHECK_STEP = 10
+
+_UINT = re.compile(r"(0|[1-9][0-9]*)\Z")
+_KEYID = re.compile(r"[0-9a-f]{64}\Z")
+_UINT64_MAX = 2**64 - 1
+_LEAF_FIELDS = frozenset(
+    {"mediaType", "statementDigest", "traceId", "segment", "producerInstance", "signerKeyid"}
+)
+_RECEIPT_FIELDS = frozenset(
+    {"mediaType", "origin", "leafIndex", "treeSize", "inclusionProof", "checkpoint", "leaf"}
+)
+# A receipt is small: a leaf, ~64 hashes and a note.  Refuse anything far bigger.
+MAX_RECEIPT_BYTES = 1 << 20
+
+
+class LeafSource(Protocol):
+    """What a verified bundle offers to recompute its leaf: a :class:`BundleReport`
+    or a :class:`VerifiedBundle` both qualify."""
+
+    @property
+    def statement(self) -> Statement | None: ...
+
+    @property
+    def statement_digest(self) -> str | None: ...
+
+    @property
+    def signer_keyid(self) -> str | None: ...
+
+
+def _uint(value: Any, where: str) -> int:
+    if not isinstance(value, str) or not _UINT.match(value) or int(value) > _UINT64_MAX:
+        raise InvalidReceipt(f"{where}: must be a decimal string (no leading zeros)")
+    return int(value)
+
+
+def _hash_b64(value: Any, where: str) -> bytes:
+    if not isinstance(value, str):
+        raise InvalidReceipt(f"{where}: must be a base64 string")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InvalidReceipt(f"{where}: not valid standard base64") from e
+    if len(raw) != HASH_SIZE:
+        raise InvalidReceipt(f"{where}: must be a {HASH_SIZE}-byte hash")
+    return raw
+
+
+@dataclass(frozen=True)
+class WitnessLeaf:
+    """The data a witness logs for one bundle (SPEC §12.3).
+
+    Its bytes are the RFC 8785 form of an explicit allow-list of fields; the Merkle
+    leaf hash is ``SHA-256(0x00 || bytes)``.
+    """
+
+    statement_digest: str
+    trace_id: str
+    segment: int
+    producer_instance: str
+    signer_keyid: str
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the leaf object (SPEC §12.3)."""
+        return {
+            "mediaType": LEAF_MEDIA_TYPE,
+            "statementDigest": self.statement_digest,
+            "traceId": self.trace_id,
+            "segment": str(self.segment),
+            "producerInstance": self.producer_instance,
+            "signerKeyid": self.signer_keyid,
+        }
+
+    def encode(self) -> bytes:
+        """Return the leaf's canonical bytes (the Merkle leaf data)."""
+        return canonicalize(self.to_json())
+
+    def hash(self) -> bytes:
+        """Return the RFC 9162 leaf hash of :meth:`encode`."""
+        return leaf_hash(self.encode())
+
+    @classmethod
+    def from_statement(
+        cls, statement: Statement, statement_digest: str, signer_keyid: str
+    ) -> WitnessLeaf:
+        """The leaf of a statement whose signature verified under *signer_keyid*."""
+        return cls(
+            statement_digest=statement_digest,
+            trace_id=statement.trace_id,
+            segment=statement.segment_index,
+            producer_instance=statement.producer.instance,
+            signer_keyid=signer_keyid,
+        )
+
+    @classmethod
+    def from_bundle(cls, bundle: LeafSource) -> WitnessLeaf:
+        """Recompute the leaf of a verified bundle (SPEC §12.5 step 4).
+
+        Raises:
+            ValueError: the bundle's signature and statement did not verify, so it
+                has no leaf.
+        """
+        stmt, digest, keyid = bundle.statement, bundle.statement_digest, bundle.signer_keyid
+        if stmt is None or digest is None or keyid is None:
+            raise ValueError("the bundle's signed statement did not verify; it has no leaf")
+        return cls.from_statement(stmt, digest, keyid)
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str = "leaf") -> WitnessLeaf:
+        """Parse a leaf object.
+
+        Raises:
+            InvalidReceipt: unknown media type, missing, extra or mistyped fields.
+        """
+        if not isinstance(obj, dict) or set(obj) != _LEAF_FIELDS:
+            raise InvalidReceipt(f"{where}: fields must be exactly {sorted(_LEAF_FIELDS)}")
+        if obj["mediaType"] != LEAF_MEDIA_TYPE:
+            raise InvalidReceipt(f"{where}: unknown mediaType {obj['mediaType']!r}")
+        if not is_digest(obj["statementDigest"]):
+            raise InvalidReceipt(f"{where}.statementDigest: must be sha256:<64 hex>")
+        if not is_trace_id(obj["traceId"]):
+            raise InvalidReceipt(f"{where}.traceId: must be 32 lowercase hex digits")
+        if not isinstance(obj["producerInstance"], str):
+            raise InvalidReceipt(f"{where}.producerInstance: must be a string")
+        if not isinstance(obj["signerKeyid"], str) or not _KEYID.match(obj["signerKeyid"]):
+            raise InvalidReceipt(f"{where}.signerKeyid: must be 64 lowercase hex digits")
+        return cls(
+            statement_digest=obj["statementDigest"],
+            trace_id=obj["traceId"],
+            segment=_uint(obj["segment"], f"{where}.segment"),
+            producer_instance=obj["producerInstance"],
+            signer_keyid=obj["signerKeyid"],
+        )
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A parsed receipt document (SPEC §12.5).  Nothing in it is trusted until
+    :func:`verify_receipt` checked it against a bundle and a pinned witness key."""
+
+    origin: str
+    leaf_index: int
+    tree_size: int
+    inclusion_proof: tuple[bytes, ...]
+    checkpoint: bytes
+    leaf: WitnessLeaf
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the receipt object."""
+        return {
+            "mediaType": RECEIPT_MEDIA_TYPE,
+            "origin": self.origin,
+            "leafIndex": str(self.leaf_index),
+            "treeSize": str(self.tree_size),
+            "inclusionProof": [base64.b64encode(h).decode("ascii") for h in self.inclusion_proof],
+            "checkpoint": self.checkpoint.decode("utf-8"),
+            "leaf": self.leaf.to_json(),
+        }
+
+    def to_bytes(self) -> bytes:
+        """Return the receipt file bytes: RFC 8785 JSON and a line feed."""
+        return canonicalize(self.to_json()) + b"\n"
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Receipt:
+        """Build from a parsed receipt object (SPEC §12.5 step 1).
+
+        Raises:
+            InvalidReceipt: unknown media type, missing, extra or mistyped fields,
+                hashes that are not 32 bytes, or a leaf index outside the tree.
+        """
+        if not isinstance(obj, dict):
+            raise InvalidReceipt("receipt: must be a JSON object")
+        if obj.get("mediaType") != RECEIPT_MEDIA_TYPE:
+            raise InvalidReceipt(
+                f"receipt: unknown mediaType {obj.get('mediaType')!r} "
+                f"(this verifier knows {RECEIPT_MEDIA_TYPE!r})"
+            )
+        if set(obj) != _RECEIPT_FIELDS:
+            raise InvalidReceipt(f"receipt: fields must be exactly {sorted(_RECEIPT_FIELDS)}")
+        origin = obj["origin"]
+        if not isinstance(origin, str) or not origin:
+            raise InvalidReceipt("receipt.origin: must be a non-empty string")
+        index = _uint(obj["leafIndex"], "receipt.leafIndex")
+        size = _uint(obj["treeSize"], "receipt.treeSize")
+        if index >= size:
+            raise InvalidReceipt(f"receipt: leafIndex {index} is not inside treeSize {size}")
+        proof = obj["inclusionProof"]
+        if not isinstance(proof, list) or len(proof) > 64:
+            raise InvalidReceipt("receipt.inclusionProof: must be an array of at most 64 hashes")
+        hashes = tuple(
+            _hash_b64(h, f"receipt.inclusionProof[{i}]") for i, h in enumerate(proof)
+        )
+        note = obj["checkpoint"]
+        if not isinstance(note, str):
+            raise InvalidReceipt("receipt.checkpoint: must be the signed note text")
+        return cls(
+            origin=origin,
+            leaf_index=index,
+            tree_size=size,
+            inclusion_proof=hashes,
+            checkpoint=note.encode("utf-8"),
+            leaf=WitnessLeaf.from_json(obj["leaf"], "receipt.leaf"),
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Receipt:
+        """Parse a receipt file strictly (UTF-8, no duplicate keys).
+
+        Raises:
+            InvalidReceipt: not strict JSON, too large, or not a v1 receipt.
+        """
+        if len(data) > MAX_RECEIPT_BYTES:
+            raise InvalidReceipt(f"receipt: larger than {MAX_RECEIPT_BYTES} bytes")
+        try:
+            obj = parse_strict(data, "receipt")
+        except InvalidBundle as e:
+            raise InvalidReceipt(str(e)) from None
+        return cls.from_json(obj)
+
+
+@dataclass(frozen=True)
+class VerifiedReceipt:
+    """What :func:`verify_receipt` proved: the bundle's leaf is entry ``leaf_index``
+    of the log ``origin`` whose checkpoint at ``tree_size`` a pinned key signed."""
+
+    receipt: Receipt
+    checkpoint: VerifiedCheckpoint
+    leaf: WitnessLeaf
+    leaf_hash: bytes
+
+    @property
+    def origin(self) -> str:
+        """The log's origin (the witness key's name)."""
+        return self.checkpoint.origin
+
+    @property
+    def leaf_index(self) -> int:
+        """The bundle's position in the log."""
+        return self.receipt.leaf_index
+
+    @property
+    def tree_size(self) -> int:
+        """The size of the signed tree that includes the bundle."""
+        return self.checkpoint.size
+
+
+def verify_receipt(
+    receipt: bytes | Receipt,
+    bundle: LeafSource,
+    witness_keys: Sequence[WitnessKey],
+    *,
+    origin: str | None = None,
+) -> VerifiedReceipt:
+    """Verify a receipt for a verified bundle, offline (SPEC §12.5 steps 1-5).
+
+    Args:
+        receipt: the receipt file bytes, or a parsed receipt.
+        bundle: the bundle's :class:`BundleReport` or :class:`VerifiedBundle`; its
+            signed statement must have verified.
+        witness_keys: the only witness keys trusted to sign checkpoints.
+        origin: when given, the only log origin accepted.
+
+    Raises:
+        InvalidReceipt: the receipt or its checkpoint is malformed.
+        NoteSignatureError: the checkpoint is not signed by a pinned witness key.
+        ReceiptMismatch: the receipt contradicts its checkpoint (origin, tree size)
+            or its leaf is not this bundle's.
+        ProofError: the inclusion proof does not reach the checkpoint root.
+        ValueError: *bundle* did not verify far enough to have a leaf, or no
+            witness key was given.
+    """
+    if not witness_keys:
+        raise ValueError("verifying a receipt needs at least one pinned witness key")
+    parsed = receipt if isinstance(receipt, Receipt) else Receipt.from_bytes(receipt)
+    # Step 2: the checkpoint is signed by a pinned witness key named as its origin.
+    checkpoint = verify_checkpoint(parsed.checkpoint, witness_keys, origin=origin)
+    # Step 3: the receipt describes that checkpoint.
+    if parsed.origin != checkpoint.origin:
+        raise ReceiptMismatch(
+            f"receipt origin {parsed.origin!r} does not match the checkpoint's origin "
+            f"{checkpoint.origin!r}"
+        )
+    if parsed.tree_size != checkpoint.size:
+        raise ReceiptMismatch(
+            f"receipt tree size {parsed.tree_size} does not match the checkpoint's tree "
+            f"size {checkpoint.size}"
+        )
+    # Step 4: the leaf is recomputed from the verified bundle, never read from the
+    # receipt (CVE-2022-36056); the receipt's copy must agree with it.
+    leaf = WitnessLeaf.from_bundle(bundle)
+    if parsed.leaf != leaf:
+        mine, theirs = leaf.to_json(), parsed.leaf.to_json()
+        field = next(k for k in sorted(mine) if mine[k] != theirs[k])
+        raise ReceiptMismatch(
+            "receipt leaf does not match this bundle's statement "
+            f"({field}: receipt has {theirs[field]!r}, bundle has {mine[field]!r})"
+        )
+    # Step 5: the recomputed leaf is in the signed tree at leafIndex.
+    digest = leaf.hash()
+    try:
+        verify_inclusion(
+            digest, parsed.leaf_index, checkpoint.size, parsed.inclusion_proof, checkpoint.root
+        )
+    except ProofError as e:
+        raise ProofError(f"inclusion proof does not reach the checkpoint root ({e})") from e
+    return VerifiedReceipt(parsed, checkpoint, leaf, digest)
+
+
+def receipt_path(bundle_path: str | os.PathLike[str]) -> str:
+    """Return where the receipt of a bundle lives (SPEC §12.6):
+    ``<name>.receipt.json`` beside ``<name>.spanproof.json``.
+
+    Raises:
+        ValueError: *bundle_path* does not end in ``.spanproof.json``.
+    """
+    path = os.fspath(bundle_path)
+    if not path.endswith(BUNDLE_SUFFIX):
+        raise ValueError(f"{path}: a bundle file name ends in {BUNDLE_SUFFIX!r}")
+    return path[: -len(BUNDLE_SUFFIX)] + RECEIPT_SUFFIX
+
+
+def _check(status: Status, message: str) -> Check:
+    return Check(RECEIPT_CHECK, RECEIPT_CHECK_STEP, status, message)
+
+
+def check_receipt(
+    data: bytes,
+    bundle: LeafSource,
+    witness_keys: Sequence[WitnessKey],
+    *,
+    origin: str | None = None,
+) -> tuple[Check, VerifiedReceipt | None]:
+    """Run :func:`verify_receipt` and report it as a ``receipt`` check; never raises
+    for a bad receipt.
+
+    Raises:
+        ValueError: no witness key was given, or *bundle* has no verified statement.
+    """
+    try:
+        verified = verify_receipt(data, bundle, witness_keys, origin=origin)
+    except SpanproofError as e:
+        return _check(Status.FAIL, str(e)), None
+    return (
+        _check(
+            Status.PASS,
+            f"logged at index {verified.leaf_index} of {verified.origin} "
+            f"(tree size {verified.tree_size}); checkpoint signed by a pinned witness key",
+        ),
+        verified,
+    )
+
+
+def check_receipt_for_bundle(
+    bundle_path: str | os.PathLike[str],
+    report: LeafSource,
+    witness_keys: Sequence[WitnessKey],
+    *,
+    required: bool = False,
+    origin: str | None = None,
+) -> Check:
+    """Check the receipt beside a bundle (for ``spanproof verify --witness-key``).
+
+    PASS: the receipt verified.  FAIL: it did not, or it is missing while
+    *required*.  SKIPPED: no receipt and not required, no witness key pinned, or
+    the bundle's statement did not verify (so there is no leaf to look for).
+    Never raises for bad input.
+    """
+    if report.statement is None or report.statement_digest is None or report.signer_keyid is None:
+        return _check(Status.SKIPPED, "not run: the bundle's signed statement did not verify")
+    try:
+        path = receipt_path(bundle_path)
+    except ValueError as e:
+        return _check(Status.FAIL if required else Status.SKIPPED, f"no receipt: {e}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_RECEIPT_BYTES + 1)
+    except FileNotFoundError:
+        return _check(
+            Status.FAIL if required else Status.SKIPPED, f"no receipt (expected {path})"
+        )
+    except OSError as e:
+        return _check(Status.FAIL, f"cannot read receipt {path}: {e.strerror}")
+    if not witness_keys:
+        return _check(
+            Status.FAIL if required else Status.SKIPPED,
+            "receipt not checked: no witness key is pinned (--witness-key)",
+        )
+    check, _verified = check_receipt(data, report, witness_keys, origin=origin)
+    return check
+
+
+def attach_receipt_check(report: BundleReport, check: Check) -> BundleReport:
+    """Return *report* with the ``receipt`` check added in step order; a FAIL makes
+    the verdict FAIL (an unverifiable receipt, or a missing one that was required,
+    fails the bundle), PASS and SKIPPED leave the verdict as it was."""
+    if check.status is Status.FAIL and not check.message.startswith("receipt"):
+        # The failure line names the check: "witness receipt: checkpoint not signed ...".
+        check = dataclasses.replace(check, message=f"witness receipt: {check.message}")
+    checks = tuple(sorted((*report.checks, check), key=lambda c: c.step))
+    if check.status is not Status.FAIL or report.verdict is Verdict.FAIL:
+        return dataclasses.replace(report, checks=checks)
+    return dataclasses.replace(
+        report, checks=checks, verdict=Verdict.FAIL, error=VerificationError(check.message)
+    )

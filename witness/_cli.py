@@ -1,0 +1,347 @@
+"""Command line of the witness: ``spanproof witness {serve,keygen,submit}`` and
+``spanproof monitor``.
+
+:func:`add_commands` registers the commands on the main ``spanproof`` parser; each
+sets ``handler`` to a function taking the parsed arguments and returning the exit
+status.  Nothing here imports the web stack until ``serve`` runs, so the verifier's
+CLI can import this module without Starlette or uvicorn installed.
+
+Exit status: 0 success; 1 a check failed (bundle rejected, bad receipt, fork,
+rollback, bad checkpoint signature); 2 usage error; 3 the witness is unreachable
+or its storage failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+
+from spanproof.verifier.bundle import BUNDLE_SUFFIX
+from spanproof.verifier.checkpoint import WitnessKey, load_witness_keys
+from spanproof.verifier.errors import (
+    InvalidBundle,
+    InvalidKey,
+    SpanproofError,
+    TransportError,
+    VerificationError,
+)
+from spanproof.verifier.keys import TrustedKey, TrustRoot, load_public_key
+from spanproof.verifier.receipt import receipt_path, verify_receipt
+from spanproof.verifier.verify import Verdict, check_bundle, find_bundles
+
+__all__ = ["add_commands", "main", "parse_listen"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+_logger = logging.getLogger(__name__)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT``; empty host = 127.0.0.1).
+
+    Raises:
+        ValueError: not HOST:PORT with a port in 0..65535.
+    """
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--listen must be HOST:PORT, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or "127.0.0.1", int(port)
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"spanproof: {message}", file=sys.stderr)
+    return status
+
+
+# --- witness serve ----------------------------------------------------------------------
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .app import create_app
+    except ImportError as e:  # pragma: no cover - depends on the installation
+        return _fail(
+            f"the witness needs its web stack: pip install 'spanproof[witness]' ({e})", EXIT_USAGE
+        )
+    from .service import LogCorrupted, Witness
+    from .signing import CheckpointSigner
+    from .store import Store
+
+    logging.getLogger().setLevel(args.log_level.upper())
+    try:
+        host, port = parse_listen(args.listen)
+        signer = CheckpointSigner.load(args.key, args.origin)
+        trust = _producer_trust(args.producer_key, args.producer_trust_root)
+    except (ValueError, InvalidKey) as e:
+        return _fail(str(e), EXIT_USAGE)
+    try:
+        store = Store(args.db)
+    except TransportError as e:
+        return _fail(str(e), EXIT_UNAVAILABLE)
+    try:
+        witness = Witness(store, signer, producer_trust=trust)
+    except LogCorrupted as e:
+        store.close()
+        return _fail(f"refusing to start: {e}", EXIT_FAILED)
+    except TransportError as e:
+        store.close()
+        return _fail(str(e), EXIT_UNAVAILABLE)
+    if trust is None:
+        _logger.warning(
+            "no --producer-key: accepting bundles signed by any key the submitter supplies "
+            "(entries are recorded as %r)", "unverified-producer",
+        )
+    print(f"witness {signer.origin} on http://{host}:{port}", file=sys.stderr)
+    print(f"verifier key: {signer.vkey}", file=sys.stderr)
+    config = uvicorn.Config(
+        create_app(witness, max_body=args.max_body),
+        host=host,
+        port=port,
+        log_level=args.log_level,
+        lifespan="off",
+        server_header=False,
+    )
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def _producer_trust(keys: Sequence[str] | None, root: str | None) -> TrustRoot | None:
+    trusted: list[TrustedKey] = []
+    if root:
+        try:
+            with open(root, "rb") as f:
+                trusted.extend(TrustRoot.from_json(f.read(), root).keys)
+        except OSError as e:
+            raise InvalidKey(f"{root}: cannot read trust root ({e.strerror})") from e
+    if keys:
+        trusted.extend(TrustRoot.from_pem_files(list(keys)).keys)
+    return TrustRoot(tuple(trusted)) if trusted else None
+
+
+# --- witness keygen ---------------------------------------------------------------------
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from .signing import CheckpointSigner, generate_key_file
+
+    try:
+        key = generate_key_file(args.key)
+    except FileExistsError:
+        return _fail(f"{args.key} exists; refusing to overwrite a witness key", EXIT_USAGE)
+    try:
+        signer = CheckpointSigner(key, args.origin)
+    except ValueError as e:
+        return _fail(str(e), EXIT_USAGE)
+    print(f"wrote {args.key} (private, mode 0600) and {args.key}.pub")
+    print(f"origin: {signer.origin}")
+    print(f"verifier key: {signer.vkey}")
+    return EXIT_OK
+
+
+# --- witness submit ---------------------------------------------------------------------
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from .client import HTTPStatusError, WitnessClient
+
+    try:
+        client = WitnessClient(args.url, timeout=args.timeout)
+        witness_keys = load_witness_keys(args.witness_key or [])
+        der = None
+        if args.producer_key:
+            with open(args.producer_key, "rb") as f:
+                producer = load_public_key(f.read(), args.producer_key)
+            der = producer.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        paths = list(find_bundles(args.bundles))
+    except (ValueError, InvalidKey, OSError) as e:
+        return _fail(str(e), EXIT_USAGE)
+    if witness_keys and not args.producer_key:
+        return _fail(
+            "--witness-key needs --producer-key to recompute each bundle's leaf", EXIT_USAGE
+        )
+    trust = TrustRoot.from_pem_files([args.producer_key]) if args.producer_key else None
+    status = EXIT_OK
+    for path in paths:
+        try:
+            line = _submit_one(client, path, der, trust, witness_keys)
+        except HTTPStatusError as e:
+            print(f"FAIL {path}: witness answered {e}")
+            status = max(status, EXIT_UNAVAILABLE if e.status >= 500 else EXIT_FAILED)
+            continue
+        except TransportError as e:
+            print(f"FAIL {path}: {e}")
+            status = EXIT_UNAVAILABLE
+            continue
+        except (SpanproofError, OSError) as e:
+            print(f"FAIL {path}: {e}")
+            status = max(status, EXIT_FAILED)
+            continue
+        print(line)
+    return status
+
+
+def _submit_one(
+    client: Any,
+    path: str,
+    der: bytes | None,
+    trust: TrustRoot | None,
+    witness_keys: Sequence[WitnessKey],
+) -> str:
+    with open(path, "rb") as f:
+        data = f.read()
+    report = None
+    if trust is not None:
+        report = check_bundle(path, trust, allow_incomplete=True)
+        if report.verdict is Verdict.FAIL:
+            raise VerificationError(f"not submitted: {report.reason}")
+    resp = client.submit(data, public_key_der=der)
+    if not path.endswith(BUNDLE_SUFFIX):
+        raise InvalidBundle(f"receipt not written: file name does not end in {BUNDLE_SUFFIX}")
+    target = receipt_path(path)
+    note = ""
+    if witness_keys:
+        assert report is not None
+        verified = verify_receipt(resp.body, report, witness_keys)
+        note = f", receipt verified (checkpoint by {verified.origin})"
+    else:
+        note = ", receipt NOT verified (no --witness-key)"
+    _write_atomic(target, resp.body)
+    index = resp.headers.get("spanproof-leaf-index", "?")
+    conflict = resp.headers.get("spanproof-conflict") == "true"
+    new = "logged" if resp.status == 201 else "already logged"
+    flag = " [CONFLICT: another statement is logged for this trace segment]" if conflict else ""
+    return f"OK {path}: {new} at index {index}{note}; wrote {target}{flag}"
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# --- monitor ----------------------------------------------------------------------------
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from spanproof.verifier.errors import LogInconsistent
+
+    from .client import WitnessClient
+    from .monitor import monitor_once
+
+    try:
+        client = WitnessClient(args.url, timeout=args.timeout)
+        keys = load_witness_keys(args.witness_key)
+    except (ValueError, InvalidKey) as e:
+        return _fail(str(e), EXIT_USAGE)
+    try:
+        result = monitor_once(client, args.state, keys, origin=args.origin)
+    except LogInconsistent as e:
+        print(f"ALERT {args.url}: {e}")
+        return EXIT_FAILED
+    except TransportError as e:
+        print(f"FAIL {args.url}: {e}")
+        return EXIT_UNAVAILABLE
+    except (SpanproofError, OSError) as e:
+        print(f"FAIL {args.url}: {e}")
+        return EXIT_FAILED
+    print(result.message)
+    return EXIT_OK
+
+
+# --- registration -----------------------------------------------------------------------
+
+
+def add_commands(subparsers: Any) -> None:
+    """Register ``witness {serve,keygen,submit}`` and ``monitor`` on the main
+    parser's sub-parsers.  Each command sets ``handler`` (parsed args -> exit
+    status) and ``subparser`` (its own parser, for usage errors), the convention of
+    ``spanproof.verifier._cli``."""
+    witness = subparsers.add_parser(
+        "witness", help="run or use an independent witness log",
+        description="Run a witness (serve), create its key (keygen), or log bundles (submit).",
+    )
+    wsub = witness.add_subparsers(dest="witness_command", metavar="{serve,keygen,submit}")
+    wsub.required = True
+
+    serve = wsub.add_parser("serve", help="serve a witness log over HTTP")
+    serve.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
+                       help="address to listen on (default 127.0.0.1:8080)")
+    serve.add_argument("--db", required=True, metavar="FILE", help="SQLite log database")
+    serve.add_argument("--key", required=True, metavar="KEYFILE",
+                       help="the witness's Ed25519 private key (PKCS#8 PEM; see keygen)")
+    serve.add_argument("--origin", metavar="NAME",
+                       help="log origin and key name (default: derived from the key)")
+    serve.add_argument("--producer-key", action="append", metavar="PUB.pem",
+                       help="accept bundles signed by this producer key (repeatable); "
+                            "without any, any valid signature by a submitter-supplied key "
+                            "is accepted and recorded as unverified-producer")
+    serve.add_argument("--producer-trust-root", metavar="FILE",
+                       help="accept producer keys from a trust-root file (validity windows)")
+    serve.add_argument("--max-body", type=int, default=64 * 1024 * 1024, metavar="BYTES",
+                       help="largest accepted submission (default 64 MiB)")
+    serve.add_argument("--log-level", default="info",
+                       choices=["critical", "error", "warning", "info", "debug"])
+    serve.set_defaults(handler=_cmd_serve, subparser=serve)
+
+    keygen = wsub.add_parser("keygen", help="create a witness key")
+    keygen.add_argument("--key", required=True, metavar="KEYFILE",
+                        help="where to write the private key (the public key goes to KEYFILE.pub)")
+    keygen.add_argument("--origin", metavar="NAME", help="log origin, to print the verifier key")
+    keygen.set_defaults(handler=_cmd_keygen, subparser=keygen)
+
+    submit = wsub.add_parser("submit", help="log bundles with a witness and store receipts")
+    submit.add_argument("bundles", nargs="+", metavar="BUNDLE",
+                        help="bundle files or directories")
+    submit.add_argument("--url", required=True, help="witness base URL (http://host:port)")
+    submit.add_argument("--producer-key", metavar="PUB.pem",
+                        help="the producer's public key: bundles are verified with it before "
+                             "submission, and it is sent to witnesses that pin no producer keys")
+    submit.add_argument("--witness-key", action="append", metavar="PUB.pem|VKEY",
+                        help="verify each receipt with this witness key before writing it")
+    submit.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
+    submit.set_defaults(handler=_cmd_submit, subparser=submit)
+
+    monitor = subparsers.add_parser(
+        "monitor", help="check a witness for forks and rollbacks",
+        description="Fetch the witness's latest checkpoint, verify it with the pinned key, "
+                    "check it extends the one remembered in --state, and remember it.",
+    )
+    monitor.add_argument("--url", required=True, help="witness base URL (http://host:port)")
+    monitor.add_argument("--state", required=True, metavar="FILE",
+                         help="where the last verified checkpoint is remembered")
+    monitor.add_argument("--witness-key", action="append", required=True,
+                         metavar="PUB.pem|VKEY", help="pinned witness key (repeatable)")
+    monitor.add_argument("--origin", metavar="NAME", help="pin the log's origin")
+    monitor.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
+    monitor.set_defaults(handler=_cmd_monitor, subparser=monitor)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``witness ...`` or ``monitor ...`` (for tests and ``python -m spanproof.witness``)."""
+    parser = argparse.ArgumentParser(prog="spanproof")
+    add_commands(parser.add_subparsers(dest="command", metavar="{witness,monitor}", required=True))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    status: int = args.handler(args)
+    return status

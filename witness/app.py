@@ -1,0 +1,247 @@
+"""The witness's HTTP API and public page (SPEC §12.9), as a Starlette ASGI app.
+
+Thin: parse the request, call :class:`~spanproof.witness.service.Witness` in a
+worker thread (its calls block on SQLite, fsync and hashing), map errors to status
+codes.  Bad input is 400, a bundle that fails verification 422 (with the report),
+an oversized body 413, storage trouble 503 (retry later).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+from importlib import resources
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from spanproof.verifier.errors import InvalidBundle, InvalidKey, TransportError
+from spanproof.verifier.receipt import RECEIPT_MEDIA_TYPE
+from spanproof.verifier.records import is_digest, is_trace_id
+
+from .service import SubmissionRejected, Witness
+
+__all__ = ["DEFAULT_MAX_BODY", "PUBLIC_KEY_HEADER", "create_app"]
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY = 64 * 1024 * 1024
+PUBLIC_KEY_HEADER = "Spanproof-Public-Key"
+_UINT = re.compile(r"(0|[1-9][0-9]{0,19})\Z")
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, message: str, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.extra = extra or {}
+
+
+def _error(status: int, message: str, extra: dict[str, Any] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, **(extra or {})}, status_code=status, headers=_NO_STORE)
+
+
+def _uint_param(request: Request, name: str, *, required: bool) -> int | None:
+    value = request.query_params.get(name)
+    if value is None or value == "":
+        if required:
+            raise _HTTPError(400, f"query parameter {name!r} is required")
+        return None
+    if not _UINT.match(value):
+        raise _HTTPError(400, f"query parameter {name!r} must be a decimal number")
+    return int(value)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _HTTPError(413, f"request body larger than {limit} bytes")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise _HTTPError(413, f"request body larger than {limit} bytes")
+        chunks.append(chunk)
+    if not total:
+        raise _HTTPError(400, "empty request body: send a bundle file or a DSSE envelope")
+    return b"".join(chunks)
+
+
+def _page() -> tuple[bytes, str]:
+    html = resources.files("spanproof.witness").joinpath("static/index.html").read_bytes()
+    # Allow exactly the page's own inline script and style, nothing else.
+    scripts = re.findall(rb"<script>(.*?)</script>", html, re.S)
+    styles = re.findall(rb"<style>(.*?)</style>", html, re.S)
+
+    def sources(blocks: list[bytes]) -> str:
+        return " ".join(
+            f"'sha256-{base64.b64encode(hashlib.sha256(b).digest()).decode()}'" for b in blocks
+        )
+
+    csp = (
+        "default-src 'none'; "
+        f"script-src {sources(scripts)}; style-src {sources(styles)}; "
+        "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+        "frame-ancestors 'none'"
+    )
+    return html, csp
+
+
+def create_app(witness: Witness, *, max_body: int = DEFAULT_MAX_BODY) -> Starlette:
+    """Build the ASGI app serving *witness* (routes in SPEC §12.9)."""
+    page, csp = _page()
+
+    async def index(request: Request) -> Response:
+        return Response(
+            page,
+            media_type="text/html; charset=utf-8",
+            headers={
+                "Content-Security-Policy": csp,
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer",
+            },
+        )
+
+    async def info(request: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(witness.info), headers=_NO_STORE)
+
+    async def checkpoint(request: Request) -> Response:
+        size = _uint_param(request, "size", required=False)
+        note = await run_in_threadpool(witness.checkpoint, size)
+        if note is None:
+            raise _HTTPError(404, f"no checkpoint of tree size {size}")
+        return PlainTextResponse(note.decode("utf-8"), headers=_NO_STORE)
+
+    async def submit(request: Request) -> Response:
+        body = await _read_body(request, max_body)
+        try:
+            result = await run_in_threadpool(
+                witness.submit, body, request.headers.get(PUBLIC_KEY_HEADER)
+            )
+        except SubmissionRejected as e:
+            raise _HTTPError(422, str(e), {"report": e.report.to_json()}) from e
+        return Response(
+            result.receipt.to_bytes(),
+            status_code=201 if result.created else 200,
+            media_type=RECEIPT_MEDIA_TYPE,
+            headers={
+                "Spanproof-Leaf-Index": str(result.entry.index),
+                "Spanproof-Conflict": "true" if result.conflict else "false",
+                **_NO_STORE,
+            },
+        )
+
+    async def check(request: Request) -> Response:
+        body = await _read_body(request, max_body)
+        doc = await run_in_threadpool(witness.check, body, request.headers.get(PUBLIC_KEY_HEADER))
+        return JSONResponse(doc, headers=_NO_STORE)
+
+    async def inclusion(request: Request) -> Response:
+        index = _uint_param(request, "index", required=True)
+        size = _uint_param(request, "size", required=False)
+        assert index is not None
+        try:
+            tree_size, leaf, proof = await run_in_threadpool(witness.inclusion_proof, index, size)
+        except ValueError as e:
+            raise _HTTPError(400, str(e)) from e
+        return JSONResponse(
+            {
+                "leafIndex": str(index),
+                "treeSize": str(tree_size),
+                "leafHash": base64.b64encode(leaf).decode(),
+                "proof": [base64.b64encode(h).decode() for h in proof],
+            },
+            headers=_NO_STORE,
+        )
+
+    async def consistency(request: Request) -> Response:
+        first = _uint_param(request, "from", required=True)
+        to = _uint_param(request, "to", required=False)
+        assert first is not None
+        try:
+            size2, proof = await run_in_threadpool(witness.consistency_proof, first, to)
+        except ValueError as e:
+            raise _HTTPError(400, str(e)) from e
+        return JSONResponse(
+            {
+                "from": str(first),
+                "to": str(size2),
+                "proof": [base64.b64encode(h).decode() for h in proof],
+            },
+            headers=_NO_STORE,
+        )
+
+    def _lookup_args(request: Request) -> dict[str, Any]:
+        trace = request.query_params.get("trace")
+        digest = request.query_params.get("digest")
+        index = _uint_param(request, "index", required=False)
+        given = [x for x in (trace, digest, index) if x is not None]
+        if len(given) != 1:
+            raise _HTTPError(400, "give exactly one of trace=, digest= or index=")
+        if trace is not None and not is_trace_id(trace):
+            raise _HTTPError(400, "trace must be 32 lowercase hex digits")
+        if digest is not None and not is_digest(digest):
+            raise _HTTPError(400, "digest must be sha256:<64 lowercase hex digits>")
+        return {"trace": trace, "digest": digest, "index": index}
+
+    async def lookup(request: Request) -> Response:
+        args = _lookup_args(request)
+        doc = await run_in_threadpool(lambda: witness.lookup_json(**args))
+        return JSONResponse(doc, headers=_NO_STORE)
+
+    async def receipt(request: Request) -> Response:
+        args = _lookup_args(request)
+        if args["trace"] is not None:
+            raise _HTTPError(400, "a receipt is for one entry: give digest= or index=")
+        found = await run_in_threadpool(lambda: witness.lookup(**args))
+        if not found:
+            raise _HTTPError(404, "no such entry in the log")
+        if len(found) > 1:
+            raise _HTTPError(409, "several entries have this digest (other signers); use index=")
+        return Response(
+            found[0][2].to_bytes(), media_type=RECEIPT_MEDIA_TYPE, headers=_NO_STORE
+        )
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, _HTTPError)
+        return _error(exc.status, str(exc), exc.extra)
+
+    async def on_bad_input(request: Request, exc: Exception) -> Response:
+        return _error(400, str(exc))
+
+    async def on_storage(request: Request, exc: Exception) -> Response:
+        _logger.error("witness storage failure: %s", exc)
+        return JSONResponse(
+            {"error": f"witness storage unavailable: {exc}"},
+            status_code=503,
+            headers={"Retry-After": "5", **_NO_STORE},
+        )
+
+    routes = [
+        Route("/", index, methods=["GET"]),
+        Route("/v1/info", info, methods=["GET"]),
+        Route("/v1/checkpoint", checkpoint, methods=["GET"]),
+        Route("/v1/submit", submit, methods=["POST"]),
+        Route("/v1/check", check, methods=["POST"]),
+        Route("/v1/proof/inclusion", inclusion, methods=["GET"]),
+        Route("/v1/proof/consistency", consistency, methods=["GET"]),
+        Route("/v1/lookup", lookup, methods=["GET"]),
+        Route("/v1/receipt", receipt, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={
+            _HTTPError: on_http_error,
+            InvalidBundle: on_bad_input,
+            InvalidKey: on_bad_input,
+            TransportError: on_storage,
+        },
+    )

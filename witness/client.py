@@ -1,0 +1,165 @@
+"""A small HTTP client for a witness (SPEC §12.9), on the standard library only.
+
+Used by ``spanproof witness submit`` and ``spanproof monitor``.  Every answer is
+untrusted data: callers verify checkpoints and receipts with pinned keys.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from spanproof.verifier.errors import TransportError
+
+__all__ = ["HTTPStatusError", "Response", "WitnessClient"]
+
+_MAX_RESPONSE = 16 * 1024 * 1024
+
+
+class HTTPStatusError(TransportError):
+    """The witness answered with an HTTP error status (``status``, ``message``)."""
+
+    def __init__(self, status: int, message: str, body: Mapping[str, Any] | None = None) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+        self.body = dict(body or {})
+
+
+@dataclass(frozen=True)
+class Response:
+    """A successful answer: status, headers (lower-case names) and body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class WitnessClient:
+    """Talks to the witness at *url* (``http://host:port``, optionally with a path
+    prefix).
+
+    Raises:
+        ValueError: *url* is not an http(s) URL with a host.
+    """
+
+    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError(f"witness URL must be http(s)://host[:port]: {url!r}")
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, Any] | None = None,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Response:
+        """Send one request and return a 2xx answer.
+
+        Raises:
+            HTTPStatusError: the witness answered with a non-2xx status.
+            TransportError: the witness could not be reached or the answer was cut.
+        """
+        url = self.url + path
+        if query:
+            url += "?" + urllib.parse.urlencode({k: str(v) for k, v in query.items()})
+        req = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))  # noqa: S310
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
+                data = resp.read(_MAX_RESPONSE + 1)
+                status = resp.status
+                got = {k.lower(): v for k, v in resp.headers.items()}
+        except urllib.error.HTTPError as e:
+            raw = e.read(_MAX_RESPONSE)
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                doc = {}
+            message = doc.get("error") if isinstance(doc, dict) else None
+            raise HTTPStatusError(
+                e.code, str(message or e.reason), doc if isinstance(doc, dict) else None
+            ) from e
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise TransportError(f"cannot reach witness {self.url}: {reason}") from e
+        if len(data) > _MAX_RESPONSE:
+            raise TransportError(f"witness answer larger than {_MAX_RESPONSE} bytes")
+        return Response(status, got, data)
+
+    def _json(self, path: str, query: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        resp = self.request("GET", path, query=query)
+        try:
+            doc = json.loads(resp.body)
+        except ValueError as e:
+            raise TransportError(f"witness answer to {path} is not JSON") from e
+        if not isinstance(doc, dict):
+            raise TransportError(f"witness answer to {path} is not a JSON object")
+        return doc
+
+    def submit(self, data: bytes, *, public_key_der: bytes | None = None) -> Response:
+        """POST a bundle (or DSSE envelope) to ``/v1/submit``; the body is the receipt.
+
+        Raises:
+            HTTPStatusError: rejected (400, 413, 422) or unavailable (503).
+            TransportError: the witness could not be reached.
+        """
+        headers = {"Content-Type": "application/vnd.spanproof.bundle.v1+json"}
+        if public_key_der is not None:
+            headers["Spanproof-Public-Key"] = base64.b64encode(public_key_der).decode("ascii")
+        return self.request("POST", "/v1/submit", body=data, headers=headers)
+
+    def checkpoint(self, size: int | None = None) -> bytes:
+        """The signed checkpoint note (latest, or of tree *size*).
+
+        Raises:
+            TransportError: unreachable, or an HTTP error.
+        """
+        query = {"size": size} if size is not None else None
+        return self.request("GET", "/v1/checkpoint", query=query).body
+
+    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        """The consistency proof between two tree sizes.
+
+        Raises:
+            TransportError: unreachable, an HTTP error, or a malformed answer.
+        """
+        doc = self._json("/v1/proof/consistency", {"from": size1, "to": size2})
+        return _hashes(doc.get("proof"), "consistency proof")
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """The inclusion proof of entry *index* in the tree of *size*.
+
+        Raises:
+            TransportError: unreachable, an HTTP error, or a malformed answer.
+        """
+        doc = self._json("/v1/proof/inclusion", {"index": index, "size": size})
+        return _hashes(doc.get("proof"), "inclusion proof")
+
+    def lookup(self, **query: Any) -> dict[str, Any]:
+        """The ``/v1/lookup`` document for ``trace=``, ``digest=`` or ``index=``.
+
+        Raises:
+            TransportError: unreachable, or an HTTP error.
+        """
+        return self._json("/v1/lookup", query)
+
+
+def _hashes(value: Any, what: str) -> list[bytes]:
+    if not isinstance(value, list):
+        raise TransportError(f"witness {what}: 'proof' must be an array")
+    try:
+        return [base64.b64decode(h, validate=True) for h in value]
+    except (binascii.Error, ValueError, TypeError) as e:
+        raise TransportError(f"witness {what}: hashes must be base64") from e

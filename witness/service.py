@@ -1,0 +1,522 @@
+"""The witness itself, without HTTP: re-verify, append, sign, answer (SPEC §12.8).
+
+:class:`Witness` owns the log's store, its in-memory Merkle tree and its signing
+key.  Every append is serialized by one lock; the entry and the checkpoint that
+covers it are committed together before a receipt is returned.  On start the
+tree is rebuilt from the stored leaves and checked against every stored signed
+checkpoint; the witness refuses to run on a log that does not match them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from spanproof.verifier.bundle import BUNDLE_MEDIA_TYPE
+from spanproof.verifier.canonical import canonicalize, parse_strict
+from spanproof.verifier.checkpoint import Checkpoint, verify_checkpoint
+from spanproof.verifier.dsse import PAYLOAD_TYPE, Envelope
+from spanproof.verifier.errors import (
+    InvalidBundle,
+    InvalidKey,
+    SpanproofError,
+    TransportError,
+    TrustError,
+    VerificationError,
+)
+from spanproof.verifier.keys import TrustedKey, TrustRoot, format_time
+from spanproof.verifier.merkle import leaf_hash
+from spanproof.verifier.receipt import Receipt, WitnessLeaf, verify_receipt
+from spanproof.verifier.records import digest_hex
+from spanproof.verifier.statement import Statement
+from spanproof.verifier.verify import CHECKS, BundleReport, Check, Status, Verdict, check_bundle
+
+from .signing import CheckpointSigner
+from .store import Entry, Store, StoredCheckpoint
+from .tree import MerkleTree
+
+__all__ = [
+    "PRODUCER_PINNED",
+    "PRODUCER_UNVERIFIED",
+    "LogCorrupted",
+    "SubmissionRejected",
+    "SubmitResult",
+    "Witness",
+    "parse_public_key_header",
+]
+
+_logger = logging.getLogger(__name__)
+
+PRODUCER_PINNED = "pinned"
+PRODUCER_UNVERIFIED = "unverified-producer"
+
+
+class LogCorrupted(SpanproofError):
+    """The stored log does not match its own signed checkpoints (or another key or
+    origin signed them); the witness refuses to start."""
+
+
+class SubmissionRejected(VerificationError):
+    """A submitted bundle failed re-verification; ``report`` says which check."""
+
+    def __init__(self, message: str, report: BundleReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """The answer to one submission: the receipt, the entry, whether it was new and
+    whether the entry is in conflict with another statement for its segment."""
+
+    receipt: Receipt
+    entry: Entry
+    created: bool
+    conflict: bool
+
+
+@dataclass(frozen=True)
+class _Verified:
+    statement: Statement
+    statement_digest: str
+    signer_keyid: str
+    envelope: Envelope
+    report: BundleReport
+    producer_key: str
+    checked: str
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _envelope_report(source: str, statement: Statement, digest: str, keyid: str) -> BundleReport:
+    # What the witness checked for an envelope-only submission (no records).
+    done = {
+        "format": "DSSE envelope submitted without records",
+        "envelope": f"DSSE envelope, payloadType {PAYLOAD_TYPE}",
+        "signature": f"Ed25519 signature by key {keyid[:16]}",
+        "statement": (
+            f"trace {statement.trace_id} segment {statement.segment_index}, "
+            f"{statement.record_count} records"
+        ),
+        "key-validity": "sealing time within the signer's validity window",
+    }
+    checks = tuple(
+        Check(name, i + 1, Status.PASS, done[name])
+        if name in done
+        else Check(name, i + 1, Status.SKIPPED, "records not submitted (envelope only)")
+        for i, name in enumerate(CHECKS)
+    )
+    return BundleReport(source, checks, Verdict.OK, statement, digest, keyid)
+
+
+def parse_public_key_header(value: str) -> TrustRoot:
+    """Trust root of the one key in a ``Spanproof-Public-Key`` header: standard
+    base64 of the key's DER SubjectPublicKeyInfo.
+
+    Raises:
+        InvalidKey: not base64 DER of an Ed25519 public key.
+    """
+    try:
+        der = base64.b64decode(value.strip(), validate=True)
+        key = serialization.load_der_public_key(der)
+    except (binascii.Error, ValueError, TypeError) as e:
+        raise InvalidKey("Spanproof-Public-Key: not base64 DER SubjectPublicKeyInfo") from e
+    if not isinstance(key, Ed25519PublicKey):
+        raise InvalidKey("Spanproof-Public-Key: key is not Ed25519")
+    return TrustRoot((TrustedKey.from_public_key(key, "Spanproof-Public-Key header"),))
+
+
+class Witness:
+    """One witness log.
+
+    Args:
+        store: the database.
+        signer: the checkpoint key; its name is the log's origin.
+        producer_trust: producer keys whose signatures the witness accepts; None
+            accepts any valid signature by a key the submitter supplies (recorded
+            as ``unverified-producer``).
+        clock: the time source for submission and signing times.
+
+    Raises:
+        LogCorrupted: the stored log does not match its signed checkpoints, or was
+            signed by another key or origin.
+        TransportError: the database cannot be read or written.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        signer: CheckpointSigner,
+        *,
+        producer_trust: TrustRoot | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self._store = store
+        self._signer = signer
+        self._producer_trust = producer_trust
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._tree = MerkleTree()
+        self._latest: StoredCheckpoint
+        self._open()
+
+    @property
+    def origin(self) -> str:
+        """The log's origin (the checkpoint key's name)."""
+        return self._signer.origin
+
+    @property
+    def signer(self) -> CheckpointSigner:
+        """The checkpoint key."""
+        return self._signer
+
+    @property
+    def pins_producers(self) -> bool:
+        """True when producer keys are configured."""
+        return self._producer_trust is not None
+
+    def _open(self) -> None:
+        stored_origin = self._store.get_meta("origin")
+        if stored_origin is None:
+            self._store.set_meta("origin", self.origin)
+        elif stored_origin != self.origin:
+            raise LogCorrupted(
+                f"{self._store.path} is the log of origin {stored_origin!r}, not {self.origin!r}"
+            )
+        for index, h, data in self._store.leaves():
+            if index != self._tree.size:
+                raise LogCorrupted(f"log entry {self._tree.size} is missing (found {index})")
+            if leaf_hash(data) != h:
+                raise LogCorrupted(f"log entry {index}: stored leaf does not hash to its leaf hash")
+            self._tree.append(h)
+        checkpoints = self._store.checkpoints()
+        key = [self._signer.key]
+        for cp in checkpoints:
+            try:
+                verified = verify_checkpoint(cp.note, key, origin=self.origin)
+            except (InvalidBundle, VerificationError) as e:
+                raise LogCorrupted(f"stored checkpoint of size {cp.size}: {e}") from e
+            if verified.size != cp.size or verified.root != cp.root:
+                raise LogCorrupted(f"stored checkpoint of size {cp.size} disagrees with its note")
+            if cp.size > self._tree.size:
+                raise LogCorrupted(
+                    f"a checkpoint of size {cp.size} was signed but only {self._tree.size} "
+                    "entries are stored (entries lost)"
+                )
+            if self._tree.root(cp.size) != cp.root:
+                raise LogCorrupted(
+                    f"the stored entries do not reproduce the signed root of size {cp.size} "
+                    "(log altered)"
+                )
+        if not checkpoints:
+            if self._tree.size:
+                raise LogCorrupted("entries are stored but no checkpoint was signed")
+            self._latest = self._sign_and_store(None)
+        else:
+            self._latest = checkpoints[-1]
+            if self._latest.size != self._tree.size:
+                raise LogCorrupted(
+                    f"{self._tree.size} entries are stored but the latest checkpoint covers "
+                    f"{self._latest.size} (entry written without its checkpoint)"
+                )
+        _logger.info(
+            "witness log %s opened: %d entries, root %s",
+            self.origin, self._tree.size, self._tree.root().hex(),
+        )
+
+    def _sign_and_store(self, entry: Entry | None) -> StoredCheckpoint:
+        size = self._tree.size
+        root = self._tree.root()
+        note = self._signer.sign(Checkpoint(self.origin, size, root))
+        stored = StoredCheckpoint(size, root, note, format_time(self._clock()))
+        self._store.add(entry, stored)
+        return stored
+
+    def _committed_anyway(self, size: int) -> StoredCheckpoint | None:
+        # After a failed write, find out whether the transaction reached the disk
+        # anyway (a COMMIT can report an error late); the tree must follow the file.
+        try:
+            stored = self._store.checkpoint(size)
+        except TransportError:
+            return None
+        if stored is not None and stored.root == self._tree.root(size):
+            return stored
+        return None
+
+    # --- submissions -------------------------------------------------------------
+
+    def _verify_submission(self, body: bytes, public_key: str | None) -> _Verified:
+        if self._producer_trust is not None:
+            trust, mode = self._producer_trust, PRODUCER_PINNED
+        elif public_key:
+            trust, mode = parse_public_key_header(public_key), PRODUCER_UNVERIFIED
+        else:
+            raise InvalidBundle(
+                "this witness pins no producer keys: send the producer's public key "
+                "(base64 DER) in the Spanproof-Public-Key header"
+            )
+        doc = parse_strict(body, "submission")
+        if isinstance(doc, dict) and doc.get("mediaType") == BUNDLE_MEDIA_TYPE:
+            report = check_bundle(io.BytesIO(body), trust, allow_incomplete=True)
+            if report.verdict is Verdict.FAIL or report.statement is None:
+                raise SubmissionRejected(f"bundle rejected: {report.reason}", report)
+            assert report.statement_digest is not None and report.signer_keyid is not None
+            envelope = Envelope.from_json(doc["envelope"])
+            return _Verified(
+                report.statement, report.statement_digest, report.signer_keyid,
+                envelope, report, mode, "bundle",
+            )
+        if isinstance(doc, dict) and "payloadType" in doc:
+            envelope = Envelope.from_json(doc)
+            try:
+                signer = envelope.verify(trust)
+            except VerificationError as e:
+                failed = BundleReport(
+                    "<envelope>",
+                    (Check("signature", 3, Status.FAIL, str(e)),),
+                    Verdict.FAIL,
+                    error=e,
+                )
+                raise SubmissionRejected(f"envelope rejected: {e}", failed) from e
+            statement = Statement.from_payload(envelope.payload)
+            digest = digest_hex(envelope.payload)
+            if not signer.valid_at(statement.sealed_at):
+                err = TrustError(
+                    f"key {signer.keyid[:16]} is not valid at sealedAt "
+                    f"{format_time(statement.sealed_at)}"
+                )
+                failed = BundleReport(
+                    "<envelope>", (Check("key-validity", 5, Status.FAIL, str(err)),),
+                    Verdict.FAIL, error=err,
+                )
+                raise SubmissionRejected(f"envelope rejected: {err}", failed)
+            report = _envelope_report("<envelope>", statement, digest, signer.keyid)
+            return _Verified(statement, digest, signer.keyid, envelope, report, mode, "envelope")
+        raise InvalidBundle(
+            "submission: neither a spanproof bundle nor a DSSE envelope "
+            f"(mediaType {BUNDLE_MEDIA_TYPE!r} or payloadType expected)"
+        )
+
+    def submit(self, body: bytes, public_key: str | None = None) -> SubmitResult:
+        """Re-verify a bundle (or bare DSSE envelope), log it, and return its receipt.
+
+        The same leaf submitted again returns the existing entry with a receipt
+        against the latest checkpoint.  A different statement for a trace segment
+        already logged by the same producer instance is logged and flagged as a
+        conflict.
+
+        Args:
+            body: the bundle file's bytes, or a DSSE envelope's JSON.
+            public_key: the ``Spanproof-Public-Key`` header (used only when no
+                producer keys are configured).
+
+        Raises:
+            InvalidBundle: not a bundle or envelope, malformed, or no usable key.
+            InvalidKey: the supplied public key is unusable.
+            SubmissionRejected: the bundle or envelope failed verification.
+            TransportError: the log could not be written (nothing was logged).
+        """
+        v = self._verify_submission(body, public_key)
+        leaf = WitnessLeaf.from_statement(v.statement, v.statement_digest, v.signer_keyid)
+        data = leaf.encode()
+        h = leaf_hash(data)
+        with self._lock:
+            existing = self._store.by_leaf_hash(h)
+            if existing is not None:
+                entry, created = existing, False
+            else:
+                index = self._tree.append(h)
+                entry = Entry(
+                    index=index,
+                    leaf_hash=h,
+                    leaf=leaf,
+                    leaf_bytes=data,
+                    producer_key=v.producer_key,
+                    checked=v.checked,
+                    submitted_at=format_time(self._clock()),
+                    envelope=canonicalize(v.envelope.to_json()),
+                    report=json.dumps(v.report.to_json(), sort_keys=True),
+                )
+                try:
+                    latest = self._sign_and_store(entry)
+                except BaseException:
+                    committed = self._committed_anyway(index + 1)
+                    if committed is None:
+                        self._tree.truncate(index)
+                        raise
+                    latest = committed
+                self._latest = latest
+                created = True
+            receipt = self._receipt_locked(entry)
+            conflict = self._store.in_conflict(entry)
+        # Self-check: what we hand out must verify offline like any auditor's check.
+        verify_receipt(receipt, v.report, [self._signer.key], origin=self.origin)
+        if created:
+            _logger.info(
+                "logged %s (trace %s segment %d) at index %d%s",
+                v.statement_digest, leaf.trace_id, leaf.segment, entry.index,
+                " [CONFLICT: another statement for this segment]" if conflict else "",
+            )
+        return SubmitResult(receipt, entry, created, conflict)
+
+    def _receipt_locked(self, entry: Entry) -> Receipt:
+        size = self._latest.size
+        return Receipt(
+            origin=self.origin,
+            leaf_index=entry.index,
+            tree_size=size,
+            inclusion_proof=tuple(self._tree.inclusion_proof(entry.index, size)),
+            checkpoint=self._latest.note,
+            leaf=entry.leaf,
+        )
+
+    def check(self, body: bytes, public_key: str | None = None) -> dict[str, Any]:
+        """Verify a bundle without logging it, for the web page: the per-check report
+        and the log entries (with fresh receipts) of its statement.
+
+        Raises:
+            InvalidBundle: no producer key is configured or supplied.
+            InvalidKey: the supplied public key is unusable.
+        """
+        if self._producer_trust is not None:
+            trust, mode = self._producer_trust, PRODUCER_PINNED
+        elif public_key:
+            trust, mode = parse_public_key_header(public_key), PRODUCER_UNVERIFIED
+        else:
+            raise InvalidBundle(
+                "this witness pins no producer keys: give the producer's public key"
+            )
+        report = check_bundle(io.BytesIO(body), trust, allow_incomplete=True)
+        entries = self.lookup(digest=report.statement_digest) if report.statement_digest else []
+        return {
+            "report": report.to_json(),
+            "producerKey": mode,
+            **self._lookup_json(entries),
+        }
+
+    # --- reads --------------------------------------------------------------------
+
+    def checkpoint(self, size: int | None = None) -> bytes | None:
+        """The signed checkpoint of tree *size* (default: the latest), or None.
+
+        Raises:
+            TransportError: the database cannot be read.
+        """
+        if size is None:
+            with self._lock:
+                return self._latest.note
+        stored = self._store.checkpoint(size)
+        return stored.note if stored else None
+
+    @property
+    def size(self) -> int:
+        """The latest signed tree size."""
+        with self._lock:
+            return self._latest.size
+
+    def inclusion_proof(
+        self, index: int, size: int | None = None
+    ) -> tuple[int, bytes, list[bytes]]:
+        """``(size, leaf hash, proof)`` for entry *index* in the tree of *size*
+        (default: the latest signed size).
+
+        Raises:
+            ValueError: *index* or *size* outside the signed log.
+        """
+        with self._lock:
+            latest = self._latest.size
+            size = latest if size is None else size
+            if not 0 <= index < size <= latest:
+                raise ValueError(f"need 0 <= index < size <= {latest}")
+            return size, self._tree.leaf(index), self._tree.inclusion_proof(index, size)
+
+    def consistency_proof(self, size1: int, size2: int | None = None) -> tuple[int, list[bytes]]:
+        """``(size2, proof)`` from tree *size1* to *size2* (default: the latest).
+
+        Raises:
+            ValueError: sizes outside ``0 < size1 <= size2 <= latest``.
+        """
+        with self._lock:
+            latest = self._latest.size
+            size2 = latest if size2 is None else size2
+            if not 0 < size1 <= size2 <= latest:
+                raise ValueError(f"need 0 < from <= to <= {latest}")
+            return size2, self._tree.consistency_proof(size1, size2)
+
+    def lookup(
+        self,
+        *,
+        trace: str | None = None,
+        digest: str | None = None,
+        index: int | None = None,
+    ) -> list[tuple[Entry, bool, Receipt]]:
+        """Entries by trace id, statement digest or index, each with its conflict
+        flag and a receipt against the latest checkpoint.
+
+        Raises:
+            TransportError: the database cannot be read.
+        """
+        if trace is not None:
+            entries = self._store.by_trace(trace)
+        elif digest is not None:
+            entries = self._store.by_digest(digest)
+        elif index is not None:
+            found = self._store.entry(index)
+            entries = [found] if found else []
+        else:
+            entries = []
+        out = []
+        with self._lock:
+            for entry in entries:
+                if entry.index >= self._latest.size:
+                    continue  # committed by a concurrent append not yet published
+                out.append((entry, self._store.in_conflict(entry), self._receipt_locked(entry)))
+        return out
+
+    def _lookup_json(self, found: list[tuple[Entry, bool, Receipt]]) -> dict[str, Any]:
+        with self._lock:
+            latest = self._latest
+        return {
+            "origin": self.origin,
+            "treeSize": str(latest.size),
+            "checkpoint": latest.note.decode("utf-8"),
+            "entries": [
+                {
+                    **entry.to_json(conflict),
+                    "receipt": receipt.to_json(),
+                    "submissionChecks": json.loads(entry.report).get("checks", []),
+                }
+                for entry, conflict, receipt in found
+            ],
+        }
+
+    def lookup_json(
+        self, *, trace: str | None = None, digest: str | None = None, index: int | None = None
+    ) -> dict[str, Any]:
+        """:meth:`lookup` as the ``GET /v1/lookup`` document."""
+        return self._lookup_json(self.lookup(trace=trace, digest=digest, index=index))
+
+    def info(self) -> dict[str, Any]:
+        """The witness's identity, for ``GET /v1/info``."""
+        with self._lock:
+            size = self._latest.size
+        return {
+            "origin": self.origin,
+            "vkey": self._signer.vkey,
+            "publicKey": self._signer.key.public_pem().decode("ascii"),
+            "treeSize": str(size),
+            "producerKeys": PRODUCER_PINNED if self.pins_producers else PRODUCER_UNVERIFIED,
+        }

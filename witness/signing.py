@@ -1,0 +1,129 @@
+"""The witness's checkpoint key: loading, generating, and signing C2SP notes (SPEC §12.4).
+
+The key is an Ed25519 private key in a PKCS#8 PEM file.  Its signed-note name is
+the log's origin, so the verifier key string ``<origin>+<key hash>+<key>`` names
+both.  Signing is deterministic (Ed25519), with no clock or randomness.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from spanproof.verifier.checkpoint import Checkpoint, NoteSignature, SignedNote, WitnessKey
+from spanproof.verifier.errors import InvalidKey
+
+__all__ = ["CheckpointSigner", "default_origin", "generate_key_file"]
+
+_logger = logging.getLogger(__name__)
+
+
+def default_origin(public_raw: bytes) -> str:
+    """The origin used when none is configured: ``spanproof-witness/<16 hex>``,
+    derived from the public key so that it is stable across restarts."""
+    return "spanproof-witness/" + hashlib.sha256(public_raw).hexdigest()[:16]
+
+
+class CheckpointSigner:
+    """Signs checkpoints of one log (origin) with one Ed25519 key.
+
+    Raises:
+        ValueError: *origin* is not a valid signed-note key name (empty, spaces, '+').
+    """
+
+    def __init__(self, private_key: Ed25519PrivateKey, origin: str | None = None) -> None:
+        raw = private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self._private_key = private_key
+        self.origin = origin if origin is not None else default_origin(raw)
+        # Validates the name (no spaces, no '+'): the key name is the origin.
+        self.key = WitnessKey(private_key.public_key(), self.origin, "witness key")
+        self._key_hash = self.key.key_hash()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], origin: str | None = None) -> CheckpointSigner:
+        """Load a PKCS#8 PEM Ed25519 private key; warn when others can read the file.
+
+        Raises:
+            InvalidKey: unreadable file, not an unencrypted PEM key, or not Ed25519.
+            ValueError: *origin* is not a valid key name (spaces or '+').
+        """
+        try:
+            with open(path, "rb") as f:
+                mode = os.fstat(f.fileno()).st_mode
+                pem = f.read()
+        except OSError as e:
+            raise InvalidKey(f"{os.fspath(path)}: cannot read witness key ({e.strerror})") from e
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            _logger.warning(
+                "witness key %s is accessible by group or others (mode %o); chmod 600 it",
+                os.fspath(path), stat.S_IMODE(mode),
+            )
+        try:
+            key = serialization.load_pem_private_key(pem, password=None)
+        except (ValueError, TypeError) as e:
+            raise InvalidKey(f"{os.fspath(path)}: not an unencrypted PEM private key") from e
+        if not isinstance(key, Ed25519PrivateKey):
+            raise InvalidKey(f"{os.fspath(path)}: witness key is not Ed25519")
+        return cls(key, origin)
+
+    @property
+    def vkey(self) -> str:
+        """The verifier key string monitors and auditors pin."""
+        return self.key.vkey()
+
+    def sign_text(self, text: str) -> bytes:
+        """Return the signed note of *text* (which must end in a line feed).
+
+        Raises:
+            ValueError: *text* does not end with a line feed.
+        """
+        if not text.endswith("\n"):
+            raise ValueError("note text must end with a line feed")
+        sig = self._private_key.sign(text.encode("utf-8"))
+        return SignedNote(text, (NoteSignature(self.origin, self._key_hash, sig),)).to_bytes()
+
+    def sign(self, checkpoint: Checkpoint) -> bytes:
+        """Return the signed note of *checkpoint*.
+
+        Raises:
+            ValueError: the checkpoint belongs to another origin.
+        """
+        if checkpoint.origin != self.origin:
+            raise ValueError(f"checkpoint origin {checkpoint.origin!r} is not {self.origin!r}")
+        return self.sign_text(checkpoint.to_text())
+
+
+def generate_key_file(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
+    """Create a new witness key at *path* (mode 0600) and its public key at
+    ``<path>.pub``; refuse to overwrite.
+
+    Raises:
+        FileExistsError: *path* exists.
+    """
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, pem)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    pub = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    tmp = os.fspath(path) + ".pub.tmp"
+    with open(tmp, "wb") as f:
+        f.write(pub)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.fspath(path) + ".pub")
+    return key

@@ -1,0 +1,300 @@
+"""The witness's durable log: SQLite in WAL mode (SPEC §12.8).
+
+Two append-only tables: ``leaves`` (one row per log entry, with the leaf's bytes,
+what was checked and the submitted envelope) and ``checkpoints`` (one signed
+checkpoint per tree size).  A new entry and the checkpoint that covers it are
+written in one transaction, committed (``synchronous=FULL``: fsynced) before the
+witness answers.  Triggers refuse ``UPDATE`` and ``DELETE`` on both tables, and
+``checkpoints.size`` is the primary key, so the database itself refuses a second
+checkpoint for a size.
+
+Access is serialized by the caller (the witness holds one lock); the connection
+is shared across the server's worker threads.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from spanproof.verifier.errors import TransportError
+from spanproof.verifier.receipt import WitnessLeaf
+
+__all__ = ["SCHEMA_VERSION", "Entry", "Store", "StoredCheckpoint"]
+
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS leaves (
+    idx               INTEGER PRIMARY KEY CHECK (idx >= 0),
+    leaf_hash         BLOB NOT NULL UNIQUE,
+    leaf              BLOB NOT NULL,
+    statement_digest  TEXT NOT NULL,
+    trace_id          TEXT NOT NULL,
+    segment           TEXT NOT NULL,      -- decimal: may exceed SQLite's int64
+    producer_instance TEXT NOT NULL,
+    signer_keyid      TEXT NOT NULL,
+    producer_key      TEXT NOT NULL CHECK (producer_key IN ('pinned', 'unverified-producer')),
+    checked           TEXT NOT NULL CHECK (checked IN ('bundle', 'envelope')),
+    submitted_at      TEXT NOT NULL,
+    envelope          BLOB NOT NULL,
+    report            TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS leaves_trace ON leaves (trace_id);
+CREATE INDEX IF NOT EXISTS leaves_digest ON leaves (statement_digest);
+CREATE INDEX IF NOT EXISTS leaves_identity ON leaves (trace_id, segment, producer_instance);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    size      INTEGER PRIMARY KEY CHECK (size >= 0),
+    root      BLOB NOT NULL,
+    note      BLOB NOT NULL,
+    signed_at TEXT NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS leaves_append_only_u BEFORE UPDATE ON leaves
+    BEGIN SELECT RAISE(ABORT, 'the witness log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS leaves_append_only_d BEFORE DELETE ON leaves
+    BEGIN SELECT RAISE(ABORT, 'the witness log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS checkpoints_append_only_u BEFORE UPDATE ON checkpoints
+    BEGIN SELECT RAISE(ABORT, 'signed checkpoints are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS checkpoints_append_only_d BEFORE DELETE ON checkpoints
+    BEGIN SELECT RAISE(ABORT, 'signed checkpoints are append-only'); END;
+"""
+
+_ENTRY_COLUMNS = (
+    "idx, leaf_hash, leaf, statement_digest, trace_id, segment, producer_instance, "
+    "signer_keyid, producer_key, checked, submitted_at, envelope, report"
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One log entry: its position, leaf, and what the witness checked on submission.
+
+    ``producer_key`` is ``"pinned"`` (the signature verified under a producer key the
+    witness was configured with) or ``"unverified-producer"`` (under a key the
+    submitter supplied); ``checked`` is ``"bundle"`` (signature, chain and head) or
+    ``"envelope"`` (signature and statement only: records were not submitted).
+    """
+
+    index: int
+    leaf_hash: bytes
+    leaf: WitnessLeaf
+    leaf_bytes: bytes
+    producer_key: str
+    checked: str
+    submitted_at: str
+    envelope: bytes
+    report: str
+
+    def to_json(self, conflict: bool) -> dict[str, Any]:
+        """The entry as look-ups show it (*conflict*: another statement was logged for
+        the same trace, segment and producer instance)."""
+        return {
+            "index": str(self.index),
+            "leafHash": self.leaf_hash.hex(),
+            "leaf": self.leaf.to_json(),
+            "statementDigest": self.leaf.statement_digest,
+            "traceId": self.leaf.trace_id,
+            "segment": str(self.leaf.segment),
+            "producerInstance": self.leaf.producer_instance,
+            "signerKeyid": self.leaf.signer_keyid,
+            "producerKey": self.producer_key,
+            "checked": self.checked,
+            "submittedAt": self.submitted_at,
+            "conflict": conflict,
+        }
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    """A checkpoint as stored: size, root and the exact signed note."""
+
+    size: int
+    root: bytes
+    note: bytes
+    signed_at: str
+
+
+def _entry(row: tuple[Any, ...]) -> Entry:
+    leaf = WitnessLeaf(
+        statement_digest=row[3],
+        trace_id=row[4],
+        segment=int(row[5]),
+        producer_instance=row[6],
+        signer_keyid=row[7],
+    )
+    return Entry(
+        index=int(row[0]),
+        leaf_hash=bytes(row[1]),
+        leaf=leaf,
+        leaf_bytes=bytes(row[2]),
+        producer_key=row[8],
+        checked=row[9],
+        submitted_at=row[10],
+        envelope=bytes(row[11]),
+        report=row[12],
+    )
+
+
+class Store:
+    """The SQLite file behind one witness log.
+
+    Raises:
+        TransportError: (from every method) the database cannot be read or written.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+            version = self.get_meta("schema")
+            if version is None:
+                self.set_meta("schema", SCHEMA_VERSION)
+            elif version != SCHEMA_VERSION:
+                raise TransportError(f"{path}: unknown witness schema version {version!r}")
+        except sqlite3.Error as e:
+            raise TransportError(f"{path}: cannot open the witness database: {e}") from e
+
+    def close(self) -> None:
+        """Close the database (idempotent)."""
+        with self._lock:
+            try:
+                self._db.close()
+            except sqlite3.Error:  # pragma: no cover - closing is best effort
+                pass
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, args).fetchall()
+            except sqlite3.Error as e:
+                raise TransportError(f"witness database read failed: {e}") from e
+
+    def get_meta(self, key: str) -> str | None:
+        """A value of the ``meta`` table, or None."""
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Set a value of the ``meta`` table (only for values never rewritten)."""
+        with self._lock:
+            try:
+                self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
+            except sqlite3.Error as e:
+                raise TransportError(f"witness database write failed: {e}") from e
+
+    def leaves(self) -> Iterator[tuple[int, bytes, bytes]]:
+        """Yield ``(index, leaf hash, leaf bytes)`` of every entry in index order."""
+        with self._lock:
+            try:
+                cursor = self._db.execute("SELECT idx, leaf_hash, leaf FROM leaves ORDER BY idx")
+                rows = cursor.fetchall()
+            except sqlite3.Error as e:
+                raise TransportError(f"witness database read failed: {e}") from e
+        for idx, h, leaf in rows:
+            yield int(idx), bytes(h), bytes(leaf)
+
+    def entry_rows(self, where: str, args: tuple[Any, ...]) -> list[Entry]:
+        """Entries matching an SQL condition over the ``leaves`` columns, by index."""
+        rows = self._query(
+            f"SELECT {_ENTRY_COLUMNS} FROM leaves WHERE {where} ORDER BY idx",  # noqa: S608
+            args,
+        )
+        return [_entry(r) for r in rows]
+
+    def entry(self, index: int) -> Entry | None:
+        """The entry at *index*, or None."""
+        found = self.entry_rows("idx = ?", (index,))
+        return found[0] if found else None
+
+    def by_leaf_hash(self, leaf_hash: bytes) -> Entry | None:
+        """The entry with this leaf hash, or None."""
+        found = self.entry_rows("leaf_hash = ?", (leaf_hash,))
+        return found[0] if found else None
+
+    def by_trace(self, trace_id: str) -> list[Entry]:
+        """Every entry of a trace."""
+        return self.entry_rows("trace_id = ?", (trace_id,))
+
+    def by_digest(self, digest: str) -> list[Entry]:
+        """Every entry of a statement digest."""
+        return self.entry_rows("statement_digest = ?", (digest,))
+
+    def in_conflict(self, entry: Entry) -> bool:
+        """True when another statement was logged for the entry's trace, segment and
+        producer instance."""
+        rows = self._query(
+            "SELECT COUNT(DISTINCT statement_digest) FROM leaves "
+            "WHERE trace_id = ? AND segment = ? AND producer_instance = ?",
+            (entry.leaf.trace_id, str(entry.leaf.segment), entry.leaf.producer_instance),
+        )
+        return int(rows[0][0]) > 1
+
+    def checkpoints(self) -> list[StoredCheckpoint]:
+        """Every stored checkpoint, by size."""
+        rows = self._query("SELECT size, root, note, signed_at FROM checkpoints ORDER BY size")
+        return [StoredCheckpoint(int(s), bytes(r), bytes(n), str(t)) for s, r, n, t in rows]
+
+    def checkpoint(self, size: int | None = None) -> StoredCheckpoint | None:
+        """The checkpoint of tree size *size* (default: the latest), or None."""
+        if size is None:
+            rows = self._query(
+                "SELECT size, root, note, signed_at FROM checkpoints ORDER BY size DESC LIMIT 1"
+            )
+        else:
+            rows = self._query(
+                "SELECT size, root, note, signed_at FROM checkpoints WHERE size = ?", (size,)
+            )
+        if not rows:
+            return None
+        s, r, n, t = rows[0]
+        return StoredCheckpoint(int(s), bytes(r), bytes(n), str(t))
+
+    def add(self, entry: Entry | None, checkpoint: StoredCheckpoint) -> None:
+        """Persist an entry (if any) and the checkpoint covering it in one durable
+        transaction.
+
+        Raises:
+            TransportError: the write failed; nothing was stored.
+        """
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    if entry is not None:
+                        self._db.execute(
+                            f"INSERT INTO leaves ({_ENTRY_COLUMNS}) "  # noqa: S608
+                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (
+                                entry.index, entry.leaf_hash, entry.leaf_bytes,
+                                entry.leaf.statement_digest, entry.leaf.trace_id,
+                                str(entry.leaf.segment), entry.leaf.producer_instance,
+                                entry.leaf.signer_keyid, entry.producer_key, entry.checked,
+                                entry.submitted_at, entry.envelope, entry.report,
+                            ),
+                        )
+                    self._db.execute(
+                        "INSERT INTO checkpoints (size, root, note, signed_at) VALUES (?, ?, ?, ?)",
+                        (checkpoint.size, checkpoint.root, checkpoint.note, checkpoint.signed_at),
+                    )
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        try:
+                            self._db.execute("ROLLBACK")
+                        except sqlite3.Error:  # pragma: no cover - the original error matters
+                            pass
+                    raise
+            except sqlite3.Error as e:
+                raise TransportError(f"witness database write failed: {e}") from e
