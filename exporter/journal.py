@@ -1,0 +1,272 @@
+"""A crash-safe, append-only journal of accepted span bodies.
+
+Whatever a producer acknowledges is first appended here and fsynced; after a crash
+the next start in the same output directory replays the journal and seals what was
+never sealed (seal reason ``recovered``).  A ``sealed`` entry, appended after a
+bundle is durably written, retires the span entries it covers and remembers where
+the trace's chain continues.
+
+Layout: ``<dir>/journal-<instance>-<n>.log``.  Each entry is
+``length (4 bytes, big-endian) || CRC-32 (4 bytes) || JSON payload``.  A torn tail
+(from a crash mid-write) is detected by length/CRC and ignored: it was never
+acknowledged.  Each live journal file is held under an exclusive ``flock`` by its
+process, so a starting process can tell a dead process's journal (lock free) from
+a live one's, and recovers only the former.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import struct
+import threading
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Journal", "RecoveredTrace", "recover_orphans"]
+
+_logger = logging.getLogger(__name__)
+_HEADER = struct.Struct(">II")
+_MAX_ENTRY = 256 * 1024 * 1024
+ROTATE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class RecoveredTrace:
+    """A trace's unsealed bodies and its chain position, as replayed from journals."""
+
+    trace_id: str
+    instance: str = ""
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    next_position: dict[str, Any] | None = None
+    dropped_spans: int = 0
+
+
+def _read_entries(path: str) -> list[dict[str, Any]]:
+    entries = []
+    with open(path, "rb") as f:
+        data = f.read()
+    pos = 0
+    while pos + _HEADER.size <= len(data):
+        length, crc = _HEADER.unpack_from(data, pos)
+        start = pos + _HEADER.size
+        end = start + length
+        if length > _MAX_ENTRY or end > len(data):
+            break  # torn tail: never acknowledged
+        payload = data[start:end]
+        if zlib.crc32(payload) != crc:
+            _logger.warning("journal %s: corrupt entry at byte %d; ignoring the rest", path, pos)
+            break
+        entries.append(json.loads(payload))
+        pos = end
+    return entries
+
+
+def replay(paths: Iterable[str]) -> dict[str, RecoveredTrace]:
+    """Replay journal files (oldest first) into the traces they leave unsealed."""
+    spans: dict[str, dict[str, Any]] = {}  # entry key -> entry
+    positions: dict[str, dict[str, Any]] = {}
+    dropped: dict[str, int] = {}
+    for path in paths:
+        for entry in _read_entries(path):
+            kind = entry.get("t")
+            if kind == "span":
+                spans[entry["k"]] = entry
+            elif kind == "sealed":
+                for key in entry["keys"]:
+                    spans.pop(key, None)
+                positions[entry["trace"]] = entry["next"]
+                dropped.pop(entry["trace"], None)
+            elif kind == "dropped":
+                dropped[entry["trace"]] = dropped.get(entry["trace"], 0) + int(entry["n"])
+    traces: dict[str, RecoveredTrace] = {}
+    for entry in spans.values():
+        tid = entry["trace"]
+        instance = entry["k"].rpartition(":")[0]
+        trace = traces.setdefault(
+            tid, RecoveredTrace(tid, instance, next_position=positions.get(tid))
+        )
+        trace.bodies.append(entry["body"])
+    for tid, n in dropped.items():
+        traces.setdefault(
+            tid, RecoveredTrace(tid, next_position=positions.get(tid))
+        ).dropped_spans = n
+    return traces
+
+
+class Journal:
+    """One process's journal in *directory*; thread-safe.
+
+    Span entries are keyed ``<instance>:<n>`` so a ``sealed`` entry can retire them.
+    """
+
+    def __init__(self, directory: str, instance: str) -> None:
+        self._dir = directory
+        self._instance = instance
+        self._lock = threading.Lock()
+        self._counter = 0
+        self._file_no = 0
+        self._fd = -1
+        self._size = 0
+        self._live: dict[int, set[str]] = {}  # file number -> unretired keys in it
+        self._key_file: dict[str, int] = {}
+        os.makedirs(directory, exist_ok=True)
+        self._open_next()
+
+    @property
+    def directory(self) -> str:
+        """The journal directory."""
+        return self._dir
+
+    def _path(self, n: int) -> str:
+        return os.path.join(self._dir, f"journal-{self._instance}-{n:06d}.log")
+
+    def _open_next(self) -> None:
+        self._file_no += 1
+        fd = os.open(self._path(self._file_no), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        old = self._fd
+        self._fd, self._size = fd, 0
+        self._live[self._file_no] = set()
+        _fsync_dir(self._dir)
+        if old >= 0:
+            os.close(old)
+            self._collect()
+
+    def append_spans(self, items: Iterable[tuple[str, Mapping[str, Any]]]) -> list[str]:
+        """Durably append ``(trace id, body)`` items; return their keys.
+
+        Returns only after the data is fsynced.
+
+        Raises:
+            OSError: the journal cannot be written (the caller must not acknowledge).
+        """
+        with self._lock:
+            keys = []
+            chunks = []
+            for trace_id, body in items:
+                self._counter += 1
+                key = f"{self._instance}:{self._counter}"
+                keys.append(key)
+                chunks.append(_frame({"t": "span", "k": key, "trace": trace_id, "body": body}))
+            self._write(b"".join(chunks))
+            live = self._live[self._file_no]
+            for key in keys:
+                live.add(key)
+                self._key_file[key] = self._file_no
+            return keys
+
+    def append_dropped(self, trace_id: str, n: int) -> None:
+        """Durably record that *n* evidence spans of a trace were lost."""
+        with self._lock:
+            self._write(_frame({"t": "dropped", "trace": trace_id, "n": str(n)}))
+
+    def append_sealed(
+        self, trace_id: str, keys: Iterable[str], next_position: Mapping[str, Any]
+    ) -> None:
+        """Record that the spans *keys* are in a durably written bundle."""
+        keys = list(keys)
+        with self._lock:
+            self._write(
+                _frame(
+                    {"t": "sealed", "trace": trace_id, "keys": keys, "next": dict(next_position)}
+                )
+            )
+            for key in keys:
+                n = self._key_file.pop(key, None)
+                if n is not None:
+                    self._live.get(n, set()).discard(key)
+            self._collect()
+
+    def _write(self, data: bytes) -> None:
+        os.write(self._fd, data)
+        os.fsync(self._fd)
+        self._size += len(data)
+        if self._size >= ROTATE_BYTES:
+            self._open_next()
+
+    def _collect(self) -> None:
+        # A file older than the current one whose spans are all sealed is no longer
+        # needed -- except for chain positions, which its successor repeats only if
+        # the trace is sealed again; positions are also kept in the bundles.
+        for n in sorted(self._live):
+            if n < self._file_no and not self._live[n]:
+                try:
+                    os.unlink(self._path(n))
+                except FileNotFoundError:
+                    pass
+                del self._live[n]
+
+    def close(self) -> None:
+        """Release the journal (its files stay for recovery unless all retired)."""
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+                if not any(self._live.values()):
+                    for n in list(self._live):
+                        try:
+                            os.unlink(self._path(n))
+                        except FileNotFoundError:
+                            pass
+                    self._live.clear()
+
+
+def recover_orphans(directory: str) -> tuple[dict[str, RecoveredTrace], list[str]]:
+    """Replay the journals in *directory* that no live process holds.
+
+    Returns the unsealed traces and the paths replayed; the caller seals the traces
+    (reason ``recovered``), then deletes the paths.  Orphaned files stay locked by
+    this process until deleted, so two starting processes never recover the same
+    journal twice.
+    """
+    if not os.path.isdir(directory):
+        return {}, []
+    claimed = []
+    for name in sorted(os.listdir(directory)):
+        if not (name.startswith("journal-") and name.endswith(".log")):
+            continue
+        path = os.path.join(directory, name)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # a live process owns it
+        claimed.append((path, fd))
+    paths = [p for p, _ in claimed]
+    traces = replay(paths)
+    # Keep the locks: the fds are closed when the files are removed by the caller.
+    _CLAIMED.extend(fd for _, fd in claimed)
+    return traces, paths
+
+
+_CLAIMED: list[int] = []
+
+
+def release_claimed(paths: Iterable[str]) -> None:
+    """Delete recovered journal files after their traces were sealed and written."""
+    for path in paths:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    while _CLAIMED:
+        os.close(_CLAIMED.pop())
+
+
+def _frame(entry: Mapping[str, Any]) -> bytes:
+    payload = json.dumps(entry, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,350 @@
+"""OTLP/gRPC and OTLP/HTTP transports for the receiver (the Collector contract).
+
+Transport only: requests are decoded here and handed to an ``ingest`` callable,
+whose outcome is mapped to the codes the OpenTelemetry Collector acts on:
+
+* malformed request → gRPC ``INVALID_ARGUMENT`` / HTTP 400 (permanent, not retried);
+* some spans rejected → OK with ``partial_success`` (``rejected_spans``, message);
+* overload or storage failure → gRPC ``UNAVAILABLE`` with ``RetryInfo`` / HTTP 503
+  with ``Retry-After`` (retried; never ``INTERNAL``/``UNKNOWN``, which the
+  Collector treats as permanent and drops).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import zlib
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2, json_format
+from google.protobuf.message import DecodeError
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "GrpcServer",
+    "HttpServer",
+    "IngestResult",
+    "InvalidRequest",
+    "Unavailable",
+    "parse_otlp_json",
+]
+
+_logger = logging.getLogger(__name__)
+
+# gRPC's default is 4 MiB; a Collector batch of large GenAI spans easily exceeds it.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What the receiver accepted: the count of rejected spans and why."""
+
+    rejected: int = 0
+    message: str = ""
+
+
+class InvalidRequest(ValueError):
+    """The whole request is malformed (→ INVALID_ARGUMENT / 400)."""
+
+
+class Unavailable(Exception):
+    """Temporarily unable to accept (overload, storage) (→ UNAVAILABLE / 503)."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+Ingest = Callable[[Sequence[trace_pb2.ResourceSpans]], IngestResult]
+
+_ID_FIELDS = ("traceId", "spanId", "parentSpanId")
+
+
+def _hex_ids_to_base64(obj: Any) -> None:
+    # OTLP/JSON spells ids as hex; the protobuf JSON mapping expects base64 bytes.
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if key in _ID_FIELDS and isinstance(value, str):
+                try:
+                    obj[key] = base64.b64encode(bytes.fromhex(value)).decode("ascii")
+                except ValueError:
+                    raise InvalidRequest(f"{key} {value!r} is not hex") from None
+            else:
+                _hex_ids_to_base64(value)
+    elif isinstance(obj, list):
+        for item in obj:
+            _hex_ids_to_base64(item)
+
+
+def parse_otlp_json(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest:
+    """Decode an OTLP/JSON ``ExportTraceServiceRequest`` (hex ids, int64 as strings,
+    integer enums; unknown fields ignored as the OTLP spec requires).
+
+    Raises:
+        InvalidRequest: not JSON or not a valid request.
+    """
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidRequest(f"body is not JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise InvalidRequest("body must be a JSON object")
+    _hex_ids_to_base64(doc)
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    try:
+        json_format.ParseDict(doc, request, ignore_unknown_fields=True)
+    except (json_format.ParseError, ValueError, TypeError) as e:
+        raise InvalidRequest(f"not an OTLP ExportTraceServiceRequest: {e}") from None
+    return request
+
+
+def _response(result: IngestResult) -> trace_service_pb2.ExportTraceServiceResponse:
+    response = trace_service_pb2.ExportTraceServiceResponse()
+    if result.rejected or result.message:
+        response.partial_success.rejected_spans = result.rejected
+        response.partial_success.error_message = result.message
+    return response
+
+
+def _unavailable_status(error: Unavailable) -> status_pb2.Status:
+    status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=str(error))
+    detail = any_pb2.Any()
+    seconds = max(0.0, error.retry_after)
+    detail.Pack(
+        error_details_pb2.RetryInfo(
+            retry_delay=duration_pb2.Duration(seconds=int(seconds), nanos=int((seconds % 1) * 1e9))
+        )
+    )
+    status.details.append(detail)
+    return status
+
+
+class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+    def __init__(self, ingest: Ingest) -> None:
+        self._ingest = ingest
+
+    def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        try:
+            result = self._ingest(request.resource_spans)
+        except InvalidRequest as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except Unavailable as e:
+            status = _unavailable_status(e)
+            context.set_trailing_metadata(
+                (("grpc-status-details-bin", status.SerializeToString()),)
+            )
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        except Exception as e:  # a bug must not become INTERNAL (dropped by the Collector)
+            _logger.exception("receiver: unexpected error while ingesting")
+            status = _unavailable_status(Unavailable(f"receiver error: {e}", 5.0))
+            context.set_trailing_metadata(
+                (("grpc-status-details-bin", status.SerializeToString()),)
+            )
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"receiver error: {e}")
+        return _response(result)
+
+
+class GrpcServer:
+    """OTLP/gRPC ``TraceService/Export`` on *address* (``host:port``; port 0 = free)."""
+
+    def __init__(
+        self,
+        address: str,
+        ingest: Ingest,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        workers: int = 8,
+    ) -> None:
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spanproof-grpc"),
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+            ],
+        )
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(
+            _TraceService(ingest), self._server
+        )
+        self.port = self._server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {address}")
+        self.host = address.rsplit(":", 1)[0]
+
+    def start(self) -> None:
+        """Start serving in background threads."""
+        self._server.start()
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting, let in-flight requests finish for up to *grace* seconds."""
+        self._server.stop(grace).wait()
+
+
+def _read_body(handler: BaseHTTPRequestHandler, limit: int) -> bytes:
+    length_text = handler.headers.get("Content-Length")
+    if length_text is None:
+        raise InvalidRequest("Content-Length is required")
+    try:
+        length = int(length_text)
+    except ValueError:
+        raise InvalidRequest("bad Content-Length") from None
+    if length < 0 or length > limit:
+        raise _TooLarge(f"body of {length} bytes exceeds the {limit}-byte limit")
+    body = handler.rfile.read(length)
+    encoding = (handler.headers.get("Content-Encoding") or "identity").lower()
+    if encoding == "gzip":
+        try:
+            decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            body = decomp.decompress(body, limit + 1)
+            if len(body) > limit or decomp.unconsumed_tail:
+                raise _TooLarge(f"decompressed body exceeds the {limit}-byte limit")
+        except zlib.error as e:
+            raise InvalidRequest(f"bad gzip body: {e}") from None
+    elif encoding != "identity":
+        raise InvalidRequest(f"unsupported Content-Encoding {encoding!r}")
+    return body
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _make_handler(ingest: Ingest, limit: int) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "spanproof-receiver"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            _logger.debug("http: " + format, *args)
+
+        def _send(
+            self, code: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+        ) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _send_status(
+            self,
+            http_code: int,
+            status: status_pb2.Status,
+            as_json: bool,
+            headers: dict[str, str] | None = None,
+        ) -> None:
+            if as_json:
+                body = json_format.MessageToJson(status).encode("utf-8")
+                self._send(http_code, body, "application/json", headers)
+            else:
+                self._send(http_code, status.SerializeToString(), "application/x-protobuf", headers)
+
+        def do_POST(self) -> None:
+            content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            as_json = content_type == "application/json"
+            if self.path.split("?")[0] != "/v1/traces":
+                self._send_status(
+                    404, status_pb2.Status(code=code_pb2.NOT_FOUND, message="not found"), as_json
+                )
+                return
+            try:
+                if content_type not in ("application/x-protobuf", "application/json"):
+                    # Not consumed: close the connection rather than misread the next request.
+                    self.close_connection = True
+                    raise _Unsupported(f"unsupported Content-Type {content_type!r}")
+                body = _read_body(self, limit)
+                if as_json:
+                    request = parse_otlp_json(body)
+                else:
+                    request = trace_service_pb2.ExportTraceServiceRequest()
+                    try:
+                        request.ParseFromString(body)
+                    except DecodeError as e:
+                        raise InvalidRequest(f"body is not an OTLP protobuf request: {e}") from None
+                result = ingest(request.resource_spans)
+            except _Unsupported as e:
+                self._send_status(
+                    415, status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(e)), as_json
+                )
+                return
+            except _TooLarge as e:
+                self.close_connection = True
+                self._send_status(
+                    413, status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(e)), as_json
+                )
+                return
+            except InvalidRequest as e:
+                self._send_status(
+                    400, status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(e)), as_json
+                )
+                return
+            except Unavailable as e:
+                retry = str(max(1, round(e.retry_after)))
+                self._send_status(503, _unavailable_status(e), as_json, {"Retry-After": retry})
+                return
+            except Exception as e:
+                _logger.exception("receiver: unexpected error while ingesting")
+                self._send_status(
+                    503,
+                    _unavailable_status(Unavailable(f"receiver error: {e}", 5.0)),
+                    as_json,
+                    {"Retry-After": "5"},
+                )
+                return
+            response = _response(result)
+            if as_json:
+                self._send(
+                    200, json_format.MessageToJson(response).encode("utf-8"), "application/json"
+                )
+            else:
+                self._send(200, response.SerializeToString(), "application/x-protobuf")
+
+    return Handler
+
+
+class _Unsupported(Exception):
+    pass
+
+
+class HttpServer:
+    """OTLP/HTTP ``POST /v1/traces`` (protobuf and JSON, gzip) on *address*."""
+
+    def __init__(
+        self, address: str, ingest: Ingest, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ) -> None:
+        host, _, port = address.rpartition(":")
+        self._server = ThreadingHTTPServer(
+            (host.strip("[]"), int(port)), _make_handler(ingest, max_message_bytes)
+        )
+        self._server.daemon_threads = True
+        self.host = host
+        self.port = self._server.server_address[1]
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Serve in a background thread."""
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="spanproof-http", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(10)

@@ -1,0 +1,242 @@
+"""The Collector contract at the transport level: codes, partial success, RetryInfo."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import urllib.error
+import urllib.request
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+from spanproof.exporter.otlp_server import (
+    GrpcServer,
+    HttpServer,
+    IngestResult,
+    InvalidRequest,
+    Unavailable,
+    parse_otlp_json,
+)
+
+TRACE = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
+
+
+class FakeIngest:
+    def __init__(self) -> None:
+        self.mode = "ok"
+        self.seen: list[trace_pb2.ResourceSpans] = []
+
+    def __call__(self, resource_spans):
+        if self.mode == "invalid":
+            raise InvalidRequest("span 1: trace id must be 16 bytes")
+        if self.mode == "unavailable":
+            raise Unavailable("journal write failed: disk full", retry_after=2.5)
+        if self.mode == "bug":
+            raise RuntimeError("boom")
+        self.seen.extend(resource_spans)
+        if self.mode == "partial":
+            return IngestResult(rejected=1, message="span 02: duplicate attribute key 'a'")
+        return IngestResult()
+
+
+def _request(n_spans: int = 1) -> trace_service_pb2.ExportTraceServiceRequest:
+    req = trace_service_pb2.ExportTraceServiceRequest()
+    ss = req.resource_spans.add().scope_spans.add()
+    for i in range(n_spans):
+        span = ss.spans.add()
+        span.trace_id = TRACE
+        span.span_id = (i + 1).to_bytes(8, "big")
+        span.name = f"s{i}"
+    return req
+
+
+@pytest.fixture
+def ingest():
+    return FakeIngest()
+
+
+@pytest.fixture
+def grpc_stub(ingest):
+    server = GrpcServer("127.0.0.1:0", ingest)
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    yield trace_service_pb2_grpc.TraceServiceStub(channel)
+    channel.close()
+    server.stop(0)
+
+
+@pytest.fixture
+def http_url(ingest):
+    server = HttpServer("127.0.0.1:0", ingest)
+    server.start()
+    yield f"http://127.0.0.1:{server.port}/v1/traces"
+    server.stop()
+
+
+def _post(url, body, content_type, encoding=None):
+    headers = {"Content-Type": content_type}
+    if encoding:
+        headers["Content-Encoding"] = encoding
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def test_grpc_ok_passes_spans_to_ingest(grpc_stub, ingest):
+    resp = grpc_stub.Export(_request(3), timeout=10)
+    assert not resp.HasField("partial_success")
+    assert len(ingest.seen[0].scope_spans[0].spans) == 3
+
+
+def test_grpc_partial_success_reports_rejected_spans(grpc_stub, ingest):
+    ingest.mode = "partial"
+    resp = grpc_stub.Export(_request(2), timeout=10)
+    assert resp.partial_success.rejected_spans == 1
+    assert "duplicate attribute key" in resp.partial_success.error_message
+
+
+def test_grpc_malformed_is_invalid_argument(grpc_stub, ingest):
+    ingest.mode = "invalid"
+    with pytest.raises(grpc.RpcError) as err:
+        grpc_stub.Export(_request(), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "trace id" in err.value.details()
+
+
+@pytest.mark.parametrize("mode", ["unavailable", "bug"])
+def test_grpc_overload_and_bugs_are_unavailable_with_retry_info(grpc_stub, ingest, mode):
+    ingest.mode = mode
+    with pytest.raises(grpc.RpcError) as err:
+        grpc_stub.Export(_request(), timeout=10)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # never INTERNAL/UNKNOWN
+    trailers = dict(err.value.trailing_metadata())
+    status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+    info = error_details_pb2.RetryInfo()
+    assert status.details[0].Unpack(info)
+    assert info.retry_delay.seconds >= 2
+
+
+def test_grpc_accepts_messages_above_the_4mib_default(grpc_stub, ingest):
+    req = _request(1)
+    req.resource_spans[0].scope_spans[0].spans[0].attributes.add(key="big").value.string_value = (
+        "x" * (6 * 1024 * 1024)
+    )
+    grpc_stub.Export(req, timeout=30)
+    assert ingest.seen
+
+
+def test_grpc_gzip_compressed_request(grpc_stub, ingest):
+    grpc_stub.Export(_request(2), timeout=10, compression=grpc.Compression.Gzip)
+    assert len(ingest.seen[0].scope_spans[0].spans) == 2
+
+
+def test_http_protobuf_ok(http_url, ingest):
+    code, headers, body = _post(http_url, _request(2).SerializeToString(), "application/x-protobuf")
+    assert code == 200
+    assert headers["Content-Type"] == "application/x-protobuf"
+    trace_service_pb2.ExportTraceServiceResponse.FromString(body)
+    assert len(ingest.seen[0].scope_spans[0].spans) == 2
+
+
+def test_http_gzip_protobuf(http_url, ingest):
+    data = gzip.compress(_request(2).SerializeToString())
+    code, _, _ = _post(http_url, data, "application/x-protobuf", "gzip")
+    assert code == 200
+    assert len(ingest.seen[0].scope_spans[0].spans) == 2
+
+
+def test_http_json_with_hex_ids_int64_strings_and_integer_enums(http_url, ingest):
+    doc = {
+        "resourceSpans": [
+            {
+                "scopeSpans": [
+                    {
+                        "spans": [
+                            {
+                                "traceId": TRACE.hex(),
+                                "spanId": "00000000000000a1",
+                                "parentSpanId": "",
+                                "name": "j",
+                                "kind": 3,
+                                "startTimeUnixNano": "1764331200000000000",
+                                "attributes": [
+                                    {"key": "n", "value": {"intValue": "9007199254740993"}}
+                                ],
+                                "someFutureField": 1,
+                            }
+                        ]
+                    }
+                ]
+            }
+        ]
+    }
+    code, headers, body = _post(http_url, json.dumps(doc).encode(), "application/json")
+    assert code == 200, body
+    assert headers["Content-Type"] == "application/json"
+    span = ingest.seen[0].scope_spans[0].spans[0]
+    assert span.trace_id == TRACE
+    assert span.span_id.hex() == "00000000000000a1"
+    assert span.kind == 3
+    assert span.attributes[0].value.int_value == 9007199254740993
+
+
+@pytest.mark.parametrize(
+    ("body", "ctype"),
+    [
+        (b"\x0a\xff\xff\xff", "application/x-protobuf"),
+        (b"{not json", "application/json"),
+        (
+            b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz"}]}]}]}',
+            "application/json",
+        ),
+        (b'{"resourceSpans": "nope"}', "application/json"),
+    ],
+    ids=["bad-protobuf", "bad-json", "bad-hex-id", "wrong-shape"],
+)
+def test_http_malformed_is_400(http_url, body, ctype):
+    code, _, _ = _post(http_url, body, ctype)
+    assert code == 400
+
+
+def test_http_bad_gzip_is_400(http_url):
+    code, _, _ = _post(http_url, b"not gzip", "application/x-protobuf", "gzip")
+    assert code == 400
+
+
+def test_http_ingest_rejection_is_400_with_message(http_url, ingest):
+    ingest.mode = "invalid"
+    code, _, body = _post(http_url, _request().SerializeToString(), "application/x-protobuf")
+    assert code == 400
+    assert "trace id" in status_pb2.Status.FromString(body).message
+
+
+def test_http_unavailable_is_503_with_retry_after(http_url, ingest):
+    ingest.mode = "unavailable"
+    code, headers, body = _post(http_url, _request().SerializeToString(), "application/x-protobuf")
+    assert code == 503
+    assert int(headers["Retry-After"]) >= 2
+    assert "disk full" in status_pb2.Status.FromString(body).message
+
+
+def test_http_partial_success_json(http_url, ingest):
+    ingest.mode = "partial"
+    doc = {
+        "resourceSpans": [
+            {"scopeSpans": [{"spans": [{"traceId": TRACE.hex(), "spanId": "00000000000000a1"}]}]}
+        ]
+    }
+    code, _, body = _post(http_url, json.dumps(doc).encode(), "application/json")
+    assert code == 200
+    assert json.loads(body)["partialSuccess"]["rejectedSpans"] == "1"
+
+
+def test_parse_otlp_json_rejects_non_object():
+    with pytest.raises(InvalidRequest):
+        parse_otlp_json(b"[1, 2]")
