@@ -35,6 +35,7 @@ from spanproof.verifier.statement import Completeness, Producer
 
 from .assembly import SHUTDOWN, SealJob, TraceAssembler
 from .config import ExporterConfig
+from .disclosure import redaction_matcher
 from .keys import SigningKey, load_or_create
 from .normalize import span_to_body
 from .sealing import SealedBundle, seal
@@ -105,6 +106,9 @@ class SpanproofSpanExporter(SpanExporter):
             background; receipts are stored beside the bundles.
         witness_key: pinned witness public key (PEM path or verifier key string)
             to verify receipts with before storing them.
+        redact_attributes: span attribute keys and glob patterns whose values are
+            committed instead of stored (SPEC §2.5); the values and salts are
+            written to ``<name>.disclosures.json`` (mode 0600) beside each bundle.
         signing_key: a key object to sign with (overrides *key_file*).
         clock: returns the current time as seconds since the epoch (default
             :func:`time.time`); used for deadlines and the bundles' ``sealedAt``.
@@ -132,6 +136,7 @@ class SpanproofSpanExporter(SpanExporter):
         sealed_trace_memory: int | None = None,
         witness_url: str | None = None,
         witness_key: str | None = None,
+        redact_attributes: Sequence[str] | None = None,
         signing_key: SigningKey | None = None,
         clock: Callable[[], float] | None = None,
         sink: BundleSink | None = None,
@@ -148,6 +153,8 @@ class SpanproofSpanExporter(SpanExporter):
             sealed_trace_memory=sealed_trace_memory,
             witness_url=witness_url,
             witness_key=witness_key,
+            redact_attributes=tuple(redact_attributes) if redact_attributes is not None
+            else None,
         )
         output = os.path.abspath(config.output_dir)
         self._config = dataclasses.replace(config, output_dir=output)
@@ -158,6 +165,7 @@ class SpanproofSpanExporter(SpanExporter):
                 signing_key = load_or_create(os.path.join(output, "keys"))
         self._signer = signing_key
         self._selector: Selector = selector or AttributeSelector.from_config(config)
+        self._redact = redaction_matcher(config.redact_attributes)
         self._clock: Callable[[], float] = clock or time.time
         self._sink: BundleSink = sink or DirectorySink(output)
         self._shutdown = False
@@ -480,6 +488,7 @@ class SpanproofSpanExporter(SpanExporter):
             sealed_at=sealed_at,
             reason=job.reason,
             completeness=completeness,
+            redact=self._redact,
         )
 
     def _write(self, bundle: SealedBundle) -> bool:

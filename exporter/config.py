@@ -25,6 +25,10 @@ Variables (all prefixed ``OTEL_EXPORTER_SPANPROOF_``), with their defaults:
   beside the bundles.
 * ``WITNESS_KEY`` (unset): the witness's public key (PEM file or verifier key
   string); when set, each receipt is verified before it is stored.
+* ``REDACT_ATTRIBUTES`` (unset): comma-separated span attribute keys and glob
+  patterns (``gen_ai.input.messages,customer.*``) whose values are committed
+  instead of stored (SPEC §2.5); values and salts go to ``<name>.disclosures.json``
+  (mode 0600) beside each bundle.
 
 Nothing here depends on the OpenTelemetry SDK, so the OTLP receiver reuses it.
 """
@@ -83,6 +87,9 @@ class ExporterConfig:
     witness_url: str | None = None
     #: Pinned witness public key used to verify receipts before storing them.
     witness_key: str | None = None
+    #: Span attribute keys and glob patterns (``*``, ``?``) whose values are
+    #: committed instead of stored (SPEC §2.5); empty commits nothing.
+    redact_attributes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check(isinstance(self.output_dir, str) and self.output_dir != "", "output_dir",
@@ -94,6 +101,10 @@ class ExporterConfig:
                "select_attributes", "must be a tuple of non-empty strings",
                self.select_attributes)
         _check(isinstance(self.select_all, bool), "select_all", "must be a bool", self.select_all)
+        _check(isinstance(self.redact_attributes, tuple)
+               and all(isinstance(k, str) and k for k in self.redact_attributes),
+               "redact_attributes", "must be a tuple of non-empty strings",
+               self.redact_attributes)
         _check(self.witness_url is None or (isinstance(self.witness_url, str)
                                             and self.witness_url.startswith(("http://",
                                                                              "https://"))),
@@ -137,7 +148,7 @@ class ExporterConfig:
         for name, (suffix, parse) in _ENV.items():
             given = overrides.get(name)
             if given is not None:
-                if name == "select_attributes":
+                if name in ("select_attributes", "redact_attributes"):
                     given = tuple(given)
                 values[name] = given
                 continue
@@ -204,4 +215,5 @@ _ENV: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "sealed_trace_memory": ("SEALED_TRACE_MEMORY", _parse_int),
     "witness_url": ("WITNESS_URL", _parse_str),
     "witness_key": ("WITNESS_KEY", _parse_str),
+    "redact_attributes": ("REDACT_ATTRIBUTES", _parse_list),
 }

@@ -6,16 +6,25 @@ position are passed in, so the same inputs always give the same bytes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from spanproof.verifier.bundle import BUNDLE_SUFFIX, encode_bundle
 from spanproof.verifier.canonical import canonicalize
-from spanproof.verifier.records import CER_MEDIA_TYPE, digest_hex, genesis_hash, record_hash
+from spanproof.verifier.disclosure import DISCLOSURES_SUFFIX, Disclosure, DisclosureFile
+from spanproof.verifier.records import (
+    CER_COMMITTED_MEDIA_TYPE,
+    CER_MEDIA_TYPE,
+    digest_hex,
+    genesis_hash,
+    record_hash,
+)
 from spanproof.verifier.statement import Completeness, Producer, Statement
+from spanproof.verifier.values import is_committed_value
 
+from .disclosure import AttributeMatcher, commit_bodies, new_salt
 from .keys import SigningKey
 
 __all__ = ["ChainPosition", "SealedBundle", "build_record", "seal"]
@@ -38,17 +47,33 @@ class ChainPosition:
 
 @dataclass(frozen=True)
 class SealedBundle:
-    """A sealed bundle's bytes and what they state."""
+    """A sealed bundle's bytes and what they state.
+
+    ``disclosures`` holds the values and salts of the bundle's committed attributes
+    (SPEC §2.5); they are not part of ``data`` and go to their own file.
+    """
 
     data: bytes
     statement: Statement
     statement_digest: str
+    disclosures: tuple[Disclosure, ...] = ()
 
     @property
     def file_name(self) -> str:
         """``<trace id>-<segment>-<producer instance>.spanproof.json`` (hex only)."""
         s = self.statement
         return f"{s.trace_id}-{s.segment_index:04d}-{s.producer.instance}{BUNDLE_SUFFIX}"
+
+    def disclosures_data(self) -> bytes:
+        """The disclosure file's bytes (SPEC §2.5.4); empty when nothing was committed."""
+        if not self.disclosures:
+            return b""
+        return DisclosureFile(self.disclosures).to_bytes()
+
+    @staticmethod
+    def disclosures_file_name(bundle_file_name: str) -> str:
+        """``<name>.disclosures.json`` for the bundle file ``<name>.spanproof.json``."""
+        return bundle_file_name.removesuffix(BUNDLE_SUFFIX) + DISCLOSURES_SUFFIX
 
     def next_position(self) -> ChainPosition:
         """The position a continuation segment of this trace starts from."""
@@ -59,9 +84,13 @@ class SealedBundle:
 
 
 def build_record(body: Mapping[str, Any], seq: int, prev: str) -> dict[str, Any]:
-    """Return the CER for *body* (``span``, ``resource``, ``scope``) at chain position *seq*."""
+    """Return the CER for *body* (``span``, ``resource``, ``scope``) at chain position *seq*.
+
+    A body holding a committed value gets the committed-record media type (SPEC §2.5.3).
+    """
+    committed = any(is_committed_value(v) for v in body["span"]["attributes"].values())
     return {
-        "mediaType": CER_MEDIA_TYPE,
+        "mediaType": CER_COMMITTED_MEDIA_TYPE if committed else CER_MEDIA_TYPE,
         "seq": str(seq),
         "prev": prev,
         "span": body["span"],
@@ -80,12 +109,19 @@ def seal(
     sealed_at: datetime,
     reason: str,
     completeness: Completeness | None = None,
+    redact: AttributeMatcher | None = None,
+    salt: Callable[[], bytes] = new_salt,
 ) -> SealedBundle:
     """Chain *bodies* from *position*, sign the statement, and frame the bundle.
+
+    With *redact*, the span attributes it selects are committed first (SPEC §2.5;
+    :func:`~spanproof.exporter.disclosure.commit_body`) and their disclosures are
+    returned in :attr:`SealedBundle.disclosures`; *salt* supplies the fresh salts.
 
     Raises:
         CanonicalizationError: a body holds a value JSON cannot carry.
     """
+    bodies, disclosures = commit_bodies(bodies, redact, salt=salt)
     lines = []
     head = position.start
     for i, body in enumerate(bodies):
@@ -107,4 +143,6 @@ def seal(
     )
     payload = statement.to_payload()
     envelope = signer.sign_envelope(payload)
-    return SealedBundle(encode_bundle(envelope, lines), statement, digest_hex(payload))
+    return SealedBundle(
+        encode_bundle(envelope, lines), statement, digest_hex(payload), disclosures
+    )

@@ -5,6 +5,11 @@ in the same directory, written and fsynced, then linked to its final name (which
 fails rather than replace an existing file), then the directory is fsynced.  A
 reader never sees a partial bundle, and once :meth:`DirectorySink.write` returns the
 bundle survives a crash.
+
+A bundle with committed attributes (SPEC §2.5) carries their disclosures; the
+directory sink writes them to ``<name>.disclosures.json`` beside
+``<name>.spanproof.json``, mode 0600, fsynced before the bundle is published and
+renamed into place right after it.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ class BundleSink(Protocol):
     """Stores sealed bundles durably.  Called from one sealing thread at a time."""
 
     def write(self, bundle: SealedBundle) -> str:
-        """Store *bundle*; return where it went.  Raises ``OSError`` on failure."""
+        """Store *bundle* (and its ``disclosures``, which are not in its bytes);
+        return where it went.  Raises ``OSError`` on failure."""
         ...
 
 
@@ -65,24 +71,53 @@ class DirectorySink:
         """
         os.makedirs(self._dir, exist_ok=True)
         name = bundle.file_name
+        # Disclosures first: once the bundle is visible its values must not be lost.
+        secret = None
+        if bundle.disclosures:
+            secret = self._write_temp(name, bundle.disclosures_data(), 0o600)
+        try:
+            tmp = self._write_temp(name, bundle.data, 0o644)
+            try:
+                path = self._publish(tmp, name)
+            finally:
+                _unlink_quietly(tmp)
+        except BaseException:
+            if secret is not None:
+                _unlink_quietly(secret)
+            raise
+        if secret is not None:
+            target = os.path.join(
+                self._dir, SealedBundle.disclosures_file_name(os.path.basename(path))
+            )
+            try:
+                os.replace(secret, target)
+            except OSError as e:
+                # The bundle is already published: keep the values where they are
+                # rather than lose them (raising would make the caller write the
+                # bundle a second time).
+                _logger.error("spanproof: cannot name the disclosures of %s %s (%s); "
+                              "they are kept in %s", path, target, e, secret)
+        self._fsync_dir()
+        return path
+
+    def _write_temp(self, name: str, data: bytes, mode: int) -> str:
+        """A fsynced temporary file in the directory holding *data*, with *mode*."""
         tmp = os.path.join(self._dir, f".{name}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:
             try:
-                view = memoryview(bundle.data)
+                if mode == 0o600:
+                    os.fchmod(fd, 0o600)
+                view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            path = self._publish(tmp, name)
-        finally:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-        self._fsync_dir()
-        return path
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        return tmp
 
     def _publish(self, tmp: str, name: str) -> str:
         stem = name.removesuffix(BUNDLE_SUFFIX)
@@ -111,6 +146,13 @@ class DirectorySink:
 
     def __repr__(self) -> str:
         return f"DirectorySink({self._dir!r})"
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _link_no_replace(src: str, dst: str) -> None:

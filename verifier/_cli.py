@@ -1,6 +1,6 @@
 """The ``spanproof`` command line (private: :func:`main` is the console script).
 
-Read-only commands (``verify``, ``show``) use the verifier alone.  Producer commands
+Read-only commands (``verify``, ``show``, ``report``) use the verifier alone.  Producer commands
 (``keygen``, ``demo``) live in ``spanproof.exporter._cli`` and are imported only when
 run, so verifying never imports OpenTelemetry, gRPC or the exporter.
 
@@ -22,13 +22,27 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, NoReturn, cast
 
+from ._term import Progress, Style
 from .bundle import BundleReader
 from .canonical import loads_canonical
 from .checkpoint import WitnessKey, load_witness_keys
+from .disclosure import (
+    AttributeMatcher,
+    Disclosure,
+    DisclosureFile,
+    DisclosureResult,
+    check_disclosure,
+    check_disclosures,
+    disclosures_path,
+    format_disclosure_result,
+    load_disclosures,
+    write_private_file,
+)
 from .errors import InvalidKey, SpanproofError
 from .keys import TrustedKey, TrustRoot, format_time
 from .receipt import attach_receipt_check, check_receipt_for_bundle
 from .records import validate_record
+from .report import ReportItem, render_html, summarize_checks
 from .statement import Statement
 from .tree import render_tree
 from .verify import (
@@ -273,6 +287,21 @@ def _with_receipt(
     return BundleResult(result.path, attach_receipt_check(result.report, check))
 
 
+def _check_all(
+    paths: Sequence[str], trust: TrustRoot, args: argparse.Namespace, *, keep_records: bool
+) -> list[BundleResult]:
+    """``check_path`` on every path, with a progress bar on a terminal's stderr when
+    there are many (never with ``--json``; stdout is untouched)."""
+    results: list[BundleResult] = []
+    show_bar = not getattr(args, "json", False)
+    with Progress(len(paths), sys.stderr, enabled=show_bar) as progress:
+        for path in paths:
+            results.append(check_path(path, trust, allow_incomplete=args.allow_incomplete,
+                                      keep_records=keep_records))
+            progress.advance()
+    return results
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     trust = load_trust(args.key, args.trust_root)
     if trust is None:
@@ -281,7 +310,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if args.require_receipt and not witness_keys:
         raise UsageError("--require-receipt needs --witness-key (the pinned witness key)")
     paths, empty = _collect(args.paths)
-    results = [check_path(p, trust, allow_incomplete=args.allow_incomplete) for p in paths]
+    results = _check_all(paths, trust, args, keep_records=bool(args.disclosures))
     if witness_keys:
         results = [
             _with_receipt(r, witness_keys, required=args.require_receipt,
@@ -289,11 +318,14 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             for r in results
         ]
     links = link_results(results)
+    # SPEC §2.5.5: each disclosed value against its commitment in a verified bundle.
+    disclosed = _report_disclosures(args.disclosures, results)
     empty_reason = "no bundles (*.spanproof.json) found"
     ok = (
         not empty
         and all(r.verdict is Verdict.OK for r in results)
         and all(link.ok for link in links)
+        and all(d.ok for d in disclosed)
     )
     if args.json:
         doc = {
@@ -311,6 +343,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             "errors": [{"path": path, "reason": empty_reason} for path in empty],
             "ok": ok,
         }
+        if args.disclosures:
+            doc["disclosures"] = [d.to_json() for d in disclosed]
         print(json.dumps(doc, indent=2, ensure_ascii=False))
         return EXIT_OK if ok else EXIT_FAILED
     for path in empty:
@@ -323,6 +357,82 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     for link in links:
         if _worth_reporting(link):
             print(format_link(link))
+    for d in disclosed:
+        print(format_disclosure_result(d))
+    if args.disclosures and not disclosed:
+        print("FAIL disclosures: the disclosure file(s) hold no disclosures")
+        return EXIT_FAILED
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _report_disclosures(
+    files: Sequence[str], results: Sequence[BundleResult]
+) -> tuple[DisclosureResult, ...]:
+    """Check the disclosures in *files* against the bundles that verified."""
+    disclosures: list[Disclosure] = []
+    for path in files:
+        try:
+            disclosures.extend(load_disclosures(path).disclosures)
+        except OSError as e:
+            raise UsageError(f"{path}: cannot read disclosure file ({e.strerror or e})") from e
+        except SpanproofError as e:
+            raise UsageError(str(e)) from e
+    if not disclosures:
+        return ()
+    return check_disclosures(disclosures, [r.report for r in results if r.report is not None])
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    trust = load_trust(args.key, args.trust_root)
+    if trust is None:
+        raise UsageError("no trusted key: give --key PUB.pem or --trust-root FILE")
+    witness_keys = _load_witness_keys(args.witness_key)
+    if args.require_receipt and not witness_keys:
+        raise UsageError("--require-receipt needs --witness-key (the pinned witness key)")
+    out: str = args.html
+    if os.path.isdir(out):
+        raise UsageError(f"{out}: is a directory; --html takes the report file to write")
+    paths, empty = _collect(args.paths)
+    results = _check_all(paths, trust, args, keep_records=True)
+    # Always look for a receipt: without --witness-key the report says one is there
+    # but unchecked (a SKIPPED check never changes a verdict).
+    results = [
+        _with_receipt(r, witness_keys, required=args.require_receipt, origin=args.witness_origin)
+        for r in results
+    ]
+    links = link_results(results)
+    disclosed = _report_disclosures(args.disclosures, results)
+    document = render_html(
+        [ReportItem(r.path, r.report, r.crash or "") for r in results],
+        links=links,
+        missing=empty,
+        trusted={key.keyid: key.source for key in trust.keys},
+        disclosures=disclosed,
+    )
+    try:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(document)
+    except OSError as e:
+        raise UsageError(f"{out}: cannot write the report ({e.strerror or e})") from e
+    ok = (
+        not empty
+        and all(r.verdict is Verdict.OK for r in results)
+        and all(link.ok for link in links)
+        and all(d.ok for d in disclosed)
+    )
+    for path in empty:
+        print(f"FAIL {path}: no bundles (*.spanproof.json) found")
+    for result in results:
+        print(format_result(result))
+    for link in links:
+        if _worth_reporting(link):
+            print(format_link(link))
+    for d in disclosed:
+        print(format_disclosure_result(d))
+    print(f"report written to {out}")
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -391,40 +501,94 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if os.path.isdir(path):
         raise UsageError(f"{path}: is a directory; show takes one bundle file")
     trust = load_trust(args.key, args.trust_root)
+    paint = Style.for_stream(sys.stdout).paint
     if trust is None:
         data = _read_unverified(path)
         if data.statement is None and not data.records:
-            print(f"FAIL {path}: {data.problem}")
+            print(f"{paint('FAIL', 'FAIL')} {path}: {data.problem}")
             return EXIT_FAILED
         for line in format_header(path, data.statement):
             print(line)
-        print("verdict   UNVERIFIED (no --key given): signature and chain NOT checked; "
-              "do not rely on this content")
+        print(f"verdict   {paint('UNVERIFIED', 'UNVERIFIED')} (no --key given): signature and "
+              "chain NOT checked; do not rely on this content")
         if data.problem:
-            print(f"problem   {data.problem}")
+            print(f"problem   {paint('error', data.problem)}")
         print()
-        print(render_tree(data.records) or "(no records)")
+        print(render_tree(data.records, paint) or "(no records)")
         return EXIT_FAILED if data.problem else EXIT_OK
     result = check_path(path, trust, allow_incomplete=args.allow_incomplete, keep_records=True)
     report = result.report
     for line in format_header(path, report.statement if report else None):
         print(line)
     records = list(report.records or ()) if report is not None else []
+    word = paint(result.verdict.value, result.verdict.value)
     if result.verdict is Verdict.OK:
         assert report is not None
         keyid = report.signer_keyid
-        print(f"verdict   OK: verified by key {(keyid or '')[:16]} "
+        print(f"verdict   {word}: verified by key {(keyid or '')[:16]} "
               f"({_source_of(trust, keyid)})")
     elif result.verdict is Verdict.INCOMPLETE:
-        print(f"verdict   INCOMPLETE: {result.reason} (signature and chain verified)")
+        print(f"verdict   {word}: {result.reason} (signature and chain verified)")
     else:
-        print(f"verdict   FAIL: {result.reason}")
+        print(f"verdict   {word}: {paint('error', result.reason)}")
         if records:
             print(f"          the {len(records)} record(s) below were read before the failure "
                   "and are NOT verified")
+    if report is not None:
+        print(f"checks    {summarize_checks(report.checks)} (SPEC §8; "
+              "spanproof verify --verbose lists each)")
     print()
-    print(render_tree(records) or "(no records to show)")
+    print(render_tree(records, paint) or "(no records to show)")
     return EXIT_OK if result.verdict is Verdict.OK else EXIT_FAILED
+
+
+# ------------------------------------------------------------------------- disclose
+
+
+def _cmd_disclose(args: argparse.Namespace) -> int:
+    """Extract the disclosures of some attributes for one reviewer (SPEC §2.5.4)."""
+    bundle: str = args.bundle
+    if not os.path.isfile(bundle):
+        raise UsageError(f"{bundle}: no such bundle file")
+    try:
+        source = args.disclosures_file or disclosures_path(bundle)
+        wanted = AttributeMatcher(tuple(args.attr))
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    bad_spans = [s for s in args.span if len(s) != 16 or s.strip("0123456789abcdef")]
+    if bad_spans:
+        raise UsageError(f"--span {bad_spans[0]}: a span id is 16 lowercase hex digits")
+    try:
+        available = load_disclosures(source)
+    except OSError as e:
+        raise UsageError(f"{source}: cannot read disclosure file ({e.strerror or e})") from e
+    except SpanproofError as e:
+        raise UsageError(str(e)) from e
+    chosen = available.select(wanted, args.span).disclosures
+    unmatched = [a for a in args.attr
+                 if not any(AttributeMatcher((a,)).matches(d.key) for d in chosen)]
+    for attr in unmatched:
+        print(f"FAIL {bundle}: no disclosure of attribute {attr!r}"
+              + (" on the given span(s)" if args.span else "") + f" in {source}")
+    # Hand out only disclosures that open this bundle's commitments (not verified
+    # here: the reviewer verifies with the producer's key).
+    data = _read_unverified(bundle)
+    if data.problem:
+        print(f"FAIL {bundle}: {data.problem}")
+        return EXIT_FAILED
+    checked = [check_disclosure(d, data.records, bundle) for d in chosen]
+    for result in checked:
+        if not result.ok:
+            print(format_disclosure_result(result))
+    if unmatched or not all(r.ok for r in checked):
+        return EXIT_FAILED
+    try:
+        write_private_file(args.out, DisclosureFile(chosen).to_bytes())
+    except OSError as e:
+        raise UsageError(f"{args.out}: cannot write ({e.strerror or e})") from e
+    spans = len({d.span_id for d in chosen})
+    print(f"wrote {len(chosen)} disclosure(s) on {spans} span(s) to {args.out} (mode 0600)")
+    return EXIT_OK
 
 
 # ------------------------------------------------------------------ producer commands
@@ -503,7 +667,33 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true",
                         help="print one machine-readable JSON report instead")
     verify.add_argument("paths", nargs="+", metavar="PATH", help="bundle file or directory")
+    verify.add_argument(
+        "--disclosures", action="append", default=[], metavar="FILE",
+        help="check each disclosed value in FILE (from 'spanproof disclose') against its "
+        "commitment in the verified bundles and show it; any mismatch fails",
+    )
     verify.set_defaults(handler=_cmd_verify, subparser=verify)
+
+    disclose = sub.add_parser(
+        "disclose", help="extract disclosed attribute values for one reviewer",
+        description="Copy the disclosures (values and salts) of the named committed "
+        "attributes from the bundle's disclosure file (<name>.disclosures.json beside "
+        "<name>.spanproof.json) into FILE, mode 0600, for one reviewer, who checks them "
+        "with 'spanproof verify --disclosures FILE'.",
+        epilog="Exit status: 0 written, 1 an attribute has no disclosure or a disclosure "
+        "does not match the bundle (nothing written), 2 usage error.",
+    )
+    disclose.add_argument("bundle", metavar="BUNDLE", help="bundle file")
+    disclose.add_argument("--attr", action="extend", nargs="+", required=True, metavar="NAME",
+                          help="attribute keys or glob patterns (customer.*)")
+    disclose.add_argument("--span", action="extend", nargs="+", default=[], metavar="SPANID",
+                          help="only these spans (16 hex digits each)")
+    disclose.add_argument("--out", required=True, metavar="FILE",
+                          help="the disclosure file to write for the reviewer")
+    disclose.add_argument("--disclosures-file", metavar="FILE",
+                          help="read the disclosures from FILE instead of the one beside "
+                          "the bundle")
+    disclose.set_defaults(handler=_cmd_disclose, subparser=disclose)
 
     show = sub.add_parser(
         "show", help="print a bundle's execution path as a tree",
@@ -515,6 +705,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trust_options(show)
     show.add_argument("bundle", metavar="BUNDLE", help="bundle file")
     show.set_defaults(handler=_cmd_show, subparser=show)
+
+    report = sub.add_parser(
+        "report", help="write a self-contained HTML report for reviewers",
+        description="Verify bundles exactly as 'verify' does and write one self-contained "
+        "HTML file (no scripts, no network) showing, per trace, the verdict with every "
+        "check, what ran as a tree and a timeline, completeness and witness receipts.  "
+        "Prints the verify lines too.",
+        epilog="Exit status: 0 every bundle verified, 1 any FAIL or INCOMPLETE (the report "
+        "is still written), 2 usage error.",
+    )
+    _add_trust_options(report)
+    report.add_argument(
+        "--witness-key", action="append", default=[], metavar="PUB.pem",
+        help="check each bundle's witness receipt against this pinned witness key",
+    )
+    report.add_argument("--witness-origin", metavar="NAME",
+                        help="require receipts from the log with this origin")
+    report.add_argument("--require-receipt", action="store_true",
+                        help="fail bundles without a valid receipt (needs --witness-key)")
+    report.add_argument(
+        "--disclosures", action="append", default=[], metavar="FILE",
+        help="show the disclosed values in FILE (from 'spanproof disclose') where they "
+        "match their commitments; a value that does not match fails the report",
+    )
+    report.add_argument("--html", required=True, metavar="OUT.html",
+                        help="the HTML file to write")
+    report.add_argument("paths", nargs="+", metavar="PATH", help="bundle file or directory")
+    report.set_defaults(handler=_cmd_report, subparser=report)
 
     keygen = sub.add_parser(
         "keygen", help="create an Ed25519 signing key pair for a producer",

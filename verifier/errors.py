@@ -18,8 +18,10 @@ from __future__ import annotations
 __all__ = [
     "CanonicalizationError",
     "ChainError",
+    "DisclosureError",
     "IncompleteBundle",
     "InvalidBundle",
+    "InvalidDisclosure",
     "InvalidKey",
     "InvalidReceipt",
     "LogInconsistent",
@@ -68,6 +70,14 @@ class ChainError(VerificationError):
 
 class IncompleteBundle(VerificationError):
     """The bundle verified but declares evidence it did not certify (SPEC §8 step 9)."""
+
+
+class InvalidDisclosure(InvalidBundle):
+    """A disclosure file is not a well-formed v1 disclosure document (SPEC §2.5.4)."""
+
+
+class DisclosureError(VerificationError):
+    """A disclosed value does not open the commitment it names (SPEC §2.5.5)."""
 
 
 class InvalidReceipt(InvalidBundle):

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import InvalidBundle
-from .values import validate_value
+from .values import is_committed_value, validate_committed_value, validate_value
 
 __all__ = [
+    "CER_COMMITTED_MEDIA_TYPE",
     "CER_MEDIA_TYPE",
     "SPAN_KINDS",
     "STATUS_CODES",
@@ -29,6 +30,8 @@ __all__ = [
 ]
 
 CER_MEDIA_TYPE = "application/vnd.spanproof.cer.v1+json"
+#: The media type of a record holding at least one committed value (SPEC §2.5.3).
+CER_COMMITTED_MEDIA_TYPE = "application/vnd.spanproof.cer.v1.1+json"
 GENESIS_PREFIX = b"spanproof.genesis.v1\x00"
 
 SPAN_KINDS = frozenset(
@@ -131,13 +134,24 @@ def _uint(obj: Mapping[str, Any], key: str, where: str) -> int:
     return int(value)
 
 
-def _attributes(obj: Mapping[str, Any], where: str) -> None:
+def _attributes(obj: Mapping[str, Any], where: str, *, committable: bool = False) -> int:
+    """Validate an attributes object; return how many committed values it holds.
+
+    Only span attributes are *committable* (SPEC §2.5.1); anywhere else a committed
+    value is an unknown value type.
+    """
     attrs = obj["attributes"]
     if not isinstance(attrs, dict):
         raise InvalidBundle(f"{where}.attributes: must be an object")
+    committed = 0
     for key, value in attrs.items():
-        validate_value(value, f"{where}.attributes[{key!r}]")
+        if committable and is_committed_value(value):
+            validate_committed_value(value, f"{where}.attributes[{key!r}]")
+            committed += 1
+        else:
+            validate_value(value, f"{where}.attributes[{key!r}]")
     _uint(obj, "droppedAttributesCount", where)
+    return committed
 
 
 def validate_record(record: Any, where: str = "record") -> None:
@@ -150,8 +164,11 @@ def validate_record(record: Any, where: str = "record") -> None:
         InvalidBundle: naming the field and the defect.
     """
     rec = _fields(record, _RECORD_KEYS, where)
-    if rec["mediaType"] != CER_MEDIA_TYPE:
-        raise InvalidBundle(f"{where}: unknown record media type {rec['mediaType']!r}")
+    media_type = rec["mediaType"]
+    if not isinstance(media_type, str) or media_type not in (
+        CER_MEDIA_TYPE, CER_COMMITTED_MEDIA_TYPE
+    ):
+        raise InvalidBundle(f"{where}: unknown record media type {media_type!r}")
     _uint(rec, "seq", where)
     if not is_digest(rec["prev"]):
         raise InvalidBundle(f"{where}.prev: must be sha256:<64 hex>")
@@ -175,7 +192,14 @@ def validate_record(record: Any, where: str = "record") -> None:
     if not isinstance(status["code"], str) or status["code"] not in STATUS_CODES:
         raise InvalidBundle(f"{w}.status.code: unknown status code {status['code']!r}")
     _str(status, "message", f"{w}.status")
-    _attributes(span, w)
+    committed = _attributes(span, w, committable=True)
+    # SPEC §2.5.3: the v2 media type exactly when the record holds a committed value.
+    if committed and media_type != CER_COMMITTED_MEDIA_TYPE:
+        raise InvalidBundle(f"{where}: a record with committed values must have mediaType "
+                            f"{CER_COMMITTED_MEDIA_TYPE!r}")
+    if not committed and media_type == CER_COMMITTED_MEDIA_TYPE:
+        raise InvalidBundle(f"{where}: mediaType {CER_COMMITTED_MEDIA_TYPE!r} requires at "
+                            "least one committed value")
     for key in ("droppedEventsCount", "droppedLinksCount"):
         _uint(span, key, w)
     if not isinstance(span["events"], list):

@@ -11,16 +11,40 @@ a span whose parent is not in the bundle is shown at the top level, marked
 ``(parent not certified)``.  Span events are listed under their span with ``•``.
 Text taken from the bundle is sanitized, so a record cannot send control
 sequences to the reviewer's terminal.
+
+:func:`tree_rows` is the layout alone (which span sits where), shared with the HTML
+report (:mod:`spanproof.verifier.report`); an optional *paint* function lets
+``spanproof show`` colour the parts of a line without changing its text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .values import decode_value
 
-__all__ = ["describe_span", "render_tree"]
+__all__ = [
+    "Paint",
+    "TreeRow",
+    "describe_span",
+    "duration_text",
+    "genai_attributes",
+    "render_tree",
+    "status_text",
+    "tree_rows",
+    "value_text",
+]
+
+#: ``paint(role, text)`` returns *text* styled for its role (``"name"``, ``"ok"``,
+#: ``"error"``, ``"note"``, ``"dim"``); it must not change what the text says.
+Paint = Callable[[str, str], str]
+
+
+def _plain(role: str, text: str) -> str:
+    return text
+
 
 # GenAI semantic-convention attributes shown on a span's line, with their labels.
 _GENAI_FIELDS = (
@@ -49,16 +73,18 @@ def _clean(text: str, limit: int = 0) -> str:
     return out
 
 
-def _value_text(typed: Mapping[str, Any]) -> str:
+def value_text(typed: Mapping[str, Any]) -> str:
+    """A typed value (SPEC §2.3) as plain, unsanitized text; ``"?"`` when it is not one
+    (for example a committed value, which is not a typed value)."""
     try:
         return _python_text(decode_value(typed))
-    except ValueError:
+    except (ValueError, TypeError, AttributeError):
         return "?"
 
 
 def _shown_value(typed: Mapping[str, Any]) -> str:
     """A typed value for ``key=value`` display."""
-    return _shown(_value_text(typed))
+    return _shown(value_text(typed))
 
 
 def _shown(raw: str) -> str:
@@ -82,46 +108,62 @@ def _python_text(value: Any) -> str:
     return str(value)
 
 
-def _duration(span: Mapping[str, Any]) -> str:
+def duration_text(span: Mapping[str, Any]) -> str:
+    """A span's duration in milliseconds (``"2.500 ms"``)."""
     nanos = int(span["endTimeUnixNano"]) - int(span["startTimeUnixNano"])
     if nanos < 0:
         return "negative duration"
     return f"{nanos / 1e6:.3f} ms"
 
 
-def _status(span: Mapping[str, Any]) -> str:
+def status_text(span: Mapping[str, Any]) -> str:
+    """A span's status: ``OK``, ``UNSET``, or ``ERROR: <message>`` (unsanitized)."""
     code = str(span["status"]["code"]).removeprefix("STATUS_CODE_")
     message = str(span["status"]["message"])
     return f"{code}: {message}" if message else code
 
 
-def describe_span(span: Mapping[str, Any]) -> str:
+def genai_attributes(attrs: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The GenAI semantic-convention attributes a reviewer looks for, as ``(label,
+    raw text)`` pairs in display order: operation, agent, tool, model (or request and
+    response model when they differ), input and output tokens.  The text is not
+    sanitized; the caller escapes it for its medium."""
+    extras: list[tuple[str, str]] = []
+    for key, label in _GENAI_FIELDS[:3]:
+        if key in attrs:
+            extras.append((label, value_text(attrs[key])))
+    request = value_text(attrs[_REQUEST_MODEL]) if _REQUEST_MODEL in attrs else None
+    response = value_text(attrs[_RESPONSE_MODEL]) if _RESPONSE_MODEL in attrs else None
+    if request is not None and response is not None and request != response:
+        extras.append(("request_model", request))
+        extras.append(("response_model", response))
+    elif request is not None or response is not None:
+        extras.append(("model", request or response or ""))
+    for key, label in _GENAI_FIELDS[3:]:
+        if key in attrs:
+            extras.append((label, value_text(attrs[key])))
+    return extras
+
+
+def describe_span(span: Mapping[str, Any], paint: Paint = _plain) -> str:
     """One line describing a CER's ``span`` object (name, kind, status, duration, GenAI).
 
     Example: ``chat support-classifier-1 [CLIENT, OK, 0.104 ms]  operation=chat
-    model=support-classifier-1 input_tokens=52 output_tokens=1``.
+    model=support-classifier-1 input_tokens=52 output_tokens=1``.  *paint* styles
+    the name and the status (colour in a terminal) without changing the text.
     """
     kind = str(span["kind"]).removeprefix("SPAN_KIND_")
-    line = f"{_clean(span['name'], 200)} [{kind}, {_clean(_status(span), 200)}, {_duration(span)}]"
-    attrs: Mapping[str, Any] = span["attributes"]
-    extras: list[str] = []
-    for key, label in _GENAI_FIELDS[:3]:
-        if key in attrs:
-            extras.append(f"{label}={_shown_value(attrs[key])}")
-    request = _value_text(attrs[_REQUEST_MODEL]) if _REQUEST_MODEL in attrs else None
-    response = _value_text(attrs[_RESPONSE_MODEL]) if _RESPONSE_MODEL in attrs else None
-    if request is not None and response is not None and request != response:
-        extras.append(f"request_model={_shown(request)}")
-        extras.append(f"response_model={_shown(response)}")
-    elif request is not None or response is not None:
-        extras.append(f"model={_shown(request or response or '')}")
-    for key, label in _GENAI_FIELDS[3:]:
-        if key in attrs:
-            extras.append(f"{label}={_shown_value(attrs[key])}")
+    status = _clean(status_text(span), 200)
+    role = "error" if status.startswith("ERROR") else "ok" if status == "OK" else "dim"
+    line = (
+        f"{paint('name', _clean(span['name'], 200))} "
+        f"[{kind}, {paint(role, status)}, {duration_text(span)}]"
+    )
+    extras = [f"{label}={_shown(text)}" for label, text in genai_attributes(span["attributes"])]
     return line + ("  " + " ".join(extras) if extras else "")
 
 
-def _describe_event(event: Mapping[str, Any]) -> str:
+def _describe_event(event: Mapping[str, Any], paint: Paint = _plain) -> str:
     attrs: Mapping[str, Any] = event["attributes"]
     parts = [
         f"{_clean(key, 60)}={_shown_value(value)}"
@@ -129,18 +171,36 @@ def _describe_event(event: Mapping[str, Any]) -> str:
     ]
     if len(attrs) > _MAX_EVENT_ATTRIBUTES:
         parts.append(f"(+{len(attrs) - _MAX_EVENT_ATTRIBUTES} more)")
-    return "• " + _clean(event["name"], 120) + ("  " + " ".join(parts) if parts else "")
+    head = paint("dim", "• " + _clean(event["name"], 120))
+    return head + ("  " + " ".join(parts) if parts else "")
 
 
-def render_tree(records: Sequence[Mapping[str, Any]]) -> str:
-    """Return the records' spans as a box-drawn tree, one line per span and event.
+@dataclass(frozen=True)
+class TreeRow:
+    """Where one span sits in the tree: a row of :func:`tree_rows`.
+
+    ``index`` is the record's position in the list given; ``depth`` its nesting
+    level (0 for a top-level span); ``lead`` the box-drawing prefix of its line and
+    ``cont`` the prefix its events and children continue with; ``marker`` is
+    ``""``, ``"  (parent not certified)"`` or ``"  (parent cycle: shown here)"``.
+    """
+
+    index: int
+    depth: int
+    lead: str
+    cont: str
+    marker: str
+    has_children: bool
+
+
+def tree_rows(records: Sequence[Mapping[str, Any]]) -> list[TreeRow]:
+    """Lay the records' spans out as a tree, in display order (depth first).
 
     *records* are CERs as parsed from a bundle, in chain order, each already
     accepted by ``validate_record``.  Roots (no parent) and spans whose parent is
-    not among the records are top-level trees, in start-time order; a span whose
-    parent is missing is marked ``(parent not certified)``.  Malicious parent
-    cycles cannot loop: each record is shown exactly once.  Returns ``""`` for no
-    records.
+    not among the records are top-level trees, in start-time order; children follow
+    their parent in start-time order.  Malicious parent cycles cannot loop: each
+    record appears exactly once.
     """
     spans = [record["span"] for record in records]
     first_by_id: dict[str, int] = {}
@@ -163,7 +223,7 @@ def render_tree(records: Sequence[Mapping[str, Any]]) -> str:
         else:
             children.setdefault(parent, []).append(i)
 
-    lines: list[str] = []
+    rows: list[TreeRow] = []
     shown: set[int] = set()
 
     def walk(top: int, marker: str) -> None:
@@ -179,9 +239,7 @@ def render_tree(records: Sequence[Mapping[str, Any]]) -> str:
                 continue
             shown.add(i)
             kids = sorted((k for k in children.get(i, ()) if k not in shown), key=order)
-            lines.append(lead + describe_span(spans[i]) + mark)
-            event_lead = cont + ("│ " if kids else "  ")
-            lines.extend(event_lead + _describe_event(ev) for ev in spans[i]["events"])
+            rows.append(TreeRow(i, depth, lead, cont, mark, bool(kids)))
             for n in range(len(kids) - 1, -1, -1):
                 last = n == len(kids) - 1
                 if depth < _MAX_INDENT:
@@ -198,4 +256,22 @@ def render_tree(records: Sequence[Mapping[str, Any]]) -> str:
     for i in sorted(set(range(len(spans))) - shown, key=order):
         if i not in shown:
             walk(i, _CYCLE)
+    return rows
+
+
+def render_tree(records: Sequence[Mapping[str, Any]], paint: Paint = _plain) -> str:
+    """Return the records' spans as a box-drawn tree, one line per span and event.
+
+    *records* are CERs as parsed from a bundle, in chain order, each already
+    accepted by ``validate_record``; the layout is :func:`tree_rows`.  A span whose
+    parent is missing is marked ``(parent not certified)``.  *paint* styles parts
+    of each line (see :data:`Paint`).  Returns ``""`` for no records.
+    """
+    lines: list[str] = []
+    for row in tree_rows(records):
+        span = records[row.index]["span"]
+        mark = paint("note", row.marker) if row.marker else ""
+        lines.append(row.lead + describe_span(span, paint) + mark)
+        event_lead = row.cont + ("│ " if row.has_children else "  ")
+        lines.extend(event_lead + _describe_event(ev, paint) for ev in span["events"])
     return "\n".join(lines)

@@ -21,12 +21,15 @@ from .canonical import format_double
 from .errors import InvalidBundle
 
 __all__ = [
+    "COMMITTED_VALUE",
     "INT64_MAX",
     "INT64_MIN",
     "decode_double",
     "decode_value",
     "encode_double",
     "encode_value",
+    "is_committed_value",
+    "validate_committed_value",
     "validate_value",
 ]
 
@@ -34,7 +37,13 @@ INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
 _INT_RE = re.compile(r"-?(0|[1-9][0-9]{0,18})\Z")  # at most 19 digits: int64
+_HEX64_RE = re.compile(r"[0-9a-f]{64}\Z")
 _MAX_DEPTH = 64
+
+#: The member naming a committed value (SPEC §2.5.1), which stands in a record
+#: where a span attribute's typed value would be.
+COMMITTED_VALUE = "committedValue"
+_COMMITTED_KEYS = frozenset({"digest", "saltDigest"})
 
 
 def encode_double(value: float) -> str:
@@ -171,3 +180,31 @@ def validate_value(typed: Any, where: str, depth: int = 0) -> None:
             validate_value(item, f"{where}.{key}", depth + 1)
     else:
         raise InvalidBundle(f"{where}: unknown value type {kind!r}")
+
+
+def is_committed_value(typed: Any) -> bool:
+    """True when *typed* has the shape of a committed value (SPEC §2.5.1), valid or not."""
+    return isinstance(typed, dict) and len(typed) == 1 and COMMITTED_VALUE in typed
+
+
+def validate_committed_value(typed: Any, where: str) -> None:
+    """Check that *typed* is exactly ``{"committedValue": {"digest": H, "saltDigest": H}}``
+    with two 64-digit lowercase hex strings (SPEC §2.5.1).
+
+    Raises:
+        InvalidBundle: naming *where* and the defect.
+    """
+    if not is_committed_value(typed):
+        raise InvalidBundle(f"{where}: committed value must be an object with one member "
+                            f"{COMMITTED_VALUE!r}")
+    body = typed[COMMITTED_VALUE]
+    if not isinstance(body, dict) or body.keys() != _COMMITTED_KEYS:
+        raise InvalidBundle(
+            f"{where}.{COMMITTED_VALUE}: must have exactly the members digest and saltDigest"
+        )
+    for name in sorted(_COMMITTED_KEYS):
+        value = body[name]
+        if not isinstance(value, str) or _HEX64_RE.match(value) is None:
+            raise InvalidBundle(
+                f"{where}.{COMMITTED_VALUE}.{name}: must be 64 lowercase hex digits"
+            )

@@ -1,0 +1,193 @@
+"""``spanproof disclose`` and ``spanproof verify --disclosures`` (SPEC §2.5.4, §2.5.5)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from disclosure_support import SPAN_A, SPAN_B, Written, trust_root, write_bundle
+
+from spanproof.verifier._cli import main
+from spanproof.verifier.disclosure import DisclosureFile, load_disclosures
+
+
+@pytest.fixture
+def written(tmp_path: Path) -> Written:
+    return write_bundle(tmp_path / "out")
+
+
+@pytest.fixture
+def pem(tmp_path: Path) -> Path:
+    return trust_root(tmp_path / "keys")[1]
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _disclose(capsys: pytest.CaptureFixture[str], written: Written, out: Path,
+              *extra: str) -> tuple[int, str, str]:
+    return _run(capsys, "disclose", str(written.bundle), *extra, "--out", str(out))
+
+
+def test_disclose_extracts_named_attributes_with_mode_0600(
+    tmp_path: Path, written: Written, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "reviewer.json"
+    code, stdout, _ = _disclose(capsys, written, out, "--attr", "customer.email")
+    assert code == 0, stdout
+    assert "wrote 2 disclosure(s) on 2 span(s)" in stdout
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    file = load_disclosures(out)
+    assert {(d.span_id, d.key) for d in file.disclosures} == {
+        (SPAN_A, "customer.email"), (SPAN_B, "customer.email")}
+
+
+def test_disclose_limited_to_spans_and_globs(
+    tmp_path: Path, written: Written, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "reviewer.json"
+    code, stdout, _ = _disclose(capsys, written, out, "--attr", "customer.*", "case.priority",
+                                "--span", SPAN_A)
+    assert code == 0, stdout
+    file = load_disclosures(out)
+    assert {d.key for d in file.disclosures} == {"customer.email", "customer.tier",
+                                                 "case.priority"}
+    assert {d.span_id for d in file.disclosures} == {SPAN_A}
+
+
+def test_disclose_unknown_attribute_fails_and_writes_nothing(
+    tmp_path: Path, written: Written, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "reviewer.json"
+    code, stdout, _ = _disclose(capsys, written, out, "--attr", "customer.email",
+                                "customer.phone")
+    assert code == 1
+    assert "no disclosure of attribute 'customer.phone'" in stdout
+    assert not out.exists()
+
+
+def test_disclose_without_disclosure_file_is_a_usage_error(
+    tmp_path: Path, written: Written, capsys: pytest.CaptureFixture[str]
+) -> None:
+    written.disclosures.unlink()
+    code, _, err = _disclose(capsys, written, tmp_path / "r.json", "--attr", "customer.email")
+    assert code == 2
+    assert "cannot read disclosure file" in err
+
+
+def test_disclose_refuses_disclosures_that_do_not_match_the_bundle(
+    tmp_path: Path, written: Written, capsys: pytest.CaptureFixture[str]
+) -> None:
+    doc = json.loads(written.disclosures.read_bytes())
+    for entry in doc["disclosures"]:
+        if entry["key"] == "customer.email":
+            entry["value"] = {"stringValue": "someone@else.example"}
+    written.disclosures.write_text(json.dumps(doc))
+    out = tmp_path / "reviewer.json"
+    code, stdout, _ = _disclose(capsys, written, out, "--attr", "customer.email")
+    assert code == 1
+    assert "value does not match the commitment" in stdout
+    assert not out.exists()
+
+
+def test_verify_with_disclosures_shows_values(
+    tmp_path: Path, written: Written, pem: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "reviewer.json"
+    assert _disclose(capsys, written, out, "--attr", "customer.*")[0] == 0
+    code, stdout, _ = _run(capsys, "verify", "--key", str(pem), "--disclosures", str(out),
+                           str(written.bundle))
+    assert code == 0, stdout
+    assert stdout.startswith("OK ")
+    assert f"DISCLOSED trace=4bf92f3577b34da6a3ce929d0e0e4736 span={SPAN_A} customer.email = " \
+           '"ana@example.com" (string): opens the commitment in record 0' in stdout
+    assert "customer.tier = 5 (int)" in stdout
+    assert "customer.flags = [" in stdout
+    assert "customer.note = (empty)" in stdout
+
+
+def test_verify_json_lists_disclosures(
+    tmp_path: Path, written: Written, pem: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, stdout, _ = _run(capsys, "verify", "--json", "--key", str(pem), "--disclosures",
+                           str(written.disclosures), str(written.bundle))
+    assert code == 0
+    doc = json.loads(stdout)
+    assert doc["ok"] is True
+    assert len(doc["disclosures"]) == 8
+    assert {d["status"] for d in doc["disclosures"]} == {"PASS"}
+
+
+def _forge(path: Path, out: Path, source_key: str, changes: dict[str, object]) -> Path:
+    doc = json.loads(path.read_bytes())
+    (entry,) = [e for e in doc["disclosures"]
+                if e["key"] == source_key and e["spanId"] == SPAN_A]
+    entry.update(changes)
+    doc["disclosures"] = [entry]
+    out.write_text(json.dumps(doc))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("key", "changes", "message"),
+    [
+        ("customer.email", {"value": {"stringValue": "bob@example.com"}},
+         "value does not match the commitment"),
+        ("customer.tier", {"value": {"stringValue": "5"}},
+         "type mismatch for attribute 'customer.tier'"),
+        ("customer.email", {"salt": "ff" * 16}, "salt does not match the commitment"),
+        ("customer.email", {"spanId": SPAN_B},
+         "(moved from another span or attribute)"),
+        ("customer.email", {"key": "gen_ai.operation.name", "value": {"stringValue": "chat"}},
+         "is not committed: its value is in the record in clear"),
+    ],
+    ids=["changed_value", "changed_type", "wrong_salt", "moved_span", "not_committed"],
+)
+def test_verify_with_bad_disclosure_fails(
+    tmp_path: Path, written: Written, pem: Path, capsys: pytest.CaptureFixture[str],
+    key: str, changes: dict[str, object], message: str,
+) -> None:
+    forged = _forge(written.disclosures, tmp_path / "forged.json", key, changes)
+    code, stdout, _ = _run(capsys, "verify", "--key", str(pem), "--disclosures", str(forged),
+                           str(written.bundle))
+    assert code == 1
+    assert stdout.startswith("OK "), "the bundle itself still verifies"
+    (line,) = [ln for ln in stdout.splitlines() if ln.startswith("FAIL disclosure")]
+    assert message in line, line
+
+
+def test_verify_with_malformed_disclosure_file_is_a_usage_error(
+    tmp_path: Path, written: Written, pem: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"mediaType":"application/vnd.spanproof.disclosures.v9+json"}')
+    code, _, err = _run(capsys, "verify", "--key", str(pem), "--disclosures", str(bad),
+                        str(written.bundle))
+    assert code == 2
+    assert "unknown mediaType" in err
+
+
+def test_verify_with_empty_disclosure_file_fails(
+    tmp_path: Path, written: Written, pem: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty.json"
+    empty.write_bytes(DisclosureFile(()).to_bytes())
+    code, stdout, _ = _run(capsys, "verify", "--key", str(pem), "--disclosures", str(empty),
+                           str(written.bundle))
+    assert code == 1
+    assert "hold no disclosures" in stdout
+
+
+def test_verify_without_disclosures_ignores_the_disclosure_file(
+    written: Written, pem: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    written.disclosures.unlink()
+    code, stdout, _ = _run(capsys, "verify", "--key", str(pem), str(written.bundle))
+    assert code == 0
+    assert "DISCLOSED" not in stdout

@@ -1,0 +1,247 @@
+"""Checking disclosures against commitments (SPEC §2.5.5): each defect fails with its
+own message, and only a disclosure that opens its commitment passes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from disclosure_support import (
+    SPAN_A,
+    SPAN_B,
+    SPAN_C,
+    TRACE,
+    report_of,
+    trust_root,
+    write_bundle,
+)
+
+from spanproof.verifier import Verdict
+from spanproof.verifier.disclosure import (
+    Disclosure,
+    DisclosureFile,
+    check_disclosures,
+    committed_attributes,
+    format_disclosure_result,
+    load_disclosures,
+    verify_disclosures,
+)
+from spanproof.verifier.errors import DisclosureError, InvalidDisclosure, VerificationError
+from spanproof.verifier.verify import BundleReport, Status
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[BundleReport, DisclosureFile]:
+    written = write_bundle(tmp_path / "out")
+    trust, _pem = trust_root(tmp_path / "keys")
+    report = report_of(written.bundle, trust)
+    assert report.verdict is Verdict.OK, report.reason
+    return report, load_disclosures(written.disclosures)
+
+
+def _one(file: DisclosureFile, span: str, key: str) -> Disclosure:
+    (found,) = [d for d in file.disclosures if d.span_id == span and d.key == key]
+    return found
+
+
+def _fails(report: BundleReport, disclosure: Disclosure, message: str) -> None:
+    (result,) = check_disclosures([disclosure], [report])
+    assert result.status is Status.FAIL
+    assert message in result.message, result.message
+    assert not result.ok
+    with pytest.raises(DisclosureError, match="FAIL disclosure"):
+        verify_disclosures([disclosure], [report])
+
+
+def test_each_disclosed_value_verifies(setup: tuple[BundleReport, DisclosureFile]) -> None:
+    report, file = setup
+    assert len(file.disclosures) == 8  # 4 committed on A, 2 on B, 2 on C
+    results = verify_disclosures(file.disclosures, [report])
+    assert all(r.status is Status.PASS for r in results)
+    by_key = {(r.span_id, r.key): r for r in results}
+    assert by_key[(SPAN_A, "customer.tier")].value == {"intValue": "5"}
+    assert by_key[(SPAN_A, "customer.tier")].seq == 0
+    assert by_key[(SPAN_B, "customer.flags")].seq == 1
+    assert by_key[(SPAN_C, "customer.note")].value == {}
+    line = format_disclosure_result(by_key[(SPAN_A, "case.priority")])
+    assert line.startswith("DISCLOSED ")
+    assert 'case.priority = "5" (string)' in line
+
+
+def test_changed_value_fails(setup: tuple[BundleReport, DisclosureFile]) -> None:
+    report, file = setup
+    original = _one(file, SPAN_A, "customer.email")
+    forged = dataclasses.replace(original, value={"stringValue": "bob@example.com"})
+    _fails(report, forged, "value does not match the commitment of attribute "
+                           "'customer.email' of span 1000000000000001")
+
+
+def test_changed_type_string_for_int_fails(setup: tuple[BundleReport, DisclosureFile]) -> None:
+    report, file = setup
+    original = _one(file, SPAN_A, "customer.tier")  # committed as intValue 5
+    forged = dataclasses.replace(original, value={"stringValue": "5"})
+    _fails(report, forged, "type mismatch for attribute 'customer.tier' of span "
+                           '1000000000000001: disclosed as string "5" (string), '
+                           "committed as int")
+
+
+def test_changed_type_int_for_string_fails(setup: tuple[BundleReport, DisclosureFile]) -> None:
+    report, file = setup
+    original = _one(file, SPAN_A, "case.priority")  # committed as stringValue "5"
+    forged = dataclasses.replace(original, value={"intValue": "5"})
+    _fails(report, forged, "type mismatch for attribute 'case.priority'")
+    _fails(report, dataclasses.replace(original, value={"doubleValue": "5"}),
+           "committed as string")
+
+
+def test_wrong_salt_fails(setup: tuple[BundleReport, DisclosureFile]) -> None:
+    report, file = setup
+    original = _one(file, SPAN_A, "customer.email")
+    forged = dataclasses.replace(original, salt=bytes(16))
+    _fails(report, forged, "salt does not match the commitment of attribute "
+                           "'customer.email' of span 1000000000000001")
+
+
+def test_disclosure_moved_to_another_span_fails(
+    setup: tuple[BundleReport, DisclosureFile],
+) -> None:
+    report, file = setup
+    # Span B also committed customer.email, to the same value: the disclosure of A's
+    # commitment must still not open B's.
+    original = _one(file, SPAN_A, "customer.email")
+    moved = dataclasses.replace(original, span_id=SPAN_B)
+    _fails(report, moved, "carries the salt of attribute 'customer.email' of span "
+                          "1000000000000001 (moved from another span or attribute)")
+
+
+def test_disclosure_moved_to_another_attribute_fails(
+    setup: tuple[BundleReport, DisclosureFile],
+) -> None:
+    report, file = setup
+    original = _one(file, SPAN_A, "case.priority")
+    moved = dataclasses.replace(original, key="customer.tier", value={"intValue": "5"})
+    _fails(report, moved, "carries the salt of attribute 'case.priority'")
+
+
+def test_disclosure_for_uncommitted_attribute_fails(
+    setup: tuple[BundleReport, DisclosureFile],
+) -> None:
+    report, file = setup
+    original = _one(file, SPAN_A, "customer.email")
+    clear = dataclasses.replace(original, key="gen_ai.operation.name",
+                                value={"stringValue": "chat"})
+    _fails(report, clear, "attribute 'gen_ai.operation.name' of span 1000000000000001 is "
+                          "not committed: its value is in the record in clear")
+
+
+def test_disclosure_for_absent_attribute_fails(
+    setup: tuple[BundleReport, DisclosureFile],
+) -> None:
+    report, file = setup
+    absent = dataclasses.replace(_one(file, SPAN_A, "customer.email"), key="customer.phone")
+    _fails(report, absent, "span 1000000000000001 has no attribute 'customer.phone'")
+
+
+def test_disclosure_for_span_not_in_bundle_fails(
+    setup: tuple[BundleReport, DisclosureFile],
+) -> None:
+    report, file = setup
+    elsewhere = dataclasses.replace(_one(file, SPAN_A, "customer.email"),
+                                    span_id="20000000000000ff")
+    _fails(report, elsewhere, "span 20000000000000ff is not in the verified bundle(s)")
+
+
+def test_disclosure_for_trace_not_given_fails(
+    setup: tuple[BundleReport, DisclosureFile],
+) -> None:
+    report, file = setup
+    other = dataclasses.replace(_one(file, SPAN_A, "customer.email"),
+                                trace_id="5bf92f3577b34da6a3ce929d0e0e4737")
+    _fails(report, other, "cannot be checked: no bundle of this trace was given")
+
+
+def test_disclosure_against_failed_bundle_fails(tmp_path: Path) -> None:
+    written = write_bundle(tmp_path / "out")
+    trust, _ = trust_root(tmp_path / "keys")
+    data = bytearray(written.bundle.read_bytes())
+    index = data.index(b'"step 1"')
+    data[index + 6] = ord("9")  # edit a record after sealing
+    tampered = tmp_path / "tampered.spanproof.json"
+    tampered.write_bytes(bytes(data))
+    report = report_of(tampered, trust)
+    assert report.verdict is Verdict.FAIL
+    file = load_disclosures(written.disclosures)
+    results = check_disclosures(file.disclosures, [report])
+    assert results and all(r.status is Status.FAIL for r in results)
+    assert all("its bundle did not verify" in r.message for r in results)
+
+
+def test_committed_attributes_lists_every_commitment(
+    setup: tuple[BundleReport, DisclosureFile],
+) -> None:
+    report, file = setup
+    assert report.records is not None
+    found = committed_attributes(report.records, report.source)
+    assert [(c.span_id, c.key) for c in found] == [(d.span_id, d.key) for d in file.disclosures]
+    assert all(c.digest == d.digest for c, d in zip(found, file.disclosures, strict=True))
+    assert all(c.trace_id == TRACE for c in found)
+
+
+def test_report_without_records_is_a_caller_mistake(tmp_path: Path) -> None:
+    written = write_bundle(tmp_path / "out")
+    trust, _ = trust_root(tmp_path / "keys")
+    from spanproof.verifier import check_bundle
+
+    report = check_bundle(written.bundle, trust)
+    with pytest.raises(ValueError, match="keep_records=True"):
+        check_disclosures(load_disclosures(written.disclosures).disclosures, [report])
+
+
+def test_disclosure_error_is_a_verification_error() -> None:
+    assert issubclass(DisclosureError, VerificationError)
+    assert not issubclass(InvalidDisclosure, VerificationError)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.update(mediaType="application/vnd.spanproof.disclosures.v2+json"),
+         "unknown mediaType"),
+        (lambda d: d.update(extra=1), "exactly the members"),
+        (lambda d: d["disclosures"][0].update(salt="00" * 15), "salt: must be 32 lowercase hex"),
+        (lambda d: d["disclosures"][0].update(salt="AA" * 16), "salt: must be 32 lowercase hex"),
+        (lambda d: d["disclosures"][0].update(value={"intValue": 5}), "intValue must be"),
+        (lambda d: d["disclosures"][0].update(value={"committedValue": {}}),
+         "unknown value type"),
+        (lambda d: d["disclosures"][0].update(spanId="00" * 8), "spanId"),
+        (lambda d: d["disclosures"][0].pop("key"), "missing key"),
+        (lambda d: d["disclosures"][0].update(note="x"), "unknown note"),
+    ],
+    ids=["media_type", "top_member", "salt_short", "salt_upper", "value_number",
+         "value_committed", "span_zero", "key_missing", "entry_member"],
+)
+def test_malformed_disclosure_file_rejected(tmp_path: Path, change, message) -> None:  # type: ignore[no-untyped-def]
+    written = write_bundle(tmp_path / "out")
+    doc = json.loads(written.disclosures.read_bytes())
+    change(doc)
+    with pytest.raises(InvalidDisclosure, match=message):
+        DisclosureFile.from_bytes(json.dumps(doc).encode(), "reviewer.json")
+
+
+def test_disclosure_file_with_duplicate_keys_rejected() -> None:
+    data = b'{"mediaType":"application/vnd.spanproof.disclosures.v1+json","disclosures":[],' \
+           b'"disclosures":[]}'
+    with pytest.raises(InvalidDisclosure, match="duplicate JSON key"):
+        DisclosureFile.from_bytes(data)
+
+
+def test_disclosed_value_is_sanitized_for_terminals(
+    setup: tuple[BundleReport, DisclosureFile],
+) -> None:
+    report, file = setup
+    original = _one(file, SPAN_A, "customer.email")
+    evil = dataclasses.replace(original, value={"stringValue": "\x1b[2Jgone"})
+    (result,) = check_disclosures([evil], [report])
+    assert "\x1b" not in format_disclosure_result(result)

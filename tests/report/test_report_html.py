@@ -1,0 +1,290 @@
+"""``spanproof report --html``: what the self-contained report says, that it loads
+nothing, that bundle content is only ever text, and its exit status."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from cli_support import (
+    PRODUCER,
+    ROOT,
+    SEALED_AT,
+    TRACE,
+    Keys,
+    MakeBundle,
+    flip_in_record,
+    span_body,
+    workflow_bodies,
+)
+from report_support import WORKFLOW_STEPS, read_page, read_report, run
+
+from spanproof.exporter.disclosure import AttributeMatcher
+from spanproof.exporter.sealing import ChainPosition, seal
+from spanproof.verifier.disclosure import Disclosure, DisclosureFile
+from spanproof.verifier.report import (
+    COMMITTED_NOT_DISCLOSED,
+    ReportItem,
+    render_html,
+    summarize_checks,
+)
+from spanproof.verifier.statement import Completeness
+from spanproof.verifier.verify import Check, Status, Verdict
+
+SCRIPT_NAME = "<script>alert(1)</script>"
+
+
+def test_report_of_a_verified_bundle(capsys, tmp_path: Path, keys: Keys, make_bundle: MakeBundle):
+    path, _ = make_bundle()
+    out_file = tmp_path / "report.html"
+    code, out, err = run(capsys, "report", "--key", keys.pub, path, "--html", out_file)
+    assert code == 0, err
+    assert out.splitlines()[0].startswith(f"OK {path} trace={TRACE}")  # the verify line
+    assert out.splitlines()[-1] == f"report written to {out_file}"
+    page = read_report(out_file)
+    assert page.body_verdict == "OK"
+    assert sorted(set(page.steps)) == sorted(WORKFLOW_STEPS)
+    assert "FAIL" not in page.verdicts
+    assert "Verified. These 7 records are exactly what the holder of the trusted key" in page.text
+    assert "Was it changed?" in page.text and "What ran" in page.text
+    # Every SPEC §8 check with its outcome; no witness key given, so step 10 is skipped.
+    assert {name: cells[2] for name, cells in page.checks.items()} == {
+        "format": "PASS", "envelope": "PASS", "signature": "PASS", "statement": "PASS",
+        "key-validity": "PASS", "records": "PASS", "chain": "PASS", "head": "PASS",
+        "completeness": "PASS", "receipt": "SKIPPED",
+    }
+    assert "9 passed, 1 skipped" in page.text
+    # GenAI attributes, status and the missing parent.
+    assert "operation: chat" in page.text and "model: support-classifier-1" in page.text
+    assert "input_tokens: 53" in page.text and "tool: crm.get_account" in page.text
+    assert "ERROR: no account for customer CUST-4040" in page.text
+    assert "(parent not certified)" in page.text
+    assert "Nothing declared missing." in page.text
+    assert "Not checked: no receipt" in page.text
+
+
+def test_report_of_a_tampered_bundle_shows_fail_and_the_reason(
+    capsys, tmp_path: Path, keys: Keys, make_bundle: MakeBundle
+):
+    path, _ = make_bundle()
+    flip_in_record(path, 3)  # record 4 then fails its previous-hash check
+    out_file = tmp_path / "report.html"
+    code, out, _ = run(capsys, "report", "--key", keys.pub, path, "--html", out_file)
+    assert code == 1
+    assert out.startswith(f"FAIL {path}: record 4: previous-hash mismatch")
+    page = read_report(out_file)
+    assert page.body_verdict == "FAIL"
+    assert page.verdicts.count("FAIL") >= 3  # overall, trace and bundle banners
+    assert "Verification FAILED: record 4: previous-hash mismatch" in page.text
+    assert "Yes. The records do not match what was signed" in page.text
+    assert "NOT VERIFIED: the 4 record(s) below were read before the failure" in page.text
+    assert "Xxecute_tool crm.get_account" in page.steps  # shown as read, marked unverified
+    assert page.checks["chain"][2] == "FAIL"
+    assert page.checks["head"][2] == "SKIPPED"
+
+
+def test_report_of_a_bundle_signed_by_another_key_shows_no_records(
+    capsys, tmp_path: Path, keys: Keys, make_bundle: MakeBundle
+):
+    path, _ = make_bundle()
+    out_file = tmp_path / "report.html"
+    code, _, _ = run(capsys, "report", "--key", keys.other_pub, path, "--html", out_file)
+    assert code == 1
+    page = read_report(out_file)
+    assert page.steps == []
+    assert "signed by a key that is not trusted" in page.text
+    assert "Cannot tell: the bundle is not signed by a key you trust" in page.text
+
+
+def test_unreadable_file_is_reported_as_failed(capsys, tmp_path: Path, keys: Keys):
+    bad = tmp_path / "bad.spanproof.json"
+    bad.write_bytes(b"garbage\n")
+    out_file = tmp_path / "report.html"
+    code, _, _ = run(capsys, "report", "--key", keys.pub, bad, "--html", out_file)
+    assert code == 1
+    page = read_report(out_file)
+    assert page.body_verdict == "FAIL" and page.steps == []
+    assert "Cannot tell: the file is not a readable bundle" in page.text
+
+
+def test_report_loads_nothing_from_anywhere(
+    capsys, tmp_path: Path, keys: Keys, make_bundle: MakeBundle
+):
+    good, _ = make_bundle("good")
+    bad, _ = make_bundle("bad")
+    flip_in_record(bad, 2)
+    out_file = tmp_path / "report.html"
+    run(capsys, "report", "--key", keys.pub, good, bad, "--html", out_file)
+    html = out_file.read_text(encoding="utf-8")
+    page = read_page(html)
+    assert "http://" not in html and "https://" not in html
+    assert not re.search(r"url\(|@import|javascript:", html, re.IGNORECASE)
+    for tag in ("script", "link", "img", "iframe", "object", "embed", "base", "form"):
+        assert tag not in page.tags
+    for tag, name, value in page.attributes:
+        assert name != "src", (tag, value)
+        if name == "href":
+            assert value.startswith("#"), (tag, value)  # links within the page only
+        assert not name.startswith("on"), (tag, name)
+    assert page.csp is not None
+    assert "default-src 'none'" in page.csp and "unsafe-inline" not in page.csp
+
+
+def test_bundle_content_is_escaped(capsys, tmp_path: Path, keys: Keys, make_bundle: MakeBundle):
+    bodies = [
+        span_body(TRACE, ROOT, "", SCRIPT_NAME, status=("STATUS_CODE_ERROR", "</td><b>bold"),
+                  attributes={"gen_ai.request.model": '"><img src=x onerror=alert(2)>',
+                              "<i>key</i>": "x & y", "gen_ai.operation.name": "chat"}),
+    ]
+    path, _ = make_bundle(bodies=bodies)
+    out_file = tmp_path / "report.html"
+    code, _, _ = run(capsys, "report", "--key", keys.pub, path, "--html", out_file)
+    assert code == 0
+    html = out_file.read_text(encoding="utf-8")
+    assert SCRIPT_NAME not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    page = read_page(html)
+    assert "script" not in page.tags and "img" not in page.tags and "i" not in page.tags
+    assert SCRIPT_NAME in page.steps  # shown as text
+    assert '"><img src=x onerror=alert(2)>' in page.text
+    assert "</td><b>bold" in page.text and "<i>key</i>" in page.text
+
+
+def test_incomplete_bundle_is_shown_and_exits_like_verify(
+    capsys, tmp_path: Path, keys: Keys, make_bundle: MakeBundle
+):
+    path, _ = make_bundle(completeness=Completeness(dropped_spans=2, notes=("queue full",)))
+    out_file = tmp_path / "report.html"
+    code, out, _ = run(capsys, "report", "--key", keys.pub, path, "--html", out_file)
+    assert code == 1 and out.startswith("INCOMPLETE ")
+    page = read_report(out_file)
+    assert page.body_verdict == "INCOMPLETE"
+    assert "Verified but INCOMPLETE" in page.text
+    assert "2 step(s) dropped before they could be certified" in page.text
+    assert "queue full" in page.text
+    code, _, _ = run(capsys, "report", "--key", keys.pub, "--allow-incomplete", path,
+                     "--html", out_file)
+    assert code == 0
+    assert read_report(out_file).body_verdict == "OK"
+
+
+def test_exit_status_mirrors_verify(capsys, tmp_path: Path, keys: Keys, make_bundle: MakeBundle):
+    good, _ = make_bundle("good")
+    bad, _ = make_bundle("bad")
+    flip_in_record(bad, 1)
+    html = tmp_path / "r.html"
+    for paths in ([good], [good, bad], [bad]):
+        verify_code, _, _ = run(capsys, "verify", "--key", keys.pub, *paths)
+        report_code, _, _ = run(capsys, "report", "--key", keys.pub, *paths, "--html", html)
+        assert report_code == verify_code
+    assert run(capsys, "report", "--key", keys.pub, good, bad, "--html", html)[0] == 1
+    assert read_report(html).body_verdict == "FAIL"  # still written when something failed
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run(capsys, "report", "--key", keys.pub, empty, "--html", html)[0] == 1
+    assert "No bundles (*.spanproof.json) found in" in read_report(html).text
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["report", "{good}", "--html", "{html}"], "no trusted key"),
+        (["report", "--key", "{pub}", "{good}"], "the following arguments are required: --html"),
+        (["report", "--key", "{pub}", "{absent}", "--html", "{html}"], "no such file"),
+        (["report", "--key", "{pub}", "{good}", "--html", "{tmp}"], "is a directory"),
+        (["report", "--key", "{pub}", "{good}", "--html", "{tmp}/no/such/dir/r.html"],
+         "cannot write the report"),
+        (["report", "--key", "{pub}", "--require-receipt", "{good}", "--html", "{html}"],
+         "--require-receipt needs --witness-key"),
+        (["report", "--key", "{pub}", "--disclosures", "{absent}", "{good}", "--html",
+          "{html}"], "cannot read disclosure file"),
+    ],
+    ids=["no-key", "no-html", "missing-path", "html-is-dir", "unwritable", "receipt",
+         "no-disclosures"],
+)
+def test_usage_errors_exit_2(capsys, tmp_path: Path, keys: Keys, make_bundle: MakeBundle,
+                             argv: list[str], message: str):
+    good, _ = make_bundle()
+    values = {"good": good, "pub": keys.pub, "html": tmp_path / "r.html", "tmp": tmp_path,
+              "absent": tmp_path / "absent.json"}
+    code, out, err = run(capsys, *(a.format(**values) for a in argv))
+    assert code == 2
+    assert message in err and err.count("spanproof") >= 1
+    assert out == ""
+
+
+def test_committed_values_and_their_disclosures(
+    capsys, tmp_path: Path, keys: Keys, make_bundle: MakeBundle
+):
+    sealed = seal(
+        TRACE, workflow_bodies(), ChainPosition.genesis(TRACE), signer=keys.signer,
+        producer=PRODUCER, sealed_at=SEALED_AT, reason="root_ended",
+        redact=AttributeMatcher.parse("gen_ai.request.*"),
+        salt=lambda: bytes(16),
+    )
+    folder = tmp_path / "redacted"
+    folder.mkdir()
+    path = folder / sealed.file_name
+    path.write_bytes(sealed.data)
+    assert b'"gen_ai.request.model":{"committedValue":' in sealed.data
+    html = tmp_path / "r.html"
+
+    # Without disclosures: committed, not disclosed, and still verified.
+    code, _, _ = run(capsys, "report", "--key", keys.pub, path, "--html", html)
+    assert code == 0
+    page = read_report(html)
+    assert f"request_model: {COMMITTED_NOT_DISCLOSED}" in page.text
+    assert "response_model: support-classifier-1" in page.text  # not committed
+    assert page.text.count(COMMITTED_NOT_DISCLOSED) == 2  # the tag and the attribute row
+
+    # With the disclosure file: the value, marked as matching its commitment.
+    disclosures = tmp_path / "d.json"
+    disclosures.write_bytes(sealed.disclosures_data())
+    code, out, _ = run(capsys, "report", "--key", keys.pub, "--disclosures", disclosures, path,
+                       "--html", html)
+    assert code == 0, out
+    page = read_report(html)
+    assert "disclosed, matches its commitment" in page.text
+    assert "model: support-classifier-1" in page.text and "request_model" not in page.text
+    assert '"support-classifier-1" (string)' in page.text
+    assert "Disclosed values: 1 of 1 match their commitments." in page.text
+    assert "DISCLOSED " in out
+
+    # A changed value is rejected and fails the report.
+    (d,) = DisclosureFile.from_bytes(disclosures.read_bytes()).disclosures
+    forged = DisclosureFile((Disclosure(d.trace_id, d.span_id, d.key, d.salt,
+                                        {"stringValue": "gpt-x"}),))
+    disclosures.write_bytes(forged.to_bytes())
+    code, out, _ = run(capsys, "report", "--key", keys.pub, "--disclosures", disclosures, path,
+                       "--html", html)
+    assert code == 1
+    page = read_report(html)
+    assert page.body_verdict == "FAIL"
+    assert "disclosure REJECTED" in page.text
+    assert f"request_model: {COMMITTED_NOT_DISCLOSED}" in page.text  # never the forged value
+    assert "FAIL disclosure " in out
+
+
+# ----------------------------------------------------------------------- library
+
+
+def test_summarize_checks():
+    def check(name: str, step: int, status: Status) -> Check:
+        return Check(name, step, status, "")
+
+    assert summarize_checks([check("a", 1, Status.PASS), check("b", 2, Status.PASS)]) == (
+        "2 of 2 checks passed"
+    )
+    assert summarize_checks([
+        check("format", 1, Status.PASS), check("chain", 7, Status.FAIL),
+        check("head", 8, Status.SKIPPED),
+    ]) == "1 passed, 1 FAILED (step 7 chain), 1 skipped"
+
+
+def test_render_html_of_a_check_that_broke():
+    html = render_html([ReportItem("x.spanproof.json", None, "verifier error: boom <b>")])
+    page = read_page(html)
+    assert page.body_verdict == Verdict.FAIL.value
+    assert "verifier error: boom <b>" in page.text and "b" not in page.tags
+    assert render_html([]).startswith("<!DOCTYPE html>")

@@ -1,0 +1,686 @@
+"""Selective disclosure (SPEC §2.5): committed attribute values and their disclosures.
+
+A producer may replace a span attribute's typed value with a **committed value**: a
+salted, domain-separated SHA-256 over the attribute's binding (trace id, span id,
+key) and its canonical typed value.  The value and the 16-byte salt go to a
+**disclosure file** the operator keeps; the bundle verifies without it.  Handing a
+reviewer a disclosure opens exactly that one commitment:
+
+    digest = SHA-256("spanproof.commitment.v1" || 0x00 || salt ||
+                     JCS({"key": K, "spanId": S, "traceId": T, "value": V}))
+
+Pure functions over values and bytes, except :func:`load_disclosures` and
+:func:`write_private_file`, which the command line uses.  :func:`check_disclosures`
+never raises for bad evidence: it returns one :class:`DisclosureResult` per
+disclosure (PASS with the value, or FAIL with a specific reason);
+:func:`verify_disclosures` runs the same code and raises the first failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import re
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .bundle import BUNDLE_SUFFIX
+from .canonical import canonicalize, parse_strict
+from .errors import DisclosureError, InvalidBundle, InvalidDisclosure
+from .records import is_span_id, is_trace_id
+from .values import (
+    COMMITTED_VALUE,
+    decode_double,
+    decode_value,
+    encode_double,
+    is_committed_value,
+    validate_value,
+)
+from .verify import BundleReport, Status, Verdict
+
+__all__ = [
+    "COMMITMENT_PREFIX",
+    "DISCLOSURES_MEDIA_TYPE",
+    "DISCLOSURES_SUFFIX",
+    "SALT_BYTES",
+    "SALT_PREFIX",
+    "AttributeMatcher",
+    "CommittedAttribute",
+    "Disclosure",
+    "DisclosureFile",
+    "DisclosureResult",
+    "check_disclosure",
+    "check_disclosures",
+    "commit_value",
+    "commitment_digest",
+    "commitment_input",
+    "committed_attributes",
+    "disclosures_path",
+    "format_disclosure_result",
+    "format_value",
+    "load_disclosures",
+    "salt_digest",
+    "verify_disclosures",
+    "write_private_file",
+]
+
+#: Domain-separation prefix of the commitment input (SPEC §2.5.2): 23 ASCII bytes and 0x00.
+COMMITMENT_PREFIX = b"spanproof.commitment.v1\x00"
+#: Domain-separation prefix of the salt digest (SPEC §2.5.2): 28 ASCII bytes and 0x00.
+SALT_PREFIX = b"spanproof.commitment-salt.v1\x00"
+#: Salt length in bytes: 128 random bits, fresh for every committed value.
+SALT_BYTES = 16
+DISCLOSURES_MEDIA_TYPE = "application/vnd.spanproof.disclosures.v1+json"
+#: ``<name>.spanproof.json`` keeps its disclosures in ``<name>.disclosures.json`` (SPEC §2.5.4).
+DISCLOSURES_SUFFIX = ".disclosures.json"
+
+_SALT_HEX = re.compile(r"[0-9a-f]{32}\Z")
+_ENTRY_KEYS = frozenset({"traceId", "spanId", "key", "salt", "value"})
+_FILE_KEYS = frozenset({"mediaType", "disclosures"})
+_MAX_SHOWN = 200
+
+
+# ----------------------------------------------------------------------- matching
+
+
+@dataclass(frozen=True)
+class AttributeMatcher:
+    """Attribute keys selected by exact names and glob patterns (``customer.*``).
+
+    In a pattern ``*`` matches any run of characters (dots included) and ``?``
+    exactly one; every other character, ``[`` included, matches only itself.
+    Matching is case-sensitive, as attribute keys are.
+
+    Raises:
+        ValueError: a pattern is not a non-empty string.
+    """
+
+    patterns: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.patterns, tuple) or not all(
+            isinstance(p, str) and p for p in self.patterns
+        ):
+            raise ValueError(f"attribute patterns must be non-empty strings, got "
+                             f"{self.patterns!r}")
+        exact = frozenset(p for p in self.patterns if "*" not in p and "?" not in p)
+        globs = [p for p in self.patterns if p not in exact]
+        regex = None
+        if globs:
+            regex = re.compile("|".join(f"(?:{_glob_regex(p)})" for p in globs), re.DOTALL)
+        object.__setattr__(self, "_exact", exact)
+        object.__setattr__(self, "_regex", regex)
+
+    @classmethod
+    def parse(cls, text: str) -> AttributeMatcher:
+        """A matcher from a comma-separated list (the environment variable's form)."""
+        return cls(tuple(p.strip() for p in text.split(",") if p.strip()))
+
+    def matches(self, key: str) -> bool:
+        """True when *key* equals a name or matches a pattern."""
+        if key in self._exact:  # type: ignore[attr-defined]
+            return True
+        regex: re.Pattern[str] | None = self._regex  # type: ignore[attr-defined]
+        return regex is not None and regex.fullmatch(key) is not None
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns)
+
+
+def _glob_regex(pattern: str) -> str:
+    return "".join(
+        ".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern
+    )
+
+
+# --------------------------------------------------------------------- commitment
+
+
+def commitment_input(
+    trace_id: str, span_id: str, key: str, value: Mapping[str, Any], salt: bytes
+) -> bytes:
+    """The exact bytes hashed by a commitment (SPEC §2.5.2).
+
+    ``COMMITMENT_PREFIX || salt || JCS({"key", "spanId", "traceId", "value"})``.
+
+    Raises:
+        ValueError: *salt* is not 16 bytes.
+        CanonicalizationError: *value* has no canonical JSON form (a lone surrogate).
+    """
+    if len(salt) != SALT_BYTES:
+        raise ValueError(f"salt must be {SALT_BYTES} bytes, got {len(salt)}")
+    binding = {"key": key, "spanId": span_id, "traceId": trace_id, "value": value}
+    return COMMITMENT_PREFIX + bytes(salt) + canonicalize(binding)
+
+
+def commitment_digest(
+    trace_id: str, span_id: str, key: str, value: Mapping[str, Any], salt: bytes
+) -> str:
+    """The commitment's ``digest``: lowercase hex SHA-256 of :func:`commitment_input`."""
+    return hashlib.sha256(commitment_input(trace_id, span_id, key, value, salt)).hexdigest()
+
+
+def salt_digest(salt: bytes) -> str:
+    """The commitment's ``saltDigest``: lowercase hex SHA-256 of ``SALT_PREFIX || salt``."""
+    return hashlib.sha256(SALT_PREFIX + bytes(salt)).hexdigest()
+
+
+def commit_value(
+    trace_id: str, span_id: str, key: str, value: Mapping[str, Any], salt: bytes
+) -> dict[str, Any]:
+    """The committed value that replaces *value* in a record (SPEC §2.5.1)."""
+    return {
+        COMMITTED_VALUE: {
+            "digest": commitment_digest(trace_id, span_id, key, value, salt),
+            "saltDigest": salt_digest(salt),
+        }
+    }
+
+
+# ---------------------------------------------------------------------- documents
+
+
+@dataclass(frozen=True)
+class Disclosure:
+    """The opening of one commitment: which attribute, its salt and its typed value."""
+
+    trace_id: str
+    span_id: str
+    key: str
+    salt: bytes
+    value: Mapping[str, Any]
+
+    @property
+    def digest(self) -> str:
+        """The commitment digest this disclosure opens (SPEC §2.5.2)."""
+        return commitment_digest(self.trace_id, self.span_id, self.key, self.value, self.salt)
+
+    @property
+    def salt_digest(self) -> str:
+        """The salt digest of this disclosure's salt (SPEC §2.5.2)."""
+        return salt_digest(self.salt)
+
+    def to_json(self) -> dict[str, Any]:
+        """The disclosure-file entry (SPEC §2.5.4)."""
+        return {
+            "key": self.key,
+            "salt": self.salt.hex(),
+            "spanId": self.span_id,
+            "traceId": self.trace_id,
+            "value": self.value,
+        }
+
+    @classmethod
+    def from_json(cls, entry: Any, where: str = "disclosure") -> Disclosure:
+        """Parse one disclosure-file entry strictly (SPEC §2.5.4).
+
+        Raises:
+            InvalidDisclosure: naming the member and the defect.
+        """
+        if not isinstance(entry, dict):
+            raise InvalidDisclosure(f"{where}: must be an object")
+        if entry.keys() != _ENTRY_KEYS:
+            missing = sorted(_ENTRY_KEYS - entry.keys())
+            extra = sorted(entry.keys() - _ENTRY_KEYS)
+            raise InvalidDisclosure(
+                f"{where}: "
+                + "; ".join(
+                    part for part in (
+                        "missing " + ", ".join(missing) if missing else "",
+                        "unknown " + ", ".join(extra) if extra else "",
+                    ) if part
+                )
+            )
+        if not is_trace_id(entry["traceId"]):
+            raise InvalidDisclosure(f"{where}.traceId: must be 32 lowercase hex digits")
+        if not is_span_id(entry["spanId"]):
+            raise InvalidDisclosure(f"{where}.spanId: must be 16 lowercase hex digits")
+        if not isinstance(entry["key"], str):
+            raise InvalidDisclosure(f"{where}.key: must be a string")
+        salt = entry["salt"]
+        if not isinstance(salt, str) or _SALT_HEX.match(salt) is None:
+            raise InvalidDisclosure(
+                f"{where}.salt: must be {2 * SALT_BYTES} lowercase hex digits "
+                f"({SALT_BYTES} bytes)"
+            )
+        try:
+            validate_value(entry["value"], f"{where}.value")
+        except InvalidBundle as e:
+            raise InvalidDisclosure(str(e)) from None
+        return cls(entry["traceId"], entry["spanId"], entry["key"], bytes.fromhex(salt),
+                   entry["value"])
+
+
+@dataclass(frozen=True)
+class DisclosureFile:
+    """A disclosure document: disclosures of one or more bundles (SPEC §2.5.4)."""
+
+    disclosures: tuple[Disclosure, ...]
+
+    def to_bytes(self) -> bytes:
+        """The RFC 8785 bytes of the document, then a line feed (what producers write).
+
+        Raises:
+            CanonicalizationError: a value has no canonical JSON form.
+        """
+        return canonicalize({
+            "disclosures": [d.to_json() for d in self.disclosures],
+            "mediaType": DISCLOSURES_MEDIA_TYPE,
+        }) + b"\n"
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "disclosure file") -> DisclosureFile:
+        """Parse a disclosure document strictly (it need not be canonical).
+
+        Raises:
+            InvalidDisclosure: not strict JSON, unknown media type, malformed entry.
+        """
+        try:
+            doc = parse_strict(data, source)
+        except InvalidBundle as e:
+            raise InvalidDisclosure(str(e)) from None
+        if not isinstance(doc, dict):
+            raise InvalidDisclosure(f"{source}: must be a JSON object")
+        if doc.get("mediaType") != DISCLOSURES_MEDIA_TYPE:
+            raise InvalidDisclosure(
+                f"{source}: unknown mediaType {doc.get('mediaType')!r} "
+                f"(this verifier knows {DISCLOSURES_MEDIA_TYPE!r})"
+            )
+        if doc.keys() != _FILE_KEYS:
+            raise InvalidDisclosure(
+                f"{source}: must have exactly the members disclosures and mediaType"
+            )
+        entries = doc["disclosures"]
+        if not isinstance(entries, list):
+            raise InvalidDisclosure(f"{source}.disclosures: must be an array")
+        return cls(tuple(
+            Disclosure.from_json(entry, f"{source}: disclosure {i}")
+            for i, entry in enumerate(entries)
+        ))
+
+    def select(
+        self, attributes: AttributeMatcher, span_ids: Iterable[str] = ()
+    ) -> DisclosureFile:
+        """The disclosures of attributes *attributes* matches, limited to *span_ids*
+        when any are given."""
+        spans = frozenset(span_ids)
+        return DisclosureFile(tuple(
+            d for d in self.disclosures
+            if attributes.matches(d.key) and (not spans or d.span_id in spans)
+        ))
+
+
+def disclosures_path(bundle_path: str | os.PathLike[str]) -> str:
+    """Where the disclosures of *bundle_path* live: ``<name>.disclosures.json`` beside
+    ``<name>.spanproof.json`` (SPEC §2.5.4).
+
+    Raises:
+        ValueError: *bundle_path* does not end in ``.spanproof.json``.
+    """
+    path = os.fspath(bundle_path)
+    if not path.endswith(BUNDLE_SUFFIX):
+        raise ValueError(f"{path}: a bundle file name ends in {BUNDLE_SUFFIX}")
+    return path[: -len(BUNDLE_SUFFIX)] + DISCLOSURES_SUFFIX
+
+
+def load_disclosures(path: str | os.PathLike[str]) -> DisclosureFile:
+    """Read and parse a disclosure file.
+
+    Raises:
+        OSError: it cannot be read.
+        InvalidDisclosure: it is malformed.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    return DisclosureFile.from_bytes(data, os.fspath(path))
+
+
+def write_private_file(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write *data* to *path* atomically with mode 0600 (temporary file in the same
+    directory, fsync, rename over *path*, fsync the directory).
+
+    Raises:
+        OSError: the directory cannot be written.
+    """
+    target = os.path.abspath(os.fspath(path))
+    directory = os.path.dirname(target)
+    tmp = os.path.join(directory, f".{os.path.basename(target)}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask, never more than owner read/write
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+# -------------------------------------------------------------------- commitments
+
+
+@dataclass(frozen=True)
+class CommittedAttribute:
+    """A committed span attribute found in a record: what a reviewer sees without a
+    disclosure."""
+
+    source: str
+    seq: int
+    trace_id: str
+    span_id: str
+    key: str
+    digest: str
+    salt_digest: str
+
+
+def committed_attributes(
+    records: Iterable[Mapping[str, Any]], source: str = ""
+) -> tuple[CommittedAttribute, ...]:
+    """Every committed span attribute of *records* (validated records), in record order
+    and key order."""
+    found = []
+    for record in records:
+        span = record["span"]
+        for key in sorted(span["attributes"]):
+            typed = span["attributes"][key]
+            if is_committed_value(typed):
+                body = typed[COMMITTED_VALUE]
+                found.append(CommittedAttribute(
+                    source, int(record["seq"]), span["traceId"], span["spanId"], key,
+                    body["digest"], body["saltDigest"],
+                ))
+    return tuple(found)
+
+
+# ------------------------------------------------------------------- verification
+
+
+@dataclass(frozen=True)
+class DisclosureResult:
+    """The outcome of checking one disclosure (SPEC §2.5.5).
+
+    ``status`` is PASS when the disclosed value opens the commitment; ``source`` and
+    ``seq`` then name the bundle and record holding it.  A FAIL's ``message`` says
+    what did not match.  ``value`` is the disclosed typed value either way; only a
+    PASS makes it evidence.
+    """
+
+    disclosure: Disclosure
+    status: Status
+    message: str
+    source: str | None = None
+    seq: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the disclosed value opens its commitment."""
+        return self.status is Status.PASS
+
+    @property
+    def trace_id(self) -> str:
+        """The disclosure's trace id."""
+        return self.disclosure.trace_id
+
+    @property
+    def span_id(self) -> str:
+        """The disclosure's span id."""
+        return self.disclosure.span_id
+
+    @property
+    def key(self) -> str:
+        """The disclosed attribute's key."""
+        return self.disclosure.key
+
+    @property
+    def value(self) -> Mapping[str, Any]:
+        """The disclosed typed value (SPEC §2.3)."""
+        return self.disclosure.value
+
+    def to_json(self) -> dict[str, Any]:
+        """Machine-readable form for ``spanproof verify --json``."""
+        return {
+            "traceId": self.trace_id,
+            "spanId": self.span_id,
+            "key": self.key,
+            "status": self.status.value,
+            "message": self.message,
+            "value": self.value,
+            "bundle": self.source,
+            "seq": str(self.seq) if self.seq is not None else None,
+        }
+
+
+@dataclass(frozen=True)
+class _Located:
+    source: str
+    record: Mapping[str, Any]
+
+
+def check_disclosures(
+    disclosures: Iterable[Disclosure], reports: Iterable[BundleReport]
+) -> tuple[DisclosureResult, ...]:
+    """Check each disclosure against the bundles that verified (SPEC §2.5.5).
+
+    Only bundles whose verdict is OK or INCOMPLETE are consulted: a commitment in a
+    bundle that failed verification proves nothing.  Never raises for bad
+    evidence; each failure is a FAIL result with a specific message.
+
+    Raises:
+        ValueError: a verified report was made without ``keep_records=True``.
+    """
+    verified: list[_Located] = []
+    failed_traces: set[str] = set()
+    for report in reports:
+        stmt = report.statement
+        if report.verdict is Verdict.FAIL or stmt is None:
+            if stmt is not None:
+                failed_traces.add(stmt.trace_id)
+            continue
+        if report.records is None:
+            raise ValueError(f"{report.source}: check disclosures against a report made "
+                             "with keep_records=True")
+        verified.extend(_Located(report.source, record) for record in report.records)
+    traces = {loc.record["span"]["traceId"] for loc in verified}
+    out = []
+    for disclosure in disclosures:
+        if disclosure.trace_id not in traces:
+            why = ("its bundle did not verify" if disclosure.trace_id in failed_traces
+                   else "no bundle of this trace was given")
+            out.append(_fail(disclosure, f"cannot be checked: {why}"))
+            continue
+        out.append(_check(disclosure, verified))
+    return tuple(out)
+
+
+def check_disclosure(
+    disclosure: Disclosure, records: Iterable[Mapping[str, Any]], source: str = ""
+) -> DisclosureResult:
+    """Check one disclosure against *records*, which the caller has verified
+    (SPEC §8 steps 1-8 passed for the bundle holding them)."""
+    return _check(disclosure, [_Located(source, r) for r in records])
+
+
+def verify_disclosures(
+    disclosures: Iterable[Disclosure], reports: Iterable[BundleReport]
+) -> tuple[DisclosureResult, ...]:
+    """Verify every disclosure (SPEC §2.5.5); return the results, all PASS.
+
+    Raises:
+        DisclosureError: the first disclosure that does not open its commitment.
+        ValueError: a verified report was made without ``keep_records=True``.
+    """
+    results = check_disclosures(disclosures, reports)
+    for result in results:
+        if not result.ok:
+            raise DisclosureError(format_disclosure_result(result))
+    return results
+
+
+def _fail(disclosure: Disclosure, message: str) -> DisclosureResult:
+    return DisclosureResult(disclosure, Status.FAIL, message)
+
+
+def _commitment_of(record: Mapping[str, Any], key: str) -> Mapping[str, str] | None:
+    typed = record["span"]["attributes"].get(key)
+    if typed is not None and is_committed_value(typed):
+        body: Mapping[str, str] = typed[COMMITTED_VALUE]
+        return body
+    return None
+
+
+def _check(disclosure: Disclosure, located: Sequence[_Located]) -> DisclosureResult:
+    d = disclosure
+    # SPEC §2.5.5 step 2: the records of the named span.
+    spans = [
+        loc for loc in located
+        if loc.record["span"]["traceId"] == d.trace_id and loc.record["span"]["spanId"] == d.span_id
+    ]
+    if not spans:
+        return _fail(d, f"span {d.span_id} is not in the verified bundle(s) of trace "
+                        f"{d.trace_id}")
+    # Step 3: the commitments of the named attribute on that span.
+    targets = [(loc, c) for loc in spans if (c := _commitment_of(loc.record, d.key)) is not None]
+    if not targets:
+        if any(d.key in loc.record["span"]["attributes"] for loc in spans):
+            return _fail(d, f"attribute {d.key!r} of span {d.span_id} is not committed: "
+                            "its value is in the record in clear, nothing to disclose")
+        return _fail(d, f"span {d.span_id} has no attribute {d.key!r}: no commitment to open")
+    # Step 4: the recomputed digest must equal the commitment's digest.
+    digest = d.digest
+    for loc, commitment in targets:
+        if secrets.compare_digest(commitment["digest"], digest):
+            return DisclosureResult(
+                d, Status.PASS,
+                f"opens the commitment in record {loc.record['seq']}",
+                loc.source, int(loc.record["seq"]),
+            )
+    return _fail(d, _diagnose(d, targets, located))
+
+
+def _diagnose(
+    d: Disclosure,
+    targets: Sequence[tuple[_Located, Mapping[str, str]]],
+    located: Sequence[_Located],
+) -> str:
+    """Why *d* opens none of *targets*.  Informative only: the verdict is already FAIL."""
+    where = f"attribute {d.key!r} of span {d.span_id}"
+    salt_hex = d.salt_digest
+    if not any(c["saltDigest"] == salt_hex for _, c in targets):
+        # Was the disclosure made for another commitment (moved to this span/key)?
+        for loc in located:
+            span = loc.record["span"]
+            for key, typed in span["attributes"].items():
+                if not is_committed_value(typed):
+                    continue
+                if typed[COMMITTED_VALUE]["saltDigest"] != salt_hex:
+                    continue
+                if (span["traceId"], span["spanId"], key) == (d.trace_id, d.span_id, d.key):
+                    continue
+                return (f"disclosure for {where} carries the salt of attribute {key!r} of "
+                        f"span {span['spanId']} (moved from another span or attribute); "
+                        "the commitment binds the span and key")
+        return f"salt does not match the commitment of {where}"
+    for alternative in _retyped(d.value):
+        other = commitment_digest(d.trace_id, d.span_id, d.key, alternative, d.salt)
+        if any(c["digest"] == other for _, c in targets):
+            return (f"type mismatch for {where}: disclosed as {_kind(d.value)} "
+                    f"{format_value(d.value)}, committed as {_kind(alternative)}")
+    return f"value does not match the commitment of {where}"
+
+
+def _kind(typed: Mapping[str, Any]) -> str:
+    if not typed:
+        return "empty"
+    return next(iter(typed)).removesuffix("Value")
+
+
+def _retyped(typed: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The same scalar spelled as other types (``"5"`` vs ``5`` vs ``5.0``), for the
+    type-mismatch diagnosis."""
+    if len(typed) != 1:
+        return []
+    ((kind, raw),) = typed.items()
+    if kind == "boolValue":
+        text = "true" if raw else "false"
+    elif kind == "bytesValue":
+        try:
+            text = base64.b64decode(raw, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            text = raw
+    elif isinstance(raw, str):
+        text = raw
+    else:
+        return []
+    candidates: list[dict[str, Any]] = [{"stringValue": text}]
+    try:
+        validate_value({"intValue": text}, "")
+        candidates.append({"intValue": text})
+        candidates.append({"doubleValue": encode_double(float(int(text)))})
+    except (InvalidBundle, ValueError, OverflowError):
+        pass
+    try:
+        decode_double(text)
+        candidates.append({"doubleValue": text})
+        if float(text).is_integer():
+            candidates.append({"intValue": str(int(float(text)))})
+    except (ValueError, OverflowError):
+        pass
+    if text in ("true", "false"):
+        candidates.append({"boolValue": text == "true"})
+    candidates.append({"bytesValue": base64.b64encode(text.encode("utf-8")).decode("ascii")})
+    return [c for c in candidates if c != dict(typed)]
+
+
+# ------------------------------------------------------------------------ display
+
+
+def _clean(text: str) -> str:
+    """Escape non-printable characters, so a disclosed value cannot drive a terminal."""
+    out = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+    return out if len(out) <= _MAX_SHOWN else out[: _MAX_SHOWN - 1] + "…"
+
+
+def format_value(typed: Mapping[str, Any]) -> str:
+    """A typed value for people, with its type: ``"5" (string)``, ``5 (int)``."""
+    if not typed:
+        return "(empty)"
+    kind = _kind(typed)
+    try:
+        value = decode_value(typed)
+    except ValueError:
+        return f"? ({kind})"
+    if isinstance(value, str):
+        text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, bytes):
+        text = "0x" + value.hex()
+    elif isinstance(value, (int, float)) and kind in ("int", "double"):
+        text = typed[next(iter(typed))]
+    else:
+        text = canonicalize(typed[next(iter(typed))]).decode("utf-8")
+    return f"{_clean(text)} ({kind})"
+
+
+def format_disclosure_result(result: DisclosureResult) -> str:
+    """One line for a disclosure: ``DISCLOSED …`` with the value, or ``FAIL …`` and why."""
+    where = f"trace={result.trace_id} span={result.span_id} {_clean(result.key)}"
+    if result.ok:
+        return f"DISCLOSED {where} = {format_value(result.value)}: {result.message}"
+    return f"FAIL disclosure {where}: {_clean(result.message)}"
