@@ -13,6 +13,9 @@ prints medians and ratios against baselines measured in the same run.  Sections:
   the sink, or every bundle is sealed on disk);
 * ``canonical``: RFC 8785 records/s, ours against the ``rfc8785`` package;
 * ``verify``: records/s and peak memory verifying one trace of many records.
+* ``receiver``: certified spans/s through ``spanproof receiver`` over OTLP/gRPC
+  (prebuilt requests of 5-span evidence traces, 4 client threads), sent directly
+  and through ``rotel-agent``; timed until every trace's bundle is on disk.
 
 ``--quick`` uses tiny sizes (the test suite runs it so the harness cannot rot).
 """
@@ -242,6 +245,163 @@ def section_verify(records: int) -> tuple[float, float]:
         shutil.rmtree(d, ignore_errors=True)
 
 
+# ------------------------------------------------------------------ receiver
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _otlp_requests(traces: int, per_request: int) -> list[Any]:
+    """Export requests carrying *traces* evidence traces (root + 4 children)."""
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+    from opentelemetry.proto.common.v1 import common_pb2
+    from opentelemetry.proto.trace.v1 import trace_pb2
+
+    def kv(key: str, value: Any) -> common_pb2.KeyValue:
+        if isinstance(value, int):
+            return common_pb2.KeyValue(key=key, value=common_pb2.AnyValue(int_value=value))
+        return common_pb2.KeyValue(key=key, value=common_pb2.AnyValue(string_value=value))
+
+    spans = []
+    base = int.from_bytes(os.urandom(8), "big") << 64
+    for t in range(traces):
+        trace_id = (base + t + 1).to_bytes(16, "big")
+        root = (t * 8 + 1).to_bytes(8, "big")
+        for i, name in enumerate(("handle_case", "chat classify", "chat retrieve",
+                                  "chat policy", "chat draft")):
+            span = trace_pb2.Span(
+                trace_id=trace_id, span_id=(t * 8 + 1 + i).to_bytes(8, "big"), name=name,
+                kind=trace_pb2.Span.SPAN_KIND_INTERNAL,
+                start_time_unix_nano=1_700_000_000_000_000_000 + i,
+                end_time_unix_nano=1_700_000_000_100_000_000 + i,
+                parent_span_id=b"" if i == 0 else root,
+            )
+            span.attributes.extend([
+                kv("gen_ai.operation.name", "chat"), kv("gen_ai.request.model", "local-model-1"),
+                kv("gen_ai.usage.input_tokens", 412), kv("gen_ai.usage.output_tokens", 96),
+                kv("app.prompt", LONG_TEXT), kv("app.completion", LONG_TEXT),
+            ])
+            spans.append(span)
+    requests = []
+    for start in range(0, len(spans), per_request):
+        req = trace_service_pb2.ExportTraceServiceRequest()
+        rs = req.resource_spans.add()
+        rs.resource.attributes.append(kv("service.name", "bench"))
+        ss = rs.scope_spans.add()
+        ss.scope.name = "bench"
+        ss.spans.extend(spans[start:start + per_request])
+        requests.append(req)
+    return requests
+
+
+def _send_all(endpoint: str, requests: list[Any], threads: int = 4) -> None:
+    import concurrent.futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    channel = grpc.insecure_channel(endpoint)
+    stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+
+    def send(req: Any) -> None:
+        for _ in range(600):
+            try:
+                stub.Export(req, timeout=30)
+                return
+            except grpc.RpcError as e:
+                if e.code() is not grpc.StatusCode.UNAVAILABLE:
+                    raise
+                time.sleep(0.05)
+        raise RuntimeError("receiver stayed unavailable")
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(send, requests))
+    channel.close()
+
+
+def _rotel_agent() -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec("rotel")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("rotel is not installed (pip install rotel)")
+    return os.path.join(next(iter(spec.submodule_search_locations)), "rotel-agent")
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[Any]) -> None:
+    import socket
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("process exited at start")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def receiver_once(traces: int, via_rotel: bool) -> float:
+    """Certified spans/s: from the first request until every trace's bundle is on disk."""
+    from spanproof.exporter import SigningKey
+
+    work = tempfile.mkdtemp(prefix="spanproof-bench-recv-")
+    out = os.path.join(work, "out")
+    procs: list[subprocess.Popen[Any]] = []
+    try:
+        key, _ = SigningKey.generate().write(os.path.join(work, "keys"))
+        port = _free_port()
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "spanproof.verifier", "receiver", "--no-http",
+             "--grpc", f"127.0.0.1:{port}", "--out", out, "--key", key,
+             "--seal-grace-ms", "50", "--max-pending-traces", "50000"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))
+        _wait_listening(port, procs[-1])
+        endpoint = f"127.0.0.1:{port}"
+        if via_rotel:
+            rotel_port = _free_port()
+            procs.append(subprocess.Popen(
+                [_rotel_agent(), "start", "--otlp-grpc-endpoint", f"127.0.0.1:{rotel_port}",
+                 "--otlp-http-endpoint", f"127.0.0.1:{_free_port()}", "--exporter", "otlp",
+                 "--otlp-exporter-endpoint", f"http://{endpoint}",
+                 "--otlp-exporter-protocol", "grpc", "--traces-batch-timeout", "50ms"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))
+            _wait_listening(rotel_port, procs[-1])
+            endpoint = f"127.0.0.1:{rotel_port}"
+        requests = _otlp_requests(traces, per_request=500)
+        gc.collect()
+        start = time.perf_counter()
+        _send_all(endpoint, requests)
+        deadline = time.monotonic() + 600
+        while sum(n.endswith(".spanproof.json") for n in os.listdir(out)) < traces:
+            if time.monotonic() > deadline:
+                raise RuntimeError("not every trace was sealed")
+            time.sleep(0.01)
+        return traces * 5 / (time.perf_counter() - start)
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(60)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def section_receiver(reps: int, traces: int) -> dict[str, float]:
+    results: dict[str, list[float]] = {"direct": [], "rotel": []}
+    for _ in range(reps):
+        for config in results:  # alternate within the run
+            results[config].append(receiver_once(traces, via_rotel=config == "rotel"))
+    return {c: statistics.median(v) for c, v in results.items()}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
@@ -271,6 +431,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         n = 500 if args.quick else 100_000
         rate, rss = section_verify(n)
         out(f"verify: {n:,} records at {rate:,.0f} records/s, peak RSS {rss:,.0f} MiB")
+    if "receiver" in sections:
+        rates = section_receiver(reps, traces)
+        for config, rate in rates.items():
+            out(f"receiver over OTLP/gRPC ({config}): {rate:,.0f} certified spans/s "
+                f"({traces:,} traces x 5 spans)")
     return 0
 
 

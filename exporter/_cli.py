@@ -1,4 +1,4 @@
-"""The producer commands of the ``spanproof`` command line: ``keygen`` and ``demo``.
+"""The producer commands of the ``spanproof`` command line: ``keygen``, ``demo``, ``receiver``.
 
 Private.  ``spanproof.verifier._cli`` parses the arguments and imports this module
 only when one of these commands runs, so verifying never imports OpenTelemetry.
@@ -7,10 +7,14 @@ Each command returns its exit status: 0 success, 1 failure.
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
+from types import FrameType
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -20,6 +24,7 @@ from spanproof.examples.support_agent import SAMPLE_CASES, Outcome, run_case
 from spanproof.verifier import TrustRoot, find_bundles
 from spanproof.verifier._cli import (
     BundleResult,
+    UsageError,
     check_path,
     format_link,
     format_result,
@@ -33,7 +38,7 @@ from ._exporter import SpanproofSpanExporter
 from .config import DEFAULT_SELECT_ATTRIBUTES
 from .keys import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, SigningKey
 
-__all__ = ["demo", "keygen"]
+__all__ = ["demo", "keygen", "receiver"]
 
 _PROG = "spanproof"
 
@@ -193,3 +198,130 @@ def _trace_of(result: BundleResult) -> str | None:
     stmt = result.report.statement if result.report is not None else None
     return stmt.trace_id if stmt is not None else None
 
+
+
+# ------------------------------------------------------------------------ receiver
+
+
+def _address(flag: str, value: str) -> str:
+    """Check a ``HOST:PORT`` flag value (IPv6 hosts in brackets)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"{flag} must be HOST:PORT (port 0-65535, 0 = any free port), "
+                         f"got {value!r}")
+    return value
+
+
+def receiver(
+    *,
+    grpc: str = "127.0.0.1:4317",
+    http: str | None = "127.0.0.1:4318",
+    out: str | None = None,
+    key: str | None = None,
+    select_attributes: str | None = None,
+    select_all: bool | None = None,
+    seal_grace_ms: int | None = None,
+    idle_timeout_ms: int | None = None,
+    max_records: int | None = None,
+    max_pending_traces: int | None = None,
+    max_message_bytes: int | None = None,
+    max_backlog_spans: int | None = None,
+    witness_url: str | None = None,
+    witness_key: str | None = None,
+    redact_attributes: str | None = None,
+    journal_dir: str | None = None,
+) -> int:
+    """``spanproof receiver``: serve OTLP/gRPC (and OTLP/HTTP) and certify what arrives.
+
+    Flags override the ``OTEL_EXPORTER_SPANPROOF_*`` variables.  Prints one line per
+    listening address, then runs until SIGTERM or SIGINT, when it stops accepting,
+    seals everything pending (reason ``shutdown``) and exits 0 (1 when something
+    could not be sealed: it stays in the journal for the next start).
+
+    Raises:
+        UsageError: a malformed flag or setting, or an unusable key file (exit 2).
+    """
+    from .otlp_server import DEFAULT_MAX_MESSAGE_BYTES, GrpcServer, HttpServer
+    from .receiver import Receiver
+
+    grpc = _address("--grpc", grpc)
+    if http is not None:
+        http = _address("--http", http)
+    for flag, number, minimum in (("--seal-grace-ms", seal_grace_ms, 0),
+                                  ("--idle-timeout-ms", idle_timeout_ms, 0),
+                                  ("--max-records", max_records, 1),
+                                  ("--max-pending-traces", max_pending_traces, 1),
+                                  ("--max-message-bytes", max_message_bytes, 1024),
+                                  ("--max-backlog-spans", max_backlog_spans, 1)):
+        if number is not None and number < minimum:
+            raise UsageError(f"{flag} must be an integer >= {minimum}, got {number}")
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    selected = None
+    if select_attributes is not None:
+        selected = [k.strip() for k in select_attributes.split(",") if k.strip()]
+    try:
+        service = Receiver(
+            output_dir=out,
+            key_file=key,
+            select_attributes=selected,
+            select_all=select_all,
+            seal_grace=None if seal_grace_ms is None else seal_grace_ms / 1000,
+            idle_timeout=None if idle_timeout_ms is None else idle_timeout_ms / 1000,
+            max_records=max_records,
+            max_pending_traces=max_pending_traces,
+            witness_url=witness_url,
+            witness_key=witness_key,
+            redact_attributes=(None if redact_attributes is None else
+                               [k.strip() for k in redact_attributes.split(",") if k.strip()]),
+            journal_dir=journal_dir,
+            **({} if max_backlog_spans is None else {"max_backlog_spans": max_backlog_spans}),
+        )
+    except (ValueError, InvalidKey) as e:
+        raise UsageError(str(e)) from None
+    except OSError as e:
+        _error(f"cannot set up the receiver: {e}")
+        return 1
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    servers: list[GrpcServer | HttpServer] = []
+    try:
+        try:
+            recovered = service.start()
+        except OSError as e:
+            _error(f"cannot recover or open the journal in {service.journal_dir}: {e}")
+            return 1
+        if recovered:
+            print(f"recovered    {len(recovered)} bundle(s) from an earlier receiver's journal",
+                  flush=True)
+        limit = DEFAULT_MAX_MESSAGE_BYTES if max_message_bytes is None else max_message_bytes
+        try:
+            servers.append(GrpcServer(grpc, service, max_message_bytes=limit))
+            if http is not None:
+                servers.append(HttpServer(http, service, max_message_bytes=limit))
+        except (OSError, RuntimeError) as e:
+            _error(f"cannot listen: {e}")
+            service.shutdown()
+            return 1
+        for server in servers:
+            server.start()
+        print(f"spanproof receiver: key id {service.keyid[:16]}..., bundles in "
+              f"{service.config.output_dir}", flush=True)
+        print(f"otlp-grpc    {servers[0].host}:{servers[0].port}", flush=True)
+        if http is not None:
+            print(f"otlp-http    {servers[1].host}:{servers[1].port}", flush=True)
+        stop.wait()
+    finally:
+        for server in servers:
+            server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    done = service.shutdown()
+    print("receiver stopped: everything sealed" if done
+          else "receiver stopped: some spans not sealed (kept in the journal)", flush=True)
+    return 0 if done else 1

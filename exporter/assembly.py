@@ -166,8 +166,14 @@ class TraceAssembler:
 
     # -- input -----------------------------------------------------------------
 
-    def add(self, trace_id: str, body: Mapping[str, Any], now: float) -> bool:
+    def add(
+        self, trace_id: str, body: Mapping[str, Any], now: float, *, conflict: bool = False
+    ) -> bool:
         """Add one span's record body (``body["span"]["spanId"]`` identifies it).
+
+        *conflict*: the caller knows a different version of this span id was
+        already certified in an earlier segment (the receiver remembers sealed
+        spans); the span id is then listed in ``conflicts`` like a pending one.
 
         Returns True when something became due at once (size limit, or a trace
         sealed early for room), so the caller can wake its sealer.
@@ -184,6 +190,8 @@ class TraceAssembler:
             return False  # an identical re-delivery: already pending
         else:
             versions.append(body)  # same span id, different content: a conflict
+            entry.conflicts.add(span_id)
+        if conflict:
             entry.conflicts.add(span_id)
         entry.bodies.append(body)
         self._touch(entry, now)

@@ -182,6 +182,26 @@ class Journal:
                     self._live.get(n, set()).discard(key)
             self._collect()
 
+    def append_sealed_many(
+        self, items: Iterable[tuple[str, Iterable[str], Mapping[str, Any]]]
+    ) -> None:
+        """:meth:`append_sealed` for several ``(trace id, keys, next position)`` items,
+        with one write and one fsync."""
+        entries = [(trace_id, list(keys), dict(nxt)) for trace_id, keys, nxt in items]
+        if not entries:
+            return
+        with self._lock:
+            self._write(b"".join(
+                _frame({"t": "sealed", "trace": trace_id, "keys": keys, "next": nxt})
+                for trace_id, keys, nxt in entries
+            ))
+            for _, keys, _ in entries:
+                for key in keys:
+                    n = self._key_file.pop(key, None)
+                    if n is not None:
+                        self._live.get(n, set()).discard(key)
+            self._collect()
+
     def _write(self, data: bytes) -> None:
         os.write(self._fd, data)
         os.fsync(self._fd)

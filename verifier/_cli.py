@@ -614,6 +614,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _producer("demo")(args.out)
 
 
+def _cmd_receiver(args: argparse.Namespace) -> int:
+    return _producer("receiver")(
+        grpc=args.grpc, http=None if args.no_http else args.http, out=args.out, key=args.key,
+        select_attributes=args.select_attributes, select_all=args.select_all or None,
+        seal_grace_ms=args.seal_grace_ms, idle_timeout_ms=args.idle_timeout_ms,
+        max_records=args.max_records, max_pending_traces=args.max_pending_traces,
+        max_message_bytes=args.max_message_bytes, max_backlog_spans=args.max_backlog_spans,
+        witness_url=args.witness_url, witness_key=args.witness_key,
+        redact_attributes=args.redact_attributes, journal_dir=args.journal_dir,
+    )
+
+
 # ------------------------------------------------------------------------- parsing
 
 
@@ -752,8 +764,57 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="spanproof-demo", metavar="DIR",
                       help="output directory (default: ./spanproof-demo)")
     demo.set_defaults(handler=_cmd_demo, subparser=demo)
+    _add_receiver_command(sub)
     _add_witness_commands(sub)
     return parser
+
+
+def _add_receiver_command(sub: Any) -> None:
+    """Register ``receiver``: the OTLP receiver a Collector exports to."""
+    env = "OTEL_EXPORTER_SPANPROOF_"
+    receiver = sub.add_parser(
+        "receiver", help="receive OTLP traces (e.g. from a Collector) and certify them",
+        description="Serve OTLP/gRPC and OTLP/HTTP, certify the evidence spans that arrive "
+        "into signed bundles, and journal every acknowledged span so a crash loses nothing. "
+        f"Flags override the {env}* variables.  SIGTERM/SIGINT seal everything pending.",
+        epilog="Exit status: 0 stopped with everything sealed, 1 runtime failure, 2 usage "
+        "error.",
+    )
+    receiver.add_argument("--grpc", default="127.0.0.1:4317", metavar="HOST:PORT",
+                          help="OTLP/gRPC address (default 127.0.0.1:4317; port 0: any free)")
+    receiver.add_argument("--http", default="127.0.0.1:4318", metavar="HOST:PORT",
+                          help="OTLP/HTTP address (default 127.0.0.1:4318)")
+    receiver.add_argument("--no-http", action="store_true", help="serve OTLP/gRPC only")
+    receiver.add_argument("--out", metavar="DIR", help=f"bundle directory ({env}OUTPUT_DIR)")
+    receiver.add_argument("--key", metavar="KEYFILE",
+                          help=f"Ed25519 private key, PKCS#8 PEM ({env}KEY_FILE)")
+    receiver.add_argument("--select-attributes", metavar="KEY,...",
+                          help=f"attribute keys that make a span evidence "
+                          f"({env}SELECT_ATTRIBUTES)")
+    receiver.add_argument("--select-all", action="store_true",
+                          help=f"certify every span ({env}SELECT_ALL)")
+    for flag, var, what in (
+        ("--seal-grace-ms", "SEAL_GRACE_MS", "quiet period after a trace's local root arrived"),
+        ("--idle-timeout-ms", "IDLE_TIMEOUT_MS", "seal a trace idle this long"),
+        ("--max-records", "MAX_RECORDS", "records per bundle"),
+        ("--max-pending-traces", "MAX_PENDING_TRACES", "open traces held in memory"),
+    ):
+        receiver.add_argument(flag, type=int, metavar="N", help=f"{what} ({env}{var})")
+    receiver.add_argument("--max-message-bytes", type=int, metavar="N",
+                          help="largest request accepted (default 64 MiB)")
+    receiver.add_argument("--max-backlog-spans", type=int, metavar="N",
+                          help="unsealed spans beyond which requests get UNAVAILABLE "
+                          "(default 200000)")
+    receiver.add_argument("--witness-url", metavar="URL",
+                          help=f"submit each bundle to this witness ({env}WITNESS_URL)")
+    receiver.add_argument("--witness-key", metavar="PUB.pem",
+                          help=f"pinned witness key for receipts ({env}WITNESS_KEY)")
+    receiver.add_argument("--redact-attributes", metavar="KEY,...",
+                          help="commit these span attribute values (names and * ? patterns) "
+                          f"instead of storing them ({env}REDACT_ATTRIBUTES)")
+    receiver.add_argument("--journal-dir", metavar="DIR",
+                          help="journal directory (default DIR/journal under --out)")
+    receiver.set_defaults(handler=_cmd_receiver, subparser=receiver)
 
 
 def _add_witness_commands(sub: Any) -> None:

@@ -1,0 +1,745 @@
+"""The OTLP receiver: Collector-delivered spans in, sealed bundle files out.
+
+A :class:`Receiver` is the ``ingest`` callable of the OTLP transports
+(:mod:`spanproof.exporter.otlp_server`).  For each export request it
+
+1. selects the evidence spans (the same :class:`~spanproof.exporter.selection.Selector`
+   as the SDK exporter) and normalizes them with :mod:`spanproof.exporter.otlp`, so a
+   span gives byte-identical records on both paths;
+2. drops identical re-deliveries (a Collector retries whole batches), and marks a
+   different version of an already-seen span id as a conflict (SPEC §4.3);
+3. appends the new bodies to its :class:`~spanproof.exporter.journal.Journal` and
+   fsyncs it, **before** the transport answers OK;
+4. hands them to a :class:`~spanproof.exporter.assembly.TraceAssembler`, which a
+   background thread ("the sealer") drains as in the SDK exporter: seal, write
+   through the sink, retire the journal entries, submit to the witness.
+
+Overload (too many spans waiting to be sealed) and storage failure (the journal or
+the sink cannot be written) raise :class:`~spanproof.exporter.otlp_server.Unavailable`,
+which the transports answer with ``UNAVAILABLE`` / 503 so the Collector retries.
+
+On :meth:`Receiver.start` the journals of a receiver that died without sealing
+(``kill -9``, power loss) are replayed and their spans sealed with seal reason
+``recovered`` under the dead receiver's producer instance, continuing its chains
+(SPEC §5.3).
+
+Locks: ``_ingest_lock`` serializes dedup, journaling and admission (so a span is
+never acknowledged before the one it duplicates is durable); ``_lock`` guards the
+assembler and the sealer's state and is held briefly, never during signing or
+I/O; ``_seal_lock`` runs sealing cycles one at a time.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any
+
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+from spanproof.verifier.canonical import canonicalize
+from spanproof.verifier.checkpoint import WitnessKey
+from spanproof.verifier.errors import CanonicalizationError
+from spanproof.verifier.statement import Completeness, Producer
+
+from .assembly import RECOVERED, SHUTDOWN, SealJob, TraceAssembler
+from .config import ExporterConfig
+from .disclosure import redaction_matcher
+from .journal import Journal, RecoveredTrace, recover_orphans, release_claimed
+from .keys import SigningKey, load_or_create
+from .otlp import MalformedSpan, iter_request_spans, otlp_span_to_body
+from .otlp_server import IngestResult, InvalidRequest, Unavailable
+from .sealing import ChainPosition, SealedBundle, seal
+from .selection import EVIDENCE_ATTRIBUTE, AttributeSelector, Selector
+from .sinks import BundleSink, DirectorySink
+from .submit import WitnessSubmitter
+
+__all__ = ["RECEIVER_PRODUCER_NAME", "Receiver"]
+
+_logger = logging.getLogger(__name__)
+
+#: The producer name stated in the receiver's bundles.
+RECEIVER_PRODUCER_NAME = "spanproof-receiver"
+
+# OTLP span flags (trace.proto SpanFlags): whether the parent is known to be remote.
+_HAS_IS_REMOTE = 0x100
+_IS_REMOTE = 0x200
+
+_MAX_SLEEP = 1.0
+_BACKOFF_SECONDS = 0.05
+_RETRY_AFTER = 1.0
+_STORAGE_RETRY_AFTER = 5.0
+_MIN_SHUTDOWN_SECONDS = 5.0
+_MAX_MESSAGE_SAMPLES = 3
+_WRITE_THREADS = 8
+
+_RECOVERED_NOTE = (
+    "recovered after a crash: these spans were acknowledged by producer instance {} "
+    "and journaled, but the instance stopped before sealing them"
+)
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("spanproof")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _fingerprint(body: Mapping[str, Any]) -> bytes:
+    """A digest of a record body's content, independent of key order."""
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def _selection_attributes(span: trace_pb2.Span) -> dict[str, Any]:
+    """The span's attribute keys for a :class:`Selector`; only the marker's value matters.
+
+    The marker counts only when it is an OTLP ``bool_value``, as on the SDK path.
+    """
+    attributes: dict[str, Any] = {}
+    for kv in span.attributes:
+        attributes[kv.key] = None
+        if kv.key == EVIDENCE_ATTRIBUTE and kv.value.WhichOneof("value") == "bool_value":
+            attributes[kv.key] = kv.value.bool_value
+    return attributes
+
+
+def _is_local_root(span: trace_pb2.Span) -> bool:
+    if not span.parent_span_id:
+        return True
+    return span.flags & (_HAS_IS_REMOTE | _IS_REMOTE) == _HAS_IS_REMOTE | _IS_REMOTE
+
+
+def _position_to_json(position: ChainPosition) -> dict[str, str]:
+    return {
+        "index": str(position.segment_index),
+        "firstSeq": str(position.first_seq),
+        "start": position.start,
+        "previousStatement": position.previous_statement,
+    }
+
+
+def _position_from_json(trace_id: str, raw: Mapping[str, Any] | None) -> ChainPosition:
+    if not raw:
+        return ChainPosition.genesis(trace_id)
+    return ChainPosition(
+        int(raw["index"]), int(raw["firstSeq"]), str(raw["start"]),
+        str(raw["previousStatement"]),
+    )
+
+
+class _SpanMemory:
+    """Fingerprints of recently accepted spans by (trace, span id), oldest trace evicted
+    first once more than *capacity* spans are remembered."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._traces: collections.OrderedDict[str, dict[str, list[bytes]]] = (
+            collections.OrderedDict()
+        )
+        self._size = 0
+
+    def versions(self, trace_id: str, span_id: str) -> list[bytes] | None:
+        spans = self._traces.get(trace_id)
+        return None if spans is None else spans.get(span_id)
+
+    def add(self, trace_id: str, span_id: str, fingerprint: bytes) -> None:
+        spans = self._traces.get(trace_id)
+        if spans is None:
+            spans = self._traces[trace_id] = {}
+        else:
+            self._traces.move_to_end(trace_id)
+        spans.setdefault(span_id, []).append(fingerprint)
+        self._size += 1
+        while self._size > self._capacity and len(self._traces) > 1:
+            _, forgotten = self._traces.popitem(last=False)
+            self._size -= sum(len(v) for v in forgotten.values())
+
+
+class Receiver:
+    """Certifies spans delivered over OTLP into signed, hash-chained bundle files.
+
+    Configured like :class:`~spanproof.exporter.SpanproofSpanExporter`: an argument
+    that is not ``None``, else its ``OTEL_EXPORTER_SPANPROOF_*`` variable, else the
+    default.  Call :meth:`start` before serving and :meth:`shutdown` after the
+    transports stopped; the instance itself is the transports' ``ingest`` callable.
+
+    Args:
+        output_dir, key_file, select_attributes, select_all, seal_grace,
+            idle_timeout, max_records, max_pending_traces, sealed_trace_memory,
+            witness_url, witness_key: as for the SDK exporter.  ``seal_grace`` is a
+            quiet period here: a trace whose local root arrived is sealed once no
+            span of it arrived for that long.
+        selector: decides which spans are evidence (default: the configured rules).
+        journal_dir: where the journal lives (default ``<output_dir>/journal``).
+        max_backlog_spans: accepted spans not yet sealed and written beyond which
+            requests are answered ``UNAVAILABLE`` (the Collector retries).
+        dedup_memory: spans whose fingerprint is remembered to recognise
+            re-deliveries after their trace was sealed.
+        signing_key: a key object to sign with (overrides *key_file*).
+        clock: seconds since the epoch (default :func:`time.time`).
+        sink: where bundles go (default: a :class:`DirectorySink` on *output_dir*).
+
+    Raises:
+        ValueError: a malformed setting (naming its environment variable).
+        InvalidKey: the key file cannot be used.
+        OSError: the output or journal directory cannot be created.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        *,
+        selector: Selector | None = None,
+        select_attributes: Sequence[str] | None = None,
+        select_all: bool | None = None,
+        seal_grace: float | None = None,
+        idle_timeout: float | None = None,
+        max_records: int | None = None,
+        max_pending_traces: int | None = None,
+        sealed_trace_memory: int | None = None,
+        witness_url: str | None = None,
+        witness_key: str | None = None,
+        redact_attributes: Sequence[str] | None = None,
+        journal_dir: str | os.PathLike[str] | None = None,
+        max_backlog_spans: int = 200_000,
+        dedup_memory: int = 262_144,
+        signing_key: SigningKey | None = None,
+        clock: Callable[[], float] | None = None,
+        sink: BundleSink | None = None,
+    ) -> None:
+        if max_backlog_spans < 1 or dedup_memory < 0:
+            raise ValueError("max_backlog_spans must be >= 1 and dedup_memory >= 0")
+        config = ExporterConfig.from_env(
+            output_dir=os.fspath(output_dir) if output_dir is not None else None,
+            key_file=os.fspath(key_file) if key_file is not None else None,
+            select_attributes=tuple(select_attributes) if select_attributes is not None else None,
+            select_all=select_all,
+            seal_grace=seal_grace,
+            idle_timeout=idle_timeout,
+            max_records=max_records,
+            max_pending_traces=max_pending_traces,
+            sealed_trace_memory=sealed_trace_memory,
+            witness_url=witness_url,
+            witness_key=witness_key,
+            redact_attributes=(tuple(redact_attributes) if redact_attributes is not None
+                               else None),
+        )
+        output = os.path.abspath(config.output_dir)
+        self._config = dataclasses.replace(config, output_dir=output)
+        if signing_key is None:
+            if config.key_file is not None:
+                signing_key = SigningKey.load(config.key_file)
+            else:
+                signing_key = load_or_create(os.path.join(output, "keys"))
+        self._signer = signing_key
+        self._selector: Selector = selector or AttributeSelector.from_config(config)
+        # Committed attributes (SPEC §2.5): committed at sealing, never before
+        # assembly, so a re-delivered span still matches its first delivery.
+        self._redact = redaction_matcher(config.redact_attributes)
+        self._clock: Callable[[], float] = clock or time.time
+        self._sink: BundleSink = sink or DirectorySink(output)
+        # The default sink is safe to call from several threads; a given one may not be.
+        self._writers = (
+            concurrent.futures.ThreadPoolExecutor(_WRITE_THREADS, "spanproof-write")
+            if sink is None else None
+        )
+        self._journal_dir = os.path.abspath(
+            os.fspath(journal_dir) if journal_dir is not None else os.path.join(output, "journal")
+        )
+        self._max_backlog = max_backlog_spans
+        self._max_pending = self._config.max_pending_traces
+        self._producer = Producer(RECEIVER_PRODUCER_NAME, _package_version(), secrets.token_hex(8))
+        self._witness_keys: tuple[WitnessKey, ...] = ()
+        if self._config.witness_key is not None:
+            self._witness_keys = (WitnessKey.load(self._config.witness_key),)
+
+        self._ingest_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._seal_lock = threading.Lock()
+        self._assembler = TraceAssembler.from_config(self._config)
+        self._memory = _SpanMemory(dedup_memory)
+        # Traces whose local root arrived (so their later spans get the quiet period).
+        self._rooted: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._rooted_limit = max(self._config.max_pending_traces,
+                                 self._config.sealed_trace_memory)
+        # Journal key of every body the assembler holds, by the body's identity.
+        self._keys: dict[int, tuple[str, Mapping[str, Any]]] = {}
+        self._unwritten: collections.deque[tuple[SealedBundle, SealJob]] = collections.deque()
+        self._storage_error: str | None = None
+        self._journal: Journal | None = None
+        self._submitter: WitnessSubmitter | None = None
+        self._thread: threading.Thread | None = None
+        self._started = False
+        self._stopping = False
+        self._shut_down = False
+        self._wake_at = float("-inf")
+
+    # -- properties --------------------------------------------------------------
+
+    @property
+    def config(self) -> ExporterConfig:
+        """The resolved settings (``output_dir`` made absolute)."""
+        return self._config
+
+    @property
+    def producer(self) -> Producer:
+        """The producer identity stated in this receiver's bundles."""
+        return self._producer
+
+    @property
+    def journal_dir(self) -> str:
+        """The journal directory."""
+        return self._journal_dir
+
+    @property
+    def keyid(self) -> str:
+        """The key id (SPEC §6.1) of the signing key."""
+        return self._signer.keyid
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self) -> list[str]:
+        """Recover orphaned journals, open this receiver's journal, start the sealer.
+
+        Returns the paths of the bundles sealed from recovered journals (reason
+        ``recovered``); they are written before this returns, so recovered spans
+        are on disk before the receiver acknowledges anything new.
+
+        Raises:
+            OSError: the journal or output directory cannot be used.
+            RuntimeError: already started.
+        """
+        if self._started:
+            raise RuntimeError("receiver already started")
+        self._started = True
+        written = self._recover()
+        self._journal = Journal(self._journal_dir, self._producer.instance)
+        if self._config.witness_url is not None:
+            self._submitter = WitnessSubmitter(
+                self._config.witness_url,
+                os.path.join(self._config.output_dir, "witness-queue"),
+                producer_key=self._signer.private_key.public_key(),
+                witness_keys=self._witness_keys,
+            )
+            for path in written:
+                self._submitter.submit(path)
+            threading.Thread(target=self._scan_unsubmitted, name="spanproof-witness-scan",
+                             daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name="spanproof-sealer", daemon=True)
+        self._thread.start()
+        return written
+
+    def shutdown(self, timeout: float = 30.0) -> bool:
+        """Seal everything pending (reason ``shutdown``), write it, stop the sealer.
+
+        Call after the transports stopped.  Idempotent; later requests are answered
+        ``UNAVAILABLE``.  Sealing gets at least 5 seconds whatever *timeout* says.
+        Returns True when everything was sealed and written; otherwise what is left
+        stays in the journal and is recovered by the next start.
+        """
+        with self._cond:
+            if self._shut_down:
+                return True
+            self._shut_down = True
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        deadline = time.monotonic() + max(timeout, _MIN_SHUTDOWN_SECONDS)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._ingest_lock:  # no request is half-way through admission
+            pass
+        done = False
+        if self._journal is not None:
+            try:
+                done = self._cycle(drain=SHUTDOWN, deadline=deadline)
+            except Exception:
+                _logger.exception("receiver: sealing at shutdown failed")
+        if self._submitter is not None:
+            remaining = max(0.0, deadline - time.monotonic())
+            self._submitter.flush(min(remaining, _MIN_SHUTDOWN_SECONDS))
+            self._submitter.close(max(0.0, deadline - time.monotonic()))
+        if self._journal is not None:
+            self._journal.close()
+        if self._writers is not None:
+            self._writers.shutdown(wait=True)
+        if not done:
+            _logger.error("receiver: shutdown incomplete: %d bundle(s) not written, %d trace(s) "
+                          "not sealed; they stay in the journal for the next start",
+                          len(self._unwritten), self._assembler.pending_traces)
+        return done
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Seal and write every trace that is due now; True when nothing due is left."""
+        return self._cycle(deadline=time.monotonic() + timeout)
+
+    # -- ingest (the transports' callable) ----------------------------------------
+
+    def __call__(self, resource_spans: Sequence[trace_pb2.ResourceSpans]) -> IngestResult:
+        """Accept one export request's spans; see the module docstring.
+
+        Returns how many spans were rejected (malformed evidence spans) and why.
+
+        Raises:
+            InvalidRequest: every evidence span of the request is malformed.
+            Unavailable: not started or shut down, overloaded, or storage failing.
+        """
+        if not self._started or self._shut_down or self._journal is None:
+            raise Unavailable("receiver is not running", _RETRY_AFTER)
+        selects = self._selector.selects
+        items: list[tuple[str, str, dict[str, Any], bytes]] = []
+        rejected: list[tuple[str | None, str]] = []
+        roots: list[str] = []
+        for span, resource, scope in iter_request_spans(resource_spans):
+            if _is_local_root(span) and len(span.trace_id) == 16:
+                roots.append(span.trace_id.hex())
+            if not selects(_selection_attributes(span)):
+                continue
+            trace_id = span.trace_id.hex() if len(span.trace_id) == 16 else None
+            try:
+                if isinstance(resource, MalformedSpan):
+                    raise resource
+                if isinstance(scope, MalformedSpan):
+                    raise scope
+                body = otlp_span_to_body(span, resource, scope)
+            except MalformedSpan as e:
+                rejected.append((trace_id, f"span {span.span_id.hex() or '?'}: {e}"))
+                continue
+            span_id = body["span"]["spanId"]
+            items.append((body["span"]["traceId"], span_id, body, _fingerprint(body)))
+        with self._ingest_lock:
+            self._admit(items, rejected, roots)
+        if rejected and not items:
+            # Declared in the traces' next bundles by _admit; the request is refused.
+            raise InvalidRequest(self._rejection_message(rejected))
+        if rejected:
+            return IngestResult(len(rejected), self._rejection_message(rejected))
+        return IngestResult()
+
+    @staticmethod
+    def _rejection_message(rejected: list[tuple[str | None, str]]) -> str:
+        shown = "; ".join(why for _, why in rejected[:_MAX_MESSAGE_SAMPLES])
+        more = len(rejected) - _MAX_MESSAGE_SAMPLES
+        suffix = f" (and {more} more)" if more > 0 else ""
+        return f"{len(rejected)} evidence span(s) rejected: {shown}{suffix}"
+
+    def _admit(
+        self,
+        items: list[tuple[str, str, dict[str, Any], bytes]],
+        rejected: list[tuple[str | None, str]],
+        roots: list[str],
+    ) -> None:
+        assert self._journal is not None
+        if self._shut_down:
+            raise Unavailable("receiver is shutting down", _RETRY_AFTER)
+        if self._storage_error is not None:
+            raise Unavailable(f"storage is failing: {self._storage_error}", _STORAGE_RETRY_AFTER)
+        if len(self._keys) + len(items) > self._max_backlog and self._keys:
+            raise Unavailable(
+                f"overloaded: {len(self._keys)} accepted spans are waiting to be sealed",
+                _RETRY_AFTER,
+            )
+        memory = self._memory
+        fresh: list[tuple[str, str, dict[str, Any], bytes, bool]] = []
+        for trace_id, span_id, body, fingerprint in items:
+            versions = memory.versions(trace_id, span_id)
+            if versions is not None and fingerprint in versions:
+                continue  # an identical re-delivery: already durable
+            memory.add(trace_id, span_id, fingerprint)
+            fresh.append((trace_id, span_id, body, fingerprint, versions is not None))
+        new_traces = {item[0] for item in fresh}
+        if self._assembler.pending_traces + len(new_traces) >= 2 * self._max_pending:
+            # Beyond this the assembler would have to drop spans (SPEC §5.3).
+            self._forget(fresh)
+            raise Unavailable(
+                f"overloaded: {self._assembler.pending_traces} traces are waiting to be sealed",
+                _RETRY_AFTER,
+            )
+        keys: list[str] = []
+        if fresh:
+            try:
+                keys = self._journal.append_spans((item[0], item[2]) for item in fresh)
+            except OSError as e:
+                self._forget(fresh)  # not acknowledged: the retry must be admitted
+                _logger.error("receiver: cannot write the journal: %s", e)
+                raise Unavailable(f"journal write failed: {e}", _STORAGE_RETRY_AFTER) from e
+        now = self._clock()
+        with self._cond:
+            assembler = self._assembler
+            wake = False
+            for (trace_id, _, body, _, conflict), key in zip(fresh, keys, strict=True):
+                # Pinning the body keeps its id unique while the key is held.
+                self._keys[id(body)] = (key, body)
+                wake = assembler.add(trace_id, body, now, conflict=conflict) or wake
+            for rejected_trace, _ in rejected:
+                if rejected_trace is not None and rejected_trace != "0" * 32:
+                    assembler.reject(rejected_trace, now)
+            rooted = self._rooted
+            for trace_id in roots:
+                rooted[trace_id] = None
+                rooted.move_to_end(trace_id)
+            while len(rooted) > self._rooted_limit:
+                rooted.popitem(last=False)
+            # Once a trace's local root arrived, each new span restarts its quiet period.
+            for trace_id in new_traces | set(roots):
+                if trace_id in rooted:
+                    assembler.root_ended(trace_id, now)
+            deadline = assembler.next_deadline()
+            if wake or (deadline is not None and deadline < self._wake_at):
+                self._cond.notify()
+
+    def _forget(self, fresh: list[tuple[str, str, dict[str, Any], bytes, bool]]) -> None:
+        for trace_id, span_id, _, fingerprint, _ in fresh:
+            versions = self._memory.versions(trace_id, span_id)
+            if versions is not None and fingerprint in versions:
+                versions.remove(fingerprint)
+
+    # -- recovery ----------------------------------------------------------------
+
+    def _recover(self) -> list[str]:
+        """Seal the traces of orphaned journals (SPEC §5.3 ``recovered``)."""
+        traces, paths = recover_orphans(self._journal_dir)
+        if not paths:
+            return []
+        written: list[str] = []
+        fresh_instance = secrets.token_hex(8)
+        for trace in traces.values():
+            for bundle in self._seal_recovered(trace, fresh_instance):
+                written.append(self._sink.write(bundle))
+        release_claimed(paths)
+        _logger.warning("receiver: recovered %d trace(s) from %d orphaned journal file(s) into "
+                        "%d bundle(s)", len(traces), len(paths), len(written))
+        return written
+
+    def _seal_recovered(self, trace: RecoveredTrace, fresh_instance: str) -> list[SealedBundle]:
+        # The spans were acknowledged by the dead instance: they continue its chain,
+        # under its producer instance (SPEC §5.3).
+        instance = trace.instance or fresh_instance
+        producer = Producer(RECEIVER_PRODUCER_NAME, _package_version(), instance)
+        position = _position_from_json(trace.trace_id, trace.next_position)
+        bodies: list[dict[str, Any]] = []
+        seen: dict[str, list[bytes]] = {}
+        conflicts: set[str] = set()
+        for body in trace.bodies:
+            span_id = body["span"]["spanId"]
+            fingerprint = _fingerprint(body)
+            versions = seen.setdefault(span_id, [])
+            if fingerprint in versions:
+                continue
+            if versions:
+                conflicts.add(span_id)
+            versions.append(fingerprint)
+            bodies.append(body)
+            self._memory.add(trace.trace_id, span_id, fingerprint)
+        notes = [_RECOVERED_NOTE.format(instance)]
+        if trace.dropped_spans:
+            notes.append(f"{trace.dropped_spans} span(s) were recorded as dropped in the journal")
+        bundles = []
+        max_records = self._config.max_records
+        chunks = [bodies[i:i + max_records] for i in range(0, len(bodies), max_records)] or [[]]
+        for n, chunk in enumerate(chunks):
+            ids = {b["span"]["spanId"] for b in chunk}
+            completeness = Completeness(
+                dropped_spans=trace.dropped_spans if n == 0 else 0,
+                conflicts=tuple(sorted(conflicts & ids)),
+                notes=tuple(notes),
+            )
+            job = SealJob(trace.trace_id, tuple(chunk), position, RECOVERED, completeness)
+            bundle = self._seal(job, producer)
+            bundles.append(bundle)
+            position = bundle.next_position()
+        return bundles
+
+    def _scan_unsubmitted(self) -> None:
+        assert self._submitter is not None
+        try:
+            queued = self._submitter.scan(self._config.output_dir)
+        except Exception:
+            _logger.exception("receiver: scanning %s for unsubmitted bundles failed",
+                              self._config.output_dir)
+            return
+        if queued:
+            _logger.info("receiver: %d bundle(s) without a witness receipt queued", queued)
+
+    # -- the sealer --------------------------------------------------------------
+
+    def _run(self) -> None:
+        worked = True
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                now = self._clock()
+                wake = self._assembler.next_deadline()
+                if self._unwritten:
+                    wake = now + _RETRY_AFTER if wake is None else min(wake, now + _RETRY_AFTER)
+                timeout = _MAX_SLEEP if wake is None else min(max(wake - now, 0.0), _MAX_SLEEP)
+                if timeout == 0 and not worked:
+                    timeout = _BACKOFF_SECONDS  # something looked due but nothing sealed
+                if timeout > 0:
+                    self._wake_at = now + timeout
+                    self._cond.wait(timeout)
+                    self._wake_at = float("-inf")
+                if self._stopping:
+                    return
+            try:
+                worked = self._cycle(deadline=None, report_work=True)
+            except Exception:
+                _logger.exception("receiver: sealing cycle failed")
+                worked = False
+
+    def _cycle(
+        self, *, drain: str | None = None, deadline: float | None, report_work: bool = False
+    ) -> bool:
+        """One sealing pass: seal what is due (or everything, with *drain*), write it,
+        retire its journal entries.  Returns whether it completed (or, with
+        *report_work*, whether it sealed or wrote anything)."""
+        timeout = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._seal_lock.acquire(timeout=timeout):
+            return False
+        try:
+            worked = self._write_pending()
+            while True:
+                with self._lock:
+                    if drain is not None:
+                        jobs = self._assembler.drain_all(drain)
+                    else:
+                        jobs = self._assembler.due(self._clock())
+                if not jobs:
+                    break
+                for job in jobs:
+                    self._seal_job(job)
+                worked = self._write_pending() or worked
+                if self._unwritten:
+                    return False
+                if deadline is not None and time.monotonic() > deadline:
+                    return False
+            return worked if report_work else not self._unwritten
+        finally:
+            self._seal_lock.release()
+
+    def _seal_job(self, job: SealJob) -> None:
+        try:
+            bundle = self._seal(job, self._producer)
+        except Exception as e:
+            _logger.exception("receiver: cannot seal a segment of trace %s", job.trace_id)
+            with self._lock:
+                self._assembler.abandon(
+                    job, f"{len(job.bodies)} span(s) lost: sealing failed ({type(e).__name__})"
+                )
+            # The next bundle of the trace declares them; their journal entries go.
+            self._retire([(job, job.position)])
+            return
+        with self._lock:
+            self._assembler.sealed(job, bundle.next_position())
+        self._unwritten.append((bundle, job))
+
+    def _write_pending(self) -> bool:
+        """Write the sealed bundles (concurrently when the sink allows: each write
+        waits on two fsyncs), then retire their journal entries with one fsync.
+        Failed ones are kept for retry; requests are answered UNAVAILABLE meanwhile."""
+        if not self._unwritten:
+            return False
+        batch = list(self._unwritten)
+        self._unwritten.clear()
+        if self._writers is not None and len(batch) > 1:
+            outcomes = list(self._writers.map(self._try_write, batch))
+        else:
+            outcomes = [self._try_write(item) for item in batch]
+        done: list[tuple[SealJob, ChainPosition]] = []
+        paths: list[str] = []
+        failure: Exception | None = None
+        for (bundle, job), outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                self._unwritten.append((bundle, job))
+                failure = failure or outcome
+            else:
+                paths.append(outcome)
+                done.append((job, bundle.next_position()))
+        if failure is not None:
+            if self._storage_error is None:
+                _logger.error("receiver: cannot write %d bundle(s) (%s); will retry",
+                              len(self._unwritten), failure)
+            self._storage_error = f"cannot write bundles: {failure}"
+        if done:
+            self._retire(done)
+            if not self._unwritten:
+                self._storage_error = None
+        if self._submitter is not None:
+            for path in paths:
+                self._submitter.submit(path)
+        return bool(done)
+
+    def _try_write(self, item: tuple[SealedBundle, SealJob]) -> str | Exception:
+        try:
+            return self._sink.write(item[0])
+        except Exception as e:
+            return e
+
+    def _retire(self, done: Iterable[tuple[SealJob, ChainPosition]]) -> None:
+        assert self._journal is not None
+        items = []
+        with self._lock:
+            for job, position in done:
+                keys = [held[0] for held in (self._keys.pop(id(b), None) for b in job.bodies)
+                        if held is not None]
+                items.append((job.trace_id, keys, _position_to_json(position)))
+        try:
+            self._journal.append_sealed_many(items)
+        except OSError as e:
+            # The bundles are durable; after a crash their spans would be recovered a
+            # second time (as a separate, declared-recovered segment): log it loudly.
+            _logger.error("receiver: cannot retire journal entries: %s", e)
+            self._storage_error = f"journal write failed: {e}"
+
+    def _seal(self, job: SealJob, producer: Producer) -> SealedBundle:
+        sealed_at = datetime.fromtimestamp(self._clock(), timezone.utc)
+        try:
+            return self._sign(job, job.bodies, job.completeness, producer, sealed_at)
+        except CanonicalizationError:
+            pass
+        # A value JSON cannot carry (a lone surrogate from OTLP/JSON): certify the
+        # others and declare the rest rejected (SPEC §5.3), as the SDK exporter does.
+        kept = []
+        for body in job.bodies:
+            try:
+                canonicalize(body)
+            except CanonicalizationError:
+                continue
+            kept.append(body)
+        bad = len(job.bodies) - len(kept)
+        completeness = dataclasses.replace(
+            job.completeness,
+            rejected_spans=job.completeness.rejected_spans + bad,
+            notes=(*job.completeness.notes,
+                   f"{bad} span(s) rejected: a value has no canonical JSON form "
+                   "(e.g. a string with a lone surrogate)"),
+        )
+        return self._sign(job, kept, completeness, producer, sealed_at)
+
+    def _sign(
+        self,
+        job: SealJob,
+        bodies: Sequence[Mapping[str, Any]],
+        completeness: Completeness,
+        producer: Producer,
+        sealed_at: datetime,
+    ) -> SealedBundle:
+        return seal(job.trace_id, bodies, job.position, signer=self._signer,
+                    producer=producer, sealed_at=sealed_at, reason=job.reason,
+                    completeness=completeness, redact=self._redact)

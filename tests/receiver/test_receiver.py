@@ -1,0 +1,254 @@
+"""The receiver behind OTLP: grouping, sealing, dedup, conflicts, the Collector contract."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+
+import grpc
+import pytest
+from receiver_support import (
+    TRACE_A,
+    TRACE_B,
+    FakeClock,
+    export,
+    otlp_span,
+    request,
+    serving,
+    signing_key,
+    span_id,
+    span_ids,
+    trust_root,
+    verified,
+)
+
+from spanproof.exporter.otlp_server import Unavailable
+from spanproof.exporter.receiver import Receiver
+from spanproof.exporter.sealing import SealedBundle
+from spanproof.exporter.sinks import DirectorySink
+
+
+def make_receiver(out, clock, **kwargs):
+    kwargs.setdefault("seal_grace", 2.0)
+    kwargs.setdefault("idle_timeout", 30.0)
+    return Receiver(out, signing_key=signing_key(), clock=clock, **kwargs)
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+def test_out_of_order_spans_across_requests_form_one_bundle(tmp_path, clock):
+    receiver = make_receiver(tmp_path / "out", clock)
+    with serving(receiver) as (server, _):
+        endpoint = f"127.0.0.1:{server.port}"
+        # Children first, one request each, then the (non-evidence) root, then a grandchild.
+        for n in (4, 2, 3):
+            export(endpoint, otlp_span(TRACE_A, n, parent=1))
+        export(endpoint, otlp_span(TRACE_A, 1, evidence=False))
+        clock.advance(1.5)
+        export(endpoint, otlp_span(TRACE_A, 5, parent=2))  # restarts the quiet period
+        clock.advance(1.5)
+        assert receiver.flush()
+        assert verified(str(tmp_path / "out"), trust_root(str(tmp_path))) == []
+        clock.advance(1.0)
+        assert receiver.flush()
+        reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
+    assert len(reports) == 1
+    assert reports[0].statement.seal_reason == "root_ended"
+    assert span_ids(reports[0]) == [span_id(n) for n in (4, 2, 3, 5)]  # arrival order
+
+
+def test_late_span_starts_a_linked_continuation_segment(tmp_path, clock):
+    receiver = make_receiver(tmp_path / "out", clock)
+    with serving(receiver) as (server, _):
+        endpoint = f"127.0.0.1:{server.port}"
+        export(endpoint, otlp_span(TRACE_A, 1), otlp_span(TRACE_A, 2, parent=1))
+        clock.advance(2.5)
+        assert receiver.flush()
+        export(endpoint, otlp_span(TRACE_A, 3, parent=1))
+        clock.advance(2.5)
+        assert receiver.flush()
+        reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
+    assert [span_ids(r) for r in reports] == [[span_id(1), span_id(2)], [span_id(3)]]
+    first, second = (r.statement for r in reports)
+    assert (second.segment_index, second.first_seq, second.start) == (1, 2, first.head)
+    assert second.previous_statement == reports[0].statement_digest
+
+
+def test_idle_timeout_and_size_limit(tmp_path, clock):
+    receiver = make_receiver(tmp_path / "out", clock, max_records=3)
+    with serving(receiver) as (server, _):
+        endpoint = f"127.0.0.1:{server.port}"
+        export(endpoint, *[otlp_span(TRACE_A, n, parent=99) for n in range(1, 8)])
+        export(endpoint, otlp_span(TRACE_B, 1, parent=99))  # its root never arrives
+        clock.advance(31)
+        assert receiver.flush()
+        reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
+    by_trace = {}
+    for r in reports:
+        by_trace.setdefault(r.statement.trace_id, []).append(r)
+    assert [len(r.records) for r in by_trace[TRACE_A]] == [3, 3, 1]
+    assert [r.statement.seal_reason for r in by_trace[TRACE_A]][:2] == ["size_limit"] * 2
+    assert [r.statement.seal_reason for r in by_trace[TRACE_B]] == ["idle_timeout"]
+
+
+def test_shutdown_seals_everything_pending(tmp_path, clock):
+    receiver = make_receiver(tmp_path / "out", clock)
+    with serving(receiver) as (server, _):
+        export(f"127.0.0.1:{server.port}", otlp_span(TRACE_A, 1, parent=9),
+               otlp_span(TRACE_B, 1))
+    reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
+    assert {r.statement.trace_id for r in reports} == {TRACE_A, TRACE_B}
+    assert {r.statement.seal_reason for r in reports} == {"shutdown"}
+    assert os.listdir(receiver.journal_dir) == []  # everything retired
+
+
+def test_identical_redelivery_is_ignored_before_and_after_sealing(tmp_path, clock):
+    receiver = make_receiver(tmp_path / "out", clock)
+    with serving(receiver) as (server, _):
+        endpoint = f"127.0.0.1:{server.port}"
+        batch = [otlp_span(TRACE_A, 1), otlp_span(TRACE_A, 2, parent=1)]
+        export(endpoint, *batch)
+        export(endpoint, *batch)  # a Collector retry of the same batch
+        clock.advance(2.5)
+        assert receiver.flush()
+        export(endpoint, *batch)  # retried again after the trace was sealed
+        clock.advance(2.5)
+        assert receiver.flush()
+        reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
+    assert [span_ids(r) for r in reports] == [[span_id(1), span_id(2)]]
+    assert reports[0].statement.completeness.conflicts == ()
+
+
+def test_different_content_under_a_seen_span_id_is_kept_as_a_conflict(tmp_path, clock):
+    receiver = make_receiver(tmp_path / "out", clock)
+    with serving(receiver) as (server, _):
+        endpoint = f"127.0.0.1:{server.port}"
+        export(endpoint, otlp_span(TRACE_A, 1), otlp_span(TRACE_A, 2, parent=1))
+        export(endpoint, otlp_span(TRACE_A, 2, parent=1, extra={"v": "changed"}))
+        clock.advance(2.5)
+        assert receiver.flush()
+        # And against a version already sealed: listed in the continuation segment.
+        export(endpoint, otlp_span(TRACE_A, 1, extra={"v": "again"}))
+        clock.advance(2.5)
+        assert receiver.flush()
+        reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
+    assert [span_ids(r) for r in reports] == [
+        [span_id(1), span_id(2), span_id(2)], [span_id(1)]]
+    assert reports[0].statement.completeness.conflicts == (span_id(2),)
+    assert reports[1].statement.completeness.conflicts == (span_id(1),)
+    versions = [r["span"]["attributes"].get("v") for r in reports[0].records]
+    assert versions == [None, None, {"stringValue": "changed"}]
+
+
+def test_malformed_spans_partial_success_and_invalid_argument(tmp_path, clock):
+    receiver = make_receiver(tmp_path / "out", clock)
+    with serving(receiver, http=True) as (server, http_server):
+        endpoint = f"127.0.0.1:{server.port}"
+        bad = otlp_span(TRACE_A, 2, parent=1)
+        bad.kind = 42  # unknown span kind
+        response = export(endpoint, otlp_span(TRACE_A, 1), bad)
+        assert response.partial_success.rejected_spans == 1
+        assert "unknown span kind 42" in response.partial_success.error_message
+
+        with pytest.raises(grpc.RpcError) as err:
+            export(endpoint, bad)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "unknown span kind" in err.value.details()
+
+        url = f"http://127.0.0.1:{http_server.port}/v1/traces"
+        body = request(bad).SerializeToString()
+        req = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/x-protobuf"})
+        with pytest.raises(urllib.error.HTTPError) as http_err:
+            urllib.request.urlopen(req, timeout=10)
+        assert http_err.value.code == 400
+        garbage = urllib.request.Request(url, data=b"{not json", method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as json_err:
+            urllib.request.urlopen(garbage, timeout=10)
+        assert json_err.value.code == 400
+        assert "not JSON" in json.loads(json_err.value.read())["message"]
+    reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)), allow_incomplete=True)
+    assert [span_ids(r) for r in reports] == [[span_id(1)]]
+    # The rejected evidence spans are declared, never silently lost (SPEC §5.3).
+    assert reports[0].statement.completeness.rejected_spans == 3
+
+
+def test_non_evidence_spans_are_not_certified(tmp_path, clock):
+    receiver = make_receiver(tmp_path / "out", clock)
+    with serving(receiver) as (server, _):
+        export(f"127.0.0.1:{server.port}", otlp_span(TRACE_A, 1, evidence=False),
+               otlp_span(TRACE_A, 2, parent=1), otlp_span(TRACE_B, 1, evidence=False))
+    reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
+    assert [span_ids(r) for r in reports] == [[span_id(2)]]
+
+
+class FailingSink(DirectorySink):
+    def __init__(self, directory):
+        super().__init__(directory)
+        self.failing = True
+
+    def write(self, bundle: SealedBundle) -> str:
+        if self.failing:
+            raise OSError(28, "No space left on device")
+        return super().write(bundle)
+
+
+def test_storage_failure_answers_unavailable_and_recovers(tmp_path, clock):
+    sink = FailingSink(tmp_path / "out")
+    receiver = make_receiver(tmp_path / "out", clock, sink=sink)
+    with serving(receiver) as (server, _):
+        endpoint = f"127.0.0.1:{server.port}"
+        export(endpoint, otlp_span(TRACE_A, 1))
+        clock.advance(2.5)
+        assert not receiver.flush()
+        with pytest.raises(grpc.RpcError) as err:
+            export(endpoint, otlp_span(TRACE_B, 1))
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "No space left" in err.value.details()
+        sink.failing = False
+        assert receiver.flush()
+        export(endpoint, otlp_span(TRACE_B, 1))  # accepted again
+    reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
+    assert {r.statement.trace_id for r in reports} == {TRACE_A, TRACE_B}
+
+
+def test_overload_answers_unavailable(tmp_path, clock):
+    receiver = make_receiver(tmp_path / "out", clock, max_backlog_spans=2)
+    with serving(receiver) as (server, _):
+        endpoint = f"127.0.0.1:{server.port}"
+        export(endpoint, otlp_span(TRACE_A, 1, parent=9), otlp_span(TRACE_A, 2, parent=9))
+        with pytest.raises(grpc.RpcError) as err:
+            export(endpoint, otlp_span(TRACE_A, 3, parent=9))
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "overloaded" in err.value.details()
+    reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
+    assert [span_ids(r) for r in reports] == [[span_id(1), span_id(2)]]
+
+
+def test_requests_before_start_are_unavailable(tmp_path, clock):
+    receiver = make_receiver(tmp_path / "out", clock)
+    with pytest.raises(Unavailable):
+        receiver(request(otlp_span(TRACE_A, 1)).resource_spans)
+
+
+def test_redacted_attributes_are_committed_and_disclosable(tmp_path, clock):
+    from spanproof.verifier.disclosure import check_disclosures, load_disclosures
+
+    secret = "account 4711-0815, balance 12.34"
+    receiver = make_receiver(tmp_path / "out", clock, redact_attributes=["customer.*"])
+    with serving(receiver) as (server, _):
+        export(f"127.0.0.1:{server.port}",
+               otlp_span(TRACE_A, 1, extra={"customer.account": secret}))
+    (report,) = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
+    bundle = report.source
+    assert secret.encode() not in open(bundle, "rb").read()
+    sidecar = bundle.removesuffix(".spanproof.json") + ".disclosures.json"
+    assert os.stat(sidecar).st_mode & 0o777 == 0o600
+    (result,) = check_disclosures(load_disclosures(sidecar).disclosures, [report])
+    assert result.ok and result.key == "customer.account", result.message

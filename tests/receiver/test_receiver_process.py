@@ -1,0 +1,95 @@
+"""``spanproof receiver`` as a process: SIGTERM, kill -9 and recovery, usage errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from receiver_support import (
+    TRACE_A,
+    TRACE_B,
+    ReceiverProcess,
+    bundle_paths,
+    export,
+    otlp_span,
+    span_id,
+    span_ids,
+    trust_root,
+    verified,
+    write_key,
+)
+
+# Long enough that nothing is sealed while the test runs, unless shut down.
+HOLD = ("--seal-grace-ms", "600000", "--idle-timeout-ms", "600000")
+
+
+def test_sigterm_seals_everything_and_exits_0(tmp_path):
+    key, _ = write_key(str(tmp_path))
+    out = str(tmp_path / "out")
+    proc = ReceiverProcess(out, key, *HOLD)
+    export(proc.grpc, otlp_span(TRACE_A, 1), otlp_span(TRACE_A, 2, parent=1),
+           otlp_span(TRACE_B, 1, parent=7))
+    assert bundle_paths(out) == []
+    assert proc.stop(signal.SIGTERM) == 0, proc.log()
+    assert "receiver stopped: everything sealed" in "".join(proc.lines)
+    reports = verified(out, trust_root(str(tmp_path)))
+    assert {r.statement.trace_id: span_ids(r) for r in reports} == {
+        TRACE_A: [span_id(1), span_id(2)], TRACE_B: [span_id(1)]}
+    assert {r.statement.seal_reason for r in reports} == {"shutdown"}
+
+
+def test_kill_9_after_acknowledging_then_restart_recovers_the_spans(tmp_path):
+    key, _ = write_key(str(tmp_path))
+    out = str(tmp_path / "out")
+    first = ReceiverProcess(out, key, *HOLD)
+    export(first.grpc, otlp_span(TRACE_A, 1), otlp_span(TRACE_A, 2, parent=1))
+    export(first.grpc, otlp_span(TRACE_A, 3, parent=1), otlp_span(TRACE_B, 1, parent=5))
+    assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert bundle_paths(out) == []  # acknowledged, journaled, never sealed
+
+    second = ReceiverProcess(out, key, *HOLD)
+    assert any(line.startswith("recovered") for line in second.lines), second.lines
+    recovered = verified(out, trust_root(str(tmp_path)))
+    assert {r.statement.trace_id: span_ids(r) for r in recovered} == {
+        TRACE_A: [span_id(1), span_id(2), span_id(3)], TRACE_B: [span_id(1)]}
+    assert {r.statement.seal_reason for r in recovered} == {"recovered"}
+    instances = {r.statement.producer.instance for r in recovered}
+    assert len(instances) == 1
+    assert all("recovered after a crash" in r.statement.completeness.notes[0]
+               for r in recovered)
+    # A Collector retrying the batch it never saw acknowledged duplicates nothing.
+    export(second.grpc, otlp_span(TRACE_A, 3, parent=1), otlp_span(TRACE_B, 1, parent=5))
+    assert second.stop(signal.SIGTERM) == 0, second.log()
+    after = verified(out, trust_root(str(tmp_path)))
+    assert [r.source for r in after] == [r.source for r in recovered]
+    # The dead instance's journal was retired once its spans were sealed, and the
+    # second instance retired its own at shutdown.
+    assert os.listdir(os.path.join(out, "journal")) == []
+
+
+def test_usage_errors_exit_2(tmp_path):
+    key, _ = write_key(str(tmp_path))
+    for args, message in (
+        (["--grpc", "localhost"], "--grpc must be HOST:PORT"),
+        (["--http", "127.0.0.1:99999"], "--http must be HOST:PORT"),
+        (["--max-records", "0"], "--max-records must be an integer >= 1"),
+        (["--seal-grace-ms", "soon"], "invalid int value"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "spanproof.verifier", "receiver", "--out",
+             str(tmp_path / "out"), "--key", key, *args],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr
+    bad_key = tmp_path / "bad.key"
+    bad_key.write_text("not a key")
+    result = subprocess.run(
+        [sys.executable, "-m", "spanproof.verifier", "receiver", "--out", str(tmp_path / "out"),
+         "--key", str(bad_key), "--grpc", "127.0.0.1:0", "--no-http"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "bad.key" in result.stderr
