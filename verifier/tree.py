@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .values import decode_value
+from .values import decode_value, is_committed_value
 
 __all__ = [
     "Paint",
@@ -73,9 +73,15 @@ def _clean(text: str, limit: int = 0) -> str:
     return out
 
 
+#: How ``show`` prints an attribute whose value is committed and not disclosed.
+COMMITTED_TEXT = "<committed>"
+
+
 def value_text(typed: Mapping[str, Any]) -> str:
-    """A typed value (SPEC §2.3) as plain, unsanitized text; ``"?"`` when it is not one
-    (for example a committed value, which is not a typed value)."""
+    """A typed value (SPEC §2.3) as plain, unsanitized text; ``"<committed>"`` for a
+    committed value (SPEC §2.5), ``"?"`` for anything else that is not a typed value."""
+    if is_committed_value(typed):
+        return COMMITTED_TEXT
     try:
         return _python_text(decode_value(typed))
     except (ValueError, TypeError, AttributeError):

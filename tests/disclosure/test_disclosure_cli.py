@@ -191,3 +191,13 @@ def test_verify_without_disclosures_ignores_the_disclosure_file(
     code, stdout, _ = _run(capsys, "verify", "--key", str(pem), str(written.bundle))
     assert code == 0
     assert "DISCLOSED" not in stdout
+
+
+def test_show_marks_a_committed_genai_attribute(
+    tmp_path: Path, pem: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    written = write_bundle(tmp_path / "shown", redact=("gen_ai.operation.name",))
+    code, stdout, _ = _run(capsys, "show", "--key", str(pem), str(written.bundle))
+    assert code == 0, stdout
+    assert "operation=<committed>" in stdout, stdout
+    assert "execute_tool" not in stdout and "operation=?" not in stdout
