@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from spanproof.verifier._files import write_atomic
 from spanproof.verifier.bundle import BUNDLE_SUFFIX
 from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.checkpoint import WitnessKey
@@ -362,7 +363,7 @@ class WitnessSubmitter:
         except ValueError as e:
             raise _Permanent(str(e)) from e
         try:
-            _write_atomic(target, receipt)
+            write_atomic(target, receipt)
         except OSError as e:
             raise _Transient(f"cannot write {target}: {e}") from e
 
@@ -425,20 +426,6 @@ class WitnessSubmitter:
             with self._cond:
                 self._closed = True
         return stopped
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _error_text(body: bytes) -> str:

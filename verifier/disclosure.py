@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ._files import write_atomic
 from .bundle import BUNDLE_SUFFIX
 from .canonical import canonicalize, parse_strict
 from .errors import DisclosureError, InvalidBundle, InvalidDisclosure
@@ -346,30 +347,7 @@ def write_private_file(path: str | os.PathLike[str], data: bytes) -> None:
     Raises:
         OSError: the directory cannot be written.
     """
-    target = os.path.abspath(os.fspath(path))
-    directory = os.path.dirname(target)
-    tmp = os.path.join(directory, f".{os.path.basename(target)}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)  # whatever the umask, never more than owner read/write
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-    finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, data, mode=0o600)
 
 
 # -------------------------------------------------------------------- commitments

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
+from spanproof.verifier._files import write_atomic
 from spanproof.verifier.bundle import BUNDLE_SUFFIX
 from spanproof.verifier.checkpoint import WitnessKey, load_witness_keys
 from spanproof.verifier.errors import (
@@ -223,21 +223,12 @@ def _submit_one(
         note = f", receipt verified (checkpoint by {verified.origin})"
     else:
         note = ", receipt NOT verified (no --witness-key)"
-    _write_atomic(target, resp.body)
+    write_atomic(target, resp.body)
     index = resp.headers.get("spanproof-leaf-index", "?")
     conflict = resp.headers.get("spanproof-conflict") == "true"
     new = "logged" if resp.status == 201 else "already logged"
     flag = " [CONFLICT: another statement is logged for this trace segment]" if conflict else ""
     return f"OK {path}: {new} at index {index}{note}; wrote {target}{flag}"
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # --- monitor ----------------------------------------------------------------------------

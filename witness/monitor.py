@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from spanproof.verifier._files import write_atomic
 from spanproof.verifier.canonical import canonicalize, parse_strict
 from spanproof.verifier.checkpoint import (
     VerifiedCheckpoint,
@@ -65,24 +65,6 @@ class MonitorResult:
         )
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def load_state(
     path: str, keys: Sequence[WitnessKey], *, origin: str | None = None
 ) -> VerifiedCheckpoint | None:
@@ -120,7 +102,7 @@ def save_state(path: str, checkpoint: VerifiedCheckpoint) -> None:
         OSError: the file cannot be written.
     """
     doc = {"mediaType": MONITOR_STATE_MEDIA_TYPE, "checkpoint": checkpoint.note.decode("utf-8")}
-    _atomic_write(path, canonicalize(doc) + b"\n")
+    write_atomic(path, canonicalize(doc) + b"\n")
 
 
 def _save_evidence(
@@ -138,7 +120,7 @@ def _save_evidence(
         "current": current.note.decode("utf-8"),
         "consistencyProof": [base64.b64encode(h).decode("ascii") for h in proof],
     }
-    _atomic_write(evidence, json.dumps(doc, indent=2).encode("utf-8") + b"\n")
+    write_atomic(evidence, json.dumps(doc, indent=2).encode("utf-8") + b"\n")
     return evidence
 
 
