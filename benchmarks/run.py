@@ -8,16 +8,25 @@ prints medians and ratios against baselines measured in the same run.  Sections:
 * ``app``: app-thread spans/s (time for the application thread to create and end
   the spans) with a ``BatchSpanProcessor`` over a no-op exporter, the stock
   OTLP/gRPC exporter to a local sink process, spanproof with 100% of spans
-  selected, and with 10% selected;
+  selected, and with 10% selected (plus, for information only, spanproof at 100%
+  writing bundles without fsync, to separate the disk's flush latency);
 * ``e2e``: end-to-end spans/s for the same (until every span is acknowledged by
   the sink, or every bundle is sealed on disk);
 * ``canonical``: RFC 8785 records/s, ours against the ``rfc8785`` package;
-* ``verify``: records/s and peak memory verifying one trace of many records.
+* ``seal``: sealing cost per trace (chain, statement, signature) for traces of
+  1, 5 and 50 spans, and the Ed25519 signature's share of it;
+* ``verify``: records/s and peak RSS verifying one trace of 100,000 records;
+* ``verify-1m``: the same for 1,000,000 records (written once, streamed, into a
+  temporary directory; the verifier's peak RSS is its wrapper's
+  ``RUSAGE_CHILDREN`` ``ru_maxrss``);
 * ``receiver``: certified spans/s through ``spanproof receiver`` over OTLP/gRPC
   (prebuilt requests of 5-span evidence traces, 4 client threads), sent directly
   and through ``rotel-agent``; timed until every trace's bundle is on disk.
 
-``--quick`` uses tiny sizes (the test suite runs it so the harness cannot rot).
+After the figures it prints PASS or MISS for each target of the performance
+work (ratios are against baselines measured in the same run).  ``--quick`` uses
+tiny sizes (the test suite runs it so the harness cannot rot; its figures mean
+nothing).
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
+NO_FSYNC = "spanproof-100%-nofsync"
 LONG_TEXT = "The customer reports a duplicate charge on invoice 2291; " * 4  # ~230 bytes
 
 
@@ -104,7 +114,26 @@ class Sink:
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
+class _UnsyncedSink:
+    """Writes bundle files without fsync: for the informational ``no-fsync`` row
+    only, which shows what end-to-end costs apart from the disk's flush latency."""
+
+    def __init__(self, directory: str) -> None:
+        self._dir = directory
+
+    def write(self, bundle: Any) -> str:
+        path = os.path.join(self._dir, bundle.file_name)
+        with open(path + ".tmp", "wb") as f:
+            f.write(bundle.data)
+        os.replace(path + ".tmp", path)
+        return path
+
+
+_KEY: Any = None
+
+
 def _make(config: str, sink: Sink, out_dir: str) -> tuple[SpanExporter, int]:
+    global _KEY
     if config == "noop":
         return NoopExporter(), 1
     if config == "otlp-grpc":
@@ -112,9 +141,13 @@ def _make(config: str, sink: Sink, out_dir: str) -> tuple[SpanExporter, int]:
 
         return OTLPSpanExporter(endpoint=sink.endpoint, insecure=True), 1
     from spanproof.exporter import SpanproofSpanExporter
+    from spanproof.exporter.keys import SigningKey
 
-    every = 1 if config == "spanproof-100%" else 10
-    return SpanproofSpanExporter(output_dir=out_dir, seal_grace=0.05), every
+    _KEY = _KEY or SigningKey.from_seed(bytes(32))  # no key files written per run
+    every = 10 if config == "spanproof-10%" else 1
+    bundle_sink = _UnsyncedSink(out_dir) if config == NO_FSYNC else None
+    return SpanproofSpanExporter(output_dir=out_dir, seal_grace=0.05, signing_key=_KEY,
+                                 sink=bundle_sink), every
 
 
 def run_once(config: str, sink: Sink, traces: int, queue: int) -> tuple[float, float]:
@@ -139,13 +172,13 @@ def run_once(config: str, sink: Sink, traces: int, queue: int) -> tuple[float, f
 
 
 def section_app(reps: int, traces: int) -> dict[str, tuple[float, float]]:
-    configs = ["noop", "otlp-grpc", "spanproof-100%", "spanproof-10%"]
+    configs = ["noop", "otlp-grpc", "spanproof-100%", "spanproof-10%", NO_FSYNC]
     app: dict[str, list[float]] = {c: [] for c in configs}
     e2e: dict[str, list[float]] = {c: [] for c in configs}
     with Sink() as sink:
         for _ in range(reps):
             for config in configs:  # alternate within the run
-                a, e = run_once(config, sink, traces, queue=traces * 5 + 1)
+                a, e = run_once(config, sink, traces, queue=max(traces * 5 + 1, 512))
                 app[config].append(a)
                 e2e[config].append(e)
     return {c: (statistics.median(app[c]), statistics.median(e2e[c])) for c in configs}
@@ -197,50 +230,123 @@ def _sample_record(i: int) -> dict[str, Any]:
     }
 
 
-def section_verify(records: int) -> tuple[float, float]:
-    """Seal one trace of *records* records, then verify it in a child process and
-    report records/s and the child's peak RSS (MiB)."""
+def section_seal(reps: int, n: int) -> dict[int, tuple[float, float]]:
+    """Sealing cost per trace (one bundle: chain, statement, Ed25519 signature) for
+    traces of 1, 5 and 50 spans: median microseconds per trace, and the signature's
+    share of it."""
     from datetime import datetime, timezone
 
     from spanproof.exporter.keys import SigningKey
     from spanproof.exporter.sealing import ChainPosition, seal
     from spanproof.verifier.statement import Producer
 
-    tid = "0af7651916cd43dd8448eb211c80319c"
-    bodies = []
-    for i in range(records):
-        r = _sample_record(i)
-        r["span"]["traceId"] = tid
-        bodies.append({"span": r["span"], "resource": r["resource"], "scope": r["scope"]})
     key = SigningKey.from_seed(bytes(32))
-    sealed = seal(tid, bodies, ChainPosition.genesis(tid), signer=key,
-                  producer=Producer("bench", "0", "00"),
-                  sealed_at=datetime(2026, 1, 1, tzinfo=timezone.utc), reason="shutdown")
-    del bodies
+    producer = Producer("bench", "0", "00")
+    at = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    result = {}
+    for size in (1, 5, 50):
+        tid = f"{size:032x}"
+        bodies = []
+        for i in range(size):
+            r = _sample_record(i)
+            r["span"]["traceId"] = tid
+            bodies.append({"span": r["span"], "resource": r["resource"], "scope": r["scope"]})
+        position = ChainPosition.genesis(tid)
+        seal_us, sign_us = [], []
+        for _ in range(reps):
+            start = time.perf_counter()
+            for _ in range(n):
+                seal(tid, bodies, position, signer=key, producer=producer, sealed_at=at,
+                     reason="root_ended")
+            seal_us.append((time.perf_counter() - start) / n * 1e6)
+            start = time.perf_counter()
+            for _ in range(n):
+                key.sign_envelope(b"x" * 700)  # a statement is ~700 bytes
+            sign_us.append((time.perf_counter() - start) / n * 1e6)
+        result[size] = (statistics.median(seal_us), statistics.median(sign_us))
+    return result
+
+
+def write_trace_bundle(path: str, records: int, key: Any) -> None:
+    """Write one signed bundle of *records* records, streaming (no record is kept).
+
+    The records go to a side file while their chain is hashed; once the head is
+    known the statement is signed and the bundle is framed around the side file.
+    """
+    from datetime import datetime, timezone
+
+    from spanproof.exporter.sealing import build_record
+    from spanproof.verifier.bundle import iter_bundle_chunks
+    from spanproof.verifier.canonical import canonicalize
+    from spanproof.verifier.records import genesis_hash, record_hash
+    from spanproof.verifier.statement import Completeness, Producer, Statement
+
+    tid = "0af7651916cd43dd8448eb211c80319c"
+    start = head = genesis_hash(tid)
+    side = path + ".records"
+    with open(side, "wb") as f:
+        for i in range(records):
+            r = _sample_record(i)
+            r["span"]["traceId"] = tid
+            raw = canonicalize(build_record(r, i, head))
+            head = record_hash(raw)
+            f.write(raw + b"\n")
+    statement = Statement(
+        trace_id=tid, segment_index=0, first_seq=0, start=start, previous_statement="",
+        record_count=records, head=head, seal_reason="shutdown",
+        sealed_at=datetime(2026, 1, 1, tzinfo=timezone.utc),
+        producer=Producer("bench", "0", "00"), completeness=Completeness(),
+    )
+    envelope = key.sign_envelope(statement.to_payload())
+    with open(side, "rb") as lines, open(path, "wb") as out:
+        for chunk in iter_bundle_chunks(envelope, (line[:-1] for line in lines)):
+            out.write(chunk)
+    os.unlink(side)
+
+
+# The verifier runs in a child of a small wrapper process, whose
+# RUSAGE_CHILDREN.ru_maxrss is then the verifier's peak RSS alone (the harness's own
+# children, such as the OTLP sink, and its own memory cannot leak into the figure).
+_VERIFY_CHILD = """
+import sys, time
+from spanproof.verifier import TrustRoot, check_bundle
+trust = TrustRoot.from_pem_files([sys.argv[2]])
+start = time.perf_counter()
+report = check_bundle(sys.argv[1], trust)
+elapsed = time.perf_counter() - start
+assert report.ok, report.reason
+print(elapsed)
+"""
+_RSS_WRAPPER = """
+import resource, subprocess, sys
+out = subprocess.run([sys.executable, "-c", sys.argv[1], *sys.argv[2:]], check=True,
+                     capture_output=True, text=True).stdout
+print(out.strip(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+def section_verify(records: int) -> tuple[float, float, float]:
+    """Write one trace of *records* records, then verify it in a child process.
+
+    Returns (records/s, the child's peak RSS in MiB, seconds spent writing the bundle).
+    """
+    from spanproof.exporter.keys import SigningKey
+
+    key = SigningKey.from_seed(bytes(32))
     d = tempfile.mkdtemp(prefix="spanproof-bench-verify-")
     try:
         path = os.path.join(d, "t.spanproof.json")
-        with open(path, "wb") as f:
-            f.write(sealed.data)
+        start = time.perf_counter()
+        write_trace_bundle(path, records, key)
+        written = time.perf_counter() - start
         pub = os.path.join(d, "k.pub")
         with open(pub, "wb") as f:
             f.write(key.public_pem())
-        code = (
-            "import sys,time\n"
-            "from spanproof.verifier import TrustRoot, check_bundle\n"
-            f"t=TrustRoot.from_pem_files([{pub!r}])\n"
-            "s=time.perf_counter()\n"
-            f"r=check_bundle({path!r}, t)\n"
-            "e=time.perf_counter()-s\n"
-            "assert r.ok, r.reason\n"
-            # VmHWM, not ru_maxrss: Linux carries ru_maxrss over execve from the
-            # forked parent, which would report the harness's memory, not ours.
-            "hwm=[l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
-            "print(e, hwm.split()[1])\n"
-        )
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True).stdout.split()
-        return records / float(out[0]), int(out[1]) / 1024
+        out = subprocess.run(
+            [sys.executable, "-c", _RSS_WRAPPER, _VERIFY_CHILD, path, pub],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()
+        return records / float(out[0]), int(out[1]) / 1024, written  # ru_maxrss: KiB
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
@@ -402,40 +508,77 @@ def section_receiver(reps: int, traces: int) -> dict[str, float]:
     return {c: statistics.median(v) for c, v in results.items()}
 
 
+SECTIONS = ("app", "seal", "canonical", "verify", "verify-1m", "receiver")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--traces", type=int, default=None)
-    parser.add_argument("--only", default="app,canonical,verify")
+    parser.add_argument("--only", default=",".join(SECTIONS),
+                        help=f"comma-separated sections (default: all of {', '.join(SECTIONS)})")
     args = parser.parse_args(argv)
     reps = args.reps or (1 if args.quick else 5)
     traces = args.traces or (20 if args.quick else 2000)
     sections = set(args.only.split(","))
+    unknown = sections - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     out: Callable[[str], None] = print
+    targets: list[tuple[str, float, float, str]] = []  # (target, measured, needed, unit)
     out(f"spanproof benchmark: python {sys.version.split()[0]}, {os.cpu_count()} cores, "
         f"reps={reps}, traces={traces} (x5 spans); medians")
     if "app" in sections:
         res = section_app(reps, traces)
-        base_app, base_e2e = res["noop"]
-        otlp_app, otlp_e2e = res["otlp-grpc"]
-        out(f"{'config':<16}{'app spans/s':>14}{'x noop':>9}{'e2e spans/s':>14}{'x otlp':>9}")
+        base_app = res["noop"][0]
+        otlp_e2e = res["otlp-grpc"][1]
+        out(f"{'config':<24}{'app spans/s':>14}{'x noop':>9}{'e2e spans/s':>14}{'x otlp':>9}")
         for config, (a, e) in res.items():
-            out(f"{config:<16}{a:>14,.0f}{a / base_app:>9.2f}{e:>14,.0f}{e / otlp_e2e:>9.2f}")
-        _ = (base_e2e, otlp_app)
+            out(f"{config:<24}{a:>14,.0f}{a / base_app:>9.2f}{e:>14,.0f}{e / otlp_e2e:>9.2f}")
+        out(f"  ({NO_FSYNC}: bundles written without fsync; information only)")
+        targets += [
+            ("app-thread, 100% selected, x no-op", res["spanproof-100%"][0] / base_app, 0.75, "x"),
+            ("app-thread, 10% selected, x no-op", res["spanproof-10%"][0] / base_app, 0.95, "x"),
+            ("end-to-end, 100% selected, x OTLP/gRPC", res["spanproof-100%"][1] / otlp_e2e,
+             2.0, "x"),
+        ]
+    if "seal" in sections:
+        for size, (seal_us, sign_us) in section_seal(reps, 20 if args.quick else 400).items():
+            out(f"seal: {size:>2}-span trace {seal_us:,.0f} us per bundle "
+                f"({seal_us / size:,.0f} us per span; Ed25519 signature {sign_us:,.0f} us)")
     if "canonical" in sections:
         ours, theirs = section_canonical(reps, 200 if args.quick else 5000)
         out(f"canonical: spanproof {ours:,.0f} records/s, rfc8785 {theirs:,.0f} records/s, "
             f"ratio {ours / theirs:.2f}x (byte-identical)")
+        targets.append(("canonical encoding, x rfc8785", ours / theirs, 5.0, "x"))
     if "verify" in sections:
         n = 500 if args.quick else 100_000
-        rate, rss = section_verify(n)
+        rate, rss, _ = section_verify(n)
         out(f"verify: {n:,} records at {rate:,.0f} records/s, peak RSS {rss:,.0f} MiB")
+    if "verify-1m" in sections:
+        n = 2_000 if args.quick else 1_000_000
+        rate, rss, written = section_verify(n)
+        out(f"verify: {n:,} records at {rate:,.0f} records/s ({n / rate:,.0f} s), "
+            f"peak RSS {rss:,.0f} MiB (bundle written in {written:,.0f} s)")
+        targets.append((f"verify {n:,} records, peak RSS MiB", rss, 300.0, "<"))
+    # ------------------------------------------------------------ receiver
     if "receiver" in sections:
         rates = section_receiver(reps, traces)
         for config, rate in rates.items():
             out(f"receiver over OTLP/gRPC ({config}): {rate:,.0f} certified spans/s "
                 f"({traces:,} traces x 5 spans)")
+        targets.append(("receiver through rotel, certified spans/s", rates["rotel"],
+                        20_000.0, ">"))
+    # ------------------------------------------------------------ targets
+    if targets:
+        out("targets:")
+    for name, measured, needed, unit in targets:
+        met = measured < needed if unit == "<" else measured >= needed
+        want = f"< {needed:,.0f}" if unit == "<" else (
+            f">= {needed:,.0f}" if unit == ">" else f">= {needed:.2f}x")
+        shown = f"{measured:.2f}x" if unit == "x" else f"{measured:,.0f}"
+        out(f"  {'PASS' if met else 'MISS'}  {name}: {shown} (target {want})")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import stat
@@ -28,7 +29,7 @@ class SigningKey:
 
     private_key: Ed25519PrivateKey
 
-    @property
+    @functools.cached_property  # every bundle's signature names it
     def keyid(self) -> str:
         """The SPEC §6.1 key id of the public half."""
         return key_id(self.private_key.public_key())

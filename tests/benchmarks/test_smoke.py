@@ -1,0 +1,32 @@
+"""A smoke run of the performance harness at tiny sizes, so it cannot rot.
+
+It checks that every section runs and reports, never how fast anything was:
+benchmarks are not timed unit tests.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import run
+
+
+@pytest.mark.timeout(300)
+def test_harness_quick_run_reports_every_section_and_target(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run.main(["--quick"]) == 0
+    text = capsys.readouterr().out
+    for config in ("noop", "otlp-grpc", "spanproof-100%", "spanproof-10%"):
+        assert f"\n{config} " in text
+    for fragment in ("seal:  5-span trace", "canonical: spanproof", "verify: 500 records",
+                     "verify: 2,000 records", "receiver over OTLP/gRPC (rotel)", "targets:"):
+        assert fragment in text
+    verdicts = [line.split()[0] for line in text.splitlines() if line.startswith("  PASS")
+                or line.startswith("  MISS")]
+    assert len(verdicts) == 6
+
+
+def test_unknown_section_is_refused() -> None:
+    with pytest.raises(SystemExit):
+        run.main(["--only", "nonsense"])
