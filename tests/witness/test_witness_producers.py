@@ -4,6 +4,7 @@ background (also when the witness comes up late), and ``spanproof verify
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -124,6 +125,14 @@ def test_exporter_submits_and_verify_checks_the_receipt(
     status, text = _run(["verify", *trust, *pinned, "--witness-origin", "another.example/log",
                          str(bundle)], capsys)
     assert status == EXIT_FAILED and "origin" in text, text
+
+    # Altering the stored receipt (its leaf index) makes it fail.
+    doc = json.loads(receipt.read_bytes())
+    assert (doc["leafIndex"], doc["treeSize"]) == ("0", "1"), doc
+    doc["leafIndex"] = "1"
+    receipt.write_bytes(json.dumps(doc).encode())
+    status, text = _run(["verify", *trust, *pinned, "--require-receipt", str(bundle)], capsys)
+    assert status == EXIT_FAILED and "receipt" in text, text
 
 
 def test_verify_fails_a_receipt_that_belongs_to_another_bundle(
