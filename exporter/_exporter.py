@@ -29,17 +29,16 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from spanproof.verifier.canonical import canonicalize
-from spanproof.verifier.checkpoint import WitnessKey
 from spanproof.verifier.errors import CanonicalizationError
 from spanproof.verifier.statement import Completeness, Producer
 
+from ._setup import resolve_setup
 from .assembly import SHUTDOWN, SealJob, TraceAssembler
 from .config import ExporterConfig
-from .disclosure import redaction_matcher
-from .keys import SigningKey, load_or_create
+from .keys import SigningKey
 from .normalize import span_to_body
 from .sealing import SealedBundle, seal
-from .selection import AttributeSelector, Selector
+from .selection import Selector
 from .sinks import BundleSink, DirectorySink
 from .submit import WitnessSubmitter
 
@@ -141,37 +140,24 @@ class SpanproofSpanExporter(SpanExporter):
         clock: Callable[[], float] | None = None,
         sink: BundleSink | None = None,
     ) -> None:
-        config = ExporterConfig.from_env(
-            output_dir=os.fspath(output_dir) if output_dir is not None else None,
-            key_file=os.fspath(key_file) if key_file is not None else None,
-            select_attributes=tuple(select_attributes) if select_attributes is not None else None,
-            select_all=select_all,
-            seal_grace=seal_grace,
-            idle_timeout=idle_timeout,
-            max_records=max_records,
-            max_pending_traces=max_pending_traces,
-            sealed_trace_memory=sealed_trace_memory,
-            witness_url=witness_url,
-            witness_key=witness_key,
-            redact_attributes=tuple(redact_attributes) if redact_attributes is not None
-            else None,
+        setup = resolve_setup(
+            output_dir, key_file, signing_key=signing_key, selector=selector,
+            select_attributes=select_attributes, select_all=select_all,
+            seal_grace=seal_grace, idle_timeout=idle_timeout, max_records=max_records,
+            max_pending_traces=max_pending_traces, sealed_trace_memory=sealed_trace_memory,
+            witness_url=witness_url, witness_key=witness_key,
+            redact_attributes=redact_attributes,
         )
-        output = os.path.abspath(config.output_dir)
-        self._config = dataclasses.replace(config, output_dir=output)
-        if signing_key is None:
-            if config.key_file is not None:
-                signing_key = SigningKey.load(config.key_file)
-            else:
-                signing_key = load_or_create(os.path.join(output, "keys"))
-        self._signer = signing_key
-        self._selector: Selector = selector or AttributeSelector.from_config(config)
-        self._redact = redaction_matcher(config.redact_attributes)
+        config = setup.config
+        output = config.output_dir
+        self._config = config
+        self._signer = setup.signer
+        self._selector: Selector = setup.selector
+        self._redact = setup.redact
         self._clock: Callable[[], float] = clock or time.time
         self._sink: BundleSink = sink or DirectorySink(output)
         self._shutdown = False
-        self._witness_keys: tuple[WitnessKey, ...] = ()
-        if self._config.witness_key is not None:
-            self._witness_keys = (WitnessKey.load(self._config.witness_key),)
+        self._witness_keys = setup.witness_keys
         self._reset_process_state()
         weak_reinit = weakref.WeakMethod(self._after_fork_in_child)
 

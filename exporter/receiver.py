@@ -49,19 +49,18 @@ from typing import Any
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from spanproof.verifier.canonical import canonicalize
-from spanproof.verifier.checkpoint import WitnessKey
 from spanproof.verifier.errors import CanonicalizationError
 from spanproof.verifier.statement import Completeness, Producer
 
+from ._setup import resolve_setup
 from .assembly import RECOVERED, SHUTDOWN, SealJob, TraceAssembler
 from .config import ExporterConfig
-from .disclosure import redaction_matcher
 from .journal import Journal, RecoveredTrace, recover_orphans, release_claimed
-from .keys import SigningKey, load_or_create
+from .keys import SigningKey
 from .otlp import MalformedSpan, iter_request_spans, otlp_span_to_body
 from .otlp_server import IngestResult, InvalidRequest, Unavailable
 from .sealing import ChainPosition, SealedBundle, seal
-from .selection import EVIDENCE_ATTRIBUTE, AttributeSelector, Selector
+from .selection import EVIDENCE_ATTRIBUTE, Selector
 from .sinks import BundleSink, DirectorySink
 from .submit import WitnessSubmitter
 
@@ -223,33 +222,22 @@ class Receiver:
     ) -> None:
         if max_backlog_spans < 1 or dedup_memory < 0:
             raise ValueError("max_backlog_spans must be >= 1 and dedup_memory >= 0")
-        config = ExporterConfig.from_env(
-            output_dir=os.fspath(output_dir) if output_dir is not None else None,
-            key_file=os.fspath(key_file) if key_file is not None else None,
-            select_attributes=tuple(select_attributes) if select_attributes is not None else None,
-            select_all=select_all,
-            seal_grace=seal_grace,
-            idle_timeout=idle_timeout,
-            max_records=max_records,
-            max_pending_traces=max_pending_traces,
-            sealed_trace_memory=sealed_trace_memory,
-            witness_url=witness_url,
-            witness_key=witness_key,
-            redact_attributes=(tuple(redact_attributes) if redact_attributes is not None
-                               else None),
+        setup = resolve_setup(
+            output_dir, key_file, signing_key=signing_key, selector=selector,
+            select_attributes=select_attributes, select_all=select_all,
+            seal_grace=seal_grace, idle_timeout=idle_timeout, max_records=max_records,
+            max_pending_traces=max_pending_traces, sealed_trace_memory=sealed_trace_memory,
+            witness_url=witness_url, witness_key=witness_key,
+            redact_attributes=redact_attributes,
         )
-        output = os.path.abspath(config.output_dir)
-        self._config = dataclasses.replace(config, output_dir=output)
-        if signing_key is None:
-            if config.key_file is not None:
-                signing_key = SigningKey.load(config.key_file)
-            else:
-                signing_key = load_or_create(os.path.join(output, "keys"))
-        self._signer = signing_key
-        self._selector: Selector = selector or AttributeSelector.from_config(config)
+        config = setup.config
+        output = config.output_dir
+        self._config = config
+        self._signer = setup.signer
+        self._selector: Selector = setup.selector
         # Committed attributes (SPEC §2.5): committed at sealing, never before
         # assembly, so a re-delivered span still matches its first delivery.
-        self._redact = redaction_matcher(config.redact_attributes)
+        self._redact = setup.redact
         self._clock: Callable[[], float] = clock or time.time
         self._sink: BundleSink = sink or DirectorySink(output)
         # The default sink is safe to call from several threads; a given one may not be.
@@ -263,9 +251,7 @@ class Receiver:
         self._max_backlog = max_backlog_spans
         self._max_pending = self._config.max_pending_traces
         self._producer = Producer(RECEIVER_PRODUCER_NAME, _package_version(), secrets.token_hex(8))
-        self._witness_keys: tuple[WitnessKey, ...] = ()
-        if self._config.witness_key is not None:
-            self._witness_keys = (WitnessKey.load(self._config.witness_key),)
+        self._witness_keys = setup.witness_keys
 
         self._ingest_lock = threading.Lock()
         self._lock = threading.Lock()

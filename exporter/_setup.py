@@ -1,0 +1,78 @@
+"""What the SDK exporter and the OTLP receiver resolve the same way at start-up."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from spanproof.verifier.checkpoint import WitnessKey
+
+from .config import ExporterConfig
+from .disclosure import AttributeMatcher, redaction_matcher
+from .keys import SigningKey, load_or_create
+from .selection import AttributeSelector, Selector
+
+__all__ = ["ProducerSetup", "resolve_setup"]
+
+_SEQUENCE_SETTINGS = ("select_attributes", "redact_attributes")
+
+
+@dataclass(frozen=True)
+class ProducerSetup:
+    """A producer's resolved settings, signing key, selector, redaction and witness keys."""
+
+    config: ExporterConfig
+    signer: SigningKey
+    selector: Selector
+    redact: AttributeMatcher | None
+    witness_keys: tuple[WitnessKey, ...]
+
+
+def resolve_setup(
+    output_dir: str | os.PathLike[str] | None,
+    key_file: str | os.PathLike[str] | None,
+    *,
+    signing_key: SigningKey | None,
+    selector: Selector | None,
+    **settings: Any,
+) -> ProducerSetup:
+    """Resolve *settings* (``ExporterConfig`` field names; None means "not given")
+    against the ``OTEL_EXPORTER_SPANPROOF_*`` variables and load the keys.
+
+    ``output_dir`` is made absolute.  Without *signing_key* the configured key file
+    is loaded, or a key is generated once under ``<output_dir>/keys``.
+
+    Raises:
+        ValueError: a malformed setting (naming its environment variable).
+        InvalidKey: a key file cannot be used.
+        OSError: the key directory cannot be created.
+    """
+    for name in _SEQUENCE_SETTINGS:
+        value: Sequence[str] | None = settings.get(name)
+        if value is not None:
+            settings[name] = tuple(value)
+    config = ExporterConfig.from_env(
+        output_dir=os.fspath(output_dir) if output_dir is not None else None,
+        key_file=os.fspath(key_file) if key_file is not None else None,
+        **settings,
+    )
+    output = os.path.abspath(config.output_dir)
+    config = dataclasses.replace(config, output_dir=output)
+    if signing_key is None:
+        if config.key_file is not None:
+            signing_key = SigningKey.load(config.key_file)
+        else:
+            signing_key = load_or_create(os.path.join(output, "keys"))
+    witness_keys: tuple[WitnessKey, ...] = ()
+    if config.witness_key is not None:
+        witness_keys = (WitnessKey.load(config.witness_key),)
+    return ProducerSetup(
+        config=config,
+        signer=signing_key,
+        selector=selector or AttributeSelector.from_config(config),
+        redact=redaction_matcher(config.redact_attributes),
+        witness_keys=witness_keys,
+    )
