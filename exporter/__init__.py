@@ -7,6 +7,7 @@ from .assembly import SealJob, TraceAssembler
 from .config import DEFAULT_SELECT_ATTRIBUTES, ExporterConfig
 from .keys import SigningKey
 from .normalize import span_to_body
+from .processor import EvidenceSpanProcessor
 from .sealing import ChainPosition, SealedBundle, seal
 from .selection import EVIDENCE_ATTRIBUTE, AttributeSelector, Selector
 from .sinks import BundleSink, DirectorySink
@@ -19,6 +20,7 @@ __all__ = [
     "BundleSink",
     "ChainPosition",
     "DirectorySink",
+    "EvidenceSpanProcessor",
     "ExporterConfig",
     "SealJob",
     "SealedBundle",

@@ -32,6 +32,7 @@ from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.errors import CanonicalizationError
 from spanproof.verifier.statement import Completeness, Producer
 
+from ._recovery import seal_orphaned_journals
 from ._setup import resolve_setup
 from .assembly import SHUTDOWN, SealJob, TraceAssembler
 from .config import ExporterConfig
@@ -168,6 +169,27 @@ class SpanproofSpanExporter(SpanExporter):
 
         if hasattr(os, "register_at_fork"):  # POSIX
             os.register_at_fork(after_in_child=after_in_child)
+        self._recover_at_start()
+
+    def _recover_at_start(self) -> None:
+        """Seal what an ``EvidenceSpanProcessor`` that died in this output directory
+        journaled but never sealed (SPEC §5.3 ``recovered``)."""
+        self._recover_journals(os.path.join(self._config.output_dir, "journal"))
+
+    def _recover_journals(self, journal_dir: str) -> list[str]:
+        """Seal the orphaned journals in *journal_dir*; return the bundle paths.
+        Never raises: on failure the journals stay for the next start."""
+        try:
+            return seal_orphaned_journals(
+                journal_dir, signer=self._signer, sink=self._sink,
+                producer_name=PRODUCER_NAME, producer_version=_package_version(),
+                max_records=self._config.max_records, clock=self._clock,
+                redact=self._redact,
+            )
+        except Exception:
+            _logger.exception("spanproof: recovering the journals in %s failed; they are "
+                              "kept for the next start", journal_dir)
+            return []
 
     def _reset_process_state(self) -> None:
         """Everything that belongs to one process: locks, pending traces, the sealer."""

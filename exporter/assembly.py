@@ -89,11 +89,12 @@ class _Trace:
     conflicts: set[str] = field(default_factory=set)
     dropped: int = 0
     rejected: int = 0
+    unsampled: int = 0
     notes: list[str] = field(default_factory=list)
     root_ended: bool = False
 
     def has_work(self) -> bool:
-        return bool(self.bodies) or self.dropped > 0 or self.rejected > 0
+        return bool(self.bodies) or self.dropped > 0 or self.rejected > 0 or self.unsampled > 0
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,29 @@ class TraceAssembler:
             self._count_lost(trace_id, count)
             return
         entry.rejected += count
+        self._touch(entry, now)
+
+    def drop(self, trace_id: str, now: float, count: int = 1, note: str | None = None) -> None:
+        """Count *count* evidence spans of the trace that were lost before they
+        reached the assembler (e.g. a full queue); its next bundle declares them as
+        dropped, with *note* when given."""
+        entry = self._entry(trace_id, now)
+        if entry is None:
+            self._count_lost(trace_id, count)
+            return
+        entry.dropped += count
+        if note is not None and note not in entry.notes:
+            entry.notes.append(note)
+        self._touch(entry, now)
+
+    def unsampled(self, trace_id: str, now: float, count: int = 1) -> None:
+        """Count *count* evidence spans of the trace that sampling removed; its
+        next bundle declares them as unsampled (SPEC §5.3)."""
+        entry = self._entry(trace_id, now)
+        if entry is None:
+            self._count_lost(trace_id, count)
+            return
+        entry.unsampled += count
         self._touch(entry, now)
 
     def root_ended(self, trace_id: str, now: float) -> None:
@@ -350,6 +374,7 @@ class TraceAssembler:
         entry.position = job.position
         entry.dropped += len(job.bodies) + job.completeness.dropped_spans
         entry.rejected += job.completeness.rejected_spans
+        entry.unsampled += job.completeness.unsampled_spans
         entry.notes.extend(job.completeness.notes)
         entry.notes.append(note)
         self._open.pop(job.trace_id, None)
@@ -449,6 +474,7 @@ class TraceAssembler:
             Completeness(
                 dropped_spans=dropped,
                 rejected_spans=entry.rejected,
+                unsampled_spans=entry.unsampled,
                 conflicts=conflicts,
                 notes=notes,
             ),
@@ -458,7 +484,7 @@ class TraceAssembler:
         for body in rest:
             entry.seen.setdefault(body["span"]["spanId"], []).append(body)
         entry.conflicts = {c for c in entry.conflicts if c in entry.seen}
-        entry.dropped = entry.rejected = 0
+        entry.dropped = entry.rejected = entry.unsampled = 0
         entry.notes = []
         entry.position = None
         return job

@@ -16,6 +16,7 @@ a live one's, and recovers only the former.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -44,6 +45,7 @@ class RecoveredTrace:
     bodies: list[dict[str, Any]] = field(default_factory=list)
     next_position: dict[str, Any] | None = None
     dropped_spans: int = 0
+    unsampled_spans: int = 0
 
 
 def _read_entries(path: str) -> list[dict[str, Any]]:
@@ -71,6 +73,7 @@ def replay(paths: Iterable[str]) -> dict[str, RecoveredTrace]:
     spans: dict[str, dict[str, Any]] = {}  # entry key -> entry
     positions: dict[str, dict[str, Any]] = {}
     dropped: dict[str, int] = {}
+    unsampled: dict[str, int] = {}
     for path in paths:
         for entry in _read_entries(path):
             kind = entry.get("t")
@@ -81,8 +84,11 @@ def replay(paths: Iterable[str]) -> dict[str, RecoveredTrace]:
                     spans.pop(key, None)
                 positions[entry["trace"]] = entry["next"]
                 dropped.pop(entry["trace"], None)
+                unsampled.pop(entry["trace"], None)
             elif kind == "dropped":
                 dropped[entry["trace"]] = dropped.get(entry["trace"], 0) + int(entry["n"])
+            elif kind == "unsampled":
+                unsampled[entry["trace"]] = unsampled.get(entry["trace"], 0) + int(entry["n"])
     traces: dict[str, RecoveredTrace] = {}
     for entry in spans.values():
         tid = entry["trace"]
@@ -95,6 +101,10 @@ def replay(paths: Iterable[str]) -> dict[str, RecoveredTrace]:
         traces.setdefault(
             tid, RecoveredTrace(tid, next_position=positions.get(tid))
         ).dropped_spans = n
+    for tid, n in unsampled.items():
+        traces.setdefault(
+            tid, RecoveredTrace(tid, next_position=positions.get(tid))
+        ).unsampled_spans = n
     return traces
 
 
@@ -165,6 +175,11 @@ class Journal:
         with self._lock:
             self._write(_frame({"t": "dropped", "trace": trace_id, "n": str(n)}))
 
+    def append_unsampled(self, trace_id: str, n: int) -> None:
+        """Durably record that sampling removed *n* evidence spans of a trace."""
+        with self._lock:
+            self._write(_frame({"t": "unsampled", "trace": trace_id, "n": str(n)}))
+
     def append_sealed(
         self, trace_id: str, keys: Iterable[str], next_position: Mapping[str, Any]
     ) -> None:
@@ -203,11 +218,38 @@ class Journal:
             self._collect()
 
     def _write(self, data: bytes) -> None:
-        os.write(self._fd, data)
-        os.fsync(self._fd)
+        if self._fd < 0:
+            self._open_next()  # the last write failed and could not be undone
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            os.fsync(self._fd)
+        except OSError:
+            # A partial frame (disk full) would hide every later entry from replay:
+            # cut it off, or start a new file on the next write.
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                os.close(self._fd)
+                self._fd = -1
+            raise
         self._size += len(data)
         if self._size >= ROTATE_BYTES:
             self._open_next()
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: close the inherited descriptor, touching no file.
+
+        The parent still owns and writes the journal; the child must neither hold
+        its lock nor delete its files.
+        """
+        with contextlib.suppress(OSError):
+            if self._fd >= 0:
+                os.close(self._fd)
+        self._fd = -1
+        self._live.clear()
+        self._key_file.clear()
 
     def _collect(self) -> None:
         # A file older than the current one whose spans are all sealed is no longer

@@ -1,0 +1,544 @@
+"""A span processor that makes evidence durable before it acknowledges a flush.
+
+:class:`EvidenceSpanProcessor` replaces ``BatchSpanProcessor(SpanproofSpanExporter())``
+when losing evidence matters:
+
+* ``on_end`` (the application's thread) only selects the span and puts it on a
+  bounded queue; when the queue is full it waits at most ``queue_block`` seconds,
+  then counts the span as dropped for its trace (declared in that trace's bundle,
+  SPEC §5.3 ``droppedSpans``).  A selected span that was not sampled (it reaches
+  ``on_end`` under record-only samplers) is counted as unsampled.
+* A worker thread normalizes queued spans and appends them to a CRC-framed journal
+  (:mod:`spanproof.exporter.journal`) with one fsync per batch, then hands them to
+  the exporter's sealer (the same assembly, sealing and sink code as
+  :class:`~spanproof.exporter.SpanproofSpanExporter`).  Once a bundle is written
+  its spans are retired from the journal.
+* ``force_flush()`` returns True only when every evidence span that ended before
+  the call is in the journal on disk (or declared dropped/unsampled there); it
+  then seals the traces whose root ended.
+* At construction, journals left by a process that died (``kill -9``) in the same
+  journal directory are sealed as bundles with seal reason ``recovered``.
+
+What can still be lost on a crash: evidence spans still in the queue or in the
+worker's current batch, i.e. ended since the last completed ``force_flush()`` and
+not yet journaled by the worker (normally a few milliseconds' worth).  Call
+``force_flush()`` at the points that must be durable (e.g. before answering a
+request) to bound that window.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+
+from ._exporter import (
+    SpanproofSpanExporter,
+    _selection_attributes,
+    _span_id_of,
+    _trace_id_of,
+)
+from ._recovery import position_to_json
+from .assembly import SealJob
+from .config import ENV_PREFIX
+from .journal import Journal
+from .keys import SigningKey
+from .normalize import span_to_body
+from .sealing import SealedBundle
+from .selection import Selector
+from .sinks import BundleSink
+
+__all__ = ["DEFAULT_QUEUE_BLOCK", "DEFAULT_QUEUE_SIZE", "EvidenceSpanProcessor", "install"]
+
+_logger = logging.getLogger(__name__)
+
+#: Evidence spans the queue between ``on_end`` and the journal holds.
+DEFAULT_QUEUE_SIZE = 2048
+#: Seconds ``on_end`` waits for room in a full queue before counting a drop.
+DEFAULT_QUEUE_BLOCK = 0.05
+# Spans journaled with one fsync, at most.
+_BATCH = 512
+# The worker looks at the loss counters at least this often (seconds).
+_POLL = 0.2
+_QUEUE_SIZE_VAR = ENV_PREFIX + "QUEUE_SIZE"
+_QUEUE_BLOCK_VAR = ENV_PREFIX + "QUEUE_BLOCK_MS"
+_DROPPED_NOTE = ("evidence spans of this trace were dropped: the span processor's queue "
+                 "({} spans) stayed full for {} ms")
+
+
+class _Flush:
+    """A flush request travelling through the queue behind the spans it covers."""
+
+    __slots__ = ("durable", "event")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.durable = False
+
+
+_STOP = object()
+
+
+class _JournaledSealer(SpanproofSpanExporter):
+    """The SDK exporter's sealer, fed with journaled bodies instead of spans.
+
+    It retires a bundle's journal entries once the sink wrote the bundle.  Not a
+    public class: it is the :class:`EvidenceSpanProcessor`'s engine.
+    """
+
+    def _reset_process_state(self) -> None:
+        super()._reset_process_state()
+        old: Journal | None = getattr(self, "_journal", None)
+        if old is not None:
+            old.forget_after_fork()  # the parent's journal stays the parent's
+        self._journal: Journal | None = None
+        self._journal_dir: str = getattr(self, "_journal_dir", "")
+        # Journal key of each body the assembler holds, by the body's identity.
+        self._body_keys: dict[int, str] = {}
+        # Journal keys of each sealed bundle not yet written, by the bundle's identity.
+        self._bundle_keys: dict[int, tuple[SealedBundle, list[str]]] = {}
+
+    def _recover_at_start(self) -> None:
+        pass  # the processor recovers its own journal directory (EvidenceSpanProcessor)
+
+    def journal(self) -> Journal:
+        """This process's journal, opened on first use (under the producer instance)."""
+        if self._journal is None:
+            self._journal = Journal(self._journal_dir, self._producer.instance)
+        return self._journal
+
+    def admit(
+        self,
+        items: Sequence[tuple[str, dict[str, Any], str | None]],
+        rejected: Sequence[str],
+        roots: Sequence[str],
+        dropped: Mapping[str, int],
+        unsampled: Mapping[str, int],
+        dropped_note: str,
+    ) -> None:
+        """Hand journaled ``(trace id, body, journal key)`` items and loss counts
+        to the assembler, as ``export()`` does for spans."""
+        now = self._clock()
+        with self._cond:
+            if self._thread is None:
+                self._start_sealer()
+            assembler = self._assembler
+            wake = False
+            for trace_id, body, key in items:
+                if key is not None:
+                    self._body_keys[id(body)] = key
+                wake = assembler.add(trace_id, body, now) or wake
+            for trace_id in rejected:
+                assembler.reject(trace_id, now)
+            for trace_id, n in dropped.items():
+                assembler.drop(trace_id, now, n, dropped_note)
+            for trace_id, n in unsampled.items():
+                assembler.unsampled(trace_id, now, n)
+            for trace_id in roots:
+                assembler.root_ended(trace_id, now)
+            deadline = assembler.next_deadline()
+            if wake or (deadline is not None and deadline < self._wake_at):
+                self._cond.notify()
+
+    def _seal(self, job: SealJob) -> SealedBundle:
+        with self._lock:
+            keys = [k for k in (self._body_keys.pop(id(b), None) for b in job.bodies)
+                    if k is not None]
+        bundle = super()._seal(job)
+        with self._lock:
+            self._bundle_keys[id(bundle)] = (bundle, keys)
+        return bundle
+
+    def _write(self, bundle: SealedBundle) -> bool:
+        ok = super()._write(bundle)
+        with self._lock:
+            if ok:
+                entry = self._bundle_keys.pop(id(bundle), None)
+            else:
+                entry = None
+                # A bundle the exporter gave up on keeps its spans in the journal
+                # (recovered at the next start); forget its keys here.
+                waiting = {id(b) for b in self._unwritten}
+                for stale in [k for k in self._bundle_keys if k not in waiting]:
+                    del self._bundle_keys[stale]
+        if ok and self._journal is not None:
+            keys = entry[1] if entry is not None else []
+            try:
+                self._journal.append_sealed(bundle.statement.trace_id, keys,
+                                            position_to_json(bundle.next_position()))
+            except OSError as e:
+                # The bundle is durable; after a crash its spans would be recovered
+                # a second time, as a separate, declared-recovered segment.
+                _logger.error("spanproof: cannot retire journal entries of %s (%s)",
+                              bundle.file_name, e)
+        return ok
+
+
+class EvidenceSpanProcessor(SpanProcessor):
+    """A ``SpanProcessor`` that journals evidence spans off the application's thread
+    and seals them into signed bundles; see the module documentation.
+
+    Every exporter setting follows :class:`~spanproof.exporter.config.ExporterConfig`
+    (argument, else ``OTEL_EXPORTER_SPANPROOF_*``, else default), so
+    ``EvidenceSpanProcessor()`` is configured by the environment alone.  Two more
+    settings belong to the processor:
+
+    Args:
+        queue_size: evidence spans waiting for the journal, at most
+            (``OTEL_EXPORTER_SPANPROOF_QUEUE_SIZE``, default 2048).
+        queue_block: seconds ``on_end`` waits when the queue is full before it
+            counts the span as dropped (``OTEL_EXPORTER_SPANPROOF_QUEUE_BLOCK_MS``,
+            default 50 ms; 0 never waits).
+        journal_dir: the journal directory (default ``<output_dir>/journal``).
+        recover: seal orphaned journals at construction (default True).
+        other arguments: as :class:`~spanproof.exporter.SpanproofSpanExporter`.
+
+    Raises:
+        ValueError: a malformed setting (naming its environment variable).
+        InvalidKey: the key file cannot be used.
+        OSError: the key directory cannot be created.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        *,
+        queue_size: int | None = None,
+        queue_block: float | None = None,
+        journal_dir: str | os.PathLike[str] | None = None,
+        recover: bool = True,
+        selector: Selector | None = None,
+        signing_key: SigningKey | None = None,
+        clock: Callable[[], float] | None = None,
+        sink: BundleSink | None = None,
+        **exporter_settings: Any,
+    ) -> None:
+        self._queue_size = _resolve_int(queue_size, _QUEUE_SIZE_VAR, DEFAULT_QUEUE_SIZE, 1)
+        self._block = _resolve_seconds(queue_block, _QUEUE_BLOCK_VAR, DEFAULT_QUEUE_BLOCK)
+        sealer = _JournaledSealer(output_dir, key_file, selector=selector,
+                                  signing_key=signing_key, clock=clock, sink=sink,
+                                  **exporter_settings)
+        self._sealer = sealer
+        output = sealer.config.output_dir
+        self._journal_dir = os.path.abspath(
+            os.fspath(journal_dir) if journal_dir is not None
+            else os.path.join(output, "journal"))
+        sealer._journal_dir = self._journal_dir
+        self._selects = sealer._selector.selects
+        self._dropped_note = _DROPPED_NOTE.format(self._queue_size, round(self._block * 1000))
+        self._shutdown = False
+        self.recovered: list[str] = []
+        if recover:
+            self.recovered = sealer._recover_journals(self._journal_dir)
+        self._reset_process_state()
+        weak_reinit = weakref.WeakMethod(self._reset_process_state)
+
+        def after_in_child() -> None:
+            reinit = weak_reinit()
+            if reinit is not None:
+                reinit()
+
+        if hasattr(os, "register_at_fork"):  # POSIX; runs after the sealer's own hook
+            os.register_at_fork(after_in_child=after_in_child)
+
+    def _reset_process_state(self) -> None:
+        """The queue, loss counters and worker of this process."""
+        self._queue: queue.Queue[Any] = queue.Queue(self._queue_size)
+        self._counts_lock = threading.Lock()
+        self._dropped: collections.Counter[str] = collections.Counter()
+        self._unsampled: collections.Counter[str] = collections.Counter()
+        self._worker: threading.Thread | None = None
+        self._worker_lock = threading.Lock()
+        self._journal_failing = False
+        self._dropping = False
+
+    @property
+    def exporter(self) -> SpanproofSpanExporter:
+        """The sealer (a :class:`SpanproofSpanExporter`): its config, key id, producer."""
+        return self._sealer
+
+    @property
+    def journal_dir(self) -> str:
+        """The journal directory."""
+        return self._journal_dir
+
+    # -- SpanProcessor -----------------------------------------------------------
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        """Nothing to do when a span starts."""
+
+    def on_end(self, span: ReadableSpan) -> None:
+        """Queue *span* when it is evidence; never raises, waits at most ``queue_block``."""
+        try:
+            self._on_end(span)
+        except Exception:
+            _logger.exception("spanproof: on_end failed for span %s", _span_id_of(span))
+
+    def _on_end(self, span: ReadableSpan) -> None:
+        if self._shutdown:
+            return
+        parent = span.parent
+        is_root = parent is None or parent.is_remote
+        if not self._selects(_selection_attributes(span)):
+            if is_root:
+                # The trace's local root ended: its evidence is due after the grace.
+                self._ensure_worker()
+                try:
+                    self._queue.put_nowait(("root", span))
+                except queue.Full:
+                    pass  # the trace is sealed on its idle timeout instead
+            return
+        self._ensure_worker()
+        ctx = span.get_span_context()
+        if ctx is not None and not ctx.trace_flags.sampled:
+            trace_id = _trace_id_of(span)
+            if trace_id is not None:
+                with self._counts_lock:
+                    self._unsampled[trace_id] += 1
+            return
+        item = ("span", span)
+        try:
+            if self._block > 0:
+                self._queue.put(item, timeout=self._block)
+            else:
+                self._queue.put_nowait(item)
+        except queue.Full:
+            trace_id = _trace_id_of(span)
+            if trace_id is not None:
+                with self._counts_lock:
+                    self._dropped[trace_id] += 1
+            if not self._dropping:
+                self._dropping = True
+                _logger.error("spanproof: evidence span queue full (%d); dropping evidence "
+                              "spans, each counted in its trace's bundle", self._queue_size)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        """Wait until every evidence span that ended before this call is journaled
+        and fsynced, then seal the traces whose root ended.
+
+        Returns True when the spans are durable (in the journal or a bundle); False
+        on timeout, after shutdown, or when the journal cannot be written.
+        """
+        if self._shutdown:
+            return False
+        deadline = time.monotonic() + timeout_millis / 1000
+        try:
+            flush = _Flush()
+            self._ensure_worker()
+            self._queue.put(flush, timeout=max(0.0, deadline - time.monotonic()))
+            if not flush.event.wait(max(0.0, deadline - time.monotonic())):
+                return False
+            remaining = int(max(0.0, deadline - time.monotonic()) * 1000)
+            self._sealer.force_flush(remaining)
+            return flush.durable
+        except queue.Full:
+            return False
+        except Exception:
+            _logger.exception("spanproof: force_flush failed")
+            return False
+
+    def shutdown(self) -> None:
+        """Journal what is queued, seal everything (reason ``shutdown``), close the
+        journal.  Idempotent; spans ending afterwards are ignored."""
+        if self._shutdown:
+            return
+        self._shutdown = True
+        worker = self._worker
+        if worker is not None and worker.is_alive():
+            try:
+                self._queue.put(_STOP, timeout=30)
+                worker.join(30)
+            except queue.Full:
+                _logger.error("spanproof: shutdown: the journal worker does not drain")
+        self._sealer.shutdown()
+        journal = self._sealer._journal
+        if journal is not None:
+            journal.close()
+
+    # -- the worker ----------------------------------------------------------------
+
+    def _ensure_worker(self) -> None:
+        if self._worker is not None:
+            return
+        with self._worker_lock:
+            if self._worker is None:
+                worker = threading.Thread(target=self._run, name="spanproof-journal",
+                                          daemon=True)
+                worker.start()
+                self._worker = worker
+
+    def _run(self) -> None:
+        q = self._queue
+        while True:
+            try:
+                batch = [q.get(timeout=_POLL)]
+            except queue.Empty:
+                batch = []
+            while len(batch) < _BATCH:
+                try:
+                    batch.append(q.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                stop = self._process(batch)
+            except Exception:
+                _logger.exception("spanproof: journal worker failed on a batch")
+                stop = any(item is _STOP for item in batch)
+                for item in batch:
+                    if isinstance(item, _Flush):
+                        item.event.set()
+            if stop:
+                return
+
+    def _process(self, batch: list[Any]) -> bool:
+        """Normalize, journal and admit one batch; answer its flushes.  Returns
+        whether the batch asked the worker to stop."""
+        items: list[tuple[str, dict[str, Any]]] = []
+        rejected: list[str] = []
+        roots: list[str] = []
+        flushes: list[_Flush] = []
+        stop = False
+        for item in batch:
+            if item is _STOP:
+                stop = True
+            elif isinstance(item, _Flush):
+                flushes.append(item)
+            else:
+                kind, span = item
+                trace_id = _trace_id_of(span)
+                if kind == "span":
+                    try:
+                        body = span_to_body(span)
+                    except Exception as e:
+                        if trace_id is not None:
+                            rejected.append(trace_id)
+                        _logger.warning("spanproof: cannot certify span %s of trace %s "
+                                        "(%s: %s); declared as rejected",
+                                        _span_id_of(span), trace_id, type(e).__name__, e)
+                    else:
+                        items.append((body["span"]["traceId"], body))
+                    parent = span.parent
+                    if parent is None or parent.is_remote:
+                        if trace_id is not None:
+                            roots.append(trace_id)
+                elif trace_id is not None:
+                    roots.append(trace_id)
+        # Counters are taken after the queue items: a flush covers every loss
+        # counted before it was queued.
+        with self._counts_lock:
+            dropped, self._dropped = self._dropped, collections.Counter()
+            unsampled, self._unsampled = self._unsampled, collections.Counter()
+        if not (items or rejected or roots or dropped or unsampled or flushes):
+            return stop
+        keyed, durable = self._journal(items, dropped, unsampled)
+        self._sealer.admit(keyed, rejected, roots, dropped, unsampled, self._dropped_note)
+        for flush in flushes:
+            flush.durable = durable
+            flush.event.set()
+        return stop
+
+    def _journal(
+        self,
+        items: list[tuple[str, dict[str, Any]]],
+        dropped: Mapping[str, int],
+        unsampled: Mapping[str, int],
+    ) -> tuple[list[tuple[str, dict[str, Any], str | None]], bool]:
+        """Append *items* and the loss counts to the journal (fsynced).  Returns the
+        items with their keys (None: not journaled) and whether all is durable."""
+        try:
+            journal = self._sealer.journal()
+            keys: list[str | None] = []
+            if items:
+                try:
+                    keys.extend(journal.append_spans(items))
+                except ValueError:
+                    # A value the journal's JSON cannot encode (a lone surrogate):
+                    # journal the others; the sealer declares that span rejected.
+                    for trace_id, body in items:
+                        try:
+                            keys.extend(journal.append_spans([(trace_id, body)]))
+                        except ValueError:
+                            keys.append(None)
+            for trace_id, n in dropped.items():
+                journal.append_dropped(trace_id, n)
+            for trace_id, n in unsampled.items():
+                journal.append_unsampled(trace_id, n)
+        except OSError as e:
+            if not self._journal_failing:
+                self._journal_failing = True
+                _logger.error("spanproof: cannot write the journal in %s (%s); evidence is "
+                              "kept in memory only until it is writable again",
+                              self._journal_dir, e)
+            return [(t, b, None) for t, b in items], False
+        if self._journal_failing:
+            self._journal_failing = False
+            _logger.warning("spanproof: the journal in %s is writable again", self._journal_dir)
+        return [(t, b, k) for (t, b), k in zip(items, keys, strict=True)], True
+
+
+def install(**kwargs: Any) -> EvidenceSpanProcessor:
+    """Add an :class:`EvidenceSpanProcessor` (built with *kwargs*, else from the
+    environment) to the global SDK ``TracerProvider`` and return it.
+
+    Meant for applications run under ``opentelemetry-instrument``, which installs
+    the provider before the application's code runs: call this once at start-up.
+    The provider shuts the processor down at exit.
+
+    Raises:
+        TypeError: the global tracer provider is not the OpenTelemetry SDK's (the
+            SDK is not configured, e.g. ``OTEL_SDK_DISABLED=true``).
+        ValueError: a malformed setting.
+    """
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        raise TypeError("the global tracer provider is not an OpenTelemetry SDK "
+                        f"TracerProvider ({type(provider).__name__}); configure the SDK first")
+    processor = EvidenceSpanProcessor(**kwargs)
+    provider.add_span_processor(processor)
+    return processor
+
+
+def _resolve_int(value: int | None, var: str, default: int, minimum: int) -> int:
+    if value is None:
+        raw = os.environ.get(var, "").strip()
+        if not raw:
+            return default
+        try:
+            value = int(raw, 10)
+        except ValueError:
+            raise ValueError(f"{var} must be a decimal integer, got {raw!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"spanproof processor setting ({var}) must be an integer "
+                         f">= {minimum}, got {value!r}")
+    return value
+
+
+def _resolve_seconds(value: float | None, var: str, default: float) -> float:
+    if value is None:
+        raw = os.environ.get(var, "").strip()
+        if not raw:
+            return default
+        try:
+            millis = int(raw, 10)
+        except ValueError:
+            raise ValueError(f"{var} must be a decimal number of milliseconds, "
+                             f"got {raw!r}") from None
+        value = millis / 1000
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not 0 <= value < float("inf")):
+        raise ValueError(f"spanproof processor setting ({var}) must be a finite number "
+                         f"of seconds >= 0, got {value!r}")
+    return float(value)

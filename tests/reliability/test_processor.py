@@ -1,0 +1,213 @@
+"""EvidenceSpanProcessor: durable flush, counted drops and unsampled spans, recovery."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from reliability_support import (
+    Traced,
+    bundles,
+    evidence_span,
+    ids,
+    journaled_span_ids,
+    make_processor,
+    signing_key,
+    spanproof_cli,
+    write_public_key,
+)
+
+from spanproof.exporter import EvidenceSpanProcessor
+from spanproof.verifier import TrustRoot, Verdict, check_bundle
+
+
+def _trust(tmp_path: Path) -> TrustRoot:
+    return TrustRoot.from_pem_files([str(write_public_key(tmp_path / "trust"))])
+
+
+def test_processor_is_exported_and_configured_from_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_SPANPROOF_OUTPUT_DIR", str(tmp_path / "env-out"))
+    monkeypatch.setenv("OTEL_EXPORTER_SPANPROOF_QUEUE_SIZE", "7")
+    monkeypatch.setenv("OTEL_EXPORTER_SPANPROOF_QUEUE_BLOCK_MS", "0")
+    processor = EvidenceSpanProcessor()
+    try:
+        assert processor.exporter.config.output_dir == str(tmp_path / "env-out")
+        assert processor.journal_dir == str(tmp_path / "env-out" / "journal")
+        assert processor._queue.maxsize == 7
+        assert processor._block == 0.0
+    finally:
+        processor.shutdown()
+
+
+def test_malformed_queue_size_variable_is_named_in_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_SPANPROOF_QUEUE_SIZE", "many")
+    with pytest.raises(ValueError, match="OTEL_EXPORTER_SPANPROOF_QUEUE_SIZE"):
+        EvidenceSpanProcessor(tmp_path, signing_key=signing_key())
+
+
+def test_force_flush_makes_every_ended_evidence_span_durable_in_journal(tmp_path: Path) -> None:
+    processor = make_processor(tmp_path)
+    traced = Traced(processor)
+    ended = []
+    with traced.tracer.start_as_current_span("request"):  # the root stays open
+        for i in range(25):
+            with evidence_span(traced.tracer, f"step-{i}") as span:
+                pass
+            ended.append(ids(span)[1])
+        with traced.tracer.start_as_current_span("not-evidence") as plain:
+            pass
+        assert processor.force_flush(10_000) is True
+        journaled = journaled_span_ids(Path(processor.journal_dir))
+        assert set(ended) <= journaled
+        assert ids(plain)[1] not in journaled
+        assert bundles(tmp_path) == []  # durable in the journal, not sealed yet
+    processor.shutdown()
+
+
+def test_shutdown_seals_journaled_spans_and_retires_the_journal(tmp_path: Path) -> None:
+    processor = make_processor(tmp_path)
+    traced = Traced(processor)
+    with evidence_span(traced.tracer, "root") as root:
+        with evidence_span(traced.tracer, "child"):
+            pass
+    assert processor.force_flush(10_000)
+    processor.shutdown()
+    reports = [check_bundle(str(p), _trust(tmp_path), keep_records=True) for p in bundles(tmp_path)]
+    assert [r.verdict for r in reports] == [Verdict.OK]
+    assert reports[0].statement is not None
+    assert reports[0].statement.trace_id == ids(root)[0]
+    assert len(reports[0].records or []) == 2
+    # Everything sealed: the journal files were deleted.
+    assert list(Path(processor.journal_dir).glob("journal-*.log")) == []
+
+
+def test_force_flush_after_shutdown_returns_false(tmp_path: Path) -> None:
+    processor = make_processor(tmp_path)
+    processor.shutdown()
+    processor.shutdown()  # idempotent
+    assert processor.force_flush(1000) is False
+
+
+def _fill_queue_without_worker(
+    processor: EvidenceSpanProcessor, traced: Traced, monkeypatch: pytest.MonkeyPatch, n: int
+) -> str:
+    """End *n* evidence spans of one trace while no worker drains the queue."""
+    monkeypatch.setattr(processor, "_ensure_worker", lambda: None)
+    with traced.tracer.start_as_current_span("request") as root:
+        for i in range(n):
+            with evidence_span(traced.tracer, f"step-{i}"):
+                pass
+    monkeypatch.undo()
+    return ids(root)[0]
+
+
+def test_full_queue_drops_are_counted_in_the_trace_bundle_as_incomplete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    processor = make_processor(tmp_path / "out", queue_size=2, queue_block=0.0)
+    traced = Traced(processor)
+    with caplog.at_level(logging.ERROR, logger="spanproof.exporter.processor"):
+        trace_id = _fill_queue_without_worker(processor, traced, monkeypatch, 6)
+    assert sum("queue full" in r.getMessage() for r in caplog.records) == 1  # logged once
+    assert processor.force_flush(10_000)
+    processor.shutdown()
+    [path] = bundles(tmp_path / "out")
+    report = check_bundle(str(path), _trust(tmp_path), keep_records=True)
+    assert report.verdict is Verdict.INCOMPLETE
+    assert report.statement is not None
+    assert report.statement.trace_id == trace_id
+    assert report.statement.completeness.dropped_spans == 4
+    assert any("queue" in note for note in report.statement.completeness.notes)
+    assert len(report.records or []) == 2
+
+    key = str(tmp_path / "trust" / "signing.pub")
+    strict = spanproof_cli("verify", "--key", key, str(path))
+    assert strict.returncode == 1, strict.stdout + strict.stderr
+    assert "INCOMPLETE" in strict.stdout
+    allowed = spanproof_cli("verify", "--key", key, "--allow-incomplete", str(path))
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    assert "Traceback" not in strict.stderr + allowed.stderr
+
+
+def test_full_queue_drop_counts_survive_a_crash_in_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    processor = make_processor(tmp_path, queue_size=1, queue_block=0.0)
+    traced = Traced(processor)
+    trace_id = _fill_queue_without_worker(processor, traced, monkeypatch, 3)
+    assert processor.force_flush(10_000)
+    # Simulate a crash: the journal is released without sealing (no shutdown).
+    journal = processor.exporter._journal  # type: ignore[attr-defined]
+    journal.forget_after_fork()
+    recovering = make_processor(tmp_path)
+    try:
+        [path] = [Path(p) for p in recovering.recovered]
+        report = check_bundle(str(path), _trust(tmp_path), allow_incomplete=True)
+        assert report.verdict is Verdict.OK
+        assert report.statement is not None
+        assert report.statement.trace_id == trace_id
+        assert report.statement.seal_reason == "recovered"
+        assert report.statement.completeness.dropped_spans == 2
+    finally:
+        recovering.shutdown()
+
+
+class _RecordOnly(Sampler):
+    """Records every span but samples none (spans reach on_end unsampled)."""
+
+    def should_sample(self, parent_context: object, trace_id: int, name: str,
+                      kind: object = None, attributes: Any = None,
+                      links: object = None, trace_state: object = None) -> SamplingResult:
+        # The SDK keeps only the attributes the sampler returns.
+        return SamplingResult(Decision.RECORD_ONLY, attributes)
+
+    def get_description(self) -> str:
+        return "RecordOnly"
+
+
+def test_unsampled_evidence_spans_are_counted_not_certified(tmp_path: Path) -> None:
+    processor = make_processor(tmp_path / "out")
+    traced = Traced(processor, sampler=_RecordOnly())
+    with traced.tracer.start_as_current_span("request") as root:
+        for i in range(3):
+            with evidence_span(traced.tracer, f"step-{i}"):
+                pass
+        with traced.tracer.start_as_current_span("not-evidence"):
+            pass
+    assert processor.force_flush(10_000)
+    processor.shutdown()
+    [path] = bundles(tmp_path / "out")
+    report = check_bundle(str(path), _trust(tmp_path), keep_records=True)
+    assert report.verdict is Verdict.INCOMPLETE
+    assert report.statement is not None
+    assert report.statement.trace_id == ids(root)[0]
+    assert report.statement.completeness.unsampled_spans == 3
+    assert report.statement.completeness.dropped_spans == 0
+    assert list(report.records or []) == []
+
+
+def test_journal_records_unsampled_counts_for_recovery(tmp_path: Path) -> None:
+    processor = make_processor(tmp_path)
+    traced = Traced(processor, sampler=_RecordOnly())
+    with evidence_span(traced.tracer, "only"):
+        pass
+    assert processor.force_flush(10_000)
+    entries = []
+    for log in Path(processor.journal_dir).glob("journal-*.log"):
+        data = log.read_bytes()
+        pos = 0
+        while pos + 8 <= len(data):
+            length = int.from_bytes(data[pos:pos + 4], "big")
+            entries.append(json.loads(data[pos + 8:pos + 8 + length]))
+            pos += 8 + length
+    assert [e["t"] for e in entries] == ["unsampled"]
+    assert entries[0]["n"] == "1"
+    processor.shutdown()
