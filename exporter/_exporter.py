@@ -204,6 +204,8 @@ class SpanproofSpanExporter(SpanExporter):
         self._wake_at = float("-inf")
         self._unwritten: collections.deque[SealedBundle] = collections.deque()
         self._retry_at = float("-inf")
+        # What the sink's last failure was (None while writes succeed): logged once.
+        self._sink_condition: str | None = None
         self._submitter = self._start_submitter()
 
     def _start_submitter(self) -> WitnessSubmitter | None:
@@ -503,8 +505,16 @@ class SpanproofSpanExporter(SpanExporter):
         try:
             where = self._sink.write(bundle)
         except Exception as e:
-            _logger.error("spanproof: cannot write bundle %s (%s); will retry",
-                          bundle.file_name, e)
+            condition = _condition_of(e)
+            if condition != self._sink_condition:
+                # Once per condition (disk full, read-only, ...), not once per bundle.
+                self._sink_condition = condition
+                _logger.error("spanproof: cannot write bundles (%s: %s); they are kept in "
+                              "memory (up to %d) and retried every %.0f s",
+                              type(e).__name__, e, _MAX_UNWRITTEN, _RETRY_SECONDS)
+            else:
+                _logger.debug("spanproof: still cannot write bundle %s (%s)",
+                              bundle.file_name, e)
             self._unwritten.append(bundle)
             if len(self._unwritten) > _MAX_UNWRITTEN:
                 lost = self._unwritten.popleft()
@@ -512,6 +522,10 @@ class SpanproofSpanExporter(SpanExporter):
                               "for a failing sink", lost.file_name, _MAX_UNWRITTEN)
             self._retry_at = self._clock() + _RETRY_SECONDS
             return False
+        if self._sink_condition is not None:
+            self._sink_condition = None
+            _logger.warning("spanproof: bundles can be written again (%d still queued)",
+                            len(self._unwritten))
         if self._submitter is not None:
             self._submitter.submit(where)
         return True
@@ -551,3 +565,8 @@ def _scan_quietly(submitter: WitnessSubmitter, directory: str) -> None:
         return
     if queued:
         _logger.info("spanproof: %d bundle(s) without a witness receipt queued", queued)
+
+
+def _condition_of(error: BaseException) -> str:
+    """A failure's kind for logging once per condition: its type and errno."""
+    return f"{type(error).__name__}:{getattr(error, 'errno', None)}"

@@ -27,7 +27,7 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2, json_format
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 __all__ = [
@@ -98,14 +98,18 @@ def parse_otlp_json(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidRequest(f"body is not JSON: {e}") from None
+    except RecursionError:
+        raise InvalidRequest("body is nested too deeply to decode") from None
     if not isinstance(doc, dict):
         raise InvalidRequest("body must be a JSON object")
-    _hex_ids_to_base64(doc)
     request = trace_service_pb2.ExportTraceServiceRequest()
     try:
+        _hex_ids_to_base64(doc)
         json_format.ParseDict(doc, request, ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError) as e:
         raise InvalidRequest(f"not an OTLP ExportTraceServiceRequest: {e}") from None
+    except RecursionError:
+        raise InvalidRequest("request is nested too deeply to decode") from None
     return request
 
 
@@ -130,13 +134,19 @@ def _unavailable_status(error: Unavailable) -> status_pb2.Status:
     return status
 
 
-class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+class _TraceService:
     def __init__(self, ingest: Ingest) -> None:
         self._ingest = ingest
 
-    def Export(
-        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
-    ) -> trace_service_pb2.ExportTraceServiceResponse:
+    def Export(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        # The request arrives undecoded, so a body protobuf cannot parse (for example
+        # nested deeper than its recursion limit) is INVALID_ARGUMENT, not INTERNAL.
+        request = trace_service_pb2.ExportTraceServiceRequest()
+        try:
+            request.ParseFromString(data)
+        except (DecodeError, RecursionError) as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"not an OTLP ExportTraceServiceRequest: {e}")
         try:
             result = self._ingest(request.resource_spans)
         except InvalidRequest as e:
@@ -154,7 +164,7 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
                 (("grpc-status-details-bin", status.SerializeToString()),)
             )
             context.abort(grpc.StatusCode.UNAVAILABLE, f"receiver error: {e}")
-        return _response(result)
+        return _response(result).SerializeToString()
 
 
 class GrpcServer:
@@ -175,9 +185,12 @@ class GrpcServer:
                 ("grpc.max_send_message_length", max_message_bytes),
             ],
         )
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(
-            _TraceService(ingest), self._server
+        service = _TraceService(ingest)
+        handler = grpc.method_handlers_generic_handler(
+            "opentelemetry.proto.collector.trace.v1.TraceService",
+            {"Export": grpc.unary_unary_rpc_method_handler(service.Export)},
         )
+        self._server.add_generic_rpc_handlers((handler,))
         self.port = self._server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")

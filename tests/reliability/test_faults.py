@@ -1,0 +1,284 @@
+"""Faults and hostile input: an unwritable output directory, two processes sharing one,
+span values that try to steer file names, and nesting deeper than any parser allows."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import textwrap
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from reliability_support import bundles, signing_key, spanproof_cli, write_public_key
+
+from spanproof.exporter import SpanproofSpanExporter
+from spanproof.exporter import sinks as sinks_module
+from spanproof.exporter.otlp_server import HttpServer
+from spanproof.exporter.receiver import Receiver
+
+BUNDLE_NAME = re.compile(r"[0-9a-f]{32}-[0-9]{4}-[0-9a-f]{16}(\.[0-9]+)?\.spanproof\.json")
+
+
+class _Disk:
+    """Makes ``os.open`` fail below one directory with a chosen errno (root ignores
+    file modes, so a read-only directory is simulated where the sink opens files)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, directory: Path) -> None:
+        self.failure: int | None = None
+        real_open = os.open
+        prefix = str(directory)
+
+        def fake_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+            if self.failure is not None and str(path).startswith(prefix):
+                raise OSError(self.failure, os.strerror(self.failure), str(path))
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(sinks_module.os, "open", fake_open)
+
+
+def _trace(exporter: SpanproofSpanExporter, name: str, service: str = "faults-svc") -> None:
+    provider = TracerProvider(resource=Resource.create({"service.name": service}),
+                              shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("tests.faults")
+    with tracer.start_as_current_span(f"{name}-root"):
+        with tracer.start_as_current_span(name, attributes={"gen_ai.operation.name": "chat"}):
+            pass
+
+
+def _verify(out: Path, keys: Path) -> subprocess.CompletedProcess[str]:
+    return spanproof_cli("verify", "--key", str(write_public_key(keys)), str(out))
+
+
+def test_unwritable_output_is_logged_once_per_condition_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    disk = _Disk(monkeypatch, out)
+    exporter = SpanproofSpanExporter(out, signing_key=signing_key(), seal_grace=0.0)
+    caplog.set_level(logging.DEBUG, logger="spanproof")
+    disk.failure = errno.EROFS
+    for n in range(3):
+        _trace(exporter, f"read-only-{n}")  # the app keeps running: export never raises
+        assert exporter.force_flush() is False
+    disk.failure = errno.ENOSPC
+    _trace(exporter, "disk-full")
+    assert exporter.force_flush() is False
+    assert bundles(out) == []
+
+    errors = [r.getMessage() for r in caplog.records
+              if r.levelno >= logging.ERROR and "cannot write bundles" in r.getMessage()]
+    assert len(errors) == 2, errors  # one per condition, not one per bundle
+    assert "Read-only file system" in errors[0] and "No space left" in errors[1]
+
+    disk.failure = None
+    assert exporter.force_flush() is True
+    exporter.shutdown()
+    assert any("can be written again" in r.getMessage() for r in caplog.records)
+    assert len(bundles(out)) == 4  # nothing kept in memory was lost
+    result = _verify(out, tmp_path / "keys")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+_WRITER = textwrap.dedent("""
+    import sys
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.id_generator import IdGenerator
+    from spanproof.exporter import SigningKey, SpanproofSpanExporter
+
+    class SameIds(IdGenerator):
+        # Both processes certify the very same trace ids.
+        def __init__(self):
+            self.n = 0
+        def generate_trace_id(self):
+            self.n += 1
+            return self.n
+        def generate_span_id(self):
+            self.n += 1
+            return self.n
+
+    key = SigningKey.from_seed(bytes(range(32)))
+    exporter = SpanproofSpanExporter(sys.argv[1], signing_key=key)
+    provider = TracerProvider(id_generator=SameIds())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("writer")
+    for i in range(int(sys.argv[2])):
+        with tracer.start_as_current_span("root"):
+            with tracer.start_as_current_span("step", attributes={"gen_ai.operation.name": "chat"}):
+                pass
+    provider.shutdown()
+""")
+
+
+def test_two_processes_writing_one_output_directory_never_collide(tmp_path: Path) -> None:
+    out = tmp_path / "shared"
+    script = tmp_path / "writer.py"
+    script.write_text(_WRITER)
+    traces = 20
+    procs = [subprocess.Popen([sys.executable, str(script), str(out), str(traces)])
+             for _ in range(2)]
+    for proc in procs:
+        assert proc.wait(timeout=120) == 0
+    written = bundles(out)
+    assert len(written) == 2 * traces  # same trace ids, two producers: nothing overwritten
+    assert len({p.name.split("-")[0] for p in written}) == traces
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    result = _verify(out, tmp_path / "keys")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("OK ") == 2 * traces
+
+
+def test_span_values_never_reach_file_names(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    exporter = SpanproofSpanExporter(out, signing_key=signing_key())
+    hostile = "../../escaped/../" + "/etc/passwd\x00.spanproof.json"
+    _trace(exporter, hostile, service=hostile)
+    exporter.shutdown()
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    written = [p for p in files if p.name.endswith(".spanproof.json")]
+    assert len(written) == 1 and written[0].parent == out
+    assert BUNDLE_NAME.fullmatch(written[0].name), written[0].name
+    assert not (tmp_path / "escaped").exists()
+    # The hostile text is certified as data, intact, inside the bundle.
+    assert json.dumps("../../escaped/../")[1:-1].encode() in written[0].read_bytes()
+
+
+def _nested_any_value(depth: int) -> str:
+    """OTLP/JSON text of an AnyValue nested *depth* kvlists deep (built as text:
+    json.dumps itself refuses such depth)."""
+    head = '{"kvlistValue":{"values":[{"key":"k","value":' * depth
+    return head + '{"stringValue":"bottom"}' + "}]}}" * depth
+
+
+def _otlp_json(trace: str, span: str, key: str, value: str) -> bytes:
+    return ('{"resourceSpans":[{"scopeSpans":[{"spans":[{'
+            f'"traceId":"{trace}","spanId":"{span}","name":"deep","kind":1,'
+            '"startTimeUnixNano":"1000","endTimeUnixNano":"2000","attributes":['
+            '{"key":"gen_ai.operation.name","value":{"stringValue":"chat"}},'
+            f'{{"key":"{key}","value":{value}}}]}}]}}]}}]}}').encode()
+
+
+def _post(url: str, body: bytes, content_type: str) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method="POST",
+                                 headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (wire type 2)."""
+    tag, size, out = (number << 3) | 2, len(payload), bytearray()
+    out.append(tag)
+    while True:
+        byte, size = size & 0x7F, size >> 7
+        out.append(byte | (0x80 if size else 0))
+        if not size:
+            return bytes(out) + payload
+
+
+def _nested_protobuf(depth: int) -> bytes:
+    """An OTLP protobuf request whose span has an AnyValue *depth* kvlists deep, written
+    byte by byte (the protobuf runtime itself refuses to build such a message)."""
+    from opentelemetry.proto.common.v1 import common_pb2
+    from opentelemetry.proto.trace.v1 import trace_pb2
+
+    value = common_pb2.AnyValue(string_value="bottom").SerializeToString()
+    for _ in range(depth):  # AnyValue.kvlist_value(6) > KeyValueList.values(1) > KeyValue
+        value = _field(6, _field(1, _field(1, b"k") + _field(2, value)))
+    span = trace_pb2.Span(trace_id=bytes.fromhex("1" * 32), span_id=bytes.fromhex("2" * 16),
+                          name="deep", start_time_unix_nano=1000, end_time_unix_nano=2000)
+    span.attributes.add(key="gen_ai.operation.name",
+                        value=common_pb2.AnyValue(string_value="chat"))
+    span_bytes = span.SerializeToString() + _field(9, _field(1, b"deep") + _field(2, value))
+    # ExportTraceServiceRequest.resource_spans(1) > ResourceSpans.scope_spans(2) > spans(2)
+    return _field(1, _field(2, _field(2, span_bytes)))
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json", lambda: _otlp_json("1" * 32, "2" * 16, "deep",
+                                                _nested_any_value(150))),
+        ("application/json", lambda: _otlp_json("1" * 32, "2" * 16, "deep",
+                                                _nested_any_value(5000))),
+        ("application/x-protobuf", lambda: _nested_protobuf(150)),
+    ],
+    ids=["json-150", "json-5000", "protobuf-150"],
+)
+def test_receiver_refuses_nesting_deeper_than_its_parsers_allow(
+    tmp_path: Path, content_type: str, body: Any
+) -> None:
+    receiver = Receiver(tmp_path / "out", signing_key=signing_key(), seal_grace=0.0)
+    receiver.start()
+    server = HttpServer("127.0.0.1:0", receiver)
+    server.start()
+    url = f"http://127.0.0.1:{server.port}/v1/traces"
+    try:
+        status, answer = _post(url, body(), content_type)
+        # INVALID_ARGUMENT with a message: a Collector drops it instead of retrying forever.
+        assert status == 400, (status, answer[:300])
+        assert answer
+        fine = _otlp_json("3" * 32, "4" * 16, "nested", _nested_any_value(8))
+        json.loads(fine)  # well-formed
+        status, _ = _post(url, fine, "application/json")
+        assert status == 200  # the receiver keeps serving
+    finally:
+        server.stop()
+        assert receiver.shutdown()
+    (bundle,) = bundles(tmp_path / "out")
+    assert bundle.name.startswith("3" * 32)
+
+
+def test_grpc_refuses_a_request_nested_too_deeply_as_invalid_argument(tmp_path: Path) -> None:
+    import grpc
+
+    from spanproof.exporter.otlp_server import GrpcServer
+
+    receiver = Receiver(tmp_path / "out", signing_key=signing_key(), seal_grace=0.0)
+    receiver.start()
+    server = GrpcServer("127.0.0.1:0", receiver)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            export = channel.unary_unary(
+                "/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+            with pytest.raises(grpc.RpcError) as refused:
+                export(_nested_protobuf(150), timeout=30)
+            assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert "ExportTraceServiceRequest" in (refused.value.details() or "")
+    finally:
+        server.stop()
+        assert receiver.shutdown()
+    assert bundles(tmp_path / "out") == []
+
+
+def test_private_keys_are_never_logged_nor_readable_by_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    out = tmp_path / "out"
+    exporter = SpanproofSpanExporter(out)  # no key configured: one is generated
+    _trace(exporter, "keys")
+    exporter.shutdown()
+    key_file = out / "keys" / "signing.key"
+    assert key_file.stat().st_mode & 0o077 == 0
+    pem = key_file.read_text()
+    secret = "".join(pem.strip().splitlines()[1:-1])
+    logged = "\n".join(r.getMessage() for r in caplog.records) + "".join(capsys.readouterr())
+    assert any("signing.key" in r.getMessage() for r in caplog.records)  # it was mentioned
+    assert secret[:40] not in logged and "PRIVATE KEY" not in logged
