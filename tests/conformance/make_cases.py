@@ -53,6 +53,8 @@ class Case:
     what: str
     make: Callable[[], bytes]
     receipt: bool = False
+    #: Makes the disclosure file checked with ``--disclosures`` (disclosure cases).
+    disclosures: Callable[[], bytes] | None = None
 
 
 def _key(name: str) -> SigningKey:
@@ -108,6 +110,64 @@ def sealed(bodies_: list[dict[str, Any]] | None = None, *, trace_id: str = TRACE
 
 def base() -> bytes:
     return sealed().data
+
+
+# -- committed attributes and their disclosures (SPEC §2.5) --------------------------
+
+REDACTED = ("customer.*",)
+
+
+def _committed() -> SealedBundle:
+    """Four records whose ``customer.*`` values are committed, with fixed salts."""
+    from spanproof.exporter.disclosure import redaction_matcher
+
+    salts = iter(bytes([n]) * 16 for n in range(1, 100))
+    with_customer = [
+        body(TRACE, n, parent="" if n == 0 else f"{0x1000000000000000:016x}", attributes={
+            "gen_ai.operation.name": "chat", "customer.email": f"user{n}@example.com",
+            "customer.tier": n})
+        for n in range(4)
+    ]
+    return seal(TRACE, with_customer, ChainPosition.genesis(TRACE), signer=_key("producer.key"),
+                producer=PRODUCER, sealed_at=SEALED_AT, reason="root_ended",
+                redact=redaction_matcher(REDACTED), salt=lambda: next(salts))
+
+
+def _disclosures(change: Callable[[Any], Any] | None = None,
+                 key: str = "customer.email") -> Callable[[], bytes]:
+    """The committed bundle's disclosure file, with the first entry for *key* changed."""
+    from spanproof.verifier.disclosure import DisclosureFile
+
+    def make() -> bytes:
+        entries = list(_committed().disclosures)
+        if change is not None:
+            at = next(i for i, e in enumerate(entries) if e.key == key)
+            entries[at] = change(entries[at])
+        return DisclosureFile(tuple(entries)).to_bytes()
+
+    return make
+
+
+def _value_changed(d: Any) -> Any:
+    import dataclasses
+    return dataclasses.replace(d, value=encode_value("attacker@example.com"))
+
+
+def _type_changed(d: Any) -> Any:
+    import dataclasses
+
+    from spanproof.verifier.values import decode_value
+    return dataclasses.replace(d, value=encode_value(str(decode_value(d.value))))
+
+
+def _salt_changed(d: Any) -> Any:
+    import dataclasses
+    return dataclasses.replace(d, salt=bytes(16))
+
+
+def _moved_to_other_span(d: Any) -> Any:
+    import dataclasses
+    return dataclasses.replace(d, span_id=f"{0x1000000000000000 + 1:016x}")
 
 
 # -- byte-level edits ---------------------------------------------------------------
@@ -361,15 +421,30 @@ CASES: tuple[Case, ...] = (
          base, receipt=True),
     Case("receipt_checkpoint_altered", "10", "the checkpoint's tree size changed",
          base, receipt=True),
+    Case("disclosure", "6, §2.5.5", "committed customer.* values; every disclosure opens",
+         lambda: _committed().data, disclosures=_disclosures()),
+    Case("disclosure_value_changed", "§2.5.5", "a disclosed value differs from the committed",
+         lambda: _committed().data, disclosures=_disclosures(_value_changed)),
+    Case("disclosure_type_changed", "§2.5.5", 'string "0" disclosed for a committed int 0',
+         lambda: _committed().data, disclosures=_disclosures(_type_changed, "customer.tier")),
+    Case("disclosure_salt_changed", "§2.5.5", "a disclosure with another salt",
+         lambda: _committed().data, disclosures=_disclosures(_salt_changed)),
+    Case("disclosure_moved_to_other_span", "§2.5.5", "a disclosure moved to another span",
+         lambda: _committed().data, disclosures=_disclosures(_moved_to_other_span)),
 )
 
 #: Cases that verify (the rest must not).
 PASSING = {"workflow", "single_record", "no_records", "continuation_segment",
-           "conflict_declared"}
+           "conflict_declared", "disclosure"}
 
 
 def file_name(case: Case) -> str:
     return f"{case.name}_{'pass' if case.name in PASSING else 'fail'}.spanproof.json"
+
+
+def disclosures_name(case: Case) -> str:
+    """The disclosure file checked with a disclosure case (``--disclosures``)."""
+    return file_name(case).removesuffix(".spanproof.json") + ".disclosures.json"
 
 
 def _receipts(out: Path) -> dict[str, bytes]:
@@ -417,6 +492,10 @@ def generate(out: Path) -> list[Path]:
             receipt = out / (path.name.removesuffix(".spanproof.json") + ".receipt.json")
             receipt.write_bytes(receipts[case.name])
             written.append(receipt)
+        if case.disclosures is not None:
+            disclosed = out / disclosures_name(case)
+            disclosed.write_bytes(case.disclosures())
+            written.append(disclosed)
     return written
 
 

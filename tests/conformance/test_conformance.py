@@ -3,8 +3,8 @@
 Every ``*_pass`` case must verify (exit 0, ``OK``) and every ``*_fail`` case must not
 (exit 1, ``FAIL`` or ``INCOMPLETE``) when run as
 ``spanproof verify --key tests/conformance/keys/producer.pub [--witness-key
-tests/conformance/keys/witness.pub] CASE`` -- the same invocation another verifier
-implementation can be dropped into.
+tests/conformance/keys/witness.pub] [--disclosures CASE.disclosures.json] CASE`` -- the
+same invocation another verifier implementation can be dropped into.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from make_cases import CASES, PASSING, file_name, generate
+from make_cases import CASES, PASSING, disclosures_name, file_name, generate
 
 HERE = Path(__file__).resolve().parent
 CASES_DIR = HERE / "cases"
@@ -35,7 +35,11 @@ def test_case_verdict_through_the_cli(case: object) -> None:
     name = file_name(case)  # type: ignore[arg-type]
     path = CASES_DIR / name
     assert path.is_file(), f"{name} missing: run tests/conformance/make_cases.py"
-    extra = ("--witness-key", str(WITNESS_PUB)) if case.receipt else ()  # type: ignore[attr-defined]
+    extra: tuple[str, ...] = ()
+    if case.receipt:  # type: ignore[attr-defined]
+        extra = ("--witness-key", str(WITNESS_PUB))
+    if case.disclosures is not None:  # type: ignore[attr-defined]
+        extra = ("--disclosures", str(CASES_DIR / disclosures_name(case)))  # type: ignore[arg-type]
     result = _verify(path, *extra)
     assert "Traceback" not in result.stderr
     first = result.stdout.split(" ", 1)[0]
@@ -43,7 +47,11 @@ def test_case_verdict_through_the_cli(case: object) -> None:
         assert (result.returncode, first) == (0, "OK"), result.stdout + result.stderr
     else:
         assert result.returncode == 1, result.stdout + result.stderr
-        assert first in ("FAIL", "INCOMPLETE"), result.stdout
+        if case.disclosures is not None:  # type: ignore[attr-defined]
+            # The bundle itself verifies; the disclosure does not open its commitment.
+            assert first == "OK" and "\nFAIL disclosure " in result.stdout, result.stdout
+        else:
+            assert first in ("FAIL", "INCOMPLETE"), result.stdout
 
 
 def test_declared_losses_case_passes_with_allow_incomplete() -> None:
@@ -65,6 +73,7 @@ def test_every_committed_file_is_a_listed_case() -> None:
     expected = {file_name(c) for c in CASES}
     expected |= {file_name(c).replace(".spanproof.json", ".receipt.json")
                  for c in CASES if c.receipt}
+    expected |= {disclosures_name(c) for c in CASES if c.disclosures is not None}
     assert {p.name for p in CASES_DIR.iterdir()} == expected
     assert PASSING <= {c.name for c in CASES}
 
