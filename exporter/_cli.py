@@ -229,6 +229,7 @@ def receiver(
     witness_url: str | None = None,
     witness_key: str | None = None,
     redact_attributes: str | None = None,
+    max_value_bytes: int | None = None,
     journal_dir: str | None = None,
 ) -> int:
     """``spanproof receiver``: serve OTLP/gRPC (and OTLP/HTTP) and certify what arrives.
@@ -252,6 +253,7 @@ def receiver(
                                   ("--max-records", max_records, 1),
                                   ("--max-pending-traces", max_pending_traces, 1),
                                   ("--max-message-bytes", max_message_bytes, 1024),
+                                  ("--max-value-bytes", max_value_bytes, 1024),
                                   ("--max-backlog-spans", max_backlog_spans, 1)):
         if number is not None and number < minimum:
             raise UsageError(f"{flag} must be an integer >= {minimum}, got {number}")
@@ -274,6 +276,7 @@ def receiver(
             witness_key=witness_key,
             redact_attributes=(None if redact_attributes is None else
                                [k.strip() for k in redact_attributes.split(",") if k.strip()]),
+            max_value_bytes=max_value_bytes,
             journal_dir=journal_dir,
             **({} if max_backlog_spans is None else {"max_backlog_spans": max_backlog_spans}),
         )

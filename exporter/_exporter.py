@@ -37,6 +37,7 @@ from ._setup import resolve_setup
 from .assembly import SHUTDOWN, SealJob, TraceAssembler
 from .config import ExporterConfig
 from .keys import SigningKey
+from .limits import check_value_sizes
 from .normalize import span_to_body
 from .sealing import SealedBundle, seal
 from .selection import Selector
@@ -106,6 +107,8 @@ class SpanproofSpanExporter(SpanExporter):
             background; receipts are stored beside the bundles.
         witness_key: pinned witness public key (PEM path or verifier key string)
             to verify receipts with before storing them.
+        max_value_bytes: largest attribute value certified; a span with a larger one
+            is declared as rejected in its trace's bundle.
         redact_attributes: span attribute keys and glob patterns whose values are
             committed instead of stored (SPEC §2.5); the values and salts are
             written to ``<name>.disclosures.json`` (mode 0600) beside each bundle.
@@ -137,6 +140,7 @@ class SpanproofSpanExporter(SpanExporter):
         witness_url: str | None = None,
         witness_key: str | None = None,
         redact_attributes: Sequence[str] | None = None,
+        max_value_bytes: int | None = None,
         signing_key: SigningKey | None = None,
         clock: Callable[[], float] | None = None,
         sink: BundleSink | None = None,
@@ -147,7 +151,7 @@ class SpanproofSpanExporter(SpanExporter):
             seal_grace=seal_grace, idle_timeout=idle_timeout, max_records=max_records,
             max_pending_traces=max_pending_traces, sealed_trace_memory=sealed_trace_memory,
             witness_url=witness_url, witness_key=witness_key,
-            redact_attributes=redact_attributes,
+            redact_attributes=redact_attributes, max_value_bytes=max_value_bytes,
         )
         config = setup.config
         output = config.output_dir
@@ -269,6 +273,7 @@ class SpanproofSpanExporter(SpanExporter):
                             len(spans))
             return SpanExportResult.FAILURE
         selects = self._selector.selects
+        max_value_bytes = self._config.max_value_bytes
         bodies: list[tuple[str, dict[str, Any]]] = []
         rejected: list[str] = []
         roots: list[str] = []
@@ -278,6 +283,7 @@ class SpanproofSpanExporter(SpanExporter):
                 if selects(_selection_attributes(span)):
                     try:
                         body = span_to_body(span)
+                        check_value_sizes(body, max_value_bytes)
                     except Exception as e:
                         failed += 1
                         trace_id = _trace_id_of(span)

@@ -20,6 +20,8 @@ Variables (all prefixed ``OTEL_EXPORTER_SPANPROOF_``), with their defaults:
 * ``MAX_PENDING_TRACES`` (``2048``): open traces held in memory.
 * ``SEALED_TRACE_MEMORY`` (``65536``): sealed traces whose chain position is kept
   so a late span continues the chain.
+* ``MAX_VALUE_BYTES`` (``1048576``): a span with an attribute value larger than
+  this is not certified but declared as rejected in its trace's bundle.
 * ``WITNESS_URL`` (unset): submit each sealed bundle to this witness in the
   background (queue under ``<OUTPUT_DIR>/witness-queue``); receipts are written
   beside the bundles.
@@ -83,6 +85,9 @@ class ExporterConfig:
     #: the trace's chain in a linked segment.  A late span of a forgotten trace
     #: starts a new chain at genesis (the verifier then reports segment 0 twice).
     sealed_trace_memory: int = 65_536
+    #: Largest attribute value (bytes) certified; a span with a larger one is
+    #: declared as rejected instead (``exporter/limits.py``).
+    max_value_bytes: int = 1_048_576
     #: Witness base URL (``http(s)://host:port``); None submits nothing.
     witness_url: str | None = None
     #: Pinned witness public key used to verify receipts before storing them.
@@ -118,6 +123,7 @@ class ExporterConfig:
                    and 0 <= value < float("inf"), name, "must be a finite number of seconds >= 0",
                    value)
         for name, minimum in (("max_records", 1), ("max_pending_traces", 1),
+                              ("max_value_bytes", 1024),
                               ("sealed_trace_memory", 0)):
             value = getattr(self, name)
             _check(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
@@ -213,6 +219,7 @@ _ENV: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "max_records": ("MAX_RECORDS", _parse_int),
     "max_pending_traces": ("MAX_PENDING_TRACES", _parse_int),
     "sealed_trace_memory": ("SEALED_TRACE_MEMORY", _parse_int),
+    "max_value_bytes": ("MAX_VALUE_BYTES", _parse_int),
     "witness_url": ("WITNESS_URL", _parse_str),
     "witness_key": ("WITNESS_KEY", _parse_str),
     "redact_attributes": ("REDACT_ATTRIBUTES", _parse_list),

@@ -52,6 +52,7 @@ from .assembly import SealJob
 from .config import ENV_PREFIX
 from .journal import Journal
 from .keys import SigningKey
+from .limits import check_value_sizes
 from .normalize import span_to_body
 from .sealing import SealedBundle
 from .selection import Selector
@@ -419,6 +420,7 @@ class EvidenceSpanProcessor(SpanProcessor):
                 if kind == "span":
                     try:
                         body = span_to_body(span)
+                        check_value_sizes(body, self._sealer.config.max_value_bytes)
                     except Exception as e:
                         if trace_id is not None:
                             rejected.append(trace_id)

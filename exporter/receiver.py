@@ -57,6 +57,7 @@ from .assembly import RECOVERED, SHUTDOWN, SealJob, TraceAssembler
 from .config import ExporterConfig
 from .journal import Journal, RecoveredTrace, recover_orphans, release_claimed
 from .keys import SigningKey
+from .limits import OversizedValue, check_value_sizes
 from .otlp import MalformedSpan, iter_request_spans, otlp_span_to_body
 from .otlp_server import IngestResult, InvalidRequest, Unavailable
 from .sealing import ChainPosition, SealedBundle, seal
@@ -213,6 +214,7 @@ class Receiver:
         witness_url: str | None = None,
         witness_key: str | None = None,
         redact_attributes: Sequence[str] | None = None,
+        max_value_bytes: int | None = None,
         journal_dir: str | os.PathLike[str] | None = None,
         max_backlog_spans: int = 200_000,
         dedup_memory: int = 262_144,
@@ -228,7 +230,7 @@ class Receiver:
             seal_grace=seal_grace, idle_timeout=idle_timeout, max_records=max_records,
             max_pending_traces=max_pending_traces, sealed_trace_memory=sealed_trace_memory,
             witness_url=witness_url, witness_key=witness_key,
-            redact_attributes=redact_attributes,
+            redact_attributes=redact_attributes, max_value_bytes=max_value_bytes,
         )
         config = setup.config
         output = config.output_dir
@@ -388,6 +390,7 @@ class Receiver:
         if not self._started or self._shut_down or self._journal is None:
             raise Unavailable("receiver is not running", _RETRY_AFTER)
         selects = self._selector.selects
+        max_value_bytes = self._config.max_value_bytes
         items: list[tuple[str, str, dict[str, Any], bytes]] = []
         rejected: list[tuple[str | None, str]] = []
         roots: list[str] = []
@@ -403,7 +406,8 @@ class Receiver:
                 if isinstance(scope, MalformedSpan):
                     raise scope
                 body = otlp_span_to_body(span, resource, scope)
-            except MalformedSpan as e:
+                check_value_sizes(body, max_value_bytes)
+            except (MalformedSpan, OversizedValue) as e:
                 rejected.append((trace_id, f"span {span.span_id.hex() or '?'}: {e}"))
                 continue
             span_id = body["span"]["spanId"]

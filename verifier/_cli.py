@@ -622,7 +622,8 @@ def _cmd_receiver(args: argparse.Namespace) -> int:
         max_records=args.max_records, max_pending_traces=args.max_pending_traces,
         max_message_bytes=args.max_message_bytes, max_backlog_spans=args.max_backlog_spans,
         witness_url=args.witness_url, witness_key=args.witness_key,
-        redact_attributes=args.redact_attributes, journal_dir=args.journal_dir,
+        redact_attributes=args.redact_attributes, max_value_bytes=args.max_value_bytes,
+        journal_dir=args.journal_dir,
     )
 
 
@@ -800,6 +801,9 @@ def _add_receiver_command(sub: Any) -> None:
         ("--max-pending-traces", "MAX_PENDING_TRACES", "open traces held in memory"),
     ):
         receiver.add_argument(flag, type=int, metavar="N", help=f"{what} ({env}{var})")
+    receiver.add_argument("--max-value-bytes", type=int, metavar="N",
+                          help="largest attribute value certified; a span with a larger one "
+                          f"is declared rejected ({env}MAX_VALUE_BYTES)")
     receiver.add_argument("--max-message-bytes", type=int, metavar="N",
                           help="largest request accepted (default 64 MiB)")
     receiver.add_argument("--max-backlog-spans", type=int, metavar="N",

@@ -282,3 +282,72 @@ def test_private_keys_are_never_logged_nor_readable_by_others(
     logged = "\n".join(r.getMessage() for r in caplog.records) + "".join(capsys.readouterr())
     assert any("signing.key" in r.getMessage() for r in caplog.records)  # it was mentioned
     assert secret[:40] not in logged and "PRIVATE KEY" not in logged
+
+
+def test_value_size_counts_utf8_bytes_and_nested_values() -> None:
+    from spanproof.exporter.limits import value_size
+    from spanproof.verifier.values import encode_value
+
+    assert value_size(encode_value("é" * 10)) == 20
+    assert value_size(encode_value(b"\x00" * 30)) == 30
+    assert value_size(encode_value(["ab", "c"])) == 3
+    assert value_size({"kvlistValue": {"key": encode_value("xyz")}}) == 6
+    assert value_size(encode_value(7)) == 8
+
+
+def test_span_with_a_value_over_the_limit_is_declared_rejected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_SPANPROOF_MAX_VALUE_BYTES", "4096")
+    out = tmp_path / "out"
+    exporter = SpanproofSpanExporter(out, signing_key=signing_key())
+    assert exporter.config.max_value_bytes == 4096
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("tests.faults")
+    with tracer.start_as_current_span("root"):
+        with tracer.start_as_current_span("small", attributes={
+                "gen_ai.operation.name": "chat", "gen_ai.prompt": "x" * 4096}):
+            pass
+        with tracer.start_as_current_span("huge", attributes={
+                "gen_ai.operation.name": "chat", "gen_ai.prompt": "é" * 2049}):
+            pass
+    exporter.shutdown()
+    (bundle,) = bundles(out)
+    assert b"\\u00e9" not in bundle.read_bytes() and "é".encode() not in bundle.read_bytes()
+    keys = write_public_key(tmp_path / "keys")
+    result = spanproof_cli("verify", "--key", str(keys), "--json", str(bundle))
+    assert result.returncode == 1, result.stdout  # INCOMPLETE: the huge span is declared
+    (report,) = json.loads(result.stdout)["bundles"]
+    assert report["verdict"] == "INCOMPLETE" and report["records"] == 1
+    assert str(report["completeness"]["rejectedSpans"]) == "1"
+    allowed = spanproof_cli("verify", "--key", str(keys), "--allow-incomplete", str(bundle))
+    assert allowed.returncode == 0, allowed.stdout
+
+
+def test_receiver_answers_partial_success_for_a_value_over_the_limit(tmp_path: Path) -> None:
+    receiver = Receiver(tmp_path / "out", signing_key=signing_key(), seal_grace=0.0,
+                        max_value_bytes=2048)
+    receiver.start()
+    server = HttpServer("127.0.0.1:0", receiver)
+    server.start()
+    url = f"http://127.0.0.1:{server.port}/v1/traces"
+    huge = json.dumps({"stringValue": "y" * 5000})
+    fine = json.dumps({"stringValue": "y" * 100})
+    body = (_otlp_json("5" * 32, "6" * 16, "big", huge)[:-len("]}]}]}]}")]
+            + b"]}, " + _otlp_json("5" * 32, "7" * 16, "small", fine)
+            .split(b'"spans":[', 1)[1][:-len("]}]}]}")] + b"]}]}]}")
+    try:
+        status, answer = _post(url, body, "application/json")
+        assert status == 200, answer
+        doc = json.loads(answer)
+        assert doc["partialSuccess"]["rejectedSpans"] == "1", doc
+        assert "above the limit of 2048" in doc["partialSuccess"]["errorMessage"]
+    finally:
+        server.stop()
+        assert receiver.shutdown()
+    (bundle,) = bundles(tmp_path / "out")
+    keys = write_public_key(tmp_path / "keys")
+    result = spanproof_cli("verify", "--key", str(keys), "--json", str(bundle))
+    (report,) = json.loads(result.stdout)["bundles"]
+    assert report["records"] == 1 and str(report["completeness"]["rejectedSpans"]) == "1"

@@ -1,0 +1,64 @@
+"""The producer's per-value size limit (``OTEL_EXPORTER_SPANPROOF_MAX_VALUE_BYTES``).
+
+A span carrying an attribute value larger than the limit is not certified: it is
+declared in its trace's bundle as rejected (SPEC §2.4, §5.3), so the verifier reports
+the bundle INCOMPLETE instead of the producer holding, hashing and signing an
+unbounded value.  Commit such values instead (``REDACT_ATTRIBUTES``) only if they fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+__all__ = ["OversizedValue", "check_value_sizes", "value_size"]
+
+
+class OversizedValue(ValueError):
+    """An attribute value of a span is larger than the configured limit."""
+
+
+def value_size(typed: Mapping[str, Any]) -> int:
+    """The size of a typed value (SPEC §2.3) in bytes: the UTF-8 length of its
+    strings, the decoded length of its bytes, summed over arrays and kvlists
+    (their keys included); 8 for any other scalar."""
+    if "stringValue" in typed:
+        text: str = typed["stringValue"]
+        return len(text.encode("utf-8", "surrogatepass"))
+    if "bytesValue" in typed:
+        return len(typed["bytesValue"]) * 3 // 4
+    if "arrayValue" in typed:
+        return sum(value_size(v) for v in typed["arrayValue"])
+    if "kvlistValue" in typed:
+        return sum(len(k.encode("utf-8", "surrogatepass")) + value_size(v)
+                   for k, v in typed["kvlistValue"].items())
+    return 8
+
+
+def _attribute_maps(body: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    span = body["span"]
+    yield "span", span["attributes"]
+    for i, event in enumerate(span["events"]):
+        yield f"event {i}", event["attributes"]
+    for i, link in enumerate(span["links"]):
+        yield f"link {i}", link["attributes"]
+    yield "resource", body["resource"]["attributes"]
+    yield "scope", body["scope"]["attributes"]
+
+
+def check_value_sizes(body: Mapping[str, Any], limit: int) -> None:
+    """Raise :class:`OversizedValue` naming the first attribute of the record body
+    whose value is larger than *limit* bytes.  Values that cannot be that large
+    (fewer characters than ``limit / 4``) are not measured."""
+    quick = limit // 4
+    for where, attributes in _attribute_maps(body):
+        for key, typed in attributes.items():
+            text = typed.get("stringValue")
+            if isinstance(text, str) and len(text) <= quick:
+                continue
+            size = value_size(typed)
+            if size > limit:
+                raise OversizedValue(
+                    f"{where} attribute {key!r} is {size} bytes, above the limit of {limit} "
+                    "(OTEL_EXPORTER_SPANPROOF_MAX_VALUE_BYTES)"
+                )
