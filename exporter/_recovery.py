@@ -65,6 +65,7 @@ def seal_orphaned_journals(
     max_records: int,
     clock: Callable[[], float],
     redact: AttributeMatcher | None = None,
+    on_recovered: Callable[[str, str, Mapping[str, Any]], None] | None = None,
 ) -> list[str]:
     """Seal and write the unsealed traces of every orphaned journal in *journal_dir*.
 
@@ -72,7 +73,9 @@ def seal_orphaned_journals(
     recovered bundle has seal reason ``recovered``, names the dead instance as its
     producer instance and continues that instance's chain; losses the journal
     recorded are declared.  The journal files are deleted once every bundle is
-    written.  Returns the paths written.
+    written.  *on_recovered* is called with (trace id, span id, body) for each span
+    certified (the receiver remembers them so a retry is not certified again).
+    Returns the paths written.
 
     Raises:
         OSError: a bundle could not be written; the journal files are kept, so the
@@ -85,7 +88,8 @@ def seal_orphaned_journals(
     for trace in traces.values():
         for bundle in _seal_trace(trace, signer=signer, producer_name=producer_name,
                                   producer_version=producer_version,
-                                  max_records=max_records, clock=clock, redact=redact):
+                                  max_records=max_records, clock=clock, redact=redact,
+                                  on_recovered=on_recovered):
             written.append(sink.write(bundle))
     release_claimed(paths)
     _logger.warning("spanproof: recovered %d trace(s) from %d orphaned journal file(s) into "
@@ -102,6 +106,7 @@ def _seal_trace(
     max_records: int,
     clock: Callable[[], float],
     redact: AttributeMatcher | None,
+    on_recovered: Callable[[str, str, Mapping[str, Any]], None] | None,
 ) -> list[SealedBundle]:
     if trace.instance:
         # The spans were made durable by the dead instance: its chain continues.
@@ -130,6 +135,8 @@ def _seal_trace(
             conflicts.add(span_id)
         seen.append(fingerprint)
         bodies.append(body)
+        if on_recovered is not None:
+            on_recovered(trace.trace_id, span_id, body)
     notes = [RECOVERED_NOTE.format(instance)]
     if trace.dropped_spans or trace.unsampled_spans:
         notes.append(f"{trace.dropped_spans} dropped and {trace.unsampled_spans} unsampled "

@@ -52,10 +52,11 @@ from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.errors import CanonicalizationError
 from spanproof.verifier.statement import Completeness, Producer
 
+from ._recovery import position_to_json, seal_orphaned_journals
 from ._setup import resolve_setup
-from .assembly import RECOVERED, SHUTDOWN, SealJob, TraceAssembler
+from .assembly import SHUTDOWN, SealJob, TraceAssembler
 from .config import ExporterConfig
-from .journal import Journal, RecoveredTrace, recover_orphans, release_claimed
+from .journal import Journal
 from .keys import SigningKey
 from .limits import OversizedValue, check_value_sizes
 from .otlp import MalformedSpan, iter_request_spans, otlp_span_to_body
@@ -84,10 +85,6 @@ _MIN_SHUTDOWN_SECONDS = 5.0
 _MAX_MESSAGE_SAMPLES = 3
 _WRITE_THREADS = 8
 
-_RECOVERED_NOTE = (
-    "recovered after a crash: these spans were acknowledged by producer instance {} "
-    "and journaled, but the instance stopped before sealing them"
-)
 
 
 def _package_version() -> str:
@@ -120,24 +117,6 @@ def _is_local_root(span: trace_pb2.Span) -> bool:
     if not span.parent_span_id:
         return True
     return span.flags & (_HAS_IS_REMOTE | _IS_REMOTE) == _HAS_IS_REMOTE | _IS_REMOTE
-
-
-def _position_to_json(position: ChainPosition) -> dict[str, str]:
-    return {
-        "index": str(position.segment_index),
-        "firstSeq": str(position.first_seq),
-        "start": position.start,
-        "previousStatement": position.previous_statement,
-    }
-
-
-def _position_from_json(trace_id: str, raw: Mapping[str, Any] | None) -> ChainPosition:
-    if not raw:
-        return ChainPosition.genesis(trace_id)
-    return ChainPosition(
-        int(raw["index"]), int(raw["firstSeq"]), str(raw["start"]),
-        str(raw["previousStatement"]),
-    )
 
 
 class _SpanMemory:
@@ -502,58 +481,17 @@ class Receiver:
     # -- recovery ----------------------------------------------------------------
 
     def _recover(self) -> list[str]:
-        """Seal the traces of orphaned journals (SPEC §5.3 ``recovered``)."""
-        traces, paths = recover_orphans(self._journal_dir)
-        if not paths:
-            return []
-        written: list[str] = []
-        fresh_instance = secrets.token_hex(8)
-        for trace in traces.values():
-            for bundle in self._seal_recovered(trace, fresh_instance):
-                written.append(self._sink.write(bundle))
-        release_claimed(paths)
-        _logger.warning("receiver: recovered %d trace(s) from %d orphaned journal file(s) into "
-                        "%d bundle(s)", len(traces), len(paths), len(written))
-        return written
+        """Seal the traces of orphaned journals (SPEC §5.3 ``recovered``), remembering
+        their spans so a Collector's retry of them is not certified again."""
+        def remember(trace_id: str, span_id: str, body: Mapping[str, Any]) -> None:
+            self._memory.add(trace_id, span_id, _fingerprint(body))
 
-    def _seal_recovered(self, trace: RecoveredTrace, fresh_instance: str) -> list[SealedBundle]:
-        # The spans were acknowledged by the dead instance: they continue its chain,
-        # under its producer instance (SPEC §5.3).
-        instance = trace.instance or fresh_instance
-        producer = Producer(RECEIVER_PRODUCER_NAME, _package_version(), instance)
-        position = _position_from_json(trace.trace_id, trace.next_position)
-        bodies: list[dict[str, Any]] = []
-        seen: dict[str, list[bytes]] = {}
-        conflicts: set[str] = set()
-        for body in trace.bodies:
-            span_id = body["span"]["spanId"]
-            fingerprint = _fingerprint(body)
-            versions = seen.setdefault(span_id, [])
-            if fingerprint in versions:
-                continue
-            if versions:
-                conflicts.add(span_id)
-            versions.append(fingerprint)
-            bodies.append(body)
-            self._memory.add(trace.trace_id, span_id, fingerprint)
-        notes = [_RECOVERED_NOTE.format(instance)]
-        if trace.dropped_spans:
-            notes.append(f"{trace.dropped_spans} span(s) were recorded as dropped in the journal")
-        bundles = []
-        max_records = self._config.max_records
-        chunks = [bodies[i:i + max_records] for i in range(0, len(bodies), max_records)] or [[]]
-        for n, chunk in enumerate(chunks):
-            ids = {b["span"]["spanId"] for b in chunk}
-            completeness = Completeness(
-                dropped_spans=trace.dropped_spans if n == 0 else 0,
-                conflicts=tuple(sorted(conflicts & ids)),
-                notes=tuple(notes),
-            )
-            job = SealJob(trace.trace_id, tuple(chunk), position, RECOVERED, completeness)
-            bundle = self._seal(job, producer)
-            bundles.append(bundle)
-            position = bundle.next_position()
-        return bundles
+        return seal_orphaned_journals(
+            self._journal_dir, signer=self._signer, sink=self._sink,
+            producer_name=RECEIVER_PRODUCER_NAME, producer_version=_package_version(),
+            max_records=self._config.max_records, clock=self._clock, redact=self._redact,
+            on_recovered=remember,
+        )
 
     def _scan_unsubmitted(self) -> None:
         assert self._submitter is not None
@@ -688,7 +626,7 @@ class Receiver:
             for job, position in done:
                 keys = [held[0] for held in (self._keys.pop(id(b), None) for b in job.bodies)
                         if held is not None]
-                items.append((job.trace_id, keys, _position_to_json(position)))
+                items.append((job.trace_id, keys, position_to_json(position)))
         try:
             self._journal.append_sealed_many(items)
         except OSError as e:
