@@ -273,7 +273,6 @@ class SpanproofSpanExporter(SpanExporter):
                             len(spans))
             return SpanExportResult.FAILURE
         selects = self._selector.selects
-        max_value_bytes = self._config.max_value_bytes
         bodies: list[tuple[str, dict[str, Any]]] = []
         rejected: list[str] = []
         roots: list[str] = []
@@ -281,17 +280,12 @@ class SpanproofSpanExporter(SpanExporter):
         for span in spans:
             try:
                 if selects(_selection_attributes(span)):
-                    try:
-                        body = span_to_body(span)
-                        check_value_sizes(body, max_value_bytes)
-                    except Exception as e:
+                    body = self._normalize(span)
+                    if body is None:
                         failed += 1
                         trace_id = _trace_id_of(span)
                         if trace_id is not None:
                             rejected.append(trace_id)
-                        _logger.warning("spanproof: cannot certify span %s of trace %s "
-                                        "(%s: %s); declared as rejected",
-                                        _span_id_of(span), trace_id, type(e).__name__, e)
                     else:
                         bodies.append((body["span"]["traceId"], body))
                 parent = span.parent
@@ -309,21 +303,53 @@ class SpanproofSpanExporter(SpanExporter):
                 _logger.warning("spanproof: exporter shut down during export; %d evidence "
                                 "span(s) not certified", len(bodies))
                 return SpanExportResult.FAILURE
-            if self._thread is None:
-                self._start_sealer()
-            wake = False
-            assembler = self._assembler
-            for trace_id, body in bodies:
-                wake = assembler.add(trace_id, body, now) or wake
-            for trace_id in rejected:
-                assembler.reject(trace_id, now)
-            # Roots last: a root and its children often arrive in one batch.
-            for trace_id in roots:
-                assembler.root_ended(trace_id, now)
-            deadline = assembler.next_deadline()
-            if wake or (deadline is not None and deadline < self._wake_at):
-                self._cond.notify()
+            self._admit_locked(now, bodies, rejected, roots)
         return SpanExportResult.FAILURE if failed else SpanExportResult.SUCCESS
+
+    def _normalize(self, span: ReadableSpan) -> dict[str, Any] | None:
+        """The record body of a selected span; None (logged) when it cannot be
+        certified, which the caller declares as rejected."""
+        try:
+            body = span_to_body(span)
+            check_value_sizes(body, self._config.max_value_bytes)
+        except Exception as e:
+            _logger.warning("spanproof: cannot certify span %s of trace %s (%s: %s); "
+                            "declared as rejected", _span_id_of(span), _trace_id_of(span),
+                            type(e).__name__, e)
+            return None
+        return body
+
+    def _admit_locked(
+        self,
+        now: float,
+        bodies: Sequence[tuple[str, dict[str, Any]]],
+        rejected: Sequence[str],
+        roots: Sequence[str],
+        *,
+        dropped: Mapping[str, int] | None = None,
+        unsampled: Mapping[str, int] | None = None,
+        dropped_note: str | None = None,
+    ) -> None:
+        """Hand spans and loss counts to the assembler and wake the sealer when
+        something became due earlier.  Call with ``self._cond`` held."""
+        if self._thread is None:
+            self._start_sealer()
+        wake = False
+        assembler = self._assembler
+        for trace_id, body in bodies:
+            wake = assembler.add(trace_id, body, now) or wake
+        for trace_id in rejected:
+            assembler.reject(trace_id, now)
+        for trace_id, n in (dropped or {}).items():
+            assembler.drop(trace_id, now, n, dropped_note)
+        for trace_id, n in (unsampled or {}).items():
+            assembler.unsampled(trace_id, now, n)
+        # Roots last: a root and its children often arrive in one batch.
+        for trace_id in roots:
+            assembler.root_ended(trace_id, now)
+        deadline = assembler.next_deadline()
+        if wake or (deadline is not None and deadline < self._wake_at):
+            self._cond.notify()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Seal and write every trace that is due, on the calling thread.

@@ -52,8 +52,6 @@ from .assembly import SealJob
 from .config import ENV_PREFIX
 from .journal import Journal
 from .keys import SigningKey
-from .limits import check_value_sizes
-from .normalize import span_to_body
 from .sealing import SealedBundle
 from .selection import Selector
 from .sinks import BundleSink
@@ -130,25 +128,11 @@ class _JournaledSealer(SpanproofSpanExporter):
         to the assembler, as ``export()`` does for spans."""
         now = self._clock()
         with self._cond:
-            if self._thread is None:
-                self._start_sealer()
-            assembler = self._assembler
-            wake = False
-            for trace_id, body, key in items:
+            for _, body, key in items:
                 if key is not None:
                     self._body_keys[id(body)] = key
-                wake = assembler.add(trace_id, body, now) or wake
-            for trace_id in rejected:
-                assembler.reject(trace_id, now)
-            for trace_id, n in dropped.items():
-                assembler.drop(trace_id, now, n, dropped_note)
-            for trace_id, n in unsampled.items():
-                assembler.unsampled(trace_id, now, n)
-            for trace_id in roots:
-                assembler.root_ended(trace_id, now)
-            deadline = assembler.next_deadline()
-            if wake or (deadline is not None and deadline < self._wake_at):
-                self._cond.notify()
+            self._admit_locked(now, [(t, b) for t, b, _ in items], rejected, roots,
+                               dropped=dropped, unsampled=unsampled, dropped_note=dropped_note)
 
     def _seal(self, job: SealJob) -> SealedBundle:
         with self._lock:
@@ -418,15 +402,10 @@ class EvidenceSpanProcessor(SpanProcessor):
                 kind, span = item
                 trace_id = _trace_id_of(span)
                 if kind == "span":
-                    try:
-                        body = span_to_body(span)
-                        check_value_sizes(body, self._sealer.config.max_value_bytes)
-                    except Exception as e:
+                    body = self._sealer._normalize(span)
+                    if body is None:
                         if trace_id is not None:
                             rejected.append(trace_id)
-                        _logger.warning("spanproof: cannot certify span %s of trace %s "
-                                        "(%s: %s); declared as rejected",
-                                        _span_id_of(span), trace_id, type(e).__name__, e)
                     else:
                         items.append((body["span"]["traceId"], body))
                     parent = span.parent
