@@ -94,10 +94,16 @@ def _package_version() -> str:
         return "0+unknown"
 
 
-def _fingerprint(body: Mapping[str, Any]) -> bytes:
-    """A digest of a record body's content, independent of key order."""
+def _serialized(body: Mapping[str, Any]) -> tuple[str, bytes]:
+    """A record body as key-sorted JSON text (journaled as is) and the digest of that
+    text (its content fingerprint, independent of key order)."""
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    return text, hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
+def _fingerprint(body: Mapping[str, Any]) -> bytes:
+    """The content fingerprint of a record body (see :func:`_serialized`)."""
+    return _serialized(body)[1]
 
 
 def _selection_attributes(span: trace_pb2.Span) -> dict[str, Any]:
@@ -370,7 +376,7 @@ class Receiver:
             raise Unavailable("receiver is not running", _RETRY_AFTER)
         selects = self._selector.selects
         max_value_bytes = self._config.max_value_bytes
-        items: list[tuple[str, str, dict[str, Any], bytes]] = []
+        items: list[tuple[str, str, dict[str, Any], str, bytes]] = []
         rejected: list[tuple[str | None, str]] = []
         roots: list[str] = []
         for span, resource, scope in iter_request_spans(resource_spans):
@@ -390,7 +396,8 @@ class Receiver:
                 rejected.append((trace_id, f"span {span.span_id.hex() or '?'}: {e}"))
                 continue
             span_id = body["span"]["spanId"]
-            items.append((body["span"]["traceId"], span_id, body, _fingerprint(body)))
+            text, fingerprint = _serialized(body)
+            items.append((body["span"]["traceId"], span_id, body, text, fingerprint))
         with self._ingest_lock:
             self._admit(items, rejected, roots)
         if rejected and not items:
@@ -409,7 +416,7 @@ class Receiver:
 
     def _admit(
         self,
-        items: list[tuple[str, str, dict[str, Any], bytes]],
+        items: list[tuple[str, str, dict[str, Any], str, bytes]],
         rejected: list[tuple[str | None, str]],
         roots: list[str],
     ) -> None:
@@ -425,12 +432,14 @@ class Receiver:
             )
         memory = self._memory
         fresh: list[tuple[str, str, dict[str, Any], bytes, bool]] = []
-        for trace_id, span_id, body, fingerprint in items:
+        texts: list[str] = []  # each fresh body's JSON, journaled as serialized once
+        for trace_id, span_id, body, text, fingerprint in items:
             versions = memory.versions(trace_id, span_id)
             if versions is not None and fingerprint in versions:
                 continue  # an identical re-delivery: already durable
             memory.add(trace_id, span_id, fingerprint)
             fresh.append((trace_id, span_id, body, fingerprint, versions is not None))
+            texts.append(text)
         new_traces = {item[0] for item in fresh}
         if self._assembler.pending_traces + len(new_traces) >= 2 * self._max_pending:
             # Beyond this the assembler would have to drop spans (SPEC §5.3).
@@ -442,7 +451,8 @@ class Receiver:
         keys: list[str] = []
         if fresh:
             try:
-                keys = self._journal.append_spans((item[0], item[2]) for item in fresh)
+                keys = self._journal.append_spans(
+                    (item[0], text) for item, text in zip(fresh, texts, strict=True))
             except OSError as e:
                 self._forget(fresh)  # not acknowledged: the retry must be admitted
                 _logger.error("receiver: cannot write the journal: %s", e)

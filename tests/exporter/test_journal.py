@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
@@ -114,3 +115,13 @@ def test_live_journal_is_not_recovered_but_a_dead_ones_is(tmp_path):
         "journal-live-000001.log"
     ]
     live.close()
+
+
+def test_a_body_given_as_json_text_replays_like_the_same_body(tmp_path) -> None:
+    body = {"span": {"spanId": "00000000000000aa", "name": "step é"}, "n": ["1", "2"]}
+    journal = Journal(str(tmp_path), "00000000000000cc")
+    journal.append_spans([("a" * 32, body)])
+    journal.append_spans([("a" * 32, json.dumps(body, sort_keys=True, ensure_ascii=False))])
+    journal.close()
+    (trace,) = replay(sorted(str(p) for p in tmp_path.glob("journal-*.log"))).values()
+    assert trace.bodies == [body, body]
