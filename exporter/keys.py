@@ -5,15 +5,13 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import stat
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from spanproof.verifier.dsse import PAYLOAD_TYPE, Envelope, Signature, pae
-from spanproof.verifier.errors import InvalidKey
-from spanproof.verifier.keys import key_id
+from spanproof.verifier.keys import key_id, load_private_key
 
 __all__ = ["PRIVATE_KEY_NAME", "PUBLIC_KEY_NAME", "SigningKey"]
 
@@ -51,25 +49,7 @@ class SigningKey:
         Raises:
             InvalidKey: unreadable file, not PEM, encrypted, or not Ed25519.
         """
-        try:
-            with open(path, "rb") as f:
-                mode = os.fstat(f.fileno()).st_mode
-                pem = f.read()
-        except OSError as e:
-            raise InvalidKey(f"{os.fspath(path)}: cannot read private key ({e.strerror})") from e
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            _logger.warning(
-                "private key %s is accessible by group or others (mode %o); "
-                "restrict it with chmod 600",
-                os.fspath(path), stat.S_IMODE(mode),
-            )
-        try:
-            key = serialization.load_pem_private_key(pem, password=None)
-        except (ValueError, TypeError) as e:
-            raise InvalidKey(f"{os.fspath(path)}: not an unencrypted PEM private key") from e
-        if not isinstance(key, Ed25519PrivateKey):
-            raise InvalidKey(f"{os.fspath(path)}: key is not Ed25519")
-        return cls(key)
+        return cls(load_private_key(path))
 
     def private_pem(self) -> bytes:
         """PKCS#8 PEM of the private key (unencrypted)."""

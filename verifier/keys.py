@@ -9,7 +9,10 @@ hint for choosing which trusted key to try first.
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import re
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -17,10 +20,12 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .canonical import parse_strict
 from .errors import InvalidBundle, InvalidKey
+
+_logger = logging.getLogger(__name__)
 
 __all__ = [
     "TRUST_ROOT_MEDIA_TYPE",
@@ -28,6 +33,7 @@ __all__ = [
     "TrustedKey",
     "format_time",
     "key_id",
+    "load_private_key",
     "load_public_key",
     "parse_time",
 ]
@@ -226,3 +232,29 @@ class TrustRoot:
         The hint only orders the search (SPEC §8 step 3); it never adds trust.
         """
         return sorted(self.keys, key=lambda k: k.keyid != hint)
+
+
+def load_private_key(path: str | os.PathLike[str], what: str = "private key") -> Ed25519PrivateKey:
+    """Load a PKCS#8 PEM Ed25519 private key (a producer's or a witness's, named by
+    *what* in messages); warn when group or others can access the file.
+
+    Raises:
+        InvalidKey: unreadable file, not an unencrypted PEM key, or not Ed25519.
+    """
+    name = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            pem = f.read()
+    except OSError as e:
+        raise InvalidKey(f"{name}: cannot read {what} ({e.strerror})") from e
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        _logger.warning("%s %s is accessible by group or others (mode %o); "
+                        "restrict it with chmod 600", what, name, stat.S_IMODE(mode))
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as e:
+        raise InvalidKey(f"{name}: not an unencrypted PEM private key") from e
+    if not isinstance(key, Ed25519PrivateKey):
+        raise InvalidKey(f"{name}: {what} is not Ed25519")
+    return key

@@ -10,13 +10,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import stat
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from spanproof.verifier.checkpoint import Checkpoint, NoteSignature, SignedNote, WitnessKey
-from spanproof.verifier.errors import InvalidKey
+from spanproof.verifier.keys import load_private_key
 
 __all__ = ["CheckpointSigner", "default_origin", "generate_key_file"]
 
@@ -54,24 +53,7 @@ class CheckpointSigner:
             InvalidKey: unreadable file, not an unencrypted PEM key, or not Ed25519.
             ValueError: *origin* is not a valid key name (spaces or '+').
         """
-        try:
-            with open(path, "rb") as f:
-                mode = os.fstat(f.fileno()).st_mode
-                pem = f.read()
-        except OSError as e:
-            raise InvalidKey(f"{os.fspath(path)}: cannot read witness key ({e.strerror})") from e
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            _logger.warning(
-                "witness key %s is accessible by group or others (mode %o); chmod 600 it",
-                os.fspath(path), stat.S_IMODE(mode),
-            )
-        try:
-            key = serialization.load_pem_private_key(pem, password=None)
-        except (ValueError, TypeError) as e:
-            raise InvalidKey(f"{os.fspath(path)}: not an unencrypted PEM private key") from e
-        if not isinstance(key, Ed25519PrivateKey):
-            raise InvalidKey(f"{os.fspath(path)}: witness key is not Ed25519")
-        return cls(key, origin)
+        return cls(load_private_key(path, "witness key"), origin)
 
     @property
     def vkey(self) -> str:
