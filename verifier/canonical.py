@@ -14,6 +14,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
+
 from .errors import CanonicalizationError, InvalidBundle
 
 __all__ = [
@@ -124,34 +126,36 @@ def _encode(value: Any, out: list[str]) -> None:
 # --- fast path -------------------------------------------------------------------
 #
 # v1 documents hold no numbers (SPEC §2.2), and for a tree of dicts, lists, tuples,
-# strings, booleans and None the standard library's C encoder, configured as below,
-# writes exactly the RFC 8785 text: no whitespace (§3.2.1), literals spelled
-# ``true``/``false``/``null``, strings escaped by ``encode_basestring``, the very
-# function the exact encoder uses (§3.2.2.2: ``\b \t \n \f \r \" \\``, other
-# controls as lowercase ``\u00xx``, everything else, DEL and U+2028/2029 included,
-# as UTF-8).  Where the two can differ, a guard sends the value to the exact encoder:
+# strings, booleans and None, orjson with sorted keys writes exactly the RFC 8785
+# text: no whitespace (§3.2.1), literals spelled ``true``/``false``/``null``, and
+# strings escaped as §3.2.2.2 prescribes (``\b \t \n \f \r \" \\``, other controls
+# as lowercase ``\u00xx``, everything else, DEL and U+2028/2029 included, as UTF-8;
+# tests/verifier/test_canonical_fast.py compares every code point with the exact
+# encoder).  orjson refuses keys that are not strings, lone surrogates, nesting
+# deeper than 255 levels, and (through ``default``) every type it does not encode
+# natively; subclasses of str, int, dict and list, dataclasses and datetimes are
+# passed to ``default`` too.  Where its output can still differ, a guard sends the
+# value to the exact encoder:
 #
-# * numbers: json spells doubles as Python does, not as ECMAScript (§3.2.2.3), and
-#   never range-checks integers.  A number token ends a document's first character
-#   or follows ``":`` (an object member), ``[`` (a first element), or ``,`` after a
-#   string, object, array, ``true``/``false`` or ``null`` (the first number after
-#   another value); _NUMBER_* find every such place;
-# * keys that are not strings: json turns int, float, bool and None keys into
-#   ``"12":``, ``"1.5":``, ``"true":`` ...; a key spelled like a number is found
-#   by _has_number_or_converted_key, one spelled ``true``/``false``/``null`` by
-#   _LITERAL_KEY;
-# * member order: json sorts by code point, RFC 8785 §3.2.3 by UTF-16 code unit.
+# * numbers: orjson spells doubles as Python does, not as ECMAScript (§3.2.2.3),
+#   writes NaN and the infinities as ``null``, and accepts 64-bit integers.  A
+#   number token is a document's first character or follows ``":`` (an object
+#   member), ``[`` (a first element), or ``,`` after a string, object, array,
+#   ``true``/``false`` or ``null`` (a later element); _NUMBER_* find every such
+#   place, and any ``null`` at all takes the exact encoder, which raises for NaN;
+# * member order: orjson sorts by code point, RFC 8785 §3.2.3 by UTF-16 code unit.
 #   The orders agree unless a key holds a character above U+FFFF (its surrogates
 #   sort below U+E000-U+FFFF); _NON_BMP_KEY looks for one only when the UTF-8 bytes
 #   hold a four-byte sequence at all;
-# * anything else (NaN, other types, Mapping or Sequence types other than dict,
-#   list and tuple, lone surrogates, excessive depth) makes the C encoder or the
-#   UTF-8 encoding raise, and the exact encoder then decides.
+# * enum members and ``uuid.UUID`` values, which orjson encodes natively as their
+#   values where the exact encoder refuses them, are not JSON types; canonicalize's
+#   callers never pass them (parsed JSON and the normalizers' typed values hold
+#   none).
 #
-# The patterns may also match text inside a string ("see [1]", a key "ipv4"); that
-# only costs the exact encoder.  tests/verifier/test_canonical_fast.py checks the
-# fast path against the exact encoder and the ``rfc8785`` package with generated
-# span-shaped values.
+# The patterns may also match text inside a string ("see [1]", "a null value");
+# that only costs the exact encoder.  tests/verifier/test_canonical_fast.py checks
+# the fast path against the exact encoder and the ``rfc8785`` package with
+# generated span-shaped values.
 
 
 class _NotFast(Exception):
@@ -162,55 +166,35 @@ def _refuse(value: object) -> Any:
     raise _NotFast
 
 
-_fast_encode = json.JSONEncoder(
-    ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":"),
-    check_circular=False,  # a cycle ends in RecursionError, then the exact encoder
-    default=_refuse,
-).encode
-_NUMBER_OR_KEY_AFTER_COLON = re.compile(rb'":(?:[-0-9]|(?<=[0-9]":))')
-_CONVERTED_KEY = re.compile(rb'[{,]"-?[0-9][-+.0-9e]*')
-_LITERAL_KEY = re.compile(rb'"(?:true|false|null)":')
+_FAST_OPTIONS = (
+    orjson.OPT_SORT_KEYS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+)
+_NUMBER_AFTER_COLON = re.compile(rb'":[-0-9]')
 _NUMBER_AFTER_COMMA = re.compile(rb',[-0-9](?<=[]"}el],.)')
 _NUMBER_FIRST_IN_ARRAY = re.compile(rb"\[[-0-9]")
 # From a character inside a string to the string's closing quote (an escape is a
 # backslash and one character); a closing quote followed by ``:`` ends a key.
-_NON_BMP_KEY = re.compile(r'[\U00010000-\U0010ffff](?:[^"\\]|\\.)*":')
-
-
-def _has_number_or_converted_key(data: bytes) -> bool:
-    for match in _NUMBER_OR_KEY_AFTER_COLON.finditer(data):
-        quote = match.start()
-        if match.end() - quote == 3:
-            return True  # '":' and a number's first character
-        # A key ending in a digit ("sha256", or a converted 12 or 1.5): converted
-        # keys hold no quote, so the previous quote opens it.
-        opening = data.rfind(b'"', 0, quote)
-        if opening > 0 and _CONVERTED_KEY.fullmatch(data, opening - 1, quote):
-            return True
-    return False
+_NON_BMP_KEY = re.compile(rb'[\xf0-\xf4](?:[^"\\]|\\.)*":')
 
 
 def _canonicalize_fast(value: Any) -> bytes | None:
     """The canonical bytes of *value*, or None when a guard above does not hold."""
     try:
-        text = _fast_encode(value)
-        data = text.encode("utf-8")
-    except (_NotFast, TypeError, ValueError, RecursionError):
-        return None  # a lone surrogate raises UnicodeEncodeError, a ValueError
-    if (
-        data[0] not in b'{["'
-        or _has_number_or_converted_key(data)
-        or _NUMBER_AFTER_COMMA.search(data)
-        or _NUMBER_FIRST_IN_ARRAY.search(data)
-        or _LITERAL_KEY.search(data)
-    ):
+        data = orjson.dumps(value, default=_refuse, option=_FAST_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError, also for what _refuse refused
         return None
     if (
-        not text.isascii()
-        and (b"\xf0" in data or b"\xf1" in data or b"\xf2" in data or b"\xf3" in data
-             or b"\xf4" in data)  # the lead bytes of four-byte UTF-8 sequences
-        and _NON_BMP_KEY.search(text)
+        data[0] not in b'{["'
+        or b"null" in data
+        or _NUMBER_AFTER_COLON.search(data)
+        or _NUMBER_AFTER_COMMA.search(data)
+        or _NUMBER_FIRST_IN_ARRAY.search(data)
     ):
+        return None
+    if not data.isascii() and _NON_BMP_KEY.search(data):
         return None
     return data
 
@@ -295,7 +279,7 @@ def loads_canonical(data: bytes, what: str = "document") -> Any:
     # that re-encodes to exactly *data* has found the value the strict parse would.
     # Anything else takes the strict path below, which names the defect.
     try:
-        value = json.loads(data.decode("utf-8"))
+        value = orjson.loads(data)
         if _canonicalize_fast(value) == data:
             return value
     except (ValueError, RecursionError):

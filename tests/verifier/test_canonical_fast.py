@@ -1,8 +1,8 @@
 """The fast path of :func:`canonicalize` against the exact encoder and ``rfc8785``.
 
-``canonicalize`` first encodes with the standard library's C JSON encoder and keeps
-the result only when guards show it equals RFC 8785 (see the comment above
-``_canonicalize_fast`` in ``verifier/canonical.py``).  These tests generate
+``canonicalize`` first encodes with orjson (sorted keys) and keeps the result only
+when guards show it equals RFC 8785 (see the comment above ``_canonicalize_fast`` in
+``verifier/canonical.py``).  These tests generate
 span-shaped values holding every edge SPEC §2-§3 names (non-BMP characters, NUL and
 other controls, DEL, U+2028/U+2029, quotes and backslashes, keys whose UTF-16 order
 differs from their code-point order, lone surrogates, integers beyond 2^53, doubles
@@ -14,9 +14,11 @@ path in ``test_jcs_vectors_through_the_fast_path``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import types
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +164,21 @@ def test_lone_surrogates_are_rejected_on_both_paths(record: dict[str, Any]) -> N
     assert_same_as_exact_and_rfc8785(record)
 
 
+class _Text(str):
+    def __str__(self) -> str:
+        return "other"
+
+
+class _Dict(dict[str, Any]):
+    pass
+
+
+@dataclasses.dataclass
+class _Point:
+    x: int
+    y: int
+
+
 @pytest.mark.parametrize(
     "value",
     [
@@ -175,15 +192,49 @@ def test_lone_surrogates_are_rejected_on_both_paths(record: dict[str, Any]) -> N
         ["\udfff"],
         {"a": float("nan")},
         [2**63],
+        {"a": [float("inf")]},
+        [float("-inf")],
+        2**53,
+        {"a": ["x", -(2**60)]},
+        {"a": _Point(1, 2)},
+        {"a": datetime(2026, 1, 1)},
+        {"a": b"bytes"},
     ],
     ids=["int_key_fail", "true_key_fail", "bool_keys_fail", "none_key_fail",
          "float_key_fail", "nested_int_keys_fail", "lone_surrogate_key_fail",
-         "lone_surrogate_value_fail", "nan_fail", "big_int_fail"],
+         "lone_surrogate_value_fail", "nan_fail", "big_int_fail", "infinity_fail",
+         "negative_infinity_fail", "unsafe_int_fail", "unsafe_negative_int_in_array_fail",
+         "dataclass_fail", "datetime_fail", "bytes_fail"],
 )
 def test_fast_path_never_accepts_what_the_exact_encoder_rejects(value: Any) -> None:
     assert _canonicalize_fast(value) is None
     with pytest.raises(CanonicalizationError):
         canonicalize(value)
+
+
+def test_every_code_point_is_escaped_as_the_exact_encoder_escapes_it() -> None:
+    # RFC 8785 §3.2.2.2 escaping, in keys and values, for all of the BMP's scalar
+    # values (where escaping rules live) and samples above it.
+    points = [*range(0xD800), *range(0xE000, 0x10000), 0x10000, 0x1F600, 0x10FFFF]
+    for start in range(0, len(points), 4096):
+        chunk = "".join(chr(cp) for cp in points[start:start + 4096])
+        key = "".join(ch for ch in chunk if ch <= "\uffff")  # non-BMP keys: see below
+        value = {key: [chunk, {"k": chunk}]}
+        assert _canonicalize_fast(value) == _canonicalize_exact(value)
+
+
+def test_subclasses_take_the_exact_encoder_which_encodes_their_data() -> None:
+    value = {"a": _Text("x"), "b": _Dict(c="d")}
+    assert _canonicalize_fast(value) is None
+    assert canonicalize(value) == b'{"a":"x","b":{"c":"d"}}' == rfc8785.dumps(value)
+
+
+def test_json_null_takes_the_exact_encoder() -> None:
+    # orjson writes NaN as null, so any null goes to the exact encoder, which
+    # distinguishes None (null) from NaN (an error).
+    assert _canonicalize_fast({"a": None}) is None
+    assert canonicalize({"a": None}) == b'{"a":null}'
+    assert canonicalize({"a": "a null value"}) == b'{"a":"a null value"}'
 
 
 def test_utf16_key_order_differs_from_code_point_order() -> None:
