@@ -8,8 +8,10 @@ prints medians and ratios against baselines measured in the same run.  Sections:
 * ``app``: app-thread spans/s (time for the application thread to create and end
   the spans) with a ``BatchSpanProcessor`` over a no-op exporter, the stock
   OTLP/gRPC exporter to a local sink process, spanproof with 100% of spans
-  selected, and with 10% selected (plus, for information only, spanproof at 100%
-  writing bundles without fsync, to separate the disk's flush latency);
+  selected, and with 10% selected, each sealing in the application's process (the
+  default) and in a sealing process (``sealing_process=True``) (plus, for
+  information only, spanproof at 100% writing bundles without fsync, to separate
+  the disk's flush latency);
 * ``e2e``: end-to-end spans/s for the same (until every span is acknowledged by
   the sink, or every bundle is sealed on disk);
 * ``canonical``: RFC 8785 records/s, ours against the ``rfc8785`` package;
@@ -48,6 +50,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 NO_FSYNC = "spanproof-100%-nofsync"
+PROCESS = "+process"  # configuration suffix: sealing_process=True
 LONG_TEXT = "The customer reports a duplicate charge on invoice 2291; " * 4  # ~230 bytes
 
 
@@ -144,10 +147,14 @@ def _make(config: str, sink: Sink, out_dir: str) -> tuple[SpanExporter, int]:
     from spanproof.exporter.keys import SigningKey
 
     _KEY = _KEY or SigningKey.from_seed(bytes(32))  # no key files written per run
-    every = 10 if config == "spanproof-10%" else 1
+    every = 10 if config.startswith("spanproof-10%") else 1
     bundle_sink = _UnsyncedSink(out_dir) if config == NO_FSYNC else None
-    return SpanproofSpanExporter(output_dir=out_dir, seal_grace=0.05, signing_key=_KEY,
-                                 sink=bundle_sink), every
+    exporter = SpanproofSpanExporter(output_dir=out_dir, seal_grace=0.05, signing_key=_KEY,
+                                     sink=bundle_sink,
+                                     sealing_process=config.endswith(PROCESS))
+    if config.endswith(PROCESS) and exporter._remote is None:
+        raise RuntimeError("the sealing process did not start")
+    return exporter, every
 
 
 def run_once(config: str, sink: Sink, traces: int, queue: int) -> tuple[float, float]:
@@ -172,7 +179,8 @@ def run_once(config: str, sink: Sink, traces: int, queue: int) -> tuple[float, f
 
 
 def section_app(reps: int, traces: int) -> dict[str, tuple[float, float]]:
-    configs = ["noop", "otlp-grpc", "spanproof-100%", "spanproof-10%", NO_FSYNC]
+    configs = ["noop", "otlp-grpc", "spanproof-100%", "spanproof-10%",
+               "spanproof-100%" + PROCESS, "spanproof-10%" + PROCESS, NO_FSYNC]
     app: dict[str, list[float]] = {c: [] for c in configs}
     e2e: dict[str, list[float]] = {c: [] for c in configs}
     with Sink() as sink:
@@ -533,16 +541,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         res = section_app(reps, traces)
         base_app = res["noop"][0]
         otlp_e2e = res["otlp-grpc"][1]
-        out(f"{'config':<24}{'app spans/s':>14}{'x noop':>9}{'e2e spans/s':>14}{'x otlp':>9}")
+        out(f"{'config':<26}{'app spans/s':>14}{'x noop':>9}{'e2e spans/s':>14}{'x otlp':>9}")
         for config, (a, e) in res.items():
-            out(f"{config:<24}{a:>14,.0f}{a / base_app:>9.2f}{e:>14,.0f}{e / otlp_e2e:>9.2f}")
+            out(f"{config:<26}{a:>14,.0f}{a / base_app:>9.2f}{e:>14,.0f}{e / otlp_e2e:>9.2f}")
         out(f"  ({NO_FSYNC}: bundles written without fsync; information only)")
-        targets += [
-            ("app-thread, 100% selected, x no-op", res["spanproof-100%"][0] / base_app, 0.75, "x"),
-            ("app-thread, 10% selected, x no-op", res["spanproof-10%"][0] / base_app, 0.95, "x"),
-            ("end-to-end, 100% selected, x OTLP/gRPC", res["spanproof-100%"][1] / otlp_e2e,
-             2.0, "x"),
-        ]
+        for mode, suffix in (("in-process", ""), ("sealing process", PROCESS)):
+            targets += [
+                (f"app-thread, 100% selected, {mode}, x no-op",
+                 res["spanproof-100%" + suffix][0] / base_app, 0.75, "x"),
+                (f"app-thread, 10% selected, {mode}, x no-op",
+                 res["spanproof-10%" + suffix][0] / base_app, 0.95, "x"),
+                (f"end-to-end, 100% selected, {mode}, x OTLP/gRPC",
+                 res["spanproof-100%" + suffix][1] / otlp_e2e, 2.0, "x"),
+            ]
     if "seal" in sections:
         for size, (seal_us, sign_us) in section_seal(reps, 20 if args.quick else 400).items():
             out(f"seal: {size:>2}-span trace {seal_us:,.0f} us per bundle "

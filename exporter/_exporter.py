@@ -5,6 +5,11 @@ normalize, hand the bodies to the :class:`~spanproof.exporter.assembly.TraceAsse
 A daemon thread ("the sealer") seals traces when they are due, signs them and writes
 them through the sink; file I/O and signing never happen on the caller's thread.
 
+With ``sealing_process`` on, ``export()`` only selects and hands the fields of the
+selected spans to a child process that runs this same exporter in-process
+(:mod:`spanproof.exporter._sealing_process`); if that process cannot start or exits,
+this process seals instead (logged).
+
 Locks: ``_lock`` guards the assembler and the sealer's state (held briefly, never
 during signing or I/O); ``_seal_lock`` makes sealing cycles (worker, ``force_flush``,
 ``shutdown``) run one at a time, so when a cycle starts no segment is in flight.
@@ -25,6 +30,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
@@ -33,6 +39,7 @@ from spanproof.verifier.errors import CanonicalizationError
 from spanproof.verifier.statement import Completeness, Producer
 
 from ._recovery import seal_orphaned_journals
+from ._sealing_process import SealingProcess, SealingProcessError
 from ._setup import resolve_setup
 from .assembly import SHUTDOWN, SealJob, TraceAssembler
 from .config import ExporterConfig
@@ -117,9 +124,14 @@ class SpanproofSpanExporter(SpanExporter):
             :func:`time.time`); used for deadlines and the bundles' ``sealedAt``.
         sink: where bundles go (default: a :class:`~spanproof.exporter.sinks.DirectorySink`
             on *output_dir*).
+        sealing_process: seal in a child Python process (started here, with the
+            same settings and key): the span processor's thread then only selects
+            and hands selected spans over.  Needs the default *clock* and *sink*.
+            If the process cannot start, or exits, this process seals (logged).
 
     Raises:
-        ValueError: a malformed setting (naming its environment variable).
+        ValueError: a malformed setting (naming its environment variable), or
+            *sealing_process* with a custom *clock* or *sink*.
         InvalidKey: the key file cannot be used.
         OSError: the key directory cannot be created.
     """
@@ -144,6 +156,7 @@ class SpanproofSpanExporter(SpanExporter):
         signing_key: SigningKey | None = None,
         clock: Callable[[], float] | None = None,
         sink: BundleSink | None = None,
+        sealing_process: bool | None = None,
     ) -> None:
         setup = resolve_setup(
             output_dir, key_file, signing_key=signing_key, selector=selector,
@@ -152,8 +165,12 @@ class SpanproofSpanExporter(SpanExporter):
             max_pending_traces=max_pending_traces, sealed_trace_memory=sealed_trace_memory,
             witness_url=witness_url, witness_key=witness_key,
             redact_attributes=redact_attributes, max_value_bytes=max_value_bytes,
+            sealing_process=sealing_process,
         )
         config = setup.config
+        if config.sealing_process and (clock is not None or sink is not None):
+            raise ValueError("sealing_process needs the default clock and sink: "
+                             "the sealing process cannot call back into this one")
         output = config.output_dir
         self._config = config
         self._signer = setup.signer
@@ -173,7 +190,9 @@ class SpanproofSpanExporter(SpanExporter):
 
         if hasattr(os, "register_at_fork"):  # POSIX
             os.register_at_fork(after_in_child=after_in_child)
-        self._recover_at_start()
+        self._start_sealing()
+        if self._remote is None:  # the sealing process recovers in its own start
+            self._recover_at_start()
 
     def _recover_at_start(self) -> None:
         """Seal what an ``EvidenceSpanProcessor`` that died in this output directory
@@ -210,6 +229,43 @@ class SpanproofSpanExporter(SpanExporter):
         self._retry_at = float("-inf")
         # What the sink's last failure was (None while writes succeed): logged once.
         self._sink_condition: str | None = None
+        self._submitter: WitnessSubmitter | None = None
+        self._remote: SealingProcess | None = None
+        # After a fork, the sealing process starts on the first export.
+        self._start_pending = False
+
+    def _start_sealing(self) -> None:
+        """Start the sealing process when configured; otherwise, or when it cannot
+        start, seal here (with this process's witness submitter)."""
+        if self._config.sealing_process:
+            self._remote = self._spawn()
+        if self._remote is None:
+            self._submitter = self._start_submitter()
+
+    def _spawn(self) -> SealingProcess | None:
+        settings = {
+            name: value for name, value in dataclasses.asdict(self._config).items()
+            if name not in ("key_file", "sealing_process")
+        }
+        seed = self._signer.private_key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        try:
+            return SealingProcess(settings, seed, self._producer.instance)
+        except (OSError, SealingProcessError) as e:
+            _logger.error("spanproof: cannot start the sealing process (%s); sealing in "
+                          "this process instead", e)
+            return None
+
+    def _lose_remote(self, error: Exception) -> None:
+        """The sealing process is gone: seal here from now on."""
+        remote, self._remote = self._remote, None
+        if remote is None:
+            return
+        remote.kill()
+        _logger.error("spanproof: %s; the spans it held are lost (not sealed), and this "
+                      "process seals from now on", error)
         self._submitter = self._start_submitter()
 
     def _start_submitter(self) -> WitnessSubmitter | None:
@@ -234,8 +290,15 @@ class SpanproofSpanExporter(SpanExporter):
         # The parent's pending traces stay the parent's: it seals them.  The child
         # starts empty, with fresh locks (another thread may have held the parent's
         # at fork time), a new producer instance (so bundle names never collide),
-        # and starts its own sealer on its next export.
+        # and starts its own sealer (or sealing process) on its next export.
+        remote = self._remote
+        if remote is not None:
+            remote.abandon()  # the parent's sealing process stays the parent's
         self._reset_process_state()
+        if self._config.sealing_process:
+            self._start_pending = True
+        else:
+            self._submitter = self._start_submitter()
 
     @property
     def config(self) -> ExporterConfig:
@@ -273,21 +336,13 @@ class SpanproofSpanExporter(SpanExporter):
                             len(spans))
             return SpanExportResult.FAILURE
         selects = self._selector.selects
-        bodies: list[tuple[str, dict[str, Any]]] = []
-        rejected: list[str] = []
+        selected: list[ReadableSpan] = []
         roots: list[str] = []
         failed = 0
         for span in spans:
             try:
                 if selects(_selection_attributes(span)):
-                    body = self._normalize(span)
-                    if body is None:
-                        failed += 1
-                        trace_id = _trace_id_of(span)
-                        if trace_id is not None:
-                            rejected.append(trace_id)
-                    else:
-                        bodies.append((body["span"]["traceId"], body))
+                    selected.append(span)
                 parent = span.parent
                 if parent is None or parent.is_remote:
                     trace_id = _trace_id_of(span)
@@ -297,14 +352,76 @@ class SpanproofSpanExporter(SpanExporter):
                 failed += 1
                 _logger.warning("spanproof: cannot read a span (%s: %s); skipped",
                                 type(e).__name__, e)
+        if self._start_pending:
+            self._start_pending = False
+            self._start_sealing()
+        rejected = self._send(selected, roots) if self._remote is not None else None
+        if rejected is None:  # no sealing process: seal here
+            rejected = 0 if self._admit_spans(selected, roots) else 1
+        return SpanExportResult.FAILURE if failed or rejected else SpanExportResult.SUCCESS
+
+    def _send(self, spans: Sequence[ReadableSpan], roots: Sequence[str]) -> int | None:
+        """Hand *spans* and *roots* to the sealing process.  Returns how many spans
+        were found uncertifiable here, or None when the process is gone (the
+        caller then seals them here)."""
+        remote = self._remote
+        assert remote is not None
+        try:
+            try:
+                remote.send_spans(spans, roots)
+                return 0
+            except SealingProcessError:
+                raise
+            except Exception:
+                # A value pickle cannot carry: normalize here, send the bodies.
+                bodies, rejected, failed = self._normalize_all(spans)
+                remote.send_bodies(bodies, rejected, roots)
+                return failed
+        except SealingProcessError as e:
+            self._lose_remote(e)
+            return None
+
+    def _normalize_all(
+        self, spans: Sequence[Any]
+    ) -> tuple[list[tuple[str, dict[str, Any]]], list[str], int]:
+        """The bodies of *spans* (by trace id), the trace ids of those that cannot
+        be certified (declared as rejected), and how many could not be."""
+        bodies: list[tuple[str, dict[str, Any]]] = []
+        rejected: list[str] = []
+        failed = 0
+        for span in spans:
+            body = self._normalize(span)
+            if body is None:
+                failed += 1
+                trace_id = _trace_id_of(span)
+                if trace_id is not None:
+                    rejected.append(trace_id)
+            else:
+                bodies.append((body["span"]["traceId"], body))
+        return bodies, rejected, failed
+
+    def _admit_spans(self, spans: Sequence[Any], roots: Sequence[str]) -> bool:
+        """Normalize selected *spans* and queue them, with the ended local *roots*,
+        for sealing.  False when a span could not be certified or the exporter
+        shut down meanwhile."""
+        bodies, rejected, failed = self._normalize_all(spans)
+        return self._admit_bodies(bodies, rejected, roots) and not failed
+
+    def _admit_bodies(
+        self,
+        bodies: Sequence[tuple[str, dict[str, Any]]],
+        rejected: Sequence[str],
+        roots: Sequence[str],
+    ) -> bool:
+        """Queue normalized *bodies* for sealing; False after shutdown."""
         now = self._clock()
         with self._cond:
             if self._shutdown:
                 _logger.warning("spanproof: exporter shut down during export; %d evidence "
                                 "span(s) not certified", len(bodies))
-                return SpanExportResult.FAILURE
+                return False
             self._admit_locked(now, bodies, rejected, roots)
-        return SpanExportResult.FAILURE if failed else SpanExportResult.SUCCESS
+        return True
 
     def _normalize(self, span: ReadableSpan) -> dict[str, Any] | None:
         """The record body of a selected span; None (logged) when it cannot be
@@ -361,6 +478,13 @@ class SpanproofSpanExporter(SpanExporter):
         """
         if self._shutdown:
             return False
+        remote = self._remote
+        if remote is not None:
+            try:
+                return remote.request("flush", timeout_millis / 1000)
+            except SealingProcessError as e:
+                self._lose_remote(e)
+                return False
         deadline = time.monotonic() + timeout_millis / 1000
         try:
             return self._cycle(flush=True, deadline=deadline)
@@ -384,6 +508,9 @@ class SpanproofSpanExporter(SpanExporter):
             self._cond.notify_all()
             thread = self._thread
         deadline = time.monotonic() + max(timeout_millis / 1000, _MIN_SHUTDOWN_SECONDS)
+        remote, self._remote = self._remote, None
+        if remote is not None:
+            self._stop_remote(remote, deadline)
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))
         try:
@@ -401,6 +528,21 @@ class SpanproofSpanExporter(SpanExporter):
             _logger.error("spanproof: shutdown incomplete: %d sealed bundle(s) not written, "
                           "%d trace(s) not sealed", len(self._unwritten),
                           self._assembler.pending_traces)
+
+    @staticmethod
+    def _stop_remote(remote: SealingProcess, deadline: float) -> None:
+        """Have the sealing process seal everything pending and exit."""
+        try:
+            done = remote.request("shutdown", max(0.0, deadline - time.monotonic()))
+        except SealingProcessError as e:
+            _logger.error("spanproof: %s before shutdown; the spans it held are lost", e)
+            remote.kill()
+            return
+        code = remote.close(max(1.0, deadline - time.monotonic()))
+        if not done or code != 0:
+            _logger.error("spanproof: the sealing process did not finish sealing before "
+                          "the shutdown deadline (exit code %s); it keeps running until "
+                          "it has", code)
 
     # -- the sealer --------------------------------------------------------------
 

@@ -31,6 +31,9 @@ Variables (all prefixed ``OTEL_EXPORTER_SPANPROOF_``), with their defaults:
   patterns (``gen_ai.input.messages,customer.*``) whose values are committed
   instead of stored (SPEC §2.5); values and salts go to ``<name>.disclosures.json``
   (mode 0600) beside each bundle.
+* ``SEALING_PROCESS`` (``false``): ``true`` seals in a child Python process, so
+  normalizing, encoding, signing and writing take no CPU time from the application
+  under the GIL (SDK exporter only; see README, "Performance").
 
 Nothing here depends on the OpenTelemetry SDK, so the OTLP receiver reuses it.
 """
@@ -95,6 +98,8 @@ class ExporterConfig:
     #: Span attribute keys and glob patterns (``*``, ``?``) whose values are
     #: committed instead of stored (SPEC §2.5); empty commits nothing.
     redact_attributes: tuple[str, ...] = ()
+    #: Seal in a child Python process (the SDK exporter only; the receiver ignores it).
+    sealing_process: bool = False
 
     def __post_init__(self) -> None:
         _check(isinstance(self.output_dir, str) and self.output_dir != "", "output_dir",
@@ -106,6 +111,8 @@ class ExporterConfig:
                "select_attributes", "must be a tuple of non-empty strings",
                self.select_attributes)
         _check(isinstance(self.select_all, bool), "select_all", "must be a bool", self.select_all)
+        _check(isinstance(self.sealing_process, bool), "sealing_process", "must be a bool",
+               self.sealing_process)
         _check(isinstance(self.redact_attributes, tuple)
                and all(isinstance(k, str) and k for k in self.redact_attributes),
                "redact_attributes", "must be a tuple of non-empty strings",
@@ -223,4 +230,5 @@ _ENV: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "witness_url": ("WITNESS_URL", _parse_str),
     "witness_key": ("WITNESS_KEY", _parse_str),
     "redact_attributes": ("REDACT_ATTRIBUTES", _parse_list),
+    "sealing_process": ("SEALING_PROCESS", _parse_bool),
 }

@@ -16,6 +16,13 @@ from spanproof.exporter import SigningKey, SpanproofSpanExporter
 from spanproof.verifier import BundleReport, TrustRoot, Verdict, check_bundle, find_bundles
 
 SEED = bytes(range(32))
+# SDK attribute values of every kind OpenTelemetry allows, with their edges.
+ATTRIBUTES_SAMPLE: dict[str, Any] = {
+    "s": "caf\u00e9 \U0001f600 \u2028 a\x00b", "s.empty": "", "b": True, "i": -42,
+    "i.big": 2**63 - 1, "i.over": 2**70, "f": 0.1, "f.nan": float("nan"),
+    "f.inf": float("-inf"), "f.negzero": -0.0, "a.s": ("x", "\U0001f600"),
+    "a.i": (1, 2**64), "a.f": (0.5, 1e21), "a.b": (True, False), "a.empty": (),
+}
 START = 1_800_000_000.0  # a fixed "now" for the fake clock (2027-01-15)
 
 

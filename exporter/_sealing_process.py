@@ -1,0 +1,536 @@
+"""Sealing in a child process: the exporter's opt-in ``sealing_process`` mode.
+
+In one Python process every microsecond the exporter spends normalizing, encoding,
+hashing, signing and writing is taken from the application's threads by the GIL.
+With ``sealing_process`` on, the exporter keeps only selection on the span
+processor's thread and hands each selected span, as a compact tuple of its fields
+(:func:`span_fields`), to a child Python process that runs an ordinary in-process
+:class:`~spanproof.exporter.SpanproofSpanExporter` over the same settings and key.
+The child rebuilds a span-shaped object from the tuple (:class:`FieldSpan`) and
+normalizes it with the same :func:`~spanproof.exporter.normalize.span_to_body`, so
+the records are the ones the in-process exporter writes (a test compares them).
+
+Protocol (private to the two processes; both run this module's code): frames of a
+4-byte big-endian length and a pickle, parent to child on the child's stdin, replies
+on the child's stdout (the child moves ``sys.stdout`` to stderr so nothing else can
+write there).  Pickle is safe here: only the parent that started the child writes
+to its stdin.  Messages:
+
+* ``("start", settings, key_seed, producer_instance)``: answered ``("ready",)``,
+  or ``("error", text)`` when the child cannot start its exporter;
+* ``("spans", resources, scopes, fields, roots)``: new resource and scope
+  definitions (by number), selected spans' fields, and the trace ids of local root
+  spans that ended; not answered;
+* ``("bodies", bodies, rejected, roots)``: already normalized bodies, for a batch
+  whose fields could not be pickled; not answered;
+* ``("flush", request, timeout_ms)`` and ``("shutdown", request, timeout_ms)``:
+  answered ``("done", request, ok)``; the child exits after shutdown.
+
+End of input (the application exited without shutting the provider down, or was
+killed) makes the child seal everything pending, as at shutdown, and exit.  The
+child ignores SIGINT (a terminal's Ctrl-C reaches the whole process group; the
+parent decides) and treats SIGTERM as end of input.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import pickle
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from opentelemetry.trace import SpanKind, StatusCode
+
+__all__ = ["FieldSpan", "SealingProcess", "span_fields"]
+
+_logger = logging.getLogger(__name__)
+
+_HEADER = struct.Struct(">I")
+_START_TIMEOUT = 60.0
+_BOOT = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+    "from spanproof.exporter._sealing_process import child_main; child_main()"
+)
+_KINDS = {kind.value: kind for kind in SpanKind}
+_CODES = {code.value: code for code in StatusCode}
+
+
+class SealingProcessError(RuntimeError):
+    """The sealing process could not be started or stopped answering."""
+
+
+# -- span fields ----------------------------------------------------------------
+
+
+def _plain_attributes(attributes: Any) -> tuple[dict[str, Any] | None, int]:
+    """An SDK attribute container as a plain dict (or None) and its dropped count."""
+    if attributes is None:
+        return None, 0
+    raw = getattr(attributes, "_dict", attributes)
+    dropped = getattr(attributes, "dropped", 0)
+    return dict(raw), dropped if isinstance(dropped, int) else 0
+
+
+def span_fields(span: Any, resource_id: int, scope_id: int) -> tuple[Any, ...]:
+    """The fields of an ended SDK span that normalizing reads, as plain values.
+
+    *resource_id* and *scope_id* number the span's resource and scope, which travel
+    once per sealing process.  :class:`FieldSpan` turns the tuple back into a
+    span-shaped object.
+    """
+    ctx = span.get_span_context()
+    parent = span.parent
+    status = span.status
+    bounded = getattr(span, "_attributes", None)
+    raw = getattr(bounded, "_dict", bounded)
+    attributes = raw if type(raw) is dict else _plain_attributes(span.attributes)[0]
+    events = tuple(
+        (event.name, event.timestamp, *_plain_attributes(event.attributes))
+        for event in span.events
+    )
+    links = tuple(
+        (link.context.trace_id, link.context.span_id,
+         link.context.trace_state.to_header() if link.context.trace_state else "",
+         _plain_attributes(link.attributes)[0], link.dropped_attributes)
+        for link in span.links
+    )
+    return (
+        ctx.trace_id, ctx.span_id,
+        ctx.trace_state.to_header() if ctx.trace_state else "",
+        None if parent is None else parent.span_id,
+        span.name, span.kind.value, span.start_time, span.end_time,
+        status.status_code.value, status.description,
+        attributes, span.dropped_attributes,
+        events, span.dropped_events, links, span.dropped_links,
+        resource_id, scope_id,
+    )
+
+
+class _Attributes(dict[str, Any]):
+    """A plain attribute dict that also carries the dropped count."""
+
+    dropped = 0
+
+
+def _attributes(values: Mapping[str, Any] | None, dropped: int) -> _Attributes | None:
+    if values is None and not dropped:
+        return None
+    result = _Attributes(values or {})
+    result.dropped = dropped
+    return result
+
+
+class _TraceState(str):
+    """A trace state as its W3C header (empty: falsy, like an empty TraceState)."""
+
+    def to_header(self) -> str:
+        return str(self)
+
+
+class _Context:
+    __slots__ = ("span_id", "trace_id", "trace_state")
+
+    def __init__(self, trace_id: int, span_id: int, trace_state: str) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.trace_state = _TraceState(trace_state)
+
+
+class _Status:
+    __slots__ = ("description", "status_code")
+
+    def __init__(self, code: int, description: str | None) -> None:
+        self.status_code = _CODES.get(code, code)
+        self.description = description
+
+
+class _Event:
+    __slots__ = ("attributes", "name", "timestamp")
+
+    def __init__(self, name: str, timestamp: int, values: Any, dropped: int) -> None:
+        self.name = name
+        self.timestamp = timestamp
+        self.attributes = _attributes(values, dropped)
+
+
+class _Link:
+    __slots__ = ("attributes", "context", "dropped_attributes")
+
+    def __init__(self, trace_id: int, span_id: int, trace_state: str, values: Any,
+                 dropped: int) -> None:
+        self.context = _Context(trace_id, span_id, trace_state)
+        self.attributes = values
+        self.dropped_attributes = dropped
+
+
+class _Resource:
+    __slots__ = ("attributes", "schema_url")
+
+    def __init__(self, attributes: Mapping[str, Any], schema_url: str) -> None:
+        self.attributes = attributes
+        self.schema_url = schema_url
+
+
+class _Scope:
+    __slots__ = ("attributes", "name", "schema_url", "version")
+
+    def __init__(self, name: str, version: str | None, schema_url: str | None,
+                 values: Any, dropped: int) -> None:
+        self.name = name
+        self.version = version
+        self.schema_url = schema_url
+        self.attributes = _attributes(values, dropped)
+
+
+def resource_fields(resource: Any) -> tuple[Any, ...]:
+    """A Resource's fields for :class:`FieldSpan` (sent once per resource)."""
+    return dict(resource.attributes), resource.schema_url
+
+
+def scope_fields(scope: Any) -> tuple[Any, ...] | None:
+    """An InstrumentationScope's fields for :class:`FieldSpan` (sent once per scope)."""
+    if scope is None:
+        return None
+    return (scope.name, scope.version, scope.schema_url,
+            *_plain_attributes(getattr(scope, "attributes", None)))
+
+
+class FieldSpan:
+    """A span rebuilt from :func:`span_fields`: the attributes and methods
+    :func:`~spanproof.exporter.normalize.span_to_body` and the exporter read."""
+
+    __slots__ = (
+        "_attributes", "_context", "dropped_attributes", "dropped_events",
+        "dropped_links", "end_time", "events", "instrumentation_scope", "kind", "links",
+        "name", "parent", "resource", "start_time", "status",
+    )
+
+    def __init__(self, fields: Sequence[Any], resource: Any, scope: Any) -> None:
+        (trace_id, span_id, trace_state, parent_id, self.name, kind, self.start_time,
+         self.end_time, code, description, attributes, self.dropped_attributes, events,
+         self.dropped_events, links, self.dropped_links, _, _) = fields
+        self._context = _Context(trace_id, span_id, trace_state)
+        self.parent = None if parent_id is None else _Context(trace_id, parent_id, "")
+        self.kind = _KINDS.get(kind, kind)
+        self.status = _Status(code, description)
+        self._attributes = attributes
+        self.events = [_Event(*event) for event in events]
+        self.links = [_Link(*link) for link in links]
+        self.resource = resource
+        self.instrumentation_scope = scope
+
+    def get_span_context(self) -> _Context:
+        """The span's own context (trace id, span id, trace state)."""
+        return self._context
+
+    @property
+    def attributes(self) -> Mapping[str, Any]:
+        """The span's attributes."""
+        return self._attributes or {}
+
+
+# -- framing ---------------------------------------------------------------------
+
+
+def _frame(message: Any) -> bytes:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEADER.pack(len(data)) + data
+
+
+def _read_exact(stream: Any, n: int) -> bytes | None:
+    chunks = []
+    while n:
+        data = stream.read(n)
+        if not data:
+            return None  # end of input (a partial frame too: the writer is gone)
+        chunks.append(data)
+        n -= len(data)
+    return b"".join(chunks)
+
+
+def _read_frame(stream: Any) -> Any:
+    """The next message, or None at end of input."""
+    header = _read_exact(stream, _HEADER.size)
+    if header is None:
+        return None
+    data = _read_exact(stream, _HEADER.unpack(header)[0])
+    if data is None:
+        return None
+    # Only the process at the other end of this private pipe writes to it: the
+    # parent that started the child, or the child the parent started.
+    return pickle.loads(data)  # noqa: S301
+
+
+# -- parent side -----------------------------------------------------------------
+
+
+class SealingProcess:
+    """The parent's handle on one sealing child process.
+
+    ``send_*`` methods raise :class:`SealingProcessError` once the child is gone;
+    the exporter then seals in its own process.
+    """
+
+    def __init__(self, settings: Mapping[str, Any], key_seed: bytes,
+                 producer_instance: str) -> None:
+        env = dict(os.environ)
+        # The child is not an instrumented application: no SDK set-up from the
+        # environment (opentelemetry-instrument), and never a sealing process of its own.
+        env["OTEL_SDK_DISABLED"] = "true"
+        self._proc = subprocess.Popen(
+            [sys.executable, "-I", "-c", _BOOT, json.dumps(sys.path)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
+            bufsize=0,  # unbuffered: select() on the reply pipe sees every byte
+        )
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._stdin = self._proc.stdin
+        self._stdout = self._proc.stdout
+        self._lock = threading.Lock()
+        self._requests = 0
+        self._resources: dict[int, tuple[Any, int]] = {}
+        self._scopes: dict[int, tuple[Any, int]] = {}
+        self._dead = False
+        try:
+            self._write(("start", dict(settings), key_seed, producer_instance))
+            reply = self._reply(None, time.monotonic() + _START_TIMEOUT)
+        except SealingProcessError:
+            self.kill()
+            raise
+        if reply[0] != "ready":
+            self.kill()
+            raise SealingProcessError(f"the sealing process did not start: {reply[1]}")
+
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        return self._proc.pid
+
+    def _number(self, cache: dict[int, tuple[Any, int]], obj: Any,
+                new: list[tuple[int, Any]], fields: Any) -> int:
+        known = cache.get(id(obj))
+        if known is not None and known[0] is obj:
+            return known[1]
+        number = len(cache) + 1
+        cache[id(obj)] = (obj, number)  # holds obj, so its id() is not reused
+        new.append((number, fields(obj)))
+        return number
+
+    def send_spans(self, spans: Sequence[Any], roots: Sequence[str]) -> None:
+        """Hand selected *spans* and ended local roots to the child.
+
+        Blocks while the child's input pipe is full (backpressure).
+
+        Raises:
+            SealingProcessError: the child is gone.
+        """
+        resources: list[tuple[int, Any]] = []
+        scopes: list[tuple[int, Any]] = []
+        fields = []
+        with self._lock:
+            for span in spans:
+                r = self._number(self._resources, span.resource, resources, resource_fields)
+                s = self._number(self._scopes, span.instrumentation_scope, scopes,
+                                 scope_fields)
+                fields.append(span_fields(span, r, s))
+            try:
+                frame = _frame(("spans", resources, scopes, fields, list(roots)))
+            except Exception:
+                for number, _ in resources:
+                    self._forget(self._resources, number)
+                for number, _ in scopes:
+                    self._forget(self._scopes, number)
+                raise
+            self._write_locked(frame)
+
+    @staticmethod
+    def _forget(cache: dict[int, tuple[Any, int]], number: int) -> None:
+        for key, (_, n) in list(cache.items()):
+            if n == number:
+                del cache[key]
+
+    def send_bodies(self, bodies: Sequence[tuple[str, dict[str, Any]]],
+                    rejected: Sequence[str], roots: Sequence[str]) -> None:
+        """Hand already normalized bodies to the child (spans whose fields cannot
+        be pickled).
+
+        Raises:
+            SealingProcessError: the child is gone.
+        """
+        self._write(("bodies", list(bodies), list(rejected), list(roots)))
+
+    def request(self, kind: str, timeout: float) -> bool:
+        """Ask the child to ``flush`` or ``shutdown``; its answer, or False when
+        *timeout* (seconds) passes first.
+
+        Raises:
+            SealingProcessError: the child is gone.
+        """
+        deadline = time.monotonic() + timeout
+        if not self._lock.acquire(timeout=max(0.0, timeout)):
+            return False
+        try:
+            self._requests += 1
+            request = self._requests
+            self._write_locked(_frame((kind, request, int(timeout * 1000))))
+            reply = self._reply(request, deadline)
+        finally:
+            self._lock.release()
+        return reply is not None and bool(reply[2])
+
+    def _write(self, message: Any) -> None:
+        with self._lock:
+            self._write_locked(_frame(message))
+
+    def _write_locked(self, frame: bytes) -> None:
+        if self._dead:
+            raise SealingProcessError("the sealing process has exited")
+        try:
+            view = memoryview(frame)
+            while view:
+                view = view[self._stdin.write(view) or 0:]
+        except (OSError, ValueError) as e:
+            self._dead = True
+            raise SealingProcessError(
+                f"the sealing process exited (code {self._proc.poll()})") from e
+
+    def _reply(self, request: int | None, deadline: float) -> Any:
+        """The reply to *request* (None: the start message); None on timeout."""
+        fd = self._stdout.fileno()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if not ready:
+                return None
+            reply = _read_frame(self._stdout)
+            if reply is None:
+                self._dead = True
+                raise SealingProcessError(
+                    f"the sealing process exited (code {self._proc.wait()})")
+            if request is None or (reply[0] == "done" and reply[1] == request):
+                return reply
+            # A late answer to an earlier request that timed out: skip it.
+
+    def close(self, timeout: float) -> int | None:
+        """Close the child's input and wait up to *timeout* seconds for it to exit;
+        its exit code, or None when it is still running."""
+        with self._lock:
+            self._dead = True
+            try:
+                self._stdin.close()
+            except OSError:
+                pass
+        try:
+            return self._proc.wait(max(0.0, timeout))
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        """Stop the child at once (it loses what it holds)."""
+        self._dead = True
+        try:
+            self._proc.kill()
+            self._proc.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+
+    def abandon(self) -> None:
+        """Forget the child without signalling it (in a forked process, where the
+        child belongs to the parent that started it).  Closes this process's copies
+        of the pipes, so the child still sees end of input when the parent exits."""
+        self._dead = True
+        for stream in (self._stdin, self._stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+# -- child side ------------------------------------------------------------------
+
+
+def _reply_to(out: io.BufferedWriter, message: Any) -> None:
+    out.write(_frame(message))
+    out.flush()
+
+
+def child_main() -> None:
+    """The sealing process: read frames from stdin until shutdown or end of input."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    inp = sys.stdin.buffer
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints go to stderr
+    logging.basicConfig(format="%(levelname)s %(name)s [sealing process]: %(message)s")
+    stop = threading.Event()
+
+    def on_term(signum: int, frame: Any) -> None:
+        stop.set()
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    start = _read_frame(inp)
+    if start is None or start[0] != "start":
+        return
+    try:
+        exporter = _child_exporter(*start[1:])
+    except Exception as e:
+        _reply_to(out, ("error", f"{type(e).__name__}: {e}"))
+        return
+    _reply_to(out, ("ready",))
+    try:
+        _serve(exporter, inp, out)
+    finally:
+        exporter.shutdown()
+
+
+def _child_exporter(settings: Mapping[str, Any], key_seed: bytes,
+                    producer_instance: str) -> Any:
+    from spanproof.verifier.statement import Producer
+
+    from ._exporter import PRODUCER_NAME, SpanproofSpanExporter, _package_version
+    from .keys import SigningKey
+
+    exporter = SpanproofSpanExporter(signing_key=SigningKey.from_seed(key_seed),
+                                     sealing_process=False, **settings)
+    exporter._producer = Producer(PRODUCER_NAME, _package_version(), producer_instance)
+    return exporter
+
+
+def _serve(exporter: Any, inp: Any, out: io.BufferedWriter) -> None:
+    resources: dict[int, Any] = {}
+    scopes: dict[int, Any] = {}
+    while True:
+        message = _read_frame(inp)
+        if message is None:
+            return  # the parent is gone: seal what is pending (finally: shutdown)
+        kind = message[0]
+        if kind == "spans":
+            _, new_resources, new_scopes, fields, roots = message
+            for number, (attributes, schema_url) in new_resources:
+                resources[number] = _Resource(attributes, schema_url)
+            for number, scope in new_scopes:
+                scopes[number] = None if scope is None else _Scope(*scope)
+            spans = [FieldSpan(f, resources[f[-2]], scopes[f[-1]]) for f in fields]
+            exporter._admit_spans(spans, roots)
+        elif kind == "bodies":
+            _, bodies, rejected, roots = message
+            exporter._admit_bodies(bodies, rejected, roots)
+        elif kind == "flush":
+            _reply_to(out, ("done", message[1], exporter.force_flush(message[2])))
+        elif kind == "shutdown":
+            exporter.shutdown(message[2])
+            _reply_to(out, ("done", message[1], not exporter._unwritten))
+            return
+        else:
+            _logger.error("spanproof: unknown message %r ignored", kind)

@@ -1,0 +1,333 @@
+"""The exporter's ``sealing_process`` mode: selected spans' fields go to a child
+process, which seals them with the in-process exporter's code."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from exporter_support import (
+    ATTRIBUTES_SAMPLE,
+    FakeClock,
+    Recorder,
+    evidence,
+    record_span_ids,
+    reports,
+    signing_key,
+    trust_root,
+    verified,
+)
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits
+from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import NonRecordingSpan, TraceState
+
+from spanproof.exporter import SpanproofSpanExporter
+from spanproof.exporter._sealing_process import (
+    FieldSpan,
+    _Resource,
+    _Scope,
+    resource_fields,
+    scope_fields,
+    span_fields,
+)
+from spanproof.exporter.config import ExporterConfig
+from spanproof.exporter.normalize import span_to_body
+from spanproof.verifier import Verdict
+
+
+def _through_the_pipe(span: ReadableSpan) -> FieldSpan:
+    """What the sealing process rebuilds from *span* (pickled as on the pipe)."""
+    fields = pickle.loads(pickle.dumps(span_fields(span, 1, 2)))
+    resource = _Resource(*pickle.loads(pickle.dumps(resource_fields(span.resource))))
+    scope_data = pickle.loads(pickle.dumps(scope_fields(span.instrumentation_scope)))
+    scope = None if scope_data is None else _Scope(*scope_data)
+    return FieldSpan(fields, resource, scope)
+
+
+def _varied_spans() -> list[ReadableSpan]:
+    """Spans holding every field normalizing reads, with limits, links and scopes."""
+    rec = Recorder(
+        resource=Resource({"service.name": "svc", "n": 3}, schema_url="https://s/1"),
+        span_limits=SpanLimits(max_span_attributes=40, max_events=2, max_links=3,
+                               max_event_attributes=2, max_link_attributes=1),
+    )
+    tracer = rec.provider.get_tracer("lib", "2.0", schema_url="https://scope",
+                                     attributes={"scope.attr": "v", "scope.n": 7})
+    remote = NonRecordingSpan(SpanContext(
+        0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        trace_state=TraceState([("vendor", "abc"), ("other", "1")]),
+    ))
+    links = [  # the limit keeps the last three
+        Link(SpanContext(0x5, 0x6, False)),
+        Link(trace.INVALID_SPAN_CONTEXT, {"why": "kept by the sdk"}),
+        Link(SpanContext(0x1, 0x2, False)),
+        Link(SpanContext(0xABCDEF, 0x1234, True, trace_state=TraceState([("v", "1")])),
+             {"rel": "caused-by", "extra": 1}),
+    ]
+    for kind in SpanKind:
+        span = tracer.start_span(f"k-{kind.name}", context=trace.set_span_in_context(remote),
+                                 kind=kind, links=links, start_time=1_000,
+                                 attributes=ATTRIBUTES_SAMPLE)
+        span.add_event("e1", {"x": 1, "y": "\U0001f600", "z": 2.5}, timestamp=1_100)
+        span.add_event("e2", timestamp=1_200)
+        span.add_event("e3", {"big": 2**70}, timestamp=1_300)
+        span.set_status(Status(StatusCode.ERROR, "model timed out"))
+        span.end(end_time=2_000)
+    with rec.provider.get_tracer("bare").start_as_current_span("root") as root:
+        with rec.tracer.start_as_current_span("child", attributes={"a": (1, 2)}):
+            pass
+        root.set_status(Status(StatusCode.OK))
+    spans = rec.take()
+    no_scope = ReadableSpan("no-scope", context=spans[-1].get_span_context(),
+                            resource=Resource({}), start_time=1, end_time=2,
+                            instrumentation_scope=None)
+    return [*spans, no_scope]
+
+
+def test_field_spans_normalize_exactly_like_the_sdk_spans() -> None:
+    spans = _varied_spans()
+    assert len(spans) == len(SpanKind) + 3
+    for span in spans:
+        assert span_to_body(_through_the_pipe(span)) == span_to_body(span), span.name
+    # The sample really carries what it is meant to test.
+    body = span_to_body(spans[0])["span"]
+    assert body["droppedEventsCount"] == "1" and body["droppedLinksCount"] == "2"
+    assert body["events"][-1]["droppedAttributesCount"] == "0"
+    assert body["links"][1]["traceState"] == "v=1"
+    assert body["traceState"] == "vendor=abc,other=1"
+    assert span_to_body(spans[0])["scope"]["attributes"]
+
+
+def test_field_span_of_an_invalid_context_is_refused_like_the_sdk_span() -> None:
+    span = ReadableSpan("invalid", context=trace.INVALID_SPAN_CONTEXT, resource=Resource({}))
+    with pytest.raises(ValueError, match="span context"):
+        span_to_body(_through_the_pipe(span))
+
+
+def test_sealing_process_setting_from_the_environment() -> None:
+    assert ExporterConfig.from_env(environ={}).sealing_process is False
+    env = {"OTEL_EXPORTER_SPANPROOF_SEALING_PROCESS": "true"}
+    assert ExporterConfig.from_env(environ=env).sealing_process is True
+    with pytest.raises(ValueError, match="SEALING_PROCESS"):
+        ExporterConfig.from_env(environ={"OTEL_EXPORTER_SPANPROOF_SEALING_PROCESS": "maybe"})
+
+
+def test_sealing_process_refuses_a_custom_clock_or_sink(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="default clock and sink"):
+        SpanproofSpanExporter(tmp_path, signing_key=signing_key(), sealing_process=True,
+                              clock=FakeClock())
+
+
+def _exporter(out: Path, **kwargs: Any) -> SpanproofSpanExporter:
+    kwargs.setdefault("seal_grace", 30.0)
+    return SpanproofSpanExporter(out, signing_key=signing_key(), sealing_process=True,
+                                 **kwargs)
+
+
+def _trace(rec: Recorder, steps: int = 3) -> list[str]:
+    """A plain root with *steps* evidence children; their span ids."""
+    ids = []
+    with rec.tracer.start_as_current_span("handle-case"):
+        for i in range(steps):
+            with evidence(rec, f"llm-{i}", **{"app.prompt": "caf\u00e9 \U0001f600"}) as span:
+                ids.append(f"{span.get_span_context().span_id:016x}")
+    return ids
+
+
+def test_bundles_match_the_in_process_exporter_record_for_record(tmp_path: Path) -> None:
+    rec = Recorder()
+    ids = _trace(rec)
+    spans = rec.take()
+    local = SpanproofSpanExporter(tmp_path / "local", signing_key=signing_key())
+    remote = _exporter(tmp_path / "remote")
+    assert remote._remote is not None
+    for exporter in (local, remote):
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
+        assert exporter.force_flush()
+    (local_report,) = verified(tmp_path / "local", trust_root(tmp_path))
+    (remote_report,) = verified(tmp_path / "remote", trust_root(tmp_path))
+    assert record_span_ids(remote_report) == ids
+    assert remote_report.records == local_report.records
+    assert remote_report.statement is not None
+    assert remote_report.statement.seal_reason == "force_flush"
+    assert remote_report.statement.producer.instance == remote.producer.instance
+    remote.shutdown()
+    local.shutdown()
+
+
+def test_shutdown_seals_pending_traces_and_stops_the_process(tmp_path: Path) -> None:
+    rec = Recorder()
+    ids = _trace(rec)
+    exporter = _exporter(tmp_path / "out")
+    process = exporter._remote
+    assert process is not None
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    assert process._proc.poll() == 0
+    (report,) = verified(tmp_path / "out", trust_root(tmp_path))
+    assert record_span_ids(report) == ids
+    assert report.statement is not None and report.statement.seal_reason == "shutdown"
+    assert exporter.export(rec.take()) is SpanExportResult.FAILURE
+
+
+def test_unpicklable_value_is_normalized_here_and_declared_rejected(tmp_path: Path) -> None:
+    rec = Recorder()
+    ids = _trace(rec, steps=2)
+    spans = rec.take()
+    ctx = spans[0].get_span_context()
+    attributes: Any = {"gen_ai.operation.name": "chat", "obj": lambda: None}
+    bad = ReadableSpan("bad-value", context=SpanContext(ctx.trace_id, 0x77, False),
+                       parent=spans[-1].get_span_context(), attributes=attributes,
+                       resource=spans[0].resource, start_time=1, end_time=2)
+    exporter = _exporter(tmp_path / "out")
+    assert exporter.export([*spans[:-1], bad, spans[-1]]) is SpanExportResult.FAILURE
+    exporter.shutdown()
+    (report,) = reports(tmp_path / "out", trust_root(tmp_path))
+    assert report.verdict is Verdict.INCOMPLETE
+    (report,) = verified(tmp_path / "out", trust_root(tmp_path), allow_incomplete=True)
+    assert report.statement is not None
+    assert report.statement.completeness.rejected_spans == 1
+    assert record_span_ids(report) == ids
+
+
+def test_killed_sealing_process_falls_back_to_sealing_here(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rec = Recorder()
+    exporter = _exporter(tmp_path / "out", seal_grace=0.0)
+    process = exporter._remote
+    assert process is not None
+    os.kill(process.pid, signal.SIGKILL)
+    process._proc.wait(10)
+    ids = _trace(rec)
+    with caplog.at_level(logging.ERROR, logger="spanproof.exporter._exporter"):
+        assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+    assert exporter._remote is None
+    assert "this process seals from now on" in caplog.text
+    assert exporter.force_flush()
+    exporter.shutdown()
+    (report,) = verified(tmp_path / "out", trust_root(tmp_path))
+    assert record_span_ids(report) == ids
+
+
+def test_process_that_cannot_start_leaves_sealing_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    with caplog.at_level(logging.ERROR, logger="spanproof.exporter._exporter"):
+        exporter = _exporter(tmp_path / "out", seal_grace=0.0)
+    assert exporter._remote is None
+    assert "cannot start the sealing process" in caplog.text
+    rec = Recorder()
+    ids = _trace(rec)
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    (report,) = verified(tmp_path / "out", trust_root(tmp_path))
+    assert record_span_ids(report) == ids
+
+
+_APP_EXITS_WITHOUT_SHUTDOWN = textwrap.dedent("""
+    import os, sys
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from spanproof.exporter import SigningKey, SpanproofSpanExporter
+
+    exporter = SpanproofSpanExporter(sys.argv[1], signing_key=SigningKey.from_seed(
+        bytes(range(32))), sealing_process=True, seal_grace=3600)
+    print(exporter._remote.pid, flush=True)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("app")
+    with tracer.start_as_current_span("root"):
+        with tracer.start_as_current_span("step", attributes={"gen_ai.operation.name": "x"}):
+            pass
+    os._exit(0)  # no shutdown, no atexit: as if the application were killed
+""")
+
+
+@pytest.mark.timeout(120)
+def test_application_exit_without_shutdown_still_seals(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    app = subprocess.run([sys.executable, "-c", _APP_EXITS_WITHOUT_SHUTDOWN, str(out)],
+                         capture_output=True, text=True, timeout=60, check=True)
+    child = int(app.stdout.split()[0])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not list(out.glob("*.spanproof.json")):
+        time.sleep(0.05)
+    (report,) = reports(out, trust_root(tmp_path))
+    assert report.verdict is Verdict.OK, report.reason
+    assert report.statement is not None and report.statement.seal_reason == "shutdown"
+    assert [r["span"]["name"] for r in report.records or ()] == ["step"]
+    while time.monotonic() < deadline and _running(child):
+        time.sleep(0.05)
+    if _running(child):
+        pytest.fail("the sealing process outlived its application")
+
+
+def _running(pid: int) -> bool:
+    """Whether *pid* runs (an exited process nobody reaped yet does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_attribute_sample_covers_every_value_kind() -> None:
+    kinds = {type(v).__name__ for v in ATTRIBUTES_SAMPLE.values()}
+    assert {"str", "bool", "int", "float", "tuple"} <= kinds
+    assert any(isinstance(v, float) and math.isnan(v) for v in ATTRIBUTES_SAMPLE.values())
+
+
+@pytest.mark.timeout(120)
+def test_forked_worker_starts_its_own_sealing_process(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    exporter = _exporter(out)
+    parent_process = exporter._remote
+    assert parent_process is not None
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the forked worker
+        code = 1
+        signal.alarm(60)  # a worker that deadlocks dies instead of hanging the suite
+        try:
+            rec = Recorder()
+            _trace(rec, steps=1)
+            ok = exporter.export(rec.take()) is SpanExportResult.SUCCESS
+            own = exporter._remote
+            exporter.shutdown()
+            code = 0 if ok and own is not None and own.pid != parent_process.pid else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked worker did not exit")
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"worker status {status}"
+    rec = Recorder()
+    _trace(rec, steps=2)
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+    assert exporter._remote is parent_process  # the worker's exit did not disturb it
+    exporter.shutdown()
+    rs = verified(out, trust_root(tmp_path))
+    assert sorted(len(r.records or ()) for r in rs) == [1, 2]
+    assert len({r.statement.producer.instance for r in rs if r.statement}) == 2
