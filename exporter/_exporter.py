@@ -18,6 +18,7 @@ during signing or I/O); ``_seal_lock`` makes sealing cycles (worker, ``force_flu
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import logging
 import os
@@ -64,6 +65,8 @@ _MAX_UNWRITTEN = 1024
 _RETRY_SECONDS = 1.0
 _BACKOFF_SECONDS = 0.05
 _MIN_SHUTDOWN_SECONDS = 5.0
+# Bundle writes in flight at once with the default sink.
+_WRITE_THREADS = 8
 
 
 def _package_version() -> str:
@@ -178,6 +181,8 @@ class SpanproofSpanExporter(SpanExporter):
         self._redact = setup.redact
         self._clock: Callable[[], float] = clock or time.time
         self._sink: BundleSink = sink or DirectorySink(output)
+        # The default sink is safe to call from several threads; a given one may not be.
+        self._writers_allowed = sink is None
         self._shutdown = False
         self._witness_keys = setup.witness_keys
         self._reset_process_state()
@@ -230,6 +235,10 @@ class SpanproofSpanExporter(SpanExporter):
         # What the sink's last failure was (None while writes succeed): logged once.
         self._sink_condition: str | None = None
         self._submitter: WitnessSubmitter | None = None
+        # Threads for concurrent bundle writes (started on first use), and the
+        # outcomes of one batch's writes by bundle id (see _write_all).
+        self._writers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._written: dict[int, str | Exception] = {}
         self._remote: SealingProcess | None = None
         # After a fork, the sealing process starts on the first export.
         self._start_pending = False
@@ -518,6 +527,8 @@ class SpanproofSpanExporter(SpanExporter):
         except Exception:
             _logger.exception("spanproof: sealing at shutdown failed")
             done = False
+        if self._writers is not None:
+            self._writers.shutdown(wait=True)  # idle: every batch waited for its writes
         if self._submitter is not None:
             # Deliver what was just sealed while the witness answers; whatever is
             # not delivered stays queued on disk for the next start.
@@ -601,9 +612,10 @@ class SpanproofSpanExporter(SpanExporter):
                         jobs = self._assembler.due(self._clock(), flush=flush)
                 if not jobs:
                     break
-                sealed = [self._seal_and_write(job) for job in jobs]
-                if not any(sealed):
+                bundles = [b for b in map(self._seal_job, jobs) if b is not None]
+                if not bundles:
                     return False  # every job failed: retry on a later pass
+                self._write_all(bundles)
                 worked = True
                 if deadline is not None and time.monotonic() > deadline:
                     return False
@@ -611,8 +623,9 @@ class SpanproofSpanExporter(SpanExporter):
         finally:
             self._seal_lock.release()
 
-    def _seal_and_write(self, job: SealJob) -> bool:
-        """Seal *job* and write it; False when it could not be sealed."""
+    def _seal_job(self, job: SealJob) -> SealedBundle | None:
+        """Seal *job*; None when it could not be sealed (its spans are declared lost
+        in the trace's next bundle)."""
         try:
             bundle = self._seal(job)
         except Exception as e:
@@ -621,11 +634,32 @@ class SpanproofSpanExporter(SpanExporter):
                 self._assembler.abandon(
                     job, f"{len(job.bodies)} span(s) lost: sealing failed ({type(e).__name__})"
                 )
-            return False
+            return None
         with self._lock:
             self._assembler.sealed(job, bundle.next_position())
-        self._write(bundle)
-        return True
+        return bundle
+
+    def _write_all(self, bundles: Sequence[SealedBundle]) -> None:
+        """Write *bundles* in order.  With the default sink the writes themselves run
+        concurrently (each waits on two fsyncs, which overlap); the bookkeeping of
+        each outcome (:meth:`_write`) stays on this thread, in order."""
+        if self._writers_allowed and len(bundles) > 1:
+            if self._writers is None:
+                self._writers = concurrent.futures.ThreadPoolExecutor(
+                    _WRITE_THREADS, "spanproof-write")
+            outcomes = self._writers.map(self._try_write, bundles)
+            self._written = dict(zip(map(id, bundles), outcomes, strict=True))
+        try:
+            for bundle in bundles:
+                self._write(bundle)
+        finally:
+            self._written = {}
+
+    def _try_write(self, bundle: SealedBundle) -> str | Exception:
+        try:
+            return self._sink.write(bundle)
+        except Exception as e:
+            return e
 
     def _seal(self, job: SealJob) -> SealedBundle:
         sealed_at = datetime.fromtimestamp(self._clock(), timezone.utc)
@@ -677,7 +711,13 @@ class SpanproofSpanExporter(SpanExporter):
 
     def _write(self, bundle: SealedBundle) -> bool:
         try:
-            where = self._sink.write(bundle)
+            outcome = self._written.pop(id(bundle), None)
+            if outcome is None:
+                where = self._sink.write(bundle)
+            elif isinstance(outcome, Exception):
+                raise outcome
+            else:
+                where = outcome
         except Exception as e:
             condition = _condition_of(e)
             if condition != self._sink_condition:
