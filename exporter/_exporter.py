@@ -65,8 +65,9 @@ _MAX_UNWRITTEN = 1024
 _RETRY_SECONDS = 1.0
 _BACKOFF_SECONDS = 0.05
 _MIN_SHUTDOWN_SECONDS = 5.0
-# Bundle writes in flight at once with the default sink.
-_WRITE_THREADS = 8
+# Bundle writes running at once with the default sink, and waiting at most.
+_WRITE_THREADS = 16
+_MAX_IN_FLIGHT = 256
 
 
 def _package_version() -> str:
@@ -235,9 +236,13 @@ class SpanproofSpanExporter(SpanExporter):
         # What the sink's last failure was (None while writes succeed): logged once.
         self._sink_condition: str | None = None
         self._submitter: WitnessSubmitter | None = None
-        # Threads for concurrent bundle writes (started on first use), and the
-        # outcomes of one batch's writes by bundle id (see _write_all).
+        # Threads for concurrent bundle writes (started on first use), the writes
+        # in flight in sealing order, and a finished write's outcome while _write
+        # handles it (see _start_writes and _reap).
         self._writers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._inflight: collections.deque[
+            tuple[SealedBundle, concurrent.futures.Future[str | Exception]]
+        ] = collections.deque()
         self._written: dict[int, str | Exception] = {}
         self._remote: SealingProcess | None = None
         # After a fork, the sealing process starts on the first export.
@@ -528,7 +533,7 @@ class SpanproofSpanExporter(SpanExporter):
             _logger.exception("spanproof: sealing at shutdown failed")
             done = False
         if self._writers is not None:
-            self._writers.shutdown(wait=True)  # idle: every batch waited for its writes
+            self._writers.shutdown(wait=True)
         if self._submitter is not None:
             # Deliver what was just sealed while the witness answers; whatever is
             # not delivered stays queued on disk for the next start.
@@ -537,7 +542,8 @@ class SpanproofSpanExporter(SpanExporter):
             self._submitter.close(max(0.0, deadline - time.monotonic()))
         if not done or self._unwritten:
             _logger.error("spanproof: shutdown incomplete: %d sealed bundle(s) not written, "
-                          "%d trace(s) not sealed", len(self._unwritten),
+                          "%d still being written, %d trace(s) not sealed",
+                          len(self._unwritten), len(self._inflight),
                           self._assembler.pending_traces)
 
     @staticmethod
@@ -577,6 +583,8 @@ class SpanproofSpanExporter(SpanExporter):
                 if timeout == 0 and not worked:
                     # Something looked due but the last pass sealed nothing: no spinning.
                     timeout = _BACKOFF_SECONDS
+                if self._inflight and self._inflight[0][1].done():
+                    timeout = 0.0  # a finished write waits for its outcome to be handled
                 if timeout > 0:
                     self._wake_at = now + timeout
                     self._cond.wait(timeout)
@@ -603,7 +611,8 @@ class SpanproofSpanExporter(SpanExporter):
         if not self._seal_lock.acquire(timeout=timeout):
             return False
         try:
-            worked = self._retry_unwritten()
+            worked = self._reap(block=False)
+            worked = self._retry_unwritten() or worked
             while True:
                 with self._lock:
                     if drain is not None:
@@ -615,11 +624,14 @@ class SpanproofSpanExporter(SpanExporter):
                 bundles = [b for b in map(self._seal_job, jobs) if b is not None]
                 if not bundles:
                     return False  # every job failed: retry on a later pass
-                self._write_all(bundles)
+                self._start_writes(bundles)
                 worked = True
                 if deadline is not None and time.monotonic() > deadline:
                     return False
-            return worked if report_work else not self._unwritten
+            if report_work:  # the sealer: take what is written, wait for nothing
+                return self._reap(block=False) or worked
+            self._reap(block=True, deadline=deadline)
+            return not self._unwritten and not self._inflight
         finally:
             self._seal_lock.release()
 
@@ -639,21 +651,60 @@ class SpanproofSpanExporter(SpanExporter):
             self._assembler.sealed(job, bundle.next_position())
         return bundle
 
-    def _write_all(self, bundles: Sequence[SealedBundle]) -> None:
-        """Write *bundles* in order.  With the default sink the writes themselves run
-        concurrently (each waits on two fsyncs, which overlap); the bookkeeping of
-        each outcome (:meth:`_write`) stays on this thread, in order."""
-        if self._writers_allowed and len(bundles) > 1:
+    def _start_writes(self, bundles: Sequence[SealedBundle]) -> None:
+        """Write *bundles*.  With the default sink the writes run on writer threads
+        (each waits on two fsyncs; they overlap each other and the sealing of the
+        next bundles), and :meth:`_reap` handles their outcomes in order on the
+        sealing thread; a given sink is written here, one bundle after another."""
+        pending = list(bundles)
+        if self._writers_allowed:
             if self._writers is None:
                 self._writers = concurrent.futures.ThreadPoolExecutor(
                     _WRITE_THREADS, "spanproof-write")
-            outcomes = self._writers.map(self._try_write, bundles)
-            self._written = dict(zip(map(id, bundles), outcomes, strict=True))
-        try:
-            for bundle in bundles:
+            while pending:
+                try:
+                    future = self._writers.submit(self._try_write, pending[0])
+                except RuntimeError:
+                    break  # interpreter shutdown (an atexit shutdown): write here
+                self._inflight.append((pending.pop(0), future))
+                future.add_done_callback(self._wake_sealer)
+        if pending:
+            self._reap(block=True)  # keep the order of outcomes
+            for bundle in pending:
                 self._write(bundle)
-        finally:
-            self._written = {}
+        while len(self._inflight) > _MAX_IN_FLIGHT:
+            self._reap(block=True, limit=1)
+
+    def _wake_sealer(self, _: object) -> None:
+        # A write finished: the sealer takes its outcome on its next pass.
+        with self._cond:
+            self._cond.notify()
+
+    def _reap(self, *, block: bool, deadline: float | None = None,
+              limit: int | None = None) -> bool:
+        """Handle the outcomes of finished writes, oldest first, stopping at the
+        first unfinished one (or, with *block*, waiting for it until *deadline*).
+        Returns whether any was handled."""
+        reaped = 0
+        while self._inflight and (limit is None or reaped < limit):
+            bundle, future = self._inflight[0]
+            if not future.done():
+                if not block:
+                    break
+                timeout = None if deadline is None else deadline - time.monotonic()
+                if timeout is not None and timeout <= 0:
+                    break
+                concurrent.futures.wait([future], timeout)
+                if not future.done():
+                    break
+            self._inflight.popleft()
+            self._written[id(bundle)] = future.result()
+            try:
+                self._write(bundle)
+            finally:
+                self._written.pop(id(bundle), None)
+            reaped += 1
+        return reaped > 0
 
     def _try_write(self, bundle: SealedBundle) -> str | Exception:
         try:
