@@ -29,7 +29,7 @@ to its stdin.  Messages:
 End of input (the application exited without shutting the provider down, or was
 killed) makes the child seal everything pending, as at shutdown, and exit.  The
 child ignores SIGINT (a terminal's Ctrl-C reaches the whole process group; the
-parent decides) and treats SIGTERM as end of input.
+parent decides), treats SIGTERM as end of input, and runs at nice +10.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 __all__ = ["FieldSpan", "SealingProcess", "span_fields"]
@@ -81,6 +82,20 @@ def _plain_attributes(attributes: Any) -> tuple[dict[str, Any] | None, int]:
     return dict(raw), dropped if isinstance(dropped, int) else 0
 
 
+def _events_fields(events: Any) -> tuple[Any, ...]:
+    return tuple((event.name, event.timestamp, *_plain_attributes(event.attributes))
+                 for event in events)
+
+
+def _links_fields(links: Any) -> tuple[Any, ...]:
+    return tuple(
+        (link.context.trace_id, link.context.span_id,
+         link.context.trace_state.to_header() if link.context.trace_state else "",
+         _plain_attributes(link.attributes)[0], link.dropped_attributes)
+        for link in links
+    )
+
+
 def span_fields(span: Any, resource_id: int, scope_id: int) -> tuple[Any, ...]:
     """The fields of an ended SDK span that normalizing reads, as plain values.
 
@@ -88,22 +103,14 @@ def span_fields(span: Any, resource_id: int, scope_id: int) -> tuple[Any, ...]:
     once per sealing process.  :class:`FieldSpan` turns the tuple back into a
     span-shaped object.
     """
+    if type(span) is ReadableSpan:
+        return _readable_span_fields(span, resource_id, scope_id)
     ctx = span.get_span_context()
     parent = span.parent
     status = span.status
     bounded = getattr(span, "_attributes", None)
     raw = getattr(bounded, "_dict", bounded)
     attributes = raw if type(raw) is dict else _plain_attributes(span.attributes)[0]
-    events = tuple(
-        (event.name, event.timestamp, *_plain_attributes(event.attributes))
-        for event in span.events
-    )
-    links = tuple(
-        (link.context.trace_id, link.context.span_id,
-         link.context.trace_state.to_header() if link.context.trace_state else "",
-         _plain_attributes(link.attributes)[0], link.dropped_attributes)
-        for link in span.links
-    )
     return (
         ctx.trace_id, ctx.span_id,
         ctx.trace_state.to_header() if ctx.trace_state else "",
@@ -111,7 +118,36 @@ def span_fields(span: Any, resource_id: int, scope_id: int) -> tuple[Any, ...]:
         span.name, span.kind.value, span.start_time, span.end_time,
         status.status_code.value, status.description,
         attributes, span.dropped_attributes,
-        events, span.dropped_events, links, span.dropped_links,
+        _events_fields(span.events), span.dropped_events,
+        _links_fields(span.links), span.dropped_links,
+        resource_id, scope_id,
+    )
+
+
+def _readable_span_fields(span: ReadableSpan, resource_id: int,
+                          scope_id: int) -> tuple[Any, ...]:
+    # What the SDK's span processors hand to exporters, read from the fields the
+    # properties above return (the same values without the properties' copies and
+    # locks: this runs on the span processor's thread for every selected span).
+    ctx = span._context
+    assert ctx is not None  # a span the SDK ended has a context
+    parent = span._parent
+    status = span._status
+    attributes = span._attributes
+    raw = getattr(attributes, "_dict", attributes)
+    if type(raw) is not dict:
+        raw = dict(raw) if raw else {}
+    events = span._events
+    links = span._links
+    trace_state = ctx.trace_state
+    return (
+        ctx.trace_id, ctx.span_id, trace_state.to_header() if trace_state else "",
+        None if parent is None else parent.span_id,
+        span._name, span._kind._value_, span._start_time, span._end_time,
+        status._status_code._value_, status._description,
+        raw, getattr(attributes, "dropped", 0),
+        _events_fields(events) if events else (), getattr(events, "dropped", 0),
+        _links_fields(links) if links else (), getattr(links, "dropped", 0),
         resource_id, scope_id,
     )
 
@@ -468,6 +504,9 @@ def _reply_to(out: io.BufferedWriter, message: Any) -> None:
 def child_main() -> None:
     """The sealing process: read frames from stdin until shutdown or end of input."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Background work: when the cores are contended, the application's threads
+    # come first (the pipe holds the spans meanwhile and slows the exporter down).
+    os.nice(10)
     inp = sys.stdin.buffer
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints go to stderr

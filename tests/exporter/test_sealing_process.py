@@ -3,6 +3,7 @@ process, which seals them with the in-process exporter's code."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -98,11 +99,21 @@ def _varied_spans() -> list[ReadableSpan]:
     return [*spans, no_scope]
 
 
+class _OtherSpan(ReadableSpan):
+    """A ReadableSpan subclass: its fields are read through the public properties."""
+
+
 def test_field_spans_normalize_exactly_like_the_sdk_spans() -> None:
     spans = _varied_spans()
     assert len(spans) == len(SpanKind) + 3
     for span in spans:
-        assert span_to_body(_through_the_pipe(span)) == span_to_body(span), span.name
+        assert type(span) is ReadableSpan  # the fast path reads the SDK's fields
+        expected = span_to_body(span)
+        assert span_to_body(_through_the_pipe(span)) == expected, span.name
+        other = copy.copy(span)
+        other.__class__ = _OtherSpan  # the generic path reads the properties
+        assert span_fields(other, 1, 2) == span_fields(span, 1, 2), span.name
+        assert span_to_body(_through_the_pipe(other)) == expected, span.name
     # The sample really carries what it is meant to test.
     body = span_to_body(spans[0])["span"]
     assert body["droppedEventsCount"] == "1" and body["droppedLinksCount"] == "2"
@@ -331,3 +342,11 @@ def test_forked_worker_starts_its_own_sealing_process(tmp_path: Path) -> None:
     rs = verified(out, trust_root(tmp_path))
     assert sorted(len(r.records or ()) for r in rs) == [1, 2]
     assert len({r.statement.producer.instance for r in rs if r.statement}) == 2
+
+
+def test_sealing_process_yields_the_cpu_to_the_application(tmp_path: Path) -> None:
+    exporter = _exporter(tmp_path / "out")
+    assert exporter._remote is not None
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, exporter._remote.pid) == min(own + 10, 19)
+    exporter.shutdown()
