@@ -65,8 +65,11 @@ _MAX_UNWRITTEN = 1024
 _RETRY_SECONDS = 1.0
 _BACKOFF_SECONDS = 0.05
 _MIN_SHUTDOWN_SECONDS = 5.0
-# Bundle writes running at once with the default sink, and waiting at most.
-_WRITE_THREADS = 16
+# Bundle writes running at once with the default sink (one in the application's
+# process, where each write's system calls take the GIL back from the application
+# threads; more in a sealing process, which has no other threads to disturb), and
+# writes waiting at most.
+_WRITE_THREADS = 1
 _MAX_IN_FLIGHT = 256
 
 
@@ -184,6 +187,7 @@ class SpanproofSpanExporter(SpanExporter):
         self._sink: BundleSink = sink or DirectorySink(output)
         # The default sink is safe to call from several threads; a given one may not be.
         self._writers_allowed = sink is None
+        self._write_threads = _WRITE_THREADS
         self._shutdown = False
         self._witness_keys = setup.witness_keys
         self._reset_process_state()
@@ -660,7 +664,7 @@ class SpanproofSpanExporter(SpanExporter):
         if self._writers_allowed:
             if self._writers is None:
                 self._writers = concurrent.futures.ThreadPoolExecutor(
-                    _WRITE_THREADS, "spanproof-write")
+                    self._write_threads, "spanproof-write")
             while pending:
                 try:
                     future = self._writers.submit(self._try_write, pending[0])
