@@ -11,7 +11,8 @@ prints medians and ratios against baselines measured in the same run.  Sections:
   selected, and with 10% selected, each sealing in the application's process (the
   default) and in a sealing process (``sealing_process=True``) (plus, for
   information only, spanproof at 100% writing bundles without fsync, to separate
-  the disk's flush latency);
+  the disk's flush latency, and an exporter that only selects at 10%, the floor
+  for any exporter that looks at every span);
 * ``e2e``: end-to-end spans/s for the same (until every span is acknowledged by
   the sink, or every bundle is sealed on disk);
 * ``canonical``: RFC 8785 records/s, ours against the ``rfc8785`` package;
@@ -50,6 +51,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 NO_FSYNC = "spanproof-100%-nofsync"
+SELECTION_ONLY = "selection-only-10%"
 PROCESS = "+process"  # configuration suffix: sealing_process=True
 LONG_TEXT = "The customer reports a duplicate charge on invoice 2291; " * 4  # ~230 bytes
 
@@ -89,6 +91,32 @@ def workload(provider: TracerProvider, traces: int, selected_every: int) -> int:
                 ):
                     pass
     return traces * 5
+
+
+class SelectionOnlyExporter(SpanExporter):
+    """Runs only the exporter's per-span selection and root tracking, then discards
+    the spans: the floor for any exporter that looks at every span in Python
+    (information only)."""
+
+    def __init__(self) -> None:
+        from spanproof.exporter.selection import AttributeSelector
+
+        self._selects = AttributeSelector().selects
+
+    def export(self, spans: Sequence[Any]) -> SpanExportResult:
+        from spanproof.exporter._exporter import _selection_attributes, _trace_id_of
+
+        selected, roots = [], []
+        for span in spans:
+            if self._selects(_selection_attributes(span)):
+                selected.append(span)
+            parent = span.parent
+            if parent is None or parent.is_remote:
+                roots.append(_trace_id_of(span))
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
 
 
 class Sink:
@@ -139,6 +167,8 @@ def _make(config: str, sink: Sink, out_dir: str) -> tuple[SpanExporter, int]:
     global _KEY
     if config == "noop":
         return NoopExporter(), 1
+    if config == SELECTION_ONLY:
+        return SelectionOnlyExporter(), 10
     if config == "otlp-grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
@@ -176,16 +206,22 @@ def run_once(config: str, sink: Sink, traces: int, queue: int) -> tuple[float, f
         return spans / (app_done - start), spans / (end - start)
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
+        # Let the disk settle (the deleted bundles' writeback and discards), so
+        # the next configuration does not pay for this one's files.
+        os.sync()
 
 
 def section_app(reps: int, traces: int) -> dict[str, tuple[float, float]]:
     configs = ["noop", "otlp-grpc", "spanproof-100%", "spanproof-10%",
-               "spanproof-100%" + PROCESS, "spanproof-10%" + PROCESS, NO_FSYNC]
+               "spanproof-100%" + PROCESS, "spanproof-10%" + PROCESS, NO_FSYNC,
+               SELECTION_ONLY]
     app: dict[str, list[float]] = {c: [] for c in configs}
     e2e: dict[str, list[float]] = {c: [] for c in configs}
     with Sink() as sink:
-        for _ in range(reps):
-            for config in configs:  # alternate within the run
+        for r in range(reps):
+            # Alternate within the run, starting each round one configuration
+            # later, so no configuration always follows the same one.
+            for config in configs[r % len(configs):] + configs[:r % len(configs)]:
                 a, e = run_once(config, sink, traces, queue=max(traces * 5 + 1, 512))
                 app[config].append(a)
                 e2e[config].append(e)
@@ -544,7 +580,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out(f"{'config':<26}{'app spans/s':>14}{'x noop':>9}{'e2e spans/s':>14}{'x otlp':>9}")
         for config, (a, e) in res.items():
             out(f"{config:<26}{a:>14,.0f}{a / base_app:>9.2f}{e:>14,.0f}{e / otlp_e2e:>9.2f}")
-        out(f"  ({NO_FSYNC}: bundles written without fsync; information only)")
+        out(f"  ({NO_FSYNC}: bundles written without fsync; {SELECTION_ONLY}: selection "
+            "and root tracking only, nothing certified; information only)")
         for mode, suffix in (("in-process", ""), ("sealing process", PROCESS)):
             targets += [
                 (f"app-thread, 100% selected, {mode}, x no-op",
