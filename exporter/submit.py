@@ -217,10 +217,12 @@ class WitnessSubmitter:
 
     def _drain_incoming(self) -> None:
         while True:
+            # The submission stays in _incoming until it is in _pending, so flush()
+            # never sees it in neither.  Only the worker takes from _incoming.
             with self._cond:
                 if not self._incoming:
                     return
-                bundle = self._incoming.popleft()
+                bundle = self._incoming[0]
             try:
                 self._persist(bundle)
             except OSError as e:
@@ -228,6 +230,8 @@ class WitnessSubmitter:
                     "cannot queue %s for the witness (%s); submit it later with "
                     "'spanproof witness submit'", bundle, e,
                 )
+            with self._cond:
+                self._incoming.popleft()
 
     @property
     def pending(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -276,5 +277,32 @@ def test_background_thread_delivers_once_the_witness_comes_up(
                 Path(receipt_path(p)).read_bytes(), check_bundle(p, producer_trust), witness_keys
             )
         assert sub.scan(tmp_path / "b") == 0  # every bundle has its receipt
+    finally:
+        assert sub.close(timeout=10)
+
+
+def test_flush_waits_for_a_submission_being_queued_on_disk(
+    tmp_path: Path, witness: Witness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker writes each submission to the disk queue before delivering it;
+    # flush() must count it while that write is in progress.
+    fake = FakeWitness(witness)
+    fake.down = False
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, timeout=2.0)
+    persist = sub._persist
+    in_persist = threading.Event()
+
+    def slow_persist(bundle: str) -> None:
+        in_persist.set()
+        time.sleep(0.3)
+        persist(bundle)
+
+    monkeypatch.setattr(sub, "_persist", slow_persist)
+    try:
+        path = _bundles(tmp_path / "b", 1)[0]
+        assert sub.submit(path)
+        assert in_persist.wait(5)
+        assert sub.flush(10)
+        assert Path(receipt_path(path)).exists()
     finally:
         assert sub.close(timeout=10)
