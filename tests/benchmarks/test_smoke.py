@@ -17,14 +17,15 @@ def test_harness_quick_run_reports_every_section_and_target(
 ) -> None:
     assert run.main(["--quick"]) == 0
     text = capsys.readouterr().out
-    for config in ("noop", "otlp-grpc", "spanproof-100%", "spanproof-10%"):
+    for config in ("noop", "otlp-grpc", "spanproof-100%", "spanproof-10%",
+                   "spanproof-100%+process", "spanproof-10%+process", "selection-only-10%"):
         assert f"\n{config} " in text
     for fragment in ("seal:  5-span trace", "canonical: spanproof", "verify: 500 records",
                      "verify: 2,000 records", "receiver over OTLP/gRPC (rotel)", "targets:"):
         assert fragment in text
     verdicts = [line.split()[0] for line in text.splitlines() if line.startswith("  PASS")
                 or line.startswith("  MISS")]
-    assert len(verdicts) == 6
+    assert len(verdicts) == 9  # three per exporter mode, canonical, verify, receiver
 
 
 def test_unknown_section_is_refused() -> None:
