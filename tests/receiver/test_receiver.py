@@ -252,3 +252,26 @@ def test_redacted_attributes_are_committed_and_disclosable(tmp_path, clock):
     assert os.stat(sidecar).st_mode & 0o777 == 0o600
     (result,) = check_disclosures(load_disclosures(sidecar).disclosures, [report])
     assert result.ok and result.key == "customer.account", result.message
+
+
+def test_span_fingerprint_text_is_the_key_sorted_json_of_the_body() -> None:
+    # The journal stores this text and recovery re-reads it; the dedup memory keys
+    # on its digest.  orjson must write exactly what the standard encoder writes.
+    import hashlib
+    import json as std_json
+
+    from spanproof.exporter.receiver import _serialized
+
+    text_values = ["".join(chr(c) for c in range(0x80)), "\u2028\u2029\u00e9\uffff",
+                   "\U0001f600 \U0010ffff", "", 'quote " and \\ backslash']
+    body = {
+        "span": {"name": text_values[0], "z": [], "a": {"b": True, "a": False},
+                 "attributes": {v or "empty": {"stringValue": v} for v in text_values}},
+        "resource": {"attributes": {"\U0001f600": {"arrayValue": [{"boolValue": True}, {}]}},
+                     "\ue000": {"kvlistValue": {"k": {"stringValue": "v"}}}},
+    }
+    text, fingerprint = _serialized(body)
+    expected = std_json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert text == expected
+    assert fingerprint == hashlib.blake2b(expected.encode(), digest_size=16).digest()
+    assert std_json.loads(text) == body
