@@ -24,7 +24,10 @@ prints medians and ratios against baselines measured in the same run.  Sections:
   ``RUSAGE_CHILDREN`` ``ru_maxrss``);
 * ``receiver``: certified spans/s through ``spanproof receiver`` over OTLP/gRPC
   (prebuilt requests of 5-span evidence traces, 4 client threads), sent directly
-  and through ``rotel-agent``; timed until every trace's bundle is on disk.
+  and through ``rotel-agent``; timed until every trace's bundle is on disk;
+* ``receiver-cost``: the receiver's cost per span in this process, without a
+  transport: ingesting (decode, select, normalize, fingerprint, journal with fsync)
+  and sealing and writing, separately.
 
 After the figures it prints PASS or MISS for each target of the performance
 work (ratios are against baselines measured in the same run).  ``--quick`` uses
@@ -544,6 +547,37 @@ def receiver_once(traces: int, via_rotel: bool) -> float:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def section_receiver_cost(reps: int, traces: int) -> tuple[float, float]:
+    """The receiver's CPU cost per span without a transport: median microseconds per
+    span to ingest (decode, select, normalize, fingerprint, journal with fsync) and
+    to seal and write (all traces sealed at once at shutdown)."""
+    from spanproof.exporter import SigningKey
+    from spanproof.exporter.receiver import Receiver
+
+    requests = _otlp_requests(traces, per_request=500)
+    spans = traces * 5
+    ingest, sealing = [], []
+    for _ in range(reps):
+        work = tempfile.mkdtemp(prefix="spanproof-bench-recv-cost-")
+        try:
+            receiver = Receiver(work, signing_key=SigningKey.from_seed(bytes(32)),
+                                seal_grace=3600, max_pending_traces=50_000)
+            receiver.start()
+            gc.collect()
+            start = time.perf_counter()
+            for request in requests:
+                receiver(request.resource_spans)
+            ingested = time.perf_counter()
+            if not receiver.shutdown(600):
+                raise RuntimeError("the receiver did not seal everything")
+            ingest.append((ingested - start) / spans * 1e6)
+            sealing.append((time.perf_counter() - ingested) / spans * 1e6)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+            os.sync()
+    return statistics.median(ingest), statistics.median(sealing)
+
+
 def section_receiver(reps: int, traces: int) -> dict[str, float]:
     results: dict[str, list[float]] = {"direct": [], "rotel": []}
     for _ in range(reps):
@@ -552,7 +586,7 @@ def section_receiver(reps: int, traces: int) -> dict[str, float]:
     return {c: statistics.median(v) for c, v in results.items()}
 
 
-SECTIONS = ("app", "seal", "canonical", "verify", "verify-1m", "receiver")
+SECTIONS = ("app", "seal", "canonical", "verify", "verify-1m", "receiver", "receiver-cost")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -618,6 +652,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"({traces:,} traces x 5 spans)")
         targets.append(("receiver through rotel, certified spans/s", rates["rotel"],
                         20_000.0, ">"))
+    if "receiver-cost" in sections:
+        ingest_us, seal_us = section_receiver_cost(reps, traces)
+        out(f"receiver cost without a transport: ingest {ingest_us:,.0f} us per span, "
+            f"seal and write {seal_us:,.0f} us per span (5-span traces)")
     # ------------------------------------------------------------ targets
     if targets:
         out("targets:")
