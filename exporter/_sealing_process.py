@@ -513,10 +513,10 @@ def child_main() -> None:
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints go to stderr
     logging.basicConfig(format="%(levelname)s %(name)s [sealing process]: %(message)s")
-    stop = threading.Event()
 
     def on_term(signum: int, frame: Any) -> None:
-        stop.set()
+        # Once: a second SIGTERM must not interrupt the sealing the first started.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, on_term)

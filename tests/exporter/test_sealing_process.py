@@ -350,3 +350,25 @@ def test_sealing_process_yields_the_cpu_to_the_application(tmp_path: Path) -> No
     own = os.getpriority(os.PRIO_PROCESS, 0)
     assert os.getpriority(os.PRIO_PROCESS, exporter._remote.pid) == min(own + 10, 19)
     exporter.shutdown()
+
+
+def test_sigterm_makes_the_sealing_process_seal_what_it_holds(tmp_path: Path) -> None:
+    rec = Recorder()
+    root = rec.tracer.start_span("still-open")  # the trace stays open: nothing is due
+    with rec.tracer.start_as_current_span(
+        "step", context=trace.set_span_in_context(root),
+        attributes={"gen_ai.operation.name": "chat"},
+    ) as step:
+        ids = [f"{step.get_span_context().span_id:016x}"]
+    exporter = _exporter(tmp_path / "out")
+    process = exporter._remote
+    assert process is not None
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+    assert exporter.force_flush()  # the child has admitted the span
+    assert not list((tmp_path / "out").glob("*.spanproof.json"))
+    os.kill(process.pid, signal.SIGTERM)
+    assert process._proc.wait(30) == 0
+    (report,) = verified(tmp_path / "out", trust_root(tmp_path))
+    assert record_span_ids(report) == ids
+    assert report.statement is not None and report.statement.seal_reason == "shutdown"
+    exporter.shutdown()  # the child is gone: logged, nothing raised
