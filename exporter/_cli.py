@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -35,8 +36,12 @@ from spanproof.verifier.tree import render_tree
 from spanproof.verifier.verify import Verdict
 
 from ._exporter import SpanproofSpanExporter
+from ._gc import collecting_rarely
 from .config import DEFAULT_SELECT_ATTRIBUTES
 from .keys import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, SigningKey
+
+if TYPE_CHECKING:
+    from .receiver import Receiver
 
 __all__ = ["demo", "keygen", "receiver"]
 
@@ -242,7 +247,6 @@ def receiver(
     Raises:
         UsageError: a malformed flag or setting, or an unusable key file (exit 2).
     """
-    from .otlp_server import DEFAULT_MAX_MESSAGE_BYTES, GrpcServer, HttpServer
     from .receiver import Receiver
 
     grpc = _address("--grpc", grpc)
@@ -292,6 +296,21 @@ def receiver(
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    with collecting_rarely():
+        return _serve_receiver(service, stop, previous, grpc, http, max_message_bytes)
+
+
+def _serve_receiver(
+    service: Receiver,
+    stop: threading.Event,
+    previous: dict[int, Any],
+    grpc: str,
+    http: str | None,
+    max_message_bytes: int | None,
+) -> int:
+    """Serve until *stop* is set, then seal everything; the exit status."""
+    from .otlp_server import DEFAULT_MAX_MESSAGE_BYTES, GrpcServer, HttpServer
+
     servers: list[GrpcServer | HttpServer] = []
     try:
         try:

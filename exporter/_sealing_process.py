@@ -35,7 +35,6 @@ cyclic garbage rarely (its pending bodies hold no cycles).
 
 from __future__ import annotations
 
-import gc
 import io
 import json
 import logging
@@ -53,6 +52,8 @@ from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
+
+from ._gc import collecting_rarely
 
 __all__ = ["FieldSpan", "SealingProcess", "span_fields"]
 
@@ -511,12 +512,6 @@ def child_main() -> None:
     # Background work: when the cores are contended, the application's threads
     # come first (the pipe holds the spans meanwhile and slows the exporter down).
     os.nice(10)
-    # The pending bodies are many small dicts that live until sealed; with the
-    # default thresholds the cyclic collector rescans them every 700 allocations,
-    # which halved the rate at which this process admits spans.  Bodies hold no
-    # cycles, so collecting rarely costs little memory; start-up objects are frozen.
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 100)
     inp = sys.stdin.buffer
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints go to stderr
@@ -538,7 +533,8 @@ def child_main() -> None:
         return
     _reply_to(out, ("ready",))
     try:
-        _serve(exporter, inp, out)
+        with collecting_rarely():
+            _serve(exporter, inp, out)
     finally:
         exporter.shutdown()
 

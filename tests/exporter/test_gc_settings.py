@@ -1,0 +1,26 @@
+"""The garbage-collector settings of spanproof's own processes."""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+
+from spanproof.exporter._gc import collecting_rarely
+
+
+def test_collecting_rarely_raises_the_threshold_and_restores_it() -> None:
+    before = gc.get_threshold()
+    with collecting_rarely():
+        assert gc.get_threshold()[0] >= 100 * before[0]
+        assert gc.get_freeze_count() > 0  # what was alive at the start is left alone
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
+
+
+def test_collecting_rarely_restores_after_an_error() -> None:
+    before = gc.get_threshold()
+    with pytest.raises(RuntimeError), collecting_rarely():
+        raise RuntimeError("boom")
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
