@@ -194,7 +194,12 @@ def _canonicalize_fast(value: Any) -> bytes | None:
         or _NUMBER_FIRST_IN_ARRAY.search(data)
     ):
         return None
-    if not data.isascii() and _NON_BMP_KEY.search(data):
+    if (
+        not data.isascii()
+        and (b"\xf0" in data or b"\xf1" in data or b"\xf2" in data or b"\xf3" in data
+             or b"\xf4" in data)  # the lead bytes of four-byte UTF-8 sequences
+        and _NON_BMP_KEY.search(data)
+    ):
         return None
     return data
 
