@@ -240,14 +240,12 @@ class SpanproofSpanExporter(SpanExporter):
         # What the sink's last failure was (None while writes succeed): logged once.
         self._sink_condition: str | None = None
         self._submitter: WitnessSubmitter | None = None
-        # Threads for concurrent bundle writes (started on first use), the writes
-        # in flight in sealing order, and a finished write's outcome while _write
-        # handles it (see _start_writes and _reap).
+        # Threads for concurrent bundle writes (started on first use), and the
+        # writes in flight in sealing order (see _start_writes and _reap).
         self._writers: concurrent.futures.ThreadPoolExecutor | None = None
         self._inflight: collections.deque[
             tuple[SealedBundle, concurrent.futures.Future[str | Exception]]
         ] = collections.deque()
-        self._written: dict[int, str | Exception] = {}
         self._remote: SealingProcess | None = None
         # After a fork, the sealing process starts on the first export.
         self._start_pending = False
@@ -660,21 +658,22 @@ class SpanproofSpanExporter(SpanExporter):
         (each waits on two fsyncs; they overlap each other and the sealing of the
         next bundles), and :meth:`_reap` handles their outcomes in order on the
         sealing thread; a given sink is written here, one bundle after another."""
-        pending = list(bundles)
+        submitted = 0
         if self._writers_allowed:
             if self._writers is None:
                 self._writers = concurrent.futures.ThreadPoolExecutor(
                     self._write_threads, "spanproof-write")
-            while pending:
+            for bundle in bundles:
                 try:
-                    future = self._writers.submit(self._try_write, pending[0])
+                    future = self._writers.submit(self._try_write, bundle)
                 except RuntimeError:
                     break  # interpreter shutdown (an atexit shutdown): write here
-                self._inflight.append((pending.pop(0), future))
+                self._inflight.append((bundle, future))
                 future.add_done_callback(self._wake_sealer)
-        if pending:
+                submitted += 1
+        if submitted < len(bundles):
             self._reap(block=True)  # keep the order of outcomes
-            for bundle in pending:
+            for bundle in bundles[submitted:]:
                 self._write(bundle)
         while len(self._inflight) > _MAX_IN_FLIGHT:
             self._reap(block=True, limit=1)
@@ -702,11 +701,7 @@ class SpanproofSpanExporter(SpanExporter):
                 if not future.done():
                     break
             self._inflight.popleft()
-            self._written[id(bundle)] = future.result()
-            try:
-                self._write(bundle)
-            finally:
-                self._written.pop(id(bundle), None)
+            self._write(bundle, future.result())
             reaped += 1
         return reaped > 0
 
@@ -764,9 +759,11 @@ class SpanproofSpanExporter(SpanExporter):
             redact=self._redact,
         )
 
-    def _write(self, bundle: SealedBundle) -> bool:
+    def _write(self, bundle: SealedBundle, outcome: str | Exception | None = None) -> bool:
+        """Write *bundle* through the sink (or take *outcome*, the path or error of
+        a write a writer thread made) and account for the result: True when
+        written; otherwise it is kept for a retry."""
         try:
-            outcome = self._written.pop(id(bundle), None)
             if outcome is None:
                 where = self._sink.write(bundle)
             elif isinstance(outcome, Exception):

@@ -143,16 +143,18 @@ class _JournaledSealer(SpanproofSpanExporter):
             self._bundle_keys[id(bundle)] = (bundle, keys)
         return bundle
 
-    def _write(self, bundle: SealedBundle) -> bool:
-        ok = super()._write(bundle)
+    def _write(self, bundle: SealedBundle, outcome: str | Exception | None = None) -> bool:
+        ok = super()._write(bundle, outcome)
         with self._lock:
             if ok:
                 entry = self._bundle_keys.pop(id(bundle), None)
             else:
                 entry = None
                 # A bundle the exporter gave up on keeps its spans in the journal
-                # (recovered at the next start); forget its keys here.
+                # (recovered at the next start); forget its keys here, but not
+                # those of bundles still waiting for a retry or being written.
                 waiting = {id(b) for b in self._unwritten}
+                waiting.update(id(b) for b, _ in self._inflight)
                 for stale in [k for k in self._bundle_keys if k not in waiting]:
                     del self._bundle_keys[stale]
         if ok and self._journal is not None:
@@ -210,9 +212,11 @@ class EvidenceSpanProcessor(SpanProcessor):
     ) -> None:
         self._queue_size = _resolve_int(queue_size, _QUEUE_SIZE_VAR, DEFAULT_QUEUE_SIZE, 1)
         self._block = _resolve_seconds(queue_block, _QUEUE_BLOCK_VAR, DEFAULT_QUEUE_BLOCK)
+        # The processor seals here: its journal is its hand-off off the
+        # application's thread, and its flush must reach this sealer's assembler.
         sealer = _JournaledSealer(output_dir, key_file, selector=selector,
                                   signing_key=signing_key, clock=clock, sink=sink,
-                                  **exporter_settings)
+                                  sealing_process=False, **exporter_settings)
         self._sealer = sealer
         output = sealer.config.output_dir
         self._journal_dir = os.path.abspath(

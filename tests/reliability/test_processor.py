@@ -211,3 +211,53 @@ def test_journal_records_unsampled_counts_for_recovery(tmp_path: Path) -> None:
     assert [e["t"] for e in entries] == ["unsampled"]
     assert entries[0]["n"] == "1"
     processor.shutdown()
+
+
+def test_processor_seals_in_its_own_process_whatever_the_sealing_process_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The processor's journal is its hand-off; its flush must reach its own sealer.
+    monkeypatch.setenv("OTEL_EXPORTER_SPANPROOF_SEALING_PROCESS", "true")
+    processor = make_processor(tmp_path)
+    assert processor.exporter._remote is None
+    traced = Traced(processor)
+    with evidence_span(traced.tracer, "root") as root:
+        pass
+    assert processor.force_flush(10_000)
+    reports = [check_bundle(str(p), _trust(tmp_path)) for p in bundles(tmp_path)]
+    assert [r.verdict for r in reports] == [Verdict.OK]
+    assert reports[0].statement is not None
+    assert reports[0].statement.trace_id == ids(root)[0]
+    processor.shutdown()
+
+
+def test_failed_write_keeps_the_journal_keys_of_bundles_still_being_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two bundles go to the writer together; the first write fails.  Forgetting the
+    # keys of bundles that gave up must spare the second, still in flight, or its
+    # spans would stay in the journal and be sealed a second time at the next start.
+    from spanproof.exporter.sinks import DirectorySink
+
+    real_write = DirectorySink.write
+    calls = []
+
+    def first_write_fails(self: DirectorySink, bundle: Any, **kwargs: Any) -> str:
+        calls.append(bundle.file_name)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        return real_write(self, bundle, **kwargs)
+
+    monkeypatch.setattr(DirectorySink, "write", first_write_fails)
+    processor = make_processor(tmp_path)
+    traced = Traced(processor)
+    for name in ("first", "second"):
+        with evidence_span(traced.tracer, name):
+            pass
+    processor.force_flush(10_000)  # seals both at once: one write fails, one succeeds
+    processor.shutdown()  # retries the failed one
+    assert len(calls) == 3
+    reports = [check_bundle(str(p), _trust(tmp_path)) for p in bundles(tmp_path)]
+    assert [r.verdict for r in reports] == [Verdict.OK, Verdict.OK]
+    # Every journaled span was retired: nothing is left to recover at the next start.
+    assert list(Path(processor.journal_dir).glob("journal-*.log")) == []
