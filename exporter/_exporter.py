@@ -275,11 +275,14 @@ class SpanproofSpanExporter(SpanExporter):
             return None
 
     def _lose_remote(self, error: Exception) -> None:
-        """The sealing process is gone: seal here from now on."""
+        """The sealing process is gone: seal here from now on, as a new producer
+        instance (this process does not know the chain positions the sealing
+        process reached, and an instance must continue its own chains, SPEC §4.4)."""
         remote, self._remote = self._remote, None
         if remote is None:
             return
         remote.kill()
+        self._producer = _new_producer()
         _logger.error("spanproof: %s; the spans it held are lost (not sealed), and this "
                       "process seals from now on", error)
         self._submitter = self._start_submitter()

@@ -135,7 +135,8 @@ def _readable_span_fields(span: ReadableSpan, resource_id: int,
     # properties above return (the same values without the properties' copies and
     # locks: this runs on the span processor's thread for every selected span).
     ctx = span._context
-    assert ctx is not None  # a span the SDK ended has a context
+    if ctx is None:
+        raise ValueError("span has no valid span context")
     parent = span._parent
     status = span._status
     attributes = span._attributes
@@ -378,14 +379,16 @@ class SealingProcess:
         scopes: list[tuple[int, Any]] = []
         fields = []
         with self._lock:
-            for span in spans:
-                r = self._number(self._resources, span.resource, resources, resource_fields)
-                s = self._number(self._scopes, span.instrumentation_scope, scopes,
-                                 scope_fields)
-                fields.append(span_fields(span, r, s))
             try:
+                for span in spans:
+                    r = self._number(self._resources, span.resource, resources,
+                                     resource_fields)
+                    s = self._number(self._scopes, span.instrumentation_scope, scopes,
+                                     scope_fields)
+                    fields.append(span_fields(span, r, s))
                 frame = _frame(("spans", resources, scopes, fields, list(roots)))
             except Exception:
+                # Nothing is sent: the child must not be assumed to know these.
                 for number, _ in resources:
                     self._forget(self._resources, number)
                 for number, _ in scopes:
@@ -576,7 +579,8 @@ def _serve(exporter: Any, inp: Any, out: io.BufferedWriter) -> None:
             _reply_to(out, ("done", message[1], exporter.force_flush(message[2])))
         elif kind == "shutdown":
             exporter.shutdown(message[2])
-            _reply_to(out, ("done", message[1], not exporter._unwritten))
+            done = not exporter._unwritten and not exporter._inflight
+            _reply_to(out, ("done", message[1], done))
             return
         else:
             _logger.error("spanproof: unknown message %r ignored", kind)

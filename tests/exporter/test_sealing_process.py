@@ -222,6 +222,7 @@ def test_killed_sealing_process_falls_back_to_sealing_here(
     exporter = _exporter(tmp_path / "out", seal_grace=0.0)
     process = exporter._remote
     assert process is not None
+    child_instance = exporter.producer.instance
     os.kill(process.pid, signal.SIGKILL)
     process._proc.wait(10)
     ids = _trace(rec)
@@ -229,10 +230,15 @@ def test_killed_sealing_process_falls_back_to_sealing_here(
         assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
     assert exporter._remote is None
     assert "this process seals from now on" in caplog.text
+    # The chains the dead child reached are unknown here: a new producer instance
+    # starts its own, so no segment of the child's instance is written twice.
+    assert exporter.producer.instance != child_instance
     assert exporter.force_flush()
     exporter.shutdown()
     (report,) = verified(tmp_path / "out", trust_root(tmp_path))
     assert record_span_ids(report) == ids
+    assert report.statement is not None
+    assert report.statement.producer.instance == exporter.producer.instance
 
 
 def test_process_that_cannot_start_leaves_sealing_here(
@@ -372,3 +378,26 @@ def test_sigterm_makes_the_sealing_process_seal_what_it_holds(tmp_path: Path) ->
     assert record_span_ids(report) == ids
     assert report.statement is not None and report.statement.seal_reason == "shutdown"
     exporter.shutdown()  # the child is gone: logged, nothing raised
+
+
+def test_span_that_cannot_be_read_does_not_leave_its_resource_unsent(tmp_path: Path) -> None:
+    # A span whose fields cannot be read makes its batch go as normalized bodies;
+    # a resource first seen in that batch must still be sent with a later batch.
+    exporter = _exporter(tmp_path / "out", seal_grace=0.0)
+    process = exporter._remote
+    assert process is not None
+    resource = Resource({"service.name": "new-service"})
+    broken = ReadableSpan("broken", context=None, resource=resource,
+                          attributes={"gen_ai.operation.name": "chat"})
+    assert exporter.export([broken]) is SpanExportResult.FAILURE  # declared, not sent
+    rec = Recorder(resource=resource)
+    ids = _trace(rec)
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+    assert exporter.force_flush()
+    assert exporter._remote is process and process._proc.poll() is None
+    exporter.shutdown()
+    (report,) = verified(tmp_path / "out", trust_root(tmp_path))
+    assert record_span_ids(report) == ids
+    assert report.records is not None
+    assert report.records[0]["resource"]["attributes"]["service.name"] == {
+        "stringValue": "new-service"}
