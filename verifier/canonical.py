@@ -212,7 +212,9 @@ def canonicalize(value: Any) -> bytes:
 
     Raises:
         CanonicalizationError: for NaN/Infinity, integers beyond +-(2^53-1),
-            lone surrogates, non-string keys or non-JSON types.
+            lone surrogates, non-string keys or non-JSON types (except enum
+            members and ``uuid.UUID`` values, which the fast path encodes as their
+            values; see the comment above ``_canonicalize_fast``).
     """
     data = _canonicalize_fast(value)
     if data is not None:

@@ -339,3 +339,24 @@ def test_canonical_bytes_parse_back_to_the_same_canonical_bytes(value: object) -
 def test_double_serialization_matches_rfc8785_package(value: float) -> None:
     assert canonicalize(value) == rfc8785.dumps(value)
     assert float(format_double(value)) == value
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "message"),
+    [
+        (b'{"a":"x","a":"x"}', InvalidBundle, "duplicate JSON key 'a'"),
+        (b'{"a":{"b":"1","b":"1"}}', InvalidBundle, "duplicate JSON key 'b'"),
+        (b'["\\ud800"]', CanonicalizationError, "lone surrogate"),
+        (b'{"a":NaN}', InvalidBundle, "NaN literal is not JSON"),
+        (b'{"a":"x"} ', CanonicalizationError, "not RFC 8785 canonical"),
+    ],
+    ids=["duplicate_identical_key_fail", "nested_duplicate_identical_key_fail",
+         "escaped_lone_surrogate_fail", "nan_literal_fail", "trailing_space_fail"],
+)
+def test_loads_canonical_rejects_what_its_lenient_first_parse_accepts(
+    data: bytes, error: type[Exception], message: str
+) -> None:
+    # loads_canonical first parses without the strict checks and keeps the result
+    # only when it re-encodes to exactly the input; everything else is diagnosed.
+    with pytest.raises(error, match=f"^record 3: .*{re.escape(message)}"):
+        loads_canonical(data, "record 3")
