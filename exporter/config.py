@@ -33,7 +33,8 @@ Variables (all prefixed ``OTEL_EXPORTER_SPANPROOF_``), with their defaults:
   (mode 0600) beside each bundle.
 * ``SEALING_PROCESS`` (``false``): ``true`` seals in a child Python process, so
   normalizing, encoding, signing and writing take no CPU time from the application
-  under the GIL (SDK exporter only; see README, "Performance").
+  under the GIL (the SDK exporter only; the receiver and ``EvidenceSpanProcessor``
+  ignore it; see README, "Performance").
 
 Nothing here depends on the OpenTelemetry SDK, so the OTLP receiver reuses it.
 """
