@@ -107,18 +107,12 @@ class SelectionOnlyExporter(SpanExporter):
     def __init__(self) -> None:
         from spanproof.exporter.selection import AttributeSelector
 
-        self._selects = AttributeSelector().selects
+        self._selector = AttributeSelector()
 
     def export(self, spans: Sequence[Any]) -> SpanExportResult:
-        from spanproof.exporter._exporter import _selection_attributes, _trace_id_of
+        from spanproof.exporter._exporter import select_spans
 
-        selected, roots = [], []
-        for span in spans:
-            if self._selects(_selection_attributes(span)):
-                selected.append(span)
-            parent = span.parent
-            if parent is None or parent.is_remote:
-                roots.append(_trace_id_of(span))
+        select_spans(self._selector, spans)
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:

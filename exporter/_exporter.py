@@ -354,23 +354,7 @@ class SpanproofSpanExporter(SpanExporter):
             _logger.warning("spanproof: export called after shutdown; %d span(s) ignored",
                             len(spans))
             return SpanExportResult.FAILURE
-        selects = self._selector.selects
-        selected: list[ReadableSpan] = []
-        roots: list[str] = []
-        failed = 0
-        for span in spans:
-            try:
-                if selects(_selection_attributes(span)):
-                    selected.append(span)
-                parent = span.parent
-                if parent is None or parent.is_remote:
-                    trace_id = _trace_id_of(span)
-                    if trace_id is not None:
-                        roots.append(trace_id)
-            except Exception as e:
-                failed += 1
-                _logger.warning("spanproof: cannot read a span (%s: %s); skipped",
-                                type(e).__name__, e)
+        selected, roots, failed = select_spans(self._selector, spans)
         if self._start_pending:
             self._start_pending = False
             self._start_sealing()
@@ -809,6 +793,32 @@ class SpanproofSpanExporter(SpanExporter):
                 break
             wrote = True
         return wrote
+
+
+def select_spans(
+    selector: Selector, spans: Sequence[ReadableSpan]
+) -> tuple[list[ReadableSpan], list[str], int]:
+    """The per-span work every export does: the evidence spans among *spans*, the
+    trace ids of the local root spans among them (evidence or not: a root's end
+    makes its trace due), and how many spans could not be read (logged, skipped)."""
+    selects = selector.selects
+    selected: list[ReadableSpan] = []
+    roots: list[str] = []
+    failed = 0
+    for span in spans:
+        try:
+            if selects(_selection_attributes(span)):
+                selected.append(span)
+            parent = span.parent
+            if parent is None or parent.is_remote:
+                trace_id = _trace_id_of(span)
+                if trace_id is not None:
+                    roots.append(trace_id)
+        except Exception as e:
+            failed += 1
+            _logger.warning("spanproof: cannot read a span (%s: %s); skipped",
+                            type(e).__name__, e)
+    return selected, roots, failed
 
 
 def _trace_id_of(span: ReadableSpan) -> str | None:
