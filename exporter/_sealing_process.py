@@ -47,7 +47,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -281,6 +281,60 @@ class FieldSpan:
         return self._attributes or {}
 
 
+class _Numbering:
+    """Numbers for resources or scopes, each sent to the child once.
+
+    Equal values share a number (an SDK that makes a new scope object per
+    ``get_tracer`` call sends its definition once); a bounded cache by identity
+    spares computing the value for every span.
+    """
+
+    _ID_CACHE_LIMIT = 256
+
+    def __init__(self, fields: Callable[[Any], Any]) -> None:
+        self._fields = fields
+        self._by_id: dict[int, tuple[Any, int]] = {}
+        self._by_value: dict[Any, int] = {}
+
+    def number(self, obj: Any, new: list[tuple[int, Any]]) -> int:
+        """*obj*'s number; a number not sent before is appended to *new* with the
+        fields that define it."""
+        known = self._by_id.get(id(obj))
+        if known is not None and known[0] is obj:
+            return known[1]
+        fields = self._fields(obj)
+        key = _value_key(fields)
+        number = self._by_value.get(key)
+        if number is None:
+            number = len(self._by_value) + 1
+            self._by_value[key] = number
+            new.append((number, fields))
+        if len(self._by_id) >= self._ID_CACHE_LIMIT:
+            self._by_id.clear()
+        self._by_id[id(obj)] = (obj, number)  # holds obj, so its id() is not reused
+        return number
+
+    def forget(self, new: list[tuple[int, Any]]) -> None:
+        """Forget the numbers in *new* (a batch that was not sent; always the
+        newest numbers, so the next ones reuse them)."""
+        numbers = {number for number, _ in new}
+        self._by_value = {k: n for k, n in self._by_value.items() if n not in numbers}
+        self._by_id = {k: v for k, v in self._by_id.items() if v[1] not in numbers}
+
+
+def _value_key(fields: Any) -> Any:
+    """A hashable key for resource or scope fields (their attribute dicts as item
+    tuples); values that cannot be hashed get a key of their own."""
+    if fields is None:
+        return None
+    key = tuple(tuple(v.items()) if isinstance(v, dict) else v for v in fields)
+    try:
+        hash(key)
+    except TypeError:
+        return object()
+    return key
+
+
 # -- framing ---------------------------------------------------------------------
 
 
@@ -339,8 +393,8 @@ class SealingProcess:
         self._stdout = self._proc.stdout
         self._lock = threading.Lock()
         self._requests = 0
-        self._resources: dict[int, tuple[Any, int]] = {}
-        self._scopes: dict[int, tuple[Any, int]] = {}
+        self._resources = _Numbering(resource_fields)
+        self._scopes = _Numbering(scope_fields)
         self._dead = False
         try:
             self._write(("start", dict(settings), key_seed, producer_instance))
@@ -357,16 +411,6 @@ class SealingProcess:
         """The child's process id."""
         return self._proc.pid
 
-    def _number(self, cache: dict[int, tuple[Any, int]], obj: Any,
-                new: list[tuple[int, Any]], fields: Any) -> int:
-        known = cache.get(id(obj))
-        if known is not None and known[0] is obj:
-            return known[1]
-        number = len(cache) + 1
-        cache[id(obj)] = (obj, number)  # holds obj, so its id() is not reused
-        new.append((number, fields(obj)))
-        return number
-
     def send_spans(self, spans: Sequence[Any], roots: Sequence[str]) -> None:
         """Hand selected *spans* and ended local roots to the child.
 
@@ -381,26 +425,16 @@ class SealingProcess:
         with self._lock:
             try:
                 for span in spans:
-                    r = self._number(self._resources, span.resource, resources,
-                                     resource_fields)
-                    s = self._number(self._scopes, span.instrumentation_scope, scopes,
-                                     scope_fields)
+                    r = self._resources.number(span.resource, resources)
+                    s = self._scopes.number(span.instrumentation_scope, scopes)
                     fields.append(span_fields(span, r, s))
                 frame = _frame(("spans", resources, scopes, fields, list(roots)))
             except Exception:
                 # Nothing is sent: the child must not be assumed to know these.
-                for number, _ in resources:
-                    self._forget(self._resources, number)
-                for number, _ in scopes:
-                    self._forget(self._scopes, number)
+                self._resources.forget(resources)
+                self._scopes.forget(scopes)
                 raise
             self._write_locked(frame)
-
-    @staticmethod
-    def _forget(cache: dict[int, tuple[Any, int]], number: int) -> None:
-        for key, (_, n) in list(cache.items()):
-            if n == number:
-                del cache[key]
 
     def send_bodies(self, bodies: Sequence[tuple[str, dict[str, Any]]],
                     rejected: Sequence[str], roots: Sequence[str]) -> None:

@@ -401,3 +401,33 @@ def test_span_that_cannot_be_read_does_not_leave_its_resource_unsent(tmp_path: P
     assert report.records is not None
     assert report.records[0]["resource"]["attributes"]["service.name"] == {
         "stringValue": "new-service"}
+
+
+def test_equal_scopes_and_resources_are_sent_once_and_the_cache_stays_bounded(
+    tmp_path: Path,
+) -> None:
+    # An SDK that makes a new scope object per get_tracer call must not grow the
+    # exporter's memory, or resend the scope, with every call.
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+    exporter = _exporter(tmp_path / "out", seal_grace=0.0)
+    process = exporter._remote
+    assert process is not None
+    rec = Recorder()
+    ids = _trace(rec, steps=1)
+    (template,) = [s for s in rec.take() if s.attributes.get("gen_ai.operation.name")]
+    copies = []
+    for _ in range(300):
+        span = copy.copy(template)
+        span._instrumentation_scope = InstrumentationScope("lib", "1.0")
+        span._resource = Resource({"service.name": "svc"})
+        copies.append(span)
+    assert exporter.export(copies) is SpanExportResult.SUCCESS
+    assert len(process._scopes._by_value) == 1
+    assert len(process._resources._by_value) == 1
+    assert len(process._scopes._by_id) <= 256
+    exporter.shutdown()
+    (report,) = verified(tmp_path / "out", trust_root(tmp_path))
+    assert record_span_ids(report) == ids  # 300 deliveries of one span: one record
+    assert report.records is not None
+    assert report.records[0]["scope"]["name"] == "lib"
