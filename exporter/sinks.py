@@ -1,10 +1,18 @@
 """Where sealed bundles go: the :class:`BundleSink` protocol and a directory sink.
 
 :class:`DirectorySink` writes each bundle atomically and durably: a temporary file
-in the same directory, written and fsynced, then linked to its final name (which
-fails rather than replace an existing file), then the directory is fsynced.  A
-reader never sees a partial bundle, and once :meth:`DirectorySink.write` returns the
-bundle survives a crash.
+in the same directory, written and made durable, then linked to its final name
+(which fails rather than replace an existing file), then the directory is fsynced.
+A reader never sees a partial bundle, and once :meth:`DirectorySink.write` returns
+the bundle survives a crash.
+
+:meth:`DirectorySink.write_many` writes a group of bundles with one durability
+barrier for all of them (group commit): every temporary file is written, then one
+``syncfs(2)`` makes them all durable (Linux 5.8 and newer, where ``syncfs`` reports
+writeback errors; elsewhere, or with ``sync="file"``, each file is fsynced), then
+they are linked into place and the directory is fsynced once.  On a disk where a
+flush costs a few hundred microseconds, that turns two flushes per bundle into two
+per group.
 
 A bundle with committed attributes (SPEC §2.5) carries their disclosures; the
 directory sink writes them to ``<name>.disclosures.json`` beside
@@ -14,17 +22,29 @@ renamed into place right after it.
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import errno
 import logging
 import os
+import re
 import secrets
-from typing import Protocol, runtime_checkable
+import sys
+from collections.abc import Callable, Sequence
+from typing import Literal, Protocol, runtime_checkable
 
 from spanproof.verifier.bundle import BUNDLE_SUFFIX
 
 from .sealing import SealedBundle
 
-__all__ = ["BundleSink", "DirectorySink"]
+__all__ = ["BundleSink", "DirectorySink", "SyncMode", "syncfs_available"]
+
+#: How :meth:`DirectorySink.write_many` makes a group's files durable: ``"auto"``
+#: (``"filesystem"`` where ``syncfs`` reports errors, else ``"file"``), ``"filesystem"``
+#: (one ``syncfs`` per group; raises ``ValueError`` where unavailable) or ``"file"``
+#: (one fsync per file).
+SyncMode = Literal["auto", "filesystem", "file"]
+SYNC_MODES: tuple[str, ...] = ("auto", "filesystem", "file")
 
 _logger = logging.getLogger(__name__)
 
@@ -47,11 +67,29 @@ class DirectorySink:
 
     File names come from :attr:`SealedBundle.file_name`: the trace id, segment
     index and producer instance, all validated hex, so no span value can steer a
-    path.
+    path.  Safe to call from several threads.  :meth:`write` is :meth:`write_many`
+    of one bundle, so a subclass that changes how bundles are written overrides
+    :meth:`write_many`.
+
+    *sync* chooses how a group's files are made durable (see :data:`SyncMode`).
+    ``syncfs`` flushes everything dirty on the output directory's filesystem, so a
+    process writing much else to the same filesystem makes each group wait for that
+    too; ``"file"`` avoids it at the cost of one flush per bundle.
     """
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], *, sync: SyncMode = "auto") -> None:
+        if sync not in SYNC_MODES:
+            raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
+        if sync == "filesystem" and _SYNCFS is None:
+            raise ValueError("sync='filesystem' needs syncfs(2) that reports errors "
+                             "(Linux 5.8 or newer)")
         self._dir = os.fspath(directory)
+        self._syncfs = _SYNCFS if sync != "file" else None
+
+    @property
+    def sync(self) -> str:
+        """``"filesystem"`` or ``"file"``: how this sink makes a group durable."""
+        return "file" if self._syncfs is None else "filesystem"
 
     @property
     def directory(self) -> str:
@@ -69,23 +107,72 @@ class DirectorySink:
         Raises:
             OSError: the directory cannot be created or written, or the disk is full.
         """
-        os.makedirs(self._dir, exist_ok=True)
+        (outcome,) = self.write_many([bundle])
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def write_many(self, bundles: Sequence[SealedBundle]) -> list[str | OSError]:
+        """Write *bundles* as :meth:`write` does, with one durability barrier and one
+        directory fsync for the group; return each bundle's path, or the ``OSError``
+        that kept it from being written (the others are still written).  Once this
+        returns, every bundle given a path survives a crash."""
+        try:
+            os.makedirs(self._dir, exist_ok=True)
+        except OSError as e:
+            return [e] * len(bundles)
+        group_sync = self._syncfs is not None and len(bundles) > 1
+        outcomes: dict[int, str | OSError] = {}
+        staged: list[tuple[int, _Staged]] = []
+        try:
+            for i, bundle in enumerate(bundles):
+                try:
+                    staged.append((i, self._stage(bundle, fsync=not group_sync)))
+                except OSError as e:
+                    outcomes[i] = e
+            if group_sync and staged:
+                try:
+                    self._sync_filesystem()
+                except OSError as e:
+                    outcomes.update((i, e) for i, _ in staged)
+            for i, item in staged:
+                if i not in outcomes:
+                    try:
+                        outcomes[i] = self._publish_staged(item)
+                    except OSError as e:
+                        outcomes[i] = e
+            published = [i for i, outcome in outcomes.items() if isinstance(outcome, str)]
+            if published:
+                try:
+                    self._fsync_dir()
+                except OSError as e:
+                    outcomes.update((i, e) for i in published)
+            return [outcomes[i] for i in range(len(bundles))]
+        finally:
+            for _, item in staged:  # linked temporaries, and what was not published
+                _unlink_quietly(item.temp)
+                if item.secret is not None:
+                    _unlink_quietly(item.secret)
+
+    def _stage(self, bundle: SealedBundle, *, fsync: bool) -> _Staged:
+        """Write *bundle* (and its disclosures first) to temporary files."""
         name = bundle.file_name
-        # Disclosures first: once the bundle is visible its values must not be lost.
         secret = None
         if bundle.disclosures:
-            secret = self._write_temp(name, bundle.disclosures_data(), 0o600)
+            secret = self._write_temp(name, bundle.disclosures_data(), 0o600, fsync=fsync)
         try:
-            tmp = self._write_temp(name, bundle.data, 0o644)
-            try:
-                path = self._publish(tmp, name)
-            finally:
-                _unlink_quietly(tmp)
+            temp = self._write_temp(name, bundle.data, 0o644, fsync=fsync)
         except BaseException:
             if secret is not None:
                 _unlink_quietly(secret)
             raise
-        if secret is not None:
+        return _Staged(name, temp, secret)
+
+    def _publish_staged(self, item: _Staged) -> str:
+        """Link a durable temporary file into place (and rename its disclosures)."""
+        path = self._publish(item.temp, item.name)
+        if item.secret is not None:
+            secret, item.secret = item.secret, None  # from now on, never deleted
             target = os.path.join(
                 self._dir, SealedBundle.disclosures_file_name(os.path.basename(path))
             )
@@ -97,11 +184,19 @@ class DirectorySink:
                 # bundle a second time).
                 _logger.error("spanproof: cannot name the disclosures of %s %s (%s); "
                               "they are kept in %s", path, target, e, secret)
-        self._fsync_dir()
         return path
 
-    def _write_temp(self, name: str, data: bytes, mode: int) -> str:
-        """A fsynced temporary file in the directory holding *data*, with *mode*."""
+    def _sync_filesystem(self) -> None:
+        assert self._syncfs is not None
+        fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self._syncfs(fd)
+        finally:
+            os.close(fd)
+
+    def _write_temp(self, name: str, data: bytes, mode: int, *, fsync: bool = True) -> str:
+        """A temporary file in the directory holding *data*, with *mode* (fsynced
+        unless *fsync* is false: the caller then makes it durable)."""
         tmp = os.path.join(self._dir, f".{name}.{secrets.token_hex(4)}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:
@@ -111,7 +206,8 @@ class DirectorySink:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
-                os.fsync(fd)
+                if fsync:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
         except BaseException:
@@ -146,6 +242,45 @@ class DirectorySink:
 
     def __repr__(self) -> str:
         return f"DirectorySink({self._dir!r})"
+
+
+@dataclasses.dataclass
+class _Staged:
+    """A bundle written to a temporary file, not yet published."""
+
+    name: str
+    temp: str
+    secret: str | None  # its disclosures' temporary file, until renamed
+
+
+def _load_syncfs() -> Callable[[int], None] | None:
+    """``syncfs(2)`` where it reports writeback errors (Linux 5.8+), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    match = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    if match is None or (int(match[1]), int(match[2])) < (5, 8):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+    function.restype = ctypes.c_int
+
+    def syncfs(fd: int) -> None:
+        if function(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    return syncfs
+
+
+_SYNCFS = _load_syncfs()
+
+
+def syncfs_available() -> bool:
+    """True when ``DirectorySink(sync="auto")`` makes groups durable with ``syncfs``."""
+    return _SYNCFS is not None
 
 
 def _unlink_quietly(path: str) -> None:

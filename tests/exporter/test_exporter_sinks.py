@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pytest
 from exporter_support import signing_key
 
 from spanproof.exporter import BundleSink, ChainPosition, DirectorySink, SealedBundle, seal
+from spanproof.exporter import sinks as sinks_module
+from spanproof.exporter.sinks import syncfs_available
 from spanproof.verifier import Producer
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -73,3 +76,184 @@ def test_failed_write_leaves_no_partial_file(
     with pytest.raises(OSError, match="No space"):
         DirectorySink(tmp_path).write(bundle())
     assert os.listdir(tmp_path) == []
+
+
+# -- groups (write_many) ---------------------------------------------------------
+
+
+def trace_bundle(n: int, reason: str = "shutdown") -> SealedBundle:
+    trace = f"{n + 1:032x}"
+    return seal(trace, [], ChainPosition.genesis(trace), signer=signing_key(),
+                producer=Producer("t", "0", "0123456789abcdef"),
+                sealed_at=datetime(2027, 1, 1, tzinfo=timezone.utc), reason=reason)
+
+
+class _Calls:
+    """Records the sink's durability calls, in order, and lets tests fail them."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, syncfs: bool) -> None:
+        self.log: list[str] = []
+        self.fail_syncfs: OSError | None = None
+        self.fail_dir_fsync: OSError | None = None
+        real_fsync, real_link = os.fsync, os.link
+
+        def fsync(fd: int) -> None:
+            is_dir = os.path.isdir(f"/proc/self/fd/{fd}") if os.path.isdir("/proc/self/fd") \
+                else False
+            self.log.append("fsync-dir" if is_dir else "fsync-file")
+            if is_dir and self.fail_dir_fsync is not None:
+                raise self.fail_dir_fsync
+            real_fsync(fd)
+
+        def link(src: str, dst: str) -> None:
+            self.log.append("link")
+            real_link(src, dst)
+
+        def fake_syncfs(fd: int) -> None:
+            self.log.append("syncfs")
+            if self.fail_syncfs is not None:
+                raise self.fail_syncfs
+            real_fsync(fd)
+
+        monkeypatch.setattr(sinks_module.os, "fsync", fsync)
+        monkeypatch.setattr(sinks_module.os, "link", link)
+        monkeypatch.setattr(sinks_module, "_SYNCFS", fake_syncfs if syncfs else None)
+
+
+def test_a_group_is_written_with_one_syncfs_and_one_directory_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _Calls(monkeypatch, syncfs=True)
+    sink = DirectorySink(tmp_path)
+    assert sink.sync == "filesystem"
+    group = [trace_bundle(n) for n in range(5)]
+    paths = sink.write_many(group)
+    assert paths == [str(tmp_path / b.file_name) for b in group]
+    for b in group:
+        assert (tmp_path / b.file_name).read_bytes() == b.data
+    assert sorted(os.listdir(tmp_path)) == sorted(b.file_name for b in group)  # no temps
+    # Every file is durable before any is published; one barrier, one directory fsync.
+    assert calls.log == ["syncfs"] + ["link"] * 5 + ["fsync-dir"]
+
+
+def test_sync_file_fsyncs_each_file_but_the_directory_once_per_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _Calls(monkeypatch, syncfs=True)
+    sink = DirectorySink(tmp_path, sync="file")
+    assert sink.sync == "file"
+    group = [trace_bundle(n) for n in range(3)]
+    assert all(isinstance(p, str) for p in sink.write_many(group))
+    assert calls.log == ["fsync-file"] * 3 + ["link"] * 3 + ["fsync-dir"]
+
+
+def test_without_syncfs_auto_falls_back_to_one_fsync_per_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _Calls(monkeypatch, syncfs=False)
+    sink = DirectorySink(tmp_path)
+    assert sink.sync == "file"
+    sink.write_many([trace_bundle(0), trace_bundle(1)])
+    assert calls.log == ["fsync-file", "fsync-file", "link", "link", "fsync-dir"]
+    with pytest.raises(ValueError, match="syncfs"):
+        DirectorySink(tmp_path, sync="filesystem")
+
+
+def test_a_single_bundle_is_fsynced_not_synced_with_the_whole_filesystem(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _Calls(monkeypatch, syncfs=True)
+    DirectorySink(tmp_path).write(trace_bundle(0))
+    assert calls.log == ["fsync-file", "link", "fsync-dir"]
+
+
+def test_unknown_sync_mode_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="sync must be one of"):
+        DirectorySink(tmp_path, sync="never")  # type: ignore[arg-type]
+
+
+def test_failed_syncfs_fails_the_whole_group_and_publishes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = _Calls(monkeypatch, syncfs=True)
+    calls.fail_syncfs = OSError(errno.EIO, "Input/output error")
+    outcomes = DirectorySink(tmp_path).write_many([trace_bundle(n) for n in range(3)])
+    assert all(isinstance(o, OSError) and o.errno == errno.EIO for o in outcomes)
+    assert os.listdir(tmp_path) == []  # no bundle, no temporary file
+    assert "link" not in calls.log
+
+
+def test_failed_directory_fsync_reports_every_published_bundle_as_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The caller then writes them again (under alternative names), as for one bundle:
+    # a name whose directory entry may not survive a crash is not reported written.
+    calls = _Calls(monkeypatch, syncfs=True)
+    calls.fail_dir_fsync = OSError(errno.EIO, "Input/output error")
+    outcomes = DirectorySink(tmp_path).write_many([trace_bundle(0), trace_bundle(1)])
+    assert all(isinstance(o, OSError) for o in outcomes)
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+def test_one_unwritable_bundle_does_not_fail_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _Calls(monkeypatch, syncfs=True)
+    group = [trace_bundle(n) for n in range(3)]
+    real_open = os.open
+
+    def open_failing_for_the_second(path: str, flags: int, *args: object) -> int:
+        if group[1].file_name in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return real_open(path, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sinks_module.os, "open", open_failing_for_the_second)
+    first, second, third = DirectorySink(tmp_path).write_many(group)
+    assert isinstance(second, OSError) and second.errno == errno.ENOSPC
+    assert Path(str(first)).read_bytes() == group[0].data
+    assert Path(str(third)).read_bytes() == group[2].data
+    assert sorted(os.listdir(tmp_path)) == sorted([group[0].file_name, group[2].file_name])
+
+
+def test_a_name_taken_within_a_group_gets_an_alternative(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _Calls(monkeypatch, syncfs=True)
+    first, second = bundle("shutdown"), bundle("idle_timeout")
+    p1, p2 = DirectorySink(tmp_path).write_many([first, second])
+    assert isinstance(p1, str) and isinstance(p2, str) and p2.endswith(".1.spanproof.json")
+    assert Path(p1).read_bytes() == first.data and Path(p2).read_bytes() == second.data
+
+
+def test_a_group_with_disclosures_writes_them_beside_their_bundles_mode_0600(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spanproof.exporter.disclosure import redaction_matcher
+
+    calls = _Calls(monkeypatch, syncfs=True)
+    group = []
+    for n in range(2):
+        trace = f"{n + 1:032x}"
+        body = {"span": {"traceId": trace, "spanId": f"{n + 1:016x}", "name": "s",
+                         "attributes": {"app.secret": {"stringValue": f"value-{n}"}}},
+                "resource": {"attributes": {}}, "scope": {"name": "tests"}}
+        group.append(seal(trace, [body], ChainPosition.genesis(trace), signer=signing_key(),
+                          producer=Producer("t", "0", "0123456789abcdef"),
+                          sealed_at=datetime(2027, 1, 1, tzinfo=timezone.utc),
+                          reason="root_ended", redact=redaction_matcher(["app.secret"])))
+    assert all(b.disclosures for b in group)
+    paths = DirectorySink(tmp_path).write_many(group)
+    for b, path in zip(group, paths, strict=True):
+        secret = tmp_path / SealedBundle.disclosures_file_name(b.file_name)
+        assert Path(str(path)).read_bytes() == b.data
+        assert secret.read_bytes() == b.disclosures_data()
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert calls.log.count("syncfs") == 1 and "fsync-file" not in calls.log
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+@pytest.mark.skipif(not syncfs_available(), reason="syncfs(2) reporting errors is Linux 5.8+")
+def test_the_real_syncfs_writes_a_group(tmp_path: Path) -> None:
+    sink = DirectorySink(tmp_path, sync="filesystem")
+    group = [trace_bundle(n) for n in range(4)]
+    assert [Path(str(p)).read_bytes() for p in sink.write_many(group)] == [b.data for b in group]
