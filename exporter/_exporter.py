@@ -65,11 +65,7 @@ _MAX_UNWRITTEN = 1024
 _RETRY_SECONDS = 1.0
 _BACKOFF_SECONDS = 0.05
 _MIN_SHUTDOWN_SECONDS = 5.0
-# Bundle writes running at once with the default sink (one in the application's
-# process, where each write's system calls take the GIL back from the application
-# threads; more in a sealing process, which has no other threads to disturb), and
-# writes waiting at most.
-_WRITE_THREADS = 1
+# Bundles written or waiting for the writer thread at most.
 _MAX_IN_FLIGHT = 256
 
 
@@ -185,9 +181,9 @@ class SpanproofSpanExporter(SpanExporter):
         self._redact = setup.redact
         self._clock: Callable[[], float] = clock or time.time
         self._sink: BundleSink = sink or DirectorySink(output)
-        # The default sink is safe to call from several threads; a given one may not be.
-        self._writers_allowed = sink is None
-        self._write_threads = _WRITE_THREADS
+        # A DirectorySink is written in groups on a writer thread; any other sink
+        # (including a DirectorySink subclass) bundle by bundle on the sealer thread.
+        self._writers_allowed = type(self._sink) is DirectorySink
         self._shutdown = False
         self._witness_keys = setup.witness_keys
         self._reset_process_state()
@@ -240,9 +236,15 @@ class SpanproofSpanExporter(SpanExporter):
         # What the sink's last failure was (None while writes succeed): logged once.
         self._sink_condition: str | None = None
         self._submitter: WitnessSubmitter | None = None
-        # Threads for concurrent bundle writes (started on first use), and the
-        # writes in flight in sealing order (see _start_writes and _reap).
+        # The writer thread (started on first use), and the writes in flight in
+        # sealing order (see _start_writes and _reap).
         self._writers: concurrent.futures.ThreadPoolExecutor | None = None
+        # Bundles waiting for the writer thread, and whether it is writing.
+        self._write_queue_lock = threading.Lock()
+        self._write_queue: list[
+            tuple[SealedBundle, concurrent.futures.Future[str | Exception]]
+        ] = []
+        self._writer_busy = False
         self._inflight: collections.deque[
             tuple[SealedBundle, concurrent.futures.Future[str | Exception]]
         ] = collections.deque()
@@ -641,29 +643,57 @@ class SpanproofSpanExporter(SpanExporter):
         return bundle
 
     def _start_writes(self, bundles: Sequence[SealedBundle]) -> None:
-        """Write *bundles*.  With the default sink the writes run on writer threads
-        (each waits on two fsyncs; they overlap each other and the sealing of the
-        next bundles), and :meth:`_reap` handles their outcomes in order on the
-        sealing thread; a given sink is written here, one bundle after another."""
+        """Write *bundles*.  With a DirectorySink they are queued for the writer
+        thread, which writes everything queued since its last group as one group
+        (one durability barrier and one directory fsync for all, see
+        :meth:`DirectorySink.write_many`) while the sealer goes on sealing, and
+        :meth:`_reap` handles their outcomes in order on the sealing thread; a given
+        sink is written here, one bundle after another."""
         submitted = 0
         if self._writers_allowed:
             if self._writers is None:
-                self._writers = concurrent.futures.ThreadPoolExecutor(
-                    self._write_threads, "spanproof-write")
-            for bundle in bundles:
+                self._writers = concurrent.futures.ThreadPoolExecutor(1, "spanproof-write")
+            futures: list[concurrent.futures.Future[str | Exception]] = [
+                concurrent.futures.Future() for _ in bundles
+            ]
+            with self._write_queue_lock:
                 try:
-                    future = self._writers.submit(self._try_write, bundle)
+                    if not self._writer_busy:
+                        self._writers.submit(self._drain_write_queue)
+                        self._writer_busy = True
                 except RuntimeError:
-                    break  # interpreter shutdown (an atexit shutdown): write here
-                self._inflight.append((bundle, future))
-                future.add_done_callback(self._wake_sealer)
-                submitted += 1
+                    pass  # interpreter shutdown (an atexit shutdown): write here
+                else:
+                    self._write_queue.extend(zip(bundles, futures, strict=True))
+                    self._inflight.extend(zip(bundles, futures, strict=True))
+                    submitted = len(bundles)
         if submitted < len(bundles):
             self._reap(block=True)  # keep the order of outcomes
             for bundle in bundles[submitted:]:
                 self._write(bundle)
         while len(self._inflight) > _MAX_IN_FLIGHT:
             self._reap(block=True, limit=1)
+
+    def _drain_write_queue(self) -> None:
+        """On the writer thread: write what is queued as one group, settle each
+        bundle's future with its path or error, and repeat until the queue is empty."""
+        sink = self._sink
+        assert isinstance(sink, DirectorySink)
+        while True:
+            with self._write_queue_lock:
+                group, self._write_queue = self._write_queue, []
+                if not group:
+                    self._writer_busy = False
+                    return
+            try:
+                outcomes: list[str | Exception] = list(sink.write_many([b for b, _ in group]))
+                if len(outcomes) != len(group):
+                    raise RuntimeError(f"{len(outcomes)} outcomes for {len(group)} bundles")
+            except Exception as e:  # a bug, not a disk condition: every write failed
+                outcomes = [e] * len(group)
+            for (_, future), outcome in zip(group, outcomes, strict=True):
+                future.set_result(outcome)
+            self._wake_sealer(None)
 
     def _wake_sealer(self, _: object) -> None:
         # A write finished: the sealer takes its outcome on its next pass.
@@ -691,12 +721,6 @@ class SpanproofSpanExporter(SpanExporter):
             self._write(bundle, future.result())
             reaped += 1
         return reaped > 0
-
-    def _try_write(self, bundle: SealedBundle) -> str | Exception:
-        try:
-            return self._sink.write(bundle)
-        except Exception as e:
-            return e
 
     def _seal(self, job: SealJob) -> SealedBundle:
         sealed_at = datetime.fromtimestamp(self._clock(), timezone.utc)

@@ -60,8 +60,6 @@ __all__ = ["FieldSpan", "SealingProcess", "span_fields"]
 _logger = logging.getLogger(__name__)
 
 _HEADER = struct.Struct(">I")
-# Bundle writes at once in the sealing process (each waits on two fsyncs).
-_WRITE_THREADS = 16
 _START_TIMEOUT = 60.0
 _BOOT = (
     "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
@@ -586,7 +584,6 @@ def _child_exporter(settings: Mapping[str, Any], key_seed: bytes,
     exporter = SpanproofSpanExporter(signing_key=SigningKey.from_seed(key_seed),
                                      sealing_process=False, **settings)
     exporter._producer = Producer(PRODUCER_NAME, _package_version(), producer_instance)
-    exporter._write_threads = _WRITE_THREADS  # overlapping fsyncs disturb no application
     return exporter
 
 

@@ -32,7 +32,6 @@ I/O; ``_seal_lock`` runs sealing cycles one at a time.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -84,7 +83,6 @@ _RETRY_AFTER = 1.0
 _STORAGE_RETRY_AFTER = 5.0
 _MIN_SHUTDOWN_SECONDS = 5.0
 _MAX_MESSAGE_SAMPLES = 3
-_WRITE_THREADS = 8
 
 
 
@@ -236,11 +234,9 @@ class Receiver:
         self._redact = setup.redact
         self._clock: Callable[[], float] = clock or time.time
         self._sink: BundleSink = sink or DirectorySink(output)
-        # The default sink is safe to call from several threads; a given one may not be.
-        self._writers = (
-            concurrent.futures.ThreadPoolExecutor(_WRITE_THREADS, "spanproof-write")
-            if sink is None else None
-        )
+        # A DirectorySink writes a group at once; any other sink (including a
+        # DirectorySink subclass) is written bundle by bundle through its write().
+        self._group_writes = type(self._sink) is DirectorySink
         self._journal_dir = os.path.abspath(
             os.fspath(journal_dir) if journal_dir is not None else os.path.join(output, "journal")
         )
@@ -358,8 +354,6 @@ class Receiver:
             self._submitter.close(max(0.0, deadline - time.monotonic()))
         if self._journal is not None:
             self._journal.close()
-        if self._writers is not None:
-            self._writers.shutdown(wait=True)
         if not done:
             _logger.error("receiver: shutdown incomplete: %d bundle(s) not written, %d trace(s) "
                           "not sealed; they stay in the journal for the next start",
@@ -597,15 +591,21 @@ class Receiver:
         self._unwritten.append((bundle, job))
 
     def _write_pending(self) -> bool:
-        """Write the sealed bundles (concurrently when the sink allows: each write
-        waits on two fsyncs), then retire their journal entries with one fsync.
-        Failed ones are kept for retry; requests are answered UNAVAILABLE meanwhile."""
+        """Write the sealed bundles (with a DirectorySink as one group: one
+        durability barrier and one directory fsync for all, see
+        :meth:`DirectorySink.write_many`), then retire their journal entries with one
+        fsync.  Failed ones are kept for retry; requests are answered UNAVAILABLE
+        meanwhile."""
         if not self._unwritten:
             return False
         batch = list(self._unwritten)
         self._unwritten.clear()
-        if self._writers is not None and len(batch) > 1:
-            outcomes = list(self._writers.map(self._try_write, batch))
+        outcomes: list[str | Exception]
+        if self._group_writes and isinstance(self._sink, DirectorySink):
+            try:
+                outcomes = list(self._sink.write_many([bundle for bundle, _ in batch]))
+            except Exception as e:  # a bug, not a disk condition: every write failed
+                outcomes = [e] * len(batch)
         else:
             outcomes = [self._try_write(item) for item in batch]
         done: list[tuple[SealJob, ChainPosition]] = []

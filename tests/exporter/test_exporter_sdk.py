@@ -528,3 +528,29 @@ def test_fork_child_and_parent_each_seal_their_own(out: Path, clock: FakeClock) 
 def test_entry_point_names_the_exporter() -> None:
     (ep,) = metadata.entry_points(group="opentelemetry_traces_exporter", name="spanproof")
     assert ep.load() is SpanproofSpanExporter
+
+
+def test_bundles_sealed_together_are_written_as_one_group(
+    out: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ten traces due at once: one durability barrier for all of their bundles, on the
+    # writer thread, instead of two flushes per bundle.
+    from spanproof.exporter import sinks as sinks_module
+
+    barriers: list[str] = []
+
+    def fake_syncfs(fd: int) -> None:
+        barriers.append(threading.current_thread().name)
+        os.fsync(fd)
+
+    monkeypatch.setattr(sinks_module, "_SYNCFS", fake_syncfs)
+    rec = Recorder()
+    traces = dict(build_trace(rec) for _ in range(10))
+    exporter = make_exporter(out, clock)
+    exporter.export(rec.take())
+    clock.advance(2.0)
+    assert exporter.force_flush() is True
+    found = by_trace(verified(out, trust_root(out.parent)))
+    assert {t: record_span_ids(g[0]) for t, g in found.items()} == traces
+    assert len(barriers) == 1 and barriers[0].startswith("spanproof-write")
+    exporter.shutdown()

@@ -275,3 +275,26 @@ def test_span_fingerprint_text_is_the_key_sorted_json_of_the_body() -> None:
     assert text == expected
     assert fingerprint == hashlib.blake2b(expected.encode(), digest_size=16).digest()
     assert std_json.loads(text) == body
+
+
+def test_bundles_sealed_in_one_pass_are_written_as_one_group(tmp_path, clock, monkeypatch):
+    from spanproof.exporter import sinks as sinks_module
+
+    barriers = []
+
+    def fake_syncfs(fd):
+        barriers.append(fd)
+        os.fsync(fd)
+
+    monkeypatch.setattr(sinks_module, "_SYNCFS", fake_syncfs)
+    traces = [f"{n + 1:032x}" for n in range(8)]
+    receiver = make_receiver(tmp_path / "out", clock)
+    receiver.start()
+    receiver(request(*(otlp_span(t, 1) for t in traces)).resource_spans)
+    clock.advance(2.5)
+    assert receiver.flush()
+    reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
+    assert sorted(r.statement.trace_id for r in reports) == traces
+    assert len(barriers) == 1  # one durability barrier for the eight bundles
+    assert receiver.shutdown()
+    assert os.listdir(receiver.journal_dir) == []

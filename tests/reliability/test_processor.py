@@ -239,16 +239,17 @@ def test_failed_write_keeps_the_journal_keys_of_bundles_still_being_written(
     # spans would stay in the journal and be sealed a second time at the next start.
     from spanproof.exporter.sinks import DirectorySink
 
-    real_write = DirectorySink.write
-    calls = []
+    real_write_many = DirectorySink.write_many
+    calls: list[str] = []
 
-    def first_write_fails(self: DirectorySink, bundle: Any, **kwargs: Any) -> str:
-        calls.append(bundle.file_name)
-        if len(calls) == 1:
-            raise OSError(28, "No space left on device")
-        return real_write(self, bundle, **kwargs)
+    def first_write_fails(self: DirectorySink, group: Any) -> list[Any]:
+        first_call = not calls
+        calls.extend(b.file_name for b in group)
+        if first_call:
+            return [OSError(28, "No space left on device"), *real_write_many(self, group[1:])]
+        return real_write_many(self, group)  # type: ignore[return-value]
 
-    monkeypatch.setattr(DirectorySink, "write", first_write_fails)
+    monkeypatch.setattr(DirectorySink, "write_many", first_write_fails)
     processor = make_processor(tmp_path)
     traced = Traced(processor)
     for name in ("first", "second"):
