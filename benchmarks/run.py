@@ -1,6 +1,7 @@
 """spanproof performance harness.
 
     python -m benchmarks.run [--quick] [--reps N] [--traces N] [--only SECTION,...]
+                             [--work-dir DIR]
 
 Alternates the configurations within one run, repeats each ``--reps`` times, and
 prints medians and ratios against baselines measured in the same run.  Sections:
@@ -608,6 +609,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
     parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--traces", type=int, default=None)
+    parser.add_argument("--work-dir", default=None,
+                        help="where bundles, journals and other files are written "
+                             "(default: the system's temporary directory)")
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections (default: all of {', '.join(SECTIONS)})")
     args = parser.parse_args(argv)
@@ -617,10 +621,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = sections - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    previous_tempdir = tempfile.tempdir
+    if args.work_dir is not None:
+        os.makedirs(args.work_dir, exist_ok=True)
+        tempfile.tempdir = os.path.abspath(args.work_dir)  # every mkdtemp below
+    try:
+        return _run(sections, reps, traces, quick=args.quick)
+    finally:
+        tempfile.tempdir = previous_tempdir
+
+
+def _run(sections: set[str], reps: int, traces: int, *, quick: bool) -> int:
     out: Callable[[str], None] = print
     targets: list[tuple[str, float, float, str]] = []  # (target, measured, needed, unit)
     out(f"spanproof benchmark: python {sys.version.split()[0]}, {os.cpu_count()} cores, "
-        f"reps={reps}, traces={traces} (x5 spans); medians")
+        f"reps={reps}, traces={traces} (x5 spans), files in {tempfile.gettempdir()}; "
+        "medians")
     if "app" in sections:
         res = section_app(reps, traces)
         out(f"{'config':<26}{'app spans/s':>14}{'x noop':>9}{'e2e spans/s':>14}{'x otlp':>9}")
@@ -640,20 +656,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                  res["spanproof-100%" + suffix][3], 2.0, "x"),
             ]
     if "seal" in sections:
-        for size, (seal_us, sign_us) in section_seal(reps, 20 if args.quick else 400).items():
+        for size, (seal_us, sign_us) in section_seal(reps, 20 if quick else 400).items():
             out(f"seal: {size:>2}-span trace {seal_us:,.0f} us per bundle "
                 f"({seal_us / size:,.0f} us per span; Ed25519 signature {sign_us:,.0f} us)")
     if "canonical" in sections:
-        ours, theirs, ratio = section_canonical(reps, 200 if args.quick else 5000)
+        ours, theirs, ratio = section_canonical(reps, 200 if quick else 5000)
         out(f"canonical: spanproof {ours:,.0f} records/s, rfc8785 {theirs:,.0f} records/s, "
             f"ratio {ratio:.2f}x (median of each round's ratio; byte-identical)")
         targets.append(("canonical encoding, x rfc8785", ratio, 5.0, "x"))
     if "verify" in sections:
-        n = 500 if args.quick else 100_000
+        n = 500 if quick else 100_000
         rate, rss, _ = section_verify(n)
         out(f"verify: {n:,} records at {rate:,.0f} records/s, peak RSS {rss:,.0f} MiB")
     if "verify-1m" in sections:
-        n = 2_000 if args.quick else 1_000_000
+        n = 2_000 if quick else 1_000_000
         rate, rss, written = section_verify(n)
         out(f"verify: {n:,} records at {rate:,.0f} records/s ({n / rate:,.0f} s), "
             f"peak RSS {rss:,.0f} MiB (bundle written in {written:,.0f} s)")

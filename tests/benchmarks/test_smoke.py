@@ -6,6 +6,9 @@ benchmarks are not timed unit tests.
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from benchmarks import run
@@ -13,10 +16,15 @@ from benchmarks import run
 
 @pytest.mark.timeout(300)
 def test_harness_quick_run_reports_every_section_and_target(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], tmp_path: Path,
 ) -> None:
-    assert run.main(["--quick"]) == 0
+    work = tmp_path / "work"
+    before = tempfile.gettempdir()
+    assert run.main(["--quick", "--work-dir", str(work)]) == 0
     text = capsys.readouterr().out
+    assert f"files in {work};" in text
+    assert tempfile.gettempdir() == before  # restored for everything else
+    assert work.is_dir() and not any(work.iterdir())  # every run cleaned up
     for config in ("noop", "otlp-grpc", "spanproof-100%", "spanproof-10%",
                    "spanproof-100%+process", "spanproof-10%+process", "selection-only-10%"):
         assert f"\n{config} " in text
