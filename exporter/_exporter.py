@@ -181,9 +181,6 @@ class SpanproofSpanExporter(SpanExporter):
         self._redact = setup.redact
         self._clock: Callable[[], float] = clock or time.time
         self._sink: BundleSink = sink or DirectorySink(output)
-        # A DirectorySink is written in groups on a writer thread; any other sink
-        # (including a DirectorySink subclass) bundle by bundle on the sealer thread.
-        self._writers_allowed = type(self._sink) is DirectorySink
         self._shutdown = False
         self._witness_keys = setup.witness_keys
         self._reset_process_state()
@@ -647,10 +644,11 @@ class SpanproofSpanExporter(SpanExporter):
         thread, which writes everything queued since its last group as one group
         (one durability barrier and one directory fsync for all, see
         :meth:`DirectorySink.write_many`) while the sealer goes on sealing, and
-        :meth:`_reap` handles their outcomes in order on the sealing thread; a given
-        sink is written here, one bundle after another."""
+        :meth:`_reap` handles their outcomes in order on the sealing thread; any
+        other sink (a DirectorySink subclass included) is written here, one bundle
+        after another."""
         submitted = 0
-        if self._writers_allowed:
+        if type(self._sink) is DirectorySink:
             if self._writers is None:
                 self._writers = concurrent.futures.ThreadPoolExecutor(1, "spanproof-write")
             futures: list[concurrent.futures.Future[str | Exception]] = [
@@ -678,7 +676,7 @@ class SpanproofSpanExporter(SpanExporter):
         """On the writer thread: write what is queued as one group, settle each
         bundle's future with its path or error, and repeat until the queue is empty."""
         sink = self._sink
-        assert isinstance(sink, DirectorySink)
+        assert type(sink) is DirectorySink
         while True:
             with self._write_queue_lock:
                 group, self._write_queue = self._write_queue, []

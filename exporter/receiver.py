@@ -234,9 +234,6 @@ class Receiver:
         self._redact = setup.redact
         self._clock: Callable[[], float] = clock or time.time
         self._sink: BundleSink = sink or DirectorySink(output)
-        # A DirectorySink writes a group at once; any other sink (including a
-        # DirectorySink subclass) is written bundle by bundle through its write().
-        self._group_writes = type(self._sink) is DirectorySink
         self._journal_dir = os.path.abspath(
             os.fspath(journal_dir) if journal_dir is not None else os.path.join(output, "journal")
         )
@@ -601,7 +598,9 @@ class Receiver:
         batch = list(self._unwritten)
         self._unwritten.clear()
         outcomes: list[str | Exception]
-        if self._group_writes and isinstance(self._sink, DirectorySink):
+        # A DirectorySink writes a group at once; any other sink (a DirectorySink
+        # subclass included) is written bundle by bundle through its write().
+        if type(self._sink) is DirectorySink:
             try:
                 outcomes = list(self._sink.write_many([bundle for bundle, _ in batch]))
             except Exception as e:  # a bug, not a disk condition: every write failed

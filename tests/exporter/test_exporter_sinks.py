@@ -6,24 +6,29 @@ import errno
 import os
 import re
 import stat
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from exporter_support import signing_key
 
 from spanproof.exporter import BundleSink, ChainPosition, DirectorySink, SealedBundle, seal
 from spanproof.exporter import sinks as sinks_module
-from spanproof.exporter.sinks import syncfs_available
+from spanproof.exporter.disclosure import redaction_matcher
+from spanproof.exporter.sinks import SyncMode, syncfs_available
 from spanproof.verifier import Producer
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 
 
-def bundle(reason: str = "shutdown") -> SealedBundle:
-    return seal(TRACE, [], ChainPosition.genesis(TRACE), signer=signing_key(),
+def bundle(reason: str = "shutdown", *, trace: str = TRACE, bodies: Sequence[Any] = (),
+           redact: Sequence[str] = ()) -> SealedBundle:
+    return seal(trace, bodies, ChainPosition.genesis(trace), signer=signing_key(),
                 producer=Producer("t", "0", "0123456789abcdef"),
-                sealed_at=datetime(2027, 1, 1, tzinfo=timezone.utc), reason=reason)
+                sealed_at=datetime(2027, 1, 1, tzinfo=timezone.utc), reason=reason,
+                redact=redaction_matcher(redact) if redact else None)
 
 
 def test_writes_the_exact_bytes_under_the_bundle_name(tmp_path: Path) -> None:
@@ -81,11 +86,9 @@ def test_failed_write_leaves_no_partial_file(
 # -- groups (write_many) ---------------------------------------------------------
 
 
-def trace_bundle(n: int, reason: str = "shutdown") -> SealedBundle:
-    trace = f"{n + 1:032x}"
-    return seal(trace, [], ChainPosition.genesis(trace), signer=signing_key(),
-                producer=Producer("t", "0", "0123456789abcdef"),
-                sealed_at=datetime(2027, 1, 1, tzinfo=timezone.utc), reason=reason)
+def trace_bundle(n: int) -> SealedBundle:
+    """An empty bundle of the *n*-th trace: a group of them has no name in common."""
+    return bundle(trace=f"{n + 1:032x}")
 
 
 class _Calls:
@@ -120,41 +123,35 @@ class _Calls:
         monkeypatch.setattr(sinks_module, "_SYNCFS", fake_syncfs if syncfs else None)
 
 
-def test_a_group_is_written_with_one_syncfs_and_one_directory_fsync(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("have_syncfs", "sync", "used", "barrier"),
+    [
+        # Every file is durable before any is published: one syncfs for the group...
+        (True, "auto", "filesystem", ["syncfs"]),
+        # ...or one fsync per file, when asked for or without syncfs.
+        (True, "file", "file", ["fsync-file"] * 3),
+        (False, "auto", "file", ["fsync-file"] * 3),
+    ],
+)
+def test_a_group_is_made_durable_then_published_with_one_directory_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, have_syncfs: bool, sync: SyncMode,
+    used: str, barrier: list[str],
 ) -> None:
-    calls = _Calls(monkeypatch, syncfs=True)
-    sink = DirectorySink(tmp_path)
-    assert sink.sync == "filesystem"
-    group = [trace_bundle(n) for n in range(5)]
-    paths = sink.write_many(group)
-    assert paths == [str(tmp_path / b.file_name) for b in group]
+    calls = _Calls(monkeypatch, syncfs=have_syncfs)
+    sink = DirectorySink(tmp_path, sync=sync)
+    assert sink.sync == used
+    group = [trace_bundle(n) for n in range(3)]
+    assert sink.write_many(group) == [str(tmp_path / b.file_name) for b in group]
     for b in group:
         assert (tmp_path / b.file_name).read_bytes() == b.data
     assert sorted(os.listdir(tmp_path)) == sorted(b.file_name for b in group)  # no temps
-    # Every file is durable before any is published; one barrier, one directory fsync.
-    assert calls.log == ["syncfs"] + ["link"] * 5 + ["fsync-dir"]
+    assert calls.log == barrier + ["link"] * 3 + ["fsync-dir"]
 
 
-def test_sync_file_fsyncs_each_file_but_the_directory_once_per_group(
+def test_sync_filesystem_is_refused_without_syncfs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls = _Calls(monkeypatch, syncfs=True)
-    sink = DirectorySink(tmp_path, sync="file")
-    assert sink.sync == "file"
-    group = [trace_bundle(n) for n in range(3)]
-    assert all(isinstance(p, str) for p in sink.write_many(group))
-    assert calls.log == ["fsync-file"] * 3 + ["link"] * 3 + ["fsync-dir"]
-
-
-def test_without_syncfs_auto_falls_back_to_one_fsync_per_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    calls = _Calls(monkeypatch, syncfs=False)
-    sink = DirectorySink(tmp_path)
-    assert sink.sync == "file"
-    sink.write_many([trace_bundle(0), trace_bundle(1)])
-    assert calls.log == ["fsync-file", "fsync-file", "link", "link", "fsync-dir"]
+    _Calls(monkeypatch, syncfs=False)
     with pytest.raises(ValueError, match="syncfs"):
         DirectorySink(tmp_path, sync="filesystem")
 
@@ -228,8 +225,6 @@ def test_a_name_taken_within_a_group_gets_an_alternative(
 def test_a_group_with_disclosures_writes_them_beside_their_bundles_mode_0600(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from spanproof.exporter.disclosure import redaction_matcher
-
     calls = _Calls(monkeypatch, syncfs=True)
     group = []
     for n in range(2):
@@ -237,10 +232,7 @@ def test_a_group_with_disclosures_writes_them_beside_their_bundles_mode_0600(
         body = {"span": {"traceId": trace, "spanId": f"{n + 1:016x}", "name": "s",
                          "attributes": {"app.secret": {"stringValue": f"value-{n}"}}},
                 "resource": {"attributes": {}}, "scope": {"name": "tests"}}
-        group.append(seal(trace, [body], ChainPosition.genesis(trace), signer=signing_key(),
-                          producer=Producer("t", "0", "0123456789abcdef"),
-                          sealed_at=datetime(2027, 1, 1, tzinfo=timezone.utc),
-                          reason="root_ended", redact=redaction_matcher(["app.secret"])))
+        group.append(bundle("root_ended", trace=trace, bodies=[body], redact=["app.secret"]))
     assert all(b.disclosures for b in group)
     paths = DirectorySink(tmp_path).write_many(group)
     for b, path in zip(group, paths, strict=True):

@@ -298,3 +298,33 @@ def test_bundles_sealed_in_one_pass_are_written_as_one_group(tmp_path, clock, mo
     assert len(barriers) == 1  # one durability barrier for the eight bundles
     assert receiver.shutdown()
     assert os.listdir(receiver.journal_dir) == []
+
+
+def test_a_failed_group_write_keeps_its_spans_journaled_and_is_retried(
+    tmp_path, clock, monkeypatch
+):
+    # The default sink's group path: a failing disk answers UNAVAILABLE, keeps the
+    # spans in the journal, and the same bundles are written once the disk recovers.
+    real_write_many = DirectorySink.write_many
+    disk = {"full": True}
+
+    def write_many(self, group):
+        if disk["full"]:
+            return [OSError(28, "No space left on device")] * len(group)
+        return real_write_many(self, group)
+
+    monkeypatch.setattr(DirectorySink, "write_many", write_many)
+    receiver = make_receiver(tmp_path / "out", clock)
+    receiver.start()
+    receiver(request(otlp_span(TRACE_A, 1), otlp_span(TRACE_B, 1)).resource_spans)
+    clock.advance(2.5)
+    assert not receiver.flush()
+    with pytest.raises(Unavailable, match="No space left"):
+        receiver(request(otlp_span(TRACE_A, 2, parent=1)).resource_spans)
+    assert os.listdir(receiver.journal_dir) != []
+    disk["full"] = False
+    assert receiver.flush()
+    reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
+    assert sorted(r.statement.trace_id for r in reports) == sorted([TRACE_A, TRACE_B])
+    assert receiver.shutdown()
+    assert os.listdir(receiver.journal_dir) == []
