@@ -6,8 +6,11 @@ benchmarks are not timed unit tests.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,7 +25,8 @@ def test_harness_quick_run_reports_every_section_and_target(
     before = tempfile.gettempdir()
     assert run.main(["--quick", "--work-dir", str(work)]) == 0
     text = capsys.readouterr().out
-    assert f"files in {work};" in text
+    assert f"files in {work / 'spanproof-bench-'}" in text
+    assert "(creating a 6 KB file: " in text and "creating a 6 KB file at the end: " in text
     assert tempfile.gettempdir() == before  # restored for everything else
     assert work.is_dir() and not any(work.iterdir())  # every run cleaned up
     for config in ("noop", "otlp-grpc", "spanproof-100%", "spanproof-10%",
@@ -40,3 +44,43 @@ def test_harness_quick_run_reports_every_section_and_target(
 def test_unknown_section_is_refused() -> None:
     with pytest.raises(SystemExit):
         run.main(["--only", "nonsense"])
+
+
+@pytest.mark.timeout(300)
+def test_files_are_deleted_once_when_the_run_ends_not_between_runs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    # Deleting one configuration's bundles would slow the next configuration's file
+    # creation on a filesystem without a journal; nothing may be deleted mid-run.
+    deleted: list[tuple[str, bool]] = []
+    rmtree = shutil.rmtree
+
+    def recording_rmtree(path: Any, *args: Any, **kwargs: Any) -> None:
+        leftovers = any(Path(path).rglob("*.spanproof.json"))
+        deleted.append((str(path), leftovers))
+        rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", recording_rmtree)
+    assert run.main(["--quick", "--only", "app,verify,receiver-cost",
+                     "--work-dir", str(tmp_path)]) == 0
+    assert len(deleted) == 1
+    path, had_bundles = deleted[0]
+    assert Path(path).parent == tmp_path and had_bundles  # every run's bundles, at the end
+
+
+def test_settle_waits_until_file_creation_is_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
+    costs = iter([900.0, 400.0, 30.0])
+    sleeps: list[float] = []
+    monkeypatch.setattr(run, "file_creation_us", lambda directory: next(costs))
+    said: list[str] = []
+    assert run.settle("unused", said.append, sleep=sleeps.append) == 30.0
+    assert len(sleeps) == 2 and len(said) == 2 and "900 us" in said[0]
+
+
+def test_settle_gives_up_after_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(run, "file_creation_us", lambda directory: 900.0)
+    monkeypatch.setattr(run, "SETTLE_LIMIT_S", 0.2)
+    said: list[str] = []
+    start = time.monotonic()
+    assert run.settle("unused", said.append, sleep=lambda seconds: time.sleep(0.05)) == 900.0
+    assert said and time.monotonic() - start < 5
