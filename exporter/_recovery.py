@@ -9,21 +9,26 @@ instance, continuing its chain of each trace (SPEC §4.4).
 from __future__ import annotations
 
 import logging
+import os
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from spanproof.verifier.bundle import BUNDLE_SUFFIX
 from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.errors import CanonicalizationError
+from spanproof.verifier.keys import TrustedKey, TrustRoot
+from spanproof.verifier.records import CER_MEDIA_TYPE
 from spanproof.verifier.statement import Completeness, Producer
+from spanproof.verifier.verify import BundleReport, Verdict, check_bundle
 
 from .assembly import RECOVERED
 from .disclosure import AttributeMatcher
 from .journal import RecoveredTrace, recover_orphans, release_claimed
 from .keys import SigningKey
 from .sealing import ChainPosition, SealedBundle, seal
-from .sinks import BundleSink
+from .sinks import BundleSink, DirectorySink
 
 __all__ = ["position_from_json", "position_to_json", "seal_orphaned_journals"]
 
@@ -72,10 +77,13 @@ def seal_orphaned_journals(
     Journals held by a live process are left alone (``recover_orphans``).  Each
     recovered bundle has seal reason ``recovered``, names the dead instance as its
     producer instance and continues that instance's chain; losses the journal
-    recorded are declared.  The journal files are deleted once every bundle is
-    written.  *on_recovered* is called with (trace id, span id, body) for each span
-    certified (the receiver remembers them so a retry is not certified again).
-    Returns the paths written.
+    recorded are declared.  A bundle the dead instance already wrote but had not yet
+    recorded as sealed in its journal (it stopped in between) is found in the sink's
+    directory, checked against *signer*'s key, and not sealed a second time: only
+    the spans it does not hold are sealed, as its continuation.  The journal files
+    are deleted once every bundle is written.  *on_recovered* is called with (trace
+    id, span id, body) for each span certified (the receiver remembers them so a
+    retry is not certified again).  Returns the paths written.
 
     Raises:
         OSError: a bundle could not be written; the journal files are kept, so the
@@ -85,11 +93,14 @@ def seal_orphaned_journals(
     if not paths:
         return []
     written: list[str] = []
+    # Only a DirectorySink says where earlier bundles are; another sink's bundles
+    # cannot be looked up, so a trace sealed just before the crash is sealed again.
+    directory = sink.directory if isinstance(sink, DirectorySink) else None
     for trace in traces.values():
         for bundle in _seal_trace(trace, signer=signer, producer_name=producer_name,
                                   producer_version=producer_version,
                                   max_records=max_records, clock=clock, redact=redact,
-                                  on_recovered=on_recovered):
+                                  on_recovered=on_recovered, directory=directory):
             written.append(sink.write(bundle))
     release_claimed(paths)
     _logger.warning("spanproof: recovered %d trace(s) from %d orphaned journal file(s) into "
@@ -107,6 +118,7 @@ def _seal_trace(
     clock: Callable[[], float],
     redact: AttributeMatcher | None,
     on_recovered: Callable[[str, str, Mapping[str, Any]], None] | None,
+    directory: str | None = None,
 ) -> list[SealedBundle]:
     if trace.instance:
         # The spans were made durable by the dead instance: its chain continues.
@@ -137,9 +149,28 @@ def _seal_trace(
         bodies.append(body)
         if on_recovered is not None:
             on_recovered(trace.trace_id, span_id, body)
+    dropped, unsampled = trace.dropped_spans, trace.unsampled_spans
+    if directory is not None and trace.instance:
+        earlier = _written_segments(trace.trace_id, instance, position, directory, signer)
+        for report in earlier:
+            assert report.statement is not None and report.statement_digest is not None
+            _remove_certified(bodies, report.records or ())
+            s = report.statement
+            dropped = max(0, dropped - s.completeness.dropped_spans)
+            unsampled = max(0, unsampled - s.completeness.unsampled_spans)
+            rejected = max(0, rejected - s.completeness.rejected_spans)
+            position = ChainPosition(s.segment_index + 1, s.first_seq + s.record_count,
+                                     s.head, report.statement_digest)
+        if earlier:
+            _logger.warning(
+                "spanproof: trace %s: %d bundle(s) were written before the crash but not "
+                "recorded as sealed; %d span(s) left to seal after them",
+                trace.trace_id, len(earlier), len(bodies))
+            if not bodies and not (dropped or unsampled or rejected):
+                return []
     notes = [RECOVERED_NOTE.format(instance)]
-    if trace.dropped_spans or trace.unsampled_spans:
-        notes.append(f"{trace.dropped_spans} dropped and {trace.unsampled_spans} unsampled "
+    if dropped or unsampled:
+        notes.append(f"{dropped} dropped and {unsampled} unsampled "
                      "evidence span(s) were recorded in the journal")
     if rejected:
         notes.append(f"{rejected} journaled span(s) rejected: not representable as "
@@ -149,9 +180,9 @@ def _seal_trace(
     for n, chunk in enumerate(chunks):
         ids = {b["span"]["spanId"] for b in chunk}
         completeness = Completeness(
-            dropped_spans=trace.dropped_spans if n == 0 else 0,
+            dropped_spans=dropped if n == 0 else 0,
             rejected_spans=rejected if n == 0 else 0,
-            unsampled_spans=trace.unsampled_spans if n == 0 else 0,
+            unsampled_spans=unsampled if n == 0 else 0,
             conflicts=tuple(sorted(conflicts & ids)),
             notes=tuple(notes),
         )
@@ -163,3 +194,56 @@ def _seal_trace(
         bundles.append(bundle)
         position = bundle.next_position()
     return bundles
+
+
+def _written_segments(
+    trace_id: str, instance: str, position: ChainPosition, directory: str, signer: SigningKey
+) -> list[BundleReport]:
+    """The bundles already in *directory* that continue the chain from *position*:
+    each named for the next segment of this trace and instance, signed by *signer*'s
+    key, and starting exactly where the previous one (or *position*) ends."""
+    trust = TrustRoot.from_keys([TrustedKey.from_public_key(signer.private_key.public_key())])
+    found = []
+    while True:
+        name = f"{trace_id}-{position.segment_index:04d}-{instance}{BUNDLE_SUFFIX}"
+        path = os.path.join(directory, name)
+        if not os.path.isfile(path):
+            return found
+        report = check_bundle(path, trust, allow_incomplete=True, keep_records=True)
+        s = report.statement
+        if (
+            report.verdict is not Verdict.OK
+            or s is None
+            or report.statement_digest is None
+            or report.records is None
+            or (s.trace_id, s.producer.instance, s.segment_index, s.first_seq, s.start,
+                s.previous_statement)
+            != (trace_id, instance, position.segment_index, position.first_seq,
+                position.start, position.previous_statement)
+        ):
+            # Not this chain's next segment (or not ours): seal the spans again; the
+            # sink stores the new bundle under another name, never over this file.
+            _logger.warning("spanproof: %s is not the continuation of trace %s's chain "
+                            "(%s); its spans are sealed again", path, trace_id,
+                            report.reason if report.verdict is not Verdict.OK
+                            else "different chain position")
+            return found
+        found.append(report)
+        position = ChainPosition(s.segment_index + 1, s.first_seq + s.record_count, s.head,
+                                 report.statement_digest)
+
+
+def _remove_certified(bodies: list[dict[str, Any]], records: Sequence[Mapping[str, Any]]) -> None:
+    """Remove from *bodies* the spans that *records* already certify: a plain record
+    must hold the same span, resource and scope; a record with committed values
+    (SPEC §2.5) cannot be compared value by value, so its span id decides."""
+    for record in records:
+        span_id = record["span"]["spanId"]
+        plain = record["mediaType"] == CER_MEDIA_TYPE
+        for i, body in enumerate(bodies):
+            if body["span"]["spanId"] != span_id:
+                continue
+            if not plain or all(body[part] == record[part]
+                                for part in ("span", "resource", "scope")):
+                del bodies[i]
+                break

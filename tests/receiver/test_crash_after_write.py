@@ -1,0 +1,157 @@
+"""A producer that stops after writing a bundle but before journaling it as sealed.
+
+The bundle is durable, yet the journal still holds its spans as unsealed, so the
+next start recovers them.  Sealing them again would put a second bundle for the
+same segment beside the first, and the verifier fails such a trace ("segment 0
+appears twice").  Recovery must find the written bundle and seal only what it does
+not hold.  The receiver stands in for every producer here: the exporter and the
+span processor recover through the same code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from receiver_support import (
+    TRACE_A,
+    FakeClock,
+    bundle_paths,
+    otlp_span,
+    request,
+    signing_key,
+    span_id,
+    span_ids,
+    trust_root,
+    verified,
+)
+
+from spanproof.exporter.keys import SigningKey
+from spanproof.exporter.receiver import Receiver
+from spanproof.exporter.sealing import ChainPosition, seal
+from spanproof.verifier.verify import Verdict, check_bundle, link_segments
+
+
+def receiver(out: Path, clock: FakeClock, **kwargs: Any) -> Receiver:
+    return Receiver(out, signing_key=signing_key(), clock=clock, seal_grace=2.0,
+                    idle_timeout=30.0, **kwargs)
+
+
+def stop_after_writing(out: Path, clock: FakeClock, *requests: Any,
+                       late: Any = None, **kwargs: Any) -> None:
+    """Ingest *requests*, seal and write them, then stop as a crash would: before the
+    journal records them as sealed (and after ingesting *late*, unsealed)."""
+    first = receiver(out, clock, **kwargs)
+    first.start()
+    for req in requests:
+        first(req.resource_spans)
+    assert first._journal is not None
+    first._journal.append_sealed_many = lambda items: None
+    clock.advance(5)
+    assert first.flush()
+    if late is not None:
+        first(late.resource_spans)
+    first._journal.forget_after_fork()  # the journal is left as a killed process leaves it
+    first._journal = None
+    first.shutdown(0)
+
+
+def restart(out: Path, clock: FakeClock, **kwargs: Any) -> list[str]:
+    second = receiver(out, clock, **kwargs)
+    try:
+        return second.start()
+    finally:
+        second.shutdown(5)
+
+
+def test_bundle_written_before_crash_is_not_sealed_again(tmp_path: Path) -> None:
+    clock = FakeClock()
+    out = tmp_path / "out"
+    stop_after_writing(out, clock, request(otlp_span(TRACE_A, 1), otlp_span(TRACE_A, 2, parent=1)))
+    (before,) = bundle_paths(str(out))
+    assert restart(out, clock) == []
+    assert bundle_paths(str(out)) == [before]
+    reports = verified(str(out), trust_root(str(tmp_path)))
+    assert [link.ok for link in link_segments(reports)] == [True]
+    assert not any(name.startswith("journal-") for name in os.listdir(out / "journal"))
+
+
+def test_spans_after_the_written_bundle_are_sealed_as_its_continuation(tmp_path: Path) -> None:
+    clock = FakeClock()
+    out = tmp_path / "out"
+    stop_after_writing(out, clock, request(otlp_span(TRACE_A, 1), otlp_span(TRACE_A, 2, parent=1)),
+                       late=request(otlp_span(TRACE_A, 3, parent=1)))
+    (recovered,) = restart(out, clock)
+    reports = verified(str(out), trust_root(str(tmp_path)))
+    assert [r.statement.segment_index for r in reports if r.statement] == [0, 1]
+    assert [span_ids(r) for r in reports] == [[span_id(1), span_id(2)], [span_id(3)]]
+    assert reports[1].source == recovered and reports[1].statement is not None
+    assert reports[1].statement.seal_reason == "recovered"
+    links = link_segments(reports)
+    assert [(link.ok, link.segments) for link in links] == [(True, (0, 1))]
+
+
+def test_redacted_bundle_written_before_crash_is_not_sealed_again(tmp_path: Path) -> None:
+    # Committed values cannot be compared with the journaled ones: the span id decides.
+    clock = FakeClock()
+    out = tmp_path / "out"
+    secret = {"customer.email": "a@example.com"}
+    stop_after_writing(out, clock, request(otlp_span(TRACE_A, 1, extra=secret)),
+                       redact_attributes=["customer.*"])
+    assert restart(out, clock, redact_attributes=["customer.*"]) == []
+    assert len(bundle_paths(str(out))) == 1
+
+
+def test_same_span_id_with_other_content_is_still_sealed(tmp_path: Path) -> None:
+    # The written bundle certifies one version of span 2; the journal also holds a
+    # different one (a conflicting re-delivery after the seal): that one is sealed.
+    clock = FakeClock()
+    out = tmp_path / "out"
+    stop_after_writing(out, clock, request(otlp_span(TRACE_A, 1), otlp_span(TRACE_A, 2, parent=1)),
+                       late=request(otlp_span(TRACE_A, 2, parent=1, name="changed")))
+    (recovered,) = restart(out, clock)
+    report = check_bundle(recovered, trust_root(str(tmp_path)), keep_records=True,
+                          allow_incomplete=True)
+    assert report.verdict is Verdict.OK and report.records is not None
+    assert [r["span"]["name"] for r in report.records] == ["changed"]
+
+
+def test_bundle_signed_by_another_key_is_not_taken_for_the_written_one(
+    tmp_path: Path,
+) -> None:
+    # Whatever sits under the expected name must be this producer's own bundle;
+    # otherwise the spans are sealed again (under another name) rather than lost.
+    clock = FakeClock()
+    out = tmp_path / "out"
+    stop_after_writing(out, clock, request(otlp_span(TRACE_A, 1)))
+    (path,) = bundle_paths(str(out))
+    ours = check_bundle(path, trust_root(str(tmp_path)), keep_records=True)
+    assert ours.statement is not None and ours.records is not None
+    forged = seal(  # the same spans, chain position and instance; another key
+        TRACE_A, [{part: r[part] for part in ("span", "resource", "scope")}
+                  for r in ours.records],
+        ChainPosition.genesis(TRACE_A), signer=SigningKey.from_seed(b"\x07" * 32),
+        producer=ours.statement.producer, sealed_at=ours.statement.sealed_at,
+        reason=ours.statement.seal_reason,
+    )
+    Path(path).write_bytes(forged.data)
+    (resealed,) = restart(out, clock)
+    assert resealed != path
+    report = check_bundle(resealed, trust_root(str(tmp_path)), keep_records=True)
+    assert report.verdict is Verdict.OK and span_ids(report) == [span_id(1)]
+
+
+def test_corrupt_file_under_the_bundle_name_is_not_taken_for_the_written_one(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    out = tmp_path / "out"
+    stop_after_writing(out, clock, request(otlp_span(TRACE_A, 1)))
+    (path,) = bundle_paths(str(out))
+    data = bytearray(Path(path).read_bytes())
+    data[-40] ^= 0x01  # inside the last record
+    Path(path).write_bytes(bytes(data))
+    (resealed,) = restart(out, clock)
+    report = check_bundle(resealed, trust_root(str(tmp_path)), keep_records=True)
+    assert report.verdict is Verdict.OK and span_ids(report) == [span_id(1)]
