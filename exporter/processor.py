@@ -163,8 +163,8 @@ class _JournaledSealer(SpanproofSpanExporter):
                 self._journal.append_sealed(bundle.statement.trace_id, keys,
                                             position_to_json(bundle.next_position()))
             except OSError as e:
-                # The bundle is durable; after a crash its spans would be recovered
-                # a second time, as a separate, declared-recovered segment.
+                # The bundle is durable; its spans stay journaled, and the next
+                # start finds the bundle and does not seal them again (_recovery).
                 _logger.error("spanproof: cannot retire journal entries of %s (%s)",
                               bundle.file_name, e)
         return ok

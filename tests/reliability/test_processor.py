@@ -262,3 +262,37 @@ def test_failed_write_keeps_the_journal_keys_of_bundles_still_being_written(
     assert [r.verdict for r in reports] == [Verdict.OK, Verdict.OK]
     # Every journaled span was retired: nothing is left to recover at the next start.
     assert list(Path(processor.journal_dir).glob("journal-*.log")) == []
+
+
+def test_bundle_whose_journal_retire_failed_is_not_sealed_again_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The bundle is written, but the journal cannot record it as sealed (disk
+    # trouble): its spans stay journaled, and the next start recovers them. It must
+    # find the bundle rather than seal the same segment twice (the verifier fails a
+    # trace whose segment appears twice).
+    processor = make_processor(tmp_path)
+    traced = Traced(processor)
+    journal = processor.exporter.journal()  # type: ignore[attr-defined]
+
+    def cannot_retire(*args: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(journal, "append_sealed", cannot_retire)
+    with evidence_span(traced.tracer, "root"):
+        with evidence_span(traced.tracer, "child"):
+            pass
+    assert processor.force_flush(10_000)
+    processor.shutdown()
+    [written] = bundles(tmp_path)
+    assert list(Path(processor.journal_dir).glob("journal-*.log"))  # spans still journaled
+    recovering = make_processor(tmp_path)
+    try:
+        assert recovering.recovered == []
+    finally:
+        recovering.shutdown()
+    assert bundles(tmp_path) == [written]
+    result = spanproof_cli("verify", "--key", str(write_public_key(tmp_path / "trust")),
+                           str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "appears twice" not in result.stdout
