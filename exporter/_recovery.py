@@ -30,7 +30,9 @@ from .keys import SigningKey
 from .sealing import ChainPosition, SealedBundle, seal
 from .sinks import BundleSink, DirectorySink
 
-__all__ = ["position_from_json", "position_to_json", "seal_orphaned_journals"]
+__all__ = [
+    "chain_end_on_disk", "position_from_json", "position_to_json", "seal_orphaned_journals",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -194,6 +196,30 @@ def _seal_trace(
         bundles.append(bundle)
         position = bundle.next_position()
     return bundles
+
+
+def chain_end_on_disk(
+    trace_id: str, position: ChainPosition, instance: str, directory: str | None,
+    signer: SigningKey,
+) -> ChainPosition:
+    """Where a new segment of the trace starts when *position* is genesis but this
+    instance already wrote segments of the trace to *directory* (a trace it sealed,
+    then forgot when ``sealed_trace_memory`` was full): after the last of them that
+    continues the chain.  Otherwise *position* itself.  One ``stat`` per genesis
+    segment; the earlier segments are read and verified only when they exist."""
+    if directory is None or position.segment_index != 0 or position.previous_statement:
+        return position
+    if not os.path.isfile(os.path.join(directory, f"{trace_id}-0000-{instance}{BUNDLE_SUFFIX}")):
+        return position
+    earlier = _written_segments(trace_id, instance, position, directory, signer)
+    if not earlier:
+        return position
+    s, digest = earlier[-1].statement, earlier[-1].statement_digest
+    assert s is not None and digest is not None
+    _logger.info("spanproof: trace %s was sealed before and no longer remembered; its "
+                 "chain continues after segment %d found in %s", trace_id, s.segment_index,
+                 directory)
+    return ChainPosition(s.segment_index + 1, s.first_seq + s.record_count, s.head, digest)
 
 
 def _written_segments(

@@ -19,7 +19,8 @@ Variables (all prefixed ``OTEL_EXPORTER_SPANPROOF_``), with their defaults:
   linked segments (seal reason ``size_limit``).
 * ``MAX_PENDING_TRACES`` (``2048``): open traces held in memory.
 * ``SEALED_TRACE_MEMORY`` (``65536``): sealed traces whose chain position is kept
-  so a late span continues the chain.
+  in memory so a late span continues the chain (beyond it, from the chain found in
+  the output directory).
 * ``MAX_VALUE_BYTES`` (``1048576``): a span with an attribute value larger than
   this is not certified but declared as rejected in its trace's bundle.
 * ``WITNESS_URL`` (unset): submit each sealed bundle to this witness in the
@@ -86,8 +87,10 @@ class ExporterConfig:
     #: ``idle_timeout``, with a note saying why).
     max_pending_traces: int = 2048
     #: Sealed traces whose chain position is remembered, so a late span continues
-    #: the trace's chain in a linked segment.  A late span of a forgotten trace
-    #: starts a new chain at genesis (the verifier then reports segment 0 twice).
+    #: the trace's chain in a linked segment without reading the disk.  A late span
+    #: of a forgotten trace continues the chain found in the output directory (a
+    #: ``DirectorySink``'s; with another sink it starts a new chain at genesis, and
+    #: the verifier then reports segment 0 twice).
     sealed_trace_memory: int = 65_536
     #: Largest attribute value (bytes) certified; a span with a larger one is
     #: declared as rejected instead (``exporter/limits.py``).

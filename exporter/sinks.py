@@ -99,8 +99,10 @@ class DirectorySink:
     def write(self, bundle: SealedBundle) -> str:
         """Write *bundle* atomically under its file name and return the path.
 
-        Should the name already exist (a producer instance only reuses a name after
-        it forgot a sealed trace and restarted its chain), the bundle is stored as
+        Should the name already exist (a producer instance only reuses a name when
+        it restarted a trace's chain because the earlier bundle under that name could
+        not be continued, e.g. it was not signed by the current key), the bundle is
+        stored as
         ``<trace>-<segment>-<instance>.<n>.spanproof.json`` with a warning; the
         existing file is never touched.
 
@@ -227,7 +229,8 @@ class DirectorySink:
             if attempt:
                 _logger.warning(
                     "bundle file %s already exists; wrote this bundle as %s "
-                    "(a late span of a trace no longer remembered restarted its chain)",
+                    "(the trace's chain restarted: its earlier bundle could not be "
+                    "continued)",
                     name, candidate,
                 )
             return path

@@ -272,6 +272,38 @@ def test_late_span_starts_a_linked_continuation(out: Path, clock: FakeClock) -> 
     assert link.segments == (0, 1)
 
 
+def test_late_span_of_a_forgotten_trace_continues_its_chain_from_disk(
+    out: Path, clock: FakeClock
+) -> None:
+    # With room to remember one sealed trace, sealing a second one forgets the first;
+    # a late span of the first must still continue its chain (the segment on disk),
+    # not start a second segment 0, which fails the trace.
+    rec = Recorder()
+    exporter = make_exporter(out, clock, sealed_trace_memory=1)
+    roots = []
+    for name in ("first", "second"):
+        with rec.tracer.start_as_current_span(name) as root:
+            with evidence(rec, "llm"):
+                pass
+        roots.append(root)
+        exporter.export(rec.take())
+        clock.advance(3.0)
+        assert exporter.force_flush()
+    late = rec.tracer.start_span("late-tool-call", context=trace.set_span_in_context(roots[0]),
+                                 attributes={"gen_ai.operation.name": "execute_tool"})
+    late.end()
+    exporter.export(rec.take())
+    clock.advance(3.0)
+    assert exporter.force_flush()
+    exporter.shutdown()
+    rs = verified(out, trust_root(out.parent))
+    first_trace = f"{roots[0].get_span_context().trace_id:032x}"
+    segments = sorted((r.statement.segment_index, [x["span"]["name"] for x in r.records or ()])
+                      for r in rs if r.statement and r.statement.trace_id == first_trace)
+    assert segments == [(0, ["llm"]), (1, ["late-tool-call"])]
+    assert all(link.ok for link in link_segments(rs)), [link.message for link in link_segments(rs)]
+
+
 def test_size_limit_seals_linked_segments(out: Path, clock: FakeClock) -> None:
     rec = Recorder()
     trace_id, selected = build_trace(rec, evidence_steps=7, plain_steps=0)

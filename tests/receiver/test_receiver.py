@@ -28,6 +28,7 @@ from spanproof.exporter.otlp_server import Unavailable
 from spanproof.exporter.receiver import Receiver
 from spanproof.exporter.sealing import SealedBundle
 from spanproof.exporter.sinks import DirectorySink
+from spanproof.verifier.verify import link_segments
 
 
 def make_receiver(out, clock, **kwargs):
@@ -77,6 +78,25 @@ def test_late_span_starts_a_linked_continuation_segment(tmp_path, clock):
     first, second = (r.statement for r in reports)
     assert (second.segment_index, second.first_seq, second.start) == (1, 2, first.head)
     assert second.previous_statement == reports[0].statement_digest
+
+
+def test_late_span_of_a_forgotten_trace_continues_its_chain_from_disk(tmp_path, clock):
+    receiver = make_receiver(tmp_path / "out", clock, sealed_trace_memory=1)
+    with serving(receiver) as (server, _):
+        endpoint = f"127.0.0.1:{server.port}"
+        for trace_id in (TRACE_A, TRACE_B):  # sealing B forgets A
+            export(endpoint, otlp_span(trace_id, 1), otlp_span(trace_id, 2, parent=1))
+            clock.advance(2.5)
+            assert receiver.flush()
+        export(endpoint, otlp_span(TRACE_A, 3, parent=1))
+        clock.advance(2.5)
+        assert receiver.flush()
+        reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
+    a = [r for r in reports if r.statement.trace_id == TRACE_A]
+    assert [(r.statement.segment_index, span_ids(r)) for r in a] == [
+        (0, [span_id(1), span_id(2)]), (1, [span_id(3)])]
+    assert a[1].statement.previous_statement == a[0].statement_digest
+    assert all(link.ok for link in link_segments(reports))
 
 
 def test_idle_timeout_and_size_limit(tmp_path, clock):
