@@ -636,7 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 #: Creating a small file costs tens of microseconds on a quiet filesystem; more means
 #: the inode allocator is still skipping recently freed inodes (see ``main``).
-QUIET_FILE_CREATION_US = 100.0
+QUIET_FILE_CREATION_US = 60.0
 SETTLE_LIMIT_S = 420.0
 
 
