@@ -241,6 +241,17 @@ def test_many_concurrent_traces_from_several_threads(out: Path) -> None:
         assert record_span_ids(group[0]) == expected[trace_id]
 
 
+def seal_late_span(rec: Recorder, root: Any, exporter: SpanproofSpanExporter,
+                   clock: FakeClock) -> None:
+    """End a late evidence span under *root* (already sealed), export and seal it."""
+    late = rec.tracer.start_span("late-tool-call", context=trace.set_span_in_context(root),
+                                 attributes={"gen_ai.operation.name": "execute_tool"})
+    late.end()
+    exporter.export(rec.take())
+    clock.advance(3.0)
+    assert exporter.force_flush()
+
+
 def test_late_span_starts_a_linked_continuation(out: Path, clock: FakeClock) -> None:
     rec = Recorder()
     with rec.tracer.start_as_current_span("root") as root:
@@ -251,12 +262,7 @@ def test_late_span_starts_a_linked_continuation(out: Path, clock: FakeClock) -> 
     clock.advance(3.0)
     assert exporter.force_flush()
     (first,) = bundle_files(out)
-    late = rec.tracer.start_span("late-tool-call", context=trace.set_span_in_context(root),
-                                 attributes={"gen_ai.operation.name": "execute_tool"})
-    late.end()
-    exporter.export(rec.take())
-    clock.advance(3.0)
-    assert exporter.force_flush()
+    seal_late_span(rec, root, exporter, clock)
     exporter.shutdown()
     rs = verified(out, trust_root(out.parent))
     segments = {r.statement.segment_index: r for r in rs if r.statement}
@@ -289,12 +295,7 @@ def test_late_span_of_a_forgotten_trace_continues_its_chain_from_disk(
         exporter.export(rec.take())
         clock.advance(3.0)
         assert exporter.force_flush()
-    late = rec.tracer.start_span("late-tool-call", context=trace.set_span_in_context(roots[0]),
-                                 attributes={"gen_ai.operation.name": "execute_tool"})
-    late.end()
-    exporter.export(rec.take())
-    clock.advance(3.0)
-    assert exporter.force_flush()
+    seal_late_span(rec, roots[0], exporter, clock)
     exporter.shutdown()
     rs = verified(out, trust_root(out.parent))
     first_trace = f"{roots[0].get_span_context().trace_id:032x}"

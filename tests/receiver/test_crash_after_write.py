@@ -11,9 +11,11 @@ span processor recover through the same code.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from receiver_support import (
     TRACE_A,
     FakeClock,
@@ -30,6 +32,7 @@ from receiver_support import (
 from spanproof.exporter.keys import SigningKey
 from spanproof.exporter.receiver import Receiver
 from spanproof.exporter.sealing import ChainPosition, seal
+from spanproof.verifier.keys import TrustRoot
 from spanproof.verifier.verify import Verdict, check_bundle, link_segments
 
 
@@ -117,8 +120,29 @@ def test_same_span_id_with_other_content_is_still_sealed(tmp_path: Path) -> None
     assert [r["span"]["name"] for r in report.records] == ["changed"]
 
 
-def test_bundle_signed_by_another_key_is_not_taken_for_the_written_one(
-    tmp_path: Path,
+def _signed_by_another_key(path: str, trust: TrustRoot) -> bytes:
+    """The same spans, chain position and producer instance, signed by another key."""
+    ours = check_bundle(path, trust, keep_records=True)
+    assert ours.statement is not None and ours.records is not None
+    return seal(
+        TRACE_A, [{part: r[part] for part in ("span", "resource", "scope")}
+                  for r in ours.records],
+        ChainPosition.genesis(TRACE_A), signer=SigningKey.from_seed(b"\x07" * 32),
+        producer=ours.statement.producer, sealed_at=ours.statement.sealed_at,
+        reason=ours.statement.seal_reason,
+    ).data
+
+
+def _one_byte_flipped(path: str, trust: TrustRoot) -> bytes:
+    data = bytearray(Path(path).read_bytes())
+    data[-40] ^= 0x01  # inside the last record
+    return bytes(data)
+
+
+@pytest.mark.parametrize("spoil", [_signed_by_another_key, _one_byte_flipped],
+                         ids=["signed-by-another-key", "corrupted"])
+def test_untrusted_file_under_the_bundle_name_is_not_taken_for_the_written_one(
+    tmp_path: Path, spoil: Callable[[str, TrustRoot], bytes],
 ) -> None:
     # Whatever sits under the expected name must be this producer's own bundle;
     # otherwise the spans are sealed again (under another name) rather than lost.
@@ -126,32 +150,8 @@ def test_bundle_signed_by_another_key_is_not_taken_for_the_written_one(
     out = tmp_path / "out"
     stop_after_writing(out, clock, request(otlp_span(TRACE_A, 1)))
     (path,) = bundle_paths(str(out))
-    ours = check_bundle(path, trust_root(str(tmp_path)), keep_records=True)
-    assert ours.statement is not None and ours.records is not None
-    forged = seal(  # the same spans, chain position and instance; another key
-        TRACE_A, [{part: r[part] for part in ("span", "resource", "scope")}
-                  for r in ours.records],
-        ChainPosition.genesis(TRACE_A), signer=SigningKey.from_seed(b"\x07" * 32),
-        producer=ours.statement.producer, sealed_at=ours.statement.sealed_at,
-        reason=ours.statement.seal_reason,
-    )
-    Path(path).write_bytes(forged.data)
+    Path(path).write_bytes(spoil(path, trust_root(str(tmp_path))))
     (resealed,) = restart(out, clock)
     assert resealed != path
-    report = check_bundle(resealed, trust_root(str(tmp_path)), keep_records=True)
-    assert report.verdict is Verdict.OK and span_ids(report) == [span_id(1)]
-
-
-def test_corrupt_file_under_the_bundle_name_is_not_taken_for_the_written_one(
-    tmp_path: Path,
-) -> None:
-    clock = FakeClock()
-    out = tmp_path / "out"
-    stop_after_writing(out, clock, request(otlp_span(TRACE_A, 1)))
-    (path,) = bundle_paths(str(out))
-    data = bytearray(Path(path).read_bytes())
-    data[-40] ^= 0x01  # inside the last record
-    Path(path).write_bytes(bytes(data))
-    (resealed,) = restart(out, clock)
     report = check_bundle(resealed, trust_root(str(tmp_path)), keep_records=True)
     assert report.verdict is Verdict.OK and span_ids(report) == [span_id(1)]

@@ -63,16 +63,19 @@ def test_out_of_order_spans_across_requests_form_one_bundle(tmp_path, clock):
     assert span_ids(reports[0]) == [span_id(n) for n in (4, 2, 3, 5)]  # arrival order
 
 
+def seal_now(receiver, endpoint, clock, *spans):
+    """Send *spans* in one request and seal them (past the grace period)."""
+    export(endpoint, *spans)
+    clock.advance(2.5)
+    assert receiver.flush()
+
+
 def test_late_span_starts_a_linked_continuation_segment(tmp_path, clock):
     receiver = make_receiver(tmp_path / "out", clock)
     with serving(receiver) as (server, _):
         endpoint = f"127.0.0.1:{server.port}"
-        export(endpoint, otlp_span(TRACE_A, 1), otlp_span(TRACE_A, 2, parent=1))
-        clock.advance(2.5)
-        assert receiver.flush()
-        export(endpoint, otlp_span(TRACE_A, 3, parent=1))
-        clock.advance(2.5)
-        assert receiver.flush()
+        seal_now(receiver, endpoint, clock, otlp_span(TRACE_A, 1), otlp_span(TRACE_A, 2, parent=1))
+        seal_now(receiver, endpoint, clock, otlp_span(TRACE_A, 3, parent=1))
         reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
     assert [span_ids(r) for r in reports] == [[span_id(1), span_id(2)], [span_id(3)]]
     first, second = (r.statement for r in reports)
@@ -85,12 +88,9 @@ def test_late_span_of_a_forgotten_trace_continues_its_chain_from_disk(tmp_path, 
     with serving(receiver) as (server, _):
         endpoint = f"127.0.0.1:{server.port}"
         for trace_id in (TRACE_A, TRACE_B):  # sealing B forgets A
-            export(endpoint, otlp_span(trace_id, 1), otlp_span(trace_id, 2, parent=1))
-            clock.advance(2.5)
-            assert receiver.flush()
-        export(endpoint, otlp_span(TRACE_A, 3, parent=1))
-        clock.advance(2.5)
-        assert receiver.flush()
+            seal_now(receiver, endpoint, clock,
+                     otlp_span(trace_id, 1), otlp_span(trace_id, 2, parent=1))
+        seal_now(receiver, endpoint, clock, otlp_span(TRACE_A, 3, parent=1))
         reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
     a = [r for r in reports if r.statement.trace_id == TRACE_A]
     assert [(r.statement.segment_index, span_ids(r)) for r in a] == [
