@@ -155,14 +155,13 @@ def _seal_trace(
     if directory is not None and trace.instance:
         earlier = _written_segments(trace.trace_id, instance, position, directory, signer)
         for report in earlier:
-            assert report.statement is not None and report.statement_digest is not None
+            assert report.statement is not None
             _remove_certified(bodies, report.records or ())
-            s = report.statement
-            dropped = max(0, dropped - s.completeness.dropped_spans)
-            unsampled = max(0, unsampled - s.completeness.unsampled_spans)
-            rejected = max(0, rejected - s.completeness.rejected_spans)
-            position = ChainPosition(s.segment_index + 1, s.first_seq + s.record_count,
-                                     s.head, report.statement_digest)
+            declared = report.statement.completeness
+            dropped = max(0, dropped - declared.dropped_spans)
+            unsampled = max(0, unsampled - declared.unsampled_spans)
+            rejected = max(0, rejected - declared.rejected_spans)
+            position = _after(report)
         if earlier:
             _logger.warning(
                 "spanproof: trace %s: %d bundle(s) were written before the crash but not "
@@ -214,12 +213,11 @@ def chain_end_on_disk(
     earlier = _written_segments(trace_id, instance, position, directory, signer)
     if not earlier:
         return position
-    s, digest = earlier[-1].statement, earlier[-1].statement_digest
-    assert s is not None and digest is not None
+    position = _after(earlier[-1])
     _logger.info("spanproof: trace %s was sealed before and no longer remembered; its "
-                 "chain continues after segment %d found in %s", trace_id, s.segment_index,
-                 directory)
-    return ChainPosition(s.segment_index + 1, s.first_seq + s.record_count, s.head, digest)
+                 "chain continues after segment %d found in %s", trace_id,
+                 position.segment_index - 1, directory)
+    return position
 
 
 def _written_segments(
@@ -255,8 +253,14 @@ def _written_segments(
                             else "different chain position")
             return found
         found.append(report)
-        position = ChainPosition(s.segment_index + 1, s.first_seq + s.record_count, s.head,
-                                 report.statement_digest)
+        position = _after(report)
+
+
+def _after(report: BundleReport) -> ChainPosition:
+    """The position a continuation of *report*'s verified segment starts from."""
+    s, digest = report.statement, report.statement_digest
+    assert s is not None and digest is not None
+    return ChainPosition(s.segment_index + 1, s.first_seq + s.record_count, s.head, digest)
 
 
 def _remove_certified(bodies: list[dict[str, Any]], records: Sequence[Mapping[str, Any]]) -> None:
