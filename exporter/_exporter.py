@@ -39,7 +39,7 @@ from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.errors import CanonicalizationError
 from spanproof.verifier.statement import Completeness, Producer
 
-from ._recovery import chain_end_on_disk, seal_orphaned_journals
+from ._recovery import continue_on_disk, seal_orphaned_journals
 from ._sealing_process import SealingProcess, SealingProcessError
 from ._setup import resolve_setup
 from .assembly import SHUTDOWN, SealJob, TraceAssembler
@@ -722,7 +722,7 @@ class SpanproofSpanExporter(SpanExporter):
 
     def _seal(self, job: SealJob) -> SealedBundle:
         sealed_at = datetime.fromtimestamp(self._clock(), timezone.utc)
-        job = self._continued(job)
+        job = continue_on_disk(job, self._producer.instance, self._sink, self._signer)
         bodies = job.bodies
         completeness = job.completeness
         try:
@@ -749,13 +749,6 @@ class SpanproofSpanExporter(SpanExporter):
                    "(e.g. a string with a lone surrogate)"),
         )
         return self._sign(job, tuple(kept), completeness, sealed_at)
-
-    def _continued(self, job: SealJob) -> SealJob:
-        """*job*, continuing the trace's chain on disk when the trace was forgotten."""
-        directory = self._sink.directory if isinstance(self._sink, DirectorySink) else None
-        position = chain_end_on_disk(job.trace_id, job.position, self._producer.instance,
-                                     directory, self._signer)
-        return job if position is job.position else dataclasses.replace(job, position=position)
 
     def _sign(
         self,

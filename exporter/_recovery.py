@@ -8,6 +8,7 @@ instance, continuing its chain of each trace (SPEC §4.4).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import secrets
@@ -23,7 +24,7 @@ from spanproof.verifier.records import CER_MEDIA_TYPE
 from spanproof.verifier.statement import Completeness, Producer
 from spanproof.verifier.verify import BundleReport, Verdict, check_bundle
 
-from .assembly import RECOVERED
+from .assembly import RECOVERED, SealJob
 from .disclosure import AttributeMatcher
 from .journal import RecoveredTrace, recover_orphans, release_claimed
 from .keys import SigningKey
@@ -31,7 +32,7 @@ from .sealing import ChainPosition, SealedBundle, seal
 from .sinks import BundleSink, DirectorySink
 
 __all__ = [
-    "chain_end_on_disk", "position_from_json", "position_to_json", "seal_orphaned_journals",
+    "continue_on_disk", "position_from_json", "position_to_json", "seal_orphaned_journals",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -95,9 +96,9 @@ def seal_orphaned_journals(
     if not paths:
         return []
     written: list[str] = []
-    # Only a DirectorySink says where earlier bundles are; another sink's bundles
-    # cannot be looked up, so a trace sealed just before the crash is sealed again.
-    directory = sink.directory if isinstance(sink, DirectorySink) else None
+    # Another sink's bundles cannot be read back: a trace sealed just before the
+    # crash is then sealed again.
+    directory = _directory_of(sink)
     for trace in traces.values():
         for bundle in _seal_trace(trace, signer=signer, producer_name=producer_name,
                                   producer_version=producer_version,
@@ -197,27 +198,31 @@ def _seal_trace(
     return bundles
 
 
-def chain_end_on_disk(
-    trace_id: str, position: ChainPosition, instance: str, directory: str | None,
-    signer: SigningKey,
-) -> ChainPosition:
-    """Where a new segment of the trace starts when *position* is genesis but this
-    instance already wrote segments of the trace to *directory* (a trace it sealed,
-    then forgot when ``sealed_trace_memory`` was full): after the last of them that
-    continues the chain.  Otherwise *position* itself.  One ``stat`` per genesis
-    segment; the earlier segments are read and verified only when they exist."""
+def continue_on_disk(
+    job: SealJob, instance: str, sink: BundleSink, signer: SigningKey
+) -> SealJob:
+    """*job*, or, when it would start the trace's chain at genesis although this
+    instance already wrote segments of the trace to the sink's directory (a trace it
+    sealed, then forgot when ``sealed_trace_memory`` was full), *job* continuing
+    after the last of them that continues the chain.  One ``stat`` per genesis
+    segment; earlier segments are read and verified only when they exist."""
+    directory = _directory_of(sink)
+    position = job.position
     if directory is None or position.segment_index != 0 or position.previous_statement:
-        return position
-    if not os.path.isfile(os.path.join(directory, f"{trace_id}-0000-{instance}{BUNDLE_SUFFIX}")):
-        return position
-    earlier = _written_segments(trace_id, instance, position, directory, signer)
+        return job
+    earlier = _written_segments(job.trace_id, instance, position, directory, signer)
     if not earlier:
-        return position
+        return job
     position = _after(earlier[-1])
     _logger.info("spanproof: trace %s was sealed before and no longer remembered; its "
-                 "chain continues after segment %d found in %s", trace_id,
+                 "chain continues after segment %d found in %s", job.trace_id,
                  position.segment_index - 1, directory)
-    return position
+    return dataclasses.replace(job, position=position)
+
+
+def _directory_of(sink: BundleSink) -> str | None:
+    """Where earlier bundles can be read back: only a DirectorySink says."""
+    return sink.directory if isinstance(sink, DirectorySink) else None
 
 
 def _written_segments(
@@ -226,13 +231,16 @@ def _written_segments(
     """The bundles already in *directory* that continue the chain from *position*:
     each named for the next segment of this trace and instance, signed by *signer*'s
     key, and starting exactly where the previous one (or *position*) ends."""
-    trust = TrustRoot.from_keys([TrustedKey.from_public_key(signer.private_key.public_key())])
+    trust: TrustRoot | None = None
     found = []
     while True:
         name = f"{trace_id}-{position.segment_index:04d}-{instance}{BUNDLE_SUFFIX}"
         path = os.path.join(directory, name)
         if not os.path.isfile(path):
             return found
+        if trust is None:
+            public = signer.private_key.public_key()
+            trust = TrustRoot.from_keys([TrustedKey.from_public_key(public)])
         report = check_bundle(path, trust, allow_incomplete=True, keep_records=True)
         s = report.statement
         if (

@@ -52,7 +52,7 @@ from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.errors import CanonicalizationError
 from spanproof.verifier.statement import Completeness, Producer
 
-from ._recovery import chain_end_on_disk, position_to_json, seal_orphaned_journals
+from ._recovery import continue_on_disk, position_to_json, seal_orphaned_journals
 from ._setup import resolve_setup
 from .assembly import SHUTDOWN, SealJob, TraceAssembler
 from .config import ExporterConfig
@@ -655,12 +655,7 @@ class Receiver:
 
     def _seal(self, job: SealJob, producer: Producer) -> SealedBundle:
         sealed_at = datetime.fromtimestamp(self._clock(), timezone.utc)
-        # A late span of a trace no longer remembered continues its chain on disk.
-        directory = self._sink.directory if isinstance(self._sink, DirectorySink) else None
-        position = chain_end_on_disk(job.trace_id, job.position, producer.instance,
-                                     directory, self._signer)
-        if position is not job.position:
-            job = dataclasses.replace(job, position=position)
+        job = continue_on_disk(job, producer.instance, self._sink, self._signer)
         try:
             return self._sign(job, job.bodies, job.completeness, producer, sealed_at)
         except CanonicalizationError:

@@ -25,13 +25,14 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import errno
+import filecmp
 import logging
 import os
 import re
 import secrets
 import sys
 from collections.abc import Callable, Sequence
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, get_args, runtime_checkable
 
 from spanproof.verifier.bundle import BUNDLE_SUFFIX
 
@@ -44,7 +45,6 @@ __all__ = ["BundleSink", "DirectorySink", "SyncMode", "syncfs_available"]
 #: (one ``syncfs`` per group; raises ``ValueError`` where unavailable) or ``"file"``
 #: (one fsync per file).
 SyncMode = Literal["auto", "filesystem", "file"]
-SYNC_MODES: tuple[str, ...] = ("auto", "filesystem", "file")
 
 _logger = logging.getLogger(__name__)
 
@@ -78,8 +78,9 @@ class DirectorySink:
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, sync: SyncMode = "auto") -> None:
-        if sync not in SYNC_MODES:
-            raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
+        if sync not in get_args(SyncMode):
+            raise ValueError(f"sync must be one of {', '.join(get_args(SyncMode))}, "
+                             f"not {sync!r}")
         if sync == "filesystem" and _SYNCFS is None:
             raise ValueError("sync='filesystem' needs syncfs(2) that reports errors "
                              "(Linux 5.8 or newer)")
@@ -99,11 +100,12 @@ class DirectorySink:
     def write(self, bundle: SealedBundle) -> str:
         """Write *bundle* atomically under its file name and return the path.
 
-        Should the name already exist (a producer instance only reuses a name when
-        it restarted a trace's chain because the earlier bundle under that name could
-        not be continued, e.g. it was not signed by the current key), the bundle is
-        stored as
-        ``<trace>-<segment>-<instance>.<n>.spanproof.json`` with a warning; the
+        Writing a bundle again that is already stored byte for byte (a retry after
+        a failed directory fsync) returns the existing path.  Should the name hold
+        another bundle (a producer instance only reuses a name when it restarted a
+        trace's chain because the earlier bundle under that name could not be
+        continued, e.g. it was not signed by the current key), the bundle is stored
+        as ``<trace>-<segment>-<instance>.<n>.spanproof.json`` with a warning; the
         existing file is never touched.
 
         Raises:
@@ -225,6 +227,11 @@ class DirectorySink:
             try:
                 _link_no_replace(tmp, path)
             except FileExistsError:
+                if filecmp.cmp(tmp, path, shallow=False):
+                    # This very bundle is already there: a retry of a write whose
+                    # directory fsync failed.  A second copy under another name
+                    # would be a second bundle for one segment.
+                    return path
                 continue
             if attempt:
                 _logger.warning(

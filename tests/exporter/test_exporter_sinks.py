@@ -183,13 +183,26 @@ def test_failed_syncfs_fails_the_whole_group_and_publishes_nothing(
 def test_failed_directory_fsync_reports_every_published_bundle_as_failed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The caller then writes them again (under alternative names), as for one bundle:
-    # a name whose directory entry may not survive a crash is not reported written.
+    # A name whose directory entry may not survive a crash is not reported written;
+    # the caller writes the bundles again, which finds them in place: no second copy.
     calls = _Calls(monkeypatch, syncfs=True)
     calls.fail_dir_fsync = OSError(errno.EIO, "Input/output error")
-    outcomes = DirectorySink(tmp_path).write_many([trace_bundle(0), trace_bundle(1)])
-    assert all(isinstance(o, OSError) for o in outcomes)
+    group = [trace_bundle(0), trace_bundle(1)]
+    sink = DirectorySink(tmp_path)
+    assert all(isinstance(o, OSError) for o in sink.write_many(group))
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    calls.fail_dir_fsync = None
+    calls.log.clear()
+    assert sink.write_many(group) == [str(tmp_path / b.file_name) for b in group]
+    assert sorted(os.listdir(tmp_path)) == sorted(b.file_name for b in group)
+    assert calls.log[-1] == "fsync-dir"
+
+
+def test_writing_the_same_bundle_again_returns_its_path_without_a_copy(tmp_path: Path) -> None:
+    sink = DirectorySink(tmp_path)
+    b = bundle(bodies=[], redact=())
+    assert sink.write(b) == sink.write(b) == str(tmp_path / b.file_name)
+    assert os.listdir(tmp_path) == [b.file_name]
 
 
 def test_one_unwritable_bundle_does_not_fail_the_others(
