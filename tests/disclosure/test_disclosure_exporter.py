@@ -160,7 +160,8 @@ def test_no_disclosure_file_when_nothing_committed(tmp_path: Path) -> None:
 
 def test_disclosure_file_follows_an_alternative_bundle_name(tmp_path: Path) -> None:
     first = write_bundle(tmp_path / "out")
-    second = write_bundle(tmp_path / "out")  # same name taken: stored as <stem>.1
+    # Another bundle under the same name (the same bundle again is taken as written).
+    second = write_bundle(tmp_path / "out", default_bodies()[:2])  # stored as <stem>.1
     assert second.bundle.name.endswith(".1.spanproof.json")
     assert second.disclosures.exists() and first.disclosures.exists()
     assert _mode(second.disclosures) == 0o600
