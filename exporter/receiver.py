@@ -34,7 +34,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import secrets
@@ -96,16 +95,13 @@ def _package_version() -> str:
 def _serialized(body: Mapping[str, Any]) -> tuple[str, bytes]:
     """A record body as key-sorted JSON text (journaled as is) and the digest of that
     text (its content fingerprint, independent of key order)."""
-    try:
-        # Bodies hold only strings, booleans, lists and dicts with string keys, for
-        # which orjson writes what json.dumps below writes (a test compares them).
-        data = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-    except TypeError:  # what orjson refuses (a lone surrogate): the standard encoder
-        text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        data = text.encode("utf-8")
-    else:
-        text = data.decode("utf-8")
-    return text, hashlib.blake2b(data, digest_size=16).digest()
+    # Bodies hold only strings, booleans, lists and dicts with string keys, for which
+    # orjson writes what json.dumps(sort_keys=True, separators=(",", ":"),
+    # ensure_ascii=False) writes (a test compares them).  Their strings come from
+    # protobuf, which refuses a lone surrogate when it parses a request (400), so
+    # every one is valid UTF-8.
+    data = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    return data.decode("utf-8"), hashlib.blake2b(data, digest_size=16).digest()
 
 
 def _fingerprint(body: Mapping[str, Any]) -> bytes:

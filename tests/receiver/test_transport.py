@@ -237,6 +237,14 @@ def test_http_partial_success_json(http_url, ingest):
     assert json.loads(body)["partialSuccess"]["rejectedSpans"] == "1"
 
 
+def test_parse_otlp_json_rejects_a_lone_surrogate():
+    # Every string a body holds is valid UTF-8 past this point (the journal's text
+    # encoder relies on it).
+    doc = b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"name":"\\ud800"}]}]}]}'
+    with pytest.raises(InvalidRequest, match=r"[Ss]urrogate"):
+        parse_otlp_json(doc)
+
+
 def test_parse_otlp_json_rejects_non_object():
     with pytest.raises(InvalidRequest):
         parse_otlp_json(b"[1, 2]")
