@@ -656,8 +656,9 @@ class Receiver:
             return self._sign(job, job.bodies, job.completeness, producer, sealed_at)
         except CanonicalizationError:
             pass
-        # A value JSON cannot carry (a lone surrogate from OTLP/JSON): certify the
-        # others and declare the rest rejected (SPEC §5.3), as the SDK exporter does.
+        # A value JSON cannot carry: certify the others and declare the rest rejected
+        # (SPEC §5.3), as the SDK exporter does.  (Protobuf already refuses a lone
+        # surrogate at parse; this keeps one bad body from failing its segment.)
         kept = []
         for body in job.bodies:
             try:
