@@ -722,7 +722,8 @@ class SpanproofSpanExporter(SpanExporter):
 
     def _seal(self, job: SealJob) -> SealedBundle:
         sealed_at = datetime.fromtimestamp(self._clock(), timezone.utc)
-        job = continue_on_disk(job, self._producer.instance, self._sink, self._signer)
+        if self._assembler.forgot_sealed:
+            job = continue_on_disk(job, self._producer.instance, self._sink, self._signer)
         bodies = job.bodies
         completeness = job.completeness
         try:

@@ -135,6 +135,7 @@ class TraceAssembler:
         self._max_records = max_records
         self._max_pending = max_pending_traces
         self._memory = sealed_trace_memory
+        self._forgot_sealed = sealed_trace_memory == 0
         self._traces: dict[str, _Trace] = {}
         # Traces with something to seal are in exactly one of _open (by last
         # activity, oldest first) and _ready (due now: value is the reason).
@@ -159,6 +160,13 @@ class TraceAssembler:
             max_pending_traces=config.max_pending_traces,
             sealed_trace_memory=config.sealed_trace_memory,
         )
+
+    @property
+    def forgot_sealed(self) -> bool:
+        """Whether a sealed trace may have been forgotten (``sealed_trace_memory``
+        was full, or is 0): until then, a trace this assembler does not remember
+        was never sealed by it, and its chain starts at genesis."""
+        return self._forgot_sealed
 
     @property
     def pending_traces(self) -> int:
@@ -507,6 +515,7 @@ class TraceAssembler:
         self._sealed.move_to_end(trace_id)
         if len(self._sealed) > self._memory:
             self._sealed.popitem(last=False)
+            self._forgot_sealed = True
 
 
 _EVICTED_NOTE = (

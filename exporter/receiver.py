@@ -651,7 +651,8 @@ class Receiver:
 
     def _seal(self, job: SealJob, producer: Producer) -> SealedBundle:
         sealed_at = datetime.fromtimestamp(self._clock(), timezone.utc)
-        job = continue_on_disk(job, producer.instance, self._sink, self._signer)
+        if self._assembler.forgot_sealed:
+            job = continue_on_disk(job, producer.instance, self._sink, self._signer)
         try:
             return self._sign(job, job.bodies, job.completeness, producer, sealed_at)
         except CanonicalizationError:

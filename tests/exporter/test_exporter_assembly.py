@@ -256,15 +256,23 @@ def test_drain_all_takes_everything_over_several_calls() -> None:
 
 def test_sealed_trace_memory_is_bounded() -> None:
     asm = assembler(sealed_trace_memory=1)
+    forgot = []
     for trace in (T1, T2):
         asm.add(trace, body(trace, 0), now=0.0)
         asm.root_ended(trace, now=0.0)
         seal_all(asm, asm.due(5.0))
+        forgot.append(asm.forgot_sealed)
+    assert forgot == [False, True]
     asm.add(T1, body(T1, 1), now=10.0)  # T1 was forgotten: a new chain
     asm.add(T2, body(T2, 1), now=10.0)  # T2 is remembered: a continuation
     jobs = {j.trace_id: j for j in asm.drain_all("shutdown")}
     assert jobs[T1].position == ChainPosition.genesis(T1)
     assert jobs[T2].position.segment_index == 1
+
+
+def test_no_sealed_trace_memory_forgets_from_the_start() -> None:
+    assert assembler(sealed_trace_memory=0).forgot_sealed
+    assert not assembler().forgot_sealed
 
 
 def test_abandoned_job_declares_its_spans_dropped() -> None:

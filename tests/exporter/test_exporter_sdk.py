@@ -305,6 +305,36 @@ def test_late_span_of_a_forgotten_trace_continues_its_chain_from_disk(
     assert all(link.ok for link in link_segments(rs)), [link.message for link in link_segments(rs)]
 
 
+def test_new_traces_do_not_look_at_the_disk_until_a_sealed_trace_was_forgotten(
+    out: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lookup for a forgotten trace's chain costs a stat per new trace: it is
+    # only needed once sealed_trace_memory has overflowed.
+    from spanproof.exporter import _recovery
+
+    looked_up: list[str] = []
+    original = _recovery._written_segments
+
+    def recording(trace_id: str, *args: Any) -> Any:
+        looked_up.append(trace_id)
+        return original(trace_id, *args)
+
+    monkeypatch.setattr(_recovery, "_written_segments", recording)
+    rec = Recorder()
+    exporter = make_exporter(out, clock, sealed_trace_memory=2)
+    for name in ("first", "second", "third", "fourth"):
+        with rec.tracer.start_as_current_span(name):
+            with evidence(rec, "llm"):
+                pass
+        exporter.export(rec.take())
+        clock.advance(3.0)
+        assert exporter.force_flush()
+    exporter.shutdown()
+    # Sealing the third trace forgot the first; only the fourth is looked up.
+    assert len(looked_up) == 1
+    assert len(verified(out, trust_root(out.parent))) == 4
+
+
 def test_size_limit_seals_linked_segments(out: Path, clock: FakeClock) -> None:
     rec = Recorder()
     trace_id, selected = build_trace(rec, evidence_steps=7, plain_steps=0)
