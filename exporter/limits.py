@@ -8,7 +8,7 @@ unbounded value.  Commit such values instead (``REDACT_ATTRIBUTES``) only if the
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["OversizedValue", "check_value_sizes", "value_size"]
@@ -35,30 +35,44 @@ def value_size(typed: Mapping[str, Any]) -> int:
     return 8
 
 
-def _attribute_maps(body: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
-    span = body["span"]
-    yield "span", span["attributes"]
-    for i, event in enumerate(span["events"]):
-        yield f"event {i}", event["attributes"]
-    for i, link in enumerate(span["links"]):
-        yield f"link {i}", link["attributes"]
-    yield "resource", body["resource"]["attributes"]
-    yield "scope", body["scope"]["attributes"]
+# Resource and scope bodies are shared by the spans of a tracer (normalize caches
+# them per object): each is measured once per limit, not once per span.  Keyed by
+# id and holding the body, so an id is not reused while it is remembered.
+_measured_shared: dict[tuple[int, int], Mapping[str, Any]] = {}
+_SHARED_LIMIT = 256
 
 
 def check_value_sizes(body: Mapping[str, Any], limit: int) -> None:
     """Raise :class:`OversizedValue` naming the first attribute of the record body
     whose value is larger than *limit* bytes.  Values that cannot be that large
     (fewer characters than ``limit / 4``) are not measured."""
+    span = body["span"]
+    _check(span["attributes"], limit, "span", None)
+    for i, event in enumerate(span["events"]):
+        _check(event["attributes"], limit, "event", i)
+    for i, link in enumerate(span["links"]):
+        _check(link["attributes"], limit, "link", i)
+    for where in ("resource", "scope"):
+        shared = body[where]
+        key = (id(shared), limit)
+        if _measured_shared.get(key) is shared:
+            continue
+        _check(shared["attributes"], limit, where, None)
+        if len(_measured_shared) >= _SHARED_LIMIT:
+            _measured_shared.clear()
+        _measured_shared[key] = shared
+
+
+def _check(attributes: Mapping[str, Any], limit: int, where: str, index: int | None) -> None:
     quick = limit // 4
-    for where, attributes in _attribute_maps(body):
-        for key, typed in attributes.items():
-            text = typed.get("stringValue")
-            if isinstance(text, str) and len(text) <= quick:
-                continue
-            size = value_size(typed)
-            if size > limit:
-                raise OversizedValue(
-                    f"{where} attribute {key!r} is {size} bytes, above the limit of {limit} "
-                    "(OTEL_EXPORTER_SPANPROOF_MAX_VALUE_BYTES)"
-                )
+    for key, typed in attributes.items():
+        text = typed.get("stringValue")
+        if isinstance(text, str) and len(text) <= quick:
+            continue
+        size = value_size(typed)
+        if size > limit:
+            place = where if index is None else f"{where} {index}"
+            raise OversizedValue(
+                f"{place} attribute {key!r} is {size} bytes, above the limit of {limit} "
+                "(OTEL_EXPORTER_SPANPROOF_MAX_VALUE_BYTES)"
+            )

@@ -295,6 +295,45 @@ def test_value_size_counts_utf8_bytes_and_nested_values() -> None:
     assert value_size(encode_value(7)) == 8
 
 
+def _sized_body(span_attrs: dict[str, Any], resource: dict[str, Any],
+                event_attrs: dict[str, Any] | None = None) -> dict[str, Any]:
+    events = [] if event_attrs is None else [{"attributes": {}}, {"attributes": event_attrs}]
+    return {"span": {"attributes": span_attrs, "events": events,
+                     "links": [{"attributes": {"ok": {"stringValue": "x"}}}]},
+            "resource": resource, "scope": {"attributes": {}}}
+
+
+def test_value_size_check_names_where_the_oversized_value_is() -> None:
+    from spanproof.exporter.limits import OversizedValue, check_value_sizes
+
+    small = {"a": {"stringValue": "x" * 10}}
+    big = {"a": {"stringValue": "x" * 100}}
+    shared = {"attributes": small}
+    check_value_sizes(_sized_body(small, shared, small), 64)  # nothing too large
+    with pytest.raises(OversizedValue, match=r"^span attribute 'a' is 100 bytes"):
+        check_value_sizes(_sized_body(big, shared), 64)
+    with pytest.raises(OversizedValue, match=r"^event 1 attribute 'a' is 100 bytes"):
+        check_value_sizes(_sized_body(small, shared, big), 64)
+
+
+def test_a_shared_resource_is_measured_again_for_every_span_it_fails_and_every_limit(
+) -> None:
+    # Resource bodies are shared between spans and measured once when they pass;
+    # one that fails must fail every span, and passing one limit is not passing
+    # a smaller one.
+    from spanproof.exporter.limits import OversizedValue, check_value_sizes
+
+    small = {"a": {"stringValue": "x"}}
+    resource = {"attributes": {"host.name": {"stringValue": "h" * 100}}}
+    for _ in range(2):
+        with pytest.raises(OversizedValue, match=r"^resource attribute 'host\.name'"):
+            check_value_sizes(_sized_body(small, resource), 64)
+    check_value_sizes(_sized_body(small, resource), 128)
+    check_value_sizes(_sized_body(small, resource), 128)
+    with pytest.raises(OversizedValue, match=r"^resource attribute 'host\.name'"):
+        check_value_sizes(_sized_body(small, resource), 64)
+
+
 def test_span_with_a_value_over_the_limit_is_declared_rejected(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
