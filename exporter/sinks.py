@@ -192,11 +192,7 @@ class DirectorySink:
 
     def _sync_filesystem(self) -> None:
         assert self._syncfs is not None
-        fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            self._syncfs(fd)
-        finally:
-            os.close(fd)
+        _syncfs_directory(self._syncfs, self._dir)
 
     def _write_temp(self, name: str, data: bytes, mode: int, *, fsync: bool = True) -> str:
         """A temporary file in the directory holding *data*, with *mode* (fsynced
@@ -286,6 +282,28 @@ def _load_syncfs() -> Callable[[int], None] | None:
 
 
 _SYNCFS = _load_syncfs()
+
+
+def _syncfs_directory(syncfs: Callable[[int], None], directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        syncfs(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_filesystem(directory: str) -> bool:
+    """Make everything written on *directory*'s filesystem durable with one
+    ``syncfs(2)``.  Returns False, having done nothing, where ``syncfs`` is not
+    available (see :func:`syncfs_available`): the caller fsyncs each file instead.
+
+    Raises:
+        OSError: the filesystem reported a writeback error.
+    """
+    if _SYNCFS is None:
+        return False
+    _syncfs_directory(_SYNCFS, directory)
+    return True
 
 
 def syncfs_available() -> bool:

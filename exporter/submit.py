@@ -4,8 +4,10 @@
 blocks it: :meth:`~WitnessSubmitter.submit` only hands the path to a worker
 thread.  The worker records each pending submission as a small file in a queue
 directory (so nothing is lost while the witness is down or when the process
-restarts), POSTs the bundle to the witness, and writes the receipt it gets back
-atomically beside the bundle as ``<name>.receipt.json``.  When the witness is
+restarts; the submissions that arrived since its last round are made durable
+together, with one ``syncfs`` where available), POSTs the bundle to the witness,
+and writes the receipt it gets back atomically beside the bundle as
+``<name>.receipt.json``.  When the witness is
 unreachable or overloaded (connection error, HTTP 408, 429 or 5xx), delivery is
 retried with exponential backoff and jitter; a bundle the witness rejects, or a
 receipt that does not verify, is moved to ``<queue>/failed/`` with the reason and
@@ -19,6 +21,7 @@ one delivery round without the thread.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -43,6 +46,8 @@ from spanproof.verifier.errors import SpanproofError
 from spanproof.verifier.keys import TrustedKey, TrustRoot
 from spanproof.verifier.receipt import receipt_path, verify_receipt
 from spanproof.verifier.verify import Verdict, check_bundle
+
+from .sinks import sync_filesystem, syncfs_available
 
 __all__ = ["Post", "WitnessSubmitter", "backoff_delay"]
 
@@ -162,6 +167,7 @@ class WitnessSubmitter:
         self._cond = threading.Condition()
         self._incoming: deque[str] = deque()
         self._pending: dict[str, _Pending] = {}  # keyed by queue file name
+        self._tags: dict[str, str] = {}  # bundle path tag -> its queue file name
         self._failures = 0
         self._transient_events = 0
         self._not_before = 0.0
@@ -193,44 +199,62 @@ class WitnessSubmitter:
                 _logger.error("ignoring unreadable queue entry %s", path)
                 continue
             self._pending[name] = _Pending(n, str(bundle), path)
+            self._tags[name.split("-", 1)[1].removesuffix(".json")] = name
             seq = max(seq, n + 1)
         if self._pending:
             _logger.info("%d witness submissions pending from a previous run", len(self._pending))
         return seq
 
-    def _persist(self, bundle: str) -> None:
+    def _persist(self, bundles: Sequence[str]) -> None:
         # Called by the worker only.  One small file per pending bundle, named so
-        # that a second submission of the same path is recognized.
-        tag = hashlib.sha256(bundle.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-        if any(name.endswith(f"-{tag}.json") for name in self._pending):
-            return
-        name = f"{self._seq:012d}-{tag}.json"
-        path = os.path.join(self._dir, name)
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(canonicalize({"bundle": bundle}))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        self._pending[name] = _Pending(self._seq, bundle, path)
-        self._seq += 1
+        # that a second submission of the same path is recognized.  A batch is made
+        # durable together: one syncfs where available, as the bundle sink does.
+        new: dict[str, str] = {}  # tag -> bundle, in submission order
+        for bundle in bundles:
+            tag = hashlib.sha256(bundle.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+            if tag not in self._tags:
+                new.setdefault(tag, bundle)
+        grouped = len(new) > 1 and syncfs_available()
+        staged: list[tuple[str, str, str]] = []  # tag, bundle, temporary file
+        for tag, bundle in new.items():
+            tmp = os.path.join(self._dir, f"{tag}.json.tmp")
+            try:
+                _write_file(tmp, canonicalize({"bundle": bundle}), fsync=not grouped)
+            except OSError as e:
+                _log_unqueued(bundle, e)
+                continue
+            staged.append((tag, bundle, tmp))
+        if grouped:
+            try:
+                sync_filesystem(self._dir)
+            except OSError as e:
+                for _, bundle, tmp in staged:
+                    _log_unqueued(bundle, e)
+                    _unlink_quietly(tmp)
+                return
+        for tag, bundle, tmp in staged:
+            name = f"{self._seq:012d}-{tag}.json"
+            path = os.path.join(self._dir, name)
+            try:
+                os.replace(tmp, path)
+            except OSError as e:
+                _log_unqueued(bundle, e)
+                _unlink_quietly(tmp)
+                continue
+            self._pending[name] = _Pending(self._seq, bundle, path)
+            self._tags[tag] = name
+            self._seq += 1
 
     def _drain_incoming(self) -> None:
-        while True:
-            # The submission stays in _incoming until it is in _pending, so flush()
-            # never sees it in neither.  Only the worker takes from _incoming.
-            with self._cond:
-                if not self._incoming:
-                    return
-                bundle = self._incoming[0]
-            try:
-                self._persist(bundle)
-            except OSError as e:
-                _logger.error(
-                    "cannot queue %s for the witness (%s); submit it later with "
-                    "'spanproof witness submit'", bundle, e,
-                )
-            with self._cond:
+        # The submissions stay in _incoming until they are in _pending, so flush()
+        # never sees one in neither.  Only the worker takes from _incoming.
+        with self._cond:
+            batch = list(self._incoming)
+        if not batch:
+            return
+        self._persist(batch)
+        with self._cond:
+            for _ in batch:
                 self._incoming.popleft()
 
     @property
@@ -314,6 +338,7 @@ class WitnessSubmitter:
 
     def _remove(self, name: str) -> None:
         item = self._pending.pop(name)
+        self._forget_tag(name)
         try:
             os.unlink(item.file)
         except FileNotFoundError:
@@ -330,6 +355,12 @@ class WitnessSubmitter:
         except OSError as e:
             _logger.error("cannot move %s to %s: %s", item.file, target, e)
         self._pending.pop(name, None)
+        self._forget_tag(name)
+
+    def _forget_tag(self, name: str) -> None:
+        tag = name.split("-", 1)[1].removesuffix(".json")
+        if self._tags.get(tag) == name:
+            del self._tags[tag]
 
     def _deliver(self, bundle: str) -> None:
         try:
@@ -430,6 +461,24 @@ class WitnessSubmitter:
             with self._cond:
                 self._closed = True
         return stopped
+
+
+def _write_file(path: str, data: bytes, *, fsync: bool) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        if fsync:
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _log_unqueued(bundle: str, error: OSError) -> None:
+    _logger.error("cannot queue %s for the witness (%s); submit it later with "
+                  "'spanproof witness submit'", bundle, error)
 
 
 def _error_text(body: bytes) -> str:

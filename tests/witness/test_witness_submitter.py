@@ -166,9 +166,63 @@ def test_pending_submissions_survive_a_restart(
         start=False,
     )
     assert second.pending == 2
+    second.submit(paths[1])  # still queued from the first run: not queued again
+    second._drain_incoming()
+    assert second.pending == 2 and len(list((tmp_path / "q").glob("*.json"))) == 2
     assert second.process_due() is None
     assert all(Path(receipt_path(p)).exists() for p in paths)
     assert witness.size == 2
+
+
+def test_a_batch_of_submissions_is_made_durable_with_one_filesystem_sync(
+    tmp_path: Path, witness: Witness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spanproof.exporter import submit as submit_module
+
+    syncs: list[str] = []
+    fsyncs: list[int] = []
+    real_fsync = submit_module.os.fsync
+    monkeypatch.setattr(submit_module, "syncfs_available", lambda: True)
+    monkeypatch.setattr(submit_module, "sync_filesystem",
+                        lambda directory: syncs.append(directory) or True)
+    monkeypatch.setattr(submit_module.os, "fsync",
+                        lambda fd: fsyncs.append(fd) or real_fsync(fd))
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q",
+                           post=FakeWitness(witness), start=False)
+    paths = _bundles(tmp_path / "b", 3)
+    for p in paths + paths[:1]:
+        sub.submit(p)
+    sub._drain_incoming()
+    assert syncs == [str(tmp_path / "q")] and fsyncs == []
+    assert sub.pending == 3
+    assert sorted(json.loads(f.read_bytes())["bundle"] for f in (tmp_path / "q").glob("*.json")
+                  ) == sorted(str(p) for p in paths)
+    assert not list((tmp_path / "q").glob("*.tmp"))
+    # A lone submission is fsynced on its own.
+    sub.submit(tmp_path / "b" / "other.spanproof.json")
+    sub._drain_incoming()
+    assert len(syncs) == 1 and len(fsyncs) == 1 and sub.pending == 4
+
+
+def test_a_failed_filesystem_sync_queues_nothing_of_its_batch(
+    tmp_path: Path, witness: Witness, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from spanproof.exporter import submit as submit_module
+
+    def failing(directory: str) -> bool:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(submit_module, "syncfs_available", lambda: True)
+    monkeypatch.setattr(submit_module, "sync_filesystem", failing)
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q",
+                           post=FakeWitness(witness), start=False)
+    for p in _bundles(tmp_path / "b", 2):
+        sub.submit(p)
+    sub._drain_incoming()
+    assert sub.pending == 0
+    assert not list((tmp_path / "q").glob("*.json*"))
+    assert sum("cannot queue" in r.getMessage() for r in caplog.records) == 2
 
 
 def test_close_persists_what_is_still_in_memory(tmp_path: Path, witness: Witness) -> None:
