@@ -28,7 +28,12 @@ prints medians and ratios against baselines measured in the same run.  Sections:
   and through ``rotel-agent``; timed until every trace's bundle is on disk;
 * ``receiver-cost``: the receiver's cost per span in this process, without a
   transport: ingesting (decode, select, normalize, fingerprint, journal with fsync)
-  and sealing and writing, separately.
+  and sealing and writing, separately;
+* ``witness``: receipts/s for sealed bundles of 5-span traces, through the
+  producer-side submitter to ``spanproof witness serve`` on loopback (4 submissions
+  at a time, the default, against one at a time), and the witness's own
+  ``submit()`` without HTTP.  It runs last: the submitter deletes each queue file
+  once its bundle has a receipt.
 
 Every file of the run stays under one directory until the run ends, and a full
 run first waits (at most ``SETTLE_LIMIT_S``) until creating a file is quick; the
@@ -598,7 +603,119 @@ def section_receiver(reps: int, traces: int) -> dict[str, float]:
     return {c: statistics.median(v) for c, v in results.items()}
 
 
-SECTIONS = ("app", "seal", "canonical", "verify", "verify-1m", "receiver", "receiver-cost")
+def _witness_bundles(directory: str, count: int, run: int, key: Any) -> list[str]:
+    """Write *count* sealed bundles of 5-span traces (new trace ids for each *run*, so
+    every submission is a new log entry); return their paths."""
+    from datetime import datetime, timezone
+
+    from spanproof.exporter.sealing import ChainPosition, seal
+    from spanproof.verifier.statement import Producer
+
+    os.makedirs(directory)
+    producer = Producer("bench", "0", "00")
+    at = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    paths = []
+    for i in range(count):
+        tid = f"{run + 1:08x}{i:024x}"
+        bodies = []
+        for j in range(5):
+            r = _sample_record(j)
+            r["span"]["traceId"] = tid
+            bodies.append({"span": r["span"], "resource": r["resource"], "scope": r["scope"]})
+        bundle = seal(tid, bodies, ChainPosition.genesis(tid), signer=key, producer=producer,
+                      sealed_at=at, reason="root_ended")
+        path = os.path.join(directory, bundle.file_name)
+        with open(path, "wb") as f:
+            f.write(bundle.data)
+        paths.append(path)
+    return paths
+
+
+def _submit_all(url: str, queue: str, paths: Sequence[str], key: Any,
+                concurrency: int) -> float:
+    """Receipts/s: the producer-side submitter delivering *paths* to the witness."""
+    from spanproof.exporter.submit import WitnessSubmitter
+
+    sub = WitnessSubmitter(url, queue, producer_key=key.private_key.public_key(),
+                           concurrency=concurrency, start=False)
+    start = time.perf_counter()
+    for path in paths:
+        sub.submit(path)
+    deadline = time.monotonic() + 600
+    while (wait := sub.process_due()) is not None:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the witness did not take every submission")
+        time.sleep(wait)
+    elapsed = time.perf_counter() - start
+    sub.close()
+    return len(paths) / elapsed
+
+
+def section_witness(reps: int, bundles: int) -> tuple[float, float, float, float]:
+    """Witness receipts/s for bundles of 5-span traces: through the producer-side
+    submitter to ``spanproof witness serve`` on loopback, 4 submissions at a time
+    (the default) and one at a time (the baseline, alternated within the run), and
+    the witness's own ``Witness.submit`` without HTTP.  Returns the three medians
+    and the median per-round ratio of the first to the second."""
+    from spanproof.exporter import SigningKey
+    from spanproof.witness.service import Witness
+    from spanproof.witness.signing import CheckpointSigner, generate_key_file
+    from spanproof.witness.store import Store
+
+    work = tempfile.mkdtemp(prefix="spanproof-bench-witness-")
+    key = SigningKey.from_seed(bytes(32))
+    header = _public_key_header(key)
+    origin = "bench.example/witness"
+    witness_key = os.path.join(work, "witness.key")
+    generate_key_file(witness_key)
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "spanproof.verifier", "witness", "serve",
+         "--listen", f"127.0.0.1:{port}", "--db", os.path.join(work, "served.db"),
+         "--key", witness_key, "--origin", origin],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    rates: dict[str, list[float]] = {"4": [], "1": [], "direct": []}
+    try:
+        _wait_listening(port, server)
+        url = f"http://127.0.0.1:{port}"
+        store = Store(os.path.join(work, "direct.db"))
+        witness = Witness(store, CheckpointSigner.load(witness_key, origin))
+        run = 0
+        for r in range(reps):
+            configs = ["4", "1", "direct"]
+            for config in configs[r % 3:] + configs[:r % 3]:
+                run += 1
+                paths = _witness_bundles(os.path.join(work, f"b{run}"), bundles, run, key)
+                if config == "direct":
+                    start = time.perf_counter()
+                    for path in paths:
+                        with open(path, "rb") as f:
+                            witness.submit(f.read(), header)
+                    rates[config].append(bundles / (time.perf_counter() - start))
+                else:
+                    rates[config].append(_submit_all(
+                        url, os.path.join(work, f"q{run}"), paths, key, int(config)))
+        store.close()
+    finally:
+        server.terminate()
+        server.wait(60)
+    return (statistics.median(rates["4"]), statistics.median(rates["1"]),
+            statistics.median(rates["direct"]), _paired_ratio(rates["4"], rates["1"]))
+
+
+def _public_key_header(key: Any) -> str:
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+
+    der = key.private_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(der).decode("ascii")
+
+
+SECTIONS = ("app", "seal", "canonical", "verify", "verify-1m", "receiver", "receiver-cost",
+            "witness")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -728,6 +845,12 @@ def _run(sections: set[str], reps: int, traces: int, *, quick: bool) -> int:
         ingest_us, seal_us = section_receiver_cost(reps, traces)
         out(f"receiver cost without a transport: ingest {ingest_us:,.0f} us per span, "
             f"seal and write {seal_us:,.0f} us per span (5-span traces)")
+    if "witness" in sections:
+        n = 10 if quick else 500
+        parallel, serial, direct, ratio = section_witness(reps, n)
+        out(f"witness: {parallel:,.0f} receipts/s with 4 submissions at a time, "
+            f"{serial:,.0f} one at a time (ratio {ratio:.2f}x), {direct:,.0f}/s in the "
+            f"witness's own submit() without HTTP ({n:,} bundles of 5-span traces)")
     # ------------------------------------------------------------ targets
     out(f"creating a 6 KB file at the end: {file_creation_us(work):,.0f} us")
     if targets:

@@ -110,6 +110,8 @@ class WitnessSubmitter:
             receipt is verified before it is stored.
         max_pending: bound on queued submissions; beyond it :meth:`submit` refuses
             (the bundle stays on disk and can be submitted later).
+        concurrency: submissions sent to the witness at the same time once it
+            answers (see :meth:`process_due`).
         timeout: HTTP timeout per attempt, seconds.
         backoff_initial, backoff_max: retry schedule bounds, seconds.
         clock: monotonic seconds (injected for tests).
@@ -130,6 +132,7 @@ class WitnessSubmitter:
         producer_key: Ed25519PublicKey | None = None,
         witness_keys: Sequence[WitnessKey] = (),
         max_pending: int = 10_000,
+        concurrency: int = 4,
         timeout: float = 10.0,
         backoff_initial: float = 1.0,
         backoff_max: float = 300.0,
@@ -140,8 +143,10 @@ class WitnessSubmitter:
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"witness URL must be http(s)://...: {url!r}")
-        if max_pending < 1 or timeout <= 0 or not 0 < backoff_initial <= backoff_max:
-            raise ValueError("max_pending >= 1, timeout > 0, 0 < backoff_initial <= backoff_max")
+        if (max_pending < 1 or concurrency < 1 or timeout <= 0
+                or not 0 < backoff_initial <= backoff_max):
+            raise ValueError("max_pending >= 1, concurrency >= 1, timeout > 0, "
+                             "0 < backoff_initial <= backoff_max")
         self._url = url.rstrip("/") + "/v1/submit"
         self._dir = os.fspath(queue_dir)
         self._headers = {"Content-Type": "application/vnd.spanproof.bundle.v1+json"}
@@ -168,6 +173,7 @@ class WitnessSubmitter:
         self._incoming: deque[str] = deque()
         self._pending: dict[str, _Pending] = {}  # keyed by queue file name
         self._tags: dict[str, str] = {}  # bundle path tag -> its queue file name
+        self._concurrency = concurrency
         self._failures = 0
         self._transient_events = 0
         self._not_before = 0.0
@@ -304,37 +310,79 @@ class WitnessSubmitter:
     def process_due(self) -> float | None:
         """Persist new submissions and try to deliver every pending one once, unless
         backing off.  Return the seconds until the next attempt is due (None when
-        nothing is pending)."""
+        nothing is pending).
+
+        The oldest pending submission goes first, alone: while the witness is down
+        that is the only attempt per backoff period.  Once it is delivered, the
+        others go ``concurrency`` at a time, so a round trip to the witness does
+        not bound the submission rate."""
         self._drain_incoming()
-        for name in sorted(self._pending, key=lambda n: self._pending[n].seq):
+        order = sorted(self._pending, key=lambda n: self._pending[n].seq)
+        start = 0
+        while start < len(order):
             now = self._clock()
             if now < self._not_before:
                 break
             with self._cond:
                 if self._closing and self._thread is not None:
                     break
-            item = self._pending[name]
-            try:
-                self._deliver(item.bundle)
-            except _Transient as e:
+            size = 1 if start == 0 else self._concurrency
+            names = order[start:start + size]
+            start += len(names)
+            outcomes = self._deliver_all([self._pending[name].bundle for name in names])
+            transient: _Transient | None = None
+            for name, outcome in zip(names, outcomes, strict=True):
+                if isinstance(outcome, _Transient):
+                    transient = transient or outcome
+                elif isinstance(outcome, _Permanent):
+                    self._retire(self._pending[name], str(outcome))
+                else:
+                    self._remove(name)
+            if transient is not None:
                 self._failures += 1
                 self._transient_events += 1
                 delay = backoff_delay(self._failures, *self._backoff, self._rng)
                 self._not_before = now + delay
                 _logger.warning(
                     "witness unavailable (%s); %d submissions pending, retrying in %.1f s",
-                    e, len(self._pending), delay,
+                    transient, len(self._pending), delay,
                 )
                 break
-            except _Permanent as e:
-                self._failures = 0
-                self._retire(item, str(e))
-                continue
             self._failures = 0
-            self._remove(name)
         if not self._pending:
             return None
         return max(0.0, self._not_before - self._clock())
+
+    def _deliver_all(self, bundles: Sequence[str]) -> list[Exception | None]:
+        """Deliver *bundles* at the same time; per bundle, None or the _Transient or
+        _Permanent failure.  The helpers are daemon threads, like the worker, so a
+        witness that stops answering never holds up the application's exit."""
+        outcomes: list[Exception | None] = [None] * len(bundles)
+
+        def attempt(i: int) -> None:
+            outcomes[i] = self._attempt(bundles[i])
+
+        helpers = [
+            threading.Thread(target=attempt, args=(i,), daemon=True,
+                             name="spanproof-witness-delivery")
+            for i in range(1, len(bundles))
+        ]
+        for helper in helpers:
+            helper.start()
+        attempt(0)
+        for helper in helpers:
+            helper.join()
+        return outcomes
+
+    def _attempt(self, bundle: str) -> Exception | None:
+        try:
+            self._deliver(bundle)
+        except (_Transient, _Permanent) as e:
+            return e
+        except Exception as e:  # a bug must not pass for a delivery: retry later
+            _logger.exception("witness submission of %s failed unexpectedly", bundle)
+            return _Transient(f"{type(e).__name__}: {e}")
+        return None
 
     def _remove(self, name: str) -> None:
         item = self._pending.pop(name)

@@ -288,6 +288,82 @@ def test_transient_http_statuses_back_off(tmp_path: Path, witness: Witness) -> N
     assert sub.process_due() == 0.5 and sub.pending == 1
 
 
+class ConcurrentFake(FakeWitness):
+    """Records how many submissions are in flight at once; the first *meet* calls
+    after the probe wait for each other (a barrier), which only concurrent calls pass."""
+
+    def __init__(self, witness: Witness, meet: int, fail: tuple[bytes, ...] = ()) -> None:
+        super().__init__(witness)
+        self.down = False
+        self.lock = threading.Lock()
+        self.in_flight = self.most = self.arrived = 0
+        self.barrier = threading.Barrier(meet, timeout=10)
+        self.fail = fail  # bundles answered 503
+
+    def __call__(
+        self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
+    ) -> tuple[int, bytes]:
+        with self.lock:
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+            self.arrived += 1
+            call = self.arrived
+        try:
+            if 2 <= call <= 1 + self.barrier.parties:
+                self.barrier.wait()
+            if body in self.fail:
+                return 503, b'{"error":"busy"}'
+            with self.lock:  # the in-memory witness is not shared across threads here
+                return super().__call__(url, body, headers, timeout)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+def test_once_the_witness_answers_submissions_go_concurrently(
+    tmp_path: Path, witness: Witness, producer_key: SigningKey
+) -> None:
+    fake = ConcurrentFake(witness, meet=3)
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
+                           producer_key=producer_key.private_key.public_key(),
+                           concurrency=3, start=False)
+    paths = _bundles(tmp_path / "b", 7)
+    for p in paths:
+        sub.submit(p)
+    assert sub.process_due() is None and sub.pending == 0
+    assert fake.calls == 7 and fake.most == 3  # a probe alone, then 3, then 3
+    assert all(Path(receipt_path(p)).exists() for p in paths) and witness.size == 7
+
+
+def test_a_transient_failure_among_concurrent_submissions_keeps_only_that_one(
+    tmp_path: Path, witness: Witness, producer_key: SigningKey
+) -> None:
+    paths = _bundles(tmp_path / "b", 4)
+    fake = ConcurrentFake(witness, meet=3, fail=(paths[2].read_bytes(),))
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
+                           producer_key=producer_key.private_key.public_key(),
+                           concurrency=3, rng=lambda: 0.0, start=False)
+    for p in paths:
+        sub.submit(p)
+    assert sub.process_due() == 0.5  # backing off after the 503
+    assert sub.pending == 1 and witness.size == 3
+    assert [Path(receipt_path(p)).exists() for p in paths] == [True, True, False, True]
+
+
+def test_an_unexpected_error_in_a_delivery_is_retried_not_taken_as_delivered(
+    tmp_path: Path, witness: Witness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=FakeWitness(witness),
+                           clock=Clock(), rng=lambda: 0.0, start=False)
+
+    def broken(bundle: str) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(sub, "_deliver", broken)
+    sub.submit(_bundles(tmp_path / "b", 1)[0])
+    assert sub.process_due() == 0.5 and sub.pending == 1
+
+
 def test_queue_is_bounded(tmp_path: Path) -> None:
     sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", max_pending=2, start=False)
     assert sub.submit(tmp_path / "a.spanproof.json") and sub.submit(tmp_path / "b.spanproof.json")
