@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import random
 import threading
 import time
@@ -174,6 +175,10 @@ class WitnessSubmitter:
         self._pending: dict[str, _Pending] = {}  # keyed by queue file name
         self._tags: dict[str, str] = {}  # bundle path tag -> its queue file name
         self._concurrency = concurrency
+        self._jobs: queue.SimpleQueue[
+            tuple[str, list[Exception | None], int, threading.Semaphore] | None
+        ] = queue.SimpleQueue()
+        self._helpers: list[threading.Thread] = []
         self._failures = 0
         self._transient_events = 0
         self._not_before = 0.0
@@ -354,25 +359,38 @@ class WitnessSubmitter:
         return max(0.0, self._not_before - self._clock())
 
     def _deliver_all(self, bundles: Sequence[str]) -> list[Exception | None]:
-        """Deliver *bundles* at the same time; per bundle, None or the _Transient or
-        _Permanent failure.  The helpers are daemon threads, like the worker, so a
-        witness that stops answering never holds up the application's exit."""
+        """Deliver *bundles* at the same time (the first on this thread, the others
+        on helper threads); per bundle, None or the _Transient or _Permanent failure."""
         outcomes: list[Exception | None] = [None] * len(bundles)
-
-        def attempt(i: int) -> None:
-            outcomes[i] = self._attempt(bundles[i])
-
-        helpers = [
-            threading.Thread(target=attempt, args=(i,), daemon=True,
-                             name="spanproof-witness-delivery")
-            for i in range(1, len(bundles))
-        ]
-        for helper in helpers:
-            helper.start()
-        attempt(0)
-        for helper in helpers:
-            helper.join()
+        if len(bundles) > 1:
+            self._start_helpers()
+        done = threading.Semaphore(0)
+        for i in range(1, len(bundles)):
+            self._jobs.put((bundles[i], outcomes, i, done))
+        outcomes[0] = self._attempt(bundles[0])
+        for _ in range(1, len(bundles)):
+            done.acquire()
         return outcomes
+
+    def _start_helpers(self) -> None:
+        # Daemon threads, like the worker, so a witness that stops answering never
+        # holds up the application's exit; started once, on the first batch.
+        while len(self._helpers) < self._concurrency - 1:
+            helper = threading.Thread(target=self._help, name="spanproof-witness-delivery",
+                                      daemon=True)
+            helper.start()
+            self._helpers.append(helper)
+
+    def _help(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            bundle, outcomes, i, done = job
+            try:
+                outcomes[i] = self._attempt(bundle)
+            finally:
+                done.release()
 
     def _attempt(self, bundle: str) -> Exception | None:
         try:
@@ -505,6 +523,8 @@ class WitnessSubmitter:
             self._thread.join(timeout)
             stopped = not self._thread.is_alive()
         if stopped:
+            for _ in self._helpers:
+                self._jobs.put(None)
             self._drain_incoming()
             with self._cond:
                 self._closed = True

@@ -333,6 +333,12 @@ def test_once_the_witness_answers_submissions_go_concurrently(
     assert sub.process_due() is None and sub.pending == 0
     assert fake.calls == 7 and fake.most == 3  # a probe alone, then 3, then 3
     assert all(Path(receipt_path(p)).exists() for p in paths) and witness.size == 7
+    helpers = list(sub._helpers)  # two helper threads, kept for both batches
+    assert len(helpers) == 2 and all(h.daemon and h.is_alive() for h in helpers)
+    assert sub.close()
+    for helper in helpers:
+        helper.join(5)
+    assert not any(h.is_alive() for h in helpers)  # closing stops them
 
 
 def test_a_transient_failure_among_concurrent_submissions_keeps_only_that_one(
