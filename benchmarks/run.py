@@ -31,7 +31,8 @@ prints medians and ratios against baselines measured in the same run.  Sections:
   and sealing and writing, separately;
 * ``witness``: receipts/s for sealed bundles of 5-span traces, through the
   producer-side submitter to ``spanproof witness serve`` on loopback (4 submissions
-  at a time, the default, against one at a time), and the witness's own
+  at a time, the default, against one at a time, and 4 at a time verifying each
+  receipt), with the producer's CPU per submission, and the witness's own
   ``submit()`` without HTTP.  It runs last: the submitter deletes each queue file
   once its bundle has a receipt.
 
@@ -631,14 +632,16 @@ def _witness_bundles(directory: str, count: int, run: int, key: Any) -> list[str
     return paths
 
 
-def _submit_all(url: str, queue: str, paths: Sequence[str], key: Any,
-                concurrency: int) -> float:
-    """Receipts/s: the producer-side submitter delivering *paths* to the witness."""
+def _submit_all(url: str, queue: str, paths: Sequence[str], key: Any, concurrency: int,
+                witness_keys: Sequence[Any] = ()) -> tuple[float, float]:
+    """The producer-side submitter delivering *paths* to the witness: receipts/s, and
+    this process's CPU microseconds per submission (the submitter's threads: queue
+    files, HTTP, receipt checks and files)."""
     from spanproof.exporter.submit import WitnessSubmitter
 
     sub = WitnessSubmitter(url, queue, producer_key=key.private_key.public_key(),
-                           concurrency=concurrency, start=False)
-    start = time.perf_counter()
+                           witness_keys=witness_keys, concurrency=concurrency, start=False)
+    start, cpu = time.perf_counter(), time.process_time()
     for path in paths:
         sub.submit(path)
     deadline = time.monotonic() + 600
@@ -646,18 +649,24 @@ def _submit_all(url: str, queue: str, paths: Sequence[str], key: Any,
         if time.monotonic() > deadline:
             raise RuntimeError("the witness did not take every submission")
         time.sleep(wait)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     sub.close()
-    return len(paths) / elapsed
+    return len(paths) / elapsed, cpu / len(paths) * 1e6
 
 
-def section_witness(reps: int, bundles: int) -> tuple[float, float, float, float]:
-    """Witness receipts/s for bundles of 5-span traces: through the producer-side
-    submitter to ``spanproof witness serve`` on loopback, 4 submissions at a time
-    (the default) and one at a time (the baseline, alternated within the run), and
-    the witness's own ``Witness.submit`` without HTTP.  Returns the three medians
-    and the median per-round ratio of the first to the second."""
+WITNESS_CONFIGS = ("4", "1", "4 pinned", "direct")
+
+
+def section_witness(reps: int, bundles: int) -> tuple[dict[str, tuple[float, float]], float]:
+    """Witness receipts/s for bundles of 5-span traces, alternated within the run:
+    through the producer-side submitter to ``spanproof witness serve`` on loopback,
+    4 submissions at a time (the default), one at a time (the baseline), and 4 at a
+    time verifying each receipt against the pinned witness key; and the witness's own
+    ``Witness.submit`` without HTTP.  Returns, per configuration, the median
+    receipts/s and the producer's median CPU microseconds per submission (0 for
+    ``direct``), and the median per-round ratio of "4" to "1"."""
     from spanproof.exporter import SigningKey
+    from spanproof.verifier.checkpoint import WitnessKey
     from spanproof.witness.service import Witness
     from spanproof.witness.signing import CheckpointSigner, generate_key_file
     from spanproof.witness.store import Store
@@ -668,6 +677,8 @@ def section_witness(reps: int, bundles: int) -> tuple[float, float, float, float
     origin = "bench.example/witness"
     witness_key = os.path.join(work, "witness.key")
     generate_key_file(witness_key)
+    signer = CheckpointSigner.load(witness_key, origin)
+    pinned = [WitnessKey.from_pem(signer.key.public_pem())]
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "spanproof.verifier", "witness", "serve",
@@ -675,16 +686,17 @@ def section_witness(reps: int, bundles: int) -> tuple[float, float, float, float
          "--key", witness_key, "--origin", origin],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    rates: dict[str, list[float]] = {"4": [], "1": [], "direct": []}
+    rates: dict[str, list[float]] = {c: [] for c in WITNESS_CONFIGS}
+    cpus: dict[str, list[float]] = {c: [] for c in WITNESS_CONFIGS}
     try:
         _wait_listening(port, server)
         url = f"http://127.0.0.1:{port}"
         store = Store(os.path.join(work, "direct.db"))
-        witness = Witness(store, CheckpointSigner.load(witness_key, origin))
+        witness = Witness(store, signer)
         run = 0
         for r in range(reps):
-            configs = ["4", "1", "direct"]
-            for config in configs[r % 3:] + configs[:r % 3]:
+            shift = r % len(WITNESS_CONFIGS)
+            for config in WITNESS_CONFIGS[shift:] + WITNESS_CONFIGS[:shift]:
                 run += 1
                 paths = _witness_bundles(os.path.join(work, f"b{run}"), bundles, run, key)
                 if config == "direct":
@@ -693,15 +705,20 @@ def section_witness(reps: int, bundles: int) -> tuple[float, float, float, float
                         with open(path, "rb") as f:
                             witness.submit(f.read(), header)
                     rates[config].append(bundles / (time.perf_counter() - start))
+                    cpus[config].append(0.0)
                 else:
-                    rates[config].append(_submit_all(
-                        url, os.path.join(work, f"q{run}"), paths, key, int(config)))
+                    rate, cpu = _submit_all(
+                        url, os.path.join(work, f"q{run}"), paths, key,
+                        int(config.split()[0]), pinned if "pinned" in config else ())
+                    rates[config].append(rate)
+                    cpus[config].append(cpu)
         store.close()
     finally:
         server.terminate()
         server.wait(60)
-    return (statistics.median(rates["4"]), statistics.median(rates["1"]),
-            statistics.median(rates["direct"]), _paired_ratio(rates["4"], rates["1"]))
+    medians = {c: (statistics.median(rates[c]), statistics.median(cpus[c]))
+               for c in WITNESS_CONFIGS}
+    return medians, _paired_ratio(rates["4"], rates["1"])
 
 
 def _public_key_header(key: Any) -> str:
@@ -847,10 +864,16 @@ def _run(sections: set[str], reps: int, traces: int, *, quick: bool) -> int:
             f"seal and write {seal_us:,.0f} us per span (5-span traces)")
     if "witness" in sections:
         n = 10 if quick else 500
-        parallel, serial, direct, ratio = section_witness(reps, n)
-        out(f"witness: {parallel:,.0f} receipts/s with 4 submissions at a time, "
-            f"{serial:,.0f} one at a time (ratio {ratio:.2f}x), {direct:,.0f}/s in the "
-            f"witness's own submit() without HTTP ({n:,} bundles of 5-span traces)")
+        res, ratio = section_witness(reps, n)
+        out(f"witness: {n:,} bundles of 5-span traces; receipts/s, and the producer's CPU "
+            "per submission (queue file, HTTP, receipt checks and file)")
+        for config, (rate, cpu) in res.items():
+            label = {"4": "4 at a time", "1": "one at a time",
+                     "4 pinned": "4 at a time, receipts verified",
+                     "direct": "the witness's own submit(), no HTTP"}[config]
+            shown = f", {cpu:,.0f} us CPU per submission" if config != "direct" else ""
+            out(f"  {label:<36}{rate:>8,.0f} receipts/s{shown}")
+        out(f"  (4 at a time against one at a time: {ratio:.2f}x)")
     # ------------------------------------------------------------ targets
     out(f"creating a 6 KB file at the end: {file_creation_us(work):,.0f} us")
     if targets:

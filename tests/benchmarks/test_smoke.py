@@ -34,7 +34,7 @@ def test_harness_quick_run_reports_every_section_and_target(
         assert f"\n{config} " in text
     for fragment in ("seal:  5-span trace", "canonical: spanproof", "verify: 500 records",
                      "verify: 2,000 records", "receiver over OTLP/gRPC (rotel)",
-                     "receiver cost without a transport", "receipts/s with 4 submissions",
+                     "receiver cost without a transport", "4 at a time, receipts verified",
                      "targets:"):
         assert fragment in text
     verdicts = [line.split()[0] for line in text.splitlines() if line.startswith("  PASS")
