@@ -278,6 +278,25 @@ def test_rejections_and_bad_receipts_are_retired_not_retried(
     assert not Path(receipt_path(path)).exists()
 
 
+def test_a_receipt_is_not_stored_for_a_bundle_the_producer_key_did_not_sign(
+    tmp_path: Path, witness: Witness, witness_keys: list[WitnessKey]
+) -> None:
+    # The receipt's leaf is recomputed from the bundle's own signed statement, which
+    # must verify against the producer's key before the receipt is checked.
+    fake = FakeWitness(witness)
+    fake.down = False
+    other = SigningKey.generate()
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
+                           producer_key=other.private_key.public_key(),
+                           witness_keys=witness_keys, start=False)
+    path = _bundles(tmp_path / "b", 1)[0]
+    sub.submit(path)
+    assert sub.process_due() is None
+    (failed,) = (tmp_path / "q" / "failed").glob("*.json")
+    assert "own bundle's statement does not verify" in json.loads(failed.read_text())["reason"]
+    assert not Path(receipt_path(path)).exists()
+
+
 def test_transient_http_statuses_back_off(tmp_path: Path, witness: Witness) -> None:
     fake = FakeWitness(witness)
     fake.down, fake.status = False, 503
