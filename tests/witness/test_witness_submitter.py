@@ -85,6 +85,15 @@ def _bundles(directory: Path, n: int) -> list[Path]:
     return [write_bundle(directory, make_bundle(trace_id(i))) for i in range(n)]
 
 
+def _retired_reason(sub: WitnessSubmitter, queue: Path, path: Path) -> str:
+    """Submit *path*, run one round, and return why it was retired (no receipt kept)."""
+    sub.submit(path)
+    assert sub.process_due() is None
+    (failed,) = (queue / "failed").glob("*.json")
+    assert not Path(receipt_path(path)).exists()
+    return str(json.loads(failed.read_text())["reason"])
+
+
 def test_backoff_grows_exponentially_with_bounded_jitter() -> None:
     assert [backoff_delay(n, 1.0, 60.0, lambda: 1.0) for n in range(1, 9)] == [
         1.0,
@@ -249,11 +258,7 @@ def test_rejections_and_bad_receipts_are_retired_not_retried(
         "http://w.invalid", tmp_path / "q", post=fake, clock=Clock(), start=False
     )
     path = _bundles(tmp_path / "b", 1)[0]
-    sub.submit(path)
-    assert sub.process_due() is None
-    (failed,) = (tmp_path / "q" / "failed").glob("*.json")
-    assert "HTTP 422: nope" in json.loads(failed.read_text())["reason"]
-    assert not Path(receipt_path(path)).exists()
+    assert "HTTP 422: nope" in _retired_reason(sub, tmp_path / "q", path)
 
     # A receipt from a witness that is not the pinned one is not stored.
     fake.status = None
@@ -269,13 +274,8 @@ def test_rejections_and_bad_receipts_are_retired_not_retried(
         witness_keys=other_keys,
         start=False,
     )
-    sub2.submit(path)
-    assert sub2.process_due() is None
-    (failed,) = (tmp_path / "q2" / "failed").glob("*.json")
-    assert (
-        "checkpoint not signed by a pinned witness key" in json.loads(failed.read_text())["reason"]
-    )
-    assert not Path(receipt_path(path)).exists()
+    assert "checkpoint not signed by a pinned witness key" in _retired_reason(
+        sub2, tmp_path / "q2", path)
 
 
 def test_a_receipt_is_not_stored_for_a_bundle_the_producer_key_did_not_sign(
@@ -290,11 +290,8 @@ def test_a_receipt_is_not_stored_for_a_bundle_the_producer_key_did_not_sign(
                            producer_key=other.private_key.public_key(),
                            witness_keys=witness_keys, start=False)
     path = _bundles(tmp_path / "b", 1)[0]
-    sub.submit(path)
-    assert sub.process_due() is None
-    (failed,) = (tmp_path / "q" / "failed").glob("*.json")
-    assert "own bundle's statement does not verify" in json.loads(failed.read_text())["reason"]
-    assert not Path(receipt_path(path)).exists()
+    assert "own bundle's statement does not verify" in _retired_reason(
+        sub, tmp_path / "q", path)
 
 
 def test_transient_http_statuses_back_off(tmp_path: Path, witness: Witness) -> None:
