@@ -29,11 +29,11 @@ import filecmp
 import logging
 import os
 import re
-import secrets
 import sys
 from collections.abc import Callable, Sequence
 from typing import Literal, Protocol, get_args, runtime_checkable
 
+from spanproof.verifier._files import unlink_quietly, write_temp
 from spanproof.verifier.bundle import BUNDLE_SUFFIX
 
 from .sealing import SealedBundle
@@ -154,9 +154,9 @@ class DirectorySink:
             return [outcomes[i] for i in range(len(bundles))]
         finally:
             for _, item in staged:  # linked temporaries, and what was not published
-                _unlink_quietly(item.temp)
+                unlink_quietly(item.temp)
                 if item.secret is not None:
-                    _unlink_quietly(item.secret)
+                    unlink_quietly(item.secret)
 
     def _stage(self, bundle: SealedBundle, *, fsync: bool) -> _Staged:
         """Write *bundle* (and its disclosures first) to temporary files."""
@@ -168,7 +168,7 @@ class DirectorySink:
             temp = self._write_temp(name, bundle.data, 0o644, fsync=fsync)
         except BaseException:
             if secret is not None:
-                _unlink_quietly(secret)
+                unlink_quietly(secret)
             raise
         return _Staged(name, temp, secret)
 
@@ -197,23 +197,7 @@ class DirectorySink:
     def _write_temp(self, name: str, data: bytes, mode: int, *, fsync: bool = True) -> str:
         """A temporary file in the directory holding *data*, with *mode* (fsynced
         unless *fsync* is false: the caller then makes it durable)."""
-        tmp = os.path.join(self._dir, f".{name}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-        try:
-            try:
-                if mode == 0o600:
-                    os.fchmod(fd, 0o600)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                if fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
-        return tmp
+        return write_temp(self._dir, name, data, mode=mode, fsync=fsync)
 
     def _publish(self, tmp: str, name: str) -> str:
         stem = name.removesuffix(BUNDLE_SUFFIX)
@@ -309,13 +293,6 @@ def sync_filesystem(directory: str) -> bool:
 def syncfs_available() -> bool:
     """True when ``DirectorySink(sync="auto")`` makes groups durable with ``syncfs``."""
     return _SYNCFS is not None
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def _link_no_replace(src: str, dst: str) -> None:

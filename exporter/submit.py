@@ -21,7 +21,6 @@ one delivery round without the thread.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import logging
@@ -39,7 +38,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from spanproof.verifier._files import write_atomic
+from spanproof.verifier._files import unlink_quietly, write_atomic, write_temp
 from spanproof.verifier.bundle import BUNDLE_SUFFIX, BundleReader
 from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.checkpoint import WitnessKey
@@ -229,9 +228,9 @@ class WitnessSubmitter:
         grouped = len(new) > 1 and syncfs_available()
         staged: list[tuple[str, str, str]] = []  # tag, bundle, temporary file
         for tag, bundle in new.items():
-            tmp = os.path.join(self._dir, f"{tag}.json.tmp")
             try:
-                _write_file(tmp, canonicalize({"bundle": bundle}), fsync=not grouped)
+                tmp = write_temp(self._dir, f"{tag}.json", canonicalize({"bundle": bundle}),
+                                 fsync=not grouped)
             except OSError as e:
                 _log_unqueued(bundle, e)
                 continue
@@ -242,7 +241,7 @@ class WitnessSubmitter:
             except OSError as e:
                 for _, bundle, tmp in staged:
                     _log_unqueued(bundle, e)
-                    _unlink_quietly(tmp)
+                    unlink_quietly(tmp)
                 return
         for tag, bundle, tmp in staged:
             name = f"{self._seq:012d}-{tag}.json"
@@ -251,7 +250,7 @@ class WitnessSubmitter:
                 os.replace(tmp, path)
             except OSError as e:
                 _log_unqueued(bundle, e)
-                _unlink_quietly(tmp)
+                unlink_quietly(tmp)
                 continue
             self._pending[name] = _Pending(self._seq, bundle, path)
             self._tags[tag] = name
@@ -559,19 +558,6 @@ def _own_statement(bundle: str, trust: TrustRoot) -> _OwnStatement:
     except SpanproofError as e:
         raise _Permanent(f"own bundle's statement does not verify: {e}") from e
     return _OwnStatement(statement, digest_hex(envelope.payload), signer.keyid)
-
-
-def _write_file(path: str, data: bytes, *, fsync: bool) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def _unlink_quietly(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
 
 
 def _log_unqueued(bundle: str, error: OSError) -> None:

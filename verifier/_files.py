@@ -5,7 +5,45 @@ from __future__ import annotations
 import os
 import secrets
 
-__all__ = ["write_atomic"]
+__all__ = ["unlink_quietly", "write_atomic", "write_temp"]
+
+
+def write_temp(
+    directory: str, name: str, data: bytes, *, mode: int = 0o644, fsync: bool = True
+) -> str:
+    """Write *data* to a new, uniquely named temporary file ``.<name>.<hex>.tmp`` in
+    *directory*, with *mode* (whatever the umask), and return its path.  It is
+    fsynced unless *fsync* is false (the caller then makes it durable); it never
+    outlives a failure.
+
+    Raises:
+        OSError: the directory cannot be written, or the disk is full.
+    """
+    tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        unlink_quietly(tmp)
+        raise
+    return tmp
+
+
+def unlink_quietly(path: str) -> None:
+    """Remove *path* if it can be removed (cleanup: an error here must not hide the
+    one being handled)."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
@@ -20,23 +58,11 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644
     """
     target = os.path.abspath(os.fspath(path))
     directory = os.path.dirname(target)
-    tmp = os.path.join(directory, f".{os.path.basename(target)}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    tmp = write_temp(directory, os.path.basename(target), data, mode=mode)
     try:
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         os.replace(tmp, target)
     finally:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        unlink_quietly(tmp)
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dir_fd)

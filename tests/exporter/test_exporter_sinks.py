@@ -43,6 +43,32 @@ def test_writes_the_exact_bytes_under_the_bundle_name(tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "new" / "dir") == [b.file_name]
 
 
+def test_a_bundle_is_readable_by_everyone_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        path = DirectorySink(tmp_path).write(bundle())
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+
+
+def test_a_temporary_file_that_cannot_be_removed_does_not_hide_the_outcome(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cleanup after publishing unlinks the temporary name; its failure is not the
+    # bundle's: the bundle is written and its path returned.
+    from spanproof.verifier import _files
+
+    def refusing(path: str) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", path)
+
+    monkeypatch.setattr(_files.os, "unlink", refusing)
+    b = bundle()
+    (outcome,) = DirectorySink(tmp_path).write_many([b])
+    assert outcome == str(tmp_path / b.file_name)
+    assert (tmp_path / b.file_name).read_bytes() == b.data
+
+
 def test_never_overwrites_an_existing_file(tmp_path: Path) -> None:
     sink = DirectorySink(tmp_path)
     first, second = bundle("shutdown"), bundle("idle_timeout")
