@@ -266,9 +266,8 @@ def _written_segments(
 
 def _after(report: BundleReport) -> ChainPosition:
     """The position a continuation of *report*'s verified segment starts from."""
-    s, digest = report.statement, report.statement_digest
-    assert s is not None and digest is not None
-    return ChainPosition(s.segment_index + 1, s.first_seq + s.record_count, s.head, digest)
+    assert report.statement is not None and report.statement_digest is not None
+    return ChainPosition.after(report.statement, report.statement_digest)
 
 
 def _remove_certified(bodies: list[dict[str, Any]], records: Sequence[Mapping[str, Any]]) -> None:

@@ -44,6 +44,12 @@ class ChainPosition:
         """The position of a trace's first segment."""
         return cls(0, 0, genesis_hash(trace_id), "")
 
+    @classmethod
+    def after(cls, statement: Statement, statement_digest: str) -> ChainPosition:
+        """The position of the segment that continues the one *statement* seals."""
+        s = statement
+        return cls(s.segment_index + 1, s.first_seq + s.record_count, s.head, statement_digest)
+
 
 @dataclass(frozen=True)
 class SealedBundle:
@@ -77,10 +83,7 @@ class SealedBundle:
 
     def next_position(self) -> ChainPosition:
         """The position a continuation segment of this trace starts from."""
-        s = self.statement
-        return ChainPosition(
-            s.segment_index + 1, s.first_seq + s.record_count, s.head, self.statement_digest
-        )
+        return ChainPosition.after(self.statement, self.statement_digest)
 
 
 def build_record(body: Mapping[str, Any], seq: int, prev: str) -> dict[str, Any]:
