@@ -30,7 +30,8 @@ prints medians and ratios against baselines measured in the same run.  Sections:
   transport: ingesting (decode, select, normalize, fingerprint, journal with fsync)
   and sealing and writing, separately;
 * ``witness``: receipts/s for sealed bundles of 5-span traces, through the
-  producer-side submitter to ``spanproof witness serve`` on loopback (4 submissions
+  producer-side submitter to ``spanproof witness serve`` on loopback, which pins the
+  producer's key (4 submissions
   at a time, the default, against one at a time, and 4 at a time verifying each
   receipt), with the producer's CPU per submission, and the witness's own
   ``submit()`` without HTTP.  It runs last: the submitter deletes each queue file
@@ -298,6 +299,16 @@ def _sample_record(i: int) -> dict[str, Any]:
     }
 
 
+def _trace_bodies(trace_id: str, size: int) -> list[dict[str, Any]]:
+    """The record bodies of a trace of *size* sample spans."""
+    bodies = []
+    for i in range(size):
+        r = _sample_record(i)
+        r["span"]["traceId"] = trace_id
+        bodies.append({"span": r["span"], "resource": r["resource"], "scope": r["scope"]})
+    return bodies
+
+
 def section_seal(reps: int, n: int) -> dict[int, tuple[float, float]]:
     """Sealing cost per trace (one bundle: chain, statement, Ed25519 signature) for
     traces of 1, 5 and 50 spans: median microseconds per trace, and the signature's
@@ -314,11 +325,7 @@ def section_seal(reps: int, n: int) -> dict[int, tuple[float, float]]:
     result = {}
     for size in (1, 5, 50):
         tid = f"{size:032x}"
-        bodies = []
-        for i in range(size):
-            r = _sample_record(i)
-            r["span"]["traceId"] = tid
-            bodies.append({"span": r["span"], "resource": r["resource"], "scope": r["scope"]})
+        bodies = _trace_bodies(tid, size)
         position = ChainPosition.genesis(tid)
         seal_us, sign_us = [], []
         for _ in range(reps):
@@ -618,13 +625,8 @@ def _witness_bundles(directory: str, count: int, run: int, key: Any) -> list[str
     paths = []
     for i in range(count):
         tid = f"{run + 1:08x}{i:024x}"
-        bodies = []
-        for j in range(5):
-            r = _sample_record(j)
-            r["span"]["traceId"] = tid
-            bodies.append({"span": r["span"], "resource": r["resource"], "scope": r["scope"]})
-        bundle = seal(tid, bodies, ChainPosition.genesis(tid), signer=key, producer=producer,
-                      sealed_at=at, reason="root_ended")
+        bundle = seal(tid, _trace_bodies(tid, 5), ChainPosition.genesis(tid), signer=key,
+                      producer=producer, sealed_at=at, reason="root_ended")
         path = os.path.join(directory, bundle.file_name)
         with open(path, "wb") as f:
             f.write(bundle.data)
@@ -659,13 +661,15 @@ WITNESS_CONFIGS = ("4", "1", "4 pinned", "direct")
 
 def section_witness(reps: int, bundles: int) -> tuple[dict[str, tuple[float, float]], float]:
     """Witness receipts/s for bundles of 5-span traces, alternated within the run:
-    through the producer-side submitter to ``spanproof witness serve`` on loopback,
-    4 submissions at a time (the default), one at a time (the baseline), and 4 at a
-    time verifying each receipt against the pinned witness key; and the witness's own
+    through the producer-side submitter to ``spanproof witness serve`` on loopback
+    (pinning the producer's key, as the in-process witness does), 4 submissions at
+    a time (the default), one at a time (the baseline), and 4 at a time verifying
+    each receipt against the pinned witness key; and the witness's own
     ``Witness.submit`` without HTTP.  Returns, per configuration, the median
     receipts/s and the producer's median CPU microseconds per submission (0 for
     ``direct``), and the median per-round ratio of "4" to "1"."""
     from spanproof.exporter import SigningKey
+    from spanproof.verifier import TrustRoot
     from spanproof.verifier.checkpoint import WitnessKey
     from spanproof.witness.service import Witness
     from spanproof.witness.signing import CheckpointSigner, generate_key_file
@@ -673,7 +677,9 @@ def section_witness(reps: int, bundles: int) -> tuple[dict[str, tuple[float, flo
 
     work = tempfile.mkdtemp(prefix="spanproof-bench-witness-")
     key = SigningKey.from_seed(bytes(32))
-    header = _public_key_header(key)
+    producer_pub = os.path.join(work, "producer.pub")
+    with open(producer_pub, "wb") as f:
+        f.write(key.public_pem())
     origin = "bench.example/witness"
     witness_key = os.path.join(work, "witness.key")
     generate_key_file(witness_key)
@@ -683,7 +689,7 @@ def section_witness(reps: int, bundles: int) -> tuple[dict[str, tuple[float, flo
     server = subprocess.Popen(
         [sys.executable, "-m", "spanproof.verifier", "witness", "serve",
          "--listen", f"127.0.0.1:{port}", "--db", os.path.join(work, "served.db"),
-         "--key", witness_key, "--origin", origin],
+         "--key", witness_key, "--origin", origin, "--producer-key", producer_pub],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     rates: dict[str, list[float]] = {c: [] for c in WITNESS_CONFIGS}
@@ -692,7 +698,8 @@ def section_witness(reps: int, bundles: int) -> tuple[dict[str, tuple[float, flo
         _wait_listening(port, server)
         url = f"http://127.0.0.1:{port}"
         store = Store(os.path.join(work, "direct.db"))
-        witness = Witness(store, signer)
+        witness = Witness(store, signer,
+                          producer_trust=TrustRoot.from_pem_files([producer_pub]))
         run = 0
         for r in range(reps):
             shift = r % len(WITNESS_CONFIGS)
@@ -703,7 +710,7 @@ def section_witness(reps: int, bundles: int) -> tuple[dict[str, tuple[float, flo
                     start = time.perf_counter()
                     for path in paths:
                         with open(path, "rb") as f:
-                            witness.submit(f.read(), header)
+                            witness.submit(f.read())
                     rates[config].append(bundles / (time.perf_counter() - start))
                     cpus[config].append(0.0)
                 else:
@@ -719,16 +726,6 @@ def section_witness(reps: int, bundles: int) -> tuple[dict[str, tuple[float, flo
     medians = {c: (statistics.median(rates[c]), statistics.median(cpus[c]))
                for c in WITNESS_CONFIGS}
     return medians, _paired_ratio(rates["4"], rates["1"])
-
-
-def _public_key_header(key: Any) -> str:
-    import base64
-
-    from cryptography.hazmat.primitives import serialization
-
-    der = key.private_key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(der).decode("ascii")
 
 
 SECTIONS = ("app", "seal", "canonical", "verify", "verify-1m", "receiver", "receiver-cost",
