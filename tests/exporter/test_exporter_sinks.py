@@ -288,3 +288,14 @@ def test_the_real_syncfs_writes_a_group(tmp_path: Path) -> None:
     sink = DirectorySink(tmp_path, sync="filesystem")
     group = [trace_bundle(n) for n in range(4)]
     assert [Path(str(p)).read_bytes() for p in sink.write_many(group)] == [b.data for b in group]
+
+
+def test_sync_filesystem_syncs_the_directorys_filesystem_or_says_it_cannot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    monkeypatch.setattr(sinks_module, "_SYNCFS", None)
+    assert sinks_module.sync_filesystem(str(tmp_path)) is False
+    monkeypatch.setattr(sinks_module, "_SYNCFS", lambda fd: synced.append(os.fstat(fd).st_ino))
+    assert sinks_module.sync_filesystem(str(tmp_path)) is True
+    assert synced == [os.stat(tmp_path).st_ino]
