@@ -92,16 +92,16 @@ def _package_version() -> str:
         return "0+unknown"
 
 
-def _serialized(body: Mapping[str, Any]) -> tuple[str, bytes]:
-    """A record body as key-sorted JSON text (journaled as is) and the digest of that
-    text (its content fingerprint, independent of key order)."""
+def _serialized(body: Mapping[str, Any]) -> tuple[bytes, bytes]:
+    """A record body as key-sorted JSON (UTF-8, journaled as is) and the digest of
+    that JSON (its content fingerprint, independent of key order)."""
     # Bodies hold only strings, booleans, lists and dicts with string keys, for which
     # orjson writes what json.dumps(sort_keys=True, separators=(",", ":"),
     # ensure_ascii=False) writes (a test compares them).  Their strings come from
     # protobuf, which refuses a lone surrogate when it parses a request (400), so
     # every one is valid UTF-8.
     data = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-    return data.decode("utf-8"), hashlib.blake2b(data, digest_size=16).digest()
+    return data, hashlib.blake2b(data, digest_size=16).digest()
 
 
 def _fingerprint(body: Mapping[str, Any]) -> bytes:
@@ -372,7 +372,7 @@ class Receiver:
             raise Unavailable("receiver is not running", _RETRY_AFTER)
         selects = self._selector.selects
         max_value_bytes = self._config.max_value_bytes
-        items: list[tuple[str, str, dict[str, Any], str, bytes]] = []
+        items: list[tuple[str, str, dict[str, Any], bytes, bytes]] = []
         rejected: list[tuple[str | None, str]] = []
         roots: list[str] = []
         for span, resource, scope in iter_request_spans(resource_spans):
@@ -392,8 +392,8 @@ class Receiver:
                 rejected.append((trace_id, f"span {span.span_id.hex() or '?'}: {e}"))
                 continue
             span_id = body["span"]["spanId"]
-            text, fingerprint = _serialized(body)
-            items.append((body["span"]["traceId"], span_id, body, text, fingerprint))
+            data, fingerprint = _serialized(body)
+            items.append((body["span"]["traceId"], span_id, body, data, fingerprint))
         with self._ingest_lock:
             self._admit(items, rejected, roots)
         if rejected and not items:
@@ -412,7 +412,7 @@ class Receiver:
 
     def _admit(
         self,
-        items: list[tuple[str, str, dict[str, Any], str, bytes]],
+        items: list[tuple[str, str, dict[str, Any], bytes, bytes]],
         rejected: list[tuple[str | None, str]],
         roots: list[str],
     ) -> None:
@@ -428,14 +428,14 @@ class Receiver:
             )
         memory = self._memory
         fresh: list[tuple[str, str, dict[str, Any], bytes, bool]] = []
-        texts: list[str] = []  # each fresh body's JSON, journaled as serialized once
-        for trace_id, span_id, body, text, fingerprint in items:
+        serialized: list[bytes] = []  # each fresh body's JSON, journaled as serialized once
+        for trace_id, span_id, body, data, fingerprint in items:
             versions = memory.versions(trace_id, span_id)
             if versions is not None and fingerprint in versions:
                 continue  # an identical re-delivery: already durable
             memory.add(trace_id, span_id, fingerprint)
             fresh.append((trace_id, span_id, body, fingerprint, versions is not None))
-            texts.append(text)
+            serialized.append(data)
         new_traces = {item[0] for item in fresh}
         if self._assembler.pending_traces + len(new_traces) >= 2 * self._max_pending:
             # Beyond this the assembler would have to drop spans (SPEC §5.3).
@@ -448,7 +448,7 @@ class Receiver:
         if fresh:
             try:
                 keys = self._journal.append_spans(
-                    (item[0], text) for item, text in zip(fresh, texts, strict=True))
+                    (item[0], data) for item, data in zip(fresh, serialized, strict=True))
             except OSError as e:
                 self._forget(fresh)  # not acknowledged: the retry must be admitted
                 _logger.error("receiver: cannot write the journal: %s", e)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from spanproof.exporter.journal import Journal, recover_orphans, release_claimed, replay
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
@@ -117,11 +119,27 @@ def test_live_journal_is_not_recovered_but_a_dead_ones_is(tmp_path):
     live.close()
 
 
-def test_a_body_given_as_json_text_replays_like_the_same_body(tmp_path) -> None:
-    body = {"span": {"spanId": "00000000000000aa", "name": "step é"}, "n": ["1", "2"]}
+def test_a_body_given_as_json_bytes_replays_like_the_same_body(tmp_path) -> None:
+    body = {"span": {"spanId": "00000000000000aa", "name": "step é \u2028 \"q\" \\"},
+            "n": ["1", "2"]}
     journal = Journal(str(tmp_path), "00000000000000cc")
     journal.append_spans([("a" * 32, body)])
-    journal.append_spans([("a" * 32, json.dumps(body, sort_keys=True, ensure_ascii=False))])
+    journal.append_spans([("a" * 32, json.dumps(body, sort_keys=True, ensure_ascii=False)
+                           .encode())])
     journal.close()
     (trace,) = replay(sorted(str(p) for p in tmp_path.glob("journal-*.log"))).values()
     assert trace.bodies == [body, body]
+
+
+def test_a_body_json_cannot_carry_is_refused_and_nothing_of_the_call_is_written(
+    tmp_path,
+) -> None:
+    journal = Journal(str(tmp_path), "00000000000000cc")
+    good = {"span": {"name": "ok"}}
+    with pytest.raises(ValueError, match="cannot be encoded as JSON"):
+        journal.append_spans([("a" * 32, good), ("a" * 32, {"span": {"name": "\ud800"}})])
+    (key,) = journal.append_spans([("a" * 32, good)])
+    journal.close()
+    (trace,) = replay(sorted(str(p) for p in tmp_path.glob("journal-*.log"))).values()
+    assert trace.bodies == [good]
+    assert key.endswith(":1")  # the refused call used no key

@@ -274,8 +274,8 @@ def test_redacted_attributes_are_committed_and_disclosable(tmp_path, clock):
     assert result.ok and result.key == "customer.account", result.message
 
 
-def test_span_fingerprint_text_is_the_key_sorted_json_of_the_body() -> None:
-    # The journal stores this text and recovery re-reads it; the dedup memory keys
+def test_span_fingerprint_data_is_the_key_sorted_json_of_the_body() -> None:
+    # The journal stores this JSON and recovery re-reads it; the dedup memory keys
     # on its digest.  orjson must write exactly what the standard encoder writes.
     import hashlib
     import json as std_json
@@ -290,11 +290,11 @@ def test_span_fingerprint_text_is_the_key_sorted_json_of_the_body() -> None:
         "resource": {"attributes": {"\U0001f600": {"arrayValue": [{"boolValue": True}, {}]}},
                      "\ue000": {"kvlistValue": {"k": {"stringValue": "v"}}}},
     }
-    text, fingerprint = _serialized(body)
+    data, fingerprint = _serialized(body)
     expected = std_json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    assert text == expected
+    assert data == expected.encode()
     assert fingerprint == hashlib.blake2b(expected.encode(), digest_size=16).digest()
-    assert std_json.loads(text) == body
+    assert std_json.loads(data) == body
 
 
 def test_bundles_sealed_in_one_pass_are_written_as_one_group(tmp_path, clock, monkeypatch):
