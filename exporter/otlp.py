@@ -67,9 +67,19 @@ def _value(v: common_pb2.AnyValue, where: str, depth: int = 0) -> dict[str, Any]
 def _attributes(kvs: Any, where: str, depth: int = 0) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kv in kvs:
-        if kv.key in out:
-            raise MalformedSpan(f"{where}: duplicate attribute key {kv.key!r}")
-        out[kv.key] = _value(kv.value, f"{where}[{kv.key!r}]", depth)
+        key = kv.key
+        if key in out:
+            raise MalformedSpan(f"{where}: duplicate attribute key {key!r}")
+        value = kv.value
+        kind = value.WhichOneof("value")
+        # Strings and integers first, without building the error location that
+        # only _value's failures need (most attributes of most spans).
+        if kind == "string_value" and depth <= _MAX_DEPTH:
+            out[key] = {"stringValue": value.string_value}
+        elif kind == "int_value" and depth <= _MAX_DEPTH:
+            out[key] = {"intValue": str(value.int_value)}
+        else:
+            out[key] = _value(value, f"{where}[{key!r}]", depth)
     return out
 
 

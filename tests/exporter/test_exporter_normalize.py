@@ -335,3 +335,36 @@ def test_same_body_as_the_collector_path() -> None:
     for span in spans:
         body = span_to_body(span)
         assert canonicalize(body) == canonicalize(via_otlp[span_hex(span)[1]])
+
+
+@pytest.mark.parametrize("bottom", ["string", "int", "bool"])
+def test_otlp_value_nested_deeper_than_the_limit_is_refused_whatever_its_type(
+    bottom: str,
+) -> None:
+    from opentelemetry.proto.common.v1 import common_pb2
+    from opentelemetry.proto.trace.v1 import trace_pb2
+
+    from spanproof.exporter.otlp import MalformedSpan
+
+    def span(levels: int) -> trace_pb2.Span:
+        pb = trace_pb2.Span(trace_id=bytes.fromhex("1" * 32), span_id=bytes.fromhex("2" * 16),
+                            name="deep", start_time_unix_nano=1, end_time_unix_nano=2)
+        value: common_pb2.AnyValue = pb.attributes.add(key="deep").value
+        for _ in range(levels):  # built in place: copying a message this deep is refused
+            value = value.kvlist_value.values.add(key="k").value
+        if bottom == "string":
+            value.string_value = "x"
+        elif bottom == "int":
+            value.int_value = 7
+        else:
+            value.bool_value = True
+        return pb
+
+    body = otlp_span_to_body(span(64), {}, {})  # a kvlist 64 deep holds its value
+    inner = body["span"]["attributes"]["deep"]
+    for _ in range(64):
+        inner = inner["kvlistValue"]["k"]
+    assert inner == {"string": {"stringValue": "x"}, "int": {"intValue": "7"},
+                     "bool": {"boolValue": True}}[bottom]
+    with pytest.raises(MalformedSpan, match=r"span 2222222222222222\['deep'\].*deeper than 64"):
+        otlp_span_to_body(span(65), {}, {})
