@@ -621,7 +621,14 @@ class SpanproofSpanExporter(SpanExporter):
             self._reap(block=True, deadline=deadline)
             return not self._unwritten and not self._inflight
         finally:
-            self._seal_lock.release()
+            try:
+                self._pass_done()
+            finally:
+                self._seal_lock.release()
+
+    def _pass_done(self) -> None:
+        """Called at the end of every sealing pass, still under the seal lock, after
+        the pass accounted for its writes (:meth:`_write`); a subclass's hook."""
 
     def _seal_job(self, job: SealJob) -> SealedBundle | None:
         """Seal *job*; None when it could not be sealed (its spans are declared lost

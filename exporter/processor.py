@@ -11,8 +11,9 @@ when losing evidence matters:
 * A worker thread normalizes queued spans and appends them to a CRC-framed journal
   (:mod:`spanproof.exporter.journal`) with one fsync per batch, then hands them to
   the exporter's sealer (the same assembly, sealing and sink code as
-  :class:`~spanproof.exporter.SpanproofSpanExporter`).  Once a bundle is written
-  its spans are retired from the journal.
+  :class:`~spanproof.exporter.SpanproofSpanExporter`).  Once a sealing pass has
+  written its bundles, their spans are retired from the journal with one write
+  and fsync for all of them.
 * ``force_flush()`` returns True only when every evidence span that ended before
   the call is in the journal on disk (or declared dropped/unsampled there); it
   then seals the traces whose root ended.
@@ -105,6 +106,9 @@ class _JournaledSealer(SpanproofSpanExporter):
         self._body_keys: dict[int, str] = {}
         # Journal keys of each sealed bundle not yet written, by the bundle's identity.
         self._bundle_keys: dict[int, tuple[SealedBundle, list[str]]] = {}
+        # Written bundles whose journal entries this sealing pass retires:
+        # (trace id, keys, next position, file name).
+        self._retiring: list[tuple[str, list[str], dict[str, Any], str]] = []
 
     def _recover_at_start(self) -> None:
         pass  # the processor recovers its own journal directory (EvidenceSpanProcessor)
@@ -159,15 +163,28 @@ class _JournaledSealer(SpanproofSpanExporter):
                     del self._bundle_keys[stale]
         if ok and self._journal is not None:
             keys = entry[1] if entry is not None else []
-            try:
-                self._journal.append_sealed(bundle.statement.trace_id, keys,
-                                            position_to_json(bundle.next_position()))
-            except OSError as e:
-                # The bundle is durable; its spans stay journaled, and the next
-                # start finds the bundle and does not seal them again (_recovery).
-                _logger.error("spanproof: cannot retire journal entries of %s (%s)",
-                              bundle.file_name, e)
+            self._retiring.append((bundle.statement.trace_id, keys,
+                                   position_to_json(bundle.next_position()), bundle.file_name))
         return ok
+
+    def _pass_done(self) -> None:
+        # Retire every bundle this pass wrote with one journal write and fsync (a
+        # sealing pass writes a group of bundles at once; one fsync each cost a
+        # disk flush per bundle).  Under the seal lock, so a trace's entries stay
+        # in the order its segments were sealed.
+        retiring, self._retiring = self._retiring, []
+        if not retiring or self._journal is None:
+            return
+        try:
+            self._journal.append_sealed_many(
+                (trace_id, keys, nxt) for trace_id, keys, nxt, _ in retiring)
+        except OSError as e:
+            # The bundles are durable; their spans stay journaled, and the next
+            # start finds the bundles and does not seal them again (_recovery).
+            names = ", ".join(name for *_, name in retiring[:3])
+            more = f" and {len(retiring) - 3} more" if len(retiring) > 3 else ""
+            _logger.error("spanproof: cannot retire journal entries of %s%s (%s)",
+                          names, more, e)
 
 
 class EvidenceSpanProcessor(SpanProcessor):

@@ -89,6 +89,36 @@ def test_shutdown_seals_journaled_spans_and_retires_the_journal(tmp_path: Path) 
     assert list(Path(processor.journal_dir).glob("journal-*.log")) == []
 
 
+def test_bundles_written_in_one_pass_are_retired_with_one_journal_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A journal write is fsynced: one per bundle cost a disk flush per bundle.
+    processor = make_processor(tmp_path)
+    traced = Traced(processor)
+    journal = processor.exporter.journal()  # type: ignore[attr-defined]
+    retired: list[list[str]] = []
+    real = journal.append_sealed_many
+
+    def counting(items: Any) -> None:
+        items = list(items)
+        retired.append([trace_id for trace_id, _, _ in items])
+        real(items)
+
+    monkeypatch.setattr(journal, "append_sealed_many", counting)
+    monkeypatch.setattr(journal, "append_sealed", None)  # not called per bundle
+    roots = []
+    for name in ("first", "second", "third"):
+        with evidence_span(traced.tracer, name) as root:
+            with evidence_span(traced.tracer, "child"):
+                pass
+        roots.append(ids(root)[0])
+    assert processor.force_flush(10_000)  # seals the three traces in one pass
+    assert [sorted(batch) for batch in retired] == [sorted(roots)]
+    processor.shutdown()
+    assert len(bundles(tmp_path)) == 3
+    assert list(Path(processor.journal_dir).glob("journal-*.log")) == []  # all retired
+
+
 def test_force_flush_after_shutdown_returns_false(tmp_path: Path) -> None:
     processor = make_processor(tmp_path)
     processor.shutdown()
@@ -278,7 +308,7 @@ def test_bundle_whose_journal_retire_failed_is_not_sealed_again_at_the_next_star
     def cannot_retire(*args: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(journal, "append_sealed", cannot_retire)
+    monkeypatch.setattr(journal, "append_sealed_many", cannot_retire)
     with evidence_span(traced.tracer, "root"):
         with evidence_span(traced.tracer, "child"):
             pass
