@@ -12,8 +12,9 @@ prints medians and ratios against baselines measured in the same run.  Sections:
   selected, and with 10% selected, each sealing in the application's process (the
   default) and in a sealing process (``sealing_process=True``) (plus, for
   information only, spanproof at 100% writing bundles without fsync, to separate
-  the disk's flush latency, and an exporter that only selects at 10%, the floor
-  for any exporter that looks at every span);
+  the disk's flush latency, an exporter that only selects at 10%, the floor
+  for any exporter that looks at every span, and the durable
+  ``EvidenceSpanProcessor`` at 100%, in place of the ``BatchSpanProcessor``);
 * ``e2e``: end-to-end spans/s for the same (until every span is acknowledged by
   the sink, or every bundle is sealed on disk);
 * ``canonical``: RFC 8785 records/s, ours against the ``rfc8785`` package;
@@ -70,6 +71,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 NO_FSYNC = "spanproof-100%-nofsync"
 SELECTION_ONLY = "selection-only-10%"
+DURABLE = "evidence-processor-100%"  # EvidenceSpanProcessor instead of the batch processor
 PROCESS = "+process"  # configuration suffix: sealing_process=True
 LONG_TEXT = "The customer reports a duplicate charge on invoice 2291; " * 4  # ~230 bytes
 
@@ -174,8 +176,17 @@ class _UnsyncedSink:
 _KEY: Any = None
 
 
-def _make(config: str, sink: Sink, out_dir: str) -> tuple[SpanExporter, int]:
+def _key() -> Any:
+    """The app section's signing key: one, from a fixed seed (no key files per run)."""
     global _KEY
+    if _KEY is None:
+        from spanproof.exporter.keys import SigningKey
+
+        _KEY = SigningKey.from_seed(bytes(32))
+    return _KEY
+
+
+def _make(config: str, sink: Sink, out_dir: str) -> tuple[SpanExporter, int]:
     if config == "noop":
         return NoopExporter(), 1
     if config == SELECTION_ONLY:
@@ -185,12 +196,10 @@ def _make(config: str, sink: Sink, out_dir: str) -> tuple[SpanExporter, int]:
 
         return OTLPSpanExporter(endpoint=sink.endpoint, insecure=True), 1
     from spanproof.exporter import SpanproofSpanExporter
-    from spanproof.exporter.keys import SigningKey
 
-    _KEY = _KEY or SigningKey.from_seed(bytes(32))  # no key files written per run
     every = 10 if config.startswith("spanproof-10%") else 1
     bundle_sink = _UnsyncedSink(out_dir) if config == NO_FSYNC else None
-    exporter = SpanproofSpanExporter(output_dir=out_dir, seal_grace=0.05, signing_key=_KEY,
+    exporter = SpanproofSpanExporter(output_dir=out_dir, seal_grace=0.05, signing_key=_key(),
                                      sink=bundle_sink,
                                      sealing_process=config.endswith(PROCESS))
     if config.endswith(PROCESS) and exporter._remote is None:
@@ -198,16 +207,25 @@ def _make(config: str, sink: Sink, out_dir: str) -> tuple[SpanExporter, int]:
     return exporter, every
 
 
+def _span_processor(config: str, sink: Sink, out_dir: str, queue: int) -> tuple[Any, int]:
+    """The configuration's span processor, and which traces carry evidence (every
+    n-th).  A queue as large as the run: nothing is dropped, so end-to-end counts all."""
+    if config == DURABLE:
+        from spanproof.exporter import EvidenceSpanProcessor
+
+        return EvidenceSpanProcessor(out_dir, seal_grace=0.05, signing_key=_key(),
+                                     queue_size=queue), 1
+    exporter, every = _make(config, sink, out_dir)
+    return BatchSpanProcessor(exporter, max_queue_size=queue, max_export_batch_size=512), every
+
+
 def run_once(config: str, sink: Sink, traces: int, queue: int) -> tuple[float, float]:
     """Return (app-thread spans/s, end-to-end spans/s) for one configuration."""
     out_dir = tempfile.mkdtemp(prefix="spanproof-bench-out-")
     try:
-        exporter, every = _make(config, sink, out_dir)
+        processor, every = _span_processor(config, sink, out_dir, queue)
         provider = TracerProvider(resource=Resource.create({"service.name": "bench"}))
-        # A queue as large as the run: nothing is dropped, so end-to-end counts all.
-        provider.add_span_processor(
-            BatchSpanProcessor(exporter, max_queue_size=queue, max_export_batch_size=512)
-        )
+        provider.add_span_processor(processor)
         gc.collect()
         start = time.perf_counter()
         spans = workload(provider, traces, every)
@@ -234,7 +252,7 @@ def section_app(reps: int, traces: int) -> dict[str, tuple[float, float, float, 
     (end-to-end)."""
     configs = ["noop", "otlp-grpc", "spanproof-100%", "spanproof-10%",
                "spanproof-100%" + PROCESS, "spanproof-10%" + PROCESS, NO_FSYNC,
-               SELECTION_ONLY]
+               SELECTION_ONLY, DURABLE]
     app: dict[str, list[float]] = {c: [] for c in configs}
     e2e: dict[str, list[float]] = {c: [] for c in configs}
     with Sink() as sink:
@@ -819,6 +837,8 @@ def _run(sections: set[str], reps: int, traces: int, *, quick: bool) -> int:
             "run in the same round)")
         out(f"  ({NO_FSYNC}: bundles written without fsync; {SELECTION_ONLY}: selection "
             "and root tracking only, nothing certified; information only)")
+        out(f"  ({DURABLE}: EvidenceSpanProcessor, which journals every evidence span "
+            "(fsynced) before sealing it, instead of the batch processor; information only)")
         for mode, suffix in (("in-process", ""), ("sealing process", PROCESS)):
             targets += [
                 (f"app-thread, 100% selected, {mode}, x no-op",

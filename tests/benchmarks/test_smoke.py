@@ -30,7 +30,8 @@ def test_harness_quick_run_reports_every_section_and_target(
     assert tempfile.gettempdir() == before  # restored for everything else
     assert work.is_dir() and not any(work.iterdir())  # every run cleaned up
     for config in ("noop", "otlp-grpc", "spanproof-100%", "spanproof-10%",
-                   "spanproof-100%+process", "spanproof-10%+process", "selection-only-10%"):
+                   "spanproof-100%+process", "spanproof-10%+process", "selection-only-10%",
+                   "evidence-processor-100%"):
         assert f"\n{config} " in text
     for fragment in ("seal:  5-span trace", "canonical: spanproof", "verify: 500 records",
                      "verify: 2,000 records", "receiver over OTLP/gRPC (rotel)",
