@@ -1,10 +1,11 @@
 """spanproof performance harness.
 
-    python -m benchmarks.run [--quick] [--reps N] [--traces N] [--only SECTION,...]
-                             [--work-dir DIR]
+    python -m benchmarks.run [--quick] [--reps N] [--app-reps N] [--traces N]
+                             [--only SECTION,...] [--work-dir DIR]
 
-Alternates the configurations within one run, repeats each ``--reps`` times, and
-prints medians and ratios against baselines measured in the same run.  Sections:
+Alternates the configurations within one run, repeats each ``--reps`` times (the
+``app`` section ``--app-reps`` times, 3 x ``--reps`` unless given), and prints
+medians and ratios against baselines measured in the same run.  Sections:
 
 * ``app``: app-thread spans/s (time for the application thread to create and end
   the spans) with a ``BatchSpanProcessor`` over a no-op exporter, the stock
@@ -56,6 +57,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -257,9 +259,13 @@ def section_app(reps: int, traces: int) -> dict[str, tuple[float, float, float, 
     e2e: dict[str, list[float]] = {c: [] for c in configs}
     with Sink() as sink:
         for r in range(reps):
-            # Alternate within the run, starting each round one configuration
-            # later, so no configuration always follows the same one.
-            for config in configs[r % len(configs):] + configs[:r % len(configs)]:
+            # Alternate within the run, each round in its own (seeded) random order:
+            # a configuration can leave work behind (a process exiting, memory to
+            # return), and in a fixed cyclic order each would always follow the same
+            # one and carry that one's after-effects in every round.
+            order = list(configs)
+            random.Random(r).shuffle(order)
+            for config in order:
                 a, e = run_once(config, sink, traces, queue=max(traces * 5 + 1, 512))
                 app[config].append(a)
                 e2e[config].append(e)
@@ -754,6 +760,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
     parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--app-reps", type=int, default=None,
+                        help="rounds of the app section (default: 3 x --reps)")
     parser.add_argument("--traces", type=int, default=None)
     parser.add_argument("--work-dir", default=None,
                         help="where bundles, journals and other files are written "
@@ -762,6 +770,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"comma-separated sections (default: all of {', '.join(SECTIONS)})")
     args = parser.parse_args(argv)
     reps = args.reps or (1 if args.quick else 5)
+    # The app section's runs are short (~0.3 s) and this kind of machine's speed
+    # changes between consecutive runs by tens of percent: its per-round ratios
+    # spread over 0.6-1.6, so its medians need more rounds than the other sections.
+    app_reps = args.app_reps or reps * 3
     traces = args.traces or (20 if args.quick else 2000)
     sections = set(args.only.split(","))
     unknown = sections - set(SECTIONS)
@@ -777,7 +789,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous_tempdir = tempfile.tempdir
     tempfile.tempdir = scratch  # every mkdtemp below
     try:
-        return _run(sections, reps, traces, quick=args.quick)
+        return _run(sections, reps, app_reps, traces, quick=args.quick)
     finally:
         tempfile.tempdir = previous_tempdir
         shutil.rmtree(scratch, ignore_errors=True)
@@ -820,16 +832,16 @@ def file_creation_us(directory: str, files: int = 500) -> float:
     return statistics.median(times) * 1e6
 
 
-def _run(sections: set[str], reps: int, traces: int, *, quick: bool) -> int:
+def _run(sections: set[str], reps: int, app_reps: int, traces: int, *, quick: bool) -> int:
     out: Callable[[str], None] = print
     targets: list[tuple[str, float, float, str]] = []  # (target, measured, needed, unit)
     work = tempfile.gettempdir()
     create_us = file_creation_us(work) if quick else settle(work, out)
     out(f"spanproof benchmark: python {sys.version.split()[0]}, {os.cpu_count()} cores, "
-        f"reps={reps}, traces={traces} (x5 spans), files in {work} "
+        f"reps={reps} (app: {app_reps}), traces={traces} (x5 spans), files in {work} "
         f"(creating a 6 KB file: {create_us:,.0f} us); medians")
     if "app" in sections:
-        res = section_app(reps, traces)
+        res = section_app(app_reps, traces)
         out(f"{'config':<26}{'app spans/s':>14}{'x noop':>9}{'e2e spans/s':>14}{'x otlp':>9}")
         for config, (a, e, a_ratio, e_ratio) in res.items():
             out(f"{config:<26}{a:>14,.0f}{a_ratio:>9.2f}{e:>14,.0f}{e_ratio:>9.2f}")

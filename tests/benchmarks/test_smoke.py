@@ -26,6 +26,7 @@ def test_harness_quick_run_reports_every_section_and_target(
     assert run.main(["--quick", "--work-dir", str(work)]) == 0
     text = capsys.readouterr().out
     assert f"files in {work / 'spanproof-bench-'}" in text
+    assert "reps=1 (app: 3)," in text  # the app section's noisier figures get more rounds
     assert "(creating a 6 KB file: " in text and "creating a 6 KB file at the end: " in text
     assert tempfile.gettempdir() == before  # restored for everything else
     assert work.is_dir() and not any(work.iterdir())  # every run cleaned up
