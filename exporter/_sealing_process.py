@@ -35,6 +35,7 @@ cyclic garbage rarely (its pending bodies hold no cycles).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -352,6 +353,39 @@ def _read_exact(stream: Any, n: int) -> bytes | None:
     return b"".join(chunks)
 
 
+class _ChildInput:
+    """The child's stdin for :func:`_read_frame`, read so that a signal wakes it
+    whichever thread the kernel delivered the signal to.
+
+    A signal with a Python handler (SIGTERM here) interrupts a blocked ``read()``
+    only when it lands on the main thread, the one that reads.  Delivered to another
+    thread (the sealer's, the writer's), Python only notes it, and its handler would
+    wait until the main thread runs again: after the next frame, or the parent's
+    exit.  :func:`signal.set_wakeup_fd` makes every such signal write a byte to a
+    pipe that :meth:`read` waits on too, so the handler runs at once.  Main thread
+    only (as ``set_wakeup_fd``).
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._wakeup, write_end = os.pipe()
+        os.set_blocking(self._wakeup, False)
+        os.set_blocking(write_end, False)
+        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+
+    def read(self, n: int) -> bytes:
+        """Up to *n* bytes of input (b"" at end of input); a pending signal's
+        handler runs while waiting (SIGTERM's raises SystemExit)."""
+        while True:
+            ready, _, _ = select.select([self._fd, self._wakeup], [], [])
+            if self._wakeup in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wakeup, 256)
+                # Back in Python code: the eval loop runs the pending handler.
+            if self._fd in ready:
+                return os.read(self._fd, n)
+
+
 def _read_frame(stream: Any) -> Any:
     """The next message, or None at end of input."""
     header = _read_exact(stream, _HEADER.size)
@@ -547,7 +581,7 @@ def child_main() -> None:
     # Background work: when the cores are contended, the application's threads
     # come first (the pipe holds the spans meanwhile and slows the exporter down).
     os.nice(10)
-    inp = sys.stdin.buffer
+    inp = _ChildInput(sys.stdin.fileno())
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints go to stderr
     logging.basicConfig(format="%(levelname)s %(name)s [sealing process]: %(message)s")

@@ -358,7 +358,21 @@ def test_sealing_process_yields_the_cpu_to_the_application(tmp_path: Path) -> No
     exporter.shutdown()
 
 
-def test_sigterm_makes_the_sealing_process_seal_what_it_holds(tmp_path: Path) -> None:
+def _tgkill() -> Any:
+    import ctypes
+
+    return getattr(ctypes.CDLL(None, use_errno=True), "tgkill", None)
+
+
+@pytest.mark.parametrize("thread", ["main", "another"])
+def test_sigterm_makes_the_sealing_process_seal_what_it_holds(tmp_path: Path,
+                                                              thread: str) -> None:
+    # The kernel gives a process's signal to any thread that does not block it,
+    # usually the main one, which reads the parent's frames; delivered to another
+    # (the sealer's), it must still wake the reader at once.
+    tgkill = _tgkill()
+    if thread == "another" and (tgkill is None or not os.path.isdir("/proc/self/task")):
+        pytest.skip("needs Linux's tgkill and /proc")
     rec = Recorder()
     root = rec.tracer.start_span("still-open")  # the trace stays open: nothing is due
     with rec.tracer.start_as_current_span(
@@ -372,7 +386,13 @@ def test_sigterm_makes_the_sealing_process_seal_what_it_holds(tmp_path: Path) ->
     assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
     assert exporter.force_flush()  # the child has admitted the span
     assert not list((tmp_path / "out").glob("*.spanproof.json"))
-    os.kill(process.pid, signal.SIGTERM)
+    if thread == "main":
+        os.kill(process.pid, signal.SIGTERM)
+    else:
+        others = [int(t) for t in os.listdir(f"/proc/{process.pid}/task")
+                  if int(t) != process.pid]
+        assert others  # the exporter's sealer thread at least
+        assert tgkill(process.pid, others[0], signal.SIGTERM) == 0
     assert process._proc.wait(30) == 0
     (report,) = verified(tmp_path / "out", trust_root(tmp_path))
     assert record_span_ids(report) == ids
