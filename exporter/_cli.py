@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 __all__ = ["demo", "keygen", "receiver"]
 
 _PROG = "spanproof"
+# How often the receiver's main thread wakes to run signal handlers (see _serve_receiver).
+_SIGNAL_POLL_SECONDS = 0.25
 
 
 def _error(message: str) -> None:
@@ -337,7 +339,10 @@ def _serve_receiver(
         print(f"otlp-grpc    {servers[0].host}:{servers[0].port}", flush=True)
         if http is not None:
             print(f"otlp-http    {servers[1].host}:{servers[1].port}", flush=True)
-        stop.wait()
+        # A signal delivered to one of the servers' threads runs its handler only
+        # when this (the main) thread runs Python code: wake up now and then.
+        while not stop.wait(_SIGNAL_POLL_SECONDS):
+            pass
     finally:
         for server in servers:
             server.stop()

@@ -162,6 +162,14 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "c
 # -- the receiver as a process ------------------------------------------------------
 
 
+def tgkill() -> Any:
+    """libc's ``tgkill`` (Linux, glibc 2.30+: a signal to one thread of a process),
+    or None."""
+    import ctypes
+
+    return getattr(ctypes.CDLL(None, use_errno=True), "tgkill", None)
+
+
 class ReceiverProcess:
     """``spanproof receiver`` in a subprocess on free loopback ports."""
 
@@ -198,8 +206,16 @@ class ReceiverProcess:
         with open(self.log_path) as f:
             return f.read()
 
-    def stop(self, sig: int, timeout: float = 60.0) -> int:
-        self.proc.send_signal(sig)
+    def stop(self, sig: int, timeout: float = 60.0, *, thread: str = "main") -> int:
+        """Send *sig* (to the process, or with ``thread="another"`` to one of its
+        threads other than the main one) and wait for the exit code."""
+        if thread == "main":
+            self.proc.send_signal(sig)
+        else:
+            others = [int(t) for t in os.listdir(f"/proc/{self.proc.pid}/task")
+                      if int(t) != self.proc.pid]
+            assert others and tgkill() is not None
+            assert tgkill()(self.proc.pid, others[-1], sig) == 0
         try:
             code = self.proc.wait(timeout)
         finally:

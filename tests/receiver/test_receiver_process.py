@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 from receiver_support import (
     TRACE_A,
     TRACE_B,
@@ -16,6 +17,7 @@ from receiver_support import (
     otlp_span,
     span_id,
     span_ids,
+    tgkill,
     trust_root,
     verified,
     write_key,
@@ -25,14 +27,19 @@ from receiver_support import (
 HOLD = ("--seal-grace-ms", "600000", "--idle-timeout-ms", "600000")
 
 
-def test_sigterm_seals_everything_and_exits_0(tmp_path):
+@pytest.mark.parametrize("thread", ["main", "another"])
+def test_sigterm_seals_everything_and_exits_0(tmp_path, thread):
+    # The kernel gives a process's signal to any thread that does not block it;
+    # delivered to a server thread, it must still stop the receiver.
+    if thread == "another" and (tgkill() is None or not os.path.isdir("/proc/self/task")):
+        pytest.skip("needs Linux's tgkill and /proc")
     key, _ = write_key(str(tmp_path))
     out = str(tmp_path / "out")
     proc = ReceiverProcess(out, key, *HOLD)
     export(proc.grpc, otlp_span(TRACE_A, 1), otlp_span(TRACE_A, 2, parent=1),
            otlp_span(TRACE_B, 1, parent=7))
     assert bundle_paths(out) == []
-    assert proc.stop(signal.SIGTERM) == 0, proc.log()
+    assert proc.stop(signal.SIGTERM, 30, thread=thread) == 0, proc.log()
     assert "receiver stopped: everything sealed" in "".join(proc.lines)
     reports = verified(out, trust_root(str(tmp_path)))
     assert {r.statement.trace_id: span_ids(r) for r in reports} == {
