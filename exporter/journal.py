@@ -202,18 +202,7 @@ class Journal:
         self, trace_id: str, keys: Iterable[str], next_position: Mapping[str, Any]
     ) -> None:
         """Record that the spans *keys* are in a durably written bundle."""
-        keys = list(keys)
-        with self._lock:
-            self._write(
-                _frame(
-                    {"t": "sealed", "trace": trace_id, "keys": keys, "next": dict(next_position)}
-                )
-            )
-            for key in keys:
-                n = self._key_file.pop(key, None)
-                if n is not None:
-                    self._live.get(n, set()).discard(key)
-            self._collect()
+        self.append_sealed_many([(trace_id, keys, next_position)])
 
     def append_sealed_many(
         self, items: Iterable[tuple[str, Iterable[str], Mapping[str, Any]]]
