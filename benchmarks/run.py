@@ -68,7 +68,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 NO_FSYNC = "spanproof-100%-nofsync"
@@ -209,7 +209,8 @@ def _make(config: str, sink: Sink, out_dir: str) -> tuple[SpanExporter, int]:
     return exporter, every
 
 
-def _span_processor(config: str, sink: Sink, out_dir: str, queue: int) -> tuple[Any, int]:
+def _span_processor(config: str, sink: Sink, out_dir: str,
+                    queue: int) -> tuple[SpanProcessor, int]:
     """The configuration's span processor, and which traces carry evidence (every
     n-th).  A queue as large as the run: nothing is dropped, so end-to-end counts all."""
     if config == DURABLE:

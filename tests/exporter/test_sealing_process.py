@@ -34,6 +34,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanLimits
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import NonRecordingSpan, TraceState
+from thread_signals import signal_another_thread, skip_unless_available
 
 from spanproof.exporter import SpanproofSpanExporter
 from spanproof.exporter._sealing_process import (
@@ -358,21 +359,14 @@ def test_sealing_process_yields_the_cpu_to_the_application(tmp_path: Path) -> No
     exporter.shutdown()
 
 
-def _tgkill() -> Any:
-    import ctypes
-
-    return getattr(ctypes.CDLL(None, use_errno=True), "tgkill", None)
-
-
 @pytest.mark.parametrize("thread", ["main", "another"])
 def test_sigterm_makes_the_sealing_process_seal_what_it_holds(tmp_path: Path,
                                                               thread: str) -> None:
     # The kernel gives a process's signal to any thread that does not block it,
     # usually the main one, which reads the parent's frames; delivered to another
     # (the sealer's), it must still wake the reader at once.
-    tgkill = _tgkill()
-    if thread == "another" and (tgkill is None or not os.path.isdir("/proc/self/task")):
-        pytest.skip("needs Linux's tgkill and /proc")
+    if thread == "another":
+        skip_unless_available()
     rec = Recorder()
     root = rec.tracer.start_span("still-open")  # the trace stays open: nothing is due
     with rec.tracer.start_as_current_span(
@@ -389,10 +383,7 @@ def test_sigterm_makes_the_sealing_process_seal_what_it_holds(tmp_path: Path,
     if thread == "main":
         os.kill(process.pid, signal.SIGTERM)
     else:
-        others = [int(t) for t in os.listdir(f"/proc/{process.pid}/task")
-                  if int(t) != process.pid]
-        assert others  # the exporter's sealer thread at least
-        assert tgkill(process.pid, others[0], signal.SIGTERM) == 0
+        signal_another_thread(process.pid, signal.SIGTERM)  # the sealer's, at least
     assert process._proc.wait(30) == 0
     (report,) = verified(tmp_path / "out", trust_root(tmp_path))
     assert record_span_ids(report) == ids

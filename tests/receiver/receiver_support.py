@@ -15,6 +15,7 @@ from typing import Any
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
+from thread_signals import signal_another_thread
 
 from spanproof.exporter import SigningKey
 from spanproof.exporter.otlp_server import GrpcServer, HttpServer
@@ -162,14 +163,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "c
 # -- the receiver as a process ------------------------------------------------------
 
 
-def tgkill() -> Any:
-    """libc's ``tgkill`` (Linux, glibc 2.30+: a signal to one thread of a process),
-    or None."""
-    import ctypes
-
-    return getattr(ctypes.CDLL(None, use_errno=True), "tgkill", None)
-
-
 class ReceiverProcess:
     """``spanproof receiver`` in a subprocess on free loopback ports."""
 
@@ -212,10 +205,7 @@ class ReceiverProcess:
         if thread == "main":
             self.proc.send_signal(sig)
         else:
-            others = [int(t) for t in os.listdir(f"/proc/{self.proc.pid}/task")
-                      if int(t) != self.proc.pid]
-            assert others and tgkill() is not None
-            assert tgkill()(self.proc.pid, others[-1], sig) == 0
+            signal_another_thread(self.proc.pid, sig)
         try:
             code = self.proc.wait(timeout)
         finally:

@@ -17,11 +17,11 @@ from receiver_support import (
     otlp_span,
     span_id,
     span_ids,
-    tgkill,
     trust_root,
     verified,
     write_key,
 )
+from thread_signals import skip_unless_available
 
 # Long enough that nothing is sealed while the test runs, unless shut down.
 HOLD = ("--seal-grace-ms", "600000", "--idle-timeout-ms", "600000")
@@ -31,8 +31,8 @@ HOLD = ("--seal-grace-ms", "600000", "--idle-timeout-ms", "600000")
 def test_sigterm_seals_everything_and_exits_0(tmp_path, thread):
     # The kernel gives a process's signal to any thread that does not block it;
     # delivered to a server thread, it must still stop the receiver.
-    if thread == "another" and (tgkill() is None or not os.path.isdir("/proc/self/task")):
-        pytest.skip("needs Linux's tgkill and /proc")
+    if thread == "another":
+        skip_unless_available()
     key, _ = write_key(str(tmp_path))
     out = str(tmp_path / "out")
     proc = ReceiverProcess(out, key, *HOLD)
