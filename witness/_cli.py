@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -114,11 +116,28 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         lifespan="off",
         server_header=False,
     )
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again once its
+    # own handler is gone; with the default action the process would die there, before
+    # the store is closed, and report death by signal to its supervisor.
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if on_main_thread else None
     try:
         uvicorn.Server(config).run()
+    except _Terminated:
+        _logger.info("stopped by SIGTERM")
     finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
         store.close()
     return EXIT_OK
+
+
+class _Terminated(Exception):
+    """SIGTERM reached ``witness serve`` outside uvicorn's own handler."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
 
 
 def _producer_trust(keys: Sequence[str] | None, root: str | None) -> TrustRoot | None:
@@ -334,5 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_commands(parser.add_subparsers(dest="command", metavar="{witness,monitor}", required=True))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    status: int = args.handler(args)
+    try:
+        status: int = args.handler(args)
+    except KeyboardInterrupt:  # as the ``spanproof`` command does
+        return 130
     return status

@@ -1,0 +1,69 @@
+"""``spanproof witness serve`` (and ``python -m spanproof.witness serve``) stops
+cleanly on SIGTERM (exit 0) and SIGINT (130): uvicorn shuts down, and the store is
+closed, so SQLite folds its write-ahead log into the database and removes it."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from witness_helpers import (
+    ORIGIN,
+    free_port,
+    make_bundle,
+    trace_id,
+    wait_until_up,
+    write_bundle,
+    write_private_key,
+)
+
+from spanproof.exporter.keys import SigningKey
+from spanproof.witness.client import WitnessClient
+
+COMMANDS = {
+    "spanproof": [sys.executable, "-m", "spanproof.verifier", "witness"],
+    "module": [sys.executable, "-m", "spanproof.witness"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_signal_stops_the_witness_and_closes_its_store(
+    tmp_path: Path, witness_private: Any, producer_key: SigningKey, signum: int, status: int,
+    command: str,
+) -> None:
+    key = write_private_key(tmp_path / "witness.key", witness_private)
+    pub = tmp_path / "producer.pub"
+    pub.write_bytes(producer_key.public_pem())
+    db = tmp_path / "w.db"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "witness.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*COMMANDS[command], "serve", "--listen", f"127.0.0.1:{port}", "--db", str(db),
+             "--key", str(key), "--origin", ORIGIN, "--producer-key", str(pub),
+             "--log-level", "warning"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until_up(url, proc=proc)
+        bundle = write_bundle(tmp_path, make_bundle(trace_id(1), key=producer_key))
+        WitnessClient(url).submit(bundle.read_bytes())
+        wal = Path(str(db) + "-wal")
+        assert wal.exists(), "the running witness keeps a write-ahead log"
+        proc.send_signal(signum)
+        assert proc.wait(20) == status, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert not wal.exists(), "the store was not closed: its write-ahead log is still there"
+    with sqlite3.connect(db) as conn:
+        (entries,) = conn.execute("SELECT COUNT(*) FROM leaves").fetchone()
+    assert entries == 1
