@@ -14,8 +14,11 @@ medians and ratios against baselines measured in the same run.  Sections:
   default) and in a sealing process (``sealing_process=True``) (plus, for
   information only, spanproof at 100% writing bundles without fsync, to separate
   the disk's flush latency, an exporter that only selects at 10%, the floor
-  for any exporter that looks at every span, and the durable
-  ``EvidenceSpanProcessor`` at 100%, in place of the ``BatchSpanProcessor``);
+  for any exporter that looks at every span, the sealing process at 10% with every
+  span frame built and then dropped instead of written, so that the child has
+  nothing to seal (the application's own cost of the mode, without the child's
+  work beside it; app-thread only), and the durable ``EvidenceSpanProcessor`` at
+  100%, in place of the ``BatchSpanProcessor``);
 * ``e2e``: end-to-end spans/s for the same (until every span is acknowledged by
   the sink, or every bundle is sealed on disk);
 * ``canonical``: RFC 8785 records/s, ours against the ``rfc8785`` package;
@@ -74,6 +77,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 NO_FSYNC = "spanproof-100%-nofsync"
 SELECTION_ONLY = "selection-only-10%"
 DURABLE = "evidence-processor-100%"  # EvidenceSpanProcessor instead of the batch processor
+UNSENT = "spanproof-10%+process-unsent"  # the sealing process receives no span
 PROCESS = "+process"  # configuration suffix: sealing_process=True
 LONG_TEXT = "The customer reports a duplicate charge on invoice 2291; " * 4  # ~230 bytes
 
@@ -201,12 +205,37 @@ def _make(config: str, sink: Sink, out_dir: str) -> tuple[SpanExporter, int]:
 
     every = 10 if config.startswith("spanproof-10%") else 1
     bundle_sink = _UnsyncedSink(out_dir) if config == NO_FSYNC else None
+    process = config.endswith(PROCESS) or config == UNSENT
     exporter = SpanproofSpanExporter(output_dir=out_dir, seal_grace=0.05, signing_key=_key(),
-                                     sink=bundle_sink,
-                                     sealing_process=config.endswith(PROCESS))
-    if config.endswith(PROCESS) and exporter._remote is None:
+                                     sink=bundle_sink, sealing_process=process)
+    if process and exporter._remote is None:
         raise RuntimeError("the sealing process did not start")
+    if config == UNSENT:
+        _drop_span_frames(exporter._remote)
     return exporter, every
+
+
+def _drop_span_frames(remote: Any) -> None:
+    """Make *remote* (a ``SealingProcess``) build every span frame in full and then
+    drop it instead of writing it to the child, which so has nothing to seal; other
+    messages (flush, shutdown) still reach it."""
+    send_spans, write_locked = remote.send_spans, remote._write_locked
+    dropping = False
+
+    def send_spans_dropped(spans: Sequence[Any], roots: Sequence[str]) -> None:
+        nonlocal dropping
+        dropping = True
+        try:
+            send_spans(spans, roots)
+        finally:
+            dropping = False
+
+    def write_unless_dropping(frame: bytes) -> None:
+        if not dropping:
+            write_locked(frame)
+
+    remote.send_spans = send_spans_dropped
+    remote._write_locked = write_unless_dropping
 
 
 def _span_processor(config: str, sink: Sink, out_dir: str,
@@ -255,7 +284,7 @@ def section_app(reps: int, traces: int) -> dict[str, tuple[float, float, float, 
     (end-to-end)."""
     configs = ["noop", "otlp-grpc", "spanproof-100%", "spanproof-10%",
                "spanproof-100%" + PROCESS, "spanproof-10%" + PROCESS, NO_FSYNC,
-               SELECTION_ONLY, DURABLE]
+               SELECTION_ONLY, UNSENT, DURABLE]
     app: dict[str, list[float]] = {c: [] for c in configs}
     e2e: dict[str, list[float]] = {c: [] for c in configs}
     with Sink() as sink:
@@ -843,13 +872,18 @@ def _run(sections: set[str], reps: int, app_reps: int, traces: int, *, quick: bo
         f"(creating a 6 KB file: {create_us:,.0f} us); medians")
     if "app" in sections:
         res = section_app(app_reps, traces)
-        out(f"{'config':<26}{'app spans/s':>14}{'x noop':>9}{'e2e spans/s':>14}{'x otlp':>9}")
+        out(f"{'config':<30}{'app spans/s':>14}{'x noop':>9}{'e2e spans/s':>14}{'x otlp':>9}")
         for config, (a, e, a_ratio, e_ratio) in res.items():
-            out(f"{config:<26}{a:>14,.0f}{a_ratio:>9.2f}{e:>14,.0f}{e_ratio:>9.2f}")
+            if config == UNSENT:  # nothing is sealed: no end-to-end figure
+                out(f"{config:<30}{a:>14,.0f}{a_ratio:>9.2f}{'-':>14}{'-':>9}")
+            else:
+                out(f"{config:<30}{a:>14,.0f}{a_ratio:>9.2f}{e:>14,.0f}{e_ratio:>9.2f}")
         out("  (spans/s: medians; ratios: medians of each round's ratio to the baseline "
             "run in the same round)")
         out(f"  ({NO_FSYNC}: bundles written without fsync; {SELECTION_ONLY}: selection "
             "and root tracking only, nothing certified; information only)")
+        out(f"  ({UNSENT}: the sealing process at 10%, every span frame built and "
+            "dropped, so the child seals nothing; information only)")
         out(f"  ({DURABLE}: EvidenceSpanProcessor, which journals every evidence span "
             "(fsynced) before sealing it, instead of the batch processor; information only)")
         for mode, suffix in (("in-process", ""), ("sealing process", PROCESS)):

@@ -32,7 +32,7 @@ def test_harness_quick_run_reports_every_section_and_target(
     assert work.is_dir() and not any(work.iterdir())  # every run cleaned up
     for config in ("noop", "otlp-grpc", "spanproof-100%", "spanproof-10%",
                    "spanproof-100%+process", "spanproof-10%+process", "selection-only-10%",
-                   "evidence-processor-100%"):
+                   "spanproof-10%+process-unsent", "evidence-processor-100%"):
         assert f"\n{config} " in text
     for fragment in ("seal:  5-span trace", "canonical: spanproof", "verify: 500 records",
                      "verify: 2,000 records", "receiver over OTLP/gRPC (rotel)",
@@ -87,3 +87,32 @@ def test_settle_gives_up_after_its_limit(monkeypatch: pytest.MonkeyPatch) -> Non
     start = time.monotonic()
     assert run.settle("unused", said.append, sleep=lambda seconds: time.sleep(0.05)) == 900.0
     assert said and time.monotonic() - start < 5
+
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("config", "sealed"), [(run.UNSENT, False),
+                                                 ("spanproof-10%" + run.PROCESS, True)])
+def test_the_unsent_configuration_builds_every_frame_but_the_child_seals_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, config: str, sealed: bool,
+) -> None:
+    # The information-only row separates what the sealing process costs the
+    # application from the child's work beside it: the parent must still read every
+    # selected span's fields, and the child must receive none.
+    from spanproof.exporter import _sealing_process
+
+    read: list[int] = []
+    span_fields = _sealing_process.span_fields
+
+    def counting(span: Any, resource_id: int, scope_id: int) -> Any:
+        read.append(1)
+        return span_fields(span, resource_id, scope_id)
+
+    monkeypatch.setattr(_sealing_process, "span_fields", counting)
+    processor, every = run._span_processor(config, None, str(tmp_path), 1000)  # type: ignore[arg-type]
+    provider = run.TracerProvider()
+    provider.add_span_processor(processor)
+    assert run.workload(provider, 20, every) == 100
+    provider.shutdown()
+    assert len(read) == 10  # the two evidence traces' spans, one frame's worth each
+    assert len(list(tmp_path.glob("*.spanproof.json"))) == (2 if sealed else 0)
