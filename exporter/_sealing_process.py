@@ -68,6 +68,7 @@ _BOOT = (
 )
 _KINDS = {kind.value: kind for kind in SpanKind}
 _CODES = {code.value: code for code in StatusCode}
+_NONE = object()  # send_spans: no resource or scope numbered yet
 
 
 class SealingProcessError(RuntimeError):
@@ -454,12 +455,21 @@ class SealingProcess:
         resources: list[tuple[int, Any]] = []
         scopes: list[tuple[int, Any]] = []
         fields = []
+        # A batch's spans mostly share one resource and a few scopes: number an
+        # object again only when it differs from the previous span's.
+        resource: Any = _NONE
+        scope: Any = _NONE
         with self._lock:
             try:
                 for span in spans:
-                    r = self._resources.number(span.resource, resources)
-                    s = self._scopes.number(span.instrumentation_scope, scopes)
-                    fields.append(span_fields(span, r, s))
+                    if span.resource is not resource:
+                        resource = span.resource
+                        r = self._resources.number(resource, resources)
+                    if span.instrumentation_scope is not scope:
+                        scope = span.instrumentation_scope
+                        s = self._scopes.number(scope, scopes)
+                    fields.append(_readable_span_fields(span, r, s) if type(span) is ReadableSpan
+                                  else span_fields(span, r, s))
                 frame = _frame(("spans", resources, scopes, fields, list(roots)))
             except Exception:
                 # Nothing is sent: the child must not be assumed to know these.

@@ -442,3 +442,37 @@ def test_equal_scopes_and_resources_are_sent_once_and_the_cache_stays_bounded(
     assert record_span_ids(report) == ids  # 300 deliveries of one span: one record
     assert report.records is not None
     assert report.records[0]["scope"]["name"] == "lib"
+
+
+def test_interleaved_resources_and_scopes_in_one_batch_keep_their_own(tmp_path: Path) -> None:
+    # The parent numbers a span's resource and scope only when they differ from the
+    # previous span's; spans of two services and two libraries, alternating in one
+    # batch, must each reach the child with their own.
+    recorders = [Recorder(resource=Resource({"service.name": f"svc-{n}"})) for n in "ab"]
+    spans: list[ReadableSpan] = []
+    expected: dict[str, tuple[str, str]] = {}
+    for round_ in range(2):
+        for n, rec in zip("ab", recorders, strict=True):
+            library = f"lib-{n}{round_}"
+            tracer = rec.provider.get_tracer(library, "1.0")
+            with tracer.start_as_current_span("root") as root:
+                with tracer.start_as_current_span("llm", attributes={
+                        "gen_ai.operation.name": "chat"}):
+                    pass
+            expected[f"{root.get_span_context().trace_id:032x}"] = (f"svc-{n}", library)
+    taken = [rec.take() for rec in recorders]
+    for pair in zip(*taken, strict=True):  # a0 b0 a0 b0 ... a1 b1 ...: alternating
+        spans.extend(pair)
+    exporter = _exporter(tmp_path / "out", seal_grace=0.0)
+    assert exporter._remote is not None
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    found = {}
+    for report in verified(tmp_path / "out", trust_root(tmp_path)):
+        assert report.statement is not None and report.records is not None
+        (record,) = report.records
+        found[report.statement.trace_id] = (
+            record["resource"]["attributes"]["service.name"]["stringValue"],
+            record["scope"]["name"],
+        )
+    assert found == expected
