@@ -50,9 +50,11 @@ After the figures it prints PASS or MISS for each target of the performance
 work.  Ratios are paired: the median, over the rounds, of each round's figure
 against the baseline measured in the same round (this machine's speed drifts by
 tens of percent between rounds; a ratio of two medians would pair different
-rounds).  ``--quick`` uses
-tiny sizes (the test suite runs it so the harness cannot rot; its figures mean
-nothing).
+rounds).  For the app section it also prints where the middle half of the
+per-round ratios fell (first to third quartile), and for its targets how many rounds
+met them: a median near a target can fall either side of it between runs.
+``--quick`` uses tiny sizes (the test suite runs it so the harness cannot rot; its
+figures mean nothing).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -271,15 +273,48 @@ def run_once(config: str, sink: Sink, traces: int, queue: int) -> tuple[float, f
         os.sync()
 
 
+def _round_ratios(values: Sequence[float], baseline: Sequence[float]) -> list[float]:
+    """Each round's value against the baseline measured in the same round."""
+    return [v / b for v, b in zip(values, baseline, strict=True)]
+
+
 def _paired_ratio(values: Sequence[float], baseline: Sequence[float]) -> float:
-    """The median of per-round ratios: each round's value against the baseline
-    measured in the same round, so a machine whose speed drifts between rounds
-    does not pair one round's value with another round's baseline."""
-    return statistics.median(v / b for v, b in zip(values, baseline, strict=True))
+    """The median of per-round ratios, so a machine whose speed drifts between
+    rounds does not pair one round's value with another round's baseline."""
+    return statistics.median(_round_ratios(values, baseline))
 
 
-def section_app(reps: int, traces: int) -> dict[str, tuple[float, float, float, float]]:
-    """Per configuration: median app-thread and end-to-end spans/s, and the median
+def _middle_half(ratios: Sequence[float]) -> tuple[float, float]:
+    """The first and third quartiles of *ratios*: where the middle half of the
+    rounds fell."""
+    if len(ratios) < 2:
+        return ratios[0], ratios[0]
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return q1, q3
+
+
+class AppResult(NamedTuple):
+    """One configuration of the app section: median spans/s, and its per-round
+    ratios to the no-op exporter (app-thread) and the OTLP exporter (end-to-end)."""
+
+    app: float
+    e2e: float
+    app_ratios: list[float]
+    e2e_ratios: list[float]
+
+    @property
+    def app_ratio(self) -> float:
+        """The median of the app-thread ratios."""
+        return statistics.median(self.app_ratios)
+
+    @property
+    def e2e_ratio(self) -> float:
+        """The median of the end-to-end ratios."""
+        return statistics.median(self.e2e_ratios)
+
+
+def section_app(reps: int, traces: int) -> dict[str, AppResult]:
+    """Per configuration: median app-thread and end-to-end spans/s, and the
     per-round ratios against the no-op exporter (app-thread) and the OTLP exporter
     (end-to-end)."""
     configs = ["noop", "otlp-grpc", "spanproof-100%", "spanproof-10%",
@@ -300,8 +335,8 @@ def section_app(reps: int, traces: int) -> dict[str, tuple[float, float, float, 
                 app[config].append(a)
                 e2e[config].append(e)
     return {
-        c: (statistics.median(app[c]), statistics.median(e2e[c]),
-            _paired_ratio(app[c], app["noop"]), _paired_ratio(e2e[c], e2e["otlp-grpc"]))
+        c: AppResult(statistics.median(app[c]), statistics.median(e2e[c]),
+                     _round_ratios(app[c], app["noop"]), _round_ratios(e2e[c], e2e["otlp-grpc"]))
         for c in configs
     }
 
@@ -864,22 +899,27 @@ def file_creation_us(directory: str, files: int = 500) -> float:
 
 def _run(sections: set[str], reps: int, app_reps: int, traces: int, *, quick: bool) -> int:
     out: Callable[[str], None] = print
-    targets: list[tuple[str, float, float, str]] = []  # (target, measured, needed, unit)
+    # (target, measured, needed, unit, and for a paired ratio its per-round ratios)
+    targets: list[tuple[str, float, float, str, Sequence[float]]] = []
     work = tempfile.gettempdir()
     create_us = file_creation_us(work) if quick else settle(work, out)
     out(f"spanproof benchmark: python {sys.version.split()[0]}, {os.cpu_count()} cores, "
         f"reps={reps} (app: {app_reps}), traces={traces} (x5 spans), files in {work} "
         f"(creating a 6 KB file: {create_us:,.0f} us); medians")
     if "app" in sections:
-        res = section_app(app_reps, traces)
-        out(f"{'config':<30}{'app spans/s':>14}{'x noop':>9}{'e2e spans/s':>14}{'x otlp':>9}")
-        for config, (a, e, a_ratio, e_ratio) in res.items():
+        apps = section_app(app_reps, traces)
+        out(f"{'config':<30}{'app spans/s':>14}{'x noop':>9}{'(middle half)':>15}"
+            f"{'e2e spans/s':>14}{'x otlp':>9}{'(middle half)':>15}")
+        for config, r in apps.items():
+            line = (f"{config:<30}{r.app:>14,.0f}{r.app_ratio:>9.2f}"
+                    f"{_spread(r.app_ratios):>15}")
             if config == UNSENT:  # nothing is sealed: no end-to-end figure
-                out(f"{config:<30}{a:>14,.0f}{a_ratio:>9.2f}{'-':>14}{'-':>9}")
+                out(f"{line}{'-':>14}{'-':>9}")
             else:
-                out(f"{config:<30}{a:>14,.0f}{a_ratio:>9.2f}{e:>14,.0f}{e_ratio:>9.2f}")
+                out(f"{line}{r.e2e:>14,.0f}{r.e2e_ratio:>9.2f}{_spread(r.e2e_ratios):>15}")
         out("  (spans/s: medians; ratios: medians of each round's ratio to the baseline "
-            "run in the same round)")
+            "run in the same round; middle half: the first to the third quartile of "
+            "those per-round ratios)")
         out(f"  ({NO_FSYNC}: bundles written without fsync; {SELECTION_ONLY}: selection "
             "and root tracking only, nothing certified; information only)")
         out(f"  ({UNSENT}: the sealing process at 10%, every span frame built and "
@@ -887,13 +927,14 @@ def _run(sections: set[str], reps: int, app_reps: int, traces: int, *, quick: bo
         out(f"  ({DURABLE}: EvidenceSpanProcessor, which journals every evidence span "
             "(fsynced) before sealing it, instead of the batch processor; information only)")
         for mode, suffix in (("in-process", ""), ("sealing process", PROCESS)):
+            full, tenth = apps["spanproof-100%" + suffix], apps["spanproof-10%" + suffix]
             targets += [
                 (f"app-thread, 100% selected, {mode}, x no-op",
-                 res["spanproof-100%" + suffix][2], 0.75, "x"),
+                 full.app_ratio, 0.75, "x", full.app_ratios),
                 (f"app-thread, 10% selected, {mode}, x no-op",
-                 res["spanproof-10%" + suffix][2], 0.95, "x"),
+                 tenth.app_ratio, 0.95, "x", tenth.app_ratios),
                 (f"end-to-end, 100% selected, {mode}, x OTLP/gRPC",
-                 res["spanproof-100%" + suffix][3], 2.0, "x"),
+                 full.e2e_ratio, 2.0, "x", full.e2e_ratios),
             ]
     if "seal" in sections:
         for size, (seal_us, sign_us) in section_seal(reps, 20 if quick else 400).items():
@@ -903,7 +944,7 @@ def _run(sections: set[str], reps: int, app_reps: int, traces: int, *, quick: bo
         ours, theirs, ratio = section_canonical(reps, 200 if quick else 5000)
         out(f"canonical: spanproof {ours:,.0f} records/s, rfc8785 {theirs:,.0f} records/s, "
             f"ratio {ratio:.2f}x (median of each round's ratio; byte-identical)")
-        targets.append(("canonical encoding, x rfc8785", ratio, 5.0, "x"))
+        targets.append(("canonical encoding, x rfc8785", ratio, 5.0, "x", ()))
     if "verify" in sections:
         n = 500 if quick else 100_000
         rate, rss, _ = section_verify(n)
@@ -913,7 +954,7 @@ def _run(sections: set[str], reps: int, app_reps: int, traces: int, *, quick: bo
         rate, rss, written = section_verify(n)
         out(f"verify: {n:,} records at {rate:,.0f} records/s ({n / rate:,.0f} s), "
             f"peak RSS {rss:,.0f} MiB (bundle written in {written:,.0f} s)")
-        targets.append((f"verify {n:,} records, peak RSS MiB", rss, 300.0, "<"))
+        targets.append((f"verify {n:,} records, peak RSS MiB", rss, 300.0, "<", ()))
     # ------------------------------------------------------------ receiver
     if "receiver" in sections:
         rates = section_receiver(reps, traces)
@@ -921,7 +962,7 @@ def _run(sections: set[str], reps: int, app_reps: int, traces: int, *, quick: bo
             out(f"receiver over OTLP/gRPC ({config}): {rate:,.0f} certified spans/s "
                 f"({traces:,} traces x 5 spans)")
         targets.append(("receiver through rotel, certified spans/s", rates["rotel"],
-                        20_000.0, ">"))
+                        20_000.0, ">", ()))
     if "receiver-cost" in sections:
         ingest_us, seal_us = section_receiver_cost(reps, traces)
         out(f"receiver cost without a transport: ingest {ingest_us:,.0f} us per span, "
@@ -942,13 +983,21 @@ def _run(sections: set[str], reps: int, app_reps: int, traces: int, *, quick: bo
     out(f"creating a 6 KB file at the end: {file_creation_us(work):,.0f} us")
     if targets:
         out("targets:")
-    for name, measured, needed, unit in targets:
+    for name, measured, needed, unit, rounds in targets:
         met = measured < needed if unit == "<" else measured >= needed
         want = f"< {needed:,.0f}" if unit == "<" else (
             f">= {needed:,.0f}" if unit == ">" else f">= {needed:.2f}x")
         shown = f"{measured:.3f}x" if unit == "x" else f"{measured:,.0f}"
+        if rounds:  # a paired ratio: how its rounds fell around the target
+            shown += (f", middle half {_spread(rounds)}, "
+                      f"{sum(1 for x in rounds if x >= needed)} of {len(rounds)} rounds met")
         out(f"  {'PASS' if met else 'MISS'}  {name}: {shown} (target {want})")
     return 0
+
+
+def _spread(ratios: Sequence[float]) -> str:
+    low, high = _middle_half(ratios)
+    return f"{low:.2f}-{high:.2f}"
 
 
 if __name__ == "__main__":

@@ -39,9 +39,12 @@ def test_harness_quick_run_reports_every_section_and_target(
                      "receiver cost without a transport", "4 at a time, receipts verified",
                      "targets:"):
         assert fragment in text
-    verdicts = [line.split()[0] for line in text.splitlines() if line.startswith("  PASS")
+    verdicts = [line for line in text.splitlines() if line.startswith("  PASS")
                 or line.startswith("  MISS")]
     assert len(verdicts) == 9  # three per exporter mode, canonical, verify, receiver
+    # The app section's paired ratios say how their rounds fell around the target.
+    assert sum(", middle half " in line and " of 3 rounds met" in line
+               for line in verdicts) == 6
 
 
 def test_unknown_section_is_refused() -> None:
@@ -116,3 +119,9 @@ def test_the_unsent_configuration_builds_every_frame_but_the_child_seals_nothing
     provider.shutdown()
     assert len(read) == 10  # the two evidence traces' spans, one frame's worth each
     assert len(list(tmp_path.glob("*.spanproof.json"))) == (2 if sealed else 0)
+
+
+def test_middle_half_is_the_first_to_the_third_quartile() -> None:
+    assert run._middle_half([0.9, 0.5, 0.7, 0.6, 0.8]) == (0.6, 0.8)
+    assert run._middle_half([0.7]) == (0.7, 0.7)
+    assert run._spread([1.0, 0.5, 0.75]) == "0.62-0.88"
