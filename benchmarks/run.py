@@ -68,6 +68,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -222,18 +223,17 @@ def _drop_span_frames(remote: Any) -> None:
     drop it instead of writing it to the child, which so has nothing to seal; other
     messages (flush, shutdown) still reach it."""
     send_spans, write_locked = remote.send_spans, remote._write_locked
-    dropping = False
+    sending = threading.local()  # a flush from another thread meanwhile still goes
 
     def send_spans_dropped(spans: Sequence[Any], roots: Sequence[str]) -> None:
-        nonlocal dropping
-        dropping = True
+        sending.spans = True
         try:
             send_spans(spans, roots)
         finally:
-            dropping = False
+            sending.spans = False
 
     def write_unless_dropping(frame: bytes) -> None:
-        if not dropping:
+        if not getattr(sending, "spans", False):
             write_locked(frame)
 
     remote.send_spans = send_spans_dropped
