@@ -92,7 +92,6 @@ def test_settle_gives_up_after_its_limit(monkeypatch: pytest.MonkeyPatch) -> Non
     assert said and time.monotonic() - start < 5
 
 
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(("config", "sealed"), [(run.UNSENT, False),
                                                  ("spanproof-10%" + run.PROCESS, True)])
@@ -117,7 +116,7 @@ def test_the_unsent_configuration_builds_every_frame_but_the_child_seals_nothing
     provider.add_span_processor(processor)
     assert run.workload(provider, 20, every) == 100
     provider.shutdown()
-    assert len(read) == 10  # the two evidence traces' spans, one frame's worth each
+    assert len(read) == 10  # the 5 spans of each of the two evidence traces
     assert len(list(tmp_path.glob("*.spanproof.json"))) == (2 if sealed else 0)
 
 
