@@ -858,12 +858,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         tempfile.tempdir = previous_tempdir
         shutil.rmtree(scratch, ignore_errors=True)
+        if not args.quick:
+            _mark_deletion(os.path.dirname(scratch))
 
 
 #: Creating a small file costs tens of microseconds on a quiet filesystem; more means
 #: the inode allocator is still skipping recently freed inodes (see ``main``).
 QUIET_FILE_CREATION_US = 60.0
 SETTLE_LIMIT_S = 420.0
+#: How long after a run deleted its files the next run in the same place waits: the
+#: allocator skips an inode freed in the last 60 seconds once its inode table block
+#: is written (the run syncs after deleting), and the probe below can miss that.
+DELETION_QUIET_S = 75.0
+DELETION_MARK = ".spanproof-bench-deleted"
+
+
+def _mark_deletion(directory: str) -> None:
+    """Record, in *directory*, that a run has just deleted its files there."""
+    os.sync()  # written inode tables: the allocator's 60-second window, not 360
+    with open(os.path.join(directory, DELETION_MARK), "w") as f:
+        f.write(repr(time.time()))
+
+
+def _since_deletion(directory: str) -> float | None:
+    """Seconds since a run last deleted its files in *directory*, or None."""
+    try:
+        with open(os.path.join(directory, DELETION_MARK)) as f:
+            return max(0.0, time.time() - float(f.read()))
+    except (OSError, ValueError):
+        return None
 
 
 def settle(directory: str, out: Callable[[str], None],
@@ -871,8 +894,14 @@ def settle(directory: str, out: Callable[[str], None],
     """Wait (at most ``SETTLE_LIMIT_S``) until creating a file in *directory* costs
     under ``QUIET_FILE_CREATION_US``, so the figures do not include the effect of
     files deleted shortly before the run (by an earlier run or a test suite); return
-    the last cost measured."""
+    the last cost measured.  When an earlier run deleted its files beside *directory*
+    less than ``DELETION_QUIET_S`` ago, wait that out first."""
     deadline = time.monotonic() + SETTLE_LIMIT_S
+    since = _since_deletion(os.path.dirname(directory))
+    if since is not None and since < DELETION_QUIET_S:
+        out(f"(the previous run deleted its files here {since:,.0f} s ago: waiting "
+            f"{DELETION_QUIET_S - since:,.0f} s before measuring)")
+        sleep(DELETION_QUIET_S - since)
     cost = file_creation_us(directory)
     while cost > QUIET_FILE_CREATION_US and time.monotonic() < deadline:
         out(f"(creating a file costs {cost:,.0f} us: waiting for files deleted "

@@ -124,3 +124,35 @@ def test_middle_half_is_the_first_to_the_third_quartile() -> None:
     assert run._middle_half([0.9, 0.5, 0.7, 0.6, 0.8]) == (0.6, 0.8)
     assert run._middle_half([0.7]) == (0.7, 0.7)
     assert run._spread([1.0, 0.5, 0.75]) == "0.62-0.88"
+
+
+def test_settle_first_waits_out_a_deletion_by_the_previous_run_beside_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    # The probe can measure a quick file creation while the inodes the previous run
+    # freed a moment ago still slow the allocator down later in the run.
+    monkeypatch.setattr(run, "file_creation_us", lambda directory: 30.0)
+    scratch = tmp_path / "spanproof-bench-x"
+    said: list[str] = []
+    sleeps: list[float] = []
+    assert run.settle(str(scratch), said.append, sleep=sleeps.append) == 30.0
+    assert sleeps == [] and said == []  # no earlier run here
+    (tmp_path / run.DELETION_MARK).write_text(repr(time.time() - 10))
+    assert run.settle(str(scratch), said.append, sleep=sleeps.append) == 30.0
+    assert len(sleeps) == 1 and run.DELETION_QUIET_S - 12 < sleeps[0] <= run.DELETION_QUIET_S - 10
+    assert "deleted its files here" in said[0]
+    (tmp_path / run.DELETION_MARK).write_text(repr(time.time() - run.DELETION_QUIET_S - 1))
+    sleeps.clear()
+    run.settle(str(scratch), said.append, sleep=sleeps.append)
+    assert sleeps == []  # long enough ago
+
+
+@pytest.mark.timeout(120)
+def test_a_full_run_marks_when_it_deleted_its_files(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    monkeypatch.setattr(run, "file_creation_us", lambda directory: 30.0)
+    assert run.main(["--only", "canonical", "--reps", "1", "--work-dir", str(tmp_path)]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == [run.DELETION_MARK]  # scratch is gone
+    since = run._since_deletion(str(tmp_path))
+    assert since is not None and since < 60
