@@ -469,8 +469,7 @@ class SealingProcess:
                     if span.instrumentation_scope is not scope:
                         scope = span.instrumentation_scope
                         s = self._scopes.number(scope, scopes)
-                    fields.append(_readable_span_fields(span, r, s) if type(span) is ReadableSpan
-                                  else span_fields(span, r, s))
+                    fields.append(span_fields(span, r, s))
                 frame = _frame(("spans", resources, scopes, fields, list(roots)))
             except Exception:
                 # Nothing is sent: the child must not be assumed to know these.

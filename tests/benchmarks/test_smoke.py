@@ -104,13 +104,13 @@ def test_the_unsent_configuration_builds_every_frame_but_the_child_seals_nothing
     from spanproof.exporter import _sealing_process
 
     read: list[int] = []
-    span_fields = _sealing_process._readable_span_fields  # the SDK's spans' fields
+    span_fields = _sealing_process.span_fields
 
     def counting(span: Any, resource_id: int, scope_id: int) -> Any:
         read.append(1)
         return span_fields(span, resource_id, scope_id)
 
-    monkeypatch.setattr(_sealing_process, "_readable_span_fields", counting)
+    monkeypatch.setattr(_sealing_process, "span_fields", counting)
     processor, every = run._span_processor(config, None, str(tmp_path), 1000)  # type: ignore[arg-type]
     provider = run.TracerProvider()
     provider.add_span_processor(processor)
