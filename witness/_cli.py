@@ -119,6 +119,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again once its
     # own handler is gone; with the default action the process would die there, before
     # the store is closed, and report death by signal to its supervisor.
+    # (Signal handlers can only be set from the main thread.)
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminated) if on_main_thread else None
     try:
@@ -126,7 +127,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except _Terminated:
         _logger.info("stopped by SIGTERM")
     finally:
-        if on_main_thread:
+        if previous is not None:  # None: not ours to set, or not set from Python
             signal.signal(signal.SIGTERM, previous)
         store.close()
     return EXIT_OK
