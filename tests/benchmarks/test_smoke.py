@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -148,11 +149,35 @@ def test_settle_first_waits_out_a_deletion_by_the_previous_run_beside_it(
 
 
 @pytest.mark.timeout(120)
-def test_a_full_run_marks_when_it_deleted_its_files(
+def test_a_full_run_marks_when_it_deleted_many_files(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
-    monkeypatch.setattr(run, "file_creation_us", lambda directory: 30.0)
+    monkeypatch.setattr(run, "file_creation_us", _probe_writing(30.0))
+    monkeypatch.setattr(run, "DELETION_MARK_MIN_FILES", 6)  # two probes, 3 files each
     assert run.main(["--only", "canonical", "--reps", "1", "--work-dir", str(tmp_path)]) == 0
     assert [p.name for p in tmp_path.iterdir()] == [run.DELETION_MARK]  # scratch is gone
     since = run._since_deletion(str(tmp_path))
     assert since is not None and since < 60
+
+
+@pytest.mark.timeout(120)
+def test_a_full_run_that_deleted_few_files_leaves_no_mark(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    # The next run would wait for nothing: a few deletions do not slow the allocator.
+    monkeypatch.setattr(run, "file_creation_us", _probe_writing(30.0))
+    monkeypatch.setattr(run, "DELETION_MARK_MIN_FILES", 7)
+    assert run.main(["--only", "canonical", "--reps", "1", "--work-dir", str(tmp_path)]) == 0
+    assert list(tmp_path.iterdir()) == []  # scratch gone, and no mark
+
+
+def _probe_writing(cost: float) -> Callable[[str], float]:
+    """A stand-in for the settle probe that leaves three files behind, as the
+    real one leaves its 500 until the run ends, and measures *cost*."""
+    def probe(directory: str) -> float:
+        probe_dir = Path(directory) / f"probe-{time.monotonic_ns()}"
+        probe_dir.mkdir()
+        for i in range(3):
+            (probe_dir / str(i)).write_bytes(b"x")
+        return cost
+    return probe
