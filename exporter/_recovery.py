@@ -24,6 +24,7 @@ from spanproof.verifier.records import CER_MEDIA_TYPE
 from spanproof.verifier.statement import Completeness, Producer
 from spanproof.verifier.verify import BundleReport, Verdict, check_bundle
 
+from ._leftovers import finish_interrupted_writes
 from .assembly import RECOVERED, SealJob
 from .disclosure import AttributeMatcher
 from .journal import RecoveredTrace, recover_orphans, release_claimed
@@ -88,17 +89,22 @@ def seal_orphaned_journals(
     id, span id, body) for each span certified (the receiver remembers them so a
     retry is not certified again).  Returns the paths written.
 
+    With a :class:`DirectorySink`, the writes a stopped process left half done in
+    its directory are finished first (:func:`finish_interrupted_writes`).
+
     Raises:
         OSError: a bundle could not be written; the journal files are kept, so the
             next start tries again.
     """
+    # Another sink's bundles cannot be read back: a trace sealed just before the
+    # crash is then sealed again.
+    directory = _directory_of(sink)
+    if directory is not None:
+        _finish_writes(directory)
     traces, paths = recover_orphans(journal_dir)
     if not paths:
         return []
     written: list[str] = []
-    # Another sink's bundles cannot be read back: a trace sealed just before the
-    # crash is then sealed again.
-    directory = _directory_of(sink)
     for trace in traces.values():
         for bundle in _seal_trace(trace, signer=signer, producer_name=producer_name,
                                   producer_version=producer_version,
@@ -218,6 +224,17 @@ def continue_on_disk(
                  "chain continues after segment %d found in %s", job.trace_id,
                  position.segment_index - 1, directory)
     return dataclasses.replace(job, position=position)
+
+
+def _finish_writes(directory: str) -> None:
+    """:func:`finish_interrupted_writes` in *directory*, which never stops a start."""
+    try:
+        finish_interrupted_writes(directory)
+    except FileNotFoundError:
+        pass  # nothing was ever written here
+    except OSError as e:
+        _logger.warning("spanproof: cannot look for interrupted writes in %s (%s)",
+                        directory, e)
 
 
 def _directory_of(sink: BundleSink) -> str | None:

@@ -1,0 +1,172 @@
+"""Finishing the writes a producer left half done in its output directory.
+
+:class:`~spanproof.exporter.sinks.DirectorySink` writes a bundle, and its
+disclosures when it has committed attributes, to temporary files
+``.<bundle name>.<8 hex>.tmp``, makes them durable, links the bundle to its name and
+then renames the disclosures to ``<name>.disclosures.json``.  A process that stops
+in between (``kill -9``, power loss) leaves them behind:
+
+* the disclosures of a bundle that *was* published, under their temporary name.
+  They are the only way to open the bundle's commitments, so they are given their
+  name (checked first: every disclosure must open a commitment in that bundle);
+* temporary files of a bundle that was never published, and their disclosures.
+  Nothing refers to them: the spans are sealed again from the journal (the
+  ``EvidenceSpanProcessor``, the receiver), or were lost with the process (the
+  exporter without a journal, as README says).  They are removed once older than
+  *older_than*: a younger one may belong to a live process that is writing it.
+
+Other files are never touched, and a disclosures file whose name is taken by
+different content is kept (and logged), never overwritten or removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import time
+from typing import Any
+
+from spanproof.verifier.bundle import BUNDLE_SUFFIX, BundleReader
+from spanproof.verifier.canonical import loads_canonical
+from spanproof.verifier.disclosure import DisclosureFile, check_disclosure, disclosures_path
+from spanproof.verifier.errors import InvalidDisclosure, SpanproofError
+from spanproof.verifier.records import validate_record
+
+from .sinks import _link_no_replace
+
+__all__ = ["LEFTOVER_AGE_S", "Leftovers", "finish_interrupted_writes"]
+
+_logger = logging.getLogger(__name__)
+
+#: A write in progress keeps its temporary files for one group write: milliseconds,
+#: seconds on a stalled disk.  One older than this was left by a process that stopped.
+LEFTOVER_AGE_S = 3600.0
+
+_TEMPORARY = re.compile(
+    r"\.([0-9a-f]{32}-[0-9]+-[0-9a-f]{16}" + re.escape(BUNDLE_SUFFIX) + r")\.[0-9a-f]{8}\.tmp"
+)
+_DISCLOSURES_START = b'{"disclosures":'
+# Alternative names DirectorySink gives a bundle whose name was taken.
+_MAX_ALTERNATIVES = 1000
+
+
+@dataclasses.dataclass
+class Leftovers:
+    """What :func:`finish_interrupted_writes` did, by path."""
+
+    named: list[str] = dataclasses.field(default_factory=list)
+    """Disclosures given their name (the new path)."""
+    removed: list[str] = dataclasses.field(default_factory=list)
+    """Temporary files of bundles that were never published."""
+    kept: list[str] = dataclasses.field(default_factory=list)
+    """Temporary files left as they are (too young, or in conflict)."""
+
+
+def finish_interrupted_writes(
+    directory: str, *, older_than: float = LEFTOVER_AGE_S, now: float | None = None
+) -> Leftovers:
+    """Name the disclosures of published bundles that were left under a temporary
+    name in *directory*, and remove the temporary files of unpublished bundles
+    older than *older_than* seconds (see the module's docstring).
+
+    Raises:
+        OSError: *directory* cannot be listed.
+    """
+    done = Leftovers()
+    now = time.time() if now is None else now
+    with os.scandir(directory) as entries:
+        temporaries = [(e.path, m[1]) for e in entries
+                       if (m := _TEMPORARY.fullmatch(e.name)) and e.is_file(follow_symlinks=False)]
+    for path, bundle_name in sorted(temporaries):
+        try:
+            _finish(path, os.path.join(directory, bundle_name), now - older_than, done)
+        except OSError as e:
+            _logger.warning("spanproof: cannot tidy %s left by an interrupted write (%s)",
+                            path, e)
+            done.kept.append(path)
+    if done.named or done.removed:
+        _logger.warning(
+            "spanproof: finished writes a stopped process left in %s: named %d "
+            "disclosure file(s), removed %d temporary file(s) of bundles never published",
+            directory, len(done.named), len(done.removed),
+        )
+    return done
+
+
+def _finish(path: str, bundle_path: str, cutoff: float, done: Leftovers) -> None:
+    with open(path, "rb") as f:
+        data = f.read(len(_DISCLOSURES_START))
+        if data == _DISCLOSURES_START:  # DirectorySink writes them canonical
+            data += f.read()
+    disclosures = _parse_disclosures(data)
+    if disclosures is not None:
+        published = _published_bundle(bundle_path, disclosures)
+        if published is not None:
+            _name_disclosures(path, data, disclosures_path(published), done)
+            return
+    if os.stat(path).st_mtime < cutoff:
+        os.unlink(path)
+        done.removed.append(path)
+    else:
+        done.kept.append(path)
+
+
+def _parse_disclosures(data: bytes) -> DisclosureFile | None:
+    if not data.startswith(_DISCLOSURES_START):
+        return None  # a bundle's temporary file
+    try:
+        return DisclosureFile.from_bytes(data)
+    except InvalidDisclosure:
+        return None  # cut short: never made durable, so its bundle was never published
+
+
+def _published_bundle(bundle_path: str, disclosures: DisclosureFile) -> str | None:
+    """The published bundle (under its name, or an alternative one) whose
+    commitments every one of *disclosures* opens, or None."""
+    stem = bundle_path.removesuffix(BUNDLE_SUFFIX)
+    for attempt in range(_MAX_ALTERNATIVES):
+        candidate = bundle_path if attempt == 0 else f"{stem}.{attempt}{BUNDLE_SUFFIX}"
+        try:
+            records = _records(candidate)
+        except FileNotFoundError:
+            return None  # alternatives are taken in order: no later one exists
+        except (OSError, SpanproofError):
+            continue  # unreadable or not a bundle: not the one these disclosures open
+        if disclosures.disclosures and all(
+            check_disclosure(d, records).ok for d in disclosures.disclosures
+        ):
+            return candidate
+    return None
+
+
+def _records(bundle_path: str) -> list[Any]:
+    """The well-formed records of the bundle file *bundle_path* (signature not
+    checked: a disclosure's salted digest binds it to its record)."""
+    records = []
+    with open(bundle_path, "rb") as f:
+        reader = BundleReader(f)
+        reader.read_header()
+        for position, raw in reader.records():
+            record = loads_canonical(raw, f"record {position}")
+            validate_record(record, f"record {position}")
+            records.append(record)
+    return records
+
+
+def _name_disclosures(path: str, data: bytes, target: str, done: Leftovers) -> None:
+    try:
+        _link_no_replace(path, target)
+    except FileExistsError:
+        with open(target, "rb") as f:
+            same = f.read() == data
+        if not same:
+            _logger.warning("spanproof: %s holds disclosures of a published bundle, but "
+                            "%s holds other ones; both are kept", path, target)
+            done.kept.append(path)
+            return
+    os.unlink(path)
+    _logger.warning("spanproof: %s: disclosures a stopped process left under a temporary "
+                    "name", target)
+    done.named.append(target)
