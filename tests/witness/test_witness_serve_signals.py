@@ -67,3 +67,43 @@ def test_signal_stops_the_witness_and_closes_its_store(
     with sqlite3.connect(db) as conn:
         (entries,) = conn.execute("SELECT COUNT(*) FROM leaves").fetchone()
     assert entries == 1
+
+
+@pytest.mark.timeout(60)
+def test_serve_off_the_main_thread_leaves_signal_handlers_alone(
+    tmp_path: Path, witness_private: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Embedded in another program's thread, serve cannot set a SIGTERM handler
+    # (only the main thread can): it runs without one, and stops when its server does.
+    import threading
+
+    import uvicorn
+
+    from spanproof.witness._cli import main
+
+    servers: list[Any] = []
+    real_init = uvicorn.Server.__init__
+
+    def remember(self: Any, config: Any) -> None:
+        real_init(self, config)
+        servers.append(self)
+
+    monkeypatch.setattr(uvicorn.Server, "__init__", remember)
+    key = write_private_key(tmp_path / "witness.key", witness_private)
+    db = tmp_path / "w.db"
+    port = free_port()
+    before = signal.getsignal(signal.SIGTERM)
+    status: list[int] = []
+    thread = threading.Thread(target=lambda: status.append(main([
+        "witness", "serve", "--listen", f"127.0.0.1:{port}", "--db", str(db), "--key",
+        str(key), "--origin", ORIGIN, "--log-level", "warning"])))
+    thread.start()
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}")
+        assert signal.getsignal(signal.SIGTERM) is before
+    finally:
+        for server in servers:
+            server.should_exit = True
+        thread.join(30)
+    assert status == [0] and signal.getsignal(signal.SIGTERM) is before
+    assert not Path(str(db) + "-wal").exists(), "the store was not closed"
