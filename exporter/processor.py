@@ -203,7 +203,8 @@ class EvidenceSpanProcessor(SpanProcessor):
             counts the span as dropped (``OTEL_EXPORTER_SPANPROOF_QUEUE_BLOCK_MS``,
             default 50 ms; 0 never waits).
         journal_dir: the journal directory (default ``<output_dir>/journal``).
-        recover: seal orphaned journals at construction (default True).
+        recover: seal orphaned journals, and finish the writes a stopped process
+            left in the output directory, at construction (default True).
         other arguments: as :class:`~spanproof.exporter.SpanproofSpanExporter`.
 
     Raises:
