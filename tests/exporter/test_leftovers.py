@@ -128,29 +128,23 @@ def test_young_temporary_files_may_be_a_live_write_and_are_kept(tmp_path: Path) 
     assert {p: Path(p).read_bytes() for p in temps} == before
 
 
-def test_a_disclosures_name_holding_other_disclosures_is_never_overwritten(
-    tmp_path: Path,
+@pytest.mark.parametrize("same", [False, True], ids=["other_disclosures", "same_disclosures"])
+def test_a_disclosures_name_already_taken_is_never_overwritten(
+    tmp_path: Path, same: bool,
 ) -> None:
     b = _bundle()
     bundle_path, secret = _stopped_after_publishing(tmp_path, b)
     target = Path(bundle_path.removesuffix(".spanproof.json") + ".disclosures.json")
-    target.write_bytes(b"someone else's file\n")
+    there = b.disclosures_data() if same else b"someone else's file\n"
+    target.write_bytes(there)
     _age(secret)
     done = finish_interrupted_writes(str(tmp_path))
-    assert secret in done.kept and done.named == [] and done.removed == []
-    assert target.read_bytes() == b"someone else's file\n"
-    assert Path(secret).read_bytes() == b.disclosures_data()  # old, and still kept
-
-
-def test_a_disclosures_name_already_holding_the_same_disclosures_drops_the_copy(
-    tmp_path: Path,
-) -> None:
-    b = _bundle()
-    bundle_path, secret = _stopped_after_publishing(tmp_path, b)
-    target = Path(bundle_path.removesuffix(".spanproof.json") + ".disclosures.json")
-    target.write_bytes(b.disclosures_data())
-    finish_interrupted_writes(str(tmp_path))
-    assert not os.path.exists(secret) and target.read_bytes() == b.disclosures_data()
+    assert target.read_bytes() == there and done.removed == []
+    if same:  # the copy under the temporary name goes
+        assert not os.path.exists(secret)
+    else:  # both are kept, old as the temporary one is
+        assert secret in done.kept and done.named == []
+        assert Path(secret).read_bytes() == b.disclosures_data()
 
 
 def test_disclosures_that_open_no_commitment_of_the_bundle_are_not_given_its_name(
