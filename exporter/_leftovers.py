@@ -15,6 +15,12 @@ in between (``kill -9``, power loss) leaves them behind:
   exporter without a journal, as README says).  They are removed once older than
   *older_than*: a younger one may belong to a live process that is writing it.
 
+The witness submitter writes a bundle's receipt the same way
+(``.<stem>.receipt.json.<8 hex>.tmp``, renamed to ``<stem>.receipt.json``), and
+deletes the bundle's queue entry only once the receipt has its name: a temporary
+receipt left behind is written again when the entry is submitted again, so it
+goes once older than *older_than* too.
+
 Other files are never touched, and a disclosures file whose name is taken by
 different content is kept (and logged), never overwritten or removed.
 """
@@ -32,6 +38,7 @@ from spanproof.verifier.bundle import BUNDLE_SUFFIX, BundleReader
 from spanproof.verifier.canonical import loads_canonical
 from spanproof.verifier.disclosure import DisclosureFile, check_disclosure, disclosures_path
 from spanproof.verifier.errors import InvalidDisclosure, SpanproofError
+from spanproof.verifier.receipt import RECEIPT_SUFFIX
 from spanproof.verifier.records import validate_record
 
 from .sinks import _link_no_replace
@@ -44,8 +51,11 @@ _logger = logging.getLogger(__name__)
 #: seconds on a stalled disk.  One older than this was left by a process that stopped.
 LEFTOVER_AGE_S = 3600.0
 
-_TEMPORARY = re.compile(
-    r"\.([0-9a-f]{32}-[0-9]+-[0-9a-f]{16}" + re.escape(BUNDLE_SUFFIX) + r")\.[0-9a-f]{8}\.tmp"
+_ID = r"[0-9a-f]{32}-[0-9]+-[0-9a-f]{16}"  # trace, segment, producer instance
+_TEMPORARY = re.compile(r"\.(" + _ID + re.escape(BUNDLE_SUFFIX) + r")\.[0-9a-f]{8}\.tmp")
+# The receipt of a bundle stored under an alternative name has that name's stem.
+_RECEIPT_TEMPORARY = re.compile(
+    r"\." + _ID + r"(?:\.[0-9]+)?" + re.escape(RECEIPT_SUFFIX) + r"\.[0-9a-f]{8}\.tmp"
 )
 _DISCLOSURES_START = b'{"disclosures":'
 # Alternative names DirectorySink gives a bundle whose name was taken.
@@ -59,7 +69,7 @@ class Leftovers:
     named: list[str] = dataclasses.field(default_factory=list)
     """Disclosures given their name (the new path)."""
     removed: list[str] = dataclasses.field(default_factory=list)
-    """Temporary files of bundles that were never published."""
+    """Temporary files of bundles never published, and of receipts never named."""
     kept: list[str] = dataclasses.field(default_factory=list)
     """Temporary files left as they are (too young, or in conflict)."""
 
@@ -76,12 +86,19 @@ def finish_interrupted_writes(
     """
     done = Leftovers()
     now = time.time() if now is None else now
+    temporaries: list[tuple[str, str | None]] = []  # with the bundle's name, or None
     with os.scandir(directory) as entries:
-        temporaries = [(e.path, m[1]) for e in entries
-                       if (m := _TEMPORARY.fullmatch(e.name)) and e.is_file(follow_symlinks=False)]
+        for entry in entries:
+            if not entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                continue
+            if match := _TEMPORARY.fullmatch(entry.name):
+                temporaries.append((entry.path, match[1]))
+            elif _RECEIPT_TEMPORARY.fullmatch(entry.name):
+                temporaries.append((entry.path, None))
     for path, bundle_name in sorted(temporaries):
+        bundle_path = None if bundle_name is None else os.path.join(directory, bundle_name)
         try:
-            _finish(path, os.path.join(directory, bundle_name), now - older_than, done)
+            _finish(path, bundle_path, now - older_than, done)
         except OSError as e:
             _logger.warning("spanproof: cannot tidy %s left by an interrupted write (%s)",
                             path, e)
@@ -89,23 +106,26 @@ def finish_interrupted_writes(
     if done.named or done.removed:
         _logger.warning(
             "spanproof: finished writes a stopped process left in %s: named %d "
-            "disclosure file(s), removed %d temporary file(s) of bundles never published",
+            "disclosure file(s), removed %d temporary file(s) never published",
             directory, len(done.named), len(done.removed),
         )
     return done
 
 
-def _finish(path: str, bundle_path: str, cutoff: float, done: Leftovers) -> None:
-    with open(path, "rb") as f:
-        data = f.read(len(_DISCLOSURES_START))
-        if data == _DISCLOSURES_START:  # DirectorySink writes them canonical
-            data += f.read()
-    disclosures = _parse_disclosures(data)
-    if disclosures is not None:
-        published = _published_bundle(bundle_path, disclosures)
-        if published is not None:
-            _name_disclosures(path, data, disclosures_path(published), done)
-            return
+def _finish(path: str, bundle_path: str | None, cutoff: float, done: Leftovers) -> None:
+    """Handle one temporary file: a sink's (of the bundle at *bundle_path*), or a
+    receipt's (*bundle_path* None)."""
+    if bundle_path is not None:
+        with open(path, "rb") as f:
+            data = f.read(len(_DISCLOSURES_START))
+            if data == _DISCLOSURES_START:  # DirectorySink writes them canonical
+                data += f.read()
+        disclosures = _parse_disclosures(data)
+        if disclosures is not None:
+            published = _published_bundle(bundle_path, disclosures)
+            if published is not None:
+                _name_disclosures(path, data, disclosures_path(published), done)
+                return
     if os.stat(path).st_mtime < cutoff:
         os.unlink(path)
         done.removed.append(path)

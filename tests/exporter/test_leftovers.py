@@ -177,6 +177,8 @@ def test_disclosures_cut_short_are_of_an_unpublished_bundle(tmp_path: Path) -> N
 @pytest.mark.parametrize("name", [
     ".notes.tmp",
     f".{TRACE}-0000-0123456789abcdef.spanproof.json.receipt.json.0a1b2c3d.tmp",
+    f".{TRACE}-0000-0123456789abcdef.receipt.json.0a1b2c3d.tmp.bak",
+    f".{TRACE}-0000-0123456789abcdef.disclosures.json.0a1b2c3d.tmp",
     f".{TRACE}-0000-0123456789abcdef.spanproof.json.xyz.tmp",
     f"{TRACE}-0000-0123456789abcdef.spanproof.json.0a1b2c3d.tmp",
     f".{TRACE}-0000-0123456789abcdef.spanproof.json.0a1b2c3d.tmp.bak",
@@ -190,6 +192,19 @@ def test_files_not_named_as_a_sinks_temporary_file_are_never_touched(
     done = finish_interrupted_writes(str(tmp_path))
     assert (done.named, done.removed, done.kept) == ([], [], [])
     assert path.read_bytes() == b"{}"
+
+
+@pytest.mark.parametrize("stem", [f"{TRACE}-0000-0123456789abcdef",
+                                  f"{TRACE}-0000-0123456789abcdef.1"])
+def test_a_temporary_receipt_goes_once_old(tmp_path: Path, stem: str) -> None:
+    # The submitter keeps the bundle's queue entry until the receipt has its name,
+    # so a receipt left under a temporary name is fetched and written again.
+    path = tmp_path / f".{stem}.receipt.json.0a1b2c3d.tmp"
+    path.write_bytes(b"{}")
+    assert finish_interrupted_writes(str(tmp_path)).kept == [str(path)]
+    _age(str(path))
+    assert finish_interrupted_writes(str(tmp_path)).removed == [str(path)]
+    assert not path.exists()
 
 
 _KILLED_WRITER = textwrap.dedent("""
