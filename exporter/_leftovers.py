@@ -27,6 +27,7 @@ different content is kept (and logged), never overwritten or removed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -127,7 +128,7 @@ def _finish(path: str, bundle_path: str | None, cutoff: float, done: Leftovers) 
                 _name_disclosures(path, data, disclosures_path(published), done)
                 return
     if os.stat(path).st_mtime < cutoff:
-        os.unlink(path)
+        _discard(path)
         done.removed.append(path)
     else:
         done.kept.append(path)
@@ -185,8 +186,17 @@ def _name_disclosures(path: str, data: bytes, target: str, done: Leftovers) -> N
             _logger.warning("spanproof: %s holds disclosures of a published bundle, but "
                             "%s holds other ones; both are kept", path, target)
             done.kept.append(path)
-            return
-    os.unlink(path)
+        else:  # a copy of what is there
+            _discard(path)
+            done.removed.append(path)
+        return
+    _discard(path)  # without hard links, the link above moved it
     _logger.warning("spanproof: %s: disclosures a stopped process left under a temporary "
                     "name", target)
     done.named.append(target)
+
+
+def _discard(path: str) -> None:
+    """Remove *path*, which another process's start may have removed already."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

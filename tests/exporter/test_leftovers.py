@@ -4,6 +4,7 @@ bundles never published go once old, and nothing else is touched."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import stat
@@ -113,6 +114,21 @@ def test_disclosures_of_a_bundle_published_under_an_alternative_name_get_that_na
     assert first.read_bytes() != b.disclosures_data()
 
 
+def test_without_hard_links_disclosures_still_get_their_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_links(src: str, dst: str) -> None:
+        raise OSError(errno.EPERM, "hard links not supported")
+
+    b = _bundle()
+    _, secret = _stopped_after_publishing(tmp_path, b)
+    monkeypatch.setattr(os, "link", no_links)
+    done = finish_interrupted_writes(str(tmp_path))
+    target = tmp_path / SealedBundle.disclosures_file_name(b.file_name)
+    assert done.named == [str(target)] and secret not in done.kept
+    assert target.read_bytes() == b.disclosures_data() and not os.path.exists(secret)
+
+
 def test_temporary_files_of_an_unpublished_bundle_are_removed_once_old(tmp_path: Path) -> None:
     temps = _stopped_before_publishing(tmp_path, _bundle())
     _age(*temps)
@@ -139,11 +155,11 @@ def test_a_disclosures_name_already_taken_is_never_overwritten(
     target.write_bytes(there)
     _age(secret)
     done = finish_interrupted_writes(str(tmp_path))
-    assert target.read_bytes() == there and done.removed == []
+    assert target.read_bytes() == there
     if same:  # the copy under the temporary name goes
-        assert not os.path.exists(secret)
+        assert secret in done.removed and done.named == [] and not os.path.exists(secret)
     else:  # both are kept, old as the temporary one is
-        assert secret in done.kept and done.named == []
+        assert secret in done.kept and done.named == [] and done.removed == []
         assert Path(secret).read_bytes() == b.disclosures_data()
 
 
