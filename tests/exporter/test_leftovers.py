@@ -223,6 +223,26 @@ def test_a_temporary_receipt_goes_once_old(tmp_path: Path, stem: str) -> None:
     assert not path.exists()
 
 
+@pytest.mark.parametrize("start", ["exporter", "processor", "receiver"])
+def test_every_producer_finishes_interrupted_writes_when_it_starts(
+    tmp_path: Path, start: str,
+) -> None:
+    from spanproof.exporter import EvidenceSpanProcessor
+    from spanproof.exporter.receiver import Receiver
+
+    temps = _stopped_before_publishing(tmp_path, _bundle())
+    _age(*temps)
+    if start == "exporter":
+        SpanproofSpanExporter(str(tmp_path), signing_key=signing_key()).shutdown()
+    elif start == "processor":
+        EvidenceSpanProcessor(str(tmp_path), signing_key=signing_key()).shutdown()
+    else:
+        receiver = Receiver(str(tmp_path), signing_key=signing_key())
+        receiver.start()
+        assert receiver.shutdown(10)
+    assert not any(os.path.exists(p) for p in temps)
+
+
 _KILLED_WRITER = textwrap.dedent("""
     import os, signal, sys
     from opentelemetry.sdk.trace import TracerProvider
