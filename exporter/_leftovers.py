@@ -79,8 +79,8 @@ def finish_interrupted_writes(
     directory: str, *, older_than: float = LEFTOVER_AGE_S, now: float | None = None
 ) -> Leftovers:
     """Name the disclosures of published bundles that were left under a temporary
-    name in *directory*, and remove the temporary files of unpublished bundles
-    older than *older_than* seconds (see the module's docstring).
+    name in *directory*, and remove the temporary files of unpublished bundles and
+    unnamed receipts older than *older_than* seconds (see the module's docstring).
 
     Raises:
         OSError: *directory* cannot be listed.
