@@ -35,14 +35,13 @@ import re
 import time
 from typing import Any
 
+from spanproof.verifier._files import temp_target
 from spanproof.verifier.bundle import BUNDLE_SUFFIX, BundleReader
-from spanproof.verifier.canonical import loads_canonical
 from spanproof.verifier.disclosure import DisclosureFile, check_disclosure, disclosures_path
 from spanproof.verifier.errors import InvalidDisclosure, SpanproofError
 from spanproof.verifier.receipt import RECEIPT_SUFFIX
-from spanproof.verifier.records import validate_record
 
-from .sinks import _link_no_replace
+from .sinks import _link_no_replace, bundle_names
 
 __all__ = ["LEFTOVER_AGE_S", "Leftovers", "finish_interrupted_writes"]
 
@@ -53,14 +52,10 @@ _logger = logging.getLogger(__name__)
 LEFTOVER_AGE_S = 3600.0
 
 _ID = r"[0-9a-f]{32}-[0-9]+-[0-9a-f]{16}"  # trace, segment, producer instance
-_TEMPORARY = re.compile(r"\.(" + _ID + re.escape(BUNDLE_SUFFIX) + r")\.[0-9a-f]{8}\.tmp")
+_BUNDLE_NAME = re.compile(_ID + re.escape(BUNDLE_SUFFIX))
 # The receipt of a bundle stored under an alternative name has that name's stem.
-_RECEIPT_TEMPORARY = re.compile(
-    r"\." + _ID + r"(?:\.[0-9]+)?" + re.escape(RECEIPT_SUFFIX) + r"\.[0-9a-f]{8}\.tmp"
-)
+_RECEIPT_NAME = re.compile(_ID + r"(?:\.[0-9]+)?" + re.escape(RECEIPT_SUFFIX))
 _DISCLOSURES_START = b'{"disclosures":'
-# Alternative names DirectorySink gives a bundle whose name was taken.
-_MAX_ALTERNATIVES = 1000
 
 
 @dataclasses.dataclass
@@ -92,9 +87,12 @@ def finish_interrupted_writes(
         for entry in entries:
             if not entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
                 continue
-            if match := _TEMPORARY.fullmatch(entry.name):
-                temporaries.append((entry.path, match[1]))
-            elif _RECEIPT_TEMPORARY.fullmatch(entry.name):
+            target = temp_target(entry.name)
+            if target is None:
+                continue
+            if _BUNDLE_NAME.fullmatch(target):
+                temporaries.append((entry.path, target))
+            elif _RECEIPT_NAME.fullmatch(target):
                 temporaries.append((entry.path, None))
     for path, bundle_name in sorted(temporaries):
         bundle_path = None if bundle_name is None else os.path.join(directory, bundle_name)
@@ -146,9 +144,8 @@ def _parse_disclosures(data: bytes) -> DisclosureFile | None:
 def _published_bundle(bundle_path: str, disclosures: DisclosureFile) -> str | None:
     """The published bundle (under its name, or an alternative one) whose
     commitments every one of *disclosures* opens, or None."""
-    stem = bundle_path.removesuffix(BUNDLE_SUFFIX)
-    for attempt in range(_MAX_ALTERNATIVES):
-        candidate = bundle_path if attempt == 0 else f"{stem}.{attempt}{BUNDLE_SUFFIX}"
+    directory, name = os.path.split(bundle_path)
+    for candidate in (os.path.join(directory, n) for n in bundle_names(name)):
         try:
             records = _records(candidate)
         except FileNotFoundError:
@@ -162,18 +159,13 @@ def _published_bundle(bundle_path: str, disclosures: DisclosureFile) -> str | No
     return None
 
 
-def _records(bundle_path: str) -> list[Any]:
+def _records(bundle_path: str) -> list[dict[str, Any]]:
     """The well-formed records of the bundle file *bundle_path* (signature not
     checked: a disclosure's salted digest binds it to its record)."""
-    records = []
     with open(bundle_path, "rb") as f:
         reader = BundleReader(f)
         reader.read_header()
-        for position, raw in reader.records():
-            record = loads_canonical(raw, f"record {position}")
-            validate_record(record, f"record {position}")
-            records.append(record)
-    return records
+        return list(reader.parsed_records())
 
 
 def _name_disclosures(path: str, data: bytes, target: str, done: Leftovers) -> None:

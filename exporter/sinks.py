@@ -30,7 +30,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal, Protocol, get_args, runtime_checkable
 
 from spanproof.verifier._files import unlink_quietly, write_temp
@@ -200,9 +200,7 @@ class DirectorySink:
         return write_temp(self._dir, name, data, mode=mode, fsync=fsync)
 
     def _publish(self, tmp: str, name: str) -> str:
-        stem = name.removesuffix(BUNDLE_SUFFIX)
-        for attempt in range(_MAX_ALTERNATIVES):
-            candidate = name if attempt == 0 else f"{stem}.{attempt}{BUNDLE_SUFFIX}"
+        for attempt, candidate in enumerate(bundle_names(name)):
             path = os.path.join(self._dir, candidate)
             try:
                 _link_no_replace(tmp, path)
@@ -293,6 +291,16 @@ def sync_filesystem(directory: str) -> bool:
 def syncfs_available() -> bool:
     """True when ``DirectorySink(sync="auto")`` makes groups durable with ``syncfs``."""
     return _SYNCFS is not None
+
+
+def bundle_names(name: str) -> Iterator[str]:
+    """The names :class:`DirectorySink` gives the bundle named *name*, in the order it
+    tries them: *name*, then ``<stem>.1.spanproof.json``, ``<stem>.2...`` (see
+    :meth:`DirectorySink.write`)."""
+    yield name
+    stem = name.removesuffix(BUNDLE_SUFFIX)
+    for attempt in range(1, _MAX_ALTERNATIVES):
+        yield f"{stem}.{attempt}{BUNDLE_SUFFIX}"
 
 
 def _link_no_replace(src: str, dst: str) -> None:

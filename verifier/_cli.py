@@ -24,7 +24,6 @@ from typing import Any, NoReturn, cast
 
 from ._term import Progress, Style
 from .bundle import BundleReader
-from .canonical import loads_canonical
 from .checkpoint import WitnessKey, load_witness_keys
 from .disclosure import (
     AttributeMatcher,
@@ -41,7 +40,6 @@ from .disclosure import (
 from .errors import InvalidKey, SpanproofError
 from .keys import TrustedKey, TrustRoot, format_time
 from .receipt import attach_receipt_check, check_receipt_for_bundle
-from .records import validate_record
 from .report import ReportItem, render_html, summarize_checks
 from .statement import Statement
 from .tree import render_tree
@@ -458,9 +456,7 @@ def _read_unverified(path: str) -> _Unverified:
                 statement = Statement.from_payload(envelope.payload)
             except SpanproofError as e:
                 return _Unverified(None, records, str(e))
-            for position, raw in reader.records():
-                record = loads_canonical(raw, f"record {position}")
-                validate_record(record, f"record {position}")
+            for record in reader.parsed_records():
                 records.append(record)
     except OSError as e:
         return _Unverified(statement, records, f"cannot read: {e.strerror or e}")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 
-__all__ = ["unlink_quietly", "write_atomic", "write_temp"]
+__all__ = ["temp_target", "unlink_quietly", "write_atomic", "write_temp"]
+
+_TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp", re.DOTALL)  # see write_temp
 
 
 def write_temp(
@@ -19,7 +22,7 @@ def write_temp(
     Raises:
         OSError: the directory cannot be written, or the disk is full.
     """
-    tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")
+    tmp = os.path.join(directory, f".{name}.{secrets.token_hex(4)}.tmp")  # _TEMP_NAME
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         try:
@@ -35,6 +38,13 @@ def write_temp(
         unlink_quietly(tmp)
         raise
     return tmp
+
+
+def temp_target(file_name: str) -> str | None:
+    """The name a temporary file of :func:`write_temp` was written for, from the
+    temporary file's own name; None for any other name."""
+    match = _TEMP_NAME.fullmatch(file_name)
+    return None if match is None else match[1]
 
 
 def unlink_quietly(path: str) -> None:

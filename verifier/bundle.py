@@ -21,6 +21,7 @@ from typing import IO, Any
 from .canonical import canonicalize, loads_canonical
 from .dsse import Envelope
 from .errors import InvalidBundle
+from .records import validate_record
 
 __all__ = [
     "BUNDLE_MEDIA_TYPE",
@@ -110,6 +111,19 @@ class BundleReader:
         if "envelope" not in header:
             raise InvalidBundle("bundle header: missing envelope")
         return Envelope.from_json(header["envelope"]), header
+
+    def parsed_records(self) -> Iterator[dict[str, Any]]:
+        """Yield each record parsed strictly and checked for form (canonical bytes,
+        a well-formed record), without the signature and chain checks of SPEC §8:
+        for reading a bundle, not for trusting it.
+
+        Raises:
+            InvalidBundle: bad framing, or a record not canonical or malformed.
+        """
+        for position, raw in self.records():
+            record = loads_canonical(raw, f"record {position}")
+            validate_record(record, f"record {position}")
+            yield record
 
     def records(self) -> Iterator[tuple[int, bytes]]:
         """Yield ``(position, canonical bytes)`` for each record line, checking framing.

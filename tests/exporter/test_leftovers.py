@@ -180,6 +180,16 @@ def test_disclosures_that_open_no_commitment_of_the_bundle_are_not_given_its_nam
     assert sorted(finish_interrupted_writes(str(tmp_path)).removed) == sorted(temps)
 
 
+def test_a_temporary_name_gives_back_the_name_it_was_written_for(tmp_path: Path) -> None:
+    from spanproof.verifier._files import temp_target, write_temp
+
+    name = f"{TRACE}-0000-0123456789abcdef.spanproof.json"
+    temp = write_temp(str(tmp_path), name, b"x", fsync=False)
+    assert temp_target(os.path.basename(temp)) == name
+    for other in (name, f".{name}.tmp", f".{name}.0a1b2c3.tmp", f".{name}.0A1B2C3D.tmp"):
+        assert temp_target(other) is None
+
+
 def test_disclosures_cut_short_are_of_an_unpublished_bundle(tmp_path: Path) -> None:
     b = _bundle()
     temps = _stopped_before_publishing(tmp_path, b)
