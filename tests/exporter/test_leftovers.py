@@ -180,6 +180,31 @@ def test_disclosures_that_open_no_commitment_of_the_bundle_are_not_given_its_nam
     assert sorted(finish_interrupted_writes(str(tmp_path)).removed) == sorted(temps)
 
 
+def _tampered(data: bytes, how: str) -> bytes:
+    lines = data.split(b"\n")
+    if how == "commitment":  # another well-formed digest in the committed value
+        i = lines[1].index(b'"digest":"') + len(b'"digest":"')
+        flipped = b"0" if lines[1][i:i + 1] != b"0" else b"1"
+        lines[1] = lines[1][:i] + flipped + lines[1][i + 1:]
+    elif how == "framing":
+        lines = lines[:1]
+    else:  # the header
+        lines[0] = b"{" + lines[0]
+    return b"\n".join(lines)
+
+
+@pytest.mark.parametrize("how", ["commitment", "framing", "header"])
+def test_disclosures_are_not_given_the_name_of_a_tampered_bundle(
+    tmp_path: Path, how: str,
+) -> None:
+    b = _bundle()
+    bundle_path, secret = _stopped_after_publishing(tmp_path, b)
+    Path(bundle_path).write_bytes(_tampered(b.data, how))
+    done = finish_interrupted_writes(str(tmp_path))
+    assert done.named == [] and secret in done.kept
+    assert not (tmp_path / SealedBundle.disclosures_file_name(b.file_name)).exists()
+
+
 def test_a_temporary_name_gives_back_the_name_it_was_written_for(tmp_path: Path) -> None:
     from spanproof.verifier._files import temp_target, write_temp
 
