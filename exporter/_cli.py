@@ -268,6 +268,9 @@ def receiver(
     selected = None
     if select_attributes is not None:
         selected = [k.strip() for k in select_attributes.split(",") if k.strip()]
+    backlog: dict[str, Any] = (
+        {} if max_backlog_spans is None else {"max_backlog_spans": max_backlog_spans}
+    )
     try:
         service = Receiver(
             output_dir=out,
@@ -284,7 +287,7 @@ def receiver(
                                [k.strip() for k in redact_attributes.split(",") if k.strip()]),
             max_value_bytes=max_value_bytes,
             journal_dir=journal_dir,
-            **({} if max_backlog_spans is None else {"max_backlog_spans": max_backlog_spans}),
+            **backlog,
         )
     except (ValueError, InvalidKey) as e:
         raise UsageError(str(e)) from None
@@ -297,7 +300,9 @@ def receiver(
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous: dict[int, Any] = {
+        sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
     with collecting_rarely():
         return _serve_receiver(service, stop, previous, grpc, http, max_message_bytes)
 

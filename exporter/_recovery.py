@@ -249,7 +249,7 @@ def _written_segments(
     each named for the next segment of this trace and instance, signed by *signer*'s
     key, and starting exactly where the previous one (or *position*) ends."""
     trust: TrustRoot | None = None
-    found = []
+    found: list[BundleReport] = []
     while True:
         name = f"{trace_id}-{position.segment_index:04d}-{instance}{BUNDLE_SUFFIX}"
         path = os.path.join(directory, name)
