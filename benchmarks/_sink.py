@@ -19,7 +19,9 @@ class _Sink(trace_service_pb2_grpc.TraceServiceServicer):
         self.spans = 0
         self.lock = threading.Lock()
 
-    def Export(self, request, context):
+    def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
         n = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
         with self.lock:
             self.spans += n
@@ -28,7 +30,10 @@ class _Sink(trace_service_pb2_grpc.TraceServiceServicer):
 
 def main() -> None:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Sink(), server)
+    # The generated gRPC module carries no annotations.
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        _Sink(), server
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     with open(sys.argv[1], "w") as f:

@@ -348,7 +348,8 @@ def section_canonical(reps: int, n: int) -> tuple[float, float, float]:
     from spanproof.verifier.canonical import canonicalize
 
     records = [_sample_record(i) for i in range(n)]
-    ours, theirs = [], []
+    ours: list[float] = []
+    theirs: list[float] = []
     for _ in range(reps):
         for fn, sink_list in ((canonicalize, ours), (rfc8785.dumps, theirs)):
             start = time.perf_counter()
@@ -573,7 +574,7 @@ def _send_all(endpoint: str, requests: list[Any], threads: int = 4) -> None:
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
     channel = grpc.insecure_channel(endpoint)
-    stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+    stub = trace_service_pb2_grpc.TraceServiceStub(channel)  # type: ignore[no-untyped-call]
 
     def send(req: Any) -> None:
         for _ in range(600):

@@ -1,10 +1,12 @@
-"""The whole package stays typed (``mypy --strict``) and linted (``ruff``).
+"""The whole package and the benchmark harness stay typed (``mypy --strict``), and
+the repository linted (``ruff``).
 
 Both tools come with the ``test`` extra, pinned to one minor version each so that a
 new release cannot fail a clean checkout that passed before.  The package's source
 directories (``verifier/``, ``exporter/``, ...) are imported as ``spanproof.*``, a
 mapping mypy cannot follow through the editable install, so mypy reads them through
-a ``spanproof/`` directory of symbolic links.
+a ``spanproof/`` directory of symbolic links (beside a link to ``benchmarks/``, which
+is imported under its own name).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("verifier", "exporter", "witness", "examples")
+HARNESS = "benchmarks"
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -34,20 +37,21 @@ def linked_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "spanproof").mkdir()
     for name in PACKAGES:
         os.symlink(REPO / name, root / "spanproof" / name, target_is_directory=True)
+    os.symlink(REPO / HARNESS, root / HARNESS, target_is_directory=True)
     return root
 
 
-def test_whole_package_is_mypy_strict_clean(linked_package: Path) -> None:
+def test_package_and_harness_are_mypy_strict_clean(linked_package: Path) -> None:
     result = _run(
         ["mypy", "--config-file", str(REPO / "pyproject.toml"),
          "--cache-dir", str(linked_package / "cache"),
          "--namespace-packages", "--explicit-package-bases",
-         *(f"spanproof/{name}" for name in PACKAGES)],
+         *(f"spanproof/{name}" for name in PACKAGES), HARNESS],
         linked_package,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     # Every source directory was checked, not an empty selection.
-    checked = sum(1 for name in PACKAGES for _ in (REPO / name).rglob("*.py"))
+    checked = sum(1 for name in (*PACKAGES, HARNESS) for _ in (REPO / name).rglob("*.py"))
     assert f"no issues found in {checked} source files" in result.stdout, result.stdout
 
 
