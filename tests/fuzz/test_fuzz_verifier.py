@@ -15,21 +15,20 @@ minutes) and 200 through the command line.
 
 from __future__ import annotations
 
-import base64
 import io
-import json
 import random
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import fuzz_mutations
 import pytest
+from fuzz_mutations import BundleMutator, without_hint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spanproof.verifier import TrustRoot, Verdict, check_bundle
-from spanproof.verifier.canonical import canonicalize
 
 CONFORMANCE = Path(__file__).resolve().parents[1] / "conformance"
 ORIGINAL = (CONFORMANCE / "cases" / "workflow_pass.spanproof.json").read_bytes()
@@ -62,125 +61,25 @@ def _judge(data: bytes) -> Verdict:
 
 # -- mutations, driven by a random source (hypothesis's, or a seeded one) ------------
 
-_SPECIAL = b'{}[]",:\n\\ 0aZ\x00\xff'
+_MUTATOR = BundleMutator(ORIGINAL)
 
 
 def mutate_bytes(rng: random.Random) -> bytes:
     """The original bundle with one to three byte-level edits."""
-    data = bytearray(ORIGINAL)
-    for _ in range(rng.randint(1, 3)):
-        if not data:
-            break
-        kind = rng.choice(["flip", "set", "delete", "insert", "truncate"])
-        at = rng.randrange(len(data))
-        if kind == "flip":
-            data[at] ^= 1 << rng.randrange(8)
-        elif kind == "set":
-            data[at] = rng.choice(_SPECIAL)
-        elif kind == "delete":
-            del data[at:at + rng.randint(1, 16)]
-        elif kind == "insert":
-            data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
-        else:
-            del data[at:]
-    return bytes(data)
+    return fuzz_mutations.mutate_bytes(ORIGINAL, rng)
 
 
 def _check_byte_mutation(data: bytes) -> None:
     verdict = _judge(data)
     if data != ORIGINAL and verdict is not Verdict.FAIL:
         # Only the unsigned key-id hint may differ.
-        assert _without_hint(data) == _without_hint(ORIGINAL)
-
-
-def _without_hint(data: bytes) -> bytes:
-    header = data.split(b"\n", 1)[0]
-    parsed = json.loads(header[: -len(b',"records":[')] + b"}")
-    for sig in parsed["envelope"]["signatures"]:
-        sig.pop("keyid", None)
-    return canonicalize(parsed) + data.split(b"\n", 1)[1]
-
-
-def _documents() -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-    lines = ORIGINAL.split(b"\n")
-    header = json.loads(lines[0][: -len(b',"records":[')] + b"}")
-    statement = json.loads(base64.b64decode(header["envelope"]["payload"]))
-    records = [json.loads(line.removesuffix(b",")) for line in lines[1:-2]]
-    return header, statement, records
-
-
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
-    if isinstance(value, dict):
-        for k, v in value.items():
-            out.extend(_paths(v, (*prefix, k)))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            out.extend(_paths(v, (*prefix, i)))
-    return out
-
-
-_HEADER, _STATEMENT, _RECORDS = _documents()
-_TARGETS: list[tuple[str, tuple[Any, ...]]] = (
-    [("header", p) for p in _paths(_HEADER) if p[:2] != ("envelope", "payload")]
-    + [("statement", p) for p in _paths(_STATEMENT)]
-    + [(f"record{i}", p) for i, r in enumerate(_RECORDS) for p in _paths(r)]
-)
-_DELETE = object()
-
-
-def _value(rng: random.Random) -> Any:
-    kind = rng.randrange(9)
-    if kind == 0:
-        return rng.choice([None, True, False, {}, [], _DELETE])
-    if kind == 1:
-        return rng.randint(1 - 2**53, 2**53 - 1)  # RFC 8785 carries no larger integers
-    if kind == 2:
-        return rng.uniform(-1e300, 1e300)
-    if kind == 3:
-        return "".join(chr(rng.choice([0x41, 0x7A, 0x30, 0x22, 0x5C, 0xE9, 0x1F600, 0x0A]))
-                       for _ in range(rng.randint(0, 8)))
-    return rng.choice(["0", "1", "-1", "01", "sha256:" + "00" * 32, "", "a" * 16,
-                       "recovered", "18446744073709551616", "STATUS_CODE_ERROR"])
-
-
-def _set(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
-    if not path:
-        return None if value is _DELETE else value
-    parent = doc
-    for step in path[:-1]:
-        parent = parent[step]
-    if value is _DELETE:
-        del parent[path[-1]]
-    else:
-        parent[path[-1]] = value
-    return doc
-
-
-def _encode(header: Any, statement: Any, records: list[Any]) -> bytes:
-    if isinstance(header, dict) and isinstance(header.get("envelope"), dict):
-        header["envelope"]["payload"] = base64.b64encode(canonicalize(statement)).decode()
-    lines = [canonicalize(header)[:-1] + b',"records":[']
-    lines += [canonicalize(r) + (b"," if i < len(records) - 1 else b"")
-              for i, r in enumerate(records)]
-    return b"\n".join([*lines, b"]}", b""])
+        assert without_hint(data) == without_hint(ORIGINAL)
 
 
 def mutate_json(rng: random.Random) -> tuple[bytes, bool]:
     """A re-encoded bundle with one value replaced or deleted; and whether only the
     unsigned key-id hint changed."""
-    header, statement, records = (json.loads(json.dumps(d)) for d in _documents())
-    where, path = rng.choice(_TARGETS)
-    value = _value(rng)
-    if where == "header":
-        header = _set(header, path, value)
-    elif where == "statement":
-        statement = _set(statement, path, value)
-    else:
-        i = int(where.removeprefix("record"))
-        records[i] = _set(records[i], path, value)
-    hint_only = where == "header" and len(path) == 4 and path[-1] == "keyid"
-    return _encode(header, statement, records), hint_only
+    return _MUTATOR.mutate(rng)
 
 
 def _check_json_mutation(case: tuple[bytes, bool]) -> None:
