@@ -6,7 +6,7 @@ that was not signed or committed.
   ``workflow_pass`` at length).  A bundle that does not FAIL has exactly the original
   signed statement and records, and differs at most in the unsigned key-id hint.
 * Receipts: the conformance receipt (a log of one entry, no inclusion proof) and one
-  for the second of four entries (a proof of two hashes).  A receipt that passes
+  for the second of six entries (a proof of three hashes).  A receipt that passes
   states what the original states (origin, leaf index, tree size, proof, leaf), and
   its checkpoint's signed text is the original's.  Its signature lines may repeat: a
   pinned key's line is verified each time it appears (SPEC §12.4, as C2SP
@@ -33,15 +33,11 @@ from fuzz_mutations import BundleMutator, mutate_bytes, mutate_document, without
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spanproof.exporter.keys import SigningKey
-from spanproof.exporter.sealing import ChainPosition, seal
 from spanproof.verifier import TrustRoot, Verdict, check_bundle
 from spanproof.verifier.checkpoint import WitnessKey, load_witness_keys
 from spanproof.verifier.disclosure import Disclosure, DisclosureFile, check_disclosures
 from spanproof.verifier.errors import InvalidDisclosure
-from spanproof.verifier.keys import TrustedKey
 from spanproof.verifier.receipt import Receipt, check_receipt
-from spanproof.verifier.statement import Producer
 from spanproof.verifier.verify import BundleReport
 from spanproof.witness.service import Witness
 from spanproof.witness.signing import CheckpointSigner
@@ -57,8 +53,8 @@ _QUICK = settings(max_examples=150, deadline=None,
                                          HealthCheck.function_scoped_fixture])
 
 
-def _verified(data: bytes, trust: TrustRoot = TRUST) -> BundleReport:
-    report = check_bundle(io.BytesIO(data), trust, keep_records=True)
+def _verified(data: bytes) -> BundleReport:
+    report = check_bundle(io.BytesIO(data), TRUST, keep_records=True)
     assert report.verdict is Verdict.OK
     return report
 
@@ -122,41 +118,22 @@ CONFORMANCE_RECEIPT = _conformance_receipt()
 
 @pytest.fixture(scope="module")
 def deep_receipt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReceiptCase]:
-    """The receipt of the second of four logged bundles, at tree size 4."""
-    producer = SigningKey.from_seed(bytes(range(60, 92)))
-    trust = TrustRoot.from_keys([TrustedKey.from_public_key(producer.private_key.public_key())])
+    """The receipt of the second of the passing cases, logged in that order by a
+    witness of its own: leaf 1 of 6, a proof of three hashes."""
     witness_key = Ed25519PrivateKey.from_private_bytes(bytes(range(1, 33)))
     store = Store(str(tmp_path_factory.mktemp("witness") / "witness.db"))
     signer = CheckpointSigner(witness_key, "fuzz.test/spanproof")
-    witness = Witness(store, signer, producer_trust=trust,
+    witness = Witness(store, signer, producer_trust=TRUST,
                       clock=lambda: datetime(2026, 3, 2, tzinfo=timezone.utc))
     try:
-        bundles = []
-        for i in range(4):
-            trace = f"{i + 1:032x}"
-            sealed = seal(trace, [_body(trace)], ChainPosition.genesis(trace), signer=producer,
-                          producer=Producer("fuzz", "1", "00000000000000a1"),
-                          sealed_at=datetime(2026, 3, 2, tzinfo=timezone.utc), reason="root_ended")
-            witness.submit(sealed.data)
-            bundles.append(sealed.data)
+        for name in PASSING:
+            witness.submit(_MUTATORS[name].original)
         # Submitted again, a logged bundle gets a receipt against the latest checkpoint.
-        receipt = witness.submit(bundles[1]).receipt
-        assert (receipt.leaf_index, receipt.tree_size, len(receipt.inclusion_proof)) == (1, 4, 2)
-        yield ReceiptCase(receipt.to_bytes(), _verified(bundles[1], trust), (signer.key,))
+        receipt = witness.submit(_MUTATORS[PASSING[1]].original).receipt
+        assert (receipt.leaf_index, receipt.tree_size, len(receipt.inclusion_proof)) == (1, 6, 3)
+        yield ReceiptCase(receipt.to_bytes(), _BASELINES[PASSING[1]], (signer.key,))
     finally:
         store.close()
-
-
-def _body(trace: str) -> dict[str, object]:
-    span = {
-        "traceId": trace, "spanId": "00000000000000b1", "parentSpanId": "", "traceState": "",
-        "name": "step", "kind": "SPAN_KIND_INTERNAL", "startTimeUnixNano": "1",
-        "endTimeUnixNano": "2", "status": {"code": "STATUS_CODE_OK", "message": ""},
-        "attributes": {}, "droppedAttributesCount": "0", "events": [],
-        "droppedEventsCount": "0", "links": [], "droppedLinksCount": "0",
-    }
-    empty = {"attributes": {}, "droppedAttributesCount": "0", "schemaUrl": ""}
-    return {"span": span, "resource": empty, "scope": {**empty, "name": "", "version": ""}}
 
 
 def _signed_text(checkpoint: bytes) -> bytes:
