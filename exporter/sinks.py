@@ -183,6 +183,10 @@ class DirectorySink:
             try:
                 os.replace(secret, target)
             except OSError as e:
+                if isinstance(e, FileNotFoundError) and os.path.exists(target):
+                    # Another producer starting in this directory gave them their
+                    # name in the moment since the link (finish_interrupted_writes).
+                    return path
                 # The bundle is already published: keep the values where they are
                 # rather than lose them (raising would make the caller write the
                 # bundle a second time).

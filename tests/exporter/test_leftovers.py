@@ -129,6 +129,29 @@ def test_without_hard_links_disclosures_still_get_their_name(
     assert target.read_bytes() == b.disclosures_data() and not os.path.exists(secret)
 
 
+def test_a_writer_whose_disclosures_another_start_named_meanwhile_reports_no_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Another producer starting in the same directory between this writer's link and
+    # its rename names the disclosures itself: the writer finds them in place.
+    sink = DirectorySink(tmp_path)
+    publish = sink._publish
+
+    def another_start_in_between(tmp: str, name: str) -> str:
+        path = publish(tmp, name)
+        assert finish_interrupted_writes(str(tmp_path)).named
+        return path
+
+    monkeypatch.setattr(sink, "_publish", another_start_in_between)
+    b = _bundle()
+    with caplog.at_level("ERROR"):
+        path = sink.write(b)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+    target = tmp_path / SealedBundle.disclosures_file_name(b.file_name)
+    assert Path(path).read_bytes() == b.data and target.read_bytes() == b.disclosures_data()
+    assert _names(tmp_path) == {b.file_name, target.name}
+
+
 def test_temporary_files_of_an_unpublished_bundle_are_removed_once_old(tmp_path: Path) -> None:
     temps = _stopped_before_publishing(tmp_path, _bundle())
     _age(*temps)
