@@ -31,13 +31,10 @@ from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from spanproof.verifier.canonical import canonicalize
-from spanproof.verifier.errors import CanonicalizationError
-from spanproof.verifier.statement import Completeness, Producer
+from spanproof.verifier.statement import Producer
 
 from ._recovery import continue_on_disk, seal_orphaned_journals
 from ._sealing_process import SealingProcess, SealingProcessError
@@ -47,7 +44,7 @@ from .config import ExporterConfig
 from .keys import SigningKey
 from .limits import check_value_sizes
 from .normalize import span_to_body
-from .sealing import SealedBundle, seal
+from .sealing import SealedBundle, seal_encodable
 from .selection import Selector
 from .sinks import BundleSink, DirectorySink
 from .submit import WitnessSubmitter
@@ -262,10 +259,7 @@ class SpanproofSpanExporter(SpanExporter):
             name: value for name, value in dataclasses.asdict(self._config).items()
             if name not in ("key_file", "sealing_process")
         }
-        seed = self._signer.private_key.private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
+        seed = self._signer.seed
         try:
             return SealingProcess(settings, seed, self._producer.instance)
         except (OSError, SealingProcessError) as e:
@@ -729,51 +723,16 @@ class SpanproofSpanExporter(SpanExporter):
         sealed_at = datetime.fromtimestamp(self._clock(), timezone.utc)
         if self._assembler.forgot_sealed:
             job = continue_on_disk(job, self._producer.instance, self._sink, self._signer)
-        bodies = job.bodies
-        completeness = job.completeness
-        try:
-            return self._sign(job, bodies, completeness, sealed_at)
-        except CanonicalizationError:
-            pass
-        # Some span holds a value JSON cannot carry (a string with a lone surrogate):
-        # certify the others and declare the rest rejected (SPEC §5.3).
-        kept = []
-        for body in bodies:
-            try:
-                canonicalize(body)
-            except CanonicalizationError:
-                continue
-            kept.append(body)
-        bad = len(bodies) - len(kept)
-        _logger.warning("spanproof: %d span(s) of trace %s rejected: not representable as "
-                        "canonical JSON", bad, job.trace_id)
-        completeness = dataclasses.replace(
-            completeness,
-            rejected_spans=completeness.rejected_spans + bad,
-            notes=(*completeness.notes,
-                   f"{bad} span(s) rejected: a value has no canonical JSON form "
-                   "(e.g. a string with a lone surrogate)"),
+        bundle = seal_encodable(
+            job.trace_id, job.bodies, job.position, signer=self._signer,
+            producer=self._producer, sealed_at=sealed_at, reason=job.reason,
+            completeness=job.completeness, redact=self._redact,
         )
-        return self._sign(job, tuple(kept), completeness, sealed_at)
-
-    def _sign(
-        self,
-        job: SealJob,
-        bodies: Sequence[Mapping[str, Any]],
-        completeness: Completeness,
-        sealed_at: datetime,
-    ) -> SealedBundle:
-        return seal(
-            job.trace_id,
-            bodies,
-            job.position,
-            signer=self._signer,
-            producer=self._producer,
-            sealed_at=sealed_at,
-            reason=job.reason,
-            completeness=completeness,
-            redact=self._redact,
-        )
+        bad = bundle.statement.completeness.rejected_spans - job.completeness.rejected_spans
+        if bad:
+            _logger.warning("spanproof: %d span(s) of trace %s rejected: not representable "
+                            "as canonical JSON", bad, job.trace_id)
+        return bundle
 
     def _write(self, bundle: SealedBundle, outcome: str | Exception | None = None) -> bool:
         """Write *bundle* through the sink (or take *outcome*, the path or error of

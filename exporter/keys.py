@@ -32,6 +32,14 @@ class SigningKey:
         """The SPEC §6.1 key id of the public half."""
         return key_id(self.private_key.public_key())
 
+    @property
+    def seed(self) -> bytes:
+        """The 32-byte seed (the raw private key), for :meth:`from_seed`."""
+        return self.private_key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+
     @classmethod
     def generate(cls) -> SigningKey:
         """Return a fresh random key."""

@@ -6,6 +6,7 @@ position are passed in, so the same inputs always give the same bytes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +15,7 @@ from typing import Any
 from spanproof.verifier.bundle import BUNDLE_SUFFIX, encode_bundle
 from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.disclosure import DISCLOSURES_SUFFIX, Disclosure, DisclosureFile
+from spanproof.verifier.errors import CanonicalizationError
 from spanproof.verifier.records import (
     CER_COMMITTED_MEDIA_TYPE,
     CER_MEDIA_TYPE,
@@ -27,7 +29,13 @@ from spanproof.verifier.values import is_committed_value
 from .disclosure import AttributeMatcher, commit_bodies, new_salt
 from .keys import SigningKey
 
-__all__ = ["ChainPosition", "SealedBundle", "build_record", "seal"]
+__all__ = ["UNENCODABLE_NOTE", "ChainPosition", "SealedBundle", "build_record", "seal",
+           "seal_encodable"]
+
+UNENCODABLE_NOTE = (
+    "{} span(s) rejected: a value has no canonical JSON form "
+    "(e.g. a string with a lone surrogate)"
+)
 
 
 @dataclass(frozen=True)
@@ -149,3 +157,42 @@ def seal(
     return SealedBundle(
         encode_bundle(envelope, lines), statement, digest_hex(payload), disclosures
     )
+
+
+def seal_encodable(
+    trace_id: str,
+    bodies: Sequence[Mapping[str, Any]],
+    position: ChainPosition,
+    *,
+    signer: SigningKey,
+    producer: Producer,
+    sealed_at: datetime,
+    reason: str,
+    completeness: Completeness | None = None,
+    redact: AttributeMatcher | None = None,
+) -> SealedBundle:
+    """:func:`seal`, except that a body holding a value JSON cannot carry (a string
+    with a lone surrogate) does not fail its segment: it is left out, and the
+    statement declares it rejected (SPEC §5.3) with :data:`UNENCODABLE_NOTE`."""
+    try:
+        return seal(trace_id, bodies, position, signer=signer, producer=producer,
+                    sealed_at=sealed_at, reason=reason, completeness=completeness,
+                    redact=redact)
+    except CanonicalizationError:
+        pass
+    kept = []
+    for body in bodies:
+        try:
+            canonicalize(body)
+        except CanonicalizationError:
+            continue
+        kept.append(body)
+    bad = len(bodies) - len(kept)
+    completeness = completeness or Completeness()
+    completeness = dataclasses.replace(
+        completeness,
+        rejected_spans=completeness.rejected_spans + bad,
+        notes=(*completeness.notes, UNENCODABLE_NOTE.format(bad)),
+    )
+    return seal(trace_id, kept, position, signer=signer, producer=producer,
+                sealed_at=sealed_at, reason=reason, completeness=completeness, redact=redact)
