@@ -238,6 +238,7 @@ def receiver(
     redact_attributes: str | None = None,
     max_value_bytes: int | None = None,
     journal_dir: str | None = None,
+    sealing_processes: int = 0,
 ) -> int:
     """``spanproof receiver``: serve OTLP/gRPC (and OTLP/HTTP) and certify what arrives.
 
@@ -260,7 +261,8 @@ def receiver(
                                   ("--max-pending-traces", max_pending_traces, 1),
                                   ("--max-message-bytes", max_message_bytes, 1024),
                                   ("--max-value-bytes", max_value_bytes, 1024),
-                                  ("--max-backlog-spans", max_backlog_spans, 1)):
+                                  ("--max-backlog-spans", max_backlog_spans, 1),
+                                  ("--sealing-processes", sealing_processes, 0)):
         if number is not None and number < minimum:
             raise UsageError(f"{flag} must be an integer >= {minimum}, got {number}")
     if not logging.getLogger().handlers:
@@ -287,6 +289,7 @@ def receiver(
                                [k.strip() for k in redact_attributes.split(",") if k.strip()]),
             max_value_bytes=max_value_bytes,
             journal_dir=journal_dir,
+            sealing_processes=sealing_processes,
             **backlog,
         )
     except (ValueError, InvalidKey) as e:

@@ -34,6 +34,7 @@ from .sinks import BundleSink, DirectorySink
 
 __all__ = [
     "continue_on_disk", "position_from_json", "position_to_json", "seal_orphaned_journals",
+    "written_segment",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -224,6 +225,23 @@ def continue_on_disk(
                  "chain continues after segment %d found in %s", job.trace_id,
                  position.segment_index - 1, directory)
     return dataclasses.replace(job, position=position)
+
+
+def written_segment(
+    job: SealJob, instance: str, sink: BundleSink, signer: SigningKey
+) -> tuple[str, ChainPosition] | None:
+    """The bundle of *job* that is already in the sink's directory (a seal worker
+    wrote it, then died before it answered): its path and the position after it, or
+    None.  It is the file named for *job*'s segment of this instance, signed by
+    *signer*'s key, starting exactly at *job*'s position; only *job* is ever sealed
+    there, so it holds *job*'s spans.  One ``stat`` when there is none."""
+    directory = _directory_of(sink)
+    if directory is None:
+        return None
+    found = _written_segments(job.trace_id, instance, job.position, directory, signer)
+    if not found:
+        return None
+    return found[0].source, _after(found[0])
 
 
 def _finish_writes(directory: str) -> None:

@@ -32,7 +32,6 @@ I/O; ``_seal_lock`` runs sealing cycles one at a time.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import hashlib
 import logging
 import os
@@ -47,11 +46,15 @@ from typing import Any
 import orjson
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from spanproof.verifier.canonical import canonicalize
-from spanproof.verifier.errors import CanonicalizationError
-from spanproof.verifier.statement import Completeness, Producer
+from spanproof.verifier.statement import Producer
 
-from ._recovery import continue_on_disk, position_to_json, seal_orphaned_journals
+from ._recovery import (
+    continue_on_disk,
+    position_to_json,
+    seal_orphaned_journals,
+    written_segment,
+)
+from ._seal_workers import SealWorkerError, SealWorkers
 from ._setup import resolve_setup
 from .assembly import SHUTDOWN, SealJob, TraceAssembler
 from .config import ExporterConfig
@@ -60,7 +63,7 @@ from .keys import SigningKey
 from .limits import OversizedValue, check_value_sizes
 from .otlp import MalformedSpan, iter_request_spans, otlp_span_to_body
 from .otlp_server import IngestResult, InvalidRequest, Unavailable
-from .sealing import ChainPosition, SealedBundle, seal
+from .sealing import ChainPosition, SealedBundle, seal_encodable
 from .selection import EVIDENCE_ATTRIBUTE, Selector
 from .sinks import BundleSink, DirectorySink
 from .submit import WitnessSubmitter
@@ -179,6 +182,11 @@ class Receiver:
         signing_key: a key object to sign with (overrides *key_file*).
         clock: seconds since the epoch (default :func:`time.time`).
         sink: where bundles go (default: a :class:`DirectorySink` on *output_dir*).
+        sealing_processes: worker processes that encode, hash and sign the
+            segments while this process goes on ingesting (default 0: seal in this
+            process).  Everything else (journal, writing, retiring) stays here.  A
+            worker that fails is not replaced: the receiver logs an ERROR and seals
+            in its own process from then on.
 
     Raises:
         ValueError: a malformed setting (naming its environment variable).
@@ -209,9 +217,12 @@ class Receiver:
         signing_key: SigningKey | None = None,
         clock: Callable[[], float] | None = None,
         sink: BundleSink | None = None,
+        sealing_processes: int = 0,
     ) -> None:
         if max_backlog_spans < 1 or dedup_memory < 0:
             raise ValueError("max_backlog_spans must be >= 1 and dedup_memory >= 0")
+        if sealing_processes < 0:
+            raise ValueError("sealing_processes must be >= 0")
         setup = resolve_setup(
             output_dir, key_file, signing_key=signing_key, selector=selector,
             select_attributes=select_attributes, select_all=select_all,
@@ -254,6 +265,8 @@ class Receiver:
         self._storage_error: str | None = None
         self._journal: Journal | None = None
         self._submitter: WitnessSubmitter | None = None
+        self._sealing_processes = sealing_processes
+        self._workers: SealWorkers | None = None
         self._thread: threading.Thread | None = None
         self._started = False
         self._stopping = False
@@ -299,6 +312,13 @@ class Receiver:
             raise RuntimeError("receiver already started")
         self._started = True
         written = self._recover()
+        if self._sealing_processes:
+            try:
+                self._workers = SealWorkers(self._sealing_processes, self._signer,
+                                            self._producer, self._redact, self._sink)
+            except (OSError, SealWorkerError) as e:
+                _logger.error("receiver: cannot start the seal workers (%s); sealing in "
+                              "the receiver's process instead", e)
         self._journal = Journal(self._journal_dir, self._producer.instance)
         if self._config.witness_url is not None:
             self._submitter = WitnessSubmitter(
@@ -347,6 +367,9 @@ class Receiver:
             self._submitter.close(max(0.0, deadline - time.monotonic()))
         if self._journal is not None:
             self._journal.close()
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
         if not done:
             _logger.error("receiver: shutdown incomplete: %d bundle(s) not written, %d trace(s) "
                           "not sealed; they stay in the journal for the next start",
@@ -556,8 +579,7 @@ class Receiver:
                         jobs = self._assembler.due(self._clock())
                 if not jobs:
                     break
-                for job in jobs:
-                    self._seal_job(job)
+                self._seal_jobs(jobs)
                 worked = self._write_pending() or worked
                 if self._unwritten:
                     return False
@@ -567,21 +589,87 @@ class Receiver:
         finally:
             self._seal_lock.release()
 
-    def _seal_job(self, job: SealJob) -> None:
-        try:
-            bundle = self._seal(job, self._producer)
-        except Exception as e:
-            _logger.exception("receiver: cannot seal a segment of trace %s", job.trace_id)
+    def _seal_jobs(self, jobs: Sequence[SealJob]) -> None:
+        """Seal *jobs* (in the seal workers when there are any, which also write what
+        they seal) and queue what is not written yet for :meth:`_write_pending`; a job
+        that cannot be sealed is abandoned (its spans are declared lost in the
+        trace's next bundle)."""
+        sealed_at = datetime.fromtimestamp(self._clock(), timezone.utc)
+        if self._assembler.forgot_sealed:
+            jobs = [continue_on_disk(job, self._producer.instance, self._sink, self._signer)
+                    for job in jobs]
+        results: Sequence[tuple[Any, ...]] | None = None
+        remote = False  # the results came from the workers: their failures are logged here
+        if self._workers is not None:
+            try:
+                results = self._workers.seal(jobs, sealed_at)
+                remote = True
+            except SealWorkerError as e:
+                _logger.error("receiver: %s; sealing in the receiver's process from now on", e)
+                self._workers.close(0)
+                self._workers = None
+                # A worker may have written some of this pass's bundles before it
+                # died: those are taken as written, not sealed a second time (with
+                # committed values, whose salts are fresh, that would fork the chain).
+                results = [self._found_or_sealed_here(job, sealed_at) for job in jobs]
+        if results is None:
+            results = [self._seal_here(job, sealed_at) for job in jobs]
+        retire: list[tuple[SealJob, ChainPosition]] = []
+        paths: list[str] = []
+        failure = None
+        for job, result in zip(jobs, results, strict=True):
+            if result[0] == "failed":
+                if remote:  # (_seal_here logged its own, with the traceback)
+                    _logger.error("receiver: a seal worker could not seal a segment of "
+                                  "trace %s: %s", job.trace_id, result[1])
+                with self._lock:
+                    self._assembler.abandon(
+                        job, f"{len(job.bodies)} span(s) lost: sealing failed "
+                             f"({result[1].partition(':')[0]})"
+                    )
+                # The next bundle of the trace declares them; their journal entries go.
+                retire.append((job, job.position))
+                continue
+            position = result[2] if result[0] == "written" else result[1].next_position()
             with self._lock:
-                self._assembler.abandon(
-                    job, f"{len(job.bodies)} span(s) lost: sealing failed ({type(e).__name__})"
-                )
-            # The next bundle of the trace declares them; their journal entries go.
-            self._retire([(job, job.position)])
-            return
-        with self._lock:
-            self._assembler.sealed(job, bundle.next_position())
-        self._unwritten.append((bundle, job))
+                self._assembler.sealed(job, position)
+            if result[0] == "written":
+                retire.append((job, position))
+                paths.append(result[1])
+            else:
+                self._unwritten.append((result[1], job))
+                if result[0] == "unwritten":
+                    failure = failure or result[2]
+        if failure is not None:
+            # _write_pending retries them at once, and reports if that fails too.
+            _logger.warning("receiver: a seal worker could not write bundles (%s)", failure)
+        if retire:
+            self._retire(retire)
+        if self._submitter is not None:
+            for path in paths:
+                self._submitter.submit(path)
+
+    def _found_or_sealed_here(self, job: SealJob, sealed_at: datetime) -> tuple[Any, ...]:
+        """*job*'s bundle as a dead seal worker wrote it (``("written", path,
+        next_position)``), else :meth:`_seal_here`."""
+        try:
+            found = written_segment(job, self._producer.instance, self._sink, self._signer)
+        except OSError as e:
+            _logger.warning("receiver: cannot look for a bundle of trace %s a seal worker "
+                            "may have written (%s)", job.trace_id, e)
+            found = None
+        if found is not None:
+            return ("written", *found)
+        return self._seal_here(job, sealed_at)
+
+    def _seal_here(self, job: SealJob, sealed_at: datetime) -> tuple[Any, ...]:
+        """*job* sealed in this process (``("sealed", bundle)``), or the error that
+        stopped it (``("failed", text)``, logged with its traceback)."""
+        try:
+            return ("sealed", self._seal(job, sealed_at))
+        except Exception as e:
+            _logger.exception("receiver: sealing a segment of trace %s failed", job.trace_id)
+            return ("failed", f"{type(e).__name__}: {e}")
 
     def _write_pending(self) -> bool:
         """Write the sealed bundles (with a DirectorySink as one group: one
@@ -649,42 +737,9 @@ class Receiver:
             _logger.error("receiver: cannot retire journal entries: %s", e)
             self._storage_error = f"journal write failed: {e}"
 
-    def _seal(self, job: SealJob, producer: Producer) -> SealedBundle:
-        sealed_at = datetime.fromtimestamp(self._clock(), timezone.utc)
-        if self._assembler.forgot_sealed:
-            job = continue_on_disk(job, producer.instance, self._sink, self._signer)
-        try:
-            return self._sign(job, job.bodies, job.completeness, producer, sealed_at)
-        except CanonicalizationError:
-            pass
-        # A value JSON cannot carry: certify the others and declare the rest rejected
-        # (SPEC §5.3), as the SDK exporter does.  (Protobuf already refuses a lone
-        # surrogate at parse; this keeps one bad body from failing its segment.)
-        kept = []
-        for body in job.bodies:
-            try:
-                canonicalize(body)
-            except CanonicalizationError:
-                continue
-            kept.append(body)
-        bad = len(job.bodies) - len(kept)
-        completeness = dataclasses.replace(
-            job.completeness,
-            rejected_spans=job.completeness.rejected_spans + bad,
-            notes=(*job.completeness.notes,
-                   f"{bad} span(s) rejected: a value has no canonical JSON form "
-                   "(e.g. a string with a lone surrogate)"),
+    def _seal(self, job: SealJob, sealed_at: datetime) -> SealedBundle:
+        return seal_encodable(
+            job.trace_id, job.bodies, job.position, signer=self._signer,
+            producer=self._producer, sealed_at=sealed_at, reason=job.reason,
+            completeness=job.completeness, redact=self._redact,
         )
-        return self._sign(job, kept, completeness, producer, sealed_at)
-
-    def _sign(
-        self,
-        job: SealJob,
-        bodies: Sequence[Mapping[str, Any]],
-        completeness: Completeness,
-        producer: Producer,
-        sealed_at: datetime,
-    ) -> SealedBundle:
-        return seal(job.trace_id, bodies, job.position, signer=self._signer,
-                    producer=producer, sealed_at=sealed_at, reason=job.reason,
-                    completeness=completeness, redact=self._redact)

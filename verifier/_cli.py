@@ -619,7 +619,7 @@ def _cmd_receiver(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_bytes, max_backlog_spans=args.max_backlog_spans,
         witness_url=args.witness_url, witness_key=args.witness_key,
         redact_attributes=args.redact_attributes, max_value_bytes=args.max_value_bytes,
-        journal_dir=args.journal_dir,
+        journal_dir=args.journal_dir, sealing_processes=args.sealing_processes,
     )
 
 
@@ -814,6 +814,9 @@ def _add_receiver_command(sub: Any) -> None:
                           f"instead of storing them ({env}REDACT_ATTRIBUTES)")
     receiver.add_argument("--journal-dir", metavar="DIR",
                           help="journal directory (default DIR/journal under --out)")
+    receiver.add_argument("--sealing-processes", type=int, default=0, metavar="N",
+                          help="worker processes that encode, hash and sign while the "
+                          "receiver ingests (default 0: seal in the receiver's process)")
     receiver.set_defaults(handler=_cmd_receiver, subparser=receiver)
 
 

@@ -37,12 +37,15 @@ def test_harness_quick_run_reports_every_section_and_target(
         assert f"\n{config} " in text
     for fragment in ("seal:  5-span trace", "canonical: spanproof", "verify: 500 records",
                      "verify: 2,000 records", "receiver over OTLP/gRPC (rotel)",
+                     "receiver over OTLP/gRPC (rotel, 2 seal workers)",
+                     "receiver through rotel, 2 seal workers against none: ",
                      "receiver cost without a transport", "4 at a time, receipts verified",
                      "targets:"):
         assert fragment in text
     verdicts = [line for line in text.splitlines() if line.startswith("  PASS")
                 or line.startswith("  MISS")]
-    assert len(verdicts) == 9  # three per exporter mode, canonical, verify, receiver
+    # Three per exporter mode, canonical, verify, the receiver without and with workers.
+    assert len(verdicts) == 10
     # The app section's paired ratios say how their rounds fell around the target.
     assert sum(", middle half " in line and " of 3 rounds met" in line
                for line in verdicts) == 6

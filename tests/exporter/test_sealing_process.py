@@ -34,6 +34,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanLimits
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.span import NonRecordingSpan, TraceState
+from processes import running
 from thread_signals import signal_another_thread, skip_unless_available
 
 from spanproof.exporter import SpanproofSpanExporter
@@ -290,19 +291,10 @@ def test_application_exit_without_shutdown_still_seals(tmp_path: Path) -> None:
     assert report.verdict is Verdict.OK, report.reason
     assert report.statement is not None and report.statement.seal_reason == "shutdown"
     assert [r["span"]["name"] for r in report.records or ()] == ["step"]
-    while time.monotonic() < deadline and _running(child):
+    while time.monotonic() < deadline and running(child):
         time.sleep(0.05)
-    if _running(child):
+    if running(child):
         pytest.fail("the sealing process outlived its application")
-
-
-def _running(pid: int) -> bool:
-    """Whether *pid* runs (an exited process nobody reaped yet does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_attribute_sample_covers_every_value_kind() -> None:

@@ -30,10 +30,39 @@ from spanproof.exporter.sealing import SealedBundle
 from spanproof.exporter.sinks import DirectorySink
 from spanproof.verifier.verify import link_segments
 
+# Each test runs twice: sealing in the receiver's process, and in two seal workers
+# (``sealing_processes``), except those that patch this process's sink, which the
+# workers' own sinks do not see.
+_PATCHES_THIS_PROCESS = {
+    "test_bundles_sealed_in_one_pass_are_written_as_one_group",
+    "test_a_failed_group_write_keeps_its_spans_journaled_and_is_retried",
+}
+_mode = {"sealing_processes": 0}
+
+
+def pytest_generate_tests(metafunc):
+    if "sealing_processes" in metafunc.fixturenames:
+        modes = [0] if metafunc.function.__name__ in _PATCHES_THIS_PROCESS else [0, 2]
+        ids = ["in-process", "seal-workers"][: len(modes)]
+        metafunc.parametrize("sealing_processes", modes, ids=ids, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def sealing_processes(request, monkeypatch):
+    if request.param:
+        def sealed_here(self, job, sealed_at):
+            raise AssertionError("sealed in the receiver's process, not in a seal worker")
+
+        monkeypatch.setattr(Receiver, "_seal_here", sealed_here)
+    _mode["sealing_processes"] = request.param
+    yield request.param
+    _mode["sealing_processes"] = 0
+
 
 def make_receiver(out, clock, **kwargs):
     kwargs.setdefault("seal_grace", 2.0)
     kwargs.setdefault("idle_timeout", 30.0)
+    kwargs.setdefault("sealing_processes", _mode["sealing_processes"])
     return Receiver(out, signing_key=signing_key(), clock=clock, **kwargs)
 
 

@@ -83,6 +83,7 @@ def test_usage_errors_exit_2(tmp_path):
         (["--http", "127.0.0.1:99999"], "--http must be HOST:PORT"),
         (["--max-records", "0"], "--max-records must be an integer >= 1"),
         (["--seal-grace-ms", "soon"], "invalid int value"),
+        (["--sealing-processes", "-1"], "--sealing-processes must be an integer >= 0"),
     ):
         result = subprocess.run(
             [sys.executable, "-m", "spanproof.verifier", "receiver", "--out",

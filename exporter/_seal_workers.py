@@ -1,0 +1,299 @@
+"""Seal workers: the receiver's opt-in ``sealing_processes`` mode.
+
+In one Python process the receiver's gRPC threads, which ingest, and its sealer
+thread, which encodes, hashes, signs and writes, take turns on one GIL, so the
+receiver uses one core whatever the machine has.  With ``sealing_processes=N`` the
+sealer thread hands each sealing pass's segments to N worker processes, which seal
+them (:func:`~spanproof.exporter.sealing.seal_encodable`) and, when the receiver
+writes to a plain :class:`~spanproof.exporter.sinks.DirectorySink`, write them to
+the same directory the same way, while the receiver goes on ingesting.  The rest
+stays in the receiver's process: the journal, assembly, retiring the journal
+entries of what was written, retrying what a worker could not write, and witness
+submission, so what is acknowledged, what is durable and what a restart recovers do
+not change, and a bundle's bytes are those the receiver would have sealed itself
+(a test compares them).
+
+Protocol (private to the processes; both run this module's code): the framing of
+:mod:`~spanproof.exporter._sealing_process` (a 4-byte big-endian length and a
+pickle), requests on the worker's stdin and replies on its stdout.  Messages:
+
+* ``("start", key_seed, producer, redact, directory, sync)``: answered
+  ``("ready",)``, or ``("error", text)`` when the worker cannot start; with a
+  *directory* (and the sink's *sync* mode) the worker writes what it seals;
+* ``("seal", sealed_at, jobs)``, each job ``(trace_id, bodies, position, reason,
+  completeness)`` with the bodies as one JSON array (orjson) or, when JSON cannot
+  carry them, a list, and the position and completeness as tuples of their fields:
+  answered ``("sealed", results)``, one per job in order: ``("written", path,
+  next_position)`` (its fields), ``("sealed", bundle)`` (not written: no
+  directory), ``("unwritten", bundle, error)`` (the write failed; the receiver
+  retries it) or ``("failed", error)`` (it could not be sealed).
+
+Plain tuples, not the dataclasses, cross the pipe: pickling a job's position,
+completeness and time as objects cost ~15 µs, three times its five bodies as JSON.
+
+A worker reads a whole request before it answers, and the parent writes every
+request of a pass before it reads the first answer, so neither waits on a full pipe
+of the other.  A worker exits at end of input (the receiver closed its pipe, or exited
+or was killed); it ignores SIGINT and SIGTERM, which a terminal or a service
+manager sends to the whole process group: the receiver decides, and seals what is
+pending with its workers' help before it stops.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from spanproof.verifier.statement import Completeness, Producer
+
+from ._gc import collecting_rarely
+from ._sealing_process import _frame, _read_frame
+from .assembly import SealJob
+from .disclosure import AttributeMatcher
+from .keys import SigningKey
+from .sealing import ChainPosition, SealedBundle, seal_encodable
+from .sinks import BundleSink, DirectorySink
+
+__all__ = ["SealWorkerError", "SealWorkers"]
+
+_logger = logging.getLogger(__name__)
+
+_START_TIMEOUT = 60.0
+_BOOT = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+    "from spanproof.exporter._seal_workers import worker_main; worker_main()"
+)
+
+#: A job's result: ``("written", path, next_position)``, ``("sealed", bundle)``,
+#: ``("unwritten", bundle, error)`` or ``("failed", error)``.
+Result = tuple[Any, ...]
+
+
+class SealWorkerError(RuntimeError):
+    """A seal worker could not be started, or stopped answering."""
+
+
+class _Worker:
+    def __init__(self, key_seed: bytes, producer: Producer,
+                 redact: AttributeMatcher | None, directory: str | None, sync: str) -> None:
+        env = dict(os.environ)
+        env["OTEL_SDK_DISABLED"] = "true"  # not an instrumented application
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-c", _BOOT, json.dumps(sys.path)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin = self.proc.stdin
+        self.stdout = self.proc.stdout
+        try:
+            self.send(("start", key_seed, producer, redact, directory, sync))
+            ready, _, _ = select.select([self.stdout], [], [], _START_TIMEOUT)
+            if not ready:
+                raise SealWorkerError(f"a seal worker did not answer in {_START_TIMEOUT:.0f} s")
+            reply = self.receive()
+            if reply[0] != "ready":
+                raise SealWorkerError(f"a seal worker did not start: {reply[1]}")
+        except BaseException:
+            self.close(0)
+            raise
+
+    def send(self, message: Any) -> None:
+        try:
+            self.stdin.write(_frame(message))
+            self.stdin.flush()
+        except (OSError, ValueError) as e:
+            raise SealWorkerError(f"seal worker {self.proc.pid} is gone: {e}") from e
+
+    def receive(self) -> Any:
+        try:
+            reply = _read_frame(self.stdout)
+        except (OSError, ValueError, EOFError) as e:
+            raise SealWorkerError(f"seal worker {self.proc.pid} is gone: {e}") from e
+        if reply is None:
+            raise SealWorkerError(f"seal worker {self.proc.pid} exited "
+                                  f"(exit code {self.proc.poll()})")
+        return reply
+
+    def close(self, timeout: float) -> None:
+        """End the worker's input; kill it when it has not exited after *timeout*."""
+        for stream in (self.stdin, self.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+class SealWorkers:
+    """*count* worker processes that seal with *signer* as *producer* and, given a
+    *sink* that is a plain :class:`DirectorySink`, write to its directory.
+
+    Not thread-safe: one thread (the receiver's sealer) calls :meth:`seal`.
+
+    Raises:
+        SealWorkerError: a worker could not be started (none is left running).
+        OSError: a worker process could not be created.
+    """
+
+    def __init__(self, count: int, signer: SigningKey, producer: Producer,
+                 redact: AttributeMatcher | None, sink: BundleSink | None = None) -> None:
+        if count < 1:
+            raise ValueError("count must be >= 1")
+        directory, sync = None, "auto"
+        if type(sink) is DirectorySink:  # a subclass may write otherwise: the caller writes
+            directory, sync = sink.directory, sink.sync
+        self._writes = directory is not None
+        self._workers: list[_Worker] = []
+        try:
+            for _ in range(count):
+                self._workers.append(_Worker(signer.seed, producer, redact, directory, sync))
+        except BaseException:
+            self.close(0)
+            raise
+
+    @property
+    def writes(self) -> bool:
+        """Whether the workers write what they seal (else results are ``"sealed"``)."""
+        return self._writes
+
+    @property
+    def pids(self) -> list[int]:
+        """The workers' process ids."""
+        return [worker.proc.pid for worker in self._workers]
+
+    def seal(self, jobs: Sequence[SealJob], sealed_at: datetime) -> list[Result]:
+        """Seal (and write) *jobs* at *sealed_at*, spread over the workers; one
+        :data:`Result` per job, in order.
+
+        Raises:
+            SealWorkerError: a worker is gone or the workers are closed; no result
+                is returned, and what a worker wrote before may be on disk (the
+                caller seals the jobs again: a bundle written twice byte for byte
+                is taken as written, see :meth:`DirectorySink.write`).
+        """
+        if not jobs:
+            return []
+        if not self._workers:
+            raise SealWorkerError("the seal workers are closed")
+        count = min(len(self._workers), len(jobs))
+        workers = self._workers[:count]
+        for i, worker in enumerate(workers):
+            worker.send(("seal", sealed_at, [_portable(job) for job in jobs[i::count]]))
+        answers = []
+        for i, worker in enumerate(workers):
+            reply = worker.receive()
+            if reply[0] != "sealed" or len(reply[1]) != len(jobs[i::count]):
+                raise SealWorkerError(f"seal worker {worker.proc.pid} answered {reply[0]!r}")
+            answers.append(reply[1])
+        results = [answers[i % count][i // count] for i in range(len(jobs))]
+        return [("written", r[1], ChainPosition(*r[2])) if r[0] == "written" else r
+                for r in results]
+
+    def close(self, timeout: float = 10.0) -> None:
+        """End the workers' input and wait for them to exit (killing a worker that
+        has not after *timeout* seconds)."""
+        workers, self._workers = self._workers, []
+        for worker in workers:
+            worker.close(timeout)
+
+
+# Types orjson would otherwise encode as strings or objects raise instead.
+_STRICT = (orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+           | orjson.OPT_PASSTHROUGH_SUBCLASS)
+
+
+def _portable(job: SealJob) -> tuple[Any, ...]:
+    """*job* as plain values, its bodies as one JSON array: a receiver's bodies hold
+    only strings, booleans, lists and dicts with string keys, which orjson encodes
+    and decodes as they are (the journal stores them so too), several times faster
+    than pickle.  Bodies JSON cannot carry (a lone surrogate) go as they are."""
+    try:
+        bodies: Any = orjson.dumps(job.bodies, option=_STRICT)
+    except orjson.JSONEncodeError:
+        bodies = list(job.bodies)
+    c = job.completeness
+    return (job.trace_id, bodies, _fields(job.position), job.reason,
+            (c.dropped_spans, c.rejected_spans, c.unsampled_spans, c.conflicts, c.notes))
+
+
+def _fields(p: ChainPosition) -> tuple[int, int, str, str]:
+    return (p.segment_index, p.first_seq, p.start, p.previous_statement)
+
+
+# -- worker side -------------------------------------------------------------------
+
+
+def worker_main() -> None:
+    """A seal worker: answer ``seal`` requests from stdin until end of input."""
+    # The receiver decides when to stop: a terminal's Ctrl-C, or a service manager's
+    # SIGTERM to the whole group, reaches its workers too.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints go to stderr
+    logging.basicConfig(format="%(levelname)s %(name)s [seal worker]: %(message)s")
+    inp = sys.stdin.buffer
+    start = _read_frame(inp)
+    if start is None or start[0] != "start":
+        return
+    try:
+        _, seed, producer, redact, directory, sync = start
+        signer = SigningKey.from_seed(seed)
+        sink = None if directory is None else DirectorySink(directory, sync=sync)
+    except Exception as e:
+        out.write(_frame(("error", f"{type(e).__name__}: {e}")))
+        out.flush()
+        return
+    out.write(_frame(("ready",)))
+    out.flush()
+    with collecting_rarely():
+        while (message := _read_frame(inp)) is not None:
+            _, sealed_at, jobs = message
+            out.write(_frame(("sealed", _seal_and_write(jobs, sealed_at, signer, producer,
+                                                         redact, sink))))
+            out.flush()
+
+
+def _seal_and_write(jobs: Sequence[tuple[Any, ...]], sealed_at: datetime, signer: SigningKey,
+                    producer: Producer, redact: AttributeMatcher | None,
+                    sink: DirectorySink | None) -> list[Result]:
+    results: list[Result] = []
+    sealed: list[tuple[int, SealedBundle]] = []
+    for trace_id, bodies, position, reason, completeness in jobs:
+        try:
+            bundle = seal_encodable(
+                trace_id, orjson.loads(bodies) if isinstance(bodies, bytes) else bodies,
+                ChainPosition(*position), signer=signer, producer=producer,
+                sealed_at=sealed_at, reason=reason, completeness=Completeness(*completeness),
+                redact=redact,
+            )
+        except Exception as e:
+            results.append(("failed", f"{type(e).__name__}: {e}"))
+            continue
+        sealed.append((len(results), bundle))
+        results.append(("sealed", bundle))
+    if sink is not None and sealed:
+        try:
+            outcomes: list[str | OSError] = sink.write_many([bundle for _, bundle in sealed])
+        except Exception as e:  # a bug, not a disk condition: every write failed
+            outcomes = [OSError(f"{type(e).__name__}: {e}")] * len(sealed)
+        for (i, bundle), outcome in zip(sealed, outcomes, strict=True):
+            if isinstance(outcome, str):
+                results[i] = ("written", outcome, _fields(bundle.next_position()))
+            else:
+                results[i] = ("unwritten", bundle, f"{type(outcome).__name__}: {outcome}")
+    return results

@@ -1,0 +1,38 @@
+"""Process helpers for the tests that start helper processes (Linux ``/proc``)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+#: Skips a test on a system without ``/proc``.
+needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+
+
+def _stat_fields(pid: int | str) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def running(pid: int) -> bool:
+    """Whether *pid* runs (an exited process nobody reaped yet does not)."""
+    try:
+        return _stat_fields(pid)[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is *pid*."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parent = int(_stat_fields(entry)[1])
+            except OSError:
+                continue
+            if parent == pid:
+                found.append(int(entry))
+    return found

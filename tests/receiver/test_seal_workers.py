@@ -1,0 +1,314 @@
+"""The receiver's seal workers (``sealing_processes``): the same bundles as sealing in
+the receiver's process, writes that fail are retried by the receiver, and a worker
+that dies or cannot start leaves the receiver sealing on its own."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from datetime import datetime, timezone
+
+import pytest
+from processes import child_pids, needs_proc, running
+from receiver_support import (
+    TRACE_A,
+    TRACE_B,
+    FakeClock,
+    ReceiverProcess,
+    export,
+    otlp_span,
+    request,
+    signing_key,
+    span_id,
+    span_ids,
+    trust_root,
+    verified,
+    wait_for,
+    write_key,
+)
+
+from spanproof.exporter import _seal_workers
+from spanproof.exporter._seal_workers import SealWorkerError, SealWorkers
+from spanproof.exporter.assembly import SealJob
+from spanproof.exporter.otlp import iter_request_spans, otlp_span_to_body
+from spanproof.exporter.otlp_server import Unavailable
+from spanproof.exporter.receiver import Receiver
+from spanproof.exporter.sealing import ChainPosition, seal_encodable
+from spanproof.exporter.sinks import DirectorySink
+from spanproof.verifier.statement import Completeness, Producer
+
+PRODUCER = Producer("spanproof-receiver", "0", "00112233aabbccdd")
+SEALED_AT = datetime(2026, 12, 3, 10, 0, tzinfo=timezone.utc)
+
+
+def bodies(trace: str, *numbers: int) -> tuple:
+    spans = [otlp_span(trace, n, parent=None if n == 1 else 1) for n in numbers]
+    return tuple(otlp_span_to_body(span, resource, scope)
+                 for span, resource, scope in iter_request_spans(request(*spans).resource_spans))
+
+
+def jobs() -> list[SealJob]:
+    """Segments of every shape a pass can hold: a genesis segment, a continuation
+    with conflicts and notes, a body JSON cannot carry, and more traces than workers."""
+    continuation = ChainPosition(3, 17, "ab" * 32, "cd" * 32)
+    (lone,) = bodies(TRACE_B, 4)  # protobuf refuses a lone surrogate; JSON may carry one
+    lone["span"]["attributes"]["app.note"] = {"stringValue": "half a pair: \ud800"}
+    return [
+        SealJob(TRACE_A, bodies(TRACE_A, 1, 2, 3), ChainPosition.genesis(TRACE_A),
+                "root_ended", Completeness()),
+        SealJob(TRACE_B, bodies(TRACE_B, 2, 3), continuation, "idle_timeout",
+                Completeness(dropped_spans=2, conflicts=(span_id(3),), notes=("a note",))),
+        SealJob(TRACE_B, (*bodies(TRACE_B, 5), lone), ChainPosition(4, 19, "ef" * 32, "01" * 32),
+                "shutdown", Completeness()),
+        *(SealJob(f"{n:032x}", bodies(f"{n:032x}", 1), ChainPosition.genesis(f"{n:032x}"),
+                  "root_ended", Completeness()) for n in range(1, 6)),
+    ]
+
+
+def sealed_here(job: SealJob):
+    return seal_encodable(job.trace_id, job.bodies, job.position, signer=signing_key(),
+                          producer=PRODUCER, sealed_at=SEALED_AT, reason=job.reason,
+                          completeness=job.completeness)
+
+
+def test_workers_seal_the_bytes_the_receivers_process_would():
+    workers = SealWorkers(2, signing_key(), PRODUCER, None)
+    try:
+        results = workers.seal(jobs(), SEALED_AT)
+    finally:
+        workers.close()
+    assert not workers.writes
+    assert [r[0] for r in results] == ["sealed"] * len(jobs())
+    for job, (_, bundle) in zip(jobs(), results, strict=True):
+        expected = sealed_here(job)
+        assert bundle.data == expected.data, job.trace_id
+        assert bundle.next_position() == expected.next_position()
+    # The body JSON cannot carry went as it is, and is declared rejected.
+    lone = results[2][1].statement.completeness
+    assert (lone.rejected_spans, lone.notes[-1][:18]) == (1, "1 span(s) rejected")
+
+
+def test_workers_write_to_a_directory_sink_what_they_seal(tmp_path):
+    sink = DirectorySink(tmp_path / "out")
+    workers = SealWorkers(2, signing_key(), PRODUCER, None, sink)
+    try:
+        results = workers.seal(jobs(), SEALED_AT)
+    finally:
+        workers.close()
+    assert workers.writes
+    for job, result in zip(jobs(), results, strict=True):
+        expected = sealed_here(job)
+        kind, path, position = result
+        assert kind == "written"
+        assert os.path.dirname(path) == str(tmp_path / "out")
+        assert os.path.basename(path) == expected.file_name
+        with open(path, "rb") as f:
+            assert f.read() == expected.data
+        assert position == expected.next_position()
+
+
+def test_a_worker_reports_a_segment_it_cannot_seal_and_seals_the_others():
+    broken = SealJob(TRACE_A, ({"resource": {}, "scope": {}},), ChainPosition.genesis(TRACE_A),
+                     "root_ended", Completeness())
+    good = jobs()[0]
+    workers = SealWorkers(1, signing_key(), PRODUCER, None)
+    try:
+        (failed, sealed) = workers.seal([broken, good], SEALED_AT)
+    finally:
+        workers.close()
+    assert failed[0] == "failed" and failed[1].startswith("KeyError: 'span'")
+    assert sealed[0] == "sealed" and sealed[1].data == sealed_here(good).data
+
+
+def test_a_worker_that_fails_to_write_hands_the_bundle_back(tmp_path):
+    (tmp_path / "out").write_text("a file where the directory should be")
+    workers = SealWorkers(1, signing_key(), PRODUCER, None, DirectorySink(tmp_path / "out"))
+    try:
+        (result,) = workers.seal(jobs()[:1], SEALED_AT)
+    finally:
+        workers.close()
+    kind, bundle, error = result
+    assert kind == "unwritten" and error.startswith("FileExistsError")
+    assert bundle.data == sealed_here(jobs()[0]).data
+
+
+def test_closed_workers_refuse_and_leave_no_process(tmp_path):
+    workers = SealWorkers(2, signing_key(), PRODUCER, None)
+    pids = workers.pids
+    workers.close()
+    for pid in pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # already reaped: no zombie, no orphan
+    with pytest.raises(SealWorkerError, match="closed"):
+        workers.seal(jobs()[:1], SEALED_AT)
+
+
+# -- the receiver with seal workers -----------------------------------------------------
+
+
+def make_receiver(out, clock, **kwargs):
+    return Receiver(out, signing_key=signing_key(), clock=clock, seal_grace=2.0,
+                    idle_timeout=30.0, **kwargs)
+
+
+def test_a_worker_write_failure_is_retried_by_the_receiver(tmp_path):
+    # The workers write to the directory; when that fails the receiver keeps the
+    # bundles, answers UNAVAILABLE, keeps the spans journaled, and writes them itself
+    # once the disk is back.
+    clock = FakeClock()
+    out = tmp_path / "out"
+    receiver = make_receiver(out, clock, sealing_processes=1,
+                             journal_dir=tmp_path / "journal")
+    receiver.start()
+    if out.is_dir():
+        out.rmdir()  # nothing in it yet
+    out.write_text("in the way")
+    receiver(request(otlp_span(TRACE_A, 1), otlp_span(TRACE_B, 1)).resource_spans)
+    clock.advance(2.5)
+    assert not receiver.flush()
+    with pytest.raises(Unavailable, match="cannot write bundles"):
+        receiver(request(otlp_span(TRACE_A, 2, parent=1)).resource_spans)
+    assert os.listdir(receiver.journal_dir) != []
+    out.unlink()
+    assert receiver.flush()
+    reports = verified(str(out), trust_root(str(tmp_path)))
+    assert sorted(r.statement.trace_id for r in reports) == sorted([TRACE_A, TRACE_B])
+    assert receiver.shutdown()
+    assert os.listdir(receiver.journal_dir) == []
+
+
+def test_a_worker_killed_mid_run_leaves_the_receiver_sealing_itself(tmp_path, caplog):
+    clock = FakeClock()
+    out = tmp_path / "out"
+    receiver = make_receiver(out, clock, sealing_processes=1)
+    receiver.start()
+    receiver(request(otlp_span(TRACE_A, 1)).resource_spans)
+    clock.advance(2.5)
+    assert receiver.flush()
+    (pid,) = receiver._workers.pids
+    os.kill(pid, signal.SIGKILL)
+    receiver(request(otlp_span(TRACE_A, 2, parent=1), otlp_span(TRACE_B, 1)).resource_spans)
+    clock.advance(2.5)
+    with caplog.at_level(logging.ERROR, logger="spanproof.exporter.receiver"):
+        assert receiver.flush()
+    assert "sealing in the receiver's process from now on" in caplog.text
+    assert receiver._workers is None
+    assert receiver.shutdown()
+    reports = verified(str(out), trust_root(str(tmp_path)))
+    segments = {(r.statement.trace_id, r.statement.segment_index): span_ids(r)
+                for r in reports}
+    assert segments == {(TRACE_A, 0): [span_id(1)], (TRACE_A, 1): [span_id(2)],
+                        (TRACE_B, 0): [span_id(1)]}
+    assert os.listdir(receiver.journal_dir) == []
+
+
+def test_bundles_a_worker_wrote_before_it_died_are_not_sealed_again(
+    tmp_path, caplog, monkeypatch
+):
+    # The worker wrote the pass's bundles, then died before it answered.  With
+    # committed values (fresh salts) sealing them again would give other bytes: a
+    # second bundle of the same segment, a fork of the chain.
+    real_seal = SealWorkers.seal
+
+    def wrote_then_died(self, jobs, sealed_at):
+        real_seal(self, jobs, sealed_at)
+        raise SealWorkerError("seal worker 1 exited (exit code -9)")
+
+    clock = FakeClock()
+    out = tmp_path / "out"
+    receiver = make_receiver(out, clock, sealing_processes=1, redact_attributes=["app.*"])
+    receiver.start()
+    monkeypatch.setattr(SealWorkers, "seal", wrote_then_died)
+    receiver(request(otlp_span(TRACE_A, 1, extra={"app.secret": "s1"}),
+                     otlp_span(TRACE_B, 1, extra={"app.secret": "s2"})).resource_spans)
+    clock.advance(2.5)
+    with caplog.at_level(logging.ERROR, logger="spanproof.exporter.receiver"):
+        assert receiver.flush()
+    assert "exit code -9" in caplog.text
+    receiver(request(otlp_span(TRACE_A, 2, parent=1, extra={"app.secret": "s3"})).resource_spans)
+    clock.advance(2.5)
+    assert receiver.flush()  # sealed in the receiver, continuing the worker's segment
+    assert receiver.shutdown()
+    names = sorted(os.listdir(out))
+    assert len([n for n in names if n.endswith(".spanproof.json")]) == 3, names
+    assert not [n for n in names if ".1." in n], names  # no second copy of a segment
+    reports = verified(str(out), trust_root(str(tmp_path)))
+    a = [r for r in reports if r.statement.trace_id == TRACE_A]
+    assert [r.statement.segment_index for r in a] == [0, 1]
+    assert a[1].statement.previous_statement == a[0].statement_digest
+    assert os.listdir(receiver.journal_dir) == []
+
+
+def test_workers_that_cannot_start_leave_the_receiver_sealing_itself(
+    tmp_path, caplog, monkeypatch
+):
+    monkeypatch.setattr(_seal_workers, "_BOOT", "import sys; sys.exit(3)")
+    clock = FakeClock()
+    receiver = make_receiver(tmp_path / "out", clock, sealing_processes=2)
+    with caplog.at_level(logging.ERROR, logger="spanproof.exporter.receiver"):
+        receiver.start()
+    assert "cannot start the seal workers" in caplog.text
+    assert receiver._workers is None
+    receiver(request(otlp_span(TRACE_A, 1)).resource_spans)
+    assert receiver.shutdown()
+    (report,) = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
+    assert span_ids(report) == [span_id(1)]
+
+
+def test_shutdown_stops_the_workers(tmp_path):
+    receiver = make_receiver(tmp_path / "out", FakeClock(), sealing_processes=2)
+    receiver.start()
+    pids = receiver._workers.pids
+    receiver(request(otlp_span(TRACE_A, 1, parent=9)).resource_spans)
+    assert receiver.shutdown()
+    for pid in pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+    (report,) = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
+    assert report.statement.seal_reason == "shutdown"
+
+
+def test_sealing_processes_must_not_be_negative(tmp_path):
+    with pytest.raises(ValueError, match="sealing_processes"):
+        make_receiver(tmp_path / "out", FakeClock(), sealing_processes=-1)
+
+
+# -- the receiver process with seal workers ---------------------------------------------
+
+HOLD = ("--seal-grace-ms", "600000", "--idle-timeout-ms", "600000")
+
+
+@needs_proc
+def test_sigterm_to_the_whole_group_seals_everything_with_the_workers(tmp_path):
+    # A service manager stops a service by signalling every process in it: the
+    # workers ignore it, and the receiver seals what is pending with them.
+    key, _ = write_key(str(tmp_path))
+    out = str(tmp_path / "out")
+    proc = ReceiverProcess(out, key, *HOLD, "--sealing-processes", "2")
+    export(proc.grpc, otlp_span(TRACE_A, 1), otlp_span(TRACE_A, 2, parent=1),
+           otlp_span(TRACE_B, 1, parent=7))
+    workers = child_pids(proc.proc.pid)
+    assert len(workers) == 2
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)
+    time.sleep(0.2)
+    assert all(running(pid) for pid in workers)
+    assert proc.stop(signal.SIGTERM, 30) == 0, proc.log()
+    assert "receiver stopped: everything sealed" in "".join(proc.lines)
+    assert "seal worker" not in proc.log()  # no worker failed
+    reports = verified(out, trust_root(str(tmp_path)))
+    assert {r.statement.trace_id: span_ids(r) for r in reports} == {
+        TRACE_A: [span_id(1), span_id(2)], TRACE_B: [span_id(1)]}
+    wait_for(lambda: not any(running(pid) for pid in workers), 10, "the workers to exit")
+
+
+@needs_proc
+def test_workers_exit_when_the_receiver_is_killed(tmp_path):
+    key, _ = write_key(str(tmp_path))
+    proc = ReceiverProcess(str(tmp_path / "out"), key, *HOLD, "--sealing-processes", "2")
+    workers = child_pids(proc.proc.pid)
+    assert len(workers) == 2
+    assert proc.stop(signal.SIGKILL) == -signal.SIGKILL
+    wait_for(lambda: not any(running(pid) for pid in workers), 10, "the workers to exit")
