@@ -1,6 +1,6 @@
-"""Receipts end to end: the exporter submits sealed bundles to a live witness in the
-background (also when the witness comes up late), and ``spanproof verify
---witness-key`` checks the receipts offline."""
+"""Receipts end to end: the exporter and the receiver submit sealed bundles to a live
+witness in the background (the exporter also when the witness comes up late), and
+``spanproof verify --witness-key`` checks the receipts offline."""
 
 from __future__ import annotations
 
@@ -133,6 +133,39 @@ def test_exporter_submits_and_verify_checks_the_receipt(
     receipt.write_bytes(json.dumps(doc).encode())
     status, text = _run(["verify", *trust, *pinned, "--require-receipt", str(bundle)], capsys)
     assert status == EXIT_FAILED and "receipt" in text, text
+
+
+@pytest.mark.parametrize("sealing_processes", [0, 2], ids=["in-process", "seal-workers"])
+def test_receiver_submits_every_bundle_and_verify_checks_the_receipts(
+    tmp_path: Path, keys: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str], sealing_processes: int,
+) -> None:
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+    from opentelemetry.proto.common.v1 import common_pb2
+
+    from spanproof.exporter.receiver import Receiver
+
+    srv = serve_witness(open_witness())
+    out = tmp_path / "out"
+    receiver = Receiver(out, keys["producer"], witness_url=srv.url,
+                        witness_key=str(keys["witness_pub"]),
+                        sealing_processes=sealing_processes)
+    receiver.start()
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    spans = request.resource_spans.add().scope_spans.add().spans
+    for n in range(1, 5):  # four traces, each a root span with evidence
+        span = spans.add(trace_id=bytes.fromhex(f"{n:032x}"), span_id=bytes.fromhex(f"{n:016x}"),
+                         name="step", start_time_unix_nano=1, end_time_unix_nano=2)
+        span.attributes.append(common_pb2.KeyValue(
+            key="gen_ai.operation.name", value=common_pb2.AnyValue(string_value="chat")))
+    receiver(request.resource_spans)
+    assert receiver.shutdown()  # seals, writes and waits for the submissions
+    bundles = _bundles(out)
+    assert len(bundles) == 4
+    _wait_for([Path(receipt_path(b)) for b in bundles])
+    status, text = _run(["verify", "--key", str(keys["producer_pub"]), "--witness-key",
+                         str(keys["witness_pub"]), "--require-receipt", str(out)], capsys)
+    assert status == EXIT_OK, text
 
 
 def test_verify_fails_a_receipt_that_belongs_to_another_bundle(
