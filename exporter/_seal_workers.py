@@ -66,8 +66,6 @@ from .sinks import BundleSink, DirectorySink
 
 __all__ = ["SealWorkerError", "SealWorkers"]
 
-_logger = logging.getLogger(__name__)
-
 _START_TIMEOUT = 60.0
 _BOOT = (
     "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
@@ -181,9 +179,10 @@ class SealWorkers:
 
         Raises:
             SealWorkerError: a worker is gone or the workers are closed; no result
-                is returned, and what a worker wrote before may be on disk (the
-                caller seals the jobs again: a bundle written twice byte for byte
-                is taken as written, see :meth:`DirectorySink.write`).
+                is returned, and what a worker wrote before it died may be on disk
+                (the receiver takes those bundles as written, see
+                :func:`~spanproof.exporter._recovery.written_segment`, and seals the
+                other jobs itself).
         """
         if not jobs:
             return []

@@ -298,7 +298,8 @@ class Receiver:
     # -- lifecycle ---------------------------------------------------------------
 
     def start(self) -> list[str]:
-        """Recover orphaned journals, open this receiver's journal, start the sealer.
+        """Recover orphaned journals, open this receiver's journal, start the sealer
+        (and the seal workers, with ``sealing_processes``).
 
         Returns the paths of the bundles sealed from recovered journals (reason
         ``recovered``); they are written before this returns, so recovered spans
@@ -312,6 +313,7 @@ class Receiver:
             raise RuntimeError("receiver already started")
         self._started = True
         written = self._recover()
+        self._journal = Journal(self._journal_dir, self._producer.instance)
         if self._sealing_processes:
             try:
                 self._workers = SealWorkers(self._sealing_processes, self._signer,
@@ -319,7 +321,6 @@ class Receiver:
             except (OSError, SealWorkerError) as e:
                 _logger.error("receiver: cannot start the seal workers (%s); sealing in "
                               "the receiver's process instead", e)
-        self._journal = Journal(self._journal_dir, self._producer.instance)
         if self._config.witness_url is not None:
             self._submitter = WitnessSubmitter(
                 self._config.witness_url,
