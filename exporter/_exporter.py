@@ -44,7 +44,7 @@ from .config import ExporterConfig
 from .keys import SigningKey
 from .limits import check_value_sizes
 from .normalize import span_to_body
-from .sealing import SealedBundle, seal_encodable
+from .sealing import SealedBundle, seal
 from .selection import Selector
 from .sinks import BundleSink, DirectorySink
 from .submit import WitnessSubmitter
@@ -723,10 +723,10 @@ class SpanproofSpanExporter(SpanExporter):
         sealed_at = datetime.fromtimestamp(self._clock(), timezone.utc)
         if self._assembler.forgot_sealed:
             job = continue_on_disk(job, self._producer.instance, self._sink, self._signer)
-        bundle = seal_encodable(
+        bundle = seal(
             job.trace_id, job.bodies, job.position, signer=self._signer,
             producer=self._producer, sealed_at=sealed_at, reason=job.reason,
-            completeness=job.completeness, redact=self._redact,
+            completeness=job.completeness, redact=self._redact, reject_unencodable=True,
         )
         bad = bundle.statement.completeness.rejected_spans - job.completeness.rejected_spans
         if bad:

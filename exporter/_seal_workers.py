@@ -4,7 +4,7 @@ In one Python process the receiver's gRPC threads, which ingest, and its sealer
 thread, which encodes, hashes, signs and writes, take turns on one GIL, so the
 receiver uses one core whatever the machine has.  With ``sealing_processes=N`` the
 sealer thread hands each sealing pass's segments to N worker processes, which seal
-them (:func:`~spanproof.exporter.sealing.seal_encodable`) and, when the receiver
+them (:func:`~spanproof.exporter.sealing.seal` with ``reject_unencodable``) and, when the receiver
 writes to a plain :class:`~spanproof.exporter.sinks.DirectorySink`, write them to
 the same directory the same way, while the receiver goes on ingesting.  The rest
 stays in the receiver's process: the journal, assembly, retiring the journal
@@ -61,7 +61,7 @@ from ._sealing_process import _frame, _read_frame
 from .assembly import SealJob
 from .disclosure import AttributeMatcher
 from .keys import SigningKey
-from .sealing import ChainPosition, SealedBundle, seal_encodable
+from .sealing import ChainPosition, SealedBundle, seal
 from .sinks import BundleSink, DirectorySink
 
 __all__ = ["SealWorkerError", "SealWorkers"]
@@ -274,11 +274,11 @@ def _seal_and_write(jobs: Sequence[tuple[Any, ...]], sealed_at: datetime, signer
     sealed: list[tuple[int, SealedBundle]] = []
     for trace_id, bodies, position, reason, completeness in jobs:
         try:
-            bundle = seal_encodable(
+            bundle = seal(
                 trace_id, orjson.loads(bodies) if isinstance(bodies, bytes) else bodies,
                 ChainPosition(*position), signer=signer, producer=producer,
                 sealed_at=sealed_at, reason=reason, completeness=Completeness(*completeness),
-                redact=redact,
+                redact=redact, reject_unencodable=True,
             )
         except Exception as e:
             results.append(("failed", f"{type(e).__name__}: {e}"))

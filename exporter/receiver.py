@@ -63,7 +63,7 @@ from .keys import SigningKey
 from .limits import OversizedValue, check_value_sizes
 from .otlp import MalformedSpan, iter_request_spans, otlp_span_to_body
 from .otlp_server import IngestResult, InvalidRequest, Unavailable
-from .sealing import ChainPosition, SealedBundle, seal_encodable
+from .sealing import ChainPosition, SealedBundle, seal
 from .selection import EVIDENCE_ATTRIBUTE, Selector
 from .sinks import BundleSink, DirectorySink
 from .submit import WitnessSubmitter
@@ -739,8 +739,8 @@ class Receiver:
             self._storage_error = f"journal write failed: {e}"
 
     def _seal(self, job: SealJob, sealed_at: datetime) -> SealedBundle:
-        return seal_encodable(
+        return seal(
             job.trace_id, job.bodies, job.position, signer=self._signer,
             producer=self._producer, sealed_at=sealed_at, reason=job.reason,
-            completeness=job.completeness, redact=self._redact,
+            completeness=job.completeness, redact=self._redact, reject_unencodable=True,
         )

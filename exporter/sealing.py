@@ -29,8 +29,7 @@ from spanproof.verifier.values import is_committed_value
 from .disclosure import AttributeMatcher, commit_bodies, new_salt
 from .keys import SigningKey
 
-__all__ = ["UNENCODABLE_NOTE", "ChainPosition", "SealedBundle", "build_record", "seal",
-           "seal_encodable"]
+__all__ = ["UNENCODABLE_NOTE", "ChainPosition", "SealedBundle", "build_record", "seal"]
 
 UNENCODABLE_NOTE = (
     "{} span(s) rejected: a value has no canonical JSON form "
@@ -122,16 +121,29 @@ def seal(
     completeness: Completeness | None = None,
     redact: AttributeMatcher | None = None,
     salt: Callable[[], bytes] = new_salt,
+    reject_unencodable: bool = False,
 ) -> SealedBundle:
     """Chain *bodies* from *position*, sign the statement, and frame the bundle.
 
     With *redact*, the span attributes it selects are committed first (SPEC §2.5;
     :func:`~spanproof.exporter.disclosure.commit_body`) and their disclosures are
     returned in :attr:`SealedBundle.disclosures`; *salt* supplies the fresh salts.
+    With *reject_unencodable*, a body holding a value JSON cannot carry (a string
+    with a lone surrogate) does not fail the segment: it is left out, and the
+    statement declares it rejected (SPEC §5.3) with :data:`UNENCODABLE_NOTE`.
 
     Raises:
-        CanonicalizationError: a body holds a value JSON cannot carry.
+        CanonicalizationError: a body holds a value JSON cannot carry (not with
+            *reject_unencodable*).
     """
+    if reject_unencodable:
+        try:
+            return seal(trace_id, bodies, position, signer=signer, producer=producer,
+                        sealed_at=sealed_at, reason=reason, completeness=completeness,
+                        redact=redact, salt=salt)
+        except CanonicalizationError:
+            pass
+        bodies, completeness = _without_unencodable(bodies, completeness or Completeness())
     bodies, disclosures = commit_bodies(bodies, redact, salt=salt)
     lines = []
     head = position.start
@@ -159,27 +171,10 @@ def seal(
     )
 
 
-def seal_encodable(
-    trace_id: str,
-    bodies: Sequence[Mapping[str, Any]],
-    position: ChainPosition,
-    *,
-    signer: SigningKey,
-    producer: Producer,
-    sealed_at: datetime,
-    reason: str,
-    completeness: Completeness | None = None,
-    redact: AttributeMatcher | None = None,
-) -> SealedBundle:
-    """:func:`seal`, except that a body holding a value JSON cannot carry (a string
-    with a lone surrogate) does not fail its segment: it is left out, and the
-    statement declares it rejected (SPEC §5.3) with :data:`UNENCODABLE_NOTE`."""
-    try:
-        return seal(trace_id, bodies, position, signer=signer, producer=producer,
-                    sealed_at=sealed_at, reason=reason, completeness=completeness,
-                    redact=redact)
-    except CanonicalizationError:
-        pass
+def _without_unencodable(
+    bodies: Sequence[Mapping[str, Any]], completeness: Completeness
+) -> tuple[list[Mapping[str, Any]], Completeness]:
+    """The bodies JSON can carry, and *completeness* declaring the others rejected."""
     kept = []
     for body in bodies:
         try:
@@ -188,11 +183,8 @@ def seal_encodable(
             continue
         kept.append(body)
     bad = len(bodies) - len(kept)
-    completeness = completeness or Completeness()
-    completeness = dataclasses.replace(
+    return kept, dataclasses.replace(
         completeness,
         rejected_spans=completeness.rejected_spans + bad,
         notes=(*completeness.notes, UNENCODABLE_NOTE.format(bad)),
     )
-    return seal(trace_id, kept, position, signer=signer, producer=producer,
-                sealed_at=sealed_at, reason=reason, completeness=completeness, redact=redact)

@@ -35,7 +35,7 @@ from spanproof.exporter.assembly import SealJob
 from spanproof.exporter.otlp import iter_request_spans, otlp_span_to_body
 from spanproof.exporter.otlp_server import Unavailable
 from spanproof.exporter.receiver import Receiver
-from spanproof.exporter.sealing import ChainPosition, seal_encodable
+from spanproof.exporter.sealing import ChainPosition, seal
 from spanproof.exporter.sinks import DirectorySink
 from spanproof.verifier.statement import Completeness, Producer
 
@@ -68,9 +68,9 @@ def jobs() -> list[SealJob]:
 
 
 def sealed_here(job: SealJob):
-    return seal_encodable(job.trace_id, job.bodies, job.position, signer=signing_key(),
-                          producer=PRODUCER, sealed_at=SEALED_AT, reason=job.reason,
-                          completeness=job.completeness)
+    return seal(job.trace_id, job.bodies, job.position, signer=signing_key(),
+                producer=PRODUCER, sealed_at=SEALED_AT, reason=job.reason,
+                completeness=job.completeness, reject_unencodable=True)
 
 
 def test_workers_seal_the_bytes_the_receivers_process_would():
