@@ -31,12 +31,15 @@ pickle), requests on the worker's stdin and replies on its stdout.  Messages:
 Plain tuples, not the dataclasses, cross the pipe: pickling a job's position,
 completeness and time as objects cost ~15 µs, three times its five bodies as JSON.
 
-A worker reads a whole request before it answers, and the parent writes every
-request of a pass before it reads the first answer, so neither waits on a full pipe
-of the other.  A worker exits at end of input (the receiver closed its pipe, or exited
-or was killed); it ignores SIGINT and SIGTERM, which a terminal or a service
-manager sends to the whole process group: the receiver decides, and seals what is
-pending with its workers' help before it stops.
+A pass goes in rounds of at most 256 segments per worker, so a large one (every
+pending trace, at shutdown) is never encoded and framed whole.  A worker reads a
+whole request before it answers, and the parent writes every request of a round
+before it reads the first answer, so neither waits on a full pipe of the other.
+
+A worker exits at end of input (the receiver closed its pipe, or exited or was
+killed); it ignores SIGINT and SIGTERM, which a terminal or a service manager sends
+to the whole process group: the receiver decides, and seals what is pending with
+its workers' help before it stops.
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ from .sinks import BundleSink, DirectorySink
 __all__ = ["SealWorkerError", "SealWorkers"]
 
 _START_TIMEOUT = 60.0
+# Segments sent to one worker at a time: a pass can hold every pending trace (at
+# shutdown), and its bodies must not all be encoded and framed at once.
+_ROUND_JOBS = 256
 _BOOT = (
     "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
     "from spanproof.exporter._seal_workers import worker_main; worker_main()"
@@ -184,10 +190,16 @@ class SealWorkers:
                 :func:`~spanproof.exporter._recovery.written_segment`, and seals the
                 other jobs itself).
         """
-        if not jobs:
-            return []
         if not self._workers:
             raise SealWorkerError("the seal workers are closed")
+        results: list[Result] = []
+        step = _ROUND_JOBS * len(self._workers)
+        for start in range(0, len(jobs), step):
+            results.extend(self._round(jobs[start:start + step], sealed_at))
+        return results
+
+    def _round(self, jobs: Sequence[SealJob], sealed_at: datetime) -> list[Result]:
+        """:meth:`seal` for at most :data:`_ROUND_JOBS` jobs per worker."""
         count = min(len(self._workers), len(jobs))
         workers = self._workers[:count]
         for i, worker in enumerate(workers):

@@ -73,7 +73,10 @@ def sealed_here(job: SealJob):
                 completeness=job.completeness, reject_unencodable=True)
 
 
-def test_workers_seal_the_bytes_the_receivers_process_would():
+@pytest.mark.parametrize("round_jobs", [256, 1], ids=["one-round", "a-round-per-job"])
+def test_workers_seal_the_bytes_the_receivers_process_would(monkeypatch, round_jobs):
+    # A pass larger than a round goes in several rounds, results still in order.
+    monkeypatch.setattr(_seal_workers, "_ROUND_JOBS", round_jobs)
     workers = SealWorkers(2, signing_key(), PRODUCER, None)
     try:
         results = workers.seal(jobs(), SEALED_AT)
