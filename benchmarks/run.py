@@ -32,7 +32,7 @@ medians and ratios against baselines measured in the same run.  Sections:
   (prebuilt requests of 5-span evidence traces, 4 client threads), sent directly
   and through ``rotel-agent``, and through ``rotel-agent`` to a receiver with two
   seal workers (``--sealing-processes 2``); timed until every trace's bundle is on
-  disk;
+  disk, with each process's CPU per span meanwhile (from ``/proc``);
 * ``receiver-cost``: the receiver's cost per span in this process, without a
   transport: ingesting (decode, select, normalize, fingerprint, journal with fsync)
   and sealing and writing, separately;
@@ -622,8 +622,34 @@ def _wait_listening(port: int, proc: subprocess.Popen[Any]) -> None:
 RECEIVER_WORKERS = 2
 
 
-def receiver_once(traces: int, via_rotel: bool, sealing_processes: int = 0) -> float:
-    """Certified spans/s: from the first request until every trace's bundle is on disk."""
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds *pid* used so far (``/proc/<pid>/stat``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _child_pids(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent == pid:
+                found.append(int(entry))
+    return found
+
+
+def receiver_once(
+    traces: int, via_rotel: bool, sealing_processes: int = 0
+) -> tuple[float, dict[str, float]]:
+    """Certified spans/s, from the first request until every trace's bundle is on
+    disk, and each process's CPU microseconds per span meanwhile (the receiver, its
+    seal workers together, rotel, this process as the load generator; empty without
+    ``/proc``)."""
     from spanproof.exporter import SigningKey
 
     work = tempfile.mkdtemp(prefix="spanproof-bench-recv-")
@@ -653,7 +679,14 @@ def receiver_once(traces: int, via_rotel: bool, sealing_processes: int = 0) -> f
             _wait_listening(rotel_port, procs[-1])
             endpoint = f"127.0.0.1:{rotel_port}"
         requests = _otlp_requests(traces, per_request=500)
+        roles: dict[str, list[int]] = {}
+        if os.path.isdir("/proc/self"):
+            roles = {"receiver": [procs[0].pid], "seal workers": _child_pids(procs[0].pid)}
+            if via_rotel:
+                roles["rotel"] = [procs[1].pid]
+        before = {role: sum(map(_cpu_seconds, pids)) for role, pids in roles.items()}
         gc.collect()
+        client = time.process_time()
         start = time.perf_counter()
         _send_all(endpoint, requests)
         deadline = time.monotonic() + 600
@@ -661,7 +694,13 @@ def receiver_once(traces: int, via_rotel: bool, sealing_processes: int = 0) -> f
             if time.monotonic() > deadline:
                 raise RuntimeError("not every trace was sealed")
             time.sleep(0.01)
-        return traces * 5 / (time.perf_counter() - start)
+        rate = traces * 5 / (time.perf_counter() - start)
+        per_span = 1e6 / (traces * 5)
+        cpu = {role: (sum(map(_cpu_seconds, pids)) - before[role]) * per_span
+               for role, pids in roles.items() if pids}
+        if roles:
+            cpu["load generator"] = (time.process_time() - client) * per_span
+        return rate, cpu
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -708,16 +747,26 @@ RECEIVER_CONFIGS = {
 }
 
 
-def section_receiver(reps: int, traces: int) -> tuple[dict[str, float], float]:
-    """Median certified spans/s of each configuration, and the median of the
-    per-round ratios of the seal workers' configuration to plain rotel."""
+def section_receiver(
+    reps: int, traces: int
+) -> tuple[dict[str, float], dict[str, dict[str, float]], float]:
+    """Median certified spans/s of each configuration, the median CPU microseconds
+    per span of each process in it, and the median of the per-round ratios of the
+    seal workers' configuration to plain rotel."""
     results: dict[str, list[float]] = {config: [] for config in RECEIVER_CONFIGS}
+    cpus: dict[str, dict[str, list[float]]] = {config: {} for config in RECEIVER_CONFIGS}
     for _ in range(reps):
         for config, (via_rotel, workers) in RECEIVER_CONFIGS.items():  # alternate
-            results[config].append(receiver_once(traces, via_rotel, workers))
+            rate, cpu = receiver_once(traces, via_rotel, workers)
+            results[config].append(rate)
+            for role, us in cpu.items():
+                cpus[config].setdefault(role, []).append(us)
     ratios = [w / r for w, r in zip(results[f"rotel, {RECEIVER_WORKERS} seal workers"],
                                     results["rotel"], strict=True)]
-    return {c: statistics.median(v) for c, v in results.items()}, statistics.median(ratios)
+    return ({c: statistics.median(v) for c, v in results.items()},
+            {c: {role: statistics.median(v) for role, v in roles.items()}
+             for c, roles in cpus.items()},
+            statistics.median(ratios))
 
 
 def _witness_bundles(directory: str, count: int, run: int, key: Any) -> list[str]:
@@ -1015,10 +1064,13 @@ def _run(sections: set[str], reps: int, app_reps: int, traces: int, *, quick: bo
         targets.append((f"verify {n:,} records, peak RSS MiB", rss, 300.0, "<", ()))
     # ------------------------------------------------------------ receiver
     if "receiver" in sections:
-        rates, gain = section_receiver(reps, traces)
+        rates, cpus, gain = section_receiver(reps, traces)
         for config, rate in rates.items():
             out(f"receiver over OTLP/gRPC ({config}): {rate:,.0f} certified spans/s "
                 f"({traces:,} traces x 5 spans)")
+            if cpus[config]:
+                shares = ", ".join(f"{role} {us:,.0f}" for role, us in cpus[config].items())
+                out(f"  CPU us per span: {shares}")
         out(f"receiver through rotel, {RECEIVER_WORKERS} seal workers against none: "
             f"{gain:.2f}x (median of the per-round ratios)")
         for config in ("rotel", f"rotel, {RECEIVER_WORKERS} seal workers"):

@@ -39,6 +39,7 @@ def test_harness_quick_run_reports_every_section_and_target(
                      "verify: 2,000 records", "receiver over OTLP/gRPC (rotel)",
                      "receiver over OTLP/gRPC (rotel, 2 seal workers)",
                      "receiver through rotel, 2 seal workers against none: ",
+                     "  CPU us per span: receiver ",
                      "receiver cost without a transport", "4 at a time, receipts verified",
                      "targets:"):
         assert fragment in text
