@@ -160,7 +160,6 @@ class SealWorkers:
         directory, sync = None, "auto"
         if type(sink) is DirectorySink:  # a subclass may write otherwise: the caller writes
             directory, sync = sink.directory, sink.sync
-        self._writes = directory is not None
         self._workers: list[_Worker] = []
         try:
             for _ in range(count):
@@ -168,11 +167,6 @@ class SealWorkers:
         except BaseException:
             self.close(0)
             raise
-
-    @property
-    def writes(self) -> bool:
-        """Whether the workers write what they seal (else results are ``"sealed"``)."""
-        return self._writes
 
     @property
     def pids(self) -> list[int]:

@@ -12,7 +12,10 @@ A :class:`Receiver` is the ``ingest`` callable of the OTLP transports
    fsyncs it, **before** the transport answers OK;
 4. hands them to a :class:`~spanproof.exporter.assembly.TraceAssembler`, which a
    background thread ("the sealer") drains as in the SDK exporter: seal, write
-   through the sink, retire the journal entries, submit to the witness.
+   through the sink, retire the journal entries, submit to the witness.  With
+   ``sealing_processes`` the sealer hands sealing, and writing to a plain
+   :class:`~spanproof.exporter.sinks.DirectorySink`, to seal workers
+   (:mod:`spanproof.exporter._seal_workers`) and keeps the rest.
 
 Overload (too many spans waiting to be sealed) and storage failure (the journal or
 the sink cannot be written) raise :class:`~spanproof.exporter.otlp_server.Unavailable`,
@@ -182,11 +185,12 @@ class Receiver:
         signing_key: a key object to sign with (overrides *key_file*).
         clock: seconds since the epoch (default :func:`time.time`).
         sink: where bundles go (default: a :class:`DirectorySink` on *output_dir*).
-        sealing_processes: worker processes that encode, hash and sign the
-            segments while this process goes on ingesting (default 0: seal in this
-            process).  Everything else (journal, writing, retiring) stays here.  A
-            worker that fails is not replaced: the receiver logs an ERROR and seals
-            in its own process from then on.
+        sealing_processes: worker processes that encode, hash, sign and (with
+            the default sink) write the bundles while this process goes on
+            ingesting (default 0: all in this process).  The journal, retiring,
+            retries of failed writes and witness submission stay here.  A worker
+            that fails is not replaced: the receiver logs an ERROR and seals in its
+            own process from then on.
 
     Raises:
         ValueError: a malformed setting (naming its environment variable).

@@ -815,8 +815,8 @@ def _add_receiver_command(sub: Any) -> None:
     receiver.add_argument("--journal-dir", metavar="DIR",
                           help="journal directory (default DIR/journal under --out)")
     receiver.add_argument("--sealing-processes", type=int, default=0, metavar="N",
-                          help="worker processes that encode, hash and sign while the "
-                          "receiver ingests (default 0: seal in the receiver's process)")
+                          help="worker processes that seal and write bundles while the "
+                          "receiver ingests (default 0: all in the receiver's process)")
     receiver.set_defaults(handler=_cmd_receiver, subparser=receiver)
 
 
