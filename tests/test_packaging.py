@@ -1,7 +1,7 @@
 """Packaging rules from the design: the verifier stands alone, names live under
 ``spanproof.``.
 
-* An auditor installs and runs the verifier without OpenTelemetry, gRPC or protobuf,
+* An auditor installs and runs the verifier without OpenTelemetry, gRPC, protobuf or PyNaCl,
   and the verifier never builds a network client (SPEC, DESIGN "The parts").
 * No generic top-level module (``verifier``, ``exporter``, ...) is installed.
 
@@ -37,7 +37,7 @@ names = ["verifier", "exporter", "witness", "examples", "spanproof.verifier"]
 print(json.dumps({name: importlib.util.find_spec(name) is not None for name in names}))
 """
 
-FORBIDDEN_PREFIXES = ("opentelemetry", "grpc", "google.protobuf")
+FORBIDDEN_PREFIXES = ("opentelemetry", "grpc", "google.protobuf", "nacl")
 NETWORK_CLIENTS = ("urllib.request", "http.client", "requests", "httpx", "urllib3", "aiohttp")
 
 
