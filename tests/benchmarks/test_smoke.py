@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -185,3 +186,22 @@ def _probe_writing(cost: float) -> Callable[[str], float]:
             (probe_dir / str(i)).write_bytes(b"x")
         return cost
     return probe
+
+
+def test_the_receiver_run_ends_only_when_every_trace_has_its_bundle(tmp_path: Path) -> None:
+    traces = [f"{i:032x}" for i in range(1, 4)]
+
+    def bundle(trace_id: str, segment: int = 0) -> None:
+        (tmp_path / f"{trace_id}-{segment:04d}-00ab.spanproof.json").write_text("{}")
+
+    (tmp_path / "temporary.tmp").write_text("")  # not a bundle
+    bundle(traces[0])
+    bundle(traces[0], 1)  # a continuation does not stand in for another trace's bundle
+    bundle(traces[2])
+    with pytest.raises(RuntimeError, match="1 of 3 traces were not sealed"):
+        run._wait_for_bundles(str(tmp_path), traces, time.monotonic() + 0.05)
+    late = threading.Timer(0.05, bundle, (traces[1],))
+    late.start()
+    run._wait_for_bundles(str(tmp_path), traces, time.monotonic() + 10)
+    late.join()
+    assert (tmp_path / f"{traces[1]}-0000-00ab.spanproof.json").exists()
