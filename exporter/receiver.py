@@ -26,8 +26,9 @@ On :meth:`Receiver.start` the journals of a receiver that died without sealing
 ``recovered`` under the dead receiver's producer instance, continuing its chains
 (SPEC §5.3).
 
-Locks: ``_ingest_lock`` serializes dedup, journaling and admission (so a span is
-never acknowledged before the one it duplicates is durable); ``_lock`` guards the
+Locks: ``_decode_lock`` decodes requests one at a time (see :meth:`Receiver._decode`);
+``_ingest_lock`` serializes dedup, journaling and admission (so a span is never
+acknowledged before the one it duplicates is durable); ``_lock`` guards the
 assembler and the sealer's state and is held briefly, never during signing or
 I/O; ``_seal_lock`` runs sealing cycles one at a time.
 """
@@ -88,6 +89,10 @@ _RETRY_AFTER = 1.0
 _STORAGE_RETRY_AFTER = 5.0
 _MIN_SHUTDOWN_SECONDS = 5.0
 _MAX_MESSAGE_SAMPLES = 3
+
+# A decoded evidence span: trace id, span id, record body, its key-sorted JSON and
+# the fingerprint of that JSON (see _serialized).
+_Item = tuple[str, str, dict[str, Any], bytes, bytes]
 
 
 
@@ -253,6 +258,7 @@ class Receiver:
         self._producer = Producer(RECEIVER_PRODUCER_NAME, _package_version(), secrets.token_hex(8))
         self._witness_keys = setup.witness_keys
 
+        self._decode_lock = threading.Lock()
         self._ingest_lock = threading.Lock()
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -398,9 +404,34 @@ class Receiver:
         """
         if not self._started or self._shut_down or self._journal is None:
             raise Unavailable("receiver is not running", _RETRY_AFTER)
+        with self._decode_lock:
+            items, rejected, roots = self._decode(resource_spans)
+        with self._ingest_lock:
+            self._admit(items, rejected, roots)
+        if rejected and not items:
+            # Declared in the traces' next bundles by _admit; the request is refused.
+            raise InvalidRequest(self._rejection_message(rejected))
+        if rejected:
+            return IngestResult(len(rejected), self._rejection_message(rejected))
+        return IngestResult()
+
+    def _decode(
+        self, resource_spans: Sequence[trace_pb2.ResourceSpans]
+    ) -> tuple[list[_Item], list[tuple[str | None, str]], list[str]]:
+        """Select, normalize, check and serialize one request's spans: the items to
+        admit, the rejected spans (trace id, why) and the local roots' trace ids.
+
+        Called under ``_decode_lock``.  The work is pure Python, so requests decoded
+        side by side only take turns on the GIL: a Collector's concurrent batches
+        of thousands of spans then all finished at about the same time, and no trace
+        of them could be sealed until then (seal workers idle while the receiver
+        decoded, then the receiver idle while they sealed).  One at a time, each
+        request is admitted as soon as it is decoded, and its traces are sealed
+        while the next one is decoded.
+        """
         selects = self._selector.selects
         max_value_bytes = self._config.max_value_bytes
-        items: list[tuple[str, str, dict[str, Any], bytes, bytes]] = []
+        items: list[_Item] = []
         rejected: list[tuple[str | None, str]] = []
         roots: list[str] = []
         for span, resource, scope in iter_request_spans(resource_spans):
@@ -422,14 +453,7 @@ class Receiver:
             span_id = body["span"]["spanId"]
             data, fingerprint = _serialized(body)
             items.append((body["span"]["traceId"], span_id, body, data, fingerprint))
-        with self._ingest_lock:
-            self._admit(items, rejected, roots)
-        if rejected and not items:
-            # Declared in the traces' next bundles by _admit; the request is refused.
-            raise InvalidRequest(self._rejection_message(rejected))
-        if rejected:
-            return IngestResult(len(rejected), self._rejection_message(rejected))
-        return IngestResult()
+        return items, rejected, roots
 
     @staticmethod
     def _rejection_message(rejected: list[tuple[str | None, str]]) -> str:
@@ -440,7 +464,7 @@ class Receiver:
 
     def _admit(
         self,
-        items: list[tuple[str, str, dict[str, Any], bytes, bytes]],
+        items: list[_Item],
         rejected: list[tuple[str | None, str]],
         roots: list[str],
     ) -> None:

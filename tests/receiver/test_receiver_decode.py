@@ -1,0 +1,71 @@
+"""Concurrent export requests are decoded one after another, so each request's traces
+can be sealed while the next request is decoded (see ``Receiver._decode``)."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from receiver_support import otlp_span, request, signing_key
+
+from spanproof.exporter import receiver as receiver_module
+from spanproof.exporter.receiver import Receiver
+
+SPANS_PER_REQUEST = 400
+
+
+@pytest.fixture
+def switching_often() -> Iterator[None]:
+    # Threads take turns on the GIL every 10 µs instead of every 5 ms, so two
+    # requests decoded side by side would interleave almost at once.
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
+
+
+def test_concurrent_requests_are_decoded_one_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, switching_often: None
+) -> None:
+    traces = ["a" * 32, "b" * 32]
+    decoded: list[str] = []  # the trace of every span normalized, in order
+    original = receiver_module.otlp_span_to_body
+
+    def recording(span: Any, resource: Any, scope: Any) -> Any:
+        decoded.append(span.trace_id.hex())
+        return original(span, resource, scope)
+
+    monkeypatch.setattr(receiver_module, "otlp_span_to_body", recording)
+    receiver = Receiver(tmp_path / "out", signing_key=signing_key(), seal_grace=3600)
+    receiver.start()
+    try:
+        start = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def send(trace: str) -> None:
+            spans = (otlp_span(trace, n, parent=1) for n in range(2, 2 + SPANS_PER_REQUEST))
+            req = request(*spans)
+            start.wait()
+            try:
+                receiver(req.resource_spans)
+            except BaseException as e:  # reported below, on the test's thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=send, args=(t,)) for t in traces]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+    finally:
+        receiver.shutdown()
+    assert sorted(decoded) == sorted(traces * SPANS_PER_REQUEST)
+    switches = sum(1 for before, after in itertools.pairwise(decoded) if before != after)
+    assert switches == 1, f"the requests' spans were decoded interleaved ({switches} switches)"
