@@ -205,3 +205,23 @@ def test_the_receiver_run_ends_only_when_every_trace_has_its_bundle(tmp_path: Pa
     run._wait_for_bundles(str(tmp_path), traces, time.monotonic() + 10)
     late.join()
     assert (tmp_path / f"{traces[1]}-0000-00ab.spanproof.json").exists()
+
+
+def test_receiver_rounds_run_every_configuration_in_varying_orders(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[bool, int]] = []
+
+    def fake_run(traces: int, via_rotel: bool, workers: int = 0) -> tuple[float, dict[str, float]]:
+        calls.append((via_rotel, workers))
+        return 1000.0 * (1 + workers), {}
+
+    monkeypatch.setattr(run, "receiver_once", fake_run)
+    rates, _, ratio = run.section_receiver(5, 10)
+    configs = list(run.RECEIVER_CONFIGS.values())
+    rounds = [calls[i:i + len(configs)] for i in range(0, len(calls), len(configs))]
+    assert len(rounds) == 5
+    assert all(sorted(r) == sorted(configs) for r in rounds)
+    # Not a fixed cycle: each configuration does not always follow the same one.
+    assert len({tuple(r) for r in rounds}) > 1
+    assert ratio == rates[f"rotel, {run.RECEIVER_WORKERS} seal workers"] / rates["rotel"]
