@@ -805,12 +805,11 @@ def section_receiver(
             results[config].append(rate)
             for role, us in cpu.items():
                 cpus[config].setdefault(role, []).append(us)
-    ratios = [w / r for w, r in zip(results[f"rotel, {RECEIVER_WORKERS} seal workers"],
-                                    results["rotel"], strict=True)]
     return ({c: statistics.median(v) for c, v in results.items()},
             {c: {role: statistics.median(v) for role, v in roles.items()}
              for c, roles in cpus.items()},
-            statistics.median(ratios))
+            _paired_ratio(results[f"rotel, {RECEIVER_WORKERS} seal workers"],
+                          results["rotel"]))
 
 
 def _witness_bundles(directory: str, count: int, run: int, key: Any) -> list[str]:

@@ -44,9 +44,6 @@ its workers' help before it stops.
 
 from __future__ import annotations
 
-import json
-import logging
-import os
 import select
 import signal
 import subprocess
@@ -60,7 +57,7 @@ import orjson
 from spanproof.verifier.statement import Completeness, Producer
 
 from ._gc import collecting_rarely
-from ._sealing_process import _frame, _read_frame
+from ._sealing_process import _frame, _read_frame, _reply_to, child_replies, spawn_child
 from .assembly import SealJob
 from .disclosure import AttributeMatcher
 from .keys import SigningKey
@@ -73,10 +70,6 @@ _START_TIMEOUT = 60.0
 # Segments sent to one worker at a time: a pass can hold every pending trace (at
 # shutdown), and its bodies must not all be encoded and framed at once.
 _ROUND_JOBS = 256
-_BOOT = (
-    "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
-    "from spanproof.exporter._seal_workers import worker_main; worker_main()"
-)
 
 #: A job's result: ``("written", path, next_position)``, ``("sealed", bundle)``,
 #: ``("unwritten", bundle, error)`` or ``("failed", error)``.
@@ -90,12 +83,7 @@ class SealWorkerError(RuntimeError):
 class _Worker:
     def __init__(self, key_seed: bytes, producer: Producer,
                  redact: AttributeMatcher | None, directory: str | None, sync: str) -> None:
-        env = dict(os.environ)
-        env["OTEL_SDK_DISABLED"] = "true"  # not an instrumented application
-        self.proc = subprocess.Popen(
-            [sys.executable, "-I", "-c", _BOOT, json.dumps(sys.path)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
-        )
+        self.proc = spawn_child("_seal_workers", "worker_main")
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.stdin = self.proc.stdin
         self.stdout = self.proc.stdout
@@ -248,9 +236,7 @@ def worker_main() -> None:
     # SIGTERM to the whole group, reaches its workers too.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints go to stderr
-    logging.basicConfig(format="%(levelname)s %(name)s [seal worker]: %(message)s")
+    out = child_replies("seal worker")
     inp = sys.stdin.buffer
     start = _read_frame(inp)
     if start is None or start[0] != "start":
@@ -260,17 +246,14 @@ def worker_main() -> None:
         signer = SigningKey.from_seed(seed)
         sink = None if directory is None else DirectorySink(directory, sync=sync)
     except Exception as e:
-        out.write(_frame(("error", f"{type(e).__name__}: {e}")))
-        out.flush()
+        _reply_to(out, ("error", f"{type(e).__name__}: {e}"))
         return
-    out.write(_frame(("ready",)))
-    out.flush()
+    _reply_to(out, ("ready",))
     with collecting_rarely():
         while (message := _read_frame(inp)) is not None:
             _, sealed_at, jobs = message
-            out.write(_frame(("sealed", _seal_and_write(jobs, sealed_at, signer, producer,
-                                                         redact, sink))))
-            out.flush()
+            _reply_to(out, ("sealed", _seal_and_write(jobs, sealed_at, signer, producer,
+                                                       redact, sink)))
 
 
 def _seal_and_write(jobs: Sequence[tuple[Any, ...]], sealed_at: datetime, signer: SigningKey,

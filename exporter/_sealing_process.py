@@ -65,7 +65,7 @@ _HEADER = struct.Struct(">I")
 _START_TIMEOUT = 60.0
 _BOOT = (
     "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
-    "from spanproof.exporter._sealing_process import child_main; child_main()"
+    "from spanproof.exporter.{} import {} as main; main()"
 )
 _KINDS = {kind.value: kind for kind in SpanKind}
 _CODES = {code.value: code for code in StatusCode}
@@ -336,6 +336,33 @@ def _value_key(fields: Any) -> Any:
     return key
 
 
+# -- child processes -------------------------------------------------------------
+
+
+def spawn_child(module: str, function: str, *, bufsize: int = -1) -> subprocess.Popen[bytes]:
+    """Start ``python -I`` running ``spanproof.exporter.<module>.<function>()`` with
+    this process's import path, requests on its stdin and replies on its stdout."""
+    env = dict(os.environ)
+    # The child is not an instrumented application: no SDK set-up from the
+    # environment (opentelemetry-instrument), and never a sealing process of its own.
+    env["OTEL_SDK_DISABLED"] = "true"
+    return subprocess.Popen(
+        [sys.executable, "-I", "-c", _BOOT.format(module, function), json.dumps(sys.path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
+        bufsize=bufsize,
+    )
+
+
+def child_replies(label: str) -> io.BufferedWriter:
+    """In a child :func:`spawn_child` started: the stream its replies go to (the
+    original stdout).  Stray prints go to stderr from now on, and log records name
+    *label*."""
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    logging.basicConfig(format=f"%(levelname)s %(name)s [{label}]: %(message)s")
+    return out
+
+
 # -- framing ---------------------------------------------------------------------
 
 
@@ -413,15 +440,8 @@ class SealingProcess:
 
     def __init__(self, settings: Mapping[str, Any], key_seed: bytes,
                  producer_instance: str) -> None:
-        env = dict(os.environ)
-        # The child is not an instrumented application: no SDK set-up from the
-        # environment (opentelemetry-instrument), and never a sealing process of its own.
-        env["OTEL_SDK_DISABLED"] = "true"
-        self._proc = subprocess.Popen(
-            [sys.executable, "-I", "-c", _BOOT, json.dumps(sys.path)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
-            bufsize=0,  # unbuffered: select() on the reply pipe sees every byte
-        )
+        # Unbuffered: select() on the reply pipe sees every byte.
+        self._proc = spawn_child("_sealing_process", "child_main", bufsize=0)
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._stdin = self._proc.stdin
         self._stdout = self._proc.stdout
@@ -592,9 +612,7 @@ def child_main() -> None:
     # come first (the pipe holds the spans meanwhile and slows the exporter down).
     os.nice(10)
     inp = _ChildInput(sys.stdin.fileno())
-    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints go to stderr
-    logging.basicConfig(format="%(levelname)s %(name)s [sealing process]: %(message)s")
+    out = child_replies("sealing process")
 
     def on_term(signum: int, frame: Any) -> None:
         # Once: a second SIGTERM must not interrupt the sealing the first started.

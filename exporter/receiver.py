@@ -95,7 +95,6 @@ _MAX_MESSAGE_SAMPLES = 3
 _Item = tuple[str, str, dict[str, Any], bytes, bytes]
 
 
-
 def _package_version() -> str:
     try:
         return metadata.version("spanproof")

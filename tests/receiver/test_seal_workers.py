@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 
@@ -245,7 +247,11 @@ def test_bundles_a_worker_wrote_before_it_died_are_not_sealed_again(
 def test_workers_that_cannot_start_leave_the_receiver_sealing_itself(
     tmp_path, caplog, monkeypatch
 ):
-    monkeypatch.setattr(_seal_workers, "_BOOT", "import sys; sys.exit(3)")
+    def exiting_child(module, function, **kwargs):
+        return subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    monkeypatch.setattr(_seal_workers, "spawn_child", exiting_child)
     clock = FakeClock()
     receiver = make_receiver(tmp_path / "out", clock, sealing_processes=2)
     with caplog.at_level(logging.ERROR, logger="spanproof.exporter.receiver"):
