@@ -218,7 +218,9 @@ def _make(config: str, sink: Sink, out_dir: str) -> tuple[SpanExporter, int]:
     if process and exporter._remote is None:
         raise RuntimeError("the sealing process did not start")
     if config == UNSENT:
-        _drop_span_frames(exporter._remote)
+        assert exporter._remote is not None
+        (only,) = exporter._remote.processes
+        _drop_span_frames(only)
     return exporter, every
 
 

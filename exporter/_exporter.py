@@ -37,7 +37,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from spanproof.verifier.statement import Producer
 
 from ._recovery import continue_on_disk, seal_orphaned_journals
-from ._sealing_process import SealingProcess, SealingProcessError
+from ._sealing_process import SealingProcessError, SealingProcesses, SealingProcessUnreachable
 from ._setup import resolve_setup
 from .assembly import SHUTDOWN, SealJob, TraceAssembler
 from .config import ExporterConfig
@@ -126,8 +126,10 @@ class SpanproofSpanExporter(SpanExporter):
             on *output_dir*).
         sealing_process: seal in a child Python process (started here, with the
             same settings and key): the span processor's thread then only selects
-            and hands selected spans over.  Needs the default *clock* and *sink*.
-            If the process cannot start, or exits, this process seals (logged).
+            and hands selected spans over.  A number N >= 2 starts N processes,
+            each sealing the traces whose id is its number modulo N.  Needs the
+            default *clock* and *sink*.  If a process cannot start, or exits, this
+            process seals (logged).
 
     Raises:
         ValueError: a malformed setting (naming its environment variable), or
@@ -135,6 +137,11 @@ class SpanproofSpanExporter(SpanExporter):
         InvalidKey: the key file cannot be used.
         OSError: the key directory cannot be created.
     """
+
+    # Whether this exporter finishes, when it starts, what an earlier run left in its
+    # output directory (orphaned journals, the witness queue, bundles never
+    # submitted).  Sealing processes after the first leave that to the first.
+    _recovers_at_start = True
 
     def __init__(
         self,
@@ -156,7 +163,7 @@ class SpanproofSpanExporter(SpanExporter):
         signing_key: SigningKey | None = None,
         clock: Callable[[], float] | None = None,
         sink: BundleSink | None = None,
-        sealing_process: bool | None = None,
+        sealing_process: bool | int | None = None,
     ) -> None:
         setup = resolve_setup(
             output_dir, key_file, signing_key=signing_key, selector=selector,
@@ -191,7 +198,8 @@ class SpanproofSpanExporter(SpanExporter):
         if hasattr(os, "register_at_fork"):  # POSIX
             os.register_at_fork(after_in_child=after_in_child)
         self._start_sealing()
-        if self._remote is None:  # the sealing process recovers in its own start
+        # The (first) sealing process recovers in its own start.
+        if self._remote is None and self._recovers_at_start:
             self._recover_at_start()
 
     def _recover_at_start(self) -> None:
@@ -242,7 +250,7 @@ class SpanproofSpanExporter(SpanExporter):
         self._inflight: collections.deque[
             tuple[SealedBundle, concurrent.futures.Future[str | Exception]]
         ] = collections.deque()
-        self._remote: SealingProcess | None = None
+        self._remote: SealingProcesses | None = None
         # After a fork, the sealing process starts on the first export.
         self._start_pending = False
 
@@ -254,30 +262,34 @@ class SpanproofSpanExporter(SpanExporter):
         if self._remote is None:
             self._submitter = self._start_submitter()
 
-    def _spawn(self) -> SealingProcess | None:
+    def _spawn(self) -> SealingProcesses | None:
         settings = {
             name: value for name, value in dataclasses.asdict(self._config).items()
             if name not in ("key_file", "sealing_process")
         }
         seed = self._signer.seed
         try:
-            return SealingProcess(settings, seed, self._producer.instance)
+            return SealingProcesses(settings, seed, self._producer.instance,
+                                    self._config.sealing_process)
         except (OSError, SealingProcessError) as e:
             _logger.error("spanproof: cannot start the sealing process (%s); sealing in "
                           "this process instead", e)
             return None
 
     def _lose_remote(self, error: Exception) -> None:
-        """The sealing process is gone: seal here from now on, as a new producer
+        """A sealing process is gone: seal here from now on, as a new producer
         instance (this process does not know the chain positions the sealing
-        process reached, and an instance must continue its own chains, SPEC §4.4)."""
+        processes reached, and an instance must continue its own chains, SPEC §4.4).
+        The other sealing processes, if any, seal what they hold and exit."""
         remote, self._remote = self._remote, None
         if remote is None:
             return
-        remote.kill()
+        remote.give_up()
         self._producer = _new_producer()
-        _logger.error("spanproof: %s; the spans it held are lost (not sealed), and this "
-                      "process seals from now on", error)
+        others = len(remote.processes) - 1
+        _logger.error("spanproof: %s; the spans it held are lost (not sealed), %sand this "
+                      "process seals from now on", error,
+                      f"the other {others} seal what they hold and exit, " if others else "")
         self._submitter = self._start_submitter()
 
     def _start_submitter(self) -> WitnessSubmitter | None:
@@ -292,10 +304,11 @@ class SpanproofSpanExporter(SpanExporter):
         submitter = WitnessSubmitter(
             url, os.path.join(self._config.output_dir, "witness-queue"),
             producer_key=self._signer.private_key.public_key(),
-            witness_keys=self._witness_keys,
+            witness_keys=self._witness_keys, resume=self._recovers_at_start,
         )
-        threading.Thread(target=_scan_quietly, args=(submitter, self._config.output_dir),
-                         name="spanproof-witness-scan", daemon=True).start()
+        if self._recovers_at_start:
+            threading.Thread(target=_scan_quietly, args=(submitter, self._config.output_dir),
+                             name="spanproof-witness-scan", daemon=True).start()
         return submitter
 
     def _after_fork_in_child(self) -> None:
@@ -351,15 +364,16 @@ class SpanproofSpanExporter(SpanExporter):
         if self._start_pending:
             self._start_pending = False
             self._start_sealing()
-        rejected = self._send(selected, roots) if self._remote is not None else None
-        if rejected is None:  # no sealing process: seal here
+        if self._remote is None:  # no sealing process: seal here
             rejected = 0 if self._admit_spans(selected, roots) else 1
+        else:
+            rejected = self._send(selected, roots)
         return SpanExportResult.FAILURE if failed or rejected else SpanExportResult.SUCCESS
 
-    def _send(self, spans: Sequence[ReadableSpan], roots: Sequence[str]) -> int | None:
-        """Hand *spans* and *roots* to the sealing process.  Returns how many spans
-        were found uncertifiable here, or None when the process is gone (the
-        caller then seals them here)."""
+    def _send(self, spans: Sequence[ReadableSpan], roots: Sequence[str]) -> int:
+        """Hand *spans* and *roots* to the sealing processes; what a process that
+        is gone was to get is sealed here.  Returns how many spans could not be
+        certified (or 1 when the exporter shut down meanwhile)."""
         remote = self._remote
         assert remote is not None
         try:
@@ -371,11 +385,16 @@ class SpanproofSpanExporter(SpanExporter):
             except Exception:
                 # A value pickle cannot carry: normalize here, send the bodies.
                 bodies, rejected, failed = self._normalize_all(spans)
-                remote.send_bodies(bodies, rejected, roots)
+                try:
+                    remote.send_bodies(bodies, rejected, roots)
+                except SealingProcessUnreachable as e:
+                    self._lose_remote(e)
+                    ok = self._admit_bodies(e.spans, e.rejected, e.roots)
+                    return failed or (0 if ok else 1)
                 return failed
-        except SealingProcessError as e:
+        except SealingProcessUnreachable as e:
             self._lose_remote(e)
-            return None
+            return 0 if self._admit_spans(e.spans, e.roots) else 1
 
     def _normalize_all(
         self, spans: Sequence[Any]
@@ -529,13 +548,14 @@ class SpanproofSpanExporter(SpanExporter):
                           self._assembler.pending_traces)
 
     @staticmethod
-    def _stop_remote(remote: SealingProcess, deadline: float) -> None:
-        """Have the sealing process seal everything pending and exit."""
+    def _stop_remote(remote: SealingProcesses, deadline: float) -> None:
+        """Have the sealing processes seal everything pending and exit."""
         try:
             done = remote.request("shutdown", max(0.0, deadline - time.monotonic()))
         except SealingProcessError as e:
             _logger.error("spanproof: %s before shutdown; the spans it held are lost", e)
-            remote.kill()
+            remote.give_up()
+            remote.close(max(1.0, deadline - time.monotonic()))  # the others seal theirs
             return
         code = remote.close(max(1.0, deadline - time.monotonic()))
         if not done or code != 0:
@@ -822,6 +842,14 @@ def _span_id_of(span: ReadableSpan) -> str:
         return f"{ctx.span_id:016x}" if ctx is not None else "?"
     except Exception:
         return "?"
+
+
+class _NonRecoveringExporter(SpanproofSpanExporter):
+    """The exporter a sealing process after the first runs: the first alone
+    finishes what an earlier run left in the output directory, so two processes
+    never race over the same journal, queue entry or unsubmitted bundle."""
+
+    _recovers_at_start = False
 
 
 def _scan_quietly(submitter: WitnessSubmitter, directory: str) -> None:

@@ -1,4 +1,4 @@
-"""Sealing in a child process: the exporter's opt-in ``sealing_process`` mode.
+"""Sealing in child processes: the exporter's opt-in ``sealing_process`` mode.
 
 In one Python process every microsecond the exporter spends normalizing, encoding,
 hashing, signing and writing is taken from the application's threads by the GIL.
@@ -9,6 +9,8 @@ processor's thread and hands each selected span, as a compact tuple of its field
 The child rebuilds a span-shaped object from the tuple (:class:`FieldSpan`) and
 normalizes it with the same :func:`~spanproof.exporter.normalize.span_to_body`, so
 the records are the ones the in-process exporter writes (a test compares them).
+With ``sealing_process=N`` there are N children (:class:`SealingProcesses`), and
+each trace goes to the one its id names (the id modulo N).
 
 Protocol (private to the two processes; both run this module's code): frames of a
 4-byte big-endian length and a pickle, parent to child on the child's stdin, replies
@@ -16,8 +18,10 @@ on the child's stdout (the child moves ``sys.stdout`` to stderr so nothing else 
 write there).  Pickle is safe here: only the parent that started the child writes
 to its stdin.  Messages:
 
-* ``("start", settings, key_seed, producer_instance)``: answered ``("ready",)``,
-  or ``("error", text)`` when the child cannot start its exporter;
+* ``("start", settings, key_seed, producer_instance, recover)``: answered
+  ``("ready",)``, or ``("error", text)`` when the child cannot start its exporter;
+  *recover* is true for the first of the parent's sealing processes, the one that
+  finishes what an earlier run left in the output directory;
 * ``("spans", resources, scopes, fields, roots)``: new resource and scope
   definitions (by number), selected spans' fields, and the trace ids of local root
   spans that ended; not answered;
@@ -57,7 +61,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from ._gc import collecting_rarely
 
-__all__ = ["FieldSpan", "SealingProcess", "span_fields"]
+__all__ = ["FieldSpan", "SealingProcess", "SealingProcessError", "SealingProcessUnreachable",
+           "SealingProcesses", "span_fields"]
 
 _logger = logging.getLogger(__name__)
 
@@ -435,11 +440,13 @@ class SealingProcess:
     """The parent's handle on one sealing child process.
 
     ``send_*`` methods raise :class:`SealingProcessError` once the child is gone;
-    the exporter then seals in its own process.
+    the exporter then seals in its own process.  The constructor only starts the
+    child; :meth:`wait_ready` waits for its answer (so a group starts its children
+    side by side).
     """
 
     def __init__(self, settings: Mapping[str, Any], key_seed: bytes,
-                 producer_instance: str) -> None:
+                 producer_instance: str, *, recover: bool = True) -> None:
         # Unbuffered: select() on the reply pipe sees every byte.
         self._proc = spawn_child("_sealing_process", "child_main", bufsize=0)
         assert self._proc.stdin is not None and self._proc.stdout is not None
@@ -451,14 +458,27 @@ class SealingProcess:
         self._scopes = _Numbering(scope_fields)
         self._dead = False
         try:
-            self._write(("start", dict(settings), key_seed, producer_instance))
-            reply = self._reply(None, time.monotonic() + _START_TIMEOUT)
+            self._write(("start", dict(settings), key_seed, producer_instance, recover))
         except SealingProcessError:
             self.kill()
             raise
-        if reply[0] != "ready":
+
+    def wait_ready(self, deadline: float) -> None:
+        """Wait until the child has started its exporter.
+
+        Raises:
+            SealingProcessError: it exited, failed, or did not answer by *deadline*
+                (``time.monotonic()``); it is killed.
+        """
+        try:
+            reply = self._reply(None, deadline)
+        except SealingProcessError:
             self.kill()
-            raise SealingProcessError(f"the sealing process did not start: {reply[1]}")
+            raise
+        if reply is None or reply[0] != "ready":
+            self.kill()
+            detail = "no answer" if reply is None else reply[1]
+            raise SealingProcessError(f"the sealing process did not start: {detail}")
 
     @property
     def pid(self) -> int:
@@ -473,6 +493,16 @@ class SealingProcess:
         Raises:
             SealingProcessError: the child is gone.
         """
+        with self._lock:
+            frame, _ = self._spans_frame_locked(spans, roots)
+            self._write_locked(frame)
+
+    def _spans_frame_locked(
+        self, spans: Sequence[Any], roots: Sequence[str]
+    ) -> tuple[bytes, tuple[list[tuple[int, Any]], list[tuple[int, Any]]]]:
+        """The ``spans`` frame for *spans* and *roots*, and the resource and scope
+        numbers it defines (for :meth:`_forget_locked` if it is not sent).  Raises
+        what reading or pickling a span raised, defining nothing."""
         resources: list[tuple[int, Any]] = []
         scopes: list[tuple[int, Any]] = []
         fields = []
@@ -480,23 +510,28 @@ class SealingProcess:
         # object again only when it differs from the previous span's.
         resource: Any = _NONE
         scope: Any = _NONE
-        with self._lock:
-            try:
-                for span in spans:
-                    if span.resource is not resource:
-                        resource = span.resource
-                        r = self._resources.number(resource, resources)
-                    if span.instrumentation_scope is not scope:
-                        scope = span.instrumentation_scope
-                        s = self._scopes.number(scope, scopes)
-                    fields.append(span_fields(span, r, s))
-                frame = _frame(("spans", resources, scopes, fields, list(roots)))
-            except Exception:
-                # Nothing is sent: the child must not be assumed to know these.
-                self._resources.forget(resources)
-                self._scopes.forget(scopes)
-                raise
-            self._write_locked(frame)
+        try:
+            for span in spans:
+                if span.resource is not resource:
+                    resource = span.resource
+                    r = self._resources.number(resource, resources)
+                if span.instrumentation_scope is not scope:
+                    scope = span.instrumentation_scope
+                    s = self._scopes.number(scope, scopes)
+                fields.append(span_fields(span, r, s))
+            frame = _frame(("spans", resources, scopes, fields, list(roots)))
+        except Exception:
+            # Nothing is sent: the child must not be assumed to know these.
+            self._forget_locked((resources, scopes))
+            raise
+        return frame, (resources, scopes)
+
+    def _forget_locked(
+        self, defined: tuple[list[tuple[int, Any]], list[tuple[int, Any]]]
+    ) -> None:
+        """Forget the resource and scope numbers a frame that was not sent defined."""
+        self._resources.forget(defined[0])
+        self._scopes.forget(defined[1])
 
     def send_bodies(self, bodies: Sequence[tuple[str, dict[str, Any]]],
                     rejected: Sequence[str], roots: Sequence[str]) -> None:
@@ -508,24 +543,12 @@ class SealingProcess:
         """
         self._write(("bodies", list(bodies), list(rejected), list(roots)))
 
-    def request(self, kind: str, timeout: float) -> bool:
-        """Ask the child to ``flush`` or ``shutdown``; its answer, or False when
-        *timeout* (seconds) passes first.
-
-        Raises:
-            SealingProcessError: the child is gone.
-        """
-        deadline = time.monotonic() + timeout
-        if not self._lock.acquire(timeout=max(0.0, timeout)):
-            return False
-        try:
-            self._requests += 1
-            request = self._requests
-            self._write_locked(_frame((kind, request, int(timeout * 1000))))
-            reply = self._reply(request, deadline)
-        finally:
-            self._lock.release()
-        return reply is not None and bool(reply[2])
+    def _ask_locked(self, kind: str, timeout: float) -> int:
+        """Send a ``flush`` or ``shutdown`` request (the child's budget: *timeout*
+        seconds); its number, for :meth:`_reply`."""
+        self._requests += 1
+        self._write_locked(_frame((kind, self._requests, int(timeout * 1000))))
+        return self._requests
 
     def _write(self, message: Any) -> None:
         with self._lock:
@@ -562,15 +585,18 @@ class SealingProcess:
                 return reply
             # A late answer to an earlier request that timed out: skip it.
 
-    def close(self, timeout: float) -> int | None:
-        """Close the child's input and wait up to *timeout* seconds for it to exit;
-        its exit code, or None when it is still running."""
+    def close_input(self) -> None:
+        """Close the child's input: it seals everything it holds and exits."""
         with self._lock:
             self._dead = True
             try:
                 self._stdin.close()
             except OSError:
                 pass
+
+    def wait(self, timeout: float) -> int | None:
+        """Wait up to *timeout* seconds for the child to exit; its exit code, or
+        None when it is still running."""
         try:
             return self._proc.wait(max(0.0, timeout))
         except subprocess.TimeoutExpired:
@@ -595,6 +621,216 @@ class SealingProcess:
                 stream.close()
             except OSError:
                 pass
+
+
+def _shard_settings(settings: Mapping[str, Any], count: int) -> dict[str, Any]:
+    """One sealing process's settings when *count* share the traces: each holds
+    about 1/count of them, so the memory bounds are shared out."""
+    shared = dict(settings)
+    for name in ("max_pending_traces", "sealed_trace_memory"):
+        if name in shared:
+            shared[name] = max(1, -(-shared[name] // count))
+    return shared
+
+
+class SealingProcesses:
+    """The parent's handle on its sealing processes: one, or several that share
+    the traces by trace id (every span and root of a trace goes to the same one,
+    so each trace's chain stays in one process).
+
+    All run under the parent's producer instance; as no two hold the same trace,
+    each (trace, instance) chain still has one writer (SPEC §4.4).  The first
+    alone finishes what an earlier run left in the output directory.
+
+    Raises:
+        SealingProcessError: a process could not start (all are stopped).
+    """
+
+    def __init__(self, settings: Mapping[str, Any], key_seed: bytes,
+                 producer_instance: str, count: int = 1) -> None:
+        if count < 1:
+            raise ValueError("count must be >= 1")
+        shard = _shard_settings(settings, count)
+        deadline = time.monotonic() + _START_TIMEOUT
+        processes: list[SealingProcess] = []
+        try:
+            for number in range(count):
+                processes.append(SealingProcess(shard, key_seed, producer_instance,
+                                                recover=number == 0))
+            for process in processes:
+                process.wait_ready(deadline)
+        except (OSError, SealingProcessError):
+            for process in processes:
+                process.kill()
+            raise
+        self.processes = tuple(processes)
+
+    def _shard(self, trace_id: int) -> int:
+        return trace_id % len(self.processes)
+
+    def send_spans(self, spans: Sequence[Any], roots: Sequence[str]) -> None:
+        """Hand selected *spans* and ended local roots to the processes holding
+        their traces.  Nothing is sent when a span cannot be read or pickled.
+
+        Raises:
+            SealingProcessUnreachable: a process is gone; the spans and roots it
+                was to get are in the exception, the others were delivered.
+            Exception: what reading or pickling a span raised (nothing was sent).
+        """
+        if len(self.processes) == 1:
+            (process,) = self.processes
+            try:
+                process.send_spans(spans, roots)
+            except SealingProcessError as e:
+                raise SealingProcessUnreachable(str(e), list(spans), list(roots)) from e
+            return
+        parts: list[tuple[list[Any], list[str]]] = [([], []) for _ in self.processes]
+        for span in spans:
+            parts[self._shard(span.get_span_context().trace_id)][0].append(span)
+        for root in roots:
+            parts[self._shard(int(root, 16))][1].append(root)
+        sending = [(process, part) for process, part in zip(self.processes, parts, strict=True)
+                   if part[0] or part[1]]
+        held: list[SealingProcess] = []
+        try:
+            for process, _ in sending:
+                process._lock.acquire()
+                held.append(process)
+            frames: list[tuple[SealingProcess, bytes, Any]] = []
+            try:
+                for process, (part_spans, part_roots) in sending:
+                    frame, defined = process._spans_frame_locked(part_spans, part_roots)
+                    frames.append((process, frame, defined))
+            except Exception:
+                for process, _, defined in frames:
+                    process._forget_locked(defined)
+                raise
+            lost = _Undelivered()
+            for (process, frame, _), (_, part) in zip(frames, sending, strict=True):
+                try:
+                    process._write_locked(frame)
+                except SealingProcessError as e:
+                    lost.add(e, part[0], part[1])
+        finally:
+            for process in held:
+                process._lock.release()
+        lost.raise_if_any()
+
+    def send_bodies(self, bodies: Sequence[tuple[str, dict[str, Any]]],
+                    rejected: Sequence[str], roots: Sequence[str]) -> None:
+        """Hand already normalized bodies (spans whose fields cannot be pickled),
+        rejected trace ids and ended roots to the processes holding their traces.
+
+        Raises:
+            SealingProcessUnreachable: a process is gone (see :meth:`send_spans`;
+                its bodies are in ``spans``, its rejected trace ids in
+                ``rejected``).
+        """
+        n = len(self.processes)
+        parts: list[tuple[list[Any], list[str], list[str]]] = [([], [], []) for _ in range(n)]
+        for item in bodies:
+            parts[self._shard(int(item[0], 16))][0].append(item)
+        for trace_id in rejected:
+            parts[self._shard(int(trace_id, 16))][1].append(trace_id)
+        for root in roots:
+            parts[self._shard(int(root, 16))][2].append(root)
+        lost = _Undelivered()
+        for process, (part_bodies, part_rejected, part_roots) in zip(
+                self.processes, parts, strict=True):
+            if part_bodies or part_rejected or part_roots:
+                try:
+                    process._write(("bodies", part_bodies, part_rejected, part_roots))
+                except SealingProcessError as e:
+                    lost.add(e, part_bodies, part_roots, part_rejected)
+        lost.raise_if_any()
+
+    def request(self, kind: str, timeout: float) -> bool:
+        """Ask every process to ``flush`` or ``shutdown`` (side by side); True when
+        all answered that everything is done, False when *timeout* (seconds)
+        passes first.
+
+        Raises:
+            SealingProcessError: a process is gone.
+        """
+        deadline = time.monotonic() + timeout
+        held: list[SealingProcess] = []
+        try:
+            for process in self.processes:
+                if not process._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                    return False
+                held.append(process)
+            asked = [(process, process._ask_locked(kind, timeout)) for process in held]
+            replies = [process._reply(number, deadline) for process, number in asked]
+        finally:
+            for process in held:
+                process._lock.release()
+        return all(reply is not None and bool(reply[2]) for reply in replies)
+
+    def close(self, timeout: float) -> int | None:
+        """Close every process's input and wait up to *timeout* seconds for all to
+        exit; the first nonzero exit code (0 when all exited cleanly), or None
+        when one is still running."""
+        deadline = time.monotonic() + timeout
+        for process in self.processes:
+            process.close_input()
+        codes = [process.wait(deadline - time.monotonic()) for process in self.processes]
+        if None in codes:
+            return None
+        return next((code for code in codes if code), 0)
+
+    def give_up(self) -> None:
+        """After one process was found gone: stop it, and close the others' input
+        without waiting, so they seal what they hold and exit by themselves."""
+        for process in self.processes:
+            if process._proc.poll() is None and not process._dead:
+                process.close_input()
+            else:
+                process.kill()
+
+    def kill(self) -> None:
+        """Stop every process at once (they lose what they hold)."""
+        for process in self.processes:
+            process.kill()
+
+    def abandon(self) -> None:
+        """Forget every process without signalling it (see
+        :meth:`SealingProcess.abandon`)."""
+        for process in self.processes:
+            process.abandon()
+
+
+class SealingProcessUnreachable(SealingProcessError):
+    """A sealing process is gone; ``spans``, ``roots`` and ``rejected`` are what it
+    was to get and did not (the caller seals them itself)."""
+
+    def __init__(self, message: str, spans: list[Any], roots: list[str],
+                 rejected: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.spans = spans
+        self.roots = roots
+        self.rejected = rejected or []
+
+
+class _Undelivered:
+    """What a group's sending could not deliver, raised once all were tried."""
+
+    def __init__(self) -> None:
+        self._error: SealingProcessError | None = None
+        self._spans: list[Any] = []
+        self._roots: list[str] = []
+        self._rejected: list[str] = []
+
+    def add(self, error: SealingProcessError, spans: Sequence[Any], roots: Sequence[str],
+            rejected: Sequence[str] = ()) -> None:
+        self._error = self._error or error
+        self._spans.extend(spans)
+        self._roots.extend(roots)
+        self._rejected.extend(rejected)
+
+    def raise_if_any(self) -> None:
+        if self._error is not None:
+            raise SealingProcessUnreachable(str(self._error), self._spans, self._roots,
+                                            self._rejected) from self._error
 
 
 # -- child side ------------------------------------------------------------------
@@ -646,14 +882,20 @@ def child_main() -> None:
 
 
 def _child_exporter(settings: Mapping[str, Any], key_seed: bytes,
-                    producer_instance: str) -> Any:
+                    producer_instance: str, recover: bool = True) -> Any:
     from spanproof.verifier.statement import Producer
 
-    from ._exporter import PRODUCER_NAME, SpanproofSpanExporter, _package_version
+    from ._exporter import (
+        PRODUCER_NAME,
+        SpanproofSpanExporter,
+        _NonRecoveringExporter,
+        _package_version,
+    )
     from .keys import SigningKey
 
-    exporter = SpanproofSpanExporter(signing_key=SigningKey.from_seed(key_seed),
-                                     sealing_process=False, **settings)
+    kind = SpanproofSpanExporter if recover else _NonRecoveringExporter
+    exporter = kind(signing_key=SigningKey.from_seed(key_seed), sealing_process=False,
+                    **settings)
     exporter._producer = Producer(PRODUCER_NAME, _package_version(), producer_instance)
     return exporter
 

@@ -34,8 +34,9 @@ Variables (all prefixed ``OTEL_EXPORTER_SPANPROOF_``), with their defaults:
   (mode 0600) beside each bundle.
 * ``SEALING_PROCESS`` (``false``): ``true`` seals in a child Python process, so
   normalizing, encoding, signing and writing take no CPU time from the application
-  under the GIL (the SDK exporter only; the receiver and ``EvidenceSpanProcessor``
-  ignore it; see README, "Performance").
+  under the GIL; a number N >= 2 starts N such processes that share the traces (the
+  SDK exporter only; the receiver and ``EvidenceSpanProcessor`` ignore it; see
+  README, "Performance").
 
 Nothing here depends on the OpenTelemetry SDK, so the OTLP receiver reuses it.
 """
@@ -51,6 +52,8 @@ from typing import Any
 __all__ = ["DEFAULT_SELECT_ATTRIBUTES", "ENV_PREFIX", "ExporterConfig"]
 
 ENV_PREFIX = "OTEL_EXPORTER_SPANPROOF_"
+#: The most sealing processes one exporter starts.
+MAX_SEALING_PROCESSES = 64
 
 #: Attribute keys that make a span evidence by default: the OTel GenAI semantic
 #: conventions, OpenInference and OpenLLMetry (Traceloop).
@@ -102,8 +105,9 @@ class ExporterConfig:
     #: Span attribute keys and glob patterns (``*``, ``?``) whose values are
     #: committed instead of stored (SPEC §2.5); empty commits nothing.
     redact_attributes: tuple[str, ...] = ()
-    #: Seal in a child Python process (the SDK exporter only; the receiver ignores it).
-    sealing_process: bool = False
+    #: Child Python processes that seal (0 or False: seal in this process; True: 1).
+    #: The SDK exporter only; the receiver ignores it.
+    sealing_process: int = 0
 
     def __post_init__(self) -> None:
         _check(isinstance(self.output_dir, str) and self.output_dir != "", "output_dir",
@@ -115,8 +119,12 @@ class ExporterConfig:
                "select_attributes", "must be a tuple of non-empty strings",
                self.select_attributes)
         _check(isinstance(self.select_all, bool), "select_all", "must be a bool", self.select_all)
-        _check(isinstance(self.sealing_process, bool), "sealing_process", "must be a bool",
+        _check(isinstance(self.sealing_process, int)
+               and 0 <= self.sealing_process <= MAX_SEALING_PROCESSES, "sealing_process",
+               f"must be a bool or a number of processes from 0 to {MAX_SEALING_PROCESSES}",
                self.sealing_process)
+        # True and False are ints: store the count itself.
+        object.__setattr__(self, "sealing_process", int(self.sealing_process))
         _check(isinstance(self.redact_attributes, tuple)
                and all(isinstance(k, str) and k for k in self.redact_attributes),
                "redact_attributes", "must be a tuple of non-empty strings",
@@ -205,6 +213,17 @@ def _parse_bool(var: str, raw: str) -> bool:
     raise ValueError(f"{var} must be 'true' or 'false', got {raw!r}")
 
 
+def _parse_processes(var: str, raw: str) -> int:
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return int(lowered == "true")
+    try:
+        return int(raw, 10)
+    except ValueError:
+        raise ValueError(f"{var} must be 'true', 'false' or a number of processes, "
+                         f"got {raw!r}") from None
+
+
 def _parse_int(var: str, raw: str) -> int:
     try:
         return int(raw, 10)
@@ -234,5 +253,5 @@ _ENV: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "witness_url": ("WITNESS_URL", _parse_str),
     "witness_key": ("WITNESS_KEY", _parse_str),
     "redact_attributes": ("REDACT_ATTRIBUTES", _parse_list),
-    "sealing_process": ("SEALING_PROCESS", _parse_bool),
+    "sealing_process": ("SEALING_PROCESS", _parse_processes),
 }

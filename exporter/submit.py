@@ -119,6 +119,9 @@ class WitnessSubmitter:
         rng: uniform [0, 1) source for jitter (injected for tests).
         post: HTTP transport (injected for tests).
         start: start the worker thread now.
+        resume: take over the submissions a previous run left in *queue_dir*.
+            False when another submitter on the same queue does (each then
+            delivers only what it is given).
 
     Raises:
         ValueError: an argument is out of range or the URL is not http(s).
@@ -141,6 +144,7 @@ class WitnessSubmitter:
         rng: Callable[[], float] = random.random,
         post: Post | None = None,
         start: bool = True,
+        resume: bool = True,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"witness URL must be http(s)://...: {url!r}")
@@ -185,7 +189,7 @@ class WitnessSubmitter:
         self._closing = False
         self._closed = False
         os.makedirs(os.path.join(self._dir, _FAILED_DIR), exist_ok=True)
-        self._seq = self._load()
+        self._seq = self._load() if resume else 0
         self._thread: threading.Thread | None = None
         if start:
             self._thread = threading.Thread(

@@ -40,6 +40,7 @@ from thread_signals import signal_another_thread, skip_unless_available
 from spanproof.exporter import SpanproofSpanExporter
 from spanproof.exporter._sealing_process import (
     FieldSpan,
+    SealingProcess,
     _Resource,
     _Scope,
     resource_fields,
@@ -131,12 +132,31 @@ def test_field_span_of_an_invalid_context_is_refused_like_the_sdk_span() -> None
         span_to_body(_through_the_pipe(span))
 
 
-def test_sealing_process_setting_from_the_environment() -> None:
-    assert ExporterConfig.from_env(environ={}).sealing_process is False
-    env = {"OTEL_EXPORTER_SPANPROOF_SEALING_PROCESS": "true"}
-    assert ExporterConfig.from_env(environ=env).sealing_process is True
-    with pytest.raises(ValueError, match="SEALING_PROCESS"):
-        ExporterConfig.from_env(environ={"OTEL_EXPORTER_SPANPROOF_SEALING_PROCESS": "maybe"})
+@pytest.mark.parametrize(("raw", "count"), [
+    (None, 0), ("false", 0), ("FALSE", 0), ("0", 0), ("true", 1), ("True", 1), ("1", 1),
+    ("3", 3), ("64", 64),
+])
+def test_sealing_process_setting_from_the_environment(raw: str | None, count: int) -> None:
+    env = {} if raw is None else {"OTEL_EXPORTER_SPANPROOF_SEALING_PROCESS": raw}
+    assert ExporterConfig.from_env(environ=env).sealing_process == count
+
+
+@pytest.mark.parametrize("raw", ["maybe", "-1", "65", "1.5", "2x"])
+def test_malformed_sealing_process_setting_names_the_variable(raw: str) -> None:
+    with pytest.raises(ValueError, match="OTEL_EXPORTER_SPANPROOF_SEALING_PROCESS"):
+        ExporterConfig.from_env(environ={"OTEL_EXPORTER_SPANPROOF_SEALING_PROCESS": raw})
+
+
+@pytest.mark.parametrize(("given", "count"), [(False, 0), (True, 1), (0, 0), (2, 2)])
+def test_sealing_process_argument_is_a_bool_or_a_count(given: bool | int, count: int) -> None:
+    config = ExporterConfig.from_env(environ={}, sealing_process=given)
+    assert config.sealing_process == count and type(config.sealing_process) is int
+
+
+@pytest.mark.parametrize("given", [-1, 65, 1.0, "2"])
+def test_sealing_process_argument_out_of_range_is_refused(given: Any) -> None:
+    with pytest.raises(ValueError, match="sealing_process"):
+        ExporterConfig.from_env(environ={}, sealing_process=given)
 
 
 def test_sealing_process_refuses_a_custom_clock_or_sink(tmp_path: Path) -> None:
@@ -147,8 +167,15 @@ def test_sealing_process_refuses_a_custom_clock_or_sink(tmp_path: Path) -> None:
 
 def _exporter(out: Path, **kwargs: Any) -> SpanproofSpanExporter:
     kwargs.setdefault("seal_grace", 30.0)
-    return SpanproofSpanExporter(out, signing_key=signing_key(), sealing_process=True,
-                                 **kwargs)
+    kwargs.setdefault("sealing_process", True)
+    return SpanproofSpanExporter(out, signing_key=signing_key(), **kwargs)
+
+
+def _only_process(exporter: SpanproofSpanExporter) -> SealingProcess:
+    """The exporter's one sealing process."""
+    assert exporter._remote is not None
+    (process,) = exporter._remote.processes
+    return process
 
 
 def _trace(rec: Recorder, steps: int = 3) -> list[str]:
@@ -186,7 +213,7 @@ def test_shutdown_seals_pending_traces_and_stops_the_process(tmp_path: Path) -> 
     rec = Recorder()
     ids = _trace(rec)
     exporter = _exporter(tmp_path / "out")
-    process = exporter._remote
+    process = _only_process(exporter)
     assert process is not None
     assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
     exporter.shutdown()
@@ -222,7 +249,7 @@ def test_killed_sealing_process_falls_back_to_sealing_here(
 ) -> None:
     rec = Recorder()
     exporter = _exporter(tmp_path / "out", seal_grace=0.0)
-    process = exporter._remote
+    process = _only_process(exporter)
     assert process is not None
     child_instance = exporter.producer.instance
     os.kill(process.pid, signal.SIGKILL)
@@ -267,7 +294,7 @@ _APP_EXITS_WITHOUT_SHUTDOWN = textwrap.dedent("""
 
     exporter = SpanproofSpanExporter(sys.argv[1], signing_key=SigningKey.from_seed(
         bytes(range(32))), sealing_process=True, seal_grace=3600)
-    print(exporter._remote.pid, flush=True)
+    print(exporter._remote.processes[0].pid, flush=True)
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("app")
@@ -319,7 +346,9 @@ def test_forked_worker_starts_its_own_sealing_process(tmp_path: Path) -> None:
             ok = exporter.export(rec.take()) is SpanExportResult.SUCCESS
             own = exporter._remote
             exporter.shutdown()
-            code = 0 if ok and own is not None and own.pid != parent_process.pid else 2
+            code = 2
+            if ok and own is not None and own.processes[0].pid != parent_process.processes[0].pid:
+                code = 0
         finally:
             os._exit(code)
     deadline = time.monotonic() + 90
@@ -347,7 +376,7 @@ def test_sealing_process_yields_the_cpu_to_the_application(tmp_path: Path) -> No
     exporter = _exporter(tmp_path / "out")
     assert exporter._remote is not None
     own = os.getpriority(os.PRIO_PROCESS, 0)
-    assert os.getpriority(os.PRIO_PROCESS, exporter._remote.pid) == min(own + 10, 19)
+    assert os.getpriority(os.PRIO_PROCESS, _only_process(exporter).pid) == min(own + 10, 19)
     exporter.shutdown()
 
 
@@ -367,7 +396,7 @@ def test_sigterm_makes_the_sealing_process_seal_what_it_holds(tmp_path: Path,
     ) as step:
         ids = [f"{step.get_span_context().span_id:016x}"]
     exporter = _exporter(tmp_path / "out")
-    process = exporter._remote
+    process = _only_process(exporter)
     assert process is not None
     assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
     assert exporter.force_flush()  # the child has admitted the span
@@ -387,7 +416,7 @@ def test_span_that_cannot_be_read_does_not_leave_its_resource_unsent(tmp_path: P
     # A span whose fields cannot be read makes its batch go as normalized bodies;
     # a resource first seen in that batch must still be sent with a later batch.
     exporter = _exporter(tmp_path / "out", seal_grace=0.0)
-    process = exporter._remote
+    process = _only_process(exporter)
     assert process is not None
     resource = Resource({"service.name": "new-service"})
     broken = ReadableSpan("broken", context=None, resource=resource,
@@ -397,7 +426,7 @@ def test_span_that_cannot_be_read_does_not_leave_its_resource_unsent(tmp_path: P
     ids = _trace(rec)
     assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
     assert exporter.force_flush()
-    assert exporter._remote is process and process._proc.poll() is None
+    assert _only_process(exporter) is process and process._proc.poll() is None
     exporter.shutdown()
     (report,) = verified(tmp_path / "out", trust_root(tmp_path))
     assert record_span_ids(report) == ids
@@ -414,7 +443,7 @@ def test_equal_scopes_and_resources_are_sent_once_and_the_cache_stays_bounded(
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
     exporter = _exporter(tmp_path / "out", seal_grace=0.0)
-    process = exporter._remote
+    process = _only_process(exporter)
     assert process is not None
     rec = Recorder()
     ids = _trace(rec, steps=1)

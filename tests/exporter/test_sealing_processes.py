@@ -1,0 +1,281 @@
+"""``sealing_process=N``: several sealing processes that share the traces by trace id."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from exporter_support import (
+    Recorder,
+    evidence,
+    record_span_ids,
+    reports,
+    signing_key,
+    trust_root,
+    verified,
+)
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExportResult
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+from opentelemetry.trace import SpanContext
+
+from spanproof.exporter import SpanproofSpanExporter, _sealing_process
+from spanproof.exporter import _exporter as exporter_module
+from spanproof.exporter.submit import WitnessSubmitter
+from spanproof.verifier import BundleReport
+
+# Trace ids 1, 2, 3, ...: with two processes, odd ones go to the second, even
+# ones to the first.
+_FIRST_TRACE = 0x1000
+
+
+class _CountingIds(IdGenerator):
+    def __init__(self) -> None:
+        self._next = itertools.count(_FIRST_TRACE)
+        self._spans = RandomIdGenerator()
+
+    def generate_trace_id(self) -> int:
+        return next(self._next)
+
+    def generate_span_id(self) -> int:
+        return self._spans.generate_span_id()
+
+
+def _exporter(out: Path, processes: int, **kwargs: Any) -> SpanproofSpanExporter:
+    kwargs.setdefault("seal_grace", 30.0)
+    exporter = SpanproofSpanExporter(out, signing_key=signing_key(),
+                                     sealing_process=processes, **kwargs)
+    assert exporter._remote is not None
+    assert len(exporter._remote.processes) == processes
+    return exporter
+
+
+def _traces(rec: Recorder, count: int) -> dict[str, list[str]]:
+    """*count* traces of a root and two evidence children: span ids by trace id."""
+    traces: dict[str, list[str]] = {}
+    for _ in range(count):
+        with rec.tracer.start_as_current_span("handle") as root:
+            ids = []
+            for i in range(2):
+                with evidence(rec, f"llm-{i}") as span:
+                    ids.append(f"{span.get_span_context().span_id:016x}")
+        traces[f"{root.get_span_context().trace_id:032x}"] = ids
+    return traces
+
+
+def _by_trace(reports: list[BundleReport]) -> dict[str, tuple[list[str], str, str]]:
+    found = {}
+    for report in reports:
+        assert report.statement is not None
+        statement = report.statement
+        assert statement.trace_id not in found, "a trace was sealed in two bundles"
+        found[statement.trace_id] = (record_span_ids(report), statement.producer.instance,
+                                     statement.seal_reason)
+    return found
+
+
+def test_two_processes_seal_every_trace_once_as_the_in_process_exporter_does(
+    tmp_path: Path,
+) -> None:
+    rec = Recorder(id_generator=_CountingIds())
+    expected = _traces(rec, 8)
+    spans = rec.take()
+    local = SpanproofSpanExporter(tmp_path / "local", signing_key=signing_key())
+    shared = _exporter(tmp_path / "shared", 2)
+    for exporter in (local, shared):
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
+        assert exporter.force_flush()
+    local_reports = verified(tmp_path / "local", trust_root(tmp_path))
+    shared_reports = verified(tmp_path / "shared", trust_root(tmp_path))
+    found = _by_trace(shared_reports)
+    assert {t: ids for t, (ids, _, _) in found.items()} == expected
+    assert {instance for _, instance, _ in found.values()} == {shared.producer.instance}
+    assert {reason for _, _, reason in found.values()} == {"force_flush"}
+    records = {r.statement.trace_id: r.records for r in local_reports if r.statement}
+    assert {r.statement.trace_id: r.records for r in shared_reports if r.statement} == records
+    shared.shutdown()
+    local.shutdown()
+
+
+def test_a_trace_exported_over_several_batches_reaches_one_process(tmp_path: Path) -> None:
+    # The children first, their roots later, one batch per span: a router by span
+    # (or by batch) would split a trace over two processes, two bundles.
+    rec = Recorder(id_generator=_CountingIds())
+    expected = _traces(rec, 6)
+    spans = rec.take()
+    roots = [s for s in spans if s.parent is None]
+    children = [s for s in spans if s.parent is not None]
+    exporter = _exporter(tmp_path / "out", 2)
+    for span in [*children, *roots]:
+        assert exporter.export([span]) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    found = _by_trace(verified(tmp_path / "out", trust_root(tmp_path)))
+    assert {t: ids for t, (ids, _, _) in found.items()} == expected
+
+
+def test_shutdown_has_every_process_seal_what_it_holds_and_exit(tmp_path: Path) -> None:
+    rec = Recorder(id_generator=_CountingIds())
+    expected = _traces(rec, 4)
+    exporter = _exporter(tmp_path / "out", 3)
+    processes = exporter._remote.processes  # type: ignore[union-attr]
+    assert len({p.pid for p in processes}) == 3
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    assert [p._proc.poll() for p in processes] == [0, 0, 0]
+    found = _by_trace(verified(tmp_path / "out", trust_root(tmp_path)))
+    assert {t: ids for t, (ids, _, _) in found.items()} == expected
+    assert {reason for _, _, reason in found.values()} == {"shutdown"}
+
+
+def test_one_process_gone_the_others_seal_what_they_hold_and_this_process_the_rest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rec = Recorder(id_generator=_CountingIds())
+    held = _traces(rec, 2)  # 0x1000 to the first process, 0x1001 to the second
+    exporter = _exporter(tmp_path / "out", 2)
+    child_instance = exporter.producer.instance
+    first, second = exporter._remote.processes  # type: ignore[union-attr]
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS  # held: the grace is long
+    os.kill(second.pid, signal.SIGKILL)
+    second._proc.wait(10)
+    later = _traces(rec, 4)
+    with caplog.at_level(logging.ERROR, logger="spanproof.exporter._exporter"):
+        assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+    assert exporter._remote is None
+    assert "the other 1 seal what they hold and exit" in caplog.text
+    assert first._proc.wait(30) == 0
+    assert exporter.producer.instance != child_instance
+    exporter.shutdown()
+    found = _by_trace(verified(tmp_path / "out", trust_root(tmp_path)))
+    lost, kept = sorted(held)[1], sorted(held)[0]
+    # The killed process's trace is lost; the first's was sealed by it, with the
+    # later batch's even traces, when its input closed; the later batch's odd
+    # traces (the killed process's share) were sealed here, as a new instance.
+    assert lost not in found
+    assert found[kept] == (held[kept], child_instance, "shutdown")
+    for trace_id, ids in later.items():
+        first_share = int(trace_id, 16) % 2 == 0
+        assert found[trace_id][0] == ids
+        assert (found[trace_id][1] == child_instance) == first_share
+
+
+def test_only_the_first_process_resumes_what_an_earlier_run_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started: list[tuple[dict[str, Any], bool]] = []
+
+    class FakeProcess:
+        def __init__(self, settings: Any, key_seed: bytes, instance: str, *,
+                     recover: bool) -> None:
+            started.append((dict(settings), recover))
+
+        def wait_ready(self, deadline: float) -> None:
+            pass
+
+    monkeypatch.setattr(_sealing_process, "SealingProcess", FakeProcess)
+    settings = {"max_pending_traces": 2048, "sealed_trace_memory": 65536, "seal_grace": 2.0}
+    group = _sealing_process.SealingProcesses(settings, bytes(32), "ab", 3)
+    assert len(group.processes) == 3
+    assert [recover for _, recover in started] == [True, False, False]
+    # Each holds about a third of the traces: the memory bounds are shared out.
+    for shard, _ in started:
+        assert shard == {"max_pending_traces": 683, "sealed_trace_memory": 21846,
+                         "seal_grace": 2.0}
+
+
+def test_a_process_that_cannot_start_stops_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events: list[str] = []
+
+    class FakeProcess:
+        count = 0
+
+        def __init__(self, *args: Any, recover: bool) -> None:
+            FakeProcess.count += 1
+            self.number = FakeProcess.count
+
+        def wait_ready(self, deadline: float) -> None:
+            if self.number == 2:
+                raise _sealing_process.SealingProcessError("did not start")
+
+        def kill(self) -> None:
+            events.append(f"kill {self.number}")
+
+    monkeypatch.setattr(_sealing_process, "SealingProcess", FakeProcess)
+    with pytest.raises(_sealing_process.SealingProcessError, match="did not start"):
+        _sealing_process.SealingProcesses({}, bytes(32), "ab", 3)
+    assert sorted(events) == ["kill 1", "kill 2", "kill 3"]
+
+
+def test_a_later_process_neither_recovers_nor_scans_nor_resumes_the_queue(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(SpanproofSpanExporter, "_recover_at_start",
+                        lambda self: calls.append("recover"))
+    monkeypatch.setattr(exporter_module, "_scan_quietly",
+                        lambda submitter, directory: calls.append("scan"))
+    resumed: list[bool] = []
+    real_init = WitnessSubmitter.__init__
+
+    def init(self: WitnessSubmitter, *args: Any, resume: bool = True, **kwargs: Any) -> None:
+        resumed.append(resume)
+        real_init(self, *args, resume=resume, start=False, **kwargs)
+
+    monkeypatch.setattr(WitnessSubmitter, "__init__", init)
+    settings = {"witness_url": "http://127.0.0.1:9", "signing_key": signing_key()}
+    later = exporter_module._NonRecoveringExporter(tmp_path / "later", **settings)
+    assert calls == [] and resumed == [False]
+    first = SpanproofSpanExporter(tmp_path / "first", **settings)
+    assert sorted(calls) == ["recover", "scan"] and resumed == [False, True]
+    later.shutdown()
+    first.shutdown()
+
+
+def test_a_submitter_that_does_not_resume_leaves_the_queue_to_the_one_that_does(
+    tmp_path: Path,
+) -> None:
+    queue = tmp_path / "queue"
+    first = WitnessSubmitter("http://127.0.0.1:9", queue, start=False)
+    assert first.submit(tmp_path / "a.spanproof.json")
+    first._drain_incoming()  # persisted as a queue file
+    assert len(list(queue.glob("*.json"))) == 1
+    assert WitnessSubmitter("http://127.0.0.1:9", queue, start=False).pending == 1
+    assert WitnessSubmitter("http://127.0.0.1:9", queue, start=False, resume=False).pending == 0
+
+
+def test_a_batch_sent_as_bodies_is_shared_out_by_trace_too(tmp_path: Path) -> None:
+    # A value pickle cannot carry sends the whole batch normalized; its bodies and
+    # rejected spans must still reach the process holding their trace, the one the
+    # trace's next batch (sent as fields) goes to: otherwise a trace is split in two.
+    rec = Recorder(id_generator=_CountingIds())
+    expected = _traces(rec, 4)
+    spans = rec.take()
+    first_children = {}
+    for span in spans:
+        trace_id = f"{span.get_span_context().trace_id:032x}"
+        if span.parent is not None:
+            first_children.setdefault(trace_id, span)
+    bad_trace = min(expected)
+    template = first_children[bad_trace]
+    bad = ReadableSpan("bad-value", context=SpanContext(int(bad_trace, 16), 0x77, False),
+                       parent=template.parent, resource=template.resource,
+                       attributes={"gen_ai.operation.name": "chat", "obj": lambda: None},
+                       start_time=1, end_time=2)
+    first = list(first_children.values())
+    exporter = _exporter(tmp_path / "out", 2)
+    assert exporter.export([bad, *first]) is SpanExportResult.FAILURE  # one span rejected
+    assert exporter.export([s for s in spans if s not in first]) is SpanExportResult.SUCCESS
+    assert exporter._remote is not None  # both processes still run
+    exporter.shutdown()
+    found = _by_trace(reports(tmp_path / "out", trust_root(tmp_path)))
+    assert {t: ids for t, (ids, _, _) in found.items()} == expected
+    rejected = {r.statement.trace_id: r.statement.completeness.rejected_spans
+                for r in reports(tmp_path / "out", trust_root(tmp_path)) if r.statement}
+    assert rejected == {t: int(t == bad_trace) for t in expected}
