@@ -11,7 +11,8 @@ medians and ratios against baselines measured in the same run.  Sections:
   the spans) with a ``BatchSpanProcessor`` over a no-op exporter, the stock
   OTLP/gRPC exporter to a local sink process, spanproof with 100% of spans
   selected, and with 10% selected, each sealing in the application's process (the
-  default) and in a sealing process (``sealing_process=True``) (plus, for
+  default), in a sealing process (``sealing_process=True``) and in two that share
+  the traces (``sealing_process=2``) (plus, for
   information only, spanproof at 100% writing bundles without fsync, to separate
   the disk's flush latency, an exporter that only selects at 10%, the floor
   for any exporter that looks at every span, the sealing process at 10% with every
@@ -86,6 +87,7 @@ SELECTION_ONLY = "selection-only-10%"
 DURABLE = "evidence-processor-100%"  # EvidenceSpanProcessor instead of the batch processor
 UNSENT = "spanproof-10%+process-unsent"  # the sealing process receives no span
 PROCESS = "+process"  # configuration suffix: sealing_process=True
+PROCESSES = "+2processes"  # configuration suffix: sealing_process=2
 LONG_TEXT = "The customer reports a duplicate charge on invoice 2291; " * 4  # ~230 bytes
 
 
@@ -212,15 +214,16 @@ def _make(config: str, sink: Sink, out_dir: str) -> tuple[SpanExporter, int]:
 
     every = 10 if config.startswith("spanproof-10%") else 1
     bundle_sink = _UnsyncedSink(out_dir) if config == NO_FSYNC else None
-    process = config.endswith(PROCESS) or config == UNSENT
+    processes = (2 if config.endswith(PROCESSES)
+                 else 1 if config.endswith(PROCESS) or config == UNSENT else 0)
     exporter = SpanproofSpanExporter(output_dir=out_dir, seal_grace=0.05, signing_key=_key(),
-                                     sink=bundle_sink, sealing_process=process)
-    if process and exporter._remote is None:
+                                     sink=bundle_sink, sealing_process=processes)
+    if processes and exporter._remote is None:
         raise RuntimeError("the sealing process did not start")
     if config == UNSENT:
         assert exporter._remote is not None
-        (only,) = exporter._remote.processes
-        _drop_span_frames(only)
+        (process,) = exporter._remote.processes
+        _drop_span_frames(process)
     return exporter, every
 
 
@@ -324,7 +327,8 @@ def section_app(reps: int, traces: int) -> dict[str, AppResult]:
     per-round ratios against the no-op exporter (app-thread) and the OTLP exporter
     (end-to-end)."""
     configs = ["noop", "otlp-grpc", "spanproof-100%", "spanproof-10%",
-               "spanproof-100%" + PROCESS, "spanproof-10%" + PROCESS, NO_FSYNC,
+               "spanproof-100%" + PROCESS, "spanproof-10%" + PROCESS,
+               "spanproof-100%" + PROCESSES, "spanproof-10%" + PROCESSES, NO_FSYNC,
                SELECTION_ONLY, UNSENT, DURABLE]
     app: dict[str, list[float]] = {c: [] for c in configs}
     e2e: dict[str, list[float]] = {c: [] for c in configs}
@@ -1078,7 +1082,8 @@ def _run(sections: set[str], reps: int, app_reps: int, traces: int, *, quick: bo
             "dropped, so the child seals nothing; information only)")
         out(f"  ({DURABLE}: EvidenceSpanProcessor, which journals every evidence span "
             "(fsynced) before sealing it, instead of the batch processor; information only)")
-        for mode, suffix in (("in-process", ""), ("sealing process", PROCESS)):
+        for mode, suffix in (("in-process", ""), ("sealing process", PROCESS),
+                             ("2 sealing processes", PROCESSES)):
             full, tenth = apps["spanproof-100%" + suffix], apps["spanproof-10%" + suffix]
             targets += [
                 (f"app-thread, 100% selected, {mode}, x no-op",

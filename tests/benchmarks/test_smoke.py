@@ -33,7 +33,8 @@ def test_harness_quick_run_reports_every_section_and_target(
     assert tempfile.gettempdir() == before  # restored for everything else
     assert work.is_dir() and not any(work.iterdir())  # every run cleaned up
     for config in ("noop", "otlp-grpc", "spanproof-100%", "spanproof-10%",
-                   "spanproof-100%+process", "spanproof-10%+process", "selection-only-10%",
+                   "spanproof-100%+process", "spanproof-10%+process",
+                   "spanproof-100%+2processes", "spanproof-10%+2processes", "selection-only-10%",
                    "spanproof-10%+process-unsent", "evidence-processor-100%"):
         assert f"\n{config} " in text
     for fragment in ("seal:  5-span trace", "canonical: spanproof", "verify: 500 records",
@@ -46,11 +47,13 @@ def test_harness_quick_run_reports_every_section_and_target(
         assert fragment in text
     verdicts = [line for line in text.splitlines() if line.startswith("  PASS")
                 or line.startswith("  MISS")]
-    # Three per exporter mode, canonical, verify, the receiver without and with workers.
-    assert len(verdicts) == 10
+    # Three per exporter mode (three modes), canonical, verify, the receiver without
+    # and with workers.
+    assert len(verdicts) == 13
+    assert sum("2 sealing processes" in line for line in verdicts) == 3
     # The app section's paired ratios say how their rounds fell around the target.
     assert sum(", middle half " in line and " of 3 rounds met" in line
-               for line in verdicts) == 6
+               for line in verdicts) == 9
 
 
 def test_unknown_section_is_refused() -> None:
