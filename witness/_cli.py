@@ -43,6 +43,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
+EXIT_INTERRUPTED = 130  # SIGINT, as shells report it
 
 _logger = logging.getLogger(__name__)
 
@@ -116,29 +117,44 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         lifespan="off",
         server_header=False,
     )
-    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again once its
-    # own handler is gone; with the default action the process would die there, before
-    # the store is closed, and report death by signal to its supervisor.
-    # (Signal handlers can only be set from the main thread.)
+    # uvicorn shuts down gracefully on SIGTERM and SIGINT, then raises the signal again
+    # once its own handler is gone, so the handler it found runs.  With SIGTERM's
+    # default action the process would die there, before the store is closed, and
+    # report death by signal to its supervisor; SIGINT's would reach asyncio's own
+    # handler, which turns it into KeyboardInterrupt only if the server's task has
+    # not finished yet.  Handlers of ours make both exits certain.  (Signal handlers
+    # can only be set from the main thread.)
     on_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminated) if on_main_thread else None
+    previous = {}
+    if on_main_thread:
+        previous = {sig: signal.signal(sig, _stopped) for sig in _STOP_SIGNALS}
+    status = EXIT_OK
     try:
         uvicorn.Server(config).run()
-    except _Terminated:
-        _logger.info("stopped by SIGTERM")
+    except _Stopped as e:
+        _logger.info("stopped by %s", signal.Signals(e.signum).name)
+        status = EXIT_OK if e.signum == signal.SIGTERM else EXIT_INTERRUPTED
     finally:
-        if previous is not None:  # None: not ours to set, or not set from Python
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            if handler is not None:  # None: not set from Python
+                signal.signal(sig, handler)
         store.close()
-    return EXIT_OK
+    return status
 
 
-class _Terminated(Exception):
-    """SIGTERM reached ``witness serve`` outside uvicorn's own handler."""
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def _terminated(signum: int, frame: Any) -> None:
-    raise _Terminated
+class _Stopped(Exception):
+    """SIGTERM or SIGINT reached ``witness serve`` outside uvicorn's own handler."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stopped(signum: int, frame: Any) -> None:
+    raise _Stopped(signum)
 
 
 def _producer_trust(keys: Sequence[str] | None, root: str | None) -> TrustRoot | None:
@@ -357,5 +373,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         status: int = args.handler(args)
     except KeyboardInterrupt:  # as the ``spanproof`` command does
-        return 130
+        return EXIT_INTERRUPTED
     return status

@@ -107,3 +107,36 @@ def test_serve_off_the_main_thread_leaves_signal_handlers_alone(
         thread.join(30)
     assert status == [0] and signal.getsignal(signal.SIGTERM) is before
     assert not Path(str(db) + "-wal").exists(), "the store was not closed"
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_serve_owns_the_stop_signals_while_uvicorn_runs(
+    tmp_path: Path, witness_private: Any, monkeypatch: pytest.MonkeyPatch, signum: int,
+    status: int,
+) -> None:
+    # uvicorn re-raises the signal that stopped it once it has put back the handler
+    # it found.  Left to Python's and asyncio's default handlers, SIGINT's exit
+    # depended on whether asyncio's own handler still found the server's task
+    # running (one run saw 0 instead of 130); serve's own handlers decide it.
+    import uvicorn
+
+    from spanproof.witness._cli import main
+
+    found: list[Any] = []
+
+    def run(self: Any, sockets: Any = None) -> None:
+        handler = signal.getsignal(signum)
+        found.append(handler)
+        signal.raise_signal(signum)  # as uvicorn does after its graceful shutdown
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    key = write_private_key(tmp_path / "witness.key", witness_private)
+    db = tmp_path / "w.db"
+    assert main(["witness", "serve", "--listen", f"127.0.0.1:{free_port()}", "--db",
+                 str(db), "--key", str(key), "--origin", ORIGIN,
+                 "--log-level", "warning"]) == status
+    (handler,) = found
+    assert handler not in (signal.SIG_DFL, signal.default_int_handler, before[signum])
+    assert {sig: signal.getsignal(sig) for sig in before} == before  # put back
+    assert not Path(str(db) + "-wal").exists(), "the store was not closed"
