@@ -629,7 +629,7 @@ def _shard_settings(settings: Mapping[str, Any], count: int) -> dict[str, Any]:
     shared = dict(settings)
     for name in ("max_pending_traces", "sealed_trace_memory"):
         if name in shared:
-            shared[name] = max(1, -(-shared[name] // count))
+            shared[name] = -(-shared[name] // count)  # rounded up: 0 stays 0
     return shared
 
 

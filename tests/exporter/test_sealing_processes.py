@@ -186,6 +186,11 @@ def test_only_the_first_process_resumes_what_an_earlier_run_left(
     for shard, _ in started:
         assert shard == {"max_pending_traces": 683, "sealed_trace_memory": 21846,
                          "seal_grace": 2.0}
+    started.clear()
+    _sealing_process.SealingProcesses({"max_pending_traces": 1, "sealed_trace_memory": 0},
+                                      bytes(32), "ab", 2)
+    assert [shard for shard, _ in started] == [
+        {"max_pending_traces": 1, "sealed_trace_memory": 0}] * 2  # 0 remembers none
 
 
 def test_a_process_that_cannot_start_stops_the_others(
