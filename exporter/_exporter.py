@@ -377,24 +377,21 @@ class SpanproofSpanExporter(SpanExporter):
         remote = self._remote
         assert remote is not None
         try:
-            try:
-                remote.send_spans(spans, roots)
-                return 0
-            except SealingProcessError:
-                raise
-            except Exception:
-                # A value pickle cannot carry: normalize here, send the bodies.
-                bodies, rejected, failed = self._normalize_all(spans)
-                try:
-                    remote.send_bodies(bodies, rejected, roots)
-                except SealingProcessUnreachable as e:
-                    self._lose_remote(e)
-                    ok = self._admit_bodies(e.spans, e.rejected, e.roots)
-                    return failed or (0 if ok else 1)
-                return failed
+            remote.send_spans(spans, roots)
+            return 0
         except SealingProcessUnreachable as e:
             self._lose_remote(e)
             return 0 if self._admit_spans(e.spans, e.roots) else 1
+        except Exception:
+            # A value pickle cannot carry (nothing was sent): normalize here, send
+            # the bodies.
+            bodies, rejected, failed = self._normalize_all(spans)
+        try:
+            remote.send_bodies(bodies, rejected, roots)
+        except SealingProcessUnreachable as e:
+            self._lose_remote(e)
+            return failed or (0 if self._admit_bodies(e.spans, e.rejected, e.roots) else 1)
+        return failed
 
     def _normalize_all(
         self, spans: Sequence[Any]

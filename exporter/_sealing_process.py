@@ -787,11 +787,6 @@ class SealingProcesses:
             else:
                 process.kill()
 
-    def kill(self) -> None:
-        """Stop every process at once (they lose what they hold)."""
-        for process in self.processes:
-            process.kill()
-
     def abandon(self) -> None:
         """Forget every process without signalling it (see
         :meth:`SealingProcess.abandon`)."""
