@@ -164,6 +164,26 @@ def test_one_process_gone_the_others_seal_what_they_hold_and_this_process_the_re
         assert (found[trace_id][1] == child_instance) == first_share
 
 
+def test_one_process_gone_at_shutdown_the_other_still_seals_what_it_holds(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rec = Recorder(id_generator=_CountingIds())
+    held = _traces(rec, 2)  # 0x1000 to the first process, 0x1001 to the second
+    exporter = _exporter(tmp_path / "out", 2)
+    child_instance = exporter.producer.instance
+    first, second = exporter._remote.processes  # type: ignore[union-attr]
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS  # held: the grace is long
+    os.kill(second.pid, signal.SIGKILL)
+    second._proc.wait(10)
+    with caplog.at_level(logging.ERROR, logger="spanproof.exporter._exporter"):
+        exporter.shutdown()
+    assert "before shutdown; the spans it held are lost" in caplog.text
+    assert first._proc.poll() == 0
+    found = _by_trace(verified(tmp_path / "out", trust_root(tmp_path)))
+    kept = min(held)
+    assert found == {kept: (held[kept], child_instance, "shutdown")}
+
+
 def test_only_the_first_process_resumes_what_an_earlier_run_left(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
