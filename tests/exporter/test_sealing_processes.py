@@ -68,6 +68,22 @@ def _traces(rec: Recorder, count: int) -> dict[str, list[str]]:
     return traces
 
 
+def _second_process_killed(
+    tmp_path: Path,
+) -> tuple[Recorder, dict[str, list[str]], SpanproofSpanExporter, str, Any]:
+    """Two processes holding one trace each (0x1000 the first, 0x1001 the second),
+    the second then killed: the recorder, the held traces, the exporter, its
+    processes' producer instance, and the first process."""
+    rec = Recorder(id_generator=_CountingIds())
+    held = _traces(rec, 2)
+    exporter = _exporter(tmp_path / "out", 2)
+    first, second = exporter._remote.processes  # type: ignore[union-attr]
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS  # held: the grace is long
+    os.kill(second.pid, signal.SIGKILL)
+    second._proc.wait(10)
+    return rec, held, exporter, exporter.producer.instance, first
+
+
 def _by_trace(reports: list[BundleReport]) -> dict[str, tuple[list[str], str, str]]:
     found = {}
     for report in reports:
@@ -135,14 +151,7 @@ def test_shutdown_has_every_process_seal_what_it_holds_and_exit(tmp_path: Path) 
 def test_one_process_gone_the_others_seal_what_they_hold_and_this_process_the_rest(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    rec = Recorder(id_generator=_CountingIds())
-    held = _traces(rec, 2)  # 0x1000 to the first process, 0x1001 to the second
-    exporter = _exporter(tmp_path / "out", 2)
-    child_instance = exporter.producer.instance
-    first, second = exporter._remote.processes  # type: ignore[union-attr]
-    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS  # held: the grace is long
-    os.kill(second.pid, signal.SIGKILL)
-    second._proc.wait(10)
+    rec, held, exporter, child_instance, first = _second_process_killed(tmp_path)
     later = _traces(rec, 4)
     with caplog.at_level(logging.ERROR, logger="spanproof.exporter._exporter"):
         assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
@@ -167,14 +176,7 @@ def test_one_process_gone_the_others_seal_what_they_hold_and_this_process_the_re
 def test_one_process_gone_at_shutdown_the_other_still_seals_what_it_holds(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    rec = Recorder(id_generator=_CountingIds())
-    held = _traces(rec, 2)  # 0x1000 to the first process, 0x1001 to the second
-    exporter = _exporter(tmp_path / "out", 2)
-    child_instance = exporter.producer.instance
-    first, second = exporter._remote.processes  # type: ignore[union-attr]
-    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS  # held: the grace is long
-    os.kill(second.pid, signal.SIGKILL)
-    second._proc.wait(10)
+    _, held, exporter, child_instance, first = _second_process_killed(tmp_path)
     with caplog.at_level(logging.ERROR, logger="spanproof.exporter._exporter"):
         exporter.shutdown()
     assert "before shutdown; the spans it held are lost" in caplog.text
