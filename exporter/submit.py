@@ -30,7 +30,6 @@ import random
 import threading
 import time
 import urllib.error
-import urllib.request
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from spanproof.verifier.receipt import receipt_path, verify_receipt
 from spanproof.verifier.records import digest_hex
 from spanproof.verifier.statement import Statement
 
+from ._http import KeepAlivePost
 from .sinks import sync_filesystem, syncfs_available
 
 __all__ = ["Post", "WitnessSubmitter", "backoff_delay"]
@@ -55,7 +55,9 @@ __all__ = ["Post", "WitnessSubmitter", "backoff_delay"]
 _logger = logging.getLogger(__name__)
 
 #: ``post(url, body, headers, timeout) -> (status, body)``; raises ``OSError`` (or
-#: ``urllib.error.URLError``) when the witness cannot be reached.
+#: ``urllib.error.URLError``) when the witness cannot be reached.  The default is a
+#: :class:`~spanproof.exporter._http.KeepAlivePost`: one persistent connection per
+#: delivery thread.
 Post = Callable[[str, bytes, Mapping[str, str], float], tuple[int, bytes]]
 
 _MAX_RESPONSE = 4 * 1024 * 1024
@@ -70,17 +72,6 @@ def backoff_delay(
     random value in the upper half), so many producers do not retry in lockstep."""
     base = min(maximum, initial * float(1 << min(60, max(0, failures - 1))))
     return base / 2 + rng() * base / 2
-
-
-def _urllib_post(
-    url: str, body: bytes, headers: Mapping[str, str], timeout: float
-) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=body, method="POST", headers=dict(headers))  # noqa: S310
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
-            return int(resp.status), resp.read(_MAX_RESPONSE)
-    except urllib.error.HTTPError as e:
-        return int(e.code), e.read(_MAX_RESPONSE)
 
 
 @dataclass
@@ -117,7 +108,8 @@ class WitnessSubmitter:
         backoff_initial, backoff_max: retry schedule bounds, seconds.
         clock: monotonic seconds (injected for tests).
         rng: uniform [0, 1) source for jitter (injected for tests).
-        post: HTTP transport (injected for tests).
+        post: HTTP transport (injected for tests); by default one persistent
+            connection per delivery thread, reused while the witness keeps it open.
         start: start the worker thread now.
         resume: take over the submissions a previous run left in *queue_dir*.
             False when another submitter on the same queue does (each then
@@ -173,7 +165,10 @@ class WitnessSubmitter:
         self._backoff = (backoff_initial, backoff_max)
         self._clock = clock
         self._rng = rng
-        self._post: Post = post or _urllib_post
+        self._transport: KeepAlivePost | None = None
+        if post is None:
+            self._transport = post = KeepAlivePost(_MAX_RESPONSE)
+        self._post: Post = post
         self._cond = threading.Condition()
         self._incoming: deque[str] = deque()
         self._pending: dict[str, _Pending] = {}  # keyed by queue file name
@@ -527,6 +522,8 @@ class WitnessSubmitter:
         if stopped:
             for _ in self._helpers:
                 self._jobs.put(None)
+            if self._transport is not None:
+                self._transport.close()
             self._drain_incoming()
             with self._cond:
                 self._closed = True

@@ -1,0 +1,171 @@
+"""HTTP POST over persistent connections, for the witness submitter (SPEC §12.11).
+
+``urllib.request.urlopen`` opens a new TCP (and TLS) connection for every request
+and closes it after the answer; for a producer that submits every bundle it seals,
+that set-up costs the submitter, and the witness, more than the request itself.
+:class:`KeepAlivePost` keeps one HTTP/1.1 connection per thread and witness, and
+reuses it while the witness keeps it open.
+
+A connection the witness closed while it was idle (servers close idle connections
+after a few seconds) fails on the next request before any answer arrives; that
+request is sent once more on a new connection.  The request may then reach the
+witness twice, which is harmless only because a witness submission is idempotent
+(SPEC §12.8): this transport is for that request and no other.
+
+Where a proxy is configured for the witness's scheme (``http_proxy``,
+``https_proxy``, and ``no_proxy`` for exceptions, read once per witness), requests
+go through ``urllib`` as before, which honours them.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ssl
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping
+
+__all__ = ["KeepAlivePost", "urllib_post"]
+
+# What a request on a connection the server has closed fails with, before any
+# answer: the request is sent again on a new connection.
+_CLOSED_BY_SERVER = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+
+
+def urllib_post(
+    opener: urllib.request.OpenerDirector, url: str, body: bytes, headers: Mapping[str, str],
+    timeout: float, max_response: int,
+) -> tuple[int, bytes]:
+    """POST through *opener* (a new connection, its proxies honoured): ``(status,
+    body)``, the body cut at *max_response* bytes.
+
+    Raises:
+        OSError, urllib.error.URLError: the server cannot be reached.
+    """
+    req = urllib.request.Request(url, data=body, method="POST", headers=dict(headers))  # noqa: S310
+    try:
+        with opener.open(req, timeout=timeout) as resp:
+            return int(resp.status), resp.read(max_response)
+    except urllib.error.HTTPError as e:
+        return int(e.code), e.read(max_response)
+
+
+class KeepAlivePost:
+    """``post(url, body, headers, timeout) -> (status, body)`` over one persistent
+    connection per thread and origin (scheme, host and port).
+
+    Args:
+        max_response: answers are cut at this many bytes (and the connection of
+            an answer that was cut is not reused).
+    """
+
+    def __init__(self, max_response: int) -> None:
+        self._max_response = max_response
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: set[http.client.HTTPConnection] = set()
+        self._direct: dict[tuple[str, str], bool] = {}
+        self._opener: urllib.request.OpenerDirector | None = None  # for proxies
+
+    def __call__(
+        self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
+    ) -> tuple[int, bytes]:
+        """Send one POST and return its status and body.
+
+        Raises:
+            OSError: the server cannot be reached, or the connection failed
+                before a whole answer arrived.
+        """
+        parts = urllib.parse.urlsplit(url)
+        origin = (parts.scheme, parts.netloc)
+        if not self._is_direct(origin, parts.hostname or ""):
+            if self._opener is None:
+                self._opener = urllib.request.build_opener()  # reads the proxy settings
+            return urllib_post(self._opener, url, body, headers, timeout, self._max_response)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        mine: dict[tuple[str, str], http.client.HTTPConnection] | None = getattr(
+            self._local, "connections", None
+        )
+        if mine is None:
+            mine = self._local.connections = {}
+        conn = mine.get(origin)
+        if conn is not None and conn not in self._connections:  # closed by close()
+            del mine[origin]
+            conn = None
+        if conn is not None:
+            try:
+                return self._exchange(conn, target, body, headers, timeout)
+            except _CLOSED_BY_SERVER:
+                self._forget(mine, origin)
+            except OSError:
+                self._forget(mine, origin)
+                raise
+        conn = self._connect(parts, timeout)
+        mine[origin] = conn
+        try:
+            return self._exchange(conn, target, body, headers, timeout)
+        except OSError:
+            self._forget(mine, origin)
+            raise
+
+    def close(self) -> None:
+        """Close every connection (call once no thread is sending); later calls
+        send on new connections."""
+        with self._lock:
+            connections, self._connections = self._connections, set()
+        for conn in connections:
+            conn.close()
+
+    def _is_direct(self, origin: tuple[str, str], host: str) -> bool:
+        direct = self._direct.get(origin)
+        if direct is None:
+            proxied = origin[0] in urllib.request.getproxies()
+            direct = not proxied or bool(urllib.request.proxy_bypass(host))
+            self._direct[origin] = direct
+        return direct
+
+    def _connect(
+        self, parts: urllib.parse.SplitResult, timeout: float
+    ) -> http.client.HTTPConnection:
+        host = parts.hostname or ""
+        conn: http.client.HTTPConnection
+        if parts.scheme == "https":
+            conn = http.client.HTTPSConnection(
+                host, parts.port, timeout=timeout, context=ssl.create_default_context()
+            )
+        else:
+            conn = http.client.HTTPConnection(host, parts.port, timeout=timeout)
+        with self._lock:
+            self._connections.add(conn)
+        return conn
+
+    def _forget(self, mine: dict[tuple[str, str], http.client.HTTPConnection],
+                origin: tuple[str, str]) -> None:
+        conn = mine.pop(origin, None)
+        if conn is None:
+            return
+        conn.close()
+        with self._lock:
+            self._connections.discard(conn)
+
+    def _exchange(
+        self, conn: http.client.HTTPConnection, target: str, body: bytes,
+        headers: Mapping[str, str], timeout: float,
+    ) -> tuple[int, bytes]:
+        conn.timeout = timeout
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)
+        try:
+            conn.request("POST", target, body=body, headers=dict(headers))
+            resp = conn.getresponse()
+            data = resp.read(self._max_response)
+        except http.client.HTTPException as e:
+            if isinstance(e, OSError):  # RemoteDisconnected: a ConnectionResetError
+                raise
+            raise ConnectionError(f"bad HTTP answer: {type(e).__name__}: {e}") from e
+        if not resp.isclosed():
+            # The answer was cut at max_response: the rest is still on the wire.
+            conn.close()
+        return resp.status, data

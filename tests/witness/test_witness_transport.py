@@ -1,0 +1,183 @@
+"""The submitter's HTTP transport (``spanproof.exporter._http.KeepAlivePost``): one
+persistent connection per thread, a request retried once on a connection the
+server closed while idle, proxies honoured through ``urllib``."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from witness_helpers import free_port, make_bundle, trace_id, write_bundle
+
+from spanproof.exporter._http import KeepAlivePost
+from spanproof.exporter.keys import SigningKey
+from spanproof.exporter.submit import WitnessSubmitter
+from spanproof.verifier.receipt import receipt_path
+
+HEADERS = {"Content-Type": "application/octet-stream"}
+
+
+@dataclass
+class Seen:
+    """What the stub server saw: connections accepted, and each request's line."""
+
+    connections: int = 0
+    requests: list[str] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    # Close each connection after this many answers without saying so (an idle
+    # connection the server dropped); 0 never.
+    drop_after: int = 0
+    answer: bytes = b'{"ok":true}'
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _handler(seen: Seen) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            self.answered = 0
+            with seen.lock:
+                seen.connections += 1
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            with seen.lock:
+                seen.requests.append(self.requestline)
+                seen.bodies.append(body)
+            self.send_response(201)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(seen.answer)))
+            self.end_headers()
+            self.wfile.write(seen.answer)
+            self.answered += 1
+            if seen.drop_after and self.answered >= seen.drop_after:
+                self.close_connection = True
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    return Handler
+
+
+@pytest.fixture
+def stub() -> Iterator[tuple[str, Seen]]:
+    """A local HTTP/1.1 server that keeps connections open, counting them."""
+    seen = Seen()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(seen))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
+def test_requests_from_one_thread_share_one_connection(stub: tuple[str, Seen]) -> None:
+    url, seen = stub
+    post = KeepAlivePost(1 << 20)
+    answers = [post(f"{url}/v1/submit", f"bundle {i}".encode(), HEADERS, 5.0) for i in range(5)]
+    post.close()
+    assert answers == [(201, b'{"ok":true}')] * 5
+    assert seen.bodies == [f"bundle {i}".encode() for i in range(5)]
+    assert seen.requests == ["POST /v1/submit HTTP/1.1"] * 5
+    assert seen.connections == 1
+
+
+def test_each_thread_has_its_own_connection(stub: tuple[str, Seen]) -> None:
+    url, seen = stub
+    post = KeepAlivePost(1 << 20)
+    start = threading.Barrier(3)
+
+    def send() -> None:
+        start.wait(10)
+        for _ in range(3):
+            assert post(f"{url}/v1/submit", b"x", HEADERS, 5.0)[0] == 201
+
+    threads = [threading.Thread(target=send) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    post.close()
+    assert len(seen.requests) == 9
+    assert seen.connections == 3
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_and_the_request_sent_again(
+    stub: tuple[str, Seen],
+) -> None:
+    url, seen = stub
+    seen.drop_after = 1
+    post = KeepAlivePost(1 << 20)
+    answers = [post(f"{url}/v1/submit", f"bundle {i}".encode(), HEADERS, 5.0) for i in range(3)]
+    post.close()
+    assert [status for status, _ in answers] == [201, 201, 201]
+    # Every request was answered once, each on a new connection after the drop.
+    assert seen.bodies == [b"bundle 0", b"bundle 1", b"bundle 2"]
+    assert seen.connections == 3
+
+
+def test_an_answer_cut_at_the_limit_does_not_poison_the_connection(stub: tuple[str, Seen]) -> None:
+    url, seen = stub
+    seen.answer = b"y" * 1000
+    post = KeepAlivePost(100)
+    first = post(f"{url}/v1/submit", b"a", HEADERS, 5.0)
+    second = post(f"{url}/v1/submit", b"b", HEADERS, 5.0)
+    post.close()
+    assert first == (201, b"y" * 100)
+    assert second == (201, b"y" * 100)
+    assert seen.bodies == [b"a", b"b"]
+
+
+def test_an_unreachable_server_raises_oserror() -> None:
+    post = KeepAlivePost(1 << 20)
+    with pytest.raises(OSError):
+        post(f"http://127.0.0.1:{free_port()}/v1/submit", b"x", HEADERS, 2.0)
+
+
+def test_a_configured_proxy_is_used(
+    stub: tuple[str, Seen], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy, seen = stub
+    monkeypatch.setenv("http_proxy", proxy)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    post = KeepAlivePost(1 << 20)
+    assert post("http://witness.example:8080/v1/submit", b"x", HEADERS, 5.0)[0] == 201
+    # A request to a proxy names the whole URL.
+    assert seen.requests == ["POST http://witness.example:8080/v1/submit HTTP/1.1"]
+
+
+def test_no_proxy_sends_directly(stub: tuple[str, Seen], monkeypatch: pytest.MonkeyPatch) -> None:
+    url, seen = stub
+    monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    post = KeepAlivePost(1 << 20)
+    assert post(f"{url}/v1/submit", b"x", HEADERS, 5.0)[0] == 201
+    post.close()
+    assert seen.requests == ["POST /v1/submit HTTP/1.1"]
+
+
+def test_the_submitter_delivers_every_bundle_over_one_connection(
+    tmp_path: Path, stub: tuple[str, Seen],
+) -> None:
+    url, seen = stub
+    key = SigningKey.from_seed(bytes(32))
+    (tmp_path / "b").mkdir()
+    paths = [write_bundle(tmp_path / "b", make_bundle(trace_id(i), key=key)) for i in range(6)]
+    sub = WitnessSubmitter(url, tmp_path / "q", concurrency=1, start=False)
+    for path in paths:
+        assert sub.submit(path)
+    assert sub.process_due() is None
+    sub.close()
+    assert len(seen.requests) == 6
+    assert seen.connections == 1
+    for path in paths:
+        assert Path(receipt_path(str(path))).read_bytes() == seen.answer
