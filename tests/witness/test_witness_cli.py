@@ -26,7 +26,7 @@ from spanproof.verifier.checkpoint import WitnessKey
 from spanproof.verifier.keys import TrustRoot
 from spanproof.verifier.receipt import receipt_path, verify_receipt
 from spanproof.verifier.verify import check_bundle
-from spanproof.witness._cli import main, parse_listen
+from spanproof.witness._cli import main, parse_listen, server_stack
 from spanproof.witness.monitor import MONITOR_EVIDENCE_MEDIA_TYPE
 from spanproof.witness.service import Witness
 from spanproof.witness.signing import CheckpointSigner
@@ -81,6 +81,21 @@ def test_parse_listen() -> None:
     for bad in ("localhost", "h:x", "h:70000"):
         with pytest.raises(ValueError):
             parse_listen(bad)
+
+
+def test_server_stack_prefers_the_c_parser_and_loop_and_falls_back_without_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert server_stack() == ("httptools", "uvloop")  # installed with the witness extra
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def without(name: str, *args: Any) -> Any:
+        return None if name in ("httptools", "uvloop") else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without)
+    assert server_stack() == ("h11", "asyncio")
 
 
 def test_keygen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -53,6 +53,8 @@ def test_signal_stops_the_witness_and_closes_its_store(
         )
     try:
         wait_until_up(url, proc=proc)
+        # The witness extra's C HTTP parser and event loop are installed and used.
+        assert "(HTTP: httptools, event loop: uvloop)" in log.read_text()
         bundle = write_bundle(tmp_path, make_bundle(trace_id(1), key=producer_key))
         WitnessClient(url).submit(bundle.read_bytes())
         wal = Path(str(db) + "-wal")
