@@ -174,9 +174,7 @@ class WitnessSubmitter:
         self._pending: dict[str, _Pending] = {}  # keyed by queue file name
         self._tags: dict[str, str] = {}  # bundle path tag -> its queue file name
         self._concurrency = concurrency
-        self._jobs: queue.SimpleQueue[
-            tuple[str, list[Exception | None], int, threading.Semaphore] | None
-        ] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._helpers: list[threading.Thread] = []
         self._failures = 0
         self._transient_events = 0
@@ -318,58 +316,107 @@ class WitnessSubmitter:
 
         The oldest pending submission goes first, alone: while the witness is down
         that is the only attempt per backoff period.  Once it is delivered, the
-        others go ``concurrency`` at a time, so a round trip to the witness does
-        not bound the submission rate."""
+        others go with ``concurrency`` in flight (see :meth:`_deliver_window`), so a
+        round trip to the witness does not bound the submission rate.  After a
+        transient failure no new delivery starts until the backoff has passed."""
         self._drain_incoming()
         order = sorted(self._pending, key=lambda n: self._pending[n].seq)
-        start = 0
-        while start < len(order):
-            now = self._clock()
-            if now < self._not_before:
-                break
-            with self._cond:
-                if self._closing and self._thread is not None:
-                    break
-            size = 1 if start == 0 else self._concurrency
-            names = order[start:start + size]
-            start += len(names)
-            outcomes = self._deliver_all([self._pending[name].bundle for name in names])
-            transient: _Transient | None = None
-            for name, outcome in zip(names, outcomes, strict=True):
-                if isinstance(outcome, _Transient):
-                    transient = transient or outcome
-                elif isinstance(outcome, _Permanent):
-                    self._retire(self._pending[name], str(outcome))
-                else:
-                    self._remove(name)
+        if order and self._clock() >= self._not_before and not self._stopping():
+            first = order[0]
+            transient = self._settle(first, self._attempt(self._pending[first].bundle))
+            if transient is None and len(order) > 1:
+                transient = self._deliver_window(
+                    [(name, self._pending[name].bundle) for name in order[1:]]
+                )
             if transient is not None:
                 self._failures += 1
                 self._transient_events += 1
                 delay = backoff_delay(self._failures, *self._backoff, self._rng)
-                self._not_before = now + delay
+                self._not_before = self._clock() + delay
                 _logger.warning(
                     "witness unavailable (%s); %d submissions pending, retrying in %.1f s",
                     transient, len(self._pending), delay,
                 )
-                break
-            self._failures = 0
+            else:
+                self._failures = 0
         if not self._pending:
             return None
         return max(0.0, self._not_before - self._clock())
 
-    def _deliver_all(self, bundles: Sequence[str]) -> list[Exception | None]:
-        """Deliver *bundles* at the same time (the first on this thread, the others
-        on helper threads); per bundle, None or the _Transient or _Permanent failure."""
-        outcomes: list[Exception | None] = [None] * len(bundles)
-        if len(bundles) > 1:
+    def _stopping(self) -> bool:
+        # close() was called on a submitter with a worker thread: start nothing new.
+        with self._cond:
+            return self._closing and self._thread is not None
+
+    def _settle(self, name: str, outcome: Exception | None) -> _Transient | None:
+        """Record one delivery's outcome (worker thread only, which alone changes
+        ``_pending``); return it when it is a transient failure."""
+        if isinstance(outcome, _Transient):
+            return outcome
+        if isinstance(outcome, _Permanent):
+            self._retire(self._pending[name], str(outcome))
+        else:
+            self._remove(name)
+        return None
+
+    def _deliver_window(self, items: Sequence[tuple[str, str]]) -> _Transient | None:
+        """Deliver *items* (queue name, bundle path) in order with ``concurrency`` in
+        flight: this thread and the helper threads each take the next item as soon
+        as their previous delivery is answered, so one slow answer does not hold up
+        the others.  After a transient failure, or once closing, no new delivery
+        starts; those in flight finish.  Each outcome is settled on this thread as it
+        arrives.  Returns the first transient failure, if any."""
+        feed = iter(items)
+        feed_lock = threading.Lock()
+        stop = threading.Event()
+
+        def take() -> tuple[str, str] | None:
+            with feed_lock:
+                if stop.is_set() or self._stopping():
+                    return None
+                return next(feed, None)
+
+        def deliver(item: tuple[str, str]) -> Exception | None:
+            outcome = self._attempt(item[1])
+            if isinstance(outcome, _Transient):
+                stop.set()
+            return outcome
+
+        results: queue.SimpleQueue[tuple[str, Exception | None] | None] = queue.SimpleQueue()
+
+        def help_deliver() -> None:
+            try:
+                while (item := take()) is not None:
+                    results.put((item[0], deliver(item)))
+            finally:
+                results.put(None)  # this helper is done
+
+        helpers = min(self._concurrency - 1, len(items) - 1)
+        if helpers > 0:
             self._start_helpers()
-        done = threading.Semaphore(0)
-        for i in range(1, len(bundles)):
-            self._jobs.put((bundles[i], outcomes, i, done))
-        outcomes[0] = self._attempt(bundles[0])
-        for _ in range(1, len(bundles)):
-            done.acquire()
-        return outcomes
+            for _ in range(helpers):
+                self._jobs.put(help_deliver)
+        transient: _Transient | None = None
+        done = 0
+
+        def settle(result: tuple[str, Exception | None] | None) -> None:
+            nonlocal transient, done
+            if result is None:
+                done += 1
+            else:
+                failed = self._settle(*result)
+                transient = transient or failed
+
+        while (item := take()) is not None:
+            settle((item[0], deliver(item)))
+            while True:  # what the helpers finished meanwhile
+                try:
+                    settle(results.get_nowait())
+                except queue.Empty:
+                    break
+        while done < helpers:
+            settle(results.get())
+        return transient
 
     def _start_helpers(self) -> None:
         # Daemon threads, like the worker, so a witness that stops answering never
@@ -385,11 +432,7 @@ class WitnessSubmitter:
             job = self._jobs.get()
             if job is None:
                 return
-            bundle, outcomes, i, done = job
-            try:
-                outcomes[i] = self._attempt(bundle)
-            finally:
-                done.release()
+            job()
 
     def _attempt(self, bundle: str) -> Exception | None:
         try:

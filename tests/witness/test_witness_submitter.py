@@ -372,6 +372,51 @@ def test_a_transient_failure_among_concurrent_submissions_keeps_only_that_one(
     assert [Path(receipt_path(p)).exists() for p in paths] == [True, True, False, True]
 
 
+class SlowFake(FakeWitness):
+    """Holds the answer to *slow* until *last* has been answered (or 10 s pass)."""
+
+    def __init__(self, witness: Witness, slow: bytes, last: bytes) -> None:
+        super().__init__(witness)
+        self.down = False
+        self.slow, self.last = slow, last
+        self.lock = threading.Lock()
+        self.released = threading.Event()
+        self.waited: bool | None = None
+        self.answered: list[bytes] = []
+
+    def __call__(
+        self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
+    ) -> tuple[int, bytes]:
+        if body == self.slow:
+            self.waited = self.released.wait(10)
+        with self.lock:
+            answer = super().__call__(url, body, headers, timeout)
+            self.answered.append(body)
+        if body == self.last:
+            self.released.set()
+        return answer
+
+
+def test_a_slow_answer_does_not_hold_up_the_other_submissions(
+    tmp_path: Path, witness: Witness
+) -> None:
+    # Two in flight: while the first after the probe waits for its answer, the other
+    # slot delivers the three behind it (in rounds of two, the second round could
+    # not start before the slow answer came, which here waits for the last one).
+    paths = _bundles(tmp_path / "b", 5)
+    data = [p.read_bytes() for p in paths]
+    fake = SlowFake(witness, slow=data[1], last=data[4])
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
+                           concurrency=2, start=False)
+    for p in paths:
+        sub.submit(p)
+    assert sub.process_due() is None and sub.pending == 0
+    assert fake.waited is True, "the slow answer was only released by the timeout"
+    assert fake.answered == [data[0], data[2], data[3], data[4], data[1]]
+    assert all(Path(receipt_path(p)).exists() for p in paths)
+    sub.close()
+
+
 def test_an_unexpected_error_in_a_delivery_is_retried_not_taken_as_delivered(
     tmp_path: Path, witness: Witness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
