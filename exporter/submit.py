@@ -7,7 +7,8 @@ directory (so nothing is lost while the witness is down or when the process
 restarts; the submissions that arrived since its last round are made durable
 together, with one ``syncfs`` where available), POSTs the bundle to the witness,
 and writes the receipt it gets back atomically beside the bundle as
-``<name>.receipt.json``.  When the witness is
+``<name>.receipt.json`` (a round's receipts made durable together, in the same
+way).  When the witness is
 unreachable or overloaded (connection error, HTTP 408, 429 or 5xx), delivery is
 retried with exponential backoff and jitter; a bundle the witness rejects, or a
 receipt that does not verify, is moved to ``<queue>/failed/`` with the reason and
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from spanproof.verifier._files import unlink_quietly, write_atomic, write_temp
+from spanproof.verifier._files import fsync_directory, unlink_quietly, write_temp
 from spanproof.verifier.bundle import BUNDLE_SUFFIX, BundleReader
 from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.checkpoint import WitnessKey
@@ -62,6 +63,9 @@ Post = Callable[[str, bytes, Mapping[str, str], float], tuple[int, bytes]]
 
 _MAX_RESPONSE = 4 * 1024 * 1024
 _FAILED_DIR = "failed"
+#: Receipts written (and made durable) together at most; a round writes what it has
+#: at its end.
+_RECEIPT_GROUP = 64
 
 
 def backoff_delay(
@@ -79,6 +83,14 @@ class _Pending:
     seq: int
     bundle: str
     file: str
+
+
+@dataclass(frozen=True)
+class _Delivered:
+    """A delivery's receipt, checked, not yet written to *target*."""
+
+    target: str
+    receipt: bytes
 
 
 class _Permanent(Exception):
@@ -176,6 +188,7 @@ class WitnessSubmitter:
         self._concurrency = concurrency
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._helpers: list[threading.Thread] = []
+        self._unwritten: list[tuple[str, _Delivered]] = []  # worker thread only
         self._failures = 0
         self._transient_events = 0
         self._not_before = 0.0
@@ -328,6 +341,8 @@ class WitnessSubmitter:
                 transient = self._deliver_window(
                     [(name, self._pending[name].bundle) for name in order[1:]]
                 )
+            unwritten = self._write_receipts()
+            transient = transient or unwritten
             if transient is not None:
                 self._failures += 1
                 self._transient_events += 1
@@ -348,16 +363,68 @@ class WitnessSubmitter:
         with self._cond:
             return self._closing and self._thread is not None
 
-    def _settle(self, name: str, outcome: Exception | None) -> _Transient | None:
+    def _settle(self, name: str, outcome: Exception | _Delivered) -> _Transient | None:
         """Record one delivery's outcome (worker thread only, which alone changes
-        ``_pending``); return it when it is a transient failure."""
+        ``_pending``); return it, or a failure to write the receipts, when it is a
+        transient failure.  A receipt waits for the others of its group (see
+        :meth:`_write_receipts`)."""
+        if isinstance(outcome, _Delivered):
+            self._unwritten.append((name, outcome))
+            if len(self._unwritten) >= _RECEIPT_GROUP:
+                return self._write_receipts()
+            return None
         if isinstance(outcome, _Transient):
             return outcome
-        if isinstance(outcome, _Permanent):
-            self._retire(self._pending[name], str(outcome))
-        else:
-            self._remove(name)
+        self._retire(self._pending[name], str(outcome))
         return None
+
+    def _write_receipts(self) -> _Transient | None:
+        """Write the receipts delivered since the last call beside their bundles, made
+        durable together (as the bundle sink does: each written under a temporary
+        name, one ``syncfs`` where available, else an fsync each, then renamed into
+        place, and each directory fsynced once), and only then forget their queue
+        files.  A receipt that cannot be written stays pending: the witness answers
+        its next submission with the same entry."""
+        batch, self._unwritten = self._unwritten, []
+        if not batch:
+            return None
+        grouped = len(batch) > 1 and syncfs_available()
+        failure: _Transient | None = None
+        staged: list[tuple[str, str, str]] = []  # queue name, receipt path, temporary file
+        for name, got in batch:
+            directory, file_name = os.path.split(got.target)
+            try:
+                tmp = write_temp(directory, file_name, got.receipt, fsync=not grouped)
+            except OSError as e:
+                failure = failure or _Transient(f"cannot write {got.target}: {e}")
+                continue
+            staged.append((name, got.target, tmp))
+        directories = sorted({os.path.dirname(target) for _, target, _ in staged})
+        try:
+            if grouped:
+                for directory in directories:
+                    sync_filesystem(directory)
+        except OSError as e:
+            for _, _, tmp in staged:
+                unlink_quietly(tmp)
+            return _Transient(f"cannot make receipts durable: {e}")
+        written: list[str] = []
+        for name, target, tmp in staged:
+            try:
+                os.replace(tmp, target)
+            except OSError as e:
+                unlink_quietly(tmp)
+                failure = failure or _Transient(f"cannot write {target}: {e}")
+                continue
+            written.append(name)
+        try:
+            for directory in directories:
+                fsync_directory(directory)
+        except OSError as e:
+            return _Transient(f"cannot make receipts durable: {e}")
+        for name in written:
+            self._remove(name)
+        return failure
 
     def _deliver_window(self, items: Sequence[tuple[str, str]]) -> _Transient | None:
         """Deliver *items* (queue name, bundle path) in order with ``concurrency`` in
@@ -376,13 +443,15 @@ class WitnessSubmitter:
                     return None
                 return next(feed, None)
 
-        def deliver(item: tuple[str, str]) -> Exception | None:
+        def deliver(item: tuple[str, str]) -> Exception | _Delivered:
             outcome = self._attempt(item[1])
             if isinstance(outcome, _Transient):
                 stop.set()
             return outcome
 
-        results: queue.SimpleQueue[tuple[str, Exception | None] | None] = queue.SimpleQueue()
+        results: queue.SimpleQueue[tuple[str, Exception | _Delivered] | None] = (
+            queue.SimpleQueue()
+        )
 
         def help_deliver() -> None:
             try:
@@ -399,12 +468,14 @@ class WitnessSubmitter:
         transient: _Transient | None = None
         done = 0
 
-        def settle(result: tuple[str, Exception | None] | None) -> None:
+        def settle(result: tuple[str, Exception | _Delivered] | None) -> None:
             nonlocal transient, done
             if result is None:
                 done += 1
-            else:
-                failed = self._settle(*result)
+                return
+            failed = self._settle(*result)
+            if failed is not None:
+                stop.set()
                 transient = transient or failed
 
         while (item := take()) is not None:
@@ -434,15 +505,14 @@ class WitnessSubmitter:
                 return
             job()
 
-    def _attempt(self, bundle: str) -> Exception | None:
+    def _attempt(self, bundle: str) -> Exception | _Delivered:
         try:
-            self._deliver(bundle)
+            return self._deliver(bundle)
         except (_Transient, _Permanent) as e:
             return e
         except Exception as e:  # a bug must not pass for a delivery: retry later
             _logger.exception("witness submission of %s failed unexpectedly", bundle)
             return _Transient(f"{type(e).__name__}: {e}")
-        return None
 
     def _remove(self, name: str) -> None:
         item = self._pending.pop(name)
@@ -470,7 +540,7 @@ class WitnessSubmitter:
         if self._tags.get(tag) == name:
             del self._tags[tag]
 
-    def _deliver(self, bundle: str) -> None:
+    def _deliver(self, bundle: str) -> _Delivered:
         try:
             with open(bundle, "rb") as f:
                 data = f.read()
@@ -484,9 +554,9 @@ class WitnessSubmitter:
             raise _Transient(f"HTTP {status}")
         if status not in (200, 201):
             raise _Permanent(f"witness rejected the bundle: HTTP {status}: {_error_text(body)}")
-        self._store_receipt(bundle, body)
+        return self._checked_receipt(bundle, body)
 
-    def _store_receipt(self, bundle: str, receipt: bytes) -> None:
+    def _checked_receipt(self, bundle: str, receipt: bytes) -> _Delivered:
         if self._witness_keys and self._trust is not None:
             statement = _own_statement(bundle, self._trust)
             try:
@@ -500,13 +570,9 @@ class WitnessSubmitter:
         else:
             _logger.info("receipt for %s stored (not verified: no witness key pinned)", bundle)
         try:
-            target = receipt_path(bundle)
+            return _Delivered(receipt_path(bundle), receipt)
         except ValueError as e:
             raise _Permanent(str(e)) from e
-        try:
-            write_atomic(target, receipt)
-        except OSError as e:
-            raise _Transient(f"cannot write {target}: {e}") from e
 
     # --- the thread -----------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import os
 import re
 import secrets
 
-__all__ = ["temp_target", "unlink_quietly", "write_atomic", "write_temp"]
+__all__ = ["fsync_directory", "temp_target", "unlink_quietly", "write_atomic", "write_temp"]
 
 _TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp", re.DOTALL)  # see write_temp
 
@@ -73,6 +73,15 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644
         os.replace(tmp, target)
     finally:
         unlink_quietly(tmp)
+    fsync_directory(directory)
+
+
+def fsync_directory(directory: str) -> None:
+    """Make the names in *directory* durable (files created, renamed or removed).
+
+    Raises:
+        OSError: the directory cannot be opened, or the filesystem reported an error.
+    """
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(dir_fd)

@@ -20,6 +20,7 @@ from witness_helpers import (
     write_bundle,
 )
 
+from spanproof.exporter import submit as submit_module
 from spanproof.exporter.keys import SigningKey
 from spanproof.exporter.submit import WitnessSubmitter, backoff_delay
 from spanproof.verifier.checkpoint import WitnessKey
@@ -415,6 +416,127 @@ def test_a_slow_answer_does_not_hold_up_the_other_submissions(
     assert fake.answered == [data[0], data[2], data[3], data[4], data[1]]
     assert all(Path(receipt_path(p)).exists() for p in paths)
     sub.close()
+
+
+def _queue_files(queue: Path) -> list[Path]:
+    return sorted(queue.glob("*.json"))
+
+
+class SyncSpy:
+    """Counts the submitter's syncfs calls and directory fsyncs; *fail* makes syncfs
+    report a writeback error."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail: bool = False) -> None:
+        self.syncs: list[str] = []
+        self.dir_fsyncs: list[str] = []
+        self.fail = fail
+        monkeypatch.setattr(submit_module, "syncfs_available", lambda: True)
+        monkeypatch.setattr(submit_module, "sync_filesystem", self.sync)
+        real_fsync_directory = submit_module.fsync_directory
+
+        def fsync_directory(directory: str) -> None:
+            self.dir_fsyncs.append(directory)
+            real_fsync_directory(directory)
+
+        monkeypatch.setattr(submit_module, "fsync_directory", fsync_directory)
+
+    def sync(self, directory: str) -> bool:
+        self.syncs.append(directory)
+        if self.fail:
+            raise OSError(5, "Input/output error")
+        return True
+
+
+def test_the_receipts_of_a_round_are_made_durable_together(
+    tmp_path: Path, witness: Witness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = _bundles(tmp_path / "b", 7)
+    fake = FakeWitness(witness)
+    fake.down = False
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
+                           start=False)
+    for p in paths:
+        sub.submit(p)
+    sub._drain_incoming()  # the queue files, made durable with their own syncfs
+    spy = SyncSpy(monkeypatch)
+    assert sub.process_due() is None and sub.pending == 0
+    # One syncfs and one directory fsync for the seven receipts, not an fsync each.
+    assert spy.syncs == [str(tmp_path / "b")] and spy.dir_fsyncs == [str(tmp_path / "b")]
+    assert all(Path(receipt_path(p)).exists() for p in paths)
+    assert not list((tmp_path / "b").glob(".*.tmp")) and _queue_files(tmp_path / "q") == []
+
+
+def test_receipts_are_written_in_groups_of_at_most_receipt_group(
+    tmp_path: Path, witness: Witness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(submit_module, "_RECEIPT_GROUP", 3)
+    paths = _bundles(tmp_path / "b", 7)
+    fake = FakeWitness(witness)
+    fake.down = False
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
+                           concurrency=1, start=False)
+    for p in paths:
+        sub.submit(p)
+    sub._drain_incoming()
+    spy = SyncSpy(monkeypatch)
+    assert sub.process_due() is None and sub.pending == 0
+    # Groups of 3, 3 and 1: a syncfs for each group of several (the last receipt
+    # alone is fsynced itself), and each group's directory fsynced once.
+    assert len(spy.syncs) == 2 and len(spy.dir_fsyncs) == 3
+    assert all(Path(receipt_path(p)).exists() for p in paths)
+
+
+def test_a_queue_file_is_kept_until_its_receipt_is_durable(
+    tmp_path: Path, witness: Witness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = _bundles(tmp_path / "b", 3)
+    fake = FakeWitness(witness)
+    fake.down = False
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
+                           rng=lambda: 0.0, start=False)
+    for p in paths:
+        sub.submit(p)
+    sub._drain_incoming()
+    spy = SyncSpy(monkeypatch, fail=True)
+    # The witness logged all three, but the receipts could not be made durable: no
+    # receipt is in place, nothing is left behind, and all three stay queued.
+    assert sub.process_due() == 0.5 and sub.pending == 3 and witness.size == 3
+    assert len(_queue_files(tmp_path / "q")) == 3
+    assert not any(Path(receipt_path(p)).exists() for p in paths)
+    assert not list((tmp_path / "b").glob(".*.tmp"))
+    # Once the disk recovers, the next round gets the same entries again.
+    spy.fail = False
+    sub._not_before = 0.0
+    assert sub.process_due() is None and sub.pending == 0 and witness.size == 3
+    assert all(Path(receipt_path(p)).exists() for p in paths)
+    assert _queue_files(tmp_path / "q") == []
+
+
+def test_a_receipt_that_cannot_be_written_stays_queued_and_the_others_are_kept(
+    tmp_path: Path, witness: Witness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = _bundles(tmp_path / "b", 3)
+    fake = FakeWitness(witness)
+    fake.down = False
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
+                           rng=lambda: 0.0, start=False)
+    for p in paths:
+        sub.submit(p)
+    sub._drain_incoming()
+    real_write_temp = submit_module.write_temp
+    broken = Path(receipt_path(paths[1])).name
+
+    def write_temp(directory: str, name: str, data: bytes, **kw: Any) -> str:
+        if name == broken:
+            raise OSError(28, "No space left on device")
+        return real_write_temp(directory, name, data, **kw)
+
+    monkeypatch.setattr(submit_module, "write_temp", write_temp)
+    assert sub.process_due() == 0.5 and sub.pending == 1
+    assert [Path(receipt_path(p)).exists() for p in paths] == [True, False, True]
+    monkeypatch.setattr(submit_module, "write_temp", real_write_temp)
+    sub._not_before = 0.0
+    assert sub.process_due() is None and Path(receipt_path(paths[1])).exists()
 
 
 def test_an_unexpected_error_in_a_delivery_is_retried_not_taken_as_delivered(
