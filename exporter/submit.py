@@ -391,7 +391,9 @@ class WitnessSubmitter:
         grouped = len(batch) > 1 and syncfs_available()
         failure: _Transient | None = None
         staged: list[tuple[str, str, str]] = []  # queue name, receipt path, temporary file
-        for name, got in batch:
+        for name, got in dict(batch).items():  # once each, should a round have failed
+            if name not in self._pending:
+                continue
             directory, file_name = os.path.split(got.target)
             try:
                 tmp = write_temp(directory, file_name, got.receipt, fsync=not grouped)
@@ -478,15 +480,24 @@ class WitnessSubmitter:
                 stop.set()
                 transient = transient or failed
 
-        while (item := take()) is not None:
-            settle((item[0], deliver(item)))
-            while True:  # what the helpers finished meanwhile
-                try:
-                    settle(results.get_nowait())
-                except queue.Empty:
-                    break
-        while done < helpers:
-            settle(results.get())
+        try:
+            while (item := take()) is not None:
+                settle((item[0], deliver(item)))
+                while True:  # what the helpers finished meanwhile
+                    try:
+                        settle(results.get_nowait())
+                    except queue.Empty:
+                        break
+            while done < helpers:
+                settle(results.get())
+        except BaseException:
+            # Let the helpers finish before the error leaves; what they delivered is
+            # still pending, and delivered again next time (the witness is idempotent).
+            stop.set()
+            while done < helpers:
+                if results.get() is None:
+                    done += 1
+            raise
         return transient
 
     def _start_helpers(self) -> None:

@@ -539,6 +539,68 @@ def test_a_receipt_that_cannot_be_written_stays_queued_and_the_others_are_kept(
     assert sub.process_due() is None and Path(receipt_path(paths[1])).exists()
 
 
+def test_an_error_while_settling_a_round_loses_nothing(
+    tmp_path: Path, witness: Witness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An error in the middle of a round (here removing a queue file) leaves it with
+    # the helpers stopped; the next round delivers and records everything once.
+    paths = _bundles(tmp_path / "b", 8)
+    fake = SlowFake(witness, slow=b"", last=b"")
+    real_call = fake.__call__
+
+    def slowly(*args: Any) -> tuple[int, bytes]:
+        time.sleep(0.02)  # helpers are still busy when the error comes
+        return real_call(*args)
+
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=slowly, clock=Clock(),
+                           concurrency=3, start=False)
+    for p in paths:
+        sub.submit(p)
+    sub._drain_incoming()
+    real_remove = sub._remove
+    calls = 0
+
+    def remove(name: str) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise PermissionError(13, "Permission denied")
+        real_remove(name)
+
+    monkeypatch.setattr(sub, "_remove", remove)
+    monkeypatch.setattr(submit_module, "_RECEIPT_GROUP", 1)  # settle as they come
+    with pytest.raises(PermissionError):
+        sub.process_due()
+    # The round ended with its helpers: none goes on delivering behind it.
+    answered = len(fake.answered)
+    time.sleep(0.2)
+    assert len(fake.answered) == answered < 8
+    monkeypatch.setattr(sub, "_remove", real_remove)
+    assert sub.process_due() is None and sub.pending == 0
+    assert all(Path(receipt_path(p)).exists() for p in paths)
+    assert witness.size == 8 and _queue_files(tmp_path / "q") == []
+    sub.close()
+
+
+def test_a_receipt_for_a_submission_no_longer_pending_is_not_written_again(
+    tmp_path: Path, witness: Witness
+) -> None:
+    paths = _bundles(tmp_path / "b", 2)
+    fake = FakeWitness(witness)
+    fake.down = False
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
+                           start=False)
+    for p in paths:
+        sub.submit(p)
+    sub._drain_incoming()
+    (first, second) = sorted(sub._pending)
+    got = sub._attempt(str(paths[0]))
+    assert isinstance(got, submit_module._Delivered)
+    sub._unwritten = [(first, got), (first, got), ("gone", got)]  # twice, and stale
+    assert sub._write_receipts() is None
+    assert sorted(sub._pending) == [second] and Path(got.target).exists()
+
+
 def test_an_unexpected_error_in_a_delivery_is_retried_not_taken_as_delivered(
     tmp_path: Path, witness: Witness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
