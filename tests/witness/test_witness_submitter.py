@@ -422,6 +422,22 @@ def _queue_files(queue: Path) -> list[Path]:
     return sorted(queue.glob("*.json"))
 
 
+def _queued(
+    tmp_path: Path, witness: Witness, n: int, **options: Any
+) -> tuple[WitnessSubmitter, list[Path]]:
+    """A submitter (no thread) to a witness that answers, with *n* bundles queued and
+    their queue files already written."""
+    paths = _bundles(tmp_path / "b", n)
+    fake = FakeWitness(witness)
+    fake.down = False
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
+                           rng=lambda: 0.0, start=False, **options)
+    for p in paths:
+        sub.submit(p)
+    sub._drain_incoming()  # the queue files, made durable with their own syncfs
+    return sub, paths
+
+
 class SyncSpy:
     """Counts the submitter's syncfs calls and directory fsyncs; *fail* makes syncfs
     report a writeback error."""
@@ -450,14 +466,7 @@ class SyncSpy:
 def test_the_receipts_of_a_round_are_made_durable_together(
     tmp_path: Path, witness: Witness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    paths = _bundles(tmp_path / "b", 7)
-    fake = FakeWitness(witness)
-    fake.down = False
-    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
-                           start=False)
-    for p in paths:
-        sub.submit(p)
-    sub._drain_incoming()  # the queue files, made durable with their own syncfs
+    sub, paths = _queued(tmp_path, witness, 7)
     spy = SyncSpy(monkeypatch)
     assert sub.process_due() is None and sub.pending == 0
     # One syncfs and one directory fsync for the seven receipts, not an fsync each.
@@ -470,14 +479,7 @@ def test_receipts_are_written_in_groups_of_at_most_receipt_group(
     tmp_path: Path, witness: Witness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(submit_module, "_RECEIPT_GROUP", 3)
-    paths = _bundles(tmp_path / "b", 7)
-    fake = FakeWitness(witness)
-    fake.down = False
-    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
-                           concurrency=1, start=False)
-    for p in paths:
-        sub.submit(p)
-    sub._drain_incoming()
+    sub, paths = _queued(tmp_path, witness, 7, concurrency=1)
     spy = SyncSpy(monkeypatch)
     assert sub.process_due() is None and sub.pending == 0
     # Groups of 3, 3 and 1: a syncfs for each group of several (the last receipt
@@ -489,14 +491,7 @@ def test_receipts_are_written_in_groups_of_at_most_receipt_group(
 def test_a_queue_file_is_kept_until_its_receipt_is_durable(
     tmp_path: Path, witness: Witness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    paths = _bundles(tmp_path / "b", 3)
-    fake = FakeWitness(witness)
-    fake.down = False
-    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
-                           rng=lambda: 0.0, start=False)
-    for p in paths:
-        sub.submit(p)
-    sub._drain_incoming()
+    sub, paths = _queued(tmp_path, witness, 3)
     spy = SyncSpy(monkeypatch, fail=True)
     # The witness logged all three, but the receipts could not be made durable: no
     # receipt is in place, nothing is left behind, and all three stay queued.
@@ -515,14 +510,7 @@ def test_a_queue_file_is_kept_until_its_receipt_is_durable(
 def test_a_receipt_that_cannot_be_written_stays_queued_and_the_others_are_kept(
     tmp_path: Path, witness: Witness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    paths = _bundles(tmp_path / "b", 3)
-    fake = FakeWitness(witness)
-    fake.down = False
-    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
-                           rng=lambda: 0.0, start=False)
-    for p in paths:
-        sub.submit(p)
-    sub._drain_incoming()
+    sub, paths = _queued(tmp_path, witness, 3)
     real_write_temp = submit_module.write_temp
     broken = Path(receipt_path(paths[1])).name
 
@@ -585,14 +573,7 @@ def test_an_error_while_settling_a_round_loses_nothing(
 def test_a_receipt_for_a_submission_no_longer_pending_is_not_written_again(
     tmp_path: Path, witness: Witness
 ) -> None:
-    paths = _bundles(tmp_path / "b", 2)
-    fake = FakeWitness(witness)
-    fake.down = False
-    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
-                           start=False)
-    for p in paths:
-        sub.submit(p)
-    sub._drain_incoming()
+    sub, paths = _queued(tmp_path, witness, 2)
     (first, second) = sorted(sub._pending)
     got = sub._attempt(str(paths[0]))
     assert isinstance(got, submit_module._Delivered)
