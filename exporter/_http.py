@@ -12,6 +12,10 @@ request is sent once more on a new connection.  The request may then reach the
 witness twice, which is harmless only because a witness submission is idempotent
 (SPEC §12.8): this transport is for that request and no other.
 
+An ``https`` witness's certificate is checked against the system's trust store
+(``ssl.create_default_context()``, as ``urllib`` does); a connection that fails
+the check raises ``ssl.SSLCertVerificationError``, an ``OSError``.
+
 Where a proxy is configured for the witness's scheme (``http_proxy``,
 ``https_proxy``, and ``no_proxy`` for exceptions, read once per witness), requests
 go through ``urllib`` as before, which honours them.

@@ -4,6 +4,9 @@ server closed while idle, proxies honoured through ``urllib``."""
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -11,6 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from witness_helpers import free_port, make_bundle, trace_id, write_bundle
 
 from spanproof.exporter._http import KeepAlivePost
@@ -181,3 +188,68 @@ def test_the_submitter_delivers_every_bundle_over_one_connection(
     assert seen.connections == 1
     for path in paths:
         assert Path(receipt_path(str(path))).read_bytes() == seen.answer
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key: (certificate, key) files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "witness test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ))
+    return cert_file, key_file
+
+
+@pytest.fixture
+def tls_stub(tmp_path: Path) -> Iterator[tuple[str, Seen, Path]]:
+    """The stub server behind TLS with a self-signed certificate for 127.0.0.1."""
+    cert, key = _self_signed(tmp_path)
+    seen = Seen()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(seen))
+    server.daemon_threads = True
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{server.server_address[1]}", seen, cert
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
+def test_https_checks_the_witness_certificate(tls_stub: tuple[str, Seen, Path]) -> None:
+    url, seen, _ = tls_stub
+    post = KeepAlivePost(1 << 20)
+    with pytest.raises(ssl.SSLCertVerificationError):  # an OSError: retried later
+        post(f"{url}/v1/submit", b"x", HEADERS, 5.0)
+    assert seen.requests == []
+
+
+def test_https_to_a_trusted_witness_keeps_its_connection(
+    tls_stub: tuple[str, Seen, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, seen, cert = tls_stub
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the default trust store, here
+    post = KeepAlivePost(1 << 20)
+    answers = [post(f"{url}/v1/submit", f"b{i}".encode(), HEADERS, 5.0) for i in range(3)]
+    post.close()
+    assert [status for status, _ in answers] == [201] * 3
+    assert seen.bodies == [b"b0", b"b1", b"b2"] and seen.connections == 1
