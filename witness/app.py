@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import re
 from importlib import resources
@@ -21,17 +22,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from spanproof.verifier.errors import InvalidBundle, InvalidKey, TransportError
+from spanproof.verifier.errors import InvalidBundle, InvalidKey, SpanproofError, TransportError
 from spanproof.verifier.receipt import RECEIPT_MEDIA_TYPE
 from spanproof.verifier.records import is_digest, is_trace_id
 
-from .service import SubmissionRejected, Witness
+from .service import SubmissionRejected, SubmitResult, Witness
 
-__all__ = ["DEFAULT_MAX_BODY", "PUBLIC_KEY_HEADER", "create_app"]
+__all__ = ["DEFAULT_MAX_BODY", "MAX_BATCH", "PUBLIC_KEY_HEADER", "create_app"]
 
 _logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
+#: Submissions one ``POST /v1/submit-batch`` may carry.
+MAX_BATCH = 256
 PUBLIC_KEY_HEADER = "Spanproof-Public-Key"
 _UINT = re.compile(r"(0|[1-9][0-9]{0,19})\Z")
 _NO_STORE = {"Cache-Control": "no-store"}
@@ -73,6 +76,43 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if not total:
         raise _HTTPError(400, "empty request body: send a bundle file or a DSSE envelope")
     return b"".join(chunks)
+
+
+def _batch_bodies(body: bytes) -> list[bytes]:
+    """The submissions of a ``POST /v1/submit-batch`` body: ``{"submissions": [...]}``,
+    each a standard base64 string, 1 to ``MAX_BATCH`` of them."""
+    try:
+        doc = json.loads(body)
+    except ValueError as e:
+        raise _HTTPError(400, f"batch: not JSON ({e})") from e
+    items = doc.get("submissions") if isinstance(doc, dict) else None
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+        raise _HTTPError(
+            400, f'batch: expected {{"submissions": [1 to {MAX_BATCH} base64 strings]}}'
+        )
+    bodies = []
+    for i, item in enumerate(items):
+        try:
+            if not isinstance(item, str):
+                raise ValueError("not a string")
+            bodies.append(base64.b64decode(item, validate=True))
+        except ValueError as e:
+            raise _HTTPError(400, f"batch: submission {i} is not base64 ({e})") from e
+    return bodies
+
+
+def _batch_result(result: SubmitResult | SpanproofError) -> dict[str, Any]:
+    """One submission's answer in a batch: what ``POST /v1/submit`` would have said."""
+    if isinstance(result, SubmitResult):
+        return {
+            "status": 201 if result.created else 200,
+            "leafIndex": str(result.entry.index),
+            "conflict": result.conflict,
+            "receipt": result.receipt.to_json(),
+        }
+    if isinstance(result, SubmissionRejected):
+        return {"status": 422, "error": str(result), "report": result.report.to_json()}
+    return {"status": 400, "error": str(result)}
 
 
 def _page() -> tuple[bytes, str]:
@@ -119,6 +159,14 @@ def create_app(witness: Witness, *, max_body: int = DEFAULT_MAX_BODY) -> Starlet
         if note is None:
             raise _HTTPError(404, f"no checkpoint of tree size {size}")
         return PlainTextResponse(note.decode("utf-8"), headers=_NO_STORE)
+
+    async def submit_batch(request: Request) -> Response:
+        bodies = _batch_bodies(await _read_body(request, max_body))
+        results = await run_in_threadpool(
+            witness.submit_batch, bodies, request.headers.get(PUBLIC_KEY_HEADER)
+        )
+        return JSONResponse({"results": [_batch_result(r) for r in results]},
+                            headers=_NO_STORE)
 
     async def submit(request: Request) -> Response:
         body = await _read_body(request, max_body)
@@ -230,6 +278,7 @@ def create_app(witness: Witness, *, max_body: int = DEFAULT_MAX_BODY) -> Starlet
         Route("/v1/info", info, methods=["GET"]),
         Route("/v1/checkpoint", checkpoint, methods=["GET"]),
         Route("/v1/submit", submit, methods=["POST"]),
+        Route("/v1/submit-batch", submit_batch, methods=["POST"]),
         Route("/v1/check", check, methods=["POST"]),
         Route("/v1/proof/inclusion", inclusion, methods=["GET"]),
         Route("/v1/proof/consistency", consistency, methods=["GET"]),

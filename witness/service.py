@@ -15,7 +15,7 @@ import io
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -224,7 +224,7 @@ class Witness:
         if not checkpoints:
             if self._tree.size:
                 raise LogCorrupted("entries are stored but no checkpoint was signed")
-            self._latest = self._sign_and_store(None)
+            self._latest = self._sign_and_store(())
         else:
             self._latest = checkpoints[-1]
             if self._latest.size != self._tree.size:
@@ -237,12 +237,12 @@ class Witness:
             self.origin, self._tree.size, self._tree.root().hex(),
         )
 
-    def _sign_and_store(self, entry: Entry | None) -> StoredCheckpoint:
+    def _sign_and_store(self, entries: Sequence[Entry]) -> StoredCheckpoint:
         size = self._tree.size
         root = self._tree.root()
         note = self._signer.sign(Checkpoint(self.origin, size, root))
         stored = StoredCheckpoint(size, root, note, format_time(self._clock()))
-        self._store.add(entry, stored)
+        self._store.add(entries, stored)
         return stored
 
     def _committed_anyway(self, size: int) -> StoredCheckpoint | None:
@@ -329,48 +329,90 @@ class Witness:
             SubmissionRejected: the bundle or envelope failed verification.
             TransportError: the log could not be written (nothing was logged).
         """
-        v = self._verify_submission(body, public_key)
-        leaf = WitnessLeaf.from_statement(v.statement, v.statement_digest, v.signer_keyid)
-        data = leaf.encode()
-        h = leaf_hash(data)
+        (result,) = self._log([self._verify_submission(body, public_key)])
+        return result
+
+    def submit_batch(
+        self, bodies: Sequence[bytes], public_key: str | None = None
+    ) -> list[SubmitResult | SpanproofError]:
+        """:meth:`submit` for several submissions at once: each is re-verified on its
+        own, and those that pass are logged under one signed checkpoint, in one
+        transaction.  Returns, in order, each one's result or the error that
+        rejected it (``InvalidBundle``, ``InvalidKey``, ``SubmissionRejected``).
+
+        Raises:
+            TransportError: the log could not be written (nothing of the batch was
+                logged).
+        """
+        checked: list[_Verified | SpanproofError] = []
+        for body in bodies:
+            try:
+                checked.append(self._verify_submission(body, public_key))
+            except (InvalidBundle, InvalidKey, SubmissionRejected) as e:
+                checked.append(e)
+        logged = iter(self._log([v for v in checked if isinstance(v, _Verified)]))
+        return [next(logged) if isinstance(v, _Verified) else v for v in checked]
+
+    def _log(self, verified: Sequence[_Verified]) -> list[SubmitResult]:
+        """Append the leaves of *verified* submissions that are not in the log yet,
+        sign one checkpoint covering them, and commit both in one transaction; then
+        a receipt for each submission (new or already logged) against it."""
+        leaves = []
+        for v in verified:
+            leaf = WitnessLeaf.from_statement(v.statement, v.statement_digest, v.signer_keyid)
+            data = leaf.encode()
+            leaves.append((v, leaf, data, leaf_hash(data)))
+        found: list[tuple[Entry, bool, Receipt, bool]] = []
         with self._lock:
-            existing = self._store.by_leaf_hash(h)
-            if existing is not None:
-                entry, created = existing, False
-            else:
-                index = self._tree.append(h)
+            start = self._tree.size
+            submitted_at = format_time(self._clock())
+            entries: list[tuple[Entry, bool]] = []
+            new: dict[bytes, Entry] = {}
+            for v, leaf, data, h in leaves:
+                existing = new.get(h) or self._store.by_leaf_hash(h)
+                if existing is not None:
+                    entries.append((existing, False))
+                    continue
                 entry = Entry(
-                    index=index,
+                    index=self._tree.append(h),
                     leaf_hash=h,
                     leaf=leaf,
                     leaf_bytes=data,
                     producer_key=v.producer_key,
                     checked=v.checked,
-                    submitted_at=format_time(self._clock()),
+                    submitted_at=submitted_at,
                     envelope=canonicalize(v.envelope.to_json()),
                     report=json.dumps(v.report.to_json(), sort_keys=True),
                 )
+                new[h] = entry
+                entries.append((entry, True))
+            if new:
                 try:
-                    latest = self._sign_and_store(entry)
+                    latest = self._sign_and_store(list(new.values()))
                 except BaseException:
-                    committed = self._committed_anyway(index + 1)
+                    committed = self._committed_anyway(start + len(new))
                     if committed is None:
-                        self._tree.truncate(index)
+                        self._tree.truncate(start)
                         raise
                     latest = committed
                 self._latest = latest
-                created = True
-            receipt = self._receipt_locked(entry)
-            conflict = self._store.in_conflict(entry)
-        # Self-check: what we hand out must verify offline like any auditor's check.
-        verify_receipt(receipt, v.report, [self._signer.key], origin=self.origin)
-        if created:
-            _logger.info(
-                "logged %s (trace %s segment %d) at index %d%s",
-                v.statement_digest, leaf.trace_id, leaf.segment, entry.index,
-                " [CONFLICT: another statement for this segment]" if conflict else "",
-            )
-        return SubmitResult(receipt, entry, created, conflict)
+            for entry, created in entries:
+                found.append((entry, created, self._receipt_locked(entry),
+                              self._store.in_conflict(entry)))
+        results = []
+        for (v, leaf, _, _), (entry, created, receipt, conflict) in zip(
+            leaves, found, strict=True
+        ):
+            # Self-check: what we hand out must verify offline like any auditor's check.
+            verify_receipt(receipt, v.report, [self._signer.key], origin=self.origin)
+            if created:
+                _logger.info(
+                    "logged %s (trace %s segment %d) at index %d%s",
+                    v.statement_digest, leaf.trace_id, leaf.segment, entry.index,
+                    " [CONFLICT: another statement for this segment]" if conflict else "",
+                )
+            results.append(SubmitResult(receipt, entry, created, conflict))
+        return results
 
     def _receipt_locked(self, entry: Entry) -> Receipt:
         size = self._latest.size

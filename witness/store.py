@@ -2,9 +2,9 @@
 
 Two append-only tables: ``leaves`` (one row per log entry, with the leaf's bytes,
 what was checked and the submitted envelope) and ``checkpoints`` (one signed
-checkpoint per tree size).  A new entry and the checkpoint that covers it are
-written in one transaction, committed (``synchronous=FULL``: fsynced) before the
-witness answers.  Triggers refuse ``UPDATE`` and ``DELETE`` on both tables, and
+checkpoint per tree size).  New entries (one, or a batch's) and the checkpoint
+that covers them are written in one transaction, committed (``synchronous=FULL``:
+fsynced) before the witness answers.  Triggers refuse ``UPDATE`` and ``DELETE`` on both tables, and
 ``checkpoints.size`` is the primary key, so the database itself refuses a second
 checkpoint for a size.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -261,9 +261,9 @@ class Store:
         s, r, n, t = rows[0]
         return StoredCheckpoint(int(s), bytes(r), bytes(n), str(t))
 
-    def add(self, entry: Entry | None, checkpoint: StoredCheckpoint) -> None:
-        """Persist an entry (if any) and the checkpoint covering it in one durable
-        transaction.
+    def add(self, entries: Sequence[Entry], checkpoint: StoredCheckpoint) -> None:
+        """Persist *entries* (possibly none) and the checkpoint covering them in one
+        durable transaction.
 
         Raises:
             TransportError: the write failed; nothing was stored.
@@ -272,7 +272,7 @@ class Store:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    if entry is not None:
+                    for entry in entries:
                         self._db.execute(
                             f"INSERT INTO leaves ({_ENTRY_COLUMNS}) "  # noqa: S608
                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -74,6 +74,7 @@ def test_documented_routes_exist(doc: str) -> None:
     assert paths == {
         "/",
         "/v1/submit",
+        "/v1/submit-batch",
         "/v1/checkpoint",
         "/v1/proof/inclusion",
         "/v1/proof/consistency",

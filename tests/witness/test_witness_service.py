@@ -25,6 +25,7 @@ from witness_helpers import (
 )
 
 from spanproof.exporter.keys import SigningKey
+from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.checkpoint import WitnessKey, verify_checkpoint
 from spanproof.verifier.keys import TrustRoot
 from spanproof.verifier.merkle import verify_consistency, verify_inclusion
@@ -452,3 +453,87 @@ def test_a_bundle_declaring_losses_is_logged(harness: Harness) -> None:
     (entry,) = harness.client.get("/v1/lookup", params={"trace": trace}).json()["entries"]
     checks = {c["name"]: c for c in entry["submissionChecks"]}
     assert "3 evidence spans dropped" in checks["completeness"]["message"]
+
+
+def _batch(harness: Harness, bodies: list[bytes]) -> Any:
+    doc = {"submissions": [base64.b64encode(b).decode() for b in bodies]}
+    return harness.client.post("/v1/submit-batch", json=doc)
+
+
+def _checkpoint_sizes(db: Path) -> list[int]:
+    with sqlite3.connect(db) as conn:
+        return [s for (s,) in conn.execute("SELECT size FROM checkpoints ORDER BY size")]
+
+
+def test_a_batch_is_logged_under_one_checkpoint_with_an_answer_for_each(
+    harness: Harness, tmp_path: Path, producer_trust: TrustRoot
+) -> None:
+    a, b, c = _bundles(tmp_path, 3)
+    tampered = make_bundle(trace_id(9)).data.replace(b'"name":"step 1"', b'"name":"step X"')
+    bodies = [a.read_bytes(), b.read_bytes(), a.read_bytes(), tampered, b"not json",
+              c.read_bytes()]
+    resp = _batch(harness, bodies)
+    assert resp.status_code == 200
+    results = resp.json()["results"]
+    assert [r["status"] for r in results] == [201, 201, 200, 422, 400, 201]
+    assert [r.get("leafIndex") for r in results] == ["0", "1", "0", None, None, "2"]
+    assert results[3]["report"]["verdict"] == "FAIL" and "bundle rejected" in results[3]["error"]
+    assert "error" in results[4] and "report" not in results[4]
+    # One checkpoint for the three new entries, in one transaction.
+    assert harness.witness.size == 3 and _checkpoint_sizes(harness.db) == [0, 3]
+    for path, result in zip([a, b, a, c], [results[i] for i in (0, 1, 2, 5)], strict=True):
+        receipt = canonicalize(result["receipt"]) + b"\n"
+        verify_receipt(receipt, check_bundle(path, producer_trust), harness.keys)
+        assert result["conflict"] is False
+    # The receipt object is the receipt file /v1/submit and /v1/receipt serve.
+    assert canonicalize(results[5]["receipt"]) + b"\n" == harness.client.get(
+        "/v1/receipt", params={"index": 2}).content
+
+
+def test_a_batch_the_log_cannot_store_logs_nothing_and_is_503(
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spanproof.verifier.errors import TransportError
+
+    first, second, third = _bundles(tmp_path, 3)
+    harness.submit(first.read_bytes())
+    assert harness.store is not None
+    real_add = harness.store.add
+
+    def failing_add(*args: Any) -> None:
+        raise TransportError("witness database write failed: disk I/O error")
+
+    monkeypatch.setattr(harness.store, "add", failing_add)
+    resp = _batch(harness, [second.read_bytes(), third.read_bytes()])
+    assert resp.status_code == 503 and resp.headers["retry-after"]
+    assert harness.witness.size == 1
+    monkeypatch.setattr(harness.store, "add", real_add)
+    resp = _batch(harness, [second.read_bytes(), third.read_bytes()])
+    assert [r["status"] for r in resp.json()["results"]] == [201, 201]
+    harness.close()
+    harness.open()  # the log on disk matches its checkpoints
+    assert harness.witness.size == 3 and _checkpoint_sizes(harness.db) == [0, 1, 3]
+
+
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        (b"not json", "not JSON"),
+        (b"[]", "expected"),
+        (b'{"submissions": []}', "expected"),
+        (b'{"submissions": "abc"}', "expected"),
+        (json.dumps({"submissions": ["eA=="] * 257}).encode(), "expected"),
+        (b'{"submissions": ["not base64!"]}', "submission 0 is not base64"),
+        (b'{"submissions": [1]}', "submission 0 is not base64"),
+    ],
+)
+def test_malformed_batches_are_400(harness: Harness, body: bytes, reason: str) -> None:
+    resp = harness.client.post("/v1/submit-batch", content=body,
+                               headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400 and reason in resp.json()["error"]
+    assert harness.witness.size == 0
+
+
+def test_a_batch_larger_than_max_body_is_413(harness: Harness) -> None:
+    resp = _batch(harness, [b"x" * (1 << 20)])
+    assert resp.status_code == 413 and harness.witness.size == 0
