@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ import urllib.error
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -93,6 +95,10 @@ class _Delivered:
     receipt: bytes
 
 
+class _OneByOne(Exception):
+    """The witness did not take a batch as a whole: submit its bundles one by one."""
+
+
 class _Permanent(Exception):
     """A submission that retrying will not fix."""
 
@@ -114,8 +120,10 @@ class WitnessSubmitter:
             receipt is verified before it is stored.
         max_pending: bound on queued submissions; beyond it :meth:`submit` refuses
             (the bundle stays on disk and can be submitted later).
-        concurrency: submissions sent to the witness at the same time once it
-            answers (see :meth:`process_due`).
+        concurrency: deliveries in flight to the witness once it answers (see
+            :meth:`process_due`).
+        batch_size: submissions sent in one request (``POST /v1/submit-batch``);
+            1 sends each alone.  A witness without batches gets them one by one.
         timeout: HTTP timeout per attempt, seconds.
         backoff_initial, backoff_max: retry schedule bounds, seconds.
         clock: monotonic seconds (injected for tests).
@@ -141,6 +149,7 @@ class WitnessSubmitter:
         witness_keys: Sequence[WitnessKey] = (),
         max_pending: int = 10_000,
         concurrency: int = 4,
+        batch_size: int = 16,
         timeout: float = 10.0,
         backoff_initial: float = 1.0,
         backoff_max: float = 300.0,
@@ -152,11 +161,12 @@ class WitnessSubmitter:
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"witness URL must be http(s)://...: {url!r}")
-        if (max_pending < 1 or concurrency < 1 or timeout <= 0
+        if (max_pending < 1 or concurrency < 1 or not 1 <= batch_size <= 256 or timeout <= 0
                 or not 0 < backoff_initial <= backoff_max):
-            raise ValueError("max_pending >= 1, concurrency >= 1, timeout > 0, "
-                             "0 < backoff_initial <= backoff_max")
+            raise ValueError("max_pending >= 1, concurrency >= 1, 1 <= batch_size <= 256, "
+                             "timeout > 0, 0 < backoff_initial <= backoff_max")
         self._url = url.rstrip("/") + "/v1/submit"
+        self._batch_url = url.rstrip("/") + "/v1/submit-batch"
         self._dir = os.fspath(queue_dir)
         self._headers = {"Content-Type": "application/vnd.spanproof.bundle.v1+json"}
         self._trust: TrustRoot | None = None
@@ -186,6 +196,9 @@ class WitnessSubmitter:
         self._pending: dict[str, _Pending] = {}  # keyed by queue file name
         self._tags: dict[str, str] = {}  # bundle path tag -> its queue file name
         self._concurrency = concurrency
+        self._batch_size = batch_size
+        self._batches = batch_size > 1  # until the witness turns out to take none
+        self._batch_headers = {**self._headers, "Content-Type": "application/json"}
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._helpers: list[threading.Thread] = []
         self._unwritten: list[tuple[str, _Delivered]] = []  # worker thread only
@@ -429,40 +442,43 @@ class WitnessSubmitter:
         return failure
 
     def _deliver_window(self, items: Sequence[tuple[str, str]]) -> _Transient | None:
-        """Deliver *items* (queue name, bundle path) in order with ``concurrency`` in
-        flight: this thread and the helper threads each take the next item as soon
-        as their previous delivery is answered, so one slow answer does not hold up
-        the others.  After a transient failure, or once closing, no new delivery
-        starts; those in flight finish.  Each outcome is settled on this thread as it
-        arrives.  Returns the first transient failure, if any."""
+        """Deliver *items* (queue name, bundle path) in order with ``concurrency``
+        deliveries in flight, each of up to ``batch_size`` submissions (one request
+        to ``/v1/submit-batch``) while the witness takes batches, else of one: this
+        thread and the helper threads each take the next as soon as their previous
+        one is answered, so one slow answer does not hold up the others.  After a
+        transient failure, or once closing, no new delivery starts; those in flight
+        finish.  Each outcome is settled on this thread as it arrives.  Returns the
+        first transient failure, if any."""
         feed = iter(items)
         feed_lock = threading.Lock()
         stop = threading.Event()
+        Outcomes = list[tuple[str, Exception | _Delivered]]
 
-        def take() -> tuple[str, str] | None:
+        def take() -> list[tuple[str, str]]:
             with feed_lock:
                 if stop.is_set() or self._stopping():
-                    return None
-                return next(feed, None)
+                    return []
+                return list(itertools.islice(feed, self._batch_size if self._batches else 1))
 
-        def deliver(item: tuple[str, str]) -> Exception | _Delivered:
-            outcome = self._attempt(item[1])
-            if isinstance(outcome, _Transient):
+        def deliver(taken: list[tuple[str, str]]) -> Outcomes:
+            bundles = [bundle for _, bundle in taken]
+            got = self._attempt_batch(bundles) if len(taken) > 1 else [self._attempt(bundles[0])]
+            if any(isinstance(outcome, _Transient) for outcome in got):
                 stop.set()
-            return outcome
+            return [(name, outcome) for (name, _), outcome in zip(taken, got, strict=True)]
 
-        results: queue.SimpleQueue[tuple[str, Exception | _Delivered] | None] = (
-            queue.SimpleQueue()
-        )
+        results: queue.SimpleQueue[Outcomes | None] = queue.SimpleQueue()
 
         def help_deliver() -> None:
             try:
-                while (item := take()) is not None:
-                    results.put((item[0], deliver(item)))
+                while taken := take():
+                    results.put(deliver(taken))
             finally:
                 results.put(None)  # this helper is done
 
-        helpers = min(self._concurrency - 1, len(items) - 1)
+        deliveries = -(-len(items) // (self._batch_size if self._batches else 1))
+        helpers = min(self._concurrency - 1, deliveries - 1)
         if helpers > 0:
             self._start_helpers()
             for _ in range(helpers):
@@ -470,19 +486,20 @@ class WitnessSubmitter:
         transient: _Transient | None = None
         done = 0
 
-        def settle(result: tuple[str, Exception | _Delivered] | None) -> None:
+        def settle(outcomes: Outcomes | None) -> None:
             nonlocal transient, done
-            if result is None:
+            if outcomes is None:
                 done += 1
                 return
-            failed = self._settle(*result)
-            if failed is not None:
-                stop.set()
-                transient = transient or failed
+            for name, outcome in outcomes:
+                failed = self._settle(name, outcome)
+                if failed is not None:
+                    stop.set()
+                    transient = transient or failed
 
         try:
-            while (item := take()) is not None:
-                settle((item[0], deliver(item)))
+            while taken := take():
+                settle(deliver(taken))
                 while True:  # what the helpers finished meanwhile
                     try:
                         settle(results.get_nowait())
@@ -524,6 +541,73 @@ class WitnessSubmitter:
         except Exception as e:  # a bug must not pass for a delivery: retry later
             _logger.exception("witness submission of %s failed unexpectedly", bundle)
             return _Transient(f"{type(e).__name__}: {e}")
+
+    def _attempt_batch(self, bundles: Sequence[str]) -> list[Exception | _Delivered]:
+        """Deliver *bundles* in one ``/v1/submit-batch`` request; each one's outcome.
+        A witness without the endpoint (404, 405), or that refuses the request as a
+        whole with another 4xx (too large, say), gets them one by one instead; after
+        a 404 or 405, always."""
+        try:
+            return self._deliver_batch(bundles)
+        except _Transient as e:
+            return [e] * len(bundles)
+        except _OneByOne:
+            return [self._attempt(bundle) for bundle in bundles]
+        except Exception as e:  # a bug must not pass for a delivery: retry later
+            _logger.exception("witness batch submission failed unexpectedly")
+            return [_Transient(f"{type(e).__name__}: {e}")] * len(bundles)
+
+    def _deliver_batch(self, bundles: Sequence[str]) -> list[Exception | _Delivered]:
+        outcomes: list[Exception | _Delivered | None] = []
+        sent: list[int] = []  # positions in outcomes of the bundles sent
+        encoded: list[str] = []
+        for bundle in bundles:
+            try:
+                with open(bundle, "rb") as f:
+                    encoded.append(base64.b64encode(f.read()).decode("ascii"))
+            except OSError as e:
+                outcomes.append(_Permanent(f"cannot read bundle: {e.strerror}"))
+                continue
+            sent.append(len(outcomes))
+            outcomes.append(None)
+        if encoded:
+            body = json.dumps({"submissions": encoded}).encode("ascii")
+            try:
+                status, answer = self._post(self._batch_url, body, self._batch_headers,
+                                            self._timeout)
+            except (OSError, urllib.error.URLError) as e:
+                raise _Transient(str(getattr(e, "reason", e))) from e
+            if status in (408, 429) or status >= 500:
+                raise _Transient(f"HTTP {status}")
+            if status in (404, 405):
+                _logger.info("the witness takes no batches (HTTP %d); submitting one by one",
+                             status)
+                self._batches = False
+                raise _OneByOne
+            if status != 200:
+                raise _OneByOne  # refused as a whole: let each get its own answer
+            results = _batch_results(answer, len(encoded))
+            for position, result in zip(sent, results, strict=True):
+                bundle = bundles[position]
+                try:
+                    outcomes[position] = self._batch_outcome(bundle, result)
+                except (_Transient, _Permanent) as e:
+                    outcomes[position] = e
+        done = [outcome for outcome in outcomes if outcome is not None]
+        assert len(done) == len(bundles)
+        return done
+
+    def _batch_outcome(self, bundle: str, result: dict[str, Any]) -> _Delivered:
+        status = result["status"]
+        if status in (408, 429) or status >= 500:
+            raise _Transient(f"HTTP {status}")
+        if status not in (200, 201):
+            raise _Permanent(f"witness rejected the bundle: HTTP {status}: {result['error']}")
+        try:
+            receipt = canonicalize(result["receipt"]) + b"\n"  # the receipt file's bytes
+        except (ValueError, TypeError, SpanproofError) as e:
+            raise _Permanent(f"witness receipt is not a receipt: {e}") from e
+        return self._checked_receipt(bundle, receipt)
 
     def _remove(self, name: str) -> None:
         item = self._pending.pop(name)
@@ -679,6 +763,29 @@ def _own_statement(bundle: str, trust: TrustRoot) -> _OwnStatement:
     except SpanproofError as e:
         raise _Permanent(f"own bundle's statement does not verify: {e}") from e
     return _OwnStatement(statement, digest_hex(envelope.payload), signer.keyid)
+
+
+def _batch_results(answer: bytes, count: int) -> list[dict[str, Any]]:
+    """The ``results`` of a ``/v1/submit-batch`` answer, one per submission sent.
+
+    Raises:
+        _Transient: the answer is not one (a witness fault: retried later).
+    """
+    try:
+        doc = json.loads(answer)
+        results = doc["results"]
+        if not isinstance(results, list) or len(results) != count:
+            raise ValueError(f"{count} results expected")
+        for result in results:
+            if not isinstance(result, dict) or not isinstance(result.get("status"), int):
+                raise ValueError("a result without a status")
+            if result["status"] in (200, 201) and not isinstance(result.get("receipt"), dict):
+                raise ValueError("a result without its receipt")
+            if result["status"] not in (200, 201) and not isinstance(result.get("error"), str):
+                raise ValueError("a rejection without its reason")
+    except (ValueError, KeyError, TypeError) as e:
+        raise _Transient(f"the witness's batch answer is malformed: {e}") from e
+    return results
 
 
 def _log_unqueued(bundle: str, error: OSError) -> None:

@@ -42,7 +42,8 @@ def test_harness_quick_run_reports_every_section_and_target(
                      "receiver over OTLP/gRPC (rotel, 2 seal workers)",
                      "receiver through rotel, 2 seal workers against none: ",
                      "  CPU us per span: receiver ",
-                     "receiver cost without a transport", "4 at a time, receipts verified",
+                     "receiver cost without a transport", "4 of 16, receipts verified",
+                     "batches of 16 against one submission per request: ",
                      "targets:"):
         assert fragment in text
     verdicts = [line for line in text.splitlines() if line.startswith("  PASS")

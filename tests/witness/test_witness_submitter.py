@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -27,6 +27,7 @@ from spanproof.verifier.checkpoint import WitnessKey
 from spanproof.verifier.keys import TrustRoot
 from spanproof.verifier.receipt import receipt_path, verify_receipt
 from spanproof.verifier.verify import check_bundle
+from spanproof.witness import app as witness_app
 from spanproof.witness.service import Witness
 from spanproof.witness.signing import CheckpointSigner
 from spanproof.witness.store import Store
@@ -48,17 +49,27 @@ class FakeWitness:
         self.down = True
         self.status: int | None = None
         self.calls = 0
+        self.batches = True  # answers POST /v1/submit-batch (else 404)
+        self.urls: list[str] = []
 
     def __call__(
         self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
     ) -> tuple[int, bytes]:
         self.calls += 1
-        assert url.endswith("/v1/submit")
+        self.urls.append(url.rsplit("/", 1)[1])
+        assert url.endswith(("/v1/submit", "/v1/submit-batch"))
         if self.down:
             raise ConnectionRefusedError("connection refused")
         if self.status is not None:
             return self.status, b'{"error":"nope"}'
-        result = self.witness.submit(body, headers.get("Spanproof-Public-Key"))
+        key = headers.get("Spanproof-Public-Key")
+        if url.endswith("/v1/submit-batch"):
+            if not self.batches:
+                return 404, b'{"error":"Not Found"}'
+            results = self.witness.submit_batch(witness_app._batch_bodies(body), key)
+            doc = {"results": [witness_app._batch_result(r) for r in results]}
+            return 200, json.dumps(doc).encode()
+        result = self.witness.submit(body, key)
         return (201 if result.created else 200), result.receipt.to_bytes()
 
 
@@ -343,7 +354,7 @@ def test_once_the_witness_answers_submissions_go_concurrently(
     fake = ConcurrentFake(witness, meet=3)
     sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
                            producer_key=producer_key.private_key.public_key(),
-                           concurrency=3, start=False)
+                           concurrency=3, batch_size=1, start=False)
     paths = _bundles(tmp_path / "b", 7)
     for p in paths:
         sub.submit(p)
@@ -365,7 +376,7 @@ def test_a_transient_failure_among_concurrent_submissions_keeps_only_that_one(
     fake = ConcurrentFake(witness, meet=3, fail=(paths[2].read_bytes(),))
     sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
                            producer_key=producer_key.private_key.public_key(),
-                           concurrency=3, rng=lambda: 0.0, start=False)
+                           concurrency=3, batch_size=1, rng=lambda: 0.0, start=False)
     for p in paths:
         sub.submit(p)
     assert sub.process_due() == 0.5  # backing off after the 503
@@ -408,7 +419,7 @@ def test_a_slow_answer_does_not_hold_up_the_other_submissions(
     data = [p.read_bytes() for p in paths]
     fake = SlowFake(witness, slow=data[1], last=data[4])
     sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
-                           concurrency=2, start=False)
+                           concurrency=2, batch_size=1, start=False)
     for p in paths:
         sub.submit(p)
     assert sub.process_due() is None and sub.pending == 0
@@ -541,7 +552,7 @@ def test_an_error_while_settling_a_round_loses_nothing(
         return real_call(*args)
 
     sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=slowly, clock=Clock(),
-                           concurrency=3, start=False)
+                           concurrency=3, batch_size=1, start=False)
     for p in paths:
         sub.submit(p)
     sub._drain_incoming()
@@ -580,6 +591,113 @@ def test_a_receipt_for_a_submission_no_longer_pending_is_not_written_again(
     sub._unwritten = [(first, got), (first, got), ("gone", got)]  # twice, and stale
     assert sub._write_receipts() is None
     assert sorted(sub._pending) == [second] and Path(got.target).exists()
+
+
+def test_once_the_witness_answers_submissions_go_in_batches(
+    tmp_path: Path,
+    witness: Witness,
+    witness_keys: list[WitnessKey],
+    producer_key: SigningKey,
+    producer_trust: TrustRoot,
+) -> None:
+    fake = FakeWitness(witness)
+    fake.down = False
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
+                           producer_key=producer_key.private_key.public_key(),
+                           witness_keys=witness_keys, concurrency=1, batch_size=4,
+                           start=False)
+    paths = _bundles(tmp_path / "b", 10)
+    for p in paths:
+        sub.submit(p)
+    assert sub.process_due() is None and sub.pending == 0
+    # The probe alone, then batches of 4, 4 and the last one alone.
+    assert fake.urls == ["submit", "submit-batch", "submit-batch", "submit"]
+    for path in paths:  # each receipt was checked before it was stored, and verifies
+        verify_receipt(Path(receipt_path(path)).read_bytes(),
+                       check_bundle(path, producer_trust), witness_keys)
+    assert witness.size == 10
+    sub.close()
+
+
+def test_a_witness_without_batches_gets_the_submissions_one_by_one(
+    tmp_path: Path, witness: Witness
+) -> None:
+    sub, paths = _queued(tmp_path, witness, 6, concurrency=1, batch_size=4)
+    fake = cast(FakeWitness, sub._post)
+    fake.batches = False
+    assert sub.process_due() is None and sub.pending == 0
+    assert fake.urls == ["submit", "submit-batch"] + ["submit"] * 5
+    assert all(Path(receipt_path(p)).exists() for p in paths)
+    # It is not asked again.
+    more = [write_bundle(tmp_path / "b", make_bundle(trace_id(i))) for i in range(6, 9)]
+    for p in more:
+        sub.submit(p)
+    assert sub.process_due() is None
+    assert fake.urls[-3:] == ["submit"] * 3 and fake.urls.count("submit-batch") == 1
+    sub.close()
+
+
+def test_a_rejection_in_a_batch_retires_only_that_bundle(
+    tmp_path: Path, witness: Witness
+) -> None:
+    sub, paths = _queued(tmp_path, witness, 4, concurrency=1, batch_size=8)
+    tampered = tmp_path / "b" / "tampered.spanproof.json"
+    tampered.write_bytes(
+        make_bundle(trace_id(9)).data.replace(b'"name":"step 1"', b'"name":"step X"'))
+    sub.submit(tampered)
+    assert sub.process_due() is None and sub.pending == 0
+    assert cast(FakeWitness, sub._post).urls == ["submit", "submit-batch"]
+    assert all(Path(receipt_path(p)).exists() for p in paths)
+    (failed,) = (tmp_path / "q" / "failed").glob("*.json")
+    assert "HTTP 422" in json.loads(failed.read_text())["reason"]
+    assert not Path(receipt_path(tampered)).exists() and witness.size == 4
+
+
+class RefusingBatches(FakeWitness):
+    """Answers a batch as a whole with *status* and *body*."""
+
+    def __init__(self, witness: Witness, status: int, body: bytes) -> None:
+        super().__init__(witness)
+        self.down = False
+        self.batch_answer = (status, body)
+
+    def __call__(
+        self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
+    ) -> tuple[int, bytes]:
+        if url.endswith("/v1/submit-batch"):
+            self.calls += 1
+            self.urls.append("submit-batch")
+            return self.batch_answer
+        return super().__call__(url, body, headers, timeout)
+
+
+def test_a_batch_refused_as_a_whole_is_sent_one_by_one(
+    tmp_path: Path, witness: Witness
+) -> None:
+    fake = RefusingBatches(witness, 413, b'{"error":"request body larger than 1 bytes"}')
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
+                           concurrency=1, batch_size=8, start=False)
+    paths = _bundles(tmp_path / "b", 4)
+    for p in paths:
+        sub.submit(p)
+    assert sub.process_due() is None and sub.pending == 0
+    assert fake.urls == ["submit", "submit-batch", "submit", "submit", "submit"]
+    assert sub._batches  # a refusal of one batch is not a witness without batches
+    sub.close()
+
+
+@pytest.mark.parametrize("answer", [b"not json", b'{"results": []}',
+                                    b'{"results": [{"status": 201}, {"status": 201}]}'])
+def test_a_malformed_batch_answer_is_retried_later(
+    tmp_path: Path, witness: Witness, answer: bytes
+) -> None:
+    fake = RefusingBatches(witness, 200, answer)
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
+                           rng=lambda: 0.0, concurrency=1, batch_size=8, start=False)
+    for p in _bundles(tmp_path / "b", 3):
+        sub.submit(p)
+    assert sub.process_due() == 0.5  # backing off
+    assert sub.pending == 2 and witness.size == 1  # only the probe got through
 
 
 def test_an_unexpected_error_in_a_delivery_is_retried_not_taken_as_delivered(

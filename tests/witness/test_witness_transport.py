@@ -179,7 +179,7 @@ def test_the_submitter_delivers_every_bundle_over_one_connection(
     key = SigningKey.from_seed(bytes(32))
     (tmp_path / "b").mkdir()
     paths = [write_bundle(tmp_path / "b", make_bundle(trace_id(i), key=key)) for i in range(6)]
-    sub = WitnessSubmitter(url, tmp_path / "q", concurrency=1, start=False)
+    sub = WitnessSubmitter(url, tmp_path / "q", concurrency=1, batch_size=1, start=False)
     for path in paths:
         assert sub.submit(path)
     assert sub.process_due() is None
