@@ -229,3 +229,31 @@ def test_exporter_queues_while_the_witness_is_down_and_delivers_later(
     status, text = _run(["verify", "--key", str(keys["producer_pub"]), "--witness-key",
                          str(keys["witness_pub"]), "--require-receipt", str(out)], capsys)
     assert status == EXIT_OK, text
+
+
+def test_the_submitter_batches_to_a_served_witness_and_every_receipt_verifies(
+    tmp_path: Path, keys: dict[str, Path], open_witness: Any, serve_witness: Any,
+    producer_key: SigningKey, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from spanproof.exporter.submit import WitnessSubmitter
+    from spanproof.verifier.checkpoint import WitnessKey
+
+    witness = open_witness()
+    srv = serve_witness(witness)
+    out = tmp_path / "bundles"
+    out.mkdir()
+    paths = [write_bundle(out, make_bundle(trace_id(i), key=producer_key)) for i in range(9)]
+    sub = WitnessSubmitter(srv.url, tmp_path / "q",
+                           producer_key=producer_key.private_key.public_key(),
+                           witness_keys=[WitnessKey.load(str(keys["witness_pub"]))],
+                           concurrency=2, batch_size=4, start=False)
+    for p in paths:
+        sub.submit(p)
+    assert sub.process_due() is None and sub.pending == 0
+    sub.close()
+    assert witness.size == 9
+    # The probe logged alone, the other eight in two batches: a checkpoint for each.
+    assert len(witness._store.checkpoints()) == 1 + 1 + 2
+    status, text = _run(["verify", "--key", str(keys["producer_pub"]), "--witness-key",
+                         str(keys["witness_pub"]), "--require-receipt", str(out)], capsys)
+    assert status == EXIT_OK and text.count("OK") == 9, text
