@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -405,24 +405,30 @@ def test_info(harness: Harness) -> None:
     assert info["producerKeys"] == "pinned"
 
 
-def test_storage_failure_is_503_and_logs_nothing(
-    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, producer_trust: TrustRoot
-) -> None:
+def _break_storage(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Make the witness's database writes fail; return what mends them."""
     from spanproof.verifier.errors import TransportError
 
-    first, second = _bundles(tmp_path, 2)
-    harness.submit(first.read_bytes())
     assert harness.store is not None
-    real_add = harness.store.add
+    store, real_add = harness.store, harness.store.add
 
     def failing_add(*args: Any) -> None:
         raise TransportError("witness database write failed: disk I/O error")
 
-    monkeypatch.setattr(harness.store, "add", failing_add)
+    monkeypatch.setattr(store, "add", failing_add)
+    return lambda: monkeypatch.setattr(store, "add", real_add)
+
+
+def test_storage_failure_is_503_and_logs_nothing(
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, producer_trust: TrustRoot
+) -> None:
+    first, second = _bundles(tmp_path, 2)
+    harness.submit(first.read_bytes())
+    restore = _break_storage(harness, monkeypatch)
     resp = harness.submit(second.read_bytes())
     assert resp.status_code == 503 and resp.headers["retry-after"]
     assert harness.witness.size == 1
-    monkeypatch.setattr(harness.store, "add", real_add)
+    restore()
     resp = harness.submit(second.read_bytes())
     assert resp.status_code == 201
     verify_receipt(resp.content, check_bundle(second, producer_trust), harness.keys)
@@ -493,21 +499,13 @@ def test_a_batch_is_logged_under_one_checkpoint_with_an_answer_for_each(
 def test_a_batch_the_log_cannot_store_logs_nothing_and_is_503(
     harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from spanproof.verifier.errors import TransportError
-
     first, second, third = _bundles(tmp_path, 3)
     harness.submit(first.read_bytes())
-    assert harness.store is not None
-    real_add = harness.store.add
-
-    def failing_add(*args: Any) -> None:
-        raise TransportError("witness database write failed: disk I/O error")
-
-    monkeypatch.setattr(harness.store, "add", failing_add)
+    restore = _break_storage(harness, monkeypatch)
     resp = _batch(harness, [second.read_bytes(), third.read_bytes()])
     assert resp.status_code == 503 and resp.headers["retry-after"]
     assert harness.witness.size == 1
-    monkeypatch.setattr(harness.store, "add", real_add)
+    restore()
     resp = _batch(harness, [second.read_bytes(), third.read_bytes()])
     assert [r["status"] for r in resp.json()["results"]] == [201, 201]
     harness.close()

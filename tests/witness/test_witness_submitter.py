@@ -594,10 +594,7 @@ def test_a_receipt_for_a_submission_no_longer_pending_is_not_written_again(
 
 
 def test_once_the_witness_answers_submissions_go_in_batches(
-    tmp_path: Path,
-    witness: Witness,
-    witness_keys: list[WitnessKey],
-    producer_key: SigningKey,
+    tmp_path: Path, witness: Witness, witness_keys: list[WitnessKey], producer_key: SigningKey,
     producer_trust: TrustRoot,
 ) -> None:
     fake = FakeWitness(witness)
