@@ -586,7 +586,12 @@ class WitnessSubmitter:
                 raise _OneByOne
             if status != 200:
                 raise _OneByOne  # refused as a whole: let each get its own answer
-            results = _batch_results(answer, len(encoded))
+            try:
+                results = _batch_results(answer, len(encoded))
+            except ValueError as e:
+                _logger.warning("the witness's answer to a batch is malformed (%s); "
+                                "submitting its bundles one by one", e)
+                raise _OneByOne from e
             for position, result in zip(sent, results, strict=True):
                 bundle = bundles[position]
                 try:
@@ -769,22 +774,21 @@ def _batch_results(answer: bytes, count: int) -> list[dict[str, Any]]:
     """The ``results`` of a ``/v1/submit-batch`` answer, one per submission sent.
 
     Raises:
-        _Transient: the answer is not one (a witness fault: retried later).
+        ValueError: the answer is not one.
     """
     try:
-        doc = json.loads(answer)
-        results = doc["results"]
-        if not isinstance(results, list) or len(results) != count:
-            raise ValueError(f"{count} results expected")
-        for result in results:
-            if not isinstance(result, dict) or not isinstance(result.get("status"), int):
-                raise ValueError("a result without a status")
-            if result["status"] in (200, 201) and not isinstance(result.get("receipt"), dict):
-                raise ValueError("a result without its receipt")
-            if result["status"] not in (200, 201) and not isinstance(result.get("error"), str):
-                raise ValueError("a rejection without its reason")
+        results = json.loads(answer)["results"]
     except (ValueError, KeyError, TypeError) as e:
-        raise _Transient(f"the witness's batch answer is malformed: {e}") from e
+        raise ValueError(f"no results ({e})") from e
+    if not isinstance(results, list) or len(results) != count:
+        raise ValueError(f"{count} results expected")
+    for result in results:
+        if not isinstance(result, dict) or not isinstance(result.get("status"), int):
+            raise ValueError("a result without a status")
+        if result["status"] in (200, 201) and not isinstance(result.get("receipt"), dict):
+            raise ValueError("a result without its receipt")
+        if result["status"] not in (200, 201) and not isinstance(result.get("error"), str):
+            raise ValueError("a rejection without its reason")
     return results
 
 

@@ -684,17 +684,20 @@ def test_a_batch_refused_as_a_whole_is_sent_one_by_one(
 
 
 @pytest.mark.parametrize("answer", [b"not json", b'{"results": []}',
-                                    b'{"results": [{"status": 201}, {"status": 201}]}'])
-def test_a_malformed_batch_answer_is_retried_later(
+                                    b'{"results": [{"status": 201}, {"status": 201}]}',
+                                    b'{"results": [{"status": 422}, {"status": 201}]}'])
+def test_a_malformed_batch_answer_sends_that_batch_one_by_one(
     tmp_path: Path, witness: Witness, answer: bytes
 ) -> None:
     fake = RefusingBatches(witness, 200, answer)
     sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
-                           rng=lambda: 0.0, concurrency=1, batch_size=8, start=False)
-    for p in _bundles(tmp_path / "b", 3):
+                           concurrency=1, batch_size=8, start=False)
+    paths = _bundles(tmp_path / "b", 3)
+    for p in paths:
         sub.submit(p)
-    assert sub.process_due() == 0.5  # backing off
-    assert sub.pending == 2 and witness.size == 1  # only the probe got through
+    assert sub.process_due() is None and sub.pending == 0
+    assert fake.urls == ["submit", "submit-batch", "submit", "submit"]
+    assert all(Path(receipt_path(p)).exists() for p in paths) and witness.size == 3
 
 
 def test_an_unexpected_error_in_a_delivery_is_retried_not_taken_as_delivered(
