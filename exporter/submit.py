@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import itertools
 import json
 import logging
 import os
@@ -68,6 +67,9 @@ _FAILED_DIR = "failed"
 #: Receipts written (and made durable) together at most; a round writes what it has
 #: at its end.
 _RECEIPT_GROUP = 64
+#: Bundle bytes one batch carries at most (a larger bundle goes alone), so that a
+#: delivery thread holds a bounded amount in memory.
+_BATCH_BYTES = 4 * 1024 * 1024
 
 
 def backoff_delay(
@@ -450,16 +452,29 @@ class WitnessSubmitter:
         transient failure, or once closing, no new delivery starts; those in flight
         finish.  Each outcome is settled on this thread as it arrives.  Returns the
         first transient failure, if any."""
-        feed = iter(items)
+        position = 0  # the next item to take
         feed_lock = threading.Lock()
         stop = threading.Event()
         Outcomes = list[tuple[str, Exception | _Delivered]]
 
         def take() -> list[tuple[str, str]]:
+            # Up to batch_size items, and no more than _BATCH_BYTES of bundles unless
+            # a single one is larger.
+            nonlocal position
             with feed_lock:
                 if stop.is_set() or self._stopping():
                     return []
-                return list(itertools.islice(feed, self._batch_size if self._batches else 1))
+                limit = self._batch_size if self._batches else 1
+                taken: list[tuple[str, str]] = []
+                total = 0
+                while position < len(items) and len(taken) < limit:
+                    size = _file_size(items[position][1]) if limit > 1 else 0
+                    if taken and total + size > _BATCH_BYTES:
+                        break
+                    taken.append(items[position])
+                    position += 1
+                    total += size
+                return taken
 
         def deliver(taken: list[tuple[str, str]]) -> Outcomes:
             bundles = [bundle for _, bundle in taken]
@@ -768,6 +783,13 @@ def _own_statement(bundle: str, trust: TrustRoot) -> _OwnStatement:
     except SpanproofError as e:
         raise _Permanent(f"own bundle's statement does not verify: {e}") from e
     return _OwnStatement(statement, digest_hex(envelope.payload), signer.keyid)
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0  # reading it reports the error, for this bundle alone
 
 
 def _batch_results(answer: bytes, count: int) -> list[dict[str, Any]]:

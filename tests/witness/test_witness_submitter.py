@@ -650,6 +650,27 @@ def test_a_rejection_in_a_batch_retires_only_that_bundle(
     assert not Path(receipt_path(tampered)).exists() and witness.size == 4
 
 
+def test_a_batch_carries_a_bounded_number_of_bundle_bytes(
+    tmp_path: Path, witness: Witness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sub, paths = _queued(tmp_path, witness, 8, concurrency=1, batch_size=16)
+    size = paths[0].stat().st_size
+    # Room for three bundles a batch: the seven after the probe go as 3 + 3 + 1.
+    monkeypatch.setattr(submit_module, "_BATCH_BYTES", 3 * size + size // 2)
+    assert sub.process_due() is None and sub.pending == 0
+    assert cast(FakeWitness, sub._post).urls == ["submit", "submit-batch", "submit-batch",
+                                                 "submit"]
+    # A bundle larger than the bound goes alone.
+    monkeypatch.setattr(submit_module, "_BATCH_BYTES", size // 2)
+    more = [write_bundle(tmp_path / "b", make_bundle(trace_id(i))) for i in range(8, 11)]
+    for p in more:
+        sub.submit(p)
+    assert sub.process_due() is None
+    assert cast(FakeWitness, sub._post).urls[-3:] == ["submit"] * 3
+    assert all(Path(receipt_path(p)).exists() for p in paths + more)
+    sub.close()
+
+
 class RefusingBatches(FakeWitness):
     """Answers a batch as a whole with *status* and *body*."""
 
