@@ -689,28 +689,17 @@ class RefusingBatches(FakeWitness):
         return super().__call__(url, body, headers, timeout)
 
 
-def test_a_batch_refused_as_a_whole_is_sent_one_by_one(
-    tmp_path: Path, witness: Witness
+@pytest.mark.parametrize(("status", "answer"), [
+    (413, b'{"error":"request body larger than 1 bytes"}'),  # refused as a whole
+    (200, b"not json"),  # and answers that are not one result per submission
+    (200, b'{"results": []}'),
+    (200, b'{"results": [{"status": 201}, {"status": 201}]}'),
+    (200, b'{"results": [{"status": 422}, {"status": 201}]}'),
+])
+def test_a_batch_refused_whole_or_answered_badly_is_sent_one_by_one(
+    tmp_path: Path, witness: Witness, status: int, answer: bytes
 ) -> None:
-    fake = RefusingBatches(witness, 413, b'{"error":"request body larger than 1 bytes"}')
-    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
-                           concurrency=1, batch_size=8, start=False)
-    paths = _bundles(tmp_path / "b", 4)
-    for p in paths:
-        sub.submit(p)
-    assert sub.process_due() is None and sub.pending == 0
-    assert fake.urls == ["submit", "submit-batch", "submit", "submit", "submit"]
-    assert sub._batches  # a refusal of one batch is not a witness without batches
-    sub.close()
-
-
-@pytest.mark.parametrize("answer", [b"not json", b'{"results": []}',
-                                    b'{"results": [{"status": 201}, {"status": 201}]}',
-                                    b'{"results": [{"status": 422}, {"status": 201}]}'])
-def test_a_malformed_batch_answer_sends_that_batch_one_by_one(
-    tmp_path: Path, witness: Witness, answer: bytes
-) -> None:
-    fake = RefusingBatches(witness, 200, answer)
+    fake = RefusingBatches(witness, status, answer)
     sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
                            concurrency=1, batch_size=8, start=False)
     paths = _bundles(tmp_path / "b", 3)
@@ -719,6 +708,8 @@ def test_a_malformed_batch_answer_sends_that_batch_one_by_one(
     assert sub.process_due() is None and sub.pending == 0
     assert fake.urls == ["submit", "submit-batch", "submit", "submit"]
     assert all(Path(receipt_path(p)).exists() for p in paths) and witness.size == 3
+    assert sub._batches  # one such batch does not make a witness without batches
+    sub.close()
 
 
 def test_an_unexpected_error_in_a_delivery_is_retried_not_taken_as_delivered(
