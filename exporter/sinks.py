@@ -33,12 +33,12 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Literal, Protocol, get_args, runtime_checkable
 
-from spanproof.verifier._files import unlink_quietly, write_temp
+from spanproof.verifier._files import fsync_directory, unlink_quietly, write_temp
 from spanproof.verifier.bundle import BUNDLE_SUFFIX
 
 from .sealing import SealedBundle
 
-__all__ = ["BundleSink", "DirectorySink", "SyncMode", "syncfs_available"]
+__all__ = ["BundleSink", "DirectorySink", "SyncMode", "syncfs_available", "write_together"]
 
 #: How :meth:`DirectorySink.write_many` makes a group's files durable: ``"auto"``
 #: (``"filesystem"`` where ``syncfs`` reports errors, else ``"file"``), ``"filesystem"``
@@ -295,6 +295,51 @@ def sync_filesystem(directory: str) -> bool:
 def syncfs_available() -> bool:
     """True when ``DirectorySink(sync="auto")`` makes groups durable with ``syncfs``."""
     return _SYNCFS is not None
+
+
+def write_together(files: Sequence[tuple[str, bytes]]) -> list[OSError | None]:
+    """Write each ``(path, data)`` atomically, all made durable together as
+    :class:`DirectorySink` does its groups: each under a temporary name beside its
+    path (fsynced itself unless ``syncfs`` serves a group of several), one
+    ``syncfs`` per directory, then renamed over its path, and each directory
+    fsynced once.  Returns, per file, None once it is in place and durable, or the
+    error that kept it from being so (a failing ``syncfs`` or directory fsync fails
+    every file it covers)."""
+    errors: list[OSError | None] = [None] * len(files)
+    grouped = len(files) > 1 and syncfs_available()
+    staged: list[tuple[int, str, str]] = []  # position, path, temporary file
+    for i, (path, data) in enumerate(files):
+        directory, name = os.path.split(path)
+        try:
+            staged.append((i, path, write_temp(directory or ".", name, data,
+                                               fsync=not grouped)))
+        except OSError as e:
+            errors[i] = e
+    if grouped:
+        try:
+            for directory in sorted({os.path.dirname(path) or "." for _, path, _ in staged}):
+                sync_filesystem(directory)
+        except OSError as e:
+            for i, _, tmp in staged:
+                unlink_quietly(tmp)
+                errors[i] = e
+            return errors
+    placed: dict[str, list[int]] = {}  # directory -> positions renamed into it
+    for i, path, tmp in staged:
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            unlink_quietly(tmp)
+            errors[i] = e
+            continue
+        placed.setdefault(os.path.dirname(path) or ".", []).append(i)
+    for directory, positions in sorted(placed.items()):
+        try:
+            fsync_directory(directory)
+        except OSError as e:
+            for i in positions:
+                errors[i] = e
+    return errors
 
 
 def bundle_names(name: str) -> Iterator[str]:

@@ -39,7 +39,6 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from spanproof.verifier._files import fsync_directory, unlink_quietly, write_temp
 from spanproof.verifier.bundle import BUNDLE_SUFFIX, BundleReader
 from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.checkpoint import WitnessKey
@@ -50,7 +49,7 @@ from spanproof.verifier.records import digest_hex
 from spanproof.verifier.statement import Statement
 
 from ._http import KeepAlivePost
-from .sinks import sync_filesystem, syncfs_available
+from .sinks import write_together
 
 __all__ = ["Post", "WitnessSubmitter", "backoff_delay"]
 
@@ -243,43 +242,26 @@ class WitnessSubmitter:
 
     def _persist(self, bundles: Sequence[str]) -> None:
         # Called by the worker only.  One small file per pending bundle, named so
-        # that a second submission of the same path is recognized.  A batch is made
-        # durable together: one syncfs where available, as the bundle sink does.
+        # that a second submission of the same path is recognized; those of one
+        # round are made durable together (write_together).
         new: dict[str, str] = {}  # tag -> bundle, in submission order
         for bundle in bundles:
             tag = hashlib.sha256(bundle.encode("utf-8", "surrogatepass")).hexdigest()[:16]
             if tag not in self._tags:
                 new.setdefault(tag, bundle)
-        grouped = len(new) > 1 and syncfs_available()
-        staged: list[tuple[str, str, str]] = []  # tag, bundle, temporary file
+        queued = []  # queue file name, tag, bundle
         for tag, bundle in new.items():
-            try:
-                tmp = write_temp(self._dir, f"{tag}.json", canonicalize({"bundle": bundle}),
-                                 fsync=not grouped)
-            except OSError as e:
-                _log_unqueued(bundle, e)
-                continue
-            staged.append((tag, bundle, tmp))
-        if grouped:
-            try:
-                sync_filesystem(self._dir)
-            except OSError as e:
-                for _, bundle, tmp in staged:
-                    _log_unqueued(bundle, e)
-                    unlink_quietly(tmp)
-                return
-        for tag, bundle, tmp in staged:
-            name = f"{self._seq:012d}-{tag}.json"
-            path = os.path.join(self._dir, name)
-            try:
-                os.replace(tmp, path)
-            except OSError as e:
-                _log_unqueued(bundle, e)
-                unlink_quietly(tmp)
-                continue
-            self._pending[name] = _Pending(self._seq, bundle, path)
-            self._tags[tag] = name
+            queued.append((f"{self._seq:012d}-{tag}.json", tag, bundle))
             self._seq += 1
+        errors = write_together([(os.path.join(self._dir, name), canonicalize({"bundle": b}))
+                                 for name, _, b in queued])
+        for (name, tag, bundle), error in zip(queued, errors, strict=True):
+            if error is not None:
+                _log_unqueued(bundle, error)
+                continue
+            self._pending[name] = _Pending(int(name[:12]), bundle,
+                                           os.path.join(self._dir, name))
+            self._tags[tag] = name
 
     def _drain_incoming(self) -> None:
         # The submissions stay in _incoming until they are in _pending, so flush()
@@ -395,52 +377,19 @@ class WitnessSubmitter:
 
     def _write_receipts(self) -> _Transient | None:
         """Write the receipts delivered since the last call beside their bundles, made
-        durable together (as the bundle sink does: each written under a temporary
-        name, one ``syncfs`` where available, else an fsync each, then renamed into
-        place, and each directory fsynced once), and only then forget their queue
-        files.  A receipt that cannot be written stays pending: the witness answers
-        its next submission with the same entry."""
+        durable together (:func:`~spanproof.exporter.sinks.write_together`), and only
+        then forget their queue files.  A receipt that cannot be written stays
+        pending: the witness answers its next submission with the same entry."""
         batch, self._unwritten = self._unwritten, []
-        if not batch:
-            return None
-        grouped = len(batch) > 1 and syncfs_available()
+        # Each once, and only while still pending (should an earlier round have failed).
+        todo = [(name, got) for name, got in dict(batch).items() if name in self._pending]
+        errors = write_together([(got.target, got.receipt) for _, got in todo])
         failure: _Transient | None = None
-        staged: list[tuple[str, str, str]] = []  # queue name, receipt path, temporary file
-        for name, got in dict(batch).items():  # once each, should a round have failed
-            if name not in self._pending:
-                continue
-            directory, file_name = os.path.split(got.target)
-            try:
-                tmp = write_temp(directory, file_name, got.receipt, fsync=not grouped)
-            except OSError as e:
-                failure = failure or _Transient(f"cannot write {got.target}: {e}")
-                continue
-            staged.append((name, got.target, tmp))
-        directories = sorted({os.path.dirname(target) for _, target, _ in staged})
-        try:
-            if grouped:
-                for directory in directories:
-                    sync_filesystem(directory)
-        except OSError as e:
-            for _, _, tmp in staged:
-                unlink_quietly(tmp)
-            return _Transient(f"cannot make receipts durable: {e}")
-        written: list[str] = []
-        for name, target, tmp in staged:
-            try:
-                os.replace(tmp, target)
-            except OSError as e:
-                unlink_quietly(tmp)
-                failure = failure or _Transient(f"cannot write {target}: {e}")
-                continue
-            written.append(name)
-        try:
-            for directory in directories:
-                fsync_directory(directory)
-        except OSError as e:
-            return _Transient(f"cannot make receipts durable: {e}")
-        for name in written:
-            self._remove(name)
+        for (name, got), error in zip(todo, errors, strict=True):
+            if error is None:
+                self._remove(name)
+            else:
+                failure = failure or _Transient(f"cannot write {got.target}: {error}")
         return failure
 
     def _deliver_window(self, items: Sequence[tuple[str, str]]) -> _Transient | None:
@@ -578,10 +527,9 @@ class WitnessSubmitter:
         encoded: list[str] = []
         for bundle in bundles:
             try:
-                with open(bundle, "rb") as f:
-                    encoded.append(base64.b64encode(f.read()).decode("ascii"))
-            except OSError as e:
-                outcomes.append(_Permanent(f"cannot read bundle: {e.strerror}"))
+                encoded.append(base64.b64encode(_read_bundle(bundle)).decode("ascii"))
+            except _Permanent as e:
+                outcomes.append(e)
                 continue
             sent.append(len(outcomes))
             outcomes.append(None)
@@ -592,7 +540,7 @@ class WitnessSubmitter:
                                             self._timeout)
             except (OSError, urllib.error.URLError) as e:
                 raise _Transient(str(getattr(e, "reason", e))) from e
-            if status in (408, 429) or status >= 500:
+            if _retryable(status):
                 raise _Transient(f"HTTP {status}")
             if status in (404, 405):
                 _logger.info("the witness takes no batches (HTTP %d); submitting one by one",
@@ -618,11 +566,7 @@ class WitnessSubmitter:
         return done
 
     def _batch_outcome(self, bundle: str, result: dict[str, Any]) -> _Delivered:
-        status = result["status"]
-        if status in (408, 429) or status >= 500:
-            raise _Transient(f"HTTP {status}")
-        if status not in (200, 201):
-            raise _Permanent(f"witness rejected the bundle: HTTP {status}: {result['error']}")
+        _check_answer(result["status"], result.get("error", ""))
         try:
             receipt = canonicalize(result["receipt"]) + b"\n"  # the receipt file's bytes
         except (ValueError, TypeError, SpanproofError) as e:
@@ -656,19 +600,12 @@ class WitnessSubmitter:
             del self._tags[tag]
 
     def _deliver(self, bundle: str) -> _Delivered:
-        try:
-            with open(bundle, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise _Permanent(f"cannot read bundle: {e.strerror}") from e
+        data = _read_bundle(bundle)
         try:
             status, body = self._post(self._url, data, self._headers, self._timeout)
         except (OSError, urllib.error.URLError) as e:
             raise _Transient(str(getattr(e, "reason", e))) from e
-        if status in (408, 429) or status >= 500:
-            raise _Transient(f"HTTP {status}")
-        if status not in (200, 201):
-            raise _Permanent(f"witness rejected the bundle: HTTP {status}: {_error_text(body)}")
+        _check_answer(status, body)
         return self._checked_receipt(bundle, body)
 
     def _checked_receipt(self, bundle: str, receipt: bytes) -> _Delivered:
@@ -783,6 +720,30 @@ def _own_statement(bundle: str, trust: TrustRoot) -> _OwnStatement:
     except SpanproofError as e:
         raise _Permanent(f"own bundle's statement does not verify: {e}") from e
     return _OwnStatement(statement, digest_hex(envelope.payload), signer.keyid)
+
+
+def _read_bundle(bundle: str) -> bytes:
+    try:
+        with open(bundle, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise _Permanent(f"cannot read bundle: {e.strerror}") from e
+
+
+def _retryable(status: int) -> bool:
+    """An HTTP status the witness may answer differently later (SPEC §12.11)."""
+    return status in (408, 429) or status >= 500
+
+
+def _check_answer(status: int, reason: bytes | str) -> None:
+    """Raise for a witness's answer to one submission that is not a receipt:
+    ``_Transient`` when worth retrying, ``_Permanent`` for a rejection (*reason*:
+    the answer's body, or its ``error`` text)."""
+    if _retryable(status):
+        raise _Transient(f"HTTP {status}")
+    if status not in (200, 201):
+        text = reason if isinstance(reason, str) else _error_text(reason)
+        raise _Permanent(f"witness rejected the bundle: HTTP {status}: {text}")
 
 
 def _file_size(path: str) -> int:

@@ -299,3 +299,45 @@ def test_sync_filesystem_syncs_the_directorys_filesystem_or_says_it_cannot(
     monkeypatch.setattr(sinks_module, "_SYNCFS", lambda fd: synced.append(os.fstat(fd).st_ino))
     assert sinks_module.sync_filesystem(str(tmp_path)) is True
     assert synced == [os.stat(tmp_path).st_ino]
+
+
+def test_write_together_syncs_once_per_directory_and_reports_each_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    syncs: list[str] = []
+    dir_fsyncs: list[str] = []
+    monkeypatch.setattr(sinks_module, "syncfs_available", lambda: True)
+    monkeypatch.setattr(sinks_module, "sync_filesystem", lambda d: syncs.append(d) or True)
+
+    def fsync_directory(directory: str) -> None:
+        dir_fsyncs.append(directory)
+        if directory == str(b):
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(sinks_module, "fsync_directory", fsync_directory)
+    files = [(str(a / "1.json"), b"one"), (str(b / "2.json"), b"two"),
+             (str(a / "3.json"), b"three"), (str(tmp_path / "missing" / "4.json"), b"four")]
+    errors = sinks_module.write_together(files)
+    assert sorted(syncs) == [str(a), str(b)] and sorted(dir_fsyncs) == [str(a), str(b)]
+    assert errors[0] is None and errors[2] is None
+    # In place, but its directory could not be made durable: reported.
+    assert isinstance(errors[1], OSError) and (b / "2.json").read_bytes() == b"two"
+    assert isinstance(errors[3], FileNotFoundError)
+    assert (a / "1.json").read_bytes() == b"one" and (a / "3.json").read_bytes() == b"three"
+    assert not [p for p in tmp_path.rglob("*.tmp")]
+
+
+def test_write_together_leaves_nothing_when_the_group_cannot_be_made_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sinks_module, "syncfs_available", lambda: True)
+
+    def failing(directory: str) -> bool:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(sinks_module, "sync_filesystem", failing)
+    errors = sinks_module.write_together([(str(tmp_path / "1"), b"x"), (str(tmp_path / "2"), b"y")])
+    assert all(isinstance(e, OSError) for e in errors) and list(tmp_path.iterdir()) == []

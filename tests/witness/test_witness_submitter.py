@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -20,6 +21,7 @@ from witness_helpers import (
     write_bundle,
 )
 
+from spanproof.exporter import sinks
 from spanproof.exporter import submit as submit_module
 from spanproof.exporter.keys import SigningKey
 from spanproof.exporter.submit import WitnessSubmitter, backoff_delay
@@ -198,44 +200,35 @@ def test_pending_submissions_survive_a_restart(
 def test_a_batch_of_submissions_is_made_durable_with_one_filesystem_sync(
     tmp_path: Path, witness: Witness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from spanproof.exporter import submit as submit_module
-
     syncs: list[str] = []
     fsyncs: list[int] = []
-    real_fsync = submit_module.os.fsync
-    monkeypatch.setattr(submit_module, "syncfs_available", lambda: True)
-    monkeypatch.setattr(submit_module, "sync_filesystem",
+    real_fsync = os.fsync
+    monkeypatch.setattr(sinks, "syncfs_available", lambda: True)
+    monkeypatch.setattr(sinks, "sync_filesystem",
                         lambda directory: syncs.append(directory) or True)
-    monkeypatch.setattr(submit_module.os, "fsync",
-                        lambda fd: fsyncs.append(fd) or real_fsync(fd))
+    monkeypatch.setattr(os, "fsync", lambda fd: fsyncs.append(fd) or real_fsync(fd))
     sub = WitnessSubmitter("http://w.invalid", tmp_path / "q",
                            post=FakeWitness(witness), start=False)
     paths = _bundles(tmp_path / "b", 3)
     for p in paths + paths[:1]:
         sub.submit(p)
     sub._drain_incoming()
-    assert syncs == [str(tmp_path / "q")] and fsyncs == []
+    assert syncs == [str(tmp_path / "q")] and len(fsyncs) == 1  # the directory
     assert sub.pending == 3
     assert sorted(json.loads(f.read_bytes())["bundle"] for f in (tmp_path / "q").glob("*.json")
                   ) == sorted(str(p) for p in paths)
     assert not list((tmp_path / "q").glob("*.tmp"))
-    # A lone submission is fsynced on its own.
+    # A lone submission is fsynced on its own (and its directory).
     sub.submit(tmp_path / "b" / "other.spanproof.json")
     sub._drain_incoming()
-    assert len(syncs) == 1 and len(fsyncs) == 1 and sub.pending == 4
+    assert len(syncs) == 1 and len(fsyncs) == 3 and sub.pending == 4
 
 
 def test_a_failed_filesystem_sync_queues_nothing_of_its_batch(
     tmp_path: Path, witness: Witness, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from spanproof.exporter import submit as submit_module
-
-    def failing(directory: str) -> bool:
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(submit_module, "syncfs_available", lambda: True)
-    monkeypatch.setattr(submit_module, "sync_filesystem", failing)
+    SyncSpy(monkeypatch, fail=True)
     sub = WitnessSubmitter("http://w.invalid", tmp_path / "q",
                            post=FakeWitness(witness), start=False)
     for p in _bundles(tmp_path / "b", 2):
@@ -457,15 +450,15 @@ class SyncSpy:
         self.syncs: list[str] = []
         self.dir_fsyncs: list[str] = []
         self.fail = fail
-        monkeypatch.setattr(submit_module, "syncfs_available", lambda: True)
-        monkeypatch.setattr(submit_module, "sync_filesystem", self.sync)
-        real_fsync_directory = submit_module.fsync_directory
+        monkeypatch.setattr(sinks, "syncfs_available", lambda: True)
+        monkeypatch.setattr(sinks, "sync_filesystem", self.sync)
+        real_fsync_directory = sinks.fsync_directory
 
         def fsync_directory(directory: str) -> None:
             self.dir_fsyncs.append(directory)
             real_fsync_directory(directory)
 
-        monkeypatch.setattr(submit_module, "fsync_directory", fsync_directory)
+        monkeypatch.setattr(sinks, "fsync_directory", fsync_directory)
 
     def sync(self, directory: str) -> bool:
         self.syncs.append(directory)
@@ -522,7 +515,7 @@ def test_a_receipt_that_cannot_be_written_stays_queued_and_the_others_are_kept(
     tmp_path: Path, witness: Witness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sub, paths = _queued(tmp_path, witness, 3)
-    real_write_temp = submit_module.write_temp
+    real_write_temp = sinks.write_temp
     broken = Path(receipt_path(paths[1])).name
 
     def write_temp(directory: str, name: str, data: bytes, **kw: Any) -> str:
@@ -530,10 +523,10 @@ def test_a_receipt_that_cannot_be_written_stays_queued_and_the_others_are_kept(
             raise OSError(28, "No space left on device")
         return real_write_temp(directory, name, data, **kw)
 
-    monkeypatch.setattr(submit_module, "write_temp", write_temp)
+    monkeypatch.setattr(sinks, "write_temp", write_temp)
     assert sub.process_due() == 0.5 and sub.pending == 1
     assert [Path(receipt_path(p)).exists() for p in paths] == [True, False, True]
-    monkeypatch.setattr(submit_module, "write_temp", real_write_temp)
+    monkeypatch.setattr(sinks, "write_temp", real_write_temp)
     sub._not_before = 0.0
     assert sub.process_due() is None and Path(receipt_path(paths[1])).exists()
 
