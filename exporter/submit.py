@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import logging
 import os
@@ -523,17 +524,16 @@ class WitnessSubmitter:
 
     def _deliver_batch(self, bundles: Sequence[str]) -> list[Exception | _Delivered]:
         outcomes: list[Exception | _Delivered | None] = []
-        sent: list[int] = []  # positions in outcomes of the bundles sent
-        encoded: list[str] = []
+        sent: list[tuple[int, bytes]] = []  # position in outcomes, the bytes sent
         for bundle in bundles:
             try:
-                encoded.append(base64.b64encode(_read_bundle(bundle)).decode("ascii"))
+                sent.append((len(outcomes), _read_bundle(bundle)))
             except _Permanent as e:
                 outcomes.append(e)
                 continue
-            sent.append(len(outcomes))
             outcomes.append(None)
-        if encoded:
+        if sent:
+            encoded = [base64.b64encode(data).decode("ascii") for _, data in sent]
             body = json.dumps({"submissions": encoded}).encode("ascii")
             try:
                 status, answer = self._post(self._batch_url, body, self._batch_headers,
@@ -555,23 +555,22 @@ class WitnessSubmitter:
                 _logger.warning("the witness's answer to a batch is malformed (%s); "
                                 "submitting its bundles one by one", e)
                 raise _OneByOne from e
-            for position, result in zip(sent, results, strict=True):
-                bundle = bundles[position]
+            for (position, data), result in zip(sent, results, strict=True):
                 try:
-                    outcomes[position] = self._batch_outcome(bundle, result)
+                    outcomes[position] = self._batch_outcome(bundles[position], data, result)
                 except (_Transient, _Permanent) as e:
                     outcomes[position] = e
         done = [outcome for outcome in outcomes if outcome is not None]
         assert len(done) == len(bundles)
         return done
 
-    def _batch_outcome(self, bundle: str, result: dict[str, Any]) -> _Delivered:
+    def _batch_outcome(self, bundle: str, data: bytes, result: dict[str, Any]) -> _Delivered:
         _check_answer(result["status"], result.get("error", ""))
         try:
             receipt = canonicalize(result["receipt"]) + b"\n"  # the receipt file's bytes
         except (ValueError, TypeError, SpanproofError) as e:
             raise _Permanent(f"witness receipt is not a receipt: {e}") from e
-        return self._checked_receipt(bundle, receipt)
+        return self._checked_receipt(bundle, data, receipt)
 
     def _remove(self, name: str) -> None:
         item = self._pending.pop(name)
@@ -606,11 +605,13 @@ class WitnessSubmitter:
         except (OSError, urllib.error.URLError) as e:
             raise _Transient(str(getattr(e, "reason", e))) from e
         _check_answer(status, body)
-        return self._checked_receipt(bundle, body)
+        return self._checked_receipt(bundle, data, body)
 
-    def _checked_receipt(self, bundle: str, receipt: bytes) -> _Delivered:
+    def _checked_receipt(self, bundle: str, data: bytes, receipt: bytes) -> _Delivered:
+        """*receipt* for the submitted bundle *data* (read from *bundle*), verified
+        when witness keys are pinned, with where it goes."""
         if self._witness_keys and self._trust is not None:
-            statement = _own_statement(bundle, self._trust)
+            statement = _own_statement(data, self._trust)
             try:
                 verified = verify_receipt(receipt, statement, self._witness_keys)
             except SpanproofError as e:
@@ -701,22 +702,19 @@ class _OwnStatement:
     signer_keyid: str
 
 
-def _own_statement(bundle: str, trust: TrustRoot) -> _OwnStatement:
-    """Read the bundle's header only and verify its statement's signature (SPEC §8
-    steps 1-4).  Its records are not read again: the witness verified them before
-    logging the statement, whose head binds them, and a receipt proves only that
-    this statement was logged.
+def _own_statement(data: bytes, trust: TrustRoot) -> _OwnStatement:
+    """Read the header of the bundle bytes that were submitted and verify its
+    statement's signature (SPEC §8 steps 1-4).  Its records are not read: the
+    witness verified them before logging the statement, whose head binds them, and
+    a receipt proves only that this statement was logged.
 
     Raises:
         _Permanent: the header cannot be read or its signature does not verify.
     """
     try:
-        with open(bundle, "rb") as f:
-            envelope, _ = BundleReader(f).read_header()
+        envelope, _ = BundleReader(io.BytesIO(data)).read_header()
         signer = envelope.verify(trust)  # verify first, then parse the verified bytes
         statement = Statement.from_payload(envelope.payload)
-    except OSError as e:
-        raise _Permanent(f"cannot read own bundle: {e.strerror or e}") from e
     except SpanproofError as e:
         raise _Permanent(f"own bundle's statement does not verify: {e}") from e
     return _OwnStatement(statement, digest_hex(envelope.payload), signer.keyid)

@@ -664,6 +664,42 @@ def test_a_batch_carries_a_bounded_number_of_bundle_bytes(
     sub.close()
 
 
+class SwappingReceipts(FakeWitness):
+    """A witness that logs a batch but answers each submission with another's receipt."""
+
+    def __call__(
+        self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
+    ) -> tuple[int, bytes]:
+        status, answer = super().__call__(url, body, headers, timeout)
+        if url.endswith("/v1/submit-batch"):
+            doc = json.loads(answer)
+            doc["results"].reverse()
+            answer = json.dumps(doc).encode()
+        return status, answer
+
+
+def test_receipts_a_batch_answer_swapped_are_not_stored(
+    tmp_path: Path, witness: Witness, witness_keys: list[WitnessKey], producer_key: SigningKey,
+) -> None:
+    fake = SwappingReceipts(witness)
+    fake.down = False
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
+                           producer_key=producer_key.private_key.public_key(),
+                           witness_keys=witness_keys, concurrency=1, batch_size=4,
+                           start=False)
+    paths = _bundles(tmp_path / "b", 3)
+    for p in paths:
+        sub.submit(p)
+    assert sub.process_due() is None and sub.pending == 0
+    assert fake.urls == ["submit", "submit-batch"]
+    # The probe's receipt is its own; the two batched ones each got the other's.
+    assert [Path(receipt_path(p)).exists() for p in paths] == [True, False, False]
+    reasons = [json.loads(f.read_text())["reason"]
+               for f in (tmp_path / "q" / "failed").glob("*.json")]
+    assert len(reasons) == 2
+    assert all("witness receipt does not verify" in r for r in reasons)
+
+
 class RefusingBatches(FakeWitness):
     """Answers a batch as a whole with *status* and *body*."""
 
