@@ -34,13 +34,14 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .errors import InvalidKey, InvalidReceipt, LogInconsistent, NoteSignatureError, ProofError
-from .keys import load_public_key
+from .keys import load_public_key, raw_public_bytes
 from .merkle import EMPTY_ROOT, HASH_SIZE, verify_consistency
 
 __all__ = [
@@ -86,15 +87,11 @@ def _strict_b64(text: str, what: str) -> bytes:
     return raw
 
 
-def _raw_public_key(public_key: Ed25519PublicKey) -> bytes:
-    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
 def note_key_hash(name: str, public_key: Ed25519PublicKey) -> bytes:
     """Return the 4-byte signed-note key hash of an Ed25519 key named *name*:
     ``SHA-256(name || 0x0A || 0x01 || 32-byte public key)[:4]``."""
     data = name.encode("utf-8") + b"\n" + bytes([ED25519_SIGNATURE_TYPE])
-    return hashlib.sha256(data + _raw_public_key(public_key)).digest()[:4]
+    return hashlib.sha256(data + raw_public_bytes(public_key)).digest()[:4]
 
 
 @dataclass(frozen=True)
@@ -187,6 +184,10 @@ class WitnessKey:
         if self.name is not None and _bad_name(self.name):
             raise ValueError(f"invalid witness key name {self.name!r} (no spaces or '+')")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # As TrustedKey's: the raw key bytes, as cryptography's objects cannot be pickled.
+        return (_witness_key, (raw_public_bytes(self.public_key), self.name, self.source))
+
     def key_hash(self, name: str | None = None) -> bytes:
         """The signed-note key hash of this key under *name* (default: its own name).
 
@@ -209,7 +210,7 @@ class WitnessKey:
             raise ValueError("a verifier key string needs a key name")
         if _bad_name(use):
             raise ValueError(f"invalid key name {use!r}")
-        blob = base64.b64encode(bytes([ED25519_SIGNATURE_TYPE]) + _raw_public_key(self.public_key))
+        blob = base64.b64encode(bytes([ED25519_SIGNATURE_TYPE]) + raw_public_bytes(self.public_key))
         return f"{use}+{self.key_hash(use).hex()}+{blob.decode('ascii')}"
 
     def public_pem(self) -> bytes:
@@ -281,6 +282,11 @@ class WitnessKey:
         if b"-----BEGIN" not in data and b"+" in data:
             return cls.from_vkey(data.decode("utf-8", "replace"), spec)
         return cls.from_pem(data, None, spec)
+
+
+def _witness_key(raw: bytes, name: str | None, source: str) -> WitnessKey:
+    """A :class:`WitnessKey` rebuilt from its pickled form."""
+    return WitnessKey(Ed25519PublicKey.from_public_bytes(raw), name, source)
 
 
 def load_witness_keys(specs: Sequence[str]) -> tuple[WitnessKey, ...]:

@@ -134,6 +134,24 @@ class TrustedKey:
             return False
         return not (self.valid_until is not None and when >= self.valid_until)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # cryptography's key objects cannot be pickled, their 32 raw bytes can: the
+        # processes of `spanproof verify --jobs` receive the trust root this way.
+        return (_trusted_key, (raw_public_bytes(self.key), self.source, self.valid_from,
+                               self.valid_until))
+
+
+def raw_public_bytes(key: Ed25519PublicKey) -> bytes:
+    """The 32 raw bytes of an Ed25519 public key (RFC 8032 encoding)."""
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def _trusted_key(raw: bytes, source: str, valid_from: datetime | None,
+                 valid_until: datetime | None) -> TrustedKey:
+    """A :class:`TrustedKey` rebuilt from its pickled form (its key id derived again)."""
+    key = Ed25519PublicKey.from_public_bytes(raw)
+    return TrustedKey(key, key_id(key), source, valid_from, valid_until)
+
 
 @dataclass(frozen=True)
 class TrustRoot:

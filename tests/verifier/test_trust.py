@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from spanproof.exporter.keys import SigningKey
 from spanproof.verifier import (
@@ -22,6 +24,7 @@ from spanproof.verifier import (
     key_id,
     load_public_key,
 )
+from spanproof.verifier.checkpoint import WitnessKey
 from spanproof.verifier.keys import format_time
 
 if TYPE_CHECKING:
@@ -217,3 +220,29 @@ def test_same_key_without_window_verifies_any_time(kit: Kit) -> None:
     data = kit.seal(signer=KEY_A, sealed_at=ROTATION + timedelta(days=3650)).data
     root = TrustRoot.from_keys([TrustedKey.from_public_key(KEY_A.private_key.public_key())])
     assert kit.check(data, root).verdict is Verdict.OK
+
+
+# Pickled for `spanproof verify --jobs`: cryptography's key objects cannot be.
+
+
+def test_trusted_and_witness_keys_survive_pickling() -> None:
+    private = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    key = TrustedKey(private.public_key(), key_id(private.public_key()), "root.json: keys[0]",
+                     datetime(2026, 1, 1, tzinfo=timezone.utc),
+                     datetime(2027, 1, 1, tzinfo=timezone.utc))
+    root = TrustRoot.from_keys([key])
+    copy = pickle.loads(pickle.dumps(root))
+    assert copy == root
+    (copied,) = copy.keys
+    assert copied.keyid == key.keyid and copied.valid_until == key.valid_until
+    assert copied.verify(private.sign(b"message"), b"message")
+    assert not copied.verify(private.sign(b"message"), b"other")
+    pinned = WitnessKey(private.public_key(), "trust.test/witness", "witness.vkey")
+    assert pickle.loads(pickle.dumps(pinned)) == pinned
+    assert pickle.loads(pickle.dumps(pinned)).vkey() == pinned.vkey()
+
+
+def test_a_pickled_trusted_key_derives_its_key_id_again() -> None:
+    private = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    forged = TrustedKey(private.public_key(), "0" * 64, "forged")
+    assert pickle.loads(pickle.dumps(forged)).keyid == key_id(private.public_key())
