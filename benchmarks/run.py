@@ -757,8 +757,8 @@ def section_receiver_cost(reps: int, traces: int) -> tuple[float, float]:
     to seal and write (all traces sealed at once at shutdown), with the garbage
     collector set as ``spanproof receiver`` sets it."""
     from spanproof.exporter import SigningKey
-    from spanproof.exporter._gc import collecting_rarely
     from spanproof.exporter.receiver import Receiver
+    from spanproof.verifier._gc import collecting_rarely
 
     requests, _ = _otlp_requests(traces, per_request=500)
     spans = traces * 5

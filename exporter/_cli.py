@@ -31,12 +31,12 @@ from spanproof.verifier._cli import (
     format_result,
     link_results,
 )
+from spanproof.verifier._gc import collecting_rarely
 from spanproof.verifier.errors import InvalidKey
 from spanproof.verifier.tree import render_tree
 from spanproof.verifier.verify import Verdict
 
 from ._exporter import SpanproofSpanExporter
-from ._gc import collecting_rarely
 from .config import DEFAULT_SELECT_ATTRIBUTES
 from .keys import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, SigningKey
 

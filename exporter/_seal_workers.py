@@ -54,9 +54,9 @@ from typing import Any
 
 import orjson
 
+from spanproof.verifier._gc import collecting_rarely
 from spanproof.verifier.statement import Completeness, Producer
 
-from ._gc import collecting_rarely
 from ._sealing_process import _frame, _read_frame, _reply_to, child_replies, spawn_child
 from .assembly import SealJob
 from .disclosure import AttributeMatcher

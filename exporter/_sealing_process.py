@@ -59,7 +59,7 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
-from ._gc import collecting_rarely
+from spanproof.verifier._gc import collecting_rarely
 
 __all__ = ["FieldSpan", "SealingProcess", "SealingProcessError", "SealingProcessUnreachable",
            "SealingProcesses", "span_fields"]

@@ -6,7 +6,7 @@ import gc
 
 import pytest
 
-from spanproof.exporter._gc import collecting_rarely
+from spanproof.verifier._gc import collecting_rarely
 
 
 def test_collecting_rarely_raises_the_threshold_and_restores_it() -> None:

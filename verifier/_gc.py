@@ -16,12 +16,13 @@ _RARE_THRESHOLD = (100_000, 50, 100)
 def collecting_rarely() -> Iterator[None]:
     """Run the cyclic garbage collector rarely while the block runs.
 
-    For spanproof's own processes only (the sealing process, ``spanproof receiver``),
-    never an application's: their pending record bodies are many small dicts that
-    live until sealed, and the default thresholds rescan them every 700
-    allocations, which halved the rate at which spans were admitted.  The bodies
-    hold no reference cycles, so collecting rarely costs little memory; the objects
-    alive at the start are frozen out of collections.  The previous thresholds are
+    For spanproof's own processes only (the sealing process, ``spanproof receiver``,
+    ``spanproof verify`` while its workers check bundles), never an application's:
+    their pending record bodies (or the verifier's reports) are many small objects
+    that live until the end, and the default thresholds rescan them every 700
+    allocations, which halved the rate at which spans were admitted.  They hold no
+    reference cycles, so collecting rarely costs little memory; the objects alive
+    at the start are frozen out of collections.  The previous thresholds are
     restored at the end.
     """
     previous = gc.get_threshold()
