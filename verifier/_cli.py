@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, NoReturn, cast
 
+from ._jobs import AUTO_MIN_BUNDLES_FORK, map_in_order
 from ._term import Progress, Style
 from .bundle import BundleReader
 from .checkpoint import WitnessKey, load_witness_keys
@@ -81,6 +82,10 @@ class _Parser(argparse.ArgumentParser):
 
 def _error(message: str) -> None:
     print(f"{_PROG}: error: {message}", file=sys.stderr)
+
+
+def _warn(message: str) -> None:
+    print(f"{_PROG}: warning: {message}", file=sys.stderr)
 
 
 def _version() -> str:
@@ -285,17 +290,39 @@ def _with_receipt(
     return BundleResult(result.path, attach_receipt_check(result.report, check))
 
 
+@dataclass(frozen=True)
+class _BundleCheck:
+    """What ``verify`` and ``report`` do to one bundle: :func:`check_path`, then,
+    unless *receipts* is None, the receipt check with those pinned witness keys.
+    Picklable, so that ``--jobs`` workers can run it."""
+
+    trust: TrustRoot
+    allow_incomplete: bool
+    keep_records: bool
+    receipts: tuple[WitnessKey, ...] | None = None
+    require_receipt: bool = False
+    witness_origin: str | None = None
+
+    def __call__(self, path: str) -> BundleResult:
+        result = check_path(path, self.trust, allow_incomplete=self.allow_incomplete,
+                            keep_records=self.keep_records)
+        if self.receipts is None:
+            return result
+        return _with_receipt(result, self.receipts, required=self.require_receipt,
+                             origin=self.witness_origin)
+
+
 def _check_all(
-    paths: Sequence[str], trust: TrustRoot, args: argparse.Namespace, *, keep_records: bool
+    paths: Sequence[str], check: _BundleCheck, args: argparse.Namespace
 ) -> list[BundleResult]:
-    """``check_path`` on every path, with a progress bar on a terminal's stderr when
-    there are many (never with ``--json``; stdout is untouched)."""
+    """*check* on every path, in ``--jobs`` processes, with a progress bar on a
+    terminal's stderr when there are many (never with ``--json``; stdout is
+    untouched)."""
     results: list[BundleResult] = []
     show_bar = not getattr(args, "json", False)
     with Progress(len(paths), sys.stderr, enabled=show_bar) as progress:
-        for path in paths:
-            results.append(check_path(path, trust, allow_incomplete=args.allow_incomplete,
-                                      keep_records=keep_records))
+        for result in map_in_order(check, paths, args.jobs, warn=_warn):
+            results.append(result)
             progress.advance()
     return results
 
@@ -308,13 +335,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if args.require_receipt and not witness_keys:
         raise UsageError("--require-receipt needs --witness-key (the pinned witness key)")
     paths, empty = _collect(args.paths)
-    results = _check_all(paths, trust, args, keep_records=bool(args.disclosures))
-    if witness_keys:
-        results = [
-            _with_receipt(r, witness_keys, required=args.require_receipt,
-                          origin=args.witness_origin)
-            for r in results
-        ]
+    check = _BundleCheck(
+        trust, args.allow_incomplete, keep_records=bool(args.disclosures),
+        receipts=tuple(witness_keys) if witness_keys else None,
+        require_receipt=args.require_receipt, witness_origin=args.witness_origin,
+    )
+    results = _check_all(paths, check, args)
     links = link_results(results)
     # SPEC §2.5.5: each disclosed value against its commitment in a verified bundle.
     disclosed = _report_disclosures(args.disclosures, results)
@@ -394,13 +420,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if os.path.isdir(out):
         raise UsageError(f"{out}: is a directory; --html takes the report file to write")
     paths, empty = _collect(args.paths)
-    results = _check_all(paths, trust, args, keep_records=True)
     # Always look for a receipt: without --witness-key the report says one is there
     # but unchecked (a SKIPPED check never changes a verdict).
-    results = [
-        _with_receipt(r, witness_keys, required=args.require_receipt, origin=args.witness_origin)
-        for r in results
-    ]
+    check = _BundleCheck(
+        trust, args.allow_incomplete, keep_records=True, receipts=tuple(witness_keys),
+        require_receipt=args.require_receipt, witness_origin=args.witness_origin,
+    )
+    results = _check_all(paths, check, args)
     links = link_results(results)
     disclosed = _report_disclosures(args.disclosures, results)
     document = render_html(
@@ -641,6 +667,25 @@ def _add_trust_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _job_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
+
+
+def _add_jobs_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--jobs", "-j", type=_job_count, metavar="N",
+        help="check bundles in N processes side by side; the output is the same "
+             "(default: one per usable CPU when there are enough bundles to pay for "
+             f"starting them, {AUTO_MIN_BUNDLES_FORK} on Linux; 1: all in this process)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``spanproof`` argument parser."""
     parser = _Parser(
@@ -662,6 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
         "files included), 2 usage error (bad flag, missing path, unusable key file).",
     )
     _add_trust_options(verify)
+    _add_jobs_option(verify)
     verify.add_argument(
         "--witness-key", action="append", default=[], metavar="PUB.pem",
         help="check each bundle's witness receipt (<name>.receipt.json) against this pinned "
@@ -725,6 +771,7 @@ def build_parser() -> argparse.ArgumentParser:
         "is still written), 2 usage error.",
     )
     _add_trust_options(report)
+    _add_jobs_option(report)
     report.add_argument(
         "--witness-key", action="append", default=[], metavar="PUB.pem",
         help="check each bundle's witness receipt against this pinned witness key",
