@@ -253,6 +253,7 @@ def _collect(paths: Sequence[str]) -> tuple[list[str], list[str]]:
     bundles: list[str] = []
     empty: list[str] = []
     seen: set[str] = set()
+    real_dirs: dict[str, str] = {}  # a directory's real path, resolved once
     for path in paths:
         if not os.path.exists(path):
             raise UsageError(f"{path}: no such file or directory")
@@ -260,7 +261,14 @@ def _collect(paths: Sequence[str]) -> tuple[list[str], list[str]]:
         if not found:
             empty.append(path)
         for bundle in found:
-            real = os.path.realpath(bundle)
+            if os.path.islink(bundle):
+                real = os.path.realpath(bundle)
+            else:
+                head, tail = os.path.split(bundle)
+                real_dir = real_dirs.get(head)
+                if real_dir is None:
+                    real_dir = real_dirs[head] = os.path.realpath(head)
+                real = os.path.join(real_dir, tail)
             if real not in seen:
                 seen.add(real)
                 bundles.append(bundle)

@@ -59,6 +59,21 @@ def test_same_bundle_given_twice_is_checked_once(capsys, keys: Keys, make_bundle
     assert len(out.splitlines()) == 1
 
 
+def test_a_bundle_reached_through_symbolic_links_is_checked_once(
+    capsys, keys: Keys, make_bundle, tmp_path
+):
+    path, _ = make_bundle()
+    (tmp_path / "dir-link").symlink_to(tmp_path / "bundles", target_is_directory=True)
+    (tmp_path / "file-link.spanproof.json").symlink_to(path)
+    code, out, _ = run(capsys, "verify", "--key", keys.pub, tmp_path / "dir-link",
+                       tmp_path / "file-link.spanproof.json", path, tmp_path / "bundles")
+    assert code == 0
+    assert out.splitlines() == [
+        f"OK {tmp_path / 'dir-link' / path.name} trace={TRACE} segment=0 records=7 "
+        f"seal=root_ended key={keys.signer.keyid[:16]}"
+    ]
+
+
 def test_verbose_lists_all_nine_checks_as_pass(capsys, keys: Keys, make_bundle):
     path, _ = make_bundle()
     code, out, _ = run(capsys, "verify", "--verbose", "--key", keys.pub, path)
