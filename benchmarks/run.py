@@ -29,6 +29,9 @@ medians and ratios against baselines measured in the same run.  Sections:
 * ``verify-1m``: the same for 1,000,000 records (written once, streamed, into a
   temporary directory; the verifier's peak RSS is its wrapper's
   ``RUSAGE_CHILDREN`` ``ru_maxrss``);
+* ``verify-many``: bundles/s verifying a directory of 4,000 bundles of 5-span
+  traces with ``spanproof verify``, in one process (``--jobs 1``) against the
+  default (one worker process per usable CPU), each run a fresh command;
 * ``receiver``: certified spans/s through ``spanproof receiver`` over OTLP/gRPC
   (prebuilt requests of 5-span evidence traces, 4 client threads), sent directly
   and through ``rotel-agent``, and through ``rotel-agent`` to a receiver with two
@@ -522,6 +525,48 @@ def section_verify(records: int) -> tuple[float, float, float]:
     return records / float(out[0]), int(out[1]) / 1024, written  # ru_maxrss: KiB
 
 
+def section_verify_many(reps: int, bundles: int) -> tuple[float, float, float, int]:
+    """Seal *bundles* 5-span traces into one directory, then verify it with
+    ``spanproof verify``, one process (``--jobs 1``) against the default (a worker
+    per usable CPU), alternating, each run a fresh command.
+
+    Returns (bundles/s with one process, bundles/s by default, the median of the
+    per-round ratios, the default's worker count).
+    """
+    from datetime import datetime, timezone
+
+    from spanproof.exporter.keys import SigningKey
+    from spanproof.exporter.sealing import ChainPosition, seal
+    from spanproof.verifier._jobs import workers_for
+    from spanproof.verifier.statement import Producer
+
+    key = SigningKey.from_seed(bytes(32))
+    producer = Producer("bench", "0", "00")
+    at = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    d = tempfile.mkdtemp(prefix="spanproof-bench-verify-many-")
+    pub = os.path.join(d, "k.pub")
+    with open(pub, "wb") as f:
+        f.write(key.public_pem())
+    out_dir = os.path.join(d, "bundles")
+    os.mkdir(out_dir)
+    for n in range(bundles):
+        tid = f"{n + 1:032x}"
+        sealed = seal(tid, _trace_bodies(tid, 5), ChainPosition.genesis(tid), signer=key,
+                      producer=producer, sealed_at=at, reason="root_ended")
+        with open(os.path.join(out_dir, f"{tid}-0000.spanproof.json"), "wb") as f:
+            f.write(sealed.data)
+    command = [sys.executable, "-m", "spanproof.verifier", "verify", "--key", pub, out_dir]
+    rates: dict[str, list[float]] = {"one": [], "default": []}
+    for _ in range(reps):
+        for config, extra in (("one", ["--jobs", "1"]), ("default", [])):
+            start = time.perf_counter()
+            subprocess.run(command + extra, check=True, stdout=subprocess.DEVNULL)
+            rates[config].append(bundles / (time.perf_counter() - start))
+    ratio = _paired_ratio(rates["default"], rates["one"])
+    return (statistics.median(rates["one"]), statistics.median(rates["default"]), ratio,
+            workers_for(None, bundles)[0])
+
+
 # ------------------------------------------------------------------ receiver
 
 
@@ -939,8 +984,8 @@ def section_witness(reps: int, bundles: int) -> tuple[dict[str, tuple[float, flo
     return medians, _paired_ratio(rates["4x16"], rates["4x1"])
 
 
-SECTIONS = ("app", "seal", "canonical", "verify", "verify-1m", "receiver", "receiver-cost",
-            "witness")
+SECTIONS = ("app", "seal", "canonical", "verify", "verify-1m", "verify-many", "receiver",
+            "receiver-cost", "witness")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1116,6 +1161,13 @@ def _run(sections: set[str], reps: int, app_reps: int, traces: int, *, quick: bo
         out(f"verify: {n:,} records at {rate:,.0f} records/s ({n / rate:,.0f} s), "
             f"peak RSS {rss:,.0f} MiB (bundle written in {written:,.0f} s)")
         targets.append((f"verify {n:,} records, peak RSS MiB", rss, 300.0, "<", ()))
+    if "verify-many" in sections:
+        n = 100 if quick else 4_000
+        one, default, ratio, workers = section_verify_many(reps, n)
+        how = f"{workers} worker processes" if workers else "one process"
+        out(f"verify: {n:,} bundles of 5-span traces with `spanproof verify`, one process "
+            f"{one:,.0f} bundles/s, default ({how}) {default:,.0f} bundles/s, "
+            f"{ratio:.2f}x (median of each round's ratio)")
     # ------------------------------------------------------------ receiver
     if "receiver" in sections:
         receiver_traces = traces * RECEIVER_TRACES_FACTOR

@@ -38,7 +38,9 @@ def test_harness_quick_run_reports_every_section_and_target(
                    "spanproof-10%+process-unsent", "evidence-processor-100%"):
         assert f"\n{config} " in text
     for fragment in ("seal:  5-span trace", "canonical: spanproof", "verify: 500 records",
-                     "verify: 2,000 records", "receiver over OTLP/gRPC (rotel)",
+                     "verify: 2,000 records",
+                     "verify: 100 bundles of 5-span traces with `spanproof verify`, one process ",
+                     "receiver over OTLP/gRPC (rotel)",
                      "receiver over OTLP/gRPC (rotel, 2 seal workers)",
                      "receiver through rotel, 2 seal workers against none: ",
                      "  CPU us per span: receiver ",
