@@ -45,7 +45,7 @@ from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.checkpoint import WitnessKey
 from spanproof.verifier.errors import SpanproofError
 from spanproof.verifier.keys import TrustedKey, TrustRoot
-from spanproof.verifier.receipt import receipt_path, verify_receipt
+from spanproof.verifier.receipt import ReceiptVerifier, receipt_path
 from spanproof.verifier.records import digest_hex
 from spanproof.verifier.statement import Statement
 
@@ -555,22 +555,25 @@ class WitnessSubmitter:
                 _logger.warning("the witness's answer to a batch is malformed (%s); "
                                 "submitting its bundles one by one", e)
                 raise _OneByOne from e
+            verifier = self._receipt_verifier()  # one per batch: its receipts share a checkpoint
             for (position, data), result in zip(sent, results, strict=True):
                 try:
-                    outcomes[position] = self._batch_outcome(bundles[position], data, result)
+                    outcomes[position] = self._batch_outcome(bundles[position], data, result,
+                                                             verifier)
                 except (_Transient, _Permanent) as e:
                     outcomes[position] = e
         done = [outcome for outcome in outcomes if outcome is not None]
         assert len(done) == len(bundles)
         return done
 
-    def _batch_outcome(self, bundle: str, data: bytes, result: dict[str, Any]) -> _Delivered:
+    def _batch_outcome(self, bundle: str, data: bytes, result: dict[str, Any],
+                       verifier: ReceiptVerifier | None) -> _Delivered:
         _check_answer(result["status"], result.get("error", ""))
         try:
             receipt = canonicalize(result["receipt"]) + b"\n"  # the receipt file's bytes
         except (ValueError, TypeError, SpanproofError) as e:
             raise _Permanent(f"witness receipt is not a receipt: {e}") from e
-        return self._checked_receipt(bundle, data, receipt)
+        return self._checked_receipt(bundle, data, receipt, verifier)
 
     def _remove(self, name: str) -> None:
         item = self._pending.pop(name)
@@ -605,15 +608,23 @@ class WitnessSubmitter:
         except (OSError, urllib.error.URLError) as e:
             raise _Transient(str(getattr(e, "reason", e))) from e
         _check_answer(status, body)
-        return self._checked_receipt(bundle, data, body)
+        return self._checked_receipt(bundle, data, body, self._receipt_verifier())
 
-    def _checked_receipt(self, bundle: str, data: bytes, receipt: bytes) -> _Delivered:
-        """*receipt* for the submitted bundle *data* (read from *bundle*), verified
-        when witness keys are pinned, with where it goes."""
+    def _receipt_verifier(self) -> ReceiptVerifier | None:
+        """A verifier for the receipts of one delivery; None when none are verified."""
         if self._witness_keys and self._trust is not None:
+            return ReceiptVerifier(self._witness_keys)
+        return None
+
+    def _checked_receipt(self, bundle: str, data: bytes, receipt: bytes,
+                         verifier: ReceiptVerifier | None) -> _Delivered:
+        """*receipt* for the submitted bundle *data* (read from *bundle*), verified
+        with *verifier* (when witness keys are pinned), with where it goes."""
+        if verifier is not None:
+            assert self._trust is not None
             statement = _own_statement(data, self._trust)
             try:
-                verified = verify_receipt(receipt, statement, self._witness_keys)
+                verified = verifier.verify(receipt, statement)
             except SpanproofError as e:
                 raise _Permanent(f"witness receipt does not verify: {e}") from e
             _logger.info(

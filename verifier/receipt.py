@@ -49,6 +49,7 @@ __all__ = [
     "RECEIPT_SUFFIX",
     "LeafSource",
     "Receipt",
+    "ReceiptVerifier",
     "VerifiedReceipt",
     "WitnessLeaf",
     "attach_receipt_check",
@@ -309,6 +310,72 @@ class VerifiedReceipt:
         return self.checkpoint.size
 
 
+class ReceiptVerifier:
+    """Verifies receipts offline (SPEC §12.5 steps 1-5) with pinned witness keys.
+
+    A batch's receipts share one checkpoint, and verifying its signature is most
+    of a receipt's cost.  A verifier remembers the last checkpoint it verified: a
+    receipt whose signed note is byte for byte that one gets the same verified
+    checkpoint, as verifying it again with the same keys and *origin* could only
+    give the same result.  Any other note is verified in full.  Use one verifier
+    per batch (not shared between threads).
+
+    Raises:
+        ValueError: no witness key was given.
+    """
+
+    def __init__(self, witness_keys: Sequence[WitnessKey], *, origin: str | None = None) -> None:
+        if not witness_keys:
+            raise ValueError("verifying a receipt needs at least one pinned witness key")
+        self._keys = tuple(witness_keys)
+        self._origin = origin
+        self._last: tuple[bytes, VerifiedCheckpoint] | None = None
+
+    def _checkpoint(self, note: bytes) -> VerifiedCheckpoint:
+        if self._last is not None and self._last[0] == note:
+            return self._last[1]
+        checkpoint = verify_checkpoint(note, self._keys, origin=self._origin)
+        self._last = (note, checkpoint)
+        return checkpoint
+
+    def verify(self, receipt: bytes | Receipt, bundle: LeafSource) -> VerifiedReceipt:
+        """Verify *receipt* for a verified *bundle*; see :func:`verify_receipt`."""
+        parsed = receipt if isinstance(receipt, Receipt) else Receipt.from_bytes(receipt)
+        # Step 2: the checkpoint is signed by a pinned witness key named as its origin.
+        checkpoint = self._checkpoint(parsed.checkpoint)
+        # Step 3: the receipt describes that checkpoint.
+        if parsed.origin != checkpoint.origin:
+            raise ReceiptMismatch(
+                f"receipt origin {parsed.origin!r} does not match the checkpoint's origin "
+                f"{checkpoint.origin!r}"
+            )
+        if parsed.tree_size != checkpoint.size:
+            raise ReceiptMismatch(
+                f"receipt tree size {parsed.tree_size} does not match the checkpoint's tree "
+                f"size {checkpoint.size}"
+            )
+        # Step 4: the leaf is recomputed from the verified bundle, never read from the
+        # receipt (CVE-2022-36056); the receipt's copy must agree with it.
+        leaf = WitnessLeaf.from_bundle(bundle)
+        if parsed.leaf != leaf:
+            mine, theirs = leaf.to_json(), parsed.leaf.to_json()
+            field = next(k for k in sorted(mine) if mine[k] != theirs[k])
+            raise ReceiptMismatch(
+                "receipt leaf does not match this bundle's statement "
+                f"({field}: receipt has {theirs[field]!r}, bundle has {mine[field]!r})"
+            )
+        # Step 5: the recomputed leaf is in the signed tree at leafIndex.
+        digest = leaf.hash()
+        try:
+            verify_inclusion(
+                digest, parsed.leaf_index, checkpoint.size, parsed.inclusion_proof,
+                checkpoint.root,
+            )
+        except ProofError as e:
+            raise ProofError(f"inclusion proof does not reach the checkpoint root ({e})") from e
+        return VerifiedReceipt(parsed, checkpoint, leaf, digest)
+
+
 def verify_receipt(
     receipt: bytes | Receipt,
     bundle: LeafSource,
@@ -334,41 +401,7 @@ def verify_receipt(
         ValueError: *bundle* did not verify far enough to have a leaf, or no
             witness key was given.
     """
-    if not witness_keys:
-        raise ValueError("verifying a receipt needs at least one pinned witness key")
-    parsed = receipt if isinstance(receipt, Receipt) else Receipt.from_bytes(receipt)
-    # Step 2: the checkpoint is signed by a pinned witness key named as its origin.
-    checkpoint = verify_checkpoint(parsed.checkpoint, witness_keys, origin=origin)
-    # Step 3: the receipt describes that checkpoint.
-    if parsed.origin != checkpoint.origin:
-        raise ReceiptMismatch(
-            f"receipt origin {parsed.origin!r} does not match the checkpoint's origin "
-            f"{checkpoint.origin!r}"
-        )
-    if parsed.tree_size != checkpoint.size:
-        raise ReceiptMismatch(
-            f"receipt tree size {parsed.tree_size} does not match the checkpoint's tree "
-            f"size {checkpoint.size}"
-        )
-    # Step 4: the leaf is recomputed from the verified bundle, never read from the
-    # receipt (CVE-2022-36056); the receipt's copy must agree with it.
-    leaf = WitnessLeaf.from_bundle(bundle)
-    if parsed.leaf != leaf:
-        mine, theirs = leaf.to_json(), parsed.leaf.to_json()
-        field = next(k for k in sorted(mine) if mine[k] != theirs[k])
-        raise ReceiptMismatch(
-            "receipt leaf does not match this bundle's statement "
-            f"({field}: receipt has {theirs[field]!r}, bundle has {mine[field]!r})"
-        )
-    # Step 5: the recomputed leaf is in the signed tree at leafIndex.
-    digest = leaf.hash()
-    try:
-        verify_inclusion(
-            digest, parsed.leaf_index, checkpoint.size, parsed.inclusion_proof, checkpoint.root
-        )
-    except ProofError as e:
-        raise ProofError(f"inclusion proof does not reach the checkpoint root ({e})") from e
-    return VerifiedReceipt(parsed, checkpoint, leaf, digest)
+    return ReceiptVerifier(witness_keys, origin=origin).verify(receipt, bundle)
 
 
 def receipt_path(bundle_path: str | os.PathLike[str]) -> str:

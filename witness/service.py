@@ -37,7 +37,7 @@ from spanproof.verifier.errors import (
 )
 from spanproof.verifier.keys import TrustedKey, TrustRoot, format_time
 from spanproof.verifier.merkle import leaf_hash
-from spanproof.verifier.receipt import Receipt, WitnessLeaf, verify_receipt
+from spanproof.verifier.receipt import Receipt, ReceiptVerifier, WitnessLeaf
 from spanproof.verifier.records import digest_hex
 from spanproof.verifier.statement import Statement
 from spanproof.verifier.verify import CHECKS, BundleReport, Check, Status, Verdict, check_bundle
@@ -400,11 +400,13 @@ class Witness:
                 found.append((entry, created, self._receipt_locked(entry),
                               self._store.in_conflict(entry)))
         results = []
+        # Self-check: what we hand out must verify offline like any auditor's check
+        # (the receipts share one checkpoint, whose signature is checked once).
+        self_check = ReceiptVerifier([self._signer.key], origin=self.origin)
         for (v, leaf, _, _), (entry, created, receipt, conflict) in zip(
             leaves, found, strict=True
         ):
-            # Self-check: what we hand out must verify offline like any auditor's check.
-            verify_receipt(receipt, v.report, [self._signer.key], origin=self.origin)
+            self_check.verify(receipt, v.report)
             if created:
                 _logger.info(
                     "logged %s (trace %s segment %d) at index %d%s",

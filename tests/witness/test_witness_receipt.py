@@ -25,6 +25,7 @@ from spanproof.verifier.keys import TrustRoot
 from spanproof.verifier.receipt import (
     LEAF_MEDIA_TYPE,
     Receipt,
+    ReceiptVerifier,
     WitnessLeaf,
     check_receipt_for_bundle,
     receipt_path,
@@ -279,3 +280,94 @@ def test_attach_receipt_check_sets_the_verdict(logged: Any, keys: list[WitnessKe
     assert skipped.verdict is Verdict.OK
     required = check_receipt_for_bundle(missing, report, keys, required=True)
     assert attach_receipt_check(report, required).verdict is Verdict.FAIL
+
+
+# --- a batch's receipts: one checkpoint, its signature checked once ------------------
+
+
+@pytest.fixture
+def batch(
+    tmp_path: Path, witness: Witness, producer_trust: TrustRoot
+) -> list[tuple[bytes, BundleReport]]:
+    """Four bundles logged in one batch: each one's receipt bytes and report."""
+    paths = [write_bundle(tmp_path, make_bundle(trace_id(10 + n))) for n in range(4)]
+    results = witness.submit_batch([p.read_bytes() for p in paths])
+    return [(r.receipt.to_bytes(), check_bundle(p, producer_trust))  # type: ignore[union-attr]
+            for r, p in zip(results, paths, strict=True)]
+
+
+@pytest.fixture
+def checkpoint_checks(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every checkpoint whose signature a receipt verification checked."""
+    import spanproof.verifier.receipt as receipt_module
+
+    calls: list[bytes] = []
+    real = receipt_module.verify_checkpoint
+
+    def counted(note: bytes | str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(note if isinstance(note, bytes) else note.encode())
+        return real(note, *args, **kwargs)
+
+    monkeypatch.setattr(receipt_module, "verify_checkpoint", counted)
+    return calls
+
+
+def test_receipts_of_one_batch_check_their_checkpoint_once(
+    batch: list[tuple[bytes, BundleReport]], keys: list[WitnessKey],
+    checkpoint_checks: list[bytes],
+) -> None:
+    verifier = ReceiptVerifier(keys, origin=ORIGIN)
+    verified = [verifier.verify(receipt, report) for receipt, report in batch]
+    assert len(checkpoint_checks) == 1
+    assert [v.leaf_index for v in verified] == [0, 1, 2, 3]
+    assert {v.tree_size for v in verified} == {4}
+    # The same as verifying each on its own, which checks the checkpoint each time.
+    alone = [verify_receipt(receipt, report, keys, origin=ORIGIN) for receipt, report in batch]
+    assert alone == verified
+    assert len(checkpoint_checks) == 5
+
+
+def test_a_forged_checkpoint_after_a_verified_one_is_still_checked(
+    batch: list[tuple[bytes, BundleReport]], keys: list[WitnessKey],
+    checkpoint_checks: list[bytes],
+) -> None:
+    verifier = ReceiptVerifier(keys)
+    (first, first_report), (second, second_report) = batch[:2]
+    verifier.verify(first, first_report)
+
+    def flip_signature(doc: dict[str, Any]) -> None:
+        text, _, signature = doc["checkpoint"].rpartition(" ")
+        raw = bytearray(base64.b64decode(signature))
+        raw[-1] ^= 1
+        doc["checkpoint"] = f"{text} {base64.b64encode(bytes(raw)).decode()}\n"
+
+    with pytest.raises(errors.NoteSignatureError, match="does not verify"):
+        verifier.verify(_edit(second, flip_signature), second_report)
+    assert len(checkpoint_checks) == 2
+    # A rejected checkpoint is not remembered: the genuine one still is.
+    assert verifier.verify(second, second_report).leaf_index == 1
+    assert len(checkpoint_checks) == 2
+
+
+def test_a_remembered_checkpoint_still_answers_to_the_pinned_origin(
+    batch: list[tuple[bytes, BundleReport]], keys: list[WitnessKey],
+    checkpoint_checks: list[bytes],
+) -> None:
+    verifier = ReceiptVerifier(keys, origin="another.example/log")
+    for receipt, report in batch[:2]:
+        with pytest.raises(errors.NoteSignatureError):
+            verifier.verify(receipt, report)
+    assert len(checkpoint_checks) == 2  # a failure is never remembered
+
+
+def test_a_receipt_verifier_needs_a_key() -> None:
+    with pytest.raises(ValueError, match="at least one pinned witness key"):
+        ReceiptVerifier([])
+
+
+def test_the_witness_self_checks_a_batch_against_one_checkpoint_check(
+    tmp_path: Path, witness: Witness, checkpoint_checks: list[bytes]
+) -> None:
+    paths = [write_bundle(tmp_path, make_bundle(trace_id(20 + n))) for n in range(5)]
+    results = witness.submit_batch([p.read_bytes() for p in paths])
+    assert len(results) == 5 and len(checkpoint_checks) == 1

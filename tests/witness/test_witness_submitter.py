@@ -588,8 +588,14 @@ def test_a_receipt_for_a_submission_no_longer_pending_is_not_written_again(
 
 def test_once_the_witness_answers_submissions_go_in_batches(
     tmp_path: Path, witness: Witness, witness_keys: list[WitnessKey], producer_key: SigningKey,
-    producer_trust: TrustRoot,
+    producer_trust: TrustRoot, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    import spanproof.verifier.receipt as receipt_module
+
+    checked: list[object] = []  # the checkpoint signatures the submitter checked
+    real_check = receipt_module.verify_checkpoint
+    monkeypatch.setattr(receipt_module, "verify_checkpoint",
+                        lambda *a, **k: checked.append(a[0]) or real_check(*a, **k))
     fake = FakeWitness(witness)
     fake.down = False
     sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
@@ -602,6 +608,9 @@ def test_once_the_witness_answers_submissions_go_in_batches(
     assert sub.process_due() is None and sub.pending == 0
     # The probe alone, then batches of 4, 4 and the last one alone.
     assert fake.urls == ["submit", "submit-batch", "submit-batch", "submit"]
+    # A batch's receipts share their checkpoint, whose signature is checked once per
+    # request by the witness's self-check and once by the submitter (20 otherwise).
+    assert len(checked) == 8
     for path in paths:  # each receipt was checked before it was stored, and verifies
         verify_receipt(Path(receipt_path(path)).read_bytes(),
                        check_bundle(path, producer_trust), witness_keys)
