@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import os
 import signal
 import sys
 import threading
@@ -26,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 
 from spanproof.verifier._files import write_atomic
 from spanproof.verifier.bundle import BUNDLE_SUFFIX
+from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.checkpoint import WitnessKey, load_witness_keys
 from spanproof.verifier.errors import (
     InvalidBundle,
@@ -35,8 +37,8 @@ from spanproof.verifier.errors import (
     VerificationError,
 )
 from spanproof.verifier.keys import TrustedKey, TrustRoot, load_public_key
-from spanproof.verifier.receipt import receipt_path, verify_receipt
-from spanproof.verifier.verify import Verdict, check_bundle, find_bundles
+from spanproof.verifier.receipt import ReceiptVerifier, receipt_path
+from spanproof.verifier.verify import BundleReport, Verdict, check_bundle, find_bundles
 
 __all__ = ["add_commands", "main", "parse_listen", "server_stack"]
 
@@ -210,8 +212,16 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 # --- witness submit ---------------------------------------------------------------------
 
 
+#: Bundles ``witness submit`` sends in one request, and the bundle bytes one request
+#: carries at most (a larger bundle goes alone), as the producer's submitter sends them.
+SUBMIT_BATCH = 16
+SUBMIT_BATCH_BYTES = 4 * 1024 * 1024
+
+_Outcome = tuple[str, int]  # a line to print, and the exit status it calls for
+
+
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from .client import HTTPStatusError, WitnessClient
+    from .client import WitnessClient
 
     try:
         client = WitnessClient(args.url, timeout=args.timeout)
@@ -231,57 +241,147 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             "--witness-key needs --producer-key to recompute each bundle's leaf", EXIT_USAGE
         )
     trust = TrustRoot.from_pem_files([args.producer_key]) if args.producer_key else None
+    submitter = _Submitter(client, der, trust, witness_keys)
     status = EXIT_OK
-    for path in paths:
-        try:
-            line = _submit_one(client, path, der, trust, witness_keys)
-        except HTTPStatusError as e:
-            print(f"FAIL {path}: witness answered {e}")
-            status = max(status, EXIT_UNAVAILABLE if e.status >= 500 else EXIT_FAILED)
-            continue
-        except TransportError as e:
-            print(f"FAIL {path}: {e}")
-            status = EXIT_UNAVAILABLE
-            continue
-        except (SpanproofError, OSError) as e:
-            print(f"FAIL {path}: {e}")
-            status = max(status, EXIT_FAILED)
-            continue
-        print(line)
+    for group in _groups(paths):
+        for line, code in submitter.submit(group):
+            print(line)
+            status = max(status, code)
     return status
 
 
-def _submit_one(
-    client: Any,
-    path: str,
-    der: bytes | None,
-    trust: TrustRoot | None,
-    witness_keys: Sequence[WitnessKey],
-) -> str:
-    with open(path, "rb") as f:
-        data = f.read()
-    report = None
-    if trust is not None:
-        report = check_bundle(path, trust, allow_incomplete=True)
-        if report.verdict is Verdict.FAIL:
-            raise VerificationError(f"not submitted: {report.reason}")
-    resp = client.submit(data, public_key_der=der)
-    if not path.endswith(BUNDLE_SUFFIX):
-        raise InvalidBundle(f"receipt not written: file name does not end in {BUNDLE_SUFFIX}")
-    target = receipt_path(path)
-    note = ""
-    if witness_keys:
-        assert report is not None
-        verified = verify_receipt(resp.body, report, witness_keys)
-        note = f", receipt verified (checkpoint by {verified.origin})"
-    else:
-        note = ", receipt NOT verified (no --witness-key)"
-    write_atomic(target, resp.body)
-    index = resp.headers.get("spanproof-leaf-index", "?")
-    conflict = resp.headers.get("spanproof-conflict") == "true"
-    new = "logged" if resp.status == 201 else "already logged"
-    flag = " [CONFLICT: another statement is logged for this trace segment]" if conflict else ""
-    return f"OK {path}: {new} at index {index}{note}; wrote {target}{flag}"
+def _groups(paths: Sequence[str]) -> list[list[str]]:
+    """*paths* in groups of up to ``SUBMIT_BATCH`` bundles and ``SUBMIT_BATCH_BYTES``."""
+    groups: list[list[str]] = []
+    size = 0
+    for path in paths:
+        try:
+            length = os.stat(path).st_size
+        except OSError:
+            length = 0  # reading it reports the error, for this bundle alone
+        if not groups or len(groups[-1]) >= SUBMIT_BATCH or size + length > SUBMIT_BATCH_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(path)
+        size += length
+    return groups
+
+
+class _Submitter:
+    """Submits groups of bundles for ``witness submit``: each group in one
+    ``/v1/submit-batch`` request while the witness takes batches (one by one after
+    it answers 404 or 405, or when it refuses a batch or answers it badly), checks
+    each receipt, and writes it beside its bundle."""
+
+    def __init__(self, client: Any, der: bytes | None, trust: TrustRoot | None,
+                 witness_keys: Sequence[WitnessKey]) -> None:
+        self._client = client
+        self._der = der
+        self._trust = trust
+        self._witness_keys = witness_keys
+        self._batches = True
+
+    def submit(self, paths: Sequence[str]) -> list[_Outcome]:
+        """Each bundle's line and exit status, in order."""
+        from .client import HTTPStatusError, MalformedAnswer
+
+        outcomes: dict[int, _Outcome] = {}
+        ready: list[tuple[int, str, bytes, BundleReport | None]] = []
+        for i, path in enumerate(paths):
+            try:
+                ready.append((i, path, *self._prepared(path)))
+            except (SpanproofError, OSError) as e:
+                outcomes[i] = (f"FAIL {path}: {e}", EXIT_FAILED)
+        verifier = ReceiptVerifier(self._witness_keys) if self._witness_keys else None
+        if self._batches and len(ready) > 1:
+            try:
+                answers = self._client.submit_batch([d for _, _, d, _ in ready],
+                                                    public_key_der=self._der)
+            except HTTPStatusError as e:
+                if e.status in (404, 405):
+                    self._batches = False  # an older witness: one by one from now on
+                elif e.status >= 500:
+                    ready, outcomes = [], {**outcomes, **{
+                        i: (f"FAIL {path}: witness answered {e}", EXIT_UNAVAILABLE)
+                        for i, path, _, _ in ready}}
+            except MalformedAnswer:
+                pass  # one by one: each gets its own answer
+            except TransportError as e:
+                ready, outcomes = [], {**outcomes, **{
+                    i: (f"FAIL {path}: {e}", EXIT_UNAVAILABLE) for i, path, _, _ in ready}}
+            else:
+                for (i, path, _, report), answer in zip(ready, answers, strict=True):
+                    outcomes[i] = self._answered(path, answer, report, verifier)
+                ready = []
+        for i, path, data, report in ready:
+            outcomes[i] = self._one(path, data, report, verifier)
+        return [outcomes[i] for i in range(len(paths))]
+
+    def _prepared(self, path: str) -> tuple[bytes, BundleReport | None]:
+        """The bundle's bytes, and its report when checked with the producer key.
+
+        Raises:
+            VerificationError: it does not verify (it is not submitted).
+            OSError: it cannot be read.
+        """
+        with open(path, "rb") as f:
+            data = f.read()
+        report = None
+        if self._trust is not None:
+            report = check_bundle(path, self._trust, allow_incomplete=True)
+            if report.verdict is Verdict.FAIL:
+                raise VerificationError(f"not submitted: {report.reason}")
+        return data, report
+
+    def _one(self, path: str, data: bytes, report: BundleReport | None,
+             verifier: ReceiptVerifier | None) -> _Outcome:
+        from .client import HTTPStatusError
+
+        try:
+            resp = self._client.submit(data, public_key_der=self._der)
+            return self._written(
+                path, resp.body, resp.status == 201, resp.headers.get("spanproof-leaf-index", "?"),
+                resp.headers.get("spanproof-conflict") == "true", report, verifier,
+            ), EXIT_OK
+        except HTTPStatusError as e:
+            return (f"FAIL {path}: witness answered {e}",
+                    EXIT_UNAVAILABLE if e.status >= 500 else EXIT_FAILED)
+        except TransportError as e:
+            return f"FAIL {path}: {e}", EXIT_UNAVAILABLE
+        except (SpanproofError, OSError) as e:
+            return f"FAIL {path}: {e}", EXIT_FAILED
+
+    def _answered(self, path: str, answer: dict[str, Any], report: BundleReport | None,
+                  verifier: ReceiptVerifier | None) -> _Outcome:
+        status = answer["status"]
+        if status not in (200, 201):
+            return (f"FAIL {path}: witness answered HTTP {status}: {answer.get('error', '')}",
+                    EXIT_UNAVAILABLE if status >= 500 else EXIT_FAILED)
+        try:
+            receipt = canonicalize(answer.get("receipt")) + b"\n"  # the receipt file's bytes
+            return self._written(path, receipt, status == 201,
+                                 str(answer.get("leafIndex", "?")), answer.get("conflict") is True,
+                                 report, verifier), EXIT_OK
+        except (SpanproofError, OSError) as e:
+            return f"FAIL {path}: {e}", EXIT_FAILED
+
+    def _written(self, path: str, receipt: bytes, created: bool, index: str, conflict: bool,
+                 report: BundleReport | None, verifier: ReceiptVerifier | None) -> str:
+        """Check *receipt* (with pinned witness keys), write it beside the bundle,
+        and say so."""
+        if not path.endswith(BUNDLE_SUFFIX):
+            raise InvalidBundle(f"receipt not written: file name does not end in {BUNDLE_SUFFIX}")
+        target = receipt_path(path)
+        if verifier is not None:
+            assert report is not None
+            verified = verifier.verify(receipt, report)
+            note = f", receipt verified (checkpoint by {verified.origin})"
+        else:
+            note = ", receipt NOT verified (no --witness-key)"
+        write_atomic(target, receipt)
+        new = "logged" if created else "already logged"
+        flag = " [CONFLICT: another statement is logged for this trace segment]" if conflict else ""
+        return f"OK {path}: {new} at index {index}{note}; wrote {target}{flag}"
 
 
 # --- monitor ----------------------------------------------------------------------------

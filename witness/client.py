@@ -12,15 +12,19 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from spanproof.verifier.errors import TransportError
 
-__all__ = ["HTTPStatusError", "Response", "WitnessClient"]
+__all__ = ["HTTPStatusError", "MalformedAnswer", "Response", "WitnessClient"]
 
 _MAX_RESPONSE = 16 * 1024 * 1024
+
+
+class MalformedAnswer(TransportError):
+    """The witness answered, but not with what the request asks for."""
 
 
 class HTTPStatusError(TransportError):
@@ -119,6 +123,39 @@ class WitnessClient:
         if public_key_der is not None:
             headers["Spanproof-Public-Key"] = base64.b64encode(public_key_der).decode("ascii")
         return self.request("POST", "/v1/submit", body=data, headers=headers)
+
+    def submit_batch(
+        self, datas: Sequence[bytes], *, public_key_der: bytes | None = None
+    ) -> list[dict[str, Any]]:
+        """POST several bundles to ``/v1/submit-batch`` (SPEC §12.9); each one's
+        result, in order: ``{"status": 201 or 200, "leafIndex", "conflict",
+        "receipt"}``, or ``{"status": 400 or 422, "error", ...}``.
+
+        Raises:
+            HTTPStatusError: the batch as a whole was refused (404 or 405 from a
+                witness that takes no batches; 400, 413, 503, ...).
+            MalformedAnswer: the answer does not hold one result object per
+                submission.
+            TransportError: the witness could not be reached.
+        """
+        headers = {"Content-Type": "application/json"}
+        if public_key_der is not None:
+            headers["Spanproof-Public-Key"] = base64.b64encode(public_key_der).decode("ascii")
+        body = json.dumps(
+            {"submissions": [base64.b64encode(d).decode("ascii") for d in datas]}
+        ).encode("ascii")
+        resp = self.request("POST", "/v1/submit-batch", body=body, headers=headers)
+        try:
+            results = json.loads(resp.body)["results"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise MalformedAnswer('witness answer to a batch is not {"results": [...]}') from e
+        if (not isinstance(results, list) or len(results) != len(datas)
+                or not all(isinstance(r, dict) and type(r.get("status")) is int
+                           for r in results)):
+            raise MalformedAnswer(
+                f"witness answer to a batch of {len(datas)} does not hold one result each"
+            )
+        return results
 
     def checkpoint(self, size: int | None = None) -> bytes:
         """The signed checkpoint note (latest, or of tree *size*).

@@ -154,6 +154,131 @@ def test_submit_writes_verified_receipts_beside_the_bundles(
     assert status == 1 and "HTTP 422" in out
 
 
+class RequestLog:
+    """Records the path of every request ``witness submit`` sends; *refuse* maps a
+    path to the HTTP status the witness answers it with instead."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, refuse: dict[str, int] | None = None):
+        from spanproof.witness.client import HTTPStatusError, WitnessClient
+
+        self.paths: list[str] = []
+        real = WitnessClient.request
+        refuse = refuse or {}
+
+        def request(client: WitnessClient, method: str, path: str, **kw: Any) -> Any:
+            self.paths.append(path)
+            if path in refuse:
+                raise HTTPStatusError(refuse[path], "refused by the test")
+            return real(client, method, path, **kw)
+
+        monkeypatch.setattr(WitnessClient, "request", request)
+
+
+def _submit_args(files: dict[str, Path], url: str, *paths: Path) -> list[str]:
+    return ["witness", "submit", *(str(p) for p in paths or [files["bundles"]]), "--url", url,
+            "--producer-key", str(files["producer"]), "--witness-key", str(files["pub"])]
+
+
+def test_submit_sends_bundles_in_batches(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    srv = serve_witness(open_witness())
+    paths = sorted(write_bundle(files["bundles"], make_bundle(trace_id(i))) for i in range(20))
+    log = RequestLog(monkeypatch)
+    status, out, _ = _run(_submit_args(files, srv.url), capsys)
+    assert status == 0, out
+    assert log.paths == ["/v1/submit-batch", "/v1/submit-batch"]  # 16, then 4
+    lines = out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [f"OK {p}" for p in paths]
+    assert all("receipt verified" in line for line in lines)
+    assert sorted(int(line.split("at index ")[1].split(",")[0]) for line in lines) == list(
+        range(20))
+    # A receipt file is the witness's receipt, byte for byte: the last batch's are
+    # against the latest checkpoint, as /v1/receipt answers.
+    from spanproof.witness.client import WitnessClient
+
+    for path in paths[16:]:
+        index = int(next(line for line in lines if str(path) in line)
+                    .split("at index ")[1].split(",")[0])
+        served = WitnessClient(srv.url).request("GET", "/v1/receipt",
+                                                query={"index": index}).body
+        assert Path(receipt_path(path)).read_bytes() == served
+
+
+def test_submit_to_a_witness_without_batches_goes_one_by_one(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    srv = serve_witness(open_witness())
+    for i in range(18):
+        write_bundle(files["bundles"], make_bundle(trace_id(i)))
+    log = RequestLog(monkeypatch, refuse={"/v1/submit-batch": 404})
+    status, out, _ = _run(_submit_args(files, srv.url), capsys)
+    assert status == 0, out
+    assert out.count("OK ") == 18
+    # Asked once; the second group goes one by one without asking again.
+    assert log.paths == ["/v1/submit-batch"] + ["/v1/submit"] * 18
+
+
+@pytest.mark.parametrize(("refusal", "status", "sent"), [
+    (413, 0, "one by one"), (400, 0, "one by one"), (503, 3, "nothing"),
+])
+def test_a_batch_refused_whole(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    refusal: int, status: int, sent: str,
+) -> None:
+    srv = serve_witness(open_witness())
+    for i in range(3):
+        write_bundle(files["bundles"], make_bundle(trace_id(i)))
+    log = RequestLog(monkeypatch, refuse={"/v1/submit-batch": refusal})
+    code, out, _ = _run(_submit_args(files, srv.url), capsys)
+    assert code == status
+    if sent == "one by one":  # each gets its own answer; batches stay on
+        assert out.count("OK ") == 3
+        assert log.paths == ["/v1/submit-batch"] + ["/v1/submit"] * 3
+    else:  # the witness is unavailable: every bundle fails, and says why
+        assert out.count(f"witness answered HTTP {refusal}: refused by the test") == 3
+        assert log.paths == ["/v1/submit-batch"]
+
+
+def test_a_badly_answered_batch_is_sent_one_by_one(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from spanproof.witness.client import MalformedAnswer, WitnessClient
+
+    srv = serve_witness(open_witness())
+    for i in range(3):
+        write_bundle(files["bundles"], make_bundle(trace_id(i)))
+
+    def malformed(client: WitnessClient, datas: Any, **kw: Any) -> Any:
+        raise MalformedAnswer("witness answer to a batch of 3 does not hold one result each")
+
+    monkeypatch.setattr(WitnessClient, "submit_batch", malformed)
+    code, out, _ = _run(_submit_args(files, srv.url), capsys)
+    assert code == 0 and out.count("OK ") == 3
+
+
+def test_a_rejected_bundle_in_a_batch_fails_alone(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    srv = serve_witness(open_witness())
+    paths = sorted(write_bundle(files["bundles"], make_bundle(trace_id(i))) for i in range(3))
+    paths[1].write_bytes(paths[1].read_bytes().replace(b"step 1", b"step X"))
+    log = RequestLog(monkeypatch)
+    # Without --producer-key nothing is checked before it is sent.
+    code, out, _ = _run(["witness", "submit", str(files["bundles"]), "--url", srv.url], capsys)
+    assert code == 1 and log.paths == ["/v1/submit-batch"]
+    lines = out.splitlines()
+    assert lines[0].startswith(f"OK {paths[0]}: logged at index ")
+    assert lines[1].startswith(f"FAIL {paths[1]}: witness answered HTTP 422: bundle rejected: ")
+    assert lines[2].startswith(f"OK {paths[2]}: logged at index ")
+    assert not Path(receipt_path(paths[1])).exists()
+
+
 def test_submit_to_an_unreachable_witness(
     files: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -317,3 +442,23 @@ def test_monitor_unreachable(
         f"http://127.0.0.1:{free_port()}", tmp_path / "s.json", files["pub"], capsys
     )
     assert status == 3 and "cannot reach witness" in out
+
+
+def test_submit_groups_by_count_and_by_bytes(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import spanproof.witness._cli as wcli
+
+    sizes = [10] * 20 + [300, 10, 10]
+    paths = []
+    for n, size in enumerate(sizes):
+        path = tmp_path / f"{n:02d}.spanproof.json"
+        path.write_bytes(b"x" * size)
+        paths.append(str(path))
+    paths.append(str(tmp_path / "missing.spanproof.json"))  # read later, fails alone
+    monkeypatch.setattr(wcli, "SUBMIT_BATCH_BYTES", 100)
+    groups = wcli._groups(paths)
+    # 16 a group at most; 100 bytes a group at most, but a larger bundle goes alone.
+    assert [len(g) for g in groups] == [10, 10, 1, 3]
+    assert [p for g in groups for p in g] == paths
+    monkeypatch.setattr(wcli, "SUBMIT_BATCH_BYTES", 10_000)
+    assert [len(g) for g in wcli._groups(paths)] == [16, 8]
