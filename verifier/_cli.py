@@ -39,8 +39,8 @@ from .disclosure import (
     write_private_file,
 )
 from .errors import InvalidKey, SpanproofError
-from .keys import TrustedKey, TrustRoot, format_time
-from .receipt import attach_receipt_check, check_receipt_for_bundle
+from .keys import TrustedKey, TrustRoot, format_time, raw_public_bytes
+from .receipt import ReceiptVerifier, attach_receipt_check, check_receipt_for_bundle
 from .report import ReportItem, render_html, summarize_checks
 from .statement import Statement
 from .tree import render_tree
@@ -293,9 +293,28 @@ def _with_receipt(
     if result.report is None:
         return result
     check = check_receipt_for_bundle(
-        result.path, result.report, witness_keys, required=required, origin=origin
+        result.path, result.report, witness_keys, required=required, origin=origin,
+        verifier=_receipt_verifier(witness_keys, origin),
     )
     return BundleResult(result.path, attach_receipt_check(result.report, check))
+
+
+# The receipts of one witness batch share a checkpoint, so this process (each
+# --jobs worker too) keeps one receipt verifier per set of pinned keys and origin,
+# remembering the checkpoints it verified: a checkpoint's signature is checked once.
+_RECEIPT_VERIFIERS: dict[Any, ReceiptVerifier] = {}
+_REMEMBERED_CHECKPOINTS = 4096  # ~1 KB each
+
+
+def _receipt_verifier(keys: Sequence[WitnessKey], origin: str | None) -> ReceiptVerifier | None:
+    if not keys:
+        return None
+    pinned = (tuple((raw_public_bytes(k.public_key), k.name) for k in keys), origin)
+    verifier = _RECEIPT_VERIFIERS.get(pinned)
+    if verifier is None:
+        verifier = _RECEIPT_VERIFIERS[pinned] = ReceiptVerifier(
+            keys, origin=origin, remember=_REMEMBERED_CHECKPOINTS)
+    return verifier
 
 
 @dataclass(frozen=True)

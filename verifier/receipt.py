@@ -21,6 +21,7 @@ import binascii
 import dataclasses
 import os
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -314,28 +315,36 @@ class ReceiptVerifier:
     """Verifies receipts offline (SPEC §12.5 steps 1-5) with pinned witness keys.
 
     A batch's receipts share one checkpoint, and verifying its signature is most
-    of a receipt's cost.  A verifier remembers the last checkpoint it verified: a
-    receipt whose signed note is byte for byte that one gets the same verified
-    checkpoint, as verifying it again with the same keys and *origin* could only
-    give the same result.  Any other note is verified in full.  Use one verifier
-    per batch (not shared between threads).
+    of a receipt's cost.  A verifier remembers the last *remember* checkpoints it
+    verified: a receipt whose signed note is byte for byte one of them gets the same
+    verified checkpoint, as verifying it again with the same keys and *origin* could
+    only give the same result.  Any other note is verified in full, and one that
+    fails is never remembered.  Not to be shared between threads.
 
     Raises:
-        ValueError: no witness key was given.
+        ValueError: no witness key was given, or *remember* is below 1.
     """
 
-    def __init__(self, witness_keys: Sequence[WitnessKey], *, origin: str | None = None) -> None:
+    def __init__(self, witness_keys: Sequence[WitnessKey], *, origin: str | None = None,
+                 remember: int = 1) -> None:
         if not witness_keys:
             raise ValueError("verifying a receipt needs at least one pinned witness key")
+        if remember < 1:
+            raise ValueError("a receipt verifier remembers at least one checkpoint")
         self._keys = tuple(witness_keys)
         self._origin = origin
-        self._last: tuple[bytes, VerifiedCheckpoint] | None = None
+        self._remember = remember
+        self._verified: OrderedDict[bytes, VerifiedCheckpoint] = OrderedDict()
 
     def _checkpoint(self, note: bytes) -> VerifiedCheckpoint:
-        if self._last is not None and self._last[0] == note:
-            return self._last[1]
+        checkpoint = self._verified.get(note)
+        if checkpoint is not None:
+            self._verified.move_to_end(note)
+            return checkpoint
         checkpoint = verify_checkpoint(note, self._keys, origin=self._origin)
-        self._last = (note, checkpoint)
+        self._verified[note] = checkpoint
+        if len(self._verified) > self._remember:
+            self._verified.popitem(last=False)
         return checkpoint
 
     def verify(self, receipt: bytes | Receipt, bundle: LeafSource) -> VerifiedReceipt:
@@ -427,15 +436,20 @@ def check_receipt(
     witness_keys: Sequence[WitnessKey],
     *,
     origin: str | None = None,
+    verifier: ReceiptVerifier | None = None,
 ) -> tuple[Check, VerifiedReceipt | None]:
     """Run :func:`verify_receipt` and report it as a ``receipt`` check; never raises
-    for a bad receipt.
+    for a bad receipt.  With *verifier* (built with the same keys and *origin*), it
+    verifies instead, sparing checkpoints it has verified before.
 
     Raises:
         ValueError: no witness key was given, or *bundle* has no verified statement.
     """
     try:
-        verified = verify_receipt(data, bundle, witness_keys, origin=origin)
+        if verifier is not None:
+            verified = verifier.verify(data, bundle)
+        else:
+            verified = verify_receipt(data, bundle, witness_keys, origin=origin)
     except SpanproofError as e:
         return _check(Status.FAIL, str(e)), None
     return (
@@ -455,8 +469,10 @@ def check_receipt_for_bundle(
     *,
     required: bool = False,
     origin: str | None = None,
+    verifier: ReceiptVerifier | None = None,
 ) -> Check:
-    """Check the receipt beside a bundle (for ``spanproof verify --witness-key``).
+    """Check the receipt beside a bundle (for ``spanproof verify --witness-key``),
+    with *verifier* when given (see :func:`check_receipt`).
 
     PASS: the receipt verified.  FAIL: it did not, or it is missing while
     *required*.  SKIPPED: no receipt and not required, no witness key pinned, or
@@ -483,7 +499,8 @@ def check_receipt_for_bundle(
             Status.FAIL if required else Status.SKIPPED,
             "receipt not checked: no witness key is pinned (--witness-key)",
         )
-    check, _verified = check_receipt(data, report, witness_keys, origin=origin)
+    check, _verified = check_receipt(data, report, witness_keys, origin=origin,
+                                     verifier=verifier)
     return check
 
 

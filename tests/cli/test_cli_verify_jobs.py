@@ -255,3 +255,43 @@ def test_checks_that_cannot_be_pickled_run_in_this_process():
     assert results == ["aa", "bb", "cc"]
     assert len(warnings) == 1
     assert warnings[0].startswith("cannot hand the checks to other processes (")
+
+
+def test_receipts_of_one_batch_check_their_checkpoint_once_per_process(
+    capsys, keys: Keys, make_bundle: MakeBundle, tmp_path: Path, witness_key,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    import spanproof.verifier._cli as cli
+    import spanproof.verifier.receipt as receipt_module
+
+    private, vkey = witness_key
+    paths = [make_bundle(f"r{n:02d}", trace_id=_trace(n))[0] for n in range(12)]
+    store = Store(str(tmp_path / "batches.db"))
+    try:
+        witness = Witness(store, CheckpointSigner(private, ORIGIN),
+                          producer_trust=TrustRoot.from_pem_files([str(keys.pub)]))
+        for start in (0, 4, 8):  # three batches of four: three checkpoints
+            group = paths[start:start + 4]
+            for path, result in zip(group, witness.submit_batch([p.read_bytes() for p in group]),
+                                    strict=True):
+                Path(receipt_path(str(path))).write_bytes(result.receipt.to_bytes())
+    finally:
+        store.close()
+    # One receipt's checkpoint signature altered: it alone must fail.
+    forged = Path(receipt_path(str(paths[5])))
+    doc = json.loads(forged.read_bytes())
+    text, _, signature = doc["checkpoint"].rpartition(" ")
+    doc["checkpoint"] = f"{text} {'A' if signature[0] != 'A' else 'B'}{signature[1:]}"
+    forged.write_text(json.dumps(doc))
+    checked: list[object] = []
+    real = receipt_module.verify_checkpoint
+    monkeypatch.setattr(receipt_module, "verify_checkpoint",
+                        lambda *a, **k: checked.append(a[0]) or real(*a, **k))
+    monkeypatch.setattr(cli, "_RECEIPT_VERIFIERS", {})
+    code, out, _ = run(capsys, "verify", "--key", keys.pub, "--witness-key", vkey,
+                       "--require-receipt", "--jobs", "1", tmp_path / "bundles")
+    assert code == 1
+    lines = out.splitlines()
+    assert [line.split(" ", 1)[0] for line in lines] == ["OK"] * 5 + ["FAIL"] + ["OK"] * 6
+    assert "checkpoint" in lines[5]
+    assert len(checked) == 4  # three checkpoints, and the forged one

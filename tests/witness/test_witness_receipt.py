@@ -371,3 +371,27 @@ def test_the_witness_self_checks_a_batch_against_one_checkpoint_check(
     paths = [write_bundle(tmp_path, make_bundle(trace_id(20 + n))) for n in range(5)]
     results = witness.submit_batch([p.read_bytes() for p in paths])
     assert len(results) == 5 and len(checkpoint_checks) == 1
+
+
+def test_a_verifier_remembers_the_last_checkpoints_it_verified(
+    tmp_path: Path, witness: Witness, keys: list[WitnessKey], producer_trust: TrustRoot,
+    checkpoint_checks: list[bytes],
+) -> None:
+    receipts = []
+    for b in range(3):  # three batches, three checkpoints
+        paths = [write_bundle(tmp_path, make_bundle(trace_id(30 + 2 * b + n))) for n in range(2)]
+        for result, path in zip(witness.submit_batch([p.read_bytes() for p in paths]), paths,
+                                strict=True):
+            receipts.append((result.receipt.to_bytes(),  # type: ignore[union-attr]
+                             check_bundle(path, producer_trust)))
+    checkpoint_checks.clear()  # the witness's own self-checks
+    verifier = ReceiptVerifier(keys, remember=2)
+    for receipt, report in receipts:
+        verifier.verify(receipt, report)
+    assert len(checkpoint_checks) == 3
+    verifier.verify(*receipts[3])  # the second batch's: still remembered
+    assert len(checkpoint_checks) == 3
+    verifier.verify(*receipts[0])  # the first batch's: forgotten for the third's
+    assert len(checkpoint_checks) == 4
+    with pytest.raises(ValueError, match="at least one checkpoint"):
+        ReceiptVerifier(keys, remember=0)
