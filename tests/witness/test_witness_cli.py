@@ -174,6 +174,14 @@ class RequestLog:
         monkeypatch.setattr(WitnessClient, "request", request)
 
 
+def _served_bundles(files: dict[str, Path], open_witness: Any, serve_witness: Any,
+                    count: int) -> tuple[str, list[Path]]:
+    """A served witness's URL, and *count* new bundles in the bundles folder, sorted."""
+    srv = serve_witness(open_witness())
+    paths = sorted(write_bundle(files["bundles"], make_bundle(trace_id(i))) for i in range(count))
+    return srv.url, paths
+
+
 def _submit_args(files: dict[str, Path], url: str, *paths: Path) -> list[str]:
     return ["witness", "submit", *(str(p) for p in paths or [files["bundles"]]), "--url", url,
             "--producer-key", str(files["producer"]), "--witness-key", str(files["pub"])]
@@ -183,10 +191,9 @@ def test_submit_sends_bundles_in_batches(
     files: dict[str, Path], open_witness: Any, serve_witness: Any,
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    srv = serve_witness(open_witness())
-    paths = sorted(write_bundle(files["bundles"], make_bundle(trace_id(i))) for i in range(20))
+    url, paths = _served_bundles(files, open_witness, serve_witness, 20)
     log = RequestLog(monkeypatch)
-    status, out, _ = _run(_submit_args(files, srv.url), capsys)
+    status, out, _ = _run(_submit_args(files, url), capsys)
     assert status == 0, out
     assert log.paths == ["/v1/submit-batch", "/v1/submit-batch"]  # 16, then 4
     lines = out.splitlines()
@@ -201,7 +208,7 @@ def test_submit_sends_bundles_in_batches(
     for path in paths[16:]:
         index = int(next(line for line in lines if str(path) in line)
                     .split("at index ")[1].split(",")[0])
-        served = WitnessClient(srv.url).request("GET", "/v1/receipt",
+        served = WitnessClient(url).request("GET", "/v1/receipt",
                                                 query={"index": index}).body
         assert Path(receipt_path(path)).read_bytes() == served
 
@@ -210,11 +217,9 @@ def test_submit_to_a_witness_without_batches_goes_one_by_one(
     files: dict[str, Path], open_witness: Any, serve_witness: Any,
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    srv = serve_witness(open_witness())
-    for i in range(18):
-        write_bundle(files["bundles"], make_bundle(trace_id(i)))
+    url, _ = _served_bundles(files, open_witness, serve_witness, 18)
     log = RequestLog(monkeypatch, refuse={"/v1/submit-batch": 404})
-    status, out, _ = _run(_submit_args(files, srv.url), capsys)
+    status, out, _ = _run(_submit_args(files, url), capsys)
     assert status == 0, out
     assert out.count("OK ") == 18
     # Asked once; the second group goes one by one without asking again.
@@ -229,11 +234,9 @@ def test_a_batch_refused_whole(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
     refusal: int, status: int, sent: str,
 ) -> None:
-    srv = serve_witness(open_witness())
-    for i in range(3):
-        write_bundle(files["bundles"], make_bundle(trace_id(i)))
+    url, _ = _served_bundles(files, open_witness, serve_witness, 3)
     log = RequestLog(monkeypatch, refuse={"/v1/submit-batch": refusal})
-    code, out, _ = _run(_submit_args(files, srv.url), capsys)
+    code, out, _ = _run(_submit_args(files, url), capsys)
     assert code == status
     if sent == "one by one":  # each gets its own answer; batches stay on
         assert out.count("OK ") == 3
@@ -249,15 +252,13 @@ def test_a_badly_answered_batch_is_sent_one_by_one(
 ) -> None:
     from spanproof.witness.client import MalformedAnswer, WitnessClient
 
-    srv = serve_witness(open_witness())
-    for i in range(3):
-        write_bundle(files["bundles"], make_bundle(trace_id(i)))
+    url, _ = _served_bundles(files, open_witness, serve_witness, 3)
 
     def malformed(client: WitnessClient, datas: Any, **kw: Any) -> Any:
         raise MalformedAnswer("witness answer to a batch of 3 does not hold one result each")
 
     monkeypatch.setattr(WitnessClient, "submit_batch", malformed)
-    code, out, _ = _run(_submit_args(files, srv.url), capsys)
+    code, out, _ = _run(_submit_args(files, url), capsys)
     assert code == 0 and out.count("OK ") == 3
 
 
@@ -265,12 +266,11 @@ def test_a_rejected_bundle_in_a_batch_fails_alone(
     files: dict[str, Path], open_witness: Any, serve_witness: Any,
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    srv = serve_witness(open_witness())
-    paths = sorted(write_bundle(files["bundles"], make_bundle(trace_id(i))) for i in range(3))
+    url, paths = _served_bundles(files, open_witness, serve_witness, 3)
     paths[1].write_bytes(paths[1].read_bytes().replace(b"step 1", b"step X"))
     log = RequestLog(monkeypatch)
     # Without --producer-key nothing is checked before it is sent.
-    code, out, _ = _run(["witness", "submit", str(files["bundles"]), "--url", srv.url], capsys)
+    code, out, _ = _run(["witness", "submit", str(files["bundles"]), "--url", url], capsys)
     assert code == 1 and log.paths == ["/v1/submit-batch"]
     lines = out.splitlines()
     assert lines[0].startswith(f"OK {paths[0]}: logged at index ")
