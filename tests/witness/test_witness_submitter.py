@@ -427,12 +427,13 @@ def _queue_files(queue: Path) -> list[Path]:
 
 
 def _queued(
-    tmp_path: Path, witness: Witness, n: int, **options: Any
+    tmp_path: Path, witness: Witness, n: int, fake: FakeWitness | None = None, **options: Any
 ) -> tuple[WitnessSubmitter, list[Path]]:
-    """A submitter (no thread) to a witness that answers, with *n* bundles queued and
-    their queue files already written."""
+    """A submitter (no thread) to a witness that answers (through *fake*, a
+    ``FakeWitness`` by default), with *n* bundles queued and their queue files
+    already written."""
     paths = _bundles(tmp_path / "b", n)
-    fake = FakeWitness(witness)
+    fake = fake or FakeWitness(witness)
     fake.down = False
     sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
                            rng=lambda: 0.0, start=False, **options)
@@ -596,15 +597,9 @@ def test_once_the_witness_answers_submissions_go_in_batches(
     real_check = receipt_module.verify_checkpoint
     monkeypatch.setattr(receipt_module, "verify_checkpoint",
                         lambda *a, **k: checked.append(a[0]) or real_check(*a, **k))
-    fake = FakeWitness(witness)
-    fake.down = False
-    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
-                           producer_key=producer_key.private_key.public_key(),
-                           witness_keys=witness_keys, concurrency=1, batch_size=4,
-                           start=False)
-    paths = _bundles(tmp_path / "b", 10)
-    for p in paths:
-        sub.submit(p)
+    sub, paths = _queued(tmp_path, witness, 10, producer_key=producer_key.private_key.public_key(),
+                         witness_keys=witness_keys, concurrency=1, batch_size=4)
+    fake = cast(FakeWitness, sub._post)
     assert sub.process_due() is None and sub.pending == 0
     # The probe alone, then batches of 4, 4 and the last one alone.
     assert fake.urls == ["submit", "submit-batch", "submit-batch", "submit"]
@@ -691,14 +686,9 @@ def test_receipts_a_batch_answer_swapped_are_not_stored(
     tmp_path: Path, witness: Witness, witness_keys: list[WitnessKey], producer_key: SigningKey,
 ) -> None:
     fake = SwappingReceipts(witness)
-    fake.down = False
-    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
-                           producer_key=producer_key.private_key.public_key(),
-                           witness_keys=witness_keys, concurrency=1, batch_size=4,
-                           start=False)
-    paths = _bundles(tmp_path / "b", 3)
-    for p in paths:
-        sub.submit(p)
+    sub, paths = _queued(tmp_path, witness, 3, fake, witness_keys=witness_keys,
+                         producer_key=producer_key.private_key.public_key(),
+                         concurrency=1, batch_size=4)
     assert sub.process_due() is None and sub.pending == 0
     assert fake.urls == ["submit", "submit-batch"]
     # The probe's receipt is its own; the two batched ones each got the other's.
