@@ -226,11 +226,7 @@ class DirectorySink:
         raise FileExistsError(errno.EEXIST, "no free file name for bundle", name)
 
     def _fsync_dir(self) -> None:
-        fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(self._dir)
 
     def __repr__(self) -> str:
         return f"DirectorySink({self._dir!r})"
