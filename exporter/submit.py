@@ -40,6 +40,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from spanproof.verifier._batch import MAX_BATCH, batch_receipt, batch_request, batch_results
 from spanproof.verifier.bundle import BUNDLE_SUFFIX, BundleReader
 from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.checkpoint import WitnessKey
@@ -163,10 +164,10 @@ class WitnessSubmitter:
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"witness URL must be http(s)://...: {url!r}")
-        if (max_pending < 1 or concurrency < 1 or not 1 <= batch_size <= 256 or timeout <= 0
-                or not 0 < backoff_initial <= backoff_max):
-            raise ValueError("max_pending >= 1, concurrency >= 1, 1 <= batch_size <= 256, "
-                             "timeout > 0, 0 < backoff_initial <= backoff_max")
+        if (max_pending < 1 or concurrency < 1 or not 1 <= batch_size <= MAX_BATCH
+                or timeout <= 0 or not 0 < backoff_initial <= backoff_max):
+            raise ValueError(f"max_pending >= 1, concurrency >= 1, 1 <= batch_size <= "
+                             f"{MAX_BATCH}, timeout > 0, 0 < backoff_initial <= backoff_max")
         self._url = url.rstrip("/") + "/v1/submit"
         self._batch_url = url.rstrip("/") + "/v1/submit-batch"
         self._dir = os.fspath(queue_dir)
@@ -533,8 +534,7 @@ class WitnessSubmitter:
                 continue
             outcomes.append(None)
         if sent:
-            encoded = [base64.b64encode(data).decode("ascii") for _, data in sent]
-            body = json.dumps({"submissions": encoded}).encode("ascii")
+            body = batch_request([data for _, data in sent])
             try:
                 status, answer = self._post(self._batch_url, body, self._batch_headers,
                                             self._timeout)
@@ -550,7 +550,7 @@ class WitnessSubmitter:
             if status != 200:
                 raise _OneByOne  # refused as a whole: let each get its own answer
             try:
-                results = _batch_results(answer, len(encoded))
+                results = batch_results(answer, len(sent))
             except ValueError as e:
                 _logger.warning("the witness's answer to a batch is malformed (%s); "
                                 "submitting its bundles one by one", e)
@@ -570,8 +570,8 @@ class WitnessSubmitter:
                        verifier: ReceiptVerifier | None) -> _Delivered:
         _check_answer(result["status"], result.get("error", ""))
         try:
-            receipt = canonicalize(result["receipt"]) + b"\n"  # the receipt file's bytes
-        except (ValueError, TypeError, SpanproofError) as e:
+            receipt = batch_receipt(result)
+        except SpanproofError as e:
             raise _Permanent(f"witness receipt is not a receipt: {e}") from e
         return self._checked_receipt(bundle, data, receipt, verifier)
 
@@ -760,28 +760,6 @@ def _file_size(path: str) -> int:
         return os.stat(path).st_size
     except OSError:
         return 0  # reading it reports the error, for this bundle alone
-
-
-def _batch_results(answer: bytes, count: int) -> list[dict[str, Any]]:
-    """The ``results`` of a ``/v1/submit-batch`` answer, one per submission sent.
-
-    Raises:
-        ValueError: the answer is not one.
-    """
-    try:
-        results = json.loads(answer)["results"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"no results ({e})") from e
-    if not isinstance(results, list) or len(results) != count:
-        raise ValueError(f"{count} results expected")
-    for result in results:
-        if not isinstance(result, dict) or not isinstance(result.get("status"), int):
-            raise ValueError("a result without a status")
-        if result["status"] in (200, 201) and not isinstance(result.get("receipt"), dict):
-            raise ValueError("a result without its receipt")
-        if result["status"] not in (200, 201) and not isinstance(result.get("error"), str):
-            raise ValueError("a rejection without its reason")
-    return results
 
 
 def _log_unqueued(bundle: str, error: OSError) -> None:

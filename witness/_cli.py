@@ -25,9 +25,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
+from spanproof.verifier._batch import batch_receipt
 from spanproof.verifier._files import write_atomic
 from spanproof.verifier.bundle import BUNDLE_SUFFIX
-from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.checkpoint import WitnessKey, load_witness_keys
 from spanproof.verifier.errors import (
     InvalidBundle,
@@ -358,7 +358,7 @@ class _Submitter:
             return (f"FAIL {path}: witness answered HTTP {status}: {answer.get('error', '')}",
                     EXIT_UNAVAILABLE if status >= 500 else EXIT_FAILED)
         try:
-            receipt = canonicalize(answer.get("receipt")) + b"\n"  # the receipt file's bytes
+            receipt = batch_receipt(answer)
             return self._written(path, receipt, status == 201,
                                  str(answer.get("leafIndex", "?")), answer.get("conflict") is True,
                                  report, verifier), EXIT_OK

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from spanproof.verifier._batch import MAX_BATCH
 from spanproof.verifier.errors import InvalidBundle, InvalidKey, SpanproofError, TransportError
 from spanproof.verifier.receipt import RECEIPT_MEDIA_TYPE
 from spanproof.verifier.records import is_digest, is_trace_id
@@ -33,8 +34,6 @@ __all__ = ["DEFAULT_MAX_BODY", "MAX_BATCH", "PUBLIC_KEY_HEADER", "create_app"]
 _logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
-#: Submissions one ``POST /v1/submit-batch`` may carry.
-MAX_BATCH = 256
 PUBLIC_KEY_HEADER = "Spanproof-Public-Key"
 _UINT = re.compile(r"(0|[1-9][0-9]{0,19})\Z")
 _NO_STORE = {"Cache-Control": "no-store"}

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from spanproof.verifier._batch import batch_request, batch_results
 from spanproof.verifier.errors import TransportError
 
 __all__ = ["HTTPStatusError", "MalformedAnswer", "Response", "WitnessClient"]
@@ -119,9 +120,8 @@ class WitnessClient:
             HTTPStatusError: rejected (400, 413, 422) or unavailable (503).
             TransportError: the witness could not be reached.
         """
-        headers = {"Content-Type": "application/vnd.spanproof.bundle.v1+json"}
-        if public_key_der is not None:
-            headers["Spanproof-Public-Key"] = base64.b64encode(public_key_der).decode("ascii")
+        headers = {"Content-Type": "application/vnd.spanproof.bundle.v1+json",
+                   **_key_header(public_key_der)}
         return self.request("POST", "/v1/submit", body=data, headers=headers)
 
     def submit_batch(
@@ -138,24 +138,13 @@ class WitnessClient:
                 submission.
             TransportError: the witness could not be reached.
         """
-        headers = {"Content-Type": "application/json"}
-        if public_key_der is not None:
-            headers["Spanproof-Public-Key"] = base64.b64encode(public_key_der).decode("ascii")
-        body = json.dumps(
-            {"submissions": [base64.b64encode(d).decode("ascii") for d in datas]}
-        ).encode("ascii")
-        resp = self.request("POST", "/v1/submit-batch", body=body, headers=headers)
+        headers = {"Content-Type": "application/json", **_key_header(public_key_der)}
+        resp = self.request("POST", "/v1/submit-batch", body=batch_request(datas),
+                            headers=headers)
         try:
-            results = json.loads(resp.body)["results"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise MalformedAnswer('witness answer to a batch is not {"results": [...]}') from e
-        if (not isinstance(results, list) or len(results) != len(datas)
-                or not all(isinstance(r, dict) and type(r.get("status")) is int
-                           for r in results)):
-            raise MalformedAnswer(
-                f"witness answer to a batch of {len(datas)} does not hold one result each"
-            )
-        return results
+            return batch_results(resp.body, len(datas))
+        except ValueError as e:
+            raise MalformedAnswer(f"witness answer to a batch of {len(datas)}: {e}") from e
 
     def checkpoint(self, size: int | None = None) -> bytes:
         """The signed checkpoint note (latest, or of tree *size*).
@@ -191,6 +180,13 @@ class WitnessClient:
             TransportError: unreachable, or an HTTP error.
         """
         return self._json("/v1/lookup", query)
+
+
+def _key_header(public_key_der: bytes | None) -> dict[str, str]:
+    """The ``Spanproof-Public-Key`` header for a producer key, if one is given."""
+    if public_key_der is None:
+        return {}
+    return {"Spanproof-Public-Key": base64.b64encode(public_key_der).decode("ascii")}
 
 
 def _hashes(value: Any, what: str) -> list[bytes]:

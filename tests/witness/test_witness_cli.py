@@ -462,3 +462,25 @@ def test_submit_groups_by_count_and_by_bytes(tmp_path: Path,
     assert [p for g in groups for p in g] == paths
     monkeypatch.setattr(wcli, "SUBMIT_BATCH_BYTES", 10_000)
     assert [len(g) for g in wcli._groups(paths)] == [16, 8]
+
+
+def test_a_malformed_receipt_in_a_batch_answer_is_not_written(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from spanproof.witness.client import WitnessClient
+
+    url, paths = _served_bundles(files, open_witness, serve_witness, 2)
+    real = WitnessClient.submit_batch
+
+    def without_checkpoint(client: WitnessClient, datas: Any, **kw: Any) -> Any:
+        results = real(client, datas, **kw)
+        del results[1]["receipt"]["checkpoint"]
+        return results
+
+    monkeypatch.setattr(WitnessClient, "submit_batch", without_checkpoint)
+    code, out, _ = _run(["witness", "submit", str(files["bundles"]), "--url", url], capsys)
+    lines = out.splitlines()
+    assert code == 1 and lines[0].startswith(f"OK {paths[0]}: logged")
+    assert lines[1].startswith(f"FAIL {paths[1]}: receipt") and "checkpoint" in lines[1]
+    assert Path(receipt_path(paths[0])).exists() and not Path(receipt_path(paths[1])).exists()

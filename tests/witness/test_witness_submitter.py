@@ -699,6 +699,31 @@ def test_receipts_a_batch_answer_swapped_are_not_stored(
     assert all("witness receipt does not verify" in r for r in reasons)
 
 
+class UncheckpointedReceipt(FakeWitness):
+    """Answers batches with the last result's receipt missing its checkpoint."""
+
+    def __call__(
+        self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
+    ) -> tuple[int, bytes]:
+        status, answer = super().__call__(url, body, headers, timeout)
+        if url.endswith("/v1/submit-batch"):
+            doc = json.loads(answer)
+            del doc["results"][-1]["receipt"]["checkpoint"]
+            answer = json.dumps(doc).encode()
+        return status, answer
+
+
+def test_a_malformed_receipt_in_a_batch_answer_retires_its_bundle(
+    tmp_path: Path, witness: Witness
+) -> None:
+    sub, paths = _queued(tmp_path, witness, 3, UncheckpointedReceipt(witness),
+                         concurrency=1, batch_size=4)  # no witness key: nothing verified
+    assert sub.process_due() is None and sub.pending == 0
+    assert [Path(receipt_path(p)).exists() for p in paths] == [True, True, False]
+    (failed,) = (tmp_path / "q" / "failed").glob("*.json")
+    assert "witness receipt is not a receipt" in json.loads(failed.read_text())["reason"]
+
+
 class RefusingBatches(FakeWitness):
     """Answers a batch as a whole with *status* and *body*."""
 

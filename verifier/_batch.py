@@ -1,0 +1,59 @@
+"""The submitting side of a witness's ``POST /v1/submit-batch`` (SPEC §12.9): the
+request body, the checked answer, and each result's receipt file bytes.
+
+Shared by the producer's submitter (``spanproof.exporter.submit``) and ``spanproof
+witness submit``, and the batch limit by the witness itself.  No network here.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .receipt import Receipt
+
+__all__ = ["MAX_BATCH", "batch_receipt", "batch_request", "batch_results"]
+
+#: Submissions one ``POST /v1/submit-batch`` may carry.
+MAX_BATCH = 256
+
+
+def batch_request(submissions: Sequence[bytes]) -> bytes:
+    """The request body: ``{"submissions": [...]}``, each in standard base64."""
+    encoded = [base64.b64encode(data).decode("ascii") for data in submissions]
+    return json.dumps({"submissions": encoded}).encode("ascii")
+
+
+def batch_results(answer: bytes, count: int) -> list[dict[str, Any]]:
+    """The ``results`` of an answer to a batch of *count*, one per submission, in
+    order: a 200 or 201 with its ``receipt`` object, or another status with its
+    ``error`` text.
+
+    Raises:
+        ValueError: the answer is not one.
+    """
+    try:
+        results = json.loads(answer)["results"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"no results ({e})") from e
+    if not isinstance(results, list) or len(results) != count:
+        raise ValueError(f"{count} results expected")
+    for result in results:
+        if not isinstance(result, dict) or type(result.get("status")) is not int:
+            raise ValueError("a result without a status")
+        if result["status"] in (200, 201) and not isinstance(result.get("receipt"), dict):
+            raise ValueError("a result without its receipt")
+        if result["status"] not in (200, 201) and not isinstance(result.get("error"), str):
+            raise ValueError("a rejection without its reason")
+    return results
+
+
+def batch_receipt(result: Mapping[str, Any]) -> bytes:
+    """A logged submission's receipt file bytes, as ``POST /v1/submit`` answers them.
+
+    Raises:
+        InvalidReceipt: the result's ``receipt`` is not a well-formed receipt.
+    """
+    return Receipt.from_json(result["receipt"]).to_bytes()
