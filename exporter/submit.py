@@ -251,18 +251,18 @@ class WitnessSubmitter:
             tag = hashlib.sha256(bundle.encode("utf-8", "surrogatepass")).hexdigest()[:16]
             if tag not in self._tags:
                 new.setdefault(tag, bundle)
-        queued = []  # queue file name, tag, bundle
+        queued = []  # sequence number, tag, bundle
         for tag, bundle in new.items():
-            queued.append((f"{self._seq:012d}-{tag}.json", tag, bundle))
+            queued.append((self._seq, tag, bundle))
             self._seq += 1
+        names = [f"{seq:012d}-{tag}.json" for seq, tag, _ in queued]
         errors = write_together([(os.path.join(self._dir, name), canonicalize({"bundle": b}))
-                                 for name, _, b in queued])
-        for (name, tag, bundle), error in zip(queued, errors, strict=True):
+                                 for name, (_, _, b) in zip(names, queued, strict=True)])
+        for name, (seq, tag, bundle), error in zip(names, queued, errors, strict=True):
             if error is not None:
                 _log_unqueued(bundle, error)
                 continue
-            self._pending[name] = _Pending(int(name[:12]), bundle,
-                                           os.path.join(self._dir, name))
+            self._pending[name] = _Pending(seq, bundle, os.path.join(self._dir, name))
             self._tags[tag] = name
 
     def _drain_incoming(self) -> None:

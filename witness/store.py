@@ -4,9 +4,9 @@ Two append-only tables: ``leaves`` (one row per log entry, with the leaf's bytes
 what was checked and the submitted envelope) and ``checkpoints`` (one signed
 checkpoint per tree size).  New entries (one, or a batch's) and the checkpoint
 that covers them are written in one transaction, committed (``synchronous=FULL``:
-fsynced) before the witness answers.  Triggers refuse ``UPDATE`` and ``DELETE`` on both tables, and
-``checkpoints.size`` is the primary key, so the database itself refuses a second
-checkpoint for a size.
+fsynced) before the witness answers.  Triggers refuse ``UPDATE`` and ``DELETE`` on
+both tables, and ``checkpoints.size`` is the primary key, so the database itself
+refuses a second checkpoint for a size.
 
 Access is serialized by the caller (the witness holds one lock); the connection
 is shared across the server's worker threads.
