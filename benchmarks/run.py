@@ -533,28 +533,16 @@ def section_verify_many(reps: int, bundles: int) -> tuple[float, float, float, i
     Returns (bundles/s with one process, bundles/s by default, the median of the
     per-round ratios, the default's worker count).
     """
-    from datetime import datetime, timezone
-
     from spanproof.exporter.keys import SigningKey
-    from spanproof.exporter.sealing import ChainPosition, seal
     from spanproof.verifier._jobs import workers_for
-    from spanproof.verifier.statement import Producer
 
     key = SigningKey.from_seed(bytes(32))
-    producer = Producer("bench", "0", "00")
-    at = datetime(2026, 1, 1, tzinfo=timezone.utc)
     d = tempfile.mkdtemp(prefix="spanproof-bench-verify-many-")
     pub = os.path.join(d, "k.pub")
     with open(pub, "wb") as f:
         f.write(key.public_pem())
     out_dir = os.path.join(d, "bundles")
-    os.mkdir(out_dir)
-    for n in range(bundles):
-        tid = f"{n + 1:032x}"
-        sealed = seal(tid, _trace_bodies(tid, 5), ChainPosition.genesis(tid), signer=key,
-                      producer=producer, sealed_at=at, reason="root_ended")
-        with open(os.path.join(out_dir, f"{tid}-0000.spanproof.json"), "wb") as f:
-            f.write(sealed.data)
+    _sealed_bundles(out_dir, bundles, 0, key)
     command = [sys.executable, "-m", "spanproof.verifier", "verify", "--key", pub, out_dir]
     rates: dict[str, list[float]] = {"one": [], "default": []}
     for _ in range(reps):
@@ -862,9 +850,10 @@ def section_receiver(
                           results["rotel"]))
 
 
-def _witness_bundles(directory: str, count: int, run: int, key: Any) -> list[str]:
-    """Write *count* sealed bundles of 5-span traces (new trace ids for each *run*, so
-    every submission is a new log entry); return their paths."""
+def _sealed_bundles(directory: str, count: int, run: int, key: Any) -> list[str]:
+    """Write *count* sealed bundles of 5-span traces into a new *directory*, with new
+    trace ids for each *run* (so that every witness submission is a new log entry);
+    return their paths."""
     from datetime import datetime, timezone
 
     from spanproof.exporter.sealing import ChainPosition, seal
@@ -960,7 +949,7 @@ def section_witness(reps: int, bundles: int) -> tuple[dict[str, tuple[float, flo
             shift = r % len(WITNESS_CONFIGS)
             for config in WITNESS_CONFIGS[shift:] + WITNESS_CONFIGS[:shift]:
                 run += 1
-                paths = _witness_bundles(os.path.join(work, f"b{run}"), bundles, run, key)
+                paths = _sealed_bundles(os.path.join(work, f"b{run}"), bundles, run, key)
                 if config == "direct":
                     start = time.perf_counter()
                     for path in paths:
