@@ -6,7 +6,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -668,8 +668,13 @@ def test_a_batch_carries_a_bounded_number_of_bundle_bytes(
     sub.close()
 
 
-class SwappingReceipts(FakeWitness):
-    """A witness that logs a batch but answers each submission with another's receipt."""
+class AlteredBatchAnswer(FakeWitness):
+    """A witness that logs a batch but answers it as *alter* (given the answer's
+    JSON document, changed in place) makes it."""
+
+    def __init__(self, witness: Witness, alter: Callable[[dict[str, Any]], object]) -> None:
+        super().__init__(witness)
+        self._alter = alter
 
     def __call__(
         self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
@@ -677,7 +682,7 @@ class SwappingReceipts(FakeWitness):
         status, answer = super().__call__(url, body, headers, timeout)
         if url.endswith("/v1/submit-batch"):
             doc = json.loads(answer)
-            doc["results"].reverse()
+            self._alter(doc)
             answer = json.dumps(doc).encode()
         return status, answer
 
@@ -685,7 +690,7 @@ class SwappingReceipts(FakeWitness):
 def test_receipts_a_batch_answer_swapped_are_not_stored(
     tmp_path: Path, witness: Witness, witness_keys: list[WitnessKey], producer_key: SigningKey,
 ) -> None:
-    fake = SwappingReceipts(witness)
+    fake = AlteredBatchAnswer(witness, lambda doc: doc["results"].reverse())
     sub, paths = _queued(tmp_path, witness, 3, fake, witness_keys=witness_keys,
                          producer_key=producer_key.private_key.public_key(),
                          concurrency=1, batch_size=4)
@@ -699,25 +704,12 @@ def test_receipts_a_batch_answer_swapped_are_not_stored(
     assert all("witness receipt does not verify" in r for r in reasons)
 
 
-class UncheckpointedReceipt(FakeWitness):
-    """Answers batches with the last result's receipt missing its checkpoint."""
-
-    def __call__(
-        self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
-    ) -> tuple[int, bytes]:
-        status, answer = super().__call__(url, body, headers, timeout)
-        if url.endswith("/v1/submit-batch"):
-            doc = json.loads(answer)
-            del doc["results"][-1]["receipt"]["checkpoint"]
-            answer = json.dumps(doc).encode()
-        return status, answer
-
-
 def test_a_malformed_receipt_in_a_batch_answer_retires_its_bundle(
     tmp_path: Path, witness: Witness
 ) -> None:
-    sub, paths = _queued(tmp_path, witness, 3, UncheckpointedReceipt(witness),
-                         concurrency=1, batch_size=4)  # no witness key: nothing verified
+    # The last result's receipt without its checkpoint; no witness key: nothing verified.
+    fake = AlteredBatchAnswer(witness, lambda doc: doc["results"][-1]["receipt"].pop("checkpoint"))
+    sub, paths = _queued(tmp_path, witness, 3, fake, concurrency=1, batch_size=4)
     assert sub.process_due() is None and sub.pending == 0
     assert [Path(receipt_path(p)).exists() for p in paths] == [True, True, False]
     (failed,) = (tmp_path / "q" / "failed").glob("*.json")
