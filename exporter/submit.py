@@ -40,7 +40,14 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from spanproof.verifier._batch import MAX_BATCH, batch_receipt, batch_request, batch_results
+from spanproof.verifier._batch import (
+    BATCH_BYTES,
+    BATCH_SIZE,
+    MAX_BATCH,
+    batch_receipt,
+    batch_request,
+    batch_results,
+)
 from spanproof.verifier.bundle import BUNDLE_SUFFIX, BundleReader
 from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.checkpoint import WitnessKey
@@ -69,8 +76,8 @@ _FAILED_DIR = "failed"
 #: at its end.
 _RECEIPT_GROUP = 64
 #: Bundle bytes one batch carries at most (a larger bundle goes alone), so that a
-#: delivery thread holds a bounded amount in memory.
-_BATCH_BYTES = 4 * 1024 * 1024
+#: delivery thread holds a bounded amount in memory (a name of its own for tests).
+_BATCH_BYTES = BATCH_BYTES
 
 
 def backoff_delay(
@@ -152,7 +159,7 @@ class WitnessSubmitter:
         witness_keys: Sequence[WitnessKey] = (),
         max_pending: int = 10_000,
         concurrency: int = 4,
-        batch_size: int = 16,
+        batch_size: int = BATCH_SIZE,
         timeout: float = 10.0,
         backoff_initial: float = 1.0,
         backoff_max: float = 300.0,

@@ -14,10 +14,16 @@ from typing import Any
 
 from .receipt import Receipt
 
-__all__ = ["MAX_BATCH", "batch_receipt", "batch_request", "batch_results"]
+__all__ = ["BATCH_BYTES", "BATCH_SIZE", "MAX_BATCH", "batch_receipt", "batch_request",
+           "batch_results"]
 
 #: Submissions one ``POST /v1/submit-batch`` may carry.
 MAX_BATCH = 256
+#: How both clients send by default: submissions per request, and the bundle bytes
+#: one request carries at most (a larger bundle goes alone), which bounds what a
+#: sender holds in memory.
+BATCH_SIZE = 16
+BATCH_BYTES = 4 * 1024 * 1024
 
 
 def batch_request(submissions: Sequence[bytes]) -> bytes:

@@ -25,7 +25,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from spanproof.verifier._batch import batch_receipt
+from spanproof.verifier._batch import BATCH_BYTES, BATCH_SIZE, batch_receipt
 from spanproof.verifier._files import write_atomic
 from spanproof.verifier.bundle import BUNDLE_SUFFIX
 from spanproof.verifier.checkpoint import WitnessKey, load_witness_keys
@@ -214,8 +214,8 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 #: Bundles ``witness submit`` sends in one request, and the bundle bytes one request
 #: carries at most (a larger bundle goes alone), as the producer's submitter sends them.
-SUBMIT_BATCH = 16
-SUBMIT_BATCH_BYTES = 4 * 1024 * 1024
+SUBMIT_BATCH = BATCH_SIZE
+SUBMIT_BATCH_BYTES = BATCH_BYTES
 
 _Outcome = tuple[str, int]  # a line to print, and the exit status it calls for
 
