@@ -670,13 +670,16 @@ class SealingProcesses:
 
     def send_spans(self, spans: Sequence[Any], roots: Sequence[str]) -> None:
         """Hand selected *spans* and ended local roots to the processes holding
-        their traces.  Nothing is sent when a span cannot be read or pickled.
+        their traces.  Nothing is sent when a span cannot be read or pickled, nor
+        to a process that would get neither span nor root.
 
         Raises:
             SealingProcessUnreachable: a process is gone; the spans and roots it
                 was to get are in the exception, the others were delivered.
             Exception: what reading or pickling a span raised (nothing was sent).
         """
+        if not spans and not roots:
+            return  # an export with nothing for any child: no frame, no wake-up
         if len(self.processes) == 1:
             (process,) = self.processes
             try:

@@ -435,6 +435,33 @@ def test_span_that_cannot_be_read_does_not_leave_its_resource_unsent(tmp_path: P
         "stringValue": "new-service"}
 
 
+def test_an_export_with_no_evidence_and_no_local_root_sends_the_child_nothing(
+    tmp_path: Path,
+) -> None:
+    exporter = _exporter(tmp_path / "out")
+    process = _only_process(exporter)
+    frames: list[bytes] = []
+    write = process._write_locked
+
+    def counting(frame: bytes) -> None:
+        frames.append(frame)
+        write(frame)
+
+    process._write_locked = counting  # type: ignore[method-assign]
+    rec = Recorder()
+    with rec.tracer.start_as_current_span("plain-root"):
+        with rec.tracer.start_as_current_span("plain-child"):
+            pass
+    spans = rec.take()
+    children = [s for s in spans if s.parent is not None]
+    roots = [s for s in spans if s.parent is None]
+    assert exporter.export(children) is SpanExportResult.SUCCESS
+    assert frames == []
+    assert exporter.export(roots) is SpanExportResult.SUCCESS
+    assert len(frames) == 1  # an ended local root still reaches the child
+    exporter.shutdown()
+
+
 def test_equal_scopes_and_resources_are_sent_once_and_the_cache_stays_bounded(
     tmp_path: Path,
 ) -> None:
