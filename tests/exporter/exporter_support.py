@@ -52,6 +52,20 @@ def trust_root(tmp_dir: str | os.PathLike[str], key: SigningKey | None = None) -
     return TrustRoot.from_pem_files([path])
 
 
+def sent_frames(process: Any) -> list[bytes]:
+    """Every frame the parent writes to *process* (a ``SealingProcess``) from now on,
+    in order; the frames still reach the child."""
+    frames: list[bytes] = []
+    write = process._write_locked
+
+    def recording(frame: bytes) -> None:
+        frames.append(frame)
+        write(frame)
+
+    process._write_locked = recording
+    return frames
+
+
 def make_exporter(
     output_dir: str | os.PathLike[str], clock: FakeClock, **kwargs: Any
 ) -> SpanproofSpanExporter:

@@ -24,6 +24,7 @@ from exporter_support import (
     evidence,
     record_span_ids,
     reports,
+    sent_frames,
     signing_key,
     trust_root,
     verified,
@@ -439,15 +440,7 @@ def test_an_export_with_no_evidence_and_no_local_root_sends_the_child_nothing(
     tmp_path: Path,
 ) -> None:
     exporter = _exporter(tmp_path / "out")
-    process = _only_process(exporter)
-    frames: list[bytes] = []
-    write = process._write_locked
-
-    def counting(frame: bytes) -> None:
-        frames.append(frame)
-        write(frame)
-
-    process._write_locked = counting  # type: ignore[method-assign]
+    frames = sent_frames(_only_process(exporter))
     rec = Recorder()
     with rec.tracer.start_as_current_span("plain-root"):
         with rec.tracer.start_as_current_span("plain-child"):

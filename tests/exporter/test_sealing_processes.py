@@ -15,6 +15,7 @@ from exporter_support import (
     evidence,
     record_span_ids,
     reports,
+    sent_frames,
     signing_key,
     trust_root,
     verified,
@@ -132,6 +133,29 @@ def test_a_trace_exported_over_several_batches_reaches_one_process(tmp_path: Pat
     exporter.shutdown()
     found = _by_trace(verified(tmp_path / "out", trust_root(tmp_path)))
     assert {t: ids for t, (ids, _, _) in found.items()} == expected
+
+
+def test_a_process_that_gets_neither_span_nor_root_of_an_export_gets_no_frame(
+    tmp_path: Path,
+) -> None:
+    rec = Recorder(id_generator=_CountingIds())
+    (trace_id,) = _traces(rec, 1)  # 0x1000: the first process's
+    spans = rec.take()
+    exporter = _exporter(tmp_path / "out", 2)
+    first, second = exporter._remote.processes  # type: ignore[union-attr]
+    to_first, to_second = sent_frames(first), sent_frames(second)
+    plain = Recorder()
+    with plain.tracer.start_as_current_span("plain-root"):
+        with plain.tracer.start_as_current_span("plain-child"):
+            pass
+    plain_child = [s for s in plain.take() if s.parent is not None]
+    assert exporter.export(plain_child) is SpanExportResult.SUCCESS
+    assert (to_first, to_second) == ([], [])  # nothing selected, no root ended
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    assert (len(to_first), to_second) == (1, [])
+    exporter.shutdown()
+    found = _by_trace(verified(tmp_path / "out", trust_root(tmp_path)))
+    assert list(found) == [trace_id]
 
 
 def test_shutdown_has_every_process_seal_what_it_holds_and_exit(tmp_path: Path) -> None:
