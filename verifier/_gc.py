@@ -8,7 +8,8 @@ from contextlib import contextmanager
 
 __all__ = ["collecting_rarely"]
 
-# Allocations between young-generation collections (the default is 700).
+# Allocations between young-generation collections (the default is 700, and 2,000
+# from Python 3.13).
 _RARE_THRESHOLD = (100_000, 50, 100)
 
 
@@ -20,10 +21,10 @@ def collecting_rarely() -> Iterator[None]:
     ``spanproof verify`` while its workers check bundles), never an application's:
     their pending record bodies (or the verifier's reports) are many small objects
     that live until the end, and the default thresholds rescan them every 700
-    allocations, which halved the rate at which spans were admitted.  They hold no
-    reference cycles, so collecting rarely costs little memory; the objects alive
-    at the start are frozen out of collections.  The previous thresholds are
-    restored at the end.
+    allocations (2,000 from Python 3.13), which halved the rate at which spans were
+    admitted.  They hold no reference cycles, so collecting rarely costs little
+    memory; the objects alive at the start are frozen out of collections.  The
+    previous thresholds are restored at the end.
     """
     previous = gc.get_threshold()
     gc.freeze()
