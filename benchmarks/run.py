@@ -677,13 +677,27 @@ def _rotel_agent() -> str:
     return os.path.join(next(iter(spec.submodule_search_locations)), "rotel-agent")
 
 
-def _wait_listening(port: int, proc: subprocess.Popen[Any]) -> None:
+def _start_logged(args: Sequence[str], log_path: str) -> subprocess.Popen[Any]:
+    """Start a server process whose output goes to *log_path* (for
+    :func:`_wait_listening` to quote if it dies at start)."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[Any], log_path: str | None = None) -> None:
     import socket
 
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError("process exited at start")
+            said = ""
+            if log_path is not None and os.path.exists(log_path):
+                with open(log_path, "rb") as f:
+                    said = f.read()[-600:].decode("utf-8", "replace").strip()
+            name = os.path.basename(str(proc.args[0] if isinstance(proc.args, list)
+                                        else proc.args))
+            raise RuntimeError(f"{name} exited at start with code {proc.returncode}"
+                               + (f": {said}" if said else ""))
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
@@ -736,25 +750,24 @@ def receiver_once(
     try:
         key, _ = SigningKey.generate().write(os.path.join(work, "keys"))
         port = _free_port()
-        procs.append(subprocess.Popen(
+        receiver_log = os.path.join(work, "receiver.log")
+        procs.append(_start_logged(
             [sys.executable, "-m", "spanproof.verifier", "receiver", "--no-http",
              "--grpc", f"127.0.0.1:{port}", "--out", out, "--key", key,
              "--seal-grace-ms", "50", "--max-pending-traces", "50000",
-             "--sealing-processes", str(sealing_processes)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        ))
-        _wait_listening(port, procs[-1])
+             "--sealing-processes", str(sealing_processes)], receiver_log))
+        _wait_listening(port, procs[-1], receiver_log)
         endpoint = f"127.0.0.1:{port}"
         if via_rotel:
             rotel_port = _free_port()
-            procs.append(subprocess.Popen(
+            rotel_log = os.path.join(work, "rotel.log")
+            procs.append(_start_logged(
                 [_rotel_agent(), "start", "--otlp-grpc-endpoint", f"127.0.0.1:{rotel_port}",
                  "--otlp-http-endpoint", f"127.0.0.1:{_free_port()}", "--exporter", "otlp",
                  "--otlp-exporter-endpoint", f"http://{endpoint}",
                  "--otlp-exporter-protocol", "grpc", "--traces-batch-timeout", "50ms"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ))
-            _wait_listening(rotel_port, procs[-1])
+                rotel_log))
+            _wait_listening(rotel_port, procs[-1], rotel_log)
             endpoint = f"127.0.0.1:{rotel_port}"
         requests, trace_ids = _otlp_requests(traces, per_request=500)
         roles: dict[str, list[int]] = {}
@@ -930,16 +943,16 @@ def section_witness(reps: int, bundles: int) -> tuple[dict[str, tuple[float, flo
     signer = CheckpointSigner.load(witness_key, origin)
     pinned = [WitnessKey.from_pem(signer.key.public_pem())]
     port = _free_port()
-    server = subprocess.Popen(
+    witness_log = os.path.join(work, "witness.log")
+    server = _start_logged(
         [sys.executable, "-m", "spanproof.verifier", "witness", "serve",
          "--listen", f"127.0.0.1:{port}", "--db", os.path.join(work, "served.db"),
          "--key", witness_key, "--origin", origin, "--producer-key", producer_pub],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+        witness_log)
     rates: dict[str, list[float]] = {c: [] for c in WITNESS_CONFIGS}
     cpus: dict[str, list[float]] = {c: [] for c in WITNESS_CONFIGS}
     try:
-        _wait_listening(port, server)
+        _wait_listening(port, server, witness_log)
         url = f"http://127.0.0.1:{port}"
         store = Store(os.path.join(work, "direct.db"))
         witness = Witness(store, signer,

@@ -6,7 +6,9 @@ benchmarks are not timed unit tests.
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -231,3 +233,18 @@ def test_receiver_rounds_run_every_configuration_in_varying_orders(
     # Not a fixed cycle: each configuration does not always follow the same one.
     assert len({tuple(r) for r in rounds}) > 1
     assert ratio == rates[f"rotel, {run.RECEIVER_WORKERS} seal workers"] / rates["rotel"]
+
+
+def test_a_server_that_dies_at_start_is_named_with_its_code_and_last_words(
+    tmp_path: Path,
+) -> None:
+    log = str(tmp_path / "server.log")
+    proc = run._start_logged(
+        [sys.executable, "-c", "import sys; print('cannot load libfoo.so'); sys.exit(3)"], log)
+    proc.wait(30)
+    with pytest.raises(RuntimeError) as caught:
+        run._wait_listening(run._free_port(), proc, log)
+    message = str(caught.value)
+    assert "exited at start with code 3" in message
+    assert message.endswith(": cannot load libfoo.so")
+    assert os.path.basename(sys.executable) in message
