@@ -42,7 +42,8 @@ class Rotel:
 
     def __init__(self, target: str, log_dir: str) -> None:
         self.grpc = f"127.0.0.1:{free_port()}"
-        self._log = open(os.path.join(log_dir, "rotel.log"), "w")
+        self._log_path = os.path.join(log_dir, "rotel.log")
+        self._log = open(self._log_path, "w")
         self.proc = subprocess.Popen(
             [rotel_agent(), "start",
              "--otlp-grpc-endpoint", self.grpc,
@@ -59,7 +60,21 @@ class Rotel:
         host, port = self.grpc.split(":")
         wait_for(lambda: _listening(host, int(port)) or self.proc.poll() is not None,
                  what="rotel to listen")
-        assert self.proc.poll() is None, "rotel-agent exited at start"
+        if self.proc.poll() is not None:
+            self._log.close()
+            with open(self._log_path) as f:
+                said = f.read()[-600:].strip()
+            pytest.fail(f"rotel-agent exited at start with code {self.proc.returncode}: {said}")
+
+    @classmethod
+    def beside(cls, receiver: ReceiverProcess, target: str, log_dir: str) -> Rotel:
+        """Rotel exporting to *target*; if it cannot start, *receiver* is stopped
+        before the test fails, so no server outlives it."""
+        try:
+            return cls(target, log_dir)
+        except BaseException:
+            receiver.stop(signal.SIGTERM)
+            raise
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -121,7 +136,7 @@ def test_stock_exporter_through_rotel_gives_verified_bundles(tmp_path):
     key, _ = write_key(str(tmp_path))
     out = str(tmp_path / "out")
     receiver = ReceiverProcess(out, key, "--seal-grace-ms", "300", "--idle-timeout-ms", "5000")
-    rotel = Rotel(receiver.grpc, str(tmp_path))
+    rotel = Rotel.beside(receiver, receiver.grpc, str(tmp_path))
     try:
         app = App(rotel.grpc)
         app.run_traces(20)
@@ -145,7 +160,7 @@ def test_receiver_kill_9_and_restart_under_load_loses_and_duplicates_nothing(tmp
     address = f"127.0.0.1:{free_port()}"
     hold = ("--seal-grace-ms", "300", "--idle-timeout-ms", "5000")
     receiver = ReceiverProcess(out, key, *hold, grpc=address)
-    rotel = Rotel(address, str(tmp_path))
+    rotel = Rotel.beside(receiver, address, str(tmp_path))
     trust = trust_root(str(tmp_path))
     app = App(rotel.grpc)
     traffic = threading.Thread(target=app.run_traces, args=(300, 0.01), daemon=True)
