@@ -74,6 +74,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -677,11 +678,26 @@ def _rotel_agent() -> str:
     return os.path.join(next(iter(spec.submodule_search_locations)), "rotel-agent")
 
 
-def _start_logged(args: Sequence[str], log_path: str) -> subprocess.Popen[Any]:
+def rotel_env() -> dict[str, str]:
+    """The environment to start ``rotel-agent`` in.  The binary links the libpython
+    of the Python version its wheel is for and finds it on the system's library
+    path; the running interpreter's own library directory is searched first, so an
+    interpreter installed apart from the system's (pyenv, a build of one's own)
+    serves too."""
+    env = dict(os.environ)
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if sysconfig.get_config_var("Py_ENABLE_SHARED") and libdir:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            [libdir, *filter(None, [env.get("LD_LIBRARY_PATH")])])
+    return env
+
+
+def _start_logged(args: Sequence[str], log_path: str,
+                  env: dict[str, str] | None = None) -> subprocess.Popen[Any]:
     """Start a server process whose output goes to *log_path* (for
     :func:`_wait_listening` to quote if it dies at start)."""
     with open(log_path, "wb") as log:
-        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def _wait_listening(port: int, proc: subprocess.Popen[Any], log_path: str | None = None) -> None:
@@ -766,7 +782,7 @@ def receiver_once(
                  "--otlp-http-endpoint", f"127.0.0.1:{_free_port()}", "--exporter", "otlp",
                  "--otlp-exporter-endpoint", f"http://{endpoint}",
                  "--otlp-exporter-protocol", "grpc", "--traces-batch-timeout", "50ms"],
-                rotel_log))
+                rotel_log, rotel_env()))
             _wait_listening(rotel_port, procs[-1], rotel_log)
             endpoint = f"127.0.0.1:{rotel_port}"
         requests, trace_ids = _otlp_requests(traces, per_request=500)

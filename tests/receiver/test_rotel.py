@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from receiver_support import ReceiverProcess, bundle_paths, trust_root, wait_for, write_key
 
+from benchmarks.run import rotel_env
 from spanproof.verifier import check_bundle
 
 pytestmark = pytest.mark.slow
@@ -55,7 +56,7 @@ class Rotel:
              "--otlp-exporter-retry-initial-backoff", "100ms",
              "--otlp-exporter-retry-max-backoff", "1s",
              "--otlp-exporter-retry-max-elapsed-time", "300s"],
-            stdout=self._log, stderr=subprocess.STDOUT,
+            stdout=self._log, stderr=subprocess.STDOUT, env=rotel_env(),
         )
         host, port = self.grpc.split(":")
         wait_for(lambda: _listening(host, int(port)) or self.proc.poll() is not None,
