@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import os
 import secrets
+import sys
 import threading
 import time
 import weakref
@@ -230,6 +231,7 @@ class SpanproofSpanExporter(SpanExporter):
         self._assembler = TraceAssembler.from_config(self._config)
         self._producer = _new_producer()
         self._thread: threading.Thread | None = None
+        self._sealer_refused = False  # a sealer thread could not start (logged once)
         self._stopping = False
         # When the waiting sealer will wake; -inf while it is not waiting.
         self._wake_at = float("-inf")
@@ -563,10 +565,23 @@ class SpanproofSpanExporter(SpanExporter):
     # -- the sealer --------------------------------------------------------------
 
     def _start_sealer(self) -> None:
-        self._thread = threading.Thread(
-            target=self._run, name="spanproof-sealer", daemon=True
-        )
-        self._thread.start()
+        thread = threading.Thread(target=self._run, name="spanproof-sealer", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as e:
+            # No thread may start: at interpreter exit on Python 3.12 (an application
+            # whose first evidence the provider's atexit shutdown exports), or when
+            # the process is out of threads.  The spans are admitted all the same:
+            # force_flush() and shutdown() seal on the calling thread, and the next
+            # export tries again.
+            exiting = sys.is_finalizing() or not threading.main_thread().is_alive()
+            if not exiting and not self._sealer_refused:
+                _logger.warning("spanproof: cannot start the sealer thread (%s); traces "
+                                "are sealed by force_flush() and shutdown() until it "
+                                "starts", e)
+            self._sealer_refused = True
+            return
+        self._thread = thread
 
     def _run(self) -> None:
         worked = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -179,6 +180,59 @@ def test_remote_parent_counts_as_local_root(out: Path, clock: FakeClock) -> None
     (report,) = verified(out, trust_root(out.parent))
     assert report.statement is not None and report.statement.seal_reason == "root_ended"
     exporter.shutdown()
+
+
+def _refuse_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every Thread.start() fail as it does at interpreter exit on Python 3.12."""
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+
+
+def test_spans_exported_at_interpreter_exit_are_sealed_by_shutdown(
+    out: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A short script's first export comes from the provider's atexit shutdown, where
+    # Python 3.12 lets no thread start: neither the sealer nor the writer.
+    rec = Recorder()
+    trace_id, selected = build_trace(rec)
+    exporter = make_exporter(out, clock)
+    _refuse_threads(monkeypatch)
+    monkeypatch.setattr(sys, "is_finalizing", lambda: True)
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    (report,) = verified(out, trust_root(out.parent))
+    assert report.statement is not None and report.statement.trace_id == trace_id
+    assert report.statement.seal_reason == "shutdown"
+    assert record_span_ids(report) == selected
+    assert "sealer thread" not in caplog.text  # exiting: nothing to warn about
+
+
+def test_without_a_sealer_thread_force_flush_seals_and_the_next_export_starts_one(
+    out: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rec = Recorder()
+    exporter = make_exporter(out, clock)
+    with monkeypatch.context() as patch:
+        _refuse_threads(patch)
+        first, _ = build_trace(rec)
+        assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+        second, _ = build_trace(rec)
+        assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+        assert exporter.force_flush()
+    assert caplog.text.count("cannot start the sealer thread") == 1  # once, not per export
+    sealed = {r.statement.trace_id: r.statement.seal_reason
+              for r in verified(out, trust_root(out.parent)) if r.statement is not None}
+    assert sealed == {first: "force_flush", second: "force_flush"}
+    build_trace(rec)
+    exporter.export(rec.take())  # threads may start again
+    assert exporter._thread is not None and exporter._thread.is_alive()
+    exporter.shutdown()
+    assert len(bundle_files(out)) == 3
 
 
 def test_force_flush_does_not_cut_open_traces(out: Path, clock: FakeClock) -> None:
