@@ -453,7 +453,7 @@ class WitnessSubmitter:
         deliveries = -(-len(items) // (self._batch_size if self._batches else 1))
         helpers = min(self._concurrency - 1, deliveries - 1)
         if helpers > 0:
-            self._start_helpers()
+            helpers = min(helpers, self._start_helpers())
             for _ in range(helpers):
                 self._jobs.put(help_deliver)
         transient: _Transient | None = None
@@ -490,14 +490,22 @@ class WitnessSubmitter:
             raise
         return transient
 
-    def _start_helpers(self) -> None:
-        # Daemon threads, like the worker, so a witness that stops answering never
-        # holds up the application's exit; started once, on the first batch.
+    def _start_helpers(self) -> int:
+        """Start the delivery helpers not yet running; how many run.
+
+        Daemon threads, like the worker, so a witness that stops answering never
+        holds up the application's exit; started once, on the first batch.  Where
+        no thread may start (at interpreter exit on Python 3.12, or out of threads)
+        the worker delivers alone, and the next batch tries again."""
         while len(self._helpers) < self._concurrency - 1:
             helper = threading.Thread(target=self._help, name="spanproof-witness-delivery",
                                       daemon=True)
-            helper.start()
+            try:
+                helper.start()
+            except RuntimeError:
+                break
             self._helpers.append(helper)
+        return len(self._helpers)
 
     def _help(self) -> None:
         while True:

@@ -362,6 +362,29 @@ def test_once_the_witness_answers_submissions_go_concurrently(
     assert not any(h.is_alive() for h in helpers)  # closing stops them
 
 
+def test_where_no_helper_thread_may_start_the_worker_delivers_alone(
+    tmp_path: Path, witness: Witness, producer_key: SigningKey,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As at interpreter exit on Python 3.12, where Thread.start() raises.
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    fake = FakeWitness(witness)
+    fake.down = False
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
+                           producer_key=producer_key.private_key.public_key(),
+                           concurrency=3, batch_size=1, start=False)
+    paths = _bundles(tmp_path / "b", 5)
+    for p in paths:
+        sub.submit(p)
+    assert sub.process_due() is None and sub.pending == 0
+    assert sub._helpers == []
+    assert all(Path(receipt_path(p)).exists() for p in paths) and witness.size == 5
+    assert sub.close()
+
+
 def test_a_transient_failure_among_concurrent_submissions_keeps_only_that_one(
     tmp_path: Path, witness: Witness, producer_key: SigningKey
 ) -> None:
