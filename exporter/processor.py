@@ -33,6 +33,7 @@ import collections
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 import weakref
@@ -266,6 +267,7 @@ class EvidenceSpanProcessor(SpanProcessor):
         self._unsampled: collections.Counter[str] = collections.Counter()
         self._worker: threading.Thread | None = None
         self._worker_lock = threading.Lock()
+        self._worker_refused = False  # the worker thread could not start (logged once)
         self._journal_failing = False
         self._dropping = False
 
@@ -341,8 +343,10 @@ class EvidenceSpanProcessor(SpanProcessor):
         deadline = time.monotonic() + timeout_millis / 1000
         try:
             flush = _Flush()
-            self._ensure_worker()
+            running = self._ensure_worker()
             self._queue.put(flush, timeout=max(0.0, deadline - time.monotonic()))
+            if not running:
+                self._process_here()
             if not flush.event.wait(max(0.0, deadline - time.monotonic())):
                 return False
             remaining = int(max(0.0, deadline - time.monotonic()) * 1000)
@@ -367,6 +371,8 @@ class EvidenceSpanProcessor(SpanProcessor):
                 worker.join(30)
             except queue.Full:
                 _logger.error("spanproof: shutdown: the journal worker does not drain")
+        elif worker is None:
+            self._process_here()
         self._sealer.shutdown()
         journal = self._sealer._journal
         if journal is not None:
@@ -374,15 +380,53 @@ class EvidenceSpanProcessor(SpanProcessor):
 
     # -- the worker ----------------------------------------------------------------
 
-    def _ensure_worker(self) -> None:
+    def _ensure_worker(self) -> bool:
+        """Start the journal worker unless it runs; whether it runs.
+
+        Where no thread may start (at interpreter exit on Python 3.12, for a span
+        that ends there, or out of threads) spans stay queued: force_flush() and
+        shutdown() process them on the calling thread, and the next span tries again.
+        """
         if self._worker is not None:
-            return
+            return True
         with self._worker_lock:
             if self._worker is None:
                 worker = threading.Thread(target=self._run, name="spanproof-journal",
                                           daemon=True)
-                worker.start()
+                try:
+                    worker.start()
+                except RuntimeError as e:
+                    exiting = sys.is_finalizing() or not threading.main_thread().is_alive()
+                    if not exiting and not self._worker_refused:
+                        _logger.warning("spanproof: cannot start the journal worker (%s); "
+                                        "evidence spans are journaled by force_flush() "
+                                        "and shutdown() until it starts", e)
+                    self._worker_refused = True
+                    return False
                 self._worker = worker
+        return True
+
+    def _process_here(self) -> None:
+        """Process everything queued on the calling thread, while no worker runs."""
+        with self._worker_lock:  # no worker starts meanwhile
+            if self._worker is not None:
+                return
+            while True:
+                batch: list[Any] = []
+                while len(batch) < _BATCH:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                if not batch:
+                    return
+                try:
+                    self._process(batch)
+                except Exception:
+                    _logger.exception("spanproof: journaling a batch failed")
+                    for item in batch:
+                        if isinstance(item, _Flush):
+                            item.event.set()
 
     def _run(self) -> None:
         q = self._queue

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,63 @@ def test_malformed_queue_size_variable_is_named_in_error(
     monkeypatch.setenv("OTEL_EXPORTER_SPANPROOF_QUEUE_SIZE", "many")
     with pytest.raises(ValueError, match="OTEL_EXPORTER_SPANPROOF_QUEUE_SIZE"):
         EvidenceSpanProcessor(tmp_path, signing_key=signing_key())
+
+
+def _refuse_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every Thread.start() fail as it does at interpreter exit on Python 3.12."""
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+
+
+def test_spans_ending_where_no_thread_may_start_are_journaled_and_sealed_by_shutdown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    processor = make_processor(tmp_path)
+    traced = Traced(processor)
+    _refuse_threads(monkeypatch)
+    monkeypatch.setattr(sys, "is_finalizing", lambda: True)  # the interpreter is exiting
+    with traced.tracer.start_as_current_span("request"):
+        with evidence_span(traced.tracer, "step") as span:
+            pass
+    assert processor._worker is None  # the span waits in the queue
+    processor.shutdown()
+    (path,) = bundles(tmp_path)
+    report = check_bundle(path, _trust(tmp_path), keep_records=True)
+    assert report.verdict is Verdict.OK and report.statement is not None
+    assert report.statement.seal_reason == "shutdown"
+    assert report.records is not None
+    assert [r["span"]["spanId"] for r in report.records] == [ids(span)[1]]
+    assert "journal worker" not in caplog.text and "on_end failed" not in caplog.text
+
+
+def test_without_a_journal_worker_force_flush_journals_and_seals_on_the_calling_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    processor = make_processor(tmp_path)
+    traced = Traced(processor)
+    with monkeypatch.context() as patch:
+        _refuse_threads(patch)
+        with traced.tracer.start_as_current_span("request"):
+            with evidence_span(traced.tracer, "first") as first:
+                pass
+            with evidence_span(traced.tracer, "second") as second:
+                pass
+        assert processor.force_flush(10_000) is True
+    assert caplog.text.count("cannot start the journal worker") == 1  # once, not per span
+    (path,) = bundles(tmp_path)
+    report = check_bundle(path, _trust(tmp_path), keep_records=True)
+    assert report.verdict is Verdict.OK and report.statement is not None
+    assert report.statement.seal_reason == "force_flush"
+    assert report.records is not None
+    assert [r["span"]["spanId"] for r in report.records] == [ids(first)[1], ids(second)[1]]
+    with evidence_span(traced.tracer, "later"):  # threads may start again
+        pass
+    assert processor._worker is not None and processor._worker.is_alive()
+    processor.shutdown()
+    assert len(bundles(tmp_path)) == 2
 
 
 def test_force_flush_makes_every_ended_evidence_span_durable_in_journal(tmp_path: Path) -> None:
