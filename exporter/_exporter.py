@@ -231,7 +231,8 @@ class SpanproofSpanExporter(SpanExporter):
         self._assembler = TraceAssembler.from_config(self._config)
         self._producer = _new_producer()
         self._thread: threading.Thread | None = None
-        self._sealer_refused = False  # a sealer thread could not start (logged once)
+        self._sealer_starts = ThreadStarts(
+            "sealer thread", "traces are sealed by force_flush() and shutdown()")
         self._stopping = False
         # When the waiting sealer will wake; -inf while it is not waiting.
         self._wake_at = float("-inf")
@@ -565,23 +566,13 @@ class SpanproofSpanExporter(SpanExporter):
     # -- the sealer --------------------------------------------------------------
 
     def _start_sealer(self) -> None:
+        # Where it cannot start (the provider's atexit shutdown exporting a short
+        # script's first evidence on Python 3.12), the spans are admitted all the
+        # same: force_flush() and shutdown() seal on the calling thread, and the next
+        # export tries again.
         thread = threading.Thread(target=self._run, name="spanproof-sealer", daemon=True)
-        try:
-            thread.start()
-        except RuntimeError as e:
-            # No thread may start: at interpreter exit on Python 3.12 (an application
-            # whose first evidence the provider's atexit shutdown exports), or when
-            # the process is out of threads.  The spans are admitted all the same:
-            # force_flush() and shutdown() seal on the calling thread, and the next
-            # export tries again.
-            exiting = sys.is_finalizing() or not threading.main_thread().is_alive()
-            if not exiting and not self._sealer_refused:
-                _logger.warning("spanproof: cannot start the sealer thread (%s); traces "
-                                "are sealed by force_flush() and shutdown() until it "
-                                "starts", e)
-            self._sealer_refused = True
-            return
-        self._thread = thread
+        if self._sealer_starts.start(thread):
+            self._thread = thread
 
     def _run(self) -> None:
         worked = True
@@ -813,6 +804,34 @@ class SpanproofSpanExporter(SpanExporter):
                 break
             wrote = True
         return wrote
+
+
+class ThreadStarts:
+    """Starts one kind of background thread, and says once when one cannot start.
+
+    Python 3.12 refuses every new thread while the interpreter exits (in ``atexit``
+    callbacks, where the SDK shuts its tracer provider down), and a process can run
+    out of threads; the caller then does the thread's work itself.  Nothing is
+    logged while the interpreter exits: that is expected there.
+    """
+
+    def __init__(self, what: str, meanwhile: str) -> None:
+        self._what = what
+        self._meanwhile = meanwhile
+        self._warned = False
+
+    def start(self, thread: threading.Thread) -> bool:
+        """Start *thread*; False when no thread may start now."""
+        try:
+            thread.start()
+        except RuntimeError as e:
+            exiting = sys.is_finalizing() or not threading.main_thread().is_alive()
+            if not exiting and not self._warned:
+                self._warned = True
+                _logger.warning("spanproof: cannot start the %s (%s); %s until it starts",
+                                self._what, e, self._meanwhile)
+            return False
+        return True
 
 
 def select_spans(

@@ -33,7 +33,6 @@ import collections
 import logging
 import os
 import queue
-import sys
 import threading
 import time
 import weakref
@@ -45,6 +44,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from ._exporter import (
     SpanproofSpanExporter,
+    ThreadStarts,
     _selection_attributes,
     _span_id_of,
     _trace_id_of,
@@ -267,7 +267,8 @@ class EvidenceSpanProcessor(SpanProcessor):
         self._unsampled: collections.Counter[str] = collections.Counter()
         self._worker: threading.Thread | None = None
         self._worker_lock = threading.Lock()
-        self._worker_refused = False  # the worker thread could not start (logged once)
+        self._worker_starts = ThreadStarts(
+            "journal worker", "evidence spans are journaled by force_flush() and shutdown()")
         self._journal_failing = False
         self._dropping = False
 
@@ -393,15 +394,7 @@ class EvidenceSpanProcessor(SpanProcessor):
             if self._worker is None:
                 worker = threading.Thread(target=self._run, name="spanproof-journal",
                                           daemon=True)
-                try:
-                    worker.start()
-                except RuntimeError as e:
-                    exiting = sys.is_finalizing() or not threading.main_thread().is_alive()
-                    if not exiting and not self._worker_refused:
-                        _logger.warning("spanproof: cannot start the journal worker (%s); "
-                                        "evidence spans are journaled by force_flush() "
-                                        "and shutdown() until it starts", e)
-                    self._worker_refused = True
+                if not self._worker_starts.start(worker):
                     return False
                 self._worker = worker
         return True

@@ -27,6 +27,7 @@ from exporter_support import (
     trust_root,
     verified,
 )
+from no_threads import refuse_new_threads
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
@@ -182,15 +183,6 @@ def test_remote_parent_counts_as_local_root(out: Path, clock: FakeClock) -> None
     exporter.shutdown()
 
 
-def _refuse_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make every Thread.start() fail as it does at interpreter exit on Python 3.12."""
-
-    def refuse(self: threading.Thread) -> None:
-        raise RuntimeError("can't create new thread at interpreter shutdown")
-
-    monkeypatch.setattr(threading.Thread, "start", refuse)
-
-
 def test_spans_exported_at_interpreter_exit_are_sealed_by_shutdown(
     out: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
@@ -200,7 +192,7 @@ def test_spans_exported_at_interpreter_exit_are_sealed_by_shutdown(
     rec = Recorder()
     trace_id, selected = build_trace(rec)
     exporter = make_exporter(out, clock)
-    _refuse_threads(monkeypatch)
+    refuse_new_threads(monkeypatch)
     monkeypatch.setattr(sys, "is_finalizing", lambda: True)
     assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
     exporter.shutdown()
@@ -218,7 +210,7 @@ def test_without_a_sealer_thread_force_flush_seals_and_the_next_export_starts_on
     rec = Recorder()
     exporter = make_exporter(out, clock)
     with monkeypatch.context() as patch:
-        _refuse_threads(patch)
+        refuse_new_threads(patch)
         first, _ = build_trace(rec)
         assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
         second, _ = build_trace(rec)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from no_threads import refuse_new_threads
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from reliability_support import (
     Traced,
@@ -55,21 +55,12 @@ def test_malformed_queue_size_variable_is_named_in_error(
         EvidenceSpanProcessor(tmp_path, signing_key=signing_key())
 
 
-def _refuse_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make every Thread.start() fail as it does at interpreter exit on Python 3.12."""
-
-    def refuse(self: threading.Thread) -> None:
-        raise RuntimeError("can't create new thread at interpreter shutdown")
-
-    monkeypatch.setattr(threading.Thread, "start", refuse)
-
-
 def test_spans_ending_where_no_thread_may_start_are_journaled_and_sealed_by_shutdown(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     processor = make_processor(tmp_path)
     traced = Traced(processor)
-    _refuse_threads(monkeypatch)
+    refuse_new_threads(monkeypatch)
     monkeypatch.setattr(sys, "is_finalizing", lambda: True)  # the interpreter is exiting
     with traced.tracer.start_as_current_span("request"):
         with evidence_span(traced.tracer, "step") as span:
@@ -91,7 +82,7 @@ def test_without_a_journal_worker_force_flush_journals_and_seals_on_the_calling_
     processor = make_processor(tmp_path)
     traced = Traced(processor)
     with monkeypatch.context() as patch:
-        _refuse_threads(patch)
+        refuse_new_threads(patch)
         with traced.tracer.start_as_current_span("request"):
             with evidence_span(traced.tracer, "first") as first:
                 pass

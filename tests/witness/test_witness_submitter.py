@@ -12,6 +12,7 @@ from typing import Any, cast
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from no_threads import refuse_new_threads
 from witness_helpers import (
     ORIGIN,
     FakeClock,
@@ -363,22 +364,10 @@ def test_once_the_witness_answers_submissions_go_concurrently(
 
 
 def test_where_no_helper_thread_may_start_the_worker_delivers_alone(
-    tmp_path: Path, witness: Witness, producer_key: SigningKey,
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, witness: Witness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # As at interpreter exit on Python 3.12, where Thread.start() raises.
-    def refuse(self: threading.Thread) -> None:
-        raise RuntimeError("can't create new thread at interpreter shutdown")
-
-    monkeypatch.setattr(threading.Thread, "start", refuse)
-    fake = FakeWitness(witness)
-    fake.down = False
-    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
-                           producer_key=producer_key.private_key.public_key(),
-                           concurrency=3, batch_size=1, start=False)
-    paths = _bundles(tmp_path / "b", 5)
-    for p in paths:
-        sub.submit(p)
+    refuse_new_threads(monkeypatch)
+    sub, paths = _queued(tmp_path, witness, 5, concurrency=3, batch_size=1)
     assert sub.process_due() is None and sub.pending == 0
     assert sub._helpers == []
     assert all(Path(receipt_path(p)).exists() for p in paths) and witness.size == 5
