@@ -80,14 +80,22 @@ ATTRIBUTES: dict[str, tuple[Any, dict[str, Any]]] = {
 }
 
 
+# Attribute values the SDK itself drops before 1.45 (its span never holds them).
+_NEWER_SDK_VALUES = {"bytes", "map"}
+
+
 def test_every_attribute_type_becomes_its_exact_typed_value() -> None:
     rec = Recorder()
     with rec.tracer.start_as_current_span(
         "typed", attributes={key: value for key, (value, _) in ATTRIBUTES.items()}
     ):
         pass
-    body = span_to_body(_only_span(rec))
-    assert body["span"]["attributes"] == {key: typed for key, (_, typed) in ATTRIBUTES.items()}
+    span = _only_span(rec)
+    held = set(span.attributes or {})
+    assert set(ATTRIBUTES) - held <= _NEWER_SDK_VALUES  # what the SDK holds, all certified
+    body = span_to_body(span)
+    assert body["span"]["attributes"] == {
+        key: typed for key, (_, typed) in ATTRIBUTES.items() if key in held}
     _valid(body)
 
 
