@@ -248,3 +248,19 @@ def test_a_server_that_dies_at_start_is_named_with_its_code_and_last_words(
     assert "exited at start with code 3" in message
     assert message.endswith(": cannot load libfoo.so")
     assert os.path.basename(sys.executable) in message
+
+
+def test_rotel_agent_finds_this_interpreters_libpython_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sysconfig
+
+    libdir = sysconfig.get_config_var("LIBDIR")
+    monkeypatch.setenv("LD_LIBRARY_PATH", "/opt/other/lib")
+    env = run.rotel_env()
+    if not (sysconfig.get_config_var("Py_ENABLE_SHARED") and libdir):
+        assert env["LD_LIBRARY_PATH"] == "/opt/other/lib"  # a static build: nothing to add
+        return
+    assert env["LD_LIBRARY_PATH"].split(os.pathsep) == [libdir, "/opt/other/lib"]
+    monkeypatch.delenv("LD_LIBRARY_PATH")
+    assert run.rotel_env()["LD_LIBRARY_PATH"] == libdir
