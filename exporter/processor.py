@@ -404,45 +404,41 @@ class EvidenceSpanProcessor(SpanProcessor):
         with self._worker_lock:  # no worker starts meanwhile
             if self._worker is not None:
                 return
-            while True:
-                batch: list[Any] = []
-                while len(batch) < _BATCH:
-                    try:
-                        batch.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                if not batch:
-                    return
-                try:
-                    self._process(batch)
-                except Exception:
-                    _logger.exception("spanproof: journaling a batch failed")
-                    for item in batch:
-                        if isinstance(item, _Flush):
-                            item.event.set()
+            while batch := self._next_batch(wait=False):
+                self._process_or_log(batch)
 
     def _run(self) -> None:
+        while not self._process_or_log(self._next_batch(wait=True)):
+            pass
+
+    def _next_batch(self, *, wait: bool) -> list[Any]:
+        """Up to ``_BATCH`` queued items (maybe none); with *wait*, the first is
+        waited for up to ``_POLL`` seconds."""
         q = self._queue
-        while True:
+        batch: list[Any] = []
+        if wait:
             try:
-                batch = [q.get(timeout=_POLL)]
+                batch.append(q.get(timeout=_POLL))
             except queue.Empty:
-                batch = []
-            while len(batch) < _BATCH:
-                try:
-                    batch.append(q.get_nowait())
-                except queue.Empty:
-                    break
+                pass
+        while len(batch) < _BATCH:
             try:
-                stop = self._process(batch)
-            except Exception:
-                _logger.exception("spanproof: journal worker failed on a batch")
-                stop = any(item is _STOP for item in batch)
-                for item in batch:
-                    if isinstance(item, _Flush):
-                        item.event.set()
-            if stop:
-                return
+                batch.append(q.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _process_or_log(self, batch: list[Any]) -> bool:
+        """:meth:`_process` *batch*; a failure is logged and its flushes answered (not
+        durable).  Returns whether the batch asked the worker to stop."""
+        try:
+            return self._process(batch)
+        except Exception:
+            _logger.exception("spanproof: journaling a batch failed")
+            for item in batch:
+                if isinstance(item, _Flush):
+                    item.event.set()
+            return any(item is _STOP for item in batch)
 
     def _process(self, batch: list[Any]) -> bool:
         """Normalize, journal and admit one batch; answer its flushes.  Returns
