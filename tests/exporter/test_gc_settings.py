@@ -15,7 +15,7 @@ def test_collecting_rarely_raises_the_threshold_and_restores_it() -> None:
         # 100,000 allocations between young collections, whatever the interpreter's
         # default (700, or 2,000 from Python 3.13).
         assert gc.get_threshold() == _RARE_THRESHOLD
-        assert _RARE_THRESHOLD[0] >= 50 * max(before[0], 700)
+        assert gc.get_threshold()[0] > before[0]  # rarer than before, not only different
         assert gc.get_freeze_count() > 0  # what was alive at the start is left alone
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0

@@ -3,8 +3,8 @@
 The SDK's ``BatchSpanProcessor.force_flush()`` exports every queued span but never
 calls its exporter's ``force_flush()`` (nor does ``SimpleSpanProcessor``'s), so behind
 either the exporter still seals a trace only after the grace; its own
-``force_flush()`` seals at once.  An
-``EvidenceSpanProcessor`` is a span processor, so the provider's flush reaches it.
+``force_flush()`` seals at once.  An ``EvidenceSpanProcessor`` is a span processor, so
+the provider's flush reaches it.
 """
 
 from __future__ import annotations
