@@ -45,7 +45,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from ._exporter import (
     SpanproofSpanExporter,
     ThreadStarts,
-    _selection_attributes,
+    _selection_view,
     _span_id_of,
     _trace_id_of,
 )
@@ -297,9 +297,9 @@ class EvidenceSpanProcessor(SpanProcessor):
     def _on_end(self, span: ReadableSpan) -> None:
         if self._shutdown:
             return
-        parent = span.parent
+        attributes, parent = _selection_view(span)
         is_root = parent is None or parent.is_remote
-        if not self._selects(_selection_attributes(span)):
+        if not self._selects(attributes):
             if is_root:
                 # The trace's local root ended: its evidence is due after the grace.
                 self._ensure_worker()

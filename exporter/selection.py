@@ -9,8 +9,8 @@ and OpenLLMetry's ``traceloop.span.kind``), or when every span is selected.
 Selectors look at a span's raw attribute mapping only (key to Python value), so the
 same selector serves the SDK exporter and the OTLP receiver.  Most spans of an
 application are not evidence, so rejecting one must cost almost nothing: the
-default selector does one dictionary lookup for the marker and one set operation
-over the configured keys (pass a plain ``dict`` for the C fast path).
+default selector rejects a span carrying neither the marker nor a configured key
+with one set operation (pass a plain ``dict`` for the C fast path).
 """
 
 from __future__ import annotations
@@ -42,13 +42,15 @@ class AttributeSelector:
     is treated like an absent marker.
     """
 
-    __slots__ = ("_keys", "_select_all")
+    __slots__ = ("_keys", "_select_all", "_triggers")
 
     def __init__(
         self, keys: Iterable[str] = DEFAULT_SELECT_ATTRIBUTES, *, select_all: bool = False
     ) -> None:
         self._keys = frozenset(keys)
         self._select_all = select_all
+        # A span carrying none of these cannot be selected (unless every span is).
+        self._triggers = None if select_all else self._keys | {EVIDENCE_ATTRIBUTE}
 
     @classmethod
     def from_config(cls, config: ExporterConfig) -> AttributeSelector:
@@ -62,12 +64,16 @@ class AttributeSelector:
 
     def selects(self, attributes: Mapping[str, Any]) -> bool:
         """True when *attributes* make the span evidence (see the module docstring)."""
+        # Most spans are not evidence: one set operation in C rejects them.
+        # A dict's keys() view runs isdisjoint iterating the smaller side.
+        triggers = self._triggers
+        if triggers is not None and attributes.keys().isdisjoint(triggers):
+            return False
         marker = attributes.get(EVIDENCE_ATTRIBUTE)
         if marker is True:
             return True
         if marker is False:
             return False
-        # A dict's keys() view runs isdisjoint in C, iterating the smaller side.
         return self._select_all or not attributes.keys().isdisjoint(self._keys)
 
     def __repr__(self) -> str:
