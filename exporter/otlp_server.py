@@ -71,20 +71,34 @@ Ingest = Callable[[Sequence[trace_pb2.ResourceSpans]], IngestResult]
 _ID_FIELDS = ("traceId", "spanId", "parentSpanId")
 
 
-def _hex_ids_to_base64(obj: Any) -> None:
-    # OTLP/JSON spells ids as hex; the protobuf JSON mapping expects base64 bytes.
+def _to_protobuf_json(obj: Any) -> None:
+    """Make a decoded OTLP/JSON document what protobuf's JSON mapping takes: hex ids
+    become base64 (OTLP/JSON spells ids as hex).  A field name holding a lone
+    surrogate is refused here: protobuf ignores unknown fields, but cannot look up a
+    name that is not valid Unicode (it raised SystemError).
+
+    Raises:
+        InvalidRequest: an id is not hex, or a field name holds a lone surrogate.
+    """
     if isinstance(obj, dict):
         for key, value in obj.items():
+            if not key.isascii():
+                try:
+                    key.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise InvalidRequest(
+                        f"field name {key!r} holds a lone surrogate (not valid Unicode)"
+                    ) from None
             if key in _ID_FIELDS and isinstance(value, str):
                 try:
                     obj[key] = base64.b64encode(bytes.fromhex(value)).decode("ascii")
                 except ValueError:
                     raise InvalidRequest(f"{key} {value!r} is not hex") from None
             else:
-                _hex_ids_to_base64(value)
+                _to_protobuf_json(value)
     elif isinstance(obj, list):
         for item in obj:
-            _hex_ids_to_base64(item)
+            _to_protobuf_json(item)
 
 
 def parse_otlp_json(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest:
@@ -104,7 +118,7 @@ def parse_otlp_json(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest:
         raise InvalidRequest("body must be a JSON object")
     request = trace_service_pb2.ExportTraceServiceRequest()
     try:
-        _hex_ids_to_base64(doc)
+        _to_protobuf_json(doc)
         json_format.ParseDict(doc, request, ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError) as e:
         raise InvalidRequest(f"not an OTLP ExportTraceServiceRequest: {e}") from None

@@ -197,8 +197,12 @@ def test_http_json_with_hex_ids_int64_strings_and_integer_enums(http_url, ingest
             "application/json",
         ),
         (b'{"resourceSpans": "nope"}', "application/json"),
+        # A field name protobuf cannot take (it raised SystemError inside protobuf,
+        # answered 503 as a receiver bug, and the Collector retried it).
+        (b'{"resourceSpans": [{"scopeSpans": [{"spans": [{"\\ud800": 1}]}]}]}',
+         "application/json"),
     ],
-    ids=["bad-protobuf", "bad-json", "bad-hex-id", "wrong-shape"],
+    ids=["bad-protobuf", "bad-json", "bad-hex-id", "wrong-shape", "surrogate-field-name"],
 )
 def test_http_malformed_is_400(http_url, body, ctype):
     code, _, _ = _post(http_url, body, ctype)
@@ -243,6 +247,22 @@ def test_parse_otlp_json_rejects_a_lone_surrogate():
     doc = b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"name":"\\ud800"}]}]}]}'
     with pytest.raises(InvalidRequest, match=r"[Ss]urrogate"):
         parse_otlp_json(doc)
+
+
+@pytest.mark.parametrize("name", ["\\ud800", "\\udfff", "kind\\udc80", "\\u00e9\\ud83d"])
+def test_parse_otlp_json_rejects_a_lone_surrogate_in_a_field_name(name: str) -> None:
+    # Unknown field names are ignored (OTLP), but protobuf cannot even look up one
+    # that is not valid Unicode: the request is malformed, not a receiver error.
+    doc = b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"%s":"x"}]}]}]}' % name.encode()
+    with pytest.raises(InvalidRequest, match=r"[Ss]urrogate"):
+        parse_otlp_json(doc)
+
+
+def test_parse_otlp_json_still_ignores_unknown_field_names() -> None:
+    doc = (b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"name":"a","\\u00e9t\\u00e9":1,'
+           b'"\\ud83d\\ude00":2}]}]}],"extra":{"nested":[1]}}')
+    (span,) = parse_otlp_json(doc).resource_spans[0].scope_spans[0].spans
+    assert span.name == "a"
 
 
 def test_parse_otlp_json_rejects_non_object():
