@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, NoReturn, cast
 
+from ._files import open_regular
 from ._jobs import AUTO_MIN_BUNDLES_FORK, map_in_order
 from ._term import Progress, Style
 from .bundle import BundleReader
@@ -502,7 +503,7 @@ def _read_unverified(path: str) -> _Unverified:
     statement: Statement | None = None
     records: list[dict[str, Any]] = []
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             reader = BundleReader(f)
             envelope, _header = reader.read_header()
             try:

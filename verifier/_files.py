@@ -1,12 +1,19 @@
-"""Atomic file writes shared by the command line, the witness tools and the producers."""
+"""Atomic file writes shared by the command line, the witness tools and the producers,
+and the one way files handed over by others are opened for reading."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
+import stat
+from typing import BinaryIO
 
-__all__ = ["fsync_directory", "temp_target", "unlink_quietly", "write_atomic", "write_temp"]
+__all__ = [
+    "fsync_directory", "open_regular", "temp_target", "unlink_quietly", "write_atomic",
+    "write_temp",
+]
 
 _TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp", re.DOTALL)  # see write_temp
 
@@ -87,3 +94,36 @@ def fsync_directory(directory: str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+_NOT_REGULAR = (
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open *path* (a symbolic link is followed) for reading, when it is a regular file.
+
+    Bundles, receipts and disclosure files come from someone else's directory, where
+    a named pipe would block the reader forever and a device would feed it without
+    end: anything but a regular file is refused without reading a byte.
+
+    Raises:
+        OSError: it cannot be opened, or it is not a regular file (``EINVAL``, its
+            ``strerror`` saying what it is).
+    """
+    # O_NONBLOCK: opening a named pipe for reading waits for a writer without it.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a file")
+            raise OSError(errno.EINVAL, f"not a regular file ({kind})", os.fspath(path))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")

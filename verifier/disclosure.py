@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._files import write_atomic
+from ._files import open_regular, write_atomic
 from .bundle import BUNDLE_SUFFIX
 from .canonical import canonicalize, parse_strict
 from .errors import DisclosureError, InvalidBundle, InvalidDisclosure
@@ -335,7 +335,7 @@ def load_disclosures(path: str | os.PathLike[str]) -> DisclosureFile:
         OSError: it cannot be read.
         InvalidDisclosure: it is malformed.
     """
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         data = f.read()
     return DisclosureFile.from_bytes(data, os.fspath(path))
 

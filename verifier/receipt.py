@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ._files import open_regular
 from .bundle import BUNDLE_SUFFIX
 from .canonical import canonicalize, parse_strict
 from .checkpoint import VerifiedCheckpoint, WitnessKey, verify_checkpoint
@@ -486,7 +487,7 @@ def check_receipt_for_bundle(
     except ValueError as e:
         return _check(Status.FAIL if required else Status.SKIPPED, f"no receipt: {e}")
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             data = f.read(MAX_RECEIPT_BYTES + 1)
     except FileNotFoundError:
         return _check(

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from ._files import open_regular
 from .bundle import BUNDLE_SUFFIX, BundleReader
 from .canonical import loads_canonical
 from .errors import (
@@ -174,7 +175,7 @@ class _Run:
 
 def _open(source: str | os.PathLike[str] | IO[bytes]) -> tuple[str, IO[bytes], bool]:
     if isinstance(source, (str, os.PathLike)):
-        return os.fspath(source), open(source, "rb"), True
+        return os.fspath(source), open_regular(source), True
     return getattr(source, "name", "<stream>"), source, False
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from spanproof.verifier._batch import BATCH_BYTES, BATCH_SIZE, batch_receipt
-from spanproof.verifier._files import write_atomic
+from spanproof.verifier._files import open_regular, write_atomic
 from spanproof.verifier.bundle import BUNDLE_SUFFIX
 from spanproof.verifier.checkpoint import WitnessKey, load_witness_keys
 from spanproof.verifier.errors import (
@@ -324,7 +324,7 @@ class _Submitter:
             VerificationError: it does not verify (it is not submitted).
             OSError: it cannot be read.
         """
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             data = f.read()
         report = None
         if self._trust is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -17,10 +18,13 @@ from cli_support import (
     spanproof_script,
 )
 
-from spanproof.verifier import TRUST_ROOT_MEDIA_TYPE
+from spanproof.verifier import TRUST_ROOT_MEDIA_TYPE, TrustRoot
 from spanproof.verifier._cli import main
+from spanproof.verifier._files import open_regular
+from spanproof.verifier.disclosure import load_disclosures
+from spanproof.verifier.receipt import check_receipt_for_bundle, receipt_path
 from spanproof.verifier.statement import Completeness
-from spanproof.verifier.verify import CHECKS
+from spanproof.verifier.verify import CHECKS, Status, check_bundle
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
@@ -430,3 +434,60 @@ def test_witness_commands_are_registered_on_the_same_cli(capsys):
     code, _, err = run(capsys, "witness")
     assert code == 2
     assert "spanproof: error:" in err
+
+
+# -- files that are not files: a bundle directory handed over by someone else ---------
+
+
+@pytest.mark.timeout(60)  # the defect was a reader blocked forever on the pipe
+def test_a_named_pipe_or_device_named_like_a_bundle_fails_without_being_read(
+    capsys, keys: Keys, make_bundle, tmp_path
+):
+    path, _ = make_bundle()
+    os.mkfifo(tmp_path / "bundles" / "pipe.spanproof.json")
+    (tmp_path / "bundles" / "zero.spanproof.json").symlink_to("/dev/zero")
+    code, out, _ = run(capsys, "verify", "--key", keys.pub, tmp_path / "bundles")
+    assert code == 1
+    lines = sorted(out.splitlines())
+    assert lines[0].startswith(f"FAIL {tmp_path / 'bundles' / 'pipe.spanproof.json'}: "
+                               "cannot read: not a regular file (a named pipe)")
+    assert lines[1].startswith(f"FAIL {tmp_path / 'bundles' / 'zero.spanproof.json'}: "
+                               "cannot read: not a regular file (a character device)")
+    assert lines[2].startswith(f"OK {path} ")
+
+
+@pytest.mark.timeout(60)
+def test_show_of_a_named_pipe_fails_without_blocking(capsys, keys: Keys, tmp_path):
+    pipe = tmp_path / "pipe.spanproof.json"
+    os.mkfifo(pipe)
+    code, out, err = run(capsys, "show", "--key", keys.pub, pipe)
+    assert code == 1
+    assert "not a regular file (a named pipe)" in out + err
+
+
+@pytest.mark.timeout(60)
+def test_a_named_pipe_as_a_bundles_receipt_fails_the_receipt_check(
+    keys: Keys, make_bundle
+):
+    path, _ = make_bundle()
+    os.mkfifo(receipt_path(path))
+    report = check_bundle(path, TrustRoot.from_pem_files([keys.pub]))
+    check = check_receipt_for_bundle(path, report, [], required=True)
+    assert check.status is Status.FAIL
+    assert check.message.endswith("not a regular file (a named pipe)")
+
+
+@pytest.mark.timeout(60)
+def test_a_named_pipe_as_a_disclosure_file_is_refused(tmp_path):
+    pipe = tmp_path / "values.disclosures.json"
+    os.mkfifo(pipe)
+    with pytest.raises(OSError, match=r"not a regular file \(a named pipe\)"):
+        load_disclosures(pipe)
+
+
+def test_open_regular_reads_a_regular_file_and_refuses_a_directory(tmp_path):
+    (tmp_path / "f").write_bytes(b"data")
+    with open_regular(tmp_path / "f") as f:
+        assert f.read() == b"data"
+    with pytest.raises(OSError, match=r"not a regular file \(a directory\)"):
+        open_regular(tmp_path)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -287,6 +288,18 @@ def test_submit_to_an_unreachable_witness(
     status, out, _ = _run(["witness", "submit", str(path), "--url", url, "--timeout", "2"], capsys)
     assert status == 3 and "cannot reach witness" in out
     assert not Path(receipt_path(path)).exists()
+
+
+@pytest.mark.timeout(60)  # the defect was a reader blocked forever on the pipe
+def test_submit_refuses_a_named_pipe_named_like_a_bundle(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipe = files["bundles"] / "pipe.spanproof.json"
+    os.mkfifo(pipe)
+    url = f"http://127.0.0.1:{free_port()}"
+    status, out, _ = _run(["witness", "submit", str(pipe), "--url", url, "--timeout", "2"], capsys)
+    assert status == 1
+    assert out.startswith(f"FAIL {pipe}: ") and "not a regular file (a named pipe)" in out
 
 
 def _monitor(
