@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -63,6 +63,10 @@ def load_public_key(pem: bytes, source: str = "public key") -> Ed25519PublicKey:
         key = serialization.load_pem_public_key(pem)
     except (ValueError, TypeError) as e:
         raise InvalidKey(f"{source}: not a PEM public key ({e})") from e
+    except UnsupportedAlgorithm as e:  # a key type or curve OpenSSL does not know
+        raise InvalidKey(
+            f"{source}: key is not Ed25519 (SPEC §6 allows only Ed25519; {e})"
+        ) from e
     if not isinstance(key, Ed25519PublicKey):
         raise InvalidKey(f"{source}: key is not Ed25519 (SPEC §6 allows only Ed25519)")
     return key
@@ -273,6 +277,8 @@ def load_private_key(path: str | os.PathLike[str], what: str = "private key") ->
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as e:
         raise InvalidKey(f"{name}: not an unencrypted PEM private key") from e
+    except UnsupportedAlgorithm as e:  # a key type or curve OpenSSL does not know
+        raise InvalidKey(f"{name}: {what} is not Ed25519 ({e})") from e
     if not isinstance(key, Ed25519PrivateKey):
         raise InvalidKey(f"{name}: {what} is not Ed25519")
     return key

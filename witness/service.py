@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -134,6 +135,8 @@ def parse_public_key_header(value: str) -> TrustRoot:
         key = serialization.load_der_public_key(der)
     except (binascii.Error, ValueError, TypeError) as e:
         raise InvalidKey("Spanproof-Public-Key: not base64 DER SubjectPublicKeyInfo") from e
+    except UnsupportedAlgorithm as e:  # a key type or curve OpenSSL does not know
+        raise InvalidKey(f"Spanproof-Public-Key: key is not Ed25519 ({e})") from e
     if not isinstance(key, Ed25519PublicKey):
         raise InvalidKey("Spanproof-Public-Key: key is not Ed25519")
     return TrustRoot((TrustedKey.from_public_key(key, "Spanproof-Public-Key header"),))

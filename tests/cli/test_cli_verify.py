@@ -17,6 +17,7 @@ from cli_support import (
     flip_in_record,
     spanproof_script,
 )
+from odd_keys import unknown_type_public_pem
 
 from spanproof.verifier import TRUST_ROOT_MEDIA_TYPE, TrustRoot
 from spanproof.verifier._cli import main
@@ -483,6 +484,16 @@ def test_a_named_pipe_as_a_disclosure_file_is_refused(tmp_path):
     os.mkfifo(pipe)
     with pytest.raises(OSError, match=r"not a regular file \(a named pipe\)"):
         load_disclosures(pipe)
+
+
+def test_a_key_file_of_a_type_openssl_does_not_know_is_a_usage_error(
+    capsys, make_bundle, tmp_path
+):
+    path, _ = make_bundle()
+    (tmp_path / "odd.pub").write_bytes(unknown_type_public_pem())
+    code, _, err = run(capsys, "verify", "--key", tmp_path / "odd.pub", path)
+    assert code == 2  # the key is unusable; no bundle failed
+    assert f"{tmp_path / 'odd.pub'}: key is not Ed25519" in err
 
 
 def test_open_regular_reads_a_regular_file_and_refuses_a_directory(tmp_path):

@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from odd_keys import unknown_type_private_pem, unknown_type_public_pem
 
 from spanproof.exporter.keys import SigningKey
 from spanproof.verifier import (
@@ -25,7 +26,7 @@ from spanproof.verifier import (
     load_public_key,
 )
 from spanproof.verifier.checkpoint import WitnessKey
-from spanproof.verifier.keys import format_time
+from spanproof.verifier.keys import format_time, load_private_key
 
 if TYPE_CHECKING:
     from conftest import Kit
@@ -118,6 +119,7 @@ def test_keyid_is_optional_and_derived_from_the_key() -> None:
         (_doc(_entry(KEY_A, validFrom="2026-02-30T00:00:00Z")), "is not a valid date and time"),
         (b'{"mediaType":"x","mediaType":"y","keys":[]}', "duplicate JSON key 'mediaType'"),
         (b"\xff", "not valid UTF-8"),
+        (_doc({"publicKey": unknown_type_public_pem().decode()}), "key is not Ed25519"),
     ],
     ids=[
         "unknown_media_type_fail",
@@ -138,6 +140,7 @@ def test_keyid_is_optional_and_derived_from_the_key() -> None:
         "valid_from_impossible_date_fail",
         "duplicate_json_key_fail",
         "invalid_utf8_fail",
+        "key_type_openssl_does_not_know_fail",
     ],
 )
 def test_trust_root_rejects(data: bytes, message: str) -> None:
@@ -151,6 +154,19 @@ def test_trust_root_rejects(data: bytes, message: str) -> None:
 def test_load_public_key_rejects_non_ed25519() -> None:
     with pytest.raises(InvalidKey, match=r"key\.pem: key is not Ed25519"):
         load_public_key(EC_P256_PEM.encode(), "key.pem")
+
+
+def test_load_public_key_rejects_a_key_type_openssl_does_not_know() -> None:
+    with pytest.raises(InvalidKey, match=r"key\.pem: key is not Ed25519 .*1\.3\.101\.99"):
+        load_public_key(unknown_type_public_pem(), "key.pem")
+
+
+def test_load_private_key_rejects_a_key_type_openssl_does_not_know(tmp_path: Path) -> None:
+    path = tmp_path / "signing.key"
+    path.write_bytes(unknown_type_private_pem())
+    path.chmod(0o600)
+    with pytest.raises(InvalidKey, match=r"signing\.key: private key is not Ed25519"):
+        load_private_key(path)
 
 
 def test_pem_files(tmp_path: Path) -> None:

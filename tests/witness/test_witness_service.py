@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from odd_keys import unknown_type_public_der
 from starlette.testclient import TestClient
 from witness_helpers import (
     INSTANCE,
@@ -276,6 +277,11 @@ def test_unpinned_witness_needs_and_records_the_submitters_key(
             h.submit(make_bundle(trace_id(7)).data, {"Spanproof-Public-Key": "!!"}).status_code
             == 400
         )
+        # A key of a type the crypto library does not know is the submitter's mistake.
+        odd = {"Spanproof-Public-Key": base64.b64encode(unknown_type_public_der()).decode()}
+        resp = h.submit(make_bundle(trace_id(7)).data, odd)
+        assert resp.status_code == 400, resp.text
+        assert "Spanproof-Public-Key: key is not Ed25519" in resp.json()["error"]
         assert h.client.get("/v1/info").json()["producerKeys"] == "unverified-producer"
     finally:
         h.close()
