@@ -36,6 +36,9 @@ _logger = logging.getLogger(__name__)
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 PUBLIC_KEY_HEADER = "Spanproof-Public-Key"
 _UINT = re.compile(r"(0|[1-9][0-9]{0,19})\Z")
+# Log positions and sizes are SQLite integers: a larger one names nothing (and the
+# database refuses to compare with it).
+_MAX_POSITION = 2**63 - 1
 _NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -58,7 +61,10 @@ def _uint_param(request: Request, name: str, *, required: bool) -> int | None:
         return None
     if not _UINT.match(value):
         raise _HTTPError(400, f"query parameter {name!r} must be a decimal number")
-    return int(value)
+    number = int(value)
+    if number > _MAX_POSITION:
+        raise _HTTPError(400, f"query parameter {name!r} is out of range (at most {_MAX_POSITION})")
+    return number
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

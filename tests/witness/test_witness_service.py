@@ -162,6 +162,23 @@ def test_lookups(harness: Harness, tmp_path: Path) -> None:
     assert harness.client.get("/v1/receipt", params={"index": "5"}).status_code == 404
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "name"),
+    [("/v1/lookup", "index"), ("/v1/receipt", "index"), ("/v1/proof/inclusion", "index"),
+     ("/v1/proof/consistency", "from")],
+)
+@pytest.mark.parametrize("value", [str(2**63), "99999999999999999999"])
+def test_a_position_no_log_can_hold_is_a_bad_request(
+    harness: Harness, endpoint: str, name: str, value: str
+) -> None:
+    # 2**63 used to reach the database, which raised OverflowError: HTTP 500.
+    resp = harness.client.get(endpoint, params={name: value})
+    assert resp.status_code == 400
+    assert resp.json()["error"] == (
+        f"query parameter {name!r} is out of range (at most {2**63 - 1})"
+    )
+
+
 def test_proof_endpoints_verify_against_signed_checkpoints(
     harness: Harness, tmp_path: Path
 ) -> None:
