@@ -24,7 +24,7 @@ from typing import Any, NoReturn, cast
 
 from ._files import open_regular
 from ._jobs import AUTO_MIN_BUNDLES_FORK, map_in_order
-from ._term import Progress, Style
+from ._term import Progress, Style, printable
 from .bundle import BundleReader
 from .checkpoint import WitnessKey, load_witness_keys
 from .disclosure import (
@@ -82,11 +82,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _error(message: str) -> None:
-    print(f"{_PROG}: error: {message}", file=sys.stderr)
+    print(f"{_PROG}: error: {printable(message)}", file=sys.stderr)
 
 
 def _warn(message: str) -> None:
-    print(f"{_PROG}: warning: {message}", file=sys.stderr)
+    print(f"{_PROG}: warning: {printable(message)}", file=sys.stderr)
 
 
 def _version() -> str:
@@ -204,11 +204,11 @@ def format_result(result: BundleResult) -> str:
     report = result.report
     stmt = report.statement if report is not None else None
     if report is None or stmt is None or result.verdict is Verdict.FAIL:
-        return f"FAIL {result.path}: {result.reason}"
+        return printable(f"FAIL {result.path}: {result.reason}")
     where = f"trace={stmt.trace_id} segment={stmt.segment_index}"
     if result.verdict is Verdict.INCOMPLETE:
         reason = result.reason.removeprefix("incomplete: ")
-        return (
+        return printable(
             f"INCOMPLETE {result.path}: {reason} ({where}; signature and chain verified; "
             "--allow-incomplete accepts declared losses)"
         )
@@ -220,15 +220,16 @@ def format_result(result: BundleResult) -> str:
         line += f" incomplete=({_loss_note(stmt)}; allowed)"
     if stmt.completeness.conflicts:
         line += f" conflicts={len(stmt.completeness.conflicts)}"
-    return line
+    return printable(line)
 
 
 def format_checks(result: BundleResult) -> list[str]:
     """The ``--verbose`` lines for one bundle: every check, PASS / FAIL / SKIPPED."""
     if result.report is None:
-        return [f"  {Status.FAIL.value}  {result.reason}"]
+        return [printable(f"  {Status.FAIL.value}  {result.reason}")]
     return [
-        f"  {c.status.value}  step {c.step} {c.name}: {c.message}" for c in result.report.checks
+        printable(f"  {c.status.value}  step {c.step} {c.name}: {c.message}")
+        for c in result.report.checks
     ]
 
 
@@ -239,7 +240,7 @@ def link_results(results: Sequence[BundleResult]) -> list[TraceLink]:
 
 def format_link(link: TraceLink) -> str:
     """The one-line result of checking one trace's segments together."""
-    return f"{'OK' if link.ok else 'FAIL'} trace {link.trace_id}: {link.message}"
+    return printable(f"{'OK' if link.ok else 'FAIL'} trace {link.trace_id}: {link.message}")
 
 
 def _worth_reporting(link: TraceLink) -> bool:
@@ -397,10 +398,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         }
         if args.disclosures:
             doc["disclosures"] = [d.to_json() for d in disclosed]
-        print(json.dumps(doc, indent=2, ensure_ascii=False))
+        # ASCII, with every other character escaped: a file name that is not UTF-8
+        # (a lone surrogate here) stays valid JSON, and never fails to print.
+        print(json.dumps(doc, indent=2))
         return EXIT_OK if ok else EXIT_FAILED
     for path in empty:
-        print(f"FAIL {path}: {empty_reason}")
+        print(printable(f"FAIL {path}: {empty_reason}"))
     for result in results:
         print(format_result(result))
         if args.verbose:
@@ -476,7 +479,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         and all(d.ok for d in disclosed)
     )
     for path in empty:
-        print(f"FAIL {path}: no bundles (*.spanproof.json) found")
+        print(printable(f"FAIL {path}: no bundles (*.spanproof.json) found"))
     for result in results:
         print(format_result(result))
     for link in links:
@@ -484,7 +487,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
             print(format_link(link))
     for d in disclosed:
         print(format_disclosure_result(d))
-    print(f"report written to {out}")
+    print(printable(f"report written to {out}"))
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -555,21 +558,21 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if trust is None:
         data = _read_unverified(path)
         if data.statement is None and not data.records:
-            print(f"{paint('FAIL', 'FAIL')} {path}: {data.problem}")
+            print(f"{paint('FAIL', 'FAIL')} {printable(f'{path}: {data.problem}')}")
             return EXIT_FAILED
         for line in format_header(path, data.statement):
-            print(line)
+            print(printable(line))
         print(f"verdict   {paint('UNVERIFIED', 'UNVERIFIED')} (no --key given): signature and "
               "chain NOT checked; do not rely on this content")
         if data.problem:
-            print(f"problem   {paint('error', data.problem)}")
+            print(f"problem   {paint('error', printable(data.problem))}")
         print()
         print(render_tree(data.records, paint) or "(no records)")
         return EXIT_FAILED if data.problem else EXIT_OK
     result = check_path(path, trust, allow_incomplete=args.allow_incomplete, keep_records=True)
     report = result.report
     for line in format_header(path, report.statement if report else None):
-        print(line)
+        print(printable(line))
     records = list(report.records or ()) if report is not None else []
     word = paint(result.verdict.value, result.verdict.value)
     if result.verdict is Verdict.OK:
@@ -578,9 +581,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(f"verdict   {word}: verified by key {(keyid or '')[:16]} "
               f"({_source_of(trust, keyid)})")
     elif result.verdict is Verdict.INCOMPLETE:
-        print(f"verdict   {word}: {result.reason} (signature and chain verified)")
+        print(f"verdict   {word}: {printable(result.reason)} (signature and chain verified)")
     else:
-        print(f"verdict   {word}: {paint('error', result.reason)}")
+        print(f"verdict   {word}: {paint('error', printable(result.reason))}")
         if records:
             print(f"          the {len(records)} record(s) below were read before the failure "
                   "and are NOT verified")
@@ -618,13 +621,13 @@ def _cmd_disclose(args: argparse.Namespace) -> int:
     unmatched = [a for a in args.attr
                  if not any(AttributeMatcher((a,)).matches(d.key) for d in chosen)]
     for attr in unmatched:
-        print(f"FAIL {bundle}: no disclosure of attribute {attr!r}"
-              + (" on the given span(s)" if args.span else "") + f" in {source}")
+        print(printable(f"FAIL {bundle}: no disclosure of attribute {attr!r}"
+                        + (" on the given span(s)" if args.span else "") + f" in {source}"))
     # Hand out only disclosures that open this bundle's commitments (not verified
     # here: the reviewer verifies with the producer's key).
     data = _read_unverified(bundle)
     if data.problem:
-        print(f"FAIL {bundle}: {data.problem}")
+        print(printable(f"FAIL {bundle}: {data.problem}"))
         return EXIT_FAILED
     checked = [check_disclosure(d, data.records, bundle) for d in chosen]
     for result in checked:
@@ -637,7 +640,8 @@ def _cmd_disclose(args: argparse.Namespace) -> int:
     except OSError as e:
         raise UsageError(f"{args.out}: cannot write ({e.strerror or e})") from e
     spans = len({d.span_id for d in chosen})
-    print(f"wrote {len(chosen)} disclosure(s) on {spans} span(s) to {args.out} (mode 0600)")
+    print(printable(f"wrote {len(chosen)} disclosure(s) on {spans} span(s) to {args.out} "
+                    "(mode 0600)"))
     return EXIT_OK
 
 

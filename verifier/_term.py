@@ -7,8 +7,10 @@ off and wins; ``FORCE_COLOR`` (non-empty, not ``0``) turns it on even when piped
 only when that is a terminal; it never touches standard output, so pipelines that
 parse ``spanproof verify`` lines see exactly the same bytes.
 
-Text from a bundle is sanitized before it is styled (``spanproof.verifier.tree``),
-so the only escape sequences written are the ones added here.
+Text from a bundle, and file names, are passed through :func:`printable` before they
+are styled or printed, so the only escape sequences written are the ones added here:
+a bundle or a file name handed over by someone else cannot move the cursor, erase a
+``FAIL`` or retitle the terminal.
 """
 
 from __future__ import annotations
@@ -17,10 +19,18 @@ import os
 from collections.abc import Mapping
 from typing import TextIO
 
-__all__ = ["PROGRESS_THRESHOLD", "Progress", "Style", "colour_enabled"]
+__all__ = ["PROGRESS_THRESHOLD", "Progress", "Style", "colour_enabled", "printable"]
 
 #: ``spanproof verify`` shows a progress bar when checking more bundles than this.
 PROGRESS_THRESHOLD = 20
+
+
+def printable(text: str) -> str:
+    """*text* with every non-printable character (controls, escape, line and
+    paragraph separators, undecodable file name bytes) written as its Python escape."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 _RESET = "\x1b[0m"
 _CODES = {

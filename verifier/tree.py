@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ._term import printable
 from .values import decode_value, is_committed_value
 
 __all__ = [
@@ -67,7 +68,7 @@ _CYCLE = "  (parent cycle: shown here)"
 
 def _clean(text: str, limit: int = 0) -> str:
     """Escape non-printable characters; shorten to *limit* characters when set."""
-    out = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+    out = printable(text)
     if limit and len(out) > limit:
         out = out[: limit - 1] + "…"
     return out

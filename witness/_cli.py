@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 
 from spanproof.verifier._batch import BATCH_BYTES, BATCH_SIZE, batch_receipt
 from spanproof.verifier._files import open_regular, write_atomic
+from spanproof.verifier._term import printable
 from spanproof.verifier.bundle import BUNDLE_SUFFIX
 from spanproof.verifier.checkpoint import WitnessKey, load_witness_keys
 from spanproof.verifier.errors import (
@@ -66,7 +67,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def _fail(message: str, status: int) -> int:
-    print(f"spanproof: {message}", file=sys.stderr)
+    print(f"spanproof: {printable(message)}", file=sys.stderr)
     return status
 
 
@@ -245,7 +246,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     status = EXIT_OK
     for group in _groups(paths):
         for line, code in submitter.submit(group):
-            print(line)
+            print(printable(line))  # paths, and what the witness answered
             status = max(status, code)
     return status
 
@@ -401,15 +402,15 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     try:
         result = monitor_once(client, args.state, keys, origin=args.origin)
     except LogInconsistent as e:
-        print(f"ALERT {args.url}: {e}")
+        print(printable(f"ALERT {args.url}: {e}"))
         return EXIT_FAILED
     except TransportError as e:
-        print(f"FAIL {args.url}: {e}")
+        print(printable(f"FAIL {args.url}: {e}"))
         return EXIT_UNAVAILABLE
     except (SpanproofError, OSError) as e:
-        print(f"FAIL {args.url}: {e}")
+        print(printable(f"FAIL {args.url}: {e}"))
         return EXIT_FAILED
-    print(result.message)
+    print(printable(result.message))
     return EXIT_OK
 
 

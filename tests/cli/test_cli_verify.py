@@ -502,3 +502,66 @@ def test_open_regular_reads_a_regular_file_and_refuses_a_directory(tmp_path):
         assert f.read() == b"data"
     with pytest.raises(OSError, match=r"not a regular file \(a directory\)"):
         open_regular(tmp_path)
+
+
+# -- what reaches the auditor's terminal --------------------------------------------
+
+ODD_NAME = "z\x1b[2K\rOK pretend\u2028-tampered.spanproof.json"
+
+
+def test_control_characters_in_a_file_name_are_escaped_not_sent_to_the_terminal(
+    capsys, keys: Keys, make_bundle, tmp_path
+):
+    # Printed raw, ESC [2K and a carriage return erased "FAIL" from the auditor's
+    # screen and left a line starting "OK pretend...".
+    path, _ = make_bundle()
+    odd = tmp_path / "bundles" / ODD_NAME
+    odd.write_bytes(path.read_bytes() + b"x")
+    code, out, _ = run(capsys, "verify", "--key", keys.pub, tmp_path / "bundles")
+    assert code == 1
+    assert not any(ch in out for ch in "\x1b\r\u2028")
+    assert f"FAIL {tmp_path / 'bundles'}/z\\x1b[2K\\rOK pretend\\u2028-tampered" in out
+    code, out, _ = run(capsys, "show", "--key", keys.pub, odd)
+    assert code == 1
+    assert not any(ch in out for ch in "\x1b\r\u2028")
+    assert "bundle    " + str(tmp_path / "bundles") + "/z\\x1b[2K\\rOK pretend" in out
+
+
+def test_a_usage_error_naming_an_odd_path_is_escaped(capsys, keys: Keys, tmp_path):
+    code, _, err = run(capsys, "verify", "--key", keys.pub, tmp_path / "gone\x1b]0;title\x07")
+    assert code == 2
+    assert "\x1b" not in err and "\x07" not in err and "gone\\x1b]0;title\\x07" in err
+
+
+def test_printable_escapes_controls_and_undecodable_bytes_only():
+    from spanproof.verifier._term import printable
+
+    assert printable("café 😀 plain") == "café 😀 plain"
+    assert printable("a\x1bb\rc\x00d\x7fe\u2028f\udcffg") == (
+        "a\\x1bb\\rc\\x00d\\x7fe\\u2028f\\udcffg"
+    )
+
+
+@pytest.mark.parametrize("json_output", [True, False], ids=["json", "lines"])
+def test_a_file_name_that_is_not_utf8_neither_breaks_the_output_nor_the_run(
+    keys: Keys, make_bundle, tmp_path, json_output: bool
+):
+    # Under a strict UTF-8 standard output (a UTF-8 locale), --json printed the raw
+    # name and failed: "unexpected UnicodeEncodeError", no report for any bundle.
+    path, _ = make_bundle()
+    other, _ = make_bundle("other", trace_id=OTHER_TRACE, directory=tmp_path / "elsewhere")
+    odd = os.path.join(os.fsencode(tmp_path / "bundles"), b"a\xffb.spanproof.json")
+    os.rename(other, odd)
+    done = subprocess.run(
+        [spanproof_script(), "verify", *(["--json"] if json_output else []),
+         "--key", str(keys.pub), str(tmp_path / "bundles")],
+        capture_output=True, timeout=60, env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"},
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.decode("ascii")  # every other character escaped
+    shown = f"{tmp_path / 'bundles'}/a\\udcffb.spanproof.json"
+    if json_output:
+        paths = {b["path"] for b in json.loads(out)["bundles"]}
+        assert paths == {str(path), os.fsdecode(odd)}
+    else:
+        assert f"OK {shown} trace={OTHER_TRACE}" in out

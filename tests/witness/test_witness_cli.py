@@ -302,6 +302,19 @@ def test_submit_refuses_a_named_pipe_named_like_a_bundle(
     assert out.startswith(f"FAIL {pipe}: ") and "not a regular file (a named pipe)" in out
 
 
+def test_submit_escapes_control_characters_of_a_file_name(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_bundle(files["bundles"], make_bundle(trace_id(2)))
+    odd = path.with_name("x\x1b[2K\rOK-" + path.name)
+    path.rename(odd)
+    url = f"http://127.0.0.1:{free_port()}"
+    status, out, _ = _run(["witness", "submit", str(odd), "--url", url, "--timeout", "2"], capsys)
+    assert status == 3 and "cannot reach witness" in out
+    assert "\x1b" not in out and "\r" not in out
+    assert out.startswith(f"FAIL {files['bundles']}/x\\x1b[2K\\rOK-")
+
+
 def _monitor(
     url: str, state: Path, key: Path, capsys: pytest.CaptureFixture[str]
 ) -> tuple[int, str]:
