@@ -250,17 +250,29 @@ def _worth_reporting(link: TraceLink) -> bool:
 # --------------------------------------------------------------------------- verify
 
 
-def _collect(paths: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Bundle files under *paths* (each once) and the directories that hold none."""
+_NO_BUNDLES = "no bundles (*.spanproof.json) found"
+
+
+def _collect(paths: Sequence[str]) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    """Bundle files under *paths* (each once), the paths that hold none, and the
+    directories that could not be listed, with why (their bundles go unchecked)."""
     bundles: list[str] = []
     empty: list[str] = []
+    unlisted: list[tuple[str, str]] = []
     seen: set[str] = set()
     real_dirs: dict[str, str] = {}  # a directory's real path, resolved once
+
+    def cannot_list(error: OSError) -> None:
+        where = os.fspath(error.filename) if error.filename is not None else "?"
+        unlisted.append((where, f"cannot list the directory ({error.strerror or error}); "
+                                "the bundles in it were not checked"))
+
     for path in paths:
         if not os.path.exists(path):
             raise UsageError(f"{path}: no such file or directory")
-        found = list(find_bundles([path]))
-        if not found:
+        listed_before = len(unlisted)
+        found = list(find_bundles([path], onerror=cannot_list))
+        if not found and not any(p == path for p, _ in unlisted[listed_before:]):
             empty.append(path)
         for bundle in found:
             if os.path.islink(bundle):
@@ -274,7 +286,7 @@ def _collect(paths: Sequence[str]) -> tuple[list[str], list[str]]:
             if real not in seen:
                 seen.add(real)
                 bundles.append(bundle)
-    return bundles, empty
+    return bundles, empty, unlisted
 
 
 def _load_witness_keys(specs: Sequence[str]) -> tuple[WitnessKey, ...]:
@@ -363,7 +375,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     witness_keys = _load_witness_keys(args.witness_key)
     if args.require_receipt and not witness_keys:
         raise UsageError("--require-receipt needs --witness-key (the pinned witness key)")
-    paths, empty = _collect(args.paths)
+    paths, empty, unlisted = _collect(args.paths)
     check = _BundleCheck(
         trust, args.allow_incomplete, keep_records=bool(args.disclosures),
         receipts=tuple(witness_keys) if witness_keys else None,
@@ -373,9 +385,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     links = link_results(results)
     # SPEC §2.5.5: each disclosed value against its commitment in a verified bundle.
     disclosed = _report_disclosures(args.disclosures, results)
-    empty_reason = "no bundles (*.spanproof.json) found"
+    problems = [(path, _NO_BUNDLES) for path in empty] + unlisted
     ok = (
-        not empty
+        not problems
         and all(r.verdict is Verdict.OK for r in results)
         and all(link.ok for link in links)
         and all(d.ok for d in disclosed)
@@ -393,7 +405,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                 }
                 for link in links
             ],
-            "errors": [{"path": path, "reason": empty_reason} for path in empty],
+            "errors": [{"path": path, "reason": reason} for path, reason in problems],
             "ok": ok,
         }
         if args.disclosures:
@@ -402,8 +414,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         # (a lone surrogate here) stays valid JSON, and never fails to print.
         print(json.dumps(doc, indent=2))
         return EXIT_OK if ok else EXIT_FAILED
-    for path in empty:
-        print(printable(f"FAIL {path}: {empty_reason}"))
+    for path, reason in problems:
+        print(printable(f"FAIL {path}: {reason}"))
     for result in results:
         print(format_result(result))
         if args.verbose:
@@ -450,7 +462,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     out: str = args.html
     if os.path.isdir(out):
         raise UsageError(f"{out}: is a directory; --html takes the report file to write")
-    paths, empty = _collect(args.paths)
+    paths, empty, unlisted = _collect(args.paths)
     # Always look for a receipt: without --witness-key the report says one is there
     # but unchecked (a SKIPPED check never changes a verdict).
     check = _BundleCheck(
@@ -464,6 +476,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         [ReportItem(r.path, r.report, r.crash or "") for r in results],
         links=links,
         missing=empty,
+        unlisted=unlisted,
         trusted={key.keyid: key.source for key in trust.keys},
         disclosures=disclosed,
     )
@@ -474,12 +487,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
         raise UsageError(f"{out}: cannot write the report ({e.strerror or e})") from e
     ok = (
         not empty
+        and not unlisted
         and all(r.verdict is Verdict.OK for r in results)
         and all(link.ok for link in links)
         and all(d.ok for d in disclosed)
     )
-    for path in empty:
-        print(printable(f"FAIL {path}: no bundles (*.spanproof.json) found"))
+    for path, reason in [(path, _NO_BUNDLES) for path in empty] + unlisted:
+        print(printable(f"FAIL {path}: {reason}"))
     for result in results:
         print(format_result(result))
     for link in links:

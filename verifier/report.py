@@ -702,6 +702,7 @@ def render_html(
     *,
     links: Sequence[TraceLink] = (),
     missing: Sequence[str] = (),
+    unlisted: Sequence[tuple[str, str]] = (),
     trusted: Mapping[str, str] | None = None,
     disclosures: Sequence[DisclosureResult] = (),
     title: str = "Evidence report",
@@ -714,6 +715,8 @@ def render_html(
             a link that failed makes its trace FAIL.
         missing: paths given for checking that held no bundle (each shown as a
             failure, as ``spanproof verify`` reports them).
+        unlisted: directories that could not be listed, with why: their bundles
+            were not checked (each shown as a failure).
         trusted: key id → where that trusted key came from (shown beside the signer).
         disclosures: the results of ``check_disclosures`` for these bundles: a
             verified one shows its value in place of the commitment, a rejected one
@@ -736,6 +739,7 @@ def render_html(
     failed_disclosures = [r for r in disclosures if not r.ok]
     no_failure = (
         not missing
+        and not unlisted
         and counts[Verdict.FAIL] == 0
         and all(link.ok for link in links)
         and not failed_disclosures
@@ -747,6 +751,10 @@ def render_html(
         f'<p class="banner fail">{_badge(Verdict.FAIL)}No bundles (*.spanproof.json) found in '
         f"<code>{_esc(path)}</code>.</p>"
         for path in missing
+    ) + "".join(
+        f'<p class="banner fail">{_badge(Verdict.FAIL)}<code>{_esc(path)}</code>: '
+        f"{_esc(why)}.</p>"
+        for path, why in unlisted
     )
     key_list = "".join(
         f"<li><code>{_esc(k[:16])}</code> <span class=\"muted\">{_esc(src)}</span></li>"

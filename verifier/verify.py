@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import itertools
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -390,17 +390,29 @@ def verify_bundle(
     )
 
 
-def find_bundles(paths: Sequence[str]) -> Iterator[str]:
+def find_bundles(
+    paths: Sequence[str], onerror: Callable[[OSError], None] | None = None
+) -> Iterator[str]:
     """Yield bundle paths: each file as given, and every ``*.spanproof.json`` below
     each directory, in sorted order.
 
+    A directory that cannot be listed is never skipped silently: its error goes to
+    *onerror*, which may record it and let the search go on, or is raised.
+
     Raises:
         FileNotFoundError: a path does not exist.
+        OSError: a directory cannot be listed, and no *onerror* is given.
     """
+
+    def cannot_list(error: OSError) -> None:
+        if onerror is None:
+            raise error
+        onerror(error)
+
     for path in paths:
         if os.path.isdir(path):
             found: list[str] = []
-            for root, _dirs, files in os.walk(path):
+            for root, _dirs, files in os.walk(path, onerror=cannot_list):
                 found.extend(os.path.join(root, f) for f in files if f.endswith(BUNDLE_SUFFIX))
             yield from sorted(found)
         elif os.path.exists(path):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cli_support import (
@@ -565,3 +567,57 @@ def test_a_file_name_that_is_not_utf8_neither_breaks_the_output_nor_the_run(
         assert paths == {str(path), os.fsdecode(odd)}
     else:
         assert f"OK {shown} trace={OTHER_TRACE}" in out
+
+
+# -- a directory that cannot be listed ------------------------------------------------
+
+
+@pytest.fixture
+def locked_dir(tmp_path, make_bundle, monkeypatch) -> Path:
+    """tmp_path/bundles holds a bundle and a subdirectory (with a bundle) that cannot
+    be listed (simulated: the tests may run as root, whom permissions do not stop)."""
+    make_bundle()
+    locked = tmp_path / "bundles" / "locked"
+    make_bundle("hidden", trace_id=OTHER_TRACE, directory=locked)
+    real_scandir = os.scandir
+
+    def scandir(path: Any = ".") -> Any:
+        if os.fspath(path) == str(locked):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    return locked
+
+
+UNLISTED = "cannot list the directory (Permission denied); the bundles in it were not checked"
+
+
+def test_a_directory_that_cannot_be_listed_fails_instead_of_being_skipped(
+    capsys, keys: Keys, tmp_path, locked_dir: Path
+):
+    # os.walk ignores such a directory unless told otherwise: verify said OK for
+    # what it found, and exited 0, without the bundles inside.
+    code, out, _ = run(capsys, "verify", "--key", keys.pub, tmp_path / "bundles")
+    assert code == 1
+    lines = out.splitlines()
+    assert f"FAIL {locked_dir}: {UNLISTED}" in lines
+    assert sum(line.startswith("OK ") for line in lines) == 1
+    code, out, _ = run(capsys, "verify", "--json", "--key", keys.pub, tmp_path / "bundles")
+    doc = json.loads(out)
+    assert code == 1 and doc["ok"] is False
+    assert doc["errors"] == [{"path": str(locked_dir), "reason": UNLISTED}]
+    code, out, _ = run(capsys, "report", "--key", keys.pub, "--html", tmp_path / "r.html",
+                       tmp_path / "bundles")
+    assert code == 1 and f"FAIL {locked_dir}: {UNLISTED}" in out
+    assert "cannot list the directory (Permission denied)" in (tmp_path / "r.html").read_text()
+
+
+def test_find_bundles_raises_for_a_directory_it_cannot_list(tmp_path, locked_dir: Path):
+    from spanproof.verifier import find_bundles
+
+    with pytest.raises(PermissionError):
+        list(find_bundles([str(tmp_path / "bundles")]))
+    errors: list[OSError] = []
+    found = list(find_bundles([str(tmp_path / "bundles")], onerror=errors.append))
+    assert len(found) == 1 and [e.filename for e in errors] == [str(locked_dir)]

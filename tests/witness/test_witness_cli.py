@@ -302,6 +302,27 @@ def test_submit_refuses_a_named_pipe_named_like_a_bundle(
     assert out.startswith(f"FAIL {pipe}: ") and "not a regular file (a named pipe)" in out
 
 
+def test_submit_stops_at_a_directory_it_cannot_list(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    write_bundle(files["bundles"], make_bundle(trace_id(3)))
+    locked = files["bundles"] / "locked"
+    locked.mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path: Any = ".") -> Any:  # the tests may run as root: simulated
+        if os.fspath(path) == str(locked):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    url = f"http://127.0.0.1:{free_port()}"
+    status, out, err = _run(["witness", "submit", str(files["bundles"]), "--url", url], capsys)
+    assert status == 2 and out == ""
+    assert "Permission denied" in err and str(locked) in err
+
+
 def test_submit_escapes_control_characters_of_a_file_name(
     files: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
