@@ -120,7 +120,7 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            kind = next((name for test, name in _NOT_REGULAR if test(mode)), "not a file")
+            kind = next((name for test, name in _NOT_REGULAR if test(mode)), "a special file")
             raise OSError(errno.EINVAL, f"not a regular file ({kind})", os.fspath(path))
         os.set_blocking(fd, True)
     except BaseException:
