@@ -253,27 +253,26 @@ def _worth_reporting(link: TraceLink) -> bool:
 _NO_BUNDLES = "no bundles (*.spanproof.json) found"
 
 
-def _collect(paths: Sequence[str]) -> tuple[list[str], list[str], list[tuple[str, str]]]:
-    """Bundle files under *paths* (each once), the paths that hold none, and the
-    directories that could not be listed, with why (their bundles go unchecked)."""
+def _collect(paths: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Bundle files under *paths* (each once), and what could not be checked, with
+    why: a path that holds no bundle, a directory that cannot be listed."""
     bundles: list[str] = []
-    empty: list[str] = []
-    unlisted: list[tuple[str, str]] = []
+    problems: list[tuple[str, str]] = []
     seen: set[str] = set()
     real_dirs: dict[str, str] = {}  # a directory's real path, resolved once
 
     def cannot_list(error: OSError) -> None:
         where = os.fspath(error.filename) if error.filename is not None else "?"
-        unlisted.append((where, f"cannot list the directory ({error.strerror or error}); "
+        problems.append((where, f"cannot list the directory ({error.strerror or error}); "
                                 "the bundles in it were not checked"))
 
     for path in paths:
         if not os.path.exists(path):
             raise UsageError(f"{path}: no such file or directory")
-        listed_before = len(unlisted)
+        known = len(problems)
         found = list(find_bundles([path], onerror=cannot_list))
-        if not found and not any(p == path for p, _ in unlisted[listed_before:]):
-            empty.append(path)
+        if not found and len(problems) == known:
+            problems.append((path, _NO_BUNDLES))
         for bundle in found:
             if os.path.islink(bundle):
                 real = os.path.realpath(bundle)
@@ -286,7 +285,7 @@ def _collect(paths: Sequence[str]) -> tuple[list[str], list[str], list[tuple[str
             if real not in seen:
                 seen.add(real)
                 bundles.append(bundle)
-    return bundles, empty, unlisted
+    return bundles, problems
 
 
 def _load_witness_keys(specs: Sequence[str]) -> tuple[WitnessKey, ...]:
@@ -375,7 +374,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     witness_keys = _load_witness_keys(args.witness_key)
     if args.require_receipt and not witness_keys:
         raise UsageError("--require-receipt needs --witness-key (the pinned witness key)")
-    paths, empty, unlisted = _collect(args.paths)
+    paths, problems = _collect(args.paths)
     check = _BundleCheck(
         trust, args.allow_incomplete, keep_records=bool(args.disclosures),
         receipts=tuple(witness_keys) if witness_keys else None,
@@ -385,7 +384,6 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     links = link_results(results)
     # SPEC §2.5.5: each disclosed value against its commitment in a verified bundle.
     disclosed = _report_disclosures(args.disclosures, results)
-    problems = [(path, _NO_BUNDLES) for path in empty] + unlisted
     ok = (
         not problems
         and all(r.verdict is Verdict.OK for r in results)
@@ -462,7 +460,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     out: str = args.html
     if os.path.isdir(out):
         raise UsageError(f"{out}: is a directory; --html takes the report file to write")
-    paths, empty, unlisted = _collect(args.paths)
+    paths, problems = _collect(args.paths)
     # Always look for a receipt: without --witness-key the report says one is there
     # but unchecked (a SKIPPED check never changes a verdict).
     check = _BundleCheck(
@@ -475,8 +473,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     document = render_html(
         [ReportItem(r.path, r.report, r.crash or "") for r in results],
         links=links,
-        missing=empty,
-        unlisted=unlisted,
+        problems=problems,
         trusted={key.keyid: key.source for key in trust.keys},
         disclosures=disclosed,
     )
@@ -486,13 +483,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     except OSError as e:
         raise UsageError(f"{out}: cannot write the report ({e.strerror or e})") from e
     ok = (
-        not empty
-        and not unlisted
+        not problems
         and all(r.verdict is Verdict.OK for r in results)
         and all(link.ok for link in links)
         and all(d.ok for d in disclosed)
     )
-    for path, reason in [(path, _NO_BUNDLES) for path in empty] + unlisted:
+    for path, reason in problems:
         print(printable(f"FAIL {path}: {reason}"))
     for result in results:
         print(format_result(result))
@@ -537,10 +533,11 @@ def _read_unverified(path: str) -> _Unverified:
 
 
 def format_header(path: str, statement: Statement | None) -> list[str]:
-    """The lines above a bundle's tree: what the statement says about the bundle."""
+    """The lines above a bundle's tree: what the statement says about the bundle
+    (non-printable characters escaped: the path and the statement are not ours)."""
     lines = [f"bundle    {path}"]
     if statement is None:
-        return lines
+        return [printable(line) for line in lines]
     s = statement
     comp = s.completeness
     lines += [
@@ -551,7 +548,7 @@ def format_header(path: str, statement: Statement | None) -> list[str]:
         + (f"; conflicting span ids: {', '.join(comp.conflicts)}" if comp.conflicts else ""),
     ]
     lines += [f"note      {note}" for note in comp.notes]
-    return lines
+    return [printable(line) for line in lines]
 
 
 def _source_of(trust: TrustRoot, keyid: str | None) -> str:
@@ -575,7 +572,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
             print(f"{paint('FAIL', 'FAIL')} {printable(f'{path}: {data.problem}')}")
             return EXIT_FAILED
         for line in format_header(path, data.statement):
-            print(printable(line))
+            print(line)
         print(f"verdict   {paint('UNVERIFIED', 'UNVERIFIED')} (no --key given): signature and "
               "chain NOT checked; do not rely on this content")
         if data.problem:
@@ -586,7 +583,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     result = check_path(path, trust, allow_incomplete=args.allow_incomplete, keep_records=True)
     report = result.report
     for line in format_header(path, report.statement if report else None):
-        print(printable(line))
+        print(line)
     records = list(report.records or ()) if report is not None else []
     word = paint(result.verdict.value, result.verdict.value)
     if result.verdict is Verdict.OK:

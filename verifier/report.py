@@ -701,8 +701,7 @@ def render_html(
     items: Sequence[ReportItem],
     *,
     links: Sequence[TraceLink] = (),
-    missing: Sequence[str] = (),
-    unlisted: Sequence[tuple[str, str]] = (),
+    problems: Sequence[tuple[str, str]] = (),
     trusted: Mapping[str, str] | None = None,
     disclosures: Sequence[DisclosureResult] = (),
     title: str = "Evidence report",
@@ -713,10 +712,9 @@ def render_html(
         items: the bundles, each with its report (records kept for display).
         links: the segment-linking results of SPEC §8 step 11 (``link_segments``);
             a link that failed makes its trace FAIL.
-        missing: paths given for checking that held no bundle (each shown as a
-            failure, as ``spanproof verify`` reports them).
-        unlisted: directories that could not be listed, with why: their bundles
-            were not checked (each shown as a failure).
+        problems: paths whose bundles could not be checked, with why (a path
+            holding no bundle, a directory that cannot be listed), each shown as a
+            failure as ``spanproof verify`` reports them.
         trusted: key id → where that trusted key came from (shown beside the signer).
         disclosures: the results of ``check_disclosures`` for these bundles: a
             verified one shows its value in place of the commitment, a rejected one
@@ -738,8 +736,7 @@ def render_html(
     counts = {v: sum(i.verdict is v for i in items) for v in Verdict}
     failed_disclosures = [r for r in disclosures if not r.ok]
     no_failure = (
-        not missing
-        and not unlisted
+        not problems
         and counts[Verdict.FAIL] == 0
         and all(link.ok for link in links)
         and not failed_disclosures
@@ -747,14 +744,10 @@ def render_html(
     overall = Verdict.FAIL if not no_failure else (
         Verdict.OK if counts[Verdict.OK] == len(items) else Verdict.INCOMPLETE
     )
-    missing_html = "".join(
-        f'<p class="banner fail">{_badge(Verdict.FAIL)}No bundles (*.spanproof.json) found in '
-        f"<code>{_esc(path)}</code>.</p>"
-        for path in missing
-    ) + "".join(
+    problems_html = "".join(
         f'<p class="banner fail">{_badge(Verdict.FAIL)}<code>{_esc(path)}</code>: '
         f"{_esc(why)}.</p>"
-        for path, why in unlisted
+        for path, why in problems
     )
     key_list = "".join(
         f"<li><code>{_esc(k[:16])}</code> <span class=\"muted\">{_esc(src)}</span></li>"
@@ -783,7 +776,7 @@ def render_html(
         "inputs a step received were true, or that steps which were never traced did not "
         "run.</p>",
         f"<h4>Trusted keys</h4><ul>{key_list or '<li>none</li>'}</ul>",
-        missing_html,
+        problems_html,
         _disclosure_summary(disclosures, failed_disclosures),
         f'<h4>Traces</h4><ul class="summary">{"".join(summary)}</ul>' if summary else "",
         "</header><main>",

@@ -183,7 +183,7 @@ def test_exit_status_mirrors_verify(capsys, tmp_path: Path, keys: Keys, make_bun
     empty = tmp_path / "empty"
     empty.mkdir()
     assert run(capsys, "report", "--key", keys.pub, empty, "--html", html)[0] == 1
-    assert "No bundles (*.spanproof.json) found in" in read_report(html).text
+    assert f"{empty}: no bundles (*.spanproof.json) found." in read_report(html).text
 
 
 @pytest.mark.parametrize(
