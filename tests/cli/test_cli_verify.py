@@ -529,6 +529,16 @@ def test_control_characters_in_a_file_name_are_escaped_not_sent_to_the_terminal(
     assert "bundle    " + str(tmp_path / "bundles") + "/z\\x1b[2K\\rOK pretend" in out
 
 
+def test_show_escapes_what_the_statement_says(capsys, keys: Keys, make_bundle):
+    # A producer's own words (a completeness note) reach the header, signed or not.
+    note = "x\x1b[2J\x1b]0;owned\x07\rverdict   OK"
+    path, _ = make_bundle(completeness=Completeness(dropped_spans=1, notes=(note,)))
+    for argv in (["show", path], ["show", "--key", keys.pub, path]):
+        _, out, _ = run(capsys, *argv)
+        assert not any(ch in out for ch in "\x1b\x07\r")
+        assert "note      x\\x1b[2J\\x1b]0;owned\\x07\\rverdict   OK" in out
+
+
 def test_a_usage_error_naming_an_odd_path_is_escaped(capsys, keys: Keys, tmp_path):
     code, _, err = run(capsys, "verify", "--key", keys.pub, tmp_path / "gone\x1b]0;title\x07")
     assert code == 2
