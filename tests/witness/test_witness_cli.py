@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -489,6 +491,39 @@ def test_monitor_unreachable(
         f"http://127.0.0.1:{free_port()}", tmp_path / "s.json", files["pub"], capsys
     )
     assert status == 3 and "cannot reach witness" in out
+
+
+def test_monitor_escapes_what_a_witness_answers(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A witness's error message is the witness's own text: it must not reach the
+    # terminal as controls that could rewrite the FAIL line into an OK one.
+    message = json.dumps({"error": "busy\x1b[2K\rOK log consistent"}).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(500)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(message)))
+            self.end_headers()
+            self.wfile.write(message)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        status, out = _monitor(url, tmp_path / "s.json", files["pub"], capsys)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+    assert status == 3
+    assert out == f"FAIL {url}: HTTP 500: busy\\x1b[2K\\rOK log consistent\n"
+    assert not (tmp_path / "s.json").exists()
 
 
 def test_submit_groups_by_count_and_by_bytes(tmp_path: Path,
