@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, NoReturn, cast
 
-from ._files import open_regular
+from ._files import open_regular, read_named_file
 from ._jobs import AUTO_MIN_BUNDLES_FORK, map_in_order
 from ._term import Progress, Style, printable
 from .bundle import BundleReader
@@ -113,8 +113,7 @@ def load_trust(key_files: Sequence[str], trust_root_files: Sequence[str]) -> Tru
             keys.extend(TrustRoot.from_pem_files(list(key_files)).keys)
         for path in trust_root_files:
             try:
-                with open(path, "rb") as f:
-                    data = f.read()
+                data, _ = read_named_file(path)
             except OSError as e:
                 raise UsageError(f"{path}: cannot read trust root ({e.strerror})") from e
             keys.extend(TrustRoot.from_json(data, path).keys)

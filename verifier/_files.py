@@ -11,8 +11,8 @@ import stat
 from typing import BinaryIO
 
 __all__ = [
-    "fsync_directory", "open_regular", "temp_target", "unlink_quietly", "write_atomic",
-    "write_temp",
+    "MAX_NAMED_FILE", "fsync_directory", "open_regular", "read_named_file", "temp_target",
+    "unlink_quietly", "write_atomic", "write_temp",
 ]
 
 _TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp", re.DOTALL)  # see write_temp
@@ -127,3 +127,34 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
         os.close(fd)
         raise
     return os.fdopen(fd, "rb")
+
+
+#: The most :func:`read_named_file` reads: keys, trust roots and state files are small.
+MAX_NAMED_FILE = 1 << 20
+
+
+def read_named_file(
+    path: str | os.PathLike[str], *, limit: int = MAX_NAMED_FILE
+) -> tuple[bytes, int]:
+    """Read a file the user named (a key, a trust root, a state file) whole; return
+    its bytes and its ``st_mode``.
+
+    A regular file, or a pipe such as ``--key <(...)``, read until its writer closes
+    it.  A named pipe that no process holds open for writing reads as empty instead
+    of blocking the command forever, and a device is read no further than *limit*.
+
+    Raises:
+        OSError: it cannot be opened or read, or it holds more than *limit* bytes
+            (``EFBIG``).
+    """
+    # O_NONBLOCK: opening a named pipe for reading waits for a writer without it;
+    # blocking again once open, a read waits for the writer's data, and sees the end
+    # of input at once when there is no writer.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        os.set_blocking(fd, True)
+        mode = os.fstat(fd).st_mode
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes", os.fspath(path))
+    return data, mode

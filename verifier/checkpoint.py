@@ -40,6 +40,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from ._files import read_named_file
 from .errors import InvalidKey, InvalidReceipt, LogInconsistent, NoteSignatureError, ProofError
 from .keys import load_public_key, raw_public_bytes
 from .merkle import EMPTY_ROOT, HASH_SIZE, verify_consistency
@@ -275,8 +276,7 @@ class WitnessKey:
         if not os.path.exists(spec) and "+" in spec:
             return cls.from_vkey(spec, "verifier key")
         try:
-            with open(spec, "rb") as f:
-                data = f.read()
+            data, _ = read_named_file(spec)
         except OSError as e:
             raise InvalidKey(f"{spec}: cannot read witness key ({e.strerror})") from e
         if b"-----BEGIN" not in data and b"+" in data:

@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from ._files import read_named_file
 from .canonical import parse_strict
 from .errors import InvalidBundle, InvalidKey
 
@@ -57,8 +58,10 @@ def load_public_key(pem: bytes, source: str = "public key") -> Ed25519PublicKey:
     """Load an Ed25519 public key from SPKI PEM.
 
     Raises:
-        InvalidKey: the data is not PEM, or the key is not Ed25519.
+        InvalidKey: the data is empty or not PEM, or the key is not Ed25519.
     """
+    if not pem.strip():
+        raise InvalidKey(f"{source}: empty, no public key in it")
     try:
         key = serialization.load_pem_public_key(pem)
     except (ValueError, TypeError) as e:
@@ -182,8 +185,7 @@ class TrustRoot:
         keys = []
         for path in paths:
             try:
-                with open(path, "rb") as f:
-                    pem = f.read()
+                pem, _ = read_named_file(path)
             except OSError as e:
                 raise InvalidKey(f"{path}: cannot read key file ({e.strerror})") from e
             keys.append(TrustedKey.from_public_key(load_public_key(pem, path), path))
@@ -265,11 +267,11 @@ def load_private_key(path: str | os.PathLike[str], what: str = "private key") ->
     """
     name = os.fspath(path)
     try:
-        with open(path, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            pem = f.read()
+        pem, mode = read_named_file(path)
     except OSError as e:
         raise InvalidKey(f"{name}: cannot read {what} ({e.strerror})") from e
+    if not pem.strip():
+        raise InvalidKey(f"{name}: empty, no {what} in it")
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         _logger.warning("%s %s is accessible by group or others (mode %o); "
                         "restrict it with chmod 600", what, name, stat.S_IMODE(mode))

@@ -26,7 +26,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from spanproof.verifier._batch import BATCH_BYTES, BATCH_SIZE, batch_receipt
-from spanproof.verifier._files import open_regular, write_atomic
+from spanproof.verifier._files import open_regular, read_named_file, write_atomic
 from spanproof.verifier._term import printable
 from spanproof.verifier.bundle import BUNDLE_SUFFIX
 from spanproof.verifier.checkpoint import WitnessKey, load_witness_keys
@@ -181,10 +181,10 @@ def _producer_trust(keys: Sequence[str] | None, root: str | None) -> TrustRoot |
     trusted: list[TrustedKey] = []
     if root:
         try:
-            with open(root, "rb") as f:
-                trusted.extend(TrustRoot.from_json(f.read(), root).keys)
+            data, _ = read_named_file(root)
         except OSError as e:
             raise InvalidKey(f"{root}: cannot read trust root ({e.strerror})") from e
+        trusted.extend(TrustRoot.from_json(data, root).keys)
     if keys:
         trusted.extend(TrustRoot.from_pem_files(list(keys)).keys)
     return TrustRoot(tuple(trusted)) if trusted else None
@@ -229,8 +229,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         witness_keys = load_witness_keys(args.witness_key or [])
         der = None
         if args.producer_key:
-            with open(args.producer_key, "rb") as f:
-                producer = load_public_key(f.read(), args.producer_key)
+            producer = load_public_key(read_named_file(args.producer_key)[0],
+                                       args.producer_key)
             der = producer.public_bytes(
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
             )

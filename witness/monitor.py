@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from spanproof.verifier._files import write_atomic
+from spanproof.verifier._files import read_named_file, write_atomic
 from spanproof.verifier.canonical import canonicalize, parse_strict
 from spanproof.verifier.checkpoint import (
     VerifiedCheckpoint,
@@ -76,8 +76,7 @@ def load_state(
         OSError: the file exists but cannot be read.
     """
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data, _ = read_named_file(path)
     except FileNotFoundError:
         return None
     try:

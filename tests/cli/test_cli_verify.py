@@ -8,6 +8,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from odd_keys import unknown_type_public_pem
 
 from spanproof.verifier import TRUST_ROOT_MEDIA_TYPE, TrustRoot
 from spanproof.verifier._cli import main
-from spanproof.verifier._files import open_regular
+from spanproof.verifier._files import MAX_NAMED_FILE, open_regular
 from spanproof.verifier.disclosure import load_disclosures
 from spanproof.verifier.receipt import check_receipt_for_bundle, receipt_path
 from spanproof.verifier.statement import Completeness
@@ -312,17 +314,23 @@ def test_missing_key_file_is_a_usage_error(capsys, make_bundle, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "content",
-    [b"not a key\n", b"", b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"],
-    ids=["text", "empty", "bad-pem"],
+    ("content", "message"),
+    [
+        (b"not a key\n", "not a PEM public key"),
+        (b"", "empty, no public key in it"),
+        (b"\n \n", "empty, no public key in it"),
+        (b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+         "not a PEM public key"),
+    ],
+    ids=["text", "empty", "blank", "bad-pem"],
 )
-def test_bad_key_file_is_a_usage_error(capsys, make_bundle, tmp_path, content):
+def test_bad_key_file_is_a_usage_error(capsys, make_bundle, tmp_path, content, message):
     path, _ = make_bundle()
     bad = tmp_path / "bad.pub"
     bad.write_bytes(content)
     code, _, err = run(capsys, "verify", "--key", bad, path)
     assert code == 2
-    assert err.startswith(f"spanproof: error: {bad}: not a PEM public key")
+    assert err.startswith(f"spanproof: error: {bad}: {message}")
 
 
 def test_private_key_given_as_key_is_a_usage_error(capsys, keys: Keys, make_bundle, tmp_path):
@@ -486,6 +494,59 @@ def test_a_named_pipe_as_a_disclosure_file_is_refused(tmp_path):
     os.mkfifo(pipe)
     with pytest.raises(OSError, match=r"not a regular file \(a named pipe\)"):
         load_disclosures(pipe)
+
+
+# -- key and trust-root files: the user's own input, read from a pipe too ---------------
+
+
+def test_a_key_read_from_a_pipe_its_writer_fills_later_is_used(capsys, keys: Keys, make_bundle):
+    # --key <(...): the command may start reading before the writer has written.
+    path, _ = make_bundle()
+    read_end, write_end = os.pipe()
+
+    def write_late() -> None:
+        time.sleep(0.2)
+        os.write(write_end, keys.pub.read_bytes())
+        os.close(write_end)
+
+    writer = threading.Thread(target=write_late)
+    writer.start()
+    try:
+        code, out, err = run(capsys, "verify", "--key", f"/dev/fd/{read_end}", path)
+    finally:
+        writer.join(10)
+        os.close(read_end)
+    assert code == 0, err
+    assert out.startswith(f"OK {path} ")
+
+
+@pytest.mark.timeout(60)  # the defect was a command blocked forever on the pipe
+@pytest.mark.parametrize(("option", "message"), [
+    ("--key", "empty, no public key in it"),
+    ("--trust-root", "invalid JSON: Expecting value (line 1 column 1)"),
+])
+def test_a_named_pipe_nobody_writes_as_key_or_trust_root_fails_without_blocking(
+    capsys, make_bundle, tmp_path, option, message
+):
+    path, _ = make_bundle()
+    pipe = tmp_path / "trusted"
+    os.mkfifo(pipe)
+    code, out, err = run(capsys, "verify", option, pipe, path)
+    assert code == 2  # the key is unusable; no bundle failed
+    assert out == ""
+    assert err == f"spanproof: error: {pipe}: {message}\n"
+
+
+@pytest.mark.parametrize("option", ["--key", "--trust-root"])
+def test_a_device_as_key_or_trust_root_is_read_no_further_than_the_limit(
+    capsys, make_bundle, tmp_path, option
+):
+    path, _ = make_bundle()
+    (tmp_path / "endless").symlink_to("/dev/zero")
+    code, _, err = run(capsys, "verify", option, tmp_path / "endless", path)
+    assert code == 2
+    assert f"{tmp_path / 'endless'}: cannot read " in err
+    assert f"(larger than {MAX_NAMED_FILE} bytes)" in err
 
 
 def test_a_key_file_of_a_type_openssl_does_not_know_is_a_usage_error(

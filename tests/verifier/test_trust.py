@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -167,6 +168,22 @@ def test_load_private_key_rejects_a_key_type_openssl_does_not_know(tmp_path: Pat
     path.chmod(0o600)
     with pytest.raises(InvalidKey, match=r"signing\.key: private key is not Ed25519"):
         load_private_key(path)
+
+
+@pytest.mark.timeout(60)  # the defect was a reader blocked forever on the pipe
+def test_load_private_key_from_a_named_pipe_nobody_writes_fails_without_blocking(
+    tmp_path: Path,
+) -> None:
+    os.mkfifo(tmp_path / "signing.key", 0o600)
+    with pytest.raises(InvalidKey, match=r"signing\.key: empty, no private key in it"):
+        load_private_key(tmp_path / "signing.key")
+
+
+def test_load_private_key_reads_a_device_no_further_than_the_limit(tmp_path: Path) -> None:
+    (tmp_path / "signing.key").symlink_to("/dev/zero")
+    with pytest.raises(InvalidKey, match=r"signing\.key: cannot read private key "
+                                         r"\(larger than 1048576 bytes\)"):
+        load_private_key(tmp_path / "signing.key")
 
 
 def test_pem_files(tmp_path: Path) -> None:

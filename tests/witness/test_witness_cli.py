@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -302,6 +303,37 @@ def test_submit_refuses_a_named_pipe_named_like_a_bundle(
     status, out, _ = _run(["witness", "submit", str(pipe), "--url", url, "--timeout", "2"], capsys)
     assert status == 1
     assert out.startswith(f"FAIL {pipe}: ") and "not a regular file (a named pipe)" in out
+
+
+@pytest.mark.timeout(60)  # the defect was a command blocked forever on the pipe
+@pytest.mark.parametrize("option", ["--producer-key", "--witness-key"])
+def test_submit_with_a_named_pipe_nobody_writes_as_a_key_fails_without_blocking(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str], option: str
+) -> None:
+    write_bundle(files["bundles"], make_bundle(trace_id(3)))
+    pipe = files["bundles"].parent / "key.pub"
+    os.mkfifo(pipe)
+    url = f"http://127.0.0.1:{free_port()}"
+    status, out, err = _run(
+        ["witness", "submit", str(files["bundles"]), "--url", url, option, str(pipe)], capsys
+    )
+    assert status == 2 and out == ""
+    assert f"{pipe}: empty, no public key in it" in err
+
+
+@pytest.mark.timeout(60)
+def test_monitor_with_a_named_pipe_nobody_writes_fails_without_blocking(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    status, out = _monitor(url, tmp_path / "s.json", pipe, capsys)  # as the witness key
+    assert status == 2 and out == ""
+    status, out = _monitor(url, pipe, files["pub"], capsys)  # as the state file
+    assert status == 1
+    assert out.startswith(f"FAIL {url}: monitor state {pipe}: invalid JSON")
+    assert stat.S_ISFIFO(pipe.stat().st_mode)  # left as it was
 
 
 def test_submit_stops_at_a_directory_it_cannot_list(
