@@ -159,7 +159,7 @@ def _seal_trace(
         bodies.append(body)
         if on_recovered is not None:
             on_recovered(trace.trace_id, span_id, body)
-    dropped, unsampled = trace.dropped_spans, trace.unsampled_spans
+    dropped, unsampled, damaged = trace.dropped_spans, trace.unsampled_spans, trace.damaged_spans
     if directory is not None and trace.instance:
         earlier = _written_segments(trace.trace_id, instance, position, directory, signer)
         for report in earlier:
@@ -175,12 +175,15 @@ def _seal_trace(
                 "spanproof: trace %s: %d bundle(s) were written before the crash but not "
                 "recorded as sealed; %d span(s) left to seal after them",
                 trace.trace_id, len(earlier), len(bodies))
-            if not bodies and not (dropped or unsampled or rejected):
+            if not bodies and not (dropped or unsampled or rejected or damaged):
                 return []
     notes = [RECOVERED_NOTE.format(instance)]
     if dropped or unsampled:
         notes.append(f"{dropped} dropped and {unsampled} unsampled "
                      "evidence span(s) were recorded in the journal")
+    if damaged:
+        notes.append(f"{damaged} journaled evidence span(s) lost: their journal entries "
+                     "were damaged on disk")
     if rejected:
         notes.append(f"{rejected} journaled span(s) rejected: not representable as "
                      "canonical JSON")
@@ -189,7 +192,7 @@ def _seal_trace(
     for n, chunk in enumerate(chunks):
         ids = {b["span"]["spanId"] for b in chunk}
         completeness = Completeness(
-            dropped_spans=dropped if n == 0 else 0,
+            dropped_spans=dropped + damaged if n == 0 else 0,
             rejected_spans=rejected if n == 0 else 0,
             unsampled_spans=unsampled if n == 0 else 0,
             conflicts=tuple(sorted(conflicts & ids)),

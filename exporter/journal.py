@@ -7,9 +7,13 @@ bundle is durably written, retires the span entries it covers and remembers wher
 the trace's chain continues.
 
 Layout: ``<dir>/journal-<instance>-<n>.log``.  Each entry is
-``length (4 bytes, big-endian) || CRC-32 (4 bytes) || JSON payload``.  A torn tail
-(from a crash mid-write) is detected by length/CRC and ignored: it was never
-acknowledged.  Each live journal file is held under an exclusive ``flock`` by its
+``length (4 bytes, big-endian) || CRC-32 (4 bytes) || JSON payload``, every payload
+starting ``{"t":"``.  A torn tail (from a crash mid-write) is detected by length/CRC
+and ignored: it was never acknowledged.  Bytes that fail the check with valid entries
+after them were written whole and then damaged: replay skips to the next entry that
+passes it, and a damaged span entry whose key and trace can still be read, and whose
+trace other entries name, is declared lost in the trace's recovered bundle unless a
+later entry retires it.  Each live journal file is held under an exclusive ``flock`` by its
 process, so a starting process can tell a dead process's journal (lock free) from
 a live one's, and recovers only the former.
 """
@@ -21,6 +25,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import struct
 import threading
 import zlib
@@ -40,7 +45,12 @@ ROTATE_BYTES = 64 * 1024 * 1024
 
 @dataclass
 class RecoveredTrace:
-    """A trace's unsealed bodies and its chain position, as replayed from journals."""
+    """A trace's unsealed bodies and its chain position, as replayed from journals.
+
+    ``damaged_spans`` counts span entries that were written but found damaged on
+    disk (see the module docstring), apart from the ``dropped_spans`` the journal
+    recorded.
+    """
 
     trace_id: str
     instance: str = ""
@@ -48,25 +58,74 @@ class RecoveredTrace:
     next_position: dict[str, Any] | None = None
     dropped_spans: int = 0
     unsampled_spans: int = 0
+    damaged_spans: int = 0
+
+
+_PAYLOAD_START = b'{"t":"'
+_KINDS = frozenset({"span", "sealed", "dropped", "unsampled"})
+# The start of a span entry's payload, as append_spans writes it.
+_SPAN_HEAD = re.compile(rb'\{"t":"span","k":"([0-9a-f]+:[0-9]+)","trace":"([0-9a-f]{32})",')
+
+
+def _entry_at(data: bytes, pos: int) -> tuple[dict[str, Any] | None, int, bool]:
+    """The entry framed at *pos*: ``(entry, end, complete)``; entry is None when the
+    frame fails its check, and *complete* is False when the frame runs past the end."""
+    length, crc = _HEADER.unpack_from(data, pos)
+    start = pos + _HEADER.size
+    end = start + length
+    if length > _MAX_ENTRY or end > len(data):
+        return None, end, False
+    payload = data[start:end]
+    if zlib.crc32(payload) != crc:
+        return None, end, True
+    try:
+        entry = json.loads(payload)
+    except ValueError:
+        return None, end, True
+    if not isinstance(entry, dict) or entry.get("t") not in _KINDS:
+        return None, end, True
+    return entry, end, True
+
+
+def _next_entry(data: bytes, after: int) -> int | None:
+    """Where the first frame after byte *after* that passes its check begins."""
+    search = after + _HEADER.size + 1
+    while (found := data.find(_PAYLOAD_START, search)) >= 0:
+        if _entry_at(data, found - _HEADER.size)[0] is not None:
+            return found - _HEADER.size
+        search = found + 1
+    return None
 
 
 def _read_entries(path: str) -> list[dict[str, Any]]:
+    """The entries of one journal file, in order.  A damaged span entry followed by
+    good ones becomes ``{"t": "damaged", "k": key, "trace": trace id}`` when its head
+    can still be read."""
     entries = []
     with open(path, "rb") as f:
         data = f.read()
     pos = 0
     while pos + _HEADER.size <= len(data):
-        length, crc = _HEADER.unpack_from(data, pos)
-        start = pos + _HEADER.size
-        end = start + length
-        if length > _MAX_ENTRY or end > len(data):
-            break  # torn tail: never acknowledged
-        payload = data[start:end]
-        if zlib.crc32(payload) != crc:
-            _logger.warning("journal %s: corrupt entry at byte %d; ignoring the rest", path, pos)
-            break
-        entries.append(json.loads(payload))
-        pos = end
+        entry, end, complete = _entry_at(data, pos)
+        if entry is not None:
+            entries.append(entry)
+            pos = end
+            continue
+        resume = _next_entry(data, pos)
+        if resume is None:
+            if complete:  # a whole frame that fails its check, and nothing after it
+                _logger.warning("journal %s: corrupt entry at byte %d, the last one; "
+                                "ignored", path, pos)
+            break  # otherwise a torn tail: never acknowledged
+        head = _SPAN_HEAD.match(data, pos + _HEADER.size, resume)
+        _logger.warning(
+            "journal %s: bytes %d to %d are damaged and were skipped (%s); the entries "
+            "after them are replayed", path, pos, resume - 1,
+            f"a span entry of trace {head[2].decode()}" if head else "not readable",
+        )
+        if head:
+            entries.append({"t": "damaged", "k": head[1].decode(), "trace": head[2].decode()})
+        pos = resume
     return entries
 
 
@@ -76,10 +135,13 @@ def replay(paths: Iterable[str]) -> dict[str, RecoveredTrace]:
     positions: dict[str, dict[str, Any]] = {}
     dropped: dict[str, int] = {}
     unsampled: dict[str, int] = {}
+    named: set[str] = set()  # traces that an entry in good order names
     for path in paths:
         for entry in _read_entries(path):
             kind = entry.get("t")
-            if kind == "span":
+            if kind != "damaged":
+                named.add(entry["trace"])
+            if kind in ("span", "damaged"):
                 spans[entry["k"]] = entry
             elif kind == "sealed":
                 for key in entry["keys"]:
@@ -94,11 +156,20 @@ def replay(paths: Iterable[str]) -> dict[str, RecoveredTrace]:
     traces: dict[str, RecoveredTrace] = {}
     for entry in spans.values():
         tid = entry["trace"]
+        if entry["t"] == "damaged" and tid not in named:
+            # Its trace id may be the damaged part: declaring the loss in a trace
+            # no other entry names could be declaring it in the wrong one.
+            _logger.warning("journal: a damaged span entry names trace %s, which no "
+                            "other entry names; its loss is not declared", tid)
+            continue
         instance = entry["k"].rpartition(":")[0]
         trace = traces.setdefault(
             tid, RecoveredTrace(tid, instance, next_position=positions.get(tid))
         )
-        trace.bodies.append(entry["body"])
+        if entry["t"] == "damaged":
+            trace.damaged_spans += 1
+        else:
+            trace.bodies.append(entry["body"])
     for tid, n in dropped.items():
         traces.setdefault(
             tid, RecoveredTrace(tid, next_position=positions.get(tid))

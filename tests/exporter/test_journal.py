@@ -8,8 +8,11 @@ import struct
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
 
 from spanproof.exporter.journal import Journal, recover_orphans, release_claimed, replay
 
@@ -56,7 +59,7 @@ def test_torn_tail_is_ignored_and_earlier_entries_survive(tmp_path):
     assert [b["span"]["name"] for b in traces[TRACE].bodies] == ["s1"]
 
 
-def test_corrupt_entry_stops_replay_at_the_corruption(tmp_path):
+def test_a_damaged_last_entry_is_ignored(tmp_path, caplog):
     j = Journal(str(tmp_path), "aaaa")
     j.append_spans([(TRACE, _body(1))])
     j.append_spans([(TRACE, _body(2))])
@@ -65,7 +68,151 @@ def test_corrupt_entry_stops_replay_at_the_corruption(tmp_path):
     data = bytearray(open(path, "rb").read())
     data[-3] ^= 0xFF  # flip a byte inside the second entry's payload
     open(path, "wb").write(bytes(data))
-    assert [b["span"]["name"] for b in replay([path])[TRACE].bodies] == ["s1"]
+    (trace,) = replay([path]).values()
+    assert [b["span"]["name"] for b in trace.bodies] == ["s1"]
+    assert trace.damaged_spans == 0  # perhaps a write the crash cut: not declared
+    assert "corrupt entry at byte" in caplog.text
+
+
+# -- damage in the middle of a file: written whole, then damaged on disk ---------------
+
+
+def _frames(path: str) -> list[tuple[int, int]]:
+    """Each entry's (start, end) in a journal file."""
+    data = open(path, "rb").read()
+    frames, pos = [], 0
+    while pos < len(data):
+        (length,) = struct.unpack_from(">I", data, pos)
+        frames.append((pos, pos + 8 + length))
+        pos += 8 + length
+    return frames
+
+
+def _damage(path: str, at: int, new: bytes = b"") -> None:
+    """Overwrite the byte at *at* (flip it when *new* is empty), or insert *new*
+    there when it is longer than one byte."""
+    data = bytearray(open(path, "rb").read())
+    if not new:
+        data[at] ^= 0x01
+    elif len(new) == 1:
+        data[at:at + 1] = new
+    else:
+        data[at:at] = new
+    open(path, "wb").write(bytes(data))
+
+
+def _three_spans(tmp_path) -> tuple[str, list[str]]:
+    j = Journal(str(tmp_path), "aaaa")
+    keys = [*j.append_spans([(TRACE, _body(1))]), *j.append_spans([(TRACE, _body(2))]),
+            *j.append_spans([(TRACE, _body(3))])]
+    j.close()
+    (path,) = _journal_files(str(tmp_path))
+    return path, keys
+
+
+def test_a_damaged_span_entry_mid_file_is_skipped_and_declared(tmp_path, caplog):
+    path, _ = _three_spans(tmp_path)
+    _, end = _frames(path)[1]
+    _damage(path, end - 5)  # inside the second span's body
+    (trace,) = replay([path]).values()
+    assert [b["span"]["name"] for b in trace.bodies] == ["s1", "s3"]
+    assert trace.damaged_spans == 1
+    assert trace.dropped_spans == 0  # the journal recorded no drop: kept apart
+    assert f"a span entry of trace {TRACE}" in caplog.text
+
+
+def test_a_damaged_span_entry_a_later_entry_retires_is_not_declared(tmp_path):
+    j = Journal(str(tmp_path), "aaaa")
+    sealed = [*j.append_spans([(TRACE, _body(1))]), *j.append_spans([(TRACE, _body(2))])]
+    j.append_sealed(TRACE, sealed, {"segmentIndex": 1})
+    j.append_spans([(TRACE, _body(3))])
+    j.close()
+    (path,) = _journal_files(str(tmp_path))
+    _, end = _frames(path)[1]
+    _damage(path, end - 5)
+    (trace,) = replay([path]).values()
+    assert [b["span"]["name"] for b in trace.bodies] == ["s3"]
+    assert trace.damaged_spans == 0
+    assert trace.next_position == {"segmentIndex": 1}
+
+
+def test_a_damaged_length_is_skipped_to_the_next_entry(tmp_path):
+    path, _ = _three_spans(tmp_path)
+    start, _ = _frames(path)[1]
+    _damage(path, start, b"\x7f")  # the length now points far past the end
+    (trace,) = replay([path]).values()
+    assert [b["span"]["name"] for b in trace.bodies] == ["s1", "s3"]
+    assert trace.damaged_spans == 1
+
+
+def test_a_damaged_entry_whose_head_cannot_be_read_is_skipped_undeclared(tmp_path, caplog):
+    path, _ = _three_spans(tmp_path)
+    start, _ = _frames(path)[1]
+    _damage(path, start + 8 + 3)  # inside '{"t":"span"'
+    (trace,) = replay([path]).values()
+    assert [b["span"]["name"] for b in trace.bodies] == ["s1", "s3"]
+    assert trace.damaged_spans == 0
+    assert "(not readable)" in caplog.text
+
+
+def test_a_damaged_trace_id_is_not_declared_in_a_trace_no_entry_names(tmp_path, caplog):
+    path, _ = _three_spans(tmp_path)
+    start, _ = _frames(path)[1]
+    data = open(path, "rb").read()
+    at = data.index(TRACE.encode(), start)
+    _damage(path, at, b"f")  # '0' becomes 'f': still a trace id, another one
+    traces = replay([path])
+    assert set(traces) == {TRACE}
+    assert [b["span"]["name"] for b in traces[TRACE].bodies] == ["s1", "s3"]
+    assert traces[TRACE].damaged_spans == 0
+    assert "f" + TRACE[1:] + ", which no other entry names" in caplog.text
+
+
+@pytest.mark.parametrize("garbage", [b"\x00" * 64, bytes(range(256)), b'{"t":"span"' * 3],
+                         ids=["zeros", "every-byte", "false-starts"])
+def test_bytes_between_entries_are_skipped(tmp_path, garbage):
+    path, _ = _three_spans(tmp_path)
+    _, end = _frames(path)[0]
+    _damage(path, end, garbage)
+    (trace,) = replay([path]).values()
+    assert [b["span"]["name"] for b in trace.bodies] == ["s1", "s2", "s3"]
+    assert trace.damaged_spans == 0
+
+
+def test_recovery_declares_a_damaged_span_entry_lost(tmp_path):
+    from cli_support import span_body
+
+    from spanproof.exporter._recovery import seal_orphaned_journals
+    from spanproof.exporter.keys import SigningKey
+    from spanproof.exporter.sinks import DirectorySink
+    from spanproof.verifier import TrustRoot, Verdict
+    from spanproof.verifier.verify import check_bundle
+
+    key = SigningKey.from_seed(bytes(range(32)))
+    journal = Journal(str(tmp_path / "journal"), "00000000000000dd")
+    for n, parent in ((2, "1000000000000001"), (3, "1000000000000001"), (1, "")):
+        journal.append_spans([(TRACE, span_body(TRACE, f"100000000000000{n}", parent,
+                                                f"step {n}"))])
+    journal.forget_after_fork()  # as if the process had died: the files stay
+    (path,) = _journal_files(str(tmp_path / "journal"))
+    _, end = _frames(path)[1]
+    _damage(path, end - 5)
+    written = seal_orphaned_journals(
+        str(tmp_path / "journal"), signer=key, sink=DirectorySink(tmp_path / "out"),
+        producer_name="spanproof-test", producer_version="0", max_records=100,
+        clock=lambda: 1_800_000_000.0,
+    )
+    (bundle,) = written
+    (tmp_path / "key.pub").write_bytes(key.public_pem())
+    report = check_bundle(bundle, TrustRoot.from_pem_files([str(tmp_path / "key.pub")]),
+                          keep_records=True)
+    assert report.verdict is Verdict.INCOMPLETE
+    assert report.statement is not None
+    completeness = report.statement.completeness
+    assert completeness.dropped_spans == 1
+    assert ("1 journaled evidence span(s) lost: their journal entries were damaged on disk"
+            in completeness.notes)
+    assert [r["span"]["name"] for r in report.records or ()] == ["step 2", "step 1"]
 
 
 def test_dropped_counts_replay_until_sealed(tmp_path):
