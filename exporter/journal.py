@@ -11,11 +11,11 @@ Layout: ``<dir>/journal-<instance>-<n>.log``.  Each entry is
 starting ``{"t":"``.  A torn tail (from a crash mid-write) is detected by length/CRC
 and ignored: it was never acknowledged.  Bytes that fail the check with valid entries
 after them were written whole and then damaged: replay skips to the next entry that
-passes it, and a damaged span entry whose key and trace can still be read, and whose
-trace other entries name, is declared lost in the trace's recovered bundle unless a
-later entry retires it.  Each live journal file is held under an exclusive ``flock`` by its
-process, so a starting process can tell a dead process's journal (lock free) from
-a live one's, and recovers only the former.
+passes it.  A damaged span entry whose key (of the file's own producer instance) and
+trace can still be read, and whose trace other entries name, is declared lost in the
+trace's recovered bundle unless a later entry retires it.  Each live journal file is
+held under an exclusive ``flock`` by its process, so a starting process can tell a
+dead process's journal (lock free) from a live one's, and recovers only the former.
 """
 
 from __future__ import annotations
@@ -104,6 +104,8 @@ def _read_entries(path: str) -> list[dict[str, Any]]:
     entries = []
     with open(path, "rb") as f:
         data = f.read()
+    # journal-<instance>-<n>.log: every span key in the file starts with <instance>.
+    instance = os.path.basename(path).removeprefix("journal-").rpartition("-")[0]
     pos = 0
     while pos + _HEADER.size <= len(data):
         entry, end, complete = _entry_at(data, pos)
@@ -118,6 +120,8 @@ def _read_entries(path: str) -> list[dict[str, Any]]:
                                 "ignored", path, pos)
             break  # otherwise a torn tail: never acknowledged
         head = _SPAN_HEAD.match(data, pos + _HEADER.size, resume)
+        if head and head[1].decode().rpartition(":")[0] != instance:
+            head = None  # its key, damaged, names another producer instance
         _logger.warning(
             "journal %s: bytes %d to %d are damaged and were skipped (%s); the entries "
             "after them are replayed", path, pos, resume - 1,

@@ -168,6 +168,18 @@ def test_a_damaged_trace_id_is_not_declared_in_a_trace_no_entry_names(tmp_path, 
     assert "f" + TRACE[1:] + ", which no other entry names" in caplog.text
 
 
+def test_a_damaged_key_naming_another_instance_is_not_declared(tmp_path, caplog):
+    path, _ = _three_spans(tmp_path)
+    start, _ = _frames(path)[1]
+    at = open(path, "rb").read().index(b'"k":"aaaa:', start) + 5
+    _damage(path, at, b"b")  # the key now names instance "baaa"
+    (trace,) = replay([path]).values()
+    assert [b["span"]["name"] for b in trace.bodies] == ["s1", "s3"]
+    assert trace.damaged_spans == 0
+    assert trace.instance == "aaaa"
+    assert "(not readable)" in caplog.text
+
+
 @pytest.mark.parametrize("garbage", [b"\x00" * 64, bytes(range(256)), b'{"t":"span"' * 3],
                          ids=["zeros", "every-byte", "false-starts"])
 def test_bytes_between_entries_are_skipped(tmp_path, garbage):
