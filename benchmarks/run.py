@@ -25,6 +25,10 @@ medians and ratios against baselines measured in the same run.  Sections:
 * ``canonical``: RFC 8785 records/s, ours against the ``rfc8785`` package;
 * ``seal``: sealing cost per trace (chain, statement, signature) for traces of
   1, 5 and 50 spans, and the Ed25519 signature's share of it;
+* ``seal-bursts``: CPU per span sealing the same distinct 5-span traces in bursts of 7
+  with a 20 ms sleep between (as a sealing process does at 10% selected, between the
+  application's batches), against sealing them all in one go, alternating (information
+  only: what work in short bursts costs on this machine);
 * ``verify``: records/s and peak RSS verifying one trace of 100,000 records;
 * ``verify-1m``: the same for 1,000,000 records (written once, streamed, into a
   temporary directory; the verifier's peak RSS is its wrapper's
@@ -443,6 +447,45 @@ def section_seal(reps: int, n: int) -> dict[int, tuple[float, float]]:
             sign_us.append((time.perf_counter() - start) / n * 1e6)
         result[size] = (statistics.median(seal_us), statistics.median(sign_us))
     return result
+
+
+#: The seal-bursts section: traces sealed per burst, and the sleep between bursts.
+BURST_TRACES = 7
+BURST_SLEEP_S = 0.02
+
+
+def section_seal_bursts(reps: int, n: int) -> tuple[float, float, float]:
+    """CPU microseconds per span sealing *n* distinct 5-span traces in bursts of
+    ``BURST_TRACES`` with ``BURST_SLEEP_S`` between them, and in one go (medians), and
+    the median of each round's ratio of the two."""
+    from datetime import datetime, timezone
+
+    from spanproof.exporter.keys import SigningKey
+    from spanproof.exporter.sealing import ChainPosition, seal
+    from spanproof.verifier.statement import Producer
+
+    key = SigningKey.from_seed(bytes(32))
+    producer = Producer("bench", "0", "00")
+    at = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    traces = [(f"{i:032x}", _trace_bodies(f"{i:032x}", 5)) for i in range(n)]
+
+    def cpu_per_span(burst: int, sleep: float) -> float:
+        spent = 0.0
+        for first in range(0, n, burst):
+            start = time.thread_time()
+            for tid, bodies in traces[first:first + burst]:
+                seal(tid, bodies, ChainPosition.genesis(tid), signer=key, producer=producer,
+                     sealed_at=at, reason="root_ended")
+            spent += time.thread_time() - start
+            time.sleep(sleep)
+        return spent / (n * 5) * 1e6
+
+    bursts: list[float] = []
+    whole: list[float] = []
+    for _ in range(reps):
+        bursts.append(cpu_per_span(BURST_TRACES, BURST_SLEEP_S))
+        whole.append(cpu_per_span(n, 0.0))
+    return statistics.median(bursts), statistics.median(whole), _paired_ratio(bursts, whole)
 
 
 def write_trace_bundle(path: str, records: int, key: Any) -> None:
@@ -1002,8 +1045,8 @@ def section_witness(reps: int, bundles: int) -> tuple[dict[str, tuple[float, flo
     return medians, _paired_ratio(rates["4x16"], rates["4x1"])
 
 
-SECTIONS = ("app", "seal", "canonical", "verify", "verify-1m", "verify-many", "receiver",
-            "receiver-cost", "witness")
+SECTIONS = ("app", "seal", "seal-bursts", "canonical", "verify", "verify-1m", "verify-many",
+            "receiver", "receiver-cost", "witness")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1164,6 +1207,12 @@ def _run(sections: set[str], reps: int, app_reps: int, traces: int, *, quick: bo
         for size, (seal_us, sign_us) in section_seal(reps, 20 if quick else 400).items():
             out(f"seal: {size:>2}-span trace {seal_us:,.0f} us per bundle "
                 f"({seal_us / size:,.0f} us per span; Ed25519 signature {sign_us:,.0f} us)")
+    if "seal-bursts" in sections:
+        n = 14 if quick else 700
+        bursts, whole, ratio = section_seal_bursts(reps, n)
+        out(f"seal in bursts: {n:,} 5-span traces, {BURST_TRACES} at a time with "
+            f"{BURST_SLEEP_S * 1000:.0f} ms sleeps between {bursts:,.1f} us CPU per span, "
+            f"all at once {whole:,.1f}: {ratio:.2f}x (median of each round's ratio)")
     if "canonical" in sections:
         ours, theirs, ratio = section_canonical(reps, 200 if quick else 5000)
         out(f"canonical: spanproof {ours:,.0f} records/s, rfc8785 {theirs:,.0f} records/s, "

@@ -39,7 +39,9 @@ def test_harness_quick_run_reports_every_section_and_target(
                    "spanproof-100%+2processes", "spanproof-10%+2processes", "selection-only-10%",
                    "spanproof-10%+process-unsent", "evidence-processor-100%"):
         assert f"\n{config} " in text
-    for fragment in ("seal:  5-span trace", "canonical: spanproof", "verify: 500 records",
+    for fragment in ("seal:  5-span trace",
+                     "seal in bursts: 14 5-span traces, 7 at a time with 20 ms sleeps between ",
+                     "canonical: spanproof", "verify: 500 records",
                      "verify: 2,000 records",
                      "verify: 100 bundles of 5-span traces with `spanproof verify`, one process ",
                      "receiver over OTLP/gRPC (rotel)",
