@@ -549,6 +549,23 @@ def test_a_device_as_key_or_trust_root_is_read_no_further_than_the_limit(
     assert f"(larger than {MAX_NAMED_FILE} bytes)" in err
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_a_directory_as_key_is_refused_without_keeping_its_descriptor_open(
+    capsys, make_bundle, tmp_path
+):
+    path, _ = make_bundle()
+    code, _, err = run(capsys, "verify", "--key", tmp_path, path)
+    assert code == 2
+    assert err == f"spanproof: error: {tmp_path}: cannot read key file (Is a directory)\n"
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            held.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:  # the listing's own descriptor, closed by now
+            pass
+    assert str(tmp_path) not in held
+
+
 def test_a_key_file_of_a_type_openssl_does_not_know_is_a_usage_error(
     capsys, make_bundle, tmp_path
 ):
