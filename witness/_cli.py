@@ -229,8 +229,12 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         witness_keys = load_witness_keys(args.witness_key or [])
         der = None
         if args.producer_key:
-            producer = load_public_key(read_named_file(args.producer_key)[0],
-                                       args.producer_key)
+            try:
+                pem, _ = read_named_file(args.producer_key)
+            except OSError as e:
+                raise InvalidKey(f"{args.producer_key}: cannot read producer key "
+                                 f"({e.strerror})") from e
+            producer = load_public_key(pem, args.producer_key)
             der = producer.public_bytes(
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
             )

@@ -321,6 +321,21 @@ def test_submit_with_a_named_pipe_nobody_writes_as_a_key_fails_without_blocking(
     assert f"{pipe}: empty, no public key in it" in err
 
 
+@pytest.mark.parametrize("option", ["--producer-key", "--witness-key"])
+def test_submit_names_a_key_it_cannot_read(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str], option: str
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    missing = files["bundles"].parent / "missing.pub"
+    status, out, err = _run(
+        ["witness", "submit", str(files["bundles"]), "--url", url, option, str(missing)], capsys
+    )
+    what = "producer" if option == "--producer-key" else "witness"
+    assert status == 2 and out == ""
+    assert err == (f"spanproof: {missing}: cannot read {what} key "
+                   "(No such file or directory)\n")
+
+
 @pytest.mark.timeout(60)
 def test_monitor_with_a_named_pipe_nobody_writes_fails_without_blocking(
     files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
