@@ -8,6 +8,7 @@ code and raises the error of the first failed check, or returns what was proven.
 from __future__ import annotations
 
 import enum
+import errno
 import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -418,7 +419,7 @@ def find_bundles(
         elif os.path.exists(path):
             yield path
         else:
-            raise FileNotFoundError(path)
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
 
 
 @dataclass(frozen=True)

@@ -228,6 +228,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         client = WitnessClient(args.url, timeout=args.timeout)
         witness_keys = load_witness_keys(args.witness_key or [])
         der = None
+        trust = None
         if args.producer_key:
             try:
                 pem, _ = read_named_file(args.producer_key)
@@ -238,14 +239,19 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             der = producer.public_bytes(
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
             )
+            # Read once: a second read of `--producer-key <(...)` would find it empty.
+            trust = TrustRoot.from_keys([TrustedKey.from_public_key(producer,
+                                                                    args.producer_key)])
         paths = list(find_bundles(args.bundles))
-    except (ValueError, InvalidKey, OSError) as e:
+    except (ValueError, InvalidKey) as e:
         return _fail(str(e), EXIT_USAGE)
+    except OSError as e:  # a path that does not exist, a directory that cannot be listed
+        where = "?" if e.filename is None else os.fsdecode(e.filename)
+        return _fail(f"{where}: {e.strerror or e}", EXIT_USAGE)
     if witness_keys and not args.producer_key:
         return _fail(
             "--witness-key needs --producer-key to recompute each bundle's leaf", EXIT_USAGE
         )
-    trust = TrustRoot.from_pem_files([args.producer_key]) if args.producer_key else None
     submitter = _Submitter(client, der, trust, witness_keys)
     status = EXIT_OK
     for group in _groups(paths):

@@ -336,6 +336,35 @@ def test_submit_names_a_key_it_cannot_read(
                    "(No such file or directory)\n")
 
 
+def test_submit_reads_a_producer_key_given_through_a_pipe_once(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --producer-key <(...): a pipe can be read once; a second read finds it empty.
+    path = write_bundle(files["bundles"], make_bundle(trace_id(3)))
+    read_end, write_end = os.pipe()
+    os.write(write_end, files["producer"].read_bytes())
+    os.close(write_end)
+    url = f"http://127.0.0.1:{free_port()}"
+    try:
+        status, out, err = _run(["witness", "submit", str(path), "--url", url, "--timeout",
+                                 "2", "--producer-key", f"/dev/fd/{read_end}"], capsys)
+    finally:
+        os.close(read_end)
+    # The key was accepted and the bundle checked against it: only the witness is missing.
+    assert status == 3, err
+    assert out.startswith(f"FAIL {path}: cannot reach witness {url}")
+
+
+def test_submit_names_a_bundle_path_that_does_not_exist(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = files["bundles"] / "absent"
+    url = f"http://127.0.0.1:{free_port()}"
+    status, out, err = _run(["witness", "submit", str(missing), "--url", url], capsys)
+    assert status == 2 and out == ""
+    assert err == f"spanproof: {missing}: No such file or directory\n"
+
+
 @pytest.mark.timeout(60)
 def test_monitor_with_a_named_pipe_nobody_writes_fails_without_blocking(
     files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
