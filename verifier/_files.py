@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import stat
+from collections.abc import Callable
 from typing import BinaryIO
 
 __all__ = [
@@ -104,6 +105,35 @@ _NOT_REGULAR = (
 )
 
 
+def _open_checked(
+    path: str | os.PathLike[str], check: Callable[[int, str], None]
+) -> tuple[BinaryIO, int]:
+    """Open *path* for reading without waiting for a named pipe's writer; *check*
+    (given its ``st_mode`` and name) raises to refuse it, unread.  Returns the file,
+    blocking again, and its ``st_mode``."""
+    # O_NONBLOCK: opening a named pipe for reading waits for a writer without it.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        check(mode, os.fspath(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb"), mode
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _only_regular(mode: int, name: str) -> None:
+    if not stat.S_ISREG(mode):
+        kind = next((what for test, what in _NOT_REGULAR if test(mode)), "a special file")
+        raise OSError(errno.EINVAL, f"not a regular file ({kind})", name)
+
+
+def _not_a_directory(mode: int, name: str) -> None:
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), name)
+
+
 def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
     """Open *path* (a symbolic link is followed) for reading, when it is a regular file.
 
@@ -115,18 +145,7 @@ def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
         OSError: it cannot be opened, or it is not a regular file (``EINVAL``, its
             ``strerror`` saying what it is).
     """
-    # O_NONBLOCK: opening a named pipe for reading waits for a writer without it.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            kind = next((name for test, name in _NOT_REGULAR if test(mode)), "a special file")
-            raise OSError(errno.EINVAL, f"not a regular file ({kind})", os.fspath(path))
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return os.fdopen(fd, "rb")
+    return _open_checked(path, _only_regular)[0]
 
 
 #: The most :func:`read_named_file` reads: keys, trust roots and state files are small.
@@ -147,19 +166,9 @@ def read_named_file(
         OSError: it cannot be opened or read, or it holds more than *limit* bytes
             (``EFBIG``).
     """
-    # O_NONBLOCK: opening a named pipe for reading waits for a writer without it;
-    # blocking again once open, a read waits for the writer's data, and sees the end
-    # of input at once when there is no writer.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    try:
-        os.set_blocking(fd, True)
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
-        f = os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+    # Blocking again once open, a read waits for a pipe's writer to write, and sees
+    # the end of input at once when there is no writer.
+    f, mode = _open_checked(path, _not_a_directory)
     with f:
         data = f.read(limit + 1)
     if len(data) > limit:
