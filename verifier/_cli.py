@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, NoReturn, cast
 
-from ._files import open_regular, read_named_file
+from ._files import open_regular
 from ._jobs import AUTO_MIN_BUNDLES_FORK, map_in_order
 from ._term import Progress, Style, printable
 from .bundle import BundleReader
@@ -112,11 +112,7 @@ def load_trust(key_files: Sequence[str], trust_root_files: Sequence[str]) -> Tru
         if key_files:
             keys.extend(TrustRoot.from_pem_files(list(key_files)).keys)
         for path in trust_root_files:
-            try:
-                data, _ = read_named_file(path)
-            except OSError as e:
-                raise UsageError(f"{path}: cannot read trust root ({e.strerror})") from e
-            keys.extend(TrustRoot.from_json(data, path).keys)
+            keys.extend(TrustRoot.from_json_file(path).keys)
     except InvalidKey as e:
         raise UsageError(str(e)) from e
     return TrustRoot.from_keys(keys) if keys else None

@@ -192,6 +192,19 @@ class TrustRoot:
         return cls(tuple(keys))
 
     @classmethod
+    def from_json_file(cls, path: str) -> TrustRoot:
+        """Read and parse a SPEC §6.2 trust-root document from *path*.
+
+        Raises:
+            InvalidKey: the file cannot be read, or :meth:`from_json` refuses it.
+        """
+        try:
+            data, _ = read_named_file(path)
+        except OSError as e:
+            raise InvalidKey(f"{path}: cannot read trust root ({e.strerror})") from e
+        return cls.from_json(data, path)
+
+    @classmethod
     def from_json(cls, data: bytes, source: str = "trust root") -> TrustRoot:
         """Parse a SPEC §6.2 trust-root document.
 

@@ -26,7 +26,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from spanproof.verifier._batch import BATCH_BYTES, BATCH_SIZE, batch_receipt
-from spanproof.verifier._files import open_regular, read_named_file, write_atomic
+from spanproof.verifier._files import open_regular, write_atomic
 from spanproof.verifier._term import printable
 from spanproof.verifier.bundle import BUNDLE_SUFFIX
 from spanproof.verifier.checkpoint import WitnessKey, load_witness_keys
@@ -37,7 +37,7 @@ from spanproof.verifier.errors import (
     TransportError,
     VerificationError,
 )
-from spanproof.verifier.keys import TrustedKey, TrustRoot, load_public_key
+from spanproof.verifier.keys import TrustedKey, TrustRoot
 from spanproof.verifier.receipt import ReceiptVerifier, receipt_path
 from spanproof.verifier.verify import BundleReport, Verdict, check_bundle, find_bundles
 
@@ -180,11 +180,7 @@ def _stopped(signum: int, frame: Any) -> None:
 def _producer_trust(keys: Sequence[str] | None, root: str | None) -> TrustRoot | None:
     trusted: list[TrustedKey] = []
     if root:
-        try:
-            data, _ = read_named_file(root)
-        except OSError as e:
-            raise InvalidKey(f"{root}: cannot read trust root ({e.strerror})") from e
-        trusted.extend(TrustRoot.from_json(data, root).keys)
+        trusted.extend(TrustRoot.from_json_file(root).keys)
     if keys:
         trusted.extend(TrustRoot.from_pem_files(list(keys)).keys)
     return TrustRoot(tuple(trusted)) if trusted else None
@@ -230,18 +226,11 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         der = None
         trust = None
         if args.producer_key:
-            try:
-                pem, _ = read_named_file(args.producer_key)
-            except OSError as e:
-                raise InvalidKey(f"{args.producer_key}: cannot read producer key "
-                                 f"({e.strerror})") from e
-            producer = load_public_key(pem, args.producer_key)
-            der = producer.public_bytes(
+            # Read once: a second read of `--producer-key <(...)` would find it empty.
+            trust = TrustRoot.from_pem_files([args.producer_key])
+            der = trust.keys[0].key.public_bytes(
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
             )
-            # Read once: a second read of `--producer-key <(...)` would find it empty.
-            trust = TrustRoot.from_keys([TrustedKey.from_public_key(producer,
-                                                                    args.producer_key)])
         paths = list(find_bundles(args.bundles))
     except (ValueError, InvalidKey) as e:
         return _fail(str(e), EXIT_USAGE)

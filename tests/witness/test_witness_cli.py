@@ -330,10 +330,9 @@ def test_submit_names_a_key_it_cannot_read(
     status, out, err = _run(
         ["witness", "submit", str(files["bundles"]), "--url", url, option, str(missing)], capsys
     )
-    what = "producer" if option == "--producer-key" else "witness"
+    what = "key file" if option == "--producer-key" else "witness key"
     assert status == 2 and out == ""
-    assert err == (f"spanproof: {missing}: cannot read {what} key "
-                   "(No such file or directory)\n")
+    assert err == f"spanproof: {missing}: cannot read {what} (No such file or directory)\n"
 
 
 def test_submit_reads_a_producer_key_given_through_a_pipe_once(
