@@ -364,6 +364,29 @@ def test_submit_names_a_bundle_path_that_does_not_exist(
     assert err == f"spanproof: {missing}: No such file or directory\n"
 
 
+def test_serve_takes_producer_keys_from_key_files_and_a_trust_root(
+    files: dict[str, Path], tmp_path: Path, producer_key: SigningKey
+) -> None:
+    from spanproof.verifier import TRUST_ROOT_MEDIA_TYPE
+    from spanproof.verifier.errors import InvalidKey
+    from spanproof.witness._cli import _producer_trust
+
+    other = SigningKey.from_seed(bytes([7]) * 32)
+    root = tmp_path / "producers.json"
+    root.write_text(json.dumps({
+        "mediaType": TRUST_ROOT_MEDIA_TYPE,
+        "keys": [{"publicKey": other.public_pem().decode(),
+                  "validFrom": "2026-01-01T00:00:00Z"}],
+    }))
+    trust = _producer_trust([str(files["producer"])], str(root))
+    assert trust is not None
+    assert [k.keyid for k in trust.keys] == [other.keyid, producer_key.keyid]
+    assert _producer_trust(None, None) is None
+    with pytest.raises(InvalidKey, match=r"missing\.json: cannot read trust root "
+                                         r"\(No such file or directory\)"):
+        _producer_trust(None, str(tmp_path / "missing.json"))
+
+
 @pytest.mark.timeout(60)
 def test_monitor_with_a_named_pipe_nobody_writes_fails_without_blocking(
     files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
