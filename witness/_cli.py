@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
 import logging
 import os
 import signal
@@ -320,6 +321,8 @@ class _Submitter:
     def _prepared(self, path: str) -> tuple[bytes, BundleReport | None]:
         """The bundle's bytes, and its report when checked with the producer key.
 
+        The bytes checked are the bytes sent: the file is read once.
+
         Raises:
             VerificationError: it does not verify (it is not submitted).
             OSError: it cannot be read.
@@ -328,7 +331,9 @@ class _Submitter:
             data = f.read()
         report = None
         if self._trust is not None:
-            report = check_bundle(path, self._trust, allow_incomplete=True)
+            stream = io.BytesIO(data)
+            stream.name = path  # what the report calls it
+            report = check_bundle(stream, self._trust, allow_incomplete=True)
             if report.verdict is Verdict.FAIL:
                 raise VerificationError(f"not submitted: {report.reason}")
         return data, report

@@ -354,6 +354,33 @@ def test_submit_reads_a_producer_key_given_through_a_pipe_once(
     assert out.startswith(f"FAIL {path}: cannot reach witness {url}")
 
 
+def test_submit_checks_the_bytes_it_sends_not_a_second_read_of_the_file(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The file changes between the read that is sent and a second read that is
+    # checked: only a check of the sent bytes refuses what would be sent.
+    import io
+
+    import spanproof.witness._cli as wcli
+
+    path = write_bundle(files["bundles"], make_bundle(trace_id(3)))
+    good = path.read_bytes()
+    at = good.rindex(b'"name":"') + len(b'"name":"')  # in the last record
+    tampered = good[:at] + b"X" + good[at + 1:]
+    assert tampered != good
+
+    def read_then_changed(name: Any) -> Any:
+        return io.BytesIO(tampered if str(name) == str(path) else Path(name).read_bytes())
+
+    monkeypatch.setattr(wcli, "open_regular", read_then_changed)
+    url = f"http://127.0.0.1:{free_port()}"
+    status, out, _ = _run(["witness", "submit", str(path), "--url", url, "--timeout", "2",
+                           "--producer-key", str(files["producer"])], capsys)
+    assert status == 1
+    assert out.startswith(f"FAIL {path}: not submitted: ")
+
+
 def test_submit_names_a_bundle_path_that_does_not_exist(
     files: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
