@@ -222,6 +222,11 @@ def canonicalize(value: Any) -> bytes:
     return _canonicalize_exact(value)
 
 
+_LONE_SURROGATE = (
+    "string contains a lone surrogate, which UTF-8 cannot encode (RFC 8785 §3.2.2.2)"
+)
+
+
 def _canonicalize_exact(value: Any) -> bytes:
     """The exact encoder: a direct transcription of RFC 8785 §3.2."""
     out: list[str] = []
@@ -229,9 +234,7 @@ def _canonicalize_exact(value: Any) -> bytes:
     try:
         return "".join(out).encode("utf-8")
     except UnicodeEncodeError as e:
-        raise CanonicalizationError(
-            "string contains a lone surrogate, which UTF-8 cannot encode (RFC 8785 §3.2.2.2)"
-        ) from e
+        raise CanonicalizationError(_LONE_SURROGATE) from e
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -247,18 +250,42 @@ def _reject_constant(name: str) -> Any:
     raise InvalidBundle(f"{name} literal is not JSON (RFC 8259 §6)")
 
 
+# A ``\uXXXX`` escape of a surrogate code point (U+D800-U+DFFF): the only way a JSON
+# text in valid UTF-8 can spell a lone surrogate.  Paired ones match too; the parsed
+# value is then checked string by string.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _lone_surrogate(value: Any) -> bool:
+    """Whether a parsed JSON value holds a string (or key) with a lone surrogate."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_lone_surrogate(v) for v in value)
+    return False
+
+
 def parse_strict(data: bytes | str, what: str = "document") -> Any:
-    """Parse JSON strictly: UTF-8 only, no duplicate keys, no NaN/Infinity literals.
+    """Parse JSON strictly: UTF-8 only, no duplicate keys, no NaN/Infinity literals,
+    no ``\\u`` escape that leaves a lone surrogate (SPEC §3.2).
 
     Raises:
-        InvalidBundle: naming *what* and the defect.
+        InvalidBundle: naming *what* and the defect; a lone surrogate is the
+            :class:`CanonicalizationError` subclass, as such a string has no
+            canonical form.
     """
     try:
         text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
     except UnicodeDecodeError as e:
         raise InvalidBundle(f"{what}: not valid UTF-8 (byte {e.start})") from e
     try:
-        return json.loads(
+        value = json.loads(
             text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
         )
     except InvalidBundle as e:
@@ -272,6 +299,9 @@ def parse_strict(data: bytes | str, what: str = "document") -> Any:
         raise InvalidBundle(f"{what}: invalid JSON: {e}") from e
     except RecursionError as e:
         raise InvalidBundle(f"{what}: JSON nested too deeply") from e
+    if _SURROGATE_ESCAPE.search(text) and _lone_surrogate(value):
+        raise CanonicalizationError(f"{what}: {_LONE_SURROGATE}")
+    return value
 
 
 def loads_canonical(data: bytes, what: str = "document") -> Any:

@@ -90,6 +90,10 @@ def test_number_serialization_is_ecmascript(value: float, text: str) -> None:
         (b"{'a':1}", "invalid JSON"),
         (b"[1,]", "invalid JSON"),
         (b"1" * 5000, "invalid JSON"),  # beyond Python's int-parsing digit limit
+        (b'"\\ud800"', "lone surrogate"),
+        (b'{"k":["a","x\\uDFFFy"]}', "lone surrogate"),
+        (b'{"\\udc00":1}', "lone surrogate"),  # in a key
+        (b'"\\ude00\\ud83d"', "lone surrogate"),  # a pair in the wrong order
     ],
     ids=[
         "duplicate_key_fail",
@@ -107,6 +111,10 @@ def test_number_serialization_is_ecmascript(value: float, text: str) -> None:
         "single_quotes_fail",
         "trailing_comma_fail",
         "too_many_digits_fail",
+        "escaped_lone_high_surrogate_fail",
+        "escaped_lone_low_surrogate_in_array_fail",
+        "escaped_lone_surrogate_in_key_fail",
+        "escaped_surrogates_reversed_fail",
     ],
 )
 def test_parse_strict_rejects(data: bytes, message: str) -> None:
@@ -125,6 +133,9 @@ def test_parse_strict_keeps_values_exact() -> None:
         "b": {},
     }
     assert parse_strict('"\\u00e9"') == "\u00e9"
+    # A surrogate pair spelled as two escapes is one character; an escaped
+    # backslash followed by "ud800" is not an escape at all.
+    assert parse_strict(b'["\\ud83d\\ude00","\\\\ud800"]') == ["\U0001f600", "\\ud800"]
 
 
 # --- canonicalize rejects what JSON cannot carry -----------------------------------

@@ -231,6 +231,24 @@ def test_envelope_only_submission(
     assert harness.submit(sealed.data).status_code == 200
 
 
+def test_envelope_with_a_lone_surrogate_keyid_is_400_and_leaves_no_phantom_leaf(
+    harness: Harness,
+) -> None:
+    # The keyid is only a hint, so the signature still verifies; the JSON text itself
+    # is not I-JSON.  Were it parsed, the leaf would be appended to the tree before the
+    # envelope failed to encode for storage: signed over, never stored.
+    envelope = json.loads(make_bundle(trace_id(4)).data)["envelope"]
+    envelope["signatures"][0]["keyid"] = "\ud800"
+    resp = harness.client.post("/v1/submit", content=json.dumps(envelope).encode())
+    assert resp.status_code == 400 and "lone surrogate" in resp.json()["error"]
+    honest = harness.submit(make_bundle(trace_id(5)).data)
+    assert honest.status_code == 201 and honest.headers["spanproof-leaf-index"] == "0"
+    assert json.loads(honest.content)["treeSize"] == "1"
+    harness.close()
+    harness.open()  # the log on disk matches its checkpoints
+    assert harness.witness.size == 1
+
+
 def test_bundles_that_fail_verification_are_rejected(harness: Harness) -> None:
     sealed = make_bundle(trace_id(5))
     tampered = sealed.data.replace(b'"name":"step 1"', b'"name":"step X"')
