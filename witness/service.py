@@ -364,41 +364,45 @@ class Witness:
         for v in verified:
             leaf = WitnessLeaf.from_statement(v.statement, v.statement_digest, v.signer_keyid)
             data = leaf.encode()
-            leaves.append((v, leaf, data, leaf_hash(data)))
+            # Everything an entry stores is encoded before the tree is touched: a
+            # leaf appended and then not stored would be signed over but never kept.
+            stored = (canonicalize(v.envelope.to_json()),
+                      json.dumps(v.report.to_json(), sort_keys=True))
+            leaves.append((v, leaf, data, leaf_hash(data), stored))
         found: list[tuple[Entry, bool, Receipt, bool]] = []
         with self._lock:
             start = self._tree.size
             submitted_at = format_time(self._clock())
             entries: list[tuple[Entry, bool]] = []
             new: dict[bytes, Entry] = {}
-            for v, leaf, data, h in leaves:
-                existing = new.get(h) or self._store.by_leaf_hash(h)
-                if existing is not None:
-                    entries.append((existing, False))
-                    continue
-                entry = Entry(
-                    index=self._tree.append(h),
-                    leaf_hash=h,
-                    leaf=leaf,
-                    leaf_bytes=data,
-                    producer_key=v.producer_key,
-                    checked=v.checked,
-                    submitted_at=submitted_at,
-                    envelope=canonicalize(v.envelope.to_json()),
-                    report=json.dumps(v.report.to_json(), sort_keys=True),
-                )
-                new[h] = entry
-                entries.append((entry, True))
-            if new:
-                try:
+            try:
+                for v, leaf, data, h, (envelope, report) in leaves:
+                    existing = new.get(h) or self._store.by_leaf_hash(h)
+                    if existing is not None:
+                        entries.append((existing, False))
+                        continue
+                    entry = Entry(
+                        index=self._tree.append(h),
+                        leaf_hash=h,
+                        leaf=leaf,
+                        leaf_bytes=data,
+                        producer_key=v.producer_key,
+                        checked=v.checked,
+                        submitted_at=submitted_at,
+                        envelope=envelope,
+                        report=report,
+                    )
+                    new[h] = entry
+                    entries.append((entry, True))
+                if new:
                     latest = self._sign_and_store(list(new.values()))
-                except BaseException:
-                    committed = self._committed_anyway(start + len(new))
-                    if committed is None:
-                        self._tree.truncate(start)
-                        raise
-                    latest = committed
-                self._latest = latest
+                    self._latest = latest
+            except BaseException:
+                committed = self._committed_anyway(start + len(new)) if new else None
+                if committed is None:
+                    self._tree.truncate(start)
+                    raise
+                self._latest = committed
             for entry, created in entries:
                 found.append((entry, created, self._receipt_locked(entry),
                               self._store.in_conflict(entry)))
@@ -406,7 +410,7 @@ class Witness:
         # Self-check: what we hand out must verify offline like any auditor's check
         # (the receipts share one checkpoint, whose signature is checked once).
         self_check = ReceiptVerifier([self._signer.key], origin=self.origin)
-        for (v, leaf, _, _), (entry, created, receipt, conflict) in zip(
+        for (v, leaf, _, _, _), (entry, created, receipt, conflict) in zip(
             leaves, found, strict=True
         ):
             self_check.verify(receipt, v.report)

@@ -249,6 +249,32 @@ def test_envelope_with_a_lone_surrogate_keyid_is_400_and_leaves_no_phantom_leaf(
     assert harness.witness.size == 1
 
 
+def test_a_failure_while_appending_leaves_no_phantom_leaf(
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second, third = _bundles(tmp_path, 3)
+    assert harness.store is not None
+    store, real = harness.store, harness.store.by_leaf_hash
+    calls = []
+
+    def failing_second_call(leaf_hash: bytes) -> Any:
+        calls.append(leaf_hash)
+        if len(calls) == 2:  # after the batch's first leaf was appended to the tree
+            raise RuntimeError("unexpected failure")
+        return real(leaf_hash)
+
+    monkeypatch.setattr(store, "by_leaf_hash", failing_second_call)
+    with pytest.raises(RuntimeError):
+        harness.witness.submit_batch([first.read_bytes(), second.read_bytes()])
+    monkeypatch.setattr(store, "by_leaf_hash", real)
+    resp = harness.submit(third.read_bytes())
+    assert resp.status_code == 201 and resp.headers["spanproof-leaf-index"] == "0"
+    assert json.loads(resp.content)["treeSize"] == "1"
+    harness.close()
+    harness.open()
+    assert harness.witness.size == 1
+
+
 def test_bundles_that_fail_verification_are_rejected(harness: Harness) -> None:
     sealed = make_bundle(trace_id(5))
     tampered = sealed.data.replace(b'"name":"step 1"', b'"name":"step X"')
