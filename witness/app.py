@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import re
 from importlib import resources
@@ -23,6 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from spanproof.verifier._batch import MAX_BATCH
+from spanproof.verifier.canonical import parse_strict
 from spanproof.verifier.errors import InvalidBundle, InvalidKey, SpanproofError, TransportError
 from spanproof.verifier.receipt import RECEIPT_MEDIA_TYPE
 from spanproof.verifier.records import is_digest, is_trace_id
@@ -87,9 +87,9 @@ def _batch_bodies(body: bytes) -> list[bytes]:
     """The submissions of a ``POST /v1/submit-batch`` body: ``{"submissions": [...]}``,
     each a standard base64 string, 1 to ``MAX_BATCH`` of them."""
     try:
-        doc = json.loads(body)
-    except ValueError as e:
-        raise _HTTPError(400, f"batch: not JSON ({e})") from e
+        doc = parse_strict(body, "batch")
+    except InvalidBundle as e:
+        raise _HTTPError(400, str(e)) from e
     items = doc.get("submissions") if isinstance(doc, dict) else None
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
         raise _HTTPError(
@@ -166,7 +166,7 @@ def create_app(witness: Witness, *, max_body: int = DEFAULT_MAX_BODY) -> Starlet
         return PlainTextResponse(note.decode("utf-8"), headers=_NO_STORE)
 
     async def submit_batch(request: Request) -> Response:
-        bodies = _batch_bodies(await _read_body(request, max_body))
+        bodies = await run_in_threadpool(_batch_bodies, await _read_body(request, max_body))
         results = await run_in_threadpool(
             witness.submit_batch, bodies, request.headers.get(PUBLIC_KEY_HEADER)
         )

@@ -583,7 +583,10 @@ def test_a_batch_the_log_cannot_store_logs_nothing_and_is_503(
 @pytest.mark.parametrize(
     "body, reason",
     [
-        (b"not json", "not JSON"),
+        (b"not json", "batch: invalid JSON"),
+        (b'{"submissions": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+        (b'{"submissions": ["eA=="], "submissions": ["eA=="]}', "duplicate JSON key"),
+        (b'{"submissions": ["\\ud800"]}', "lone surrogate"),
         (b"[]", "expected"),
         (b'{"submissions": []}', "expected"),
         (b'{"submissions": "abc"}', "expected"),
