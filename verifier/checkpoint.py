@@ -44,6 +44,7 @@ from ._files import read_named_file
 from .errors import InvalidKey, InvalidReceipt, LogInconsistent, NoteSignatureError, ProofError
 from .keys import load_public_key, raw_public_bytes
 from .merkle import EMPTY_ROOT, HASH_SIZE, verify_consistency
+from .records import is_uint
 
 __all__ = [
     "ED25519_SIGNATURE_TYPE",
@@ -68,7 +69,6 @@ MAX_NOTE_BYTES = 1 << 20
 MAX_NOTE_SIGNATURES = 64
 
 _SIG_PREFIX = "\u2014 "  # em dash, space
-_UINT = re.compile(r"(0|[1-9][0-9]*)\Z")
 _HEX8 = re.compile(r"[0-9a-f]{8}\Z")
 _UINT64_MAX = 2**64 - 1
 
@@ -129,7 +129,10 @@ class SignedNote:
             InvalidReceipt: too long, not UTF-8, a control character other than line
                 feed, no blank line before the signatures, or a malformed signature line.
         """
-        raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        try:
+            raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        except UnicodeEncodeError as e:
+            raise InvalidReceipt(f"signed note: not valid UTF-8 (character {e.start})") from e
         if len(raw) > MAX_NOTE_BYTES:
             raise InvalidReceipt(f"signed note: longer than {MAX_NOTE_BYTES} bytes")
         try:
@@ -339,9 +342,10 @@ class Checkpoint:
         if any(not line for line in lines):
             raise InvalidReceipt("checkpoint: lines must not be empty")
         origin, size_text, root_text = lines[0], lines[1], lines[2]
-        if not _UINT.match(size_text) or int(size_text) > _UINT64_MAX:
+        if not is_uint(size_text):
             raise InvalidReceipt(
-                f"checkpoint: tree size {size_text!r} is not a decimal without leading zeros"
+                f"checkpoint: tree size {size_text[:40]!r} is not a decimal without leading "
+                "zeros below 2^64"
             )
         root = _strict_b64(root_text, "checkpoint: root hash")
         if len(root) != HASH_SIZE:

@@ -39,7 +39,7 @@ from .errors import (
     VerificationError,
 )
 from .merkle import HASH_SIZE, leaf_hash, verify_inclusion
-from .records import is_digest, is_trace_id
+from .records import is_digest, is_trace_id, is_uint
 from .statement import Statement
 from .verify import BundleReport, Check, Status, Verdict
 
@@ -68,9 +68,7 @@ RECEIPT_SUFFIX = ".receipt.json"
 RECEIPT_CHECK = "receipt"
 RECEIPT_CHECK_STEP = 10
 
-_UINT = re.compile(r"(0|[1-9][0-9]*)\Z")
 _KEYID = re.compile(r"[0-9a-f]{64}\Z")
-_UINT64_MAX = 2**64 - 1
 _LEAF_FIELDS = frozenset(
     {"mediaType", "statementDigest", "traceId", "segment", "producerInstance", "signerKeyid"}
 )
@@ -96,8 +94,8 @@ class LeafSource(Protocol):
 
 
 def _uint(value: Any, where: str) -> int:
-    if not isinstance(value, str) or not _UINT.match(value) or int(value) > _UINT64_MAX:
-        raise InvalidReceipt(f"{where}: must be a decimal string (no leading zeros)")
+    if not is_uint(value):
+        raise InvalidReceipt(f"{where}: must be a decimal string (no leading zeros) below 2^64")
     return int(value)
 
 

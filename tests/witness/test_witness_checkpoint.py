@@ -214,9 +214,10 @@ def test_a_failing_signature_by_a_pinned_key_rejects_the_note(
         ("a\n1\nroot\n\n\u2014 a+b AAAAAAA=\n".encode(), "key name"),
         ("a\t\n1\nroot\n\n\u2014 a AAAAAAA=\n".encode(), "control character"),
         (b"\xff\n\n", "UTF-8"),
+        ("a\n1\n\ud800\n\n", "UTF-8"),  # a str that UTF-8 cannot encode
     ],
 )
-def test_malformed_notes_are_rejected(note: bytes, message: str) -> None:
+def test_malformed_notes_are_rejected(note: bytes | str, message: str) -> None:
     with pytest.raises(errors.InvalidReceipt, match=message):
         SignedNote.from_bytes(note)
 
@@ -227,6 +228,8 @@ def test_malformed_notes_are_rejected(note: bytes, message: str) -> None:
         ("o\n1\n", "needs origin"),
         ("o\n01\n" + base64.b64encode(b"\0" * 32).decode() + "\n", "leading zeros"),
         ("o\n-1\n" + base64.b64encode(b"\0" * 32).decode() + "\n", "leading zeros"),
+        ("o\n" + "9" * 5000 + "\n" + base64.b64encode(b"\0" * 32).decode() + "\n", "below 2"),
+        ("o\n" + str(2**64) + "\n" + base64.b64encode(b"\0" * 32).decode() + "\n", "below 2"),
         ("o\n1\n" + base64.b64encode(b"\0" * 31).decode() + "\n", "not 32"),
         ("o\n1\nAAAA AAAA\n", "base64"),
         ("o\n0\n" + base64.b64encode(b"\0" * 32).decode() + "\n", "empty-tree root"),

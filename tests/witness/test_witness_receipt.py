@@ -200,6 +200,10 @@ def test_origin_mismatch_is_rejected(logged: Any, keys: list[WitnessKey]) -> Non
         (lambda d: d.update(leafIndex=0), "decimal string"),
         (lambda d: d.update(inclusionProof=["AAAA"]), "32-byte hash"),
         (lambda d: d["leaf"].update(segment="01"), "decimal string"),
+        (lambda d: d.update(leafIndex="1" * 5000), "decimal string"),  # int() refuses it
+        (lambda d: d.update(treeSize=str(2**64)), "below 2\\^64"),
+        (lambda d: d["leaf"].update(segment="9" * 21), "decimal string"),
+        (lambda d: d.update(checkpoint="\ud800"), "lone surrogate"),
         (lambda d: d["leaf"].update(mediaType="x"), "unknown mediaType"),
     ],
 )
