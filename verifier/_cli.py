@@ -311,7 +311,7 @@ def _with_receipt(
 # --jobs worker too) keeps one receipt verifier per set of pinned keys and origin,
 # remembering the checkpoints it verified: a checkpoint's signature is checked once.
 _RECEIPT_VERIFIERS: dict[Any, ReceiptVerifier] = {}
-_REMEMBERED_CHECKPOINTS = 4096  # ~1 KB each
+_REMEMBERED_CHECKPOINTS = 4096  # each at most REMEMBERED_NOTE_BYTES, twice
 
 
 def _receipt_verifier(keys: Sequence[WitnessKey], origin: str | None) -> ReceiptVerifier | None:

@@ -49,6 +49,7 @@ __all__ = [
     "RECEIPT_CHECK_STEP",
     "RECEIPT_MEDIA_TYPE",
     "RECEIPT_SUFFIX",
+    "REMEMBERED_NOTE_BYTES",
     "LeafSource",
     "Receipt",
     "ReceiptVerifier",
@@ -67,6 +68,9 @@ RECEIPT_SUFFIX = ".receipt.json"
 #: Name and SPEC §8 step number of the receipt check in a bundle report.
 RECEIPT_CHECK = "receipt"
 RECEIPT_CHECK_STEP = 10
+#: A :class:`ReceiptVerifier` remembers no signed note longer than this: a witness's
+#: checkpoint with a signature line is ~150 bytes, with 16 cosignatures ~2 KB.
+REMEMBERED_NOTE_BYTES = 4096
 
 _KEYID = re.compile(r"[0-9a-f]{64}\Z")
 _LEAF_FIELDS = frozenset(
@@ -318,7 +322,10 @@ class ReceiptVerifier:
     verified: a receipt whose signed note is byte for byte one of them gets the same
     verified checkpoint, as verifying it again with the same keys and *origin* could
     only give the same result.  Any other note is verified in full, and one that
-    fails is never remembered.  Not to be shared between threads.
+    fails is never remembered; nor is a note longer than
+    :data:`REMEMBERED_NOTE_BYTES` (a genuine note can be padded with signature lines
+    nobody checks, up to the 1 MiB a note may hold, so remembering such notes
+    would let receipts fill memory).  Not to be shared between threads.
 
     Raises:
         ValueError: no witness key was given, or *remember* is below 1.
@@ -341,9 +348,10 @@ class ReceiptVerifier:
             self._verified.move_to_end(note)
             return checkpoint
         checkpoint = verify_checkpoint(note, self._keys, origin=self._origin)
-        self._verified[note] = checkpoint
-        if len(self._verified) > self._remember:
-            self._verified.popitem(last=False)
+        if len(note) <= REMEMBERED_NOTE_BYTES:
+            self._verified[note] = checkpoint
+            if len(self._verified) > self._remember:
+                self._verified.popitem(last=False)
         return checkpoint
 
     def verify(self, receipt: bytes | Receipt, bundle: LeafSource) -> VerifiedReceipt:

@@ -24,6 +24,7 @@ from spanproof.verifier.checkpoint import Checkpoint, WitnessKey
 from spanproof.verifier.keys import TrustRoot
 from spanproof.verifier.receipt import (
     LEAF_MEDIA_TYPE,
+    REMEMBERED_NOTE_BYTES,
     Receipt,
     ReceiptVerifier,
     WitnessLeaf,
@@ -399,3 +400,29 @@ def test_a_verifier_remembers_the_last_checkpoints_it_verified(
     assert len(checkpoint_checks) == 4
     with pytest.raises(ValueError, match="at least one checkpoint"):
         ReceiptVerifier(keys, remember=0)
+
+
+def test_a_padded_checkpoint_is_verified_but_not_remembered(
+    batch: list[tuple[bytes, BundleReport]], keys: list[WitnessKey],
+    checkpoint_checks: list[bytes],
+) -> None:
+    # Signature lines by keys nobody pinned are ignored, so anyone can pad a genuine
+    # note towards the 1 MiB a note may hold; remembering every such variant would let
+    # a directory of receipts fill the verifier's memory.
+    junk = "".join(
+        f"\u2014 cosigner{i} {base64.b64encode(bytes(4 + 64)).decode()}\n" for i in range(60)
+    )
+
+    def pad(doc: dict[str, Any]) -> None:
+        doc["checkpoint"] += junk
+
+    receipt, report = batch[0]
+    padded = _edit(receipt, pad)
+    assert len(json.loads(padded)["checkpoint"].encode()) > REMEMBERED_NOTE_BYTES
+    verifier = ReceiptVerifier(keys, remember=8)
+    assert verifier.verify(padded, report).leaf_index == 0
+    assert verifier.verify(padded, report).leaf_index == 0
+    assert len(checkpoint_checks) == 2  # checked each time
+    verifier.verify(receipt, report)
+    verifier.verify(receipt, report)
+    assert len(checkpoint_checks) == 3  # the genuine note is remembered
