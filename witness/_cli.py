@@ -396,15 +396,33 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     from spanproof.verifier.errors import LogInconsistent
 
     from .client import WitnessClient
-    from .monitor import monitor_once
+    from .monitor import check_receipts, find_receipts, monitor_once, read_receipt_checkpoints
 
+    receipts: list[str] = []
+    unreadable: list[tuple[str, str]] = []
     try:
         client = WitnessClient(args.url, timeout=args.timeout)
         keys = load_witness_keys(args.witness_key)
+        for path in args.receipts:
+            found, problems = find_receipts(path)
+            receipts += found
+            unreadable += problems
+            if not found and not problems:
+                unreadable.append((path, "no receipts (*.receipt.json) found"))
     except (ValueError, InvalidKey) as e:
         return _fail(str(e), EXIT_USAGE)
+    except FileNotFoundError as e:
+        return _fail(f"{e.filename}: {e.strerror}", EXIT_USAGE)
+    # Receipts are read before the witness's latest checkpoint is fetched, so none
+    # can hold a newer one (SPEC §12.7 step 8).
+    held, unverified = read_receipt_checkpoints(receipts, keys, origin=args.origin)
+    unreadable += unverified
     try:
         result = monitor_once(client, args.state, keys, origin=args.origin)
+        print(printable(result.message))
+        if not args.receipts:
+            return EXIT_OK
+        checked = check_receipts(client, result.current, held, args.state)
     except LogInconsistent as e:
         print(printable(f"ALERT {args.url}: {e}"))
         return EXIT_FAILED
@@ -414,8 +432,14 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     except (SpanproofError, OSError) as e:
         print(printable(f"FAIL {args.url}: {e}"))
         return EXIT_FAILED
-    print(printable(result.message))
-    return EXIT_OK
+    for path, why in (*unreadable, *checked.unchecked):
+        print(printable(f"FAIL receipt {path}: {why}"))
+    print(printable(
+        f"OK {result.current.origin}: {checked.consistent} receipt(s), under "
+        f"{checked.checkpoints} checkpoint(s), are consistent with tree size "
+        f"{result.current.size}"
+    ))
+    return EXIT_FAILED if unreadable or checked.unchecked else EXIT_OK
 
 
 # --- registration -----------------------------------------------------------------------
@@ -482,6 +506,11 @@ def add_commands(subparsers: Any) -> None:
     monitor.add_argument("--witness-key", action="append", required=True,
                          metavar="PUB.pem|VKEY", help="pinned witness key (repeatable)")
     monitor.add_argument("--origin", metavar="NAME", help="pin the log's origin")
+    monitor.add_argument(
+        "--receipts", action="append", default=[], metavar="RECEIPT|DIR",
+        help="also check that these receipts' checkpoints (every *.receipt.json under a "
+             "directory) are consistent with the witness's latest (repeatable)",
+    )
     monitor.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
     monitor.set_defaults(handler=_cmd_monitor, subparser=monitor)
 

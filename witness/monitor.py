@@ -6,18 +6,22 @@ previous run (same size: same root; larger: a valid consistency proof; smaller:
 a rollback).  Only then is the new checkpoint remembered, atomically.  On a fork
 or rollback the two signed checkpoints (and the proof served) are written to an
 evidence file: two signed checkpoints that cannot both be honest are proof of
-the witness's misbehaviour that anyone can check.
+the witness's misbehaviour that anyone can check.  Receipts held by producers are
+checked the same way against that checkpoint (:func:`check_receipts`), so a receipt
+from a history the monitor is not shown is caught as a fork.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from spanproof.verifier._files import read_named_file, write_atomic
+from spanproof.verifier._files import open_regular, read_named_file, write_atomic
 from spanproof.verifier.canonical import canonicalize, parse_strict
 from spanproof.verifier.checkpoint import (
     VerifiedCheckpoint,
@@ -25,7 +29,13 @@ from spanproof.verifier.checkpoint import (
     check_consistent,
     verify_checkpoint,
 )
-from spanproof.verifier.errors import InvalidBundle, InvalidReceipt, LogInconsistent
+from spanproof.verifier.errors import (
+    InvalidBundle,
+    InvalidReceipt,
+    LogInconsistent,
+    SpanproofError,
+)
+from spanproof.verifier.receipt import MAX_RECEIPT_BYTES, RECEIPT_SUFFIX, Receipt
 
 from .client import WitnessClient
 
@@ -33,13 +43,21 @@ __all__ = [
     "MONITOR_EVIDENCE_MEDIA_TYPE",
     "MONITOR_STATE_MEDIA_TYPE",
     "MonitorResult",
+    "ReceiptsResult",
+    "check_receipts",
+    "find_receipts",
     "load_state",
     "monitor_once",
+    "read_receipt_checkpoints",
     "save_state",
 ]
 
 MONITOR_STATE_MEDIA_TYPE = "application/vnd.spanproof.monitor-state.v1+json"
 MONITOR_EVIDENCE_MEDIA_TYPE = "application/vnd.spanproof.monitor-evidence.v1+json"
+
+# Distinct checkpoint notes read_receipt_checkpoints verifies once each (a batch's
+# receipts share one); past this many, each further note is verified on its own.
+_REMEMBERED_NOTES = 4096
 
 
 @dataclass(frozen=True)
@@ -155,3 +173,117 @@ def monitor_once(
             raise LogInconsistent(f"{e}; evidence saved to {evidence}") from e
     save_state(state_path, current)
     return MonitorResult(previous, current)
+
+
+@dataclass(frozen=True)
+class ReceiptsResult:
+    """What :func:`check_receipts` found: how many receipts' checkpoints (and how many
+    distinct checkpoints) are consistent with the monitored one, and the receipts
+    that could not be checked, each with why."""
+
+    consistent: int
+    checkpoints: int
+    unchecked: tuple[tuple[str, str], ...]
+
+
+def find_receipts(path: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """The receipt files *path* names (the file itself, or every ``*.receipt.json``
+    under the directory, in sorted order), and the directories that could not be
+    listed, each with why.
+
+    Raises:
+        FileNotFoundError: *path* does not exist.
+    """
+    if not os.path.isdir(path):
+        if not os.path.lexists(path):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        return [path], []
+    found: list[str] = []
+    problems: list[tuple[str, str]] = []
+
+    def cannot_list(error: OSError) -> None:
+        where = os.fspath(error.filename) if error.filename is not None else path
+        problems.append((where, f"cannot list the directory ({error.strerror or error})"))
+
+    for root, dirs, files in os.walk(path, onerror=cannot_list):
+        dirs.sort()
+        found.extend(os.path.join(root, f) for f in sorted(files) if f.endswith(RECEIPT_SUFFIX))
+    return found, problems
+
+
+def read_receipt_checkpoints(
+    paths: Sequence[str], keys: Sequence[WitnessKey], *, origin: str | None = None
+) -> tuple[list[tuple[str, VerifiedCheckpoint]], list[tuple[str, str]]]:
+    """Each receipt's checkpoint, verified with the pinned *keys* (a note shared by
+    several receipts, as a batch's are, is verified once), and the receipts that
+    could not be read or verified, each with why: those prove nothing about the log.
+
+    Read them before fetching the checkpoint they are compared with: a receipt
+    written meanwhile then cannot hold a checkpoint newer than it.
+    """
+    verified: dict[bytes, VerifiedCheckpoint] = {}
+    held: list[tuple[str, VerifiedCheckpoint]] = []
+    unchecked: list[tuple[str, str]] = []
+    for path in paths:
+        try:
+            with open_regular(path) as f:
+                note = Receipt.from_bytes(f.read(MAX_RECEIPT_BYTES + 1)).checkpoint
+            checkpoint = verified.get(note)
+            if checkpoint is None:
+                checkpoint = verify_checkpoint(note, keys, origin=origin)
+                if len(verified) < _REMEMBERED_NOTES:
+                    verified[note] = checkpoint
+        except OSError as e:
+            unchecked.append((path, f"cannot read it: {e.strerror or e}"))
+            continue
+        except SpanproofError as e:
+            unchecked.append((path, str(e)))
+            continue
+        held.append((path, checkpoint))
+    return held, unchecked
+
+
+def check_receipts(
+    client: WitnessClient,
+    current: VerifiedCheckpoint,
+    held: Sequence[tuple[str, VerifiedCheckpoint]],
+    state_path: str,
+) -> ReceiptsResult:
+    """Check that each held receipt's checkpoint (from
+    :func:`read_receipt_checkpoints`) and the monitored checkpoint *current* are one
+    history (SPEC §12.7 step 8): the same root at the same size, or a consistency
+    proof the witness serves from the receipt's tree to *current*'s.  A receipt's
+    tree larger than *current*'s is a rollback.
+
+    A witness showing its monitors one tree and producers another signs two
+    checkpoints that fail this check; they are saved as evidence, as for a fork.
+    Receipts sharing a checkpoint are checked once.  A receipt of another log is
+    listed as unchecked.
+
+    Raises:
+        LogInconsistent: a receipt's checkpoint and *current* cannot both be honest;
+            the message names the receipt and the evidence file.
+        TransportError: the witness could not be reached for a proof.
+        OSError: the evidence file cannot be written.
+    """
+    shown: set[tuple[int, bytes]] = set()
+    consistent = 0
+    unchecked: list[tuple[str, str]] = []
+    for path, checkpoint in held:
+        if checkpoint.origin != current.origin:
+            unchecked.append((path, f"a receipt of the log {checkpoint.origin!r}, "
+                                    f"not of {current.origin!r}"))
+            continue
+        if (checkpoint.size, checkpoint.root) not in shown:
+            proof: list[bytes] = []
+            if 0 < checkpoint.size < current.size:
+                proof = client.consistency_proof(checkpoint.size, current.size)
+            try:
+                check_consistent(checkpoint.checkpoint, current.checkpoint, proof)
+            except LogInconsistent as e:
+                reason = f"receipt {path}: {e}"
+                evidence = _save_evidence(state_path, reason, checkpoint, current, proof)
+                raise LogInconsistent(f"{reason}; evidence saved to {evidence}") from e
+            shown.add((checkpoint.size, checkpoint.root))
+        consistent += 1
+    return ReceiptsResult(consistent, len(shown), tuple(unchecked))

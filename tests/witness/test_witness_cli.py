@@ -464,7 +464,7 @@ def test_submit_escapes_control_characters_of_a_file_name(
 
 
 def _monitor(
-    url: str, state: Path, key: Path, capsys: pytest.CaptureFixture[str]
+    url: str, state: Path, key: Path, capsys: pytest.CaptureFixture[str], *receipts: Path
 ) -> tuple[int, str]:
     status, out, _ = _run(
         [
@@ -477,10 +477,106 @@ def _monitor(
             str(key),
             "--timeout",
             "5",
+            *(arg for path in receipts for arg in ("--receipts", str(path))),
         ],
         capsys,
     )
     return status, out
+
+
+def _receipts(witness: Witness, directory: Path, traces: range) -> list[Path]:
+    """Log one bundle per trace in one batch and write each one's receipt file."""
+    directory.mkdir(exist_ok=True)
+    bundles = [make_bundle(trace_id(t)) for t in traces]
+    paths = []
+    for sealed, result in zip(bundles, witness.submit_batch([b.data for b in bundles]),
+                              strict=True):
+        assert not isinstance(result, Exception)
+        path = Path(receipt_path(write_bundle(directory, sealed)))
+        path.write_bytes(result.receipt.to_bytes())
+        paths.append(path)
+    return paths
+
+
+def test_monitor_checks_receipts_against_the_log_it_is_shown(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    witness = open_witness()
+    held = tmp_path / "held"
+    _receipts(witness, held, range(2))  # checkpoint of size 2
+    _receipts(witness, held / "later", range(2, 5))  # of size 5
+    witness.submit(make_bundle(trace_id(9)).data)  # the log has grown since: size 6
+    srv = serve_witness(witness)
+    status, out = _monitor(srv.url, tmp_path / "m.json", files["pub"], capsys, held)
+    assert status == 0, out
+    assert out.splitlines()[-1] == (
+        f"OK {ORIGIN}: 5 receipt(s), under 2 checkpoint(s), are consistent with tree size 6"
+    )
+
+
+@pytest.mark.parametrize(
+    "shown_size, held_size, alert",
+    [
+        (3, 1, "fork: the tree of size 3 does not extend the tree of size 1"),
+        (4, 4, "fork: two checkpoints of tree size 4 with different roots"),
+        (3, 4, "rollback: the log now shows tree size 3, smaller than the size 4"),
+    ],
+    ids=["receipt_older", "same_size", "receipt_newer"],
+)
+def test_monitor_alerts_on_a_receipt_from_a_history_it_is_not_shown(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], shown_size: int, held_size: int, alert: str,
+) -> None:
+    # One witness key, two histories: monitors are served one, a producer got its
+    # receipt from the other.  Offline the receipt verifies; only comparing the
+    # checkpoints shows the split view.
+    shown = open_witness("shown.db")
+    for i in range(shown_size):
+        shown.submit(make_bundle(trace_id(i)).data)
+    hidden = open_witness("hidden.db")
+    for i in range(held_size - 1):
+        hidden.submit(make_bundle(trace_id(100 + i)).data)
+    (forked,) = _receipts(hidden, tmp_path / "held", range(200, 201))
+    srv = serve_witness(shown)
+    state = tmp_path / "m.json"
+    status, out = _monitor(srv.url, state, files["pub"], capsys, forked)
+    last = out.splitlines()[-1]
+    assert status == 1 and last.startswith(f"ALERT {srv.url}: receipt {forked}: {alert}")
+    assert last.endswith(f"evidence saved to {state}.evidence.json")
+    evidence = json.loads(Path(str(state) + ".evidence.json").read_text())
+    assert evidence["mediaType"] == MONITOR_EVIDENCE_MEDIA_TYPE
+    assert evidence["previous"] == hidden.checkpoint(held_size).decode()
+    assert evidence["current"] == shown.checkpoint(shown_size).decode()
+    # The monitor's own state is the shown log's: a run without the receipt is OK.
+    assert _monitor(srv.url, state, files["pub"], capsys)[0] == 0
+
+
+def test_monitor_lists_receipts_it_cannot_check(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    witness = open_witness()
+    _, other = _receipts(witness, tmp_path / "held", range(2))
+    other.write_text("not a receipt")
+    stranger = open_witness("stranger.db", key=Ed25519PrivateKey.from_private_bytes(bytes(32)))
+    (foreign,) = _receipts(stranger, tmp_path / "foreign", range(7, 8))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    srv = serve_witness(witness)
+    status, out = _monitor(srv.url, tmp_path / "m.json", files["pub"], capsys,
+                           tmp_path / "held", foreign, empty)
+    lines = out.splitlines()
+    assert status == 1
+    assert f"FAIL receipt {empty}: no receipts (*.receipt.json) found" in lines
+    assert any(line.startswith(f"FAIL receipt {other}: receipt: invalid JSON") for line in lines)
+    assert any(line.startswith(f"FAIL receipt {foreign}: checkpoint not signed by a pinned")
+               for line in lines)
+    assert lines[-1].startswith(f"OK {ORIGIN}: 1 receipt(s), under 1 checkpoint(s)")
+    status, _, err = _run(["monitor", "--url", srv.url, "--state", str(tmp_path / "m.json"),
+                           "--witness-key", str(files["pub"]),
+                           "--receipts", str(tmp_path / "missing")], capsys)
+    assert status == 2 and f"{tmp_path / 'missing'}: No such file or directory" in err
 
 
 def test_monitor_follows_a_growing_log(
