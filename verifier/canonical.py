@@ -256,24 +256,54 @@ def _reject_constant(name: str) -> Any:
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
+_TOO_DEEP = "JSON nested too deeply"
+
+#: parse_strict refuses JSON nested deeper than this (SPEC §3.3): the same verdict
+#: whatever the caller's stack depth, and within what the recursive exact encoder
+#: and the standard library's parser handle from any caller.
+MAX_NESTING = 512
+
+
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than *limit* levels in *value* (iterative)."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            pending.extend((child, depth + 1) for child in children
+                           if isinstance(child, (dict, list)))
+    return False
+
+
 def _lone_surrogate(value: Any) -> bool:
-    """Whether a parsed JSON value holds a string (or key) with a lone surrogate."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, dict):
-        return any(_lone_surrogate(k) or _lone_surrogate(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_lone_surrogate(v) for v in value)
+    """Whether a parsed JSON value holds a string (or key) with a lone surrogate.
+
+    Iterative: a value nested as deep as the parser allows must not exhaust the
+    stack here.
+    """
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
     return False
 
 
 def parse_strict(data: bytes | str, what: str = "document") -> Any:
     """Parse JSON strictly: UTF-8 only, no duplicate keys, no NaN/Infinity literals,
-    no ``\\u`` escape that leaves a lone surrogate (SPEC §3.2).
+    no ``\\u`` escape that leaves a lone surrogate (SPEC §3.2), nested at most
+    :data:`MAX_NESTING` levels (SPEC §3.3).
 
     Raises:
         InvalidBundle: naming *what* and the defect; a lone surrogate is the
@@ -298,7 +328,9 @@ def parse_strict(data: bytes | str, what: str = "document") -> Any:
         # e.g. an integer literal beyond Python's int-parsing digit limit
         raise InvalidBundle(f"{what}: invalid JSON: {e}") from e
     except RecursionError as e:
-        raise InvalidBundle(f"{what}: JSON nested too deeply") from e
+        raise InvalidBundle(f"{what}: {_TOO_DEEP}") from e
+    if _nested_deeper_than(value, MAX_NESTING):
+        raise InvalidBundle(f"{what}: {_TOO_DEEP}")
     if _SURROGATE_ESCAPE.search(text) and _lone_surrogate(value):
         raise CanonicalizationError(f"{what}: {_LONE_SURROGATE}")
     return value
@@ -321,6 +353,7 @@ def loads_canonical(data: bytes, what: str = "document") -> Any:
             return value
     except (ValueError, RecursionError):
         pass
+    value = None  # freed before the strict parse builds its own copy
     value = parse_strict(data, what)
     try:
         canonical = canonicalize(value)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import rfc8785
@@ -17,7 +19,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spanproof.verifier import CanonicalizationError, InvalidBundle
-from spanproof.verifier.canonical import canonicalize, format_double, loads_canonical, parse_strict
+from spanproof.verifier.canonical import (
+    MAX_NESTING,
+    canonicalize,
+    format_double,
+    loads_canonical,
+    parse_strict,
+)
 
 # The vector files, by name; a test below asserts the folder holds exactly these.
 JCS_VECTORS = ("arrays", "french", "structures", "unicode", "values", "weird")
@@ -125,6 +133,42 @@ def test_parse_strict_rejects(data: bytes, message: str) -> None:
 def test_parse_strict_rejects_deep_nesting_as_invalid_bundle() -> None:
     with pytest.raises(InvalidBundle, match="nested too deeply"):
         parse_strict(b"[" * 100_000 + b"]" * 100_000)
+
+
+def _nested(depth: int, inner: bytes = b"") -> bytes:
+    return b"[" * depth + inner + b"]" * depth
+
+
+def _from_deep_stack(frames: int, call: Callable[[], Any]) -> Any:
+    """Run *call* under *frames* more Python frames, as a deeply nested caller would."""
+    return call() if frames == 0 else _from_deep_stack(frames - 1, call)
+
+
+def test_parse_strict_refuses_nesting_beyond_max_nesting() -> None:
+    assert parse_strict(_nested(MAX_NESTING)) is not None
+    with pytest.raises(InvalidBundle, match=r"^doc: JSON nested too deeply"):
+        parse_strict(_nested(MAX_NESTING + 1), "doc")
+
+
+def test_deep_nesting_with_a_surrogate_pair_escape_is_refused_not_raised() -> None:
+    # The escape makes parse_strict look for lone surrogates in the parsed value;
+    # that walk must not exhaust the stack where the parser did not.
+    pair = b'"\\ud83d\\ude00"'
+    assert parse_strict(_nested(MAX_NESTING, pair)) is not None
+    for depth in (MAX_NESTING + 1, 900):
+        with pytest.raises(InvalidBundle, match="nested too deeply"):
+            parse_strict(_nested(depth, pair))
+
+
+@pytest.mark.parametrize("depth", [MAX_NESTING + 1, 700, 982, 2000])
+def test_the_nesting_verdict_does_not_depend_on_the_callers_stack(depth: int) -> None:
+    # orjson encodes no more than 255 levels, so these take the strict path and
+    # the recursive exact encoder; from a deep caller it used to raise RecursionError
+    # where a shallow caller got a verdict.
+    for frames in (0, 300):
+        with pytest.raises(InvalidBundle, match="nested too deeply"):
+            _from_deep_stack(frames, lambda: loads_canonical(_nested(depth)))
+        assert _from_deep_stack(frames, lambda: loads_canonical(_nested(MAX_NESTING)))
 
 
 def test_parse_strict_keeps_values_exact() -> None:
