@@ -47,7 +47,13 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanKind, StatusCode
 
-from spanproof.verifier.values import INT64_MAX, INT64_MIN, encode_double, encode_value
+from spanproof.verifier.values import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_DEPTH,
+    encode_double,
+    encode_value,
+)
 
 __all__ = ["resource_to_body", "scope_to_body", "span_to_body", "typed_attributes"]
 
@@ -74,8 +80,21 @@ _resource_cache: dict[int, tuple[Resource, dict[str, Any]]] = {}
 _scope_cache: dict[int, tuple[InstrumentationScope | None, dict[str, Any]]] = {}
 
 
-def _typed(value: Any) -> dict[str, Any]:
-    """One SDK attribute value as a SPEC §2.3 typed value (exact types first: fast)."""
+class _NestedTooDeep(ValueError):
+    """A value nested deeper than a typed value may be (SPEC §2.3 "Depth")."""
+
+
+def _nested(values: Any, depth: int) -> None:
+    # The items of a container at *depth* have depth + 1; past MAX_DEPTH only the
+    # empty value ({}, from None) is valid, so the verifier would fail the bundle.
+    if depth >= MAX_DEPTH and any(item is not None for item in values):
+        raise _NestedTooDeep(f"nested deeper than {MAX_DEPTH} levels (SPEC §2.3)")
+
+
+def _typed(value: Any, depth: int = 0) -> dict[str, Any]:
+    """One SDK attribute value as a SPEC §2.3 typed value (exact types first: fast).
+
+    *depth* is the value's depth (0 for an attribute's value)."""
     kind = type(value)
     if kind is str:
         return {"stringValue": value}
@@ -91,9 +110,11 @@ def _typed(value: Any) -> dict[str, Any]:
     if kind is float:
         return {"doubleValue": encode_double(value)}
     if kind is tuple or kind is list:
-        return {"arrayValue": [_typed(item) for item in value]}
+        _nested(value, depth)
+        return {"arrayValue": [_typed(item, depth + 1) for item in value]}
     if isinstance(value, Mapping):
-        return {"kvlistValue": {str(k): _typed(v) for k, v in value.items()}}
+        _nested(value.values(), depth)
+        return {"kvlistValue": {str(k): _typed(v, depth + 1) for k, v in value.items()}}
     if isinstance(value, bool):
         return {"boolValue": bool(value)}
     if isinstance(value, str):
@@ -103,7 +124,8 @@ def _typed(value: Any) -> dict[str, Any]:
     if isinstance(value, float):
         return _typed(float(value))
     if isinstance(value, (list, tuple)):
-        return {"arrayValue": [_typed(item) for item in value]}
+        _nested(value, depth)
+        return {"arrayValue": [_typed(item, depth + 1) for item in value]}
     # bytes -> bytesValue, None -> empty value; anything else raises ValueError.
     return encode_value(value)
 
@@ -112,11 +134,20 @@ def typed_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
     """An attribute mapping as the SPEC §2.3 ``attributes`` object (key -> typed value).
 
     Raises:
-        ValueError: a value of a type OpenTelemetry does not allow.
+        ValueError: a value of a type OpenTelemetry does not allow, or one nested
+            deeper than a typed value may be (SPEC §2.3).
     """
     if not attributes:
         return {}
-    return {key: _typed(value) for key, value in attributes.items()}
+    try:
+        return {key: _typed(value) for key, value in attributes.items()}
+    except _NestedTooDeep:
+        for key, value in attributes.items():  # name the attribute
+            try:
+                _typed(value)
+            except _NestedTooDeep as e:
+                raise ValueError(f"attribute {key!r} is {e}") from None
+        raise
 
 
 def _span_attributes(span: ReadableSpan) -> Mapping[str, Any] | None:

@@ -15,7 +15,7 @@ from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from spanproof.verifier.values import encode_double
+from spanproof.verifier.values import MAX_DEPTH, encode_double
 
 __all__ = [
     "MalformedSpan",
@@ -34,7 +34,6 @@ _KINDS = {
     5: "SPAN_KIND_CONSUMER",
 }
 _STATUS = {0: "STATUS_CODE_UNSET", 1: "STATUS_CODE_OK", 2: "STATUS_CODE_ERROR"}
-_MAX_DEPTH = 64
 
 
 class MalformedSpan(ValueError):
@@ -42,8 +41,8 @@ class MalformedSpan(ValueError):
 
 
 def _value(v: common_pb2.AnyValue, where: str, depth: int = 0) -> dict[str, Any]:
-    if depth > _MAX_DEPTH:
-        raise MalformedSpan(f"{where}: value nested deeper than {_MAX_DEPTH}")
+    if depth > MAX_DEPTH:
+        raise MalformedSpan(f"{where}: value nested deeper than {MAX_DEPTH}")
     kind = v.WhichOneof("value")
     if kind is None:
         return {}
@@ -74,9 +73,9 @@ def _attributes(kvs: Any, where: str, depth: int = 0) -> dict[str, Any]:
         kind = value.WhichOneof("value")
         # Strings and integers first, without building the error location that
         # only _value's failures need (most attributes of most spans).
-        if kind == "string_value" and depth <= _MAX_DEPTH:
+        if kind == "string_value" and depth <= MAX_DEPTH:
             out[key] = {"stringValue": value.string_value}
-        elif kind == "int_value" and depth <= _MAX_DEPTH:
+        elif kind == "int_value" and depth <= MAX_DEPTH:
             out[key] = {"intValue": str(value.int_value)}
         else:
             out[key] = _value(value, f"{where}[{key!r}]", depth)

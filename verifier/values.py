@@ -24,6 +24,7 @@ __all__ = [
     "COMMITTED_VALUE",
     "INT64_MAX",
     "INT64_MIN",
+    "MAX_DEPTH",
     "decode_double",
     "decode_value",
     "encode_double",
@@ -38,7 +39,9 @@ INT64_MAX = 2**63 - 1
 
 _INT_RE = re.compile(r"-?(0|[1-9][0-9]{0,18})\Z")  # at most 19 digits: int64
 _HEX64_RE = re.compile(r"[0-9a-f]{64}\Z")
-_MAX_DEPTH = 64
+#: The greatest depth of a typed value other than ``{}`` (SPEC §2.3 "Depth"): the
+#: producers refuse to certify a value nested deeper, so no bundle fails on one.
+MAX_DEPTH = 64
 
 #: The member naming a committed value (SPEC §2.5.1), which stands in a record
 #: where a span attribute's typed value would be.
@@ -138,8 +141,8 @@ def validate_value(typed: Any, where: str, depth: int = 0) -> None:
         return
     if len(typed) != 1:
         raise InvalidBundle(f"{where}: typed value must have exactly one member")
-    if depth > _MAX_DEPTH:
-        raise InvalidBundle(f"{where}: typed value nested deeper than {_MAX_DEPTH}")
+    if depth > MAX_DEPTH:
+        raise InvalidBundle(f"{where}: typed value nested deeper than {MAX_DEPTH}")
     ((kind, raw),) = typed.items()
     if kind == "stringValue":
         if not isinstance(raw, str):

@@ -1,0 +1,154 @@
+"""Attribute values nested deeper than a typed value may be (SPEC §2.3 "Depth").
+
+The verifier fails a record holding a value other than ``{}`` deeper than
+``MAX_DEPTH``; the OpenTelemetry SDK accepts such values.  A span carrying one is not
+certified but declared rejected in its trace's bundle (INCOMPLETE), as an oversized
+value is, so the bundle, with the trace's other spans, still verifies: in process,
+through the sealing process and through the EvidenceSpanProcessor alike.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from exporter_support import (
+    FakeClock,
+    Recorder,
+    make_exporter,
+    record_span_ids,
+    reports,
+    signing_key,
+    span_hex,
+    trust_root,
+    verified,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.trace import Link
+
+from spanproof.exporter import EvidenceSpanProcessor, SpanproofSpanExporter
+from spanproof.exporter.normalize import span_to_body
+from spanproof.exporter.otlp import MAX_DEPTH as OTLP_MAX_DEPTH
+from spanproof.verifier import Verdict
+from spanproof.verifier.values import MAX_DEPTH, validate_value
+
+
+def _nested(depth: int, leaf: Any = "x") -> Any:
+    """*leaf* at depth *depth* of an attribute value (lists around it)."""
+    for _ in range(depth):
+        leaf = [leaf]
+    return leaf
+
+
+def _deep_mapping(depth: int) -> Any:
+    value: Any = "x"
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
+def test_the_producers_share_the_verifiers_depth_limit() -> None:
+    assert MAX_DEPTH == 64
+    assert OTLP_MAX_DEPTH is MAX_DEPTH
+
+
+@pytest.mark.parametrize("value", [_nested(MAX_DEPTH), _deep_mapping(MAX_DEPTH),
+                                   _nested(MAX_DEPTH, None), _nested(MAX_DEPTH + 1, None)])
+def test_a_value_as_deep_as_the_verifier_allows_is_certified(value: Any) -> None:
+    rec = Recorder()
+    with rec.tracer.start_as_current_span("deep", attributes={"payload": value}):
+        pass
+    (span,) = rec.take()
+    typed = span_to_body(span)["span"]["attributes"]["payload"]
+    validate_value(typed, "payload")  # does not raise
+
+
+def _deep_trace(rec: Recorder, where: str, value: Any) -> tuple[str, str, str]:
+    """A root span and two children, one carrying *value* at *where*; the root's,
+    the good child's and the deep child's span ids."""
+    with rec.tracer.start_as_current_span("root") as root:
+        with rec.tracer.start_as_current_span("good", attributes={"n": 1}) as good:
+            pass
+        attributes = {"payload": value} if where == "span" else {}
+        links = [Link(good.get_span_context(), {"payload": value})] if where == "link" else []
+        with rec.tracer.start_as_current_span("deep", attributes=attributes,
+                                              links=links) as deep:
+            if where == "event":
+                deep.add_event("e", {"payload": value})
+    return span_hex(root)[1], span_hex(good)[1], span_hex(deep)[1]
+
+
+def _assert_declared_rejected(out: Path, trust_dir: Path, kept: list[str],
+                              rejected: int = 1) -> None:
+    (report,) = reports(out, trust_root(trust_dir))
+    assert report.verdict is Verdict.INCOMPLETE, report.reason
+    (report,) = verified(out, trust_root(trust_dir), allow_incomplete=True)
+    assert report.statement is not None
+    assert report.statement.completeness.rejected_spans == rejected
+    assert sorted(record_span_ids(report)) == sorted(kept)
+
+
+@pytest.mark.parametrize("where", ["span", "event", "link"])
+@pytest.mark.parametrize("value", [_nested(MAX_DEPTH + 1), _deep_mapping(MAX_DEPTH + 1),
+                                   _nested(MAX_DEPTH + 1, [])])
+def test_attribute_nested_too_deep_is_declared_rejected_not_signed(
+    tmp_path: Path, where: str, value: Any
+) -> None:
+    rec = Recorder()
+    root, good, _ = _deep_trace(rec, where, value)
+    exporter = make_exporter(tmp_path / "out", FakeClock(), select_all=True)
+    assert exporter.export(rec.take()) is SpanExportResult.FAILURE
+    exporter.shutdown()
+    _assert_declared_rejected(tmp_path / "out", tmp_path, [root, good])
+
+
+def test_attribute_nested_too_deep_is_declared_rejected_by_the_sealing_process(
+    tmp_path: Path,
+) -> None:
+    rec = Recorder()
+    root, good, _ = _deep_trace(rec, "span", _nested(MAX_DEPTH + 1))
+    exporter = SpanproofSpanExporter(tmp_path / "out", signing_key=signing_key(),
+                                     select_all=True, sealing_process=True)
+    try:
+        assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+    finally:
+        exporter.shutdown()
+    _assert_declared_rejected(tmp_path / "out", tmp_path, [root, good])
+
+
+def test_attribute_nested_too_deep_is_declared_rejected_by_the_evidence_processor(
+    tmp_path: Path,
+) -> None:
+    processor = EvidenceSpanProcessor(tmp_path / "out", signing_key=signing_key(),
+                                      select_all=True)
+    rec = Recorder()
+    rec.provider.add_span_processor(processor)
+    try:
+        root, good, _ = _deep_trace(rec, "event", _nested(MAX_DEPTH + 1))
+    finally:
+        rec.provider.shutdown()
+    _assert_declared_rejected(tmp_path / "out", tmp_path, [root, good])
+
+
+@pytest.mark.parametrize("where", ["resource", "scope"])
+def test_resource_or_scope_nested_too_deep_rejects_its_spans(tmp_path: Path,
+                                                             where: str) -> None:
+    # Every span under such a resource or scope carries the value: each is declared
+    # rejected, and the bundle of a trace with others still verifies.
+    deep = {"payload": _nested(MAX_DEPTH + 1)}
+    provider = TracerProvider(resource=Resource(deep if where == "resource" else {}))
+    rec = Recorder()
+    tracer = provider.get_tracer("deep", attributes=deep if where == "scope" else None)
+    provider.add_span_processor(SimpleSpanProcessor(rec.memory))
+    with rec.tracer.start_as_current_span("root") as root:
+        with tracer.start_as_current_span("deep-1"):
+            pass
+        with tracer.start_as_current_span("deep-2"):
+            pass
+    exporter = make_exporter(tmp_path / "out", FakeClock(), select_all=True)
+    assert exporter.export(rec.take()) is SpanExportResult.FAILURE
+    exporter.shutdown()
+    _assert_declared_rejected(tmp_path / "out", tmp_path, [span_hex(root)[1]], rejected=2)
