@@ -24,9 +24,9 @@ to its stdin.  Messages:
   finishes what an earlier run left in the output directory;
 * ``("spans", resources, scopes, fields, roots)``: new resource and scope
   definitions (by number), selected spans' fields, and the trace ids of local root
-  spans that ended; not answered;
+  spans that ended, as builtin values only (:class:`_BuiltinsPickler`); not answered;
 * ``("bodies", bodies, rejected, roots)``: already normalized bodies, for a batch
-  whose fields could not be pickled; not answered;
+  whose fields could not be pickled so; not answered;
 * ``("flush", request, timeout_ms)`` and ``("shutdown", request, timeout_ms)``:
   answered ``("done", request, ok)``; the child exits after shutdown (at once,
   skipping the interpreter's teardown, when everything was sealed and written).
@@ -376,6 +376,56 @@ def _frame(message: Any) -> bytes:
     return _HEADER.pack(len(data)) + data
 
 
+_BUILTIN_TYPES = (dict, str, int, float, tuple, bytes)
+
+
+class _BuiltinsPickler(pickle.Pickler):
+    """Pickles span fields as builtin values only, so that the child never has to
+    import an application's class (pickle names a class by module and name, and a
+    class defined in the application's ``__main__`` does not exist in the child).
+
+    The OpenTelemetry SDK keeps a value that is a subclass of ``str``, ``int``,
+    ``float`` or ``bytes`` (a ``str`` Enum, say) as it is.  Each is reduced to the
+    builtin value :mod:`~spanproof.exporter.normalize` records for it (a ``str``
+    subclass to its string data), mappings and sequences other than ``dict``,
+    ``list`` and ``tuple`` to those; anything else refuses to be pickled, and the
+    exporter normalizes that batch itself (the span is declared rejected).
+    ``reducer_override`` is not called for exact builtins, so plain fields cost
+    nothing more.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, type) and obj in _BUILTIN_TYPES:
+            return NotImplemented  # the builtins the reductions below name
+        # In normalize._typed's order.
+        if isinstance(obj, Mapping):
+            return dict, ({k if isinstance(k, str) else str(k): v for k, v in obj.items()},)
+        if isinstance(obj, str):
+            return str, (str.__str__(obj),)
+        if isinstance(obj, int):
+            return int, (int(obj),)
+        if isinstance(obj, float):
+            return float, (float(obj),)
+        if isinstance(obj, (list, tuple)):
+            return tuple, (tuple(obj),)
+        if isinstance(obj, (bytes, bytearray, memoryview)):
+            return bytes, (bytes(obj),)
+        raise pickle.PicklingError(
+            f"a value of type {type(obj).__name__} is not handed to the sealing process")
+
+
+def _spans_frame(message: Any) -> bytes:
+    """A frame of span fields (:class:`_BuiltinsPickler`).
+
+    Raises:
+        pickle.PicklingError: a value that is not a builtin nor reduces to one.
+    """
+    buffer = io.BytesIO()
+    _BuiltinsPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(message)
+    data = buffer.getvalue()
+    return _HEADER.pack(len(data)) + data
+
+
 def _read_exact(stream: Any, n: int) -> bytes | None:
     chunks = []
     while n:
@@ -519,7 +569,7 @@ class SealingProcess:
                     scope = span.instrumentation_scope
                     s = self._scopes.number(scope, scopes)
                 fields.append(span_fields(span, r, s))
-            frame = _frame(("spans", resources, scopes, fields, list(roots)))
+            frame = _spans_frame(("spans", resources, scopes, fields, list(roots)))
         except Exception:
             # Nothing is sent: the child must not be assumed to know these.
             self._forget_locked((resources, scopes))
@@ -541,7 +591,9 @@ class SealingProcess:
         Raises:
             SealingProcessError: the child is gone.
         """
-        self._write(("bodies", list(bodies), list(rejected), list(roots)))
+        with self._lock:
+            self._write_locked(_spans_frame(("bodies", list(bodies), list(rejected),
+                                             list(roots))))
 
     def _ask_locked(self, kind: str, timeout: float) -> int:
         """Send a ``flush`` or ``shutdown`` request (the child's budget: *timeout*
@@ -742,7 +794,7 @@ class SealingProcesses:
                 self.processes, parts, strict=True):
             if part_bodies or part_rejected or part_roots:
                 try:
-                    process._write(("bodies", part_bodies, part_rejected, part_roots))
+                    process.send_bodies(part_bodies, part_rejected, part_roots)
                 except SealingProcessError as e:
                     lost.add(e, part_bodies, part_roots, part_rejected)
         lost.raise_if_any()

@@ -114,7 +114,7 @@ def _typed(value: Any, depth: int = 0) -> dict[str, Any]:
         return {"arrayValue": [_typed(item, depth + 1) for item in value]}
     if isinstance(value, Mapping):
         _nested(value.values(), depth)
-        return {"kvlistValue": {str(k): _typed(v, depth + 1) for k, v in value.items()}}
+        return {"kvlistValue": {_key(k): _typed(v, depth + 1) for k, v in value.items()}}
     if isinstance(value, bool):
         return {"boolValue": bool(value)}
     if isinstance(value, str):
@@ -128,6 +128,12 @@ def _typed(value: Any, depth: int = 0) -> dict[str, Any]:
         return {"arrayValue": [_typed(item, depth + 1) for item in value]}
     # bytes -> bytesValue, None -> empty value; anything else raises ValueError.
     return encode_value(value)
+
+
+def _key(key: Any) -> str:
+    """A kvlist key: a ``str`` subclass (a ``str`` Enum) is its string data, as the
+    attribute names and string values are; any other key its ``str()``."""
+    return str.__str__(key) if isinstance(key, str) else str(key)
 
 
 def typed_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
