@@ -141,7 +141,8 @@ class SpanproofSpanExporter(SpanExporter):
             process seals (logged).
 
     Raises:
-        ValueError: a malformed setting (naming its environment variable), or
+        ValueError: a malformed argument or a malformed variable that is not a
+            tuning setting (naming it; see :mod:`~spanproof.exporter.config`), or
             *sealing_process* with a custom *clock* or *sink*.
         InvalidKey: the key file cannot be used.
         OSError: the key directory cannot be created.

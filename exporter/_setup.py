@@ -46,7 +46,8 @@ def resolve_setup(
     is loaded, or a key is generated once under ``<output_dir>/keys``.
 
     Raises:
-        ValueError: a malformed setting (naming its environment variable).
+        ValueError: a malformed argument or a malformed variable that is not a
+            tuning setting (naming it; see :mod:`~spanproof.exporter.config`).
         InvalidKey: a key file cannot be used.
         OSError: the key directory cannot be created.
     """

@@ -5,6 +5,16 @@ otherwise the ``OTEL_EXPORTER_SPANPROOF_*`` variable, otherwise the default.  An
 variable counts as unset (as everywhere in OpenTelemetry).  Durations are seconds in
 Python and milliseconds in the environment (``*_MS``), as in the OTel SDK.
 
+A bad argument raises ``ValueError``.  A malformed or out-of-range variable that only
+tunes timing, sizes or capacity (``*_MS``, ``MAX_*``, ``SEALED_TRACE_MEMORY``,
+``SEALING_PROCESS``) is logged as a warning naming it and its value, and the default
+is used, as the OTel SDK does (``OTEL_EXPORTER_OTLP_TIMEOUT=abc``): raising would
+abort ``opentelemetry-instrument``'s whole configuration.  What such a default changes
+is declared in the bundles (segments, rejected or dropped spans) or costs only CPU.
+A variable whose default would change which spans are certified, where, how they
+are redacted or who can check them (``SELECT_ALL``, ``WITNESS_URL``, and the paths,
+lists and keys) stays an error.
+
 Variables (all prefixed ``OTEL_EXPORTER_SPANPROOF_``), with their defaults:
 
 * ``OUTPUT_DIR`` (``./spanproof-bundles``): where bundle files are written.
@@ -44,12 +54,15 @@ Nothing here depends on the OpenTelemetry SDK, so the OTLP receiver reuses it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["DEFAULT_SELECT_ATTRIBUTES", "ENV_PREFIX", "ExporterConfig"]
+
+_logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "OTEL_EXPORTER_SPANPROOF_"
 #: The most sealing processes one exporter starts.
@@ -159,10 +172,13 @@ class ExporterConfig:
             environ: the environment to read (default :data:`os.environ`).
             overrides: field values by field name; ``None`` means "not given".
 
+        A malformed or out-of-range variable of a tuning setting is logged as a
+        warning and its default used (see the module documentation).
+
         Raises:
             TypeError: an override names no field.
-            ValueError: a variable or override is malformed or out of range; the
-                message names the variable.
+            ValueError: an override, or a variable other than a tuning setting's, is
+                malformed or out of range; the message names the variable.
         """
         env = os.environ if environ is None else environ
         names = {f.name for f in dataclasses.fields(cls)}
@@ -177,9 +193,21 @@ class ExporterConfig:
                     given = tuple(given)
                 values[name] = given
                 continue
-            raw = env.get(ENV_PREFIX + suffix, "").strip()
-            if raw:
-                values[name] = parse(ENV_PREFIX + suffix, raw)
+            var = ENV_PREFIX + suffix
+            raw = env.get(var, "").strip()
+            if not raw:
+                continue
+            if name not in _DEFAULT_IF_MALFORMED:
+                values[name] = parse(var, raw)
+                continue
+            try:
+                value = parse(var, raw)
+                cls(**{name: value})  # in range (no setting depends on another)
+            except ValueError as e:
+                _logger.warning("spanproof: %s=%r is not valid (%s); using the default",
+                                var, raw, e)
+                continue
+            values[name] = value
         return cls(**values)
 
 
@@ -255,3 +283,9 @@ _ENV: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "redact_attributes": ("REDACT_ATTRIBUTES", _parse_list),
     "sealing_process": ("SEALING_PROCESS", _parse_processes),
 }
+# Settings whose variable, when malformed or out of range, is warned about and
+# replaced by the default (see the module documentation); the others raise.
+_DEFAULT_IF_MALFORMED = frozenset({
+    "seal_grace", "idle_timeout", "max_records", "max_pending_traces",
+    "sealed_trace_memory", "max_value_bytes", "sealing_process",
+})

@@ -209,7 +209,9 @@ class EvidenceSpanProcessor(SpanProcessor):
         other arguments: as :class:`~spanproof.exporter.SpanproofSpanExporter`.
 
     Raises:
-        ValueError: a malformed setting (naming its environment variable).
+        ValueError: a malformed argument or a malformed variable that is not a
+            tuning setting (naming it; see :mod:`~spanproof.exporter.config`;
+            ``QUEUE_SIZE`` and ``QUEUE_BLOCK_MS`` are tuning settings).
         InvalidKey: the key file cannot be used.
         OSError: the key directory cannot be created.
     """
@@ -555,7 +557,13 @@ def _resolve_int(value: int | None, var: str, default: int, minimum: int) -> int
         try:
             value = int(raw, 10)
         except ValueError:
-            raise ValueError(f"{var} must be a decimal integer, got {raw!r}") from None
+            value = None
+        if value is None or value < minimum:
+            # As the exporter's tuning settings (spanproof.exporter.config): warn, use
+            # the default (what a smaller queue drops is declared in the bundles).
+            _logger.warning("spanproof: %s=%r is not valid (an integer >= %d); using the "
+                            "default", var, raw, minimum)
+            return default
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"spanproof processor setting ({var}) must be an integer "
                          f">= {minimum}, got {value!r}")
@@ -570,8 +578,11 @@ def _resolve_seconds(value: float | None, var: str, default: float) -> float:
         try:
             millis = int(raw, 10)
         except ValueError:
-            raise ValueError(f"{var} must be a decimal number of milliseconds, "
-                             f"got {raw!r}") from None
+            millis = -1
+        if millis < 0:
+            _logger.warning("spanproof: %s=%r is not valid (milliseconds >= 0); using the "
+                            "default", var, raw)
+            return default
         value = millis / 1000
     if (isinstance(value, bool) or not isinstance(value, (int, float))
             or not 0 <= value < float("inf")):

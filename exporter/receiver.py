@@ -197,7 +197,8 @@ class Receiver:
             own process from then on.
 
     Raises:
-        ValueError: a malformed setting (naming its environment variable).
+        ValueError: a malformed argument or a malformed variable that is not a
+            tuning setting (naming it; see :mod:`~spanproof.exporter.config`).
         InvalidKey: the key file cannot be used.
         OSError: the output or journal directory cannot be created.
     """

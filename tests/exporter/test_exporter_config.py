@@ -11,6 +11,7 @@ from exporter_support import FakeClock
 
 from spanproof.exporter import DEFAULT_SELECT_ATTRIBUTES, ExporterConfig, SpanproofSpanExporter
 from spanproof.exporter.config import ENV_PREFIX
+from spanproof.verifier.errors import InvalidKey
 
 ALL_VARIABLES = {
     "OUTPUT_DIR": ("/data/evidence", "output_dir", "/data/evidence"),
@@ -69,21 +70,46 @@ def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(
+    ("suffix", "raw", "field"),
+    [
+        ("SEAL_GRACE_MS", "fast", "seal_grace"),
+        ("SEAL_GRACE_MS", "1.5", "seal_grace"),
+        ("SEAL_GRACE_MS", "-1", "seal_grace"),
+        ("IDLE_TIMEOUT_MS", "30s", "idle_timeout"),
+        ("MAX_RECORDS", "0", "max_records"),
+        ("MAX_RECORDS", "ten", "max_records"),
+        ("MAX_PENDING_TRACES", "-3", "max_pending_traces"),
+        ("SEALED_TRACE_MEMORY", "-1", "sealed_trace_memory"),
+        ("MAX_VALUE_BYTES", "1MiB", "max_value_bytes"),
+        ("MAX_VALUE_BYTES", "100", "max_value_bytes"),
+        ("SEALING_PROCESS", "maybe", "sealing_process"),
+    ],
+)
+def test_malformed_tuning_variable_is_warned_about_and_the_default_used(
+    suffix: str, raw: str, field: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As the OTel SDK does: raising here would abort opentelemetry-instrument's
+    # whole configuration.  The other variables still apply.
+    env = {ENV_PREFIX + suffix: raw, ENV_PREFIX + "OUTPUT_DIR": "/data/evidence"}
+    with caplog.at_level(logging.WARNING, logger="spanproof.exporter.config"):
+        config = ExporterConfig.from_env(environ=env)
+    assert getattr(config, field) == getattr(ExporterConfig(), field)
+    assert config.output_dir == "/data/evidence"
+    assert f"{ENV_PREFIX}{suffix}={raw!r} is not valid" in caplog.text
+    assert "using the default" in caplog.text
+
+
+@pytest.mark.parametrize(
     ("suffix", "raw"),
     [
         ("SELECT_ALL", "yes"),
         ("SELECT_ALL", "1"),
-        ("SEAL_GRACE_MS", "fast"),
-        ("SEAL_GRACE_MS", "1.5"),
-        ("SEAL_GRACE_MS", "-1"),
-        ("IDLE_TIMEOUT_MS", "30s"),
-        ("MAX_RECORDS", "0"),
-        ("MAX_RECORDS", "ten"),
-        ("MAX_PENDING_TRACES", "-3"),
-        ("SEALED_TRACE_MEMORY", "-1"),
+        ("WITNESS_URL", "witness.example:8080"),
     ],
 )
-def test_malformed_variable_names_itself(suffix: str, raw: str) -> None:
+def test_malformed_variable_whose_default_changes_what_is_certified_is_an_error(
+    suffix: str, raw: str
+) -> None:
     with pytest.raises(ValueError, match=ENV_PREFIX + suffix):
         ExporterConfig.from_env(environ={ENV_PREFIX + suffix: raw})
 
@@ -143,9 +169,24 @@ def test_exporter_key_file_from_environment(
         exporter.shutdown()
 
 
-def test_exporter_rejects_a_malformed_variable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_exporter_starts_with_the_default_under_a_malformed_tuning_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv(ENV_PREFIX + "MAX_PENDING_TRACES", "many")
-    with pytest.raises(ValueError, match=ENV_PREFIX + "MAX_PENDING_TRACES"):
-        SpanproofSpanExporter(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="spanproof.exporter.config"):
+        exporter = SpanproofSpanExporter(tmp_path, clock=FakeClock())
+    try:
+        assert exporter.config.max_pending_traces == ExporterConfig().max_pending_traces
+        assert f"{ENV_PREFIX}MAX_PENDING_TRACES='many' is not valid" in caplog.text
+    finally:
+        exporter.shutdown()
+
+
+def test_key_file_variable_that_cannot_be_read_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Never replaced by a generated key: bundles would be signed by a key nobody trusts.
+    monkeypatch.setenv(ENV_PREFIX + "KEY_FILE", str(tmp_path / "missing.key"))
+    with pytest.raises(InvalidKey, match=r"missing\.key: cannot read private key"):
+        SpanproofSpanExporter(tmp_path / "out")
+    assert not (tmp_path / "out" / "keys").exists()

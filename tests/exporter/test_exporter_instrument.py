@@ -44,10 +44,9 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.mark.parametrize("exporters", ["spanproof", "otlp,spanproof"])
-def test_opentelemetry_instrument_writes_verifiable_bundles(
-    tmp_path: Path, exporters: str
-) -> None:
+def _instrumented(tmp_path: Path, exporters: str,
+                  **variables: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Run the app under ``opentelemetry-instrument``; its result and output directory."""
     instrument = Path(sys.executable).parent / "opentelemetry-instrument"
     assert instrument.exists(), "opentelemetry-instrument is installed with the test extras"
     app = tmp_path / "app.py"
@@ -64,11 +63,20 @@ def test_opentelemetry_instrument_writes_verifiable_bundles(
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{_closed_port()}",
         OTEL_EXPORTER_OTLP_TIMEOUT="1",
         OTEL_EXPORTER_OTLP_TRACES_TIMEOUT="1",
+        **variables,
     )
     result = subprocess.run(
         [str(instrument), sys.executable, str(app)],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )
+    return result, out
+
+
+@pytest.mark.parametrize("exporters", ["spanproof", "otlp,spanproof"])
+def test_opentelemetry_instrument_writes_verifiable_bundles(
+    tmp_path: Path, exporters: str
+) -> None:
+    result, out = _instrumented(tmp_path, exporters)
     assert result.returncode == 0, result.stderr
     assert "app done" in result.stdout
     trust = TrustRoot.from_pem_files([str(out / "keys" / "signing.pub")])
@@ -79,3 +87,29 @@ def test_opentelemetry_instrument_writes_verifiable_bundles(
     assert resource["service.name"] == {"stringValue": "support-agent"}
     usage = report.records[1]["span"]["attributes"]["gen_ai.usage.output_tokens"]
     assert usage == {"intValue": "42"}
+
+
+def test_malformed_tuning_variable_does_not_stop_opentelemetry_instrument(
+    tmp_path: Path,
+) -> None:
+    # Raising from the exporter's constructor aborted OpenTelemetry's whole
+    # configuration: no spans anywhere.  The variable is warned about instead.
+    result, out = _instrumented(tmp_path, "spanproof",
+                                OTEL_EXPORTER_SPANPROOF_SEAL_GRACE_MS="2s",
+                                OTEL_EXPORTER_SPANPROOF_MAX_VALUE_BYTES="1MiB")
+    assert result.returncode == 0, result.stderr
+    assert "OTEL_EXPORTER_SPANPROOF_SEAL_GRACE_MS='2s' is not valid" in result.stderr
+    assert "OTEL_EXPORTER_SPANPROOF_MAX_VALUE_BYTES='1MiB' is not valid" in result.stderr
+    trust = TrustRoot.from_pem_files([str(out / "keys" / "signing.pub")])
+    (report,) = verified(out, trust)
+    assert report.records is not None
+    assert [r["span"]["name"] for r in report.records] == ["classify", "draft-reply"]
+
+
+def test_malformed_select_all_variable_is_still_an_error(tmp_path: Path) -> None:
+    # Its default would certify fewer spans than asked for, without a word in any
+    # bundle: the configuration fails, naming the variable.
+    result, out = _instrumented(tmp_path, "spanproof",
+                                OTEL_EXPORTER_SPANPROOF_SELECT_ALL="yes")
+    assert "OTEL_EXPORTER_SPANPROOF_SELECT_ALL must be 'true' or 'false'" in result.stderr
+    assert not out.exists()

@@ -143,9 +143,14 @@ def test_sealing_process_setting_from_the_environment(raw: str | None, count: in
 
 
 @pytest.mark.parametrize("raw", ["maybe", "-1", "65", "1.5", "2x"])
-def test_malformed_sealing_process_setting_names_the_variable(raw: str) -> None:
-    with pytest.raises(ValueError, match="OTEL_EXPORTER_SPANPROOF_SEALING_PROCESS"):
-        ExporterConfig.from_env(environ={"OTEL_EXPORTER_SPANPROOF_SEALING_PROCESS": raw})
+def test_malformed_sealing_process_setting_is_named_and_seals_here(
+    raw: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="spanproof.exporter.config"):
+        config = ExporterConfig.from_env(
+            environ={"OTEL_EXPORTER_SPANPROOF_SEALING_PROCESS": raw})
+    assert config.sealing_process == 0
+    assert f"OTEL_EXPORTER_SPANPROOF_SEALING_PROCESS={raw!r} is not valid" in caplog.text
 
 
 @pytest.mark.parametrize(("given", "count"), [(False, 0), (True, 1), (0, 0), (2, 2)])

@@ -47,12 +47,30 @@ def test_processor_is_exported_and_configured_from_environment(
         processor.shutdown()
 
 
-def test_malformed_queue_size_variable_is_named_in_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("var", "raw"), [
+    ("OTEL_EXPORTER_SPANPROOF_QUEUE_SIZE", "many"),
+    ("OTEL_EXPORTER_SPANPROOF_QUEUE_SIZE", "0"),
+    ("OTEL_EXPORTER_SPANPROOF_QUEUE_BLOCK_MS", "-5"),
+    ("OTEL_EXPORTER_SPANPROOF_QUEUE_BLOCK_MS", "50ms"),
+])
+def test_malformed_queue_variable_is_named_and_the_default_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    var: str, raw: str,
 ) -> None:
-    monkeypatch.setenv("OTEL_EXPORTER_SPANPROOF_QUEUE_SIZE", "many")
+    monkeypatch.setenv(var, raw)
+    with caplog.at_level(logging.WARNING, logger="spanproof.exporter.processor"):
+        processor = EvidenceSpanProcessor(tmp_path, signing_key=signing_key())
+    try:
+        assert processor._queue.maxsize == 2048
+        assert processor._block == 0.05
+        assert f"{var}={raw!r} is not valid" in caplog.text
+    finally:
+        processor.shutdown()
+
+
+def test_bad_queue_argument_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="OTEL_EXPORTER_SPANPROOF_QUEUE_SIZE"):
-        EvidenceSpanProcessor(tmp_path, signing_key=signing_key())
+        EvidenceSpanProcessor(tmp_path, signing_key=signing_key(), queue_size=0)
 
 
 def test_spans_ending_where_no_thread_may_start_are_journaled_and_sealed_by_shutdown(
