@@ -521,7 +521,8 @@ class SpanproofSpanExporter(SpanExporter):
 
         Idempotent; later exports return FAILURE.  *timeout_millis* (which the SDK's
         BatchSpanProcessor passes) bounds the wait, but sealing pending traces gets
-        at least 5 seconds: a smaller budget would lose evidence.
+        at least 5 seconds: a smaller budget would lose evidence.  A write still in
+        flight then (a stalled disk) is not waited for: it goes on in the background.
         Whatever is still unwritten at the end is logged as an error.
         """
         with self._cond:
@@ -543,18 +544,22 @@ class SpanproofSpanExporter(SpanExporter):
             _logger.exception("spanproof: sealing at shutdown failed")
             done = False
         if self._writers is not None:
-            self._writers.shutdown(wait=True)
+            # The writes in flight were waited on until the deadline (above); the
+            # writer thread is not: a write hung on a stalled disk would hold
+            # shutdown without bound.  What it finishes later is still written.
+            self._writers.shutdown(wait=False)
+        # Counted now, after the bounded wait, not after the witness's delivery.
+        incomplete = not done or self._unwritten or self._inflight
+        counts = (len(self._unwritten), len(self._inflight), self._assembler.pending_traces)
         if self._submitter is not None:
             # Deliver what was just sealed while the witness answers; whatever is
             # not delivered stays queued on disk for the next start.
             remaining = max(0.0, deadline - time.monotonic())
             self._submitter.flush(min(remaining, _MIN_SHUTDOWN_SECONDS))
             self._submitter.close(max(0.0, deadline - time.monotonic()))
-        if not done or self._unwritten:
+        if incomplete:
             _logger.error("spanproof: shutdown incomplete: %d sealed bundle(s) not written, "
-                          "%d still being written, %d trace(s) not sealed",
-                          len(self._unwritten), len(self._inflight),
-                          self._assembler.pending_traces)
+                          "%d still being written, %d trace(s) not sealed", *counts)
 
     @staticmethod
     def _stop_remote(remote: SealingProcesses, deadline: float) -> None:
