@@ -15,9 +15,17 @@ from typing import Any
 from .errors import InvalidBundle, SignatureError
 from .keys import TrustedKey, TrustRoot
 
-__all__ = ["PAYLOAD_TYPE", "Envelope", "Signature", "pae"]
+__all__ = ["MAX_SIGNATURES", "PAYLOAD_TYPE", "Envelope", "Signature", "pae"]
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
+#: The most signatures an envelope may carry (SPEC §5.1, §8 step 2).  A producer writes
+#: one; DSSE allows several.  Each signature may be tried against every trusted key
+#: before anything is authenticated, so the bound also bounds that work.
+MAX_SIGNATURES = 16
+#: Key id hints named in a failure message before the rest are only counted.
+_HINTS_SHOWN = 3
+#: Characters of one hint shown in a message (a key id is 64).
+_HINT_CHARS = 64
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -36,6 +44,16 @@ def _b64decode(text: Any, where: str) -> bytes:
     if base64.b64encode(raw).decode("ascii") != text:
         raise InvalidBundle(f"{where}: not canonical padded base64 (SPEC §5.1)")
     return raw
+
+
+def _hint_list(hints: list[str]) -> str:
+    """The first few key id hints, each cut to a key id's length, then how many more."""
+    shown = [
+        (h if len(h) <= _HINT_CHARS else h[:_HINT_CHARS] + "...") or "(none)"
+        for h in hints[:_HINTS_SHOWN]
+    ]
+    more = len(hints) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more else "")
 
 
 @dataclass(frozen=True)
@@ -59,7 +77,8 @@ class Envelope:
         """Build from the envelope's JSON object.
 
         Raises:
-            InvalidBundle: missing or mistyped fields, bad base64, unknown payloadType.
+            InvalidBundle: missing or mistyped fields, bad base64, unknown payloadType,
+                more than :data:`MAX_SIGNATURES` signatures.
         """
         if not isinstance(obj, dict):
             raise InvalidBundle("envelope: must be an object")
@@ -75,6 +94,11 @@ class Envelope:
         raw_sigs = obj.get("signatures")
         if not isinstance(raw_sigs, list) or not raw_sigs:
             raise InvalidBundle("envelope: 'signatures' must be a non-empty array")
+        if len(raw_sigs) > MAX_SIGNATURES:
+            raise InvalidBundle(
+                f"envelope: {len(raw_sigs)} signatures; at most {MAX_SIGNATURES} are "
+                "accepted (SPEC §5.1)"
+            )
         sigs = []
         for i, raw in enumerate(raw_sigs):
             if not isinstance(raw, dict) or set(raw) - {"sig", "keyid"}:
@@ -101,15 +125,22 @@ class Envelope:
     def verify(self, trust: TrustRoot) -> TrustedKey:
         """Return the first trusted key with a valid signature over PAE(type, payload).
 
+        A signature whose bytes repeat an earlier one's is not tried again: the earlier
+        one was already tried under every trusted key.
+
         Raises:
             SignatureError: no signature verifies under any trusted key.
         """
         message = pae(self.payload_type, self.payload)
+        tried: set[bytes] = set()
         for sig in self.signatures:
+            if sig.sig in tried:
+                continue
+            tried.add(sig.sig)
             for key in trust.ordered_for(sig.keyid):
                 if key.verify(sig.sig, message):
                     return key
-        hints = ", ".join(s.keyid or "(none)" for s in self.signatures)
+        hints = _hint_list([s.keyid for s in self.signatures])
         trusted = {k.keyid for k in trust.keys}
         if any(s.keyid in trusted for s in self.signatures):
             reason = (

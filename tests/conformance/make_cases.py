@@ -259,6 +259,15 @@ def _no_signatures() -> bytes:
     return _with_header(data, header)
 
 
+def _too_many_signatures() -> bytes:
+    # The genuine signature first, then 16 copies of one that verifies under no key.
+    data = base()
+    header = _header(data)
+    bad = {"keyid": "", "sig": base64.b64encode(b"\x01" * 64).decode()}
+    header["envelope"]["signatures"] += [bad] * 16
+    return _with_header(data, header)
+
+
 def _signature_altered() -> bytes:
     data = base()
     header = _header(data)
@@ -386,6 +395,8 @@ CASES: tuple[Case, ...] = (
     Case("envelope_unknown_payload_type", "2", "payloadType not in-toto",
          _unknown_payload_type),
     Case("envelope_no_signatures", "2", "empty signatures array", _no_signatures),
+    Case("envelope_too_many_signatures", "2",
+         "17 signatures, the genuine one first (at most 16)", _too_many_signatures),
     Case("signature_altered", "3", "one bit of the signature flipped", _signature_altered),
     Case("signature_statement_altered", "3", "payload changed after signing",
          _statement_altered),

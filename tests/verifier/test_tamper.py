@@ -33,6 +33,7 @@ from spanproof.verifier import (
     SignatureError,
     SpanproofError,
     Status,
+    TrustedKey,
     TrustError,
     TrustRoot,
     Verdict,
@@ -41,6 +42,7 @@ from spanproof.verifier import (
     record_hash,
     verify_bundle,
 )
+from spanproof.verifier.dsse import MAX_SIGNATURES
 from spanproof.verifier.keys import format_time
 from spanproof.verifier.verify import CHECKS
 
@@ -561,6 +563,79 @@ def test_envelope_without_signatures_fail(kit: Kit, parts: tuple[bytes, list[byt
         "'signatures' must be a non-empty array",
         InvalidBundle,
     )
+
+
+def _bad_signature(keyid: str = "") -> dict[str, str]:
+    """A well-formed signature entry that verifies under no key."""
+    return {"keyid": keyid, "sig": base64.b64encode(b"\x01" * 64).decode()}
+
+
+def test_envelope_too_many_signatures_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    # Even with the genuine signature first: more signatures than MAX_SIGNATURES is
+    # refused at step 2, before any of them is tried.
+    header, records = parts
+    envelope = header_doc(header)["envelope"]
+    envelope["signatures"] += [_bad_signature()] * MAX_SIGNATURES
+    assert len(envelope["signatures"]) == MAX_SIGNATURES + 1
+    assert_rejected(
+        kit,
+        join(make_header(envelope), records),
+        "envelope",
+        f"envelope: {MAX_SIGNATURES + 1} signatures; at most {MAX_SIGNATURES} are accepted",
+        InvalidBundle,
+    )
+
+
+def test_envelope_with_the_most_signatures_allowed_verifies(
+    kit: Kit, parts: tuple[bytes, list[bytes]]
+) -> None:
+    header, records = parts
+    envelope = header_doc(header)["envelope"]
+    envelope["signatures"] = [_bad_signature()] * (MAX_SIGNATURES - 1) + envelope["signatures"]
+    report = kit.check(join(make_header(envelope), records))
+    assert report.verdict is Verdict.OK and report.signer_keyid == kit.key.keyid
+
+
+def test_repeated_bad_signature_is_tried_once_per_key(
+    kit: Kit, parts: tuple[bytes, list[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same signature bytes under several hints are one signature to try: each
+    # trusted key checks it once, however often the envelope repeats it.
+    header, records = parts
+    envelope = header_doc(header)["envelope"]
+    envelope["signatures"] = [_bad_signature(f"{i:064x}") for i in range(MAX_SIGNATURES)]
+    others = [SigningKey.from_seed(bytes([i]) * 32) for i in (1, 2)]
+    trust = TrustRoot.from_keys(
+        [*kit.trust.keys,
+         *(TrustedKey.from_public_key(k.private_key.public_key(), "other") for k in others)]
+    )
+    tries = []
+    original = TrustedKey.verify
+
+    def counting(self: TrustedKey, signature: bytes, message: bytes) -> bool:
+        tries.append(self.keyid)
+        return original(self, signature, message)
+
+    monkeypatch.setattr(TrustedKey, "verify", counting)
+    report = kit.check(join(make_header(envelope), records), trust)
+    assert report.verdict is Verdict.FAIL
+    assert sorted(tries) == sorted(k.keyid for k in trust.keys)
+
+
+def test_signature_failure_message_names_a_few_hints_and_counts_the_rest(
+    kit: Kit, parts: tuple[bytes, list[bytes]]
+) -> None:
+    header, records = parts
+    envelope = header_doc(header)["envelope"]
+    long_hint = "h" * 5000
+    envelope["signatures"] = [_bad_signature(long_hint)] + [
+        _bad_signature(f"hint-{i}") for i in range(1, MAX_SIGNATURES)
+    ]
+    report = kit.check(join(make_header(envelope), records))
+    assert report.verdict is Verdict.FAIL
+    assert report.reason.endswith(f"hint-1, hint-2 and {MAX_SIGNATURES - 3} more")
+    assert "h" * 64 + "..." in report.reason and "h" * 65 not in report.reason
+    assert "hint-3" not in report.reason and len(report.reason) < 400
 
 
 # --- versions and media types ----------------------------------------------------------
