@@ -102,10 +102,12 @@ def _version() -> str:
 def load_trust(key_files: Sequence[str], trust_root_files: Sequence[str]) -> TrustRoot | None:
     """Build the trust root from ``--key`` PEM files and ``--trust-root`` documents.
 
-    Returns ``None`` when neither was given.
+    Returns ``None`` when neither was given.  All the files together form one trust
+    root, so one key given twice (two ``--key`` files, a ``--key`` file and a trust-root
+    entry, or two trust-root files) is refused as in a single file (SPEC §6.2).
 
     Raises:
-        UsageError: a file cannot be read or holds no usable key.
+        UsageError: a file cannot be read or holds no usable key, or a key is given twice.
     """
     keys: list[TrustedKey] = []
     try:
@@ -113,9 +115,9 @@ def load_trust(key_files: Sequence[str], trust_root_files: Sequence[str]) -> Tru
             keys.extend(TrustRoot.from_pem_files(list(key_files)).keys)
         for path in trust_root_files:
             keys.extend(TrustRoot.from_json_file(path).keys)
+        return TrustRoot.from_keys(keys) if keys else None
     except InvalidKey as e:
         raise UsageError(str(e)) from e
-    return TrustRoot.from_keys(keys) if keys else None
 
 
 # ------------------------------------------------------------------ per-bundle results

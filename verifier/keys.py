@@ -162,17 +162,36 @@ def _trusted_key(raw: bytes, source: str, valid_from: datetime | None,
 
 @dataclass(frozen=True)
 class TrustRoot:
-    """The set of keys a verifier trusts; nothing else is ever trusted."""
+    """The set of keys a verifier trusts; nothing else is ever trusted.
+
+    Raises:
+        ValueError: no keys.
+        InvalidKey: one key id appears twice, from one source or from two (SPEC §6.2:
+            which entry's validity window applies would depend on their order).
+    """
 
     keys: tuple[TrustedKey, ...]
 
     def __post_init__(self) -> None:
         if not self.keys:
             raise ValueError("a trust root needs at least one key")
+        first: dict[str, TrustedKey] = {}
+        for key in self.keys:
+            if key.keyid in first:
+                raise InvalidKey(
+                    f"key {key.keyid} is trusted twice, from {first[key.keyid].source} and "
+                    f"from {key.source}; give each key once (SPEC §6.2)"
+                )
+            first[key.keyid] = key
 
     @classmethod
     def from_keys(cls, keys: Iterable[TrustedKey]) -> TrustRoot:
-        """Build a trust root from trusted keys."""
+        """Build a trust root from trusted keys.
+
+        Raises:
+            ValueError: no keys.
+            InvalidKey: one key id appears twice.
+        """
         return cls(tuple(keys))
 
     @classmethod
@@ -180,7 +199,8 @@ class TrustRoot:
         """Trust each PEM public key file in *paths*, with no validity window.
 
         Raises:
-            InvalidKey: a file cannot be read or is not an Ed25519 public key.
+            InvalidKey: a file cannot be read or is not an Ed25519 public key, or two
+                files hold the same key.
         """
         keys = []
         for path in paths:

@@ -207,6 +207,45 @@ def test_trust_root_window_that_excludes_the_sealing_time_fails(
     assert "is not valid at sealedAt" in out
 
 
+def _root_file(path: Path, pem: str, **window: str) -> Path:
+    path.write_text(json.dumps({"mediaType": TRUST_ROOT_MEDIA_TYPE,
+                                "keys": [{"publicKey": pem, **window}]}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "sources",
+    [
+        ("retired", "open"),
+        ("open", "retired"),
+        ("key", "retired"),
+        ("retired", "key"),
+        ("key", "key"),
+    ],
+)
+def test_same_key_from_two_sources_is_a_usage_error(
+    capsys, keys: Keys, make_bundle, tmp_path, sources
+):
+    # One key, a retired window in one trust root and an open one in another (or given
+    # as a plain --key file): which window applied depended on the order of the options.
+    path, _ = make_bundle()
+    pem = keys.pub.read_text()
+    files = {
+        "retired": _root_file(tmp_path / "retired.json", pem, validUntil="2020-01-01T00:00:00Z"),
+        "open": _root_file(tmp_path / "open.json", pem),
+    }
+    argv: list[object] = []
+    for source in sources:
+        argv += ["--key", keys.pub] if source == "key" else ["--trust-root", files[source]]
+    code, out, err = run(capsys, "verify", *argv, path)
+    assert (code, out) == (2, "")
+    assert err.startswith(
+        f"spanproof: error: key {keys.signer.keyid} is trusted twice, from "
+    ), err
+    for source in sources:
+        assert (str(keys.pub) if source == "key" else f"{files[source]}: keys[0]") in err
+
+
 @pytest.mark.parametrize(
     ("damage", "reason"),
     [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -200,6 +201,29 @@ def test_pem_file_missing_or_wrong(tmp_path: Path) -> None:
     (tmp_path / "ec.pub").write_text(EC_P256_PEM)
     with pytest.raises(InvalidKey, match="key is not Ed25519"):
         TrustRoot.from_pem_files([str(tmp_path / "ec.pub")])
+
+
+def test_same_key_in_two_pem_files_fail(tmp_path: Path) -> None:
+    (tmp_path / "a.pub").write_bytes(KEY_A.public_pem())
+    (tmp_path / "again.pub").write_bytes(KEY_A.public_pem())
+    with pytest.raises(InvalidKey, match=re.escape(
+        f"key {KEY_A.keyid} is trusted twice, from {tmp_path / 'a.pub'} and from "
+        f"{tmp_path / 'again.pub'}"
+    )):
+        TrustRoot.from_pem_files([str(tmp_path / "a.pub"), str(tmp_path / "again.pub")])
+
+
+def test_same_key_from_two_trust_roots_fail() -> None:
+    # Each file alone is usable; together they give one key two windows, and which
+    # one applied depended on the order the keys were joined in (SPEC §6.2).
+    retired = TrustRoot.from_json(_doc(_entry(KEY_A, validUntil="2020-01-01T00:00:00Z")), "old")
+    current = TrustRoot.from_json(_doc(_entry(KEY_A), _entry(KEY_B)), "new")
+    for first, second in ((retired, current), (current, retired)):
+        with pytest.raises(InvalidKey, match=re.escape(
+            f"key {KEY_A.keyid} is trusted twice, from {first.keys[0].source} and from "
+            f"{second.keys[0].source}"
+        )):
+            TrustRoot.from_keys([*first.keys, *second.keys])
 
 
 def test_empty_trust_root_is_a_caller_mistake() -> None:
