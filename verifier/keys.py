@@ -8,6 +8,8 @@ hint for choosing which trusted key to try first.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import logging
 import os
@@ -54,16 +56,75 @@ def key_id(public_key: Ed25519PublicKey) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def load_public_key(pem: bytes, source: str = "public key") -> Ed25519PublicKey:
-    """Load an Ed25519 public key from SPKI PEM.
+_PEM_BEGIN = "-----BEGIN PUBLIC KEY-----"
+_PEM_END = "-----END PUBLIC KEY-----"
+_BASE64_LINE = re.compile(r"[A-Za-z0-9+/=]+\Z", re.ASCII)
+
+
+def _pem_der(pem: bytes, source: str) -> bytes:
+    """The DER bytes of the one ``PUBLIC KEY`` block that *pem* must consist of.
+
+    Exactly one block, only base64 lines inside it (no PEM headers), only whitespace
+    around it; a line may end in CR LF.  A lenient reader would trust the first of two
+    concatenated keys, or a key hidden after other text (SPEC §6.2).
 
     Raises:
-        InvalidKey: the data is empty or not PEM, or the key is not Ed25519.
+        InvalidKey: anything else.
+    """
+
+    def refused(why: str) -> InvalidKey:
+        return InvalidKey(f"{source}: not a PEM public key ({why})")
+
+    try:
+        text = pem.decode("ascii")
+    except UnicodeDecodeError:
+        raise refused("not ASCII text") from None
+    lines = [line.strip() for line in text.split("\n")]
+    begins = [line for line in lines if line.startswith("-----BEGIN ")]
+    if len(begins) > 1:
+        raise refused(f"{len(begins)} PEM blocks; a key file holds exactly one")
+    if _PEM_BEGIN not in lines:
+        found = f"; found {begins[0][:40]!r}" if begins else ""
+        raise refused(f"no {_PEM_BEGIN} line{found}")
+    begin = lines.index(_PEM_BEGIN)
+    if _PEM_END not in lines[begin + 1 :]:
+        raise refused(f"no {_PEM_END} line after {_PEM_BEGIN}")
+    end = lines.index(_PEM_END, begin + 1)
+    if any(lines[:begin]):
+        raise refused(f"text before {_PEM_BEGIN}; only whitespace may surround the block")
+    if any(lines[end + 1 :]):
+        raise refused(f"text after {_PEM_END}; only whitespace may surround the block")
+    body = lines[begin + 1 : end]
+    for number, line in enumerate(body, 1):
+        if ":" in line:
+            raise refused(
+                f"a PEM header {line.split(':', 1)[0][:40]!r} in the block; a public key "
+                "block holds base64 lines only"
+            )
+        if not _BASE64_LINE.match(line):
+            raise refused(f"line {number} of the block is not base64")
+    joined = "".join(body)
+    try:
+        der = base64.b64decode(joined, validate=True)
+    except (binascii.Error, ValueError):
+        raise refused("the block is not valid base64") from None
+    if base64.b64encode(der).decode("ascii") != joined:
+        raise refused("the block is not canonical padded base64")
+    return der
+
+
+def load_public_key(pem: bytes, source: str = "public key") -> Ed25519PublicKey:
+    """Load an Ed25519 public key from SPKI PEM: exactly one ``PUBLIC KEY`` block,
+    with only whitespace around it.
+
+    Raises:
+        InvalidKey: the data is empty or not such PEM, or the key is not Ed25519.
     """
     if not pem.strip():
         raise InvalidKey(f"{source}: empty, no public key in it")
+    der = _pem_der(pem, source)
     try:
-        key = serialization.load_pem_public_key(pem)
+        key = serialization.load_der_public_key(der)
     except (ValueError, TypeError) as e:
         raise InvalidKey(f"{source}: not a PEM public key ({e})") from e
     except UnsupportedAlgorithm as e:  # a key type or curve OpenSSL does not know

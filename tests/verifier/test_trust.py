@@ -158,6 +158,89 @@ def test_load_public_key_rejects_non_ed25519() -> None:
         load_public_key(EC_P256_PEM.encode(), "key.pem")
 
 
+PEM_A = KEY_A.public_pem()
+PEM_B = KEY_B.public_pem()
+B64 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+
+def _non_canonical_base64(pem: bytes) -> bytes:
+    """*pem* with the unused low bits of its last base64 digit set (it decodes the same)."""
+    padded = pem.index(b"=")
+    index = B64.index(pem[padded - 1 : padded]) | 1
+    return pem[: padded - 1] + B64[index : index + 1] + pem[padded:]
+
+
+@pytest.mark.parametrize(
+    ("pem", "message"),
+    [
+        (PEM_A + PEM_B, "2 PEM blocks; a key file holds exactly one"),
+        (PEM_B + PEM_A, "2 PEM blocks; a key file holds exactly one"),
+        (KEY_A.private_pem() + PEM_A, "2 PEM blocks; a key file holds exactly one"),
+        (b"trust this key:\n" + PEM_A, "text before -----BEGIN PUBLIC KEY-----"),
+        (PEM_A + b"and more\n", "text after -----END PUBLIC KEY-----"),
+        (PEM_A.replace(b"-----\n", b"-----\nProc-Type: 4,ENCRYPTED\n\n", 1),
+         "a PEM header 'Proc-Type' in the block"),
+        (PEM_A.replace(b"-----\n", b"-----\n\n", 1), "line 1 of the block is not base64"),
+        (PEM_A.replace(b"-----\nMC", b"-----\nM C", 1), "line 1 of the block is not base64"),
+        (PEM_A.replace(b"-----END", b"AA==\n-----END"), "the block is not valid base64"),
+        (_non_canonical_base64(PEM_A), "the block is not canonical padded base64"),
+        (PEM_A.replace(b"-----END", b"-----END PRIVATE KEY-----\n-----END"),
+         "line 2 of the block is not base64"),
+        (PEM_A.replace(b"-----END PUBLIC KEY-----\n", b""),
+         "no -----END PUBLIC KEY----- line after -----BEGIN PUBLIC KEY-----"),
+        (KEY_A.private_pem(),
+         "no -----BEGIN PUBLIC KEY----- line; found '-----BEGIN PRIVATE KEY-----'"),
+        (PEM_A.replace(b"MC", b"\xc3\xa9", 1), "not ASCII text"),
+    ],
+    ids=[
+        "two_blocks_first_trusted_fail",
+        "two_blocks_second_trusted_fail",
+        "private_then_public_block_fail",
+        "text_before_block_fail",
+        "text_after_block_fail",
+        "pem_headers_inside_block_fail",
+        "blank_line_inside_block_fail",
+        "space_inside_base64_line_fail",
+        "base64_padding_inside_block_fail",
+        "base64_unused_bits_set_fail",
+        "end_line_of_another_label_inside_block_fail",
+        "no_end_line_fail",
+        "private_key_block_fail",
+        "not_ascii_fail",
+    ],
+)
+def test_load_public_key_is_strict_pem(pem: bytes, message: str) -> None:
+    # A lenient PEM reader trusted the first of two concatenated keys (`cat a.pub
+    # b.pub` trusted a only) and skipped text and headers around it (SPEC §6.2).
+    with pytest.raises(InvalidKey) as info:
+        load_public_key(pem, "key.pem")
+    assert str(info.value).startswith("key.pem: not a PEM public key (")
+    assert message in str(info.value)
+
+
+def test_two_keys_in_one_pem_file_fail(tmp_path: Path) -> None:
+    (tmp_path / "both.pub").write_bytes(PEM_A + PEM_B)
+    with pytest.raises(InvalidKey, match="2 PEM blocks"):
+        TrustRoot.from_pem_files([str(tmp_path / "both.pub")])
+    with pytest.raises(InvalidKey, match=re.escape("keys[0]: not a PEM public key (2 PEM")):
+        TrustRoot.from_json(_doc({"publicKey": (PEM_A + PEM_B).decode()}), "trust.json")
+
+
+@pytest.mark.parametrize(
+    "pem",
+    [
+        PEM_A,
+        PEM_A.replace(b"\n", b"\r\n"),
+        PEM_A.rstrip(b"\n"),
+        b"\n  \n" + PEM_A + b"\n\t\n",
+        PEM_A.replace(b"\n", b"  \n"),
+    ],
+    ids=["as_written", "crlf", "no_final_newline", "blank_lines_around", "trailing_spaces"],
+)
+def test_load_public_key_accepts_whitespace_around_the_block(pem: bytes) -> None:
+    assert key_id(load_public_key(pem, "key.pem")) == KEY_A.keyid
+
+
 def test_load_public_key_rejects_a_key_type_openssl_does_not_know() -> None:
     with pytest.raises(InvalidKey, match=r"key\.pem: key is not Ed25519 .*1\.3\.101\.99"):
         load_public_key(unknown_type_public_pem(), "key.pem")
