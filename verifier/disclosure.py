@@ -47,6 +47,7 @@ __all__ = [
     "COMMITMENT_PREFIX",
     "DISCLOSURES_MEDIA_TYPE",
     "DISCLOSURES_SUFFIX",
+    "MAX_DISCLOSURE_FILE_BYTES",
     "SALT_BYTES",
     "SALT_PREFIX",
     "AttributeMatcher",
@@ -78,6 +79,8 @@ SALT_BYTES = 16
 DISCLOSURES_MEDIA_TYPE = "application/vnd.spanproof.disclosures.v1+json"
 #: ``<name>.spanproof.json`` keeps its disclosures in ``<name>.disclosures.json`` (SPEC §2.5.4).
 DISCLOSURES_SUFFIX = ".disclosures.json"
+#: The longest disclosure file a verifier reads (SPEC §2.5.4): 64 MiB, as a bundle line.
+MAX_DISCLOSURE_FILE_BYTES = 64 * 1024 * 1024
 
 _SALT_HEX = re.compile(r"[0-9a-f]{32}\Z")
 _ENTRY_KEYS = frozenset({"traceId", "spanId", "key", "salt", "value"})
@@ -329,15 +332,27 @@ def disclosures_path(bundle_path: str | os.PathLike[str]) -> str:
 
 
 def load_disclosures(path: str | os.PathLike[str]) -> DisclosureFile:
-    """Read and parse a disclosure file.
+    """Read and parse a disclosure file of at most :data:`MAX_DISCLOSURE_FILE_BYTES`.
+
+    A longer file is refused before it is parsed (or read further than the limit):
+    parsing JSON takes many times the file's size in memory (SPEC §2.5.4).
 
     Raises:
         OSError: it cannot be read.
-        InvalidDisclosure: it is malformed.
+        InvalidDisclosure: it is longer than the limit, or malformed.
     """
+    name = os.fspath(path)
+    too_long = InvalidDisclosure(
+        f"{name}: longer than {MAX_DISCLOSURE_FILE_BYTES} bytes; a disclosure file is at "
+        "most 64 MiB (SPEC §2.5.4)"
+    )
     with open_regular(path) as f:
-        data = f.read()
-    return DisclosureFile.from_bytes(data, os.fspath(path))
+        if os.fstat(f.fileno()).st_size > MAX_DISCLOSURE_FILE_BYTES:
+            raise too_long
+        data = f.read(MAX_DISCLOSURE_FILE_BYTES + 1)
+    if len(data) > MAX_DISCLOSURE_FILE_BYTES:  # it grew while being read
+        raise too_long
+    return DisclosureFile.from_bytes(data, name)
 
 
 def write_private_file(path: str | os.PathLike[str], data: bytes) -> None:

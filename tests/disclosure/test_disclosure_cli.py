@@ -173,6 +173,18 @@ def test_verify_with_malformed_disclosure_file_is_a_usage_error(
     assert "unknown mediaType" in err
 
 
+def test_verify_with_disclosure_file_over_the_size_limit_is_a_usage_error(
+    tmp_path: Path, written: Written, pem: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    big = tmp_path / "big.json"
+    with big.open("wb") as f:  # sparse: no data is written
+        f.truncate(64 * 1024 * 1024 + 1)
+    code, stdout, err = _run(capsys, "verify", "--key", str(pem), "--disclosures", str(big),
+                             str(written.bundle))
+    assert (code, stdout) == (2, "")
+    assert f"{big}: longer than 67108864 bytes; a disclosure file is at most 64 MiB" in err
+
+
 def test_verify_with_empty_disclosure_file_fails(
     tmp_path: Path, written: Written, pem: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from disclosure_support import (
 )
 
 from spanproof.verifier import Verdict
+from spanproof.verifier import disclosure as disclosure_module
 from spanproof.verifier.disclosure import (
     Disclosure,
     DisclosureFile,
@@ -228,6 +230,38 @@ def test_malformed_disclosure_file_rejected(tmp_path: Path, change, message) -> 
     change(doc)
     with pytest.raises(InvalidDisclosure, match=message):
         DisclosureFile.from_bytes(json.dumps(doc).encode(), "reviewer.json")
+
+
+def test_disclosure_file_over_the_size_limit_is_refused_unparsed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It was read whole and parsed with no limit (64 MiB of JSON took 1.7 GB to parse),
+    # before its mediaType was even looked at.
+    parsed: list[str] = []
+    real_parse = disclosure_module.parse_strict
+
+    def counting(data: bytes, source: str) -> object:
+        parsed.append(source)
+        return real_parse(data, source)
+
+    monkeypatch.setattr(disclosure_module, "parse_strict", counting)
+    big = tmp_path / "big.disclosures.json"
+    with big.open("wb") as f:  # sparse: no data is written
+        f.truncate(64 * 1024 * 1024 + 1)
+    with pytest.raises(InvalidDisclosure, match=re.escape(
+        f"{big}: longer than 67108864 bytes; a disclosure file is at most 64 MiB"
+    )):
+        load_disclosures(big)
+    assert parsed == []
+
+
+def test_disclosure_file_at_the_size_limit_loads(tmp_path: Path) -> None:
+    doc = DisclosureFile(()).to_bytes()
+    path = tmp_path / "padded.disclosures.json"
+    limit = disclosure_module.MAX_DISCLOSURE_FILE_BYTES
+    path.write_bytes(doc + b" " * (limit - len(doc)))
+    assert path.stat().st_size == limit == 64 * 1024 * 1024
+    assert load_disclosures(path).disclosures == ()
 
 
 def test_disclosure_file_with_duplicate_keys_rejected() -> None:
