@@ -32,8 +32,8 @@ from .disclosure import (
     Disclosure,
     DisclosureFile,
     DisclosureResult,
-    check_disclosure,
     check_disclosures,
+    check_disclosures_in_records,
     disclosures_path,
     format_disclosure_result,
     load_disclosures,
@@ -637,7 +637,7 @@ def _cmd_disclose(args: argparse.Namespace) -> int:
     if data.problem:
         print(printable(f"FAIL {bundle}: {data.problem}"))
         return EXIT_FAILED
-    checked = [check_disclosure(d, data.records, bundle) for d in chosen]
+    checked = check_disclosures_in_records(chosen, data.records, bundle)
     for result in checked:
         if not result.ok:
             print(format_disclosure_result(result))

@@ -23,8 +23,7 @@ import binascii
 import hashlib
 import os
 import re
-import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +56,7 @@ __all__ = [
     "DisclosureResult",
     "check_disclosure",
     "check_disclosures",
+    "check_disclosures_in_records",
     "commit_value",
     "commitment_digest",
     "commitment_input",
@@ -465,6 +465,44 @@ class _Located:
     record: Mapping[str, Any]
 
 
+@dataclass
+class _Commitments:
+    """The commitments of one attribute of one span (several when the span id repeats)."""
+
+    by_digest: dict[str, tuple[_Located, Mapping[str, str]]]
+    salt_digests: set[str]
+
+
+class _Index:
+    """What checking disclosures asks of the verified records, built in one pass so that
+    each disclosure costs the same however many records there are (SPEC §2.5.5)."""
+
+    def __init__(self, located: Iterable[_Located]) -> None:
+        #: (traceId, spanId) -> every attribute key the span's records hold.
+        self.keys: dict[tuple[str, str], set[str]] = {}
+        #: (traceId, spanId, key) -> its commitments; the first record of each digest.
+        self.commitments: dict[tuple[str, str, str], _Commitments] = {}
+        #: salt digest -> the first two distinct (traceId, spanId, key) committed with it,
+        #: in record order (enough to name one other than any given attribute).
+        self.salt_holders: dict[str, list[tuple[str, str, str]]] = {}
+        for loc in located:
+            span = loc.record["span"]
+            trace_id, span_id = span["traceId"], span["spanId"]
+            attributes = span["attributes"]
+            self.keys.setdefault((trace_id, span_id), set()).update(attributes)
+            for key, typed in attributes.items():
+                if not is_committed_value(typed):
+                    continue
+                body: Mapping[str, str] = typed[COMMITTED_VALUE]
+                where = (trace_id, span_id, key)
+                found = self.commitments.setdefault(where, _Commitments({}, set()))
+                found.by_digest.setdefault(body["digest"], (loc, body))
+                found.salt_digests.add(body["saltDigest"])
+                holders = self.salt_holders.setdefault(body["saltDigest"], [])
+                if len(holders) < 2 and where not in holders:
+                    holders.append(where)
+
+
 def check_disclosures(
     disclosures: Iterable[Disclosure], reports: Iterable[BundleReport]
 ) -> tuple[DisclosureResult, ...]:
@@ -489,7 +527,8 @@ def check_disclosures(
             raise ValueError(f"{report.source}: check disclosures against a report made "
                              "with keep_records=True")
         verified.extend(_Located(report.source, record) for record in report.records)
-    traces = {loc.record["span"]["traceId"] for loc in verified}
+    index = _Index(verified)
+    traces = {trace_id for trace_id, _ in index.keys}
     out = []
     for disclosure in disclosures:
         if disclosure.trace_id not in traces:
@@ -497,7 +536,7 @@ def check_disclosures(
                    else "no bundle of this trace was given")
             out.append(_fail(disclosure, f"cannot be checked: {why}"))
             continue
-        out.append(_check(disclosure, verified))
+        out.append(_check(disclosure, index))
     return tuple(out)
 
 
@@ -506,7 +545,17 @@ def check_disclosure(
 ) -> DisclosureResult:
     """Check one disclosure against *records*, which the caller has verified
     (SPEC §8 steps 1-8 passed for the bundle holding them)."""
-    return _check(disclosure, [_Located(source, r) for r in records])
+    (result,) = check_disclosures_in_records([disclosure], records, source)
+    return result
+
+
+def check_disclosures_in_records(
+    disclosures: Iterable[Disclosure], records: Iterable[Mapping[str, Any]], source: str = ""
+) -> tuple[DisclosureResult, ...]:
+    """Check each disclosure against *records*, which the caller has verified (SPEC §8
+    steps 1-8 passed for the bundle holding them); the records are read once."""
+    index = _Index(_Located(source, r) for r in records)
+    return tuple(_check(d, index) for d in disclosures)
 
 
 def verify_disclosures(
@@ -529,69 +578,49 @@ def _fail(disclosure: Disclosure, message: str) -> DisclosureResult:
     return DisclosureResult(disclosure, Status.FAIL, message)
 
 
-def _commitment_of(record: Mapping[str, Any], key: str) -> Mapping[str, str] | None:
-    typed = record["span"]["attributes"].get(key)
-    if typed is not None and is_committed_value(typed):
-        body: Mapping[str, str] = typed[COMMITTED_VALUE]
-        return body
-    return None
-
-
-def _check(disclosure: Disclosure, located: Sequence[_Located]) -> DisclosureResult:
+def _check(disclosure: Disclosure, index: _Index) -> DisclosureResult:
     d = disclosure
     # SPEC §2.5.5 step 2: the records of the named span.
-    spans = [
-        loc for loc in located
-        if loc.record["span"]["traceId"] == d.trace_id and loc.record["span"]["spanId"] == d.span_id
-    ]
-    if not spans:
+    keys = index.keys.get((d.trace_id, d.span_id))
+    if keys is None:
         return _fail(d, f"span {d.span_id} is not in the verified bundle(s) of trace "
                         f"{d.trace_id}")
     # Step 3: the commitments of the named attribute on that span.
-    targets = [(loc, c) for loc in spans if (c := _commitment_of(loc.record, d.key)) is not None]
-    if not targets:
-        if any(d.key in loc.record["span"]["attributes"] for loc in spans):
+    targets = index.commitments.get((d.trace_id, d.span_id, d.key))
+    if targets is None:
+        if d.key in keys:
             return _fail(d, f"attribute {d.key!r} of span {d.span_id} is not committed: "
                             "its value is in the record in clear, nothing to disclose")
         return _fail(d, f"span {d.span_id} has no attribute {d.key!r}: no commitment to open")
-    # Step 4: the recomputed digest must equal the commitment's digest.
-    digest = d.digest
-    for loc, commitment in targets:
-        if secrets.compare_digest(commitment["digest"], digest):
-            return DisclosureResult(
-                d, Status.PASS,
-                f"opens the commitment in record {loc.record['seq']}",
-                loc.source, int(loc.record["seq"]),
-            )
-    return _fail(d, _diagnose(d, targets, located))
+    # Step 4: the recomputed digest must equal a commitment's digest (the first record
+    # holding that commitment is named).
+    opened = targets.by_digest.get(d.digest)
+    if opened is not None:
+        loc = opened[0]
+        return DisclosureResult(
+            d, Status.PASS,
+            f"opens the commitment in record {loc.record['seq']}",
+            loc.source, int(loc.record["seq"]),
+        )
+    return _fail(d, _diagnose(d, targets, index))
 
 
-def _diagnose(
-    d: Disclosure,
-    targets: Sequence[tuple[_Located, Mapping[str, str]]],
-    located: Sequence[_Located],
-) -> str:
+def _diagnose(d: Disclosure, targets: _Commitments, index: _Index) -> str:
     """Why *d* opens none of *targets*.  Informative only: the verdict is already FAIL."""
     where = f"attribute {d.key!r} of span {d.span_id}"
     salt_hex = d.salt_digest
-    if not any(c["saltDigest"] == salt_hex for _, c in targets):
+    if salt_hex not in targets.salt_digests:
         # Was the disclosure made for another commitment (moved to this span/key)?
-        for loc in located:
-            span = loc.record["span"]
-            for key, typed in span["attributes"].items():
-                if not is_committed_value(typed):
-                    continue
-                if typed[COMMITTED_VALUE]["saltDigest"] != salt_hex:
-                    continue
-                if (span["traceId"], span["spanId"], key) == (d.trace_id, d.span_id, d.key):
-                    continue
-                return (f"disclosure for {where} carries the salt of attribute {key!r} of "
-                        f"span {span['spanId']} (moved from another span or attribute); "
-                        "the commitment binds the span and key")
+        for trace_id, span_id, key in index.salt_holders.get(salt_hex, ()):
+            if (trace_id, span_id, key) == (d.trace_id, d.span_id, d.key):
+                continue
+            return (f"disclosure for {where} carries the salt of attribute {key!r} of "
+                    f"span {span_id} (moved from another span or attribute); "
+                    "the commitment binds the span and key")
         return f"salt does not match the commitment of {where}"
     for alternative in _retyped(d.value):
         other = commitment_digest(d.trace_id, d.span_id, d.key, alternative, d.salt)
-        if any(c["digest"] == other for _, c in targets):
+        if other in targets.by_digest:
             return (f"type mismatch for {where}: disclosed as {_kind(d.value)} "
                     f"{format_value(d.value)}, committed as {_kind(alternative)}")
     return f"value does not match the commitment of {where}"

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from disclosure_support import (
@@ -25,6 +26,7 @@ from spanproof.verifier.disclosure import (
     Disclosure,
     DisclosureFile,
     check_disclosures,
+    check_disclosures_in_records,
     committed_attributes,
     format_disclosure_result,
     load_disclosures,
@@ -178,6 +180,52 @@ def test_disclosure_against_failed_bundle_fails(tmp_path: Path) -> None:
     results = check_disclosures(file.disclosures, [report])
     assert results and all(r.status is Status.FAIL for r in results)
     assert all("its bundle did not verify" in r.message for r in results)
+
+
+class _CountedRecord(dict[str, Any]):
+    """A record that notes each time its span is read."""
+
+    def __init__(self, record: dict[str, Any], reads: list[str]) -> None:
+        super().__init__(record)
+        self._reads = reads
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "span":
+            self._reads.append(super().__getitem__("span")["spanId"])
+        return super().__getitem__(key)
+
+
+def test_checking_disclosures_reads_each_record_once(
+    setup: tuple[BundleReport, DisclosureFile],
+) -> None:
+    # Every disclosure scanned every record, and a failing one scanned them all again
+    # to diagnose it: 8,000 disclosures against 8,000 records took 52 s.
+    report, file = setup
+    assert report.records is not None
+    padding = []
+    for i in range(200):
+        copy = json.loads(json.dumps(report.records[0]))
+        copy["span"]["spanId"] = f"{0x2000000000000000 + i:016x}"
+        padding.append(copy)
+    reads: list[str] = []
+    records = tuple(_CountedRecord(r, reads) for r in (*report.records, *padding))
+    padded = dataclasses.replace(report, records=records)
+    opening = file.disclosures
+    failing = [
+        *(dataclasses.replace(d, salt=b"\xee" * 16) for d in opening),
+        *(dataclasses.replace(d, value={"stringValue": "another"}) for d in opening),
+        *(dataclasses.replace(d, span_id=SPAN_B if d.span_id == SPAN_A else SPAN_A)
+          for d in opening),
+        *(dataclasses.replace(opening[0], span_id=f"{0x3000000000000000 + i:016x}")
+          for i in range(200)),
+    ]
+    results = check_disclosures([*opening, *failing], [padded])
+    assert [r.ok for r in results] == [True] * len(opening) + [False] * len(failing)
+    assert len(reads) == len(records)
+    reads.clear()
+    results = check_disclosures_in_records([*opening, *failing], records, "bundle")
+    assert [r.ok for r in results] == [True] * len(opening) + [False] * len(failing)
+    assert len(reads) == len(records)
 
 
 def test_committed_attributes_lists_every_commitment(
