@@ -37,7 +37,11 @@ from typing import Any
 
 from spanproof.verifier._files import temp_target
 from spanproof.verifier.bundle import BUNDLE_SUFFIX, BundleReader
-from spanproof.verifier.disclosure import DisclosureFile, check_disclosure, disclosures_path
+from spanproof.verifier.disclosure import (
+    DisclosureFile,
+    check_disclosures_in_records,
+    disclosures_path,
+)
 from spanproof.verifier.errors import InvalidDisclosure, SpanproofError
 from spanproof.verifier.receipt import RECEIPT_SUFFIX
 
@@ -153,7 +157,7 @@ def _published_bundle(bundle_path: str, disclosures: DisclosureFile) -> str | No
         except (OSError, SpanproofError):
             continue  # unreadable or not a bundle: not the one these disclosures open
         if disclosures.disclosures and all(
-            check_disclosure(d, records).ok for d in disclosures.disclosures
+            result.ok for result in check_disclosures_in_records(disclosures.disclosures, records)
         ):
             return candidate
     return None
