@@ -165,6 +165,20 @@ class _SpanMemory:
             _, forgotten = self._traces.popitem(last=False)
             self._size -= sum(len(v) for v in forgotten.values())
 
+    def remove(self, trace_id: str, span_id: str, fingerprint: bytes) -> None:
+        """Forget one fingerprint added by :meth:`add` (if still remembered), and the
+        span id and the trace with it once they hold no other."""
+        spans = self._traces.get(trace_id)
+        versions = None if spans is None else spans.get(span_id)
+        if spans is None or versions is None or fingerprint not in versions:
+            return
+        versions.remove(fingerprint)
+        self._size -= 1
+        if not versions:
+            del spans[span_id]
+            if not spans:
+                del self._traces[trace_id]
+
 
 class Receiver:
     """Certifies spans delivered over OTLP into signed, hash-chained bundle files.
@@ -531,10 +545,11 @@ class Receiver:
                 self._cond.notify()
 
     def _forget(self, fresh: list[tuple[str, str, dict[str, Any], bytes, bool]]) -> None:
+        """Forget the fingerprints of spans that were not acknowledged, so that the
+        Collector's unchanged retry is admitted as they were (not as a conflict with
+        itself)."""
         for trace_id, span_id, _, fingerprint, _ in fresh:
-            versions = self._memory.versions(trace_id, span_id)
-            if versions is not None and fingerprint in versions:
-                versions.remove(fingerprint)
+            self._memory.remove(trace_id, span_id, fingerprint)
 
     # -- recovery ----------------------------------------------------------------
 

@@ -280,6 +280,74 @@ def test_overload_answers_unavailable(tmp_path, clock):
     assert [span_ids(r) for r in reports] == [[span_id(1), span_id(2)]]
 
 
+def test_retry_after_overload_is_not_a_conflict(tmp_path, clock):
+    # A delivery answered UNAVAILABLE was not acknowledged: the Collector's unchanged
+    # retry is the span's first version, not a second one (it was sealed listing the
+    # span as a conflict with itself).
+    receiver = make_receiver(tmp_path / "out", clock, max_pending_traces=1)
+    with serving(receiver) as (server, _):
+        endpoint = f"127.0.0.1:{server.port}"
+        export(endpoint, otlp_span(TRACE_A, 1, parent=9))
+        with pytest.raises(grpc.RpcError) as err:
+            export(endpoint, otlp_span(TRACE_B, 1))
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "overloaded" in err.value.details()
+        clock.advance(31)
+        assert receiver.flush()
+        export(endpoint, otlp_span(TRACE_B, 1))  # the Collector's retry
+    reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
+    assert [(r.statement.trace_id, span_ids(r)) for r in reports] == [
+        (TRACE_A, [span_id(1)]), (TRACE_B, [span_id(1)])]
+    assert [r.statement.completeness.conflicts for r in reports] == [(), ()]
+
+
+def test_retry_after_a_failed_journal_write_is_not_a_conflict(tmp_path, clock, monkeypatch):
+    from spanproof.exporter.journal import Journal
+
+    real_append = Journal.append_spans
+    failures = [OSError(28, "No space left on device")]
+
+    def append_spans(self, items):
+        if failures:
+            raise failures.pop()
+        return real_append(self, items)
+
+    monkeypatch.setattr(Journal, "append_spans", append_spans)
+    receiver = make_receiver(tmp_path / "out", clock)
+    with serving(receiver) as (server, _):
+        endpoint = f"127.0.0.1:{server.port}"
+        batch = [otlp_span(TRACE_A, 1), otlp_span(TRACE_A, 2, parent=1)]
+        with pytest.raises(grpc.RpcError) as err:
+            export(endpoint, *batch)
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "journal write failed" in err.value.details()
+        export(endpoint, *batch)  # the Collector's retry
+    (report,) = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
+    assert span_ids(report) == [span_id(1), span_id(2)]
+    assert report.statement.completeness.conflicts == ()
+
+
+def test_span_memory_forgets_a_removed_span_entirely() -> None:
+    from spanproof.exporter.receiver import _SpanMemory
+
+    memory = _SpanMemory(capacity=2)
+    memory.add(TRACE_A, span_id(1), b"first")
+    memory.add(TRACE_A, span_id(1), b"second")
+    memory.remove(TRACE_A, span_id(1), b"second")
+    assert memory.versions(TRACE_A, span_id(1)) == [b"first"]
+    memory.remove(TRACE_A, span_id(1), b"first")
+    memory.remove(TRACE_A, span_id(1), b"first")  # no longer remembered: nothing to do
+    assert memory.versions(TRACE_A, span_id(1)) is None
+    # Nothing is counted for the removed fingerprints: two spans fit again, and a
+    # third evicts the oldest trace.
+    memory.add(TRACE_A, span_id(2), b"a")
+    memory.add(TRACE_B, span_id(3), b"b")
+    assert memory.versions(TRACE_A, span_id(2)) == [b"a"]
+    memory.add(TRACE_B, span_id(4), b"c")
+    assert memory.versions(TRACE_A, span_id(2)) is None
+    assert memory.versions(TRACE_B, span_id(3)) == [b"b"]
+
+
 def test_requests_before_start_are_unavailable(tmp_path, clock):
     receiver = make_receiver(tmp_path / "out", clock)
     with pytest.raises(Unavailable):
