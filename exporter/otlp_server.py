@@ -232,13 +232,7 @@ def _read_body(handler: BaseHTTPRequestHandler, limit: int) -> bytes:
     body = handler.rfile.read(length)
     encoding = (handler.headers.get("Content-Encoding") or "identity").lower()
     if encoding == "gzip":
-        try:
-            decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            body = decomp.decompress(body, limit + 1)
-            if len(body) > limit or decomp.unconsumed_tail:
-                raise _TooLarge(f"decompressed body exceeds the {limit}-byte limit")
-        except zlib.error as e:
-            raise InvalidRequest(f"bad gzip body: {e}") from None
+        body = _gunzip(body, limit)
     elif encoding != "identity":
         raise InvalidRequest(f"unsupported Content-Encoding {encoding!r}")
     return body
@@ -246,6 +240,36 @@ def _read_body(handler: BaseHTTPRequestHandler, limit: int) -> bytes:
 
 class _TooLarge(Exception):
     pass
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """A gzip body decompressed: every member of it (RFC 1952 §2.2: a gzip file is a
+    series of members, which Go's and Python's readers join), at most *limit* bytes
+    in all.
+
+    Raises:
+        InvalidRequest: a member is damaged or cut short, or data after a member is
+            not another member.
+        _TooLarge: the decompressed body exceeds *limit*.
+    """
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            part = decomp.decompress(data, limit - size + 1)
+        except zlib.error as e:
+            what = "data after the last gzip member" if parts else "bad gzip body"
+            raise InvalidRequest(f"{what}: {e}") from None
+        size += len(part)
+        if size > limit or decomp.unconsumed_tail:
+            raise _TooLarge(f"decompressed body exceeds the {limit}-byte limit")
+        if not decomp.eof:
+            raise InvalidRequest("bad gzip body: the stream is cut short (no end of member)")
+        parts.append(part)
+        data = decomp.unused_data
+        if not data:
+            return b"".join(parts)
 
 
 def _make_handler(ingest: Ingest, limit: int) -> type[BaseHTTPRequestHandler]:

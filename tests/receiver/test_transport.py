@@ -152,6 +152,58 @@ def test_http_gzip_protobuf(http_url, ingest):
     assert len(ingest.seen[0].scope_spans[0].spans) == 2
 
 
+def test_http_gzip_body_of_several_members_passes_every_member(http_url, ingest):
+    # RFC 1952 §2.2: a gzip file is a series of members; everything after the first
+    # was dropped while the request was answered 200.
+    first, second = _request(2), _request(3)
+    second.resource_spans[0].scope_spans[0].spans[0].name = "second member"
+    data = gzip.compress(first.SerializeToString()) + gzip.compress(second.SerializeToString())
+    code, _, _ = _post(http_url, data, "application/x-protobuf", "gzip")
+    assert code == 200
+    assert [len(rs.scope_spans[0].spans) for rs in ingest.seen] == [2, 3]
+    assert ingest.seen[1].scope_spans[0].spans[0].name == "second member"
+
+
+def test_http_gzip_size_limit_counts_every_member(ingest):
+    server = HttpServer("127.0.0.1:0", ingest, max_message_bytes=1000)
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}/v1/traces"
+        member = gzip.compress(bytes(600))  # within the limit alone, not twice
+        code, _, body = _post(url, member + member, "application/x-protobuf", "gzip")
+        assert code == 413
+        assert "exceeds the 1000-byte limit" in status_pb2.Status.FromString(body).message
+        code, _, _ = _post(url, gzip.compress(bytes(600)), "application/x-protobuf", "gzip")
+        assert code == 400  # within the limit: decoded (and not a valid request)
+    finally:
+        server.stop()
+    assert not ingest.seen
+
+
+_GZIPPED = gzip.compress(_request(2).SerializeToString())
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (_GZIPPED + b"garbage!", "data after the last gzip member"),
+        (_GZIPPED + b"\0" * 8, "data after the last gzip member"),
+        (_GZIPPED[:-8], "cut short"),  # no CRC and size trailer
+        (_GZIPPED[: len(_GZIPPED) // 2], "cut short"),
+        (_GZIPPED + _GZIPPED[:-4], "cut short"),  # the second member cut short
+        (b"", "cut short"),
+    ],
+    ids=["trailing-garbage", "trailing-zeros", "no-trailer", "half", "second-member-cut",
+         "empty"],
+)
+def test_http_gzip_with_trailing_data_or_cut_short_is_400(http_url, ingest, data, why):
+    # These were answered 200 with whatever the first member gave.
+    code, _, body = _post(http_url, data, "application/x-protobuf", "gzip")
+    assert code == 400
+    assert why in status_pb2.Status.FromString(body).message
+    assert not ingest.seen
+
+
 def test_http_json_with_hex_ids_int64_strings_and_integer_enums(http_url, ingest):
     doc = {
         "resourceSpans": [
