@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import threading
 import zlib
 from collections.abc import Callable, Sequence
@@ -101,15 +102,31 @@ def _to_protobuf_json(obj: Any) -> None:
             _to_protobuf_json(item)
 
 
+def _refuse_constant(name: str) -> Any:
+    # NaN, Infinity and -Infinity are not JSON (RFC 8259 §6), though Python's reader
+    # takes them; protobuf's JSON mapping spells such doubles as strings ("NaN").
+    raise InvalidRequest(f"body is not JSON: {name} is not a number (RFC 8259 §6)")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise InvalidRequest(f"number {text} is beyond the range of a double")
+    return value
+
+
 def parse_otlp_json(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest:
     """Decode an OTLP/JSON ``ExportTraceServiceRequest`` (hex ids, int64 as strings,
     integer enums; unknown fields ignored as the OTLP spec requires).
 
     Raises:
-        InvalidRequest: not JSON or not a valid request.
+        InvalidRequest: not JSON (``NaN`` and ``Infinity`` included, and numbers
+            beyond a double's range) or not a valid request.
     """
     try:
-        doc = json.loads(data)
+        doc = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except InvalidRequest:
+        raise
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidRequest(f"body is not JSON: {e}") from None
     except RecursionError:
@@ -120,7 +137,7 @@ def parse_otlp_json(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest:
     try:
         _to_protobuf_json(doc)
         json_format.ParseDict(doc, request, ignore_unknown_fields=True)
-    except (json_format.ParseError, ValueError, TypeError) as e:
+    except (json_format.ParseError, ValueError, TypeError, OverflowError) as e:
         raise InvalidRequest(f"not an OTLP ExportTraceServiceRequest: {e}") from None
     except RecursionError:
         raise InvalidRequest("request is nested too deeply to decode") from None

@@ -317,6 +317,42 @@ def test_parse_otlp_json_still_ignores_unknown_field_names() -> None:
     assert span.name == "a"
 
 
+def _json_span(members: str) -> bytes:
+    span = f'{{"traceId":"{TRACE.hex()}","spanId":"00000000000000a1",{members}}}'
+    return f'{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{span}]}}]}}]}}'.encode()
+
+
+@pytest.mark.parametrize(
+    "members", ['"kind":1e400', '"kind":-1e400', '"status":{"code":1e400}',
+                '"startTimeUnixNano":1e400'],
+)
+def test_http_json_number_beyond_a_double_is_400(http_url, ingest, members):
+    # An enum of 1e400 raised OverflowError inside protobuf, answered 503 as a
+    # receiver error: the Collector retried the malformed batch without end.
+    code, headers, body = _post(http_url, _json_span(members), "application/json")
+    assert code == 400
+    assert "Retry-After" not in headers
+    assert "beyond the range of a double" in json.loads(body)["message"]
+    assert not ingest.seen
+
+
+@pytest.mark.parametrize(
+    "members", ['"kind":NaN', '"kind":Infinity', '"kind":-Infinity',
+                '"attributes":[{"key":"k","value":{"doubleValue":NaN}}]'],
+)
+def test_parse_otlp_json_refuses_nan_and_infinity(members):
+    # Not JSON (RFC 8259 §6); "kind": NaN was taken as kind 0.
+    with pytest.raises(InvalidRequest, match="not a number"):
+        parse_otlp_json(_json_span(members))
+
+
+def test_parse_otlp_json_takes_nan_spelled_as_protobuf_spells_it():
+    request = parse_otlp_json(
+        _json_span('"attributes":[{"key":"k","value":{"doubleValue":"NaN"}}]'))
+    value = request.resource_spans[0].scope_spans[0].spans[0].attributes[0].value.double_value
+    assert value != value
+
+
 def test_parse_otlp_json_rejects_non_object():
     with pytest.raises(InvalidRequest):
         parse_otlp_json(b"[1, 2]")
