@@ -286,6 +286,8 @@ class Receiver:
         # Journal key of every body the assembler holds, by the body's identity.
         self._keys: dict[int, tuple[str, Mapping[str, Any]]] = {}
         self._unwritten: collections.deque[tuple[SealedBundle, SealJob]] = collections.deque()
+        # "sealed" journal entries a failed append left to write (see _retire).
+        self._unretired: list[tuple[str, list[str], dict[str, Any]]] = []
         self._storage_error: str | None = None
         self._journal: Journal | None = None
         self._submitter: WitnessSubmitter | None = None
@@ -587,7 +589,7 @@ class Receiver:
                     return
                 now = self._clock()
                 wake = self._assembler.next_deadline()
-                if self._unwritten:
+                if self._unwritten or self._unretired:
                     wake = now + _RETRY_AFTER if wake is None else min(wake, now + _RETRY_AFTER)
                 timeout = _MAX_SLEEP if wake is None else min(max(wake - now, 0.0), _MAX_SLEEP)
                 if timeout == 0 and not worked:
@@ -614,6 +616,8 @@ class Receiver:
         if not self._seal_lock.acquire(timeout=timeout):
             return False
         try:
+            if self._unretired:
+                self._retire(())
             worked = self._write_pending()
             while True:
                 with self._lock:
@@ -752,8 +756,6 @@ class Receiver:
             self._storage_error = f"cannot write bundles: {failure}"
         if done:
             self._retire(done)
-            if not self._unwritten:
-                self._storage_error = None
         if self._submitter is not None:
             for path in paths:
                 self._submitter.submit(path)
@@ -766,20 +768,32 @@ class Receiver:
             return e
 
     def _retire(self, done: Iterable[tuple[SealJob, ChainPosition]]) -> None:
+        """Journal that the bundles of *done* are written (their spans sealed), after
+        the entries an earlier failed append left, which are retried first and in
+        order (replay takes a trace's last entry for its chain position).  While
+        entries are left, or bundles unwritten, requests are answered UNAVAILABLE;
+        the sealer retries them (:meth:`_cycle`)."""
         assert self._journal is not None
-        items = []
+        retrying = bool(self._unretired)
+        items = self._unretired
         with self._lock:
             for job, position in done:
                 keys = [held[0] for held in (self._keys.pop(id(b), None) for b in job.bodies)
                         if held is not None]
                 items.append((job.trace_id, keys, position_to_json(position)))
+        self._unretired = []
         try:
             self._journal.append_sealed_many(items)
         except OSError as e:
             # The bundles are durable and their spans stay journaled; the next start
             # finds the bundles and does not seal them again (_recovery).
-            _logger.error("receiver: cannot retire journal entries: %s", e)
+            if not retrying:
+                _logger.error("receiver: cannot retire journal entries (%s); will retry", e)
+            self._unretired = items
             self._storage_error = f"journal write failed: {e}"
+            return
+        if not self._unwritten:
+            self._storage_error = None
 
     def _seal(self, job: SealJob, sealed_at: datetime) -> SealedBundle:
         return seal(

@@ -267,6 +267,43 @@ def test_storage_failure_answers_unavailable_and_recovers(tmp_path, clock):
     assert {r.statement.trace_id for r in reports} == {TRACE_A, TRACE_B}
 
 
+def test_a_failed_journal_retire_is_retried_and_requests_are_accepted_again(
+    tmp_path, clock, monkeypatch
+):
+    # Writing that a bundle's spans are sealed failed once: with seal workers the
+    # receiver answered UNAVAILABLE from then on (nothing retried the entries), in
+    # one process it went on as if they were written.
+    from spanproof.exporter.journal import Journal
+
+    real_append = Journal.append_sealed_many
+    disk = {"failing": True}
+
+    def append_sealed_many(self, items):
+        if disk["failing"]:
+            raise OSError(5, "Input/output error")
+        return real_append(self, items)
+
+    monkeypatch.setattr(Journal, "append_sealed_many", append_sealed_many)
+    receiver = make_receiver(tmp_path / "out", clock)
+    with serving(receiver) as (server, _):
+        endpoint = f"127.0.0.1:{server.port}"
+        export(endpoint, otlp_span(TRACE_A, 1))
+        clock.advance(2.5)
+        assert receiver.flush()  # written; its journal entries not retired
+        assert len(verified(str(tmp_path / "out"), trust_root(str(tmp_path)))) == 1
+        with pytest.raises(grpc.RpcError) as err:
+            export(endpoint, otlp_span(TRACE_B, 1))
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "Input/output error" in err.value.details()
+        disk["failing"] = False
+        assert receiver.flush()
+        export(endpoint, otlp_span(TRACE_B, 1))  # accepted again
+    reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
+    assert [(r.statement.trace_id, span_ids(r)) for r in reports] == [
+        (TRACE_A, [span_id(1)]), (TRACE_B, [span_id(1)])]
+    assert os.listdir(receiver.journal_dir) == []  # every entry retired
+
+
 def test_overload_answers_unavailable(tmp_path, clock):
     receiver = make_receiver(tmp_path / "out", clock, max_backlog_spans=2)
     with serving(receiver) as (server, _):
