@@ -236,17 +236,82 @@ class GrpcServer:
         self._server.stop(grace).wait()
 
 
-def _read_body(handler: BaseHTTPRequestHandler, limit: int) -> bytes:
+# Bounds on a chunked body's framing: the length of a chunk-size or trailer line, and
+# the number of trailer fields.
+_MAX_LINE = 4096
+_MAX_TRAILERS = 64
+_LINE_ENDS = (b"\r\n", b"\n")
+
+
+def _read_message_body(handler: BaseHTTPRequestHandler, limit: int) -> bytes:
+    """The request's message body as sent (RFC 9112 §6.3): ``Content-Length`` bytes, or
+    a ``Transfer-Encoding: chunked`` body, at most *limit* bytes either way.
+
+    Raises:
+        InvalidRequest: no usable body length, a body cut short, or bad chunk framing.
+        _TooLarge: the body exceeds *limit*.
+        _NotImplemented: a transfer coding other than chunked.
+    """
+    transfer_encoding = handler.headers.get("Transfer-Encoding")
     length_text = handler.headers.get("Content-Length")
+    if transfer_encoding is not None:
+        if length_text is not None:
+            # RFC 9112 §6.3 item 3: a request smuggling pattern.
+            raise InvalidRequest("both Transfer-Encoding and Content-Length")
+        if transfer_encoding.strip().lower() != "chunked":
+            raise _NotImplemented(f"unsupported Transfer-Encoding {transfer_encoding!r}")
+        return _read_chunked(handler.rfile, limit)
     if length_text is None:
         raise InvalidRequest("Content-Length is required")
-    try:
-        length = int(length_text)
-    except ValueError:
-        raise InvalidRequest("bad Content-Length") from None
-    if length < 0 or length > limit:
+    length_text = length_text.strip()
+    if not (length_text.isascii() and length_text.isdigit()):
+        raise InvalidRequest("bad Content-Length")
+    length = int(length_text)
+    if length > limit:
         raise _TooLarge(f"body of {length} bytes exceeds the {limit}-byte limit")
     body = handler.rfile.read(length)
+    if len(body) < length:
+        raise InvalidRequest(f"body cut short ({len(body)} of {length} bytes)")
+    return body
+
+
+def _read_chunked(rfile: Any, limit: int) -> bytes:
+    """A chunked body (RFC 9112 §7.1), its trailer fields read and ignored."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        line = _read_line(rfile, "chunk size")
+        size_text = line.split(b";", 1)[0].strip()  # chunk extensions are ignored
+        if not size_text or len(size_text) > 16 or size_text.strip(b"0123456789abcdefABCDEF"):
+            raise InvalidRequest(f"bad chunk size {size_text[:20]!r}")
+        n = int(size_text, 16)
+        if n == 0:
+            break
+        size += n
+        if size > limit:
+            raise _TooLarge(f"chunked body exceeds the {limit}-byte limit")
+        data = rfile.read(n)
+        if len(data) < n:
+            raise InvalidRequest("chunked body cut short")
+        parts.append(data)
+        if _read_line(rfile, "chunk end") not in _LINE_ENDS:
+            raise InvalidRequest("chunk data longer than its size")
+    for _ in range(_MAX_TRAILERS + 1):
+        if _read_line(rfile, "trailer field") in _LINE_ENDS:
+            return b"".join(parts)
+    raise InvalidRequest(f"more than {_MAX_TRAILERS} trailer fields")
+
+
+def _read_line(rfile: Any, what: str) -> bytes:
+    line: bytes = rfile.readline(_MAX_LINE + 1)
+    if not line.endswith(b"\n"):
+        why = "cut short" if len(line) <= _MAX_LINE else f"longer than {_MAX_LINE} bytes"
+        raise InvalidRequest(f"chunked body: {what} line {why}")
+    return line
+
+
+def _decode_content(handler: BaseHTTPRequestHandler, body: bytes, limit: int) -> bytes:
+    """*body* with its ``Content-Encoding`` (identity or gzip) undone."""
     encoding = (handler.headers.get("Content-Encoding") or "identity").lower()
     if encoding == "gzip":
         body = _gunzip(body, limit)
@@ -256,6 +321,10 @@ def _read_body(handler: BaseHTTPRequestHandler, limit: int) -> bytes:
 
 
 class _TooLarge(Exception):
+    pass
+
+
+class _NotImplemented(Exception):
     pass
 
 
@@ -293,6 +362,7 @@ def _make_handler(ingest: Ingest, limit: int) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "spanproof-receiver"
+        _body_read = False  # whether this request's message body was read to its end
 
         def log_message(self, format: str, *args: Any) -> None:
             _logger.debug("http: " + format, *args)
@@ -301,6 +371,9 @@ def _make_handler(ingest: Ingest, limit: int) -> type[BaseHTTPRequestHandler]:
             self, code: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
         ) -> None:
             self.send_response(code)
+            if not self._body_read or self.close_connection:
+                # What is left of an unread body would be read as the next request.
+                self.send_header("Connection", "close")
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             for key, value in (headers or {}).items():
@@ -322,6 +395,7 @@ def _make_handler(ingest: Ingest, limit: int) -> type[BaseHTTPRequestHandler]:
                 self._send(http_code, status.SerializeToString(), "application/x-protobuf", headers)
 
         def do_POST(self) -> None:
+            self._body_read = False
             content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
             as_json = content_type == "application/json"
             if self.path.split("?")[0] != "/v1/traces":
@@ -331,10 +405,10 @@ def _make_handler(ingest: Ingest, limit: int) -> type[BaseHTTPRequestHandler]:
                 return
             try:
                 if content_type not in ("application/x-protobuf", "application/json"):
-                    # Not consumed: close the connection rather than misread the next request.
-                    self.close_connection = True
                     raise _Unsupported(f"unsupported Content-Type {content_type!r}")
-                body = _read_body(self, limit)
+                body = _read_message_body(self, limit)
+                self._body_read = True
+                body = _decode_content(self, body, limit)
                 if as_json:
                     request = parse_otlp_json(body)
                 else:
@@ -347,6 +421,11 @@ def _make_handler(ingest: Ingest, limit: int) -> type[BaseHTTPRequestHandler]:
             except _Unsupported as e:
                 self._send_status(
                     415, status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(e)), as_json
+                )
+                return
+            except _NotImplemented as e:
+                self._send_status(
+                    501, status_pb2.Status(code=code_pb2.UNIMPLEMENTED, message=str(e)), as_json
                 )
                 return
             except _TooLarge as e:

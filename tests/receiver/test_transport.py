@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import gzip
+import http.client
 import json
+import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import grpc
@@ -356,3 +359,135 @@ def test_parse_otlp_json_takes_nan_spelled_as_protobuf_spells_it():
 def test_parse_otlp_json_rejects_non_object():
     with pytest.raises(InvalidRequest):
         parse_otlp_json(b"[1, 2]")
+
+
+# -- HTTP/1.1 message framing -------------------------------------------------------
+
+
+def _port(url: str) -> int:
+    port = urllib.parse.urlsplit(url).port
+    assert port is not None
+    return port
+
+
+def _raw(method_path: str, headers: dict[str, str], body: bytes) -> bytes:
+    head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": "x", **headers}.items())
+    return f"{method_path} HTTP/1.1\r\n{head}\r\n".encode() + body
+
+
+def _exchange(port: int, data: bytes, *, end: bool = False) -> tuple[bytes, bool]:
+    """Send *data* on a new connection (and with *end* nothing more: half-close it);
+    what came back, and whether the server closed the connection (rather than waiting
+    for another request)."""
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        if end:
+            sock.shutdown(socket.SHUT_WR)
+        try:
+            while chunk := sock.recv(65536):
+                received += chunk
+        except TimeoutError:
+            return received, False
+    return received, True
+
+
+def _chunked(body: bytes, size: int = 7) -> bytes:
+    chunks = [body[i:i + size] for i in range(0, len(body), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+
+
+_VALID = _request(2).SerializeToString()
+# A complete /v1/traces request: sent as the body of a request answered without
+# reading it, it was read as the next request on the connection.
+_SMUGGLED = _raw("POST /v1/traces",
+                 {"Content-Type": "application/x-protobuf", "Content-Length": str(len(_VALID))},
+                 _VALID)
+_PROTOBUF = {"Content-Type": "application/x-protobuf"}
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "code"),
+    [
+        ("/v1/metrics", {**_PROTOBUF, "Content-Length": str(len(_SMUGGLED))}, 404),
+        ("/v1/traces", _PROTOBUF, 400),  # no Content-Length
+        ("/v1/traces", {**_PROTOBUF, "Content-Length": "+5"}, 400),
+        ("/v1/traces", {"Content-Type": "text/plain",
+                        "Content-Length": str(len(_SMUGGLED))}, 415),
+        ("/v1/traces", {**_PROTOBUF, "Content-Length": str(len(_SMUGGLED)),
+                        "Transfer-Encoding": "chunked"}, 400),
+        ("/v1/traces", {**_PROTOBUF, "Transfer-Encoding": "gzip, chunked"}, 501),
+    ],
+    ids=["other-path", "no-content-length", "bad-content-length", "unsupported-type",
+         "both-lengths", "unknown-transfer-coding"],
+)
+def test_http_answer_without_reading_the_body_closes_the_connection(
+    http_url, ingest, path, headers, code
+):
+    received, closed = _exchange(_port(http_url), _raw(f"POST {path}", headers, _SMUGGLED))
+    assert received.startswith(b"HTTP/1.1 %d " % code), received[:200]
+    assert b"\r\nConnection: close\r\n" in received
+    assert received.count(b"HTTP/1.1 ") == 1  # the body was not read as a request
+    assert closed
+    assert not ingest.seen
+
+
+def test_http_chunked_body_is_read_and_the_connection_kept(http_url, ingest):
+    # RFC 9112 §7.1: what an exporter sends when it does not know the length ahead
+    # (a gzip stream, for one); it was answered 400 and its body left unread.
+    connection = http.client.HTTPConnection("127.0.0.1", _port(http_url), timeout=10)
+    try:
+        for body, encoding in ((_VALID, "identity"), (gzip.compress(_VALID), "gzip")):
+            connection.request("POST", "/v1/traces", body=iter([body[:5], body[5:]]),
+                               headers={**_PROTOBUF, "Content-Encoding": encoding},
+                               encode_chunked=True)
+            response = connection.getresponse()
+            response.read()
+            assert response.status == 200
+            assert not response.will_close
+    finally:
+        connection.close()
+    assert [len(rs.scope_spans[0].spans) for rs in ingest.seen] == [2, 2]
+
+
+def test_http_chunked_body_with_extensions_and_trailers(http_url, ingest):
+    framed = (b"5;name=value\r\n" + _VALID[:5] + b"\r\n"
+              + b"%X\r\n" % (len(_VALID) - 5) + _VALID[5:] + b"\r\n"
+              + b"0\r\nTrailer-Field: x\r\n\r\n")
+    headers = {**_PROTOBUF, "Transfer-Encoding": "chunked", "Connection": "close"}
+    received, closed = _exchange(_port(http_url), _raw("POST /v1/traces", headers, framed))
+    assert received.startswith(b"HTTP/1.1 200 "), received[:200]
+    assert closed
+    assert len(ingest.seen[0].scope_spans[0].spans) == 2
+
+
+@pytest.mark.parametrize(
+    ("framed", "code"),
+    [
+        (b"zz\r\n" + _VALID, 400),  # not a chunk size
+        (b"%x\r\n" % (len(_VALID) - 1) + _VALID + b"\r\n0\r\n\r\n", 400),  # too long
+        (_chunked(bytes(1001)), 413),  # beyond the limit in all
+    ],
+    ids=["bad-size", "chunk-longer-than-size", "too-large"],
+)
+def test_http_bad_or_too_large_chunked_body_closes_the_connection(ingest, framed, code):
+    server = HttpServer("127.0.0.1:0", ingest, max_message_bytes=1000)
+    server.start()
+    try:
+        headers = {**_PROTOBUF, "Transfer-Encoding": "chunked"}
+        received, closed = _exchange(server.port, _raw("POST /v1/traces", headers, framed))
+    finally:
+        server.stop()
+    assert received.startswith(b"HTTP/1.1 %d " % code), received[:200]
+    assert b"\r\nConnection: close\r\n" in received
+    assert closed
+    assert not ingest.seen
+
+
+def test_http_chunked_body_cut_short_is_400(http_url, ingest):
+    headers = {**_PROTOBUF, "Transfer-Encoding": "chunked"}
+    framed = b"%x\r\n" % len(_VALID) + _VALID[:10]  # and the client sends no more
+    received, _ = _exchange(_port(http_url), _raw("POST /v1/traces", headers, framed), end=True)
+    assert received.startswith(b"HTTP/1.1 400 "), received[:200]
+    assert b"cut short" in received
+    assert not ingest.seen
