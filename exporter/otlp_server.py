@@ -70,16 +70,21 @@ class Unavailable(Exception):
 Ingest = Callable[[Sequence[trace_pb2.ResourceSpans]], IngestResult]
 
 _ID_FIELDS = ("traceId", "spanId", "parentSpanId")
+# What an id that is not hex becomes: one byte, a length no id has, so that its span
+# is rejected alone (or its link left out), as a wrong-length id is in protobuf.  Not
+# empty: an empty parentSpanId would make the span a root.
+_NOT_AN_ID = base64.b64encode(b"\0").decode("ascii")
 
 
 def _to_protobuf_json(obj: Any) -> None:
     """Make a decoded OTLP/JSON document what protobuf's JSON mapping takes: hex ids
-    become base64 (OTLP/JSON spells ids as hex).  A field name holding a lone
-    surrogate is refused here: protobuf ignores unknown fields, but cannot look up a
-    name that is not valid Unicode (it raised SystemError).
+    become base64 (OTLP/JSON spells ids as hex), and an id that is not hex an invalid
+    id (``_NOT_AN_ID``).  A field name holding a lone surrogate is refused here:
+    protobuf ignores unknown fields, but cannot look up a name that is not valid
+    Unicode (it raised SystemError).
 
     Raises:
-        InvalidRequest: an id is not hex, or a field name holds a lone surrogate.
+        InvalidRequest: a field name holds a lone surrogate.
     """
     if isinstance(obj, dict):
         for key, value in obj.items():
@@ -94,7 +99,7 @@ def _to_protobuf_json(obj: Any) -> None:
                 try:
                     obj[key] = base64.b64encode(bytes.fromhex(value)).decode("ascii")
                 except ValueError:
-                    raise InvalidRequest(f"{key} {value!r} is not hex") from None
+                    obj[key] = _NOT_AN_ID
             else:
                 _to_protobuf_json(value)
     elif isinstance(obj, list):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import urllib.error
@@ -226,6 +227,34 @@ def test_malformed_spans_partial_success_and_invalid_argument(tmp_path, clock):
     assert [span_ids(r) for r in reports] == [[span_id(1)]]
     # The rejected evidence spans are declared, never silently lost (SPEC §5.3).
     assert reports[0].statement.completeness.rejected_spans == 3
+
+
+@pytest.mark.parametrize("field", ["spanId", "parentSpanId", "traceId"])
+def test_otlp_json_span_with_an_id_that_is_not_hex_is_rejected_alone(tmp_path, clock, field):
+    # As a wrong-length id in protobuf: partial success, the other spans certified.
+    # The whole batch was answered 400, and the Collector dropped it.
+    from google.protobuf import json_format
+
+    doc = json_format.MessageToDict(request(otlp_span(TRACE_A, 1), otlp_span(TRACE_B, 2, parent=1)))
+    for span in doc["resourceSpans"][0]["scopeSpans"][0]["spans"]:
+        for key in ("traceId", "spanId", "parentSpanId"):
+            if key in span:
+                span[key] = base64.b64decode(span[key]).hex()
+    doc["resourceSpans"][0]["scopeSpans"][0]["spans"][1][field] = "00f067aa0ba902bz"
+    receiver = make_receiver(tmp_path / "out", clock)
+    with serving(receiver, http=True) as (_, http_server):
+        assert http_server is not None
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{http_server.port}/v1/traces", data=json.dumps(doc).encode(),
+            method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as response:
+            assert response.status == 200
+            partial = json.loads(response.read())["partialSuccess"]
+    assert partial["rejectedSpans"] == "1"
+    assert "must be" in partial["errorMessage"]
+    reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)), allow_incomplete=True)
+    certified = [(r.statement.trace_id, span_ids(r)) for r in reports if r.records]
+    assert certified == [(TRACE_A, [span_id(1)])]
 
 
 def test_non_evidence_spans_are_not_certified(tmp_path, clock):
