@@ -141,7 +141,7 @@ def _seal_trace(
     producer = Producer(producer_name, producer_version, instance)
     bodies: list[dict[str, Any]] = []
     versions: dict[str, list[bytes]] = {}
-    conflicts: set[str] = set()
+    conflicts: set[str] = set(trace.conflicts)
     rejected = 0
     for body in trace.bodies:
         try:
@@ -160,6 +160,7 @@ def _seal_trace(
         if on_recovered is not None:
             on_recovered(trace.trace_id, span_id, body)
     dropped, unsampled, damaged = trace.dropped_spans, trace.unsampled_spans, trace.damaged_spans
+    unencodable, rejected = rejected, rejected + trace.rejected_spans
     if directory is not None and trace.instance:
         earlier = _written_segments(trace.trace_id, instance, position, directory, signer)
         for report in earlier:
@@ -169,6 +170,7 @@ def _seal_trace(
             dropped = max(0, dropped - declared.dropped_spans)
             unsampled = max(0, unsampled - declared.unsampled_spans)
             rejected = max(0, rejected - declared.rejected_spans)
+            unencodable = min(unencodable, rejected)
             position = _after(report)
         if earlier:
             _logger.warning(
@@ -184,9 +186,12 @@ def _seal_trace(
     if damaged:
         notes.append(f"{damaged} journaled evidence span(s) lost: their journal entries "
                      "were damaged on disk")
-    if rejected:
-        notes.append(f"{rejected} journaled span(s) rejected: not representable as "
+    if unencodable:
+        notes.append(f"{unencodable} journaled span(s) rejected: not representable as "
                      "canonical JSON")
+    if rejected > unencodable:
+        notes.append(f"{rejected - unencodable} evidence span(s) recorded in the journal "
+                     "as rejected")
     chunks = [bodies[i:i + max_records] for i in range(0, len(bodies), max_records)] or [[]]
     bundles = []
     for n, chunk in enumerate(chunks):

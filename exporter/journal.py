@@ -29,7 +29,7 @@ import re
 import struct
 import threading
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +49,9 @@ class RecoveredTrace:
 
     ``damaged_spans`` counts span entries that were written but found damaged on
     disk (see the module docstring), apart from the ``dropped_spans`` the journal
-    recorded.
+    recorded.  ``rejected_spans`` are the spans recorded as rejected, and
+    ``conflicts`` the span ids of bodies recorded as conflicting with a version of
+    the span accepted before, since the trace's last sealed segment.
     """
 
     trace_id: str
@@ -59,10 +61,12 @@ class RecoveredTrace:
     dropped_spans: int = 0
     unsampled_spans: int = 0
     damaged_spans: int = 0
+    rejected_spans: int = 0
+    conflicts: set[str] = field(default_factory=set)
 
 
 _PAYLOAD_START = b'{"t":"'
-_KINDS = frozenset({"span", "sealed", "dropped", "unsampled"})
+_KINDS = frozenset({"span", "sealed", "dropped", "unsampled", "rejected"})
 # The start of a span entry's payload, as append_spans writes it.
 _SPAN_HEAD = re.compile(rb'\{"t":"span","k":"([0-9a-f]+:[0-9]+)","trace":"([0-9a-f]{32})",')
 
@@ -139,6 +143,7 @@ def replay(paths: Iterable[str]) -> dict[str, RecoveredTrace]:
     positions: dict[str, dict[str, Any]] = {}
     dropped: dict[str, int] = {}
     unsampled: dict[str, int] = {}
+    rejected: dict[str, int] = {}
     named: set[str] = set()  # traces that an entry in good order names
     for path in paths:
         for entry in _read_entries(path):
@@ -151,12 +156,11 @@ def replay(paths: Iterable[str]) -> dict[str, RecoveredTrace]:
                 for key in entry["keys"]:
                     spans.pop(key, None)
                 positions[entry["trace"]] = entry["next"]
-                dropped.pop(entry["trace"], None)
-                unsampled.pop(entry["trace"], None)
-            elif kind == "dropped":
-                dropped[entry["trace"]] = dropped.get(entry["trace"], 0) + int(entry["n"])
-            elif kind == "unsampled":
-                unsampled[entry["trace"]] = unsampled.get(entry["trace"], 0) + int(entry["n"])
+                for counts in (dropped, unsampled, rejected):
+                    counts.pop(entry["trace"], None)
+            elif kind in ("dropped", "unsampled", "rejected"):
+                counts = {"dropped": dropped, "unsampled": unsampled, "rejected": rejected}[kind]
+                counts[entry["trace"]] = counts.get(entry["trace"], 0) + int(entry["n"])
     traces: dict[str, RecoveredTrace] = {}
     for entry in spans.values():
         tid = entry["trace"]
@@ -174,14 +178,13 @@ def replay(paths: Iterable[str]) -> dict[str, RecoveredTrace]:
             trace.damaged_spans += 1
         else:
             trace.bodies.append(entry["body"])
-    for tid, n in dropped.items():
-        traces.setdefault(
-            tid, RecoveredTrace(tid, next_position=positions.get(tid))
-        ).dropped_spans = n
-    for tid, n in unsampled.items():
-        traces.setdefault(
-            tid, RecoveredTrace(tid, next_position=positions.get(tid))
-        ).unsampled_spans = n
+            if entry.get("c"):
+                trace.conflicts.add(entry["body"]["span"]["spanId"])
+    for field_name, counts in (("dropped_spans", dropped), ("unsampled_spans", unsampled),
+                               ("rejected_spans", rejected)):
+        for tid, n in counts.items():
+            setattr(traces.setdefault(tid, RecoveredTrace(tid, next_position=positions.get(tid))),
+                    field_name, n)
     return traces
 
 
@@ -225,13 +228,19 @@ class Journal:
             self._collect()
 
     def append_spans(
-        self, items: Iterable[tuple[str, Mapping[str, Any] | bytes]]
+        self,
+        items: Iterable[tuple[str, Mapping[str, Any] | bytes]],
+        *,
+        conflicting: Container[int] = (),
+        rejected: Mapping[str, int] | None = None,
     ) -> list[str]:
         """Durably append ``(trace id, body)`` items; return their keys.
 
         A body may be given already serialized, as the UTF-8 bytes of a JSON object
         (a caller that serialized it anyway, e.g. to fingerprint it, saves a second
-        encoding).
+        encoding).  The items whose positions are in *conflicting* are recorded as
+        conflicting with a version of their span accepted before (SPEC §5.3), and
+        *rejected* (trace id -> count) as rejected spans, in the same write.
 
         Returns only after the data is fsynced.
 
@@ -244,17 +253,22 @@ class Journal:
             keys = []
             chunks = []
             counter = self._counter
-            for trace_id, body in items:
+            for i, (trace_id, body) in enumerate(items):
                 counter += 1
                 key = f"{self._instance}:{counter}"
                 keys.append(key)
+                entry: dict[str, Any] = {"t": "span", "k": key, "trace": trace_id}
+                if i in conflicting:
+                    entry["c"] = True
                 if isinstance(body, bytes):
-                    head = _json({"t": "span", "k": key, "trace": trace_id})
+                    head = _json(entry)
                     chunks.append(_frame_payload(b"".join(
                         (head[:-1], b',"body":', body, b"}"))))
                 else:
-                    chunks.append(_frame({"t": "span", "k": key, "trace": trace_id,
-                                          "body": body}))
+                    entry["body"] = body
+                    chunks.append(_frame(entry))
+            for trace_id, n in (rejected or {}).items():
+                chunks.append(_frame({"t": "rejected", "trace": trace_id, "n": str(n)}))
             self._counter = counter
             self._write(b"".join(chunks))
             live = self._live[self._file_no]
@@ -267,6 +281,11 @@ class Journal:
         """Durably record that *n* evidence spans of a trace were lost."""
         with self._lock:
             self._write(_frame({"t": "dropped", "trace": trace_id, "n": str(n)}))
+
+    def append_rejected(self, trace_id: str, n: int) -> None:
+        """Durably record that *n* evidence spans of a trace were rejected (SPEC §5.3)."""
+        with self._lock:
+            self._write(_frame({"t": "rejected", "trace": trace_id, "n": str(n)}))
 
     def append_unsampled(self, trace_id: str, n: int) -> None:
         """Durably record that sampling removed *n* evidence spans of a trace."""

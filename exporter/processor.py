@@ -478,7 +478,7 @@ class EvidenceSpanProcessor(SpanProcessor):
             unsampled, self._unsampled = self._unsampled, collections.Counter()
         if not (items or rejected or roots or dropped or unsampled or flushes):
             return stop
-        keyed, durable = self._journal(items, dropped, unsampled)
+        keyed, durable = self._journal(items, rejected, dropped, unsampled)
         self._sealer.admit(keyed, rejected, roots, dropped, unsampled, self._dropped_note)
         for flush in flushes:
             flush.durable = durable
@@ -488,11 +488,14 @@ class EvidenceSpanProcessor(SpanProcessor):
     def _journal(
         self,
         items: list[tuple[str, dict[str, Any]]],
+        rejected: list[str],
         dropped: Mapping[str, int],
         unsampled: Mapping[str, int],
     ) -> tuple[list[tuple[str, dict[str, Any], str | None]], bool]:
-        """Append *items* and the loss counts to the journal (fsynced).  Returns the
-        items with their keys (None: not journaled) and whether all is durable."""
+        """Append *items*, the rejected spans' traces and the loss counts to the
+        journal (fsynced).  Returns the items with their keys (None: not journaled)
+        and whether all is durable."""
+        rejections = collections.Counter(rejected)
         try:
             journal = self._sealer.journal()
             keys: list[str | None] = []
@@ -501,12 +504,16 @@ class EvidenceSpanProcessor(SpanProcessor):
                     keys.extend(journal.append_spans(items))
                 except ValueError:
                     # A value the journal's JSON cannot encode (a lone surrogate):
-                    # journal the others; the sealer declares that span rejected.
+                    # journal the others; the sealer declares that span rejected,
+                    # and so does the journal.
                     for trace_id, body in items:
                         try:
                             keys.extend(journal.append_spans([(trace_id, body)]))
                         except ValueError:
                             keys.append(None)
+                            rejections[trace_id] += 1
+            for trace_id, n in rejections.items():
+                journal.append_rejected(trace_id, n)
             for trace_id, n in dropped.items():
                 journal.append_dropped(trace_id, n)
             for trace_id, n in unsampled.items():

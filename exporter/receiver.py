@@ -513,10 +513,17 @@ class Receiver:
                 _RETRY_AFTER,
             )
         keys: list[str] = []
-        if fresh:
+        # Rejections and conflicts are journaled with the spans: a crash before
+        # the trace is sealed must not leave its recovered bundle silent about them.
+        rejections = collections.Counter(
+            t for t, _ in rejected if t is not None and t != "0" * 32)
+        if fresh or rejections:
             try:
                 keys = self._journal.append_spans(
-                    (item[0], data) for item, data in zip(fresh, serialized, strict=True))
+                    ((item[0], data) for item, data in zip(fresh, serialized, strict=True)),
+                    conflicting={i for i, item in enumerate(fresh) if item[4]},
+                    rejected=rejections,
+                )
             except OSError as e:
                 self._forget(fresh)  # not acknowledged: the retry must be admitted
                 _logger.error("receiver: cannot write the journal: %s", e)

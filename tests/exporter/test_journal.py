@@ -48,6 +48,24 @@ def test_sealed_entries_retire_spans_and_keep_chain_position(tmp_path):
     assert traces[TRACE].next_position == {"segmentIndex": 1}
 
 
+def test_rejections_and_conflicts_replay_until_the_trace_is_sealed(tmp_path):
+    j = Journal(str(tmp_path), "aaaa")
+    keys = j.append_spans([(TRACE, _body(1)), (TRACE, _body(2))], conflicting={1},
+                          rejected={TRACE: 2, OTHER: 1})
+    j.append_rejected(TRACE, 1)
+    traces = replay(_journal_files(str(tmp_path)))
+    assert traces[TRACE].rejected_spans == 3 and traces[OTHER].rejected_spans == 1
+    assert traces[TRACE].conflicts == {f"{2:016x}"}
+    # A sealed segment declared them: what follows starts from nothing.
+    j.append_sealed(TRACE, keys, {"segmentIndex": 1})
+    j.append_spans([(TRACE, json.dumps(_body(3)).encode())], conflicting={0},
+                   rejected={TRACE: 1})
+    traces = replay(_journal_files(str(tmp_path)))
+    assert traces[TRACE].rejected_spans == 1
+    assert traces[TRACE].conflicts == {f"{3:016x}"}  # flagged on a body given as bytes
+    assert [b["span"]["name"] for b in traces[TRACE].bodies] == ["s3"]
+
+
 def test_torn_tail_is_ignored_and_earlier_entries_survive(tmp_path):
     j = Journal(str(tmp_path), "aaaa")
     j.append_spans([(TRACE, _body(1))])

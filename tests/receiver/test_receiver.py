@@ -373,10 +373,10 @@ def test_retry_after_a_failed_journal_write_is_not_a_conflict(tmp_path, clock, m
     real_append = Journal.append_spans
     failures = [OSError(28, "No space left on device")]
 
-    def append_spans(self, items):
+    def append_spans(self, items, **kwargs):
         if failures:
             raise failures.pop()
-        return real_append(self, items)
+        return real_append(self, items, **kwargs)
 
     monkeypatch.setattr(Journal, "append_spans", append_spans)
     receiver = make_receiver(tmp_path / "out", clock)

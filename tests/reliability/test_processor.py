@@ -257,6 +257,44 @@ def test_full_queue_drop_counts_survive_a_crash_in_the_journal(
         recovering.shutdown()
 
 
+@pytest.mark.parametrize(
+    "bad_value, note",
+    [
+        ("x" * 5000, "rejected"),  # over max_value_bytes: the normalizer rejects it
+        ("report-\udcff.txt", "rejected"),  # a lone surrogate: the journal cannot encode it
+    ],
+    ids=["oversized_value", "lone_surrogate"],
+)
+def test_rejected_spans_survive_a_crash_in_the_journal(
+    tmp_path: Path, bad_value: str, note: str
+) -> None:
+    # force_flush() answering True makes every evidence span that ended before it
+    # durable, and a span that cannot be certified is declared: after a crash the
+    # recovered bundle must still say so.
+    processor = make_processor(tmp_path, max_value_bytes=1024)
+    traced = Traced(processor)
+    with traced.tracer.start_as_current_span("request"):  # still open at the crash
+        with evidence_span(traced.tracer, "good") as good:
+            pass
+        with evidence_span(traced.tracer, "bad") as bad:
+            bad.set_attribute("file.path", bad_value)
+        assert processor.force_flush(10_000)
+        journal = processor.exporter._journal  # type: ignore[attr-defined]
+        journal.forget_after_fork()  # a crash: the journal as a killed process leaves it
+    recovering = make_processor(tmp_path)
+    try:
+        [path] = [Path(p) for p in recovering.recovered]
+        report = check_bundle(str(path), _trust(tmp_path), keep_records=True)
+        assert report.verdict is Verdict.INCOMPLETE, report.reason
+        assert report.statement is not None
+        assert report.statement.trace_id == ids(good)[0]
+        assert report.statement.completeness.rejected_spans == 1
+        assert any(note in n for n in report.statement.completeness.notes)
+        assert [r["span"]["spanId"] for r in report.records or []] == [ids(good)[1]]
+    finally:
+        recovering.shutdown()
+
+
 class _RecordOnly(Sampler):
     """Records every span but samples none (spans reach on_end unsampled)."""
 

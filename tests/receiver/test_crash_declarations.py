@@ -1,0 +1,86 @@
+"""What a receiver declared about a trace survives a crash before the trace is sealed.
+
+Rejected spans and conflicting versions of a span are declared in the trace's next
+bundle (SPEC §5.3).  They are journaled with the spans of their request, so the
+bundle the next start recovers declares them too; they were kept in memory only,
+and a recovered bundle claimed a trace without them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from receiver_support import (
+    TRACE_A,
+    FakeClock,
+    otlp_span,
+    request,
+    signing_key,
+    span_id,
+    span_ids,
+    trust_root,
+    verified,
+)
+
+from spanproof.exporter.receiver import Receiver
+
+
+def receiver(out: Path, clock: FakeClock) -> Receiver:
+    return Receiver(out, signing_key=signing_key(), clock=clock, seal_grace=2.0,
+                    idle_timeout=30.0)
+
+
+def crash_after(out: Path, clock: FakeClock, *requests: Any, sealed: Any = None) -> None:
+    """Ingest *sealed* and seal it, then ingest *requests* and stop as a crash would,
+    leaving the journal as a killed process leaves it."""
+    first = receiver(out, clock)
+    first.start()
+    if sealed is not None:
+        first(sealed.resource_spans)
+        clock.advance(5)
+        assert first.flush()
+    for req in requests:
+        first(req.resource_spans)
+    assert first._journal is not None
+    first._journal.forget_after_fork()
+    first._journal = None
+    first.shutdown(0)
+
+
+def restart(out: Path, clock: FakeClock) -> list[str]:
+    second = receiver(out, clock)
+    try:
+        return second.start()
+    finally:
+        second.shutdown(5)
+
+
+def test_a_rejected_span_is_declared_after_a_crash(tmp_path: Path) -> None:
+    clock = FakeClock()
+    out = tmp_path / "out"
+    bad = otlp_span(TRACE_A, 2, parent=1)
+    bad.span_id = b"\x01\x02\x03"  # not 8 bytes: rejected, reported in partial_success
+    crash_after(out, clock, request(otlp_span(TRACE_A, 1, name="open"), bad))
+    assert len(restart(out, clock)) == 1
+    (report,) = verified(str(out), trust_root(str(tmp_path)), allow_incomplete=True)
+    assert report.statement is not None and report.statement.seal_reason == "recovered"
+    assert span_ids(report) == [span_id(1)]
+    assert report.statement.completeness.rejected_spans == 1
+    assert any("recorded in the journal as rejected" in note
+               for note in report.statement.completeness.notes)
+
+
+def test_a_conflicting_version_is_declared_after_a_crash(tmp_path: Path) -> None:
+    clock = FakeClock()
+    out = tmp_path / "out"
+    crash_after(out, clock, request(otlp_span(TRACE_A, 2, parent=1, name="deny refund")),
+                sealed=request(otlp_span(TRACE_A, 1, name="root"),
+                               otlp_span(TRACE_A, 2, parent=1, name="approve refund")))
+    assert len(restart(out, clock)) == 1
+    reports = verified(str(out), trust_root(str(tmp_path)))
+    assert [r.statement.segment_index for r in reports if r.statement] == [0, 1]
+    assert [span_ids(r) for r in reports] == [[span_id(1), span_id(2)], [span_id(2)]]
+    recovered = reports[1].statement
+    assert recovered is not None and recovered.seal_reason == "recovered"
+    assert recovered.completeness.conflicts == (span_id(2),)
