@@ -149,15 +149,14 @@ def parse_time(text: Any, where: str) -> datetime:
             "(optional fraction of up to 9 digits)"
         )
     year, month, day, hour, minute, second, fraction = match.groups()
+    micro = int((fraction or "0")[:6].ljust(6, "0"))
+    if second == "60" and (hour, minute) == ("23", "59"):
+        # A leap second (RFC 3339 §5.7): read as the last microsecond before the next
+        # day, which keeps its order against every instant a datetime can hold.
+        second, micro = "59", 999_999
     try:
         return datetime(
-            int(year),
-            int(month),
-            int(day),
-            int(hour),
-            int(minute),
-            int(second),
-            int((fraction or "0")[:6].ljust(6, "0")),
+            int(year), int(month), int(day), int(hour), int(minute), int(second), micro,
             tzinfo=timezone.utc,
         )
     except ValueError:

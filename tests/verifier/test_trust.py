@@ -19,6 +19,7 @@ from odd_keys import unknown_type_private_pem, unknown_type_public_pem
 from spanproof.exporter.keys import SigningKey
 from spanproof.verifier import (
     TRUST_ROOT_MEDIA_TYPE,
+    InvalidBundle,
     InvalidKey,
     Status,
     TrustedKey,
@@ -28,7 +29,7 @@ from spanproof.verifier import (
     load_public_key,
 )
 from spanproof.verifier.checkpoint import WitnessKey
-from spanproof.verifier.keys import format_time, load_private_key
+from spanproof.verifier.keys import format_time, load_private_key, parse_time
 
 if TYPE_CHECKING:
     from conftest import Kit
@@ -386,3 +387,29 @@ def test_a_pickled_trusted_key_derives_its_key_id_again() -> None:
     private = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
     forged = TrustedKey(private.public_key(), "0" * 64, "forged")
     assert pickle.loads(pickle.dumps(forged)).keyid == key_id(private.public_key())
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("2016-12-31T23:59:60Z", datetime(2016, 12, 31, 23, 59, 59, 999_999, timezone.utc)),
+        ("2016-12-31T23:59:60.5Z", datetime(2016, 12, 31, 23, 59, 59, 999_999, timezone.utc)),
+    ],
+)
+def test_parse_time_reads_a_leap_second_as_the_last_microsecond(
+    text: str, expected: datetime
+) -> None:
+    parsed = parse_time(text, "sealedAt")
+    assert parsed == expected
+    assert parse_time("2016-12-31T23:59:59.999998Z", "x") < parsed
+    assert parsed < parse_time("2017-01-01T00:00:00Z", "x")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2016-12-31T12:00:60Z", "2016-12-31T23:59:61Z", "0000-01-01T00:00:00Z",
+     "2026-02-30T00:00:00Z"],
+)
+def test_parse_time_refuses_what_no_instant_is(text: str) -> None:
+    with pytest.raises(InvalidBundle, match="not a valid date and time"):
+        parse_time(text, "sealedAt")
