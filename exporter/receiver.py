@@ -93,6 +93,8 @@ _MAX_MESSAGE_SAMPLES = 3
 # A decoded evidence span: trace id, span id, record body, its key-sorted JSON and
 # the fingerprint of that JSON (see _serialized).
 _Item = tuple[str, str, dict[str, Any], bytes, bytes]
+# A rejected span: its trace id (None when unreadable), why, and its fingerprint.
+_Rejected = tuple[str | None, str, bytes]
 
 
 def _package_version() -> str:
@@ -199,7 +201,8 @@ class Receiver:
         max_backlog_spans: accepted spans not yet sealed and written beyond which
             requests are answered ``UNAVAILABLE`` (the Collector retries).
         dedup_memory: spans whose fingerprint is remembered to recognise
-            re-deliveries after their trace was sealed.
+            re-deliveries after their trace was sealed; as many rejected spans are
+            remembered, so that one delivered again is declared once.
         signing_key: a key object to sign with (overrides *key_file*).
         clock: seconds since the epoch (default :func:`time.time`).
         sink: where bundles go (default: a :class:`DirectorySink` on *output_dir*).
@@ -279,6 +282,9 @@ class Receiver:
         self._seal_lock = threading.Lock()
         self._assembler = TraceAssembler.from_config(self._config)
         self._memory = _SpanMemory(dedup_memory)
+        # Fingerprints of the rejected spans already declared, oldest forgotten first.
+        self._rejected_seen: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._rejected_limit = dedup_memory
         # Traces whose local root arrived (so their later spans get the quiet period).
         self._rooted: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._rooted_limit = max(self._config.max_pending_traces,
@@ -433,9 +439,10 @@ class Receiver:
 
     def _decode(
         self, resource_spans: Sequence[trace_pb2.ResourceSpans]
-    ) -> tuple[list[_Item], list[tuple[str | None, str]], list[str]]:
+    ) -> tuple[list[_Item], list[_Rejected], list[str]]:
         """Select, normalize, check and serialize one request's spans: the items to
-        admit, the rejected spans (trace id, why) and the local roots' trace ids.
+        admit, the rejected spans (trace id, why, fingerprint) and the local roots'
+        trace ids.
 
         Called under ``_decode_lock``.  The work is pure Python, so requests decoded
         side by side only take turns on the GIL: a Collector's concurrent batches
@@ -448,7 +455,7 @@ class Receiver:
         selects = self._selector.selects
         max_value_bytes = self._config.max_value_bytes
         items: list[_Item] = []
-        rejected: list[tuple[str | None, str]] = []
+        rejected: list[_Rejected] = []
         roots: list[str] = []
         for span, resource, scope in iter_request_spans(resource_spans):
             if _is_local_root(span) and len(span.trace_id) == 16:
@@ -464,7 +471,9 @@ class Receiver:
                 body = otlp_span_to_body(span, resource, scope)
                 check_value_sizes(body, max_value_bytes)
             except (MalformedSpan, OversizedValue) as e:
-                rejected.append((trace_id, f"span {span.span_id.hex() or '?'}: {e}"))
+                rejected.append((trace_id, f"span {span.span_id.hex() or '?'}: {e}",
+                                 hashlib.blake2b(span.SerializeToString(deterministic=True),
+                                                 digest_size=16).digest()))
                 continue
             span_id = body["span"]["spanId"]
             data, fingerprint = _serialized(body)
@@ -472,8 +481,8 @@ class Receiver:
         return items, rejected, roots
 
     @staticmethod
-    def _rejection_message(rejected: list[tuple[str | None, str]]) -> str:
-        shown = "; ".join(why for _, why in rejected[:_MAX_MESSAGE_SAMPLES])
+    def _rejection_message(rejected: list[_Rejected]) -> str:
+        shown = "; ".join(why for _, why, _ in rejected[:_MAX_MESSAGE_SAMPLES])
         more = len(rejected) - _MAX_MESSAGE_SAMPLES
         suffix = f" (and {more} more)" if more > 0 else ""
         return f"{len(rejected)} evidence span(s) rejected: {shown}{suffix}"
@@ -481,7 +490,7 @@ class Receiver:
     def _admit(
         self,
         items: list[_Item],
-        rejected: list[tuple[str | None, str]],
+        rejected: list[_Rejected],
         roots: list[str],
     ) -> None:
         assert self._journal is not None
@@ -515,8 +524,11 @@ class Receiver:
         keys: list[str] = []
         # Rejections and conflicts are journaled with the spans: a crash before
         # the trace is sealed must not leave its recovered bundle silent about them.
-        rejections = collections.Counter(
-            t for t, _ in rejected if t is not None and t != "0" * 32)
+        # A rejected span delivered again (a Collector's retry) is declared once.
+        seen = self._rejected_seen
+        counted = [(t, fingerprint) for t, _, fingerprint in rejected
+                   if t is not None and t != "0" * 32 and fingerprint not in seen]
+        rejections = collections.Counter(t for t, _ in counted)
         if fresh or rejections:
             try:
                 keys = self._journal.append_spans(
@@ -536,9 +548,11 @@ class Receiver:
                 # Pinning the body keeps its id unique while the key is held.
                 self._keys[id(body)] = (key, body)
                 wake = assembler.add(trace_id, body, now, conflict=conflict) or wake
-            for rejected_trace, _ in rejected:
-                if rejected_trace is not None and rejected_trace != "0" * 32:
-                    assembler.reject(rejected_trace, now)
+            for rejected_trace, fingerprint in counted:
+                assembler.reject(rejected_trace, now)
+                seen[fingerprint] = None
+            while len(seen) > self._rejected_limit:
+                seen.popitem(last=False)
             rooted = self._rooted
             for trace_id in roots:
                 rooted[trace_id] = None

@@ -174,6 +174,29 @@ def test_identical_redelivery_is_ignored_before_and_after_sealing(tmp_path, cloc
     assert reports[0].statement.completeness.conflicts == ()
 
 
+def test_a_redelivered_rejected_span_is_declared_once(tmp_path, clock):
+    receiver = make_receiver(tmp_path / "out", clock)
+    bad = otlp_span(TRACE_A, 2, parent=1)
+    bad.span_id = b"\x01\x02\x03"  # not 8 bytes: rejected
+    other_bad = otlp_span(TRACE_A, 3, parent=1)
+    other_bad.span_id = b"\x01\x02\x04"
+    receiver.start()
+    try:
+        batch = request(otlp_span(TRACE_A, 1), bad).resource_spans
+        for _ in range(3):  # the Collector re-sends a batch after a lost answer
+            assert receiver(batch).rejected == 1  # each answer reports it
+        later = request(otlp_span(TRACE_A, 4, parent=1), other_bad).resource_spans
+        assert receiver(later).rejected == 1
+        clock.advance(2.5)
+        assert receiver.flush()
+    finally:
+        receiver.shutdown(5)
+    (report,) = verified(str(tmp_path / "out"), trust_root(str(tmp_path)),
+                         allow_incomplete=True)
+    assert span_ids(report) == [span_id(1), span_id(4)]
+    assert report.statement.completeness.rejected_spans == 2  # bad once, other_bad once
+
+
 def test_different_content_under_a_seen_span_id_is_kept_as_a_conflict(tmp_path, clock):
     receiver = make_receiver(tmp_path / "out", clock)
     with serving(receiver) as (server, _):
@@ -225,8 +248,9 @@ def test_malformed_spans_partial_success_and_invalid_argument(tmp_path, clock):
         assert "not JSON" in json.loads(json_err.value.read())["message"]
     reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)), allow_incomplete=True)
     assert [span_ids(r) for r in reports] == [[span_id(1)]]
-    # The rejected evidence spans are declared, never silently lost (SPEC §5.3).
-    assert reports[0].statement.completeness.rejected_spans == 3
+    # The rejected evidence span is declared, never silently lost (SPEC §5.3), and
+    # once: the three requests delivered the same span.
+    assert reports[0].statement.completeness.rejected_spans == 1
 
 
 @pytest.mark.parametrize("field", ["spanId", "parentSpanId", "traceId"])
