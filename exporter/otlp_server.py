@@ -363,10 +363,25 @@ def _gunzip(data: bytes, limit: int) -> bytes:
             return b"".join(parts)
 
 
+#: Requests whose bodies the HTTP server reads and ingests at once (the gRPC server's
+#: workers are as many): memory is bounded by this many bodies, not by the number of
+#: clients.  A request beyond them waits, its bytes still in the client's socket.
+HTTP_REQUESTS_AT_ONCE = 8
+#: How long a request waits for its turn before it is answered 503 (Retry-After).
+HTTP_TURN_WAIT = 10.0
+#: A connection that sends nothing for this long is closed (a stalled or idle client
+#: holds a thread, and a partly read body, no longer than this).
+HTTP_IDLE_TIMEOUT = 60.0
+
+
 def _make_handler(ingest: Ingest, limit: int) -> type[BaseHTTPRequestHandler]:
+    turns = threading.BoundedSemaphore(HTTP_REQUESTS_AT_ONCE)
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "spanproof-receiver"
+        timeout = HTTP_IDLE_TIMEOUT
+        turns_at_once = turns  # the requests being read and ingested (see above)
         _body_read = False  # whether this request's message body was read to its end
 
         def log_message(self, format: str, *args: Any) -> None:
@@ -408,9 +423,14 @@ def _make_handler(ingest: Ingest, limit: int) -> type[BaseHTTPRequestHandler]:
                     404, status_pb2.Status(code=code_pb2.NOT_FOUND, message="not found"), as_json
                 )
                 return
+            turn = False
             try:
                 if content_type not in ("application/x-protobuf", "application/json"):
                     raise _Unsupported(f"unsupported Content-Type {content_type!r}")
+                turn = turns.acquire(timeout=HTTP_TURN_WAIT)
+                if not turn:
+                    raise Unavailable(
+                        f"busy: {HTTP_REQUESTS_AT_ONCE} requests are being read", 1.0)
                 body = _read_message_body(self, limit)
                 self._body_read = True
                 body = _decode_content(self, body, limit)
@@ -422,7 +442,13 @@ def _make_handler(ingest: Ingest, limit: int) -> type[BaseHTTPRequestHandler]:
                         request.ParseFromString(body)
                     except DecodeError as e:
                         raise InvalidRequest(f"body is not an OTLP protobuf request: {e}") from None
+                del body
                 result = ingest(request.resource_spans)
+            except (TimeoutError, ConnectionError) as e:
+                # The client stalled mid-body, or went away: nothing to answer.
+                _logger.debug("http: connection dropped while reading a request: %s", e)
+                self.close_connection = True
+                return
             except _Unsupported as e:
                 self._send_status(
                     415, status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(e)), as_json
@@ -457,6 +483,9 @@ def _make_handler(ingest: Ingest, limit: int) -> type[BaseHTTPRequestHandler]:
                     {"Retry-After": "5"},
                 )
                 return
+            finally:
+                if turn:
+                    turns.release()
             response = _response(result)
             if as_json:
                 self._send(

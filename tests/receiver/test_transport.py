@@ -502,3 +502,50 @@ def test_http_chunked_body_cut_short_is_400(http_url, ingest):
     assert received.startswith(b"HTTP/1.1 400 "), received[:200]
     assert b"cut short" in received
     assert not ingest.seen
+
+
+def test_http_requests_beyond_the_ones_being_read_wait_then_get_503(ingest, monkeypatch):
+    # Memory is bounded by the bodies read at once, not by the number of clients:
+    # a request beyond them waits for its turn, and is answered 503 (retried by the
+    # Collector) if none comes, its body left unread in its socket.
+    import spanproof.exporter.otlp_server as otlp_server
+
+    monkeypatch.setattr(otlp_server, "HTTP_REQUESTS_AT_ONCE", 1)
+    monkeypatch.setattr(otlp_server, "HTTP_TURN_WAIT", 0.3)
+    server = HttpServer("127.0.0.1:0", ingest)
+    server.start()
+    try:
+        turns = server._server.RequestHandlerClass.turns_at_once  # type: ignore[attr-defined]
+        assert turns.acquire(timeout=5)  # as a request being read holds its turn
+        head = {**_PROTOBUF, "Content-Length": str(len(_VALID))}
+        received, closed = _exchange(server.port, _raw("POST /v1/traces", head, _VALID))
+        assert received.startswith(b"HTTP/1.1 503 "), received[:200]
+        assert b"\r\nRetry-After: 1\r\n" in received
+        assert b"\r\nConnection: close\r\n" in received and closed
+        assert not ingest.seen
+        turns.release()
+        status, _, _ = _post(f"http://127.0.0.1:{server.port}/v1/traces", _VALID,
+                             "application/x-protobuf")
+        assert status == 200 and len(ingest.seen) == 1
+    finally:
+        server.stop()
+
+
+def test_http_client_that_stalls_mid_body_is_disconnected(ingest, monkeypatch):
+    import spanproof.exporter.otlp_server as otlp_server
+
+    monkeypatch.setattr(otlp_server, "HTTP_IDLE_TIMEOUT", 0.3)
+    monkeypatch.setattr(otlp_server, "HTTP_REQUESTS_AT_ONCE", 1)
+    monkeypatch.setattr(otlp_server, "HTTP_TURN_WAIT", 5.0)  # a turn never given back: 503
+    server = HttpServer("127.0.0.1:0", ingest)
+    server.start()
+    try:
+        head = {**_PROTOBUF, "Content-Length": str(len(_VALID))}
+        received, closed = _exchange(server.port, _raw("POST /v1/traces", head, _VALID[:3]))
+        assert closed and received == b""  # closed by the server, well before 5 s
+        assert not ingest.seen
+        status, _, _ = _post(f"http://127.0.0.1:{server.port}/v1/traces", _VALID,
+                             "application/x-protobuf")
+        assert status == 200  # its turn was given back
+    finally:
+        server.stop()
