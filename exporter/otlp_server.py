@@ -16,6 +16,7 @@ import base64
 import json
 import logging
 import math
+import re
 import threading
 import zlib
 from collections.abc import Callable, Sequence
@@ -144,6 +145,11 @@ def parse_otlp_json(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest:
         json_format.ParseDict(doc, request, ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError, OverflowError) as e:
         raise InvalidRequest(f"not an OTLP ExportTraceServiceRequest: {e}") from None
+    except SystemError:
+        # protobuf's C parser, naming a value it cannot print (a lone surrogate
+        # where a message belongs): still the request's fault, never a retry.
+        raise InvalidRequest("not an OTLP ExportTraceServiceRequest: a value of the "
+                             "wrong type holds a string that is not Unicode") from None
     except RecursionError:
         raise InvalidRequest("request is nested too deeply to decode") from None
     return request
@@ -246,6 +252,14 @@ class GrpcServer:
 _MAX_LINE = 4096
 _MAX_TRAILERS = 64
 _LINE_ENDS = (b"\r\n", b"\n")
+# chunk-size [ chunk-ext ] CRLF (RFC 9112 §7.1): hex digits only, no leading space,
+# and no bare CR anywhere, which another parser could read as a line end.
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[^\r\n]*)?\r?\n\Z")
+# A gzip body is decompressed this many bytes of input at a time (what is left after
+# a member is copied once per member, so at most this much), in at most this many
+# members: one is what exporters send, and each costs a decompressor.
+_GZIP_SLICE = 64 * 1024
+_MAX_GZIP_MEMBERS = 1024
 
 
 def _read_message_body(handler: BaseHTTPRequestHandler, limit: int) -> bytes:
@@ -257,17 +271,23 @@ def _read_message_body(handler: BaseHTTPRequestHandler, limit: int) -> bytes:
         _TooLarge: the body exceeds *limit*.
         _NotImplemented: a transfer coding other than chunked.
     """
-    transfer_encoding = handler.headers.get("Transfer-Encoding")
-    length_text = handler.headers.get("Content-Length")
-    if transfer_encoding is not None:
-        if length_text is not None:
+    codings = handler.headers.get_all("Transfer-Encoding") or []
+    lengths = handler.headers.get_all("Content-Length") or []
+    if codings:
+        if lengths:
             # RFC 9112 §6.3 item 3: a request smuggling pattern.
             raise InvalidRequest("both Transfer-Encoding and Content-Length")
+        # Repeated fields are one list (RFC 9110 §5.3): "chunked" must be all of it.
+        transfer_encoding = ", ".join(codings)
         if transfer_encoding.strip().lower() != "chunked":
             raise _NotImplemented(f"unsupported Transfer-Encoding {transfer_encoding!r}")
         return _read_chunked(handler.rfile, limit)
-    if length_text is None:
+    if not lengths:
         raise InvalidRequest("Content-Length is required")
+    if len(lengths) > 1:
+        # A front end that takes another one than this server would frame another body.
+        raise InvalidRequest("more than one Content-Length")
+    length_text = lengths[0]
     length_text = length_text.strip()
     if not (length_text.isascii() and length_text.isdigit()):
         raise InvalidRequest("bad Content-Length")
@@ -281,29 +301,31 @@ def _read_message_body(handler: BaseHTTPRequestHandler, limit: int) -> bytes:
 
 
 def _read_chunked(rfile: Any, limit: int) -> bytes:
-    """A chunked body (RFC 9112 §7.1), its trailer fields read and ignored."""
-    parts: list[bytes] = []
+    """A chunked body (RFC 9112 §7.1), its trailer fields read and ignored.  The
+    framing counts against *limit* with the data, so tiny chunks cannot make the
+    body cost more than *limit* bytes to read."""
+    body = bytearray()
     size = 0
     while True:
         line = _read_line(rfile, "chunk size")
-        size_text = line.split(b";", 1)[0].strip()  # chunk extensions are ignored
-        if not size_text or len(size_text) > 16 or size_text.strip(b"0123456789abcdefABCDEF"):
-            raise InvalidRequest(f"bad chunk size {size_text[:20]!r}")
-        n = int(size_text, 16)
+        framing = _CHUNK_SIZE.match(line)  # chunk extensions are ignored
+        if framing is None:
+            raise InvalidRequest(f"bad chunk size line {line[:20]!r}")
+        n = int(framing[1], 16)
         if n == 0:
             break
-        size += n
+        size += n + len(line) + 2
         if size > limit:
             raise _TooLarge(f"chunked body exceeds the {limit}-byte limit")
         data = rfile.read(n)
         if len(data) < n:
             raise InvalidRequest("chunked body cut short")
-        parts.append(data)
+        body += data
         if _read_line(rfile, "chunk end") not in _LINE_ENDS:
             raise InvalidRequest("chunk data longer than its size")
     for _ in range(_MAX_TRAILERS + 1):
         if _read_line(rfile, "trailer field") in _LINE_ENDS:
-            return b"".join(parts)
+            return bytes(body)
     raise InvalidRequest(f"more than {_MAX_TRAILERS} trailer fields")
 
 
@@ -343,24 +365,29 @@ def _gunzip(data: bytes, limit: int) -> bytes:
             not another member.
         _TooLarge: the decompressed body exceeds *limit*.
     """
-    parts: list[bytes] = []
-    size = 0
-    while True:
+    view = memoryview(data)
+    out = bytearray()
+    pos = 0
+    members = 0
+    while members == 0 or pos < len(view):
+        if members == _MAX_GZIP_MEMBERS:
+            raise InvalidRequest(f"gzip body of more than {_MAX_GZIP_MEMBERS} members")
         decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        try:
-            part = decomp.decompress(data, limit - size + 1)
-        except zlib.error as e:
-            what = "data after the last gzip member" if parts else "bad gzip body"
-            raise InvalidRequest(f"{what}: {e}") from None
-        size += len(part)
-        if size > limit or decomp.unconsumed_tail:
-            raise _TooLarge(f"decompressed body exceeds the {limit}-byte limit")
-        if not decomp.eof:
-            raise InvalidRequest("bad gzip body: the stream is cut short (no end of member)")
-        parts.append(part)
-        data = decomp.unused_data
-        if not data:
-            return b"".join(parts)
+        while not decomp.eof:
+            if pos >= len(view):
+                raise InvalidRequest(
+                    "bad gzip body: the stream is cut short (no end of member)")
+            piece = view[pos:pos + _GZIP_SLICE]
+            try:
+                out += decomp.decompress(piece, limit - len(out) + 1)
+            except zlib.error as e:
+                what = "data after the last gzip member" if members else "bad gzip body"
+                raise InvalidRequest(f"{what}: {e}") from None
+            if len(out) > limit or decomp.unconsumed_tail:
+                raise _TooLarge(f"decompressed body exceeds the {limit}-byte limit")
+            pos += len(piece) - len(decomp.unused_data)
+        members += 1
+    return bytes(out)
 
 
 #: Requests whose bodies the HTTP server reads and ingests at once (the gRPC server's

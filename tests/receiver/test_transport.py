@@ -478,8 +478,14 @@ def test_http_chunked_body_with_extensions_and_trailers(http_url, ingest):
         (b"zz\r\n" + _VALID, 400),  # not a chunk size
         (b"%x\r\n" % (len(_VALID) - 1) + _VALID + b"\r\n0\r\n\r\n", 400),  # too long
         (_chunked(bytes(1001)), 413),  # beyond the limit in all
+        # Framing counts too: 400 bytes of data in 1-byte chunks are 2,000 on the wire.
+        (_chunked(bytes(400), size=1), 413),
+        (b" 5\r\n" + _VALID[:5] + b"\r\n0\r\n\r\n", 400),  # space before the size
+        (b"5\x0b\r\n" + _VALID[:5] + b"\r\n0\r\n\r\n", 400),  # a vertical tab after it
+        (b"5;a\rb\r\n" + _VALID[:5] + b"\r\n0\r\n\r\n", 400),  # a bare CR in an extension
     ],
-    ids=["bad-size", "chunk-longer-than-size", "too-large"],
+    ids=["bad-size", "chunk-longer-than-size", "too-large", "tiny-chunks-too-large",
+         "space-before-size", "vertical-tab", "bare-cr"],
 )
 def test_http_bad_or_too_large_chunked_body_closes_the_connection(ingest, framed, code):
     server = HttpServer("127.0.0.1:0", ingest, max_message_bytes=1000)
@@ -493,6 +499,46 @@ def test_http_bad_or_too_large_chunked_body_closes_the_connection(ingest, framed
     assert b"\r\nConnection: close\r\n" in received
     assert closed
     assert not ingest.seen
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [("Content-Length", "0"), ("Content-Length", str(len(_VALID)))],
+        [("Content-Length", str(len(_VALID))), ("Content-Length", str(len(_VALID)))],
+        [("Transfer-Encoding", "chunked"), ("Transfer-Encoding", "identity")],
+    ],
+    ids=["two-lengths", "same-length-twice", "chunked-then-identity"],
+)
+def test_http_repeated_framing_fields_are_refused_and_close(http_url, ingest, fields):
+    # A front end that takes the other field than this server would frame another
+    # request out of the same bytes (RFC 9112 §6.3); "chunked, identity" does not end
+    # in chunked.
+    head = "".join(f"{k}: {v}\r\n" for k, v in
+                   [("Host", "x"), ("Content-Type", "application/x-protobuf"), *fields])
+    data = f"POST /v1/traces HTTP/1.1\r\n{head}\r\n".encode() + _VALID
+    received, closed = _exchange(_port(http_url), data)
+    assert received.startswith((b"HTTP/1.1 400 ", b"HTTP/1.1 501 ")), received[:200]
+    assert received.count(b"HTTP/1.1 ") == 1 and closed
+    assert not ingest.seen
+
+
+def test_http_gzip_of_many_members_is_read_up_to_a_bound(http_url, ingest):
+    empty = gzip.compress(b"")
+    status, _, _ = _post(http_url, empty * 1023 + _GZIPPED, "application/x-protobuf", "gzip")
+    assert status == 200 and len(ingest.seen) == 1
+    status, _, body = _post(http_url, empty * 1024 + _GZIPPED, "application/x-protobuf",
+                            "gzip")
+    assert status == 400 and b"more than 1024 members" in body
+    assert len(ingest.seen) == 1
+
+
+def test_parse_otlp_json_refuses_a_lone_surrogate_where_a_message_belongs():
+    # protobuf raised SystemError naming it, answered 503: the Collector retried it.
+    for body in (b'{"resourceSpans": ["\\ud800"]}',
+                 b'{"resourceSpans": [{"resource": "\\udc00"}]}'):
+        with pytest.raises(InvalidRequest, match="not an OTLP"):
+            parse_otlp_json(body)
 
 
 def test_http_chunked_body_cut_short_is_400(http_url, ingest):
