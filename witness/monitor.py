@@ -33,9 +33,17 @@ from spanproof.verifier.errors import (
     InvalidBundle,
     InvalidReceipt,
     LogInconsistent,
+    ProofError,
+    ReceiptMismatch,
     SpanproofError,
 )
-from spanproof.verifier.receipt import MAX_RECEIPT_BYTES, RECEIPT_SUFFIX, Receipt
+from spanproof.verifier.merkle import verify_inclusion
+from spanproof.verifier.receipt import (
+    MAX_RECEIPT_BYTES,
+    RECEIPT_SUFFIX,
+    REMEMBERED_NOTE_BYTES,
+    Receipt,
+)
 
 from .client import WitnessClient
 
@@ -214,33 +222,62 @@ def find_receipts(path: str) -> tuple[list[str], list[tuple[str, str]]]:
 def read_receipt_checkpoints(
     paths: Sequence[str], keys: Sequence[WitnessKey], *, origin: str | None = None
 ) -> tuple[list[tuple[str, VerifiedCheckpoint]], list[tuple[str, str]]]:
-    """Each receipt's checkpoint, verified with the pinned *keys* (a note shared by
-    several receipts, as a batch's are, is verified once), and the receipts that
-    could not be read or verified, each with why: those prove nothing about the log.
+    """Each receipt's checkpoint, verified with the pinned *keys*, and the receipts
+    that could not be read or checked, each with why: those prove nothing about the
+    log.  A receipt counts only when it describes its checkpoint (origin, tree size,
+    and an inclusion proof of its own leaf that reaches the root), as
+    ``spanproof verify`` requires.
 
-    Read them before fetching the checkpoint they are compared with: a receipt
-    written meanwhile then cannot hold a checkpoint newer than it.
+    Receipts of one checkpoint (origin, size and root) share one held object, and a
+    short note shared by several (a batch's) is verified once; a padded note is
+    neither remembered nor held twice.  Read them before fetching the checkpoint
+    they are compared with: a receipt written meanwhile then cannot hold a
+    checkpoint newer than it.
     """
     verified: dict[bytes, VerifiedCheckpoint] = {}
+    shared: dict[tuple[str, int, bytes], VerifiedCheckpoint] = {}
     held: list[tuple[str, VerifiedCheckpoint]] = []
     unchecked: list[tuple[str, str]] = []
     for path in paths:
         try:
             with open_regular(path) as f:
-                note = Receipt.from_bytes(f.read(MAX_RECEIPT_BYTES + 1)).checkpoint
+                receipt = Receipt.from_bytes(f.read(MAX_RECEIPT_BYTES + 1))
+            note = receipt.checkpoint
             checkpoint = verified.get(note)
             if checkpoint is None:
                 checkpoint = verify_checkpoint(note, keys, origin=origin)
-                if len(verified) < _REMEMBERED_NOTES:
+                if len(note) <= REMEMBERED_NOTE_BYTES and len(verified) < _REMEMBERED_NOTES:
                     verified[note] = checkpoint
+            _describes(receipt, checkpoint)
         except OSError as e:
             unchecked.append((path, f"cannot read it: {e.strerror or e}"))
             continue
         except SpanproofError as e:
             unchecked.append((path, str(e)))
             continue
-        held.append((path, checkpoint))
+        key = (checkpoint.origin, checkpoint.size, checkpoint.root)
+        held.append((path, shared.setdefault(key, checkpoint)))
     return held, unchecked
+
+
+def _describes(receipt: Receipt, checkpoint: VerifiedCheckpoint) -> None:
+    """SPEC §12.5 steps 3 and 5 with the receipt's own leaf: it names its
+    checkpoint's origin and size, and its inclusion proof reaches that root.
+
+    Raises:
+        ReceiptMismatch: it names another origin or size.
+        ProofError: the proof does not reach the root.
+    """
+    if (receipt.origin, receipt.tree_size) != (checkpoint.origin, checkpoint.size):
+        raise ReceiptMismatch(
+            f"receipt names log {receipt.origin!r} at tree size {receipt.tree_size}, its "
+            f"checkpoint {checkpoint.origin!r} at {checkpoint.size}"
+        )
+    try:
+        verify_inclusion(receipt.leaf.hash(), receipt.leaf_index, checkpoint.size,
+                         receipt.inclusion_proof, checkpoint.root)
+    except ProofError as e:
+        raise ProofError(f"inclusion proof does not reach the checkpoint root ({e})") from e
 
 
 def check_receipts(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import stat
@@ -550,6 +551,54 @@ def test_monitor_alerts_on_a_receipt_from_a_history_it_is_not_shown(
     assert evidence["current"] == shown.checkpoint(shown_size).decode()
     # The monitor's own state is the shown log's: a run without the receipt is OK.
     assert _monitor(srv.url, state, files["pub"], capsys)[0] == 0
+
+
+@pytest.mark.parametrize(
+    "change, why",
+    [
+        (lambda d: d.update(treeSize="7"), "at tree size 7, its checkpoint"),
+        (lambda d: d.update(origin="another.example/log"), "names log 'another.example/log'"),
+        (lambda d: d.update(leafIndex="0"), "inclusion proof does not reach"),
+    ],
+    ids=["tree-size", "origin", "leaf-index"],
+)
+def test_monitor_does_not_count_a_receipt_that_does_not_describe_its_checkpoint(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], change: Any, why: str,
+) -> None:
+    # As spanproof verify refuses it: it is no receipt of that checkpoint.
+    witness = open_witness()
+    _, edited = _receipts(witness, tmp_path / "held", range(2))
+    doc = json.loads(edited.read_bytes())
+    change(doc)
+    edited.write_text(json.dumps(doc))
+    srv = serve_witness(witness)
+    status, out = _monitor(srv.url, tmp_path / "m.json", files["pub"], capsys, tmp_path / "held")
+    assert status == 1
+    assert any(line.startswith(f"FAIL receipt {edited}: ") and why in line
+               for line in out.splitlines()), out
+    assert out.splitlines()[-1].startswith(f"OK {ORIGIN}: 1 receipt(s), under 1 checkpoint(s)")
+
+
+def test_receipts_of_one_checkpoint_share_what_is_held(
+    open_witness: Any, tmp_path: Path, files: dict[str, Path]
+) -> None:
+    # However each is padded with unchecked signature lines, one checkpoint is held once.
+    from spanproof.verifier.checkpoint import load_witness_keys
+    from spanproof.witness.monitor import read_receipt_checkpoints
+
+    witness = open_witness()
+    paths = _receipts(witness, tmp_path / "held", range(3))
+    for i, path in enumerate(paths):
+        doc = json.loads(path.read_bytes())
+        doc["checkpoint"] += f"\u2014 cosigner{i} {base64.b64encode(bytes(68)).decode()}\n" * (
+            30 * i)
+        path.write_text(json.dumps(doc))
+    held, unchecked = read_receipt_checkpoints([str(p) for p in paths],
+                                               load_witness_keys([str(files["pub"])]))
+    assert unchecked == []
+    assert [p for p, _ in held] == [str(p) for p in paths]
+    assert held[0][1] is held[1][1] is held[2][1]
 
 
 def test_monitor_lists_receipts_it_cannot_check(
