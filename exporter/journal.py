@@ -156,8 +156,17 @@ def replay(paths: Iterable[str]) -> dict[str, RecoveredTrace]:
                 for key in entry["keys"]:
                     spans.pop(key, None)
                 positions[entry["trace"]] = entry["next"]
-                for counts in (dropped, unsampled, rejected):
-                    counts.pop(entry["trace"], None)
+                declared = entry.get("declared")
+                for name, counts in (("dropped", dropped), ("unsampled", unsampled),
+                                     ("rejected", rejected)):
+                    # An entry without "declared" was written before bundles' counts
+                    # were recorded: the bundle declared everything journaled.
+                    left = (counts.get(entry["trace"], 0) - int(declared.get(name, "0"))
+                            if isinstance(declared, dict) else 0)
+                    if left > 0:
+                        counts[entry["trace"]] = left
+                    else:
+                        counts.pop(entry["trace"], None)
             elif kind in ("dropped", "unsampled", "rejected"):
                 counts = {"dropped": dropped, "unsampled": unsampled, "rejected": rejected}[kind]
                 counts[entry["trace"]] = counts.get(entry["trace"], 0) + int(entry["n"])
@@ -293,25 +302,38 @@ class Journal:
             self._write(_frame({"t": "unsampled", "trace": trace_id, "n": str(n)}))
 
     def append_sealed(
-        self, trace_id: str, keys: Iterable[str], next_position: Mapping[str, Any]
+        self,
+        trace_id: str,
+        keys: Iterable[str],
+        next_position: Mapping[str, Any],
+        declared: Mapping[str, int] | None = None,
     ) -> None:
-        """Record that the spans *keys* are in a durably written bundle."""
-        self.append_sealed_many([(trace_id, keys, next_position)])
+        """Record that the spans *keys* are in a durably written bundle, which
+        declared *declared* (``dropped``, ``rejected``, ``unsampled`` counts)."""
+        self.append_sealed_many([(trace_id, keys, next_position, declared or {})])
 
     def append_sealed_many(
-        self, items: Iterable[tuple[str, Iterable[str], Mapping[str, Any]]]
+        self,
+        items: Iterable[tuple[str, Iterable[str], Mapping[str, Any], Mapping[str, int]]],
     ) -> None:
-        """:meth:`append_sealed` for several ``(trace id, keys, next position)`` items,
-        with one write and one fsync."""
-        entries = [(trace_id, list(keys), dict(nxt)) for trace_id, keys, nxt in items]
+        """:meth:`append_sealed` for several ``(trace id, keys, next position,
+        declared)`` items, with one write and one fsync.
+
+        Replay subtracts what a bundle declared from the trace's journaled counts,
+        rather than forgetting them: a count journaled while the bundle was being
+        written belongs to the trace's next one."""
+        entries = [(trace_id, list(keys), dict(nxt),
+                    {k: str(n) for k, n in declared.items() if n})
+                   for trace_id, keys, nxt, declared in items]
         if not entries:
             return
         with self._lock:
             self._write(b"".join(
-                _frame({"t": "sealed", "trace": trace_id, "keys": keys, "next": nxt})
-                for trace_id, keys, nxt in entries
+                _frame({"t": "sealed", "trace": trace_id, "keys": keys, "next": nxt,
+                        "declared": declared})
+                for trace_id, keys, nxt, declared in entries
             ))
-            for _, keys, _ in entries:
+            for _, keys, _, _ in entries:
                 for key in keys:
                     n = self._key_file.pop(key, None)
                     if n is not None:

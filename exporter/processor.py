@@ -109,7 +109,7 @@ class _JournaledSealer(SpanproofSpanExporter):
         self._bundle_keys: dict[int, tuple[SealedBundle, list[str]]] = {}
         # Written bundles whose journal entries this sealing pass retires:
         # (trace id, keys, next position, file name).
-        self._retiring: list[tuple[str, list[str], dict[str, Any], str]] = []
+        self._retiring: list[tuple[str, list[str], dict[str, Any], dict[str, int], str]] = []
 
     def _recover_at_start(self) -> None:
         pass  # the processor recovers its own journal directory (EvidenceSpanProcessor)
@@ -164,8 +164,11 @@ class _JournaledSealer(SpanproofSpanExporter):
                     del self._bundle_keys[stale]
         if ok and self._journal is not None:
             keys = entry[1] if entry is not None else []
+            c = bundle.statement.completeness
             self._retiring.append((bundle.statement.trace_id, keys,
-                                   position_to_json(bundle.next_position()), bundle.file_name))
+                                   position_to_json(bundle.next_position()),
+                                   {"dropped": c.dropped_spans, "rejected": c.rejected_spans,
+                                    "unsampled": c.unsampled_spans}, bundle.file_name))
         return ok
 
     def _pass_done(self) -> None:
@@ -178,7 +181,7 @@ class _JournaledSealer(SpanproofSpanExporter):
             return
         try:
             self._journal.append_sealed_many(
-                (trace_id, keys, nxt) for trace_id, keys, nxt, _ in retiring)
+                (trace_id, keys, nxt, declared) for trace_id, keys, nxt, declared, _ in retiring)
         except OSError as e:
             # The bundles are durable; their spans stay journaled, and the next
             # start finds the bundles and does not seal them again (_recovery).

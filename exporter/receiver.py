@@ -293,7 +293,7 @@ class Receiver:
         self._keys: dict[int, tuple[str, Mapping[str, Any]]] = {}
         self._unwritten: collections.deque[tuple[SealedBundle, SealJob]] = collections.deque()
         # "sealed" journal entries a failed append left to write (see _retire).
-        self._unretired: list[tuple[str, list[str], dict[str, Any]]] = []
+        self._unretired: list[tuple[str, list[str], dict[str, Any], dict[str, int]]] = []
         self._storage_error: str | None = None
         self._journal: Journal | None = None
         self._submitter: WitnessSubmitter | None = None
@@ -801,7 +801,10 @@ class Receiver:
             for job, position in done:
                 keys = [held[0] for held in (self._keys.pop(id(b), None) for b in job.bodies)
                         if held is not None]
-                items.append((job.trace_id, keys, position_to_json(position)))
+                c = job.completeness
+                items.append((job.trace_id, keys, position_to_json(position),
+                              {"dropped": c.dropped_spans, "rejected": c.rejected_spans,
+                               "unsampled": c.unsampled_spans}))
         self._unretired = []
         try:
             self._journal.append_sealed_many(items)

@@ -14,7 +14,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
 
-from spanproof.exporter.journal import Journal, recover_orphans, release_claimed, replay
+from spanproof.exporter.journal import (
+    Journal,
+    _frame,
+    recover_orphans,
+    release_claimed,
+    replay,
+)
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 OTHER = "1af7651916cd43dd8448eb211c80319c"
@@ -57,7 +63,7 @@ def test_rejections_and_conflicts_replay_until_the_trace_is_sealed(tmp_path):
     assert traces[TRACE].rejected_spans == 3 and traces[OTHER].rejected_spans == 1
     assert traces[TRACE].conflicts == {f"{2:016x}"}
     # A sealed segment declared them: what follows starts from nothing.
-    j.append_sealed(TRACE, keys, {"segmentIndex": 1})
+    j.append_sealed(TRACE, keys, {"segmentIndex": 1}, {"rejected": 3})
     j.append_spans([(TRACE, json.dumps(_body(3)).encode())], conflicting={0},
                    rejected={TRACE: 1})
     traces = replay(_journal_files(str(tmp_path)))
@@ -250,7 +256,28 @@ def test_dropped_counts_replay_until_sealed(tmp_path):
     j.append_dropped(TRACE, 3)
     j.append_dropped(TRACE, 2)
     assert replay(_journal_files(str(tmp_path)))[TRACE].dropped_spans == 5
-    j.append_sealed(TRACE, [], {"segmentIndex": 1})
+    j.append_sealed(TRACE, [], {"segmentIndex": 1}, {"dropped": 5})
+    assert TRACE not in replay(_journal_files(str(tmp_path)))
+
+
+def test_counts_journaled_while_a_segment_was_written_are_left_for_the_next(tmp_path):
+    # The segment's bundle declared 2 of the 3 rejections journaled before its sealed
+    # entry: the third arrived while it was being written, and the trace's next
+    # segment declares it.  Forgetting every count at the sealed entry lost it.
+    j = Journal(str(tmp_path), "aaaa")
+    j.append_rejected(TRACE, 2)
+    j.append_dropped(TRACE, 1)
+    j.append_rejected(TRACE, 1)  # after the job was taken, before its sealed entry
+    j.append_sealed(TRACE, [], {"segmentIndex": 1}, {"rejected": 2, "dropped": 1})
+    trace = replay(_journal_files(str(tmp_path)))[TRACE]
+    assert (trace.rejected_spans, trace.dropped_spans) == (1, 0)
+
+
+def test_a_sealed_entry_without_declared_counts_forgets_them(tmp_path):
+    # As entries written before bundles' counts were recorded.
+    j = Journal(str(tmp_path), "aaaa")
+    j.append_dropped(TRACE, 3)
+    j._write(_frame({"t": "sealed", "trace": TRACE, "keys": [], "next": {}}))
     assert TRACE not in replay(_journal_files(str(tmp_path)))
 
 

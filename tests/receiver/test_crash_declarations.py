@@ -24,6 +24,7 @@ from receiver_support import (
 )
 
 from spanproof.exporter.receiver import Receiver
+from spanproof.exporter.sinks import DirectorySink
 
 
 def receiver(out: Path, clock: FakeClock) -> Receiver:
@@ -84,3 +85,51 @@ def test_a_conflicting_version_is_declared_after_a_crash(tmp_path: Path) -> None
     recovered = reports[1].statement
     assert recovered is not None and recovered.seal_reason == "recovered"
     assert recovered.completeness.conflicts == (span_id(2),)
+
+
+def test_a_rejection_declared_in_a_sealed_segment_is_not_declared_again(tmp_path: Path) -> None:
+    clock = FakeClock()
+    out = tmp_path / "out"
+    bad = otlp_span(TRACE_A, 3, parent=1)
+    bad.span_id = b"\x01\x02\x03"
+    crash_after(out, clock, request(otlp_span(TRACE_A, 4, parent=1, name="late")),
+                sealed=request(otlp_span(TRACE_A, 1, name="root"), bad))
+    assert len(restart(out, clock)) == 1
+    reports = verified(str(out), trust_root(str(tmp_path)), allow_incomplete=True)
+    assert [r.statement.completeness.rejected_spans for r in reports if r.statement] == [1, 0]
+
+
+def test_a_rejection_arriving_while_its_trace_is_written_is_declared_after_a_crash(
+    tmp_path: Path,
+) -> None:
+    # Its journal entry comes before the written segment's sealed entry, yet the
+    # trace's next segment declares it.
+    clock = FakeClock()
+    out = tmp_path / "out"
+    first: Receiver | None = None
+
+    class DuringWrite(DirectorySink):
+        def write(self, bundle: Any) -> str:
+            path = super().write(bundle)
+            if first is not None and bundle.statement.segment_index == 0:
+                bad = otlp_span(TRACE_A, 4, parent=1)
+                bad.span_id = b"\x01\x02\x03"
+                late = request(otlp_span(TRACE_A, 3, parent=1, name="late"), bad)
+                assert first(late.resource_spans).rejected == 1
+            return path
+
+    first = Receiver(out, signing_key=signing_key(), clock=clock, seal_grace=2.0,
+                     idle_timeout=30.0, sink=DuringWrite(str(out)))
+    first.start()
+    first(request(otlp_span(TRACE_A, 1, name="root"), otlp_span(TRACE_A, 2, parent=1))
+          .resource_spans)
+    clock.advance(5)
+    assert first.flush()
+    assert first._journal is not None
+    first._journal.forget_after_fork()
+    first._journal = None
+    first.shutdown(0)
+    assert len(restart(out, clock)) == 1
+    reports = verified(str(out), trust_root(str(tmp_path)), allow_incomplete=True)
+    assert [span_ids(r) for r in reports] == [[span_id(1), span_id(2)], [span_id(3)]]
+    assert [r.statement.completeness.rejected_spans for r in reports if r.statement] == [0, 1]

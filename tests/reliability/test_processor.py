@@ -169,7 +169,7 @@ def test_bundles_written_in_one_pass_are_retired_with_one_journal_write(
 
     def counting(items: Any) -> None:
         items = list(items)
-        retired.append([trace_id for trace_id, _, _ in items])
+        retired.append([trace_id for trace_id, *_ in items])
         real(items)
 
     monkeypatch.setattr(journal, "append_sealed_many", counting)
@@ -291,6 +291,36 @@ def test_rejected_spans_survive_a_crash_in_the_journal(
         assert report.statement.completeness.rejected_spans == 1
         assert any(note in n for n in report.statement.completeness.notes)
         assert [r["span"]["spanId"] for r in report.records or []] == [ids(good)[1]]
+    finally:
+        recovering.shutdown()
+
+
+def test_a_rejection_declared_in_a_sealed_segment_is_not_declared_again_after_a_crash(
+    tmp_path: Path,
+) -> None:
+    processor = make_processor(tmp_path, max_value_bytes=1024, max_records=2)
+    traced = Traced(processor)
+    with traced.tracer.start_as_current_span("request"):  # still open at the crash
+        with evidence_span(traced.tracer, "bad") as bad:
+            bad.set_attribute("file.path", "x" * 5000)
+        for name in ("first", "second"):  # segment 0 is full: sealed, with the rejection
+            with evidence_span(traced.tracer, name):
+                pass
+        assert processor.force_flush(10_000)
+        with evidence_span(traced.tracer, "third"):
+            pass
+        assert processor.force_flush(10_000)
+        journal = processor.exporter._journal  # type: ignore[attr-defined]
+        journal.forget_after_fork()  # a crash before the third span's segment is sealed
+    recovering = make_processor(tmp_path)
+    try:
+        assert len(recovering.recovered) == 1
+        reports = sorted((check_bundle(str(p), _trust(tmp_path), keep_records=True)
+                          for p in bundles(tmp_path)),
+                         key=lambda r: r.statement.segment_index if r.statement else -1)
+        assert [r.statement.completeness.rejected_spans for r in reports
+                if r.statement] == [1, 0]
+        assert [r.statement.seal_reason for r in reports if r.statement][1] == "recovered"
     finally:
         recovering.shutdown()
 
