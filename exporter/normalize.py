@@ -87,7 +87,7 @@ class _NestedTooDeep(ValueError):
 def _nested(values: Any, depth: int) -> None:
     # The items of a container at *depth* have depth + 1; past MAX_DEPTH only the
     # empty value ({}, from None) is valid, so the verifier would fail the bundle.
-    if depth >= MAX_DEPTH and any(item is not None for item in values):
+    if any(item is not None for item in values):
         raise _NestedTooDeep(f"nested deeper than {MAX_DEPTH} levels (SPEC §2.3)")
 
 
@@ -110,11 +110,14 @@ def _typed(value: Any, depth: int = 0) -> dict[str, Any]:
     if kind is float:
         return {"doubleValue": encode_double(value)}
     if kind is tuple or kind is list:
-        _nested(value, depth)
+        if depth >= MAX_DEPTH:
+            _nested(value, depth)
         return {"arrayValue": [_typed(item, depth + 1) for item in value]}
     if isinstance(value, Mapping):
-        _nested(value.values(), depth)
-        return {"kvlistValue": {_key(k): _typed(v, depth + 1) for k, v in value.items()}}
+        if depth >= MAX_DEPTH:
+            _nested(value.values(), depth)
+        return {"kvlistValue": {k if type(k) is str else _key(k): _typed(v, depth + 1)
+                                for k, v in value.items()}}
     if isinstance(value, bool):
         return {"boolValue": bool(value)}
     if isinstance(value, str):
@@ -124,7 +127,8 @@ def _typed(value: Any, depth: int = 0) -> dict[str, Any]:
     if isinstance(value, float):
         return _typed(float(value))
     if isinstance(value, (list, tuple)):
-        _nested(value, depth)
+        if depth >= MAX_DEPTH:
+            _nested(value, depth)
         return {"arrayValue": [_typed(item, depth + 1) for item in value]}
     # bytes -> bytesValue, None -> empty value; anything else raises ValueError.
     return encode_value(value)
