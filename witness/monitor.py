@@ -149,6 +149,32 @@ def _save_evidence(
     return evidence
 
 
+def _check_extends(
+    client: WitnessClient,
+    old: VerifiedCheckpoint,
+    new: VerifiedCheckpoint,
+    state_path: str,
+    about: str = "",
+) -> None:
+    """Check that *new* extends *old* (SPEC §12.7 steps 4-6), with the consistency
+    proof the witness serves; on a fork or rollback, save both checkpoints and the
+    proof as evidence beside *state_path*.
+
+    Raises:
+        LogInconsistent: *about* and the defect, naming the evidence file.
+        TransportError: the witness could not be reached for the proof.
+    """
+    proof: list[bytes] = []
+    if 0 < old.size < new.size:
+        proof = client.consistency_proof(old.size, new.size)
+    try:
+        check_consistent(old.checkpoint, new.checkpoint, proof)
+    except LogInconsistent as e:
+        reason = f"{about}{e}"
+        evidence = _save_evidence(state_path, reason, old, new, proof)
+        raise LogInconsistent(f"{reason}; evidence saved to {evidence}") from e
+
+
 def monitor_once(
     client: WitnessClient,
     state_path: str,
@@ -171,14 +197,7 @@ def monitor_once(
     pinned_origin = origin if origin is not None else (previous.origin if previous else None)
     current = verify_checkpoint(client.checkpoint(), keys, origin=pinned_origin)
     if previous is not None:
-        proof: list[bytes] = []
-        if 0 < previous.size < current.size:
-            proof = client.consistency_proof(previous.size, current.size)
-        try:
-            check_consistent(previous.checkpoint, current.checkpoint, proof)
-        except LogInconsistent as e:
-            evidence = _save_evidence(state_path, str(e), previous, current, proof)
-            raise LogInconsistent(f"{e}; evidence saved to {evidence}") from e
+        _check_extends(client, previous, current, state_path)
     save_state(state_path, current)
     return MonitorResult(previous, current)
 
@@ -312,15 +331,7 @@ def check_receipts(
                                     f"not of {current.origin!r}"))
             continue
         if (checkpoint.size, checkpoint.root) not in shown:
-            proof: list[bytes] = []
-            if 0 < checkpoint.size < current.size:
-                proof = client.consistency_proof(checkpoint.size, current.size)
-            try:
-                check_consistent(checkpoint.checkpoint, current.checkpoint, proof)
-            except LogInconsistent as e:
-                reason = f"receipt {path}: {e}"
-                evidence = _save_evidence(state_path, reason, checkpoint, current, proof)
-                raise LogInconsistent(f"{reason}; evidence saved to {evidence}") from e
+            _check_extends(client, checkpoint, current, state_path, f"receipt {path}: ")
             shown.add((checkpoint.size, checkpoint.root))
         consistent += 1
     return ReceiptsResult(consistent, len(shown), tuple(unchecked))
