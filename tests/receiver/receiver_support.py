@@ -80,6 +80,31 @@ TRACE_A = "0af7651916cd43dd8448eb211c80319c"
 TRACE_B = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
+def quiet_receiver(out: Any, clock: FakeClock, **kwargs: Any) -> Receiver:
+    """A receiver that seals a trace 2 s after its root and after 30 s of quiet."""
+    return Receiver(out, signing_key=signing_key(), clock=clock, seal_grace=2.0,
+                    idle_timeout=30.0, **kwargs)
+
+
+def crash(receiver: Receiver) -> None:
+    """Stop *receiver* as a crash would: its journal left as a killed process leaves
+    it, nothing more sealed or retired."""
+    assert receiver._journal is not None
+    receiver._journal.forget_after_fork()
+    receiver._journal = None
+    receiver.shutdown(0)
+
+
+def restart(out: Any, clock: FakeClock, **kwargs: Any) -> list[str]:
+    """Start a receiver on *out* (recovering what a crashed one left) and stop it;
+    the bundles it recovered."""
+    second = quiet_receiver(out, clock, **kwargs)
+    try:
+        return second.start()
+    finally:
+        second.shutdown(5)
+
+
 def span_id(n: int) -> str:
     return f"{n:016x}"
 

@@ -20,9 +20,11 @@ from receiver_support import (
     TRACE_A,
     FakeClock,
     bundle_paths,
+    crash,
     otlp_span,
+    quiet_receiver,
     request,
-    signing_key,
+    restart,
     span_id,
     span_ids,
     trust_root,
@@ -30,22 +32,16 @@ from receiver_support import (
 )
 
 from spanproof.exporter.keys import SigningKey
-from spanproof.exporter.receiver import Receiver
 from spanproof.exporter.sealing import ChainPosition, seal
 from spanproof.verifier.keys import TrustRoot
 from spanproof.verifier.verify import Verdict, check_bundle, link_segments
-
-
-def receiver(out: Path, clock: FakeClock, **kwargs: Any) -> Receiver:
-    return Receiver(out, signing_key=signing_key(), clock=clock, seal_grace=2.0,
-                    idle_timeout=30.0, **kwargs)
 
 
 def stop_after_writing(out: Path, clock: FakeClock, *requests: Any,
                        late: Any = None, **kwargs: Any) -> None:
     """Ingest *requests*, seal and write them, then stop as a crash would: before the
     journal records them as sealed (and after ingesting *late*, unsealed)."""
-    first = receiver(out, clock, **kwargs)
+    first = quiet_receiver(out, clock, **kwargs)
     first.start()
     for req in requests:
         first(req.resource_spans)
@@ -55,17 +51,7 @@ def stop_after_writing(out: Path, clock: FakeClock, *requests: Any,
     assert first.flush()
     if late is not None:
         first(late.resource_spans)
-    first._journal.forget_after_fork()  # the journal is left as a killed process leaves it
-    first._journal = None
-    first.shutdown(0)
-
-
-def restart(out: Path, clock: FakeClock, **kwargs: Any) -> list[str]:
-    second = receiver(out, clock, **kwargs)
-    try:
-        return second.start()
-    finally:
-        second.shutdown(5)
+    crash(first)
 
 
 def test_bundle_written_before_crash_is_not_sealed_again(tmp_path: Path) -> None:

@@ -14,8 +14,11 @@ from typing import Any
 from receiver_support import (
     TRACE_A,
     FakeClock,
+    crash,
     otlp_span,
+    quiet_receiver,
     request,
+    restart,
     signing_key,
     span_id,
     span_ids,
@@ -27,15 +30,9 @@ from spanproof.exporter.receiver import Receiver
 from spanproof.exporter.sinks import DirectorySink
 
 
-def receiver(out: Path, clock: FakeClock) -> Receiver:
-    return Receiver(out, signing_key=signing_key(), clock=clock, seal_grace=2.0,
-                    idle_timeout=30.0)
-
-
 def crash_after(out: Path, clock: FakeClock, *requests: Any, sealed: Any = None) -> None:
-    """Ingest *sealed* and seal it, then ingest *requests* and stop as a crash would,
-    leaving the journal as a killed process leaves it."""
-    first = receiver(out, clock)
+    """Ingest *sealed* and seal it, then ingest *requests* and crash."""
+    first = quiet_receiver(out, clock)
     first.start()
     if sealed is not None:
         first(sealed.resource_spans)
@@ -43,18 +40,7 @@ def crash_after(out: Path, clock: FakeClock, *requests: Any, sealed: Any = None)
         assert first.flush()
     for req in requests:
         first(req.resource_spans)
-    assert first._journal is not None
-    first._journal.forget_after_fork()
-    first._journal = None
-    first.shutdown(0)
-
-
-def restart(out: Path, clock: FakeClock) -> list[str]:
-    second = receiver(out, clock)
-    try:
-        return second.start()
-    finally:
-        second.shutdown(5)
+    crash(first)
 
 
 def test_a_rejected_span_is_declared_after_a_crash(tmp_path: Path) -> None:
@@ -126,9 +112,7 @@ def test_a_rejection_arriving_while_its_trace_is_written_is_declared_after_a_cra
     clock.advance(5)
     assert first.flush()
     assert first._journal is not None
-    first._journal.forget_after_fork()
-    first._journal = None
-    first.shutdown(0)
+    crash(first)
     assert len(restart(out, clock)) == 1
     reports = verified(str(out), trust_root(str(tmp_path)), allow_incomplete=True)
     assert [span_ids(r) for r in reports] == [[span_id(1), span_id(2)], [span_id(3)]]
