@@ -129,6 +129,18 @@ def verified(
     return out
 
 
+def declared_rejections(
+    directory: str | os.PathLike[str], trust: TrustRoot
+) -> tuple[int, list[str]]:
+    """The one bundle below *directory*, asserted INCOMPLETE and otherwise sound:
+    the spans it declares rejected, and the span ids of its records."""
+    (report,) = reports(directory, trust)
+    assert report.verdict is Verdict.INCOMPLETE, (report.source, report.reason)
+    (report,) = verified(directory, trust, allow_incomplete=True)
+    assert report.statement is not None
+    return report.statement.completeness.rejected_spans, record_span_ids(report)
+
+
 def record_span_ids(report: BundleReport) -> list[str]:
     assert report.records is not None
     return [r["span"]["spanId"] for r in report.records]
