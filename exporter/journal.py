@@ -284,22 +284,26 @@ class Journal:
             for key in keys:
                 live.add(key)
                 self._key_file[key] = self._file_no
+            self._rotate_if_due()
             return keys
 
     def append_dropped(self, trace_id: str, n: int) -> None:
         """Durably record that *n* evidence spans of a trace were lost."""
         with self._lock:
             self._write(_frame({"t": "dropped", "trace": trace_id, "n": str(n)}))
+            self._rotate_if_due()
 
     def append_rejected(self, trace_id: str, n: int) -> None:
         """Durably record that *n* evidence spans of a trace were rejected (SPEC §5.3)."""
         with self._lock:
             self._write(_frame({"t": "rejected", "trace": trace_id, "n": str(n)}))
+            self._rotate_if_due()
 
     def append_unsampled(self, trace_id: str, n: int) -> None:
         """Durably record that sampling removed *n* evidence spans of a trace."""
         with self._lock:
             self._write(_frame({"t": "unsampled", "trace": trace_id, "n": str(n)}))
+            self._rotate_if_due()
 
     def append_sealed(
         self,
@@ -339,6 +343,7 @@ class Journal:
                     if n is not None:
                         self._live.get(n, set()).discard(key)
             self._collect()
+            self._rotate_if_due()
 
     def _write(self, data: bytes) -> None:
         if self._fd < 0:
@@ -358,6 +363,11 @@ class Journal:
                 self._fd = -1
             raise
         self._size += len(data)
+
+    def _rotate_if_due(self) -> None:
+        # Called once a write's keys are recorded against the file that holds them:
+        # rotating inside _write collected that file as if nothing in it were live,
+        # and deleted spans just made durable.
         if self._size >= ROTATE_BYTES:
             self._open_next()
 

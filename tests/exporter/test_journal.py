@@ -347,3 +347,24 @@ def test_a_body_json_cannot_carry_is_refused_and_nothing_of_the_call_is_written(
     (trace,) = replay(sorted(str(p) for p in tmp_path.glob("journal-*.log"))).values()
     assert trace.bodies == [good]
     assert key.endswith(":1")  # the refused call used no key
+
+
+def test_the_write_that_fills_a_file_keeps_the_file_until_its_spans_are_sealed(
+    tmp_path, monkeypatch
+):
+    # Rotation ran inside the write, before the write's keys were recorded against
+    # the file holding them: the file looked all sealed and was deleted, with the
+    # spans just made durable (and acknowledged) in it.
+    from spanproof.exporter import journal as journal_module
+
+    monkeypatch.setattr(journal_module, "ROTATE_BYTES", 4096)
+    j = Journal(str(tmp_path), "aaaa")
+    big = {**_body(1), "pad": "x" * 5000}
+    keys = j.append_spans([(TRACE, big)])
+    assert len(_journal_files(str(tmp_path))) == 2  # rotated after the write
+    assert [b["span"]["name"] for b in replay(_journal_files(str(tmp_path)))[TRACE].bodies] == [
+        "s1"]
+    j.append_sealed(TRACE, keys, {"segmentIndex": 1})
+    # Sealed now: the full file goes, the current one stays.
+    assert len(_journal_files(str(tmp_path))) == 1
+    assert TRACE not in replay(_journal_files(str(tmp_path)))
