@@ -461,3 +461,33 @@ def test_bundle_whose_journal_retire_failed_is_not_sealed_again_at_the_next_star
                            str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "appears twice" not in result.stdout
+
+
+def test_a_failed_journal_retire_is_retried_by_the_next_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Left unretired, the entries made the next start seal the spans again (or, had
+    # the bundle gone, re-declare its counts); they are retried in order instead.
+    processor = make_processor(tmp_path)
+    traced = Traced(processor)
+    journal = processor.exporter.journal()  # type: ignore[attr-defined]
+    real = journal.append_sealed_many
+    disk = {"failing": True}
+
+    def append_sealed_many(items: Any) -> None:
+        if disk["failing"]:
+            raise OSError(5, "Input/output error")
+        real(items)
+
+    monkeypatch.setattr(journal, "append_sealed_many", append_sealed_many)
+    with evidence_span(traced.tracer, "first"):
+        pass
+    assert processor.force_flush(10_000)
+    assert journaled_span_ids(Path(processor.journal_dir))  # not retired
+    disk["failing"] = False
+    with evidence_span(traced.tracer, "second"):
+        pass
+    assert processor.force_flush(10_000)  # the next pass retires both
+    assert journaled_span_ids(Path(processor.journal_dir)) == set()
+    processor.shutdown()
+    assert len(bundles(tmp_path)) == 2
