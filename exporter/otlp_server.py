@@ -18,6 +18,7 @@ import logging
 import math
 import re
 import threading
+import time
 import zlib
 from collections.abc import Callable, Sequence
 from concurrent import futures
@@ -281,7 +282,7 @@ def _read_message_body(handler: BaseHTTPRequestHandler, limit: int) -> bytes:
         transfer_encoding = ", ".join(codings)
         if transfer_encoding.strip().lower() != "chunked":
             raise _NotImplemented(f"unsupported Transfer-Encoding {transfer_encoding!r}")
-        return _read_chunked(handler.rfile, limit)
+        return _read_chunked(_BodyStream(handler), limit)
     if not lengths:
         raise InvalidRequest("Content-Length is required")
     if len(lengths) > 1:
@@ -294,10 +295,57 @@ def _read_message_body(handler: BaseHTTPRequestHandler, limit: int) -> bytes:
     length = int(length_text)
     if length > limit:
         raise _TooLarge(f"body of {length} bytes exceeds the {limit}-byte limit")
-    body = handler.rfile.read(length)
+    body = _BodyStream(handler).read(length)
     if len(body) < length:
         raise InvalidRequest(f"body cut short ({len(body)} of {length} bytes)")
     return body
+
+
+class _BodyStream:
+    """A request's body, read from the handler's stream within HTTP_BODY_SECONDS.
+
+    The socket's timeout bounds each read; a client sending a byte now and then
+    would pass every one of them and keep its turn (HTTP_REQUESTS_AT_ONCE) for as
+    long as it liked.  Reads here take what has arrived, one receive at a time, and
+    give up once the body's time is spent.
+    """
+
+    def __init__(self, handler: BaseHTTPRequestHandler) -> None:
+        self._rfile: Any = handler.rfile  # a BufferedReader: read1 and peek
+        self._socket = handler.connection
+        self._idle = handler.timeout
+        self._deadline = time.monotonic() + HTTP_BODY_SECONDS
+
+    def _arm(self) -> None:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"request body not received within {HTTP_BODY_SECONDS:g} s")
+        self._socket.settimeout(left if self._idle is None else min(left, self._idle))
+
+    def read(self, n: int) -> bytes:
+        """*n* bytes, or fewer when the client closed the connection."""
+        out = bytearray()
+        while len(out) < n:
+            self._arm()
+            piece = self._rfile.read1(min(n - len(out), 1 << 16))
+            if not piece:
+                break
+            out += piece
+        return bytes(out)
+
+    def readline(self, limit: int) -> bytes:
+        """A line with its end, at most *limit* bytes (fewer: cut short)."""
+        out = bytearray()
+        while len(out) < limit:
+            self._arm()
+            buffered = self._rfile.peek(1)[: limit - len(out)]
+            if not buffered:
+                break
+            end = buffered.find(b"\n")
+            out += self._rfile.read(len(buffered) if end < 0 else end + 1)
+            if end >= 0:
+                break
+        return bytes(out)
 
 
 def _read_chunked(rfile: Any, limit: int) -> bytes:
@@ -399,6 +447,8 @@ HTTP_TURN_WAIT = 10.0
 #: A connection that sends nothing for this long is closed (a stalled or idle client
 #: holds a thread, and a partly read body, no longer than this).
 HTTP_IDLE_TIMEOUT = 60.0
+#: A request's body must arrive within this long once its turn is taken.
+HTTP_BODY_SECONDS = 120.0
 
 
 def _make_handler(ingest: Ingest, limit: int) -> type[BaseHTTPRequestHandler]:
@@ -458,7 +508,10 @@ def _make_handler(ingest: Ingest, limit: int) -> type[BaseHTTPRequestHandler]:
                 if not turn:
                     raise Unavailable(
                         f"busy: {HTTP_REQUESTS_AT_ONCE} requests are being read", 1.0)
-                body = _read_message_body(self, limit)
+                try:
+                    body = _read_message_body(self, limit)
+                finally:
+                    self.connection.settimeout(self.timeout)  # the body's deadline is over
                 self._body_read = True
                 body = _decode_content(self, body, limit)
                 if as_json:

@@ -595,3 +595,45 @@ def test_http_client_that_stalls_mid_body_is_disconnected(ingest, monkeypatch):
         assert status == 200  # its turn was given back
     finally:
         server.stop()
+
+
+def test_http_client_trickling_its_body_loses_its_turn_at_the_body_deadline(
+    ingest, monkeypatch
+):
+    # A byte now and then passed every read's timeout: eight such clients held
+    # every turn, and every real export got 503.
+    import threading
+    import time
+
+    import spanproof.exporter.otlp_server as otlp_server
+
+    monkeypatch.setattr(otlp_server, "HTTP_BODY_SECONDS", 0.6)
+    monkeypatch.setattr(otlp_server, "HTTP_REQUESTS_AT_ONCE", 1)
+    monkeypatch.setattr(otlp_server, "HTTP_TURN_WAIT", 5.0)
+    server = HttpServer("127.0.0.1:0", ingest)
+    server.start()
+    stop = threading.Event()
+    try:
+        head = {**_PROTOBUF, "Content-Length": str(len(_VALID) + 100)}
+        trickler = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        trickler.sendall(_raw("POST /v1/traces", head, b""))
+
+        def trickle() -> None:
+            for _ in range(100):  # well past the deadline, never the whole body
+                if stop.wait(0.1):
+                    return
+                try:
+                    trickler.sendall(b"\0")
+                except OSError:
+                    return
+
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        time.sleep(0.2)  # the trickler holds the only turn
+        status, _, _ = _post(f"http://127.0.0.1:{server.port}/v1/traces", _VALID,
+                             "application/x-protobuf")
+        assert status == 200  # its turn came once the trickler's body time ran out
+        assert len(ingest.seen) == 1
+    finally:
+        stop.set()
+        server.stop()
