@@ -66,6 +66,8 @@ class RecoveredTrace:
 
 
 _PAYLOAD_START = b'{"t":"'
+# In a file's live set, beside span keys: the trace has loss counts in that file.
+_COUNTS = "counts:"
 _KINDS = frozenset({"span", "sealed", "dropped", "unsampled", "rejected"})
 # The start of a span entry's payload, as append_spans writes it.
 _SPAN_HEAD = re.compile(rb'\{"t":"span","k":"([0-9a-f]+:[0-9]+)","trace":"([0-9a-f]{32})",')
@@ -284,25 +286,36 @@ class Journal:
             for key in keys:
                 live.add(key)
                 self._key_file[key] = self._file_no
+            self._counts_written(rejected or ())
             self._rotate_if_due()
             return keys
+
+    def _counts_written(self, trace_ids: Iterable[str]) -> None:
+        # A file holding a trace's loss counts stays until the trace is sealed after
+        # them, as one holding its spans does: deleted earlier, a crash lost them.
+        live = self._live[self._file_no]
+        for trace_id in trace_ids:
+            live.add(_COUNTS + trace_id)
 
     def append_dropped(self, trace_id: str, n: int) -> None:
         """Durably record that *n* evidence spans of a trace were lost."""
         with self._lock:
             self._write(_frame({"t": "dropped", "trace": trace_id, "n": str(n)}))
+            self._counts_written((trace_id,))
             self._rotate_if_due()
 
     def append_rejected(self, trace_id: str, n: int) -> None:
         """Durably record that *n* evidence spans of a trace were rejected (SPEC §5.3)."""
         with self._lock:
             self._write(_frame({"t": "rejected", "trace": trace_id, "n": str(n)}))
+            self._counts_written((trace_id,))
             self._rotate_if_due()
 
     def append_unsampled(self, trace_id: str, n: int) -> None:
         """Durably record that sampling removed *n* evidence spans of a trace."""
         with self._lock:
             self._write(_frame({"t": "unsampled", "trace": trace_id, "n": str(n)}))
+            self._counts_written((trace_id,))
             self._rotate_if_due()
 
     def append_sealed(
@@ -337,11 +350,13 @@ class Journal:
                         "declared": declared})
                 for trace_id, keys, nxt, declared in entries
             ))
-            for _, keys, _, _ in entries:
+            for trace_id, keys, _, _ in entries:
                 for key in keys:
                     n = self._key_file.pop(key, None)
                     if n is not None:
                         self._live.get(n, set()).discard(key)
+                for live in self._live.values():
+                    live.discard(_COUNTS + trace_id)
             self._collect()
             self._rotate_if_due()
 

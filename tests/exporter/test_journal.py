@@ -368,3 +368,20 @@ def test_the_write_that_fills_a_file_keeps_the_file_until_its_spans_are_sealed(
     # Sealed now: the full file goes, the current one stays.
     assert len(_journal_files(str(tmp_path))) == 1
     assert TRACE not in replay(_journal_files(str(tmp_path)))
+
+
+def test_a_file_holding_loss_counts_stays_until_their_trace_is_sealed(tmp_path, monkeypatch):
+    # Its spans were all sealed, so it was deleted, and the other trace's counts in
+    # it with it: a crash then recovered that trace as if nothing were lost.
+    from spanproof.exporter import journal as journal_module
+
+    monkeypatch.setattr(journal_module, "ROTATE_BYTES", 200)
+    j = Journal(str(tmp_path), "aaaa")
+    keys = j.append_spans([(TRACE, _body(1))], rejected={OTHER: 2})  # fills file 1
+    j.append_spans([(OTHER, _body(2))])
+    j.append_sealed(TRACE, keys, {"segmentIndex": 1})
+    assert replay(_journal_files(str(tmp_path)))[OTHER].rejected_spans == 2
+    j.append_sealed(OTHER, [], {"segmentIndex": 1}, {"rejected": 2})
+    j.append_dropped(OTHER, 1)  # the next file: the first is now deleted
+    trace = replay(_journal_files(str(tmp_path)))[OTHER]
+    assert (trace.rejected_spans, trace.dropped_spans) == (0, 1)
