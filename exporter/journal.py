@@ -158,17 +158,9 @@ def replay(paths: Iterable[str]) -> dict[str, RecoveredTrace]:
                 for key in entry["keys"]:
                     spans.pop(key, None)
                 positions[entry["trace"]] = entry["next"]
-                declared = entry.get("declared")
-                for name, counts in (("dropped", dropped), ("unsampled", unsampled),
-                                     ("rejected", rejected)):
-                    # An entry without "declared" was written before bundles' counts
-                    # were recorded: the bundle declared everything journaled.
-                    left = (counts.get(entry["trace"], 0) - int(declared.get(name, "0"))
-                            if isinstance(declared, dict) else 0)
-                    if left > 0:
-                        counts[entry["trace"]] = left
-                    else:
-                        counts.pop(entry["trace"], None)
+                _retire_counts(entry["trace"], entry.get("declared"),
+                               {"dropped": dropped, "rejected": rejected,
+                                "unsampled": unsampled})
             elif kind in ("dropped", "unsampled", "rejected"):
                 counts = {"dropped": dropped, "unsampled": unsampled, "rejected": rejected}[kind]
                 counts[entry["trace"]] = counts.get(entry["trace"], 0) + int(entry["n"])
@@ -197,6 +189,33 @@ def replay(paths: Iterable[str]) -> dict[str, RecoveredTrace]:
             setattr(traces.setdefault(tid, RecoveredTrace(tid, next_position=positions.get(tid))),
                     field_name, n)
     return traces
+
+
+def _retire_counts(
+    trace_id: str, declared: Any, counts: Mapping[str, dict[str, int]]
+) -> None:
+    """Take what a sealed bundle declared (``declared``, kind -> decimal count) off
+    the trace's journaled *counts*: each kind from its own count first, then what is
+    left of it from the other kinds (a producer may declare a journaled rejection
+    as dropped, when it had no room left for the trace).  What remains was journaled
+    while the bundle was being written, and belongs to the trace's next one.  An
+    entry without ``declared`` was written before bundles' counts were recorded: the
+    bundle declared everything journaled."""
+    if not isinstance(declared, dict):
+        for by_trace in counts.values():
+            by_trace.pop(trace_id, None)
+        return
+    left = 0
+    for kind, by_trace in counts.items():
+        have, owed = by_trace.get(trace_id, 0), int(declared.get(kind, "0"))
+        by_trace[trace_id] = have - min(have, owed)
+        left += owed - min(have, owed)
+    for by_trace in counts.values():
+        taken = min(by_trace[trace_id], left)
+        by_trace[trace_id] -= taken
+        left -= taken
+        if not by_trace[trace_id]:
+            del by_trace[trace_id]
 
 
 class Journal:

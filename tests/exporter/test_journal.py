@@ -273,6 +273,18 @@ def test_counts_journaled_while_a_segment_was_written_are_left_for_the_next(tmp_
     assert (trace.rejected_spans, trace.dropped_spans) == (1, 0)
 
 
+def test_a_count_declared_under_another_kind_is_not_declared_again(tmp_path):
+    # With no room left for the trace, the producer declared the journaled rejection
+    # as dropped: subtracted kind by kind, it stayed, and a crash declared it twice.
+    j = Journal(str(tmp_path), "aaaa")
+    j.append_rejected(TRACE, 1)
+    j.append_dropped(TRACE, 2)
+    j.append_unsampled(TRACE, 1)  # after the job was taken: the next segment's
+    j.append_sealed(TRACE, [], {"segmentIndex": 1}, {"dropped": 3})
+    trace = replay(_journal_files(str(tmp_path)))[TRACE]
+    assert (trace.dropped_spans, trace.rejected_spans, trace.unsampled_spans) == (0, 0, 1)
+
+
 def test_a_sealed_entry_without_declared_counts_forgets_them(tmp_path):
     # As entries written before bundles' counts were recorded.
     j = Journal(str(tmp_path), "aaaa")
