@@ -157,7 +157,11 @@ def replay(paths: Iterable[str]) -> dict[str, RecoveredTrace]:
             elif kind == "sealed":
                 for key in entry["keys"]:
                     spans.pop(key, None)
-                positions[entry["trace"]] = entry["next"]
+                # The chain continues after the highest segment sealed: a segment
+                # whose write was retried is retired after the one sealed after it.
+                before = positions.get(entry["trace"])
+                if before is None or _segment_of(entry["next"]) >= _segment_of(before):
+                    positions[entry["trace"]] = entry["next"]
                 _retire_counts(entry["trace"], entry.get("declared"),
                                {"dropped": dropped, "rejected": rejected,
                                 "unsampled": unsampled})
@@ -189,6 +193,12 @@ def replay(paths: Iterable[str]) -> dict[str, RecoveredTrace]:
             setattr(traces.setdefault(tid, RecoveredTrace(tid, next_position=positions.get(tid))),
                     field_name, n)
     return traces
+
+
+def _segment_of(position: Any) -> int:
+    """The segment index a sealed entry's chain position continues at; -1 if none."""
+    index = position.get("index") if isinstance(position, dict) else None
+    return int(index) if isinstance(index, str) and index.isdigit() else -1
 
 
 def _retire_counts(

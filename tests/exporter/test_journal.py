@@ -285,6 +285,21 @@ def test_a_count_declared_under_another_kind_is_not_declared_again(tmp_path):
     assert (trace.dropped_spans, trace.rejected_spans, trace.unsampled_spans) == (0, 0, 1)
 
 
+def test_the_chain_continues_after_the_highest_segment_retired(tmp_path):
+    # Segment 1's write failed and was retried after segment 2 was written: its
+    # sealed entry came last, and replay took the position after segment 1, so the
+    # recovering producer found segment 2 on disk "after" it and subtracted its
+    # counts a second time, from the next segment's.
+    j = Journal(str(tmp_path), "aaaa")
+    j.append_rejected(TRACE, 1)
+    j.append_sealed(TRACE, [], {"index": "3"}, {"rejected": 1})  # segment 2
+    j.append_sealed(TRACE, [], {"index": "2"})  # segment 1, retried
+    j.append_rejected(TRACE, 3)
+    trace = replay(_journal_files(str(tmp_path)))[TRACE]
+    assert trace.next_position == {"index": "3"}
+    assert trace.rejected_spans == 3
+
+
 def test_a_sealed_entry_without_declared_counts_forgets_them(tmp_path):
     # As entries written before bundles' counts were recorded.
     j = Journal(str(tmp_path), "aaaa")
