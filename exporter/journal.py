@@ -68,6 +68,7 @@ class RecoveredTrace:
 _PAYLOAD_START = b'{"t":"'
 # In a file's live set, beside span keys: the trace has loss counts in that file.
 _COUNTS = "counts:"
+_COUNT_KINDS = ("dropped", "rejected", "unsampled")  # _retire_counts takes them in order
 _KINDS = frozenset({"span", "sealed", "dropped", "unsampled", "rejected"})
 # The start of a span entry's payload, as append_spans writes it.
 _SPAN_HEAD = re.compile(rb'\{"t":"span","k":"([0-9a-f]+:[0-9]+)","trace":"([0-9a-f]{32})",')
@@ -244,6 +245,8 @@ class Journal:
         self._size = 0
         self._live: dict[int, set[str]] = {}  # file number -> unretired keys in it
         self._key_file: dict[str, int] = {}
+        # Loss counts journaled and not yet declared by a sealed bundle, by trace.
+        self._owed: dict[str, dict[str, int]] = {}
         os.makedirs(directory, exist_ok=True)
         self._open_next()
 
@@ -256,9 +259,14 @@ class Journal:
         return os.path.join(self._dir, f"journal-{self._instance}-{n:06d}.log")
 
     def _open_next(self) -> None:
-        self._file_no += 1
-        fd = os.open(self._path(self._file_no), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path = self._path(self._file_no + 1)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise
+        self._file_no += 1  # only once the file is there: a failed open changes nothing
         old = self._fd
         self._fd, self._size = fd, 0
         self._live[self._file_no] = set()
@@ -315,36 +323,39 @@ class Journal:
             for key in keys:
                 live.add(key)
                 self._key_file[key] = self._file_no
-            self._counts_written(rejected or ())
+            self._counts_written(rejected or {}, "rejected")
             self._rotate_if_due()
             return keys
 
-    def _counts_written(self, trace_ids: Iterable[str]) -> None:
-        # A file holding a trace's loss counts stays until the trace is sealed after
-        # them, as one holding its spans does: deleted earlier, a crash lost them.
+    def _counts_written(self, counts: Mapping[str, int], kind: str) -> None:
+        # A file holding a trace's loss counts stays until bundles have declared them
+        # all, as one holding its spans does until they are sealed: deleted earlier,
+        # a crash lost them.  The arithmetic is replay's (_retire_counts).
         live = self._live[self._file_no]
-        for trace_id in trace_ids:
+        for trace_id, n in counts.items():
             live.add(_COUNTS + trace_id)
+            owed = self._owed.setdefault(trace_id, {k: 0 for k in _COUNT_KINDS})
+            owed[kind] += n
 
     def append_dropped(self, trace_id: str, n: int) -> None:
         """Durably record that *n* evidence spans of a trace were lost."""
         with self._lock:
             self._write(_frame({"t": "dropped", "trace": trace_id, "n": str(n)}))
-            self._counts_written((trace_id,))
+            self._counts_written({trace_id: n}, "dropped")
             self._rotate_if_due()
 
     def append_rejected(self, trace_id: str, n: int) -> None:
         """Durably record that *n* evidence spans of a trace were rejected (SPEC §5.3)."""
         with self._lock:
             self._write(_frame({"t": "rejected", "trace": trace_id, "n": str(n)}))
-            self._counts_written((trace_id,))
+            self._counts_written({trace_id: n}, "rejected")
             self._rotate_if_due()
 
     def append_unsampled(self, trace_id: str, n: int) -> None:
         """Durably record that sampling removed *n* evidence spans of a trace."""
         with self._lock:
             self._write(_frame({"t": "unsampled", "trace": trace_id, "n": str(n)}))
-            self._counts_written((trace_id,))
+            self._counts_written({trace_id: n}, "unsampled")
             self._rotate_if_due()
 
     def append_sealed(
@@ -379,11 +390,20 @@ class Journal:
                         "declared": declared})
                 for trace_id, keys, nxt, declared in entries
             ))
-            for trace_id, keys, _, _ in entries:
+            for trace_id, keys, _, declared in entries:
                 for key in keys:
                     n = self._key_file.pop(key, None)
                     if n is not None:
                         self._live.get(n, set()).discard(key)
+                owed = self._owed.get(trace_id)
+                if owed is not None:
+                    by_kind = {k: {trace_id: v} for k, v in owed.items()}
+                    _retire_counts(trace_id, declared, by_kind)
+                    left = {k: by_kind[k].get(trace_id, 0) for k in _COUNT_KINDS}
+                    if any(left.values()):
+                        self._owed[trace_id] = left
+                        continue  # counts for the trace's next bundle: its files stay
+                    del self._owed[trace_id]
                 for live in self._live.values():
                     live.discard(_COUNTS + trace_id)
             self._collect()
@@ -413,7 +433,13 @@ class Journal:
         # rotating inside _write collected that file as if nothing in it were live,
         # and deleted spans just made durable.
         if self._size >= ROTATE_BYTES:
-            self._open_next()
+            try:
+                self._open_next()
+            except OSError as e:
+                # What was just written is durable: the caller's write succeeded.
+                # The next write tries the rotation again.
+                _logger.warning("journal: cannot start a new file in %s (%s); "
+                                "this one grows meanwhile", self._dir, e)
 
     def forget_after_fork(self) -> None:
         """In a forked child: close the inherited descriptor, touching no file.
@@ -427,18 +453,25 @@ class Journal:
         self._fd = -1
         self._live.clear()
         self._key_file.clear()
+        self._owed.clear()
 
     def _collect(self) -> None:
         # A file older than the current one whose spans are all sealed is no longer
         # needed -- except for chain positions, which its successor repeats only if
         # the trace is sealed again; positions are also kept in the bundles.
+        # Oldest first, and only while each is dead: a newer file deleted before an
+        # older one it retired entries of would bring those entries back on replay.
         for n in sorted(self._live):
-            if n < self._file_no and not self._live[n]:
-                try:
-                    os.unlink(self._path(n))
-                except FileNotFoundError:
-                    pass
-                del self._live[n]
+            if n >= self._file_no or self._live[n]:
+                break
+            try:
+                os.unlink(self._path(n))
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                _logger.warning("journal: cannot delete %s (%s)", self._path(n), e)
+                break
+            del self._live[n]
 
     def close(self) -> None:
         """Release the journal (its files stay for recovery unless all retired)."""

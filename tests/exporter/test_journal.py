@@ -412,3 +412,68 @@ def test_a_file_holding_loss_counts_stays_until_their_trace_is_sealed(tmp_path, 
     j.append_dropped(OTHER, 1)  # the next file: the first is now deleted
     trace = replay(_journal_files(str(tmp_path)))[OTHER]
     assert (trace.rejected_spans, trace.dropped_spans) == (0, 1)
+
+
+def test_counts_left_for_a_traces_next_bundle_keep_their_file(tmp_path, monkeypatch):
+    # The sealed bundle declared 1 rejection; the 2 drops journaled while it was
+    # written are the next bundle's.  Retiring the first cleared the file's hold on
+    # the drops too, and the file went with them.
+    from spanproof.exporter import journal as journal_module
+
+    monkeypatch.setattr(journal_module, "ROTATE_BYTES", 300)
+    j = Journal(str(tmp_path), "aaaa")
+    j.append_rejected(TRACE, 1)
+    j.append_dropped(TRACE, 2)
+    keys = j.append_spans([(OTHER, {**_body(1), "pad": "y" * 300})])  # rotates
+    j.append_sealed(OTHER, keys, {"index": "1"})
+    j.append_sealed(TRACE, [], {"index": "1"}, {"rejected": 1})
+    assert replay(_journal_files(str(tmp_path)))[TRACE].dropped_spans == 2
+    j.append_sealed(TRACE, [], {"index": "2"}, {"dropped": 2})  # now all declared
+    j.append_dropped(OTHER, 1)  # a write in the current file: the first one goes
+    assert len(_journal_files(str(tmp_path))) == 1
+    assert TRACE not in replay(_journal_files(str(tmp_path)))
+
+
+def test_files_are_deleted_oldest_first(tmp_path, monkeypatch):
+    # A newer file whose entries were all retired was deleted while an older one
+    # was kept: the older one's count entries then replayed without the sealed
+    # entry (in the deleted file) that had retired them, and were declared again.
+    from spanproof.exporter import journal as journal_module
+
+    monkeypatch.setattr(journal_module, "ROTATE_BYTES", 250)
+    j = Journal(str(tmp_path), "aaaa")
+    j.append_spans([(TRACE, _body(1))], rejected={OTHER: 1})  # file 1, TRACE stays open
+    j.append_spans([(TRACE, {**_body(2), "pad": "x" * 200})])  # fills file 1
+    j.append_sealed(OTHER, [], {"index": "1"}, {"rejected": 1})  # file 2
+    third = "2af7651916cd43dd8448eb211c80319c"
+    keys = j.append_spans([(third, {**_body(3), "pad": "x" * 200})])  # fills file 2
+    j.append_sealed(third, keys, {"index": "1"})
+    assert len(_journal_files(str(tmp_path))) == 3  # file 2 waits for file 1
+    traces = replay(_journal_files(str(tmp_path)))
+    assert OTHER not in traces and third not in traces
+    assert len(traces[TRACE].bodies) == 2
+
+
+def test_a_write_whose_rotation_fails_still_succeeds(tmp_path, monkeypatch):
+    # The data was durable, yet the failed rotation raised: the caller took the
+    # write as failed, and the journal's file numbering went wrong for the next one.
+    from spanproof.exporter import journal as journal_module
+
+    monkeypatch.setattr(journal_module, "ROTATE_BYTES", 200)
+    j = Journal(str(tmp_path), "aaaa")
+    real_open = os.open
+
+    def no_new_file(path, *args, **kwargs):
+        if path.endswith("-000002.log"):
+            raise OSError(24, "Too many open files")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(journal_module.os, "open", no_new_file)
+    first = j.append_spans([(TRACE, {**_body(1), "pad": "x" * 300})])  # rotation fails
+    monkeypatch.setattr(journal_module.os, "open", real_open)
+    second = j.append_spans([(TRACE, _body(2))])  # rotates now
+    assert len(first) == len(second) == 1
+    assert len(_journal_files(str(tmp_path))) == 2
+    j.append_sealed(TRACE, first, {"index": "1"})
+    assert [b["span"]["name"] for b in replay(_journal_files(str(tmp_path)))[TRACE].bodies] == [
+        "s2"]
