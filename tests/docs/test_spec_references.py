@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from spanproof.verifier import errors
+from spanproof.verifier.receipt import RECEIPT_CHECK, RECEIPT_CHECK_STEP
 from spanproof.verifier.verify import CHECKS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,8 +105,10 @@ def test_every_cited_verification_step_exists(spec_text: str) -> None:
 def test_step_table_matches_verifier_checks(spec_section) -> None:  # type: ignore[no-untyped-def]
     text = spec_section("8")
     table = dict(re.findall(r"^\| (\d+) \| `([a-z-]+)` \|", text, re.MULTILINE))
-    assert {int(k): v for k, v in table.items()} == {i + 1: n for i, n in enumerate(CHECKS)}
-    for i, name in enumerate(CHECKS, 1):
+    # Steps 1-9 are the bundle's own checks; step 10 is the receipt's (SPEC §12.5).
+    checks = {**{i + 1: n for i, n in enumerate(CHECKS)}, RECEIPT_CHECK_STEP: RECEIPT_CHECK}
+    assert {int(k): v for k, v in table.items()} == checks
+    for i, name in checks.items():
         assert re.search(rf"^### Step {i} — `{name}`|step {i} — `{name}`", text, re.MULTILINE), (
             f"SPEC §8 has no heading for step {i} `{name}`"
         )
