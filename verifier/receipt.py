@@ -357,6 +357,37 @@ class ReceiptVerifier:
     def verify(self, receipt: bytes | Receipt, bundle: LeafSource) -> VerifiedReceipt:
         """Verify *receipt* for a verified *bundle*; see :func:`verify_receipt`."""
         parsed = receipt if isinstance(receipt, Receipt) else Receipt.from_bytes(receipt)
+        checkpoint = self._describes(parsed)
+        # Step 4: the leaf is recomputed from the verified bundle, never read from the
+        # receipt (CVE-2022-36056); the receipt's copy must agree with it.
+        leaf = WitnessLeaf.from_bundle(bundle)
+        if parsed.leaf != leaf:
+            mine, theirs = leaf.to_json(), parsed.leaf.to_json()
+            field = next(k for k in sorted(mine) if mine[k] != theirs[k])
+            raise ReceiptMismatch(
+                "receipt leaf does not match this bundle's statement "
+                f"({field}: receipt has {theirs[field]!r}, bundle has {mine[field]!r})"
+            )
+        # Step 5: the recomputed leaf is in the signed tree at leafIndex.
+        digest = leaf.hash()
+        _included(parsed, checkpoint, digest)
+        return VerifiedReceipt(parsed, checkpoint, leaf, digest)
+
+    def verify_own_leaf(self, receipt: bytes | Receipt) -> VerifiedCheckpoint:
+        """Steps 2, 3 and 5 with the receipt's own copy of its leaf: the checkpoint
+        it holds, verified, when the receipt describes it.  This proves the receipt
+        is one of that checkpoint's, not that it is any bundle's (which needs
+        :meth:`verify`); a monitor comparing receipts' checkpoints needs no more.
+
+        Raises:
+            as :func:`verify_receipt`, but no step 4 ``ReceiptMismatch``.
+        """
+        parsed = receipt if isinstance(receipt, Receipt) else Receipt.from_bytes(receipt)
+        checkpoint = self._describes(parsed)
+        _included(parsed, checkpoint, parsed.leaf.hash())
+        return checkpoint
+
+    def _describes(self, parsed: Receipt) -> VerifiedCheckpoint:
         # Step 2: the checkpoint is signed by a pinned witness key named as its origin.
         checkpoint = self._checkpoint(parsed.checkpoint)
         # Step 3: the receipt describes that checkpoint.
@@ -370,26 +401,18 @@ class ReceiptVerifier:
                 f"receipt tree size {parsed.tree_size} does not match the checkpoint's tree "
                 f"size {checkpoint.size}"
             )
-        # Step 4: the leaf is recomputed from the verified bundle, never read from the
-        # receipt (CVE-2022-36056); the receipt's copy must agree with it.
-        leaf = WitnessLeaf.from_bundle(bundle)
-        if parsed.leaf != leaf:
-            mine, theirs = leaf.to_json(), parsed.leaf.to_json()
-            field = next(k for k in sorted(mine) if mine[k] != theirs[k])
-            raise ReceiptMismatch(
-                "receipt leaf does not match this bundle's statement "
-                f"({field}: receipt has {theirs[field]!r}, bundle has {mine[field]!r})"
-            )
-        # Step 5: the recomputed leaf is in the signed tree at leafIndex.
-        digest = leaf.hash()
-        try:
-            verify_inclusion(
-                digest, parsed.leaf_index, checkpoint.size, parsed.inclusion_proof,
-                checkpoint.root,
-            )
-        except ProofError as e:
-            raise ProofError(f"inclusion proof does not reach the checkpoint root ({e})") from e
-        return VerifiedReceipt(parsed, checkpoint, leaf, digest)
+        return checkpoint
+
+
+def _included(parsed: Receipt, checkpoint: VerifiedCheckpoint, digest: bytes) -> None:
+    """Step 5: the leaf *digest* is in the checkpoint's tree at the receipt's index."""
+    try:
+        verify_inclusion(
+            digest, parsed.leaf_index, checkpoint.size, parsed.inclusion_proof,
+            checkpoint.root,
+        )
+    except ProofError as e:
+        raise ProofError(f"inclusion proof does not reach the checkpoint root ({e})") from e
 
 
 def verify_receipt(

@@ -33,17 +33,9 @@ from spanproof.verifier.errors import (
     InvalidBundle,
     InvalidReceipt,
     LogInconsistent,
-    ProofError,
-    ReceiptMismatch,
     SpanproofError,
 )
-from spanproof.verifier.merkle import verify_inclusion
-from spanproof.verifier.receipt import (
-    MAX_RECEIPT_BYTES,
-    RECEIPT_SUFFIX,
-    REMEMBERED_NOTE_BYTES,
-    Receipt,
-)
+from spanproof.verifier.receipt import MAX_RECEIPT_BYTES, RECEIPT_SUFFIX, ReceiptVerifier
 
 from .client import WitnessClient
 
@@ -63,8 +55,8 @@ __all__ = [
 MONITOR_STATE_MEDIA_TYPE = "application/vnd.spanproof.monitor-state.v1+json"
 MONITOR_EVIDENCE_MEDIA_TYPE = "application/vnd.spanproof.monitor-evidence.v1+json"
 
-# Distinct checkpoint notes read_receipt_checkpoints verifies once each (a batch's
-# receipts share one); past this many, each further note is verified on its own.
+# Checkpoint notes read_receipt_checkpoints remembers as verified (a batch's
+# receipts share one), as spanproof verify does.
 _REMEMBERED_NOTES = 4096
 
 
@@ -248,26 +240,19 @@ def read_receipt_checkpoints(
     ``spanproof verify`` requires.
 
     Receipts of one checkpoint (origin, size and root) share one held object, and a
-    short note shared by several (a batch's) is verified once; a padded note is
-    neither remembered nor held twice.  Read them before fetching the checkpoint
-    they are compared with: a receipt written meanwhile then cannot hold a
-    checkpoint newer than it.
+    note shared by several (a batch's) is verified once (:class:`ReceiptVerifier`,
+    which remembers no padded note); a padded note is not held twice.  Read them
+    before fetching the checkpoint they are compared with: a receipt written
+    meanwhile then cannot hold a checkpoint newer than it.
     """
-    verified: dict[bytes, VerifiedCheckpoint] = {}
+    verifier = ReceiptVerifier(keys, origin=origin, remember=_REMEMBERED_NOTES)
     shared: dict[tuple[str, int, bytes], VerifiedCheckpoint] = {}
     held: list[tuple[str, VerifiedCheckpoint]] = []
     unchecked: list[tuple[str, str]] = []
     for path in paths:
         try:
             with open_regular(path) as f:
-                receipt = Receipt.from_bytes(f.read(MAX_RECEIPT_BYTES + 1))
-            note = receipt.checkpoint
-            checkpoint = verified.get(note)
-            if checkpoint is None:
-                checkpoint = verify_checkpoint(note, keys, origin=origin)
-                if len(note) <= REMEMBERED_NOTE_BYTES and len(verified) < _REMEMBERED_NOTES:
-                    verified[note] = checkpoint
-            _describes(receipt, checkpoint)
+                checkpoint = verifier.verify_own_leaf(f.read(MAX_RECEIPT_BYTES + 1))
         except OSError as e:
             unchecked.append((path, f"cannot read it: {e.strerror or e}"))
             continue
@@ -277,26 +262,6 @@ def read_receipt_checkpoints(
         key = (checkpoint.origin, checkpoint.size, checkpoint.root)
         held.append((path, shared.setdefault(key, checkpoint)))
     return held, unchecked
-
-
-def _describes(receipt: Receipt, checkpoint: VerifiedCheckpoint) -> None:
-    """SPEC §12.5 steps 3 and 5 with the receipt's own leaf: it names its
-    checkpoint's origin and size, and its inclusion proof reaches that root.
-
-    Raises:
-        ReceiptMismatch: it names another origin or size.
-        ProofError: the proof does not reach the root.
-    """
-    if (receipt.origin, receipt.tree_size) != (checkpoint.origin, checkpoint.size):
-        raise ReceiptMismatch(
-            f"receipt names log {receipt.origin!r} at tree size {receipt.tree_size}, its "
-            f"checkpoint {checkpoint.origin!r} at {checkpoint.size}"
-        )
-    try:
-        verify_inclusion(receipt.leaf.hash(), receipt.leaf_index, checkpoint.size,
-                         receipt.inclusion_proof, checkpoint.root)
-    except ProofError as e:
-        raise ProofError(f"inclusion proof does not reach the checkpoint root ({e})") from e
 
 
 def check_receipts(

@@ -556,8 +556,9 @@ def test_monitor_alerts_on_a_receipt_from_a_history_it_is_not_shown(
 @pytest.mark.parametrize(
     "change, why",
     [
-        (lambda d: d.update(treeSize="7"), "at tree size 7, its checkpoint"),
-        (lambda d: d.update(origin="another.example/log"), "names log 'another.example/log'"),
+        (lambda d: d.update(treeSize="7"), "receipt tree size 7 does not match"),
+        (lambda d: d.update(origin="another.example/log"),
+         "receipt origin 'another.example/log' does not match"),
         (lambda d: d.update(leafIndex="0"), "inclusion proof does not reach"),
     ],
     ids=["tree-size", "origin", "leaf-index"],
