@@ -55,6 +55,14 @@ def position_to_json(position: ChainPosition) -> dict[str, str]:
     }
 
 
+def declared_counts(completeness: Completeness) -> dict[str, int]:
+    """The loss counts a sealed bundle declared, as the journal's ``sealed`` entries
+    record them (replay takes them off the trace's journaled counts)."""
+    c = completeness
+    return {"dropped": c.dropped_spans, "rejected": c.rejected_spans,
+            "unsampled": c.unsampled_spans}
+
+
 def position_from_json(trace_id: str, raw: Mapping[str, Any] | None) -> ChainPosition:
     """The position stored by :func:`position_to_json`; genesis when there is none."""
     if not raw:

@@ -49,7 +49,7 @@ from ._exporter import (
     _span_id_of,
     _trace_id_of,
 )
-from ._recovery import position_to_json
+from ._recovery import declared_counts, position_to_json
 from .assembly import SealJob
 from .config import ENV_PREFIX
 from .journal import Journal
@@ -108,7 +108,7 @@ class _JournaledSealer(SpanproofSpanExporter):
         # Journal keys of each sealed bundle not yet written, by the bundle's identity.
         self._bundle_keys: dict[int, tuple[SealedBundle, list[str]]] = {}
         # Written bundles whose journal entries this sealing pass retires:
-        # (trace id, keys, next position, file name).
+        # (trace id, keys, next position, declared counts, file name).
         self._retiring: list[tuple[str, list[str], dict[str, Any], dict[str, int], str]] = []
         # Entries a failed journal write left to retire, retried first by the next pass.
         self._unretired: list[tuple[str, list[str], dict[str, Any], dict[str, int], str]] = []
@@ -166,11 +166,10 @@ class _JournaledSealer(SpanproofSpanExporter):
                     del self._bundle_keys[stale]
         if ok and self._journal is not None:
             keys = entry[1] if entry is not None else []
-            c = bundle.statement.completeness
             self._retiring.append((bundle.statement.trace_id, keys,
                                    position_to_json(bundle.next_position()),
-                                   {"dropped": c.dropped_spans, "rejected": c.rejected_spans,
-                                    "unsampled": c.unsampled_spans}, bundle.file_name))
+                                   declared_counts(bundle.statement.completeness),
+                                   bundle.file_name))
         return ok
 
     def _pass_done(self) -> None:
@@ -187,9 +186,8 @@ class _JournaledSealer(SpanproofSpanExporter):
                 (trace_id, keys, nxt, declared) for trace_id, keys, nxt, declared, _ in retiring)
         except OSError as e:
             # The bundles are durable and their spans stay journaled: the entries are
-            # retried, in order, by the next pass (replay takes a trace's last entry
-            # for its chain position, and subtracts what each bundle declared); a
-            # start after a crash finds the bundles and does not seal them again.
+            # retried, in order, by the next pass; a start after a crash finds the
+            # bundles and does not seal them again.
             self._unretired = retiring
             if not retrying:
                 names = ", ".join(name for *_, name in retiring[:3])

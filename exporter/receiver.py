@@ -54,6 +54,7 @@ from spanproof.verifier.statement import Producer
 
 from ._recovery import (
     continue_on_disk,
+    declared_counts,
     position_to_json,
     seal_orphaned_journals,
     written_segment,
@@ -791,7 +792,7 @@ class Receiver:
     def _retire(self, done: Iterable[tuple[SealJob, ChainPosition]]) -> None:
         """Journal that the bundles of *done* are written (their spans sealed), after
         the entries an earlier failed append left, which are retried first and in
-        order (replay takes a trace's last entry for its chain position).  While
+        order.  While
         entries are left, or bundles unwritten, requests are answered UNAVAILABLE;
         the sealer retries them (:meth:`_cycle`)."""
         assert self._journal is not None
@@ -801,10 +802,8 @@ class Receiver:
             for job, position in done:
                 keys = [held[0] for held in (self._keys.pop(id(b), None) for b in job.bodies)
                         if held is not None]
-                c = job.completeness
                 items.append((job.trace_id, keys, position_to_json(position),
-                              {"dropped": c.dropped_spans, "rejected": c.rejected_spans,
-                               "unsampled": c.unsampled_spans}))
+                              declared_counts(job.completeness)))
         self._unretired = []
         try:
             self._journal.append_sealed_many(items)
