@@ -144,9 +144,7 @@ def replay(paths: Iterable[str]) -> dict[str, RecoveredTrace]:
     """Replay journal files (oldest first) into the traces they leave unsealed."""
     spans: dict[str, dict[str, Any]] = {}  # entry key -> entry
     positions: dict[str, dict[str, Any]] = {}
-    dropped: dict[str, int] = {}
-    unsampled: dict[str, int] = {}
-    rejected: dict[str, int] = {}
+    counts: dict[str, dict[str, int]] = {kind: {} for kind in _COUNT_KINDS}
     named: set[str] = set()  # traces that an entry in good order names
     for path in paths:
         for entry in _read_entries(path):
@@ -163,12 +161,10 @@ def replay(paths: Iterable[str]) -> dict[str, RecoveredTrace]:
                 before = positions.get(entry["trace"])
                 if before is None or _segment_of(entry["next"]) >= _segment_of(before):
                     positions[entry["trace"]] = entry["next"]
-                _retire_counts(entry["trace"], entry.get("declared"),
-                               {"dropped": dropped, "rejected": rejected,
-                                "unsampled": unsampled})
-            elif kind in ("dropped", "unsampled", "rejected"):
-                counts = {"dropped": dropped, "unsampled": unsampled, "rejected": rejected}[kind]
-                counts[entry["trace"]] = counts.get(entry["trace"], 0) + int(entry["n"])
+                _retire_counts(entry["trace"], entry.get("declared"), counts)
+            elif kind in counts:
+                by_trace = counts[kind]
+                by_trace[entry["trace"]] = by_trace.get(entry["trace"], 0) + int(entry["n"])
     traces: dict[str, RecoveredTrace] = {}
     for entry in spans.values():
         tid = entry["trace"]
@@ -188,11 +184,10 @@ def replay(paths: Iterable[str]) -> dict[str, RecoveredTrace]:
             trace.bodies.append(entry["body"])
             if entry.get("c"):
                 trace.conflicts.add(entry["body"]["span"]["spanId"])
-    for field_name, counts in (("dropped_spans", dropped), ("unsampled_spans", unsampled),
-                               ("rejected_spans", rejected)):
-        for tid, n in counts.items():
+    for kind, by_trace in counts.items():
+        for tid, n in by_trace.items():
             setattr(traces.setdefault(tid, RecoveredTrace(tid, next_position=positions.get(tid))),
-                    field_name, n)
+                    f"{kind}_spans", n)
     return traces
 
 
@@ -245,8 +240,9 @@ class Journal:
         self._size = 0
         self._live: dict[int, set[str]] = {}  # file number -> unretired keys in it
         self._key_file: dict[str, int] = {}
-        # Loss counts journaled and not yet declared by a sealed bundle, by trace.
-        self._owed: dict[str, dict[str, int]] = {}
+        # Loss counts journaled and not yet declared by a sealed bundle: kind ->
+        # trace -> count, as replay keeps them.
+        self._owed: dict[str, dict[str, int]] = {kind: {} for kind in _COUNT_KINDS}
         os.makedirs(directory, exist_ok=True)
         self._open_next()
 
@@ -332,10 +328,10 @@ class Journal:
         # all, as one holding its spans does until they are sealed: deleted earlier,
         # a crash lost them.  The arithmetic is replay's (_retire_counts).
         live = self._live[self._file_no]
+        owed = self._owed[kind]
         for trace_id, n in counts.items():
             live.add(_COUNTS + trace_id)
-            owed = self._owed.setdefault(trace_id, {k: 0 for k in _COUNT_KINDS})
-            owed[kind] += n
+            owed[trace_id] = owed.get(trace_id, 0) + n
 
     def append_dropped(self, trace_id: str, n: int) -> None:
         """Durably record that *n* evidence spans of a trace were lost."""
@@ -395,15 +391,9 @@ class Journal:
                     n = self._key_file.pop(key, None)
                     if n is not None:
                         self._live.get(n, set()).discard(key)
-                owed = self._owed.get(trace_id)
-                if owed is not None:
-                    by_kind = {k: {trace_id: v} for k, v in owed.items()}
-                    _retire_counts(trace_id, declared, by_kind)
-                    left = {k: by_kind[k].get(trace_id, 0) for k in _COUNT_KINDS}
-                    if any(left.values()):
-                        self._owed[trace_id] = left
-                        continue  # counts for the trace's next bundle: its files stay
-                    del self._owed[trace_id]
+                _retire_counts(trace_id, declared, self._owed)
+                if any(trace_id in owed for owed in self._owed.values()):
+                    continue  # counts for the trace's next bundle: its files stay
                 for live in self._live.values():
                     live.discard(_COUNTS + trace_id)
             self._collect()
@@ -453,7 +443,8 @@ class Journal:
         self._fd = -1
         self._live.clear()
         self._key_file.clear()
-        self._owed.clear()
+        for owed in self._owed.values():
+            owed.clear()
 
     def _collect(self) -> None:
         # A file older than the current one whose spans are all sealed is no longer
