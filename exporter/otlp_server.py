@@ -288,8 +288,7 @@ def _read_message_body(handler: BaseHTTPRequestHandler, limit: int) -> bytes:
     if len(lengths) > 1:
         # A front end that takes another one than this server would frame another body.
         raise InvalidRequest("more than one Content-Length")
-    length_text = lengths[0]
-    length_text = length_text.strip()
+    length_text = lengths[0].strip()
     if not (length_text.isascii() and length_text.isdigit()):
         raise InvalidRequest("bad Content-Length")
     length = int(length_text)
@@ -348,7 +347,7 @@ class _BodyStream:
         return bytes(out)
 
 
-def _read_chunked(rfile: Any, limit: int) -> bytes:
+def _read_chunked(rfile: _BodyStream, limit: int) -> bytes:
     """A chunked body (RFC 9112 §7.1), its trailer fields read and ignored.  The
     framing counts against *limit* with the data, so tiny chunks cannot make the
     body cost more than *limit* bytes to read."""
@@ -377,8 +376,8 @@ def _read_chunked(rfile: Any, limit: int) -> bytes:
     raise InvalidRequest(f"more than {_MAX_TRAILERS} trailer fields")
 
 
-def _read_line(rfile: Any, what: str) -> bytes:
-    line: bytes = rfile.readline(_MAX_LINE + 1)
+def _read_line(rfile: _BodyStream, what: str) -> bytes:
+    line = rfile.readline(_MAX_LINE + 1)
     if not line.endswith(b"\n"):
         why = "cut short" if len(line) <= _MAX_LINE else f"longer than {_MAX_LINE} bytes"
         raise InvalidRequest(f"chunked body: {what} line {why}")
