@@ -321,8 +321,6 @@ class TrustRoot:
                 raise InvalidKey(f"{where}.comment: must be a string")
             key = load_public_key(entry["publicKey"].encode("ascii", "replace"), where)
             kid = key_id(key)
-            if any(k.keyid == kid for k in keys):
-                raise InvalidKey(f"{where}: key {kid} is listed twice (ambiguous validity window)")
             if "keyid" in entry and entry["keyid"] != kid:
                 raise InvalidKey(
                     f"{where}: keyid {entry['keyid']!r} does not match the key ({kid})"

@@ -310,6 +310,15 @@ def test_same_key_from_two_trust_roots_fail() -> None:
             TrustRoot.from_keys([*first.keys, *second.keys])
 
 
+def test_same_key_twice_in_one_trust_root_fail() -> None:
+    doc = _doc(_entry(KEY_A), _entry(KEY_A, validUntil="2020-01-01T00:00:00Z"))
+    with pytest.raises(InvalidKey, match=re.escape(
+        f"key {KEY_A.keyid} is trusted twice, from root.json: keys[0] and from "
+        "root.json: keys[1]"
+    )):
+        TrustRoot.from_json(doc, "root.json")
+
+
 def test_empty_trust_root_is_a_caller_mistake() -> None:
     with pytest.raises(ValueError, match="at least one key"):
         TrustRoot.from_keys([])
