@@ -21,12 +21,14 @@ pickle), requests on the worker's stdin and replies on its stdout.  Messages:
   ``("ready",)``, or ``("error", text)`` when the worker cannot start; with a
   *directory* (and the sink's *sync* mode) the worker writes what it seals;
 * ``("seal", sealed_at, jobs)``, each job ``(trace_id, bodies, position, reason,
-  completeness)`` with the bodies as one JSON array (orjson) or, when JSON cannot
-  carry them, a list, and the position and completeness as tuples of their fields:
-  answered ``("sealed", results)``, one per job in order: ``("written", path,
-  next_position)`` (its fields), ``("sealed", bundle)`` (not written: no
-  directory), ``("unwritten", bundle, error)`` (the write failed; the receiver
-  retries it) or ``("failed", error)`` (it could not be sealed).
+  completeness)`` with the bodies as one JSON array (the receiver's
+  :class:`~spanproof.exporter.sealing.SerializedBody` JSON joined, other bodies
+  encoded with orjson) or, when JSON cannot carry them, a list, and the position
+  and completeness as tuples of their fields: answered ``("sealed", results)``,
+  one per job in order: ``("written", path, next_position)`` (its fields),
+  ``("sealed", bundle)`` (not written: no directory), ``("unwritten", bundle,
+  error)`` (the write failed; the receiver retries it) or ``("failed", error)``
+  (it could not be sealed).
 
 Plain tuples, not the dataclasses, cross the pipe: pickling a job's position,
 completeness and time as objects cost ~15 µs, three times its five bodies as JSON.
@@ -61,7 +63,7 @@ from ._sealing_process import _frame, _read_frame, _reply_to, child_replies, spa
 from .assembly import SealJob
 from .disclosure import AttributeMatcher
 from .keys import SigningKey
-from .sealing import ChainPosition, SealedBundle, seal
+from .sealing import ChainPosition, SealedBundle, SerializedBody, seal
 from .sinks import BundleSink, DirectorySink
 
 __all__ = ["SealWorkerError", "SealWorkers"]
@@ -210,14 +212,21 @@ _STRICT = (orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
 
 
 def _portable(job: SealJob) -> tuple[Any, ...]:
-    """*job* as plain values, its bodies as one JSON array: a receiver's bodies hold
-    only strings, booleans, lists and dicts with string keys, which orjson encodes
-    and decodes as they are (the journal stores them so too), several times faster
-    than pickle.  Bodies JSON cannot carry (a lone surrogate) go as they are."""
-    try:
-        bodies: Any = orjson.dumps(job.bodies, option=_STRICT)
-    except orjson.JSONEncodeError:
-        bodies = list(job.bodies)
+    """*job* as plain values, its bodies as one JSON array: the receiver's bodies
+    are :class:`SerializedBody` values, whose JSON is joined as it is.  Other
+    bodies (mappings) are encoded with orjson: several times faster than pickle,
+    and a receiver's bodies hold only strings, booleans, lists and dicts with string
+    keys, which orjson encodes and decodes as they are.  Bodies JSON cannot carry (a
+    lone surrogate) go as they are."""
+    bodies: Any
+    serialized = [body.json for body in job.bodies if isinstance(body, SerializedBody)]
+    if len(serialized) == len(job.bodies):
+        bodies = b"[" + b",".join(serialized) + b"]"
+    else:
+        try:
+            bodies = orjson.dumps(job.bodies, option=_STRICT)
+        except orjson.JSONEncodeError:
+            bodies = list(job.bodies)
     c = job.completeness
     return (job.trace_id, bodies, _fields(job.position), job.reason,
             (c.dropped_spans, c.rejected_spans, c.unsampled_spans, c.conflicts, c.notes))

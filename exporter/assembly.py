@@ -37,14 +37,13 @@ trace's pending spans, not against segments already sealed.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from spanproof.verifier.statement import SEAL_REASONS, Completeness
 
 from .config import ExporterConfig
-from .sealing import ChainPosition
+from .sealing import Body, ChainPosition, body_span_id
 
 __all__ = [
     "FORCE_FLUSH",
@@ -71,7 +70,7 @@ class SealJob:
     """One segment to seal: these bodies, chained from this position, for this reason."""
 
     trace_id: str
-    bodies: tuple[Mapping[str, Any], ...]
+    bodies: tuple[Body, ...]
     position: ChainPosition
     reason: str
     completeness: Completeness
@@ -84,8 +83,8 @@ class _Trace:
     trace_id: str
     position: ChainPosition | None
     last_activity: float
-    bodies: list[Mapping[str, Any]] = field(default_factory=list)
-    seen: dict[str, list[Mapping[str, Any]]] = field(default_factory=dict)
+    bodies: list[Body] = field(default_factory=list)
+    seen: dict[str, list[Body]] = field(default_factory=dict)
     conflicts: set[str] = field(default_factory=set)
     dropped: int = 0
     rejected: int = 0
@@ -176,9 +175,10 @@ class TraceAssembler:
     # -- input -----------------------------------------------------------------
 
     def add(
-        self, trace_id: str, body: Mapping[str, Any], now: float, *, conflict: bool = False
+        self, trace_id: str, body: Body, now: float, *, conflict: bool = False
     ) -> bool:
-        """Add one span's record body (``body["span"]["spanId"]`` identifies it).
+        """Add one span's record body (its span id identifies it: ``body["span"]["spanId"]``,
+        or a :class:`~spanproof.exporter.sealing.SerializedBody`'s ``span_id``).
 
         *conflict*: the caller knows a different version of this span id was
         already certified in an earlier segment (the receiver remembers sealed
@@ -191,7 +191,7 @@ class TraceAssembler:
         if entry is None:
             self._count_lost(trace_id)
             return True
-        span_id = body["span"]["spanId"]
+        span_id = body_span_id(body)
         versions = entry.seen.get(span_id)
         if versions is None:
             entry.seen[span_id] = [body]
@@ -465,7 +465,7 @@ class TraceAssembler:
             taken, rest = bodies, []
         conflicts: tuple[str, ...] = ()
         if entry.conflicts:
-            ids = {body["span"]["spanId"] for body in taken}
+            ids = {body_span_id(body) for body in taken}
             conflicts = tuple(sorted(entry.conflicts & ids))
         dropped, notes = entry.dropped, tuple(entry.notes)
         if self._untracked_lost:
@@ -490,7 +490,7 @@ class TraceAssembler:
         entry.bodies = rest
         entry.seen = {}
         for body in rest:
-            entry.seen.setdefault(body["span"]["spanId"], []).append(body)
+            entry.seen.setdefault(body_span_id(body), []).append(body)
         entry.conflicts = {c for c in entry.conflicts if c in entry.seen}
         entry.dropped = entry.rejected = entry.unsampled = 0
         entry.notes = []

@@ -68,7 +68,7 @@ from .keys import SigningKey
 from .limits import OversizedValue, check_value_sizes
 from .otlp import MalformedSpan, iter_request_spans, otlp_span_to_body
 from .otlp_server import IngestResult, InvalidRequest, Unavailable
-from .sealing import ChainPosition, SealedBundle, seal
+from .sealing import ChainPosition, SealedBundle, SerializedBody, seal
 from .selection import EVIDENCE_ATTRIBUTE, Selector
 from .sinks import BundleSink, DirectorySink
 from .submit import WitnessSubmitter
@@ -91,9 +91,9 @@ _STORAGE_RETRY_AFTER = 5.0
 _MIN_SHUTDOWN_SECONDS = 5.0
 _MAX_MESSAGE_SAMPLES = 3
 
-# A decoded evidence span: trace id, span id, record body, its key-sorted JSON and
-# the fingerprint of that JSON (see _serialized).
-_Item = tuple[str, str, dict[str, Any], bytes, bytes]
+# A decoded evidence span: trace id, record body as its key-sorted JSON, and the
+# fingerprint of that JSON (see _serialized).
+_Item = tuple[str, SerializedBody, bytes]
 # A rejected span: its trace id (None when unreadable), why, and its fingerprint.
 _Rejected = tuple[str | None, str, bytes]
 
@@ -112,8 +112,10 @@ def _serialized(body: Mapping[str, Any]) -> tuple[bytes, bytes]:
     # orjson writes what json.dumps(sort_keys=True, separators=(",", ":"),
     # ensure_ascii=False) writes (a test compares them).  Their strings come from
     # protobuf, which refuses a lone surrogate when it parses a request (400), so
-    # every one is valid UTF-8.
-    data = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    # every one is valid UTF-8.  orjson's result keeps the buffer it was written
+    # in, at least 4 KiB (three to four times a workload span's JSON): the copy
+    # the receiver holds while the span is pending is made to measure.
+    data = bytes(memoryview(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)))
     return data, hashlib.blake2b(data, digest_size=16).digest()
 
 
@@ -291,7 +293,7 @@ class Receiver:
         self._rooted_limit = max(self._config.max_pending_traces,
                                  self._config.sealed_trace_memory)
         # Journal key of every body the assembler holds, by the body's identity.
-        self._keys: dict[int, tuple[str, Mapping[str, Any]]] = {}
+        self._keys: dict[int, tuple[str, SerializedBody]] = {}
         self._unwritten: collections.deque[tuple[SealedBundle, SealJob]] = collections.deque()
         # "sealed" journal entries a failed append left to write (see _retire).
         self._unretired: list[tuple[str, list[str], dict[str, Any], dict[str, int]]] = []
@@ -476,9 +478,11 @@ class Receiver:
                                  hashlib.blake2b(span.SerializeToString(deterministic=True),
                                                  digest_size=16).digest()))
                 continue
-            span_id = body["span"]["spanId"]
+            # Only the JSON is kept: a third of the dict's memory while the trace is
+            # pending, and what a seal worker takes as it is.
             data, fingerprint = _serialized(body)
-            items.append((body["span"]["traceId"], span_id, body, data, fingerprint))
+            items.append((body["span"]["traceId"],
+                          SerializedBody(body["span"]["spanId"], data), fingerprint))
         return items, rejected, roots
 
     @staticmethod
@@ -505,15 +509,13 @@ class Receiver:
                 _RETRY_AFTER,
             )
         memory = self._memory
-        fresh: list[tuple[str, str, dict[str, Any], bytes, bool]] = []
-        serialized: list[bytes] = []  # each fresh body's JSON, journaled as serialized once
-        for trace_id, span_id, body, data, fingerprint in items:
-            versions = memory.versions(trace_id, span_id)
+        fresh: list[tuple[str, SerializedBody, bytes, bool]] = []
+        for trace_id, body, fingerprint in items:
+            versions = memory.versions(trace_id, body.span_id)
             if versions is not None and fingerprint in versions:
                 continue  # an identical re-delivery: already durable
-            memory.add(trace_id, span_id, fingerprint)
-            fresh.append((trace_id, span_id, body, fingerprint, versions is not None))
-            serialized.append(data)
+            memory.add(trace_id, body.span_id, fingerprint)
+            fresh.append((trace_id, body, fingerprint, versions is not None))
         new_traces = {item[0] for item in fresh}
         if self._assembler.pending_traces + len(new_traces) >= 2 * self._max_pending:
             # Beyond this the assembler would have to drop spans (SPEC §5.3).
@@ -533,8 +535,8 @@ class Receiver:
         if fresh or rejections:
             try:
                 keys = self._journal.append_spans(
-                    ((item[0], data) for item, data in zip(fresh, serialized, strict=True)),
-                    conflicting={i for i, item in enumerate(fresh) if item[4]},
+                    ((item[0], item[1].json) for item in fresh),
+                    conflicting={i for i, item in enumerate(fresh) if item[3]},
                     rejected=rejections,
                 )
             except OSError as e:
@@ -545,7 +547,7 @@ class Receiver:
         with self._cond:
             assembler = self._assembler
             wake = False
-            for (trace_id, _, body, _, conflict), key in zip(fresh, keys, strict=True):
+            for (trace_id, body, _, conflict), key in zip(fresh, keys, strict=True):
                 # Pinning the body keeps its id unique while the key is held.
                 self._keys[id(body)] = (key, body)
                 wake = assembler.add(trace_id, body, now, conflict=conflict) or wake
@@ -568,12 +570,12 @@ class Receiver:
             if wake or (deadline is not None and deadline < self._wake_at):
                 self._cond.notify()
 
-    def _forget(self, fresh: list[tuple[str, str, dict[str, Any], bytes, bool]]) -> None:
+    def _forget(self, fresh: list[tuple[str, SerializedBody, bytes, bool]]) -> None:
         """Forget the fingerprints of spans that were not acknowledged, so that the
         Collector's unchanged retry is admitted as they were (not as a conflict with
         itself)."""
-        for trace_id, span_id, _, fingerprint, _ in fresh:
-            self._memory.remove(trace_id, span_id, fingerprint)
+        for trace_id, body, fingerprint, _ in fresh:
+            self._memory.remove(trace_id, body.span_id, fingerprint)
 
     # -- recovery ----------------------------------------------------------------
 

@@ -6,12 +6,14 @@ import io
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
 import pytest
 from exporter_support import signing_key
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spanproof.exporter import ChainPosition, SealedBundle, SealJob, TraceAssembler, seal
+from spanproof.exporter.sealing import SerializedBody
 from spanproof.verifier import (
     Producer,
     TrustedKey,
@@ -64,7 +66,13 @@ def seal_all(asm: TraceAssembler, jobs: list[SealJob]) -> list[SealedBundle]:
 
 
 def names(job: SealJob) -> list[str]:
-    return [b["span"]["name"] for b in job.bodies]
+    return [(b.parse() if isinstance(b, SerializedBody) else b)["span"]["name"]
+            for b in job.bodies]
+
+
+def as_json(body: dict[str, Any]) -> SerializedBody:
+    """*body* as the receiver holds it: its key-sorted JSON."""
+    return SerializedBody(body["span"]["spanId"], orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
 
 
 def test_root_ended_trace_is_due_after_the_grace_only() -> None:
@@ -162,14 +170,15 @@ def test_span_arriving_while_a_segment_is_in_flight_waits_for_it() -> None:
     assert names(next_job) == ["step"]
 
 
-def test_identical_duplicate_is_ignored_and_conflict_is_declared() -> None:
+@pytest.mark.parametrize("form", [dict, as_json], ids=["dict", "json"])
+def test_identical_duplicate_is_ignored_and_conflict_is_declared(form: Any) -> None:
     asm = assembler()
-    asm.add(T1, body(T1, 0), now=0.0)
-    assert asm.add(T1, body(T1, 0), now=0.1) is False  # identical re-delivery
-    changed = body(T1, 0, name="rewritten")
+    asm.add(T1, form(body(T1, 0)), now=0.0)
+    assert asm.add(T1, form(body(T1, 0)), now=0.1) is False  # identical re-delivery
+    changed = form(body(T1, 0, name="rewritten"))
     asm.add(T1, changed, now=0.2)
-    assert asm.add(T1, body(T1, 0, name="rewritten"), now=0.25) is False  # seen too
-    asm.add(T1, body(T1, 1), now=0.3)
+    assert asm.add(T1, form(body(T1, 0, name="rewritten")), now=0.25) is False  # seen too
+    asm.add(T1, form(body(T1, 1)), now=0.3)
     (job,) = asm.drain_all("shutdown")
     assert names(job) == ["step", "rewritten", "step"]
     assert job.completeness.conflicts == (f"{1:016x}",)

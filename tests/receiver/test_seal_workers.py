@@ -12,6 +12,7 @@ import sys
 import time
 from datetime import datetime, timezone
 
+import orjson
 import pytest
 from processes import child_pids, needs_proc, running
 from receiver_support import (
@@ -37,7 +38,7 @@ from spanproof.exporter.assembly import SealJob
 from spanproof.exporter.otlp import iter_request_spans, otlp_span_to_body
 from spanproof.exporter.otlp_server import Unavailable
 from spanproof.exporter.receiver import Receiver
-from spanproof.exporter.sealing import ChainPosition, seal
+from spanproof.exporter.sealing import ChainPosition, SerializedBody, seal
 from spanproof.exporter.sinks import DirectorySink
 from spanproof.verifier.statement import Completeness, Producer
 
@@ -51,9 +52,18 @@ def bodies(trace: str, *numbers: int) -> tuple:
                  for span, resource, scope in iter_request_spans(request(*spans).resource_spans))
 
 
+def serialized(body) -> SerializedBody:
+    """*body* as the receiver holds it: its key-sorted JSON."""
+    return SerializedBody(body["span"]["spanId"], orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
+
+
+TRACE_C = "5c" * 16
+
+
 def jobs() -> list[SealJob]:
     """Segments of every shape a pass can hold: a genesis segment, a continuation
-    with conflicts and notes, a body JSON cannot carry, and more traces than workers."""
+    with conflicts and notes, a body JSON cannot carry, more traces than workers,
+    and bodies held as JSON, as the receiver holds them."""
     continuation = ChainPosition(3, 17, "ab" * 32, "cd" * 32)
     (lone,) = bodies(TRACE_B, 4)  # protobuf refuses a lone surrogate; JSON may carry one
     lone["span"]["attributes"]["app.note"] = {"stringValue": "half a pair: \ud800"}
@@ -66,6 +76,8 @@ def jobs() -> list[SealJob]:
                 "shutdown", Completeness()),
         *(SealJob(f"{n:032x}", bodies(f"{n:032x}", 1), ChainPosition.genesis(f"{n:032x}"),
                   "root_ended", Completeness()) for n in range(1, 6)),
+        SealJob(TRACE_C, tuple(map(serialized, bodies(TRACE_C, 1, 2))),
+                ChainPosition.genesis(TRACE_C), "root_ended", Completeness()),
     ]
 
 
@@ -92,6 +104,21 @@ def test_workers_seal_the_bytes_the_receivers_process_would(monkeypatch, round_j
     # The body JSON cannot carry went as it is, and is declared rejected.
     lone = results[2][1].statement.completeness
     assert (lone.rejected_spans, lone.notes[-1][:18]) == (1, "1 span(s) rejected")
+
+
+def test_serialized_bodies_seal_as_their_dicts_do():
+    (job,) = [job for job in jobs() if job.trace_id == TRACE_C]
+    as_dicts = SealJob(job.trace_id, tuple(body.parse() for body in job.bodies),
+                       job.position, job.reason, job.completeness)
+    assert sealed_here(job).data == sealed_here(as_dicts).data
+
+
+def test_the_receivers_json_goes_to_a_worker_as_it_is_not_encoded_again(monkeypatch):
+    # The receiver journaled each body's JSON; a worker gets those bytes, joined.
+    (job,) = [job for job in jobs() if job.trace_id == TRACE_C]
+    monkeypatch.setattr(_seal_workers.orjson, "dumps", None)  # any encoding would fail
+    portable = _seal_workers._portable(job)
+    assert portable[1] == b"[" + b",".join(body.json for body in job.bodies) + b"]"
 
 
 def test_workers_write_to_a_directory_sink_what_they_seal(tmp_path):
