@@ -37,6 +37,7 @@ from spanproof.verifier.tree import render_tree
 from spanproof.verifier.verify import Verdict
 
 from ._exporter import SpanproofSpanExporter
+from ._malloc import limit_malloc_arenas
 from .config import DEFAULT_SELECT_ATTRIBUTES
 from .keys import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, SigningKey
 
@@ -267,6 +268,8 @@ def receiver(
             raise UsageError(f"{flag} must be an integer >= {minimum}, got {number}")
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Before the receiver's threads allocate: one malloc arena for all of them.
+    limit_malloc_arenas()
     selected = None
     if select_attributes is not None:
         selected = [k.strip() for k in select_attributes.split(",") if k.strip()]
