@@ -26,7 +26,8 @@ On :meth:`Receiver.start` the journals of a receiver that died without sealing
 ``recovered`` under the dead receiver's producer instance, continuing its chains
 (SPEC §5.3).
 
-Locks: ``_decode_lock`` decodes requests one at a time (see :meth:`Receiver._decode`);
+Locks: ``_decode_lock`` decodes and admits requests one at a time, a large one in
+chunks of whole traces (see :meth:`Receiver._decode`);
 ``_ingest_lock`` serializes dedup, journaling and admission (so a span is never
 acknowledged before the one it duplicates is durable); ``_lock`` guards the
 assembler and the sealer's state and is held briefly, never during signing or
@@ -42,7 +43,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any
@@ -135,6 +136,46 @@ def _selection_attributes(span: trace_pb2.Span) -> dict[str, Any]:
         if kv.key == EVIDENCE_ATTRIBUTE and kv.value.WhichOneof("value") == "bool_value":
             attributes[kv.key] = kv.value.bool_value
     return attributes
+
+
+_RequestSpan = tuple[
+    trace_pb2.Span, dict[str, Any] | MalformedSpan, dict[str, Any] | MalformedSpan
+]
+
+#: A request with more spans than this is decoded and admitted in chunks of whole
+#: traces of about this many spans (see _trace_chunks).
+_ADMIT_CHUNK_SPANS = 1024
+
+
+def _trace_chunks(
+    resource_spans: Sequence[trace_pb2.ResourceSpans], size: int
+) -> Iterator[list[_RequestSpan]]:
+    """A request's spans (:func:`iter_request_spans`) in chunks to admit one after
+    the other: all of them at once when they are at most *size*, else grouped by
+    trace, in chunks of whole traces of at least *size* spans (the last one may be
+    smaller).
+
+    A Collector's batch holds thousands of spans (rotel's up to 8,192): admitted
+    whole, none of its traces could be sealed before the last span was decoded, and
+    the seal workers sat idle meanwhile.  A trace's spans of one request stay in one
+    chunk, in their order, so chunking never makes a trace's seal grace run out
+    between two of its spans from the same request.
+    """
+    spans = list(iter_request_spans(resource_spans))
+    if len(spans) <= size:
+        yield spans
+        return
+    by_trace: dict[bytes, list[_RequestSpan]] = {}
+    for fields in spans:
+        by_trace.setdefault(fields[0].trace_id, []).append(fields)
+    chunk: list[_RequestSpan] = []
+    for group in by_trace.values():
+        chunk += group
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _is_local_root(span: trace_pb2.Span) -> bool:
@@ -389,7 +430,7 @@ class Receiver:
         deadline = time.monotonic() + max(timeout, _MIN_SHUTDOWN_SECONDS)
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))
-        with self._ingest_lock:  # no request is half-way through admission
+        with self._decode_lock, self._ingest_lock:  # no request is half-way through admission
             pass
         done = False
         if self._journal is not None:
@@ -429,11 +470,18 @@ class Receiver:
         """
         if not self._started or self._shut_down or self._journal is None:
             raise Unavailable("receiver is not running", _RETRY_AFTER)
+        decoded = 0
+        rejected: list[_Rejected] = []
         with self._decode_lock:
-            items, rejected, roots = self._decode(resource_spans)
-        with self._ingest_lock:
-            self._admit(items, rejected, roots)
-        if rejected and not items:
+            # A request that began before shutdown() is admitted to its end:
+            # shutdown() waits for it, so none is left half admitted.
+            for i, chunk in enumerate(_trace_chunks(resource_spans, _ADMIT_CHUNK_SPANS)):
+                items, chunk_rejected, roots = self._decode(chunk)
+                with self._ingest_lock:
+                    self._admit(items, chunk_rejected, roots, first=i == 0)
+                decoded += len(items)
+                rejected += chunk_rejected
+        if rejected and not decoded:
             # Declared in the traces' next bundles by _admit; the request is refused.
             raise InvalidRequest(self._rejection_message(rejected))
         if rejected:
@@ -441,26 +489,26 @@ class Receiver:
         return IngestResult()
 
     def _decode(
-        self, resource_spans: Sequence[trace_pb2.ResourceSpans]
+        self, spans: Sequence[_RequestSpan]
     ) -> tuple[list[_Item], list[_Rejected], list[str]]:
-        """Select, normalize, check and serialize one request's spans: the items to
-        admit, the rejected spans (trace id, why, fingerprint) and the local roots'
-        trace ids.
+        """Select, normalize, check and serialize a chunk of a request's spans
+        (:func:`_trace_chunks`): the items to admit, the rejected spans (trace id,
+        why, fingerprint) and the local roots' trace ids.
 
         Called under ``_decode_lock``.  The work is pure Python, so requests decoded
         side by side only take turns on the GIL: a Collector's concurrent batches
         of thousands of spans then all finished at about the same time, and no trace
         of them could be sealed until then (seal workers idle while the receiver
         decoded, then the receiver idle while they sealed).  One at a time, each
-        request is admitted as soon as it is decoded, and its traces are sealed
-        while the next one is decoded.
+        chunk is admitted as soon as it is decoded, and its traces are sealed while
+        the next one is decoded.
         """
         selects = self._selector.selects
         max_value_bytes = self._config.max_value_bytes
         items: list[_Item] = []
         rejected: list[_Rejected] = []
         roots: list[str] = []
-        for span, resource, scope in iter_request_spans(resource_spans):
+        for span, resource, scope in spans:
             if _is_local_root(span) and len(span.trace_id) == 16:
                 roots.append(span.trace_id.hex())
             if not selects(_selection_attributes(span)):
@@ -497,9 +545,13 @@ class Receiver:
         items: list[_Item],
         rejected: list[_Rejected],
         roots: list[str],
+        *,
+        first: bool = True,
     ) -> None:
+        """Journal and admit one decoded chunk of a request (its *first* or a later
+        one: a request admitted in part is finished even while shutting down)."""
         assert self._journal is not None
-        if self._shut_down:
+        if self._shut_down and first:
             raise Unavailable("receiver is shutting down", _RETRY_AFTER)
         if self._storage_error is not None:
             raise Unavailable(f"storage is failing: {self._storage_error}", _STORAGE_RETRY_AFTER)

@@ -23,6 +23,7 @@ from receiver_support import (
     span_ids,
     trust_root,
     verified,
+    wait_for,
 )
 
 from spanproof.exporter.otlp_server import Unavailable
@@ -535,3 +536,109 @@ def test_a_failed_group_write_keeps_its_spans_journaled_and_is_retried(
     assert sorted(r.statement.trace_id for r in reports) == sorted([TRACE_A, TRACE_B])
     assert receiver.shutdown()
     assert os.listdir(receiver.journal_dir) == []
+
+
+# -- large requests: admitted in chunks of whole traces -----------------------------
+
+TRACES = [f"{n:032x}" for n in range(1, 5)]
+
+
+def interleaved_request():
+    """Four 3-span traces, their spans interleaved (a Collector's batch)."""
+    return request(*(otlp_span(trace, n, parent=None if n == 1 else 1)
+                     for n in (2, 1, 3) for trace in TRACES))
+
+
+def test_a_large_request_is_admitted_in_chunks_of_whole_traces(tmp_path, clock, monkeypatch):
+    from spanproof.exporter import receiver as receiver_module
+    from spanproof.exporter.journal import Journal
+
+    monkeypatch.setattr(receiver_module, "_ADMIT_CHUNK_SPANS", 4)
+    journaled = []
+    real_append = Journal.append_spans
+
+    def append_spans(self, items, **kwargs):
+        items = list(items)
+        journaled.append([trace for trace, _ in items])
+        return real_append(self, items, **kwargs)
+
+    monkeypatch.setattr(Journal, "append_spans", append_spans)
+    receiver = make_receiver(tmp_path / "out", clock)
+    receiver.start()
+    try:
+        assert receiver(interleaved_request().resource_spans).rejected == 0
+        clock.advance(2.5)
+        assert receiver.flush()
+    finally:
+        receiver.shutdown(10)
+    # Two chunks of two whole traces each, journaled one after the other.
+    assert journaled == [[TRACES[0]] * 3 + [TRACES[1]] * 3, [TRACES[2]] * 3 + [TRACES[3]] * 3]
+    reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
+    # One segment per trace, its records in the order the request held them.
+    assert [(r.statement.trace_id, span_ids(r)) for r in reports] == [
+        (trace, [span_id(2), span_id(1), span_id(3)]) for trace in TRACES]
+
+
+def test_a_request_refused_part_way_loses_nothing_and_its_retry_adds_each_span_once(
+    tmp_path, clock, monkeypatch
+):
+    from spanproof.exporter import receiver as receiver_module
+
+    monkeypatch.setattr(receiver_module, "_ADMIT_CHUNK_SPANS", 4)
+    # Room for the first chunk (two traces, six spans) only.
+    receiver = make_receiver(tmp_path / "out", clock, max_backlog_spans=6)
+    receiver.start()
+    try:
+        with pytest.raises(Unavailable, match="overloaded"):
+            receiver(interleaved_request().resource_spans)
+        clock.advance(2.5)
+        assert receiver.flush()  # the first chunk was accepted: it is sealed
+        first = {r.statement.trace_id for r in
+                 verified(str(tmp_path / "out"), trust_root(str(tmp_path)))}
+        assert first == set(TRACES[:2])
+        # The Collector retries the whole batch: the first chunk is a re-delivery.
+        assert receiver(interleaved_request().resource_spans).rejected == 0
+        clock.advance(2.5)
+        assert receiver.flush()
+    finally:
+        receiver.shutdown(10)
+    reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
+    assert [(r.statement.trace_id, sorted(span_ids(r))) for r in reports] == [
+        (trace, [span_id(1), span_id(2), span_id(3)]) for trace in TRACES]
+    assert [r.statement.completeness.conflicts for r in reports] == [()] * 4
+
+
+def test_shutdown_during_a_large_request_admits_it_to_its_end(tmp_path, clock, monkeypatch):
+    import threading
+    import time
+
+    from spanproof.exporter import receiver as receiver_module
+
+    monkeypatch.setattr(receiver_module, "_ADMIT_CHUNK_SPANS", 4)
+    receiver = make_receiver(tmp_path / "out", clock)
+    receiver.start()
+    real_decode = Receiver._decode
+    chunks = []
+    stopping: list[threading.Thread] = []
+
+    def decode(self, spans):
+        chunks.append(len(spans))
+        if len(chunks) == 2:  # the first chunk is admitted: shut down meanwhile
+            stopping.append(threading.Thread(target=receiver.shutdown, args=(30,)))
+            stopping[0].start()
+            wait_for(lambda: self._shut_down, what="shutdown to begin")
+            # Time for a shutdown that did not wait for this request to seal and
+            # close before its second chunk is admitted (this one must wait).
+            time.sleep(0.5)
+        return real_decode(self, spans)
+
+    monkeypatch.setattr(Receiver, "_decode", decode)
+    try:
+        assert receiver(interleaved_request().resource_spans).rejected == 0
+    finally:
+        stopping[0].join(30)
+    assert not stopping[0].is_alive()
+    assert chunks == [6, 6]
+    reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
+    assert [(r.statement.trace_id, len(span_ids(r)), r.statement.seal_reason)
+            for r in reports] == [(trace, 3, "shutdown") for trace in TRACES]
