@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["OversizedValue", "check_value_sizes", "value_size"]
+__all__ = ["OversizedValue", "check_value_sizes", "fits_by_json_length", "value_size"]
 
 
 class OversizedValue(ValueError):
@@ -33,6 +33,23 @@ def value_size(typed: Mapping[str, Any]) -> int:
         return sum(len(k.encode("utf-8", "surrogatepass")) + value_size(v)
                    for k, v in typed["kvlistValue"].items())
     return 8
+
+
+def fits_by_json_length(json_length: int, limit: int) -> bool:
+    """Whether a record body whose JSON is *json_length* bytes long (UTF-8, as
+    orjson or ``json.dumps(ensure_ascii=False)`` write it) holds no value above
+    *limit* bytes, known without measuring its values: when False, measure them
+    (:func:`check_value_sizes`).
+
+    No typed value's :func:`value_size` exceeds four times the length of its own
+    JSON: a string's UTF-8 length and a bytes value's decoded length are at most
+    their JSON's; any other scalar counts 8, and its JSON is at least ``{}``, 2
+    bytes; an array's or kvlist's size is the sum over its elements (with their
+    keys), each within the bound, and its JSON holds all of theirs.  Each value's
+    JSON is part of the body's, so a body of at most ``limit / 4`` bytes of JSON
+    holds none above the limit.
+    """
+    return 4 * json_length <= limit
 
 
 # Resource and scope bodies are shared by the spans of a tracer (normalize caches

@@ -66,7 +66,7 @@ from .assembly import SHUTDOWN, SealJob, TraceAssembler
 from .config import ExporterConfig
 from .journal import Journal
 from .keys import SigningKey
-from .limits import OversizedValue, check_value_sizes
+from .limits import OversizedValue, check_value_sizes, fits_by_json_length
 from .otlp import MalformedSpan, iter_request_spans, otlp_span_to_body
 from .otlp_server import IngestResult, InvalidRequest, Unavailable
 from .sealing import ChainPosition, SealedBundle, SerializedBody, seal
@@ -520,15 +520,16 @@ class Receiver:
                 if isinstance(scope, MalformedSpan):
                     raise scope
                 body = otlp_span_to_body(span, resource, scope)
-                check_value_sizes(body, max_value_bytes)
+                # Only the JSON is kept: a third of the dict's memory while the trace
+                # is pending, and what a seal worker takes as it is.
+                data, fingerprint = _serialized(body)
+                if not fits_by_json_length(len(data), max_value_bytes):
+                    check_value_sizes(body, max_value_bytes)
             except (MalformedSpan, OversizedValue) as e:
                 rejected.append((trace_id, f"span {span.span_id.hex() or '?'}: {e}",
                                  hashlib.blake2b(span.SerializeToString(deterministic=True),
                                                  digest_size=16).digest()))
                 continue
-            # Only the JSON is kept: a third of the dict's memory while the trace is
-            # pending, and what a seal worker takes as it is.
-            data, fingerprint = _serialized(body)
             items.append((body["span"]["traceId"],
                           SerializedBody(body["span"]["spanId"], data), fingerprint))
         return items, rejected, roots

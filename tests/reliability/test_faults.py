@@ -3,6 +3,7 @@ span values that try to steer file names, and nesting deeper than any parser all
 
 from __future__ import annotations
 
+import base64
 import errno
 import json
 import logging
@@ -16,7 +17,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -26,6 +30,7 @@ from spanproof.exporter import SpanproofSpanExporter
 from spanproof.exporter import sinks as sinks_module
 from spanproof.exporter.otlp_server import HttpServer
 from spanproof.exporter.receiver import Receiver
+from spanproof.verifier.values import encode_double
 
 BUNDLE_NAME = re.compile(r"[0-9a-f]{32}-[0-9]{4}-[0-9a-f]{16}(\.[0-9]+)?\.spanproof\.json")
 
@@ -293,6 +298,58 @@ def test_value_size_counts_utf8_bytes_and_nested_values() -> None:
     assert value_size(encode_value(["ab", "c"])) == 3
     assert value_size({"kvlistValue": {"key": encode_value("xyz")}}) == 6
     assert value_size(encode_value(7)) == 8
+
+
+_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=6)
+_typed_values = st.recursive(
+    st.just({})
+    | st.builds(lambda t: {"stringValue": t}, _text)
+    | st.builds(lambda b: {"boolValue": b}, st.booleans())
+    | st.builds(lambda i: {"intValue": str(i)}, st.integers(-(2**63), 2**63 - 1))
+    | st.builds(lambda f: {"doubleValue": encode_double(f)}, st.floats(allow_nan=False))
+    | st.builds(lambda b: {"bytesValue": base64.b64encode(b).decode()}, st.binary(max_size=6)),
+    lambda children: st.builds(lambda v: {"arrayValue": v}, st.lists(children, max_size=8))
+    | st.builds(lambda v: {"kvlistValue": v}, st.dictionaries(_text, children, max_size=8)),
+    max_leaves=40,
+)
+
+
+def _smallest_fitting_limit(json_length: int) -> int:
+    """The smallest limit for which fits_by_json_length(json_length, limit) holds."""
+    from spanproof.exporter.limits import fits_by_json_length
+
+    low, high = 0, 64 * (json_length + 1)
+    assert fits_by_json_length(json_length, high)
+    while low < high:
+        middle = (low + high) // 2
+        if fits_by_json_length(json_length, middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(_text, _typed_values, min_size=1, max_size=6))
+def test_a_value_within_what_its_json_length_allows_is_never_measured_above_it(attrs) -> None:
+    # The receiver skips measuring values when fits_by_json_length holds for the
+    # body's JSON: no value may then be above the limit, for any shape of value,
+    # the costliest being arrays of empty values (8 bytes each, 3 of JSON).
+    from spanproof.exporter.limits import check_value_sizes, value_size
+
+    for typed in attrs.values():
+        assert value_size(typed) <= _smallest_fitting_limit(len(orjson.dumps(typed)))
+    body = _sized_body(attrs, {"attributes": {}})
+    check_value_sizes(body, _smallest_fitting_limit(len(orjson.dumps(body))))
+
+
+def test_empty_values_count_more_than_twice_their_json() -> None:
+    from spanproof.exporter.limits import value_size
+
+    empties = {"arrayValue": [{}] * 1000}
+    # 8,000 bytes counted for 3,015 bytes of JSON.
+    assert value_size(empties) > 2 * len(orjson.dumps(empties))
+    assert value_size(empties) <= _smallest_fitting_limit(len(orjson.dumps(empties)))
 
 
 def _sized_body(span_attrs: dict[str, Any], resource: dict[str, Any],
