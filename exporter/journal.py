@@ -335,23 +335,20 @@ class Journal:
 
     def append_dropped(self, trace_id: str, n: int) -> None:
         """Durably record that *n* evidence spans of a trace were lost."""
-        with self._lock:
-            self._write(_frame({"t": "dropped", "trace": trace_id, "n": str(n)}))
-            self._counts_written({trace_id: n}, "dropped")
-            self._rotate_if_due()
+        self._append_count("dropped", trace_id, n)
 
     def append_rejected(self, trace_id: str, n: int) -> None:
         """Durably record that *n* evidence spans of a trace were rejected (SPEC §5.3)."""
-        with self._lock:
-            self._write(_frame({"t": "rejected", "trace": trace_id, "n": str(n)}))
-            self._counts_written({trace_id: n}, "rejected")
-            self._rotate_if_due()
+        self._append_count("rejected", trace_id, n)
 
     def append_unsampled(self, trace_id: str, n: int) -> None:
         """Durably record that sampling removed *n* evidence spans of a trace."""
+        self._append_count("unsampled", trace_id, n)
+
+    def _append_count(self, kind: str, trace_id: str, n: int) -> None:
         with self._lock:
-            self._write(_frame({"t": "unsampled", "trace": trace_id, "n": str(n)}))
-            self._counts_written({trace_id: n}, "unsampled")
+            self._write(_frame({"t": kind, "trace": trace_id, "n": str(n)}))
+            self._counts_written({trace_id: n}, kind)
             self._rotate_if_due()
 
     def append_sealed(
