@@ -530,8 +530,8 @@ class Receiver:
                     check_value_sizes(body, max_value_bytes)
             except (MalformedSpan, OversizedValue) as e:
                 rejected.append((trace_id, f"span {span.span_id.hex() or '?'}: {e}",
-                                 hashlib.blake2b(span.SerializeToString(deterministic=True),
-                                                 digest_size=16).digest()))
+                                 hashlib.sha256(span.SerializeToString(deterministic=True))
+                                 .digest()))
                 continue
             items.append((body["span"]["traceId"],
                           SerializedBody(body["span"]["spanId"], data), fingerprint))
@@ -850,9 +850,8 @@ class Receiver:
     def _retire(self, done: Iterable[tuple[SealJob, ChainPosition]]) -> None:
         """Journal that the bundles of *done* are written (their spans sealed), after
         the entries an earlier failed append left, which are retried first and in
-        order.  While
-        entries are left, or bundles unwritten, requests are answered UNAVAILABLE;
-        the sealer retries them (:meth:`_cycle`)."""
+        order.  While entries are left, or bundles unwritten, requests are answered
+        UNAVAILABLE; the sealer retries them (:meth:`_cycle`)."""
         assert self._journal is not None
         retrying = bool(self._unretired)
         items = self._unretired
