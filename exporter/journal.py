@@ -243,6 +243,8 @@ class Journal:
         # Loss counts journaled and not yet declared by a sealed bundle: kind ->
         # trace -> count, as replay keeps them.
         self._owed: dict[str, dict[str, int]] = {kind: {} for kind in _COUNT_KINDS}
+        # "sealed" entries a failed write left, written first by the next one.
+        self._unretired: list[tuple[str, list[str], dict[str, Any], dict[str, str]]] = []
         os.makedirs(directory, exist_ok=True)
         self._open_next()
 
@@ -371,18 +373,29 @@ class Journal:
 
         Replay subtracts what a bundle declared from the trace's journaled counts,
         rather than forgetting them: a count journaled while the bundle was being
-        written belongs to the trace's next one."""
-        entries = [(trace_id, list(keys), dict(nxt),
-                    {k: str(n) for k, n in declared.items() if n})
-                   for trace_id, keys, nxt, declared in items]
-        if not entries:
-            return
+        written belongs to the trace's next one.
+
+        Raises:
+            OSError: the journal cannot be written.  The entries are kept and
+                written first, in order, by the next call (with no items, a call
+                only retries them; see :attr:`retire_pending`).
+        """
+        new = [(trace_id, list(keys), dict(nxt),
+                {k: str(n) for k, n in declared.items() if n})
+               for trace_id, keys, nxt, declared in items]
         with self._lock:
-            self._write(b"".join(
-                _frame({"t": "sealed", "trace": trace_id, "keys": keys, "next": nxt,
-                        "declared": declared})
-                for trace_id, keys, nxt, declared in entries
-            ))
+            entries, self._unretired = self._unretired + new, []
+            if not entries:
+                return
+            try:
+                self._write(b"".join(
+                    _frame({"t": "sealed", "trace": trace_id, "keys": keys, "next": nxt,
+                            "declared": declared})
+                    for trace_id, keys, nxt, declared in entries
+                ))
+            except OSError:
+                self._unretired = entries
+                raise
             for trace_id, keys, _, declared in entries:
                 for key in keys:
                     n = self._key_file.pop(key, None)
@@ -395,6 +408,12 @@ class Journal:
                     live.discard(_COUNTS + trace_id)
             self._collect()
             self._rotate_if_due()
+
+    @property
+    def retire_pending(self) -> bool:
+        """Whether "sealed" entries a failed :meth:`append_sealed_many` left are
+        waiting to be written (by the next call)."""
+        return bool(self._unretired)
 
     def _write(self, data: bytes) -> None:
         if self._fd < 0:
@@ -442,6 +461,7 @@ class Journal:
         self._key_file.clear()
         for owed in self._owed.values():
             owed.clear()
+        self._unretired.clear()
 
     def _collect(self) -> None:
         # A file older than the current one whose spans are all sealed is no longer

@@ -110,8 +110,6 @@ class _JournaledSealer(SpanproofSpanExporter):
         # Written bundles whose journal entries this sealing pass retires:
         # (trace id, keys, next position, declared counts, file name).
         self._retiring: list[tuple[str, list[str], dict[str, Any], dict[str, int], str]] = []
-        # Entries a failed journal write left to retire, retried first by the next pass.
-        self._unretired: list[tuple[str, list[str], dict[str, Any], dict[str, int], str]] = []
 
     def _recover_at_start(self) -> None:
         pass  # the processor recovers its own journal directory (EvidenceSpanProcessor)
@@ -177,18 +175,19 @@ class _JournaledSealer(SpanproofSpanExporter):
         # sealing pass writes a group of bundles at once; one fsync each cost a
         # disk flush per bundle).  Under the seal lock, so a trace's entries stay
         # in the order its segments were sealed.
-        retrying = bool(self._unretired)
-        retiring, self._retiring, self._unretired = self._unretired + self._retiring, [], []
-        if not retiring or self._journal is None:
+        retiring, self._retiring = self._retiring, []
+        if self._journal is None:
+            return
+        retrying = self._journal.retire_pending
+        if not retiring and not retrying:
             return
         try:
             self._journal.append_sealed_many(
                 (trace_id, keys, nxt, declared) for trace_id, keys, nxt, declared, _ in retiring)
         except OSError as e:
-            # The bundles are durable and their spans stay journaled: the entries are
-            # retried, in order, by the next pass; a start after a crash finds the
-            # bundles and does not seal them again.
-            self._unretired = retiring
+            # The bundles are durable and their spans stay journaled: the journal
+            # keeps the entries and writes them first, in order, at the next pass; a
+            # start after a crash finds the bundles and does not seal them again.
             if not retrying:
                 names = ", ".join(name for *_, name in retiring[:3])
                 more = f" and {len(retiring) - 3} more" if len(retiring) > 3 else ""

@@ -339,8 +339,6 @@ class Receiver:
         # Journal key of every body the assembler holds, by the body's identity.
         self._keys: dict[int, tuple[str, SerializedBody]] = {}
         self._unwritten: collections.deque[tuple[SealedBundle, SealJob]] = collections.deque()
-        # "sealed" journal entries a failed append left to write (see _retire).
-        self._unretired: list[tuple[str, list[str], dict[str, Any], dict[str, int]]] = []
         self._storage_error: str | None = None
         self._journal: Journal | None = None
         self._submitter: WitnessSubmitter | None = None
@@ -669,7 +667,7 @@ class Receiver:
                     return
                 now = self._clock()
                 wake = self._assembler.next_deadline()
-                if self._unwritten or self._unretired:
+                if self._unwritten or self._retire_pending():
                     wake = now + _RETRY_AFTER if wake is None else min(wake, now + _RETRY_AFTER)
                 timeout = _MAX_SLEEP if wake is None else min(max(wake - now, 0.0), _MAX_SLEEP)
                 if timeout == 0 and not worked:
@@ -696,7 +694,7 @@ class Receiver:
         if not self._seal_lock.acquire(timeout=timeout):
             return False
         try:
-            if self._unretired:
+            if self._retire_pending():
                 self._retire(())
             worked = self._write_pending()
             while True:
@@ -853,27 +851,29 @@ class Receiver:
         order.  While entries are left, or bundles unwritten, requests are answered
         UNAVAILABLE; the sealer retries them (:meth:`_cycle`)."""
         assert self._journal is not None
-        retrying = bool(self._unretired)
-        items = self._unretired
+        retrying = self._journal.retire_pending
+        items = []
         with self._lock:
             for job, position in done:
                 keys = [held[0] for held in (self._keys.pop(id(b), None) for b in job.bodies)
                         if held is not None]
                 items.append((job.trace_id, keys, position_to_json(position),
                               declared_counts(job.completeness)))
-        self._unretired = []
         try:
             self._journal.append_sealed_many(items)
         except OSError as e:
-            # The bundles are durable and their spans stay journaled; the next start
-            # finds the bundles and does not seal them again (_recovery).
+            # The bundles are durable and their spans stay journaled (the journal
+            # keeps the entries for its next write); the next start finds the
+            # bundles and does not seal them again (_recovery).
             if not retrying:
                 _logger.error("receiver: cannot retire journal entries (%s); will retry", e)
-            self._unretired = items
             self._storage_error = f"journal write failed: {e}"
             return
         if not self._unwritten:
             self._storage_error = None
+
+    def _retire_pending(self) -> bool:
+        return self._journal is not None and self._journal.retire_pending
 
     def _seal(self, job: SealJob, sealed_at: datetime) -> SealedBundle:
         return seal(

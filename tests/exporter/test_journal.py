@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
 from spanproof.exporter.journal import (
     Journal,
     _frame,
+    _read_entries,
     recover_orphans,
     release_claimed,
     replay,
@@ -52,6 +53,30 @@ def test_sealed_entries_retire_spans_and_keep_chain_position(tmp_path):
     traces = replay(_journal_files(str(tmp_path)))
     assert [b["span"]["name"] for b in traces[TRACE].bodies] == ["s3"]
     assert traces[TRACE].next_position == {"segmentIndex": 1}
+
+
+def test_sealed_entries_a_failed_write_left_are_written_first_by_the_next_call(
+    tmp_path, monkeypatch
+):
+    j = Journal(str(tmp_path), "aaaa")
+    first = j.append_spans([(TRACE, _body(1))])
+    second = j.append_spans([(OTHER, _body(2))])
+    real_write = Journal._write
+
+    def failing(self, data):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(Journal, "_write", failing)
+    with pytest.raises(OSError):
+        j.append_sealed_many([(TRACE, first, {"index": "1"}, {})])
+    assert j.retire_pending
+    monkeypatch.setattr(Journal, "_write", real_write)
+    j.append_sealed_many([(OTHER, second, {"index": "1"}, {})])  # the failed one first
+    assert not j.retire_pending
+    assert replay(_journal_files(str(tmp_path))) == {}  # both retired
+    sealed = [e["trace"] for path in _journal_files(str(tmp_path))
+              for e in _read_entries(path) if e["t"] == "sealed"]
+    assert sealed == [TRACE, OTHER]  # in the order they were sealed
 
 
 def test_rejections_and_conflicts_replay_until_the_trace_is_sealed(tmp_path):

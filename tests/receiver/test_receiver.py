@@ -329,15 +329,15 @@ def test_a_failed_journal_retire_is_retried_and_requests_are_accepted_again(
     # one process it went on as if they were written.
     from spanproof.exporter.journal import Journal
 
-    real_append = Journal.append_sealed_many
+    real_write = Journal._write
     disk = {"failing": True}
 
-    def append_sealed_many(self, items):
-        if disk["failing"]:
+    def write(self, data):
+        if disk["failing"] and b'{"t":"sealed"' in data[:32]:
             raise OSError(5, "Input/output error")
-        return real_append(self, items)
+        return real_write(self, data)
 
-    monkeypatch.setattr(Journal, "append_sealed_many", append_sealed_many)
+    monkeypatch.setattr(Journal, "_write", write)
     receiver = make_receiver(tmp_path / "out", clock)
     with serving(receiver) as (server, _):
         endpoint = f"127.0.0.1:{server.port}"

@@ -471,15 +471,15 @@ def test_a_failed_journal_retire_is_retried_by_the_next_pass(
     processor = make_processor(tmp_path)
     traced = Traced(processor)
     journal = processor.exporter.journal()  # type: ignore[attr-defined]
-    real = journal.append_sealed_many
+    real = journal._write
     disk = {"failing": True}
 
-    def append_sealed_many(items: Any) -> None:
-        if disk["failing"]:
+    def write(data: bytes) -> None:
+        if disk["failing"] and b'{"t":"sealed"' in data[:32]:
             raise OSError(5, "Input/output error")
-        real(items)
+        real(data)
 
-    monkeypatch.setattr(journal, "append_sealed_many", append_sealed_many)
+    monkeypatch.setattr(journal, "_write", write)
     with evidence_span(traced.tracer, "first"):
         pass
     assert processor.force_flush(10_000)
