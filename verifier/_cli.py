@@ -41,7 +41,12 @@ from .disclosure import (
 )
 from .errors import InvalidKey, SpanproofError
 from .keys import TrustedKey, TrustRoot, format_time, raw_public_bytes
-from .receipt import ReceiptVerifier, attach_receipt_check, check_receipt_for_bundle
+from .receipt import (
+    REMEMBERED_CHECKPOINTS,
+    ReceiptVerifier,
+    attach_receipt_check,
+    check_receipt_for_bundle,
+)
 from .report import ReportItem, render_html, summarize_checks
 from .statement import Statement
 from .tree import render_tree
@@ -313,7 +318,6 @@ def _with_receipt(
 # --jobs worker too) keeps one receipt verifier per set of pinned keys and origin,
 # remembering the checkpoints it verified: a checkpoint's signature is checked once.
 _RECEIPT_VERIFIERS: dict[Any, ReceiptVerifier] = {}
-_REMEMBERED_CHECKPOINTS = 4096  # each at most REMEMBERED_NOTE_BYTES, twice
 
 
 def _receipt_verifier(keys: Sequence[WitnessKey], origin: str | None) -> ReceiptVerifier | None:
@@ -323,7 +327,7 @@ def _receipt_verifier(keys: Sequence[WitnessKey], origin: str | None) -> Receipt
     verifier = _RECEIPT_VERIFIERS.get(pinned)
     if verifier is None:
         verifier = _RECEIPT_VERIFIERS[pinned] = ReceiptVerifier(
-            keys, origin=origin, remember=_REMEMBERED_CHECKPOINTS)
+            keys, origin=origin, remember=REMEMBERED_CHECKPOINTS)
     return verifier
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "RECEIPT_CHECK_STEP",
     "RECEIPT_MEDIA_TYPE",
     "RECEIPT_SUFFIX",
+    "REMEMBERED_CHECKPOINTS",
     "REMEMBERED_NOTE_BYTES",
     "LeafSource",
     "Receipt",
@@ -71,6 +72,10 @@ RECEIPT_CHECK_STEP = 10
 #: A :class:`ReceiptVerifier` remembers no signed note longer than this: a witness's
 #: checkpoint with a signature line is ~150 bytes, with 16 cosignatures ~2 KB.
 REMEMBERED_NOTE_BYTES = 4096
+#: How many verified checkpoints a command that checks many receipts
+#: (``spanproof verify``, ``spanproof monitor --receipts``) has its
+#: :class:`ReceiptVerifier` remember: a batch's receipts share one.
+REMEMBERED_CHECKPOINTS = 4096
 
 _KEYID = re.compile(r"[0-9a-f]{64}\Z")
 _LEAF_FIELDS = frozenset(

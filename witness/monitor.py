@@ -35,7 +35,12 @@ from spanproof.verifier.errors import (
     LogInconsistent,
     SpanproofError,
 )
-from spanproof.verifier.receipt import MAX_RECEIPT_BYTES, RECEIPT_SUFFIX, ReceiptVerifier
+from spanproof.verifier.receipt import (
+    MAX_RECEIPT_BYTES,
+    RECEIPT_SUFFIX,
+    REMEMBERED_CHECKPOINTS,
+    ReceiptVerifier,
+)
 
 from .client import WitnessClient
 
@@ -54,10 +59,6 @@ __all__ = [
 
 MONITOR_STATE_MEDIA_TYPE = "application/vnd.spanproof.monitor-state.v1+json"
 MONITOR_EVIDENCE_MEDIA_TYPE = "application/vnd.spanproof.monitor-evidence.v1+json"
-
-# Checkpoint notes read_receipt_checkpoints remembers as verified (a batch's
-# receipts share one), as spanproof verify does.
-_REMEMBERED_NOTES = 4096
 
 
 @dataclass(frozen=True)
@@ -245,7 +246,7 @@ def read_receipt_checkpoints(
     before fetching the checkpoint they are compared with: a receipt written
     meanwhile then cannot hold a checkpoint newer than it.
     """
-    verifier = ReceiptVerifier(keys, origin=origin, remember=_REMEMBERED_NOTES)
+    verifier = ReceiptVerifier(keys, origin=origin, remember=REMEMBERED_CHECKPOINTS)
     shared: dict[tuple[str, int, bytes], VerifiedCheckpoint] = {}
     held: list[tuple[str, VerifiedCheckpoint]] = []
     unchecked: list[tuple[str, str]] = []
