@@ -50,7 +50,7 @@ import select
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -163,9 +163,13 @@ class SealWorkers:
         """The workers' process ids."""
         return [worker.proc.pid for worker in self._workers]
 
-    def seal(self, jobs: Sequence[SealJob], sealed_at: datetime) -> list[Result]:
+    def seal(self, jobs: Sequence[SealJob], sealed_at: datetime,
+             meanwhile: Callable[[], None] | None = None) -> list[Result]:
         """Seal (and write) *jobs* at *sealed_at*, spread over the workers; one
-        :data:`Result` per job, in order.
+        :data:`Result` per job, in order.  *meanwhile* is called once, while the
+        workers seal the first round (the receiver retires the previous pass's
+        journal entries then, instead of leaving the workers idle meanwhile); an
+        exception from it is raised once the round's answers are read.
 
         Raises:
             SealWorkerError: a worker is gone or the workers are closed; no result
@@ -179,21 +183,31 @@ class SealWorkers:
         results: list[Result] = []
         step = _ROUND_JOBS * len(self._workers)
         for start in range(0, len(jobs), step):
-            results.extend(self._round(jobs[start:start + step], sealed_at))
+            results.extend(self._round(jobs[start:start + step], sealed_at, meanwhile))
+            meanwhile = None
         return results
 
-    def _round(self, jobs: Sequence[SealJob], sealed_at: datetime) -> list[Result]:
+    def _round(self, jobs: Sequence[SealJob], sealed_at: datetime,
+               meanwhile: Callable[[], None] | None) -> list[Result]:
         """:meth:`seal` for at most :data:`_ROUND_JOBS` jobs per worker."""
         count = min(len(self._workers), len(jobs))
         workers = self._workers[:count]
         for i, worker in enumerate(workers):
             worker.send(("seal", sealed_at, [_portable(job) for job in jobs[i::count]]))
+        failure: BaseException | None = None
+        if meanwhile is not None:
+            try:
+                meanwhile()
+            except BaseException as e:  # the answers are read first: the pipes stay in step
+                failure = e
         answers = []
         for i, worker in enumerate(workers):
             reply = worker.receive()
             if reply[0] != "sealed" or len(reply[1]) != len(jobs[i::count]):
                 raise SealWorkerError(f"seal worker {worker.proc.pid} answered {reply[0]!r}")
             answers.append(reply[1])
+        if failure is not None:
+            raise failure
         results = [answers[i % count][i // count] for i in range(len(jobs))]
         return [("written", r[1], ChainPosition(*r[2])) if r[0] == "written" else r
                 for r in results]

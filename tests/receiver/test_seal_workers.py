@@ -4,6 +4,7 @@ that dies or cannot start leaves the receiver sealing on its own."""
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import signal
@@ -35,6 +36,7 @@ from receiver_support import (
 from spanproof.exporter import _seal_workers
 from spanproof.exporter._seal_workers import SealWorkerError, SealWorkers
 from spanproof.exporter.assembly import SealJob
+from spanproof.exporter.journal import Journal, replay
 from spanproof.exporter.otlp import iter_request_spans, otlp_span_to_body
 from spanproof.exporter.otlp_server import Unavailable
 from spanproof.exporter.receiver import Receiver
@@ -164,6 +166,51 @@ def test_a_worker_that_fails_to_write_hands_the_bundle_back(tmp_path):
     assert bundle.data == sealed_here(jobs()[0]).data
 
 
+def test_meanwhile_runs_once_after_the_first_round_is_sent(monkeypatch):
+    # The receiver retires the previous pass's journal entries while the workers
+    # seal: after every worker has its first round, before any answer is read.
+    monkeypatch.setattr(_seal_workers, "_ROUND_JOBS", 2)
+    events: list[str] = []
+    real_send, real_receive = _seal_workers._Worker.send, _seal_workers._Worker.receive
+
+    def send(self, message):
+        events.append(message[0])
+        real_send(self, message)
+
+    def receive(self):
+        events.append("answer")
+        return real_receive(self)
+
+    workers = SealWorkers(2, signing_key(), PRODUCER, None)
+    try:
+        monkeypatch.setattr(_seal_workers._Worker, "send", send)
+        monkeypatch.setattr(_seal_workers._Worker, "receive", receive)
+        results = workers.seal(jobs(), SEALED_AT, meanwhile=lambda: events.append("meanwhile"))
+    finally:
+        workers.close()
+    assert [r[0] for r in results] == ["sealed"] * len(jobs())
+    assert events[:5] == ["seal", "seal", "meanwhile", "answer", "answer"]
+    assert events.count("meanwhile") == 1
+    assert events.count("seal") == events.count("answer") > 2  # several rounds
+
+
+def test_an_error_in_meanwhile_is_raised_after_the_answers_are_read():
+    # The answers of the round under way are read before the error is raised: the
+    # next pass must not read this one's answers as its own.
+    def fails() -> None:
+        raise RuntimeError("retiring failed")
+
+    workers = SealWorkers(2, signing_key(), PRODUCER, None)
+    try:
+        with pytest.raises(RuntimeError, match="retiring failed"):
+            workers.seal(jobs()[:2], SEALED_AT, meanwhile=fails)
+        results = workers.seal(jobs(), SEALED_AT)
+    finally:
+        workers.close()
+    for job, (_, bundle) in zip(jobs(), results, strict=True):
+        assert bundle.data == sealed_here(job).data, job.trace_id
+
+
 def test_closed_workers_refuse_and_leave_no_process():
     workers = SealWorkers(2, signing_key(), PRODUCER, None)
     pids = workers.pids
@@ -209,6 +256,48 @@ def test_a_worker_write_failure_is_retried_by_the_receiver(tmp_path):
     assert os.listdir(receiver.journal_dir) == []
 
 
+def test_a_pass_is_retired_while_the_workers_seal_the_next_one(tmp_path, monkeypatch):
+    # The journal's "sealed" entries of one pass are written while the workers seal
+    # the next pass of the same cycle, not while they wait; the last pass's at the
+    # end of the cycle, so flush() leaves nothing to seal again after a crash.
+    clock = FakeClock()
+    out = tmp_path / "out"
+    receiver = make_receiver(out, clock, sealing_processes=1)
+    receiver.start()
+    events: list[tuple[str, ...]] = []
+    real_seal, real_append = SealWorkers.seal, Journal.append_sealed_many
+
+    def seal_pass(self, jobs, sealed_at, meanwhile=None):
+        traces = tuple(job.trace_id for job in jobs)
+        events.append(("pass", *traces))
+        if traces == (TRACE_A,):
+            # Trace B arrives and falls due while A is sealed: a second pass follows.
+            receiver(request(otlp_span(TRACE_B, 1)).resource_spans)
+            clock.advance(2.5)
+        results = real_seal(self, jobs, sealed_at, meanwhile)
+        events.append(("passed", *traces))
+        return results
+
+    def append_sealed_many(self, items):
+        items = list(items)
+        events.append(("retired", *(item[0] for item in items)))
+        real_append(self, items)
+
+    monkeypatch.setattr(SealWorkers, "seal", seal_pass)
+    monkeypatch.setattr(Journal, "append_sealed_many", append_sealed_many)
+    receiver(request(otlp_span(TRACE_A, 1)).resource_spans)
+    clock.advance(2.5)
+    assert receiver.flush()
+    assert events == [("pass", TRACE_A), ("passed", TRACE_A),
+                      ("pass", TRACE_B), ("retired", TRACE_A), ("passed", TRACE_B),
+                      ("retired", TRACE_B)]
+    # Nothing is left for a restart to seal again.
+    assert replay(sorted(glob.glob(os.path.join(receiver.journal_dir, "journal-*.log")))) == {}
+    assert receiver.shutdown()
+    assert sorted(r.statement.trace_id for r in verified(str(out), trust_root(str(tmp_path)))
+                  ) == sorted([TRACE_A, TRACE_B])
+
+
 def test_a_worker_killed_mid_run_leaves_the_receiver_sealing_itself(tmp_path, caplog):
     clock = FakeClock()
     out = tmp_path / "out"
@@ -242,8 +331,8 @@ def test_bundles_a_worker_wrote_before_it_died_are_not_sealed_again(
     # second bundle of the same segment, a fork of the chain.
     real_seal = SealWorkers.seal
 
-    def wrote_then_died(self, jobs, sealed_at):
-        real_seal(self, jobs, sealed_at)
+    def wrote_then_died(self, jobs, sealed_at, meanwhile=None):
+        real_seal(self, jobs, sealed_at, meanwhile)
         raise SealWorkerError("seal worker 1 exited (exit code -9)")
 
     clock = FakeClock()
