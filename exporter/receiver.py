@@ -717,8 +717,7 @@ class Receiver:
             return worked if report_work else not self._unwritten
         finally:
             try:
-                if self._to_retire:
-                    self._retire(())
+                self._retire_written()
             finally:
                 self._seal_lock.release()
 
