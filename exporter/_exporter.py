@@ -572,7 +572,17 @@ class SpanproofSpanExporter(SpanExporter):
             remote.close(max(1.0, deadline - time.monotonic()))  # the others seal theirs
             return
         code = remote.close(max(1.0, deadline - time.monotonic()))
-        if not done or code != 0:
+        blocked = [process.pid for process in remote.processes if process.input_blocked]
+        if blocked:
+            # Stopped (SIGSTOP, a debugger) or stuck: waiting for it would hold the
+            # application's exit without bound.
+            _logger.error("spanproof: the sealing process %s did not read its input before "
+                          "the shutdown deadline (stopped, or stuck); shutdown returns "
+                          "without waiting for it: once it reads again it gets what it "
+                          "was being sent, seals everything it holds and exits (its input "
+                          "is closed then, or when this process exits)",
+                          ", ".join(map(str, blocked)))
+        elif not done or code != 0:
             _logger.error("spanproof: the sealing process did not finish sealing before "
                           "the shutdown deadline (exit code %s); it keeps running until "
                           "it has", code)

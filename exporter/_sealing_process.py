@@ -507,6 +507,9 @@ class SealingProcess:
         self._resources = _Numbering(resource_fields)
         self._scopes = _Numbering(scope_fields)
         self._dead = False
+        # Set when close_input() found a write blocked on the child's full pipe: the
+        # write closes the input once it is done.
+        self._close_when_written = False
         try:
             self._write(("start", dict(settings), key_seed, producer_instance, recover))
         except SealingProcessError:
@@ -617,6 +620,9 @@ class SealingProcess:
             self._dead = True
             raise SealingProcessError(
                 f"the sealing process exited (code {self._proc.poll()})") from e
+        finally:
+            if self._close_when_written:
+                self._close_stdin()
 
     def _reply(self, request: int | None, deadline: float) -> Any:
         """The reply to *request* (None: the start message); None on timeout."""
@@ -637,14 +643,36 @@ class SealingProcess:
                 return reply
             # A late answer to an earlier request that timed out: skip it.
 
-    def close_input(self) -> None:
-        """Close the child's input: it seals everything it holds and exits."""
-        with self._lock:
+    def close_input(self, timeout: float | None = None) -> bool:
+        """Close the child's input: it seals everything it holds and exits.
+
+        Waits up to *timeout* seconds (None: without bound) for a write under way.
+        A write can block for as long as the child does not read (stopped, or
+        stuck): then nothing more is sent, the input is closed when that write
+        completes (or when this process exits), and False is returned.
+        """
+        if not self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
             self._dead = True
-            try:
-                self._stdin.close()
-            except OSError:
-                pass
+            self._close_when_written = True
+            return False
+        try:
+            self._dead = True
+            self._close_stdin()
+        finally:
+            self._lock.release()
+        return True
+
+    @property
+    def input_blocked(self) -> bool:
+        """Whether :meth:`close_input` found a write blocked on the child's input
+        (the child not reading) and left that write to close it."""
+        return self._close_when_written
+
+    def _close_stdin(self) -> None:
+        try:
+            self._stdin.close()
+        except OSError:
+            pass
 
     def wait(self, timeout: float) -> int | None:
         """Wait up to *timeout* seconds for the child to exit; its exit code, or
@@ -673,6 +701,11 @@ class SealingProcess:
                 stream.close()
             except OSError:
                 pass
+
+
+#: How long :meth:`SealingProcesses.give_up` waits for a write under way to a process
+#: before leaving that write to close the process's input.
+_GIVE_UP_WAIT = 1.0
 
 
 def _shard_settings(settings: Mapping[str, Any], count: int) -> dict[str, Any]:
@@ -824,10 +857,11 @@ class SealingProcesses:
     def close(self, timeout: float) -> int | None:
         """Close every process's input and wait up to *timeout* seconds for all to
         exit; the first nonzero exit code (0 when all exited cleanly), or None
-        when one is still running."""
+        when one is still running (a process that does not read its input is
+        left to finish by itself, see :meth:`SealingProcess.close_input`)."""
         deadline = time.monotonic() + timeout
         for process in self.processes:
-            process.close_input()
+            process.close_input(deadline - time.monotonic())
         codes = [process.wait(deadline - time.monotonic()) for process in self.processes]
         if None in codes:
             return None
@@ -838,7 +872,7 @@ class SealingProcesses:
         without waiting, so they seal what they hold and exit by themselves."""
         for process in self.processes:
             if process._proc.poll() is None and not process._dead:
-                process.close_input()
+                process.close_input(_GIVE_UP_WAIT)
             else:
                 process.kill()
 

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from processes import running
 from thread_signals import signal_another_thread, skip_unless_available
 
 from spanproof.exporter import SpanproofSpanExporter
+from spanproof.exporter import _exporter as _exporter_module
 from spanproof.exporter._sealing_process import (
     FieldSpan,
     SealingProcess,
@@ -270,6 +272,61 @@ def test_killed_sealing_process_falls_back_to_sealing_here(
     assert record_span_ids(report) == ids
     assert report.statement is not None
     assert report.statement.producer.instance == exporter.producer.instance
+
+
+def test_shutdown_returns_while_an_export_is_blocked_on_a_stopped_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A child that stops reading (SIGSTOP, a debugger, a deadlock) fills its pipe and
+    # blocks export() in the span processor's thread.  shutdown() must still return
+    # by its deadline, or the application's exit hangs with it.  Nothing is lost:
+    # once the child reads again it gets the rest of the blocked write, finds its
+    # input closed, seals everything and exits.
+    monkeypatch.setattr(_exporter_module, "_MIN_SHUTDOWN_SECONDS", 0.5)
+    rec = Recorder()
+    exporter = _exporter(tmp_path / "out")
+    process = _only_process(exporter)
+    batches = []
+    for _ in range(4):
+        for _ in range(60):  # ~130 KB of fields a batch: twice the pipe's 64 KiB
+            with rec.tracer.start_as_current_span("handle-case"):
+                with evidence(rec, "llm", **{"app.prompt": os.urandom(1000).hex()}):
+                    pass
+        batches.append(rec.take())
+    results: list[SpanExportResult] = []
+
+    def export_all() -> None:
+        for batch in batches:
+            results.append(exporter.export(batch))
+
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        exporting = threading.Thread(target=export_all, daemon=True)
+        exporting.start()
+        exporting.join(1.0)
+        assert exporting.is_alive()  # blocked on the stopped child's full pipe
+        with caplog.at_level(logging.ERROR, logger="spanproof.exporter._exporter"):
+            stopping = threading.Thread(target=exporter.shutdown, kwargs={"timeout_millis": 500},
+                                        daemon=True)
+            started = time.monotonic()
+            stopping.start()
+            stopping.join(20)
+            assert not stopping.is_alive(), "shutdown() waited on the blocked write"
+        assert time.monotonic() - started < 10
+        assert f"sealing process {process.pid} did not read its input" in caplog.text
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    exporting.join(30)
+    assert not exporting.is_alive()
+    assert process._proc.wait(30) == 0
+    assert results[0] is SpanExportResult.SUCCESS  # the blocked write completed
+    delivered = {f"{span.get_span_context().span_id:016x}"
+                 for batch, result in zip(batches, results, strict=False)
+                 if result is SpanExportResult.SUCCESS
+                 for span in batch if span.name == "llm"}
+    certified = {span_id for report in verified(tmp_path / "out", trust_root(tmp_path))
+                 for span_id in record_span_ids(report)}
+    assert certified == delivered
 
 
 def test_process_that_cannot_start_leaves_sealing_here(
