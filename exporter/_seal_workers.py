@@ -114,8 +114,11 @@ class _Worker:
         except (OSError, ValueError, EOFError) as e:
             raise SealWorkerError(f"seal worker {self.proc.pid} is gone: {e}") from e
         if reply is None:
-            raise SealWorkerError(f"seal worker {self.proc.pid} exited "
-                                  f"(exit code {self.proc.poll()})")
+            try:
+                code = self.proc.wait(1.0)  # its output ended: it has exited, or is about to
+            except subprocess.TimeoutExpired:
+                code = None
+            raise SealWorkerError(f"seal worker {self.proc.pid} exited (exit code {code})")
         return reply
 
     def close(self, timeout: float) -> None:
@@ -218,6 +221,16 @@ class SealWorkers:
         workers, self._workers = self._workers, []
         for worker in workers:
             worker.close(timeout)
+
+    def kill(self) -> None:
+        """Kill every worker at once, from any thread: a :meth:`seal` under way
+        then raises :class:`SealWorkerError` instead of waiting on a worker that
+        does not read or answer (stopped, or stuck)."""
+        for worker in list(self._workers):
+            try:
+                worker.proc.kill()
+            except OSError:
+                pass
 
 
 # Types orjson would otherwise encode as strings or objects raise instead.

@@ -434,6 +434,19 @@ class Receiver:
         deadline = time.monotonic() + max(timeout, _MIN_SHUTDOWN_SECONDS)
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))
+        workers = self._workers
+        if workers is not None:
+            if self._seal_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                self._seal_lock.release()
+            else:
+                # A pass (the sealer's, or a flush()) is still with the workers at
+                # the deadline, and a worker that stopped reading or answering
+                # (SIGSTOP, stuck) would hold it, and this shutdown, for good.  They
+                # hold nothing the journal does not: the pass falls back to this
+                # process, and what it does not finish the next start recovers.
+                _logger.error("receiver: the seal workers have not finished their pass "
+                              "by the shutdown deadline; stopping them")
+                workers.kill()
         with self._decode_lock, self._ingest_lock:  # no request is half-way through admission
             pass
         done = False

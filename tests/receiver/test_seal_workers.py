@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -34,6 +35,7 @@ from receiver_support import (
 )
 
 from spanproof.exporter import _seal_workers
+from spanproof.exporter import receiver as receiver_module
 from spanproof.exporter._seal_workers import SealWorkerError, SealWorkers
 from spanproof.exporter.assembly import SealJob
 from spanproof.exporter.journal import Journal, replay
@@ -211,6 +213,17 @@ def test_an_error_in_meanwhile_is_raised_after_the_answers_are_read():
         assert bundle.data == sealed_here(job).data, job.trace_id
 
 
+def test_a_worker_whose_output_ends_is_reported_with_its_exit_code():
+    workers = SealWorkers(1, signing_key(), PRODUCER, None)
+    try:
+        (worker,) = workers._workers
+        worker.proc.kill()
+        with pytest.raises(SealWorkerError, match=rf"exited \(exit code -{int(signal.SIGKILL)}\)"):
+            worker.receive()
+    finally:
+        workers.close()
+
+
 def test_closed_workers_refuse_and_leave_no_process():
     workers = SealWorkers(2, signing_key(), PRODUCER, None)
     pids = workers.pids
@@ -358,6 +371,50 @@ def test_bundles_a_worker_wrote_before_it_died_are_not_sealed_again(
     assert [r.statement.segment_index for r in a] == [0, 1]
     assert a[1].statement.previous_statement == a[0].statement_digest
     assert os.listdir(receiver.journal_dir) == []
+
+
+def test_shutdown_stops_a_worker_that_stopped_answering_and_loses_nothing(
+    tmp_path, monkeypatch, caplog
+):
+    # A worker that stops reading or answering (SIGSTOP, stuck) held the sealer's
+    # pass, and shutdown() waiting for it, for good.  At the deadline the workers are
+    # killed: the spans are journaled, so the next start seals what is left.
+    monkeypatch.setattr(receiver_module, "_MIN_SHUTDOWN_SECONDS", 0.5)
+    clock = FakeClock()
+    out, journal = tmp_path / "out", tmp_path / "journal"
+    receiver = make_receiver(out, clock, sealing_processes=1, journal_dir=journal)
+    receiver.start()
+    (pid,) = receiver._workers.pids
+    traces = [f"{n:032x}" for n in range(1, 301)]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for trace in traces:  # ~300 KB of bodies: more than the pipe holds
+            receiver(request(otlp_span(trace, 1, extra={"app.x": os.urandom(500).hex()})
+                             ).resource_spans)
+        clock.advance(2.5)
+        with receiver._cond:
+            receiver._cond.notify()  # the sealer: a pass is due
+        wait_for(lambda: receiver._seal_lock.locked(), 10, "the sealer to start a pass")
+        with caplog.at_level(logging.ERROR, logger="spanproof.exporter.receiver"):
+            stopping = threading.Thread(target=receiver.shutdown, kwargs={"timeout": 0.5},
+                                        daemon=True)
+            started = time.monotonic()
+            stopping.start()
+            stopping.join(30)
+            assert not stopping.is_alive(), "shutdown() waited on the stopped worker"
+        assert time.monotonic() - started < 10
+        assert "have not finished their pass by the shutdown deadline" in caplog.text
+    finally:
+        if running(pid):
+            os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: not running(pid), 10, "the worker to be gone")
+    receiver._thread.join(60)  # the sealer finished the pass in its own process
+    assert not receiver._thread.is_alive()
+    again = make_receiver(out, clock, journal_dir=journal)
+    again.start()
+    assert again.shutdown()
+    reports = verified(str(out), trust_root(str(tmp_path)))
+    assert sorted(r.statement.trace_id for r in reports) == traces  # each exactly once
 
 
 def test_workers_that_cannot_start_leave_the_receiver_sealing_itself(
