@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 
 import pytest
 
@@ -36,3 +38,12 @@ def child_pids(pid: int) -> list[int]:
             if parent == pid:
                 found.append(int(entry))
     return found
+
+
+def returns_within(call: Callable[[], object], seconds: float, what: str) -> None:
+    """Fail unless *call*, run on a daemon thread, returns within *seconds* (a call
+    that hangs is left behind, so the suite does not hang with it)."""
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{what} did not return within {seconds} s"
