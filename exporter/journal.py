@@ -21,7 +21,6 @@ dead process's journal (lock free) from a live one's, and recovers only the form
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import logging
@@ -238,7 +237,6 @@ class Journal:
         self._counter = 0
         self._file_no = 0
         self._fd = -1
-        self._closed = False
         self._size = 0
         self._live: dict[int, set[str]] = {}  # file number -> unretired keys in it
         self._key_file: dict[str, int] = {}
@@ -418,10 +416,6 @@ class Journal:
         return bool(self._unretired)
 
     def _write(self, data: bytes) -> None:
-        if self._closed:
-            # A writer still at work after close() (a sealer past its shutdown
-            # deadline) must not start a journal file that nothing will release.
-            raise OSError(errno.EBADF, "the journal is closed")
         if self._fd < 0:
             self._open_next()  # the last write failed and could not be undone
         try:
@@ -490,7 +484,6 @@ class Journal:
     def close(self) -> None:
         """Release the journal (its files stay for recovery unless all retired)."""
         with self._lock:
-            self._closed = True
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1

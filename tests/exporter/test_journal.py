@@ -341,21 +341,6 @@ def test_clean_close_with_everything_sealed_removes_files(tmp_path):
     assert _journal_files(str(tmp_path)) == []
 
 
-def test_a_closed_journal_refuses_writes_and_starts_no_file(tmp_path):
-    # A sealer still at work after its owner's shutdown (past the deadline) must not
-    # start a journal file that nothing releases: its lock would keep the next
-    # start from recovering it.
-    j = Journal(str(tmp_path), "aaaa")
-    keys = j.append_spans([(TRACE, _body(1))])
-    j.close()
-    with pytest.raises(OSError, match="closed"):
-        j.append_sealed(TRACE, keys, {})
-    with pytest.raises(OSError, match="closed"):
-        j.append_spans([(TRACE, _body(2))])
-    assert len(_journal_files(str(tmp_path))) == 1
-    assert replay(_journal_files(str(tmp_path)))[TRACE].bodies == [_body(1)]
-
-
 def test_close_with_pending_spans_keeps_files(tmp_path):
     j = Journal(str(tmp_path), "aaaa")
     j.append_spans([(TRACE, _body(1))])
