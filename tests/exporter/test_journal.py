@@ -341,6 +341,26 @@ def test_clean_close_with_everything_sealed_removes_files(tmp_path):
     assert _journal_files(str(tmp_path)) == []
 
 
+def test_spans_journaled_after_close_are_recovered_by_the_next_start(tmp_path):
+    # EvidenceSpanProcessor's journal worker may still be draining when shutdown()
+    # stops waiting for it and closes the journal: what it journals then goes to a
+    # new file, which the process's exit unlocks for the next start to recover.
+    script = textwrap.dedent(
+        f"""
+        from spanproof.exporter.journal import Journal
+        j = Journal({str(tmp_path)!r}, "late")
+        j.append_spans([({TRACE!r}, {{"span": {{"name": "before close"}}}})])
+        j.close()
+        j.append_spans([({TRACE!r}, {{"span": {{"name": "after close"}}}})])
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], timeout=60)
+    assert proc.returncode == 0
+    traces, paths = recover_orphans(str(tmp_path))
+    assert [b["span"]["name"] for b in traces[TRACE].bodies] == ["before close", "after close"]
+    release_claimed(paths)
+
+
 def test_close_with_pending_spans_keeps_files(tmp_path):
     j = Journal(str(tmp_path), "aaaa")
     j.append_spans([(TRACE, _body(1))])
