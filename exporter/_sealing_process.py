@@ -643,24 +643,23 @@ class SealingProcess:
                 return reply
             # A late answer to an earlier request that timed out: skip it.
 
-    def close_input(self, timeout: float | None = None) -> bool:
+    def close_input(self, timeout: float) -> None:
         """Close the child's input: it seals everything it holds and exits.
 
-        Waits up to *timeout* seconds (None: without bound) for a write under way.
-        A write can block for as long as the child does not read (stopped, or
-        stuck): then nothing more is sent, the input is closed when that write
-        completes (or when this process exits), and False is returned.
+        Waits up to *timeout* seconds for a write under way.  A write can block for
+        as long as the child does not read (stopped, or stuck): then nothing more
+        is sent, and that write closes the input once it completes (or this
+        process's exit does); see :attr:`input_blocked`.
         """
-        if not self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+        if not self._lock.acquire(timeout=max(0.0, timeout)):
             self._dead = True
             self._close_when_written = True
-            return False
+            return
         try:
             self._dead = True
             self._close_stdin()
         finally:
             self._lock.release()
-        return True
 
     @property
     def input_blocked(self) -> bool:

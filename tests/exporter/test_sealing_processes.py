@@ -6,6 +6,7 @@ import itertools
 import logging
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.trace import SpanContext
+from processes import returns_within
 
 from spanproof.exporter import SpanproofSpanExporter, _sealing_process
 from spanproof.exporter import _exporter as exporter_module
@@ -195,6 +197,35 @@ def test_one_process_gone_the_others_seal_what_they_hold_and_this_process_the_re
         first_share = int(trace_id, 16) % 2 == 0
         assert found[trace_id][0] == ids
         assert (found[trace_id][1] == child_instance) == first_share
+
+
+def test_giving_up_does_not_wait_on_a_write_blocked_on_another_process(
+    tmp_path: Path
+) -> None:
+    # One process is gone while a write to another is blocked on its full pipe (it
+    # stopped reading): export() must not wait on that write to close its input.
+    # The write holds the process's lock; it closes the input once it completes.
+    _, _, exporter, _, first = _second_process_killed(tmp_path)
+    writing, done = threading.Event(), threading.Event()
+
+    def blocked_write() -> None:
+        with first._lock:
+            writing.set()
+            done.wait(30)
+
+    holder = threading.Thread(target=blocked_write, daemon=True)
+    holder.start()
+    writing.wait(10)
+    try:
+        returns_within(exporter._remote.give_up, 10,  # type: ignore[union-attr]
+                       "give_up() with a write under way to another process")
+        assert first.input_blocked
+    finally:
+        done.set()
+        holder.join(10)
+    first.kill()
+    exporter._remote = None  # both processes are gone; nothing is left to stop
+    exporter.shutdown()
 
 
 def test_one_process_gone_at_shutdown_the_other_still_seals_what_it_holds(
