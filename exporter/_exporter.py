@@ -62,6 +62,13 @@ PRODUCER_NAME = "spanproof-exporter"
 _MAX_SLEEP = 1.0
 # Bundles kept in memory while the sink fails, and the wait between retries.
 _MAX_UNWRITTEN = 1024
+# Traces whose discarded bundles are remembered for their declaration; beyond,
+# the oldest trace's count is declared in the next bundle of any trace.
+_MAX_DISCARDED_TRACES = 65_536
+_DISCARDED_NOTE = (
+    "evidence spans of this trace were dropped: {} sealed bundle(s) of it were discarded "
+    f"unwritten, after more than {_MAX_UNWRITTEN} bundles waited for a failing sink"
+)
 _RETRY_SECONDS = 1.0
 _BACKOFF_SECONDS = 0.05
 _MIN_SHUTDOWN_SECONDS = 5.0
@@ -246,6 +253,10 @@ class SpanproofSpanExporter(SpanExporter):
         # When the waiting sealer will wake; -inf while it is not waiting.
         self._wake_at = float("-inf")
         self._unwritten: collections.deque[SealedBundle] = collections.deque()
+        # What the bundles discarded from _unwritten held, by trace: (spans lost,
+        # rejected, unsampled, bundles), declared once bundles can be written again.
+        self._discarded: dict[str, tuple[int, int, int, int]] = {}
+        self._discarded_untracked = 0
         self._retry_at = float("-inf")
         # What the sink's last failure was (None while writes succeed): logged once.
         self._sink_condition: str | None = None
@@ -550,7 +561,9 @@ class SpanproofSpanExporter(SpanExporter):
             self._writers.shutdown(wait=False)
         # Counted now, after the bounded wait, not after the witness's delivery.
         incomplete = not done or self._unwritten or self._inflight
-        counts = (len(self._unwritten), len(self._inflight), self._assembler.pending_traces)
+        counts = (len(self._unwritten), len(self._inflight), self._assembler.pending_traces,
+                  sum(sum(held[:3]) for held in self._discarded.values())
+                  + self._discarded_untracked)
         if self._submitter is not None:
             # Deliver what was just sealed while the witness answers; whatever is
             # not delivered stays queued on disk for the next start.
@@ -559,7 +572,8 @@ class SpanproofSpanExporter(SpanExporter):
             self._submitter.close(max(0.0, deadline - time.monotonic()))
         if incomplete:
             _logger.error("spanproof: shutdown incomplete: %d sealed bundle(s) not written, "
-                          "%d still being written, %d trace(s) not sealed", *counts)
+                          "%d still being written, %d trace(s) not sealed, %d span(s) of "
+                          "discarded bundles not declared", *counts)
 
     @staticmethod
     def _stop_remote(remote: SealingProcesses, deadline: float) -> None:
@@ -805,18 +819,58 @@ class SpanproofSpanExporter(SpanExporter):
                               bundle.file_name, e)
             self._unwritten.append(bundle)
             if len(self._unwritten) > _MAX_UNWRITTEN:
-                lost = self._unwritten.popleft()
-                _logger.error("spanproof: bundle %s discarded: %d bundles are waiting "
-                              "for a failing sink", lost.file_name, _MAX_UNWRITTEN)
+                self._discard(self._unwritten.popleft())
             self._retry_at = self._clock() + _RETRY_SECONDS
             return False
         if self._sink_condition is not None:
             self._sink_condition = None
             _logger.warning("spanproof: bundles can be written again (%d still queued)",
                             len(self._unwritten))
+            self._declare_discarded()
         if self._submitter is not None:
             self._submitter.submit(where)
         return True
+
+    def _discard(self, bundle: SealedBundle) -> None:
+        """Give up on *bundle*, the oldest of more than ``_MAX_UNWRITTEN`` waiting
+        for a failing sink: its spans are lost.  What it certified and declared is
+        counted for its trace's next bundle (SPEC §5.3), sealed once writing works
+        again: declared earlier, that bundle would only wait behind the others, or
+        be discarded in turn."""
+        statement = bundle.statement
+        done = statement.completeness
+        trace_id = statement.trace_id
+        spans, rejected, unsampled, bundles = self._discarded.pop(trace_id, (0, 0, 0, 0))
+        self._discarded[trace_id] = (spans + statement.record_count + done.dropped_spans,
+                                     rejected + done.rejected_spans,
+                                     unsampled + done.unsampled_spans, bundles + 1)
+        if len(self._discarded) > _MAX_DISCARDED_TRACES:
+            oldest = next(iter(self._discarded))
+            self._discarded_untracked += sum(self._discarded.pop(oldest)[:3])
+        _logger.error("spanproof: bundle %s discarded: %d bundles are waiting for a failing "
+                      "sink; its trace's next bundle declares its %d span(s) as dropped",
+                      bundle.file_name, _MAX_UNWRITTEN, statement.record_count)
+
+    def _declare_discarded(self) -> None:
+        """Hand the counts of the discarded bundles to the assembler: each trace's
+        next bundle declares them (an empty segment, when the trace sends nothing
+        more), with a note naming the cause."""
+        if not self._discarded and not self._discarded_untracked:
+            return
+        discarded, self._discarded = self._discarded, {}
+        untracked, self._discarded_untracked = self._discarded_untracked, 0
+        with self._cond:
+            now = self._clock()
+            assembler = self._assembler
+            for trace_id, (spans, rejected, unsampled, bundles) in discarded.items():
+                assembler.drop(trace_id, now, spans, _DISCARDED_NOTE.format(bundles))
+                if rejected:
+                    assembler.reject(trace_id, now, rejected)
+                if unsampled:
+                    assembler.unsampled(trace_id, now, unsampled)
+            if untracked:
+                assembler.drop_untracked(untracked)
+            self._cond.notify()
 
     def _retry_unwritten(self) -> bool:
         wrote = False

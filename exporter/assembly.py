@@ -233,6 +233,11 @@ class TraceAssembler:
             entry.notes.append(note)
         self._touch(entry, now)
 
+    def drop_untracked(self, count: int) -> None:
+        """Count *count* evidence spans lost whose traces cannot be named; the next
+        bundle of any trace declares them as dropped (SPEC §5.3)."""
+        self._untracked_lost += count
+
     def unsampled(self, trace_id: str, now: float, count: int = 1) -> None:
         """Count *count* evidence spans of the trace that sampling removed; its
         next bundle declares them as unsampled (SPEC §5.3)."""
@@ -528,5 +533,5 @@ _LIMIT_NOTE = (
 )
 _UNTRACKED_NOTE = (
     "{} evidence span(s) of other traces were dropped while the sealer had fallen "
-    "behind; their trace ids could not be kept"
+    "behind or bundles could not be written; their trace ids could not be kept"
 )

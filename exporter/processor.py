@@ -43,6 +43,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from ._exporter import (
+    _MAX_UNWRITTEN,
     SpanproofSpanExporter,
     ThreadStarts,
     _selection_view,
@@ -169,6 +170,14 @@ class _JournaledSealer(SpanproofSpanExporter):
                                    declared_counts(bundle.statement.completeness),
                                    bundle.file_name))
         return ok
+
+    def _discard(self, bundle: SealedBundle) -> None:
+        # Nothing is lost: the bundle's spans and counts stay journaled, and the
+        # next start seals them (SPEC §5.3 "recovered"); declaring them dropped now
+        # as well would count them twice.
+        _logger.error("spanproof: bundle %s discarded: %d bundles are waiting for a failing "
+                      "sink; its spans stay in the journal and the next start seals them",
+                      bundle.file_name, _MAX_UNWRITTEN)
 
     def _pass_done(self) -> None:
         # Retire every bundle this pass wrote with one journal write and fsync (a

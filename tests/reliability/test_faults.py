@@ -24,12 +24,24 @@ from hypothesis import strategies as st
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from reliability_support import bundles, signing_key, spanproof_cli, write_public_key
+from reliability_support import (
+    Traced,
+    bundles,
+    evidence_span,
+    ids,
+    make_processor,
+    signing_key,
+    spanproof_cli,
+    write_public_key,
+)
 
 from spanproof.exporter import SpanproofSpanExporter
+from spanproof.exporter import _exporter as exporter_module
 from spanproof.exporter import sinks as sinks_module
 from spanproof.exporter.otlp_server import HttpServer
 from spanproof.exporter.receiver import Receiver
+from spanproof.verifier import TrustRoot, Verdict, check_bundle
+from spanproof.verifier.statement import Statement
 from spanproof.verifier.values import encode_double
 
 BUNDLE_NAME = re.compile(r"[0-9a-f]{32}-[0-9]{4}-[0-9a-f]{16}(\.[0-9]+)?\.spanproof\.json")
@@ -94,6 +106,159 @@ def test_unwritable_output_is_logged_once_per_condition_and_resumes(
     assert len(bundles(out)) == 4  # nothing kept in memory was lost
     result = _verify(out, tmp_path / "keys")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _statements(out: Path, keys: Path) -> list[Statement]:
+    trust = TrustRoot.from_pem_files([str(write_public_key(keys))])
+    found = []
+    for path in bundles(out):
+        report = check_bundle(str(path), trust, allow_incomplete=True)
+        assert report.verdict is Verdict.OK, (path.name, report)
+        assert report.statement is not None
+        found.append(report.statement)
+    return found
+
+
+def _fail_writes_and_discard(
+    exporter: SpanproofSpanExporter, disk: _Disk, traces: int, digests: dict[str, str]
+) -> list[str]:
+    """Certify *traces* traces while every write fails; return the names of the
+    bundles sealed, in order (and their statement digests in *digests*)."""
+    sealed: list[str] = []
+    real_seal = exporter._seal
+
+    def recording_seal(job: Any) -> Any:
+        bundle = real_seal(job)
+        sealed.append(bundle.file_name)
+        digests[bundle.file_name] = bundle.statement_digest
+        return bundle
+
+    exporter._seal = recording_seal  # type: ignore[method-assign]
+    disk.failure = errno.ENOSPC
+    for n in range(traces):
+        _trace(exporter, f"disk-full-{n}")
+        assert exporter.force_flush() is False
+    return sealed
+
+
+def test_bundle_discarded_for_a_failing_sink_is_declared_by_its_trace_next_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    disk = _Disk(monkeypatch, out)
+    monkeypatch.setattr(exporter_module, "_MAX_UNWRITTEN", 3)
+    exporter = SpanproofSpanExporter(out, signing_key=signing_key(), seal_grace=0.0)
+    digests: dict[str, str] = {}
+    sealed = _fail_writes_and_discard(exporter, disk, 5, digests)
+    assert len(sealed) == 5 and bundles(out) == []
+    discarded = [r.getMessage() for r in caplog.records if "json discarded:" in r.getMessage()]
+    assert len(discarded) == 2 and sealed[0] in discarded[0] and sealed[1] in discarded[1]
+
+    disk.failure = None
+    assert exporter.force_flush() is True
+    exporter.shutdown()
+    statements = _statements(out, tmp_path / "keys")
+    names = {f"{s.trace_id}-{s.segment_index:04d}-{s.producer.instance}.spanproof.json"
+             for s in statements}
+    assert set(sealed[2:]) <= names and not set(sealed[:2]) & names
+    per_trace = {s.trace_id: s for s in statements if s.segment_index == 0}
+    spans_per_trace = {s.record_count for s in per_trace.values()}
+    assert len(spans_per_trace) == 1  # every trace has the same shape
+    [spans] = spans_per_trace
+    declarations = [s for s in statements if s.segment_index == 1]
+    assert sorted(s.trace_id for s in declarations) == sorted(n[:32] for n in sealed[:2])
+    lost = {name[:32]: digests[name] for name in sealed[:2]}
+    for declaration in declarations:
+        # The lost segment's spans, declared by an empty segment that continues it.
+        assert declaration.record_count == 0
+        assert declaration.completeness.dropped_spans == spans
+        [note] = declaration.completeness.notes
+        assert "1 sealed bundle(s) of it were discarded unwritten" in note
+        assert declaration.previous_statement == lost[declaration.trace_id]
+    assert all(s.completeness.dropped_spans == 0 for s in per_trace.values())
+    result = _verify(out, tmp_path / "keys")
+    assert result.returncode == 1, result.stdout + result.stderr  # declared losses
+    verdicts = sorted(line.split()[0] for line in result.stdout.splitlines())
+    assert verdicts == ["INCOMPLETE"] * 2 + ["OK"] * 3, result.stdout
+
+
+def test_discarded_bundle_losses_beyond_the_remembered_traces_go_to_the_next_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    disk = _Disk(monkeypatch, out)
+    monkeypatch.setattr(exporter_module, "_MAX_UNWRITTEN", 2)
+    monkeypatch.setattr(exporter_module, "_MAX_DISCARDED_TRACES", 1)
+    exporter = SpanproofSpanExporter(out, signing_key=signing_key(), seal_grace=0.0)
+    sealed = _fail_writes_and_discard(exporter, disk, 5, {})
+
+    disk.failure = None
+    assert exporter.force_flush() is True
+    exporter.shutdown()
+    statements = _statements(out, tmp_path / "keys")
+    spans = max(s.record_count for s in statements)
+    # Three bundles were discarded: the trace of the last one is remembered and gets a
+    # declaration of its own, which also counts the two before it (their traces are
+    # not remembered) as the first bundle sealed after them.
+    assert len(statements) == 3 and len(sealed) == 6  # five traces, one declaration
+    assert sorted(s.trace_id for s in statements) == sorted(n[:32] for n in sealed[2:5])
+    [named] = [s for s in statements if s.trace_id == sealed[2][:32]]
+    assert sealed[5] == sealed[2][:32] + "-0001" + sealed[2][37:]
+    assert named.record_count == 0 and named.segment_index == 1
+    assert named.completeness.dropped_spans == 3 * spans
+    notes = named.completeness.notes
+    assert len(notes) == 2 and "discarded unwritten" in notes[0]
+    assert notes[1].startswith(f"{2 * spans} evidence span(s) of other traces")
+    assert sum(s.completeness.dropped_spans for s in statements) == 3 * spans
+
+
+def test_shutdown_with_the_sink_still_failing_reports_the_undeclared_discarded_spans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    disk = _Disk(monkeypatch, out)
+    monkeypatch.setattr(exporter_module, "_MAX_UNWRITTEN", 2)
+    exporter = SpanproofSpanExporter(out, signing_key=signing_key(), seal_grace=0.0)
+    _fail_writes_and_discard(exporter, disk, 4, {})
+    exporter.shutdown(timeout_millis=2000)
+    assert bundles(out) == []
+    assert ("shutdown incomplete: 2 sealed bundle(s) not written, 0 still being written, "
+            "0 trace(s) not sealed, 2 span(s) of discarded bundles not declared") in caplog.text
+
+
+def test_processor_bundle_discarded_for_a_failing_sink_is_sealed_from_its_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    out, journal = tmp_path / "out", tmp_path / "journal"
+    disk = _Disk(monkeypatch, out)
+    monkeypatch.setattr(exporter_module, "_MAX_UNWRITTEN", 2)
+    processor = make_processor(out, journal_dir=journal, seal_grace=0.0)
+    traced = Traced(processor)
+    disk.failure = errno.ENOSPC
+    trace_ids = []
+    for n in range(4):
+        with traced.tracer.start_as_current_span("request") as root:
+            with evidence_span(traced.tracer, f"step-{n}"):
+                pass
+        trace_ids.append(ids(root)[0])
+        processor.force_flush(10_000)  # True: its spans are journaled
+    discarded = [r.getMessage() for r in caplog.records if "json discarded:" in r.getMessage()]
+    assert len(discarded) == 2 and all("stay in the journal" in m for m in discarded)
+
+    disk.failure = None
+    assert processor.force_flush(10_000) is True
+    processor.shutdown()
+    # The two written bundles, and nothing declared: the discarded bundles' spans are
+    # still journaled, and the next start seals them.
+    assert sorted(path.name[:32] for path in bundles(out)) == sorted(trace_ids[2:])
+    recovering = make_processor(out, journal_dir=journal)
+    recovering.shutdown()
+    assert sorted(Path(p).name[:32] for p in recovering.recovered) == sorted(trace_ids[:2])
+    statements = _statements(out, tmp_path / "keys")
+    assert sorted(s.trace_id for s in statements) == sorted(trace_ids)  # each once
+    for statement in statements:
+        assert (statement.segment_index, statement.record_count) == (0, 1)
+        assert statement.completeness.dropped_spans == 0
 
 
 _WRITER = textwrap.dedent("""
