@@ -40,7 +40,12 @@ from opentelemetry.trace import SpanContext
 from spanproof.verifier.statement import Producer
 
 from ._recovery import continue_on_disk, seal_orphaned_journals
-from ._sealing_process import SealingProcessError, SealingProcesses, SealingProcessUnreachable
+from ._sealing_process import (
+    SealingProcess,
+    SealingProcessError,
+    SealingProcesses,
+    SealingProcessUnreachable,
+)
 from ._setup import resolve_setup
 from .assembly import SHUTDOWN, SealJob, TraceAssembler
 from .config import ExporterConfig
@@ -68,6 +73,11 @@ _MAX_DISCARDED_TRACES = 65_536
 _DISCARDED_NOTE = (
     "evidence spans of this trace were dropped: {} sealed bundle(s) of it were discarded "
     f"unwritten, after more than {_MAX_UNWRITTEN} bundles waited for a failing sink"
+)
+_PROCESS_LOST_NOTE = (
+    "{} evidence span(s) sent to sealing process {} were lost unsealed when it exited "
+    "(code {}); they belong to this trace or to others it held (this is the last "
+    "trace sent to it)"
 )
 _RETRY_SECONDS = 1.0
 _BACKOFF_SECONDS = 0.05
@@ -204,6 +214,8 @@ class SpanproofSpanExporter(SpanExporter):
         self._sink: BundleSink = sink or DirectorySink(output)
         self._shutdown = False
         self._witness_keys = setup.witness_keys
+        # In a sealing process: told how many spans each written bundle settles.
+        self._settle: Callable[[int], None] | None = None
         self._reset_process_state()
         weak_reinit = weakref.WeakMethod(self._after_fork_in_child)
 
@@ -307,13 +319,34 @@ class SpanproofSpanExporter(SpanExporter):
         remote, self._remote = self._remote, None
         if remote is None:
             return
-        remote.give_up()
+        gone = remote.give_up()
         self._producer = _new_producer()
         others = len(remote.processes) - 1
         _logger.error("spanproof: %s; the spans it held are lost (not sealed), %sand this "
                       "process seals from now on", error,
                       f"the other {others} seal what they hold and exit, " if others else "")
+        self._declare_lost_with(gone, start_sealer=True)
         self._submitter = self._start_submitter()
+
+    def _declare_lost_with(self, gone: Sequence[SealingProcess], *, start_sealer: bool) -> None:
+        """Declare the spans each sealing process in *gone* held unsettled as
+        dropped (SPEC §5.3), in a bundle of the last trace sent to it, which this
+        process seals (under its new producer instance)."""
+        with self._cond:
+            now = self._clock()
+            for process in gone:
+                lost = process.unsettled()
+                if not lost or process.last_trace is None:
+                    continue
+                _logger.error("spanproof: %d span(s) the sealing process %d held are "
+                              "declared lost in a bundle of trace %s", lost, process.pid,
+                              process.last_trace)
+                note = _PROCESS_LOST_NOTE.format(lost, process.pid, process.exit_code)
+                if start_sealer:
+                    self._admit_locked(now, (), (), (), dropped={process.last_trace: lost},
+                                       dropped_note=note)
+                else:
+                    self._assembler.drop(process.last_trace, now, lost, note)
 
     def _start_submitter(self) -> WitnessSubmitter | None:
         """The background witness submitter, when a witness URL is configured.
@@ -546,7 +579,10 @@ class SpanproofSpanExporter(SpanExporter):
         deadline = time.monotonic() + max(timeout_millis / 1000, _MIN_SHUTDOWN_SECONDS)
         remote, self._remote = self._remote, None
         if remote is not None:
-            self._stop_remote(remote, deadline)
+            gone = self._stop_remote(remote, deadline)
+            if gone:
+                self._producer = _new_producer()  # sealing here: see _lose_remote
+                self._declare_lost_with(gone, start_sealer=False)
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))
         try:
@@ -576,15 +612,16 @@ class SpanproofSpanExporter(SpanExporter):
                           "discarded bundles not declared", *counts)
 
     @staticmethod
-    def _stop_remote(remote: SealingProcesses, deadline: float) -> None:
-        """Have the sealing processes seal everything pending and exit."""
+    def _stop_remote(remote: SealingProcesses, deadline: float) -> list[SealingProcess]:
+        """Have the sealing processes seal everything pending and exit; the ones
+        found gone instead (what they held is lost)."""
         try:
             done = remote.request("shutdown", max(0.0, deadline - time.monotonic()))
         except SealingProcessError as e:
             _logger.error("spanproof: %s before shutdown; the spans it held are lost", e)
-            remote.give_up()
+            gone = remote.give_up()
             remote.close(max(1.0, deadline - time.monotonic()))  # the others seal theirs
-            return
+            return gone
         code = remote.close(max(1.0, deadline - time.monotonic()))
         blocked = [process.pid for process in remote.processes if process.input_blocked]
         if blocked:
@@ -600,6 +637,7 @@ class SpanproofSpanExporter(SpanExporter):
             _logger.error("spanproof: the sealing process did not finish sealing before "
                           "the shutdown deadline (exit code %s); it keeps running until "
                           "it has", code)
+        return []
 
     # -- the sealer --------------------------------------------------------------
 
@@ -829,6 +867,11 @@ class SpanproofSpanExporter(SpanExporter):
             self._declare_discarded()
         if self._submitter is not None:
             self._submitter.submit(where)
+        if self._settle is not None:
+            statement = bundle.statement
+            done = statement.completeness
+            self._settle(statement.record_count + done.dropped_spans + done.rejected_spans
+                         + done.unsampled_spans)
         return True
 
     def _discard(self, bundle: SealedBundle) -> None:

@@ -18,10 +18,12 @@ on the child's stdout (the child moves ``sys.stdout`` to stderr so nothing else 
 write there).  Pickle is safe here: only the parent that started the child writes
 to its stdin.  Messages:
 
-* ``("start", settings, key_seed, producer_instance, recover)``: answered
-  ``("ready",)``, or ``("error", text)`` when the child cannot start its exporter;
-  *recover* is true for the first of the parent's sealing processes, the one that
-  finishes what an earlier run left in the output directory;
+* ``("start", settings, key_seed, producer_instance, recover, settled_fd)``:
+  answered ``("ready",)``, or ``("error", text)`` when the child cannot start its
+  exporter; *recover* is true for the first of the parent's sealing processes, the
+  one that finishes what an earlier run left in the output directory; *settled_fd*
+  is a file the parent passed, where the child keeps the count of spans it has
+  settled (see :meth:`SealingProcess.unsettled`);
 * ``("spans", resources, scopes, fields, roots)``: new resource and scope
   definitions (by number), selected spans' fields, and the trace ids of local root
   spans that ended, as builtin values only (:class:`_BuiltinsPickler`); not answered;
@@ -44,6 +46,7 @@ import contextlib
 import io
 import json
 import logging
+import mmap
 import os
 import pickle
 import select
@@ -51,6 +54,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -67,6 +71,8 @@ __all__ = ["FieldSpan", "SealingProcess", "SealingProcessError", "SealingProcess
 _logger = logging.getLogger(__name__)
 
 _HEADER = struct.Struct(">I")
+# The count of spans a child has settled, at the start of the file it shares.
+_SETTLED = struct.Struct("<Q")
 _START_TIMEOUT = 60.0
 _BOOT = (
     "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
@@ -344,9 +350,11 @@ def _value_key(fields: Any) -> Any:
 # -- child processes -------------------------------------------------------------
 
 
-def spawn_child(module: str, function: str, *, bufsize: int = -1) -> subprocess.Popen[bytes]:
+def spawn_child(module: str, function: str, *, bufsize: int = -1,
+                pass_fds: Sequence[int] = ()) -> subprocess.Popen[bytes]:
     """Start ``python -I`` running ``spanproof.exporter.<module>.<function>()`` with
-    this process's import path, requests on its stdin and replies on its stdout."""
+    this process's import path, requests on its stdin and replies on its stdout
+    (and *pass_fds* open, under the same numbers)."""
     env = dict(os.environ)
     # The child is not an instrumented application: no SDK set-up from the
     # environment (opentelemetry-instrument), and never a sealing process of its own.
@@ -354,7 +362,7 @@ def spawn_child(module: str, function: str, *, bufsize: int = -1) -> subprocess.
     return subprocess.Popen(
         [sys.executable, "-I", "-c", _BOOT.format(module, function), json.dumps(sys.path)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
-        bufsize=bufsize,
+        bufsize=bufsize, pass_fds=tuple(pass_fds),
     )
 
 
@@ -497,9 +505,18 @@ class SealingProcess:
 
     def __init__(self, settings: Mapping[str, Any], key_seed: bytes,
                  producer_instance: str, *, recover: bool = True) -> None:
+        # The child counts in this file the spans it has settled; what it leaves
+        # unsettled when it dies was lost (unsettled()).  Unnamed, so nothing is left
+        # behind.
+        self._settled = tempfile.TemporaryFile()
+        os.ftruncate(self._settled.fileno(), _SETTLED.size)
         # Unbuffered: select() on the reply pipe sees every byte.
-        self._proc = spawn_child("_sealing_process", "child_main", bufsize=0)
+        self._proc = spawn_child("_sealing_process", "child_main", bufsize=0,
+                                 pass_fds=(self._settled.fileno(),))
         assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._sent = 0
+        #: The trace of the last span sent, where a loss is declared (unsettled()).
+        self.last_trace: str | None = None
         self._stdin = self._proc.stdin
         self._stdout = self._proc.stdout
         self._lock = threading.Lock()
@@ -511,7 +528,8 @@ class SealingProcess:
         # write closes the input once it is done.
         self._close_when_written = False
         try:
-            self._write(("start", dict(settings), key_seed, producer_instance, recover))
+            self._write(("start", dict(settings), key_seed, producer_instance, recover,
+                         self._settled.fileno()))
         except SealingProcessError:
             self.kill()
             raise
@@ -549,6 +567,7 @@ class SealingProcess:
         with self._lock:
             frame, _ = self._spans_frame_locked(spans, roots)
             self._write_locked(frame)
+            self._sent_locked(spans)
 
     def _spans_frame_locked(
         self, spans: Sequence[Any], roots: Sequence[str]
@@ -597,6 +616,28 @@ class SealingProcess:
         with self._lock:
             self._write_locked(_spans_frame(("bodies", list(bodies), list(rejected),
                                              list(roots))))
+            self._sent += len(bodies) + len(rejected)
+            if bodies or rejected:
+                self.last_trace = bodies[-1][0] if bodies else rejected[-1]
+
+    def _sent_locked(self, spans: Sequence[Any]) -> None:
+        """Count *spans*, just written to the child."""
+        if spans:
+            self._sent += len(spans)
+            self.last_trace = f"{spans[-1].get_span_context().trace_id:032x}"
+
+    def unsettled(self) -> int:
+        """How many of the spans sent to the child it has not settled: sealed into a
+        bundle it wrote, or declared in one (rejected or dropped).  Once the child
+        is gone, those were lost with it (an identical span sent twice is settled
+        once, so this may count more than was lost, never less)."""
+        settled: int = _SETTLED.unpack(os.pread(self._settled.fileno(), _SETTLED.size, 0))[0]
+        return max(0, self._sent - settled)
+
+    @property
+    def exit_code(self) -> int | None:
+        """The child's exit code, None while it runs."""
+        return self._proc.poll()
 
     def _ask_locked(self, kind: str, timeout: float) -> int:
         """Send a ``flush`` or ``shutdown`` request (the child's budget: *timeout*
@@ -798,6 +839,8 @@ class SealingProcesses:
                     process._write_locked(frame)
                 except SealingProcessError as e:
                     lost.add(e, part[0], part[1])
+                else:
+                    process._sent_locked(part[0])
         finally:
             for process in held:
                 process._lock.release()
@@ -866,14 +909,19 @@ class SealingProcesses:
             return None
         return next((code for code in codes if code), 0)
 
-    def give_up(self) -> None:
+    def give_up(self) -> list[SealingProcess]:
         """After one process was found gone: stop it, and close the others' input
-        without waiting, so they seal what they hold and exit by themselves."""
+        without waiting, so they seal what they hold and exit by themselves.
+        Returns the processes it found gone (see :meth:`SealingProcess.unsettled`
+        for what they lost)."""
+        gone = []
         for process in self.processes:
             if process._proc.poll() is None and not process._dead:
                 process.close_input(_GIVE_UP_WAIT)
             else:
                 process.kill()
+                gone.append(process)
+        return gone
 
     def abandon(self) -> None:
         """Forget every process without signalling it (see
@@ -964,8 +1012,22 @@ def child_main() -> None:
         os._exit(0)
 
 
+class _SettledCount:
+    """The child's side of :meth:`SealingProcess.unsettled`: adds up the spans each
+    written bundle settles, in the file the parent reads."""
+
+    def __init__(self, fd: int) -> None:
+        self._map = mmap.mmap(fd, _SETTLED.size)
+        self._total = 0
+
+    def __call__(self, spans: int) -> None:
+        self._total += spans
+        _SETTLED.pack_into(self._map, 0, self._total)
+
+
 def _child_exporter(settings: Mapping[str, Any], key_seed: bytes,
-                    producer_instance: str, recover: bool = True) -> Any:
+                    producer_instance: str, recover: bool = True,
+                    settled_fd: int | None = None) -> Any:
     from spanproof.verifier.statement import Producer
 
     from ._exporter import (
@@ -980,6 +1042,8 @@ def _child_exporter(settings: Mapping[str, Any], key_seed: bytes,
     exporter = kind(signing_key=SigningKey.from_seed(key_seed), sealing_process=False,
                     **settings)
     exporter._producer = Producer(PRODUCER_NAME, _package_version(), producer_instance)
+    if settled_fd is not None:
+        exporter._settle = _SettledCount(settled_fd)
     return exporter
 
 

@@ -98,6 +98,14 @@ def _by_trace(reports: list[BundleReport]) -> dict[str, tuple[list[str], str, st
     return found
 
 
+def _declaration(reports: list[BundleReport], trace_id: str) -> tuple[int, tuple[str, ...]]:
+    """The dropped spans and notes of *trace_id*'s one bundle, asserted empty."""
+    (statement,) = [r.statement for r in reports
+                    if r.statement is not None and r.statement.trace_id == trace_id]
+    assert statement.record_count == 0
+    return statement.completeness.dropped_spans, statement.completeness.notes
+
+
 def test_two_processes_seal_every_trace_once_as_the_in_process_exporter_does(
     tmp_path: Path,
 ) -> None:
@@ -178,6 +186,7 @@ def test_one_process_gone_the_others_seal_what_they_hold_and_this_process_the_re
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     rec, held, exporter, child_instance, first = _second_process_killed(tmp_path)
+    killed = exporter._remote.processes[1].pid  # type: ignore[union-attr]
     later = _traces(rec, 4)
     with caplog.at_level(logging.ERROR, logger="spanproof.exporter._exporter"):
         assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
@@ -186,17 +195,52 @@ def test_one_process_gone_the_others_seal_what_they_hold_and_this_process_the_re
     assert first._proc.wait(30) == 0
     assert exporter.producer.instance != child_instance
     exporter.shutdown()
-    found = _by_trace(verified(tmp_path / "out", trust_root(tmp_path)))
+    sealed = verified(tmp_path / "out", trust_root(tmp_path), allow_incomplete=True)
+    found = _by_trace(sealed)
     lost, kept = sorted(held)[1], sorted(held)[0]
-    # The killed process's trace is lost; the first's was sealed by it, with the
-    # later batch's even traces, when its input closed; the later batch's odd
-    # traces (the killed process's share) were sealed here, as a new instance.
-    assert lost not in found
+    # The killed process's trace is lost, and declared in an empty bundle sealed
+    # here; the first's was sealed by it, with the later batch's even traces, when
+    # its input closed; the later batch's odd traces (the killed process's share)
+    # were sealed here, as a new instance.
+    assert found[lost] == ([], exporter.producer.instance, "shutdown")
+    dropped, notes = _declaration(sealed, lost)
+    assert dropped == len(held[lost]) == 2
+    assert notes == (f"2 evidence span(s) sent to sealing process {killed} "
+                     "were lost unsealed when it exited (code -9); they belong to this "
+                     "trace or to others it held (this is the last trace sent to it)",)
+    assert sum(r.statement.completeness.dropped_spans for r in sealed  # type: ignore[union-attr]
+               ) == 2
     assert found[kept] == (held[kept], child_instance, "shutdown")
     for trace_id, ids in later.items():
         first_share = int(trace_id, 16) % 2 == 0
         assert found[trace_id][0] == ids
         assert (found[trace_id][1] == child_instance) == first_share
+
+
+def test_a_killed_process_declares_only_what_it_had_not_written(tmp_path: Path) -> None:
+    # The child counts what each bundle it writes settles; what it was sent beyond
+    # that when it dies is what it lost, declared in a bundle of the last trace sent.
+    rec = Recorder(id_generator=_CountingIds())
+    exporter = _exporter(tmp_path / "out", 1)
+    (process,) = exporter._remote.processes  # type: ignore[union-attr]
+    written = _traces(rec, 1)
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+    assert exporter.force_flush()  # sealed and written by the child
+    held = _traces(rec, 2)
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS  # held: long grace
+    os.kill(process.pid, signal.SIGKILL)
+    process._proc.wait(10)
+    assert process.unsettled() == 4
+    later = _traces(rec, 1)
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS  # finds it gone
+    exporter.shutdown()
+    sealed = verified(tmp_path / "out", trust_root(tmp_path), allow_incomplete=True)
+    found = _by_trace(sealed)
+    last_held = max(held)
+    assert set(found) == {*written, last_held, *later}
+    assert _declaration(sealed, last_held)[0] == 4  # both held traces' spans
+    assert sum(r.statement.completeness.dropped_spans for r in sealed  # type: ignore[union-attr]
+               ) == 4
 
 
 def test_giving_up_does_not_wait_on_a_write_blocked_on_another_process(
@@ -236,9 +280,15 @@ def test_one_process_gone_at_shutdown_the_other_still_seals_what_it_holds(
         exporter.shutdown()
     assert "before shutdown; the spans it held are lost" in caplog.text
     assert first._proc.poll() == 0
-    found = _by_trace(verified(tmp_path / "out", trust_root(tmp_path)))
-    kept = min(held)
-    assert found == {kept: (held[kept], child_instance, "shutdown")}
+    sealed = verified(tmp_path / "out", trust_root(tmp_path), allow_incomplete=True)
+    found = _by_trace(sealed)
+    kept, lost = sorted(held)
+    # What the killed process held is declared lost in an empty bundle of its
+    # trace, sealed here at shutdown as a new instance.
+    assert exporter.producer.instance != child_instance
+    assert found == {kept: (held[kept], child_instance, "shutdown"),
+                     lost: ([], exporter.producer.instance, "shutdown")}
+    assert _declaration(sealed, lost)[0] == 2
 
 
 def test_only_the_first_process_resumes_what_an_earlier_run_left(
