@@ -119,6 +119,17 @@ def _statements(out: Path, keys: Path) -> list[Statement]:
     return found
 
 
+def _discarding_exporter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unwritten: int
+) -> tuple[Path, _Disk, SpanproofSpanExporter]:
+    """An exporter that keeps at most *unwritten* bundles for a failing sink: its
+    output directory, the disk (writing works until told otherwise), the exporter."""
+    out = tmp_path / "out"
+    disk = _Disk(monkeypatch, out)
+    monkeypatch.setattr(exporter_module, "_MAX_UNWRITTEN", unwritten)
+    return out, disk, SpanproofSpanExporter(out, signing_key=signing_key(), seal_grace=0.0)
+
+
 def _fail_writes_and_discard(
     exporter: SpanproofSpanExporter, disk: _Disk, traces: int, digests: dict[str, str]
 ) -> list[str]:
@@ -144,10 +155,7 @@ def _fail_writes_and_discard(
 def test_bundle_discarded_for_a_failing_sink_is_declared_by_its_trace_next_bundle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    out = tmp_path / "out"
-    disk = _Disk(monkeypatch, out)
-    monkeypatch.setattr(exporter_module, "_MAX_UNWRITTEN", 3)
-    exporter = SpanproofSpanExporter(out, signing_key=signing_key(), seal_grace=0.0)
+    out, disk, exporter = _discarding_exporter(tmp_path, monkeypatch, 3)
     digests: dict[str, str] = {}
     sealed = _fail_writes_and_discard(exporter, disk, 5, digests)
     assert len(sealed) == 5 and bundles(out) == []
@@ -185,11 +193,8 @@ def test_bundle_discarded_for_a_failing_sink_is_declared_by_its_trace_next_bundl
 def test_discarded_bundle_losses_beyond_the_remembered_traces_go_to_the_next_bundle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    out = tmp_path / "out"
-    disk = _Disk(monkeypatch, out)
-    monkeypatch.setattr(exporter_module, "_MAX_UNWRITTEN", 2)
     monkeypatch.setattr(exporter_module, "_MAX_DISCARDED_TRACES", 1)
-    exporter = SpanproofSpanExporter(out, signing_key=signing_key(), seal_grace=0.0)
+    out, disk, exporter = _discarding_exporter(tmp_path, monkeypatch, 2)
     sealed = _fail_writes_and_discard(exporter, disk, 5, {})
 
     disk.failure = None
@@ -215,10 +220,7 @@ def test_discarded_bundle_losses_beyond_the_remembered_traces_go_to_the_next_bun
 def test_shutdown_with_the_sink_still_failing_reports_the_undeclared_discarded_spans(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    out = tmp_path / "out"
-    disk = _Disk(monkeypatch, out)
-    monkeypatch.setattr(exporter_module, "_MAX_UNWRITTEN", 2)
-    exporter = SpanproofSpanExporter(out, signing_key=signing_key(), seal_grace=0.0)
+    out, disk, exporter = _discarding_exporter(tmp_path, monkeypatch, 2)
     _fail_writes_and_discard(exporter, disk, 4, {})
     exporter.shutdown(timeout_millis=2000)
     assert bundles(out) == []
