@@ -597,9 +597,10 @@ class SpanproofSpanExporter(SpanExporter):
             self._writers.shutdown(wait=False)
         # Counted now, after the bounded wait, not after the witness's delivery.
         incomplete = not done or self._unwritten or self._inflight
+        # (A snapshot: a sealer thread the join above gave up on may still discard.)
+        discarded = list(self._discarded.values())
         counts = (len(self._unwritten), len(self._inflight), self._assembler.pending_traces,
-                  sum(sum(held[:3]) for held in self._discarded.values())
-                  + self._discarded_untracked)
+                  sum(sum(held[:3]) for held in discarded) + self._discarded_untracked)
         if self._submitter is not None:
             # Deliver what was just sealed while the witness answers; whatever is
             # not delivered stays queued on disk for the next start.
