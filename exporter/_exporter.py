@@ -367,6 +367,14 @@ class SpanproofSpanExporter(SpanExporter):
                              name="spanproof-witness-scan", daemon=True).start()
         return submitter
 
+    def _serve_parent(self, producer_instance: str,
+                      settle: Callable[[int], None] | None) -> None:
+        """Run as a sealing process's exporter: seal under the parent's
+        *producer_instance*, and tell *settle* how many spans each written bundle
+        settles (see :meth:`SealingProcess.unsettled`)."""
+        self._producer = Producer(PRODUCER_NAME, _package_version(), producer_instance)
+        self._settle = settle
+
     def _after_fork_in_child(self) -> None:
         # The parent's pending traces stay the parent's: it seals them.  The child
         # starts empty, with fresh locks (another thread may have held the parent's
