@@ -889,19 +889,25 @@ class SpanproofSpanExporter(SpanExporter):
         counted for its trace's next bundle (SPEC §5.3), sealed once writing works
         again: declared earlier, that bundle would only wait behind the others, or
         be discarded in turn."""
+        records = bundle.statement.record_count
+        self._count_discarded(bundle, records)
+        _logger.error("spanproof: bundle %s discarded: %d bundles are waiting for a failing "
+                      "sink; its trace's next bundle declares its %d span(s) as dropped",
+                      bundle.file_name, _MAX_UNWRITTEN, records)
+
+    def _count_discarded(self, bundle: SealedBundle, records: int) -> None:
+        """Count *records* of discarded *bundle*'s records, and the losses it
+        declared, for :meth:`_declare_discarded`."""
         statement = bundle.statement
         done = statement.completeness
         trace_id = statement.trace_id
         spans, rejected, unsampled, bundles = self._discarded.pop(trace_id, (0, 0, 0, 0))
-        self._discarded[trace_id] = (spans + statement.record_count + done.dropped_spans,
+        self._discarded[trace_id] = (spans + records + done.dropped_spans,
                                      rejected + done.rejected_spans,
                                      unsampled + done.unsampled_spans, bundles + 1)
         if len(self._discarded) > _MAX_DISCARDED_TRACES:
             oldest = next(iter(self._discarded))
             self._discarded_untracked += sum(self._discarded.pop(oldest)[:3])
-        _logger.error("spanproof: bundle %s discarded: %d bundles are waiting for a failing "
-                      "sink; its trace's next bundle declares its %d span(s) as dropped",
-                      bundle.file_name, _MAX_UNWRITTEN, statement.record_count)
 
     def _declare_discarded(self) -> None:
         """Hand the counts of the discarded bundles to the assembler: each trace's

@@ -172,12 +172,24 @@ class _JournaledSealer(SpanproofSpanExporter):
         return ok
 
     def _discard(self, bundle: SealedBundle) -> None:
-        # Nothing is lost: the bundle's spans and counts stay journaled, and the
-        # next start seals them (SPEC §5.3 "recovered"); declaring them dropped now
-        # as well would count them twice.
+        # The spans that were journaled stay there, and the next start seals them
+        # (SPEC §5.3 "recovered"): declaring them dropped now as well would count
+        # them twice.  Those that were not (the journal could not be written either)
+        # are declared as the exporter declares them, with the bundle's own counts,
+        # which may then be declared twice: more, never less.
+        with self._lock:
+            entry = self._bundle_keys.get(id(bundle))
+        unjournaled = bundle.statement.record_count - (len(entry[1]) if entry else 0)
+        if unjournaled <= 0:
+            _logger.error("spanproof: bundle %s discarded: %d bundles are waiting for a "
+                          "failing sink; its spans stay in the journal and the next start "
+                          "seals them", bundle.file_name, _MAX_UNWRITTEN)
+            return
+        self._count_discarded(bundle, unjournaled)
         _logger.error("spanproof: bundle %s discarded: %d bundles are waiting for a failing "
-                      "sink; its spans stay in the journal and the next start seals them",
-                      bundle.file_name, _MAX_UNWRITTEN)
+                      "sink; %d of its span(s) were not journaled either, and its trace's "
+                      "next bundle declares them as dropped", bundle.file_name,
+                      _MAX_UNWRITTEN, unjournaled)
 
     def _pass_done(self) -> None:
         # Retire every bundle this pass wrote with one journal write and fsync (a

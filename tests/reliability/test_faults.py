@@ -35,7 +35,7 @@ from reliability_support import (
     write_public_key,
 )
 
-from spanproof.exporter import SpanproofSpanExporter
+from spanproof.exporter import EvidenceSpanProcessor, SpanproofSpanExporter
 from spanproof.exporter import _exporter as exporter_module
 from spanproof.exporter import sinks as sinks_module
 from spanproof.exporter.otlp_server import HttpServer
@@ -228,13 +228,18 @@ def test_shutdown_with_the_sink_still_failing_reports_the_undeclared_discarded_s
             "0 trace(s) not sealed, 2 span(s) of discarded bundles not declared") in caplog.text
 
 
-def test_processor_bundle_discarded_for_a_failing_sink_is_sealed_from_its_journal(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    out, journal = tmp_path / "out", tmp_path / "journal"
-    disk = _Disk(monkeypatch, out)
+def _processor_discarding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    failing: Path,
+) -> tuple[EvidenceSpanProcessor, list[str], list[str]]:
+    """An EvidenceSpanProcessor on ``tmp_path/out`` (journal ``tmp_path/journal``)
+    that certifies four traces while writes below *failing* fail, keeping at most
+    two bundles for the sink; the disk then works again.  Returns the processor,
+    the trace ids, and the messages that logged the two discarded bundles."""
+    disk = _Disk(monkeypatch, failing)
     monkeypatch.setattr(exporter_module, "_MAX_UNWRITTEN", 2)
-    processor = make_processor(out, journal_dir=journal, seal_grace=0.0)
+    processor = make_processor(tmp_path / "out", journal_dir=tmp_path / "journal",
+                               seal_grace=0.0)
     traced = Traced(processor)
     disk.failure = errno.ENOSPC
     trace_ids = []
@@ -243,11 +248,18 @@ def test_processor_bundle_discarded_for_a_failing_sink_is_sealed_from_its_journa
             with evidence_span(traced.tracer, f"step-{n}"):
                 pass
         trace_ids.append(ids(root)[0])
-        processor.force_flush(10_000)  # True: its spans are journaled
+        processor.force_flush(10_000)  # True when its spans are journaled
     discarded = [r.getMessage() for r in caplog.records if "json discarded:" in r.getMessage()]
-    assert len(discarded) == 2 and all("stay in the journal" in m for m in discarded)
-
     disk.failure = None
+    return processor, trace_ids, discarded
+
+
+def test_processor_bundle_discarded_for_a_failing_sink_is_sealed_from_its_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    out, journal = tmp_path / "out", tmp_path / "journal"
+    processor, trace_ids, discarded = _processor_discarding(tmp_path, monkeypatch, caplog, out)
+    assert len(discarded) == 2 and all("stay in the journal" in m for m in discarded)
     assert processor.force_flush(10_000) is True
     processor.shutdown()
     # The two written bundles, and nothing declared: the discarded bundles' spans are
@@ -261,6 +273,28 @@ def test_processor_bundle_discarded_for_a_failing_sink_is_sealed_from_its_journa
     for statement in statements:
         assert (statement.segment_index, statement.record_count) == (0, 1)
         assert statement.completeness.dropped_spans == 0
+
+
+def test_processor_bundle_discarded_with_its_journal_failing_too_is_declared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The journal and the bundles on one full disk: the discarded bundles' spans were
+    # never journaled, so no later start can seal them; they are declared instead.
+    out, journal = tmp_path / "out", tmp_path / "journal"
+    processor, trace_ids, discarded = _processor_discarding(
+        tmp_path, monkeypatch, caplog, tmp_path)
+    assert len(discarded) == 2 and all("not journaled either" in m for m in discarded)
+    assert processor.force_flush(10_000) is True
+    processor.shutdown()
+    statements = _statements(out, tmp_path / "keys")
+    assert sorted(s.trace_id for s in statements) == sorted(trace_ids)
+    for statement in statements:
+        lost = statement.trace_id in trace_ids[:2]
+        assert (statement.segment_index, statement.record_count) == ((1, 0) if lost else (0, 1))
+        assert statement.completeness.dropped_spans == (1 if lost else 0)
+    recovering = make_processor(out, journal_dir=journal)
+    recovering.shutdown()
+    assert recovering.recovered == []  # nothing of them was journaled
 
 
 _WRITER = textwrap.dedent("""
