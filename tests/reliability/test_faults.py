@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -230,7 +231,7 @@ def test_shutdown_with_the_sink_still_failing_reports_the_undeclared_discarded_s
 
 def _processor_discarding(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-    failing: Path,
+    failing: Path, seal_grace: float = 0.0,
 ) -> tuple[EvidenceSpanProcessor, list[str], list[str]]:
     """An EvidenceSpanProcessor on ``tmp_path/out`` (journal ``tmp_path/journal``)
     that certifies four traces while writes below *failing* fail, keeping at most
@@ -239,7 +240,7 @@ def _processor_discarding(
     disk = _Disk(monkeypatch, failing)
     monkeypatch.setattr(exporter_module, "_MAX_UNWRITTEN", 2)
     processor = make_processor(tmp_path / "out", journal_dir=tmp_path / "journal",
-                               seal_grace=0.0)
+                               seal_grace=seal_grace)
     traced = Traced(processor)
     disk.failure = errno.ENOSPC
     trace_ids = []
@@ -295,6 +296,30 @@ def test_processor_bundle_discarded_with_its_journal_failing_too_is_declared(
     recovering = make_processor(out, journal_dir=journal)
     recovering.shutdown()
     assert recovering.recovered == []  # nothing of them was journaled
+
+
+def test_processor_declaration_of_unjournaled_spans_survives_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The declaration is journaled when writing works again: a crash before the
+    # declaring bundle is sealed (the grace is long) leaves it to the next start.
+    out, journal = tmp_path / "out", tmp_path / "journal"
+    processor, trace_ids, discarded = _processor_discarding(
+        tmp_path, monkeypatch, caplog, tmp_path, seal_grace=3600.0)
+    assert len(discarded) == 2
+    deadline = time.monotonic() + 30
+    while len(bundles(out)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the sealer retries the two kept bundles within a second
+    assert sorted(path.name[:32] for path in bundles(out)) == sorted(trace_ids[2:])
+    # A crash: the journal is released, nothing more is sealed.
+    processor.exporter._journal.forget_after_fork()  # type: ignore[attr-defined]
+    recovering = make_processor(out, journal_dir=journal)
+    recovering.shutdown()
+    assert sorted(Path(p).name[:32] for p in recovering.recovered) == sorted(trace_ids[:2])
+    for statement in _statements(out, tmp_path / "keys"):
+        if statement.trace_id in trace_ids[:2]:
+            assert statement.seal_reason == "recovered"
+            assert (statement.record_count, statement.completeness.dropped_spans) == (0, 1)
 
 
 _WRITER = textwrap.dedent("""
