@@ -189,7 +189,12 @@ class _JournaledSealer(SpanproofSpanExporter):
                           "seals them", bundle.file_name, _MAX_UNWRITTEN)
             return
         self._count_discarded(bundle, unjournaled)
-        self._unjournaled[bundle.statement.trace_id] += unjournaled
+        # In the order of self._discarded (a trace moves to the end), so that a trace
+        # it gave up naming (its count goes to any trace's bundle) is the oldest here.
+        trace_id = bundle.statement.trace_id
+        self._unjournaled[trace_id] = self._unjournaled.pop(trace_id, 0) + unjournaled
+        while self._unjournaled and next(iter(self._unjournaled)) not in self._discarded:
+            del self._unjournaled[next(iter(self._unjournaled))]
         _logger.error("spanproof: bundle %s discarded: %d bundles are waiting for a failing "
                       "sink; %d of its span(s) were not journaled either, and its trace's "
                       "next bundle declares them as dropped", bundle.file_name,

@@ -298,6 +298,28 @@ def test_processor_bundle_discarded_with_its_journal_failing_too_is_declared(
     assert recovering.recovered == []  # nothing of them was journaled
 
 
+def test_processor_journals_no_declaration_for_a_trace_it_stopped_naming(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Past the traces it names, a discarded trace's count goes to another trace's
+    # bundle; journaling it under its own trace as well would have the next start
+    # declare it a second time.
+    monkeypatch.setattr(exporter_module, "_MAX_DISCARDED_TRACES", 1)
+    out, journal = tmp_path / "out", tmp_path / "journal"
+    processor, trace_ids, discarded = _processor_discarding(
+        tmp_path, monkeypatch, caplog, tmp_path)
+    assert len(discarded) == 2
+    assert processor.force_flush(10_000) is True
+    processor.shutdown()
+    statements = _statements(out, tmp_path / "keys")
+    assert sum(s.completeness.dropped_spans for s in statements) == 2
+    [named] = [s for s in statements if s.trace_id == trace_ids[1]]
+    assert (named.record_count, named.completeness.dropped_spans) == (0, 2)
+    recovering = make_processor(out, journal_dir=journal)
+    recovering.shutdown()
+    assert recovering.recovered == []
+
+
 def test_processor_declaration_of_unjournaled_spans_survives_a_crash(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
