@@ -265,9 +265,10 @@ class SpanproofSpanExporter(SpanExporter):
         # When the waiting sealer will wake; -inf while it is not waiting.
         self._wake_at = float("-inf")
         self._unwritten: collections.deque[SealedBundle] = collections.deque()
-        # What the bundles discarded from _unwritten held, by trace: (spans lost,
-        # rejected, unsampled, bundles), declared once bundles can be written again.
-        self._discarded: dict[str, tuple[int, int, int, int]] = {}
+        # What the bundles discarded from _unwritten held, by trace: (records lost,
+        # spans they declared dropped, rejected and unsampled, bundles), declared once
+        # bundles can be written again.
+        self._discarded: dict[str, tuple[int, int, int, int, int]] = {}
         self._discarded_untracked = 0
         self._retry_at = float("-inf")
         # What the sink's last failure was (None while writes succeed): logged once.
@@ -367,8 +368,7 @@ class SpanproofSpanExporter(SpanExporter):
                              name="spanproof-witness-scan", daemon=True).start()
         return submitter
 
-    def _serve_parent(self, producer_instance: str,
-                      settle: Callable[[int], None] | None) -> None:
+    def _serve_parent(self, producer_instance: str, settle: Callable[[int], None]) -> None:
         """Run as a sealing process's exporter: seal under the parent's
         *producer_instance*, and tell *settle* how many spans each written bundle
         settles (see :meth:`SealingProcess.unsettled`)."""
@@ -608,7 +608,7 @@ class SpanproofSpanExporter(SpanExporter):
         # (A snapshot: a sealer thread the join above gave up on may still discard.)
         discarded = list(self._discarded.values())
         counts = (len(self._unwritten), len(self._inflight), self._assembler.pending_traces,
-                  sum(sum(held[:3]) for held in discarded) + self._discarded_untracked)
+                  sum(sum(held[:4]) for held in discarded) + self._discarded_untracked)
         if self._submitter is not None:
             # Deliver what was just sealed while the witness answers; whatever is
             # not delivered stays queued on disk for the next start.
@@ -900,14 +900,13 @@ class SpanproofSpanExporter(SpanExporter):
         declared, for :meth:`_declare_discarded`."""
         statement = bundle.statement
         done = statement.completeness
-        trace_id = statement.trace_id
-        spans, rejected, unsampled, bundles = self._discarded.pop(trace_id, (0, 0, 0, 0))
-        self._discarded[trace_id] = (spans + records + done.dropped_spans,
-                                     rejected + done.rejected_spans,
-                                     unsampled + done.unsampled_spans, bundles + 1)
+        held = self._discarded.pop(statement.trace_id, (0, 0, 0, 0, 0))
+        self._discarded[statement.trace_id] = (
+            held[0] + records, held[1] + done.dropped_spans, held[2] + done.rejected_spans,
+            held[3] + done.unsampled_spans, held[4] + 1)
         if len(self._discarded) > _MAX_DISCARDED_TRACES:
             oldest = next(iter(self._discarded))
-            self._discarded_untracked += sum(self._discarded.pop(oldest)[:3])
+            self._discarded_untracked += sum(self._discarded.pop(oldest)[:4])
 
     def _declare_discarded(self) -> None:
         """Hand the counts of the discarded bundles to the assembler: each trace's
@@ -920,8 +919,8 @@ class SpanproofSpanExporter(SpanExporter):
         with self._cond:
             now = self._clock()
             assembler = self._assembler
-            for trace_id, (spans, rejected, unsampled, bundles) in discarded.items():
-                assembler.drop(trace_id, now, spans, _DISCARDED_NOTE.format(bundles))
+            for trace_id, (records, dropped, rejected, unsampled, bundles) in discarded.items():
+                assembler.drop(trace_id, now, records + dropped, _DISCARDED_NOTE.format(bundles))
                 if rejected:
                     assembler.reject(trace_id, now, rejected)
                 if unsampled:

@@ -1026,16 +1026,14 @@ class _SettledCount:
 
 
 def _child_exporter(settings: Mapping[str, Any], key_seed: bytes,
-                    producer_instance: str, recover: bool = True,
-                    settled_fd: int | None = None) -> Any:
+                    producer_instance: str, recover: bool, settled_fd: int) -> Any:
     from ._exporter import SpanproofSpanExporter, _NonRecoveringExporter
     from .keys import SigningKey
 
     kind = SpanproofSpanExporter if recover else _NonRecoveringExporter
     exporter = kind(signing_key=SigningKey.from_seed(key_seed), sealing_process=False,
                     **settings)
-    exporter._serve_parent(producer_instance,
-                           None if settled_fd is None else _SettledCount(settled_fd))
+    exporter._serve_parent(producer_instance, _SettledCount(settled_fd))
     return exporter
 
 

@@ -111,9 +111,6 @@ class _JournaledSealer(SpanproofSpanExporter):
         # Written bundles whose journal entries this sealing pass retires:
         # (trace id, keys, next position, declared counts, file name).
         self._retiring: list[tuple[str, list[str], dict[str, Any], dict[str, int], str]] = []
-        # Spans of discarded bundles that were never journaled, by trace: journaled
-        # as dropped when they are declared (_declare_discarded).
-        self._unjournaled: collections.Counter[str] = collections.Counter()
 
     def _recover_at_start(self) -> None:
         pass  # the processor recovers its own journal directory (EvidenceSpanProcessor)
@@ -189,29 +186,24 @@ class _JournaledSealer(SpanproofSpanExporter):
                           "seals them", bundle.file_name, _MAX_UNWRITTEN)
             return
         self._count_discarded(bundle, unjournaled)
-        # In the order of self._discarded (a trace moves to the end), so that a trace
-        # it gave up naming (its count goes to any trace's bundle) is the oldest here.
-        trace_id = bundle.statement.trace_id
-        self._unjournaled[trace_id] = self._unjournaled.pop(trace_id, 0) + unjournaled
-        while self._unjournaled and next(iter(self._unjournaled)) not in self._discarded:
-            del self._unjournaled[next(iter(self._unjournaled))]
         _logger.error("spanproof: bundle %s discarded: %d bundles are waiting for a failing "
                       "sink; %d of its span(s) were not journaled either, and its trace's "
                       "next bundle declares them as dropped", bundle.file_name,
                       _MAX_UNWRITTEN, unjournaled)
 
     def _declare_discarded(self) -> None:
-        # Journal the never-journaled spans as dropped first, as the processor
-        # journals every count it admits: a crash before their declaration is written
-        # then still declares them at the next start.  (The bundles' own counts are
-        # journaled already, or lost with the journal: journaling them again would
-        # declare them twice after a clean stop.)
-        unjournaled, self._unjournaled = self._unjournaled, collections.Counter()
-        if unjournaled:
+        # Journal the never-journaled records (all this sealer counts) as dropped
+        # first, as the processor journals every count it admits: a crash before
+        # their declaration is written then still declares them at the next start.
+        # Only for the traces still named: one past the limit has its count in any
+        # trace's bundle.  (The bundles' own counts are journaled already, or lost
+        # with the journal: journaling them again would declare them twice after a
+        # clean stop.)
+        if self._discarded:
             try:
                 journal = self.journal()
-                for trace_id, n in unjournaled.items():
-                    journal.append_dropped(trace_id, n)
+                for trace_id, (records, *_) in self._discarded.items():
+                    journal.append_dropped(trace_id, records)
             except OSError as e:
                 _logger.error("spanproof: cannot journal the spans of discarded bundles "
                               "as dropped (%s); they are declared all the same", e)
