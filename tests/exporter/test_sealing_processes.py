@@ -243,6 +243,31 @@ def test_a_killed_process_declares_only_what_it_had_not_written(tmp_path: Path) 
                ) == 4
 
 
+def test_a_killed_process_counted_the_rejections_it_declared_as_settled(
+    tmp_path: Path,
+) -> None:
+    # A span the child refuses (a value over the size limit) is settled by the
+    # bundle that declares it rejected: only the held trace's spans are declared lost.
+    rec = Recorder(id_generator=_CountingIds())
+    exporter = _exporter(tmp_path / "out", 1, max_value_bytes=1024)
+    (process,) = exporter._remote.processes  # type: ignore[union-attr]
+    with rec.tracer.start_as_current_span("handle"):
+        with evidence(rec, "llm-ok"):
+            pass
+        with evidence(rec, "llm-oversized", prompt="x" * 2048):
+            pass
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+    assert exporter.force_flush()  # one record, one rejection: both settled
+    held = _traces(rec, 1)
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS  # held: long grace
+    os.kill(process.pid, signal.SIGKILL)
+    process._proc.wait(10)
+    assert process.unsettled() == 2
+    exporter.shutdown()
+    sealed = verified(tmp_path / "out", trust_root(tmp_path), allow_incomplete=True)
+    assert _declaration(sealed, max(held))[0] == 2
+
+
 def test_giving_up_does_not_wait_on_a_write_blocked_on_another_process(
     tmp_path: Path
 ) -> None:
