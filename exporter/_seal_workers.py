@@ -38,6 +38,13 @@ pending trace, at shutdown) is never encoded and framed whole.  A worker reads a
 whole request before it answers, and the parent writes every request of a round
 before it reads the first answer, so neither waits on a full pipe of the other.
 
+A round that outlasts its allowance (:data:`_ROUND_SECONDS` plus
+:data:`_SECONDS_PER_BODY` per span, counted while the parent writes the requests
+and waits for the answers) has a worker that stopped reading or answering: a
+watchdog thread kills the workers, the round raises :class:`SealWorkerError`, and
+the receiver seals in its own process from then on.  Killing loses nothing, as the
+receiver journaled every span a worker is sent.
+
 A worker exits at end of input (the receiver closed its pipe, or exited or was
 killed); it ignores SIGINT and SIGTERM, which a terminal or a service manager sends
 to the whole process group: the receiver decides, and seals what is pending with
@@ -50,6 +57,8 @@ import select
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -69,6 +78,12 @@ from .sinks import BundleSink, DirectorySink
 __all__ = ["SealWorkerError", "SealWorkers"]
 
 _START_TIMEOUT = 60.0
+#: How long a round may take before its workers are taken to be stopped or stuck:
+#: this many seconds, plus :data:`_SECONDS_PER_BODY` for each span it seals (a
+#: worker seals and writes one in ~35 µs on a 2-core machine, so a large round
+#: has thirty times its usual time, and a small one seconds of disk stall).
+_ROUND_SECONDS = 30.0
+_SECONDS_PER_BODY = 0.001
 # Segments sent to one worker at a time: a pass can hold every pending trace (at
 # shutdown), and its bodies must not all be encoded and framed at once.
 _ROUND_JOBS = 256
@@ -80,6 +95,52 @@ Result = tuple[Any, ...]
 
 class SealWorkerError(RuntimeError):
     """A seal worker could not be started, or stopped answering."""
+
+
+class _Watchdog:
+    """Calls *expire* (from its own thread) when an armed deadline passes before it
+    is disarmed; the thread starts with the first :meth:`arm`."""
+
+    def __init__(self, expire: Callable[[], None]) -> None:
+        self._expire = expire
+        self._cond = threading.Condition()
+        self._deadline: float | None = None
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def arm(self, seconds: float) -> None:
+        """Call *expire* in *seconds* unless disarmed or armed again before."""
+        with self._cond:
+            self._deadline = time.monotonic() + seconds
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name="spanproof-seal-watchdog")
+                self._thread.start()
+            self._cond.notify()
+
+    def disarm(self) -> None:
+        with self._cond:
+            self._deadline = None
+
+    def close(self) -> None:
+        """Stop the thread (a deadline armed is dropped)."""
+        with self._cond:
+            self._closed = True
+            self._deadline = None
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closed:
+                if self._deadline is None:
+                    self._cond.wait()
+                    continue
+                remaining = self._deadline - time.monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                self._deadline = None
+                self._expire()
 
 
 class _Worker:
@@ -154,6 +215,11 @@ class SealWorkers:
         if type(sink) is DirectorySink:  # a subclass may write otherwise: the caller writes
             directory, sync = sink.directory, sink.sync
         self._workers: list[_Worker] = []
+        self._watchdog = _Watchdog(self._expire)
+        #: The round under way: its workers, segments, spans and start.
+        self._in_flight: tuple[list[_Worker], int, int, float] = ([], 0, 0, 0.0)
+        #: Why the workers were killed, once a round outlasted its allowance.
+        self._expiry: str | None = None
         try:
             for _ in range(count):
                 self._workers.append(_Worker(signer.seed, producer, redact, directory, sync))
@@ -174,13 +240,21 @@ class SealWorkers:
         journal entries then, instead of leaving the workers idle meanwhile); an
         exception from it is raised once the round's answers are read.
 
+        A round that outlasts its allowance (:data:`_ROUND_SECONDS`, plus
+        :data:`_SECONDS_PER_BODY` per span) has a worker that stopped reading or
+        answering (SIGSTOP, a debugger, a deadlock, a disk that does not return):
+        the workers are killed, so the receiver's sealer is not held for good.
+
         Raises:
-            SealWorkerError: a worker is gone or the workers are closed; no result
-                is returned, and what a worker wrote before it died may be on disk
-                (the receiver takes those bundles as written, see
+            SealWorkerError: a worker is gone, was killed for outlasting a round's
+                allowance, or the workers are closed; no result is returned, and
+                what a worker wrote before it died may be on disk (the receiver
+                takes those bundles as written, see
                 :func:`~spanproof.exporter._recovery.written_segment`, and seals the
                 other jobs itself).
         """
+        if self._expiry is not None:
+            raise SealWorkerError(self._expiry)
         if not self._workers:
             raise SealWorkerError("the seal workers are closed")
         results: list[Result] = []
@@ -195,20 +269,37 @@ class SealWorkers:
         """:meth:`seal` for at most :data:`_ROUND_JOBS` jobs per worker."""
         count = min(len(self._workers), len(jobs))
         workers = self._workers[:count]
-        for i, worker in enumerate(workers):
-            worker.send(("seal", sealed_at, [_portable(job) for job in jobs[i::count]]))
+        spans = sum(len(job.bodies) for job in jobs)
+        allowance = _ROUND_SECONDS + spans * _SECONDS_PER_BODY
+        self._in_flight = (workers, len(jobs), spans, time.monotonic())
         failure: BaseException | None = None
-        if meanwhile is not None:
-            try:
-                meanwhile()
-            except BaseException as e:  # the answers are read first: the pipes stay in step
-                failure = e
-        answers = []
-        for i, worker in enumerate(workers):
-            reply = worker.receive()
-            if reply[0] != "sealed" or len(reply[1]) != len(jobs[i::count]):
-                raise SealWorkerError(f"seal worker {worker.proc.pid} answered {reply[0]!r}")
-            answers.append(reply[1])
+        # From the first write: a worker that does not read blocks it once the pipe
+        # is full.
+        self._watchdog.arm(allowance)
+        try:
+            for i, worker in enumerate(workers):
+                worker.send(("seal", sealed_at, [_portable(job) for job in jobs[i::count]]))
+            if meanwhile is not None:
+                # The receiver's own work, not the workers': their allowance starts
+                # again once it is done.
+                self._watchdog.disarm()
+                try:
+                    meanwhile()
+                except BaseException as e:  # the answers are read first: the pipes stay in step
+                    failure = e
+                self._watchdog.arm(allowance)
+            answers = []
+            for i, worker in enumerate(workers):
+                reply = worker.receive()
+                if reply[0] != "sealed" or len(reply[1]) != len(jobs[i::count]):
+                    raise SealWorkerError(f"seal worker {worker.proc.pid} answered {reply[0]!r}")
+                answers.append(reply[1])
+        except SealWorkerError as e:
+            if self._expiry is not None:
+                raise SealWorkerError(self._expiry) from e
+            raise
+        finally:
+            self._watchdog.disarm()
         if failure is not None:
             raise failure
         results = [answers[i % count][i // count] for i in range(len(jobs))]
@@ -218,9 +309,20 @@ class SealWorkers:
     def close(self, timeout: float = 10.0) -> None:
         """End the workers' input and wait for them to exit (killing a worker that
         has not after *timeout* seconds)."""
+        self._watchdog.close()
         workers, self._workers = self._workers, []
         for worker in workers:
             worker.close(timeout)
+
+    def _expire(self) -> None:
+        """The watchdog's call: the round under way outlasted its allowance."""
+        workers, segments, spans, started = self._in_flight
+        self._expiry = (
+            f"seal worker(s) {', '.join(str(w.proc.pid) for w in workers)} did not finish "
+            f"a round of {segments} segment(s) ({spans} span(s)) in "
+            f"{time.monotonic() - started:.1f} s (stopped or stuck) and were killed"
+        )
+        self.kill()
 
     def kill(self) -> None:
         """Kill every worker at once, from any thread: a :meth:`seal` under way

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -409,6 +410,131 @@ def test_shutdown_stops_a_worker_that_stopped_answering_and_loses_nothing(
     assert again.shutdown()
     reports = verified(str(out), trust_root(str(tmp_path)))
     assert sorted(r.statement.trace_id for r in reports) == traces  # each exactly once
+
+
+def sealing_within(workers: SealWorkers, seconds: float, meanwhile=None):
+    """What ``workers.seal(jobs(), ...)`` returned or raised; fails unless it did so
+    within *seconds* (then the workers are killed, which ends the call)."""
+    outcome: list = []
+
+    def call() -> None:
+        try:
+            outcome.append(workers.seal(jobs(), SEALED_AT, meanwhile))
+        except Exception as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        workers.kill()  # a write or read blocked on a stopped worker fails
+        thread.join(10)
+        pytest.fail(f"seal() did not return within {seconds} s")
+    return outcome[0]
+
+
+@pytest.mark.parametrize("meanwhile", [None, lambda: None],
+                         ids=["no-own-work", "after-the-receivers-own-work"])
+def test_a_round_that_outlasts_its_allowance_kills_the_stopped_workers(monkeypatch, meanwhile):
+    # A worker that stops reading or answering (SIGSTOP, a debugger, a deadlock)
+    # held the receiver's sealer, and every pass after it, until shutdown.  The
+    # requests fit in the pipes: the round waits for the answers (the receiver's
+    # test below fills a pipe, so the write waits).
+    monkeypatch.setattr(_seal_workers, "_ROUND_SECONDS", 0.5)
+    monkeypatch.setattr(_seal_workers, "_SECONDS_PER_BODY", 0.0)
+    workers = SealWorkers(2, signing_key(), PRODUCER, None)
+    stopped, other = workers.pids
+    try:
+        os.kill(stopped, signal.SIGSTOP)
+        error = sealing_within(workers, 15, meanwhile)
+        assert isinstance(error, SealWorkerError), error
+        assert f"seal worker(s) {stopped}, {other} did not finish a round of " \
+               f"{len(jobs())} segment(s)" in str(error)
+        assert "(stopped or stuck) and were killed" in str(error)
+        wait_for(lambda: not running(stopped) and not running(other), 10, "the workers killed")
+        with pytest.raises(SealWorkerError, match="did not finish a round"):
+            workers.seal(jobs(), SEALED_AT)  # they are gone: every later pass is told why
+    finally:
+        workers.close(0)
+
+
+def test_a_round_within_its_allowance_per_span_is_waited_for(monkeypatch):
+    # The allowance grows with the spans a round seals: a large pass at shutdown
+    # (every pending trace) takes longer than a small one, and is no sign of a stuck
+    # worker.  Here a worker stopped for a second, under an allowance of 0.3 s plus
+    # a second per span, is waited for.
+    monkeypatch.setattr(_seal_workers, "_ROUND_SECONDS", 0.3)
+    monkeypatch.setattr(_seal_workers, "_SECONDS_PER_BODY", 1.0)
+    workers = SealWorkers(1, signing_key(), PRODUCER, None)
+    (pid,) = workers.pids
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        resume = threading.Timer(1.0, os.kill, (pid, signal.SIGCONT))
+        resume.start()
+        results = sealing_within(workers, 15)
+        resume.join()
+        assert [r[0] for r in results] == ["sealed"] * len(jobs())
+        assert running(pid)
+    finally:
+        workers.close()
+
+
+def test_the_receivers_own_work_during_a_round_does_not_count_against_the_workers(
+    monkeypatch
+):
+    # *meanwhile* is the receiver retiring journal entries (an fsync), not the
+    # workers sealing: their allowance starts again once it returns.
+    monkeypatch.setattr(_seal_workers, "_ROUND_SECONDS", 0.5)
+    monkeypatch.setattr(_seal_workers, "_SECONDS_PER_BODY", 0.0)
+    workers = SealWorkers(1, signing_key(), PRODUCER, None)
+    try:
+        results = sealing_within(workers, 15, meanwhile=lambda: time.sleep(1.0))
+        assert [r[0] for r in results] == ["sealed"] * len(jobs())
+        assert [r[0] for r in workers.seal(jobs(), SEALED_AT)] == ["sealed"] * len(jobs())
+    finally:
+        workers.close()
+
+
+def test_a_stopped_worker_leaves_the_receiver_sealing_itself_and_loses_nothing(
+    tmp_path, monkeypatch, caplog
+):
+    # Before, the pass waited on the stopped worker until shutdown, and the receiver
+    # sealed nothing more meanwhile.  Now the workers are killed once the round
+    # outlasts its allowance, and the receiver seals that pass, and every later one,
+    # in its own process.
+    monkeypatch.setattr(_seal_workers, "_ROUND_SECONDS", 0.5)
+    monkeypatch.setattr(_seal_workers, "_SECONDS_PER_BODY", 0.0)
+    clock = FakeClock()
+    out = tmp_path / "out"
+    receiver = make_receiver(out, clock, sealing_processes=1, journal_dir=tmp_path / "journal")
+    receiver.start()
+    (pid,) = receiver._workers.pids
+    traces = [f"{n:032x}" for n in range(1, 301)]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for trace in traces:  # ~300 KB of bodies: more than the pipe holds
+            receiver(request(otlp_span(trace, 1, extra={"app.x": os.urandom(500).hex()})
+                             ).resource_spans)
+        clock.advance(2.5)
+        flushed: list[bool] = []
+        with caplog.at_level(logging.ERROR, logger="spanproof.exporter.receiver"):
+            returns_within(lambda: flushed.append(receiver.flush()), 30,
+                           "flush() with the worker stopped")
+        assert flushed == [True]
+        assert f"seal worker(s) {pid} did not finish a round of " in caplog.text
+        assert "sealing in the receiver's process from now on" in caplog.text
+        assert receiver._workers is None
+        assert not running(pid)
+        receiver(request(otlp_span(TRACE_A, 1)).resource_spans)
+        clock.advance(2.5)
+        assert receiver.flush()
+    finally:
+        if running(pid):
+            os.kill(pid, signal.SIGCONT)
+    assert receiver.shutdown()
+    reports = verified(str(out), trust_root(str(tmp_path)))
+    assert sorted(r.statement.trace_id for r in reports) == sorted([*traces, TRACE_A])
+    assert os.listdir(receiver.journal_dir) == []
 
 
 def test_workers_that_cannot_start_leave_the_receiver_sealing_itself(
