@@ -33,6 +33,13 @@ to its stdin.  Messages:
   answered ``("done", request, ok)``; the child exits after shutdown (at once,
   skipping the interpreter's teardown, when everything was sealed and written).
 
+A write the child does not take within its allowance (:data:`_STALL_SECONDS`, plus
+:data:`_STALL_SECONDS_PER_BYTE` per byte of the frame) finds it stopped or stuck: a
+watch thread kills it, the write fails, and the exporter seals here from then on and
+declares what the child held (:meth:`SealingProcess.unsettled`).  After
+:meth:`SealingProcesses.close` (shutdown) the child is no longer killed: a write
+blocked then is left to finish once it reads again.
+
 End of input (the application exited without shutting the provider down, or was
 killed) makes the child seal everything pending, as at shutdown, and exit.  The
 child ignores SIGINT (a terminal's Ctrl-C reaches the whole process group; the
@@ -74,6 +81,16 @@ _HEADER = struct.Struct(">I")
 # The count of spans a child has settled, at the start of the file it shares.
 _SETTLED = struct.Struct("<Q")
 _START_TIMEOUT = 60.0
+#: A write to a child that has not completed after this many seconds, plus
+#: :data:`_STALL_SECONDS_PER_BYTE` per byte of its frame, finds a child that stopped
+#: reading (stopped by a signal or a debugger, stuck): it is killed, and what it
+#: held is declared lost (see :meth:`SealingProcess.unsettled`).  The span
+#: processor's default export timeout (``OTEL_BSP_EXPORT_TIMEOUT``) is 30 s too.
+_STALL_SECONDS = 30.0
+#: A child reads and admits ~50 MB of frames a second on a 2-core machine.
+_STALL_SECONDS_PER_BYTE = 1e-6
+#: How often the watch thread looks for a write that outlasted its allowance.
+_WATCH_INTERVAL = 1.0
 _BOOT = (
     "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
     "from spanproof.exporter.{} import {} as main; main()"
@@ -527,6 +544,11 @@ class SealingProcess:
         # Set when close_input() found a write blocked on the child's full pipe: the
         # write closes the input once it is done.
         self._close_when_written = False
+        # While a write is under way: when it began and when it must be done by
+        # (see check_stall()).
+        self._writing: tuple[float, float] | None = None
+        #: Set when check_stall() killed the child; what the write that found it.
+        self.stalled: str | None = None
         try:
             self._write(("start", dict(settings), key_seed, producer_instance, recover,
                          self._settled.fileno()))
@@ -652,7 +674,9 @@ class SealingProcess:
 
     def _write_locked(self, frame: bytes) -> None:
         if self._dead:
-            raise SealingProcessError("the sealing process has exited")
+            raise SealingProcessError(self.stalled or "the sealing process has exited")
+        now = time.monotonic()
+        self._writing = (now, now + _STALL_SECONDS + len(frame) * _STALL_SECONDS_PER_BYTE)
         try:
             view = memoryview(frame)
             while view:
@@ -660,10 +684,30 @@ class SealingProcess:
         except (OSError, ValueError) as e:
             self._dead = True
             raise SealingProcessError(
-                f"the sealing process exited (code {self._proc.poll()})") from e
+                self.stalled or f"the sealing process exited (code {self._proc.poll()})"
+            ) from e
         finally:
+            self._writing = None
             if self._close_when_written:
                 self._close_stdin()
+
+    def check_stall(self, now: float) -> None:
+        """Kill the child when a write to it has not completed by its deadline: it
+        stopped reading (stopped by a signal or a debugger, stuck), and the write
+        would hold ``export()``, and the span processor's thread, until it reads
+        again, while the span processor drops what it cannot queue meanwhile (the
+        SDK counts those; no bundle declares them).  The write then fails (its
+        spans are sealed in this process), and the spans the child held are
+        declared lost.  Any thread."""
+        writing = self._writing
+        if writing is None or now < writing[1] or self.stalled is not None:
+            return
+        self.stalled = (f"the sealing process {self._proc.pid} did not take a write in "
+                        f"{now - writing[0]:.1f} s (stopped, or stuck) and was killed")
+        try:
+            self._proc.kill()
+        except OSError:
+            pass
 
     def _reply(self, request: int | None, deadline: float) -> Any:
         """The reply to *request* (None: the start message); None on timeout."""
@@ -789,6 +833,21 @@ class SealingProcesses:
                 process.kill()
             raise
         self.processes = tuple(processes)
+        self._unwatched = True
+        self._watch_stop = threading.Event()
+
+    def _watch(self) -> None:
+        """Start the thread that kills a process a write waits on too long
+        (:meth:`SealingProcess.check_stall`); with the first write."""
+        self._unwatched = False
+        threading.Thread(target=self._watching, name="spanproof-sealing-watch",
+                         daemon=True).start()
+
+    def _watching(self) -> None:
+        while not self._watch_stop.wait(_WATCH_INTERVAL):
+            now = time.monotonic()
+            for process in self.processes:
+                process.check_stall(now)
 
     def _shard(self, trace_id: int) -> int:
         return trace_id % len(self.processes)
@@ -805,6 +864,8 @@ class SealingProcesses:
         """
         if not spans and not roots:
             return  # an export with nothing for any child: no frame, no wake-up
+        if self._unwatched:
+            self._watch()
         if len(self.processes) == 1:
             (process,) = self.processes
             try:
@@ -856,6 +917,8 @@ class SealingProcesses:
                 its bodies are in ``spans``, its rejected trace ids in
                 ``rejected``).
         """
+        if self._unwatched:
+            self._watch()
         n = len(self.processes)
         parts: list[tuple[list[Any], list[str], list[str]]] = [([], [], []) for _ in range(n)]
         for item in bodies:
@@ -882,6 +945,8 @@ class SealingProcesses:
         Raises:
             SealingProcessError: a process is gone.
         """
+        if self._unwatched:
+            self._watch()
         deadline = time.monotonic() + timeout
         held: list[SealingProcess] = []
         try:
@@ -901,6 +966,9 @@ class SealingProcesses:
         exit; the first nonzero exit code (0 when all exited cleanly), or None
         when one is still running (a process that does not read its input is
         left to finish by itself, see :meth:`SealingProcess.close_input`)."""
+        # A write blocked on a stopped process is left to finish once it reads again
+        # (see SealingProcess.close_input), not cut short by killing it.
+        self._watch_stop.set()
         deadline = time.monotonic() + timeout
         for process in self.processes:
             process.close_input(deadline - time.monotonic())
@@ -914,6 +982,7 @@ class SealingProcesses:
         without waiting, so they seal what they hold and exit by themselves.
         Returns the processes it found gone (see :meth:`SealingProcess.unsettled`
         for what they lost)."""
+        self._watch_stop.set()
         gone = []
         for process in self.processes:
             if process._proc.poll() is None and not process._dead:
@@ -926,6 +995,7 @@ class SealingProcesses:
     def abandon(self) -> None:
         """Forget every process without signalling it (see
         :meth:`SealingProcess.abandon`)."""
+        self._watch_stop.set()
         for process in self.processes:
             process.abandon()
 

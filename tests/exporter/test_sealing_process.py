@@ -40,7 +40,7 @@ from opentelemetry.trace.span import NonRecordingSpan, TraceState
 from processes import returns_within, running
 from thread_signals import signal_another_thread, skip_unless_available
 
-from spanproof.exporter import SpanproofSpanExporter
+from spanproof.exporter import SpanproofSpanExporter, _sealing_process
 from spanproof.exporter import _exporter as _exporter_module
 from spanproof.exporter._sealing_process import (
     FieldSpan,
@@ -274,6 +274,112 @@ def test_killed_sealing_process_falls_back_to_sealing_here(
     assert report.statement.producer.instance == exporter.producer.instance
 
 
+def _large_batches(rec: Recorder, count: int = 4) -> list[list[ReadableSpan]]:
+    """*count* batches of 60 traces, each a plain root and an evidence child with
+    a 2,000-character attribute: ~130 KB of fields a batch, twice the pipe's 64 KiB."""
+    batches = []
+    for _ in range(count):
+        for _ in range(60):
+            with rec.tracer.start_as_current_span("handle-case"):
+                with evidence(rec, "llm", **{"app.prompt": os.urandom(1000).hex()}):
+                    pass
+        batches.append(rec.take())
+    return batches
+
+
+def _evidence_ids(batches: list[list[ReadableSpan]]) -> set[str]:
+    return {f"{span.get_span_context().span_id:016x}"
+            for batch in batches for span in batch if span.name == "llm"}
+
+
+def _exporting(exporter: SpanproofSpanExporter, batches: list[list[ReadableSpan]],
+               results: list[SpanExportResult]) -> threading.Thread:
+    """A thread exporting *batches* one after the other, as a span processor's does."""
+    def export_all() -> None:
+        for batch in batches:
+            results.append(exporter.export(batch))
+
+    thread = threading.Thread(target=export_all, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_write_a_stopped_process_does_not_take_kills_it_and_declares_what_it_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A child that stops reading (SIGSTOP, a debugger, a deadlock) fills its pipe and
+    # blocked export() in the span processor's thread until it read again, while the
+    # span processor dropped what it could not queue, in no bundle.  Now a write not
+    # taken within its allowance kills the child: the export seals here, and what
+    # the child held is declared lost.
+    monkeypatch.setattr(_sealing_process, "_STALL_SECONDS", 0.5)
+    monkeypatch.setattr(_sealing_process, "_WATCH_INTERVAL", 0.1)
+    rec = Recorder()
+    exporter = _exporter(tmp_path / "out")  # a 30 s grace: the child holds its traces
+    process = _only_process(exporter)
+    child_instance = exporter.producer.instance
+    _trace(rec)
+    held = rec.take()
+    assert exporter.export(held) is SpanExportResult.SUCCESS
+    held_trace = f"{held[0].get_span_context().trace_id:032x}"
+    batches = _large_batches(rec)
+    results: list[SpanExportResult] = []
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        with caplog.at_level(logging.ERROR, logger="spanproof.exporter._exporter"):
+            exporting = _exporting(exporter, batches, results)
+            exporting.join(15)
+            assert not exporting.is_alive(), "export() still blocked on the stopped child"
+        assert results == [SpanExportResult.SUCCESS] * len(batches)
+        assert f"the sealing process {process.pid} did not take a write in " in caplog.text
+        assert "(stopped, or stuck) and was killed" in caplog.text
+        assert "this process seals from now on" in caplog.text
+        assert process._proc.wait(10) == -signal.SIGKILL
+    finally:
+        if running(process.pid):
+            os.kill(process.pid, signal.SIGCONT)
+    exporter.shutdown()
+    sealed = verified(tmp_path / "out", trust_root(tmp_path), allow_incomplete=True)
+    declarations = [r.statement for r in sealed
+                    if r.statement is not None and r.statement.trace_id == held_trace]
+    (declaration,) = declarations
+    assert declaration.record_count == 0
+    assert declaration.completeness.dropped_spans == 3  # the held trace's evidence spans
+    assert declaration.producer.instance not in (child_instance, None)
+    certified = {span_id for report in sealed for span_id in record_span_ids(report)}
+    assert certified == _evidence_ids(batches)  # the blocked write's spans too
+
+
+def test_a_write_within_its_allowance_per_byte_is_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The allowance grows with the frame: a child that takes a large one slowly is
+    # not stuck.  Here a child stopped for a second, under an allowance of 0.3 s
+    # plus 0.1 ms a byte (~13 s for ~130 KB), is waited for and keeps sealing.
+    monkeypatch.setattr(_sealing_process, "_STALL_SECONDS", 0.3)
+    monkeypatch.setattr(_sealing_process, "_STALL_SECONDS_PER_BYTE", 1e-4)
+    monkeypatch.setattr(_sealing_process, "_WATCH_INTERVAL", 0.1)
+    rec = Recorder()
+    exporter = _exporter(tmp_path / "out")
+    process = _only_process(exporter)
+    child_instance = exporter.producer.instance
+    batches = _large_batches(rec, 2)
+    results: list[SpanExportResult] = []
+    os.kill(process.pid, signal.SIGSTOP)
+    resume = threading.Timer(1.0, os.kill, (process.pid, signal.SIGCONT))
+    resume.start()
+    try:
+        _exporting(exporter, batches, results).join(15)
+    finally:
+        resume.join()
+    assert results == [SpanExportResult.SUCCESS] * len(batches)
+    assert exporter._remote is not None and running(process.pid)
+    exporter.shutdown()
+    sealed = verified(tmp_path / "out", trust_root(tmp_path))
+    assert {r.statement.producer.instance for r in sealed if r.statement} == {child_instance}
+    assert {i for r in sealed for i in record_span_ids(r)} == _evidence_ids(batches)
+
+
 def test_shutdown_returns_while_an_export_is_blocked_on_a_stopped_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -281,44 +387,37 @@ def test_shutdown_returns_while_an_export_is_blocked_on_a_stopped_process(
     # blocks export() in the span processor's thread.  shutdown() must still return
     # by its deadline, or the application's exit hangs with it.  Nothing is lost:
     # once the child reads again it gets the rest of the blocked write, finds its
-    # input closed, seals everything and exits.
+    # input closed, seals everything and exits.  A write not taken within its
+    # allowance kills the child, but not after shutdown() gave up on it: the
+    # application may exit before it reads again, but if it does not, nothing the
+    # child holds is lost.
     monkeypatch.setattr(_exporter_module, "_MIN_SHUTDOWN_SECONDS", 0.5)
+    monkeypatch.setattr(_sealing_process, "_STALL_SECONDS", 3.0)
+    monkeypatch.setattr(_sealing_process, "_WATCH_INTERVAL", 0.1)
     rec = Recorder()
     exporter = _exporter(tmp_path / "out")
     process = _only_process(exporter)
-    batches = []
-    for _ in range(4):
-        for _ in range(60):  # ~130 KB of fields a batch: twice the pipe's 64 KiB
-            with rec.tracer.start_as_current_span("handle-case"):
-                with evidence(rec, "llm", **{"app.prompt": os.urandom(1000).hex()}):
-                    pass
-        batches.append(rec.take())
+    batches = _large_batches(rec)
     results: list[SpanExportResult] = []
-
-    def export_all() -> None:
-        for batch in batches:
-            results.append(exporter.export(batch))
-
     os.kill(process.pid, signal.SIGSTOP)
     try:
-        exporting = threading.Thread(target=export_all, daemon=True)
-        exporting.start()
+        exporting = _exporting(exporter, batches, results)
         exporting.join(1.0)
         assert exporting.is_alive()  # blocked on the stopped child's full pipe
         with caplog.at_level(logging.ERROR, logger="spanproof.exporter._exporter"):
             returns_within(lambda: exporter.shutdown(timeout_millis=500), 10,
                            "shutdown() with an export blocked on the stopped child")
         assert f"sealing process {process.pid} did not read its input" in caplog.text
+        time.sleep(3.0)  # past the write's allowance
+        assert running(process.pid)
     finally:
         os.kill(process.pid, signal.SIGCONT)
     exporting.join(30)
     assert not exporting.is_alive()
     assert process._proc.wait(30) == 0
     assert results[0] is SpanExportResult.SUCCESS  # the blocked write completed
-    delivered = {f"{span.get_span_context().span_id:016x}"
-                 for batch, result in zip(batches, results, strict=False)
-                 if result is SpanExportResult.SUCCESS
-                 for span in batch if span.name == "llm"}
+    delivered = _evidence_ids([batch for batch, result in zip(batches, results, strict=False)
+                               if result is SpanExportResult.SUCCESS])
     certified = {span_id for report in verified(tmp_path / "out", trust_root(tmp_path))
                  for span_id in record_span_ids(report)}
     assert certified == delivered
