@@ -547,7 +547,8 @@ class SealingProcess:
         # While a write is under way: when it began and when it must be done by
         # (see check_stall()).
         self._writing: tuple[float, float] | None = None
-        #: Set when check_stall() killed the child; what the write that found it.
+        #: Why check_stall() killed the child (None while it has not): the error
+        #: the write under way then raises.
         self.stalled: str | None = None
         try:
             self._write(("start", dict(settings), key_seed, producer_instance, recover,
@@ -833,13 +834,8 @@ class SealingProcesses:
                 process.kill()
             raise
         self.processes = tuple(processes)
-        self._unwatched = True
+        # Kills a process a write waits on too long (SealingProcess.check_stall).
         self._watch_stop = threading.Event()
-
-    def _watch(self) -> None:
-        """Start the thread that kills a process a write waits on too long
-        (:meth:`SealingProcess.check_stall`); with the first write."""
-        self._unwatched = False
         threading.Thread(target=self._watching, name="spanproof-sealing-watch",
                          daemon=True).start()
 
@@ -864,8 +860,6 @@ class SealingProcesses:
         """
         if not spans and not roots:
             return  # an export with nothing for any child: no frame, no wake-up
-        if self._unwatched:
-            self._watch()
         if len(self.processes) == 1:
             (process,) = self.processes
             try:
@@ -917,8 +911,6 @@ class SealingProcesses:
                 its bodies are in ``spans``, its rejected trace ids in
                 ``rejected``).
         """
-        if self._unwatched:
-            self._watch()
         n = len(self.processes)
         parts: list[tuple[list[Any], list[str], list[str]]] = [([], [], []) for _ in range(n)]
         for item in bodies:
@@ -945,8 +937,6 @@ class SealingProcesses:
         Raises:
             SealingProcessError: a process is gone.
         """
-        if self._unwatched:
-            self._watch()
         deadline = time.monotonic() + timeout
         held: list[SealingProcess] = []
         try:
