@@ -4,6 +4,7 @@ that dies or cannot start leaves the receiver sealing on its own."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
@@ -373,6 +374,27 @@ def test_bundles_a_worker_wrote_before_it_died_are_not_sealed_again(
     assert os.listdir(receiver.journal_dir) == []
 
 
+@contextlib.contextmanager
+def stopped_worker_with_a_pass_due(out, clock, journal):
+    """A started receiver with one seal worker, stopped (SIGSTOP), and 300 traces
+    due (~300 KB of bodies: more than the worker's pipe holds); yields the
+    receiver, the worker's pid and the traces, and resumes the worker if it runs."""
+    receiver = make_receiver(out, clock, sealing_processes=1, journal_dir=journal)
+    receiver.start()
+    (pid,) = receiver._workers.pids
+    traces = [f"{n:032x}" for n in range(1, 301)]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for trace in traces:
+            receiver(request(otlp_span(trace, 1, extra={"app.x": os.urandom(500).hex()})
+                             ).resource_spans)
+        clock.advance(2.5)
+        yield receiver, pid, traces
+    finally:
+        if running(pid):
+            os.kill(pid, signal.SIGCONT)
+
+
 def test_shutdown_stops_a_worker_that_stopped_answering_and_loses_nothing(
     tmp_path, monkeypatch, caplog
 ):
@@ -382,16 +404,7 @@ def test_shutdown_stops_a_worker_that_stopped_answering_and_loses_nothing(
     monkeypatch.setattr(receiver_module, "_MIN_SHUTDOWN_SECONDS", 0.5)
     clock = FakeClock()
     out, journal = tmp_path / "out", tmp_path / "journal"
-    receiver = make_receiver(out, clock, sealing_processes=1, journal_dir=journal)
-    receiver.start()
-    (pid,) = receiver._workers.pids
-    traces = [f"{n:032x}" for n in range(1, 301)]
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        for trace in traces:  # ~300 KB of bodies: more than the pipe holds
-            receiver(request(otlp_span(trace, 1, extra={"app.x": os.urandom(500).hex()})
-                             ).resource_spans)
-        clock.advance(2.5)
+    with stopped_worker_with_a_pass_due(out, clock, journal) as (receiver, pid, traces):
         with receiver._cond:
             receiver._cond.notify()  # the sealer: a pass is due
         wait_for(lambda: receiver._seal_lock.locked(), 10, "the sealer to start a pass")
@@ -399,9 +412,6 @@ def test_shutdown_stops_a_worker_that_stopped_answering_and_loses_nothing(
             returns_within(lambda: receiver.shutdown(timeout=0.5), 10,
                            "shutdown() with a pass held by the stopped worker")
         assert "have not finished their pass by the shutdown deadline" in caplog.text
-    finally:
-        if running(pid):
-            os.kill(pid, signal.SIGCONT)
     wait_for(lambda: not running(pid), 10, "the worker to be gone")
     receiver._thread.join(60)  # the sealer finished the pass in its own process
     assert not receiver._thread.is_alive()
@@ -506,16 +516,8 @@ def test_a_stopped_worker_leaves_the_receiver_sealing_itself_and_loses_nothing(
     monkeypatch.setattr(_seal_workers, "_SECONDS_PER_BODY", 0.0)
     clock = FakeClock()
     out = tmp_path / "out"
-    receiver = make_receiver(out, clock, sealing_processes=1, journal_dir=tmp_path / "journal")
-    receiver.start()
-    (pid,) = receiver._workers.pids
-    traces = [f"{n:032x}" for n in range(1, 301)]
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        for trace in traces:  # ~300 KB of bodies: more than the pipe holds
-            receiver(request(otlp_span(trace, 1, extra={"app.x": os.urandom(500).hex()})
-                             ).resource_spans)
-        clock.advance(2.5)
+    with stopped_worker_with_a_pass_due(out, clock, tmp_path / "journal") as (
+            receiver, pid, traces):
         flushed: list[bool] = []
         with caplog.at_level(logging.ERROR, logger="spanproof.exporter.receiver"):
             returns_within(lambda: flushed.append(receiver.flush()), 30,
@@ -528,9 +530,6 @@ def test_a_stopped_worker_leaves_the_receiver_sealing_itself_and_loses_nothing(
         receiver(request(otlp_span(TRACE_A, 1)).resource_spans)
         clock.advance(2.5)
         assert receiver.flush()
-    finally:
-        if running(pid):
-            os.kill(pid, signal.SIGCONT)
     assert receiver.shutdown()
     reports = verified(str(out), trust_root(str(tmp_path)))
     assert sorted(r.statement.trace_id for r in reports) == sorted([*traces, TRACE_A])
