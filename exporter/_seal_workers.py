@@ -42,8 +42,8 @@ A round that outlasts its allowance (:data:`_ROUND_SECONDS` plus
 :data:`_SECONDS_PER_BODY` per span, counted while the parent writes the requests
 and waits for the answers) has a worker that stopped reading or answering: a
 watchdog thread kills the workers, the round raises :class:`SealWorkerError`, and
-the receiver seals in its own process from then on.  Killing loses nothing, as the
-receiver journaled every span a worker is sent.
+the receiver seals in its own process until it starts new workers.  Killing loses
+nothing, as the receiver journaled every span a worker is sent.
 
 A worker exits at end of input (the receiver closed its pipe, or exited or was
 killed); it ignores SIGINT and SIGTERM, which a terminal or a service manager sends

@@ -91,6 +91,11 @@ _RETRY_AFTER = 1.0
 _STORAGE_RETRY_AFTER = 5.0
 _MIN_SHUTDOWN_SECONDS = 5.0
 _MAX_MESSAGE_SAMPLES = 3
+#: Seconds after the seal workers failed (or could not start) before the receiver,
+#: sealing alone meanwhile, starts them again; twice as long after each start that
+#: fails, up to _MAX_WORKERS_RESTART_SECONDS.
+_WORKERS_RESTART_SECONDS = 60.0
+_MAX_WORKERS_RESTART_SECONDS = 3600.0
 
 # A decoded evidence span: trace id, record body as its key-sorted JSON, and the
 # fingerprint of that JSON (see _serialized).
@@ -256,9 +261,10 @@ class Receiver:
         sealing_processes: worker processes that encode, hash, sign and (with
             the default sink) write the bundles while this process goes on
             ingesting (default 0: all in this process).  The journal, retiring,
-            retries of failed writes and witness submission stay here.  A worker
-            that fails is not replaced: the receiver logs an ERROR and seals in its
-            own process from then on.
+            retries of failed writes and witness submission stay here.  When a
+            worker fails (or the workers cannot start), the receiver logs an ERROR,
+            seals in its own process, and starts them again a minute later (twice as
+            long after each start that fails, up to an hour).
 
     Raises:
         ValueError: a malformed argument or a malformed variable that is not a
@@ -347,6 +353,10 @@ class Receiver:
         self._submitter: WitnessSubmitter | None = None
         self._sealing_processes = sealing_processes
         self._workers: SealWorkers | None = None
+        # While there are no workers but should be: when to start them (monotonic),
+        # and how long to wait after the next failure.
+        self._workers_due: float | None = None
+        self._workers_wait = _WORKERS_RESTART_SECONDS
         self._thread: threading.Thread | None = None
         self._started = False
         self._stopping = False
@@ -395,12 +405,7 @@ class Receiver:
         written = self._recover()
         self._journal = Journal(self._journal_dir, self._producer.instance)
         if self._sealing_processes:
-            try:
-                self._workers = SealWorkers(self._sealing_processes, self._signer,
-                                            self._producer, self._redact, self._sink)
-            except (OSError, SealWorkerError) as e:
-                _logger.error("receiver: cannot start the seal workers (%s); sealing in "
-                              "the receiver's process instead", e)
+            self._start_workers()
         if self._config.witness_url is not None:
             self._submitter = WitnessSubmitter(
                 self._config.witness_url,
@@ -734,11 +739,35 @@ class Receiver:
             finally:
                 self._seal_lock.release()
 
+    def _start_workers(self) -> None:
+        """Start the seal workers (at start, and again after they failed)."""
+        try:
+            self._workers = SealWorkers(self._sealing_processes, self._signer,
+                                        self._producer, self._redact, self._sink)
+        except (OSError, SealWorkerError) as e:
+            self._workers_failed(f"cannot start the seal workers ({e})")
+            return
+        if self._workers_due is not None:
+            _logger.warning("receiver: seal workers started again (pids %s)",
+                            ", ".join(map(str, self._workers.pids)))
+        self._workers_due = None
+        self._workers_wait = _WORKERS_RESTART_SECONDS
+
+    def _workers_failed(self, why: str) -> None:
+        """The workers failed or could not start: seal here until they start again."""
+        _logger.error("receiver: %s; sealing in the receiver's process, and starting the "
+                      "seal workers again in %g s", why, self._workers_wait)
+        self._workers_due = time.monotonic() + self._workers_wait
+        self._workers_wait = min(2 * self._workers_wait, _MAX_WORKERS_RESTART_SECONDS)
+
     def _seal_jobs(self, jobs: Sequence[SealJob]) -> None:
         """Seal *jobs* (in the seal workers when there are any, which also write what
         they seal) and queue what is not written yet for :meth:`_write_pending`; a job
         that cannot be sealed is abandoned (its spans are declared lost in the
         trace's next bundle)."""
+        if (self._workers_due is not None and time.monotonic() >= self._workers_due
+                and not self._stopping):
+            self._start_workers()
         sealed_at = datetime.fromtimestamp(self._clock(), timezone.utc)
         if self._assembler.forgot_sealed:
             jobs = [continue_on_disk(job, self._producer.instance, self._sink, self._signer)
@@ -750,9 +779,9 @@ class Receiver:
                 results = self._workers.seal(jobs, sealed_at, meanwhile=self._retire_written)
                 remote = True
             except SealWorkerError as e:
-                _logger.error("receiver: %s; sealing in the receiver's process from now on", e)
                 self._workers.close(0)
                 self._workers = None
+                self._workers_failed(str(e))
                 # A worker may have written some of this pass's bundles before it
                 # died: those are taken as written, not sealed a second time (with
                 # committed values, whose salts are fresh, that would fork the chain).

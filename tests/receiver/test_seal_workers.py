@@ -312,7 +312,10 @@ def test_a_pass_is_retired_while_the_workers_seal_the_next_one(tmp_path, monkeyp
                   ) == sorted([TRACE_A, TRACE_B])
 
 
-def test_a_worker_killed_mid_run_leaves_the_receiver_sealing_itself(tmp_path, caplog):
+def test_a_worker_killed_mid_run_leaves_the_receiver_sealing_itself(
+    tmp_path, caplog, monkeypatch
+):
+    monkeypatch.setattr(receiver_module, "_WORKERS_RESTART_SECONDS", 600.0)
     clock = FakeClock()
     out = tmp_path / "out"
     receiver = make_receiver(out, clock, sealing_processes=1)
@@ -326,7 +329,8 @@ def test_a_worker_killed_mid_run_leaves_the_receiver_sealing_itself(tmp_path, ca
     clock.advance(2.5)
     with caplog.at_level(logging.ERROR, logger="spanproof.exporter.receiver"):
         assert receiver.flush()
-    assert "sealing in the receiver's process from now on" in caplog.text
+    assert "sealing in the receiver's process, and starting the seal workers again " \
+           "in 600 s" in caplog.text
     assert receiver._workers is None
     assert receiver.shutdown()
     reports = verified(str(out), trust_root(str(tmp_path)))
@@ -372,6 +376,57 @@ def test_bundles_a_worker_wrote_before_it_died_are_not_sealed_again(
     assert [r.statement.segment_index for r in a] == [0, 1]
     assert a[1].statement.previous_statement == a[0].statement_digest
     assert os.listdir(receiver.journal_dir) == []
+
+
+def test_the_workers_are_started_again_later_twice_as_late_after_a_start_that_fails(
+    tmp_path, caplog, monkeypatch
+):
+    # Workers that failed once (a crash, a round that outlasted its allowance on a
+    # disk that stalled) need not halve the receiver's throughput until a restart.
+    monkeypatch.setattr(receiver_module, "_WORKERS_RESTART_SECONDS", 1.5)
+    clock = FakeClock()
+    out = tmp_path / "out"
+    receiver = make_receiver(out, clock, sealing_processes=1)
+    receiver.start()
+    (first,) = receiver._workers.pids
+    os.kill(first, signal.SIGKILL)
+
+    def seal_a_trace(number: int) -> None:
+        receiver(request(otlp_span(f"{number:032x}", 1)).resource_spans)
+        clock.advance(2.5)
+        assert receiver.flush()
+
+    with caplog.at_level(logging.WARNING, logger="spanproof.exporter.receiver"):
+        seal_a_trace(1)  # finds the worker gone
+        assert "starting the seal workers again in 1.5 s" in caplog.text
+        seal_a_trace(2)  # too soon: sealed here
+        assert receiver._workers is None
+        time.sleep(1.6)
+        with monkeypatch.context() as m:
+            m.setattr(receiver_module, "SealWorkers", _failing_workers)
+            seal_a_trace(3)  # the start fails: the next is three seconds away
+        assert "cannot start the seal workers (no python); sealing in the receiver's " \
+               "process, and starting the seal workers again in 3 s" in caplog.text
+        time.sleep(0.5)
+        seal_a_trace(4)
+        assert receiver._workers is None
+        time.sleep(2.6)
+        seal_a_trace(5)
+        (second,) = receiver._workers.pids
+        assert second != first and running(second)
+        assert f"seal workers started again (pids {second})" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="spanproof.exporter.receiver"):
+        os.kill(second, signal.SIGKILL)
+        seal_a_trace(6)  # a start that worked: the next failure waits 1.5 s again
+    assert "starting the seal workers again in 1.5 s" in caplog.text
+    assert receiver.shutdown()
+    reports = verified(str(out), trust_root(str(tmp_path)))
+    assert sorted(r.statement.trace_id for r in reports) == [f"{n:032x}" for n in range(1, 7)]
+
+
+def _failing_workers(*args, **kwargs):
+    raise SealWorkerError("no python")
 
 
 @contextlib.contextmanager
@@ -524,7 +579,8 @@ def test_a_stopped_worker_leaves_the_receiver_sealing_itself_and_loses_nothing(
                            "flush() with the worker stopped")
         assert flushed == [True]
         assert f"seal worker(s) {pid} did not finish a round of " in caplog.text
-        assert "sealing in the receiver's process from now on" in caplog.text
+        assert "sealing in the receiver's process, and starting the seal workers again" \
+               in caplog.text
         assert receiver._workers is None
         assert not running(pid)
         receiver(request(otlp_span(TRACE_A, 1)).resource_spans)
