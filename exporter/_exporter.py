@@ -349,21 +349,24 @@ class SpanproofSpanExporter(SpanExporter):
                 else:
                     self._assembler.drop(process.last_trace, now, lost, note)
 
-    def _start_submitter(self) -> WitnessSubmitter | None:
+    def _start_submitter(self, *, catch_up: bool = True) -> WitnessSubmitter | None:
         """The background witness submitter, when a witness URL is configured.
 
-        Bundles written before a crash that never reached the queue are found by a
-        one-off scan of the output directory (bundles without a receipt).
+        With *catch_up*, it resumes the queue an earlier run left, and bundles
+        written before a crash that never reached the queue are found by a one-off
+        scan of the output directory (bundles without a receipt); without, it
+        delivers only what it is given.
         """
         url = self._config.witness_url
         if url is None:
             return None
+        catch_up = catch_up and self._recovers_at_start
         submitter = WitnessSubmitter(
             url, os.path.join(self._config.output_dir, "witness-queue"),
             producer_key=self._signer.private_key.public_key(),
-            witness_keys=self._witness_keys, resume=self._recovers_at_start,
+            witness_keys=self._witness_keys, resume=catch_up,
         )
-        if self._recovers_at_start:
+        if catch_up:
             threading.Thread(target=_scan_quietly, args=(submitter, self._config.output_dir),
                              name="spanproof-witness-scan", daemon=True).start()
         return submitter
@@ -591,6 +594,10 @@ class SpanproofSpanExporter(SpanExporter):
             if gone:
                 self._producer = _new_producer()  # sealing here: see _lose_remote
                 self._declare_lost_with(gone, start_sealer=False)
+                if self._submitter is None:
+                    # The declaration sealed below goes to the witness as the
+                    # children's bundles did (theirs: the next start's scan).
+                    self._submitter = self._start_submitter(catch_up=False)
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))
         try:

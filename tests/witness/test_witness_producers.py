@@ -257,3 +257,33 @@ def test_the_submitter_batches_to_a_served_witness_and_every_receipt_verifies(
     status, text = _run(["verify", "--key", str(keys["producer_pub"]), "--witness-key",
                          str(keys["witness_pub"]), "--require-receipt", str(out)], capsys)
     assert status == EXIT_OK and text.count("OK") == 9, text
+
+
+def test_a_dead_sealing_processs_declaration_sealed_at_shutdown_goes_to_the_witness(
+    tmp_path: Path, keys: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The sealing process died holding a trace; shutdown() seals the declaration of
+    # its loss in this process.  It went to no witness (the children submit their
+    # own bundles, and this process had no submitter): an application that is not
+    # started again left it without a receipt.
+    srv = serve_witness(open_witness())
+    out = tmp_path / "out"
+    exporter = SpanproofSpanExporter(out, keys["producer"], witness_url=srv.url,
+                                     witness_key=str(keys["witness_pub"]),
+                                     sealing_process=True, seal_grace=3600)
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with provider.get_tracer("producers-test").start_as_current_span(
+            "answer", attributes={"gen_ai.operation.name": "chat"}):
+        pass
+    assert exporter._remote is not None
+    (process,) = exporter._remote.processes
+    process.kill()  # holding the trace: its grace is an hour
+    provider.shutdown()
+    (bundle,) = _bundles(out)  # the declaration, sealed here
+    _wait_for([Path(receipt_path(bundle))], timeout=10)
+    status, text = _run(["verify", "--key", str(keys["producer_pub"]), "--witness-key",
+                         str(keys["witness_pub"]), "--require-receipt", "--allow-incomplete",
+                         str(out)], capsys)
+    assert status == EXIT_OK, text
