@@ -78,6 +78,14 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
     return status, out + err
 
 
+def _verify_receipts(path: Path, keys: dict[str, Path], capsys: pytest.CaptureFixture[str],
+                     *flags: str) -> tuple[int, str]:
+    """``spanproof verify`` of *path* with the producer's and the witness's keys,
+    every bundle required to carry a receipt; its exit status and output."""
+    return _run(["verify", "--key", str(keys["producer_pub"]), "--witness-key",
+                 str(keys["witness_pub"]), "--require-receipt", *flags, str(path)], capsys)
+
+
 def _wait_for(paths: list[Path], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not all(p.exists() for p in paths):
@@ -85,14 +93,23 @@ def _wait_for(paths: list[Path], timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def _trace(exporter: SpanproofSpanExporter, name: str) -> None:
+def _trace(exporter: SpanproofSpanExporter, name: str,
+           before_shutdown: Callable[[], None] = lambda: None) -> None:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("producers-test")
     with tracer.start_as_current_span(f"{name}-root"):
         with tracer.start_as_current_span(name, attributes={"gen_ai.operation.name": "chat"}):
             pass
+    before_shutdown()
     provider.shutdown()  # shuts the exporter down: seals and writes the bundle
+
+
+def _witnessed_exporter(out: Path, keys: dict[str, Path], url: str,
+                        **kwargs: Any) -> SpanproofSpanExporter:
+    """An exporter that submits to the witness at *url* and checks its receipts."""
+    return SpanproofSpanExporter(out, keys["producer"], witness_url=url,
+                                 witness_key=str(keys["witness_pub"]), **kwargs)
 
 
 def _bundles(directory: Path) -> list[Path]:
@@ -105,9 +122,7 @@ def test_exporter_submits_and_verify_checks_the_receipt(
 ) -> None:
     srv = serve_witness(open_witness())
     out = tmp_path / "out"
-    exporter = SpanproofSpanExporter(out, keys["producer"], witness_url=srv.url,
-                                     witness_key=str(keys["witness_pub"]))
-    _trace(exporter, "answer")
+    _trace(_witnessed_exporter(out, keys, srv.url), "answer")
     (bundle,) = _bundles(out)
     receipt = Path(receipt_path(bundle))
     _wait_for([receipt])
@@ -163,8 +178,7 @@ def test_receiver_submits_every_bundle_and_verify_checks_the_receipts(
     bundles = _bundles(out)
     assert len(bundles) == 4
     _wait_for([Path(receipt_path(b)) for b in bundles])
-    status, text = _run(["verify", "--key", str(keys["producer_pub"]), "--witness-key",
-                         str(keys["witness_pub"]), "--require-receipt", str(out)], capsys)
+    status, text = _verify_receipts(out, keys, capsys)
     assert status == EXIT_OK, text
 
 
@@ -226,8 +240,7 @@ def test_exporter_queues_while_the_witness_is_down_and_delivers_later(
         _wait_for(receipts)
     finally:
         restart.shutdown()
-    status, text = _run(["verify", "--key", str(keys["producer_pub"]), "--witness-key",
-                         str(keys["witness_pub"]), "--require-receipt", str(out)], capsys)
+    status, text = _verify_receipts(out, keys, capsys)
     assert status == EXIT_OK, text
 
 
@@ -254,8 +267,7 @@ def test_the_submitter_batches_to_a_served_witness_and_every_receipt_verifies(
     assert witness.size == 9
     # The probe logged alone, the other eight in two batches: a checkpoint for each.
     assert len(witness._store.checkpoints()) == 1 + 1 + 2
-    status, text = _run(["verify", "--key", str(keys["producer_pub"]), "--witness-key",
-                         str(keys["witness_pub"]), "--require-receipt", str(out)], capsys)
+    status, text = _verify_receipts(out, keys, capsys)
     assert status == EXIT_OK and text.count("OK") == 9, text
 
 
@@ -269,21 +281,11 @@ def test_a_dead_sealing_processs_declaration_sealed_at_shutdown_goes_to_the_witn
     # started again left it without a receipt.
     srv = serve_witness(open_witness())
     out = tmp_path / "out"
-    exporter = SpanproofSpanExporter(out, keys["producer"], witness_url=srv.url,
-                                     witness_key=str(keys["witness_pub"]),
-                                     sealing_process=True, seal_grace=3600)
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    with provider.get_tracer("producers-test").start_as_current_span(
-            "answer", attributes={"gen_ai.operation.name": "chat"}):
-        pass
+    exporter = _witnessed_exporter(out, keys, srv.url, sealing_process=True, seal_grace=3600)
     assert exporter._remote is not None
     (process,) = exporter._remote.processes
-    process.kill()  # holding the trace: its grace is an hour
-    provider.shutdown()
+    _trace(exporter, "answer", before_shutdown=process.kill)  # holding the trace
     (bundle,) = _bundles(out)  # the declaration, sealed here
     _wait_for([Path(receipt_path(bundle))], timeout=10)
-    status, text = _run(["verify", "--key", str(keys["producer_pub"]), "--witness-key",
-                         str(keys["witness_pub"]), "--require-receipt", "--allow-incomplete",
-                         str(out)], capsys)
+    status, text = _verify_receipts(out, keys, capsys, "--allow-incomplete")
     assert status == EXIT_OK, text
