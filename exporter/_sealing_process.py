@@ -984,8 +984,9 @@ class SealingProcesses:
 
     def abandon(self) -> None:
         """Forget every process without signalling it (see
-        :meth:`SealingProcess.abandon`)."""
-        self._watch_stop.set()
+        :meth:`SealingProcess.abandon`).  The watch thread is not told: in a
+        forked process it does not exist, and its event's lock may have been held
+        when the process forked."""
         for process in self.processes:
             process.abandon()
 

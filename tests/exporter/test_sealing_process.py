@@ -489,7 +489,12 @@ def test_forked_worker_starts_its_own_sealing_process(tmp_path: Path) -> None:
     exporter = _exporter(out)
     parent_process = exporter._remote
     assert parent_process is not None
-    pid = os.fork()
+    # Forked while the watch thread holds its event's lock (as it does for a moment
+    # each second): the worker must not need that lock, which no thread of its own
+    # will ever release.
+    watch_lock = parent_process._watch_stop._cond  # type: ignore[attr-defined]
+    with watch_lock:
+        pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the forked worker
         code = 1
         signal.alarm(60)  # a worker that deadlocks dies instead of hanging the suite

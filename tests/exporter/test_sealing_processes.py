@@ -332,13 +332,10 @@ def test_only_the_first_process_resumes_what_an_earlier_run_left(
         def check_stall(self, now: float) -> None:
             pass
 
-        def abandon(self) -> None:
-            pass
-
     monkeypatch.setattr(_sealing_process, "SealingProcess", FakeProcess)
     settings = {"max_pending_traces": 2048, "sealed_trace_memory": 65536, "seal_grace": 2.0}
     group = _sealing_process.SealingProcesses(settings, bytes(32), "ab", 3)
-    group.abandon()  # its watch thread stops
+    group._watch_stop.set()  # its watch thread stops
     assert len(group.processes) == 3
     assert [recover for _, recover in started] == [True, False, False]
     # Each holds about a third of the traces: the memory bounds are shared out.
@@ -347,7 +344,7 @@ def test_only_the_first_process_resumes_what_an_earlier_run_left(
                          "seal_grace": 2.0}
     started.clear()
     _sealing_process.SealingProcesses({"max_pending_traces": 1, "sealed_trace_memory": 0},
-                                      bytes(32), "ab", 2).abandon()
+                                      bytes(32), "ab", 2)._watch_stop.set()
     assert [shard for shard, _ in started] == [
         {"max_pending_traces": 1, "sealed_trace_memory": 0}] * 2  # 0 remembers none
 
