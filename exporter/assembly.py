@@ -147,6 +147,8 @@ class TraceAssembler:
         # Spans dropped for traces that had no slot, by trace, and those whose
         # trace could not even be remembered.
         self._lost: OrderedDict[str, int] = OrderedDict()
+        # The notes given with those losses (drop()), declared with them.
+        self._lost_notes: dict[str, list[str]] = {}
         self._untracked_lost = 0
 
     @classmethod
@@ -223,10 +225,11 @@ class TraceAssembler:
     def drop(self, trace_id: str, now: float, count: int = 1, note: str | None = None) -> None:
         """Count *count* evidence spans of the trace that were lost before they
         reached the assembler (e.g. a full queue); its next bundle declares them as
-        dropped, with *note* when given."""
+        dropped, with *note* when given (also when the count has to wait for room:
+        the note waits with it)."""
         entry = self._entry(trace_id, now)
         if entry is None:
-            self._count_lost(trace_id, count)
+            self._count_lost(trace_id, count, note)
             return
         entry.dropped += count
         if note is not None and note not in entry.notes:
@@ -350,6 +353,7 @@ class TraceAssembler:
         for trace_id, count in self._lost.items():
             self._declare_lost(trace_id, count, 0.0)
         self._lost.clear()
+        self._lost_notes.clear()
         for trace_id, entry in list(self._traces.items()):
             if entry.position is None or not entry.has_work():
                 continue
@@ -425,9 +429,9 @@ class TraceAssembler:
             self._ready[oldest] = IDLE_TIMEOUT
             self._traces[oldest].notes.append(_EVICTED_NOTE.format(self._max_pending))
         entry = self._new_entry(trace_id, now)
-        entry.dropped += self._lost.pop(trace_id, 0)
-        if entry.dropped:
-            entry.notes.append(_LIMIT_NOTE.format(self._max_pending))
+        lost = self._lost.pop(trace_id, 0)
+        if lost:
+            self._take_lost(entry, lost)
         self._traces[trace_id] = entry
         return entry
 
@@ -437,11 +441,17 @@ class TraceAssembler:
         if entry is None:
             entry = self._new_entry(trace_id, now)
             self._traces[trace_id] = entry
-        entry.dropped += count
-        entry.notes.append(_LIMIT_NOTE.format(self._max_pending))
+        self._take_lost(entry, count)
         if entry.trace_id not in self._ready:
             self._open[trace_id] = None
         return entry
+
+    def _take_lost(self, entry: _Trace, count: int) -> None:
+        """Declare on *entry* *count* spans of its trace that were dropped for want of
+        room, with the notes given with them (see :meth:`drop`)."""
+        entry.dropped += count
+        entry.notes.append(_LIMIT_NOTE.format(self._max_pending))
+        entry.notes.extend(self._lost_notes.pop(entry.trace_id, ()))
 
     def _touch(self, entry: _Trace, now: float) -> None:
         trace_id = entry.trace_id
@@ -454,10 +464,15 @@ class TraceAssembler:
             # waits the usual grace for siblings.
             self._roots[trace_id] = now + self._grace
 
-    def _count_lost(self, trace_id: str, count: int = 1) -> None:
+    def _count_lost(self, trace_id: str, count: int = 1, note: str | None = None) -> None:
         self._lost[trace_id] = self._lost.get(trace_id, 0) + count
+        if note is not None:
+            notes = self._lost_notes.setdefault(trace_id, [])
+            if note not in notes:
+                notes.append(note)
         if len(self._lost) > self._max_pending:
-            _, forgotten = self._lost.popitem(last=False)
+            oldest, forgotten = self._lost.popitem(last=False)
+            self._lost_notes.pop(oldest, None)
             self._untracked_lost += forgotten
 
     def _emit(self, entry: _Trace, reason: str) -> SealJob:

@@ -223,6 +223,41 @@ def test_spans_dropped_for_want_of_room_are_declared_in_their_trace() -> None:
     assert later[T3].completeness.dropped_spans == 0
 
 
+def test_a_loss_declared_while_there_is_no_room_keeps_its_note() -> None:
+    # A declaration (a discarded bundle's, a dead sealing process's) that found the
+    # assembler full waited for room with its count, but only the generic "fallen
+    # behind" note: the one saying how the spans were lost was dropped.
+    asm = assembler(max_pending_traces=1)
+    asm.add(T1, body(T1, 0), now=0.0)
+    asm.add(T2, body(T2, 0), now=1.0)  # T1 sealed early to make room; T2 cannot be
+    discarded = "4 span(s) of this trace were in a bundle discarded unwritten"
+    asm.drop(T3, now=2.0, count=4, note=discarded)
+    asm.drop(T3, now=2.0, count=1, note=discarded)
+    jobs = {job.trace_id: job for job in asm.due(2.0)}
+    completeness = jobs[T3].completeness
+    assert completeness.dropped_spans == 5
+    assert completeness.notes.count(discarded) == 1
+    assert any("max_pending_traces" in note for note in completeness.notes)
+
+
+def test_a_waiting_loss_forgotten_for_room_takes_its_note_with_it() -> None:
+    # Past max_pending_traces waiting losses, the oldest's count goes to the next
+    # bundle of any trace; its note must not stay behind to be pinned on a later
+    # loss of the same trace.
+    t4 = "44" * 16
+    asm = assembler(max_pending_traces=1)
+    asm.add(T1, body(T1, 0), now=0.0)
+    asm.add(T2, body(T2, 0), now=1.0)
+    asm.drop(T3, now=2.0, count=2, note="T3's cause")
+    asm.drop(t4, now=2.0, count=3, note="T4's cause")  # T3's count is forgotten
+    assert list(asm._lost_notes) == [t4]
+    jobs = {job.trace_id: job for job in asm.drain_all("shutdown")}
+    assert sum(job.completeness.dropped_spans for job in jobs.values()) == 5
+    assert "T4's cause" in jobs[t4].completeness.notes
+    assert "T3's cause" not in [n for job in jobs.values() for n in job.completeness.notes]
+    assert not asm._lost_notes
+
+
 def test_rejected_spans_are_declared() -> None:
     asm = assembler()
     asm.add(T1, body(T1, 0), now=0.0)
