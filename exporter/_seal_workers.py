@@ -40,10 +40,11 @@ before it reads the first answer, so neither waits on a full pipe of the other.
 
 A round that outlasts its allowance (:data:`_ROUND_SECONDS` plus
 :data:`_SECONDS_PER_BODY` per span, counted while the parent writes the requests
-and waits for the answers) has a worker that stopped reading or answering: a
-watchdog thread kills the workers, the round raises :class:`SealWorkerError`, and
-the receiver seals in its own process until it starts new workers.  Killing loses
-nothing, as the receiver journaled every span a worker is sent.
+and waits for the answers) has a worker that stopped reading or answering: a watch
+thread (:func:`~spanproof.exporter._sealing_process.start_watch`) kills the workers,
+the round raises :class:`SealWorkerError`, and the receiver seals in its own process
+until it starts new workers.  Killing loses nothing, as the receiver journaled every
+span a worker is sent.
 
 A worker exits at end of input (the receiver closed its pipe, or exited or was
 killed); it ignores SIGINT and SIGTERM, which a terminal or a service manager sends
@@ -57,7 +58,6 @@ import select
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -68,7 +68,14 @@ import orjson
 from spanproof.verifier._gc import collecting_rarely
 from spanproof.verifier.statement import Completeness, Producer
 
-from ._sealing_process import _frame, _read_frame, _reply_to, child_replies, spawn_child
+from ._sealing_process import (
+    _frame,
+    _read_frame,
+    _reply_to,
+    child_replies,
+    spawn_child,
+    start_watch,
+)
 from .assembly import SealJob
 from .disclosure import AttributeMatcher
 from .keys import SigningKey
@@ -95,52 +102,6 @@ Result = tuple[Any, ...]
 
 class SealWorkerError(RuntimeError):
     """A seal worker could not be started, or stopped answering."""
-
-
-class _Watchdog:
-    """Calls *expire* (from its own thread) when an armed deadline passes before it
-    is disarmed; the thread starts with the first :meth:`arm`."""
-
-    def __init__(self, expire: Callable[[], None]) -> None:
-        self._expire = expire
-        self._cond = threading.Condition()
-        self._deadline: float | None = None
-        self._closed = False
-        self._thread: threading.Thread | None = None
-
-    def arm(self, seconds: float) -> None:
-        """Call *expire* in *seconds* unless disarmed or armed again before."""
-        with self._cond:
-            self._deadline = time.monotonic() + seconds
-            if self._thread is None and not self._closed:
-                self._thread = threading.Thread(target=self._run, daemon=True,
-                                                name="spanproof-seal-watchdog")
-                self._thread.start()
-            self._cond.notify()
-
-    def disarm(self) -> None:
-        with self._cond:
-            self._deadline = None
-
-    def close(self) -> None:
-        """Stop the thread (a deadline armed is dropped)."""
-        with self._cond:
-            self._closed = True
-            self._deadline = None
-            self._cond.notify()
-
-    def _run(self) -> None:
-        with self._cond:
-            while not self._closed:
-                if self._deadline is None:
-                    self._cond.wait()
-                    continue
-                remaining = self._deadline - time.monotonic()
-                if remaining > 0:
-                    self._cond.wait(remaining)
-                    continue
-                self._deadline = None
-                self._expire()
 
 
 class _Worker:
@@ -215,11 +176,14 @@ class SealWorkers:
         if type(sink) is DirectorySink:  # a subclass may write otherwise: the caller writes
             directory, sync = sink.directory, sink.sync
         self._workers: list[_Worker] = []
-        self._watchdog = _Watchdog(self._expire)
         #: The round under way: its workers, segments, spans and start.
         self._in_flight: tuple[list[_Worker], int, int, float] = ([], 0, 0, 0.0)
+        # When the round under way has outlasted its allowance (None: no round, or
+        # the receiver's own work meanwhile).
+        self._round_deadline: float | None = None
         #: Why the workers were killed, once a round outlasted its allowance.
         self._expiry: str | None = None
+        self._watch_stop = start_watch(self._check_round, "spanproof-seal-watchdog")
         try:
             for _ in range(count):
                 self._workers.append(_Worker(signer.seed, producer, redact, directory, sync))
@@ -275,19 +239,19 @@ class SealWorkers:
         failure: BaseException | None = None
         # From the first write: a worker that does not read blocks it once the pipe
         # is full.
-        self._watchdog.arm(allowance)
+        self._round_deadline = time.monotonic() + allowance
         try:
             for i, worker in enumerate(workers):
                 worker.send(("seal", sealed_at, [_portable(job) for job in jobs[i::count]]))
             if meanwhile is not None:
                 # The receiver's own work, not the workers': their allowance starts
                 # again once it is done.
-                self._watchdog.disarm()
+                self._round_deadline = None
                 try:
                     meanwhile()
                 except BaseException as e:  # the answers are read first: the pipes stay in step
                     failure = e
-                self._watchdog.arm(allowance)
+                self._round_deadline = time.monotonic() + allowance
             answers = []
             for i, worker in enumerate(workers):
                 reply = worker.receive()
@@ -299,7 +263,7 @@ class SealWorkers:
                 raise SealWorkerError(self._expiry) from e
             raise
         finally:
-            self._watchdog.disarm()
+            self._round_deadline = None
         if failure is not None:
             raise failure
         results = [answers[i % count][i // count] for i in range(len(jobs))]
@@ -309,18 +273,22 @@ class SealWorkers:
     def close(self, timeout: float = 10.0) -> None:
         """End the workers' input and wait for them to exit (killing a worker that
         has not after *timeout* seconds)."""
-        self._watchdog.close()
+        self._watch_stop.set()
         workers, self._workers = self._workers, []
         for worker in workers:
             worker.close(timeout)
 
-    def _expire(self) -> None:
-        """The watchdog's call: the round under way outlasted its allowance."""
+    def _check_round(self, now: float) -> None:
+        """The watch's call: kill the workers once the round under way outlasted
+        its allowance."""
+        deadline = self._round_deadline
+        if deadline is None or now < deadline or self._expiry is not None:
+            return
         workers, segments, spans, started = self._in_flight
         self._expiry = (
             f"seal worker(s) {', '.join(str(w.proc.pid) for w in workers)} did not finish "
-            f"a round of {segments} segment(s) ({spans} span(s)) in "
-            f"{time.monotonic() - started:.1f} s (stopped or stuck) and were killed"
+            f"a round of {segments} segment(s) ({spans} span(s)) in {now - started:.1f} s "
+            f"(stopped or stuck) and were killed"
         )
         self.kill()
 

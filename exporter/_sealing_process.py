@@ -89,7 +89,7 @@ _START_TIMEOUT = 60.0
 _STALL_SECONDS = 30.0
 #: A child reads and admits ~50 MB of frames a second on a 2-core machine.
 _STALL_SECONDS_PER_BYTE = 1e-6
-#: How often the watch thread looks for a write that outlasted its allowance.
+#: How often a watch thread (start_watch()) looks for a deadline that passed.
 _WATCH_INTERVAL = 1.0
 _BOOT = (
     "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
@@ -391,6 +391,21 @@ def child_replies(label: str) -> io.BufferedWriter:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     logging.basicConfig(format=f"%(levelname)s %(name)s [{label}]: %(message)s")
     return out
+
+
+def start_watch(check: Callable[[float], None], name: str) -> threading.Event:
+    """Start a daemon thread, named *name*, that calls *check* with the monotonic
+    time every :data:`_WATCH_INTERVAL` seconds until the returned event is set: the
+    watch that kills a child which keeps the parent waiting past a deadline (the
+    parent keeps the deadline, *check* compares it)."""
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(_WATCH_INTERVAL):
+            check(time.monotonic())
+
+    threading.Thread(target=watch, name=name, daemon=True).start()
+    return stop
 
 
 # -- framing ---------------------------------------------------------------------
@@ -834,16 +849,11 @@ class SealingProcesses:
                 process.kill()
             raise
         self.processes = tuple(processes)
-        # Kills a process a write waits on too long (SealingProcess.check_stall).
-        self._watch_stop = threading.Event()
-        threading.Thread(target=self._watching, name="spanproof-sealing-watch",
-                         daemon=True).start()
+        self._watch_stop = start_watch(self._check_stalls, "spanproof-sealing-watch")
 
-    def _watching(self) -> None:
-        while not self._watch_stop.wait(_WATCH_INTERVAL):
-            now = time.monotonic()
-            for process in self.processes:
-                process.check_stall(now)
+    def _check_stalls(self, now: float) -> None:
+        for process in self.processes:
+            process.check_stall(now)
 
     def _shard(self, trace_id: int) -> int:
         return trace_id % len(self.processes)
