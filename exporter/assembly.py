@@ -45,6 +45,10 @@ from spanproof.verifier.statement import SEAL_REASONS, Completeness
 from .config import ExporterConfig
 from .sealing import Body, ChainPosition, body_span_id
 
+#: Spans of a trace dropped for want of room (see TraceAssembler.drop()), waiting to
+#: be declared: how many, and the notes given with them.
+_Lost = tuple[int, tuple[str, ...]]
+
 __all__ = [
     "FORCE_FLUSH",
     "IDLE_TIMEOUT",
@@ -144,11 +148,9 @@ class TraceAssembler:
         self._ready: OrderedDict[str, str] = OrderedDict()
         self._roots: OrderedDict[str, float] = OrderedDict()
         self._sealed: OrderedDict[str, _Sealed] = OrderedDict()
-        # Spans dropped for traces that had no slot, by trace, and those whose
-        # trace could not even be remembered.
-        self._lost: OrderedDict[str, int] = OrderedDict()
-        # The notes given with those losses (drop()), declared with them.
-        self._lost_notes: dict[str, list[str]] = {}
+        # Spans dropped for traces that had no slot, by trace (with the notes given
+        # with them), and those whose trace could not even be remembered.
+        self._lost: OrderedDict[str, _Lost] = OrderedDict()
         self._untracked_lost = 0
 
     @classmethod
@@ -329,8 +331,8 @@ class TraceAssembler:
         # Declare spans dropped for want of a slot once there is room again, even
         # if their trace sends nothing more: an empty segment stating the loss.
         while self._lost and len(self._ready) < self._max_pending:
-            trace_id, count = self._lost.popitem(last=False)
-            entry = self._declare_lost(trace_id, count, now)
+            trace_id, lost = self._lost.popitem(last=False)
+            entry = self._declare_lost(trace_id, lost, now)
             if entry.position is not None:
                 jobs.append(self._emit(entry, IDLE_TIMEOUT))
                 if not entry.has_work():
@@ -350,10 +352,9 @@ class TraceAssembler:
         if reason not in SEAL_REASONS:
             raise ValueError(f"unknown seal reason {reason!r}")
         jobs = []
-        for trace_id, count in self._lost.items():
-            self._declare_lost(trace_id, count, 0.0)
+        for trace_id, lost in self._lost.items():
+            self._declare_lost(trace_id, lost, 0.0)
         self._lost.clear()
-        self._lost_notes.clear()
         for trace_id, entry in list(self._traces.items()):
             if entry.position is None or not entry.has_work():
                 continue
@@ -429,29 +430,30 @@ class TraceAssembler:
             self._ready[oldest] = IDLE_TIMEOUT
             self._traces[oldest].notes.append(_EVICTED_NOTE.format(self._max_pending))
         entry = self._new_entry(trace_id, now)
-        lost = self._lost.pop(trace_id, 0)
-        if lost:
+        lost = self._lost.pop(trace_id, None)
+        if lost is not None:
             self._take_lost(entry, lost)
         self._traces[trace_id] = entry
         return entry
 
-    def _declare_lost(self, trace_id: str, count: int, now: float) -> _Trace:
+    def _declare_lost(self, trace_id: str, lost: _Lost, now: float) -> _Trace:
         """Give *count* dropped spans of *trace_id* a pending entry that declares them."""
         entry = self._traces.get(trace_id)
         if entry is None:
             entry = self._new_entry(trace_id, now)
             self._traces[trace_id] = entry
-        self._take_lost(entry, count)
+        self._take_lost(entry, lost)
         if entry.trace_id not in self._ready:
             self._open[trace_id] = None
         return entry
 
-    def _take_lost(self, entry: _Trace, count: int) -> None:
-        """Declare on *entry* *count* spans of its trace that were dropped for want of
+    def _take_lost(self, entry: _Trace, lost: _Lost) -> None:
+        """Declare on *entry* the spans of its trace that were dropped for want of
         room, with the notes given with them (see :meth:`drop`)."""
+        count, notes = lost
         entry.dropped += count
         entry.notes.append(_LIMIT_NOTE.format(self._max_pending))
-        entry.notes.extend(self._lost_notes.pop(entry.trace_id, ()))
+        entry.notes.extend(notes)
 
     def _touch(self, entry: _Trace, now: float) -> None:
         trace_id = entry.trace_id
@@ -465,14 +467,12 @@ class TraceAssembler:
             self._roots[trace_id] = now + self._grace
 
     def _count_lost(self, trace_id: str, count: int = 1, note: str | None = None) -> None:
-        self._lost[trace_id] = self._lost.get(trace_id, 0) + count
-        if note is not None:
-            notes = self._lost_notes.setdefault(trace_id, [])
-            if note not in notes:
-                notes.append(note)
+        held, notes = self._lost.get(trace_id, (0, ()))
+        if note is not None and note not in notes:
+            notes += (note,)
+        self._lost[trace_id] = (held + count, notes)
         if len(self._lost) > self._max_pending:
-            oldest, forgotten = self._lost.popitem(last=False)
-            self._lost_notes.pop(oldest, None)
+            _, (forgotten, _) = self._lost.popitem(last=False)
             self._untracked_lost += forgotten
 
     def _emit(self, entry: _Trace, reason: str) -> SealJob:
