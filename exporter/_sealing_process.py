@@ -562,9 +562,9 @@ class SealingProcess:
         # While a write is under way: when it began and when it must be done by
         # (see check_stall()).
         self._writing: tuple[float, float] | None = None
-        #: Why check_stall() killed the child (None while it has not): the error
-        #: the write under way then raises.
-        self.stalled: str | None = None
+        # Why check_stall() killed the child (None while it has not): the error
+        # the write under way then raises.
+        self._stalled: str | None = None
         try:
             self._write(("start", dict(settings), key_seed, producer_instance, recover,
                          self._settled.fileno()))
@@ -690,7 +690,7 @@ class SealingProcess:
 
     def _write_locked(self, frame: bytes) -> None:
         if self._dead:
-            raise SealingProcessError(self.stalled or "the sealing process has exited")
+            raise SealingProcessError(self._stalled or "the sealing process has exited")
         now = time.monotonic()
         self._writing = (now, now + _STALL_SECONDS + len(frame) * _STALL_SECONDS_PER_BYTE)
         try:
@@ -700,7 +700,7 @@ class SealingProcess:
         except (OSError, ValueError) as e:
             self._dead = True
             raise SealingProcessError(
-                self.stalled or f"the sealing process exited (code {self._proc.poll()})"
+                self._stalled or f"the sealing process exited (code {self._proc.poll()})"
             ) from e
         finally:
             self._writing = None
@@ -716,9 +716,9 @@ class SealingProcess:
         spans are sealed in this process), and the spans the child held are
         declared lost.  Any thread."""
         writing = self._writing
-        if writing is None or now < writing[1] or self.stalled is not None:
+        if writing is None or now < writing[1] or self._stalled is not None:
             return
-        self.stalled = (f"the sealing process {self._proc.pid} did not take a write in "
+        self._stalled = (f"the sealing process {self._proc.pid} did not take a write in "
                         f"{now - writing[0]:.1f} s (stopped, or stuck) and was killed")
         try:
             self._proc.kill()
