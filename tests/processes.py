@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -47,3 +49,15 @@ def returns_within(call: Callable[[], object], seconds: float, what: str) -> Non
     thread.start()
     thread.join(seconds)
     assert not thread.is_alive(), f"{what} did not return within {seconds} s"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    """Poll *predicate* until it returns something truthy; fail after *timeout* seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -171,18 +171,6 @@ def raw_records(path: str) -> dict[str, bytes]:
         lines = f.read().split(b"\n")[1:-2]  # SPEC §7.1: header, records, "]}", ""
     records = [line.removesuffix(b",") for line in lines]
     return {json.loads(line)["span"]["spanId"]: line for line in records}
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    """Poll *predicate* until it returns something truthy; fail after *timeout* seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
 
 
 # -- the receiver as a process ------------------------------------------------------

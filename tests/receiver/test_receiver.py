@@ -10,6 +10,7 @@ import urllib.request
 
 import grpc
 import pytest
+from processes import wait_for
 from receiver_support import (
     TRACE_A,
     TRACE_B,
@@ -23,7 +24,6 @@ from receiver_support import (
     span_ids,
     trust_root,
     verified,
-    wait_for,
 )
 
 from spanproof.exporter.otlp_server import Unavailable

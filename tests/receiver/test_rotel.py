@@ -15,7 +15,8 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from receiver_support import ReceiverProcess, bundle_paths, trust_root, wait_for, write_key
+from processes import wait_for
+from receiver_support import ReceiverProcess, bundle_paths, trust_root, write_key
 
 from benchmarks.run import rotel_env
 from spanproof.verifier import check_bundle

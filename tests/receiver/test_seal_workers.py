@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 
 import orjson
 import pytest
-from processes import child_pids, needs_proc, returns_within, running
+from processes import child_pids, needs_proc, returns_within, running, wait_for
 from receiver_support import (
     TRACE_A,
     TRACE_B,
@@ -31,7 +31,6 @@ from receiver_support import (
     span_ids,
     trust_root,
     verified,
-    wait_for,
     write_key,
 )
 
