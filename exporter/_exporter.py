@@ -8,7 +8,9 @@ them through the sink; file I/O and signing never happen on the caller's thread.
 With ``sealing_process`` on, ``export()`` only selects and hands the fields of the
 selected spans to a child process that runs this same exporter in-process
 (:mod:`spanproof.exporter._sealing_process`); if that process cannot start or exits,
-this process seals instead (logged).
+this process seals instead (logged), and starts sealing processes again a minute
+later (under a producer instance of their own; the traces this process holds by
+then stay here).
 
 Locks: ``_lock`` guards the assembler and the sealer's state (held briefly, never
 during signing or I/O); ``_seal_lock`` makes sealing cycles (worker, ``force_flush``,
@@ -82,6 +84,12 @@ _PROCESS_LOST_NOTE = (
 _RETRY_SECONDS = 1.0
 _BACKOFF_SECONDS = 0.05
 _MIN_SHUTDOWN_SECONDS = 5.0
+#: Seconds after the sealing processes were lost (or could not start) before the
+#: exporter, sealing in the application's process meanwhile, starts them again;
+#: twice as long after each loss or failed start, up to _MAX_RESTART_SECONDS, and
+#: back to this after processes that ran that long.
+_RESTART_SECONDS = 60.0
+_MAX_RESTART_SECONDS = 3600.0
 # Bundles written or waiting for the writer thread at most.
 _MAX_IN_FLIGHT = 256
 
@@ -155,7 +163,7 @@ class SpanproofSpanExporter(SpanExporter):
             and hands selected spans over.  A number N >= 2 starts N processes,
             each sealing the traces whose id is its number modulo N.  Needs the
             default *clock* and *sink*.  If a process cannot start, or exits, this
-            process seals (logged).
+            process seals (logged) until new ones start, a minute later.
 
     Raises:
         ValueError: a malformed argument or a malformed variable that is not a
@@ -289,45 +297,106 @@ class SpanproofSpanExporter(SpanExporter):
         self._remote: SealingProcesses | None = None
         # After a fork, the sealing process starts on the first export.
         self._start_pending = False
+        # When (time.monotonic()) to start sealing processes again after losing them
+        # (None: not due), the wait after the next loss, and when the ones running
+        # started.
+        self._restart_at: float | None = None
+        self._restart_wait = _RESTART_SECONDS
+        self._remote_since = 0.0
+        # Set when sealing processes started again: the traces this process holds
+        # by then (pending or remembered, see TraceAssembler.holds) stay here.
+        self._holds_traces = False
 
     def _start_sealing(self) -> None:
         """Start the sealing process when configured; otherwise, or when it cannot
         start, seal here (with this process's witness submitter)."""
         if self._config.sealing_process:
-            self._remote = self._spawn()
+            self._remote = self._spawn(self._producer.instance, recover=True)
+            self._remote_since = time.monotonic()
         if self._remote is None:
             self._submitter = self._start_submitter()
 
-    def _spawn(self) -> SealingProcesses | None:
+    def _spawn(self, instance: str, *, recover: bool) -> SealingProcesses | None:
+        """The sealing processes, started under producer *instance*; None (logged,
+        and a start again scheduled) when they cannot start."""
         settings = {
             name: value for name, value in dataclasses.asdict(self._config).items()
             if name not in ("key_file", "sealing_process")
         }
         seed = self._signer.seed
         try:
-            return SealingProcesses(settings, seed, self._producer.instance,
-                                    self._config.sealing_process)
+            return SealingProcesses(settings, seed, instance, self._config.sealing_process,
+                                    recover=recover)
         except (OSError, SealingProcessError) as e:
+            wait = self._schedule_restart(lived=None)
             _logger.error("spanproof: cannot start the sealing process (%s); sealing in "
-                          "this process instead", e)
+                          "this process instead, and trying again in %g s", e, wait)
             return None
+
+    def _schedule_restart(self, *, lived: float | None) -> float:
+        """Have the next export start sealing processes again after a wait (returned,
+        in seconds): twice as long as the last, unless the ones lost ran for
+        *lived* seconds, at least as long as the longest wait."""
+        if lived is not None and lived >= _MAX_RESTART_SECONDS:
+            self._restart_wait = _RESTART_SECONDS
+        wait = self._restart_wait
+        self._restart_at = time.monotonic() + wait
+        self._restart_wait = min(2 * wait, _MAX_RESTART_SECONDS)
+        return wait
+
+    def _restart_sealing(self) -> None:
+        """Start sealing processes again, in a thread of their own (a start takes
+        about half a second, which export() does not wait for).  They seal under a
+        producer instance of their own: this process goes on with its chains, and
+        keeps the traces it holds (see :meth:`_export`)."""
+        self._restart_at = None
+        thread = threading.Thread(target=self._start_again, name="spanproof-sealing-start",
+                                  daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # the interpreter is shutting down
+            pass
+
+    def _start_again(self) -> None:
+        remote = self._spawn(_new_producer().instance, recover=False)
+        if remote is None:
+            return
+        with self._cond:
+            late = self._shutdown or self._remote is not None
+            if not late:
+                self._holds_traces = True
+                self._remote_since = time.monotonic()
+                self._remote = remote
+        if late:
+            # shutdown() ran meanwhile: nothing was sent to them, so they exit at once.
+            remote.close(_MIN_SHUTDOWN_SECONDS)
+            return
+        _logger.warning("spanproof: sealing process(es) started again (pids %s, producer "
+                        "instance %s); the traces this process holds are sealed here",
+                        ", ".join(str(process.pid) for process in remote.processes),
+                        remote.instance)
 
     def _lose_remote(self, error: Exception) -> None:
         """A sealing process is gone: seal here from now on, as a new producer
         instance (this process does not know the chain positions the sealing
         processes reached, and an instance must continue its own chains, SPEC §4.4).
         The other sealing processes, if any, seal what they hold and exit."""
-        remote, self._remote = self._remote, None
+        with self._cond:
+            remote, self._remote = self._remote, None
         if remote is None:
             return
         gone = remote.give_up()
-        self._producer = _new_producer()
+        if self._producer.instance == remote.instance:
+            self._producer = _new_producer()
         others = len(remote.processes) - 1
+        wait = self._schedule_restart(lived=time.monotonic() - self._remote_since)
         _logger.error("spanproof: %s; the spans it held are lost (not sealed), %sand this "
-                      "process seals from now on", error,
-                      f"the other {others} seal what they hold and exit, " if others else "")
+                      "process seals until sealing processes start again in %g s", error,
+                      f"the other {others} seal what they hold and exit, " if others else "",
+                      wait)
         self._declare_lost_with(gone, start_sealer=True)
-        self._submitter = self._start_submitter()
+        if self._submitter is None:
+            self._submitter = self._start_submitter()
 
     def _declare_lost_with(self, gone: Sequence[SealingProcess], *, start_sealer: bool) -> None:
         """Declare the spans each sealing process in *gone* held unsettled as
@@ -432,7 +501,16 @@ class SpanproofSpanExporter(SpanExporter):
             self._start_pending = False
             self._start_sealing()
         if self._remote is None:  # no sealing process: seal here
+            if self._restart_at is not None and time.monotonic() >= self._restart_at:
+                self._restart_sealing()
             rejected = 0 if self._admit_spans(selected, roots) else 1
+        elif self._holds_traces and (selected or roots):
+            # Since the sealing processes started again, a trace this process holds
+            # stays here: its chain is this process's instance's.
+            here, here_roots, selected, roots = self._held_here(selected, roots)
+            rejected = self._send(selected, roots)
+            if (here or here_roots) and not self._admit_spans(here, here_roots):
+                rejected += 1
         else:
             rejected = self._send(selected, roots)
         return SpanExportResult.FAILURE if failed or rejected else SpanExportResult.SUCCESS
@@ -459,6 +537,27 @@ class SpanproofSpanExporter(SpanExporter):
             self._lose_remote(e)
             return failed or (0 if self._admit_bodies(e.spans, e.rejected, e.roots) else 1)
         return failed
+
+    def _held_here(
+        self, spans: Sequence[ReadableSpan], roots: Sequence[str]
+    ) -> tuple[list[ReadableSpan], list[str], list[ReadableSpan], list[str]]:
+        """*spans* and *roots* split into those of traces this process holds and
+        the others (for the sealing processes)."""
+        here: list[ReadableSpan] = []
+        there: list[ReadableSpan] = []
+        here_roots: list[str] = []
+        there_roots: list[str] = []
+        with self._cond:
+            holds = self._assembler.holds
+            for span in spans:
+                try:
+                    trace_id = _trace_id_of(span)
+                except Exception:
+                    trace_id = None  # the sealing processes' path reports it
+                (here if trace_id is not None and holds(trace_id) else there).append(span)
+            for root in roots:
+                (here_roots if holds(root) else there_roots).append(root)
+        return here, here_roots, there, there_roots
 
     def _normalize_all(
         self, spans: Sequence[Any]
@@ -557,16 +656,20 @@ class SpanproofSpanExporter(SpanExporter):
         """
         if self._shutdown:
             return False
+        deadline = time.monotonic() + timeout_millis / 1000
         remote = self._remote
         if remote is not None:
             try:
-                return remote.request("flush", timeout_millis / 1000)
+                done = remote.request("flush", timeout_millis / 1000)
             except SealingProcessError as e:
                 self._lose_remote(e)
                 return False
-        deadline = time.monotonic() + timeout_millis / 1000
+            if not self._holds_traces:
+                return done
+        else:
+            done = True
         try:
-            return self._cycle(flush=True, deadline=deadline)
+            return self._cycle(flush=True, deadline=deadline) and done
         except Exception:
             _logger.exception("spanproof: force_flush failed")
             return False
@@ -591,7 +694,7 @@ class SpanproofSpanExporter(SpanExporter):
         remote, self._remote = self._remote, None
         if remote is not None:
             gone = self._stop_remote(remote, deadline)
-            if gone:
+            if gone and self._producer.instance == remote.instance:
                 self._producer = _new_producer()  # sealing here: see _lose_remote
                 self._declare_lost_with(gone, start_sealer=False)
                 if self._submitter is None:

@@ -823,16 +823,18 @@ class SealingProcesses:
     the traces by trace id (every span and root of a trace goes to the same one,
     so each trace's chain stays in one process).
 
-    All run under the parent's producer instance; as no two hold the same trace,
-    each (trace, instance) chain still has one writer (SPEC §4.4).  The first
-    alone finishes what an earlier run left in the output directory.
+    All run under one producer instance (*producer_instance*, the parent's own
+    unless it started them again after losing the first ones); as no two hold the
+    same trace, each (trace, instance) chain still has one writer (SPEC §4.4).
+    With *recover*, the first alone finishes what an earlier run left in the
+    output directory.
 
     Raises:
         SealingProcessError: a process could not start (all are stopped).
     """
 
     def __init__(self, settings: Mapping[str, Any], key_seed: bytes,
-                 producer_instance: str, count: int = 1) -> None:
+                 producer_instance: str, count: int = 1, *, recover: bool = True) -> None:
         if count < 1:
             raise ValueError("count must be >= 1")
         shard = _shard_settings(settings, count)
@@ -841,7 +843,7 @@ class SealingProcesses:
         try:
             for number in range(count):
                 processes.append(SealingProcess(shard, key_seed, producer_instance,
-                                                recover=number == 0))
+                                                recover=recover and number == 0))
             for process in processes:
                 process.wait_ready(deadline)
         except (OSError, SealingProcessError):
@@ -849,6 +851,8 @@ class SealingProcesses:
                 process.kill()
             raise
         self.processes = tuple(processes)
+        #: The producer instance the processes seal under.
+        self.instance = producer_instance
         self._watch_stop = start_watch(self._check_stalls, "spanproof-sealing-watch")
 
     def _check_stalls(self, now: float) -> None:

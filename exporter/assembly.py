@@ -176,6 +176,11 @@ class TraceAssembler:
         """Traces held in memory (open, due, or with a segment in flight)."""
         return len(self._traces)
 
+    def holds(self, trace_id: str) -> bool:
+        """Whether the trace's next span belongs here: it is pending, remembered as
+        sealed (its chain continues here), or has a loss waiting to be declared."""
+        return trace_id in self._traces or trace_id in self._sealed or trace_id in self._lost
+
     # -- input -----------------------------------------------------------------
 
     def add(
