@@ -358,6 +358,8 @@ class SpanproofSpanExporter(SpanExporter):
             pass
 
     def _start_again(self) -> None:
+        """The thread :meth:`_restart_sealing` starts: start the processes, and hand
+        them the traces this process does not hold (unless shutdown() began)."""
         remote = self._spawn(_new_producer().instance, recover=False)
         if remote is None:
             return
@@ -377,10 +379,11 @@ class SpanproofSpanExporter(SpanExporter):
                         remote.instance)
 
     def _lose_remote(self, error: Exception) -> None:
-        """A sealing process is gone: seal here from now on, as a new producer
-        instance (this process does not know the chain positions the sealing
-        processes reached, and an instance must continue its own chains, SPEC §4.4).
-        The other sealing processes, if any, seal what they hold and exit."""
+        """A sealing process is gone: seal here until new ones start (see
+        :meth:`_schedule_restart`), as a new producer instance when this process
+        shared theirs (it does not know the chain positions they reached, and an
+        instance must continue its own chains, SPEC §4.4).  The other sealing
+        processes, if any, seal what they hold and exit."""
         with self._cond:
             remote, self._remote = self._remote, None
         if remote is None:
@@ -694,8 +697,9 @@ class SpanproofSpanExporter(SpanExporter):
         remote, self._remote = self._remote, None
         if remote is not None:
             gone = self._stop_remote(remote, deadline)
-            if gone and self._producer.instance == remote.instance:
-                self._producer = _new_producer()  # sealing here: see _lose_remote
+            if gone:
+                if self._producer.instance == remote.instance:
+                    self._producer = _new_producer()  # sealing here: see _lose_remote
                 self._declare_lost_with(gone, start_sealer=False)
                 if self._submitter is None:
                     # The declaration sealed below goes to the witness as the

@@ -402,6 +402,34 @@ def test_a_second_loss_keeps_this_process_chains_and_waits_twice_as_long(
     assert _by_instance(reports_) == {here: {*held, *lost_there}}
 
 
+def test_a_process_started_again_that_shutdown_finds_gone_has_its_loss_declared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_exporter_module, "_RESTART_SECONDS", 0.0)
+    rec = Recorder()
+    exporter = _exporter(tmp_path / "out")  # a 30 s grace: the child holds its trace
+    _kill(_only_process(exporter))
+    sealed_here = _trace(rec, steps=1)
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+    here = exporter.producer.instance
+    assert exporter.export([]) is SpanExportResult.SUCCESS
+    remote = wait_for(lambda: exporter._remote, what="the sealing process to start again")
+    _trace(rec, steps=2)
+    lost = rec.take()
+    assert exporter.export(lost) is SpanExportResult.SUCCESS
+    (process,) = remote.processes
+    assert process.unsettled() == 2
+    _kill(process)
+    exporter.shutdown()
+    reports_ = verified(tmp_path / "out", trust_root(tmp_path), allow_incomplete=True)
+    assert _by_instance(reports_) == {here: set(sealed_here)}
+    (declaration,) = [r.statement for r in reports_
+                      if r.statement is not None and r.statement.record_count == 0]
+    assert declaration.trace_id == f"{lost[0].get_span_context().trace_id:032x}"
+    assert declaration.completeness.dropped_spans == 2
+    assert declaration.producer.instance == here
+
+
 def test_sealing_processes_that_cannot_start_are_tried_again_with_a_growing_wait(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
