@@ -295,8 +295,14 @@ class SpanproofSpanExporter(SpanExporter):
             tuple[SealedBundle, concurrent.futures.Future[str | Exception]]
         ] = collections.deque()
         self._remote: SealingProcesses | None = None
-        # After a fork, the sealing process starts on the first export.
+        # Held while the sealing processes are taken away (lost, or stopped by
+        # shutdown()), so a shutdown waits for a loss under way to be declared.
+        self._remote_lock = threading.Lock()
+        # After a fork, the sealing process starts on the first export (which the
+        # other exporting threads wait for: meanwhile they would seal here, under
+        # the instance the processes are about to share).
         self._start_pending = False
+        self._start_lock = threading.Lock()
         # When (time.monotonic()) to start sealing processes again after losing them
         # (None: not due), the wait after the next loss, and when the ones running
         # started.
@@ -328,6 +334,9 @@ class SpanproofSpanExporter(SpanExporter):
             return SealingProcesses(settings, seed, instance, self._config.sealing_process,
                                     recover=recover)
         except (OSError, SealingProcessError) as e:
+            if self._shutdown:
+                _logger.error("spanproof: cannot start the sealing process (%s)", e)
+                return None
             wait = self._schedule_restart(lived=None)
             _logger.error("spanproof: cannot start the sealing process (%s); sealing in "
                           "this process instead, and trying again in %g s", e, wait)
@@ -349,13 +358,19 @@ class SpanproofSpanExporter(SpanExporter):
         about half a second, which export() does not wait for).  They seal under a
         producer instance of their own: this process goes on with its chains, and
         keeps the traces it holds (see :meth:`_export`)."""
-        self._restart_at = None
+        with self._cond:
+            due = self._restart_at
+            if due is None or time.monotonic() < due:
+                return  # another exporting thread took it
+            self._restart_at = None
         thread = threading.Thread(target=self._start_again, name="spanproof-sealing-start",
                                   daemon=True)
         try:
             thread.start()
-        except RuntimeError:  # the interpreter is shutting down
-            pass
+        except RuntimeError as e:  # no thread to be had now, or the interpreter exits
+            wait = self._schedule_restart(lived=None)
+            _logger.error("spanproof: cannot start a thread to start the sealing process "
+                          "(%s); trying again in %g s", e, wait)
 
     def _start_again(self) -> None:
         """The thread :meth:`_restart_sealing` starts: start the processes, and hand
@@ -378,28 +393,34 @@ class SpanproofSpanExporter(SpanExporter):
                         ", ".join(str(process.pid) for process in remote.processes),
                         remote.instance)
 
-    def _lose_remote(self, error: Exception) -> None:
+    def _lose_remote(self, remote: SealingProcesses, error: Exception) -> None:
         """A sealing process is gone: seal here until new ones start (see
         :meth:`_schedule_restart`), as a new producer instance when this process
         shared theirs (it does not know the chain positions they reached, and an
         instance must continue its own chains, SPEC §4.4).  The other sealing
-        processes, if any, seal what they hold and exit."""
-        with self._cond:
-            remote, self._remote = self._remote, None
-        if remote is None:
-            return
-        gone = remote.give_up()
-        if self._producer.instance == remote.instance:
-            self._producer = _new_producer()
-        others = len(remote.processes) - 1
-        wait = self._schedule_restart(lived=time.monotonic() - self._remote_since)
-        _logger.error("spanproof: %s; the spans it held are lost (not sealed), %sand this "
-                      "process seals until sealing processes start again in %g s", error,
-                      f"the other {others} seal what they hold and exit, " if others else "",
-                      wait)
-        self._declare_lost_with(gone, start_sealer=True)
-        if self._submitter is None:
-            self._submitter = self._start_submitter()
+        processes, if any, seal what they hold and exit.  Nothing is done when
+        *remote* is no longer the current group (another thread lost it first, or
+        shutdown() took it)."""
+        with self._remote_lock:
+            with self._cond:
+                if self._remote is not remote:
+                    return
+                # Together: a span admitted here once _remote is None is sealed under
+                # the new instance, never under the one the processes shared.
+                if self._producer.instance == remote.instance:
+                    self._producer = _new_producer()
+                self._remote = None
+            gone = remote.give_up()
+            others = len(remote.processes) - 1
+            wait = self._schedule_restart(lived=time.monotonic() - self._remote_since)
+            _logger.error("spanproof: %s; the spans it held are lost (not sealed), %sand "
+                          "this process seals until sealing processes start again in %g s",
+                          error,
+                          f"the other {others} seal what they hold and exit, " if others
+                          else "", wait)
+            self._declare_lost_with(gone, start_sealer=True)
+            if self._submitter is None:
+                self._submitter = self._start_submitter()
 
     def _declare_lost_with(self, gone: Sequence[SealingProcess], *, start_sealer: bool) -> None:
         """Declare the spans each sealing process in *gone* held unsettled as
@@ -501,34 +522,37 @@ class SpanproofSpanExporter(SpanExporter):
             return SpanExportResult.FAILURE
         selected, roots, failed = select_spans(self._selector, spans)
         if self._start_pending:
-            self._start_pending = False
-            self._start_sealing()
-        if self._remote is None:  # no sealing process: seal here
-            if self._restart_at is not None and time.monotonic() >= self._restart_at:
+            with self._start_lock:
+                if self._start_pending:
+                    self._start_sealing()
+                    self._start_pending = False
+        remote = self._remote
+        if remote is None:  # no sealing process: seal here
+            due = self._restart_at
+            if due is not None and time.monotonic() >= due:
                 self._restart_sealing()
             rejected = 0 if self._admit_spans(selected, roots) else 1
         elif self._holds_traces and (selected or roots):
             # Since the sealing processes started again, a trace this process holds
             # stays here: its chain is this process's instance's.
             here, here_roots, selected, roots = self._held_here(selected, roots)
-            rejected = self._send(selected, roots)
+            rejected = self._send(remote, selected, roots)
             if (here or here_roots) and not self._admit_spans(here, here_roots):
                 rejected += 1
         else:
-            rejected = self._send(selected, roots)
+            rejected = self._send(remote, selected, roots)
         return SpanExportResult.FAILURE if failed or rejected else SpanExportResult.SUCCESS
 
-    def _send(self, spans: Sequence[ReadableSpan], roots: Sequence[str]) -> int:
+    def _send(self, remote: SealingProcesses, spans: Sequence[ReadableSpan],
+              roots: Sequence[str]) -> int:
         """Hand *spans* and *roots* to the sealing processes; what a process that
         is gone was to get is sealed here.  Returns how many spans could not be
         certified (or 1 when the exporter shut down meanwhile)."""
-        remote = self._remote
-        assert remote is not None
         try:
             remote.send_spans(spans, roots)
             return 0
         except SealingProcessUnreachable as e:
-            self._lose_remote(e)
+            self._lose_remote(remote, e)
             return 0 if self._admit_spans(e.spans, e.roots) else 1
         except Exception:
             # A value pickle cannot carry (nothing was sent): normalize here, send
@@ -537,7 +561,7 @@ class SpanproofSpanExporter(SpanExporter):
         try:
             remote.send_bodies(bodies, rejected, roots)
         except SealingProcessUnreachable as e:
-            self._lose_remote(e)
+            self._lose_remote(remote, e)
             return failed or (0 if self._admit_bodies(e.spans, e.rejected, e.roots) else 1)
         return failed
 
@@ -665,7 +689,7 @@ class SpanproofSpanExporter(SpanExporter):
             try:
                 done = remote.request("flush", timeout_millis / 1000)
             except SealingProcessError as e:
-                self._lose_remote(e)
+                self._lose_remote(remote, e)
                 return False
             if not self._holds_traces:
                 return done
@@ -694,17 +718,21 @@ class SpanproofSpanExporter(SpanExporter):
             self._cond.notify_all()
             thread = self._thread
         deadline = time.monotonic() + max(timeout_millis / 1000, _MIN_SHUTDOWN_SECONDS)
-        remote, self._remote = self._remote, None
-        if remote is not None:
-            gone = self._stop_remote(remote, deadline)
-            if gone:
-                if self._producer.instance == remote.instance:
-                    self._producer = _new_producer()  # sealing here: see _lose_remote
-                self._declare_lost_with(gone, start_sealer=False)
-                if self._submitter is None:
-                    # The declaration sealed below goes to the witness as the
-                    # children's bundles did (theirs: the next start's scan).
-                    self._submitter = self._start_submitter(catch_up=False)
+        # After a loss under way is declared (see _lose_remote), which the drain below
+        # then seals.
+        with self._remote_lock:
+            with self._cond:
+                remote, self._remote = self._remote, None
+            if remote is not None:
+                gone = self._stop_remote(remote, deadline)
+                if gone:
+                    if self._producer.instance == remote.instance:
+                        self._producer = _new_producer()  # sealing here: see _lose_remote
+                    self._declare_lost_with(gone, start_sealer=False)
+                    if self._submitter is None:
+                        # The declaration sealed below goes to the witness as the
+                        # children's bundles did (theirs: the next start's scan).
+                        self._submitter = self._start_submitter(catch_up=False)
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))
         try:

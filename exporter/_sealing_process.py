@@ -64,6 +64,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -546,11 +547,12 @@ class SealingProcess:
         self._proc = spawn_child("_sealing_process", "child_main", bufsize=0,
                                  pass_fds=(self._settled.fileno(),))
         assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._stdin = self._proc.stdin
+        self._stdout = self._proc.stdout
+        _STARTED.add(self)
         self._sent = 0
         #: The trace of the last span sent, where a loss is declared (unsettled()).
         self.last_trace: str | None = None
-        self._stdin = self._proc.stdin
-        self._stdout = self._proc.stdout
         self._lock = threading.Lock()
         self._requests = 0
         self._resources = _Numbering(resource_fields)
@@ -802,6 +804,22 @@ class SealingProcess:
             except OSError:
                 pass
 
+
+#: Every sealing process this process started (weakly held).  A forked process
+#: abandons them all, also those of a group still starting in another thread, which
+#: no exporter holds yet: its copies of their pipes would keep them from seeing
+#: their input close.
+_STARTED: weakref.WeakSet[SealingProcess] = weakref.WeakSet()
+
+
+def _abandon_all_in_child() -> None:
+    for process in list(_STARTED):
+        process.abandon()
+    _STARTED.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_abandon_all_in_child)
 
 #: How long :meth:`SealingProcesses.give_up` waits for a write under way to a process
 #: before leaving that write to close the process's input.

@@ -313,6 +313,22 @@ def test_sealed_trace_memory_is_bounded() -> None:
     assert jobs[T2].position.segment_index == 1
 
 
+def test_holds_a_trace_pending_remembered_or_owed_a_loss_and_no_other() -> None:
+    # What an exporter whose sealing processes started again keeps sealing itself.
+    t4, t5 = "44" * 16, "55" * 16
+    asm = assembler(max_pending_traces=1, sealed_trace_memory=1)
+    asm.add(T1, body(T1, 0), now=0.0)
+    asm.root_ended(T1, now=0.0)
+    seal_all(asm, asm.due(5.0))  # T1: remembered as sealed
+    asm.add(T2, body(T2, 0), now=6.0)
+    asm.add(T3, body(T3, 0), now=6.0)  # T2 is sealed early for room; both pending
+    asm.add(t4, body(t4, 0), now=6.0)  # no room at all: t4's loss waits
+    assert asm.pending_traces == 2 and list(asm._lost) == [t4]
+    assert [asm.holds(t) for t in (T1, T2, T3, t4, t5)] == [True, True, True, True, False]
+    seal_all(asm, asm.drain_all("shutdown"))
+    assert not asm.holds(T1)  # forgotten: the sealed trace memory keeps one
+
+
 def test_no_sealed_trace_memory_forgets_from_the_start() -> None:
     assert assembler(sealed_trace_memory=0).forgot_sealed
     assert not assembler().forgot_sealed

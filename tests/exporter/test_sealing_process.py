@@ -324,8 +324,10 @@ def test_sealing_processes_start_again_and_the_traces_held_here_stay_here(
         time.sleep(0.3)
         sealed_here = _trace(rec, steps=1)  # the export that starts them is sealed here
         assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
-        remote = wait_for(lambda: exporter._remote, what="the sealing process to start again")
-    assert "sealing process(es) started again (pids " in caplog.text
+        wait_for(lambda: "sealing process(es) started again (pids " in caplog.text,
+                 what="the sealing process to start again")
+    remote = exporter._remote
+    assert remote is not None
     assert [start["recover"] for start in starts] == [True, False]  # the first run's alone
     assert remote.instance not in (first, here)
     held.append(_evidence_child(rec, held_root, "llm-held-2"))
@@ -485,6 +487,340 @@ def test_sealing_processes_started_again_during_shutdown_are_stopped(
     assert exporter._remote is None
     (report,) = verified(tmp_path / "out", trust_root(tmp_path))
     assert record_span_ids(report) == ids
+
+
+def test_the_wait_is_back_to_its_start_after_processes_that_ran_the_longest_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(_exporter_module, "_RESTART_SECONDS", 0.2)
+    monkeypatch.setattr(_exporter_module, "_MAX_RESTART_SECONDS", 1.5)
+    exporter = _exporter(tmp_path / "out")
+    waits = []
+    for lives in (0.0, 1.6, 0.0):  # how long each group runs before it is killed
+        time.sleep(lives)
+        remote = exporter._remote
+        assert remote is not None
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="spanproof.exporter._exporter"):
+            _kill(remote.processes[0])
+            assert not exporter.force_flush()  # finds it gone
+        waits.append(caplog.text.split("start again in ")[1].split(" s")[0])
+        time.sleep(float(waits[-1]) + 0.05)
+        assert exporter.export([]) is SpanExportResult.SUCCESS
+        wait_for(lambda: exporter._remote is not None, what="the sealing process to start")
+    exporter.shutdown()
+    # 0.2, doubled to 0.4 next; the group that ran 1.6 s brings it back to 0.2; the
+    # next, killed at once, doubles it again (its own start counts, not the first's).
+    assert waits == ["0.2", "0.2", "0.4"]
+
+
+def test_exports_that_find_a_start_due_together_start_one_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_exporter_module, "_RESTART_SECONDS", 0.0)
+    rec = Recorder()
+    exporter = _exporter(tmp_path / "out")
+    _kill(_only_process(exporter))
+    assert not exporter.force_flush()  # the loss
+    real = _exporter_module.SealingProcesses
+    groups: list[Any] = []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        groups.append(real(*args, **kwargs))
+        return groups[-1]
+
+    monkeypatch.setattr(_exporter_module, "SealingProcesses", spy)
+    # Both threads passed export()'s unlocked look at the due time.
+    both = threading.Barrier(2)
+    restart = exporter._restart_sealing
+
+    def together() -> None:
+        both.wait(5)
+        restart()
+
+    monkeypatch.setattr(exporter, "_restart_sealing", together)
+    ids = [_trace(rec, steps=1) for _ in range(2)]
+    spans = rec.take()
+    results: list[SpanExportResult] = []
+    threads = [threading.Thread(target=lambda part=part: results.append(exporter.export(part)))
+               for part in (spans[:2], spans[2:])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert results == [SpanExportResult.SUCCESS] * 2
+    wait_for(lambda: exporter._remote is not None, what="the sealing process to start")
+    time.sleep(0.5)  # a second start would have finished by now
+    assert len(groups) == 1
+    exporter.shutdown()
+    assert {span_id for r in verified(tmp_path / "out", trust_root(tmp_path))
+            for span_id in record_span_ids(r)} == {i for part in ids for i in part}
+
+
+def test_an_export_that_reads_the_due_time_as_another_takes_it_seals_its_spans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # export() read the due time twice without the lock: when another thread's
+    # start took it in between, comparing with None raised, and the batch was lost.
+    monkeypatch.setattr(_exporter_module, "_RESTART_SECONDS", 0.0)
+    rec = Recorder()
+    exporter = _exporter(tmp_path / "out", seal_grace=0.0)
+    _kill(_only_process(exporter))
+    assert not exporter.force_flush()  # the loss
+    clock = _exporter_module.time
+
+    class Taken:
+        @staticmethod
+        def monotonic() -> float:
+            exporter._restart_at = None  # what another thread's start does now
+            return clock.monotonic()
+
+    ids = _trace(rec)
+    monkeypatch.setattr(_exporter_module, "time", Taken)
+    try:
+        assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+    finally:
+        monkeypatch.setattr(_exporter_module, "time", clock)
+    exporter.shutdown()
+    (report,) = verified(tmp_path / "out", trust_root(tmp_path))
+    assert record_span_ids(report) == ids
+
+
+def test_an_export_whose_processes_another_thread_lost_meanwhile_seals_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # export() asserted that the processes it had seen were still there; when a
+    # force_flush() on another thread lost them in between, the batch was lost.
+    monkeypatch.setattr(_exporter_module, "_RESTART_SECONDS", 0.0)
+    rec = Recorder()
+    exporter = _exporter(tmp_path / "out")
+    _kill(_only_process(exporter))
+    held = _trace(rec, steps=1)
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS  # the loss
+    assert exporter.export([]) is SpanExportResult.SUCCESS
+    _kill(wait_for(lambda: exporter._remote, what="the restart").processes[0])
+    split = exporter._held_here
+
+    def flushed_meanwhile(spans: Any, roots: Any) -> Any:
+        parts = split(spans, roots)
+        flushing = threading.Thread(target=exporter.force_flush, args=(5000,))
+        flushing.start()
+        flushing.join(15)
+        assert exporter._remote is None
+        return parts
+
+    monkeypatch.setattr(exporter, "_held_here", flushed_meanwhile)
+    ids = _trace(rec)
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    certified = {i for r in verified(tmp_path / "out", trust_root(tmp_path))
+                 for i in record_span_ids(r)}
+    assert certified == {*held, *ids}
+
+
+def test_a_failure_of_processes_already_replaced_leaves_the_new_ones_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A thread still holding the lost group (a long force_flush(), a blocked write)
+    # that fails after new processes started must not take the new ones down.
+    monkeypatch.setattr(_exporter_module, "_RESTART_SECONDS", 0.0)
+    exporter = _exporter(tmp_path / "out")
+    lost = exporter._remote
+    assert lost is not None
+    _kill(lost.processes[0])
+    assert not exporter.force_flush()  # the loss
+    assert exporter.export([]) is SpanExportResult.SUCCESS
+    new = wait_for(lambda: exporter._remote, what="the sealing process to start again")
+    exporter._lose_remote(lost, _sealing_process.SealingProcessError("late"))
+    assert exporter._remote is new
+    assert exporter._restart_at is None
+    exporter.shutdown()
+    assert new.processes[0]._proc.returncode == 0
+
+
+def _request(rec: Recorder, trace_id: int, parent: int, name: str) -> list[ReadableSpan]:
+    """A local root under a remote parent (another request of a distributed trace)
+    with one evidence child."""
+    remote = NonRecordingSpan(SpanContext(trace_id, parent, is_remote=True,
+                                          trace_flags=TraceFlags(1)))
+    with rec.tracer.start_as_current_span("request", context=trace.set_span_in_context(remote)):
+        with evidence(rec, name):
+            pass
+    return rec.take()
+
+
+def _segments(out: Path, trace_id: int, instance: str) -> list[str]:
+    """The segment numbers of the trace's bundles under *instance*, as their file
+    names give them (two writers of one chain write one number twice)."""
+    return sorted(name.split("-")[1] for name in os.listdir(out)
+                  if name.startswith(f"{trace_id:032x}-") and f"-{instance}" in name
+                  and name.endswith(".spanproof.json"))
+
+
+def _stretched(monkeypatch: pytest.MonkeyPatch, obj: Any, name: str,
+               release: threading.Event, entered: threading.Event | None = None) -> list[Any]:
+    """Make *obj*.*name* wait for *release* after it ran (a slow call, stretched);
+    the list it returns gets each call's result (before the wait)."""
+    real = getattr(obj, name)
+    results: list[Any] = []
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        results.append(real(*args, **kwargs))
+        if entered is not None:
+            entered.set()
+        release.wait(30)
+        return results[-1]
+
+    monkeypatch.setattr(obj, name, slow)
+    return results
+
+
+def test_a_span_admitted_while_a_loss_is_handled_is_never_sealed_under_the_lost_instance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This process went on sealing under the instance it shared with the lost
+    # processes while it gave them up (up to a second per live process): a trace
+    # they had sealed then got a second segment 0 under that instance.
+    out = tmp_path / "out"
+    rec = Recorder()
+    exporter = _exporter(out, seal_grace=0.0)
+    shared = exporter.producer.instance
+    trace_id = 0x1234567890ABCDEF1234567890ABCDEF
+    assert exporter.export(_request(rec, trace_id, 1, "llm-0")) is SpanExportResult.SUCCESS
+    assert exporter.force_flush()
+    assert _segments(out, trace_id, shared) == ["0000"]
+    remote = exporter._remote
+    assert remote is not None
+    _kill(remote.processes[0])
+    release = threading.Event()
+    _stretched(monkeypatch, remote, "give_up", release)
+    _trace(rec, steps=1)
+    losing = threading.Thread(target=exporter.export, args=(rec.take(),))
+    losing.start()
+    try:
+        wait_for(lambda: exporter._remote is None, what="the loss")
+        assert exporter.export(_request(rec, trace_id, 2, "llm-1")) is SpanExportResult.SUCCESS
+        assert exporter.force_flush()
+    finally:
+        release.set()
+        losing.join(15)
+    exporter.shutdown()
+    assert _segments(out, trace_id, shared) == ["0000"]
+    assert _segments(out, trace_id, exporter.producer.instance) == ["0000"]
+    verified(out, trust_root(tmp_path), allow_incomplete=True)
+
+
+def test_a_loss_under_way_when_shutdown_begins_is_declared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # shutdown() drained an empty assembler while another thread was still giving
+    # the processes up; the declaration of what they held came after, never sealed.
+    out = tmp_path / "out"
+    rec = Recorder()
+    exporter = _exporter(out)  # a 30 s grace: the child holds its trace
+    _trace(rec, steps=1)
+    held = rec.take()
+    assert exporter.export(held) is SpanExportResult.SUCCESS
+    remote = exporter._remote
+    assert remote is not None
+    _kill(remote.processes[0])
+    release = threading.Event()
+    _stretched(monkeypatch, remote, "give_up", release)
+    _trace(rec, steps=1)
+    losing = threading.Thread(target=exporter.export, args=(rec.take(),))
+    losing.start()
+    wait_for(lambda: exporter._remote is None, what="the loss")
+    stopping = threading.Thread(target=exporter.shutdown)
+    stopping.start()
+    wait_for(lambda: exporter._shutdown, what="shutdown to begin")
+    time.sleep(0.3)
+    release.set()
+    losing.join(15)
+    stopping.join(30)
+    assert not stopping.is_alive()
+    sealed = verified(out, trust_root(tmp_path), allow_incomplete=True)
+    (declaration,) = [r.statement for r in sealed
+                      if r.statement is not None and r.statement.record_count == 0]
+    assert declaration.trace_id == f"{held[0].get_span_context().trace_id:032x}"
+    assert declaration.completeness.dropped_spans == 1
+
+
+def test_exports_during_the_start_after_a_fork_wait_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # While the first export after a fork started the sealing processes, other
+    # threads sealed here under the instance the processes were about to share:
+    # two writers of one chain.
+    out = tmp_path / "out"
+    rec = Recorder()
+    exporter = _exporter(out, seal_grace=0.0)
+    exporter._after_fork_in_child()  # what the at-fork handler does in a forked worker
+    instance = exporter.producer.instance
+    release, entered = threading.Event(), threading.Event()
+    _stretched(monkeypatch, _exporter_module, "SealingProcesses", release, entered)
+    trace_id = 0x1234567890ABCDEF1234567890ABCDEF
+    results: list[SpanExportResult] = []
+    exports = [threading.Thread(target=lambda spans=spans: results.append(exporter.export(spans)))
+               for spans in (_request(rec, trace_id, 1, "llm-a"),
+                             _request(rec, trace_id, 2, "llm-b"))]
+    exports[0].start()
+    entered.wait(30)
+    exports[1].start()
+    time.sleep(0.3)
+    assert exports[1].is_alive()  # waiting for the start
+    release.set()
+    for thread in exports:
+        thread.join(15)
+    assert results == [SpanExportResult.SUCCESS] * 2
+    exporter.shutdown()
+    segments = _segments(out, trace_id, instance)  # one chain, whichever way it was cut
+    assert segments == [f"{n:04d}" for n in range(len(segments))]
+    assert sum(len(r.records or ()) for r in verified(out, trust_root(tmp_path))) == 2
+
+
+@pytest.mark.timeout(120)
+def test_a_fork_while_sealing_processes_start_again_leaves_no_copy_of_their_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A group still starting belongs to no exporter yet, so a forked worker kept a
+    # copy of its input pipe: the processes never saw their input close.
+    monkeypatch.setattr(_exporter_module, "_RESTART_SECONDS", 0.0)
+    rec = Recorder()
+    exporter = _exporter(tmp_path / "out")
+    _kill(_only_process(exporter))
+    _trace(rec, steps=1)
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS  # the loss
+    release, entered = threading.Event(), threading.Event()
+    groups = _stretched(monkeypatch, _exporter_module, "SealingProcesses", release, entered)
+    assert exporter.export([]) is SpanExportResult.SUCCESS  # starts them again
+    entered.wait(30)
+    (process,) = groups[0].processes
+    fd, inode = process._stdin.fileno(), os.fstat(process._stdin.fileno()).st_ino
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the forked worker
+        try:
+            state = b"open" if os.fstat(fd).st_ino == inode else b"other"
+        except OSError:
+            state = b"closed"
+        os.write(write_end, state)
+        time.sleep(60)
+        os._exit(0)
+    try:
+        os.close(write_end)
+        state = os.read(read_end, 10)
+        exporter.shutdown()
+        release.set()
+        # shutdown() came first: the late group's input is closed, and it exits.
+        wait_for(lambda: process._proc.poll() is not None, timeout=15,
+                 what="the late sealing process to exit")
+    finally:
+        release.set()
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(read_end)
+    assert state in (b"closed", b"other")
+    assert process._proc.returncode == 0
 
 
 @pytest.mark.parametrize(("lived", "waits"), [
