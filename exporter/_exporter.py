@@ -297,7 +297,8 @@ class SpanproofSpanExporter(SpanExporter):
         self._remote: SealingProcesses | None = None
         # Held while the sealing processes are taken away (lost, or stopped by
         # shutdown()), so a shutdown waits for a loss under way to be declared.
-        self._remote_lock = threading.Lock()
+        # Reentrant: a signal handler that shuts down may interrupt a loss.
+        self._remote_lock = threading.RLock()
         # After a fork, the sealing process starts on the first export (which the
         # other exporting threads wait for: meanwhile they would seal here, under
         # the instance the processes are about to share).
@@ -316,10 +317,18 @@ class SpanproofSpanExporter(SpanExporter):
     def _start_sealing(self) -> None:
         """Start the sealing process when configured; otherwise, or when it cannot
         start, seal here (with this process's witness submitter)."""
+        remote = None
         if self._config.sealing_process:
-            self._remote = self._spawn(self._producer.instance, recover=True)
-            self._remote_since = time.monotonic()
-        if self._remote is None:
+            remote = self._spawn(self._producer.instance, recover=True)
+        with self._cond:
+            late = self._shutdown  # after a fork: shutdown() ran while they started
+            if not late:
+                self._remote = remote
+                self._remote_since = time.monotonic()
+        if late:
+            if remote is not None:
+                remote.close(_MIN_SHUTDOWN_SECONDS)
+        elif remote is None:
             self._submitter = self._start_submitter()
 
     def _spawn(self, instance: str, *, recover: bool) -> SealingProcesses | None:
@@ -401,6 +410,8 @@ class SpanproofSpanExporter(SpanExporter):
         processes, if any, seal what they hold and exit.  Nothing is done when
         *remote* is no longer the current group (another thread lost it first, or
         shutdown() took it)."""
+        if self._remote is not remote:
+            return  # (without waiting for whoever holds the lock)
         with self._remote_lock:
             with self._cond:
                 if self._remote is not remote:
@@ -580,7 +591,7 @@ class SpanproofSpanExporter(SpanExporter):
                 try:
                     trace_id = _trace_id_of(span)
                 except Exception:
-                    trace_id = None  # the sealing processes' path reports it
+                    trace_id = None  # a context that cannot be read: not held here
                 (here if trace_id is not None and holds(trace_id) else there).append(span)
             for root in roots:
                 (here_roots if holds(root) else there_roots).append(root)
@@ -719,8 +730,10 @@ class SpanproofSpanExporter(SpanExporter):
             thread = self._thread
         deadline = time.monotonic() + max(timeout_millis / 1000, _MIN_SHUTDOWN_SECONDS)
         # After a loss under way is declared (see _lose_remote), which the drain below
-        # then seals.
-        with self._remote_lock:
+        # then seals; not past the deadline (a loss that a signal handler running this
+        # interrupted is not waited for: the lock is reentrant).
+        got = self._remote_lock.acquire(timeout=max(0.0, deadline - time.monotonic()))
+        try:
             with self._cond:
                 remote, self._remote = self._remote, None
             if remote is not None:
@@ -733,6 +746,9 @@ class SpanproofSpanExporter(SpanExporter):
                         # The declaration sealed below goes to the witness as the
                         # children's bundles did (theirs: the next start's scan).
                         self._submitter = self._start_submitter(catch_up=False)
+        finally:
+            if got:
+                self._remote_lock.release()
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))
         try:

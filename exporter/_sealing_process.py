@@ -543,13 +543,15 @@ class SealingProcess:
         # behind.
         self._settled = tempfile.TemporaryFile()
         os.ftruncate(self._settled.fileno(), _SETTLED.size)
-        # Unbuffered: select() on the reply pipe sees every byte.
-        self._proc = spawn_child("_sealing_process", "child_main", bufsize=0,
-                                 pass_fds=(self._settled.fileno(),))
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._stdin = self._proc.stdin
-        self._stdout = self._proc.stdout
-        _STARTED.add(self)
+        # Unbuffered: select() on the reply pipe sees every byte.  A fork meanwhile
+        # waits: its process must not keep copies of pipes not yet registered.
+        with _SPAWNING:
+            self._proc = spawn_child("_sealing_process", "child_main", bufsize=0,
+                                     pass_fds=(self._settled.fileno(),))
+            assert self._proc.stdin is not None and self._proc.stdout is not None
+            self._stdin = self._proc.stdin
+            self._stdout = self._proc.stdout
+            _STARTED.add(self)
         self._sent = 0
         #: The trace of the last span sent, where a loss is declared (unsettled()).
         self.last_trace: str | None = None
@@ -558,6 +560,8 @@ class SealingProcess:
         self._resources = _Numbering(resource_fields)
         self._scopes = _Numbering(scope_fields)
         self._dead = False
+        # Set once a shutdown request is written (see _ask_locked).
+        self._shutting_down = False
         # Set when close_input() found a write blocked on the child's full pipe: the
         # write closes the input once it is done.
         self._close_when_written = False
@@ -684,6 +688,9 @@ class SealingProcess:
         seconds); its number, for :meth:`_reply`."""
         self._requests += 1
         self._write_locked(_frame((kind, self._requests, int(timeout * 1000))))
+        if kind == "shutdown":
+            # It reads nothing after this: a later write would be lost unsaid.
+            self._shutting_down = True
         return self._requests
 
     def _write(self, message: Any) -> None:
@@ -693,6 +700,8 @@ class SealingProcess:
     def _write_locked(self, frame: bytes) -> None:
         if self._dead:
             raise SealingProcessError(self._stalled or "the sealing process has exited")
+        if self._shutting_down:
+            raise SealingProcessError("the sealing process was asked to shut down")
         now = time.monotonic()
         self._writing = (now, now + _STALL_SECONDS + len(frame) * _STALL_SECONDS_PER_BYTE)
         try:
@@ -808,18 +817,23 @@ class SealingProcess:
 #: Every sealing process this process started (weakly held).  A forked process
 #: abandons them all, also those of a group still starting in another thread, which
 #: no exporter holds yet: its copies of their pipes would keep them from seeing
-#: their input close.
+#: their input close.  A fork waits while a child is being spawned (_SPAWNING), so
+#: no pipe exists unregistered when it happens.  (subprocess does not run these
+#: handlers: they are os.fork()'s.)
 _STARTED: weakref.WeakSet[SealingProcess] = weakref.WeakSet()
+_SPAWNING = threading.Lock()
 
 
 def _abandon_all_in_child() -> None:
+    _SPAWNING.release()
     for process in list(_STARTED):
         process.abandon()
     _STARTED.clear()
 
 
 if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(after_in_child=_abandon_all_in_child)
+    os.register_at_fork(before=_SPAWNING.acquire, after_in_parent=_SPAWNING.release,
+                        after_in_child=_abandon_all_in_child)
 
 #: How long :meth:`SealingProcesses.give_up` waits for a write under way to a process
 #: before leaving that write to close the process's input.

@@ -526,8 +526,8 @@ def test_exports_that_find_a_start_due_together_start_one_group(
     groups: list[Any] = []
 
     def spy(*args: Any, **kwargs: Any) -> Any:
-        groups.append(real(*args, **kwargs))
-        return groups[-1]
+        groups.append(None)  # counted as it begins
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(_exporter_module, "SealingProcesses", spy)
     # Both threads passed export()'s unlocked look at the due time.
@@ -734,6 +734,7 @@ def test_a_loss_under_way_when_shutdown_begins_is_declared(
     stopping.start()
     wait_for(lambda: exporter._shutdown, what="shutdown to begin")
     time.sleep(0.3)
+    assert stopping.is_alive()  # waiting for the loss to be declared
     release.set()
     losing.join(15)
     stopping.join(30)
@@ -754,7 +755,10 @@ def test_exports_during_the_start_after_a_fork_wait_for_it(
     out = tmp_path / "out"
     rec = Recorder()
     exporter = _exporter(out, seal_grace=0.0)
+    inherited = exporter._remote
+    assert inherited is not None
     exporter._after_fork_in_child()  # what the at-fork handler does in a forked worker
+    _stop_inherited(inherited)
     instance = exporter.producer.instance
     release, entered = threading.Event(), threading.Event()
     _stretched(monkeypatch, _exporter_module, "SealingProcesses", release, entered)
@@ -776,6 +780,133 @@ def test_exports_during_the_start_after_a_fork_wait_for_it(
     segments = _segments(out, trace_id, instance)  # one chain, whichever way it was cut
     assert segments == [f"{n:04d}" for n in range(len(segments))]
     assert sum(len(r.records or ()) for r in verified(out, trust_root(tmp_path))) == 2
+
+
+def _stop_inherited(group: Any) -> None:
+    """Stop what a simulated fork left of the parent's group in this test process
+    (abandoned: its input is closed, so it exits; its watch thread is told)."""
+    group._watch_stop.set()
+    for process in group.processes:
+        process._proc.wait(15)
+
+
+def test_a_shutdown_begun_while_the_start_after_a_fork_runs_stops_what_it_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # shutdown() found no processes and returned; the start then installed them,
+    # and nothing ever stopped them or waited for what was sent to them.
+    rec = Recorder()
+    exporter = _exporter(tmp_path / "out")
+    inherited = exporter._remote
+    exporter._after_fork_in_child()
+    _stop_inherited(inherited)
+    release, entered = threading.Event(), threading.Event()
+    groups = _stretched(monkeypatch, _exporter_module, "SealingProcesses", release, entered)
+    _trace(rec, steps=1)
+    results: list[SpanExportResult] = []
+    export = threading.Thread(target=lambda: results.append(exporter.export(rec.take())))
+    export.start()
+    entered.wait(30)
+    exporter.shutdown()
+    release.set()
+    export.join(30)
+    assert results == [SpanExportResult.FAILURE]  # after shutdown: not certified
+    assert exporter._remote is None
+    (process,) = groups[0].processes
+    assert process._proc.wait(15) == 0
+
+
+def test_shutdown_from_a_signal_handler_during_a_loss_does_not_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A handler that shuts the provider down may run on the thread that is giving
+    # the processes up: waiting for that thread's own loss would never end.
+    rec = Recorder()
+    exporter = _exporter(tmp_path / "out")
+    remote = exporter._remote
+    assert remote is not None
+    _kill(remote.processes[0])
+    give_up = remote.give_up
+
+    def interrupted() -> Any:
+        gone = give_up()
+        exporter.shutdown(timeout_millis=1000)  # as a SIGTERM handler would, here
+        return gone
+
+    monkeypatch.setattr(remote, "give_up", interrupted)
+    _trace(rec, steps=1)
+    # Sooner than shutdown()'s least deadline (5 s), which a wait would run out.
+    returns_within(lambda: exporter.export(rec.take()), 4, "export() with shutdown inside")
+    assert exporter._shutdown
+
+
+def test_a_batch_sent_after_the_shutdown_request_is_reported_not_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A child that answered the shutdown request reads nothing more: a batch an
+    # export thread wrote to it then (it had read the processes before shutdown()
+    # took them) was acknowledged and never sealed.
+    rec = Recorder()
+    exporter = _exporter(tmp_path / "out")
+    remote = exporter._remote
+    assert remote is not None
+    _trace(rec, steps=1)
+    late = [span for span in rec.take() if span.name.startswith("llm")]
+    close = remote.close
+    sent: list[int] = []
+
+    def exported_meanwhile(timeout: float) -> Any:
+        sent.append(exporter._send(remote, late, []))
+        return close(timeout)
+
+    monkeypatch.setattr(remote, "close", exported_meanwhile)
+    exporter.shutdown()
+    assert sent == [1]  # one batch not certified: export() says FAILURE
+    assert not list(tmp_path.glob("out/*.spanproof.json"))
+
+
+@pytest.mark.timeout(120)
+def test_a_fork_while_a_sealing_process_is_spawned_waits_for_its_registration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spawned: list[Any] = []
+    spawning = threading.Event()
+    real = _sealing_process.spawn_child
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        spawned.append(real(*args, **kwargs))
+        spawning.set()
+        time.sleep(0.5)  # the pipes exist; the process is not registered yet
+        return spawned[-1]
+
+    monkeypatch.setattr(_sealing_process, "spawn_child", slow)
+    starting = threading.Thread(target=lambda: spawned.append(_exporter(tmp_path / "out")))
+    starting.start()
+    spawning.wait(30)
+    child = spawned[0]
+    fd, inode = child.stdin.fileno(), os.fstat(child.stdin.fileno()).st_ino
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the forked worker
+        try:
+            state = b"open" if os.fstat(fd).st_ino == inode else b"other"
+        except OSError:
+            state = b"closed"
+        os.write(write_end, state)
+        time.sleep(60)
+        os._exit(0)
+    try:
+        os.close(write_end)
+        state = os.read(read_end, 10)
+        starting.join(30)
+        exporter = spawned[1]
+        exporter.shutdown()
+        assert child.wait(15) == 0  # its input closed though the forked worker lives
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(read_end)
+    assert state in (b"closed", b"other")
 
 
 @pytest.mark.timeout(120)
