@@ -3,6 +3,7 @@ process, which seals them with the in-process exporter's code."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -14,6 +15,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -180,10 +182,15 @@ def _exporter(out: Path, **kwargs: Any) -> SpanproofSpanExporter:
     return SpanproofSpanExporter(out, signing_key=signing_key(), **kwargs)
 
 
+def _group(exporter: SpanproofSpanExporter) -> _sealing_process.SealingProcesses:
+    """The exporter's sealing processes (there must be some)."""
+    assert exporter._remote is not None
+    return exporter._remote
+
+
 def _only_process(exporter: SpanproofSpanExporter) -> SealingProcess:
     """The exporter's one sealing process."""
-    assert exporter._remote is not None
-    (process,) = exporter._remote.processes
+    (process,) = _group(exporter).processes
     return process
 
 
@@ -279,6 +286,16 @@ def _kill(process: SealingProcess) -> None:
     process._proc.wait(10)
 
 
+def _after_a_loss(monkeypatch: pytest.MonkeyPatch, out: Path, restart: float = 0.0,
+                  **kwargs: Any) -> SpanproofSpanExporter:
+    """An exporter whose sealing process was killed (found gone at its next send or
+    flush); the start again is due *restart* seconds after that."""
+    monkeypatch.setattr(_exporter_module, "_RESTART_SECONDS", restart)
+    exporter = _exporter(out, **kwargs)
+    _kill(_only_process(exporter))
+    return exporter
+
+
 def _evidence_child(rec: Recorder, root: Any, name: str) -> str:
     """An evidence span under *root* (left open); its span id."""
     with trace.use_span(root, end_on_exit=False), evidence(rec, name) as span:
@@ -326,8 +343,7 @@ def test_sealing_processes_start_again_and_the_traces_held_here_stay_here(
         assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
         wait_for(lambda: "sealing process(es) started again (pids " in caplog.text,
                  what="the sealing process to start again")
-    remote = exporter._remote
-    assert remote is not None
+    remote = _group(exporter)
     assert [start["recover"] for start in starts] == [True, False]  # the first run's alone
     assert remote.instance not in (first, here)
     held.append(_evidence_child(rec, held_root, "llm-held-2"))
@@ -407,10 +423,9 @@ def test_a_second_loss_keeps_this_process_chains_and_waits_twice_as_long(
 def test_a_process_started_again_that_shutdown_finds_gone_has_its_loss_declared(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_exporter_module, "_RESTART_SECONDS", 0.0)
     rec = Recorder()
-    exporter = _exporter(tmp_path / "out")  # a 30 s grace: the child holds its trace
-    _kill(_only_process(exporter))
+    # A 30 s grace: the child holds its trace.
+    exporter = _after_a_loss(monkeypatch, tmp_path / "out")
     sealed_here = _trace(rec, steps=1)
     assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
     here = exporter.producer.instance
@@ -498,8 +513,7 @@ def test_the_wait_is_back_to_its_start_after_processes_that_ran_the_longest_wait
     waits = []
     for lives in (0.0, 1.6, 0.0):  # how long each group runs before it is killed
         time.sleep(lives)
-        remote = exporter._remote
-        assert remote is not None
+        remote = _group(exporter)
         caplog.clear()
         with caplog.at_level(logging.ERROR, logger="spanproof.exporter._exporter"):
             _kill(remote.processes[0])
@@ -517,10 +531,8 @@ def test_the_wait_is_back_to_its_start_after_processes_that_ran_the_longest_wait
 def test_exports_that_find_a_start_due_together_start_one_group(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_exporter_module, "_RESTART_SECONDS", 0.0)
     rec = Recorder()
-    exporter = _exporter(tmp_path / "out")
-    _kill(_only_process(exporter))
+    exporter = _after_a_loss(monkeypatch, tmp_path / "out")
     assert not exporter.force_flush()  # the loss
     real = _exporter_module.SealingProcesses
     groups: list[Any] = []
@@ -562,10 +574,8 @@ def test_an_export_that_reads_the_due_time_as_another_takes_it_seals_its_spans(
 ) -> None:
     # export() read the due time twice without the lock: when another thread's
     # start took it in between, comparing with None raised, and the batch was lost.
-    monkeypatch.setattr(_exporter_module, "_RESTART_SECONDS", 0.0)
     rec = Recorder()
-    exporter = _exporter(tmp_path / "out", seal_grace=0.0)
-    _kill(_only_process(exporter))
+    exporter = _after_a_loss(monkeypatch, tmp_path / "out", seal_grace=0.0)
     assert not exporter.force_flush()  # the loss
     clock = _exporter_module.time
 
@@ -591,10 +601,8 @@ def test_an_export_whose_processes_another_thread_lost_meanwhile_seals_here(
 ) -> None:
     # export() asserted that the processes it had seen were still there; when a
     # force_flush() on another thread lost them in between, the batch was lost.
-    monkeypatch.setattr(_exporter_module, "_RESTART_SECONDS", 0.0)
     rec = Recorder()
-    exporter = _exporter(tmp_path / "out")
-    _kill(_only_process(exporter))
+    exporter = _after_a_loss(monkeypatch, tmp_path / "out")
     held = _trace(rec, steps=1)
     assert exporter.export(rec.take()) is SpanExportResult.SUCCESS  # the loss
     assert exporter.export([]) is SpanExportResult.SUCCESS
@@ -625,8 +633,7 @@ def test_a_failure_of_processes_already_replaced_leaves_the_new_ones_alone(
     # that fails after new processes started must not take the new ones down.
     monkeypatch.setattr(_exporter_module, "_RESTART_SECONDS", 0.0)
     exporter = _exporter(tmp_path / "out")
-    lost = exporter._remote
-    assert lost is not None
+    lost = _group(exporter)
     _kill(lost.processes[0])
     assert not exporter.force_flush()  # the loss
     assert exporter.export([]) is SpanExportResult.SUCCESS
@@ -675,6 +682,42 @@ def _stretched(monkeypatch: pytest.MonkeyPatch, obj: Any, name: str,
     return results
 
 
+@contextlib.contextmanager
+def _forked_worker(stream: Any) -> Iterator[bytes]:
+    """Fork a worker that lives until the block ends; yields whether it holds a copy
+    of the pipe *stream* (b"open"; b"closed" or b"other" when the fork closed it)."""
+    fd, inode = stream.fileno(), os.fstat(stream.fileno()).st_ino
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the forked worker
+        try:
+            state = b"open" if os.fstat(fd).st_ino == inode else b"other"
+        except OSError:
+            state = b"closed"
+        os.write(write_end, state)
+        time.sleep(60)
+        os._exit(0)
+    try:
+        os.close(write_end)
+        yield os.read(read_end, 10)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(read_end)
+
+
+def _as_forked(exporter: SpanproofSpanExporter) -> SpanproofSpanExporter:
+    """*exporter* as a forked worker's: what the at-fork handler does, run here.  The
+    group it leaves behind (abandoned: its input closed) is let exit, and its watch
+    thread told to stop."""
+    inherited = _group(exporter)
+    exporter._after_fork_in_child()
+    inherited._watch_stop.set()
+    for process in inherited.processes:
+        process._proc.wait(15)
+    return exporter
+
+
 def test_a_span_admitted_while_a_loss_is_handled_is_never_sealed_under_the_lost_instance(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -689,8 +732,7 @@ def test_a_span_admitted_while_a_loss_is_handled_is_never_sealed_under_the_lost_
     assert exporter.export(_request(rec, trace_id, 1, "llm-0")) is SpanExportResult.SUCCESS
     assert exporter.force_flush()
     assert _segments(out, trace_id, shared) == ["0000"]
-    remote = exporter._remote
-    assert remote is not None
+    remote = _group(exporter)
     _kill(remote.processes[0])
     release = threading.Event()
     _stretched(monkeypatch, remote, "give_up", release)
@@ -721,8 +763,7 @@ def test_a_loss_under_way_when_shutdown_begins_is_declared(
     _trace(rec, steps=1)
     held = rec.take()
     assert exporter.export(held) is SpanExportResult.SUCCESS
-    remote = exporter._remote
-    assert remote is not None
+    remote = _group(exporter)
     _kill(remote.processes[0])
     release = threading.Event()
     _stretched(monkeypatch, remote, "give_up", release)
@@ -754,11 +795,7 @@ def test_exports_during_the_start_after_a_fork_wait_for_it(
     # two writers of one chain.
     out = tmp_path / "out"
     rec = Recorder()
-    exporter = _exporter(out, seal_grace=0.0)
-    inherited = exporter._remote
-    assert inherited is not None
-    exporter._after_fork_in_child()  # what the at-fork handler does in a forked worker
-    _stop_inherited(inherited)
+    exporter = _as_forked(_exporter(out, seal_grace=0.0))
     instance = exporter.producer.instance
     release, entered = threading.Event(), threading.Event()
     _stretched(monkeypatch, _exporter_module, "SealingProcesses", release, entered)
@@ -782,24 +819,13 @@ def test_exports_during_the_start_after_a_fork_wait_for_it(
     assert sum(len(r.records or ()) for r in verified(out, trust_root(tmp_path))) == 2
 
 
-def _stop_inherited(group: Any) -> None:
-    """Stop what a simulated fork left of the parent's group in this test process
-    (abandoned: its input is closed, so it exits; its watch thread is told)."""
-    group._watch_stop.set()
-    for process in group.processes:
-        process._proc.wait(15)
-
-
 def test_a_shutdown_begun_while_the_start_after_a_fork_runs_stops_what_it_started(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # shutdown() found no processes and returned; the start then installed them,
     # and nothing ever stopped them or waited for what was sent to them.
     rec = Recorder()
-    exporter = _exporter(tmp_path / "out")
-    inherited = exporter._remote
-    exporter._after_fork_in_child()
-    _stop_inherited(inherited)
+    exporter = _as_forked(_exporter(tmp_path / "out"))
     release, entered = threading.Event(), threading.Event()
     groups = _stretched(monkeypatch, _exporter_module, "SealingProcesses", release, entered)
     _trace(rec, steps=1)
@@ -823,8 +849,7 @@ def test_shutdown_from_a_signal_handler_during_a_loss_does_not_hang(
     # the processes up: waiting for that thread's own loss would never end.
     rec = Recorder()
     exporter = _exporter(tmp_path / "out")
-    remote = exporter._remote
-    assert remote is not None
+    remote = _group(exporter)
     _kill(remote.processes[0])
     give_up = remote.give_up
 
@@ -848,8 +873,7 @@ def test_a_batch_sent_after_the_shutdown_request_is_reported_not_lost(
     # took them) was acknowledged and never sealed.
     rec = Recorder()
     exporter = _exporter(tmp_path / "out")
-    remote = exporter._remote
-    assert remote is not None
+    remote = _group(exporter)
     _trace(rec, steps=1)
     late = [span for span in rec.take() if span.name.startswith("llm")]
     close = remote.close
@@ -884,28 +908,11 @@ def test_a_fork_while_a_sealing_process_is_spawned_waits_for_its_registration(
     starting.start()
     spawning.wait(30)
     child = spawned[0]
-    fd, inode = child.stdin.fileno(), os.fstat(child.stdin.fileno()).st_ino
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the forked worker
-        try:
-            state = b"open" if os.fstat(fd).st_ino == inode else b"other"
-        except OSError:
-            state = b"closed"
-        os.write(write_end, state)
-        time.sleep(60)
-        os._exit(0)
-    try:
-        os.close(write_end)
-        state = os.read(read_end, 10)
+    with _forked_worker(child.stdin) as state:
         starting.join(30)
         exporter = spawned[1]
         exporter.shutdown()
         assert child.wait(15) == 0  # its input closed though the forked worker lives
-    finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        os.close(read_end)
     assert state in (b"closed", b"other")
 
 
@@ -915,10 +922,8 @@ def test_a_fork_while_sealing_processes_start_again_leaves_no_copy_of_their_inpu
 ) -> None:
     # A group still starting belongs to no exporter yet, so a forked worker kept a
     # copy of its input pipe: the processes never saw their input close.
-    monkeypatch.setattr(_exporter_module, "_RESTART_SECONDS", 0.0)
     rec = Recorder()
-    exporter = _exporter(tmp_path / "out")
-    _kill(_only_process(exporter))
+    exporter = _after_a_loss(monkeypatch, tmp_path / "out")
     _trace(rec, steps=1)
     assert exporter.export(rec.take()) is SpanExportResult.SUCCESS  # the loss
     release, entered = threading.Event(), threading.Event()
@@ -926,30 +931,15 @@ def test_a_fork_while_sealing_processes_start_again_leaves_no_copy_of_their_inpu
     assert exporter.export([]) is SpanExportResult.SUCCESS  # starts them again
     entered.wait(30)
     (process,) = groups[0].processes
-    fd, inode = process._stdin.fileno(), os.fstat(process._stdin.fileno()).st_ino
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the forked worker
-        try:
-            state = b"open" if os.fstat(fd).st_ino == inode else b"other"
-        except OSError:
-            state = b"closed"
-        os.write(write_end, state)
-        time.sleep(60)
-        os._exit(0)
     try:
-        os.close(write_end)
-        state = os.read(read_end, 10)
-        exporter.shutdown()
-        release.set()
-        # shutdown() came first: the late group's input is closed, and it exits.
-        wait_for(lambda: process._proc.poll() is not None, timeout=15,
-                 what="the late sealing process to exit")
+        with _forked_worker(process._stdin) as state:
+            exporter.shutdown()
+            release.set()
+            # shutdown() came first: the late group's input is closed, and it exits.
+            wait_for(lambda: process._proc.poll() is not None, timeout=15,
+                     what="the late sealing process to exit")
     finally:
         release.set()
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        os.close(read_end)
     assert state in (b"closed", b"other")
     assert process._proc.returncode == 0
 
@@ -1180,8 +1170,7 @@ def test_attribute_sample_covers_every_value_kind() -> None:
 def test_forked_worker_starts_its_own_sealing_process(tmp_path: Path) -> None:
     out = tmp_path / "out"
     exporter = _exporter(out)
-    parent_process = exporter._remote
-    assert parent_process is not None
+    parent_process = _group(exporter)
     # Forked while the watch thread holds its event's lock (as it does for a moment
     # each second): the worker must not need that lock, which no thread of its own
     # will ever release.
