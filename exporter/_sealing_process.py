@@ -821,7 +821,7 @@ class SealingProcess:
 #: no pipe exists unregistered when it happens.  (subprocess does not run these
 #: handlers: they are os.fork()'s.)
 _STARTED: weakref.WeakSet[SealingProcess] = weakref.WeakSet()
-_SPAWNING = threading.Lock()
+_SPAWNING = threading.RLock()  # reentrant: a fork in a signal handler that interrupted a spawn
 
 
 def _abandon_all_in_child() -> None:

@@ -889,6 +889,22 @@ def test_a_batch_sent_after_the_shutdown_request_is_reported_not_lost(
     assert not list(tmp_path.glob("out/*.spanproof.json"))
 
 
+def test_a_fork_on_the_thread_that_is_spawning_does_not_wait_for_itself() -> None:
+    # A signal handler that forks may interrupt a spawn on its own thread.
+    code = textwrap.dedent("""
+        import os
+        from spanproof.exporter import _sealing_process
+        with _sealing_process._SPAWNING:
+            pid = os.fork()
+            if pid == 0:
+                os._exit(7)
+        print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "7"
+
+
 @pytest.mark.timeout(120)
 def test_a_fork_while_a_sealing_process_is_spawned_waits_for_its_registration(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
