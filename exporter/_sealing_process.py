@@ -699,6 +699,7 @@ class SealingProcess:
 
     def _write_locked(self, frame: bytes) -> None:
         if self._dead:
+            self._close_if_asked()
             raise SealingProcessError(self._stalled or "the sealing process has exited")
         if self._shutting_down:
             raise SealingProcessError("the sealing process was asked to shut down")
@@ -715,8 +716,7 @@ class SealingProcess:
             ) from e
         finally:
             self._writing = None
-            if self._close_when_written:
-                self._close_stdin()
+            self._close_if_asked()
 
     def check_stall(self, now: float) -> None:
         """Kill the child when a write to it has not completed by its deadline: it
@@ -758,25 +758,34 @@ class SealingProcess:
     def close_input(self, timeout: float) -> None:
         """Close the child's input: it seals everything it holds and exits.
 
-        Waits up to *timeout* seconds for a write under way.  A write can block for
-        as long as the child does not read (stopped, or stuck): then nothing more
-        is sent, and that write closes the input once it completes (or this
-        process's exit does); see :attr:`input_blocked`.
+        Waits up to *timeout* seconds for the thread holding the process (a write
+        under way, a request waiting for its answer).  A write can block for as
+        long as the child does not read (stopped, or stuck): then nothing more is
+        sent, and the holder closes the input once it is done (or this process's
+        exit does); see :attr:`input_blocked`.
         """
         if not self._lock.acquire(timeout=max(0.0, timeout)):
-            self._dead = True
             self._close_when_written = True
-            return
+            self._dead = True
+            if not self._lock.acquire(blocking=False):
+                return  # the holder closes it (see _close_if_asked)
         try:
             self._dead = True
             self._close_stdin()
         finally:
             self._lock.release()
 
+    def _close_if_asked(self) -> None:
+        """Close the input when :meth:`close_input` could not take the lock and left
+        that to its holder (call with the lock held)."""
+        if self._close_when_written:
+            self._close_stdin()
+
     @property
     def input_blocked(self) -> bool:
-        """Whether :meth:`close_input` found a write blocked on the child's input
-        (the child not reading) and left that write to close it."""
+        """Whether :meth:`close_input` found the process held past its wait (a write
+        blocked on a child that does not read, most often) and left the holder to
+        close the input."""
         return self._close_when_written
 
     def _close_stdin(self) -> None:
@@ -944,6 +953,7 @@ class SealingProcesses:
                     process._sent_locked(part[0])
         finally:
             for process in held:
+                process._close_if_asked()
                 process._lock.release()
         lost.raise_if_any()
 
@@ -994,6 +1004,7 @@ class SealingProcesses:
             replies = [process._reply(number, deadline) for process, number in asked]
         finally:
             for process in held:
+                process._close_if_asked()
                 process._lock.release()
         return all(reply is not None and bool(reply[2]) for reply in replies)
 

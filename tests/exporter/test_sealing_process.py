@@ -973,6 +973,29 @@ def test_the_wait_before_starting_again_doubles_up_to_an_hour(
     exporter.shutdown()
 
 
+def test_input_closed_while_a_request_holds_the_process_is_closed_when_it_ends(
+    tmp_path: Path,
+) -> None:
+    # close_input() that could not take the process left the closing to a write
+    # under way; a request waiting for its answer ended without closing, and the
+    # child never saw its input close while this process held on to it.
+    exporter = _exporter(tmp_path / "out")
+    group = _group(exporter)
+    (process,) = group.processes
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        asking = threading.Thread(target=group.request, args=("flush", 2.0))
+        asking.start()
+        wait_for(lambda: process._lock.locked(), what="the request to hold the process")
+        process.close_input(0.2)  # the request holds it: left to the request
+        assert process.input_blocked
+        asking.join(10)
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    assert process._proc.wait(15) == 0  # it saw its input close, sealed and exited
+    exporter.shutdown()
+
+
 def _large_batches(rec: Recorder, count: int = 4) -> list[list[ReadableSpan]]:
     """*count* batches of 60 traces, each a plain root and an evidence child with
     a 2,000-character attribute: ~130 KB of fields a batch, twice the pipe's 64 KiB."""
