@@ -562,8 +562,9 @@ class SealingProcess:
         self._dead = False
         # Set once a shutdown request is written (see _ask_locked).
         self._shutting_down = False
-        # Set when close_input() found a write blocked on the child's full pipe: the
-        # write closes the input once it is done.
+        # Set when close_input() found the process held past its wait (most often a
+        # write blocked on the child's full pipe): the holder closes the input once
+        # it is done (_close_if_asked).
         self._close_when_written = False
         # While a write is under way: when it began and when it must be done by
         # (see check_stall()).
