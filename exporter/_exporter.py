@@ -535,8 +535,11 @@ class SpanproofSpanExporter(SpanExporter):
         if self._start_pending:
             with self._start_lock:
                 if self._start_pending:
-                    self._start_sealing()
-                    self._start_pending = False
+                    try:
+                        self._start_sealing()
+                    finally:
+                        # Once: a start that raised is not tried on every export.
+                        self._start_pending = False
         remote = self._remote
         if remote is None:  # no sealing process: seal here
             due = self._restart_at

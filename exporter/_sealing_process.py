@@ -888,14 +888,16 @@ class SealingProcesses:
                                                 recover=recover and number == 0))
             for process in processes:
                 process.wait_ready(deadline)
-        except (OSError, SealingProcessError):
+            self.processes = tuple(processes)
+            self._watch_stop = start_watch(self._check_stalls, "spanproof-sealing-watch")
+        except BaseException as e:  # (no thread for the watch: RuntimeError)
             for process in processes:
                 process.kill()
+            if isinstance(e, RuntimeError):
+                raise SealingProcessError(f"the sealing process did not start: {e}") from e
             raise
-        self.processes = tuple(processes)
         #: The producer instance the processes seal under.
         self.instance = producer_instance
-        self._watch_stop = start_watch(self._check_stalls, "spanproof-sealing-watch")
 
     def _check_stalls(self, now: float) -> None:
         for process in self.processes:

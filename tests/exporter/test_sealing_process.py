@@ -819,6 +819,67 @@ def test_exports_during_the_start_after_a_fork_wait_for_it(
     assert sum(len(r.records or ()) for r in verified(out, trust_root(tmp_path))) == 2
 
 
+def test_a_start_after_a_fork_that_finds_no_thread_leaves_sealing_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A start that raised something else than an OSError (no thread for the watch,
+    # once the children were up) was tried again on every export, each losing its
+    # spans, and left its children running.
+    exporter = _as_forked(_exporter(tmp_path / "out", seal_grace=0.0))
+    spawned: list[subprocess.Popen[bytes]] = []
+    spawn = _sealing_process.spawn_child
+
+    def recorded(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        spawned.append(spawn(*args, **kwargs))
+        return spawned[-1]
+
+    monkeypatch.setattr(_sealing_process, "spawn_child", recorded)
+
+    def no_thread(check: Any, name: str) -> threading.Event:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(_sealing_process, "start_watch", no_thread)
+    rec = Recorder()
+    ids = []
+    with caplog.at_level(logging.ERROR, logger="spanproof.exporter._exporter"):
+        for _ in range(3):
+            ids += _trace(rec, steps=1)
+            assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+    assert "cannot start the sealing process (the sealing process did not start: " \
+           "can't start new thread)" in caplog.text
+    assert len(spawned) == 1  # tried once, and again only when the wait is over
+    assert spawned[0].wait(15) == -signal.SIGKILL  # not left running
+    exporter.shutdown()
+    certified = {i for r in verified(tmp_path / "out", trust_root(tmp_path))
+                 for i in record_span_ids(r)}
+    assert certified == set(ids)
+
+
+def test_a_start_after_a_fork_that_raises_is_not_tried_on_every_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exporter = _as_forked(_exporter(tmp_path / "out", seal_grace=0.0))
+    starts: list[None] = []
+    start = exporter._start_sealing
+
+    def once_broken() -> None:
+        starts.append(None)
+        if len(starts) == 1:
+            raise RuntimeError("can't start new thread")
+        start()
+
+    monkeypatch.setattr(exporter, "_start_sealing", once_broken)
+    rec = Recorder()
+    _trace(rec, steps=1)
+    assert exporter.export(rec.take()) is SpanExportResult.FAILURE  # logged
+    ids = _trace(rec, steps=1)
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+    assert len(starts) == 1 and exporter._remote is None  # sealed here
+    exporter.shutdown()
+    (report,) = verified(tmp_path / "out", trust_root(tmp_path))
+    assert record_span_ids(report) == ids
+
+
 def test_a_shutdown_begun_while_the_start_after_a_fork_runs_stops_what_it_started(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
