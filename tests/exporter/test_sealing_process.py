@@ -281,6 +281,13 @@ def test_killed_sealing_process_falls_back_to_sealing_here(
     assert report.statement.producer.instance == exporter.producer.instance
 
 
+def _shut_down_to_one_bundle(exporter: SpanproofSpanExporter, tmp_path: Path) -> list[str]:
+    """Shut *exporter* down; the span ids of the one bundle it wrote (which verifies)."""
+    exporter.shutdown()
+    (report,) = verified(tmp_path / "out", trust_root(tmp_path))
+    return record_span_ids(report)
+
+
 def _kill(process: SealingProcess) -> None:
     os.kill(process.pid, signal.SIGKILL)
     process._proc.wait(10)
@@ -591,9 +598,7 @@ def test_an_export_that_reads_the_due_time_as_another_takes_it_seals_its_spans(
         assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
     finally:
         monkeypatch.setattr(_exporter_module, "time", clock)
-    exporter.shutdown()
-    (report,) = verified(tmp_path / "out", trust_root(tmp_path))
-    assert record_span_ids(report) == ids
+    assert _shut_down_to_one_bundle(exporter, tmp_path) == ids
 
 
 def test_an_export_whose_processes_another_thread_lost_meanwhile_seals_here(
@@ -875,9 +880,7 @@ def test_a_start_after_a_fork_that_raises_is_not_tried_on_every_export(
     ids = _trace(rec, steps=1)
     assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
     assert len(starts) == 1 and exporter._remote is None  # sealed here
-    exporter.shutdown()
-    (report,) = verified(tmp_path / "out", trust_root(tmp_path))
-    assert record_span_ids(report) == ids
+    assert _shut_down_to_one_bundle(exporter, tmp_path) == ids
 
 
 def test_a_shutdown_begun_while_the_start_after_a_fork_runs_stops_what_it_started(
@@ -1217,9 +1220,7 @@ def test_process_that_cannot_start_leaves_sealing_here(
     rec = Recorder()
     ids = _trace(rec)
     assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
-    exporter.shutdown()
-    (report,) = verified(tmp_path / "out", trust_root(tmp_path))
-    assert record_span_ids(report) == ids
+    assert _shut_down_to_one_bundle(exporter, tmp_path) == ids
 
 
 _APP_EXITS_WITHOUT_SHUTDOWN = textwrap.dedent("""
