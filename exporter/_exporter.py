@@ -310,9 +310,6 @@ class SpanproofSpanExporter(SpanExporter):
         self._restart_at: float | None = None
         self._restart_wait = _RESTART_SECONDS
         self._remote_since = 0.0
-        # Set when sealing processes started again: the traces this process holds
-        # by then (pending or remembered, see TraceAssembler.holds) stay here.
-        self._holds_traces = False
 
     def _start_sealing(self) -> None:
         """Start the sealing process when configured; otherwise, or when it cannot
@@ -320,16 +317,30 @@ class SpanproofSpanExporter(SpanExporter):
         remote = None
         if self._config.sealing_process:
             remote = self._spawn(self._producer.instance, recover=True)
-        with self._cond:
-            late = self._shutdown  # after a fork: shutdown() ran while they started
-            if not late:
-                self._remote = remote
-                self._remote_since = time.monotonic()
-        if late:
-            if remote is not None:
-                remote.close(_MIN_SHUTDOWN_SECONDS)
-        elif remote is None:
+        if remote is not None:
+            self._install(remote)
+        elif not self._shutdown:
             self._submitter = self._start_submitter()
+
+    def _install(self, remote: SealingProcesses) -> bool:
+        """Make *remote* the sealing processes, unless shutdown() began while they
+        started (after a fork, or when starting again), or others were installed
+        meanwhile: then close them (nothing was sent to them, so they exit at once).
+        Whether they were installed."""
+        with self._cond:
+            installed = not self._shutdown and self._remote is None
+            if installed:
+                self._remote_since = time.monotonic()
+                self._remote = remote
+        if not installed:
+            remote.close(_MIN_SHUTDOWN_SECONDS)
+        return installed
+
+    def _seals_beside(self, remote: SealingProcesses) -> bool:
+        """Whether this process seals traces of its own beside *remote*: it started
+        them again after a loss, under another instance, and the traces it held by
+        then (pending or remembered, see TraceAssembler.holds) stay here."""
+        return remote.instance != self._producer.instance
 
     def _spawn(self, instance: str, *, recover: bool) -> SealingProcesses | None:
         """The sealing processes, started under producer *instance*; None (logged,
@@ -385,17 +396,7 @@ class SpanproofSpanExporter(SpanExporter):
         """The thread :meth:`_restart_sealing` starts: start the processes, and hand
         them the traces this process does not hold (unless shutdown() began)."""
         remote = self._spawn(_new_producer().instance, recover=False)
-        if remote is None:
-            return
-        with self._cond:
-            late = self._shutdown or self._remote is not None
-            if not late:
-                self._holds_traces = True
-                self._remote_since = time.monotonic()
-                self._remote = remote
-        if late:
-            # shutdown() ran meanwhile: nothing was sent to them, so they exit at once.
-            remote.close(_MIN_SHUTDOWN_SECONDS)
+        if remote is None or not self._install(remote):
             return
         _logger.warning("spanproof: sealing process(es) started again (pids %s, producer "
                         "instance %s); the traces this process holds are sealed here",
@@ -486,10 +487,9 @@ class SpanproofSpanExporter(SpanExporter):
         # The parent's pending traces stay the parent's: it seals them.  The child
         # starts empty, with fresh locks (another thread may have held the parent's
         # at fork time), a new producer instance (so bundle names never collide),
-        # and starts its own sealer (or sealing process) on its next export.
-        remote = self._remote
-        if remote is not None:
-            remote.abandon()  # the parent's sealing process stays the parent's
+        # and starts its own sealer (or sealing process) on its next export.  The
+        # parent's sealing processes stay the parent's: this process's copies of
+        # their pipes were closed already (_sealing_process abandons them at fork).
         self._reset_process_state()
         if self._config.sealing_process:
             self._start_pending = True
@@ -546,7 +546,7 @@ class SpanproofSpanExporter(SpanExporter):
             if due is not None and time.monotonic() >= due:
                 self._restart_sealing()
             rejected = 0 if self._admit_spans(selected, roots) else 1
-        elif self._holds_traces and (selected or roots):
+        elif self._seals_beside(remote) and (selected or roots):
             # Since the sealing processes started again, a trace this process holds
             # stays here: its chain is this process's instance's.
             here, here_roots, selected, roots = self._held_here(selected, roots)
@@ -705,7 +705,7 @@ class SpanproofSpanExporter(SpanExporter):
             except SealingProcessError as e:
                 self._lose_remote(remote, e)
                 return False
-            if not self._holds_traces:
+            if not self._seals_beside(remote):
                 return done
         else:
             done = True

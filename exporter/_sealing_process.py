@@ -1042,14 +1042,6 @@ class SealingProcesses:
                 gone.append(process)
         return gone
 
-    def abandon(self) -> None:
-        """Forget every process without signalling it (see
-        :meth:`SealingProcess.abandon`).  The watch thread is not told: in a
-        forked process it does not exist, and its event's lock may have been held
-        when the process forked."""
-        for process in self.processes:
-            process.abandon()
-
 
 class SealingProcessUnreachable(SealingProcessError):
     """A sealing process is gone; ``spans``, ``roots`` and ``rejected`` are what it

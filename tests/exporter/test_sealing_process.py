@@ -712,10 +712,12 @@ def _forked_worker(stream: Any) -> Iterator[bytes]:
 
 
 def _as_forked(exporter: SpanproofSpanExporter) -> SpanproofSpanExporter:
-    """*exporter* as a forked worker's: what the at-fork handler does, run here.  The
-    group it leaves behind (abandoned: its input closed) is let exit, and its watch
-    thread told to stop."""
+    """*exporter* as a forked worker's: what the at-fork handlers do to it and its
+    sealing processes, run here.  The group it leaves behind (abandoned: its input
+    closed) is let exit, and its watch thread told to stop."""
     inherited = _group(exporter)
+    for process in inherited.processes:
+        process.abandon()
     exporter._after_fork_in_child()
     inherited._watch_stop.set()
     for process in inherited.processes:
