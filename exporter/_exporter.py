@@ -43,6 +43,7 @@ from spanproof.verifier.statement import Producer
 
 from ._recovery import continue_on_disk, seal_orphaned_journals
 from ._sealing_process import (
+    RestartSchedule,
     SealingProcess,
     SealingProcessError,
     SealingProcesses,
@@ -304,12 +305,8 @@ class SpanproofSpanExporter(SpanExporter):
         # the instance the processes are about to share).
         self._start_pending = False
         self._start_lock = threading.Lock()
-        # When (time.monotonic()) to start sealing processes again after losing them
-        # (None: not due), the wait after the next loss, and when the ones running
-        # started.
-        self._restart_at: float | None = None
-        self._restart_wait = _RESTART_SECONDS
-        self._remote_since = 0.0
+        # When to start sealing processes again after losing them.
+        self._restarts = RestartSchedule(_RESTART_SECONDS, _MAX_RESTART_SECONDS)
 
     def _start_sealing(self) -> None:
         """Start the sealing process when configured; otherwise, or when it cannot
@@ -330,7 +327,7 @@ class SpanproofSpanExporter(SpanExporter):
         with self._cond:
             installed = not self._shutdown and self._remote is None
             if installed:
-                self._remote_since = time.monotonic()
+                self._restarts.started()
                 self._remote = remote
         if not installed:
             remote.close(_MIN_SHUTDOWN_SECONDS)
@@ -357,21 +354,10 @@ class SpanproofSpanExporter(SpanExporter):
             if self._shutdown:
                 _logger.error("spanproof: cannot start the sealing process (%s)", e)
                 return None
-            wait = self._schedule_restart(lived=None)
+            wait = self._restarts.failed()
             _logger.error("spanproof: cannot start the sealing process (%s); sealing in "
                           "this process instead, and trying again in %g s", e, wait)
             return None
-
-    def _schedule_restart(self, *, lived: float | None) -> float:
-        """Have the next export start sealing processes again after a wait (returned,
-        in seconds): twice as long as the last, unless the ones lost ran for
-        *lived* seconds, at least as long as the longest wait."""
-        if lived is not None and lived >= _MAX_RESTART_SECONDS:
-            self._restart_wait = _RESTART_SECONDS
-        wait = self._restart_wait
-        self._restart_at = time.monotonic() + wait
-        self._restart_wait = min(2 * wait, _MAX_RESTART_SECONDS)
-        return wait
 
     def _restart_sealing(self) -> None:
         """Start sealing processes again, in a thread of their own (a start takes
@@ -379,16 +365,16 @@ class SpanproofSpanExporter(SpanExporter):
         producer instance of their own: this process goes on with its chains, and
         keeps the traces it holds (see :meth:`_export`)."""
         with self._cond:
-            due = self._restart_at
+            due = self._restarts.due
             if due is None or time.monotonic() < due:
                 return  # another exporting thread took it
-            self._restart_at = None
+            self._restarts.due = None
         thread = threading.Thread(target=self._start_again, name="spanproof-sealing-start",
                                   daemon=True)
         try:
             thread.start()
         except RuntimeError as e:  # no thread to be had now, or the interpreter exits
-            wait = self._schedule_restart(lived=None)
+            wait = self._restarts.failed()
             _logger.error("spanproof: cannot start a thread to start the sealing process "
                           "(%s); trying again in %g s", e, wait)
 
@@ -405,7 +391,7 @@ class SpanproofSpanExporter(SpanExporter):
 
     def _lose_remote(self, remote: SealingProcesses, error: Exception) -> None:
         """A sealing process is gone: seal here until new ones start (see
-        :meth:`_schedule_restart`), as a new producer instance when this process
+        :data:`_RESTART_SECONDS`), as a new producer instance when this process
         shared theirs (it does not know the chain positions they reached, and an
         instance must continue its own chains, SPEC §4.4).  The other sealing
         processes, if any, seal what they hold and exit.  Nothing is done when
@@ -424,7 +410,7 @@ class SpanproofSpanExporter(SpanExporter):
                 self._remote = None
             gone = remote.give_up()
             others = len(remote.processes) - 1
-            wait = self._schedule_restart(lived=time.monotonic() - self._remote_since)
+            wait = self._restarts.failed()
             _logger.error("spanproof: %s; the spans it held are lost (not sealed), %sand "
                           "this process seals until sealing processes start again in %g s",
                           error,
@@ -542,7 +528,7 @@ class SpanproofSpanExporter(SpanExporter):
                         self._start_pending = False
         remote = self._remote
         if remote is None:  # no sealing process: seal here
-            due = self._restart_at
+            due = self._restarts.due
             if due is not None and time.monotonic() >= due:
                 self._restart_sealing()
             rejected = 0 if self._admit_spans(selected, roots) else 1

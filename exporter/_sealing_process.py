@@ -73,8 +73,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from spanproof.verifier._gc import collecting_rarely
 
-__all__ = ["FieldSpan", "SealingProcess", "SealingProcessError", "SealingProcessUnreachable",
-           "SealingProcesses", "span_fields"]
+__all__ = ["FieldSpan", "RestartSchedule", "SealingProcess", "SealingProcessError",
+           "SealingProcessUnreachable", "SealingProcesses", "span_fields"]
 
 _logger = logging.getLogger(__name__)
 
@@ -407,6 +407,37 @@ def start_watch(check: Callable[[float], None], name: str) -> threading.Event:
 
     threading.Thread(target=watch, name=name, daemon=True).start()
     return stop
+
+
+class RestartSchedule:
+    """When to start child processes again after they were lost or could not start:
+    *first* seconds after a failure, twice as long after each failure that follows,
+    up to *longest*, and back to *first* after processes that ran *longest* seconds
+    (a child that dies soon after each start is not started every minute)."""
+
+    def __init__(self, first: float, longest: float) -> None:
+        self._first = first
+        self._longest = longest
+        self._wait = first
+        self._since: float | None = None
+        #: When (``time.monotonic()``) to start them again; None while not due.
+        self.due: float | None = None
+
+    def started(self) -> None:
+        """They started."""
+        self._since = time.monotonic()
+        self.due = None
+
+    def failed(self) -> float:
+        """They were lost, or could not start: set :attr:`due`; the wait (seconds)."""
+        now = time.monotonic()
+        if self._since is not None and now - self._since >= self._longest:
+            self._wait = self._first
+        self._since = None
+        wait = self._wait
+        self.due = now + wait
+        self._wait = min(2 * wait, self._longest)
+        return wait
 
 
 # -- framing ---------------------------------------------------------------------

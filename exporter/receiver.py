@@ -61,6 +61,7 @@ from ._recovery import (
     written_segment,
 )
 from ._seal_workers import SealWorkerError, SealWorkers
+from ._sealing_process import RestartSchedule
 from ._setup import resolve_setup
 from .assembly import SHUTDOWN, SealJob, TraceAssembler
 from .config import ExporterConfig
@@ -92,8 +93,9 @@ _STORAGE_RETRY_AFTER = 5.0
 _MIN_SHUTDOWN_SECONDS = 5.0
 _MAX_MESSAGE_SAMPLES = 3
 #: Seconds after the seal workers failed (or could not start) before the receiver,
-#: sealing alone meanwhile, starts them again; twice as long after each start that
-#: fails, up to _MAX_WORKERS_RESTART_SECONDS.
+#: sealing alone meanwhile, starts them again; twice as long after each failure
+#: that follows, up to _MAX_WORKERS_RESTART_SECONDS, and back to this after workers
+#: that ran that long (see RestartSchedule).
 _WORKERS_RESTART_SECONDS = 60.0
 _MAX_WORKERS_RESTART_SECONDS = 3600.0
 
@@ -264,7 +266,8 @@ class Receiver:
             retries of failed writes and witness submission stay here.  When a
             worker fails (or the workers cannot start), the receiver logs an ERROR,
             seals in its own process, and starts them again a minute later (twice as
-            long after each start that fails, up to an hour).
+            long after each failure that follows, up to an hour; back to a minute
+            after workers that ran an hour).
 
     Raises:
         ValueError: a malformed argument or a malformed variable that is not a
@@ -353,10 +356,9 @@ class Receiver:
         self._submitter: WitnessSubmitter | None = None
         self._sealing_processes = sealing_processes
         self._workers: SealWorkers | None = None
-        # While there are no workers but should be: when to start them (monotonic),
-        # and how long to wait after the next failure.
-        self._workers_due: float | None = None
-        self._workers_wait = _WORKERS_RESTART_SECONDS
+        # While there are no workers but should be: when to start them.
+        self._workers_restarts = RestartSchedule(_WORKERS_RESTART_SECONDS,
+                                                 _MAX_WORKERS_RESTART_SECONDS)
         self._thread: threading.Thread | None = None
         self._started = False
         self._stopping = False
@@ -747,26 +749,23 @@ class Receiver:
         except (OSError, SealWorkerError) as e:
             self._workers_failed(f"cannot start the seal workers ({e})")
             return
-        if self._workers_due is not None:
+        if self._workers_restarts.due is not None:
             _logger.warning("receiver: seal workers started again (pids %s)",
                             ", ".join(map(str, self._workers.pids)))
-        self._workers_due = None
-        self._workers_wait = _WORKERS_RESTART_SECONDS
+        self._workers_restarts.started()
 
     def _workers_failed(self, why: str) -> None:
         """The workers failed or could not start: seal here until they start again."""
         _logger.error("receiver: %s; sealing in the receiver's process, and starting the "
-                      "seal workers again in %g s", why, self._workers_wait)
-        self._workers_due = time.monotonic() + self._workers_wait
-        self._workers_wait = min(2 * self._workers_wait, _MAX_WORKERS_RESTART_SECONDS)
+                      "seal workers again in %g s", why, self._workers_restarts.failed())
 
     def _seal_jobs(self, jobs: Sequence[SealJob]) -> None:
         """Seal *jobs* (in the seal workers when there are any, which also write what
         they seal) and queue what is not written yet for :meth:`_write_pending`; a job
         that cannot be sealed is abandoned (its spans are declared lost in the
         trace's next bundle)."""
-        if (self._workers_due is not None and time.monotonic() >= self._workers_due
-                and not self._stopping):
+        due = self._workers_restarts.due
+        if due is not None and time.monotonic() >= due and not self._stopping:
             self._start_workers()
         sealed_at = datetime.fromtimestamp(self._clock(), timezone.utc)
         if self._assembler.forgot_sealed:

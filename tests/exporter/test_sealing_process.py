@@ -15,6 +15,7 @@ import sys
 import textwrap
 import threading
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -589,7 +590,7 @@ def test_an_export_that_reads_the_due_time_as_another_takes_it_seals_its_spans(
     class Taken:
         @staticmethod
         def monotonic() -> float:
-            exporter._restart_at = None  # what another thread's start does now
+            exporter._restarts.due = None  # what another thread's start does now
             return clock.monotonic()
 
     ids = _trace(rec)
@@ -645,7 +646,7 @@ def test_a_failure_of_processes_already_replaced_leaves_the_new_ones_alone(
     new = wait_for(lambda: exporter._remote, what="the sealing process to start again")
     exporter._lose_remote(lost, _sealing_process.SealingProcessError("late"))
     assert exporter._remote is new
-    assert exporter._restart_at is None
+    assert exporter._restarts.due is None
     exporter.shutdown()
     assert new.processes[0]._proc.returncode == 0
 
@@ -1027,16 +1028,25 @@ def test_a_fork_while_sealing_processes_start_again_leaves_no_copy_of_their_inpu
 
 
 @pytest.mark.parametrize(("lived", "waits"), [
-    (None, [60, 120, 240, 480, 960, 1920, 3600, 3600]),
+    (None, [60, 120, 240, 480, 960, 1920, 3600, 3600]),  # failed starts
     (3599.0, [60, 120, 240, 480, 960, 1920, 3600, 3600]),
     (3600.0, [60, 60, 60]),  # processes that ran an hour: a loss now and then
 ])
 def test_the_wait_before_starting_again_doubles_up_to_an_hour(
-    tmp_path: Path, lived: float | None, waits: list[int]
+    monkeypatch: pytest.MonkeyPatch, lived: float | None, waits: list[int]
 ) -> None:
-    exporter = SpanproofSpanExporter(tmp_path / "out", signing_key=signing_key())
-    assert [exporter._schedule_restart(lived=lived) for _ in waits] == waits
-    exporter.shutdown()
+    now = [1000.0]
+    monkeypatch.setattr(_sealing_process, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    schedule = _sealing_process.RestartSchedule(60.0, 3600.0)
+    got = []
+    for _ in waits:
+        if lived is not None:
+            schedule.started()
+            assert schedule.due is None
+            now[0] += lived
+        got.append(schedule.failed())
+        assert schedule.due == now[0] + got[-1]
+    assert got == waits
 
 
 def test_input_closed_while_a_request_holds_the_process_is_closed_when_it_ends(
