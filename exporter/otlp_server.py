@@ -210,8 +210,95 @@ class _TraceService:
         return _response(result).SerializeToString()
 
 
+#: The calls the gRPC server holds at once: those its workers serve and those waiting
+#: for a worker.  gRPC reads a waiting call's message into memory before any worker
+#: asks for it (up to ``--max-message-bytes`` each), so beyond this many a call is
+#: answered ``UNAVAILABLE`` with ``RetryInfo`` at once instead of waiting.  It is also
+#: each connection's HTTP/2 stream limit: a client's further calls wait in the client.
+GRPC_CALLS_AT_ONCE = 16
+#: The retry delay that answer asks for.
+GRPC_BUSY_RETRY_AFTER = 1.0
+_EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+
+class _CountingPool(futures.ThreadPoolExecutor):
+    """The gRPC server's workers, counting the calls handed to them and not yet done."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(max_workers=workers, thread_name_prefix="spanproof-grpc")
+        self._count_lock = threading.Lock()
+        self.calls = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
+        with self._count_lock:
+            self.calls += 1
+        try:
+            future = super().submit(fn, *args, **kwargs)
+        except BaseException:
+            self._done(None)
+            raise
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, _future: futures.Future[Any] | None) -> None:
+        with self._count_lock:
+            self.calls -= 1
+
+
+class _Busy:
+    """Answers a call beyond the bound ``UNAVAILABLE`` with ``RetryInfo``.
+
+    It runs on a thread of its own (gRPC's ``experimental_thread_pool`` hook), so the
+    answer does not wait behind the calls the workers hold.
+    """
+
+    def __init__(self, calls_at_once: int) -> None:
+        self.experimental_thread_pool = futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="spanproof-grpc-busy")
+        self._error = Unavailable(
+            f"busy: {calls_at_once} calls are being served or waiting", GRPC_BUSY_RETRY_AFTER)
+
+    def __call__(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        del data
+        context.set_trailing_metadata(
+            (("grpc-status-details-bin", _unavailable_status(self._error).SerializeToString()),)
+        )
+        context.abort(grpc.StatusCode.UNAVAILABLE, str(self._error))
+
+
+class _Handlers(grpc.GenericRpcHandler):
+    """``TraceService/Export``, or the busy answer once the workers hold enough calls.
+
+    gRPC looks a call's handler up on its one polling thread, just before handing the
+    call to the workers' pool, so the count it reads is exact: only calls finishing
+    can change it meanwhile.
+    """
+
+    def __init__(self, service: _TraceService, pool: _CountingPool, calls_at_once: int) -> None:
+        self._pool = pool
+        self._calls_at_once = calls_at_once
+        self._export: grpc.RpcMethodHandler[bytes, bytes] = (
+            grpc.unary_unary_rpc_method_handler(service.Export))
+        self.busy = _Busy(calls_at_once)
+        self._busy: grpc.RpcMethodHandler[bytes, bytes] = (
+            grpc.unary_unary_rpc_method_handler(self.busy))
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        if handler_call_details.method != _EXPORT_METHOD:
+            return None
+        if self._pool.calls >= self._calls_at_once:
+            return self._busy
+        return self._export
+
+
 class GrpcServer:
-    """OTLP/gRPC ``TraceService/Export`` on *address* (``host:port``; port 0 = free)."""
+    """OTLP/gRPC ``TraceService/Export`` on *address* (``host:port``; port 0 = free).
+
+    *workers* threads serve calls; with *calls_at_once* calls served or waiting, the
+    next is answered ``UNAVAILABLE`` with ``RetryInfo`` (see `GRPC_CALLS_AT_ONCE`).
+    """
 
     def __init__(
         self,
@@ -220,20 +307,22 @@ class GrpcServer:
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         workers: int = 8,
+        calls_at_once: int = GRPC_CALLS_AT_ONCE,
     ) -> None:
+        if calls_at_once < workers:
+            raise ValueError(f"calls_at_once ({calls_at_once}) must be at least "
+                             f"workers ({workers})")
+        self._pool = _CountingPool(workers)
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="spanproof-grpc"),
+            self._pool,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_concurrent_streams", calls_at_once),
             ],
         )
-        service = _TraceService(ingest)
-        handler = grpc.method_handlers_generic_handler(
-            "opentelemetry.proto.collector.trace.v1.TraceService",
-            {"Export": grpc.unary_unary_rpc_method_handler(service.Export)},
-        )
-        self._server.add_generic_rpc_handlers((handler,))
+        self._handlers = _Handlers(_TraceService(ingest), self._pool, calls_at_once)
+        self._server.add_generic_rpc_handlers((self._handlers,))
         self.port = self._server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
@@ -246,6 +335,13 @@ class GrpcServer:
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, let in-flight requests finish for up to *grace* seconds."""
         self._server.stop(grace).wait()
+        self._handlers.busy.experimental_thread_pool.shutdown(wait=False)
+        self._pool.shutdown(wait=False)
+
+    @property
+    def calls(self) -> int:
+        """The calls the workers serve or that wait for one (at most *calls_at_once*)."""
+        return self._pool.calls
 
 
 # Bounds on a chunked body's framing: the length of a chunk-size or trailer line, and

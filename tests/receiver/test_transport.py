@@ -6,6 +6,7 @@ import gzip
 import http.client
 import json
 import socket
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -15,6 +16,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
+from processes import wait_for
 
 from spanproof.exporter.otlp_server import (
     GrpcServer,
@@ -138,6 +140,112 @@ def test_grpc_accepts_messages_above_the_4mib_default(grpc_stub, ingest):
 def test_grpc_gzip_compressed_request(grpc_stub, ingest):
     grpc_stub.Export(_request(2), timeout=10, compression=grpc.Compression.Gzip)
     assert len(ingest.seen[0].scope_spans[0].spans) == 2
+
+
+class _HeldIngest:
+    """Holds every call until released, counting the calls that reached it."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, resource_spans):
+        with self._lock:
+            self.entered += 1
+        assert self.release.wait(30), "never released"
+        return IngestResult()
+
+
+@pytest.fixture
+def held_server():
+    """A server of 2 workers and 4 calls at once, and a way to open connections to it."""
+    held = _HeldIngest()
+    server = GrpcServer("127.0.0.1:0", held, workers=2, calls_at_once=4)
+    server.start()
+    channels: list[grpc.Channel] = []
+
+    def connect() -> trace_service_pb2_grpc.TraceServiceStub:
+        # A subchannel pool of its own: a connection of its own, not a shared one.
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}",
+                                        options=[("grpc.use_local_subchannel_pool", 1)])
+        channels.append(channel)
+        return trace_service_pb2_grpc.TraceServiceStub(channel)
+
+    yield server, held, connect
+    held.release.set()
+    for channel in channels:
+        channel.close()
+    server.stop(0)
+
+
+def _retry_delay(error: grpc.RpcError) -> float:
+    status = status_pb2.Status.FromString(
+        dict(error.trailing_metadata())["grpc-status-details-bin"])
+    info = error_details_pb2.RetryInfo()
+    assert status.details[0].Unpack(info)
+    return info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+
+
+def test_grpc_calls_beyond_the_bound_get_unavailable_with_retry_info_at_once(held_server):
+    server, held, connect = held_server
+    first, second = connect(), connect()
+    admitted = [first.Export.future(_request(), timeout=30) for _ in range(4)]
+    wait_for(lambda: held.entered == 2 and server.calls == 4, 10, "two served, two waiting")
+    for _ in range(3):
+        # Answered while both workers are still held: the answer does not wait for one.
+        with pytest.raises(grpc.RpcError) as err:
+            second.Export(_request(), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # not RESOURCE_EXHAUSTED
+        assert "busy: 4 calls" in err.value.details()
+        assert _retry_delay(err.value) == 1.0
+    assert held.entered == 2 and server.calls == 4
+    held.release.set()
+    for call in admitted:
+        assert not call.result(timeout=10).HasField("partial_success")
+    assert held.entered == 4  # the rejected calls never reached ingest
+    wait_for(lambda: server.calls == 0, 10, "every call done")
+    second.Export(_request(), timeout=10)
+    assert held.entered == 5
+
+
+def test_grpc_one_connection_cannot_open_more_calls_than_the_bound(held_server):
+    # HTTP/2's stream limit: a fifth call on the connection waits in the client, so the
+    # server holds none of its bytes and does not answer it busy.
+    server, held, connect = held_server
+    stub = connect()
+    held_calls = [stub.Export.future(_request(), timeout=30) for _ in range(4)]
+    wait_for(lambda: server.calls == 4, 10, "four calls held")
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Export(_request(), timeout=0.5)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    held.release.set()
+    for call in held_calls:
+        call.result(timeout=10)
+    assert held.entered == 4
+
+
+def test_grpc_a_waiting_call_given_up_by_its_client_frees_its_place(held_server):
+    server, held, connect = held_server
+    stub = connect()
+    served = [stub.Export.future(_request(), timeout=30) for _ in range(2)]
+    wait_for(lambda: held.entered == 2, 10, "both workers held")
+    for _ in range(2):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Export(_request(), timeout=0.3)  # waits for a worker, then gives up
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert server.calls == 4
+    held.release.set()
+    for call in served:
+        call.result(timeout=10)
+    wait_for(lambda: server.calls == 0, 10, "the given-up calls counted out")
+    assert held.entered == 2  # given up before a worker took them: never ingested
+    stub.Export(_request(), timeout=10)
+
+
+def test_grpc_server_refuses_fewer_calls_at_once_than_workers():
+    with pytest.raises(ValueError, match="calls_at_once"):
+        GrpcServer("127.0.0.1:0", FakeIngest(), workers=8, calls_at_once=4)
 
 
 def test_http_protobuf_ok(http_url, ingest):
