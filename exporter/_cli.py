@@ -42,6 +42,7 @@ from .config import DEFAULT_SELECT_ATTRIBUTES
 from .keys import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, SigningKey
 
 if TYPE_CHECKING:
+    from .otlp_server import GrpcServer, HttpServer
     from .receiver import Receiver
 
 __all__ = ["demo", "keygen", "receiver"]
@@ -313,6 +314,22 @@ def receiver(
         return _serve_receiver(service, stop, previous, grpc, http, max_message_bytes)
 
 
+def _transports(
+    service: Receiver, grpc: str, http: str | None, max_message_bytes: int
+) -> list[GrpcServer | HttpServer]:
+    """The receiver's OTLP/gRPC (and OTLP/HTTP) servers, not started; their health
+    checks answer from ``service.not_serving``."""
+    from .otlp_server import GrpcServer, HttpServer
+
+    servers: list[GrpcServer | HttpServer] = [
+        GrpcServer(grpc, service, max_message_bytes=max_message_bytes,
+                   health=service.not_serving)]
+    if http is not None:
+        servers.append(HttpServer(http, service, max_message_bytes=max_message_bytes,
+                                  health=service.not_serving))
+    return servers
+
+
 def _serve_receiver(
     service: Receiver,
     stop: threading.Event,
@@ -322,7 +339,7 @@ def _serve_receiver(
     max_message_bytes: int | None,
 ) -> int:
     """Serve until *stop* is set, then seal everything; the exit status."""
-    from .otlp_server import DEFAULT_MAX_MESSAGE_BYTES, GrpcServer, HttpServer
+    from .otlp_server import DEFAULT_MAX_MESSAGE_BYTES
 
     servers: list[GrpcServer | HttpServer] = []
     try:
@@ -336,9 +353,7 @@ def _serve_receiver(
                   flush=True)
         limit = DEFAULT_MAX_MESSAGE_BYTES if max_message_bytes is None else max_message_bytes
         try:
-            servers.append(GrpcServer(grpc, service, max_message_bytes=limit))
-            if http is not None:
-                servers.append(HttpServer(http, service, max_message_bytes=limit))
+            servers.extend(_transports(service, grpc, http, limit))
         except (OSError, RuntimeError) as e:
             _error(f"cannot listen: {e}")
             service.shutdown()

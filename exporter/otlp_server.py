@@ -8,6 +8,9 @@ whose outcome is mapped to the codes the OpenTelemetry Collector acts on:
 * overload or storage failure → gRPC ``UNAVAILABLE`` with ``RetryInfo`` / HTTP 503
   with ``Retry-After`` (retried; never ``INTERNAL``/``UNKNOWN``, which the
   Collector treats as permanent and drops).
+
+Both also answer health checks, for a load balancer's or Kubernetes' probes: gRPC's
+``grpc.health.v1.Health/Check`` and HTTP ``GET /healthz``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2, json_format
+from google.protobuf import any_pb2, duration_pb2, json_format, wrappers_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
@@ -70,6 +73,13 @@ class Unavailable(Exception):
 
 
 Ingest = Callable[[Sequence[trace_pb2.ResourceSpans]], IngestResult]
+#: Why the service refuses every request now, or None while it accepts them (the
+#: health checks' answer; see `spanproof.exporter.Receiver.not_serving`).
+Health = Callable[[], "str | None"]
+
+
+def _always_serving() -> str | None:
+    return None
 
 _ID_FIELDS = ("traceId", "spanId", "parentSpanId")
 # What an id that is not hex becomes: one byte, a length no id has, so that its span
@@ -218,7 +228,11 @@ class _TraceService:
 GRPC_CALLS_AT_ONCE = 16
 #: The retry delay that answer asks for.
 GRPC_BUSY_RETRY_AFTER = 1.0
-_EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+_TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+_EXPORT_METHOD = f"/{_TRACE_SERVICE}/Export"
+_HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
+# grpc.health.v1's HealthCheckResponse.ServingStatus values.
+_SERVING, _NOT_SERVING = 1, 2
 
 
 class _CountingPool(futures.ThreadPoolExecutor):
@@ -248,13 +262,12 @@ class _CountingPool(futures.ThreadPoolExecutor):
 class _Busy:
     """Answers a call beyond the bound ``UNAVAILABLE`` with ``RetryInfo``.
 
-    It runs on a thread of its own (gRPC's ``experimental_thread_pool`` hook), so the
-    answer does not wait behind the calls the workers hold.
+    It runs on the quick answers' thread (gRPC's ``experimental_thread_pool`` hook),
+    so the answer does not wait behind the calls the workers hold.
     """
 
-    def __init__(self, calls_at_once: int) -> None:
-        self.experimental_thread_pool = futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="spanproof-grpc-busy")
+    def __init__(self, calls_at_once: int, quick: futures.ThreadPoolExecutor) -> None:
+        self.experimental_thread_pool = quick
         self._error = Unavailable(
             f"busy: {calls_at_once} calls are being served or waiting", GRPC_BUSY_RETRY_AFTER)
 
@@ -266,27 +279,61 @@ class _Busy:
         context.abort(grpc.StatusCode.UNAVAILABLE, str(self._error))
 
 
+class _HealthCheck:
+    """``grpc.health.v1.Health/Check``, on the quick answers' thread.
+
+    Its messages are written with the well-known wrapper types, whose wire format is
+    the same: ``HealthCheckRequest`` is a ``string`` field 1, as ``StringValue`` is, and
+    ``HealthCheckResponse`` an enum field 1, a varint as ``Int32Value``'s.  ``Watch``
+    is not offered (``UNIMPLEMENTED``); probes use ``Check``.
+    """
+
+    def __init__(self, health: Health, quick: futures.ThreadPoolExecutor) -> None:
+        self.experimental_thread_pool = quick
+        self._health = health
+
+    def __call__(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+        try:
+            service = wrappers_pb2.StringValue.FromString(data).value
+        except DecodeError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a HealthCheckRequest: {e}")
+        if service not in ("", _TRACE_SERVICE):
+            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {service!r}")
+        status = _SERVING if self._health() is None else _NOT_SERVING
+        return wrappers_pb2.Int32Value(value=status).SerializeToString()
+
+
 class _Handlers(grpc.GenericRpcHandler):
-    """``TraceService/Export``, or the busy answer once the workers hold enough calls.
+    """``TraceService/Export``, or the busy answer once the workers hold enough calls;
+    and the health check.
 
     gRPC looks a call's handler up on its one polling thread, just before handing the
     call to the workers' pool, so the count it reads is exact: only calls finishing
     can change it meanwhile.
     """
 
-    def __init__(self, service: _TraceService, pool: _CountingPool, calls_at_once: int) -> None:
+    def __init__(
+        self, service: _TraceService, pool: _CountingPool, calls_at_once: int, health: Health
+    ) -> None:
         self._pool = pool
         self._calls_at_once = calls_at_once
+        # One thread for the answers that must not wait behind the workers' calls.
+        self.quick = futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="spanproof-grpc-quick")
         self._export: grpc.RpcMethodHandler[bytes, bytes] = (
             grpc.unary_unary_rpc_method_handler(service.Export))
-        self.busy = _Busy(calls_at_once)
         self._busy: grpc.RpcMethodHandler[bytes, bytes] = (
-            grpc.unary_unary_rpc_method_handler(self.busy))
+            grpc.unary_unary_rpc_method_handler(_Busy(calls_at_once, self.quick)))
+        self._health: grpc.RpcMethodHandler[bytes, bytes] = (
+            grpc.unary_unary_rpc_method_handler(_HealthCheck(health, self.quick)))
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        if handler_call_details.method != _EXPORT_METHOD:
+        method = handler_call_details.method
+        if method == _HEALTH_CHECK_METHOD:
+            return self._health
+        if method != _EXPORT_METHOD:
             return None
         if self._pool.calls >= self._calls_at_once:
             return self._busy
@@ -298,6 +345,7 @@ class GrpcServer:
 
     *workers* threads serve calls; with *calls_at_once* calls served or waiting, the
     next is answered ``UNAVAILABLE`` with ``RetryInfo`` (see `GRPC_CALLS_AT_ONCE`).
+    The health check answers ``NOT_SERVING`` while *health* gives a reason.
     """
 
     def __init__(
@@ -308,6 +356,7 @@ class GrpcServer:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         workers: int = 8,
         calls_at_once: int = GRPC_CALLS_AT_ONCE,
+        health: Health = _always_serving,
     ) -> None:
         if calls_at_once < workers:
             raise ValueError(f"calls_at_once ({calls_at_once}) must be at least "
@@ -321,7 +370,7 @@ class GrpcServer:
                 ("grpc.max_concurrent_streams", calls_at_once),
             ],
         )
-        self._handlers = _Handlers(_TraceService(ingest), self._pool, calls_at_once)
+        self._handlers = _Handlers(_TraceService(ingest), self._pool, calls_at_once, health)
         self._server.add_generic_rpc_handlers((self._handlers,))
         self.port = self._server.add_insecure_port(address)
         if self.port == 0:
@@ -335,7 +384,7 @@ class GrpcServer:
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, let in-flight requests finish for up to *grace* seconds."""
         self._server.stop(grace).wait()
-        self._handlers.busy.experimental_thread_pool.shutdown(wait=False)
+        self._handlers.quick.shutdown(wait=False)
         self._pool.shutdown(wait=False)
 
     @property
@@ -546,7 +595,7 @@ HTTP_IDLE_TIMEOUT = 60.0
 HTTP_BODY_SECONDS = 120.0
 
 
-def _make_handler(ingest: Ingest, limit: int) -> type[BaseHTTPRequestHandler]:
+def _make_handler(ingest: Ingest, limit: int, health: Health) -> type[BaseHTTPRequestHandler]:
     turns = threading.BoundedSemaphore(HTTP_REQUESTS_AT_ONCE)
 
     class Handler(BaseHTTPRequestHandler):
@@ -585,6 +634,17 @@ def _make_handler(ingest: Ingest, limit: int) -> type[BaseHTTPRequestHandler]:
                 self._send(http_code, body, "application/json", headers)
             else:
                 self._send(http_code, status.SerializeToString(), "application/x-protobuf", headers)
+
+        def do_GET(self) -> None:
+            self._body_read = False  # a body sent with it is not read: the connection closes
+            if self.path.split("?")[0] != "/healthz":
+                self._send(404, b"not found\n", "text/plain; charset=utf-8")
+                return
+            reason = health()
+            if reason is None:
+                self._send(200, b"SERVING\n", "text/plain; charset=utf-8")
+            else:
+                self._send(503, f"NOT_SERVING: {reason}\n".encode(), "text/plain; charset=utf-8")
 
         def do_POST(self) -> None:
             self._body_read = False
@@ -677,14 +737,23 @@ class _Unsupported(Exception):
 
 
 class HttpServer:
-    """OTLP/HTTP ``POST /v1/traces`` (protobuf and JSON, gzip) on *address*."""
+    """OTLP/HTTP ``POST /v1/traces`` (protobuf and JSON, gzip) on *address*.
+
+    ``GET /healthz`` answers 200 ``SERVING``, or 503 ``NOT_SERVING: <reason>`` while
+    *health* gives a reason.
+    """
 
     def __init__(
-        self, address: str, ingest: Ingest, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+        self,
+        address: str,
+        ingest: Ingest,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        health: Health = _always_serving,
     ) -> None:
         host, _, port = address.rpartition(":")
         self._server = ThreadingHTTPServer(
-            (host.strip("[]"), int(port)), _make_handler(ingest, max_message_bytes)
+            (host.strip("[]"), int(port)), _make_handler(ingest, max_message_bytes, health)
         )
         self._server.daemon_threads = True
         self.host = host

@@ -481,6 +481,20 @@ class Receiver:
         """Seal and write every trace that is due now; True when nothing due is left."""
         return self._cycle(deadline=time.monotonic() + timeout)
 
+    def not_serving(self) -> str | None:
+        """Why the receiver refuses every request now, or None while it accepts them.
+
+        Not started or shut down, or storage failing (it accepts again once a write
+        succeeds); an overload is not counted, as it passes with the backlog.  The
+        health checks answer with it (``NOT_SERVING`` / HTTP 503).
+        """
+        if not self._started or self._shut_down or self._journal is None:
+            return "receiver is not running"
+        error = self._storage_error
+        if error is not None:
+            return f"storage is failing: {error}"
+        return None
+
     # -- ingest (the transports' callable) ----------------------------------------
 
     def __call__(self, resource_spans: Sequence[trace_pb2.ResourceSpans]) -> IngestResult:

@@ -321,6 +321,59 @@ def test_storage_failure_answers_unavailable_and_recovers(tmp_path, clock):
     assert {r.statement.trace_id for r in reports} == {TRACE_A, TRACE_B}
 
 
+def _healthz(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def test_health_checks_say_not_serving_while_storage_fails(tmp_path, clock):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from spanproof.exporter._cli import _transports
+
+    sink = FailingSink(tmp_path / "out")
+    receiver = make_receiver(tmp_path / "out", clock, sink=sink)
+    assert receiver.not_serving() == "receiver is not running"
+    receiver.start()
+    # The servers `spanproof receiver` runs, wired to the receiver as it wires them.
+    grpc_server, http_server = _transports(receiver, "127.0.0.1:0", "127.0.0.1:0", 1 << 20)
+    grpc_server.start()
+    http_server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_server.port}")
+    healthz = f"http://127.0.0.1:{http_server.port}/healthz"
+
+    def grpc_status() -> int:
+        check = health_pb2_grpc.HealthStub(channel).Check
+        return int(check(health_pb2.HealthCheckRequest(), timeout=5).status)
+
+    try:
+        assert receiver.not_serving() is None
+        assert grpc_status() == health_pb2.HealthCheckResponse.SERVING
+        assert _healthz(healthz) == (200, b"SERVING\n")
+        export(f"127.0.0.1:{grpc_server.port}", otlp_span(TRACE_A, 1))
+        clock.advance(2.5)
+        assert not receiver.flush()
+        reason = receiver.not_serving()
+        assert reason == "storage is failing: cannot write bundles: " \
+            "[Errno 28] No space left on device"
+        assert grpc_status() == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert _healthz(healthz) == (503, f"NOT_SERVING: {reason}\n".encode())
+        sink.failing = False
+        assert receiver.flush()
+        assert receiver.not_serving() is None
+        assert grpc_status() == health_pb2.HealthCheckResponse.SERVING
+        assert _healthz(healthz) == (200, b"SERVING\n")
+    finally:
+        channel.close()
+        grpc_server.stop(1.0)
+        http_server.stop()
+        receiver.shutdown()
+    assert receiver.not_serving() == "receiver is not running"
+
+
 def test_a_failed_journal_retire_is_retried_and_requests_are_accepted_again(
     tmp_path, clock, monkeypatch
 ):

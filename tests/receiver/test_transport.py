@@ -14,6 +14,7 @@ import urllib.request
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 from processes import wait_for
@@ -143,11 +144,13 @@ def test_grpc_gzip_compressed_request(grpc_stub, ingest):
 
 
 class _HeldIngest:
-    """Holds every call until released, counting the calls that reached it."""
+    """Holds every call until released, counting the calls that reached it; its
+    ``reason`` is what the health checks are told."""
 
     def __init__(self) -> None:
         self.release = threading.Event()
         self.entered = 0
+        self.reason: str | None = None
         self._lock = threading.Lock()
 
     def __call__(self, resource_spans):
@@ -161,22 +164,27 @@ class _HeldIngest:
 def held_server():
     """A server of 2 workers and 4 calls at once, and a way to open connections to it."""
     held = _HeldIngest()
-    server = GrpcServer("127.0.0.1:0", held, workers=2, calls_at_once=4)
+    server = GrpcServer("127.0.0.1:0", held, workers=2, calls_at_once=4,
+                        health=lambda: held.reason)
     server.start()
     channels: list[grpc.Channel] = []
 
-    def connect() -> trace_service_pb2_grpc.TraceServiceStub:
+    def connect() -> grpc.Channel:
         # A subchannel pool of its own: a connection of its own, not a shared one.
         channel = grpc.insecure_channel(f"127.0.0.1:{server.port}",
                                         options=[("grpc.use_local_subchannel_pool", 1)])
         channels.append(channel)
-        return trace_service_pb2_grpc.TraceServiceStub(channel)
+        return channel
 
     yield server, held, connect
     held.release.set()
     for channel in channels:
         channel.close()
     server.stop(0)
+
+
+def _exports(channel: grpc.Channel) -> trace_service_pb2_grpc.TraceServiceStub:
+    return trace_service_pb2_grpc.TraceServiceStub(channel)
 
 
 def _retry_delay(error: grpc.RpcError) -> float:
@@ -189,7 +197,7 @@ def _retry_delay(error: grpc.RpcError) -> float:
 
 def test_grpc_calls_beyond_the_bound_get_unavailable_with_retry_info_at_once(held_server):
     server, held, connect = held_server
-    first, second = connect(), connect()
+    first, second = _exports(connect()), _exports(connect())
     admitted = [first.Export.future(_request(), timeout=30) for _ in range(4)]
     wait_for(lambda: held.entered == 2 and server.calls == 4, 10, "two served, two waiting")
     for _ in range(3):
@@ -213,7 +221,7 @@ def test_grpc_one_connection_cannot_open_more_calls_than_the_bound(held_server):
     # HTTP/2's stream limit: a fifth call on the connection waits in the client, so the
     # server holds none of its bytes and does not answer it busy.
     server, held, connect = held_server
-    stub = connect()
+    stub = _exports(connect())
     held_calls = [stub.Export.future(_request(), timeout=30) for _ in range(4)]
     wait_for(lambda: server.calls == 4, 10, "four calls held")
     with pytest.raises(grpc.RpcError) as err:
@@ -227,7 +235,7 @@ def test_grpc_one_connection_cannot_open_more_calls_than_the_bound(held_server):
 
 def test_grpc_a_waiting_call_given_up_by_its_client_frees_its_place(held_server):
     server, held, connect = held_server
-    stub = connect()
+    stub = _exports(connect())
     served = [stub.Export.future(_request(), timeout=30) for _ in range(2)]
     wait_for(lambda: held.entered == 2, 10, "both workers held")
     for _ in range(2):
@@ -241,6 +249,73 @@ def test_grpc_a_waiting_call_given_up_by_its_client_frees_its_place(held_server)
     wait_for(lambda: server.calls == 0, 10, "the given-up calls counted out")
     assert held.entered == 2  # given up before a worker took them: never ingested
     stub.Export(_request(), timeout=10)
+
+
+def _health_status(channel: grpc.Channel, service: str = "") -> int:
+    """The status gRPC's own health client (grpcio-health-checking) reads."""
+    stub = health_pb2_grpc.HealthStub(channel)
+    response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+    return int(response.status)
+
+
+def test_grpc_health_check_answers_for_the_server_and_the_trace_service(held_server):
+    _, held, connect = held_server
+    channel = connect()
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert _health_status(channel) == serving
+    assert _health_status(channel, "opentelemetry.proto.collector.trace.v1.TraceService") \
+        == serving
+    held.reason = "storage is failing: journal write failed"
+    assert _health_status(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert _health_status(channel, "opentelemetry.proto.collector.trace.v1.TraceService") \
+        == health_pb2.HealthCheckResponse.NOT_SERVING
+    held.reason = None
+    assert _health_status(channel) == serving
+    with pytest.raises(grpc.RpcError) as err:
+        _health_status(channel, "no.such.Service")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND  # as grpc.health.v1 says
+    with pytest.raises(grpc.RpcError) as err:
+        next(iter(health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(), timeout=5)))
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    with pytest.raises(grpc.RpcError) as err:
+        channel.unary_unary("/grpc.health.v1.Health/Check")(b"\x0a\x05ab", timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # truncated
+
+
+def test_grpc_health_check_is_answered_while_every_call_is_held(held_server):
+    # A probe must not wait behind the workers, or a busy receiver would be restarted.
+    server, held, connect = held_server
+    first, second = _exports(connect()), _exports(connect())
+    admitted = [first.Export.future(_request(), timeout=30) for _ in range(4)]
+    wait_for(lambda: held.entered == 2 and server.calls == 4, 10, "two served, two waiting")
+    assert _health_status(connect()) == health_pb2.HealthCheckResponse.SERVING
+    with pytest.raises(grpc.RpcError):
+        second.Export(_request(), timeout=5)  # busy, on the same thread as the check
+    assert _health_status(connect()) == health_pb2.HealthCheckResponse.SERVING
+    held.release.set()
+    for call in admitted:
+        call.result(timeout=10)
+
+
+def test_http_healthz_answers_serving_or_503_with_the_reason():
+    reason: list[str | None] = [None]
+    server = HttpServer("127.0.0.1:0", FakeIngest(), health=lambda: reason[0])
+    server.start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        with urllib.request.urlopen(f"{base}/healthz", timeout=10) as resp:
+            assert (resp.status, resp.read()) == (200, b"SERVING\n")
+        reason[0] = "receiver is not running"
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{base}/healthz", timeout=10)
+        assert err.value.code == 503
+        assert err.value.read() == b"NOT_SERVING: receiver is not running\n"
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{base}/v1/traces", timeout=10)
+        assert err.value.code == 404
+    finally:
+        server.stop()
 
 
 def test_grpc_server_refuses_fewer_calls_at_once_than_workers():
