@@ -187,6 +187,20 @@ def _exports(channel: grpc.Channel) -> trace_service_pb2_grpc.TraceServiceStub:
     return trace_service_pb2_grpc.TraceServiceStub(channel)
 
 
+def _hold(stub: trace_service_pb2_grpc.TraceServiceStub, n: int, server: GrpcServer,
+          held: _HeldIngest) -> list[grpc.Future]:
+    """Send *n* calls that stay held: two served by the workers, the rest waiting."""
+    calls = [stub.Export.future(_request(), timeout=30) for _ in range(n)]
+    wait_for(lambda: held.entered == min(n, 2) and server.calls == n, 10, f"{n} calls held")
+    return calls
+
+
+def _finish(held: _HeldIngest, calls: list[grpc.Future]) -> None:
+    held.release.set()
+    for call in calls:
+        assert not call.result(timeout=10).HasField("partial_success")
+
+
 def _retry_delay(error: grpc.RpcError) -> float:
     status = status_pb2.Status.FromString(
         dict(error.trailing_metadata())["grpc-status-details-bin"])
@@ -198,8 +212,7 @@ def _retry_delay(error: grpc.RpcError) -> float:
 def test_grpc_calls_beyond_the_bound_get_unavailable_with_retry_info_at_once(held_server):
     server, held, connect = held_server
     first, second = _exports(connect()), _exports(connect())
-    admitted = [first.Export.future(_request(), timeout=30) for _ in range(4)]
-    wait_for(lambda: held.entered == 2 and server.calls == 4, 10, "two served, two waiting")
+    admitted = _hold(first, 4, server, held)
     for _ in range(3):
         # Answered while both workers are still held: the answer does not wait for one.
         with pytest.raises(grpc.RpcError) as err:
@@ -208,9 +221,7 @@ def test_grpc_calls_beyond_the_bound_get_unavailable_with_retry_info_at_once(hel
         assert "busy: 4 calls" in err.value.details()
         assert _retry_delay(err.value) == 1.0
     assert held.entered == 2 and server.calls == 4
-    held.release.set()
-    for call in admitted:
-        assert not call.result(timeout=10).HasField("partial_success")
+    _finish(held, admitted)
     assert held.entered == 4  # the rejected calls never reached ingest
     wait_for(lambda: server.calls == 0, 10, "every call done")
     second.Export(_request(), timeout=10)
@@ -222,30 +233,24 @@ def test_grpc_one_connection_cannot_open_more_calls_than_the_bound(held_server):
     # server holds none of its bytes and does not answer it busy.
     server, held, connect = held_server
     stub = _exports(connect())
-    held_calls = [stub.Export.future(_request(), timeout=30) for _ in range(4)]
-    wait_for(lambda: server.calls == 4, 10, "four calls held")
+    held_calls = _hold(stub, 4, server, held)
     with pytest.raises(grpc.RpcError) as err:
         stub.Export(_request(), timeout=0.5)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    held.release.set()
-    for call in held_calls:
-        call.result(timeout=10)
+    _finish(held, held_calls)
     assert held.entered == 4
 
 
 def test_grpc_a_waiting_call_given_up_by_its_client_frees_its_place(held_server):
     server, held, connect = held_server
     stub = _exports(connect())
-    served = [stub.Export.future(_request(), timeout=30) for _ in range(2)]
-    wait_for(lambda: held.entered == 2, 10, "both workers held")
+    served = _hold(stub, 2, server, held)
     for _ in range(2):
         with pytest.raises(grpc.RpcError) as err:
             stub.Export(_request(), timeout=0.3)  # waits for a worker, then gives up
         assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert server.calls == 4
-    held.release.set()
-    for call in served:
-        call.result(timeout=10)
+    _finish(held, served)
     wait_for(lambda: server.calls == 0, 10, "the given-up calls counted out")
     assert held.entered == 2  # given up before a worker took them: never ingested
     stub.Export(_request(), timeout=10)
@@ -287,15 +292,12 @@ def test_grpc_health_check_is_answered_while_every_call_is_held(held_server):
     # A probe must not wait behind the workers, or a busy receiver would be restarted.
     server, held, connect = held_server
     first, second = _exports(connect()), _exports(connect())
-    admitted = [first.Export.future(_request(), timeout=30) for _ in range(4)]
-    wait_for(lambda: held.entered == 2 and server.calls == 4, 10, "two served, two waiting")
+    admitted = _hold(first, 4, server, held)
     assert _health_status(connect()) == health_pb2.HealthCheckResponse.SERVING
     with pytest.raises(grpc.RpcError):
         second.Export(_request(), timeout=5)  # busy, on the same thread as the check
     assert _health_status(connect()) == health_pb2.HealthCheckResponse.SERVING
-    held.release.set()
-    for call in admitted:
-        call.result(timeout=10)
+    _finish(held, admitted)
 
 
 def test_http_healthz_answers_serving_or_503_with_the_reason():
