@@ -23,7 +23,7 @@ import re
 import threading
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -228,6 +228,8 @@ class _TraceService:
 GRPC_CALLS_AT_ONCE = 16
 #: The retry delay that answer asks for.
 GRPC_BUSY_RETRY_AFTER = 1.0
+#: How long a health check's request may take to arrive before the check is cancelled.
+GRPC_HEALTH_BODY_SECONDS = 2.0
 _TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 _EXPORT_METHOD = f"/{_TRACE_SERVICE}/Export"
 _HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
@@ -262,17 +264,20 @@ class _CountingPool(futures.ThreadPoolExecutor):
 class _Busy:
     """Answers a call beyond the bound ``UNAVAILABLE`` with ``RetryInfo``.
 
-    It runs on the quick answers' thread (gRPC's ``experimental_thread_pool`` hook),
-    so the answer does not wait behind the calls the workers hold.
+    It runs on a thread of its own (gRPC's ``experimental_thread_pool`` hook), so the
+    answer does not wait behind the calls the workers hold, and as a stream-request
+    handler that never reads its request: a unary handler's request is read to its
+    end before the handler runs, and a body that is slow to arrive would hold the
+    thread, and every busy answer after it.
     """
 
-    def __init__(self, calls_at_once: int, quick: futures.ThreadPoolExecutor) -> None:
-        self.experimental_thread_pool = quick
+    def __init__(self, calls_at_once: int, thread: futures.ThreadPoolExecutor) -> None:
+        self.experimental_thread_pool = thread
         self._error = Unavailable(
             f"busy: {calls_at_once} calls are being served or waiting", GRPC_BUSY_RETRY_AFTER)
 
-    def __call__(self, data: bytes, context: grpc.ServicerContext) -> bytes:
-        del data
+    def __call__(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        del requests  # not read
         context.set_trailing_metadata(
             (("grpc-status-details-bin", _unavailable_status(self._error).SerializeToString()),)
         )
@@ -280,19 +285,29 @@ class _Busy:
 
 
 class _HealthCheck:
-    """``grpc.health.v1.Health/Check``, on the quick answers' thread.
+    """``grpc.health.v1.Health/Check``, on threads of its own.
 
     Its messages are written with the well-known wrapper types, whose wire format is
     the same: ``HealthCheckRequest`` is a ``string`` field 1, as ``StringValue`` is, and
     ``HealthCheckResponse`` an enum field 1, a varint as ``Int32Value``'s.  ``Watch``
-    is not offered (``UNIMPLEMENTED``); probes use ``Check``.
+    is not offered (``UNIMPLEMENTED``); probes use ``Check``.  It reads its request as
+    a stream, so a request that has not arrived within `GRPC_HEALTH_BODY_SECONDS` is
+    cancelled instead of holding a thread.
     """
 
-    def __init__(self, health: Health, quick: futures.ThreadPoolExecutor) -> None:
-        self.experimental_thread_pool = quick
+    def __init__(self, health: Health, threads: futures.ThreadPoolExecutor) -> None:
+        self.experimental_thread_pool = threads
         self._health = health
 
-    def __call__(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+    def __call__(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        timer = threading.Timer(GRPC_HEALTH_BODY_SECONDS, context.cancel)
+        timer.start()
+        try:
+            data = next(requests, None)  # raises RpcError once cancelled
+        finally:
+            timer.cancel()
+        if data is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no HealthCheckRequest")
         try:
             service = wrappers_pb2.StringValue.FromString(data).value
         except DecodeError as e:
@@ -317,15 +332,17 @@ class _Handlers(grpc.GenericRpcHandler):
     ) -> None:
         self._pool = pool
         self._calls_at_once = calls_at_once
-        # One thread for the answers that must not wait behind the workers' calls.
-        self.quick = futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="spanproof-grpc-quick")
+        # Threads for the answers that must not wait behind the workers' calls.
+        self.quick = [
+            futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="spanproof-grpc-busy"),
+            futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="spanproof-grpc-health"),
+        ]
         self._export: grpc.RpcMethodHandler[bytes, bytes] = (
             grpc.unary_unary_rpc_method_handler(service.Export))
         self._busy: grpc.RpcMethodHandler[bytes, bytes] = (
-            grpc.unary_unary_rpc_method_handler(_Busy(calls_at_once, self.quick)))
+            grpc.stream_unary_rpc_method_handler(_Busy(calls_at_once, self.quick[0])))
         self._health: grpc.RpcMethodHandler[bytes, bytes] = (
-            grpc.unary_unary_rpc_method_handler(_HealthCheck(health, self.quick)))
+            grpc.stream_unary_rpc_method_handler(_HealthCheck(health, self.quick[1])))
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
@@ -384,7 +401,8 @@ class GrpcServer:
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, let in-flight requests finish for up to *grace* seconds."""
         self._server.stop(grace).wait()
-        self._handlers.quick.shutdown(wait=False)
+        for threads in self._handlers.quick:
+            threads.shutdown(wait=False)
         self._pool.shutdown(wait=False)
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.client
 import json
@@ -10,6 +11,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -298,6 +300,47 @@ def test_grpc_health_check_is_answered_while_every_call_is_held(held_server):
         second.Export(_request(), timeout=5)  # busy, on the same thread as the check
     assert _health_status(connect()) == health_pb2.HealthCheckResponse.SERVING
     _finish(held, admitted)
+
+
+@contextlib.contextmanager
+def _stalled(channel: grpc.Channel, method: str) -> Iterator[grpc.Future]:
+    """A call of *method* whose request never arrives: its stream stays open, empty."""
+    done = threading.Event()
+
+    def nothing() -> Iterator[bytes]:
+        done.wait(30)
+        yield from ()
+
+    call = channel.stream_unary(method).future(nothing(), timeout=30)
+    try:
+        yield call
+    finally:
+        done.set()
+
+
+def test_grpc_busy_answer_does_not_wait_for_a_request_to_arrive(held_server):
+    server, held, connect = held_server
+    admitted = _hold(_exports(connect()), 4, server, held)
+    export = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+    with _stalled(connect(), export) as stalled:
+        assert stalled.exception(timeout=5).code() == grpc.StatusCode.UNAVAILABLE
+    with _stalled(connect(), export), pytest.raises(grpc.RpcError) as err:
+        _exports(connect()).Export(_request(), timeout=5)  # not behind the stalled one
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    _finish(held, admitted)
+
+
+def test_grpc_health_check_does_not_wait_behind_a_request_that_never_arrives(
+    held_server, monkeypatch
+):
+    import spanproof.exporter.otlp_server as otlp_server
+
+    monkeypatch.setattr(otlp_server, "GRPC_HEALTH_BODY_SECONDS", 0.5)
+    _, _, connect = held_server
+    with _stalled(connect(), "/grpc.health.v1.Health/Check") as stalled:
+        assert _health_status(connect()) == health_pb2.HealthCheckResponse.SERVING
+        # Given up on after GRPC_HEALTH_BODY_SECONDS, not held for the client's 30 s.
+        assert stalled.exception(timeout=5).code() == grpc.StatusCode.CANCELLED
 
 
 def test_http_healthz_answers_serving_or_503_with_the_reason():
