@@ -17,6 +17,7 @@ from exporter_support import (
     FakeClock,
     Recorder,
     make_exporter,
+    needs_any_value_sdk,
     record_span_ids,
     reports,
     signing_key,
@@ -55,6 +56,7 @@ def test_the_producers_share_the_verifiers_depth_limit() -> None:
     assert OTLP_MAX_DEPTH is MAX_DEPTH
 
 
+@needs_any_value_sdk
 @pytest.mark.parametrize("value", [_nested(MAX_DEPTH), _deep_mapping(MAX_DEPTH),
                                    _nested(MAX_DEPTH, None), _nested(MAX_DEPTH + 1, None)])
 def test_a_value_as_deep_as_the_verifier_allows_is_certified(value: Any) -> None:
@@ -91,6 +93,7 @@ def _assert_declared_rejected(out: Path, trust_dir: Path, kept: list[str],
     assert sorted(record_span_ids(report)) == sorted(kept)
 
 
+@needs_any_value_sdk
 @pytest.mark.parametrize("where", ["span", "event", "link"])
 @pytest.mark.parametrize("value", [_nested(MAX_DEPTH + 1), _deep_mapping(MAX_DEPTH + 1),
                                    _nested(MAX_DEPTH + 1, [])])
@@ -105,6 +108,7 @@ def test_attribute_nested_too_deep_is_declared_rejected_not_signed(
     _assert_declared_rejected(tmp_path / "out", tmp_path, [root, good])
 
 
+@needs_any_value_sdk
 def test_attribute_nested_too_deep_is_declared_rejected_by_the_sealing_process(
     tmp_path: Path,
 ) -> None:
@@ -119,6 +123,7 @@ def test_attribute_nested_too_deep_is_declared_rejected_by_the_sealing_process(
     _assert_declared_rejected(tmp_path / "out", tmp_path, [root, good])
 
 
+@needs_any_value_sdk
 def test_attribute_nested_too_deep_is_declared_rejected_by_the_evidence_processor(
     tmp_path: Path,
 ) -> None:
@@ -133,6 +138,7 @@ def test_attribute_nested_too_deep_is_declared_rejected_by_the_evidence_processo
     _assert_declared_rejected(tmp_path / "out", tmp_path, [root, good])
 
 
+@needs_any_value_sdk
 @pytest.mark.parametrize("where", ["resource", "scope"])
 def test_resource_or_scope_nested_too_deep_rejects_its_spans(tmp_path: Path,
                                                              where: str) -> None:
