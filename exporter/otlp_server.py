@@ -230,6 +230,12 @@ GRPC_CALLS_AT_ONCE = 16
 GRPC_BUSY_RETRY_AFTER = 1.0
 #: How long a health check's request may take to arrive before the check is cancelled.
 GRPC_HEALTH_BODY_SECONDS = 2.0
+#: While a connection has calls under way and has been silent this long, the server
+#: pings it, and closes it (cancelling its calls) when no answer comes within
+#: `GRPC_KEEPALIVE_TIMEOUT_SECONDS`: a client that vanished mid-request (its host gone,
+#: a network cut, no FIN) otherwise holds its calls' places for TCP's hours.
+GRPC_KEEPALIVE_SECONDS = 30.0
+GRPC_KEEPALIVE_TIMEOUT_SECONDS = 10.0
 _TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 _EXPORT_METHOD = f"/{_TRACE_SERVICE}/Export"
 _HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
@@ -385,6 +391,10 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_concurrent_streams", calls_at_once),
+                ("grpc.keepalive_time_ms", int(GRPC_KEEPALIVE_SECONDS * 1000)),
+                ("grpc.keepalive_timeout_ms", int(GRPC_KEEPALIVE_TIMEOUT_SECONDS * 1000)),
+                # Newer gRPC cores time a keepalive ping by this one instead (1 min).
+                ("grpc.http2.ping_timeout_ms", int(GRPC_KEEPALIVE_TIMEOUT_SECONDS * 1000)),
             ],
         )
         self._handlers = _Handlers(_TraceService(ingest), self._pool, calls_at_once, health)

@@ -343,6 +343,64 @@ def test_grpc_health_check_does_not_wait_behind_a_request_that_never_arrives(
         assert stalled.exception(timeout=5).code() == grpc.StatusCode.CANCELLED
 
 
+class _FreezingProxy:
+    """A TCP relay to *port* that, once frozen, passes nothing on and closes nothing:
+    what a client whose host vanished (no FIN, no RST) looks like to the server."""
+
+    def __init__(self, port: int) -> None:
+        self.frozen = threading.Event()
+        self._port = port
+        self._sockets: list[socket.socket] = []
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self._listener.accept()
+                server = socket.create_connection(("127.0.0.1", self._port))
+                self._sockets += [client, server]
+                for source, sink in ((client, server), (server, client)):
+                    threading.Thread(target=self._relay, args=(source, sink), daemon=True).start()
+
+    def _relay(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if not self.frozen.is_set():
+                    sink.sendall(data)
+
+    def close(self) -> None:
+        self._listener.close()
+        for sock in self._sockets:
+            sock.close()
+
+
+def test_grpc_calls_of_a_client_that_vanished_are_cancelled_by_keepalive(monkeypatch):
+    import spanproof.exporter.otlp_server as otlp_server
+
+    monkeypatch.setattr(otlp_server, "GRPC_KEEPALIVE_SECONDS", 0.5)
+    monkeypatch.setattr(otlp_server, "GRPC_KEEPALIVE_TIMEOUT_SECONDS", 0.5)
+    held = _HeldIngest()
+    server = GrpcServer("127.0.0.1:0", held, workers=1, calls_at_once=2)
+    server.start()
+    proxy = _FreezingProxy(server.port)
+    channel = grpc.insecure_channel(f"127.0.0.1:{proxy.port}")
+    try:
+        export = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+        with _stalled(channel, export):  # its request never arrives
+            wait_for(lambda: server.calls == 1, 10, "the stalled call held")
+            proxy.frozen.set()  # the client's host is gone
+            # Pinged, no answer within the timeout: the connection is closed and its
+            # call cancelled, not held for TCP's hours.
+            wait_for(lambda: server.calls == 0, 10, "the vanished client's call cancelled")
+    finally:
+        channel.close()
+        proxy.close()
+        held.release.set()
+        server.stop(0)
+
+
 def test_http_healthz_answers_serving_or_503_with_the_reason():
     reason: list[str | None] = [None]
     server = HttpServer("127.0.0.1:0", FakeIngest(), health=lambda: reason[0])
