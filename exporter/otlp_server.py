@@ -36,6 +36,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+from ._sealing_process import start_watch
+
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "GrpcServer",
@@ -187,11 +189,56 @@ def _unavailable_status(error: Unavailable) -> status_pb2.Status:
     return status
 
 
-class _TraceService:
-    def __init__(self, ingest: Ingest) -> None:
-        self._ingest = ingest
+class _Arrivals:
+    """The calls whose request message is still arriving, each cancelled when it has
+    not arrived by its deadline (a watch thread looks once a second).
 
-    def Export(self, data: bytes, context: grpc.ServicerContext) -> bytes:
+    A unary handler's request is read before the handler runs, with no time limit, so
+    the handlers that bound it read their request as a stream, under `watch`.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._arriving: dict[int, tuple[float, grpc.ServicerContext]] = {}
+        self._stop: threading.Event | None = None
+
+    def start(self) -> None:
+        self._stop = start_watch(self._check, "spanproof-grpc-arrivals")
+
+    def close(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+
+    def first(self, requests: Iterator[bytes], context: grpc.ServicerContext,
+              seconds: float) -> bytes | None:
+        """The call's request message, or None when the client sent none; raises
+        ``grpc.RpcError`` when the call is cancelled, for one after *seconds*."""
+        key = id(context)
+        with self._lock:
+            self._arriving[key] = (time.monotonic() + seconds, context)
+        try:
+            return next(requests, None)
+        finally:
+            with self._lock:
+                del self._arriving[key]
+
+    def _check(self, now: float) -> None:
+        with self._lock:  # a call whose message just arrived is no longer here
+            for deadline, context in self._arriving.values():
+                if deadline <= now:
+                    context.cancel()
+
+
+class _TraceService:
+    def __init__(self, ingest: Ingest, arrivals: _Arrivals) -> None:
+        self._ingest = ingest
+        self._arrivals = arrivals
+
+    def Export(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        data = self._arrivals.first(requests, context, GRPC_BODY_SECONDS)
+        if data is None:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "no ExportTraceServiceRequest message")
         # The request arrives undecoded, so a body protobuf cannot parse (for example
         # nested deeper than its recursion limit) is INVALID_ARGUMENT, not INTERNAL.
         request = trace_service_pb2.ExportTraceServiceRequest()
@@ -228,6 +275,9 @@ class _TraceService:
 GRPC_CALLS_AT_ONCE = 16
 #: The retry delay that answer asks for.
 GRPC_BUSY_RETRY_AFTER = 1.0
+#: How long an Export call's request may take to arrive once a worker takes the call
+#: (as an OTLP/HTTP body must arrive within 120 s of its turn); then it is cancelled.
+GRPC_BODY_SECONDS = 120.0
 #: How long a health check's request may take to arrive before the check is cancelled.
 GRPC_HEALTH_BODY_SECONDS = 2.0
 #: While a connection has calls under way and has been silent this long, the server
@@ -301,17 +351,15 @@ class _HealthCheck:
     cancelled instead of holding a thread.
     """
 
-    def __init__(self, health: Health, threads: futures.ThreadPoolExecutor) -> None:
+    def __init__(
+        self, health: Health, threads: futures.ThreadPoolExecutor, arrivals: _Arrivals
+    ) -> None:
         self.experimental_thread_pool = threads
         self._health = health
+        self._arrivals = arrivals
 
     def __call__(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
-        timer = threading.Timer(GRPC_HEALTH_BODY_SECONDS, context.cancel)
-        timer.start()
-        try:
-            data = next(requests, None)  # raises RpcError once cancelled
-        finally:
-            timer.cancel()
+        data = self._arrivals.first(requests, context, GRPC_HEALTH_BODY_SECONDS)
         if data is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no HealthCheckRequest")
         try:
@@ -334,8 +382,9 @@ class _Handlers(grpc.GenericRpcHandler):
     """
 
     def __init__(
-        self, service: _TraceService, pool: _CountingPool, calls_at_once: int, health: Health
+        self, ingest: Ingest, pool: _CountingPool, calls_at_once: int, health: Health
     ) -> None:
+        self.arrivals = _Arrivals()
         self._pool = pool
         self._calls_at_once = calls_at_once
         # Threads for the answers that must not wait behind the workers' calls.
@@ -344,11 +393,12 @@ class _Handlers(grpc.GenericRpcHandler):
             futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="spanproof-grpc-health"),
         ]
         self._export: grpc.RpcMethodHandler[bytes, bytes] = (
-            grpc.unary_unary_rpc_method_handler(service.Export))
+            grpc.stream_unary_rpc_method_handler(_TraceService(ingest, self.arrivals).Export))
         self._busy: grpc.RpcMethodHandler[bytes, bytes] = (
             grpc.stream_unary_rpc_method_handler(_Busy(calls_at_once, self.quick[0])))
         self._health: grpc.RpcMethodHandler[bytes, bytes] = (
-            grpc.stream_unary_rpc_method_handler(_HealthCheck(health, self.quick[1])))
+            grpc.stream_unary_rpc_method_handler(
+                _HealthCheck(health, self.quick[1], self.arrivals)))
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
@@ -397,7 +447,7 @@ class GrpcServer:
                 ("grpc.http2.ping_timeout_ms", int(GRPC_KEEPALIVE_TIMEOUT_SECONDS * 1000)),
             ],
         )
-        self._handlers = _Handlers(_TraceService(ingest), self._pool, calls_at_once, health)
+        self._handlers = _Handlers(ingest, self._pool, calls_at_once, health)
         self._server.add_generic_rpc_handlers((self._handlers,))
         self.port = self._server.add_insecure_port(address)
         if self.port == 0:
@@ -406,11 +456,13 @@ class GrpcServer:
 
     def start(self) -> None:
         """Start serving in background threads."""
+        self._handlers.arrivals.start()
         self._server.start()
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, let in-flight requests finish for up to *grace* seconds."""
         self._server.stop(grace).wait()
+        self._handlers.arrivals.close()
         for threads in self._handlers.quick:
             threads.shutdown(wait=False)
         self._pool.shutdown(wait=False)

@@ -343,6 +343,37 @@ def test_grpc_health_check_does_not_wait_behind_a_request_that_never_arrives(
         assert stalled.exception(timeout=5).code() == grpc.StatusCode.CANCELLED
 
 
+def test_grpc_export_whose_request_does_not_arrive_in_time_is_cancelled(
+    held_server, monkeypatch
+):
+    # As an OTLP/HTTP body must arrive within 120 s of its turn: a client that opens
+    # calls and sends nothing does not hold the workers and the bound for good.
+    import spanproof.exporter.otlp_server as otlp_server
+
+    monkeypatch.setattr(otlp_server, "GRPC_BODY_SECONDS", 0.5)
+    server, held, connect = held_server
+    held.release.set()
+    export = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+    with _stalled(connect(), export) as first, _stalled(connect(), export) as second:
+        wait_for(lambda: server.calls == 2, 10, "both calls with a worker")
+        assert first.exception(timeout=5).code() == grpc.StatusCode.CANCELLED
+        assert second.exception(timeout=5).code() == grpc.StatusCode.CANCELLED
+    wait_for(lambda: server.calls == 0, 10, "their places freed")
+    _exports(connect()).Export(_request(), timeout=10)
+    assert held.entered == 1
+
+
+def test_grpc_export_without_a_request_message_is_invalid_argument(held_server):
+    _, held, connect = held_server
+    export = connect().stream_unary(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+    with pytest.raises(grpc.RpcError) as err:
+        export(iter(()), timeout=10)  # the stream closed with no message in it
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "no ExportTraceServiceRequest message" in err.value.details()
+    assert held.entered == 0
+
+
 class _FreezingProxy:
     """A TCP relay to *port* that, once frozen, passes nothing on and closes nothing:
     what a client whose host vanished (no FIN, no RST) looks like to the server."""
