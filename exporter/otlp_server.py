@@ -194,7 +194,7 @@ class _Arrivals:
     not arrived by its deadline (a watch thread looks once a second).
 
     A unary handler's request is read before the handler runs, with no time limit, so
-    the handlers that bound it read their request as a stream, under `watch`.
+    the handlers that bound it read their request as a stream, through `first`.
     """
 
     def __init__(self) -> None:
@@ -419,6 +419,10 @@ class GrpcServer:
     *workers* threads serve calls; with *calls_at_once* calls served or waiting, the
     next is answered ``UNAVAILABLE`` with ``RetryInfo`` (see `GRPC_CALLS_AT_ONCE`).
     The health check answers ``NOT_SERVING`` while *health* gives a reason.
+
+    Raises:
+        ValueError: *calls_at_once* is less than *workers*.
+        OSError: *address* cannot be listened on.
     """
 
     def __init__(
