@@ -211,16 +211,27 @@ class _Arrivals:
 
     def first(self, requests: Iterator[bytes], context: grpc.ServicerContext,
               seconds: float) -> bytes | None:
-        """The call's request message, or None when the client sent none; raises
-        ``grpc.RpcError`` when the call is cancelled, for one after *seconds*."""
+        """The call's request message, or None when the client sent none.  A call
+        cancelled meanwhile (by its client, or here after *seconds*) is aborted, and
+        a message that arrived as it was cancelled is not returned."""
         key = id(context)
         with self._lock:
             self._arriving[key] = (time.monotonic() + seconds, context)
         try:
-            return next(requests, None)
+            data = next(requests, None)
+        except grpc.RpcError as e:
+            # gRPC keeps this error in the call's state, and its traceback holds the
+            # frames that hold that state: a cycle that kept the call, and its HTTP/2
+            # stream, until the garbage collector ran (rarely, in spanproof receiver),
+            # so a connection's cancelled calls used up its streams.
+            e.__traceback__ = None
+            data = None
         finally:
             with self._lock:
                 del self._arriving[key]
+        if not context.is_active():
+            context.abort(grpc.StatusCode.CANCELLED, "cancelled before its request arrived")
+        return data
 
     def _check(self, now: float) -> None:
         with self._lock:  # a call whose message just arrived is no longer here
@@ -282,10 +293,13 @@ GRPC_BODY_SECONDS = 120.0
 GRPC_HEALTH_BODY_SECONDS = 2.0
 #: While a connection has calls under way and has been silent this long, the server
 #: pings it, and closes it (cancelling its calls) when no answer comes within
-#: `GRPC_KEEPALIVE_TIMEOUT_SECONDS`: a client that vanished mid-request (its host gone,
+#: `GRPC_PING_TIMEOUT_SECONDS`: a client that vanished mid-request (its host gone,
 #: a network cut, no FIN) otherwise holds its calls' places for TCP's hours.
 GRPC_KEEPALIVE_SECONDS = 30.0
-GRPC_KEEPALIVE_TIMEOUT_SECONDS = 10.0
+#: gRPC's own default, set so that tests can shorten it.  Not less: newer gRPC cores
+#: time every ping by it, the flow-control pings a connection sends while a request
+#: arrives included, and a client uploading slowly answers those behind its data.
+GRPC_PING_TIMEOUT_SECONDS = 60.0
 _TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 _EXPORT_METHOD = f"/{_TRACE_SERVICE}/Export"
 _HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
@@ -446,9 +460,9 @@ class GrpcServer:
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_concurrent_streams", calls_at_once),
                 ("grpc.keepalive_time_ms", int(GRPC_KEEPALIVE_SECONDS * 1000)),
-                ("grpc.keepalive_timeout_ms", int(GRPC_KEEPALIVE_TIMEOUT_SECONDS * 1000)),
-                # Newer gRPC cores time a keepalive ping by this one instead (1 min).
-                ("grpc.http2.ping_timeout_ms", int(GRPC_KEEPALIVE_TIMEOUT_SECONDS * 1000)),
+                ("grpc.keepalive_timeout_ms", int(GRPC_PING_TIMEOUT_SECONDS * 1000)),
+                # Newer gRPC cores time a keepalive ping by this one.
+                ("grpc.http2.ping_timeout_ms", int(GRPC_PING_TIMEOUT_SECONDS * 1000)),
             ],
         )
         self._handlers = _Handlers(ingest, self._pool, calls_at_once, health)

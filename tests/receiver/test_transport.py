@@ -363,6 +363,34 @@ def test_grpc_export_whose_request_does_not_arrive_in_time_is_cancelled(
     assert held.entered == 1
 
 
+def test_grpc_cancelled_calls_do_not_use_up_their_connections_streams(monkeypatch):
+    # A cancelled call's error, kept by gRPC, held the call and its HTTP/2 stream in a
+    # reference cycle until the garbage collector ran (rarely, in spanproof receiver):
+    # after as many cancellations as the stream limit, the connection refused calls.
+    import gc
+
+    import spanproof.exporter.otlp_server as otlp_server
+
+    monkeypatch.setattr(otlp_server, "GRPC_BODY_SECONDS", 0.3)
+    server = GrpcServer("127.0.0.1:0", FakeIngest(), workers=4, calls_at_once=4)
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    export = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+    gc.disable()
+    try:
+        for _ in range(2):  # twice the connection's 4 streams
+            with contextlib.ExitStack() as stack:
+                stalled = [stack.enter_context(_stalled(channel, export)) for _ in range(4)]
+                for call in stalled:
+                    assert call.exception(timeout=5).code() == grpc.StatusCode.CANCELLED
+        wait_for(lambda: server.calls == 0, 10, "the cancelled calls done")
+        _exports(channel).Export(_request(), timeout=5)  # a stream is free for it
+    finally:
+        gc.enable()
+        channel.close()
+        server.stop(0)
+
+
 def test_grpc_export_without_a_request_message_is_invalid_argument(held_server):
     _, held, connect = held_server
     export = connect().stream_unary(
@@ -411,7 +439,7 @@ def test_grpc_calls_of_a_client_that_vanished_are_cancelled_by_keepalive(monkeyp
     import spanproof.exporter.otlp_server as otlp_server
 
     monkeypatch.setattr(otlp_server, "GRPC_KEEPALIVE_SECONDS", 0.5)
-    monkeypatch.setattr(otlp_server, "GRPC_KEEPALIVE_TIMEOUT_SECONDS", 0.5)
+    monkeypatch.setattr(otlp_server, "GRPC_PING_TIMEOUT_SECONDS", 0.5)
     held = _HeldIngest()
     server = GrpcServer("127.0.0.1:0", held, workers=1, calls_at_once=2)
     server.start()
