@@ -192,17 +192,19 @@ def iter_request_spans(
     """Yield ``(span, resource body, scope body)`` for every span of an export request.
 
     A malformed resource or scope is yielded as the :class:`MalformedSpan` instead
-    of a body, so the caller can reject exactly the spans under it.
+    of a body, so the caller can reject exactly the spans under it.  It is yielded
+    without its traceback, which holds this generator's frame, which holds it: a
+    cycle that kept the whole request alive until a garbage collection.
     """
     for rs in resource_spans:
         try:
             res: dict[str, Any] | MalformedSpan = resource_body(rs.resource, rs.schema_url)
         except MalformedSpan as e:
-            res = e
+            res = e.with_traceback(None)
         for ss in rs.scope_spans:
             try:
                 sc: dict[str, Any] | MalformedSpan = scope_body(ss.scope, ss.schema_url)
             except MalformedSpan as e:
-                sc = e
+                sc = e.with_traceback(None)
             for span in ss.spans:
                 yield span, res, sc

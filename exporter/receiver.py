@@ -553,10 +553,14 @@ class Receiver:
                 continue
             trace_id = span.trace_id.hex() if len(span.trace_id) == 16 else None
             try:
+                # A new exception for each span: raising the shared one again would
+                # chain this frame, which holds it through `spans`, to its traceback:
+                # a cycle that held the request, and a gRPC call and its HTTP/2
+                # stream, until a garbage collection.
                 if isinstance(resource, MalformedSpan):
-                    raise resource
+                    raise MalformedSpan(str(resource))
                 if isinstance(scope, MalformedSpan):
-                    raise scope
+                    raise MalformedSpan(str(scope))
                 body = otlp_span_to_body(span, resource, scope)
                 # Only the JSON is kept: a third of the dict's memory while the trace
                 # is pending, and what a seal worker takes as it is.

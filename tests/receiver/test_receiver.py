@@ -471,6 +471,40 @@ def test_retry_after_a_failed_journal_write_is_not_a_conflict(tmp_path, clock, m
     assert report.statement.completeness.conflicts == ()
 
 
+def test_requests_with_a_malformed_resource_do_not_use_up_their_connections_streams(
+    tmp_path, clock
+):
+    # The malformed resource's exception, shared by its spans and raised again for
+    # each, formed a reference cycle with the frames of the call, which kept the gRPC
+    # call and its HTTP/2 stream until a garbage collection (rare in spanproof
+    # receiver): after the stream limit's worth of such requests, the connection
+    # refused every call.
+    import gc
+
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+    from opentelemetry.proto.common.v1 import common_pb2
+
+    from spanproof.exporter.otlp_server import GRPC_CALLS_AT_ONCE
+
+    receiver = make_receiver(tmp_path / "out", clock)
+    with serving(receiver) as (server, _):
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+            gc.disable()
+            try:
+                for n in range(GRPC_CALLS_AT_ONCE + 4):
+                    bad = request(otlp_span(TRACE_A, n + 1), otlp_span(TRACE_A, n + 100))
+                    bad.resource_spans[0].resource.attributes.append(common_pb2.KeyValue(
+                        key="service.name", value=common_pb2.AnyValue(string_value="again")))
+                    with pytest.raises(grpc.RpcError) as err:
+                        stub.Export(bad, timeout=10)
+                    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+                    assert "duplicate" in err.value.details()
+                stub.Export(request(otlp_span(TRACE_B, 1)), timeout=10)  # a stream is free
+            finally:
+                gc.enable()
+
+
 def test_span_memory_forgets_a_removed_span_entirely() -> None:
     from spanproof.exporter.receiver import _SpanMemory
 

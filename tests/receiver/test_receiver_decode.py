@@ -99,3 +99,18 @@ def test_the_evidence_marker_selects_on_the_collector_path_as_on_the_sdk_path(
     finally:
         assert receiver.shutdown(10)
     assert len(bundle_paths(str(tmp_path / "out"))) == (1 if certified else 0)
+
+
+def test_a_malformed_resource_or_scope_is_yielded_without_its_traceback() -> None:
+    # Its traceback holds the generator's frame, which holds it: a cycle that kept the
+    # whole request alive until a garbage collection.
+    from spanproof.exporter.otlp import MalformedSpan, iter_request_spans
+
+    bad = request(otlp_span("0af7651916cd43dd8448eb211c80319c", 1))
+    duplicate = common_pb2.KeyValue(key="k", value=common_pb2.AnyValue(string_value="v"))
+    bad.resource_spans[0].resource.attributes.extend([duplicate, duplicate])
+    bad.resource_spans[0].scope_spans[0].scope.attributes.extend([duplicate, duplicate])
+    ((_, resource, scope),) = list(iter_request_spans(bad.resource_spans))
+    assert isinstance(resource, MalformedSpan) and isinstance(scope, MalformedSpan)
+    assert "duplicate" in str(resource) and "duplicate" in str(scope)
+    assert resource.__traceback__ is None and scope.__traceback__ is None
