@@ -65,7 +65,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -595,7 +595,7 @@ class SealingProcess:
         self._shutting_down = False
         # Set when close_input() found the process held past its wait (most often a
         # write blocked on the child's full pipe): the holder closes the input once
-        # it is done (_close_if_asked).
+        # it is done (_release).
         self._close_when_written = False
         # While a write is under way: when it began and when it must be done by
         # (see check_stall()).
@@ -640,7 +640,7 @@ class SealingProcess:
         Raises:
             SealingProcessError: the child is gone.
         """
-        with self._lock:
+        with self._held():
             frame, _ = self._spans_frame_locked(spans, roots)
             self._write_locked(frame)
             self._sent_locked(spans)
@@ -689,7 +689,7 @@ class SealingProcess:
         Raises:
             SealingProcessError: the child is gone.
         """
-        with self._lock:
+        with self._held():
             self._write_locked(_spans_frame(("bodies", list(bodies), list(rejected),
                                              list(roots))))
             self._sent += len(bodies) + len(rejected)
@@ -726,12 +726,11 @@ class SealingProcess:
         return self._requests
 
     def _write(self, message: Any) -> None:
-        with self._lock:
+        with self._held():
             self._write_locked(_frame(message))
 
     def _write_locked(self, frame: bytes) -> None:
         if self._dead:
-            self._close_if_asked()
             raise SealingProcessError(self._stalled or "the sealing process has exited")
         if self._shutting_down:
             raise SealingProcessError("the sealing process was asked to shut down")
@@ -748,7 +747,6 @@ class SealingProcess:
             ) from e
         finally:
             self._writing = None
-            self._close_if_asked()
 
     def check_stall(self, now: float) -> None:
         """Kill the child when a write to it has not completed by its deadline: it
@@ -800,18 +798,29 @@ class SealingProcess:
             self._close_when_written = True
             self._dead = True
             if not self._lock.acquire(blocking=False):
-                return  # the holder closes it (see _close_if_asked)
+                return  # the holder closes it (see _release)
         try:
             self._dead = True
             self._close_stdin()
         finally:
             self._lock.release()
 
-    def _close_if_asked(self) -> None:
-        """Close the input when :meth:`close_input` could not take the lock and left
-        that to its holder (call with the lock held)."""
+    @contextlib.contextmanager
+    def _held(self) -> Iterator[None]:
+        """Hold the process (its lock) for a write or a request; see :meth:`_release`."""
+        self._lock.acquire()
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """Release the process, closing its input first when :meth:`close_input`
+        could not take it and left that to the holder, whatever the holder did
+        (wrote, waited for an answer, or failed before writing)."""
         if self._close_when_written:
             self._close_stdin()
+        self._lock.release()
 
     @property
     def input_blocked(self) -> bool:
@@ -987,8 +996,7 @@ class SealingProcesses:
                     process._sent_locked(part[0])
         finally:
             for process in held:
-                process._close_if_asked()
-                process._lock.release()
+                process._release()
         lost.raise_if_any()
 
     def send_bodies(self, bodies: Sequence[tuple[str, dict[str, Any]]],
@@ -1038,8 +1046,7 @@ class SealingProcesses:
             replies = [process._reply(number, deadline) for process, number in asked]
         finally:
             for process in held:
-                process._close_if_asked()
-                process._lock.release()
+                process._release()
         return all(reply is not None and bool(reply[2]) for reply in replies)
 
     def close(self, timeout: float) -> int | None:

@@ -1072,6 +1072,42 @@ def test_input_closed_while_a_request_holds_the_process_is_closed_when_it_ends(
     exporter.shutdown()
 
 
+def test_input_closed_while_a_send_that_then_fails_holds_the_process_is_closed(
+    tmp_path: Path,
+) -> None:
+    # The holder closes the input whatever it did: a send whose frame could not be
+    # built (nothing written) released the process with the input left open.
+    exporter = _exporter(tmp_path / "out")
+    (process,) = _group(exporter).processes
+    reading, fail = threading.Event(), threading.Event()
+
+    class Unreadable:
+        @property
+        def resource(self) -> Any:
+            reading.set()
+            fail.wait(10)
+            raise RuntimeError("cannot read the span")
+
+    failed: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            process.send_spans([Unreadable()], [])
+        except RuntimeError as e:
+            failed.append(e)
+
+    sending = threading.Thread(target=send)
+    sending.start()
+    assert reading.wait(10)
+    process.close_input(0.2)  # the send holds it: left to the send
+    assert process.input_blocked
+    fail.set()
+    sending.join(10)
+    assert [str(e) for e in failed] == ["cannot read the span"]
+    assert process._proc.wait(15) == 0  # it saw its input close and exited
+    exporter.shutdown()
+
+
 def _large_batches(rec: Recorder, count: int = 4) -> list[list[ReadableSpan]]:
     """*count* batches of 60 traces, each a plain root and an evidence child with
     a 2,000-character attribute: ~130 KB of fields a batch, twice the pipe's 64 KiB."""
