@@ -92,6 +92,7 @@ _RETRY_AFTER = 1.0
 _STORAGE_RETRY_AFTER = 5.0
 _MIN_SHUTDOWN_SECONDS = 5.0
 _MAX_MESSAGE_SAMPLES = 3
+_NOT_RUNNING = "receiver is not running"
 #: Seconds after the seal workers failed (or could not start) before the receiver,
 #: sealing alone meanwhile, starts them again; twice as long after each failure
 #: that follows, up to _MAX_WORKERS_RESTART_SECONDS, and back to this after workers
@@ -481,6 +482,12 @@ class Receiver:
         """Seal and write every trace that is due now; True when nothing due is left."""
         return self._cycle(deadline=time.monotonic() + timeout)
 
+    @property
+    def _running(self) -> bool:
+        """Started (its journal open, what an earlier run left recovered) and not
+        shut down."""
+        return self._started and not self._shut_down and self._journal is not None
+
     def not_serving(self) -> str | None:
         """Why the receiver refuses every request now, or None while it accepts them.
 
@@ -488,8 +495,8 @@ class Receiver:
         succeeds); an overload is not counted, as it passes with the backlog.  The
         health checks answer with it (``NOT_SERVING`` / HTTP 503).
         """
-        if not self._started or self._shut_down or self._journal is None:
-            return "receiver is not running"
+        if not self._running:
+            return _NOT_RUNNING
         error = self._storage_error
         if error is not None:
             return f"storage is failing: {error}"
@@ -506,8 +513,8 @@ class Receiver:
             InvalidRequest: every evidence span of the request is malformed.
             Unavailable: not started or shut down, overloaded, or storage failing.
         """
-        if not self._started or self._shut_down or self._journal is None:
-            raise Unavailable("receiver is not running", _RETRY_AFTER)
+        if not self._running:
+            raise Unavailable(_NOT_RUNNING, _RETRY_AFTER)
         decoded = 0
         rejected: list[_Rejected] = []
         with self._decode_lock:
