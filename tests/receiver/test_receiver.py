@@ -329,6 +329,21 @@ def _healthz(url: str) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
+def test_requests_before_start_and_after_shutdown_are_unavailable(tmp_path, clock):
+    receiver = make_receiver(tmp_path / "out", clock)
+    spans = request(otlp_span(TRACE_A, 1)).resource_spans
+    with pytest.raises(Unavailable, match="receiver is not running") as before:
+        receiver(spans)
+    assert before.value.retry_after == 1.0
+    receiver.start()
+    receiver(spans)
+    receiver.shutdown()
+    with pytest.raises(Unavailable, match="receiver is not running"):
+        receiver(spans)
+    assert [span_ids(r) for r in verified(str(tmp_path / "out"), trust_root(str(tmp_path)))] \
+        == [[span_id(1)]]
+
+
 def test_health_checks_say_not_serving_while_storage_fails(tmp_path, clock):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
