@@ -402,17 +402,18 @@ class _Handlers(grpc.GenericRpcHandler):
         self._pool = pool
         self._calls_at_once = calls_at_once
         # Threads for the answers that must not wait behind the workers' calls.
-        self.quick = [
-            futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="spanproof-grpc-busy"),
-            futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="spanproof-grpc-health"),
-        ]
+        busy_thread = futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="spanproof-grpc-busy")
+        health_threads = futures.ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="spanproof-grpc-health")
+        self.answer_threads = (busy_thread, health_threads)
         self._export: grpc.RpcMethodHandler[bytes, bytes] = (
             grpc.stream_unary_rpc_method_handler(_TraceService(ingest, self.arrivals).Export))
         self._busy: grpc.RpcMethodHandler[bytes, bytes] = (
-            grpc.stream_unary_rpc_method_handler(_Busy(calls_at_once, self.quick[0])))
+            grpc.stream_unary_rpc_method_handler(_Busy(calls_at_once, busy_thread)))
         self._health: grpc.RpcMethodHandler[bytes, bytes] = (
             grpc.stream_unary_rpc_method_handler(
-                _HealthCheck(health, self.quick[1], self.arrivals)))
+                _HealthCheck(health, health_threads, self.arrivals)))
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
@@ -481,7 +482,7 @@ class GrpcServer:
         """Stop accepting, let in-flight requests finish for up to *grace* seconds."""
         self._server.stop(grace).wait()
         self._handlers.arrivals.close()
-        for threads in self._handlers.quick:
+        for threads in self._handlers.answer_threads:
             threads.shutdown(wait=False)
         self._pool.shutdown(wait=False)
 
