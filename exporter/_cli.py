@@ -244,8 +244,10 @@ def receiver(
 ) -> int:
     """``spanproof receiver``: serve OTLP/gRPC (and OTLP/HTTP) and certify what arrives.
 
-    Flags override the ``OTEL_EXPORTER_SPANPROOF_*`` variables.  Prints one line per
-    listening address, then runs until SIGTERM or SIGINT, when it stops accepting,
+    Flags override the ``OTEL_EXPORTER_SPANPROOF_*`` variables.  Listens at once, but
+    answers ``UNAVAILABLE`` (and its health checks ``NOT_SERVING``) until it has sealed
+    what an earlier receiver's journal holds; then prints one line per listening
+    address, and runs until SIGTERM or SIGINT, when it stops accepting,
     seals everything pending (reason ``shutdown``) and exits 0 (1 when something
     could not be sealed: it stays in the journal for the next start).
 
@@ -343,6 +345,18 @@ def _serve_receiver(
 
     servers: list[GrpcServer | HttpServer] = []
     try:
+        limit = DEFAULT_MAX_MESSAGE_BYTES if max_message_bytes is None else max_message_bytes
+        try:
+            servers.extend(_transports(service, grpc, http, limit))
+        except (OSError, RuntimeError) as e:
+            _error(f"cannot listen: {e}")
+            return 1
+        # Listening while the journal is recovered (which takes seconds for a large
+        # one), requests get UNAVAILABLE with a retry delay and health checks
+        # NOT_SERVING, instead of a refused connection that a liveness probe counts
+        # as a failure.
+        for server in servers:
+            server.start()
         try:
             recovered = service.start()
         except OSError as e:
@@ -351,15 +365,6 @@ def _serve_receiver(
         if recovered:
             print(f"recovered    {len(recovered)} bundle(s) from an earlier receiver's journal",
                   flush=True)
-        limit = DEFAULT_MAX_MESSAGE_BYTES if max_message_bytes is None else max_message_bytes
-        try:
-            servers.extend(_transports(service, grpc, http, limit))
-        except (OSError, RuntimeError) as e:
-            _error(f"cannot listen: {e}")
-            service.shutdown()
-            return 1
-        for server in servers:
-            server.start()
         print(f"spanproof receiver: key id {service.keyid[:16]}..., bundles in "
               f"{service.config.output_dir}", flush=True)
         print(f"otlp-grpc    {servers[0].host}:{servers[0].port}", flush=True)

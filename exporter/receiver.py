@@ -93,6 +93,8 @@ _STORAGE_RETRY_AFTER = 5.0
 _MIN_SHUTDOWN_SECONDS = 5.0
 _MAX_MESSAGE_SAMPLES = 3
 _NOT_RUNNING = "receiver is not running"
+_STARTING = "receiver is starting"
+_RECOVERING = "receiver is starting: sealing the spans of an earlier receiver's journal"
 #: Seconds after the seal workers failed (or could not start) before the receiver,
 #: sealing alone meanwhile, starts them again; twice as long after each failure
 #: that follows, up to _MAX_WORKERS_RESTART_SECONDS, and back to this after workers
@@ -362,6 +364,10 @@ class Receiver:
                                                  _MAX_WORKERS_RESTART_SECONDS)
         self._thread: threading.Thread | None = None
         self._started = False
+        # start() is sealing orphaned journals / has returned (see _refusal).
+        self._recovering = False
+        self._ready = False
+        self._start_error: str | None = None
         self._stopping = False
         self._shut_down = False
         self._wake_at = float("-inf")
@@ -396,7 +402,9 @@ class Receiver:
 
         Returns the paths of the bundles sealed from recovered journals (reason
         ``recovered``); they are written before this returns, so recovered spans
-        are on disk before the receiver acknowledges anything new.
+        are on disk before the receiver acknowledges anything new.  Requests that
+        arrive meanwhile are answered ``UNAVAILABLE`` (retry in 1 s), and
+        :meth:`not_serving` says why.
 
         Raises:
             OSError: the journal or output directory cannot be used.
@@ -405,7 +413,21 @@ class Receiver:
         if self._started:
             raise RuntimeError("receiver already started")
         self._started = True
-        written = self._recover()
+        try:
+            written = self._start()
+        except BaseException as e:
+            self._start_error = str(e) or type(e).__name__
+            raise
+        self._ready = True
+        return written
+
+    def _start(self) -> list[str]:
+        """:meth:`start` once it is known to be the first call."""
+        self._recovering = True
+        try:
+            written = self._recover()
+        finally:
+            self._recovering = False
         self._journal = Journal(self._journal_dir, self._producer.instance)
         if self._sealing_processes:
             self._start_workers()
@@ -484,19 +506,28 @@ class Receiver:
 
     @property
     def _running(self) -> bool:
-        """Started (its journal open, what an earlier run left recovered) and not
-        shut down."""
-        return self._started and not self._shut_down and self._journal is not None
+        """Started (what an earlier run left sealed, its journal open and its sealer
+        running) and not shut down."""
+        return self._ready and not self._shut_down and self._journal is not None
+
+    def _refusal(self) -> str:
+        """Why a receiver that is not :attr:`_running` refuses requests."""
+        if self._shut_down or not self._started:
+            return _NOT_RUNNING
+        if self._start_error is not None:
+            return f"receiver failed to start: {self._start_error}"
+        return _RECOVERING if self._recovering else _STARTING
 
     def not_serving(self) -> str | None:
         """Why the receiver refuses every request now, or None while it accepts them.
 
-        Not started or shut down, or storage failing (it accepts again once a write
-        succeeds); an overload is not counted, as it passes with the backlog.  The
+        Not started, starting (sealing an earlier receiver's journal first), failed
+        to start, or shut down; or storage failing (it accepts again once a write
+        succeeds).  An overload is not counted, as it passes with the backlog.  The
         health checks answer with it (``NOT_SERVING`` / HTTP 503).
         """
         if not self._running:
-            return _NOT_RUNNING
+            return self._refusal()
         error = self._storage_error
         if error is not None:
             return f"storage is failing: {error}"
@@ -511,10 +542,11 @@ class Receiver:
 
         Raises:
             InvalidRequest: every evidence span of the request is malformed.
-            Unavailable: not started or shut down, overloaded, or storage failing.
+            Unavailable: not running (see :meth:`not_serving`), overloaded, or
+                storage failing.
         """
         if not self._running:
-            raise Unavailable(_NOT_RUNNING, _RETRY_AFTER)
+            raise Unavailable(self._refusal(), _RETRY_AFTER)
         decoded = 0
         rejected: list[_Rejected] = []
         with self._decode_lock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import threading
 import urllib.error
 import urllib.request
 
@@ -389,6 +390,94 @@ def test_health_checks_say_not_serving_while_storage_fails(tmp_path, clock):
     assert receiver.not_serving() == "receiver is not running"
 
 
+def _grpc_health(endpoint: str) -> int:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(endpoint) as channel:
+        check = health_pb2_grpc.HealthStub(channel).Check
+        return int(check(health_pb2.HealthCheckRequest(), timeout=5).status)
+
+
+def test_spanproof_receiver_listens_while_it_recovers_and_refuses_until_done(
+    tmp_path, clock, monkeypatch
+):
+    # Recovering a large journal takes seconds (~9 s for 200,000 journaled spans).
+    # Listening only afterwards, the receiver refused connections meanwhile, which a
+    # liveness probe counts as failures; now it answers, NOT_SERVING / UNAVAILABLE.
+    from grpc_health.v1 import health_pb2
+
+    from spanproof.exporter import _cli
+
+    recovering, finish = threading.Event(), threading.Event()
+    real_recover = Receiver._recover
+
+    def slow_recover(self):
+        recovering.set()
+        assert finish.wait(60)
+        return real_recover(self)
+
+    monkeypatch.setattr(Receiver, "_recover", slow_recover)
+    servers: list = []
+    real_transports = _cli._transports
+
+    def transports(*args):
+        servers.extend(real_transports(*args))
+        return servers
+
+    monkeypatch.setattr(_cli, "_transports", transports)
+    receiver = make_receiver(tmp_path / "out", clock)
+    stop = threading.Event()
+    exits: list[int] = []
+    serve = threading.Thread(target=lambda: exits.append(_cli._serve_receiver(
+        receiver, stop, {}, "127.0.0.1:0", "127.0.0.1:0", None)))
+    serve.start()
+    try:
+        assert recovering.wait(30)
+        grpc_server, http_server = servers
+        endpoint = f"127.0.0.1:{grpc_server.port}"
+        healthz = f"http://127.0.0.1:{http_server.port}/healthz"
+        reason = "receiver is starting: sealing the spans of an earlier receiver's journal"
+        assert receiver.not_serving() == reason
+        assert _grpc_health(endpoint) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert _healthz(healthz) == (503, f"NOT_SERVING: {reason}\n".encode())
+        with pytest.raises(grpc.RpcError) as err:
+            export(endpoint, otlp_span(TRACE_A, 1))
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert err.value.details() == reason
+        with pytest.raises(Unavailable, match="earlier receiver's journal") as refused:
+            receiver(request(otlp_span(TRACE_A, 1)).resource_spans)
+        assert refused.value.retry_after == 1.0
+        finish.set()
+        wait_for(lambda: receiver.not_serving() is None, what="the receiver to be ready")
+        assert _grpc_health(endpoint) == health_pb2.HealthCheckResponse.SERVING
+        assert _healthz(healthz) == (200, b"SERVING\n")
+        export(endpoint, otlp_span(TRACE_A, 1))
+    finally:
+        finish.set()
+        stop.set()
+        serve.join(60)
+    assert exits == [0]
+    assert [span_ids(r) for r in verified(str(tmp_path / "out"), trust_root(str(tmp_path)))] \
+        == [[span_id(1)]]
+
+
+def test_a_receiver_that_failed_to_start_says_why(tmp_path, clock, monkeypatch):
+    def failing_recover(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Receiver, "_recover", failing_recover)
+    receiver = make_receiver(tmp_path / "out", clock)
+    with pytest.raises(PermissionError):
+        receiver.start()
+    reason = "receiver failed to start: [Errno 13] Permission denied"
+    assert receiver.not_serving() == reason
+    with pytest.raises(Unavailable) as refused:
+        receiver(request(otlp_span(TRACE_A, 1)).resource_spans)
+    assert str(refused.value) == reason
+    receiver.shutdown()
+    assert receiver.not_serving() == "receiver is not running"
+
+
 def test_a_failed_journal_retire_is_retried_and_requests_are_accepted_again(
     tmp_path, clock, monkeypatch
 ):
@@ -539,12 +628,6 @@ def test_span_memory_forgets_a_removed_span_entirely() -> None:
     memory.add(TRACE_B, span_id(4), b"c")
     assert memory.versions(TRACE_A, span_id(2)) is None
     assert memory.versions(TRACE_B, span_id(3)) == [b"b"]
-
-
-def test_requests_before_start_are_unavailable(tmp_path, clock):
-    receiver = make_receiver(tmp_path / "out", clock)
-    with pytest.raises(Unavailable):
-        receiver(request(otlp_span(TRACE_A, 1)).resource_spans)
 
 
 def test_redacted_attributes_are_committed_and_disclosable(tmp_path, clock):

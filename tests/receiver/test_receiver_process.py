@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -74,6 +75,32 @@ def test_kill_9_after_acknowledging_then_restart_recovers_the_spans(tmp_path):
     # The dead instance's journal was retired once its spans were sealed, and the
     # second instance retired its own at shutdown.
     assert os.listdir(os.path.join(out, "journal")) == []
+
+
+def test_a_receiver_that_cannot_listen_exits_1_and_leaves_the_journal(tmp_path):
+    # It listens before it recovers the journal (so probes get an answer meanwhile);
+    # one that cannot listen exits before taking an earlier receiver's spans.
+    key, _ = write_key(str(tmp_path))
+    out = str(tmp_path / "out")
+    first = ReceiverProcess(out, key, *HOLD)
+    export(first.grpc, otlp_span(TRACE_A, 1))
+    assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+    journal = sorted(os.listdir(os.path.join(out, "journal")))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = subprocess.run(
+            [sys.executable, "-m", "spanproof.verifier", "receiver", "--out", out,
+             "--key", key, "--grpc", f"127.0.0.1:{taken.getsockname()[1]}", "--no-http"],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert result.returncode == 1, result.stderr
+    assert "cannot listen" in result.stderr
+    assert bundle_paths(out) == []
+    assert sorted(os.listdir(os.path.join(out, "journal"))) == journal
+    second = ReceiverProcess(out, key, *HOLD)
+    assert second.stop(signal.SIGTERM) == 0, second.log()
+    assert [span_ids(r) for r in verified(out, trust_root(str(tmp_path)))] == [[span_id(1)]]
 
 
 def test_usage_errors_exit_2(tmp_path):
