@@ -129,60 +129,89 @@ def decode_value(typed: Mapping[str, Any]) -> Any:
     raise ValueError(f"unknown value type {kind!r}")
 
 
+class _Defect(Exception):
+    """A defect of a typed value: its message, and the path from the value checked
+    to the defective one, innermost step first (formatted only when raised)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path: list[str] = []
+
+
 def validate_value(typed: Any, where: str, depth: int = 0) -> None:
     """Check that *typed* is a well-formed SPEC §2.3 typed value.
 
     Raises:
-        InvalidBundle: naming *where* and the defect.
+        InvalidBundle: naming *where* (with the path to the defective element) and
+            the defect.
     """
+    try:
+        _check_value(typed, depth)
+    except _Defect as e:
+        # The path is built here, on failure only: formatting each element's
+        # location while walking took time proportional to the length of *where*
+        # (an attribute key, of any length) times the number of elements.
+        raise InvalidBundle(f"{where}{''.join(reversed(e.path))}: {e.message}") from None
+
+
+def _check_value(typed: Any, depth: int) -> None:
     if not isinstance(typed, dict):
-        raise InvalidBundle(f"{where}: typed value must be an object")
+        raise _Defect("typed value must be an object")
     if not typed:
         return
     if len(typed) != 1:
-        raise InvalidBundle(f"{where}: typed value must have exactly one member")
+        raise _Defect("typed value must have exactly one member")
     if depth > MAX_DEPTH:
-        raise InvalidBundle(f"{where}: typed value nested deeper than {MAX_DEPTH}")
+        raise _Defect(f"typed value nested deeper than {MAX_DEPTH}")
     ((kind, raw),) = typed.items()
     if kind == "stringValue":
         if not isinstance(raw, str):
-            raise InvalidBundle(f"{where}: stringValue must be a string")
+            raise _Defect("stringValue must be a string")
     elif kind == "boolValue":
         if not isinstance(raw, bool):
-            raise InvalidBundle(f"{where}: boolValue must be true or false")
+            raise _Defect("boolValue must be true or false")
     elif kind == "intValue":
         if not (isinstance(raw, str) and _INT_RE.match(raw) and raw != "-0"):
-            raise InvalidBundle(f"{where}: intValue must be a canonical decimal string")
+            raise _Defect("intValue must be a canonical decimal string")
         if not INT64_MIN <= int(raw) <= INT64_MAX:
-            raise InvalidBundle(f"{where}: intValue {raw} is outside int64")
+            raise _Defect(f"intValue {raw} is outside int64")
     elif kind == "doubleValue":
         if not isinstance(raw, str):
-            raise InvalidBundle(f"{where}: doubleValue must be a string (SPEC §2.3)")
+            raise _Defect("doubleValue must be a string (SPEC §2.3)")
         try:
             decode_double(raw)
         except ValueError as e:
-            raise InvalidBundle(f"{where}: {e}") from None
+            raise _Defect(str(e)) from None
     elif kind == "bytesValue":
         if not isinstance(raw, str):
-            raise InvalidBundle(f"{where}: bytesValue must be a base64 string")
+            raise _Defect("bytesValue must be a base64 string")
         try:
             ok = base64.b64encode(base64.b64decode(raw, validate=True)).decode() == raw
         except (binascii.Error, ValueError):
             ok = False
         if not ok:
-            raise InvalidBundle(f"{where}: bytesValue is not canonical padded base64")
+            raise _Defect("bytesValue is not canonical padded base64")
     elif kind == "arrayValue":
         if not isinstance(raw, list):
-            raise InvalidBundle(f"{where}: arrayValue must be an array")
+            raise _Defect("arrayValue must be an array")
         for i, item in enumerate(raw):
-            validate_value(item, f"{where}[{i}]", depth + 1)
+            try:
+                _check_value(item, depth + 1)
+            except _Defect as e:
+                e.path.append(f"[{i}]")
+                raise
     elif kind == "kvlistValue":
         if not isinstance(raw, dict):
-            raise InvalidBundle(f"{where}: kvlistValue must be an object")
+            raise _Defect("kvlistValue must be an object")
         for key, item in raw.items():
-            validate_value(item, f"{where}.{key}", depth + 1)
+            try:
+                _check_value(item, depth + 1)
+            except _Defect as e:
+                e.path.append(f".{key}")
+                raise
     else:
-        raise InvalidBundle(f"{where}: unknown value type {kind!r}")
+        raise _Defect(f"unknown value type {kind!r}")
 
 
 def is_committed_value(typed: Any) -> bool:
