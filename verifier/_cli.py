@@ -241,12 +241,15 @@ def link_results(results: Sequence[BundleResult]) -> list[TraceLink]:
 
 
 def format_link(link: TraceLink) -> str:
-    """The one-line result of checking one trace's segments together."""
-    return printable(f"{'OK' if link.ok else 'FAIL'} trace {link.trace_id}: {link.message}")
+    """The one-line result of checking one trace's segments (from one producer
+    instance) together."""
+    return printable(f"{'OK' if link.ok else 'FAIL'} trace {link.trace_id} instance "
+                     f"{link.producer_instance}: {link.message}")
 
 
 def _worth_reporting(link: TraceLink) -> bool:
-    return len(link.segments) > 1 or not link.ok
+    # A lone segment 0 that leaves nothing open says no more than its bundle's line.
+    return len(link.segments) > 1 or not link.ok or bool(link.remarks)
 
 
 # --------------------------------------------------------------------------- verify
@@ -401,6 +404,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                     "segments": list(link.segments),
                     "ok": link.ok,
                     "message": link.message,
+                    "remarks": list(link.remarks),
                 }
                 for link in links
             ],

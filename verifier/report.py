@@ -660,10 +660,11 @@ def _trace_section(
         f'<span class="muted">({summary})</span></div>',
     ]
     for link in trace_links:
-        if len(link.segments) > 1 or not link.ok:
+        if len(link.segments) > 1 or not link.ok or link.remarks:
             word = "form one chain" if link.ok else "do NOT form one chain"
             parts.append(
-                f'<p class="link" data-ok="{str(link.ok).lower()}">Segments {word}: '
+                f'<p class="link" data-ok="{str(link.ok).lower()}">Segments of producer '
+                f"instance <code>{_esc(link.producer_instance)}</code> {word}: "
                 f"{_esc(link.message)}</p>"
             )
     parts += [_bundle(item, trusted, opened, rejected) for item in items]

@@ -424,13 +424,24 @@ def find_bundles(
 
 @dataclass(frozen=True)
 class TraceLink:
-    """Whether the verified segments of one trace (from one producer) form one chain."""
+    """Whether the verified segments of one trace (from one producer) form one chain.
+
+    *remarks* are what a reviewer who needs the whole trace should know of a group
+    that forms one chain (SPEC §4.4): segments before the lowest one not present,
+    the highest one sealed at the size limit (so later ones may exist), or the
+    segments signed by more than one key.  *message* ends with them.
+    """
 
     trace_id: str
     producer_instance: str
     segments: tuple[int, ...]
     ok: bool
     message: str
+    remarks: tuple[str, ...] = ()
+
+
+# The seal reason of a segment cut at the producer's size limit (SPEC §5.3).
+_SIZE_LIMIT = "size_limit"
 
 
 def link_segments(reports: Iterable[BundleReport]) -> list[TraceLink]:
@@ -448,12 +459,35 @@ def link_segments(reports: Iterable[BundleReport]) -> list[TraceLink]:
         group.sort(key=lambda r: r.statement.segment_index if r.statement else 0)
         indexes = tuple(r.statement.segment_index for r in group if r.statement)
         problem = _link_problem(group)
-        message = problem or f"segments {', '.join(map(str, indexes))} form one chain"
-        if problem is None and indexes[0] != 0:
-            # Verifying later segments alone is legitimate; say what was not seen.
-            message += f" (segments 0-{indexes[0] - 1} not present)"
-        links.append(TraceLink(trace_id, instance, indexes, problem is None, message))
+        if problem is not None:
+            links.append(TraceLink(trace_id, instance, indexes, False, problem))
+            continue
+        remarks = _link_remarks(group)
+        message = f"segments {', '.join(map(str, indexes))} form one chain"
+        if remarks:
+            message += f" ({'; '.join(remarks)})"
+        links.append(TraceLink(trace_id, instance, indexes, True, message, remarks))
     return links
+
+
+def _link_remarks(group: list[BundleReport]) -> tuple[str, ...]:
+    """What a group that forms one chain leaves open (see :class:`TraceLink`)."""
+    # Verifying later segments alone is legitimate, and a verifier cannot know of
+    # segments it was not given (SPEC §4.4): it says what it did not see.
+    first, last = group[0].statement, group[-1].statement
+    assert first is not None and last is not None
+    remarks = []
+    if first.segment_index == 1:
+        remarks.append("segment 0 not present")
+    elif first.segment_index > 1:
+        remarks.append(f"segments 0-{first.segment_index - 1} not present")
+    if last.seal_reason == _SIZE_LIMIT:
+        remarks.append(f"segment {last.segment_index} was sealed at the producer's size "
+                       "limit, so later segments may exist")
+    keys = sorted({r.signer_keyid[:16] for r in group if r.signer_keyid})
+    if len(keys) > 1:
+        remarks.append(f"signed by {len(keys)} keys: {', '.join(keys)}")
+    return tuple(remarks)
 
 
 def _link_problem(group: list[BundleReport]) -> str | None:

@@ -178,7 +178,7 @@ def bundle_maker(default_dir: Path, default_signer: SigningKey) -> MakeBundle:
 
     Keyword arguments: ``name`` (file name stem), ``directory``, ``trace_id``,
     ``bodies``, ``position`` (continuation segments), ``completeness``, ``signer``,
-    ``reason``.
+    ``reason``, ``producer``.
     """
 
     def make(
@@ -191,13 +191,14 @@ def bundle_maker(default_dir: Path, default_signer: SigningKey) -> MakeBundle:
         completeness: Completeness | None = None,
         signer: SigningKey | None = None,
         reason: str = "root_ended",
+        producer: Producer = PRODUCER,
     ) -> tuple[Path, SealedBundle]:
         sealed = seal(
             trace_id,
             workflow_bodies(trace_id) if bodies is None else bodies,
             position or ChainPosition.genesis(trace_id),
             signer=signer or default_signer,
-            producer=PRODUCER,
+            producer=producer,
             sealed_at=SEALED_AT,
             reason=reason,
             completeness=completeness,

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from cli_support import (
     OTHER_TRACE,
+    PRODUCER,
     TRACE,
     Keys,
     flip_in_record,
@@ -23,12 +24,13 @@ from cli_support import (
 )
 from odd_keys import unknown_type_public_pem
 
+from spanproof.exporter.keys import SigningKey
 from spanproof.verifier import TRUST_ROOT_MEDIA_TYPE, TrustRoot
 from spanproof.verifier._cli import main
 from spanproof.verifier._files import MAX_NAMED_FILE, open_regular
 from spanproof.verifier.disclosure import load_disclosures
 from spanproof.verifier.receipt import check_receipt_for_bundle, receipt_path
-from spanproof.verifier.statement import Completeness
+from spanproof.verifier.statement import Completeness, Producer
 from spanproof.verifier.verify import CHECKS, Status, check_bundle
 
 
@@ -123,7 +125,7 @@ def test_json_report_has_bundles_traces_and_ok(capsys, keys: Keys, make_bundle):
     assert {c["status"] for c in bundle["checks"]} == {"PASS"}
     assert doc["traces"] == [
         {"traceId": TRACE, "producerInstance": sealed.statement.producer.instance,
-         "segments": [0], "ok": True, "message": "segments 0 form one chain"}
+         "segments": [0], "ok": True, "message": "segments 0 form one chain", "remarks": []}
     ]
 
 
@@ -293,8 +295,76 @@ def test_segments_of_a_trace_are_checked_together(capsys, keys: Keys, make_bundl
     _, second = make_bundle("seg1", position=first.next_position())
     code, out, _ = run(capsys, "verify", "--key", keys.pub, tmp_path / "bundles")
     assert code == 0, out
-    assert out.splitlines()[-1] == f"OK trace {TRACE}: segments 0, 1 form one chain"
+    assert out.splitlines()[-1] == \
+        f"OK trace {TRACE} instance {PRODUCER.instance}: segments 0, 1 form one chain"
     assert second.statement.segment_index == 1
+
+
+def test_segments_handed_over_without_segment_0_are_said_to_be(
+    capsys, keys: Keys, make_bundle, tmp_path
+):
+    # Verifying later segments alone is legitimate (SPEC §4.4), but a reviewer who
+    # needs the whole trace must see that segment 0 was not among them: the line
+    # that says so was printed only for more than one segment.
+    _, first = make_bundle("seg0", directory=tmp_path / "withheld")
+    _, second = make_bundle("seg1", position=first.next_position(),
+                            directory=tmp_path / "withheld")
+    make_bundle("seg2", position=second.next_position())
+    code, out, _ = run(capsys, "verify", "--key", keys.pub, tmp_path / "bundles")
+    assert code == 0, out
+    assert out.splitlines()[-1] == (f"OK trace {TRACE} instance {PRODUCER.instance}: "
+                                    "segments 2 form one chain (segments 0-1 not present)")
+    make_bundle("seg1", position=first.next_position())
+    code, out, _ = run(capsys, "verify", "--json", "--key", keys.pub, tmp_path / "bundles")
+    assert code == 0, out
+    (link,) = json.loads(out)["traces"]
+    assert (link["segments"], link["remarks"]) == ([1, 2], ["segment 0 not present"])
+    assert link["message"] == "segments 1, 2 form one chain (segment 0 not present)"
+
+
+def test_another_instances_segment_0_does_not_stand_in_for_a_withheld_one(
+    capsys, keys: Keys, make_bundle, tmp_path
+):
+    # Two producers of one trace each have a chain (SPEC §4.4).  With instance aa's
+    # segment 0 withheld and bb's handed over in its place, every bundle line said
+    # OK for "segment=0" and "segment=1" of the trace, and nothing else was printed.
+    _, first = make_bundle("aa-seg0", directory=tmp_path / "withheld")
+    make_bundle("aa-seg1", position=first.next_position())
+    other = Producer(PRODUCER.name, PRODUCER.version, "00000000000000bb")
+    make_bundle("bb-seg0", producer=other)
+    code, out, _ = run(capsys, "verify", "--key", keys.pub, tmp_path / "bundles")
+    assert code == 0, out
+    assert [line for line in out.splitlines() if line.startswith("OK trace")] == [
+        f"OK trace {TRACE} instance {PRODUCER.instance}: segments 1 form one chain "
+        "(segment 0 not present)"]
+
+
+def test_a_last_segment_sealed_at_the_size_limit_says_later_ones_may_exist(
+    capsys, keys: Keys, make_bundle, tmp_path
+):
+    make_bundle("seg0", reason="size_limit")
+    code, out, _ = run(capsys, "verify", "--key", keys.pub, tmp_path / "bundles")
+    assert code == 0, out
+    assert out.splitlines()[-1] == (
+        f"OK trace {TRACE} instance {PRODUCER.instance}: segments 0 form one chain "
+        "(segment 0 was sealed at the producer's size limit, so later segments may exist)")
+
+
+def test_a_chain_signed_by_two_keys_says_so(capsys, keys: Keys, make_bundle, tmp_path):
+    # The spec allows it (a key rotated between segments), but a reviewer trusting
+    # several keys should see that one holder continued another's chain.
+    other = SigningKey.from_seed(b"\x07" * 32)
+    other_pub = tmp_path / "keys" / "rotated.pub"
+    other_pub.write_bytes(other.public_pem())
+    _, first = make_bundle("seg0")
+    make_bundle("seg1", position=first.next_position(), signer=other)
+    code, out, _ = run(capsys, "verify", "--key", keys.pub, "--key", other_pub,
+                       tmp_path / "bundles")
+    assert code == 0, out
+    ids = sorted([keys.signer.keyid[:16], other.keyid[:16]])
+    assert out.splitlines()[-1] == (
+        f"OK trace {TRACE} instance {PRODUCER.instance}: segments 0, 1 form one chain "
+        f"(signed by 2 keys: {ids[0]}, {ids[1]})")
 
 
 def test_a_missing_segment_fails_the_trace(capsys, keys: Keys, make_bundle, tmp_path):
@@ -304,7 +374,8 @@ def test_a_missing_segment_fails_the_trace(capsys, keys: Keys, make_bundle, tmp_
     make_bundle("seg2", position=second.next_position())
     code, out, _ = run(capsys, "verify", "--key", keys.pub, tmp_path / "bundles")
     assert code == 1
-    assert out.splitlines()[-1] == f"FAIL trace {TRACE}: segment 1 is missing"
+    assert out.splitlines()[-1] == \
+        f"FAIL trace {TRACE} instance {PRODUCER.instance}: segment 1 is missing"
     assert sum(line.startswith("OK ") for line in out.splitlines()) == 2
 
 

@@ -64,6 +64,21 @@ def test_report_of_a_verified_bundle(capsys, tmp_path: Path, keys: Keys, make_bu
     assert "Not checked: no receipt" in page.text
 
 
+def test_report_says_when_segment_0_of_a_trace_is_not_present(
+    capsys, tmp_path: Path, keys: Keys, make_bundle: MakeBundle
+):
+    _, first = make_bundle("seg0", directory=tmp_path / "withheld")
+    path, _ = make_bundle("seg1", position=first.next_position())
+    out_file = tmp_path / "report.html"
+    code, out, err = run(capsys, "report", "--key", keys.pub, path, "--html", out_file)
+    assert code == 0, err
+    assert "segments 1 form one chain (segment 0 not present)" in out
+    page = read_report(out_file)
+    assert page.body_verdict == "OK"
+    assert (f"Segments of producer instance {PRODUCER.instance} form one chain: segments 1 "
+            "form one chain (segment 0 not present)") in page.text
+
+
 def test_report_of_a_tampered_bundle_shows_fail_and_the_reason(
     capsys, tmp_path: Path, keys: Keys, make_bundle: MakeBundle
 ):
