@@ -26,7 +26,8 @@ def value_size(typed: Mapping[str, Any]) -> int:
         text: str = typed["stringValue"]
         return len(text.encode("utf-8", "surrogatepass"))
     if "bytesValue" in typed:
-        return len(typed["bytesValue"]) * 3 // 4
+        encoded: str = typed["bytesValue"]  # canonical padded base64 (SPEC §2.3)
+        return len(encoded) * 3 // 4 - encoded.count("=", -2)
     if "arrayValue" in typed:
         return sum(value_size(v) for v in typed["arrayValue"])
     if "kvlistValue" in typed:

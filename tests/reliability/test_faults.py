@@ -543,6 +543,10 @@ def test_value_size_counts_utf8_bytes_and_nested_values() -> None:
 
     assert value_size(encode_value("é" * 10)) == 20
     assert value_size(encode_value(b"\x00" * 30)) == 30
+    # Padding is not data: 1,024 bytes encode to 1,368 characters ending "==",
+    # which counted as 1,026 and got a value exactly at the limit refused.
+    for n in (0, 1, 2, 3, 1022, 1023, 1024):
+        assert value_size(encode_value(b"\x00" * n)) == n
     assert value_size(encode_value(["ab", "c"])) == 3
     assert value_size({"kvlistValue": {"key": encode_value("xyz")}}) == 6
     assert value_size(encode_value(7)) == 8
