@@ -7,7 +7,8 @@ whose outcome is mapped to the codes the OpenTelemetry Collector acts on:
 * some spans rejected → OK with ``partial_success`` (``rejected_spans``, message);
 * overload or storage failure → gRPC ``UNAVAILABLE`` with ``RetryInfo`` / HTTP 503
   with ``Retry-After`` (retried; never ``INTERNAL``/``UNKNOWN``, which the
-  Collector treats as permanent and drops).
+  Collector treats as permanent and drops; gRPC itself answers ``INTERNAL`` for a
+  message whose compression is corrupt or unknown, before any handler runs).
 
 Both also answer health checks, for a load balancer's or Kubernetes' probes: gRPC's
 ``grpc.health.v1.Health/Check`` and HTTP ``GET /healthz``.
@@ -535,9 +536,12 @@ def _read_message_body(handler: BaseHTTPRequestHandler, limit: int) -> bytes:
     length_text = lengths[0].strip()
     if not (length_text.isascii() and length_text.isdigit()):
         raise InvalidRequest("bad Content-Length")
-    length = int(length_text)
-    if length > limit:
-        raise _TooLarge(f"body of {length} bytes exceeds the {limit}-byte limit")
+    # Leading zeros are allowed (RFC 9110 §8.6); int() refuses over 4,300 digits.
+    digits = length_text.lstrip("0") or "0"
+    if len(digits) > len(str(limit)) or int(digits) > limit:
+        raise _TooLarge(f"body of {digits if len(digits) <= 20 else 'over 10**20'} bytes "
+                        f"exceeds the {limit}-byte limit")
+    length = int(digits)
     body = _BodyStream(handler).read(length)
     if len(body) < length:
         raise InvalidRequest(f"body cut short ({len(body)} of {length} bytes)")

@@ -773,9 +773,14 @@ _PROTOBUF = {"Content-Type": "application/x-protobuf"}
         ("/v1/traces", {**_PROTOBUF, "Content-Length": str(len(_SMUGGLED)),
                         "Transfer-Encoding": "chunked"}, 400),
         ("/v1/traces", {**_PROTOBUF, "Transfer-Encoding": "gzip, chunked"}, 501),
+        # Python's int() refuses over 4,300 digits: answered 503 (retry) with a
+        # traceback in the log.
+        ("/v1/traces", {**_PROTOBUF, "Content-Length": "9" * 5000}, 413),
+        ("/v1/traces", {**_PROTOBUF, "Content-Length": "0" * 5000 + "9" * 30}, 413),
     ],
     ids=["other-path", "no-content-length", "bad-content-length", "unsupported-type",
-         "both-lengths", "unknown-transfer-coding"],
+         "both-lengths", "unknown-transfer-coding", "5000-digit-length",
+         "30-digit-length-after-5000-zeros"],
 )
 def test_http_answer_without_reading_the_body_closes_the_connection(
     http_url, ingest, path, headers, code
@@ -786,6 +791,14 @@ def test_http_answer_without_reading_the_body_closes_the_connection(
     assert received.count(b"HTTP/1.1 ") == 1  # the body was not read as a request
     assert closed
     assert not ingest.seen
+
+
+def test_http_content_length_with_leading_zeros_is_read(http_url, ingest):
+    # RFC 9110 §8.6: 1*DIGIT; 5,000 zeros in front of the length were a 503.
+    head = {**_PROTOBUF, "Content-Length": "0" * 5000 + str(len(_VALID))}
+    received, _ = _exchange(_port(http_url), _raw("POST /v1/traces", head, _VALID), end=True)
+    assert received.startswith(b"HTTP/1.1 200 "), received[:200]
+    assert len(ingest.seen) == 1
 
 
 def test_http_chunked_body_is_read_and_the_connection_kept(http_url, ingest):
