@@ -388,6 +388,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     links = link_results(results)
     # SPEC §2.5.5: each disclosed value against its commitment in a verified bundle.
     disclosed = _report_disclosures(args.disclosures, results)
+    problems += _nothing_disclosed(args.disclosures, disclosed)
     ok = (
         not problems
         and all(r.verdict is Verdict.OK for r in results)
@@ -429,9 +430,6 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             print(format_link(link))
     for d in disclosed:
         print(format_disclosure_result(d))
-    if args.disclosures and not disclosed:
-        print("FAIL disclosures: the disclosure file(s) hold no disclosures")
-        return EXIT_FAILED
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -455,6 +453,16 @@ def _report_disclosures(
     return check_disclosures(disclosures, [r.report for r in results if r.report is not None])
 
 
+def _nothing_disclosed(
+    files: Sequence[str], disclosed: Sequence[DisclosureResult]
+) -> list[tuple[str, str]]:
+    """A failure for each of *files* when none of them held a disclosure: asked to
+    check disclosures, the command must not pass having checked none."""
+    if not files or disclosed:
+        return []
+    return [(path, "holds no disclosures (nothing was checked)") for path in files]
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     trust = load_trust(args.key, args.trust_root)
     if trust is None:
@@ -475,6 +483,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     results = _check_all(paths, check, args)
     links = link_results(results)
     disclosed = _report_disclosures(args.disclosures, results)
+    problems += _nothing_disclosed(args.disclosures, disclosed)
     document = render_html(
         [ReportItem(r.path, r.report, r.crash or "") for r in results],
         links=links,

@@ -193,7 +193,19 @@ def test_verify_with_empty_disclosure_file_fails(
     code, stdout, _ = _run(capsys, "verify", "--key", str(pem), "--disclosures", str(empty),
                            str(written.bundle))
     assert code == 1
-    assert "hold no disclosures" in stdout
+    assert f"FAIL {empty}: holds no disclosures (nothing was checked)" in stdout
+    # --json said ok with exit 0, and report passed, having checked nothing.
+    code, stdout, _ = _run(capsys, "verify", "--json", "--key", str(pem), "--disclosures",
+                           str(empty), str(written.bundle))
+    doc = json.loads(stdout)
+    assert (code, doc["ok"], doc["disclosures"]) == (1, False, [])
+    assert doc["errors"] == [{"path": str(empty),
+                              "reason": "holds no disclosures (nothing was checked)"}]
+    html = tmp_path / "report.html"
+    code, stdout, _ = _run(capsys, "report", "--key", str(pem), "--disclosures", str(empty),
+                           "--html", str(html), str(written.bundle))
+    assert code == 1
+    assert f"FAIL {empty}: holds no disclosures (nothing was checked)" in stdout
 
 
 def test_verify_without_disclosures_ignores_the_disclosure_file(
