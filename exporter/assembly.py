@@ -181,6 +181,13 @@ class TraceAssembler:
         sealed (its chain continues here), or has a loss waiting to be declared."""
         return trace_id in self._traces or trace_id in self._sealed or trace_id in self._lost
 
+    def holds_copy(self, trace_id: str, body: Body) -> bool:
+        """Whether a body equal to *body* (same span id and content) is pending in
+        the trace, not yet handed out to be sealed: :meth:`add` would ignore it."""
+        entry = self._traces.get(trace_id)
+        versions = None if entry is None else entry.seen.get(body_span_id(body))
+        return versions is not None and any(version == body for version in versions)
+
     # -- input -----------------------------------------------------------------
 
     def add(

@@ -176,6 +176,28 @@ def test_identical_redelivery_is_ignored_before_and_after_sealing(tmp_path, cloc
     assert reports[0].statement.completeness.conflicts == ()
 
 
+def test_a_pending_span_the_memory_forgot_is_still_ignored_when_redelivered(tmp_path, clock):
+    # Its trace waited (no root) while more spans than the memory holds arrived.
+    # The retry was journaled again, joined no bundle, and its journal entry was
+    # never retired: the next start certified the span a second time.
+    receiver = make_receiver(tmp_path / "out", clock, dedup_memory=4)
+    receiver.start()
+    waiting = request(otlp_span(TRACE_A, 2, parent=1)).resource_spans
+    receiver(waiting)
+    for n in range(6):
+        receiver(request(otlp_span(f"{n + 1:032x}", 1)).resource_spans)
+    assert receiver._memory.versions(TRACE_A, span_id(2)) is None  # forgotten
+    receiver(waiting)
+    assert receiver.shutdown()
+    assert receiver._keys == {}
+    assert os.listdir(tmp_path / "out" / "journal") == []
+    again = make_receiver(tmp_path / "out", clock)
+    assert again.start() == []  # nothing left to recover
+    again.shutdown()
+    reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)), allow_incomplete=True)
+    assert [span_ids(r) for r in reports if r.statement.trace_id == TRACE_A] == [[span_id(2)]]
+
+
 def test_a_redelivered_rejected_span_is_declared_once(tmp_path, clock):
     receiver = make_receiver(tmp_path / "out", clock)
     bad = otlp_span(TRACE_A, 2, parent=1)
