@@ -161,32 +161,41 @@ _ADMIT_CHUNK_SPANS = 1024
 
 
 def _trace_chunks(
-    resource_spans: Sequence[trace_pb2.ResourceSpans], size: int
+    resource_spans: Sequence[trace_pb2.ResourceSpans], size: int, max_traces: int
 ) -> Iterator[list[_RequestSpan]]:
     """A request's spans (:func:`iter_request_spans`) in chunks to admit one after
-    the other: all of them at once when they are at most *size*, else grouped by
-    trace, in chunks of whole traces of at least *size* spans (the last one may be
-    smaller).
+    the other: all of them at once when they are at most *size* and of at most
+    *max_traces* traces, else grouped by trace, in chunks of whole traces of at
+    least *size* spans or of *max_traces* traces (the last one may be smaller).
 
     A Collector's batch holds thousands of spans (rotel's up to 8,192): admitted
     whole, none of its traces could be sealed before the last span was decoded, and
     the seal workers sat idle meanwhile.  A trace's spans of one request stay in one
     chunk, in their order, so chunking never makes a trace's seal grace run out
     between two of its spans from the same request.
+
+    A chunk of more than *max_traces* new traces (``max_pending_traces``) could
+    never be admitted (:meth:`Receiver._admit`), however often it was retried.
     """
     spans = list(iter_request_spans(resource_spans))
-    if len(spans) <= size:
+    if len(spans) <= min(size, max_traces):
         yield spans
         return
     by_trace: dict[bytes, list[_RequestSpan]] = {}
     for fields in spans:
         by_trace.setdefault(fields[0].trace_id, []).append(fields)
+    if len(spans) <= size and len(by_trace) <= max_traces:
+        yield spans
+        return
     chunk: list[_RequestSpan] = []
+    traces = 0
     for group in by_trace.values():
         chunk += group
-        if len(chunk) >= size:
+        traces += 1
+        if len(chunk) >= size or traces >= max_traces:
             yield chunk
             chunk = []
+            traces = 0
     if chunk:
         yield chunk
 
@@ -552,7 +561,8 @@ class Receiver:
         with self._decode_lock:
             # A request that began before shutdown() is admitted to its end:
             # shutdown() waits for it, so none is left half admitted.
-            for i, chunk in enumerate(_trace_chunks(resource_spans, _ADMIT_CHUNK_SPANS)):
+            chunks = _trace_chunks(resource_spans, _ADMIT_CHUNK_SPANS, self._max_pending)
+            for i, chunk in enumerate(chunks):
                 items, chunk_rejected, roots = self._decode(chunk)
                 with self._ingest_lock:
                     self._admit(items, chunk_rejected, roots, first=i == 0)

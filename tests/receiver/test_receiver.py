@@ -786,6 +786,31 @@ def test_a_large_request_is_admitted_in_chunks_of_whole_traces(tmp_path, clock, 
         (trace, [span_id(2), span_id(1), span_id(3)]) for trace in TRACES]
 
 
+def test_a_request_of_more_traces_than_max_pending_traces_is_admitted_in_turn(
+    tmp_path, clock
+):
+    # 1,024 spans are admitted in one chunk; of 200 one-span traces with room for
+    # 2 x 100 pending ones, that chunk was refused on every retry, even by an idle
+    # receiver.  In chunks of at most max_pending_traces traces, part of it is
+    # admitted and the rest once the first part is sealed.
+    receiver = make_receiver(tmp_path / "out", clock, max_pending_traces=100)
+    traces = [f"{n + 1:032x}" for n in range(200)]
+    spans = request(*(otlp_span(trace, 1) for trace in traces)).resource_spans
+    receiver.start()
+    try:
+        with pytest.raises(Unavailable, match="overloaded: 100 traces"):
+            receiver(spans)
+        clock.advance(2.5)
+        assert receiver.flush()
+        assert receiver(spans).rejected == 0
+        clock.advance(2.5)
+        assert receiver.flush()
+    finally:
+        receiver.shutdown(10)
+    reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
+    assert sorted(r.statement.trace_id for r in reports) == traces
+
+
 def test_a_request_refused_part_way_loses_nothing_and_its_retry_adds_each_span_once(
     tmp_path, clock, monkeypatch
 ):
