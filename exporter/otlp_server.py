@@ -47,6 +47,7 @@ __all__ = [
     "InvalidRequest",
     "Unavailable",
     "parse_otlp_json",
+    "parse_otlp_protobuf",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -135,6 +136,23 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _json_span_count(doc: dict[str, Any]) -> int:
+    """The members of the request's span lists (whatever they hold), under either
+    spelling of the field names protobuf's JSON mapping accepts."""
+    count = 0
+    for resource_spans in _json_list(doc, "resourceSpans", "resource_spans"):
+        for scope_spans in _json_list(resource_spans, "scopeSpans", "scope_spans"):
+            count += len(_json_list(scope_spans, "spans", "spans"))
+    return count
+
+
+def _json_list(obj: Any, name: str, original: str) -> list[Any]:
+    if not isinstance(obj, dict):
+        return []
+    value = obj.get(name, obj.get(original))
+    return value if isinstance(value, list) else []
+
+
 def parse_otlp_json(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest:
     """Decode an OTLP/JSON ``ExportTraceServiceRequest`` (hex ids, int64 as strings,
     integer enums; unknown fields ignored as the OTLP spec requires).
@@ -153,6 +171,9 @@ def parse_otlp_json(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest:
         raise InvalidRequest("body is nested too deeply to decode") from None
     if not isinstance(doc, dict):
         raise InvalidRequest("body must be a JSON object")
+    spans = _json_span_count(doc)
+    if spans > max(len(data) // MIN_JSON_SPAN_BYTES, _ANY_SIZE_SPANS):
+        raise _too_many_spans(spans, len(data), MIN_JSON_SPAN_BYTES)
     request = trace_service_pb2.ExportTraceServiceRequest()
     try:
         _to_protobuf_json(doc)
@@ -166,6 +187,96 @@ def parse_otlp_json(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest:
                              "wrong type holds a string that is not Unicode") from None
     except RecursionError:
         raise InvalidRequest("request is nested too deeply to decode") from None
+    return request
+
+
+#: The fewest bytes a span with its ids takes in an encoded request: the span's tag
+#: and length (2), ``trace_id`` (18) and ``span_id`` (10).  Decoding costs ~350
+#: bytes of memory per span, whatever its size: a request of 2-byte empty spans made
+#: the receiver hold ~390 times its size.
+MIN_SPAN_BYTES = 30
+#: In OTLP/JSON: ``{"traceId":"<32 hex>","spanId":"<16 hex>"}``.
+MIN_JSON_SPAN_BYTES = 74
+#: Spans a request may hold whatever its size (their decoding costs little), so
+#: that a few spans without ids are each rejected with the reason, not the request.
+_ANY_SIZE_SPANS = 1024
+
+
+def _too_many_spans(spans: int, size: int, least: int) -> InvalidRequest:
+    return InvalidRequest(
+        f"request holds {spans} or more spans in {size} bytes: a span with its trace "
+        f"and span ids takes at least {least} bytes")
+
+
+def _varint(data: bytes, i: int, end: int) -> tuple[int, int]:
+    """The varint at *data[i]* and the index after it."""
+    value = shift = 0
+    while True:
+        if i >= end or shift > 63:
+            raise DecodeError("bad varint")
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7
+
+
+def _fields(data: bytes, i: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """Each field of the message *data[i:end]*: (number, wire type, start, end)."""
+    while i < end:
+        key, i = _varint(data, i, end)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            _, j = _varint(data, i, end)
+        elif wire == 1:
+            j = i + 8
+        elif wire == 2:
+            length, i = _varint(data, i, end)
+            j = i + length
+        elif wire == 5:
+            j = i + 4
+        else:  # groups: not in OTLP's messages, known or added later
+            raise DecodeError(f"field {number} has wire type {wire}")
+        if j > end:
+            raise DecodeError("truncated message")
+        yield number, wire, i, j
+        i = j
+
+
+def parse_otlp_protobuf(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest:
+    """Decode a protobuf ``ExportTraceServiceRequest``, having first counted its spans
+    on the wire: one holding more than ``len(data) / MIN_SPAN_BYTES`` (and over
+    1,024) is refused before decoding (its spans cannot all have ids, and decoding
+    them would take hundreds of times the request's size in memory).
+
+    Raises:
+        InvalidRequest: not a protobuf request, or one with too many spans.
+    """
+    size = len(data)
+    most = max(size // MIN_SPAN_BYTES, _ANY_SIZE_SPANS)
+    spans = 0
+    try:
+        # ExportTraceServiceRequest.resource_spans = 1, ResourceSpans.scope_spans = 2,
+        # ScopeSpans.spans = 2.
+        for number, wire, start, end in _fields(data, 0, size):
+            if number != 1 or wire != 2:
+                continue
+            for number, wire, start2, end2 in _fields(data, start, end):
+                if number != 2 or wire != 2:
+                    continue
+                for number, wire, _, _ in _fields(data, start2, end2):
+                    if number == 2 and wire == 2:
+                        spans += 1
+                        if spans > most:
+                            raise _too_many_spans(spans, size, MIN_SPAN_BYTES)
+        request = trace_service_pb2.ExportTraceServiceRequest()
+        request.ParseFromString(data)
+    except DecodeError as e:
+        raise InvalidRequest(f"body is not an OTLP protobuf request: {e}") from None
+    except RecursionError:
+        raise InvalidRequest("body is not an OTLP protobuf request: nested too deeply "
+                             "to decode") from None
     return request
 
 
@@ -253,12 +364,10 @@ class _TraceService:
                           "no ExportTraceServiceRequest message")
         # The request arrives undecoded, so a body protobuf cannot parse (for example
         # nested deeper than its recursion limit) is INVALID_ARGUMENT, not INTERNAL.
-        request = trace_service_pb2.ExportTraceServiceRequest()
         try:
-            request.ParseFromString(data)
-        except (DecodeError, RecursionError) as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"not an OTLP ExportTraceServiceRequest: {e}")
+            request = parse_otlp_protobuf(data)
+        except InvalidRequest as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         try:
             result = self._ingest(request.resource_spans)
         except InvalidRequest as e:
@@ -775,11 +884,7 @@ def _make_handler(ingest: Ingest, limit: int, health: Health) -> type[BaseHTTPRe
                 if as_json:
                     request = parse_otlp_json(body)
                 else:
-                    request = trace_service_pb2.ExportTraceServiceRequest()
-                    try:
-                        request.ParseFromString(body)
-                    except DecodeError as e:
-                        raise InvalidRequest(f"body is not an OTLP protobuf request: {e}") from None
+                    request = parse_otlp_protobuf(body)
                 del body
                 result = ingest(request.resource_spans)
             except (TimeoutError, ConnectionError) as e:

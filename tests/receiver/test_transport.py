@@ -28,6 +28,7 @@ from spanproof.exporter.otlp_server import (
     InvalidRequest,
     Unavailable,
     parse_otlp_json,
+    parse_otlp_protobuf,
 )
 
 TRACE = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
@@ -635,6 +636,84 @@ def test_http_partial_success_json(http_url, ingest):
     code, _, body = _post(http_url, json.dumps(doc).encode(), "application/json")
     assert code == 200
     assert json.loads(body)["partialSuccess"]["rejectedSpans"] == "1"
+
+
+def _empty_spans(n: int) -> trace_service_pb2.ExportTraceServiceRequest:
+    req = trace_service_pb2.ExportTraceServiceRequest()
+    ss = req.resource_spans.add().scope_spans.add()
+    for _ in range(n):
+        ss.spans.add()  # two bytes on the wire
+    return req
+
+
+def test_a_request_of_more_spans_than_its_size_can_hold_is_refused(
+    grpc_stub, http_url, ingest
+):
+    # Decoding costs ~350 bytes of memory per span whatever its size, so 64 MiB of
+    # 2-byte empty spans (a 65 KB gzip) would have taken ~25 GB.  A span with ids
+    # takes at least 30 bytes: more spans than that allows are refused undecoded.
+    req = _empty_spans(5000)
+    data = req.SerializeToString()
+    message = (f"request holds 1025 or more spans in {len(data)} bytes: a span with its "
+               "trace and span ids takes at least 30 bytes")
+    with pytest.raises(InvalidRequest) as refused:
+        parse_otlp_protobuf(data)
+    assert str(refused.value) == message
+    with pytest.raises(grpc.RpcError) as err:
+        grpc_stub.Export(req, timeout=10)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == message
+    code, _, body = _post(http_url, gzip.compress(data), "application/x-protobuf", "gzip")
+    assert (code, status_pb2.Status.FromString(body).message) == (400, message)
+    doc = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [{}] * 5000}]}]}).encode()
+    code, _, body = _post(http_url, doc, "application/json")
+    assert code == 400
+    assert json.loads(body)["message"] == (
+        f"request holds 5000 or more spans in {len(doc)} bytes: a span with its trace "
+        "and span ids takes at least 74 bytes")
+    assert not ingest.seen
+
+
+def test_spans_with_ids_and_a_few_without_are_decoded():
+    assert len(parse_otlp_protobuf(_request(5000).SerializeToString())
+               .resource_spans[0].scope_spans[0].spans) == 5000
+    # Each is then rejected with its reason, not the whole request.
+    assert len(parse_otlp_protobuf(_empty_spans(1024).SerializeToString())
+               .resource_spans[0].scope_spans[0].spans) == 1024
+
+
+def _field(number: int, wire: int, payload: bytes) -> bytes:
+    from google.protobuf.internal.encoder import _VarintBytes
+
+    if wire == 2:
+        payload = _VarintBytes(len(payload)) + payload
+    return _VarintBytes(number << 3 | wire) + payload
+
+
+# An unknown field of each wire type: varint, fixed64, length-delimited, fixed32.
+_UNKNOWN = (_field(9, 0, b"\x96\x01") + _field(10, 1, b"\x12" * 8)
+            + _field(11, 2, b"\x12\x00\x12\x00") + _field(12, 5, b"\x12" * 4))
+
+
+def test_the_span_count_skips_unknown_fields_of_every_wire_type():
+    # Fields added to OTLP later are ignored by the decoder; the count before it
+    # must skip them too, not take them for spans or stop at them.
+    spans = [span.SerializeToString() for span in _request(3).resource_spans[0]
+             .scope_spans[0].spans]
+    scope = _field(1, 2, b"") + _UNKNOWN + b"".join(_field(2, 2, s) for s in spans) + _UNKNOWN
+    resource = _UNKNOWN + _field(2, 2, scope) + _UNKNOWN
+    data = _UNKNOWN + _field(1, 2, resource) + _UNKNOWN
+    (decoded,) = parse_otlp_protobuf(data).resource_spans[0].scope_spans
+    assert [span.span_id for span in decoded.spans] == [
+        (i + 1).to_bytes(8, "big") for i in range(3)]
+    with pytest.raises(InvalidRequest, match="field 13 has wire type 3"):
+        parse_otlp_protobuf(data + _field(13, 3, b""))
+    with pytest.raises(InvalidRequest, match="truncated message"):
+        parse_otlp_protobuf(data + _field(1, 2, b"\x12")[:-1])
+    # Refused as it is counted: the decoder never sees the truncated field after.
+    flood = _empty_spans(1100).SerializeToString() + _field(1, 2, b"\x12")[:-1]
+    with pytest.raises(InvalidRequest, match="1025 or more spans"):
+        parse_otlp_protobuf(flood)
 
 
 def test_parse_otlp_json_rejects_a_lone_surrogate():
