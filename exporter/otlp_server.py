@@ -90,6 +90,7 @@ _ID_FIELDS = ("traceId", "spanId", "parentSpanId")
 # is rejected alone (or its link left out), as a wrong-length id is in protobuf.  Not
 # empty: an empty parentSpanId would make the span a root.
 _NOT_AN_ID = base64.b64encode(b"\0").decode("ascii")
+_HEX_ID = re.compile(r"(?:[0-9a-fA-F]{2})*")
 
 
 def _to_protobuf_json(obj: Any) -> None:
@@ -112,10 +113,9 @@ def _to_protobuf_json(obj: Any) -> None:
                         f"field name {key!r} holds a lone surrogate (not valid Unicode)"
                     ) from None
             if key in _ID_FIELDS and isinstance(value, str):
-                try:
-                    obj[key] = base64.b64encode(bytes.fromhex(value)).decode("ascii")
-                except ValueError:
-                    obj[key] = _NOT_AN_ID
+                # Hex digits only: bytes.fromhex also skips whitespace.
+                obj[key] = (base64.b64encode(bytes.fromhex(value)).decode("ascii")
+                            if _HEX_ID.fullmatch(value) else _NOT_AN_ID)
             else:
                 _to_protobuf_json(value)
     elif isinstance(obj, list):

@@ -277,8 +277,15 @@ def test_malformed_spans_partial_success_and_invalid_argument(tmp_path, clock):
     assert reports[0].statement.completeness.rejected_spans == 1
 
 
-@pytest.mark.parametrize("field", ["spanId", "parentSpanId", "traceId"])
-def test_otlp_json_span_with_an_id_that_is_not_hex_is_rejected_alone(tmp_path, clock, field):
+@pytest.mark.parametrize(("field", "bad"), [
+    ("spanId", "00f067aa0ba902bz"), ("parentSpanId", "00f067aa0ba902bz"),
+    ("traceId", "00f067aa0ba902bz"),
+    # bytes.fromhex skips spaces: this id was certified as 00f067aa0ba902b7.
+    ("spanId", "00f067aa 0ba902b7"), ("spanId", " 00f067aa0ba902b7"),
+])
+def test_otlp_json_span_with_an_id_that_is_not_hex_is_rejected_alone(
+    tmp_path, clock, field, bad
+):
     # As a wrong-length id in protobuf: partial success, the other spans certified.
     # The whole batch was answered 400, and the Collector dropped it.
     from google.protobuf import json_format
@@ -288,7 +295,7 @@ def test_otlp_json_span_with_an_id_that_is_not_hex_is_rejected_alone(tmp_path, c
         for key in ("traceId", "spanId", "parentSpanId"):
             if key in span:
                 span[key] = base64.b64decode(span[key]).hex()
-    doc["resourceSpans"][0]["scopeSpans"][0]["spans"][1][field] = "00f067aa0ba902bz"
+    doc["resourceSpans"][0]["scopeSpans"][0]["spans"][1][field] = bad
     receiver = make_receiver(tmp_path / "out", clock)
     with serving(receiver, http=True) as (_, http_server):
         assert http_server is not None
