@@ -17,6 +17,7 @@ Both also answer health checks, for a load balancer's or Kubernetes' probes: gRP
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import logging
 import math
@@ -658,7 +659,8 @@ def _read_message_body(handler: BaseHTTPRequestHandler, limit: int) -> bytes:
 
 
 class _BodyStream:
-    """A request's body, read from the handler's stream within HTTP_BODY_SECONDS.
+    """A request's body (or its head, with *seconds* and *what*), read from the
+    handler's stream within HTTP_BODY_SECONDS.
 
     The socket's timeout bounds each read; a client sending a byte now and then
     would pass every one of them and keep its turn (HTTP_REQUESTS_AT_ONCE) for as
@@ -666,16 +668,21 @@ class _BodyStream:
     give up once the body's time is spent.
     """
 
-    def __init__(self, handler: BaseHTTPRequestHandler) -> None:
+    def __init__(
+        self, handler: BaseHTTPRequestHandler, seconds: float | None = None,
+        what: str = "request body",
+    ) -> None:
         self._rfile: Any = handler.rfile  # a BufferedReader: read1 and peek
         self._socket = handler.connection
         self._idle = handler.timeout
-        self._deadline = time.monotonic() + HTTP_BODY_SECONDS
+        self._seconds = HTTP_BODY_SECONDS if seconds is None else seconds
+        self._deadline = time.monotonic() + self._seconds
+        self._what = what
 
     def _arm(self) -> None:
         left = self._deadline - time.monotonic()
         if left <= 0:
-            raise TimeoutError(f"request body not received within {HTTP_BODY_SECONDS:g} s")
+            raise TimeoutError(f"{self._what} not received within {self._seconds:g} s")
         self._socket.settimeout(left if self._idle is None else min(left, self._idle))
 
     def read(self, n: int) -> bytes:
@@ -702,6 +709,34 @@ class _BodyStream:
             if end >= 0:
                 break
         return bytes(out)
+
+
+class _HeadTooLarge(http.client.HTTPException):
+    """A request line and header fields longer than HTTP_HEAD_BYTES (answered 431)."""
+
+
+class _HeadStream:
+    """What the request handler reads a request's line and header fields from: at
+    most HTTP_HEAD_BYTES of them, within HTTP_HEAD_SECONDS of its first read.
+
+    http.server reads up to 100 header fields of 64 KiB each, with only the socket's
+    timeout per read: 60 connections sending 6 MB of header fields each, a byte
+    every 20 s, held 430 MB and a thread each for as long as they liked.
+    """
+
+    def __init__(self, handler: BaseHTTPRequestHandler) -> None:
+        self._stream = _BodyStream(handler, HTTP_HEAD_SECONDS, "request line and header fields")
+        self._left = HTTP_HEAD_BYTES
+
+    def readline(self, limit: int = -1) -> bytes:
+        """A line, as ``BufferedReader.readline`` reads it."""
+        limit = self._left + 1 if limit < 0 else min(limit, self._left + 1)
+        line = self._stream.readline(limit)
+        self._left -= len(line)
+        if self._left < 0:
+            raise _HeadTooLarge(f"request line and header fields longer than "
+                                f"{HTTP_HEAD_BYTES} bytes")
+        return line
 
 
 def _read_chunked(rfile: _BodyStream, limit: int) -> bytes:
@@ -805,6 +840,17 @@ HTTP_TURN_WAIT = 10.0
 HTTP_IDLE_TIMEOUT = 60.0
 #: A request's body must arrive within this long once its turn is taken.
 HTTP_BODY_SECONDS = 120.0
+#: A request's line and header fields must arrive within this long (from the
+#: previous answer on the connection, or its opening), and be at most this long.
+HTTP_HEAD_SECONDS = 60.0
+HTTP_HEAD_BYTES = 64 * 1024
+#: Connections served at once, each on a thread of its own; one beyond them is
+#: answered 503 (``Retry-After: 1``) and closed.
+HTTP_CONNECTIONS_AT_ONCE = 128
+_BUSY_CONNECTION = (
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 5\r\n\r\nbusy\n"
+)
 
 
 def _make_handler(ingest: Ingest, limit: int, health: Health) -> type[BaseHTTPRequestHandler]:
@@ -819,6 +865,26 @@ def _make_handler(ingest: Ingest, limit: int, health: Health) -> type[BaseHTTPRe
 
         def log_message(self, format: str, *args: Any) -> None:
             _logger.debug("http: " + format, *args)
+
+        def handle_one_request(self) -> None:
+            rfile = self.rfile
+            self.rfile = _HeadStream(self)  # type: ignore[assignment]
+            try:
+                super().handle_one_request()
+            finally:
+                self.rfile = rfile
+
+        def parse_request(self) -> bool:
+            try:
+                return super().parse_request()
+            finally:
+                # The head is read: the body is read from the stream itself.
+                self.rfile = self._raw_rfile
+                self.connection.settimeout(self.timeout)
+
+        def setup(self) -> None:
+            super().setup()
+            self._raw_rfile = self.rfile
 
         def _send(
             self, code: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
@@ -944,6 +1010,39 @@ class _Unsupported(Exception):
     pass
 
 
+class _BoundedServer(ThreadingHTTPServer):
+    """A thread per connection, for at most *connections* at once."""
+
+    daemon_threads = True
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], connections: int
+    ) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(connections)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.settimeout(1.0)
+                request.sendall(_BUSY_CONNECTION)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class HttpServer:
     """OTLP/HTTP ``POST /v1/traces`` (protobuf and JSON, gzip) on *address*.
 
@@ -960,10 +1059,10 @@ class HttpServer:
         health: Health = _always_serving,
     ) -> None:
         host, _, port = address.rpartition(":")
-        self._server = ThreadingHTTPServer(
-            (host.strip("[]"), int(port)), _make_handler(ingest, max_message_bytes, health)
+        self._server = _BoundedServer(
+            (host.strip("[]"), int(port)), _make_handler(ingest, max_message_bytes, health),
+            HTTP_CONNECTIONS_AT_ONCE,
         )
-        self._server.daemon_threads = True
         self.host = host
         self.port = self._server.server_address[1]
         self._thread: threading.Thread | None = None

@@ -1074,3 +1074,76 @@ def test_http_client_trickling_its_body_loses_its_turn_at_the_body_deadline(
     finally:
         stop.set()
         server.stop()
+
+
+def test_http_request_head_longer_than_its_bound_is_431(http_url, ingest):
+    # http.server reads up to 100 header fields of 64 KiB each: 60 connections held
+    # 430 MB of them.
+    head = {**_PROTOBUF, "Content-Length": str(len(_VALID)),
+            "X-One": "a" * 40_000, "X-Two": "b" * 40_000}
+    received, closed = _exchange(_port(http_url), _raw("POST /v1/traces", head, _VALID))
+    assert received.startswith(b"HTTP/1.1 431 "), received[:200]
+    assert b"longer than 65536 bytes" in received
+    assert closed
+    assert not ingest.seen
+    head = {**_PROTOBUF, "Content-Length": str(len(_VALID)), "X-One": "a" * 40_000}
+    received, _ = _exchange(_port(http_url), _raw("POST /v1/traces", head, _VALID), end=True)
+    assert received.startswith(b"HTTP/1.1 200 "), received[:200]
+
+
+def test_http_client_trickling_its_head_is_disconnected_at_the_head_deadline(
+    ingest, monkeypatch
+):
+    # A byte now and then passed each read's 60 s timeout, so a connection could send
+    # header fields for as long as it liked, holding its thread and what it sent.
+    import time
+
+    import spanproof.exporter.otlp_server as otlp_server
+
+    monkeypatch.setattr(otlp_server, "HTTP_HEAD_SECONDS", 0.6)
+    server = HttpServer("127.0.0.1:0", ingest)
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(b"POST /v1/traces HTTP/1.1\r\nX-Slow: ")
+            started = time.monotonic()
+            closed_after = None
+            for _ in range(50):  # bounded: 5 s at most
+                time.sleep(0.1)
+                try:
+                    sock.sendall(b"a")
+                except OSError:
+                    closed_after = time.monotonic() - started
+                    break
+            assert closed_after is not None and closed_after < 3.0
+        received, _ = _exchange(server.port, _raw("POST /v1/traces", {
+            **_PROTOBUF, "Content-Length": str(len(_VALID))}, _VALID), end=True)
+        assert received.startswith(b"HTTP/1.1 200 "), received[:200]
+    finally:
+        server.stop()
+
+
+def test_http_connections_beyond_the_bound_get_503_and_are_closed(ingest, monkeypatch):
+    # One thread per connection, unbounded: each also held up to 6 MB of header fields.
+    import spanproof.exporter.otlp_server as otlp_server
+
+    monkeypatch.setattr(otlp_server, "HTTP_CONNECTIONS_AT_ONCE", 2)
+    server = HttpServer("127.0.0.1:0", ingest)
+    server.start()
+    held = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(2)]
+    try:
+        received, closed = _exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert received.startswith(b"HTTP/1.1 503 "), received[:200]
+        assert b"\r\nRetry-After: 1\r\n" in received and closed
+        held.pop().close()
+
+        def served() -> bool:
+            answer, _ = _exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+                                  end=True)
+            return answer.startswith(b"HTTP/1.1 200 ")
+
+        wait_for(served, timeout=10, what="a connection's place to be given back")
+    finally:
+        for sock in held:
+            sock.close()
+        server.stop()
