@@ -421,8 +421,9 @@ _SERVING, _NOT_SERVING = 1, 2
 class _CountingPool(futures.ThreadPoolExecutor):
     """The gRPC server's workers, counting the calls handed to them and not yet done."""
 
-    def __init__(self, workers: int) -> None:
-        super().__init__(max_workers=workers, thread_name_prefix="spanproof-grpc")
+    def __init__(self, workers: int, name: str = "spanproof-grpc") -> None:
+        super().__init__(max_workers=workers, thread_name_prefix=name)
+        self.workers = workers
         self._count_lock = threading.Lock()
         self.calls = 0
 
@@ -497,9 +498,26 @@ class _HealthCheck:
         return wrappers_pb2.Int32Value(value=status).SerializeToString()
 
 
+class _HealthNow:
+    """The health check's answer while its threads are all taken: the receiver's
+    status, for ``""`` and the TraceService alike, without reading the request (so
+    an unknown service's check gets it too, not ``NOT_FOUND``).  It runs on the busy
+    answer's thread: checks whose request never arrives held both health threads
+    for 2 s each, and a real probe waited behind every one of them."""
+
+    def __init__(self, health: Health, thread: futures.ThreadPoolExecutor) -> None:
+        self.experimental_thread_pool = thread
+        self._health = health
+
+    def __call__(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        del requests  # not read
+        status = _SERVING if self._health() is None else _NOT_SERVING
+        return wrappers_pb2.Int32Value(value=status).SerializeToString()
+
+
 class _Handlers(grpc.GenericRpcHandler):
     """``TraceService/Export``, or the busy answer once the workers hold enough calls;
-    and the health check.
+    and the health check, or its answer at once once its threads are taken.
 
     gRPC looks a call's handler up on its one polling thread, just before handing the
     call to the workers' pool, so the count it reads is exact: only calls finishing
@@ -515,8 +533,8 @@ class _Handlers(grpc.GenericRpcHandler):
         # Threads for the answers that must not wait behind the workers' calls.
         busy_thread = futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="spanproof-grpc-busy")
-        health_threads = futures.ThreadPoolExecutor(
-            max_workers=2, thread_name_prefix="spanproof-grpc-health")
+        health_threads = _CountingPool(2, "spanproof-grpc-health")
+        self._health_threads = health_threads
         self.answer_threads = (busy_thread, health_threads)
         self._export: grpc.RpcMethodHandler[bytes, bytes] = (
             grpc.stream_unary_rpc_method_handler(_TraceService(ingest, self.arrivals).Export))
@@ -525,12 +543,16 @@ class _Handlers(grpc.GenericRpcHandler):
         self._health: grpc.RpcMethodHandler[bytes, bytes] = (
             grpc.stream_unary_rpc_method_handler(
                 _HealthCheck(health, health_threads, self.arrivals)))
+        self._health_now: grpc.RpcMethodHandler[bytes, bytes] = (
+            grpc.stream_unary_rpc_method_handler(_HealthNow(health, busy_thread)))
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         method = handler_call_details.method
         if method == _HEALTH_CHECK_METHOD:
+            if self._health_threads.calls >= self._health_threads.workers:
+                return self._health_now
             return self._health
         if method != _EXPORT_METHOD:
             return None

@@ -344,6 +344,26 @@ def test_grpc_health_check_does_not_wait_behind_a_request_that_never_arrives(
         assert stalled.exception(timeout=5).code() == grpc.StatusCode.CANCELLED
 
 
+def test_grpc_health_check_does_not_wait_behind_many_checks_that_never_arrive(held_server):
+    # Two threads answer checks, each stalled check holding one for 2 s: behind
+    # 64 of them (4 connections of 16) a probe timed out three times in a row.
+    server, held, connect = held_server
+    health = "/grpc.health.v1.Health/Check"
+    with contextlib.ExitStack() as stack:
+        stalled = [stack.enter_context(_stalled(connect(), health)) for _ in range(6)]
+        threads = server._handlers._health_threads
+        wait_for(lambda: threads.calls >= threads.workers, 10, "the health threads taken")
+        stub = health_pb2_grpc.HealthStub(connect())
+        for reason, status in ((None, health_pb2.HealthCheckResponse.SERVING),
+                               ("disk", health_pb2.HealthCheckResponse.NOT_SERVING)):
+            held.reason = reason
+            answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+            assert answer.status == status
+        for call in stalled:  # each still cancelled, or answered without being read
+            assert call.exception(timeout=10) is None or \
+                call.exception().code() == grpc.StatusCode.CANCELLED
+
+
 def test_grpc_export_whose_request_does_not_arrive_in_time_is_cancelled(
     held_server, monkeypatch
 ):
