@@ -51,6 +51,8 @@ from .report import ReportItem, render_html, summarize_checks
 from .statement import Statement
 from .tree import render_tree
 from .verify import (
+    UNVERIFIED_BYTES_KEPT,
+    UNVERIFIED_RECORDS_KEPT,
     BundleReport,
     Status,
     TraceLink,
@@ -611,7 +613,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(f"verdict   {word}: {paint('error', printable(result.reason))}")
         if records:
             print(f"          the {len(records)} record(s) below were read before the failure "
-                  "and are NOT verified")
+                  f"and are NOT verified (at most the first {UNVERIFIED_RECORDS_KEPT:,} and "
+                  f"{UNVERIFIED_BYTES_KEPT >> 20} MiB are shown)")
     if report is not None:
         print(f"checks    {summarize_checks(report.checks)} (SPEC §8; "
               "spanproof verify --verbose lists each)")

@@ -38,7 +38,15 @@ from .keys import format_time
 from .statement import Statement
 from .tree import duration_text, genai_attributes, status_text, tree_rows, value_text
 from .values import COMMITTED_VALUE, is_committed_value
-from .verify import BundleReport, Check, Status, TraceLink, Verdict
+from .verify import (
+    UNVERIFIED_BYTES_KEPT,
+    UNVERIFIED_RECORDS_KEPT,
+    BundleReport,
+    Check,
+    Status,
+    TraceLink,
+    Verdict,
+)
 
 __all__ = [
     "COMMITTED_NOT_DISCLOSED",
@@ -588,7 +596,8 @@ def _bundle(item: ReportItem, trusted: Mapping[str, str], opened: _Opened,
             parts.append(
                 f'<p class="unverified">NOT VERIFIED: the {len(records)} record(s) below were '
                 "read before the failure. They are shown as found in the file and may have "
-                "been altered.</p>"
+                f"been altered (of a failed bundle, at most the first {UNVERIFIED_RECORDS_KEPT:,} "
+                f"records read and {UNVERIFIED_BYTES_KEPT >> 20} MiB of them are shown).</p>"
             )
         else:
             parts.append('<p class="muted">No records can be shown: none could be verified '

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import orjson
+
 from ._files import open_regular
 from .bundle import BUNDLE_SUFFIX, BundleReader
 from .canonical import loads_canonical
@@ -32,6 +34,8 @@ from .statement import Statement
 
 __all__ = [
     "CHECKS",
+    "UNVERIFIED_BYTES_KEPT",
+    "UNVERIFIED_RECORDS_KEPT",
     "BundleReport",
     "Check",
     "Status",
@@ -89,7 +93,8 @@ class BundleReport:
     """Every check run on one bundle, and what was learned on the way.
 
     ``statement`` is set once the signature verified and the statement parsed;
-    ``records`` holds the parsed records only when asked for (``keep_records``).
+    ``records`` holds the parsed records only when asked for (``keep_records``); of
+    a failed bundle, only the first of those read (`UNVERIFIED_RECORDS_KEPT`).
     """
 
     source: str
@@ -174,6 +179,25 @@ class _Run:
         return tuple(out)
 
 
+#: How many of a failed bundle's records a report keeps, to show as read before the
+#: failure, and how many of their bytes at most.  Its records may be anyone's, of any
+#: size: until the check of the signed head they are kept as the bytes read (parsed,
+#: a record of tiny values takes ~25 times its size), and once it failed only these
+#: are parsed.
+UNVERIFIED_RECORDS_KEPT = 1000
+UNVERIFIED_BYTES_KEPT = 4 * 1024 * 1024
+
+
+def _unverified_shown(kept: list[bytes]) -> list[bytes]:
+    shown, size = [], 0
+    for raw in kept[:UNVERIFIED_RECORDS_KEPT]:
+        size += len(raw)
+        if size > UNVERIFIED_BYTES_KEPT:
+            break
+        shown.append(raw)
+    return shown
+
+
 def _open(source: str | os.PathLike[str] | IO[bytes]) -> tuple[str, IO[bytes], bool]:
     if isinstance(source, (str, os.PathLike)):
         return os.fspath(source), open_regular(source), True
@@ -194,14 +218,16 @@ def check_bundle(
         source: a path or a binary stream positioned at the bundle's first byte.
         trust: the only keys that may have signed it.
         allow_incomplete: treat declared losses as OK instead of INCOMPLETE.
-        keep_records: keep the parsed records in the report (for display).
+        keep_records: keep the parsed records in the report (for display); of a
+            failed bundle, the first of those read before the failure, at most
+            `UNVERIFIED_RECORDS_KEPT` records and `UNVERIFIED_BYTES_KEPT` bytes.
     """
     run = _Run()
     name = str(source) if isinstance(source, (str, os.PathLike)) else "<stream>"
     statement: Statement | None = None
     digest: str | None = None
     signer: str | None = None
-    kept: list[dict[str, Any]] | None = [] if keep_records else None
+    kept: list[bytes] | None = [] if keep_records else None
     try:
         name, stream, owned = _open(source)
     except OSError as e:
@@ -220,6 +246,12 @@ def check_bundle(
         verdict = Verdict.INCOMPLETE
     else:
         verdict = Verdict.FAIL
+    records = None
+    if kept is not None:
+        if verdict is Verdict.FAIL:
+            kept = _unverified_shown(kept)
+        # Each passed loads_canonical: a plain parse finds the same value.
+        records = tuple(orjson.loads(raw) for raw in kept)
     return BundleReport(
         source=name,
         checks=run.checks(),
@@ -227,7 +259,7 @@ def check_bundle(
         statement=statement,
         statement_digest=digest,
         signer_keyid=signer,
-        records=tuple(kept) if kept is not None else None,
+        records=records,
         error=run.error,
     )
 
@@ -236,7 +268,7 @@ def _run_checks(
     stream: IO[bytes],
     trust: TrustRoot,
     run: _Run,
-    kept: list[dict[str, Any]] | None,
+    kept: list[bytes] | None,
     allow_incomplete: bool,
 ) -> tuple[Statement | None, str | None, str | None]:
     reader = BundleReader(stream)
@@ -299,7 +331,7 @@ def _run_checks(
                 duplicates.append(record["span"]["spanId"])
             span_ids[sid] = position
             if kept is not None:
-                kept.append(record)
+                kept.append(raw)
     except ChainError as e:
         run.skipped("records", f"stopped at the chain failure after {chain.count} records")
         run.failed("chain", e)

@@ -191,6 +191,35 @@ def test_untampered_bundle_verifies(kit: Kit, base: bytes) -> None:
     assert [r["seq"] for r in proven.records] == ["0", "1", "2", "3"]
 
 
+def test_a_failed_bundle_keeps_only_its_first_records_for_display(
+    kit: Kit, parts: tuple[bytes, list[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Self-chained records after a genuine header pass steps 6-7 and fail only at
+    # step 8; all of them were parsed and kept, ~25 times their size (a 57 MiB
+    # bundle peaked at 1.5 GB).  They are kept as read, and few are parsed.
+    from spanproof.verifier import verify
+
+    header, records = parts
+    template = json.loads(records[0])
+    extra = chain([{**template, **kit.span_body(n)} for n in range(4, 8)],
+                  record_hash(records[3]), first_seq=4)
+    data = join(header, [*records, *extra])
+    report = check_bundle(io.BytesIO(data), kit.trust, keep_records=True)
+    assert report.verdict is Verdict.FAIL and report.records is not None
+    assert [r["seq"] for r in report.records] == [str(n) for n in range(8)]
+    monkeypatch.setattr(verify, "UNVERIFIED_RECORDS_KEPT", 3)
+    report = check_bundle(io.BytesIO(data), kit.trust, keep_records=True)
+    assert [r["seq"] for r in report.records or ()] == ["0", "1", "2"]
+    monkeypatch.setattr(verify, "UNVERIFIED_BYTES_KEPT", len(records[0]) + len(records[1]))
+    report = check_bundle(io.BytesIO(data), kit.trust, keep_records=True)
+    assert [r["seq"] for r in report.records or ()] == ["0", "1"]
+    # A verified bundle keeps every record, whatever the bounds.
+    report = check_bundle(io.BytesIO(join(header, records)), kit.trust, keep_records=True)
+    assert report.verdict is Verdict.OK
+    assert [r["seq"] for r in report.records or ()] == ["0", "1", "2", "3"]
+    assert list(report.records or ()) == [json.loads(r) for r in records]
+
+
 def test_split_and_join_reproduce_the_sealed_bytes(base: bytes) -> None:
     assert join(*split(base)) == base
 
