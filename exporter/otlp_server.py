@@ -28,6 +28,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -148,10 +149,16 @@ def _json_span_count(doc: dict[str, Any]) -> int:
 
 
 def _json_list(obj: Any, name: str, original: str) -> list[Any]:
+    """The members of *obj*'s list under either spelling, both counted: protobuf
+    reads ``original`` where *name* is null."""
     if not isinstance(obj, dict):
         return []
-    value = obj.get(name, obj.get(original))
-    return value if isinstance(value, list) else []
+    members = []
+    for key in {name, original}:
+        value = obj.get(key)
+        if isinstance(value, list):
+            members += value
+    return members
 
 
 def parse_otlp_json(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest:
@@ -245,11 +252,19 @@ def _fields(data: bytes, i: int, end: int) -> Iterator[tuple[int, int, int, int]
         i = j
 
 
+def _check_holders(holders: int, spans: int) -> None:
+    if holders > 2 * spans + _ANY_SIZE_SPANS:
+        raise InvalidRequest(f"request holds {holders} resource and scope span lists for "
+                             f"{spans} spans: each holds spans")
+
+
 def parse_otlp_protobuf(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest:
     """Decode a protobuf ``ExportTraceServiceRequest``, having first counted its spans
     on the wire: one holding more than ``len(data) / MIN_SPAN_BYTES`` (and over
     1,024) is refused before decoding (its spans cannot all have ids, and decoding
-    them would take hundreds of times the request's size in memory).
+    them would take hundreds of times the request's size in memory), as is one with
+    over 1,024 more resource and scope span lists than twice its spans (the lists a
+    sender writes each hold spans; empty ones cost as much to decode).
 
     Raises:
         InvalidRequest: not a protobuf request, or one with too many spans.
@@ -260,12 +275,19 @@ def parse_otlp_protobuf(data: bytes) -> trace_service_pb2.ExportTraceServiceRequ
     try:
         # ExportTraceServiceRequest.resource_spans = 1, ResourceSpans.scope_spans = 2,
         # ScopeSpans.spans = 2.
+        # Each ResourceSpans and ScopeSpans a sender writes holds a span; beyond a
+        # slack, more of them than spans so far is a flood of empty ones.
+        holders = 0
         for number, wire, start, end in _fields(data, 0, size):
             if number != 1 or wire != 2:
                 continue
+            holders += 1
+            _check_holders(holders, spans)
             for number, wire, start2, end2 in _fields(data, start, end):
                 if number != 2 or wire != 2:
                     continue
+                holders += 1
+                _check_holders(holders, spans)
                 for number, wire, _, _ in _fields(data, start2, end2):
                     if number == 2 and wire == 2:
                         spans += 1
@@ -893,6 +915,10 @@ def _make_handler(ingest: Ingest, limit: int, health: Health) -> type[BaseHTTPRe
             self.rfile = _HeadStream(self)  # type: ignore[assignment]
             try:
                 super().handle_one_request()
+            except _HeadTooLarge as e:
+                # The request line alone (parse_request answers 431 for the fields).
+                self.requestline = self.request_version = self.command = ""
+                self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG, None, str(e))
             finally:
                 self.rfile = rfile
 

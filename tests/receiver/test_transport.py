@@ -685,13 +685,41 @@ def test_a_request_of_more_spans_than_its_size_can_hold_is_refused(
     assert err.value.details() == message
     code, _, body = _post(http_url, gzip.compress(data), "application/x-protobuf", "gzip")
     assert (code, status_pb2.Status.FromString(body).message) == (400, message)
-    doc = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [{}] * 5000}]}]}).encode()
-    code, _, body = _post(http_url, doc, "application/json")
-    assert code == 400
-    assert json.loads(body)["message"] == (
-        f"request holds 5000 or more spans in {len(doc)} bytes: a span with its trace "
-        "and span ids takes at least 74 bytes")
+    for doc_value in (
+        {"resourceSpans": [{"scopeSpans": [{"spans": [{}] * 5000}]}]},
+        # protobuf reads the other spelling where one is null: both are counted.
+        {"resourceSpans": None, "resource_spans": [{"scopeSpans": [{"spans": [{}] * 5000}]}]},
+        {"resourceSpans": [{"scopeSpans": None, "scope_spans": [{"spans": [{}] * 5000}]}]},
+    ):
+        doc = json.dumps(doc_value).encode()
+        code, _, body = _post(http_url, doc, "application/json")
+        assert code == 400
+        assert json.loads(body)["message"] == (
+            f"request holds 5000 or more spans in {len(doc)} bytes: a span with its trace "
+            "and span ids takes at least 74 bytes")
     assert not ingest.seen
+
+
+@pytest.mark.parametrize("level", ["resource", "scope"])
+def test_a_request_of_empty_resource_or_scope_span_lists_is_refused(level):
+    # Each costs about as much to decode as an empty span, on 2 bytes of the wire.
+    req = trace_service_pb2.ExportTraceServiceRequest()
+    if level == "resource":
+        for _ in range(2000):
+            req.resource_spans.add()
+    else:
+        resource = req.resource_spans.add()
+        for _ in range(2000):
+            resource.scope_spans.add()
+    with pytest.raises(InvalidRequest, match=r"holds 1025 resource and scope span lists "
+                                             r"for 0 spans"):
+        parse_otlp_protobuf(req.SerializeToString())
+    # Lists that hold spans are what senders write, however many.
+    req = trace_service_pb2.ExportTraceServiceRequest()
+    for n in range(2000):
+        span = req.resource_spans.add().scope_spans.add().spans.add()
+        span.trace_id, span.span_id = TRACE, (n + 1).to_bytes(8, "big")
+    assert len(parse_otlp_protobuf(req.SerializeToString()).resource_spans) == 2000
 
 
 def test_spans_with_ids_and_a_few_without_are_decoded():
@@ -1109,6 +1137,10 @@ def test_http_request_head_longer_than_its_bound_is_431(http_url, ingest):
     head = {**_PROTOBUF, "Content-Length": str(len(_VALID)), "X-One": "a" * 40_000}
     received, _ = _exchange(_port(http_url), _raw("POST /v1/traces", head, _VALID), end=True)
     assert received.startswith(b"HTTP/1.1 200 "), received[:200]
+    # A request line longer than the bound alone: 414, as http.server answered it.
+    received, closed = _exchange(_port(http_url), _raw("POST /" + "a" * 70_000, {}, b""))
+    assert received.startswith(b"HTTP/1.1 414 "), received[:200]
+    assert closed
 
 
 def test_http_client_trickling_its_head_is_disconnected_at_the_head_deadline(
