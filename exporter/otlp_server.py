@@ -253,9 +253,11 @@ def _fields(data: bytes, i: int, end: int) -> Iterator[tuple[int, int, int, int]
 
 
 def _check_holders(holders: int, spans: int) -> None:
+    """Refuse *holders* resource and scope span lists for *spans* spans (the request's,
+    or while counting, the most it may hold): the lists a sender writes hold spans."""
     if holders > 2 * spans + _ANY_SIZE_SPANS:
-        raise InvalidRequest(f"request holds {holders} resource and scope span lists for "
-                             f"{spans} spans: each holds spans")
+        raise InvalidRequest(f"request holds {holders} or more resource and scope span "
+                             f"lists for {spans} spans: each holds spans")
 
 
 def parse_otlp_protobuf(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest:
@@ -282,17 +284,18 @@ def parse_otlp_protobuf(data: bytes) -> trace_service_pb2.ExportTraceServiceRequ
             if number != 1 or wire != 2:
                 continue
             holders += 1
-            _check_holders(holders, spans)
+            _check_holders(holders, most)  # spans never exceed most
             for number, wire, start2, end2 in _fields(data, start, end):
                 if number != 2 or wire != 2:
                     continue
                 holders += 1
-                _check_holders(holders, spans)
+                _check_holders(holders, most)
                 for number, wire, _, _ in _fields(data, start2, end2):
                     if number == 2 and wire == 2:
                         spans += 1
                         if spans > most:
                             raise _too_many_spans(spans, size, MIN_SPAN_BYTES)
+        _check_holders(holders, spans)
         request = trace_service_pb2.ExportTraceServiceRequest()
         request.ParseFromString(data)
     except DecodeError as e:

@@ -711,8 +711,8 @@ def test_a_request_of_empty_resource_or_scope_span_lists_is_refused(level):
         resource = req.resource_spans.add()
         for _ in range(2000):
             resource.scope_spans.add()
-    with pytest.raises(InvalidRequest, match=r"holds 1025 resource and scope span lists "
-                                             r"for 0 spans"):
+    with pytest.raises(InvalidRequest, match=r"holds 20\d\d or more resource and scope "
+                                             r"span lists for 0 spans"):
         parse_otlp_protobuf(req.SerializeToString())
     # Lists that hold spans are what senders write, however many.
     req = trace_service_pb2.ExportTraceServiceRequest()
@@ -720,6 +720,22 @@ def test_a_request_of_empty_resource_or_scope_span_lists_is_refused(level):
         span = req.resource_spans.add().scope_spans.add().spans.add()
         span.trace_id, span.span_id = TRACE, (n + 1).to_bytes(8, "big")
     assert len(parse_otlp_protobuf(req.SerializeToString()).resource_spans) == 2000
+
+
+def test_empty_span_lists_before_the_spans_count_against_all_of_them():
+    # 1,100 empty scopes, then one of 5,000 spans: within the bound (twice the
+    # request's spans, plus 1,024), though refused when only the spans counted so
+    # far were compared, with a 400 the Collector drops.
+    req = trace_service_pb2.ExportTraceServiceRequest()
+    resource = req.resource_spans.add()
+    for _ in range(1100):
+        resource.scope_spans.add()
+    scope = resource.scope_spans.add()
+    for n in range(5000):
+        span = scope.spans.add()
+        span.trace_id, span.span_id = TRACE, (n + 1).to_bytes(8, "big")
+    assert len(parse_otlp_protobuf(req.SerializeToString())
+               .resource_spans[0].scope_spans) == 1101
 
 
 def test_spans_with_ids_and_a_few_without_are_decoded():
