@@ -53,7 +53,7 @@ from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.checkpoint import WitnessKey
 from spanproof.verifier.errors import SpanproofError
 from spanproof.verifier.keys import TrustedKey, TrustRoot
-from spanproof.verifier.receipt import ReceiptVerifier, receipt_path
+from spanproof.verifier.receipt import ReceiptVerifier, receipt_path, unverified_receipt_for
 from spanproof.verifier.records import digest_hex
 from spanproof.verifier.statement import Statement
 
@@ -647,6 +647,12 @@ class WitnessSubmitter:
                 bundle, verified.leaf_index, verified.origin, verified.tree_size,
             )
         else:
+            try:
+                receipt = unverified_receipt_for(data, receipt)
+            except SpanproofError as e:
+                # A 2xx that is not this bundle's receipt (a proxy's page, say): the
+                # submission is not delivered, and is tried again.
+                raise _Transient(f"witness answer is not this bundle's receipt: {e}") from e
             _logger.info("receipt for %s stored (not verified: no witness key pinned)", bundle)
         try:
             return _Delivered(receipt_path(bundle), receipt)

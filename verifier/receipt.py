@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import io
 import os
 import re
 from collections import OrderedDict
@@ -60,6 +61,7 @@ __all__ = [
     "check_receipt",
     "check_receipt_for_bundle",
     "receipt_path",
+    "unverified_receipt_for",
     "verify_receipt",
 ]
 
@@ -291,6 +293,30 @@ class Receipt:
         except InvalidBundle as e:
             raise InvalidReceipt(str(e)) from None
         return cls.from_json(obj)
+
+
+def unverified_receipt_for(bundle: bytes, answer: bytes) -> bytes:
+    """The receipt file bytes in a witness's *answer* to the submission of *bundle*,
+    when no witness key is pinned to verify it: at least a well-formed receipt whose
+    leaf names the bundle's statement (its signature and proofs are not checked).
+
+    Without this, a proxy's maintenance page answered with 200 was written as the
+    receipt, and the submission taken for delivered.
+
+    Raises:
+        InvalidReceipt: *answer* is not a receipt, or is another statement's.
+        InvalidBundle: *bundle*'s header cannot be read.
+    """
+    from .bundle import BundleReader
+    from .records import digest_hex
+
+    receipt = Receipt.from_bytes(answer)
+    envelope, _ = BundleReader(io.BytesIO(bundle)).read_header()
+    digest = digest_hex(envelope.payload)
+    if receipt.leaf.statement_digest != digest:
+        raise InvalidReceipt(f"receipt: its leaf names statement {receipt.leaf.statement_digest}, "
+                             f"not this bundle's {digest}")
+    return receipt.to_bytes()
 
 
 @dataclass(frozen=True)

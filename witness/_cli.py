@@ -39,7 +39,7 @@ from spanproof.verifier.errors import (
     VerificationError,
 )
 from spanproof.verifier.keys import TrustedKey, TrustRoot
-from spanproof.verifier.receipt import ReceiptVerifier, receipt_path
+from spanproof.verifier.receipt import ReceiptVerifier, receipt_path, unverified_receipt_for
 from spanproof.verifier.verify import BundleReport, Verdict, check_bundle, find_bundles
 
 __all__ = ["add_commands", "main", "parse_listen", "server_stack"]
@@ -311,8 +311,8 @@ class _Submitter:
                 ready, outcomes = [], {**outcomes, **{
                     i: (f"FAIL {path}: {e}", EXIT_UNAVAILABLE) for i, path, _, _ in ready}}
             else:
-                for (i, path, _, report), answer in zip(ready, answers, strict=True):
-                    outcomes[i] = self._answered(path, answer, report, verifier)
+                for (i, path, data, report), answer in zip(ready, answers, strict=True):
+                    outcomes[i] = self._answered(path, data, answer, report, verifier)
                 ready = []
         for i, path, data, report in ready:
             outcomes[i] = self._one(path, data, report, verifier)
@@ -345,7 +345,8 @@ class _Submitter:
         try:
             resp = self._client.submit(data, public_key_der=self._der)
             return self._written(
-                path, resp.body, resp.status == 201, resp.headers.get("spanproof-leaf-index", "?"),
+                path, data, resp.body, resp.status == 201,
+                resp.headers.get("spanproof-leaf-index", "?"),
                 resp.headers.get("spanproof-conflict") == "true", report, verifier,
             ), EXIT_OK
         except HTTPStatusError as e:
@@ -356,24 +357,25 @@ class _Submitter:
         except (SpanproofError, OSError) as e:
             return f"FAIL {path}: {e}", EXIT_FAILED
 
-    def _answered(self, path: str, answer: dict[str, Any], report: BundleReport | None,
-                  verifier: ReceiptVerifier | None) -> _Outcome:
+    def _answered(self, path: str, data: bytes, answer: dict[str, Any],
+                  report: BundleReport | None, verifier: ReceiptVerifier | None) -> _Outcome:
         status = answer["status"]
         if status not in (200, 201):
             return (f"FAIL {path}: witness answered HTTP {status}: {answer.get('error', '')}",
                     EXIT_UNAVAILABLE if status >= 500 else EXIT_FAILED)
         try:
             receipt = batch_receipt(answer)
-            return self._written(path, receipt, status == 201,
+            return self._written(path, data, receipt, status == 201,
                                  str(answer.get("leafIndex", "?")), answer.get("conflict") is True,
                                  report, verifier), EXIT_OK
         except (SpanproofError, OSError) as e:
             return f"FAIL {path}: {e}", EXIT_FAILED
 
-    def _written(self, path: str, receipt: bytes, created: bool, index: str, conflict: bool,
-                 report: BundleReport | None, verifier: ReceiptVerifier | None) -> str:
-        """Check *receipt* (with pinned witness keys), write it beside the bundle,
-        and say so."""
+    def _written(self, path: str, data: bytes, receipt: bytes, created: bool, index: str,
+                 conflict: bool, report: BundleReport | None,
+                 verifier: ReceiptVerifier | None) -> str:
+        """Check *receipt* for the bundle *data* (verified with pinned witness keys,
+        else its form and statement), write it beside the bundle, and say so."""
         if not path.endswith(BUNDLE_SUFFIX):
             raise InvalidBundle(f"receipt not written: file name does not end in {BUNDLE_SUFFIX}")
         target = receipt_path(path)
@@ -382,6 +384,7 @@ class _Submitter:
             verified = verifier.verify(receipt, report)
             note = f", receipt verified (checkpoint by {verified.origin})"
         else:
+            receipt = unverified_receipt_for(data, receipt)
             note = ", receipt NOT verified (no --witness-key)"
         write_atomic(target, receipt)
         new = "logged" if created else "already logged"

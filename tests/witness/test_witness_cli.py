@@ -817,6 +817,25 @@ def test_submit_groups_by_count_and_by_bytes(tmp_path: Path,
     assert [len(g) for g in wcli._groups(paths)] == [16, 8]
 
 
+def test_a_2xx_page_is_not_written_as_a_receipt(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A proxy's maintenance page answered 200: "OK ... already logged at index ?",
+    # exit 0, and the page written beside the bundle as its receipt.
+    from spanproof.witness.client import Response, WitnessClient
+
+    url, paths = _served_bundles(files, open_witness, serve_witness, 1)
+
+    def page(client: WitnessClient, data: bytes, **kw: Any) -> Response:
+        return Response(200, {}, b"<html>down for maintenance</html>")
+
+    monkeypatch.setattr(WitnessClient, "submit", page)
+    code, out, _ = _run(["witness", "submit", str(files["bundles"]), "--url", url], capsys)
+    assert code == 1 and out.startswith(f"FAIL {paths[0]}: receipt: ")
+    assert not Path(receipt_path(paths[0])).exists()
+
+
 def test_a_malformed_receipt_in_a_batch_answer_is_not_written(
     files: dict[str, Path], open_witness: Any, serve_witness: Any,
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,

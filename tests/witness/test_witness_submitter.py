@@ -53,6 +53,7 @@ class FakeWitness:
         self.status: int | None = None
         self.calls = 0
         self.batches = True  # answers POST /v1/submit-batch (else 404)
+        self.page: bytes | None = None  # answered with 200 instead, as a proxy might
         self.urls: list[str] = []
 
     def __call__(
@@ -65,6 +66,8 @@ class FakeWitness:
             raise ConnectionRefusedError("connection refused")
         if self.status is not None:
             return self.status, b'{"error":"nope"}'
+        if self.page is not None:
+            return 200, self.page
         key = headers.get("Spanproof-Public-Key")
         if url.endswith("/v1/submit-batch"):
             if not self.batches:
@@ -159,6 +162,41 @@ def test_queued_while_down_then_delivered_with_verified_receipts(
     for path in paths:
         receipt = Path(receipt_path(path)).read_bytes()
         verify_receipt(receipt, check_bundle(path, producer_trust), witness_keys)
+    sub.close()
+
+
+def test_a_2xx_that_is_not_the_bundles_receipt_is_retried_not_stored(
+    tmp_path: Path,
+    witness: Witness,
+    witness_keys: list[WitnessKey],
+    producer_key: SigningKey,
+    producer_trust: TrustRoot,
+) -> None:
+    # With no witness key pinned, any 2xx body was written as the receipt and the
+    # submission dropped: a proxy's maintenance page lost every submission.
+    clock, fake = Clock(), FakeWitness(witness)
+    fake.down, fake.batches = False, False
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q",
+                           producer_key=producer_key.private_key.public_key(),
+                           backoff_initial=1.0, backoff_max=8.0, clock=clock,
+                           rng=lambda: 1.0, post=fake, start=False)
+    first, second = _bundles(tmp_path / "b", 2)
+    assert sub.submit(first) and sub.submit(second)
+    fake.page = b"<html>down for maintenance</html>"
+    assert sub.process_due() == 1.0  # retried later
+    assert sub.pending == 2
+    assert not Path(receipt_path(first)).exists() and not Path(receipt_path(second)).exists()
+    # The first bundle's receipt, answered for both: only the first is delivered.
+    fake.page = witness.submit(Path(first).read_bytes(), None).receipt.to_bytes()
+    clock.t += 1.0
+    assert sub.process_due() == 2.0
+    assert sub.pending == 1 and not Path(receipt_path(second)).exists()
+    fake.page = None
+    clock.t += 2.0
+    assert sub.process_due() is None and sub.pending == 0
+    for path in (first, second):
+        verify_receipt(Path(receipt_path(path)).read_bytes(),
+                       check_bundle(path, producer_trust), witness_keys)
     sub.close()
 
 

@@ -5,10 +5,11 @@ server closed while idle, proxies honoured through ``urllib``."""
 from __future__ import annotations
 
 import datetime
+import io
 import ipaddress
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,7 +24,10 @@ from witness_helpers import free_port, make_bundle, trace_id, write_bundle
 from spanproof.exporter._http import KeepAlivePost
 from spanproof.exporter.keys import SigningKey
 from spanproof.exporter.submit import WitnessSubmitter
-from spanproof.verifier.receipt import receipt_path
+from spanproof.verifier.bundle import BundleReader
+from spanproof.verifier.receipt import Receipt, WitnessLeaf, receipt_path
+from spanproof.verifier.records import digest_hex
+from spanproof.verifier.statement import Statement
 
 HEADERS = {"Content-Type": "application/octet-stream"}
 
@@ -39,6 +43,8 @@ class Seen:
     # connection the server dropped); 0 never.
     drop_after: int = 0
     answer: bytes = b'{"ok":true}'
+    # When set, what answers each request body instead of ``answer``.
+    answer_for: Callable[[bytes], bytes] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -57,11 +63,12 @@ def _handler(seen: Seen) -> type[BaseHTTPRequestHandler]:
             with seen.lock:
                 seen.requests.append(self.requestline)
                 seen.bodies.append(body)
+            answer = seen.answer if seen.answer_for is None else seen.answer_for(body)
             self.send_response(201)
             self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(seen.answer)))
+            self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
-            self.wfile.write(seen.answer)
+            self.wfile.write(answer)
             self.answered += 1
             if seen.drop_after and self.answered >= seen.drop_after:
                 self.close_connection = True
@@ -172,10 +179,20 @@ def test_no_proxy_sends_directly(stub: tuple[str, Seen], monkeypatch: pytest.Mon
     assert seen.requests == ["POST /v1/submit HTTP/1.1"]
 
 
+def _receipt_shaped(bundle: bytes) -> bytes:
+    """A well-formed receipt naming *bundle*'s statement (its proof and checkpoint are
+    not real: no witness key is pinned to check them)."""
+    envelope, _ = BundleReader(io.BytesIO(bundle)).read_header()
+    statement = Statement.from_payload(envelope.payload)
+    leaf = WitnessLeaf.from_statement(statement, digest_hex(envelope.payload), "ab" * 32)
+    return Receipt("stub", 0, 1, (), b"stub\n1\n", leaf).to_bytes()
+
+
 def test_the_submitter_delivers_every_bundle_over_one_connection(
     tmp_path: Path, stub: tuple[str, Seen],
 ) -> None:
     url, seen = stub
+    seen.answer_for = _receipt_shaped
     key = SigningKey.from_seed(bytes(32))
     (tmp_path / "b").mkdir()
     paths = [write_bundle(tmp_path / "b", make_bundle(trace_id(i), key=key)) for i in range(6)]
@@ -187,7 +204,8 @@ def test_the_submitter_delivers_every_bundle_over_one_connection(
     assert len(seen.requests) == 6
     assert seen.connections == 1
     for path in paths:
-        assert Path(receipt_path(str(path))).read_bytes() == seen.answer
+        assert Path(receipt_path(str(path))).read_bytes() == \
+            _receipt_shaped(Path(path).read_bytes())
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
