@@ -791,7 +791,7 @@ def _log_unqueued(bundle: str, error: OSError) -> None:
 def _error_text(body: bytes) -> str:
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return body[:200].decode("utf-8", "replace")
     if isinstance(doc, dict) and isinstance(doc.get("error"), str):
         return str(doc["error"])

@@ -42,8 +42,8 @@ def batch_results(answer: bytes, count: int) -> list[dict[str, Any]]:
     """
     try:
         results = json.loads(answer)["results"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"no results ({e})") from e
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        raise ValueError(f"no results ({type(e).__name__}: {e})") from e
     if not isinstance(results, list) or len(results) != count:
         raise ValueError(f"{count} results expected")
     for result in results:

@@ -90,7 +90,7 @@ class WitnessClient:
             raw = e.read(_MAX_RESPONSE)
             try:
                 doc = json.loads(raw)
-            except ValueError:
+            except (ValueError, RecursionError):
                 doc = {}
             message = doc.get("error") if isinstance(doc, dict) else None
             raise HTTPStatusError(
@@ -107,7 +107,7 @@ class WitnessClient:
         resp = self.request("GET", path, query=query)
         try:
             doc = json.loads(resp.body)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise TransportError(f"witness answer to {path} is not JSON") from e
         if not isinstance(doc, dict):
             raise TransportError(f"witness answer to {path} is not a JSON object")

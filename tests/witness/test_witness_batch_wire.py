@@ -80,3 +80,23 @@ def test_a_result_whose_receipt_is_malformed_gives_no_receipt_file(
     change(result["receipt"])
     with pytest.raises(errors.InvalidReceipt):
         batch_receipt(result)
+
+
+def test_answers_nested_too_deeply_are_malformed_answers_not_crashes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # json.loads raises RecursionError, not ValueError: `witness submit` and
+    # `monitor` died with "unexpected RecursionError", the rest unprocessed.
+    from spanproof.witness.client import Response, TransportError, WitnessClient
+
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(ValueError, match="RecursionError"):
+        batch_results(b'{"results":' + deep + b"}", 1)
+    client = WitnessClient("http://127.0.0.1:9")
+
+    def answer(*args: Any, **kwargs: Any) -> Response:
+        return Response(200, {}, b'{"proof":' + deep + b"}")
+
+    monkeypatch.setattr(client, "request", answer)
+    with pytest.raises(TransportError, match="not JSON"):
+        client.consistency_proof(1, 2)
