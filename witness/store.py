@@ -234,12 +234,16 @@ class Store:
     def in_conflict(self, entry: Entry) -> bool:
         """True when another statement was logged for the entry's trace, segment and
         producer instance."""
+        # The first other statement found answers (the identity index finds the
+        # trace segment's rows): counting them all made each look-up and append
+        # cost as much as the segment's entries, and a look-up of k of them k².
         rows = self._query(
-            "SELECT COUNT(DISTINCT statement_digest) FROM leaves "
-            "WHERE trace_id = ? AND segment = ? AND producer_instance = ?",
-            (entry.leaf.trace_id, str(entry.leaf.segment), entry.leaf.producer_instance),
+            "SELECT 1 FROM leaves WHERE trace_id = ? AND segment = ? "
+            "AND producer_instance = ? AND statement_digest != ? LIMIT 1",
+            (entry.leaf.trace_id, str(entry.leaf.segment), entry.leaf.producer_instance,
+             entry.leaf.statement_digest),
         )
-        return int(rows[0][0]) > 1
+        return bool(rows)
 
     def checkpoints(self) -> list[StoredCheckpoint]:
         """Every stored checkpoint, by size."""
