@@ -86,6 +86,12 @@ async def _read_body(request: Request, limit: int) -> bytes:
 def _batch_bodies(body: bytes) -> list[bytes]:
     """The submissions of a ``POST /v1/submit-batch`` body: ``{"submissions": [...]}``,
     each a standard base64 string, 1 to ``MAX_BATCH`` of them."""
+    # Base64 holds no bracket or comma: a body with more of them than that shape
+    # allows is refused before it is parsed (parsed, [{},{},...] took ~50 times
+    # its size).
+    if body.count(b"{") + body.count(b"[") > 2 or body.count(b",") >= MAX_BATCH:
+        raise _HTTPError(
+            400, f'batch: expected {{"submissions": [1 to {MAX_BATCH} base64 strings]}}')
     try:
         doc = parse_strict(body, "batch")
     except InvalidBundle as e:
