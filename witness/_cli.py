@@ -49,6 +49,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_INTERRUPTED = 130  # SIGINT, as shells report it
+#: How long `witness serve` lets requests in flight finish once told to stop.
+SHUTDOWN_SECONDS = 10
 
 _logger = logging.getLogger(__name__)
 
@@ -137,6 +139,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         lifespan="off",
         server_header=False,
+        # Requests still in flight when SIGTERM or SIGINT comes get this long to
+        # finish; a client that sends a byte now and then held the exit for good.
+        timeout_graceful_shutdown=SHUTDOWN_SECONDS,
     )
     # uvicorn shuts down gracefully on SIGTERM and SIGINT, then raises the signal again
     # once its own handler is gone, so the handler it found runs.  With SIGTERM's

@@ -5,9 +5,12 @@ closed, so SQLite folds its write-ahead log into the database and removes it."""
 from __future__ import annotations
 
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +145,83 @@ def test_serve_owns_the_stop_signals_while_uvicorn_runs(
     assert handler not in (signal.SIG_DFL, signal.default_int_handler, before[signum])
     assert {sig: signal.getsignal(sig) for sig in before} == before  # put back
     assert not Path(str(db) + "-wal").exists(), "the store was not closed"
+
+
+def _trickle(port: int, stop: threading.Event) -> None:
+    """A submission whose body comes a byte now and then, never whole."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"POST /v1/submit HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{")
+        while not stop.wait(0.2):
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                return
+
+
+def test_a_body_that_trickles_in_gets_408_at_its_deadline(
+    witness_private: Any, serve_witness: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from spanproof.witness import app
+    from spanproof.witness.service import Witness
+    from spanproof.witness.signing import CheckpointSigner
+    from spanproof.witness.store import Store
+
+    monkeypatch.setattr(app, "BODY_SECONDS", 0.6)
+    store = Store(str(tmp_path / "w.db"))
+    srv = serve_witness(Witness(store, CheckpointSigner(witness_private, ORIGIN)))
+    port = int(srv.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"POST /v1/submit HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{")
+        answer = b""
+        for _ in range(25):  # bounded: 5 s at most, one byte each 0.2 s
+            time.sleep(0.2)
+            try:
+                sock.sendall(b" ")
+                sock.settimeout(0.01)
+                answer += sock.recv(4096)
+            except (TimeoutError, BlockingIOError):
+                continue
+            except OSError:
+                break
+            finally:
+                sock.settimeout(5)
+            if answer:
+                break
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b"not received within 0.6 s" in answer
+    srv.stop()
+    store.close()
+
+
+def test_sigterm_does_not_wait_for_a_trickling_client_for_good(
+    tmp_path: Path, witness_private: Any,
+) -> None:
+    # uvicorn's graceful shutdown waited for every request in flight, so a client
+    # sending a byte now and then held the exit for as long as it liked.
+    key = write_private_key(tmp_path / "witness.key", witness_private)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "witness.log"
+    stop = threading.Event()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*COMMANDS["module"], "serve", "--listen", f"127.0.0.1:{port}", "--db",
+             str(tmp_path / "w.db"), "--key", str(key), "--origin", ORIGIN,
+             "--log-level", "warning"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+    trickler = threading.Thread(target=_trickle, args=(port, stop), daemon=True)
+    try:
+        wait_until_up(url, proc=proc)
+        trickler.start()
+        time.sleep(0.5)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()
+        assert time.monotonic() - started < 25  # SHUTDOWN_SECONDS (10), not the client's 60
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        trickler.join(10)
