@@ -108,9 +108,9 @@ class WitnessClient:
         try:
             doc = json.loads(resp.body)
         except (ValueError, RecursionError) as e:
-            raise TransportError(f"witness answer to {path} is not JSON") from e
+            raise MalformedAnswer(f"witness answer to {path} is not JSON") from e
         if not isinstance(doc, dict):
-            raise TransportError(f"witness answer to {path} is not a JSON object")
+            raise MalformedAnswer(f"witness answer to {path} is not a JSON object")
         return doc
 
     def submit(self, data: bytes, *, public_key_der: bytes | None = None) -> Response:
@@ -191,8 +191,8 @@ def _key_header(public_key_der: bytes | None) -> dict[str, str]:
 
 def _hashes(value: Any, what: str) -> list[bytes]:
     if not isinstance(value, list):
-        raise TransportError(f"witness {what}: 'proof' must be an array")
+        raise MalformedAnswer(f"witness {what}: 'proof' must be an array")
     try:
         return [base64.b64decode(h, validate=True) for h in value]
     except (binascii.Error, ValueError, TypeError) as e:
-        raise TransportError(f"witness {what}: hashes must be base64") from e
+        raise MalformedAnswer(f"witness {what}: hashes must be base64") from e

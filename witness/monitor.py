@@ -42,7 +42,7 @@ from spanproof.verifier.receipt import (
     ReceiptVerifier,
 )
 
-from .client import WitnessClient
+from .client import HTTPStatusError, MalformedAnswer, WitnessClient
 
 __all__ = [
     "MONITOR_EVIDENCE_MEDIA_TYPE",
@@ -153,13 +153,26 @@ def _check_extends(
     proof the witness serves; on a fork or rollback, save both checkpoints and the
     proof as evidence beside *state_path*.
 
+    A witness that served *new*, signed, but answers the request for that proof
+    with a refusal or something that is not a proof is treated as one that cannot
+    prove it: a fork it will not show (only no answer, or a 5xx, 408 or 429, is
+    its being unavailable).
+
     Raises:
         LogInconsistent: *about* and the defect, naming the evidence file.
         TransportError: the witness could not be reached for the proof.
     """
     proof: list[bytes] = []
     if 0 < old.size < new.size:
-        proof = client.consistency_proof(old.size, new.size)
+        try:
+            proof = client.consistency_proof(old.size, new.size)
+        except (HTTPStatusError, MalformedAnswer) as e:
+            if isinstance(e, HTTPStatusError) and (e.status >= 500 or e.status in (408, 429)):
+                raise
+            reason = (f"{about}the witness signed tree size {new.size} but does not prove "
+                      f"that it extends tree size {old.size}: {e}")
+            evidence = _save_evidence(state_path, reason, old, new, proof)
+            raise LogInconsistent(f"{reason}; evidence saved to {evidence}") from e
     try:
         check_consistent(old.checkpoint, new.checkpoint, proof)
     except LogInconsistent as e:

@@ -691,6 +691,48 @@ def test_monitor_detects_a_fork_at_equal_size(
     assert evidence["previous"] != evidence["current"]
 
 
+@pytest.mark.parametrize(("refusal", "alert"), [
+    (404, True), (400, True), ("not a proof", True), (503, False),
+])
+def test_monitor_alerts_when_the_witness_will_not_prove_a_checkpoint_extends_the_last(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    refusal: Any, alert: bool,
+) -> None:
+    # A forked witness answered the proof request with a 404, or a body that is no
+    # proof: the monitor said it was unreachable (exit 3) and kept no evidence,
+    # though it had just been served a newly signed checkpoint.
+    from spanproof.witness.client import HTTPStatusError, MalformedAnswer, WitnessClient
+
+    witness = open_witness()
+    for i in range(3):
+        witness.submit(make_bundle(trace_id(i)).data)
+    srv = serve_witness(witness)
+    state = tmp_path / "monitor.json"
+    assert _monitor(srv.url, state, files["pub"], capsys)[0] == 0
+    before = state.read_bytes()
+    for i in range(3, 5):
+        witness.submit(make_bundle(trace_id(i)).data)
+
+    def refuse(client: WitnessClient, size1: int, size2: int) -> list[bytes]:
+        if isinstance(refusal, int):
+            raise HTTPStatusError(refusal, "no")
+        raise MalformedAnswer(refusal)
+
+    monkeypatch.setattr(WitnessClient, "consistency_proof", refuse)
+    status, out = _monitor(srv.url, state, files["pub"], capsys)
+    evidence = Path(str(state) + ".evidence.json")
+    assert state.read_bytes() == before  # the last checkpoint is kept either way
+    if alert:
+        assert status == 1 and out.startswith("ALERT")
+        assert "signed tree size 5 but does not prove that it extends tree size 3" in out
+        doc = json.loads(evidence.read_text())
+        assert doc["previous"].startswith(ORIGIN + "\n3\n")
+        assert doc["current"].startswith(ORIGIN + "\n5\n")
+    else:  # unavailable: try again later
+        assert status == 3 and not evidence.exists()
+
+
 def test_monitor_detects_a_rewritten_history(
     files: dict[str, Path],
     open_witness: Any,
