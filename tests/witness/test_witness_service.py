@@ -612,6 +612,7 @@ def test_a_batch_the_log_cannot_store_logs_nothing_and_is_503(
         (b'{"submissions": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "expected"),
         (b'{"submissions": [' + b"{}," * 100_000 + b'"eA=="]}', "expected"),
         (b'{"submissions": [' + b'"",' * 300 + b'"eA=="]}', "expected"),
+        (b'{"submissions": [{}, "eA=="]}', "expected"),  # not "submission 0 is not base64"
         (b'{"a": 1, "a": 2, "submissions": ["eA=="]}', "duplicate JSON key"),
         (b'{"submissions": ["\\ud800"]}', "lone surrogate"),
         (b"[]", "expected"),
