@@ -30,13 +30,17 @@ from spanproof.verifier.records import is_digest, is_trace_id
 
 from .service import SubmissionRejected, SubmitResult, Witness
 
-__all__ = ["DEFAULT_MAX_BODY", "MAX_BATCH", "PUBLIC_KEY_HEADER", "create_app"]
+__all__ = ["DEFAULT_MAX_BODY", "MAX_BATCH", "PUBLIC_KEY_HEADER", "REQUESTS_AT_ONCE", "create_app"]
 
 _logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 #: A request's body must arrive within this long.
 BODY_SECONDS = 60.0
+#: Submissions (and checks) whose bodies are read and verified at once; the others
+#: wait, their bytes left in their sockets: memory is bounded by this many bodies of
+#: at most ``--max-body``, not by the number of clients.
+REQUESTS_AT_ONCE = 8
 PUBLIC_KEY_HEADER = "Spanproof-Public-Key"
 _UINT = re.compile(r"(0|[1-9][0-9]{0,19})\Z")
 # Log positions and sizes are SQLite integers: a larger one names nothing (and the
@@ -169,6 +173,7 @@ def _page() -> tuple[bytes, str]:
 def create_app(witness: Witness, *, max_body: int = DEFAULT_MAX_BODY) -> Starlette:
     """Build the ASGI app serving *witness* (routes in SPEC §12.9)."""
     page, csp = _page()
+    turns = asyncio.Semaphore(REQUESTS_AT_ONCE)
 
     async def index(request: Request) -> Response:
         return Response(
@@ -192,21 +197,23 @@ def create_app(witness: Witness, *, max_body: int = DEFAULT_MAX_BODY) -> Starlet
         return PlainTextResponse(note.decode("utf-8"), headers=_NO_STORE)
 
     async def submit_batch(request: Request) -> Response:
-        bodies = await run_in_threadpool(_batch_bodies, await _read_body(request, max_body))
-        results = await run_in_threadpool(
-            witness.submit_batch, bodies, request.headers.get(PUBLIC_KEY_HEADER)
-        )
+        async with turns:
+            bodies = await run_in_threadpool(_batch_bodies, await _read_body(request, max_body))
+            results = await run_in_threadpool(
+                witness.submit_batch, bodies, request.headers.get(PUBLIC_KEY_HEADER)
+            )
         return JSONResponse({"results": [_batch_result(r) for r in results]},
                             headers=_NO_STORE)
 
     async def submit(request: Request) -> Response:
-        body = await _read_body(request, max_body)
-        try:
-            result = await run_in_threadpool(
-                witness.submit, body, request.headers.get(PUBLIC_KEY_HEADER)
-            )
-        except SubmissionRejected as e:
-            raise _HTTPError(422, str(e), {"report": e.report.to_json()}) from e
+        async with turns:
+            body = await _read_body(request, max_body)
+            try:
+                result = await run_in_threadpool(
+                    witness.submit, body, request.headers.get(PUBLIC_KEY_HEADER)
+                )
+            except SubmissionRejected as e:
+                raise _HTTPError(422, str(e), {"report": e.report.to_json()}) from e
         return Response(
             result.receipt.to_bytes(),
             status_code=201 if result.created else 200,
@@ -219,8 +226,10 @@ def create_app(witness: Witness, *, max_body: int = DEFAULT_MAX_BODY) -> Starlet
         )
 
     async def check(request: Request) -> Response:
-        body = await _read_body(request, max_body)
-        doc = await run_in_threadpool(witness.check, body, request.headers.get(PUBLIC_KEY_HEADER))
+        async with turns:
+            body = await _read_body(request, max_body)
+            doc = await run_in_threadpool(witness.check, body,
+                                          request.headers.get(PUBLIC_KEY_HEADER))
         return JSONResponse(doc, headers=_NO_STORE)
 
     async def inclusion(request: Request) -> Response:

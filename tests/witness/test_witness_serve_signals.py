@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from witness_helpers import (
     ORIGIN,
     free_port,
@@ -225,3 +226,43 @@ def test_sigterm_does_not_wait_for_a_trickling_client_for_good(
             proc.kill()
             proc.wait(10)
         trickler.join(10)
+
+
+def test_submissions_beyond_the_bound_wait_their_turn_unread(
+    witness_private: Any, serve_witness: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    producer_key: SigningKey,
+) -> None:
+    # Every submission's body was read and verified at once, however many came:
+    # three 40 MiB bodies took the witness to 6 GB.
+    from spanproof.witness import app
+    from spanproof.witness.service import Witness
+    from spanproof.witness.signing import CheckpointSigner
+    from spanproof.witness.store import Store
+
+    monkeypatch.setattr(app, "REQUESTS_AT_ONCE", 1)
+    monkeypatch.setattr(app, "BODY_SECONDS", 1.5)
+    store = Store(str(tmp_path / "w.db"))
+    witness = Witness(store, CheckpointSigner(witness_private, ORIGIN))
+    srv = serve_witness(witness)
+    port = int(srv.url.rsplit(":", 1)[1])
+    stop = threading.Event()
+    holder = threading.Thread(target=_trickle, args=(port, stop), daemon=True)
+    holder.start()  # takes the only turn until its body deadline
+    time.sleep(0.3)
+    answers: list[int] = []
+    der = producer_key.private_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    data = make_bundle(trace_id(1), key=producer_key).data
+    waiting = threading.Thread(target=lambda: answers.append(
+        WitnessClient(srv.url, timeout=10).submit(data, public_key_der=der).status))
+    waiting.start()
+    try:
+        time.sleep(0.5)
+        assert witness.size == 0 and not answers  # waiting, its body unread
+        waiting.join(10)
+        assert answers == [201] and witness.size == 1  # once the holder's time ran out
+    finally:
+        stop.set()
+        holder.join(10)
+        srv.stop()
+        store.close()
