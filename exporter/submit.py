@@ -769,7 +769,8 @@ def _check_answer(status: int, reason: bytes | str) -> None:
     """Raise for a witness's answer to one submission that is not a receipt:
     ``_Transient`` when worth retrying, ``_Permanent`` for a rejection (*reason*:
     the answer's body, or its ``error`` text)."""
-    if _retryable(status):
+    if _retryable(status) or (200 <= status < 300 and status not in (200, 201)):
+        # A 2xx the witness never answers (202, 204, ...) is a proxy's, not a refusal.
         raise _Transient(f"HTTP {status}")
     if status not in (200, 201):
         text = reason if isinstance(reason, str) else _error_text(reason)

@@ -35,8 +35,11 @@ __all__ = ["DEFAULT_MAX_BODY", "MAX_BATCH", "PUBLIC_KEY_HEADER", "REQUESTS_AT_ON
 _logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
-#: A request's body must arrive within this long.
+#: A request's body must arrive within this long, plus a second for every
+#: BODY_MIN_RATE bytes received: a byte now and then fails it within a minute, a
+#: slow but steady upload does not.
 BODY_SECONDS = 60.0
+BODY_MIN_RATE = 8 * 1024
 #: Submissions (and checks) whose bodies are read and verified at once; the others
 #: wait, their bytes left in their sockets: memory is bounded by this many bodies of
 #: at most ``--max-body``, not by the number of clients.
@@ -75,7 +78,8 @@ def _uint_param(request: Request, name: str, *, required: bool) -> int | None:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The request's body, at most *limit* bytes, arrived within BODY_SECONDS.
+    """The request's body, at most *limit* bytes, arrived in time (BODY_SECONDS,
+    plus a second per BODY_MIN_RATE bytes received).
 
     A client that sent a byte now and then held its request, and a graceful
     shutdown, for as long as it liked; one that went away mid-body logged a
@@ -86,22 +90,29 @@ async def _read_body(request: Request, limit: int) -> bytes:
         raise _HTTPError(413, f"request body larger than {limit} bytes")
     chunks: list[bytes] = []
     total = 0
-
-    async def read() -> None:
-        nonlocal total
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > limit:
-                raise _HTTPError(413, f"request body larger than {limit} bytes")
-            chunks.append(chunk)
-
-    try:
-        await asyncio.wait_for(read(), BODY_SECONDS)
-    except asyncio.TimeoutError:
-        raise _HTTPError(408, f"request body not received within {BODY_SECONDS:g} s") from None
-    except ClientDisconnect:
-        _logger.debug("client went away while sending its request body")
-        raise _HTTPError(400, "client went away while sending its request body") from None
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    stream = request.stream().__aiter__()
+    while True:
+        left = started + BODY_SECONDS + total / BODY_MIN_RATE - loop.time()
+        try:
+            if left <= 0:
+                raise asyncio.TimeoutError
+            chunk = await asyncio.wait_for(stream.__anext__(), left)
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise _HTTPError(
+                408, f"request body not received in time ({total} bytes in "
+                     f"{loop.time() - started:.0f} s; {BODY_SECONDS:g} s are allowed, and "
+                     f"a second more for every {BODY_MIN_RATE} bytes)") from None
+        except ClientDisconnect:
+            _logger.debug("client went away while sending its request body")
+            raise _HTTPError(400, "client went away while sending its request body") from None
+        total += len(chunk)
+        if total > limit:
+            raise _HTTPError(413, f"request body larger than {limit} bytes")
+        chunks.append(chunk)
     if not total:
         raise _HTTPError(400, "empty request body: send a bundle file or a DSSE envelope")
     return b"".join(chunks)

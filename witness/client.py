@@ -101,6 +101,10 @@ class WitnessClient:
             raise TransportError(f"cannot reach witness {self.url}: {reason}") from e
         if len(data) > _MAX_RESPONSE:
             raise TransportError(f"witness answer larger than {_MAX_RESPONSE} bytes")
+        declared = got.get("content-length", "")
+        if declared.isdigit() and len(data) < int(declared):
+            # http.client returns what arrived when the peer closes early.
+            raise TransportError(f"witness answer cut short ({len(data)} of {declared} bytes)")
         return Response(status, got, data)
 
     def _json(self, path: str, query: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -108,7 +112,8 @@ class WitnessClient:
         try:
             doc = json.loads(resp.body)
         except (ValueError, RecursionError) as e:
-            raise MalformedAnswer(f"witness answer to {path} is not JSON") from e
+            # A proxy's page, say: not an answer of the witness's.
+            raise TransportError(f"witness answer to {path} is not JSON") from e
         if not isinstance(doc, dict):
             raise MalformedAnswer(f"witness answer to {path} is not a JSON object")
         return doc

@@ -154,9 +154,10 @@ def _check_extends(
     proof as evidence beside *state_path*.
 
     A witness that served *new*, signed, but answers the request for that proof
-    with a refusal or something that is not a proof is treated as one that cannot
-    prove it: a fork it will not show (only no answer, or a 5xx, 408 or 429, is
-    its being unavailable).
+    with a refusal (a 4xx other than 408 and 429) or JSON that is not a proof is
+    treated as one that cannot prove it: a fork it will not show.  No answer, one
+    cut short or that is not JSON (a proxy's page), a 3xx, a 5xx, 408 or 429 is its
+    being unavailable.
 
     Raises:
         LogInconsistent: *about* and the defect, naming the evidence file.
@@ -167,7 +168,9 @@ def _check_extends(
         try:
             proof = client.consistency_proof(old.size, new.size)
         except (HTTPStatusError, MalformedAnswer) as e:
-            if isinstance(e, HTTPStatusError) and (e.status >= 500 or e.status in (408, 429)):
+            if isinstance(e, HTTPStatusError) and (
+                not 400 <= e.status < 500 or e.status in (408, 429)
+            ):
                 raise
             reason = (f"{about}the witness signed tree size {new.size} but does not prove "
                       f"that it extends tree size {old.size}: {e}")

@@ -87,7 +87,7 @@ def test_answers_nested_too_deeply_are_malformed_answers_not_crashes(
 ) -> None:
     # json.loads raises RecursionError, not ValueError: `witness submit` and
     # `monitor` died with "unexpected RecursionError", the rest unprocessed.
-    from spanproof.witness.client import Response, TransportError, WitnessClient
+    from spanproof.witness.client import MalformedAnswer, Response, TransportError, WitnessClient
 
     deep = b"[" * 100_000 + b"]" * 100_000
     with pytest.raises(ValueError, match="RecursionError"):
@@ -98,5 +98,8 @@ def test_answers_nested_too_deeply_are_malformed_answers_not_crashes(
         return Response(200, {}, b'{"proof":' + deep + b"}")
 
     monkeypatch.setattr(client, "request", answer)
-    with pytest.raises(TransportError, match="not JSON"):
+    with pytest.raises(TransportError, match="not JSON") as malformed:
         client.consistency_proof(1, 2)
+    # Not JSON is no answer of the witness's (a proxy's page reads the same), so
+    # the monitor takes it for unavailability, not a refusal to prove.
+    assert not isinstance(malformed.value, MalformedAnswer)

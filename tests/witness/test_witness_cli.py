@@ -692,7 +692,10 @@ def test_monitor_detects_a_fork_at_equal_size(
 
 
 @pytest.mark.parametrize(("refusal", "alert"), [
-    (404, True), (400, True), ("not a proof", True), (503, False),
+    (404, True), (400, True), ("not a proof", True),
+    # Unavailable, not a refusal: a 5xx, a 3xx, or an answer that is not JSON at
+    # all (a proxy's page, or one cut short).
+    (503, False), (300, False), ("page", False),
 ])
 def test_monitor_alerts_when_the_witness_will_not_prove_a_checkpoint_extends_the_last(
     files: dict[str, Path], open_witness: Any, serve_witness: Any, tmp_path: Path,
@@ -702,6 +705,7 @@ def test_monitor_alerts_when_the_witness_will_not_prove_a_checkpoint_extends_the
     # A forked witness answered the proof request with a 404, or a body that is no
     # proof: the monitor said it was unreachable (exit 3) and kept no evidence,
     # though it had just been served a newly signed checkpoint.
+    from spanproof.verifier.errors import TransportError
     from spanproof.witness.client import HTTPStatusError, MalformedAnswer, WitnessClient
 
     witness = open_witness()
@@ -717,6 +721,8 @@ def test_monitor_alerts_when_the_witness_will_not_prove_a_checkpoint_extends_the
     def refuse(client: WitnessClient, size1: int, size2: int) -> list[bytes]:
         if isinstance(refusal, int):
             raise HTTPStatusError(refusal, "no")
+        if refusal == "page":
+            raise TransportError("witness answer to /v1/proof/consistency is not JSON")
         raise MalformedAnswer(refusal)
 
     monkeypatch.setattr(WitnessClient, "consistency_proof", refuse)

@@ -53,7 +53,8 @@ class FakeWitness:
         self.status: int | None = None
         self.calls = 0
         self.batches = True  # answers POST /v1/submit-batch (else 404)
-        self.page: bytes | None = None  # answered with 200 instead, as a proxy might
+        self.page: bytes | None = None  # answered instead, as a proxy might
+        self.page_status = 200
         self.urls: list[str] = []
 
     def __call__(
@@ -67,7 +68,7 @@ class FakeWitness:
         if self.status is not None:
             return self.status, b'{"error":"nope"}'
         if self.page is not None:
-            return 200, self.page
+            return self.page_status, self.page
         key = headers.get("Spanproof-Public-Key")
         if url.endswith("/v1/submit-batch"):
             if not self.batches:
@@ -185,14 +186,19 @@ def test_a_2xx_that_is_not_the_bundles_receipt_is_retried_not_stored(
     fake.page = b"<html>down for maintenance</html>"
     assert sub.process_due() == 1.0  # retried later
     assert sub.pending == 2
+    fake.page_status = 202  # a status the witness never answers: a proxy's too
+    clock.t += 1.0
+    assert sub.process_due() == 2.0
+    assert sub.pending == 2 and not list((tmp_path / "q" / "failed").glob("*"))
+    fake.page_status = 200
     assert not Path(receipt_path(first)).exists() and not Path(receipt_path(second)).exists()
     # The first bundle's receipt, answered for both: only the first is delivered.
     fake.page = witness.submit(Path(first).read_bytes(), None).receipt.to_bytes()
-    clock.t += 1.0
-    assert sub.process_due() == 2.0
+    clock.t += 2.0
+    assert sub.process_due() == 4.0
     assert sub.pending == 1 and not Path(receipt_path(second)).exists()
     fake.page = None
-    clock.t += 2.0
+    clock.t += 4.0
     assert sub.process_due() is None and sub.pending == 0
     for path in (first, second):
         verify_receipt(Path(receipt_path(path)).read_bytes(),

@@ -43,6 +43,8 @@ class Seen:
     # connection the server dropped); 0 never.
     drop_after: int = 0
     answer: bytes = b'{"ok":true}'
+    # When set, send only this many bytes of the answer, then close.
+    cut_after: int = 0
     # When set, what answers each request body instead of ``answer``.
     answer_for: Callable[[bytes], bytes] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -68,6 +70,10 @@ def _handler(seen: Seen) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
+            if seen.cut_after:
+                self.wfile.write(answer[: seen.cut_after])
+                self.close_connection = True
+                return
             self.wfile.write(answer)
             self.answered += 1
             if seen.drop_after and self.answered >= seen.drop_after:
@@ -271,3 +277,19 @@ def test_https_to_a_trusted_witness_keeps_its_connection(
     post.close()
     assert [status for status, _ in answers] == [201] * 3
     assert seen.bodies == [b"b0", b"b1", b"b2"] and seen.connections == 1
+
+
+def test_an_answer_cut_short_is_a_transport_error_not_a_malformed_one(
+    stub: tuple[str, Seen],
+) -> None:
+    # http.client returns what arrived when the witness closes early; read as JSON,
+    # half a proof was "not JSON", which the monitor now takes for a refusal.
+    from spanproof.verifier.errors import TransportError
+    from spanproof.witness.client import MalformedAnswer, WitnessClient
+
+    url, seen = stub
+    seen.answer = b'{"from":"3","to":"5","proof":[]}'
+    seen.cut_after = 10
+    with pytest.raises(TransportError, match="cut short") as cut:
+        WitnessClient(url).request("POST", "/v1/submit", body=b"x")
+    assert not isinstance(cut.value, MalformedAnswer)
