@@ -35,6 +35,7 @@ from typing import Literal, Protocol, get_args, runtime_checkable
 
 from spanproof.verifier._files import fsync_directory, unlink_quietly, write_temp
 from spanproof.verifier.bundle import BUNDLE_SUFFIX
+from spanproof.verifier.disclosure import MAX_DISCLOSURE_FILE_BYTES
 
 from .sealing import SealedBundle
 
@@ -163,7 +164,14 @@ class DirectorySink:
         name = bundle.file_name
         secret = None
         if bundle.disclosures:
-            secret = self._write_temp(name, bundle.disclosures_data(), 0o600, fsync=fsync)
+            data = bundle.disclosures_data()
+            if len(data) > MAX_DISCLOSURE_FILE_BYTES:
+                _logger.error(
+                    "%s: its disclosure file takes %d bytes, over the %d a verifier reads; "
+                    "'spanproof disclose' still extracts a reviewer's share of it. Commit "
+                    "fewer or smaller values, or seal fewer records per bundle "
+                    "(MAX_RECORDS)", name, len(data), MAX_DISCLOSURE_FILE_BYTES)
+            secret = self._write_temp(name, data, 0o600, fsync=fsync)
         try:
             temp = self._write_temp(name, bundle.data, 0o644, fsync=fsync)
         except BaseException:

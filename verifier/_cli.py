@@ -28,6 +28,8 @@ from ._term import Progress, Style, printable
 from .bundle import BundleReader
 from .checkpoint import WitnessKey, load_witness_keys
 from .disclosure import (
+    MAX_DISCLOSURE_FILE_BYTES,
+    MAX_PRODUCER_DISCLOSURE_FILE_BYTES,
     AttributeMatcher,
     Disclosure,
     DisclosureFile,
@@ -640,7 +642,7 @@ def _cmd_disclose(args: argparse.Namespace) -> int:
     if bad_spans:
         raise UsageError(f"--span {bad_spans[0]}: a span id is 16 lowercase hex digits")
     try:
-        available = load_disclosures(source)
+        available = load_disclosures(source, MAX_PRODUCER_DISCLOSURE_FILE_BYTES)
     except OSError as e:
         raise UsageError(f"{source}: cannot read disclosure file ({e.strerror or e})") from e
     except SpanproofError as e:
@@ -663,8 +665,14 @@ def _cmd_disclose(args: argparse.Namespace) -> int:
             print(format_disclosure_result(result))
     if unmatched or not all(r.ok for r in checked):
         return EXIT_FAILED
+    out = DisclosureFile(chosen).to_bytes()
+    if len(out) > MAX_DISCLOSURE_FILE_BYTES:
+        print(printable(f"FAIL {bundle}: the chosen disclosures take {len(out)} bytes, over the "
+                        f"{MAX_DISCLOSURE_FILE_BYTES} a reviewer's verifier reads; choose "
+                        "fewer (--attr, --span)"))
+        return EXIT_FAILED
     try:
-        write_private_file(args.out, DisclosureFile(chosen).to_bytes())
+        write_private_file(args.out, out)
     except OSError as e:
         raise UsageError(f"{args.out}: cannot write ({e.strerror or e})") from e
     spans = len({d.span_id for d in chosen})

@@ -47,6 +47,7 @@ __all__ = [
     "DISCLOSURES_MEDIA_TYPE",
     "DISCLOSURES_SUFFIX",
     "MAX_DISCLOSURE_FILE_BYTES",
+    "MAX_PRODUCER_DISCLOSURE_FILE_BYTES",
     "SALT_BYTES",
     "SALT_PREFIX",
     "AttributeMatcher",
@@ -81,6 +82,11 @@ DISCLOSURES_MEDIA_TYPE = "application/vnd.spanproof.disclosures.v1+json"
 DISCLOSURES_SUFFIX = ".disclosures.json"
 #: The longest disclosure file a verifier reads (SPEC §2.5.4): 64 MiB, as a bundle line.
 MAX_DISCLOSURE_FILE_BYTES = 64 * 1024 * 1024
+#: The longest producer's disclosure file ``spanproof disclose`` reads.  The exporter
+#: writes one per bundle whatever its size (a control character takes six bytes of
+#: JSON, so values under ``MAX_VALUE_BYTES`` can add up past 64 MiB); what
+#: ``disclose`` writes for a reviewer must still be at most 64 MiB.
+MAX_PRODUCER_DISCLOSURE_FILE_BYTES = 1024 * 1024 * 1024
 
 _SALT_HEX = re.compile(r"[0-9a-f]{32}\Z")
 _ENTRY_KEYS = frozenset({"traceId", "spanId", "key", "salt", "value"})
@@ -331,8 +337,12 @@ def disclosures_path(bundle_path: str | os.PathLike[str]) -> str:
     return path[: -len(BUNDLE_SUFFIX)] + DISCLOSURES_SUFFIX
 
 
-def load_disclosures(path: str | os.PathLike[str]) -> DisclosureFile:
-    """Read and parse a disclosure file of at most :data:`MAX_DISCLOSURE_FILE_BYTES`.
+def load_disclosures(
+    path: str | os.PathLike[str], limit: int | None = None
+) -> DisclosureFile:
+    """Read and parse a disclosure file of at most *limit* bytes
+    (:data:`MAX_DISCLOSURE_FILE_BYTES`; :data:`MAX_PRODUCER_DISCLOSURE_FILE_BYTES` for
+    the producer's own file, which ``spanproof disclose`` reads).
 
     A longer file is refused before it is parsed (or read further than the limit):
     parsing JSON takes many times the file's size in memory (SPEC §2.5.4).
@@ -342,15 +352,17 @@ def load_disclosures(path: str | os.PathLike[str]) -> DisclosureFile:
         InvalidDisclosure: it is longer than the limit, or malformed.
     """
     name = os.fspath(path)
+    if limit is None:
+        limit = MAX_DISCLOSURE_FILE_BYTES
     too_long = InvalidDisclosure(
-        f"{name}: longer than {MAX_DISCLOSURE_FILE_BYTES} bytes; a disclosure file is at "
-        "most 64 MiB (SPEC §2.5.4)"
+        f"{name}: longer than {limit} bytes; a disclosure file is at most "
+        f"{limit >> 20} MiB (SPEC §2.5.4)"
     )
     with open_regular(path) as f:
-        if os.fstat(f.fileno()).st_size > MAX_DISCLOSURE_FILE_BYTES:
+        if os.fstat(f.fileno()).st_size > limit:
             raise too_long
-        data = f.read(MAX_DISCLOSURE_FILE_BYTES + 1)
-    if len(data) > MAX_DISCLOSURE_FILE_BYTES:  # it grew while being read
+        data = f.read(limit + 1)
+    if len(data) > limit:  # it grew while being read
         raise too_long
     return DisclosureFile.from_bytes(data, name)
 

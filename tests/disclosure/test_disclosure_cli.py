@@ -225,3 +225,37 @@ def test_show_marks_a_committed_genai_attribute(
     assert code == 0, stdout
     assert "operation=<committed>" in stdout, stdout
     assert "execute_tool" not in stdout and "operation=?" not in stdout
+
+
+def test_a_producer_file_over_the_reviewer_limit_is_still_disclosed_in_part(
+    tmp_path: Path, pem: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Committed values under MAX_VALUE_BYTES can add up to a disclosure file over the
+    # 64 MiB a verifier reads (a control character takes six bytes of JSON): the
+    # exporter wrote it without a word, and `disclose` refused it too, so no
+    # commitment of that bundle could be opened.  The limits are made small here.
+    from spanproof.exporter import sinks
+    from spanproof.verifier import _cli, disclosure
+
+    for module in (sinks, _cli, disclosure):
+        monkeypatch.setattr(module, "MAX_DISCLOSURE_FILE_BYTES", 1500)
+    with caplog.at_level("ERROR", logger="spanproof.exporter.sinks"):
+        written = write_bundle(tmp_path / "out")
+    size = written.disclosures.stat().st_size
+    assert size > 1500
+    assert any("over the 1500 a verifier reads" in r.getMessage() for r in caplog.records)
+    code, _, err = _run(capsys, "verify", "--key", str(pem), "--disclosures",
+                        str(written.disclosures), str(written.bundle))
+    assert code == 2 and "longer than 1500 bytes" in err  # a reviewer's input: bounded
+    out = tmp_path / "reviewer.json"
+    code, stdout, _ = _disclose(capsys, written, out, "--attr", "customer.email",
+                                "--span", SPAN_A)
+    assert code == 0, stdout  # the producer's own file is read
+    code, stdout, _ = _run(capsys, "verify", "--key", str(pem), "--disclosures", str(out),
+                           str(written.bundle))
+    assert code == 0 and "DISCLOSED" in stdout
+    # What disclose writes for a reviewer must be readable by the reviewer.
+    code, stdout, _ = _disclose(capsys, written, tmp_path / "all.json", "--attr", "*")
+    assert code == 1 and "over the 1500 a reviewer's verifier reads" in stdout
+    assert not (tmp_path / "all.json").exists()
