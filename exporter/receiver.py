@@ -373,9 +373,8 @@ class Receiver:
                                                  _MAX_WORKERS_RESTART_SECONDS)
         self._thread: threading.Thread | None = None
         self._started = False
-        # start() is sealing orphaned journals / has returned (see _refusal).
+        # start() is sealing orphaned journals / failed (see _refusal).
         self._recovering = False
-        self._ready = False
         self._start_error: str | None = None
         self._stopping = False
         self._shut_down = False
@@ -427,7 +426,6 @@ class Receiver:
         except BaseException as e:
             self._start_error = str(e) or type(e).__name__
             raise
-        self._ready = True
         return written
 
     def _start(self) -> list[str]:
@@ -451,8 +449,9 @@ class Receiver:
                 self._submitter.submit(path)
             threading.Thread(target=self._scan_unsubmitted, name="spanproof-witness-scan",
                              daemon=True).start()
-        self._thread = threading.Thread(target=self._run, name="spanproof-sealer", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._run, name="spanproof-sealer", daemon=True)
+        thread.start()
+        self._thread = thread  # last: from now on the receiver runs (_running)
         return written
 
     def shutdown(self, timeout: float = 30.0) -> bool:
@@ -515,9 +514,9 @@ class Receiver:
 
     @property
     def _running(self) -> bool:
-        """Started (what an earlier run left sealed, its journal open and its sealer
-        running) and not shut down."""
-        return self._ready and not self._shut_down and self._journal is not None
+        """Started (what an earlier run left sealed, its journal open and, last of
+        all, its sealer running) and not shut down."""
+        return self._thread is not None and not self._shut_down
 
     def _refusal(self) -> str:
         """Why a receiver that is not :attr:`_running` refuses requests."""
