@@ -251,11 +251,6 @@ def format_link(link: TraceLink) -> str:
                      f"{link.producer_instance}: {link.message}")
 
 
-def _worth_reporting(link: TraceLink) -> bool:
-    # A lone segment 0 that leaves nothing open says no more than its bundle's line.
-    return len(link.segments) > 1 or not link.ok or bool(link.remarks)
-
-
 # --------------------------------------------------------------------------- verify
 
 
@@ -430,7 +425,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             for line in format_checks(result):
                 print(line)
     for link in links:
-        if _worth_reporting(link):
+        if link.worth_reporting:
             print(format_link(link))
     for d in disclosed:
         print(format_disclosure_result(d))
@@ -511,7 +506,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     for result in results:
         print(format_result(result))
     for link in links:
-        if _worth_reporting(link):
+        if link.worth_reporting:
             print(format_link(link))
     for d in disclosed:
         print(format_disclosure_result(d))

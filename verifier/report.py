@@ -669,7 +669,7 @@ def _trace_section(
         f'<span class="muted">({summary})</span></div>',
     ]
     for link in trace_links:
-        if len(link.segments) > 1 or not link.ok or link.remarks:
+        if link.worth_reporting:
             word = "form one chain" if link.ok else "do NOT form one chain"
             parts.append(
                 f'<p class="link" data-ok="{str(link.ok).lower()}">Segments of producer '

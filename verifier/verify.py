@@ -471,6 +471,12 @@ class TraceLink:
     message: str
     remarks: tuple[str, ...] = ()
 
+    @property
+    def worth_reporting(self) -> bool:
+        """Whether the check says more than the bundles' own verdicts: a lone
+        segment 0 that leaves nothing open does not."""
+        return len(self.segments) > 1 or not self.ok or bool(self.remarks)
+
 
 # The seal reason of a segment cut at the producer's size limit (SPEC §5.3).
 _SIZE_LIMIT = "size_limit"
