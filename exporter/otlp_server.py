@@ -519,8 +519,13 @@ class _HealthCheck:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a HealthCheckRequest: {e}")
         if service not in ("", _TRACE_SERVICE):
             context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {service!r}")
-        status = _SERVING if self._health() is None else _NOT_SERVING
-        return wrappers_pb2.Int32Value(value=status).SerializeToString()
+        return _health_answer(self._health)
+
+
+def _health_answer(health: Health) -> bytes:
+    """A ``HealthCheckResponse`` with the status *health* gives."""
+    status = _SERVING if health() is None else _NOT_SERVING
+    return wrappers_pb2.Int32Value(value=status).SerializeToString()
 
 
 class _HealthNow:
@@ -536,8 +541,7 @@ class _HealthNow:
 
     def __call__(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         del requests  # not read
-        status = _SERVING if self._health() is None else _NOT_SERVING
-        return wrappers_pb2.Int32Value(value=status).SerializeToString()
+        return _health_answer(self._health)
 
 
 class _Handlers(grpc.GenericRpcHandler):
@@ -759,7 +763,8 @@ class _BodyStream:
 
 
 class _HeadTooLarge(http.client.HTTPException):
-    """A request line and header fields longer than HTTP_HEAD_BYTES (answered 431)."""
+    """A request line and header fields longer than HTTP_HEAD_BYTES (answered 431, or
+    414 when the request line alone is)."""
 
 
 class _HeadStream:
