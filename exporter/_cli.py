@@ -320,15 +320,17 @@ def _transports(
     service: Receiver, grpc: str, http: str | None, max_message_bytes: int
 ) -> list[GrpcServer | HttpServer]:
     """The receiver's OTLP/gRPC (and OTLP/HTTP) servers, not started; their health
-    checks answer from ``service.not_serving``."""
+    checks answer from ``service.not_serving``, and a request is refused undecoded
+    by ``service.check_accepting``."""
     from .otlp_server import GrpcServer, HttpServer
 
     servers: list[GrpcServer | HttpServer] = [
         GrpcServer(grpc, service, max_message_bytes=max_message_bytes,
-                   health=service.not_serving)]
+                   health=service.not_serving, admission=service.check_accepting)]
     if http is not None:
         servers.append(HttpServer(http, service, max_message_bytes=max_message_bytes,
-                                  health=service.not_serving))
+                                  health=service.not_serving,
+                                  admission=service.check_accepting))
     return servers
 
 

@@ -84,7 +84,17 @@ Ingest = Callable[[Sequence[trace_pb2.ResourceSpans]], IngestResult]
 Health = Callable[[], "str | None"]
 
 
+#: Raises `Unavailable` while the service refuses every request (see
+#: `spanproof.exporter.Receiver.check_accepting`).  The transports call it before
+#: they decode a request, so a request that would be refused costs no parse.
+Admission = Callable[[], None]
+
+
 def _always_serving() -> str | None:
+    return None
+
+
+def _always_accepting() -> None:
     return None
 
 _ID_FIELDS = ("traceId", "spanId", "parentSpanId")
@@ -314,6 +324,13 @@ def _response(result: IngestResult) -> trace_service_pb2.ExportTraceServiceRespo
     return response
 
 
+def _abort_unavailable(context: grpc.ServicerContext, error: Unavailable) -> None:
+    """End the call ``UNAVAILABLE`` with the ``RetryInfo`` the Collector honours."""
+    status = _unavailable_status(error)
+    context.set_trailing_metadata((("grpc-status-details-bin", status.SerializeToString()),))
+    context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+
+
 def _unavailable_status(error: Unavailable) -> status_pb2.Status:
     status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=str(error))
     detail = any_pb2.Any()
@@ -379,11 +396,16 @@ class _Arrivals:
 
 
 class _TraceService:
-    def __init__(self, ingest: Ingest, arrivals: _Arrivals) -> None:
+    def __init__(self, ingest: Ingest, arrivals: _Arrivals, admission: Admission) -> None:
         self._ingest = ingest
         self._arrivals = arrivals
+        self._admission = admission
 
     def Export(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        try:
+            self._admission()  # refused now: the request is not even read
+        except Unavailable as e:
+            _abort_unavailable(context, e)
         data = self._arrivals.first(requests, context, GRPC_BODY_SECONDS)
         if data is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -399,18 +421,10 @@ class _TraceService:
         except InvalidRequest as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except Unavailable as e:
-            status = _unavailable_status(e)
-            context.set_trailing_metadata(
-                (("grpc-status-details-bin", status.SerializeToString()),)
-            )
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+            _abort_unavailable(context, e)
         except Exception as e:  # a bug must not become INTERNAL (dropped by the Collector)
             _logger.exception("receiver: unexpected error while ingesting")
-            status = _unavailable_status(Unavailable(f"receiver error: {e}", 5.0))
-            context.set_trailing_metadata(
-                (("grpc-status-details-bin", status.SerializeToString()),)
-            )
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"receiver error: {e}")
+            _abort_unavailable(context, Unavailable(f"receiver error: {e}", 5.0))
         return _response(result).SerializeToString()
 
 
@@ -554,7 +568,12 @@ class _Handlers(grpc.GenericRpcHandler):
     """
 
     def __init__(
-        self, ingest: Ingest, pool: _CountingPool, calls_at_once: int, health: Health
+        self,
+        ingest: Ingest,
+        pool: _CountingPool,
+        calls_at_once: int,
+        health: Health,
+        admission: Admission,
     ) -> None:
         self.arrivals = _Arrivals()
         self._pool = pool
@@ -566,7 +585,8 @@ class _Handlers(grpc.GenericRpcHandler):
         self._health_threads = health_threads
         self.answer_threads = (busy_thread, health_threads)
         self._export: grpc.RpcMethodHandler[bytes, bytes] = (
-            grpc.stream_unary_rpc_method_handler(_TraceService(ingest, self.arrivals).Export))
+            grpc.stream_unary_rpc_method_handler(
+                _TraceService(ingest, self.arrivals, admission).Export))
         self._busy: grpc.RpcMethodHandler[bytes, bytes] = (
             grpc.stream_unary_rpc_method_handler(_Busy(calls_at_once, busy_thread)))
         self._health: grpc.RpcMethodHandler[bytes, bytes] = (
@@ -595,7 +615,8 @@ class GrpcServer:
 
     *workers* threads serve calls; with *calls_at_once* calls served or waiting, the
     next is answered ``UNAVAILABLE`` with ``RetryInfo`` (see `GRPC_CALLS_AT_ONCE`).
-    The health check answers ``NOT_SERVING`` while *health* gives a reason.
+    The health check answers ``NOT_SERVING`` while *health* gives a reason.  While
+    *admission* raises `Unavailable`, an Export call is answered with it unread.
 
     Raises:
         ValueError: *calls_at_once* is less than *workers*.
@@ -611,6 +632,7 @@ class GrpcServer:
         workers: int = 8,
         calls_at_once: int = GRPC_CALLS_AT_ONCE,
         health: Health = _always_serving,
+        admission: Admission = _always_accepting,
     ) -> None:
         if calls_at_once < workers:
             raise ValueError(f"calls_at_once ({calls_at_once}) must be at least "
@@ -628,7 +650,7 @@ class GrpcServer:
                 ("grpc.http2.ping_timeout_ms", int(GRPC_PING_TIMEOUT_SECONDS * 1000)),
             ],
         )
-        self._handlers = _Handlers(ingest, self._pool, calls_at_once, health)
+        self._handlers = _Handlers(ingest, self._pool, calls_at_once, health, admission)
         self._server.add_generic_rpc_handlers((self._handlers,))
         self.port = self._server.add_insecure_port(address)
         if self.port == 0:
@@ -905,7 +927,9 @@ _BUSY_CONNECTION = (
 )
 
 
-def _make_handler(ingest: Ingest, limit: int, health: Health) -> type[BaseHTTPRequestHandler]:
+def _make_handler(
+    ingest: Ingest, limit: int, health: Health, admission: Admission
+) -> type[BaseHTTPRequestHandler]:
     turns = threading.BoundedSemaphore(HTTP_REQUESTS_AT_ONCE)
 
     class Handler(BaseHTTPRequestHandler):
@@ -1002,6 +1026,7 @@ def _make_handler(ingest: Ingest, limit: int, health: Health) -> type[BaseHTTPRe
                 finally:
                     self.connection.settimeout(self.timeout)  # the body's deadline is over
                 self._body_read = True
+                admission()  # refused now: read (the connection lives on), not decoded
                 body = _decode_content(self, body, limit)
                 if as_json:
                     request = parse_otlp_json(body)
@@ -1103,7 +1128,8 @@ class HttpServer:
     """OTLP/HTTP ``POST /v1/traces`` (protobuf and JSON, gzip) on *address*.
 
     ``GET /healthz`` answers 200 ``SERVING``, or 503 ``NOT_SERVING: <reason>`` while
-    *health* gives a reason.
+    *health* gives a reason.  While *admission* raises `Unavailable`, a request's body
+    is read but not decoded, and answered 503 with ``Retry-After``.
     """
 
     def __init__(
@@ -1113,10 +1139,12 @@ class HttpServer:
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         health: Health = _always_serving,
+        admission: Admission = _always_accepting,
     ) -> None:
         host, _, port = address.rpartition(":")
         self._server = _BoundedServer(
-            (host.strip("[]"), int(port)), _make_handler(ingest, max_message_bytes, health),
+            (host.strip("[]"), int(port)),
+            _make_handler(ingest, max_message_bytes, health, admission),
             HTTP_CONNECTIONS_AT_ONCE,
         )
         self.host = host

@@ -541,6 +541,19 @@ class Receiver:
             return f"storage is failing: {error}"
         return None
 
+    def check_accepting(self) -> None:
+        """Refuse now, before a request is decoded, what :meth:`__call__` would
+        refuse whatever the request held: see :meth:`not_serving`.
+
+        Raises:
+            Unavailable: the receiver is not running, or storage is failing.
+        """
+        if not self._running:
+            raise Unavailable(self._refusal(), _RETRY_AFTER)
+        error = self._storage_error
+        if error is not None:
+            raise Unavailable(f"storage is failing: {error}", _STORAGE_RETRY_AFTER)
+
     # -- ingest (the transports' callable) ----------------------------------------
 
     def __call__(self, resource_spans: Sequence[trace_pb2.ResourceSpans]) -> IngestResult:

@@ -406,9 +406,13 @@ def test_health_checks_say_not_serving_while_storage_fails(tmp_path, clock):
             "[Errno 28] No space left on device"
         assert grpc_status() == health_pb2.HealthCheckResponse.NOT_SERVING
         assert _healthz(healthz) == (503, f"NOT_SERVING: {reason}\n".encode())
+        with pytest.raises(Unavailable) as refused:
+            receiver.check_accepting()  # what the transports ask before decoding
+        assert (str(refused.value), refused.value.retry_after) == (reason, 5.0)
         sink.failing = False
         assert receiver.flush()
         assert receiver.not_serving() is None
+        receiver.check_accepting()
         assert grpc_status() == health_pb2.HealthCheckResponse.SERVING
         assert _healthz(healthz) == (200, b"SERVING\n")
     finally:
@@ -454,6 +458,12 @@ def test_spanproof_receiver_listens_while_it_recovers_and_refuses_until_done(
         return servers
 
     monkeypatch.setattr(_cli, "_transports", transports)
+    from spanproof.exporter import otlp_server
+
+    decoded: list[bytes] = []
+    real_parse = otlp_server.parse_otlp_protobuf
+    monkeypatch.setattr(otlp_server, "parse_otlp_protobuf",
+                        lambda data: decoded.append(data) or real_parse(data))
     receiver = make_receiver(tmp_path / "out", clock)
     stop = threading.Event()
     exits: list[int] = []
@@ -473,6 +483,14 @@ def test_spanproof_receiver_listens_while_it_recovers_and_refuses_until_done(
             export(endpoint, otlp_span(TRACE_A, 1))
         assert err.value.code() is grpc.StatusCode.UNAVAILABLE
         assert err.value.details() == reason
+        posted = urllib.request.Request(
+            f"http://127.0.0.1:{http_server.port}/v1/traces", method="POST",
+            data=request(otlp_span(TRACE_A, 1)).SerializeToString(),
+            headers={"Content-Type": "application/x-protobuf"})
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(posted, timeout=10)
+        assert (answer.value.code, answer.value.headers["Retry-After"]) == (503, "1")
+        assert decoded == []  # refused before the requests were decoded
         with pytest.raises(Unavailable, match="earlier receiver's journal") as refused:
             receiver(request(otlp_span(TRACE_A, 1)).resource_spans)
         assert refused.value.retry_after == 1.0
@@ -481,6 +499,7 @@ def test_spanproof_receiver_listens_while_it_recovers_and_refuses_until_done(
         assert _grpc_health(endpoint) == health_pb2.HealthCheckResponse.SERVING
         assert _healthz(healthz) == (200, b"SERVING\n")
         export(endpoint, otlp_span(TRACE_A, 1))
+        assert len(decoded) == 1
     finally:
         finish.set()
         stop.set()

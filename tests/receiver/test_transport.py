@@ -501,6 +501,96 @@ def test_http_healthz_answers_serving_or_503_with_the_reason():
         server.stop()
 
 
+class _Admission:
+    """What `Receiver.check_accepting` does, switched by hand."""
+
+    def __init__(self) -> None:
+        self.refusal: Unavailable | None = Unavailable("receiver is starting", 1.0)
+
+    def __call__(self) -> None:
+        if self.refusal is not None:
+            raise self.refusal
+
+
+@pytest.fixture
+def parses(monkeypatch) -> list[str]:
+    """The requests the transports decode, by kind."""
+    from spanproof.exporter import otlp_server
+
+    seen: list[str] = []
+    for name in ("parse_otlp_protobuf", "parse_otlp_json", "_gunzip"):
+        real = getattr(otlp_server, name)
+        monkeypatch.setattr(otlp_server, name,
+                            lambda *args, _real=real, _name=name: seen.append(_name)
+                            or _real(*args))
+    return seen
+
+
+def test_grpc_request_refused_by_admission_is_unavailable_and_never_decoded(
+    ingest, parses
+):
+    # A receiver recovering a journal refused requests only after decoding them,
+    # spending its CPU on parses it would throw away.
+    admission = _Admission()
+    server = GrpcServer("127.0.0.1:0", ingest, admission=admission)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = trace_service_pb2_grpc.TraceServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Export(_request(), timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert err.value.details() == "receiver is starting"
+            trailers = dict(err.value.trailing_metadata())
+            status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+            info = error_details_pb2.RetryInfo()
+            assert status.details[0].Unpack(info)
+            assert info.retry_delay.seconds == 1
+            assert parses == [] and ingest.seen == []
+            admission.refusal = None
+            stub.Export(_request(2), timeout=10)
+    finally:
+        server.stop(0)
+    assert parses == ["parse_otlp_protobuf"]
+    assert len(ingest.seen) == 1
+
+
+@pytest.mark.parametrize("content_type, body, encoding", [
+    ("application/x-protobuf", _request(2).SerializeToString(), "identity"),
+    ("application/x-protobuf", gzip.compress(_request(2).SerializeToString()), "gzip"),
+    ("application/json", b'{"resourceSpans": []}', "identity"),
+], ids=["protobuf", "gzip", "json"])
+def test_http_request_refused_by_admission_is_503_read_but_not_decoded(
+    ingest, parses, content_type, body, encoding
+):
+    admission = _Admission()
+    admission.refusal = Unavailable("storage is failing: disk full", 5.0)
+    server = HttpServer("127.0.0.1:0", ingest, admission=admission)
+    server.start()
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    headers = {"Content-Type": content_type, "Content-Encoding": encoding}
+    try:
+        connection.request("POST", "/v1/traces", body=body, headers=headers)
+        response = connection.getresponse()
+        answer = response.read()
+        assert response.status == 503
+        assert response.getheader("Retry-After") == "5"
+        assert not response.will_close  # the body was read: the connection lives on
+        if content_type == "application/x-protobuf":
+            assert status_pb2.Status.FromString(answer).message == \
+                "storage is failing: disk full"
+        assert parses == [] and ingest.seen == []
+        admission.refusal = None
+        connection.request("POST", "/v1/traces", body=body, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 200
+    finally:
+        connection.close()
+        server.stop()
+    assert parses  # decoded once admitted
+
+
 def test_grpc_server_refuses_fewer_calls_at_once_than_workers():
     with pytest.raises(ValueError, match="calls_at_once"):
         GrpcServer("127.0.0.1:0", FakeIngest(), workers=8, calls_at_once=4)
