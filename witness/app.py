@@ -28,7 +28,7 @@ from spanproof.verifier.errors import InvalidBundle, InvalidKey, SpanproofError,
 from spanproof.verifier.receipt import RECEIPT_MEDIA_TYPE
 from spanproof.verifier.records import is_digest, is_trace_id
 
-from .service import SubmissionRejected, SubmitResult, Witness
+from .service import LOOKUP_PAGE_ENTRIES, SubmissionRejected, SubmitResult, Witness
 
 __all__ = ["DEFAULT_MAX_BODY", "MAX_BATCH", "PUBLIC_KEY_HEADER", "REQUESTS_AT_ONCE", "create_app"]
 
@@ -291,8 +291,19 @@ def create_app(witness: Witness, *, max_body: int = DEFAULT_MAX_BODY) -> Starlet
             raise _HTTPError(400, "digest must be sha256:<64 lowercase hex digits>")
         return {"trace": trace, "digest": digest, "index": index}
 
+    def _page_args(request: Request) -> dict[str, Any]:
+        after = _uint_param(request, "after", required=False)
+        limit = _uint_param(request, "limit", required=False)
+        if limit is not None and not 0 < limit <= LOOKUP_PAGE_ENTRIES:
+            raise _HTTPError(400, f"limit must be 1 to {LOOKUP_PAGE_ENTRIES}")
+        return {"after": -1 if after is None else after,
+                "limit": LOOKUP_PAGE_ENTRIES if limit is None else limit}
+
     async def lookup(request: Request) -> Response:
-        args = _lookup_args(request)
+        args = {**_lookup_args(request), **_page_args(request)}
+        if args["index"] is not None and ("after" in request.query_params
+                                          or "limit" in request.query_params):
+            raise _HTTPError(400, "after= and limit= page a trace= or digest= look-up")
         doc = await run_in_threadpool(lambda: witness.lookup_json(**args))
         return JSONResponse(doc, headers=_NO_STORE)
 
@@ -300,7 +311,8 @@ def create_app(witness: Witness, *, max_body: int = DEFAULT_MAX_BODY) -> Starlet
         args = _lookup_args(request)
         if args["trace"] is not None:
             raise _HTTPError(400, "a receipt is for one entry: give digest= or index=")
-        found = await run_in_threadpool(lambda: witness.lookup(**args))
+        # Two tell "several entries" from one.
+        found = await run_in_threadpool(lambda: witness.lookup(**args, limit=2))
         if not found:
             raise _HTTPError(404, "no such entry in the log")
         if len(found) > 1:

@@ -12,7 +12,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,12 +179,40 @@ class WitnessClient:
         return _hashes(doc.get("proof"), "inclusion proof")
 
     def lookup(self, **query: Any) -> dict[str, Any]:
-        """The ``/v1/lookup`` document for ``trace=``, ``digest=`` or ``index=``.
+        """The ``/v1/lookup`` document for ``trace=``, ``digest=`` or ``index=``: one
+        page of a trace's or digest's entries (``after=``, ``limit=``), its ``next``
+        saying where the following page starts (see :meth:`lookup_entries`).
 
         Raises:
             TransportError: unreachable, or an HTTP error.
         """
         return self._json("/v1/lookup", query)
+
+    def lookup_entries(self, **query: Any) -> Iterator[dict[str, Any]]:
+        """Every entry of a ``trace=`` or ``digest=`` look-up, page after page.
+
+        Raises:
+            TransportError: unreachable, an HTTP error, or pages that do not go
+                forward (a ``next`` other than the page's last index, or not above
+                the ``after=`` asked).
+        """
+        after = -1
+        while True:
+            page = {**query, "after": str(after)} if after >= 0 else query
+            doc = self.lookup(**page)
+            entries = doc.get("entries")
+            if not isinstance(entries, list):
+                raise MalformedAnswer("witness look-up answer has no entries list")
+            yield from entries
+            following = doc.get("next")
+            if following is None:
+                return
+            last = entries[-1].get("index") if entries and isinstance(entries[-1], dict) else None
+            if (following != last or not isinstance(following, str) or not following.isdigit()
+                    or int(following) <= after):
+                raise MalformedAnswer(f"witness look-up answer's next {following!r} is not "
+                                      f"its last entry's index, after {after}")
+            after = int(following)
 
 
 def _key_header(public_key_der: bytes | None) -> dict[str, str]:

@@ -66,6 +66,11 @@ PRODUCER_UNVERIFIED = "unverified-producer"
 #: is a few KB, ~250 KB for 10,000 conflicts).  A bundle is read a line at a time.
 MAX_ENVELOPE_BYTES = 4 * 1024 * 1024
 # How a bundle file begins (SPEC §7.1: its header line, canonical).
+#: The most entries one look-up answers (``GET /v1/lookup``'s page); ``next`` in the
+#: answer says where the following page starts.  An entry is ~3 KB of JSON with its
+#: receipt, so a page is ~3 MB: in a log open to any producer key, anyone can give
+#: a trace id or a statement digest as many entries as they like.
+LOOKUP_PAGE_ENTRIES = 1000
 _BUNDLE_START = b'{"envelope":'
 
 
@@ -465,11 +470,11 @@ class Witness:
                 "this witness pins no producer keys: give the producer's public key"
             )
         report = check_bundle(io.BytesIO(body), trust, allow_incomplete=True)
-        entries = self.lookup(digest=report.statement_digest) if report.statement_digest else []
+        digest = report.statement_digest
         return {
             "report": report.to_json(),
             "producerKey": mode,
-            **self._lookup_json(entries),
+            **(self.lookup_json(digest=digest) if digest else self._lookup_json([], None)),
         }
 
     # --- reads --------------------------------------------------------------------
@@ -527,17 +532,20 @@ class Witness:
         trace: str | None = None,
         digest: str | None = None,
         index: int | None = None,
+        after: int = -1,
+        limit: int = LOOKUP_PAGE_ENTRIES,
     ) -> list[tuple[Entry, bool, Receipt]]:
         """Entries by trace id, statement digest or index, each with its conflict
-        flag and a receipt against the latest checkpoint.
+        flag and a receipt against the latest checkpoint: of a trace's or digest's,
+        the first *limit* with an index above *after*, by index.
 
         Raises:
             TransportError: the database cannot be read.
         """
         if trace is not None:
-            entries = self._store.by_trace(trace)
+            entries = self._store.by_trace(trace, after=after, limit=limit)
         elif digest is not None:
-            entries = self._store.by_digest(digest)
+            entries = self._store.by_digest(digest, after=after, limit=limit)
         elif index is not None:
             found = self._store.entry(index)
             entries = [found] if found else []
@@ -551,10 +559,12 @@ class Witness:
                 out.append((entry, self._store.in_conflict(entry), self._receipt_locked(entry)))
         return out
 
-    def _lookup_json(self, found: list[tuple[Entry, bool, Receipt]]) -> dict[str, Any]:
+    def _lookup_json(
+        self, found: list[tuple[Entry, bool, Receipt]], next_after: int | None
+    ) -> dict[str, Any]:
         with self._lock:
             latest = self._latest
-        return {
+        doc = {
             "origin": self.origin,
             "treeSize": str(latest.size),
             "checkpoint": latest.note.decode("utf-8"),
@@ -567,12 +577,26 @@ class Witness:
                 for entry, conflict, receipt in found
             ],
         }
+        if next_after is not None:
+            doc["next"] = str(next_after)
+        return doc
 
     def lookup_json(
-        self, *, trace: str | None = None, digest: str | None = None, index: int | None = None
+        self,
+        *,
+        trace: str | None = None,
+        digest: str | None = None,
+        index: int | None = None,
+        after: int = -1,
+        limit: int = LOOKUP_PAGE_ENTRIES,
     ) -> dict[str, Any]:
-        """:meth:`lookup` as the ``GET /v1/lookup`` document."""
-        return self._lookup_json(self.lookup(trace=trace, digest=digest, index=index))
+        """:meth:`lookup` as the ``GET /v1/lookup`` document: with ``next``, the
+        *after* of the following page, when more entries follow this one."""
+        found = self.lookup(trace=trace, digest=digest, index=index, after=after,
+                            limit=limit + 1)
+        if len(found) <= limit:
+            return self._lookup_json(found, None)
+        return self._lookup_json(found[:limit], found[limit - 1][0].index)
 
     def info(self) -> dict[str, Any]:
         """The witness's identity, for ``GET /v1/info``."""

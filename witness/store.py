@@ -205,11 +205,15 @@ class Store:
         for idx, h, leaf in rows:
             yield int(idx), bytes(h), bytes(leaf)
 
-    def entry_rows(self, where: str, args: tuple[Any, ...]) -> list[Entry]:
-        """Entries matching an SQL condition over the ``leaves`` columns, by index."""
+    def entry_rows(
+        self, where: str, args: tuple[Any, ...], *, after: int = -1, limit: int = -1
+    ) -> list[Entry]:
+        """Entries matching an SQL condition over the ``leaves`` columns, by index:
+        the first *limit* (all when negative) of those after index *after*."""
         rows = self._query(
-            f"SELECT {_ENTRY_COLUMNS} FROM leaves WHERE {where} ORDER BY idx",  # noqa: S608
-            args,
+            f"SELECT {_ENTRY_COLUMNS} FROM leaves WHERE ({where}) AND idx > ? "  # noqa: S608
+            "ORDER BY idx LIMIT ?",
+            (*args, after, limit),
         )
         return [_entry(r) for r in rows]
 
@@ -223,13 +227,15 @@ class Store:
         found = self.entry_rows("leaf_hash = ?", (leaf_hash,))
         return found[0] if found else None
 
-    def by_trace(self, trace_id: str) -> list[Entry]:
-        """Every entry of a trace."""
-        return self.entry_rows("trace_id = ?", (trace_id,))
+    def by_trace(self, trace_id: str, *, after: int = -1, limit: int = -1) -> list[Entry]:
+        """The entries of a trace, by index: the first *limit* (all when negative)
+        after index *after*."""
+        return self.entry_rows("trace_id = ?", (trace_id,), after=after, limit=limit)
 
-    def by_digest(self, digest: str) -> list[Entry]:
-        """Every entry of a statement digest."""
-        return self.entry_rows("statement_digest = ?", (digest,))
+    def by_digest(self, digest: str, *, after: int = -1, limit: int = -1) -> list[Entry]:
+        """The entries of a statement digest, by index: the first *limit* (all when
+        negative) after index *after*."""
+        return self.entry_rows("statement_digest = ?", (digest,), after=after, limit=limit)
 
     def in_conflict(self, entry: Entry) -> bool:
         """True when another statement was logged for the entry's trace, segment and

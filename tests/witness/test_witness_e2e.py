@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from witness_helpers import ORIGIN, FakeClock, make_bundle, trace_id, write_bundle
 
@@ -16,7 +17,7 @@ from spanproof.verifier.keys import TrustRoot
 from spanproof.verifier.merkle import verify_inclusion
 from spanproof.verifier.receipt import verify_receipt
 from spanproof.verifier.verify import check_bundle
-from spanproof.witness.client import HTTPStatusError, WitnessClient
+from spanproof.witness.client import HTTPStatusError, MalformedAnswer, WitnessClient
 from spanproof.witness.service import Witness
 from spanproof.witness.signing import CheckpointSigner
 from spanproof.witness.store import Store
@@ -56,6 +57,10 @@ def test_witness_over_http(
         doc = client.lookup(trace=trace_id(2))
         assert [(e["index"], e["conflict"]) for e in doc["entries"]] == [("2", True), ("5", True)]
         assert client.lookup(digest=conflicting.statement_digest)["entries"][0]["index"] == "5"
+        paged = client.lookup(trace=trace_id(2), limit=1)
+        assert ([e["index"] for e in paged["entries"]], paged["next"]) == (["2"], "2")
+        assert [e["index"] for e in client.lookup_entries(trace=trace_id(2), limit=1)] \
+            == ["2", "5"]
 
         for i, (path, receipt) in enumerate(zip(paths, receipts, strict=True)):
             verified = verify_receipt(receipt, check_bundle(path, producer_trust), keys)
@@ -79,3 +84,22 @@ def test_witness_over_http(
     finally:
         srv.stop()
         store.close()
+
+
+@pytest.mark.parametrize("pages", [
+    [{"entries": [{"index": "3"}], "next": "3"}, {"entries": [{"index": "3"}], "next": "3"}],
+    [{"entries": [{"index": "3"}], "next": "2"}],
+    [{"entries": [], "next": "9"}],
+    [{"entries": [{"index": "3"}], "next": 3}],
+    [{"next": "3"}],
+], ids=["repeats", "goes-back", "empty-page-with-next", "next-not-a-string", "no-entries"])
+def test_lookup_entries_stops_at_pages_that_do_not_go_forward(
+    pages: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A witness (or what answers in its place) whose pages never end must not keep
+    # the reader looping.
+    client = WitnessClient("http://127.0.0.1:9", timeout=1)
+    answers = iter(pages)
+    monkeypatch.setattr(client, "lookup", lambda **query: next(answers))
+    with pytest.raises(MalformedAnswer):
+        list(client.lookup_entries(trace=trace_id(1)))

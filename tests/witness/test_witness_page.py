@@ -92,6 +92,7 @@ class Page:
     entries: list[dict[str, str]] = dataclasses.field(default_factory=list)
     verdicts: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     text: str = ""
+    html: str = ""
 
 
 class _Reader(HTMLParser):
@@ -133,7 +134,8 @@ def _load(chromium: str, tmp_path: Path, url: str) -> Page:
     result = _chromium(chromium, tmp_path / "profile", "--dump-dom", url)
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     reader = _Reader()
-    reader.feed(result.stdout.decode())
+    reader.page.html = result.stdout.decode()
+    reader.feed(reader.page.html)
     return reader.page
 
 
@@ -164,6 +166,23 @@ def test_digest_lookup_and_unknown_trace(
     assert ("browser-inclusion", "PASS") in page.verdicts
     page = _load(chromium, tmp_path, f"{url}/?trace={trace_id(99)}")
     assert page.ready and not page.entries and "No entry in this log" in page.text
+
+
+def test_a_trace_lookup_of_more_than_a_page_links_to_the_next(
+    chromium: str, site: tuple[str, Witness, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spanproof.witness import app
+
+    url, _witness, _ = site
+    monkeypatch.setattr(app, "LOOKUP_PAGE_ENTRIES", 1)
+    page = _load(chromium, tmp_path, f"{url}/?trace={CONFLICTED}")
+    assert [e["entry-index"] for e in page.entries] == ["0"]
+    assert f'href="?trace={CONFLICTED}&amp;after=0"' in page.html
+    assert "1 entry for " + CONFLICTED + "; more follow" in page.text
+    page = _load(chromium, tmp_path, f"{url}/?trace={CONFLICTED}&after=0")
+    assert [e["entry-index"] for e in page.entries] == ["1"]
+    assert 'id="next-page"' not in page.html
+    assert "1 entry for " + CONFLICTED + " after index 0" in page.text
 
 
 def test_browser_check_catches_a_bad_proof(

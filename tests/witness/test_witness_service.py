@@ -162,6 +162,66 @@ def test_lookups(harness: Harness, tmp_path: Path) -> None:
     assert harness.client.get("/v1/receipt", params={"index": "5"}).status_code == 404
 
 
+def _page(harness: Harness, **params: str) -> tuple[list[str], str | None]:
+    resp = harness.client.get("/v1/lookup", params=params)
+    assert resp.status_code == 200, resp.text
+    doc = resp.json()
+    return [e["index"] for e in doc["entries"]], doc.get("next")
+
+
+def test_a_trace_lookup_is_answered_in_pages(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every entry of a trace came in one answer: in a log open to any producer key,
+    # anyone could make a trace's look-up as large as they liked.
+    trace = trace_id(20)
+    for name in ("a", "b", None, "c", "d", "e"):
+        sealed = make_bundle(trace_id(21)) if name is None else make_bundle(trace, name=name)
+        assert harness.submit(sealed.data).status_code == 201
+    assert _page(harness, trace=trace, limit="2") == (["0", "1"], "1")
+    assert _page(harness, trace=trace, limit="2", after="1") == (["3", "4"], "4")
+    assert _page(harness, trace=trace, limit="2", after="4") == (["5"], None)
+    assert _page(harness, trace=trace, limit="2", after="3") == (["4", "5"], None)
+    assert _page(harness, trace=trace, after="5") == ([], None)
+    assert _page(harness, trace=trace) == (["0", "1", "3", "4", "5"], None)
+    from spanproof.witness import app
+
+    monkeypatch.setattr(app, "LOOKUP_PAGE_ENTRIES", 3)  # the page without limit=
+    assert _page(harness, trace=trace) == (["0", "1", "3"], "3")
+    for bad in ({"limit": "0"}, {"limit": "4"}, {"after": "-1"}, {"after": "x"}):
+        resp = harness.client.get("/v1/lookup", params={"trace": trace, **bad})
+        assert resp.status_code == 400, bad
+    for paged in ({"after": "0"}, {"limit": "1"}):
+        resp = harness.client.get("/v1/lookup", params={"index": "0", **paged})
+        assert resp.status_code == 400
+        assert resp.json()["error"] == "after= and limit= page a trace= or digest= look-up"
+
+
+def test_a_digest_lookup_is_paged_and_a_shared_digest_has_no_single_receipt(
+    tmp_path: Path, witness_private: Ed25519PrivateKey
+) -> None:
+    h = Harness(tmp_path / "open.db", witness_private, None)
+    try:
+        keys = [SigningKey.from_seed(seed) for seed in (b"\x01" * 32, b"\x02" * 32, b"\x03" * 32)]
+        digests = set()
+        for key in keys:  # one statement, signed by three keys: three entries
+            sealed = make_bundle(trace_id(22), key=key)
+            digests.add(sealed.statement_digest)
+            der = key.private_key.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            header = {"Spanproof-Public-Key": base64.b64encode(der).decode()}
+            assert h.submit(sealed.data, header).status_code == 201
+        (digest,) = digests
+        assert _page(h, digest=digest, limit="2") == (["0", "1"], "1")
+        assert _page(h, digest=digest, after="1") == (["2"], None)
+        resp = h.client.get("/v1/receipt", params={"digest": digest})
+        assert resp.status_code == 409
+        assert resp.json()["error"] == (
+            "several entries have this digest (other signers); use index=")
+    finally:
+        h.close()
+
+
 @pytest.mark.parametrize(
     ("endpoint", "name"),
     [("/v1/lookup", "index"), ("/v1/receipt", "index"), ("/v1/proof/inclusion", "index"),
