@@ -14,7 +14,10 @@ then stay here).
 
 Locks: ``_lock`` guards the assembler and the sealer's state (held briefly, never
 during signing or I/O); ``_seal_lock`` makes sealing cycles (worker, ``force_flush``,
-``shutdown``) run one at a time, so when a cycle starts no segment is in flight.
+``shutdown``) run one at a time, so when a cycle starts no segment is in flight.  It
+is reentrant: a signal handler that shuts down may interrupt a cycle on its own
+thread (``force_flush``), and its drain then seals every trace but those the
+interrupted cycle holds, which that cycle seals once the handler returns.
 """
 
 from __future__ import annotations
@@ -264,7 +267,9 @@ class SpanproofSpanExporter(SpanExporter):
         """Everything that belongs to one process: locks, pending traces, the sealer."""
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._seal_lock = threading.Lock()
+        self._seal_lock = threading.RLock()
+        # The thread running a sealing pass (see the module docstring), or None.
+        self._sealing_on: int | None = None
         self._assembler = TraceAssembler.from_config(self._config)
         self._producer = _new_producer()
         self._thread: threading.Thread | None = None
@@ -738,7 +743,11 @@ class SpanproofSpanExporter(SpanExporter):
         finally:
             if got:
                 self._remote_lock.release()
-        if thread is not None and thread is not threading.current_thread():
+        # Not when this thread is inside a sealing pass (a signal handler that
+        # interrupted force_flush): the sealer may be waiting for that pass, which
+        # cannot go on until this returns.
+        nested = self._sealing_on == threading.get_ident()
+        if thread is not None and thread is not threading.current_thread() and not nested:
             thread.join(max(0.0, deadline - time.monotonic()))
         try:
             done = self._cycle(drain=SHUTDOWN, deadline=deadline)
@@ -766,6 +775,11 @@ class SpanproofSpanExporter(SpanExporter):
             _logger.error("spanproof: shutdown incomplete: %d sealed bundle(s) not written, "
                           "%d still being written, %d trace(s) not sealed, %d span(s) of "
                           "discarded bundles not declared", *counts)
+        elif nested and counts[2]:
+            _logger.error("spanproof: shutdown() ran inside a sealing pass of its own thread "
+                          "(a signal handler that interrupted force_flush()?): the %d "
+                          "trace(s) that pass holds are sealed when it resumes; exiting "
+                          "before then loses them", counts[2])
 
     @staticmethod
     def _stop_remote(remote: SealingProcesses, deadline: float) -> list[SealingProcess]:
@@ -847,6 +861,7 @@ class SpanproofSpanExporter(SpanExporter):
         timeout = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
         if not self._seal_lock.acquire(timeout=timeout):
             return False
+        outer, self._sealing_on = self._sealing_on, threading.get_ident()
         try:
             worked = self._reap(block=False)
             worked = self._retry_unwritten() or worked
@@ -873,6 +888,7 @@ class SpanproofSpanExporter(SpanExporter):
             try:
                 self._pass_done()
             finally:
+                self._sealing_on = outer
                 self._seal_lock.release()
 
     def _pass_done(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -225,6 +226,55 @@ def test_without_a_sealer_thread_force_flush_seals_and_the_next_export_starts_on
     assert exporter._thread is not None and exporter._thread.is_alive()
     exporter.shutdown()
     assert len(bundle_files(out)) == 3
+
+
+def test_shutdown_from_a_signal_handler_during_force_flush_seals_without_waiting_for_itself(
+    out: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A SIGTERM handler that shuts the provider down may interrupt force_flush() on
+    # its own thread, inside a sealing pass: shutdown waited its whole deadline for
+    # that pass (the seal lock), then left every pending trace unsealed.
+    rec = Recorder()
+    with evidence(rec, "finished"):  # a trace whose root ended: force_flush seals it
+        pass
+    root = rec.tracer.start_span("still-running")
+    with rec.tracer.start_as_current_span("step", context=trace.set_span_in_context(root),
+                                          attributes={"gen_ai.operation.name": "chat"}):
+        pass  # an open trace: only shutdown seals it
+    exporter = make_exporter(out, clock)
+    spans = rec.take()
+    trace_of = {s.name: span_hex(s)[0] for s in spans}
+    finished, still_running = trace_of["finished"], trace_of["step"]
+    exporter.export(spans)
+    real_seal = exporter._seal
+    handled: list[float] = []
+
+    def interrupted(job: Any) -> SealedBundle:
+        if not handled:  # the signal arrives while the first segment is being sealed
+            with exporter._cond:
+                exporter._cond.notify()  # the sealer thread wakes, to wait for this pass
+            time.sleep(0.2)
+            handled.append(time.monotonic())
+            exporter.shutdown(timeout_millis=1000)  # as the handler would, here
+            handled[0] = time.monotonic() - handled[0]
+            assert {r.statement.trace_id: r.statement.seal_reason
+                    for r in verified(out, trust_root(out.parent)) if r.statement} \
+                == {still_running: "shutdown"}  # all but the segment in flight here
+        return real_seal(job)
+
+    exporter._seal = interrupted  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR):
+        exporter.force_flush()
+    assert "cannot seal" not in caplog.text  # the handler's checks above held
+    # Had the handler exited at once, the segment in flight would be lost: it says so.
+    assert "shutdown() ran inside a sealing pass of its own thread (a signal handler " \
+        "that interrupted force_flush()?): the 1 trace(s) that pass holds are sealed when " \
+        "it resumes; exiting before then loses them" in caplog.text
+    assert handled[0] < 4.0  # shutdown's least deadline is 5 s: it did not wait it out
+    sealed = {r.statement.trace_id: r.statement.seal_reason
+              for r in verified(out, trust_root(out.parent)) if r.statement}
+    assert sealed == {still_running: "shutdown", finished: "force_flush"}
+    root.end()
 
 
 def test_force_flush_does_not_cut_open_traces(out: Path, clock: FakeClock) -> None:
