@@ -313,16 +313,18 @@ class SpanproofSpanExporter(SpanExporter):
         # When to start sealing processes again after losing them.
         self._restarts = RestartSchedule(_RESTART_SECONDS, _MAX_RESTART_SECONDS)
 
-    def _start_sealing(self) -> None:
+    def _start_sealing(self, *, recover: bool = True) -> None:
         """Start the sealing process when configured; otherwise, or when it cannot
-        start, seal here (with this process's witness submitter)."""
+        start, seal here (with this process's witness submitter).  With *recover*
+        (not in a forked child: the parent does that), what an earlier run left is
+        finished: its journals sealed, its witness submissions taken over."""
         remote = None
         if self._config.sealing_process:
-            remote = self._spawn(self._producer.instance, recover=True)
+            remote = self._spawn(self._producer.instance, recover=recover)
         if remote is not None:
             self._install(remote)
         elif not self._shutdown:
-            self._submitter = self._start_submitter()
+            self._submitter = self._start_submitter(catch_up=recover)
 
     def _install(self, remote: SealingProcesses) -> bool:
         """Make *remote* the sealing processes, unless shutdown() began while they
@@ -481,11 +483,14 @@ class SpanproofSpanExporter(SpanExporter):
         # and starts its own sealer (or sealing process) on its next export.  The
         # parent's sealing processes stay the parent's: this process's copies of
         # their pipes were closed already (_sealing_process abandons them at fork).
+        # So do its pending witness submissions: the child's submitter delivers only
+        # the child's bundles (taking the queue over, each worker delivered the same
+        # files, and scanned the whole output directory).
         self._reset_process_state()
         if self._config.sealing_process:
             self._start_pending = True
         else:
-            self._submitter = self._start_submitter()
+            self._submitter = self._start_submitter(catch_up=False)
 
     @property
     def config(self) -> ExporterConfig:
@@ -527,7 +532,7 @@ class SpanproofSpanExporter(SpanExporter):
             with self._start_lock:
                 if self._start_pending:
                     try:
-                        self._start_sealing()
+                        self._start_sealing(recover=False)  # a forked child's
                     finally:
                         # Once: a start that raised is not tried on every export.
                         self._start_pending = False

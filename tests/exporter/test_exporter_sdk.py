@@ -680,6 +680,40 @@ def test_fork_child_and_parent_each_seal_their_own(out: Path, clock: FakeClock) 
     assert parent_bundle.statement.trace_id == span_hex(parent_step)[0]  # type: ignore[arg-type]
 
 
+def test_a_forked_child_leaves_the_parents_witness_queue_to_the_parent(
+    out: Path, clock: FakeClock
+) -> None:
+    # Each forked worker (gunicorn, celery) took over the parent's pending witness
+    # submissions and scanned the whole output directory for bundles without a
+    # receipt: N workers delivered (and deleted) the same queue files.
+    rec = Recorder()
+    build_trace(rec)
+    exporter = make_exporter(out, clock, witness_url="http://127.0.0.1:9")  # no witness
+    exporter.export(rec.take())
+    assert exporter.force_flush()
+    queue = out / "witness-queue"
+    deadline = time.monotonic() + 10
+    while not list(queue.glob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(queue.glob("*.json"))  # the parent's pending submission
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        signal.alarm(30)
+        try:
+            time.sleep(0.5)  # what a catching-up submitter would have taken by now
+            submitter = exporter._submitter
+            scanning = [t for t in threading.enumerate() if t.name == "spanproof-witness-scan"]
+            code = 0 if submitter is not None and not submitter._pending and not scanning \
+                else 2
+        finally:
+            os._exit(code)
+    status = _wait_child(pid, timeout=40.0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child status {status}"
+    assert exporter._submitter is not None and exporter._submitter._pending
+    exporter.shutdown()
+
+
 def test_entry_point_names_the_exporter() -> None:
     (ep,) = metadata.entry_points(group="opentelemetry_traces_exporter", name="spanproof")
     assert ep.load() is SpanproofSpanExporter

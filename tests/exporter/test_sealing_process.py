@@ -827,6 +827,28 @@ def test_exports_during_the_start_after_a_fork_wait_for_it(
     assert sum(len(r.records or ()) for r in verified(out, trust_root(tmp_path))) == 2
 
 
+def test_a_forked_workers_sealing_process_leaves_recovery_to_the_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A forked worker's sealing process started as the first of a run: it sealed
+    # orphaned journals and took the witness queue over, in every worker.
+    exporter = _as_forked(_exporter(tmp_path / "out", seal_grace=0.0))
+    recovers: list[bool] = []
+    real = _exporter_module.SealingProcesses
+
+    def recorded(*args: Any, recover: bool = True, **kwargs: Any) -> Any:
+        recovers.append(recover)
+        return real(*args, recover=recover, **kwargs)
+
+    monkeypatch.setattr(_exporter_module, "SealingProcesses", recorded)
+    rec = Recorder()
+    _trace(rec, steps=1)
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    assert recovers == [False]
+    assert len(verified(tmp_path / "out", trust_root(tmp_path))) == 1
+
+
 def test_a_start_after_a_fork_that_finds_no_thread_leaves_sealing_here(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -870,11 +892,11 @@ def test_a_start_after_a_fork_that_raises_is_not_tried_on_every_export(
     starts: list[None] = []
     start = exporter._start_sealing
 
-    def once_broken() -> None:
+    def once_broken(*, recover: bool = True) -> None:
         starts.append(None)
         if len(starts) == 1:
             raise RuntimeError("can't start new thread")
-        start()
+        start(recover=recover)
 
     monkeypatch.setattr(exporter, "_start_sealing", once_broken)
     rec = Recorder()
