@@ -248,15 +248,18 @@ class SpanproofSpanExporter(SpanExporter):
         journaled but never sealed (SPEC §5.3 ``recovered``)."""
         self._recover_journals(os.path.join(self._config.output_dir, "journal"))
 
-    def _recover_journals(self, journal_dir: str) -> list[str]:
+    def _recover_journals(self, journal_dir: str, *, again: bool = False) -> list[str]:
         """Seal the orphaned journals in *journal_dir*; return the bundle paths.
-        Never raises: on failure the journals stay for the next start."""
+        *again*: this process looks once more, while it runs (its own journal left
+        alone).  Never raises: on failure the journals stay for the next start."""
         try:
             return seal_orphaned_journals(
                 journal_dir, signer=self._signer, sink=self._sink,
                 producer_name=PRODUCER_NAME, producer_version=_package_version(),
                 max_records=self._config.max_records, clock=self._clock,
                 redact=self._redact,
+                skip_instance=self._producer.instance if again else None,
+                tidy_first=not again,
             )
         except Exception:
             _logger.exception("spanproof: recovering the journals in %s failed; they are "

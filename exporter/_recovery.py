@@ -84,8 +84,11 @@ def seal_orphaned_journals(
     clock: Callable[[], float],
     redact: AttributeMatcher | None = None,
     on_recovered: Callable[[str, str, Mapping[str, Any]], None] | None = None,
+    skip_instance: str | None = None,
+    tidy_first: bool = True,
 ) -> list[str]:
-    """Seal and write the unsealed traces of every orphaned journal in *journal_dir*.
+    """Seal and write the unsealed traces of every orphaned journal in *journal_dir*
+    (but producer instance *skip_instance*'s: see ``recover_orphans``).
 
     Journals held by a live process are left alone (``recover_orphans``).  Each
     recovered bundle has seal reason ``recovered``, names the dead instance as its
@@ -99,7 +102,9 @@ def seal_orphaned_journals(
     retry is not certified again).  Returns the paths written.
 
     With a :class:`DirectorySink`, the writes a stopped process left half done in
-    its directory are finished first (:func:`finish_interrupted_writes`).
+    its directory are finished first (:func:`finish_interrupted_writes`); without
+    *tidy_first*, only when an orphaned journal is found (a live process looking
+    again does not list its output directory each time).
 
     Raises:
         OSError: a bundle could not be written; the journal files are kept, so the
@@ -108,11 +113,13 @@ def seal_orphaned_journals(
     # Another sink's bundles cannot be read back: a trace sealed just before the
     # crash is then sealed again.
     directory = _directory_of(sink)
-    if directory is not None:
+    if directory is not None and tidy_first:
         _finish_writes(directory)
-    traces, paths = recover_orphans(journal_dir)
+    traces, paths = recover_orphans(journal_dir, skip_instance=skip_instance)
     if not paths:
         return []
+    if directory is not None and not tidy_first:
+        _finish_writes(directory)
     written: list[str] = []
     for trace in traces.values():
         for bundle in _seal_trace(trace, signer=signer, producer_name=producer_name,

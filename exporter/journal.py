@@ -15,12 +15,16 @@ passes it.  A damaged span entry whose key (of the file's own producer instance)
 trace can still be read, and whose trace other entries name, is declared lost in the
 trace's recovered bundle unless a later entry retires it.  Each live journal file is
 held under an exclusive ``flock`` by its process, so a starting process can tell a
-dead process's journal (lock free) from a live one's, and recovers only the former.
+dead process's journal (lock free) from a live one's, and recovers only the former:
+a file is locked before it gets its name (created as ``.journal-…log.new``, then
+renamed), and stays locked, once the journal has moved on to a newer file, until
+every span in it is retired and it is deleted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -28,6 +32,7 @@ import os
 import re
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -239,6 +244,8 @@ class Journal:
         self._fd = -1
         self._size = 0
         self._live: dict[int, set[str]] = {}  # file number -> unretired keys in it
+        # The descriptors (and so the locks) of older files still in _live.
+        self._held: dict[int, int] = {}
         self._key_file: dict[str, int] = {}
         # Loss counts journaled and not yet declared by a sealed bundle: kind ->
         # trace -> count, as replay keeps them.
@@ -257,21 +264,25 @@ class Journal:
         return os.path.join(self._dir, f"journal-{self._instance}-{n:06d}.log")
 
     def _open_next(self) -> None:
-        path = self._path(self._file_no + 1)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise
+        fd = _create_locked(self._path(self._file_no + 1))
         self._file_no += 1  # only once the file is there: a failed open changes nothing
-        old = self._fd
+        self._hold(self._file_no - 1)
         self._fd, self._size = fd, 0
         self._live[self._file_no] = set()
         _fsync_dir(self._dir)
-        if old >= 0:
-            os.close(old)
-            self._collect()
+        self._collect()
+
+    def _hold(self, n: int) -> None:
+        """Keep the current descriptor (file *n*) open, and its file locked, while
+        spans in it are unretired: unlocked, another process's recovery would take
+        the file for a dead process's, and seal its spans a second time."""
+        if self._fd < 0:
+            return
+        if n in self._live:
+            self._held[n] = self._fd
+        else:
+            os.close(self._fd)
+        self._fd = -1
 
     def append_spans(
         self,
@@ -429,8 +440,7 @@ class Journal:
             try:
                 os.ftruncate(self._fd, self._size)
             except OSError:
-                os.close(self._fd)
-                self._fd = -1
+                self._hold(self._file_no)  # the next write starts a new file
             raise
         self._size += len(data)
 
@@ -453,10 +463,12 @@ class Journal:
         The parent still owns and writes the journal; the child must neither hold
         its lock nor delete its files.
         """
-        with contextlib.suppress(OSError):
-            if self._fd >= 0:
-                os.close(self._fd)
+        for fd in (self._fd, *self._held.values()):
+            with contextlib.suppress(OSError):
+                if fd >= 0:
+                    os.close(fd)
         self._fd = -1
+        self._held.clear()
         self._live.clear()
         self._key_file.clear()
         for owed in self._owed.values():
@@ -480,35 +492,51 @@ class Journal:
                 _logger.warning("journal: cannot delete %s (%s)", self._path(n), e)
                 break
             del self._live[n]
+            held = self._held.pop(n, -1)
+            if held >= 0:
+                os.close(held)  # deleted first: no one finds it unlocked
 
     def close(self) -> None:
         """Release the journal (its files stay for recovery unless all retired)."""
         with self._lock:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1
-                if not any(self._live.values()):
-                    for n in list(self._live):
-                        try:
-                            os.unlink(self._path(n))
-                        except FileNotFoundError:
-                            pass
-                    self._live.clear()
+            if self._fd < 0 and not self._held:
+                return
+            if not any(self._live.values()):
+                for n in list(self._live):
+                    try:
+                        os.unlink(self._path(n))
+                    except FileNotFoundError:
+                        pass
+                self._live.clear()
+            for fd in (self._fd, *self._held.values()):
+                if fd >= 0:
+                    os.close(fd)
+            self._fd = -1
+            self._held.clear()
 
 
-def recover_orphans(directory: str) -> tuple[dict[str, RecoveredTrace], list[str]]:
-    """Replay the journals in *directory* that no live process holds.
+def recover_orphans(
+    directory: str, *, skip_instance: str | None = None
+) -> tuple[dict[str, RecoveredTrace], list[str]]:
+    """Replay the journals in *directory* that no live process holds (but those of
+    producer instance *skip_instance*, when given).
 
     Returns the unsealed traces and the paths replayed; the caller seals the traces
     (reason ``recovered``), then deletes the paths.  Orphaned files stay locked by
     this process until deleted, so two starting processes never recover the same
-    journal twice.
+    journal twice.  Files a dead process left half created (empty) are deleted.
     """
     if not os.path.isdir(directory):
         return {}, []
     claimed = []
+    skipped = None if skip_instance is None else f"journal-{skip_instance}-"
     for name in sorted(os.listdir(directory)):
+        if name.startswith(".journal-") and name.endswith(_CREATING):
+            _remove_if_unlocked(os.path.join(directory, name))
+            continue
         if not (name.startswith("journal-") and name.endswith(".log")):
+            continue
+        if skipped is not None and name.startswith(skipped):
             continue
         path = os.path.join(directory, name)
         fd = os.open(path, os.O_RDONLY)
@@ -526,6 +554,24 @@ def recover_orphans(directory: str) -> tuple[dict[str, RecoveredTrace], list[str
 
 
 _CLAIMED: list[int] = []
+
+
+def _remove_if_unlocked(path: str) -> None:
+    """Delete a journal file a process began to create, unless it may still be
+    creating it (holding its lock, or about to: made in the last minute)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        if os.fstat(fd).st_mtime > time.time() - _LEFTOVER_SECONDS:
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.unlink(path)
+    except OSError:
+        pass  # being created: its process renames it
+    finally:
+        os.close(fd)
 
 
 def release_claimed(paths: Iterable[str]) -> None:
@@ -558,6 +604,35 @@ def _frame(entry: Mapping[str, Any]) -> bytes:
 
 def _frame_payload(payload: bytes) -> bytes:
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def _create_locked(path: str) -> int:
+    """A new file at *path*, opened for appending and locked before it has that name
+    (see the module docstring).
+
+    Raises:
+        OSError: it cannot be created or locked, or *path* exists already.
+    """
+    directory, name = os.path.split(path)
+    temporary = os.path.join(directory, f".{name}{_CREATING}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), path)
+        os.rename(temporary, path)
+    except OSError:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    return fd
+
+
+#: The suffix of a journal file being created (a leftover one is empty).
+_CREATING = ".new"
+#: How old such a file must be before a recovery deletes it.
+_LEFTOVER_SECONDS = 60.0
 
 
 def _fsync_dir(directory: str) -> None:

@@ -18,7 +18,10 @@ when losing evidence matters:
   the call is in the journal on disk (or declared dropped/unsampled there); it
   then seals the traces whose root ended.
 * At construction, journals left by a process that died (``kill -9``) in the same
-  journal directory are sealed as bundles with seal reason ``recovered``.
+  journal directory are sealed as bundles with seal reason ``recovered``.  The
+  process that built the processor looks again every ``ORPHAN_CHECK_SECONDS`` and
+  at shutdown: forked workers it outlives (killed, recycled, or left through
+  ``os._exit`` without shutting down) leave their journals behind.
 
 What can still be lost on a crash: evidence spans still in the queue or in the
 worker's current batch, i.e. ended since the last completed ``force_flush()`` and
@@ -71,6 +74,9 @@ DEFAULT_QUEUE_BLOCK = 0.05
 _BATCH = 512
 # The worker looks at the loss counters at least this often (seconds).
 _POLL = 0.2
+#: How often (seconds) the process that built an :class:`EvidenceSpanProcessor` seals
+#: the journals of processes that died beside it (see the module documentation).
+ORPHAN_CHECK_SECONDS = 60.0
 _QUEUE_SIZE_VAR = ENV_PREFIX + "QUEUE_SIZE"
 _QUEUE_BLOCK_VAR = ENV_PREFIX + "QUEUE_BLOCK_MS"
 _DROPPED_NOTE = ("evidence spans of this trace were dropped: the span processor's queue "
@@ -294,8 +300,17 @@ class EvidenceSpanProcessor(SpanProcessor):
         self._dropped_note = _DROPPED_NOTE.format(self._queue_size, round(self._block * 1000))
         self._shutdown = False
         self.recovered: list[str] = []
+        # The process that recovers (this one, with *recover*), and its thread that
+        # looks again; a forked child has neither.
+        self._recovering_pid = os.getpid() if recover else None
+        self._orphans_stop = threading.Event()
+        self._orphans_lock = threading.Lock()  # one recovery at a time (journal claims)
         if recover:
             self.recovered = sealer._recover_journals(self._journal_dir)
+            looker = threading.Thread(target=self._look_for_orphans, name="spanproof-orphans",
+                                      daemon=True)
+            ThreadStarts("journal recovery thread",
+                         "orphaned journals are sealed at shutdown").start(looker)
         self._reset_process_state()
         weak_reinit = weakref.WeakMethod(self._reset_process_state)
 
@@ -413,6 +428,9 @@ class EvidenceSpanProcessor(SpanProcessor):
         if self._shutdown:
             return
         self._shutdown = True
+        if self._recovering_pid == os.getpid():
+            self._orphans_stop.set()
+            self._seal_orphans()  # before the sealer stops: the witness gets them too
         worker = self._worker
         if worker is not None and worker.is_alive():
             try:
@@ -426,6 +444,21 @@ class EvidenceSpanProcessor(SpanProcessor):
         journal = self._sealer._journal
         if journal is not None:
             journal.close()
+
+    def _look_for_orphans(self) -> None:
+        while not self._orphans_stop.wait(ORPHAN_CHECK_SECONDS):
+            self._seal_orphans()
+
+    def _seal_orphans(self) -> None:
+        """Seal the journals of processes that died beside this one (never this
+        process's own), and hand the bundles to the witness submitter."""
+        sealer = self._sealer
+        with self._orphans_lock:
+            written = sealer._recover_journals(self._journal_dir, again=True)
+        submitter = sealer._submitter
+        if submitter is not None:
+            for path in written:
+                submitter.submit(path)
 
     # -- the worker ----------------------------------------------------------------
 

@@ -509,7 +509,7 @@ def test_a_write_whose_rotation_fails_still_succeeds(tmp_path, monkeypatch):
     real_open = os.open
 
     def no_new_file(path, *args, **kwargs):
-        if path.endswith("-000002.log"):
+        if "-000002.log" in path:
             raise OSError(24, "Too many open files")
         return real_open(path, *args, **kwargs)
 
@@ -522,3 +522,70 @@ def test_a_write_whose_rotation_fails_still_succeeds(tmp_path, monkeypatch):
     j.append_sealed(TRACE, first, {"index": "1"})
     assert [b["span"]["name"] for b in replay(_journal_files(str(tmp_path)))[TRACE].bodies] == [
         "s2"]
+
+
+def test_a_file_the_journal_moved_on_from_stays_locked_while_it_holds_unsealed_spans(
+    tmp_path, monkeypatch
+):
+    # The journal let go of a full file's lock when it started the next one, spans
+    # unsealed in it or not: a process starting beside it (another worker) took the
+    # file for a dead process's and sealed its spans a second time.
+    from spanproof.exporter import journal as journal_module
+
+    monkeypatch.setattr(journal_module, "ROTATE_BYTES", 4096)
+    j = Journal(str(tmp_path), "aaaa")
+    keys = j.append_spans([(TRACE, {**_body(1), "pad": "x" * 5000})])
+    assert len(_journal_files(str(tmp_path))) == 2  # moved on to a new file
+    assert recover_orphans(str(tmp_path)) == ({}, [])
+    j.append_sealed(TRACE, keys, {"segmentIndex": 1})
+    assert len(_journal_files(str(tmp_path))) == 1  # the old one deleted, then let go
+    assert recover_orphans(str(tmp_path)) == ({}, [])
+    j.close()
+
+
+def test_a_file_left_by_a_failed_write_stays_locked(tmp_path, monkeypatch):
+    from spanproof.exporter import journal as journal_module
+
+    j = Journal(str(tmp_path), "aaaa")
+    j.append_spans([(TRACE, _body(1))])
+    real_write = os.write
+
+    def broken(*args, **kwargs):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(journal_module.os, "write", broken)
+    monkeypatch.setattr(journal_module.os, "ftruncate", broken)  # cannot be undone either
+    with pytest.raises(OSError):
+        j.append_spans([(TRACE, _body(2))])
+    monkeypatch.setattr(journal_module.os, "write", real_write)
+    assert recover_orphans(str(tmp_path)) == ({}, [])  # span 1 is still this journal's
+    j.close()
+    traces, paths = recover_orphans(str(tmp_path))  # let go: a dead process's now
+    assert [b["span"]["name"] for b in traces[TRACE].bodies][:1] == ["s1"]
+    release_claimed(paths)
+
+
+def test_a_journal_file_is_locked_before_it_has_its_name(tmp_path, monkeypatch):
+    # Created under its name and then locked, a new file could be taken for a dead
+    # process's by a recovery that looked in between.
+    from spanproof.exporter import journal as journal_module
+
+    named_when_locked: list[bool] = []
+    real_flock = journal_module.fcntl.flock
+
+    def flock(fd, operation):
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        final = os.path.join(os.path.dirname(target),
+                             os.path.basename(target).removeprefix(".").removesuffix(".new"))
+        named_when_locked.append(os.path.exists(final))
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(journal_module.fcntl, "flock", flock)
+    monkeypatch.setattr(journal_module, "ROTATE_BYTES", 200)
+    j = Journal(str(tmp_path), "aaaa")
+    j.append_spans([(TRACE, {**_body(1), "pad": "x" * 300})])  # and a second file
+    assert named_when_locked == [False, False]
+    assert [os.path.basename(p) for p in _journal_files(str(tmp_path))] == [
+        "journal-aaaa-000001.log", "journal-aaaa-000002.log"]
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".new")]
+    j.close()

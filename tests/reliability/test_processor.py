@@ -491,3 +491,77 @@ def test_a_failed_journal_retire_is_retried_by_the_next_pass(
     assert journaled_span_ids(Path(processor.journal_dir)) == set()
     processor.shutdown()
     assert len(bundles(tmp_path)) == 2
+
+
+def _sealed(tmp_path: Path) -> dict[str, str]:
+    """Trace id -> seal reason of every bundle, each verified."""
+    out = {}
+    for path in bundles(tmp_path):
+        report = check_bundle(str(path), _trust(tmp_path))
+        assert report.verdict is Verdict.OK, report.reason
+        assert report.statement is not None
+        out[report.statement.trace_id] = report.statement.seal_reason
+    return out
+
+
+def _open_trace_step(traced: Traced, name: str) -> Any:
+    """An evidence span ended under a root that is not: journaled, never due."""
+    from opentelemetry import trace
+
+    root = traced.tracer.start_span(f"{name}-root")
+    with traced.tracer.start_as_current_span(
+            name, context=trace.set_span_in_context(root),
+            attributes={"gen_ai.operation.name": "chat"}) as span:
+        pass
+    return span
+
+
+def test_the_journal_of_a_forked_worker_that_exited_without_shutdown_is_sealed_at_shutdown(
+    tmp_path: Path,
+) -> None:
+    # multiprocessing's forked workers leave through os._exit: no shutdown, their
+    # journals orphaned.  The parent sealed them only when a process started again
+    # in the directory, which a long-lived parent (a gunicorn master) never does.
+    import os
+    import signal
+
+    processor = make_processor(tmp_path)
+    traced = Traced(processor)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the forked worker
+        signal.alarm(30)
+        _open_trace_step(traced, "in-worker")
+        os._exit(0 if processor.force_flush(10_000) else 1)  # journaled, then gone
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    mine = _open_trace_step(traced, "in-parent")
+    assert processor.force_flush(10_000)
+    assert _sealed(tmp_path) == {}
+    processor.shutdown()
+    sealed = _sealed(tmp_path)
+    assert sealed.pop(ids(mine)[0]) == "shutdown"
+    assert list(sealed.values()) == ["recovered"]  # the worker's trace
+    assert not list((tmp_path / "journal").glob("journal-*.log"))
+
+
+def test_the_process_that_built_the_processor_seals_dead_workers_journals_while_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from spanproof.exporter import processor as processor_module
+
+    monkeypatch.setattr(processor_module, "ORPHAN_CHECK_SECONDS", 0.1)
+    processor = make_processor(tmp_path)
+    mine = _open_trace_step(Traced(processor), "pending-here")
+    assert processor.force_flush(10_000)  # journaled, not sealed (its root is open)
+    dead = make_processor(tmp_path, recover=False)  # a worker beside it ...
+    theirs = _open_trace_step(Traced(dead), "in-dead-worker")
+    assert dead.force_flush(10_000)
+    dead.exporter._journal.forget_after_fork()  # type: ignore[attr-defined]  # ... killed
+    deadline = time.monotonic() + 20
+    while not bundles(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _sealed(tmp_path) == {ids(theirs)[0]: "recovered"}  # this process's own: not
+    processor.shutdown()
+    assert _sealed(tmp_path) == {ids(theirs)[0]: "recovered", ids(mine)[0]: "shutdown"}
