@@ -279,6 +279,9 @@ class SpanproofSpanExporter(SpanExporter):
         self._sealer_starts = ThreadStarts(
             "sealer thread", "traces are sealed by force_flush() and shutdown()")
         self._stopping = False
+        # Segments taken from the assembler that a pass out of time left unsealed:
+        # the next pass seals them first.
+        self._carried: list[SealJob] = []
         # When the waiting sealer will wake; -inf while it is not waiting.
         self._wake_at = float("-inf")
         self._unwritten: collections.deque[SealedBundle] = collections.deque()
@@ -844,6 +847,8 @@ class SpanproofSpanExporter(SpanExporter):
                     timeout = _BACKOFF_SECONDS
                 if self._inflight and self._inflight[0][1].done():
                     timeout = 0.0  # a finished write waits for its outcome to be handled
+                if self._carried:
+                    timeout = 0.0  # segments a timed pass left
                 if timeout > 0:
                     self._wake_at = now + timeout
                     self._cond.wait(timeout)
@@ -875,17 +880,24 @@ class SpanproofSpanExporter(SpanExporter):
             worked = self._retry_unwritten() or worked
             while True:
                 with self._lock:
-                    if drain is not None:
+                    jobs, self._carried = self._carried, []
+                    if not jobs and drain is not None:
                         jobs = self._assembler.drain_all(drain)
-                    else:
+                    elif not jobs:
                         jobs = self._assembler.due(self._clock(), flush=flush)
                 if not jobs:
                     break
-                bundles = [b for b in map(self._seal_job, jobs) if b is not None]
+                bundles, left = self._seal_jobs(jobs, deadline)
+                if bundles:
+                    self._start_writes(bundles)
+                    worked = True
+                if left:
+                    with self._cond:
+                        self._carried = left + self._carried
+                        self._cond.notify()  # the sealer seals them
+                    return False
                 if not bundles:
                     return False  # every job failed: retry on a later pass
-                self._start_writes(bundles)
-                worked = True
                 if deadline is not None and time.monotonic() > deadline:
                     return False
             if report_work:  # the sealer: take what is written, wait for nothing
@@ -902,6 +914,21 @@ class SpanproofSpanExporter(SpanExporter):
     def _pass_done(self) -> None:
         """Called at the end of every sealing pass, still under the seal lock, after
         the pass accounted for its writes (:meth:`_write`); a subclass's hook."""
+
+    def _seal_jobs(
+        self, jobs: Sequence[SealJob], deadline: float | None
+    ) -> tuple[list[SealedBundle], list[SealJob]]:
+        """Seal *jobs* in order until *deadline* (at least one): the bundles, and the
+        jobs left for the next pass.  A caller's timeout (``force_flush``) bounds
+        the pass, not only its waits: a thousand due traces take a second to sign."""
+        bundles: list[SealedBundle] = []
+        for i, job in enumerate(jobs):
+            if i and deadline is not None and time.monotonic() > deadline:
+                return bundles, list(jobs[i:])
+            bundle = self._seal_job(job)
+            if bundle is not None:
+                bundles.append(bundle)
+        return bundles, []
 
     def _seal_job(self, job: SealJob) -> SealedBundle | None:
         """Seal *job*; None when it could not be sealed (its spans are declared lost

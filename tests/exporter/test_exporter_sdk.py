@@ -277,6 +277,34 @@ def test_shutdown_from_a_signal_handler_during_force_flush_seals_without_waiting
     root.end()
 
 
+def test_force_flush_returns_at_its_timeout_and_the_sealer_seals_what_is_left(
+    out: Path, clock: FakeClock
+) -> None:
+    # Every due trace was signed before the timeout was looked at: a thousand due
+    # traces made force_flush(100) take a second and a half.
+    rec = Recorder()
+    traces = {build_trace(rec, evidence_steps=1, plain_steps=0)[0] for _ in range(12)}
+    exporter = make_exporter(out, clock)
+    exporter.export(rec.take())
+    real_seal = exporter._seal
+
+    def slow_seal(job: Any) -> SealedBundle:
+        time.sleep(0.2)  # a slow signature: twelve take 2.4 s
+        return real_seal(job)
+
+    exporter._seal = slow_seal  # type: ignore[method-assign]
+    began = time.monotonic()
+    assert exporter.force_flush(timeout_millis=100) is False
+    assert time.monotonic() - began < 1.5  # the timeout, one signature, the writes
+    assert len(bundle_files(out)) < 12  # the others are left to the sealer
+    deadline = time.monotonic() + 30  # the sealer seals the rest on its own
+    while len(bundle_files(out)) < 12 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert {r.statement.trace_id for r in verified(out, trust_root(out.parent))
+            if r.statement} == traces
+    exporter.shutdown()
+
+
 def test_force_flush_does_not_cut_open_traces(out: Path, clock: FakeClock) -> None:
     rec = Recorder()
     root = rec.tracer.start_span("still-running")
