@@ -87,6 +87,11 @@ _PROCESS_LOST_NOTE = (
 )
 _RETRY_SECONDS = 1.0
 _BACKOFF_SECONDS = 0.05
+#: A warning about one span (one that cannot be certified) is logged at most this
+#: often (seconds); the next one counts those held back.  The spans are declared in
+#: their traces' bundles whatever the log says: one oversized attribute on every
+#: request made a warning per request.
+_SPAN_WARNING_SECONDS = 60.0
 _MIN_SHUTDOWN_SECONDS = 5.0
 #: Seconds after the sealing processes were lost (or could not start) before the
 #: exporter, sealing in the application's process meanwhile, starts them again;
@@ -279,6 +284,7 @@ class SpanproofSpanExporter(SpanExporter):
         self._sealer_starts = ThreadStarts(
             "sealer thread", "traces are sealed by force_flush() and shutdown()")
         self._stopping = False
+        self._span_warnings = Throttled(_logger, _SPAN_WARNING_SECONDS)
         # Segments taken from the assembler that a pass out of time left unsealed:
         # the next pass seals them first.
         self._carried: list[SealJob] = []
@@ -651,9 +657,9 @@ class SpanproofSpanExporter(SpanExporter):
             body = span_to_body(span)
             check_value_sizes(body, self._config.max_value_bytes)
         except Exception as e:
-            _logger.warning("spanproof: cannot certify span %s of trace %s (%s: %s); "
-                            "declared as rejected", _span_id_of(span), _trace_id_of(span),
-                            type(e).__name__, e)
+            self._span_warnings.warn(
+                "spanproof: cannot certify span %s of trace %s (%s: %s); declared as "
+                "rejected", _span_id_of(span), _trace_id_of(span), type(e).__name__, e)
             return None
         return body
 
@@ -1036,8 +1042,8 @@ class SpanproofSpanExporter(SpanExporter):
         )
         bad = bundle.statement.completeness.rejected_spans - job.completeness.rejected_spans
         if bad:
-            _logger.warning("spanproof: %d span(s) of trace %s rejected: not representable "
-                            "as canonical JSON", bad, job.trace_id)
+            self._span_warnings.warn("spanproof: %d span(s) of trace %s rejected: not "
+                                     "representable as canonical JSON", bad, job.trace_id)
         return bundle
 
     def _write(self, bundle: SealedBundle, outcome: str | Exception | None = None) -> bool:
@@ -1137,6 +1143,32 @@ class SpanproofSpanExporter(SpanExporter):
                 break
             wrote = True
         return wrote
+
+
+class Throttled:
+    """Warnings of one kind, logged at most once per *period* seconds: each logged
+    one says how many were held back since the one before."""
+
+    def __init__(self, logger: logging.Logger, period: float) -> None:
+        self._logger = logger
+        self._period = period
+        self._lock = threading.Lock()
+        self._next = float("-inf")
+        self._held = 0
+
+    def warn(self, message: str, *args: object) -> None:
+        """Log *message* % *args* as a warning, unless one was logged too recently."""
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next:
+                self._held += 1
+                return
+            held, self._held = self._held, 0
+            self._next = now + self._period
+        if held:
+            message += " (%d more such warnings held back since the last, one per %g s)"
+            args = (*args, held, self._period)
+        self._logger.warning(message, *args)
 
 
 class ThreadStarts:

@@ -23,6 +23,7 @@ from exporter_support import (
     evidence,
     make_exporter,
     record_span_ids,
+    reports,
     signing_key,
     span_hex,
     trust_root,
@@ -303,6 +304,32 @@ def test_force_flush_returns_at_its_timeout_and_the_sealer_seals_what_is_left(
     assert {r.statement.trace_id for r in verified(out, trust_root(out.parent))
             if r.statement} == traces
     exporter.shutdown()
+
+
+def test_spans_that_cannot_be_certified_are_warned_about_once_a_minute(
+    out: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One oversized attribute on every request made one warning per request.
+    rec = Recorder()
+    exporter = make_exporter(out, clock, max_value_bytes=1024)
+
+    def oversized(n: int) -> None:
+        for _ in range(n):
+            with evidence(rec, "llm", **{"gen_ai.prompt": "x" * 2000}):
+                pass
+        exporter.export(rec.take())
+
+    with caplog.at_level(logging.WARNING, logger="spanproof.exporter._exporter"):
+        oversized(30)
+        assert caplog.text.count("cannot certify span") == 1
+        exporter._span_warnings._next = float("-inf")  # a minute later
+        oversized(1)
+    assert caplog.text.count("cannot certify span") == 2
+    assert "(29 more such warnings held back since the last, one per 60 s)" in caplog.text
+    exporter.shutdown()
+    rejected = [r.statement.completeness.rejected_spans
+                for r in reports(out, trust_root(out.parent)) if r.statement]
+    assert sum(rejected) == 31  # every one declared all the same
 
 
 def test_force_flush_does_not_cut_open_traces(out: Path, clock: FakeClock) -> None:
