@@ -19,8 +19,8 @@ When a trace is due:
 * ``idle_timeout``: no span for ``idle_timeout`` seconds, or it was the least
   recently active open trace when a new trace needed room (``max_pending_traces``;
   the bundle's notes say so);
-* ``size_limit``: it holds ``max_records`` bodies; the rest continue in the next
-  segment;
+* ``size_limit``: it holds ``max_records`` bodies, or about ``MAX_SEGMENT_BYTES``
+  of them (:func:`body_bytes`); the rest continue in the next segment;
 * ``force_flush`` (:meth:`~TraceAssembler.due` with ``flush=True``): its root ended
   but the grace has not passed; open traces are never cut by a flush;
 * ``shutdown`` (or any reason given to :meth:`~TraceAssembler.drain_all`): everything.
@@ -37,17 +37,46 @@ trace's pending spans, not against segments already sealed.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from spanproof.verifier.statement import SEAL_REASONS, Completeness
 
 from .config import ExporterConfig
-from .sealing import Body, ChainPosition, body_span_id
+from .sealing import Body, ChainPosition, SerializedBody, body_span_id
 
 #: Spans of a trace dropped for want of room (see TraceAssembler.drop()), waiting to
 #: be declared: how many, and the notes given with them.
 _Lost = tuple[int, tuple[str, ...]]
+
+#: A trace's pending bodies are sealed as a segment (``size_limit``) once they hold
+#: this many bytes (:func:`body_bytes`), however few they are: a long-lived trace
+#: (an agent's session, its root open for hours) with large prompts otherwise held
+#: up to ``max_records`` of them in memory, and lost them all in a crash.
+MAX_SEGMENT_BYTES = 64 * 1024 * 1024
+
+
+def body_bytes(body: Body) -> int:
+    """About the size of a record body: its JSON's length when it is kept as JSON,
+    else the length of its span's name and of the string and bytes values of its
+    attributes, events' and links' (what makes a span large; the rest is small)."""
+    if isinstance(body, SerializedBody):
+        return len(body.json)
+    span = body["span"]
+    size = len(span.get("name", "")) + _value_bytes(span.get("attributes", {}))
+    for group in ("events", "links"):
+        for item in span.get(group, ()):
+            size += _value_bytes(item.get("attributes", {}))
+    return size
+
+
+def _value_bytes(attributes: Mapping[str, Any]) -> int:
+    size = 0
+    for typed in attributes.values():
+        text = typed.get("stringValue")
+        size += len(text) if text is not None else len(typed.get("bytesValue", ""))
+    return size
 
 __all__ = [
     "FORCE_FLUSH",
@@ -88,6 +117,8 @@ class _Trace:
     position: ChainPosition | None
     last_activity: float
     bodies: list[Body] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)  # body_bytes of each of bodies
+    size: int = 0  # their sum
     seen: dict[str, list[Body]] = field(default_factory=dict)
     conflicts: set[str] = field(default_factory=set)
     dropped: int = 0
@@ -126,6 +157,7 @@ class TraceAssembler:
         max_records: int = 10_000,
         max_pending_traces: int = 2048,
         sealed_trace_memory: int = 65_536,
+        max_segment_bytes: int | None = None,
     ) -> None:
         if seal_grace < 0 or idle_timeout < 0:
             raise ValueError("seal_grace and idle_timeout must be >= 0")
@@ -136,6 +168,7 @@ class TraceAssembler:
         self._grace = seal_grace
         self._idle = idle_timeout
         self._max_records = max_records
+        self._max_bytes = MAX_SEGMENT_BYTES if max_segment_bytes is None else max_segment_bytes
         self._max_pending = max_pending_traces
         self._memory = sealed_trace_memory
         self._forgot_sealed = sealed_trace_memory == 0
@@ -218,9 +251,12 @@ class TraceAssembler:
             entry.conflicts.add(span_id)
         if conflict:
             entry.conflicts.add(span_id)
+        size = body_bytes(body)
         entry.bodies.append(body)
+        entry.sizes.append(size)
+        entry.size += size
         self._touch(entry, now)
-        if len(entry.bodies) >= self._max_records and trace_id not in self._ready:
+        if self._full(entry) and trace_id not in self._ready:
             del self._open[trace_id]
             self._ready[trace_id] = SIZE_LIMIT
             return True
@@ -302,7 +338,7 @@ class TraceAssembler:
             jobs.append(job)
             if not entry.has_work():
                 self._forget_queues(trace_id)
-            elif reason == SIZE_LIMIT and len(entry.bodies) < self._max_records:
+            elif reason == SIZE_LIMIT and not self._full(entry):
                 del self._ready[trace_id]
                 self._open[trace_id] = None
 
@@ -487,14 +523,29 @@ class TraceAssembler:
             _, (forgotten, _) = self._lost.popitem(last=False)
             self._untracked_lost += forgotten
 
+    def _full(self, entry: _Trace) -> bool:
+        """Whether *entry*'s pending bodies make a segment of their own."""
+        return len(entry.bodies) >= self._max_records or entry.size >= self._max_bytes
+
     def _emit(self, entry: _Trace, reason: str) -> SealJob:
         assert entry.position is not None
-        bodies = entry.bodies
-        if len(bodies) > self._max_records:
-            taken, rest = bodies[: self._max_records], bodies[self._max_records :]
+        bodies, sizes = entry.bodies, entry.sizes
+        count = min(len(bodies), self._max_records)
+        if entry.size > self._max_bytes:
+            total = 0
+            for i, size in enumerate(sizes[:count]):
+                total += size
+                if total >= self._max_bytes:
+                    count = i + 1  # the body that reaches the limit is the last
+                    break
+        if count < len(bodies):
+            taken, rest = bodies[:count], bodies[count:]
+            entry.sizes = sizes[count:]
             reason = SIZE_LIMIT
         else:
             taken, rest = bodies, []
+            entry.sizes = []
+        entry.size = sum(entry.sizes)
         conflicts: tuple[str, ...] = ()
         if entry.conflicts:
             ids = {body_span_id(body) for body in taken}

@@ -136,6 +136,49 @@ def test_size_limit_cuts_linked_segments() -> None:
     assert link.ok and link.segments == (0, 1, 2)
 
 
+def prompt(trace_id: str, n: int, chars: int) -> dict[str, Any]:
+    """A body with a *chars*-long prompt attribute (and a 4-character name)."""
+    b = body(trace_id, n)
+    b["span"]["attributes"] = {"gen_ai.prompt": {"stringValue": "p" * chars}}
+    return b
+
+
+def test_body_bytes_counts_names_strings_and_bytes_values_or_the_json() -> None:
+    from spanproof.exporter.assembly import body_bytes
+
+    b = prompt(T1, 0, 100)
+    b["span"]["events"] = [{"name": "e", "attributes": {"x": {"bytesValue": "AAAA"}}}]
+    b["span"]["links"] = [{"attributes": {"y": {"stringValue": "ab"}, "n": {"intValue": "1"}}}]
+    assert body_bytes(b) == len("step") + 100 + 4 + 2
+    assert body_bytes(as_json(b)) == len(orjson.dumps(b, option=orjson.OPT_SORT_KEYS))
+
+
+@pytest.mark.parametrize("form", [dict, as_json], ids=["dict", "json"])
+def test_a_trace_is_cut_once_its_pending_bodies_reach_the_byte_limit(form: Any) -> None:
+    # A long-lived trace (its root open for hours) with large prompts was held whole
+    # until max_records bodies: 10,000 of 1 MB each.
+    from spanproof.exporter.assembly import body_bytes
+
+    size = body_bytes(form(prompt(T1, 0, 1000)))
+    asm = assembler(max_segment_bytes=int(2.5 * size))
+    woke = [asm.add(T1, form(prompt(T1, i, 1000)), now=0.0) for i in range(7)]
+    assert woke[:3] == [False, False, True]  # the third reached the limit
+    (job,) = asm.due(0.0)  # the root is open: nothing else would seal it
+    assert (job.reason, len(job.bodies)) == ("size_limit", 3)
+    bundles = seal_all(asm, [job])
+    (job,) = asm.due(0.0)  # the next three reached it meanwhile
+    assert (job.reason, len(job.bodies)) == ("size_limit", 3)
+    bundles += seal_all(asm, [job])
+    assert asm.due(0.0) == []  # one body is left, below the limit: the trace stays open
+    asm.root_ended(T1, now=0.0)
+    (job,) = asm.due(10.0)
+    assert (job.reason, len(job.bodies)) == ("root_ended", 1)
+    bundles += seal_all(asm, [job])
+    reports = [check_bundle(io.BytesIO(b.data), trust_root_for_test()) for b in bundles]
+    (link,) = link_segments(reports)
+    assert link.ok and link.segments == (0, 1, 2)
+
+
 def trust_root_for_test() -> TrustRoot:
     public = signing_key().private_key.public_key()
     return TrustRoot.from_keys([TrustedKey.from_public_key(public)])

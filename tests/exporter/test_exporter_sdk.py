@@ -332,6 +332,34 @@ def test_spans_that_cannot_be_certified_are_warned_about_once_a_minute(
     assert sum(rejected) == 31  # every one declared all the same
 
 
+def test_a_long_open_trace_is_sealed_in_segments_of_bounded_size(
+    out: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spanproof.exporter import assembly
+
+    monkeypatch.setattr(assembly, "MAX_SEGMENT_BYTES", 5000)
+    rec = Recorder()
+    exporter = make_exporter(out, clock)
+    session = rec.tracer.start_span("agent-session")  # open for the whole test
+    for _ in range(4):
+        with rec.tracer.start_as_current_span(
+                "llm", context=trace.set_span_in_context(session),
+                attributes={"gen_ai.operation.name": "chat", "gen_ai.prompt": "p" * 2000}):
+            pass
+    exporter.export(rec.take())
+    assert exporter.force_flush()  # no root ended: only the size is due
+    (report,) = verified(out, trust_root(out.parent))
+    assert report.statement is not None
+    assert (report.statement.seal_reason, report.statement.record_count) == ("size_limit", 3)
+    session.end()
+    exporter.export(rec.take())
+    exporter.shutdown()
+    reports = verified(out, trust_root(out.parent))
+    assert sorted(r.statement.record_count for r in reports if r.statement) == [1, 3]
+    (link,) = link_segments(reports)
+    assert link.ok and link.segments == (0, 1)
+
+
 def test_force_flush_does_not_cut_open_traces(out: Path, clock: FakeClock) -> None:
     rec = Recorder()
     root = rec.tracer.start_span("still-running")
