@@ -96,7 +96,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from .app import create_app
     except ImportError as e:  # pragma: no cover - depends on the installation
         return _fail(
-            f"the witness needs its web stack: pip install 'spanproof[witness]' ({e})", EXIT_USAGE
+            "the witness needs its web stack: pip install '.[witness]' in a checkout "
+            f"of spanproof ({e})", EXIT_USAGE
         )
     from .service import LogCorrupted, Witness
     from .signing import CheckpointSigner
