@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from spanproof.verifier.checkpoint import WitnessKey
+from spanproof.verifier.errors import InvalidKey
 
-from .config import ExporterConfig
+from .config import ENV_PREFIX, ExporterConfig
 from .disclosure import AttributeMatcher, redaction_matcher
 from .keys import SigningKey, load_or_create
 from .selection import AttributeSelector, Selector
@@ -29,6 +31,17 @@ class ProducerSetup:
     selector: Selector
     redact: AttributeMatcher | None
     witness_keys: tuple[WitnessKey, ...]
+
+
+@contextlib.contextmanager
+def _naming(field_name: str) -> Iterator[None]:
+    """Name the setting whose key file failed to load, as a malformed setting's
+    error does (the path alone does not say which setting, or variable, gave it)."""
+    try:
+        yield
+    except InvalidKey as e:
+        raise InvalidKey(f"spanproof exporter setting {field_name} "
+                         f"({ENV_PREFIX}{field_name.upper()}): {e}") from e
 
 
 def resolve_setup(
@@ -64,12 +77,14 @@ def resolve_setup(
     config = dataclasses.replace(config, output_dir=output)
     if signing_key is None:
         if config.key_file is not None:
-            signing_key = SigningKey.load(config.key_file)
+            with _naming("key_file"):
+                signing_key = SigningKey.load(config.key_file)
         else:
             signing_key = load_or_create(os.path.join(output, "keys"))
     witness_keys: tuple[WitnessKey, ...] = ()
     if config.witness_key is not None:
-        witness_keys = (WitnessKey.load(config.witness_key),)
+        with _naming("witness_key"):
+            witness_keys = (WitnessKey.load(config.witness_key),)
     return ProducerSetup(
         config=config,
         signer=signing_key,

@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 from exporter_support import FakeClock
 
-from spanproof.exporter import DEFAULT_SELECT_ATTRIBUTES, ExporterConfig, SpanproofSpanExporter
+from spanproof.exporter import (
+    DEFAULT_SELECT_ATTRIBUTES,
+    ExporterConfig,
+    SigningKey,
+    SpanproofSpanExporter,
+)
 from spanproof.exporter.config import ENV_PREFIX
 from spanproof.verifier.errors import InvalidKey
 
@@ -187,6 +192,19 @@ def test_key_file_variable_that_cannot_be_read_is_an_error(
 ) -> None:
     # Never replaced by a generated key: bundles would be signed by a key nobody trusts.
     monkeypatch.setenv(ENV_PREFIX + "KEY_FILE", str(tmp_path / "missing.key"))
-    with pytest.raises(InvalidKey, match=r"missing\.key: cannot read private key"):
+    with pytest.raises(InvalidKey) as error:
         SpanproofSpanExporter(tmp_path / "out")
+    # The path alone did not say which setting, or which variable, gave it.
+    assert str(error.value) == (
+        f"spanproof exporter setting key_file ({ENV_PREFIX}KEY_FILE): "
+        f"{tmp_path / 'missing.key'}: cannot read private key (No such file or directory)")
     assert not (tmp_path / "out" / "keys").exists()
+
+
+def test_witness_key_variable_that_cannot_be_read_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_PREFIX + "WITNESS_KEY", str(tmp_path / "witness.pub"))
+    with pytest.raises(InvalidKey, match=rf"^spanproof exporter setting witness_key "
+                                         rf"\({ENV_PREFIX}WITNESS_KEY\): "):
+        SpanproofSpanExporter(tmp_path / "out", signing_key=SigningKey.generate())
