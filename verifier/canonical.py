@@ -26,7 +26,11 @@ __all__ = [
 ]
 
 # RFC 8785 §3.2.2.3: numbers are IEEE 754 doubles; integers outside +-(2^53 - 1)
-# cannot be represented exactly and are rejected (I-JSON, RFC 7493 §2.2).
+# cannot be represented exactly and are rejected (I-JSON, RFC 7493 §2.2).  SPEC §3.1
+# item 5 makes "integer" a matter of the text: a number written without fraction or
+# exponent, which is exactly what the standard library's parser returns as an int
+# (anything else becomes a float), so ``1e+21`` passes where ``10**20`` written out
+# does not.
 _MAX_SAFE_INTEGER = 2**53 - 1
 
 _encode_string = json.encoder.encode_basestring
@@ -92,8 +96,8 @@ def _encode(value: Any, out: list[str]) -> None:
     elif isinstance(value, int):
         if not -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER:
             raise CanonicalizationError(
-                f"integer {value} is outside the I-JSON range +-(2^53-1); "
-                "encode it as a decimal string (SPEC §2.3)"
+                f"integer {value} is outside the I-JSON range +-(2^53-1) "
+                "(SPEC §3.1 item 5; v1 writes such integers as decimal strings, §2.2)"
             )
         out.append(str(value))
     elif isinstance(value, float):
@@ -258,9 +262,11 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 _TOO_DEEP = "JSON nested too deeply"
 
-#: parse_strict refuses JSON nested deeper than this (SPEC §3.3): the same verdict
-#: whatever the caller's stack depth, and within what the recursive exact encoder
-#: and the standard library's parser handle from any caller.
+#: parse_strict refuses JSON nested deeper than this, the outermost array or object
+#: counting as level 1 (SPEC §3.3): the same verdict whatever the caller's stack
+#: depth, and within what the recursive exact encoder and the standard library's
+#: parser handle from any caller.  For the bundle header, whose ``receipts`` member
+#: may hold any JSON value, SPEC §3.3 fixes this limit for every verifier.
 MAX_NESTING = 512
 
 

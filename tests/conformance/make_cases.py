@@ -238,6 +238,16 @@ def _header_not_canonical() -> bytes:
     return data.replace(b'{"envelope":', b'{ "envelope":', 1)
 
 
+def _with_receipts(value: bytes) -> Callable[[], bytes]:
+    """The base bundle with the reserved ``receipts`` header member (SPEC §7.2) holding
+    *value*, written as given: its verdict rests on SPEC §3.1 item 5 and §3.3 alone."""
+    def make() -> bytes:
+        head, rest = base().split(b"\n", 1)
+        return head.removesuffix(b',"records":[') + b',"receipts":' + value \
+            + b',"records":[\n' + rest
+    return make
+
+
 def _unknown_media_type() -> bytes:
     data = base()
     header = _header(data)
@@ -392,6 +402,23 @@ CASES: tuple[Case, ...] = (
     Case("format_header_not_canonical", "1", "whitespace in the header",
          _header_not_canonical),
     Case("format_unknown_media_type", "1", "bundle media type v2", _unknown_media_type),
+    Case("format_receipts_number_with_exponent", "1", "`receipts` is `1e+21` (§3.1 item 5)",
+         _with_receipts(b"1e+21")),
+    Case("format_receipts_largest_safe_integer", "1",
+         "`receipts` is `9007199254740991`, 2^53-1 (§3.1 item 5)",
+         _with_receipts(b"9007199254740991")),
+    Case("format_receipts_integer_2_53", "1",
+         "`receipts` is `9007199254740992`, an integer beyond 2^53-1 (§3.1 item 5)",
+         _with_receipts(b"9007199254740992")),
+    Case("format_receipts_integer_10_20_written_out", "1",
+         "`receipts` is `100000000000000000000` (§3.1 item 5)",
+         _with_receipts(b"100000000000000000000")),
+    Case("format_receipts_nested_511_levels", "1",
+         "`receipts` nests 511 arrays: the header 512 levels (§3.3)",
+         _with_receipts(b"[" * 511 + b"]" * 511)),
+    Case("format_receipts_nested_512_levels", "1",
+         "`receipts` nests 512 arrays: the header 513 levels (§3.3)",
+         _with_receipts(b"[" * 512 + b"]" * 512)),
     Case("envelope_unknown_payload_type", "2", "payloadType not in-toto",
          _unknown_payload_type),
     Case("envelope_no_signatures", "2", "empty signatures array", _no_signatures),
@@ -446,7 +473,8 @@ CASES: tuple[Case, ...] = (
 
 #: Cases that verify (the rest must not).
 PASSING = {"workflow", "single_record", "no_records", "continuation_segment",
-           "conflict_declared", "disclosure"}
+           "conflict_declared", "disclosure", "format_receipts_number_with_exponent",
+           "format_receipts_largest_safe_integer", "format_receipts_nested_511_levels"}
 
 
 def file_name(case: Case) -> str:

@@ -138,10 +138,12 @@ def encode_bundle(header: Any, statement: Any, records: list[Any]) -> bytes:
     return b"\n".join([*lines, b"]}", b""])
 
 
-def without_hint(data: bytes) -> bytes:
-    """*data* (a bundle) without the unsigned key-id hints of its signatures."""
+def without_unsigned(data: bytes) -> bytes:
+    """*data* (a bundle) without what no signature covers and no check reads: the
+    key-id hints of its signatures and the reserved ``receipts`` member (SPEC §7.2)."""
     header = data.split(b"\n", 1)[0]
     parsed = json.loads(header[: -len(b',"records":[')] + b"}")
+    parsed.pop("receipts", None)
     for sig in parsed["envelope"]["signatures"]:
         sig.pop("keyid", None)
     return canonicalize(parsed) + data.split(b"\n", 1)[1]

@@ -830,6 +830,84 @@ def test_header_duplicate_json_key_fail(kit: Kit, parts: tuple[bytes, list[bytes
     )
 
 
+# --- the reserved receipts member (SPEC §7.2) ----------------------------------------
+#
+# It may hold any JSON value, so the number and nesting rules of the header decide a
+# verdict there: SPEC §3.1 item 5 defines an integer by how it is written and §3.3 fixes
+# the header's nesting limit, so that every verifier reaches the same one.
+
+
+def with_receipts(header: bytes, value: bytes) -> bytes:
+    """*header* with ``"receipts":`` *value* as its last member, written as given."""
+    assert header.endswith(RECORDS_OPEN)
+    return header[: -len(RECORDS_OPEN)] + b',"receipts":' + value + RECORDS_OPEN
+
+
+def nested_arrays(levels: int) -> bytes:
+    return b"[" * levels + b"]" * levels
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"1e+21", b"9007199254740991", b"-9007199254740991", nested_arrays(511)],
+    ids=["number-with-exponent", "largest-safe-integer", "smallest-safe-integer",
+         "nested-511-levels-header-512"],
+)
+def test_receipts_member_within_the_number_and_nesting_rules_changes_no_verdict(
+    kit: Kit, parts: tuple[bytes, list[bytes]], value: bytes
+) -> None:
+    header, records = parts
+    report = kit.check(join(with_receipts(header, value), records))
+    assert report.verdict is Verdict.OK, report.reason
+    assert [c.status for c in report.checks] == [Status.PASS] * len(CHECKS)
+
+
+@pytest.mark.parametrize(
+    "value", [b"9007199254740992", b"-9007199254740992", b"100000000000000000000"],
+    ids=["2^53", "-2^53", "10^20-written-out"],
+)
+def test_receipts_member_integer_written_beyond_2_53_minus_1_fail(
+    kit: Kit, parts: tuple[bytes, list[bytes]], value: bytes
+) -> None:
+    # Each is how ECMAScript writes a double (RFC 8785 alone would take it); SPEC §3.1
+    # item 5 refuses an integer by its text, and the message cites that rule.
+    header, records = parts
+    assert_rejected(
+        kit,
+        join(with_receipts(header, value), records),
+        "format",
+        f"bundle header: integer {value.decode()} is outside the I-JSON range +-(2^53-1) "
+        "(SPEC §3.1 item 5",
+        CanonicalizationError,
+    )
+
+
+def test_receipts_member_number_not_in_its_ecmascript_form_fail(
+    kit: Kit, parts: tuple[bytes, list[bytes]]
+) -> None:
+    header, records = parts
+    assert_rejected(
+        kit,
+        join(with_receipts(header, b"1e21"), records),
+        "format",
+        "bundle header: bytes are not RFC 8785 canonical JSON",
+        CanonicalizationError,
+    )
+
+
+def test_receipts_member_nested_512_levels_header_513_fail(
+    kit: Kit, parts: tuple[bytes, list[bytes]]
+) -> None:
+    header, records = parts
+    assert_rejected(
+        kit,
+        join(with_receipts(header, nested_arrays(512)), records),
+        "format",
+        "bundle header: JSON nested too deeply",
+        InvalidBundle,
+    )
+
+
 def test_record_nan_literal_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
     header, records = parts
     target = b'"droppedEventsCount":"0"'
