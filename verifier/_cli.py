@@ -205,8 +205,36 @@ def _loss_note(stmt: Statement) -> str:
     return ", ".join(parts)
 
 
+#: How much of a verified bundle's conflicts and notes ``verify`` prints under its
+#: verdict line: a bundle may carry any number of them, of any length (``--json``,
+#: ``show`` and ``report`` give them all).
+CONFLICTS_SHOWN = 16
+NOTES_SHOWN = 10
+NOTE_CHARS_SHOWN = 300
+
+
+def _declared_lines(stmt: Statement) -> list[str]:
+    """The conflicting span ids and the notes a verified statement declares (SPEC
+    §5.3, §8 step 9), bounded, for the lines under its verdict."""
+    comp = stmt.completeness
+    lines = []
+    if comp.conflicts:
+        more = len(comp.conflicts) - CONFLICTS_SHOWN
+        lines.append(f"  conflicting span ids: {', '.join(comp.conflicts[:CONFLICTS_SHOWN])}"
+                     + (f" (and {more} more)" if more > 0 else ""))
+    for note in comp.notes[:NOTES_SHOWN]:
+        cut = len(note) - NOTE_CHARS_SHOWN
+        lines.append(f"  note: {note[:NOTE_CHARS_SHOWN]}"
+                     + (f"... ({cut} more characters)" if cut > 0 else ""))
+    if len(comp.notes) > NOTES_SHOWN:
+        lines.append(f"  ... and {len(comp.notes) - NOTES_SHOWN} more notes")
+    return lines
+
+
 def format_result(result: BundleResult) -> str:
-    """The one-line verdict of ``spanproof verify`` for one bundle."""
+    """The verdict of ``spanproof verify`` for one bundle: one line, and under the
+    line of a bundle that verified (OK or INCOMPLETE), an indented line for its
+    conflicting span ids and one for each note (bounded: see `NOTES_SHOWN`)."""
     report = result.report
     stmt = report.statement if report is not None else None
     if report is None or stmt is None or result.verdict is Verdict.FAIL:
@@ -214,19 +242,21 @@ def format_result(result: BundleResult) -> str:
     where = f"trace={stmt.trace_id} segment={stmt.segment_index}"
     if result.verdict is Verdict.INCOMPLETE:
         reason = result.reason.removeprefix("incomplete: ")
-        return printable(
+        line = (
             f"INCOMPLETE {result.path}: {reason} ({where}; signature and chain verified; "
             "--allow-incomplete accepts declared losses)"
         )
-    line = (
-        f"OK {result.path} {where} records={stmt.record_count} seal={stmt.seal_reason} "
-        f"key={(report.signer_keyid or '')[:16]}"
-    )
-    if stmt.completeness.lost:
-        line += f" incomplete=({_loss_note(stmt)}; allowed)"
-    if stmt.completeness.conflicts:
-        line += f" conflicts={len(stmt.completeness.conflicts)}"
-    return printable(line)
+    else:
+        line = (
+            f"OK {result.path} {where} records={stmt.record_count} seal={stmt.seal_reason} "
+            f"key={(report.signer_keyid or '')[:16]}"
+        )
+        if stmt.completeness.lost:
+            line += f" incomplete=({_loss_note(stmt)}; allowed)"
+        if stmt.completeness.conflicts:
+            line += f" conflicts={len(stmt.completeness.conflicts)}"
+    # Each line escaped on its own: a line feed in a note must not start a line.
+    return "\n".join(printable(text) for text in (line, *_declared_lines(stmt)))
 
 
 def format_checks(result: BundleResult) -> list[str]:

@@ -373,11 +373,12 @@ def _run_checks(
 
     # Step 9: completeness.  Declared losses make the bundle INCOMPLETE.
     comp = statement.completeness
+    sealed = f"sealed: {statement.seal_reason}"
     if comp.lost and not allow_incomplete:
-        run.failed("completeness", IncompleteBundle(_loss_text(statement)))
+        run.failed("completeness", IncompleteBundle(f"{_loss_text(statement)}; {sealed}"))
     else:
         note = _loss_text(statement) if comp.lost else "no declared losses"
-        run.passed("completeness", f"{note}; sealed: {statement.seal_reason}")
+        run.passed("completeness", f"{note}; {sealed}")
     return statement, digest, signer.keyid
 
 

@@ -17,16 +17,21 @@ import pytest
 from cli_support import (
     OTHER_TRACE,
     PRODUCER,
+    RECEIVE,
+    ROOT,
+    TOOL,
     TRACE,
     Keys,
     flip_in_record,
+    span_body,
     spanproof_script,
+    workflow_bodies,
 )
 from odd_keys import unknown_type_public_pem
 
 from spanproof.exporter.keys import SigningKey
 from spanproof.verifier import TRUST_ROOT_MEDIA_TYPE, TrustRoot
-from spanproof.verifier._cli import main
+from spanproof.verifier._cli import CONFLICTS_SHOWN, NOTE_CHARS_SHOWN, NOTES_SHOWN, main
 from spanproof.verifier._files import MAX_NAMED_FILE, open_regular
 from spanproof.verifier.disclosure import load_disclosures
 from spanproof.verifier.receipt import check_receipt_for_bundle, receipt_path
@@ -288,6 +293,72 @@ def test_incomplete_bundle_fails_unless_allowed(capsys, keys: Keys, make_bundle)
     assert code == 0
     assert out.startswith(f"OK {path} ")
     assert out.rstrip().endswith("incomplete=(2 dropped, 1 unsampled; allowed)")
+
+
+def _declaring(make_bundle: Any, notes: tuple[str, ...], conflicts: tuple[str, ...]) -> Path:
+    """A bundle that declares losses, *notes* and *conflicts* (the first conflict's
+    span certified twice, as a producer certifies a conflict)."""
+    bodies = workflow_bodies()
+    bodies.append(span_body(TRACE, conflicts[0], ROOT, "receive_case retried", start_ms=13))
+    path: Path = make_bundle(bodies=bodies, completeness=Completeness(
+        dropped_spans=2, conflicts=conflicts, notes=notes))[0]
+    return path
+
+
+def test_verify_text_output_reports_conflicts_notes_and_seal_reason_incomplete(
+    capsys, keys: Keys, make_bundle
+):
+    # SPEC §8 step 9: the verifier reports the declared losses, the conflicts, the
+    # notes and the seal reason; the text output gave the losses alone.
+    notes = ("recovered from instance 00000000000000ab", "queue limit 2048 applied")
+    path = _declaring(make_bundle, notes, (RECEIVE, TOOL))
+    code, out, _ = run(capsys, "verify", "--key", keys.pub, path)
+    assert code == 1
+    assert out.splitlines() == [
+        f"INCOMPLETE {path}: 2 evidence spans dropped before certification; sealed: "
+        f"root_ended (trace={TRACE} segment=0; signature and chain verified; "
+        "--allow-incomplete accepts declared losses)",
+        f"  conflicting span ids: {RECEIVE}, {TOOL}",
+        "  note: recovered from instance 00000000000000ab",
+        "  note: queue limit 2048 applied",
+    ]
+    code, out, _ = run(capsys, "verify", "-v", "--key", keys.pub, path)
+    assert ("  FAIL  step 9 completeness: incomplete: 2 evidence spans dropped before "
+            "certification; sealed: root_ended") in out.splitlines()
+
+
+def test_verify_text_output_reports_conflicts_and_notes_when_incomplete_is_allowed(
+    capsys, keys: Keys, make_bundle
+):
+    notes = ("recovered from instance 00000000000000ab",)
+    path = _declaring(make_bundle, notes, (RECEIVE,))
+    code, out, _ = run(capsys, "verify", "--allow-incomplete", "--key", keys.pub, path)
+    assert code == 0
+    assert out.splitlines() == [
+        f"OK {path} trace={TRACE} segment=0 records=8 seal=root_ended "
+        f"key={keys.signer.keyid[:16]} incomplete=(2 dropped; allowed) conflicts=1",
+        f"  conflicting span ids: {RECEIVE}",
+        "  note: recovered from instance 00000000000000ab",
+    ]
+
+
+def test_verify_text_output_bounds_and_escapes_producer_notes(capsys, keys: Keys, make_bundle):
+    # Notes are the producer's text, any number of them of any length: a few are
+    # shown, each cut short and escaped, and the rest counted.
+    many = (RECEIVE, *(f"{i:016x}" for i in range(1, CONFLICTS_SHOWN + 3)))
+    notes = ("forged\nOK line\x1b[2J", "x" * (NOTE_CHARS_SHOWN + 5),
+             *(f"note {i}" for i in range(NOTES_SHOWN + 1)))
+    path = _declaring(make_bundle, notes, many)
+    code, out, _ = run(capsys, "verify", "--allow-incomplete", "--key", keys.pub, path)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith(f"OK {path} ")
+    assert lines[1] == ("  conflicting span ids: " + ", ".join(sorted(many)[:CONFLICTS_SHOWN])
+                        + " (and 3 more)")
+    assert lines[2] == "  note: forged\\nOK line\\x1b[2J"
+    assert lines[3] == f"  note: {'x' * NOTE_CHARS_SHOWN}... (5 more characters)"
+    assert lines[4:] == [*(f"  note: note {i}" for i in range(NOTES_SHOWN - 2)),
+                         "  ... and 3 more notes"]
 
 
 def test_segments_of_a_trace_are_checked_together(capsys, keys: Keys, make_bundle, tmp_path):
