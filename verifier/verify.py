@@ -523,10 +523,19 @@ def _link_remarks(group: list[BundleReport]) -> tuple[str, ...]:
     if last.seal_reason == _SIZE_LIMIT:
         remarks.append(f"segment {last.segment_index} was sealed at the producer's size "
                        "limit, so later segments may exist")
-    keys = sorted({r.signer_keyid[:16] for r in group if r.signer_keyid})
+    # Whole key ids are compared: two keys may share any prefix.
+    keys = sorted({r.signer_keyid for r in group if r.signer_keyid})
     if len(keys) > 1:
-        remarks.append(f"signed by {len(keys)} keys: {', '.join(keys)}")
+        remarks.append(f"signed by {len(keys)} keys: {', '.join(_short_keyids(keys))}")
     return tuple(remarks)
+
+
+def _short_keyids(keyids: list[str]) -> list[str]:
+    """*keyids* cut to 16 hex digits, or to as many more as tell them apart."""
+    length = 16
+    while len({k[:length] for k in keyids}) < len(keyids) and length < 64:
+        length += 8
+    return [k[:length] for k in keyids]
 
 
 def _link_problem(group: list[BundleReport]) -> str | None:

@@ -9,6 +9,7 @@ considered), never silently.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import io
 import json
@@ -267,6 +268,27 @@ def test_other_producers_are_linked_separately(
         ("0000000000000bbb", (0,), True),
         (gen.PRODUCER.instance, (0, 1), True),
     ]
+
+
+def test_segments_signed_by_two_keys_sharing_a_64_bit_prefix_are_two_keys(
+    reports: list[BundleReport],
+) -> None:
+    # The remark that a trace's segments were signed by more than one key compared
+    # key ids cut to 16 hex digits, so two trusted keys sharing those were one key.
+    first = "ab" * 8 + "0" * 48
+    second = "ab" * 8 + "0" * 47 + "1"
+    signed = [dataclasses.replace(reports[0], signer_keyid=first),
+              dataclasses.replace(reports[1], signer_keyid=second)]
+    (link,) = link_segments(signed)
+    assert link.ok
+    assert link.remarks[-1] == f"signed by 2 keys: {first}, {second}"
+    third = "ab" * 8 + "cd" + "0" * 46
+    signed[1] = dataclasses.replace(reports[1], signer_keyid=third)
+    (link,) = link_segments(signed)
+    assert link.remarks[-1] == f"signed by 2 keys: {first[:24]}, {third[:24]}"
+    signed[1] = dataclasses.replace(reports[1], signer_keyid=first)
+    (link,) = link_segments(signed)
+    assert not any("keys" in remark for remark in link.remarks)
 
 
 def _position_after(report: BundleReport) -> ChainPosition:
