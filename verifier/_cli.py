@@ -44,6 +44,8 @@ from .disclosure import (
 from .errors import InvalidKey, SpanproofError
 from .keys import TrustedKey, TrustRoot, format_time, raw_public_bytes
 from .receipt import (
+    RECEIPT_CHECK,
+    RECEIPT_CHECK_STEP,
     REMEMBERED_CHECKPOINTS,
     ReceiptVerifier,
     attach_receipt_check,
@@ -56,6 +58,7 @@ from .verify import (
     UNVERIFIED_BYTES_KEPT,
     UNVERIFIED_RECORDS_KEPT,
     BundleReport,
+    Check,
     Status,
     TraceLink,
     Verdict,
@@ -363,11 +366,17 @@ def _receipt_verifier(keys: Sequence[WitnessKey], origin: str | None) -> Receipt
     return verifier
 
 
+# SPEC §8 step 10 without a pinned witness key: listed, never run, no verdict changed.
+_NO_WITNESS_KEY = Check(RECEIPT_CHECK, RECEIPT_CHECK_STEP, Status.SKIPPED,
+                        "no witness key was given (--witness-key)")
+
+
 @dataclass(frozen=True)
 class _BundleCheck:
-    """What ``verify`` and ``report`` do to one bundle: :func:`check_path`, then,
-    unless *receipts* is None, the receipt check with those pinned witness keys.
-    Picklable, so that ``--jobs`` workers can run it."""
+    """What ``verify`` and ``report`` do to one bundle: :func:`check_path`, then the
+    receipt check with the pinned witness keys *receipts*, or with None, the receipt
+    check SKIPPED as no witness key was given.  Picklable, so that ``--jobs`` workers
+    can run it."""
 
     trust: TrustRoot
     allow_incomplete: bool
@@ -380,7 +389,9 @@ class _BundleCheck:
         result = check_path(path, self.trust, allow_incomplete=self.allow_incomplete,
                             keep_records=self.keep_records)
         if self.receipts is None:
-            return result
+            if result.report is None:
+                return result
+            return BundleResult(path, attach_receipt_check(result.report, _NO_WITNESS_KEY))
         return _with_receipt(result, self.receipts, required=self.require_receipt,
                              origin=self.witness_origin)
 

@@ -90,16 +90,20 @@ def test_a_bundle_reached_through_symbolic_links_is_checked_once(
     ]
 
 
-def test_verbose_lists_all_nine_checks_as_pass(capsys, keys: Keys, make_bundle):
+def test_verbose_lists_nine_checks_as_pass_and_the_receipt_check_skipped(
+    capsys, keys: Keys, make_bundle
+):
+    # SPEC §8 step 10 is SKIPPED when no witness key was given; --verbose left it out.
     path, _ = make_bundle()
     code, out, _ = run(capsys, "verify", "--verbose", "--key", keys.pub, path)
     assert code == 0
     lines = out.splitlines()
     assert lines[0].startswith("OK ")
     checks = lines[1:]
-    assert len(checks) == len(CHECKS) == 9
-    for n, (line, name) in enumerate(zip(checks, CHECKS, strict=True), start=1):
+    assert len(checks) == len(CHECKS) + 1 == 10
+    for n, (line, name) in enumerate(zip(checks, CHECKS, strict=False), start=1):
         assert line.startswith(f"  PASS  step {n} {name}: "), line
+    assert checks[-1] == "  SKIPPED  step 10 receipt: no witness key was given (--witness-key)"
 
 
 def test_verbose_marks_the_failed_check_and_skips_the_rest(capsys, keys: Keys, make_bundle):
@@ -108,7 +112,7 @@ def test_verbose_marks_the_failed_check_and_skips_the_rest(capsys, keys: Keys, m
     code, out, _ = run(capsys, "verify", "-v", "--key", keys.pub, path)
     assert code == 1
     statuses = [line.split()[0] for line in out.splitlines()[1:]]
-    assert statuses == ["PASS"] * 5 + ["SKIPPED", "FAIL", "SKIPPED", "SKIPPED"]
+    assert statuses == ["PASS"] * 5 + ["SKIPPED", "FAIL", "SKIPPED", "SKIPPED", "SKIPPED"]
 
 
 def test_json_report_has_bundles_traces_and_ok(capsys, keys: Keys, make_bundle):
@@ -126,8 +130,10 @@ def test_json_report_has_bundles_traces_and_ok(capsys, keys: Keys, make_bundle):
     assert bundle["head"] == sealed.statement.head
     assert bundle["statementDigest"] == sealed.statement_digest
     assert bundle["signerKeyid"] == keys.signer.keyid
-    assert [c["name"] for c in bundle["checks"]] == list(CHECKS)
-    assert {c["status"] for c in bundle["checks"]} == {"PASS"}
+    assert [c["name"] for c in bundle["checks"]] == [*CHECKS, "receipt"]
+    assert [c["status"] for c in bundle["checks"]] == ["PASS"] * 9 + ["SKIPPED"]
+    assert bundle["checks"][-1] == {"name": "receipt", "step": 10, "status": "SKIPPED",
+                                    "message": "no witness key was given (--witness-key)"}
     assert doc["traces"] == [
         {"traceId": TRACE, "producerInstance": sealed.statement.producer.instance,
          "segments": [0], "ok": True, "message": "segments 0 form one chain", "remarks": []}
