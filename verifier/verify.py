@@ -502,7 +502,10 @@ def link_segments(reports: Iterable[BundleReport]) -> list[TraceLink]:
             links.append(TraceLink(trace_id, instance, indexes, False, problem))
             continue
         remarks = _link_remarks(group)
-        message = f"segments {', '.join(map(str, indexes))} form one chain"
+        if len(indexes) == 1:
+            message = f"segment {indexes[0]} forms one chain"
+        else:
+            message = f"segments {', '.join(map(str, indexes))} form one chain"
         if remarks:
             message += f" ({'; '.join(remarks)})"
         links.append(TraceLink(trace_id, instance, indexes, True, message, remarks))

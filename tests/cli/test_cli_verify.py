@@ -136,7 +136,7 @@ def test_json_report_has_bundles_traces_and_ok(capsys, keys: Keys, make_bundle):
                                     "message": "no witness key was given (--witness-key)"}
     assert doc["traces"] == [
         {"traceId": TRACE, "producerInstance": sealed.statement.producer.instance,
-         "segments": [0], "ok": True, "message": "segments 0 form one chain", "remarks": []}
+         "segments": [0], "ok": True, "message": "segment 0 forms one chain", "remarks": []}
     ]
 
 
@@ -390,7 +390,7 @@ def test_segments_handed_over_without_segment_0_are_said_to_be(
     code, out, _ = run(capsys, "verify", "--key", keys.pub, tmp_path / "bundles")
     assert code == 0, out
     assert out.splitlines()[-1] == (f"OK trace {TRACE} instance {PRODUCER.instance}: "
-                                    "segments 2 form one chain (segments 0-1 not present)")
+                                    "segment 2 forms one chain (segments 0-1 not present)")
     make_bundle("seg1", position=first.next_position())
     code, out, _ = run(capsys, "verify", "--json", "--key", keys.pub, tmp_path / "bundles")
     assert code == 0, out
@@ -412,7 +412,7 @@ def test_another_instances_segment_0_does_not_stand_in_for_a_withheld_one(
     code, out, _ = run(capsys, "verify", "--key", keys.pub, tmp_path / "bundles")
     assert code == 0, out
     assert [line for line in out.splitlines() if line.startswith("OK trace")] == [
-        f"OK trace {TRACE} instance {PRODUCER.instance}: segments 1 form one chain "
+        f"OK trace {TRACE} instance {PRODUCER.instance}: segment 1 forms one chain "
         "(segment 0 not present)"]
 
 
@@ -423,7 +423,7 @@ def test_a_last_segment_sealed_at_the_size_limit_says_later_ones_may_exist(
     code, out, _ = run(capsys, "verify", "--key", keys.pub, tmp_path / "bundles")
     assert code == 0, out
     assert out.splitlines()[-1] == (
-        f"OK trace {TRACE} instance {PRODUCER.instance}: segments 0 form one chain "
+        f"OK trace {TRACE} instance {PRODUCER.instance}: segment 0 forms one chain "
         "(segment 0 was sealed at the producer's size limit, so later segments may exist)")
 
 

@@ -193,7 +193,7 @@ def test_bundle_discarded_for_a_failing_sink_is_declared_by_its_trace_next_bundl
     assert len(lines) < len(result.stdout.splitlines()) == len(lines) + 2  # the two notes
     # The discarded segment 0 of each declaring trace is said not to be present.
     assert sorted(line.split()[2] for line in lines if line.startswith("OK trace ")
-                  and line.endswith("segments 1 form one chain (segment 0 not present)")) \
+                  and line.endswith("segment 1 forms one chain (segment 0 not present)")) \
         == sorted(d.trace_id for d in declarations), result.stdout
 
 

@@ -72,11 +72,11 @@ def test_report_says_when_segment_0_of_a_trace_is_not_present(
     out_file = tmp_path / "report.html"
     code, out, err = run(capsys, "report", "--key", keys.pub, path, "--html", out_file)
     assert code == 0, err
-    assert "segments 1 form one chain (segment 0 not present)" in out
+    assert "segment 1 forms one chain (segment 0 not present)" in out
     page = read_report(out_file)
     assert page.body_verdict == "OK"
-    assert (f"Segments of producer instance {PRODUCER.instance} form one chain: segments 1 "
-            "form one chain (segment 0 not present)") in page.text
+    assert (f"Segments of producer instance {PRODUCER.instance} form one chain: segment 1 "
+            "forms one chain (segment 0 not present)") in page.text
 
 
 def test_report_of_a_tampered_bundle_shows_fail_and_the_reason(
