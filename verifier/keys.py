@@ -64,9 +64,10 @@ _BASE64_LINE = re.compile(r"[A-Za-z0-9+/=]+\Z", re.ASCII)
 def _pem_der(pem: bytes, source: str) -> bytes:
     """The DER bytes of the one ``PUBLIC KEY`` block that *pem* must consist of.
 
-    Exactly one block, only base64 lines inside it (no PEM headers), only whitespace
-    around it; a line may end in CR LF.  A lenient reader would trust the first of two
-    concatenated keys, or a key hidden after other text (SPEC §6.2).
+    Exactly one block, only base64 lines inside it (no PEM headers), only blank lines
+    around it; a line may end in spaces and tabs and in CR LF, and nothing else is
+    ignored (SPEC §6.1).  A lenient reader would trust the first of two concatenated
+    keys, or a key hidden after other text (SPEC §6.2).
 
     Raises:
         InvalidKey: anything else.
@@ -79,8 +80,10 @@ def _pem_der(pem: bytes, source: str) -> bytes:
         text = pem.decode("ascii")
     except UnicodeDecodeError:
         raise refused("not ASCII text") from None
-    lines = [line.strip() for line in text.split("\n")]
-    begins = [line for line in lines if line.startswith("-----BEGIN ")]
+    # Trailing spaces and tabs are what hand-edited files carry, and OpenSSL reads
+    # them; a line indented, or ending in another control character, is not a PEM line.
+    lines = [line.rstrip(" \t\r") for line in text.split("\n")]
+    begins = [line for line in lines if line.lstrip(" \t").startswith("-----BEGIN ")]
     if len(begins) > 1:
         raise refused(f"{len(begins)} PEM blocks; a key file holds exactly one")
     if _PEM_BEGIN not in lines:
@@ -91,9 +94,9 @@ def _pem_der(pem: bytes, source: str) -> bytes:
         raise refused(f"no {_PEM_END} line after {_PEM_BEGIN}")
     end = lines.index(_PEM_END, begin + 1)
     if any(lines[:begin]):
-        raise refused(f"text before {_PEM_BEGIN}; only whitespace may surround the block")
+        raise refused(f"text before {_PEM_BEGIN}; only blank lines may surround the block")
     if any(lines[end + 1 :]):
-        raise refused(f"text after {_PEM_END}; only whitespace may surround the block")
+        raise refused(f"text after {_PEM_END}; only blank lines may surround the block")
     body = lines[begin + 1 : end]
     for number, line in enumerate(body, 1):
         if ":" in line:
@@ -115,7 +118,7 @@ def _pem_der(pem: bytes, source: str) -> bytes:
 
 def load_public_key(pem: bytes, source: str = "public key") -> Ed25519PublicKey:
     """Load an Ed25519 public key from SPKI PEM: exactly one ``PUBLIC KEY`` block,
-    with only whitespace around it.
+    with only blank lines around it (SPEC §6.1).
 
     Raises:
         InvalidKey: the data is empty or not such PEM, or the key is not Ed25519.

@@ -192,6 +192,16 @@ def _non_canonical_base64(pem: bytes) -> bytes:
         (KEY_A.private_pem(),
          "no -----BEGIN PUBLIC KEY----- line; found '-----BEGIN PRIVATE KEY-----'"),
         (PEM_A.replace(b"MC", b"\xc3\xa9", 1), "not ASCII text"),
+        (b"  " + PEM_A, "no -----BEGIN PUBLIC KEY----- line; found '  -----BEGIN PUBLIC"),
+        (PEM_A.replace(b"-----\nMC", b"-----\n\tMC", 1), "line 1 of the block is not base64"),
+        (PEM_A.replace(b"\n-----END", b"\n -----END"),
+         "no -----END PUBLIC KEY----- line after -----BEGIN PUBLIC KEY-----"),
+        (PEM_A.replace(b"\n", b"\x0b\n"), "no -----BEGIN PUBLIC KEY----- line"),
+        (b"\n".join(line + b"\x0c" if n == 1 else line
+                    for n, line in enumerate(PEM_A.split(b"\n"))),
+         "line 1 of the block is not base64"),
+        (b"\x0b\n" + PEM_A, "text before -----BEGIN PUBLIC KEY-----"),
+        (PEM_A + b"\x1c\n", "text after -----END PUBLIC KEY-----"),
     ],
     ids=[
         "two_blocks_first_trusted_fail",
@@ -208,6 +218,13 @@ def _non_canonical_base64(pem: bytes) -> bytes:
         "no_end_line_fail",
         "private_key_block_fail",
         "not_ascii_fail",
+        "begin_line_indented_fail",
+        "base64_line_indented_fail",
+        "end_line_indented_fail",
+        "lines_ending_in_vertical_tab_fail",
+        "base64_line_ending_in_form_feed_fail",
+        "vertical_tab_line_before_block_fail",
+        "separator_control_line_after_block_fail",
     ],
 )
 def test_load_public_key_is_strict_pem(pem: bytes, message: str) -> None:
@@ -235,10 +252,13 @@ def test_two_keys_in_one_pem_file_fail(tmp_path: Path) -> None:
         PEM_A.rstrip(b"\n"),
         b"\n  \n" + PEM_A + b"\n\t\n",
         PEM_A.replace(b"\n", b"  \n"),
+        PEM_A.replace(b"\n", b" \t \r\n"),
     ],
-    ids=["as_written", "crlf", "no_final_newline", "blank_lines_around", "trailing_spaces"],
+    ids=["as_written", "crlf", "no_final_newline", "blank_lines_around", "trailing_spaces",
+         "trailing_spaces_and_tabs_then_crlf"],
 )
-def test_load_public_key_accepts_whitespace_around_the_block(pem: bytes) -> None:
+def test_load_public_key_accepts_trailing_spaces_tabs_and_blank_lines(pem: bytes) -> None:
+    # SPEC §6.1: spaces, tabs and CRs at the end of a line are all a reader ignores.
     assert key_id(load_public_key(pem, "key.pem")) == KEY_A.keyid
 
 
