@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -138,6 +139,20 @@ def test_json_report_has_bundles_traces_and_ok(capsys, keys: Keys, make_bundle):
         {"traceId": TRACE, "producerInstance": sealed.statement.producer.instance,
          "segments": [0], "ok": True, "message": "segment 0 forms one chain", "remarks": []}
     ]
+
+
+def test_json_writes_a_segment_index_beyond_2_53_exactly(capsys, keys: Keys, make_bundle):
+    # uint64 values (SPEC §2.2) stay JSON numbers; README tells consumers that read
+    # numbers as doubles to read these as big integers.
+    _, first = make_bundle("seg0")
+    index = 2**53 + 1
+    path, _ = make_bundle("far", position=dataclasses.replace(first.next_position(),
+                                                              segment_index=index))
+    code, out, _ = run(capsys, "verify", "--json", "--key", keys.pub, path)
+    assert code == 0, out
+    assert f'"segment": {index},' in out and f"{index}" in out.split('"segments"')[1]
+    doc = json.loads(out)
+    assert doc["bundles"][0]["segment"] == doc["traces"][0]["segments"][0] == index
 
 
 def test_json_reports_failure(capsys, keys: Keys, make_bundle):
