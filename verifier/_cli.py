@@ -813,7 +813,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trust_options(verify)
     _add_jobs_option(verify)
     verify.add_argument(
-        "--witness-key", action="append", default=[], metavar="PUB.pem",
+        "--witness-key", action="append", default=[], metavar="PUB.pem|VKEY",
         help="check each bundle's witness receipt (<name>.receipt.json) against this pinned "
         "witness key (PEM file or verifier key string); repeat for several",
     )
@@ -877,8 +877,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trust_options(report)
     _add_jobs_option(report)
     report.add_argument(
-        "--witness-key", action="append", default=[], metavar="PUB.pem",
-        help="check each bundle's witness receipt against this pinned witness key",
+        "--witness-key", action="append", default=[], metavar="PUB.pem|VKEY",
+        help="check each bundle's witness receipt against this pinned witness key (PEM "
+        "file or verifier key string); repeat for several",
     )
     report.add_argument("--witness-origin", metavar="NAME",
                         help="require receipts from the log with this origin")
@@ -958,8 +959,9 @@ def _add_receiver_command(sub: Any) -> None:
                           "(default 200000)")
     receiver.add_argument("--witness-url", metavar="URL",
                           help=f"submit each bundle to this witness ({env}WITNESS_URL)")
-    receiver.add_argument("--witness-key", metavar="PUB.pem",
-                          help=f"pinned witness key for receipts ({env}WITNESS_KEY)")
+    receiver.add_argument("--witness-key", metavar="PUB.pem|VKEY",
+                          help=f"pinned witness key for receipts, a PEM file or verifier key "
+                          f"string ({env}WITNESS_KEY)")
     receiver.add_argument("--redact-attributes", metavar="KEY,...",
                           help="commit these span attribute values (names and * ? patterns) "
                           f"instead of storing them ({env}REDACT_ATTRIBUTES)")
