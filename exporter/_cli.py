@@ -42,7 +42,7 @@ from .config import DEFAULT_SELECT_ATTRIBUTES
 from .keys import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, SigningKey
 
 if TYPE_CHECKING:
-    from .otlp_server import GrpcServer, HttpServer
+    from .otlp_server import GrpcServer, HttpServer, ServerTLS
     from .receiver import Receiver
 
 __all__ = ["demo", "keygen", "receiver"]
@@ -241,8 +241,14 @@ def receiver(
     max_value_bytes: int | None = None,
     journal_dir: str | None = None,
     sealing_processes: int = 0,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    tls_client_ca: str | None = None,
 ) -> int:
     """``spanproof receiver``: serve OTLP/gRPC (and OTLP/HTTP) and certify what arrives.
+
+    With *tls_cert* and *tls_key* both ports serve TLS only, and with *tls_client_ca*
+    they require client certificates issued by that CA (see ``ServerTLS``).
 
     Flags override the ``OTEL_EXPORTER_SPANPROOF_*`` variables.  Listens at once, but
     answers ``UNAVAILABLE`` (and its health checks ``NOT_SERVING``) until it has sealed
@@ -269,6 +275,7 @@ def receiver(
                                   ("--sealing-processes", sealing_processes, 0)):
         if number is not None and number < minimum:
             raise UsageError(f"{flag} must be an integer >= {minimum}, got {number}")
+    tls = _server_tls(tls_cert, tls_key, tls_client_ca)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # Before the receiver's threads allocate: one malloc arena for all of them.
@@ -313,11 +320,36 @@ def receiver(
         sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
     }
     with collecting_rarely():
-        return _serve_receiver(service, stop, previous, grpc, http, max_message_bytes)
+        return _serve_receiver(service, stop, previous, grpc, http, max_message_bytes, tls)
+
+
+def _server_tls(cert: str | None, key: str | None, client_ca: str | None) -> ServerTLS | None:
+    """The receiver's TLS from its flags, checked now (a usage error, not a failure
+    once the journal is being recovered).
+
+    Raises:
+        UsageError: one of ``--tls-cert`` and ``--tls-key`` without the other,
+            ``--tls-client-ca`` without them, or a file that cannot be used.
+    """
+    from .otlp_server import ServerTLS
+
+    if (cert is None) != (key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if cert is None or key is None:
+        if client_ca is not None:
+            raise UsageError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    tls = ServerTLS(cert, key, client_ca)
+    try:
+        tls.ssl_context()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return tls
 
 
 def _transports(
-    service: Receiver, grpc: str, http: str | None, max_message_bytes: int
+    service: Receiver, grpc: str, http: str | None, max_message_bytes: int,
+    tls: ServerTLS | None = None,
 ) -> list[GrpcServer | HttpServer]:
     """The receiver's OTLP/gRPC (and OTLP/HTTP) servers, not started; their health
     checks answer from ``service.not_serving``, and a request is refused undecoded
@@ -326,11 +358,11 @@ def _transports(
 
     servers: list[GrpcServer | HttpServer] = [
         GrpcServer(grpc, service, max_message_bytes=max_message_bytes,
-                   health=service.not_serving, admission=service.check_accepting)]
+                   health=service.not_serving, admission=service.check_accepting, tls=tls)]
     if http is not None:
         servers.append(HttpServer(http, service, max_message_bytes=max_message_bytes,
                                   health=service.not_serving,
-                                  admission=service.check_accepting))
+                                  admission=service.check_accepting, tls=tls))
     return servers
 
 
@@ -341,6 +373,7 @@ def _serve_receiver(
     grpc: str,
     http: str | None,
     max_message_bytes: int | None,
+    tls: ServerTLS | None = None,
 ) -> int:
     """Serve until *stop* is set, then seal everything; the exit status."""
     from .otlp_server import DEFAULT_MAX_MESSAGE_BYTES
@@ -349,8 +382,8 @@ def _serve_receiver(
     try:
         limit = DEFAULT_MAX_MESSAGE_BYTES if max_message_bytes is None else max_message_bytes
         try:
-            servers.extend(_transports(service, grpc, http, limit))
-        except (OSError, RuntimeError) as e:
+            servers.extend(_transports(service, grpc, http, limit, tls))
+        except (OSError, RuntimeError, ValueError) as e:
             _error(f"cannot listen: {e}")
             return 1
         # Listening while the journal is recovered (which takes seconds for a large
@@ -369,6 +402,9 @@ def _serve_receiver(
                   flush=True)
         print(f"spanproof receiver: key id {service.keyid[:16]}..., bundles in "
               f"{service.config.output_dir}", flush=True)
+        if tls is not None:
+            print("tls          " + ("on" if tls.client_ca_file is None
+                                     else "on, client certificates required"), flush=True)
         print(f"otlp-grpc    {servers[0].host}:{servers[0].port}", flush=True)
         if http is not None:
             print(f"otlp-http    {servers[1].host}:{servers[1].port}", flush=True)

@@ -22,6 +22,8 @@ import json
 import logging
 import math
 import re
+import ssl
+import sys
 import threading
 import time
 import zlib
@@ -47,6 +49,7 @@ __all__ = [
     "HttpServer",
     "IngestResult",
     "InvalidRequest",
+    "ServerTLS",
     "Unavailable",
     "parse_otlp_json",
     "parse_otlp_protobuf",
@@ -92,6 +95,63 @@ Admission = Callable[[], None]
 
 def _always_serving() -> str | None:
     return None
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """TLS for the servers, from PEM files: the server's certificate chain and private
+    key and, with *client_ca_file*, mutual TLS: a client must present a certificate
+    that chains to one of those CA certificates, or its connection is refused in the
+    handshake (as a Collector's ``tls`` settings ``cert_file``, ``key_file`` and
+    ``client_ca_file`` do).  TLS 1.2 at least.
+    """
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The OTLP/HTTP server's context.
+
+        Raises:
+            ValueError: a file cannot be read, is not PEM of the right kind, or the
+                key does not match the certificate (naming the file).
+        """
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as e:
+            raise ValueError(f"TLS certificate {self.cert_file} and key {self.key_file} "
+                             f"cannot be used: {e}") from None
+        if self.client_ca_file is not None:
+            try:
+                context.load_verify_locations(cafile=self.client_ca_file)
+            except (OSError, ssl.SSLError) as e:
+                raise ValueError(f"TLS client CA {self.client_ca_file} cannot be used: "
+                                 f"{e}") from None
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def grpc_credentials(self) -> grpc.ServerCredentials:
+        """The OTLP/gRPC server's credentials.
+
+        Raises:
+            ValueError: as :meth:`ssl_context`.
+        """
+        self.ssl_context()  # gRPC only finds a bad file when it binds: check first
+        chain, key = _read_pem(self.cert_file), _read_pem(self.key_file)
+        roots = None if self.client_ca_file is None else _read_pem(self.client_ca_file)
+        return grpc.ssl_server_credentials(
+            [(key, chain)], root_certificates=roots, require_client_auth=roots is not None)
+
+
+def _read_pem(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ValueError(f"TLS file {path} cannot be read: {e.strerror}") from None
 
 
 def _always_accepting() -> None:
@@ -616,10 +676,11 @@ class GrpcServer:
     *workers* threads serve calls; with *calls_at_once* calls served or waiting, the
     next is answered ``UNAVAILABLE`` with ``RetryInfo`` (see `GRPC_CALLS_AT_ONCE`).
     The health check answers ``NOT_SERVING`` while *health* gives a reason.  While
-    *admission* raises `Unavailable`, an Export call is answered with it unread.
+    *admission* raises `Unavailable`, an Export call is answered with it unread.  With
+    *tls*, it serves TLS (and, with a client CA, mutual TLS) only.
 
     Raises:
-        ValueError: *calls_at_once* is less than *workers*.
+        ValueError: *calls_at_once* is less than *workers*, or a TLS file is unusable.
         OSError: *address* cannot be listened on.
     """
 
@@ -633,6 +694,7 @@ class GrpcServer:
         calls_at_once: int = GRPC_CALLS_AT_ONCE,
         health: Health = _always_serving,
         admission: Admission = _always_accepting,
+        tls: ServerTLS | None = None,
     ) -> None:
         if calls_at_once < workers:
             raise ValueError(f"calls_at_once ({calls_at_once}) must be at least "
@@ -652,7 +714,10 @@ class GrpcServer:
         )
         self._handlers = _Handlers(ingest, self._pool, calls_at_once, health, admission)
         self._server.add_generic_rpc_handlers((self._handlers,))
-        self.port = self._server.add_insecure_port(address)
+        if tls is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            self.port = self._server.add_secure_port(address, tls.grpc_credentials())
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         self.host = address.rsplit(":", 1)[0]
@@ -963,6 +1028,11 @@ def _make_handler(
                 self.connection.settimeout(self.timeout)
 
         def setup(self) -> None:
+            if isinstance(self.request, ssl.SSLSocket):
+                # Bounded like the head that follows; a failure ends the connection
+                # (_BoundedServer.handle_error logs it quietly).
+                self.request.settimeout(HTTP_HEAD_SECONDS)
+                self.request.do_handshake()
             super().setup()
             self._raw_rfile = self.rfile
 
@@ -1097,17 +1167,33 @@ class _BoundedServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(
-        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], connections: int
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        connections: int,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(address, handler)
         self._slots = threading.BoundedSemaphore(connections)
+        self._tls = tls
+
+    def get_request(self) -> tuple[Any, Any]:
+        request, client_address = super().get_request()
+        if self._tls is not None:
+            # The handshake is the connection's thread's (Handler.setup), not this
+            # accepting one's: a client that never finishes it holds only its own.
+            request = self._tls.wrap_socket(request, server_side=True,
+                                            do_handshake_on_connect=False)
+        return request, client_address
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
             try:
                 request.settimeout(1.0)
+                if isinstance(request, ssl.SSLSocket):
+                    request.do_handshake()
                 request.sendall(_BUSY_CONNECTION)
-            except OSError:
+            except OSError:  # ssl.SSLError included
                 pass
             self.shutdown_request(request)
             return
@@ -1123,13 +1209,26 @@ class _BoundedServer(ThreadingHTTPServer):
         finally:
             self._slots.release()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):  # a failed TLS handshake, a peer gone
+            _logger.debug("http: connection from %s ended: %s", client_address, error)
+            return
+        super().handle_error(request, client_address)
+
 
 class HttpServer:
     """OTLP/HTTP ``POST /v1/traces`` (protobuf and JSON, gzip) on *address*.
 
     ``GET /healthz`` answers 200 ``SERVING``, or 503 ``NOT_SERVING: <reason>`` while
     *health* gives a reason.  While *admission* raises `Unavailable`, a request's body
-    is read but not decoded, and answered 503 with ``Retry-After``.
+    is read but not decoded, and answered 503 with ``Retry-After``.  With *tls*, it
+    serves HTTPS (and, with a client CA, requires client certificates) only; a
+    connection's handshake must end within the time its request head has.
+
+    Raises:
+        ValueError: a TLS file is unusable.
+        OSError: *address* cannot be listened on.
     """
 
     def __init__(
@@ -1140,12 +1239,15 @@ class HttpServer:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         health: Health = _always_serving,
         admission: Admission = _always_accepting,
+        tls: ServerTLS | None = None,
     ) -> None:
         host, _, port = address.rpartition(":")
+        context = None if tls is None else tls.ssl_context()
         self._server = _BoundedServer(
             (host.strip("[]"), int(port)),
             _make_handler(ingest, max_message_bytes, health, admission),
             HTTP_CONNECTIONS_AT_ONCE,
+            context,
         )
         self.host = host
         self.port = self._server.server_address[1]

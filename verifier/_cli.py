@@ -750,6 +750,7 @@ def _cmd_receiver(args: argparse.Namespace) -> int:
         witness_url=args.witness_url, witness_key=args.witness_key,
         redact_attributes=args.redact_attributes, max_value_bytes=args.max_value_bytes,
         journal_dir=args.journal_dir, sealing_processes=args.sealing_processes,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
     )
 
 
@@ -970,6 +971,14 @@ def _add_receiver_command(sub: Any) -> None:
     receiver.add_argument("--sealing-processes", type=int, default=0, metavar="N",
                           help="worker processes that seal and write bundles while the "
                           "receiver ingests (default 0: all in the receiver's process)")
+    receiver.add_argument("--tls-cert", metavar="CERT.pem",
+                          help="serve TLS on both ports with this certificate chain (PEM; "
+                          "with --tls-key)")
+    receiver.add_argument("--tls-key", metavar="KEY.pem",
+                          help="the TLS certificate's private key (PEM)")
+    receiver.add_argument("--tls-client-ca", metavar="CA.pem",
+                          help="require client certificates issued by these CAs (mutual "
+                          "TLS): only senders holding one can have spans signed")
     receiver.set_defaults(handler=_cmd_receiver, subparser=receiver)
 
 

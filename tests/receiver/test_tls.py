@@ -1,0 +1,305 @@
+"""The receiver's servers over TLS and mutual TLS: a sender without a certificate the
+client CA issued cannot have spans signed (nor, without TLS, send anything)."""
+
+from __future__ import annotations
+
+import datetime
+import http.client
+import ipaddress
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from spanproof.exporter._cli import _server_tls, _transports
+from spanproof.exporter.otlp_server import (
+    GrpcServer,
+    HttpServer,
+    IngestResult,
+    ServerTLS,
+)
+from spanproof.verifier._cli import UsageError
+
+TRACE = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
+
+
+@dataclass
+class Pki:
+    """PEM files: a CA, the server's certificate for 127.0.0.1 and a client's, both
+    issued by the CA, and a client certificate issued by another CA."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    rogue_cert: Path
+    rogue_key: Path
+
+
+def _name(common: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+def _certificate(
+    subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
+    issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool, server: bool = False,
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject)).issuer_name(_name(issuer)).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if server:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _write(directory: Path, name: str, cert: x509.Certificate,
+           key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
+    cert_file, key_file = directory / f"{name}.pem", directory / f"{name}.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    directory = tmp_path_factory.mktemp("pki")
+    ca_key, rogue_ca_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
+        ec.SECP256R1())
+    ca_cert = _certificate("test CA", ca_key, "test CA", ca_key, ca=True)
+    ca, _ = _write(directory, "ca", ca_cert, ca_key)
+    keys = {name: ec.generate_private_key(ec.SECP256R1()) for name in ("server", "client",
+                                                                       "rogue")}
+    server = _write(directory, "server", _certificate(
+        "receiver", keys["server"], "test CA", ca_key, ca=False, server=True), keys["server"])
+    client = _write(directory, "client", _certificate(
+        "collector", keys["client"], "test CA", ca_key, ca=False), keys["client"])
+    rogue = _write(directory, "rogue", _certificate(
+        "someone", keys["rogue"], "other CA", rogue_ca_key, ca=False), keys["rogue"])
+    return Pki(ca, *server, *client, *rogue)
+
+
+class _Ingest:
+    """What reaches the receiver, and the two checks ``_transports`` wires."""
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    def __call__(self, resource_spans: Any) -> IngestResult:
+        self.seen.extend(resource_spans)
+        return IngestResult()
+
+    def not_serving(self) -> str | None:
+        return None
+
+    def check_accepting(self) -> None:
+        return None
+
+
+def _request() -> trace_service_pb2.ExportTraceServiceRequest:
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    span = request.resource_spans.add().scope_spans.add().spans.add()
+    span.trace_id, span.span_id, span.name = TRACE, b"\x01" * 8, "chat"
+    return request
+
+
+@pytest.fixture
+def served(pki: Pki) -> Iterator[tuple[int, int, _Ingest]]:
+    """The receiver's two servers as `spanproof receiver --tls-cert --tls-key
+    --tls-client-ca` makes them: (gRPC port, HTTP port, what reached ingest)."""
+    ingest = _Ingest()
+    tls = _server_tls(str(pki.server_cert), str(pki.server_key), str(pki.ca))
+    grpc_server, http_server = _transports(ingest, "127.0.0.1:0", "127.0.0.1:0",  # type: ignore[arg-type]
+                                           1 << 20, tls)
+    grpc_server.start()
+    http_server.start()
+    yield grpc_server.port, http_server.port, ingest
+    grpc_server.stop(0)
+    http_server.stop()
+
+
+def _grpc_export(port: int, credentials: grpc.ChannelCredentials | None) -> Any:
+    address = f"127.0.0.1:{port}"
+    channel = (grpc.insecure_channel(address) if credentials is None
+               else grpc.secure_channel(address, credentials))
+    with channel:
+        return trace_service_pb2_grpc.TraceServiceStub(channel).Export(_request(), timeout=10)
+
+
+def _client_context(pki: Pki, cert: Path | None, key: Path | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    if cert is not None and key is not None:
+        context.load_cert_chain(str(cert), str(key))
+    return context
+
+
+def _https_post(port: int, context: ssl.SSLContext) -> int:
+    connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+    try:
+        connection.request("POST", "/v1/traces", body=_request().SerializeToString(),
+                           headers={"Content-Type": "application/x-protobuf"})
+        response = connection.getresponse()
+        response.read()
+        return response.status
+    finally:
+        connection.close()
+
+
+def test_grpc_with_a_client_certificate_from_the_ca_is_served(
+    pki: Pki, served: tuple[int, int, _Ingest]
+) -> None:
+    port, _, ingest = served
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=pki.ca.read_bytes(), private_key=pki.client_key.read_bytes(),
+        certificate_chain=pki.client_cert.read_bytes())
+    _grpc_export(port, credentials)
+    assert len(ingest.seen) == 1
+
+
+@pytest.mark.parametrize("client", ["no certificate", "another CA's", "plaintext"])
+def test_grpc_without_a_certificate_from_the_ca_sends_nothing(
+    pki: Pki, served: tuple[int, int, _Ingest], client: str
+) -> None:
+    port, _, ingest = served
+    credentials: grpc.ChannelCredentials | None = None
+    if client == "no certificate":
+        credentials = grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
+    elif client == "another CA's":
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=pki.ca.read_bytes(), private_key=pki.rogue_key.read_bytes(),
+            certificate_chain=pki.rogue_cert.read_bytes())
+    with pytest.raises(grpc.RpcError) as error:
+        _grpc_export(port, credentials)
+    assert error.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert ingest.seen == []
+
+
+def test_https_with_a_client_certificate_from_the_ca_is_served(
+    pki: Pki, served: tuple[int, int, _Ingest]
+) -> None:
+    _, port, ingest = served
+    context = _client_context(pki, pki.client_cert, pki.client_key)
+    assert _https_post(port, context) == 200
+    connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+    connection.request("GET", "/healthz")
+    assert connection.getresponse().read() == b"SERVING\n"
+    connection.close()
+    assert len(ingest.seen) == 1
+
+
+@pytest.mark.parametrize("client", ["no certificate", "another CA's"])
+def test_https_without_a_certificate_from_the_ca_sends_nothing(
+    pki: Pki, served: tuple[int, int, _Ingest], client: str,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    _, port, ingest = served
+    cert, key = (None, None) if client == "no certificate" else (pki.rogue_cert, pki.rogue_key)
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        _https_post(port, _client_context(pki, cert, key))
+    assert ingest.seen == []
+    assert "Traceback" not in capfd.readouterr().err  # a refused handshake is no error
+
+
+def test_plain_http_to_the_tls_port_is_not_served(
+    served: tuple[int, int, _Ingest], capfd: pytest.CaptureFixture[str]
+) -> None:
+    _, port, ingest = served
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    with pytest.raises((ConnectionError, http.client.HTTPException)):
+        connection.request("POST", "/v1/traces", body=_request().SerializeToString(),
+                           headers={"Content-Type": "application/x-protobuf"})
+        connection.getresponse().read()
+    connection.close()
+    assert ingest.seen == []
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_tls_without_a_client_ca_serves_any_tls_client(pki: Pki) -> None:
+    ingest = _Ingest()
+    tls = ServerTLS(str(pki.server_cert), str(pki.server_key))
+    grpc_server = GrpcServer("127.0.0.1:0", ingest, tls=tls)
+    http_server = HttpServer("127.0.0.1:0", ingest, tls=tls)
+    grpc_server.start()
+    http_server.start()
+    try:
+        _grpc_export(grpc_server.port,
+                     grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes()))
+        assert _https_post(http_server.port, _client_context(pki, None, None)) == 200
+        with pytest.raises(grpc.RpcError):
+            _grpc_export(grpc_server.port, None)  # TLS only
+    finally:
+        grpc_server.stop(0)
+        http_server.stop()
+    assert len(ingest.seen) == 2
+
+
+def test_tls_flags_that_do_not_go_together_or_cannot_be_used_are_usage_errors(
+    pki: Pki, tmp_path: Path
+) -> None:
+    with pytest.raises(UsageError, match="--tls-cert and --tls-key go together"):
+        _server_tls(str(pki.server_cert), None, None)
+    with pytest.raises(UsageError, match="--tls-client-ca needs --tls-cert and --tls-key"):
+        _server_tls(None, None, str(pki.ca))
+    with pytest.raises(UsageError, match=r"TLS certificate .*server\.pem and key .*client\.key "
+                                         "cannot be used"):
+        _server_tls(str(pki.server_cert), str(pki.client_key), None)  # not its key
+    missing = str(tmp_path / "missing-ca.pem")
+    with pytest.raises(UsageError, match=rf"TLS client CA {missing} cannot be used"):
+        _server_tls(str(pki.server_cert), str(pki.server_key), missing)
+    assert _server_tls(None, None, None) is None
+
+
+def test_spanproof_receiver_with_mutual_tls_certifies_only_what_a_certified_sender_sends(
+    pki: Pki, tmp_path: Path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from receiver_support import ReceiverProcess, otlp_span, trust_root, verified, write_key
+
+    out = str(tmp_path / "out")
+    key_file, _ = write_key(str(tmp_path))
+    receiver = ReceiverProcess(out, key_file, "--tls-cert", str(pki.server_cert), "--tls-key",
+                               str(pki.server_key), "--tls-client-ca", str(pki.ca),
+                               "--seal-grace-ms", "0")
+    try:
+        assert "tls          on, client certificates required\n" in receiver.lines
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=pki.ca.read_bytes(), private_key=pki.client_key.read_bytes(),
+            certificate_chain=pki.client_cert.read_bytes())
+        request = trace_service_pb2.ExportTraceServiceRequest()
+        request.resource_spans.add().scope_spans.add().spans.append(
+            otlp_span("0af7651916cd43dd8448eb211c80319c", 1))
+        with grpc.secure_channel(receiver.grpc, credentials) as channel:
+            trace_service_pb2_grpc.TraceServiceStub(channel).Export(request, timeout=10)
+        with grpc.insecure_channel(receiver.grpc) as channel, pytest.raises(grpc.RpcError):
+            trace_service_pb2_grpc.TraceServiceStub(channel).Export(request, timeout=10)
+    finally:
+        assert receiver.stop(signal.SIGTERM) == 0, receiver.log()
+    (report,) = verified(out, trust_root(str(tmp_path)))
+    assert report.statement is not None and report.statement.record_count == 1
+    usage = subprocess.run(
+        [sys.executable, "-m", "spanproof.verifier", "receiver", "--tls-cert",
+         str(pki.server_cert)], capture_output=True, text=True, timeout=60, check=False)
+    assert (usage.returncode, usage.stderr.strip()) == (
+        2, "spanproof: error: --tls-cert and --tls-key go together")
