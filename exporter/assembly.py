@@ -20,7 +20,9 @@ When a trace is due:
   recently active open trace when a new trace needed room (``max_pending_traces``;
   the bundle's notes say so);
 * ``size_limit``: it holds ``max_records`` bodies, or about ``MAX_SEGMENT_BYTES``
-  of them (:func:`body_bytes`); the rest continue in the next segment;
+  of them (:func:`body_bytes`); the rest continue in the next segment.  Or it was
+  the largest open trace when the open traces held more than ``MAX_PENDING_BYTES``
+  (the bundle's notes say so);
 * ``force_flush`` (:meth:`~TraceAssembler.due` with ``flush=True``): its root ended
   but the grace has not passed; open traces are never cut by a flush;
 * ``shutdown`` (or any reason given to :meth:`~TraceAssembler.drain_all`): everything.
@@ -55,6 +57,11 @@ _Lost = tuple[int, tuple[str, ...]]
 #: (an agent's session, its root open for hours) with large prompts otherwise held
 #: up to ``max_records`` of them in memory, and lost them all in a crash.
 MAX_SEGMENT_BYTES = 64 * 1024 * 1024
+#: Once the pending bodies of all open traces hold more bytes than this, the largest
+#: open trace is sealed early (``size_limit``, with a note): ``max_pending_traces``
+#: traces of up to ``MAX_SEGMENT_BYTES`` each would otherwise be 128 GiB.  Checked
+#: each time they grow by a 64th of it, so it can be passed by that much.
+MAX_PENDING_BYTES = 1024 * 1024 * 1024
 
 
 def body_bytes(body: Body) -> int:
@@ -158,6 +165,7 @@ class TraceAssembler:
         max_pending_traces: int = 2048,
         sealed_trace_memory: int = 65_536,
         max_segment_bytes: int | None = None,
+        max_pending_bytes: int | None = None,
     ) -> None:
         if seal_grace < 0 or idle_timeout < 0:
             raise ValueError("seal_grace and idle_timeout must be >= 0")
@@ -169,6 +177,11 @@ class TraceAssembler:
         self._idle = idle_timeout
         self._max_records = max_records
         self._max_bytes = MAX_SEGMENT_BYTES if max_segment_bytes is None else max_segment_bytes
+        self._max_total = MAX_PENDING_BYTES if max_pending_bytes is None else max_pending_bytes
+        # The bytes of every pending body (body_bytes), and at what total the open
+        # traces' share is looked at next (see _bound_bytes).
+        self._bytes = 0
+        self._next_look = self._max_total
         self._max_pending = max_pending_traces
         self._memory = sealed_trace_memory
         self._forgot_sealed = sealed_trace_memory == 0
@@ -255,12 +268,27 @@ class TraceAssembler:
         entry.bodies.append(body)
         entry.sizes.append(size)
         entry.size += size
+        self._bytes += size
         self._touch(entry, now)
         if self._full(entry) and trace_id not in self._ready:
             del self._open[trace_id]
             self._ready[trace_id] = SIZE_LIMIT
             return True
+        if self._bytes >= self._next_look:
+            self._bound_bytes()
         return bool(self._ready)
+
+    def _bound_bytes(self) -> None:
+        """Seal the largest open trace early when the open traces hold more than
+        ``max_pending_bytes`` (those already due are on their way out)."""
+        self._next_look = self._bytes + max(1, self._max_total // 64)
+        due = sum(self._traces[trace_id].size for trace_id in self._ready)
+        if self._bytes - due <= self._max_total or not self._open:
+            return
+        largest = max(self._open, key=lambda trace_id: self._traces[trace_id].size)
+        del self._open[largest]
+        self._ready[largest] = SIZE_LIMIT
+        self._traces[largest].notes.append(_BYTES_NOTE.format(self._max_total))
 
     def reject(self, trace_id: str, now: float, count: int = 1) -> None:
         """Count *count* spans of the trace that could not be certified (malformed);
@@ -545,7 +573,10 @@ class TraceAssembler:
         else:
             taken, rest = bodies, []
             entry.sizes = []
-        entry.size = sum(entry.sizes)
+        left = sum(entry.sizes)
+        self._bytes -= entry.size - left
+        self._next_look = min(self._next_look, max(self._bytes, self._max_total))
+        entry.size = left
         conflicts: tuple[str, ...] = ()
         if entry.conflicts:
             ids = {body_span_id(body) for body in taken}
@@ -604,6 +635,10 @@ class TraceAssembler:
 _EVICTED_NOTE = (
     "sealed before its root span ended or went idle: {} traces were open "
     "(max_pending_traces)"
+)
+_BYTES_NOTE = (
+    "sealed before its root span ended or went idle: the open traces held more than {} "
+    "bytes (the largest is sealed first)"
 )
 _LIMIT_NOTE = (
     "evidence spans of this trace were dropped: {} traces were waiting to be sealed "

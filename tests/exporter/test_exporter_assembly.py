@@ -179,6 +179,44 @@ def test_a_trace_is_cut_once_its_pending_bodies_reach_the_byte_limit(form: Any) 
     assert link.ok and link.segments == (0, 1, 2)
 
 
+def test_the_largest_open_trace_is_sealed_early_when_open_traces_hold_too_many_bytes() -> None:
+    # max_pending_traces traces of up to MAX_SEGMENT_BYTES each would be 128 GiB.
+    from spanproof.exporter.assembly import body_bytes
+
+    size = body_bytes(prompt(T1, 0, 1000))
+    asm = assembler(max_pending_bytes=10 * size)
+    for trace_id, count in ((T1, 5), (T2, 3), (T3, 2)):
+        for i in range(count):
+            asm.add(trace_id, prompt(trace_id, i, 1000), now=0.0)
+    assert asm.due(0.0) == []  # ten bodies: at the bound, not over it
+    asm.add(T2, prompt(T2, 3, 1000), now=0.0)  # eleven: the largest goes
+    (job,) = asm.due(0.0)
+    assert (job.trace_id, job.reason, len(job.bodies)) == (T1, "size_limit", 5)
+    assert job.completeness.notes == (
+        f"sealed before its root span ended or went idle: the open traces held more than "
+        f"{10 * size} bytes (the largest is sealed first)",)
+    bundles = seal_all(asm, [job])
+    for i in range(4):  # six held now: room for four more
+        asm.add(T3, prompt(T3, 2 + i, 1000), now=0.0)
+    assert asm.due(0.0) == []
+    assert asm.pending_traces == 2
+    reports = [check_bundle(io.BytesIO(b.data), trust_root_for_test()) for b in bundles]
+    assert [r.verdict for r in reports] == [Verdict.OK]
+
+
+def test_traces_already_due_do_not_count_against_the_open_traces_bytes() -> None:
+    from spanproof.exporter.assembly import body_bytes
+
+    size = body_bytes(prompt(T1, 0, 1000))
+    asm = assembler(max_pending_bytes=4 * size, max_segment_bytes=5 * size)
+    for i in range(3):
+        asm.add(T1, prompt(T1, i, 2000), now=0.0)  # a segment's worth: due at once
+    for i in range(4):
+        asm.add(T2, prompt(T2, i, 1000), now=0.0)  # ten sizes held, four of them open
+    (job,) = asm.due(0.0)  # the sealer is behind: only T1 is due, T2 stays open
+    assert (job.trace_id, job.reason, job.completeness.notes) == (T1, "size_limit", ())
+
+
 def trust_root_for_test() -> TrustRoot:
     public = signing_key().private_key.public_key()
     return TrustRoot.from_keys([TrustedKey.from_public_key(public)])
@@ -419,16 +457,20 @@ _STEPS = st.lists(
 
 @settings(max_examples=300, deadline=None)
 @given(steps=_STEPS, max_records=st.integers(1, 4), max_pending=st.integers(1, 4),
-       redeliver=st.booleans())
+       redeliver=st.booleans(), max_bytes=st.integers(1, 24), max_total=st.integers(1, 64))
 def test_every_span_is_certified_or_declared(
-    steps: list[tuple[str, int, float]], max_records: int, max_pending: int, redeliver: bool
+    steps: list[tuple[str, int, float]], max_records: int, max_pending: int, redeliver: bool,
+    max_bytes: int, max_total: int,
 ) -> None:
     """Random interleavings of spans, roots, sealing passes and slow sealers: each
     span ends up in exactly one record or in exactly one declared loss (identical
     re-deliveries may only add records), segments chain, and a bundle never holds an
     undeclared duplicate span id."""
+    from spanproof.exporter.assembly import body_bytes
+
     asm = assembler(seal_grace=1.0, idle_timeout=8.0, max_records=max_records,
-                    max_pending_traces=max_pending)
+                    max_pending_traces=max_pending, max_segment_bytes=max_bytes,
+                    max_pending_bytes=max_total)
     traces = [f"{i + 1:032x}" for i in range(6)]
     now = 0.0
     sent = dict.fromkeys(traces, 0)
@@ -443,6 +485,8 @@ def test_every_span_is_certified_or_declared(
         for job in jobs:
             assert job.trace_id not in {j.trace_id for j in in_flight}
             assert len(job.bodies) <= max_records
+            # Over the byte limit by its last body at most (each body here is 4 bytes).
+            assert sum(map(body_bytes, job.bodies[:-1])) < max_bytes
             assert (job.position.segment_index, job.position.first_seq) == chain.get(
                 job.trace_id, (0, 0)
             )
