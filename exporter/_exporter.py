@@ -14,10 +14,11 @@ then stay here).
 
 Locks: ``_lock`` guards the assembler and the sealer's state (held briefly, never
 during signing or I/O); ``_seal_lock`` makes sealing cycles (worker, ``force_flush``,
-``shutdown``) run one at a time, so when a cycle starts no segment is in flight.  It
-is reentrant: a signal handler that shuts down may interrupt a cycle on its own
-thread (``force_flush``), and its drain then seals every trace but those the
-interrupted cycle holds, which that cycle seals once the handler returns.
+``shutdown``) run one at a time, so when a cycle starts no segment is in flight.  A
+signal handler that shuts down may interrupt a cycle on its own thread
+(``force_flush``), which may hold any of these locks: that shutdown only asks the
+cycle to shut down when it ends (when the handler returns, or as ``sys.exit`` in the
+handler unwinds it), instead of waiting for a lock its own thread holds.
 """
 
 from __future__ import annotations
@@ -275,9 +276,11 @@ class SpanproofSpanExporter(SpanExporter):
         """Everything that belongs to one process: locks, pending traces, the sealer."""
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._seal_lock = threading.RLock()
-        # The thread running a sealing pass (see the module docstring), or None.
+        self._seal_lock = threading.Lock()
+        # The thread running a sealing pass, or None; and the timeout of a shutdown()
+        # that thread asked for meanwhile (see the module docstring).
         self._sealing_on: int | None = None
+        self._shutdown_after_pass: float | None = None
         self._assembler = TraceAssembler.from_config(self._config)
         self._producer = _new_producer()
         self._thread: threading.Thread | None = None
@@ -732,6 +735,21 @@ class SpanproofSpanExporter(SpanExporter):
         flight then (a stalled disk) is not waited for: it goes on in the background.
         Whatever is still unwritten at the end is logged as an error.
         """
+        if self._sealing_on == threading.get_ident():
+            # A signal handler interrupted a sealing pass of this thread, holding locks
+            # the drain needs: the pass shuts down when it ends (see _cycle).
+            if not self._shutdown and self._shutdown_after_pass is None:
+                self._shutdown_after_pass = timeout_millis
+                _logger.warning(
+                    "spanproof: shutdown() called inside a sealing pass of its own thread "
+                    "(a signal handler that interrupted force_flush()?): it seals the %d "
+                    "pending trace(s) once that pass ends, when the handler returns or "
+                    "raises; exiting at once (os._exit) loses them",
+                    self._assembler.pending_traces)
+            return
+        self._shutdown_now(timeout_millis)
+
+    def _shutdown_now(self, timeout_millis: float) -> None:
         with self._cond:
             if self._shutdown:
                 return
@@ -760,11 +778,7 @@ class SpanproofSpanExporter(SpanExporter):
         finally:
             if got:
                 self._remote_lock.release()
-        # Not when this thread is inside a sealing pass (a signal handler that
-        # interrupted force_flush): the sealer may be waiting for that pass, which
-        # cannot go on until this returns.
-        nested = self._sealing_on == threading.get_ident()
-        if thread is not None and thread is not threading.current_thread() and not nested:
+        if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))
         try:
             done = self._cycle(drain=SHUTDOWN, deadline=deadline)
@@ -792,11 +806,6 @@ class SpanproofSpanExporter(SpanExporter):
             _logger.error("spanproof: shutdown incomplete: %d sealed bundle(s) not written, "
                           "%d still being written, %d trace(s) not sealed, %d span(s) of "
                           "discarded bundles not declared", *counts)
-        elif nested and counts[2]:
-            _logger.error("spanproof: shutdown() ran inside a sealing pass of its own thread "
-                          "(a signal handler that interrupted force_flush()?): the %d "
-                          "trace(s) that pass holds are sealed when it resumes; exiting "
-                          "before then loses them", counts[2])
 
     @staticmethod
     def _stop_remote(remote: SealingProcesses, deadline: float) -> list[SealingProcess]:
@@ -893,7 +902,10 @@ class SpanproofSpanExporter(SpanExporter):
                         jobs = self._assembler.due(self._clock(), flush=flush)
                 if not jobs:
                     break
-                bundles, left = self._seal_jobs(jobs, deadline)
+                # A flush's deadline bounds its signing; shutdown's drain seals what it
+                # took (no sealer is left to seal carried segments after it).
+                bundles, left = self._seal_jobs(
+                    jobs, deadline if drain is None and not self._stopping else None)
                 if bundles:
                     self._start_writes(bundles)
                     worked = True
@@ -916,6 +928,9 @@ class SpanproofSpanExporter(SpanExporter):
             finally:
                 self._sealing_on = outer
                 self._seal_lock.release()
+                asked, self._shutdown_after_pass = self._shutdown_after_pass, None
+                if asked is not None:
+                    self._shutdown_now(asked)
 
     def _pass_done(self) -> None:
         """Called at the end of every sealing pass, still under the seal lock, after
@@ -928,12 +943,20 @@ class SpanproofSpanExporter(SpanExporter):
         jobs left for the next pass.  A caller's timeout (``force_flush``) bounds
         the pass, not only its waits: a thousand due traces take a second to sign."""
         bundles: list[SealedBundle] = []
-        for i, job in enumerate(jobs):
-            if i and deadline is not None and time.monotonic() > deadline:
-                return bundles, list(jobs[i:])
-            bundle = self._seal_job(job)
-            if bundle is not None:
-                bundles.append(bundle)
+        i = 0
+        try:
+            for i, job in enumerate(jobs):
+                if i and deadline is not None and time.monotonic() > deadline:
+                    return bundles, list(jobs[i:])
+                bundle = self._seal_job(job)
+                if bundle is not None:
+                    bundles.append(bundle)
+        except BaseException:
+            # Raised by a signal handler (sys.exit after shutdown()) into this pass:
+            # the shutdown it asked for writes what was sealed and seals the rest.
+            self._unwritten.extend(bundles)
+            self._carried = list(jobs[i:]) + self._carried
+            raise
         return bundles, []
 
     def _seal_job(self, job: SealJob) -> SealedBundle | None:

@@ -442,7 +442,9 @@ class EvidenceSpanProcessor(SpanProcessor):
             self._process_here()
         self._sealer.shutdown()
         journal = self._sealer._journal
-        if journal is not None:
+        # Not while the sealer's shutdown waits for a pass this call interrupted (a
+        # signal handler's): that pass and the shutdown after it still write to it.
+        if journal is not None and self._sealer._shutdown:
             journal.close()
 
     def _look_for_orphans(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import signal
@@ -229,53 +230,83 @@ def test_without_a_sealer_thread_force_flush_seals_and_the_next_export_starts_on
     assert len(bundle_files(out)) == 3
 
 
-def test_shutdown_from_a_signal_handler_during_force_flush_seals_without_waiting_for_itself(
-    out: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture
-) -> None:
-    # A SIGTERM handler that shuts the provider down may interrupt force_flush() on
-    # its own thread, inside a sealing pass: shutdown waited its whole deadline for
-    # that pass (the seal lock), then left every pending trace unsealed.
+def _flush_interrupted_by_shutdown(
+    out: Path, clock: FakeClock, where: str, then: str
+) -> tuple[SpanproofSpanExporter, dict[str, str], list[float]]:
+    """One finished trace (force_flush seals it) and one open one (only shutdown
+    does); force_flush() interrupted, as by a signal handler, by shutdown() at
+    *where* (``"seal"``: while it signs; ``"queue"``: while it holds the write
+    queue's lock), the handler then returning (*then* ``"return"``) or raising
+    SystemExit (``"exit"``, as ``sys.exit`` does).  The exporter, the traces by
+    name, and how long the handler's shutdown() took."""
     rec = Recorder()
-    with evidence(rec, "finished"):  # a trace whose root ended: force_flush seals it
+    with evidence(rec, "finished"):
         pass
     root = rec.tracer.start_span("still-running")
     with rec.tracer.start_as_current_span("step", context=trace.set_span_in_context(root),
                                           attributes={"gen_ai.operation.name": "chat"}):
-        pass  # an open trace: only shutdown seals it
+        pass
+    root.end()  # after the step: its trace is exported as open
     exporter = make_exporter(out, clock)
-    spans = rec.take()
-    trace_of = {s.name: span_hex(s)[0] for s in spans}
-    finished, still_running = trace_of["finished"], trace_of["step"]
+    spans = [s for s in rec.take() if s.name != "still-running"]
+    traces = {s.name: span_hex(s)[0] for s in spans}
     exporter.export(spans)
-    real_seal = exporter._seal
-    handled: list[float] = []
+    took: list[float] = []
 
-    def interrupted(job: Any) -> SealedBundle:
-        if not handled:  # the signal arrives while the first segment is being sealed
-            with exporter._cond:
-                exporter._cond.notify()  # the sealer thread wakes, to wait for this pass
-            time.sleep(0.2)
-            handled.append(time.monotonic())
-            exporter.shutdown(timeout_millis=1000)  # as the handler would, here
-            handled[0] = time.monotonic() - handled[0]
-            assert {r.statement.trace_id: r.statement.seal_reason
-                    for r in verified(out, trust_root(out.parent)) if r.statement} \
-                == {still_running: "shutdown"}  # all but the segment in flight here
-        return real_seal(job)
+    def handler() -> None:
+        if took:
+            return
+        began = time.monotonic()
+        exporter.shutdown(timeout_millis=1000)
+        took.append(time.monotonic() - began)
+        if then == "exit":
+            raise SystemExit(0)
 
-    exporter._seal = interrupted  # type: ignore[method-assign]
-    with caplog.at_level(logging.ERROR):
+    if where == "seal":
+        real_seal = exporter._seal
+
+        def interrupted(job: Any) -> SealedBundle:
+            handler()
+            return real_seal(job)
+
+        exporter._seal = interrupted  # type: ignore[method-assign]
+    else:
+        class Interrupted(collections.deque):  # type: ignore[type-arg]
+            def extend(self, items: Any) -> None:  # under the write queue's lock
+                super().extend(items)
+                handler()
+
+        exporter._inflight = Interrupted()
+    try:
         exporter.force_flush()
-    assert "cannot seal" not in caplog.text  # the handler's checks above held
-    # Had the handler exited at once, the segment in flight would be lost: it says so.
-    assert "shutdown() ran inside a sealing pass of its own thread (a signal handler " \
-        "that interrupted force_flush()?): the 1 trace(s) that pass holds are sealed when " \
-        "it resumes; exiting before then loses them" in caplog.text
-    assert handled[0] < 4.0  # shutdown's least deadline is 5 s: it did not wait it out
+    except SystemExit:
+        assert then == "exit"
+    return exporter, traces, took
+
+
+@pytest.mark.parametrize("where, then, pending", [("seal", "return", 2), ("seal", "exit", 2),
+                                                  ("queue", "return", 1)])
+def test_shutdown_from_a_signal_handler_during_force_flush_seals_when_the_flush_ends(
+    out: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture, where: str, then: str,
+    pending: int,
+) -> None:
+    # A SIGTERM handler that shuts the provider down may interrupt force_flush() on
+    # its own thread, inside a sealing pass: shutdown waited its whole deadline for
+    # the seal lock that pass held, then left every pending trace unsealed; draining
+    # from inside the handler instead deadlocked when the pass held another lock.
+    with caplog.at_level(logging.WARNING):
+        exporter, traces, took = _flush_interrupted_by_shutdown(out, clock, where, then)
+    assert took[0] < 1.0  # returned at once: nothing it waits for can move meanwhile
+    assert "shutdown() called inside a sealing pass of its own thread (a signal handler " \
+        f"that interrupted force_flush()?): it seals the {pending} pending trace(s) once that " \
+        "pass ends, when the handler returns or raises; exiting at once (os._exit) " \
+        "loses them" in caplog.text
+    assert exporter._shutdown and exporter._thread is not None
+    assert not exporter._thread.is_alive()
     sealed = {r.statement.trace_id: r.statement.seal_reason
               for r in verified(out, trust_root(out.parent)) if r.statement}
-    assert sealed == {still_running: "shutdown", finished: "force_flush"}
-    root.end()
+    assert sealed == {traces["step"]: "shutdown", traces["finished"]: "force_flush"}
+    assert "shutdown incomplete" not in caplog.text
 
 
 def test_force_flush_returns_at_its_timeout_and_the_sealer_seals_what_is_left(
@@ -304,6 +335,33 @@ def test_force_flush_returns_at_its_timeout_and_the_sealer_seals_what_is_left(
     assert {r.statement.trace_id for r in verified(out, trust_root(out.parent))
             if r.statement} == traces
     exporter.shutdown()
+
+
+def test_shutdown_seals_every_pending_trace_it_took_even_past_its_deadline(
+    out: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A segment a timed pass leaves is sealed by the next pass; after shutdown's
+    # drain there is none, so the drain must not leave any.
+    from spanproof.exporter import _exporter as exporter_module
+
+    monkeypatch.setattr(exporter_module, "_MIN_SHUTDOWN_SECONDS", 0.2)
+    rec = Recorder()
+    traces = {build_trace(rec, evidence_steps=1, plain_steps=0)[0] for _ in range(5)}
+    exporter = make_exporter(out, clock)
+    exporter.export(rec.take())
+    real_seal = exporter._seal
+
+    def slow_seal(job: Any) -> SealedBundle:
+        time.sleep(0.1)
+        return real_seal(job)
+
+    exporter._seal = slow_seal  # type: ignore[method-assign]
+    exporter.shutdown(timeout_millis=0)
+    deadline = time.monotonic() + 10  # the writes past the deadline finish behind it
+    while len(bundle_files(out) if out.exists() else []) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert {r.statement.trace_id for r in verified(out, trust_root(out.parent))
+            if r.statement} == traces
 
 
 def test_spans_that_cannot_be_certified_are_warned_about_once_a_minute(
