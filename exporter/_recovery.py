@@ -118,15 +118,19 @@ def seal_orphaned_journals(
     traces, paths = recover_orphans(journal_dir, skip_instance=skip_instance)
     if not paths:
         return []
-    if directory is not None and not tidy_first:
-        _finish_writes(directory)
     written: list[str] = []
-    for trace in traces.values():
-        for bundle in _seal_trace(trace, signer=signer, producer_name=producer_name,
-                                  producer_version=producer_version,
-                                  max_records=max_records, clock=clock, redact=redact,
-                                  on_recovered=on_recovered, directory=directory):
-            written.append(sink.write(bundle))
+    try:
+        if directory is not None and not tidy_first:
+            _finish_writes(directory)
+        for trace in traces.values():
+            for bundle in _seal_trace(trace, signer=signer, producer_name=producer_name,
+                                      producer_version=producer_version,
+                                      max_records=max_records, clock=clock, redact=redact,
+                                      on_recovered=on_recovered, directory=directory):
+                written.append(sink.write(bundle))
+    except BaseException:
+        release_claimed(paths, delete=False)  # the next recovery takes them again
+        raise
     release_claimed(paths)
     _logger.warning("spanproof: recovered %d trace(s) from %d orphaned journal file(s) into "
                     "%d bundle(s)", len(traces), len(paths), len(written))

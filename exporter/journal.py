@@ -547,13 +547,36 @@ def recover_orphans(
             continue  # a live process owns it
         claimed.append((path, fd))
     paths = [p for p, _ in claimed]
-    traces = replay(paths)
-    # Keep the locks: the fds are closed when the files are removed by the caller.
-    _CLAIMED.extend(fd for _, fd in claimed)
+    # Keep the locks until the caller releases the files (release_claimed).
+    with _CLAIMED_LOCK:
+        _CLAIMED.update(claimed)
+    try:
+        traces = replay(paths)
+    except BaseException:
+        release_claimed(paths, delete=False)
+        raise
     return traces, paths
 
 
-_CLAIMED: list[int] = []
+# The journal files this process claimed for recovery, with their locked descriptors,
+# until released; each recovery releases its own (another may run beside it).
+_CLAIMED: dict[str, int] = {}
+_CLAIMED_LOCK = threading.Lock()
+
+
+def _forget_claims_in_child() -> None:
+    # A forked child must not hold the parent's claims: the lock would outlive the
+    # parent's release of them.
+    global _CLAIMED_LOCK
+    _CLAIMED_LOCK = threading.Lock()
+    for fd in _CLAIMED.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _CLAIMED.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_claims_in_child)
 
 
 def _remove_if_unlocked(path: str) -> None:
@@ -574,15 +597,20 @@ def _remove_if_unlocked(path: str) -> None:
         os.close(fd)
 
 
-def release_claimed(paths: Iterable[str]) -> None:
-    """Delete recovered journal files after their traces were sealed and written."""
+def release_claimed(paths: Iterable[str], *, delete: bool = True) -> None:
+    """Delete recovered journal files after their traces were sealed and written,
+    and let go of them; without *delete*, only let go (a recovery that failed: the
+    next one, in this process or another, takes them again)."""
     for path in paths:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-    while _CLAIMED:
-        os.close(_CLAIMED.pop())
+        if delete:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        with _CLAIMED_LOCK:
+            fd = _CLAIMED.pop(path, -1)
+        if fd >= 0:
+            os.close(fd)
 
 
 def _json(entry: Mapping[str, Any]) -> bytes:

@@ -589,3 +589,75 @@ def test_a_journal_file_is_locked_before_it_has_its_name(tmp_path, monkeypatch):
         "journal-aaaa-000001.log", "journal-aaaa-000002.log"]
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".new")]
     j.close()
+
+
+def _dead_journal(directory: Path, instance: str = "00000000000000dd") -> None:
+    """A journal with one unsealed span, left as by a process that died."""
+    from cli_support import span_body
+
+    journal = Journal(str(directory), instance)
+    journal.append_spans([(TRACE, span_body(TRACE, "1000000000000001", "", "step"))])
+    journal.forget_after_fork()
+
+
+def test_a_recovery_that_failed_lets_go_of_the_journals_it_took(tmp_path):
+    # The claimed journal stayed locked by the failed recovery until the process
+    # exited: every later look (every 60 s, or another process's start) took it for
+    # a live process's, and its spans were not sealed while this process lived.
+    from spanproof.exporter._recovery import seal_orphaned_journals
+    from spanproof.exporter.keys import SigningKey
+    from spanproof.exporter.sinks import DirectorySink
+
+    _dead_journal(tmp_path / "journal")
+
+    class FullDisk(DirectorySink):
+        def write(self, bundle):
+            raise OSError(28, "No space left on device")
+
+    settings = dict(signer=SigningKey.from_seed(bytes(range(32))), producer_name="t",
+                    producer_version="0", max_records=100, clock=lambda: 1_800_000_000.0)
+    with pytest.raises(OSError):
+        seal_orphaned_journals(str(tmp_path / "journal"), sink=FullDisk(tmp_path / "out"),
+                               **settings)
+    (bundle,) = seal_orphaned_journals(str(tmp_path / "journal"),
+                                       sink=DirectorySink(tmp_path / "out"), **settings)
+    assert os.path.basename(bundle).startswith(TRACE)
+    assert _journal_files(str(tmp_path / "journal")) == []
+
+
+def test_one_recovery_does_not_let_go_of_another_recoverys_journals(tmp_path):
+    _dead_journal(tmp_path / "a")
+    _dead_journal(tmp_path / "b", "00000000000000ee")
+    _, held = recover_orphans(str(tmp_path / "a"))  # still being sealed
+    _, done = recover_orphans(str(tmp_path / "b"))
+    release_claimed(done)
+    assert recover_orphans(str(tmp_path / "a")) == ({}, [])  # still held
+    release_claimed(held, delete=False)
+    traces, again = recover_orphans(str(tmp_path / "a"))
+    assert set(traces) == {TRACE}
+    release_claimed(again)
+
+
+def test_a_forked_child_does_not_keep_the_journals_its_parent_is_recovering(tmp_path):
+    _dead_journal(tmp_path / "journal")
+    _, held = recover_orphans(str(tmp_path / "journal"))
+    read_end, write_end = os.pipe()
+    ready_read, ready_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child, which lives on meanwhile
+        os.close(write_end)
+        os.write(ready_write, b".")  # past the fork's handlers
+        os.read(read_end, 1)
+        os._exit(0)
+    os.close(read_end)
+    os.close(ready_write)
+    assert os.read(ready_read, 1) == b"."
+    os.close(ready_read)
+    try:
+        release_claimed(held, delete=False)
+        traces, again = recover_orphans(str(tmp_path / "journal"))  # not the child's
+        assert set(traces) == {TRACE}
+        release_claimed(again)
+    finally:
+        os.close(write_end)
+        os.waitpid(pid, 0)
