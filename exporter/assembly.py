@@ -66,8 +66,9 @@ MAX_PENDING_BYTES = 1024 * 1024 * 1024
 
 def body_bytes(body: Body) -> int:
     """About the size of a record body: its JSON's length when it is kept as JSON,
-    else the length of its span's name and of the string and bytes values of its
-    attributes, events' and links' (what makes a span large; the rest is small)."""
+    else the length (in characters) of its span's name and of the string and bytes
+    values of its attributes, events' and links', those in arrays and kvlists
+    included (what makes a span large; the rest is small)."""
     if isinstance(body, SerializedBody):
         return len(body.json)
     span = body["span"]
@@ -82,8 +83,25 @@ def _value_bytes(attributes: Mapping[str, Any]) -> int:
     size = 0
     for typed in attributes.values():
         text = typed.get("stringValue")
-        size += len(text) if text is not None else len(typed.get("bytesValue", ""))
+        size += len(text) if text is not None else _other_bytes(typed)
     return size
+
+
+def _other_bytes(typed: Mapping[str, Any]) -> int:
+    """A typed value other than a string: bytes, or arrays and kvlists of values
+    (GenAI message lists are often arrays), counted as their strings are."""
+    if "bytesValue" in typed:
+        return len(typed["bytesValue"])
+    if "arrayValue" in typed:
+        return sum(_typed_bytes(value) for value in typed["arrayValue"])
+    if "kvlistValue" in typed:
+        return sum(len(key) + _typed_bytes(value) for key, value in typed["kvlistValue"].items())
+    return 0
+
+
+def _typed_bytes(typed: Mapping[str, Any]) -> int:
+    text = typed.get("stringValue")
+    return len(text) if text is not None else _other_bytes(typed)
 
 __all__ = [
     "FORCE_FLUSH",

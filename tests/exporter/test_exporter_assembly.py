@@ -150,6 +150,12 @@ def test_body_bytes_counts_names_strings_and_bytes_values_or_the_json() -> None:
     b["span"]["events"] = [{"name": "e", "attributes": {"x": {"bytesValue": "AAAA"}}}]
     b["span"]["links"] = [{"attributes": {"y": {"stringValue": "ab"}, "n": {"intValue": "1"}}}]
     assert body_bytes(b) == len("step") + 100 + 4 + 2
+    # Values inside arrays and kvlists count too: GenAI message lists often are arrays.
+    b["span"]["attributes"]["gen_ai.input.messages"] = {"arrayValue": [
+        {"stringValue": "m" * 50},
+        {"kvlistValue": {"role": {"stringValue": "user"},
+                         "parts": {"arrayValue": [{"bytesValue": "AAAA"}]}}}]}
+    assert body_bytes(b) == len("step") + 100 + 4 + 2 + 50 + len("role") + 4 + len("parts") + 4
     assert body_bytes(as_json(b)) == len(orjson.dumps(b, option=orjson.OPT_SORT_KEYS))
 
 
