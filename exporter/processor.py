@@ -114,6 +114,11 @@ class _JournaledSealer(SpanproofSpanExporter):
         self._body_keys: dict[int, str] = {}
         # Journal keys of each sealed bundle not yet written, by the bundle's identity.
         self._bundle_keys: dict[int, tuple[SealedBundle, list[str]]] = {}
+        # Journal keys of the spans of segments that could not be sealed, by trace:
+        # the trace's next bundle declares those spans dropped, and its write retires
+        # them (unretired, they kept their journal files, and each file's descriptor,
+        # for as long as the process lived).
+        self._abandoned_keys: dict[str, list[str]] = {}
         # Written bundles whose journal entries this sealing pass retires:
         # (trace id, keys, next position, declared counts, file name).
         self._retiring: list[tuple[str, list[str], dict[str, Any], dict[str, int], str]] = []
@@ -150,8 +155,14 @@ class _JournaledSealer(SpanproofSpanExporter):
         with self._lock:
             keys = [k for k in (self._body_keys.pop(id(b), None) for b in job.bodies)
                     if k is not None]
-        bundle = super()._seal(job)
+        try:
+            bundle = super()._seal(job)
+        except Exception:
+            with self._lock:
+                self._abandoned_keys.setdefault(job.trace_id, []).extend(keys)
+            raise
         with self._lock:
+            keys += self._abandoned_keys.pop(job.trace_id, [])
             self._bundle_keys[id(bundle)] = (bundle, keys)
         return bundle
 

@@ -565,3 +565,48 @@ def test_the_process_that_built_the_processor_seals_dead_workers_journals_while_
     assert _sealed(tmp_path) == {ids(theirs)[0]: "recovered"}  # this process's own: not
     processor.shutdown()
     assert _sealed(tmp_path) == {ids(theirs)[0]: "recovered", ids(mine)[0]: "shutdown"}
+
+
+def test_the_spans_of_a_segment_that_could_not_be_sealed_leave_the_journal_with_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Their journal entries were never retired: the journal kept their files (and a
+    # descriptor each) for as long as the process lived.
+    from spanproof.exporter import _exporter as exporter_module
+
+    real_seal = exporter_module.seal
+    calls: list[int] = []
+
+    def failing_once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("signing failed")
+        return real_seal(*args, **kwargs)
+
+    monkeypatch.setattr(exporter_module, "seal", failing_once)
+    processor = make_processor(tmp_path)
+    traced = Traced(processor)
+    with evidence_span(traced.tracer, "lost") as first:
+        pass
+    assert processor.force_flush(10_000)  # its segment fails: declared in the next
+    with traced.tracer.start_as_current_span("root", context=trace_context(first)):
+        with evidence_span(traced.tracer, "later"):
+            pass
+    assert processor.force_flush(10_000)
+    assert journaled_span_ids(tmp_path / "journal") == set()
+    (path,) = bundles(tmp_path)
+    report = check_bundle(str(path), _trust(tmp_path), allow_incomplete=True)
+    assert report.statement is not None
+    assert report.statement.completeness.dropped_spans == 1
+    processor.shutdown()
+
+
+def trace_context(span: Any) -> Any:
+    """A context whose parent is a remote span of *span*'s trace."""
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    ctx = span.get_span_context()
+    parent = SpanContext(ctx.trace_id, 0x1234, is_remote=True,
+                         trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    return trace.set_span_in_context(NonRecordingSpan(parent))
