@@ -235,31 +235,42 @@ def _declared_lines(stmt: Statement) -> list[str]:
 
 
 def format_result(result: BundleResult) -> str:
-    """The verdict of ``spanproof verify`` for one bundle: one line, and under the
-    line of a bundle that verified (OK or INCOMPLETE), an indented line for its
-    conflicting span ids and one for each note (bounded: see `NOTES_SHOWN`)."""
+    """The one-line verdict of ``spanproof verify`` for one bundle (how many notes
+    and conflicts it declares: :func:`format_declared` lists them)."""
     report = result.report
     stmt = report.statement if report is not None else None
     if report is None or stmt is None or result.verdict is Verdict.FAIL:
         return printable(f"FAIL {result.path}: {result.reason}")
     where = f"trace={stmt.trace_id} segment={stmt.segment_index}"
+    comp = stmt.completeness
+    declared = "".join(f"{name}={len(items)} " for name, items in
+                       (("conflicts", comp.conflicts), ("notes", comp.notes)) if items)
     if result.verdict is Verdict.INCOMPLETE:
         reason = result.reason.removeprefix("incomplete: ")
-        line = (
-            f"INCOMPLETE {result.path}: {reason} ({where}; signature and chain verified; "
-            "--allow-incomplete accepts declared losses)"
+        return printable(
+            f"INCOMPLETE {result.path}: {reason} ({where}; {declared}signature and chain "
+            "verified; --allow-incomplete accepts declared losses)"
         )
-    else:
-        line = (
-            f"OK {result.path} {where} records={stmt.record_count} seal={stmt.seal_reason} "
-            f"key={(report.signer_keyid or '')[:16]}"
-        )
-        if stmt.completeness.lost:
-            line += f" incomplete=({_loss_note(stmt)}; allowed)"
-        if stmt.completeness.conflicts:
-            line += f" conflicts={len(stmt.completeness.conflicts)}"
-    # Each line escaped on its own: a line feed in a note must not start a line.
-    return "\n".join(printable(text) for text in (line, *_declared_lines(stmt)))
+    line = (
+        f"OK {result.path} {where} records={stmt.record_count} seal={stmt.seal_reason} "
+        f"key={(report.signer_keyid or '')[:16]}"
+    )
+    if comp.lost:
+        line += f" incomplete=({_loss_note(stmt)}; allowed)"
+    if declared:
+        line += " " + declared.rstrip()
+    return printable(line)
+
+
+def format_declared(result: BundleResult) -> list[str]:
+    """The ``--verbose`` lines of what a bundle that verified (OK or INCOMPLETE)
+    declares: its conflicting span ids and its notes (bounded: see `NOTES_SHOWN`),
+    each line escaped on its own, so a line feed in a note cannot start a line."""
+    report = result.report
+    stmt = report.statement if report is not None else None
+    if stmt is None or result.verdict is Verdict.FAIL:
+        return []
+    return [printable(text) for text in _declared_lines(stmt)]
 
 
 def format_checks(result: BundleResult) -> list[str]:
@@ -463,7 +474,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     for result in results:
         print(format_result(result))
         if args.verbose:
-            for line in format_checks(result):
+            for line in (*format_declared(result), *format_checks(result)):
                 print(line)
     for link in links:
         if link.worth_reporting:

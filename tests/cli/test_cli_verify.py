@@ -335,15 +335,17 @@ def test_verify_text_output_reports_conflicts_notes_and_seal_reason_incomplete(
     path = _declaring(make_bundle, notes, (RECEIVE, TOOL))
     code, out, _ = run(capsys, "verify", "--key", keys.pub, path)
     assert code == 1
-    assert out.splitlines() == [
-        f"INCOMPLETE {path}: 2 evidence spans dropped before certification; sealed: "
-        f"root_ended (trace={TRACE} segment=0; signature and chain verified; "
-        "--allow-incomplete accepts declared losses)",
+    verdict = (f"INCOMPLETE {path}: 2 evidence spans dropped before certification; sealed: "
+               f"root_ended (trace={TRACE} segment=0; conflicts=2 notes=2 signature and "
+               "chain verified; --allow-incomplete accepts declared losses)")
+    assert out.splitlines() == [verdict]  # one line per bundle (DESIGN)
+    code, out, _ = run(capsys, "verify", "-v", "--key", keys.pub, path)
+    assert out.splitlines()[:4] == [
+        verdict,
         f"  conflicting span ids: {RECEIVE}, {TOOL}",
         "  note: recovered from instance 00000000000000ab",
         "  note: queue limit 2048 applied",
     ]
-    code, out, _ = run(capsys, "verify", "-v", "--key", keys.pub, path)
     assert ("  FAIL  step 9 completeness: incomplete: 2 evidence spans dropped before "
             "certification; sealed: root_ended") in out.splitlines()
 
@@ -355,9 +357,13 @@ def test_verify_text_output_reports_conflicts_and_notes_when_incomplete_is_allow
     path = _declaring(make_bundle, notes, (RECEIVE,))
     code, out, _ = run(capsys, "verify", "--allow-incomplete", "--key", keys.pub, path)
     assert code == 0
-    assert out.splitlines() == [
-        f"OK {path} trace={TRACE} segment=0 records=8 seal=root_ended "
-        f"key={keys.signer.keyid[:16]} incomplete=(2 dropped; allowed) conflicts=1",
+    verdict = (f"OK {path} trace={TRACE} segment=0 records=8 seal=root_ended "
+               f"key={keys.signer.keyid[:16]} incomplete=(2 dropped; allowed) conflicts=1 "
+               "notes=1")
+    assert out.splitlines() == [verdict]
+    code, out, _ = run(capsys, "verify", "-v", "--allow-incomplete", "--key", keys.pub, path)
+    assert out.splitlines()[:3] == [
+        verdict,
         f"  conflicting span ids: {RECEIVE}",
         "  note: recovered from instance 00000000000000ab",
     ]
@@ -370,16 +376,18 @@ def test_verify_text_output_bounds_and_escapes_producer_notes(capsys, keys: Keys
     notes = ("forged\nOK line\x1b[2J", "x" * (NOTE_CHARS_SHOWN + 5),
              *(f"note {i}" for i in range(NOTES_SHOWN + 1)))
     path = _declaring(make_bundle, notes, many)
-    code, out, _ = run(capsys, "verify", "--allow-incomplete", "--key", keys.pub, path)
+    code, out, _ = run(capsys, "verify", "-v", "--allow-incomplete", "--key", keys.pub, path)
     assert code == 0
     lines = out.splitlines()
     assert lines[0].startswith(f"OK {path} ")
+    assert lines[0].endswith(f" conflicts={len(many)} notes={len(notes)}")
     assert lines[1] == ("  conflicting span ids: " + ", ".join(sorted(many)[:CONFLICTS_SHOWN])
                         + " (and 3 more)")
     assert lines[2] == "  note: forged\\nOK line\\x1b[2J"
     assert lines[3] == f"  note: {'x' * NOTE_CHARS_SHOWN}... (5 more characters)"
-    assert lines[4:] == [*(f"  note: note {i}" for i in range(NOTES_SHOWN - 2)),
-                         "  ... and 3 more notes"]
+    assert lines[4:NOTES_SHOWN + 3] == [*(f"  note: note {i}" for i in range(NOTES_SHOWN - 2)),
+                                        "  ... and 3 more notes"]
+    assert lines[NOTES_SHOWN + 3].startswith("  PASS  step 1 ")
 
 
 def test_segments_of_a_trace_are_checked_together(capsys, keys: Keys, make_bundle, tmp_path):
