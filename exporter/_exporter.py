@@ -288,6 +288,7 @@ class SpanproofSpanExporter(SpanExporter):
             "sealer thread", "traces are sealed by force_flush() and shutdown()")
         self._stopping = False
         self._span_warnings = Throttled(_logger, _SPAN_WARNING_SECONDS)
+        self._unencodable_warnings = Throttled(_logger, _SPAN_WARNING_SECONDS)
         # Segments taken from the assembler that a pass out of time left unsealed:
         # the next pass seals them first.
         self._carried: list[SealJob] = []
@@ -802,6 +803,8 @@ class SpanproofSpanExporter(SpanExporter):
             remaining = max(0.0, deadline - time.monotonic())
             self._submitter.flush(min(remaining, _MIN_SHUTDOWN_SECONDS))
             self._submitter.close(max(0.0, deadline - time.monotonic()))
+        self._span_warnings.held_back("name spans that cannot be certified")
+        self._unencodable_warnings.held_back("name spans not representable as canonical JSON")
         if incomplete:
             _logger.error("spanproof: shutdown incomplete: %d sealed bundle(s) not written, "
                           "%d still being written, %d trace(s) not sealed, %d span(s) of "
@@ -1065,8 +1068,9 @@ class SpanproofSpanExporter(SpanExporter):
         )
         bad = bundle.statement.completeness.rejected_spans - job.completeness.rejected_spans
         if bad:
-            self._span_warnings.warn("spanproof: %d span(s) of trace %s rejected: not "
-                                     "representable as canonical JSON", bad, job.trace_id)
+            self._unencodable_warnings.warn(
+                "spanproof: %d span(s) of trace %s rejected: not representable as "
+                "canonical JSON", bad, job.trace_id)
         return bundle
 
     def _write(self, bundle: SealedBundle, outcome: str | Exception | None = None) -> bool:
@@ -1178,6 +1182,15 @@ class Throttled:
         self._lock = threading.Lock()
         self._next = float("-inf")
         self._held = 0
+
+    def held_back(self, what: str) -> None:
+        """Say how many warnings were held back since the last one logged (at
+        shutdown: no later warning will)."""
+        with self._lock:
+            held, self._held = self._held, 0
+        if held:
+            self._logger.warning("spanproof: %d more warning(s) that %s were held back", held,
+                                 what)
 
     def warn(self, message: str, *args: object) -> None:
         """Log *message* % *args* as a warning, unless one was logged too recently."""
