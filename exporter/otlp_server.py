@@ -1188,13 +1188,15 @@ class _BoundedServer(ThreadingHTTPServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
-            try:
-                request.settimeout(1.0)
-                if isinstance(request, ssl.SSLSocket):
-                    request.do_handshake()
-                request.sendall(_BUSY_CONNECTION)
-            except OSError:  # ssl.SSLError included
-                pass
+            # Over TLS the 503 would need a handshake on this, the accepting, thread,
+            # which a slow client could stall: the connection is closed unanswered
+            # instead (a Collector retries a reset as it retries a 503).
+            if not isinstance(request, ssl.SSLSocket):
+                try:
+                    request.settimeout(1.0)
+                    request.sendall(_BUSY_CONNECTION)
+                except OSError:
+                    pass
             self.shutdown_request(request)
             return
         try:

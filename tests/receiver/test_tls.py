@@ -303,3 +303,32 @@ def test_spanproof_receiver_with_mutual_tls_certifies_only_what_a_certified_send
          str(pki.server_cert)], capture_output=True, text=True, timeout=60, check=False)
     assert (usage.returncode, usage.stderr.strip()) == (
         2, "spanproof: error: --tls-cert and --tls-key go together")
+
+
+def test_tls_connections_beyond_the_bound_are_closed_without_a_handshake(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The busy answer over TLS would need a handshake on the accepting thread, which
+    # a client that never finishes one could stall for every other connection.
+    import socket
+    import time
+
+    import spanproof.exporter.otlp_server as otlp_server
+
+    monkeypatch.setattr(otlp_server, "HTTP_CONNECTIONS_AT_ONCE", 1)
+    server = HttpServer("127.0.0.1:0", _Ingest(), tls=ServerTLS(str(pki.server_cert),
+                                                                 str(pki.server_key)))
+    server.start()
+    held = socket.create_connection(("127.0.0.1", server.port), timeout=5)  # no handshake
+    try:
+        time.sleep(0.2)  # its thread now waits for the handshake: the one place is taken
+        began = time.monotonic()
+        silent = [socket.create_connection(("127.0.0.1", server.port), timeout=5)
+                  for _ in range(3)]  # none of them ever starts a handshake
+        for sock in silent:
+            assert sock.recv(1) == b""  # closed at once, unanswered
+            sock.close()
+        assert time.monotonic() - began < 2.0  # not a second each on the accepting thread
+    finally:
+        held.close()
+        server.stop()
