@@ -309,22 +309,31 @@ def test_shutdown_from_a_signal_handler_during_force_flush_seals_when_the_flush_
     assert "shutdown incomplete" not in caplog.text
 
 
-def test_force_flush_returns_at_its_timeout_and_the_sealer_seals_what_is_left(
-    out: Path, clock: FakeClock
-) -> None:
-    # Every due trace was signed before the timeout was looked at: a thousand due
-    # traces made force_flush(100) take a second and a half.
+def _slowly_sealing(
+    out: Path, clock: FakeClock, traces: int, seconds: float
+) -> tuple[SpanproofSpanExporter, set[str]]:
+    """An exporter holding *traces* finished one-span traces, each of whose seals
+    takes *seconds* more (a slow signature); and their trace ids."""
     rec = Recorder()
-    traces = {build_trace(rec, evidence_steps=1, plain_steps=0)[0] for _ in range(12)}
+    ids = {build_trace(rec, evidence_steps=1, plain_steps=0)[0] for _ in range(traces)}
     exporter = make_exporter(out, clock)
     exporter.export(rec.take())
     real_seal = exporter._seal
 
     def slow_seal(job: Any) -> SealedBundle:
-        time.sleep(0.2)  # a slow signature: twelve take 2.4 s
+        time.sleep(seconds)
         return real_seal(job)
 
     exporter._seal = slow_seal  # type: ignore[method-assign]
+    return exporter, ids
+
+
+def test_force_flush_returns_at_its_timeout_and_the_sealer_seals_what_is_left(
+    out: Path, clock: FakeClock
+) -> None:
+    # Every due trace was signed before the timeout was looked at: a thousand due
+    # traces made force_flush(100) take a second and a half.
+    exporter, traces = _slowly_sealing(out, clock, 12, 0.2)  # twelve seals take 2.4 s
     began = time.monotonic()
     assert exporter.force_flush(timeout_millis=100) is False
     assert time.monotonic() - began < 1.5  # the timeout, one signature, the writes
@@ -345,17 +354,7 @@ def test_shutdown_seals_every_pending_trace_it_took_even_past_its_deadline(
     from spanproof.exporter import _exporter as exporter_module
 
     monkeypatch.setattr(exporter_module, "_MIN_SHUTDOWN_SECONDS", 0.2)
-    rec = Recorder()
-    traces = {build_trace(rec, evidence_steps=1, plain_steps=0)[0] for _ in range(5)}
-    exporter = make_exporter(out, clock)
-    exporter.export(rec.take())
-    real_seal = exporter._seal
-
-    def slow_seal(job: Any) -> SealedBundle:
-        time.sleep(0.1)
-        return real_seal(job)
-
-    exporter._seal = slow_seal  # type: ignore[method-assign]
+    exporter, traces = _slowly_sealing(out, clock, 5, 0.1)
     exporter.shutdown(timeout_millis=0)
     deadline = time.monotonic() + 10  # the writes past the deadline finish behind it
     while len(bundle_files(out) if out.exists() else []) < 5 and time.monotonic() < deadline:
