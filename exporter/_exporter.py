@@ -289,9 +289,13 @@ class SpanproofSpanExporter(SpanExporter):
         self._stopping = False
         self._span_warnings = Throttled(_logger, _SPAN_WARNING_SECONDS)
         self._unencodable_warnings = Throttled(_logger, _SPAN_WARNING_SECONDS)
-        # Segments taken from the assembler that a pass out of time left unsealed:
-        # the next pass seals them first.
+        # The segments a pass took from the assembler and has not sealed yet (those a
+        # pass out of time left included: the next pass seals them first), and the
+        # bundles it sealed and has not handed to the writer yet.  Kept here, not in
+        # the pass's locals, so that an exception a signal handler raises into the
+        # pass (sys.exit after shutdown()) leaves them to the shutdown it asked for.
         self._carried: list[SealJob] = []
+        self._sealed_unwritten: list[SealedBundle] = []
         # When the waiting sealer will wake; -inf while it is not waiting.
         self._wake_at = float("-inf")
         self._unwritten: collections.deque[SealedBundle] = collections.deque()
@@ -792,7 +796,9 @@ class SpanproofSpanExporter(SpanExporter):
             # shutdown without bound.  What it finishes later is still written.
             self._writers.shutdown(wait=False)
         # Counted now, after the bounded wait, not after the witness's delivery.
-        incomplete = not done or self._unwritten or self._inflight
+        # Traces still held: a segment an exception took out of a pass, never sealed.
+        incomplete = (not done or self._unwritten or self._inflight
+                      or self._assembler.pending_traces)
         # (A snapshot: a sealer thread the join above gave up on may still discard.)
         discarded = list(self._discarded.values())
         counts = (len(self._unwritten), len(self._inflight), self._assembler.pending_traces,
@@ -895,26 +901,33 @@ class SpanproofSpanExporter(SpanExporter):
         outer, self._sealing_on = self._sealing_on, threading.get_ident()
         try:
             worked = self._reap(block=False)
+            if self._sealed_unwritten:  # a pass an exception cut short sealed these
+                self._unwritten.extend(self._sealed_unwritten)
+                self._sealed_unwritten = []
             worked = self._retry_unwritten() or worked
             while True:
                 with self._lock:
-                    jobs, self._carried = self._carried, []
-                    if not jobs and drain is not None:
-                        jobs = self._assembler.drain_all(drain)
-                    elif not jobs:
-                        jobs = self._assembler.due(self._clock(), flush=flush)
-                if not jobs:
+                    # Still in flight (a pass that stopped may have sealed the first).
+                    self._carried = [job for job in self._carried
+                                     if self._assembler.in_flight(job.trace_id)]
+                    if not self._carried and drain is not None:
+                        self._carried = self._assembler.drain_all(drain)
+                    elif not self._carried:
+                        self._carried = self._assembler.due(self._clock(), flush=flush)
+                if not self._carried:
                     break
                 # A flush's deadline bounds its signing; shutdown's drain seals what it
                 # took (no sealer is left to seal carried segments after it).
-                bundles, left = self._seal_jobs(
-                    jobs, deadline if drain is None and not self._stopping else None)
+                self._seal_jobs(deadline if drain is None and not self._stopping else None)
+                bundles = list(self._sealed_unwritten)
                 if bundles:
+                    # Forgotten once handed over (written again by the shutdown an
+                    # exception in between asks for, the sink finds it written).
                     self._start_writes(bundles)
+                    del self._sealed_unwritten[:len(bundles)]
                     worked = True
-                if left:
+                if self._carried:
                     with self._cond:
-                        self._carried = left + self._carried
                         self._cond.notify()  # the sealer seals them
                     return False
                 if not bundles:
@@ -939,28 +952,20 @@ class SpanproofSpanExporter(SpanExporter):
         """Called at the end of every sealing pass, still under the seal lock, after
         the pass accounted for its writes (:meth:`_write`); a subclass's hook."""
 
-    def _seal_jobs(
-        self, jobs: Sequence[SealJob], deadline: float | None
-    ) -> tuple[list[SealedBundle], list[SealJob]]:
-        """Seal *jobs* in order until *deadline* (at least one): the bundles, and the
-        jobs left for the next pass.  A caller's timeout (``force_flush``) bounds
-        the pass, not only its waits: a thousand due traces take a second to sign."""
-        bundles: list[SealedBundle] = []
-        i = 0
-        try:
-            for i, job in enumerate(jobs):
-                if i and deadline is not None and time.monotonic() > deadline:
-                    return bundles, list(jobs[i:])
-                bundle = self._seal_job(job)
-                if bundle is not None:
-                    bundles.append(bundle)
-        except BaseException:
-            # Raised by a signal handler (sys.exit after shutdown()) into this pass:
-            # the shutdown it asked for writes what was sealed and seals the rest.
-            self._unwritten.extend(bundles)
-            self._carried = list(jobs[i:]) + self._carried
-            raise
-        return bundles, []
+    def _seal_jobs(self, deadline: float | None) -> None:
+        """Seal the segments the pass took (``_carried``), first to last, into
+        ``_sealed_unwritten``, until *deadline* (at least one); the rest stay for the
+        next pass.  A caller's timeout (``force_flush``) bounds the pass, not only its
+        waits: a thousand due traces take a second to sign."""
+        first = True
+        while self._carried:
+            if not first and deadline is not None and time.monotonic() > deadline:
+                return
+            first = False
+            bundle = self._seal_job(self._carried[0])
+            del self._carried[0]
+            if bundle is not None:
+                self._sealed_unwritten.append(bundle)
 
     def _seal_job(self, job: SealJob) -> SealedBundle | None:
         """Seal *job*; None when it could not be sealed (its spans are declared lost

@@ -270,6 +270,14 @@ def _flush_interrupted_by_shutdown(
             return real_seal(job)
 
         exporter._seal = interrupted  # type: ignore[method-assign]
+    elif where == "write":  # sealed, not yet handed to the writer
+        real_start = exporter._start_writes
+
+        def start_interrupted(bundles: Any) -> None:
+            handler()
+            real_start(bundles)
+
+        exporter._start_writes = start_interrupted  # type: ignore[method-assign]
     else:
         class Interrupted(collections.deque):  # type: ignore[type-arg]
             def extend(self, items: Any) -> None:  # under the write queue's lock
@@ -284,8 +292,9 @@ def _flush_interrupted_by_shutdown(
     return exporter, traces, took
 
 
-@pytest.mark.parametrize("where, then, pending", [("seal", "return", 2), ("seal", "exit", 2),
-                                                  ("queue", "return", 1)])
+@pytest.mark.parametrize("where, then, pending", [
+    ("seal", "return", 2), ("seal", "exit", 2), ("write", "exit", 1), ("queue", "return", 1),
+    ("queue", "exit", 1)])
 def test_shutdown_from_a_signal_handler_during_force_flush_seals_when_the_flush_ends(
     out: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture, where: str, then: str,
     pending: int,
