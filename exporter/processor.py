@@ -153,13 +153,19 @@ class _JournaledSealer(SpanproofSpanExporter):
 
     def _seal(self, job: SealJob) -> SealedBundle:
         with self._lock:
-            keys = [k for k in (self._body_keys.pop(id(b), None) for b in job.bodies)
-                    if k is not None]
+            taken = [(id(b), self._body_keys.pop(id(b), None)) for b in job.bodies]
+        keys = [key for _, key in taken if key is not None]
         try:
             bundle = super()._seal(job)
         except Exception:
             with self._lock:
                 self._abandoned_keys.setdefault(job.trace_id, []).extend(keys)
+            raise
+        except BaseException:
+            # Raised into the pass (sys.exit in a signal handler): the job is sealed
+            # again, by the shutdown that follows, and retires its keys then.
+            with self._lock:
+                self._body_keys.update((body, key) for body, key in taken if key is not None)
             raise
         with self._lock:
             keys += self._abandoned_keys.pop(job.trace_id, [])
@@ -225,6 +231,13 @@ class _JournaledSealer(SpanproofSpanExporter):
                 _logger.error("spanproof: cannot journal the spans of discarded bundles "
                               "as dropped (%s); they are declared all the same", e)
         super()._declare_discarded()
+
+    def _shutdown_now(self, timeout_millis: float) -> None:
+        super()._shutdown_now(timeout_millis)
+        if self._journal is not None:
+            # The processor closes it too; a shutdown a signal handler deferred to
+            # the end of a sealing pass (see the exporter) runs here alone.
+            self._journal.close()
 
     def _pass_done(self) -> None:
         # Retire every bundle this pass wrote with one journal write and fsync (a

@@ -610,3 +610,37 @@ def trace_context(span: Any) -> Any:
     parent = SpanContext(ctx.trace_id, 0x1234, is_remote=True,
                          trace_flags=TraceFlags(TraceFlags.SAMPLED))
     return trace.set_span_in_context(NonRecordingSpan(parent))
+
+
+def test_shutdown_and_exit_from_a_signal_handler_mid_seal_certify_each_span_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The segment being sealed when the handler's sys.exit() landed was sealed by the
+    # shutdown that followed, but its spans' journal entries were never retired (and
+    # the journal never closed): the next start certified them a second time.
+    from spanproof.exporter import _exporter as exporter_module
+
+    real_seal = exporter_module.seal
+    processor = make_processor(tmp_path)
+    traced = Traced(processor)
+    interrupted: list[int] = []
+
+    def seal_with_a_signal(*args: Any, **kwargs: Any) -> Any:
+        if not interrupted:
+            interrupted.append(1)
+            processor.shutdown()  # as a SIGTERM handler would, then sys.exit()
+            raise SystemExit(0)
+        return real_seal(*args, **kwargs)
+
+    monkeypatch.setattr(exporter_module, "seal", seal_with_a_signal)
+    with evidence_span(traced.tracer, "step"):
+        pass
+    with pytest.raises(SystemExit):
+        processor.force_flush(10_000)
+    assert len(bundles(tmp_path)) == 1
+    assert journaled_span_ids(tmp_path / "journal") == set()
+    assert not list((tmp_path / "journal").glob("journal-*.log"))  # closed, all retired
+    again = make_processor(tmp_path)  # the next start
+    assert again.recovered == []
+    again.shutdown()
+    assert len(bundles(tmp_path)) == 1
