@@ -58,7 +58,8 @@ _Lost = tuple[int, tuple[str, ...]]
 #: up to ``max_records`` of them in memory, and lost them all in a crash.
 MAX_SEGMENT_BYTES = 64 * 1024 * 1024
 #: Once the pending bodies of all open traces hold more bytes than this, the largest
-#: open trace is sealed early (``size_limit``, with a note): ``max_pending_traces``
+#: open traces are sealed early (``size_limit``, with a note) until they hold less:
+#: ``max_pending_traces``
 #: traces of up to ``MAX_SEGMENT_BYTES`` each would otherwise be 128 GiB.  Checked
 #: each time they grow by a 64th of it, so it can be passed by that much.
 MAX_PENDING_BYTES = 1024 * 1024 * 1024
@@ -240,6 +241,12 @@ class TraceAssembler:
         """Traces held in memory (open, due, or with a segment in flight)."""
         return len(self._traces)
 
+    def in_flight(self, trace_id: str) -> bool:
+        """Whether a segment of the trace was taken (:meth:`due`, :meth:`drain_all`)
+        and not yet reported (:meth:`sealed`, :meth:`abandon`)."""
+        entry = self._traces.get(trace_id)
+        return entry is not None and entry.position is None
+
     def holds(self, trace_id: str) -> bool:
         """Whether the trace's next span belongs here: it is pending, remembered as
         sealed (its chain continues here), or has a loss waiting to be declared."""
@@ -297,16 +304,21 @@ class TraceAssembler:
         return bool(self._ready)
 
     def _bound_bytes(self) -> None:
-        """Seal the largest open trace early when the open traces hold more than
+        """Seal open traces early, largest first, until the open traces hold at most
         ``max_pending_bytes`` (those already due are on their way out)."""
         self._next_look = self._bytes + max(1, self._max_total // 64)
         due = sum(self._traces[trace_id].size for trace_id in self._ready)
-        if self._bytes - due <= self._max_total or not self._open:
+        excess = self._bytes - due - self._max_total
+        if excess <= 0:
             return
-        largest = max(self._open, key=lambda trace_id: self._traces[trace_id].size)
-        del self._open[largest]
-        self._ready[largest] = SIZE_LIMIT
-        self._traces[largest].notes.append(_BYTES_NOTE.format(self._max_total))
+        for trace_id in sorted(self._open, key=lambda t: self._traces[t].size, reverse=True):
+            entry = self._traces[trace_id]
+            if excess <= 0 or entry.size == 0:
+                break
+            del self._open[trace_id]
+            self._ready[trace_id] = SIZE_LIMIT
+            entry.notes.append(_BYTES_NOTE.format(self._max_total))
+            excess -= entry.size
 
     def reject(self, trace_id: str, now: float, count: int = 1) -> None:
         """Count *count* spans of the trace that could not be certified (malformed);

@@ -210,6 +210,25 @@ def test_the_largest_open_trace_is_sealed_early_when_open_traces_hold_too_many_b
     assert [r.verdict for r in reports] == [Verdict.OK]
 
 
+def test_many_open_traces_stay_within_the_bytes_bound() -> None:
+    # One trace sealed per look let 2,048 traces growing side by side hold several
+    # times the bound: each look freed less than the growth between two looks.
+    from spanproof.exporter.assembly import body_bytes
+
+    size = body_bytes(prompt(T1, 0, 100))
+    bound = 16 * 1024
+    asm = assembler(max_pending_bytes=bound, max_pending_traces=1024, idle_timeout=1e9)
+    traces = [f"{i + 1:032x}" for i in range(512)]
+    most = 0
+    for step in range(4):  # 2,048 spans of ~100 bytes: over 12 times the bound
+        for trace_id in traces:  # round-robin: every trace grows, none ends
+            asm.add(trace_id, prompt(trace_id, step, 100), now=0.0)
+            held = sum(asm._traces[t].size for t in asm._open)
+            most = max(most, held)
+        seal_all(asm, asm.due(0.0))
+    assert most <= bound + bound // 64 + size
+
+
 def test_traces_already_due_do_not_count_against_the_open_traces_bytes() -> None:
     from spanproof.exporter.assembly import body_bytes
 
