@@ -528,7 +528,7 @@ def recover_orphans(
     """
     if not os.path.isdir(directory):
         return {}, []
-    claimed = []
+    claimed: list[tuple[str, int]] = []
     skipped = None if skip_instance is None else f"journal-{skip_instance}-"
     for name in sorted(os.listdir(directory)):
         if name.startswith(".journal-") and name.endswith(_CREATING):
@@ -539,7 +539,14 @@ def recover_orphans(
         if skipped is not None and name.startswith(skipped):
             continue
         path = os.path.join(directory, name)
-        fd = os.open(path, os.O_RDONLY)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # recovered meanwhile by another process
+        except OSError:
+            for _, taken in claimed:  # not left locked until this process exits
+                os.close(taken)
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

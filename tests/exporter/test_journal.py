@@ -661,3 +661,26 @@ def test_a_forked_child_does_not_keep_the_journals_its_parent_is_recovering(tmp_
     finally:
         os.close(write_end)
         os.waitpid(pid, 0)
+
+
+def test_a_recovery_that_cannot_open_a_journal_lets_go_of_those_it_took(
+    tmp_path, monkeypatch
+):
+    from spanproof.exporter import journal as journal_module
+
+    _dead_journal(tmp_path, "00000000000000aa")
+    _dead_journal(tmp_path, "00000000000000bb")
+    real_open = os.open
+
+    def unreadable_second(path, *args, **kwargs):
+        if "00000000000000bb" in str(path):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(journal_module.os, "open", unreadable_second)
+    with pytest.raises(PermissionError):
+        recover_orphans(str(tmp_path))
+    monkeypatch.setattr(journal_module.os, "open", real_open)
+    traces, paths = recover_orphans(str(tmp_path))  # the first is not held any more
+    assert len(paths) == 2 and set(traces) == {TRACE}
+    release_claimed(paths)
