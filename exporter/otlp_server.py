@@ -808,13 +808,13 @@ class _BodyStream:
 
     def __init__(
         self, handler: BaseHTTPRequestHandler, seconds: float | None = None,
-        what: str = "request body",
+        what: str = "request body", started: float | None = None,
     ) -> None:
         self._rfile: Any = handler.rfile  # a BufferedReader: read1 and peek
         self._socket = handler.connection
         self._idle = handler.timeout
         self._seconds = HTTP_BODY_SECONDS if seconds is None else seconds
-        self._deadline = time.monotonic() + self._seconds
+        self._deadline = (time.monotonic() if started is None else started) + self._seconds
         self._what = what
 
     def _arm(self) -> None:
@@ -863,8 +863,9 @@ class _HeadStream:
     every 20 s, held 430 MB and a thread each for as long as they liked.
     """
 
-    def __init__(self, handler: BaseHTTPRequestHandler) -> None:
-        self._stream = _BodyStream(handler, HTTP_HEAD_SECONDS, "request line and header fields")
+    def __init__(self, handler: BaseHTTPRequestHandler, started: float | None = None) -> None:
+        self._stream = _BodyStream(handler, HTTP_HEAD_SECONDS, "request line and header fields",
+                                   started)
         self._left = HTTP_HEAD_BYTES
 
     def readline(self, limit: int = -1) -> bytes:
@@ -1003,13 +1004,17 @@ def _make_handler(
         timeout = HTTP_IDLE_TIMEOUT
         turns_at_once = turns  # the requests being read and ingested (see above)
         _body_read = False  # whether this request's message body was read to its end
+        # When a TLS connection's handshake began, until its first head is read.
+        _connected: float | None = None
 
         def log_message(self, format: str, *args: Any) -> None:
             _logger.debug("http: " + format, *args)
 
         def handle_one_request(self) -> None:
             rfile = self.rfile
-            self.rfile = _HeadStream(self)  # type: ignore[assignment]
+            # A TLS connection's first head shares its time with the handshake.
+            started, self._connected = self._connected, None
+            self.rfile = _HeadStream(self, started)  # type: ignore[assignment]
             try:
                 super().handle_one_request()
             except _HeadTooLarge as e:
@@ -1028,9 +1033,11 @@ def _make_handler(
                 self.connection.settimeout(self.timeout)
 
         def setup(self) -> None:
+            self._connected = None
             if isinstance(self.request, ssl.SSLSocket):
-                # Bounded like the head that follows; a failure ends the connection
-                # (_BoundedServer.handle_error logs it quietly).
+                # Within the time the first head has, counted from here; a failure
+                # ends the connection (_BoundedServer.handle_error logs it quietly).
+                self._connected = time.monotonic()
                 self.request.settimeout(HTTP_HEAD_SECONDS)
                 self.request.do_handshake()
             super().setup()

@@ -332,3 +332,34 @@ def test_tls_connections_beyond_the_bound_are_closed_without_a_handshake(
     finally:
         held.close()
         server.stop()
+
+
+def test_a_tls_connection_s_handshake_and_first_head_share_one_deadline(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each had its own, so a client could hold a connection for twice the head's time.
+    import socket
+    import time
+
+    import spanproof.exporter.otlp_server as otlp_server
+
+    monkeypatch.setattr(otlp_server, "HTTP_HEAD_SECONDS", 2.0)
+    server = HttpServer("127.0.0.1:0", _Ingest(), tls=ServerTLS(str(pki.server_cert),
+                                                                 str(pki.server_key)))
+    server.start()
+    try:
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        began = time.monotonic()
+        time.sleep(1.5)  # a slow client: the handshake starts late
+        client = _client_context(pki, None, None).wrap_socket(raw, server_hostname="127.0.0.1")
+        client.sendall(b"GET /healthz HTTP/1.1\r\n")  # and the head never ends
+        try:
+            while client.recv(4096):
+                pass
+        except (ssl.SSLError, ConnectionError):
+            pass
+        held = time.monotonic() - began
+        client.close()
+    finally:
+        server.stop()
+    assert 1.5 < held < 3.0  # two seconds from the connection, not from the handshake
