@@ -184,6 +184,7 @@ class _JournaledSealer(SpanproofSpanExporter):
                 # those of bundles still waiting for a retry or being written.
                 waiting = {id(b) for b in self._unwritten}
                 waiting.update(id(b) for b, _ in self._inflight)
+                waiting.update(id(b) for b in self._sealed_unwritten)  # not written yet
                 for stale in [k for k in self._bundle_keys if k not in waiting]:
                     del self._bundle_keys[stale]
         if ok and self._journal is not None:

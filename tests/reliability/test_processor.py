@@ -644,3 +644,41 @@ def test_shutdown_and_exit_from_a_signal_handler_mid_seal_certify_each_span_once
     assert again.recovered == []
     again.shutdown()
     assert len(bundles(tmp_path)) == 1
+
+
+def test_with_a_custom_sink_a_failed_write_does_not_have_the_next_start_certify_again(
+    tmp_path: Path,
+) -> None:
+    # A sink other than DirectorySink is written one bundle at a time: when the first
+    # write of a pass failed, the journal keys of the pass's other bundles, not yet
+    # written, were forgotten, so their writes retired nothing and the next start
+    # certified their spans a second time.
+    import time
+
+    from spanproof.exporter.sinks import DirectorySink
+
+    class FailingOnce(DirectorySink):
+        failed = False
+
+        def write(self, bundle: Any) -> str:
+            if not FailingOnce.failed:
+                FailingOnce.failed = True
+                raise OSError(5, "Input/output error")
+            return super().write(bundle)
+
+    processor = make_processor(tmp_path, sink=FailingOnce(tmp_path), seal_grace=0.0)
+    traced = Traced(processor)
+    for name in ("a", "b", "c"):
+        with evidence_span(traced.tracer, name):
+            pass
+    processor.force_flush(10_000)  # the first write fails, the other two succeed
+    deadline = time.monotonic() + 10
+    while len(bundles(tmp_path)) < 3 and time.monotonic() < deadline:
+        processor.force_flush(10_000)  # the failed one is retried after a second
+        time.sleep(0.2)
+    processor.shutdown()
+    assert len(bundles(tmp_path)) == 3
+    again = make_processor(tmp_path)
+    assert again.recovered == []
+    again.shutdown()
+    assert len(bundles(tmp_path)) == 3
