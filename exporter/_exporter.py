@@ -919,12 +919,9 @@ class SpanproofSpanExporter(SpanExporter):
                 # A flush's deadline bounds its signing; shutdown's drain seals what it
                 # took (no sealer is left to seal carried segments after it).
                 self._seal_jobs(deadline if drain is None and not self._stopping else None)
-                bundles = list(self._sealed_unwritten)
+                bundles = len(self._sealed_unwritten)
                 if bundles:
-                    # Forgotten once handed over (written again by the shutdown an
-                    # exception in between asks for, the sink finds it written).
-                    self._start_writes(bundles)
-                    del self._sealed_unwritten[:len(bundles)]
+                    self._start_writes()
                     worked = True
                 if self._carried:
                     with self._cond:
@@ -983,14 +980,16 @@ class SpanproofSpanExporter(SpanExporter):
             self._assembler.sealed(job, bundle.next_position())
         return bundle
 
-    def _start_writes(self, bundles: Sequence[SealedBundle]) -> None:
-        """Write *bundles*.  With a DirectorySink they are queued for the writer
-        thread, which writes everything queued since its last group as one group
-        (one durability barrier and one directory fsync for all, see
+    def _start_writes(self) -> None:
+        """Write the bundles the pass sealed (``_sealed_unwritten``), each taken off
+        that list as it is handed over.  With a DirectorySink they are queued for the
+        writer thread, which writes everything queued since its last group as one
+        group (one durability barrier and one directory fsync for all, see
         :meth:`DirectorySink.write_many`) while the sealer goes on sealing, and
         :meth:`_reap` handles their outcomes in order on the sealing thread; any
         other sink (a DirectorySink subclass included) is written here, one bundle
         after another."""
+        bundles = list(self._sealed_unwritten)
         submitted = 0
         if type(self._sink) is DirectorySink:
             if self._writers is None:
@@ -1008,11 +1007,19 @@ class SpanproofSpanExporter(SpanExporter):
                 else:
                     self._write_queue.extend(zip(bundles, futures, strict=True))
                     self._inflight.extend(zip(bundles, futures, strict=True))
+                    del self._sealed_unwritten[:len(bundles)]  # handed over
                     submitted = len(bundles)
         if submitted < len(bundles):
             self._reap(block=True)  # keep the order of outcomes
-            for bundle in bundles[submitted:]:
-                self._write(bundle)
+            while self._sealed_unwritten:
+                bundle = self._sealed_unwritten.pop(0)  # handed over: counted once
+                try:
+                    self._write(bundle)
+                except BaseException:
+                    # Raised into the write (sys.exit in a signal handler): the
+                    # shutdown that follows retries it.
+                    self._unwritten.append(bundle)
+                    raise
         while len(self._inflight) > _MAX_IN_FLIGHT:
             self._reap(block=True, limit=1)
 

@@ -37,7 +37,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.trace import SpanContext, TraceFlags
 from opentelemetry.trace.span import NonRecordingSpan
 
-from spanproof.exporter import SealedBundle, SpanproofSpanExporter
+from spanproof.exporter import DirectorySink, SealedBundle, SpanproofSpanExporter
 from spanproof.verifier import link_segments, verify_bundle
 
 
@@ -273,9 +273,9 @@ def _flush_interrupted_by_shutdown(
     elif where == "write":  # sealed, not yet handed to the writer
         real_start = exporter._start_writes
 
-        def start_interrupted(bundles: Any) -> None:
+        def start_interrupted() -> None:
             handler()
-            real_start(bundles)
+            real_start()
 
         exporter._start_writes = start_interrupted  # type: ignore[method-assign]
     else:
@@ -353,6 +353,35 @@ def test_force_flush_returns_at_its_timeout_and_the_sealer_seals_what_is_left(
     assert {r.statement.trace_id for r in verified(out, trust_root(out.parent))
             if r.statement} == traces
     exporter.shutdown()
+
+
+def test_an_exit_raised_into_a_custom_sink_s_write_writes_each_bundle_once(
+    out: Path, clock: FakeClock
+) -> None:
+    # The bundles of a pass stayed listed as unwritten until the whole pass was
+    # handed over: an exit raised into the second write had the shutdown that
+    # followed write (and account for, and submit) the first one again.
+    written: list[str] = []
+    exporter: SpanproofSpanExporter
+
+    class Interrupting(DirectorySink):
+        def write(self, bundle: SealedBundle) -> str:
+            if len(written) == 1 and not exporter._shutdown:
+                exporter.shutdown(timeout_millis=1000)  # a SIGTERM handler's, here
+                raise SystemExit(0)
+            path = super().write(bundle)
+            written.append(os.path.basename(path))
+            return path
+
+    rec = Recorder()
+    traces = {build_trace(rec, evidence_steps=1, plain_steps=0)[0] for _ in range(3)}
+    exporter = make_exporter(out, clock, sink=Interrupting(out))
+    exporter.export(rec.take())
+    with pytest.raises(SystemExit):
+        exporter.force_flush()
+    assert sorted(written) == sorted(set(written)) and len(written) == 3
+    assert {r.statement.trace_id for r in verified(out, trust_root(out.parent))
+            if r.statement} == traces
 
 
 def test_shutdown_seals_every_pending_trace_it_took_even_past_its_deadline(
