@@ -24,8 +24,9 @@ from spanproof.verifier.records import CER_MEDIA_TYPE
 from spanproof.verifier.statement import Completeness, Producer
 from spanproof.verifier.verify import BundleReport, Verdict, check_bundle
 
+from . import assembly
 from ._leftovers import finish_interrupted_writes
-from .assembly import RECOVERED, SealJob
+from .assembly import RECOVERED, SealJob, body_bytes
 from .disclosure import AttributeMatcher
 from .journal import RecoveredTrace, recover_orphans, release_claimed
 from .keys import SigningKey
@@ -211,7 +212,7 @@ def _seal_trace(
     if rejected > unencodable:
         notes.append(f"{rejected - unencodable} evidence span(s) recorded in the journal "
                      "as rejected")
-    chunks = [bodies[i:i + max_records] for i in range(0, len(bodies), max_records)] or [[]]
+    chunks = _segments(bodies, max_records)
     bundles = []
     for n, chunk in enumerate(chunks):
         ids = {b["span"]["spanId"] for b in chunk}
@@ -230,6 +231,24 @@ def _seal_trace(
         bundles.append(bundle)
         position = bundle.next_position()
     return bundles
+
+
+def _segments(bodies: list[dict[str, Any]], max_records: int) -> list[list[dict[str, Any]]]:
+    """*bodies* cut into segments as the assembler cuts a trace's: at most
+    *max_records* each, and ending with the body that reaches about
+    ``MAX_SEGMENT_BYTES``; one empty segment when there are none."""
+    segments: list[list[dict[str, Any]]] = []
+    segment: list[dict[str, Any]] = []
+    size = 0
+    for body in bodies:
+        segment.append(body)
+        size += body_bytes(body)
+        if len(segment) >= max_records or size >= assembly.MAX_SEGMENT_BYTES:
+            segments.append(segment)
+            segment, size = [], 0
+    if segment or not segments:
+        segments.append(segment)
+    return segments
 
 
 def continue_on_disk(

@@ -684,3 +684,38 @@ def test_a_recovery_that_cannot_open_a_journal_lets_go_of_those_it_took(
     traces, paths = recover_orphans(str(tmp_path))  # the first is not held any more
     assert len(paths) == 2 and set(traces) == {TRACE}
     release_claimed(paths)
+
+
+def test_recovered_spans_are_sealed_in_segments_of_the_assembler_s_byte_bound(
+    tmp_path, monkeypatch
+):
+    # Recovery cut a dead process's trace by MAX_RECORDS only: a trace of many large
+    # spans came back as segments far over the bound the assembler keeps.
+    from cli_support import span_body
+
+    from spanproof.exporter import assembly
+    from spanproof.exporter._recovery import seal_orphaned_journals
+    from spanproof.exporter.keys import SigningKey
+    from spanproof.exporter.sinks import DirectorySink
+    from spanproof.verifier import TrustRoot, Verdict, link_segments
+    from spanproof.verifier.verify import check_bundle
+
+    monkeypatch.setattr(assembly, "MAX_SEGMENT_BYTES", 1)  # every span reaches it
+    key = SigningKey.from_seed(bytes(range(32)))
+    journal = Journal(str(tmp_path / "journal"), "00000000000000dd")
+    for n in (1, 2, 3):
+        journal.append_spans([(TRACE, span_body(TRACE, f"100000000000000{n}", "",
+                                                f"step {n}"))])
+    journal.forget_after_fork()
+    written = seal_orphaned_journals(
+        str(tmp_path / "journal"), signer=key, sink=DirectorySink(tmp_path / "out"),
+        producer_name="spanproof-test", producer_version="0", max_records=100,
+        clock=lambda: 1_800_000_000.0,
+    )
+    (tmp_path / "key.pub").write_bytes(key.public_pem())
+    trust = TrustRoot.from_pem_files([str(tmp_path / "key.pub")])
+    reports = [check_bundle(path, trust) for path in written]
+    assert [r.verdict for r in reports] == [Verdict.OK] * 3
+    assert [r.statement.record_count for r in reports if r.statement] == [1, 1, 1]
+    (link,) = link_segments(reports)
+    assert link.ok and link.segments == (0, 1, 2)
