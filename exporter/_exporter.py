@@ -898,7 +898,7 @@ class SpanproofSpanExporter(SpanExporter):
         timeout = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
         if not self._seal_lock.acquire(timeout=timeout):
             return False
-        outer, self._sealing_on = self._sealing_on, threading.get_ident()
+        self._sealing_on = threading.get_ident()  # passes never nest: the lock is plain
         try:
             worked = self._reap(block=False)
             if self._sealed_unwritten:  # a pass an exception cut short sealed these
@@ -939,7 +939,7 @@ class SpanproofSpanExporter(SpanExporter):
             try:
                 self._pass_done()
             finally:
-                self._sealing_on = outer
+                self._sealing_on = None
                 self._seal_lock.release()
                 asked, self._shutdown_after_pass = self._shutdown_after_pass, None
                 if asked is not None:
