@@ -305,6 +305,14 @@ def test_spanproof_receiver_with_mutual_tls_certifies_only_what_a_certified_send
         2, "spanproof: error: --tls-cert and --tls-key go together")
 
 
+def _https_server(pki: Pki) -> HttpServer:
+    """An OTLP/HTTP server over TLS (no client CA), started."""
+    server = HttpServer("127.0.0.1:0", _Ingest(),
+                        tls=ServerTLS(str(pki.server_cert), str(pki.server_key)))
+    server.start()
+    return server
+
+
 def test_tls_connections_beyond_the_bound_are_closed_without_a_handshake(
     pki: Pki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -316,9 +324,7 @@ def test_tls_connections_beyond_the_bound_are_closed_without_a_handshake(
     import spanproof.exporter.otlp_server as otlp_server
 
     monkeypatch.setattr(otlp_server, "HTTP_CONNECTIONS_AT_ONCE", 1)
-    server = HttpServer("127.0.0.1:0", _Ingest(), tls=ServerTLS(str(pki.server_cert),
-                                                                 str(pki.server_key)))
-    server.start()
+    server = _https_server(pki)
     held = socket.create_connection(("127.0.0.1", server.port), timeout=5)  # no handshake
     try:
         time.sleep(0.2)  # its thread now waits for the handshake: the one place is taken
@@ -344,9 +350,7 @@ def test_a_tls_connection_s_handshake_and_first_head_share_one_deadline(
     import spanproof.exporter.otlp_server as otlp_server
 
     monkeypatch.setattr(otlp_server, "HTTP_HEAD_SECONDS", 2.0)
-    server = HttpServer("127.0.0.1:0", _Ingest(), tls=ServerTLS(str(pki.server_cert),
-                                                                 str(pki.server_key)))
-    server.start()
+    server = _https_server(pki)
     try:
         raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
         began = time.monotonic()
