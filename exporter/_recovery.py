@@ -26,7 +26,7 @@ from spanproof.verifier.verify import BundleReport, Verdict, check_bundle
 
 from . import assembly
 from ._leftovers import finish_interrupted_writes
-from .assembly import RECOVERED, SealJob, body_bytes
+from .assembly import RECOVERED, SealJob, body_bytes, segment_length
 from .disclosure import AttributeMatcher
 from .journal import RecoveredTrace, recover_orphans, release_claimed
 from .keys import SigningKey
@@ -237,18 +237,14 @@ def _segments(bodies: list[dict[str, Any]], max_records: int) -> list[list[dict[
     """*bodies* cut into segments as the assembler cuts a trace's: at most
     *max_records* each, and ending with the body that reaches about
     ``MAX_SEGMENT_BYTES``; one empty segment when there are none."""
+    sizes = [body_bytes(body) for body in bodies]
     segments: list[list[dict[str, Any]]] = []
-    segment: list[dict[str, Any]] = []
-    size = 0
-    for body in bodies:
-        segment.append(body)
-        size += body_bytes(body)
-        if len(segment) >= max_records or size >= assembly.MAX_SEGMENT_BYTES:
-            segments.append(segment)
-            segment, size = [], 0
-    if segment or not segments:
-        segments.append(segment)
-    return segments
+    start = 0
+    while start < len(bodies):
+        count = segment_length(sizes[start:], max_records, assembly.MAX_SEGMENT_BYTES)
+        segments.append(bodies[start:start + count])
+        start += count
+    return segments or [[]]
 
 
 def continue_on_disk(

@@ -39,7 +39,7 @@ trace's pending spans, not against segments already sealed.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +78,19 @@ def body_bytes(body: Body) -> int:
         for item in span.get(group, ()):
             size += _value_bytes(item.get("attributes", {}))
     return size
+
+
+def segment_length(sizes: Sequence[int], max_records: int, max_bytes: int) -> int:
+    """How many of the bodies of *sizes* (:func:`body_bytes` each), first to last,
+    make one segment: at most *max_records*, the body that reaches *max_bytes* the
+    last (at least one, when there is one)."""
+    count = min(len(sizes), max_records)
+    total = 0
+    for i in range(count):
+        total += sizes[i]
+        if total >= max_bytes:
+            return i + 1
+    return count
 
 
 def _value_bytes(attributes: Mapping[str, Any]) -> int:
@@ -588,14 +601,8 @@ class TraceAssembler:
     def _emit(self, entry: _Trace, reason: str) -> SealJob:
         assert entry.position is not None
         bodies, sizes = entry.bodies, entry.sizes
-        count = min(len(bodies), self._max_records)
-        if entry.size > self._max_bytes:
-            total = 0
-            for i, size in enumerate(sizes[:count]):
-                total += size
-                if total >= self._max_bytes:
-                    count = i + 1  # the body that reaches the limit is the last
-                    break
+        count = (segment_length(sizes, self._max_records, self._max_bytes)
+                 if entry.size >= self._max_bytes else min(len(bodies), self._max_records))
         if count < len(bodies):
             taken, rest = bodies[:count], bodies[count:]
             entry.sizes = sizes[count:]
