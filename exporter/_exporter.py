@@ -810,7 +810,7 @@ class SpanproofSpanExporter(SpanExporter):
             self._submitter.flush(min(remaining, _MIN_SHUTDOWN_SECONDS))
             self._submitter.close(max(0.0, deadline - time.monotonic()))
         self._span_warnings.held_back("name spans that cannot be certified")
-        self._unencodable_warnings.held_back("name spans not representable as canonical JSON")
+        self._unencodable_warnings.held_back("name spans rejected at sealing")
         if incomplete:
             _logger.error("spanproof: shutdown incomplete: %d sealed bundle(s) not written, "
                           "%d still being written, %d trace(s) not sealed, %d span(s) of "
@@ -1081,8 +1081,9 @@ class SpanproofSpanExporter(SpanExporter):
         bad = bundle.statement.completeness.rejected_spans - job.completeness.rejected_spans
         if bad:
             self._unencodable_warnings.warn(
-                "spanproof: %d span(s) of trace %s rejected: not representable as "
-                "canonical JSON", bad, job.trace_id)
+                "spanproof: %d span(s) of trace %s rejected at sealing: a value with no "
+                "canonical JSON form, or a record longer than 64 MiB (the bundle's notes "
+                "say which)", bad, job.trace_id)
         return bundle
 
     def _write(self, bundle: SealedBundle, outcome: str | Exception | None = None) -> bool:

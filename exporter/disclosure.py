@@ -22,12 +22,12 @@ are stored as they are.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from spanproof.verifier.disclosure import SALT_BYTES, AttributeMatcher, Disclosure, commit_value
 
-__all__ = ["AttributeMatcher", "commit_bodies", "commit_body", "new_salt", "redaction_matcher"]
+__all__ = ["AttributeMatcher", "commit_body", "new_salt", "redaction_matcher"]
 
 
 def new_salt() -> bytes:
@@ -87,20 +87,3 @@ def commit_body(
     out["span"] = {**span, "attributes": committed}
     return out, tuple(disclosures)
 
-
-def commit_bodies(
-    bodies: Sequence[Mapping[str, Any]],
-    redact: AttributeMatcher | None,
-    *,
-    salt: Callable[[], bytes] = new_salt,
-) -> tuple[list[Mapping[str, Any]], tuple[Disclosure, ...]]:
-    """:func:`commit_body` over a segment's bodies; *redact* None commits nothing."""
-    if redact is None or not redact:
-        return list(bodies), ()
-    out: list[Mapping[str, Any]] = []
-    disclosures: list[Disclosure] = []
-    for body in bodies:
-        committed, found = commit_body(body, redact, salt=salt)
-        out.append(committed)
-        disclosures.extend(found)
-    return out, tuple(disclosures)

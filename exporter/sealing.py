@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from spanproof.verifier.bundle import BUNDLE_SUFFIX, encode_bundle
+from spanproof.verifier.bundle import BUNDLE_SUFFIX, MAX_RECORD_BYTES, encode_bundle
 from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.disclosure import DISCLOSURES_SUFFIX, Disclosure, DisclosureFile
 from spanproof.verifier.errors import CanonicalizationError
@@ -28,17 +28,22 @@ from spanproof.verifier.records import (
 from spanproof.verifier.statement import Completeness, Producer, Statement
 from spanproof.verifier.values import is_committed_value
 
-from .disclosure import AttributeMatcher, commit_bodies, new_salt
+from .disclosure import AttributeMatcher, commit_body, new_salt
 from .keys import SigningKey
 
 __all__ = [
-    "UNENCODABLE_NOTE", "Body", "ChainPosition", "SealedBundle", "SerializedBody",
+    "OVERSIZED_NOTE", "UNENCODABLE_NOTE", "Body", "ChainPosition", "SealedBundle", "SerializedBody",
     "body_span_id", "build_record", "seal",
 ]
 
 UNENCODABLE_NOTE = (
     "{} span(s) rejected: a value has no canonical JSON form "
     "(e.g. a string with a lone surrogate)"
+)
+
+OVERSIZED_NOTE = (
+    "{} span(s) rejected: the record would be longer than a bundle line may be "
+    "(64 MiB, SPEC §7.1)"
 )
 
 
@@ -171,6 +176,9 @@ def seal(
     With *reject_unencodable*, a body holding a value JSON cannot carry (a string
     with a lone surrogate) does not fail the segment: it is left out, and the
     statement declares it rejected (SPEC §5.3) with :data:`UNENCODABLE_NOTE`.
+    A body whose record would be longer than a bundle line may be
+    (:data:`~spanproof.verifier.bundle.MAX_RECORD_BYTES`, SPEC §7.1) is always left
+    out so, with :data:`OVERSIZED_NOTE`: no verifier could read it.
 
     Raises:
         CanonicalizationError: a body holds a value JSON cannot carry (not with
@@ -187,13 +195,26 @@ def seal(
         except CanonicalizationError:
             pass
         mappings, completeness = _without_unencodable(mappings, completeness or Completeness())
-    committed, disclosures = commit_bodies(mappings, redact, salt=salt)
-    lines = []
+    lines: list[bytes] = []
+    disclosures: list[Disclosure] = []
+    oversized = 0
     head = position.start
-    for i, body in enumerate(committed):
-        raw = canonicalize(build_record(body, position.first_seq + i, head))
+    for body in mappings:
+        committed, opened = commit_body(body, redact, salt=salt) if redact else (body, ())
+        raw = canonicalize(build_record(committed, position.first_seq + len(lines), head))
+        if len(raw) > MAX_RECORD_BYTES:
+            oversized += 1  # no verifier would read its line (SPEC §7.1)
+            continue
         head = record_hash(raw)
         lines.append(raw)
+        disclosures.extend(opened)
+    if oversized:
+        completeness = completeness or Completeness()
+        completeness = dataclasses.replace(
+            completeness,
+            rejected_spans=completeness.rejected_spans + oversized,
+            notes=(*completeness.notes, OVERSIZED_NOTE.format(oversized)),
+        )
     statement = Statement(
         trace_id=trace_id,
         segment_index=position.segment_index,
@@ -210,7 +231,7 @@ def seal(
     payload = statement.to_payload()
     envelope = signer.sign_envelope(payload)
     return SealedBundle(
-        encode_bundle(envelope, lines), statement, digest_hex(payload), disclosures
+        encode_bundle(envelope, lines), statement, digest_hex(payload), tuple(disclosures)
     )
 
 

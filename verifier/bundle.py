@@ -26,6 +26,8 @@ from .records import validate_record
 __all__ = [
     "BUNDLE_MEDIA_TYPE",
     "BUNDLE_SUFFIX",
+    "MAX_LINE_BYTES",
+    "MAX_RECORD_BYTES",
     "BundleReader",
     "encode_bundle",
     "iter_bundle_chunks",
@@ -35,8 +37,11 @@ BUNDLE_MEDIA_TYPE = "application/vnd.spanproof.bundle.v1+json"
 BUNDLE_SUFFIX = ".spanproof.json"
 _RECORDS_OPEN = b',"records":[\n'
 _CLOSE = b"]}\n"
-# A record line longer than this is refused rather than read into memory.
+#: The longest line a bundle may hold, its line feed included (SPEC §7.1): a longer
+#: one is refused rather than read into memory.
 MAX_LINE_BYTES = 64 * 1024 * 1024
+#: The longest record a bundle can hold: its line adds a comma and a line feed.
+MAX_RECORD_BYTES = MAX_LINE_BYTES - 2
 
 
 def _header_bytes(envelope: Envelope) -> bytes:

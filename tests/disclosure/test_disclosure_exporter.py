@@ -26,7 +26,6 @@ from exporter_support import FakeClock, Recorder, make_exporter
 
 from spanproof.exporter.config import ExporterConfig
 from spanproof.exporter.disclosure import (
-    commit_bodies,
     commit_body,
     redaction_matcher,
 )
@@ -126,12 +125,6 @@ def test_commit_body_rejects_a_bad_salt_source() -> None:
     with pytest.raises(ValueError, match="16 bytes"):
         commit_body(default_bodies()[0], AttributeMatcher(("customer.*",)),
                     salt=lambda: b"short")
-
-
-def test_commit_bodies_without_matcher_returns_bodies_unchanged() -> None:
-    bodies = default_bodies()
-    out, disclosures = commit_bodies(bodies, None)
-    assert out == bodies and disclosures == ()
 
 
 # --------------------------------------------------------------- the directory sink
