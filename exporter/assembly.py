@@ -67,13 +67,14 @@ MAX_PENDING_BYTES = 1024 * 1024 * 1024
 
 def body_bytes(body: Body) -> int:
     """About the size of a record body: its JSON's length when it is kept as JSON,
-    else the length (in characters) of its span's name and of the string and bytes
-    values of its attributes, events' and links', those in arrays and kvlists
-    included (what makes a span large; the rest is small)."""
+    else the UTF-8 length of its span's name and of the string values of its
+    attributes, events' and links', and the length of their bytes values' base64,
+    those in arrays and kvlists included (what makes a span large; the rest is
+    small; JSON's escapes of control characters are not counted)."""
     if isinstance(body, SerializedBody):
         return len(body.json)
     span = body["span"]
-    size = len(span.get("name", "")) + _value_bytes(span.get("attributes", {}))
+    size = _text_bytes(span.get("name", "")) + _value_bytes(span.get("attributes", {}))
     for group in ("events", "links"):
         for item in span.get(group, ()):
             size += _value_bytes(item.get("attributes", {}))
@@ -93,11 +94,16 @@ def segment_length(sizes: Sequence[int], max_records: int, max_bytes: int) -> in
     return count
 
 
+def _text_bytes(text: str) -> int:
+    """The UTF-8 length of *text*; checking for ASCII first takes no scan."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
 def _value_bytes(attributes: Mapping[str, Any]) -> int:
     size = 0
     for typed in attributes.values():
         text = typed.get("stringValue")
-        size += len(text) if text is not None else _other_bytes(typed)
+        size += _text_bytes(text) if text is not None else _other_bytes(typed)
     return size
 
 
@@ -109,13 +115,14 @@ def _other_bytes(typed: Mapping[str, Any]) -> int:
     if "arrayValue" in typed:
         return sum(_typed_bytes(value) for value in typed["arrayValue"])
     if "kvlistValue" in typed:
-        return sum(len(key) + _typed_bytes(value) for key, value in typed["kvlistValue"].items())
+        return sum(_text_bytes(key) + _typed_bytes(value)
+                   for key, value in typed["kvlistValue"].items())
     return 0
 
 
 def _typed_bytes(typed: Mapping[str, Any]) -> int:
     text = typed.get("stringValue")
-    return len(text) if text is not None else _other_bytes(typed)
+    return _text_bytes(text) if text is not None else _other_bytes(typed)
 
 __all__ = [
     "FORCE_FLUSH",

@@ -159,6 +159,22 @@ def test_body_bytes_counts_names_strings_and_bytes_values_or_the_json() -> None:
     assert body_bytes(as_json(b)) == len(orjson.dumps(b, option=orjson.OPT_SORT_KEYS))
 
 
+def test_body_bytes_counts_text_in_utf8_bytes_not_characters() -> None:
+    # A prompt in Japanese is three bytes a character in the bundle: counted by
+    # characters, a segment of such text would reach three times the byte bound.
+    from spanproof.exporter.assembly import body_bytes
+
+    b = prompt(T1, 0, 0)
+    b["span"]["name"] = "caf\u00e9"  # 5 bytes
+    b["span"]["attributes"] = {
+        "gen_ai.prompt": {"stringValue": "\u65e5\u672c" * 10},  # 60 bytes
+        "tags": {"arrayValue": [{"stringValue": "\U0001f600"}]},  # 4 bytes
+        "meta": {"kvlistValue": {"cl\u00e9": {"stringValue": "x"}}},  # 4 + 1 bytes
+        "half": {"stringValue": "a\ud800"},  # a lone surrogate, rejected at sealing: 4
+    }
+    assert body_bytes(b) == 5 + 60 + 4 + 4 + 1 + 4
+
+
 @pytest.mark.parametrize("form", [dict, as_json], ids=["dict", "json"])
 def test_a_trace_is_cut_once_its_pending_bodies_reach_the_byte_limit(form: Any) -> None:
     # A long-lived trace (its root open for hours) with large prompts was held whole
