@@ -187,7 +187,7 @@ def _loss_words(statement: Statement) -> str:
         f"{n} {what}"
         for n, what in (
             (comp.dropped_spans, "step(s) dropped before they could be certified"),
-            (comp.rejected_spans, "step(s) rejected as malformed"),
+            (comp.rejected_spans, "step(s) rejected: not certifiable"),
             (comp.unsampled_spans, "step(s) removed by sampling"),
         )
         if n

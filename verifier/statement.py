@@ -44,7 +44,8 @@ class Completeness:
     """What the producer knows it did not certify (SPEC §5.3).
 
     ``dropped_spans``: evidence spans lost before certification (queue overflow,
-    limits); ``rejected_spans``: spans refused as malformed; ``unsampled_spans``:
+    limits); ``rejected_spans``: spans refused as not certifiable (malformed, or over
+    the producer's limits); ``unsampled_spans``:
     evidence spans known to be removed by sampling; ``conflicts``: span ids that
     arrived twice with different content (each version is certified as its own
     record); ``notes``: human-readable notes (limits applied, recovery).

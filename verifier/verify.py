@@ -388,7 +388,7 @@ def _loss_text(statement: Statement) -> str:
         f"{n} {what}"
         for n, what in (
             (comp.dropped_spans, "evidence spans dropped before certification"),
-            (comp.rejected_spans, "spans rejected as malformed"),
+            (comp.rejected_spans, "spans rejected: not certifiable"),
             (comp.unsampled_spans, "evidence spans removed by sampling"),
         )
         if n

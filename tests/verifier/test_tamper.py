@@ -1031,7 +1031,7 @@ def test_declared_rejected_spans_incomplete(kit: Kit) -> None:
         kit,
         data,
         "completeness",
-        "incomplete: 1 spans rejected as malformed",
+        "incomplete: 1 spans rejected: not certifiable",
         IncompleteBundle,
         verdict=Verdict.INCOMPLETE,
     )
