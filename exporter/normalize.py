@@ -71,6 +71,7 @@ _STATUS = {
 }
 _TRACE_ID_LIMIT = 1 << 128
 _SPAN_ID_LIMIT = 1 << 64
+_UINT64_LIMIT = 1 << 64
 
 # Resource and scope bodies are the same for every span of a tracer, so they are
 # built once per object.  Both SDK types are immutable; the cache holds the object
@@ -171,9 +172,16 @@ def _span_attributes(span: ReadableSpan) -> Mapping[str, Any] | None:
     return span.attributes
 
 
-def _nanos(value: int | None) -> str:
+def _nanos(value: int | None, what: str) -> str:
     # An ended span has both times; a missing one is 0, as an unset OTLP field.
-    return str(int(value)) if value else "0"
+    if not value:
+        return "0"
+    nanos = int(value)
+    if not 0 <= nanos < _UINT64_LIMIT:
+        # The SDK takes any int (start_span(start_time=...), end(end_time=...),
+        # add_event(timestamp=...)); a record's times are uint64 (SPEC §2.2), as OTLP's.
+        raise ValueError(f"{what} {value!r} is outside uint64 nanoseconds (SPEC §2.2)")
+    return str(nanos)
 
 
 def _dropped(container: Any) -> int:
@@ -249,9 +257,9 @@ def span_to_body(span: ReadableSpan) -> dict[str, Any]:
     tracer; treat the result as immutable.
 
     Raises:
-        ValueError: the span has no valid context (ids zero or too wide), an
-            unknown kind or status code, or an attribute value of a type
-            OpenTelemetry does not allow.
+        ValueError: the span has no valid context (ids zero or too wide), a start,
+            end or event time outside uint64, an unknown kind or status code, or an
+            attribute value of a type OpenTelemetry does not allow.
     """
     ctx = span.get_span_context()
     if ctx is None or not (0 < ctx.trace_id < _TRACE_ID_LIMIT and 0 < ctx.span_id < _SPAN_ID_LIMIT):
@@ -270,7 +278,7 @@ def span_to_body(span: ReadableSpan) -> dict[str, Any]:
         raise ValueError(f"unknown status code {status.status_code!r}")
     events = [
         {
-            "timeUnixNano": _nanos(event.timestamp),
+            "timeUnixNano": _nanos(event.timestamp, "event time"),
             "name": event.name,
             "attributes": typed_attributes(event.attributes),
             "droppedAttributesCount": str(_dropped(event.attributes)),
@@ -296,8 +304,8 @@ def span_to_body(span: ReadableSpan) -> dict[str, Any]:
             "traceState": ctx.trace_state.to_header() if ctx.trace_state else "",
             "name": span.name,
             "kind": kind,
-            "startTimeUnixNano": _nanos(span.start_time),
-            "endTimeUnixNano": _nanos(span.end_time),
+            "startTimeUnixNano": _nanos(span.start_time, "start time"),
+            "endTimeUnixNano": _nanos(span.end_time, "end time"),
             "status": {"code": code, "message": status.description or ""},
             "attributes": typed_attributes(_span_attributes(span)),
             "droppedAttributesCount": str(span.dropped_attributes),
