@@ -172,6 +172,23 @@ def _span_attributes(span: ReadableSpan) -> Mapping[str, Any] | None:
     return span.attributes
 
 
+def _text(value: Any, what: str) -> str:
+    """A string member of a record: a ``str`` as it is, a ``str`` subclass (a ``str``
+    Enum) as its string data, as attribute values are.  The SDK takes a name of any
+    type (``start_span(None)``, ``add_event(7)``, ``get_tracer(123)``), and a record's
+    names are strings (SPEC §2.1): anything else is refused."""
+    if type(value) is str:
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)
+    raise ValueError(f"{what} is a {type(value).__name__}, not a string")
+
+
+def _optional_text(value: Any, what: str) -> str:
+    """:func:`_text`, with ``""`` for a missing (``None``) one."""
+    return "" if value is None else _text(value, what)
+
+
 def _nanos(value: int | None, what: str) -> str:
     # An ended span has both times; a missing one is 0, as an unset OTLP field.
     if not value:
@@ -199,7 +216,7 @@ def resource_to_body(resource: Resource) -> dict[str, Any]:
         "attributes": typed_attributes(resource.attributes),
         # The SDK's Resource keeps no dropped count; its OTLP encoding sends 0.
         "droppedAttributesCount": "0",
-        "schemaUrl": resource.schema_url or "",
+        "schemaUrl": _optional_text(resource.schema_url, "resource schema URL"),
     }
     if len(_resource_cache) >= _CACHE_LIMIT:
         _resource_cache.clear()
@@ -225,11 +242,11 @@ def scope_to_body(scope: InstrumentationScope | None) -> dict[str, Any]:
         # InstrumentationScope.attributes appeared in SDK 1.23; older scopes have none.
         attributes = getattr(scope, "attributes", None)
         body = {
-            "name": scope.name or "",
-            "version": scope.version or "",
+            "name": _optional_text(scope.name, "scope name"),
+            "version": _optional_text(scope.version, "scope version"),
             "attributes": typed_attributes(attributes),
             "droppedAttributesCount": str(_dropped(attributes)),
-            "schemaUrl": scope.schema_url or "",
+            "schemaUrl": _optional_text(scope.schema_url, "scope schema URL"),
         }
     if len(_scope_cache) >= _CACHE_LIMIT:
         _scope_cache.clear()
@@ -258,8 +275,9 @@ def span_to_body(span: ReadableSpan) -> dict[str, Any]:
 
     Raises:
         ValueError: the span has no valid context (ids zero or too wide), a start,
-            end or event time outside uint64, an unknown kind or status code, or an
-            attribute value of a type OpenTelemetry does not allow.
+            end or event time outside uint64, a name (span, event, scope), version,
+            schema URL or status description that is not a string, an unknown kind or
+            status code, or an attribute value of a type OpenTelemetry does not allow.
     """
     ctx = span.get_span_context()
     if ctx is None or not (0 < ctx.trace_id < _TRACE_ID_LIMIT and 0 < ctx.span_id < _SPAN_ID_LIMIT):
@@ -279,7 +297,7 @@ def span_to_body(span: ReadableSpan) -> dict[str, Any]:
     events = [
         {
             "timeUnixNano": _nanos(event.timestamp, "event time"),
-            "name": event.name,
+            "name": _text(event.name, "event name"),
             "attributes": typed_attributes(event.attributes),
             "droppedAttributesCount": str(_dropped(event.attributes)),
         }
@@ -302,11 +320,12 @@ def span_to_body(span: ReadableSpan) -> dict[str, Any]:
             "spanId": f"{ctx.span_id:016x}",
             "parentSpanId": parent_id,
             "traceState": ctx.trace_state.to_header() if ctx.trace_state else "",
-            "name": span.name,
+            "name": _text(span.name, "span name"),
             "kind": kind,
             "startTimeUnixNano": _nanos(span.start_time, "start time"),
             "endTimeUnixNano": _nanos(span.end_time, "end time"),
-            "status": {"code": code, "message": status.description or ""},
+            "status": {"code": code,
+                       "message": _optional_text(status.description, "status description")},
             "attributes": typed_attributes(_span_attributes(span)),
             "droppedAttributesCount": str(span.dropped_attributes),
             "events": events,
