@@ -103,9 +103,17 @@ def _encode(value: Any, out: list[str]) -> None:
     elif isinstance(value, float):
         out.append(format_double(value))
     elif isinstance(value, Mapping):
+        exact = True
         for key in value:
-            if not isinstance(key, str):
-                raise CanonicalizationError(f"property name {key!r} is not a string")
+            if type(key) is not str:
+                if not isinstance(key, str):
+                    raise CanonicalizationError(f"property name {key!r} is not a string")
+                exact = False
+        if not exact and len({str.__str__(key) for key in value}) != len(value):
+            # Distinct str subclass keys (their own __eq__ or __hash__) with the same
+            # string data: the JSON would hold two members of one name, which no
+            # strict parser accepts (SPEC §3.2).
+            raise CanonicalizationError("two property names hold the same string")
         out.append("{")
         first = True
         for key in sorted(value, key=_utf16_key):

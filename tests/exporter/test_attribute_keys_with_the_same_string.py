@@ -1,0 +1,102 @@
+"""Two span attribute keys that hold the same string.
+
+The OpenTelemetry SDK keeps a ``str`` subclass key as given, so a subclass with its
+own ``__eq__`` or ``__hash__`` (a case-insensitive or identity-compared string type)
+can sit in a span's attributes beside a plain ``str`` of the same characters.  Both
+were written as members of the record's ``attributes`` object: the exporter signed
+a record with a duplicate member name, which the verifier's strict parser fails
+(SPEC §3.2).  Such a record has no canonical form; the span is now declared
+rejected in its trace's bundle, as a span holding a lone surrogate is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from exporter_support import (
+    FakeClock,
+    Recorder,
+    make_exporter,
+    record_span_ids,
+    reports,
+    signing_key,
+    span_hex,
+    trust_root,
+    verified,
+)
+from opentelemetry.sdk.trace.export import SpanExportResult
+
+from spanproof.exporter import EvidenceSpanProcessor
+from spanproof.exporter.sealing import UNENCODABLE_NOTE
+from spanproof.verifier import Verdict
+from spanproof.verifier.canonical import canonicalize
+from spanproof.verifier.errors import CanonicalizationError
+
+
+class IdentityKey(str):
+    """A string compared by identity: never equal to the plain string it spells."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+class Plain(str):
+    __slots__ = ()
+
+
+def test_keys_with_the_same_string_have_no_canonical_form() -> None:
+    with pytest.raises(CanonicalizationError):
+        canonicalize({"a": "1", IdentityKey("a"): "2"})
+    # A str subclass key alone is its string data.
+    assert canonicalize({Plain("b"): "1", "a": "2"}) == b'{"a":"2","b":"1"}'
+
+
+def _trace(rec: Recorder) -> list[str]:
+    """A root span, a good child, and a child with two keys spelled "k": the span
+    ids of the root and the good child."""
+    with rec.tracer.start_as_current_span("root") as root:
+        with rec.tracer.start_as_current_span("good", attributes={"k": 1}) as good:
+            pass
+        with rec.tracer.start_as_current_span("twice") as twice:
+            twice.set_attribute("k", 1)
+            twice.set_attribute(IdentityKey("k"), 2)
+    return [span_hex(good)[1], span_hex(root)[1]]
+
+
+def _assert_declared_rejected(out: Path, trust_dir: Path, kept: list[str]) -> None:
+    (report,) = reports(out, trust_root(trust_dir))
+    assert report.verdict is Verdict.INCOMPLETE, report.reason
+    (report,) = verified(out, trust_root(trust_dir), allow_incomplete=True)
+    assert report.statement is not None
+    assert report.statement.completeness.rejected_spans == 1
+    assert UNENCODABLE_NOTE.format(1) in report.statement.completeness.notes
+    assert record_span_ids(report) == kept
+
+
+def test_keys_with_the_same_string_are_declared_rejected_not_signed(tmp_path: Path) -> None:
+    rec = Recorder()
+    kept = _trace(rec)
+    exporter = make_exporter(tmp_path / "out", FakeClock(), select_all=True)
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    _assert_declared_rejected(tmp_path / "out", tmp_path, kept)
+
+
+def test_keys_with_the_same_string_are_declared_rejected_by_the_evidence_processor(
+    tmp_path: Path,
+) -> None:
+    processor = EvidenceSpanProcessor(tmp_path / "out", signing_key=signing_key(),
+                                      select_all=True)
+    rec = Recorder()
+    rec.provider.add_span_processor(processor)
+    try:
+        kept = _trace(rec)
+    finally:
+        rec.provider.shutdown()
+    _assert_declared_rejected(tmp_path / "out", tmp_path, kept)
