@@ -231,13 +231,71 @@ def _json_list(obj: Any, name: str, original: str) -> list[Any]:
     return members
 
 
+_INT32 = range(-(2**31), 2**31)
+_DECIMAL = re.compile(r"-?[0-9]+")
+_SPAN_KIND_NAMES = frozenset(trace_pb2.Span.SpanKind.keys())
+_STATUS_CODE_NAMES = frozenset(trace_pb2.Status.StatusCode.keys())
+
+
+def _enum_as_sent(value: Any, names: frozenset[str]) -> bool:
+    """Whether protobuf's JSON parser takes *value*, an enum field's JSON value, as
+    sent: absent (``null``), an int32 (written as a number, an integral one with a
+    fraction or exponent included, or as a decimal string), or a name of the enum.
+
+    It truncates a larger integer to 32 bits (a status code of 2^32 + 2 became
+    ``ERROR``), takes a fraction's integer part and ``true`` as 1, and leaves the
+    field unset (0) for an unknown name when unknown fields are ignored.
+    """
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, float):
+        return value.is_integer() and int(value) in _INT32
+    if isinstance(value, int):
+        return value in _INT32
+    if isinstance(value, str):
+        return value in names or (_DECIMAL.fullmatch(value) is not None
+                                  and int(value) in _INT32)
+    return False
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_enums(doc: dict[str, Any]) -> None:
+    """Refuse a span whose ``kind`` or ``status.code`` protobuf would not carry as
+    sent (:func:`_enum_as_sent`): certified, it would state another value.
+
+    Raises:
+        InvalidRequest: naming the value.
+    """
+    for resource_spans in _json_list(doc, "resourceSpans", "resource_spans"):
+        for scope_spans in _json_list(resource_spans, "scopeSpans", "scope_spans"):
+            for span in _json_list(scope_spans, "spans", "spans"):
+                if not isinstance(span, dict):
+                    continue
+                kind = span.get("kind")
+                if not _enum_as_sent(kind, _SPAN_KIND_NAMES):
+                    raise InvalidRequest(f"span kind {_shown(kind)} is neither an int32 "
+                                         "nor the name of a SpanKind")
+                status = span.get("status")
+                code = status.get("code") if isinstance(status, dict) else None
+                if not _enum_as_sent(code, _STATUS_CODE_NAMES):
+                    raise InvalidRequest(f"status code {_shown(code)} is neither an int32 "
+                                         "nor the name of a StatusCode")
+
+
 def parse_otlp_json(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest:
     """Decode an OTLP/JSON ``ExportTraceServiceRequest`` (hex ids, int64 as strings,
     integer enums; unknown fields ignored as the OTLP spec requires).
 
     Raises:
         InvalidRequest: not JSON (``NaN`` and ``Infinity`` included, and numbers
-            beyond a double's range) or not a valid request.
+            beyond a double's range), not a valid request, or with a span kind or
+            status code that is neither an int32 nor a name of its enum.
     """
     try:
         doc = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
@@ -252,6 +310,7 @@ def parse_otlp_json(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest:
     spans = _json_span_count(doc)
     if spans > max(len(data) // MIN_JSON_SPAN_BYTES, _ANY_SIZE_SPANS):
         raise _too_many_spans(spans, len(data), MIN_JSON_SPAN_BYTES)
+    _check_enums(doc)
     request = trace_service_pb2.ExportTraceServiceRequest()
     try:
         _to_protobuf_json(doc)
