@@ -163,6 +163,24 @@ _ID_FIELDS = ("traceId", "spanId", "parentSpanId")
 # empty: an empty parentSpanId would make the span a root.
 _NOT_AN_ID = base64.b64encode(b"\0").decode("ascii")
 _HEX_ID = re.compile(r"(?:[0-9a-fA-F]{2})*")
+_BYTES_FIELDS = ("bytesValue", "bytes_value")
+_BASE64_DIGITS = re.compile(r"[A-Za-z0-9+/_-]*")
+
+
+def _is_base64(text: str) -> bool:
+    """Whether *text* is base64 as protobuf's JSON mapping takes it: the standard or
+    the URL-safe alphabet, with all of the padding or none."""
+    digits = text.removesuffix("=").removesuffix("=")
+    padding = len(text) - len(digits)
+    if _BASE64_DIGITS.fullmatch(digits) is None:
+        return False
+    left = len(digits) % 4  # digits of the last group: 2 or 3 (1 is no byte), 0 if none
+    return left == 4 - padding if padding else left != 1
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _to_protobuf_json(obj: Any) -> None:
@@ -170,10 +188,13 @@ def _to_protobuf_json(obj: Any) -> None:
     become base64 (OTLP/JSON spells ids as hex), and an id that is not hex an invalid
     id (``_NOT_AN_ID``).  A field name holding a lone surrogate is refused here:
     protobuf ignores unknown fields, but cannot look up a name that is not valid
-    Unicode (it raised SystemError).
+    Unicode (it raised SystemError).  So is a ``bytesValue`` that is not base64:
+    protobuf's decoder skips what is not in the alphabet and stops at the first
+    padding, so ``"AQ==AQ=="`` became the one byte 01 and ``"!!!!"`` no bytes.
 
     Raises:
-        InvalidRequest: a field name holds a lone surrogate.
+        InvalidRequest: a field name holds a lone surrogate, or a ``bytesValue``
+            is not base64.
     """
     if isinstance(obj, dict):
         for key, value in obj.items():
@@ -188,6 +209,9 @@ def _to_protobuf_json(obj: Any) -> None:
                 # Hex digits only: bytes.fromhex also skips whitespace.
                 obj[key] = (base64.b64encode(bytes.fromhex(value)).decode("ascii")
                             if _HEX_ID.fullmatch(value) else _NOT_AN_ID)
+            elif key in _BYTES_FIELDS and isinstance(value, str):
+                if not _is_base64(value):
+                    raise InvalidRequest(f"bytesValue {_shown(value)} is not base64")
             else:
                 _to_protobuf_json(value)
     elif isinstance(obj, list):
@@ -258,11 +282,6 @@ def _enum_as_sent(value: Any, names: frozenset[str]) -> bool:
         return value in names or (_DECIMAL.fullmatch(value) is not None
                                   and int(value) in _INT32)
     return False
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _check_enums(doc: dict[str, Any]) -> None:
