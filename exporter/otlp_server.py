@@ -17,6 +17,7 @@ Both also answer health checks, for a load balancer's or Kubernetes' probes: gRP
 from __future__ import annotations
 
 import base64
+import decimal
 import http.client
 import json
 import logging
@@ -178,6 +179,62 @@ def _is_base64(text: str) -> bool:
     return left == 4 - padding if padding else left != 1
 
 
+_DECIMAL = re.compile(r"-?[0-9]+")
+# The integer fields of a trace request that a record holds (enums included), under
+# both spellings protobuf's JSON mapping takes.
+_INTEGER_FIELDS = frozenset({
+    "intValue", "int_value", "startTimeUnixNano", "start_time_unix_nano",
+    "endTimeUnixNano", "end_time_unix_nano", "timeUnixNano", "time_unix_nano",
+    "droppedAttributesCount", "dropped_attributes_count", "droppedEventsCount",
+    "dropped_events_count", "droppedLinksCount", "dropped_links_count", "kind", "code",
+})
+
+
+class _Literal(float):
+    """A JSON number written with a fraction or an exponent whose double is an
+    integer, with its text: in an integer field it stands for the integer the text
+    denotes, which the double may not be (``1772443798120000123.0``)."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> _Literal:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+
+def _exact_integer(field: str, value: Any) -> Any:
+    """*value*, the JSON value of the integer field *field*, with a number written with a fraction
+    or an exponent (a JSON number, or a string) replaced by the exact integer it
+    denotes: protobuf's JSON parser takes such a value through a double, so
+    ``"9007199254740993.0"`` became 2^53 and a fraction whose double is an integer
+    (``"9007199254740993.5"``) was taken.  Anything else is left to protobuf.
+
+    Raises:
+        InvalidRequest: the value is a number that is not an integer, or one far
+            beyond 64 bits.
+    """
+    if isinstance(value, _Literal):
+        text = value.text
+    elif isinstance(value, str) and _DECIMAL.fullmatch(value) is None and " " not in value:
+        text = value
+    else:
+        return value
+    try:
+        number = decimal.Decimal(text)
+    except decimal.InvalidOperation:
+        return value  # not a number (an enum's name, or malformed): protobuf decides
+    if not number.is_finite():
+        return value
+    if number != number.to_integral_value():
+        raise InvalidRequest(f"{field} {_shown(text)} is not an integer")
+    if number.adjusted() > 25:
+        raise InvalidRequest(f"{field} {_shown(text)} is beyond 64 bits")
+    exact = int(number)
+    return exact if isinstance(value, float) else str(exact)
+
+
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -191,10 +248,12 @@ def _to_protobuf_json(obj: Any) -> None:
     Unicode (it raised SystemError).  So is a ``bytesValue`` that is not base64:
     protobuf's decoder skips what is not in the alphabet and stops at the first
     padding, so ``"AQ==AQ=="`` became the one byte 01 and ``"!!!!"`` no bytes.
+    An integer field's value written with a fraction or an exponent becomes the
+    integer it denotes (:func:`_exact_integer`).
 
     Raises:
-        InvalidRequest: a field name holds a lone surrogate, or a ``bytesValue``
-            is not base64.
+        InvalidRequest: a field name holds a lone surrogate, a ``bytesValue`` is
+            not base64, or an integer field holds a number that is not an integer.
     """
     if isinstance(obj, dict):
         for key, value in obj.items():
@@ -212,6 +271,8 @@ def _to_protobuf_json(obj: Any) -> None:
             elif key in _BYTES_FIELDS and isinstance(value, str):
                 if not _is_base64(value):
                     raise InvalidRequest(f"bytesValue {_shown(value)} is not base64")
+            elif key in _INTEGER_FIELDS:
+                obj[key] = _exact_integer(key, value)
             else:
                 _to_protobuf_json(value)
     elif isinstance(obj, list):
@@ -229,7 +290,7 @@ def _finite_float(text: str) -> float:
     value = float(text)
     if math.isinf(value):
         raise InvalidRequest(f"number {text} is beyond the range of a double")
-    return value
+    return _Literal(text) if value.is_integer() else value
 
 
 def _json_span_count(doc: dict[str, Any]) -> int:
@@ -256,7 +317,6 @@ def _json_list(obj: Any, name: str, original: str) -> list[Any]:
 
 
 _INT32 = range(-(2**31), 2**31)
-_DECIMAL = re.compile(r"-?[0-9]+")
 _SPAN_KIND_NAMES = frozenset(trace_pb2.Span.SpanKind.keys())
 _STATUS_CODE_NAMES = frozenset(trace_pb2.Status.StatusCode.keys())
 
@@ -329,10 +389,10 @@ def parse_otlp_json(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest:
     spans = _json_span_count(doc)
     if spans > max(len(data) // MIN_JSON_SPAN_BYTES, _ANY_SIZE_SPANS):
         raise _too_many_spans(spans, len(data), MIN_JSON_SPAN_BYTES)
-    _check_enums(doc)
     request = trace_service_pb2.ExportTraceServiceRequest()
     try:
         _to_protobuf_json(doc)
+        _check_enums(doc)
         json_format.ParseDict(doc, request, ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError, OverflowError) as e:
         raise InvalidRequest(f"not an OTLP ExportTraceServiceRequest: {e}") from None

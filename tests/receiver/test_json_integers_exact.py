@@ -1,0 +1,88 @@
+"""An OTLP/JSON integer written with a fraction or an exponent (``1772443798120000123.0``,
+``"9007199254740993.0"``) is certified exactly, not rounded to a double.
+
+protobuf's JSON parser takes such a value through a double when the field is an
+integer: a start time of ``1772443798120000123.0`` was certified as
+``1772443798120000000``, an ``intValue`` of ``"9007199254740993.0"`` (2^53 + 1) as
+2^53."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+from receiver_support import TRACE_A, serving, signing_key, trust_root, verified
+
+from spanproof.exporter.otlp_server import InvalidRequest, parse_otlp_json
+from spanproof.exporter.receiver import Receiver
+
+TIME = 1772443798120000123
+BIG = 2**53 + 1
+
+
+def _doc(start: str, end: str, event: str, value: str, double: str = "0.5") -> bytes:
+    # Members as JSON text, so that a number keeps its exact spelling.
+    span = (f'{{"traceId":"{TRACE_A}","spanId":"00000000000000a1","name":"chat","kind":1,'
+            f'"startTimeUnixNano":{start},"endTimeUnixNano":{end},'
+            f'"events":[{{"name":"e","timeUnixNano":{event}}}],'
+            f'"attributes":[{{"key":"gen_ai.operation.name","value":{{"stringValue":"chat"}}}},'
+            f'{{"key":"n","value":{{"intValue":{value}}}}},'
+            f'{{"key":"d","value":{{"doubleValue":{double}}}}}]}}')
+    return f'{{"resourceSpans":[{{"scopeSpans":[{{"spans":[{span}]}}]}}]}}'.encode()
+
+
+@pytest.mark.parametrize(("start", "end", "event", "value"), [
+    (f"{TIME}.0", f"{TIME + 2}.000", f'"{TIME + 1}.0"', f'"{BIG}.0"'),
+    ("1.772443798120000123e18", "17724437981200001250e-1", f'"{TIME + 1}e0"', f"{BIG}.0"),
+    (f'"{TIME}.0"', '"1.772443798120000125E+18"', "1772443798120000124.00", f'"{BIG}e0"'),
+    (f"{TIME}", f'"{TIME + 2}"', f'"{TIME + 1}"', f'"{BIG}"'),
+], ids=["fraction", "exponent", "strings", "plain"])
+def test_json_integer_with_a_fraction_or_exponent_is_taken_exactly(
+    start: str, end: str, event: str, value: str
+) -> None:
+    span = parse_otlp_json(_doc(start, end, event, value)).resource_spans[0].scope_spans[0].spans[0]
+    assert span.start_time_unix_nano == TIME
+    assert span.end_time_unix_nano == TIME + 2
+    assert span.events[0].time_unix_nano == TIME + 1
+    assert span.attributes[1].value.int_value == BIG
+
+
+@pytest.mark.parametrize("value", ["1.5", '"1.5"', f'"{BIG}.5"', f"{BIG}.5", '"1e400"',
+                                   f'"{2**63}.0"', f"{2**63}.0", '"NaN"', '"Infinity"'])
+def test_json_integer_that_is_not_an_int64_is_still_refused(value: str) -> None:
+    with pytest.raises(InvalidRequest):
+        parse_otlp_json(_doc("1", "2", "1", value))
+
+
+@pytest.mark.parametrize(("double", "expected"), [
+    ("5.0", 5.0), ("1e300", 1e300), ("9007199254740993.0", 9007199254740992.0),
+    ('"9007199254740993.0"', 9007199254740992.0),
+    ("1.7976931348623157e308", 1.7976931348623157e308),
+    ("-0.0", -0.0), ("0.1", 0.1),
+])
+def test_json_double_values_are_unchanged(double: str, expected: float) -> None:
+    request = parse_otlp_json(_doc("1", "2", "1", "1", double))
+    got = request.resource_spans[0].scope_spans[0].spans[0].attributes[2].value.double_value
+    assert got == expected and str(got) == str(expected)
+
+
+def test_json_time_with_a_fraction_is_certified_exactly(tmp_path: Path) -> None:
+    receiver = Receiver(tmp_path / "out", signing_key=signing_key(), seal_grace=0.0)
+    with serving(receiver, http=True) as (_, http_server):
+        assert http_server is not None
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{http_server.port}/v1/traces",
+            data=_doc(f"{TIME}.0", f"{TIME + 2}.0", f"{TIME + 1}.0", f"{BIG}.0"),
+            method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as response:
+            assert response.status == 200
+            assert "partialSuccess" not in json.loads(response.read() or b"{}")
+    (report,) = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
+    assert report.records is not None
+    (record,) = report.records
+    assert record["span"]["startTimeUnixNano"] == str(TIME)
+    assert record["span"]["endTimeUnixNano"] == str(TIME + 2)
+    assert record["span"]["events"][0]["timeUnixNano"] == str(TIME + 1)
+    assert record["span"]["attributes"]["n"] == {"intValue": str(BIG)}
