@@ -41,11 +41,11 @@ class MalformedSpan(ValueError):
 
 
 def _value(v: common_pb2.AnyValue, where: str, depth: int = 0) -> dict[str, Any]:
-    if depth > MAX_DEPTH:
-        raise MalformedSpan(f"{where}: value nested deeper than {MAX_DEPTH}")
     kind = v.WhichOneof("value")
     if kind is None:
-        return {}
+        return {}  # valid at any depth (SPEC §2.3), as None on the SDK path
+    if depth > MAX_DEPTH:
+        raise MalformedSpan(f"{where}: value nested deeper than {MAX_DEPTH}")
     if kind == "string_value":
         return {"stringValue": v.string_value}
     if kind == "bool_value":
