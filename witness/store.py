@@ -49,7 +49,11 @@ CREATE TABLE IF NOT EXISTS leaves (
 );
 CREATE INDEX IF NOT EXISTS leaves_trace ON leaves (trace_id);
 CREATE INDEX IF NOT EXISTS leaves_digest ON leaves (statement_digest);
-CREATE INDEX IF NOT EXISTS leaves_identity ON leaves (trace_id, segment, producer_instance);
+-- A trace segment's statements, by digest: whether another statement than an entry's
+-- was logged for its segment is two index probes (see Store.in_conflict).
+CREATE INDEX IF NOT EXISTS leaves_identity_digest
+    ON leaves (trace_id, segment, producer_instance, statement_digest);
+DROP INDEX IF EXISTS leaves_identity;
 CREATE TABLE IF NOT EXISTS checkpoints (
     size      INTEGER PRIMARY KEY CHECK (size >= 0),
     root      BLOB NOT NULL,
@@ -240,16 +244,20 @@ class Store:
     def in_conflict(self, entry: Entry) -> bool:
         """True when another statement was logged for the entry's trace, segment and
         producer instance."""
-        # The first other statement found answers (the identity index finds the
-        # trace segment's rows): counting them all made each look-up and append
-        # cost as much as the segment's entries, and a look-up of k of them k².
+        # Two probes of the identity index, for a digest below the entry's and one
+        # above it.  Counting the segment's other statements made each look-up and
+        # append cost as much as the segment's entries, and a look-up of k of them
+        # k²; so did skipping, one by one, the rows of the entry's own digest, which
+        # anyone may give a segment many of in a log open to any producer key (the
+        # same statement signed by many keys, each its own entry).
+        identity = "trace_id = ? AND segment = ? AND producer_instance = ?"
         rows = self._query(
-            "SELECT 1 FROM leaves WHERE trace_id = ? AND segment = ? "
-            "AND producer_instance = ? AND statement_digest != ? LIMIT 1",
+            f"SELECT EXISTS (SELECT 1 FROM leaves WHERE {identity} AND statement_digest < ?) "  # noqa: S608
+            f"OR EXISTS (SELECT 1 FROM leaves WHERE {identity} AND statement_digest > ?)",
             (entry.leaf.trace_id, str(entry.leaf.segment), entry.leaf.producer_instance,
-             entry.leaf.statement_digest),
+             entry.leaf.statement_digest) * 2,
         )
-        return bool(rows)
+        return bool(rows[0][0])
 
     def checkpoints(self) -> list[StoredCheckpoint]:
         """Every stored checkpoint, by size."""

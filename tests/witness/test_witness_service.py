@@ -29,13 +29,13 @@ from spanproof.exporter.keys import SigningKey
 from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.checkpoint import WitnessKey, verify_checkpoint
 from spanproof.verifier.keys import TrustRoot
-from spanproof.verifier.merkle import verify_consistency, verify_inclusion
-from spanproof.verifier.receipt import verify_receipt
+from spanproof.verifier.merkle import leaf_hash, verify_consistency, verify_inclusion
+from spanproof.verifier.receipt import WitnessLeaf, verify_receipt
 from spanproof.verifier.verify import check_bundle
 from spanproof.witness.app import create_app
 from spanproof.witness.service import LogCorrupted, Witness
 from spanproof.witness.signing import CheckpointSigner
-from spanproof.witness.store import Store
+from spanproof.witness.store import Entry, Store, StoredCheckpoint
 
 BUNDLE_TYPE = {"Content-Type": "application/vnd.spanproof.bundle.v1+json"}
 
@@ -220,6 +220,60 @@ def test_a_digest_lookup_is_paged_and_a_shared_digest_has_no_single_receipt(
             "several entries have this digest (other signers); use index=")
     finally:
         h.close()
+
+
+def _same_statement_entries(store: Store, start: int, count: int, digest: str) -> None:
+    # *count* entries of one trace segment's statement, each by another signer.
+    entries = []
+    for i in range(start, start + count):
+        leaf = WitnessLeaf(digest, trace_id(23), 0, INSTANCE, f"{i:064x}")
+        data = leaf.encode()
+        entries.append(Entry(i, leaf_hash(data), leaf, data, "unverified-producer", "envelope",
+                             "2026-03-02T10:00:00Z", b"{}", "{}"))
+    store.add(entries, StoredCheckpoint(start + count, bytes(32), b"note", "2026-03-02T10:00:00Z"))
+
+
+def _conflict_steps(store: Store, entry: Entry) -> tuple[bool, int]:
+    # Whether the entry is in conflict, and the SQLite VM steps (in thousands) that took.
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    store._db.set_progress_handler(count, 1000)
+    try:
+        conflict = store.in_conflict(entry)
+    finally:
+        store._db.set_progress_handler(None, 0)
+    return conflict, steps
+
+
+def test_conflict_check_does_not_scan_entries_of_the_same_statement(tmp_path: Path) -> None:
+    # One statement signed by many keys is as many entries of one trace segment, and
+    # anyone can log them in a log open to any producer key.  Whether an entry was in
+    # conflict skipped them one by one: each append and each look-up entry cost as
+    # much as there were, a 1,000-entry look-up page (under the witness's lock) ~26 s
+    # with 100,000 of them.
+    store = Store(str(tmp_path / "w.db"))
+    try:
+        _same_statement_entries(store, 0, 10, "sha256:" + "5" * 64)
+        first = store.entry(0)
+        assert first is not None
+        few = _conflict_steps(store, first)
+        _same_statement_entries(store, 10, 5000, "sha256:" + "5" * 64)
+        many = _conflict_steps(store, first)
+        assert few[0] is False and many[0] is False
+        assert many[1] <= few[1] + 2, (few, many)
+        # Another statement for the segment is found, its digest above or below.
+        _same_statement_entries(store, 5010, 1, "sha256:" + "9" * 64)
+        assert store.in_conflict(first) is True
+        _same_statement_entries(store, 5011, 1, "sha256:" + "1" * 64)
+        last = store.entry(5010)
+        assert last is not None and store.in_conflict(last) is True
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize(
