@@ -270,12 +270,20 @@ class Receipt:
         note = obj["checkpoint"]
         if not isinstance(note, str):
             raise InvalidReceipt("receipt.checkpoint: must be the signed note text")
+        try:
+            # A receipt object parsed by a plain JSON reader (a batch answer's) may
+            # hold a lone surrogate, which no UTF-8 note can.
+            checkpoint = note.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidReceipt(
+                f"receipt.checkpoint: a lone surrogate at character {e.start}, which a "
+                "signed note, UTF-8, cannot hold") from None
         return cls(
             origin=origin,
             leaf_index=index,
             tree_size=size,
             inclusion_proof=hashes,
-            checkpoint=note.encode("utf-8"),
+            checkpoint=checkpoint,
             leaf=WitnessLeaf.from_json(obj["leaf"], "receipt.leaf"),
         )
 

@@ -904,3 +904,28 @@ def test_a_malformed_receipt_in_a_batch_answer_is_not_written(
     assert code == 1 and lines[0].startswith(f"OK {paths[0]}: logged")
     assert lines[1].startswith(f"FAIL {paths[1]}: receipt") and "checkpoint" in lines[1]
     assert Path(receipt_path(paths[0])).exists() and not Path(receipt_path(paths[1])).exists()
+
+
+def test_a_batch_receipt_with_a_lone_surrogate_fails_its_bundle_without_a_crash(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A batch answer is read with a plain JSON reader, which lets "\ud800" through:
+    # the receipt's checkpoint could not be encoded, and the command died with a
+    # UnicodeEncodeError traceback (the producer's submitter retried it for ever).
+    from spanproof.witness.client import WitnessClient
+
+    url, paths = _served_bundles(files, open_witness, serve_witness, 2)
+    real = WitnessClient.submit_batch
+
+    def surrogate(client: WitnessClient, datas: Any, **kw: Any) -> Any:
+        results = real(client, datas, **kw)
+        results[1]["receipt"]["checkpoint"] += "\ud800"
+        return results
+
+    monkeypatch.setattr(WitnessClient, "submit_batch", surrogate)
+    code, out, _ = _run(["witness", "submit", str(files["bundles"]), "--url", url], capsys)
+    lines = out.splitlines()
+    assert code == 1 and lines[0].startswith(f"OK {paths[0]}: logged")
+    assert lines[1].startswith(f"FAIL {paths[1]}: receipt.checkpoint: a lone surrogate")
+    assert Path(receipt_path(paths[0])).exists() and not Path(receipt_path(paths[1])).exists()

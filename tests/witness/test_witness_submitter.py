@@ -772,6 +772,23 @@ def test_a_malformed_receipt_in_a_batch_answer_retires_its_bundle(
     assert "witness receipt is not a receipt" in json.loads(failed.read_text())["reason"]
 
 
+def test_a_receipt_with_a_lone_surrogate_in_a_batch_answer_retires_its_bundle(
+    tmp_path: Path, witness: Witness
+) -> None:
+    # Its checkpoint could not be encoded: a UnicodeEncodeError, taken for a bug and
+    # retried with backoff for ever, where a malformed receipt retires its bundle.
+    def surrogate(doc: dict[str, Any]) -> None:
+        doc["results"][-1]["receipt"]["checkpoint"] += "\ud800"
+
+    fake = AlteredBatchAnswer(witness, surrogate)
+    sub, paths = _queued(tmp_path, witness, 3, fake, concurrency=1, batch_size=4)
+    assert sub.process_due() is None and sub.pending == 0
+    assert [Path(receipt_path(p)).exists() for p in paths] == [True, True, False]
+    (failed,) = (tmp_path / "q" / "failed").glob("*.json")
+    reason = json.loads(failed.read_text())["reason"]
+    assert "witness receipt is not a receipt" in reason and "lone surrogate" in reason
+
+
 class RefusingBatches(FakeWitness):
     """Answers a batch as a whole with *status* and *body*."""
 
