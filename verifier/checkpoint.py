@@ -75,7 +75,11 @@ _UINT64_MAX = 2**64 - 1
 
 def _bad_name(name: str) -> bool:
     # signed-note: key names are non-empty and contain no Unicode space and no '+'.
-    return not name or "+" in name or any(c.isspace() for c in name)
+    # A name is written in the note, which is UTF-8 without control characters
+    # other than line feed: a name no note can carry is no name either.
+    return not name or "+" in name or any(
+        c.isspace() or c < " " or "\ud800" <= c <= "\udfff" for c in name
+    )
 
 
 def _strict_b64(text: str, what: str) -> bytes:
@@ -186,7 +190,9 @@ class WitnessKey:
 
     def __post_init__(self) -> None:
         if self.name is not None and _bad_name(self.name):
-            raise ValueError(f"invalid witness key name {self.name!r} (no spaces or '+')")
+            raise ValueError(
+                f"invalid witness key name {self.name!r} (no spaces, '+' or control "
+                "characters)")
 
     def __reduce__(self) -> tuple[Any, ...]:
         # As TrustedKey's: the raw key bytes, as cryptography's objects cannot be pickled.

@@ -167,6 +167,29 @@ def test_origin_must_be_the_key_name(witness_private: Ed25519PrivateKey) -> None
         verify_checkpoint(note, [WitnessKey.from_pem(signer.key.public_pem())])
 
 
+@pytest.mark.parametrize("origin", ["log\x01.example", "log.example/\x1b[31m", "log\udcff"])
+def test_an_origin_no_signed_note_can_carry_is_refused(
+    witness_private: Ed25519PrivateKey, origin: str
+) -> None:
+    # `witness serve --origin` took a name with a control character (or, from a
+    # command line that is not UTF-8, a lone surrogate): every checkpoint it signed
+    # was a note no verifier accepts, so the witness logged each submission and then
+    # answered 400 (its own receipt check failed), and refused to start again.
+    with pytest.raises(ValueError, match="invalid witness key name"):
+        CheckpointSigner(witness_private, origin)
+    with pytest.raises(ValueError, match="invalid witness key name"):
+        WitnessKey.from_pem(CheckpointSigner(witness_private).key.public_pem(), origin)
+
+
+def test_an_origin_with_a_delete_character_signs_notes_that_verify(
+    witness_private: Ed25519PrivateKey,
+) -> None:
+    # U+007F is no control character to a signed note (only those below U+0020 are).
+    signer = CheckpointSigner(witness_private, "log\x7f.example")
+    note = signer.sign(Checkpoint(signer.origin, 3, _checkpoint().root))
+    assert verify_checkpoint(note, [WitnessKey.from_vkey(signer.vkey)]).origin == signer.origin
+
+
 def test_wrong_origin_is_rejected_when_pinned(
     signer: CheckpointSigner, pem_key: WitnessKey
 ) -> None:
