@@ -40,9 +40,10 @@ DEFAULT_MAX_BODY = 64 * 1024 * 1024
 #: slow but steady upload does not.
 BODY_SECONDS = 60.0
 BODY_MIN_RATE = 8 * 1024
-#: Submissions (and checks) whose bodies are read and verified at once; the others
-#: wait, their bytes left in their sockets: memory is bounded by this many bodies of
-#: at most ``--max-body``, not by the number of clients.
+#: Submissions (and checks) whose bodies are read at once; the others wait, their
+#: bytes left in their sockets: memory is bounded by this many bodies of at most
+#: ``--max-body``, not by the number of clients, plus what verifying one of them
+#: takes (the witness verifies them one at a time).
 REQUESTS_AT_ONCE = 8
 PUBLIC_KEY_HEADER = "Spanproof-Public-Key"
 _UINT = re.compile(r"(0|[1-9][0-9]{0,19})\Z")

@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
+import threading
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +223,40 @@ def test_a_digest_lookup_is_paged_and_a_shared_digest_has_no_single_receipt(
             "several entries have this digest (other signers); use index=")
     finally:
         h.close()
+
+
+def test_submissions_and_checks_are_verified_one_at_a_time(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A line of tiny JSON values takes ~30 times its size while it is parsed, before
+    # it can fail (a 60 MB line ~2 GB): the 8 requests the app reads at once were
+    # verified side by side, and 8 hostile submissions took the witness to ~15 GB.
+    from spanproof.witness import service
+
+    real = service.check_bundle
+    running, most = 0, 0
+    count = threading.Lock()
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        nonlocal running, most
+        with count:
+            running += 1
+            most = max(most, running)
+        try:
+            time.sleep(0.05)
+            return real(*args, **kwargs)
+        finally:
+            with count:
+                running -= 1
+
+    monkeypatch.setattr(service, "check_bundle", watched)
+    bodies = [make_bundle(trace_id(40 + i)).data for i in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(harness.witness.submit, bodies[:4]))
+        checks = list(pool.map(harness.witness.check, bodies[4:]))
+    assert [r.created for r in results] == [True] * 4
+    assert all(c["report"]["verdict"] == "OK" for c in checks)
+    assert most == 1
 
 
 def _same_statement_entries(store: Store, start: int, count: int, digest: str) -> None:
