@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import sqlite3
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -257,6 +259,24 @@ def test_submissions_and_checks_are_verified_one_at_a_time(
     assert [r.created for r in results] == [True] * 4
     assert all(c["report"]["verdict"] == "OK" for c in checks)
     assert most == 1
+
+
+def test_a_batch_keeps_none_of_its_refused_submissions_parsed(harness: Harness) -> None:
+    # Each refused submission's error was kept with its traceback, whose frames held
+    # the submission as parsed (~30 times its size) and the batch's list of results,
+    # which held the error: every refused submission of a batch stayed parsed until
+    # the batch was answered, and after it until the cyclic collector ran.
+    refused = b'{"payloadType":"x","z":[' + b"{}," * 100_000 + b"{}]}"
+    gc.disable()
+    tracemalloc.start()
+    try:
+        results = harness.witness.submit_batch([refused] * 4)
+        left, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        gc.enable()
+    assert all(str(r) == "envelope: unknown fields ['z']" for r in results)
+    assert left < 2_000_000, left
 
 
 def _same_statement_entries(store: Store, start: int, count: int, digest: str) -> None:
