@@ -212,6 +212,10 @@ def _trace_of(result: BundleResult) -> str | None:
 # ------------------------------------------------------------------------ receiver
 
 
+#: The largest ``--max-message-bytes``: gRPC's message size limits are C ints.
+MAX_MESSAGE_BYTES = 2**31 - 1
+
+
 def _address(flag: str, value: str) -> str:
     """Check a ``HOST:PORT`` flag value (IPv6 hosts in brackets)."""
     host, sep, port = value.rpartition(":")
@@ -275,6 +279,10 @@ def receiver(
                                   ("--sealing-processes", sealing_processes, 0)):
         if number is not None and number < minimum:
             raise UsageError(f"{flag} must be an integer >= {minimum}, got {number}")
+    # gRPC takes its message size limits as a C int.
+    if max_message_bytes is not None and max_message_bytes > MAX_MESSAGE_BYTES:
+        raise UsageError(f"--max-message-bytes must be at most {MAX_MESSAGE_BYTES} "
+                         f"(2 GiB - 1), got {max_message_bytes}")
     tls = _server_tls(tls_cert, tls_key, tls_client_ca)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

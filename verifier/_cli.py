@@ -965,7 +965,7 @@ def _add_receiver_command(sub: Any) -> None:
                           help="largest attribute value certified; a span with a larger one "
                           f"is declared rejected ({env}MAX_VALUE_BYTES)")
     receiver.add_argument("--max-message-bytes", type=int, metavar="N",
-                          help="largest request accepted (default 64 MiB)")
+                          help="largest request accepted (default 64 MiB, at most 2 GiB - 1)")
     receiver.add_argument("--max-backlog-spans", type=int, metavar="N",
                           help="unsealed spans beyond which requests get UNAVAILABLE "
                           "(default 200000)")
