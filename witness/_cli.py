@@ -17,6 +17,7 @@ import argparse
 import importlib.util
 import io
 import logging
+import math
 import os
 import signal
 import sys
@@ -67,6 +68,23 @@ def parse_listen(text: str) -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host or "127.0.0.1", int(port)
+
+
+#: The longest ``--timeout`` of ``witness submit`` and ``monitor``: a day.
+MAX_TIMEOUT_SECONDS = 86400.0
+
+
+def _timeout(text: str) -> float:
+    """A ``--timeout`` value: seconds, more than 0 and at most a day."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_TIMEOUT_SECONDS:  # NaN too
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds above 0 and at most {MAX_TIMEOUT_SECONDS:g}, "
+            f"not {text!r}")
+    return value
 
 
 def _fail(message: str, status: int) -> int:
@@ -501,7 +519,8 @@ def add_commands(subparsers: Any) -> None:
                              "submission, and it is sent to witnesses that pin no producer keys")
     submit.add_argument("--witness-key", action="append", metavar="PUB.pem|VKEY",
                         help="verify each receipt with this witness key before writing it")
-    submit.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
+    submit.add_argument("--timeout", type=_timeout, default=30.0, metavar="SECONDS",
+                        help="how long to wait for the witness (default 30)")
     submit.set_defaults(handler=_cmd_submit, subparser=submit)
 
     monitor = subparsers.add_parser(
@@ -520,7 +539,8 @@ def add_commands(subparsers: Any) -> None:
         help="also check that these receipts' checkpoints (every *.receipt.json under a "
              "directory) are consistent with the witness's latest (repeatable)",
     )
-    monitor.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
+    monitor.add_argument("--timeout", type=_timeout, default=30.0, metavar="SECONDS",
+                        help="how long to wait for the witness (default 30)")
     monitor.set_defaults(handler=_cmd_monitor, subparser=monitor)
 
 
