@@ -38,7 +38,7 @@ from spanproof.verifier.verify import Verdict
 
 from ._exporter import SpanproofSpanExporter
 from ._malloc import limit_malloc_arenas
-from .config import DEFAULT_SELECT_ATTRIBUTES
+from .config import DEFAULT_SELECT_ATTRIBUTES, MAX_SEALING_PROCESSES
 from .keys import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, SigningKey
 
 if TYPE_CHECKING:
@@ -279,6 +279,9 @@ def receiver(
                                   ("--sealing-processes", sealing_processes, 0)):
         if number is not None and number < minimum:
             raise UsageError(f"{flag} must be an integer >= {minimum}, got {number}")
+    if sealing_processes > MAX_SEALING_PROCESSES:
+        raise UsageError(f"--sealing-processes must be at most {MAX_SEALING_PROCESSES}, "
+                         f"got {sealing_processes}")
     # gRPC takes its message size limits as a C int.
     if max_message_bytes is not None and max_message_bytes > MAX_MESSAGE_BYTES:
         raise UsageError(f"--max-message-bytes must be at most {MAX_MESSAGE_BYTES} "

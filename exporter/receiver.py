@@ -64,7 +64,7 @@ from ._seal_workers import SealWorkerError, SealWorkers
 from ._sealing_process import RestartSchedule
 from ._setup import resolve_setup
 from .assembly import SHUTDOWN, SealJob, TraceAssembler
-from .config import ExporterConfig
+from .config import MAX_SEALING_PROCESSES, ExporterConfig
 from .journal import Journal
 from .keys import SigningKey
 from .limits import OversizedValue, check_value_sizes, fits_by_json_length
@@ -315,8 +315,9 @@ class Receiver:
     ) -> None:
         if max_backlog_spans < 1 or dedup_memory < 0:
             raise ValueError("max_backlog_spans must be >= 1 and dedup_memory >= 0")
-        if sealing_processes < 0:
-            raise ValueError("sealing_processes must be >= 0")
+        if not 0 <= sealing_processes <= MAX_SEALING_PROCESSES:
+            raise ValueError(f"sealing_processes must be from 0 to {MAX_SEALING_PROCESSES}, "
+                             f"got {sealing_processes}")
         setup = resolve_setup(
             output_dir, key_file, signing_key=signing_key, selector=selector,
             select_attributes=select_attributes, select_all=select_all,

@@ -981,7 +981,7 @@ def _add_receiver_command(sub: Any) -> None:
                           help="journal directory (default DIR/journal under --out)")
     receiver.add_argument("--sealing-processes", type=int, default=0, metavar="N",
                           help="worker processes that seal and write bundles while the "
-                          "receiver ingests (default 0: all in the receiver's process)")
+                          "receiver ingests (default 0: all in the receiver's process; at most 64)")
     receiver.add_argument("--tls-cert", metavar="CERT.pem",
                           help="serve TLS on both ports with this certificate chain (PEM; "
                           "with --tls-key)")

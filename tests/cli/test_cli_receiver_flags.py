@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from spanproof.exporter import _cli as producer_cli
 from spanproof.verifier._cli import main
+
+
+@pytest.fixture(autouse=True)
+def _never_serve(monkeypatch):
+    """Should a value be let through, return at once instead of serving for good."""
+    monkeypatch.setattr(producer_cli, "_serve_receiver", lambda service, *args: 0)
 
 
 @pytest.mark.parametrize("value", ["2147483648", "3000000000", "99999999999999999999999"])
@@ -18,3 +25,21 @@ def test_max_message_bytes_beyond_a_c_int_is_a_usage_error(capsys, tmp_path, val
     assert value in err
     assert "unexpected" not in err
     assert not out.exists()  # refused before the receiver set anything up
+
+
+@pytest.mark.parametrize("value", ["65", "1000", "99999999999999999999"])
+def test_sealing_processes_beyond_64_is_a_usage_error(capsys, tmp_path, value):
+    out = tmp_path / "out"
+    status = main(["receiver", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0",
+                   "--out", str(out), "--sealing-processes", value])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert f"--sealing-processes must be at most 64, got {value}" in err
+    assert not out.exists()  # no receiver, no worker started
+
+
+def test_receiver_object_refuses_more_than_64_sealing_processes(tmp_path):
+    from spanproof.exporter.receiver import Receiver
+
+    with pytest.raises(ValueError, match="sealing_processes must be from 0 to 64, got 65"):
+        Receiver(output_dir=str(tmp_path / "out"), sealing_processes=65)
