@@ -61,6 +61,11 @@ def keygen(out: str, *, force: bool = False) -> int:
 
     Refuses (exit 1) to replace an existing key unless *force*.
     """
+    if os.path.exists(out) and not os.path.isdir(out):
+        # makedirs() would raise FileExistsError, taken below for an existing key.
+        _error(f"cannot write the key to {out}: not a directory (--out takes the "
+               "directory for signing.key and signing.pub)")
+        return 1
     priv = os.path.join(out, PRIVATE_KEY_NAME)
     pub = os.path.join(out, PUBLIC_KEY_NAME)
     existing = [p for p in (priv, pub) if os.path.exists(p)]

@@ -77,6 +77,17 @@ def test_keygen_into_an_unwritable_place_fails_with_a_message(capsys, tmp_path):
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_keygen_out_naming_a_file_says_it_is_not_a_directory(capsys, tmp_path, force):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert main(["keygen", "--out", str(blocker), *force]) == 1
+    _, err = capsys.readouterr()
+    assert f"cannot write the key to {blocker}: not a directory" in err
+    assert "already exists" not in err and "--force" not in err
+    assert blocker.read_text() == "not a directory"
+
+
 @pytest.mark.skipif(os.name == "nt", reason="POSIX console script")
 def test_keygen_console_script(tmp_path):
     done = subprocess.run([spanproof_script(), "keygen", "--out", str(tmp_path)],
