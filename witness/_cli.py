@@ -215,16 +215,23 @@ def _producer_trust(keys: Sequence[str] | None, root: str | None) -> TrustRoot |
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     from .signing import CheckpointSigner, generate_key_file
 
-    try:
-        key = generate_key_file(args.key)
-    except FileExistsError:
-        return _fail(f"{args.key} exists; refusing to overwrite a witness key", EXIT_USAGE)
-    try:
+    key = Ed25519PrivateKey.generate()
+    try:  # the origin is checked before anything is written
         signer = CheckpointSigner(key, args.origin)
     except ValueError as e:
         return _fail(str(e), EXIT_USAGE)
+    try:
+        generate_key_file(args.key, key)
+    except FileExistsError:
+        return _fail(f"{args.key} exists; refusing to overwrite a witness key", EXIT_USAGE)
+    except OSError as e:
+        named = e.filename2 if e.filename2 is not None else e.filename  # replace(): the target
+        where = args.key if named is None else os.fsdecode(named)
+        return _fail(f"{where}: cannot write the witness key ({e.strerror or e})", EXIT_USAGE)
     print(f"wrote {args.key} (private, mode 0600) and {args.key}.pub")
     print(f"origin: {signer.origin}")
     print(f"verifier key: {signer.vkey}")

@@ -14,6 +14,7 @@ import os
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from spanproof.verifier._files import unlink_quietly
 from spanproof.verifier.checkpoint import Checkpoint, NoteSignature, SignedNote, WitnessKey
 from spanproof.verifier.keys import load_private_key
 
@@ -82,30 +83,40 @@ class CheckpointSigner:
         return self.sign_text(checkpoint.to_text())
 
 
-def generate_key_file(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
-    """Create a new witness key at *path* (mode 0600) and its public key at
-    ``<path>.pub``; refuse to overwrite.
+def generate_key_file(
+    path: str | os.PathLike[str], key: Ed25519PrivateKey | None = None
+) -> Ed25519PrivateKey:
+    """Create a new witness key (or write *key*) at *path* (mode 0600) and its public
+    key at ``<path>.pub``; refuse to overwrite.  On failure neither file is left
+    behind (a private key without its public key would block the next attempt).
 
     Raises:
         FileExistsError: *path* exists.
+        OSError: either file cannot be written.
     """
-    key = Ed25519PrivateKey.generate()
+    if key is None:
+        key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    pub = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
     tmp = os.fspath(path) + ".pub.tmp"
-    with open(tmp, "wb") as f:
-        f.write(pub)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.fspath(path) + ".pub")
+    try:
+        try:
+            os.write(fd, pem)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        pub = key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        with open(tmp, "wb") as f:
+            f.write(pub)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, os.fspath(path) + ".pub")
+    except BaseException:
+        unlink_quietly(tmp)
+        unlink_quietly(os.fspath(path))
+        raise
     return key
