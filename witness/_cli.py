@@ -87,6 +87,22 @@ def _timeout(text: str) -> float:
     return value
 
 
+#: The smallest ``witness serve --max-body``: below it no bundle would be accepted.
+MIN_MAX_BODY = 1024
+
+
+def _max_body(text: str) -> int:
+    """A ``--max-body`` value: a whole number of bytes, at least `MIN_MAX_BODY`."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < MIN_MAX_BODY:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of bytes of at least {MIN_MAX_BODY}, not {text!r}")
+    return value
+
+
 def _fail(message: str, status: int) -> int:
     print(f"spanproof: {printable(message)}", file=sys.stderr)
     return status
@@ -505,8 +521,8 @@ def add_commands(subparsers: Any) -> None:
                             "is accepted and recorded as unverified-producer")
     serve.add_argument("--producer-trust-root", metavar="FILE",
                        help="accept producer keys from a trust-root file (validity windows)")
-    serve.add_argument("--max-body", type=int, default=64 * 1024 * 1024, metavar="BYTES",
-                       help="largest accepted submission (default 64 MiB)")
+    serve.add_argument("--max-body", type=_max_body, default=64 * 1024 * 1024, metavar="BYTES",
+                       help="largest accepted submission (default 64 MiB, at least 1024)")
     serve.add_argument("--log-level", default="info",
                        choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(handler=_cmd_serve, subparser=serve)
