@@ -12,6 +12,7 @@ missing path, an unusable key or trust-root file).
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
 import logging
@@ -301,6 +302,24 @@ def format_link(link: TraceLink) -> str:
 _NO_BUNDLES = "no bundles (*.spanproof.json) found"
 
 
+def _must_exist(path: str) -> None:
+    """Refuse *path* when it cannot be looked up, with why: not only a missing
+    file, also a loop of symbolic links or a directory on the way that cannot be
+    searched (``os.path.exists`` says False to all of them).
+
+    Raises:
+        UsageError: ``stat`` fails.
+    """
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            raise UsageError(f"{path}: no such file or directory") from None
+        raise UsageError(f"{path}: cannot look it up ({e.strerror or e})") from None
+    except ValueError:  # a NUL in the name
+        raise UsageError(f"{path}: no such file or directory") from None
+
+
 def _collect(paths: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
     """Bundle files under *paths* (each once), and what could not be checked, with
     why: a path that holds no bundle, a directory that cannot be listed."""
@@ -315,8 +334,7 @@ def _collect(paths: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
                                 "the bundles in it were not checked"))
 
     for path in paths:
-        if not os.path.exists(path):
-            raise UsageError(f"{path}: no such file or directory")
+        _must_exist(path)
         known = len(problems)
         found = list(find_bundles([path], onerror=cannot_list))
         if not found and len(problems) == known:
@@ -625,8 +643,7 @@ def _source_of(trust: TrustRoot, keyid: str | None) -> str:
 
 def _cmd_show(args: argparse.Namespace) -> int:
     path: str = args.bundle
-    if not os.path.exists(path):
-        raise UsageError(f"{path}: no such file or directory")
+    _must_exist(path)
     if os.path.isdir(path):
         raise UsageError(f"{path}: is a directory; show takes one bundle file")
     trust = load_trust(args.key, args.trust_root)
