@@ -283,7 +283,10 @@ class WitnessKey:
                 string is not a valid verifier key.
         """
         if not os.path.exists(spec) and "+" in spec:
-            return cls.from_vkey(spec, "verifier key")
+            # Name the string: several --witness-key flags may be given.  A public key
+            # is no secret; a long string is cut.
+            shown = spec if len(spec) <= 120 else spec[:120] + "..."
+            return cls.from_vkey(spec, f"verifier key {shown!r}")
         try:
             data, _ = read_named_file(spec)
         except OSError as e:
