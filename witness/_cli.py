@@ -479,7 +479,11 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     except TransportError as e:
         print(printable(f"FAIL {args.url}: {e}"))
         return EXIT_UNAVAILABLE
-    except (SpanproofError, OSError) as e:
+    except OSError as e:  # the state file (monitor_once, check_receipts)
+        print(printable(f"FAIL monitor state {args.state}: cannot read or write it "
+                        f"({e.strerror or e})"))
+        return EXIT_FAILED
+    except SpanproofError as e:
         print(printable(f"FAIL {args.url}: {e}"))
         return EXIT_FAILED
     for path, why in (*unreadable, *checked.unchecked):
