@@ -112,7 +112,12 @@ def _open_checked(
     (given its ``st_mode`` and name) raises to refuse it, unread.  Returns the file,
     blocking again, and its ``st_mode``."""
     # O_NONBLOCK: opening a named pipe for reading waits for a writer without it.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ENXIO and _is_socket(path):  # "No such device or address"
+            raise OSError(errno.ENXIO, "not a regular file (a socket)", os.fspath(path)) from None
+        raise
     try:
         mode = os.fstat(fd).st_mode
         check(mode, os.fspath(path))
@@ -121,6 +126,13 @@ def _open_checked(
     except BaseException:
         os.close(fd)
         raise
+
+
+def _is_socket(path: str | os.PathLike[str]) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _only_regular(mode: int, name: str) -> None:
