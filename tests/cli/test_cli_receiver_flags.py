@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from spanproof.exporter import _cli as producer_cli
@@ -43,3 +45,22 @@ def test_receiver_object_refuses_more_than_64_sealing_processes(tmp_path):
 
     with pytest.raises(ValueError, match="sealing_processes must be from 0 to 64, got 65"):
         Receiver(output_dir=str(tmp_path / "out"), sealing_processes=65)
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("flag", ["--tls-cert", "--tls-key", "--tls-client-ca"])
+def test_a_named_pipe_as_a_tls_file_is_refused_without_blocking(capsys, tmp_path, flag):
+    pipe = tmp_path / "pipe.pem"
+    os.mkfifo(pipe)
+    other = tmp_path / "other.pem"
+    other.write_text("not used: the pipe is refused first\n")
+    files = {"--tls-cert": other, "--tls-key": other, "--tls-client-ca": None, flag: pipe}
+    argv = ["receiver", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0",
+            "--out", str(tmp_path / "out")]
+    for name, path in files.items():
+        if path is not None:
+            argv += [name, str(path)]
+    status = main(argv)
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert f"{flag} {pipe}: cannot be used (not a regular file (a named pipe))" in err
