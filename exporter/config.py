@@ -60,6 +60,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from spanproof.verifier._batch import witness_url_problem
+
 __all__ = ["DEFAULT_SELECT_ATTRIBUTES", "ENV_PREFIX", "ExporterConfig"]
 
 _logger = logging.getLogger(__name__)
@@ -142,10 +144,10 @@ class ExporterConfig:
                and all(isinstance(k, str) and k for k in self.redact_attributes),
                "redact_attributes", "must be a tuple of non-empty strings",
                self.redact_attributes)
-        _check(self.witness_url is None or (isinstance(self.witness_url, str)
-                                            and self.witness_url.startswith(("http://",
-                                                                             "https://"))),
-               "witness_url", "must be an http:// or https:// URL or None", self.witness_url)
+        url_problem = (witness_url_problem(self.witness_url)
+                       if isinstance(self.witness_url, str) else "not a string")
+        _check(self.witness_url is None or url_problem is None, "witness_url",
+               f"must be an http:// or https:// URL or None ({url_problem})", self.witness_url)
         _check(self.witness_key is None or (isinstance(self.witness_key, str)
                                             and self.witness_key != ""),
                "witness_key", "must be a non-empty string or None", self.witness_key)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .receipt import Receipt
 
 __all__ = ["BATCH_BYTES", "BATCH_SIZE", "MAX_BATCH", "batch_receipt", "batch_request",
-           "batch_results"]
+           "batch_results", "witness_url_problem"]
 
 #: Submissions one ``POST /v1/submit-batch`` may carry.
 MAX_BATCH = 256
@@ -24,6 +25,25 @@ MAX_BATCH = 256
 #: sender holds in memory.
 BATCH_SIZE = 16
 BATCH_BYTES = 4 * 1024 * 1024
+
+
+def witness_url_problem(url: str) -> str | None:
+    """Why *url* cannot be a witness's base URL, or None when it can: an http:// or
+    https:// URL with a host, a port (if any) from 1 to 65535, and no white space."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises for a port that is not a number or out of range
+    except ValueError as e:
+        return str(e)
+    if parts.scheme not in ("http", "https"):
+        return "not an http:// or https:// URL"
+    if not parts.hostname:
+        return "no host"
+    if port == 0:
+        return "port 0"
+    if any(c.isspace() for c in url):
+        return "white space in it"
+    return None
 
 
 def batch_request(submissions: Sequence[bytes]) -> bytes:

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from spanproof.verifier._batch import batch_request, batch_results
+from spanproof.verifier._batch import batch_request, batch_results, witness_url_problem
 from spanproof.verifier.errors import TransportError
 
 __all__ = ["HTTPStatusError", "MalformedAnswer", "Response", "WitnessClient"]
@@ -56,9 +56,9 @@ class WitnessClient:
     """
 
     def __init__(self, url: str, *, timeout: float = 10.0) -> None:
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise ValueError(f"witness URL must be http(s)://host[:port]: {url!r}")
+        problem = witness_url_problem(url)
+        if problem is not None:
+            raise ValueError(f"witness URL must be http(s)://host[:port]: {url!r} ({problem})")
         self.url = url.rstrip("/")
         self.timeout = timeout
 
