@@ -26,7 +26,7 @@ from typing import Any, NoReturn, cast
 from ._files import open_regular
 from ._jobs import AUTO_MIN_BUNDLES_FORK, map_in_order
 from ._term import Progress, Style, printable
-from .bundle import BundleReader
+from .bundle import BUNDLE_SUFFIX, BundleReader
 from .checkpoint import WitnessKey, load_witness_keys
 from .disclosure import (
     MAX_DISCLOSURE_FILE_BYTES,
@@ -51,6 +51,7 @@ from .receipt import (
     ReceiptVerifier,
     attach_receipt_check,
     check_receipt_for_bundle,
+    receipt_path,
 )
 from .report import ReportItem, render_html, summarize_checks
 from .statement import Statement
@@ -532,6 +533,35 @@ def _nothing_disclosed(
     return [(path, "holds no disclosures (nothing was checked)") for path in files]
 
 
+def _evidence_files(bundle: str) -> list[str]:
+    """*bundle* and the receipt and disclosure files beside it."""
+    if not bundle.endswith(BUNDLE_SUFFIX):
+        return [bundle]
+    return [bundle, receipt_path(bundle), disclosures_path(bundle)]
+
+
+def _refuse_overwriting(flag: str, out: str, inputs: Sequence[str]) -> None:
+    """Refuse to write *out* when it is one of the *inputs* (the same file, by any
+    name): the command would replace evidence it was given, a producer's disclosure
+    file most of all (without its salts, commitments can never be opened).
+
+    Raises:
+        UsageError: *out* is one of *inputs*.
+    """
+    try:
+        target = os.stat(out)
+    except (OSError, ValueError):
+        return  # a new file (or one that cannot be written: said when writing it)
+    for path in inputs:
+        try:
+            same = os.path.samestat(target, os.stat(path))
+        except (OSError, ValueError):
+            continue
+        if same:
+            raise UsageError(f"{flag} {out}: is {path}, an input of this command; "
+                             "not writing over it (choose another file)")
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     trust = load_trust(args.key, args.trust_root)
     if trust is None:
@@ -543,6 +573,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if os.path.isdir(out):
         raise UsageError(f"{out}: is a directory; --html takes the report file to write")
     paths, problems = _collect(args.paths)
+    _refuse_overwriting("--html", out, [
+        *(f for path in paths for f in _evidence_files(path)),
+        *args.disclosures, *args.key, *args.trust_root,
+    ])
     # Always look for a receipt: without --witness-key the report says one is there
     # but unchecked (a SKIPPED check never changes a verdict).
     check = _BundleCheck(
@@ -705,6 +739,7 @@ def _cmd_disclose(args: argparse.Namespace) -> int:
     bad_spans = [s for s in args.span if len(s) != 16 or s.strip("0123456789abcdef")]
     if bad_spans:
         raise UsageError(f"--span {bad_spans[0]}: a span id is 16 lowercase hex digits")
+    _refuse_overwriting("--out", args.out, [*_evidence_files(bundle), source])
     try:
         available = load_disclosures(source, MAX_PRODUCER_DISCLOSURE_FILE_BYTES)
     except OSError as e:
