@@ -24,7 +24,7 @@ from importlib import metadata
 from typing import Any, NoReturn, cast
 
 from ._files import open_regular
-from ._jobs import AUTO_MIN_BUNDLES_FORK, map_in_order
+from ._jobs import AUTO_MIN_BUNDLES_FORK, MAX_JOBS, map_in_order
 from ._term import Progress, Style, printable
 from .bundle import BUNDLE_SUFFIX, BundleReader
 from .checkpoint import WitnessKey, load_witness_keys
@@ -842,6 +842,9 @@ def _job_count(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    if value > MAX_JOBS:  # each is a process: thousands would only slow the run down
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_JOBS} (worker processes), "
+                                         f"not {text!r}")
     return value
 
 
@@ -850,7 +853,8 @@ def _add_jobs_option(parser: argparse.ArgumentParser) -> None:
         "--jobs", "-j", type=_job_count, metavar="N",
         help="check bundles in N processes side by side; the output is the same "
              "(default: one per usable CPU when there are enough bundles to pay for "
-             f"starting them, {AUTO_MIN_BUNDLES_FORK} on Linux; 1: all in this process)",
+             f"starting them, {AUTO_MIN_BUNDLES_FORK} on Linux; 1: all in this process; "
+             f"at most {MAX_JOBS})",
     )
 
 

@@ -204,6 +204,20 @@ def test_jobs_below_one_or_not_a_number_is_a_usage_error(capsys, keys: Keys, mak
     assert f"argument --jobs/-j: must be a whole number of at least 1, not '{value}'" in err
 
 
+@pytest.mark.parametrize("value", ["257", "3000", "99999999999999999999"])
+def test_jobs_above_256_is_a_usage_error(capsys, keys: Keys, make_bundle, value: str):
+    path, _ = make_bundle()
+    code, out, err = run(capsys, "verify", "--key", keys.pub, f"--jobs={value}", path)
+    assert code == 2 and out == ""
+    assert f"argument --jobs/-j: must be at most 256 (worker processes), not '{value}'" in err
+
+
+def test_jobs_256_is_taken(capsys, keys: Keys, make_bundle):
+    path, _ = make_bundle()
+    code, out, _ = run(capsys, "verify", "--key", keys.pub, "--jobs=256", path)
+    assert code == 0 and out.startswith("OK ")
+
+
 def test_how_many_workers(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(jobs, "usable_cpus", lambda: 4)
     assert jobs.workers_for(1, 500)[0] == 0  # --jobs 1: this process
