@@ -60,7 +60,8 @@ def resolve_setup(
 
     Raises:
         ValueError: a malformed argument or a malformed variable that is not a
-            tuning setting (naming it; see :mod:`~spanproof.exporter.config`).
+            tuning setting (naming it; see :mod:`~spanproof.exporter.config`), or
+            an output directory that exists and is not a directory.
         InvalidKey: a key file cannot be used.
         OSError: the key directory cannot be created.
     """
@@ -75,6 +76,10 @@ def resolve_setup(
     )
     output = os.path.abspath(config.output_dir)
     config = dataclasses.replace(config, output_dir=output)
+    if os.path.exists(output) and not os.path.isdir(output):
+        # Every bundle would fail to be written, and be lost at shutdown.
+        raise ValueError(f"spanproof exporter setting output_dir ({ENV_PREFIX}OUTPUT_DIR) "
+                         f"must be a directory, got {output!r}, which is not one")
     if signing_key is None:
         if config.key_file is not None:
             with _naming("key_file"):

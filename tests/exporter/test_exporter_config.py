@@ -208,3 +208,20 @@ def test_witness_key_variable_that_cannot_be_read_names_the_variable(
     with pytest.raises(InvalidKey, match=rf"^spanproof exporter setting witness_key "
                                          rf"\({ENV_PREFIX}WITNESS_KEY\): "):
         SpanproofSpanExporter(tmp_path / "out", signing_key=SigningKey.generate())
+
+
+@pytest.mark.parametrize("how", ["argument", "variable"])
+def test_an_output_dir_that_is_a_file_is_refused_at_construction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    # With a key given, nothing else touches the directory before the first write:
+    # every bundle would fail to be written, and be lost at shutdown.
+    path = tmp_path / "bundles"
+    path.write_text("not a directory")
+    if how == "variable":
+        monkeypatch.setenv(f"{ENV_PREFIX}OUTPUT_DIR", str(path))
+    with pytest.raises(ValueError, match=f"output_dir \\({ENV_PREFIX}OUTPUT_DIR\\) must be a "
+                                         "directory"):
+        SpanproofSpanExporter(path if how == "argument" else None,
+                              signing_key=SigningKey.generate())
+    assert path.read_text() == "not a directory"
