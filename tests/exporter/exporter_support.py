@@ -161,6 +161,23 @@ def declared_rejections(
     return report.statement.completeness.rejected_spans, record_span_ids(report)
 
 
+def assert_declared_rejected(
+    directory: str | os.PathLike[str], trust_dir: str | os.PathLike[str],
+    kept: Sequence[str], rejected: int = 1, *, note: str | None = None,
+) -> None:
+    """The one bundle below *directory* is INCOMPLETE and otherwise verifies (with
+    the test key, written to *trust_dir*): it declares *rejected* spans rejected
+    (*note* among its notes, when given) and holds the records of *kept* (span ids,
+    in any order)."""
+    (report,) = reports(directory, trust_root(trust_dir))
+    assert report.verdict is Verdict.INCOMPLETE, (report.source, report.reason)
+    (report,) = verified(directory, trust_root(trust_dir), allow_incomplete=True)
+    assert report.statement is not None
+    assert report.statement.completeness.rejected_spans == rejected
+    assert note is None or note in report.statement.completeness.notes
+    assert sorted(record_span_ids(report)) == sorted(kept)
+
+
 def record_span_ids(report: BundleReport) -> list[str]:
     assert report.records is not None
     return [r["span"]["spanId"] for r in report.records]

@@ -17,19 +17,15 @@ import pytest
 from exporter_support import (
     FakeClock,
     Recorder,
+    assert_declared_rejected,
     make_exporter,
-    record_span_ids,
-    reports,
     signing_key,
     span_hex,
-    trust_root,
-    verified,
 )
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from spanproof.exporter import EvidenceSpanProcessor
 from spanproof.exporter.sealing import UNENCODABLE_NOTE
-from spanproof.verifier import Verdict
 from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.errors import CanonicalizationError
 
@@ -69,23 +65,13 @@ def _trace(rec: Recorder) -> list[str]:
     return [span_hex(good)[1], span_hex(root)[1]]
 
 
-def _assert_declared_rejected(out: Path, trust_dir: Path, kept: list[str]) -> None:
-    (report,) = reports(out, trust_root(trust_dir))
-    assert report.verdict is Verdict.INCOMPLETE, report.reason
-    (report,) = verified(out, trust_root(trust_dir), allow_incomplete=True)
-    assert report.statement is not None
-    assert report.statement.completeness.rejected_spans == 1
-    assert UNENCODABLE_NOTE.format(1) in report.statement.completeness.notes
-    assert record_span_ids(report) == kept
-
-
 def test_keys_with_the_same_string_are_declared_rejected_not_signed(tmp_path: Path) -> None:
     rec = Recorder()
     kept = _trace(rec)
     exporter = make_exporter(tmp_path / "out", FakeClock(), select_all=True)
     assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
     exporter.shutdown()
-    _assert_declared_rejected(tmp_path / "out", tmp_path, kept)
+    assert_declared_rejected(tmp_path / "out", tmp_path, kept, note=UNENCODABLE_NOTE.format(1))
 
 
 def test_keys_with_the_same_string_are_declared_rejected_by_the_evidence_processor(
@@ -99,4 +85,4 @@ def test_keys_with_the_same_string_are_declared_rejected_by_the_evidence_process
         kept = _trace(rec)
     finally:
         rec.provider.shutdown()
-    _assert_declared_rejected(tmp_path / "out", tmp_path, kept)
+    assert_declared_rejected(tmp_path / "out", tmp_path, kept, note=UNENCODABLE_NOTE.format(1))

@@ -16,14 +16,11 @@ import pytest
 from exporter_support import (
     FakeClock,
     Recorder,
+    assert_declared_rejected,
     make_exporter,
     needs_any_value_sdk,
-    record_span_ids,
-    reports,
     signing_key,
     span_hex,
-    trust_root,
-    verified,
 )
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -33,7 +30,6 @@ from opentelemetry.trace import Link
 from spanproof.exporter import EvidenceSpanProcessor, SpanproofSpanExporter
 from spanproof.exporter.normalize import span_to_body
 from spanproof.exporter.otlp import MAX_DEPTH as OTLP_MAX_DEPTH
-from spanproof.verifier import Verdict
 from spanproof.verifier.values import MAX_DEPTH, validate_value
 
 
@@ -83,16 +79,6 @@ def _deep_trace(rec: Recorder, where: str, value: Any) -> tuple[str, str, str]:
     return span_hex(root)[1], span_hex(good)[1], span_hex(deep)[1]
 
 
-def _assert_declared_rejected(out: Path, trust_dir: Path, kept: list[str],
-                              rejected: int = 1) -> None:
-    (report,) = reports(out, trust_root(trust_dir))
-    assert report.verdict is Verdict.INCOMPLETE, report.reason
-    (report,) = verified(out, trust_root(trust_dir), allow_incomplete=True)
-    assert report.statement is not None
-    assert report.statement.completeness.rejected_spans == rejected
-    assert sorted(record_span_ids(report)) == sorted(kept)
-
-
 @needs_any_value_sdk
 @pytest.mark.parametrize("where", ["span", "event", "link"])
 @pytest.mark.parametrize("value", [_nested(MAX_DEPTH + 1), _deep_mapping(MAX_DEPTH + 1),
@@ -105,7 +91,7 @@ def test_attribute_nested_too_deep_is_declared_rejected_not_signed(
     exporter = make_exporter(tmp_path / "out", FakeClock(), select_all=True)
     assert exporter.export(rec.take()) is SpanExportResult.FAILURE
     exporter.shutdown()
-    _assert_declared_rejected(tmp_path / "out", tmp_path, [root, good])
+    assert_declared_rejected(tmp_path / "out", tmp_path, [root, good])
 
 
 @needs_any_value_sdk
@@ -120,7 +106,7 @@ def test_attribute_nested_too_deep_is_declared_rejected_by_the_sealing_process(
         assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
     finally:
         exporter.shutdown()
-    _assert_declared_rejected(tmp_path / "out", tmp_path, [root, good])
+    assert_declared_rejected(tmp_path / "out", tmp_path, [root, good])
 
 
 @needs_any_value_sdk
@@ -135,7 +121,7 @@ def test_attribute_nested_too_deep_is_declared_rejected_by_the_evidence_processo
         root, good, _ = _deep_trace(rec, "event", _nested(MAX_DEPTH + 1))
     finally:
         rec.provider.shutdown()
-    _assert_declared_rejected(tmp_path / "out", tmp_path, [root, good])
+    assert_declared_rejected(tmp_path / "out", tmp_path, [root, good])
 
 
 @needs_any_value_sdk
@@ -157,4 +143,4 @@ def test_resource_or_scope_nested_too_deep_rejects_its_spans(tmp_path: Path,
     exporter = make_exporter(tmp_path / "out", FakeClock(), select_all=True)
     assert exporter.export(rec.take()) is SpanExportResult.FAILURE
     exporter.shutdown()
-    _assert_declared_rejected(tmp_path / "out", tmp_path, [span_hex(root)[1]], rejected=2)
+    assert_declared_rejected(tmp_path / "out", tmp_path, [span_hex(root)[1]], rejected=2)

@@ -22,9 +22,8 @@ import pytest
 from exporter_support import (
     FakeClock,
     Recorder,
+    assert_declared_rejected,
     make_exporter,
-    record_span_ids,
-    reports,
     signing_key,
     span_hex,
     trust_root,
@@ -36,7 +35,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 
 from spanproof.exporter import EvidenceSpanProcessor, SpanproofSpanExporter
 from spanproof.exporter.normalize import span_to_body
-from spanproof.verifier import Verdict
 
 
 class Plain(enum.Enum):
@@ -85,16 +83,6 @@ def _trace(rec: Recorder, odd: Callable[[Recorder, Any], None], value: Any) -> l
     return [span_hex(s)[1] for s in (before, after, root)]
 
 
-def _assert_declared_rejected(out: Path, trust_dir: Path, kept: list[str],
-                              rejected: int = 1) -> None:
-    (report,) = reports(out, trust_root(trust_dir))
-    assert report.verdict is Verdict.INCOMPLETE, report.reason
-    (report,) = verified(out, trust_root(trust_dir), allow_incomplete=True)
-    assert report.statement is not None
-    assert report.statement.completeness.rejected_spans == rejected
-    assert record_span_ids(report) == kept
-
-
 @pytest.mark.parametrize("case", list(ODD))
 def test_a_name_that_is_not_a_string_is_declared_rejected_not_signed(
     tmp_path: Path, case: str
@@ -104,7 +92,7 @@ def test_a_name_that_is_not_a_string_is_declared_rejected_not_signed(
     exporter = make_exporter(tmp_path / "out", FakeClock(), select_all=True)
     assert exporter.export(rec.take()) is SpanExportResult.FAILURE
     exporter.shutdown()
-    _assert_declared_rejected(tmp_path / "out", tmp_path, kept)
+    assert_declared_rejected(tmp_path / "out", tmp_path, kept)
 
 
 @pytest.mark.parametrize("case", ["span name None", "event name int"])
@@ -119,7 +107,7 @@ def test_a_name_that_is_not_a_string_is_declared_rejected_by_the_sealing_process
         assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
     finally:
         exporter.shutdown()
-    _assert_declared_rejected(tmp_path / "out", tmp_path, kept)
+    assert_declared_rejected(tmp_path / "out", tmp_path, kept)
 
 
 @pytest.mark.parametrize("case", ["span name int", "event name None"])
@@ -134,7 +122,7 @@ def test_a_name_that_is_not_a_string_is_declared_rejected_by_the_evidence_proces
         kept = _trace(rec, *ODD[case])
     finally:
         rec.provider.shutdown()
-    _assert_declared_rejected(tmp_path / "out", tmp_path, kept)
+    assert_declared_rejected(tmp_path / "out", tmp_path, kept)
 
 
 @pytest.mark.parametrize("where", ["scope name", "scope version", "scope schema URL",
@@ -159,7 +147,7 @@ def test_a_scope_or_resource_string_that_is_not_a_string_rejects_its_spans(
     exporter = make_exporter(tmp_path / "out", FakeClock(), select_all=True)
     assert exporter.export(rec.take()) is SpanExportResult.FAILURE
     exporter.shutdown()
-    _assert_declared_rejected(tmp_path / "out", tmp_path, [span_hex(root)[1]], rejected=2)
+    assert_declared_rejected(tmp_path / "out", tmp_path, [span_hex(root)[1]], rejected=2)
 
 
 def test_a_str_enum_name_is_its_string_data(tmp_path: Path) -> None:

@@ -18,9 +18,9 @@ import pytest
 from exporter_support import (
     FakeClock,
     Recorder,
+    assert_declared_rejected,
     make_exporter,
     record_span_ids,
-    reports,
     signing_key,
     span_hex,
     trust_root,
@@ -30,7 +30,6 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from spanproof.exporter import EvidenceSpanProcessor, SpanproofSpanExporter
 from spanproof.exporter.normalize import span_to_body
-from spanproof.verifier import Verdict
 
 UINT64_MAX = 2**64 - 1
 NOW = 1_800_000_000_000_000_000
@@ -47,15 +46,6 @@ def _trace(rec: Recorder, where: str, time: Any) -> tuple[str, str]:
     return span_hex(root)[1], span_hex(child)[1]
 
 
-def _assert_declared_rejected(out: Path, trust_dir: Path, kept: list[str]) -> None:
-    (report,) = reports(out, trust_root(trust_dir))
-    assert report.verdict is Verdict.INCOMPLETE, report.reason
-    (report,) = verified(out, trust_root(trust_dir), allow_incomplete=True)
-    assert report.statement is not None
-    assert report.statement.completeness.rejected_spans == 1
-    assert record_span_ids(report) == kept
-
-
 @pytest.mark.parametrize("where", ["start", "end", "event"])
 @pytest.mark.parametrize("time", [-1, 2**64, 2**70, 1e30])
 def test_a_time_outside_uint64_is_declared_rejected_not_signed(
@@ -66,7 +56,7 @@ def test_a_time_outside_uint64_is_declared_rejected_not_signed(
     exporter = make_exporter(tmp_path / "out", FakeClock(), select_all=True)
     assert exporter.export(rec.take()) is SpanExportResult.FAILURE
     exporter.shutdown()
-    _assert_declared_rejected(tmp_path / "out", tmp_path, [root])
+    assert_declared_rejected(tmp_path / "out", tmp_path, [root])
 
 
 def test_the_largest_uint64_time_is_certified(tmp_path: Path) -> None:
@@ -96,7 +86,7 @@ def test_a_time_outside_uint64_is_declared_rejected_by_the_sealing_process(
         assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
     finally:
         exporter.shutdown()
-    _assert_declared_rejected(tmp_path / "out", tmp_path, [root])
+    assert_declared_rejected(tmp_path / "out", tmp_path, [root])
 
 
 def test_a_time_outside_uint64_is_declared_rejected_by_the_evidence_processor(
@@ -110,4 +100,4 @@ def test_a_time_outside_uint64_is_declared_rejected_by_the_evidence_processor(
         root, _ = _trace(rec, "event", 2**64)
     finally:
         rec.provider.shutdown()
-    _assert_declared_rejected(tmp_path / "out", tmp_path, [root])
+    assert_declared_rejected(tmp_path / "out", tmp_path, [root])
