@@ -929,3 +929,66 @@ def test_a_batch_receipt_with_a_lone_surrogate_fails_its_bundle_without_a_crash(
     assert code == 1 and lines[0].startswith(f"OK {paths[0]}: logged")
     assert lines[1].startswith(f"FAIL {paths[1]}: receipt.checkpoint: a lone surrogate")
     assert Path(receipt_path(paths[0])).exists() and not Path(receipt_path(paths[1])).exists()
+
+
+# --- a receipt already beside a bundle ----------------------------------------------------
+
+
+def test_submit_keeps_the_receipt_already_beside_a_bundle(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url, (first,) = _served_bundles(files, open_witness, serve_witness, 1)
+    assert _run(_submit_args(files, url, first), capsys)[0] == 0
+    kept = Path(receipt_path(first)).read_bytes()
+    # Another entry grows the log: the witness's next receipt for the first bundle
+    # names a larger tree, and is not written over the one the bundle has.
+    second = write_bundle(files["bundles"], make_bundle(trace_id(7)))
+    assert _run(_submit_args(files, url, second), capsys)[0] == 0
+    status, out, _ = _run(_submit_args(files, url, first), capsys)
+    assert status == 0, out
+    assert "already logged at index 0" in out and "kept the receipt already beside it" in out
+    assert Path(receipt_path(first)).read_bytes() == kept
+
+
+def test_submit_to_a_rolled_back_witness_fails_and_keeps_the_receipt(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url, paths = _served_bundles(files, open_witness, serve_witness, 2)
+    assert _run(_submit_args(files, url), capsys)[0] == 0
+    evidence = Path(receipt_path(paths[1])).read_bytes()
+    # The same log (origin and key) started again on an empty database: a rollback.
+    rolled_back = serve_witness(open_witness("rolled-back.db")).url
+    status, out, _ = _run(_submit_args(files, rolled_back, paths[1]), capsys)
+    assert status == 1, out
+    assert out.startswith("FAIL") and "names index 1" in out and "rollback or a fork" in out
+    assert Path(receipt_path(paths[1])).read_bytes() == evidence
+
+
+def test_submit_keeps_a_receipt_from_another_log(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url, (path,) = _served_bundles(files, open_witness, serve_witness, 1)
+    assert _run(_submit_args(files, url, path), capsys)[0] == 0
+    other = json.loads(Path(receipt_path(path)).read_bytes())
+    other["origin"] = "another.example/log"
+    foreign = (json.dumps(other) + "\n").encode()
+    Path(receipt_path(path)).write_bytes(foreign)
+    status, out, _ = _run(_submit_args(files, url, path), capsys)
+    assert status == 0, out
+    assert "from another log (another.example/log)" in out
+    assert Path(receipt_path(path)).read_bytes() == foreign
+
+
+def test_submit_replaces_a_file_that_is_not_a_receipt(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any, producer_trust: TrustRoot,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url, (path,) = _served_bundles(files, open_witness, serve_witness, 1)
+    Path(receipt_path(path)).write_bytes(b"not a receipt\n")
+    status, out, _ = _run(_submit_args(files, url, path), capsys)
+    assert status == 0 and "wrote" in out, out
+    verify_receipt(Path(receipt_path(path)).read_bytes(), check_bundle(path, producer_trust),
+                   [WitnessKey.load(str(files["pub"]))])
