@@ -51,9 +51,15 @@ from spanproof.verifier._batch import (
 from spanproof.verifier.bundle import BUNDLE_SUFFIX, BundleReader
 from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.checkpoint import WitnessKey
-from spanproof.verifier.errors import SpanproofError
+from spanproof.verifier.errors import LogInconsistent, SpanproofError
 from spanproof.verifier.keys import TrustedKey, TrustRoot
-from spanproof.verifier.receipt import ReceiptVerifier, receipt_path, unverified_receipt_for
+from spanproof.verifier.receipt import (
+    Receipt,
+    ReceiptVerifier,
+    kept_receipt,
+    receipt_path,
+    unverified_receipt_for,
+)
 from spanproof.verifier.records import digest_hex
 from spanproof.verifier.statement import Statement
 
@@ -391,7 +397,10 @@ class WitnessSubmitter:
         pending: the witness answers its next submission with the same entry."""
         batch, self._unwritten = self._unwritten, []
         # Each once, and only while still pending (should an earlier round have failed).
-        todo = [(name, got) for name, got in dict(batch).items() if name in self._pending]
+        todo = []
+        for name, got in dict(batch).items():
+            if name in self._pending and not self._kept(name, got):
+                todo.append((name, got))
         errors = write_together([(got.target, got.receipt) for _, got in todo])
         failure: _Transient | None = None
         for (name, got), error in zip(todo, errors, strict=True):
@@ -400,6 +409,23 @@ class WitnessSubmitter:
             else:
                 failure = failure or _Transient(f"cannot write {got.target}: {error}")
         return failure
+
+    def _kept(self, name: str, got: _Delivered) -> bool:
+        """Whether a receipt already beside the bundle is kept instead of *got*'s
+        (:func:`~spanproof.verifier.receipt.kept_receipt`): the submission is then
+        done, and nothing is written."""
+        try:
+            kept = kept_receipt(got.target, Receipt.from_bytes(got.receipt))
+        except LogInconsistent as e:
+            _logger.error("spanproof: witness submission of %s: %s", got.target, e)
+            kept = str(e)
+        except SpanproofError:
+            return False  # checked when it was delivered: not expected
+        if kept is None:
+            return False
+        _logger.info("spanproof: %s", kept)
+        self._remove(name)
+        return True
 
     def _deliver_window(self, items: Sequence[tuple[str, str]]) -> _Transient | None:
         """Deliver *items* (queue name, bundle path) in order with ``concurrency``

@@ -34,6 +34,7 @@ from .checkpoint import VerifiedCheckpoint, WitnessKey, verify_checkpoint
 from .errors import (
     InvalidBundle,
     InvalidReceipt,
+    LogInconsistent,
     ProofError,
     ReceiptMismatch,
     SpanproofError,
@@ -60,6 +61,7 @@ __all__ = [
     "attach_receipt_check",
     "check_receipt",
     "check_receipt_for_bundle",
+    "kept_receipt",
     "receipt_path",
     "unverified_receipt_for",
     "verify_receipt",
@@ -493,6 +495,40 @@ def receipt_path(bundle_path: str | os.PathLike[str]) -> str:
     if not path.endswith(BUNDLE_SUFFIX):
         raise ValueError(f"{path}: a bundle file name ends in {BUNDLE_SUFFIX!r}")
     return path[: -len(BUNDLE_SUFFIX)] + RECEIPT_SUFFIX
+
+
+def kept_receipt(target: str, new: Receipt) -> str | None:
+    """Whether the receipt file *target*, already beside a bundle, is kept instead of
+    *new*, the receipt a witness just gave for that bundle (SPEC §12.6): what to say
+    when it is, or None when there is none to keep (no file, or one that is not a
+    receipt, which proves nothing and is replaced).
+
+    A receipt beside a bundle is never replaced: it may be the only proof of what the
+    log held when it was written, as a witness that later rolled back or forked
+    answers from its new history.  The same log naming another index for the same
+    leaf is that proof.
+
+    Raises:
+        LogInconsistent: *target* is from the same log and for the same leaf as
+            *new*, at another index.
+    """
+    try:
+        with open_regular(target) as f:
+            old = Receipt.from_bytes(f.read(MAX_RECEIPT_BYTES + 1))
+    except (OSError, SpanproofError):
+        return None  # none, unreadable or not a receipt: it proves nothing
+    if old.origin != new.origin or old.leaf != new.leaf:
+        other = (f"from another log ({old.origin})" if old.origin != new.origin
+                 else "for another statement or signer")
+        return (f"kept the receipt already beside it ({target}), {other}: move it away "
+                "to store this one")
+    if old.leaf_index != new.leaf_index:
+        raise LogInconsistent(
+            f"the witness now has it at index {new.leaf_index}, but the receipt beside it "
+            f"({target}) from the same log ({old.origin}) names index {old.leaf_index}: "
+            "the log has lost or rewritten that entry (a rollback or a fork); that "
+            "receipt is kept as the evidence (see spanproof witness monitor)")
+    return f"kept the receipt already beside it ({target}, index {old.leaf_index} of {old.origin})"
 
 
 def _check(status: Status, message: str) -> Check:

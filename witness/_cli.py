@@ -35,16 +35,15 @@ from spanproof.verifier.checkpoint import WitnessKey, load_witness_keys
 from spanproof.verifier.errors import (
     InvalidBundle,
     InvalidKey,
-    LogInconsistent,
     SpanproofError,
     TransportError,
     VerificationError,
 )
 from spanproof.verifier.keys import TrustedKey, TrustRoot
 from spanproof.verifier.receipt import (
-    MAX_RECEIPT_BYTES,
     Receipt,
     ReceiptVerifier,
+    kept_receipt,
     receipt_path,
     unverified_receipt_for,
 )
@@ -442,45 +441,12 @@ class _Submitter:
             note = ", receipt NOT verified (no --witness-key)"
         new = "logged" if created else "already logged"
         flag = " [CONFLICT: another statement is logged for this trace segment]" if conflict else ""
-        kept = _kept_receipt(target, Receipt.from_bytes(receipt))
+        kept = kept_receipt(target, Receipt.from_bytes(receipt))
         if kept is not None:
             return f"OK {path}: {new} at index {index}{note}; {kept}{flag}"
         write_atomic(target, receipt)
         return f"OK {path}: {new} at index {index}{note}; wrote {target}{flag}"
 
-
-def _kept_receipt(target: str, new: Receipt) -> str | None:
-    """What to say when the receipt already beside a bundle is kept, or None when
-    there is none to keep (none at all, or one that is not a receipt).
-
-    A receipt beside a bundle is never replaced: it may be the only proof of what the
-    log held when it was written (a witness that later rolled back or forked answers
-    with its new history).  The same log naming another index in *new*, the
-    receipt the witness just gave, for the same bundle is that proof, so it fails.
-
-    Raises:
-        LogInconsistent: the receipt beside the bundle is from the same log and
-            names another index than the witness did now.
-    """
-    try:
-        with open_regular(target) as f:
-            old = Receipt.from_bytes(f.read(MAX_RECEIPT_BYTES + 1))
-    except FileNotFoundError:
-        return None
-    except (OSError, SpanproofError):
-        return None  # unreadable or not a receipt: it proves nothing, so it is replaced
-    if old.origin != new.origin or old.leaf != new.leaf:
-        other = (f"from another log ({old.origin})" if old.origin != new.origin
-                 else "for another statement or signer")
-        return (f"kept the receipt already beside it ({target}), {other}: move it away "
-                "to store this one")
-    if old.leaf_index != new.leaf_index:
-        raise LogInconsistent(
-            f"the witness now has it at index {new.leaf_index}, but the receipt beside it "
-            f"({target}) from the same log ({old.origin}) names index {old.leaf_index}: "
-            "the log has lost or rewritten that entry (a rollback or a fork); that "
-            "receipt is kept as the evidence (see spanproof witness monitor)")
-    return f"kept the receipt already beside it ({target}, index {old.leaf_index} of {old.origin})"
 
 
 # --- monitor ----------------------------------------------------------------------------

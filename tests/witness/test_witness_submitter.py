@@ -916,3 +916,49 @@ def test_flush_waits_for_a_submission_being_queued_on_disk(
         assert Path(receipt_path(path)).exists()
     finally:
         assert sub.close(timeout=10)
+
+
+def test_a_receipt_already_beside_a_bundle_is_kept_and_its_submission_done(
+    tmp_path: Path, witness: Witness, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Queued, then given a receipt by other means (`spanproof witness submit`, or this
+    # submitter before a crash): the witness's later answer does not replace it.
+    sub, (path,) = _queued(tmp_path, witness, 1)
+    first = witness.submit(path.read_bytes(), None).receipt.to_bytes()
+    Path(receipt_path(path)).write_bytes(first)
+    for extra in _bundles(tmp_path / "more", 3):  # the log grows: a newer receipt differs
+        witness.submit(extra.read_bytes(), None)
+    with caplog.at_level("INFO", "spanproof"):
+        assert sub.process_due() is None
+    assert sub.pending == 0 and _queue_files(tmp_path / "q") == []
+    assert Path(receipt_path(path)).read_bytes() == first
+    assert "kept the receipt already beside it" in caplog.text
+
+
+def test_a_rolled_back_witness_does_not_replace_the_receipt_that_proves_it(
+    tmp_path: Path, witness_private: Ed25519PrivateKey, producer_trust: TrustRoot,
+    witness: Witness, caplog: pytest.LogCaptureFixture,
+) -> None:
+    sub, paths = _queued(tmp_path, witness, 2)
+    assert sub.process_due() is None and sub.pending == 0
+    evidence = Path(receipt_path(paths[1])).read_bytes()
+    # The same log (key and origin) on an empty database: the second bundle would
+    # now be entry 0, not 1.
+    store = Store(str(tmp_path / "rolled-back.db"))
+    try:
+        rolled_back = Witness(store, CheckpointSigner(witness_private, ORIGIN),
+                              producer_trust=producer_trust, clock=FakeClock())
+        fake = FakeWitness(rolled_back)
+        fake.down = False
+        again = WitnessSubmitter("http://w.invalid", tmp_path / "q2", post=fake,
+                                 clock=Clock(), rng=lambda: 0.0, start=False)
+        again.submit(paths[1])
+        with caplog.at_level("ERROR", "spanproof"):
+            assert again.process_due() is None
+        assert again.pending == 0
+        assert Path(receipt_path(paths[1])).read_bytes() == evidence
+        assert "names index 1" in caplog.text and "rollback or a fork" in caplog.text
+        again.close()
+    finally:
+        store.close()
+    sub.close()
