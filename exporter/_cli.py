@@ -7,7 +7,6 @@ Each command returns its exit status: 0 success, 1 failure.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import shlex
@@ -32,7 +31,6 @@ from spanproof.verifier._cli import (
     format_result,
     link_results,
 )
-from spanproof.verifier._files import open_regular
 from spanproof.verifier._gc import collecting_rarely
 from spanproof.verifier.errors import InvalidKey
 from spanproof.verifier.tree import render_tree
@@ -357,15 +355,6 @@ def _server_tls(cert: str | None, key: str | None, client_ca: str | None) -> Ser
         if client_ca is not None:
             raise UsageError("--tls-client-ca needs --tls-cert and --tls-key")
         return None
-    for flag, path in (("--tls-cert", cert), ("--tls-key", key), ("--tls-client-ca", client_ca)):
-        if path is None:
-            continue
-        try:  # read twice (Python's TLS, gRPC's): a named pipe would block, a device not end
-            open_regular(path).close()
-        except OSError as e:
-            if e.errno in (errno.EINVAL, errno.ENXIO):  # not a regular file: say what it is
-                raise UsageError(f"{flag} {path}: cannot be used ({e.strerror})") from None
-            # Any other problem (a missing file) is reported by ssl_context() below.
     tls = ServerTLS(cert, key, client_ca)
     try:
         tls.ssl_context()

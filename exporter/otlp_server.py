@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import decimal
+import errno
 import http.client
 import json
 import logging
@@ -41,6 +42,8 @@ from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
+
+from spanproof.verifier._files import open_regular
 
 from ._sealing_process import start_watch
 
@@ -115,9 +118,21 @@ class ServerTLS:
         """The OTLP/HTTP server's context.
 
         Raises:
-            ValueError: a file cannot be read, is not PEM of the right kind, or the
-                key does not match the certificate (naming the file).
+            ValueError: a file cannot be read, is not a regular file, is not PEM of
+                the right kind, or the key does not match the certificate (naming
+                the file).
         """
+        for what, path in (("certificate", self.cert_file), ("key", self.key_file),
+                           ("client CA", self.client_ca_file)):
+            # Read by path, twice (Python's TLS, gRPC's): a named pipe would block the
+            # start, a device would never end.  A missing file is named below.
+            try:
+                if path is not None:
+                    open_regular(path).close()
+            except OSError as e:
+                if e.errno in (errno.EINVAL, errno.ENXIO):  # not a regular file
+                    raise ValueError(f"TLS {what} {path}: cannot be used ({e.strerror})"
+                                     ) from None
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:

@@ -63,4 +63,5 @@ def test_a_named_pipe_as_a_tls_file_is_refused_without_blocking(capsys, tmp_path
     status = main(argv)
     err = capsys.readouterr().err
     assert status == 2, err
-    assert f"{flag} {pipe}: cannot be used (not a regular file (a named pipe))" in err
+    what = {"--tls-cert": "certificate", "--tls-key": "key", "--tls-client-ca": "client CA"}
+    assert f"TLS {what[flag]} {pipe}: cannot be used (not a regular file (a named pipe))" in err

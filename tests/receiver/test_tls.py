@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import http.client
 import ipaddress
+import os
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -231,6 +232,22 @@ def test_plain_http_to_the_tls_port_is_not_served(
     connection.close()
     assert ingest.seen == []
     assert "Traceback" not in capfd.readouterr().err
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("role", ["certificate", "key", "client CA"])
+def test_a_tls_file_that_is_a_named_pipe_is_refused_without_blocking(
+    pki: Pki, tmp_path: Path, role: str
+) -> None:
+    # TLS reads its files by path: a named pipe nobody writes would block the start.
+    pipe = tmp_path / "pipe.pem"
+    os.mkfifo(pipe)
+    files = {"certificate": str(pki.server_cert), "key": str(pki.server_key),
+             "client CA": str(pki.ca), role: str(pipe)}
+    tls = ServerTLS(files["certificate"], files["key"], files["client CA"])
+    with pytest.raises(ValueError, match=f"TLS {role} .*pipe.pem: cannot be used "
+                                         "\\(not a regular file \\(a named pipe\\)\\)"):
+        GrpcServer("127.0.0.1:0", _Ingest(), tls=tls)
 
 
 def test_tls_without_a_client_ca_serves_any_tls_client(pki: Pki) -> None:
