@@ -116,6 +116,22 @@ needs_any_value_sdk = pytest.mark.skipif(
 
 
 @contextmanager
+def processor_recorder(output_dir: str | os.PathLike[str]) -> Iterator[Recorder]:
+    """A :class:`Recorder` whose provider also runs an ``EvidenceSpanProcessor`` (the
+    test key, every span selected) writing to *output_dir*; the provider, and so the
+    processor, is shut down on leaving."""
+    from spanproof.exporter import EvidenceSpanProcessor
+
+    rec = Recorder()
+    rec.provider.add_span_processor(
+        EvidenceSpanProcessor(output_dir, signing_key=signing_key(), select_all=True))
+    try:
+        yield rec
+    finally:
+        rec.provider.shutdown()
+
+
+@contextmanager
 def evidence(recorder: Recorder, name: str, **attributes: Any) -> Iterator[Any]:
     """Start a span selected as evidence (GenAI operation name)."""
     attributes.setdefault("gen_ai.operation.name", "chat")

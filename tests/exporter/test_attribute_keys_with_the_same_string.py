@@ -19,12 +19,11 @@ from exporter_support import (
     Recorder,
     assert_declared_rejected,
     make_exporter,
-    signing_key,
+    processor_recorder,
     span_hex,
 )
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from spanproof.exporter import EvidenceSpanProcessor
 from spanproof.exporter.sealing import UNENCODABLE_NOTE
 from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.errors import CanonicalizationError
@@ -77,12 +76,6 @@ def test_keys_with_the_same_string_are_declared_rejected_not_signed(tmp_path: Pa
 def test_keys_with_the_same_string_are_declared_rejected_by_the_evidence_processor(
     tmp_path: Path,
 ) -> None:
-    processor = EvidenceSpanProcessor(tmp_path / "out", signing_key=signing_key(),
-                                      select_all=True)
-    rec = Recorder()
-    rec.provider.add_span_processor(processor)
-    try:
+    with processor_recorder(tmp_path / "out") as rec:
         kept = _trace(rec)
-    finally:
-        rec.provider.shutdown()
     assert_declared_rejected(tmp_path / "out", tmp_path, kept, note=UNENCODABLE_NOTE.format(1))

@@ -19,6 +19,7 @@ from exporter_support import (
     assert_declared_rejected,
     make_exporter,
     needs_any_value_sdk,
+    processor_recorder,
     signing_key,
     span_hex,
 )
@@ -27,7 +28,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.trace import Link
 
-from spanproof.exporter import EvidenceSpanProcessor, SpanproofSpanExporter
+from spanproof.exporter import SpanproofSpanExporter
 from spanproof.exporter.normalize import span_to_body
 from spanproof.exporter.otlp import MAX_DEPTH as OTLP_MAX_DEPTH
 from spanproof.verifier.values import MAX_DEPTH, validate_value
@@ -113,14 +114,8 @@ def test_attribute_nested_too_deep_is_declared_rejected_by_the_sealing_process(
 def test_attribute_nested_too_deep_is_declared_rejected_by_the_evidence_processor(
     tmp_path: Path,
 ) -> None:
-    processor = EvidenceSpanProcessor(tmp_path / "out", signing_key=signing_key(),
-                                      select_all=True)
-    rec = Recorder()
-    rec.provider.add_span_processor(processor)
-    try:
+    with processor_recorder(tmp_path / "out") as rec:
         root, good, _ = _deep_trace(rec, "event", _nested(MAX_DEPTH + 1))
-    finally:
-        rec.provider.shutdown()
     assert_declared_rejected(tmp_path / "out", tmp_path, [root, good])
 
 

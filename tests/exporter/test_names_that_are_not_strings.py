@@ -24,6 +24,7 @@ from exporter_support import (
     Recorder,
     assert_declared_rejected,
     make_exporter,
+    processor_recorder,
     signing_key,
     span_hex,
     trust_root,
@@ -33,7 +34,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 
-from spanproof.exporter import EvidenceSpanProcessor, SpanproofSpanExporter
+from spanproof.exporter import SpanproofSpanExporter
 from spanproof.exporter.normalize import span_to_body
 
 
@@ -114,14 +115,8 @@ def test_a_name_that_is_not_a_string_is_declared_rejected_by_the_sealing_process
 def test_a_name_that_is_not_a_string_is_declared_rejected_by_the_evidence_processor(
     tmp_path: Path, case: str
 ) -> None:
-    processor = EvidenceSpanProcessor(tmp_path / "out", signing_key=signing_key(),
-                                      select_all=True)
-    rec = Recorder()
-    rec.provider.add_span_processor(processor)
-    try:
+    with processor_recorder(tmp_path / "out") as rec:
         kept = _trace(rec, *ODD[case])
-    finally:
-        rec.provider.shutdown()
     assert_declared_rejected(tmp_path / "out", tmp_path, kept)
 
 

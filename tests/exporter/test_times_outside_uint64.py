@@ -20,6 +20,7 @@ from exporter_support import (
     Recorder,
     assert_declared_rejected,
     make_exporter,
+    processor_recorder,
     record_span_ids,
     signing_key,
     span_hex,
@@ -28,7 +29,7 @@ from exporter_support import (
 )
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from spanproof.exporter import EvidenceSpanProcessor, SpanproofSpanExporter
+from spanproof.exporter import SpanproofSpanExporter
 from spanproof.exporter.normalize import span_to_body
 
 UINT64_MAX = 2**64 - 1
@@ -92,12 +93,6 @@ def test_a_time_outside_uint64_is_declared_rejected_by_the_sealing_process(
 def test_a_time_outside_uint64_is_declared_rejected_by_the_evidence_processor(
     tmp_path: Path,
 ) -> None:
-    processor = EvidenceSpanProcessor(tmp_path / "out", signing_key=signing_key(),
-                                      select_all=True)
-    rec = Recorder()
-    rec.provider.add_span_processor(processor)
-    try:
+    with processor_recorder(tmp_path / "out") as rec:
         root, _ = _trace(rec, "event", 2**64)
-    finally:
-        rec.provider.shutdown()
     assert_declared_rejected(tmp_path / "out", tmp_path, [root])
