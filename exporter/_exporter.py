@@ -618,19 +618,18 @@ class SpanproofSpanExporter(SpanExporter):
 
     def _normalize_all(
         self, spans: Sequence[Any]
-    ) -> tuple[list[tuple[str, dict[str, Any]]], list[str], int]:
+    ) -> tuple[list[tuple[str, dict[str, Any]]], list[str | None], int]:
         """The bodies of *spans* (by trace id), the trace ids of those that cannot
-        be certified (declared as rejected), and how many could not be."""
+        be certified (declared as rejected; None for a span whose trace id cannot be
+        read), and how many could not be."""
         bodies: list[tuple[str, dict[str, Any]]] = []
-        rejected: list[str] = []
+        rejected: list[str | None] = []
         failed = 0
         for span in spans:
             body = self._normalize(span)
             if body is None:
                 failed += 1
-                trace_id = _trace_id_of(span)
-                if trace_id is not None:
-                    rejected.append(trace_id)
+                rejected.append(_trace_id_of(span))  # None: declared in any trace's bundle
             else:
                 bodies.append((body["span"]["traceId"], body))
         return bodies, rejected, failed
@@ -645,10 +644,11 @@ class SpanproofSpanExporter(SpanExporter):
     def _admit_bodies(
         self,
         bodies: Sequence[tuple[str, dict[str, Any]]],
-        rejected: Sequence[str],
+        rejected: Sequence[str | None],
         roots: Sequence[str],
     ) -> bool:
-        """Queue normalized *bodies* for sealing; False after shutdown."""
+        """Queue normalized *bodies* for sealing, with the traces of *rejected*
+        spans (None: a trace id that cannot be read); False after shutdown."""
         now = self._clock()
         with self._cond:
             if self._shutdown:
@@ -667,7 +667,8 @@ class SpanproofSpanExporter(SpanExporter):
         except Exception as e:
             self._span_warnings.warn(
                 "spanproof: cannot certify span %s of trace %s (%s: %s); declared as "
-                "rejected", _span_id_of(span), _trace_id_of(span), type(e).__name__, e)
+                "rejected", _span_id_of(span), _trace_id_of(span) or "(unreadable id)",
+                type(e).__name__, e)
             return None
         return body
 
@@ -675,7 +676,7 @@ class SpanproofSpanExporter(SpanExporter):
         self,
         now: float,
         bodies: Sequence[tuple[str, dict[str, Any]]],
-        rejected: Sequence[str],
+        rejected: Sequence[str | None],
         roots: Sequence[str],
         *,
         dropped: Mapping[str, int] | None = None,
@@ -690,8 +691,11 @@ class SpanproofSpanExporter(SpanExporter):
         assembler = self._assembler
         for trace_id, body in bodies:
             wake = assembler.add(trace_id, body, now) or wake
-        for trace_id in rejected:
-            assembler.reject(trace_id, now)
+        for rejected_trace in rejected:
+            if rejected_trace is None:
+                assembler.reject_untracked()
+            else:
+                assembler.reject(rejected_trace, now)
         for trace_id, n in (dropped or {}).items():
             assembler.drop(trace_id, now, n, dropped_note)
         for trace_id, n in (unsampled or {}).items():
@@ -815,6 +819,10 @@ class SpanproofSpanExporter(SpanExporter):
             _logger.error("spanproof: shutdown incomplete: %d sealed bundle(s) not written, "
                           "%d still being written, %d trace(s) not sealed, %d span(s) of "
                           "discarded bundles not declared", *counts)
+        undeclared = self._assembler.undeclared_untracked
+        if undeclared:
+            _logger.error("spanproof: %d span(s) of no known trace were lost or rejected "
+                          "after the last bundle sealed; no bundle declares them", undeclared)
 
     @staticmethod
     def _stop_remote(remote: SealingProcesses, deadline: float) -> list[SealingProcess]:
@@ -1280,10 +1288,16 @@ def select_spans(
 
 
 def _trace_id_of(span: ReadableSpan) -> str | None:
-    ctx = span.get_span_context()
-    if ctx is None or not 0 < ctx.trace_id < 1 << 128:
-        return None
-    return f"{ctx.trace_id:032x}"
+    """The span's trace id in hex; None when it cannot be read or is not a valid
+    trace id (zero, or not 128 bits): such a span belongs to no trace we can name."""
+    try:
+        ctx = span.get_span_context()
+        trace_id = None if ctx is None else ctx.trace_id
+    except Exception:
+        return None  # the caller logs the span it could not handle
+    if type(trace_id) is int and 0 < trace_id < 1 << 128:
+        return f"{trace_id:032x}"
+    return None
 
 
 def _span_id_of(span: ReadableSpan) -> str:

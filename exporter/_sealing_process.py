@@ -682,9 +682,9 @@ class SealingProcess:
         self._scopes.forget(defined[1])
 
     def send_bodies(self, bodies: Sequence[tuple[str, dict[str, Any]]],
-                    rejected: Sequence[str], roots: Sequence[str]) -> None:
+                    rejected: Sequence[str | None], roots: Sequence[str]) -> None:
         """Hand already normalized bodies to the child (spans whose fields cannot
-        be pickled).
+        be pickled), with the traces of rejected spans (None: unreadable).
 
         Raises:
             SealingProcessError: the child is gone.
@@ -693,14 +693,17 @@ class SealingProcess:
             self._write_locked(_spans_frame(("bodies", list(bodies), list(rejected),
                                              list(roots))))
             self._sent += len(bodies) + len(rejected)
-            if bodies or rejected:
-                self.last_trace = bodies[-1][0] if bodies else rejected[-1]
+            named = [trace_id for trace_id in rejected if trace_id is not None]
+            if bodies or named:
+                self.last_trace = bodies[-1][0] if bodies else named[-1]
 
     def _sent_locked(self, spans: Sequence[Any]) -> None:
         """Count *spans*, just written to the child."""
         if spans:
             self._sent += len(spans)
-            self.last_trace = f"{spans[-1].get_span_context().trace_id:032x}"
+            trace_id = spans[-1].get_span_context().trace_id
+            if 0 < trace_id < 1 << 128:  # a loss is never declared under trace id zero
+                self.last_trace = f"{trace_id:032x}"
 
     def unsettled(self) -> int:
         """How many of the spans sent to the child it has not settled: sealed into a
@@ -1000,9 +1003,10 @@ class SealingProcesses:
         lost.raise_if_any()
 
     def send_bodies(self, bodies: Sequence[tuple[str, dict[str, Any]]],
-                    rejected: Sequence[str], roots: Sequence[str]) -> None:
+                    rejected: Sequence[str | None], roots: Sequence[str]) -> None:
         """Hand already normalized bodies (spans whose fields cannot be pickled),
-        rejected trace ids and ended roots to the processes holding their traces.
+        rejected trace ids (None: unreadable, sent to the first process) and ended
+        roots to the processes holding their traces.
 
         Raises:
             SealingProcessUnreachable: a process is gone (see :meth:`send_spans`;
@@ -1010,11 +1014,13 @@ class SealingProcesses:
                 ``rejected``).
         """
         n = len(self.processes)
-        parts: list[tuple[list[Any], list[str], list[str]]] = [([], [], []) for _ in range(n)]
+        parts: list[tuple[list[Any], list[str | None], list[str]]] = [
+            ([], [], []) for _ in range(n)]
         for item in bodies:
             parts[self._shard(int(item[0], 16))][0].append(item)
-        for trace_id in rejected:
-            parts[self._shard(int(trace_id, 16))][1].append(trace_id)
+        for rejected_trace in rejected:
+            shard = 0 if rejected_trace is None else self._shard(int(rejected_trace, 16))
+            parts[shard][1].append(rejected_trace)
         for root in roots:
             parts[self._shard(int(root, 16))][2].append(root)
         lost = _Undelivered()
@@ -1086,7 +1092,7 @@ class SealingProcessUnreachable(SealingProcessError):
     was to get and did not (the caller seals them itself)."""
 
     def __init__(self, message: str, spans: list[Any], roots: list[str],
-                 rejected: list[str] | None = None) -> None:
+                 rejected: list[str | None] | None = None) -> None:
         super().__init__(message)
         self.spans = spans
         self.roots = roots
@@ -1100,10 +1106,10 @@ class _Undelivered:
         self._error: SealingProcessError | None = None
         self._spans: list[Any] = []
         self._roots: list[str] = []
-        self._rejected: list[str] = []
+        self._rejected: list[str | None] = []
 
     def add(self, error: SealingProcessError, spans: Sequence[Any], roots: Sequence[str],
-            rejected: Sequence[str] = ()) -> None:
+            rejected: Sequence[str | None] = ()) -> None:
         self._error = self._error or error
         self._spans.extend(spans)
         self._roots.extend(roots)

@@ -237,6 +237,8 @@ class TraceAssembler:
         # with them), and those whose trace could not even be remembered.
         self._lost: OrderedDict[str, _Lost] = OrderedDict()
         self._untracked_lost = 0
+        # Spans refused whose trace id could not be read (zero, or unreadable).
+        self._untracked_rejected = 0
 
     @classmethod
     def from_config(cls, config: ExporterConfig) -> TraceAssembler:
@@ -368,6 +370,18 @@ class TraceAssembler:
         """Count *count* evidence spans lost whose traces cannot be named; the next
         bundle of any trace declares them as dropped (SPEC §5.3)."""
         self._untracked_lost += count
+
+    def reject_untracked(self, count: int = 1) -> None:
+        """Count *count* spans that could not be certified and whose trace id could
+        not be read (zero, or a context that cannot be read); the next bundle of any
+        trace declares them as rejected, with a note that they may be other traces'
+        (SPEC §5.3)."""
+        self._untracked_rejected += count
+
+    @property
+    def undeclared_untracked(self) -> int:
+        """Losses of no known trace still waiting for a bundle to declare them."""
+        return self._untracked_lost + self._untracked_rejected
 
     def unsampled(self, trace_id: str, now: float, count: int = 1) -> None:
         """Count *count* evidence spans of the trace that sampling removed; its
@@ -632,6 +646,11 @@ class TraceAssembler:
             dropped += self._untracked_lost
             notes += (_UNTRACKED_NOTE.format(self._untracked_lost),)
             self._untracked_lost = 0
+        rejected = entry.rejected
+        if self._untracked_rejected:
+            rejected += self._untracked_rejected
+            notes += (_UNTRACKED_REJECTED_NOTE.format(self._untracked_rejected),)
+            self._untracked_rejected = 0
         job = SealJob(
             entry.trace_id,
             tuple(taken),
@@ -639,7 +658,7 @@ class TraceAssembler:
             reason,
             Completeness(
                 dropped_spans=dropped,
-                rejected_spans=entry.rejected,
+                rejected_spans=rejected,
                 unsampled_spans=entry.unsampled,
                 conflicts=conflicts,
                 notes=notes,
@@ -691,4 +710,8 @@ _LIMIT_NOTE = (
 _UNTRACKED_NOTE = (
     "{} evidence span(s) of other traces were dropped while the sealer had fallen "
     "behind or bundles could not be written; their trace ids could not be kept"
+)
+_UNTRACKED_REJECTED_NOTE = (
+    "{} span(s) were rejected whose trace id could not be read (zero or malformed); "
+    "they may be other traces'"
 )

@@ -135,7 +135,7 @@ class _JournaledSealer(SpanproofSpanExporter):
     def admit(
         self,
         items: Sequence[tuple[str, dict[str, Any], str | None]],
-        rejected: Sequence[str],
+        rejected: Sequence[str | None],
         roots: Sequence[str],
         dropped: Mapping[str, int],
         unsampled: Mapping[str, int],
@@ -552,7 +552,7 @@ class EvidenceSpanProcessor(SpanProcessor):
         """Normalize, journal and admit one batch; answer its flushes.  Returns
         whether the batch asked the worker to stop."""
         items: list[tuple[str, dict[str, Any]]] = []
-        rejected: list[str] = []
+        rejected: list[str | None] = []
         roots: list[str] = []
         flushes: list[_Flush] = []
         stop = False
@@ -567,8 +567,7 @@ class EvidenceSpanProcessor(SpanProcessor):
                 if kind == "span":
                     body = self._sealer._normalize(span)
                     if body is None:
-                        if trace_id is not None:
-                            rejected.append(trace_id)
+                        rejected.append(trace_id)  # None: declared in any trace's bundle
                     else:
                         items.append((body["span"]["traceId"], body))
                     parent = span.parent
@@ -594,14 +593,15 @@ class EvidenceSpanProcessor(SpanProcessor):
     def _journal(
         self,
         items: list[tuple[str, dict[str, Any]]],
-        rejected: list[str],
+        rejected: list[str | None],
         dropped: Mapping[str, int],
         unsampled: Mapping[str, int],
     ) -> tuple[list[tuple[str, dict[str, Any], str | None]], bool]:
         """Append *items*, the rejected spans' traces and the loss counts to the
         journal (fsynced).  Returns the items with their keys (None: not journaled)
-        and whether all is durable."""
-        rejections = collections.Counter(rejected)
+        and whether all is durable.  A rejected span whose trace id cannot be read
+        has no trace to journal it under: it is declared from memory only."""
+        rejections = collections.Counter(t for t in rejected if t is not None)
         try:
             journal = self._sealer.journal()
             keys: list[str | None] = []

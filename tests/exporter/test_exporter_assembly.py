@@ -582,3 +582,25 @@ def test_every_span_is_certified_or_declared(
     else:
         assert records == distinct  # no span certified twice
         assert records + declared == offered  # and none lost without a declaration
+
+
+def test_rejections_of_no_known_trace_are_declared_once_in_the_next_bundle() -> None:
+    # SPEC §5.3: a loss that cannot be attributed to a trace goes in the next bundle
+    # sealed, whose notes say the spans may be other traces'.
+    asm = assembler()
+    asm.reject_untracked(2)
+    assert asm.undeclared_untracked == 2
+    asm.add(T1, body(T1, 0), now=0.0)
+    asm.reject(T1, now=0.0)
+    asm.root_ended(T1, now=0.0)
+    (first,) = asm.due(5.0)
+    assert first.completeness.rejected_spans == 3  # its own one and the two
+    assert any("trace id could not be read" in n and "other traces'" in n
+               for n in first.completeness.notes)
+    assert asm.undeclared_untracked == 0
+    seal_all(asm, [first])
+    asm.add(T2, body(T2, 0), now=6.0)
+    asm.root_ended(T2, now=6.0)
+    (second,) = asm.due(10.0)
+    assert second.completeness.rejected_spans == 0  # declared once only
+    assert second.completeness.notes == ()
