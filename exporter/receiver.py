@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 from opentelemetry.proto.trace.v1 import trace_pb2
@@ -198,6 +198,11 @@ def _trace_chunks(
             traces = 0
     if chunk:
         yield chunk
+
+
+def _named_trace(trace_id: str | None) -> TypeGuard[str]:
+    """Whether a rejected span's trace id names a trace: readable and not zero."""
+    return trace_id is not None and trace_id != "0" * 32
 
 
 def _is_local_root(span: trace_pb2.Span) -> bool:
@@ -695,9 +700,10 @@ class Receiver:
         # the trace is sealed must not leave its recovered bundle silent about them.
         # A rejected span delivered again (a Collector's retry) is declared once.
         seen = self._rejected_seen
-        counted = [(t, fingerprint) for t, _, fingerprint in rejected
-                   if t is not None and t != "0" * 32 and fingerprint not in seen]
-        rejections = collections.Counter(t for t, _ in counted)
+        counted = [(t, fingerprint) for t, _, fingerprint in rejected if fingerprint not in seen]
+        # A span whose trace id cannot be read (wrong length, or zero) belongs to no
+        # trace: declared in the next bundle of any trace, from memory only.
+        rejections = collections.Counter(t for t, _ in counted if _named_trace(t))
         if fresh or rejections:
             try:
                 keys = self._journal.append_spans(
@@ -718,7 +724,10 @@ class Receiver:
                 self._keys[id(body)] = (key, body)
                 wake = assembler.add(trace_id, body, now, conflict=conflict) or wake
             for rejected_trace, fingerprint in counted:
-                assembler.reject(rejected_trace, now)
+                if _named_trace(rejected_trace):
+                    assembler.reject(rejected_trace, now)
+                else:
+                    assembler.reject_untracked()
                 seen[fingerprint] = None
             while len(seen) > self._rejected_limit:
                 seen.popitem(last=False)
