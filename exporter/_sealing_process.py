@@ -451,6 +451,26 @@ def _frame(message: Any) -> bytes:
 _BUILTIN_TYPES = (dict, str, int, float, tuple, bytes)
 
 
+class _DistinctString(str):
+    """How the child receives a ``str`` subclass with its own ``__eq__`` or
+    ``__hash__``: its string data, equal only to itself.  As a plain ``str``, such a
+    key and a plain key spelling the same string would merge into one when the
+    child's dict is rebuilt (the later value silently kept); kept apart, they reach
+    the canonical encoder as two, which refuses the record as it does in the
+    application's process (the span is declared rejected)."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __ne__(self, other: object) -> bool:
+        return self is not other
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
 class _BuiltinsPickler(pickle.Pickler):
     """Pickles span fields as builtin values only, so that the child never has to
     import an application's class (pickle names a class by module and name, and a
@@ -459,7 +479,8 @@ class _BuiltinsPickler(pickle.Pickler):
     The OpenTelemetry SDK keeps a value that is a subclass of ``str``, ``int``,
     ``float`` or ``bytes`` (a ``str`` Enum, say) as it is.  Each is reduced to the
     builtin value :mod:`~spanproof.exporter.normalize` records for it (a ``str``
-    subclass to its string data), mappings and sequences other than ``dict``,
+    subclass to its string data; one with its own equality to a
+    :class:`_DistinctString`), mappings and sequences other than ``dict``,
     ``list`` and ``tuple`` to those; anything else refuses to be pickled, and the
     exporter normalizes that batch itself (the span is declared rejected).
     ``reducer_override`` is not called for exact builtins, so plain fields cost
@@ -467,12 +488,15 @@ class _BuiltinsPickler(pickle.Pickler):
     """
 
     def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, type) and obj in _BUILTIN_TYPES:
-            return NotImplemented  # the builtins the reductions below name
+        if isinstance(obj, type) and (obj in _BUILTIN_TYPES or obj is _DistinctString):
+            return NotImplemented  # the classes the reductions below name
         # In normalize._typed's order.
         if isinstance(obj, Mapping):
             return dict, ({k if isinstance(k, str) else str(k): v for k, v in obj.items()},)
         if isinstance(obj, str):
+            kind = type(obj)
+            if kind.__eq__ is not str.__eq__ or kind.__hash__ is not str.__hash__:
+                return _DistinctString, (str.__str__(obj),)
             return str, (str.__str__(obj),)
         if isinstance(obj, int):
             return int, (int(obj),)

@@ -6,7 +6,10 @@ can sit in a span's attributes beside a plain ``str`` of the same characters.  B
 were written as members of the record's ``attributes`` object: the exporter signed
 a record with a duplicate member name, which the verifier's strict parser fails
 (SPEC §3.2).  Such a record has no canonical form; the span is now declared
-rejected in its trace's bundle, as a span holding a lone surrogate is.
+rejected in its trace's bundle, as a span holding a lone surrogate is.  A sealing
+process used to get the subclass key as a plain ``str``, and the two keys merged
+there, the later value silently kept; it now gets a string equal only to itself, so
+the span is declared rejected on that path too.
 """
 
 from __future__ import annotations
@@ -20,10 +23,14 @@ from exporter_support import (
     assert_declared_rejected,
     make_exporter,
     processor_recorder,
+    signing_key,
     span_hex,
+    trust_root,
+    verified,
 )
 from opentelemetry.sdk.trace.export import SpanExportResult
 
+from spanproof.exporter import SpanproofSpanExporter
 from spanproof.exporter.sealing import UNENCODABLE_NOTE
 from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.errors import CanonicalizationError
@@ -79,3 +86,39 @@ def test_keys_with_the_same_string_are_declared_rejected_by_the_evidence_process
     with processor_recorder(tmp_path / "out") as rec:
         kept = _trace(rec)
     assert_declared_rejected(tmp_path / "out", tmp_path, kept, note=UNENCODABLE_NOTE.format(1))
+
+
+def test_keys_with_the_same_string_are_declared_rejected_by_the_sealing_process(
+    tmp_path: Path,
+) -> None:
+    # Pickled for the child, the subclass key became a plain "k" and the two merged:
+    # the bundle verified OK without the first value, and declared nothing.
+    rec = Recorder()
+    kept = _trace(rec)
+    exporter = SpanproofSpanExporter(tmp_path / "out", signing_key=signing_key(),
+                                     select_all=True, sealing_process=True)
+    try:
+        assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+    finally:
+        exporter.shutdown()
+    assert_declared_rejected(tmp_path / "out", tmp_path, kept, note=UNENCODABLE_NOTE.format(1))
+
+
+def test_one_key_of_a_string_type_with_its_own_equality_is_certified_by_the_sealing_process(
+    tmp_path: Path,
+) -> None:
+    rec = Recorder()
+    with rec.tracer.start_as_current_span(
+            "alone", attributes={IdentityKey("k"): IdentityKey("v")}) as alone:
+        pass
+    exporter = SpanproofSpanExporter(tmp_path / "out", signing_key=signing_key(),
+                                     select_all=True, sealing_process=True)
+    try:
+        assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+    finally:
+        exporter.shutdown()
+    (report,) = verified(tmp_path / "out", trust_root(tmp_path))
+    assert report.records is not None
+    (record,) = report.records
+    assert record["span"]["spanId"] == span_hex(alone)[1]
+    assert record["span"]["attributes"] == {"k": {"stringValue": "v"}}
