@@ -195,6 +195,13 @@ def _is_base64(text: str) -> bool:
 
 
 _DECIMAL = re.compile(r"-?[0-9]+")
+# A decimal number in ASCII digits, with an optional sign, fraction and exponent: the
+# forms in which a string may hold a number (proto3's JSON mapping) that mean the same
+# to every OTLP/JSON reader.  Python's int() and float() also take "1_000", "٣",
+# " 5 " and "inf", which Go's protojson (the Collector's) refuses.
+_NUMBER_TEXT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+_DOUBLE_FIELDS = ("doubleValue", "double_value")
+_DOUBLE_NAMES = frozenset({"NaN", "Infinity", "-Infinity"})
 # The integer fields of a trace request that a record holds (enums included), under
 # both spellings protobuf's JSON mapping takes.
 _INTEGER_FIELDS = frozenset({
@@ -232,7 +239,7 @@ def _exact_integer(field: str, value: Any) -> Any:
     """
     if isinstance(value, _Literal):
         text = value.text
-    elif isinstance(value, str) and _DECIMAL.fullmatch(value) is None and " " not in value:
+    elif isinstance(value, str) and _DECIMAL.fullmatch(value) is None:
         text = value
     else:
         return value
@@ -242,12 +249,33 @@ def _exact_integer(field: str, value: Any) -> Any:
         return value  # not a number (an enum's name, or malformed): protobuf decides
     if not number.is_finite():
         return value
+    if _NUMBER_TEXT.fullmatch(text) is None:
+        raise InvalidRequest(f"{field} {_shown(text)} is not a decimal number")
     if number != number.to_integral_value():
         raise InvalidRequest(f"{field} {_shown(text)} is not an integer")
     if number.adjusted() > 25:
         raise InvalidRequest(f"{field} {_shown(text)} is beyond 64 bits")
     exact = int(number)
     return exact if isinstance(value, float) else str(exact)
+
+
+def _check_double_string(value: str) -> None:
+    """Refuse a ``doubleValue`` string that is not ``NaN``, ``Infinity``,
+    ``-Infinity`` or a finite decimal number (:data:`_NUMBER_TEXT`).  protobuf's
+    parser read any string Python's ``float()`` takes: ``"1e400"`` became Infinity
+    (the number 1e400 is refused as beyond a double), and ``"1_000.5"``, ``" 5 "``
+    and ``"inf"`` were taken too.
+
+    Raises:
+        InvalidRequest: naming the value.
+    """
+    if value in _DOUBLE_NAMES:
+        return
+    if _NUMBER_TEXT.fullmatch(value) is None:
+        raise InvalidRequest(f"doubleValue {_shown(value)} is neither a decimal number "
+                             "nor NaN, Infinity or -Infinity")
+    if math.isinf(float(value)):
+        raise InvalidRequest(f"doubleValue {_shown(value)} is beyond the range of a double")
 
 
 def _shown(value: Any) -> str:
@@ -288,6 +316,8 @@ def _to_protobuf_json(obj: Any) -> None:
                     raise InvalidRequest(f"bytesValue {_shown(value)} is not base64")
             elif key in _INTEGER_FIELDS:
                 obj[key] = _exact_integer(key, value)
+            elif key in _DOUBLE_FIELDS and isinstance(value, str):
+                _check_double_string(value)
             else:
                 _to_protobuf_json(value)
     elif isinstance(obj, list):
