@@ -194,12 +194,13 @@ def _is_base64(text: str) -> bool:
     return left == 4 - padding if padding else left != 1
 
 
-_DECIMAL = re.compile(r"-?[0-9]+")
-# A decimal number in ASCII digits, with an optional sign, fraction and exponent: the
-# forms in which a string may hold a number (proto3's JSON mapping) that mean the same
-# to every OTLP/JSON reader.  Python's int() and float() also take "1_000", "٣",
-# " 5 " and "inf", which Go's protojson (the Collector's) refuses.
-_NUMBER_TEXT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+# A decimal integer as JSON writes one: the common form of an int64 in OTLP/JSON.
+_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)")
+# A number as JSON writes one (RFC 8259 §6): the only form in which a string may hold
+# a number (proto3's JSON mapping) that the Collector's reader (Go's protojson) takes.
+# Python's int() and float(), which protobuf's Python parser calls, also take
+# "1_000", "٣", " 5 ", "+5", "05" and "inf".
+_NUMBER_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 _DOUBLE_FIELDS = ("doubleValue", "double_value")
 _DOUBLE_NAMES = frozenset({"NaN", "Infinity", "-Infinity"})
 # The integer fields of a trace request that a record holds (enums included), under
@@ -250,7 +251,7 @@ def _exact_integer(field: str, value: Any) -> Any:
     if not number.is_finite():
         return value
     if _NUMBER_TEXT.fullmatch(text) is None:
-        raise InvalidRequest(f"{field} {_shown(text)} is not a decimal number")
+        raise InvalidRequest(f"{field} {_shown(text)} is not a number as JSON writes one")
     if number != number.to_integral_value():
         raise InvalidRequest(f"{field} {_shown(text)} is not an integer")
     if number.adjusted() > 25:
@@ -261,10 +262,10 @@ def _exact_integer(field: str, value: Any) -> Any:
 
 def _check_double_string(value: str) -> None:
     """Refuse a ``doubleValue`` string that is not ``NaN``, ``Infinity``,
-    ``-Infinity`` or a finite decimal number (:data:`_NUMBER_TEXT`).  protobuf's
-    parser read any string Python's ``float()`` takes: ``"1e400"`` became Infinity
-    (the number 1e400 is refused as beyond a double), and ``"1_000.5"``, ``" 5 "``
-    and ``"inf"`` were taken too.
+    ``-Infinity`` or a finite number as JSON writes one (:data:`_NUMBER_TEXT`).
+    protobuf's parser read any string Python's ``float()`` takes: ``"1e400"`` became
+    Infinity (the number 1e400 is refused as beyond a double), and ``"1_000.5"``,
+    ``" 5 "`` and ``"inf"`` were taken too.
 
     Raises:
         InvalidRequest: naming the value.
@@ -272,8 +273,8 @@ def _check_double_string(value: str) -> None:
     if value in _DOUBLE_NAMES:
         return
     if _NUMBER_TEXT.fullmatch(value) is None:
-        raise InvalidRequest(f"doubleValue {_shown(value)} is neither a decimal number "
-                             "nor NaN, Infinity or -Infinity")
+        raise InvalidRequest(f"doubleValue {_shown(value)} is neither a number as JSON "
+                             "writes one nor NaN, Infinity or -Infinity")
     if math.isinf(float(value)):
         raise InvalidRequest(f"doubleValue {_shown(value)} is beyond the range of a double")
 
