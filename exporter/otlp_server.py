@@ -23,6 +23,7 @@ import http.client
 import json
 import logging
 import math
+import os
 import re
 import ssl
 import sys
@@ -101,6 +102,10 @@ def _always_serving() -> str | None:
     return None
 
 
+#: How often (seconds) the servers look whether their TLS files changed.
+TLS_RELOAD_SECONDS = 60.0
+
+
 @dataclass(frozen=True)
 class ServerTLS:
     """TLS for the servers, from PEM files: the server's certificate chain and private
@@ -108,14 +113,21 @@ class ServerTLS:
     that chains to one of those CA certificates, or its connection is refused in the
     handshake (as a Collector's ``tls`` settings ``cert_file``, ``key_file`` and
     ``client_ca_file`` do).  TLS 1.2 at least.
+
+    The servers read the files again when they change (looked at, by their status,
+    at most every *reload_interval* seconds, at a new connection; 0: at every one),
+    so a renewed certificate is served without a restart.  Files that changed but
+    cannot be used together (a certificate renewed before its key) are logged, and
+    the previous ones served until the files change again.
     """
 
     cert_file: str
     key_file: str
     client_ca_file: str | None = None
+    reload_interval: float = TLS_RELOAD_SECONDS
 
     def ssl_context(self) -> ssl.SSLContext:
-        """The OTLP/HTTP server's context.
+        """The OTLP/HTTP server's context, as the files are now.
 
         Raises:
             ValueError: a file cannot be read, is not a regular file, is not PEM of
@@ -150,16 +162,88 @@ class ServerTLS:
         return context
 
     def grpc_credentials(self) -> grpc.ServerCredentials:
-        """The OTLP/gRPC server's credentials.
+        """The OTLP/gRPC server's credentials, which take the files again when they
+        change.
 
         Raises:
             ValueError: as :meth:`ssl_context`.
         """
-        self.ssl_context()  # gRPC only finds a bad file when it binds: check first
-        chain, key = _read_pem(self.cert_file), _read_pem(self.key_file)
-        roots = None if self.client_ca_file is None else _read_pem(self.client_ca_file)
-        return grpc.ssl_server_credentials(
-            [(key, chain)], root_certificates=roots, require_client_auth=roots is not None)
+        current = _TLSFiles(self, self._grpc_configuration)
+        return grpc.dynamic_ssl_server_credentials(
+            current.value, current.changed,
+            require_client_authentication=self.client_ca_file is not None)
+
+    def _grpc_configuration(self) -> Any:
+        self.ssl_context()  # gRPC only finds a bad file at a handshake: check first
+        pem = [_read_pem(path) for path in self._paths()]
+        self.ssl_context()
+        if [_read_pem(path) for path in self._paths()] != pem:
+            # Replaced meanwhile: what was checked may not be what was read.
+            raise ValueError("TLS files changed while being read")
+        chain, key, *roots = pem
+        return grpc.ssl_server_certificate_configuration(
+            [(key, chain)], roots[0] if roots else None)
+
+    def _paths(self) -> tuple[str, ...]:
+        return (self.cert_file, self.key_file,
+                *(() if self.client_ca_file is None else (self.client_ca_file,)))
+
+
+class _TLSFiles:
+    """What a server builds from a :class:`ServerTLS`'s files (an SSL context, gRPC's
+    certificate configuration), built again when the files' status changes: their
+    identity, size or modification time, through symbolic links (a Kubernetes
+    secret's files change by a link's swap).  Thread-safe; never raises once built.
+
+    Raises:
+        ValueError: the files cannot be used at construction.
+    """
+
+    def __init__(self, tls: ServerTLS, build: Callable[[], Any]) -> None:
+        self._tls = tls
+        self._build = build
+        self._lock = threading.Lock()
+        self._seen = self._status()
+        self.value = build()
+        self._next_look = time.monotonic() + tls.reload_interval
+
+    def _status(self) -> tuple[Any, ...]:
+        status: list[Any] = []
+        for path in self._tls._paths():
+            try:
+                st = os.stat(path)
+                status.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError as e:
+                status.append(e.errno)
+        return tuple(status)
+
+    def current(self) -> Any:
+        """What the files now give (the previous value while they cannot be used)."""
+        self.changed()
+        return self.value
+
+    def changed(self) -> Any:
+        """The new value when the files changed and can be used, else None."""
+        now = time.monotonic()
+        if now < self._next_look:
+            return None
+        with self._lock:
+            if now < self._next_look:
+                return None
+            self._next_look = now + self._tls.reload_interval
+            status = self._status()
+            if status == self._seen:
+                return None
+            self._seen = status
+            try:
+                value = self._build()
+            except Exception as e:
+                _logger.error("receiver: the TLS files changed but cannot be used (%s); "
+                              "still serving the previous ones until they change again", e)
+                return None
+            self.value = value
+            _logger.warning("receiver: TLS certificate %s read again", self._tls.cert_file)
+            return value
 
 
 def _read_pem(path: str) -> bytes:
@@ -1362,7 +1446,7 @@ class _BoundedServer(ThreadingHTTPServer):
         address: tuple[str, int],
         handler: type[BaseHTTPRequestHandler],
         connections: int,
-        tls: ssl.SSLContext | None = None,
+        tls: _TLSFiles | None = None,
     ) -> None:
         super().__init__(address, handler)
         self._slots = threading.BoundedSemaphore(connections)
@@ -1373,8 +1457,8 @@ class _BoundedServer(ThreadingHTTPServer):
         if self._tls is not None:
             # The handshake is the connection's thread's (Handler.setup), not this
             # accepting one's: a client that never finishes it holds only its own.
-            request = self._tls.wrap_socket(request, server_side=True,
-                                            do_handshake_on_connect=False)
+            request = self._tls.current().wrap_socket(request, server_side=True,
+                                                      do_handshake_on_connect=False)
         return request, client_address
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -1435,7 +1519,7 @@ class HttpServer:
         tls: ServerTLS | None = None,
     ) -> None:
         host, _, port = address.rpartition(":")
-        context = None if tls is None else tls.ssl_context()
+        context = None if tls is None else _TLSFiles(tls, tls.ssl_context)
         self._server = _BoundedServer(
             (host.strip("[]"), int(port)),
             _make_handler(ingest, max_message_bytes, health, admission),

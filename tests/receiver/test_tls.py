@@ -3,9 +3,11 @@ client CA issued cannot have spans signed (nor, without TLS, send anything)."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import http.client
 import ipaddress
+import logging
 import os
 import ssl
 from collections.abc import Iterator
@@ -384,3 +386,109 @@ def test_a_tls_connection_s_handshake_and_first_head_share_one_deadline(
     finally:
         server.stop()
     assert 1.5 < held < 3.0  # two seconds from the connection, not from the handshake
+
+
+# -- certificates read again when their files change -------------------------------
+
+
+def _issue_server_certificate(directory: Path, ca_name: str) -> tuple[Path, Path, Path]:
+    """A CA named *ca_name* and a server certificate for 127.0.0.1 it issued, written
+    to *directory*: (CA file, certificate file, key file)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
+        ec.SECP256R1())
+    ca, _ = _write(directory, "ca", _certificate(ca_name, ca_key, ca_name, ca_key, ca=True),
+                   ca_key)
+    cert, key_file = _write(directory, "server", _certificate(
+        "receiver", key, ca_name, ca_key, ca=False, server=True), key)
+    return ca, cert, key_file
+
+
+def _served_by(grpc_port: int, http_port: int, ca: Path) -> tuple[bool, bool]:
+    """Whether a client trusting only *ca* completes a request over gRPC and HTTPS."""
+    try:
+        _grpc_export(grpc_port, grpc.ssl_channel_credentials(root_certificates=ca.read_bytes()))
+        over_grpc = True
+    except grpc.RpcError:
+        over_grpc = False
+    try:
+        over_http = _https_post(http_port, ssl.create_default_context(cafile=str(ca))) == 200
+    except ssl.SSLError:
+        over_http = False
+    return over_grpc, over_http
+
+
+def _replace(source: Path, target: Path) -> None:
+    """Replace *target* by a copy of *source*, as a renewal does (a new file renamed in)."""
+    staged = target.with_suffix(".new")
+    staged.write_bytes(source.read_bytes())
+    os.replace(staged, target)
+
+
+@pytest.fixture
+def renewable(tmp_path: Path) -> Iterator[tuple[ServerTLS, Path, Path, Path]]:
+    """TLS settings whose files are looked at at every connection, with a
+    certificate the first CA issued: (the settings, the first CA, a second CA, the
+    directory of a certificate and key the second CA issued)."""
+    first_ca, cert, key = _issue_server_certificate(tmp_path / "first", "first CA")
+    second_ca, _, _ = _issue_server_certificate(tmp_path / "second", "second CA")
+    tls = ServerTLS(str(cert), str(key), reload_interval=0)
+    yield tls, first_ca, second_ca, tmp_path / "second"
+
+
+def _start(tls: ServerTLS) -> tuple[GrpcServer, HttpServer]:
+    grpc_server = GrpcServer("127.0.0.1:0", _Ingest(), tls=tls)
+    http_server = HttpServer("127.0.0.1:0", _Ingest(), tls=tls)
+    grpc_server.start()
+    http_server.start()
+    return grpc_server, http_server
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(
+    renewable: tuple[ServerTLS, Path, Path, Path]
+) -> None:
+    tls, first_ca, second_ca, second = renewable
+    grpc_server, http_server = _start(tls)
+    try:
+        ports = (grpc_server.port, http_server.port)
+        assert _served_by(*ports, first_ca) == (True, True)
+        assert _served_by(*ports, second_ca) == (False, False)
+        _replace(second / "server.key", Path(tls.key_file))
+        _replace(second / "server.pem", Path(tls.cert_file))
+        assert _served_by(*ports, second_ca) == (True, True)
+        assert _served_by(*ports, first_ca) == (False, False)
+    finally:
+        grpc_server.stop(0)
+        http_server.stop()
+
+
+def test_a_half_renewed_pair_keeps_the_previous_certificate_until_it_is_whole(
+    renewable: tuple[ServerTLS, Path, Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    tls, first_ca, second_ca, second = renewable
+    grpc_server, http_server = _start(tls)
+    try:
+        ports = (grpc_server.port, http_server.port)
+        with caplog.at_level(logging.ERROR, logger="spanproof.exporter.otlp_server"):
+            _replace(second / "server.pem", Path(tls.cert_file))  # its key not yet
+            assert _served_by(*ports, first_ca) == (True, True)
+        assert "the TLS files changed but cannot be used" in caplog.text
+        _replace(second / "server.key", Path(tls.key_file))
+        assert _served_by(*ports, second_ca) == (True, True)
+    finally:
+        grpc_server.stop(0)
+        http_server.stop()
+
+
+def test_certificate_files_are_looked_at_at_most_once_per_interval(
+    renewable: tuple[ServerTLS, Path, Path, Path]
+) -> None:
+    tls, first_ca, _, second = renewable
+    grpc_server, http_server = _start(dataclasses.replace(tls, reload_interval=3600))
+    try:
+        _replace(second / "server.key", Path(tls.key_file))
+        _replace(second / "server.pem", Path(tls.cert_file))
+        assert _served_by(grpc_server.port, http_server.port, first_ca) == (True, True)
+    finally:
+        grpc_server.stop(0)
+        http_server.stop()
