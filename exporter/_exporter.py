@@ -607,10 +607,7 @@ class SpanproofSpanExporter(SpanExporter):
         with self._cond:
             holds = self._assembler.holds
             for span in spans:
-                try:
-                    trace_id = _trace_id_of(span)
-                except Exception:
-                    trace_id = None  # a context that cannot be read: not held here
+                trace_id = _trace_id_of(span)  # None (unreadable): not held here
                 (here if trace_id is not None and holds(trace_id) else there).append(span)
             for root in roots:
                 (here_roots if holds(root) else there_roots).append(root)
