@@ -20,10 +20,11 @@ import logging
 import math
 import os
 import signal
+import socket
 import sys
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
 
@@ -48,6 +49,9 @@ from spanproof.verifier.receipt import (
     unverified_receipt_for,
 )
 from spanproof.verifier.verify import BundleReport, Verdict, check_bundle, find_bundles
+
+if TYPE_CHECKING:
+    import uvicorn
 
 __all__ = ["add_commands", "main", "parse_listen", "server_stack"]
 
@@ -168,9 +172,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             "(entries are recorded as %r)", "unverified-producer",
         )
     http, loop = server_stack()
-    print(f"witness {signer.origin} on http://{host}:{port} (HTTP: {http}, event loop: {loop})",
-          file=sys.stderr)
-    print(f"verifier key: {signer.vkey}", file=sys.stderr)
+
+    def announce(urls: list[str]) -> None:
+        print(f"witness {signer.origin} on {', '.join(urls)} "
+              f"(HTTP: {http}, event loop: {loop})", file=sys.stderr, flush=True)
+        print(f"verifier key: {signer.vkey}", file=sys.stderr, flush=True)
+
     config = uvicorn.Config(
         create_app(witness, max_body=args.max_body),
         host=host,
@@ -197,7 +204,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         previous = {sig: signal.signal(sig, _stopped) for sig in _STOP_SIGNALS}
     status = EXIT_OK
     try:
-        uvicorn.Server(config).run()
+        _announcing_server(config, announce).run()
     except _Stopped as e:
         _logger.info("stopped by %s", signal.Signals(e.signum).name)
         status = EXIT_OK if e.signum == signal.SIGTERM else EXIT_INTERRUPTED
@@ -207,6 +214,27 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 signal.signal(sig, handler)
         store.close()
     return status
+
+
+def _announcing_server(config: uvicorn.Config,
+                       announce: Callable[[list[str]], None]) -> uvicorn.Server:
+    """A uvicorn server that, once it listens, calls *announce* with the URL of each
+    address it listens on: the port it bound, not the 0 of ``--listen HOST:0``."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            announce([_url(sock.getsockname())
+                      for server in self.servers for sock in server.sockets])
+
+    return Server(config)
+
+
+def _url(address: tuple[Any, ...]) -> str:
+    """``http://HOST:PORT`` of a bound IPv4 or IPv6 socket address."""
+    host, port = address[0], address[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

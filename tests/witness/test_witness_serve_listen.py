@@ -1,0 +1,49 @@
+"""``witness serve --listen HOST:0`` listens on a free port and says which: the line
+that announces the witness names the port it bound, so a script can find it."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from witness_helpers import ORIGIN, witness_command, write_private_key
+
+
+@pytest.mark.timeout(60)
+def test_listen_on_port_0_announces_the_port_it_bound(
+    tmp_path: Path, witness_private: Any
+) -> None:
+    key = write_private_key(tmp_path / "witness.key", witness_private)
+    proc = subprocess.Popen(
+        witness_command("serve", "--listen", "127.0.0.1:0", "--db", str(tmp_path / "w.db"),
+                        "--key", str(key), "--origin", ORIGIN, "--log-level", "warning"),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        seen = []
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith(f"witness {ORIGIN} on "):
+                break
+        announced = re.fullmatch(rf"witness {ORIGIN} on http://127\.0\.0\.1:(\d+) \(.*\)\n",
+                                 seen[-1] if seen else "")
+        assert announced, "".join(seen)
+        port = int(announced.group(1))
+        assert port != 0
+        # It listens there by the time it says so.
+        url = f"http://127.0.0.1:{port}/v1/checkpoint"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            assert answer.status == 200
+            assert answer.read().startswith(ORIGIN.encode())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
