@@ -25,6 +25,7 @@ from typing import Any, NoReturn, cast
 
 from ._files import open_regular
 from ._jobs import AUTO_MIN_BUNDLES_FORK, MAX_JOBS, map_in_order
+from ._stdout import StdoutError, writing_stdout
 from ._term import Progress, Style, printable
 from .bundle import BUNDLE_SUFFIX, BundleReader
 from .checkpoint import WitnessKey, load_witness_keys
@@ -1086,13 +1087,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("witness", "monitor"):  # long-running services: show their logs
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return handler(args)
+        with writing_stdout():
+            return handler(args)
     except UsageError as e:
         _error(str(e))
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        return EXIT_FAILED
+    except StdoutError as e:
+        _error(f"cannot write to standard output: {e}")
         return EXIT_FAILED
     except Exception as e:  # a bug: report it in one line, never a traceback
         _logger.debug("%s %s failed", _PROG, args.command, exc_info=True)

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 
 from spanproof.verifier._batch import BATCH_BYTES, BATCH_SIZE, batch_receipt
 from spanproof.verifier._files import open_regular, write_atomic
+from spanproof.verifier._stdout import StdoutError, writing_stdout
 from spanproof.verifier._term import printable
 from spanproof.verifier.bundle import BUNDLE_SUFFIX
 from spanproof.verifier.checkpoint import WitnessKey, load_witness_keys
@@ -616,7 +617,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        status: int = args.handler(args)
+        with writing_stdout():
+            status: int = args.handler(args)
     except KeyboardInterrupt:  # as the ``spanproof`` command does
         return EXIT_INTERRUPTED
+    except StdoutError as e:  # as the ``spanproof`` command does
+        return _fail(f"cannot write to standard output: {e}", EXIT_FAILED)
     return status

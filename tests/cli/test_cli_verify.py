@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import io
 import json
 import os
 import re
@@ -647,6 +648,55 @@ def test_verify_paths_are_printed_as_given(capsys, keys: Keys, make_bundle, tmp_
     code, out, _ = run(capsys, "verify", "--key", keys.pub, relative)
     assert code == 0
     assert out.startswith(f"OK {relative} ")
+
+
+class _FullStream(io.StringIO):
+    """Standard output on a full disk: every write fails with ENOSPC."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _output_commands(keys: Keys, path: Path, tmp_path: Path) -> dict[str, list[object]]:
+    return {
+        "verify": ["verify", "--key", keys.pub, path],
+        "verify --json": ["verify", "--json", "--key", keys.pub, path],
+        "show": ["show", "--key", keys.pub, path],
+        "report": ["report", "--key", keys.pub, "--html", tmp_path / "r.html", path],
+    }
+
+
+@pytest.mark.parametrize("command", ["verify", "verify --json", "show", "report"])
+def test_output_that_cannot_be_written_is_said_to_be_standard_output(
+    capsys, keys: Keys, make_bundle, tmp_path, monkeypatch, command
+):
+    path, _ = make_bundle()
+    monkeypatch.setattr("sys.stdout", _FullStream())
+    code, _, err = run(capsys, *_output_commands(keys, path, tmp_path)[command])
+    assert code == 1
+    assert err == ("spanproof: error: cannot write to standard output: "
+                   f"{os.strerror(errno.ENOSPC)}\n")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
+@pytest.mark.parametrize("command", ["verify", "show", "report"])
+def test_console_script_writing_to_a_full_device_says_it_was_standard_output(
+    keys: Keys, make_bundle, tmp_path, command, buffered
+):
+    # Buffered, the output fails only when flushed: once the command is done, not as
+    # the interpreter exits (where Python reports an ignored exception, status 120).
+    path, _ = make_bundle()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    argv = [str(a) for a in _output_commands(keys, path, tmp_path)[command]]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([spanproof_script(), *argv], stdout=full, stderr=subprocess.PIPE,
+                              text=True, env=env, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr == ("spanproof: error: cannot write to standard output: "
+                           f"{os.strerror(errno.ENOSPC)}\n")
 
 
 def test_witness_commands_are_registered_on_the_same_cli(capsys):

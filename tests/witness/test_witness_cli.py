@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import base64
+import errno
+import io
 import json
 import os
 import stat
@@ -117,6 +119,20 @@ def test_keygen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert WitnessKey.load(str(key) + ".pub").public_key == pinned.public_key
     status, _, err = _run(["witness", "keygen", "--key", str(key)], capsys)
     assert status == 2 and "refusing to overwrite" in err
+
+
+def test_output_that_cannot_be_written_is_said_to_be_standard_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class FullStream(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("sys.stdout", FullStream())
+    status = main(["witness", "keygen", "--key", str(tmp_path / "new.key")])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err == f"spanproof: cannot write to standard output: {os.strerror(errno.ENOSPC)}\n"
 
 
 def test_submit_writes_verified_receipts_beside_the_bundles(
