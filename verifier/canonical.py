@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -262,6 +263,18 @@ def _reject_constant(name: str) -> Any:
     raise InvalidBundle(f"{name} literal is not JSON (RFC 8259 §6)")
 
 
+def _parse_int(literal: str) -> int:
+    """An integer literal's value; refused, past the number of digits Python converts
+    (``sys.get_int_max_str_digits()``, 4300 by default), as too long.  Such an integer
+    is far beyond the 2^53-1 of SPEC §3.1 item 5 wherever a number may occur."""
+    try:
+        return int(literal)
+    except ValueError:
+        raise InvalidBundle(
+            f"integer literal too long (over {sys.get_int_max_str_digits()} digits)"
+        ) from None
+
+
 # A ``\uXXXX`` escape of a surrogate code point (U+D800-U+DFFF): the only way a JSON
 # text in valid UTF-8 can spell a lone surrogate.  Paired ones match too; the parsed
 # value is then checked string by string.
@@ -330,7 +343,8 @@ def parse_strict(data: bytes | str, what: str = "document") -> Any:
         raise InvalidBundle(f"{what}: not valid UTF-8 (byte {e.start})") from e
     try:
         value = json.loads(
-            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
+            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant,
+            parse_int=_parse_int,
         )
     except InvalidBundle as e:
         raise InvalidBundle(f"{what}: {e}") from None
@@ -338,8 +352,7 @@ def parse_strict(data: bytes | str, what: str = "document") -> Any:
         raise InvalidBundle(
             f"{what}: invalid JSON: {e.msg} (line {e.lineno} column {e.colno})"
         ) from e
-    except ValueError as e:
-        # e.g. an integer literal beyond Python's int-parsing digit limit
+    except ValueError as e:  # defensive: the digit limit is _parse_int's InvalidBundle
         raise InvalidBundle(f"{what}: invalid JSON: {e}") from e
     except RecursionError as e:
         raise InvalidBundle(f"{what}: {_TOO_DEEP}") from e

@@ -297,6 +297,32 @@ def test_malformed_files_fail_with_a_message(capsys, keys: Keys, make_bundle, da
     assert err == ""
 
 
+def test_an_integer_literal_too_long_for_python_is_named_not_pythons_limit(
+    capsys, keys: Keys, make_bundle, tmp_path
+):
+    # Past 4300 digits Python's own error advises sys.set_int_max_str_digits(), which a
+    # user cannot act on; each input says what is wrong, with its usual verdict.
+    too_long = "integer literal too long (over 4300 digits)"
+    path, sealed = make_bundle()
+    target = b'"droppedEventsCount":"0"'
+    assert target in sealed.data
+    path.write_bytes(sealed.data.replace(target, b'"droppedEventsCount":' + b"1" * 5000, 1))
+    code, out, err = run(capsys, "verify", "--key", keys.pub, path)
+    assert (code, err) == (1, "")
+    assert out == f"FAIL {path}: record 0: {too_long}\n"
+    good, _ = make_bundle("good")
+    root = tmp_path / "root.json"
+    root.write_bytes(b'{"mediaType":' + b"1" * 5000 + b"}")
+    code, out, err = run(capsys, "verify", "--trust-root", root, good)
+    assert (code, out) == (2, "")
+    assert err == f"spanproof: error: {root}: {too_long}\n"
+    values = tmp_path / "values.disclosures.json"
+    values.write_bytes(b'{"disclosures":' + b"1" * 5000 + b"}")
+    code, out, err = run(capsys, "verify", "--key", keys.pub, "--disclosures", values, good)
+    assert (code, out) == (2, "")
+    assert err == f"spanproof: error: {values}: {too_long}\n"
+
+
 def test_directory_without_bundles_fails(capsys, keys: Keys, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

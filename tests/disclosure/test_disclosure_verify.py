@@ -319,6 +319,15 @@ def test_disclosure_file_with_duplicate_keys_rejected() -> None:
         DisclosureFile.from_bytes(data)
 
 
+def test_disclosure_file_with_an_integer_literal_too_long_rejected() -> None:
+    data = b'{"mediaType":"application/vnd.spanproof.disclosures.v1+json","disclosures":[' \
+           + b"1" * 5000 + b"]}"
+    with pytest.raises(InvalidDisclosure, match=re.escape(
+        "values.json: integer literal too long (over 4300 digits)"
+    )):
+        DisclosureFile.from_bytes(data, "values.json")
+
+
 def test_disclosed_value_is_sanitized_for_terminals(
     setup: tuple[BundleReport, DisclosureFile],
 ) -> None:

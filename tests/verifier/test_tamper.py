@@ -884,6 +884,21 @@ def test_receipts_member_integer_written_beyond_2_53_minus_1_fail(
     )
 
 
+def test_receipts_member_integer_beyond_pythons_digit_limit_fail(
+    kit: Kit, parts: tuple[bytes, list[bytes]]
+) -> None:
+    # Python will not convert it; the message names the defect, not the interpreter's
+    # setting that would lift the limit.
+    header, records = parts
+    assert_rejected(
+        kit,
+        join(with_receipts(header, b"1" * 5000), records),
+        "format",
+        "bundle header: integer literal too long (over 4300 digits)",
+        InvalidBundle,
+    )
+
+
 def test_receipts_member_number_not_in_its_ecmascript_form_fail(
     kit: Kit, parts: tuple[bytes, list[bytes]]
 ) -> None:
@@ -917,6 +932,22 @@ def test_record_nan_literal_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> 
     records[1] = records[1].replace(target, b'"droppedEventsCount":NaN')
     assert_rejected(
         kit, join(header, records), "records", "record 1: NaN literal is not JSON", InvalidBundle
+    )
+
+
+def test_record_integer_beyond_pythons_digit_limit_fail(
+    kit: Kit, parts: tuple[bytes, list[bytes]]
+) -> None:
+    header, records = parts
+    target = b'"droppedEventsCount":"0"'
+    assert target in records[1]
+    records[1] = records[1].replace(target, b'"droppedEventsCount":' + b"9" * 5000)
+    assert_rejected(
+        kit,
+        join(header, records),
+        "records",
+        "record 1: integer literal too long (over 4300 digits)",
+        InvalidBundle,
     )
 
 

@@ -122,6 +122,7 @@ def test_keyid_is_optional_and_derived_from_the_key() -> None:
         (_doc(_entry(KEY_A, validFrom="2026-02-30T00:00:00Z")), "is not a valid date and time"),
         (b'{"mediaType":"x","mediaType":"y","keys":[]}', "duplicate JSON key 'mediaType'"),
         (b"\xff", "not valid UTF-8"),
+        (b'{"mediaType":' + b"1" * 5000 + b'}', "integer literal too long (over 4300 digits)"),
         (_doc({"publicKey": unknown_type_public_pem().decode()}), "key is not Ed25519"),
     ],
     ids=[
@@ -143,6 +144,7 @@ def test_keyid_is_optional_and_derived_from_the_key() -> None:
         "valid_from_impossible_date_fail",
         "duplicate_json_key_fail",
         "invalid_utf8_fail",
+        "integer_literal_too_long_fail",
         "key_type_openssl_does_not_know_fail",
     ],
 )

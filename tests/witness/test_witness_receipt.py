@@ -223,6 +223,14 @@ def test_duplicate_keys_are_rejected(logged: Any, keys: list[WitnessKey]) -> Non
         verify_receipt(dup, report, keys)
 
 
+def test_an_integer_literal_too_long_is_rejected(logged: Any, keys: list[WitnessKey]) -> None:
+    _path, report, receipt, _ = logged
+    long = receipt.replace(b'"origin":', b'"origin":' + b"1" * 5000 + b',"x":', 1)
+    with pytest.raises(errors.InvalidReceipt,
+                       match=r"^receipt: integer literal too long \(over 4300 digits\)$"):
+        verify_receipt(long, report, keys)
+
+
 def test_receipt_round_trips(logged: Any) -> None:
     _path, _report, receipt, _ = logged
     assert Receipt.from_bytes(receipt).to_bytes() == receipt
