@@ -267,13 +267,23 @@ def receiver(
     could not be sealed: it stays in the journal for the next start).
 
     Raises:
-        UsageError: a malformed flag or setting, or an unusable key file (exit 2).
+        UsageError: a malformed flag or setting, an unusable key file, or a
+            *select_attributes* that names no key (exit 2).
     """
     from .receiver import Receiver
 
     grpc = _address("--grpc", grpc)
     if http is not None:
         http = _address("--http", http)
+    selected = None
+    if select_attributes is not None:
+        selected = [k.strip() for k in select_attributes.split(",") if k.strip()]
+        if not selected:
+            # Given, but naming no key (an unset shell variable, say): selecting only
+            # spans marked spanproof.evidence would lose the rest without a word.
+            raise UsageError(f"--select-attributes must list at least one attribute key, "
+                             f"got {select_attributes!r} (leave it out for the default "
+                             "keys; --select-all certifies every span)")
     for flag, number, minimum in (("--seal-grace-ms", seal_grace_ms, 0),
                                   ("--idle-timeout-ms", idle_timeout_ms, 0),
                                   ("--max-records", max_records, 1),
@@ -296,9 +306,6 @@ def receiver(
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # Before the receiver's threads allocate: one malloc arena for all of them.
     limit_malloc_arenas()
-    selected = None
-    if select_attributes is not None:
-        selected = [k.strip() for k in select_attributes.split(",") if k.strip()]
     backlog: dict[str, Any] = (
         {} if max_backlog_spans is None else {"max_backlog_spans": max_backlog_spans}
     )

@@ -1007,7 +1007,7 @@ def _add_receiver_command(sub: Any) -> None:
     receiver.add_argument("--key", metavar="KEYFILE",
                           help=f"Ed25519 private key, PKCS#8 PEM ({env}KEY_FILE)")
     receiver.add_argument("--select-attributes", metavar="KEY,...",
-                          help=f"attribute keys that make a span evidence "
+                          help=f"attribute keys that make a span evidence, at least one "
                           f"({env}SELECT_ATTRIBUTES)")
     receiver.add_argument("--select-all", action="store_true",
                           help=f"certify every span ({env}SELECT_ALL)")

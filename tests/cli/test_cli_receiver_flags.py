@@ -40,6 +40,41 @@ def test_sealing_processes_beyond_64_is_a_usage_error(capsys, tmp_path, value):
     assert not out.exists()  # no receiver, no worker started
 
 
+@pytest.mark.parametrize("value", ["", " ", ",", " , "])
+def test_select_attributes_naming_no_key_is_a_usage_error(capsys, tmp_path, value):
+    # Given empty (an unset shell variable, say), the receiver would certify only
+    # spans marked spanproof.evidence and drop the rest without a word.
+    out = tmp_path / "out"
+    status = main(["receiver", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0",
+                   "--out", str(out), "--select-attributes", value])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert (f"spanproof: error: --select-attributes must list at least one attribute key, "
+            f"got {value!r}") in err
+    assert not out.exists()  # refused before the receiver set anything up
+
+
+def test_select_attributes_keys_reach_the_receiver(capsys, monkeypatch, tmp_path):
+    from spanproof.exporter import receiver as receiver_module
+
+    given: list[object] = []
+
+    class Receiver:
+        """Takes the settings, then stops the command before it serves."""
+
+        def __init__(self, **kwargs: object) -> None:
+            given.append(kwargs["select_attributes"])
+            raise OSError("stopped here")
+
+    monkeypatch.setattr(receiver_module, "Receiver", Receiver)
+    monkeypatch.setattr(producer_cli, "limit_malloc_arenas", lambda: False)
+    status = main(["receiver", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0",
+                   "--out", str(tmp_path / "out"), "--select-attributes", " a.b, ,c.d "])
+    assert status == 1
+    assert "cannot set up the receiver: stopped here" in capsys.readouterr().err
+    assert given == [["a.b", "c.d"]]
+
+
 def test_receiver_object_refuses_more_than_64_sealing_processes(tmp_path):
     from spanproof.exporter.receiver import Receiver
 
