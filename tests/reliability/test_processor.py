@@ -594,10 +594,15 @@ def test_the_spans_of_a_segment_that_could_not_be_sealed_leave_the_journal_with_
             pass
     assert processor.force_flush(10_000)
     assert journaled_span_ids(tmp_path / "journal") == set()
-    (path,) = bundles(tmp_path)
-    report = check_bundle(str(path), _trust(tmp_path), allow_incomplete=True)
-    assert report.statement is not None
-    assert report.statement.completeness.dropped_spans == 1
+    # The loss is declared in the trace's next bundle, which is due at once: sealed
+    # alone when the sealer gets to it before the later spans arrive (a busy
+    # machine), else with them.
+    reports = [check_bundle(str(path), _trust(tmp_path), allow_incomplete=True,
+                            keep_records=True) for path in bundles(tmp_path)]
+    assert [r.verdict for r in reports] == [Verdict.OK] * len(reports)
+    assert sum(r.statement.completeness.dropped_spans for r in reports if r.statement) == 1
+    assert [record["span"]["name"] for r in reports for record in r.records or ()] == [
+        "later"]
     processor.shutdown()
 
 
