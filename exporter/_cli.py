@@ -230,6 +230,21 @@ def _address(flag: str, value: str) -> str:
     return value
 
 
+def _keys(flag: str, value: str | None, hint: str) -> list[str] | None:
+    """The comma-separated keys of *flag* (None when not given).
+
+    Raises:
+        UsageError: *value* names no key.
+    """
+    if value is None:
+        return None
+    keys = [k.strip() for k in value.split(",") if k.strip()]
+    if not keys:
+        raise UsageError(f"{flag} must list at least one attribute key, got {value!r} "
+                         f"({hint})")
+    return keys
+
+
 def receiver(
     *,
     grpc: str = "127.0.0.1:4317",
@@ -268,22 +283,20 @@ def receiver(
 
     Raises:
         UsageError: a malformed flag or setting, an unusable key file, or a
-            *select_attributes* that names no key (exit 2).
+            *select_attributes* or *redact_attributes* that names no key (exit 2).
     """
     from .receiver import Receiver
 
     grpc = _address("--grpc", grpc)
     if http is not None:
         http = _address("--http", http)
-    selected = None
-    if select_attributes is not None:
-        selected = [k.strip() for k in select_attributes.split(",") if k.strip()]
-        if not selected:
-            # Given, but naming no key (an unset shell variable, say): selecting only
-            # spans marked spanproof.evidence would lose the rest without a word.
-            raise UsageError(f"--select-attributes must list at least one attribute key, "
-                             f"got {select_attributes!r} (leave it out for the default "
-                             "keys; --select-all certifies every span)")
+    # Given, but naming no key (an unset shell variable, say): selecting only spans
+    # marked spanproof.evidence would lose the rest without a word, and redacting
+    # nothing would store the very values the flag was given to hide.
+    selected = _keys("--select-attributes", select_attributes,
+                     "leave it out for the default keys; --select-all certifies every span")
+    redacted = _keys("--redact-attributes", redact_attributes,
+                     "leave it out to redact nothing")
     for flag, number, minimum in (("--seal-grace-ms", seal_grace_ms, 0),
                                   ("--idle-timeout-ms", idle_timeout_ms, 0),
                                   ("--max-records", max_records, 1),
@@ -321,8 +334,7 @@ def receiver(
             max_pending_traces=max_pending_traces,
             witness_url=witness_url,
             witness_key=witness_key,
-            redact_attributes=(None if redact_attributes is None else
-                               [k.strip() for k in redact_attributes.split(",") if k.strip()]),
+            redact_attributes=redacted,
             max_value_bytes=max_value_bytes,
             journal_dir=journal_dir,
             sealing_processes=sealing_processes,

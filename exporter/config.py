@@ -48,6 +48,9 @@ Variables (all prefixed ``OTEL_EXPORTER_SPANPROOF_``), with their defaults:
   SDK exporter only; the receiver and ``EvidenceSpanProcessor`` ignore it; see
   README, "Performance").
 
+An empty variable counts as unset.  A list that is not empty but names no key
+(``,``) is an error, not an empty list.
+
 Nothing here depends on the OpenTelemetry SDK, so the OTLP receiver reuses it.
 """
 
@@ -230,8 +233,14 @@ def _parse_str(var: str, raw: str) -> str:
 
 
 def _parse_list(var: str, raw: str) -> tuple[str, ...]:
-    items = tuple(item.strip() for item in raw.split(","))
-    return tuple(item for item in items if item)
+    items = tuple(item for item in (item.strip() for item in raw.split(",")) if item)
+    if not items:
+        # "," or " , ": not empty, so not unset, yet naming nothing.  Taken as no
+        # keys, SELECT_ATTRIBUTES would drop every evidence span not marked
+        # spanproof.evidence, and a REDACT_ATTRIBUTES meant to hide values hides none.
+        raise ValueError(f"{var} must list at least one key, got {raw!r} "
+                         "(leave it unset for the default)")
+    return items
 
 
 def _parse_bool(var: str, raw: str) -> bool:

@@ -1033,7 +1033,7 @@ def _add_receiver_command(sub: Any) -> None:
                           f"string ({env}WITNESS_KEY)")
     receiver.add_argument("--redact-attributes", metavar="KEY,...",
                           help="commit these span attribute values (names and * ? patterns) "
-                          f"instead of storing them ({env}REDACT_ATTRIBUTES)")
+                          f"instead of storing them, at least one ({env}REDACT_ATTRIBUTES)")
     receiver.add_argument("--journal-dir", metavar="DIR",
                           help="journal directory (default DIR/journal under --out)")
     receiver.add_argument("--sealing-processes", type=int, default=0, metavar="N",

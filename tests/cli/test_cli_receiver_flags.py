@@ -40,21 +40,25 @@ def test_sealing_processes_beyond_64_is_a_usage_error(capsys, tmp_path, value):
     assert not out.exists()  # no receiver, no worker started
 
 
+@pytest.mark.parametrize("flag", ["--select-attributes", "--redact-attributes"])
 @pytest.mark.parametrize("value", ["", " ", ",", " , "])
-def test_select_attributes_naming_no_key_is_a_usage_error(capsys, tmp_path, value):
+def test_attribute_keys_naming_no_key_are_a_usage_error(capsys, tmp_path, flag, value):
     # Given empty (an unset shell variable, say), the receiver would certify only
-    # spans marked spanproof.evidence and drop the rest without a word.
+    # spans marked spanproof.evidence and drop the rest without a word, or store the
+    # values the user meant to hide.
     out = tmp_path / "out"
     status = main(["receiver", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0",
-                   "--out", str(out), "--select-attributes", value])
+                   "--out", str(out), flag, value])
     err = capsys.readouterr().err
     assert status == 2, err
-    assert (f"spanproof: error: --select-attributes must list at least one attribute key, "
+    assert (f"spanproof: error: {flag} must list at least one attribute key, "
             f"got {value!r}") in err
     assert not out.exists()  # refused before the receiver set anything up
 
 
-def test_select_attributes_keys_reach_the_receiver(capsys, monkeypatch, tmp_path):
+@pytest.mark.parametrize(("flag", "setting"), [("--select-attributes", "select_attributes"),
+                                               ("--redact-attributes", "redact_attributes")])
+def test_attribute_keys_reach_the_receiver(capsys, monkeypatch, tmp_path, flag, setting):
     from spanproof.exporter import receiver as receiver_module
 
     given: list[object] = []
@@ -63,13 +67,13 @@ def test_select_attributes_keys_reach_the_receiver(capsys, monkeypatch, tmp_path
         """Takes the settings, then stops the command before it serves."""
 
         def __init__(self, **kwargs: object) -> None:
-            given.append(kwargs["select_attributes"])
+            given.append(kwargs[setting])
             raise OSError("stopped here")
 
     monkeypatch.setattr(receiver_module, "Receiver", Receiver)
     monkeypatch.setattr(producer_cli, "limit_malloc_arenas", lambda: False)
     status = main(["receiver", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0",
-                   "--out", str(tmp_path / "out"), "--select-attributes", " a.b, ,c.d "])
+                   "--out", str(tmp_path / "out"), flag, " a.b, ,c.d "])
     assert status == 1
     assert "cannot set up the receiver: stopped here" in capsys.readouterr().err
     assert given == [["a.b", "c.d"]]

@@ -110,6 +110,10 @@ def test_malformed_tuning_variable_is_warned_about_and_the_default_used(
         ("SELECT_ALL", "yes"),
         ("SELECT_ALL", "1"),
         ("WITNESS_URL", "witness.example:8080"),
+        # Naming no key: no evidence span selected but those marked, or nothing hidden.
+        ("SELECT_ATTRIBUTES", ","),
+        ("SELECT_ATTRIBUTES", " , , "),
+        ("REDACT_ATTRIBUTES", ","),
     ],
 )
 def test_malformed_variable_whose_default_changes_what_is_certified_is_an_error(
