@@ -16,9 +16,11 @@ Locks: ``_lock`` guards the assembler and the sealer's state (held briefly, neve
 during signing or I/O); ``_seal_lock`` makes sealing cycles (worker, ``force_flush``,
 ``shutdown``) run one at a time, so when a cycle starts no segment is in flight.  A
 signal handler that shuts down may interrupt a cycle on its own thread
-(``force_flush``), which may hold any of these locks: that shutdown only asks the
-cycle to shut down when it ends (when the handler returns, or as ``sys.exit`` in the
-handler unwinds it), instead of waiting for a lock its own thread holds.
+(``force_flush``), or an ``export()`` (a ``SimpleSpanProcessor`` exports on the
+thread that ends a span), which may hold any of these locks: that shutdown only asks
+the cycle or export to shut down when it ends (when the handler returns, or as
+``sys.exit`` in the handler unwinds it), instead of waiting for a lock its own
+thread holds.
 """
 
 from __future__ import annotations
@@ -281,6 +283,10 @@ class SpanproofSpanExporter(SpanExporter):
         # that thread asked for meanwhile (see the module docstring).
         self._sealing_on: int | None = None
         self._shutdown_after_pass: float | None = None
+        # The threads inside export(), and the timeout of a shutdown() one of them
+        # asked for meanwhile (see the module docstring).
+        self._exporting: set[int] = set()
+        self._shutdown_after_export: float | None = None
         self._assembler = TraceAssembler.from_config(self._config)
         self._producer = _new_producer()
         self._thread: threading.Thread | None = None
@@ -536,11 +542,18 @@ class SpanproofSpanExporter(SpanExporter):
         when a span could not be handled (a selected span that cannot be
         normalized is declared as rejected in its trace's bundle).
         """
+        me = threading.get_ident()
+        self._exporting.add(me)
         try:
             return self._export(spans)
         except Exception:
             _logger.exception("spanproof: export failed")
             return SpanExportResult.FAILURE
+        finally:
+            self._exporting.discard(me)
+            if self._shutdown_after_export is not None:
+                asked, self._shutdown_after_export = self._shutdown_after_export, None
+                self.shutdown(asked)
 
     def _export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shutdown:
@@ -752,6 +765,17 @@ class SpanproofSpanExporter(SpanExporter):
                     "pending trace(s) once that pass ends, when the handler returns or "
                     "raises; exiting at once (os._exit) loses them",
                     self._assembler.pending_traces)
+            return
+        if threading.get_ident() in self._exporting:
+            # A signal handler interrupted an export() of this thread, which may hold
+            # the locks the drain needs: the export shuts down when it returns.
+            if not self._shutdown and self._shutdown_after_export is None:
+                self._shutdown_after_export = timeout_millis
+                _logger.warning(
+                    "spanproof: shutdown() called inside an export() of its own thread "
+                    "(a signal handler that interrupted a SimpleSpanProcessor?): it "
+                    "seals the pending traces once that export returns, when the "
+                    "handler returns or raises; exiting at once (os._exit) loses them")
             return
         self._shutdown_now(timeout_millis)
 

@@ -359,6 +359,10 @@ class EvidenceSpanProcessor(SpanProcessor):
             "journal worker", "evidence spans are journaled by force_flush() and shutdown()")
         self._journal_failing = False
         self._dropping = False
+        # The threads inside on_end(), which may hold the queue's or the counters'
+        # lock, and whether a shutdown() one of them asked for waits for it to return.
+        self._ending: set[int] = set()
+        self._shutdown_after_end = False
 
     @property
     def exporter(self) -> SpanproofSpanExporter:
@@ -377,10 +381,17 @@ class EvidenceSpanProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         """Queue *span* when it is evidence; never raises, waits at most ``queue_block``."""
+        me = threading.get_ident()
+        self._ending.add(me)
         try:
             self._on_end(span)
         except Exception:
             _logger.exception("spanproof: on_end failed for span %s", _span_id_of(span))
+        finally:
+            self._ending.discard(me)
+            if self._shutdown_after_end:
+                self._shutdown_after_end = False
+                self.shutdown()
 
     def _on_end(self, span: ReadableSpan) -> None:
         if self._shutdown:
@@ -451,6 +462,17 @@ class EvidenceSpanProcessor(SpanProcessor):
         """Journal what is queued, seal everything (reason ``shutdown``), close the
         journal.  Idempotent; spans ending afterwards are ignored."""
         if self._shutdown:
+            return
+        if threading.get_ident() in self._ending:
+            # A signal handler interrupted an on_end() of this thread, which may hold
+            # the queue's lock the shutdown needs: that on_end shuts down as it returns.
+            if not self._shutdown_after_end:
+                self._shutdown_after_end = True
+                _logger.warning(
+                    "spanproof: shutdown() called inside an on_end() of its own thread (a "
+                    "signal handler?): it journals and seals what is pending once that "
+                    "on_end returns, when the handler returns or raises; exiting at once "
+                    "(os._exit) loses it")
             return
         self._shutdown = True
         if self._recovering_pid == os.getpid():

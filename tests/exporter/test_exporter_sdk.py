@@ -318,6 +318,62 @@ def test_shutdown_from_a_signal_handler_during_force_flush_seals_when_the_flush_
     assert "shutdown incomplete" not in caplog.text
 
 
+@pytest.mark.parametrize("then", ["return", "exit"])
+def test_shutdown_from_a_signal_handler_during_export_seals_when_the_export_returns(
+    out: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture, then: str
+) -> None:
+    # A SimpleSpanProcessor exports on the thread that ends the span, so a SIGTERM
+    # handler that shuts the provider down may interrupt export() on its own thread
+    # while it holds the assembler's lock: shutdown() waited for that lock forever.
+    rec = Recorder()
+    with evidence(rec, "finished"):
+        pass
+    with evidence(rec, "other"):
+        pass
+    spans = rec.take()
+    traces = {s.name: span_hex(s)[0] for s in spans}
+    exporter = make_exporter(out, clock)
+    took: list[float] = []
+    real_add = exporter._assembler.add
+
+    def add_interrupted(*args: Any, **kwargs: Any) -> bool:
+        woke = real_add(*args, **kwargs)
+        if not took:  # the handler, once, after the first span is admitted
+            began = time.monotonic()
+            exporter.shutdown(timeout_millis=1000)
+            took.append(time.monotonic() - began)
+            if then == "exit":
+                raise SystemExit(0)
+        return woke
+
+    exporter._assembler.add = add_interrupted  # type: ignore[method-assign]
+    outcome: list[object] = []
+
+    def export() -> None:
+        try:
+            outcome.append(exporter.export(spans))
+        except SystemExit:
+            outcome.append("exit")
+
+    with caplog.at_level(logging.WARNING):
+        exporting = threading.Thread(target=export, daemon=True)
+        exporting.start()
+        exporting.join(20)
+        assert not exporting.is_alive(), "shutdown() inside export() deadlocked"
+    assert took[0] < 1.0
+    assert "shutdown() called inside an export() of its own thread" in caplog.text
+    assert exporter._shutdown
+    sealed = {r.statement.trace_id: r.statement.seal_reason
+              for r in verified(out, trust_root(out.parent)) if r.statement}
+    if then == "return":  # the export went on: both spans sealed at shutdown
+        assert outcome == [SpanExportResult.SUCCESS]
+        assert sealed == {traces["finished"]: "shutdown", traces["other"]: "shutdown"}
+    else:  # unwound after the first span, which the shutdown sealed
+        assert outcome == ["exit"]
+        assert sealed == {traces["finished"]: "shutdown"}
+    assert "shutdown incomplete" not in caplog.text
+
+
 def _slowly_sealing(
     out: Path, clock: FakeClock, traces: int, seconds: float
 ) -> tuple[SpanproofSpanExporter, set[str]]:

@@ -687,3 +687,51 @@ def test_with_a_custom_sink_a_failed_write_does_not_have_the_next_start_certify_
     assert again.recovered == []
     again.shutdown()
     assert len(bundles(tmp_path)) == 3
+
+
+@pytest.mark.parametrize("then", ["return", "exit"])
+def test_shutdown_from_a_signal_handler_during_on_end_seals_when_on_end_returns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, then: str
+) -> None:
+    # on_end() runs on the thread that ends a span; a SIGTERM handler that shuts the
+    # provider down may interrupt it while it holds the queue's lock, which
+    # shutdown() then waited for forever (queuing its stop).
+    import queue as queue_module
+    import threading
+    import time
+
+    processor = make_processor(tmp_path)
+    took: list[float] = []
+
+    class Interrupted(queue_module.Queue):  # type: ignore[type-arg]
+        def _put(self, item: Any) -> None:  # under the queue's lock
+            super()._put(item)
+            if not took:
+                began = time.monotonic()
+                processor.shutdown()
+                took.append(time.monotonic() - began)
+                if then == "exit":
+                    raise SystemExit(0)
+
+    processor._queue = Interrupted(processor._queue.maxsize)
+    traced = Traced(processor)
+    ended: list[object] = []
+
+    def end_a_span() -> None:
+        try:
+            with evidence_span(traced.tracer, "interrupted") as span:
+                ended.append(ids(span)[0])
+        except SystemExit:
+            ended.append("exit")
+
+    with caplog.at_level(logging.WARNING):
+        ending = threading.Thread(target=end_a_span, daemon=True)
+        ending.start()
+        ending.join(20)
+        assert not ending.is_alive(), "shutdown() inside on_end() deadlocked"
+    assert took[0] < 1.0
+    assert "shutdown() called inside an on_end() of its own thread" in caplog.text
+    assert processor._shutdown
+    assert journaled_span_ids(tmp_path / "journal") == set()
+    assert _sealed(tmp_path) == {ended[0]: "shutdown"}
+    assert ended[1:] == (["exit"] if then == "exit" else [])
