@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from spanproof.exporter import SigningKey, SpanproofSpanExporter
@@ -129,6 +129,19 @@ def processor_recorder(output_dir: str | os.PathLike[str]) -> Iterator[Recorder]
         yield rec
     finally:
         rec.provider.shutdown()
+
+
+def export_through_a_sealing_process(output_dir: str | os.PathLike[str],
+                                     spans: Sequence[ReadableSpan]) -> None:
+    """Export *spans* (asserted accepted) through an exporter with one sealing
+    process, the test key and every span selected, writing to *output_dir*, and shut
+    it down."""
+    exporter = SpanproofSpanExporter(output_dir, signing_key=signing_key(), select_all=True,
+                                     sealing_process=True)
+    try:
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
+    finally:
+        exporter.shutdown()
 
 
 @contextmanager

@@ -21,16 +21,15 @@ from exporter_support import (
     FakeClock,
     Recorder,
     assert_declared_rejected,
+    export_through_a_sealing_process,
     make_exporter,
     processor_recorder,
-    signing_key,
     span_hex,
     trust_root,
     verified,
 )
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from spanproof.exporter import SpanproofSpanExporter
 from spanproof.exporter.sealing import UNENCODABLE_NOTE
 from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.errors import CanonicalizationError
@@ -95,12 +94,7 @@ def test_keys_with_the_same_string_are_declared_rejected_by_the_sealing_process(
     # the bundle verified OK without the first value, and declared nothing.
     rec = Recorder()
     kept = _trace(rec)
-    exporter = SpanproofSpanExporter(tmp_path / "out", signing_key=signing_key(),
-                                     select_all=True, sealing_process=True)
-    try:
-        assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
-    finally:
-        exporter.shutdown()
+    export_through_a_sealing_process(tmp_path / "out", rec.take())
     assert_declared_rejected(tmp_path / "out", tmp_path, kept, note=UNENCODABLE_NOTE.format(1))
 
 
@@ -111,12 +105,7 @@ def test_one_key_of_a_string_type_with_its_own_equality_is_certified_by_the_seal
     with rec.tracer.start_as_current_span(
             "alone", attributes={IdentityKey("k"): IdentityKey("v")}) as alone:
         pass
-    exporter = SpanproofSpanExporter(tmp_path / "out", signing_key=signing_key(),
-                                     select_all=True, sealing_process=True)
-    try:
-        assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
-    finally:
-        exporter.shutdown()
+    export_through_a_sealing_process(tmp_path / "out", rec.take())
     (report,) = verified(tmp_path / "out", trust_root(tmp_path))
     assert report.records is not None
     (record,) = report.records

@@ -17,10 +17,10 @@ from exporter_support import (
     FakeClock,
     Recorder,
     assert_declared_rejected,
+    export_through_a_sealing_process,
     make_exporter,
     needs_any_value_sdk,
     processor_recorder,
-    signing_key,
     span_hex,
 )
 from opentelemetry.sdk.resources import Resource
@@ -28,7 +28,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.trace import Link
 
-from spanproof.exporter import SpanproofSpanExporter
 from spanproof.exporter.normalize import span_to_body
 from spanproof.exporter.otlp import MAX_DEPTH as OTLP_MAX_DEPTH
 from spanproof.verifier.values import MAX_DEPTH, validate_value
@@ -101,12 +100,7 @@ def test_attribute_nested_too_deep_is_declared_rejected_by_the_sealing_process(
 ) -> None:
     rec = Recorder()
     root, good, _ = _deep_trace(rec, "span", _nested(MAX_DEPTH + 1))
-    exporter = SpanproofSpanExporter(tmp_path / "out", signing_key=signing_key(),
-                                     select_all=True, sealing_process=True)
-    try:
-        assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
-    finally:
-        exporter.shutdown()
+    export_through_a_sealing_process(tmp_path / "out", rec.take())
     assert_declared_rejected(tmp_path / "out", tmp_path, [root, good])
 
 

@@ -23,9 +23,9 @@ from exporter_support import (
     FakeClock,
     Recorder,
     assert_declared_rejected,
+    export_through_a_sealing_process,
     make_exporter,
     processor_recorder,
-    signing_key,
     span_hex,
     trust_root,
     verified,
@@ -34,7 +34,6 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 
-from spanproof.exporter import SpanproofSpanExporter
 from spanproof.exporter.normalize import span_to_body
 
 
@@ -102,12 +101,7 @@ def test_a_name_that_is_not_a_string_is_declared_rejected_by_the_sealing_process
 ) -> None:
     rec = Recorder()
     kept = _trace(rec, *ODD[case])
-    exporter = SpanproofSpanExporter(tmp_path / "out", signing_key=signing_key(),
-                                     select_all=True, sealing_process=True)
-    try:
-        assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
-    finally:
-        exporter.shutdown()
+    export_through_a_sealing_process(tmp_path / "out", rec.take())
     assert_declared_rejected(tmp_path / "out", tmp_path, kept)
 
 

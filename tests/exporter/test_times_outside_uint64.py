@@ -19,17 +19,16 @@ from exporter_support import (
     FakeClock,
     Recorder,
     assert_declared_rejected,
+    export_through_a_sealing_process,
     make_exporter,
     processor_recorder,
     record_span_ids,
-    signing_key,
     span_hex,
     trust_root,
     verified,
 )
 from opentelemetry.sdk.trace.export import SpanExportResult
 
-from spanproof.exporter import SpanproofSpanExporter
 from spanproof.exporter.normalize import span_to_body
 
 UINT64_MAX = 2**64 - 1
@@ -81,12 +80,7 @@ def test_a_time_outside_uint64_is_declared_rejected_by_the_sealing_process(
 ) -> None:
     rec = Recorder()
     root, _ = _trace(rec, "start", -1)
-    exporter = SpanproofSpanExporter(tmp_path / "out", signing_key=signing_key(),
-                                     select_all=True, sealing_process=True)
-    try:
-        assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
-    finally:
-        exporter.shutdown()
+    export_through_a_sealing_process(tmp_path / "out", rec.take())
     assert_declared_rejected(tmp_path / "out", tmp_path, [root])
 
 

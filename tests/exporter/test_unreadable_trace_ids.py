@@ -21,6 +21,7 @@ from exporter_support import (
     FakeClock,
     Recorder,
     assert_declared_rejected,
+    export_through_a_sealing_process,
     make_exporter,
     signing_key,
     span_hex,
@@ -87,12 +88,7 @@ def test_a_span_whose_context_cannot_be_read_is_declared_in_the_next_bundle(
 
 def test_a_span_of_trace_id_zero_is_declared_by_the_sealing_process(tmp_path: Path) -> None:
     spans, kept = _batch()
-    exporter = SpanproofSpanExporter(tmp_path / "out", signing_key=signing_key(),
-                                     select_all=True, sealing_process=True)
-    try:
-        assert exporter.export(spans) is SpanExportResult.SUCCESS
-    finally:
-        exporter.shutdown()
+    export_through_a_sealing_process(tmp_path / "out", spans)
     assert_declared_rejected(tmp_path / "out", tmp_path, kept, note=NOTE)
 
 
