@@ -13,6 +13,8 @@ import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .canonical import _parse_int
+from .errors import InvalidBundle
 from .receipt import Receipt
 
 __all__ = ["BATCH_BYTES", "BATCH_SIZE", "MAX_BATCH", "batch_receipt", "batch_request",
@@ -61,8 +63,8 @@ def batch_results(answer: bytes, count: int) -> list[dict[str, Any]]:
         ValueError: the answer is not one.
     """
     try:
-        results = json.loads(answer)["results"]
-    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        results = json.loads(answer, parse_int=_parse_int)["results"]
+    except (ValueError, KeyError, TypeError, RecursionError, InvalidBundle) as e:
         raise ValueError(f"no results ({type(e).__name__}: {e})") from e
     if not isinstance(results, list) or len(results) != count:
         raise ValueError(f"{count} results expected")

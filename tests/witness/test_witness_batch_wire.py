@@ -61,6 +61,8 @@ def test_an_answer_gives_each_result_and_its_receipt_file_bytes(
      "without a status"),
     (b'{"results": [{"status": 201}, {"status": 400, "error": ""}]}', "without its receipt"),
     (b'{"results": [{"status": 201, "receipt": {}}, {"status": 422}]}', "without its reason"),
+    # Python's own message for it says to raise the interpreter's digit limit.
+    (b'{"results": [' + b"1" * 5000 + b"]}", r"integer literal too long \(over 4300 digits\)"),
 ])
 def test_an_answer_that_is_not_one_result_each_is_refused(answer: bytes, why: str) -> None:
     with pytest.raises(ValueError, match=why):
