@@ -18,6 +18,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from spanproof.verifier.values import MAX_DEPTH, encode_double
 
 __all__ = [
+    "UNDECODABLE_SCOPE",
     "MalformedSpan",
     "iter_request_spans",
     "otlp_span_to_body",
@@ -38,6 +39,13 @@ _STATUS = {0: "STATUS_CODE_UNSET", 1: "STATUS_CODE_OK", 2: "STATUS_CODE_ERROR"}
 
 class MalformedSpan(ValueError):
     """An OTLP span cannot be certified (bad ids, duplicate keys, unknown enum)."""
+
+
+#: The name of the scope under which a request decoded piece by piece holds the spans
+#: it could not decode (its ``version``: why), so that exactly those are rejected; see
+#: :func:`spanproof.exporter.otlp_server.parse_otlp_protobuf`.  No sender's scope is
+#: named so (it starts with a NUL).
+UNDECODABLE_SCOPE = "\x00spanproof: not decodable"
 
 
 def _value(v: common_pb2.AnyValue, where: str, depth: int = 0) -> dict[str, Any]:
@@ -192,7 +200,8 @@ def iter_request_spans(
     """Yield ``(span, resource body, scope body)`` for every span of an export request.
 
     A malformed resource or scope is yielded as the :class:`MalformedSpan` instead
-    of a body, so the caller can reject exactly the spans under it.  It is yielded
+    of a body, so the caller can reject exactly the spans under it; so is the scope
+    of spans a request could not decode (:data:`UNDECODABLE_SCOPE`).  It is yielded
     without its traceback, which holds this generator's frame, which holds it: a
     cycle that kept the whole request alive until a garbage collection.
     """
@@ -203,6 +212,8 @@ def iter_request_spans(
             res = e.with_traceback(None)
         for ss in rs.scope_spans:
             try:
+                if ss.scope.name == UNDECODABLE_SCOPE:
+                    raise MalformedSpan(ss.scope.version)
                 sc: dict[str, Any] | MalformedSpan = scope_body(ss.scope, ss.schema_url)
             except MalformedSpan as e:
                 sc = e.with_traceback(None)

@@ -42,11 +42,13 @@ from google.protobuf import any_pb2, duration_pb2, json_format, wrappers_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from spanproof.verifier._files import open_regular
 
 from ._sealing_process import start_watch
+from .otlp import UNDECODABLE_SCOPE
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -447,6 +449,8 @@ def _json_list(obj: Any, name: str, original: str) -> list[Any]:
 
 
 _INT32 = range(-(2**31), 2**31)
+#: Nested messages protobuf's JSON parser may build: Python's own stack bounds them.
+_JSON_MESSAGE_DEPTH = 100_000
 _SPAN_KIND_NAMES = frozenset(trace_pb2.Span.SpanKind.keys())
 _STATUS_CODE_NAMES = frozenset(trace_pb2.Status.StatusCode.keys())
 
@@ -523,7 +527,12 @@ def parse_otlp_json(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest:
     try:
         _to_protobuf_json(doc)
         _check_enums(doc)
-        json_format.ParseDict(doc, request, ignore_unknown_fields=True)
+        # protobuf's default of 100 nested messages is ~47 levels of values in a
+        # request, where SPEC §2.3 allows 64: one span that deep failed the whole
+        # request, which a Collector then drops.  Deeper than that, the span alone is
+        # rejected; what is too deep for Python's stack gets 400 (below).
+        json_format.ParseDict(doc, request, ignore_unknown_fields=True,
+                              max_recursion_depth=_JSON_MESSAGE_DEPTH)
     except (json_format.ParseError, ValueError, TypeError, OverflowError) as e:
         raise InvalidRequest(f"not an OTLP ExportTraceServiceRequest: {e}") from None
     except SystemError:
@@ -573,6 +582,8 @@ def _fields(data: bytes, i: int, end: int) -> Iterator[tuple[int, int, int, int]
     while i < end:
         key, i = _varint(data, i, end)
         number, wire = key >> 3, key & 7
+        if number == 0:
+            raise DecodeError("field number 0")
         if wire == 0:
             _, j = _varint(data, i, end)
         elif wire == 1:
@@ -635,13 +646,144 @@ def parse_otlp_protobuf(data: bytes) -> trace_service_pb2.ExportTraceServiceRequ
                             raise _too_many_spans(spans, size, MIN_SPAN_BYTES)
         _check_holders(holders, spans)
         request = trace_service_pb2.ExportTraceServiceRequest()
-        request.ParseFromString(data)
+        try:
+            request.ParseFromString(data)
+        except DecodeError as e:
+            if not _too_deep(e):
+                raise
+            # One part nested deeper than protobuf decodes (~47 levels of values in
+            # a request, where SPEC §2.3 allows 64) failed the whole request, and a
+            # Collector drops a request answered 400, every other sender's spans in
+            # its batch included: decode it piece by piece.
+            request = _parse_piecewise(data)
     except DecodeError as e:
         raise InvalidRequest(f"body is not an OTLP protobuf request: {e}") from None
     except RecursionError:
         raise InvalidRequest("body is not an OTLP protobuf request: nested too deeply "
                              "to decode") from None
     return request
+
+
+def _parse_piecewise(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest:
+    """*data*, a request protobuf could not decode whole, decoded resource by
+    resource, scope by scope and span by span: a span that cannot be decoded is
+    held, as the ids, flags and top-level attribute keys read from its bytes (what
+    selecting it and declaring it need), under a scope of its own named
+    :data:`~spanproof.exporter.otlp.UNDECODABLE_SCOPE` whose version says why, and so
+    are the spans under a resource or scope that cannot be decoded; the receiver
+    rejects exactly those (partial success).
+
+    Raises:
+        DecodeError: the request's own framing is not protobuf, a schema URL is not
+            UTF-8, or a part cannot be decoded for another reason than its depth.
+    """
+    request = trace_service_pb2.ExportTraceServiceRequest()
+    for number, wire, start, end in _fields(data, 0, len(data)):
+        if number == 1 and wire == 2:
+            _resource_spans_piecewise(data, start, end, request.resource_spans.add())
+    return request
+
+
+def _resource_spans_piecewise(data: bytes, start: int, end: int,
+                              rs: trace_pb2.ResourceSpans) -> None:
+    problem = None
+    for number, wire, i, j in _fields(data, start, end):
+        if wire != 2:
+            continue
+        if number == 1:
+            try:
+                rs.resource.MergeFromString(data[i:j])
+            except DecodeError as e:
+                problem = f"its resource cannot be decoded ({_why(e)})"
+        elif number == 3:
+            rs.schema_url = _utf8(data[i:j], "schema_url")
+        elif number == 2:
+            _scope_spans_piecewise(data, i, j, rs)
+    if problem is not None:
+        rs.resource.Clear()
+        for ss in rs.scope_spans:
+            _undecodable(ss, problem)
+
+
+def _scope_spans_piecewise(data: bytes, start: int, end: int,
+                           rs: trace_pb2.ResourceSpans) -> None:
+    ss = rs.scope_spans.add()
+    problem = None
+    for number, wire, i, j in _fields(data, start, end):
+        if wire != 2:
+            continue
+        if number == 1:
+            try:
+                ss.scope.MergeFromString(data[i:j])
+            except DecodeError as e:
+                problem = f"its scope cannot be decoded ({_why(e)})"
+        elif number == 3:
+            ss.schema_url = _utf8(data[i:j], "schema_url")
+        elif number == 2:
+            span = ss.spans.add()
+            try:
+                span.MergeFromString(data[i:j])
+            except DecodeError as e:
+                del ss.spans[-1]
+                apart = rs.scope_spans.add()
+                _undecodable(apart, f"span cannot be decoded ({_why(e)})")
+                apart.spans.append(_span_outline(data, i, j))
+    if problem is not None:
+        _undecodable(ss, problem)
+
+
+def _undecodable(ss: trace_pb2.ScopeSpans, why: str) -> None:
+    """Mark the spans of *ss* as not decodable, *why*."""
+    ss.scope.Clear()
+    ss.scope.name, ss.scope.version = UNDECODABLE_SCOPE, why
+
+
+def _span_outline(data: bytes, start: int, end: int) -> trace_pb2.Span:
+    """What the bytes of a span that cannot be decoded still tell: its trace, span
+    and parent ids, its flags, and the keys of its attributes (with the evidence
+    marker's value when that attribute decodes), so it is selected, rejected and
+    declared in its trace as a decoded span would be."""
+    span = trace_pb2.Span()
+    for number, wire, i, j in _fields(data, start, end):
+        if wire == 2 and number in (1, 2, 4):
+            setattr(span, _OUTLINE_IDS[number], data[i:j])
+        elif wire == 5 and number == 16:
+            span.flags = int.from_bytes(data[i:j], "little")
+        elif wire == 2 and number == 9:
+            try:
+                span.attributes.append(common_pb2.KeyValue.FromString(data[i:j]))
+            except DecodeError:
+                key = next((data[a:b] for n, w, a, b in _fields(data, i, j)
+                            if n == 1 and w == 2), b"")
+                span.attributes.add().key = key.decode("utf-8", "replace")
+    return span
+
+
+_OUTLINE_IDS = {1: "trace_id", 2: "span_id", 4: "parent_span_id"}
+
+
+def _too_deep(error: DecodeError) -> bool:
+    """Whether protobuf refused a message for its depth alone (upb's words)."""
+    return "MaxDepth" in str(error)
+
+
+def _why(error: DecodeError) -> str:
+    """Why a part of a request decoded piece by piece cannot be decoded.
+
+    Raises:
+        DecodeError: *error*, when it is not about depth: the request is refused
+            whole, as protobuf refuses it.
+    """
+    if not _too_deep(error):
+        raise error
+    return "nested deeper than protobuf decodes, ~49 levels of values in a span"
+
+
+def _utf8(raw: bytes, field: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DecodeError(f"{field} is not UTF-8") from None
 
 
 def _response(result: IngestResult) -> trace_service_pb2.ExportTraceServiceResponse:

@@ -469,18 +469,18 @@ def _nested_protobuf(depth: int) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("content_type", "body"),
+    ("content_type", "body", "declared"),
     [
         ("application/json", lambda: _otlp_json("1" * 32, "2" * 16, "deep",
-                                                _nested_any_value(150))),
+                                                _nested_any_value(150)), True),
         ("application/json", lambda: _otlp_json("1" * 32, "2" * 16, "deep",
-                                                _nested_any_value(5000))),
-        ("application/x-protobuf", lambda: _nested_protobuf(150)),
+                                                _nested_any_value(5000)), False),
+        ("application/x-protobuf", lambda: _nested_protobuf(150), True),
     ],
     ids=["json-150", "json-5000", "protobuf-150"],
 )
 def test_receiver_refuses_nesting_deeper_than_its_parsers_allow(
-    tmp_path: Path, content_type: str, body: Any
+    tmp_path: Path, content_type: str, body: Any, declared: bool
 ) -> None:
     receiver = Receiver(tmp_path / "out", signing_key=signing_key(), seal_grace=0.0)
     receiver.start()
@@ -499,8 +499,18 @@ def test_receiver_refuses_nesting_deeper_than_its_parsers_allow(
     finally:
         server.stop()
         assert receiver.shutdown()
-    (bundle,) = bundles(tmp_path / "out")
-    assert bundle.name.startswith("3" * 32)
+    trust = TrustRoot.from_pem_files([str(write_public_key(tmp_path / "keys"))])
+    reports = {path.name[:32]: check_bundle(str(path), trust, allow_incomplete=True,
+                                            keep_records=True)
+               for path in bundles(tmp_path / "out")}
+    assert all(r.verdict is Verdict.OK for r in reports.values())
+    assert set(reports) == ({"1" * 32, "3" * 32} if declared else {"3" * 32})
+    if declared:
+        # Its one span, too deep to certify, is declared rejected in its trace: a span
+        # decoded piece by piece (protobuf), or a value beyond SPEC's 64 levels (JSON).
+        deep = reports["1" * 32]
+        assert deep.statement is not None and deep.records == ()
+        assert deep.statement.completeness.rejected_spans == 1
 
 
 def test_grpc_refuses_a_request_nested_too_deeply_as_invalid_argument(tmp_path: Path) -> None:
@@ -518,12 +528,15 @@ def test_grpc_refuses_a_request_nested_too_deeply_as_invalid_argument(tmp_path: 
                 "/opentelemetry.proto.collector.trace.v1.TraceService/Export")
             with pytest.raises(grpc.RpcError) as refused:
                 export(_nested_protobuf(150), timeout=30)
+            # Its only evidence span cannot be decoded: the request has nothing else.
             assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-            assert "ExportTraceServiceRequest" in (refused.value.details() or "")
+            assert "span cannot be decoded (nested deeper than protobuf decodes" in (
+                refused.value.details() or "")
     finally:
         server.stop()
         assert receiver.shutdown()
-    assert bundles(tmp_path / "out") == []
+    (bundle,) = bundles(tmp_path / "out")
+    assert bundle.name.startswith("1" * 32)  # the span declared rejected in its trace
 
 
 def test_private_keys_are_never_logged_nor_readable_by_others(
