@@ -686,19 +686,8 @@ def _parse_piecewise(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest
 
 def _resource_spans_piecewise(data: bytes, start: int, end: int,
                               rs: trace_pb2.ResourceSpans) -> None:
-    problem = None
-    for number, wire, i, j in _fields(data, start, end):
-        if wire != 2:
-            continue
-        if number == 1:
-            try:
-                rs.resource.MergeFromString(data[i:j])
-            except DecodeError as e:
-                problem = f"its resource cannot be decoded ({_why(e)})"
-        elif number == 3:
-            rs.schema_url = _utf8(data[i:j], "schema_url")
-        elif number == 2:
-            _scope_spans_piecewise(data, i, j, rs)
+    problem = _holder_piecewise(data, start, end, rs, "resource",
+                                lambda i, j: _scope_spans_piecewise(data, i, j, rs))
     if problem is not None:
         rs.resource.Clear()
         for ss in rs.scope_spans:
@@ -708,28 +697,52 @@ def _resource_spans_piecewise(data: bytes, start: int, end: int,
 def _scope_spans_piecewise(data: bytes, start: int, end: int,
                            rs: trace_pb2.ResourceSpans) -> None:
     ss = rs.scope_spans.add()
+    problem = _holder_piecewise(data, start, end, ss, "scope",
+                                lambda i, j: _span_piecewise(data, i, j, rs, ss))
+    if problem is not None:
+        _undecodable(ss, problem)
+
+
+def _holder_piecewise(data: bytes, start: int, end: int, holder: Any, part: str,
+                      child: Callable[[int, int], None]) -> str | None:
+    """Decode a ``ResourceSpans`` or ``ScopeSpans`` *holder* from *data[start:end]*:
+    its *part* (field 1: ``resource`` or ``scope``), its schema URL (3), and each of
+    its children (2) through *child*.  Returns why its *part* cannot be decoded."""
     problem = None
     for number, wire, i, j in _fields(data, start, end):
         if wire != 2:
             continue
         if number == 1:
-            try:
-                ss.scope.MergeFromString(data[i:j])
-            except DecodeError as e:
-                problem = f"its scope cannot be decoded ({_why(e)})"
+            problem = _merge(getattr(holder, part), data[i:j], f"its {part}") or problem
         elif number == 3:
-            ss.schema_url = _utf8(data[i:j], "schema_url")
+            holder.schema_url = _utf8(data[i:j], "schema_url")
         elif number == 2:
-            span = ss.spans.add()
-            try:
-                span.MergeFromString(data[i:j])
-            except DecodeError as e:
-                del ss.spans[-1]
-                apart = rs.scope_spans.add()
-                _undecodable(apart, f"span cannot be decoded ({_why(e)})")
-                apart.spans.append(_span_outline(data, i, j))
-    if problem is not None:
-        _undecodable(ss, problem)
+            child(i, j)
+    return problem
+
+
+def _span_piecewise(data: bytes, start: int, end: int, rs: trace_pb2.ResourceSpans,
+                    ss: trace_pb2.ScopeSpans) -> None:
+    why = _merge(ss.spans.add(), data[start:end], "span")
+    if why is not None:
+        del ss.spans[-1]
+        apart = rs.scope_spans.add()
+        _undecodable(apart, why)
+        apart.spans.append(_span_outline(data, start, end))
+
+
+def _merge(message: Any, raw: bytes, what: str) -> str | None:
+    """Merge the protobuf *raw* into *message*; None, or why it cannot be (*what*
+    is nested too deeply).
+
+    Raises:
+        DecodeError: *raw* cannot be decoded for another reason than its depth.
+    """
+    try:
+        message.MergeFromString(raw)
+    except DecodeError as e:
+        return f"{what} cannot be decoded ({_why(e)})"
+    return None
 
 
 def _undecodable(ss: trace_pb2.ScopeSpans, why: str) -> None:
