@@ -704,6 +704,18 @@ def test_output_that_cannot_be_written_is_said_to_be_standard_output(
                    f"{os.strerror(errno.ENOSPC)}\n")
 
 
+@pytest.mark.parametrize("how", ["write", "writelines", "print"])
+def test_every_way_of_writing_standard_output_is_guarded(monkeypatch, how):
+    # writelines went to the stream beneath the guard: the error named no stream.
+    from spanproof.verifier._stdout import StdoutError, writing_stdout
+
+    monkeypatch.setattr("sys.stdout", _FullStream())
+    with pytest.raises(StdoutError, match=os.strerror(errno.ENOSPC)), writing_stdout():
+        {"write": lambda: sys.stdout.write("x\n"),
+         "writelines": lambda: sys.stdout.writelines(["x\n"]),
+         "print": lambda: print("x")}[how]()
+
+
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
 @pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
 @pytest.mark.parametrize("command", ["verify", "show", "report"])
