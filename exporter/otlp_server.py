@@ -651,8 +651,9 @@ def parse_otlp_protobuf(data: bytes) -> trace_service_pb2.ExportTraceServiceRequ
         except DecodeError as e:
             if not _too_deep(e):
                 raise
-            # One part nested deeper than protobuf decodes (~47 levels of values in
-            # a request, where SPEC §2.3 allows 64) failed the whole request, and a
+            # One part nested deeper than protobuf decodes (~47 levels of arrays or
+            # ~31 of key-value lists in a request, where SPEC §2.3 allows 64 of
+            # either) failed the whole request, and a
             # Collector drops a request answered 400, every other sender's spans in
             # its batch included: decode it piece by piece.
             request = _parse_piecewise(data)
@@ -789,7 +790,8 @@ def _why(error: DecodeError) -> str:
     """
     if not _too_deep(error):
         raise error
-    return "nested deeper than protobuf decodes, ~49 levels of values in a span"
+    return ("nested deeper than protobuf decodes: 100 messages, ~49 levels of arrays or "
+            "~32 of key-value lists in a span")
 
 
 def _utf8(raw: bytes, field: str) -> str:

@@ -1,7 +1,8 @@
 """A span nested deeper than protobuf decodes is rejected alone, not with its request.
 
-protobuf's decoder stops at 100 nested messages: ~47 levels of attribute values in
-a request (two messages a level), though SPEC §2.3 allows 64.  One such span made the
+protobuf's decoder stops at 100 nested messages: ~47 levels of arrays in a request
+(two messages a level; ~31 levels of key-value lists, three messages a level), though
+SPEC §2.3 allows 64.  One such span made the
 whole request fail to decode: HTTP 400 / ``INVALID_ARGUMENT``, which a Collector
 takes as permanent and so drops the batch, every other span in it (from any of its
 senders) with it.  The request is now decoded piece by piece when it fails whole:
@@ -81,10 +82,9 @@ def test_only_the_parts_that_cannot_be_decoded_are_set_apart() -> None:
         (UNDECODABLE_SCOPE, [span_id(4)]),
         (UNDECODABLE_SCOPE, [span_id(5)]),  # a good span under a deep resource
     ]
-    assert [why for _, why, _ in groups[1:]] == [
-        WHY + ", ~49 levels of values in a span)"] * 2 + [
-        "its resource cannot be decoded (nested deeper than protobuf decodes, ~49 levels "
-        "of values in a span)"]
+    depth = ": 100 messages, ~49 levels of arrays or ~32 of key-value lists in a span)"
+    assert [why for _, why, _ in groups[1:]] == [WHY + depth] * 2 + [
+        "its resource cannot be decoded (nested deeper than protobuf decodes" + depth]
     outline = decoded.resource_spans[0].scope_spans[1].spans[0]
     # What selecting and declaring it needs: ids, parent and the attribute keys.
     assert (outline.trace_id.hex(), outline.parent_span_id.hex()) == (TRACE_A, span_id(1))
