@@ -16,28 +16,30 @@ def _never_serve(monkeypatch):
     monkeypatch.setattr(producer_cli, "_serve_receiver", lambda service, *args: 0)
 
 
-@pytest.mark.parametrize("value", ["2147483648", "3000000000", "99999999999999999999999"])
-def test_max_message_bytes_beyond_a_c_int_is_a_usage_error(capsys, tmp_path, value):
+def _refused(capsys, tmp_path, *flag: str) -> str:
+    """Run ``spanproof receiver`` with *flag*; assert it is a usage error (exit 2) and
+    that nothing was set up (no output directory).  Standard error."""
     out = tmp_path / "out"
     status = main(["receiver", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0",
-                   "--out", str(out), "--max-message-bytes", value])
+                   "--out", str(out), *flag])
     err = capsys.readouterr().err
     assert status == 2, err
+    assert not out.exists()  # refused before the receiver set anything up
+    return err
+
+
+@pytest.mark.parametrize("value", ["2147483648", "3000000000", "99999999999999999999999"])
+def test_max_message_bytes_beyond_a_c_int_is_a_usage_error(capsys, tmp_path, value):
+    err = _refused(capsys, tmp_path, "--max-message-bytes", value)
     assert "--max-message-bytes must be at most 2147483647" in err
     assert value in err
     assert "unexpected" not in err
-    assert not out.exists()  # refused before the receiver set anything up
 
 
 @pytest.mark.parametrize("value", ["65", "1000", "99999999999999999999"])
 def test_sealing_processes_beyond_64_is_a_usage_error(capsys, tmp_path, value):
-    out = tmp_path / "out"
-    status = main(["receiver", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0",
-                   "--out", str(out), "--sealing-processes", value])
-    err = capsys.readouterr().err
-    assert status == 2, err
+    err = _refused(capsys, tmp_path, "--sealing-processes", value)  # no worker started
     assert f"--sealing-processes must be at most 64, got {value}" in err
-    assert not out.exists()  # no receiver, no worker started
 
 
 @pytest.mark.parametrize("flag", ["--select-attributes", "--redact-attributes"])
@@ -46,14 +48,9 @@ def test_attribute_keys_naming_no_key_are_a_usage_error(capsys, tmp_path, flag, 
     # Given empty (an unset shell variable, say), the receiver would certify only
     # spans marked spanproof.evidence and drop the rest without a word, or store the
     # values the user meant to hide.
-    out = tmp_path / "out"
-    status = main(["receiver", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0",
-                   "--out", str(out), flag, value])
-    err = capsys.readouterr().err
-    assert status == 2, err
+    err = _refused(capsys, tmp_path, flag, value)
     assert (f"spanproof: error: {flag} must list at least one attribute key, "
             f"got {value!r}") in err
-    assert not out.exists()  # refused before the receiver set anything up
 
 
 @pytest.mark.parametrize(("flag", "setting"), [("--select-attributes", "select_attributes"),
@@ -94,13 +91,8 @@ def test_a_named_pipe_as_a_tls_file_is_refused_without_blocking(capsys, tmp_path
     other = tmp_path / "other.pem"
     other.write_text("not used: the pipe is refused first\n")
     files = {"--tls-cert": other, "--tls-key": other, "--tls-client-ca": None, flag: pipe}
-    argv = ["receiver", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0",
-            "--out", str(tmp_path / "out")]
-    for name, path in files.items():
-        if path is not None:
-            argv += [name, str(path)]
-    status = main(argv)
-    err = capsys.readouterr().err
-    assert status == 2, err
+    argv = [arg for name, path in files.items() if path is not None
+            for arg in (name, str(path))]
+    err = _refused(capsys, tmp_path, *argv)
     what = {"--tls-cert": "certificate", "--tls-key": "key", "--tls-client-ca": "client CA"}
     assert f"TLS {what[flag]} {pipe}: cannot be used (not a regular file (a named pipe))" in err
