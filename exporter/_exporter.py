@@ -700,14 +700,7 @@ class SpanproofSpanExporter(SpanExporter):
         wake = False
         assembler = self._assembler
         for trace_id, body in bodies:
-            try:
-                wake = assembler.add(trace_id, body, now) or wake
-            except Exception as e:
-                # Not a body normalizing makes (none is known to get here): that span
-                # is declared rejected, the rest of the batch still admitted.
-                _logger.error("spanproof: cannot queue a span of trace %s for sealing "
-                              "(%s: %s); declared as rejected", trace_id, type(e).__name__, e)
-                assembler.reject(trace_id, now)
+            wake = assembler.add(trace_id, body, now) or wake
         for rejected_trace in rejected:
             if rejected_trace is None:
                 assembler.reject_untracked()

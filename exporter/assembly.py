@@ -295,18 +295,12 @@ class TraceAssembler:
 
         Returns True when something became due at once (size limit, or a trace
         sealed early for room), so the caller can wake its sealer.
-
-        Raises:
-            Exception: reading the body's span id or size failed (a body that is
-                not a record body); nothing was changed.
         """
-        # Read first: an exception leaves the assembler as it was.
-        span_id = body_span_id(body)
-        size = body_bytes(body)
         entry = self._entry(trace_id, now)
         if entry is None:
             self._count_lost(trace_id)
             return True
+        span_id = body_span_id(body)
         versions = entry.seen.get(span_id)
         if versions is None:
             entry.seen[span_id] = [body]
@@ -317,6 +311,7 @@ class TraceAssembler:
             entry.conflicts.add(span_id)
         if conflict:
             entry.conflicts.add(span_id)
+        size = body_bytes(body)
         entry.bodies.append(body)
         entry.sizes.append(size)
         entry.size += size

@@ -604,17 +604,3 @@ def test_rejections_of_no_known_trace_are_declared_once_in_the_next_bundle() -> 
     (second,) = asm.due(10.0)
     assert second.completeness.rejected_spans == 0  # declared once only
     assert second.completeness.notes == ()
-
-
-def test_a_body_whose_size_cannot_be_read_changes_nothing() -> None:
-    asm = assembler()
-    odd = body(T1, 0)
-    odd["span"]["name"] = 7  # not what normalizing makes: sizing it raises
-    with pytest.raises(AttributeError):
-        asm.add(T1, odd, now=0.0)
-    assert asm.pending_traces == 0
-    # The same span id, as a record body, is not taken for a re-delivery.
-    asm.add(T1, body(T1, 0), now=0.0)
-    asm.root_ended(T1, now=0.0)
-    (job,) = asm.due(5.0)
-    assert names(job) == ["step"]

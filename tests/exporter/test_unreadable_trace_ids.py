@@ -139,4 +139,3 @@ def test_a_sealing_process_loss_is_never_declared_under_trace_id_zero(tmp_path: 
         assert process.last_trace == span_hex(spans[0])[0]
     finally:
         exporter.shutdown()
-
