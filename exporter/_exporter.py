@@ -281,12 +281,9 @@ class SpanproofSpanExporter(SpanExporter):
         self._seal_lock = threading.Lock()
         # The thread running a sealing pass, or None; and the timeout of a shutdown()
         # that thread asked for meanwhile (see the module docstring).
-        self._sealing_on: int | None = None
-        self._shutdown_after_pass: float | None = None
-        # The threads inside export(), and the timeout of a shutdown() one of them
-        # asked for meanwhile (see the module docstring).
-        self._exporting: set[int] = set()
-        self._shutdown_after_export: float | None = None
+        self._in_pass = Interruptible()
+        # The threads inside export(), and a shutdown() one of them asked for meanwhile.
+        self._in_export = Interruptible()
         self._assembler = TraceAssembler.from_config(self._config)
         self._producer = _new_producer()
         self._thread: threading.Thread | None = None
@@ -542,18 +539,16 @@ class SpanproofSpanExporter(SpanExporter):
         when a span could not be handled (a selected span that cannot be
         normalized is declared as rejected in its trace's bundle).
         """
-        me = threading.get_ident()
-        self._exporting.add(me)
+        me = self._in_export.enter()
         try:
             return self._export(spans)
         except Exception:
             _logger.exception("spanproof: export failed")
             return SpanExportResult.FAILURE
         finally:
-            self._exporting.discard(me)
-            if self._shutdown_after_export is not None:
-                asked, self._shutdown_after_export = self._shutdown_after_export, None
-                self.shutdown(asked)
+            asked = self._in_export.leave(me)
+            if asked is not None:
+                self._shutdown_now(asked)
 
     def _export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shutdown:
@@ -754,28 +749,21 @@ class SpanproofSpanExporter(SpanExporter):
         flight then (a stalled disk) is not waited for: it goes on in the background.
         Whatever is still unwritten at the end is logged as an error.
         """
-        if self._sealing_on == threading.get_ident():
-            # A signal handler interrupted a sealing pass of this thread, holding locks
-            # the drain needs: the pass shuts down when it ends (see _cycle).
-            if not self._shutdown and self._shutdown_after_pass is None:
-                self._shutdown_after_pass = timeout_millis
+        # A signal handler that interrupted a sealing pass (force_flush()) or an
+        # export() (a SimpleSpanProcessor's) of its own thread, which may hold the
+        # locks the drain needs: that call shuts down as it ends.
+        for inside, what, who, call in (
+                (self._in_pass, "a sealing pass", "force_flush()", "pass"),
+                (self._in_export, "an export()", "a SimpleSpanProcessor", "export")):
+            deferred = inside.defer(timeout_millis)
+            if deferred is None:
+                continue
+            if deferred and not self._shutdown:
                 _logger.warning(
-                    "spanproof: shutdown() called inside a sealing pass of its own thread "
-                    "(a signal handler that interrupted force_flush()?): it seals the %d "
-                    "pending trace(s) once that pass ends, when the handler returns or "
-                    "raises; exiting at once (os._exit) loses them",
-                    self._assembler.pending_traces)
-            return
-        if threading.get_ident() in self._exporting:
-            # A signal handler interrupted an export() of this thread, which may hold
-            # the locks the drain needs: the export shuts down when it returns.
-            if not self._shutdown and self._shutdown_after_export is None:
-                self._shutdown_after_export = timeout_millis
-                _logger.warning(
-                    "spanproof: shutdown() called inside an export() of its own thread "
-                    "(a signal handler that interrupted a SimpleSpanProcessor?): it "
-                    "seals the pending traces once that export returns, when the "
-                    "handler returns or raises; exiting at once (os._exit) loses them")
+                    "spanproof: shutdown() called inside %s of its own thread (a signal "
+                    "handler that interrupted %s?): it seals the %d pending trace(s) once "
+                    "that %s ends, when the handler returns or raises; exiting at once "
+                    "(os._exit) loses them", what, who, self._assembler.pending_traces, call)
             return
         self._shutdown_now(timeout_millis)
 
@@ -927,7 +915,7 @@ class SpanproofSpanExporter(SpanExporter):
         timeout = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
         if not self._seal_lock.acquire(timeout=timeout):
             return False
-        self._sealing_on = threading.get_ident()  # passes never nest: the lock is plain
+        me = self._in_pass.enter()
         try:
             worked = self._reap(block=False)
             if self._sealed_unwritten:  # a pass an exception cut short sealed these
@@ -968,9 +956,8 @@ class SpanproofSpanExporter(SpanExporter):
             try:
                 self._pass_done()
             finally:
-                self._sealing_on = None
+                asked = self._in_pass.leave(me)
                 self._seal_lock.release()
-                asked, self._shutdown_after_pass = self._shutdown_after_pass, None
                 if asked is not None:
                     self._shutdown_now(asked)
 
@@ -1274,6 +1261,52 @@ class ThreadStarts:
                 _logger.warning("spanproof: cannot start the %s (%s); %s until it starts",
                                 self._what, e, self._meanwhile)
             return False
+        return True
+
+
+class Interruptible:
+    """The threads inside a kind of call that a signal handler may interrupt while it
+    holds locks a shutdown needs, and the shutdown such a handler asked for meanwhile,
+    which the call runs as it ends on the thread that asked (the handler's ``sys.exit``
+    unwinding it, or the handler returning).  Calls may nest on one thread (a handler
+    that ends a span): the outermost runs it."""
+
+    __slots__ = ("_asked", "_depth")
+
+    def __init__(self) -> None:
+        self._depth: dict[int, int] = {}
+        self._asked: tuple[int, float] | None = None
+
+    def enter(self) -> int:
+        """Note that this thread entered such a call; its thread id, for :meth:`leave`."""
+        me = threading.get_ident()
+        self._depth[me] = self._depth.get(me, 0) + 1
+        return me
+
+    def leave(self, me: int) -> float | None:
+        """Note that thread *me* left such a call: the timeout of the shutdown to run
+        now, when this was its outermost and a shutdown was asked on it."""
+        depth = self._depth[me] - 1
+        if depth:
+            self._depth[me] = depth
+            return None
+        del self._depth[me]
+        asked = self._asked
+        if asked is None or asked[0] != me:
+            return None
+        self._asked = None
+        return asked[1]
+
+    def defer(self, timeout: float) -> bool | None:
+        """A shutdown (its *timeout*) asked on this thread: None when the thread is
+        not inside such a call (shut down now), else the shutdown is left to the call,
+        and whether it is the first so asked (False: one already waits)."""
+        me = threading.get_ident()
+        if me not in self._depth:
+            return None
+        if self._asked is not None:
+            return False
+        self._asked = (me, timeout)
         return True
 
 

@@ -47,6 +47,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from ._exporter import (
     _MAX_UNWRITTEN,
+    Interruptible,
     SpanproofSpanExporter,
     ThreadStarts,
     _selection_view,
@@ -360,9 +361,8 @@ class EvidenceSpanProcessor(SpanProcessor):
         self._journal_failing = False
         self._dropping = False
         # The threads inside on_end(), which may hold the queue's or the counters'
-        # lock, and whether a shutdown() one of them asked for waits for it to return.
-        self._ending: set[int] = set()
-        self._shutdown_after_end = False
+        # lock, and a shutdown() one of them asked for meanwhile.
+        self._in_end = Interruptible()
 
     @property
     def exporter(self) -> SpanproofSpanExporter:
@@ -381,16 +381,13 @@ class EvidenceSpanProcessor(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         """Queue *span* when it is evidence; never raises, waits at most ``queue_block``."""
-        me = threading.get_ident()
-        self._ending.add(me)
+        me = self._in_end.enter()
         try:
             self._on_end(span)
         except Exception:
             _logger.exception("spanproof: on_end failed for span %s", _span_id_of(span))
         finally:
-            self._ending.discard(me)
-            if self._shutdown_after_end:
-                self._shutdown_after_end = False
+            if self._in_end.leave(me) is not None:
                 self.shutdown()
 
     def _on_end(self, span: ReadableSpan) -> None:
@@ -463,11 +460,11 @@ class EvidenceSpanProcessor(SpanProcessor):
         journal.  Idempotent; spans ending afterwards are ignored."""
         if self._shutdown:
             return
-        if threading.get_ident() in self._ending:
+        deferred = self._in_end.defer(0.0)
+        if deferred is not None:
             # A signal handler interrupted an on_end() of this thread, which may hold
             # the queue's lock the shutdown needs: that on_end shuts down as it returns.
-            if not self._shutdown_after_end:
-                self._shutdown_after_end = True
+            if deferred:
                 _logger.warning(
                     "spanproof: shutdown() called inside an on_end() of its own thread (a "
                     "signal handler?): it journals and seals what is pending once that "

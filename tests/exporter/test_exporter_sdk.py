@@ -980,3 +980,32 @@ def test_bundles_sealed_together_are_written_as_one_group(
     assert {t: record_span_ids(g[0]) for t, g in found.items()} == traces
     assert len(barriers) == 1 and barriers[0].startswith("spanproof-write")
     exporter.shutdown()
+
+
+def test_a_deferred_shutdown_is_run_by_the_thread_that_asked_at_its_outermost_call() -> None:
+    # It was kept in one flag and a set of threads: another thread's export ending
+    # first ran it while the interrupted one was partway, and a span ended inside the
+    # handler (an export nested on the same thread) took the thread out of the set,
+    # so a shutdown() after it no longer waited for the outer export.
+    from spanproof.exporter._exporter import Interruptible
+
+    calls = Interruptible()
+    assert calls.defer(1.0) is None  # not inside: shut down now
+    outer = calls.enter()
+    nested = calls.enter()  # the handler ended a span
+    assert calls.leave(nested) is None
+    assert calls.defer(2.0) is True  # the handler's shutdown(): left to the call
+    assert calls.defer(3.0) is False  # one already waits
+    other: list[object] = []
+
+    def another_thread() -> None:
+        me = calls.enter()
+        other.append(calls.defer(4.0))  # asked there too: the first one waits
+        other.append(calls.leave(me))
+
+    thread = threading.Thread(target=another_thread)
+    thread.start()
+    thread.join(10)
+    assert other == [False, None]  # not that thread's shutdown to run
+    assert calls.leave(outer) == 2.0
+    assert calls.defer(5.0) is None
