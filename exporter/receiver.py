@@ -512,6 +512,10 @@ class Receiver:
             _logger.error("receiver: shutdown incomplete: %d bundle(s) not written, %d trace(s) "
                           "not sealed; they stay in the journal for the next start",
                           len(self._unwritten), self._assembler.pending_traces)
+        undeclared = self._assembler.undeclared_untracked
+        if undeclared:
+            _logger.error("receiver: %d span(s) of no known trace were lost or rejected "
+                          "after the last bundle sealed; no bundle declares them", undeclared)
         return done
 
     def flush(self, timeout: float = 30.0) -> bool:

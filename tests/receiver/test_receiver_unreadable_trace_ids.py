@@ -10,6 +10,7 @@ however often a Collector re-sends it.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,8 @@ from receiver_support import (
     trust_root,
     verified,
 )
+
+from spanproof.exporter.otlp_server import InvalidRequest
 
 
 @pytest.mark.parametrize("seal_workers", [0, 2])
@@ -52,3 +55,18 @@ def test_spans_of_unreadable_trace_ids_are_declared_once_in_the_next_bundle(
     assert completeness.rejected_spans == 2
     assert ("2 span(s) were rejected whose trace id could not be read (zero or malformed); "
             "they may be other traces'") in completeness.notes
+
+
+def test_a_rejection_no_bundle_followed_is_logged_at_shutdown(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver = quiet_receiver(tmp_path / "out", FakeClock())
+    zero = otlp_span("0" * 32, 1)
+    receiver.start()
+    try:
+        with pytest.raises(InvalidRequest):  # its only evidence span
+            receiver(request(zero).resource_spans)
+    finally:
+        with caplog.at_level(logging.ERROR, logger="spanproof.exporter.receiver"):
+            receiver.shutdown(5)
+    assert "1 span(s) of no known trace were lost or rejected" in caplog.text
