@@ -43,9 +43,11 @@ class MalformedSpan(ValueError):
 
 #: The name of the scope under which a request decoded piece by piece holds the spans
 #: it could not decode (its ``version``: why), so that exactly those are rejected; see
-#: :func:`spanproof.exporter.otlp_server.parse_otlp_protobuf`.  No sender's scope is
-#: named so (it starts with a NUL).
+#: :func:`spanproof.exporter.otlp_server.parse_otlp_protobuf`.  A sender may name a
+#: scope so (a NUL is a valid character): only its own spans under it are rejected,
+#: with at most :data:`_MAX_REASON` characters of its version as the reason.
 UNDECODABLE_SCOPE = "\x00spanproof: not decodable"
+_MAX_REASON = 300
 
 
 def _value(v: common_pb2.AnyValue, where: str, depth: int = 0) -> dict[str, Any]:
@@ -213,7 +215,7 @@ def iter_request_spans(
         for ss in rs.scope_spans:
             try:
                 if ss.scope.name == UNDECODABLE_SCOPE:
-                    raise MalformedSpan(ss.scope.version)
+                    raise MalformedSpan(ss.scope.version[:_MAX_REASON])
                 sc: dict[str, Any] | MalformedSpan = scope_body(ss.scope, ss.schema_url)
             except MalformedSpan as e:
                 sc = e.with_traceback(None)

@@ -206,3 +206,50 @@ def test_a_part_that_fails_for_another_reason_still_fails_the_request() -> None:
         assert data.count(b"\xc3\x89zz") == 1
         with pytest.raises(InvalidRequest, match="not an OTLP protobuf request"):
             parse_otlp_protobuf(data.replace(b"\xc3\x89zz", b"\xc3\xc3zz"))
+
+
+def test_a_sender_naming_its_scope_as_the_marker_only_loses_its_own_spans(
+    tmp_path: Path
+) -> None:
+    # The marker is an ordinary scope name on the wire: a sender that uses it has the
+    # spans under it rejected, others are untouched, and its version is not echoed
+    # back whole.
+    req = trace_service_pb2.ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    forged = rs.scope_spans.add()
+    forged.scope.name, forged.scope.version = UNDECODABLE_SCOPE, "X" * 100_000
+    forged.spans.append(otlp_span(TRACE_A, 1))
+    rs.scope_spans.add().spans.append(otlp_span(TRACE_B, 2))
+    receiver = Receiver(tmp_path / "out", signing_key=signing_key(), seal_grace=0.0)
+    receiver.start()
+    try:
+        result = receiver(parse_otlp_protobuf(req.SerializeToString()).resource_spans)
+        assert receiver.flush()
+    finally:
+        receiver.shutdown()
+    assert result.rejected == 1 and len(result.message) < 1_000
+    reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)), allow_incomplete=True)
+    assert {r.statement.trace_id: span_ids(r) for r in reports} == {
+        TRACE_A: [], TRACE_B: [span_id(2)]}
+
+
+def test_piecewise_decoding_keeps_schema_urls_and_sets_apart_a_deep_scope() -> None:
+    req = trace_service_pb2.ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    rs.schema_url = "https://example.com/resource"
+    good = rs.scope_spans.add()
+    good.scope.name, good.schema_url = "lib", "https://example.com/scope"
+    good.spans.append(otlp_span(TRACE_A, 1))
+    _deep_span(good.spans, TRACE_A, 2, parent=1)  # makes the request fail whole
+    deep_scope = rs.scope_spans.add()
+    _nest(deep_scope.scope.attributes.add(key="deep").value, DEEP)
+    deep_scope.spans.append(otlp_span(TRACE_B, 3))
+    decoded = parse_otlp_protobuf(req.SerializeToString())
+    (drs,) = decoded.resource_spans
+    assert drs.schema_url == "https://example.com/resource"
+    kept = drs.scope_spans[0]
+    assert (kept.scope.name, kept.schema_url) == ("lib", "https://example.com/scope")
+    assert [s.span_id.hex() for s in kept.spans] == [span_id(1)]
+    apart = {ss.spans[0].span_id.hex(): ss.scope.version for ss in drs.scope_spans[1:]}
+    assert apart[span_id(2)].startswith("span cannot be decoded")
+    assert apart[span_id(3)].startswith("its scope cannot be decoded")
