@@ -139,17 +139,6 @@ def load_public_key(pem: bytes, source: str = "public key") -> Ed25519PublicKey:
     return key
 
 
-def _nanoseconds(text: str) -> tuple[datetime, int]:
-    """A time :func:`parse_time` took, as its whole second and the nanoseconds after
-    it, to order times that differ by less than the microsecond a datetime holds."""
-    match = _RFC3339_UTC.match(text)
-    assert match is not None  # parse_time took it
-    fraction = int((match[7] or "0").ljust(9, "0"))
-    if match[6] == "60":  # a leap second: after every other time of its minute
-        fraction += 1_000_000_000
-    return parse_time(text, "").replace(microsecond=0), fraction
-
-
 def parse_time(text: Any, where: str) -> datetime:
     """Parse an RFC 3339 UTC timestamp ending in ``Z`` (SPEC §5.3).
 
@@ -352,8 +341,9 @@ class TrustRoot:
                 )
             except InvalidBundle as e:
                 raise InvalidKey(str(e)) from None
-            if (valid_from is not None and valid_until is not None
-                    and _nanoseconds(entry["validFrom"]) >= _nanoseconds(entry["validUntil"])):
+            # Compared as every instant is (SPEC §5.3: to the microsecond, a leap
+            # second read as 23:59:59.999999): a window shorter than that holds none.
+            if valid_from is not None and valid_until is not None and valid_from >= valid_until:
                 raise InvalidKey(
                     f"{where}: validFrom {entry['validFrom']} is not before validUntil "
                     f"{entry['validUntil']}: the key would be valid at no time"
