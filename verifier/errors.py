@@ -39,6 +39,15 @@ __all__ = [
 class SpanproofError(Exception):
     """Base class of every error spanproof raises on purpose."""
 
+    def detached(self) -> SpanproofError:
+        """This error without its traceback or the errors it was raised from, to
+        keep: their frames and arguments hold what was being read (a hostile line,
+        decoded or parsed, many times its size), and the frame that caught it holds
+        it, a cycle only the cyclic collector frees, which allocations of untracked
+        objects never start.  The message keeps what they said."""
+        self.__cause__ = self.__context__ = None
+        return self.with_traceback(None)
+
 
 class InvalidBundle(SpanproofError):
     """The input is not a well-formed spanproof v1 document (SPEC §3, §8 step 1)."""

@@ -164,11 +164,7 @@ class _Run:
 
     def failed(self, name: str, error: SpanproofError) -> None:
         self.done[name] = Check(name, CHECKS.index(name) + 1, Status.FAIL, str(error))
-        # Kept without its traceback: the frames it names hold what was being read
-        # (a hostile line parsed, ~30 times its size), and this run, in one of
-        # them, holds the error: a cycle only the cyclic collector frees, which
-        # allocations of untracked objects (empty containers, strings) never start.
-        self.error = error.with_traceback(None)
+        self.error = error.detached()
 
     def skipped(self, name: str, message: str) -> None:
         self.done[name] = Check(name, CHECKS.index(name) + 1, Status.SKIPPED, message)

@@ -1281,7 +1281,7 @@ def test_structurally_mutated_record_never_crashes_the_verifier(kit: Kit, data: 
         assert report.verdict is Verdict.OK
 
 
-@pytest.mark.parametrize("where", ["header", "record"])
+@pytest.mark.parametrize("where", ["header", "record", "invalid record", "not UTF-8 record"])
 def test_a_failed_check_leaves_nothing_it_parsed_for_the_cyclic_collector(
     kit: Kit, where: str
 ) -> None:
@@ -1294,6 +1294,12 @@ def test_a_failed_check_leaves_nothing_it_parsed_for_the_cyclic_collector(
     filler = b"[" + b"{}," * 100_000 + b"{}]"
     if where == "record":
         bundle = header + filler + b"\n]}\n"
+    elif where == "invalid record":
+        # The JSON error the strict parser chains holds the decoded line in a frame.
+        bundle = header + b'["' + b"x" * 2_000_000 + b"\n]}\n"
+    elif where == "not UTF-8 record":
+        # The decoding error the strict parser chains holds the whole line.
+        bundle = header + b'["' + b"x" * 2_000_000 + b'\xff"]\n]}\n'
     else:
         envelope = header[: header.index(b',"mediaType"')]
         bundle = (envelope + b',"mediaType":"x","receipts":' + filler + RECORDS_OPEN
@@ -1307,5 +1313,5 @@ def test_a_failed_check_leaves_nothing_it_parsed_for_the_cyclic_collector(
         tracemalloc.stop()
         gc.enable()
     failed = [c.name for c in report.checks if c.status is Status.FAIL]
-    assert failed == (["records"] if where == "record" else ["format"])
+    assert failed == (["format"] if where == "header" else ["records"])
     assert left < 1_000_000, left

@@ -261,12 +261,17 @@ def test_submissions_and_checks_are_verified_one_at_a_time(
     assert most == 1
 
 
-def test_a_batch_keeps_none_of_its_refused_submissions_parsed(harness: Harness) -> None:
+@pytest.mark.parametrize("kind", ["parsed", "invalid JSON"])
+def test_a_batch_keeps_none_of_its_refused_submissions_parsed(
+    harness: Harness, kind: str
+) -> None:
     # Each refused submission's error was kept with its traceback, whose frames held
     # the submission as parsed (~30 times its size) and the batch's list of results,
     # which held the error: every refused submission of a batch stayed parsed until
-    # the batch was answered, and after it until the cyclic collector ran.
-    refused = b'{"payloadType":"x","z":[' + b"{}," * 100_000 + b"{}]}"
+    # the batch was answered, and after it until the cyclic collector ran.  Invalid
+    # JSON: the parser's error, chained to it, held the decoded submission.
+    refused = (b'{"payloadType":"x","z":[' + b"{}," * 100_000 + b"{}]}" if kind == "parsed"
+               else b'{"payloadType":"' + b"x" * 1_000_000)
     gc.disable()
     tracemalloc.start()
     try:
@@ -275,7 +280,10 @@ def test_a_batch_keeps_none_of_its_refused_submissions_parsed(harness: Harness) 
     finally:
         tracemalloc.stop()
         gc.enable()
-    assert all(str(r) == "envelope: unknown fields ['z']" for r in results)
+    if kind == "parsed":
+        assert all(str(r) == "envelope: unknown fields ['z']" for r in results)
+    else:
+        assert all("invalid JSON" in str(r) for r in results), results
     assert left < 2_000_000, left
 
 
