@@ -80,7 +80,8 @@ def format_double(value: float) -> str:
 def _utf16_key(key: str) -> bytes:
     # RFC 8785 §3.2.3: property names sort by their UTF-16 code units.
     try:
-        return key.encode("utf-16-be")
+        # str.encode, not key.encode: a str subclass's own encode must not order it.
+        return str.encode(key, "utf-16-be")
     except UnicodeEncodeError as e:
         raise CanonicalizationError(f"property name {key!r} contains a lone surrogate") from e
 

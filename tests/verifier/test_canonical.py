@@ -418,3 +418,14 @@ def test_loads_canonical_rejects_what_its_lenient_first_parse_accepts(
     # only when it re-encodes to exactly the input; everything else is diagnosed.
     with pytest.raises(error, match=f"^record 3: .*{re.escape(message)}"):
         loads_canonical(data, "record 3")
+
+
+def test_a_str_subclass_key_sorts_by_its_string_data_not_its_own_encode() -> None:
+    # Its own encode() ordered it: {"b":2,"a":1}, which no verifier reads as canonical.
+    class Shouting(str):
+        __slots__ = ()
+
+        def encode(self, *args: object, **kwargs: object) -> bytes:  # type: ignore[override]
+            return b"\xff\xff"
+
+    assert canonicalize({Shouting("a"): 1, "b": 2}) == b'{"a":1,"b":2}'
