@@ -109,6 +109,10 @@ class _Delivered:
 
     target: str
     receipt: bytes
+    #: How a receipt already beside the bundle is checked (kept_receipt): its form
+    #: and statement, and its signatures when witness keys are pinned.
+    belongs: Callable[[bytes], object]
+    verify: Callable[[bytes], object] | None
 
 
 class _OneByOne(Exception):
@@ -415,7 +419,8 @@ class WitnessSubmitter:
         (:func:`~spanproof.verifier.receipt.kept_receipt`): the submission is then
         done, and nothing is written."""
         try:
-            kept = kept_receipt(got.target, Receipt.from_bytes(got.receipt))
+            kept = kept_receipt(got.target, Receipt.from_bytes(got.receipt), got.belongs,
+                                got.verify)
         except LogInconsistent as e:
             _logger.error("spanproof: witness submission of %s: %s", got.target, e)
             kept = str(e)
@@ -661,9 +666,13 @@ class WitnessSubmitter:
                          verifier: ReceiptVerifier | None) -> _Delivered:
         """*receipt* for the submitted bundle *data* (read from *bundle*), verified
         with *verifier* (when witness keys are pinned), with where it goes."""
+        verify: Callable[[bytes], object] | None = None
         if verifier is not None:
             assert self._trust is not None
             statement = _own_statement(data, self._trust)
+
+            def verify(raw: bytes) -> object:
+                return verifier.verify(raw, statement)
             try:
                 verified = verifier.verify(receipt, statement)
             except SpanproofError as e:
@@ -681,7 +690,8 @@ class WitnessSubmitter:
                 raise _Transient(f"witness answer is not this bundle's receipt: {e}") from e
             _logger.info("receipt for %s stored (not verified: no witness key pinned)", bundle)
         try:
-            return _Delivered(receipt_path(bundle), receipt)
+            return _Delivered(receipt_path(bundle), receipt,
+                              lambda raw: unverified_receipt_for(data, raw), verify)
         except ValueError as e:
             raise _Permanent(str(e)) from e
 

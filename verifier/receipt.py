@@ -23,7 +23,7 @@ import io
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -497,11 +497,17 @@ def receipt_path(bundle_path: str | os.PathLike[str]) -> str:
     return path[: -len(BUNDLE_SUFFIX)] + RECEIPT_SUFFIX
 
 
-def kept_receipt(target: str, new: Receipt) -> str | None:
+def kept_receipt(target: str, new: Receipt, belongs: Callable[[bytes], object],
+                 verify: Callable[[bytes], object] | None = None) -> str | None:
     """Whether the receipt file *target*, already beside a bundle, is kept instead of
     *new*, the receipt a witness just gave for that bundle (SPEC §12.6): what to say
     when it is, or None when there is none to keep (no file, or one that is not a
-    receipt, which proves nothing and is replaced).
+    receipt for this bundle, which proves nothing and is replaced).  *belongs* checks
+    a receipt's form and statement against the bundle, *verify* its signatures with
+    the pinned witness keys (when there are): each raises :class:`SpanproofError`.
+    A file that cannot be read is kept: it may be a receipt.  One from this log that
+    does not verify is replaced, and only one that verifies is taken as proof of a
+    rollback or fork.
 
     A receipt beside a bundle is never replaced: it may be the only proof of what the
     log held when it was written, as a witness that later rolled back or forked
@@ -514,14 +520,30 @@ def kept_receipt(target: str, new: Receipt) -> str | None:
     """
     try:
         with open_regular(target) as f:
-            old = Receipt.from_bytes(f.read(MAX_RECEIPT_BYTES + 1))
-    except (OSError, SpanproofError):
-        return None  # none, unreadable or not a receipt: it proves nothing
+            raw = f.read(MAX_RECEIPT_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return f"kept {target}, which cannot be read ({e.strerror}): move it away to store this one"
+    try:
+        belongs(raw)
+        old = Receipt.from_bytes(raw)
+    except SpanproofError:
+        return None  # not a receipt for this bundle: it proves nothing
     if old.origin != new.origin or old.leaf != new.leaf:
         other = (f"from another log ({old.origin})" if old.origin != new.origin
                  else "for another statement or signer")
         return (f"kept the receipt already beside it ({target}), {other}: move it away "
                 "to store this one")
+    if verify is not None:
+        try:
+            verify(raw)
+        except SpanproofError:
+            return None  # this log's receipt, but not its signature: it proves nothing
+    elif old.leaf_index != new.leaf_index:
+        return (f"kept the receipt already beside it ({target}), which names index "
+                f"{old.leaf_index} of {old.origin}; not verified (no witness key pinned), "
+                "it proves no rollback")
     if old.leaf_index != new.leaf_index:
         raise LogInconsistent(
             f"the witness now has it at index {new.leaf_index}, but the receipt beside it "

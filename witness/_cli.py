@@ -461,16 +461,22 @@ class _Submitter:
         if not path.endswith(BUNDLE_SUFFIX):
             raise InvalidBundle(f"receipt not written: file name does not end in {BUNDLE_SUFFIX}")
         target = receipt_path(path)
+        verify: Callable[[bytes], object] | None = None
         if verifier is not None:
             assert report is not None
-            verified = verifier.verify(receipt, report)
+            pinned, checked = verifier, report
+            verified = pinned.verify(receipt, checked)
             note = f", receipt verified (checkpoint by {verified.origin})"
+
+            def verify(raw: bytes) -> object:
+                return pinned.verify(raw, checked)
         else:
             receipt = unverified_receipt_for(data, receipt)
             note = ", receipt NOT verified (no --witness-key)"
         new = "logged" if created else "already logged"
         flag = " [CONFLICT: another statement is logged for this trace segment]" if conflict else ""
-        kept = kept_receipt(target, Receipt.from_bytes(receipt))
+        kept = kept_receipt(target, Receipt.from_bytes(receipt),
+                            lambda raw: unverified_receipt_for(data, raw), verify)
         if kept is not None:
             return f"OK {path}: {new} at index {index}{note}; {kept}{flag}"
         write_atomic(target, receipt)

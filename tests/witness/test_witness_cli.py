@@ -998,6 +998,36 @@ def test_submit_keeps_a_receipt_from_another_log(
     assert Path(receipt_path(path)).read_bytes() == foreign
 
 
+def test_submit_replaces_a_receipt_of_its_log_that_does_not_verify(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any, producer_trust: TrustRoot,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # An edited index: it was kept, and the witness accused of a rollback or fork on
+    # the word of a file its key never signed.
+    url, (path, other) = _served_bundles(files, open_witness, serve_witness, 2)
+    assert _run(_submit_args(files, url, path, other), capsys)[0] == 0
+    forged = json.loads(Path(receipt_path(path)).read_bytes())
+    assert (forged["leafIndex"], forged["treeSize"]) == ("0", "2")
+    forged["leafIndex"] = "1"  # well formed, for this statement: only its proof fails
+    Path(receipt_path(path)).write_bytes((json.dumps(forged) + "\n").encode())
+    status, out, _ = _run(_submit_args(files, url, path), capsys)
+    assert status == 0 and "wrote" in out and "rollback" not in out, out
+    verify_receipt(Path(receipt_path(path)).read_bytes(), check_bundle(path, producer_trust),
+                   [WitnessKey.load(str(files["pub"]))])
+
+
+def test_submit_keeps_a_receipt_file_it_cannot_read(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # It was taken for no receipt at all, and replaced.
+    url, (path,) = _served_bundles(files, open_witness, serve_witness, 1)
+    os.mkfifo(receipt_path(path))
+    status, out, _ = _run(_submit_args(files, url, path), capsys)
+    assert status == 0 and "which cannot be read" in out, out
+    assert stat.S_ISFIFO(os.stat(receipt_path(path)).st_mode)
+
+
 def test_submit_replaces_a_file_that_is_not_a_receipt(
     files: dict[str, Path], open_witness: Any, serve_witness: Any, producer_trust: TrustRoot,
     capsys: pytest.CaptureFixture[str],

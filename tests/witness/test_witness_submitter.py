@@ -935,10 +935,14 @@ def test_a_receipt_already_beside_a_bundle_is_kept_and_its_submission_done(
     assert "kept the receipt already beside it" in caplog.text
 
 
+@pytest.mark.parametrize("pinned", [True, False], ids=["keys pinned", "no keys"])
 def test_a_rolled_back_witness_does_not_replace_the_receipt_that_proves_it(
     tmp_path: Path, witness_private: Ed25519PrivateKey, producer_trust: TrustRoot,
-    witness: Witness, caplog: pytest.LogCaptureFixture,
+    witness: Witness, witness_keys: list[WitnessKey], producer_key: SigningKey,
+    caplog: pytest.LogCaptureFixture, pinned: bool,
 ) -> None:
+    # Kept either way; called a rollback or fork only when the kept receipt verifies
+    # with the pinned witness key (an unsigned file proves nothing).
     sub, paths = _queued(tmp_path, witness, 2)
     assert sub.process_due() is None and sub.pending == 0
     evidence = Path(receipt_path(paths[1])).read_bytes()
@@ -950,14 +954,19 @@ def test_a_rolled_back_witness_does_not_replace_the_receipt_that_proves_it(
                               producer_trust=producer_trust, clock=FakeClock())
         fake = FakeWitness(rolled_back)
         fake.down = False
+        keys = {"producer_key": producer_key.private_key.public_key(),
+                "witness_keys": witness_keys} if pinned else {}
         again = WitnessSubmitter("http://w.invalid", tmp_path / "q2", post=fake,
-                                 clock=Clock(), rng=lambda: 0.0, start=False)
+                                 clock=Clock(), rng=lambda: 0.0, start=False, **keys)
         again.submit(paths[1])
-        with caplog.at_level("ERROR", "spanproof"):
+        with caplog.at_level("INFO", "spanproof"):
             assert again.process_due() is None
         assert again.pending == 0
         assert Path(receipt_path(paths[1])).read_bytes() == evidence
-        assert "names index 1" in caplog.text and "rollback or a fork" in caplog.text
+        if pinned:
+            assert "names index 1" in caplog.text and "rollback or a fork" in caplog.text
+        else:
+            assert "names index 1 of" in caplog.text and "proves no rollback" in caplog.text
         again.close()
     finally:
         store.close()
