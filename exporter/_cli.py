@@ -217,10 +217,6 @@ def _trace_of(result: BundleResult) -> str | None:
 # ------------------------------------------------------------------------ receiver
 
 
-#: The largest ``--max-message-bytes``: gRPC's message size limits are C ints.
-MAX_MESSAGE_BYTES = 2**31 - 1
-
-
 def _address(flag: str, value: str) -> str:
     """Check a ``HOST:PORT`` flag value (IPv6 hosts in brackets)."""
     host, sep, port = value.rpartition(":")
@@ -285,6 +281,7 @@ def receiver(
         UsageError: a malformed flag or setting, an unusable key file, or a
             *select_attributes* or *redact_attributes* that names no key (exit 2).
     """
+    from .otlp_server import MAX_MESSAGE_BYTES
     from .receiver import Receiver
 
     grpc = _address("--grpc", grpc)
@@ -310,7 +307,6 @@ def receiver(
     if sealing_processes > MAX_SEALING_PROCESSES:
         raise UsageError(f"--sealing-processes must be at most {MAX_SEALING_PROCESSES}, "
                          f"got {sealing_processes}")
-    # gRPC takes its message size limits as a C int.
     if max_message_bytes is not None and max_message_bytes > MAX_MESSAGE_BYTES:
         raise UsageError(f"--max-message-bytes must be at most {MAX_MESSAGE_BYTES} "
                          f"(2 GiB - 1), got {max_message_bytes}")

@@ -52,6 +52,7 @@ from .otlp import UNDECODABLE_SCOPE
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "MAX_MESSAGE_BYTES",
     "GrpcServer",
     "HttpServer",
     "IngestResult",
@@ -66,6 +67,17 @@ _logger = logging.getLogger(__name__)
 
 # gRPC's default is 4 MiB; a Collector batch of large GenAI spans easily exceeds it.
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: The largest *max_message_bytes*: gRPC's message size limits are C ints.
+MAX_MESSAGE_BYTES = 2**31 - 1
+
+
+def _check_message_bytes(max_message_bytes: int) -> None:
+    """Refuse a request size limit the servers cannot apply (gRPC would raise
+    OverflowError beyond a C int, and no request fits in 0 bytes)."""
+    if (type(max_message_bytes) is not int
+            or not 1 <= max_message_bytes <= MAX_MESSAGE_BYTES):
+        raise ValueError(f"max_message_bytes must be an integer from 1 to "
+                         f"{MAX_MESSAGE_BYTES} (2 GiB - 1), got {max_message_bytes!r}")
 
 
 @dataclass(frozen=True)
@@ -121,12 +133,23 @@ class ServerTLS:
     so a renewed certificate is served without a restart.  Files that changed but
     cannot be used together (a certificate renewed before its key) are logged, and
     the previous ones served until the files change again.
+
+    Raises:
+        ValueError: *reload_interval* is negative or not a number.
     """
 
     cert_file: str
     key_file: str
     client_ca_file: str | None = None
     reload_interval: float = TLS_RELOAD_SECONDS
+
+    def __post_init__(self) -> None:
+        # NaN would look at every connection, a negative number too, silently.
+        interval = self.reload_interval
+        if (isinstance(interval, bool) or not isinstance(interval, (int, float))
+                or not interval >= 0):
+            raise ValueError(f"reload_interval must be a number of seconds >= 0 "
+                             f"(inf: never), got {interval!r}")
 
     def ssl_context(self) -> ssl.SSLContext:
         """The OTLP/HTTP server's context, as the files are now.
@@ -1105,7 +1128,8 @@ class GrpcServer:
     *tls*, it serves TLS (and, with a client CA, mutual TLS) only.
 
     Raises:
-        ValueError: *calls_at_once* is less than *workers*, or a TLS file is unusable.
+        ValueError: *calls_at_once* is less than *workers*, *max_message_bytes* is
+            not from 1 to `MAX_MESSAGE_BYTES`, or a TLS file is unusable.
         OSError: *address* cannot be listened on.
     """
 
@@ -1121,6 +1145,7 @@ class GrpcServer:
         admission: Admission = _always_accepting,
         tls: ServerTLS | None = None,
     ) -> None:
+        _check_message_bytes(max_message_bytes)
         if calls_at_once < workers:
             raise ValueError(f"calls_at_once ({calls_at_once}) must be at least "
                              f"workers ({workers})")
@@ -1661,7 +1686,8 @@ class HttpServer:
     connection's handshake must end within the time its request head has.
 
     Raises:
-        ValueError: a TLS file is unusable.
+        ValueError: *max_message_bytes* is not from 1 to `MAX_MESSAGE_BYTES`, or a
+            TLS file is unusable.
         OSError: *address* cannot be listened on.
     """
 
@@ -1675,6 +1701,7 @@ class HttpServer:
         admission: Admission = _always_accepting,
         tls: ServerTLS | None = None,
     ) -> None:
+        _check_message_bytes(max_message_bytes)
         host, _, port = address.rpartition(":")
         context = None if tls is None else _TLSFiles(tls, tls.ssl_context)
         self._server = _BoundedServer(

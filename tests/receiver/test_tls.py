@@ -492,3 +492,16 @@ def test_certificate_files_are_looked_at_at_most_once_per_interval(
     finally:
         grpc_server.stop(0)
         http_server.stop()
+
+
+@pytest.mark.parametrize("interval", [-1, -0.5, float("nan"), "60", None, True])
+def test_a_reload_interval_that_is_no_time_to_wait_is_refused(pki: Pki, interval: Any) -> None:
+    # NaN and negative numbers looked at the files at every connection, silently.
+    with pytest.raises(ValueError, match="reload_interval must be a number of seconds >= 0"):
+        ServerTLS(str(pki.server_cert), str(pki.server_key), reload_interval=interval)
+
+
+@pytest.mark.parametrize("interval", [0, 0.25, 3600, float("inf")])
+def test_a_reload_interval_of_zero_or_more_seconds_is_taken(pki: Pki, interval: float) -> None:
+    tls = ServerTLS(str(pki.server_cert), str(pki.server_key), reload_interval=interval)
+    assert tls.reload_interval == interval

@@ -22,6 +22,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from processes import wait_for
 
 from spanproof.exporter.otlp_server import (
+    MAX_MESSAGE_BYTES,
     GrpcServer,
     HttpServer,
     IngestResult,
@@ -621,6 +622,26 @@ def test_http_gzip_body_of_several_members_passes_every_member(http_url, ingest)
     assert code == 200
     assert [len(rs.scope_spans[0].spans) for rs in ingest.seen] == [2, 3]
     assert ingest.seen[1].scope_spans[0].spans[0].name == "second member"
+
+
+@pytest.mark.parametrize("server", [GrpcServer, HttpServer])
+@pytest.mark.parametrize("limit", [0, -1, MAX_MESSAGE_BYTES + 1, 2**63, 1.5, True])
+def test_a_message_size_limit_the_servers_cannot_apply_is_refused_by_name(
+        ingest, server, limit):
+    # gRPC raised OverflowError deep in its options beyond a C int; 0 took no request.
+    with pytest.raises(ValueError, match=r"max_message_bytes must be an integer from 1 "
+                                         r"to 2147483647 \(2 GiB - 1\), got "):
+        server("127.0.0.1:0", ingest, max_message_bytes=limit)
+
+
+def test_the_largest_message_size_limit_is_taken(ingest):
+    grpc_server = GrpcServer("127.0.0.1:0", ingest, max_message_bytes=MAX_MESSAGE_BYTES)
+    grpc_server.start()
+    grpc_server.stop(0)
+    http_server = HttpServer("127.0.0.1:0", ingest, max_message_bytes=MAX_MESSAGE_BYTES)
+    http_server.start()
+    http_server.stop()
+    assert grpc_server.port > 0 and http_server.port > 0
 
 
 def test_http_gzip_size_limit_counts_every_member(ingest):
