@@ -159,7 +159,7 @@ def _encode(value: Any, out: list[str]) -> None:
 #   place, and any ``null`` at all takes the exact encoder, which raises for NaN;
 # * member order: orjson sorts by code point, RFC 8785 §3.2.3 by UTF-16 code unit.
 #   The orders agree unless a key holds a character above U+FFFF (its surrogates
-#   sort below U+E000-U+FFFF); _NON_BMP_KEY looks for one only when the UTF-8 bytes
+#   sort below U+E000-U+FFFF); _NON_BMP_STRING looks for one only when the UTF-8 bytes
 #   hold a four-byte sequence at all;
 # * enum members and ``uuid.UUID`` values, which orjson encodes natively as their
 #   values where the exact encoder refuses them, are not JSON types; canonicalize's
@@ -189,9 +189,13 @@ _FAST_OPTIONS = (
 _NUMBER_AFTER_COLON = re.compile(rb'":[-0-9]')
 _NUMBER_AFTER_COMMA = re.compile(rb',[-0-9](?<=[]"}el],.)')
 _NUMBER_FIRST_IN_ARRAY = re.compile(rb"\[[-0-9]")
-# From a character inside a string to the string's closing quote (an escape is a
-# backslash and one character); a closing quote followed by ``:`` ends a key.
-_NON_BMP_KEY = re.compile(rb'[\xf0-\xf4](?:[^"\\]|\\.)*":')
+# From the lead byte of a four-byte sequence (never part of an escape) to the closing
+# quote of its string (an escape is a backslash and one character), and the ``:``
+# after it when the string is a key.  A match always ends at its string's closing
+# quote, and the next search starts after it, so each byte is scanned once: a search
+# for the key alone restarted at every such lead byte of a value and scanned on to
+# the string's end each time, quadratic in the string's length.
+_NON_BMP_STRING = re.compile(rb'[\xf0-\xf4][^"\\]*(?:\\.[^"\\]*)*"(:?)')
 
 
 def _canonicalize_fast(value: Any) -> bytes | None:
@@ -212,7 +216,7 @@ def _canonicalize_fast(value: Any) -> bytes | None:
         not data.isascii()
         and (b"\xf0" in data or b"\xf1" in data or b"\xf2" in data or b"\xf3" in data
              or b"\xf4" in data)  # the lead bytes of four-byte UTF-8 sequences
-        and _NON_BMP_KEY.search(data)
+        and any(string[1] for string in _NON_BMP_STRING.finditer(data))
     ):
         return None
     return data

@@ -247,6 +247,32 @@ def test_utf16_key_order_differs_from_code_point_order() -> None:
     assert _canonicalize_fast({"a": "\U0001f600", "b\ue000": ""}) is not None
 
 
+@pytest.mark.timeout(60)  # the defect took hours: a search restarted at every emoji
+def test_a_megabyte_string_of_non_bmp_characters_is_checked_in_one_pass() -> None:
+    # An unsigned member of a bundle header (SPEC §7.2) held this: every document the
+    # verifier, the witness or a producer canonicalizes goes through the key check.
+    text = "\U0001f600" * 1_000_000
+    value = {"receipts": text, "\U0001f600key": [text, "\ue000"]}
+    data = b'{"receipts":"' + text.encode() + b'","\xf0\x9f\x98\x80key":["' + \
+        text.encode() + b'","\xee\x80\x80"]}'
+    assert canonicalize(value) == data  # one key above U+FFFF: the exact encoder
+    assert loads_canonical(data) == value
+    del value["\U0001f600key"]
+    assert _canonicalize_fast(value) == data[:len(text.encode()) + 14] + b"}"
+
+
+@pytest.mark.parametrize(("value", "fast"), [
+    ({"a": '\U0001f600":', "b": ""}, True),    # an escaped quote and a colon in a value
+    ({"a": "\U0001f600\\", "b": ""}, True),   # a value ending in a backslash
+    ({"a": "\U0001f600\\", "\U0001f600": ""}, False),
+    ({"a": ["\U0001f600", "\U0001f600"], "k\\\U0001f600\"": ""}, False),
+])
+def test_a_key_above_u_ffff_is_found_after_any_value_string(
+        value: dict[str, Any], fast: bool) -> None:
+    assert (_canonicalize_fast(value) is not None) is fast
+    assert canonicalize(value) == rfc8785.dumps(value) == _canonicalize_exact(value)
+
+
 class _Pairs(Sequence[Any]):
     def __init__(self, *items: Any) -> None:
         self._items = items
