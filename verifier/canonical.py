@@ -8,11 +8,12 @@ insists the input bytes were already canonical.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -86,25 +87,25 @@ def _utf16_key(key: str) -> bytes:
         raise CanonicalizationError(f"property name {key!r} contains a lone surrogate") from e
 
 
-def _encode(value: Any, out: list[str]) -> None:
+def _encode(value: Any, write: Callable[[str], object]) -> None:
     if isinstance(value, str):
-        out.append(_encode_string(value))
+        write(_encode_string(value))
     elif value is True:
-        out.append("true")
+        write("true")
     elif value is False:
-        out.append("false")
+        write("false")
     elif value is None:
-        out.append("null")
+        write("null")
     elif isinstance(value, int):
         if not -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER:
             raise CanonicalizationError(
                 f"integer {value} is outside the I-JSON range +-(2^53-1) "
                 "(SPEC §3.1 item 5; v1 writes such integers as decimal strings, §2.2)"
             )
-        out.append(str(value))
+        write(str(value))
     elif isinstance(value, float):
-        out.append(format_double(value))
-    elif isinstance(value, Mapping):
+        write(format_double(value))
+    elif type(value) is not list and isinstance(value, Mapping):  # (an ABC's slow check)
         exact = True
         for key in value:
             if type(key) is not str:
@@ -116,23 +117,24 @@ def _encode(value: Any, out: list[str]) -> None:
             # string data: the JSON would hold two members of one name, which no
             # strict parser accepts (SPEC §3.2).
             raise CanonicalizationError("two property names hold the same string")
-        out.append("{")
+        write("{")
         first = True
         for key in sorted(value, key=_utf16_key):
             if not first:
-                out.append(",")
+                write(",")
             first = False
-            out.append(_encode_string(key))
-            out.append(":")
-            _encode(value[key], out)
-        out.append("}")
-    elif isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):
-        out.append("[")
+            write(_encode_string(key))
+            write(":")
+            _encode(value[key], write)
+        write("}")
+    elif type(value) is list or (isinstance(value, Sequence)
+                                 and not isinstance(value, (bytes, bytearray))):
+        write("[")
         for i, item in enumerate(value):
             if i:
-                out.append(",")
-            _encode(item, out)
-        out.append("]")
+                write(",")
+            _encode(item, write)
+        write("]")
     else:
         raise CanonicalizationError(f"{type(value).__name__} is not a JSON value")
 
@@ -247,10 +249,12 @@ _LONE_SURROGATE = (
 
 def _canonicalize_exact(value: Any) -> bytes:
     """The exact encoder: a direct transcription of RFC 8785 §3.2."""
-    out: list[str] = []
-    _encode(value, out)
+    # Written to a buffer, not joined from a list of pieces: a document of millions
+    # of numbers would hold a string object for each.
+    out = io.StringIO()
+    _encode(value, out.write)
     try:
-        return "".join(out).encode("utf-8")
+        return out.getvalue().encode("utf-8")
     except UnicodeEncodeError as e:
         raise CanonicalizationError(_LONE_SURROGATE) from e
 
@@ -297,16 +301,23 @@ MAX_NESTING = 512
 
 
 def _nested_deeper_than(value: Any, limit: int) -> bool:
-    """Whether arrays and objects nest more than *limit* levels in *value* (iterative)."""
-    pending = [(value, 1)]
-    while pending:
-        item, depth = pending.pop()
-        if isinstance(item, (dict, list)):
-            if depth > limit:
-                return True
-            children = item.values() if isinstance(item, dict) else item
-            pending.extend((child, depth + 1) for child in children
-                           if isinstance(child, (dict, list)))
+    """Whether arrays and objects nest more than *limit* levels in *value*.
+
+    Level by level, without recursion, holding one reference per array or object of
+    a level: a line of millions of tiny arrays costs no more than a list of them.
+    """
+    level = [value] if isinstance(value, (dict, list)) else []
+    depth = 1  # of the arrays and objects in level
+    while level:
+        if depth > limit:
+            return True
+        deeper: list[Any] = []
+        for item in level:
+            for child in item.values() if isinstance(item, dict) else item:
+                if isinstance(child, (dict, list)):
+                    deeper.append(child)
+        level = deeper
+        depth += 1
     return False
 
 

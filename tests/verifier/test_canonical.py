@@ -8,6 +8,7 @@ differential test against the independent ``rfc8785`` package.
 from __future__ import annotations
 
 import re
+import tracemalloc
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,9 @@ from hypothesis import strategies as st
 from spanproof.verifier import CanonicalizationError, InvalidBundle
 from spanproof.verifier.canonical import (
     MAX_NESTING,
+    _canonicalize_exact,
+    _canonicalize_fast,
+    _nested_deeper_than,
     canonicalize,
     format_double,
     loads_canonical,
@@ -151,6 +155,45 @@ def test_parse_strict_refuses_nesting_beyond_max_nesting() -> None:
     assert parse_strict(_nested(MAX_NESTING)) is not None
     with pytest.raises(InvalidBundle, match=r"^doc: JSON nested too deeply"):
         parse_strict(_nested(MAX_NESTING + 1), "doc")
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda deep: b"[" + b"[]," * 1000 + deep + b',{"a":{}}]',
+    lambda deep: b'{"a":[[{}]],"b":' + deep + b',"c":"x"}',
+])
+def test_the_deepest_member_anywhere_decides_the_nesting_verdict(
+        wrap: Callable[[bytes], bytes]) -> None:
+    assert parse_strict(wrap(_nested(MAX_NESTING - 1)))
+    with pytest.raises(InvalidBundle, match="nested too deeply"):
+        parse_strict(wrap(_nested(MAX_NESTING - 1, b"{}")))
+
+
+def test_the_nesting_check_holds_a_reference_per_array_not_a_tuple() -> None:
+    # A 64 MiB line of empty arrays made the check hold a (value, depth) pair and a
+    # generator for each, about 1.2 GB beside the parsed value.
+    wide = [[] for _ in range(200_000)]
+    tracemalloc.start()
+    try:
+        assert not _nested_deeper_than(wide, MAX_NESTING)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 200_000 * 16
+
+
+def test_the_exact_encoder_holds_no_string_object_per_number() -> None:
+    # Numbers take the exact encoder; a line of 32 million of them took 3 GB in a
+    # list of pieces, one new string for each.
+    numbers = [0] * 1_000_000
+    assert _canonicalize_fast(numbers) is None
+    tracemalloc.start()
+    try:
+        data = _canonicalize_exact(numbers)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert data == b"[" + b"0," * 999_999 + b"0]"
+    assert peak < 4 * len(data)
 
 
 def test_deep_nesting_with_a_surrogate_pair_escape_is_refused_not_raised() -> None:
