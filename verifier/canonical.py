@@ -13,8 +13,9 @@ import json
 import math
 import re
 import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -36,6 +37,7 @@ __all__ = [
 _MAX_SAFE_INTEGER = 2**53 - 1
 
 _encode_string = json.encoder.encode_basestring
+_T = TypeVar("_T")
 
 
 def format_double(value: float) -> str:
@@ -137,6 +139,28 @@ def _encode(value: Any, write: Callable[[str], object]) -> None:
         write("]")
     else:
         raise CanonicalizationError(f"{type(value).__name__} is not a JSON value")
+
+
+def _on_a_new_stack(function: Callable[[], _T]) -> _T:
+    """*function*'s result, computed in a new thread, which starts with an empty
+    stack: what recursion ran out of in a deep caller's stack (the standard
+    library's parser, the exact encoder) gets the same answer as from a shallow one
+    (SPEC §3.3).  Its exception is raised here."""
+    results: list[_T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(function())
+        except BaseException as e:  # raised in the caller's thread below
+            errors.append(e)
+
+    thread = threading.Thread(target=run, name="spanproof-new-stack", daemon=True)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return results[0]
 
 
 # --- fast path -------------------------------------------------------------------
@@ -252,7 +276,11 @@ def _canonicalize_exact(value: Any) -> bytes:
     # Written to a buffer, not joined from a list of pieces: a document of millions
     # of numbers would hold a string object for each.
     out = io.StringIO()
-    _encode(value, out.write)
+    try:
+        _encode(value, out.write)
+    except RecursionError:  # the caller's stack may be what ran out
+        out = io.StringIO()
+        _on_a_new_stack(lambda: _encode(value, out.write))
     try:
         return out.getvalue().encode("utf-8")
     except UnicodeEncodeError as e:
@@ -357,11 +385,18 @@ def parse_strict(data: bytes | str, what: str = "document") -> Any:
         text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
     except UnicodeDecodeError as e:
         raise InvalidBundle(f"{what}: not valid UTF-8 (byte {e.start})") from e
-    try:
-        value = json.loads(
+
+    def load() -> Any:
+        return json.loads(
             text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant,
             parse_int=_parse_int,
         )
+
+    try:
+        try:
+            value = load()
+        except RecursionError:  # the caller's stack may be what ran out
+            value = _on_a_new_stack(load)
     except InvalidBundle as e:
         raise InvalidBundle(f"{what}: {e}") from None
     except json.JSONDecodeError as e:

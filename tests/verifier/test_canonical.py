@@ -8,6 +8,7 @@ differential test against the independent ``rfc8785`` package.
 from __future__ import annotations
 
 import re
+import sys
 import tracemalloc
 import unicodedata
 from collections.abc import Callable
@@ -151,6 +152,14 @@ def _from_deep_stack(frames: int, call: Callable[[], Any]) -> Any:
     return call() if frames == 0 else _from_deep_stack(frames - 1, call)
 
 
+def _nearly_all_frames() -> int:
+    """The frames a caller can add here and still leave *call* about 30 of its own."""
+    depth, frame = 0, sys._getframe()
+    while frame is not None:
+        depth, frame = depth + 1, frame.f_back
+    return sys.getrecursionlimit() - depth - 30
+
+
 def test_parse_strict_refuses_nesting_beyond_max_nesting() -> None:
     assert parse_strict(_nested(MAX_NESTING)) is not None
     with pytest.raises(InvalidBundle, match=r"^doc: JSON nested too deeply"):
@@ -209,12 +218,26 @@ def test_deep_nesting_with_a_surrogate_pair_escape_is_refused_not_raised() -> No
 @pytest.mark.parametrize("depth", [MAX_NESTING + 1, 700, 982, 2000])
 def test_the_nesting_verdict_does_not_depend_on_the_callers_stack(depth: int) -> None:
     # orjson encodes no more than 255 levels, so these take the strict path and
-    # the recursive exact encoder; from a deep caller it used to raise RecursionError
-    # where a shallow caller got a verdict.
-    for frames in (0, 300):
+    # the recursive exact encoder; from a deep enough caller it raised RecursionError,
+    # or refused 512 levels as too deep, where a shallow caller got OK.
+    for frames in (0, 300, _nearly_all_frames()):
         with pytest.raises(InvalidBundle, match="nested too deeply"):
             _from_deep_stack(frames, lambda: loads_canonical(_nested(depth)))
         assert _from_deep_stack(frames, lambda: loads_canonical(_nested(MAX_NESTING)))
+        assert _from_deep_stack(frames, lambda: canonicalize(parse_strict(
+            _nested(MAX_NESTING)))) == _nested(MAX_NESTING)
+
+
+@pytest.mark.parametrize(("inner", "defect"), [
+    (b'{"a":"1","a":"2"}', "duplicate JSON key 'a'"),
+    (b'"\\ud800"', "lone surrogate"),
+    (b"NaN", "NaN"),
+])
+def test_a_strict_parse_retried_on_a_new_stack_still_names_the_defect(
+        inner: bytes, defect: str) -> None:
+    document = b"[" * 500 + inner + b"]" * 500
+    with pytest.raises(InvalidBundle, match=defect):
+        _from_deep_stack(_nearly_all_frames(), lambda: parse_strict(document))
 
 
 def test_parse_strict_keeps_values_exact() -> None:
