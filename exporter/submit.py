@@ -109,9 +109,8 @@ class _Delivered:
 
     target: str
     receipt: bytes
-    #: How a receipt already beside the bundle is checked (kept_receipt): its form
-    #: and statement, and its signatures when witness keys are pinned.
-    belongs: Callable[[bytes], object]
+    #: How a receipt already beside the bundle is verified (kept_receipt) when
+    #: witness keys are pinned.
     verify: Callable[[bytes], object] | None
 
 
@@ -419,8 +418,7 @@ class WitnessSubmitter:
         (:func:`~spanproof.verifier.receipt.kept_receipt`): the submission is then
         done, and nothing is written."""
         try:
-            kept = kept_receipt(got.target, Receipt.from_bytes(got.receipt), got.belongs,
-                                got.verify)
+            kept = kept_receipt(got.target, Receipt.from_bytes(got.receipt), got.verify)
         except LogInconsistent as e:
             _logger.error("spanproof: witness submission of %s: %s", got.target, e)
             kept = str(e)
@@ -690,8 +688,7 @@ class WitnessSubmitter:
                 raise _Transient(f"witness answer is not this bundle's receipt: {e}") from e
             _logger.info("receipt for %s stored (not verified: no witness key pinned)", bundle)
         try:
-            return _Delivered(receipt_path(bundle), receipt,
-                              lambda raw: unverified_receipt_for(data, raw), verify)
+            return _Delivered(receipt_path(bundle), receipt, verify)
         except ValueError as e:
             raise _Permanent(str(e)) from e
 

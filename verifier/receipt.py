@@ -497,26 +497,25 @@ def receipt_path(bundle_path: str | os.PathLike[str]) -> str:
     return path[: -len(BUNDLE_SUFFIX)] + RECEIPT_SUFFIX
 
 
-def kept_receipt(target: str, new: Receipt, belongs: Callable[[bytes], object],
+def kept_receipt(target: str, new: Receipt,
                  verify: Callable[[bytes], object] | None = None) -> str | None:
     """Whether the receipt file *target*, already beside a bundle, is kept instead of
     *new*, the receipt a witness just gave for that bundle (SPEC §12.6): what to say
     when it is, or None when there is none to keep (no file, or one that is not a
-    receipt for this bundle, which proves nothing and is replaced).  *belongs* checks
-    a receipt's form and statement against the bundle, *verify* its signatures with
-    the pinned witness keys (when there are): each raises :class:`SpanproofError`.
-    A file that cannot be read is kept: it may be a receipt.  One from this log that
-    does not verify is replaced, and only one that verifies is taken as proof of a
-    rollback or fork.
+    receipt, which proves nothing and is replaced).
 
-    A receipt beside a bundle is never replaced: it may be the only proof of what the
-    log held when it was written, as a witness that later rolled back or forked
-    answers from its new history.  The same log naming another index for the same
-    leaf is that proof.
+    A receipt is kept: it may be the only proof of what the log held when it was
+    written, as a witness that later rolled back or forked answers from its new
+    history.  That holds for one from another log, or for another statement or
+    signer, too.  A file that cannot be read is kept: it may be a receipt.  One from
+    this log for the same leaf is replaced when it does not verify with *verify*
+    (the pinned witness keys; it raises :class:`SpanproofError`), which it must to be
+    taken as proof of a rollback or fork: naming another index for the same leaf.
+    Without *verify* another index is only reported.
 
     Raises:
         LogInconsistent: *target* is from the same log and for the same leaf as
-            *new*, at another index.
+            *new*, at another index, and verifies.
     """
     try:
         with open_regular(target) as f:
@@ -526,10 +525,9 @@ def kept_receipt(target: str, new: Receipt, belongs: Callable[[bytes], object],
     except OSError as e:
         return f"kept {target}, which cannot be read ({e.strerror}): move it away to store this one"
     try:
-        belongs(raw)
         old = Receipt.from_bytes(raw)
     except SpanproofError:
-        return None  # not a receipt for this bundle: it proves nothing
+        return None  # not a receipt: it proves nothing
     if old.origin != new.origin or old.leaf != new.leaf:
         other = (f"from another log ({old.origin})" if old.origin != new.origin
                  else "for another statement or signer")

@@ -475,8 +475,7 @@ class _Submitter:
             note = ", receipt NOT verified (no --witness-key)"
         new = "logged" if created else "already logged"
         flag = " [CONFLICT: another statement is logged for this trace segment]" if conflict else ""
-        kept = kept_receipt(target, Receipt.from_bytes(receipt),
-                            lambda raw: unverified_receipt_for(data, raw), verify)
+        kept = kept_receipt(target, Receipt.from_bytes(receipt), verify)
         if kept is not None:
             return f"OK {path}: {new} at index {index}{note}; {kept}{flag}"
         write_atomic(target, receipt)

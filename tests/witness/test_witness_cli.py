@@ -998,6 +998,21 @@ def test_submit_keeps_a_receipt_from_another_log(
     assert Path(receipt_path(path)).read_bytes() == foreign
 
 
+def test_submit_keeps_a_receipt_for_another_statement(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # It was replaced: it proves what the log held for that statement all the same.
+    url, (path, other) = _served_bundles(files, open_witness, serve_witness, 2)
+    assert _run(_submit_args(files, url, other), capsys)[0] == 0
+    foreign = Path(receipt_path(other)).read_bytes()
+    Path(receipt_path(path)).write_bytes(foreign)
+    status, out, _ = _run(_submit_args(files, url, path), capsys)
+    assert status == 0, out
+    assert "for another statement or signer: move it away" in out
+    assert Path(receipt_path(path)).read_bytes() == foreign
+
+
 def test_submit_replaces_a_receipt_of_its_log_that_does_not_verify(
     files: dict[str, Path], open_witness: Any, serve_witness: Any, producer_trust: TrustRoot,
     capsys: pytest.CaptureFixture[str],

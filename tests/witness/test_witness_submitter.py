@@ -935,6 +935,21 @@ def test_a_receipt_already_beside_a_bundle_is_kept_and_its_submission_done(
     assert "kept the receipt already beside it" in caplog.text
 
 
+def test_a_receipt_for_another_statement_beside_a_bundle_is_kept(
+    tmp_path: Path, witness: Witness, caplog: pytest.LogCaptureFixture
+) -> None:
+    sub, (path,) = _queued(tmp_path, witness, 1)
+    (tmp_path / "more").mkdir()
+    other = write_bundle(tmp_path / "more", make_bundle(trace_id(5)))
+    foreign = witness.submit(other.read_bytes(), None).receipt.to_bytes()
+    Path(receipt_path(path)).write_bytes(foreign)
+    with caplog.at_level("INFO", "spanproof"):
+        assert sub.process_due() is None
+    assert sub.pending == 0
+    assert Path(receipt_path(path)).read_bytes() == foreign
+    assert "for another statement or signer" in caplog.text
+
+
 @pytest.mark.parametrize("pinned", [True, False], ids=["keys pinned", "no keys"])
 def test_a_rolled_back_witness_does_not_replace_the_receipt_that_proves_it(
     tmp_path: Path, witness_private: Ed25519PrivateKey, producer_trust: TrustRoot,
