@@ -82,7 +82,12 @@ def _bad_name(name: str) -> bool:
     )
 
 
-def _strict_b64(text: str, what: str) -> bytes:
+def strict_b64(text: str, what: str) -> bytes:
+    """The bytes of *text*, canonical base64 (SPEC §1.3).
+
+    Raises:
+        InvalidReceipt: *text* is not standard base64, or not its canonical form.
+    """
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as e:
@@ -169,7 +174,7 @@ class SignedNote:
             name, sep, blob = line[len(_SIG_PREFIX) :].partition(" ")
             if not sep or _bad_name(name) or " " in blob:
                 raise InvalidReceipt(f"{where}: must be '\u2014 <key name> <base64 signature>'")
-            decoded = _strict_b64(blob, where)
+            decoded = strict_b64(blob, where)
             if len(decoded) < 5:
                 raise InvalidReceipt(f"{where}: signature is shorter than its 4-byte key hash")
             sigs.append(NoteSignature(name, decoded[:4], decoded[4:]))
@@ -356,7 +361,7 @@ class Checkpoint:
                 f"checkpoint: tree size {size_text[:40]!r} is not a decimal without leading "
                 "zeros below 2^64"
             )
-        root = _strict_b64(root_text, "checkpoint: root hash")
+        root = strict_b64(root_text, "checkpoint: root hash")
         if len(root) != HASH_SIZE:
             raise InvalidReceipt(f"checkpoint: root hash is {len(root)} bytes, not {HASH_SIZE}")
         size = int(size_text)

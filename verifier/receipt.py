@@ -17,7 +17,6 @@ Receipts live beside their bundle: ``<name>.receipt.json`` for
 from __future__ import annotations
 
 import base64
-import binascii
 import dataclasses
 import io
 import os
@@ -30,7 +29,7 @@ from typing import Any, Protocol
 from ._files import open_regular
 from .bundle import BUNDLE_SUFFIX
 from .canonical import canonicalize, parse_strict
-from .checkpoint import VerifiedCheckpoint, WitnessKey, verify_checkpoint
+from .checkpoint import VerifiedCheckpoint, WitnessKey, strict_b64, verify_checkpoint
 from .errors import (
     InvalidBundle,
     InvalidReceipt,
@@ -115,10 +114,8 @@ def _uint(value: Any, where: str) -> int:
 def _hash_b64(value: Any, where: str) -> bytes:
     if not isinstance(value, str):
         raise InvalidReceipt(f"{where}: must be a base64 string")
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise InvalidReceipt(f"{where}: not valid standard base64") from e
+    # Canonical, as a checkpoint's root hash: one receipt, one spelling (SPEC §1.3).
+    raw = strict_b64(value, where)
     if len(raw) != HASH_SIZE:
         raise InvalidReceipt(f"{where}: must be a {HASH_SIZE}-byte hash")
     return raw

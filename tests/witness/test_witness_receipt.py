@@ -149,6 +149,31 @@ def test_altered_inclusion_proof_is_rejected(
         verify_receipt(_edit(receipt, lambda d: d["inclusionProof"].pop()), report, keys)
 
 
+def test_an_inclusion_proof_hash_in_non_canonical_base64_is_refused(
+    witness: Witness, tmp_path: Path, keys: list[WitnessKey], producer_trust: TrustRoot
+) -> None:
+    # A pad bit set decodes to the same hash: a second spelling of one receipt, which
+    # a checkpoint's root hash is refused for.
+    paths = [write_bundle(tmp_path, make_bundle(trace_id(i))) for i in range(3)]
+    for p in paths:
+        witness.submit(p.read_bytes())
+    receipt = witness.lookup(index=1)[0][2].to_bytes()
+    report = check_bundle(paths[1], producer_trust)
+    verify_receipt(receipt, report, keys)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+    def pad_bit(d: dict[str, Any]) -> None:
+        text = d["inclusionProof"][0]
+        last = alphabet.index(text[-2])  # 32 bytes: 43 digits, the last with 2 pad bits
+        d["inclusionProof"][0] = text[:-2] + alphabet[last | 1] + "="
+
+    altered = _edit(receipt, pad_bit)
+    assert altered != receipt
+    with pytest.raises(errors.InvalidReceipt,
+                       match=r"inclusionProof\[0\]: base64 is not in canonical"):
+        verify_receipt(altered, report, keys)
+
+
 def test_altered_leaf_index_is_rejected(
     witness: Witness, tmp_path: Path, keys: list[WitnessKey], producer_trust: TrustRoot
 ) -> None:
