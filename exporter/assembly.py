@@ -153,6 +153,19 @@ class SealJob:
     position: ChainPosition
     reason: str
     completeness: Completeness
+    #: Of the completeness's dropped and rejected spans, those of no trace this
+    #: assembler could name, declared here: not the trace's own, so not taken off
+    #: the counts its journal holds (:func:`journaled_counts`).
+    untracked_dropped: int = 0
+    untracked_rejected: int = 0
+
+    def journaled_counts(self) -> dict[str, int]:
+        """The trace's own loss counts the bundle declares, as a journal's ``sealed``
+        entry records them (replay takes them off the trace's journaled counts)."""
+        c = self.completeness
+        return {"dropped": c.dropped_spans - self.untracked_dropped,
+                "rejected": c.rejected_spans - self.untracked_rejected,
+                "unsampled": c.unsampled_spans}
 
 
 @dataclass
@@ -639,30 +652,29 @@ class TraceAssembler:
         if entry.conflicts:
             ids = {body_span_id(body) for body in taken}
             conflicts = tuple(sorted(entry.conflicts & ids))
-        dropped, notes = entry.dropped, tuple(entry.notes)
-        if self._untracked_lost:
-            # Losses whose trace could not be remembered are declared in the next
-            # bundle of any trace: over-declaring beats silence.
-            dropped += self._untracked_lost
-            notes += (_UNTRACKED_NOTE.format(self._untracked_lost),)
-            self._untracked_lost = 0
-        rejected = entry.rejected
-        if self._untracked_rejected:
-            rejected += self._untracked_rejected
-            notes += (_UNTRACKED_REJECTED_NOTE.format(self._untracked_rejected),)
-            self._untracked_rejected = 0
+        notes = tuple(entry.notes)
+        # Losses whose trace could not be remembered are declared in the next bundle
+        # of any trace: over-declaring beats silence.
+        untracked_dropped, untracked_rejected = self._untracked_lost, self._untracked_rejected
+        if untracked_dropped:
+            notes += (_UNTRACKED_NOTE.format(untracked_dropped),)
+        if untracked_rejected:
+            notes += (_UNTRACKED_REJECTED_NOTE.format(untracked_rejected),)
+        self._untracked_lost = self._untracked_rejected = 0
         job = SealJob(
             entry.trace_id,
             tuple(taken),
             entry.position,
             reason,
             Completeness(
-                dropped_spans=dropped,
-                rejected_spans=rejected,
+                dropped_spans=entry.dropped + untracked_dropped,
+                rejected_spans=entry.rejected + untracked_rejected,
                 unsampled_spans=entry.unsampled,
                 conflicts=conflicts,
                 notes=notes,
             ),
+            untracked_dropped,
+            untracked_rejected,
         )
         entry.bodies = rest
         entry.seen = {}

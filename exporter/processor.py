@@ -114,7 +114,7 @@ class _JournaledSealer(SpanproofSpanExporter):
         # Journal key of each body the assembler holds, by the body's identity.
         self._body_keys: dict[int, str] = {}
         # Journal keys of each sealed bundle not yet written, by the bundle's identity.
-        self._bundle_keys: dict[int, tuple[SealedBundle, list[str]]] = {}
+        self._bundle_keys: dict[int, tuple[SealedBundle, list[str], dict[str, int]]] = {}
         # Journal keys of the spans of segments that could not be sealed, by trace:
         # the trace's next bundle declares those spans dropped, and its write retires
         # them (unretired, they kept their journal files, and each file's descriptor,
@@ -170,7 +170,7 @@ class _JournaledSealer(SpanproofSpanExporter):
             raise
         with self._lock:
             keys += self._abandoned_keys.pop(job.trace_id, [])
-            self._bundle_keys[id(bundle)] = (bundle, keys)
+            self._bundle_keys[id(bundle)] = (bundle, keys, job.journaled_counts())
         return bundle
 
     def _write(self, bundle: SealedBundle, outcome: str | Exception | None = None) -> bool:
@@ -189,10 +189,10 @@ class _JournaledSealer(SpanproofSpanExporter):
                 for stale in [k for k in self._bundle_keys if k not in waiting]:
                     del self._bundle_keys[stale]
         if ok and self._journal is not None:
-            keys = entry[1] if entry is not None else []
+            keys, declared = ((entry[1], entry[2]) if entry is not None
+                              else ([], declared_counts(bundle.statement.completeness)))
             self._retiring.append((bundle.statement.trace_id, keys,
-                                   position_to_json(bundle.next_position()),
-                                   declared_counts(bundle.statement.completeness),
+                                   position_to_json(bundle.next_position()), declared,
                                    bundle.file_name))
         return ok
 

@@ -55,7 +55,6 @@ from spanproof.verifier.statement import Producer
 
 from ._recovery import (
     continue_on_disk,
-    declared_counts,
     position_to_json,
     seal_orphaned_journals,
     written_segment,
@@ -1020,7 +1019,7 @@ class Receiver:
                 keys = [held[0] for held in (self._keys.pop(id(b), None) for b in job.bodies)
                         if held is not None]
                 items.append((job.trace_id, keys, position_to_json(position),
-                              declared_counts(job.completeness)))
+                              job.journaled_counts()))
         try:
             self._journal.append_sealed_many(items)
         except OSError as e:

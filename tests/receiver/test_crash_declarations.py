@@ -117,3 +117,38 @@ def test_a_rejection_arriving_while_its_trace_is_written_is_declared_after_a_cra
     reports = verified(str(out), trust_root(str(tmp_path)), allow_incomplete=True)
     assert [span_ids(r) for r in reports] == [[span_id(1), span_id(2)], [span_id(3)]]
     assert [r.statement.completeness.rejected_spans for r in reports if r.statement] == [0, 1]
+
+
+def test_a_loss_of_no_trace_declared_in_a_bundle_retires_none_of_its_trace_s_own(
+    tmp_path: Path,
+) -> None:
+    # A span of no trace, rejected, is declared in the next bundle of any trace; its
+    # count, never journaled under that trace, was taken off the trace's journaled
+    # ones: a rejection journaled while the bundle was written went undeclared.
+    clock = FakeClock()
+    out = tmp_path / "out"
+    first: Receiver | None = None
+
+    class DuringWrite(DirectorySink):
+        def write(self, bundle: Any) -> str:
+            path = super().write(bundle)
+            if first is not None and bundle.statement.segment_index == 0:
+                bad = otlp_span(TRACE_A, 4, parent=1)
+                bad.span_id = b"\x01\x02\x03"
+                late = request(otlp_span(TRACE_A, 3, parent=1, name="late"), bad)
+                assert first(late.resource_spans).rejected == 1
+            return path
+
+    first = Receiver(out, signing_key=signing_key(), clock=clock, seal_grace=2.0,
+                     idle_timeout=30.0, sink=DuringWrite(str(out)))
+    first.start()
+    nameless = otlp_span("0" * 32, 9)  # a zero trace id: no trace to declare it in
+    assert first(request(nameless, otlp_span(TRACE_A, 1, name="root"))
+                 .resource_spans).rejected == 1
+    clock.advance(5)
+    assert first.flush()
+    crash(first)
+    assert len(restart(out, clock)) == 1
+    reports = verified(str(out), trust_root(str(tmp_path)), allow_incomplete=True)
+    assert [span_ids(r) for r in reports] == [[span_id(1)], [span_id(3)]]
+    assert [r.statement.completeness.rejected_spans for r in reports if r.statement] == [1, 1]

@@ -24,6 +24,7 @@ from reliability_support import (
 )
 
 from spanproof.exporter import EvidenceSpanProcessor
+from spanproof.exporter.journal import _read_entries
 from spanproof.verifier import TrustRoot, Verdict, check_bundle
 
 
@@ -735,3 +736,39 @@ def test_shutdown_from_a_signal_handler_during_on_end_seals_when_on_end_returns(
     assert journaled_span_ids(tmp_path / "journal") == set()
     assert _sealed(tmp_path) == {ended[0]: "shutdown"}
     assert ended[1:] == (["exit"] if then == "exit" else [])
+
+
+def test_a_loss_of_no_trace_is_not_retired_from_the_journal_counts_of_the_trace_declaring_it(
+    tmp_path: Path,
+) -> None:
+    # A rejected span of no trace (a zero trace id) is declared in the next bundle of
+    # any trace; the journal's sealed entry for that bundle took the count off the
+    # trace's own, hiding a rejection of the trace journaled meanwhile after a crash.
+    from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+
+    class FirstTraceZero(IdGenerator):
+        def __init__(self) -> None:
+            self.random, self.traces = RandomIdGenerator(), 0
+
+        def generate_trace_id(self) -> int:
+            self.traces += 1
+            return 0 if self.traces == 1 else self.random.generate_trace_id()
+
+        def generate_span_id(self) -> int:
+            return self.random.generate_span_id()
+
+    processor = make_processor(tmp_path)
+    traced = Traced(processor, id_generator=FirstTraceZero())
+    with evidence_span(traced.tracer, "nameless"):
+        pass
+    with evidence_span(traced.tracer, "root"):
+        pass
+    assert processor.force_flush(10_000)
+    journal = processor.exporter._journal  # type: ignore[attr-defined]
+    sealed = [entry for path in sorted(Path(journal.directory).glob("journal-*.log"))
+              for entry in _read_entries(str(path)) if entry["t"] == "sealed"]
+    processor.shutdown()
+    [report] = [check_bundle(str(p), _trust(tmp_path)) for p in bundles(tmp_path)]
+    assert report.statement is not None
+    assert report.statement.completeness.rejected_spans == 1  # the nameless span's
+    assert [entry["declared"] for entry in sealed] == [{}]
