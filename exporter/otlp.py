@@ -50,12 +50,22 @@ UNDECODABLE_SCOPE = "\x00spanproof: not decodable"
 _MAX_REASON = 300
 
 
-def _value(v: common_pb2.AnyValue, where: str, depth: int = 0) -> dict[str, Any]:
+class _Defect(Exception):
+    """A defect of an attribute value: its message, and the keys from the attributes
+    converted to the defective value, innermost first (formatted only when raised)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.keys: list[str] = []
+
+
+def _value(v: common_pb2.AnyValue, depth: int) -> dict[str, Any]:
     kind = v.WhichOneof("value")
     if kind is None:
         return {}  # valid at any depth (SPEC §2.3), as None on the SDK path
     if depth > MAX_DEPTH:
-        raise MalformedSpan(f"{where}: value nested deeper than {MAX_DEPTH}")
+        raise _Defect(f"value nested deeper than {MAX_DEPTH}")
     if kind == "string_value":
         return {"stringValue": v.string_value}
     if kind == "bool_value":
@@ -67,29 +77,59 @@ def _value(v: common_pb2.AnyValue, where: str, depth: int = 0) -> dict[str, Any]
     if kind == "bytes_value":
         return {"bytesValue": base64.b64encode(v.bytes_value).decode("ascii")}
     if kind == "array_value":
-        return {"arrayValue": [_value(x, where, depth + 1) for x in v.array_value.values]}
+        return {"arrayValue": [_value(x, depth + 1) for x in v.array_value.values]}
     if kind == "kvlist_value":
-        return {"kvlistValue": _attributes(v.kvlist_value.values, where, depth + 1)}
-    raise MalformedSpan(f"{where}: unsupported value type {kind}")
+        return {"kvlistValue": _values(v.kvlist_value.values, depth + 1)}
+    raise _Defect(f"unsupported value type {kind}")
 
 
-def _attributes(kvs: Any, where: str, depth: int = 0) -> dict[str, Any]:
+def _values(kvs: Any, depth: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kv in kvs:
         key = kv.key
         if key in out:
-            raise MalformedSpan(f"{where}: duplicate attribute key {key!r}")
+            raise _Defect(f"duplicate attribute key {_shown_key(key)}")
         value = kv.value
         kind = value.WhichOneof("value")
-        # Strings and integers first, without building the error location that
-        # only _value's failures need (most attributes of most spans).
+        # Strings and integers first, the most attributes of most spans.
         if kind == "string_value" and depth <= MAX_DEPTH:
             out[key] = {"stringValue": value.string_value}
         elif kind == "int_value" and depth <= MAX_DEPTH:
             out[key] = {"intValue": str(value.int_value)}
         else:
-            out[key] = _value(value, f"{where}[{key!r}]", depth)
+            try:
+                out[key] = _value(value, depth)
+            except _Defect as e:
+                e.keys.append(key)
+                raise
     return out
+
+
+def _attributes(kvs: Any, where: str) -> dict[str, Any]:
+    """The typed values of the attributes *kvs* (SPEC §2.3).
+
+    Raises:
+        MalformedSpan: naming *where*, the keys down to the defective value, and the
+            defect.
+    """
+    try:
+        return _values(kvs, 0)
+    except _Defect as e:
+        # The location is built here, on failure only: built at every nested value,
+        # it took time proportional to the length of a key (of any length) times the
+        # number of values under it, with every other request waiting.
+        keys = "".join(f"[{_shown_key(key)}]" for key in reversed(e.keys))
+        raise MalformedSpan(f"{where}{keys}: {e.message}") from None
+
+
+def _shown_key(key: str) -> str:
+    """*key* as an error message shows it: quoted, and cut when long."""
+    if len(key) <= _SHOWN_KEY:
+        return repr(key)
+    return f"{key[:_SHOWN_KEY]!r}... ({len(key)} characters)"
+
+
+_SHOWN_KEY = 100
 
 
 def _trace_id(raw: bytes, where: str) -> str:
