@@ -168,6 +168,34 @@ class SealJob:
                 "unsampled": c.unsampled_spans}
 
 
+class _Versions:
+    """The pending bodies of one span id.  An identical one is found by its hash when
+    the bodies are :class:`SerializedBody` (the receiver's, whose senders choose
+    span ids: thousands of versions of one id were compared one by one), else by
+    comparing each (the SDK path's dicts, whose ids the SDK draws at random)."""
+
+    __slots__ = ("bodies", "hashed")
+
+    def __init__(self, body: Body) -> None:
+        self.bodies = [body]
+        self.hashed: set[SerializedBody] | None = (
+            {body} if isinstance(body, SerializedBody) else None)
+
+    def holds(self, body: Body) -> bool:
+        """Whether a body equal to *body* is among them."""
+        if self.hashed is not None and isinstance(body, SerializedBody):
+            return body in self.hashed
+        return any(version == body for version in self.bodies)
+
+    def add(self, body: Body) -> None:
+        self.bodies.append(body)
+        if self.hashed is not None:
+            if isinstance(body, SerializedBody):
+                self.hashed.add(body)
+            else:
+                self.hashed = None
+
+
 @dataclass
 class _Trace:
     """An open trace.  ``position is None`` while a segment of it is in flight."""
@@ -178,7 +206,7 @@ class _Trace:
     bodies: list[Body] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)  # body_bytes of each of bodies
     size: int = 0  # their sum
-    seen: dict[str, list[Body]] = field(default_factory=dict)
+    seen: dict[str, _Versions] = field(default_factory=dict)
     conflicts: set[str] = field(default_factory=set)
     dropped: int = 0
     rejected: int = 0
@@ -292,7 +320,7 @@ class TraceAssembler:
         the trace, not yet handed out to be sealed: :meth:`add` would ignore it."""
         entry = self._traces.get(trace_id)
         versions = None if entry is None else entry.seen.get(body_span_id(body))
-        return versions is not None and any(version == body for version in versions)
+        return versions is not None and versions.holds(body)
 
     # -- input -----------------------------------------------------------------
 
@@ -316,11 +344,11 @@ class TraceAssembler:
         span_id = body_span_id(body)
         versions = entry.seen.get(span_id)
         if versions is None:
-            entry.seen[span_id] = [body]
-        elif any(version == body for version in versions):
+            entry.seen[span_id] = _Versions(body)
+        elif versions.holds(body):
             return False  # an identical re-delivery: already pending
         else:
-            versions.append(body)  # same span id, different content: a conflict
+            versions.add(body)  # same span id, different content: a conflict
             entry.conflicts.add(span_id)
         if conflict:
             entry.conflicts.add(span_id)
@@ -679,7 +707,12 @@ class TraceAssembler:
         entry.bodies = rest
         entry.seen = {}
         for body in rest:
-            entry.seen.setdefault(body_span_id(body), []).append(body)
+            span_id = body_span_id(body)
+            versions = entry.seen.get(span_id)
+            if versions is None:
+                entry.seen[span_id] = _Versions(body)
+            else:
+                versions.add(body)
         entry.conflicts = {c for c in entry.conflicts if c in entry.seen}
         entry.dropped = entry.rejected = entry.unsampled = 0
         entry.notes = []

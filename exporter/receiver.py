@@ -43,7 +43,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any, TypeGuard
@@ -212,16 +212,18 @@ def _is_local_root(span: trace_pb2.Span) -> bool:
 
 class _SpanMemory:
     """Fingerprints of recently accepted spans by (trace, span id), oldest trace evicted
-    first once more than *capacity* spans are remembered."""
+    first once more than *capacity* spans are remembered (a trace's oldest span ids
+    when it is the only one)."""
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
-        self._traces: collections.OrderedDict[str, dict[str, list[bytes]]] = (
+        self._traces: collections.OrderedDict[str, dict[str, dict[bytes, None]]] = (
             collections.OrderedDict()
         )
         self._size = 0
 
-    def versions(self, trace_id: str, span_id: str) -> list[bytes] | None:
+    def versions(self, trace_id: str, span_id: str) -> Container[bytes] | None:
+        """The fingerprints remembered for the span, or None when there are none."""
         spans = self._traces.get(trace_id)
         return None if spans is None else spans.get(span_id)
 
@@ -231,11 +233,26 @@ class _SpanMemory:
             spans = self._traces[trace_id] = {}
         else:
             self._traces.move_to_end(trace_id)
-        spans.setdefault(span_id, []).append(fingerprint)
+        versions = spans.setdefault(span_id, {})
+        if fingerprint in versions:
+            return
+        versions[fingerprint] = None
         self._size += 1
-        while self._size > self._capacity and len(self._traces) > 1:
-            _, forgotten = self._traces.popitem(last=False)
-            self._size -= sum(len(v) for v in forgotten.values())
+        while self._size > self._capacity:
+            if len(self._traces) > 1:
+                _, forgotten = self._traces.popitem(last=False)
+                self._size -= sum(len(v) for v in forgotten.values())
+                continue
+            # One trace holds them all (one sender's span ids): its oldest span id
+            # goes, or, when that is this span's, its oldest version.
+            oldest = next(iter(spans))
+            if oldest == span_id and len(versions) > 1:
+                del versions[next(iter(versions))]
+                self._size -= 1
+            else:
+                self._size -= len(spans.pop(oldest))
+                if not spans:
+                    del self._traces[trace_id]
 
     def remove(self, trace_id: str, span_id: str, fingerprint: bytes) -> None:
         """Forget one fingerprint added by :meth:`add` (if still remembered), and the
@@ -244,7 +261,7 @@ class _SpanMemory:
         versions = None if spans is None else spans.get(span_id)
         if spans is None or versions is None or fingerprint not in versions:
             return
-        versions.remove(fingerprint)
+        del versions[fingerprint]
         self._size -= 1
         if not versions:
             del spans[span_id]

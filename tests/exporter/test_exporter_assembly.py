@@ -604,3 +604,16 @@ def test_rejections_of_no_known_trace_are_declared_once_in_the_next_bundle() -> 
     (second,) = asm.due(10.0)
     assert second.completeness.rejected_spans == 0  # declared once only
     assert second.completeness.notes == ()
+
+
+@pytest.mark.timeout(60)
+def test_many_versions_of_one_span_id_are_told_apart_by_hash() -> None:
+    # The receiver's senders choose span ids: each version of one was compared with
+    # every pending one, 10,000 versions taking ~5 s with the ingest lock held.
+    asm = assembler(max_records=100_000, max_pending_bytes=1 << 40)
+    versions = [SerializedBody("00f067aa0ba902b7", b'{"n":%d}' % n) for n in range(50_000)]
+    for version in versions:
+        asm.add(T1, version, 0.0)
+    assert asm.holds_copy(T1, SerializedBody("00f067aa0ba902b7", b'{"n":49999}'))
+    assert not asm.holds_copy(T1, SerializedBody("00f067aa0ba902b7", b'{"n":50000}'))
+    assert not asm.add(T1, SerializedBody("00f067aa0ba902b7", b'{"n":7}'), 0.0)
