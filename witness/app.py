@@ -3,16 +3,19 @@
 Thin: parse the request, call :class:`~spanproof.witness.service.Witness` in a
 worker thread (its calls block on SQLite, fsync and hashing), map errors to status
 codes.  Bad input is 400, a bundle that fails verification 422 (with the report),
-an oversized body 413, storage trouble 503 (retry later).
+an oversized body 413, a body not received in time 408, no turn to read a body
+or storage trouble 503 (retry later).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import logging
 import re
+from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
@@ -30,21 +33,38 @@ from spanproof.verifier.records import is_digest, is_trace_id
 
 from .service import LOOKUP_PAGE_ENTRIES, SubmissionRejected, SubmitResult, Witness
 
-__all__ = ["DEFAULT_MAX_BODY", "MAX_BATCH", "PUBLIC_KEY_HEADER", "REQUESTS_AT_ONCE", "create_app"]
+__all__ = [
+    "BODY_MAX_SECONDS",
+    "BODY_MIN_RATE",
+    "BODY_SECONDS",
+    "DEFAULT_MAX_BODY",
+    "MAX_BATCH",
+    "PUBLIC_KEY_HEADER",
+    "REQUESTS_AT_ONCE",
+    "TURN_WAIT",
+    "create_app",
+]
 
 _logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY = 64 * 1024 * 1024
 #: A request's body must arrive within this long, plus a second for every
 #: BODY_MIN_RATE bytes received: a byte now and then fails it within a minute, a
-#: slow but steady upload does not.
+#: slow but steady upload does not...
 BODY_SECONDS = 60.0
 BODY_MIN_RATE = 8 * 1024
+#: ...and within this long in all, however steady: a body read holds a turn (below),
+#: and a client sending just over BODY_MIN_RATE held one for hours (2.3 for 64 MiB),
+#: so eight of them kept every other submission waiting.
+BODY_MAX_SECONDS = 120.0
 #: Submissions (and checks) whose bodies are read at once; the others wait, their
 #: bytes left in their sockets: memory is bounded by this many bodies of at most
 #: ``--max-body``, not by the number of clients, plus what verifying one of them
 #: takes (the witness verifies them one at a time).
 REQUESTS_AT_ONCE = 8
+#: How long a request waits for its turn before it is answered 503 (Retry-After).
+TURN_WAIT = 10.0
+_BUSY_RETRY_AFTER = "1"
 PUBLIC_KEY_HEADER = "Spanproof-Public-Key"
 _UINT = re.compile(r"(0|[1-9][0-9]{0,19})\Z")
 # Log positions and sizes are SQLite integers: a larger one names nothing (and the
@@ -54,14 +74,18 @@ _NO_STORE = {"Cache-Control": "no-store"}
 
 
 class _HTTPError(Exception):
-    def __init__(self, status: int, message: str, extra: dict[str, Any] | None = None) -> None:
+    def __init__(self, status: int, message: str, extra: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.extra = extra or {}
+        self.headers = headers or {}
 
 
-def _error(status: int, message: str, extra: dict[str, Any] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, **(extra or {})}, status_code=status, headers=_NO_STORE)
+def _error(status: int, message: str, extra: dict[str, Any] | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, **(extra or {})}, status_code=status,
+                        headers={**(headers or {}), **_NO_STORE})
 
 
 def _uint_param(request: Request, name: str, *, required: bool) -> int | None:
@@ -78,9 +102,9 @@ def _uint_param(request: Request, name: str, *, required: bool) -> int | None:
     return number
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request's body, at most *limit* bytes, arrived in time (BODY_SECONDS,
-    plus a second per BODY_MIN_RATE bytes received).
+async def _read_body(request: Request, limit: int, seconds: float, most_seconds: float) -> bytes:
+    """The request's body, at most *limit* bytes, arrived in time: within *seconds*
+    plus a second per BODY_MIN_RATE bytes received, and within *most_seconds* in all.
 
     A client that sent a byte now and then held its request, and a graceful
     shutdown, for as long as it liked; one that went away mid-body logged a
@@ -95,7 +119,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     started = loop.time()
     stream = request.stream().__aiter__()
     while True:
-        left = started + BODY_SECONDS + total / BODY_MIN_RATE - loop.time()
+        left = started + min(seconds + total / BODY_MIN_RATE, most_seconds) - loop.time()
         try:
             if left <= 0:
                 raise asyncio.TimeoutError
@@ -105,8 +129,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
         except asyncio.TimeoutError:
             raise _HTTPError(
                 408, f"request body not received in time ({total} bytes in "
-                     f"{loop.time() - started:.0f} s; {BODY_SECONDS:g} s are allowed, and "
-                     f"a second more for every {BODY_MIN_RATE} bytes)") from None
+                     f"{loop.time() - started:.0f} s; {seconds:g} s are allowed, and "
+                     f"a second more for every {BODY_MIN_RATE} bytes, "
+                     f"{most_seconds:g} s at most)") from None
         except ClientDisconnect:
             _logger.debug("client went away while sending its request body")
             raise _HTTPError(400, "client went away while sending its request body") from None
@@ -182,10 +207,44 @@ def _page() -> tuple[bytes, str]:
     return html, csp
 
 
-def create_app(witness: Witness, *, max_body: int = DEFAULT_MAX_BODY) -> Starlette:
-    """Build the ASGI app serving *witness* (routes in SPEC §12.9)."""
+def create_app(
+    witness: Witness,
+    *,
+    max_body: int = DEFAULT_MAX_BODY,
+    requests_at_once: int | None = None,
+    turn_wait: float | None = None,
+    body_seconds: float | None = None,
+    body_max_seconds: float | None = None,
+) -> Starlette:
+    """Build the ASGI app serving *witness* (routes in SPEC §12.9).
+
+    The limits left None are the module's (REQUESTS_AT_ONCE, TURN_WAIT,
+    BODY_SECONDS, BODY_MAX_SECONDS) when the app is built.
+    """
     page, csp = _page()
-    turns = asyncio.Semaphore(REQUESTS_AT_ONCE)
+    at_once = REQUESTS_AT_ONCE if requests_at_once is None else requests_at_once
+    wait = TURN_WAIT if turn_wait is None else turn_wait
+    seconds = BODY_SECONDS if body_seconds is None else body_seconds
+    most_seconds = BODY_MAX_SECONDS if body_max_seconds is None else body_max_seconds
+    turns = asyncio.Semaphore(at_once)
+
+    @contextlib.asynccontextmanager
+    async def turn() -> AsyncIterator[None]:
+        # A turn waited for without end let slow senders holding every turn keep a
+        # genuine submission waiting for as long as they kept sending.
+        try:
+            await asyncio.wait_for(turns.acquire(), wait)
+        except asyncio.TimeoutError:
+            raise _HTTPError(
+                503, f"busy: {at_once} request bodies are being read; retry later",
+                headers={"Retry-After": _BUSY_RETRY_AFTER}) from None
+        try:
+            yield
+        finally:
+            turns.release()
+
+    async def read_body(request: Request) -> bytes:
+        return await _read_body(request, max_body, seconds, most_seconds)
 
     async def index(request: Request) -> Response:
         return Response(
@@ -209,8 +268,8 @@ def create_app(witness: Witness, *, max_body: int = DEFAULT_MAX_BODY) -> Starlet
         return PlainTextResponse(note.decode("utf-8"), headers=_NO_STORE)
 
     async def submit_batch(request: Request) -> Response:
-        async with turns:
-            bodies = await run_in_threadpool(_batch_bodies, await _read_body(request, max_body))
+        async with turn():
+            bodies = await run_in_threadpool(_batch_bodies, await read_body(request))
             results = await run_in_threadpool(
                 witness.submit_batch, bodies, request.headers.get(PUBLIC_KEY_HEADER)
             )
@@ -218,8 +277,8 @@ def create_app(witness: Witness, *, max_body: int = DEFAULT_MAX_BODY) -> Starlet
                             headers=_NO_STORE)
 
     async def submit(request: Request) -> Response:
-        async with turns:
-            body = await _read_body(request, max_body)
+        async with turn():
+            body = await read_body(request)
             try:
                 result = await run_in_threadpool(
                     witness.submit, body, request.headers.get(PUBLIC_KEY_HEADER)
@@ -238,8 +297,8 @@ def create_app(witness: Witness, *, max_body: int = DEFAULT_MAX_BODY) -> Starlet
         )
 
     async def check(request: Request) -> Response:
-        async with turns:
-            body = await _read_body(request, max_body)
+        async with turn():
+            body = await read_body(request)
             doc = await run_in_threadpool(witness.check, body,
                                           request.headers.get(PUBLIC_KEY_HEADER))
         return JSONResponse(doc, headers=_NO_STORE)
@@ -324,7 +383,7 @@ def create_app(witness: Witness, *, max_body: int = DEFAULT_MAX_BODY) -> Starlet
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, _HTTPError)
-        return _error(exc.status, str(exc), exc.extra)
+        return _error(exc.status, str(exc), exc.extra, exc.headers)
 
     async def on_bad_input(request: Request, exc: Exception) -> Response:
         return _error(400, str(exc))

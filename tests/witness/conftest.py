@@ -34,13 +34,14 @@ def witness_private() -> Ed25519PrivateKey:
 
 @pytest.fixture
 def serve_witness(tmp_path: Path) -> Iterator[Any]:
-    """Factory: start an in-thread witness server for a Witness; stopped at teardown."""
+    """Factory: start an in-thread witness server for a Witness (keyword arguments: the
+    app's limits, see ``create_app``); stopped at teardown."""
     from spanproof.witness.app import create_app
 
     servers: list[ThreadServer] = []
 
-    def start(witness: Any, port: int | None = None) -> ThreadServer:
-        srv = start_thread_server(create_app(witness), port)
+    def start(witness: Any, port: int | None = None, **limits: Any) -> ThreadServer:
+        srv = start_thread_server(create_app(witness, **limits), port)
         servers.append(srv)
         return srv
 
