@@ -183,20 +183,30 @@ def _seal_trace(
     unencodable, rejected = rejected, rejected + trace.rejected_spans
     if directory is not None and trace.instance:
         earlier = _written_segments(trace.trace_id, instance, position, directory, signer)
+        unrecorded = 0
         for report in earlier:
             assert report.statement is not None
+            held = len(bodies)
             _remove_certified(bodies, report.records or ())
+            position = _after(report)
+            if report.records and len(bodies) == held:
+                # It certifies none of the journaled spans: its sealed entry was
+                # journaled, which retired its spans and its counts, and then
+                # deleted with its file (so no position led past it).  The counts
+                # left are the trace's next bundle's.
+                continue
+            unrecorded += 1
             declared = report.statement.completeness
             dropped = max(0, dropped - declared.dropped_spans)
             unsampled = max(0, unsampled - declared.unsampled_spans)
             rejected = max(0, rejected - declared.rejected_spans)
             unencodable = min(unencodable, rejected)
-            position = _after(report)
-        if earlier:
+        if unrecorded:
             _logger.warning(
                 "spanproof: trace %s: %d bundle(s) were written before the crash but not "
                 "recorded as sealed; %d span(s) left to seal after them",
-                trace.trace_id, len(earlier), len(bodies))
+                trace.trace_id, unrecorded, len(bodies))
+        if earlier:
             if not bodies and not (dropped or unsampled or rejected or damaged):
                 return []
     notes = [RECOVERED_NOTE.format(instance)]

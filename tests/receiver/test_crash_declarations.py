@@ -13,6 +13,7 @@ from typing import Any
 
 from receiver_support import (
     TRACE_A,
+    TRACE_B,
     FakeClock,
     crash,
     otlp_span,
@@ -151,4 +152,37 @@ def test_a_loss_of_no_trace_declared_in_a_bundle_retires_none_of_its_trace_s_own
     assert len(restart(out, clock)) == 1
     reports = verified(str(out), trust_root(str(tmp_path)), allow_incomplete=True)
     assert [span_ids(r) for r in reports] == [[span_id(1)], [span_id(3)]]
+    assert [r.statement.completeness.rejected_spans for r in reports if r.statement] == [1, 1]
+
+
+def test_a_late_rejection_is_declared_after_a_crash_once_the_sealed_entry_is_deleted(
+    tmp_path: Path, monkeypatch: Any,
+) -> None:
+    # After 64 MiB of other traffic the journal file holding the trace's sealed entry
+    # is deleted, so recovery walks its chain from segment 0 on disk: it took segment
+    # 0's declared rejection off the journaled one of the late span.
+    from spanproof.exporter import journal
+
+    monkeypatch.setattr(journal, "ROTATE_BYTES", 1)  # every entry ends its file
+    clock = FakeClock()
+    out = tmp_path / "out"
+    first = quiet_receiver(out, clock)
+    first.start()
+    bad = otlp_span(TRACE_A, 2, parent=1)
+    bad.span_id = b"\x01\x02\x03"
+    assert first(request(otlp_span(TRACE_A, 1), bad).resource_spans).rejected == 1
+    clock.advance(5)
+    assert first.flush()
+    for n in range(3):  # other traces, sealed: the journal moves on
+        first(request(otlp_span(TRACE_B, 10 + n)).resource_spans)
+        clock.advance(5)
+        assert first.flush()
+    late_bad = otlp_span(TRACE_A, 5, parent=1)
+    late_bad.span_id = b"\x05"
+    assert first(request(otlp_span(TRACE_A, 4, parent=1), late_bad).resource_spans).rejected == 1
+    crash(first)
+    assert len(restart(out, clock)) == 1
+    reports = [r for r in verified(str(out), trust_root(str(tmp_path)), allow_incomplete=True)
+               if r.statement is not None and r.statement.trace_id == TRACE_A]
+    assert [span_ids(r) for r in reports] == [[span_id(1)], [span_id(4)]]
     assert [r.statement.completeness.rejected_spans for r in reports if r.statement] == [1, 1]
