@@ -103,7 +103,8 @@ class AttributeMatcher:
 
     In a pattern ``*`` matches any run of characters (dots included) and ``?``
     exactly one; every other character, ``[`` included, matches only itself.
-    Matching is case-sensitive, as attribute keys are.
+    Matching is case-sensitive, as attribute keys are, and takes time linear in
+    the key's length (times the pattern's), whatever the key.
 
     Raises:
         ValueError: a pattern is not a non-empty string.
@@ -118,12 +119,9 @@ class AttributeMatcher:
             raise ValueError(f"attribute patterns must be non-empty strings, got "
                              f"{self.patterns!r}")
         exact = frozenset(p for p in self.patterns if "*" not in p and "?" not in p)
-        globs = [p for p in self.patterns if p not in exact]
-        regex = None
-        if globs:
-            regex = re.compile("|".join(f"(?:{_glob_regex(p)})" for p in globs), re.DOTALL)
+        globs = tuple(_Glob(p) for p in self.patterns if p not in exact)
         object.__setattr__(self, "_exact", exact)
-        object.__setattr__(self, "_regex", regex)
+        object.__setattr__(self, "_globs", globs)
 
     @classmethod
     def parse(cls, text: str) -> AttributeMatcher:
@@ -134,17 +132,77 @@ class AttributeMatcher:
         """True when *key* equals a name or matches a pattern."""
         if key in self._exact:  # type: ignore[attr-defined]
             return True
-        regex: re.Pattern[str] | None = self._regex  # type: ignore[attr-defined]
-        return regex is not None and regex.fullmatch(key) is not None
+        globs: tuple[_Glob, ...] = self._globs  # type: ignore[attr-defined]
+        for glob in globs:
+            if glob.matches(key):
+                return True
+        return False
 
     def __bool__(self) -> bool:
         return bool(self.patterns)
 
 
-def _glob_regex(pattern: str) -> str:
-    return "".join(
-        ".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern
-    )
+class _Glob:
+    """One pattern, matched in time linear in the key's length.
+
+    A regular expression with ``.*`` for each ``*`` backtracks polynomially on a
+    key that repeats the text between the stars. Instead the pattern is split on
+    ``*`` into segments of fixed length (``?`` is one character): the first must
+    start the key, the last must end it, and each one between is placed at its
+    leftmost occurrence after the one before. Leftmost placement leaves the most
+    room for the rest, so this finds a match whenever one exists; each segment's
+    search moves forward only, so the cost is the key's length times the
+    pattern's.
+    """
+
+    __slots__ = ("_head", "_middle", "_tail")
+
+    def __init__(self, pattern: str) -> None:
+        head, *middle = pattern.split("*")
+        tail = middle.pop() if middle else None  # None: no ``*``, the head is the key
+        self._head = _Segment(head)
+        self._tail = None if tail is None else _Segment(tail)
+        self._middle = tuple(_Segment(s) for s in middle if s)
+
+    def matches(self, key: str) -> bool:
+        head, tail = self._head, self._tail
+        if tail is None:
+            return len(key) == head.length and head.at(key, 0)
+        pos, end = head.length, len(key) - tail.length
+        if end < pos or not head.at(key, 0) or not tail.at(key, end):
+            return False
+        for segment in self._middle:
+            found = segment.find(key, pos, end)
+            if found < 0:
+                return False
+            pos = found + segment.length
+        return True
+
+
+class _Segment:
+    """Text between stars: ``?`` is any one character, the rest is literal."""
+
+    __slots__ = ("_literal", "_regex", "length")
+
+    def __init__(self, text: str) -> None:
+        self.length = len(text)
+        self._literal = None if "?" in text else text
+        # No quantifier: a fixed-length match, tried at each start without backtracking.
+        self._regex = re.compile(
+            "".join("." if ch == "?" else re.escape(ch) for ch in text), re.DOTALL)
+
+    def at(self, key: str, pos: int) -> bool:
+        """True when the segment occurs in *key* at *pos*."""
+        if self._literal is not None:
+            return key.startswith(self._literal, pos)
+        return self._regex.match(key, pos) is not None
+
+    def find(self, key: str, start: int, end: int) -> int:
+        """Where the segment first occurs within ``key[start:end]``, or -1."""
+        if self._literal is not None:
+            return key.find(self._literal, start, end)
+        found = self._regex.search(key, start, end)
+        return -1 if found is None else found.start()
 
 
 # --------------------------------------------------------------------- commitment

@@ -62,10 +62,25 @@ def _mode(path: Path) -> int:
         (("a[1]",), "a1", False),
         (("Customer.*",), "customer.email", False),
         (("*",), "", True),
+        (("a*a",), "a", False),  # the start and the end of a key do not overlap
+        (("ab*ba",), "aba", False),
+        (("*aa*aa*",), "aaa", False),  # nor do the parts between stars
+        (("*aa*aa*",), "aaaa", True),
+        (("a*?*b",), "ab", False),
+        (("a*?*b",), "a\nb", True),
     ],
 )
 def test_glob_matching(patterns: tuple[str, ...], key: str, expected: bool) -> None:
     assert AttributeMatcher(patterns).matches(key) is expected
+
+
+@pytest.mark.timeout(60)  # the defect took minutes on this key (quadratic in its length)
+@pytest.mark.parametrize(("tail", "expected"), [("x", False), ("x.arguments", True)])
+def test_glob_matching_is_linear_in_the_key(tail: str, expected: bool) -> None:
+    # A regular expression with ".*" per "*" retried every split of the repeats.
+    key = "gen_ai.prompt." + ".tool_calls." * 350_000 + tail  # about 4 MB
+    matcher = AttributeMatcher(("gen_ai.prompt.*.tool_calls.*.arguments",))
+    assert matcher.matches(key) is expected
 
 
 def test_matcher_rejects_empty_patterns() -> None:

@@ -1,9 +1,11 @@
 """Property: for every kind of typed value (SPEC §2.3), committing it and disclosing it
-round-trips, and a disclosure of any other value of the attribute fails."""
+round-trips, and a disclosure of any other value of the attribute fails; and attribute
+patterns select the same keys as their regular-expression reading."""
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from disclosure_support import SPAN_A, TRACE, span_body
@@ -79,3 +81,42 @@ def test_any_other_value_fails(value: Any, other: Any, salt: bytes) -> None:
     result = check_disclosure(forged, [record])
     assert not result.ok
     assert ("value does not match" in result.message) or ("type mismatch" in result.message)
+
+
+# ----------------------------------------------------------------------- matching
+
+# Few characters, mostly "a" and "b", so that segments repeat and overlap in keys;
+# "*", "?" and "[" appear in keys too, where a pattern's "*" and "?" are not literal
+# and its "[" is.
+_key_chars = st.one_of(st.sampled_from("ab"), st.sampled_from(".[\n*?é"))
+_patterns = st.text(st.one_of(_key_chars, st.just("*")), min_size=1, max_size=10)
+
+
+def _glob_fullmatch(pattern: str, key: str) -> bool:
+    """The glob reading the matcher keeps: "*" is ".*", "?" is ".", all else literal."""
+    regex = "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch)
+                    for ch in pattern)
+    return re.fullmatch(regex, key, re.DOTALL) is not None
+
+
+@st.composite
+def _keys_for(draw: st.DrawFn, patterns: list[str]) -> str:
+    """A random key, or one of the patterns with its wildcards filled in, or that with
+    one character left out (a near miss)."""
+    if draw(st.booleans()):
+        return draw(st.text(_key_chars, max_size=14))
+    pattern = draw(st.sampled_from(patterns))
+    key = "".join(draw(st.text(_key_chars, max_size=3)) if ch == "*"
+                  else draw(_key_chars) if ch == "?" else ch for ch in pattern)
+    if key and draw(st.booleans()):
+        gap = draw(st.integers(0, len(key) - 1))
+        key = key[:gap] + key[gap + 1:]
+    return key
+
+
+@settings(max_examples=2000, deadline=None)
+@given(data=st.data(), patterns=st.lists(_patterns, min_size=1, max_size=3))
+def test_matcher_agrees_with_glob_regex(data: st.DataObject, patterns: list[str]) -> None:
+    key = data.draw(_keys_for(patterns))
+    expected = any(_glob_fullmatch(p, key) for p in patterns)
+    assert AttributeMatcher(tuple(patterns)).matches(key) is expected
