@@ -43,9 +43,11 @@ class MalformedSpan(ValueError):
 
 #: The name of the scope under which a request decoded piece by piece holds the spans
 #: it could not decode (its ``version``: why), so that exactly those are rejected; see
-#: :func:`spanproof.exporter.otlp_server.parse_otlp_protobuf`.  A sender may name a
-#: scope so (a NUL is a valid character): only its own spans under it are rejected,
-#: with at most :data:`_MAX_REASON` characters of its version as the reason.
+#: :func:`spanproof.exporter.otlp_server.parse_otlp_protobuf`, and
+#: :func:`~spanproof.exporter.otlp_server.parse_otlp_json` for spans holding a lone
+#: surrogate.  A sender may name a scope so (a NUL is a valid character): only its own
+#: spans under it are rejected, with at most :data:`_MAX_REASON` characters of its
+#: version as the reason.
 UNDECODABLE_SCOPE = "\x00spanproof: not decodable"
 _MAX_REASON = 300
 

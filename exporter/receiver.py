@@ -122,8 +122,9 @@ def _serialized(body: Mapping[str, Any]) -> tuple[bytes, bytes]:
     # Bodies hold only strings, booleans, lists and dicts with string keys, for which
     # orjson writes what json.dumps(sort_keys=True, separators=(",", ":"),
     # ensure_ascii=False) writes (a test compares them).  Their strings come from
-    # protobuf, which refuses a lone surrogate when it parses a request (400), so
-    # every one is valid UTF-8.  orjson's result keeps the buffer it was written
+    # protobuf, which never holds a lone surrogate (an OTLP/JSON span holding one is
+    # set apart and rejected before protobuf parses the request), so every one is
+    # valid UTF-8.  orjson's result keeps the buffer it was written
     # in, at least 4 KiB (three to four times a workload span's JSON): the copy
     # the receiver holds while the span is pending is made to measure.
     data = bytes(memoryview(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)))

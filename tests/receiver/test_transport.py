@@ -21,6 +21,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.trace.v1 import trace_pb2
 from processes import wait_for
 
+from spanproof.exporter.otlp import UNDECODABLE_SCOPE
 from spanproof.exporter.otlp_server import (
     MAX_MESSAGE_BYTES,
     GrpcServer,
@@ -891,12 +892,18 @@ def test_the_span_count_skips_unknown_fields_of_every_wire_type():
         parse_otlp_protobuf(flood)
 
 
-def test_parse_otlp_json_rejects_a_lone_surrogate():
-    # Every string a body holds is valid UTF-8 past this point (the journal's text
-    # encoder relies on it).
-    doc = b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"name":"\\ud800"}]}]}]}'
-    with pytest.raises(InvalidRequest, match=r"[Ss]urrogate"):
-        parse_otlp_json(doc)
+def test_parse_otlp_json_sets_apart_a_span_with_a_lone_surrogate():
+    # Every string a request holds is valid UTF-8 past this point (the journal's text
+    # encoder relies on it), but the span alone is set apart to be rejected: the
+    # whole request was refused (400), every other span of the batch lost with it.
+    doc = (b'{"resourceSpans":[{"scopeSpans":[{"spans":[{"spanId":"00000000000000a1",'
+           b'"name":"\\ud800"},{"spanId":"00000000000000a2","name":"ok"}]}]}]}')
+    kept, apart = parse_otlp_json(doc).resource_spans[0].scope_spans
+    assert [(s.span_id.hex(), s.name) for s in kept.spans] == [("00000000000000a2", "ok")]
+    assert (apart.scope.name, apart.scope.version) == (
+        UNDECODABLE_SCOPE, "a string holds a lone surrogate: no canonical JSON form "
+        "(SPEC §3.1)")
+    assert [(s.span_id.hex(), s.name) for s in apart.spans] == [("00000000000000a1", "")]
 
 
 @pytest.mark.parametrize("name", ["\\ud800", "\\udfff", "kind\\udc80", "\\u00e9\\ud83d"])
