@@ -168,32 +168,39 @@ class SealJob:
                 "unsampled": c.unsampled_spans}
 
 
-class _Versions:
-    """The pending bodies of one span id.  An identical one is found by its hash when
-    the bodies are :class:`SerializedBody` (the receiver's, whose senders choose
-    span ids: thousands of versions of one id were compared one by one), else by
-    comparing each (the SDK path's dicts, whose ids the SDK draws at random)."""
+#: Versions of one span id compared one by one; from this many on, looked up by hash.
+_INDEXED_FROM = 8
 
-    __slots__ = ("bodies", "hashed")
 
-    def __init__(self, body: Body) -> None:
-        self.bodies = [body]
-        self.hashed: set[SerializedBody] | None = (
-            {body} if isinstance(body, SerializedBody) else None)
+class _IndexedVersions(list[Body]):
+    """The pending bodies of one span id with many versions, with a set of them when
+    they are all :class:`SerializedBody` (the receiver's: its senders choose span ids,
+    and thousands of versions of one id were compared one by one)."""
 
-    def holds(self, body: Body) -> bool:
-        """Whether a body equal to *body* is among them."""
-        if self.hashed is not None and isinstance(body, SerializedBody):
-            return body in self.hashed
-        return any(version == body for version in self.bodies)
+    def __init__(self, bodies: list[Body]) -> None:
+        super().__init__(bodies)
+        self.hashed: set[SerializedBody] | None = set()
+        for body in bodies:
+            self._index(body)
 
-    def add(self, body: Body) -> None:
-        self.bodies.append(body)
+    def _index(self, body: Body) -> None:
         if self.hashed is not None:
             if isinstance(body, SerializedBody):
                 self.hashed.add(body)
             else:
-                self.hashed = None
+                self.hashed = None  # the SDK path's dicts: compared one by one
+
+    def append(self, body: Body) -> None:
+        super().append(body)
+        self._index(body)
+
+
+def _holds(versions: list[Body], body: Body) -> bool:
+    """Whether a body equal to *body* is among *versions*."""
+    if type(versions) is _IndexedVersions and versions.hashed is not None and isinstance(
+            body, SerializedBody):
+        return body in versions.hashed
+    return any(version == body for version in versions)
 
 
 @dataclass
@@ -206,7 +213,7 @@ class _Trace:
     bodies: list[Body] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)  # body_bytes of each of bodies
     size: int = 0  # their sum
-    seen: dict[str, _Versions] = field(default_factory=dict)
+    seen: dict[str, list[Body]] = field(default_factory=dict)
     conflicts: set[str] = field(default_factory=set)
     dropped: int = 0
     rejected: int = 0
@@ -320,7 +327,7 @@ class TraceAssembler:
         the trace, not yet handed out to be sealed: :meth:`add` would ignore it."""
         entry = self._traces.get(trace_id)
         versions = None if entry is None else entry.seen.get(body_span_id(body))
-        return versions is not None and versions.holds(body)
+        return versions is not None and _holds(versions, body)
 
     # -- input -----------------------------------------------------------------
 
@@ -344,11 +351,13 @@ class TraceAssembler:
         span_id = body_span_id(body)
         versions = entry.seen.get(span_id)
         if versions is None:
-            entry.seen[span_id] = _Versions(body)
-        elif versions.holds(body):
+            entry.seen[span_id] = [body]
+        elif _holds(versions, body):
             return False  # an identical re-delivery: already pending
         else:
-            versions.add(body)  # same span id, different content: a conflict
+            versions.append(body)  # same span id, different content: a conflict
+            if len(versions) >= _INDEXED_FROM and type(versions) is list:
+                entry.seen[span_id] = _IndexedVersions(versions)
             entry.conflicts.add(span_id)
         if conflict:
             entry.conflicts.add(span_id)
@@ -707,12 +716,10 @@ class TraceAssembler:
         entry.bodies = rest
         entry.seen = {}
         for body in rest:
-            span_id = body_span_id(body)
-            versions = entry.seen.get(span_id)
-            if versions is None:
-                entry.seen[span_id] = _Versions(body)
-            else:
-                versions.add(body)
+            entry.seen.setdefault(body_span_id(body), []).append(body)
+        for span_id, versions in entry.seen.items():
+            if len(versions) >= _INDEXED_FROM:
+                entry.seen[span_id] = _IndexedVersions(versions)
         entry.conflicts = {c for c in entry.conflicts if c in entry.seen}
         entry.dropped = entry.rejected = entry.unsampled = 0
         entry.notes = []

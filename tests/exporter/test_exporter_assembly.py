@@ -617,3 +617,17 @@ def test_many_versions_of_one_span_id_are_told_apart_by_hash() -> None:
     assert asm.holds_copy(T1, SerializedBody("00f067aa0ba902b7", b'{"n":49999}'))
     assert not asm.holds_copy(T1, SerializedBody("00f067aa0ba902b7", b'{"n":50000}'))
     assert not asm.add(T1, SerializedBody("00f067aa0ba902b7", b'{"n":7}'), 0.0)
+
+
+def test_many_versions_of_a_dict_body_are_still_compared() -> None:
+    # Past the versions compared one by one, dict bodies (the SDK path's) cannot be
+    # hashed: an identical one is still found.
+    asm = assembler()
+    for n in range(12):
+        assert not asm.add(T1, body(T1, 1, name=f"v{n}"), 0.0)
+    assert asm.holds_copy(T1, body(T1, 1, name="v3"))
+    assert not asm.holds_copy(T1, body(T1, 1, name="v12"))
+    asm.add(T1, body(T1, 1, name="v3"), 0.0)  # a re-delivery: not pending twice
+    (job,) = asm.drain_all()
+    assert [b["span"]["name"] for b in job.bodies] == [f"v{n}" for n in range(12)]
+    assert job.completeness.conflicts == (body(T1, 1)["span"]["spanId"],)
