@@ -44,6 +44,27 @@ def crash_after(out: Path, clock: FakeClock, *requests: Any, sealed: Any = None)
     crash(first)
 
 
+def rejecting_during_first_write(out: Path, clock: FakeClock) -> Receiver:
+    """A started receiver that, while it writes a bundle of segment 0, is sent a late
+    span of TRACE_A and a malformed one (rejected)."""
+    receiver: Receiver | None = None
+
+    class DuringWrite(DirectorySink):
+        def write(self, bundle: Any) -> str:
+            path = super().write(bundle)
+            if receiver is not None and bundle.statement.segment_index == 0:
+                bad = otlp_span(TRACE_A, 4, parent=1)
+                bad.span_id = b"\x01\x02\x03"
+                late = request(otlp_span(TRACE_A, 3, parent=1, name="late"), bad)
+                assert receiver(late.resource_spans).rejected == 1
+            return path
+
+    receiver = Receiver(out, signing_key=signing_key(), clock=clock, seal_grace=2.0,
+                        idle_timeout=30.0, sink=DuringWrite(str(out)))
+    receiver.start()
+    return receiver
+
+
 def test_a_rejected_span_is_declared_after_a_crash(tmp_path: Path) -> None:
     clock = FakeClock()
     out = tmp_path / "out"
@@ -93,21 +114,7 @@ def test_a_rejection_arriving_while_its_trace_is_written_is_declared_after_a_cra
     # trace's next segment declares it.
     clock = FakeClock()
     out = tmp_path / "out"
-    first: Receiver | None = None
-
-    class DuringWrite(DirectorySink):
-        def write(self, bundle: Any) -> str:
-            path = super().write(bundle)
-            if first is not None and bundle.statement.segment_index == 0:
-                bad = otlp_span(TRACE_A, 4, parent=1)
-                bad.span_id = b"\x01\x02\x03"
-                late = request(otlp_span(TRACE_A, 3, parent=1, name="late"), bad)
-                assert first(late.resource_spans).rejected == 1
-            return path
-
-    first = Receiver(out, signing_key=signing_key(), clock=clock, seal_grace=2.0,
-                     idle_timeout=30.0, sink=DuringWrite(str(out)))
-    first.start()
+    first = rejecting_during_first_write(out, clock)
     first(request(otlp_span(TRACE_A, 1, name="root"), otlp_span(TRACE_A, 2, parent=1))
           .resource_spans)
     clock.advance(5)
@@ -128,21 +135,7 @@ def test_a_loss_of_no_trace_declared_in_a_bundle_retires_none_of_its_trace_s_own
     # ones: a rejection journaled while the bundle was written went undeclared.
     clock = FakeClock()
     out = tmp_path / "out"
-    first: Receiver | None = None
-
-    class DuringWrite(DirectorySink):
-        def write(self, bundle: Any) -> str:
-            path = super().write(bundle)
-            if first is not None and bundle.statement.segment_index == 0:
-                bad = otlp_span(TRACE_A, 4, parent=1)
-                bad.span_id = b"\x01\x02\x03"
-                late = request(otlp_span(TRACE_A, 3, parent=1, name="late"), bad)
-                assert first(late.resource_spans).rejected == 1
-            return path
-
-    first = Receiver(out, signing_key=signing_key(), clock=clock, seal_grace=2.0,
-                     idle_timeout=30.0, sink=DuringWrite(str(out)))
-    first.start()
+    first = rejecting_during_first_write(out, clock)
     nameless = otlp_span("0" * 32, 9)  # a zero trace id: no trace to declare it in
     assert first(request(nameless, otlp_span(TRACE_A, 1, name="root"))
                  .resource_spans).rejected == 1
