@@ -826,13 +826,13 @@ def parse_otlp_protobuf(data: bytes) -> trace_service_pb2.ExportTraceServiceRequ
         try:
             request.ParseFromString(data)
         except DecodeError as e:
-            if not _too_deep(e):
+            if _forgiven(e) is None:
                 raise
             # One part nested deeper than protobuf decodes (~47 levels of arrays or
             # ~31 of key-value lists in a request, where SPEC §2.3 allows 64 of
-            # either) failed the whole request, and a
-            # Collector drops a request answered 400, every other sender's spans in
-            # its batch included: decode it piece by piece.
+            # either), or one string that is not UTF-8, failed the whole request,
+            # and a Collector drops a request answered 400, every other sender's
+            # spans in its batch included: decode it piece by piece.
             request = _parse_piecewise(data)
     except DecodeError as e:
         raise InvalidRequest(f"body is not an OTLP protobuf request: {e}") from None
@@ -848,12 +848,12 @@ def _parse_piecewise(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest
     held, as the ids, flags and top-level attribute keys read from its bytes (what
     selecting it and declaring it need), under a scope of its own named
     :data:`~spanproof.exporter.otlp.UNDECODABLE_SCOPE` whose version says why, and so
-    are the spans under a resource or scope that cannot be decoded; the receiver
-    rejects exactly those (partial success).
+    are the spans under a resource or scope that cannot be decoded (or whose schema
+    URL is not UTF-8); the receiver rejects exactly those (partial success).
 
     Raises:
-        DecodeError: the request's own framing is not protobuf, a schema URL is not
-            UTF-8, or a part cannot be decoded for another reason than its depth.
+        DecodeError: the request's own framing is not protobuf, or a part cannot be
+            decoded for another reason than its depth or a string that is not UTF-8.
     """
     request = trace_service_pb2.ExportTraceServiceRequest()
     for number, wire, start, end in _fields(data, 0, len(data)):
@@ -893,7 +893,10 @@ def _holder_piecewise(data: bytes, start: int, end: int, holder: Any, part: str,
         if number == 1:
             problem = _merge(getattr(holder, part), data[i:j], f"its {part}") or problem
         elif number == 3:
-            holder.schema_url = _utf8(data[i:j], "schema_url")
+            try:
+                holder.schema_url = data[i:j].decode("utf-8")
+            except UnicodeDecodeError:
+                problem = problem or f"its {part}'s schema URL is not UTF-8"
         elif number == 2:
             child(i, j)
     return problem
@@ -953,29 +956,34 @@ def _span_outline(data: bytes, start: int, end: int) -> trace_pb2.Span:
 _OUTLINE_IDS = {1: "trace_id", 2: "span_id", 4: "parent_span_id"}
 
 
-def _too_deep(error: DecodeError) -> bool:
-    """Whether protobuf refused a message for its depth alone (upb's words)."""
-    return "MaxDepth" in str(error)
+_TOO_DEEP = ("nested deeper than protobuf decodes: 100 messages, ~49 levels of arrays or "
+             "~32 of key-value lists in a span")
+_NOT_UTF8 = "a string is not UTF-8: no canonical JSON form (SPEC §3.1)"
+
+
+def _forgiven(error: DecodeError) -> str | None:
+    """Why protobuf refused a part of a request, when that rejects the part alone: it
+    is nested too deeply, or a string in it is not UTF-8 (upb's words; its framing
+    is sound either way).  None for any other failure."""
+    text = str(error)
+    if "MaxDepth" in text:
+        return _TOO_DEEP
+    if "String field had bad UTF-8" in text:
+        return _NOT_UTF8
+    return None
 
 
 def _why(error: DecodeError) -> str:
     """Why a part of a request decoded piece by piece cannot be decoded.
 
     Raises:
-        DecodeError: *error*, when it is not about depth: the request is refused
-            whole, as protobuf refuses it.
+        DecodeError: *error*, when it is not forgiven part by part (:func:`_forgiven`):
+            the request is refused whole, as protobuf refuses it.
     """
-    if not _too_deep(error):
+    why = _forgiven(error)
+    if why is None:
         raise error
-    return ("nested deeper than protobuf decodes: 100 messages, ~49 levels of arrays or "
-            "~32 of key-value lists in a span")
-
-
-def _utf8(raw: bytes, field: str) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DecodeError(f"{field} is not UTF-8") from None
+    return why
 
 
 def _response(result: IngestResult) -> trace_service_pb2.ExportTraceServiceResponse:

@@ -190,22 +190,26 @@ def test_over_otlp_json_every_depth_spec_allows_is_certified(tmp_path: Path) -> 
 
 
 def test_a_part_that_fails_for_another_reason_still_fails_the_request() -> None:
-    # Only depth is forgiven span by span: a span protobuf refuses for anything else
-    # (here a name that is not UTF-8) fails the request as before, whichever comes
+    # Only depth and strings that are not UTF-8 are forgiven span by span: a span
+    # protobuf refuses for anything else (here an attribute whose bytes are not a
+    # message: a tag of wire type 7) fails the request as before, whichever comes
     # first.
     for bad_first in (True, False):
         req = trace_service_pb2.ExportTraceServiceRequest()
         ss = req.resource_spans.add().scope_spans.add()
-        bad = otlp_span(TRACE_A, 1, name="\u00c9zz")
+        bad = otlp_span(TRACE_A, 1)
+        bad.attributes.add(key="zz")
         if bad_first:
             ss.spans.append(bad)
         _deep_span(ss.spans, TRACE_A, 2, parent=1)
         if not bad_first:
             ss.spans.append(bad)
         data = req.SerializeToString()
-        assert data.count(b"\xc3\x89zz") == 1
+        attribute = common_pb2.KeyValue(key="zz").SerializeToString()
+        assert data.count(b"\x4a\x04" + attribute) == 1
+        corrupt = data.replace(b"\x4a\x04" + attribute, b"\x4a\x04\x0f\x7a\x7a\x7a")
         with pytest.raises(InvalidRequest, match="not an OTLP protobuf request"):
-            parse_otlp_protobuf(data.replace(b"\xc3\x89zz", b"\xc3\xc3zz"))
+            parse_otlp_protobuf(corrupt)
 
 
 def test_a_sender_naming_its_scope_as_the_marker_only_loses_its_own_spans(
