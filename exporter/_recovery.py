@@ -18,10 +18,16 @@ from typing import Any
 
 from spanproof.verifier.bundle import BUNDLE_SUFFIX
 from spanproof.verifier.canonical import canonicalize
-from spanproof.verifier.errors import CanonicalizationError
+from spanproof.verifier.disclosure import (
+    MAX_PRODUCER_DISCLOSURE_FILE_BYTES,
+    disclosures_path,
+    load_disclosures,
+)
+from spanproof.verifier.errors import CanonicalizationError, InvalidDisclosure
 from spanproof.verifier.keys import TrustedKey, TrustRoot
 from spanproof.verifier.records import CER_MEDIA_TYPE
 from spanproof.verifier.statement import Completeness, Producer
+from spanproof.verifier.values import COMMITTED_VALUE, is_committed_value
 from spanproof.verifier.verify import BundleReport, Verdict, check_bundle
 
 from . import assembly
@@ -187,7 +193,7 @@ def _seal_trace(
         for report in earlier:
             assert report.statement is not None
             held = len(bodies)
-            _remove_certified(bodies, report.records or ())
+            _remove_certified(bodies, report.records or (), report.source)
             position = _after(report)
             if report.records and len(bodies) == held:
                 # It certifies none of the journaled spans: its sealed entry was
@@ -357,17 +363,71 @@ def _after(report: BundleReport) -> ChainPosition:
     return ChainPosition.after(report.statement, report.statement_digest)
 
 
-def _remove_certified(bodies: list[dict[str, Any]], records: Sequence[Mapping[str, Any]]) -> None:
-    """Remove from *bodies* the spans that *records* already certify: a plain record
-    must hold the same span, resource and scope; a record with committed values
-    (SPEC §2.5) cannot be compared value by value, so its span id decides."""
+def _remove_certified(
+    bodies: list[dict[str, Any]], records: Sequence[Mapping[str, Any]], source: str
+) -> None:
+    """Remove from *bodies* the spans that *records* (of the bundle at *source*)
+    already certify: a record must hold the same span, resource and scope.  A
+    committed value (SPEC §2.5) is compared as the value the disclosure file beside
+    the bundle opens it to; a commitment that file does not open (it was moved away,
+    or is damaged) cannot be compared, so only the rest of the span is."""
+    opener: _Opener | None = None
     for record in records:
         span_id = record["span"]["spanId"]
-        plain = record["mediaType"] == CER_MEDIA_TYPE
-        for i, body in enumerate(bodies):
-            if body["span"]["spanId"] != span_id:
-                continue
-            if not plain or all(body[part] == record[part]
-                                for part in ("span", "resource", "scope")):
+        candidates = [i for i, body in enumerate(bodies) if body["span"]["spanId"] == span_id]
+        if not candidates:
+            continue
+        if record["mediaType"] != CER_MEDIA_TYPE and opener is None:
+            opener = _Opener(source)
+        for i in candidates:
+            if _certifies(record, bodies[i], opener):
                 del bodies[i]
                 break
+
+
+def _certifies(record: Mapping[str, Any], body: Mapping[str, Any], opener: _Opener | None) -> bool:
+    """Whether *record* certifies *body*: equal, each committed value opened by
+    *opener* when it can be (and otherwise taken as equal)."""
+    if body["resource"] != record["resource"] or body["scope"] != record["scope"]:
+        return False
+    span, mine = record["span"], body["span"]
+    if opener is None:
+        return bool(mine == span)
+    if mine.keys() != span.keys() or any(mine[k] != span[k] for k in span if k != "attributes"):
+        return False
+    attributes, values = span["attributes"], mine["attributes"]
+    if attributes.keys() != values.keys():
+        return False
+    for key, typed in attributes.items():
+        if is_committed_value(typed):
+            opened = opener.value(span["spanId"], key, typed[COMMITTED_VALUE]["digest"])
+            if opened is not None and opened != values[key]:
+                return False
+        elif typed != values[key]:
+            return False
+    return True
+
+
+class _Opener:
+    """The values the disclosure file of the bundle at *source* opens commitments to,
+    read when first asked for; none when it cannot be read."""
+
+    def __init__(self, source: str) -> None:
+        self._source = source
+        self._values: dict[tuple[str, str, str], Mapping[str, Any]] | None = None
+
+    def value(self, span_id: str, key: str, digest: str) -> Mapping[str, Any] | None:
+        """The typed value of *span_id*'s attribute *key* committed as *digest*."""
+        if self._values is None:
+            self._values = {}
+            path = disclosures_path(self._source)
+            try:
+                opened = load_disclosures(path, MAX_PRODUCER_DISCLOSURE_FILE_BYTES)
+            except (OSError, InvalidDisclosure) as e:
+                _logger.warning("spanproof: cannot read %s (%s): a journaled span whose "
+                                "committed values differ from its record's only there "
+                                "is taken as certified by it", path, e)
+            else:
+                for d in opened.disclosures:
+                    self._values[(d.span_id, d.key, d.digest)] = d.value
+        return self._values.get((span_id, key, digest))

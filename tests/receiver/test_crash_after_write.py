@@ -81,13 +81,20 @@ def test_spans_after_the_written_bundle_are_sealed_as_its_continuation(tmp_path:
     assert [(link.ok, link.segments) for link in links] == [(True, (0, 1))]
 
 
-def test_redacted_bundle_written_before_crash_is_not_sealed_again(tmp_path: Path) -> None:
-    # Committed values cannot be compared with the journaled ones: the span id decides.
+@pytest.mark.parametrize("disclosures", ["beside the bundle", "moved away"])
+def test_redacted_bundle_written_before_crash_is_not_sealed_again(
+    tmp_path: Path, disclosures: str
+) -> None:
+    # A committed value is compared as the value its disclosure file opens it to;
+    # without that file, the rest of the span is, and the commitment taken as equal.
     clock = FakeClock()
     out = tmp_path / "out"
     secret = {"customer.email": "a@example.com"}
     stop_after_writing(out, clock, request(otlp_span(TRACE_A, 1, extra=secret)),
                        redact_attributes=["customer.*"])
+    (opened,) = out.glob("*.disclosures.json")
+    if disclosures == "moved away":
+        opened.unlink()
     assert restart(out, clock, redact_attributes=["customer.*"]) == []
     assert len(bundle_paths(str(out))) == 1
 

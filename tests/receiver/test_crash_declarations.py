@@ -179,3 +179,58 @@ def test_a_late_rejection_is_declared_after_a_crash_once_the_sealed_entry_is_del
                if r.statement is not None and r.statement.trace_id == TRACE_A]
     assert [span_ids(r) for r in reports] == [[span_id(1)], [span_id(4)]]
     assert [r.statement.completeness.rejected_spans for r in reports if r.statement] == [1, 1]
+
+
+def _conflict_after_rotation(tmp_path: Path, monkeypatch: Any, late: Any,
+                             *, keep_disclosures: bool = True) -> list[Any]:
+    """Seal TRACE_A's root with a committed value, move the journal past its sealed
+    entry, send *late* (a version of the root) and crash; restart; TRACE_A's reports."""
+    from spanproof.exporter import journal
+
+    monkeypatch.setattr(journal, "ROTATE_BYTES", 1)  # every entry ends its file
+    clock = FakeClock()
+    out = tmp_path / "out"
+    redact = {"redact_attributes": ["customer.*"]}
+    first = quiet_receiver(out, clock, **redact)
+    first.start()
+    first(request(otlp_span(TRACE_A, 1, extra={"customer.email": "a@example.com"}))
+          .resource_spans)
+    clock.advance(5)
+    assert first.flush()
+    for n in range(3):  # other traces, sealed: the journal moves on
+        first(request(otlp_span(TRACE_B, 10 + n)).resource_spans)
+        clock.advance(5)
+        assert first.flush()
+    first(request(late).resource_spans)
+    crash(first)
+    if not keep_disclosures:
+        for path in out.glob("*.disclosures.json"):
+            path.unlink()
+    restart(out, clock, **redact)
+    return [r for r in verified(str(out), trust_root(str(tmp_path)), allow_incomplete=True)
+            if r.statement is not None and r.statement.trace_id == TRACE_A]
+
+
+def test_a_conflicting_version_in_a_committed_value_survives_a_crash_after_rotation(
+    tmp_path: Path, monkeypatch: Any,
+) -> None:
+    # Recovery walked the trace's chain from segment 0 on disk and matched a
+    # committed record by span id alone: the second version, differing only in the
+    # committed value, was taken as certified and lost, its conflict undeclared.
+    # The disclosure file beside the bundle opens the commitment.
+    late = otlp_span(TRACE_A, 1, extra={"customer.email": "mallory@example.com"})
+    reports = _conflict_after_rotation(tmp_path, monkeypatch, late)
+    assert [span_ids(r) for r in reports] == [[span_id(1)], [span_id(1)]]
+    assert [r.statement.completeness.conflicts for r in reports if r.statement] == [
+        (), (span_id(1),)]
+
+
+def test_without_its_disclosures_a_version_differing_in_plain_fields_survives(
+    tmp_path: Path, monkeypatch: Any,
+) -> None:
+    # The committed value cannot be compared, the rest of the span still is.
+    late = otlp_span(TRACE_A, 1, name="renamed", extra={"customer.email": "a@example.com"})
+    reports = _conflict_after_rotation(tmp_path, monkeypatch, late, keep_disclosures=False)
+    assert [span_ids(r) for r in reports] == [[span_id(1)], [span_id(1)]]
+    assert reports[1].statement is not None
+    assert reports[1].statement.completeness.conflicts == (span_id(1),)
