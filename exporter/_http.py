@@ -41,9 +41,10 @@ _CLOSED_BY_SERVER = (http.client.RemoteDisconnected, BrokenPipeError, Connection
 def urllib_post(
     opener: urllib.request.OpenerDirector, url: str, body: bytes, headers: Mapping[str, str],
     timeout: float, max_response: int,
-) -> tuple[int, bytes]:
+) -> tuple[int, bytes, str | None]:
     """POST through *opener* (a new connection, its proxies honoured): ``(status,
-    body)``, the body cut at *max_response* bytes.
+    body, retry_after)``, the body cut at *max_response* bytes, *retry_after* the
+    ``Retry-After`` header (None without one).
 
     Raises:
         OSError, urllib.error.URLError: the server cannot be reached.
@@ -51,14 +52,15 @@ def urllib_post(
     req = urllib.request.Request(url, data=body, method="POST", headers=dict(headers))  # noqa: S310
     try:
         with opener.open(req, timeout=timeout) as resp:
-            return int(resp.status), resp.read(max_response)
+            return int(resp.status), resp.read(max_response), resp.headers.get("Retry-After")
     except urllib.error.HTTPError as e:
-        return int(e.code), e.read(max_response)
+        return int(e.code), e.read(max_response), e.headers.get("Retry-After")
 
 
 class KeepAlivePost:
-    """``post(url, body, headers, timeout) -> (status, body)`` over one persistent
-    connection per thread and origin (scheme, host and port).
+    """``post(url, body, headers, timeout) -> (status, body, retry_after)`` over one
+    persistent connection per thread and origin (scheme, host and port);
+    *retry_after* is the answer's ``Retry-After`` header (None without one).
 
     Args:
         max_response: answers are cut at this many bytes (and the connection of
@@ -75,8 +77,8 @@ class KeepAlivePost:
 
     def __call__(
         self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
-    ) -> tuple[int, bytes]:
-        """Send one POST and return its status and body.
+    ) -> tuple[int, bytes, str | None]:
+        """Send one POST and return its status, body and ``Retry-After`` header.
 
         Raises:
             OSError: the server cannot be reached, or the connection failed
@@ -157,7 +159,7 @@ class KeepAlivePost:
     def _exchange(
         self, conn: http.client.HTTPConnection, target: str, body: bytes,
         headers: Mapping[str, str], timeout: float,
-    ) -> tuple[int, bytes]:
+    ) -> tuple[int, bytes, str | None]:
         conn.timeout = timeout
         if conn.sock is not None:
             conn.sock.settimeout(timeout)
@@ -172,4 +174,4 @@ class KeepAlivePost:
         if not resp.isclosed():
             # The answer was cut at max_response: the rest is still on the wire.
             conn.close()
-        return resp.status, data
+        return resp.status, data, resp.getheader("Retry-After")

@@ -10,9 +10,10 @@ and writes the receipt it gets back atomically beside the bundle as
 ``<name>.receipt.json`` (a round's receipts made durable together, in the same
 way).  When the witness is
 unreachable or overloaded (connection error, HTTP 408, 429 or 5xx), delivery is
-retried with exponential backoff and jitter; a bundle the witness rejects, or a
-receipt that does not verify, is moved to ``<queue>/failed/`` with the reason and
-logged as an error.
+retried with exponential backoff and jitter, waiting at least what a 429 or 503
+asks in its ``Retry-After`` (up to the longest backoff); a bundle the witness
+rejects, or a receipt that does not verify, is moved to ``<queue>/failed/`` with
+the reason and logged as an error.
 
 The clock, the jitter source and the HTTP transport are injected, so the retry
 schedule is testable without sleeping; :meth:`~WitnessSubmitter.process_due` runs
@@ -22,6 +23,8 @@ one delivery round without the thread.
 from __future__ import annotations
 
 import base64
+import datetime
+import email.utils
 import hashlib
 import io
 import json
@@ -70,11 +73,12 @@ __all__ = ["Post", "WitnessSubmitter", "backoff_delay"]
 
 _logger = logging.getLogger(__name__)
 
-#: ``post(url, body, headers, timeout) -> (status, body)``; raises ``OSError`` (or
-#: ``urllib.error.URLError``) when the witness cannot be reached.  The default is a
-#: :class:`~spanproof.exporter._http.KeepAlivePost`: one persistent connection per
-#: delivery thread.
-Post = Callable[[str, bytes, Mapping[str, str], float], tuple[int, bytes]]
+#: ``post(url, body, headers, timeout) -> (status, body, retry_after)``, where
+#: *retry_after* is the answer's ``Retry-After`` header as sent (None without one);
+#: raises ``OSError`` (or ``urllib.error.URLError``) when the witness cannot be
+#: reached.  The default is a :class:`~spanproof.exporter._http.KeepAlivePost`: one
+#: persistent connection per delivery thread.
+Post = Callable[[str, bytes, Mapping[str, str], float], tuple[int, bytes, str | None]]
 
 _MAX_RESPONSE = 4 * 1024 * 1024
 _FAILED_DIR = "failed"
@@ -84,6 +88,9 @@ _RECEIPT_GROUP = 64
 #: Bundle bytes one batch carries at most (a larger bundle goes alone), so that a
 #: delivery thread holds a bounded amount in memory (a name of its own for tests).
 _BATCH_BYTES = BATCH_BYTES
+#: A ``Retry-After`` of more seconds than this counts as this many (it is capped at
+#: the longest backoff anyway), so that no number is too large to compute with.
+_RETRY_AFTER_MAX = 10**9
 
 
 def backoff_delay(
@@ -123,7 +130,12 @@ class _Permanent(Exception):
 
 
 class _Transient(Exception):
-    """The witness is unreachable or asked us to come back later."""
+    """The witness is unreachable or asked us to come back later: after *asked*
+    seconds at the soonest, when it said so (``Retry-After``)."""
+
+    def __init__(self, message: str, asked: float = 0.0) -> None:
+        super().__init__(message)
+        self.asked = asked
 
 
 class WitnessSubmitter:
@@ -144,8 +156,12 @@ class WitnessSubmitter:
         batch_size: submissions sent in one request (``POST /v1/submit-batch``);
             1 sends each alone.  A witness without batches gets them one by one.
         timeout: HTTP timeout per attempt, seconds.
-        backoff_initial, backoff_max: retry schedule bounds, seconds.
+        backoff_initial, backoff_max: retry schedule bounds, seconds.  After a 429
+            or 503 the wait is at least what its ``Retry-After`` asks, but never
+            more than *backoff_max*.
         clock: monotonic seconds (injected for tests).
+        wall_clock: seconds since the epoch, to read a ``Retry-After`` date
+            (injected for tests).
         rng: uniform [0, 1) source for jitter (injected for tests).
         post: HTTP transport (injected for tests); by default one persistent
             connection per delivery thread, reused while the witness keeps it open.
@@ -173,6 +189,7 @@ class WitnessSubmitter:
         backoff_initial: float = 1.0,
         backoff_max: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
         post: Post | None = None,
         start: bool = True,
@@ -205,6 +222,7 @@ class WitnessSubmitter:
         self._timeout = timeout
         self._backoff = (backoff_initial, backoff_max)
         self._clock = clock
+        self._wall_clock = wall_clock
         self._rng = rng
         self._transport: KeepAlivePost | None = None
         if post is None:
@@ -361,7 +379,10 @@ class WitnessSubmitter:
             if transient is not None:
                 self._failures += 1
                 self._transient_events += 1
-                delay = backoff_delay(self._failures, *self._backoff, self._rng)
+                # The longer of the own backoff and the witness's Retry-After, which
+                # a broken or hostile witness cannot stretch beyond backoff_max.
+                delay = max(backoff_delay(self._failures, *self._backoff, self._rng),
+                            min(transient.asked, self._backoff[1]))
                 self._not_before = self._clock() + delay
                 _logger.warning(
                     "witness unavailable (%s); %d submissions pending, retrying in %.1f s",
@@ -497,7 +518,8 @@ class WitnessSubmitter:
                 failed = self._settle(name, outcome)
                 if failed is not None:
                     stop.set()
-                    transient = transient or failed
+                    if transient is None or failed.asked > transient.asked:
+                        transient = failed  # the longest Retry-After of the round
 
         try:
             while taken := take():
@@ -580,12 +602,12 @@ class WitnessSubmitter:
         if sent:
             body = batch_request([data for _, data in sent])
             try:
-                status, answer = self._post(self._batch_url, body, self._batch_headers,
-                                            self._timeout)
+                status, answer, retry_after = self._post(self._batch_url, body,
+                                                         self._batch_headers, self._timeout)
             except (OSError, urllib.error.URLError) as e:
                 raise _Transient(str(getattr(e, "reason", e))) from e
             if _retryable(status):
-                raise _Transient(f"HTTP {status}")
+                raise self._unavailable(status, retry_after)
             if status in (404, 405):
                 _logger.info("the witness takes no batches (HTTP %d); submitting one by one",
                              status)
@@ -648,11 +670,25 @@ class WitnessSubmitter:
     def _deliver(self, bundle: str) -> _Delivered:
         data = _read_bundle(bundle)
         try:
-            status, body = self._post(self._url, data, self._headers, self._timeout)
+            status, body, retry_after = self._post(self._url, data, self._headers,
+                                                   self._timeout)
         except (OSError, urllib.error.URLError) as e:
             raise _Transient(str(getattr(e, "reason", e))) from e
+        if _retryable(status):
+            raise self._unavailable(status, retry_after)
         _check_answer(status, body)
         return self._checked_receipt(bundle, data, body, self._receipt_verifier())
+
+    def _unavailable(self, status: int, retry_after: str | None) -> _Transient:
+        """The failure of a retryable answer *status*; a 429's or 503's *retry_after*
+        (the ``Retry-After`` header, RFC 9110 §10.2.3) says how long the witness
+        asks to be left alone, unless it is malformed."""
+        asked = None
+        if status in (429, 503) and retry_after is not None:
+            asked = _retry_after_seconds(retry_after, self._wall_clock())
+        if asked is None:
+            return _Transient(f"HTTP {status}")
+        return _Transient(f"HTTP {status}, Retry-After {asked:.0f} s", asked)
 
     def _receipt_verifier(self) -> ReceiptVerifier | None:
         """A verifier for the receipts of one delivery; None when none are verified."""
@@ -796,6 +832,25 @@ def _read_bundle(bundle: str) -> bytes:
 def _retryable(status: int) -> bool:
     """An HTTP status the witness may answer differently later (SPEC §12.11)."""
     return status in (408, 429) or status >= 500
+
+
+def _retry_after_seconds(value: str, now: float) -> float | None:
+    """The seconds a ``Retry-After`` header *value* asks to wait (RFC 9110 §10.2.3):
+    delay-seconds (digits only; beyond ``_RETRY_AFTER_MAX``, that), or an HTTP-date
+    less *now* (seconds since the epoch; 0 for a date past).  None when it is
+    neither (a sign, a fraction, ``NaN``, an impossible date...)."""
+    value = value.strip(" \t")
+    if value.isascii() and value.isdigit():
+        digits = value.lstrip("0") or "0"
+        return float(int(digits) if len(digits) <= 9 else _RETRY_AFTER_MAX)
+    try:
+        date = email.utils.parsedate_to_datetime(value)
+        if date.tzinfo is None:  # an HTTP-date is in GMT, as asctime's form leaves unsaid
+            date = date.replace(tzinfo=datetime.timezone.utc)
+        seconds = date.timestamp() - now
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return min(max(0.0, seconds), float(_RETRY_AFTER_MAX))
 
 
 def _check_answer(status: int, reason: bytes | str) -> None:

@@ -55,29 +55,30 @@ class FakeWitness:
         self.batches = True  # answers POST /v1/submit-batch (else 404)
         self.page: bytes | None = None  # answered instead, as a proxy might
         self.page_status = 200
+        self.retry_after: str | None = None  # the Retry-After answered with ``status``
         self.urls: list[str] = []
 
     def __call__(
         self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
-    ) -> tuple[int, bytes]:
+    ) -> tuple[int, bytes, str | None]:
         self.calls += 1
         self.urls.append(url.rsplit("/", 1)[1])
         assert url.endswith(("/v1/submit", "/v1/submit-batch"))
         if self.down:
             raise ConnectionRefusedError("connection refused")
         if self.status is not None:
-            return self.status, b'{"error":"nope"}'
+            return self.status, b'{"error":"nope"}', self.retry_after
         if self.page is not None:
-            return self.page_status, self.page
+            return self.page_status, self.page, None
         key = headers.get("Spanproof-Public-Key")
         if url.endswith("/v1/submit-batch"):
             if not self.batches:
-                return 404, b'{"error":"Not Found"}'
+                return 404, b'{"error":"Not Found"}', None
             results = self.witness.submit_batch(witness_app._batch_bodies(body), key)
             doc = {"results": [witness_app._batch_result(r) for r in results]}
-            return 200, json.dumps(doc).encode()
+            return 200, json.dumps(doc).encode(), None
         result = self.witness.submit(body, key)
-        return (201 if result.created else 200), result.receipt.to_bytes()
+        return (201 if result.created else 200), result.receipt.to_bytes(), None
 
 
 @pytest.fixture
@@ -354,21 +355,126 @@ def test_transient_http_statuses_back_off(tmp_path: Path, witness: Witness) -> N
     assert sub.process_due() == 0.5 and sub.pending == 1
 
 
+#: The wall clock of the Retry-After tests: Sun, 06 Nov 1994 08:49:37 GMT (RFC 9110's
+#: example date).
+RFC_DATE = 784111777.0
+
+
+def _asked_to_wait(
+    tmp_path: Path, witness: Witness, status: int, retry_after: str
+) -> tuple[WitnessSubmitter, FakeWitness, Clock]:
+    """A submitter with one bundle queued for a witness that answers *status* with
+    *retry_after*; its own backoff is 0.5 s (no jitter) and at most 60 s."""
+    fake, clock = FakeWitness(witness), Clock()
+    fake.down, fake.status, fake.retry_after = False, status, retry_after
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=clock,
+                           wall_clock=lambda: RFC_DATE, rng=lambda: 0.0, backoff_max=60.0,
+                           start=False)
+    sub.submit(_bundles(tmp_path / "b", 1)[0])
+    return sub, fake, clock
+
+
+def _retries_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]  # nothing crashed
+    return [r.getMessage() for r in caplog.records if "witness unavailable" in r.getMessage()]
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_a_503_or_429_retry_after_longer_than_the_backoff_is_waited(
+    tmp_path: Path, witness: Witness, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    sub, fake, clock = _asked_to_wait(tmp_path, witness, status, "30")
+    with caplog.at_level("INFO", "spanproof"):
+        assert sub.process_due() == 30.0
+    assert _retries_logged(caplog) == [
+        f"witness unavailable (HTTP {status}, Retry-After 30 s); 1 submissions pending, "
+        "retrying in 30.0 s"]  # one line says it
+    clock.t += 29.5
+    assert sub.process_due() == 0.5 and fake.calls == 1  # not asked again before then
+    fake.status = None
+    clock.t += 0.5
+    assert sub.process_due() is None and fake.calls == 2 and sub.pending == 0
+
+
+@pytest.mark.parametrize("date", [
+    "Sun, 06 Nov 1994 08:50:19 GMT",  # IMF-fixdate
+    "Sunday, 06-Nov-94 08:50:19 GMT",  # the obsolete forms RFC 9110 §5.6.7 still takes
+    "Sun Nov  6 08:50:19 1994",
+])
+def test_a_retry_after_date_is_waited_for(tmp_path: Path, witness: Witness, date: str) -> None:
+    sub, _, _ = _asked_to_wait(tmp_path, witness, 503, date)
+    assert sub.process_due() == 42.0
+
+
+def test_a_retry_after_date_in_the_past_leaves_the_own_backoff(
+    tmp_path: Path, witness: Witness, caplog: pytest.LogCaptureFixture
+) -> None:
+    sub, _, _ = _asked_to_wait(tmp_path, witness, 503, "Sun, 06 Nov 1994 08:49:36 GMT")
+    with caplog.at_level("INFO", "spanproof"):
+        assert sub.process_due() == 0.5
+    assert _retries_logged(caplog) == [
+        "witness unavailable (HTTP 503, Retry-After 0 s); 1 submissions pending, "
+        "retrying in 0.5 s"]
+
+
+@pytest.mark.parametrize("retry_after", [
+    "3600",
+    pytest.param("9" * 5000, id="5000 nines"),
+    pytest.param("0" * 5000 + "3600", id="3600 after 5000 zeros"),
+    "Fri, 31 Dec 9999 23:59:59 GMT",
+])
+def test_a_retry_after_beyond_the_longest_backoff_is_cut_to_it(
+    tmp_path: Path, witness: Witness, caplog: pytest.LogCaptureFixture, retry_after: str
+) -> None:
+    sub, _, _ = _asked_to_wait(tmp_path, witness, 503, retry_after)
+    with caplog.at_level("INFO", "spanproof"):
+        assert sub.process_due() == 60.0
+    (logged,) = _retries_logged(caplog)
+    assert logged.endswith("; 1 submissions pending, retrying in 60.0 s")
+
+
+@pytest.mark.parametrize("retry_after", [
+    "", "soon", "-5", "+5", "1.5", "5 s", "5_0", "\u0665", "0x10", "NaN", "inf", "1e3",
+    "Sun, 06 Nov 1994", "Mon, 32 Nov 1994 08:49:37 GMT", "Sun, 06 Nov 99999 08:49:37 GMT",
+])
+def test_a_malformed_retry_after_is_ignored_for_the_own_backoff(
+    tmp_path: Path, witness: Witness, caplog: pytest.LogCaptureFixture, retry_after: str
+) -> None:
+    sub, _, _ = _asked_to_wait(tmp_path, witness, 503, retry_after)
+    with caplog.at_level("INFO", "spanproof"):
+        assert sub.process_due() == 0.5
+    assert _retries_logged(caplog) == [
+        "witness unavailable (HTTP 503); 1 submissions pending, retrying in 0.5 s"]
+
+
+@pytest.mark.parametrize("status", [408, 500, 502])
+def test_a_retry_after_is_read_only_from_a_429_or_503(
+    tmp_path: Path, witness: Witness, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    sub, _, _ = _asked_to_wait(tmp_path, witness, status, "30")
+    with caplog.at_level("INFO", "spanproof"):
+        assert sub.process_due() == 0.5
+    assert _retries_logged(caplog) == [
+        f"witness unavailable (HTTP {status}); 1 submissions pending, retrying in 0.5 s"]
+
+
 class ConcurrentFake(FakeWitness):
     """Records how many submissions are in flight at once; the first *meet* calls
     after the probe wait for each other (a barrier), which only concurrent calls pass."""
 
-    def __init__(self, witness: Witness, meet: int, fail: tuple[bytes, ...] = ()) -> None:
+    def __init__(self, witness: Witness, meet: int, fail: tuple[bytes, ...] = (),
+                 asks: Mapping[bytes, str] | None = None) -> None:
         super().__init__(witness)
         self.down = False
         self.lock = threading.Lock()
         self.in_flight = self.most = self.arrived = 0
         self.barrier = threading.Barrier(meet, timeout=10)
         self.fail = fail  # bundles answered 503
+        self.asks = dict(asks or {})  # a failed bundle's Retry-After
 
     def __call__(
         self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
-    ) -> tuple[int, bytes]:
+    ) -> tuple[int, bytes, str | None]:
         with self.lock:
             self.in_flight += 1
             self.most = max(self.most, self.in_flight)
@@ -378,7 +484,7 @@ class ConcurrentFake(FakeWitness):
             if 2 <= call <= 1 + self.barrier.parties:
                 self.barrier.wait()
             if body in self.fail:
-                return 503, b'{"error":"busy"}'
+                return 503, b'{"error":"busy"}', self.asks.get(body)
             with self.lock:  # the in-memory witness is not shared across threads here
                 return super().__call__(url, body, headers, timeout)
         finally:
@@ -433,6 +539,22 @@ def test_a_transient_failure_among_concurrent_submissions_keeps_only_that_one(
     assert [Path(receipt_path(p)).exists() for p in paths] == [True, True, False, True]
 
 
+@pytest.mark.parametrize("asks", [("20", "5"), ("5", "20")])
+def test_the_longest_retry_after_among_concurrent_answers_is_waited(
+    tmp_path: Path, witness: Witness, asks: tuple[str, str]
+) -> None:
+    paths = _bundles(tmp_path / "b", 4)
+    data = [p.read_bytes() for p in paths]
+    fake = ConcurrentFake(witness, meet=3, fail=(data[1], data[3]),
+                          asks={data[1]: asks[0], data[3]: asks[1]})
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
+                           concurrency=3, batch_size=1, rng=lambda: 0.0, start=False)
+    for p in paths:
+        sub.submit(p)
+    assert sub.process_due() == 20.0  # whichever of the two is settled first
+    assert sub.pending == 2 and witness.size == 2
+
+
 class SlowFake(FakeWitness):
     """Holds the answer to *slow* until *last* has been answered (or 10 s pass)."""
 
@@ -447,7 +569,7 @@ class SlowFake(FakeWitness):
 
     def __call__(
         self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
-    ) -> tuple[int, bytes]:
+    ) -> tuple[int, bytes, str | None]:
         if body == self.slow:
             self.waited = self.released.wait(10)
         with self.lock:
@@ -597,7 +719,7 @@ def test_an_error_while_settling_a_round_loses_nothing(
     fake = SlowFake(witness, slow=b"", last=b"")
     real_call = fake.__call__
 
-    def slowly(*args: Any) -> tuple[int, bytes]:
+    def slowly(*args: Any) -> tuple[int, bytes, str | None]:
         time.sleep(0.02)  # helpers are still busy when the error comes
         return real_call(*args)
 
@@ -734,13 +856,13 @@ class AlteredBatchAnswer(FakeWitness):
 
     def __call__(
         self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
-    ) -> tuple[int, bytes]:
-        status, answer = super().__call__(url, body, headers, timeout)
+    ) -> tuple[int, bytes, str | None]:
+        status, answer, retry_after = super().__call__(url, body, headers, timeout)
         if url.endswith("/v1/submit-batch"):
             doc = json.loads(answer)
             self._alter(doc)
             answer = json.dumps(doc).encode()
-        return status, answer
+        return status, answer, retry_after
 
 
 def test_receipts_a_batch_answer_swapped_are_not_stored(
@@ -790,16 +912,17 @@ def test_a_receipt_with_a_lone_surrogate_in_a_batch_answer_retires_its_bundle(
 
 
 class RefusingBatches(FakeWitness):
-    """Answers a batch as a whole with *status* and *body*."""
+    """Answers a batch as a whole with *status*, *body* and *retry_after*."""
 
-    def __init__(self, witness: Witness, status: int, body: bytes) -> None:
+    def __init__(self, witness: Witness, status: int, body: bytes,
+                 retry_after: str | None = None) -> None:
         super().__init__(witness)
         self.down = False
-        self.batch_answer = (status, body)
+        self.batch_answer = (status, body, retry_after)
 
     def __call__(
         self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
-    ) -> tuple[int, bytes]:
+    ) -> tuple[int, bytes, str | None]:
         if url.endswith("/v1/submit-batch"):
             self.calls += 1
             self.urls.append("submit-batch")
@@ -827,6 +950,17 @@ def test_a_batch_refused_whole_or_answered_badly_is_sent_one_by_one(
     assert fake.urls == ["submit", "submit-batch", "submit", "submit"]
     assert all(Path(receipt_path(p)).exists() for p in paths) and witness.size == 3
     assert sub._batches  # one such batch does not make a witness without batches
+    sub.close()
+
+
+def test_a_batch_answered_503_waits_its_retry_after(tmp_path: Path, witness: Witness) -> None:
+    fake = RefusingBatches(witness, 503, b'{"error":"busy"}', "20")
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
+                           concurrency=1, batch_size=8, rng=lambda: 0.0, start=False)
+    for p in _bundles(tmp_path / "b", 3):
+        sub.submit(p)
+    assert sub.process_due() == 20.0
+    assert fake.urls == ["submit", "submit-batch"] and sub.pending == 2
     sub.close()
 
 

@@ -47,6 +47,8 @@ class Seen:
     cut_after: int = 0
     # When set, what answers each request body instead of ``answer``.
     answer_for: Callable[[bytes], bytes] | None = None
+    status: int = 201
+    retry_after: str | None = None  # sent as Retry-After when set
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -66,8 +68,10 @@ def _handler(seen: Seen) -> type[BaseHTTPRequestHandler]:
                 seen.requests.append(self.requestline)
                 seen.bodies.append(body)
             answer = seen.answer if seen.answer_for is None else seen.answer_for(body)
-            self.send_response(201)
+            self.send_response(seen.status)
             self.send_header("Content-Type", "application/json")
+            if seen.retry_after is not None:
+                self.send_header("Retry-After", seen.retry_after)
             self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
             if seen.cut_after:
@@ -104,7 +108,7 @@ def test_requests_from_one_thread_share_one_connection(stub: tuple[str, Seen]) -
     post = KeepAlivePost(1 << 20)
     answers = [post(f"{url}/v1/submit", f"bundle {i}".encode(), HEADERS, 5.0) for i in range(5)]
     post.close()
-    assert answers == [(201, b'{"ok":true}')] * 5
+    assert answers == [(201, b'{"ok":true}', None)] * 5
     assert seen.bodies == [f"bundle {i}".encode() for i in range(5)]
     assert seen.requests == ["POST /v1/submit HTTP/1.1"] * 5
     assert seen.connections == 1
@@ -138,7 +142,7 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_and_the_request_s
     post = KeepAlivePost(1 << 20)
     answers = [post(f"{url}/v1/submit", f"bundle {i}".encode(), HEADERS, 5.0) for i in range(3)]
     post.close()
-    assert [status for status, _ in answers] == [201, 201, 201]
+    assert [status for status, _, _ in answers] == [201, 201, 201]
     # Every request was answered once, each on a new connection after the drop.
     assert seen.bodies == [b"bundle 0", b"bundle 1", b"bundle 2"]
     assert seen.connections == 3
@@ -151,8 +155,8 @@ def test_an_answer_cut_at_the_limit_does_not_poison_the_connection(stub: tuple[s
     first = post(f"{url}/v1/submit", b"a", HEADERS, 5.0)
     second = post(f"{url}/v1/submit", b"b", HEADERS, 5.0)
     post.close()
-    assert first == (201, b"y" * 100)
-    assert second == (201, b"y" * 100)
+    assert first == (201, b"y" * 100, None)
+    assert second == (201, b"y" * 100, None)
     assert seen.bodies == [b"a", b"b"]
 
 
@@ -160,6 +164,24 @@ def test_an_unreachable_server_raises_oserror() -> None:
     post = KeepAlivePost(1 << 20)
     with pytest.raises(OSError):
         post(f"http://127.0.0.1:{free_port()}/v1/submit", b"x", HEADERS, 2.0)
+
+
+@pytest.mark.parametrize("proxied", [False, True])
+def test_an_answers_retry_after_is_handed_to_the_submitter(
+    stub: tuple[str, Seen], monkeypatch: pytest.MonkeyPatch, proxied: bool
+) -> None:
+    url, seen = stub
+    seen.status, seen.retry_after, seen.answer = 503, "7", b'{"error":"busy"}'
+    if proxied:  # through urllib, which answers a 503 with an HTTPError
+        monkeypatch.setenv("http_proxy", url)
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        url = "http://witness.example:8080"
+    post = KeepAlivePost(1 << 20)
+    assert post(f"{url}/v1/submit", b"x", HEADERS, 5.0) == (503, b'{"error":"busy"}', "7")
+    seen.status, seen.retry_after = 201, None
+    assert post(f"{url}/v1/submit", b"x", HEADERS, 5.0) == (201, b'{"error":"busy"}', None)
+    post.close()
 
 
 def test_a_configured_proxy_is_used(
@@ -275,7 +297,7 @@ def test_https_to_a_trusted_witness_keeps_its_connection(
     post = KeepAlivePost(1 << 20)
     answers = [post(f"{url}/v1/submit", f"b{i}".encode(), HEADERS, 5.0) for i in range(3)]
     post.close()
-    assert [status for status, _ in answers] == [201] * 3
+    assert [status for status, _, _ in answers] == [201] * 3
     assert seen.bodies == [b"b0", b"b1", b"b2"] and seen.connections == 1
 
 
