@@ -284,7 +284,13 @@ def _read_pem(path: str) -> bytes:
 def _always_accepting() -> None:
     return None
 
-_ID_FIELDS = ("traceId", "spanId", "parentSpanId")
+# The ids OTLP/JSON writes in hex, under both spellings protobuf's JSON mapping takes:
+# the Collector's reader (pdata's ptrace JSON unmarshaler) reads ``trace_id`` as hex
+# too, where protobuf read it as base64 (32 hex digits became 24 bytes, 22 became a
+# 16-byte trace id no one sent).  With both spellings in one object the later one is
+# kept, by protobuf's parser and by the Collector's alike.
+_ID_FIELDS = frozenset({"traceId", "trace_id", "spanId", "span_id", "parentSpanId",
+                        "parent_span_id"})
 # What an id that is not hex becomes: one byte, a length no id has, so that its span
 # is rejected alone (or its link left out), as a wrong-length id is in protobuf.  Not
 # empty: an empty parentSpanId would make the span a root.

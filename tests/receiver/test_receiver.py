@@ -277,6 +277,39 @@ def test_malformed_spans_partial_success_and_invalid_argument(tmp_path, clock):
     assert reports[0].statement.completeness.rejected_spans == 1
 
 
+_SNAKE_CASE = {"traceId": "trace_id", "spanId": "span_id", "parentSpanId": "parent_span_id"}
+
+
+def otlp_json(*spans, snake_case=False):
+    """*spans* as one OTLP/JSON request, ids in hex, their names spelled as protobuf's
+    JSON mapping writes them or, with *snake_case*, as the proto fields are named."""
+    from google.protobuf import json_format
+
+    doc = json_format.MessageToDict(request(*spans))
+    for span in doc["resourceSpans"][0]["scopeSpans"][0]["spans"]:
+        for obj in (span, *span.get("links", ())):
+            for key, original in _SNAKE_CASE.items():
+                if key in obj:
+                    hex_id = base64.b64decode(obj.pop(key)).hex()
+                    obj[original if snake_case else key] = hex_id
+    return doc
+
+
+def post_json(tmp_path, clock, doc):
+    """POST *doc* to a receiver as OTLP/JSON: the answer, and the bundles of spans."""
+    receiver = make_receiver(tmp_path / "out", clock)
+    with serving(receiver, http=True) as (_, http_server):
+        assert http_server is not None
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{http_server.port}/v1/traces", data=json.dumps(doc).encode(),
+            method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as response:
+            assert response.status == 200
+            answer = json.loads(response.read())
+    reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)), allow_incomplete=True)
+    return answer, [r for r in reports if r.records]
+
+
 @pytest.mark.parametrize(("field", "bad"), [
     ("spanId", "00f067aa0ba902bz"), ("parentSpanId", "00f067aa0ba902bz"),
     ("traceId", "00f067aa0ba902bz"),
@@ -288,28 +321,81 @@ def test_otlp_json_span_with_an_id_that_is_not_hex_is_rejected_alone(
 ):
     # As a wrong-length id in protobuf: partial success, the other spans certified.
     # The whole batch was answered 400, and the Collector dropped it.
-    from google.protobuf import json_format
-
-    doc = json_format.MessageToDict(request(otlp_span(TRACE_A, 1), otlp_span(TRACE_B, 2, parent=1)))
-    for span in doc["resourceSpans"][0]["scopeSpans"][0]["spans"]:
-        for key in ("traceId", "spanId", "parentSpanId"):
-            if key in span:
-                span[key] = base64.b64decode(span[key]).hex()
+    doc = otlp_json(otlp_span(TRACE_A, 1), otlp_span(TRACE_B, 2, parent=1))
     doc["resourceSpans"][0]["scopeSpans"][0]["spans"][1][field] = bad
-    receiver = make_receiver(tmp_path / "out", clock)
-    with serving(receiver, http=True) as (_, http_server):
-        assert http_server is not None
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{http_server.port}/v1/traces", data=json.dumps(doc).encode(),
-            method="POST", headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as response:
-            assert response.status == 200
-            partial = json.loads(response.read())["partialSuccess"]
+    answer, reports = post_json(tmp_path, clock, doc)
+    partial = answer["partialSuccess"]
     assert partial["rejectedSpans"] == "1"
     assert "must be" in partial["errorMessage"]
-    reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)), allow_incomplete=True)
-    certified = [(r.statement.trace_id, span_ids(r)) for r in reports if r.records]
+    certified = [(r.statement.trace_id, span_ids(r)) for r in reports]
     assert certified == [(TRACE_A, [span_id(1)])]
+
+
+def test_snake_case_span_ids_are_read_as_hex_like_the_collector(tmp_path, clock):
+    # protobuf's JSON parser takes trace_id as well as traceId, and the Collector's
+    # reads both as hex; trace_id was read as base64, 32 hex digits as 24 bytes, so
+    # every span so written was rejected.
+    doc = otlp_json(otlp_span(TRACE_A, 1), otlp_span(TRACE_A, 2, parent=1), snake_case=True)
+    assert "trace_id" in doc["resourceSpans"][0]["scopeSpans"][0]["spans"][1]
+    answer, reports = post_json(tmp_path, clock, doc)
+    assert "partialSuccess" not in answer
+    (report,) = reports
+    assert (report.statement.trace_id, span_ids(report)) == (TRACE_A, [span_id(1), span_id(2)])
+    assert report.records[1]["span"]["parentSpanId"] == span_id(1)
+
+
+def test_snake_case_link_ids_are_read_as_hex_not_left_out(tmp_path, clock):
+    # A link's trace_id of 24 bytes and span_id of 12 made an invalid context: the
+    # link was left out and counted as dropped, its span certified without it.
+    span = otlp_span(TRACE_A, 1)
+    span.links.add(trace_id=bytes.fromhex(TRACE_B), span_id=bytes.fromhex(span_id(9)))
+    doc = otlp_json(span)
+    link = doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["links"][0]
+    link["trace_id"], link["span_id"] = link.pop("traceId"), link.pop("spanId")
+    _, reports = post_json(tmp_path, clock, doc)
+    (record,) = reports[0].records
+    assert [(ln["traceId"], ln["spanId"]) for ln in record["span"]["links"]] == [
+        (TRACE_B, span_id(9))]
+    assert record["span"]["droppedLinksCount"] == "0"
+
+
+@pytest.mark.parametrize(("field", "bad"), [
+    # As base64, 22 hex digits are 16 bytes: certified under a trace id no one sent.
+    ("trace_id", TRACE_B[:22]),
+    # Base64 is not hex, under this spelling either: certified as the base64 said.
+    ("trace_id", base64.b64encode(bytes.fromhex(TRACE_B)).decode()),
+    # As base64, 11 hex digits are 8 bytes.
+    ("span_id", "00f067aa0ba"), ("parent_span_id", "00f067aa0ba"),
+])
+def test_snake_case_id_that_is_not_a_hex_id_is_rejected_alone_not_read_as_base64(
+    tmp_path, clock, field, bad
+):
+    doc = otlp_json(otlp_span(TRACE_A, 1), otlp_span(TRACE_B, 2, parent=1))
+    span = doc["resourceSpans"][0]["scopeSpans"][0]["spans"][1]
+    del span[{snake: camel for camel, snake in _SNAKE_CASE.items()}[field]]
+    span[field] = bad
+    answer, reports = post_json(tmp_path, clock, doc)
+    partial = answer["partialSuccess"]
+    assert partial["rejectedSpans"] == "1"
+    assert "must be" in partial["errorMessage"]
+    certified = [(r.statement.trace_id, span_ids(r)) for r in reports]
+    assert certified == [(TRACE_A, [span_id(1)])]
+
+
+@pytest.mark.parametrize("spellings", [("traceId", "trace_id"), ("trace_id", "traceId")])
+def test_an_id_under_both_spellings_is_the_later_one_as_protobuf_and_the_collector_read_it(
+    tmp_path, clock, spellings
+):
+    # protobuf's JSON parser refuses a field twice under one name, not under both:
+    # the later value is kept, as in the Collector's reader.  The snake_case one was
+    # read as base64 (24 bytes): when it came later, the span was rejected.
+    doc = otlp_json(otlp_span(TRACE_A, 1))
+    span = doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+    del span["traceId"]
+    span[spellings[0]], span[spellings[1]] = TRACE_B, TRACE_A
+    answer, reports = post_json(tmp_path, clock, doc)
+    assert "partialSuccess" not in answer
+    assert [(r.statement.trace_id, span_ids(r)) for r in reports] == [(TRACE_A, [span_id(1)])]
 
 
 def test_non_evidence_spans_are_not_certified(tmp_path, clock):
