@@ -542,8 +542,8 @@ _ENCODED_SURROGATE = re.compile(rb"\xed[\xa0-\xbf]")
 _LONE_SURROGATE = "holds a lone surrogate: no canonical JSON form (SPEC §3.1)"
 #: What the outline of a span set apart keeps besides its attributes, under either
 #: spelling: what selecting it, declaring it in its trace and ending its trace need.
-_OUTLINE_FIELDS = ("traceId", "trace_id", "spanId", "span_id", "parentSpanId",
-                   "parent_span_id", "flags")
+_OUTLINE_FIELDS = frozenset({"traceId", "trace_id", "spanId", "span_id", "parentSpanId",
+                             "parent_span_id", "flags"})
 _RESOURCE_SPANS = trace_pb2.ResourceSpans.DESCRIPTOR
 _SCOPE_SPANS = trace_pb2.ScopeSpans.DESCRIPTOR
 _SPAN = trace_pb2.Span.DESCRIPTOR
@@ -612,10 +612,12 @@ def _json_outline(span: Any) -> Any:
     """What a span set apart keeps (as :func:`_span_outline` does for protobuf): its
     ids and flags as sent, and the attributes whose key is valid, so that it is
     selected (by key, or by the evidence marker's value), rejected and declared in
-    its trace as the span would be.  What is not a JSON object is left to protobuf."""
+    its trace as the span would be.  Kept in the span's order: of an id under both
+    spellings, protobuf keeps the later one.  What is not a JSON object is left to
+    protobuf."""
     if not isinstance(span, dict):
         return span
-    outline = {key: span[key] for key in _OUTLINE_FIELDS if key in span}
+    outline = {key: value for key, value in span.items() if key in _OUTLINE_FIELDS}
     attributes = span.get("attributes")
     if isinstance(attributes, list):
         kept = (_outline_attribute(kv) for kv in attributes)
