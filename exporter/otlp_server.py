@@ -321,12 +321,14 @@ _NUMBER_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?
 _DOUBLE_FIELDS = ("doubleValue", "double_value")
 _DOUBLE_NAMES = frozenset({"NaN", "Infinity", "-Infinity"})
 # The integer fields of a trace request that a record holds (enums included), under
-# both spellings protobuf's JSON mapping takes.
+# both spellings protobuf's JSON mapping takes, and the flags of spans and links,
+# which are not recorded but tell a local root (its parent's remoteness).
 _INTEGER_FIELDS = frozenset({
     "intValue", "int_value", "startTimeUnixNano", "start_time_unix_nano",
     "endTimeUnixNano", "end_time_unix_nano", "timeUnixNano", "time_unix_nano",
     "droppedAttributesCount", "dropped_attributes_count", "droppedEventsCount",
     "dropped_events_count", "droppedLinksCount", "dropped_links_count", "kind", "code",
+    "flags",
 })
 
 

@@ -65,6 +65,26 @@ def test_json_integer_string_that_is_not_a_json_number_is_refused(value: str) ->
         parse_otlp_json(_doc("1", "2", "1", value))
 
 
+@pytest.mark.parametrize("where", ["span", "link"])
+@pytest.mark.parametrize("flags", ['"\u0667\u0666\u0668"', '"7_68"', '"+768"', '" 768"'])
+def test_json_flags_string_that_is_not_a_json_number_is_refused(where: str, flags: str) -> None:
+    # Python's int() took the Arabic-Indic digits 768 as 768: the bits saying the
+    # parent is remote, which decide whether a span is a local root.  The Collector's
+    # reader refuses them.
+    doc = _doc("1", "2", "1", "1")
+    flagged = (b'"kind":1,"flags":' + flags.encode() if where == "span" else
+               b'"kind":1,"links":[{"traceId":"' + TRACE_A.encode()
+               + b'","spanId":"00000000000000a2","flags":' + flags.encode() + b'}]')
+    with pytest.raises(InvalidRequest, match=r"flags .* is not a number as JSON writes one"):
+        parse_otlp_json(doc.replace(b'"kind":1', flagged))
+
+
+@pytest.mark.parametrize("flags", ['"768"', "768", '"7.68e2"', "768.0"])
+def test_json_flags_in_any_json_number_form_are_taken(flags: str) -> None:
+    doc = _doc("1", "2", "1", "1").replace(b'"kind":1', b'"kind":1,"flags":' + flags.encode())
+    assert parse_otlp_json(doc).resource_spans[0].scope_spans[0].spans[0].flags == 768
+
+
 @pytest.mark.parametrize(("value", "expected"), [
     ('"-0"', 0), ('"0"', 0), ('"5e0"', 5), ('"-50E-1"', -5), ('"0.5e1"', 5)])
 def test_json_integer_string_in_any_json_number_form_is_taken(value: str, expected: int) -> None:
