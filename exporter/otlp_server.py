@@ -287,8 +287,8 @@ def _always_accepting() -> None:
 # The ids OTLP/JSON writes in hex, under both spellings protobuf's JSON mapping takes:
 # the Collector's reader (pdata's ptrace JSON unmarshaler) reads ``trace_id`` as hex
 # too, where protobuf read it as base64 (32 hex digits became 24 bytes, 22 became a
-# 16-byte trace id no one sent).  With both spellings in one object the later one is
-# kept, by protobuf's parser and by the Collector's alike.
+# 16-byte trace id no one sent).  Both spellings in one object are refused
+# (_check_spellings).
 _ID_FIELDS = frozenset({"traceId", "trace_id", "spanId", "span_id", "parentSpanId",
                         "parent_span_id"})
 # What an id that is not hex becomes: one byte, a length no id has, so that its span
@@ -403,6 +403,30 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's members as a dict, refused when a name occurs twice: Python's
+    reader kept the last silently (``{"spans":[A],"spans":[B]}`` lost span A, answered
+    OK), where Go's protobuf JSON reader refuses it.
+
+    Raises:
+        InvalidRequest: a name occurs twice.
+    """
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise InvalidRequest(f"body names field {_shown(name)} twice in one object")
+            seen.add(name)
+    return obj
+
+
+def _camel_case(name: str) -> str:
+    """The JSON name protobuf gives the field *name* (lowerCamelCase)."""
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
 def _to_protobuf_json(obj: Any) -> None:
     """Make a decoded OTLP/JSON document what protobuf's JSON mapping takes: hex ids
     become base64 (OTLP/JSON spells ids as hex), and an id that is not hex an invalid
@@ -414,12 +438,20 @@ def _to_protobuf_json(obj: Any) -> None:
     An integer field's value written with a fraction or an exponent becomes the
     integer it denotes (:func:`_exact_integer`).
 
+    An object naming one field under both spellings protobuf takes (``scopeSpans``
+    and ``scope_spans``) is refused: protobuf kept one, so the spans of the other were
+    lost, answered OK.
+
     Raises:
-        InvalidRequest: a field name holds a lone surrogate, a ``bytesValue`` is
-            not base64, or an integer field holds a number that is not an integer.
+        InvalidRequest: a field name holds a lone surrogate, a field is named under
+            both spellings, a ``bytesValue`` is not base64, or an integer field holds
+            a number that is not an integer.
     """
     if isinstance(obj, dict):
         for key, value in obj.items():
+            if "_" in key and key != (camel := _camel_case(key)) and camel in obj:
+                raise InvalidRequest(f"body names field {_shown(camel)} twice in one "
+                                     f"object, also as {_shown(key)}")
             if not key.isascii():
                 try:
                     key.encode("utf-8")
@@ -614,8 +646,7 @@ def _json_outline(span: Any) -> Any:
     """What a span set apart keeps (as :func:`_span_outline` does for protobuf): its
     ids and flags as sent, and the attributes whose key is valid, so that it is
     selected (by key, or by the evidence marker's value), rejected and declared in
-    its trace as the span would be.  Kept in the span's order: of an id under both
-    spellings, protobuf keeps the later one.  What is not a JSON object is left to
+    its trace as the span would be.  What is not a JSON object is left to
     protobuf."""
     if not isinstance(span, dict):
         return span
@@ -692,11 +723,13 @@ def parse_otlp_json(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest:
 
     Raises:
         InvalidRequest: not JSON (``NaN`` and ``Infinity`` included, and numbers
-            beyond a double's range), not a valid request, or with a span kind or
-            status code that is neither an int32 nor a name of its enum.
+            beyond a double's range), an object naming a field twice (under one
+            spelling or both), not a valid request, or with a span kind or status
+            code that is neither an int32 nor a name of its enum.
     """
     try:
-        doc = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float)
+        doc = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float,
+                         object_pairs_hook=_unique_members)
     except InvalidRequest:
         raise
     except (ValueError, UnicodeDecodeError) as e:

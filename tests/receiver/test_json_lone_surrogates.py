@@ -195,16 +195,6 @@ def test_a_lone_surrogate_in_a_scope_sets_apart_the_spans_under_it() -> None:
     }
 
 
-def test_a_span_set_apart_keeps_the_later_of_two_spellings_of_its_trace_id() -> None:
-    # protobuf keeps the later spelling, so the span as sent belongs to TRACE_A; its
-    # outline kept the ids in a fixed order, trace_id last, and was declared in TRACE_B.
-    span = _span(TRACE_A, 1, name=CUT)
-    del span["traceId"]
-    body = _body(_resource({"trace_id": TRACE_B, "traceId": TRACE_A, **span}))
-    assert _set_apart(body) == {"tests.receiver": [],
-                                f"a string {WHY}": [(TRACE_A, span_id(1))]}
-
-
 def test_a_lone_surrogate_in_a_field_protobuf_ignores_changes_nothing() -> None:
     # Unknown fields are ignored (OTLP), lone surrogates in them too: the span is
     # certified as before.

@@ -382,22 +382,6 @@ def test_snake_case_id_that_is_not_a_hex_id_is_rejected_alone_not_read_as_base64
     assert certified == [(TRACE_A, [span_id(1)])]
 
 
-@pytest.mark.parametrize("spellings", [("traceId", "trace_id"), ("trace_id", "traceId")])
-def test_an_id_under_both_spellings_is_the_later_one_as_protobuf_and_the_collector_read_it(
-    tmp_path, clock, spellings
-):
-    # protobuf's JSON parser refuses a field twice under one name, not under both:
-    # the later value is kept, as in the Collector's reader.  The snake_case one was
-    # read as base64 (24 bytes): when it came later, the span was rejected.
-    doc = otlp_json(otlp_span(TRACE_A, 1))
-    span = doc["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
-    del span["traceId"]
-    span[spellings[0]], span[spellings[1]] = TRACE_B, TRACE_A
-    answer, reports = post_json(tmp_path, clock, doc)
-    assert "partialSuccess" not in answer
-    assert [(r.statement.trace_id, span_ids(r)) for r in reports] == [(TRACE_A, [span_id(1)])]
-
-
 def test_non_evidence_spans_are_not_certified(tmp_path, clock):
     receiver = make_receiver(tmp_path / "out", clock)
     with serving(receiver) as (server, _):
