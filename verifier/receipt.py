@@ -615,6 +615,11 @@ def check_receipt_for_bundle(
             Status.FAIL if required else Status.SKIPPED, f"no receipt (expected {path})"
         )
     except OSError as e:
+        if not witness_keys and not required:
+            # Not checked either way: what cannot be read changes no verdict, as a
+            # malformed receipt does not (``report`` failed a bundle ``verify`` passed).
+            return _check(Status.SKIPPED, "receipt not checked: no witness key is pinned "
+                                          f"(--witness-key); {path} cannot be read: {e.strerror}")
         return _check(Status.FAIL, f"cannot read receipt {path}: {e.strerror}")
     if not witness_keys:
         return _check(

@@ -786,6 +786,29 @@ def test_a_named_pipe_as_a_bundles_receipt_fails_the_receipt_check(
     assert check.message.endswith("not a regular file (a named pipe)")
 
 
+@pytest.mark.parametrize("receipt", ["directory", "named pipe"])
+@pytest.mark.timeout(60)
+def test_report_skips_an_unreadable_receipt_without_a_witness_key_as_verify_does(
+    capsys, tmp_path, keys: Keys, make_bundle, receipt
+):
+    # Anyone who can write beside a genuine bundle made `report` FAIL it (exit 1)
+    # while `verify` said OK: without a pinned witness key the receipt is not
+    # checked, readable or not (SPEC §8 step 10).
+    path, _ = make_bundle()
+    if receipt == "directory":
+        os.mkdir(receipt_path(path))
+    else:
+        os.mkfifo(receipt_path(path))
+    code, out, _ = run(capsys, "verify", "--key", keys.pub, path)
+    assert code == 0 and out.startswith("OK ")
+    code, out, _ = run(capsys, "report", "--key", keys.pub, "--html", tmp_path / "r.html", path)
+    assert code == 0 and out.startswith("OK "), out
+    report = check_bundle(path, TrustRoot.from_pem_files([keys.pub]))
+    check = check_receipt_for_bundle(path, report, [])
+    assert check.status is Status.SKIPPED
+    assert check.message.startswith("receipt not checked: no witness key is pinned")
+
+
 @pytest.mark.timeout(60)
 def test_a_named_pipe_as_a_disclosure_file_is_refused(tmp_path):
     pipe = tmp_path / "values.disclosures.json"
