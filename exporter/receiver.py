@@ -839,6 +839,12 @@ class Receiver:
             if self._retire_pending():
                 self._retire(())
             worked = self._write_pending()
+            if self._unwritten:
+                # Nothing more is sealed until they are written: a trace's next segment
+                # written (and retired) before its unwritten one would leave, after a
+                # crash, a chain whose segment was never stored (its spans recovered
+                # into a later one).  Requests are answered UNAVAILABLE meanwhile.
+                return False
             while True:
                 with self._lock:
                     if drain is not None:

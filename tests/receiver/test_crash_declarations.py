@@ -234,3 +234,39 @@ def test_without_its_disclosures_a_version_differing_in_plain_fields_survives(
     assert [span_ids(r) for r in reports] == [[span_id(1)], [span_id(1)]]
     assert reports[1].statement is not None
     assert reports[1].statement.completeness.conflicts == (span_id(1),)
+
+
+def test_a_segment_that_cannot_be_written_is_not_overtaken_by_the_next(
+    tmp_path: Path,
+) -> None:
+    # Segment 0 could not be written; the next pass retried it (failing again) and
+    # sealed, wrote and retired segment 1.  After a crash, segment 0's spans were
+    # recovered as segment 2: segment 0 was never stored, and the chain never linked
+    # from genesis, with nothing declared.  Nothing more is sealed while a bundle
+    # waits to be written.
+    import errno
+
+    from spanproof.verifier.verify import link_segments
+
+    class NoRoomForSegment0(DirectorySink):
+        def write(self, bundle: Any) -> str:
+            s = bundle.statement
+            if s.trace_id == TRACE_A and s.segment_index == 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(bundle)
+
+    clock = FakeClock()
+    out = tmp_path / "out"
+    first = quiet_receiver(out, clock, max_records=2, sink=NoRoomForSegment0(str(out)))
+    first.start()
+    first(request(otlp_span(TRACE_A, 1), otlp_span(TRACE_A, 2, parent=1),
+                  otlp_span(TRACE_A, 3, parent=1)).resource_spans)
+    assert not first.flush(1)  # segment 0 (size limit) sealed, not written
+    clock.advance(5)
+    assert not first.flush(1)  # retried; the root ended, but segment 1 waits
+    crash(first)
+    restart(out, clock, max_records=2)
+    reports = verified(str(out), trust_root(str(tmp_path)), allow_incomplete=True)
+    assert [r.statement.segment_index for r in reports if r.statement] == [0, 1]
+    assert sorted(s for r in reports for s in span_ids(r)) == [span_id(n) for n in (1, 2, 3)]
+    assert [(link.ok, link.segments) for link in link_segments(reports)] == [(True, (0, 1))]
