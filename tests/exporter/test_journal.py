@@ -719,3 +719,72 @@ def test_recovered_spans_are_sealed_in_segments_of_the_assembler_s_byte_bound(
     assert [r.statement.record_count for r in reports if r.statement] == [1, 1, 1]
     (link,) = link_segments(reports)
     assert link.ok and link.segments == (0, 1, 2)
+
+
+def _position(index: int) -> dict[str, str]:
+    """A chain position as the journal's ``sealed`` entries store it."""
+    return {"index": str(index), "firstSeq": str(2 * index), "start": "sha256:" + "ab" * 32,
+            "previousStatement": f"sha256:{index:064x}"}
+
+
+def _rotate_away(j: Journal, n: int) -> None:
+    """Seal *n* spans of other traces, each in a file of its own: the files before
+    are deleted."""
+    for i in range(n):
+        other = f"{i + 2:032x}"
+        j.append_sealed(other, j.append_spans([(other, _body(10 + i))]), _position(1))
+
+
+@pytest.mark.parametrize("late", ["span", "rejected", "dropped", "unsampled"])
+def test_a_chain_position_outlives_the_file_that_held_it(tmp_path, monkeypatch, late):
+    # Once the file holding a trace's sealed entry was deleted, replay had no chain
+    # position for the trace's late entries, and recovery walked its chain from
+    # segment 0 on disk, where a segment declaring only losses cannot be told from
+    # one written but not recorded: a late rejection was declared nowhere.
+    from spanproof.exporter import journal as journal_module
+
+    monkeypatch.setattr(journal_module, "ROTATE_BYTES", 1)  # every write ends its file
+    j = Journal(str(tmp_path), "aaaa")
+    j.append_sealed(TRACE, j.append_spans([(TRACE, _body(1))]), _position(1))
+    j.append_sealed(TRACE, [], _position(2), {"rejected": 1})
+    _rotate_away(j, 3)
+    files = _journal_files(str(tmp_path))
+    assert TRACE not in replay(files) and len(files) == 1  # nothing of the trace left
+    if late == "span":
+        j.append_spans([(TRACE, _body(3))])
+    else:
+        getattr(j, f"append_{late}")(TRACE, 1)
+    trace = replay(_journal_files(str(tmp_path)))[TRACE]
+    assert trace.next_position == _position(2)
+    assert (len(trace.bodies), trace.rejected_spans, trace.dropped_spans,
+            trace.unsampled_spans) == {"span": (1, 0, 0, 0), "rejected": (0, 1, 0, 0),
+                                       "dropped": (0, 0, 1, 0), "unsampled": (0, 0, 0, 1)}[late]
+
+
+def test_a_carried_position_is_written_once_per_file(tmp_path, monkeypatch):
+    from spanproof.exporter import journal as journal_module
+
+    monkeypatch.setattr(journal_module, "ROTATE_BYTES", 1 << 20)
+    j = Journal(str(tmp_path), "aaaa")
+    j.append_sealed(TRACE, j.append_spans([(TRACE, _body(1))]), _position(1))
+    j.append_spans([(TRACE, _body(2))])  # the same file: nothing to carry
+    monkeypatch.setattr(journal_module, "ROTATE_BYTES", 1)
+    j.append_spans([(OTHER, _body(3))])  # ends the file
+    j.append_spans([(TRACE, _body(4)), (TRACE, _body(5))], rejected={TRACE: 1})
+    sealed = [e for path in _journal_files(str(tmp_path)) for e in _read_entries(path)
+              if e["t"] == "sealed"]
+    assert [(e["keys"], e["next"], e["declared"]) for e in sealed] == [
+        ([f"aaaa:{1}"], _position(1), {}), ([], _position(1), {})]
+
+
+def test_a_position_not_remembered_leaves_the_chain_to_the_disk(tmp_path, monkeypatch):
+    # The memory is bounded, as the assembler's of sealed traces: the oldest goes.
+    from spanproof.exporter import journal as journal_module
+
+    monkeypatch.setattr(journal_module, "ROTATE_BYTES", 1)
+    monkeypatch.setattr(journal_module, "POSITION_MEMORY", 2)
+    j = Journal(str(tmp_path), "aaaa")
+    j.append_sealed(TRACE, j.append_spans([(TRACE, _body(1))]), _position(1))
+    _rotate_away(j, 2)
+    j.append_spans([(TRACE, _body(2))])
+    assert replay(_journal_files(str(tmp_path)))[TRACE].next_position is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from receiver_support import (
     TRACE_A,
     TRACE_B,
@@ -27,6 +28,7 @@ from receiver_support import (
     verified,
 )
 
+from spanproof.exporter import journal
 from spanproof.exporter.receiver import Receiver
 from spanproof.exporter.sinks import DirectorySink
 
@@ -148,15 +150,17 @@ def test_a_loss_of_no_trace_declared_in_a_bundle_retires_none_of_its_trace_s_own
     assert [r.statement.completeness.rejected_spans for r in reports if r.statement] == [1, 1]
 
 
+@pytest.mark.parametrize("positions", [journal.POSITION_MEMORY, 0])
 def test_a_late_rejection_is_declared_after_a_crash_once_the_sealed_entry_is_deleted(
-    tmp_path: Path, monkeypatch: Any,
+    tmp_path: Path, monkeypatch: Any, positions: int,
 ) -> None:
     # After 64 MiB of other traffic the journal file holding the trace's sealed entry
-    # is deleted, so recovery walks its chain from segment 0 on disk: it took segment
-    # 0's declared rejection off the journaled one of the late span.
-    from spanproof.exporter import journal
-
+    # is deleted.  Its chain position is written again with the late spans; beyond
+    # the journal's memory of positions (0 here), recovery walks the chain from
+    # segment 0 on disk: it took segment 0's declared rejection off the journaled
+    # one of the late span.
     monkeypatch.setattr(journal, "ROTATE_BYTES", 1)  # every entry ends its file
+    monkeypatch.setattr(journal, "POSITION_MEMORY", positions)
     clock = FakeClock()
     out = tmp_path / "out"
     first = quiet_receiver(out, clock)
@@ -184,10 +188,10 @@ def test_a_late_rejection_is_declared_after_a_crash_once_the_sealed_entry_is_del
 def _conflict_after_rotation(tmp_path: Path, monkeypatch: Any, late: Any,
                              *, keep_disclosures: bool = True) -> list[Any]:
     """Seal TRACE_A's root with a committed value, move the journal past its sealed
-    entry, send *late* (a version of the root) and crash; restart; TRACE_A's reports."""
-    from spanproof.exporter import journal
-
+    entry (its position beyond the journal's memory), send *late* (a version of the
+    root) and crash; restart; TRACE_A's reports."""
     monkeypatch.setattr(journal, "ROTATE_BYTES", 1)  # every entry ends its file
+    monkeypatch.setattr(journal, "POSITION_MEMORY", 0)  # recovery walks the disk
     clock = FakeClock()
     out = tmp_path / "out"
     redact = {"redact_attributes": ["customer.*"]}
@@ -270,3 +274,38 @@ def test_a_segment_that_cannot_be_written_is_not_overtaken_by_the_next(
     assert [r.statement.segment_index for r in reports if r.statement] == [0, 1]
     assert sorted(s for r in reports for s in span_ids(r)) == [span_id(n) for n in (1, 2, 3)]
     assert [(link.ok, link.segments) for link in link_segments(reports)] == [(True, (0, 1))]
+
+
+def test_a_late_rejection_after_a_segment_of_losses_only_is_declared_after_rotation(
+    tmp_path: Path, monkeypatch: Any,
+) -> None:
+    # Segment 1 declared a rejection and held no records; once the file holding its
+    # sealed entry was deleted, recovery could not tell it from a segment written
+    # but not recorded, and took its rejection off the late one's.
+    monkeypatch.setattr(journal, "ROTATE_BYTES", 1)  # every entry ends its file
+    clock = FakeClock()
+    out = tmp_path / "out"
+    first = quiet_receiver(out, clock)
+    first.start()
+    first(request(otlp_span(TRACE_A, 1)).resource_spans)
+    clock.advance(5)
+    assert first.flush()
+    bad = otlp_span(TRACE_A, 2, parent=1)
+    bad.span_id = b"\x02"
+    assert first(request(bad, otlp_span(TRACE_B, 20)).resource_spans).rejected == 1
+    clock.advance(5)
+    assert first.flush()  # TRACE_A's segment 1: no records, one rejection
+    for n in range(3):  # other traffic, sealed: the journal moves on
+        first(request(otlp_span(TRACE_B, 30 + n, parent=20)).resource_spans)
+        clock.advance(5)
+        assert first.flush()
+    late_bad = otlp_span(TRACE_A, 5, parent=1)
+    late_bad.span_id = b"\x05"
+    assert first(request(otlp_span(TRACE_A, 4, parent=1), late_bad).resource_spans).rejected == 1
+    crash(first)
+    restart(out, clock)
+    reports = [r for r in verified(str(out), trust_root(str(tmp_path)), allow_incomplete=True)
+               if r.statement is not None and r.statement.trace_id == TRACE_A]
+    assert [(r.statement.segment_index, span_ids(r), r.statement.completeness.rejected_spans)
+            for r in reports if r.statement] == [
+        (0, [span_id(1)], 0), (1, [], 1), (2, [span_id(4)], 1)]
