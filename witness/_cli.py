@@ -276,14 +276,15 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     except ValueError as e:
         return _fail(str(e), EXIT_USAGE)
     try:
-        generate_key_file(args.key, key)
+        generate_key_file(args.key, key, args.origin)
     except FileExistsError:
         return _fail(f"{args.key} exists; refusing to overwrite a witness key", EXIT_USAGE)
     except OSError as e:
         named = e.filename2 if e.filename2 is not None else e.filename  # replace(): the target
         where = args.key if named is None else os.fsdecode(named)
         return _fail(f"{where}: cannot write the witness key ({e.strerror or e})", EXIT_USAGE)
-    print(f"wrote {args.key} (private, mode 0600) and {args.key}.pub")
+    origin_file = f" and {args.key}.origin" if args.origin is not None else ""
+    print(f"wrote {args.key} (private, mode 0600), {args.key}.pub{origin_file}")
     print(f"origin: {signer.origin}")
     print(f"verifier key: {signer.vkey}")
     return EXIT_OK
@@ -562,7 +563,8 @@ def add_commands(subparsers: Any) -> None:
     serve.add_argument("--key", required=True, metavar="KEYFILE",
                        help="the witness's Ed25519 private key (PKCS#8 PEM; see keygen)")
     serve.add_argument("--origin", metavar="NAME",
-                       help="log origin and key name (default: derived from the key)")
+                       help="log origin and key name (default: the one 'witness keygen "
+                            "--origin' recorded in KEY.origin, else derived from the key)")
     serve.add_argument("--producer-key", action="append", metavar="PUB.pem",
                        help="accept bundles signed by this producer key (repeatable); "
                             "without any, any valid signature by a submitter-supplied key "

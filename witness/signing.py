@@ -2,7 +2,9 @@
 
 The key is an Ed25519 private key in a PKCS#8 PEM file.  Its signed-note name is
 the log's origin, so the verifier key string ``<origin>+<key hash>+<key>`` names
-both.  Signing is deterministic (Ed25519), with no clock or randomness.
+both; a key generated for an origin records it in ``<key>.origin``, so that serving
+the key without naming the origin again does not start another origin's log.
+Signing is deterministic (Ed25519), with no clock or randomness.
 """
 
 from __future__ import annotations
@@ -18,9 +20,14 @@ from spanproof.verifier._files import unlink_quietly
 from spanproof.verifier.checkpoint import Checkpoint, NoteSignature, SignedNote, WitnessKey
 from spanproof.verifier.keys import load_private_key
 
-__all__ = ["CheckpointSigner", "default_origin", "generate_key_file"]
+__all__ = ["CheckpointSigner", "default_origin", "generate_key_file", "origin_path"]
 
 _logger = logging.getLogger(__name__)
+
+
+def origin_path(key_path: str | os.PathLike[str]) -> str:
+    """Where the origin a key was generated for is recorded: ``<key>.origin``."""
+    return os.fspath(key_path) + ".origin"
 
 
 def default_origin(public_raw: bytes) -> str:
@@ -49,12 +56,22 @@ class CheckpointSigner:
     @classmethod
     def load(cls, path: str | os.PathLike[str], origin: str | None = None) -> CheckpointSigner:
         """Load a PKCS#8 PEM Ed25519 private key; warn when others can read the file.
+        Without *origin*, the origin the key was generated for (``<key>.origin``,
+        :func:`origin_path`), else the one derived from the key.
 
         Raises:
             InvalidKey: unreadable file, not an unencrypted PEM key, or not Ed25519.
-            ValueError: *origin* is not a valid key name (spaces or '+').
+            ValueError: *origin* is not a valid key name (spaces or '+'), or not the
+                one the key was generated for; ``<key>.origin`` cannot be read.
         """
-        return cls(load_private_key(path, "witness key"), origin)
+        private_key = load_private_key(path, "witness key")
+        recorded = _recorded_origin(path)
+        if recorded is not None and origin is not None and origin != recorded:
+            raise ValueError(
+                f"{path} was generated for origin {recorded!r} ({origin_path(path)}), not "
+                f"{origin!r}: a log's origin names it in every checkpoint and verifier "
+                "key, so serve it with that origin (or remove that file to choose anew)")
+        return cls(private_key, origin if origin is not None else recorded)
 
     @property
     def vkey(self) -> str:
@@ -83,16 +100,42 @@ class CheckpointSigner:
         return self.sign_text(checkpoint.to_text())
 
 
+def _recorded_origin(path: str | os.PathLike[str]) -> str | None:
+    """The origin recorded beside the key at *path*, or None.
+
+    Raises:
+        ValueError: the file exists but cannot be read as one line of UTF-8.
+    """
+    where = origin_path(path)
+    try:
+        with open(where, "rb") as f:
+            data = f.read(4097)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ValueError(f"{where}: cannot read the key's origin ({e.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{where}: the key's origin is not UTF-8") from None
+    origin = text.removesuffix("\n")
+    if not origin or "\n" in origin or len(data) > 4096:
+        raise ValueError(f"{where}: must hold the key's origin on one line")
+    return origin
+
+
 def generate_key_file(
-    path: str | os.PathLike[str], key: Ed25519PrivateKey | None = None
+    path: str | os.PathLike[str], key: Ed25519PrivateKey | None = None,
+    origin: str | None = None,
 ) -> Ed25519PrivateKey:
-    """Create a new witness key (or write *key*) at *path* (mode 0600) and its public
-    key at ``<path>.pub``; refuse to overwrite.  On failure neither file is left
-    behind (a private key without its public key would block the next attempt).
+    """Create a new witness key (or write *key*) at *path* (mode 0600), its public
+    key at ``<path>.pub`` and, given *origin*, that origin at ``<path>.origin``;
+    refuse to overwrite.  On failure the private key is not left behind (a private
+    key without its public key or origin would block the next attempt).
 
     Raises:
         FileExistsError: *path* exists.
-        OSError: either file cannot be written.
+        OSError: a file cannot be written.
     """
     if key is None:
         key = Ed25519PrivateKey.generate()
@@ -115,6 +158,12 @@ def generate_key_file(
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, os.fspath(path) + ".pub")
+        if origin is not None:
+            with open(tmp, "wb") as f:
+                f.write(origin.encode("utf-8") + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, origin_path(path))
     except BaseException:
         unlink_quietly(tmp)
         unlink_quietly(os.fspath(path))

@@ -36,7 +36,7 @@ from spanproof.verifier.verify import check_bundle
 from spanproof.witness._cli import main, parse_listen, server_stack
 from spanproof.witness.monitor import MONITOR_EVIDENCE_MEDIA_TYPE
 from spanproof.witness.service import Witness
-from spanproof.witness.signing import CheckpointSigner
+from spanproof.witness.signing import CheckpointSigner, generate_key_file
 from spanproof.witness.store import Store
 
 
@@ -119,6 +119,47 @@ def test_keygen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert WitnessKey.load(str(key) + ".pub").public_key == pinned.public_key
     status, _, err = _run(["witness", "keygen", "--key", str(key)], capsys)
     assert status == 2 and "refusing to overwrite" in err
+
+
+def test_a_key_generated_for_an_origin_is_served_under_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 'keygen --origin' printed a verifier key naming that origin, and 'serve'
+    # without --origin started a log of another origin (derived from the key): every
+    # receipt then failed against the key auditors had pinned.
+    key = tmp_path / "w.key"
+    status, out, _ = _run(["witness", "keygen", "--key", str(key), "--origin", "w.example/log"],
+                          capsys)
+    assert status == 0 and f"{key}.origin" in out
+    assert (tmp_path / "w.key.origin").read_text() == "w.example/log\n"
+    assert CheckpointSigner.load(key).origin == "w.example/log"
+    assert CheckpointSigner.load(key, "w.example/log").origin == "w.example/log"
+    status, _, err = _run(["witness", "serve", "--key", str(key), "--origin", "other/log",
+                           "--db", str(tmp_path / "w.db"), "--listen", "127.0.0.1:0"], capsys)
+    assert status == 2
+    assert "was generated for origin 'w.example/log'" in err
+    assert not (tmp_path / "w.db").exists()
+
+
+def test_a_key_generated_without_an_origin_keeps_the_derived_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "w.key"
+    status, out, _ = _run(["witness", "keygen", "--key", str(key)], capsys)
+    assert status == 0 and not (tmp_path / "w.key.origin").exists()
+    origin = next(line.split(": ", 1)[1] for line in out.splitlines()
+                  if line.startswith("origin"))
+    assert CheckpointSigner.load(key).origin == origin
+    assert CheckpointSigner.load(key, "chosen/log").origin == "chosen/log"
+
+
+@pytest.mark.parametrize("content", [b"", b"a\nb\n", b"\xff\n"])
+def test_a_damaged_origin_file_is_refused_by_name(tmp_path: Path, content: bytes) -> None:
+    key = tmp_path / "w.key"
+    generate_key_file(key)
+    (tmp_path / "w.key.origin").write_bytes(content)
+    with pytest.raises(ValueError, match=r"w\.key\.origin"):
+        CheckpointSigner.load(key)
 
 
 def test_output_that_cannot_be_written_is_said_to_be_standard_output(
