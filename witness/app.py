@@ -89,8 +89,12 @@ def _error(status: int, message: str, extra: dict[str, Any] | None = None,
 
 
 def _uint_param(request: Request, name: str, *, required: bool) -> int | None:
-    value = request.query_params.get(name)
-    if value is None or value == "":
+    values = request.query_params.getlist(name)
+    if len(values) > 1:
+        # Which one counts would be the framework's choice (the last): refused.
+        raise _HTTPError(400, f"query parameter {name!r} is given {len(values)} times")
+    value = values[0] if values else None
+    if value is None:
         if required:
             raise _HTTPError(400, f"query parameter {name!r} is required")
         return None

@@ -409,6 +409,12 @@ class Witness:
                 for v, leaf, data, h, (envelope, report) in leaves:
                     existing = new.get(h) or self._store.by_leaf_hash(h)
                     if existing is not None:
+                        if existing.index >= self._tree.size:
+                            # Only another process appending to the database does this
+                            # (the store's lock keeps it out): no receipt can be made.
+                            raise TransportError(
+                                f"entry {existing.index} is beyond the tree of "
+                                f"{self._tree.size} leaves this witness holds")
                         entries.append((existing, False))
                         continue
                     entry = Entry(

@@ -9,11 +9,17 @@ both tables, and ``checkpoints.size`` is the primary key, so the database itself
 refuses a second checkpoint for a size.
 
 Access is serialized by the caller (the witness holds one lock); the connection
-is shared across the server's worker threads.
+is shared across the server's worker threads.  One process serves a database: it
+holds ``<db>.lock`` locked (``flock``) while the store is open, since each process
+keeps its own tree in memory, and a second one appending to the same file fell
+behind the first, serving an older checkpoint than the log had signed.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -74,6 +80,15 @@ _ENTRY_COLUMNS = (
     "idx, leaf_hash, leaf, statement_digest, trace_id, segment, producer_instance, "
     "signer_keyid, producer_key, checked, submitted_at, envelope, report"
 )
+# What reading an entry takes of them: not the envelope, which nothing reads back,
+# and of the report only its checks (a look-up answers them), as its statement's
+# notes may be megabytes: a look-up of a trace with a few such entries took their
+# whole size, many times over in Python objects, to answer a few kilobytes.
+_READ_COLUMNS = (
+    "idx, leaf_hash, leaf, statement_digest, trace_id, segment, producer_instance, "
+    "signer_keyid, producer_key, checked, submitted_at, x'', {report}"
+)
+_CHECKS_OF_REPORT = "json_object('checks', json(coalesce(json_extract(report, '$.checks'), '[]')))"
 
 
 @dataclass(frozen=True)
@@ -156,27 +171,40 @@ class Store:
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.RLock()
+        self._held = _hold(path)
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
+            try:  # SQLite's JSON functions are built in since 3.38, optional before
+                self._db.execute(f"SELECT {_CHECKS_OF_REPORT} FROM (SELECT '{{}}' AS report)")  # noqa: S608
+                self._read_columns = _READ_COLUMNS.format(report=_CHECKS_OF_REPORT)
+            except sqlite3.OperationalError:
+                self._read_columns = _READ_COLUMNS.format(report="report")
             version = self.get_meta("schema")
             if version is None:
                 self.set_meta("schema", SCHEMA_VERSION)
             elif version != SCHEMA_VERSION:
                 raise TransportError(f"{path}: unknown witness schema version {version!r}")
         except sqlite3.Error as e:
+            self._release()
             raise TransportError(f"{path}: cannot open the witness database: {e}") from e
 
     def close(self) -> None:
-        """Close the database (idempotent)."""
+        """Close the database (idempotent) and let another process open it."""
         with self._lock:
             try:
                 self._db.close()
             except sqlite3.Error:  # pragma: no cover - closing is best effort
                 pass
+            self._release()
+
+    def _release(self) -> None:
+        held, self._held = self._held, -1
+        if held >= 0:
+            os.close(held)
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -215,7 +243,7 @@ class Store:
         """Entries matching an SQL condition over the ``leaves`` columns, by index:
         the first *limit* (all when negative) of those after index *after*."""
         rows = self._query(
-            f"SELECT {_ENTRY_COLUMNS} FROM leaves WHERE ({where}) AND idx > ? "  # noqa: S608
+            f"SELECT {self._read_columns} FROM leaves WHERE ({where}) AND idx > ? "  # noqa: S608
             "ORDER BY idx LIMIT ?",
             (*args, after, limit),
         )
@@ -316,3 +344,32 @@ class Store:
                     raise
             except sqlite3.Error as e:
                 raise TransportError(f"witness database write failed: {e}") from e
+
+
+def _hold(path: str) -> int:
+    """Lock ``<path>.lock`` for this process (an in-memory database needs none);
+    its descriptor, or -1.
+
+    Raises:
+        TransportError: another process holds it, or it cannot be opened.
+    """
+    if path == ":memory:" or path.startswith("file:"):
+        return -1
+    lock = path + ".lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise TransportError(f"{lock}: cannot open the witness database's lock "
+                             f"({e.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise TransportError(
+                f"{path} is served by another process ({lock} is locked): one witness "
+                "process serves a log, or each would sign from its own view of it"
+            ) from None
+        raise TransportError(f"{lock}: cannot lock the witness database ({e.strerror})") \
+            from None
+    return fd

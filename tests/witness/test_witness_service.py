@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import gc
 import json
 import sqlite3
@@ -24,18 +25,24 @@ from witness_helpers import (
     ORIGIN,
     OTHER_PRODUCER_SEED,
     OTHER_WITNESS_SEED,
+    PRODUCER_SEED,
+    SEALED_AT,
     FakeClock,
+    body,
     make_bundle,
     trace_id,
     write_bundle,
 )
 
 from spanproof.exporter.keys import SigningKey
+from spanproof.exporter.sealing import ChainPosition, seal
 from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.checkpoint import WitnessKey, verify_checkpoint
+from spanproof.verifier.errors import TransportError
 from spanproof.verifier.keys import TrustRoot
 from spanproof.verifier.merkle import leaf_hash, verify_consistency, verify_inclusion
 from spanproof.verifier.receipt import WitnessLeaf, verify_receipt
+from spanproof.verifier.statement import Completeness, Producer
 from spanproof.verifier.verify import check_bundle
 from spanproof.witness.app import create_app
 from spanproof.witness.service import LogCorrupted, Witness
@@ -812,3 +819,85 @@ def test_malformed_batches_are_400(harness: Harness, body: bytes, reason: str) -
 def test_a_batch_larger_than_max_body_is_413(harness: Harness) -> None:
     resp = _batch(harness, [b"x" * (1 << 20)])
     assert resp.status_code == 413 and harness.witness.size == 0
+
+
+def test_a_second_process_cannot_serve_the_same_database(tmp_path: Path) -> None:
+    # Each process keeps its own tree: a second one on the same file fell behind the
+    # first, served a smaller checkpoint than the log had signed (a monitor's
+    # rollback alarm), answered 500 for the first one's entries and 503 for new ones.
+    import subprocess
+    import sys
+
+    db = tmp_path / "w.db"
+    store = Store(str(db))
+    try:
+        with pytest.raises(TransportError, match="served by another process"):
+            Store(str(db))
+        other = subprocess.run(
+            [sys.executable, "-c", "import sys\nfrom spanproof.witness.store import Store\n"
+             "try:\n    Store(sys.argv[1])\nexcept Exception as e:\n    print(e)\n"
+             "    sys.exit(3)\n", str(db)],
+            capture_output=True, text=True, timeout=60)
+        assert other.returncode == 3 and "served by another process" in other.stdout
+    finally:
+        store.close()
+    Store(str(db)).close()  # free once closed
+
+
+def test_an_entry_beyond_the_tree_is_a_storage_fault_not_a_crash(
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What another process's append looked like: the entry exists, the tree held
+    # here does not reach it; building its proof raised ValueError (500).
+    (path,) = _bundles(tmp_path, 1)
+    assert harness.submit(path.read_bytes()).status_code == 201
+    assert harness.store is not None
+    real = harness.store.by_leaf_hash
+
+    def beyond(h: bytes) -> Entry | None:
+        found = real(h)
+        return None if found is None else dataclasses.replace(found, index=5)
+
+    monkeypatch.setattr(harness.store, "by_leaf_hash", beyond)
+    answer = harness.submit(path.read_bytes())
+    assert answer.status_code == 503
+    assert "beyond the tree of 1 leaves" in answer.text
+
+
+def test_a_lookup_reads_neither_envelopes_nor_whole_reports(
+    harness: Harness, tmp_path: Path, producer_trust: TrustRoot
+) -> None:
+    # A statement's notes may be megabytes (nothing bounds them when the witness pins
+    # no producer key): a look-up read every entry's envelope and parsed its whole
+    # report, taking many times their size to answer a few kilobytes.
+    trace = trace_id(4)
+    notes = ("n" * 300_000,)
+    sealed = seal(trace, [body(trace, 0)], ChainPosition.genesis(trace),
+                  signer=SigningKey.from_seed(PRODUCER_SEED),
+                  producer=Producer("spanproof", "0.1.0", INSTANCE), sealed_at=SEALED_AT,
+                  reason="root_ended", completeness=Completeness(notes=notes))
+    assert harness.submit(sealed.data).status_code == 201
+    assert harness.store is not None
+    (entry,) = harness.store.by_trace(trace)
+    assert entry.envelope == b""
+    assert json.loads(entry.report).keys() == {"checks"}
+    tracemalloc.start()
+    try:
+        doc = harness.witness.lookup_json(trace=trace)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert {c["status"] for c in doc["entries"][0]["submissionChecks"]} == {"PASS"}
+    assert peak < 200_000  # the envelope alone holds the notes, twice (base64)
+
+
+@pytest.mark.parametrize("query", ["size=", "size=1&size=1", "size=x&size=1"])
+def test_a_query_number_empty_or_given_twice_is_refused(harness: Harness, tmp_path: Path,
+                                                         query: str) -> None:
+    # SPEC §12.9: anything but one decimal number is 400.  An empty one was taken
+    # as absent (the latest checkpoint), and of two the last counted.
+    (path,) = _bundles(tmp_path, 1)
+    harness.submit(path.read_bytes())
+    answer = harness.client.get(f"/v1/checkpoint?{query}")
+    assert answer.status_code == 400
+    assert harness.client.get("/v1/checkpoint?size=1").status_code == 200
