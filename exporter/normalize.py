@@ -191,9 +191,16 @@ def _optional_text(value: Any, what: str) -> str:
 
 def _nanos(value: int | None, what: str) -> str:
     # An ended span has both times; a missing one is 0, as an unset OTLP field.
-    if not value:
+    if value is None:
         return "0"
-    nanos = int(value)
+    if type(value) is not int:
+        # The SDK keeps any value; its OTLP exporter takes an int (an IntEnum as
+        # its value), never a bool, float or str: int() certified 1500.75 as 1500,
+        # "17" as 17 and True as 1, times the span never held.
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{what} {value!r} is not an integer number of nanoseconds")
+        value = int.__int__(value)
+    nanos = value
     if not 0 <= nanos < _UINT64_LIMIT:
         # The SDK takes any int (start_span(start_time=...), end(end_time=...),
         # add_event(timestamp=...)); a record's times are uint64 (SPEC §2.2), as OTLP's.

@@ -11,6 +11,8 @@ EvidenceSpanProcessor alike.
 
 from __future__ import annotations
 
+import decimal
+import enum
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +92,40 @@ def test_a_time_outside_uint64_is_declared_rejected_by_the_evidence_processor(
     with processor_recorder(tmp_path / "out") as rec:
         root, _ = _trace(rec, "event", 2**64)
     assert_declared_rejected(tmp_path / "out", tmp_path, [root])
+
+
+@pytest.mark.parametrize("where", ["start", "end", "event"])
+@pytest.mark.parametrize("time", [NOW + 0.75, str(NOW), True, decimal.Decimal(NOW) + 1],
+                         ids=["float", "str", "bool", "Decimal"])
+def test_a_time_that_is_not_an_int_is_declared_rejected_not_converted(
+    tmp_path: Path, where: str, time: Any
+) -> None:
+    # The SDK keeps any value; its OTLP exporter refuses these.  int() certified
+    # 1500.75 as 1500, "17" as 17 and True as 1: times the span never held.
+    rec = Recorder()
+    root, _ = _trace(rec, where, time)
+    exporter = make_exporter(tmp_path / "out", FakeClock(), select_all=True)
+    assert exporter.export(rec.take()) is SpanExportResult.FAILURE
+    exporter.shutdown()
+    assert_declared_rejected(tmp_path / "out", tmp_path, [root])
+
+
+def test_a_time_that_is_not_an_int_is_declared_rejected_by_the_sealing_process(
+    tmp_path: Path,
+) -> None:
+    rec = Recorder()
+    root, _ = _trace(rec, "end", NOW + 0.5)
+    export_through_a_sealing_process(tmp_path / "out", rec.take())
+    assert_declared_rejected(tmp_path / "out", tmp_path, [root])
+
+
+def test_an_int_subclass_time_is_certified_as_its_int_value() -> None:
+    class Nanos(enum.IntEnum):
+        START = NOW
+        END = NOW + 5
+
+    rec = Recorder()
+    with rec.tracer.start_as_current_span("root"):
+        rec.tracer.start_span("e", start_time=Nanos.START).end(end_time=Nanos.END)
+    body = span_to_body(rec.spans()[0])["span"]
+    assert (body["startTimeUnixNano"], body["endTimeUnixNano"]) == (str(NOW), str(NOW + 5))
