@@ -1297,6 +1297,15 @@ class Interruptible:
         self._asked = None
         return asked[1]
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait up to *timeout* seconds until no thread is inside; whether none is."""
+        deadline = time.monotonic() + timeout
+        while self._depth:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
+        return True
+
     def defer(self, timeout: float) -> bool | None:
         """A shutdown (its *timeout*) asked on this thread: None when the thread is
         not inside such a call (shut down now), else the shutdown is left to the call,

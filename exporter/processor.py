@@ -95,6 +95,8 @@ class _Flush:
 
 
 _STOP = object()
+# How long shutdown() waits, beyond queue_block, for on_end() calls under way.
+_IN_FLIGHT_SECONDS = 1.0
 
 
 class _JournaledSealer(SpanproofSpanExporter):
@@ -472,6 +474,11 @@ class EvidenceSpanProcessor(SpanProcessor):
                     "(os._exit) loses it")
             return
         self._shutdown = True
+        # An on_end() already past its check still queues its span, or counts its
+        # loss: the last batch must cover it (it was neither sealed nor declared).
+        if not self._in_end.wait_idle(self._block + _IN_FLIGHT_SECONDS):
+            _logger.warning("spanproof: shutdown: an on_end() still runs after %.1f s; a "
+                            "span it ends later is not sealed", self._block + _IN_FLIGHT_SECONDS)
         if self._recovering_pid == os.getpid():
             self._orphans_stop.set()
             self._seal_orphans()  # before the sealer stops: the witness gets them too
@@ -484,6 +491,11 @@ class EvidenceSpanProcessor(SpanProcessor):
                 _logger.error("spanproof: shutdown: the journal worker does not drain")
         elif worker is None:
             self._process_here()
+        if worker is None or not worker.is_alive():
+            # What the worker's last batch did not hold: loss counts taken since.
+            while batch := self._next_batch(wait=False):
+                self._process_or_log(batch)
+            self._process_or_log([])
         self._sealer.shutdown()
         journal = self._sealer._journal
         # Not while the sealer's shutdown waits for a pass this call interrupted (a
@@ -621,9 +633,9 @@ class EvidenceSpanProcessor(SpanProcessor):
         and whether all is durable.  A rejected span whose trace id cannot be read
         has no trace to journal it under: it is declared from memory only."""
         rejections = collections.Counter(t for t in rejected if t is not None)
+        keys: list[str | None] = []
         try:
             journal = self._sealer.journal()
-            keys: list[str | None] = []
             if items:
                 try:
                     keys.extend(journal.append_spans(items))
@@ -649,7 +661,10 @@ class EvidenceSpanProcessor(SpanProcessor):
                 _logger.error("spanproof: cannot write the journal in %s (%s); evidence is "
                               "kept in memory only until it is writable again",
                               self._journal_dir, e)
-            return [(t, b, None) for t, b in items], False
+            # The spans journaled before the failure keep their keys: without them
+            # their bundle retired nothing, and the next start certified them again.
+            kept = keys + [None] * (len(items) - len(keys))
+            return [(t, b, k) for (t, b), k in zip(items, kept, strict=True)], False
         if self._journal_failing:
             self._journal_failing = False
             _logger.warning("spanproof: the journal in %s is writable again", self._journal_dir)
