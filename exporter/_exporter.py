@@ -106,6 +106,21 @@ _MAX_RESTART_SECONDS = 3600.0
 _MAX_IN_FLIGHT = 256
 
 
+class _Behind(Exception):
+    """The outcome of a write not tried: an earlier segment of the bundle's trace is
+    not written (see :meth:`SpanproofSpanExporter._start_writes`)."""
+
+
+_BEHIND = _Behind("an earlier segment of the trace is not written")
+# A bundle queued for the writer thread, the future of its outcome, and the future of
+# the write of its trace's previous segment when that was in flight as it was queued.
+_Write = tuple[
+    SealedBundle,
+    concurrent.futures.Future[str | Exception],
+    concurrent.futures.Future[str | Exception] | None,
+]
+
+
 def _package_version() -> str:
     try:
         return metadata.version("spanproof")
@@ -316,9 +331,7 @@ class SpanproofSpanExporter(SpanExporter):
         self._writers: concurrent.futures.ThreadPoolExecutor | None = None
         # Bundles waiting for the writer thread, and whether it is writing.
         self._write_queue_lock = threading.Lock()
-        self._write_queue: list[
-            tuple[SealedBundle, concurrent.futures.Future[str | Exception]]
-        ] = []
+        self._write_queue: list[_Write] = []
         self._writer_busy = False
         self._inflight: collections.deque[
             tuple[SealedBundle, concurrent.futures.Future[str | Exception]]
@@ -918,10 +931,10 @@ class SpanproofSpanExporter(SpanExporter):
         me = self._in_pass.enter()
         try:
             worked = self._reap(block=False)
-            if self._sealed_unwritten:  # a pass an exception cut short sealed these
-                self._unwritten.extend(self._sealed_unwritten)
-                self._sealed_unwritten = []
             worked = self._retry_unwritten() or worked
+            if self._sealed_unwritten:  # a pass an exception cut short sealed these
+                self._start_writes()  # (behind their traces' earlier segments)
+                worked = True
             while True:
                 with self._lock:
                     # Still in flight (a pass that stopped may have sealed the first).
@@ -1007,30 +1020,49 @@ class SpanproofSpanExporter(SpanExporter):
         after another."""
         bundles = list(self._sealed_unwritten)
         submitted = 0
+        # A bundle is written only once its trace's earlier segments are (SPEC §4.4):
+        # written first, it would be stored after a crash (and, journaled, retired)
+        # with its chain naming a segment never stored, or, that segment discarded,
+        # hide the gap behind it.  It waits behind one kept for a retry, and a write
+        # in flight decides whether it is written (see _drain_write_queue).
+        behind = {bundle.statement.trace_id for bundle in self._unwritten}
         if type(self._sink) is DirectorySink:
             if self._writers is None:
                 self._writers = concurrent.futures.ThreadPoolExecutor(1, "spanproof-write")
             futures: list[concurrent.futures.Future[str | Exception]] = [
                 concurrent.futures.Future() for _ in bundles
             ]
+            last = {bundle.statement.trace_id: future for bundle, future in self._inflight}
+            queued: list[_Write] = []
+            for bundle, future in zip(bundles, futures, strict=True):
+                trace_id = bundle.statement.trace_id
+                before = last.get(trace_id)
+                last[trace_id] = future
+                if before is None and trace_id in behind:
+                    future.set_result(_BEHIND)  # kept behind it, not written
+                else:
+                    queued.append((bundle, future, before))
             with self._write_queue_lock:
                 try:
-                    if not self._writer_busy:
+                    if not self._writer_busy and queued:
                         self._writers.submit(self._drain_write_queue)
                         self._writer_busy = True
                 except RuntimeError:
                     pass  # interpreter shutdown (an atexit shutdown): write here
                 else:
-                    self._write_queue.extend(zip(bundles, futures, strict=True))
+                    self._write_queue.extend(queued)
                     self._inflight.extend(zip(bundles, futures, strict=True))
                     del self._sealed_unwritten[:len(bundles)]  # handed over
                     submitted = len(bundles)
         if submitted < len(bundles):
             self._reap(block=True)  # keep the order of outcomes
+            behind = {bundle.statement.trace_id for bundle in self._unwritten}
             while self._sealed_unwritten:
                 bundle = self._sealed_unwritten.pop(0)  # handed over: counted once
+                trace_id = bundle.statement.trace_id
                 try:
-                    self._write(bundle)
+                    if not self._write(bundle, _BEHIND if trace_id in behind else None):
+                        behind.add(trace_id)
                 except BaseException:
                     # Raised into the write (sys.exit in a signal handler): the
                     # shutdown that follows retries it.
@@ -1041,21 +1073,27 @@ class SpanproofSpanExporter(SpanExporter):
 
     def _drain_write_queue(self) -> None:
         """On the writer thread: write what is queued as one group, settle each
-        bundle's future with its path or error, and repeat until the queue is empty."""
+        bundle's future with its path or error, and repeat until the queue is empty.
+
+        A bundle queued behind the write of its trace's previous segment (the future
+        queued with it) is written only when that one was: otherwise its outcome is
+        :data:`_BEHIND`.  When that write is in the same group, the group is written
+        up to it first."""
         sink = self._sink
         assert type(sink) is DirectorySink
         while True:
             with self._write_queue_lock:
-                group, self._write_queue = self._write_queue, []
-                if not group:
+                queued, self._write_queue = self._write_queue, []
+                if not queued:
                     self._writer_busy = False
                     return
-            try:
-                outcomes: list[str | Exception] = list(sink.write_many([b for b, _ in group]))
-            except Exception as e:  # a bug, not a disk condition: every write failed
-                outcomes = [e] * len(group)
-            for (_, future), outcome in zip(group, outcomes, strict=True):
-                future.set_result(outcome)
+            while queued:
+                # Up to the first bundle whose trace's previous segment is in this
+                # group: that one's outcome decides whether it is written.
+                cut = next((i for i, (_, _, before) in enumerate(queued)
+                            if i and before is not None and not before.done()), len(queued))
+                group, queued = queued[:cut], queued[cut:]
+                _write_group(sink, group)
             self._wake_sealer(None)
 
     def _wake_sealer(self, _: object) -> None:
@@ -1105,7 +1143,13 @@ class SpanproofSpanExporter(SpanExporter):
     def _write(self, bundle: SealedBundle, outcome: str | Exception | None = None) -> bool:
         """Write *bundle* through the sink (or take *outcome*, the path or error of
         a write a writer thread made) and account for the result: True when
-        written; otherwise it is kept for a retry."""
+        written; otherwise it is kept for a retry.  An *outcome* of :data:`_BEHIND`
+        keeps it, untried, behind its trace's earlier segment."""
+        if outcome is _BEHIND:
+            _logger.debug("spanproof: bundle %s waits behind an earlier segment of its trace",
+                          bundle.file_name)
+            self._keep_unwritten(bundle)
+            return False
         try:
             if outcome is None:
                 where = self._sink.write(bundle)
@@ -1124,9 +1168,7 @@ class SpanproofSpanExporter(SpanExporter):
             else:
                 _logger.debug("spanproof: still cannot write bundle %s (%s)",
                               bundle.file_name, e)
-            self._unwritten.append(bundle)
-            if len(self._unwritten) > _MAX_UNWRITTEN:
-                self._discard(self._unwritten.popleft())
+            self._keep_unwritten(bundle)
             self._retry_at = self._clock() + _RETRY_SECONDS
             return False
         if self._sink_condition is not None:
@@ -1142,6 +1184,14 @@ class SpanproofSpanExporter(SpanExporter):
             self._settle(statement.record_count + done.dropped_spans + done.rejected_spans
                          + done.unsampled_spans)
         return True
+
+    def _keep_unwritten(self, bundle: SealedBundle) -> None:
+        """Keep *bundle* for a retry, after every bundle kept before it (a trace's
+        segments are retried in order), discarding the oldest beyond
+        ``_MAX_UNWRITTEN``."""
+        self._unwritten.append(bundle)
+        if len(self._unwritten) > _MAX_UNWRITTEN:
+            self._discard(self._unwritten.popleft())
 
     def _discard(self, bundle: SealedBundle) -> None:
         """Give up on *bundle*, the oldest of more than ``_MAX_UNWRITTEN`` waiting
@@ -1190,6 +1240,8 @@ class SpanproofSpanExporter(SpanExporter):
             self._cond.notify()
 
     def _retry_unwritten(self) -> bool:
+        """Retry the bundles kept unwritten, oldest first, until one fails: a trace's
+        later segment is never tried before its earlier one."""
         wrote = False
         while self._unwritten:
             bundle = self._unwritten.popleft()
@@ -1387,6 +1439,25 @@ def _scan_quietly(submitter: WitnessSubmitter, directory: str) -> None:
         return
     if queued:
         _logger.info("spanproof: %d bundle(s) without a witness receipt queued", queued)
+
+
+def _write_group(sink: DirectorySink, group: Sequence[_Write]) -> None:
+    """On the writer thread: write *group* as one group (one durability barrier, see
+    :meth:`DirectorySink.write_many`) and settle each bundle's future with its path
+    or error; a bundle whose trace's previous segment was not written is not written
+    either (:data:`_BEHIND`)."""
+    writable = [before is None or (before.done() and isinstance(before.result(), str))
+                for _, _, before in group]
+    outcomes: list[str | Exception] = []
+    if any(writable):
+        bundles = [bundle for (bundle, _, _), ok in zip(group, writable, strict=True) if ok]
+        try:
+            outcomes = list(sink.write_many(bundles))
+        except Exception as e:  # a bug, not a disk condition: every write failed
+            outcomes = [e] * len(bundles)
+    written = iter(outcomes)
+    for (_, future, _), ok in zip(group, writable, strict=True):
+        future.set_result(next(written) if ok else _BEHIND)
 
 
 def _condition_of(error: BaseException) -> str:
