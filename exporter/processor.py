@@ -46,6 +46,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from ._exporter import (
+    _MAX_DISCARDED_TRACES,
     _MAX_UNWRITTEN,
     Interruptible,
     SpanproofSpanExporter,
@@ -82,6 +83,12 @@ _QUEUE_SIZE_VAR = ENV_PREFIX + "QUEUE_SIZE"
 _QUEUE_BLOCK_VAR = ENV_PREFIX + "QUEUE_BLOCK_MS"
 _DROPPED_NOTE = ("evidence spans of this trace were dropped: the span processor's queue "
                  "({} spans) stayed full for {} ms")
+_UNSTORED_NOTE = (
+    "evidence spans of this trace were dropped: {} certified in sealed bundle(s) of it "
+    f"discarded unwritten, after more than {_MAX_UNWRITTEN} bundles waited for a failing "
+    "sink, which the chain goes on without; they stay in the journal, and the producer's "
+    "next start seals them again (recovered)"
+)
 
 
 class _Flush:
@@ -125,6 +132,8 @@ class _JournaledSealer(SpanproofSpanExporter):
         # Written bundles whose journal entries this sealing pass retires:
         # (trace id, keys, next position, declared counts, file name).
         self._retiring: list[tuple[str, list[str], dict[str, Any], dict[str, int], str]] = []
+        # The journaled spans of bundles discarded unwritten, by trace (see _discard).
+        self._unstored: dict[str, int] = {}
 
     def _recover_at_start(self) -> None:
         pass  # the processor recovers its own journal directory (EvidenceSpanProcessor)
@@ -175,7 +184,14 @@ class _JournaledSealer(SpanproofSpanExporter):
             self._bundle_keys[id(bundle)] = (bundle, keys, job.journaled_counts())
         return bundle
 
+    def _start_writes(self) -> None:
+        for bundle in self._sealed_unwritten:
+            self._declare_unstored(bundle.statement.trace_id)
+        super()._start_writes()
+
     def _write(self, bundle: SealedBundle, outcome: str | Exception | None = None) -> bool:
+        if outcome is None:  # written here, not by the writer thread (_start_writes)
+            self._declare_unstored(bundle.statement.trace_id)
         ok = super()._write(bundle, outcome)
         with self._lock:
             if ok:
@@ -203,20 +219,53 @@ class _JournaledSealer(SpanproofSpanExporter):
         # (SPEC §5.3 "recovered"): declaring them dropped now as well would count
         # them twice.  Those that were not (the journal could not be written either)
         # are declared as the exporter declares them, with the bundle's own counts,
-        # which may then be declared twice: more, never less.
+        # which may then be declared twice: more, never less.  Should the trace go
+        # on here, its next segment continues this one, which is never stored: the
+        # journaled spans are then declared too (_declare_unstored).
         with self._lock:
             entry = self._bundle_keys.get(id(bundle))
-        unjournaled = bundle.statement.record_count - (len(entry[1]) if entry else 0)
+        records = bundle.statement.record_count
+        unjournaled = records - (len(entry[1]) if entry else 0)
+        if records > unjournaled:
+            trace_id = bundle.statement.trace_id
+            self._unstored[trace_id] = (self._unstored.pop(trace_id, 0)
+                                        + records - max(0, unjournaled))
+            if len(self._unstored) > _MAX_DISCARDED_TRACES:
+                self._declare_unstored(next(iter(self._unstored)))  # early, not never
         if unjournaled <= 0:
             _logger.error("spanproof: bundle %s discarded: %d bundles are waiting for a "
                           "failing sink; its spans stay in the journal and the next start "
-                          "seals them", bundle.file_name, _MAX_UNWRITTEN)
+                          "seals them (declared dropped as well should its trace go on "
+                          "meanwhile)", bundle.file_name, _MAX_UNWRITTEN)
             return
         self._count_discarded(bundle, unjournaled)
         _logger.error("spanproof: bundle %s discarded: %d bundles are waiting for a failing "
                       "sink; %d of its span(s) were not journaled either, and its trace's "
                       "next bundle declares them as dropped", bundle.file_name,
                       _MAX_UNWRITTEN, unjournaled)
+
+    def _declare_unstored(self, trace_id: str) -> None:
+        """Before a segment of *trace_id* is written: when it continues a segment
+        discarded unwritten (SPEC §4.4: the chain misses a segment), declare that
+        segment's journaled spans dropped in the trace's next bundle (SPEC §5.3:
+        certified in a bundle that could not be stored), journaling the count first
+        so that a start after a crash declares it if that bundle was not written.
+        The spans stay journaled: that start seals them too, after the trace's last
+        segment."""
+        count = self._unstored.pop(trace_id, 0)
+        if not count:
+            return
+        _logger.error("spanproof: trace %s goes on past a segment discarded unwritten; its "
+                      "next bundle declares the %d journaled span(s) of it as dropped",
+                      trace_id, count)
+        try:
+            self.journal().append_dropped(trace_id, count)
+        except OSError as e:
+            _logger.error("spanproof: cannot journal %d span(s) of trace %s as dropped (%s); "
+                          "they are declared all the same", count, trace_id, e)
+        with self._cond:
+            self._assembler.drop(trace_id, self._clock(), count, _UNSTORED_NOTE.format(count))
+            self._cond.notify()
 
     def _declare_discarded(self) -> None:
         # Journal the never-journaled records (all this sealer counts) as dropped
