@@ -170,10 +170,7 @@ def test_a_late_rejection_is_declared_after_a_crash_once_the_sealed_entry_is_del
     assert first(request(otlp_span(TRACE_A, 1), bad).resource_spans).rejected == 1
     clock.advance(5)
     assert first.flush()
-    for n in range(3):  # other traces, sealed: the journal moves on
-        first(request(otlp_span(TRACE_B, 10 + n)).resource_spans)
-        clock.advance(5)
-        assert first.flush()
+    _move_journal_on(first, clock)
     late_bad = otlp_span(TRACE_A, 5, parent=1)
     late_bad.span_id = b"\x05"
     assert first(request(otlp_span(TRACE_A, 4, parent=1), late_bad).resource_spans).rejected == 1
@@ -183,6 +180,15 @@ def test_a_late_rejection_is_declared_after_a_crash_once_the_sealed_entry_is_del
                if r.statement is not None and r.statement.trace_id == TRACE_A]
     assert [span_ids(r) for r in reports] == [[span_id(1)], [span_id(4)]]
     assert [r.statement.completeness.rejected_spans for r in reports if r.statement] == [1, 1]
+
+
+def _move_journal_on(receiver: Receiver, clock: FakeClock, parent: int | None = None) -> None:
+    """Seal three spans of TRACE_B, one at a time: with ``ROTATE_BYTES`` 1, the
+    journal files before are deleted."""
+    for n in range(3):
+        receiver(request(otlp_span(TRACE_B, 30 + n, parent=parent)).resource_spans)
+        clock.advance(5)
+        assert receiver.flush()
 
 
 def _conflict_after_rotation(tmp_path: Path, monkeypatch: Any, late: Any,
@@ -201,10 +207,7 @@ def _conflict_after_rotation(tmp_path: Path, monkeypatch: Any, late: Any,
           .resource_spans)
     clock.advance(5)
     assert first.flush()
-    for n in range(3):  # other traces, sealed: the journal moves on
-        first(request(otlp_span(TRACE_B, 10 + n)).resource_spans)
-        clock.advance(5)
-        assert first.flush()
+    _move_journal_on(first, clock)
     first(request(late).resource_spans)
     crash(first)
     if not keep_disclosures:
@@ -295,10 +298,7 @@ def test_a_late_rejection_after_a_segment_of_losses_only_is_declared_after_rotat
     assert first(request(bad, otlp_span(TRACE_B, 20)).resource_spans).rejected == 1
     clock.advance(5)
     assert first.flush()  # TRACE_A's segment 1: no records, one rejection
-    for n in range(3):  # other traffic, sealed: the journal moves on
-        first(request(otlp_span(TRACE_B, 30 + n, parent=20)).resource_spans)
-        clock.advance(5)
-        assert first.flush()
+    _move_journal_on(first, clock, parent=20)
     late_bad = otlp_span(TRACE_A, 5, parent=1)
     late_bad.span_id = b"\x05"
     assert first(request(otlp_span(TRACE_A, 4, parent=1), late_bad).resource_spans).rejected == 1
