@@ -282,12 +282,12 @@ class Journal:
         self._unretired: list[tuple[str, list[str], dict[str, Any], dict[str, str]]] = []
         # Trace -> the file holding its last chain position and that position as an
         # entry retiring nothing, written again with the trace's next span or count
-        # entries in a newer file (_with_positions): once that file was deleted (its
+        # entries in a newer file (_write_with_positions): once that file was deleted (its
         # spans all sealed), replay had no position for the trace, and recovery
         # walked its chain from segment 0 on disk, where a segment that declares
         # losses or commits values cannot be told apart from an unrecorded one.
         # Values: _POSITION-packed (file number, segment index, first seq, start,
-        # previous statement): ~0.3 KB a trace, with the dict's own.
+        # previous statement): ~0.2 KB a trace with the dict's own, its id apart.
         self._positions: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         os.makedirs(directory, exist_ok=True)
         self._open_next()
