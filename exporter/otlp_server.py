@@ -288,7 +288,7 @@ def _always_accepting() -> None:
 # the Collector's reader (pdata's ptrace JSON unmarshaler) reads ``trace_id`` as hex
 # too, where protobuf read it as base64 (32 hex digits became 24 bytes, 22 became a
 # 16-byte trace id no one sent).  Both spellings in one object are refused
-# (_check_spellings).
+# (_to_protobuf_json).
 _ID_FIELDS = frozenset({"traceId", "trace_id", "spanId", "span_id", "parentSpanId",
                         "parent_span_id"})
 # What an id that is not hex becomes: one byte, a length no id has, so that its span
