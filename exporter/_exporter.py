@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import itertools
 import logging
 import os
 import secrets
@@ -1126,7 +1127,7 @@ class SpanproofSpanExporter(SpanExporter):
     def _seal(self, job: SealJob) -> SealedBundle:
         sealed_at = datetime.fromtimestamp(self._clock(), timezone.utc)
         if self._assembler.forgot_sealed:
-            job = continue_on_disk(job, self._producer.instance, self._sink, self._signer)
+            job = self._continue_forgotten(job)
         bundle = seal(
             job.trace_id, job.bodies, job.position, signer=self._signer,
             producer=self._producer, sealed_at=sealed_at, reason=job.reason,
@@ -1139,6 +1140,28 @@ class SpanproofSpanExporter(SpanExporter):
                 "canonical JSON form, or a record longer than 64 MiB (the bundle's notes "
                 "say which)", bad, job.trace_id)
         return bundle
+
+    def _continue_forgotten(self, job: SealJob) -> SealJob:
+        """*job*, continuing its trace's chain when it would start at genesis
+        although the trace may have been sealed and forgotten (``sealed_trace_memory``
+        full, or 0): after the trace's last segment sealed here and not written yet
+        (kept for a retry, or being written), else after the last one in the output
+        directory (:func:`continue_on_disk`).  Started at genesis meanwhile, the
+        trace would have a second segment 0, and no chain."""
+        position = job.position
+        if position.segment_index != 0 or position.previous_statement:
+            return job
+        last: SealedBundle | None = None
+        held = itertools.chain(self._unwritten, (bundle for bundle, _ in self._inflight),
+                               self._sealed_unwritten)
+        for bundle in held:
+            statement = bundle.statement
+            if statement.trace_id == job.trace_id and (
+                    last is None or statement.segment_index > last.statement.segment_index):
+                last = bundle
+        if last is not None:
+            return dataclasses.replace(job, position=last.next_position())
+        return continue_on_disk(job, self._producer.instance, self._sink, self._signer)
 
     def _write(self, bundle: SealedBundle, outcome: str | Exception | None = None) -> bool:
         """Write *bundle* through the sink (or take *outcome*, the path or error of

@@ -12,6 +12,7 @@ went on: its spans, left in the journal, were sealed after the trace's last segm
 from __future__ import annotations
 
 import errno
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -101,12 +102,17 @@ def _chain(reports: list[BundleReport]) -> list[tuple[bool, tuple[int, ...], tup
 
 @pytest.mark.parametrize("kind", ["group", "one_by_one"])
 @pytest.mark.parametrize("same_pass", [False, True], ids=["next_pass", "same_pass"])
+@pytest.mark.parametrize("memory", [65_536, 0], ids=["remembered", "forgotten"])
 def test_a_segment_is_not_written_while_the_one_it_continues_is_not(
-    tmp_path: Path, kind: str, same_pass: bool
+    tmp_path: Path, kind: str, same_pass: bool, memory: int
 ) -> None:
+    # "forgotten": the assembler forgets a trace once sealed (sealed_trace_memory 0,
+    # or full); its next segment was sealed as a second segment 0, since the first
+    # was not in the output directory yet, and the trace had no chain.
     out = tmp_path / "out"
     disk = _NoRoomForSegment0()
-    exporter = make_exporter(out, FakeClock(), max_records=2, sink=_sink(out, disk, kind))
+    exporter = make_exporter(out, FakeClock(), max_records=2, sink=_sink(out, disk, kind),
+                             sealed_trace_memory=memory)
     rec = Recorder()
     with rec.tracer.start_as_current_span("request"):
         for n in range(4 if same_pass else 2):
@@ -214,3 +220,38 @@ def test_a_trace_going_on_past_a_discarded_segment_declares_it(
     assert recovered.statement is found[max(found)]
     assert [r["span"]["spanId"] for r in recovered.records or ()] == steps[:2]
     assert _chain(reports) == [(True, tuple(sorted(found)), ("segment 0 not present",))]
+
+
+def test_a_forgotten_trace_continues_after_its_segment_being_written(tmp_path: Path) -> None:
+    # The writer thread is still writing segment 0 when the trace, already forgotten
+    # (sealed_trace_memory 0), sends another span: it is sealed as segment 1.
+    out = tmp_path / "out"
+    sink = DirectorySink(out)
+    stage, writing = sink._stage, threading.Event()
+
+    def slow_stage(bundle: Any, *, fsync: bool) -> Any:
+        if bundle.statement.segment_index == 0:
+            assert writing.wait(10.0)
+        return stage(bundle, fsync=fsync)
+
+    sink._stage = slow_stage  # type: ignore[method-assign]
+    exporter = make_exporter(out, FakeClock(), max_records=2, sink=sink,
+                             sealed_trace_memory=0)
+    rec = Recorder()
+    with rec.tracer.start_as_current_span("request"):
+        for n in range(2):
+            with evidence(rec, f"step-{n}"):
+                pass
+        exporter.export(rec.take())
+        assert exporter.force_flush(100) is False  # segment 0 sealed, being written
+        with evidence(rec, "step-2"):
+            pass
+    exporter.export(rec.take())
+    assert exporter.force_flush(100) is False
+    with exporter._seal_lock:
+        assert [b.statement.segment_index for b, _ in exporter._inflight] == [0, 1]
+    writing.set()
+    assert exporter.force_flush() is True
+    exporter.shutdown()
+    reports = verified(out, trust_root(tmp_path))
+    assert _chain(reports) == [(True, (0, 1), ())]
