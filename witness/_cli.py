@@ -351,6 +351,13 @@ def _groups(paths: Sequence[str]) -> list[list[str]]:
     return groups
 
 
+def _unavailable(status: int) -> bool:
+    """Whether an HTTP *status* says "not now" (exit status 3, try again later)
+    rather than that the bundle was refused: a 5xx, 408 or 429, the answers the
+    producer's submitter retries (SPEC §12.11)."""
+    return status >= 500 or status in (408, 429)
+
+
 class _Submitter:
     """Submits groups of bundles for ``witness submit``: each group in one
     ``/v1/submit-batch`` request while the witness takes batches (one by one after
@@ -384,7 +391,7 @@ class _Submitter:
             except HTTPStatusError as e:
                 if e.status in (404, 405):
                     self._batches = False  # an older witness: one by one from now on
-                elif e.status >= 500:
+                elif _unavailable(e.status):
                     ready, outcomes = [], {**outcomes, **{
                         i: (f"FAIL {path}: witness answered {e}", EXIT_UNAVAILABLE)
                         for i, path, _, _ in ready}}
@@ -434,7 +441,7 @@ class _Submitter:
             ), EXIT_OK
         except HTTPStatusError as e:
             return (f"FAIL {path}: witness answered {e}",
-                    EXIT_UNAVAILABLE if e.status >= 500 else EXIT_FAILED)
+                    EXIT_UNAVAILABLE if _unavailable(e.status) else EXIT_FAILED)
         except TransportError as e:
             return f"FAIL {path}: {e}", EXIT_UNAVAILABLE
         except (SpanproofError, OSError) as e:
@@ -445,7 +452,7 @@ class _Submitter:
         status = answer["status"]
         if status not in (200, 201):
             return (f"FAIL {path}: witness answered HTTP {status}: {answer.get('error', '')}",
-                    EXIT_UNAVAILABLE if status >= 500 else EXIT_FAILED)
+                    EXIT_UNAVAILABLE if _unavailable(status) else EXIT_FAILED)
         try:
             receipt = batch_receipt(answer)
             return self._written(path, data, receipt, status == 201,

@@ -290,6 +290,9 @@ def test_submit_to_a_witness_without_batches_goes_one_by_one(
 
 @pytest.mark.parametrize(("refusal", "status", "sent"), [
     (413, 0, "one by one"), (400, 0, "one by one"), (503, 3, "nothing"),
+    # A rate limit or a timeout said "not now": the bundles were not refused (exit 1),
+    # and sending them one by one would only ask again at once.
+    (429, 3, "nothing"), (408, 3, "nothing"),
 ])
 def test_a_batch_refused_whole(
     files: dict[str, Path], open_witness: Any, serve_witness: Any,
@@ -306,6 +309,18 @@ def test_a_batch_refused_whole(
     else:  # the witness is unavailable: every bundle fails, and says why
         assert out.count(f"witness answered HTTP {refusal}: refused by the test") == 3
         assert log.paths == ["/v1/submit-batch"]
+
+
+@pytest.mark.parametrize("refusal", [429, 408, 503])
+def test_a_bundle_the_witness_cannot_take_now_is_unavailable_not_failed(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, refusal: int,
+) -> None:
+    url, paths = _served_bundles(files, open_witness, serve_witness, 1)
+    log = RequestLog(monkeypatch, refuse={"/v1/submit": refusal})
+    code, out, _ = _run(_submit_args(files, url), capsys)
+    assert (code, log.paths) == (3, ["/v1/submit"])
+    assert out.startswith(f"FAIL {paths[0]}: witness answered HTTP {refusal}: ")
 
 
 def test_a_badly_answered_batch_is_sent_one_by_one(
