@@ -57,6 +57,8 @@ LEFTOVER_AGE_S = 3600.0
 
 _ID = r"[0-9a-f]{32}-[0-9]+-[0-9a-f]{16}"  # trace, segment, producer instance
 _BUNDLE_NAME = re.compile(_ID + re.escape(BUNDLE_SUFFIX))
+# A bundle published under its name or an alternative one (DirectorySink.write).
+_PUBLISHED_NAME = re.compile(_ID + r"(?:\.[0-9]+)?" + re.escape(BUNDLE_SUFFIX))
 # The receipt of a bundle stored under an alternative name has that name's stem.
 _RECEIPT_NAME = re.compile(_ID + r"(?:\.[0-9]+)?" + re.escape(RECEIPT_SUFFIX))
 _DISCLOSURES_START = b'{"disclosures":'
@@ -87,9 +89,14 @@ def finish_interrupted_writes(
     done = Leftovers()
     now = time.time() if now is None else now
     temporaries: list[tuple[str, str | None]] = []  # with the bundle's name, or None
+    published: set[str] = set()
     with os.scandir(directory) as entries:
         for entry in entries:
-            if not entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+            if not entry.name.startswith("."):
+                if _PUBLISHED_NAME.fullmatch(entry.name):
+                    published.add(entry.name)
+                continue
+            if not entry.is_file(follow_symlinks=False):
                 continue
             target = temp_target(entry.name)
             if target is None:
@@ -101,7 +108,7 @@ def finish_interrupted_writes(
     for path, bundle_name in sorted(temporaries):
         bundle_path = None if bundle_name is None else os.path.join(directory, bundle_name)
         try:
-            _finish(path, bundle_path, now - older_than, done)
+            _finish(path, bundle_path, published, now - older_than, done)
         except OSError as e:
             _logger.warning("spanproof: cannot tidy %s left by an interrupted write (%s)",
                             path, e)
@@ -115,9 +122,11 @@ def finish_interrupted_writes(
     return done
 
 
-def _finish(path: str, bundle_path: str | None, cutoff: float, done: Leftovers) -> None:
+def _finish(path: str, bundle_path: str | None, published: set[str], cutoff: float,
+            done: Leftovers) -> None:
     """Handle one temporary file: a sink's (of the bundle at *bundle_path*), or a
-    receipt's (*bundle_path* None)."""
+    receipt's (*bundle_path* None); *published* holds the names of the bundles in
+    the directory."""
     if bundle_path is not None:
         with open(path, "rb") as f:
             data = f.read(len(_DISCLOSURES_START))
@@ -125,9 +134,9 @@ def _finish(path: str, bundle_path: str | None, cutoff: float, done: Leftovers) 
                 data += f.read()
         disclosures = _parse_disclosures(data)
         if disclosures is not None:
-            published = _published_bundle(bundle_path, disclosures)
-            if published is not None:
-                _name_disclosures(path, data, disclosures_path(published), done)
+            opened = _published_bundle(bundle_path, disclosures, published)
+            if opened is not None:
+                _name_disclosures(path, data, disclosures_path(opened), done)
                 return
     if os.stat(path).st_mtime < cutoff:
         _discard(path)
@@ -145,17 +154,20 @@ def _parse_disclosures(data: bytes) -> DisclosureFile | None:
         return None  # cut short: never made durable, so its bundle was never published
 
 
-def _published_bundle(bundle_path: str, disclosures: DisclosureFile) -> str | None:
-    """The published bundle (under its name, or an alternative one) whose
-    commitments every one of *disclosures* opens, or None."""
+def _published_bundle(bundle_path: str, disclosures: DisclosureFile,
+                      published: set[str]) -> str | None:
+    """The published bundle (under its name, or an alternative one, among
+    *published*) whose commitments every one of *disclosures* opens, or None.
+
+    Every alternative present is tried: one taken before may have been moved away
+    since (archived, shipped), leaving a gap before the one these disclosures open.
+    """
     directory, name = os.path.split(bundle_path)
-    for candidate in (os.path.join(directory, n) for n in bundle_names(name)):
+    for candidate in (os.path.join(directory, n) for n in bundle_names(name) if n in published):
         try:
             records = _records(candidate)
-        except FileNotFoundError:
-            return None  # alternatives are taken in order: no later one exists
         except (OSError, SpanproofError):
-            continue  # unreadable or not a bundle: not the one these disclosures open
+            continue  # gone, unreadable or not a bundle: not the one these disclosures open
         if disclosures.disclosures and all(
             result.ok for result in check_disclosures_in_records(disclosures.disclosures, records)
         ):

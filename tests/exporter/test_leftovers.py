@@ -29,7 +29,7 @@ from spanproof.exporter import (
 from spanproof.exporter._leftovers import LEFTOVER_AGE_S, finish_interrupted_writes
 from spanproof.exporter.disclosure import redaction_matcher
 from spanproof.verifier import Producer
-from spanproof.verifier.disclosure import check_disclosures, load_disclosures
+from spanproof.verifier.disclosure import check_disclosures, disclosures_path, load_disclosures
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 OLD = LEFTOVER_AGE_S + 60
@@ -112,6 +112,29 @@ def test_disclosures_of_a_bundle_published_under_an_alternative_name_get_that_na
     # The first bundle's own disclosures are not the ones that were named.
     first = tmp_path / SealedBundle.disclosures_file_name(b.file_name)
     assert first.read_bytes() != b.disclosures_data()
+
+
+def test_disclosures_of_a_bundle_whose_name_was_taken_by_one_moved_away_since_are_kept(
+    tmp_path: Path,
+) -> None:
+    # The bundle was published as <stem>.1 because <stem> was taken; the process
+    # stopped before naming its disclosures, and <stem> was archived meanwhile.
+    # The gap ended the search: the only copy of the bundle's salts was removed as
+    # a file "never published", and its commitments could never be opened.
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    first = Path(DirectorySink(tmp_path).write(_bundle("another value", reason="shutdown")))
+    b = _bundle()
+    bundle_path, secret = _stopped_after_publishing(tmp_path, b)
+    assert bundle_path.endswith(".1.spanproof.json")
+    for moved in (first, Path(disclosures_path(str(first)))):
+        moved.rename(archive / moved.name)
+    _age(secret, bundle_path)
+    done = finish_interrupted_writes(str(tmp_path))
+    target = bundle_path.removesuffix(".spanproof.json") + ".disclosures.json"
+    assert done.named == [target] and secret not in done.removed
+    assert Path(target).read_bytes() == b.disclosures_data()
+    assert Path(bundle_path).read_bytes() == b.data and not os.path.exists(secret)
 
 
 def test_without_hard_links_disclosures_still_get_their_name(
