@@ -490,6 +490,14 @@ def _finite_float(text: str) -> float:
     return _Literal(text) if value.is_integer() else value
 
 
+def _signed_int(text: str) -> int | float:
+    """A JSON integer's value; ``-0``, which no int holds, as the double -0.0 (with its
+    text, for an integer field: :func:`_exact_integer`).  Python's reader took it as
+    the int 0: a ``doubleValue`` of -0 (as Go's protobuf JSON writer spells negative
+    zero) was certified as 0, where SPEC §2.3 keeps the sign."""
+    return _Literal(text) if text == "-0" else int(text)
+
+
 def _json_span_count(doc: dict[str, Any]) -> int:
     """The members of the request's span lists (whatever they hold), under either
     spelling of the field names protobuf's JSON mapping accepts."""
@@ -729,7 +737,7 @@ def parse_otlp_json(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest:
     """
     try:
         doc = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float,
-                         object_pairs_hook=_unique_members)
+                         parse_int=_signed_int, object_pairs_hook=_unique_members)
     except InvalidRequest:
         raise
     except (ValueError, UnicodeDecodeError) as e:

@@ -133,6 +133,24 @@ def test_json_double_values_are_unchanged(double: str, expected: float) -> None:
     assert got == expected and str(got) == str(expected)
 
 
+def test_json_double_negative_zero_written_without_a_fraction_keeps_its_sign() -> None:
+    # Python's reader took the number -0 (as Go's protobuf JSON writer spells
+    # negative zero) as the int 0: certified as 0, though the same span over
+    # protobuf is certified as -0 (SPEC §2.3 keeps the sign).
+    body = _doc("1", "2", "1", "-0", "-0").replace(
+        b'"name":"chat"', b'"name":"chat -0","flags":-0').replace(b'"kind":1', b'"kind":-0')
+    span = parse_otlp_json(body).resource_spans[0].scope_spans[0].spans[0]
+    got = span.attributes[2].value.double_value
+    assert str(got) == "-0.0"
+    # An integer field takes it as 0, as before.
+    assert (span.attributes[1].value.int_value, span.kind, span.flags) == (0, 0, 0)
+    nested = body.replace(b'{"doubleValue":-0}',
+                          b'{"arrayValue":{"values":[{"doubleValue":-0},{"doubleValue":0}]}}')
+    values = parse_otlp_json(nested).resource_spans[0].scope_spans[0].spans[0] \
+        .attributes[2].value.array_value.values
+    assert [str(v.double_value) for v in values] == ["-0.0", "0.0"]
+
+
 def test_json_time_with_a_fraction_is_certified_exactly(tmp_path: Path) -> None:
     receiver = Receiver(tmp_path / "out", signing_key=signing_key(), seal_grace=0.0)
     with serving(receiver, http=True) as (_, http_server):
