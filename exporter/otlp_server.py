@@ -731,10 +731,15 @@ def parse_otlp_json(data: bytes) -> trace_service_pb2.ExportTraceServiceRequest:
 
     Raises:
         InvalidRequest: not JSON (``NaN`` and ``Infinity`` included, and numbers
-            beyond a double's range), an object naming a field twice (under one
+            beyond a double's range), not UTF-8, an object naming a field twice (under one
             spelling or both), not a valid request, or with a span kind or status
             code that is neither an int32 nor a name of its enum.
     """
+    encoding = json.detect_encoding(data)
+    if encoding not in ("utf-8", "utf-8-sig"):
+        # Python's reader decodes UTF-16 and UTF-32 too, where a lone surrogate is
+        # not seen by the byte scan below (the whole request failed, not the span).
+        raise InvalidRequest(f"body is not UTF-8 (RFC 8259 §8.1) but {encoding}")
     try:
         doc = json.loads(data, parse_constant=_refuse_constant, parse_float=_finite_float,
                          parse_int=_signed_int, object_pairs_hook=_unique_members)

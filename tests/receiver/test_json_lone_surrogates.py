@@ -30,7 +30,7 @@ from receiver_support import (
 )
 
 from spanproof.exporter.otlp import UNDECODABLE_SCOPE
-from spanproof.exporter.otlp_server import parse_otlp_json
+from spanproof.exporter.otlp_server import InvalidRequest, parse_otlp_json
 from spanproof.exporter.receiver import Receiver
 from spanproof.verifier import BundleReport
 
@@ -211,3 +211,18 @@ def test_a_surrogate_encoded_as_utf8_bytes_is_set_apart_as_an_escaped_one() -> N
     assert b"\\u" not in body
     assert _set_apart(body) == {"tests.receiver": [(TRACE_A, span_id(1))],
                                 f"a string {WHY}": [(TRACE_A, span_id(2))]}
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16", "utf-32-be"])
+def test_a_body_not_in_utf8_is_refused_whole_whatever_it_holds(encoding: str) -> None:
+    # Python's reader decoded UTF-16 and UTF-32 too, where the byte scan for lone
+    # surrogates sees none: a span holding one failed its whole request instead of
+    # being set apart. JSON between systems is UTF-8 (RFC 8259 §8.1), as the
+    # Collector reads it: such a body is refused, whatever it holds.
+    for name in ("step", CUT):
+        text = _body(_resource(_span(TRACE_A, 1), _span(TRACE_A, 2, name=name))).decode()
+        with pytest.raises(InvalidRequest, match=f"not UTF-8 .* but {encoding[:6]}"):
+            parse_otlp_json(text.encode(encoding))
+    # A UTF-8 byte order mark is still read past, as before.
+    request = parse_otlp_json(b"\xef\xbb\xbf" + _body(_resource(_span(TRACE_A, 1))))
+    assert len(request.resource_spans[0].scope_spans[0].spans) == 1
