@@ -492,20 +492,25 @@ class _BuiltinsPickler(pickle.Pickler):
             return NotImplemented  # the classes the reductions below name
         # In normalize._typed's order.
         if isinstance(obj, Mapping):
-            return dict, ({k if isinstance(k, str) else str(k): v for k, v in obj.items()},)
+            items = {k if isinstance(k, str) else str(k): v for k, v in obj.items()}
+            if len(items) != len(obj):
+                # 1 and "1": normalize refuses two keys with one string (the span
+                # is rejected), which this dict would hide.
+                raise pickle.PicklingError("two keys of a mapping name the same string")
+            return dict, (items,)
         if isinstance(obj, str):
             kind = type(obj)
             if kind.__eq__ is not str.__eq__ or kind.__hash__ is not str.__hash__:
                 return _DistinctString, (str.__str__(obj),)
             return str, (str.__str__(obj),)
         if isinstance(obj, int):
-            return int, (int(obj),)
+            return int, (int.__int__(obj),)
         if isinstance(obj, float):
-            return float, (float(obj),)
+            return float, (float.__float__(obj),)
         if isinstance(obj, (list, tuple)):
             return tuple, (tuple(obj),)
         if isinstance(obj, (bytes, bytearray, memoryview)):
-            return bytes, (bytes(obj),)
+            return bytes, (bytes(memoryview(obj)),)  # the data, not a subclass's __bytes__
         raise pickle.PicklingError(
             f"a value of type {type(obj).__name__} is not handed to the sealing process")
 

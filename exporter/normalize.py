@@ -117,16 +117,24 @@ def _typed(value: Any, depth: int = 0) -> dict[str, Any]:
     if isinstance(value, Mapping):
         if depth >= MAX_DEPTH:
             _nested(value.values(), depth)
-        return {"kvlistValue": {k if type(k) is str else _key(k): _typed(v, depth + 1)
-                                for k, v in value.items()}}
+        kvlist = {k if type(k) is str else _key(k): _typed(v, depth + 1)
+                  for k, v in value.items()}
+        if len(kvlist) != len(value):
+            # Two keys with one string (a str subclass with its own equality, or 1
+            # and "1"): one value would be certified as if it were the only one.
+            raise ValueError("two keys of a mapping value name the same string "
+                             "(SPEC §2.4.2: duplicate keys reject the span)")
+        return {"kvlistValue": kvlist}
     if isinstance(value, bool):
         return {"boolValue": bool(value)}
     if isinstance(value, str):
         return {"stringValue": str.__str__(value)}  # the str data, not a subclass's __str__
+    # The value its builtin base holds (SPEC §2.4.2), not what a subclass's
+    # __int__ or __float__ says: protobuf, on the Collector's path, reads that.
     if isinstance(value, int):
-        return _typed(int(value))
+        return _typed(int.__int__(value))
     if isinstance(value, float):
-        return _typed(float(value))
+        return _typed(float.__float__(value))
     if isinstance(value, (list, tuple)):
         if depth >= MAX_DEPTH:
             _nested(value, depth)

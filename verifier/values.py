@@ -99,7 +99,8 @@ def encode_value(value: Any) -> dict[str, Any]:
     if isinstance(value, float):
         return {"doubleValue": encode_double(value)}
     if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"bytesValue": base64.b64encode(bytes(value)).decode("ascii")}
+        # The data (through a memoryview), not what a subclass's __bytes__ says.
+        return {"bytesValue": base64.b64encode(bytes(memoryview(value))).decode("ascii")}
     if value is None:
         return {}
     if isinstance(value, Mapping):

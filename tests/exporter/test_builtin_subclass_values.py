@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import sys
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -162,3 +163,91 @@ def test_a_value_of_an_application_class_is_not_handed_to_the_sealing_process(
         exporter.shutdown()
     assert declared_rejections(tmp_path / "out", trust_root(tmp_path)) == (
         1, [span_hex(good)[1]])
+
+
+class _SaysAnotherInt(int):
+    def __int__(self) -> int:
+        return 99
+
+
+class _SaysAnotherFloat(float):
+    def __float__(self) -> float:
+        return 99.0
+
+
+class _SaysOtherBytes(bytes):
+    def __bytes__(self) -> bytes:
+        return b"forged"
+
+
+class _Key(str):
+    """A key equal to nothing but itself, whose string data may be another key's."""
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+def _one_span(**attributes: Any) -> tuple[ReadableSpan, str]:
+    rec = Recorder()
+    with evidence(rec, "step", **attributes) as step:
+        pass
+    (span,) = rec.take()
+    return span, span_hex(step)[1]
+
+
+@needs_any_value_sdk
+@pytest.mark.parametrize("sealing_process", [False, True], ids=["in_process", "sealing_process"])
+def test_a_subclass_value_is_its_base_value_not_what_its_conversion_says(
+    tmp_path: Path, sealing_process: bool
+) -> None:
+    # int(), float() and bytes() ask the subclass: 5 was certified as 99, 0.5 as 99,
+    # b"real" as b"forged", where protobuf (the Collector's path) sends what the
+    # builtin base holds (SPEC §2.4.2).
+    span, _ = _one_span(n=_SaysAnotherInt(5), x=_SaysAnotherFloat(0.5),
+                        b=_SaysOtherBytes(b"real"), nested=(_SaysAnotherInt(7),))
+    out = tmp_path / "out"
+    exporter = SpanproofSpanExporter(out, signing_key=signing_key(), seal_grace=30.0,
+                                     sealing_process=sealing_process)
+    try:
+        assert exporter.export([span]) is SpanExportResult.SUCCESS
+    finally:
+        exporter.shutdown()
+    (report,) = verified(out, trust_root(tmp_path))
+    assert report.records is not None
+    attributes = report.records[0]["span"]["attributes"]
+    assert attributes["n"] == {"intValue": "5"}
+    assert attributes["x"] == {"doubleValue": "0.5"}
+    assert attributes["b"] == {"bytesValue": "cmVhbA=="}  # b"real"
+    assert attributes["nested"] == {"arrayValue": [{"intValue": "7"}]}
+
+
+@pytest.mark.parametrize("sealing_process", [False, True], ids=["in_process", "sealing_process"])
+@pytest.mark.parametrize(("keys", "mapping"), [
+    ((_Key("amount"), "amount"), dict), ((1, "1"), dict), ((1, "1"), MappingProxyType),
+], ids=["str_subclass", "int_and_str", "int_and_str_not_a_dict"])
+def test_two_mapping_keys_with_one_string_reject_the_span(
+    tmp_path: Path, sealing_process: bool, keys: tuple[Any, Any], mapping: Any
+) -> None:
+    # {K("amount"): 100, "amount": 999999} was certified as {"amount": 999999}: the
+    # same bytes as a span that only ever held 999999. Over OTLP such a span is
+    # rejected ("duplicate attribute key"), as SPEC §2.4.2 asks.
+    first, second = keys
+    good, _ = _one_span()
+    ctx = good.get_span_context()
+    assert ctx is not None
+    # Built by hand: the SDK's own cleaning merges 1 and "1" before an exporter.
+    order = mapping({first: 100, second: 999_999})
+    attributes: Any = {"gen_ai.operation.name": "chat", "order": order}
+    bad = ReadableSpan("order", context=SpanContext(ctx.trace_id, 0x77, False),
+                       attributes=attributes, resource=good.resource, start_time=1, end_time=2)
+    out = tmp_path / "out"
+    exporter = SpanproofSpanExporter(out, signing_key=signing_key(), seal_grace=30.0,
+                                     sealing_process=sealing_process)
+    try:
+        exporter.export([good, bad])
+    finally:
+        exporter.shutdown()
+    assert declared_rejections(out, trust_root(tmp_path)) == (1, [span_hex(good)[1]])
