@@ -11,8 +11,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nacl.signing import SigningKey as _SodiumKey
 
+from spanproof.verifier._files import read_named_file, unlink_quietly, write_atomic, write_temp
 from spanproof.verifier.dsse import PAYLOAD_TYPE, Envelope, Signature, pae
-from spanproof.verifier.keys import key_id, load_private_key
+from spanproof.verifier.errors import InvalidKey
+from spanproof.verifier.keys import key_id, load_private_key, load_public_key
 
 __all__ = ["PRIVATE_KEY_NAME", "PUBLIC_KEY_NAME", "SigningKey"]
 
@@ -87,39 +89,32 @@ class SigningKey:
         """Write ``signing.key`` (mode 0600) and ``signing.pub`` into *directory*.
 
         The private key file is created with mode 0600 from the start (never
-        readable by others, not even briefly).  Returns both paths.
+        readable by others, not even briefly).  Without *exist_ok* it is linked
+        into place, so of several writers at once exactly one succeeds and only
+        that one writes ``signing.pub``; with *exist_ok* both files are replaced.
+        Returns both paths.
 
         Raises:
             FileExistsError: the key file exists and *exist_ok* is false.
+            OSError: the directory cannot be created or written.
         """
         os.makedirs(directory, exist_ok=True)
-        priv = os.path.join(directory, PRIVATE_KEY_NAME)
-        pub = os.path.join(directory, PUBLIC_KEY_NAME)
-        # Write a private temp file (0600 from creation), then link it into place:
-        # link() fails if the name exists, so concurrent processes never see a
+        folder = os.fspath(directory)
+        priv = os.path.join(folder, PRIVATE_KEY_NAME)
+        pub = os.path.join(folder, PUBLIC_KEY_NAME)
+        # A uniquely named private temp file (0600 from creation), then linked into
+        # place: link() fails if the name exists, so concurrent writers never see a
         # half-written key and never overwrite each other's.
-        tmp_priv = priv + f".tmp{os.getpid()}"
-        fd = os.open(tmp_priv, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, self.private_pem())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        tmp = write_temp(folder, PRIVATE_KEY_NAME, self.private_pem(), mode=0o600)
         try:
             if exist_ok:
-                os.replace(tmp_priv, priv)
+                os.replace(tmp, priv)
             else:
-                os.link(tmp_priv, priv)
+                os.link(tmp, priv)
         finally:
-            if os.path.exists(tmp_priv):
-                os.unlink(tmp_priv)
-        tmp = pub + f".tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(self.public_pem())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, pub)
+            unlink_quietly(tmp)
+        # Reached only by the writer whose key is now signing.key.
+        write_atomic(pub, self.public_pem())
         return priv, pub
 
     def sign_envelope(self, payload: bytes) -> Envelope:
@@ -129,16 +124,64 @@ class SigningKey:
 
 
 def load_or_create(directory: str | os.PathLike[str]) -> SigningKey:
-    """Load ``directory/signing.key``, creating it (race-free across processes) if absent."""
+    """Load ``directory/signing.key``, creating it if absent, and make sure
+    ``directory/signing.pub`` holds its public half.
+
+    Of several threads or processes creating the key at once, one key wins and all
+    of them return it.  A missing ``signing.pub`` is written from the key.
+
+    Raises:
+        InvalidKey: ``signing.key`` cannot be used, or ``signing.pub`` holds another
+            key than the public half of ``signing.key``.
+        OSError: the directory cannot be created or written.
+    """
     path = os.path.join(directory, PRIVATE_KEY_NAME)
     if not os.path.exists(path):
+        # A signing.pub with no signing.key beside it is the half of no key that
+        # will sign here.  Removed before the link, it cannot be taken for the new
+        # key's in the moment between the winner's link and its own signing.pub.
+        unlink_quietly(os.path.join(directory, PUBLIC_KEY_NAME))
+        key = SigningKey.generate()
         try:
-            SigningKey.generate().write(directory)
+            key.write(directory)
+        except FileExistsError:
+            pass  # another writer won the race: its key is signing.key
+        else:
             _logger.warning(
                 "generated a signing key at %s; in production provide your own key "
                 "(OTEL_EXPORTER_SPANPROOF_KEY_FILE) and distribute %s to verifiers",
                 path, os.path.join(directory, PUBLIC_KEY_NAME),
             )
-        except FileExistsError:
-            pass  # another process won the race; load its key
-    return SigningKey.load(path)
+            return key
+    key = SigningKey.load(path)
+    _check_public_half(key, directory)
+    return key
+
+
+def _check_public_half(key: SigningKey, directory: str | os.PathLike[str]) -> None:
+    """Write ``signing.pub`` from *key* when it is missing (its writer has not
+    written it yet, or never did); refuse one that holds another key.
+
+    Raises:
+        InvalidKey: ``signing.pub`` holds something else than *key*'s public half.
+        OSError: ``signing.pub`` cannot be read or written.
+    """
+    pub = os.path.join(directory, PUBLIC_KEY_NAME)
+    try:
+        found, _ = read_named_file(pub)
+    except FileNotFoundError:
+        write_atomic(pub, key.public_pem())  # the very bytes the key's writer writes
+        return
+    try:
+        matches = key_id(load_public_key(found, pub)) == key.keyid
+    except InvalidKey:
+        matches = False
+    if not matches:
+        # Which of the two is right only its owner knows: signing on would make
+        # bundles that fail with the published key, replacing it would hide that.
+        raise InvalidKey(
+            f"{pub} is not the public key of {os.path.join(directory, PRIVATE_KEY_NAME)} "
+            f"(key id {key.keyid}): bundles signed with that key would not verify with "
+            f"it. Remove {PUBLIC_KEY_NAME} to have it written again from "
+            f"{PRIVATE_KEY_NAME}, or put back the {PRIVATE_KEY_NAME} it belongs to"
+        )

@@ -1,0 +1,169 @@
+"""The default signing key (``<output_dir>/keys``): created by one of several writers
+at once, and ``signing.pub`` always the public half of ``signing.key``."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spanproof.exporter.keys import SigningKey, load_or_create
+from spanproof.verifier.errors import InvalidKey
+
+# Bounds a wait for the other thread, so that a broken hand-over fails instead of hanging.
+_WAIT = 30.0
+
+
+def _assert_matching_pair(directory: Path) -> SigningKey:
+    """The directory holds signing.key and its own signing.pub, and no other file."""
+    key = SigningKey.load(directory / "signing.key")
+    assert (directory / "signing.pub").read_bytes() == key.public_pem()
+    assert sorted(os.listdir(directory)) == ["signing.key", "signing.pub"]
+    return key
+
+
+def _waited(event: threading.Event) -> None:
+    if not event.wait(_WAIT):
+        raise AssertionError("the other writer never got there")
+
+
+@pytest.mark.parametrize("stale_pub", [False, True], ids=["no-pub", "stale-pub"])
+def test_a_writer_losing_the_race_neither_fails_nor_leaves_its_own_public_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stale_pub: bool
+) -> None:
+    # Writers A and B both find no signing.key and write their keys.  A links first;
+    # B gets as far as linking its own, then loads signing.key and returns, all
+    # before A writes signing.pub.
+    directory = tmp_path / "keys"
+    directory.mkdir()
+    if stale_pub:  # left by a key that was deleted
+        (directory / "signing.pub").write_bytes(SigningKey.generate().public_pem())
+    keys = {"A": SigningKey.from_seed(b"A" * 32), "B": SigningKey.from_seed(b"B" * 32)}
+    a_at_link, b_at_link, a_linked, b_done = (threading.Event() for _ in range(4))
+    real_link, real_makedirs = os.link, os.makedirs
+
+    def writer() -> str:
+        return threading.current_thread().name
+
+    def link(src: Any, dst: Any, **kwargs: Any) -> None:
+        if writer() == "A":
+            a_at_link.set()
+            _waited(b_at_link)  # both have written their temporary private key
+            real_link(src, dst, **kwargs)
+            a_linked.set()
+            _waited(b_done)  # A writes signing.pub only after B has returned
+        else:
+            b_at_link.set()
+            _waited(a_linked)
+            real_link(src, dst, **kwargs)
+
+    def makedirs(name: Any, *args: Any, **kwargs: Any) -> None:
+        if writer() == "B":
+            _waited(a_at_link)  # B writes its temporary key after A has written its own
+        real_makedirs(name, *args, **kwargs)
+
+    monkeypatch.setattr(os, "link", link)
+    monkeypatch.setattr(os, "makedirs", makedirs)
+    monkeypatch.setattr(SigningKey, "generate", classmethod(lambda cls: keys[writer()]))
+    returned: dict[str, str] = {}
+    errors: list[BaseException] = []
+
+    def run(done: threading.Event | None) -> None:
+        try:
+            returned[writer()] = load_or_create(directory).keyid
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            if done is not None:
+                done.set()
+
+    threads = [threading.Thread(target=run, args=(None,), name="A"),
+               threading.Thread(target=run, args=(b_done,), name="B")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    monkeypatch.undo()
+    assert errors == []
+    assert returned == {"A": keys["A"].keyid, "B": keys["A"].keyid}
+    assert _assert_matching_pair(directory).keyid == keys["A"].keyid
+
+
+def _race(directory: Path, writers: int) -> tuple[list[str], list[BaseException]]:
+    """Start *writers* threads calling load_or_create(directory) at once; return the
+    key ids they got and the exceptions they raised."""
+    barrier = threading.Barrier(writers)
+    keyids: list[str] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            keyids.append(load_or_create(directory).keyid)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run) for _ in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return keyids, errors
+
+
+def test_writers_racing_for_the_default_key_all_get_one_key_and_its_public_half(
+    tmp_path: Path,
+) -> None:
+    for round_number in range(20):
+        directory = tmp_path / str(round_number)
+        keyids, errors = _race(directory, 4)
+        assert errors == []
+        key = _assert_matching_pair(directory)
+        assert keyids == [key.keyid] * 4
+
+
+def test_a_key_without_its_public_half_gets_it_written(tmp_path: Path) -> None:
+    # What a writer stopped between linking signing.key and writing signing.pub leaves.
+    key = SigningKey.generate()
+    key.write(tmp_path)
+    os.unlink(tmp_path / "signing.pub")
+    assert load_or_create(tmp_path).keyid == key.keyid
+    _assert_matching_pair(tmp_path)
+
+
+@pytest.mark.parametrize("published", [
+    lambda: SigningKey.generate().public_pem(),
+    lambda: b"not a key\n",
+], ids=["another-key", "not-a-key"])
+def test_a_public_key_file_not_matching_the_signing_key_is_refused(
+    tmp_path: Path, published: Callable[[], bytes]
+) -> None:
+    key = SigningKey.generate()
+    key.write(tmp_path)
+    other = published()
+    (tmp_path / "signing.pub").write_bytes(other)
+    with pytest.raises(InvalidKey, match=r"signing\.pub is not the public key of .*signing\.key"):
+        load_or_create(tmp_path)
+    assert (tmp_path / "signing.pub").read_bytes() == other
+
+
+def test_a_stale_public_key_without_its_signing_key_is_replaced(tmp_path: Path) -> None:
+    (tmp_path / "signing.pub").write_bytes(SigningKey.generate().public_pem())
+    created = load_or_create(tmp_path)
+    assert _assert_matching_pair(tmp_path).keyid == created.keyid
+
+
+def test_replacing_a_key_writes_a_matching_pair_and_no_temporary_file(tmp_path: Path) -> None:
+    SigningKey.generate().write(tmp_path)
+    replacement = SigningKey.generate()
+    assert replacement.write(tmp_path, exist_ok=True) == (
+        str(tmp_path / "signing.key"), str(tmp_path / "signing.pub"))
+    assert _assert_matching_pair(tmp_path).keyid == replacement.keyid
+    assert os.stat(tmp_path / "signing.key").st_mode & 0o777 == 0o600
+    with pytest.raises(FileExistsError):
+        SigningKey.generate().write(tmp_path)
+    assert _assert_matching_pair(tmp_path).keyid == replacement.keyid
