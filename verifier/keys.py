@@ -359,12 +359,20 @@ class TrustRoot:
         return sorted(self.keys, key=lambda k: k.keyid != hint)
 
 
-def load_private_key(path: str | os.PathLike[str], what: str = "private key") -> Ed25519PrivateKey:
+def load_private_key(
+    path: str | os.PathLike[str], what: str = "private key", *,
+    made_by: str = "spanproof keygen",
+) -> Ed25519PrivateKey:
     """Load a PKCS#8 PEM Ed25519 private key (a producer's or a witness's, named by
-    *what* in messages); warn when group or others can access the file.
+    *what* in messages, and written by the command *made_by*); warn when group or
+    others can access the file.
+
+    Another kind of file (a public key, an encrypted, OpenSSH, PKCS#1 or SEC1 private
+    key, DER) is refused with a message naming what it holds, before the permission
+    check: a public key is no secret, and a key refused is not used.
 
     Raises:
-        InvalidKey: unreadable file, not an unencrypted PEM key, or not Ed25519.
+        InvalidKey: unreadable file, not an unencrypted PKCS#8 PEM key, or not Ed25519.
     """
     name = os.fspath(path)
     try:
@@ -373,15 +381,77 @@ def load_private_key(path: str | os.PathLike[str], what: str = "private key") ->
         raise InvalidKey(f"{name}: cannot read {what} ({e.strerror})") from e
     if not pem.strip():
         raise InvalidKey(f"{name}: empty, no {what} in it")
+    expected = (f"an unencrypted PKCS#8 PEM Ed25519 private key ({_PKCS8_BEGIN}, as "
+                f"`{made_by}` writes)")
+    found = _other_than_pkcs8(pem)
+    if found is not None:
+        what_it_is, hint = found
+        raise InvalidKey(f"{name}: {what_it_is}, where {expected} is expected"
+                         + (f"; {hint}" if hint else ""))
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         _logger.warning("%s %s is accessible by group or others (mode %o); "
                         "restrict it with chmod 600", what, name, stat.S_IMODE(mode))
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as e:
-        raise InvalidKey(f"{name}: not an unencrypted PEM private key") from e
+        raise InvalidKey(f"{name}: its {_PKCS8_BEGIN} block cannot be read ({e}); "
+                         f"expected {expected}") from e
     except UnsupportedAlgorithm as e:  # a key type or curve OpenSSL does not know
         raise InvalidKey(f"{name}: {what} is not Ed25519 ({e})") from e
     if not isinstance(key, Ed25519PrivateKey):
-        raise InvalidKey(f"{name}: {what} is not Ed25519")
+        raise InvalidKey(f"{name}: {what} is not Ed25519 (SPEC §6 allows only Ed25519)")
     return key
+
+
+_PKCS8_BEGIN = "-----BEGIN PRIVATE KEY-----"
+_PEM_LABEL = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,40})-----")
+_ONLY_ED25519 = "SPEC §6 allows only Ed25519 keys"
+# What a private key file holds instead, by the label of its PEM block, and what to do.
+_OTHER_PEM = {
+    "PUBLIC KEY": ("a public key", ""),
+    "ENCRYPTED PRIVATE KEY": (
+        "an encrypted private key",
+        "spanproof reads no passphrase: decrypt it with "
+        "`openssl pkey -in KEY -out KEY.plain`",
+    ),
+    "OPENSSH PRIVATE KEY": (
+        "an OpenSSH private key",
+        "ssh-keygen cannot write an Ed25519 key as PKCS#8; convert it as the README "
+        "shows (\"Keys, trust roots and rotation\")",
+    ),
+    "RSA PRIVATE KEY": ("an RSA private key (PKCS#1)", _ONLY_ED25519),
+    "EC PRIVATE KEY": ("an EC private key (SEC1)", _ONLY_ED25519),
+    "DSA PRIVATE KEY": ("a DSA private key", _ONLY_ED25519),
+    "CERTIFICATE": ("a certificate", ""),
+}
+_OPENSSH_PUBLIC = re.compile(rb"\s*(ssh-|ecdsa-sha2-|sk-)[a-z0-9@.-]* AAAA")
+
+
+def _other_than_pkcs8(data: bytes) -> tuple[str, str] | None:
+    """What *data* holds when it is plainly not a PKCS#8 PEM private key (by its first
+    PEM block's label, an OpenSSH public key line, DER), and what to do about it;
+    None when its first PEM block is ``PRIVATE KEY``, for the key loader to judge."""
+    label = _PEM_LABEL.search(data)
+    if label is not None:
+        text = label[1].decode("ascii")
+        if text == "PRIVATE KEY":
+            return None
+        what_it_is, hint = _OTHER_PEM.get(text, ("a PEM block of another kind", ""))
+        return f"{what_it_is} (-----BEGIN {text}-----)", hint
+    if _OPENSSH_PUBLIC.match(data):
+        return "an OpenSSH public key line", ""
+    if data.startswith(b"\x30"):  # an ASN.1 SEQUENCE, as DER keys start
+        try:
+            serialization.load_der_private_key(data, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            pass
+        else:
+            return ("a DER (binary) private key",
+                    "write it as PEM with `openssl pkey -inform DER -in KEY -out KEY.pem`")
+        try:
+            serialization.load_der_public_key(data)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            pass
+        else:
+            return "a DER (binary) public key", ""
+    return "no PEM block (no -----BEGIN line)", ""

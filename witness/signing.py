@@ -64,7 +64,7 @@ class CheckpointSigner:
             ValueError: *origin* is not a valid key name (spaces or '+'), or not the
                 one the key was generated for; ``<key>.origin`` cannot be read.
         """
-        private_key = load_private_key(path, "witness key")
+        private_key = load_private_key(path, "witness key", made_by="spanproof witness keygen")
         recorded = _recorded_origin(path)
         if recorded is not None and origin is not None and origin != recorded:
             raise ValueError(
