@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from spanproof.examples.support_agent import SAMPLE_CASES, Outcome, run_case
 from spanproof.verifier import TrustRoot, find_bundles
 from spanproof.verifier._cli import (
+    EXIT_USAGE,
     BundleResult,
     UsageError,
     check_path,
@@ -59,13 +60,15 @@ def _error(message: str) -> None:
 def keygen(out: str, *, force: bool = False) -> int:
     """``spanproof keygen --out DIR``: write a new key pair and print its key id.
 
-    Refuses (exit 1) to replace an existing key unless *force*.
+    Refuses to replace an existing key unless *force*.  Every refusal, writing no
+    key, exits 2, as a place the command cannot use does (SPEC §12.10, and
+    ``witness keygen``): 1 is the status of a check that failed.
     """
     if os.path.exists(out) and not os.path.isdir(out):
         # makedirs() would raise FileExistsError, taken below for an existing key.
         _error(f"cannot write the key to {out}: not a directory (--out takes the "
                "directory for signing.key and signing.pub)")
-        return 1
+        return EXIT_USAGE
     priv = os.path.join(out, PRIVATE_KEY_NAME)
     pub = os.path.join(out, PUBLIC_KEY_NAME)
     existing = [p for p in (priv, pub) if os.path.exists(p)]
@@ -73,16 +76,16 @@ def keygen(out: str, *, force: bool = False) -> int:
         _error(f"{existing[0]} already exists; not replacing a key "
                "(bundles it signed would no longer verify with the new one). "
                "Use --force to replace it.")
-        return 1
+        return EXIT_USAGE
     key = SigningKey.generate()
     try:
         priv, pub = key.write(out, exist_ok=force)
     except FileExistsError:
         _error(f"{priv} already exists; use --force to replace it")
-        return 1
+        return EXIT_USAGE
     except OSError as e:
         _error(f"cannot write the key to {out}: {e.strerror or e}")
-        return 1
+        return EXIT_USAGE
     print(f"key id       {key.keyid}")
     print(f"private key  {priv}  (mode 0600: for the producer, "
           "e.g. OTEL_EXPORTER_SPANPROOF_KEY_FILE)")

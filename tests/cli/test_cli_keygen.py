@@ -38,7 +38,7 @@ def test_keygen_refuses_to_overwrite_an_existing_key(capsys, tmp_path):
     assert main(["keygen", "--out", str(tmp_path)]) == 0
     before = (tmp_path / "signing.key").read_bytes()
     capsys.readouterr()
-    assert main(["keygen", "--out", str(tmp_path)]) == 1
+    assert main(["keygen", "--out", str(tmp_path)]) == 2
     out, err = capsys.readouterr()
     assert out == ""
     assert err.startswith(f"spanproof: error: {tmp_path / 'signing.key'} already exists")
@@ -48,7 +48,7 @@ def test_keygen_refuses_to_overwrite_an_existing_key(capsys, tmp_path):
 
 def test_keygen_refuses_when_only_the_public_key_exists(capsys, tmp_path):
     (tmp_path / "signing.pub").write_text("someone else's key")
-    assert main(["keygen", "--out", str(tmp_path)]) == 1
+    assert main(["keygen", "--out", str(tmp_path)]) == 2
     assert (tmp_path / "signing.pub").read_text() == "someone else's key"
 
 
@@ -71,7 +71,7 @@ def test_keygen_needs_out(capsys):
 def test_keygen_into_an_unwritable_place_fails_with_a_message(capsys, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    assert main(["keygen", "--out", str(blocker / "keys")]) == 1
+    assert main(["keygen", "--out", str(blocker / "keys")]) == 2
     _, err = capsys.readouterr()
     assert err.startswith("spanproof: error: ")
     assert "Traceback" not in err
@@ -81,7 +81,7 @@ def test_keygen_into_an_unwritable_place_fails_with_a_message(capsys, tmp_path):
 def test_keygen_out_naming_a_file_says_it_is_not_a_directory(capsys, tmp_path, force):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    assert main(["keygen", "--out", str(blocker), *force]) == 1
+    assert main(["keygen", "--out", str(blocker), *force]) == 2
     _, err = capsys.readouterr()
     assert f"cannot write the key to {blocker}: not a directory" in err
     assert "already exists" not in err and "--force" not in err
@@ -94,3 +94,22 @@ def test_keygen_console_script(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert _printed_keyid(done.stdout) == SigningKey.load(tmp_path / "signing.key").keyid
+
+
+def test_keygen_and_witness_keygen_refuse_an_existing_key_with_the_same_status(
+    capsys, tmp_path
+):
+    # SPEC §12.10: refusing a key file that exists is a usage error (2), in both
+    # commands; 1 would read as a check that failed.
+    producer, witness = tmp_path / "producer", tmp_path / "witness.key"
+    assert main(["keygen", "--out", str(producer)]) == 0
+    assert main(["witness", "keygen", "--key", str(witness)]) == 0
+    before = {p: p.read_bytes() for p in (producer / "signing.key", witness)}
+    capsys.readouterr()
+    statuses = [main(["keygen", "--out", str(producer)]),
+                main(["witness", "keygen", "--key", str(witness)])]
+    assert statuses == [2, 2]
+    err = capsys.readouterr().err
+    assert "already exists; not replacing a key" in err
+    assert "exists; refusing to overwrite a witness key" in err
+    assert {p: p.read_bytes() for p in before} == before
