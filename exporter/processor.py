@@ -101,6 +101,20 @@ class _Flush:
         self.durable = False
 
 
+class _Queue(queue.Queue[Any]):
+    """The journal worker's queue, counting the items taken out of it."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize)
+        self.taken = 0
+
+    def _get(self) -> Any:
+        # Under the queue's lock, as the item leaves: no moment when an item is
+        # neither in the queue nor counted taken.
+        self.taken += 1
+        return super()._get()
+
+
 _STOP = object()
 # How long shutdown() waits, beyond queue_block, for on_end() calls under way.
 _IN_FLIGHT_SECONDS = 1.0
@@ -401,7 +415,8 @@ class EvidenceSpanProcessor(SpanProcessor):
 
     def _reset_process_state(self) -> None:
         """The queue, loss counters and worker of this process."""
-        self._queue: queue.Queue[Any] = queue.Queue(self._queue_size)
+        self._queue: _Queue = _Queue(self._queue_size)
+        self._processed = 0  # items of the queue the worker has processed
         self._counts_lock = threading.Lock()
         self._dropped: collections.Counter[str] = collections.Counter()
         self._unsampled: collections.Counter[str] = collections.Counter()
@@ -483,13 +498,20 @@ class EvidenceSpanProcessor(SpanProcessor):
         """Wait until every evidence span that ended before this call is journaled
         and fsynced, then seal the traces whose root ended.
 
-        Returns True when the spans are durable (in the journal or a bundle); False
-        on timeout, after shutdown, or when the journal cannot be written.
+        Returns True when the spans are durable (in the journal or a bundle), at once
+        when every span queued is journaled already, whatever the timeout; False on
+        timeout, after shutdown, or when the journal cannot be written.
         """
         if self._shutdown:
             return False
         deadline = time.monotonic() + timeout_millis / 1000
         try:
+            if self._idle():
+                # Every span queued so far is journaled: nothing for the worker to
+                # answer, so even a zero timeout is met (the SDK's contract: False
+                # only when the timeout is exceeded).
+                self._sealer.force_flush(timeout_millis)
+                return True
             flush = _Flush()
             running = self._ensure_worker()
             self._queue.put(flush, timeout=max(0.0, deadline - time.monotonic()))
@@ -593,11 +615,31 @@ class EvidenceSpanProcessor(SpanProcessor):
             if self._worker is not None:
                 return
             while batch := self._next_batch(wait=False):
-                self._process_or_log(batch)
+                self._process_and_count(batch)
 
     def _run(self) -> None:
-        while not self._process_or_log(self._next_batch(wait=True)):
+        while not self._process_and_count(self._next_batch(wait=True)):
             pass
+
+    def _process_and_count(self, batch: list[Any]) -> bool:
+        """:meth:`_process_or_log` *batch*, then count its items processed (for
+        :meth:`_idle`)."""
+        try:
+            return self._process_or_log(batch)
+        finally:
+            self._processed += len(batch)
+
+    def _idle(self) -> bool:
+        """Whether every item queued so far is processed, no loss waits to be counted
+        in the journal, and the journal was writable at the last write."""
+        q = self._queue
+        with q.mutex:  # the lock under which put() queues and get() takes (counting it)
+            if q.queue or q.taken != self._processed:
+                return False
+        with self._counts_lock:
+            if self._dropped or self._unsampled:
+                return False
+        return not self._journal_failing
 
     def _next_batch(self, *, wait: bool) -> list[Any]:
         """Up to ``_BATCH`` queued items (maybe none); with *wait*, the first is
