@@ -24,6 +24,19 @@ __all__ = ["HTTPStatusError", "MalformedAnswer", "Response", "WitnessClient"]
 _MAX_RESPONSE = 16 * 1024 * 1024
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Follows no redirect: a 3xx reaches the caller as the HTTP error it is.
+
+    A witness answers its own API; a 3xx is a proxy or a misconfiguration between
+    us and it, which SPEC §12.7 step 6 counts as the witness being unavailable.
+    Followed, it would turn into the answer of another page (a 404, say: a refusal).
+    """
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                         headers: Any, newurl: str) -> None:
+        return None
+
+
 class MalformedAnswer(TransportError):
     """The witness answered, but not with what the request asks for."""
 
@@ -61,6 +74,8 @@ class WitnessClient:
             raise ValueError(f"witness URL must be http(s)://host[:port]: {url!r} ({problem})")
         self.url = url.rstrip("/")
         self.timeout = timeout
+        # The default handlers (proxies from the environment, https), but no redirects.
+        self._opener = urllib.request.build_opener(_NoRedirect())
 
     def request(
         self,
@@ -73,6 +88,8 @@ class WitnessClient:
     ) -> Response:
         """Send one request and return a 2xx answer.
 
+        A redirect is not followed: it is an :class:`HTTPStatusError` with its 3xx.
+
         Raises:
             HTTPStatusError: the witness answered with a non-2xx status.
             TransportError: the witness could not be reached or the answer was cut.
@@ -82,7 +99,7 @@ class WitnessClient:
             url += "?" + urllib.parse.urlencode({k: str(v) for k, v in query.items()})
         req = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))  # noqa: S310
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
+            with self._opener.open(req, timeout=self.timeout) as resp:
                 data = resp.read(_MAX_RESPONSE + 1)
                 status = resp.status
                 got = {k.lower(): v for k, v in resp.headers.items()}
