@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import http.client
 import json
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,6 +24,8 @@ from spanproof.verifier.errors import TransportError
 __all__ = ["HTTPStatusError", "MalformedAnswer", "Response", "WitnessClient"]
 
 _MAX_RESPONSE = 16 * 1024 * 1024
+# RFC 9110 §8.6: 1*DIGIT, ASCII only (str.isdigit() takes '²', which int() refuses).
+_CONTENT_LENGTH = re.compile(r"[0-9]+\Z")
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -92,7 +96,8 @@ class WitnessClient:
 
         Raises:
             HTTPStatusError: the witness answered with a non-2xx status.
-            TransportError: the witness could not be reached or the answer was cut.
+            TransportError: the witness could not be reached, or the answer was cut
+                short or is not well-formed HTTP.
         """
         url = self.url + path
         if query:
@@ -104,7 +109,10 @@ class WitnessClient:
                 status = resp.status
                 got = {k.lower(): v for k, v in resp.headers.items()}
         except urllib.error.HTTPError as e:
-            raw = e.read(_MAX_RESPONSE)
+            try:
+                raw = e.read(_MAX_RESPONSE)
+            except (http.client.HTTPException, OSError):
+                raw = b""  # the status is the answer; its body is only the message
             try:
                 doc = json.loads(raw)
             except (ValueError, RecursionError):
@@ -116,12 +124,30 @@ class WitnessClient:
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
             raise TransportError(f"cannot reach witness {self.url}: {reason}") from e
+        except http.client.HTTPException as e:
+            # Not HTTP (a bad status line, a header line too long, a chunked body cut
+            # short): no answer of the witness's, as a connection cut is not.
+            detail = str(e)
+            if not detail.startswith(type(e).__name__):
+                detail = f"{type(e).__name__}: {detail}"
+            raise TransportError(
+                f"witness {self.url} answered with malformed HTTP: {detail}"
+            ) from e
         if len(data) > _MAX_RESPONSE:
             raise TransportError(f"witness answer larger than {_MAX_RESPONSE} bytes")
-        declared = got.get("content-length", "")
-        if declared.isdigit() and len(data) < int(declared):
-            # http.client returns what arrived when the peer closes early.
-            raise TransportError(f"witness answer cut short ({len(data)} of {declared} bytes)")
+        declared = got.get("content-length")
+        if declared is not None:
+            digits = declared.strip()
+            if _CONTENT_LENGTH.match(digits) is None:
+                raise TransportError(
+                    f"witness answered with malformed HTTP: Content-Length {declared!r}"
+                )
+            # More significant digits than the largest answer kept has is more bytes
+            # than arrived (and spares int() a number of any length).
+            significant = digits.lstrip("0") or "0"
+            if len(significant) > len(str(_MAX_RESPONSE)) or len(data) < int(significant):
+                # http.client returns what arrived when the peer closes early.
+                raise TransportError(f"witness answer cut short ({len(data)} of {digits} bytes)")
         return Response(status, got, data)
 
     def _json(self, path: str, query: Mapping[str, Any] | None = None) -> dict[str, Any]:

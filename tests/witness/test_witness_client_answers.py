@@ -12,11 +12,21 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from witness_helpers import ORIGIN, WITNESS_SEED
+from witness_helpers import (
+    ORIGIN,
+    PRODUCER_SEED,
+    WITNESS_SEED,
+    make_bundle,
+    trace_id,
+    write_bundle,
+)
 
+from spanproof.exporter.keys import SigningKey
 from spanproof.verifier.checkpoint import Checkpoint
+from spanproof.verifier.errors import TransportError
 from spanproof.verifier.merkle import leaf_hash
-from spanproof.witness.client import HTTPStatusError, WitnessClient
+from spanproof.witness._cli import main
+from spanproof.witness.client import HTTPStatusError, MalformedAnswer, WitnessClient
 from spanproof.witness.monitor import monitor_once
 from spanproof.witness.signing import CheckpointSigner
 from spanproof.witness.tree import MerkleTree
@@ -135,3 +145,72 @@ def test_the_client_still_goes_through_a_configured_proxy(
         b"through the proxy"
     )
     assert canned.requests == ["GET http://witness.invalid:8080/v1/checkpoint HTTP/1.1"]
+
+
+# --- answers that are not HTTP ---------------------------------------------------------
+
+NOT_HTTP = {
+    "bad-status-line": b"HTTP/1.1 2OO OK\r\nContent-Length: 2\r\n\r\nhi",
+    "chunked-body-cut": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n100\r\nabc",
+    "header-line-too-long": b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 70000 + b"\r\n\r\n",
+    "too-many-headers": b"HTTP/1.1 200 OK\r\n" + b"X-Pad: a\r\n" * 150 + b"\r\n",
+    "error-body-cut": b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n100\r\nabc",
+    # 'SUPERSCRIPT TWO' in latin-1: str.isdigit() says yes, int() says no.
+    "content-length-superscript": b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n"
+                                  b"Connection: close\r\n\r\nhi",
+    "content-length-sign": b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n"
+                           b"Connection: close\r\n\r\nhi",
+}
+
+
+@pytest.mark.parametrize("raw", NOT_HTTP.values(), ids=NOT_HTTP.keys())
+def test_an_answer_that_is_not_http_is_a_transport_error(canned: Canned, raw: bytes) -> None:
+    canned.answers["/v1/checkpoint"] = raw
+    with pytest.raises(TransportError) as got:
+        WitnessClient(canned.url, timeout=5).checkpoint()
+    if "500" in raw.split(b"\r\n")[0].decode():
+        assert isinstance(got.value, HTTPStatusError) and got.value.status == 500
+    else:
+        assert not isinstance(got.value, (HTTPStatusError, MalformedAnswer))
+
+
+def test_a_content_length_of_any_length_is_read_as_a_number(canned: Canned) -> None:
+    canned.answers["/v1/checkpoint"] = (b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000
+                                        + b"\r\nConnection: close\r\n\r\nhi")
+    with pytest.raises(TransportError, match="cut short"):
+        WitnessClient(canned.url, timeout=5).checkpoint()
+    canned.answers["/v1/checkpoint"] = (b"HTTP/1.1 200 OK\r\nContent-Length: " + b"0" * 5000
+                                        + b"2\r\nConnection: close\r\n\r\nhi")
+    assert WitnessClient(canned.url, timeout=5).checkpoint() == b"hi"
+
+
+@pytest.mark.parametrize("raw", [NOT_HTTP["bad-status-line"], NOT_HTTP["chunked-body-cut"]],
+                         ids=["bad-status-line", "chunked-body-cut"])
+def test_monitor_of_a_witness_answering_malformed_http_is_unavailable(
+    canned: Canned, raw: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It exited 1, the status of a fork or rollback, with a traceback.
+    signer = CheckpointSigner(Ed25519PrivateKey.from_private_bytes(WITNESS_SEED), ORIGIN)
+    canned.answers["/v1/checkpoint"] = raw
+    status = main(["monitor", "--url", canned.url, "--state", str(tmp_path / "m.json"),
+                   "--witness-key", signer.vkey, "--timeout", "5"])
+    out = capsys.readouterr().out
+    assert status == 3 and out.startswith(f"FAIL {canned.url}: witness {canned.url} answered "
+                                          "with malformed HTTP"), out
+
+
+def test_submit_to_a_witness_answering_malformed_http_fails_each_bundle_as_unavailable(
+    canned: Canned, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The first bundle's answer ended the run with a traceback.
+    producer = tmp_path / "producer.pub"
+    producer.write_bytes(SigningKey.from_seed(PRODUCER_SEED).public_pem())
+    paths = [write_bundle(tmp_path, make_bundle(trace_id(i))) for i in range(2)]
+    canned.answers["/v1/submit-batch"] = NOT_HTTP["header-line-too-long"]
+    canned.answers["/v1/submit"] = NOT_HTTP["bad-status-line"]
+    status = main(["witness", "submit", *map(str, paths), "--url", canned.url,
+                   "--producer-key", str(producer), "--timeout", "5"])
+    lines = capsys.readouterr().out.splitlines()
+    assert status == 3 and len(lines) == 2, lines
+    assert all(line.startswith("FAIL") and "malformed HTTP" in line for line in lines)
+    assert not list(tmp_path.glob("*.receipt.json"))
