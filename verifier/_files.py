@@ -13,7 +13,7 @@ from typing import BinaryIO
 
 __all__ = [
     "MAX_NAMED_FILE", "fsync_directory", "open_regular", "read_named_file", "temp_target",
-    "unlink_quietly", "write_atomic", "write_temp",
+    "unlink_quietly", "write_atomic", "write_new", "write_temp",
 ]
 
 _TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp", re.DOTALL)  # see write_temp
@@ -82,6 +82,54 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644
     finally:
         unlink_quietly(tmp)
     fsync_directory(directory)
+
+
+def write_new(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
+    """Write *data* to *path*, a name not taken yet, so that readers see no file or the
+    whole one; a file (or link) already at *path* is never replaced.
+
+    A temporary file in the same directory is written with *mode* and fsynced, then
+    linked as *path* (which fails when the name is taken) and removed, and the
+    directory fsynced.  On a filesystem without hard links, *path* is created
+    exclusively and written in place instead.
+
+    Raises:
+        FileExistsError: *path* exists.
+        OSError: the directory cannot be written, or the disk is full.
+    """
+    target = os.path.abspath(os.fspath(path))
+    directory = os.path.dirname(target)
+    tmp = write_temp(directory, os.path.basename(target), data, mode=mode)
+    try:
+        os.link(tmp, target)
+    except OSError as e:
+        if e.errno not in _NO_HARD_LINKS:
+            raise
+        _write_exclusive(target, data, mode)
+    finally:
+        unlink_quietly(tmp)
+    fsync_directory(directory)
+
+
+# What os.link() fails with where a filesystem has no hard links (FAT, some FUSE and
+# network filesystems).
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK})
+
+
+def _write_exclusive(target: str, data: bytes, mode: int) -> None:
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        unlink_quietly(target)  # created here: no one else's file
+        raise
 
 
 def fsync_directory(directory: str) -> None:

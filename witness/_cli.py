@@ -531,7 +531,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     except TransportError as e:
         print(printable(f"FAIL {args.url}: {e}"))
         return EXIT_UNAVAILABLE
-    except OSError as e:  # the state file (monitor_once, check_receipts)
+    except OSError as e:  # the state file (an evidence file is reported in the alert)
         print(printable(f"FAIL monitor state {args.state}: cannot read or write it "
                         f"({e.strerror or e})"))
         return EXIT_FAILED

@@ -5,23 +5,25 @@ pinned witness key, and checks that it extends the checkpoint remembered from th
 previous run (same size: same root; larger: a valid consistency proof; smaller:
 a rollback).  Only then is the new checkpoint remembered, atomically.  On a fork
 or rollback the two signed checkpoints (and the proof served) are written to an
-evidence file: two signed checkpoints that cannot both be honest are proof of
-the witness's misbehaviour that anyone can check.  Receipts held by producers are
-checked the same way against that checkpoint (:func:`check_receipts`), so a receipt
-from a history the monitor is not shown is caught as a fork.
+evidence file of their own, named for its content, never over an earlier alert's:
+two signed checkpoints that cannot both be honest are proof of the witness's
+misbehaviour that anyone can check.  Receipts held by producers are checked the
+same way against that checkpoint (:func:`check_receipts`), so a receipt from a
+history the monitor is not shown is caught as a fork.
 """
 
 from __future__ import annotations
 
 import base64
 import errno
+import hashlib
 import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from spanproof.verifier._files import open_regular, read_named_file, write_atomic
+from spanproof.verifier._files import open_regular, read_named_file, write_atomic, write_new
 from spanproof.verifier.canonical import canonicalize, parse_strict
 from spanproof.verifier.checkpoint import (
     VerifiedCheckpoint,
@@ -130,7 +132,15 @@ def _save_evidence(
     current: VerifiedCheckpoint,
     proof: Sequence[bytes],
 ) -> str:
-    evidence = f"{path}.evidence.json"
+    """Save the two signed checkpoints, the proof served and *reason* beside the state
+    file *path*, as ``<path>.evidence-<16 hex>.json``, named for its content (the
+    start of its SHA-256), and return what to say of it: where it is, or why it could
+    not be saved.  Never raises for the file: the alert matters more than its copy.
+
+    A file already there is never replaced, so the evidence of an earlier alert
+    stays; the same alert raised again (the monitor keeps its checkpoint, so a forked
+    witness is alerted on at each run) finds its file already written.
+    """
     doc: dict[str, Any] = {
         "mediaType": MONITOR_EVIDENCE_MEDIA_TYPE,
         "reason": reason,
@@ -138,8 +148,25 @@ def _save_evidence(
         "current": current.note.decode("utf-8"),
         "consistencyProof": [base64.b64encode(h).decode("ascii") for h in proof],
     }
-    write_atomic(evidence, json.dumps(doc, indent=2).encode("utf-8") + b"\n")
-    return evidence
+    data = json.dumps(doc, indent=2).encode("utf-8") + b"\n"
+    evidence = f"{path}.evidence-{hashlib.sha256(data).hexdigest()[:16]}.json"
+    try:
+        write_new(evidence, data)
+    except FileExistsError:
+        if not _holds(evidence, data):
+            return f"evidence could not be saved: {evidence} exists and holds something else"
+    except OSError as e:
+        return f"evidence could not be saved to {evidence} ({e.strerror or e})"
+    return f"evidence saved to {evidence}"
+
+
+def _holds(path: str, data: bytes) -> bool:
+    """Whether the file *path* holds exactly *data*."""
+    try:
+        with open_regular(path) as f:
+            return f.read(len(data) + 1) == data
+    except OSError:
+        return False
 
 
 def _check_extends(
@@ -151,7 +178,7 @@ def _check_extends(
 ) -> None:
     """Check that *new* extends *old* (SPEC §12.7 steps 4-6), with the consistency
     proof the witness serves; on a fork or rollback, save both checkpoints and the
-    proof as evidence beside *state_path*.
+    proof as evidence beside *state_path* (:func:`_save_evidence`).
 
     A witness that served *new*, signed, but answers the request for that proof
     with a refusal (a 4xx other than 408 and 429) or JSON that is not a proof is
@@ -160,7 +187,8 @@ def _check_extends(
     being unavailable.
 
     Raises:
-        LogInconsistent: *about* and the defect, naming the evidence file.
+        LogInconsistent: *about* and the defect, naming the evidence file (or saying
+            why it could not be saved).
         TransportError: the witness could not be reached for the proof.
     """
     proof: list[bytes] = []
@@ -174,14 +202,14 @@ def _check_extends(
                 raise
             reason = (f"{about}the witness signed tree size {new.size} but does not prove "
                       f"that it extends tree size {old.size}: {e}")
-            evidence = _save_evidence(state_path, reason, old, new, proof)
-            raise LogInconsistent(f"{reason}; evidence saved to {evidence}") from e
+            saved = _save_evidence(state_path, reason, old, new, proof)
+            raise LogInconsistent(f"{reason}; {saved}") from e
     try:
         check_consistent(old.checkpoint, new.checkpoint, proof)
     except LogInconsistent as e:
         reason = f"{about}{e}"
-        evidence = _save_evidence(state_path, reason, old, new, proof)
-        raise LogInconsistent(f"{reason}; evidence saved to {evidence}") from e
+        saved = _save_evidence(state_path, reason, old, new, proof)
+        raise LogInconsistent(f"{reason}; {saved}") from e
 
 
 def monitor_once(
@@ -194,8 +222,8 @@ def monitor_once(
     """Run one monitor check (SPEC §12.7) and remember the new checkpoint.
 
     Raises:
-        LogInconsistent: a fork or rollback; the message names the evidence file.
-            The state file is left unchanged.
+        LogInconsistent: a fork or rollback; the message names the evidence file
+            (or says why it could not be saved).  The state file is left unchanged.
         NoteSignatureError: the served (or remembered) checkpoint is not signed by
             a pinned witness key.
         InvalidReceipt: a malformed checkpoint or state file.
@@ -300,9 +328,9 @@ def check_receipts(
 
     Raises:
         LogInconsistent: a receipt's checkpoint and *current* cannot both be honest;
-            the message names the receipt and the evidence file.
+            the message names the receipt and the evidence file (or says why it
+            could not be saved).
         TransportError: the witness could not be reached for a proof.
-        OSError: the evidence file cannot be written.
     """
     shown: set[tuple[int, bytes]] = set()
     consistent = 0

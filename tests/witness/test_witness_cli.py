@@ -557,6 +557,11 @@ def _monitor(
     return status, out
 
 
+def _evidence(state: Path) -> list[Path]:
+    """The evidence files the monitor saved beside its state file, sorted."""
+    return sorted(state.parent.glob(state.name + ".evidence-*.json"))
+
+
 def _receipts(witness: Witness, directory: Path, traces: range) -> list[Path]:
     """Log one bundle per trace in one batch and write each one's receipt file."""
     directory.mkdir(exist_ok=True)
@@ -616,8 +621,9 @@ def test_monitor_alerts_on_a_receipt_from_a_history_it_is_not_shown(
     status, out = _monitor(srv.url, state, files["pub"], capsys, forked)
     last = out.splitlines()[-1]
     assert status == 1 and last.startswith(f"ALERT {srv.url}: receipt {forked}: {alert}")
-    assert last.endswith(f"evidence saved to {state}.evidence.json")
-    evidence = json.loads(Path(str(state) + ".evidence.json").read_text())
+    (saved,) = _evidence(state)
+    assert last.endswith(f"evidence saved to {saved}")
+    evidence = json.loads(saved.read_text())
     assert evidence["mediaType"] == MONITOR_EVIDENCE_MEDIA_TYPE
     assert evidence["previous"] == hidden.checkpoint(held_size).decode()
     assert evidence["current"] == shown.checkpoint(shown_size).decode()
@@ -758,9 +764,80 @@ def test_monitor_detects_a_fork_at_equal_size(
     status, out = _monitor(srv.url, state, files["pub"], capsys)
     assert status == 1 and out.startswith("ALERT") and alert in out
     assert state.read_bytes() == before  # the state keeps the honest checkpoint
-    evidence = json.loads(Path(str(state) + ".evidence.json").read_text())
+    (saved,) = _evidence(state)
+    evidence = json.loads(saved.read_text())
     assert evidence["mediaType"] == MONITOR_EVIDENCE_MEDIA_TYPE
     assert evidence["previous"] != evidence["current"]
+
+
+def _forked_witness(open_witness: Any, serve_witness: Any, name: str, first: int,
+                    port: int) -> Any:
+    """A witness on *port* whose 4 entries are traces *first*... (one key, one origin:
+    with other traces, another history of the same log)."""
+    witness = open_witness(name)
+    for i in range(first, first + 4):
+        witness.submit(make_bundle(trace_id(i)).data)
+    return serve_witness(witness, port)
+
+
+def test_a_fork_is_alerted_even_when_its_evidence_cannot_be_saved(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The evidence file's write error was reported as the state file's ("FAIL
+    # monitor state ..."), and the fork it was the evidence of went unsaid.
+    import spanproof.verifier._files as files_module
+
+    port = free_port()
+    state = tmp_path / "monitor.json"
+    srv = _forked_witness(open_witness, serve_witness, "honest.db", 0, port)
+    assert _monitor(srv.url, state, files["pub"], capsys)[0] == 0
+    srv.stop()
+    srv = _forked_witness(open_witness, serve_witness, "forked.db", 100, port)
+
+    def disk_full(*args: Any, **kwargs: Any) -> str:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files_module, "write_temp", disk_full)
+    status, out = _monitor(srv.url, state, files["pub"], capsys)
+    assert status == 1 and out.startswith(
+        f"ALERT {srv.url}: fork: two checkpoints of tree size 4 with different roots; "
+        f"evidence could not be saved to {state}.evidence-"
+    ), out
+    assert out.rstrip().endswith(f"({os.strerror(errno.ENOSPC)})")
+    assert not _evidence(state)
+
+
+def test_a_new_alert_never_overwrites_the_evidence_of_an_earlier_one(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Every alert wrote <state>.evidence.json: a second fork replaced the first's
+    # evidence.
+    port = free_port()
+    state = tmp_path / "monitor.json"
+    srv = _forked_witness(open_witness, serve_witness, "honest.db", 0, port)
+    assert _monitor(srv.url, state, files["pub"], capsys)[0] == 0
+    srv.stop()
+    srv = _forked_witness(open_witness, serve_witness, "fork-a.db", 100, port)
+    status, out = _monitor(srv.url, state, files["pub"], capsys)
+    (first,) = _evidence(state)
+    saved = first.read_bytes()
+    assert status == 1 and out.rstrip().endswith(f"evidence saved to {first}")
+    # The same alert again (the state kept the honest checkpoint): the same file.
+    status, out = _monitor(srv.url, state, files["pub"], capsys)
+    assert status == 1 and out.rstrip().endswith(f"evidence saved to {first}")
+    assert _evidence(state) == [first]
+    srv.stop()
+    srv = _forked_witness(open_witness, serve_witness, "fork-b.db", 200, port)
+    status, out = _monitor(srv.url, state, files["pub"], capsys)
+    assert status == 1 and len(_evidence(state)) == 2
+    (second,) = set(_evidence(state)) - {first}
+    assert out.rstrip().endswith(f"evidence saved to {second}")
+    assert first.read_bytes() == saved
+    docs = [json.loads(path.read_text()) for path in (first, second)]
+    assert docs[0]["previous"] == docs[1]["previous"]  # the honest checkpoint, both times
+    assert docs[0]["current"] != docs[1]["current"]
 
 
 @pytest.mark.parametrize(("refusal", "alert"), [
@@ -799,16 +876,16 @@ def test_monitor_alerts_when_the_witness_will_not_prove_a_checkpoint_extends_the
 
     monkeypatch.setattr(WitnessClient, "consistency_proof", refuse)
     status, out = _monitor(srv.url, state, files["pub"], capsys)
-    evidence = Path(str(state) + ".evidence.json")
     assert state.read_bytes() == before  # the last checkpoint is kept either way
     if alert:
         assert status == 1 and out.startswith("ALERT")
         assert "signed tree size 5 but does not prove that it extends tree size 3" in out
-        doc = json.loads(evidence.read_text())
+        (saved,) = _evidence(state)
+        doc = json.loads(saved.read_text())
         assert doc["previous"].startswith(ORIGIN + "\n3\n")
         assert doc["current"].startswith(ORIGIN + "\n5\n")
     else:  # unavailable: try again later
-        assert status == 3 and not evidence.exists()
+        assert status == 3 and not _evidence(state)
 
 
 def test_monitor_detects_a_rewritten_history(
