@@ -437,7 +437,10 @@ class WitnessSubmitter:
     def _kept(self, name: str, got: _Delivered) -> bool:
         """Whether a receipt already beside the bundle is kept instead of *got*'s
         (:func:`~spanproof.verifier.receipt.kept_receipt`): the submission is then
-        done, and nothing is written."""
+        done, and nothing is written over it.  The two are compared offline only
+        (this submitter asks the witness for no consistency proof, SPEC §12.6): a
+        rollback or fork they show is logged as an error, and ``kept_receipt`` has
+        kept *got*'s receipt beside the bundle as its evidence."""
         try:
             kept = kept_receipt(got.target, Receipt.from_bytes(got.receipt), got.verify)
         except LogInconsistent as e:

@@ -13,7 +13,7 @@ from typing import BinaryIO
 
 __all__ = [
     "MAX_NAMED_FILE", "fsync_directory", "open_regular", "read_named_file", "temp_target",
-    "unlink_quietly", "write_atomic", "write_new", "write_temp",
+    "unlink_quietly", "write_atomic", "write_new", "write_once", "write_temp",
 ]
 
 _TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp", re.DOTALL)  # see write_temp
@@ -109,6 +109,27 @@ def write_new(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -
     finally:
         unlink_quietly(tmp)
     fsync_directory(directory)
+
+
+def write_once(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
+    """:func:`write_new`, where a regular file already at *path* that holds exactly
+    *data* counts as written: for files named for their content, saved again.
+
+    Raises:
+        FileExistsError: *path* exists and holds something else (or is no regular
+            file, or cannot be read).
+        OSError: the directory cannot be written, or the disk is full.
+    """
+    try:
+        write_new(path, data, mode=mode)
+    except FileExistsError:
+        try:
+            with open_regular(path) as f:
+                if f.read(len(data) + 1) == data:
+                    return
+        except OSError:
+            pass
+        raise
 
 
 # What os.link() fails with where a filesystem has no hard links (FAT, some FUSE and

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import io
 import os
 import re
@@ -26,10 +27,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ._files import open_regular
+from ._files import open_regular, write_once
 from .bundle import BUNDLE_SUFFIX
 from .canonical import canonicalize, parse_strict
-from .checkpoint import VerifiedCheckpoint, WitnessKey, strict_b64, verify_checkpoint
+from .checkpoint import (
+    Checkpoint,
+    SignedNote,
+    VerifiedCheckpoint,
+    WitnessKey,
+    check_consistent,
+    strict_b64,
+    verify_checkpoint,
+)
 from .errors import (
     InvalidBundle,
     InvalidReceipt,
@@ -60,6 +69,7 @@ __all__ = [
     "attach_receipt_check",
     "check_receipt",
     "check_receipt_for_bundle",
+    "conflict_receipt_path",
     "kept_receipt",
     "receipt_path",
     "unverified_receipt_for",
@@ -494,8 +504,12 @@ def receipt_path(bundle_path: str | os.PathLike[str]) -> str:
     return path[: -len(BUNDLE_SUFFIX)] + RECEIPT_SUFFIX
 
 
-def kept_receipt(target: str, new: Receipt,
-                 verify: Callable[[bytes], object] | None = None) -> str | None:
+def kept_receipt(
+    target: str,
+    new: Receipt,
+    verify: Callable[[bytes], object] | None = None,
+    prove: Callable[[int, int], Sequence[bytes]] | None = None,
+) -> str | None:
     """Whether the receipt file *target*, already beside a bundle, is kept instead of
     *new*, the receipt a witness just gave for that bundle (SPEC §12.6): what to say
     when it is, or None when there is none to keep (no file, or one that is not a
@@ -507,12 +521,25 @@ def kept_receipt(target: str, new: Receipt,
     signer, too.  A file that cannot be read is kept: it may be a receipt.  One from
     this log for the same leaf is replaced when it does not verify with *verify*
     (the pinned witness keys; it raises :class:`SpanproofError`), which it must to be
-    taken as proof of a rollback or fork: naming another index for the same leaf.
-    Without *verify* another index is only reported.
+    taken as proof of a rollback or fork.  Without *verify* another index is only
+    reported.
+
+    When both it and *new* verify, the two cannot both come from an honest log when
+    they name other indexes, when they are of one tree size with other roots (a
+    fork), or when the kept one's tree is the larger (a rollback).  When the kept
+    one's tree is the smaller, *prove* (given a client of the witness) fetches the
+    consistency proof between the two sizes, raising :class:`LogInconsistent` when
+    the witness does not prove it, and the proof must verify; without *prove* the
+    receipt is kept unchecked.  On a rollback or fork *new* is kept too, as the other
+    signed checkpoint: beside *target* as ``<name>.receipt.conflict-<16 hex>.json``,
+    named for its content (:func:`conflict_receipt_path`), never over a file already
+    there.
 
     Raises:
         LogInconsistent: *target* is from the same log and for the same leaf as
-            *new*, at another index, and verifies.
+            *new*, both verify, and they cannot both be honest; the message names
+            the file *new* was saved to, or says why it could not be.
+        TransportError: *prove* could not get the proof (the witness unavailable).
     """
     try:
         with open_regular(target) as f:
@@ -530,22 +557,74 @@ def kept_receipt(target: str, new: Receipt,
                  else "for another statement or signer")
         return (f"kept the receipt already beside it ({target}), {other}: move it away "
                 "to store this one")
-    if verify is not None:
-        try:
-            verify(raw)
-        except SpanproofError:
-            return None  # this log's receipt, but not its signature: it proves nothing
-    elif old.leaf_index != new.leaf_index:
-        return (f"kept the receipt already beside it ({target}), which names index "
-                f"{old.leaf_index} of {old.origin}; not verified (no witness key pinned), "
-                "it proves no rollback")
+    kept = f"kept the receipt already beside it ({target}, index {old.leaf_index} of {old.origin})"
+    if verify is None:
+        if old.leaf_index != new.leaf_index:
+            return (f"kept the receipt already beside it ({target}), which names index "
+                    f"{old.leaf_index} of {old.origin}; not verified (no witness key pinned), "
+                    "it proves no rollback")
+        return kept
+    try:
+        verify(raw)
+    except SpanproofError:
+        return None  # this log's receipt, but not its signature: it proves nothing
+    try:
+        verify(new.to_bytes())
+    except SpanproofError:
+        return kept  # the new one proves nothing against it
     if old.leaf_index != new.leaf_index:
-        raise LogInconsistent(
+        raise _kept_conflict(
+            target, new,
             f"the witness now has it at index {new.leaf_index}, but the receipt beside it "
             f"({target}) from the same log ({old.origin}) names index {old.leaf_index}: "
             "the log has lost or rewritten that entry (a rollback or a fork); that "
-            "receipt is kept as the evidence (see spanproof witness monitor)")
-    return f"kept the receipt already beside it ({target}, index {old.leaf_index} of {old.origin})"
+            "receipt is kept as the evidence (see spanproof monitor)")
+    older, newer = _receipt_checkpoint(old), _receipt_checkpoint(new)
+    try:
+        if older.size < newer.size:
+            if prove is None:
+                return kept
+            check_consistent(older, newer, prove(older.size, newer.size))
+        else:
+            check_consistent(older, newer, ())  # no proof: a fork or a rollback fails
+    except LogInconsistent as e:
+        raise _kept_conflict(
+            target, new,
+            f"the witness's receipt for it (tree size {newer.size}) and the receipt beside "
+            f"it ({target}, tree size {older.size}), both for index {old.leaf_index} of "
+            f"{old.origin}, cannot both be honest: {e}; that receipt is kept as the "
+            "evidence (see spanproof monitor)") from e
+    return kept
+
+
+def conflict_receipt_path(target: str, receipt: bytes) -> str:
+    """Where a receipt that contradicts the receipt file *target* is kept (SPEC
+    §12.6): ``<name>.receipt.conflict-<16 hex>.json`` for ``<name>.receipt.json``,
+    the hex the start of the SHA-256 of its bytes *receipt*.  The name does not end
+    in ``.receipt.json``, so it is never taken for the bundle's receipt."""
+    stem = target[: -len(".json")] if target.endswith(RECEIPT_SUFFIX) else target
+    return f"{stem}.conflict-{hashlib.sha256(receipt).hexdigest()[:16]}.json"
+
+
+def _receipt_checkpoint(receipt: Receipt) -> Checkpoint:
+    """The checkpoint a receipt holds, read from its note (verified by the caller)."""
+    return Checkpoint.from_text(SignedNote.from_bytes(receipt.checkpoint).text)
+
+
+def _kept_conflict(target: str, new: Receipt, reason: str) -> LogInconsistent:
+    """The error for a receipt *new* that contradicts the one kept at *target*, once
+    *new* is saved beside it (or could not be)."""
+    data = new.to_bytes()
+    conflict = conflict_receipt_path(target, data)
+    try:
+        write_once(conflict, data)
+        saved = f"the witness's new receipt is saved as {conflict}"
+    except FileExistsError:
+        saved = (f"the witness's new receipt could not be saved: {conflict} exists and "
+                 "holds something else")
+    except OSError as e:
+        saved = f"the witness's new receipt could not be saved to {conflict} ({e.strerror or e})"
+    return LogInconsistent(f"{reason}; {saved}")
 
 
 def _check(status: Status, message: str) -> Check:

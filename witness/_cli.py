@@ -458,8 +458,30 @@ class _Submitter:
             return self._written(path, data, receipt, status == 201,
                                  str(answer.get("leafIndex", "?")), answer.get("conflict") is True,
                                  report, verifier), EXIT_OK
+        except TransportError as e:  # a consistency proof the witness cannot give now
+            return f"FAIL {path}: {e}", EXIT_UNAVAILABLE
         except (SpanproofError, OSError) as e:
             return f"FAIL {path}: {e}", EXIT_FAILED
+
+    def _prove(self, size1: int, size2: int) -> list[bytes]:
+        """The consistency proof from tree size *size1* to *size2*, for a receipt
+        already beside a bundle and the witness's new one (SPEC §12.6), fetched as
+        the monitor fetches it (§12.7 step 6).
+
+        Raises:
+            LogInconsistent: the witness does not prove it.
+            TransportError: the witness is unavailable (never an HTTPStatusError,
+                which would be read as the witness refusing the bundle).
+        """
+        from .monitor import fetch_consistency_proof
+
+        try:
+            return fetch_consistency_proof(self._client, size1, size2)
+        except TransportError as e:
+            raise TransportError(
+                f"cannot check the new receipt against the one beside the bundle: no "
+                f"consistency proof from tree size {size1} to {size2} ({e})"
+            ) from e
 
     def _written(self, path: str, data: bytes, receipt: bytes, created: bool, index: str,
                  conflict: bool, report: BundleReport | None,
@@ -483,7 +505,7 @@ class _Submitter:
             note = ", receipt NOT verified (no --witness-key)"
         new = "logged" if created else "already logged"
         flag = " [CONFLICT: another statement is logged for this trace segment]" if conflict else ""
-        kept = kept_receipt(target, Receipt.from_bytes(receipt), verify)
+        kept = kept_receipt(target, Receipt.from_bytes(receipt), verify, self._prove)
         if kept is not None:
             return f"OK {path}: {new} at index {index}{note}; {kept}{flag}"
         write_atomic(target, receipt)

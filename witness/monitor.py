@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from spanproof.verifier._files import open_regular, read_named_file, write_atomic, write_new
+from spanproof.verifier._files import open_regular, read_named_file, write_atomic, write_once
 from spanproof.verifier.canonical import canonicalize, parse_strict
 from spanproof.verifier.checkpoint import (
     VerifiedCheckpoint,
@@ -52,6 +52,7 @@ __all__ = [
     "MonitorResult",
     "ReceiptsResult",
     "check_receipts",
+    "fetch_consistency_proof",
     "find_receipts",
     "load_state",
     "monitor_once",
@@ -151,22 +152,40 @@ def _save_evidence(
     data = json.dumps(doc, indent=2).encode("utf-8") + b"\n"
     evidence = f"{path}.evidence-{hashlib.sha256(data).hexdigest()[:16]}.json"
     try:
-        write_new(evidence, data)
+        write_once(evidence, data)
     except FileExistsError:
-        if not _holds(evidence, data):
-            return f"evidence could not be saved: {evidence} exists and holds something else"
+        return f"evidence could not be saved: {evidence} exists and holds something else"
     except OSError as e:
         return f"evidence could not be saved to {evidence} ({e.strerror or e})"
     return f"evidence saved to {evidence}"
 
 
-def _holds(path: str, data: bytes) -> bool:
-    """Whether the file *path* holds exactly *data*."""
+def fetch_consistency_proof(client: WitnessClient, size1: int, size2: int) -> list[bytes]:
+    """The consistency proof the witness serves from tree size *size1* to *size2*,
+    both of checkpoints it signed (SPEC §12.7 step 6), to check with
+    :func:`~spanproof.verifier.checkpoint.check_consistent`.
+
+    A witness that signed the tree of *size2* can prove it extends any tree it
+    signed before.  One that answers the request with a refusal (a 4xx other than
+    408 and 429) or JSON that is not a proof is treated as one that cannot: a fork
+    it will not show.  No answer, one cut short or that is not JSON (a proxy's
+    page), a 3xx, a 5xx, 408 or 429 is its being unavailable.
+
+    Raises:
+        LogInconsistent: the witness does not prove it.
+        TransportError: the witness is unavailable.
+    """
     try:
-        with open_regular(path) as f:
-            return f.read(len(data) + 1) == data
-    except OSError:
-        return False
+        return client.consistency_proof(size1, size2)
+    except (HTTPStatusError, MalformedAnswer) as e:
+        if isinstance(e, HTTPStatusError) and (
+            not 400 <= e.status < 500 or e.status in (408, 429)
+        ):
+            raise
+        raise LogInconsistent(
+            f"the witness signed tree size {size2} but does not prove that it extends "
+            f"tree size {size1}: {e}"
+        ) from e
 
 
 def _check_extends(
@@ -177,14 +196,9 @@ def _check_extends(
     about: str = "",
 ) -> None:
     """Check that *new* extends *old* (SPEC §12.7 steps 4-6), with the consistency
-    proof the witness serves; on a fork or rollback, save both checkpoints and the
-    proof as evidence beside *state_path* (:func:`_save_evidence`).
-
-    A witness that served *new*, signed, but answers the request for that proof
-    with a refusal (a 4xx other than 408 and 429) or JSON that is not a proof is
-    treated as one that cannot prove it: a fork it will not show.  No answer, one
-    cut short or that is not JSON (a proxy's page), a 3xx, a 5xx, 408 or 429 is its
-    being unavailable.
+    proof the witness serves (:func:`fetch_consistency_proof`); on a fork or
+    rollback, save both checkpoints and the proof as evidence beside *state_path*
+    (:func:`_save_evidence`).
 
     Raises:
         LogInconsistent: *about* and the defect, naming the evidence file (or saying
@@ -192,19 +206,9 @@ def _check_extends(
         TransportError: the witness could not be reached for the proof.
     """
     proof: list[bytes] = []
-    if 0 < old.size < new.size:
-        try:
-            proof = client.consistency_proof(old.size, new.size)
-        except (HTTPStatusError, MalformedAnswer) as e:
-            if isinstance(e, HTTPStatusError) and (
-                not 400 <= e.status < 500 or e.status in (408, 429)
-            ):
-                raise
-            reason = (f"{about}the witness signed tree size {new.size} but does not prove "
-                      f"that it extends tree size {old.size}: {e}")
-            saved = _save_evidence(state_path, reason, old, new, proof)
-            raise LogInconsistent(f"{reason}; {saved}") from e
     try:
+        if 0 < old.size < new.size:
+            proof = fetch_consistency_proof(client, old.size, new.size)
         check_consistent(old.checkpoint, new.checkpoint, proof)
     except LogInconsistent as e:
         reason = f"{about}{e}"

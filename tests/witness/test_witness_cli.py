@@ -34,7 +34,7 @@ from spanproof.verifier.keys import TrustRoot
 from spanproof.verifier.receipt import receipt_path, verify_receipt
 from spanproof.verifier.verify import check_bundle
 from spanproof.witness._cli import main, parse_listen, server_stack
-from spanproof.witness.monitor import MONITOR_EVIDENCE_MEDIA_TYPE
+from spanproof.witness.monitor import MONITOR_EVIDENCE_MEDIA_TYPE, find_receipts
 from spanproof.witness.service import Witness
 from spanproof.witness.signing import CheckpointSigner, generate_key_file
 from spanproof.witness.store import Store
@@ -1113,6 +1113,86 @@ def test_submit_to_a_rolled_back_witness_fails_and_keeps_the_receipt(
     assert status == 1, out
     assert out.startswith("FAIL") and "names index 1" in out and "rollback or a fork" in out
     assert Path(receipt_path(paths[1])).read_bytes() == evidence
+
+
+def _conflicts(bundle: Path) -> list[Path]:
+    """The receipts that contradicted the one beside *bundle*, kept beside it."""
+    stem = receipt_path(bundle)[: -len(".json")]
+    return sorted(Path(stem).parent.glob(Path(stem).name + ".conflict-*.json"))
+
+
+def _log_of(open_witness: Any, serve_witness: Any, name: str, traces: list[int],
+            port: int | None = None) -> Any:
+    """A served witness (one key, one origin) whose entries are *traces*, in order."""
+    witness = open_witness(name)
+    for i in traces:
+        witness.submit(make_bundle(trace_id(i)).data)
+    return serve_witness(witness, port)
+
+
+@pytest.mark.parametrize(("kept", "shown", "defect"), [
+    ([0, 1, 2], [0, 5, 6], "fork: two checkpoints of tree size 3 with different roots"),
+    ([0, 1, 2], [0, 1], "rollback: the log now shows tree size 2, smaller than the size 3"),
+    ([0, 1], [0, 5, 6], "fork: the tree of size 3 does not extend the tree of size 2"),
+], ids=["same-size", "kept-larger", "kept-smaller"])
+def test_submit_to_a_witness_with_another_history_at_the_same_index_fails_and_keeps_both(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str], kept: list[int], shown: list[int], defect: str,
+) -> None:
+    # The bundle is entry 0 in both histories: only the index was compared, the new
+    # receipt was dropped ("OK ... kept") and the split view with it.
+    port = free_port()
+    path = write_bundle(files["bundles"], make_bundle(trace_id(0)))
+    srv = _log_of(open_witness, serve_witness, "kept.db", kept, port)
+    assert _run(_submit_args(files, srv.url, path), capsys)[0] == 0
+    evidence = Path(receipt_path(path)).read_bytes()
+    srv.stop()
+    srv = _log_of(open_witness, serve_witness, "shown.db", shown, port)
+    status, out, _ = _run(_submit_args(files, srv.url, path), capsys)
+    assert status == 1 and out.startswith(f"FAIL {path}: ") and defect in out, out
+    (conflict,) = _conflicts(path)
+    assert out.rstrip().endswith(f"the witness's new receipt is saved as {conflict}")
+    assert Path(receipt_path(path)).read_bytes() == evidence
+    new = json.loads(conflict.read_bytes())
+    assert (new["leafIndex"], new["treeSize"]) == ("0", str(len(shown)))
+    # Only the receipt beside the bundle is the bundle's, for `verify` and `monitor`.
+    assert find_receipts(str(files["bundles"])) == ([receipt_path(path)], [])
+
+
+def test_submit_proves_a_kept_receipt_of_a_smaller_tree_with_a_consistency_proof(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url, (first, second) = _served_bundles(files, open_witness, serve_witness, 2)
+    assert _run(_submit_args(files, url, first), capsys)[0] == 0
+    assert _run(_submit_args(files, url, second), capsys)[0] == 0  # the log grew
+    log = RequestLog(monkeypatch)
+    status, out, _ = _run(_submit_args(files, url, first), capsys)
+    assert status == 0 and "kept the receipt already beside it" in out, out
+    assert "/v1/proof/consistency" in log.paths and not _conflicts(first)
+
+
+@pytest.mark.parametrize(("status", "expected"), [(404, 1), (503, 3), (302, 3)])
+def test_submit_to_a_witness_that_does_not_prove_a_kept_receipts_tree_grew(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    status: int, expected: int,
+) -> None:
+    # As the monitor reads it (SPEC §12.7 step 6): a refusal is a fork, and the new
+    # receipt is kept; a 5xx or a 3xx is the witness unavailable, try again later.
+    url, (first, second) = _served_bundles(files, open_witness, serve_witness, 2)
+    assert _run(_submit_args(files, url, first), capsys)[0] == 0
+    kept = Path(receipt_path(first)).read_bytes()
+    assert _run(_submit_args(files, url, second), capsys)[0] == 0
+    RequestLog(monkeypatch, refuse={"/v1/proof/consistency": status})
+    code, out, _ = _run(_submit_args(files, url, first), capsys)
+    assert code == expected and out.startswith(f"FAIL {first}: "), out
+    assert Path(receipt_path(first)).read_bytes() == kept
+    if expected == 1:
+        assert "does not prove that it extends tree size 1" in out
+        assert len(_conflicts(first)) == 1
+    else:
+        assert "no consistency proof from tree size 1 to 2" in out and not _conflicts(first)
 
 
 def test_submit_keeps_a_receipt_from_another_log(

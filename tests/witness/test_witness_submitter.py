@@ -1120,3 +1120,47 @@ def test_a_rolled_back_witness_does_not_replace_the_receipt_that_proves_it(
     finally:
         store.close()
     sub.close()
+
+
+@pytest.mark.parametrize(("shown", "defect"), [
+    ([50, 1, 60], "fork: two checkpoints of tree size 3 with different roots"),
+    ([0, 1], "rollback: the log now shows tree size 2, smaller than the size 3"),
+], ids=["same-size", "kept-larger"])
+def test_a_receipt_for_the_same_index_from_another_history_is_kept_beside_the_first(
+    tmp_path: Path, witness_private: Ed25519PrivateKey, producer_trust: TrustRoot,
+    witness: Witness, witness_keys: list[WitnessKey], producer_key: SigningKey,
+    caplog: pytest.LogCaptureFixture, shown: list[int], defect: str,
+) -> None:
+    # The same index in both: the new receipt was dropped as "kept", and the other
+    # signed checkpoint with it.  Now an error, and the new receipt kept beside it.
+    pinned = {"producer_key": producer_key.private_key.public_key(),
+              "witness_keys": witness_keys}
+    sub, paths = _queued(tmp_path, witness, 3, **pinned)
+    assert sub.process_due() is None and sub.pending == 0
+    path = paths[1]  # entry 1, in a tree of 3 (the last two went in one batch)
+    evidence = Path(receipt_path(path)).read_bytes()
+    assert (json.loads(evidence)["leafIndex"], json.loads(evidence)["treeSize"]) == ("1", "3")
+    store = Store(str(tmp_path / "forked.db"))
+    try:
+        forked = Witness(store, CheckpointSigner(witness_private, ORIGIN),
+                         producer_trust=producer_trust, clock=FakeClock())
+        for i in shown:  # the same key and origin, another history: entry 1 is the same
+            forked.submit(make_bundle(trace_id(i)).data, None)
+        fake = FakeWitness(forked)
+        fake.down = False
+        again = WitnessSubmitter("http://w.invalid", tmp_path / "q2", post=fake, clock=Clock(),
+                                 rng=lambda: 0.0, start=False, **pinned)
+        again.submit(path)
+        with caplog.at_level("INFO", "spanproof"):
+            assert again.process_due() is None
+        assert again.pending == 0
+        assert Path(receipt_path(path)).read_bytes() == evidence
+        stem = Path(receipt_path(path)[: -len(".json")])
+        (conflict,) = stem.parent.glob(stem.name + ".conflict-*.json")
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and defect in errors[0] and str(conflict) in errors[0]
+        assert json.loads(conflict.read_bytes())["leafIndex"] == "1"
+        again.close()
+    finally:
+        store.close()
+    sub.close()
