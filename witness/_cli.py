@@ -354,8 +354,9 @@ def _groups(paths: Sequence[str]) -> list[list[str]]:
 def _unavailable(status: int) -> bool:
     """Whether an HTTP *status* says "not now" (exit status 3, try again later)
     rather than that the bundle was refused: a 5xx, 408 or 429, the answers the
-    producer's submitter retries (SPEC §12.11)."""
-    return status >= 500 or status in (408, 429)
+    producer's submitter retries (SPEC §12.11), or a redirect, which the client
+    does not follow (a proxy's maintenance page; SPEC §12.7 reads it the same)."""
+    return status >= 500 or status in (408, 429) or 300 <= status < 400
 
 
 class _Submitter:

@@ -292,7 +292,7 @@ def test_submit_to_a_witness_without_batches_goes_one_by_one(
     (413, 0, "one by one"), (400, 0, "one by one"), (503, 3, "nothing"),
     # A rate limit or a timeout said "not now": the bundles were not refused (exit 1),
     # and sending them one by one would only ask again at once.
-    (429, 3, "nothing"), (408, 3, "nothing"),
+    (429, 3, "nothing"), (408, 3, "nothing"), (302, 3, "nothing"),
 ])
 def test_a_batch_refused_whole(
     files: dict[str, Path], open_witness: Any, serve_witness: Any,
@@ -311,7 +311,7 @@ def test_a_batch_refused_whole(
         assert log.paths == ["/v1/submit-batch"]
 
 
-@pytest.mark.parametrize("refusal", [429, 408, 503])
+@pytest.mark.parametrize("refusal", [429, 408, 503, 307])
 def test_a_bundle_the_witness_cannot_take_now_is_unavailable_not_failed(
     files: dict[str, Path], open_witness: Any, serve_witness: Any,
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, refusal: int,
