@@ -500,7 +500,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         if link.worth_reporting:
             print(format_link(link))
     for d in disclosed:
-        print(format_disclosure_result(d))
+        for line in _disclosure_lines(d):
+            print(line)
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -522,6 +523,13 @@ def _report_disclosures(
     if not disclosures:
         return ()
     return check_disclosures(disclosures, [r.report for r in results if r.report is not None])
+
+
+def _disclosure_lines(result: DisclosureResult) -> list[str]:
+    """The line of one checked disclosure, then a ``  remark:`` line for each thing
+    a reader must know of it (its commitment in bundles of several signers)."""
+    return [printable(format_disclosure_result(result)),
+            *(printable(f"  remark: {remark}") for remark in result.remarks)]
 
 
 def _nothing_disclosed(
@@ -614,7 +622,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         if link.worth_reporting:
             print(format_link(link))
     for d in disclosed:
-        print(format_disclosure_result(d))
+        for line in _disclosure_lines(d):
+            print(line)
     print(printable(f"report written to {out}"))
     return EXIT_OK if ok else EXIT_FAILED
 

@@ -23,7 +23,7 @@ import binascii
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,7 @@ __all__ = [
     "Disclosure",
     "DisclosureFile",
     "DisclosureResult",
+    "Opening",
     "check_disclosure",
     "check_disclosures",
     "check_disclosures_in_records",
@@ -475,13 +476,34 @@ def committed_attributes(
 
 
 @dataclass(frozen=True)
+class Opening:
+    """A commitment a disclosure opens: the bundle and record holding it, and the key
+    that signed that bundle (``None`` for records checked without verifying them)."""
+
+    source: str
+    seq: int
+    signer_keyid: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Machine-readable form for ``spanproof verify --json``."""
+        return {"bundle": self.source, "seq": str(self.seq), "signerKeyid": self.signer_keyid}
+
+    def describe(self) -> str:
+        """``record 0 of <bundle> (key <16 hex>)``, for people."""
+        signer = f" (key {self.signer_keyid[:16]})" if self.signer_keyid else ""
+        return f"record {self.seq} of {self.source}{signer}"
+
+
+@dataclass(frozen=True)
 class DisclosureResult:
     """The outcome of checking one disclosure (SPEC §2.5.5).
 
-    ``status`` is PASS when the disclosed value opens the commitment; ``source`` and
-    ``seq`` then name the bundle and record holding it.  A FAIL's ``message`` says
-    what did not match.  ``value`` is the disclosed typed value either way; only a
-    PASS makes it evidence.
+    ``status`` is PASS when the disclosed value opens a commitment; ``openings`` then
+    names every commitment it opens (bundle, record and signer), and ``source`` and
+    ``seq`` the first of them.  ``remarks`` says what a reader should know of a
+    PASS: the commitments it opens are in bundles of different signers.  A FAIL's
+    ``message`` says what did not match.  ``value`` is the disclosed typed value
+    either way; only a PASS makes it evidence.
     """
 
     disclosure: Disclosure
@@ -489,6 +511,8 @@ class DisclosureResult:
     message: str
     source: str | None = None
     seq: int | None = None
+    openings: tuple[Opening, ...] = ()
+    remarks: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -526,6 +550,8 @@ class DisclosureResult:
             "value": self.value,
             "bundle": self.source,
             "seq": str(self.seq) if self.seq is not None else None,
+            "openings": [o.to_json() for o in self.openings],
+            "remarks": list(self.remarks),
         }
 
 
@@ -533,13 +559,15 @@ class DisclosureResult:
 class _Located:
     source: str
     record: Mapping[str, Any]
+    signer: str | None = None
 
 
 @dataclass
 class _Commitments:
-    """The commitments of one attribute of one span (several when the span id repeats)."""
+    """The commitments of one attribute of one span (several when the span id repeats,
+    in one bundle or in several)."""
 
-    by_digest: dict[str, tuple[_Located, Mapping[str, str]]]
+    by_digest: dict[str, list[_Located]]
     salt_digests: set[str]
 
 
@@ -550,7 +578,7 @@ class _Index:
     def __init__(self, located: Iterable[_Located]) -> None:
         #: (traceId, spanId) -> every attribute key the span's records hold.
         self.keys: dict[tuple[str, str], set[str]] = {}
-        #: (traceId, spanId, key) -> its commitments; the first record of each digest.
+        #: (traceId, spanId, key) -> its commitments; every record holding each digest.
         self.commitments: dict[tuple[str, str, str], _Commitments] = {}
         #: salt digest -> the first two distinct (traceId, spanId, key) committed with it,
         #: in record order (enough to name one other than any given attribute).
@@ -566,7 +594,7 @@ class _Index:
                 body: Mapping[str, str] = typed[COMMITTED_VALUE]
                 where = (trace_id, span_id, key)
                 found = self.commitments.setdefault(where, _Commitments({}, set()))
-                found.by_digest.setdefault(body["digest"], (loc, body))
+                found.by_digest.setdefault(body["digest"], []).append(loc)
                 found.salt_digests.add(body["saltDigest"])
                 holders = self.salt_holders.setdefault(body["saltDigest"], [])
                 if len(holders) < 2 and where not in holders:
@@ -596,7 +624,8 @@ def check_disclosures(
         if report.records is None:
             raise ValueError(f"{report.source}: check disclosures against a report made "
                              "with keep_records=True")
-        verified.extend(_Located(report.source, record) for record in report.records)
+        verified.extend(_Located(report.source, record, report.signer_keyid)
+                        for record in report.records)
     index = _Index(verified)
     traces = {trace_id for trace_id, _ in index.keys}
     out = []
@@ -662,17 +691,36 @@ def _check(disclosure: Disclosure, index: _Index) -> DisclosureResult:
             return _fail(d, f"attribute {d.key!r} of span {d.span_id} is not committed: "
                             "its value is in the record in clear, nothing to disclose")
         return _fail(d, f"span {d.span_id} has no attribute {d.key!r}: no commitment to open")
-    # Step 4: the recomputed digest must equal a commitment's digest (the first record
-    # holding that commitment is named).
-    opened = targets.by_digest.get(d.digest)
-    if opened is not None:
-        loc = opened[0]
-        return DisclosureResult(
-            d, Status.PASS,
-            f"opens the commitment in record {loc.record['seq']}",
-            loc.source, int(loc.record["seq"]),
-        )
+    # Step 4: the recomputed digest must equal a commitment's digest.  Every record
+    # holding it is named, with its signer: the same commitment in bundles of two
+    # signers is a copy by one of them (SPEC §2.5.5).
+    holding = targets.by_digest.get(d.digest)
+    if holding:
+        openings = tuple(Opening(loc.source, int(loc.record["seq"]), loc.signer)
+                         for loc in holding)
+        first = openings[0]
+        if len(openings) == 1:
+            message = f"opens the commitment in {first.describe()}"
+        else:
+            message = (f"opens {len(openings)} commitments: "
+                       + ", ".join(o.describe() for o in openings))
+        return DisclosureResult(d, Status.PASS, message, first.source, first.seq,
+                                openings, _signer_remarks(openings))
     return _fail(d, _diagnose(d, targets, index))
+
+
+def _signer_remarks(openings: Sequence[Opening]) -> tuple[str, ...]:
+    """What a reader must know when the commitments one disclosure opens are in
+    bundles of different signers (SPEC §2.5.5)."""
+    signers = sorted({o.signer_keyid for o in openings if o.signer_keyid})
+    if len(signers) < 2:
+        return ()
+    return (
+        f"the commitment it opens is in bundles of {len(signers)} different signers "
+        f"(keys {', '.join(k[:16] for k in signers)}): a commitment proves that its "
+        "signer signed the digest, not that it knew the value, and a copy of another "
+        "producer's commitment opens too",
+    )
 
 
 def _diagnose(d: Disclosure, targets: _Commitments, index: _Index) -> str:

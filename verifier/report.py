@@ -130,9 +130,10 @@ def _index_disclosures(
     opened: dict[tuple[str, str, str], DisclosureResult] = {}
     rejected: dict[tuple[str, str, str], DisclosureResult] = {}
     for r in results:
-        if r.ok and r.source is not None and r.seq is not None:
-            opened[(r.source, str(r.seq), r.key)] = r
-        elif not r.ok:
+        if r.ok:
+            for opening in r.openings:  # every bundle holding the commitment shows it
+                opened[(opening.source, str(opening.seq), r.key)] = r
+        else:
             rejected.setdefault((r.trace_id, r.span_id, r.key), r)
     return opened, rejected
 
@@ -235,6 +236,7 @@ _CSS = "\n".join(
         "padding:0 7px;margin-left:4px;font-size:12px;background:var(--soft)}",
         ".tag.error{border-color:var(--fail);color:var(--fail)}",
         ".tag.ok{border-color:var(--ok);color:var(--ok)}",
+        ".tag.warn{border-color:var(--warn);color:var(--warn)}",
         ".genai{color:#3b4a9e}",
         ".note{color:var(--warn);font-style:italic}",
         ".event{color:var(--muted)}",
@@ -496,8 +498,10 @@ def _value_cell(value: Any, result: DisclosureResult | None = None) -> str:
         if result is not None and result.ok:
             return (
                 f'<td class="disclosed" data-disclosure="PASS">{_esc(format_value(result.value))}'
-                ' <span class="tag ok">disclosed, matches its commitment</span></td>'
-                "<td>committed</td>"
+                ' <span class="tag ok">disclosed, matches its commitment</span>'
+                + "".join(f'<br><span class="tag warn">{_esc(remark, _MAX_VALUE)}</span>'
+                          for remark in result.remarks)
+                + "</td><td>committed</td>"
             )
         if result is not None:
             return (
@@ -697,12 +701,19 @@ def _disclosure_summary(
         f'<span class="reason">{_esc(r.message, _MAX_VALUE)}</span></li>'
         for r in failed
     )
+    # A PASS whose commitment is in bundles of several signers (SPEC §2.5.5).
+    remarks = "".join(
+        f'<li class="disclosure-remark"><code>{_esc(r.key, _MAX_NAME)}</code> of step '
+        f"<code>{_esc(r.span_id)}</code>: {_esc(remark, _MAX_VALUE)}</li>"
+        for r in results if r.ok for remark in r.remarks
+    )
     cls = "fail" if failed else "ok"
     verdict = Verdict.FAIL if failed else Verdict.OK
     return (
         f'<div class="banner {cls} disclosures">{_badge(verdict)}Disclosed values: '
         f"{ok} of {len(results)} match their commitments."
         + (f" Rejected:<ul>{rows}</ul>" if rows else "")
+        + (f" Note:<ul>{remarks}</ul>" if remarks else "")
         + "</div>"
     )
 
