@@ -35,6 +35,7 @@ from .disclosure import (
     AttributeMatcher,
     Disclosure,
     DisclosureFile,
+    DisclosureNeeds,
     DisclosureResult,
     check_disclosures,
     check_disclosures_in_records,
@@ -179,7 +180,12 @@ class BundleResult:
 
 
 def check_path(
-    path: str, trust: TrustRoot, *, allow_incomplete: bool = False, keep_records: bool = False
+    path: str,
+    trust: TrustRoot,
+    *,
+    allow_incomplete: bool = False,
+    keep_records: bool = False,
+    select_records: DisclosureNeeds | None = None,
 ) -> BundleResult:
     """Run :func:`check_bundle` on *path*; never raises.
 
@@ -189,7 +195,8 @@ def check_path(
     """
     try:
         report = check_bundle(
-            path, trust, allow_incomplete=allow_incomplete, keep_records=keep_records
+            path, trust, allow_incomplete=allow_incomplete, keep_records=keep_records,
+            select_records=select_records,
         )
     except Exception as e:  # last resort: a bug must not reach the user as a traceback
         _logger.debug("checking %s raised", path, exc_info=True)
@@ -415,10 +422,12 @@ class _BundleCheck:
     receipts: tuple[WitnessKey, ...] | None = None
     require_receipt: bool = False
     witness_origin: str | None = None
+    select_records: DisclosureNeeds | None = None
 
     def __call__(self, path: str) -> BundleResult:
         result = check_path(path, self.trust, allow_incomplete=self.allow_incomplete,
-                            keep_records=self.keep_records)
+                            keep_records=self.keep_records,
+                            select_records=self.select_records)
         if self.receipts is None:
             if result.report is None:
                 return result
@@ -450,15 +459,18 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if args.require_receipt and not witness_keys:
         raise UsageError("--require-receipt needs --witness-key (the pinned witness key)")
     paths, problems = _collect(args.paths)
+    # Read first, so that each bundle keeps only the records these disclosures need.
+    disclosures = _load_disclosure_files(args.disclosures)
     check = _BundleCheck(
-        trust, args.allow_incomplete, keep_records=bool(args.disclosures),
+        trust, args.allow_incomplete, keep_records=False,
         receipts=tuple(witness_keys) if witness_keys else None,
         require_receipt=args.require_receipt, witness_origin=args.witness_origin,
+        select_records=DisclosureNeeds.of(disclosures) if args.disclosures else None,
     )
     results = _check_all(paths, check, args)
     links = link_results(results)
     # SPEC §2.5.5: each disclosed value against its commitment in a verified bundle.
-    disclosed = _report_disclosures(args.disclosures, results)
+    disclosed = _check_disclosed(disclosures, results)
     problems += _nothing_disclosed(args.disclosures, disclosed)
     ok = (
         not problems
@@ -508,10 +520,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- report
 
 
-def _report_disclosures(
-    files: Sequence[str], results: Sequence[BundleResult]
-) -> tuple[DisclosureResult, ...]:
-    """Check the disclosures in *files* against the bundles that verified."""
+def _load_disclosure_files(files: Sequence[str]) -> list[Disclosure]:
+    """Every disclosure in *files*, in order.
+
+    Raises:
+        UsageError: a file cannot be read or is not a disclosure file.
+    """
     disclosures: list[Disclosure] = []
     for path in files:
         try:
@@ -520,6 +534,13 @@ def _report_disclosures(
             raise UsageError(f"{path}: cannot read disclosure file ({e.strerror or e})") from e
         except SpanproofError as e:
             raise UsageError(str(e)) from e
+    return disclosures
+
+
+def _check_disclosed(
+    disclosures: Sequence[Disclosure], results: Sequence[BundleResult]
+) -> tuple[DisclosureResult, ...]:
+    """Check *disclosures* against the bundles that verified."""
     if not disclosures:
         return ()
     return check_disclosures(disclosures, [r.report for r in results if r.report is not None])
@@ -586,6 +607,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         *(f for path in paths for f in _evidence_files(path)),
         *args.disclosures, *args.key, *args.trust_root,
     ])
+    disclosures = _load_disclosure_files(args.disclosures)
     # Always look for a receipt: without --witness-key the report says one is there
     # but unchecked (a SKIPPED check never changes a verdict).
     check = _BundleCheck(
@@ -594,7 +616,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     )
     results = _check_all(paths, check, args)
     links = link_results(results)
-    disclosed = _report_disclosures(args.disclosures, results)
+    disclosed = _check_disclosed(disclosures, results)
     problems += _nothing_disclosed(args.disclosures, disclosed)
     document = render_html(
         [ReportItem(r.path, r.report, r.crash or "") for r in results],

@@ -31,7 +31,7 @@ from ._files import open_regular, write_atomic
 from .bundle import BUNDLE_SUFFIX
 from .canonical import canonicalize, parse_strict
 from .errors import DisclosureError, InvalidBundle, InvalidDisclosure
-from .records import is_span_id, is_trace_id
+from .records import CER_COMMITTED_MEDIA_TYPE, is_span_id, is_trace_id
 from .values import (
     COMMITTED_VALUE,
     decode_double,
@@ -54,6 +54,7 @@ __all__ = [
     "CommittedAttribute",
     "Disclosure",
     "DisclosureFile",
+    "DisclosureNeeds",
     "DisclosureResult",
     "Opening",
     "check_disclosure",
@@ -418,10 +419,14 @@ def load_disclosures(
         f"{limit >> 20} MiB (SPEC §2.5.4)"
     )
     with open_regular(path) as f:
-        if os.fstat(f.fileno()).st_size > limit:
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
             raise too_long
-        data = f.read(limit + 1)
-    if len(data) > limit:  # it grew while being read
+        # Its size first: read(limit + 1) would take a buffer of the limit whatever the size.
+        data = f.read(size + 1)
+        if len(data) > size:  # it grew while being read
+            data += f.read(limit + 1 - len(data))
+    if len(data) > limit:
         raise too_long
     return DisclosureFile.from_bytes(data, name)
 
@@ -601,6 +606,41 @@ class _Index:
                     holders.append(where)
 
 
+@dataclass(frozen=True)
+class DisclosureNeeds:
+    """Which records checking some disclosures needs (SPEC §2.5.5), to keep while a
+    bundle streams through verification instead of all of them: pass it as
+    ``check_bundle(select_records=...)``.
+
+    A record is needed when it is a record of a span a disclosure names (its
+    attribute keys and commitments are what steps 2-4 look at), or when it holds a
+    commitment whose salt digest is that of a disclosed salt (to name the attribute a
+    disclosure was moved from).  Picklable, so ``--jobs`` workers can use it.
+    """
+
+    spans: frozenset[tuple[str, str]]
+    salt_digests: frozenset[str]
+
+    @classmethod
+    def of(cls, disclosures: Iterable[Disclosure]) -> DisclosureNeeds:
+        """What checking *disclosures* needs of the records."""
+        chosen = tuple(disclosures)
+        return cls(frozenset((d.trace_id, d.span_id) for d in chosen),
+                   frozenset(d.salt_digest for d in chosen))
+
+    def __call__(self, record: Mapping[str, Any]) -> bool:
+        """True when *record* (a validated record) is needed."""
+        span = record["span"]
+        if (span["traceId"], span["spanId"]) in self.spans:
+            return True
+        if record["mediaType"] == CER_COMMITTED_MEDIA_TYPE and self.salt_digests:
+            for typed in span["attributes"].values():
+                if (is_committed_value(typed)
+                        and typed[COMMITTED_VALUE]["saltDigest"] in self.salt_digests):
+                    return True
+        return False
+
+
 def check_disclosures(
     disclosures: Iterable[Disclosure], reports: Iterable[BundleReport]
 ) -> tuple[DisclosureResult, ...]:
@@ -610,8 +650,12 @@ def check_disclosures(
     bundle that failed verification proves nothing.  Never raises for bad
     evidence; each failure is a FAIL result with a specific message.
 
+    The reports may hold every record (``keep_records=True``) or only those the
+    disclosures need (``select_records=DisclosureNeeds.of(disclosures)``): the
+    results are the same.
+
     Raises:
-        ValueError: a verified report was made without ``keep_records=True``.
+        ValueError: a verified report was made without its records.
     """
     verified: list[_Located] = []
     failed_traces: set[str] = set()

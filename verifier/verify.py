@@ -11,7 +11,7 @@ import enum
 import errno
 import itertools
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -210,6 +210,7 @@ def check_bundle(
     *,
     allow_incomplete: bool = False,
     keep_records: bool = False,
+    select_records: Callable[[Mapping[str, Any]], bool] | None = None,
 ) -> BundleReport:
     """Run every SPEC §8 check on one bundle and report each outcome; never raises
     for bad input (an unreadable file is a failed ``format`` check).
@@ -221,20 +222,25 @@ def check_bundle(
         keep_records: keep the parsed records in the report (for display); of a
             failed bundle, the first of those read before the failure, at most
             `UNVERIFIED_RECORDS_KEPT` records and `UNVERIFIED_BYTES_KEPT` bytes.
+        select_records: keep in the report only the records (well formed, as read)
+            for which this returns True, and no other; implies *keep_records*.  What
+            checking disclosures needs of a bundle is a few of its records
+            (:class:`~spanproof.verifier.disclosure.DisclosureNeeds`).
     """
     run = _Run()
     name = str(source) if isinstance(source, (str, os.PathLike)) else "<stream>"
     statement: Statement | None = None
     digest: str | None = None
     signer: str | None = None
-    kept: list[bytes] | None = [] if keep_records else None
+    kept: list[bytes] | None = [] if keep_records or select_records is not None else None
     try:
         name, stream, owned = _open(source)
     except OSError as e:
         run.failed("format", InvalidBundle(f"cannot read: {e.strerror}"))
         return BundleReport(name, run.checks(), Verdict.FAIL, error=run.error)
     try:
-        statement, digest, signer = _run_checks(stream, trust, run, kept, allow_incomplete)
+        statement, digest, signer = _run_checks(stream, trust, run, kept, allow_incomplete,
+                                                select_records)
     except OSError as e:
         run.failed("format", InvalidBundle(f"read error: {e.strerror or e}"))
     finally:
@@ -270,6 +276,7 @@ def _run_checks(
     run: _Run,
     kept: list[bytes] | None,
     allow_incomplete: bool,
+    select: Callable[[Mapping[str, Any]], bool] | None = None,
 ) -> tuple[Statement | None, str | None, str | None]:
     reader = BundleReader(stream)
     # Steps 1-2: framing, header, media type, envelope shape.
@@ -330,7 +337,7 @@ def _run_checks(
             if sid in span_ids:
                 duplicates.append(record["span"]["spanId"])
             span_ids[sid] = position
-            if kept is not None:
+            if kept is not None and (select is None or select(record)):
                 kept.append(raw)
     except ChainError as e:
         run.skipped("records", f"stopped at the chain failure after {chain.count} records")
