@@ -763,9 +763,11 @@ def _cmd_disclose(args: argparse.Namespace) -> int:
     bundle: str = args.bundle
     if not os.path.isfile(bundle):
         raise UsageError(f"{bundle}: no such bundle file")
+    if not args.attr and not args.attr_exact:
+        raise UsageError("name the attributes to disclose: --attr or --attr-exact")
     try:
         source = args.disclosures_file or disclosures_path(bundle)
-        wanted = AttributeMatcher(tuple(args.attr))
+        wanted = AttributeMatcher(tuple(args.attr), tuple(args.attr_exact))
     except ValueError as e:
         raise UsageError(str(e)) from e
     bad_spans = [s for s in args.span if len(s) != 16 or s.strip("0123456789abcdef")]
@@ -779,8 +781,11 @@ def _cmd_disclose(args: argparse.Namespace) -> int:
     except SpanproofError as e:
         raise UsageError(str(e)) from e
     chosen = available.select(wanted, args.span).disclosures
-    unmatched = [a for a in args.attr
-                 if not any(AttributeMatcher((a,)).matches(d.key) for d in chosen)]
+    unmatched = [
+        *(a for a in args.attr
+          if not any(AttributeMatcher((a,)).matches(d.key) for d in chosen)),
+        *(a for a in args.attr_exact if not any(d.key == a for d in chosen)),
+    ]
     for attr in unmatched:
         print(printable(f"FAIL {bundle}: no disclosure of attribute {attr!r}"
                         + (" on the given span(s)" if args.span else "") + f" in {source}"))
@@ -807,6 +812,9 @@ def _cmd_disclose(args: argparse.Namespace) -> int:
     except OSError as e:
         raise UsageError(f"{args.out}: cannot write ({e.strerror or e})") from e
     spans = len({d.span_id for d in chosen})
+    # Each attribute handed out, so that a pattern that matched more than meant shows.
+    for d in chosen:
+        print(printable(f"disclosed span={d.span_id} {d.key!r}"))
     print(printable(f"wrote {len(chosen)} disclosure(s) on {spans} span(s) to {args.out} "
                     "(mode 0600)"))
     return EXIT_OK
@@ -943,8 +951,11 @@ def build_parser() -> argparse.ArgumentParser:
         "does not match the bundle (nothing written), 2 usage error.",
     )
     disclose.add_argument("bundle", metavar="BUNDLE", help="bundle file")
-    disclose.add_argument("--attr", action="extend", nargs="+", required=True, metavar="NAME",
-                          help="attribute keys or glob patterns (customer.*)")
+    disclose.add_argument("--attr", action="extend", nargs="+", default=[], metavar="NAME",
+                          help="attribute keys or glob patterns (customer.*: * any "
+                          "characters, ? one)")
+    disclose.add_argument("--attr-exact", action="extend", nargs="+", default=[],
+                          metavar="KEY", help="attribute keys taken exactly, * and ? included")
     disclose.add_argument("--span", action="extend", nargs="+", default=[], metavar="SPANID",
                           help="only these spans (16 hex digits each)")
     disclose.add_argument("--out", required=True, metavar="FILE",

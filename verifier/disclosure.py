@@ -104,24 +104,26 @@ class AttributeMatcher:
     """Attribute keys selected by exact names and glob patterns (``customer.*``).
 
     In a pattern ``*`` matches any run of characters (dots included) and ``?``
-    exactly one; every other character, ``[`` included, matches only itself.
-    Matching is case-sensitive, as attribute keys are, and takes time linear in
-    the key's length (times the pattern's), whatever the key.
+    exactly one; every other character, ``[`` included, matches only itself.  A
+    pattern without ``*`` or ``?`` is an exact name.  *names* are exact names
+    whatever characters they hold: the way to select the key ``pin?`` and not
+    ``pin2``.  Matching is case-sensitive, as attribute keys are, and takes time
+    linear in the key's length (times the pattern's), whatever the key.
 
     Raises:
-        ValueError: a pattern is not a non-empty string.
+        ValueError: a pattern or name is not a non-empty string.
     """
 
     patterns: tuple[str, ...]
+    names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.patterns, tuple) or not all(
-            isinstance(p, str) and p for p in self.patterns
-        ):
-            raise ValueError(f"attribute patterns must be non-empty strings, got "
-                             f"{self.patterns!r}")
+        for what, given in (("patterns", self.patterns), ("names", self.names)):
+            if not isinstance(given, tuple) or not all(isinstance(p, str) and p for p in given):
+                raise ValueError(f"attribute {what} must be non-empty strings, got {given!r}")
         exact = frozenset(p for p in self.patterns if "*" not in p and "?" not in p)
-        globs = tuple(_Glob(p) for p in self.patterns if p not in exact)
+        exact |= frozenset(self.names)
+        globs = tuple(_Glob(p) for p in self.patterns if "*" in p or "?" in p)
         object.__setattr__(self, "_exact", exact)
         object.__setattr__(self, "_globs", globs)
 
@@ -141,7 +143,7 @@ class AttributeMatcher:
         return False
 
     def __bool__(self) -> bool:
-        return bool(self.patterns)
+        return bool(self.patterns or self.names)
 
 
 class _Glob:

@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from disclosure_support import SPAN_A, SPAN_B, Written, trust_root, write_bundle
+from disclosure_support import SPAN_A, SPAN_B, Written, span_body, trust_root, write_bundle
 
 from spanproof.verifier._cli import main
 from spanproof.verifier.disclosure import DisclosureFile, load_disclosures
@@ -259,3 +259,40 @@ def test_a_producer_file_over_the_reviewer_limit_is_still_disclosed_in_part(
     code, stdout, _ = _disclose(capsys, written, tmp_path / "all.json", "--attr", "*")
     assert code == 1 and "over the 1500 a reviewer's verifier reads" in stdout
     assert not (tmp_path / "all.json").exists()
+
+
+def test_disclose_attr_exact_does_not_hand_out_keys_a_pattern_would_match(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    written = write_bundle(tmp_path / "odd", [span_body(SPAN_A, {
+        "pin?": "which pin", "pin2": "4711", "note*": "n", "note-secret": "s3cr3t"})],
+        redact=("pin*", "note*"))
+    out = tmp_path / "exact.json"
+    code, stdout, _ = _disclose(capsys, written, out, "--attr-exact", "pin?", "note*")
+    assert code == 0, stdout
+    assert sorted(d.key for d in load_disclosures(out).disclosures) == ["note*", "pin?"]
+    # As a pattern, the same name selects more: that stays so, and shows.
+    code, stdout, _ = _disclose(capsys, written, out, "--attr", "pin?")
+    assert code == 0, stdout
+    assert sorted(d.key for d in load_disclosures(out).disclosures) == ["pin2", "pin?"]
+    assert f"disclosed span={SPAN_A} 'pin2'" in stdout
+
+
+def test_disclose_lists_each_attribute_it_writes(
+    tmp_path: Path, written: Written, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, stdout, _ = _disclose(capsys, written, tmp_path / "r.json", "--attr", "customer.e*")
+    assert code == 0, stdout
+    assert stdout.splitlines() == [
+        f"disclosed span={SPAN_A} 'customer.email'",
+        f"disclosed span={SPAN_B} 'customer.email'",
+        f"wrote 2 disclosure(s) on 2 span(s) to {tmp_path / 'r.json'} (mode 0600)",
+    ]
+
+
+def test_disclose_needs_attr_or_attr_exact(
+    tmp_path: Path, written: Written, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = _disclose(capsys, written, tmp_path / "r.json")
+    assert code == 2
+    assert "--attr or --attr-exact" in err
