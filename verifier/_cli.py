@@ -175,6 +175,7 @@ class BundleResult:
             "signerKeyid": None,
             "sealReason": None,
             "completeness": None,
+            "remarks": [],
             "checks": [],
         }
 
@@ -270,6 +271,14 @@ def format_result(result: BundleResult) -> str:
     if declared:
         line += " " + declared.rstrip()
     return printable(line)
+
+
+def format_remarks(result: BundleResult) -> list[str]:
+    """The ``  remark:`` lines under a bundle that verified: what a reader should
+    know that does not change its verdict (a reused salt, SPEC §2.5.2)."""
+    if result.report is None or result.verdict is Verdict.FAIL:
+        return []
+    return [printable(f"  remark: {remark}") for remark in result.report.remarks]
 
 
 def format_declared(result: BundleResult) -> list[str]:
@@ -505,6 +514,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         print(printable(f"FAIL {path}: {reason}"))
     for result in results:
         print(format_result(result))
+        for line in format_remarks(result):
+            print(line)
         if args.verbose:
             for line in (*format_declared(result), *format_checks(result)):
                 print(line)
@@ -640,6 +651,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(printable(f"FAIL {path}: {reason}"))
     for result in results:
         print(format_result(result))
+        for line in format_remarks(result):
+            print(line)
     for link in links:
         if link.worth_reporting:
             print(format_link(link))

@@ -585,6 +585,9 @@ def _bundle(item: ReportItem, trusted: Mapping[str, str], opened: _Opened,
         f"<h3>Bundle {title}</h3>",
         f'<p class="muted mono">{_esc(item.path)}</p>',
         f'<div class="banner {cls}">{_badge(verdict)}{_verdict_sentence(item)}</div>',
+        *(f'<p class="remark note">{_esc(remark, _MAX_VALUE)}</p>'
+          for remark in (item.report.remarks if item.report is not None
+                         and verdict is not Verdict.FAIL else ())),
         "<h4>Was it changed?</h4>",
         f'<p class="changed">{_changed_answer(item)}</p>',
         "<h4>Who sealed it, and when?</h4>",

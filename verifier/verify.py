@@ -29,8 +29,9 @@ from .errors import (
     VerificationError,
 )
 from .keys import TrustRoot
-from .records import ChainState, digest_hex, validate_record
+from .records import CER_COMMITTED_MEDIA_TYPE, ChainState, digest_hex, validate_record
 from .statement import Statement
+from .values import COMMITTED_VALUE, is_committed_value
 
 __all__ = [
     "CHECKS",
@@ -95,6 +96,8 @@ class BundleReport:
     ``statement`` is set once the signature verified and the statement parsed;
     ``records`` holds the parsed records only when asked for (``keep_records``); of
     a failed bundle, only the first of those read (`UNVERIFIED_RECORDS_KEPT`).
+    ``remarks`` are what a reader should know of a bundle that verified without
+    changing its verdict: committed values sharing a salt (SPEC §2.5.2).
     """
 
     source: str
@@ -105,6 +108,7 @@ class BundleReport:
     signer_keyid: str | None = None
     records: tuple[dict[str, Any], ...] | None = None
     error: SpanproofError | None = field(default=None, compare=False)
+    remarks: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -134,6 +138,7 @@ class BundleReport:
             "signerKeyid": self.signer_keyid,
             "sealReason": stmt.seal_reason if stmt else None,
             "completeness": stmt.completeness.to_json() if stmt else None,
+            "remarks": list(self.remarks),
             "checks": [
                 {"name": c.name, "step": c.step, "status": c.status.value, "message": c.message}
                 for c in self.checks
@@ -233,6 +238,7 @@ def check_bundle(
     digest: str | None = None
     signer: str | None = None
     kept: list[bytes] | None = [] if keep_records or select_records is not None else None
+    salts = _SaltReuse()
     try:
         name, stream, owned = _open(source)
     except OSError as e:
@@ -240,7 +246,7 @@ def check_bundle(
         return BundleReport(name, run.checks(), Verdict.FAIL, error=run.error)
     try:
         statement, digest, signer = _run_checks(stream, trust, run, kept, allow_incomplete,
-                                                select_records)
+                                                select_records, salts)
     except OSError as e:
         run.failed("format", InvalidBundle(f"read error: {e.strerror or e}"))
     finally:
@@ -267,7 +273,55 @@ def check_bundle(
         signer_keyid=signer,
         records=records,
         error=run.error,
+        remarks=salts.remarks() if verdict is not Verdict.FAIL else (),
     )
+
+
+class _SaltReuse:
+    """Committed values of one bundle whose salt digest repeats an earlier one's: equal
+    salt digests are equal salts, which SPEC §2.5.2 has the producer draw fresh for
+    every value.  A reused salt does not make a commitment open to another value, but
+    whoever holds the disclosure of one holds the salt of the other and can test
+    guesses of its value: worth a remark, not a failed check."""
+
+    __slots__ = ("first", "repeats", "seen")
+
+    def __init__(self) -> None:
+        #: salt digest -> the position of the first record committing with it.
+        self.seen: dict[str, int] = {}
+        self.repeats = 0
+        #: The first repeat: (its key, its record's position, the earlier position).
+        self.first: tuple[str, int, int] | None = None
+
+    def add(self, record: Mapping[str, Any], position: int) -> None:
+        """Note the salt digests of *record* (a valid record) at *position*."""
+        for key, typed in record["span"]["attributes"].items():
+            if not is_committed_value(typed):
+                continue
+            salt = typed[COMMITTED_VALUE]["saltDigest"]
+            earlier = self.seen.get(salt)
+            if earlier is None:
+                self.seen[salt] = position
+                continue
+            self.repeats += 1
+            if self.first is None:
+                self.first = (key, position, earlier)
+
+    def remarks(self) -> tuple[str, ...]:
+        """The remark for the bundle's report, or none."""
+        if self.first is None:
+            return ()
+        key, position, earlier = self.first
+        where = "the same record" if earlier == position else f"record {earlier}"
+        more = (f" ({self.repeats} committed values reuse an earlier one's salt)"
+                if self.repeats > 1 else "")
+        shown = key if len(key) <= 200 else key[:200] + f"... ({len(key) - 200} more characters)"
+        return (
+            f"salt reused: the commitment of {shown!r} in record {position} has the salt "
+            f"digest of a commitment in {where}{more}; the producer reused a salt "
+            "(SPEC §2.5.2), so whoever is handed the disclosure of one can test guesses "
+            "of the other's value",
+        )
 
 
 def _run_checks(
@@ -277,6 +331,7 @@ def _run_checks(
     kept: list[bytes] | None,
     allow_incomplete: bool,
     select: Callable[[Mapping[str, Any]], bool] | None = None,
+    salts: _SaltReuse | None = None,
 ) -> tuple[Statement | None, str | None, str | None]:
     reader = BundleReader(stream)
     # Steps 1-2: framing, header, media type, envelope shape.
@@ -337,6 +392,8 @@ def _run_checks(
             if sid in span_ids:
                 duplicates.append(record["span"]["spanId"])
             span_ids[sid] = position
+            if salts is not None and record["mediaType"] == CER_COMMITTED_MEDIA_TYPE:
+                salts.add(record, position)
             if kept is not None and (select is None or select(record)):
                 kept.append(raw)
     except ChainError as e:
