@@ -836,14 +836,18 @@ def _retyped(typed: Mapping[str, Any]) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------ display
 
 
-def _clean(text: str) -> str:
-    """Escape non-printable characters, so a disclosed value cannot drive a terminal."""
+def _clean(text: str, limit: int = _MAX_SHOWN) -> str:
+    """Escape non-printable characters, so a disclosed value cannot drive a terminal,
+    and cut the result at *limit* characters, saying how many more there were."""
     out = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
-    return out if len(out) <= _MAX_SHOWN else out[: _MAX_SHOWN - 1] + "…"
+    if len(out) <= limit:
+        return out
+    return out[: limit - 1] + f"… ({len(out) - limit + 1} more characters)"
 
 
-def format_value(typed: Mapping[str, Any]) -> str:
-    """A typed value for people, with its type: ``"5" (string)``, ``5 (int)``."""
+def format_value(typed: Mapping[str, Any], limit: int = _MAX_SHOWN) -> str:
+    """A typed value for people, with its type: ``"5" (string)``, ``5 (int)``; a
+    value longer than *limit* characters is cut there, with how many more it has."""
     if not typed:
         return "(empty)"
     kind = _kind(typed)
@@ -861,7 +865,7 @@ def format_value(typed: Mapping[str, Any]) -> str:
         text = typed[next(iter(typed))]
     else:
         text = canonicalize(typed[next(iter(typed))]).decode("utf-8")
-    return f"{_clean(text)} ({kind})"
+    return f"{_clean(text, limit)} ({kind})"
 
 
 def format_disclosure_result(result: DisclosureResult) -> str:

@@ -497,7 +497,8 @@ def _value_cell(value: Any, result: DisclosureResult | None = None) -> str:
         commitment = f' <code class="muted">commitment {_esc(digest)}</code>' if digest else ""
         if result is not None and result.ok:
             return (
-                f'<td class="disclosed" data-disclosure="PASS">{_esc(format_value(result.value))}'
+                '<td class="disclosed" data-disclosure="PASS">'
+                f"{_esc(format_value(result.value, _MAX_VALUE))}"
                 ' <span class="tag ok">disclosed, matches its commitment</span>'
                 + "".join(f'<br><span class="tag warn">{_esc(remark, _MAX_VALUE)}</span>'
                           for remark in result.remarks)
