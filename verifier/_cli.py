@@ -636,9 +636,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
         trusted={key.keyid: key.source for key in trust.keys},
         disclosures=disclosed,
     )
+    # Atomically, readable by its owner only: it shows what the bundles hold and any
+    # disclosed values (as ``disclose`` writes them), until its owner shares it.
     try:
-        with open(out, "w", encoding="utf-8") as f:
-            f.write(document)
+        write_private_file(out, document.encode("utf-8"))
     except OSError as e:
         raise UsageError(f"{out}: cannot write the report ({e.strerror or e})") from e
     ok = (

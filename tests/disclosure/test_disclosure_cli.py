@@ -296,3 +296,20 @@ def test_disclose_needs_attr_or_attr_exact(
     code, _, err = _disclose(capsys, written, tmp_path / "r.json")
     assert code == 2
     assert "--attr or --attr-exact" in err
+
+
+def test_report_holding_disclosed_values_is_readable_by_its_owner_only(
+    tmp_path: Path, written: Written, pem: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    html = tmp_path / "report.html"
+    old = os.umask(0o022)  # what would leave a plainly opened file readable by all
+    try:
+        code, stdout, _ = _run(capsys, "report", "--key", str(pem), "--disclosures",
+                               str(written.disclosures), "--html", str(html),
+                               str(written.bundle))
+    finally:
+        os.umask(old)
+    assert code == 0, stdout
+    assert stat.S_IMODE(os.stat(html).st_mode) == 0o600
+    assert "ana@example.com" in html.read_text()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
