@@ -661,11 +661,14 @@ def check_disclosures(
     """
     verified: list[_Located] = []
     failed_traces: set[str] = set()
+    unread = 0  # bundles that failed before their statement (and trace id) could be read
     for report in reports:
         stmt = report.statement
         if report.verdict is Verdict.FAIL or stmt is None:
             if stmt is not None:
                 failed_traces.add(stmt.trace_id)
+            else:
+                unread += 1
             continue
         if report.records is None:
             raise ValueError(f"{report.source}: check disclosures against a report made "
@@ -677,8 +680,13 @@ def check_disclosures(
     out = []
     for disclosure in disclosures:
         if disclosure.trace_id not in traces:
-            why = ("its bundle did not verify" if disclosure.trace_id in failed_traces
-                   else "no bundle of this trace was given")
+            if disclosure.trace_id in failed_traces:
+                why = "its bundle did not verify"
+            elif unread:
+                why = (f"no bundle of this trace verified; {unread} bundle(s) failed before "
+                       "their trace could be read")
+            else:
+                why = "no bundle of this trace was given"
             out.append(_fail(disclosure, f"cannot be checked: {why}"))
             continue
         out.append(_check(disclosure, index))

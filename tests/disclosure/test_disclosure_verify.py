@@ -20,7 +20,8 @@ from disclosure_support import (
     write_bundle,
 )
 
-from spanproof.verifier import Verdict
+from spanproof.exporter.keys import SigningKey
+from spanproof.verifier import TrustRoot, Verdict, check_bundle
 from spanproof.verifier import disclosure as disclosure_module
 from spanproof.verifier.disclosure import (
     Disclosure,
@@ -336,3 +337,18 @@ def test_disclosed_value_is_sanitized_for_terminals(
     evil = dataclasses.replace(original, value={"stringValue": "\x1b[2Jgone"})
     (result,) = check_disclosures([evil], [report])
     assert "\x1b" not in format_disclosure_result(result)
+
+
+
+def test_disclosure_of_a_bundle_failed_before_its_trace_was_read_does_not_say_none_given(
+    tmp_path: Path, setup: tuple[BundleReport, DisclosureFile]
+) -> None:
+    report, file = setup
+    stranger = tmp_path / "stranger.pub"  # a key that did not sign the bundle
+    stranger.write_bytes(SigningKey.from_seed(bytes(32)).public_pem())
+    failed = check_bundle(report.source, TrustRoot.from_pem_files([str(stranger)]),
+                          keep_records=True)
+    assert failed.statement is None and failed.verdict is Verdict.FAIL
+    (result,) = check_disclosures(file.disclosures[:1], [failed])
+    assert result.message == ("cannot be checked: no bundle of this trace verified; 1 "
+                              "bundle(s) failed before their trace could be read")
