@@ -96,6 +96,28 @@ _FILE_KEYS = frozenset({"mediaType", "disclosures"})
 _MAX_SHOWN = 200
 
 
+#: How much of a message from a lower layer (a parse error, a malformed value) is
+#: echoed: it may quote a file's text, of any length.
+_MAX_MESSAGE = 1000
+#: How many unknown member names an error lists.
+_NAMES_SHOWN = 10
+
+
+def _shown(text: str, limit: int = _MAX_SHOWN) -> str:
+    """*text* as echoed in an error: at most *limit* characters, then how many were cut
+    (a disclosure file is anyone's, and so is every name and value in it)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def _names_shown(names: list[str]) -> str:
+    """Member names for an error: the first few, each cut, then how many more."""
+    shown = ", ".join(_shown(name) for name in names[:_NAMES_SHOWN])
+    more = len(names) - _NAMES_SHOWN
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
 # ----------------------------------------------------------------------- matching
 
 
@@ -303,7 +325,7 @@ class Disclosure:
                 + "; ".join(
                     part for part in (
                         "missing " + ", ".join(missing) if missing else "",
-                        "unknown " + ", ".join(extra) if extra else "",
+                        "unknown " + _names_shown(extra) if extra else "",
                     ) if part
                 )
             )
@@ -322,7 +344,7 @@ class Disclosure:
         try:
             validate_value(entry["value"], f"{where}.value")
         except InvalidBundle as e:
-            raise InvalidDisclosure(str(e)) from None
+            raise InvalidDisclosure(_shown(str(e), _MAX_MESSAGE)) from None
         return cls(entry["traceId"], entry["spanId"], entry["key"], bytes.fromhex(salt),
                    entry["value"])
 
@@ -354,12 +376,12 @@ class DisclosureFile:
         try:
             doc = parse_strict(data, source)
         except InvalidBundle as e:
-            raise InvalidDisclosure(str(e)) from None
+            raise InvalidDisclosure(_shown(str(e), _MAX_MESSAGE)) from None
         if not isinstance(doc, dict):
             raise InvalidDisclosure(f"{source}: must be a JSON object")
         if doc.get("mediaType") != DISCLOSURES_MEDIA_TYPE:
             raise InvalidDisclosure(
-                f"{source}: unknown mediaType {doc.get('mediaType')!r} "
+                f"{source}: unknown mediaType {_shown(repr(doc.get('mediaType')))} "
                 f"(this verifier knows {DISCLOSURES_MEDIA_TYPE!r})"
             )
         if doc.keys() != _FILE_KEYS:

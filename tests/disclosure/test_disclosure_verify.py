@@ -352,3 +352,33 @@ def test_disclosure_of_a_bundle_failed_before_its_trace_was_read_does_not_say_no
     (result,) = check_disclosures(file.disclosures[:1], [failed])
     assert result.message == ("cannot be checked: no bundle of this trace verified; 1 "
                               "bundle(s) failed before their trace could be read")
+
+
+_GENUINE_ENTRY = {"key": "k", "salt": "00" * 16, "spanId": SPAN_A, "traceId": TRACE,
+                  "value": {}}
+_HUGE = 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("doc", "echoed"),
+    [
+        ({"mediaType": "A" * _HUGE, "disclosures": []}, "'" + "A" * 199),
+        ({"mediaType": "application/vnd.spanproof.disclosures.v1+json",
+          "disclosures": [{**_GENUINE_ENTRY, "X" * _HUGE: 1}]}, "unknown " + "X" * 200),
+        ({"mediaType": "application/vnd.spanproof.disclosures.v1+json",
+          "disclosures": [{**_GENUINE_ENTRY, **{f"x{i}": 1 for i in range(50_000)}}]},
+         "and 49990 more"),
+        ({"mediaType": "application/vnd.spanproof.disclosures.v1+json",
+          "disclosures": [{**_GENUINE_ENTRY, "value": {"V" * _HUGE: 1}}]}, "VVVV"),
+    ],
+    ids=["media-type", "member-name", "many-members", "value-type"],
+)
+def test_disclosure_file_text_is_not_echoed_whole_in_errors(
+    doc: dict[str, Any], echoed: str
+) -> None:
+    with pytest.raises(InvalidDisclosure) as caught:
+        DisclosureFile.from_bytes(json.dumps(doc).encode(), "given.json")
+    message = str(caught.value)
+    assert len(message) < 1500, len(message)
+    assert echoed in message
+    assert re.search(r"\.\.\. \(\d+ more characters\)|and \d+ more", message)
