@@ -379,9 +379,12 @@ class DisclosureFile:
             raise InvalidDisclosure(_shown(str(e), _MAX_MESSAGE)) from None
         if not isinstance(doc, dict):
             raise InvalidDisclosure(f"{source}: must be a JSON object")
-        if doc.get("mediaType") != DISCLOSURES_MEDIA_TYPE:
+        if "mediaType" not in doc:
+            raise InvalidDisclosure(f"{source}: missing mediaType (this verifier knows "
+                                    f"{DISCLOSURES_MEDIA_TYPE!r})")
+        if doc["mediaType"] != DISCLOSURES_MEDIA_TYPE:
             raise InvalidDisclosure(
-                f"{source}: unknown mediaType {_shown(repr(doc.get('mediaType')))} "
+                f"{source}: unknown mediaType {_shown(repr(doc['mediaType']))} "
                 f"(this verifier knows {DISCLOSURES_MEDIA_TYPE!r})"
             )
         if doc.keys() != _FILE_KEYS:
@@ -800,7 +803,13 @@ def _signer_remarks(openings: Sequence[Opening]) -> tuple[str, ...]:
 
 
 def _diagnose(d: Disclosure, targets: _Commitments, index: _Index) -> str:
-    """Why *d* opens none of *targets*.  Informative only: the verdict is already FAIL."""
+    """Why *d* opens none of *targets*, in SPEC §2.5.5's order.  Informative only: the
+    verdict is already FAIL.
+
+    A salt that is the salt of one of *targets* says the disclosure was made for this
+    attribute, even when another attribute's commitment has it too (a reused salt):
+    only a salt foreign to *targets* makes "moved from another attribute" the answer.
+    """
     where = f"attribute {d.key!r} of span {d.span_id}"
     salt_hex = d.salt_digest
     if salt_hex not in targets.salt_digests:

@@ -15,12 +15,15 @@ from disclosure_support import (
     SPAN_B,
     SPAN_C,
     TRACE,
+    default_bodies,
     report_of,
+    seal_bodies,
     trust_root,
     write_bundle,
 )
 
 from spanproof.exporter.keys import SigningKey
+from spanproof.exporter.sinks import DirectorySink
 from spanproof.verifier import TrustRoot, Verdict, check_bundle
 from spanproof.verifier import disclosure as disclosure_module
 from spanproof.verifier.disclosure import (
@@ -29,6 +32,7 @@ from spanproof.verifier.disclosure import (
     check_disclosures,
     check_disclosures_in_records,
     committed_attributes,
+    disclosures_path,
     format_disclosure_result,
     load_disclosures,
     verify_disclosures,
@@ -382,3 +386,28 @@ def test_disclosure_file_text_is_not_echoed_whole_in_errors(
     assert len(message) < 1500, len(message)
     assert echoed in message
     assert re.search(r"\.\.\. \(\d+ more characters\)|and \d+ more", message)
+
+
+def test_missing_media_type_is_said_missing_not_unknown_none() -> None:
+    doc = {"disclosures": []}
+    with pytest.raises(InvalidDisclosure) as caught:
+        DisclosureFile.from_bytes(json.dumps(doc).encode(), "given.json")
+    assert str(caught.value).startswith("given.json: missing mediaType (this verifier knows")
+    assert "None" not in str(caught.value)
+
+
+def test_wrong_value_with_a_reused_salt_is_a_value_mismatch_not_a_move(
+    tmp_path: Path,
+) -> None:
+    # Every commitment shares one salt: the salt is this attribute's and also another's.
+    # SPEC §2.5.5: a salt in the attribute's own commitments says the disclosure was made
+    # for it, so the value is what is wrong.
+    bundle = Path(DirectorySink(tmp_path / "out").write(
+        seal_bodies(default_bodies(), salt=lambda: b"\x07" * 16)))
+    trust, _pem = trust_root(tmp_path / "keys")
+    report = report_of(bundle, trust)
+    file = load_disclosures(disclosures_path(bundle))
+    wrong = dataclasses.replace(_one(file, SPAN_A, "customer.email"),
+                                value={"stringValue": "someone@else.example"})
+    _fails(report, wrong, "value does not match the commitment of attribute "
+                          "'customer.email' of span 1000000000000001")
