@@ -14,12 +14,14 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
 from spanproof.examples.support_agent import SAMPLE_CASES, Outcome, run_case
 from spanproof.verifier import TrustRoot, find_bundles
@@ -33,13 +35,14 @@ from spanproof.verifier._cli import (
     link_results,
 )
 from spanproof.verifier._gc import collecting_rarely
+from spanproof.verifier._settings import parse_decimal
 from spanproof.verifier.errors import InvalidKey
 from spanproof.verifier.tree import render_tree
 from spanproof.verifier.verify import Verdict
 
 from ._exporter import SpanproofSpanExporter
 from ._malloc import limit_malloc_arenas
-from .config import DEFAULT_SELECT_ATTRIBUTES, MAX_SEALING_PROCESSES
+from .config import ENV_PREFIX, MAX_SEALING_PROCESSES
 from .keys import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, SigningKey
 
 if TYPE_CHECKING:
@@ -111,18 +114,21 @@ def _demo_key(keys_dir: str) -> tuple[SigningKey, str]:
     return key, "created"
 
 
+class _DemoExporter(SpanproofSpanExporter):
+    """The exporter on its defaults, whatever ``OTEL_EXPORTER_SPANPROOF_*`` says: the
+    demo's bundles always hold the same spans, stored in clear, and nothing is sent
+    to a witness or sealed in another process."""
+
+    _environ: Mapping[str, str] | None = {}
+
+
 def _run_cases(bundles_dir: str, key_file: str) -> list[Outcome]:
     """Run every sample case under a tracer provider exporting to spanproof; seal all."""
-    exporter = SpanproofSpanExporter(
-        output_dir=bundles_dir,
-        key_file=key_file,
-        # Fixed selection, whatever OTEL_EXPORTER_SPANPROOF_* says, so the demo's
-        # bundles always hold the same spans.
-        select_attributes=DEFAULT_SELECT_ATTRIBUTES,
-        select_all=False,
-    )
+    exporter = _DemoExporter(output_dir=bundles_dir, key_file=key_file)
     provider = TracerProvider(
-        resource=Resource.create({"service.name": "support-agent"}), shutdown_on_exit=False
+        # Every case traced, whatever OTEL_TRACES_SAMPLER says.
+        sampler=ALWAYS_ON,
+        resource=Resource.create({"service.name": "support-agent"}), shutdown_on_exit=False,
     )
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("spanproof.examples.support_agent")
@@ -170,6 +176,8 @@ def demo(out: str) -> int:
     print(f"  signing key  {priv}  ({how}; key id {key.keyid[:16]}...)")
     print(f"  public key   {pub}  (all an auditor needs, with the bundles)")
     print(f"  bundles      {bundles_dir}")
+    if any(name.upper().startswith(ENV_PREFIX) for name in os.environ):
+        print(f"  settings     the demo's own: it ignores the {ENV_PREFIX}* variables set here")
     ok = True
     shown: set[str] = set()
     for case, outcome in zip(SAMPLE_CASES, outcomes, strict=True):
@@ -223,7 +231,11 @@ def _trace_of(result: BundleResult) -> str | None:
 def _address(flag: str, value: str) -> str:
     """Check a ``HOST:PORT`` flag value (IPv6 hosts in brackets)."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    try:
+        number = parse_decimal(port)
+    except ValueError:
+        number = -1
+    if not sep or not host or not 0 <= number <= 65535:
         raise UsageError(f"{flag} must be HOST:PORT (port 0-65535, 0 = any free port), "
                          f"got {value!r}")
     return value

@@ -194,8 +194,11 @@ class SpanproofSpanExporter(SpanExporter):
             process seals (logged) until new ones start, a minute later.
 
     Raises:
+        TypeError: a ``str`` given for *select_attributes* or *redact_attributes*
+            (a list of keys is expected).
         ValueError: a malformed argument or a malformed variable that is not a
-            tuning setting (naming it; see :mod:`~spanproof.exporter.config`), or
+            tuning setting (naming it; see :mod:`~spanproof.exporter.config`), an
+            output directory that cannot be created or written, or
             *sealing_process* with a custom *clock* or *sink*.
         InvalidKey: the key file cannot be used.
         OSError: the key directory cannot be created.
@@ -205,6 +208,9 @@ class SpanproofSpanExporter(SpanExporter):
     # output directory (orphaned journals, the witness queue, bundles never
     # submitted).  Sealing processes after the first leave that to the first.
     _recovers_at_start = True
+    # The environment the settings fall back to (None: os.environ); ``spanproof
+    # demo``'s exporter reads none.
+    _environ: Mapping[str, str] | None = None
 
     def __init__(
         self,
@@ -220,7 +226,7 @@ class SpanproofSpanExporter(SpanExporter):
         max_pending_traces: int | None = None,
         sealed_trace_memory: int | None = None,
         witness_url: str | None = None,
-        witness_key: str | None = None,
+        witness_key: str | os.PathLike[str] | None = None,
         redact_attributes: Sequence[str] | None = None,
         max_value_bytes: int | None = None,
         signing_key: SigningKey | None = None,
@@ -230,7 +236,7 @@ class SpanproofSpanExporter(SpanExporter):
     ) -> None:
         setup = resolve_setup(
             output_dir, key_file, signing_key=signing_key, selector=selector,
-            select_attributes=select_attributes, select_all=select_all,
+            environ=self._environ, select_attributes=select_attributes, select_all=select_all,
             seal_grace=seal_grace, idle_timeout=idle_timeout, max_records=max_records,
             max_pending_traces=max_pending_traces, sealed_trace_memory=sealed_trace_memory,
             witness_url=witness_url, witness_key=witness_key,

@@ -73,6 +73,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from spanproof.verifier._gc import collecting_rarely
 
+from .config import ENV_PREFIX
+
 __all__ = ["FieldSpan", "RestartSchedule", "SealingProcess", "SealingProcessError",
            "SealingProcessUnreachable", "SealingProcesses", "span_fields"]
 
@@ -373,7 +375,10 @@ def spawn_child(module: str, function: str, *, bufsize: int = -1,
     """Start ``python -I`` running ``spanproof.exporter.<module>.<function>()`` with
     this process's import path, requests on its stdin and replies on its stdout
     (and *pass_fds* open, under the same numbers)."""
-    env = dict(os.environ)
+    # The child takes every setting from this process, never from the variables: it
+    # would warn again about a malformed or misspelled one.
+    env = {name: value for name, value in os.environ.items()
+           if not name.upper().startswith(ENV_PREFIX)}
     # The child is not an instrumented application: no SDK set-up from the
     # environment (opentelemetry-instrument), and never a sealing process of its own.
     env["OTEL_SDK_DISABLED"] = "true"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +19,6 @@ from .selection import AttributeSelector, Selector
 
 __all__ = ["ProducerSetup", "resolve_setup"]
 
-_SEQUENCE_SETTINGS = ("select_attributes", "redact_attributes")
-
 
 @dataclass(frozen=True)
 class ProducerSetup:
@@ -31,6 +29,30 @@ class ProducerSetup:
     selector: Selector
     redact: AttributeMatcher | None
     witness_keys: tuple[WitnessKey, ...]
+
+
+def _writable_directory(path: str) -> None:
+    """Create the output directory *path* if missing and check that it can be written,
+    at start-up: found later, every bundle would fail to be written and be lost at
+    shutdown, while the application runs on and exits 0.  Nothing is written to it.
+
+    Raises:
+        ValueError: *path* cannot be created, is not a directory or cannot be written.
+    """
+    problem = None
+    try:
+        os.makedirs(path, exist_ok=True)
+    except FileExistsError:  # exists, and is not a directory (or a link to one)
+        problem = "it exists and is not a directory"
+    except OSError as e:
+        problem = f"cannot create it: {e.strerror or e}"
+    else:
+        if not os.access(path, os.W_OK | os.X_OK):
+            problem = "cannot write to it"
+    if problem is not None:
+        raise ValueError(f"spanproof exporter setting output_dir ({ENV_PREFIX}OUTPUT_DIR) "
+                         f"must be a directory spanproof can create and write to, got "
+                         f"{path!r} ({problem})")
 
 
 @contextlib.contextmanager
@@ -50,36 +72,30 @@ def resolve_setup(
     *,
     signing_key: SigningKey | None,
     selector: Selector | None,
+    environ: Mapping[str, str] | None = None,
     **settings: Any,
 ) -> ProducerSetup:
     """Resolve *settings* (``ExporterConfig`` field names; None means "not given")
-    against the ``OTEL_EXPORTER_SPANPROOF_*`` variables and load the keys.
+    against the ``OTEL_EXPORTER_SPANPROOF_*`` variables of *environ* (default
+    :data:`os.environ`) and load the keys.
 
-    ``output_dir`` is made absolute.  Without *signing_key* the configured key file
-    is loaded, or a key is generated once under ``<output_dir>/keys``.
+    ``output_dir`` is made absolute and created (with its parents) when missing.
+    Without *signing_key* the configured key file is loaded, or a key is generated
+    once under ``<output_dir>/keys``.
 
     Raises:
+        TypeError: a ``str`` given for a list setting.
         ValueError: a malformed argument or a malformed variable that is not a
             tuning setting (naming it; see :mod:`~spanproof.exporter.config`), or
-            an output directory that exists and is not a directory.
+            an output directory that cannot be created or written.
         InvalidKey: a key file cannot be used.
         OSError: the key directory cannot be created.
     """
-    for name in _SEQUENCE_SETTINGS:
-        value: Sequence[str] | None = settings.get(name)
-        if value is not None:
-            settings[name] = tuple(value)
-    config = ExporterConfig.from_env(
-        output_dir=os.fspath(output_dir) if output_dir is not None else None,
-        key_file=os.fspath(key_file) if key_file is not None else None,
-        **settings,
-    )
+    config = ExporterConfig.from_env(environ=environ, output_dir=output_dir,
+                                     key_file=key_file, **settings)
     output = os.path.abspath(config.output_dir)
     config = dataclasses.replace(config, output_dir=output)
-    if os.path.exists(output) and not os.path.isdir(output):
-        # Every bundle would fail to be written, and be lost at shutdown.
-        raise ValueError(f"spanproof exporter setting output_dir ({ENV_PREFIX}OUTPUT_DIR) "
-                         f"must be a directory, got {output!r}, which is not one")
+    _writable_directory(output)
     if signing_key is None:
         if config.key_file is not None:
             with _naming("key_file"):

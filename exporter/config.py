@@ -21,7 +21,8 @@ Variables (all prefixed ``OTEL_EXPORTER_SPANPROOF_``), with their defaults:
 * ``KEY_FILE`` (unset): PKCS#8 PEM Ed25519 signing key.  Unset: a key is generated
   once at ``<OUTPUT_DIR>/keys/signing.key`` (and a warning logged).
 * ``SELECT_ATTRIBUTES`` (``gen_ai.operation.name,openinference.span.kind,traceloop.span.kind``):
-  a span carrying any of these attribute keys is evidence.
+  a span carrying any of these attribute keys, or a key matching one of these glob
+  patterns (``gen_ai.*``, the syntax of ``REDACT_ATTRIBUTES``), is evidence.
 * ``SELECT_ALL`` (``false``): ``true`` makes every span evidence.
 * ``SEAL_GRACE_MS`` (``2000``): seal a trace this long after its local root span ended.
 * ``IDLE_TIMEOUT_MS`` (``30000``): seal a trace that received no span for this long.
@@ -48,8 +49,19 @@ Variables (all prefixed ``OTEL_EXPORTER_SPANPROOF_``), with their defaults:
   SDK exporter only; the receiver and ``EvidenceSpanProcessor`` ignore it; see
   README, "Performance").
 
+``EvidenceSpanProcessor`` reads two more, ``QUEUE_SIZE`` and ``QUEUE_BLOCK_MS``
+(``spanproof.exporter.processor``).
+
 An empty variable counts as unset.  A list that is not empty but names no key
-(``,``) is an error, not an empty list.
+(``,``) is an error, not an empty list.  Numbers are written in the ASCII digits
+``0``-``9`` alone: ``1_000``, ``+3`` or another script's digits (``٣``) are malformed.
+A variable with the prefix that names no setting (``REDACT_ATTRIBUTE``, singular) is
+logged as a warning, with the closest name when there is one, and ignored.
+
+As arguments, ``select_attributes`` and ``redact_attributes`` take a list (or any
+iterable) of strings: a ``str`` is a ``TypeError``, as it would be read one character
+at a time.  ``output_dir``, ``key_file`` and ``witness_key`` take ``os.PathLike``
+objects as well as strings.
 
 Nothing here depends on the OpenTelemetry SDK, so the OTLP receiver reuses it.
 """
@@ -57,19 +69,24 @@ Nothing here depends on the OpenTelemetry SDK, so the OTLP receiver reuses it.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from spanproof.verifier._batch import witness_url_problem
+from spanproof.verifier._settings import parse_decimal, refuse_string
 
 __all__ = ["DEFAULT_SELECT_ATTRIBUTES", "ENV_PREFIX", "ExporterConfig"]
 
 _logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "OTEL_EXPORTER_SPANPROOF_"
+#: ``EvidenceSpanProcessor``'s own variables (read in ``spanproof.exporter.processor``).
+QUEUE_SIZE_VAR = ENV_PREFIX + "QUEUE_SIZE"
+QUEUE_BLOCK_VAR = ENV_PREFIX + "QUEUE_BLOCK_MS"
 #: The most sealing processes one exporter starts.
 MAX_SEALING_PROCESSES = 64
 
@@ -95,6 +112,7 @@ class ExporterConfig:
 
     output_dir: str = "./spanproof-bundles"
     key_file: str | None = None
+    #: Attribute keys and glob patterns (``*``, ``?``) that make a span evidence.
     select_attributes: tuple[str, ...] = DEFAULT_SELECT_ATTRIBUTES
     select_all: bool = False
     #: Seconds to wait after a trace's local root span ended before sealing it,
@@ -128,6 +146,12 @@ class ExporterConfig:
     sealing_process: int = 0
 
     def __post_init__(self) -> None:
+        for name in _PATH_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, name, os.fspath(value))
+        for name in _LIST_FIELDS:
+            _refuse_string(name, getattr(self, name))
         _check(isinstance(self.output_dir, str) and self.output_dir != "", "output_dir",
                "must be a non-empty path", self.output_dir)
         _check(self.key_file is None or (isinstance(self.key_file, str) and self.key_file != ""),
@@ -153,7 +177,8 @@ class ExporterConfig:
                f"must be an http:// or https:// URL or None ({url_problem})", self.witness_url)
         _check(self.witness_key is None or (isinstance(self.witness_key, str)
                                             and self.witness_key != ""),
-               "witness_key", "must be a non-empty string or None", self.witness_key)
+               "witness_key", "must be a non-empty path or key string, or None",
+               self.witness_key)
         for name in ("seal_grace", "idle_timeout"):
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -178,10 +203,13 @@ class ExporterConfig:
             overrides: field values by field name; ``None`` means "not given".
 
         A malformed or out-of-range variable of a tuning setting is logged as a
-        warning and its default used (see the module documentation).
+        warning and its default used (see the module documentation), and so is
+        each variable with the prefix that names no setting (with the closest
+        name, when one is close).
 
         Raises:
-            TypeError: an override names no field.
+            TypeError: an override names no field, or a ``str`` is given for a list
+                setting (``select_attributes``, ``redact_attributes``).
             ValueError: an override, or a variable other than a tuning setting's, is
                 malformed or out of range; the message names the variable.
         """
@@ -190,27 +218,30 @@ class ExporterConfig:
         unknown = sorted(set(overrides) - names)
         if unknown:
             raise TypeError(f"unknown ExporterConfig field(s): {', '.join(unknown)}")
+        _warn_unknown_variables(env)
         values: dict[str, Any] = {}
         for name, (suffix, parse) in _ENV.items():
             given = overrides.get(name)
             if given is not None:
-                if name in ("select_attributes", "redact_attributes"):
+                if name in _LIST_FIELDS:
+                    _refuse_string(name, given)
                     given = tuple(given)
                 values[name] = given
                 continue
             var = ENV_PREFIX + suffix
-            raw = env.get(var, "").strip()
-            if not raw:
+            # Parsed stripped, but quoted as set: "' , '" is what the user looks for.
+            text = env.get(var, "")
+            if not text.strip():
                 continue
             if name not in _DEFAULT_IF_MALFORMED:
-                values[name] = parse(var, raw)
+                values[name] = parse(var, text)
                 continue
             try:
-                value = parse(var, raw)
+                value = parse(var, text)
                 cls(**{name: value})  # in range (no setting depends on another)
             except ValueError as e:
                 _logger.warning("spanproof: %s=%r is not valid (%s); using the default",
-                                var, raw, e)
+                                var, text, e)
                 continue
             values[name] = value
         return cls(**values)
@@ -218,6 +249,25 @@ class ExporterConfig:
 
 def _env_name(field_name: str) -> str:
     return ENV_PREFIX + _ENV[field_name][0]
+
+
+def _refuse_string(field_name: str, value: object) -> None:
+    """Raise ``TypeError`` for a ``str`` given as the list setting *field_name*."""
+    refuse_string(value, f"spanproof exporter setting {field_name} ({_env_name(field_name)})",
+                  field_name, "attribute keys")
+
+
+def _warn_unknown_variables(env: Iterable[str]) -> None:
+    """Warn about each variable with the prefix (in any case) that names no setting:
+    ignored silently, a misspelled ``REDACT_ATTRIBUTE`` would store in clear the
+    values it was set to hide."""
+    for var in sorted(name for name in env if name.upper().startswith(ENV_PREFIX)):
+        if var in KNOWN_VARIABLES:
+            continue
+        close = difflib.get_close_matches(var.upper()[len(ENV_PREFIX):], _KNOWN_SUFFIXES, n=1)
+        hint = (f"; did you mean {ENV_PREFIX}{close[0]}?" if close
+                else " (README, Configuration, lists the variables)")
+        _logger.warning("spanproof: %s is not a spanproof setting and is ignored%s", var, hint)
 
 
 def _check(ok: bool, field_name: str, requirement: str, value: object) -> None:
@@ -228,53 +278,59 @@ def _check(ok: bool, field_name: str, requirement: str, value: object) -> None:
         )
 
 
-def _parse_str(var: str, raw: str) -> str:
-    return raw
+# Each parser takes the variable's text as set (not empty once stripped), parses it
+# stripped and quotes it as set.
 
 
-def _parse_list(var: str, raw: str) -> tuple[str, ...]:
-    items = tuple(item for item in (item.strip() for item in raw.split(",")) if item)
+def _parse_str(var: str, text: str) -> str:
+    return text.strip()
+
+
+def _parse_list(var: str, text: str) -> tuple[str, ...]:
+    items = tuple(item for item in (item.strip() for item in text.split(",")) if item)
     if not items:
         # "," or " , ": not empty, so not unset, yet naming nothing.  Taken as no
         # keys, SELECT_ATTRIBUTES would drop every evidence span not marked
         # spanproof.evidence, and a REDACT_ATTRIBUTES meant to hide values hides none.
-        raise ValueError(f"{var} must list at least one key, got {raw!r} "
+        raise ValueError(f"{var} must list at least one key, got {text!r} "
                          "(leave it unset for the default)")
     return items
 
 
-def _parse_bool(var: str, raw: str) -> bool:
-    lowered = raw.lower()
+def _parse_bool(var: str, text: str) -> bool:
+    lowered = text.strip().lower()
     if lowered == "true":
         return True
     if lowered == "false":
         return False
-    raise ValueError(f"{var} must be 'true' or 'false', got {raw!r}")
+    raise ValueError(f"{var} must be 'true' or 'false', got {text!r}")
 
 
-def _parse_processes(var: str, raw: str) -> int:
-    lowered = raw.lower()
+def _parse_processes(var: str, text: str) -> int:
+    lowered = text.strip().lower()
     if lowered in ("true", "false"):
         return int(lowered == "true")
     try:
-        return int(raw, 10)
+        return parse_decimal(lowered)
     except ValueError:
-        raise ValueError(f"{var} must be 'true', 'false' or a number of processes, "
-                         f"got {raw!r}") from None
+        raise ValueError(f"{var} must be 'true', 'false' or a number of processes in the "
+                         f"digits 0-9, got {text!r}") from None
 
 
-def _parse_int(var: str, raw: str) -> int:
+def _parse_int(var: str, text: str) -> int:
     try:
-        return int(raw, 10)
+        return parse_decimal(text.strip())
     except ValueError:
-        raise ValueError(f"{var} must be a decimal integer, got {raw!r}") from None
+        raise ValueError(f"{var} must be a whole number in the digits 0-9, "
+                         f"got {text!r}") from None
 
 
-def _parse_millis(var: str, raw: str) -> float:
-    millis = _parse_int(var, raw)
-    if millis < 0:
-        raise ValueError(f"{var} must be a number of milliseconds >= 0, got {raw!r}")
-    return millis / 1000
+def _parse_millis(var: str, text: str) -> float:
+    try:
+        return parse_decimal(text.strip()) / 1000
+    except ValueError:
+        raise ValueError(f"{var} must be a whole number of milliseconds in the digits 0-9, "
+                         f"got {text!r}") from None
 
 
 # Field name -> (variable suffix, parser of the variable's text).
@@ -294,6 +350,12 @@ _ENV: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "redact_attributes": ("REDACT_ATTRIBUTES", _parse_list),
     "sealing_process": ("SEALING_PROCESS", _parse_processes),
 }
+_PATH_FIELDS = ("output_dir", "key_file", "witness_key")
+_LIST_FIELDS = ("select_attributes", "redact_attributes")
+#: Every variable with the prefix that some part of spanproof reads.
+KNOWN_VARIABLES = frozenset(
+    {ENV_PREFIX + suffix for suffix, _ in _ENV.values()} | {QUEUE_SIZE_VAR, QUEUE_BLOCK_VAR})
+_KNOWN_SUFFIXES = sorted(var[len(ENV_PREFIX):] for var in KNOWN_VARIABLES)
 # Settings whose variable, when malformed or out of range, is warned about and
 # replaced by the default (see the module documentation); the others raise.
 _DEFAULT_IF_MALFORMED = frozenset({

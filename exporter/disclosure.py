@@ -25,6 +25,7 @@ import secrets
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from spanproof.verifier._settings import refuse_string
 from spanproof.verifier.disclosure import SALT_BYTES, AttributeMatcher, Disclosure, commit_value
 
 __all__ = ["AttributeMatcher", "commit_body", "new_salt", "redaction_matcher"]
@@ -40,8 +41,10 @@ def redaction_matcher(patterns: Iterable[str]) -> AttributeMatcher | None:
     or None when there are none.
 
     Raises:
+        TypeError: *patterns* is a ``str`` (a list of patterns is expected).
         ValueError: a pattern is empty.
     """
+    refuse_string(patterns, "redaction patterns", "patterns", "attribute keys and patterns")
     matcher = AttributeMatcher(tuple(patterns))
     return matcher if matcher else None
 

@@ -45,6 +45,8 @@ from typing import Any
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
+from spanproof.verifier._settings import parse_decimal
+
 from ._exporter import (
     _MAX_DISCARDED_TRACES,
     _MAX_UNWRITTEN,
@@ -57,7 +59,7 @@ from ._exporter import (
 )
 from ._recovery import declared_counts, position_to_json
 from .assembly import SealJob
-from .config import ENV_PREFIX
+from .config import QUEUE_BLOCK_VAR, QUEUE_SIZE_VAR
 from .journal import Journal
 from .keys import SigningKey
 from .sealing import SealedBundle
@@ -79,8 +81,6 @@ _POLL = 0.2
 #: How often (seconds) the process that built an :class:`EvidenceSpanProcessor` seals
 #: the journals of processes that died beside it (see the module documentation).
 ORPHAN_CHECK_SECONDS = 60.0
-_QUEUE_SIZE_VAR = ENV_PREFIX + "QUEUE_SIZE"
-_QUEUE_BLOCK_VAR = ENV_PREFIX + "QUEUE_BLOCK_MS"
 _DROPPED_NOTE = ("evidence spans of this trace were dropped: the span processor's queue "
                  "({} spans) stayed full for {} ms")
 _UNSTORED_NOTE = (
@@ -352,9 +352,12 @@ class EvidenceSpanProcessor(SpanProcessor):
         other arguments: as :class:`~spanproof.exporter.SpanproofSpanExporter`.
 
     Raises:
+        TypeError: a ``str`` given for ``select_attributes`` or
+            ``redact_attributes`` (a list of keys is expected).
         ValueError: a malformed argument or a malformed variable that is not a
             tuning setting (naming it; see :mod:`~spanproof.exporter.config`;
-            ``QUEUE_SIZE`` and ``QUEUE_BLOCK_MS`` are tuning settings).
+            ``QUEUE_SIZE`` and ``QUEUE_BLOCK_MS`` are tuning settings), or an
+            output directory that cannot be created or written.
         InvalidKey: the key file cannot be used.
         OSError: the key directory cannot be created.
     """
@@ -374,8 +377,8 @@ class EvidenceSpanProcessor(SpanProcessor):
         sink: BundleSink | None = None,
         **exporter_settings: Any,
     ) -> None:
-        self._queue_size = _resolve_int(queue_size, _QUEUE_SIZE_VAR, DEFAULT_QUEUE_SIZE, 1)
-        self._block = _resolve_seconds(queue_block, _QUEUE_BLOCK_VAR, DEFAULT_QUEUE_BLOCK)
+        self._queue_size = _resolve_int(queue_size, QUEUE_SIZE_VAR, DEFAULT_QUEUE_SIZE, 1)
+        self._block = _resolve_seconds(queue_block, QUEUE_BLOCK_VAR, DEFAULT_QUEUE_BLOCK)
         # The processor seals here: its journal is its hand-off off the
         # application's thread, and its flush must reach this sealer's assembler.
         sealer = _JournaledSealer(output_dir, key_file, selector=selector,
@@ -789,18 +792,18 @@ def install(**kwargs: Any) -> EvidenceSpanProcessor:
 
 def _resolve_int(value: int | None, var: str, default: int, minimum: int) -> int:
     if value is None:
-        raw = os.environ.get(var, "").strip()
-        if not raw:
+        text = os.environ.get(var, "")
+        if not text.strip():
             return default
         try:
-            value = int(raw, 10)
+            value = parse_decimal(text.strip())
         except ValueError:
             value = None
         if value is None or value < minimum:
             # As the exporter's tuning settings (spanproof.exporter.config): warn, use
             # the default (what a smaller queue drops is declared in the bundles).
-            _logger.warning("spanproof: %s=%r is not valid (an integer >= %d); using the "
-                            "default", var, raw, minimum)
+            _logger.warning("spanproof: %s=%r is not valid (a whole number >= %d in the "
+                            "digits 0-9); using the default", var, text, minimum)
             return default
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"spanproof processor setting ({var}) must be an integer "
@@ -810,16 +813,14 @@ def _resolve_int(value: int | None, var: str, default: int, minimum: int) -> int
 
 def _resolve_seconds(value: float | None, var: str, default: float) -> float:
     if value is None:
-        raw = os.environ.get(var, "").strip()
-        if not raw:
+        text = os.environ.get(var, "")
+        if not text.strip():
             return default
         try:
-            millis = int(raw, 10)
+            millis = parse_decimal(text.strip())
         except ValueError:
-            millis = -1
-        if millis < 0:
-            _logger.warning("spanproof: %s=%r is not valid (milliseconds >= 0); using the "
-                            "default", var, raw)
+            _logger.warning("spanproof: %s=%r is not valid (a whole number of milliseconds "
+                            "in the digits 0-9); using the default", var, text)
             return default
         value = millis / 1000
     if (isinstance(value, bool) or not isinstance(value, (int, float))

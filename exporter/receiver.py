@@ -304,10 +304,13 @@ class Receiver:
             after workers that ran an hour).
 
     Raises:
+        TypeError: a ``str`` given for *select_attributes* or *redact_attributes*
+            (a list of keys is expected).
         ValueError: a malformed argument or a malformed variable that is not a
-            tuning setting (naming it; see :mod:`~spanproof.exporter.config`).
+            tuning setting (naming it; see :mod:`~spanproof.exporter.config`), or an
+            output directory that cannot be created or written.
         InvalidKey: the key file cannot be used.
-        OSError: the output or journal directory cannot be created.
+        OSError: the key directory cannot be created.
     """
 
     def __init__(
@@ -324,7 +327,7 @@ class Receiver:
         max_pending_traces: int | None = None,
         sealed_trace_memory: int | None = None,
         witness_url: str | None = None,
-        witness_key: str | None = None,
+        witness_key: str | os.PathLike[str] | None = None,
         redact_attributes: Sequence[str] | None = None,
         max_value_bytes: int | None = None,
         journal_dir: str | os.PathLike[str] | None = None,

@@ -25,6 +25,7 @@ from typing import Any, NoReturn, cast
 
 from ._files import open_regular
 from ._jobs import AUTO_MIN_BUNDLES_FORK, MAX_JOBS, map_in_order
+from ._settings import parse_decimal
 from ._stdout import StdoutError, writing_stdout
 from ._term import Progress, Style, printable
 from .bundle import BUNDLE_SUFFIX, BundleReader
@@ -860,7 +861,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_receiver(args: argparse.Namespace) -> int:
     return _producer("receiver")(
         grpc=args.grpc, http=None if args.no_http else args.http, out=args.out, key=args.key,
-        select_attributes=args.select_attributes, select_all=args.select_all or None,
+        select_attributes=args.select_attributes, select_all=args.select_all,
         seal_grace_ms=args.seal_grace_ms, idle_timeout_ms=args.idle_timeout_ms,
         max_records=args.max_records, max_pending_traces=args.max_pending_traces,
         max_message_bytes=args.max_message_bytes, max_backlog_spans=args.max_backlog_spans,
@@ -889,9 +890,19 @@ def _add_trust_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _whole_number(text: str) -> int:
+    """An integer flag's value, in the ASCII digits 0-9 alone (``int()`` also takes
+    ``1_000``, ``+3`` and other scripts' digits)."""
+    try:
+        return parse_decimal(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number in the digits 0-9, not {text!r}") from None
+
+
 def _job_count(text: str) -> int:
     try:
-        value = int(text)
+        value = parse_decimal(text)
     except ValueError:
         value = 0
     if value < 1:
@@ -1033,7 +1044,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="trace, certify and verify an example support-case agent",
         description="Run the example support-case agent for a few cases under OpenTelemetry "
         "with the spanproof exporter, then verify every bundle written and show each "
-        "trace's tree.",
+        "trace's tree.  The exporter runs on its defaults: the OTEL_EXPORTER_SPANPROOF_* "
+        "variables are ignored.",
     )
     demo.add_argument("--out", default="spanproof-demo", metavar="DIR",
                       help="output directory (default: ./spanproof-demo)")
@@ -1063,23 +1075,25 @@ def _add_receiver_command(sub: Any) -> None:
     receiver.add_argument("--key", metavar="KEYFILE",
                           help=f"Ed25519 private key, PKCS#8 PEM ({env}KEY_FILE)")
     receiver.add_argument("--select-attributes", metavar="KEY,...",
-                          help=f"attribute keys that make a span evidence, at least one "
-                          f"({env}SELECT_ATTRIBUTES)")
-    receiver.add_argument("--select-all", action="store_true",
-                          help=f"certify every span ({env}SELECT_ALL)")
+                          help=f"attribute keys (and * ? patterns) that make a span "
+                          f"evidence, at least one ({env}SELECT_ATTRIBUTES)")
+    receiver.add_argument("--select-all", action=argparse.BooleanOptionalAction,
+                          help=f"certify every span, or (--no-select-all) only the evidence "
+                          f"spans ({env}SELECT_ALL)")
     for flag, var, what in (
         ("--seal-grace-ms", "SEAL_GRACE_MS", "quiet period after a trace's local root arrived"),
         ("--idle-timeout-ms", "IDLE_TIMEOUT_MS", "seal a trace idle this long"),
         ("--max-records", "MAX_RECORDS", "records per bundle"),
         ("--max-pending-traces", "MAX_PENDING_TRACES", "open traces held in memory"),
     ):
-        receiver.add_argument(flag, type=int, metavar="N", help=f"{what} ({env}{var})")
-    receiver.add_argument("--max-value-bytes", type=int, metavar="N",
+        receiver.add_argument(flag, type=_whole_number, metavar="N",
+                              help=f"{what} ({env}{var})")
+    receiver.add_argument("--max-value-bytes", type=_whole_number, metavar="N",
                           help="largest attribute value certified; a span with a larger one "
                           f"is declared rejected ({env}MAX_VALUE_BYTES)")
-    receiver.add_argument("--max-message-bytes", type=int, metavar="N",
+    receiver.add_argument("--max-message-bytes", type=_whole_number, metavar="N",
                           help="largest request accepted (default 64 MiB, at most 2 GiB - 1)")
-    receiver.add_argument("--max-backlog-spans", type=int, metavar="N",
+    receiver.add_argument("--max-backlog-spans", type=_whole_number, metavar="N",
                           help="unsealed spans beyond which requests get UNAVAILABLE "
                           "(default 200000)")
     receiver.add_argument("--witness-url", metavar="URL",
@@ -1092,7 +1106,7 @@ def _add_receiver_command(sub: Any) -> None:
                           f"instead of storing them, at least one ({env}REDACT_ATTRIBUTES)")
     receiver.add_argument("--journal-dir", metavar="DIR",
                           help="journal directory (default DIR/journal under --out)")
-    receiver.add_argument("--sealing-processes", type=int, default=0, metavar="N",
+    receiver.add_argument("--sealing-processes", type=_whole_number, default=0, metavar="N",
                           help="worker processes that seal and write bundles while the "
                           "receiver ingests (default 0: all in the receiver's process; at most 64)")
     receiver.add_argument("--tls-cert", metavar="CERT.pem",

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ._files import read_named_file
+from ._settings import refuse_string
 from .errors import InvalidKey, InvalidReceipt, LogInconsistent, NoteSignatureError, ProofError
 from .keys import load_public_key, raw_public_bytes
 from .merkle import EMPTY_ROOT, HASH_SIZE, verify_consistency
@@ -310,8 +311,10 @@ def load_witness_keys(specs: Sequence[str]) -> tuple[WitnessKey, ...]:
     """Pin each key in *specs* (PEM file paths or verifier key strings).
 
     Raises:
+        TypeError: *specs* is a ``str`` (a list of keys is expected).
         InvalidKey: a key cannot be loaded.
     """
+    refuse_string(specs, "witness keys", "specs", "PEM file paths or verifier key strings")
     return tuple(WitnessKey.load(spec) for spec in specs)
 
 

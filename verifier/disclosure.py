@@ -145,8 +145,14 @@ class AttributeMatcher:
                 raise ValueError(f"attribute {what} must be non-empty strings, got {given!r}")
         exact = frozenset(p for p in self.patterns if "*" not in p and "?" not in p)
         exact |= frozenset(self.names)
-        globs = tuple(_Glob(p) for p in self.patterns if "*" in p or "?" in p)
+        # "customer.*", the usual pattern, is one str.startswith, in C.
+        heads = frozenset(p for p in self.patterns
+                          if p.endswith("*") and "*" not in p[:-1] and "?" not in p)
+        prefixes = tuple(p[:-1] for p in heads)
+        globs = tuple(_Glob(p) for p in self.patterns
+                      if ("*" in p or "?" in p) and p not in heads)
         object.__setattr__(self, "_exact", exact)
+        object.__setattr__(self, "_prefixes", prefixes)
         object.__setattr__(self, "_globs", globs)
 
     @classmethod
@@ -157,6 +163,9 @@ class AttributeMatcher:
     def matches(self, key: str) -> bool:
         """True when *key* equals a name or matches a pattern."""
         if key in self._exact:  # type: ignore[attr-defined]
+            return True
+        prefixes: tuple[str, ...] = self._prefixes  # type: ignore[attr-defined]
+        if prefixes and key.startswith(prefixes):
             return True
         globs: tuple[_Glob, ...] = self._globs  # type: ignore[attr-defined]
         for glob in globs:

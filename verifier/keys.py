@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ._files import read_named_file
+from ._settings import refuse_string
 from .canonical import parse_strict
 from .errors import InvalidBundle, InvalidKey
 
@@ -262,9 +263,11 @@ class TrustRoot:
         """Trust each PEM public key file in *paths*, with no validity window.
 
         Raises:
+            TypeError: *paths* is a ``str`` (a list of paths is expected).
             InvalidKey: a file cannot be read or is not an Ed25519 public key, or two
                 files hold the same key.
         """
+        refuse_string(paths, "TrustRoot.from_pem_files paths", "paths", "PEM file paths")
         keys = []
         for path in paths:
             try:

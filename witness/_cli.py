@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives import serialization
 
 from spanproof.verifier._batch import BATCH_BYTES, BATCH_SIZE, batch_receipt
 from spanproof.verifier._files import open_regular, write_atomic
+from spanproof.verifier._settings import parse_decimal, parse_seconds
 from spanproof.verifier._stdout import StdoutError, writing_stdout
 from spanproof.verifier._term import printable
 from spanproof.verifier.bundle import BUNDLE_SUFFIX
@@ -74,11 +75,15 @@ def parse_listen(text: str) -> tuple[str, int]:
         ValueError: not HOST:PORT with a port in 0..65535.
     """
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    try:
+        number = parse_decimal(port)
+    except ValueError:
+        number = -1
+    if not sep or not 0 <= number <= 65535:
         raise ValueError(f"--listen must be HOST:PORT, got {text!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    return host or "127.0.0.1", int(port)
+    return host or "127.0.0.1", number
 
 
 #: The longest ``--timeout`` of ``witness submit`` and ``monitor``: a day.
@@ -88,7 +93,7 @@ MAX_TIMEOUT_SECONDS = 86400.0
 def _timeout(text: str) -> float:
     """A ``--timeout`` value: seconds, more than 0 and at most a day."""
     try:
-        value = float(text)
+        value = parse_seconds(text)
     except ValueError:
         value = math.nan
     if not 0 < value <= MAX_TIMEOUT_SECONDS:  # NaN too
@@ -105,7 +110,7 @@ MIN_MAX_BODY = 1024
 def _max_body(text: str) -> int:
     """A ``--max-body`` value: a whole number of bytes, at least `MIN_MAX_BODY`."""
     try:
-        value = int(text)
+        value = parse_decimal(text)
     except ValueError:
         value = 0
     if value < MIN_MAX_BODY:

@@ -136,3 +136,38 @@ def test_demo_console_script_then_verify(tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert len(done.stdout.splitlines()) == N_CASES
+
+
+def test_demo_ignores_the_spanproof_variables_of_the_shell(tmp_path, capsys, monkeypatch):
+    # A WITNESS_URL exported for the application made the demo queue every bundle
+    # for a witness; REDACT_ATTRIBUTES, SELECT_ALL and the others changed its bundles.
+    prefix = "OTEL_EXPORTER_SPANPROOF_"
+    for suffix, value in (("WITNESS_URL", "http://127.0.0.1:9"), ("REDACT_ATTRIBUTES", "*"),
+                          ("SELECT_ALL", "true"), ("SELECT_ATTRIBUTES", "nothing.here"),
+                          ("SEALING_PROCESS", "true"), ("MAX_RECORDS", "1"),
+                          ("KEY_FILE", str(tmp_path / "missing.key")),
+                          ("OUTPUT_DIR", str(tmp_path / "elsewhere")),
+                          ("REDACT_ATTRIBUTE", "typo")):
+        monkeypatch.setenv(prefix + suffix, value)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    out_dir = tmp_path / "d"
+    assert main(["demo", "--out", str(out_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"  settings     the demo's own: it ignores the {prefix}* variables set here\n" in out
+    bundles = sorted(find_bundles([str(out_dir / "bundles")]))
+    assert len(bundles) == N_CASES
+    assert not (out_dir / "bundles" / "witness-queue").exists()
+    assert not list((out_dir / "bundles").glob("*.disclosures.json"))
+    assert not (tmp_path / "elsewhere").exists()
+    names = {r["span"]["name"] for r in _records(bundles[0], out_dir / "keys" / "signing.pub")}
+    assert "format_reply" not in names  # not evidence: SELECT_ALL was not applied
+
+
+def test_demo_says_nothing_of_settings_without_spanproof_variables(
+    tmp_path, capsys, monkeypatch
+):
+    for name in list(os.environ):
+        if name.upper().startswith("OTEL_EXPORTER_SPANPROOF_"):
+            monkeypatch.delenv(name)
+    assert main(["demo", "--out", str(tmp_path / "d")]) == 0
+    assert "  settings " not in capsys.readouterr().out

@@ -96,3 +96,65 @@ def test_a_named_pipe_as_a_tls_file_is_refused_without_blocking(capsys, tmp_path
     err = _refused(capsys, tmp_path, *argv)
     what = {"--tls-cert": "certificate", "--tls-key": "key", "--tls-client-ca": "client CA"}
     assert f"TLS {what[flag]} {pipe}: cannot be used (not a regular file (a named pipe))" in err
+
+
+@pytest.mark.parametrize(("flags", "env", "expected"), [
+    ([], None, False),
+    ([], "true", True),
+    (["--select-all"], None, True),
+    (["--select-all"], "false", True),
+    # The flag overrides the variable both ways: before, --select-all could only
+    # turn it on, and SELECT_ALL=true could not be turned off for one receiver.
+    (["--no-select-all"], "true", False),
+])
+def test_select_all_flags_override_the_variable_both_ways(
+    capsys, monkeypatch, tmp_path, flags, env, expected
+):
+    from spanproof.exporter.config import ENV_PREFIX
+
+    if env is None:
+        monkeypatch.delenv(ENV_PREFIX + "SELECT_ALL", raising=False)
+    else:
+        monkeypatch.setenv(ENV_PREFIX + "SELECT_ALL", env)
+    seen: list[bool] = []
+    monkeypatch.setattr(producer_cli, "_serve_receiver",
+                        lambda service, *args: seen.append(service.config.select_all) or 0)
+    monkeypatch.setattr(producer_cli, "limit_malloc_arenas", lambda: False)
+    status = main(["receiver", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0",
+                   "--out", str(tmp_path / "out"), *flags])
+    assert status == 0, capsys.readouterr().err
+    assert seen == [expected]
+
+
+@pytest.mark.parametrize("flag", ["--max-records", "--seal-grace-ms", "--max-value-bytes",
+                                  "--max-message-bytes", "--max-backlog-spans",
+                                  "--sealing-processes"])
+@pytest.mark.parametrize("value", ["1_000", "+3", "\u0663", "\uff15", "1e3"])
+def test_integer_flags_take_ascii_digits_only(capsys, tmp_path, flag, value):
+    # int() takes "1_000", "+3" and "٣" (3): a typo would pass as a number.
+    err = _refused(capsys, tmp_path, flag, value)
+    assert (f"argument {flag}: must be a whole number in the digits 0-9, "
+            f"not {value!r}") in err
+
+
+@pytest.mark.parametrize("port", ["\u00b2", "\u0663", "+80", "8_0"])
+def test_a_port_in_other_digits_is_a_usage_error(capsys, tmp_path, port):
+    # "²".isdigit() is True, and int("²") then failed as an unexpected ValueError.
+    out = tmp_path / "out"
+    status = main(["receiver", "--grpc", f"127.0.0.1:{port}", "--http", "127.0.0.1:0",
+                   "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert "--grpc must be HOST:PORT" in err and "unexpected" not in err
+
+
+def test_an_out_directory_that_cannot_be_created_is_a_usage_error(capsys, tmp_path):
+    (tmp_path / "afile").write_text("")
+    out = tmp_path / "afile" / "out"
+    status = main(["receiver", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0",
+                   "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert (f"output_dir (OTEL_EXPORTER_SPANPROOF_OUTPUT_DIR) must be a directory spanproof "
+            f"can create and write to, got {str(out)!r} (cannot create it: Not a directory)"
+            in err)

@@ -195,13 +195,13 @@ def test_workers_started_by_spawn_give_the_same_output(
     assert one[0] == 1 and "b2.spanproof.json: record 2: previous-hash mismatch" in one[1]
 
 
-@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5", "1_0", "+2", "\u0663"])
 def test_jobs_below_one_or_not_a_number_is_a_usage_error(capsys, keys: Keys, make_bundle,
                                                          value: str):
     path, _ = make_bundle()
     code, out, err = run(capsys, "verify", "--key", keys.pub, f"--jobs={value}", path)
     assert code == 2 and out == ""
-    assert f"argument --jobs/-j: must be a whole number of at least 1, not '{value}'" in err
+    assert f"argument --jobs/-j: must be a whole number of at least 1, not {value!r}" in err
 
 
 @pytest.mark.parametrize("value", ["257", "3000", "99999999999999999999"])

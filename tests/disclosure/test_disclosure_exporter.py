@@ -258,3 +258,24 @@ def test_sealed_bundle_carries_disclosures_outside_its_bytes() -> None:
     a = [d for d in sealed.disclosures if d.span_id == SPAN_A]
     assert {d.key for d in a} == {"gen_ai.input.messages", "customer.email",
                                   "customer.tier", "case.priority"}
+
+
+@pytest.mark.parametrize(
+    "patterns",
+    [("customer.*",), ("*",), ("a*", "a?"), ("a?*",), ("ab*", "ab?", "x"), ("[*",)],
+)
+@pytest.mark.parametrize("key", ["", "a", "ab", "abc", "customer", "customer.", "customer.x",
+                                 "[", "[x", "x", "a?"])
+def test_prefix_patterns_match_as_the_general_matcher(
+    patterns: tuple[str, ...], key: str
+) -> None:
+    # "customer.*" takes str.startswith; it must answer as the glob matcher does.
+    from spanproof.verifier.disclosure import _Glob
+
+    expected = key in patterns or any(_Glob(p).matches(key) for p in patterns)
+    assert AttributeMatcher(patterns).matches(key) is expected
+
+
+def test_redaction_patterns_given_as_a_string_are_a_type_error() -> None:
+    with pytest.raises(TypeError, match=r"write patterns=\['customer\.email'\]"):
+        redaction_matcher("customer.email")

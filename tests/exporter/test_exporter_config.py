@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,284 @@ def test_an_output_dir_that_is_a_file_is_refused_at_construction(
         SpanproofSpanExporter(path if how == "argument" else None,
                               signing_key=SigningKey.generate())
     assert path.read_text() == "not a directory"
+
+
+# ----------------------------------------------------------------- list settings
+
+
+@pytest.mark.parametrize("setting", ["select_attributes", "redact_attributes"])
+@pytest.mark.parametrize("value", ["llm.call", b"llm.call", bytearray(b"llm.call")])
+def test_a_string_for_a_list_setting_is_a_type_error_showing_the_list(
+    setting: str, value: object
+) -> None:
+    # Iterated, "llm.call" is the keys 'l', 'l', 'm', ...: the wanted span not
+    # certified, unrelated ones certified, or a value meant to be hidden in clear.
+    with pytest.raises(TypeError) as error:
+        ExporterConfig.from_env(environ={}, **{setting: value})
+    message = str(error.value)
+    assert f"spanproof exporter setting {setting} ({ENV_PREFIX}{setting.upper()})" in message
+    assert f"write {setting}=['llm.call']" in message
+    with pytest.raises(TypeError, match=f"write {setting}="):
+        ExporterConfig(**{setting: value})  # type: ignore[arg-type]
+
+
+def test_a_comma_separated_string_is_shown_as_the_list_it_meant() -> None:
+    with pytest.raises(TypeError, match=r"write redact_attributes=\['customer\.\*', 'a\.b'\]"):
+        ExporterConfig.from_env(environ={}, redact_attributes="customer.*, a.b")
+    with pytest.raises(TypeError, match=r"write redact_attributes=\[\]"):
+        ExporterConfig.from_env(environ={}, redact_attributes="")
+
+
+def test_any_iterable_of_strings_is_still_a_list() -> None:
+    config = ExporterConfig.from_env(environ={}, select_attributes=["a.b"],
+                                     redact_attributes=(k for k in ("c.*",)))
+    assert config.select_attributes == ("a.b",)
+    assert config.redact_attributes == ("c.*",)
+
+
+@pytest.mark.parametrize("build", ["exporter", "processor", "receiver"])
+@pytest.mark.parametrize("setting", ["select_attributes", "redact_attributes"])
+def test_producers_refuse_a_string_for_a_list_setting(
+    tmp_path: Path, build: str, setting: str
+) -> None:
+    from spanproof.exporter import EvidenceSpanProcessor
+    from spanproof.exporter.receiver import Receiver
+
+    kind = {"exporter": SpanproofSpanExporter, "processor": EvidenceSpanProcessor,
+            "receiver": Receiver}[build]
+    with pytest.raises(TypeError, match=f"write {setting}=\\['customer.email'\\]"):
+        kind(tmp_path / "out", signing_key=SigningKey.generate(),  # type: ignore[operator]
+             **{setting: "customer.email"})
+    assert not (tmp_path / "out").exists()  # refused before anything was set up
+
+
+# ------------------------------------------------------------------- path settings
+
+
+def test_path_settings_take_path_objects(tmp_path: Path) -> None:
+    config = ExporterConfig.from_env(environ={}, output_dir=tmp_path / "out",
+                                     key_file=tmp_path / "k.key", witness_key=Path("w.pub"))
+    assert (config.output_dir, config.key_file, config.witness_key) == (
+        str(tmp_path / "out"), str(tmp_path / "k.key"), "w.pub")
+    assert ExporterConfig(witness_key=Path("w.pub")).witness_key == "w.pub"  # type: ignore[arg-type]
+
+
+def test_exporter_loads_a_witness_key_given_as_a_path(tmp_path: Path) -> None:
+    from spanproof.witness.signing import generate_key_file
+
+    private = tmp_path / "witness.key"
+    generate_key_file(str(private))
+    exporter = SpanproofSpanExporter(tmp_path / "out", signing_key=SigningKey.generate(),
+                                     witness_key=Path(f"{private}.pub"))
+    try:
+        assert exporter.config.witness_key == f"{private}.pub"
+    finally:
+        exporter.shutdown()
+
+
+# ------------------------------------------------------------------------- numbers
+
+
+@pytest.mark.parametrize(
+    ("suffix", "raw"),
+    [
+        ("MAX_RECORDS", "1_000"),
+        ("MAX_RECORDS", "+5"),
+        ("MAX_RECORDS", "\u0663"),  # ARABIC-INDIC DIGIT THREE
+        ("MAX_RECORDS", "\uff15"),  # FULLWIDTH DIGIT FIVE
+        ("SEAL_GRACE_MS", "\u0663"),
+        ("SEAL_GRACE_MS", "2_000"),
+        ("IDLE_TIMEOUT_MS", "1e3"),
+        ("SEALING_PROCESS", "1_0"),
+        ("SEALING_PROCESS", "+3"),
+        ("SEALING_PROCESS", "\u0662"),
+    ],
+)
+def test_numbers_are_ascii_digits_only(
+    suffix: str, raw: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # int() takes these: SEAL_GRACE_MS=٣ was 3 ms, MAX_RECORDS=1_000 a thousand.
+    field = {"MAX_RECORDS": "max_records", "SEAL_GRACE_MS": "seal_grace",
+             "IDLE_TIMEOUT_MS": "idle_timeout", "SEALING_PROCESS": "sealing_process"}[suffix]
+    with caplog.at_level(logging.WARNING, logger="spanproof.exporter.config"):
+        config = ExporterConfig.from_env(environ={ENV_PREFIX + suffix: raw})
+    assert getattr(config, field) == getattr(ExporterConfig(), field)
+    assert f"{ENV_PREFIX}{suffix}={raw!r} is not valid" in caplog.text
+    assert "digits 0-9" in caplog.text
+
+
+def test_numbers_may_be_surrounded_by_white_space() -> None:
+    env = {ENV_PREFIX + "MAX_RECORDS": " 5 ", ENV_PREFIX + "SEALING_PROCESS": " 2\n",
+           ENV_PREFIX + "SEAL_GRACE_MS": "\t250"}
+    config = ExporterConfig.from_env(environ=env)
+    assert (config.max_records, config.sealing_process, config.seal_grace) == (5, 2, 0.25)
+
+
+@pytest.mark.parametrize(("suffix", "raw"), [("QUEUE_SIZE", "1_000"), ("QUEUE_SIZE", "\u0663"),
+                                             ("QUEUE_BLOCK_MS", "+5"),
+                                             ("QUEUE_BLOCK_MS", "\u0663")])
+def test_processor_numbers_are_ascii_digits_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    suffix: str, raw: str,
+) -> None:
+    from spanproof.exporter import EvidenceSpanProcessor
+    from spanproof.exporter.processor import DEFAULT_QUEUE_BLOCK, DEFAULT_QUEUE_SIZE
+
+    monkeypatch.setenv(ENV_PREFIX + suffix, raw)
+    with caplog.at_level(logging.WARNING, logger="spanproof.exporter.processor"):
+        processor = EvidenceSpanProcessor(tmp_path, signing_key=SigningKey.generate())
+    try:
+        assert (processor._queue_size, processor._block) == (DEFAULT_QUEUE_SIZE,
+                                                             DEFAULT_QUEUE_BLOCK)
+        assert f"{ENV_PREFIX}{suffix}={raw!r} is not valid" in caplog.text
+    finally:
+        processor.shutdown()
+
+
+@pytest.mark.parametrize("raw", [" , ", ",", " ,, "])
+@pytest.mark.parametrize("suffix", ["SELECT_ATTRIBUTES", "REDACT_ATTRIBUTES"])
+def test_an_error_quotes_the_value_as_set(suffix: str, raw: str) -> None:
+    with pytest.raises(ValueError) as error:
+        ExporterConfig.from_env(environ={ENV_PREFIX + suffix: raw})
+    assert f"{ENV_PREFIX}{suffix} must list at least one key, got {raw!r}" in str(error.value)
+
+
+# ------------------------------------------------------------ unknown variables
+
+
+@pytest.mark.parametrize(
+    ("name", "suggested"),
+    [
+        ("REDACT_ATTRIBUTE", "REDACT_ATTRIBUTES"),
+        ("SEAL_GRACE", "SEAL_GRACE_MS"),
+        ("KEYFILE", "KEY_FILE"),
+        ("SELECT_ATTRIBUTS", "SELECT_ATTRIBUTES"),
+        ("QUEUE_BLOCK", "QUEUE_BLOCK_MS"),
+        ("select_all", "SELECT_ALL"),  # the prefix in another case is ours too
+    ],
+)
+def test_a_misspelled_variable_is_warned_about_with_the_closest_name(
+    name: str, suggested: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    var = (ENV_PREFIX.lower() if name.islower() else ENV_PREFIX) + name
+    with caplog.at_level(logging.WARNING, logger="spanproof.exporter.config"):
+        config = ExporterConfig.from_env(environ={var: "customer.*"})
+    assert config == ExporterConfig()  # ignored, and start-up goes on
+    (record,) = caplog.records
+    assert record.getMessage() == (f"spanproof: {var} is not a spanproof setting and is "
+                                   f"ignored; did you mean {ENV_PREFIX}{suggested}?")
+
+
+def test_an_unknown_variable_far_from_any_name_is_warned_about_without_a_guess(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    var = ENV_PREFIX + "COLOUR"
+    with caplog.at_level(logging.WARNING, logger="spanproof.exporter.config"):
+        ExporterConfig.from_env(environ={var: "blue", "OTEL_EXPORTER_OTLP_ENDPOINT": "x"})
+    (record,) = caplog.records
+    assert record.getMessage() == (f"spanproof: {var} is not a spanproof setting and is "
+                                   "ignored (README, Configuration, lists the variables)")
+
+
+def test_the_exporter_warns_once_per_unknown_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from spanproof.exporter import EvidenceSpanProcessor
+
+    monkeypatch.setenv(ENV_PREFIX + "REDACT_ATTRIBUTE", "customer.*")
+    monkeypatch.setenv(ENV_PREFIX + "SEAL_GRACE", "100")
+    for kind in (SpanproofSpanExporter, EvidenceSpanProcessor):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            producer = kind(tmp_path / kind.__name__, signing_key=SigningKey.generate())
+        producer.shutdown()
+        warned = [r.getMessage() for r in caplog.records
+                  if "not a spanproof setting" in r.getMessage()]
+        assert len(warned) == 2, warned
+        assert f"{ENV_PREFIX}REDACT_ATTRIBUTE " in warned[0]
+        assert f"{ENV_PREFIX}SEAL_GRACE " in warned[1]
+
+
+def _documented_variables() -> set[str]:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    return set(re.findall(rf"{ENV_PREFIX}[A-Z0-9_]*[A-Z0-9]", readme))
+
+
+def test_every_variable_readme_documents_is_known(caplog: pytest.LogCaptureFixture) -> None:
+    from spanproof.exporter.config import KNOWN_VARIABLES
+
+    documented = _documented_variables()
+    assert len(documented) >= 16  # the whole settings table and the processor's
+    env = dict.fromkeys(documented, "")  # empty: unset, so only the names count
+    with caplog.at_level(logging.WARNING, logger="spanproof.exporter.config"):
+        ExporterConfig.from_env(environ=env)
+    assert caplog.records == []
+    assert documented == set(KNOWN_VARIABLES)  # and README documents every one read
+
+
+def test_every_variable_read_is_known() -> None:
+    # Every name with the prefix spelled out in the package's source is a variable
+    # it reads (ENV_PREFIX + suffix included): none of them must warn.
+    from spanproof.exporter.config import KNOWN_VARIABLES
+
+    root = Path(__file__).resolve().parents[2]
+    source = "\n".join(path.read_text(encoding="utf-8")
+                       for folder in ("exporter", "verifier", "witness")
+                       for path in (root / folder).rglob("*.py"))
+    spelled = set(re.findall(rf"{ENV_PREFIX}([A-Z0-9_]*[A-Z0-9])", source))
+    spelled |= set(re.findall(r'ENV_PREFIX \+ "([A-Z0-9_]+)"', source))
+    assert {ENV_PREFIX + s for s in spelled} <= set(KNOWN_VARIABLES)
+
+
+# ------------------------------------------------------------- output directory
+
+
+@pytest.mark.parametrize("build", ["exporter", "processor", "receiver"])
+@pytest.mark.parametrize("how", ["argument", "variable"])
+def test_an_output_dir_that_cannot_be_created_is_refused_at_construction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, build: str, how: str
+) -> None:
+    # Accepted, every bundle failed to be written later and was lost, and the
+    # application exited 0.  (Under a regular file: the tests run as root, so a
+    # directory without write permission would not do.)
+    from spanproof.exporter import EvidenceSpanProcessor
+    from spanproof.exporter.receiver import Receiver
+
+    (tmp_path / "afile").write_text("")
+    out = tmp_path / "afile" / "out"
+    if how == "variable":
+        monkeypatch.setenv(f"{ENV_PREFIX}OUTPUT_DIR", str(out))
+    kind = {"exporter": SpanproofSpanExporter, "processor": EvidenceSpanProcessor,
+            "receiver": Receiver}[build]
+    with pytest.raises(ValueError) as error:
+        kind(out if how == "argument" else None,  # type: ignore[operator]
+             signing_key=SigningKey.generate())
+    assert str(error.value) == (
+        f"spanproof exporter setting output_dir ({ENV_PREFIX}OUTPUT_DIR) must be a directory "
+        f"spanproof can create and write to, got {str(out)!r} (cannot create it: "
+        "Not a directory)")
+
+
+def test_a_missing_output_dir_is_created_at_construction_and_left_empty(
+    tmp_path: Path
+) -> None:
+    out = tmp_path / "a" / "b"
+    exporter = SpanproofSpanExporter(out, signing_key=SigningKey.generate())
+    try:
+        assert out.is_dir()
+        assert list(out.iterdir()) == []  # no probe file left behind
+    finally:
+        exporter.shutdown()
+
+
+def test_an_output_dir_that_cannot_be_written_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As root, permissions do not stop a write: what os.access says is what counts.
+    out = tmp_path / "out"
+    out.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: (
+        False if os.fspath(path) == str(out) else real_access(path, mode, **kw)))
+    with pytest.raises(ValueError, match=r"got '.*out' \(cannot write to it\)"):
+        SpanproofSpanExporter(out, signing_key=SigningKey.generate())

@@ -109,8 +109,10 @@ def test_usage_errors_exit_2(tmp_path):
         (["--grpc", "localhost"], "--grpc must be HOST:PORT"),
         (["--http", "127.0.0.1:99999"], "--http must be HOST:PORT"),
         (["--max-records", "0"], "--max-records must be an integer >= 1"),
-        (["--seal-grace-ms", "soon"], "invalid int value"),
-        (["--sealing-processes", "-1"], "--sealing-processes must be an integer >= 0"),
+        (["--seal-grace-ms", "soon"],
+         "argument --seal-grace-ms: must be a whole number in the digits 0-9, not 'soon'"),
+        (["--sealing-processes", "-1"],
+         "argument --sealing-processes: must be a whole number in the digits 0-9, not '-1'"),
     ):
         result = subprocess.run(
             [sys.executable, "-m", "spanproof.verifier", "receiver", "--out",

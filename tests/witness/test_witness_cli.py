@@ -85,9 +85,24 @@ def test_parse_listen() -> None:
     assert parse_listen("127.0.0.1:8080") == ("127.0.0.1", 8080)
     assert parse_listen("[::1]:9") == ("::1", 9)
     assert parse_listen(":80") == ("127.0.0.1", 80)
-    for bad in ("localhost", "h:x", "h:70000"):
-        with pytest.raises(ValueError):
+    for bad in ("localhost", "h:x", "h:70000", "h:\u00b2", "h:\u0668\u0660", "h:+80", "h:8_0"):
+        with pytest.raises(ValueError, match="--listen must be HOST:PORT"):
             parse_listen(bad)
+
+
+@pytest.mark.parametrize("value", ["0", "86401", "1e3", "inf", "nan", "1_0", "\u0663", "-1"])
+def test_timeout_is_a_plain_number_of_seconds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    # float() takes "1e3", "1_0" and "٣": a typo would pass as a number.
+    from spanproof.verifier._cli import main as spanproof_main
+
+    status = spanproof_main(["witness", "submit", str(tmp_path / "b.spanproof.json"),
+                             "--url", "http://127.0.0.1:9", "--timeout", value])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert (f"argument --timeout: must be a number of seconds above 0 and at most 86400, "
+            f"not {value!r}") in err
 
 
 def test_server_stack_prefers_the_c_parser_and_loop_and_falls_back_without_them(

@@ -8,7 +8,8 @@ import pytest
 from spanproof.verifier._cli import main
 
 
-@pytest.mark.parametrize("value", ["-1", "0", "1023", "abc"])
+@pytest.mark.parametrize("value", ["-1", "0", "1023", "abc", "1_024", "+2048",
+                                   "\u0662\u0660\u0664\u0668"])
 def test_max_body_below_1024_is_a_usage_error(capsys, tmp_path, value):
     db = tmp_path / "witness.db"
     status = main(["witness", "serve", "--listen", "127.0.0.1:0", "--db", str(db),
