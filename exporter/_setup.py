@@ -31,10 +31,11 @@ class ProducerSetup:
     witness_keys: tuple[WitnessKey, ...]
 
 
-def _writable_directory(path: str) -> None:
-    """Create the output directory *path* if missing and check that it can be written,
-    at start-up: found later, every bundle would fail to be written and be lost at
-    shutdown, while the application runs on and exits 0.  Nothing is written to it.
+def writable_directory(path: str, setting: str = f"output_dir ({ENV_PREFIX}OUTPUT_DIR)") -> None:
+    """Create the directory *path* of the *setting* (the output directory by default)
+    if missing and check that it can be written, at start-up: found later, every
+    bundle (or journal entry) would fail to be written and be lost at shutdown, while
+    the application runs on and exits 0.  Nothing is written to it.
 
     Raises:
         ValueError: *path* cannot be created, is not a directory or cannot be written.
@@ -50,9 +51,8 @@ def _writable_directory(path: str) -> None:
         if not os.access(path, os.W_OK | os.X_OK):
             problem = "cannot write to it"
     if problem is not None:
-        raise ValueError(f"spanproof exporter setting output_dir ({ENV_PREFIX}OUTPUT_DIR) "
-                         f"must be a directory spanproof can create and write to, got "
-                         f"{path!r} ({problem})")
+        raise ValueError(f"spanproof exporter setting {setting} must be a directory "
+                         f"spanproof can create and write to, got {path!r} ({problem})")
 
 
 @contextlib.contextmanager
@@ -95,7 +95,7 @@ def resolve_setup(
                                      key_file=key_file, **settings)
     output = os.path.abspath(config.output_dir)
     config = dataclasses.replace(config, output_dir=output)
-    _writable_directory(output)
+    writable_directory(output)
     if signing_key is None:
         if config.key_file is not None:
             with _naming("key_file"):

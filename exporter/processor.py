@@ -58,6 +58,7 @@ from ._exporter import (
     _trace_id_of,
 )
 from ._recovery import declared_counts, position_to_json
+from ._setup import writable_directory
 from .assembly import SealJob
 from .config import QUEUE_BLOCK_VAR, QUEUE_SIZE_VAR
 from .journal import Journal
@@ -357,7 +358,7 @@ class EvidenceSpanProcessor(SpanProcessor):
         ValueError: a malformed argument or a malformed variable that is not a
             tuning setting (naming it; see :mod:`~spanproof.exporter.config`;
             ``QUEUE_SIZE`` and ``QUEUE_BLOCK_MS`` are tuning settings), or an
-            output directory that cannot be created or written.
+            output or journal directory that cannot be created or written.
         InvalidKey: the key file cannot be used.
         OSError: the key directory cannot be created.
     """
@@ -390,6 +391,13 @@ class EvidenceSpanProcessor(SpanProcessor):
             os.fspath(journal_dir) if journal_dir is not None
             else os.path.join(output, "journal"))
         sealer._journal_dir = self._journal_dir
+        try:
+            # Found at the first span instead, every span would be sealed from memory
+            # only, and the durability this processor exists for silently gone.
+            writable_directory(self._journal_dir, "journal_dir")
+        except ValueError:
+            sealer.shutdown()
+            raise
         self._selects = sealer._selector.selects
         self._dropped_note = _DROPPED_NOTE.format(self._queue_size, round(self._block * 1000))
         self._shutdown = False

@@ -488,6 +488,28 @@ def test_an_output_dir_that_cannot_be_created_is_refused_at_construction(
         "Not a directory)")
 
 
+def test_a_journal_dir_that_cannot_be_created_is_refused_at_construction(
+    tmp_path: Path
+) -> None:
+    # Accepted, the processor journaled nothing from the first span on: every span
+    # was sealed from memory only, the durability it exists for gone, the
+    # application started as if all were well.
+    import threading
+
+    from spanproof.exporter import EvidenceSpanProcessor
+
+    (tmp_path / "afile").write_text("")
+    journal = tmp_path / "afile" / "journal"
+    threads = set(threading.enumerate())
+    with pytest.raises(ValueError) as error:
+        EvidenceSpanProcessor(tmp_path / "out", journal_dir=journal,
+                              signing_key=SigningKey.generate())
+    assert str(error.value) == (
+        f"spanproof exporter setting journal_dir must be a directory spanproof can "
+        f"create and write to, got {str(journal)!r} (cannot create it: Not a directory)")
+    assert not [t for t in threading.enumerate() if t not in threads and t.is_alive()]
+
+
 def test_a_missing_output_dir_is_created_at_construction_and_left_empty(
     tmp_path: Path
 ) -> None:
