@@ -35,7 +35,7 @@ import re
 import time
 from typing import Any
 
-from spanproof.verifier._files import temp_target
+from spanproof.verifier._files import link_no_replace, temp_target
 from spanproof.verifier.bundle import BUNDLE_SUFFIX, BundleReader
 from spanproof.verifier.disclosure import (
     DisclosureFile,
@@ -45,7 +45,7 @@ from spanproof.verifier.disclosure import (
 from spanproof.verifier.errors import InvalidDisclosure, SpanproofError
 from spanproof.verifier.receipt import RECEIPT_SUFFIX
 
-from .sinks import _link_no_replace, bundle_names
+from .sinks import bundle_names
 
 __all__ = ["LEFTOVER_AGE_S", "Leftovers", "finish_interrupted_writes"]
 
@@ -186,7 +186,7 @@ def _records(bundle_path: str) -> list[dict[str, Any]]:
 
 def _name_disclosures(path: str, data: bytes, target: str, done: Leftovers) -> None:
     try:
-        _link_no_replace(path, target)
+        link_no_replace(path, target)
     except FileExistsError:
         with open(target, "rb") as f:
             same = f.read() == data

@@ -33,7 +33,12 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Literal, Protocol, get_args, runtime_checkable
 
-from spanproof.verifier._files import fsync_directory, unlink_quietly, write_temp
+from spanproof.verifier._files import (
+    fsync_directory,
+    link_no_replace,
+    unlink_quietly,
+    write_temp,
+)
 from spanproof.verifier.bundle import BUNDLE_SUFFIX
 from spanproof.verifier.disclosure import MAX_DISCLOSURE_FILE_BYTES
 
@@ -215,7 +220,7 @@ class DirectorySink:
         for attempt, candidate in enumerate(bundle_names(name)):
             path = os.path.join(self._dir, candidate)
             try:
-                _link_no_replace(tmp, path)
+                link_no_replace(tmp, path)
             except FileExistsError:
                 if filecmp.cmp(tmp, path, shallow=False):
                     # This very bundle is already there: a retry of a write whose
@@ -354,18 +359,3 @@ def bundle_names(name: str) -> Iterator[str]:
     stem = name.removesuffix(BUNDLE_SUFFIX)
     for attempt in range(1, _MAX_ALTERNATIVES):
         yield f"{stem}.{attempt}{BUNDLE_SUFFIX}"
-
-
-def _link_no_replace(src: str, dst: str) -> None:
-    """Give *src*'s file the name *dst*, failing with FileExistsError if it exists."""
-    try:
-        os.link(src, dst)
-    except FileExistsError:
-        raise
-    except OSError as e:
-        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-            raise
-        # No hard links on this filesystem: claim the name exclusively, then move
-        # the complete file over the (empty, ours) placeholder.
-        os.close(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
-        os.replace(src, dst)

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 __all__ = [
-    "MAX_NAMED_FILE", "fsync_directory", "open_regular", "read_named_file", "temp_target",
-    "unlink_quietly", "write_atomic", "write_new", "write_once", "write_temp",
+    "MAX_NAMED_FILE", "fsync_directory", "link_no_replace", "open_regular", "read_named_file",
+    "temp_target", "unlink_quietly", "write_atomic", "write_new", "write_once", "write_temp",
 ]
 
 _TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp", re.DOTALL)  # see write_temp
@@ -74,14 +74,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644
     Raises:
         OSError: the directory cannot be written, or the disk is full.
     """
-    target = os.path.abspath(os.fspath(path))
-    directory = os.path.dirname(target)
-    tmp = write_temp(directory, os.path.basename(target), data, mode=mode)
-    try:
-        os.replace(tmp, target)
-    finally:
-        unlink_quietly(tmp)
-    fsync_directory(directory)
+    _place(path, data, mode, os.replace)
 
 
 def write_new(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
@@ -90,25 +83,14 @@ def write_new(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -
 
     A temporary file in the same directory is written with *mode* and fsynced, then
     linked as *path* (which fails when the name is taken) and removed, and the
-    directory fsynced.  On a filesystem without hard links, *path* is created
-    exclusively and written in place instead.
+    directory fsynced.  On a filesystem without hard links, *path* is claimed
+    exclusively and the file moved over it (:func:`link_no_replace`).
 
     Raises:
         FileExistsError: *path* exists.
         OSError: the directory cannot be written, or the disk is full.
     """
-    target = os.path.abspath(os.fspath(path))
-    directory = os.path.dirname(target)
-    tmp = write_temp(directory, os.path.basename(target), data, mode=mode)
-    try:
-        os.link(tmp, target)
-    except OSError as e:
-        if e.errno not in _NO_HARD_LINKS:
-            raise
-        _write_exclusive(target, data, mode)
-    finally:
-        unlink_quietly(tmp)
-    fsync_directory(directory)
+    _place(path, data, mode, link_no_replace)
 
 
 def write_once(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
@@ -132,25 +114,45 @@ def write_once(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) 
         raise
 
 
-# What os.link() fails with where a filesystem has no hard links (FAT, some FUSE and
-# network filesystems).
-_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK})
-
-
-def _write_exclusive(target: str, data: bytes, mode: int) -> None:
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+def _place(path: str | os.PathLike[str], data: bytes, mode: int,
+           put: Callable[[str, str], None]) -> None:
+    """Write *data* to a temporary file beside *path* (with *mode*, fsynced), give it
+    the name *path* with *put*, and fsync the directory; the temporary file never
+    outlives the call."""
+    target = os.path.abspath(os.fspath(path))
+    directory = os.path.dirname(target)
+    tmp = write_temp(directory, os.path.basename(target), data, mode=mode)
     try:
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException:
-        unlink_quietly(target)  # created here: no one else's file
+        put(tmp, target)
+    finally:
+        unlink_quietly(tmp)
+    fsync_directory(directory)
+
+
+def link_no_replace(src: str, dst: str) -> None:
+    """Give *src*'s file the name *dst*, failing with FileExistsError if it exists.
+
+    Without hard links (FAT, some FUSE and network filesystems), the name is claimed
+    exclusively and the complete file moved over that (empty, our own) placeholder.
+
+    Raises:
+        FileExistsError: *dst* exists.
+        OSError: the directory cannot be written.
+    """
+    try:
+        os.link(src, dst)
+    except FileExistsError:
         raise
+    except OSError as e:
+        if e.errno not in _NO_HARD_LINKS:
+            raise
+        os.close(os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+        os.replace(src, dst)
+
+
+# What os.link() fails with where a filesystem has no hard links, or none more.
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV,
+                            errno.EMLINK})
 
 
 def fsync_directory(directory: str) -> None:
