@@ -117,11 +117,17 @@ class BundleReport:
 
     @property
     def reason(self) -> str:
-        """The first failed check's message, or ``""``."""
-        for check in self.checks:
-            if check.status is Status.FAIL:
-                return check.message
-        return ""
+        """The message of the check that decided the verdict, or ``""``: the first
+        failed check's; of a FAIL bundle, the first failed check other than
+        ``completeness``, whose failure alone makes a bundle INCOMPLETE, never FAIL (a
+        bundle declaring losses fails only by a later check: its witness receipt,
+        SPEC §8 step 10)."""
+        failed = [check for check in self.checks if check.status is Status.FAIL]
+        if self.verdict is Verdict.FAIL:
+            for check in failed:
+                if check.name != "completeness":
+                    return check.message
+        return failed[0].message if failed else ""
 
     def to_json(self) -> dict[str, Any]:
         """Machine-readable form for ``spanproof verify --json``."""
