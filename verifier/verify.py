@@ -500,6 +500,9 @@ def find_bundles(
     """Yield bundle paths: each file as given, and every ``*.spanproof.json`` below
     each directory, in sorted order.
 
+    Symbolic links to directories are followed, as links to files are: the bundles
+    below them are below the directory too.  Each directory is searched once, under
+    the first path found for it, so a link back to a directory above ends there.
     A directory that cannot be listed is never skipped silently: its error goes to
     *onerror*, which may record it and let the search go on, or is raised.
 
@@ -516,7 +519,14 @@ def find_bundles(
     for path in paths:
         if os.path.isdir(path):
             found: list[str] = []
-            for root, _dirs, files in os.walk(path, onerror=cannot_list):
+            searched: set[str] = set()  # real paths of the directories searched
+            for root, dirs, files in os.walk(path, onerror=cannot_list, followlinks=True):
+                real = os.path.realpath(root)
+                if real in searched:  # a loop of links, or a second way to one directory
+                    dirs.clear()
+                    continue
+                searched.add(real)
+                dirs.sort()  # which of two ways to a directory is searched: the first
                 found.extend(os.path.join(root, f) for f in files if f.endswith(BUNDLE_SUFFIX))
             yield from sorted(found)
         elif os.path.exists(path):
