@@ -8,12 +8,13 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 __all__ = [
     "MAX_NAMED_FILE", "fsync_directory", "link_no_replace", "open_regular", "read_named_file",
-    "temp_target", "unlink_quietly", "write_atomic", "write_new", "write_once", "write_temp",
+    "temp_target", "unlink_quietly", "walk_files", "write_atomic", "write_new", "write_once",
+    "write_temp",
 ]
 
 _TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp", re.DOTALL)  # see write_temp
@@ -257,3 +258,26 @@ def read_named_file(
     if len(data) > limit:
         raise OSError(errno.EFBIG, f"larger than {limit} bytes", os.fspath(path))
     return data, mode
+
+
+def walk_files(
+    top: str, suffix: str, onerror: Callable[[OSError], None]
+) -> Iterator[str]:
+    """Yield every file below directory *top* whose name ends with *suffix*, in
+    sorted order within each directory, subdirectories in sorted order.
+
+    Symbolic links to directories are followed, as links to files are: what is
+    below them is below *top* too.  Each directory (by its real path) is searched
+    once, under the first way to it, so a link back up ends there and a second
+    link to one directory lists it once.  A directory that cannot be listed goes
+    to *onerror* (which may raise), never skipped silently.
+    """
+    searched: set[str] = set()
+    for root, dirs, files in os.walk(top, onerror=onerror, followlinks=True):
+        real = os.path.realpath(root)
+        if real in searched:  # a loop of links, or a second way to one directory
+            dirs.clear()
+            continue
+        searched.add(real)
+        dirs.sort()  # which of two ways to one directory is searched: the first
+        yield from (os.path.join(root, f) for f in sorted(files) if f.endswith(suffix))

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import orjson
 
-from ._files import open_regular
+from ._files import open_regular, walk_files
 from .bundle import BUNDLE_SUFFIX, BundleReader
 from .canonical import loads_canonical
 from .errors import (
@@ -518,17 +518,7 @@ def find_bundles(
 
     for path in paths:
         if os.path.isdir(path):
-            found: list[str] = []
-            searched: set[str] = set()  # real paths of the directories searched
-            for root, dirs, files in os.walk(path, onerror=cannot_list, followlinks=True):
-                real = os.path.realpath(root)
-                if real in searched:  # a loop of links, or a second way to one directory
-                    dirs.clear()
-                    continue
-                searched.add(real)
-                dirs.sort()  # which of two ways to a directory is searched: the first
-                found.extend(os.path.join(root, f) for f in files if f.endswith(BUNDLE_SUFFIX))
-            yield from sorted(found)
+            yield from sorted(walk_files(path, BUNDLE_SUFFIX, cannot_list))
         elif os.path.exists(path):
             yield path
         else:

@@ -23,7 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from spanproof.verifier._files import open_regular, read_named_file, write_atomic, write_once
+from spanproof.verifier._files import (
+    open_regular,
+    read_named_file,
+    walk_files,
+    write_atomic,
+    write_once,
+)
 from spanproof.verifier.canonical import canonicalize, parse_strict
 from spanproof.verifier.checkpoint import (
     VerifiedCheckpoint,
@@ -256,7 +262,8 @@ class ReceiptsResult:
 
 def find_receipts(path: str) -> tuple[list[str], list[tuple[str, str]]]:
     """The receipt files *path* names (the file itself, or every ``*.receipt.json``
-    under the directory, in sorted order), and the directories that could not be
+    under the directory, in sorted order, through symbolic links to directories
+    too, each directory searched once), and the directories that could not be
     listed, each with why.
 
     Raises:
@@ -266,16 +273,13 @@ def find_receipts(path: str) -> tuple[list[str], list[tuple[str, str]]]:
         if not os.path.lexists(path):
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
         return [path], []
-    found: list[str] = []
     problems: list[tuple[str, str]] = []
 
     def cannot_list(error: OSError) -> None:
         where = os.fspath(error.filename) if error.filename is not None else path
         problems.append((where, f"cannot list the directory ({error.strerror or error})"))
 
-    for root, dirs, files in os.walk(path, onerror=cannot_list):
-        dirs.sort()
-        found.extend(os.path.join(root, f) for f in sorted(files) if f.endswith(RECEIPT_SUFFIX))
+    found = list(walk_files(path, RECEIPT_SUFFIX, cannot_list))
     return found, problems
 
 

@@ -646,6 +646,31 @@ def test_monitor_alerts_on_a_receipt_from_a_history_it_is_not_shown(
     assert _monitor(srv.url, state, files["pub"], capsys)[0] == 0
 
 
+def test_monitor_checks_receipts_below_a_symlinked_directory(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A receipt of another history kept in a linked folder (an archive, say) is
+    # checked like one in a plain folder: skipping it would hide the fork.
+    shown = open_witness("shown.db")
+    for i in range(3):
+        shown.submit(make_bundle(trace_id(i)).data)
+    hidden = open_witness("hidden.db")
+    (forked,) = _receipts(hidden, tmp_path / "archive", range(200, 201))
+    held = tmp_path / "held"
+    _receipts(shown, held, range(300, 301))
+    (held / "archived").symlink_to(tmp_path / "archive", target_is_directory=True)
+    (held / "again").symlink_to(tmp_path / "archive", target_is_directory=True)
+    (held / "archived" / "loop").symlink_to(held, target_is_directory=True)
+    srv = serve_witness(shown)
+    status, out = _monitor(srv.url, tmp_path / "m.json", files["pub"], capsys, held)
+    lines = out.splitlines()
+    seen = held / "again" / forked.name  # the first way to the folder, in sorted order
+    assert status == 1 and lines[-1].startswith(
+        f"ALERT {srv.url}: receipt {seen}: fork: the tree of size 4 does not extend"), out
+    assert str(held / "archived") not in out  # the second way to the folder is not searched
+
+
 @pytest.mark.parametrize(
     "change, why",
     [
