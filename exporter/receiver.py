@@ -704,13 +704,15 @@ class Receiver:
             fresh.append((trace_id, body, fingerprint, versions is not None))
         if fresh:
             # The memory forgets a trace that waited while more than its capacity
-            # of spans arrived, even one still pending here.  A retry of its span
-            # is a re-delivery all the same: journaled again, it joined no bundle
-            # (the assembler ignores the copy), so its entry was never retired,
-            # and the next start certified the span a second time.
+            # of spans arrived, even one still pending here, or (one trace holding
+            # it all) a span id's older versions.  A retry of its span is a
+            # re-delivery all the same, even when the memory still holds another
+            # version: journaled again, it joined no bundle (the assembler ignores
+            # the copy), so its entry was never retired, and the next start
+            # certified the span a second time.
             with self._lock:
                 copy = self._assembler.holds_copy
-                fresh = [item for item in fresh if item[3] or not copy(item[0], item[1])]
+                fresh = [item for item in fresh if not copy(item[0], item[1])]
         new_traces = {item[0] for item in fresh}
         if self._assembler.pending_traces + len(new_traces) >= 2 * self._max_pending:
             # Beyond this the assembler would have to drop spans (SPEC §5.3).

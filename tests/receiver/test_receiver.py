@@ -198,6 +198,30 @@ def test_a_pending_span_the_memory_forgot_is_still_ignored_when_redelivered(tmp_
     assert [span_ids(r) for r in reports if r.statement.trace_id == TRACE_A] == [[span_id(2)]]
 
 
+def test_a_pending_version_redelivered_after_the_memory_kept_only_another_is_ignored(
+        tmp_path, clock):
+    # Two versions of one span id are pending; the memory, full, kept only the
+    # second.  The first one's retry looked like a conflict, skipped the check for a
+    # pending copy, was journaled again and joined no bundle: its entry was never
+    # retired, and the next start certified the span a second time ("recovered").
+    receiver = make_receiver(tmp_path / "out", clock, dedup_memory=1)
+    receiver.start()
+    first = request(otlp_span(TRACE_A, 2, parent=1, extra={"v": "1"})).resource_spans
+    receiver(first)
+    receiver(request(otlp_span(TRACE_A, 2, parent=1, extra={"v": "2"})).resource_spans)
+    versions = receiver._memory.versions(TRACE_A, span_id(2))
+    assert versions is not None and len(versions) == 1  # the first one forgotten
+    receiver(first)
+    assert receiver.shutdown()
+    assert receiver._keys == {}
+    assert os.listdir(tmp_path / "out" / "journal") == []
+    again = make_receiver(tmp_path / "out", clock)
+    assert again.start() == []  # nothing left to recover
+    again.shutdown()
+    reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)), allow_incomplete=True)
+    assert [span_ids(r) for r in reports] == [[span_id(2), span_id(2)]]
+
+
 def test_a_redelivered_rejected_span_is_declared_once(tmp_path, clock):
     receiver = make_receiver(tmp_path / "out", clock)
     bad = otlp_span(TRACE_A, 2, parent=1)
