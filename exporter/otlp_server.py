@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import re
+import socket
 import ssl
 import sys
 import threading
@@ -1848,6 +1849,11 @@ class _BoundedServer(ThreadingHTTPServer):
         connections: int,
         tls: _TLSFiles | None = None,
     ) -> None:
+        if ":" in address[0]:
+            # An IPv6 host (given in brackets, as gRPC takes it): socketserver's
+            # IPv4 socket cannot bind it ("Address family for hostname not
+            # supported"), where the gRPC port listened on it.
+            self.address_family = socket.AF_INET6
         super().__init__(address, handler)
         self._slots = threading.BoundedSemaphore(connections)
         self._tls = tls
@@ -1895,7 +1901,8 @@ class _BoundedServer(ThreadingHTTPServer):
 
 
 class HttpServer:
-    """OTLP/HTTP ``POST /v1/traces`` (protobuf and JSON, gzip) on *address*.
+    """OTLP/HTTP ``POST /v1/traces`` (protobuf and JSON, gzip) on *address*
+    (``host:port``, an IPv6 host in brackets; port 0 = free).
 
     ``GET /healthz`` answers 200 ``SERVING``, or 503 ``NOT_SERVING: <reason>`` while
     *health* gives a reason.  While *admission* raises `Unavailable`, a request's body

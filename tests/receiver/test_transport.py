@@ -503,6 +503,33 @@ def test_http_healthz_answers_serving_or_503_with_the_reason():
         server.stop()
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+def test_http_server_listens_on_an_ipv6_address_as_the_grpc_server_does(ingest):
+    # The OTLP/HTTP server bound only IPv4 sockets: "[::1]:0" raised
+    # "Address family for hostname not supported", where the gRPC one listened.
+    grpc_server = GrpcServer("[::1]:0", ingest)
+    server = HttpServer("[::1]:0", ingest)
+    server.start()
+    try:
+        assert server.host == "[::1]"
+        status, _, _ = _post(f"http://[::1]:{server.port}/v1/traces",
+                             _request().SerializeToString(), "application/x-protobuf")
+        assert status == 200
+        assert len(ingest.seen) == 1
+    finally:
+        server.stop()
+        grpc_server.stop(0)
+
+
 class _Admission:
     """What `Receiver.check_accepting` does, switched by hand."""
 
