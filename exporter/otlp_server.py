@@ -159,8 +159,8 @@ class ServerTLS:
 
         Raises:
             ValueError: a file cannot be read, is not a regular file, is not PEM of
-                the right kind, or the key does not match the certificate (naming
-                the file).
+                the right kind, the key is encrypted, or the key does not match the
+                certificate (naming the file).
         """
         for what, path in (("certificate", self.cert_file), ("key", self.key_file),
                            ("client CA", self.client_ca_file)):
@@ -176,7 +176,13 @@ class ServerTLS:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
-            context.load_cert_chain(self.cert_file, self.key_file)
+            # Without a password callback OpenSSL asks for an encrypted key's
+            # passphrase on the terminal, and waits there: at start, or at a reload
+            # on the thread that accepts connections.  No passphrase is taken.
+            context.load_cert_chain(self.cert_file, self.key_file, password=_no_passphrase)
+        except _EncryptedKey:
+            raise ValueError(f"TLS key {self.key_file} is encrypted: give the key "
+                             "unencrypted (no passphrase is asked for)") from None
         except (OSError, ssl.SSLError) as e:
             raise ValueError(f"TLS certificate {self.cert_file} and key {self.key_file} "
                              f"cannot be used: {e}") from None
@@ -215,6 +221,14 @@ class ServerTLS:
     def _paths(self) -> tuple[str, ...]:
         return (self.cert_file, self.key_file,
                 *(() if self.client_ca_file is None else (self.client_ca_file,)))
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_passphrase() -> bytes:
+    raise _EncryptedKey
 
 
 class _TLSFiles:

@@ -10,6 +10,8 @@ import ipaddress
 import logging
 import os
 import ssl
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,6 +252,53 @@ def test_a_tls_file_that_is_a_named_pipe_is_refused_without_blocking(
     with pytest.raises(ValueError, match=f"TLS {role} .*pipe.pem: cannot be used "
                                          "\\(not a regular file \\(a named pipe\\)\\)"):
         GrpcServer("127.0.0.1:0", _Ingest(), tls=tls)
+
+
+_READ_TLS_IN_A_TERMINAL = """
+import os, sys
+os.setsid()
+os.close(os.open(sys.argv[1], os.O_RDWR))  # the pseudo-terminal: now this one's terminal
+from spanproof.exporter.otlp_server import ServerTLS
+try:
+    ServerTLS(sys.argv[2], sys.argv[3]).ssl_context()
+except ValueError as e:
+    print(e)
+"""
+
+
+def test_an_encrypted_tls_key_is_refused_by_name_without_asking_for_a_passphrase(
+    pki: Pki, tmp_path: Path
+) -> None:
+    # OpenSSL asked for the passphrase on the receiver's terminal and waited there,
+    # at start and at a reload (on the thread that accepts connections).
+    key = serialization.load_pem_private_key(pki.server_key.read_bytes(), None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret")))
+    controller, terminal = os.openpty()
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-c", _READ_TLS_IN_A_TERMINAL, os.ttyname(terminal),
+             str(pki.server_cert), str(encrypted)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            out, _ = child.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            pytest.fail("waited for a passphrase on the terminal")
+        os.set_blocking(controller, False)
+        try:
+            shown = os.read(controller, 4096)
+        except BlockingIOError:
+            shown = b""
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert b"pass phrase" not in shown
+    assert out.decode() == (f"TLS key {encrypted} is encrypted: give the key unencrypted "
+                            "(no passphrase is asked for)\n")
 
 
 def test_tls_without_a_client_ca_serves_any_tls_client(pki: Pki) -> None:
