@@ -1600,10 +1600,13 @@ def _read_line(rfile: _BodyStream, what: str) -> bytes:
 
 
 def _decode_content(handler: BaseHTTPRequestHandler, body: bytes, limit: int) -> bytes:
-    """*body* with its ``Content-Encoding`` (identity or gzip) undone."""
-    encoding = (handler.headers.get("Content-Encoding") or "identity").lower()
+    """*body* with its ``Content-Encoding`` (identity, gzip or deflate) undone."""
+    # RFC 9110 §5.5: the whitespace around a field value is not part of it.
+    encoding = (handler.headers.get("Content-Encoding") or "identity").strip().lower()
     if encoding == "gzip":
         body = _gunzip(body, limit)
+    elif encoding == "deflate":
+        body = _inflate(body, limit)
     elif encoding != "identity":
         raise InvalidRequest(f"unsupported Content-Encoding {encoding!r}")
     return body
@@ -1634,22 +1637,55 @@ def _gunzip(data: bytes, limit: int) -> bytes:
     while members == 0 or pos < len(view):
         if members == _MAX_GZIP_MEMBERS:
             raise InvalidRequest(f"gzip body of more than {_MAX_GZIP_MEMBERS} members")
-        decomp = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        while not decomp.eof:
-            if pos >= len(view):
-                raise InvalidRequest(
-                    "bad gzip body: the stream is cut short (no end of member)")
-            piece = view[pos:pos + _GZIP_SLICE]
-            try:
-                out += decomp.decompress(piece, limit - len(out) + 1)
-            except zlib.error as e:
-                what = "data after the last gzip member" if members else "bad gzip body"
-                raise InvalidRequest(f"{what}: {e}") from None
-            if len(out) > limit or decomp.unconsumed_tail:
-                raise _TooLarge(f"decompressed body exceeds the {limit}-byte limit")
-            pos += len(piece) - len(decomp.unused_data)
+        what = "data after the last gzip member" if members else "bad gzip body"
+        pos = _decompress_stream(zlib.decompressobj(16 + zlib.MAX_WBITS), view, pos, out,
+                                 limit, what, "bad gzip body: the stream is cut short "
+                                 "(no end of member)")
         members += 1
     return bytes(out)
+
+
+def _inflate(data: bytes, limit: int) -> bytes:
+    """A ``deflate`` body decompressed, at most *limit* bytes: the zlib format (RFC
+    9110 §8.4.1.2, RFC 1950), as OpenTelemetry's OTLP/HTTP exporters send it.
+
+    Raises:
+        InvalidRequest: the stream is damaged or cut short, or data follows it.
+        _TooLarge: the decompressed body exceeds *limit*.
+    """
+    view = memoryview(data)
+    out = bytearray()
+    pos = _decompress_stream(zlib.decompressobj(), view, 0, out, limit, "bad deflate body",
+                             "bad deflate body: the stream is cut short (no end of stream)")
+    if pos < len(view):
+        raise InvalidRequest(f"bad deflate body: {len(view) - pos} bytes after the stream")
+    return bytes(out)
+
+
+def _decompress_stream(
+    decomp: Any, view: memoryview, pos: int, out: bytearray, limit: int, what: str,
+    cut: str,
+) -> int:
+    """Decompress one stream of *view* from *pos* into *out*, a slice at a time (so a
+    small body cannot expand past *limit* in memory), and return where it ended.
+
+    Raises:
+        InvalidRequest: the stream is damaged (*what* and zlib's reason) or cut
+            short (*cut*).
+        _TooLarge: *out* would exceed *limit*.
+    """
+    while not decomp.eof:
+        if pos >= len(view):
+            raise InvalidRequest(cut)
+        piece = view[pos:pos + _GZIP_SLICE]
+        try:
+            out += decomp.decompress(piece, limit - len(out) + 1)
+        except zlib.error as e:
+            raise InvalidRequest(f"{what}: {e}") from None
+        if len(out) > limit or decomp.unconsumed_tail:
+            raise _TooLarge(f"decompressed body exceeds the {limit}-byte limit")
+        pos += len(piece) - len(decomp.unused_data)
+    return pos
 
 
 #: Requests whose bodies the HTTP server reads and ingests at once (the gRPC server's
@@ -1915,7 +1951,7 @@ class _BoundedServer(ThreadingHTTPServer):
 
 
 class HttpServer:
-    """OTLP/HTTP ``POST /v1/traces`` (protobuf and JSON, gzip) on *address*
+    """OTLP/HTTP ``POST /v1/traces`` (protobuf and JSON, gzip or deflate) on *address*
     (``host:port``, an IPv6 host in brackets; port 0 = free).
 
     ``GET /healthz`` answers 200 ``SERVING``, or 503 ``NOT_SERVING: <reason>`` while

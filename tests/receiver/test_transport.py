@@ -11,6 +11,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+import zlib
 from collections.abc import Iterator
 
 import grpc
@@ -650,6 +651,77 @@ def test_http_gzip_body_of_several_members_passes_every_member(http_url, ingest)
     assert code == 200
     assert [len(rs.scope_spans[0].spans) for rs in ingest.seen] == [2, 3]
     assert ingest.seen[1].scope_spans[0].spans[0].name == "second member"
+
+
+@pytest.mark.parametrize("encoding", ["deflate", "Deflate", " deflate "])
+def test_http_deflate_protobuf_as_the_sdk_exporter_sends_it(http_url, ingest, encoding):
+    # OpenTelemetry's OTLP/HTTP exporters offer compression "deflate" (the zlib format,
+    # RFC 9110 §8.4.1.2); it was refused with 400, which they treat as permanent, so
+    # every span they sent was dropped.
+    data = zlib.compress(_request(2).SerializeToString())
+    code, _, _ = _post(http_url, data, "application/x-protobuf", encoding)
+    assert code == 200
+    assert len(ingest.seen[0].scope_spans[0].spans) == 2
+
+
+def test_http_deflate_from_the_sdk_exporter_reaches_ingest(http_url, ingest):
+    from opentelemetry.exporter.otlp.proto.http import Compression
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(
+        OTLPSpanExporter(endpoint=http_url, compression=Compression.Deflate)))
+    with provider.get_tracer("t").start_as_current_span("deflated"):
+        pass
+    provider.shutdown()
+    assert [span.name for rs in ingest.seen for ss in rs.scope_spans
+            for span in ss.spans] == ["deflated"]
+
+
+_DEFLATED = zlib.compress(_request(2).SerializeToString())
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (_DEFLATED + b"garbage!", "8 bytes after the stream"),
+        (_DEFLATED[:-4], "cut short"),  # no Adler-32 trailer
+        (b"", "cut short"),
+        (b"not deflate", "bad deflate body"),
+        (zlib.compress(_request(2).SerializeToString(), wbits=-15), "bad deflate body"),
+    ],
+    ids=["trailing-garbage", "no-trailer", "empty", "not-deflate", "raw-deflate"],
+)
+def test_http_deflate_damaged_cut_short_or_followed_by_data_is_400(http_url, ingest, data,
+                                                                  why):
+    code, _, body = _post(http_url, data, "application/x-protobuf", "deflate")
+    assert code == 400
+    assert why in status_pb2.Status.FromString(body).message
+    assert not ingest.seen
+
+
+def test_http_deflate_size_limit(ingest):
+    server = HttpServer("127.0.0.1:0", ingest, max_message_bytes=1000)
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}/v1/traces"
+        code, _, body = _post(url, zlib.compress(bytes(1001)), "application/x-protobuf",
+                              "deflate")
+        assert code == 413
+        assert "exceeds the 1000-byte limit" in status_pb2.Status.FromString(body).message
+    finally:
+        server.stop()
+    assert not ingest.seen
+
+
+def test_http_unsupported_content_encoding_is_400_naming_it(http_url, ingest):
+    code, _, body = _post(http_url, _request(2).SerializeToString(), "application/x-protobuf",
+                          "br")
+    assert code == 400
+    assert "unsupported Content-Encoding 'br'" in status_pb2.Status.FromString(body).message
+    assert not ingest.seen
 
 
 @pytest.mark.parametrize("server", [GrpcServer, HttpServer])
