@@ -355,16 +355,20 @@ class _Numbering:
 
 
 def _value_key(fields: Any) -> Any:
-    """A hashable key for resource or scope fields (their attribute dicts as item
-    tuples); values that cannot be hashed get a key of their own."""
+    """A hashable key for resource or scope fields: the bytes the child is sent for
+    them (:class:`_BuiltinsPickler`), so that two definitions share a number only
+    when the child would rebuild the same values.  Python's equality would merge
+    ``1``, ``True`` and ``1.0``, or ``0.0`` and ``-0.0``, which are different typed
+    values (SPEC §2.3): the spans of one resource or scope would be certified with
+    the other's.  Fields that cannot be pickled get a key of their own."""
     if fields is None:
         return None
-    key = tuple(tuple(v.items()) if isinstance(v, dict) else v for v in fields)
+    buffer = io.BytesIO()
     try:
-        hash(key)
-    except TypeError:
+        _BuiltinsPickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(fields)
+    except Exception:
         return object()
-    return key
+    return buffer.getvalue()
 
 
 # -- child processes -------------------------------------------------------------

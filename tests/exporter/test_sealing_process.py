@@ -1530,3 +1530,38 @@ def test_interleaved_resources_and_scopes_in_one_batch_keep_their_own(tmp_path: 
             record["scope"]["name"],
         )
     assert found == expected
+
+
+def test_resources_and_scopes_equal_only_in_python_keep_their_own_typed_values(
+    tmp_path: Path,
+) -> None:
+    # 1, True and 1.0 (and 0.0 and -0.0) are equal in Python but are different
+    # typed values (SPEC §2.3): resources and scopes that differ only so must not
+    # share one definition in the sealing process, or the spans of one are
+    # certified with the other's values.
+    values: list[Any] = [1, True, 1.0, 0.0, -0.0]
+    spans: list[ReadableSpan] = []
+    expected: dict[str, str] = {}
+    for value in values:
+        rec = Recorder(resource=Resource({"r": value}))
+        tracer = rec.provider.get_tracer("lib", attributes={"s": value})
+        with tracer.start_as_current_span(
+                "llm", attributes={"gen_ai.operation.name": "chat"}) as span:
+            pass
+        expected[f"{span.get_span_context().trace_id:032x}"] = repr(value)
+        spans.extend(rec.take())
+    exporter = _exporter(tmp_path / "out", seal_grace=0.0)
+    assert exporter._remote is not None
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    found = {}
+    for report in verified(tmp_path / "out", trust_root(tmp_path)):
+        assert report.statement is not None and report.records is not None
+        (record,) = report.records
+        found[report.statement.trace_id] = (record["resource"]["attributes"]["r"],
+                                            record["scope"]["attributes"]["s"])
+    typed = {"1": {"intValue": "1"}, "True": {"boolValue": True},
+             "1.0": {"doubleValue": "1"}, "0.0": {"doubleValue": "0"},
+             "-0.0": {"doubleValue": "-0"}}
+    assert found == {trace_id: (typed[shown], typed[shown])
+                     for trace_id, shown in expected.items()}
