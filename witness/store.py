@@ -10,7 +10,8 @@ refuses a second checkpoint for a size.
 
 Access is serialized by the caller (the witness holds one lock); the connection
 is shared across the server's worker threads.  One process serves a database: it
-holds ``<db>.lock`` locked (``flock``) while the store is open, since each process
+holds ``<db>.lock`` locked (``flock``; beside the database file, symbolic links
+followed) while the store is open, since each process
 keeps its own tree in memory, and a second one appending to the same file fell
 behind the first, serving an older checkpoint than the log had signed.
 """
@@ -22,6 +23,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -169,11 +171,16 @@ class Store:
     """
 
     def __init__(self, path: str) -> None:
+        if not path:
+            # SQLite opens a temporary database for an empty name, deleted on close:
+            # a log served from it was lost, every receipt with it, when it stopped.
+            raise TransportError("no witness database file named (an empty name)")
         self.path = path
         self._lock = threading.RLock()
         self._held = _hold(path)
         try:
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db = sqlite3.connect(_file_uri(path), uri=True, isolation_level=None,
+                                       check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=5000")
@@ -346,16 +353,31 @@ class Store:
                 raise TransportError(f"witness database write failed: {e}") from e
 
 
+def _file_uri(path: str) -> str:
+    """The SQLite URI of the file named *path*, taken literally (``:memory:`` stays the
+    in-memory database).
+
+    Given to SQLite as it was, a name beginning ``file:`` was read as a URI (SQLite
+    takes URIs whatever the caller asks), so ``--db file:log.db`` opened ``log.db``
+    while no lock was held for it, and a second process served the same log.
+    """
+    if path == ":memory:":
+        return "file::memory:"
+    return "file:" + urllib.parse.quote(os.path.abspath(path))
+
+
 def _hold(path: str) -> int:
-    """Lock ``<path>.lock`` for this process (an in-memory database needs none);
-    its descriptor, or -1.
+    """Lock ``<path>.lock`` for this process, beside the file *path* names, symbolic
+    links followed (an in-memory database needs none); its descriptor, or -1.
 
     Raises:
         TransportError: another process holds it, or it cannot be opened.
     """
-    if path == ":memory:" or path.startswith("file:"):
+    if path == ":memory:":
         return -1
-    lock = path + ".lock"
+    # The file the database is, not the name given: a symbolic link to it had a lock
+    # of its own, and two processes served one log through two names.
+    lock = os.path.realpath(path) + ".lock"
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as e:

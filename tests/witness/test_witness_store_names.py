@@ -1,0 +1,49 @@
+"""The witness database is the file ``--db`` names, whatever the name looks like,
+and one process serves it (SPEC §12.8 step 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spanproof.verifier.errors import TransportError
+from spanproof.witness.store import Store
+
+
+def test_a_db_name_beginning_file_colon_is_a_file_and_locked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite read "file:w.db" as a URI (the file w.db) while no lock was taken for
+    # it: a second witness served the same log from its own, older, tree.
+    monkeypatch.chdir(tmp_path)
+    store = Store("file:w.db")
+    try:
+        with pytest.raises(TransportError, match="served by another process"):
+            Store("file:w.db")
+    finally:
+        store.close()
+    assert (tmp_path / "file:w.db").is_file()
+    assert not (tmp_path / "w.db").exists()
+
+
+def test_a_symbolic_link_to_the_db_shares_its_lock(tmp_path: Path) -> None:
+    # The lock was named after the name given: through a link, a second process
+    # took a lock of its own and served the same log.
+    db = tmp_path / "w.db"
+    link = tmp_path / "alias.db"
+    link.symlink_to(db.name)
+    store = Store(str(db))
+    try:
+        with pytest.raises(TransportError, match="served by another process"):
+            Store(str(link))
+    finally:
+        store.close()
+
+
+def test_an_empty_db_name_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # SQLite opened a temporary database for "", deleted on close: the log was lost
+    # when the witness stopped.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TransportError, match="empty name"):
+        Store("")
