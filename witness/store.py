@@ -198,6 +198,22 @@ class Store:
         except sqlite3.Error as e:
             self._release()
             raise TransportError(f"{path}: cannot open the witness database: {e}") from e
+        try:
+            self._check_writable()
+        except sqlite3.Error as e:
+            self.close()
+            raise TransportError(f"{path}: cannot write the witness database: {e}") from e
+
+    def _check_writable(self) -> None:
+        # SQLite opens a database it can only read (a file or directory without write
+        # permission) without a word: the witness served it, and answered every
+        # submission 503, "retry later", for as long as it ran.  A write, rolled back.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("INSERT INTO meta (key, value) VALUES ('write check', '')")
+        finally:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
 
     def close(self) -> None:
         """Close the database (idempotent) and let another process open it."""

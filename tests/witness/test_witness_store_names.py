@@ -47,3 +47,29 @@ def test_an_empty_db_name_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.chdir(tmp_path)
     with pytest.raises(TransportError, match="empty name"):
         Store("")
+
+
+def test_a_database_it_cannot_write_is_refused_on_open(tmp_path: Path) -> None:
+    # SQLite opened it read-only without a word, and the witness served it: every
+    # submission was answered 503, "retry later", for as long as it ran.
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    db = tmp_path / "w.db"
+    Store(str(db)).close()
+    db.chmod(0o444)
+    script = ("import sys\nfrom spanproof.witness.store import Store\n"
+              "try:\n    Store(sys.argv[1]).close()\nexcept Exception as e:\n"
+              "    print(e)\n    sys.exit(3)\n")
+    command = [sys.executable, "-c", script, str(db)]
+    if os.geteuid() == 0:  # root writes whatever the mode says, unless it drops that
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv to drop the right to ignore modes")
+        command = [setpriv, "--bounding-set=-dac_override,-dac_read_search", *command]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, (done.stdout, done.stderr)
+    assert "cannot write the witness database" in done.stdout
+    assert "readonly" in done.stdout
