@@ -397,6 +397,25 @@ def _with_receipt(
     return BundleResult(result.path, attach_receipt_check(result.report, check))
 
 
+def _refuse_receipt_options_without_key(
+    args: argparse.Namespace, witness_keys: Sequence[WitnessKey]
+) -> None:
+    """Refuse ``--require-receipt`` and ``--witness-origin`` without ``--witness-key``:
+    without a pinned witness key no receipt is checked (SPEC §8 step 10), so either
+    would be ignored and the bundles pass without the receipt the user asked for.
+
+    Raises:
+        UsageError: either is given without a witness key.
+    """
+    if witness_keys:
+        return
+    if args.require_receipt:
+        raise UsageError("--require-receipt needs --witness-key (the pinned witness key)")
+    if args.witness_origin is not None:
+        raise UsageError("--witness-origin needs --witness-key (the pinned witness key): "
+                         "without one no receipt is checked")
+
+
 # The receipts of one witness batch share a checkpoint, so this process (each
 # --jobs worker too) keeps one receipt verifier per set of pinned keys and origin,
 # remembering the checkpoints it verified: a checkpoint's signature is checked once.
@@ -466,8 +485,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if trust is None:
         raise UsageError("no trusted key: give --key PUB.pem or --trust-root FILE")
     witness_keys = _load_witness_keys(args.witness_key)
-    if args.require_receipt and not witness_keys:
-        raise UsageError("--require-receipt needs --witness-key (the pinned witness key)")
+    _refuse_receipt_options_without_key(args, witness_keys)
     paths, problems = _collect(args.paths)
     # Read first, so that each bundle keeps only the records these disclosures need.
     disclosures = _load_disclosure_files(args.disclosures)
@@ -609,8 +627,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if trust is None:
         raise UsageError("no trusted key: give --key PUB.pem or --trust-root FILE")
     witness_keys = _load_witness_keys(args.witness_key)
-    if args.require_receipt and not witness_keys:
-        raise UsageError("--require-receipt needs --witness-key (the pinned witness key)")
+    _refuse_receipt_options_without_key(args, witness_keys)
     out: str = args.html
     if os.path.isdir(out):
         raise UsageError(f"{out}: is a directory; --html takes the report file to write")
@@ -951,7 +968,8 @@ def build_parser() -> argparse.ArgumentParser:
         "witness key (PEM file or verifier key string); repeat for several",
     )
     verify.add_argument("--witness-origin", metavar="NAME",
-                        help="require receipts from the log with this origin")
+                        help="fail bundles whose receipt is from a log with another "
+                        "origin (needs --witness-key)")
     verify.add_argument("--require-receipt", action="store_true",
                         help="fail bundles without a valid receipt (needs --witness-key)")
     verify.add_argument("--verbose", "-v", action="store_true",
@@ -1018,7 +1036,8 @@ def build_parser() -> argparse.ArgumentParser:
         "file or verifier key string); repeat for several",
     )
     report.add_argument("--witness-origin", metavar="NAME",
-                        help="require receipts from the log with this origin")
+                        help="fail bundles whose receipt is from a log with another "
+                        "origin (needs --witness-key)")
     report.add_argument("--require-receipt", action="store_true",
                         help="fail bundles without a valid receipt (needs --witness-key)")
     report.add_argument(

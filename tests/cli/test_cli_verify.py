@@ -1030,3 +1030,17 @@ def test_find_bundles_raises_for_a_directory_it_cannot_list(tmp_path, locked_dir
     errors: list[OSError] = []
     found = list(find_bundles([str(tmp_path / "bundles")], onerror=errors.append))
     assert len(found) == 1 and [e.filename for e in errors] == [str(locked_dir)]
+
+
+@pytest.mark.parametrize("option", [["--require-receipt"], ["--witness-origin", "log.example"]],
+                         ids=["require-receipt", "witness-origin"])
+def test_a_receipt_option_without_a_witness_key_is_a_usage_error_not_ignored(
+    capsys, keys: Keys, make_bundle, option: list[str]
+):
+    # --witness-origin without --witness-key was ignored: no receipt is checked
+    # without a pinned witness key, so the bundle passed (exit 0) as if the user had
+    # not asked for receipts from that log.
+    path, _ = make_bundle()
+    code, out, err = run(capsys, "verify", "--key", keys.pub, *option, path)
+    assert code == 2 and out == ""
+    assert f"{option[0]} needs --witness-key" in err

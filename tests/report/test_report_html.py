@@ -212,11 +212,13 @@ def test_exit_status_mirrors_verify(capsys, tmp_path: Path, keys: Keys, make_bun
          "cannot write the report"),
         (["report", "--key", "{pub}", "--require-receipt", "{good}", "--html", "{html}"],
          "--require-receipt needs --witness-key"),
+        (["report", "--key", "{pub}", "--witness-origin", "log.example", "{good}", "--html",
+          "{html}"], "--witness-origin needs --witness-key"),
         (["report", "--key", "{pub}", "--disclosures", "{absent}", "{good}", "--html",
           "{html}"], "cannot read disclosure file"),
     ],
     ids=["no-key", "no-html", "missing-path", "html-is-dir", "unwritable", "receipt",
-         "no-disclosures"],
+         "origin-without-witness-key", "no-disclosures"],
 )
 def test_usage_errors_exit_2(capsys, tmp_path: Path, keys: Keys, make_bundle: MakeBundle,
                              argv: list[str], message: str):
