@@ -793,8 +793,15 @@ def _cmd_show(args: argparse.Namespace) -> int:
 def _cmd_disclose(args: argparse.Namespace) -> int:
     """Extract the disclosures of some attributes for one reviewer (SPEC §2.5.4)."""
     bundle: str = args.bundle
-    if not os.path.isfile(bundle):
-        raise UsageError(f"{bundle}: no such bundle file")
+    # "No such bundle file" for a directory or a named pipe sent the user looking
+    # for a typo in a path that exists: say what it is instead.
+    _must_exist(bundle)
+    if os.path.isdir(bundle):
+        raise UsageError(f"{bundle}: is a directory; disclose takes one bundle file")
+    try:
+        open_regular(bundle).close()  # refused unread when it is not a regular file
+    except OSError as e:
+        raise UsageError(f"{bundle}: cannot read: {e.strerror or e}") from None
     if not args.attr and not args.attr_exact:
         raise UsageError("name the attributes to disclose: --attr or --attr-exact")
     try:

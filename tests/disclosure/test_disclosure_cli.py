@@ -81,6 +81,28 @@ def test_disclose_without_disclosure_file_is_a_usage_error(
     assert "cannot read disclosure file" in err
 
 
+@pytest.mark.timeout(60)  # a named pipe must be refused unread, never waited on
+@pytest.mark.parametrize("kind", ["directory", "named pipe", "missing"])
+def test_disclose_says_what_a_bundle_path_that_is_no_bundle_file_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    # A directory or a named pipe was "no such bundle file", as if the path were
+    # mistyped.
+    path = tmp_path / "b.spanproof.json"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "named pipe":
+        os.mkfifo(path)
+    code, out, err = _run(capsys, "disclose", str(path), "--attr", "customer.email",
+                          "--out", str(tmp_path / "r.json"))
+    assert code == 2 and out == ""
+    expected = {"directory": "is a directory; disclose takes one bundle file",
+                "named pipe": "cannot read: not a regular file (a named pipe)",
+                "missing": "no such file or directory"}[kind]
+    assert f"{path}: {expected}" in err
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_disclose_refuses_disclosures_that_do_not_match_the_bundle(
     tmp_path: Path, written: Written, capsys: pytest.CaptureFixture[str]
 ) -> None:
