@@ -387,7 +387,9 @@ class _Submitter:
         for i, path in enumerate(paths):
             try:
                 ready.append((i, path, *self._prepared(path)))
-            except (SpanproofError, OSError) as e:
+            except OSError as e:  # worded as verify words it, not as Python's repr
+                outcomes[i] = (f"FAIL {path}: cannot read: {e.strerror or e}", EXIT_FAILED)
+            except SpanproofError as e:
                 outcomes[i] = (f"FAIL {path}: {e}", EXIT_FAILED)
         verifier = ReceiptVerifier(self._witness_keys) if self._witness_keys else None
         if self._batches and len(ready) > 1:

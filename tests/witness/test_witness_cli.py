@@ -393,6 +393,20 @@ def test_submit_refuses_a_named_pipe_named_like_a_bundle(
     assert out.startswith(f"FAIL {pipe}: ") and "not a regular file (a named pipe)" in out
 
 
+@pytest.mark.timeout(60)
+def test_submit_words_an_unreadable_bundle_as_verify_does(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The line was Python's OSError text, "[Errno 22] not a regular file (a named
+    # pipe): '<path>'", where README promises verify's "cannot read: ..." wording.
+    pipe = files["bundles"] / "pipe.spanproof.json"
+    os.mkfifo(pipe)
+    url = f"http://127.0.0.1:{free_port()}"
+    status, out, _ = _run(["witness", "submit", str(pipe), "--url", url, "--timeout", "2"], capsys)
+    assert status == 1
+    assert out == f"FAIL {pipe}: cannot read: not a regular file (a named pipe)\n"
+
+
 @pytest.mark.timeout(60)  # the defect was a command blocked forever on the pipe
 @pytest.mark.parametrize("option", ["--producer-key", "--witness-key"])
 def test_submit_with_a_named_pipe_nobody_writes_as_a_key_fails_without_blocking(
