@@ -954,7 +954,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Verify and inspect spanproof evidence bundles: signed, hash-chained "
         "records of OpenTelemetry spans.  Verification is offline and trusts only the keys "
         "you give it.",
-        epilog="Exit status: 0 everything verified, 1 something failed, 2 usage error.",
+        epilog="Exit status: 0 everything verified, 1 something failed, 2 usage error; "
+        "'witness' and 'monitor' also exit 3 when the witness cannot be reached (try "
+        "again later).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

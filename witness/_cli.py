@@ -593,7 +593,12 @@ def add_commands(subparsers: Any) -> None:
     wsub = witness.add_subparsers(dest="witness_command", metavar="{serve,keygen,submit}")
     wsub.required = True
 
-    serve = wsub.add_parser("serve", help="serve a witness log over HTTP")
+    serve = wsub.add_parser(
+        "serve", help="serve a witness log over HTTP",
+        epilog="Exit status: 0 stopped by SIGTERM, 130 by SIGINT, 1 the log refused at "
+               "start (it fails its own check), 2 usage error, 3 the database cannot be "
+               "opened or another process serves it.",
+    )
     serve.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
                        help="address to listen on (default 127.0.0.1:8080)")
     serve.add_argument("--db", required=True, metavar="FILE", help="SQLite log database")
@@ -614,13 +619,26 @@ def add_commands(subparsers: Any) -> None:
                        choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(handler=_cmd_serve, subparser=serve)
 
-    keygen = wsub.add_parser("keygen", help="create a witness key")
+    keygen = wsub.add_parser(
+        "keygen", help="create a witness key",
+        epilog="Exit status: 0 written, 2 usage error (a key file that exists is never "
+               "overwritten; a place that cannot be written).",
+    )
     keygen.add_argument("--key", required=True, metavar="KEYFILE",
                         help="where to write the private key (the public key goes to KEYFILE.pub)")
-    keygen.add_argument("--origin", metavar="NAME", help="log origin, to print the verifier key")
+    keygen.add_argument("--origin", metavar="NAME",
+                        help="log origin, printed in the verifier key and recorded in "
+                             "KEYFILE.origin, which 'witness serve' then uses and holds "
+                             "to (default: derived from the key)")
     keygen.set_defaults(handler=_cmd_keygen, subparser=keygen)
 
-    submit = wsub.add_parser("submit", help="log bundles with a witness and store receipts")
+    submit = wsub.add_parser(
+        "submit", help="log bundles with a witness and store receipts",
+        epilog="Exit status: 0 every bundle logged and its receipt stored, 1 a bundle "
+               "failed its check or was refused, or a receipt did not verify or conflicts "
+               "with the one kept, 2 usage error, 3 the witness cannot take bundles now "
+               "(unreachable, 5xx, 408, 429 or a redirect): try again later.",
+    )
     submit.add_argument("bundles", nargs="+", metavar="BUNDLE",
                         help="bundle files or directories")
     submit.add_argument("--url", required=True, help="witness base URL (http://host:port)")
@@ -637,6 +655,9 @@ def add_commands(subparsers: Any) -> None:
         "monitor", help="check a witness for forks and rollbacks",
         description="Fetch the witness's latest checkpoint, verify it with the pinned key, "
                     "check it extends the one remembered in --state, and remember it.",
+        epilog="Exit status: 0 consistent, 1 an ALERT (fork or rollback, evidence saved "
+               "beside --state) or a check that failed, 2 usage error, 3 the witness is "
+               "unreachable or answered with a redirect, a 5xx or malformed HTTP.",
     )
     monitor.add_argument("--url", required=True, help="witness base URL (http://host:port)")
     monitor.add_argument("--state", required=True, metavar="FILE",
