@@ -350,7 +350,9 @@ class EvidenceSpanProcessor(SpanProcessor):
         journal_dir: the journal directory (default ``<output_dir>/journal``).
         recover: seal orphaned journals, and finish the writes a stopped process
             left in the output directory, at construction (default True).
-        other arguments: as :class:`~spanproof.exporter.SpanproofSpanExporter`.
+        other arguments: as :class:`~spanproof.exporter.SpanproofSpanExporter`,
+            except ``sealing_process``, which is ignored: the processor seals in
+            this process, after its journal.
 
     Raises:
         TypeError: a ``str`` given for ``select_attributes`` or
@@ -378,6 +380,10 @@ class EvidenceSpanProcessor(SpanProcessor):
         sink: BundleSink | None = None,
         **exporter_settings: Any,
     ) -> None:
+        # README: the processor always seals in this process and ignores this setting,
+        # given as an argument as much as in the environment (it was a TypeError,
+        # "multiple values for keyword argument", from a private class).
+        exporter_settings.pop("sealing_process", None)
         self._queue_size = _resolve_int(queue_size, QUEUE_SIZE_VAR, DEFAULT_QUEUE_SIZE, 1)
         self._block = _resolve_seconds(queue_block, QUEUE_BLOCK_VAR, DEFAULT_QUEUE_BLOCK)
         # The processor seals here: its journal is its hand-off off the
