@@ -129,7 +129,7 @@ def seal_orphaned_journals(
     try:
         if directory is not None and not tidy_first:
             _finish_writes(directory)
-        for trace in traces.values():
+        for trace in traces:
             for bundle in _seal_trace(trace, signer=signer, producer_name=producer_name,
                                       producer_version=producer_version,
                                       max_records=max_records, clock=clock, redact=redact,
@@ -159,7 +159,15 @@ def _seal_trace(
     if trace.instance:
         # The spans were made durable by the dead instance: its chain continues.
         instance = trace.instance
-        position = position_from_json(trace.trace_id, trace.next_position)
+        try:
+            position = position_from_json(trace.trace_id, trace.next_position)
+        except (KeyError, TypeError, ValueError):
+            # Not of the form this version writes: the chain is walked on disk from
+            # genesis, as for a position the journal no longer holds.
+            _logger.warning("spanproof: trace %s: the journal's chain position %.200r "
+                            "cannot be read; its chain is followed on disk instead",
+                            trace.trace_id, trace.next_position)
+            position = ChainPosition.genesis(trace.trace_id)
     else:
         # Only loss counts survive (no span entry names an instance): a new chain.
         instance = secrets.token_hex(8)
@@ -169,7 +177,11 @@ def _seal_trace(
     versions: dict[str, list[bytes]] = {}
     conflicts: set[str] = set(trace.conflicts)
     rejected = 0
+    unreadable = 0
     for body in trace.bodies:
+        if not _is_body(body):
+            unreadable += 1  # not a span body this version can make a record of
+            continue
         try:
             fingerprint = canonicalize(body)
         except CanonicalizationError:
@@ -185,7 +197,8 @@ def _seal_trace(
         bodies.append(body)
         if on_recovered is not None:
             on_recovered(trace.trace_id, span_id, body)
-    dropped, unsampled, damaged = trace.dropped_spans, trace.unsampled_spans, trace.damaged_spans
+    dropped, unsampled = trace.dropped_spans, trace.unsampled_spans
+    damaged = trace.damaged_spans + unreadable
     unencodable, rejected = rejected, rejected + trace.rejected_spans
     if directory is not None and trace.instance:
         earlier = _written_segments(trace.trace_id, instance, position, directory, signer)
@@ -219,9 +232,12 @@ def _seal_trace(
     if dropped or unsampled:
         notes.append(f"{dropped} dropped and {unsampled} unsampled "
                      "evidence span(s) were recorded in the journal")
-    if damaged:
-        notes.append(f"{damaged} journaled evidence span(s) lost: their journal entries "
-                     "were damaged on disk")
+    if trace.damaged_spans:
+        notes.append(f"{trace.damaged_spans} journaled evidence span(s) lost: their "
+                     "journal entries were damaged on disk")
+    if unreadable:
+        notes.append(f"{unreadable} journaled evidence span(s) lost: their journal "
+                     "entries hold no span body this producer version can read")
     if unencodable:
         notes.append(f"{unencodable} journaled span(s) rejected: not representable as "
                      "canonical JSON")
@@ -247,6 +263,18 @@ def _seal_trace(
         bundles.append(bundle)
         position = bundle.next_position()
     return bundles
+
+
+def _is_body(body: Any) -> bool:
+    """Whether *body* has what a record is built of (``span`` with its id and
+    attributes, ``resource``, ``scope``): a journal entry of another version's
+    form otherwise, whose sealing raised and stopped every recovery in the
+    directory."""
+    if not isinstance(body, dict) or "resource" not in body or "scope" not in body:
+        return False
+    span = body.get("span")
+    return (isinstance(span, dict) and isinstance(span.get("spanId"), str)
+            and isinstance(span.get("traceId"), str) and isinstance(span.get("attributes"), dict))
 
 
 def _segments(bodies: list[dict[str, Any]], max_records: int) -> list[list[dict[str, Any]]]:

@@ -41,11 +41,16 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Journal", "RecoveredTrace", "recover_orphans"]
+from spanproof.verifier.records import is_trace_id
+
+__all__ = ["Journal", "RecoveredTrace", "recover_orphans", "replay", "replay_instances"]
 
 _logger = logging.getLogger(__name__)
 _HEADER = struct.Struct(">II")
-_MAX_ENTRY = 256 * 1024 * 1024
+# The longest entry payload: what the header's length field holds.  Replay reads
+# whatever fits (a longer length is a damaged or torn frame); a smaller bound here
+# than at writing had replay take an acknowledged span entry for a torn tail.
+_MAX_ENTRY = (1 << 32) - 1
 ROTATE_BYTES = 64 * 1024 * 1024
 #: Traces whose chain position the journal remembers, to write it again beside the
 #: trace's next entries once the file holding it may be deleted (as many sealed
@@ -99,9 +104,38 @@ def _entry_at(data: bytes, pos: int) -> tuple[dict[str, Any] | None, int, bool]:
         entry = json.loads(payload)
     except ValueError:
         return None, end, True
-    if not isinstance(entry, dict) or entry.get("t") not in _KINDS:
+    if not _well_formed(entry):
         return None, end, True
     return entry, end, True
+
+
+def _well_formed(entry: Any) -> bool:
+    """Whether *entry* has the fields replay reads, of the types this version writes.
+
+    An entry that passes its frame's check and is not (another version's, or
+    damaged so as to pass it) is skipped as a damaged one: read as it is, it
+    raised out of replay, and no journal in the directory was ever recovered."""
+    if not isinstance(entry, dict) or not is_trace_id(entry.get("trace")):
+        return False
+    kind = entry.get("t")
+    if kind == "span":
+        return isinstance(entry.get("k"), str) and isinstance(entry.get("body"), dict)
+    if kind == "sealed":
+        keys, declared = entry.get("keys"), entry.get("declared")
+        return (
+            isinstance(keys, list) and all(isinstance(key, str) for key in keys)
+            and isinstance(entry.get("next"), dict)
+            and (declared is None or (isinstance(declared, dict)
+                                      and all(_is_count(n) for n in declared.values())))
+        )
+    return kind in _COUNT_KINDS and _is_count(entry.get("n"))
+
+
+def _is_count(value: Any) -> bool:
+    """A count as entries hold it: decimal digits (an int, as read back, too)."""
+    if isinstance(value, str):
+        return value.isascii() and value.isdigit()
+    return type(value) is int and value >= 0
 
 
 def _next_entry(data: bytes, after: int) -> int | None:
@@ -122,7 +156,7 @@ def _read_entries(path: str) -> list[dict[str, Any]]:
     with open(path, "rb") as f:
         data = f.read()
     # journal-<instance>-<n>.log: every span key in the file starts with <instance>.
-    instance = os.path.basename(path).removeprefix("journal-").rpartition("-")[0]
+    instance = _instance_of(path)
     pos = 0
     while pos + _HEADER.size <= len(data):
         entry, end, complete = _entry_at(data, pos)
@@ -150,55 +184,104 @@ def _read_entries(path: str) -> list[dict[str, Any]]:
     return entries
 
 
+def _instance_of(path: str) -> str:
+    """The producer instance whose journal file *path* (``journal-<instance>-<n>.log``) is."""
+    return os.path.basename(path).removeprefix("journal-").rpartition("-")[0]
+
+
 def replay(paths: Iterable[str]) -> dict[str, RecoveredTrace]:
-    """Replay journal files (oldest first) into the traces they leave unsealed."""
-    spans: dict[str, dict[str, Any]] = {}  # entry key -> entry
-    positions: dict[str, dict[str, Any]] = {}
-    counts: dict[str, dict[str, int]] = {kind: {} for kind in _COUNT_KINDS}
+    """Replay the journal files of one producer instance (oldest first) into the
+    traces they leave unsealed, by trace id.
+
+    Raises:
+        ValueError: the files are of more than one producer instance (see
+            :func:`replay_instances`).
+    """
+    paths = list(paths)
+    if len({_instance_of(path) for path in paths}) > 1:
+        raise ValueError("journal files of more than one producer instance: replay them "
+                         "with replay_instances()")
+    return {trace.trace_id: trace for trace in replay_instances(paths)}
+
+
+def replay_instances(paths: Iterable[str]) -> list[RecoveredTrace]:
+    """Replay journal files (oldest first) into the traces they leave unsealed: one
+    :class:`RecoveredTrace` for each trace of each producer instance.
+
+    The files of each instance are replayed apart (SPEC §5.3): a trace's spans
+    are recovered under the instance that journaled them, continuing that
+    instance's chain of the trace, never another's whose journal holds the same
+    trace (a trace that crossed processes, or forked workers of one request).
+    """
+    replays: dict[str, _Replay] = {}
     named: set[str] = set()  # traces that an entry in good order names
     for path in paths:
+        instance = _instance_of(path)
+        state = replays.setdefault(instance, _Replay(instance))
         for entry in _read_entries(path):
-            kind = entry.get("t")
-            if kind != "damaged":
+            if entry["t"] != "damaged":
                 named.add(entry["trace"])
-            if kind in ("span", "damaged"):
-                spans[entry["k"]] = entry
-            elif kind == "sealed":
-                for key in entry["keys"]:
-                    spans.pop(key, None)
-                # The chain continues after the highest segment sealed: a segment
-                # whose write was retried is retired after the one sealed after it.
-                before = positions.get(entry["trace"])
-                if before is None or _segment_of(entry["next"]) >= _segment_of(before):
-                    positions[entry["trace"]] = entry["next"]
-                _retire_counts(entry["trace"], entry.get("declared"), counts)
-            elif kind in counts:
-                by_trace = counts[kind]
-                by_trace[entry["trace"]] = by_trace.get(entry["trace"], 0) + int(entry["n"])
-    traces: dict[str, RecoveredTrace] = {}
-    for entry in spans.values():
-        tid = entry["trace"]
-        if entry["t"] == "damaged" and tid not in named:
-            # Its trace id may be the damaged part: declaring the loss in a trace
-            # no other entry names could be declaring it in the wrong one.
-            _logger.warning("journal: a damaged span entry names trace %s, which no "
-                            "other entry names; its loss is not declared", tid)
-            continue
-        instance = entry["k"].rpartition(":")[0]
-        trace = traces.setdefault(
-            tid, RecoveredTrace(tid, instance, next_position=positions.get(tid))
-        )
-        if entry["t"] == "damaged":
-            trace.damaged_spans += 1
+            state.take(entry)
+    return [trace for state in replays.values() for trace in state.traces(named)]
+
+
+class _Replay:
+    """What the entries of one producer instance's journal files leave unsealed."""
+
+    def __init__(self, instance: str) -> None:
+        self.instance = instance
+        self.spans: dict[str, dict[str, Any]] = {}  # entry key -> entry
+        self.positions: dict[str, dict[str, Any]] = {}
+        self.counts: dict[str, dict[str, int]] = {kind: {} for kind in _COUNT_KINDS}
+
+    def take(self, entry: dict[str, Any]) -> None:
+        """Replay one entry (in the order the files hold them)."""
+        kind = entry["t"]
+        if kind in ("span", "damaged"):
+            self.spans[entry["k"]] = entry
+        elif kind == "sealed":
+            for key in entry["keys"]:
+                self.spans.pop(key, None)
+            # The chain continues after the highest segment sealed: a segment
+            # whose write was retried is retired after the one sealed after it.
+            before = self.positions.get(entry["trace"])
+            if before is None or _segment_of(entry["next"]) >= _segment_of(before):
+                self.positions[entry["trace"]] = entry["next"]
+            _retire_counts(entry["trace"], entry.get("declared"), self.counts)
         else:
-            trace.bodies.append(entry["body"])
-            if entry.get("c"):
-                trace.conflicts.add(entry["body"]["span"]["spanId"])
-    for kind, by_trace in counts.items():
-        for tid, n in by_trace.items():
-            setattr(traces.setdefault(tid, RecoveredTrace(tid, next_position=positions.get(tid))),
-                    f"{kind}_spans", n)
-    return traces
+            by_trace = self.counts[kind]
+            by_trace[entry["trace"]] = by_trace.get(entry["trace"], 0) + int(entry["n"])
+
+    def traces(self, named: Container[str]) -> list[RecoveredTrace]:
+        """The unsealed traces; a damaged span entry counts only in a trace that an
+        entry in good order (of any instance replayed with it) *named*."""
+        positions = self.positions
+        traces: dict[str, RecoveredTrace] = {}
+        for entry in self.spans.values():
+            tid = entry["trace"]
+            if entry["t"] == "damaged" and tid not in named:
+                # Its trace id may be the damaged part: declaring the loss in a trace
+                # no other entry names could be declaring it in the wrong one.
+                _logger.warning("journal: a damaged span entry names trace %s, which no "
+                                "other entry names; its loss is not declared", tid)
+                continue
+            trace = traces.setdefault(
+                tid, RecoveredTrace(tid, self.instance, next_position=positions.get(tid))
+            )
+            if entry["t"] == "damaged":
+                trace.damaged_spans += 1
+            else:
+                trace.bodies.append(entry["body"])
+                span = entry["body"].get("span")
+                if entry.get("c") and isinstance(span, dict) and isinstance(
+                        span.get("spanId"), str):
+                    trace.conflicts.add(span["spanId"])
+        for kind, by_trace in self.counts.items():
+            for tid, n in by_trace.items():
+                trace = traces.setdefault(
+                    tid, RecoveredTrace(tid, next_position=positions.get(tid)))
+                setattr(trace, f"{kind}_spans", n)
+        return list(traces.values())
 
 
 # A remembered chain position: file number, segment index, first seq, start and
@@ -340,7 +423,8 @@ class Journal:
 
         Raises:
             ValueError: a body cannot be encoded as JSON (a string holding a lone
-                surrogate); nothing of this call was written.
+                surrogate), or its entry is longer than an entry may be; nothing of
+                this call was written.
             OSError: the journal cannot be written (the caller must not acknowledge).
         """
         with self._lock:
@@ -605,17 +689,18 @@ class Journal:
 
 def recover_orphans(
     directory: str, *, skip_instance: str | None = None
-) -> tuple[dict[str, RecoveredTrace], list[str]]:
+) -> tuple[list[RecoveredTrace], list[str]]:
     """Replay the journals in *directory* that no live process holds (but those of
     producer instance *skip_instance*, when given).
 
-    Returns the unsealed traces and the paths replayed; the caller seals the traces
-    (reason ``recovered``), then deletes the paths.  Orphaned files stay locked by
-    this process until deleted, so two starting processes never recover the same
-    journal twice.  Files a dead process left half created (empty) are deleted.
+    Returns the unsealed traces (:func:`replay_instances`: one for each trace of each
+    instance) and the paths replayed; the caller seals the traces (reason
+    ``recovered``), then deletes the paths.  Orphaned files stay locked by this
+    process until deleted, so two starting processes never recover the same journal
+    twice.  Files a dead process left half created (empty) are deleted.
     """
     if not os.path.isdir(directory):
-        return {}, []
+        return [], []
     claimed: list[tuple[str, int]] = []
     skipped = None if skip_instance is None else f"journal-{skip_instance}-"
     for name in sorted(os.listdir(directory)):
@@ -637,16 +722,28 @@ def recover_orphans(
             raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Deleted between the open and the lock, by its live process (every span
+            # in it retired) or by a recovery that sealed it: nothing to recover, and
+            # replaying it by its name raised, failing the whole recovery.
+            deleted = os.fstat(fd).st_nlink == 0
         except BlockingIOError:
             os.close(fd)
             continue  # a live process owns it
+        except OSError:
+            os.close(fd)
+            for _, taken in claimed:
+                os.close(taken)
+            raise
+        if deleted:
+            os.close(fd)
+            continue
         claimed.append((path, fd))
     paths = [p for p, _ in claimed]
     # Keep the locks until the caller releases the files (release_claimed).
     with _CLAIMED_LOCK:
         _CLAIMED.update(claimed)
     try:
-        traces = replay(paths)
+        traces = replay_instances(paths)
     except BaseException:
         release_claimed(paths, delete=False)
         raise
@@ -726,6 +823,14 @@ def _frame(entry: Mapping[str, Any]) -> bytes:
 
 
 def _frame_payload(payload: bytes) -> bytes:
+    """*payload* framed (see the module docstring).
+
+    Raises:
+        ValueError: it is longer than a frame can hold (:data:`_MAX_ENTRY`).
+    """
+    if len(payload) > _MAX_ENTRY:
+        raise ValueError(f"journal entry of {len(payload)} bytes: longer than a journal "
+                         f"entry may be ({_MAX_ENTRY})")
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 

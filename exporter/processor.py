@@ -748,9 +748,10 @@ class EvidenceSpanProcessor(SpanProcessor):
                 try:
                     keys.extend(journal.append_spans(items))
                 except ValueError:
-                    # A value the journal's JSON cannot encode (a lone surrogate):
-                    # journal the others; the sealer declares that span rejected,
-                    # and so does the journal.
+                    # A value the journal's JSON cannot encode (a lone surrogate), or
+                    # an entry longer than a journal entry may be: journal the others;
+                    # the sealer declares that span rejected (no bundle line can hold
+                    # the long one either), and so does the journal.
                     for trace_id, body in items:
                         try:
                             keys.extend(journal.append_spans([(trace_id, body)]))

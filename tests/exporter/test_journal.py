@@ -356,8 +356,8 @@ def test_spans_journaled_after_close_are_recovered_by_the_next_start(tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", script], timeout=60)
     assert proc.returncode == 0
-    traces, paths = recover_orphans(str(tmp_path))
-    assert [b["span"]["name"] for b in traces[TRACE].bodies] == ["before close", "after close"]
+    (trace,), paths = recover_orphans(str(tmp_path))
+    assert [b["span"]["name"] for b in trace.bodies] == ["before close", "after close"]
     release_claimed(paths)
 
 
@@ -383,10 +383,9 @@ def test_live_journal_is_not_recovered_but_a_dead_ones_is(tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", script], timeout=60)
     assert proc.returncode == -9
-    traces, paths = recover_orphans(str(tmp_path))
-    assert set(traces) == {OTHER}
-    assert traces[OTHER].instance == "dead"
-    assert [b["span"]["name"] for b in traces[OTHER].bodies] == ["lost?"]
+    (trace,), paths = recover_orphans(str(tmp_path))
+    assert (trace.trace_id, trace.instance) == (OTHER, "dead")
+    assert [b["span"]["name"] for b in trace.bodies] == ["lost?"]
     assert all("dead" in p for p in paths)
     release_claimed(paths)
     assert [os.path.basename(p) for p in _journal_files(str(tmp_path))] == [
@@ -536,10 +535,10 @@ def test_a_file_the_journal_moved_on_from_stays_locked_while_it_holds_unsealed_s
     j = Journal(str(tmp_path), "aaaa")
     keys = j.append_spans([(TRACE, {**_body(1), "pad": "x" * 5000})])
     assert len(_journal_files(str(tmp_path))) == 2  # moved on to a new file
-    assert recover_orphans(str(tmp_path)) == ({}, [])
+    assert recover_orphans(str(tmp_path)) == ([], [])
     j.append_sealed(TRACE, keys, {"segmentIndex": 1})
     assert len(_journal_files(str(tmp_path))) == 1  # the old one deleted, then let go
-    assert recover_orphans(str(tmp_path)) == ({}, [])
+    assert recover_orphans(str(tmp_path)) == ([], [])
     j.close()
 
 
@@ -558,10 +557,10 @@ def test_a_file_left_by_a_failed_write_stays_locked(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         j.append_spans([(TRACE, _body(2))])
     monkeypatch.setattr(journal_module.os, "write", real_write)
-    assert recover_orphans(str(tmp_path)) == ({}, [])  # span 1 is still this journal's
+    assert recover_orphans(str(tmp_path)) == ([], [])  # span 1 is still this journal's
     j.close()
-    traces, paths = recover_orphans(str(tmp_path))  # let go: a dead process's now
-    assert [b["span"]["name"] for b in traces[TRACE].bodies][:1] == ["s1"]
+    (trace,), paths = recover_orphans(str(tmp_path))  # let go: a dead process's now
+    assert [b["span"]["name"] for b in trace.bodies][:1] == ["s1"]
     release_claimed(paths)
 
 
@@ -631,10 +630,10 @@ def test_one_recovery_does_not_let_go_of_another_recoverys_journals(tmp_path):
     _, held = recover_orphans(str(tmp_path / "a"))  # still being sealed
     _, done = recover_orphans(str(tmp_path / "b"))
     release_claimed(done)
-    assert recover_orphans(str(tmp_path / "a")) == ({}, [])  # still held
+    assert recover_orphans(str(tmp_path / "a")) == ([], [])  # still held
     release_claimed(held, delete=False)
     traces, again = recover_orphans(str(tmp_path / "a"))
-    assert set(traces) == {TRACE}
+    assert {t.trace_id for t in traces} == {TRACE}
     release_claimed(again)
 
 
@@ -656,7 +655,7 @@ def test_a_forked_child_does_not_keep_the_journals_its_parent_is_recovering(tmp_
     try:
         release_claimed(held, delete=False)
         traces, again = recover_orphans(str(tmp_path / "journal"))  # not the child's
-        assert set(traces) == {TRACE}
+        assert {t.trace_id for t in traces} == {TRACE}
         release_claimed(again)
     finally:
         os.close(write_end)
@@ -682,7 +681,7 @@ def test_a_recovery_that_cannot_open_a_journal_lets_go_of_those_it_took(
         recover_orphans(str(tmp_path))
     monkeypatch.setattr(journal_module.os, "open", real_open)
     traces, paths = recover_orphans(str(tmp_path))  # the first is not held any more
-    assert len(paths) == 2 and set(traces) == {TRACE}
+    assert len(paths) == 2 and {t.trace_id for t in traces} == {TRACE}
     release_claimed(paths)
 
 
@@ -788,3 +787,126 @@ def test_a_position_not_remembered_leaves_the_chain_to_the_disk(tmp_path, monkey
     _rotate_away(j, 2)
     j.append_spans([(TRACE, _body(2))])
     assert replay(_journal_files(str(tmp_path)))[TRACE].next_position is None
+
+
+def test_each_instance_s_journal_is_replayed_apart(tmp_path):
+    # One trace journaled by two processes (a request that crossed them) that both
+    # died: each one's spans continue its own chain (SPEC §5.3), with its own counts.
+    # Replayed as one, they were all sealed under one instance, at the position of
+    # whichever had sealed more.
+    a = Journal(str(tmp_path), "aaaa")
+    a.append_sealed(TRACE, a.append_spans([(TRACE, _body(1))]), _position(1))
+    a.append_spans([(TRACE, _body(2))])
+    a.append_dropped(TRACE, 1)
+    a.forget_after_fork()
+    b = Journal(str(tmp_path), "bbbb")
+    b.append_sealed(TRACE, b.append_spans([(TRACE, _body(3))]), _position(1))
+    b.append_sealed(TRACE, b.append_spans([(TRACE, _body(4))]), _position(2))
+    b.append_spans([(TRACE, _body(5))])
+    b.forget_after_fork()
+    traces, paths = recover_orphans(str(tmp_path))
+    try:
+        assert sorted((t.trace_id, t.instance, t.next_position, [b["span"]["name"] for b in
+                       t.bodies], t.dropped_spans) for t in traces) == [
+            (TRACE, "aaaa", _position(1), ["s2"], 1),
+            (TRACE, "bbbb", _position(2), ["s5"], 0)]
+        with pytest.raises(ValueError, match="more than one producer instance"):
+            replay(paths)
+    finally:
+        release_claimed(paths, delete=False)
+
+
+@pytest.mark.parametrize("entry", [
+    {"t": "dropped", "trace": TRACE},
+    {"t": "unsampled", "trace": TRACE, "n": "many"},
+    {"t": "rejected", "trace": "not a trace id", "n": "1"},
+    {"t": "sealed", "trace": TRACE, "keys": "bbbb:1", "next": {}},
+    {"t": "sealed", "trace": TRACE, "keys": ["bbbb:1"], "next": None},
+    {"t": "sealed", "trace": TRACE, "keys": [], "next": {}, "declared": {"dropped": "x"}},
+    {"t": "span", "k": "bbbb:9", "trace": TRACE, "body": "not an object"},
+    {"t": "span", "k": 9, "trace": TRACE, "body": {}},
+], ids=["count_missing", "count_not_a_number", "trace_not_an_id", "keys_not_a_list",
+        "position_not_an_object", "declared_not_a_number", "body_not_an_object",
+        "key_not_a_string"])
+def test_an_entry_of_another_form_is_skipped_and_every_journal_recovered(tmp_path, entry):
+    # An entry that passes its check but is not of the form this version writes
+    # (another version's): replayed as it was, it raised out of replay, and no
+    # journal in the directory was recovered, at any start or any look again.
+    _dead_journal(tmp_path, "aaaa")
+    b = Journal(str(tmp_path), "bbbb")
+    b.append_spans([(OTHER, _body(1))])
+    b.forget_after_fork()
+    (path,) = [p for p in _journal_files(str(tmp_path)) if "bbbb" in p]
+    good = open(path, "rb").read()
+    open(path, "wb").write(_frame(entry) + good)
+    traces, paths = recover_orphans(str(tmp_path))
+    release_claimed(paths, delete=False)
+    found = {(t.instance, t.trace_id): (len(t.bodies), t.damaged_spans) for t in traces}
+    assert found.pop(("aaaa", TRACE)) == (1, 0)
+    assert found.pop(("bbbb", OTHER)) == (1, 0)
+    # A span entry whose head still reads is declared lost, as a damaged one.
+    assert found == ({("bbbb", TRACE): (0, 1)} if entry.get("k") == "bbbb:9" else {})
+
+
+def test_a_recovered_body_or_position_of_another_form_does_not_stop_the_recovery(
+    tmp_path, caplog
+):
+    # What the journal's own check lets through and a record cannot be made of (a
+    # span body of another version's form, a chain position it does not write) is
+    # declared lost, and the rest is sealed: raising, it stopped every recovery.
+    from cli_support import span_body
+
+    from spanproof.exporter._recovery import seal_orphaned_journals
+    from spanproof.exporter.keys import SigningKey
+    from spanproof.exporter.sinks import DirectorySink
+    from spanproof.verifier import TrustRoot, Verdict, check_bundle
+    from spanproof.verifier.keys import TrustedKey
+
+    key = SigningKey.from_seed(bytes(range(32)))
+    j = Journal(str(tmp_path / "journal"), "00000000000000aa")
+    j.append_spans([(TRACE, span_body(TRACE, "1000000000000001", "", "kept")),
+                    (TRACE, {"span": {"name": "another version's"}})])
+    j.append_sealed(OTHER, [], {"segment": "one"})
+    j.append_spans([(OTHER, span_body(OTHER, "1000000000000002", "", "other"))])
+    j.forget_after_fork()
+    written = seal_orphaned_journals(
+        str(tmp_path / "journal"), signer=key, sink=DirectorySink(tmp_path / "out"),
+        producer_name="t", producer_version="0", max_records=100,
+        clock=lambda: 1_800_000_000.0)
+    trust = TrustRoot.from_keys([TrustedKey.from_public_key(key.private_key.public_key())])
+    found = {}
+    for path in written:
+        report = check_bundle(path, trust, keep_records=True, allow_incomplete=True)
+        assert report.verdict is not Verdict.FAIL, report.reason
+        assert report.statement is not None and report.records is not None
+        found[report.statement.trace_id] = (
+            [r["span"]["name"] for r in report.records],
+            report.statement.completeness.dropped_spans, report.statement.segment_index)
+    assert found == {TRACE: (["kept"], 1, 0), OTHER: (["other"], 0, 0)}
+    assert "chain position" in caplog.text
+    assert _journal_files(str(tmp_path / "journal")) == []
+
+
+def test_a_journal_deleted_between_its_open_and_its_lock_is_not_recovered(
+    tmp_path, monkeypatch
+):
+    # Deleted in between by a recovery that sealed it (or by its live process, every
+    # span in it retired), then unlocked: taken, it was replayed by its name, which
+    # raised, and the whole recovery (every other journal with it) failed.
+    from spanproof.exporter import journal as journal_module
+
+    _dead_journal(tmp_path, "aaaa")
+    _dead_journal(tmp_path, "bbbb")
+    real_flock = journal_module.fcntl.flock
+    sealed, left = _journal_files(str(tmp_path))
+
+    def sealed_meanwhile(fd, operation):
+        if os.path.exists(sealed):
+            os.unlink(sealed)
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(journal_module.fcntl, "flock", sealed_meanwhile)
+    traces, paths = recover_orphans(str(tmp_path))
+    release_claimed(paths)
+    assert paths == [left]
+    assert [(t.instance, t.trace_id) for t in traces] == [("bbbb", TRACE)]

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
 from spanproof.exporter import EvidenceSpanProcessor, SigningKey
-from spanproof.exporter.journal import replay
+from spanproof.exporter.journal import replay_instances
 
 SEED = bytes(range(32))  # a published test key: never for real evidence
 
@@ -69,8 +69,8 @@ def ids(span: Any) -> tuple[str, str]:
 
 def journaled_span_ids(journal_dir: Path) -> set[str]:
     """Span ids of every unsealed span entry in the journal files (read-only replay)."""
-    traces = replay(sorted(glob.glob(os.path.join(journal_dir, "journal-*.log"))))
-    return {b["span"]["spanId"] for t in traces.values() for b in t.bodies}
+    traces = replay_instances(sorted(glob.glob(os.path.join(journal_dir, "journal-*.log"))))
+    return {b["span"]["spanId"] for t in traces for b in t.bodies}
 
 
 def spanproof_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

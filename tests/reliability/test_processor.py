@@ -296,6 +296,38 @@ def test_rejected_spans_survive_a_crash_in_the_journal(
         recovering.shutdown()
 
 
+def test_a_span_longer_than_a_journal_entry_may_be_is_declared_after_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Journaled and acknowledged, an entry longer than replay would read (256 MiB,
+    # made small here) was taken for a torn tail at the next start: the span, which
+    # no bundle line can hold either, was lost without being declared rejected.
+    from spanproof.exporter import journal as journal_module
+
+    monkeypatch.setattr(journal_module, "_MAX_ENTRY", 1500)
+    processor = make_processor(tmp_path)
+    traced = Traced(processor)
+    with traced.tracer.start_as_current_span("request"):  # still open at the crash
+        with evidence_span(traced.tracer, "good") as good:
+            pass
+        with evidence_span(traced.tracer, "long") as long:
+            long.set_attribute("gen_ai.prompt", "y" * 1000)
+        assert processor.force_flush(10_000)
+        journal = processor.exporter._journal  # type: ignore[attr-defined]
+        journal.forget_after_fork()  # a crash: the journal as a killed process leaves it
+    recovering = make_processor(tmp_path)
+    try:
+        [path] = [Path(p) for p in recovering.recovered]
+        report = check_bundle(str(path), _trust(tmp_path), keep_records=True,
+                              allow_incomplete=True)
+        assert report.statement is not None
+        assert report.statement.completeness.rejected_spans == 1
+        assert [r["span"]["spanId"] for r in report.records or []] == [ids(good)[1]]
+        assert ids(long)[1] not in journaled_span_ids(tmp_path / "journal")
+    finally:
+        recovering.shutdown()
+
+
 def test_a_rejection_declared_in_a_sealed_segment_is_not_declared_again_after_a_crash(
     tmp_path: Path,
 ) -> None:
