@@ -346,7 +346,7 @@ class EvidenceSpanProcessor(SpanProcessor):
             (``OTEL_EXPORTER_SPANPROOF_QUEUE_SIZE``, default 2048).
         queue_block: seconds ``on_end`` waits when the queue is full before it
             counts the span as dropped (``OTEL_EXPORTER_SPANPROOF_QUEUE_BLOCK_MS``,
-            default 50 ms; 0 never waits).
+            default 50 ms; 0 never waits; at most a year).
         journal_dir: the journal directory (default ``<output_dir>/journal``).
         recover: seal orphaned journals, and finish the writes a stopped process
             left in the output directory, at construction (default True).
@@ -511,9 +511,12 @@ class EvidenceSpanProcessor(SpanProcessor):
                 _logger.error("spanproof: evidence span queue full (%d); dropping evidence "
                               "spans, each counted in its trace's bundle", self._queue_size)
 
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
+    def force_flush(self, timeout_millis: int | None = 30000) -> bool:
         """Wait until every evidence span that ended before this call is journaled
         and fsynced, then seal the traces whose root ended.
+
+        *timeout_millis* None (as ``BatchSpanProcessor.force_flush`` takes it), or
+        longer than any wait can be, waits without a limit.
 
         Returns True when the spans are durable (in the journal or a bundle), at once
         when every span queued is journaled already, whatever the timeout; False on
@@ -521,23 +524,22 @@ class EvidenceSpanProcessor(SpanProcessor):
         """
         if self._shutdown:
             return False
-        deadline = time.monotonic() + timeout_millis / 1000
         try:
+            deadline = _deadline(timeout_millis)
             if self._idle():
                 # Every span queued so far is journaled: nothing for the worker to
                 # answer, so even a zero timeout is met (the SDK's contract: False
                 # only when the timeout is exceeded).
-                self._sealer.force_flush(timeout_millis)
+                self._sealer.force_flush(int(_left(deadline) * 1000))
                 return True
             flush = _Flush()
             running = self._ensure_worker()
-            self._queue.put(flush, timeout=max(0.0, deadline - time.monotonic()))
+            self._queue.put(flush, timeout=_left(deadline))
             if not running:
                 self._process_here()
-            if not flush.event.wait(max(0.0, deadline - time.monotonic())):
+            if not flush.event.wait(_left(deadline)):
                 return False
-            remaining = int(max(0.0, deadline - time.monotonic()) * 1000)
-            self._sealer.force_flush(remaining)
+            self._sealer.force_flush(int(_left(deadline) * 1000))
             return flush.durable
         except queue.Full:
             return False
@@ -805,6 +807,26 @@ def install(**kwargs: Any) -> EvidenceSpanProcessor:
     return processor
 
 
+# The longest a wait is asked to last: a year stands for "no limit".  Longer ones
+# (threading.TIMEOUT_MAX is about 292 years) raised OverflowError out of every wait.
+_LONGEST_WAIT = 365 * 86_400.0
+
+
+def _deadline(timeout_millis: float | None) -> float:
+    """The ``time.monotonic()`` deadline *timeout_millis* from now; +inf for None."""
+    if timeout_millis is None:
+        return float("inf")
+    try:
+        return time.monotonic() + min(timeout_millis / 1000, _LONGEST_WAIT)
+    except OverflowError:  # an int too large for a float
+        return float("inf")
+
+
+def _left(deadline: float) -> float:
+    """Seconds left until *deadline*: 0 once past, at most :data:`_LONGEST_WAIT`."""
+    return min(max(0.0, deadline - time.monotonic()), _LONGEST_WAIT)
+
+
 def _resolve_int(value: int | None, var: str, default: int, minimum: int) -> int:
     if value is None:
         text = os.environ.get(var, "")
@@ -834,12 +856,19 @@ def _resolve_seconds(value: float | None, var: str, default: float) -> float:
         try:
             millis = parse_decimal(text.strip())
         except ValueError:
+            millis = None
+        if millis is None or millis > _LONGEST_WAIT * 1000:
             _logger.warning("spanproof: %s=%r is not valid (a whole number of milliseconds "
-                            "in the digits 0-9); using the default", var, text)
+                            "in the digits 0-9, at most a year's); using the default",
+                            var, text)
             return default
         value = millis / 1000
     if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not 0 <= value < float("inf")):
-        raise ValueError(f"spanproof processor setting ({var}) must be a finite number "
-                         f"of seconds >= 0, got {value!r}")
+            or not 0 <= value <= _LONGEST_WAIT):
+        # Over a year (and past what a wait can be: threading.TIMEOUT_MAX), every
+        # on_end() that found the queue full raised in its wait, and its span was
+        # lost without being counted as dropped.
+        raise ValueError(f"spanproof processor setting ({var}) must be a number of "
+                         f"seconds >= 0 and at most {_LONGEST_WAIT:.0f} (a year), "
+                         f"got {value!r}")
     return float(value)

@@ -53,6 +53,8 @@ def test_processor_is_exported_and_configured_from_environment(
     ("OTEL_EXPORTER_SPANPROOF_QUEUE_SIZE", "0"),
     ("OTEL_EXPORTER_SPANPROOF_QUEUE_BLOCK_MS", "-5"),
     ("OTEL_EXPORTER_SPANPROOF_QUEUE_BLOCK_MS", "50ms"),
+    ("OTEL_EXPORTER_SPANPROOF_QUEUE_BLOCK_MS", "10000000000000"),  # past any wait
+    ("OTEL_EXPORTER_SPANPROOF_QUEUE_BLOCK_MS", "9" * 400),  # past any float
 ])
 def test_malformed_queue_variable_is_named_and_the_default_used(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
@@ -72,6 +74,34 @@ def test_malformed_queue_variable_is_named_and_the_default_used(
 def test_bad_queue_argument_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="OTEL_EXPORTER_SPANPROOF_QUEUE_SIZE"):
         EvidenceSpanProcessor(tmp_path, signing_key=signing_key(), queue_size=0)
+
+
+@pytest.mark.parametrize("block", [1e10, 10**20, float("inf"), float("nan"), -1.0])
+def test_a_queue_block_no_wait_can_last_is_an_error(tmp_path: Path, block: float) -> None:
+    # Accepted, every on_end() that found the queue full raised OverflowError in its
+    # wait, and its span was lost without being counted as dropped.
+    with pytest.raises(ValueError, match="OTEL_EXPORTER_SPANPROOF_QUEUE_BLOCK_MS"):
+        EvidenceSpanProcessor(tmp_path, signing_key=signing_key(), queue_block=block)
+
+
+@pytest.mark.parametrize("timeout", [None, 10**13, 10**400, float("inf")],
+                         ids=["none", "past_any_wait", "past_any_float", "inf"])
+def test_force_flush_without_a_limit_makes_spans_durable(
+    tmp_path: Path, timeout: Any
+) -> None:
+    # BatchSpanProcessor.force_flush takes None; a timeout longer than any wait
+    # (threading.TIMEOUT_MAX) raised in the wait (None in the arithmetic before it),
+    # and the flush answered False, or raised, with the span journaled after all.
+    processor = make_processor(tmp_path)
+    traced = Traced(processor)
+    try:
+        with traced.tracer.start_as_current_span("request"):
+            with evidence_span(traced.tracer, "step") as span:
+                pass
+            assert processor.force_flush(timeout) is True
+            assert journaled_span_ids(Path(processor.journal_dir)) == {ids(span)[1]}
+    finally:
+        processor.shutdown()
 
 
 def test_spans_ending_where_no_thread_may_start_are_journaled_and_sealed_by_shutdown(
