@@ -483,10 +483,33 @@ class Journal:
         self._append_count("unsampled", trace_id, n)
 
     def _append_count(self, kind: str, trace_id: str, n: int) -> None:
+        self.append_counts({kind: {trace_id: n}})
+
+    def append_counts(self, counts: Mapping[str, Mapping[str, int]]) -> None:
+        """Durably record loss counts, ``dropped``, ``rejected`` or ``unsampled`` ->
+        trace id -> count, of any number of traces with one write and one fsync.
+
+        (A producer losing spans is most often overloaded: one fsync for each trace
+        that lost any slowed it most when it could afford it least.)
+
+        Raises:
+            ValueError: a kind that is none of those.
+            OSError: the journal cannot be written; nothing of this call was.
+        """
+        traces: list[str] = []
+        chunks: list[bytes] = []
+        for kind, by_trace in counts.items():
+            if kind not in _COUNT_KINDS:
+                raise ValueError(f"not a kind of loss count: {kind!r}")
+            for trace_id, n in by_trace.items():
+                traces.append(trace_id)
+                chunks.append(_frame({"t": kind, "trace": trace_id, "n": str(n)}))
+        if not chunks:
+            return
         with self._lock:
-            self._write_with_positions(
-                [trace_id], [_frame({"t": kind, "trace": trace_id, "n": str(n)})])
-            self._counts_written({trace_id: n}, kind)
+            self._write_with_positions(traces, chunks)
+            for kind, by_trace in counts.items():
+                self._counts_written(by_trace, kind)
             self._rotate_if_due()
 
     def append_sealed(

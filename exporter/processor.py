@@ -442,6 +442,9 @@ class EvidenceSpanProcessor(SpanProcessor):
         self._worker_starts = ThreadStarts(
             "journal worker", "evidence spans are journaled by force_flush() and shutdown()")
         self._journal_failing = False
+        # Batches whose evidence the journal did not take, so far: a flush answered
+        # by a later batch is not durable when one of them held spans it covers.
+        self._journal_failures = 0
         self._dropping = False
         # The threads inside on_end(), which may hold the queue's or the counters'
         # lock, and a shutdown() one of them asked for meanwhile.
@@ -524,6 +527,7 @@ class EvidenceSpanProcessor(SpanProcessor):
         """
         if self._shutdown:
             return False
+        failures = self._journal_failures
         try:
             deadline = _deadline(timeout_millis)
             if self._idle():
@@ -534,13 +538,20 @@ class EvidenceSpanProcessor(SpanProcessor):
                 return True
             flush = _Flush()
             running = self._ensure_worker()
+            if not running:
+                # Room for the flush first: with the queue full and no worker to
+                # drain it, the put waited out the whole timeout, and answered False.
+                self._process_here()
             self._queue.put(flush, timeout=_left(deadline))
             if not running:
                 self._process_here()
             if not flush.event.wait(_left(deadline)):
                 return False
             self._sealer.force_flush(int(_left(deadline) * 1000))
-            return flush.durable
+            # The spans queued before the flush may have filled batches before its
+            # own (more than one batch's worth, or processed here to make room for
+            # it): the journal must have taken those too.
+            return flush.durable and self._journal_failures == failures
         except queue.Full:
             return False
         except Exception:
@@ -683,6 +694,7 @@ class EvidenceSpanProcessor(SpanProcessor):
         try:
             return self._process(batch)
         except Exception:
+            self._journal_failures += 1
             _logger.exception("spanproof: journaling a batch failed")
             for item in batch:
                 if isinstance(item, _Flush):
@@ -760,13 +772,12 @@ class EvidenceSpanProcessor(SpanProcessor):
                         except ValueError:
                             keys.append(None)
                             rejections[trace_id] += 1
-            for trace_id, n in rejections.items():
-                journal.append_rejected(trace_id, n)
-            for trace_id, n in dropped.items():
-                journal.append_dropped(trace_id, n)
-            for trace_id, n in unsampled.items():
-                journal.append_unsampled(trace_id, n)
+            # One write for every trace's counts: a batch holding losses of many
+            # traces (an overloaded application's) took one fsync for each.
+            journal.append_counts({"rejected": rejections, "dropped": dropped,
+                                   "unsampled": unsampled})
         except OSError as e:
+            self._journal_failures += 1
             if not self._journal_failing:
                 self._journal_failing = True
                 _logger.error("spanproof: cannot write the journal in %s (%s); evidence is "

@@ -910,3 +910,24 @@ def test_a_journal_deleted_between_its_open_and_its_lock_is_not_recovered(
     release_claimed(paths)
     assert paths == [left]
     assert [(t.instance, t.trace_id) for t in traces] == [("bbbb", TRACE)]
+
+
+def test_the_loss_counts_of_many_traces_take_one_write(tmp_path, monkeypatch):
+    # A producer losing spans is most often overloaded: one fsync for each trace
+    # that lost any slowed it most when it could afford it least.
+    from spanproof.exporter import journal as journal_module
+
+    j = Journal(str(tmp_path), "aaaa")
+    fsyncs = []
+    real_fsync = journal_module.os.fsync
+    monkeypatch.setattr(journal_module.os, "fsync", lambda fd: fsyncs.append(fd) or real_fsync(fd))
+    traces = [f"{n:032x}" for n in range(1, 101)]
+    j.append_counts({"dropped": dict.fromkeys(traces, 2), "unsampled": {traces[0]: 1},
+                     "rejected": {}})
+    assert len(fsyncs) == 1
+    j.forget_after_fork()
+    replayed = replay(_journal_files(str(tmp_path)))
+    assert {t: (r.dropped_spans, r.unsampled_spans) for t, r in replayed.items()} == {
+        t: (2, 1 if t == traces[0] else 0) for t in traces}
+    with pytest.raises(ValueError, match="kind of loss count"):
+        j.append_counts({"lost": {TRACE: 1}})

@@ -47,15 +47,15 @@ def test_spans_journaled_before_a_count_failed_are_not_certified_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     failing = [True]
-    real = journal_module.Journal.append_rejected
+    real = journal_module.Journal.append_counts
 
-    def append_rejected(self: Any, trace_id: str, n: int) -> None:
+    def append_counts(self: Any, counts: Any) -> None:
         if failing[0]:
             failing[0] = False
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(self, trace_id, n)
+        real(self, counts)
 
-    monkeypatch.setattr(journal_module.Journal, "append_rejected", append_rejected)
+    monkeypatch.setattr(journal_module.Journal, "append_counts", append_counts)
     out = tmp_path / "out"
     processor = EvidenceSpanProcessor(out, signing_key=signing_key(), seal_grace=0.0,
                                       idle_timeout=3600)
@@ -73,6 +73,36 @@ def test_spans_journaled_before_a_count_failed_are_not_certified_again(
     again.shutdown()
     certified = _certified(out, tmp_path)
     assert len(certified) == 4 and set(certified.values()) == {1}
+
+
+def test_a_flush_behind_a_batch_the_journal_did_not_take_is_not_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # More spans queued than one batch holds: the first batch's write failed (a disk
+    # filling up, then freed), the flush rode in the next one, which the journal
+    # took, and force_flush answered True for spans that were in memory only.
+    from spanproof.exporter import processor as processor_module
+
+    failing = [True]
+    real = journal_module.Journal.append_spans
+
+    def append_spans(self: Any, items: Any, **kwargs: Any) -> list[str]:
+        if failing[0]:
+            failing[0] = False
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, items, **kwargs)
+
+    monkeypatch.setattr(journal_module.Journal, "append_spans", append_spans)
+    out = tmp_path / "out"
+    processor = EvidenceSpanProcessor(out, signing_key=signing_key(), seal_grace=3600,
+                                      idle_timeout=3600)
+    monkeypatch.setattr(processor, "_ensure_worker", lambda: False)  # batches, here
+    tracer = _provider(processor).get_tracer("t")
+    with tracer.start_as_current_span("root", attributes=EVIDENCE):
+        for i in range(processor_module._BATCH + 10):
+            tracer.start_span(f"step{i}", attributes=EVIDENCE).end()
+        assert not processor.force_flush(10_000)
+    processor.shutdown()
 
 
 def test_a_span_whose_on_end_is_under_way_at_shutdown_is_sealed(tmp_path: Path) -> None:

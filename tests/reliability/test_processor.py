@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +264,51 @@ def test_full_queue_drops_are_counted_in_the_trace_bundle_as_incomplete(
     allowed = spanproof_cli("verify", "--key", key, "--allow-incomplete", str(path))
     assert allowed.returncode == 0, allowed.stdout + allowed.stderr
     assert "Traceback" not in strict.stderr + allowed.stderr
+
+
+def test_without_a_journal_worker_force_flush_answers_with_the_queue_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No thread may start (the interpreter exits, or the process is out of
+    # threads): force_flush queued its request behind a full queue that nothing
+    # drained, waited out its whole timeout, and answered False.
+    processor = make_processor(tmp_path, queue_size=2, queue_block=0.0)
+    traced = Traced(processor)
+    monkeypatch.setattr(processor, "_ensure_worker", lambda: False)
+    with traced.tracer.start_as_current_span("request"):
+        for n in range(2):
+            with evidence_span(traced.tracer, f"step-{n}"):
+                pass
+    assert processor._queue.full()
+    started = time.monotonic()
+    assert processor.force_flush(5_000)
+    assert time.monotonic() - started < 4
+    assert len(journaled_span_ids(tmp_path / "journal")) == 2
+    processor.shutdown()
+
+
+def test_drops_in_many_traces_are_journaled_with_one_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An overloaded application drops spans of many traces at once: journaling each
+    # trace's count with its own fsync slowed the worker most when the queue was full.
+    from spanproof.exporter import journal as journal_module
+
+    processor = make_processor(tmp_path, queue_size=1, queue_block=0.0)
+    traced = Traced(processor)
+    monkeypatch.setattr(processor, "_ensure_worker", lambda: False)
+    for n in range(50):
+        with traced.tracer.start_as_current_span(f"request-{n}"):
+            with evidence_span(traced.tracer, "step"):
+                pass
+    assert sum(processor._dropped.values()) == 49
+    fsyncs: list[int] = []
+    real_fsync = journal_module.os.fsync
+    monkeypatch.setattr(journal_module.os, "fsync",
+                        lambda fd: fsyncs.append(fd) or real_fsync(fd))
+    assert processor.force_flush(10_000)  # journals the queued span and 49 counts
+    assert len(fsyncs) <= 3  # spans, counts, and the file's first directory sync
+    processor.shutdown()
 
 
 def test_full_queue_drop_counts_survive_a_crash_in_the_journal(
