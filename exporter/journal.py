@@ -739,6 +739,13 @@ def recover_orphans(
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:
             continue  # recovered meanwhile by another process
+        except PermissionError as e:
+            # Another user's (a process of another service sharing the directory,
+            # live or not): not this process's to recover.  Raising here stopped
+            # the recovery of every other journal in the directory.
+            _logger.warning("journal: cannot open %s (%s); it is left to a process "
+                            "that can", path, e)
+            continue
         except OSError:
             for _, taken in claimed:  # not left locked until this process exits
                 os.close(taken)

@@ -673,16 +673,42 @@ def test_a_recovery_that_cannot_open_a_journal_lets_go_of_those_it_took(
 
     def unreadable_second(path, *args, **kwargs):
         if "00000000000000bb" in str(path):
-            raise PermissionError(13, "Permission denied", path)
+            raise OSError(24, "Too many open files", path)
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(journal_module.os, "open", unreadable_second)
-    with pytest.raises(PermissionError):
+    with pytest.raises(OSError, match="Too many open files"):
         recover_orphans(str(tmp_path))
     monkeypatch.setattr(journal_module.os, "open", real_open)
     traces, paths = recover_orphans(str(tmp_path))  # the first is not held any more
     assert len(paths) == 2 and {t.trace_id for t in traces} == {TRACE}
     release_claimed(paths)
+
+
+def test_a_journal_of_another_user_is_left_and_the_others_recovered(
+    tmp_path, monkeypatch, caplog
+):
+    # A service running as another user shares the directory: its journal files
+    # (mode 0600) cannot be opened here.  Raising, the recovery of every other
+    # journal in the directory failed, at every start and every look again.
+    from spanproof.exporter import journal as journal_module
+
+    _dead_journal(tmp_path, "00000000000000aa")
+    _dead_journal(tmp_path, "00000000000000bb")
+    real_open = os.open
+
+    def another_user_s(path, *args, **kwargs):
+        if "00000000000000aa" in str(path):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(journal_module.os, "open", another_user_s)
+    traces, paths = recover_orphans(str(tmp_path))
+    release_claimed(paths)
+    assert [t.instance for t in traces] == ["00000000000000bb"]
+    assert "journal-00000000000000aa-000001.log (" in caplog.text
+    assert [os.path.basename(p) for p in _journal_files(str(tmp_path))] == [
+        "journal-00000000000000aa-000001.log"]
 
 
 def test_recovered_spans_are_sealed_in_segments_of_the_assembler_s_byte_bound(
