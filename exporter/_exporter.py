@@ -279,11 +279,12 @@ class SpanproofSpanExporter(SpanExporter):
         self._recover_journals(os.path.join(self._config.output_dir, "journal"))
 
     def _recover_journals(self, journal_dir: str, *, again: bool = False) -> list[str]:
-        """Seal the orphaned journals in *journal_dir*; return the bundle paths.
-        *again*: this process looks once more, while it runs (its own journal left
-        alone).  Never raises: on failure the journals stay for the next start."""
+        """Seal the orphaned journals in *journal_dir*, and hand the bundles to the
+        witness submitter; return their paths.  *again*: this process looks once
+        more, while it runs (its own journal left alone).  Never raises: on failure
+        the journals stay for the next start."""
         try:
-            return seal_orphaned_journals(
+            written = seal_orphaned_journals(
                 journal_dir, signer=self._signer, sink=self._sink,
                 producer_name=PRODUCER_NAME, producer_version=_package_version(),
                 max_records=self._config.max_records, clock=self._clock,
@@ -295,6 +296,14 @@ class SpanproofSpanExporter(SpanExporter):
             _logger.exception("spanproof: recovering the journals in %s failed; they are "
                               "kept for the next start", journal_dir)
             return []
+        # Here, not left to the submitter's scan of the output directory at start:
+        # that scan runs on a thread of its own, started before this recovery,
+        # and had listed the directory before these bundles were there.
+        submitter = self._submitter
+        if submitter is not None:
+            for path in written:
+                submitter.submit(path)
+        return written
 
     def _reset_process_state(self) -> None:
         """Everything that belongs to one process: locks, pending traces, the sealer."""

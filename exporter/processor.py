@@ -611,13 +611,8 @@ class EvidenceSpanProcessor(SpanProcessor):
     def _seal_orphans(self) -> None:
         """Seal the journals of processes that died beside this one (never this
         process's own), and hand the bundles to the witness submitter."""
-        sealer = self._sealer
         with self._orphans_lock:
-            written = sealer._recover_journals(self._journal_dir, again=True)
-        submitter = sealer._submitter
-        if submitter is not None:
-            for path in written:
-                submitter.submit(path)
+            self._sealer._recover_journals(self._journal_dir, again=True)
 
     # -- the worker ----------------------------------------------------------------
 

@@ -289,3 +289,42 @@ def test_a_dead_sealing_processs_declaration_sealed_at_shutdown_goes_to_the_witn
     _wait_for([Path(receipt_path(bundle))], timeout=10)
     status, text = _verify_receipts(out, keys, capsys, "--allow-incomplete")
     assert status == EXIT_OK, text
+
+
+@pytest.mark.parametrize("starting", ["processor", "exporter"])
+def test_bundles_recovered_at_start_go_to_the_witness(
+    tmp_path: Path, keys: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, starting: str,
+) -> None:
+    # An EvidenceSpanProcessor died with a trace journaled; the next start seals it
+    # (recovered).  Only the scan of the output directory at start could queue that
+    # bundle, and it runs on a thread of its own, started before the recovery: it
+    # had listed the directory already, and the bundle got no receipt while the
+    # application ran.
+    from spanproof.exporter import EvidenceSpanProcessor
+    from spanproof.exporter import _exporter as exporter_module
+
+    out = tmp_path / "out"
+    dead = EvidenceSpanProcessor(out, keys["producer"], seal_grace=3600, idle_timeout=3600)
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(dead)
+    tracer = provider.get_tracer("producers-test")
+    with tracer.start_as_current_span("request"):
+        with tracer.start_as_current_span("step", attributes={"gen_ai.operation.name": "chat"}):
+            pass
+        assert dead.force_flush(10_000)
+        dead.exporter._journal.forget_after_fork()  # type: ignore[attr-defined]  # killed
+    monkeypatch.setattr(exporter_module, "_scan_quietly", lambda submitter, directory: None)
+    srv = serve_witness(open_witness())
+    if starting == "processor":
+        started: Any = EvidenceSpanProcessor(out, keys["producer"], witness_url=srv.url,
+                                             witness_key=str(keys["witness_pub"]))
+    else:
+        started = _witnessed_exporter(out, keys, srv.url)
+    try:
+        (bundle,) = _bundles(out)
+        _wait_for([Path(receipt_path(bundle))], timeout=10)
+    finally:
+        started.shutdown()
+    status, text = _verify_receipts(out, keys, capsys)
+    assert status == EXIT_OK, text
