@@ -13,7 +13,10 @@ and ignored: it was never acknowledged.  Bytes that fail the check with valid en
 after them were written whole and then damaged: replay skips to the next entry that
 passes it.  A damaged span entry whose key (of the file's own producer instance) and
 trace can still be read, and whose trace other entries name, is declared lost in the
-trace's recovered bundle unless a later entry retires it.  Each live journal file is
+trace's recovered bundle unless a later entry retires it; so is an entry that passes
+the check but is not of the form this version writes (another version's).  The files
+of each producer instance are replayed apart: a trace that several dead processes
+journaled is recovered under each one's instance.  Each live journal file is
 held under an exclusive ``flock`` by its process, so a starting process can tell a
 dead process's journal (lock free) from a live one's, and recovers only the former:
 a file is locked before it gets its name (created as ``.journal-…log.new``, then
