@@ -14,9 +14,13 @@ when losing evidence matters:
   :class:`~spanproof.exporter.SpanproofSpanExporter`).  Once a sealing pass has
   written its bundles, their spans are retired from the journal with one write
   and fsync for all of them.
+* When the journal cannot take a batch (a full disk, EIO), its spans are held in
+  memory, and sealed as usual; the worker journals them again, ahead of newer
+  spans, as soon as the journal can be written, except those a written bundle
+  holds already (journaled again, they would be certified twice after a crash).
 * ``force_flush()`` returns True only when every evidence span that ended before
-  the call is in the journal on disk (or declared dropped/unsampled there); it
-  then seals the traces whose root ended.
+  the call is in the journal on disk or in a written bundle (or declared
+  dropped/unsampled in the journal); it then seals the traces whose root ended.
 * At construction, journals left by a process that died (``kill -9``) in the same
   journal directory are sealed as bundles with seal reason ``recovered``.  The
   process that built the processor looks again every ``ORPHAN_CHECK_SECONDS`` and
@@ -25,7 +29,9 @@ when losing evidence matters:
 
 What can still be lost on a crash: evidence spans still in the queue or in the
 worker's current batch, i.e. ended since the last completed ``force_flush()`` and
-not yet journaled by the worker (normally a few milliseconds' worth).  Call
+not yet journaled by the worker (normally a few milliseconds' worth), and those of
+batches the journal could not take, while it still cannot (``force_flush()``
+answers False meanwhile).  Call
 ``force_flush()`` at the points that must be durable (e.g. before answering a
 request) to bound that window.
 """
@@ -79,6 +85,9 @@ DEFAULT_QUEUE_BLOCK = 0.05
 _BATCH = 512
 # The worker looks at the loss counters at least this often (seconds).
 _POLL = 0.2
+# How long the worker waits for a sealing pass to end before it journals the spans
+# held since the journal failed; it tries again with its next batch (seconds).
+_HELD_WAIT = 1.0
 #: How often (seconds) the process that built an :class:`EvidenceSpanProcessor` seals
 #: the journals of processes that died beside it (see the module documentation).
 ORPHAN_CHECK_SECONDS = 60.0
@@ -149,6 +158,12 @@ class _JournaledSealer(SpanproofSpanExporter):
         self._retiring: list[tuple[str, list[str], dict[str, Any], dict[str, int], str]] = []
         # The journaled spans of bundles discarded unwritten, by trace (see _discard).
         self._unstored: dict[str, int] = {}
+        # Spans of batches the journal could not take, held in memory only until
+        # journal_held() journals them or a written bundle holds them: those not yet
+        # sealed, by the body's identity, and those sealed into a bundle not yet
+        # written, by the bundle's.
+        self._held: dict[int, tuple[str, dict[str, Any]]] = {}
+        self._held_sealed: dict[int, list[tuple[str, dict[str, Any]]]] = {}
 
     def _recover_at_start(self) -> None:
         pass  # the processor recovers its own journal directory (EvidenceSpanProcessor)
@@ -167,24 +182,91 @@ class _JournaledSealer(SpanproofSpanExporter):
         dropped: Mapping[str, int],
         unsampled: Mapping[str, int],
         dropped_note: str,
+        unjournaled: Sequence[tuple[str, dict[str, Any]]] = (),
     ) -> None:
         """Hand journaled ``(trace id, body, journal key)`` items and loss counts
-        to the assembler, as ``export()`` does for spans."""
+        to the assembler, as ``export()`` does for spans.  *unjournaled* are the
+        ``(trace id, body)`` of those items the journal failed to take: they are
+        held for :meth:`journal_held`."""
         now = self._clock()
         with self._cond:
             for _, body, key in items:
                 if key is not None:
                     self._body_keys[id(body)] = key
+            for item in unjournaled:
+                self._held[id(item[1])] = item
             self._admit_locked(now, [(t, b) for t, b, _ in items], rejected, roots,
                                dropped=dropped, unsampled=unsampled, dropped_note=dropped_note)
+
+    @property
+    def holding(self) -> bool:
+        """Whether spans the journal failed to take are held in memory only (see
+        :meth:`journal_held`)."""
+        return bool(self._held or self._held_sealed)
+
+    def journal_held(self, rejections: collections.Counter[str], timeout: float) -> bool:
+        """Journal the spans held in memory only since the journal failed to take
+        their batch (:meth:`admit`), ahead of newer ones.
+
+        A held span still waiting to be sealed gets its key as a span journaled at
+        first does; one sealed into a bundle not yet written adds its key to that
+        bundle's, which retires it once written.  The spans of written bundles are
+        durable and no longer held: journaled again, they would be certified twice
+        after a crash.  Runs under the seal lock, so that no segment is being sealed
+        meanwhile, waiting for it at most *timeout* seconds.  A held span the journal
+        cannot encode is counted in *rejections*, for the caller to journal (the
+        sealer rejects it, as :func:`_append_spans` says).
+
+        Returns whether no span is held any more.
+
+        Raises:
+            OSError: the journal cannot be written; the spans stay held.
+        """
+        if not self._held and not self._held_sealed:
+            return True
+        if not self._seal_lock.acquire(timeout=timeout):
+            return False
+        try:
+            with self._lock:
+                waiting = list(self._held.values())
+                sealed = list(self._held_sealed.items())
+            items = waiting + [item for _, held in sealed for item in held]
+            keys: list[str | None] = []
+            try:
+                _append_spans(self.journal(), items, keys, rejections)
+            finally:
+                # The spans journaled before a failure are not held any more.
+                with self._lock:
+                    for (_, body), key in zip(waiting, keys, strict=False):  # the shorter
+                        if key is not None:
+                            self._body_keys[id(body)] = key
+                        del self._held[id(body)]
+                    rest = keys[len(waiting):]
+                    for bundle_id, held in sealed:
+                        if not rest:
+                            break
+                        part, rest = rest[:len(held)], rest[len(held):]
+                        # Set in _seal and forgotten in _write together.
+                        self._bundle_keys[bundle_id][1].extend(k for k in part if k is not None)
+                        del held[:len(part)]
+                        if not held:
+                            del self._held_sealed[bundle_id]
+        finally:
+            self._seal_lock.release()
+        _logger.warning("spanproof: %d span(s) kept in memory only while the journal could "
+                        "not be written are journaled now", len(items))
+        return True
 
     def _seal(self, job: SealJob) -> SealedBundle:
         with self._lock:
             taken = [(id(b), self._body_keys.pop(id(b), None)) for b in job.bodies]
+            held = ([self._held.pop(id(b)) for b in job.bodies if id(b) in self._held]
+                    if self._held else [])
         keys = [key for _, key in taken if key is not None]
         try:
             bundle = super()._seal(job)
         except Exception:
+            # The held spans are declared lost with the others (_seal_job).
             with self._lock:
                 self._abandoned_keys.setdefault(job.trace_id, []).extend(keys)
             raise
@@ -193,10 +275,13 @@ class _JournaledSealer(SpanproofSpanExporter):
             # again, by the shutdown that follows, and retires its keys then.
             with self._lock:
                 self._body_keys.update((body, key) for body, key in taken if key is not None)
+                self._held.update((id(body), (trace_id, body)) for trace_id, body in held)
             raise
         with self._lock:
             keys += self._abandoned_keys.pop(job.trace_id, [])
             self._bundle_keys[id(bundle)] = (bundle, keys, job.journaled_counts())
+            if held:
+                self._held_sealed[id(bundle)] = held
         return bundle
 
     def _start_writes(self) -> None:
@@ -211,6 +296,7 @@ class _JournaledSealer(SpanproofSpanExporter):
         with self._lock:
             if ok:
                 entry = self._bundle_keys.pop(id(bundle), None)
+                self._held_sealed.pop(id(bundle), None)  # durable now: in the bundle
             else:
                 entry = None
                 # A bundle the exporter gave up on keeps its spans in the journal
@@ -221,6 +307,8 @@ class _JournaledSealer(SpanproofSpanExporter):
                 waiting.update(id(b) for b in self._sealed_unwritten)  # not written yet
                 for stale in [k for k in self._bundle_keys if k not in waiting]:
                     del self._bundle_keys[stale]
+                    # Its spans not journaled are declared dropped (_discard).
+                    self._held_sealed.pop(stale, None)
         if ok and self._journal is not None:
             keys, declared = ((entry[1], entry[2]) if entry is not None
                               else ([], declared_counts(bundle.statement.completeness)))
@@ -521,9 +609,11 @@ class EvidenceSpanProcessor(SpanProcessor):
         *timeout_millis* None (as ``BatchSpanProcessor.force_flush`` takes it), or
         longer than any wait can be, waits without a limit.
 
-        Returns True when the spans are durable (in the journal or a bundle), at once
-        when every span queued is journaled already, whatever the timeout; False on
-        timeout, after shutdown, or when the journal cannot be written.
+        Returns True when the spans are durable (in the journal or a written
+        bundle), at once when every span queued is journaled already, whatever the
+        timeout; False on timeout, after shutdown, or when the journal cannot be
+        written, and until the spans of batches it could not take earlier are
+        journaled (or written in bundles).
         """
         if self._shutdown:
             return False
@@ -656,7 +746,8 @@ class EvidenceSpanProcessor(SpanProcessor):
 
     def _idle(self) -> bool:
         """Whether every item queued so far is processed, no loss waits to be counted
-        in the journal, and the journal was writable at the last write."""
+        in the journal, the journal was writable at the last write, and no span of a
+        batch it failed to take is held in memory only."""
         q = self._queue
         with q.mutex:  # the lock under which put() queues and get() takes (counting it)
             if q.queue or q.taken != self._processed:
@@ -664,7 +755,7 @@ class EvidenceSpanProcessor(SpanProcessor):
         with self._counts_lock:
             if self._dropped or self._unsampled:
                 return False
-        return not self._journal_failing
+        return not self._journal_failing and not self._sealer.holding
 
     def _next_batch(self, *, wait: bool) -> list[Any]:
         """Up to ``_BATCH`` queued items (maybe none); with *wait*, the first is
@@ -729,10 +820,14 @@ class EvidenceSpanProcessor(SpanProcessor):
         with self._counts_lock:
             dropped, self._dropped = self._dropped, collections.Counter()
             unsampled, self._unsampled = self._unsampled, collections.Counter()
-        if not (items or rejected or roots or dropped or unsampled or flushes):
+        # Spans held since the journal failed are journaled as soon as it can be,
+        # even when nothing else comes to be journaled.
+        if not (items or rejected or roots or dropped or unsampled or flushes
+                or self._sealer.holding):
             return stop
-        keyed, durable = self._journal(items, rejected, dropped, unsampled)
-        self._sealer.admit(keyed, rejected, roots, dropped, unsampled, self._dropped_note)
+        keyed, unjournaled, durable = self._journal(items, rejected, dropped, unsampled)
+        self._sealer.admit(keyed, rejected, roots, dropped, unsampled, self._dropped_note,
+                           unjournaled)
         for flush in flushes:
             flush.durable = durable
             flush.event.set()
@@ -744,29 +839,23 @@ class EvidenceSpanProcessor(SpanProcessor):
         rejected: list[str | None],
         dropped: Mapping[str, int],
         unsampled: Mapping[str, int],
-    ) -> tuple[list[tuple[str, dict[str, Any], str | None]], bool]:
-        """Append *items*, the rejected spans' traces and the loss counts to the
-        journal (fsynced).  Returns the items with their keys (None: not journaled)
-        and whether all is durable.  A rejected span whose trace id cannot be read
-        has no trace to journal it under: it is declared from memory only."""
+    ) -> tuple[list[tuple[str, dict[str, Any], str | None]],
+               list[tuple[str, dict[str, Any]]], bool]:
+        """Append the spans held since the journal last failed
+        (:meth:`_JournaledSealer.journal_held`), then *items*, the rejected spans'
+        traces and the loss counts to the journal (fsynced).  Returns the items with
+        their keys (None: not journaled), those of the items the journal failed to
+        take (held until it can), and whether all is durable.  A rejected span whose
+        trace id cannot be read has no trace to journal it under: it is declared
+        from memory only."""
         rejections = collections.Counter(t for t in rejected if t is not None)
         keys: list[str | None] = []
         try:
             journal = self._sealer.journal()
-            if items:
-                try:
-                    keys.extend(journal.append_spans(items))
-                except ValueError:
-                    # A value the journal's JSON cannot encode (a lone surrogate), or
-                    # an entry longer than a journal entry may be: journal the others;
-                    # the sealer declares that span rejected (no bundle line can hold
-                    # the long one either), and so does the journal.
-                    for trace_id, body in items:
-                        try:
-                            keys.extend(journal.append_spans([(trace_id, body)]))
-                        except ValueError:
-                            keys.append(None)
-                            rejections[trace_id] += 1
+            # The spans of batches it failed to take first: until they are journaled
+            # (or in a written bundle), no flush is durable.
+            caught_up = self._sealer.journal_held(rejections, _HELD_WAIT)
+            _append_spans(journal, items, keys, rejections)
             # One write for every trace's counts: a batch holding losses of many
             # traces (an overloaded application's) took one fsync for each.
             journal.append_counts({"rejected": rejections, "dropped": dropped,
@@ -781,11 +870,42 @@ class EvidenceSpanProcessor(SpanProcessor):
             # The spans journaled before the failure keep their keys: without them
             # their bundle retired nothing, and the next start certified them again.
             kept = keys + [None] * (len(items) - len(keys))
-            return [(t, b, k) for (t, b), k in zip(items, kept, strict=True)], False
+            return ([(t, b, k) for (t, b), k in zip(items, kept, strict=True)],
+                    items[len(keys):], False)
         if self._journal_failing:
             self._journal_failing = False
             _logger.warning("spanproof: the journal in %s is writable again", self._journal_dir)
-        return [(t, b, k) for (t, b), k in zip(items, keys, strict=True)], True
+        return [(t, b, k) for (t, b), k in zip(items, keys, strict=True)], [], caught_up
+
+
+def _append_spans(
+    journal: Journal,
+    items: Sequence[tuple[str, dict[str, Any]]],
+    keys: list[str | None],
+    rejections: collections.Counter[str],
+) -> None:
+    """Append *items* to *journal* (fsynced), adding their keys to *keys* in order:
+    None for a span the journal cannot take, which is counted in *rejections*.
+
+    Raises:
+        OSError: the journal cannot be written; *keys* holds those of the items
+            written before the failure.
+    """
+    if not items:
+        return
+    try:
+        keys.extend(journal.append_spans(items))
+    except ValueError:
+        # A value the journal's JSON cannot encode (a lone surrogate), or an entry
+        # longer than a journal entry may be: journal the others; the sealer
+        # declares that span rejected (no bundle line can hold the long one either),
+        # and so does the journal.
+        for trace_id, body in items:
+            try:
+                keys.extend(journal.append_spans([(trace_id, body)]))
+            except ValueError:
+                keys.append(None)
+                rejections[trace_id] += 1
 
 
 def install(**kwargs: Any) -> EvidenceSpanProcessor:
