@@ -49,11 +49,14 @@ span a worker is sent.
 A worker exits at end of input (the receiver closed its pipe, or exited or was
 killed); it ignores SIGINT and SIGTERM, which a terminal or a service manager sends
 to the whole process group: the receiver decides, and seals what is pending with
-its workers' help before it stops.
+its workers' help before it stops.  A worker whose receiver died (it is re-parented)
+writes nothing more, not even the round it holds: the next receiver seals those
+spans from the journal, and a bundle written by both would certify them twice.
 """
 
 from __future__ import annotations
 
+import os
 import select
 import signal
 import subprocess
@@ -355,16 +358,32 @@ def worker_main() -> None:
         _reply_to(out, ("error", f"{type(e).__name__}: {e}"))
         return
     _reply_to(out, ("ready",))
+    # A receiver that was killed (kill -9, the OOM killer) leaves its journal to the
+    # next one, which seals the journaled spans again ("recovered") as soon as it
+    # starts; a round this worker still holds (read, or waiting in the pipe) must
+    # not be written then as well: the spans would be certified twice.  The worker
+    # is re-parented when its receiver dies.
+    receiver = os.getppid()
+
+    def orphaned() -> bool:
+        return os.getppid() != receiver
+
     with collecting_rarely():
-        while (message := _read_frame(inp)) is not None:
+        while (message := _read_frame(inp)) is not None and not orphaned():
             _, sealed_at, jobs = message
-            _reply_to(out, ("sealed", _seal_and_write(jobs, sealed_at, signer, producer,
-                                                       redact, sink)))
+            results = _seal_and_write(jobs, sealed_at, signer, producer, redact, sink,
+                                      orphaned)
+            if results is None:
+                return
+            _reply_to(out, ("sealed", results))
 
 
 def _seal_and_write(jobs: Sequence[tuple[Any, ...]], sealed_at: datetime, signer: SigningKey,
                     producer: Producer, redact: AttributeMatcher | None,
-                    sink: DirectorySink | None) -> list[Result]:
+                    sink: DirectorySink | None,
+                    orphaned: Callable[[], bool] = lambda: False) -> list[Result] | None:
+    """The results of sealing (and writing) *jobs*; None, writing nothing, once
+    *orphaned* says the receiver that sent them is gone."""
     results: list[Result] = []
     sealed: list[tuple[int, SealedBundle]] = []
     for trace_id, bodies, position, reason, completeness in jobs:
@@ -381,6 +400,8 @@ def _seal_and_write(jobs: Sequence[tuple[Any, ...]], sealed_at: datetime, signer
         sealed.append((len(results), bundle))
         results.append(("sealed", bundle))
     if sink is not None and sealed:
+        if orphaned():
+            return None
         try:
             outcomes: list[str | OSError] = sink.write_many([bundle for _, bundle in sealed])
         except Exception as e:  # a bug, not a disk condition: every write failed

@@ -5,12 +5,15 @@ that dies or cannot start leaves the receiver sealing on its own."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import logging
 import os
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from datetime import datetime, timezone
@@ -667,3 +670,40 @@ def test_workers_exit_when_the_receiver_is_killed(tmp_path):
     assert len(workers) == 2
     assert proc.stop(signal.SIGKILL) == -signal.SIGKILL
     wait_for(lambda: not any(running(pid) for pid in workers), 10, "the workers to exit")
+
+
+def _unread_input(pid: int) -> int:
+    """The bytes waiting in the pipe process *pid* reads its input from."""
+    fd = os.open(f"/proc/{pid}/fd/0", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+    finally:
+        os.close(fd)
+
+
+@needs_proc
+def test_a_worker_orphaned_by_a_killed_receiver_does_not_write_a_second_bundle(tmp_path):
+    # The receiver sent a round to a worker and was killed (kill -9, the OOM killer)
+    # before the answer; the next receiver recovers the journal and seals the
+    # round's spans ("recovered").  The orphaned worker, still holding the round,
+    # must not write its own bundle of the same segment: the spans would be
+    # certified twice (the second one under another file name).
+    key, _ = write_key(str(tmp_path))
+    out = str(tmp_path / "out")
+    first = ReceiverProcess(out, key, "--seal-grace-ms", "0", "--sealing-processes", "1")
+    (worker,) = child_pids(first.proc.pid)
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        export(first.grpc, otlp_span(TRACE_A, 1))
+        wait_for(lambda: _unread_input(worker), 10, "the round in the stopped worker's pipe")
+        assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+        second = ReceiverProcess(out, key, "--sealing-processes", "1")
+        assert any(line.startswith("recovered") for line in second.lines), second.lines
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    wait_for(lambda: not running(worker), 10, "the orphaned worker to exit")
+    assert second.stop(signal.SIGTERM, 30) == 0, second.log()
+    names = sorted(n for n in os.listdir(out) if n.endswith(".spanproof.json"))
+    reports = verified(out, trust_root(str(tmp_path)))
+    assert [(r.statement.trace_id, span_ids(r)) for r in reports] == [
+        (TRACE_A, [span_id(1)])], names
