@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from spanproof.verifier._files import fsync_directory
 from spanproof.verifier.bundle import BUNDLE_SUFFIX
 from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.disclosure import (
@@ -202,6 +203,10 @@ def _seal_trace(
     unencodable, rejected = rejected, rejected + trace.rejected_spans
     if directory is not None and trace.instance:
         earlier = _written_segments(trace.trace_id, instance, position, directory, signer)
+        if earlier:
+            # The dead instance may have stopped between linking them and fsyncing
+            # the directory: durable before their journal goes.
+            fsync_directory(directory)
         unrecorded = 0
         for report in earlier:
             assert report.statement is not None
@@ -320,13 +325,20 @@ def written_segment(
     wrote it, then died before it answered): its path and the position after it, or
     None.  It is the file named for *job*'s segment of this instance, signed by
     *signer*'s key, starting exactly at *job*'s position; only *job* is ever sealed
-    there, so it holds *job*'s spans.  One ``stat`` when there is none."""
+    there, so it holds *job*'s spans.  One ``stat`` when there is none.  A bundle
+    found is made durable (the directory fsynced: the worker may have died between
+    linking it and that fsync) before this returns, as its spans are retired next.
+
+    Raises:
+        OSError: the directory could not be read or fsynced.
+    """
     directory = _directory_of(sink)
     if directory is None:
         return None
     found = _written_segments(job.trace_id, instance, job.position, directory, signer)
     if not found:
         return None
+    fsync_directory(directory)
     return found[0].source, _after(found[0])
 
 

@@ -148,3 +148,35 @@ def test_untrusted_file_under_the_bundle_name_is_not_taken_for_the_written_one(
     assert resealed != path
     report = check_bundle(resealed, trust_root(str(tmp_path)), keep_records=True)
     assert report.verdict is Verdict.OK and span_ids(report) == [span_id(1)]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+def test_bundle_found_at_recovery_is_durable_before_the_journal_is_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The crashed producer may have died between linking the bundle into place
+    # and fsyncing the directory.  Recovery takes it as written and deletes the
+    # journal: the bundle's name must be durable first, or a power loss then
+    # takes both the bundle and the spans' journal entries.
+    clock = FakeClock()
+    out = tmp_path / "out"
+    stop_after_writing(out, clock, request(otlp_span(TRACE_A, 1), otlp_span(TRACE_A, 2, parent=1)))
+    events: list[str] = []
+    real_fsync, real_unlink = os.fsync, os.unlink
+    directory = os.path.realpath(out)
+
+    def fsync(fd: int) -> None:
+        if os.path.realpath(f"/proc/self/fd/{fd}") == directory:
+            events.append("fsync output directory")
+        real_fsync(fd)
+
+    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+        if os.path.basename(os.fspath(path)).startswith("journal-"):
+            events.append("delete journal")
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "unlink", unlink)
+    assert restart(out, clock) == []
+    assert "delete journal" in events
+    assert "fsync output directory" in events[:events.index("delete journal")], events

@@ -26,6 +26,7 @@ from receiver_support import (
     TRACE_B,
     FakeClock,
     ReceiverProcess,
+    bundle_paths,
     export,
     otlp_span,
     request,
@@ -380,6 +381,58 @@ def test_bundles_a_worker_wrote_before_it_died_are_not_sealed_again(
     assert os.listdir(receiver.journal_dir) == []
 
 
+def directory_fsyncs(monkeypatch, events: list, directory) -> None:
+    """Record in *events* each fsync of *directory* this process makes."""
+    real_fsync = os.fsync
+    directory = os.path.realpath(directory)
+
+    def fsync(fd):
+        if os.path.realpath(f"/proc/self/fd/{fd}") == directory:
+            events.append("fsync output directory")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+@needs_proc
+def test_bundles_a_dead_worker_wrote_are_durable_before_their_spans_are_retired(
+    tmp_path, monkeypatch
+):
+    # A worker killed between linking its bundles into place and fsyncing the
+    # directory leaves names a power loss can take away.  The receiver takes those
+    # bundles as written: it must make them durable before it journals their spans
+    # as sealed, or a power loss then loses spans no bundle declares.
+    events: list[str] = []
+    real_seal = SealWorkers.seal
+
+    def wrote_then_died(self, jobs, sealed_at, meanwhile=None):
+        real_seal(self, jobs, sealed_at, meanwhile)
+        events.append("worker died")
+        raise SealWorkerError("seal worker 1 exited (exit code -9)")
+
+    clock = FakeClock()
+    out = tmp_path / "out"
+    receiver = make_receiver(out, clock, sealing_processes=1)
+    receiver.start()
+    real_retire = receiver._journal.append_sealed_many
+
+    def retire(items):
+        events.append("retire")
+        return real_retire(items)
+
+    monkeypatch.setattr(receiver._journal, "append_sealed_many", retire)
+    monkeypatch.setattr(SealWorkers, "seal", wrote_then_died)
+    directory_fsyncs(monkeypatch, events, out)
+    receiver(request(otlp_span(TRACE_A, 1), otlp_span(TRACE_B, 1)).resource_spans)
+    clock.advance(2.5)
+    assert receiver.flush()
+    after = events[events.index("worker died") + 1:]
+    assert "retire" in after
+    assert "fsync output directory" in after[:after.index("retire")], events
+    assert receiver.shutdown()
+    assert len(bundle_paths(str(out))) == 2
+
+
 def test_the_workers_are_started_again_later_twice_as_late_after_each_failure(
     tmp_path, caplog, monkeypatch
 ):
@@ -695,13 +748,13 @@ def test_a_worker_orphaned_by_a_killed_receiver_does_not_write_a_second_bundle(t
     os.kill(worker, signal.SIGSTOP)
     try:
         export(first.grpc, otlp_span(TRACE_A, 1))
-        wait_for(lambda: _unread_input(worker), 10, "the round in the stopped worker's pipe")
+        wait_for(lambda: _unread_input(worker), 30, "the round in the stopped worker's pipe")
         assert first.stop(signal.SIGKILL) == -signal.SIGKILL
         second = ReceiverProcess(out, key, "--sealing-processes", "1")
         assert any(line.startswith("recovered") for line in second.lines), second.lines
     finally:
         os.kill(worker, signal.SIGCONT)
-    wait_for(lambda: not running(worker), 10, "the orphaned worker to exit")
+    wait_for(lambda: not running(worker), 30, "the orphaned worker to exit")
     assert second.stop(signal.SIGTERM, 30) == 0, second.log()
     names = sorted(n for n in os.listdir(out) if n.endswith(".spanproof.json"))
     reports = verified(out, trust_root(str(tmp_path)))
