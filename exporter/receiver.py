@@ -390,6 +390,9 @@ class Receiver:
         # (see _seal_jobs) or at the end of the sealing cycle.
         self._to_retire: list[tuple[SealJob, ChainPosition]] = []
         self._storage_error: str | None = None
+        # The last journal write of a request that failed (monotonic time, why),
+        # until one succeeds: see not_serving().
+        self._journal_failed: tuple[float, str] | None = None
         self._journal: Journal | None = None
         self._submitter: WitnessSubmitter | None = None
         self._sealing_processes = sealing_processes
@@ -561,14 +564,23 @@ class Receiver:
 
         Not started, starting (sealing an earlier receiver's journal first), failed
         to start, or shut down; or storage failing (it accepts again once a write
-        succeeds).  An overload is not counted, as it passes with the backlog.  The
-        health checks answer with it (``NOT_SERVING`` / HTTP 503).
+        succeeds; a request whose spans the journal could not take counts for the
+        5 s retry delay it was answered, or until a request's journal write
+        succeeds, and requests are still tried meanwhile).  An overload is not
+        counted, as it passes with the backlog.  The health checks answer with it
+        (``NOT_SERVING`` / HTTP 503).
         """
         if not self._running:
             return self._refusal()
         error = self._storage_error
         if error is not None:
             return f"storage is failing: {error}"
+        failed = self._journal_failed
+        if failed is not None and time.monotonic() - failed[0] < _STORAGE_RETRY_AFTER:
+            # Requests are still admitted (each retry tries the journal again), but
+            # every one is refused meanwhile: a probe must send the traffic elsewhere.
+            # Without requests, the failure counts for the retry delay it answered.
+            return f"storage is failing: {failed[1]}"
         return None
 
     def check_accepting(self) -> None:
@@ -740,7 +752,9 @@ class Receiver:
             except OSError as e:
                 self._forget(fresh)  # not acknowledged: the retry must be admitted
                 _logger.error("receiver: cannot write the journal: %s", e)
+                self._journal_failed = (time.monotonic(), f"journal write failed: {e}")
                 raise Unavailable(f"journal write failed: {e}", _STORAGE_RETRY_AFTER) from e
+            self._journal_failed = None
         now = self._clock()
         with self._cond:
             assembler = self._assembler

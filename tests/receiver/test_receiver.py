@@ -717,6 +717,47 @@ def test_retry_after_a_failed_journal_write_is_not_a_conflict(tmp_path, clock, m
     assert report.statement.completeness.conflicts == ()
 
 
+def test_a_journal_that_cannot_take_spans_makes_the_health_checks_not_serving(
+    tmp_path, clock, monkeypatch
+):
+    # A full disk refused every request ("journal write failed") while the health
+    # checks said SERVING, so a readiness probe kept sending the Collector's
+    # traffic to a receiver that could take none of it.
+    from spanproof.exporter import receiver as receiver_module
+    from spanproof.exporter.journal import Journal
+
+    real_append = Journal.append_spans
+    disk = {"full": True}
+
+    def append_spans(self, items, **kwargs):
+        if disk["full"]:
+            raise OSError(28, "No space left on device")
+        return real_append(self, items, **kwargs)
+
+    monkeypatch.setattr(Journal, "append_spans", append_spans)
+    receiver = make_receiver(tmp_path / "out", clock)
+    receiver.start()
+    try:
+        assert receiver.not_serving() is None
+        with pytest.raises(Unavailable, match="journal write failed"):
+            receiver(request(otlp_span(TRACE_A, 1)).resource_spans)
+        assert receiver.not_serving() == (
+            "storage is failing: journal write failed: [Errno 28] No space left on device")
+        receiver.check_accepting()  # a retry still tries the journal
+        # Without a request to try it, the failure counts for the storage retry delay.
+        monkeypatch.setattr(receiver_module, "_STORAGE_RETRY_AFTER", 0.0)
+        assert receiver.not_serving() is None
+        monkeypatch.setattr(receiver_module, "_STORAGE_RETRY_AFTER", 5.0)
+        with pytest.raises(Unavailable, match="journal write failed"):
+            receiver(request(otlp_span(TRACE_A, 1)).resource_spans)
+        assert receiver.not_serving() is not None
+        disk["full"] = False
+        receiver(request(otlp_span(TRACE_A, 1)).resource_spans)  # the Collector's retry
+        assert receiver.not_serving() is None
+    finally:
+        assert receiver.shutdown()
+
+
 def test_requests_with_a_malformed_resource_do_not_use_up_their_connections_streams(
     tmp_path, clock
 ):
