@@ -41,8 +41,8 @@ from .sealing import ChainPosition, SealedBundle, seal
 from .sinks import BundleSink, DirectorySink
 
 __all__ = [
-    "continue_on_disk", "position_from_json", "position_to_json", "seal_orphaned_journals",
-    "written_segment",
+    "continue_on_disk", "finish_writes_in", "position_from_json", "position_to_json",
+    "seal_orphaned_journals", "written_segment",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -340,6 +340,16 @@ def written_segment(
         return None
     fsync_directory(directory)
     return found[0].source, _after(found[0])
+
+
+def finish_writes_in(sink: BundleSink) -> None:
+    """Finish the writes a process that died left half done in the sink's directory
+    (a :class:`DirectorySink`'s; see :func:`finish_interrupted_writes`): a seal
+    worker killed between linking a bundle and naming its disclosures.  Never
+    raises (a failure is logged)."""
+    directory = _directory_of(sink)
+    if directory is not None:
+        _finish_writes(directory)
 
 
 def _finish_writes(directory: str) -> None:

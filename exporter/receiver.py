@@ -55,6 +55,7 @@ from spanproof.verifier.statement import Producer
 
 from ._recovery import (
     continue_on_disk,
+    finish_writes_in,
     position_to_json,
     seal_orphaned_journals,
     written_segment,
@@ -928,6 +929,9 @@ class Receiver:
                 # A worker may have written some of this pass's bundles before it
                 # died: those are taken as written, not sealed a second time (with
                 # committed values, whose salts are fresh, that would fork the chain).
+                # One it killed between linking a bundle and naming its disclosures
+                # left them under a temporary name: named first.
+                finish_writes_in(self._sink)
                 results = [self._found_or_sealed_here(job, sealed_at) for job in jobs]
         if results is None:
             results = [self._seal_here(job, sealed_at) for job in jobs]

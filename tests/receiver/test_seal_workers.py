@@ -433,6 +433,37 @@ def test_bundles_a_dead_worker_wrote_are_durable_before_their_spans_are_retired(
     assert len(bundle_paths(str(out))) == 2
 
 
+def test_disclosures_a_dead_worker_left_unnamed_are_named_when_its_bundle_is_kept(
+    tmp_path, monkeypatch
+):
+    # A worker killed between linking a bundle into place and renaming its
+    # disclosures leaves them under a temporary name.  The receiver keeps the
+    # bundle: its disclosures, the only way to open its commitments, must get
+    # their name too, not wait for the next start.
+    real_seal = SealWorkers.seal
+
+    def linked_then_died(self, jobs, sealed_at, meanwhile=None):
+        real_seal(self, jobs, sealed_at, meanwhile)
+        for path in glob.glob(str(out / "*.disclosures.json")):
+            name = os.path.basename(path).removesuffix(".disclosures.json")
+            os.rename(path, str(out / f".{name}.spanproof.json.0123abcd.tmp"))
+        raise SealWorkerError("seal worker 1 exited (exit code -9)")
+
+    clock = FakeClock()
+    out = tmp_path / "out"
+    receiver = make_receiver(out, clock, sealing_processes=1, redact_attributes=["app.*"])
+    receiver.start()
+    monkeypatch.setattr(SealWorkers, "seal", linked_then_died)
+    receiver(request(otlp_span(TRACE_A, 1, extra={"app.secret": "s1"})).resource_spans)
+    clock.advance(2.5)
+    assert receiver.flush()
+    (bundle,) = bundle_paths(str(out))
+    named = bundle.removesuffix(".spanproof.json") + ".disclosures.json"
+    assert os.path.exists(named), sorted(os.listdir(out))
+    assert not glob.glob(str(out / ".*.tmp"))
+    assert receiver.shutdown()
+
+
 def test_the_workers_are_started_again_later_twice_as_late_after_each_failure(
     tmp_path, caplog, monkeypatch
 ):
