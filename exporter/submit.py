@@ -9,7 +9,7 @@ together, with one ``syncfs`` where available), POSTs the bundle to the witness,
 and writes the receipt it gets back atomically beside the bundle as
 ``<name>.receipt.json`` (a round's receipts made durable together, in the same
 way).  When the witness is
-unreachable or overloaded (connection error, HTTP 408, 429 or 5xx), delivery is
+unreachable or overloaded (connection error, HTTP 3xx, 408, 429 or 5xx), delivery is
 retried with exponential backoff and jitter, waiting at least what a 429 or 503
 asks in its ``Retry-After`` (up to the longest backoff); a bundle the witness
 rejects, or a receipt that does not verify, is moved to ``<queue>/failed/`` with
@@ -833,8 +833,10 @@ def _read_bundle(bundle: str) -> bytes:
 
 
 def _retryable(status: int) -> bool:
-    """An HTTP status the witness may answer differently later (SPEC §12.11)."""
-    return status in (408, 429) or status >= 500
+    """An HTTP status the witness may answer differently later (SPEC §12.11): 408,
+    429, 5xx, and a 3xx, a redirect (not followed: a proxy's, or a maintenance
+    page's, not the witness's answer), as ``spanproof witness submit`` reads it."""
+    return status in (408, 429) or 300 <= status < 400 or status >= 500
 
 
 def _retry_after_seconds(value: str, now: float) -> float | None:

@@ -355,6 +355,27 @@ def test_transient_http_statuses_back_off(tmp_path: Path, witness: Witness) -> N
     assert sub.process_due() == 0.5 and sub.pending == 1
 
 
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_retried_not_taken_for_a_rejection(
+    tmp_path: Path, witness: Witness, status: int
+) -> None:
+    # A 3xx (a proxy sending clients to a maintenance page) retired every pending
+    # submission to failed/ in one round, each logged as failed permanently.
+    clock, fake = Clock(), FakeWitness(witness)
+    fake.down, fake.status = False, status
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=clock,
+                           rng=lambda: 1.0, backoff_initial=1.0, start=False)
+    paths = _bundles(tmp_path / "b", 3)
+    assert all(sub.submit(p) for p in paths)
+    assert sub.process_due() == 1.0 and fake.calls == 1  # backing off after the probe
+    assert sub.pending == 3 and not list((tmp_path / "q" / "failed").iterdir())
+    fake.status = None
+    clock.t += 1.0
+    assert sub.process_due() is None and sub.pending == 0
+    assert all(Path(receipt_path(p)).exists() for p in paths)
+    sub.close()
+
+
 #: The wall clock of the Retry-After tests: Sun, 06 Nov 1994 08:49:37 GMT (RFC 9110's
 #: example date).
 RFC_DATE = 784111777.0
