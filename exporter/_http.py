@@ -47,12 +47,15 @@ def urllib_post(
     ``Retry-After`` header (None without one).
 
     Raises:
-        OSError, urllib.error.URLError: the server cannot be reached.
+        OSError, urllib.error.URLError: the server cannot be reached, or the answer
+            was cut short.
     """
     req = urllib.request.Request(url, data=body, method="POST", headers=dict(headers))  # noqa: S310
     try:
         with opener.open(req, timeout=timeout) as resp:
-            return int(resp.status), resp.read(max_response), resp.headers.get("Retry-After")
+            data = resp.read(max_response)
+            _check_whole(resp, data, max_response)
+            return int(resp.status), data, resp.headers.get("Retry-After")
     except urllib.error.HTTPError as e:
         return int(e.code), e.read(max_response), e.headers.get("Retry-After")
 
@@ -171,7 +174,22 @@ class KeepAlivePost:
             if isinstance(e, OSError):  # RemoteDisconnected: a ConnectionResetError
                 raise
             raise ConnectionError(f"bad HTTP answer: {type(e).__name__}: {e}") from e
+        _check_whole(resp, data, self._max_response)
         if not resp.isclosed():
             # The answer was cut at max_response: the rest is still on the wire.
             conn.close()
         return resp.status, data, resp.getheader("Retry-After")
+
+
+def _check_whole(resp: http.client.HTTPResponse, data: bytes, max_response: int) -> None:
+    """Raise when the answer *resp* was cut short: http.client returns what arrived
+    when the server closes before the ``Content-Length`` it declared, and half a
+    receipt is no answer of the witness's, as a connection cut is not.
+
+    Raises:
+        ConnectionError: fewer bytes than declared arrived (and fewer than
+            *max_response*, where the answer is cut on purpose).
+    """
+    if resp.length and len(data) < max_response:
+        raise ConnectionError(f"answer cut short ({len(data)} of "
+                              f"{len(data) + resp.length} bytes)")

@@ -160,6 +160,23 @@ def test_an_answer_cut_at_the_limit_does_not_poison_the_connection(stub: tuple[s
     assert seen.bodies == [b"a", b"b"]
 
 
+def test_an_answer_cut_short_by_the_server_raises_oserror_not_half_an_answer(
+    stub: tuple[str, Seen],
+) -> None:
+    # Half a receipt came back as the answer with its 2xx; with witness keys pinned
+    # the submitter took it for a receipt that does not verify and retired the
+    # bundle, when the witness had only been restarted mid-answer.
+    url, seen = stub
+    seen.answer = b'{"mediaType":"application/vnd.spanproof.receipt.v1+json"}'
+    seen.cut_after = 12
+    post = KeepAlivePost(1 << 20)
+    with pytest.raises(OSError, match="cut short"):
+        post(f"{url}/v1/submit", b"a", HEADERS, 5.0)
+    seen.cut_after = 0
+    assert post(f"{url}/v1/submit", b"b", HEADERS, 5.0) == (201, seen.answer, None)
+    post.close()
+
+
 def test_an_unreachable_server_raises_oserror() -> None:
     post = KeepAlivePost(1 << 20)
     with pytest.raises(OSError):
