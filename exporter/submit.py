@@ -713,6 +713,10 @@ class WitnessSubmitter:
             try:
                 verified = verifier.verify(receipt, statement)
             except SpanproofError as e:
+                if not _is_receipt(receipt):
+                    # A 2xx that is no receipt at all (a proxy's page): not delivered,
+                    # and tried again, as when no witness key is pinned.
+                    raise _Transient(f"witness answer is not a receipt: {e}") from e
                 raise _Permanent(f"witness receipt does not verify: {e}") from e
             _logger.info(
                 "receipt for %s verified: index %d of %s (tree size %d)",
@@ -822,6 +826,16 @@ def _own_statement(data: bytes, trust: TrustRoot) -> _OwnStatement:
     except SpanproofError as e:
         raise _Permanent(f"own bundle's statement does not verify: {e}") from e
     return _OwnStatement(statement, digest_hex(envelope.payload), signer.keyid)
+
+
+def _is_receipt(answer: bytes) -> bool:
+    """Whether *answer* is a well-formed receipt (SPEC §12.5 step 1), whatever it
+    proves."""
+    try:
+        Receipt.from_bytes(answer)
+    except SpanproofError:
+        return False
+    return True
 
 
 def _read_bundle(bundle: str) -> bytes:

@@ -207,6 +207,35 @@ def test_a_2xx_that_is_not_the_bundles_receipt_is_retried_not_stored(
     sub.close()
 
 
+def test_a_2xx_page_is_retried_not_retired_when_witness_keys_are_pinned(
+    tmp_path: Path,
+    witness: Witness,
+    witness_keys: list[WitnessKey],
+    producer_key: SigningKey,
+    producer_trust: TrustRoot,
+) -> None:
+    # With the witness key pinned, a proxy's 200 page was taken for a receipt that
+    # does not verify: one round retired every pending submission to failed/.
+    clock, fake = Clock(), FakeWitness(witness)
+    fake.down, fake.batches = False, False
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q",
+                           producer_key=producer_key.private_key.public_key(),
+                           witness_keys=witness_keys, backoff_initial=1.0, backoff_max=8.0,
+                           clock=clock, rng=lambda: 1.0, post=fake, start=False)
+    paths = _bundles(tmp_path / "b", 3)
+    assert all(sub.submit(p) for p in paths)
+    fake.page = b"<html>down for maintenance</html>"
+    assert sub.process_due() == 1.0 and fake.calls == 1
+    assert sub.pending == 3 and not list((tmp_path / "q" / "failed").iterdir())
+    fake.page = None
+    clock.t += 1.0
+    assert sub.process_due() is None and sub.pending == 0
+    for path in paths:
+        verify_receipt(Path(receipt_path(path)).read_bytes(),
+                       check_bundle(path, producer_trust), witness_keys)
+    sub.close()
+
+
 def test_pending_submissions_survive_a_restart(
     tmp_path: Path, witness: Witness, producer_key: SigningKey
 ) -> None:
