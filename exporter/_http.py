@@ -23,9 +23,12 @@ go through ``urllib`` as before, which honours them.
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
+import socket
 import ssl
 import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -77,6 +80,7 @@ class KeepAlivePost:
         self._connections: set[http.client.HTTPConnection] = set()
         self._direct: dict[tuple[str, str], bool] = {}
         self._opener: urllib.request.OpenerDirector | None = None  # for proxies
+        self._deadlines = _Deadlines()
 
     def __call__(
         self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
@@ -126,6 +130,7 @@ class KeepAlivePost:
             connections, self._connections = self._connections, set()
         for conn in connections:
             conn.close()
+        self._deadlines.stop()
 
     def _is_direct(self, origin: tuple[str, str], host: str) -> bool:
         direct = self._direct.get(origin)
@@ -163,9 +168,34 @@ class KeepAlivePost:
         self, conn: http.client.HTTPConnection, target: str, body: bytes,
         headers: Mapping[str, str], timeout: float,
     ) -> tuple[int, bytes, str | None]:
+        """One request and its whole answer within *timeout* seconds in all: the
+        socket's timeout bounds each wait for bytes only, so a server answering a
+        byte at a time would hold the delivery thread without end."""
+        deadline = time.monotonic() + timeout
         conn.timeout = timeout
-        if conn.sock is not None:
+        if conn.sock is None:
+            conn.connect()
+        else:
             conn.sock.settimeout(timeout)
+        assert conn.sock is not None
+        armed = self._deadlines.arm(conn.sock, deadline)
+        failure: OSError | None = None
+        try:
+            answer = self._send(conn, target, body, headers)
+        except OSError as e:
+            failure = e
+        if self._deadlines.disarm(armed):
+            # Shut down at the deadline: what was read then (headers cut at the
+            # end of input read as complete) is no answer.
+            raise TimeoutError(f"no whole answer within {timeout:g} s") from failure
+        if failure is not None:
+            raise failure
+        return answer
+
+    def _send(
+        self, conn: http.client.HTTPConnection, target: str, body: bytes,
+        headers: Mapping[str, str],
+    ) -> tuple[int, bytes, str | None]:
         try:
             conn.request("POST", target, body=body, headers=dict(headers))
             resp = conn.getresponse()
@@ -193,3 +223,75 @@ def _check_whole(resp: http.client.HTTPResponse, data: bytes, max_response: int)
     if resp.length and len(data) < max_response:
         raise ConnectionError(f"answer cut short ({len(data)} of "
                               f"{len(data) + resp.length} bytes)")
+
+
+@dataclasses.dataclass(eq=False)
+class _Armed:
+    """An exchange on *sock* that must be over by *deadline* (monotonic seconds)."""
+
+    sock: socket.socket
+    deadline: float
+    expired: bool = False
+
+
+class _Deadlines:
+    """Shuts down the socket of an exchange still running at its deadline, from one
+    daemon thread (started on first use), so that the blocked read or write in
+    the delivery thread returns at once."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._armed: set[_Armed] = set()
+        self._thread: threading.Thread | None = None
+        self._wake = 0.0  # when the thread wakes up next, at the latest
+
+    def arm(self, sock: socket.socket, deadline: float) -> _Armed:
+        """Watch *sock* until :meth:`disarm`; shut it down at *deadline*."""
+        armed = _Armed(sock, deadline)
+        with self._cond:
+            self._armed.add(armed)
+            if self._thread is None:
+                thread = threading.Thread(target=self._run, name="spanproof-witness-deadlines",
+                                          daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError:  # at interpreter exit: the socket timeout alone
+                    return armed
+                self._thread = thread
+            elif deadline < self._wake:
+                self._cond.notify()
+        return armed
+
+    def disarm(self, armed: _Armed) -> bool:
+        """Stop watching; whether the deadline had passed (the socket shut down)."""
+        with self._cond:
+            self._armed.discard(armed)
+            return armed.expired
+
+    def stop(self) -> None:
+        """Let the thread end (a later :meth:`arm` starts another)."""
+        with self._cond:
+            self._thread = None  # the running thread ends: it is no longer the one
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        idle = 1.0
+        with self._cond:
+            while self._thread is threading.current_thread():
+                now = time.monotonic()
+                for armed in [a for a in self._armed if a.deadline <= now]:
+                    armed.expired = True
+                    self._armed.discard(armed)
+                    try:
+                        # Not SSLSocket.shutdown, which unwraps TLS under the reader.
+                        socket.socket.shutdown(armed.sock, socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                if self._armed:
+                    self._wake = min(a.deadline for a in self._armed)
+                    idle = max(idle, self._wake - now)
+                else:
+                    # Idle: wake up no sooner than an exchange armed now could end,
+                    # so that arming one needs no wake-up.
+                    self._wake = now + idle
+                self._cond.wait(max(0.0, self._wake - now))

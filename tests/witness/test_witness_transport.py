@@ -7,8 +7,10 @@ from __future__ import annotations
 import datetime
 import io
 import ipaddress
+import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -174,6 +176,51 @@ def test_an_answer_cut_short_by_the_server_raises_oserror_not_half_an_answer(
         post(f"{url}/v1/submit", b"a", HEADERS, 5.0)
     seen.cut_after = 0
     assert post(f"{url}/v1/submit", b"b", HEADERS, 5.0) == (201, seen.answer, None)
+    post.close()
+
+
+@pytest.fixture
+def trickler() -> Iterator[str]:
+    """A local server that answers every request with a status line, then one
+    header line every 0.1 s, for 20 s at most (or until the client hangs up)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(65536)
+                try:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\n")
+                    for _ in range(200):
+                        if done.wait(0.1):
+                            break
+                        conn.sendall(b"X-Wait: 1\r\n")
+                except OSError:
+                    pass  # the client hung up
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    done.set()
+    thread.join(30)
+    listener.close()
+
+
+def test_an_answer_trickling_in_ends_at_the_timeout(trickler: str) -> None:
+    # The timeout bounded each wait for bytes only: a witness (or a proxy) sending a
+    # header line now and then held the delivery thread, and every submission after
+    # it, for as long as it kept sending.
+    post = KeepAlivePost(1 << 20)
+    start = time.monotonic()
+    with pytest.raises(TimeoutError):
+        post(f"{trickler}/v1/submit", b"a", HEADERS, 0.5)
+    assert time.monotonic() - start < 5.0
     post.close()
 
 
