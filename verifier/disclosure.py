@@ -694,6 +694,11 @@ def check_disclosures(
         ValueError: a verified report was made without its records.
     """
     verified: list[_Located] = []
+    # The traces of the bundles that verified, from their statements: a verified
+    # bundle of the trace was given even when none of its records is kept (a bundle
+    # of no records, or records selected for other spans), and a disclosure naming
+    # a span it does not hold fails SPEC §2.5.5 step 2, not step 1.
+    traces: set[str] = set()
     failed_traces: set[str] = set()
     unread = 0  # bundles that failed before their statement (and trace id) could be read
     for report in reports:
@@ -707,10 +712,10 @@ def check_disclosures(
         if report.records is None:
             raise ValueError(f"{report.source}: check disclosures against a report made "
                              "with keep_records=True")
+        traces.add(stmt.trace_id)
         verified.extend(_Located(report.source, record, report.signer_keyid)
                         for record in report.records)
     index = _Index(verified)
-    traces = {trace_id for trace_id, _ in index.keys}
     out = []
     for disclosure in disclosures:
         if disclosure.trace_id not in traces:

@@ -29,6 +29,7 @@ from spanproof.verifier import disclosure as disclosure_module
 from spanproof.verifier.disclosure import (
     Disclosure,
     DisclosureFile,
+    DisclosureNeeds,
     check_disclosures,
     check_disclosures_in_records,
     committed_attributes,
@@ -160,6 +161,28 @@ def test_disclosure_for_span_not_in_bundle_fails(
     elsewhere = dataclasses.replace(_one(file, SPAN_A, "customer.email"),
                                     span_id="20000000000000ff")
     _fails(report, elsewhere, "span 20000000000000ff is not in the verified bundle(s)")
+
+
+def test_disclosure_for_span_not_in_bundle_is_not_reported_as_trace_not_given(
+    tmp_path: Path, setup: tuple[BundleReport, DisclosureFile],
+) -> None:
+    # SPEC §2.5.5: a verified bundle of the trace was given, so a disclosure naming a
+    # span it does not hold fails step 2 ("no such span"), not step 1, also when the
+    # bundle kept only the records the disclosures need (``spanproof verify
+    # --disclosures``), none of which is of that trace.
+    report, file = setup
+    elsewhere = dataclasses.replace(_one(file, SPAN_A, "customer.email"),
+                                    span_id="20000000000000ff", salt=b"\xff" * 16)
+    trust, _ = trust_root(tmp_path / "keys")
+    written = write_bundle(tmp_path / "selected")
+    selected = check_bundle(written.bundle, trust,
+                            select_records=DisclosureNeeds.of([elsewhere]))
+    assert selected.verdict is Verdict.OK and selected.records == ()
+    for verified in (report, selected):
+        (result,) = check_disclosures([elsewhere], [verified])
+        assert result.status is Status.FAIL
+        assert "span 20000000000000ff is not in the verified bundle(s)" in result.message, (
+            result.message)
 
 
 def test_disclosure_for_trace_not_given_fails(
