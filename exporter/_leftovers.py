@@ -19,7 +19,9 @@ The witness submitter writes a bundle's receipt the same way
 (``.<stem>.receipt.json.<8 hex>.tmp``, renamed to ``<stem>.receipt.json``), and
 deletes the bundle's queue entry only once the receipt has its name: a temporary
 receipt left behind is written again when the entry is submitted again, so it
-goes once older than *older_than* too.
+goes once older than *older_than* too.  Its queue directory (and ``failed/`` in
+it) holds entries written the same way: :func:`remove_old_temporaries` removes
+their temporary files once older than *older_than*, by the same rule.
 
 Other files are never touched, and a disclosures file whose name is taken by
 different content is kept (and logged), never overwritten or removed.
@@ -47,7 +49,7 @@ from spanproof.verifier.receipt import RECEIPT_SUFFIX
 
 from .sinks import bundle_names
 
-__all__ = ["LEFTOVER_AGE_S", "Leftovers", "finish_interrupted_writes"]
+__all__ = ["LEFTOVER_AGE_S", "Leftovers", "finish_interrupted_writes", "remove_old_temporaries"]
 
 _logger = logging.getLogger(__name__)
 
@@ -138,6 +140,46 @@ def _finish(path: str, bundle_path: str | None, published: set[str], cutoff: flo
             if opened is not None:
                 _name_disclosures(path, data, disclosures_path(opened), done)
                 return
+    _remove_if_older(path, cutoff, done)
+
+
+def remove_old_temporaries(
+    directory: str, names: re.Pattern[str], *, older_than: float = LEFTOVER_AGE_S,
+    now: float | None = None,
+) -> Leftovers:
+    """Remove the temporary files (:func:`~spanproof.verifier._files.write_temp`'s)
+    of files named as *names* matches in *directory* that are older than
+    *older_than* seconds: a write that never finished, or a younger one that may be
+    in progress in another live process (see the module's docstring).  Other files
+    are not touched; one that cannot be removed is logged and kept.
+
+    Raises:
+        OSError: *directory* cannot be listed.
+    """
+    done = Leftovers()
+    cutoff = (time.time() if now is None else now) - older_than
+    with os.scandir(directory) as entries:
+        temporaries = sorted(
+            entry.path for entry in entries
+            if entry.name.startswith(".") and entry.is_file(follow_symlinks=False)
+            and names.fullmatch(temp_target(entry.name) or "")
+        )
+    for path in temporaries:
+        try:
+            _remove_if_older(path, cutoff, done)
+        except OSError as e:
+            _logger.warning("spanproof: cannot remove %s left by an interrupted write (%s)",
+                            path, e)
+            done.kept.append(path)
+    if done.removed:
+        _logger.warning("spanproof: removed %d temporary file(s) a stopped process left in %s",
+                        len(done.removed), directory)
+    return done
+
+
+def _remove_if_older(path: str, cutoff: float, done: Leftovers) -> None:
+    """Remove the temporary file *path* if it was last written before *cutoff*
+    (seconds since the epoch): no live process is still writing it."""
     if os.stat(path).st_mtime < cutoff:
         _discard(path)
         done.removed.append(path)

@@ -32,6 +32,7 @@ import logging
 import os
 import queue
 import random
+import re
 import threading
 import time
 import urllib.error
@@ -67,6 +68,7 @@ from spanproof.verifier.records import digest_hex
 from spanproof.verifier.statement import Statement
 
 from ._http import KeepAlivePost
+from ._leftovers import remove_old_temporaries
 from .sinks import write_together
 
 __all__ = ["Post", "WitnessSubmitter", "backoff_delay"]
@@ -82,6 +84,9 @@ Post = Callable[[str, bytes, Mapping[str, str], float], tuple[int, bytes, str | 
 
 _MAX_RESPONSE = 4 * 1024 * 1024
 _FAILED_DIR = "failed"
+#: A queue entry's name (and a failed one's): its sequence number and its bundle
+#: path's tag (see ``_persist``).
+_ENTRY_NAME = re.compile(r"[0-9]{12,}-[0-9a-f]{16}\.json")
 #: Receipts written (and made durable) together at most; a round writes what it has
 #: at its end.
 _RECEIPT_GROUP = 64
@@ -245,7 +250,10 @@ class WitnessSubmitter:
         self._closing = False
         self._closed = False
         os.makedirs(os.path.join(self._dir, _FAILED_DIR), exist_ok=True)
-        self._seq = self._load() if resume else 0
+        self._seq = 0
+        if resume:
+            self._remove_interrupted_writes()
+            self._seq = self._load()
         self._thread: threading.Thread | None = None
         if start:
             self._thread = threading.Thread(
@@ -254,6 +262,13 @@ class WitnessSubmitter:
             self._thread.start()
 
     # --- the queue ------------------------------------------------------------------
+
+    def _remove_interrupted_writes(self) -> None:
+        """Remove the temporary files of queue and failed entries that a process
+        stopped while writing (``kill -9``, power loss), once old enough that no live
+        process can still be writing them (SPEC §12.11)."""
+        for directory in (self._dir, os.path.join(self._dir, _FAILED_DIR)):
+            remove_old_temporaries(directory, _ENTRY_NAME, now=self._wall_clock())
 
     def _load(self) -> int:
         seq = 0
