@@ -52,6 +52,7 @@ from spanproof.verifier._batch import (
     batch_request,
     batch_results,
 )
+from spanproof.verifier._files import write_atomic
 from spanproof.verifier.bundle import BUNDLE_SUFFIX, BundleReader
 from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.checkpoint import WitnessKey
@@ -672,8 +673,9 @@ class WitnessSubmitter:
         name = os.path.basename(item.file)
         target = os.path.join(self._dir, _FAILED_DIR, name)
         try:
-            with open(target, "wb") as f:
-                f.write(canonicalize({"bundle": item.bundle, "reason": reason}))
+            # Atomic and durable before the queue file goes: a crash leaves the
+            # submission queued (and retired again), never half an entry (SPEC §12.11).
+            write_atomic(target, canonicalize({"bundle": item.bundle, "reason": reason}))
             os.unlink(item.file)
         except OSError as e:
             _logger.error("cannot move %s to %s: %s", item.file, target, e)

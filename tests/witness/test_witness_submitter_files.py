@@ -4,8 +4,14 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
+
+import pytest
 
 from spanproof.exporter._leftovers import LEFTOVER_AGE_S
 from spanproof.exporter.submit import WitnessSubmitter
@@ -21,6 +27,21 @@ def _temporary(directory: Path, name: str, mtime: float | None = None) -> Path:
     if mtime is not None:
         os.utime(path, (mtime, mtime))
     return path
+
+
+def _run(script: str, *args: str, drop_root: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run *script* in a new interpreter, without the right to ignore file modes
+    when *drop_root* (root writes whatever the mode says, unless it drops that)."""
+    command = [sys.executable, "-c", textwrap.dedent(script), *args]
+    if drop_root and os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv to drop the right to ignore modes")
+        command = [setpriv, "--bounding-set=-dac_override,-dac_read_search", *command]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    return done
 
 
 def test_a_queue_files_temporary_file_left_by_a_crash_is_removed_once_old(
@@ -49,3 +70,32 @@ def test_a_submitter_that_does_not_resume_the_queue_leaves_its_temporary_files(
     left = _temporary(queue, ENTRY, OLD)
     WitnessSubmitter("http://w.invalid", queue, start=False, resume=False)
     assert left.exists()
+
+
+_RETIRE_CUT_SHORT = """
+    import resource, signal, sys
+    from spanproof.exporter.submit import WitnessSubmitter
+
+    def refuse(url, body, headers, timeout):
+        return 422, b'{"error":"nope"}', None
+
+    queue, bundle = sys.argv[1:]
+    sub = WitnessSubmitter("http://w.invalid", queue, post=refuse, start=False)
+    sub.submit(bundle)
+    sub._drain_incoming()
+    # From here the file system takes 16 bytes of a file at most, as a crash (or a
+    # full disk) stops a write part way.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16, resource.RLIM_INFINITY))
+    sub.process_due()
+"""
+
+
+def test_a_submission_is_retired_to_failed_atomically(tmp_path: Path) -> None:
+    # The failed/ entry was written in place: a write cut short left half an entry
+    # under its name, and its queue file was kept, so both were there.
+    queue, bundle = tmp_path / "q", tmp_path / "b.spanproof.json"
+    bundle.write_bytes(b"{}")
+    _run(_RETIRE_CUT_SHORT, str(queue), str(bundle))
+    assert list((queue / "failed").iterdir()) == []  # nothing half written, no leftover
+    assert len(list(queue.glob("*.json"))) == 1  # still queued, retired again next start
