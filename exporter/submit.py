@@ -12,8 +12,9 @@ way).  When the witness is
 unreachable or overloaded (connection error, HTTP 3xx, 408, 429 or 5xx), delivery is
 retried with exponential backoff and jitter, waiting at least what a 429 or 503
 asks in its ``Retry-After`` (up to the longest backoff); a bundle the witness
-rejects, or a receipt that does not verify, is moved to ``<queue>/failed/`` with
-the reason and logged as an error.
+rejects, a receipt that does not verify, or one this process may not write beside
+the bundle (a read-only directory or file system), is moved to ``<queue>/failed/``
+with the reason and logged as an error.
 
 The clock, the jitter source and the HTTP transport are injected, so the retry
 schedule is testable without sleeping; :meth:`~WitnessSubmitter.process_due` runs
@@ -25,6 +26,7 @@ from __future__ import annotations
 import base64
 import datetime
 import email.utils
+import errno
 import hashlib
 import io
 import json
@@ -88,6 +90,9 @@ _FAILED_DIR = "failed"
 #: A queue entry's name (and a failed one's): its sequence number and its bundle
 #: path's tag (see ``_persist``).
 _ENTRY_NAME = re.compile(r"[0-9]{12,}-[0-9a-f]{16}\.json")
+#: Why a receipt cannot be written that no retry fixes: the bundle's directory (or
+#: its file system) is not writable for this process.
+_NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 #: Receipts written (and made durable) together at most; a round writes what it has
 #: at its end.
 _RECEIPT_GROUP = 64
@@ -433,8 +438,10 @@ class WitnessSubmitter:
     def _write_receipts(self) -> _Transient | None:
         """Write the receipts delivered since the last call beside their bundles, made
         durable together (:func:`~spanproof.exporter.sinks.write_together`), and only
-        then forget their queue files.  A receipt that cannot be written stays
-        pending: the witness answers its next submission with the same entry."""
+        then forget their queue files.  A receipt that cannot be written now (a full
+        disk, an I/O error) stays pending: the witness answers its next submission
+        with the same entry.  One this process may not write at all (``EACCES``,
+        ``EPERM``, ``EROFS``) is retired to ``failed/`` with the reason, once."""
         batch, self._unwritten = self._unwritten, []
         # Each once, and only while still pending (should an earlier round have failed).
         todo = []
@@ -446,6 +453,12 @@ class WitnessSubmitter:
         for (name, got), error in zip(todo, errors, strict=True):
             if error is None:
                 self._remove(name)
+            elif error.errno in _NOT_WRITABLE:
+                # Retrying would only ask the witness again, and hold up the other
+                # deliveries with its backoff (SPEC §12.11).
+                self._retire(self._pending[name], f"cannot write the receipt {got.target}: "
+                             f"{error.strerror} (the witness logged the bundle; submit it "
+                             f"again once the receipt can be written)")
             else:
                 failure = failure or _Transient(f"cannot write {got.target}: {error}")
         return failure
