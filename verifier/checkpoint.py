@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from ._files import read_named_file
 from ._settings import refuse_string
 from .errors import InvalidKey, InvalidReceipt, LogInconsistent, NoteSignatureError, ProofError
-from .keys import load_public_key, raw_public_bytes
+from .keys import load_public_key, raw_public_bytes, refuse_small_order
 from .merkle import EMPTY_ROOT, HASH_SIZE, verify_consistency
 from .records import is_uint
 
@@ -259,8 +259,8 @@ class WitnessKey:
         """Pin a key given as a verifier key string (pins its name too).
 
         Raises:
-            InvalidKey: malformed string, not an Ed25519 key, or a key hash that does
-                not match the name and key.
+            InvalidKey: malformed string, not an Ed25519 key, a key of small order
+                (SPEC §6.1), or a key hash that does not match the name and key.
         """
         parts = text.strip().split("+", 2)  # base64 may itself contain '+'
         if len(parts) != 3 or _bad_name(parts[0]) or not _HEX8.match(parts[1]):
@@ -275,6 +275,7 @@ class WitnessKey:
             key = Ed25519PublicKey.from_public_bytes(blob[1:])
         except ValueError as e:
             raise InvalidKey(f"{source}: verifier key holds no valid Ed25519 key") from e
+        refuse_small_order(key, source)
         pinned = cls(key, parts[0], source)
         if pinned.key_hash().hex() != parts[1]:
             raise InvalidKey(f"{source}: verifier key hash does not match its name and key")

@@ -36,10 +36,12 @@ __all__ = [
     "TrustRoot",
     "TrustedKey",
     "format_time",
+    "has_small_order",
     "key_id",
     "load_private_key",
     "load_public_key",
     "parse_time",
+    "refuse_small_order",
 ]
 
 TRUST_ROOT_MEDIA_TYPE = "application/vnd.spanproof.trust-root.v1+json"
@@ -117,12 +119,46 @@ def _pem_der(pem: bytes, source: str) -> bytes:
     return der
 
 
+_P = 2**255 - 19
+_D = -121665 * pow(121666, _P - 2, _P) % _P
+
+
+def _edwards_double(x: int, y: int) -> tuple[int, int]:
+    # RFC 8032 §5.1.4 addition of a point to itself, in affine coordinates (complete
+    # for edwards25519: the denominators are never zero).
+    t = _D * x * x * y * y % _P
+    return (2 * x * y * pow(1 + t, _P - 2, _P) % _P,
+            (y * y + x * x) * pow(1 - t, _P - 2, _P) % _P)
+
+
+def has_small_order(raw: bytes) -> bool:
+    """True when the 32-byte Ed25519 public key *raw* is a point of order 1, 2, 4 or 8
+    (SPEC §6.1).  Such a key verifies signatures nobody made: with the identity point,
+    ``R`` = the identity and ``S`` = 0 verify for every message, under OpenSSL too.
+
+    A key that is no point at all is not of small order (verification refuses it).
+    """
+    # RFC 8032 §5.1.3: y from the encoding (reduced, as a non-canonical y is read);
+    # the sign of x does not matter, as P and -P have the same order.
+    y = (int.from_bytes(raw, "little") & ((1 << 255) - 1)) % _P
+    xx = (y * y - 1) * pow(_D * y * y + 1, _P - 2, _P) % _P
+    x = pow(xx, (_P + 3) // 8, _P)
+    if x * x % _P != xx:
+        x = x * pow(2, (_P - 1) // 4, _P) % _P
+    if x * x % _P != xx:
+        return False
+    for _ in range(3):
+        x, y = _edwards_double(x, y)
+    return (x, y) == (0, 1)
+
+
 def load_public_key(pem: bytes, source: str = "public key") -> Ed25519PublicKey:
     """Load an Ed25519 public key from SPKI PEM: exactly one ``PUBLIC KEY`` block,
     with only blank lines around it (SPEC §6.1).
 
     Raises:
-        InvalidKey: the data is empty or not such PEM, or the key is not Ed25519.
+        InvalidKey: the data is empty or not such PEM, the key is not Ed25519, or it
+            is of small order (:func:`has_small_order`).
     """
     if not pem.strip():
         raise InvalidKey(f"{source}: empty, no public key in it")
@@ -137,7 +173,21 @@ def load_public_key(pem: bytes, source: str = "public key") -> Ed25519PublicKey:
         ) from e
     if not isinstance(key, Ed25519PublicKey):
         raise InvalidKey(f"{source}: key is not Ed25519 (SPEC §6 allows only Ed25519)")
+    refuse_small_order(key, source)
     return key
+
+
+def refuse_small_order(key: Ed25519PublicKey, source: str) -> None:
+    """Refuse a key of small order (SPEC §6.1), which anyone can forge signatures for.
+
+    Raises:
+        InvalidKey: *key* has small order.
+    """
+    if has_small_order(raw_public_bytes(key)):
+        raise InvalidKey(
+            f"{source}: key is a point of small order, for which anyone can make "
+            "signatures that verify (SPEC §6.1); it is no one's key"
+        )
 
 
 def parse_time(text: Any, where: str) -> datetime:
