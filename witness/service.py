@@ -36,7 +36,7 @@ from spanproof.verifier.errors import (
     TrustError,
     VerificationError,
 )
-from spanproof.verifier.keys import TrustedKey, TrustRoot, format_time
+from spanproof.verifier.keys import TrustedKey, TrustRoot, format_time, refuse_small_order
 from spanproof.verifier.merkle import leaf_hash
 from spanproof.verifier.receipt import Receipt, ReceiptVerifier, WitnessLeaf
 from spanproof.verifier.records import digest_hex
@@ -139,7 +139,8 @@ def parse_public_key_header(value: str) -> TrustRoot:
     base64 of the key's DER SubjectPublicKeyInfo.
 
     Raises:
-        InvalidKey: not base64 DER of an Ed25519 public key.
+        InvalidKey: not base64 DER of an Ed25519 public key, or a key of small order
+            (SPEC §6.1), for which anyone can make signatures that verify.
     """
     try:
         der = base64.b64decode(value.strip(), validate=True)
@@ -150,6 +151,8 @@ def parse_public_key_header(value: str) -> TrustRoot:
         raise InvalidKey(f"Spanproof-Public-Key: key is not Ed25519 ({e})") from e
     if not isinstance(key, Ed25519PublicKey):
         raise InvalidKey("Spanproof-Public-Key: key is not Ed25519")
+    # Logged as its producer's, an entry would then name a key anyone signs for.
+    refuse_small_order(key, "Spanproof-Public-Key")
     return TrustRoot((TrustedKey.from_public_key(key, "Spanproof-Public-Key header"),))
 
 

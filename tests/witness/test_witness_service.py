@@ -557,6 +557,23 @@ def test_unpinned_witness_needs_and_records_the_submitters_key(
         h.close()
 
 
+def test_unpinned_witness_refuses_a_submitters_key_of_small_order(
+    tmp_path: Path, witness_private: Ed25519PrivateKey
+) -> None:
+    # The identity point verifies R = identity, S = 0 for every message: an entry
+    # logged under it would name a key anyone can sign for (SPEC §6.1).
+    h = Harness(tmp_path / "open.db", witness_private, None)
+    try:
+        identity = bytes.fromhex("302a300506032b6570032100") + b"\x01" + bytes(31)
+        header = {"Spanproof-Public-Key": base64.b64encode(identity).decode()}
+        resp = h.submit(make_bundle(trace_id(8)).data, header)
+        assert resp.status_code == 400, resp.text
+        assert "Spanproof-Public-Key: key is a point of small order" in resp.json()["error"]
+        assert h.client.get("/v1/info").json()["treeSize"] == "0"
+    finally:
+        h.close()
+
+
 def test_restart_preserves_log_and_checkpoint(
     harness: Harness, tmp_path: Path, producer_trust: TrustRoot
 ) -> None:
