@@ -88,12 +88,17 @@ def _error(status: int, message: str, extra: dict[str, Any] | None = None,
                         headers={**(headers or {}), **_NO_STORE})
 
 
-def _uint_param(request: Request, name: str, *, required: bool) -> int | None:
+def _text_param(request: Request, name: str) -> str | None:
+    """The query parameter *name* given at most once (None when not given)."""
     values = request.query_params.getlist(name)
     if len(values) > 1:
         # Which one counts would be the framework's choice (the last): refused.
         raise _HTTPError(400, f"query parameter {name!r} is given {len(values)} times")
-    value = values[0] if values else None
+    return values[0] if values else None
+
+
+def _uint_param(request: Request, name: str, *, required: bool) -> int | None:
+    value = _text_param(request, name)
     if value is None:
         if required:
             raise _HTTPError(400, f"query parameter {name!r} is required")
@@ -343,8 +348,8 @@ def create_app(
         )
 
     def _lookup_args(request: Request) -> dict[str, Any]:
-        trace = request.query_params.get("trace")
-        digest = request.query_params.get("digest")
+        trace = _text_param(request, "trace")
+        digest = _text_param(request, "digest")
         index = _uint_param(request, "index", required=False)
         given = [x for x in (trace, digest, index) if x is not None]
         if len(given) != 1:

@@ -918,3 +918,21 @@ def test_a_query_number_empty_or_given_twice_is_refused(harness: Harness, tmp_pa
     answer = harness.client.get(f"/v1/checkpoint?{query}")
     assert answer.status_code == 400
     assert harness.client.get("/v1/checkpoint?size=1").status_code == 200
+
+
+@pytest.mark.parametrize(("path", "name"), [
+    ("/v1/lookup", "trace"), ("/v1/lookup", "digest"), ("/v1/receipt", "digest")])
+def test_a_look_up_naming_its_trace_or_digest_twice_is_refused(
+    harness: Harness, tmp_path: Path, path: str, name: str
+) -> None:
+    # Of two, the last counted: a look-up for one trace answered for another, though
+    # SPEC §12.9 takes each parameter once.
+    (bundle,) = _bundles(tmp_path, 1)
+    harness.submit(bundle.read_bytes())
+    entry = harness.client.get("/v1/lookup", params={"index": "0"}).json()["entries"][0]
+    value = entry["traceId"] if name == "trace" else entry["statementDigest"]
+    other = "0" * 32 if name == "trace" else "sha256:" + "0" * 64
+    answer = harness.client.get(f"{path}?{name}={other}&{name}={value}")
+    assert answer.status_code == 400, answer.text
+    assert f"query parameter '{name}' is given 2 times" in answer.json()["error"]
+    assert harness.client.get(f"{path}?{name}={value}").status_code == 200
