@@ -43,13 +43,17 @@ blocked then is left to finish once it reads again.
 End of input (the application exited without shutting the provider down, or was
 killed) makes the child seal everything pending, as at shutdown, and exit.  The
 child ignores SIGINT (a terminal's Ctrl-C reaches the whole process group; the
-parent decides), treats SIGTERM as end of input, runs at nice +10, and collects
-cyclic garbage rarely (its pending bodies hold no cycles).
+parent decides), treats SIGTERM as end of input after the bytes its pipe holds when
+the handler runs (:meth:`_ChildInput.end_after_what_is_written`: the frames the
+parent wrote before are read and sealed, not lost; nothing more is waited for, so a
+parent still writing cannot keep it alive), runs at nice +10, and collects cyclic
+garbage rarely (its pending bodies hold no cycles).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import logging
@@ -62,6 +66,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 import weakref
@@ -94,6 +99,9 @@ _STALL_SECONDS = 30.0
 _STALL_SECONDS_PER_BYTE = 1e-6
 #: How often a watch thread (start_watch()) looks for a deadline that passed.
 _WATCH_INTERVAL = 1.0
+#: What a child that SIGTERM ends reads at most of its input when the pipe cannot
+#: say how many bytes it holds (a pipe's default capacity on Linux).
+_DRAIN_FALLBACK_BYTES = 65536
 _BOOT = (
     "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
     "from spanproof.exporter.{} import {} as main; main()"
@@ -549,7 +557,8 @@ def _read_exact(stream: Any, n: int) -> bytes | None:
 
 class _ChildInput:
     """The child's stdin for :func:`_read_frame`, read so that a signal wakes it
-    whichever thread the kernel delivered the signal to.
+    whichever thread the kernel delivered the signal to, and so that SIGTERM ends
+    the input after what the pipe holds (:meth:`end_after_what_is_written`).
 
     A signal with a Python handler (SIGTERM here) interrupts a blocked ``read()``
     only when it lands on the main thread, the one that reads.  Delivered to another
@@ -562,22 +571,60 @@ class _ChildInput:
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
+        # Once the input is ending: how many more bytes to read (None until then).
+        self._left: int | None = None
         self._wakeup, write_end = os.pipe()
         os.set_blocking(self._wakeup, False)
         os.set_blocking(write_end, False)
         signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
 
+    def end_after_what_is_written(self) -> None:
+        """End the input after the bytes the pipe holds now (SIGTERM's handler).
+
+        Those are the frames the parent wrote before the signal: reading them and
+        then ending, as when the parent closes the input, lets the child seal their
+        spans instead of leaving them unsettled (declared lost by the parent).  Only
+        what the pipe holds now is read, never waited for: a parent that goes on
+        writing cannot keep the child alive.  A frame the bound cuts is left unread
+        (the parent's write of it fails, or its spans are declared lost).
+        """
+        if self._left is not None:
+            return
+        try:
+            held = struct.unpack("i", fcntl.ioctl(self._fd, termios.FIONREAD,
+                                                  b"\0\0\0\0"))[0]
+        except OSError:
+            held = _DRAIN_FALLBACK_BYTES  # no count: what a non-blocking read finds
+        os.set_blocking(self._fd, False)
+        self._left = held
+
     def read(self, n: int) -> bytes:
         """Up to *n* bytes of input (b"" at end of input); a pending signal's
-        handler runs while waiting (SIGTERM's raises SystemExit)."""
+        handler runs while waiting (SIGTERM's ends the input after what the pipe
+        holds: :meth:`end_after_what_is_written`)."""
         while True:
+            if self._left is not None:
+                return self._read_held(n)
             ready, _, _ = select.select([self._fd, self._wakeup], [], [])
             if self._wakeup in ready:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wakeup, 256)
-                # Back in Python code: the eval loop runs the pending handler.
+                # Back in Python code: the eval loop runs the pending handler
+                # before the loop looks at _left again.
+                continue
             if self._fd in ready:
                 return os.read(self._fd, n)
+
+    def _read_held(self, n: int) -> bytes:
+        assert self._left is not None
+        if self._left <= 0:
+            return b""
+        try:
+            data = os.read(self._fd, min(n, self._left))
+        except BlockingIOError:
+            return b""  # the count was an upper bound (the fallback)
+        self._left -= len(data)
+        return data
 
 
 def _read_frame(stream: Any) -> Any:
@@ -1177,9 +1224,9 @@ def child_main() -> None:
     out = child_replies("sealing process")
 
     def on_term(signum: int, frame: Any) -> None:
-        # Once: a second SIGTERM must not interrupt the sealing the first started.
+        # Once: a second SIGTERM must not extend the input the first ended.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise SystemExit(0)
+        inp.end_after_what_is_written()
 
     signal.signal(signal.SIGTERM, on_term)
     start = _read_frame(inp)
