@@ -1706,6 +1706,11 @@ HTTP_HEAD_BYTES = 64 * 1024
 #: Connections served at once, each on a thread of its own; one beyond them is
 #: answered 503 (``Retry-After: 1``) and closed.
 HTTP_CONNECTIONS_AT_ONCE = 128
+#: How long `HttpServer.stop` lets the requests being handled finish (seconds), as
+#: `GrpcServer.stop`'s default grace.
+HTTP_STOP_GRACE = 5.0
+# After the grace, how long stop() waits for the connections it cut to end.
+_STOP_MARGIN = 0.5
 _BUSY_CONNECTION = (
     b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n"
     b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 5\r\n\r\nbusy\n"
@@ -1742,8 +1747,19 @@ def _make_handler(
                 self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG, None, str(e))
             finally:
                 self.rfile = rfile
+                if not self._connections().end_request(self.connection):
+                    self.close_connection = True  # stopping: no next request
+
+        def _connections(self) -> _BoundedServer:
+            return self.server  # type: ignore[return-value]
 
         def parse_request(self) -> bool:
+            # A request line arrived: the request is being handled from here on
+            # (HttpServer.stop waits for it), unless the server is stopping.
+            if not self._connections().begin_request(self.connection):
+                # Closed unanswered, its request not read: a client retries it.
+                self.close_connection = True
+                return False
             try:
                 return super().parse_request()
             finally:
@@ -1766,6 +1782,8 @@ def _make_handler(
             self, code: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
         ) -> None:
             self.send_response(code)
+            if self._connections().stopping:
+                self.close_connection = True  # answered, then closed
             if not self._body_read or self.close_connection:
                 # What is left of an unread body would be read as the next request.
                 self.send_header("Connection", "close")
@@ -1829,6 +1847,10 @@ def _make_handler(
                 else:
                     request = parse_otlp_protobuf(body)
                 del body
+                if self._connections().cut:
+                    # Past HttpServer.stop's grace: stop() has returned, its caller
+                    # may be shutting the receiver down.
+                    raise ConnectionError("the server stopped")
                 result = ingest(request.resource_spans)
             except (TimeoutError, ConnectionError) as e:
                 # The client stalled mid-body, or went away: nothing to answer.
@@ -1888,7 +1910,12 @@ class _Unsupported(Exception):
 
 
 class _BoundedServer(ThreadingHTTPServer):
-    """A thread per connection, for at most *connections* at once."""
+    """A thread per connection, for at most *connections* at once.
+
+    It knows its connections, and which are handling a request (from its request
+    line to its answer), so that :meth:`stop_connections` can close the idle ones at
+    once and the others when their request is answered or the grace is over.
+    """
 
     daemon_threads = True
 
@@ -1907,6 +1934,13 @@ class _BoundedServer(ThreadingHTTPServer):
         super().__init__(address, handler)
         self._slots = threading.BoundedSemaphore(connections)
         self._tls = tls
+        self._changes = threading.Condition()
+        # Each open connection's socket, and whether it is handling a request.
+        self._connections: dict[Any, bool] = {}
+        #: stop_connections was called: requests not yet begun are not served.
+        self.stopping = False
+        #: Its grace is over: what is left is cut off, nothing more is ingested.
+        self.cut = False
 
     def get_request(self) -> tuple[Any, Any]:
         request, client_address = super().get_request()
@@ -1930,11 +1964,65 @@ class _BoundedServer(ThreadingHTTPServer):
                     pass
             self.shutdown_request(request)
             return
+        with self._changes:
+            open_ = not self.stopping
+            if open_:
+                self._connections[request] = False
+        if not open_:
+            self.shutdown_request(request)
+            self._slots.release()
+            return
         try:
             super().process_request(request, client_address)
         except BaseException:
             self._slots.release()
-            raise
+            raise  # the caller (socketserver) shuts the request down
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._changes:
+            # Forgotten before it is closed: stop_connections never shuts down a
+            # closed socket (whose descriptor another connection may have by then).
+            self._connections.pop(request, None)
+            self._changes.notify_all()
+        super().shutdown_request(request)
+
+    def begin_request(self, request: Any) -> bool:
+        """Mark *request*'s connection as handling a request; False when stopping."""
+        with self._changes:
+            if self.stopping or request not in self._connections:
+                return False
+            self._connections[request] = True
+            return True
+
+    def end_request(self, request: Any) -> bool:
+        """Mark *request*'s connection idle; False when it is to be closed (stopping)."""
+        with self._changes:
+            if request in self._connections:
+                self._connections[request] = False
+            self._changes.notify_all()
+            return not self.stopping
+
+    def stop_connections(self) -> None:
+        """Serve no request that has not begun, and close the idle connections."""
+        with self._changes:
+            self.stopping = True
+            for request, busy in self._connections.items():
+                if not busy:
+                    _shut_down(request)
+
+    def end_connections(self, deadline: float) -> None:
+        """Wait until no connection is handling a request or *deadline*
+        (time.monotonic) passed, then cut off every connection left and wait a
+        little for their threads to close them."""
+        with self._changes:
+            self._changes.wait_for(lambda: not any(self._connections.values()),
+                                   max(0.0, deadline - time.monotonic()))
+            self.cut = True
+            for request in self._connections:
+                # Requests past the grace, and those answered meanwhile, whose
+                # threads are closing them anyway.
+                _shut_down(request)
+            self._changes.wait_for(lambda: not self._connections, _STOP_MARGIN)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
@@ -1948,6 +2036,17 @@ class _BoundedServer(ThreadingHTTPServer):
             _logger.debug("http: connection from %s ended: %s", client_address, error)
             return
         super().handle_error(request, client_address)
+
+
+def _shut_down(request: Any) -> None:
+    """Shut a connection's socket down both ways: its thread's read or write ends at
+    once (closing it would not wake a blocked read)."""
+    try:
+        # socket.socket's, also for a TLS socket: SSLSocket.shutdown would drop
+        # its SSL object under the thread reading from it.
+        socket.socket.shutdown(request, socket.SHUT_RDWR)
+    except OSError:
+        pass  # the peer already went away
 
 
 class HttpServer:
@@ -1996,9 +2095,31 @@ class HttpServer:
         )
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop serving and close the socket."""
-        self._server.shutdown()
-        self._server.server_close()
+    def stop(self, grace: float | None = None) -> None:
+        """Stop serving and close the socket, letting the requests being handled
+        finish for up to *grace* seconds (default `HTTP_STOP_GRACE`, 5 s, as
+        `GrpcServer.stop`'s).
+
+        A request whose line arrived before the call is answered (with
+        ``Connection: close``) if it finishes within *grace*; a connection between
+        requests is closed at once, and a request arriving on one later is not
+        served (its connection closed unanswered; a Collector retries it).  After
+        *grace* the remaining connections are cut off, and a request among them that
+        has not reached *ingest* never does.  Returns within *grace* + 1 s (an
+        ``ingest`` call already made runs on, on its own thread).  Idempotent.
+
+        Raises:
+            ValueError: *grace* is negative or not a number.
+        """
+        if grace is None:
+            grace = HTTP_STOP_GRACE
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
+            raise ValueError(f"grace must be a number of seconds >= 0, got {grace!r}")
+        deadline = time.monotonic() + grace
+        self._server.stop_connections()
         if self._thread is not None:
-            self._thread.join(10)
+            self._server.shutdown()  # ends serve_forever (which never started without it)
+        self._server.server_close()
+        self._server.end_connections(deadline)
+        if self._thread is not None:
+            self._thread.join(max(0.0, deadline - time.monotonic()) + _STOP_MARGIN)

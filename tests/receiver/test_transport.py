@@ -1437,3 +1437,131 @@ def test_http_connections_beyond_the_bound_get_503_and_are_closed(ingest, monkey
         for sock in held:
             sock.close()
         server.stop()
+
+
+# -- HttpServer.stop: connections kept open -------------------------------------------
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """Whether the server closed *sock*'s connection (within 2 s)."""
+    sock.settimeout(2)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def _post_request() -> bytes:
+    return _raw("POST /v1/traces", {**_PROTOBUF, "Content-Length": str(len(_VALID))}, _VALID)
+
+
+def test_http_stop_closes_a_kept_alive_connection_and_ingests_nothing_more(ingest):
+    # stop() ended the accept loop only: a connection a client kept open had its next
+    # requests served, and ingested, after it.
+    server = HttpServer("127.0.0.1:0", ingest)
+    server.start()
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        connection.request("POST", "/v1/traces", body=_VALID, headers=_PROTOBUF)
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 200 and response.getheader("Connection") != "close"
+        assert len(ingest.seen) == 1
+        server.stop()
+        with pytest.raises(ConnectionError):  # a reset, a broken pipe, no answer
+            connection.request("POST", "/v1/traces", body=_VALID, headers=_PROTOBUF)
+            connection.getresponse().read()
+        assert len(ingest.seen) == 1
+    finally:
+        connection.close()
+        server.stop()
+
+
+def _handling(server: HttpServer) -> int:
+    """The connections of *server* handling a request now."""
+    return sum(server._server._connections.values())
+
+
+def test_http_stop_returns_within_its_grace_despite_idle_and_trickling_clients(
+    ingest, monkeypatch
+):
+    # A client that held its connection open, or sent its body a byte at a time,
+    # kept being served after stop() returned (up to the 60 s idle and 120 s body
+    # deadlines).
+    import time
+
+    import spanproof.exporter.otlp_server as otlp_server
+
+    monkeypatch.setattr(otlp_server, "HTTP_STOP_GRACE", 1.0)
+    server = HttpServer("127.0.0.1:0", ingest)
+    server.start()
+    idle = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    trickling = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    done = threading.Event()
+
+    def trickle() -> None:
+        for byte in _VALID[10:]:  # bounded: ~50 s at most, ended by the server first
+            if done.wait(0.1):
+                return
+            try:
+                trickling.sendall(bytes([byte]))
+            except OSError:
+                return
+
+    sender = threading.Thread(target=trickle, daemon=True)
+    try:
+        idle.sendall(_post_request())
+        assert idle.recv(65536).startswith(b"HTTP/1.1 200 ")
+        trickling.sendall(_post_request()[:-len(_VALID) + 10])
+        wait_for(lambda: _handling(server) == 1, timeout=10, what="the trickled request")
+        sender.start()
+        started = time.monotonic()
+        server.stop()
+        took = time.monotonic() - started
+        assert 0.9 <= took < 1.0 + 1.5, took  # the request had its grace, no more
+        assert _closed_by_server(idle)
+        assert _closed_by_server(trickling)
+        assert len(ingest.seen) == 1  # the idle client's request only
+    finally:
+        done.set()
+        if sender.is_alive():
+            sender.join(5)
+        idle.close()
+        trickling.close()
+        server.stop(0)
+
+
+def test_http_request_in_flight_at_stop_is_answered_then_closed():
+    held = _HeldIngest()
+    server = HttpServer("127.0.0.1:0", held)
+    server.start()
+    stopper = threading.Thread(target=server.stop, daemon=True)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(_post_request())
+            wait_for(lambda: held.entered == 1, timeout=10, what="the request to be ingested")
+            stopper.start()
+
+            def refused() -> bool:  # stop() has begun: the listening socket is closed
+                try:
+                    socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+                except OSError:
+                    return True
+                return False
+
+            wait_for(refused, timeout=10, what="the server to stop listening")
+            held.release.set()
+            received = b""
+            sock.settimeout(5)
+            while chunk := sock.recv(65536):
+                received += chunk
+        assert received.startswith(b"HTTP/1.1 200 "), received[:200]
+        assert b"\r\nConnection: close\r\n" in received
+        stopper.join(10)
+        assert not stopper.is_alive()
+    finally:
+        held.release.set()
+        if stopper.is_alive():
+            stopper.join(10)
+        server.stop(0)
