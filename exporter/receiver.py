@@ -489,8 +489,9 @@ class Receiver:
 
         Call after the transports stopped.  Idempotent; later requests are answered
         ``UNAVAILABLE``.  Sealing gets at least 5 seconds whatever *timeout* says.
-        Returns True when everything was sealed and written; otherwise what is left
-        stays in the journal and is recovered by the next start.
+        Returns True when everything was sealed and written (and, quietly, when
+        :meth:`start` was never called: nothing was accepted); otherwise what is
+        left stays in the journal and is recovered by the next start.
         """
         with self._cond:
             if self._shut_down:
@@ -499,6 +500,8 @@ class Receiver:
             self._stopping = True
             self._cond.notify_all()
             thread = self._thread
+            if not self._started:
+                return True  # no journal, no sealer: nothing to seal
         deadline = time.monotonic() + max(timeout, _MIN_SHUTDOWN_SECONDS)
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(0.0, deadline - time.monotonic()))

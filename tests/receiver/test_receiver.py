@@ -1065,3 +1065,14 @@ def test_shutdown_during_a_large_request_admits_it_to_its_end(tmp_path, clock, m
     reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
     assert [(r.statement.trace_id, len(span_ids(r)), r.statement.seal_reason)
             for r in reports] == [(trace, 3, "shutdown") for trace in TRACES]
+
+
+def test_shutdown_without_start_has_nothing_to_seal(tmp_path, clock, caplog):
+    # It logged "shutdown incomplete: 0 bundle(s) not written" and returned False, as
+    # though spans were left unsealed, although nothing was ever accepted.
+    receiver = make_receiver(tmp_path / "out", clock)
+    with caplog.at_level("WARNING", logger="spanproof"):
+        assert receiver.shutdown()
+        assert receiver.shutdown()  # idempotent
+    assert caplog.records == []
+    assert receiver.not_serving() is not None
