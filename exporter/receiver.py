@@ -446,11 +446,16 @@ class Receiver:
 
         Raises:
             OSError: the journal or output directory cannot be used.
-            RuntimeError: already started.
+            RuntimeError: already started, or already shut down.
         """
-        if self._started:
-            raise RuntimeError("receiver already started")
-        self._started = True
+        with self._cond:
+            if self._shut_down:
+                # Started now, it would accept spans nothing seals at the end: its
+                # shutdown has run.
+                raise RuntimeError("receiver already shut down")
+            if self._started:
+                raise RuntimeError("receiver already started")
+            self._started = True
         try:
             written = self._start()
         except BaseException as e:

@@ -1076,3 +1076,14 @@ def test_shutdown_without_start_has_nothing_to_seal(tmp_path, clock, caplog):
         assert receiver.shutdown()  # idempotent
     assert caplog.records == []
     assert receiver.not_serving() is not None
+
+
+def test_start_after_shutdown_is_refused(tmp_path, clock):
+    # Started after its shutdown had run, it would accept spans that nothing seals
+    # at the end (the journal would keep them for the next start).
+    receiver = make_receiver(tmp_path / "out", clock)
+    assert receiver.shutdown()
+    with pytest.raises(RuntimeError, match="already shut down"):
+        receiver.start()
+    assert not os.path.exists(tmp_path / "out" / "journal") or not os.listdir(
+        tmp_path / "out" / "journal")
