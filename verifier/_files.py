@@ -261,10 +261,10 @@ def read_named_file(
 
 
 def walk_files(
-    top: str, suffix: str, onerror: Callable[[OSError], None]
+    top: str, wanted: Callable[[str], bool], onerror: Callable[[OSError], None]
 ) -> Iterator[str]:
-    """Yield every file below directory *top* whose name ends with *suffix*, in
-    sorted order within each directory, subdirectories in sorted order.
+    """Yield every file below directory *top* whose name is *wanted*, in sorted
+    order within each directory, subdirectories in sorted order.
 
     Symbolic links to directories are followed, as links to files are: what is
     below them is below *top* too.  Each directory (by its real path) is searched
@@ -280,4 +280,4 @@ def walk_files(
             continue
         searched.add(real)
         dirs.sort()  # which of two ways to one directory is searched: the first
-        yield from (os.path.join(root, f) for f in sorted(files) if f.endswith(suffix))
+        yield from (os.path.join(root, f) for f in sorted(files) if wanted(f))

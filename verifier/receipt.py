@@ -70,6 +70,7 @@ __all__ = [
     "check_receipt",
     "check_receipt_for_bundle",
     "conflict_receipt_path",
+    "is_conflict_receipt_name",
     "kept_receipt",
     "receipt_path",
     "unverified_receipt_for",
@@ -595,6 +596,15 @@ def kept_receipt(
             f"{old.origin}, cannot both be honest: {e}; that receipt is kept as the "
             "evidence (see spanproof monitor)") from e
     return kept
+
+
+_CONFLICT_NAME = re.compile(r".+\.receipt\.conflict-[0-9a-f]{16}\.json", re.DOTALL)
+
+
+def is_conflict_receipt_name(name: str) -> bool:
+    """Whether the file name *name* is one :func:`conflict_receipt_path` gives: a
+    receipt kept as the other half of a fork's evidence (SPEC §12.6)."""
+    return _CONFLICT_NAME.fullmatch(name) is not None
 
 
 def conflict_receipt_path(target: str, receipt: bytes) -> str:

@@ -518,11 +518,15 @@ def find_bundles(
 
     for path in paths:
         if os.path.isdir(path):
-            yield from sorted(walk_files(path, BUNDLE_SUFFIX, cannot_list))
+            yield from sorted(walk_files(path, _is_bundle_name, cannot_list))
         elif os.path.exists(path):
             yield path
         else:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+
+
+def _is_bundle_name(name: str) -> bool:
+    return name.endswith(BUNDLE_SUFFIX)
 
 
 @dataclass(frozen=True)

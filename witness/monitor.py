@@ -48,6 +48,7 @@ from spanproof.verifier.receipt import (
     RECEIPT_SUFFIX,
     REMEMBERED_CHECKPOINTS,
     ReceiptVerifier,
+    is_conflict_receipt_name,
 )
 
 from .client import HTTPStatusError, MalformedAnswer, WitnessClient
@@ -260,11 +261,18 @@ class ReceiptsResult:
     unchecked: tuple[tuple[str, str], ...]
 
 
+def _is_receipt_name(name: str) -> bool:
+    # A conflict receipt is checked too: kept beside a receipt of another history,
+    # it alerts when it is the one the monitored log does not extend.
+    return name.endswith(RECEIPT_SUFFIX) or is_conflict_receipt_name(name)
+
+
 def find_receipts(path: str) -> tuple[list[str], list[tuple[str, str]]]:
     """The receipt files *path* names (the file itself, or every ``*.receipt.json``
-    under the directory, in sorted order, through symbolic links to directories
-    too, each directory searched once), and the directories that could not be
-    listed, each with why.
+    under the directory and every ``*.receipt.conflict-<16 hex>.json``, the other
+    half of a fork's evidence that ``witness submit`` kept, in sorted order, through
+    symbolic links to directories too, each directory searched once), and the
+    directories that could not be listed, each with why.
 
     Raises:
         FileNotFoundError: *path* does not exist.
@@ -279,7 +287,7 @@ def find_receipts(path: str) -> tuple[list[str], list[tuple[str, str]]]:
         where = os.fspath(error.filename) if error.filename is not None else path
         problems.append((where, f"cannot list the directory ({error.strerror or error})"))
 
-    found = list(walk_files(path, RECEIPT_SUFFIX, cannot_list))
+    found = list(walk_files(path, _is_receipt_name, cannot_list))
     return found, problems
 
 

@@ -660,6 +660,33 @@ def test_monitor_alerts_on_a_receipt_from_a_history_it_is_not_shown(
     assert _monitor(srv.url, state, files["pub"], capsys)[0] == 0
 
 
+def test_monitor_checks_the_conflict_receipt_witness_submit_kept(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # witness submit keeps a receipt of another history beside the bundle's as
+    # <name>.receipt.conflict-<hex>.json.  When the kept receipt is the monitored
+    # log's, the conflict receipt is the one that shows the fork: skipped, the
+    # monitor said OK with the signed evidence of a fork in the directory.
+    from spanproof.verifier.receipt import conflict_receipt_path
+
+    shown = open_witness("shown.db")
+    shown.submit(make_bundle(trace_id(60)).data)
+    hidden = open_witness("hidden.db")
+    hidden.submit(make_bundle(trace_id(50)).data)
+    held = tmp_path / "held"
+    (kept,) = _receipts(shown, held, range(300, 301))
+    (other,) = _receipts(hidden, tmp_path / "other", range(300, 301))
+    conflict = Path(conflict_receipt_path(str(kept), other.read_bytes()))
+    conflict.write_bytes(other.read_bytes())
+    srv = serve_witness(shown)
+    status, out = _monitor(srv.url, tmp_path / "m.json", files["pub"], capsys, held)
+    assert status == 1, out
+    assert out.splitlines()[-1].startswith(
+        f"ALERT {srv.url}: receipt {conflict}: fork: two checkpoints of tree size 2 "
+        "with different roots"), out
+
+
 def test_monitor_checks_receipts_below_a_symlinked_directory(
     files: dict[str, Path], open_witness: Any, serve_witness: Any, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -1209,8 +1236,10 @@ def test_submit_to_a_witness_with_another_history_at_the_same_index_fails_and_ke
     assert Path(receipt_path(path)).read_bytes() == evidence
     new = json.loads(conflict.read_bytes())
     assert (new["leafIndex"], new["treeSize"]) == ("0", str(len(shown)))
-    # Only the receipt beside the bundle is the bundle's, for `verify` and `monitor`.
-    assert find_receipts(str(files["bundles"])) == ([receipt_path(path)], [])
+    # A monitor checks both against the log it is shown: whichever that log does
+    # not extend alerts.  (Only the kept one is the bundle's receipt for `verify`.)
+    assert find_receipts(str(files["bundles"])) == (
+        sorted([str(conflict), receipt_path(path)]), [])
 
 
 def test_submit_proves_a_kept_receipt_of_a_smaller_tree_with_a_consistency_proof(

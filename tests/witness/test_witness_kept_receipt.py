@@ -20,6 +20,7 @@ from spanproof.verifier.receipt import (
     WitnessLeaf,
     conflict_receipt_path,
     kept_receipt,
+    receipt_path,
 )
 from spanproof.witness.monitor import find_receipts
 from spanproof.witness.signing import CheckpointSigner
@@ -79,8 +80,9 @@ def test_a_new_receipt_for_the_same_index_from_another_history_is_a_fork_kept_as
     with pytest.raises(LogInconsistent, match=defect):
         kept_receipt(str(target), fresh, verify)
     assert saved(tmp_path) == [conflict]
-    # Neither the monitor nor `verify` takes it for the bundle's receipt.
-    assert find_receipts(str(tmp_path)) == ([str(target)], [])
+    # `verify` never takes it for the bundle's receipt; a monitor checks it too.
+    assert receipt_path(str(tmp_path / "x.spanproof.json")) == str(target)
+    assert find_receipts(str(tmp_path)) == (sorted([str(conflict), str(target)]), [])
 
 
 def test_a_conflicting_receipt_never_replaces_a_file(tmp_path: Path) -> None:
