@@ -397,6 +397,26 @@ def _with_receipt(
     return BundleResult(result.path, attach_receipt_check(result.report, check))
 
 
+def _refuse_producer_key_as_witness_key(
+    trust: TrustRoot, witness_keys: Sequence[WitnessKey]
+) -> None:
+    """Refuse a pinned witness key that is also a trusted producer key: whoever signs
+    the bundles would then sign the checkpoints that witness them, and a receipt would
+    prove nothing the bundle's own signature does not (SPEC §12.1).
+
+    Raises:
+        UsageError: a witness key is one of *trust*'s keys.
+    """
+    producers = {raw_public_bytes(k.key): k for k in trust.keys}
+    for witness in witness_keys:
+        producer = producers.get(raw_public_bytes(witness.public_key))
+        if producer is not None:
+            raise UsageError(
+                f"{witness.source}: the witness key is also a trusted producer key "
+                f"({producer.source}): a receipt it signs proves nothing the bundle's "
+                "own signature does not; pin the witness's own key")
+
+
 def _refuse_receipt_options_without_key(
     args: argparse.Namespace, witness_keys: Sequence[WitnessKey]
 ) -> None:
@@ -486,6 +506,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         raise UsageError("no trusted key: give --key PUB.pem or --trust-root FILE")
     witness_keys = _load_witness_keys(args.witness_key)
     _refuse_receipt_options_without_key(args, witness_keys)
+    _refuse_producer_key_as_witness_key(trust, witness_keys)
     paths, problems = _collect(args.paths)
     # Read first, so that each bundle keeps only the records these disclosures need.
     disclosures = _load_disclosure_files(args.disclosures)
@@ -628,6 +649,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         raise UsageError("no trusted key: give --key PUB.pem or --trust-root FILE")
     witness_keys = _load_witness_keys(args.witness_key)
     _refuse_receipt_options_without_key(args, witness_keys)
+    _refuse_producer_key_as_witness_key(trust, witness_keys)
     out: str = args.html
     if os.path.isdir(out):
         raise UsageError(f"{out}: is a directory; --html takes the report file to write")

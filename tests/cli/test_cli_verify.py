@@ -1044,3 +1044,18 @@ def test_a_receipt_option_without_a_witness_key_is_a_usage_error_not_ignored(
     code, out, err = run(capsys, "verify", "--key", keys.pub, *option, path)
     assert code == 2 and out == ""
     assert f"{option[0]} needs --witness-key" in err
+
+
+@pytest.mark.parametrize("command", ["verify", "report"])
+def test_a_producer_key_pinned_as_the_witness_key_is_a_usage_error(
+    capsys, tmp_path, keys: Keys, make_bundle, command: str
+):
+    # Whoever signs the bundles would sign the checkpoints that witness them: the
+    # receipts would pass and prove nothing the bundle's signature does not.
+    path, _ = make_bundle()
+    extra = ["--html", str(tmp_path / "r.html")] if command == "report" else []
+    code, out, err = run(capsys, command, "--key", keys.pub, "--witness-key", keys.pub,
+                         *extra, path)
+    assert code == 2 and out == ""
+    assert "the witness key is also a trusted producer key" in err
+    assert not (tmp_path / "r.html").exists()
