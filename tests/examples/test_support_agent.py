@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -185,6 +186,21 @@ def test_module_runs(tmp_path):
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "C-1001" in done.stdout and "decision=escalate to fraud-review" in done.stdout
+
+
+@pytest.mark.parametrize("flags", [[], ["--spans"]])
+def test_module_stops_quietly_when_its_reader_goes_away(tmp_path, flags):
+    # `... | head`: the reader has closed the pipe (here before the first line, so
+    # that every write fails, whatever the buffering).
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "spanproof.examples.support_agent", *flags],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+                              cwd=tmp_path)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (1, "")
 
 
 def test_example_imports_only_public_apis():
