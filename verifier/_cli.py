@@ -29,7 +29,7 @@ from ._settings import parse_decimal
 from ._stdout import StdoutError, writing_stdout
 from ._term import Progress, Style, printable
 from .bundle import BUNDLE_SUFFIX, BundleReader
-from .checkpoint import WitnessKey, load_witness_keys
+from .checkpoint import WitnessKey, load_witness_keys, refuse_producer_key_as_witness_key
 from .disclosure import (
     MAX_DISCLOSURE_FILE_BYTES,
     MAX_PRODUCER_DISCLOSURE_FILE_BYTES,
@@ -400,21 +400,15 @@ def _with_receipt(
 def _refuse_producer_key_as_witness_key(
     trust: TrustRoot, witness_keys: Sequence[WitnessKey]
 ) -> None:
-    """Refuse a pinned witness key that is also a trusted producer key: whoever signs
-    the bundles would then sign the checkpoints that witness them, and a receipt would
-    prove nothing the bundle's own signature does not (SPEC §12.1).
+    """:func:`refuse_producer_key_as_witness_key`, a usage error here.
 
     Raises:
         UsageError: a witness key is one of *trust*'s keys.
     """
-    producers = {raw_public_bytes(k.key): k for k in trust.keys}
-    for witness in witness_keys:
-        producer = producers.get(raw_public_bytes(witness.public_key))
-        if producer is not None:
-            raise UsageError(
-                f"{witness.source}: the witness key is also a trusted producer key "
-                f"({producer.source}): a receipt it signs proves nothing the bundle's "
-                "own signature does not; pin the witness's own key")
+    try:
+        refuse_producer_key_as_witness_key(trust, witness_keys)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
 
 
 def _refuse_receipt_options_without_key(

@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from ._files import read_named_file
 from ._settings import refuse_string
 from .errors import InvalidKey, InvalidReceipt, LogInconsistent, NoteSignatureError, ProofError
-from .keys import load_public_key, raw_public_bytes, refuse_small_order
+from .keys import TrustRoot, load_public_key, raw_public_bytes, refuse_small_order
 from .merkle import EMPTY_ROOT, HASH_SIZE, verify_consistency
 from .records import is_uint
 
@@ -59,6 +59,7 @@ __all__ = [
     "check_consistent",
     "load_witness_keys",
     "note_key_hash",
+    "refuse_producer_key_as_witness_key",
     "verify_checkpoint",
 ]
 
@@ -317,6 +318,26 @@ def load_witness_keys(specs: Sequence[str]) -> tuple[WitnessKey, ...]:
     """
     refuse_string(specs, "witness keys", "specs", "PEM file paths or verifier key strings")
     return tuple(WitnessKey.load(spec) for spec in specs)
+
+
+def refuse_producer_key_as_witness_key(
+    trust: TrustRoot, witness_keys: Sequence[WitnessKey]
+) -> None:
+    """Refuse a witness key that is also one of *trust*'s producer keys: whoever signs
+    the bundles would then sign the checkpoints that witness them, and a receipt would
+    prove nothing the bundle's own signature does not (SPEC §12.1).
+
+    Raises:
+        ValueError: a witness key is one of *trust*'s keys (the message names both).
+    """
+    producers = {raw_public_bytes(k.key): k for k in trust.keys}
+    for witness in witness_keys:
+        producer = producers.get(raw_public_bytes(witness.public_key))
+        if producer is not None:
+            raise ValueError(
+                f"{witness.source}: the witness key is also a trusted producer key "
+                f"({producer.source}): a receipt it signs proves nothing the bundle's "
+                "own signature does not; pin the witness's own key")
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,11 @@ from spanproof.verifier._settings import parse_decimal, parse_seconds
 from spanproof.verifier._stdout import StdoutError, writing_stdout
 from spanproof.verifier._term import printable
 from spanproof.verifier.bundle import BUNDLE_SUFFIX
-from spanproof.verifier.checkpoint import WitnessKey, load_witness_keys
+from spanproof.verifier.checkpoint import (
+    WitnessKey,
+    load_witness_keys,
+    refuse_producer_key_as_witness_key,
+)
 from spanproof.verifier.errors import (
     InvalidBundle,
     InvalidKey,
@@ -158,6 +162,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         host, port = parse_listen(args.listen)
         signer = CheckpointSigner.load(args.key, args.origin)
         trust = _producer_trust(args.producer_key, args.producer_trust_root)
+        if trust is not None:
+            own = WitnessKey(signer.key.public_key, signer.origin, args.key)
+            refuse_producer_key_as_witness_key(trust, [own])
     except (ValueError, InvalidKey) as e:
         return _fail(str(e), EXIT_USAGE)
     try:
@@ -320,6 +327,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             der = trust.keys[0].key.public_bytes(
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
             )
+            refuse_producer_key_as_witness_key(trust, witness_keys)
         paths = list(find_bundles(args.bundles))
     except (ValueError, InvalidKey) as e:
         return _fail(str(e), EXIT_USAGE)

@@ -456,6 +456,34 @@ def test_submit_reads_a_producer_key_given_through_a_pipe_once(
     assert out.startswith(f"FAIL {path}: cannot reach witness {url}")
 
 
+def test_submit_refuses_the_producer_key_pinned_as_the_witness_key(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As verify: a receipt signed with the producer's own key would be kept as
+    # the witness's, proving nothing the bundle's signature does not.
+    path = write_bundle(files["bundles"], make_bundle(trace_id(3)))
+    url = f"http://127.0.0.1:{free_port()}"
+    status, out, err = _run(["witness", "submit", str(path), "--url", url,
+                             "--producer-key", str(files["producer"]),
+                             "--witness-key", str(files["producer"])], capsys)
+    assert status == 2 and out == ""
+    assert "the witness key is also a trusted producer key" in err
+    assert not list(files["bundles"].glob("*.receipt*"))
+
+
+@pytest.mark.timeout(30)  # without the refusal it would serve until stopped
+def test_serve_refuses_its_own_key_as_a_producer_key(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A witness that accepts bundles signed with its own key witnesses its own word.
+    status, out, err = _run(["witness", "serve", "--key", str(files["key"]),
+                             "--producer-key", str(files["pub"]),
+                             "--db", str(tmp_path / "w.db"), "--listen", "127.0.0.1:0"], capsys)
+    assert status == 2 and out == ""
+    assert f"{files['key']}: the witness key is also a trusted producer key" in err
+    assert not (tmp_path / "w.db").exists()
+
+
 def test_submit_checks_the_bytes_it_sends_not_a_second_read_of_the_file(
     files: dict[str, Path], capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
