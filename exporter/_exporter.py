@@ -97,6 +97,10 @@ _BACKOFF_SECONDS = 0.05
 #: request made a warning per request.
 _SPAN_WARNING_SECONDS = 60.0
 _MIN_SHUTDOWN_SECONDS = 5.0
+#: The longest wait a timeout asks for: a year stands for "no limit".  Longer ones
+#: (threading.TIMEOUT_MAX is about 292 years, sys.maxsize milliseconds far more)
+#: raised OverflowError out of the waits.
+_LONGEST_WAIT = 365 * 86_400.0
 #: Seconds after the sealing processes were lost (or could not start) before the
 #: exporter, sealing in the application's process meanwhile, starts them again;
 #: twice as long after each loss or failed start, up to _MAX_RESTART_SECONDS, and
@@ -741,21 +745,24 @@ class SpanproofSpanExporter(SpanExporter):
         if wake or (deadline is not None and deadline < self._wake_at):
             self._cond.notify()
 
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
+    def force_flush(self, timeout_millis: float | None = 30000) -> bool:
         """Seal and write every trace that is due, on the calling thread.
 
         Traces whose local root span ended are sealed without waiting for the
         grace (reason ``force_flush``); traces still open are not cut.  Returns
         True when everything due is written, False on timeout, after shutdown,
-        or while the sink keeps failing.
+        or while the sink keeps failing.  *timeout_millis* None (as the SDK's
+        ``BatchSpanProcessor.force_flush`` takes it), or longer than a year,
+        waits without a limit.
         """
         if self._shutdown:
             return False
-        deadline = time.monotonic() + timeout_millis / 1000
+        seconds = _wait_seconds(timeout_millis)
+        deadline = time.monotonic() + seconds
         remote = self._remote
         if remote is not None:
             try:
-                done = remote.request("flush", timeout_millis / 1000)
+                done = remote.request("flush", seconds)
             except SealingProcessError as e:
                 self._lose_remote(remote, e)
                 return False
@@ -769,15 +776,19 @@ class SpanproofSpanExporter(SpanExporter):
             _logger.exception("spanproof: force_flush failed")
             return False
 
-    def shutdown(self, timeout_millis: float = 30000) -> None:
+    def shutdown(self, timeout_millis: float | None = 30000) -> None:
         """Seal everything pending (reason ``shutdown``), write it, stop the sealer.
 
         Idempotent; later exports return FAILURE.  *timeout_millis* (which the SDK's
         BatchSpanProcessor passes) bounds the wait, but sealing pending traces gets
-        at least 5 seconds: a smaller budget would lose evidence.  A write still in
-        flight then (a stalled disk) is not waited for: it goes on in the background.
-        Whatever is still unwritten at the end is logged as an error.
+        at least 5 seconds: a smaller budget would lose evidence.  None, or longer
+        than a year, waits without a limit.  A write still in flight then (a
+        stalled disk) is not waited for: it goes on in the background.  Whatever is
+        still unwritten at the end is logged as an error.
         """
+        # At most a year, in milliseconds (what _shutdown_now and a deferred
+        # shutdown take).
+        timeout_millis = _wait_seconds(timeout_millis) * 1000
         # A signal handler that interrupted a sealing pass (force_flush()) or an
         # export() (a SimpleSpanProcessor's) of its own thread, which may hold the
         # locks the drain needs: that call shuts down as it ends.
@@ -1496,6 +1507,17 @@ def _write_group(sink: DirectorySink, group: Sequence[_Write]) -> None:
     written = iter(outcomes)
     for (_, future, _), ok in zip(group, writable, strict=True):
         future.set_result(next(written) if ok else _BEHIND)
+
+
+def _wait_seconds(timeout_millis: float | None) -> float:
+    """*timeout_millis* in seconds, at most :data:`_LONGEST_WAIT` (None: that)."""
+    if timeout_millis is None:
+        return _LONGEST_WAIT
+    try:
+        seconds = timeout_millis / 1000
+    except OverflowError:  # an int too large for a float
+        return _LONGEST_WAIT
+    return seconds if seconds < _LONGEST_WAIT else _LONGEST_WAIT
 
 
 def _condition_of(error: BaseException) -> str:

@@ -54,6 +54,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from spanproof.verifier._settings import parse_decimal
 
 from ._exporter import (
+    _LONGEST_WAIT,
     _MAX_DISCARDED_TRACES,
     _MAX_UNWRITTEN,
     Interruptible,
@@ -931,11 +932,6 @@ def install(**kwargs: Any) -> EvidenceSpanProcessor:
     processor = EvidenceSpanProcessor(**kwargs)
     provider.add_span_processor(processor)
     return processor
-
-
-# The longest a wait is asked to last: a year stands for "no limit".  Longer ones
-# (threading.TIMEOUT_MAX is about 292 years) raised OverflowError out of every wait.
-_LONGEST_WAIT = 365 * 86_400.0
 
 
 def _deadline(timeout_millis: float | None) -> float:
