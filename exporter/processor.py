@@ -919,7 +919,7 @@ def install(**kwargs: Any) -> EvidenceSpanProcessor:
 
     Raises:
         TypeError: the global tracer provider is not the OpenTelemetry SDK's (the
-            SDK is not configured, e.g. ``OTEL_SDK_DISABLED=true``).
+            SDK is not configured), or is a disabled one (``OTEL_SDK_DISABLED=true``).
         ValueError: a malformed setting.
     """
     from opentelemetry import trace
@@ -929,6 +929,11 @@ def install(**kwargs: Any) -> EvidenceSpanProcessor:
     if not isinstance(provider, TracerProvider):
         raise TypeError("the global tracer provider is not an OpenTelemetry SDK "
                         f"TracerProvider ({type(provider).__name__}); configure the SDK first")
+    if getattr(provider, "_disabled", False):
+        # opentelemetry-instrument installs the SDK's provider with the SDK disabled
+        # too: its tracers make no span, and a processor would only write a key.
+        raise TypeError("the global tracer provider is disabled (OTEL_SDK_DISABLED=true): "
+                        "no span would reach the processor")
     processor = EvidenceSpanProcessor(**kwargs)
     provider.add_span_processor(processor)
     return processor
