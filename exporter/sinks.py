@@ -17,7 +17,7 @@ per group.
 A bundle with committed attributes (SPEC §2.5) carries their disclosures; the
 directory sink writes them to ``<name>.disclosures.json`` beside
 ``<name>.spanproof.json``, mode 0600, fsynced before the bundle is published and
-renamed into place right after it.
+linked into place right after it, never over another file.
 """
 
 from __future__ import annotations
@@ -110,9 +110,12 @@ class DirectorySink:
         a failed directory fsync) returns the existing path.  Should the name hold
         another bundle (a producer instance only reuses a name when it restarted a
         trace's chain because the earlier bundle under that name could not be
-        continued, e.g. it was not signed by the current key), the bundle is stored
-        as ``<trace>-<segment>-<instance>.<n>.spanproof.json`` with a warning; the
-        existing file is never touched.
+        continued, e.g. it was not signed by the current key, or was moved away), the
+        bundle is stored as ``<trace>-<segment>-<instance>.<n>.spanproof.json`` with a
+        warning; the existing file is never touched.  For a bundle with disclosures,
+        a name whose ``<name>.disclosures.json`` is there is taken too (the earlier
+        bundle archived or shipped, its salts kept): a disclosure file is never
+        written over.
 
         Raises:
             OSError: the directory cannot be created or written, or the disk is full.
@@ -186,26 +189,41 @@ class DirectorySink:
         return _Staged(name, temp, secret)
 
     def _publish_staged(self, item: _Staged) -> str:
-        """Link a durable temporary file into place (and rename its disclosures)."""
-        path = self._publish(item.temp, item.name)
+        """Link a durable temporary file into place (and name its disclosures,
+        never over another file: a disclosure file left there holds the only copy
+        of another bundle's salts)."""
+        path = self._publish(item.temp, item.name, disclosures=item.secret is not None)
         if item.secret is not None:
             secret, item.secret = item.secret, None  # from now on, never deleted
-            target = os.path.join(
-                self._dir, SealedBundle.disclosures_file_name(os.path.basename(path))
-            )
+            target = os.path.join(self._dir, _disclosures_name(os.path.basename(path)))
             try:
-                os.replace(secret, target)
+                link_no_replace(secret, target)
+            except FileExistsError as e:
+                if _holds_the_same(target, secret):
+                    # This very bundle written again (a retry), or another producer
+                    # starting in this directory gave them their name in the moment
+                    # since the link (finish_interrupted_writes).
+                    unlink_quietly(secret)
+                    return path
+                self._keep_disclosures(path, target, secret, e)
+                return path
             except OSError as e:
                 if isinstance(e, FileNotFoundError) and os.path.exists(target):
-                    # Another producer starting in this directory gave them their
-                    # name in the moment since the link (finish_interrupted_writes).
+                    # Another producer starting in this directory named them and
+                    # removed the temporary name since the link.
                     return path
-                # The bundle is already published: keep the values where they are
-                # rather than lose them (raising would make the caller write the
-                # bundle a second time).
-                _logger.error("spanproof: cannot name the disclosures of %s %s (%s); "
-                              "they are kept in %s", path, target, e, secret)
+                self._keep_disclosures(path, target, secret, e)
+                return path
+            unlink_quietly(secret)  # linked: the temporary name goes
         return path
+
+    @staticmethod
+    def _keep_disclosures(path: str, target: str, secret: str, error: OSError) -> None:
+        # The bundle is already published: keep the values where they are rather
+        # than lose them (raising would make the caller write the bundle a second
+        # time).
+        _logger.error("spanproof: cannot name the disclosures of %s %s (%s); "
+                      "they are kept in %s", path, target, error, secret)
 
     def _sync_filesystem(self) -> None:
         assert self._syncfs is not None
@@ -216,9 +234,16 @@ class DirectorySink:
         unless *fsync* is false: the caller then makes it durable)."""
         return write_temp(self._dir, name, data, mode=mode, fsync=fsync)
 
-    def _publish(self, tmp: str, name: str) -> str:
+    def _publish(self, tmp: str, name: str, *, disclosures: bool = False) -> str:
         for attempt, candidate in enumerate(bundle_names(name)):
             path = os.path.join(self._dir, candidate)
+            if disclosures and os.path.lexists(
+                    os.path.join(self._dir, _disclosures_name(candidate))):
+                # The name's disclosure file is there (its bundle archived or shipped
+                # elsewhere, the salts kept): the name is taken.
+                if _holds_the_same(path, tmp):
+                    return path  # this very bundle, written again
+                continue
             try:
                 link_no_replace(tmp, path)
             except FileExistsError:
@@ -230,9 +255,9 @@ class DirectorySink:
                 continue
             if attempt:
                 _logger.warning(
-                    "bundle file %s already exists; wrote this bundle as %s "
-                    "(the trace's chain restarted: its earlier bundle could not be "
-                    "continued)",
+                    "bundle file %s (or its disclosure file) already exists; wrote this "
+                    "bundle as %s (the trace's chain restarted: its earlier bundle could "
+                    "not be continued, or was moved away)",
                     name, candidate,
                 )
             return path
@@ -349,6 +374,18 @@ def write_together(files: Sequence[tuple[str, bytes]]) -> list[OSError | None]:
             for i in positions:
                 errors[i] = e
     return errors
+
+
+def _disclosures_name(bundle_name: str) -> str:
+    return SealedBundle.disclosures_file_name(bundle_name)
+
+
+def _holds_the_same(path: str, other: str) -> bool:
+    """Whether the regular file at *path* holds the bytes of the file at *other*."""
+    try:
+        return os.path.isfile(path) and filecmp.cmp(path, other, shallow=False)
+    except OSError:
+        return False
 
 
 def bundle_names(name: str) -> Iterator[str]:

@@ -29,6 +29,7 @@ from spanproof.exporter.disclosure import (
     commit_body,
     redaction_matcher,
 )
+from spanproof.exporter.sinks import DirectorySink
 from spanproof.verifier import Verdict, check_bundle, find_bundles
 from spanproof.verifier.disclosure import (
     AttributeMatcher,
@@ -173,6 +174,27 @@ def test_disclosure_file_follows_an_alternative_bundle_name(tmp_path: Path) -> N
     assert second.bundle.name.endswith(".1.spanproof.json")
     assert second.disclosures.exists() and first.disclosures.exists()
     assert _mode(second.disclosures) == 0o600
+
+
+def test_disclosure_file_of_a_bundle_moved_away_is_never_written_over(tmp_path: Path) -> None:
+    # The bundle is shipped or archived, its salts kept beside where it was; the same
+    # name is sealed again (the chain restarted: nothing left to continue).  The kept
+    # file was replaced, and the shipped bundle's commitments could never be opened.
+    out = tmp_path / "out"
+    first = write_bundle(out)
+    first.bundle.rename(tmp_path / first.bundle.name)
+    kept = first.disclosures.read_bytes()
+    again = seal_bodies(default_bodies()[:2], salt=lambda: os.urandom(16))
+    sink = DirectorySink(out)
+    second = Path(sink.write(again))
+    assert first.disclosures.read_bytes() == kept
+    assert second.name.endswith(".1.spanproof.json")
+    secret = second.with_name(second.name.replace(".spanproof.json", ".disclosures.json"))
+    assert secret.read_bytes() == again.disclosures_data() and _mode(secret) == 0o600
+    # The same bundle written again (a retry) is taken as written, not stored a third time.
+    assert sink.write(again) == str(second)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [first.disclosures.name, second.name, secret.name])
 
 
 # ------------------------------------------------------------ redacted vs unredacted

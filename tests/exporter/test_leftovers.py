@@ -160,8 +160,8 @@ def test_a_writer_whose_disclosures_another_start_named_meanwhile_reports_no_err
     sink = DirectorySink(tmp_path)
     publish = sink._publish
 
-    def another_start_in_between(tmp: str, name: str) -> str:
-        path = publish(tmp, name)
+    def another_start_in_between(tmp: str, name: str, **kwargs: bool) -> str:
+        path = publish(tmp, name, **kwargs)
         assert finish_interrupted_writes(str(tmp_path)).named
         return path
 
@@ -338,10 +338,14 @@ _KILLED_WRITER = textwrap.dedent("""
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
 
-    def killed(src, dst):  # the bundle is published: die before naming its disclosures
-        os.kill(os.getpid(), signal.SIGKILL)
+    link = sinks.link_no_replace
 
-    sinks.os.replace = killed
+    def killed(src, dst):  # the bundle is published: die before naming its disclosures
+        if dst.endswith(".disclosures.json"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        link(src, dst)
+
+    sinks.link_no_replace = killed
     with provider.get_tracer("t").start_as_current_span(
             "chat", attributes={"gen_ai.operation.name": "chat", "app.secret": "card 4111"}):
         pass
