@@ -503,18 +503,19 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     _refuse_producer_key_as_witness_key(trust, witness_keys)
     paths, problems = _collect(args.paths)
     # Read first, so that each bundle keeps only the records these disclosures need.
-    disclosures = _load_disclosure_files(args.disclosures)
+    loaded = _load_disclosure_files(args.disclosures)
+    problems += loaded.problems
     check = _BundleCheck(
         trust, args.allow_incomplete, keep_records=False,
         receipts=tuple(witness_keys) if witness_keys else None,
         require_receipt=args.require_receipt, witness_origin=args.witness_origin,
-        select_records=DisclosureNeeds.of(disclosures) if args.disclosures else None,
+        select_records=DisclosureNeeds.of(loaded.disclosures) if args.disclosures else None,
     )
     results = _check_all(paths, check, args)
     links = link_results(results)
     # SPEC §2.5.5: each disclosed value against its commitment in a verified bundle.
-    disclosed = _check_disclosed(disclosures, results)
-    problems += _nothing_disclosed(args.disclosures, disclosed)
+    disclosed = _check_disclosed(loaded.disclosures, results)
+    problems += _nothing_disclosed(loaded.read, disclosed)
     ok = (
         not problems
         and all(r.verdict is Verdict.OK for r in results)
@@ -565,21 +566,48 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- report
 
 
-def _load_disclosure_files(files: Sequence[str]) -> list[Disclosure]:
+@dataclass(frozen=True)
+class _DisclosureFiles:
+    """What ``--disclosures`` files gave: every disclosure in them, in order; each file
+    that could not be used, with why; and the files that were read."""
+
+    disclosures: list[Disclosure]
+    problems: list[tuple[str, str]]
+    read: list[str]
+
+
+def _load_disclosure_files(files: Sequence[str]) -> _DisclosureFiles:
     """Every disclosure in *files*, in order.
 
+    A disclosure file is evidence handed over with the bundles, not the command's
+    own setting: one that is no regular file, cannot be read, is too long or is
+    malformed (SPEC §2.5.4) fails as a malformed bundle does (a ``FAIL`` line, exit
+    status 1, the bundles still verified and ``--json`` still printed).  A path that
+    cannot be looked up is a mistake in the command, as a missing ``PATH`` is.
+
     Raises:
-        UsageError: a file cannot be read or is not a disclosure file.
+        UsageError: a path cannot be looked up.
     """
-    disclosures: list[Disclosure] = []
+    loaded = _DisclosureFiles([], [], [])
     for path in files:
         try:
-            disclosures.extend(load_disclosures(path).disclosures)
+            os.stat(path)
         except OSError as e:
             raise UsageError(f"{path}: cannot read disclosure file ({e.strerror or e})") from e
+        except ValueError as e:  # a NUL in the name
+            raise UsageError(f"{path}: cannot read disclosure file ({e})") from e
+        try:
+            opened = load_disclosures(path)
+        except OSError as e:
+            loaded.problems.append((path, f"cannot read disclosure file ({e.strerror or e})"))
+            continue
         except SpanproofError as e:
-            raise UsageError(str(e)) from e
-    return disclosures
+            reason = str(e)
+            loaded.problems.append((path, reason.removeprefix(f"{path}: ")))
+            continue
+        loaded.disclosures.extend(opened.disclosures)
+        loaded.read.append(path)
+    return loaded
 
 
 def _check_disclosed(
@@ -652,7 +680,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         *(f for path in paths for f in _evidence_files(path)),
         *args.disclosures, *args.key, *args.trust_root,
     ])
-    disclosures = _load_disclosure_files(args.disclosures)
+    loaded = _load_disclosure_files(args.disclosures)
+    problems += loaded.problems
     # Always look for a receipt: without --witness-key the report says one is there
     # but unchecked (a SKIPPED check never changes a verdict).
     check = _BundleCheck(
@@ -661,8 +690,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     )
     results = _check_all(paths, check, args)
     links = link_results(results)
-    disclosed = _check_disclosed(disclosures, results)
-    problems += _nothing_disclosed(args.disclosures, disclosed)
+    disclosed = _check_disclosed(loaded.disclosures, results)
+    problems += _nothing_disclosed(loaded.read, disclosed)
     document = render_html(
         [ReportItem(r.path, r.report, r.crash or "") for r in results],
         links=links,

@@ -184,18 +184,42 @@ def test_verify_with_bad_disclosure_fails(
     assert message in line, line
 
 
-def test_verify_with_malformed_disclosure_file_is_a_usage_error(
+def test_a_malformed_disclosure_file_fails_as_a_malformed_bundle_does_not_as_a_usage_error(
     tmp_path: Path, written: Written, pem: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # A disclosure file is evidence handed over with the bundles.  A malformed one
+    # was a usage error (exit 2): nothing verified, no FAIL line, and --json printed
+    # no document at all, while an empty one, or a malformed bundle, is a FAIL line
+    # and exit 1 with the rest still checked.
     bad = tmp_path / "bad.json"
     bad.write_text('{"mediaType":"application/vnd.spanproof.disclosures.v9+json"}')
-    code, _, err = _run(capsys, "verify", "--key", str(pem), "--disclosures", str(bad),
-                        str(written.bundle))
-    assert code == 2
-    assert "unknown mediaType" in err
+    reason = ("unknown mediaType 'application/vnd.spanproof.disclosures.v9+json' "
+              "(this verifier knows 'application/vnd.spanproof.disclosures.v1+json')")
+    good = tmp_path / "good.json"
+    good.write_bytes(written.disclosures.read_bytes())
+    code, stdout, err = _run(capsys, "verify", "--key", str(pem), "--disclosures", str(bad),
+                             "--disclosures", str(good), str(written.bundle))
+    assert (code, err) == (1, "")
+    lines = stdout.splitlines()
+    assert lines[0] == f"FAIL {bad}: {reason}"
+    assert lines[1].startswith(f"OK {written.bundle} "), "the bundle is still verified"
+    assert [ln for ln in lines[2:] if ln.startswith("DISCLOSED")], "the good file is checked"
+    code, stdout, _ = _run(capsys, "verify", "--json", "--key", str(pem), "--disclosures",
+                           str(bad), str(written.bundle))
+    doc = json.loads(stdout)
+    assert (code, doc["ok"], doc["bundles"][0]["verdict"]) == (1, False, "OK")
+    assert doc["errors"] == [{"path": str(bad), "reason": reason}]  # said once, not twice
+    html = tmp_path / "report.html"
+    code, stdout, _ = _run(capsys, "report", "--key", str(pem), "--disclosures", str(bad),
+                           "--html", str(html), str(written.bundle))
+    assert code == 1 and f"FAIL {bad}: {reason}" in stdout and html.exists()
+    # A disclosure file that is not there is a mistake in the command, as a PATH is.
+    code, stdout, err = _run(capsys, "verify", "--key", str(pem), "--disclosures",
+                             str(tmp_path / "absent.json"), str(written.bundle))
+    assert (code, stdout) == (2, "") and "cannot read disclosure file" in err
 
 
-def test_verify_with_disclosure_file_over_the_size_limit_is_a_usage_error(
+def test_verify_with_disclosure_file_over_the_size_limit_fails(
     tmp_path: Path, written: Written, pem: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     big = tmp_path / "big.json"
@@ -203,8 +227,9 @@ def test_verify_with_disclosure_file_over_the_size_limit_is_a_usage_error(
         f.truncate(64 * 1024 * 1024 + 1)
     code, stdout, err = _run(capsys, "verify", "--key", str(pem), "--disclosures", str(big),
                              str(written.bundle))
-    assert (code, stdout) == (2, "")
-    assert f"{big}: longer than 67108864 bytes; a disclosure file is at most 64 MiB" in err
+    assert (code, err) == (1, "")
+    assert (f"FAIL {big}: longer than 67108864 bytes; a disclosure file is at most 64 MiB"
+            in stdout)
 
 
 def test_verify_with_empty_disclosure_file_fails(
@@ -267,9 +292,9 @@ def test_a_producer_file_over_the_reviewer_limit_is_still_disclosed_in_part(
     size = written.disclosures.stat().st_size
     assert size > 1500
     assert any("over the 1500 a verifier reads" in r.getMessage() for r in caplog.records)
-    code, _, err = _run(capsys, "verify", "--key", str(pem), "--disclosures",
-                        str(written.disclosures), str(written.bundle))
-    assert code == 2 and "longer than 1500 bytes" in err  # a reviewer's input: bounded
+    code, stdout, _ = _run(capsys, "verify", "--key", str(pem), "--disclosures",
+                           str(written.disclosures), str(written.bundle))
+    assert code == 1 and "longer than 1500 bytes" in stdout  # a reviewer's input: bounded
     out = tmp_path / "reviewer.json"
     code, stdout, _ = _disclose(capsys, written, out, "--attr", "customer.email",
                                 "--span", SPAN_A)
