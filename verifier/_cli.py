@@ -34,12 +34,14 @@ from .disclosure import (
     MAX_DISCLOSURE_FILE_BYTES,
     MAX_PRODUCER_DISCLOSURE_FILE_BYTES,
     AttributeMatcher,
+    CommittedAttribute,
     Disclosure,
     DisclosureFile,
     DisclosureNeeds,
     DisclosureResult,
     check_disclosures,
     check_disclosures_in_records,
+    committed_attributes,
     disclosures_path,
     format_disclosure_result,
     load_disclosures,
@@ -885,6 +887,11 @@ def _cmd_disclose(args: argparse.Namespace) -> int:
             print(format_disclosure_result(result))
     if unmatched or not all(r.ok for r in checked):
         return EXIT_FAILED
+    shared = _salts_shared_beyond(chosen, data.records)
+    if shared:
+        for line in _shared_salt_lines(bundle, shared):
+            print(printable(line))
+        return EXIT_FAILED
     out = DisclosureFile(chosen).to_bytes()
     if len(out) > MAX_DISCLOSURE_FILE_BYTES:
         print(printable(f"FAIL {bundle}: the chosen disclosures take {len(out)} bytes, over the "
@@ -902,6 +909,39 @@ def _cmd_disclose(args: argparse.Namespace) -> int:
     print(printable(f"wrote {len(chosen)} disclosure(s) on {spans} span(s) to {args.out} "
                     "(mode 0600)"))
     return EXIT_OK
+
+
+def _salts_shared_beyond(
+    chosen: Sequence[Disclosure], records: Sequence[Any]
+) -> list[tuple[Disclosure, CommittedAttribute]]:
+    """Each commitment of *records* that has the salt of a *chosen* disclosure and is
+    not opened by one of them, with that disclosure: a salt reused (SPEC §2.5.2), which
+    the chosen file would hand out with the value the other commitment hides."""
+    by_salt: dict[str, Disclosure] = {}
+    opened: set[tuple[str, str, str, str]] = set()
+    for d in chosen:
+        by_salt.setdefault(d.salt_digest, d)
+        opened.add((d.trace_id, d.span_id, d.key, d.digest))
+    return [
+        (by_salt[c.salt_digest], c) for c in committed_attributes(records)
+        if c.salt_digest in by_salt and (c.trace_id, c.span_id, c.key, c.digest) not in opened
+    ]
+
+
+def _shared_salt_lines(
+    bundle: str, shared: Sequence[tuple[Disclosure, CommittedAttribute]]
+) -> list[str]:
+    d, c = shared[0]
+    lines = [
+        f"FAIL {bundle}: the salt of {d.key!r} on span {d.span_id} is also the salt of "
+        f"{c.key!r} on span {c.span_id} (record {c.seq}), which is not chosen: whoever "
+        "gets the file could test guesses of that value (a reused salt, SPEC §2.5.2); "
+        "nothing written. Choose both (--attr-exact, --span), or neither"
+    ]
+    if len(shared) > 1:
+        lines.append(f"FAIL {bundle}: {len(shared) - 1} more commitment(s) not chosen "
+                     "share a chosen salt")
+    return lines
 
 
 # ------------------------------------------------------------------ producer commands
@@ -1044,8 +1084,9 @@ def build_parser() -> argparse.ArgumentParser:
         "attributes from the bundle's disclosure file (<name>.disclosures.json beside "
         "<name>.spanproof.json) into FILE, mode 0600, for one reviewer, who checks them "
         "with 'spanproof verify --disclosures FILE'.",
-        epilog="Exit status: 0 written, 1 an attribute has no disclosure or a disclosure "
-        "does not match the bundle (nothing written), 2 usage error.",
+        epilog="Exit status: 0 written, 1 an attribute has no disclosure, a disclosure "
+        "does not match the bundle, or a chosen salt also opens a commitment not chosen "
+        "(nothing written), 2 usage error.",
     )
     disclose.add_argument("bundle", metavar="BUNDLE", help="bundle file")
     disclose.add_argument("--attr", action="extend", nargs="+", default=[], metavar="NAME",

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from disclosure_support import default_bodies, seal_bodies, trust_root
+from disclosure_support import SPAN_A, default_bodies, seal_bodies, trust_root
 
 from spanproof.exporter.sinks import DirectorySink
 from spanproof.verifier import Verdict, check_bundle
@@ -73,3 +73,27 @@ def test_report_shows_the_reused_salt(
     assert main(["report", "--key", str(pem), "--html", str(html), str(bundle)]) == 0
     assert "  remark: salt reused" in capsys.readouterr().out
     assert '<p class="remark note">salt reused: ' in html.read_text()
+
+
+def test_disclose_refuses_a_salt_that_also_opens_a_value_not_chosen(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Handed one value's disclosure, a reviewer holds its salt, and with it can test
+    # guesses of every other value committed with that salt: 'customer.tier' (5) in
+    # a few hashes.  disclose wrote the file without a word.
+    bundle = _written(tmp_path, b"\x07" * 16)
+    out = tmp_path / "for-reviewer.json"
+    assert main(["disclose", str(bundle), "--attr-exact", "customer.email", "--span", SPAN_A,
+                 "--out", str(out)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert not out.exists()
+    assert lines == [
+        f"FAIL {bundle}: the salt of 'customer.email' on span {SPAN_A} is also the salt of "
+        f"'case.priority' on span {SPAN_A} (record 0), which is not chosen: whoever gets the "
+        "file could test guesses of that value (a reused salt, SPEC §2.5.2); nothing "
+        "written. Choose both (--attr-exact, --span), or neither",
+        f"FAIL {bundle}: 6 more commitment(s) not chosen share a chosen salt",
+    ]
+    # Every value the salt opens chosen: the file hands out nothing more than it says.
+    assert main(["disclose", str(bundle), "--attr", "*", "--out", str(out)]) == 0
+    assert out.exists()
