@@ -870,7 +870,10 @@ def _retyped(typed: Mapping[str, Any]) -> list[dict[str, Any]]:
     try:
         validate_value({"intValue": text}, "")
         candidates.append({"intValue": text})
-        candidates.append({"doubleValue": encode_double(float(int(text)))})
+        # The same number as a double only when the double holds it exactly: 2^53 + 1
+        # is no double, and the double 2^53 is another value, not another type.
+        if int(float(int(text))) == int(text):
+            candidates.append({"doubleValue": encode_double(float(int(text)))})
     except (InvalidBundle, ValueError, OverflowError):
         pass
     try:

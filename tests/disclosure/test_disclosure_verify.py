@@ -106,6 +106,29 @@ def test_changed_type_int_for_string_fails(setup: tuple[BundleReport, Disclosure
            "committed as string")
 
 
+def test_an_int_no_double_holds_is_another_value_not_another_type() -> None:
+    # Committed as the double 2^53, disclosed as the int (or string) 2^53 + 1: the
+    # int was rounded to a double to look for a type mismatch, so a different number
+    # was reported as "type mismatch ... committed as double" (SPEC §2.5.5: only the
+    # same scalar spelled as another type is one).
+    salt = bytes(16)
+    body = default_bodies()[0]
+    body["span"]["attributes"] = {"amount": {"doubleValue": "9007199254740992"}}
+    sealed = seal_bodies([body], ("amount",), salt=lambda: salt)
+    records = [json.loads(line.rstrip(b",")) for line in sealed.data.splitlines()[1:-1]]
+
+    def diagnosis(value: dict[str, str]) -> str:
+        (result,) = check_disclosures_in_records(
+            [Disclosure(TRACE, SPAN_A, "amount", salt, value)], records)
+        assert not result.ok
+        return result.message
+
+    for other in ({"intValue": "9007199254740993"}, {"stringValue": "9007199254740993"}):
+        assert diagnosis(other) == ("value does not match the commitment of attribute "
+                                    "'amount' of span 1000000000000001")
+    assert diagnosis({"intValue": "9007199254740992"}).startswith("type mismatch ")
+
+
 def test_wrong_salt_fails(setup: tuple[BundleReport, DisclosureFile]) -> None:
     report, file = setup
     original = _one(file, SPAN_A, "customer.email")
