@@ -570,12 +570,19 @@ def link_segments(reports: Iterable[BundleReport]) -> list[TraceLink]:
     links = []
     for (trace_id, instance), group in sorted(groups.items()):
         group.sort(key=lambda r: r.statement.segment_index if r.statement else 0)
+        copies = _copies(group)
+        dropped = {id(c) for c, _ in copies}
+        group = [r for r in group if id(r) not in dropped]
         indexes = tuple(r.statement.segment_index for r in group if r.statement)
         problem = _link_problem(group)
         if problem is not None:
             links.append(TraceLink(trace_id, instance, indexes, False, problem))
             continue
-        remarks = _link_remarks(group)
+        remarks = tuple(
+            f"segment {c.statement.segment_index} given twice, the same signed statement "
+            f"({first.source}, {c.source})"
+            for c, first in copies if c.statement is not None
+        ) + _link_remarks(group)
         if len(indexes) == 1:
             message = f"segment {indexes[0]} forms one chain"
         else:
@@ -584,6 +591,21 @@ def link_segments(reports: Iterable[BundleReport]) -> list[TraceLink]:
             message += f" ({'; '.join(remarks)})"
         links.append(TraceLink(trace_id, instance, indexes, True, message, remarks))
     return links
+
+
+def _copies(group: list[BundleReport]) -> list[tuple[BundleReport, BundleReport]]:
+    """Each bundle of *group* (sorted by segment) whose statement digest is that of the
+    bundle before it, with the first of them: the same signed segment given twice (a
+    copy, a hard link), not two versions of it (SPEC §8 step 11)."""
+    copies = []
+    first = None
+    for report in group:
+        if (first is not None and report.statement_digest is not None
+                and report.statement_digest == first.statement_digest):
+            copies.append((report, first))
+        else:
+            first = report
+    return copies
 
 
 def _link_remarks(group: list[BundleReport]) -> tuple[str, ...]:

@@ -427,6 +427,26 @@ def test_segments_of_a_trace_are_checked_together(capsys, keys: Keys, make_bundl
     assert second.statement.segment_index == 1
 
 
+@pytest.mark.parametrize("how", ["hard link", "copy"])
+def test_an_archived_copy_of_a_segment_verified_beside_it_is_not_a_second_segment(
+    capsys, keys: Keys, make_bundle, tmp_path, how: str
+):
+    first_path, first = make_bundle("seg0")
+    make_bundle("seg1", position=first.next_position())
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    kept = archive / Path(first_path).name
+    if how == "hard link":
+        os.link(first_path, kept)
+    else:
+        kept.write_bytes(Path(first_path).read_bytes())
+    code, out, _ = run(capsys, "verify", "--key", keys.pub, tmp_path / "bundles", archive)
+    assert code == 0, out
+    assert out.splitlines()[-1] == (
+        f"OK trace {TRACE} instance {PRODUCER.instance}: segments 0, 1 form one chain "
+        f"(segment 0 given twice, the same signed statement ({first_path}, {kept}))")
+
+
 def test_segments_handed_over_without_segment_0_are_said_to_be(
     capsys, keys: Keys, make_bundle, tmp_path
 ):

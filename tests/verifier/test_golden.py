@@ -223,9 +223,26 @@ def _report(sealed: SealedBundle, trust: TrustRoot) -> BundleReport:
     return report
 
 
-def test_segment_appearing_twice_fail(reports: list[BundleReport]) -> None:
-    (link,) = link_segments([reports[0], reports[0]])
+def test_segment_appearing_twice_fail(reports: list[BundleReport], trust: TrustRoot) -> None:
+    # Two versions of segment 0: the producer sealed the segment twice (a fork of
+    # the chain), whichever one a reviewer is shown.
+    other = _report(_seal(gen.bodies()[:1], ChainPosition.genesis(gen.TRACE_ID)), trust)
+    assert other.statement_digest != reports[0].statement_digest
+    (link,) = link_segments([reports[0], other, reports[1]])
     assert not link.ok and "segment 0 appears twice" in link.message
+
+
+def test_the_same_segment_given_twice_is_one_segment_with_a_remark(
+    reports: list[BundleReport],
+) -> None:
+    # A copy or a hard link of a bundle (an archive verified beside the original):
+    # the same signed statement, not a second version of the segment.
+    copy = dataclasses.replace(reports[0], source="archive/copy.spanproof.json")
+    (link,) = link_segments([reports[0], copy, reports[1]])
+    assert link.ok, link.message
+    assert link.segments == (0, 1)
+    assert link.remarks[0] == ("segment 0 given twice, the same signed statement "
+                               f"({reports[0].source}, archive/copy.spanproof.json)")
 
 
 def test_segment_missing_fail(reports: list[BundleReport], trust: TrustRoot) -> None:
