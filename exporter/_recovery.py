@@ -38,7 +38,7 @@ from .disclosure import AttributeMatcher
 from .journal import RecoveredTrace, recover_orphans, release_claimed
 from .keys import SigningKey
 from .sealing import ChainPosition, SealedBundle, seal
-from .sinks import BundleSink, DirectorySink
+from .sinks import BundleSink, DirectorySink, bundle_names
 
 __all__ = [
     "continue_on_disk", "finish_writes_in", "position_from_json", "position_to_json",
@@ -373,38 +373,64 @@ def _written_segments(
 ) -> list[BundleReport]:
     """The bundles already in *directory* that continue the chain from *position*:
     each named for the next segment of this trace and instance, signed by *signer*'s
-    key, and starting exactly where the previous one (or *position*) ends."""
+    key, and starting exactly where the previous one (or *position*) ends.
+
+    A segment's bundle is looked for under every name the sink gives it
+    (:func:`bundle_names`), up to the first it would have taken: the first is taken
+    by another bundle when the trace's chain restarted (the one before could not be
+    continued), or by the disclosure file of a bundle moved away.  One ``stat`` when
+    there is none.
+    """
     trust: TrustRoot | None = None
     found: list[BundleReport] = []
     while True:
+        report = None
+        other: tuple[str, str] | None = None  # the first bundle that is not this segment
         name = f"{trace_id}-{position.segment_index:04d}-{instance}{BUNDLE_SUFFIX}"
-        path = os.path.join(directory, name)
-        if not os.path.isfile(path):
-            return found
-        if trust is None:
-            public = signer.private_key.public_key()
-            trust = TrustRoot.from_keys([TrustedKey.from_public_key(public)])
-        report = check_bundle(path, trust, allow_incomplete=True, keep_records=True)
-        s = report.statement
-        if (
-            report.verdict is not Verdict.OK
-            or s is None
-            or report.statement_digest is None
-            or report.records is None
-            or (s.trace_id, s.producer.instance, s.segment_index, s.first_seq, s.start,
-                s.previous_statement)
-            != (trace_id, instance, position.segment_index, position.first_seq,
-                position.start, position.previous_statement)
-        ):
-            # Not this chain's next segment (or not ours): seal the spans again; the
-            # sink stores the new bundle under another name, never over this file.
-            _logger.warning("spanproof: %s is not the continuation of trace %s's chain "
-                            "(%s); its spans are sealed again", path, trace_id,
-                            report.reason if report.verdict is not Verdict.OK
-                            else "different chain position")
+        for candidate in bundle_names(name):
+            path = os.path.join(directory, candidate)
+            if not os.path.isfile(path):
+                if os.path.lexists(os.path.join(
+                        directory, SealedBundle.disclosures_file_name(candidate))):
+                    continue  # the name is taken all the same (DirectorySink.write)
+                break  # the first free name: the sink wrote nothing after it
+            if trust is None:
+                public = signer.private_key.public_key()
+                trust = TrustRoot.from_keys([TrustedKey.from_public_key(public)])
+            checked = check_bundle(path, trust, allow_incomplete=True, keep_records=True)
+            if _continues(checked, trace_id, instance, position):
+                report = checked
+                break
+            # Not this chain's next segment (or not ours): the sink stored the next
+            # one, if any, under a later name, never over this file.
+            if other is None:
+                other = (path, checked.reason if checked.verdict is not Verdict.OK
+                         else "different chain position")
+        if report is None:
+            if other is not None:
+                _logger.warning("spanproof: %s is not the continuation of trace %s's chain "
+                                "(%s), nor is any bundle under a later name; its spans are "
+                                "sealed again", other[0], trace_id, other[1])
             return found
         found.append(report)
         position = _after(report)
+
+
+def _continues(
+    report: BundleReport, trace_id: str, instance: str, position: ChainPosition
+) -> bool:
+    """Whether *report* verified as the segment of this chain that starts at *position*."""
+    s = report.statement
+    return (
+        report.verdict is Verdict.OK
+        and s is not None
+        and report.statement_digest is not None
+        and report.records is not None
+        and (s.trace_id, s.producer.instance, s.segment_index, s.first_seq, s.start,
+             s.previous_statement)
+        == (trace_id, instance, position.segment_index, position.first_seq,
+            position.start, position.previous_statement)
+    )
 
 
 def _after(report: BundleReport) -> ChainPosition:

@@ -150,6 +150,35 @@ def test_untrusted_file_under_the_bundle_name_is_not_taken_for_the_written_one(
     assert report.verdict is Verdict.OK and span_ids(report) == [span_id(1)]
 
 
+@pytest.mark.parametrize("taken_by", ["another bundle", "a kept disclosure file"])
+def test_bundle_written_under_a_later_name_before_crash_is_not_sealed_again(
+    tmp_path: Path, taken_by: str
+) -> None:
+    # When the segment's first name was taken (by another chain's bundle, or by the
+    # disclosure file of a bundle moved away), the sink stored the bundle as
+    # <stem>.1.  Recovery looked under the first name only, and sealed the spans a
+    # second time, as another version of segment 0.
+    clock = FakeClock()
+    out = tmp_path / "out"
+    secret = {"customer.email": "a@example.com"}
+    stop_after_writing(out, clock, request(otlp_span(TRACE_A, 1, extra=secret)),
+                       redact_attributes=["customer.*"])
+    (path,) = bundle_paths(str(out))
+    first = Path(path)
+    later = first.with_name(first.name.replace(".spanproof.json", ".1.spanproof.json"))
+    kept = first.with_name(first.name.replace(".spanproof.json", ".disclosures.json"))
+    first.rename(later)
+    kept.rename(later.with_name(later.name.replace(".spanproof.json", ".disclosures.json")))
+    if taken_by == "another bundle":
+        first.write_bytes(_signed_by_another_key(str(later), trust_root(str(tmp_path))))
+    else:
+        kept.write_text("{}")
+    assert restart(out, clock, redact_attributes=["customer.*"]) == []
+    assert str(later) in bundle_paths(str(out)) and len(bundle_paths(str(out))) <= 2
+    report = check_bundle(str(later), trust_root(str(tmp_path)), keep_records=True)
+    assert report.verdict is Verdict.OK and span_ids(report) == [span_id(1)]
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
 def test_bundle_found_at_recovery_is_durable_before_the_journal_is_deleted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
