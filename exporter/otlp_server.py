@@ -55,6 +55,7 @@ from .otlp import UNDECODABLE_SCOPE
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "GRPC_STATUS_MESSAGE_BYTES",
     "MAX_MESSAGE_BYTES",
     "GrpcServer",
     "HttpServer",
@@ -1065,15 +1066,54 @@ def _response(result: IngestResult) -> trace_service_pb2.ExportTraceServiceRespo
     return response
 
 
+#: The most bytes a gRPC status message takes in its ``grpc-message`` trailer, where
+#: it is percent-encoded (three bytes for each byte outside printable ASCII, and for
+#: ``%``).  Clients bound a call's metadata (gRPC C-core to 8 KiB by default): a
+#: longer message (a rejection naming three spans' nested attribute keys took 12 KB)
+#: failed the call at the client with ``RESOURCE_EXHAUSTED``, which OpenTelemetry's
+#: exporters retry, instead of the receiver's ``INVALID_ARGUMENT``, and an
+#: ``UNAVAILABLE`` lost its ``RetryInfo``.
+GRPC_STATUS_MESSAGE_BYTES = 2048
+_CUT_MARK = " ... ({} characters cut)"
+
+
+def _grpc_message(text: str) -> str:
+    """*text* as a gRPC status message: whole when it fits in
+    `GRPC_STATUS_MESSAGE_BYTES` percent-encoded, else its start and how much was cut."""
+    if 3 * len(text) <= GRPC_STATUS_MESSAGE_BYTES or (
+            _percent_encoded(text) <= GRPC_STATUS_MESSAGE_BYTES):
+        return text
+    room = GRPC_STATUS_MESSAGE_BYTES - len(_CUT_MARK.format(len(text)))
+    size = 0
+    for i, char in enumerate(text):
+        size += _percent_encoded(char)
+        if size > room:
+            return text[:i] + _CUT_MARK.format(len(text) - i)
+    return text  # not reached: the whole text is larger than room
+
+
+def _percent_encoded(text: str) -> int:
+    """The bytes gRPC's percent-encoding of *text* takes."""
+    data = text.encode("utf-8", "replace")
+    return len(data) + 2 * sum(1 for b in data if not 0x20 <= b <= 0x7E or b == 0x25)
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> None:
+    """End the call with *code* and *message*, cut to fit a client's metadata."""
+    context.abort(code, _grpc_message(message))
+
+
 def _abort_unavailable(context: grpc.ServicerContext, error: Unavailable) -> None:
     """End the call ``UNAVAILABLE`` with the ``RetryInfo`` the Collector honours."""
-    status = _unavailable_status(error)
+    message = _grpc_message(str(error))
+    status = _unavailable_status(error, message)
     context.set_trailing_metadata((("grpc-status-details-bin", status.SerializeToString()),))
-    context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+    context.abort(grpc.StatusCode.UNAVAILABLE, message)
 
 
-def _unavailable_status(error: Unavailable) -> status_pb2.Status:
-    status = status_pb2.Status(code=code_pb2.UNAVAILABLE, message=str(error))
+def _unavailable_status(error: Unavailable, message: str | None = None) -> status_pb2.Status:
+    status = status_pb2.Status(code=code_pb2.UNAVAILABLE,
+                               message=str(error) if message is None else message)
     detail = any_pb2.Any()
     seconds = max(0.0, error.retry_after)
     detail.Pack(
@@ -1156,11 +1196,11 @@ class _TraceService:
         try:
             request = parse_otlp_protobuf(data)
         except InvalidRequest as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
         try:
             result = self._ingest(request.resource_spans)
         except InvalidRequest as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except Unavailable as e:
             _abort_unavailable(context, e)
         except Exception as e:  # a bug must not become INTERNAL (dropped by the Collector)
@@ -1273,7 +1313,7 @@ class _HealthCheck:
         except DecodeError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a HealthCheckRequest: {e}")
         if service not in ("", _TRACE_SERVICE):
-            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown service {service!r}")
+            _abort(context, grpc.StatusCode.NOT_FOUND, f"unknown service {service!r}")
         return _health_answer(self._health)
 
 
