@@ -18,6 +18,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from spanproof.verifier.values import MAX_DEPTH, encode_double
 
 __all__ = [
+    "NO_SPAN_ID",
     "UNDECODABLE_SCOPE",
     "MalformedSpan",
     "iter_request_spans",
@@ -35,6 +36,10 @@ _KINDS = {
     5: "SPAN_KIND_CONSUMER",
 }
 _STATUS = {0: "STATUS_CODE_UNSET", 1: "STATUS_CODE_OK", 2: "STATUS_CODE_ERROR"}
+
+
+#: The invalid span id: as a parent span id, no parent (SPEC §2.4.1).
+NO_SPAN_ID = bytes(8)
 
 
 class MalformedSpan(ValueError):
@@ -179,7 +184,12 @@ def otlp_span_to_body(
     where = "span"
     trace_id = _trace_id(span.trace_id, where)
     span_id = _span_id(span.span_id, where)
-    parent = _span_id(span.parent_span_id, f"{where}.parent") if span.parent_span_id else ""
+    raw_parent = span.parent_span_id
+    # Empty, or the invalid span id 0 (OpenTelemetry's encoders write a parent
+    # context whose span id is 0 as eight zero bytes, which the Collector reads as no
+    # parent): no parent, as on the SDK path (SPEC §2.4.1, §2.4.2).
+    parent = ("" if not raw_parent or raw_parent == NO_SPAN_ID
+              else _span_id(raw_parent, f"{where}.parent"))
     kind = _KINDS.get(span.kind)
     if kind is None:
         raise MalformedSpan(f"span {span_id}: unknown span kind {span.kind}")

@@ -68,7 +68,7 @@ from .config import MAX_SEALING_PROCESSES, ExporterConfig
 from .journal import Journal
 from .keys import SigningKey
 from .limits import OversizedValue, check_value_sizes, fits_by_json_length
-from .otlp import MalformedSpan, iter_request_spans, otlp_span_to_body
+from .otlp import NO_SPAN_ID, MalformedSpan, iter_request_spans, otlp_span_to_body
 from .otlp_server import IngestResult, InvalidRequest, Unavailable
 from .sealing import ChainPosition, SealedBundle, SerializedBody, seal
 from .selection import EVIDENCE_ATTRIBUTE, Selector
@@ -207,7 +207,8 @@ def _named_trace(trace_id: str | None) -> TypeGuard[str]:
 
 
 def _is_local_root(span: trace_pb2.Span) -> bool:
-    if not span.parent_span_id:
+    parent = span.parent_span_id
+    if not parent or parent == NO_SPAN_ID:  # no parent (SPEC §2.4.1)
         return True
     return span.flags & (_HAS_IS_REMOTE | _IS_REMOTE) == _HAS_IS_REMOTE | _IS_REMOTE
 

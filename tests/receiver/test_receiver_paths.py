@@ -8,10 +8,18 @@ import math
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
-from receiver_support import raw_records, serving, signing_key, trust_root, verified
+from receiver_support import (
+    FakeClock,
+    raw_records,
+    serving,
+    signing_key,
+    trust_root,
+    verified,
+)
 
 from spanproof.exporter import SpanproofSpanExporter
 from spanproof.exporter.receiver import Receiver
@@ -95,3 +103,42 @@ def test_sdk_and_collector_paths_give_byte_identical_records(tmp_path):
     assert sdk_lines == otlp_lines
     # The two paths are different producers; only the records must agree.
     assert via_sdk[0].statement.producer.name != via_otlp[0].statement.producer.name
+
+
+
+def test_an_all_zero_parent_span_id_is_no_parent_on_both_paths(tmp_path):
+    """OpenTelemetry's OTLP encoder writes a parent context whose span id is 0 (the
+    invalid id) as eight zero bytes, and the Collector reads such a parent as none;
+    the SDK path maps it to ``""``.  The receiver rejected the span instead, and
+    did not take it for its trace's local root."""
+    trust = trust_root(str(tmp_path))
+    clock = FakeClock()
+    receiver = Receiver(tmp_path / "via-otlp", signing_key=signing_key(), select_all=True,
+                        clock=clock, seal_grace=2.0, idle_timeout=30.0)
+    trace_id = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+    span = ReadableSpan(
+        "root", context=SpanContext(trace_id, 0x00F067AA0BA902B7, is_remote=False),
+        parent=SpanContext(trace_id, 0, is_remote=False), kind=SpanKind.SERVER,
+        resource=Resource({"service.name": "svc"}), attributes={"gen_ai.operation.name": "chat"},
+        instrumentation_scope=InstrumentationScope("tests.receiver.paths"),
+        start_time=1_000, end_time=2_000,
+    )
+    with serving(receiver) as (grpc_server, _):
+        sdk = SpanproofSpanExporter(tmp_path / "via-sdk", signing_key=signing_key(),
+                                    select_all=True)
+        otlp = OTLPSpanExporter(endpoint=f"127.0.0.1:{grpc_server.port}", insecure=True)
+        assert sdk.export([span]) is SpanExportResult.SUCCESS
+        assert otlp.export([span]) is SpanExportResult.SUCCESS
+        sdk.shutdown()
+        otlp.shutdown()
+        # A span without a parent is its trace's local root, whatever its flags say
+        # of the parent's remoteness: sealed once the seal grace has passed.
+        clock.advance(2.5)
+        assert receiver.flush()
+        via_otlp = verified(str(tmp_path / "via-otlp"), trust)
+    via_sdk = verified(str(tmp_path / "via-sdk"), trust)
+    assert len(via_sdk) == len(via_otlp) == 1
+    assert via_otlp[0].statement.seal_reason == "root_ended"
+    assert via_otlp[0].statement.completeness.rejected_spans == 0
+    assert raw_records(via_sdk[0].source) == raw_records(via_otlp[0].source)
+    assert via_otlp[0].records[0]["span"]["parentSpanId"] == ""
