@@ -746,9 +746,11 @@ class Receiver:
         keys: list[str] = []
         # Rejections and conflicts are journaled with the spans: a crash before
         # the trace is sealed must not leave its recovered bundle silent about them.
-        # A rejected span delivered again (a Collector's retry) is declared once.
+        # A rejected span delivered again (a Collector's retry) is declared once, in
+        # a later request or in this one (a retry batched with its first delivery).
         seen = self._rejected_seen
-        counted = [(t, fingerprint) for t, _, fingerprint in rejected if fingerprint not in seen]
+        unseen = {fingerprint: t for t, _, fingerprint in rejected if fingerprint not in seen}
+        counted = [(t, fingerprint) for fingerprint, t in unseen.items()]
         # A span whose trace id cannot be read (wrong length, or zero) belongs to no
         # trace: declared in the next bundle of any trace, from memory only.
         rejections = collections.Counter(t for t, _ in counted if _named_trace(t))

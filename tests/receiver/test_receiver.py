@@ -245,6 +245,27 @@ def test_a_redelivered_rejected_span_is_declared_once(tmp_path, clock):
     assert report.statement.completeness.rejected_spans == 2  # bad once, other_bad once
 
 
+def test_a_rejected_span_twice_in_one_request_is_declared_once(tmp_path, clock):
+    # A sender's retry batched with its first delivery: the accepted span twice in
+    # the request was certified once, the rejected one declared twice.
+    receiver = make_receiver(tmp_path / "out", clock)
+    bad = otlp_span(TRACE_A, 2, parent=1)
+    bad.span_id = b"\x01\x02\x03"  # not 8 bytes: rejected
+    good = otlp_span(TRACE_A, 3, parent=1)
+    receiver.start()
+    try:
+        batch = request(otlp_span(TRACE_A, 1), bad, good, bad, good).resource_spans
+        assert receiver(batch).rejected == 2  # the answer counts the request's spans
+        clock.advance(2.5)
+        assert receiver.flush()
+    finally:
+        receiver.shutdown(5)
+    (report,) = verified(str(tmp_path / "out"), trust_root(str(tmp_path)),
+                         allow_incomplete=True)
+    assert span_ids(report) == [span_id(1), span_id(3)]
+    assert report.statement.completeness.rejected_spans == 1
+
+
 def test_different_content_under_a_seen_span_id_is_kept_as_a_conflict(tmp_path, clock):
     receiver = make_receiver(tmp_path / "out", clock)
     with serving(receiver) as (server, _):
