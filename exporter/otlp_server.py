@@ -314,6 +314,7 @@ _NOT_AN_ID = base64.b64encode(b"\0").decode("ascii")
 _HEX_ID = re.compile(r"(?:[0-9a-fA-F]{2})*")
 _BYTES_FIELDS = ("bytesValue", "bytes_value")
 _BASE64_DIGITS = re.compile(r"[A-Za-z0-9+/_-]*")
+_REQUEST = trace_service_pb2.ExportTraceServiceRequest.DESCRIPTOR
 
 
 def _is_base64(text: str) -> bool:
@@ -419,32 +420,69 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object's members as a dict, refused when a name occurs twice: Python's
-    reader kept the last silently (``{"spans":[A],"spans":[B]}`` lost span A, answered
-    OK), where Go's protobuf JSON reader refuses it.
+class _NamedTwice(dict[str, Any]):
+    """A JSON object naming a field twice (its last member kept), with that name:
+    refused where protobuf reads it (:func:`_to_protobuf_json`), ignored in an
+    unknown field as protobuf ignores the field."""
 
-    Raises:
-        InvalidRequest: a name occurs twice.
-    """
+    name = ""
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's members as a dict, marked (:class:`_NamedTwice`) when a name
+    occurs twice: Python's reader kept the last silently (``{"spans":[A],"spans":[B]}``
+    lost span A, answered OK), where Go's protobuf JSON reader refuses it."""
     obj = dict(pairs)
     if len(obj) != len(pairs):
         seen: set[str] = set()
         for name, _ in pairs:
             if name in seen:
-                raise InvalidRequest(f"body names field {_shown(name)} twice in one object")
+                marked = _NamedTwice(obj)
+                marked.name = name
+                return marked
             seen.add(name)
     return obj
 
 
-def _camel_case(name: str) -> str:
-    """The JSON name protobuf gives the field *name* (lowerCamelCase)."""
-    head, *rest = name.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+# What _to_protobuf_json does with a field's value, by the kind of field.
+_ID, _BYTES, _INTEGER, _DOUBLE, _MESSAGE, _OTHER = range(6)
+#: A message's fields by both names protobuf's JSON parser takes for them: what to
+#: do with the value, the field's other name to refuse beside it (for its proto
+#: name), and the schema of a message field.
+_Schema = dict[str, tuple[int, "str | None", Any]]
 
 
-def _to_protobuf_json(obj: Any) -> None:
-    """Make a decoded OTLP/JSON document what protobuf's JSON mapping takes: hex ids
+def _schema(descriptor: Descriptor, built: dict[str, _Schema]) -> _Schema:
+    """The :data:`_Schema` of *descriptor* and of the messages under it (in *built*,
+    by full name: OTLP's values nest)."""
+    schema = built.get(descriptor.full_name)
+    if schema is not None:
+        return schema
+    schema = built[descriptor.full_name] = {}
+    for field in descriptor.fields:
+        child = None if field.message_type is None else _schema(field.message_type, built)
+        for name in (field.name, field.json_name):
+            if name in _ID_FIELDS:
+                kind = _ID
+            elif name in _BYTES_FIELDS:
+                kind = _BYTES
+            elif name in _INTEGER_FIELDS:
+                kind = _INTEGER
+            elif name in _DOUBLE_FIELDS:
+                kind = _DOUBLE
+            else:
+                kind = _OTHER if child is None else _MESSAGE
+            other = field.json_name if name != field.json_name else None
+            schema[name] = (kind, other, child)
+    return schema
+
+
+_REQUEST_SCHEMA = _schema(_REQUEST, {})
+
+
+def _to_protobuf_json(obj: Any, schema: _Schema = _REQUEST_SCHEMA) -> None:
+    """Make a decoded OTLP/JSON document (the JSON of a message of *schema*) what
+    protobuf's JSON mapping takes: hex ids
     become base64 (OTLP/JSON spells ids as hex), and an id that is not hex an invalid
     id (``_NOT_AN_ID``).  A field name holding a lone surrogate is refused here:
     protobuf ignores unknown fields, but cannot look up a name that is not valid
@@ -454,43 +492,57 @@ def _to_protobuf_json(obj: Any) -> None:
     An integer field's value written with a fraction or an exponent becomes the
     integer it denotes (:func:`_exact_integer`).
 
-    An object naming one field under both spellings protobuf takes (``scopeSpans``
-    and ``scope_spans``) is refused: protobuf kept one, so the spans of the other were
-    lost, answered OK.
+    An object naming one field twice, or under both spellings protobuf takes
+    (``scopeSpans`` and ``scope_spans``), is refused: protobuf kept one, so the spans
+    of the other were lost, answered OK.
+
+    What a field of a name the message does not have holds is left alone, as
+    protobuf ignores it (OTLP: receivers MUST ignore unknown fields): checked by name,
+    a newer field holding a ``bytesValue`` of its own was refused.
 
     Raises:
-        InvalidRequest: a field name holds a lone surrogate, a field is named under
-            both spellings, a ``bytesValue`` is not base64, or an integer field holds
-            a number that is not an integer.
+        InvalidRequest: a field name holds a lone surrogate, a field is named twice
+            or under both spellings, a ``bytesValue`` is not base64, or an integer
+            field holds a number that is not an integer.
     """
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            if "_" in key and key != (camel := _camel_case(key)) and camel in obj:
-                raise InvalidRequest(f"body names field {_shown(camel)} twice in one "
-                                     f"object, also as {_shown(key)}")
-            if not key.isascii():
-                try:
-                    key.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise InvalidRequest(
-                        f"field name {key!r} holds a lone surrogate (not valid Unicode)"
-                    ) from None
-            if key in _ID_FIELDS and isinstance(value, str):
-                # Hex digits only: bytes.fromhex also skips whitespace.
-                obj[key] = (base64.b64encode(bytes.fromhex(value)).decode("ascii")
-                            if _HEX_ID.fullmatch(value) else _NOT_AN_ID)
-            elif key in _BYTES_FIELDS and isinstance(value, str):
-                if not _is_base64(value):
-                    raise InvalidRequest(f"bytesValue {_shown(value)} is not base64")
-            elif key in _INTEGER_FIELDS:
-                obj[key] = _exact_integer(key, value)
-            elif key in _DOUBLE_FIELDS and isinstance(value, str):
-                _check_double_string(value)
-            else:
-                _to_protobuf_json(value)
-    elif isinstance(obj, list):
+    if isinstance(obj, list):
         for item in obj:
-            _to_protobuf_json(item)
+            _to_protobuf_json(item, schema)
+        return
+    if not isinstance(obj, dict):
+        return  # protobuf refuses what is not an object where a message belongs
+    if type(obj) is _NamedTwice:
+        raise InvalidRequest(f"body names field {_shown(obj.name)} twice in one object")
+    for key, value in obj.items():
+        if not key.isascii():
+            try:
+                key.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidRequest(
+                    f"field name {key!r} holds a lone surrogate (not valid Unicode)"
+                ) from None
+        entry = schema.get(key)
+        if entry is None:
+            continue  # unknown: ignored
+        kind, other, child = entry
+        if other is not None and other in obj:
+            raise InvalidRequest(f"body names field {_shown(other)} twice in one "
+                                 f"object, also as {_shown(key)}")
+        if kind == _MESSAGE:
+            _to_protobuf_json(value, child)
+        elif kind == _INTEGER:
+            obj[key] = _exact_integer(key, value)
+        elif not isinstance(value, str):
+            continue  # protobuf takes null, and refuses what is not a string
+        elif kind == _ID:
+            # Hex digits only: bytes.fromhex also skips whitespace.
+            obj[key] = (base64.b64encode(bytes.fromhex(value)).decode("ascii")
+                        if _HEX_ID.fullmatch(value) else _NOT_AN_ID)
+        elif kind == _BYTES:
+            if not _is_base64(value):
+                raise InvalidRequest(f"bytesValue {_shown(value)} is not base64")
+        elif kind == _DOUBLE:
+            _check_double_string(value)
 
 
 def _refuse_constant(name: str) -> Any:
