@@ -3,7 +3,9 @@
 Each run fetches the witness's latest checkpoint, verifies its signature with the
 pinned witness key, and checks that it extends the checkpoint remembered from the
 previous run (same size: same root; larger: a valid consistency proof; smaller:
-a rollback).  Only then is the new checkpoint remembered, atomically.  On a fork
+a rollback).  Only then is the new checkpoint remembered, atomically; runs that
+share a state file take turns (``<state>.lock``), so that none takes it back to a
+checkpoint older than the one another run remembered meanwhile.  On a fork
 or rollback the two signed checkpoints (and the proof served) are written to an
 evidence file of their own, named for its content, never over an earlier alert's:
 two signed checkpoints that cannot both be honest are proof of the witness's
@@ -15,11 +17,13 @@ history the monitor is not shown is caught as a fork.
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -239,15 +243,38 @@ def monitor_once(
             a pinned witness key.
         InvalidReceipt: a malformed checkpoint or state file.
         TransportError: the witness could not be reached.
-        OSError: the state file cannot be read or written.
+        OSError: the state file (or its lock, ``<state>.lock``) cannot be read or
+            written.
     """
-    previous = load_state(state_path, keys, origin=origin)
-    pinned_origin = origin if origin is not None else (previous.origin if previous else None)
-    current = verify_checkpoint(client.checkpoint(), keys, origin=pinned_origin)
-    if previous is not None:
-        _check_extends(client, previous, current, state_path)
-    save_state(state_path, current)
+    with _state_turn(state_path):
+        previous = load_state(state_path, keys, origin=origin)
+        pinned_origin = origin if origin is not None else (previous.origin if previous else None)
+        current = verify_checkpoint(client.checkpoint(), keys, origin=pinned_origin)
+        if previous is not None:
+            _check_extends(client, previous, current, state_path)
+        save_state(state_path, current)
     return MonitorResult(previous, current)
+
+
+@contextlib.contextmanager
+def _state_turn(state_path: str) -> Iterator[None]:
+    """Hold ``<state>.lock`` locked (``flock``, waiting for another run to finish)
+    from reading the state file to writing it (SPEC §12.7 step 7).
+
+    Two runs on one state file side by side (a cron job slower than its period)
+    both read the same checkpoint, and the one that fetched the older checkpoint,
+    finishing last, wrote it over the newer one the other had verified: the state
+    went back, and a rollback to a tree between the two passed the next run.
+
+    Raises:
+        OSError: the lock file cannot be opened or locked.
+    """
+    fd = os.open(f"{state_path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
