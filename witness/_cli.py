@@ -154,7 +154,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             f"of spanproof ({e})", EXIT_USAGE
         )
     from .service import LogCorrupted, Witness
-    from .signing import CheckpointSigner
+    from .signing import CheckpointSigner, signed_checkpoint_path
     from .store import Store
 
     logging.getLogger().setLevel(args.log_level.upper())
@@ -172,7 +172,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except TransportError as e:
         return _fail(str(e), EXIT_UNAVAILABLE)
     try:
-        witness = Witness(store, signer, producer_trust=trust)
+        witness = Witness(store, signer, producer_trust=trust,
+                          signed_file=signed_checkpoint_path(args.key))
     except LogCorrupted as e:
         store.close()
         return _fail(f"refusing to start: {e}", EXIT_FAILED)
@@ -225,6 +226,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             if handler is not None:  # None: not set from Python
                 signal.signal(sig, handler)
+        witness.keep_latest()
         store.close()
     return status
 

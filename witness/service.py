@@ -24,6 +24,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from spanproof.verifier._files import read_named_file, write_atomic
 from spanproof.verifier.bundle import BUNDLE_MEDIA_TYPE, BundleReader
 from spanproof.verifier.canonical import canonicalize, parse_strict
 from spanproof.verifier.checkpoint import Checkpoint, verify_checkpoint
@@ -166,10 +167,15 @@ class Witness:
             accepts any valid signature by a key the submitter supplies (recorded
             as ``unverified-producer``).
         clock: the time source for submission and signing times.
+        signed_file: where the latest checkpoint the key signed is kept, outside the
+            database (``witness serve``: ``<key>.checkpoint``), or None.  A log that
+            does not extend it is refused (SPEC §12.8 step 5); it is rewritten on
+            start and by :meth:`keep_latest`.
 
     Raises:
-        LogCorrupted: the stored log does not match its signed checkpoints, or was
-            signed by another key or origin.
+        LogCorrupted: the stored log does not match its signed checkpoints, was
+            signed by another key or origin, or does not extend the checkpoint in
+            *signed_file*.
         TransportError: the database cannot be read or written.
     """
 
@@ -180,8 +186,10 @@ class Witness:
         *,
         producer_trust: TrustRoot | None = None,
         clock: Callable[[], datetime] = _utcnow,
+        signed_file: str | None = None,
     ) -> None:
         self._store = store
+        self._signed_file = signed_file
         self._signer = signer
         self._producer_trust = producer_trust
         self._clock = clock
@@ -255,10 +263,55 @@ class Witness:
                     f"{self._tree.size} entries are stored but the latest checkpoint covers "
                     f"{self._latest.size} (entry written without its checkpoint)"
                 )
+        self._check_signed_file()
         _logger.info(
             "witness log %s opened: %d entries, root %s",
             self.origin, self._tree.size, self._tree.root().hex(),
         )
+        self.keep_latest()
+
+    def _check_signed_file(self) -> None:
+        # A new database (a --db naming another file, a relative name read from
+        # another directory), an older copy of it or another log of this origin was
+        # served as the log: the key then signed a second root for tree sizes it had
+        # signed before, a fork no check on the database alone can see.
+        if self._signed_file is None:
+            return
+        try:
+            data, _ = read_named_file(self._signed_file)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise LogCorrupted(f"{self._signed_file}: cannot read the latest checkpoint "
+                               f"this key signed ({e.strerror})") from e
+        remove = f"(remove {self._signed_file} only to start a new log under this key)"
+        try:
+            signed = verify_checkpoint(data, [self._signer.key], origin=self.origin)
+        except (InvalidBundle, VerificationError) as e:
+            raise LogCorrupted(f"{self._signed_file}: not a checkpoint this key signed "
+                               f"for {self.origin!r} ({e}) {remove}") from e
+        if signed.size > self._tree.size or self._tree.root(signed.size) != signed.root:
+            held = (f"is a log of tree size {self._tree.size}" if signed.size > self._tree.size
+                    else "gives another root at that size")
+            raise LogCorrupted(
+                f"this key signed tree size {signed.size} of {self.origin!r} "
+                f"({self._signed_file}), but {self._store.path} {held}: an older copy of "
+                "the log, or another log, whose checkpoints would contradict those already "
+                f"signed {remove}")
+
+    def keep_latest(self) -> None:
+        """Write the latest signed checkpoint to *signed_file* (atomically), if one
+        was given; a failure is logged, not raised (the log is served all the same)."""
+        if self._signed_file is None:
+            return
+        with self._lock:
+            note = self._latest.note
+        try:
+            write_atomic(self._signed_file, note)
+        except OSError as e:
+            _logger.warning("cannot write %s (%s): a new or older database served with "
+                            "this key would not be refused", self._signed_file,
+                            e.strerror or e)
 
     def _sign_and_store(self, entries: Sequence[Entry]) -> StoredCheckpoint:
         size = self._tree.size

@@ -20,7 +20,13 @@ from spanproof.verifier._files import unlink_quietly
 from spanproof.verifier.checkpoint import Checkpoint, NoteSignature, SignedNote, WitnessKey
 from spanproof.verifier.keys import load_private_key
 
-__all__ = ["CheckpointSigner", "default_origin", "generate_key_file", "origin_path"]
+__all__ = [
+    "CheckpointSigner",
+    "default_origin",
+    "generate_key_file",
+    "origin_path",
+    "signed_checkpoint_path",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -28,6 +34,12 @@ _logger = logging.getLogger(__name__)
 def origin_path(key_path: str | os.PathLike[str]) -> str:
     """Where the origin a key was generated for is recorded: ``<key>.origin``."""
     return os.fspath(key_path) + ".origin"
+
+
+def signed_checkpoint_path(key_path: str | os.PathLike[str]) -> str:
+    """Where ``witness serve`` keeps the latest checkpoint the key signed:
+    ``<key>.checkpoint`` (SPEC §12.8 step 5)."""
+    return os.fspath(key_path) + ".checkpoint"
 
 
 def default_origin(public_raw: bytes) -> str:
