@@ -658,7 +658,8 @@ def add_commands(subparsers: Any) -> None:
     submit.add_argument("--witness-key", action="append", metavar="PUB.pem|VKEY",
                         help="verify each receipt with this witness key before writing it")
     submit.add_argument("--timeout", type=_timeout, default=30.0, metavar="SECONDS",
-                        help="how long to wait for the witness (default 30)")
+                        help="how long each request to the witness may take, its whole "
+                             "answer included (default 30)")
     submit.set_defaults(handler=_cmd_submit, subparser=submit)
 
     monitor = subparsers.add_parser(
@@ -681,7 +682,8 @@ def add_commands(subparsers: Any) -> None:
              "directory) are consistent with the witness's latest (repeatable)",
     )
     monitor.add_argument("--timeout", type=_timeout, default=30.0, metavar="SECONDS",
-                        help="how long to wait for the witness (default 30)")
+                        help="how long each request to the witness may take, its whole "
+                             "answer included (default 30)")
     monitor.set_defaults(handler=_cmd_monitor, subparser=monitor)
 
 

@@ -11,10 +11,12 @@ import binascii
 import http.client
 import json
 import re
+import socket
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,8 +80,6 @@ class WitnessClient:
             raise ValueError(f"witness URL must be http(s)://host[:port]: {url!r} ({problem})")
         self.url = url.rstrip("/")
         self.timeout = timeout
-        # The default handlers (proxies from the environment, https), but no redirects.
-        self._opener = urllib.request.build_opener(_NoRedirect())
 
     def request(
         self,
@@ -93,18 +93,48 @@ class WitnessClient:
         """Send one request and return a 2xx answer.
 
         A redirect is not followed: it is an :class:`HTTPStatusError` with its 3xx.
+        The request and its whole answer take at most ``timeout`` seconds in all,
+        however slowly the bytes come (the socket's timeout bounds each wait only).
 
         Raises:
             HTTPStatusError: the witness answered with a non-2xx status.
-            TransportError: the witness could not be reached, or the answer was cut
-                short or is not well-formed HTTP.
+            TransportError: the witness could not be reached, gave no whole answer
+                within ``timeout``, or the answer was cut short or is not
+                well-formed HTTP.
         """
         url = self.url + path
         if query:
             url += "?" + urllib.parse.urlencode({k: str(v) for k, v in query.items()})
         req = urllib.request.Request(url, data=body, method=method, headers=dict(headers or {}))  # noqa: S310
+        deadline = _Deadline()
+        timer = threading.Timer(self.timeout, deadline.expire)
+        timer.daemon = True
+        timer.start()
+        late = TransportError(f"witness {self.url} gave no whole answer within "
+                              f"{self.timeout:g} s")
         try:
-            with self._opener.open(req, timeout=self.timeout) as resp:
+            answer = self._exchange(req, deadline)
+        except (TransportError, OSError, http.client.HTTPException):
+            if deadline.expired:
+                raise late from None
+            raise
+        finally:
+            timer.cancel()
+            deadline.close()
+        if deadline.expired:
+            # Shut down at the deadline: what was read then (a body read to the end
+            # of input, when no length was given) is no answer.
+            raise late
+        return answer
+
+    def _exchange(self, req: urllib.request.Request, deadline: _Deadline) -> Response:
+        """:meth:`request`'s exchange, on sockets *deadline* shuts down in time."""
+        # The default handlers (proxies from the environment, https), but no
+        # redirects, and connections whose sockets the deadline watches.
+        opener = urllib.request.build_opener(
+            _NoRedirect(), _WatchedHTTP(deadline), _WatchedHTTPS(deadline))
+        try:
+            with opener.open(req, timeout=self.timeout) as resp:
                 data = resp.read(_MAX_RESPONSE + 1)
                 status = resp.status
                 got = {k.lower(): v for k, v in resp.headers.items()}
@@ -256,6 +286,89 @@ class WitnessClient:
                 raise MalformedAnswer(f"witness look-up answer's next {following!r} is not "
                                       f"its last entry's index, after {after}")
             after = int(following)
+
+
+class _Deadline:
+    """The sockets of one request, shut down when its time is up (:meth:`expire`,
+    from a timer thread): a read or write blocked on them then returns at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._closed = False
+        self.expired = False
+
+    def watch(self, sock: socket.socket) -> None:
+        """Shut *sock* down at the deadline (at once if it has passed)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._socks.append(sock)
+            if self.expired:
+                _shut(sock)
+
+    def expire(self) -> None:
+        """The time is up: shut down every socket watched, unless closed."""
+        with self._lock:
+            if self._closed:
+                return
+            self.expired = True
+            for sock in self._socks:
+                _shut(sock)
+
+    def close(self) -> None:
+        """The request is over: shut nothing down from now on."""
+        with self._lock:
+            self._closed = True
+            self._socks.clear()
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # closed already, or never connected
+
+
+def _watching(http_class: Any, deadline: _Deadline) -> Callable[..., Any]:
+    """A factory of *http_class* connections whose sockets *deadline* watches, from
+    the moment they connect (before a proxy tunnel or TLS handshake)."""
+
+    def make(*args: Any, **kwargs: Any) -> Any:
+        conn = http_class(*args, **kwargs)
+        create = conn._create_connection
+
+        def connect(*a: Any, **k: Any) -> socket.socket:
+            sock: socket.socket = create(*a, **k)
+            deadline.watch(sock)
+            return sock
+
+        conn._create_connection = connect
+        return conn
+
+    return make
+
+
+class _WatchedHTTP(urllib.request.HTTPHandler):
+    """The default ``http`` handler, on connections a deadline watches."""
+
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+        return super().do_open(_watching(http_class, self._deadline), req, **kwargs)
+
+
+class _WatchedHTTPS(urllib.request.HTTPSHandler):
+    """The default ``https`` handler, on connections a deadline watches."""
+
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
+        return super().do_open(_watching(http_class, self._deadline), req, **kwargs)
 
 
 def _key_header(public_key_der: bytes | None) -> dict[str, str]:
