@@ -154,7 +154,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             f"of spanproof ({e})", EXIT_USAGE
         )
     from .service import LogCorrupted, Witness
-    from .signing import CheckpointSigner, signed_checkpoint_path
+    from .signing import CheckpointSigner, hold_key, signed_checkpoint_path
     from .store import Store
 
     logging.getLogger().setLevel(args.log_level.upper())
@@ -168,17 +168,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except (ValueError, InvalidKey) as e:
         return _fail(str(e), EXIT_USAGE)
     try:
+        held = hold_key(args.key)
+    except TransportError as e:
+        return _fail(str(e), EXIT_UNAVAILABLE)
+    try:
         store = Store(args.db)
     except TransportError as e:
+        _release(held)
         return _fail(str(e), EXIT_UNAVAILABLE)
     try:
         witness = Witness(store, signer, producer_trust=trust,
                           signed_file=signed_checkpoint_path(args.key))
     except LogCorrupted as e:
         store.close()
+        _release(held)
         return _fail(f"refusing to start: {e}", EXIT_FAILED)
     except TransportError as e:
         store.close()
+        _release(held)
         return _fail(str(e), EXIT_UNAVAILABLE)
     if trust is None:
         _logger.warning(
@@ -228,7 +235,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 signal.signal(sig, handler)
         witness.keep_latest()
         store.close()
+        _release(held)
     return status
+
+
+def _release(held: int) -> None:
+    """Let another process serve the key :func:`~.signing.hold_key` locked."""
+    if held >= 0:
+        os.close(held)
 
 
 def _announcing_server(config: uvicorn.Config,

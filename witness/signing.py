@@ -9,6 +9,8 @@ Signing is deterministic (Ed25519), with no clock or randomness.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -18,12 +20,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from spanproof.verifier._files import unlink_quietly
 from spanproof.verifier.checkpoint import Checkpoint, NoteSignature, SignedNote, WitnessKey
+from spanproof.verifier.errors import TransportError
 from spanproof.verifier.keys import load_private_key
 
 __all__ = [
     "CheckpointSigner",
     "default_origin",
     "generate_key_file",
+    "hold_key",
     "origin_path",
     "signed_checkpoint_path",
 ]
@@ -40,6 +44,37 @@ def signed_checkpoint_path(key_path: str | os.PathLike[str]) -> str:
     """Where ``witness serve`` keeps the latest checkpoint the key signed:
     ``<key>.checkpoint`` (SPEC §12.8 step 5)."""
     return os.fspath(key_path) + ".checkpoint"
+
+
+def hold_key(key_path: str | os.PathLike[str]) -> int:
+    """Lock ``<key>.lock`` for this process, beside the key file, symbolic links
+    followed: one process serves a key.  Its descriptor (close it to release the
+    lock), or -1 when the lock file cannot be opened (a key read from a pipe).
+
+    Two ``witness serve`` with one key and two databases each signed its own log
+    under the key's origin: two roots for a tree size, a fork of the key's making.
+
+    Raises:
+        TransportError: another process holds the lock, or it cannot be taken.
+    """
+    lock = os.path.realpath(key_path) + ".lock"
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        _logger.warning("cannot open %s (%s): another process serving this key would "
+                        "not be refused", lock, e.strerror or e)
+        return -1
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise TransportError(
+                f"{os.fspath(key_path)} is served by another process ({lock} is locked): a "
+                "key signs one log, or the checkpoints of the two would contradict each "
+                "other") from None
+        raise TransportError(f"{lock}: cannot lock the witness key ({e.strerror})") from None
+    return fd
 
 
 def default_origin(public_raw: bytes) -> str:

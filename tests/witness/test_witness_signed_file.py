@@ -101,3 +101,43 @@ def test_witness_serve_refuses_a_new_database_for_a_key_that_signed_a_log(
             second.wait(10)
     assert (f"refusing to start: this key signed tree size 1 of {ORIGIN!r}"
             in log.read_text())
+
+
+def test_a_second_process_cannot_serve_the_same_key(
+    tmp_path: Path, witness_private: Ed25519PrivateKey
+) -> None:
+    # Started side by side on two databases, both signed a log of the key's origin:
+    # two roots for one tree size as soon as each logged an entry.
+    key = write_private_key(tmp_path / "witness.key", witness_private)
+    log = tmp_path / "serve.log"
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def serve(db: str) -> tuple[subprocess.Popen[bytes], str]:
+        port = free_port()
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                witness_command("witness", "serve", "--key", str(key), "--origin", ORIGIN,
+                                "--db", str(tmp_path / db), "--listen", f"127.0.0.1:{port}"),
+                stdout=out, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        return proc, f"http://127.0.0.1:{port}"
+
+    try:
+        first, url = serve("one.db")
+        wait_until_up(url, proc=first)
+        second, _ = serve("two.db")
+        assert second.wait(30) == 3
+        assert f"{key} is served by another process" in log.read_text()
+        first.terminate()
+        assert first.wait(30) == 0
+        third, url = serve("one.db")  # free once the first stopped
+        wait_until_up(url, proc=third)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(10)
