@@ -394,6 +394,18 @@ def _run_checks(
             record = loads_canonical(raw, f"record {position}")
             validate_record(record, f"record {position}")
             chain.append(record, raw, position)
+            if chain.count > statement.record_count:
+                # SPEC §8 steps 6-7 item 9: a record the signed count does not cover can
+                # never verify, so nothing after it is read (or kept): appended
+                # records cost the verifier no more than the signed count allows.
+                run.skipped("records", f"stopped at record {position}, which the signed "
+                                       "statement does not cover")
+                run.skipped("chain", f"stopped at record {position}, which the signed "
+                                     "statement does not cover")
+                run.failed("head", ChainError(
+                    f"bundle has more than the {statement.record_count} records the signed "
+                    f"statement covers (record {position} and any after it appended)"))
+                return statement, digest, signer.keyid
             sid = int(record["span"]["spanId"], 16)
             if sid in span_ids:
                 duplicates.append(record["span"]["spanId"])

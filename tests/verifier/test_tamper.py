@@ -203,16 +203,17 @@ def test_a_failed_bundle_keeps_only_its_first_records_for_display(
 
     header, records = parts
     template = json.loads(records[0])
-    extra = chain([{**template, **kit.span_body(n)} for n in range(4, 8)],
-                  record_hash(records[3]), first_seq=4)
-    data = join(header, [*records, *extra])
+    extra = chain([{**template, **kit.span_body(n, attributes={"forged": True})}
+                   for n in range(1, 4)], record_hash(records[0]), first_seq=1)
+    data = join(header, [records[0], *extra])
     report = check_bundle(io.BytesIO(data), kit.trust, keep_records=True)
     assert report.verdict is Verdict.FAIL and report.records is not None
-    assert [r["seq"] for r in report.records] == [str(n) for n in range(8)]
+    assert "does not match the signed head" in report.reason
+    assert [r["seq"] for r in report.records] == [str(n) for n in range(4)]
     monkeypatch.setattr(verify, "UNVERIFIED_RECORDS_KEPT", 3)
     report = check_bundle(io.BytesIO(data), kit.trust, keep_records=True)
     assert [r["seq"] for r in report.records or ()] == ["0", "1", "2"]
-    monkeypatch.setattr(verify, "UNVERIFIED_BYTES_KEPT", len(records[0]) + len(records[1]))
+    monkeypatch.setattr(verify, "UNVERIFIED_BYTES_KEPT", len(records[0]) + len(extra[0]))
     report = check_bundle(io.BytesIO(data), kit.trust, keep_records=True)
     assert [r["seq"] for r in report.records or ()] == ["0", "1"]
     # A verified bundle keeps every record, whatever the bounds.
@@ -324,9 +325,34 @@ def test_record_appended_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> Non
         kit,
         join(header, [*records, *extra]),
         "head",
-        "bundle has 5 records but the signed statement covers 4",
+        "bundle has more than the 4 records the signed statement covers (record 4",
         ChainError,
     )
+
+
+def test_records_appended_past_the_signed_count_are_not_read_fail(
+    kit: Kit, parts: tuple[bytes, list[bytes]]
+) -> None:
+    # Anyone can chain records onto a genuine bundle's header, as many as they like:
+    # the verifier stops at the first one the signed count does not cover, instead of
+    # reading (and, for a report, keeping) every one before step 8 fails.
+    header, records = parts
+    template = json.loads(records[0])
+    extra = chain([{**template, **kit.span_body(i)} for i in range(4, 7)],
+                  record_hash(records[3]), first_seq=4)
+    data = join(header, [*records, *extra, b"not a record"])
+    assert_rejected(
+        kit, data, "head",
+        "bundle has more than the 4 records the signed statement covers (record 4 and any "
+        "after it appended)",
+        ChainError,
+    )
+    stream = io.BytesIO(data)
+    report = check_bundle(stream, kit.trust, keep_records=True)
+    assert [c.status for c in report.checks[5:8]] == [Status.SKIPPED, Status.SKIPPED,
+                                                      Status.FAIL]
+    assert report.records is not None and len(report.records) == 4
+    assert stream.tell() == data.index(extra[0]) + len(extra[0] + b",\n")  # read no further
 
 
 def test_record_duplicated_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
