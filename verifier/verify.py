@@ -35,6 +35,7 @@ from .values import COMMITTED_VALUE, is_committed_value
 
 __all__ = [
     "CHECKS",
+    "MAX_MESSAGE_CHARS",
     "UNVERIFIED_BYTES_KEPT",
     "UNVERIFIED_RECORDS_KEPT",
     "BundleReport",
@@ -163,6 +164,26 @@ class VerifiedBundle:
     records: tuple[dict[str, Any], ...] | None
 
 
+#: The most characters of a failed check's message that are kept.  A message quotes
+#: what it found, and a hostile line can make that its whole 64 MiB (150 million
+#: characters once escaped): a longer message keeps its start, which says where, and
+#: its end, which often says what, and how much was left out between them.
+MAX_MESSAGE_CHARS = 1000
+_MESSAGE_HEAD = 600
+
+
+def _cut_message(text: str) -> str:
+    """*text*, or when it is longer than `MAX_MESSAGE_CHARS`, its start and its end
+    with how many characters were left out between them (as many characters at most)."""
+    if len(text) <= MAX_MESSAGE_CHARS:
+        return text
+    # The marker's length depends on the count it names, which depends on it.
+    marker = f" ... ({len(text)} characters left out) ... "
+    tail = MAX_MESSAGE_CHARS - _MESSAGE_HEAD - len(marker)
+    left_out = len(text) - _MESSAGE_HEAD - tail
+    return f"{text[:_MESSAGE_HEAD]} ... ({left_out} characters left out) ... {text[-tail:]}"
+
+
 class _Run:
     """Collects check outcomes in order; later checks are SKIPPED after a failure."""
 
@@ -174,7 +195,11 @@ class _Run:
         self.done[name] = Check(name, CHECKS.index(name) + 1, Status.PASS, message)
 
     def failed(self, name: str, error: SpanproofError) -> None:
-        self.done[name] = Check(name, CHECKS.index(name) + 1, Status.FAIL, str(error))
+        text = str(error)
+        message = _cut_message(text)
+        if message is not text:  # the error raised by verify_bundle says the same
+            error.args = (message,)
+        self.done[name] = Check(name, CHECKS.index(name) + 1, Status.FAIL, message)
         self.error = error.detached()
 
     def skipped(self, name: str, message: str) -> None:

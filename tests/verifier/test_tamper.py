@@ -46,7 +46,7 @@ from spanproof.verifier import (
 )
 from spanproof.verifier.dsse import MAX_SIGNATURES
 from spanproof.verifier.keys import format_time
-from spanproof.verifier.verify import CHECKS
+from spanproof.verifier.verify import CHECKS, MAX_MESSAGE_CHARS
 
 if TYPE_CHECKING:
     from conftest import Kit
@@ -832,6 +832,39 @@ def test_record_unknown_field_fail(kit: Kit, base: bytes) -> None:
         "record 2: unknown signature",
         InvalidBundle,
     )
+
+
+@pytest.mark.parametrize(
+    ("edit", "start", "end"),
+    [
+        (lambda span: span.update(kind="\U0010ffff" * 100_000),
+         "record 0.span.kind: unknown span kind '\\U0010ffff", "\\U0010ffff'"),
+        (lambda span: span["attributes"].update({"\U0010ffff" * 100_000: {"intValue": "5.0"}}),
+         "record 0.span.attributes['\\U0010ffff",
+         "\\U0010ffff']: intValue must be a canonical decimal string"),
+    ],
+    ids=["span-kind", "attribute-key"],
+)
+def test_record_failure_message_quoting_a_huge_value_is_cut_fail(
+    kit: Kit, parts: tuple[bytes, list[bytes]], edit: Callable[[dict[str, Any]], None],
+    start: str, end: str,
+) -> None:
+    # Anyone can write a line of 64 MiB after a genuine header; quoted whole, its
+    # value made a FAIL line of 150 million characters.  The message keeps where and
+    # what, and says how much it left out.
+    header, records = parts
+    record = json.loads(records[0])
+    edit(record["span"])
+    data = join(header, [canonicalize(record), *records[1:]])
+    report = check_bundle(io.BytesIO(data), kit.trust)
+    (failed,) = [c for c in report.checks if c.status is Status.FAIL]
+    assert failed.name == "records" and report.reason == failed.message
+    assert len(failed.message) <= MAX_MESSAGE_CHARS
+    assert failed.message.startswith(start) and failed.message.endswith(end)
+    assert re.search(r" \.\.\. \(\d+ characters left out\) \.\.\. ", failed.message)
+    with pytest.raises(InvalidBundle) as info:
+        verify_bundle(io.BytesIO(data), kit.trust)
+    assert str(info.value) == failed.message
 
 
 # --- strict, canonical JSON inside the bundle --------------------------------------------

@@ -32,7 +32,13 @@ from spanproof.verifier.receipt import (
     receipt_path,
     verify_receipt,
 )
-from spanproof.verifier.verify import BundleReport, Status, check_bundle, verify_bundle
+from spanproof.verifier.verify import (
+    MAX_MESSAGE_CHARS,
+    BundleReport,
+    Status,
+    check_bundle,
+    verify_bundle,
+)
 from spanproof.witness.service import Witness
 from spanproof.witness.signing import CheckpointSigner
 from spanproof.witness.store import Store
@@ -290,6 +296,23 @@ def test_check_receipt_for_bundle(
     # A bundle whose signature failed has no leaf to look for.
     other = TrustRoot.from_keys([keys_to_trusted()])
     assert check_receipt_for_bundle(path, check_bundle(path, other), keys).status is Status.SKIPPED
+
+
+def test_receipt_failure_message_quoting_a_huge_value_is_cut(
+    logged: Any, keys: list[WitnessKey]
+) -> None:
+    # A receipt file is anyone's: one of 1 MiB quoting itself made a FAIL line of
+    # millions of characters.  The message keeps where and what, and the cut.
+    path, report, receipt, _ = logged
+    Path(receipt_path(path)).write_bytes(
+        _edit(receipt, lambda doc: doc.update(mediaType="\U0010ffff" * 50_000)))
+    check = check_receipt_for_bundle(path, report, keys)
+    assert check.status is Status.FAIL
+    assert len(check.message) <= MAX_MESSAGE_CHARS
+    assert check.message.startswith("receipt: unknown mediaType '\\U0010ffff")
+    assert check.message.endswith("(this verifier knows "
+                                  "'application/vnd.spanproof.receipt.v1+json')")
+    assert " characters left out) ... " in check.message
 
 
 def keys_to_trusted() -> Any:
