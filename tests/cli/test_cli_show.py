@@ -97,6 +97,22 @@ def test_show_unverified_of_a_truncated_bundle_shows_records_and_the_problem(
     assert "receive_case" in out
 
 
+@pytest.mark.parametrize("key", [False, True], ids=["unverified", "with-key"])
+def test_show_of_a_bundle_quoting_a_huge_value_prints_a_cut_message(
+    capsys, keys: Keys, make_bundle, key: bool
+):
+    # A header is anyone's: one naming a media type of millions of characters made a
+    # FAIL line (or a problem line) of all of them, escaped.
+    path, sealed = make_bundle()
+    header, _, rest = sealed.data.partition(b'"mediaType":"')
+    _, _, rest = rest.partition(b'"')
+    path.write_bytes(header + b'"mediaType":"' + "\U0010ffff".encode() * 100_000 + b'"' + rest)
+    code, out, _ = run(capsys, "show", *(("--key", keys.pub) if key else ()), path)
+    assert code == 1
+    assert "characters left out" in out
+    assert max(len(line) for line in out.splitlines()) < 1200
+
+
 def test_show_usage_errors(capsys, keys: Keys, tmp_path, make_bundle):
     assert run(capsys, "show", tmp_path / "absent.spanproof.json")[0] == 2
     assert run(capsys, "show", tmp_path)[0] == 2
