@@ -9,8 +9,6 @@ Signing is deterministic (Ed25519), with no clock or randomness.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import logging
 import os
@@ -22,6 +20,8 @@ from spanproof.verifier._files import unlink_quietly
 from spanproof.verifier.checkpoint import Checkpoint, NoteSignature, SignedNote, WitnessKey
 from spanproof.verifier.errors import TransportError
 from spanproof.verifier.keys import load_private_key
+
+from ._lock import Held, NotLocked, lock_beside
 
 __all__ = [
     "CheckpointSigner",
@@ -57,23 +57,21 @@ def hold_key(key_path: str | os.PathLike[str]) -> int:
     Raises:
         TransportError: another process holds the lock, or it cannot be taken.
     """
-    lock = os.path.realpath(key_path) + ".lock"
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd, _ = lock_beside(os.fspath(key_path))
+    except Held as e:
+        raise TransportError(
+            f"{os.fspath(key_path)} is served by another process ({e.lock} is locked): a "
+            "key signs one log, or the checkpoints of the two would contradict each "
+            "other") from None
+    except NotLocked as e:
+        raise TransportError(f"{e.filename}: cannot lock the witness key "
+                             f"({e.strerror})") from None
     except OSError as e:
+        # Nowhere to put the lock (a key read from a pipe, a read-only directory).
         _logger.warning("cannot open %s (%s): another process serving this key would "
-                        "not be refused", lock, e.strerror or e)
+                        "not be refused", e.filename, e.strerror or e)
         return -1
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise TransportError(
-                f"{os.fspath(key_path)} is served by another process ({lock} is locked): a "
-                "key signs one log, or the checkpoints of the two would contradict each "
-                "other") from None
-        raise TransportError(f"{lock}: cannot lock the witness key ({e.strerror})") from None
     return fd
 
 

@@ -18,8 +18,6 @@ behind the first, serving an older checkpoint than the log had signed.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import sqlite3
 import threading
@@ -30,6 +28,8 @@ from typing import Any
 
 from spanproof.verifier.errors import TransportError
 from spanproof.verifier.receipt import WitnessLeaf
+
+from ._lock import Held, NotLocked, lock_beside
 
 __all__ = ["LEAVES_PAGE", "SCHEMA_VERSION", "Entry", "Store", "StoredCheckpoint"]
 
@@ -399,23 +399,17 @@ def _hold(path: str) -> int:
     """
     if path == ":memory:":
         return -1
-    # The file the database is, not the name given: a symbolic link to it had a lock
-    # of its own, and two processes served one log through two names.
-    lock = os.path.realpath(path) + ".lock"
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as e:
-        raise TransportError(f"{lock}: cannot open the witness database's lock "
+        fd, _ = lock_beside(path)
+    except Held as e:
+        raise TransportError(
+            f"{path} is served by another process ({e.lock} is locked): one witness "
+            "process serves a log, or each would sign from its own view of it"
+        ) from None
+    except NotLocked as e:
+        raise TransportError(f"{e.filename}: cannot lock the witness database "
                              f"({e.strerror})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
-        os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise TransportError(
-                f"{path} is served by another process ({lock} is locked): one witness "
-                "process serves a log, or each would sign from its own view of it"
-            ) from None
-        raise TransportError(f"{lock}: cannot lock the witness database ({e.strerror})") \
-            from None
+        raise TransportError(f"{e.filename}: cannot open the witness database's lock "
+                             f"({e.strerror})") from None
     return fd
