@@ -365,3 +365,28 @@ def test_tail_sampling_conditions_name_the_attributes_spanproof_selects_by_defau
     assert not other, other
     assert marker == [EVIDENCE_ATTRIBUTE]
     assert sorted(keys) == sorted(DEFAULT_SELECT_ATTRIBUTES)
+
+
+def test_gateway_retries_and_queues_in_the_load_balancer_not_per_backend() -> None:
+    # Per backend, a queue acknowledged a batch once it was in memory there, lost it
+    # when the resolver dropped that backend, and could not be made persistent (all
+    # backends' copies open one storage: opentelemetry-collector-contrib#16826).
+    _, balancer = the(load(GATEWAY), "exporters", "loadbalancing")
+    retry = balancer["retry_on_failure"]
+    assert retry["enabled"] is True and retry["max_elapsed_time"] == 0
+    assert balancer["sending_queue"]["enabled"] is True
+    backend = balancer["protocol"]["otlp"]
+    assert backend["sending_queue"] == {"enabled": False}
+    assert backend["retry_on_failure"] == {"enabled": False}
+    # The load balancer's attempt outlasts one backend's.
+    assert _seconds(balancer["timeout"]) > _seconds(backend["timeout"])
+    # Its comment's advice for a persistent queue is about the queue it sits above.
+    text = GATEWAY.read_text(encoding="utf-8")
+    advice = text.index("`storage: file_storage/...` here")
+    assert text.index("    sending_queue:\n", advice) < text.index("    protocol:\n")
+
+
+def _seconds(duration: str) -> float:
+    match = re.fullmatch(r"(\d+)(ms|s|m)", duration)
+    assert match, duration
+    return int(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60}[match.group(2)]
