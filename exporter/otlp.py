@@ -192,10 +192,10 @@ def otlp_span_to_body(
               else _span_id(raw_parent, f"{where}.parent"))
     kind = _KINDS.get(span.kind)
     if kind is None:
-        raise MalformedSpan(f"span {span_id}: unknown span kind {span.kind}")
+        raise MalformedSpan(f"{where}.kind: unknown span kind {span.kind}")
     code = _STATUS.get(span.status.code)
     if code is None:
-        raise MalformedSpan(f"span {span_id}: unknown status code {span.status.code}")
+        raise MalformedSpan(f"{where}.status.code: unknown status code {span.status.code}")
     events = [
         {
             "timeUnixNano": str(e.time_unix_nano),

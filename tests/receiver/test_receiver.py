@@ -295,7 +295,9 @@ def test_malformed_spans_partial_success_and_invalid_argument(tmp_path, clock):
         bad.kind = 42  # unknown span kind
         response = export(endpoint, otlp_span(TRACE_A, 1), bad)
         assert response.partial_success.rejected_spans == 1
-        assert "unknown span kind 42" in response.partial_success.error_message
+        # The span is named once, then where in it the defect is.
+        assert response.partial_success.error_message == (
+            f"1 evidence span(s) rejected: span {span_id(2)}: span.kind: unknown span kind 42")
 
         with pytest.raises(grpc.RpcError) as err:
             export(endpoint, bad)
