@@ -473,8 +473,10 @@ class EvidenceSpanProcessor(SpanProcessor):
         # given as an argument as much as in the environment (it was a TypeError,
         # "multiple values for keyword argument", from a private class).
         exporter_settings.pop("sealing_process", None)
-        self._queue_size = _resolve_int(queue_size, QUEUE_SIZE_VAR, DEFAULT_QUEUE_SIZE, 1)
-        self._block = _resolve_seconds(queue_block, QUEUE_BLOCK_VAR, DEFAULT_QUEUE_BLOCK)
+        self._queue_size = _resolve_int(queue_size, "queue_size", QUEUE_SIZE_VAR,
+                                        DEFAULT_QUEUE_SIZE, 1)
+        self._block = _resolve_seconds(queue_block, "queue_block", QUEUE_BLOCK_VAR,
+                                       DEFAULT_QUEUE_BLOCK)
         # The processor seals here: its journal is its hand-off off the
         # application's thread, and its flush must reach this sealer's assembler.
         sealer = _JournaledSealer(output_dir, key_file, selector=selector,
@@ -954,7 +956,7 @@ def _left(deadline: float) -> float:
     return min(max(0.0, deadline - time.monotonic()), _LONGEST_WAIT)
 
 
-def _resolve_int(value: int | None, var: str, default: int, minimum: int) -> int:
+def _resolve_int(value: int | None, name: str, var: str, default: int, minimum: int) -> int:
     if value is None:
         text = os.environ.get(var, "")
         if not text.strip():
@@ -970,12 +972,12 @@ def _resolve_int(value: int | None, var: str, default: int, minimum: int) -> int
                             "digits 0-9); using the default", var, text, minimum)
             return default
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"spanproof processor setting ({var}) must be an integer "
+        raise ValueError(f"spanproof processor setting {name} ({var}) must be an integer "
                          f">= {minimum}, got {value!r}")
     return value
 
 
-def _resolve_seconds(value: float | None, var: str, default: float) -> float:
+def _resolve_seconds(value: float | None, name: str, var: str, default: float) -> float:
     if value is None:
         text = os.environ.get(var, "")
         if not text.strip():
@@ -995,7 +997,7 @@ def _resolve_seconds(value: float | None, var: str, default: float) -> float:
         # Over a year (and past what a wait can be: threading.TIMEOUT_MAX), every
         # on_end() that found the queue full raised in its wait, and its span was
         # lost without being counted as dropped.
-        raise ValueError(f"spanproof processor setting ({var}) must be a number of "
+        raise ValueError(f"spanproof processor setting {name} ({var}) must be a number of "
                          f"seconds >= 0 and at most {_LONGEST_WAIT:.0f} (a year), "
                          f"got {value!r}")
     return float(value)

@@ -77,6 +77,20 @@ def test_bad_queue_argument_is_an_error(tmp_path: Path) -> None:
         EvidenceSpanProcessor(tmp_path, signing_key=signing_key(), queue_size=0)
 
 
+@pytest.mark.parametrize(("argument", "value", "var"), [
+    ("queue_size", 0, "OTEL_EXPORTER_SPANPROOF_QUEUE_SIZE"),
+    ("queue_block", -1.0, "OTEL_EXPORTER_SPANPROOF_QUEUE_BLOCK_MS"),
+])
+def test_bad_queue_argument_error_names_the_argument(
+    tmp_path: Path, argument: str, value: float, var: str
+) -> None:
+    # README: "An invalid constructor argument is a ValueError that names the
+    # setting". The processor's said "spanproof processor setting (OTEL_...)",
+    # leaving out the argument the caller wrote.
+    with pytest.raises(ValueError, match=rf"processor setting {argument} \({var}\)"):
+        EvidenceSpanProcessor(tmp_path, signing_key=signing_key(), **{argument: value})
+
+
 @pytest.mark.parametrize("block", [1e10, 10**20, float("inf"), float("nan"), -1.0])
 def test_a_queue_block_no_wait_can_last_is_an_error(tmp_path: Path, block: float) -> None:
     # Accepted, every on_end() that found the queue full raised OverflowError in its
