@@ -62,7 +62,7 @@ from ._recovery import (
 )
 from ._seal_workers import SealWorkerError, SealWorkers
 from ._sealing_process import RestartSchedule
-from ._setup import resolve_setup
+from ._setup import resolve_setup, writable_directory
 from .assembly import SHUTDOWN, SealJob, TraceAssembler
 from .config import MAX_SEALING_PROCESSES, ExporterConfig
 from .journal import Journal
@@ -310,7 +310,7 @@ class Receiver:
             (a list of keys is expected).
         ValueError: a malformed argument or a malformed variable that is not a
             tuning setting (naming it; see :mod:`~spanproof.exporter.config`), or an
-            output directory that cannot be created or written.
+            output or journal directory that cannot be created or written.
         InvalidKey: the key file cannot be used.
         OSError: the key directory cannot be created.
     """
@@ -366,6 +366,9 @@ class Receiver:
         self._journal_dir = os.path.abspath(
             os.fspath(journal_dir) if journal_dir is not None else os.path.join(output, "journal")
         )
+        # As the processor's: found only at start(), after the servers listen, an
+        # unusable --journal-dir was an error exit (1) instead of a usage error (2).
+        writable_directory(self._journal_dir, "journal_dir")
         self._max_backlog = max_backlog_spans
         self._max_pending = self._config.max_pending_traces
         self._producer = Producer(RECEIVER_PRODUCER_NAME, _package_version(), secrets.token_hex(8))

@@ -158,3 +158,17 @@ def test_an_out_directory_that_cannot_be_created_is_a_usage_error(capsys, tmp_pa
     assert (f"output_dir (OTEL_EXPORTER_SPANPROOF_OUTPUT_DIR) must be a directory spanproof "
             f"can create and write to, got {str(out)!r} (cannot create it: Not a directory)"
             in err)
+
+
+def test_a_journal_directory_that_cannot_be_created_is_a_usage_error(capsys, tmp_path):
+    # Found only when the receiver started, after its servers listened, it was an
+    # error exit (1), not the usage error (2) every command gives for a path it
+    # cannot use, and the servers had been listening meanwhile.
+    (tmp_path / "afile").write_text("")
+    journal = tmp_path / "afile" / "journal"
+    status = main(["receiver", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0",
+                   "--out", str(tmp_path / "out"), "--journal-dir", str(journal)])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert (f"journal_dir must be a directory spanproof can create and write to, "
+            f"got {str(journal)!r} (cannot create it: Not a directory)" in err)
