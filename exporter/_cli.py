@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
@@ -352,7 +353,9 @@ def receiver(
             **backlog,
         )
     except (ValueError, InvalidKey) as e:
-        raise UsageError(str(e)) from None
+        given = {"output_dir": out, "key_file": key, "witness_url": witness_url,
+                 "witness_key": witness_key, "journal_dir": journal_dir}
+        raise UsageError(_named_by_flag(str(e), given)) from None
     except OSError as e:
         _error(f"cannot set up the receiver: {e}")
         return 1
@@ -367,6 +370,21 @@ def receiver(
     }
     with collecting_rarely():
         return _serve_receiver(service, stop, previous, grpc, http, max_message_bytes, tls)
+
+
+_SETTING_FLAGS = {"output_dir": "--out", "key_file": "--key", "witness_url": "--witness-url",
+                  "witness_key": "--witness-key", "journal_dir": "--journal-dir"}
+_SETTING_NAMED = re.compile(r"^spanproof exporter setting ([a-z_]+)(?: \(OTEL_[A-Z_]+\))?")
+
+
+def _named_by_flag(message: str, given: dict[str, str | None]) -> str:
+    """*message* of the receiver's refused setting, naming the flag that gave it
+    (``--key``) rather than the exporter's setting and variable, which the user of
+    the command may never have set; a value from the variable keeps its name."""
+    match = _SETTING_NAMED.match(message)
+    if match is None or given.get(match.group(1)) is None:
+        return message
+    return _SETTING_FLAGS[match.group(1)] + message[match.end():]
 
 
 def _server_tls(cert: str | None, key: str | None, client_ca: str | None) -> ServerTLS | None:

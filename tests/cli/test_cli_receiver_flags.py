@@ -155,9 +155,8 @@ def test_an_out_directory_that_cannot_be_created_is_a_usage_error(capsys, tmp_pa
                    "--out", str(out)])
     err = capsys.readouterr().err
     assert status == 2, err
-    assert (f"output_dir (OTEL_EXPORTER_SPANPROOF_OUTPUT_DIR) must be a directory spanproof "
-            f"can create and write to, got {str(out)!r} (cannot create it: Not a directory)"
-            in err)
+    assert (f"spanproof: error: --out must be a directory spanproof can create and write "
+            f"to, got {str(out)!r} (cannot create it: Not a directory)" in err)
 
 
 def test_a_journal_directory_that_cannot_be_created_is_a_usage_error(capsys, tmp_path):
@@ -170,5 +169,32 @@ def test_a_journal_directory_that_cannot_be_created_is_a_usage_error(capsys, tmp
                    "--out", str(tmp_path / "out"), "--journal-dir", str(journal)])
     err = capsys.readouterr().err
     assert status == 2, err
-    assert (f"journal_dir must be a directory spanproof can create and write to, "
-            f"got {str(journal)!r} (cannot create it: Not a directory)" in err)
+    assert (f"spanproof: error: --journal-dir must be a directory spanproof can create and "
+            f"write to, got {str(journal)!r} (cannot create it: Not a directory)" in err)
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--key", "missing.key", "--key: {value}: cannot read private key"),
+    ("--witness-key", "missing.pub", "--witness-key: {value}: cannot read witness key"),
+    ("--witness-url", "ftp://witness", "--witness-url must be an http:// or https:// URL"),
+])
+def test_a_refused_flag_is_named_as_the_flag_not_as_a_variable(
+    capsys, tmp_path, flag, value, message
+):
+    # The error named the exporter's setting and variable ("spanproof exporter setting
+    # key_file (OTEL_EXPORTER_SPANPROOF_KEY_FILE): ..."), which sent a user who gave
+    # --key looking through an environment they had never set.
+    if flag != "--witness-url":
+        value = str(tmp_path / value)
+    status = main(["receiver", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0",
+                   "--out", str(tmp_path / "out"), flag, value])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert f"spanproof: error: {message.format(value=value)}" in err
+    assert "OTEL_EXPORTER_SPANPROOF" not in err
+
+
+def test_a_refused_variable_is_still_named_as_the_variable(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("OTEL_EXPORTER_SPANPROOF_WITNESS_URL", "ftp://witness")
+    err = _refused(capsys, tmp_path)
+    assert "witness_url (OTEL_EXPORTER_SPANPROOF_WITNESS_URL) must be" in err
