@@ -1208,7 +1208,7 @@ def _add_receiver_command(sub: Any) -> None:
                           help="largest attribute value certified; a span with a larger one "
                           f"is declared rejected ({env}MAX_VALUE_BYTES)")
     receiver.add_argument("--max-message-bytes", type=_whole_number, metavar="N",
-                          help="largest request accepted (default 64 MiB, at most 2 GiB - 1)")
+                          help="largest request accepted (default 64 MiB; 1024 bytes to 2 GiB - 1)")
     receiver.add_argument("--max-backlog-spans", type=_whole_number, metavar="N",
                           help="unsealed spans beyond which requests get UNAVAILABLE "
                           "(default 200000)")

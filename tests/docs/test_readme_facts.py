@@ -176,3 +176,19 @@ def test_command_defaults_readme_gives_are_the_code_s() -> None:
     assert _default("demo", "--out") == "spanproof-demo"
     assert "default 0, at most 64 as for the exporter" in prose
     assert _default("receiver", "--sealing-processes") == 0
+
+
+def test_max_message_bytes_bounds_readme_gives_are_the_command_s() -> None:
+    # README gave only the upper bound; the command refused anything under 1,024
+    # bytes with a bound it named nowhere else.
+    from spanproof.exporter import _cli as producer_cli
+    from spanproof.exporter.otlp_server import MAX_MESSAGE_BYTES
+    from spanproof.verifier._cli import UsageError
+
+    prose = " ".join(README.split())
+    assert "`--max-message-bytes` (default 64 MiB, from 1,024 bytes to 2 GiB - 1" in prose
+    assert MAX_MESSAGE_BYTES == 2**31 - 1
+    with pytest.raises(UsageError, match=r"--max-message-bytes must be an integer >= 1024,"):
+        producer_cli.receiver(max_message_bytes=1023)
+    help_text = _commands()["receiver"].format_help()
+    assert "1024 bytes to 2 GiB - 1" in " ".join(help_text.split())
