@@ -993,7 +993,8 @@ def _add_trust_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--trust-root", action="append", default=[], metavar="FILE",
-        help="trust the keys listed in this trust-root file (with validity windows)",
+        help="trust the keys listed in this trust-root file (with validity windows); repeat "
+        "for several",
     )
     parser.add_argument(
         "--allow-incomplete", action="store_true",
@@ -1076,7 +1077,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--disclosures", action="append", default=[], metavar="FILE",
         help="check each disclosed value in FILE (from 'spanproof disclose') against its "
-        "commitment in the verified bundles and show it; any mismatch fails",
+        "commitment in the verified bundles and show it; any mismatch fails; repeat for "
+        "several",
     )
     verify.set_defaults(handler=_cmd_verify, subparser=verify)
 
@@ -1140,7 +1142,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--disclosures", action="append", default=[], metavar="FILE",
         help="show the disclosed values in FILE (from 'spanproof disclose') where they "
-        "match their commitments; a value that does not match fails the report",
+        "match their commitments; a value that does not match fails the report; repeat "
+        "for several",
     )
     report.add_argument("--html", required=True, metavar="OUT.html",
                         help="the HTML file to write")

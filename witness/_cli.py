@@ -621,7 +621,7 @@ def add_commands(subparsers: Any) -> None:
         "serve", help="serve a witness log over HTTP",
         epilog="Exit status: 0 stopped by SIGTERM, 130 by SIGINT, 1 the log refused at "
                "start (it fails its own check), 2 usage error, 3 the database cannot be "
-               "opened or another process serves it.",
+               "opened or written, or another process serves it or the key.",
     )
     serve.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
                        help="address to listen on (default 127.0.0.1:8080)")
@@ -670,7 +670,8 @@ def add_commands(subparsers: Any) -> None:
                         help="the producer's public key: bundles are verified with it before "
                              "submission, and it is sent to witnesses that pin no producer keys")
     submit.add_argument("--witness-key", action="append", metavar="PUB.pem|VKEY",
-                        help="verify each receipt with this witness key before writing it")
+                        help="verify each receipt with this witness key before writing it "
+                             "(repeatable)")
     submit.add_argument("--timeout", type=_timeout, default=30.0, metavar="SECONDS",
                         help="how long each request to the witness may take, its whole "
                              "answer included (default 30)")
@@ -692,8 +693,9 @@ def add_commands(subparsers: Any) -> None:
     monitor.add_argument("--origin", metavar="NAME", help="pin the log's origin")
     monitor.add_argument(
         "--receipts", action="append", default=[], metavar="RECEIPT|DIR",
-        help="also check that these receipts' checkpoints (every *.receipt.json under a "
-             "directory) are consistent with the witness's latest (repeatable)",
+        help="also check that these receipts' checkpoints (every *.receipt.json and "
+             "*.receipt.conflict-<16 hex>.json under a directory) are consistent with "
+             "the witness's latest (repeatable)",
     )
     monitor.add_argument("--timeout", type=_timeout, default=30.0, metavar="SECONDS",
                         help="how long each request to the witness may take, its whole "

@@ -192,3 +192,25 @@ def test_max_message_bytes_bounds_readme_gives_are_the_command_s() -> None:
         producer_cli.receiver(max_message_bytes=1023)
     help_text = _commands()["receiver"].format_help()
     assert "1024 bytes to 2 GiB - 1" in " ".join(help_text.split())
+
+
+def test_every_repeatable_flag_says_so_in_its_help() -> None:
+    # README's synopses mark them (`[--trust-root FILE]...`); --help said "repeat" for
+    # --key but not for --trust-root, --disclosures or witness submit's --witness-key.
+    silent = [
+        f"{command} {action.option_strings[0]}"
+        for command, parser in _commands().items()
+        for action in parser._actions
+        if isinstance(action, argparse._AppendAction) and action.nargs is None
+        and not re.search(r"repeat", action.help or "")
+    ]
+    assert not silent
+
+
+def test_witness_serve_help_gives_readme_s_exit_status_3() -> None:
+    # README: a second `witness serve` on the same database, or with the same key on
+    # another database, exits 3; the help named only the database.
+    prose = " ".join(README.split())
+    assert "a second `witness serve` with the same key on another database exits 3" in prose
+    epilog = " ".join((_commands()["witness serve"].epilog or "").split())
+    assert "another process serves it or the key" in epilog
