@@ -156,6 +156,21 @@ def test_every_flag_readme_gives_a_command_is_one_it_takes(command: str, rest: s
     assert not unknown, f"spanproof {command}{rest}: {sorted(unknown)}"
 
 
+def test_every_flag_a_command_takes_is_documented() -> None:
+    # disclose --disclosures-file was in its --help alone: a user reading README (or
+    # SPEC, which gives witness serve's --max-body and --log-level) never met it.
+    spec = (ROOT / "docs" / "SPEC.md").read_text(encoding="utf-8")
+    undocumented = sorted(
+        f"{command} {option}"
+        for command, parser in _commands().items()
+        for option in _options(parser)
+        if option.startswith("--") and option not in ("--help", "--version")
+        and not any(re.search(rf"(?<![\w-]){option}(?![\w-])", text)
+                    for text in (README, spec))
+    )
+    assert not undocumented
+
+
 def test_every_flag_readme_quotes_is_taken_by_some_command() -> None:
     quoted = set(re.findall(r"`(--[a-z][a-z0-9-]*)", README))
     known = set().union(*(_options(parser) for parser in _commands().values()))
