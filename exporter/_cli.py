@@ -150,6 +150,10 @@ def demo(out: str) -> int:
     ``DIR/bundles/*.spanproof.json``, verifies the bundles written by this run with
     the public key, and prints each trace's tree and verify line.  Exit 0 only when
     every one verified.
+
+    Raises:
+        UsageError: *out* cannot hold the demo's key (it cannot be created, or holds
+            a key file that cannot be used).
     """
     keys_dir = os.path.join(out, "keys")
     bundles_dir = os.path.join(out, "bundles")
@@ -160,8 +164,9 @@ def demo(out: str) -> int:
         key, how = _demo_key(keys_dir)
         trust = TrustRoot.from_pem_files([pub])
     except (OSError, InvalidKey) as e:
-        _error(f"cannot set up the demo key in {keys_dir}: {e}")
-        return 1
+        # A place the command was given and cannot use: a usage error, as for every
+        # command (README, Keys), not a failed run.
+        raise UsageError(f"--out {out}: cannot set up the demo key in {keys_dir}: {e}") from None
     before = set(find_bundles([bundles_dir])) if os.path.isdir(bundles_dir) else set()
 
     try:

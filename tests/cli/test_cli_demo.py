@@ -171,3 +171,13 @@ def test_demo_says_nothing_of_settings_without_spanproof_variables(
             monkeypatch.delenv(name)
     assert main(["demo", "--out", str(tmp_path / "d")]) == 0
     assert "  settings " not in capsys.readouterr().out
+
+
+def test_demo_out_that_cannot_be_used_is_a_usage_error(tmp_path, capsys):
+    # README: every command exits 2 for a path it cannot use; the demo exited 1, as
+    # for a bundle that failed to verify.
+    (tmp_path / "afile").write_text("")
+    out = tmp_path / "afile" / "demo"
+    assert main(["demo", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"spanproof: error: --out {out}: cannot set up the demo key" in err
