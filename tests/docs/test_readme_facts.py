@@ -229,3 +229,13 @@ def test_witness_serve_help_gives_readme_s_exit_status_3() -> None:
     assert "a second `witness serve` with the same key on another database exits 3" in prose
     epilog = " ".join((_commands()["witness serve"].epilog or "").split())
     assert "another process serves it or the key" in epilog
+
+
+def test_readme_synopses_give_every_flag_of_their_command() -> None:
+    # README's `spanproof show [--key PUB.pem] BUNDLE` left out --trust-root and
+    # --allow-incomplete, which show takes as verify does.
+    prose = " ".join(README.split())
+    synopsis = re.search(r"`spanproof show ([^`]*)`", prose)
+    assert synopsis is not None
+    shown = set(re.findall(r"--[a-z][a-z0-9-]*", synopsis.group(1)))
+    assert shown == _options(_commands()["show"]) - {"-h", "--help"}
