@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
@@ -92,7 +95,9 @@ class SigningKey:
         readable by others, not even briefly).  Without *exist_ok* it is linked
         into place, so of several writers at once exactly one succeeds and only
         that one writes ``signing.pub``; with *exist_ok* both files are replaced.
-        Returns both paths.
+        Of writers replacing the key at once, each writes ``signing.pub`` only
+        while ``signing.key`` is still its own (:func:`_key_directory_lock`), so
+        the pair left is one writer's.  Returns both paths.
 
         Raises:
             FileExistsError: the key file exists and *exist_ok* is false.
@@ -113,14 +118,42 @@ class SigningKey:
                 os.link(tmp, priv)
         finally:
             unlink_quietly(tmp)
-        # Reached only by the writer whose key is now signing.key.
-        write_atomic(pub, self.public_pem())
+        # Reached only by a writer whose key became signing.key; another writer's
+        # may have replaced it since (--force), and that writer writes its own half.
+        with _key_directory_lock(folder):
+            if read_named_file(priv)[0] == self.private_pem():
+                write_atomic(pub, self.public_pem())
         return priv, pub
 
     def sign_envelope(self, payload: bytes) -> Envelope:
         """Return a DSSE envelope over *payload* (SPEC §5.1) signed by this key."""
         sig = self._sodium.sign(pae(PAYLOAD_TYPE, payload)).signature
         return Envelope(PAYLOAD_TYPE, payload, (Signature(sig, self.keyid),))
+
+
+@contextlib.contextmanager
+def _key_directory_lock(directory: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on *directory* while ``signing.pub`` is written.
+
+    Writers replacing the key at once (``spanproof keygen --force`` twice) each
+    replace ``signing.key`` and then write ``signing.pub``; unless each checks, in
+    turn, that ``signing.key`` is still its own before writing, the last private key
+    can get another writer's public half, and the bundles it signs fail with the
+    public key given to verifiers.  On a filesystem that locks no directories the
+    check is made without the lock.
+
+    Raises:
+        OSError: *directory* cannot be opened.
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass  # no directory locks here (some network filesystems)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def load_or_create(directory: str | os.PathLike[str]) -> SigningKey:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from spanproof.exporter import keys
 from spanproof.exporter.keys import SigningKey, load_or_create
 from spanproof.verifier.errors import InvalidKey
 
@@ -167,3 +168,25 @@ def test_replacing_a_key_writes_a_matching_pair_and_no_temporary_file(tmp_path: 
     with pytest.raises(FileExistsError):
         SigningKey.generate().write(tmp_path)
     assert _assert_matching_pair(tmp_path).keyid == replacement.keyid
+
+
+def test_keys_replaced_at_once_leave_one_writers_pair(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `spanproof keygen --force` twice at once: A replaces signing.key, then B replaces
+    # it and writes signing.pub, and only then does A come to write signing.pub.
+    SigningKey.generate().write(tmp_path)
+    a, b = SigningKey.from_seed(b"A" * 32), SigningKey.from_seed(b"B" * 32)
+    real_unlink_quietly = keys.unlink_quietly
+    b_written: list[bool] = []
+
+    def unlink_quietly(path: str) -> None:  # A's, once its key is signing.key
+        real_unlink_quietly(path)
+        if not b_written:
+            b_written.append(True)
+            b.write(tmp_path, exist_ok=True)
+
+    monkeypatch.setattr(keys, "unlink_quietly", unlink_quietly)
+    a.write(tmp_path, exist_ok=True)
+    assert b_written
+    assert _assert_matching_pair(tmp_path).keyid == b.keyid
