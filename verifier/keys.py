@@ -422,10 +422,13 @@ def load_private_key(
 
     Another kind of file (a public key, an encrypted, OpenSSH, PKCS#1 or SEC1 private
     key, DER) is refused with a message naming what it holds, before the permission
-    check: a public key is no secret, and a key refused is not used.
+    check: a public key is no secret, and a key refused is not used.  So is a file
+    holding more than one private key: a reader taking the first would sign with a
+    key its owner may believe replaced (a new key appended at rotation).
 
     Raises:
-        InvalidKey: unreadable file, not an unencrypted PKCS#8 PEM key, or not Ed25519.
+        InvalidKey: unreadable file, not an unencrypted PKCS#8 PEM key, more than one
+            private key, or not Ed25519.
     """
     name = os.fspath(path)
     try:
@@ -441,6 +444,11 @@ def load_private_key(
         what_it_is, hint = found
         raise InvalidKey(f"{name}: {what_it_is}, where {expected} is expected"
                          + (f"; {hint}" if hint else ""))
+    private_blocks = sum(1 for label in _PEM_LABEL.finditer(pem)
+                         if label[1].endswith(b"PRIVATE KEY"))
+    if private_blocks > 1:
+        raise InvalidKey(f"{name}: {private_blocks} private keys in one file; which of "
+                         f"them would sign is a guess: keep one {what} in the file")
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         _logger.warning("%s %s is accessible by group or others (mode %o); "
                         "restrict it with chmod 600", what, name, stat.S_IMODE(mode))

@@ -154,3 +154,22 @@ def test_the_readme_conversion_of_an_openssh_key_gives_a_key_spanproof_loads(
     (tmp_path / "signing.key").write_bytes(converted)
     (tmp_path / "signing.key").chmod(0o600)
     assert load_private_key(tmp_path / "signing.key").private_bytes_raw() == b"\x07" * 32
+
+
+@pytest.mark.parametrize("second", [
+    lambda: Ed25519PrivateKey.generate().private_bytes(_PEM, _PKCS8, _PLAIN),
+    lambda: _ED25519.private_bytes(_PEM, _PKCS8, _PLAIN),
+    _openssh_private,
+], ids=["another-key", "the-same-key", "openssh"])
+def test_a_file_holding_two_private_keys_is_refused(
+    tmp_path: Path, second: Callable[[], bytes]
+) -> None:
+    # A new key appended to the old one's file at rotation: a reader taking the first
+    # block would go on signing with the old key.
+    path = tmp_path / "signing.key"
+    path.write_bytes(_ED25519.private_bytes(_PEM, _PKCS8, _PLAIN) + second())
+    with pytest.raises(InvalidKey, match=re.escape(
+        f"{path}: 2 private keys in one file; which of them would sign is a guess: "
+        "keep one private key in the file"
+    )):
+        load_private_key(path)
