@@ -383,7 +383,8 @@ def _completeness(item: ReportItem) -> str:
             f"content, and each version is a separate record: {ids}.</p>"
         )
     if comp.notes:
-        notes = "".join(f"<li>{_esc(n, _MAX_VALUE)}</li>" for n in comp.notes)
+        # Whole, as ``--json`` and ``show`` give them: a note is not cut (README).
+        notes = "".join(f"<li>{_esc(n)}</li>" for n in comp.notes)
         lines.append(f"<p>Producer notes:</p><ul>{notes}</ul>")
     return "".join(lines)
 

@@ -305,3 +305,19 @@ def test_render_html_of_a_check_that_broke():
     assert page.body_verdict == Verdict.FAIL.value
     assert "verifier error: boom <b>" in page.text and "b" not in page.tags
     assert render_html([]).startswith("<!DOCTYPE html>")
+
+
+def test_report_shows_a_note_longer_than_2000_characters_whole(
+    capsys, tmp_path: Path, keys: Keys, make_bundle: MakeBundle
+):
+    # A note past 2,000 characters was cut ("… (N more characters)"), though
+    # `verify --json` and `show` give it whole and the README says `report` does too.
+    note = "recovered after a crash; spans: " + ",".join(f"{n:016x}" for n in range(200))
+    assert len(note) > 2000
+    path, _ = make_bundle(completeness=Completeness(notes=(note,)))
+    out_file = tmp_path / "report.html"
+    code, _, _ = run(capsys, "report", "--key", keys.pub, path, "--html", out_file)
+    assert code == 0
+    page = read_report(out_file)
+    assert note in page.text
+    assert "more characters" not in page.text
