@@ -17,7 +17,8 @@ whether it was changed, who sealed it, whether anything is missing, the witness
 receipt, what ran (the tree of :func:`~spanproof.verifier.tree.tree_rows`), when each
 step ran (a timeline), every attribute of every step, and every check with its
 SPEC §8 step.  A bundle that failed shows FAIL and the reason first; records read
-before the failure are marked as not verified.
+before a failure of steps 1-8 are marked as not verified (a bundle that failed only a
+later step, its witness receipt, shows its records as the signed ones).
 
 A committed attribute (SPEC §2.5) is shown as "committed (not disclosed)" with its
 digest, or, when a disclosure for it was checked (``check_disclosures``), as the
@@ -180,6 +181,15 @@ def _check(report: BundleReport | None, name: str) -> Check | None:
     if report is None:
         return None
     return next((c for c in report.checks if c.name == name), None)
+
+
+def _records_verified(report: BundleReport | None) -> bool:
+    """Whether SPEC §8 steps 1-8 all passed: the statement is signed by a trusted key
+    and every record is bound to its signed head, whatever a later step found."""
+    return all(
+        (c := _check(report, name)) is not None and c.status is Status.PASS
+        for name in _INTEGRITY
+    )
 
 
 def _loss_words(statement: Statement) -> str:
@@ -363,7 +373,8 @@ def _completeness(item: ReportItem) -> str:
     if stmt is None:
         return '<p class="muted">Unknown: the signed statement could not be read.</p>'
     comp = stmt.completeness
-    prefix = "" if item.verdict is not Verdict.FAIL else "The (unverified) statement says: "
+    unverified = item.verdict is Verdict.FAIL and not _records_verified(report)
+    prefix = "The (unverified) statement says: " if unverified else ""
     lines = []
     if comp.lost:
         lines.append(
@@ -600,7 +611,15 @@ def _bundle(item: ReportItem, trusted: Mapping[str, str], opened: _Opened,
         _receipt(item),
         "<h4>What ran</h4>",
     ]
-    if verdict is Verdict.FAIL:
+    if verdict is Verdict.FAIL and records and _records_verified(report):
+        # Failed at a later step (the witness receipt, step 10): the records are
+        # the signed ones, and are not called unverified.
+        parts.append(
+            f'<p class="unverified">The {len(records)} record(s) below match what was '
+            "signed (SPEC §8 steps 1-8 passed), but the bundle FAILED a later check: "
+            f"{_esc(item.reason)}. Do not rely on this bundle.</p>"
+        )
+    elif verdict is Verdict.FAIL:
         if records:
             parts.append(
                 f'<p class="unverified">NOT VERIFIED: the {len(records)} record(s) below were '

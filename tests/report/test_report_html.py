@@ -18,10 +18,12 @@ from cli_support import (
     span_body,
     workflow_bodies,
 )
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from report_support import WORKFLOW_STEPS, read_page, read_report, run
 
 from spanproof.exporter.disclosure import AttributeMatcher
 from spanproof.exporter.sealing import ChainPosition, seal
+from spanproof.verifier.checkpoint import WitnessKey
 from spanproof.verifier.disclosure import Disclosure, DisclosureFile
 from spanproof.verifier.report import (
     COMMITTED_NOT_DISCLOSED,
@@ -321,3 +323,32 @@ def test_report_shows_a_note_longer_than_2000_characters_whole(
     page = read_report(out_file)
     assert note in page.text
     assert "more characters" not in page.text
+
+
+def test_report_does_not_call_records_unverified_when_only_the_receipt_failed(
+    capsys, tmp_path: Path, keys: Keys, make_bundle: MakeBundle
+):
+    # A bundle whose signature, chain and head verified (SPEC §8 steps 1-8), failed
+    # by its missing required receipt (step 10), was shown as "NOT VERIFIED: the 7
+    # record(s) below were read before the failure ... may have been altered" and its
+    # statement as "unverified", while `verify --verbose` says those steps PASS.
+    path, _ = make_bundle(completeness=Completeness(dropped_spans=1))
+    vkey = tmp_path / "witness.vkey"
+    vkey.write_text(WitnessKey(Ed25519PrivateKey.from_private_bytes(bytes(range(64, 96)))
+                               .public_key(), "report.test/witness").vkey())
+    argv = ["--key", keys.pub, "--witness-key", vkey, "--require-receipt", path]
+    code, out, _ = run(capsys, "verify", "--verbose", *argv)
+    assert code == 1 and out.startswith(f"FAIL {path}: witness receipt: no receipt")
+    assert "  PASS  step 7 chain" in out and "  PASS  step 8 head" in out
+    out_file = tmp_path / "report.html"
+    code, _, _ = run(capsys, "report", *argv, "--html", out_file)
+    assert code == 1
+    page = read_report(out_file)
+    assert page.body_verdict == "FAIL"
+    assert "Verification FAILED: witness receipt: no receipt" in page.text
+    assert "NOT VERIFIED" not in page.text and "(unverified) statement" not in page.text
+    assert "may have been altered" not in page.text
+    assert ("The 7 record(s) below match what was signed (SPEC §8 steps 1-8 passed), but "
+            "the bundle FAILED a later check: witness receipt: no receipt") in page.text
+    assert "Yes. The producer declared that 1 step(s) dropped" in page.text
+    assert sorted(set(page.steps)) == sorted(WORKFLOW_STEPS)
