@@ -50,6 +50,7 @@ class Case:
     args: list[str]
     witness_key: bool = False
     unlistable: Path | None = None  # a directory os.scandir is refused
+    crash: Path | None = None  # a bundle whose check raises (a bug)
 
 
 Build = Callable[[Path, Keys, MakeBundle], Case]
@@ -324,6 +325,12 @@ def oddly_named_file(t: Path, k: Keys, mb: MakeBundle) -> Case:
                  str(odd), str(path)], witness_key=True)
 
 
+def check_raises(t: Path, k: Keys, mb: MakeBundle) -> Case:
+    path, _ = mb("boom<b>")
+    return Case(["--key", str(k.pub), str(path), str(mb("fine", trace_id=OTHER_TRACE)[0])],
+                crash=path)
+
+
 def hostile(t: Path, k: Keys, mb: MakeBundle) -> Case:
     bodies = [span_body(TRACE, ROOT, "", HOSTILE, status=("STATUS_CODE_ERROR", HOSTILE),
                         attributes={"gen_ai.request.model": HOSTILE, HOSTILE[:40]: HOSTILE,
@@ -355,7 +362,7 @@ CASES: list[Build] = [
     receipts_mixed, receipts_missing_required, receipt_wrong_origin, receipt_garbage,
     receipt_without_witness_key, disclosures_open, disclosures_forged,
     disclosures_malformed, disclosures_empty, disclosures_on_failed_bundle, salt_reused,
-    two_instances, key_out_of_window, oddly_named_file, hostile,
+    two_instances, key_out_of_window, oddly_named_file, check_raises, hostile,
     empty_directory, unlistable_directory,
 ]
 
@@ -491,8 +498,21 @@ def test_report_agrees_with_verify(
             return real_scandir(path)
 
         monkeypatch.setattr(os, "scandir", scandir)
+    if case.crash is not None:
+        import spanproof.verifier._cli as cli
+
+        crash, real_check = str(case.crash), cli.check_bundle
+
+        def check_bundle(path: str, *args: Any, **kwargs: Any) -> Any:
+            if path == crash:
+                raise RuntimeError("<b>boom</b>")
+            return real_check(path, *args, **kwargs)
+
+        monkeypatch.setattr(cli, "check_bundle", check_bundle)
     document = check_agreement(capsys, tmp_path, case)
     page = read_page(document)
+    if case.crash is not None:
+        assert "verifier error: RuntimeError: <b>boom</b>" in page.text
     assert not {"script", "img", "link", "iframe", "object", "embed", "base", "form",
                 "i", "b"} & set(page.tags)
     assert "<script" not in document and "\u202e" not in document and "\u2066" not in document
