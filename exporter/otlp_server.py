@@ -128,7 +128,8 @@ TLS_RELOAD_SECONDS = 60.0
 class ServerTLS:
     """TLS for the servers, from PEM files: the server's certificate chain and private
     key and, with *client_ca_file*, mutual TLS: a client must present a certificate
-    that chains to one of those CA certificates, or its connection is refused in the
+    that chains to one of those CA certificates (each a trust anchor, an intermediate
+    as well as a root), or its connection is refused in the
     handshake (as a Collector's ``tls`` settings ``cert_file``, ``key_file`` and
     ``client_ca_file`` do).  TLS 1.2 at least.
 
@@ -194,6 +195,10 @@ class ServerTLS:
                 raise ValueError(f"TLS client CA {self.client_ca_file} cannot be used: "
                                  f"{e}") from None
             context.verify_mode = ssl.CERT_REQUIRED
+            # Every CA certificate in the file is a trust anchor, a root or not, as
+            # in a Collector's client_ca_file and on the gRPC port: OpenSSL alone
+            # wanted a self-signed root above an intermediate named there.
+            context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
         return context
 
     def grpc_credentials(self) -> grpc.ServerCredentials:

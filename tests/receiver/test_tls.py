@@ -554,3 +554,99 @@ def test_a_reload_interval_that_is_no_time_to_wait_is_refused(pki: Pki, interval
 def test_a_reload_interval_of_zero_or_more_seconds_is_taken(pki: Pki, interval: float) -> None:
     tls = ServerTLS(str(pki.server_cert), str(pki.server_key), reload_interval=interval)
     assert tls.reload_interval == interval
+
+
+# -- a client CA that is not a root ---------------------------------------------------
+
+
+@dataclass
+class Intermediate:
+    """A root CA, the intermediate CA it issued (its key beside it), the server's
+    certificate (the root's) and a client certificate the intermediate issued."""
+
+    root: Path
+    root_key: ec.EllipticCurvePrivateKey
+    intermediate: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+@pytest.fixture(scope="module")
+def intermediate(tmp_path_factory: pytest.TempPathFactory) -> Intermediate:
+    directory = tmp_path_factory.mktemp("intermediate")
+    root_key, ca_key, server_key, client_key = (
+        ec.generate_private_key(ec.SECP256R1()) for _ in range(4))
+    root, _ = _write(directory, "root", _certificate("root CA", root_key, "root CA",
+                                                     root_key, ca=True), root_key)
+    ca, _ = _write(directory, "intermediate", _certificate(
+        "collectors CA", ca_key, "root CA", root_key, ca=True), ca_key)
+    server = _write(directory, "server", _certificate(
+        "receiver", server_key, "root CA", root_key, ca=False, server=True), server_key)
+    client = _write(directory, "client", _certificate(
+        "collector", client_key, "collectors CA", ca_key, ca=False), client_key)
+    return Intermediate(root, root_key, ca, *server, *client)
+
+
+@pytest.fixture
+def served_by_intermediate(
+    intermediate: Intermediate,
+) -> Iterator[tuple[int, int, _Ingest]]:
+    """Both servers, their client CA file holding the intermediate CA alone:
+    (gRPC port, HTTP port, what reached ingest)."""
+    ingest = _Ingest()
+    tls = ServerTLS(str(intermediate.server_cert), str(intermediate.server_key),
+                    str(intermediate.intermediate))
+    grpc_server = GrpcServer("127.0.0.1:0", ingest, tls=tls)
+    http_server = HttpServer("127.0.0.1:0", ingest, tls=tls)
+    grpc_server.start()
+    http_server.start()
+    yield grpc_server.port, http_server.port, ingest
+    grpc_server.stop(0)
+    http_server.stop()
+
+
+def _sent_by(grpc_port: int, http_port: int, root: Path, cert: Path,
+             key: Path) -> tuple[bool, bool]:
+    """Whether a client holding *cert* completes a request over gRPC and HTTPS."""
+    try:
+        _grpc_export(grpc_port, grpc.ssl_channel_credentials(
+            root_certificates=root.read_bytes(), private_key=key.read_bytes(),
+            certificate_chain=cert.read_bytes()))
+        over_grpc = True
+    except grpc.RpcError:
+        over_grpc = False
+    context = ssl.create_default_context(cafile=str(root))
+    context.load_cert_chain(str(cert), str(key))
+    try:
+        over_http = _https_post(http_port, context) == 200
+    except (ssl.SSLError, ConnectionError):
+        over_http = False
+    return over_grpc, over_http
+
+
+def test_a_client_ca_that_is_an_intermediate_admits_the_certificates_it_issued(
+    intermediate: Intermediate, served_by_intermediate: tuple[int, int, _Ingest]
+) -> None:
+    # A Collector's client_ca_file takes every CA certificate in it as a trust
+    # anchor, and so did the gRPC port; the OTLP/HTTP port refused the same client
+    # in the handshake ("unknown ca"), wanting the root above the intermediate.
+    grpc_port, http_port, ingest = served_by_intermediate
+    assert _sent_by(grpc_port, http_port, intermediate.root, intermediate.client_cert,
+                    intermediate.client_key) == (True, True)
+    assert len(ingest.seen) == 2
+
+
+def test_a_client_ca_that_is_an_intermediate_refuses_the_root_s_other_clients(
+    intermediate: Intermediate, served_by_intermediate: tuple[int, int, _Ingest],
+    tmp_path: Path,
+) -> None:
+    # Trusting the intermediate is not trusting the root that issued it.
+    grpc_port, http_port, ingest = served_by_intermediate
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert, key_file = _write(tmp_path, "other", _certificate(
+        "other sender", key, "root CA", intermediate.root_key, ca=False), key)
+    assert _sent_by(grpc_port, http_port, intermediate.root, cert, key_file) == (
+        False, False)
+    assert ingest.seen == []
