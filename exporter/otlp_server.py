@@ -2129,10 +2129,36 @@ class _BoundedServer(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         error = sys.exc_info()[1]
+        refusal = _certificate_refusal(error)
+        if refusal is not None:
+            # An operator rolling out mutual TLS needs the reason (expired, another
+            # CA's, none at all), as the gRPC port's log and a Collector's give it.
+            _logger.warning("receiver: OTLP/HTTP client %s refused in the TLS "
+                            "handshake: %s", _peer(client_address), refusal)
+            return
         if isinstance(error, OSError):  # a failed TLS handshake, a peer gone
             _logger.debug("http: connection from %s ended: %s", client_address, error)
             return
         super().handle_error(request, client_address)
+
+
+def _certificate_refusal(error: BaseException | None) -> str | None:
+    """Why a TLS handshake failed for the client's certificate (one that did not
+    verify, or none where mutual TLS wants one), or None when it failed otherwise."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"client certificate did not verify: {error.verify_message or error}"
+    if (isinstance(error, ssl.SSLError)
+            and getattr(error, "reason", None) == "PEER_DID_NOT_RETURN_A_CERTIFICATE"):
+        return "no client certificate was presented"
+    return None
+
+
+def _peer(client_address: Any) -> str:
+    try:
+        host, port = client_address[:2]
+    except (TypeError, ValueError):
+        return str(client_address)
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 def _shut_down(request: Any) -> None:

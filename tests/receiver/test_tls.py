@@ -650,3 +650,103 @@ def test_a_client_ca_that_is_an_intermediate_refuses_the_root_s_other_clients(
     assert _sent_by(grpc_port, http_port, intermediate.root, cert, key_file) == (
         False, False)
     assert ingest.seen == []
+
+
+# -- why a client was refused ---------------------------------------------------------
+
+
+def _client_certificate(
+    directory: Path, name: str, ca_key: ec.EllipticCurvePrivateKey, *,
+    valid: tuple[float, float] = (-5, 60), usage: x509.ObjectIdentifier | None = None,
+) -> tuple[Path, Path]:
+    """A client certificate "test CA" issued, valid from/to *valid* minutes from now,
+    with *usage* as its only extended key usage."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(name)).issuer_name(_name("test CA")).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now + datetime.timedelta(minutes=valid[0]))
+        .not_valid_after(now + datetime.timedelta(minutes=valid[1]))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True))
+    if usage is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    return _write(directory, name, builder.sign(ca_key, hashes.SHA256()), key)
+
+
+@pytest.mark.parametrize(("client", "reason"), [
+    ("none", "no client certificate was presented"),
+    ("another CA's", "client certificate did not verify: "),
+    ("expired", "client certificate did not verify: certificate has expired"),
+    ("not yet valid", "client certificate did not verify: certificate is not yet valid"),
+    ("for servers only", "client certificate did not verify: unsuitable certificate purpose"),
+])
+def test_a_client_refused_for_its_certificate_over_https_is_logged_with_the_reason(
+    pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture, client: str, reason: str,
+) -> None:
+    # Refused handshakes were logged at debug level only: an operator whose
+    # Collector's certificate expired saw nothing over OTLP/HTTP, where the gRPC
+    # port's log and a Collector's own name the reason.
+    import time
+
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca, _ = _write(tmp_path, "ca", _certificate("test CA", ca_key, "test CA", ca_key,
+                                                ca=True), ca_key)
+    cert: Path | None
+    key: Path | None
+    cert, key = {
+        "none": (None, None),
+        "another CA's": (pki.client_cert, pki.client_key),
+        "expired": _client_certificate(tmp_path, "old", ca_key, valid=(-120, -60)),
+        "not yet valid": _client_certificate(tmp_path, "new", ca_key, valid=(60, 120)),
+        "for servers only": _client_certificate(tmp_path, "srv", ca_key,
+                                                usage=ExtendedKeyUsageOID.SERVER_AUTH),
+    }[client]
+    ingest = _Ingest()
+    server = HttpServer("127.0.0.1:0", ingest, tls=ServerTLS(
+        str(pki.server_cert), str(pki.server_key), str(ca)))
+    server.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="spanproof.exporter.otlp_server"):
+            with pytest.raises((ssl.SSLError, ConnectionError)):
+                _https_post(server.port, _client_context(pki, cert, key))
+            deadline = time.monotonic() + 5
+            while "refused in the TLS handshake" not in caplog.text \
+                    and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        server.stop()
+    assert ingest.seen == []
+    (record,) = [r for r in caplog.records if "refused in the TLS handshake" in r.message]
+    assert record.levelno == logging.WARNING
+    assert record.message.startswith("receiver: OTLP/HTTP client 127.0.0.1:")
+    assert record.message.split(": ", 2)[2].startswith(reason)
+
+
+def test_plaintext_or_a_dropped_connection_to_the_https_port_is_not_logged_as_refused(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Only a certificate's refusal is an operator's business: a port scan, or a
+    # probe that opens the port and closes it, stays at debug level.
+    import socket
+    import time
+
+    server = HttpServer("127.0.0.1:0", _Ingest(), tls=ServerTLS(
+        str(pki.server_cert), str(pki.server_key), str(pki.ca)))
+    server.start()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="spanproof.exporter.otlp_server"):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as plain:
+                plain.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                plain.recv(1)
+            socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
+            deadline = time.monotonic() + 5
+            while caplog.text.count("ended:") < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        server.stop()
+    assert caplog.text.count("ended:") == 2
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
