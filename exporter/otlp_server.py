@@ -1288,6 +1288,10 @@ GRPC_KEEPALIVE_SECONDS = 30.0
 #: time every ping by it, the flow-control pings a connection sends while a request
 #: arrives included, and a client uploading slowly answers those behind its data.
 GRPC_PING_TIMEOUT_SECONDS = 60.0
+#: A connection's handshake (TLS, then HTTP/2's opening) must end within this long of
+#: the connection, as an OTLP/HTTP connection's handshake and first head must
+#: (`HTTP_HEAD_SECONDS`); gRPC's own bound, unset, was twice that.
+GRPC_HANDSHAKE_SECONDS = 60.0
 _TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 _EXPORT_METHOD = f"/{_TRACE_SERVICE}/Export"
 _HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
@@ -1490,6 +1494,7 @@ class GrpcServer:
                 ("grpc.keepalive_timeout_ms", int(GRPC_PING_TIMEOUT_SECONDS * 1000)),
                 # Newer gRPC cores time a keepalive ping by this one.
                 ("grpc.http2.ping_timeout_ms", int(GRPC_PING_TIMEOUT_SECONDS * 1000)),
+                ("grpc.server_handshake_timeout_ms", int(GRPC_HANDSHAKE_SECONDS * 1000)),
             ],
         )
         self._handlers = _Handlers(ingest, self._pool, calls_at_once, health, admission)

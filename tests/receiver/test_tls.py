@@ -750,3 +750,33 @@ def test_plaintext_or_a_dropped_connection_to_the_https_port_is_not_logged_as_re
         server.stop()
     assert caplog.text.count("ended:") == 2
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.parametrize("sent", [b"", b"\x16\x03\x01\x02\x00\x01"],
+                         ids=["nothing", "a ClientHello's first bytes"])
+def test_a_grpc_tls_handshake_that_never_ends_is_closed_at_the_handshake_bound(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch, sent: bytes
+) -> None:
+    # gRPC's own bound, unset, held such a connection (and its descriptor) for
+    # 120 s, twice what an OTLP/HTTP connection's handshake has.
+    import socket
+    import time
+
+    import spanproof.exporter.otlp_server as otlp_server
+
+    monkeypatch.setattr(otlp_server, "GRPC_HANDSHAKE_SECONDS", 1.0)
+    server = GrpcServer("127.0.0.1:0", _Ingest(), tls=ServerTLS(
+        str(pki.server_cert), str(pki.server_key), str(pki.ca)))
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+            began = time.monotonic()
+            client.sendall(sent)
+            try:
+                assert client.recv(1) == b""
+            except ConnectionResetError:
+                pass
+            held = time.monotonic() - began
+    finally:
+        server.stop(0)
+    assert 0.5 < held < 5.0
