@@ -780,3 +780,34 @@ def test_a_grpc_tls_handshake_that_never_ends_is_closed_at_the_handshake_bound(
     finally:
         server.stop(0)
     assert 0.5 < held < 5.0
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+@pytest.mark.parametrize("version", ["TLSv1", "TLSv1_1"])
+def test_tls_before_1_2_is_refused_on_both_ports(
+    pki: Pki, served: tuple[int, int, _Ingest], version: str
+) -> None:
+    # README: TLS 1.2 or later only.  The OTLP/HTTP port sets it; the gRPC port
+    # has it from gRPC, which a newer gRPC could change unseen.
+    import socket
+
+    def handshake(port: int, offered: ssl.TLSVersion) -> str:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(str(pki.ca))
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client offer it at all
+        context.minimum_version = context.maximum_version = offered
+        context.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            try:
+                with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                    return str(tls.version())
+            except (ssl.SSLError, ConnectionError) as e:
+                if "NO_PROTOCOLS_AVAILABLE" in str(e) or "UNSUPPORTED_PROTOCOL" in str(e):
+                    pytest.skip(f"this OpenSSL does not offer {version}")
+                return "refused"
+
+    grpc_port, http_port, ingest = served
+    for port in (grpc_port, http_port):
+        assert handshake(port, ssl.TLSVersion.TLSv1_2) == "TLSv1.2"
+        assert handshake(port, getattr(ssl.TLSVersion, version)) == "refused"
+    assert ingest.seen == []
