@@ -366,15 +366,23 @@ def receiver(
         return 1
 
     stop = threading.Event()
+    hangups = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    def on_hangup(signum: int, frame: FrameType | None) -> None:
+        hangups.set()  # acted on by the main loop, not in the handler
+
     previous: dict[int, Any] = {
         sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
     }
+    # SIGHUP, a daemon's "read your files again": the TLS files, at the next
+    # connection.  Its default action killed the receiver at once, nothing sealed.
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
     with collecting_rarely():
-        return _serve_receiver(service, stop, previous, grpc, http, max_message_bytes, tls)
+        return _serve_receiver(service, stop, previous, grpc, http, max_message_bytes, tls,
+                               hangups)
 
 
 _SETTING_FLAGS = {"output_dir": "--out", "key_file": "--key", "witness_url": "--witness-url",
@@ -443,9 +451,11 @@ def _serve_receiver(
     http: str | None,
     max_message_bytes: int | None,
     tls: ServerTLS | None = None,
+    hangups: threading.Event | None = None,
 ) -> int:
-    """Serve until *stop* is set, then seal everything; the exit status."""
-    from .otlp_server import DEFAULT_MAX_MESSAGE_BYTES
+    """Serve until *stop* is set, then seal everything; the exit status.  Each time
+    *hangups* is set (SIGHUP), the TLS files are looked at on the next connection."""
+    from .otlp_server import DEFAULT_MAX_MESSAGE_BYTES, read_tls_files_again
 
     servers: list[GrpcServer | HttpServer] = []
     try:
@@ -480,7 +490,13 @@ def _serve_receiver(
         # A signal delivered to one of the servers' threads runs its handler only
         # when this (the main) thread runs Python code: wake up now and then.
         while not stop.wait(_SIGNAL_POLL_SECONDS):
-            pass
+            if hangups is not None and hangups.is_set():
+                hangups.clear()
+                if tls is None:
+                    print("SIGHUP: no TLS files to read again", flush=True)
+                else:
+                    read_tls_files_again()
+                    print("SIGHUP: TLS files looked at on the next connection", flush=True)
     finally:
         for server in servers:
             server.stop()

@@ -65,6 +65,7 @@ __all__ = [
     "Unavailable",
     "parse_otlp_json",
     "parse_otlp_protobuf",
+    "read_tls_files_again",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -237,6 +238,19 @@ def _no_passphrase() -> bytes:
     raise _EncryptedKey
 
 
+# Bumped by read_tls_files_again(): every _TLSFiles looks at its files at the next
+# connection, whatever its interval.
+_tls_generation = 0
+
+
+def read_tls_files_again() -> None:
+    """Have every server's TLS files looked at on its next connection, whatever
+    their *reload_interval* (``spanproof receiver`` on SIGHUP); files that changed are
+    then read again, as at the end of an interval."""
+    global _tls_generation
+    _tls_generation += 1
+
+
 class _TLSFiles:
     """What a server builds from a :class:`ServerTLS`'s files (an SSL context, gRPC's
     certificate configuration), built again when the files' status changes: their
@@ -254,6 +268,7 @@ class _TLSFiles:
         self._seen = self._status()
         self.value = build()
         self._next_look = time.monotonic() + tls.reload_interval
+        self._generation = _tls_generation
 
     def _status(self) -> tuple[Any, ...]:
         status: list[Any] = []
@@ -273,12 +288,13 @@ class _TLSFiles:
     def changed(self) -> Any:
         """The new value when the files changed and can be used, else None."""
         now = time.monotonic()
-        if now < self._next_look:
+        if now < self._next_look and self._generation == _tls_generation:
             return None
         with self._lock:
-            if now < self._next_look:
+            if now < self._next_look and self._generation == _tls_generation:
                 return None
             self._next_look = now + self._tls.reload_interval
+            self._generation = _tls_generation
             status = self._status()
             if status == self._seen:
                 return None

@@ -811,3 +811,38 @@ def test_tls_before_1_2_is_refused_on_both_ports(
         assert handshake(port, ssl.TLSVersion.TLSv1_2) == "TLSv1.2"
         assert handshake(port, getattr(ssl.TLSVersion, version)) == "refused"
     assert ingest.seen == []
+
+
+@pytest.mark.parametrize("with_tls", [True, False], ids=["tls", "no-tls"])
+def test_sighup_reads_the_tls_files_again_and_does_not_stop_the_receiver(
+    tmp_path: Path, with_tls: bool
+) -> None:
+    # SIGHUP's default action killed the receiver at once, nothing sealed; a daemon
+    # is expected to read its files again on it.  Here the renewed files are served at
+    # the next connection, well inside the minute the receiver waits between looks.
+    import signal
+
+    from receiver_support import ReceiverProcess, write_key
+
+    first_ca, cert, key = _issue_server_certificate(tmp_path / "first", "first CA")
+    second_ca, _, _ = _issue_server_certificate(tmp_path / "second", "second CA")
+    key_file, _ = write_key(str(tmp_path))
+    flags = ["--tls-cert", str(cert), "--tls-key", str(key)] if with_tls else []
+    receiver = ReceiverProcess(str(tmp_path / "out"), key_file, *flags)
+    try:
+        grpc_port, http_port = (int(a.rsplit(":", 1)[1]) for a in (receiver.grpc, receiver.http))
+        if with_tls:
+            assert _served_by(grpc_port, http_port, first_ca) == (True, True)
+            _replace(tmp_path / "second" / "server.key", key)
+            _replace(tmp_path / "second" / "server.pem", cert)
+            assert _served_by(grpc_port, http_port, first_ca) == (True, True)  # the minute
+        receiver.proc.send_signal(signal.SIGHUP)
+        said = receiver._address("SIGHUP:")
+        assert said == ("TLS" if with_tls else "no")
+        assert receiver.proc.poll() is None
+        if with_tls:
+            assert _served_by(grpc_port, http_port, second_ca) == (True, True)
+    finally:
+        code = receiver.stop(signal.SIGTERM)
+    assert code == 0, receiver.log()
+    assert "receiver stopped: everything sealed\n" in receiver.lines
