@@ -988,6 +988,14 @@ class SpanproofSpanExporter(SpanExporter):
                     return False  # every job failed: retry on a later pass
                 if deadline is not None and time.monotonic() > deadline:
                     return False
+                if self._unwritten:
+                    # Under a steady load this loop does not end: the bundles kept
+                    # while the sink failed are retried here too, once a write
+                    # worked or at their time, or they wait for good (and their
+                    # traces' later segments pile up behind them, then are discarded).
+                    self._reap(block=False)
+                    if self._sink_condition is None or self._clock() >= self._retry_at:
+                        self._retry_unwritten()
             if report_work:  # the sealer: take what is written, wait for nothing
                 return self._reap(block=False) or worked
             self._reap(block=True, deadline=deadline)

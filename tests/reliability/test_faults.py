@@ -718,3 +718,34 @@ def test_receiver_answers_partial_success_for_a_value_over_the_limit(tmp_path: P
     result = spanproof_cli("verify", "--key", str(keys), "--json", str(bundle))
     (report,) = json.loads(result.stdout)["bundles"]
     assert report["records"] == 1 and str(report["completeness"]["rejectedSpans"]) == "1"
+
+
+def test_bundles_kept_for_a_failing_sink_are_retried_under_a_steady_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sealer's pass goes on for as long as traces keep coming due; the bundles
+    # kept while the sink failed were retried only when a pass began, so under a
+    # steady load they stayed in memory for good once the sink worked again.
+    out, disk, exporter = _discarding_exporter(tmp_path, monkeypatch, 1024)
+    _fail_writes_and_discard(exporter, disk, 3, {})
+    assert len(exporter._unwritten) == 3
+    real_seal_jobs = exporter._seal_jobs
+    passes: list[int] = []
+
+    def seal_jobs_while_traces_keep_coming(deadline: float | None) -> None:
+        real_seal_jobs(deadline)
+        passes.append(len(exporter._unwritten))
+        if len(passes) == 2:
+            disk.failure = None
+        if len(passes) < 20:
+            _trace(exporter, f"steady-{len(passes)}")  # due at once: the pass goes on
+
+    exporter._seal_jobs = seal_jobs_while_traces_keep_coming  # type: ignore[method-assign]
+    _trace(exporter, "steady-0")
+    deadline = time.monotonic() + 10
+    while len(passes) < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(passes) >= 20
+    assert passes[19] == 0, passes  # retried within the pass, not after it
+    exporter.shutdown()
+    assert len(bundles(out)) == 3 + 20
