@@ -851,7 +851,8 @@ class SpanproofSpanExporter(SpanExporter):
         # Counted now, after the bounded wait, not after the witness's delivery.
         # Traces still held: a segment an exception took out of a pass, never sealed.
         incomplete = (not done or self._unwritten or self._inflight
-                      or self._assembler.pending_traces)
+                      or self._assembler.pending_traces or self._discarded
+                      or self._discarded_untracked)
         # (A snapshot: a sealer thread the join above gave up on may still discard.)
         discarded = list(self._discarded.values())
         counts = (len(self._unwritten), len(self._inflight), self._assembler.pending_traces,
@@ -959,6 +960,10 @@ class SpanproofSpanExporter(SpanExporter):
         try:
             worked = self._reap(block=False)
             worked = self._retry_unwritten() or worked
+            if self._sink_condition is None and (self._discarded or self._discarded_untracked):
+                # Discarded while writing worked (later segments piling up behind
+                # kept ones): no recovery of the sink is left to declare them.
+                self._declare_discarded()
             if self._sealed_unwritten:  # a pass an exception cut short sealed these
                 self._start_writes()  # (behind their traces' earlier segments)
                 worked = True

@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -749,3 +750,24 @@ def test_bundles_kept_for_a_failing_sink_are_retried_under_a_steady_load(
     assert passes[19] == 0, passes  # retried within the pass, not after it
     exporter.shutdown()
     assert len(bundles(out)) == 3 + 20
+
+
+def test_bundle_discarded_while_the_sink_works_is_declared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bundle is also discarded with the sink working, when later segments waiting
+    # behind kept ones push the queue past its bound; its count was declared only
+    # when the sink recovered from a failure, so it stayed in memory, undeclared.
+    out, disk, exporter = _discarding_exporter(tmp_path, monkeypatch, 1024)
+    _fail_writes_and_discard(exporter, disk, 1, {})
+    disk.failure = None
+    assert exporter.force_flush() is True and exporter._sink_condition is None
+    [written] = _statements(out, tmp_path / "keys")
+    # Discarded now, as _discard counts a bundle.
+    exporter._count_discarded(SimpleNamespace(statement=written), written.record_count)
+    assert exporter.force_flush() is True
+    assert not exporter._discarded
+    exporter.shutdown()
+    [declaration] = [s for s in _statements(out, tmp_path / "keys") if s.segment_index == 1]
+    assert declaration.trace_id == written.trace_id
+    assert declaration.completeness.dropped_spans == written.record_count
