@@ -32,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import re
 import time
@@ -79,11 +80,15 @@ class Leftovers:
 
 
 def finish_interrupted_writes(
-    directory: str, *, older_than: float = LEFTOVER_AGE_S, now: float | None = None
+    directory: str, *, older_than: float = LEFTOVER_AGE_S, now: float | None = None,
+    instance: str | None = None,
 ) -> Leftovers:
     """Name the disclosures of published bundles that were left under a temporary
     name in *directory*, and remove the temporary files of unpublished bundles and
     unnamed receipts older than *older_than* seconds (see the module's docstring).
+    Those of bundles named for producer *instance* are removed whatever their age:
+    the caller knows that no write of that instance is under way (its seal workers
+    are gone, and it seals the pass they held again itself).
 
     Raises:
         OSError: *directory* cannot be listed.
@@ -109,8 +114,11 @@ def finish_interrupted_writes(
                 temporaries.append((entry.path, None))
     for path, bundle_name in sorted(temporaries):
         bundle_path = None if bundle_name is None else os.path.join(directory, bundle_name)
+        ours = (instance is not None and bundle_name is not None
+                and bundle_name[:-len(BUNDLE_SUFFIX)].rpartition("-")[2] == instance)
         try:
-            _finish(path, bundle_path, published, now - older_than, done)
+            _finish(path, bundle_path, published, math.inf if ours else now - older_than,
+                    done)
         except OSError as e:
             _logger.warning("spanproof: cannot tidy %s left by an interrupted write (%s)",
                             path, e)

@@ -342,20 +342,21 @@ def written_segment(
     return found[0].source, _after(found[0])
 
 
-def finish_writes_in(sink: BundleSink) -> None:
+def finish_writes_in(sink: BundleSink, instance: str | None = None) -> None:
     """Finish the writes a process that died left half done in the sink's directory
     (a :class:`DirectorySink`'s; see :func:`finish_interrupted_writes`): a seal
-    worker killed between linking a bundle and naming its disclosures.  Never
-    raises (a failure is logged)."""
+    worker killed between linking a bundle and naming its disclosures.  The
+    temporary files of producer *instance*'s bundles are removed whatever their
+    age (its workers are gone).  Never raises (a failure is logged)."""
     directory = _directory_of(sink)
     if directory is not None:
-        _finish_writes(directory)
+        _finish_writes(directory, instance)
 
 
-def _finish_writes(directory: str) -> None:
+def _finish_writes(directory: str, instance: str | None = None) -> None:
     """:func:`finish_interrupted_writes` in *directory*, which never stops a start."""
     try:
-        finish_interrupted_writes(directory)
+        finish_interrupted_writes(directory, instance=instance)
     except FileNotFoundError:
         pass  # nothing was ever written here
     except OSError as e:

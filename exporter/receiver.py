@@ -944,8 +944,10 @@ class Receiver:
                 # died: those are taken as written, not sealed a second time (with
                 # committed values, whose salts are fresh, that would fork the chain).
                 # One it killed between linking a bundle and naming its disclosures
-                # left them under a temporary name: named first.
-                finish_writes_in(self._sink)
+                # left them under a temporary name: named first.  The temporary
+                # files of the bundles they were writing are removed: left until
+                # the next start (an hour old), every worker killed added a pass's.
+                finish_writes_in(self._sink, self._producer.instance)
                 results = [self._found_or_sealed_here(job, sealed_at) for job in jobs]
         if results is None:
             results = [self._seal_here(job, sealed_at) for job in jobs]

@@ -791,3 +791,30 @@ def test_a_worker_orphaned_by_a_killed_receiver_does_not_write_a_second_bundle(t
     reports = verified(out, trust_root(str(tmp_path)))
     assert [(r.statement.trace_id, span_ids(r)) for r in reports] == [
         (TRACE_A, [span_id(1)])], names
+
+
+def test_temporary_files_of_a_dead_workers_pass_are_removed_at_once(tmp_path, monkeypatch):
+    # A worker killed mid-write leaves the temporary files of the bundles it was
+    # writing.  They were removed only by the next start, an hour old: a receiver
+    # whose workers were killed again and again (stopped, stuck) gathered a pass's
+    # worth each time.  Those of another producer instance may be a live write.
+    def staged_then_died(self, jobs, sealed_at, meanwhile=None):
+        for job in jobs:
+            name = f"{job.trace_id}-{job.position.segment_index:04d}-{instance}.spanproof.json"
+            (out / f".{name}.0123abcd.tmp").write_bytes(b"{")
+        raise SealWorkerError("seal worker 1 exited (exit code -9)")
+
+    clock = FakeClock()
+    out = tmp_path / "out"
+    receiver = make_receiver(out, clock, sealing_processes=1)
+    receiver.start()
+    instance = receiver.producer.instance
+    other = f".{TRACE_A}-0000-{'0' * 16}.spanproof.json.89abcdef.tmp"
+    (out / other).write_bytes(b"{")
+    monkeypatch.setattr(SealWorkers, "seal", staged_then_died)
+    receiver(request(otlp_span(TRACE_A, 1), otlp_span(TRACE_B, 2)).resource_spans)
+    clock.advance(2.5)
+    assert receiver.flush()
+    assert len(bundle_paths(str(out))) == 2
+    assert sorted(p.name for p in out.glob(".*.tmp")) == [other]
+    assert receiver.shutdown()
