@@ -326,10 +326,14 @@ class _Numbering:
 
     Equal values share a number (an SDK that makes a new scope object per
     ``get_tracer`` call sends its definition once); a bounded cache by identity
-    spares computing the value for every span.
+    spares computing the value for every span.  Past ``_VALUE_LIMIT`` values (an
+    app making a resource or scope per request), numbering starts again at the next
+    frame (:meth:`bound`): the child takes a number's latest definition, sent in the
+    frame that first uses it again, so neither process holds every value ever seen.
     """
 
     _ID_CACHE_LIMIT = 256
+    _VALUE_LIMIT = 4096
 
     def __init__(self, fields: Callable[[Any], Any]) -> None:
         self._fields = fields
@@ -353,6 +357,14 @@ class _Numbering:
             self._by_id.clear()
         self._by_id[id(obj)] = (obj, number)  # holds obj, so its id() is not reused
         return number
+
+    def bound(self) -> None:
+        """Start numbering again when more than ``_VALUE_LIMIT`` values are
+        numbered.  Call only between frames: the child defines a frame's new
+        numbers before it reads the frame's spans."""
+        if len(self._by_value) >= self._VALUE_LIMIT:
+            self._by_value.clear()
+            self._by_id.clear()
 
     def forget(self, new: list[tuple[int, Any]]) -> None:
         """Forget the numbers in *new* (a batch that was not sent; always the
@@ -743,6 +755,8 @@ class SealingProcess:
         # object again only when it differs from the previous span's.
         resource: Any = _NONE
         scope: Any = _NONE
+        self._resources.bound()
+        self._scopes.bound()
         try:
             for span in spans:
                 if span.resource is not resource:

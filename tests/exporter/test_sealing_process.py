@@ -1565,3 +1565,34 @@ def test_resources_and_scopes_equal_only_in_python_keep_their_own_typed_values(
              "-0.0": {"doubleValue": "-0"}}
     assert found == {trace_id: (typed[shown], typed[shown])
                      for trace_id, shown in expected.items()}
+
+
+def test_resources_and_scopes_numbered_stay_bounded_when_each_request_has_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every distinct resource or scope was numbered for good, here and in the
+    # child: an app making a scope per request (get_tracer(f"agent-{id}")) grew
+    # both processes with every request.  Numbering now starts again past a
+    # bound, and each span still reaches the child with its own.
+    monkeypatch.setattr(_sealing_process._Numbering, "_VALUE_LIMIT", 4, raising=False)
+    exporter = _exporter(tmp_path / "out", seal_grace=0.0)
+    process = _only_process(exporter)
+    assert process is not None
+    rec = Recorder()
+    expected = {}
+    for n in range(12):
+        tracer = rec.provider.get_tracer(f"agent-{n}", "1.0")
+        with tracer.start_as_current_span("root") as root:
+            with tracer.start_as_current_span("llm", attributes={
+                    "gen_ai.operation.name": "chat"}):
+                pass
+        expected[f"{root.get_span_context().trace_id:032x}"] = f"agent-{n}"
+        assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+        assert len(process._scopes._by_value) <= 4
+    exporter.shutdown()
+    found = {}
+    for report in verified(tmp_path / "out", trust_root(tmp_path)):
+        assert report.statement is not None and report.records is not None
+        (record,) = report.records
+        found[report.statement.trace_id] = record["scope"]["name"]
+    assert found == expected
