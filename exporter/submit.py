@@ -255,6 +255,11 @@ class WitnessSubmitter:
         self._not_before = 0.0
         self._closing = False
         self._closed = False
+        # The directory scan() last looked in, and whether a bundle was refused for
+        # room since: once the queue has drained to half, the worker looks there
+        # again, so what was refused is submitted without waiting for a restart.
+        self._scan_dir: str | None = None
+        self._refused = False
         os.makedirs(os.path.join(self._dir, _FAILED_DIR), exist_ok=True)
         self._seq = 0
         if resume:
@@ -342,7 +347,9 @@ class WitnessSubmitter:
         """Queue a sealed bundle for the witness; never blocks on I/O or the network.
 
         Returns False (and logs) when the queue is full or the submitter is closed;
-        the bundle file itself is untouched and can be submitted later.
+        the bundle file itself is untouched and can be submitted later.  Once the
+        queue has drained to half, the directory :meth:`scan` last looked in is
+        looked in again, so the bundles refused meanwhile are queued then.
         """
         path = os.path.abspath(os.fspath(bundle_path))
         with self._cond:
@@ -350,10 +357,16 @@ class WitnessSubmitter:
                 _logger.warning("witness submitter is closed; %s not queued", path)
                 return False
             if len(self._incoming) + len(self._pending) >= self._max_pending:
-                _logger.warning(
-                    "witness queue full (%d pending); %s not queued (submit it later with "
-                    "'spanproof witness submit')", self._max_pending, path,
-                )
+                if self._scan_dir is None:
+                    _logger.warning(
+                        "witness queue full (%d pending); %s not queued (submit it later "
+                        "with 'spanproof witness submit')", self._max_pending, path)
+                elif not self._refused:  # once while full, not once per bundle
+                    _logger.warning(
+                        "witness queue full (%d pending); %s and the bundles after it are "
+                        "queued once it has drained to half (looked for again in %s)",
+                        self._max_pending, path, self._scan_dir)
+                self._refused = True
                 return False
             self._incoming.append(path)
             self._cond.notify()
@@ -361,7 +374,10 @@ class WitnessSubmitter:
 
     def scan(self, directory: str | os.PathLike[str]) -> int:
         """Queue every bundle below *directory* that has no receipt yet (recovery
-        after a crash between sealing and queueing); return how many were queued."""
+        after a crash between sealing and queueing); return how many were queued.
+        Bundles refused for room are looked for here again once the queue drains."""
+        with self._cond:
+            self._scan_dir = os.fspath(directory)
         queued = 0
         for root, _dirs, files in os.walk(directory):
             for name in sorted(files):
@@ -411,9 +427,24 @@ class WitnessSubmitter:
                 )
             else:
                 self._failures = 0
-        if not self._pending:
+        self._queue_refused()
+        if not self._pending and not self._incoming:
             return None
         return max(0.0, self._not_before - self._clock())
+
+    def _queue_refused(self) -> None:
+        """Once the queue has drained to half after refusing bundles for room, look
+        for them again where :meth:`scan` last looked (worker thread only)."""
+        with self._cond:
+            if (not self._refused or self._scan_dir is None or self._closing
+                    or len(self._incoming) + len(self._pending) > self._max_pending // 2):
+                return
+            self._refused = False
+            directory = self._scan_dir
+        queued = self.scan(directory)
+        if queued:
+            _logger.info("witness queue: %d bundle(s) refused while it was full queued now",
+                         queued)
 
     def _stopping(self) -> bool:
         # close() was called on a submitter with a worker thread: start nothing new.

@@ -1035,6 +1035,30 @@ def test_queue_is_bounded(tmp_path: Path) -> None:
     sub.close()
 
 
+def test_bundles_refused_while_the_queue_was_full_are_submitted_once_it_drains(
+    tmp_path: Path, witness: Witness, producer_key: SigningKey,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A witness outage longer than the queue: the bundles sealed meanwhile were
+    # refused and waited for the next start's scan, however long the process ran.
+    bundles = _bundles(tmp_path / "b", 5)
+    clock, fake = Clock(), FakeWitness(witness)
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", max_pending=2,
+                           producer_key=producer_key.private_key.public_key(),
+                           post=fake, clock=clock, rng=lambda: 0.0, start=False)
+    with caplog.at_level("WARNING", logger="spanproof.exporter.submit"):
+        assert sub.scan(tmp_path / "b") == 2
+    assert caplog.text.count("witness queue full") == 1  # once, not once per bundle
+    assert sub.process_due() is not None  # down: nothing delivered
+    fake.down = False
+    for _ in range(10):  # bounded: each round delivers, then queues what was refused
+        clock.t += 3600
+        if sub.process_due() is None:
+            break
+    sub.close()
+    assert all(Path(receipt_path(b)).exists() for b in bundles)
+
+
 def test_background_thread_delivers_once_the_witness_comes_up(
     tmp_path: Path,
     witness: Witness,
