@@ -206,6 +206,26 @@ def test_browser_check_catches_a_bad_proof(
     assert ("browser-inclusion", "FAIL") in page.verdicts
 
 
+def test_browser_check_fails_a_receipt_whose_tree_size_is_not_the_checkpoints(
+    chromium: str, site: tuple[str, Witness, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Entry 0's proof in the signed tree of size 3 ([leaf 1, leaf 2]) walks the same
+    # path in a tree of size 4, so it reaches the signed root for a receipt that claims
+    # size 4; the page took the size from the receipt, not from the checkpoint.
+    url, witness, _ = site
+    real = witness.lookup
+
+    def lying_lookup(**kwargs: Any) -> Any:
+        return [(entry, conflict, dataclasses.replace(receipt, tree_size=4))
+                for entry, conflict, receipt in real(**kwargs)]
+
+    monkeypatch.setattr(witness, "lookup", lying_lookup)
+    page = _load(chromium, tmp_path, f"{url}/?trace={CONFLICTED}")
+    assert [e["entry-index"] for e in page.entries] == ["0", "1"]
+    assert [v for name, v in page.verdicts if name == "browser-inclusion"] == ["FAIL", "FAIL"]
+    assert "receipt tree size 4 does not match the checkpoint's tree size 3" in page.text
+
+
 def test_screenshot(chromium: str, site: tuple[str, Witness, str], tmp_path: Path) -> None:
     url, _witness, _ = site
     shot = tmp_path / "page.png"
