@@ -21,9 +21,12 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from spanproof.verifier._batch import MAX_BATCH
 from spanproof.verifier.canonical import parse_strict
@@ -86,6 +89,31 @@ def _error(status: int, message: str, extra: dict[str, Any] | None = None,
            headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message, **(extra or {})}, status_code=status,
                         headers={**(headers or {}), **_NO_STORE})
+
+
+class _NoSniff:
+    """Adds ``X-Content-Type-Options: nosniff`` to every answer of the app.
+
+    Error answers echo what a submitter sent (a report's messages name records of
+    the bundle); only the page said nosniff, so a browser was free to sniff the
+    API's answers for a type other than the one declared.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_nosniff(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", ()), (b"x-content-type-options", b"nosniff")]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_nosniff)
 
 
 def _text_param(request: Request, name: str) -> str | None:
@@ -261,7 +289,6 @@ def create_app(
             media_type="text/html; charset=utf-8",
             headers={
                 "Content-Security-Policy": csp,
-                "X-Content-Type-Options": "nosniff",
                 "Referrer-Policy": "no-referrer",
             },
         )
@@ -394,6 +421,11 @@ def create_app(
         assert isinstance(exc, _HTTPError)
         return _error(exc.status, str(exc), exc.extra, exc.headers)
 
+    async def on_framework_error(request: Request, exc: Exception) -> Response:
+        # An unknown path (404) or method (405, with Allow): a JSON error too.
+        assert isinstance(exc, HTTPException)
+        return _error(exc.status_code, exc.detail, headers=dict(exc.headers or {}))
+
     async def on_bad_input(request: Request, exc: Exception) -> Response:
         return _error(400, str(exc))
 
@@ -419,7 +451,9 @@ def create_app(
     ]
     return Starlette(
         routes=routes,
+        middleware=[Middleware(_NoSniff)],
         exception_handlers={
+            HTTPException: on_framework_error,
             _HTTPError: on_http_error,
             InvalidBundle: on_bad_input,
             InvalidKey: on_bad_input,
