@@ -1,9 +1,10 @@
 """Headers and bodies of the witness's HTTP answers, read as a browser would: every
-answer says nosniff, and every error, the framework's own 404 and 405 included, is a
-JSON error that no cache keeps."""
+answer says nosniff, every error, the framework's own 404 and 405 included, is a
+JSON error that no cache keeps, and none quotes a huge value whole."""
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from witness_helpers import ORIGIN, FakeClock, make_bundle, trace_id
 
 from spanproof.verifier.keys import TrustRoot
+from spanproof.verifier.verify import MAX_MESSAGE_CHARS
 from spanproof.witness.service import Witness
 from spanproof.witness.signing import CheckpointSigner
 from spanproof.witness.store import Store
@@ -99,3 +101,27 @@ def test_head_answers_as_get_without_a_body(url: str) -> None:
     assert status == 200 and data == b""
     assert headers["Cache-Control"] == "no-store"
     assert headers.get_all("X-Content-Type-Options") == ["nosniff"]
+
+
+def _envelope_quoting(size: int) -> bytes:
+    """A DSSE envelope whose payloadType is *size* characters of markup."""
+    data = make_bundle(trace_id(3)).data
+    header = data.split(b"\n", 1)[0]
+    envelope = json.loads(header[: header.index(b',"records":[')] + b"}")["envelope"]
+    return json.dumps({**envelope, "payloadType": "<b>" * (size // 3)}).encode()
+
+
+def test_an_error_answer_does_not_echo_a_huge_value_whole(url: str) -> None:
+    # A bare envelope is parsed whole, and its error quoted the unknown payloadType:
+    # 3 MB sent, 3 MB answered; a bundle's report cut the same message.
+    body = _envelope_quoting(3_000_000)
+    status, _, data = _ask(url, "POST", "/v1/submit", body)
+    assert status == 400 and len(data) < 2 * MAX_MESSAGE_CHARS
+    error = json.loads(data)["error"]
+    assert error.startswith("envelope: unknown payloadType") and "characters left out" in error
+    assert len(error) <= MAX_MESSAGE_CHARS
+    batch = json.dumps({"submissions": [base64.b64encode(body).decode()]}).encode()
+    status, _, data = _ask(url, "POST", "/v1/submit-batch", batch)
+    assert status == 200 and len(data) < 2 * MAX_MESSAGE_CHARS
+    (result,) = json.loads(data)["results"]
+    assert result["status"] == 400 and len(result["error"]) <= MAX_MESSAGE_CHARS
