@@ -226,6 +226,27 @@ def test_browser_check_fails_a_receipt_whose_tree_size_is_not_the_checkpoints(
     assert "receipt tree size 4 does not match the checkpoint's tree size 3" in page.text
 
 
+def test_browser_check_fails_a_receipt_of_another_entry(
+    chromium: str, site: tuple[str, Witness, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Entries 0 and 1 with each other's receipts: each receipt proves its own leaf,
+    # and the page said PASS under entries whose leaves it had not proven.
+    url, witness, _ = site
+    real = witness.lookup
+
+    def swapping_lookup(**kwargs: Any) -> Any:
+        found = real(**kwargs)
+        receipts = [receipt for _, _, receipt in found][::-1]
+        return [(entry, conflict, receipt)
+                for (entry, conflict, _), receipt in zip(found, receipts, strict=True)]
+
+    monkeypatch.setattr(witness, "lookup", swapping_lookup)
+    page = _load(chromium, tmp_path, f"{url}/?trace={CONFLICTED}")
+    assert [e["entry-index"] for e in page.entries] == ["0", "1"]
+    assert [v for name, v in page.verdicts if name == "browser-inclusion"] == ["FAIL", "FAIL"]
+    assert "receipt is for index 1, not this entry's index 0" in page.text
+
+
 def test_screenshot(chromium: str, site: tuple[str, Witness, str], tmp_path: Path) -> None:
     url, _witness, _ = site
     shot = tmp_path / "page.png"
