@@ -125,3 +125,33 @@ def test_an_error_answer_does_not_echo_a_huge_value_whole(url: str) -> None:
     assert status == 200 and len(data) < 2 * MAX_MESSAGE_CHARS
     (result,) = json.loads(data)["results"]
     assert result["status"] == 400 and len(result["error"]) <= MAX_MESSAGE_CHARS
+
+
+def test_no_answer_is_readable_by_a_page_of_another_origin(url: str) -> None:
+    # Same-origin only (SPEC §12.9): no answer grants another origin, and the
+    # preflight of a cross-origin submission with Spanproof-Public-Key is refused.
+    parts = urlsplit(url)
+    for method, target in (("GET", "/v1/lookup?index=0"), ("GET", "/v1/checkpoint"),
+                           ("GET", "/v1/info"), ("OPTIONS", "/v1/submit")):
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+        try:
+            conn.request(method, target, headers={
+                "Origin": "http://localhost:1",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "spanproof-public-key",
+            })
+            answer = conn.getresponse()
+            answer.read()
+        finally:
+            conn.close()
+        assert not [h for h in answer.headers if h.lower().startswith("access-control-")]
+        assert answer.status == (405 if method == "OPTIONS" else 200)
+
+
+@pytest.mark.parametrize("target", ["/v1/checkpoint?size=1", "/v1/proof/inclusion?index=0&size=1",
+                                    "/v1/proof/consistency?from=1&to=2", "/v1/info"])
+def test_no_answer_is_kept_by_a_cache(url: str, target: str) -> None:
+    # Answers of a given size never change in an honest log, and are no-store all
+    # the same: a monitor is shown what the log says now, not what a cache kept.
+    status, headers, _ = _ask(url, "GET", target)
+    assert status == 200 and headers["Cache-Control"] == "no-store"
