@@ -69,8 +69,8 @@ from .verify import (
     Status,
     TraceLink,
     Verdict,
-    _cut_message,
     check_bundle,
+    cut_message,
     find_bundles,
     link_segments,
 )
@@ -751,14 +751,14 @@ def _read_unverified(path: str) -> _Unverified:
             try:
                 statement = Statement.from_payload(envelope.payload)
             except SpanproofError as e:
-                return _Unverified(None, records, _cut_message(str(e)))
+                return _Unverified(None, records, cut_message(str(e)))
             for record in reader.parsed_records():
                 records.append(record)
     except OSError as e:
         return _Unverified(statement, records, f"cannot read: {e.strerror or e}")
     except SpanproofError as e:
         # Cut as a failed check's message is: it may quote a line of 64 MiB.
-        return _Unverified(statement, records, _cut_message(str(e)))
+        return _Unverified(statement, records, cut_message(str(e)))
     return _Unverified(statement, records, None)
 
 

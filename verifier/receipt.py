@@ -51,7 +51,7 @@ from .errors import (
 from .merkle import HASH_SIZE, leaf_hash, verify_inclusion
 from .records import is_digest, is_trace_id, is_uint
 from .statement import Statement
-from .verify import BundleReport, Check, Status, Verdict, _cut_message
+from .verify import BundleReport, Check, Status, Verdict, cut_message
 
 __all__ = [
     "LEAF_MEDIA_TYPE",
@@ -639,7 +639,7 @@ def _kept_conflict(target: str, new: Receipt, reason: str) -> LogInconsistent:
 
 def _check(status: Status, message: str) -> Check:
     # A receipt is anyone's, and a message may quote it: cut as the other checks' are.
-    return Check(RECEIPT_CHECK, RECEIPT_CHECK_STEP, status, _cut_message(message))
+    return Check(RECEIPT_CHECK, RECEIPT_CHECK_STEP, status, cut_message(message))
 
 
 def check_receipt(

@@ -45,6 +45,7 @@ __all__ = [
     "Verdict",
     "VerifiedBundle",
     "check_bundle",
+    "cut_message",
     "find_bundles",
     "link_segments",
     "verify_bundle",
@@ -172,7 +173,7 @@ MAX_MESSAGE_CHARS = 1000
 _MESSAGE_HEAD = 600
 
 
-def _cut_message(text: str) -> str:
+def cut_message(text: str) -> str:
     """*text*, or when it is longer than `MAX_MESSAGE_CHARS`, its start and its end
     with how many characters were left out between them (as many characters at most)."""
     if len(text) <= MAX_MESSAGE_CHARS:
@@ -196,7 +197,7 @@ class _Run:
 
     def failed(self, name: str, error: SpanproofError) -> None:
         text = str(error)
-        message = _cut_message(text)
+        message = cut_message(text)
         if message is not text:  # the error raised by verify_bundle says the same
             error.args = (message,)
         self.done[name] = Check(name, CHECKS.index(name) + 1, Status.FAIL, message)

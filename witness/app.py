@@ -33,7 +33,7 @@ from spanproof.verifier.canonical import parse_strict
 from spanproof.verifier.errors import InvalidBundle, InvalidKey, SpanproofError, TransportError
 from spanproof.verifier.receipt import RECEIPT_MEDIA_TYPE
 from spanproof.verifier.records import is_digest, is_trace_id
-from spanproof.verifier.verify import _cut_message
+from spanproof.verifier.verify import cut_message
 
 from .service import LOOKUP_PAGE_ENTRIES, SubmissionRejected, SubmitResult, Witness
 
@@ -90,7 +90,7 @@ def _error(status: int, message: str, extra: dict[str, Any] | None = None,
            headers: dict[str, str] | None = None) -> JSONResponse:
     # A message quotes what it found (an envelope's payloadType, its unknown member
     # names): cut as a report's are, not echoed whole, up to the body's size.
-    return JSONResponse({"error": _cut_message(message), **(extra or {})}, status_code=status,
+    return JSONResponse({"error": cut_message(message), **(extra or {})}, status_code=status,
                         headers={**(headers or {}), **_NO_STORE})
 
 
@@ -223,9 +223,9 @@ def _batch_result(result: SubmitResult | SpanproofError) -> dict[str, Any]:
             "receipt": result.receipt.to_json(),
         }
     if isinstance(result, SubmissionRejected):
-        return {"status": 422, "error": _cut_message(str(result)),
+        return {"status": 422, "error": cut_message(str(result)),
                 "report": result.report.to_json()}
-    return {"status": 400, "error": _cut_message(str(result))}
+    return {"status": 400, "error": cut_message(str(result))}
 
 
 def _page() -> tuple[bytes, str]:
