@@ -44,6 +44,7 @@ from spanproof.verifier import (
     record_hash,
     verify_bundle,
 )
+from spanproof.verifier import bundle as bundle_module
 from spanproof.verifier.dsse import MAX_SIGNATURES
 from spanproof.verifier.keys import format_time
 from spanproof.verifier.verify import CHECKS, MAX_MESSAGE_CHARS
@@ -452,6 +453,104 @@ def test_record_framing_without_comma_fail(kit: Kit, parts: tuple[bytes, list[by
     header, records = parts
     data = header + b"\n".join(records) + b"\n]}\n"
     assert_rejected(kit, data, "records", "record 1 follows a record with no comma", InvalidBundle)
+
+
+def test_closing_line_after_a_trailing_comma_fail(
+    kit: Kit, parts: tuple[bytes, list[bytes]]
+) -> None:
+    # SPEC §8 steps 6-7 item 3: "]}" may not follow a record line ending in ",".
+    header, records = parts
+    data = header + b",\n".join(records) + b",\n]}\n"
+    assert_rejected(kit, data, "records", "']}' follows a trailing comma", InvalidBundle)
+
+
+def test_header_line_longer_than_a_bundle_line_may_be_fail(
+    kit: Kit, parts: tuple[bytes, list[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SPEC §8 step 1 item 2, with the 64 MiB bound lowered to keep the test small.
+    header, records = parts
+    monkeypatch.setattr(bundle_module, "MAX_LINE_BYTES", len(header) - 1)
+    data = join(header, records)
+    assert_rejected(kit, data, "format", f"line 1: longer than {len(header) - 1}", InvalidBundle)
+
+
+def test_record_line_longer_than_a_bundle_line_may_be_fail(
+    kit: Kit, parts: tuple[bytes, list[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SPEC §8 steps 6-7 item 1: the bound holds for every line, not only line 1.
+    header, records = parts
+    longest = max(len(header), *(len(r) + 2 for r in records[1:]))
+    records[0] = records[0] + b" " * (longest - len(records[0]))
+    monkeypatch.setattr(bundle_module, "MAX_LINE_BYTES", longest)
+    data = join(header, records)
+    assert_rejected(kit, data, "records", f"line 2: longer than {longest}", InvalidBundle)
+
+
+def test_header_without_envelope_fail(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    # SPEC §8 step 1 item 7.
+    _, records = parts
+    line = canonicalize({"mediaType": BUNDLE_MEDIA_TYPE})[:-1] + RECORDS_OPEN
+    assert_rejected(
+        kit, join(line, records), "format", "bundle header: missing envelope", InvalidBundle
+    )
+
+
+def _with_signature(envelope: dict[str, Any], signature: Any) -> dict[str, Any]:
+    return {**envelope, "signatures": [signature]}
+
+
+def _sig_with_a_pad_bit_set(envelope: dict[str, Any]) -> dict[str, Any]:
+    # A 64-byte signature is 88 base64 characters ending "==": the character before
+    # the padding carries 4 unused bits, which canonical base64 has zero (SPEC §1.3).
+    signature = envelope["signatures"][0]
+    sig = signature["sig"]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    sig = sig[:-3] + alphabet[alphabet.index(sig[-3]) | 1] + "=="
+    return _with_signature(envelope, {**signature, "sig": sig})
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda e: [e], "envelope: must be an object"),
+        (lambda e: _with_signature(e, []), "envelope.signatures[0]: must be {'keyid','sig'}"),
+        (
+            lambda e: _with_signature(e, {**e["signatures"][0], "publicKey": ""}),
+            "envelope.signatures[0]: must be {'keyid','sig'}",
+        ),
+        (
+            lambda e: _with_signature(e, {**e["signatures"][0], "keyid": []}),
+            "envelope.signatures[0].keyid: must be a string",
+        ),
+        (
+            lambda e: _with_signature(e, {"keyid": e["signatures"][0]["keyid"]}),
+            "envelope.signatures[0].sig: must be a base64 string",
+        ),
+        (_sig_with_a_pad_bit_set, "envelope.signatures[0].sig: not canonical padded base64"),
+        (
+            lambda e: {k: v for k, v in e.items() if k != "payloadType"},
+            "envelope: unknown payloadType None",
+        ),
+        (lambda e: {**e, "payload": 1}, "envelope.payload: must be a base64 string"),
+    ],
+    ids=[
+        "envelope_not_an_object",
+        "signature_not_an_object",
+        "signature_unknown_member",
+        "signature_keyid_not_a_string",
+        "signature_sig_absent",
+        "signature_sig_not_canonical_base64",
+        "envelope_payload_type_absent",
+        "envelope_payload_not_a_string",
+    ],
+)
+def test_envelope_breaking_its_shape_fail(
+    kit: Kit, parts: tuple[bytes, list[bytes]], edit: Callable[[dict[str, Any]], Any], message: str
+) -> None:
+    # SPEC §8 step 2 items 1-5: each rule of the envelope's shape fails step 2.
+    header, records = parts
+    envelope = edit(header_doc(header)["envelope"])
+    assert_rejected(kit, join(make_header(envelope), records), "envelope", message, InvalidBundle)
 
 
 def test_every_proper_prefix_of_a_bundle_fails_without_raising(kit: Kit) -> None:
