@@ -1385,6 +1385,104 @@ def test_malformed_statement_is_reported_not_raised(
     assert_rejected(kit, data, "statement", "statement", InvalidBundle)
 
 
+def _extra_member(doc: dict[str, Any], path: Sequence[str]) -> None:
+    for key in path:
+        doc = doc[key]
+    doc["extra"] = ""
+
+
+def _continuation_without_previous_statement(stmt: dict[str, Any]) -> None:
+    stmt["predicate"]["segment"]["index"] = "1"
+    stmt["subject"][0]["name"] = stmt["subject"][0]["name"].removesuffix("/0") + "/1"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: _extra_member(s, ()), "statement: unexpected fields"),
+        (lambda s: _extra_member(s, ("predicate",)), "statement.predicate: fields must be exactly"),
+        (lambda s: _set_path(s, ("predicate", "traceId"), "0AF7651916CD43DD8448EB211C80319C"),
+         "statement.predicate.traceId: must be 32 lowercase hex digits"),
+        (lambda s: _extra_member(s, ("predicate", "segment")),
+         "statement.predicate.segment: needs index, firstSeq, start, previousStatement"),
+        (lambda s: _set_path(s, ("predicate", "segment", "index"), "00"),
+         "statement.predicate.segment.index: must be a decimal string"),
+        (lambda s: _set_path(s, ("predicate", "segment", "firstSeq"), "00"),
+         "statement.predicate.segment.firstSeq: must be a decimal string"),
+        (lambda s: _set_path(s, ("predicate", "segment", "start"), "sha256:" + "A" * 64),
+         "statement.predicate.segment.start: must be sha256:<hex>"),
+        (lambda s: _set_path(s, ("predicate", "segment", "previousStatement"), "0" * 64),
+         "statement.predicate.segment.previousStatement: must be empty or sha256:<hex>"),
+        (lambda s: _set_path(s, ("predicate", "recordCount"), "0" + s["predicate"]["recordCount"]),
+         "statement.predicate.recordCount: must be a decimal string"),
+        (lambda s: _set_path(s, ("predicate", "head"), s["predicate"]["head"].upper()),
+         "statement.predicate.head: must be sha256:<hex>"),
+        (lambda s: _set_path(s, ("predicate", "sealReason"), "ROOT_ENDED"),
+         "statement.predicate.sealReason: unknown 'ROOT_ENDED'"),
+        (lambda s: _set_path(s, ("predicate", "producer", "version"), 1),
+         "statement.predicate.producer: needs string name, version, instance"),
+        (lambda s: _extra_member(s, ("predicate", "producer")),
+         "statement.predicate.producer: needs string name, version, instance"),
+        (lambda s: _set_path(s, ("predicate", "producer", "instance"), ""),
+         "statement.predicate.producer.instance: must be 1-64 lowercase hex digits"),
+        (lambda s: _set_path(s, ("predicate", "producer", "instance"), "0" * 65),
+         "statement.predicate.producer.instance: must be 1-64 lowercase hex digits"),
+        (lambda s: _set_path(s, ("predicate", "producer", "instance"), "5F3C"),
+         "statement.predicate.producer.instance: must be 1-64 lowercase hex digits"),
+        (lambda s: _extra_member(s, ("predicate", "completeness")),
+         "statement.predicate.completeness: fields must be exactly"),
+        (lambda s: _set_path(s, ("predicate", "completeness", "droppedSpans"), "-1"),
+         "statement.predicate.completeness.droppedSpans: must be a decimal string"),
+        (lambda s: _set_path(s, ("predicate", "completeness", "rejectedSpans"), "01"),
+         "statement.predicate.completeness.rejectedSpans: must be a decimal string"),
+        (lambda s: _set_path(s, ("predicate", "completeness", "unsampledSpans"), "1e3"),
+         "statement.predicate.completeness.unsampledSpans: must be a decimal string"),
+        (lambda s: _set_path(s, ("predicate", "completeness", "conflicts"), ["0" * 16]),
+         "statement.predicate.completeness.conflicts: must be an array of span ids"),
+        (lambda s: _set_path(s, ("predicate", "completeness", "notes"), [["a note"]]),
+         "statement.predicate.completeness.notes: must be an array of strings"),
+        (lambda s: _set_path(s, ("predicate", "segment", "previousStatement"),
+                             "sha256:" + "0" * 64),
+         "statement.predicate.segment: segment 0 has no previous statement"),
+        (_continuation_without_previous_statement,
+         "statement.predicate.segment: a continuation segment needs a previousStatement"),
+    ],
+    ids=[
+        "statement_unknown_member",
+        "predicate_unknown_member",
+        "predicate_trace_id_uppercase",
+        "segment_unknown_member",
+        "segment_index_leading_zero",
+        "segment_first_seq_leading_zero",
+        "segment_start_uppercase_hex",
+        "segment_previous_statement_without_prefix",
+        "record_count_leading_zero",
+        "head_uppercase",
+        "seal_reason_uppercase",
+        "producer_version_not_a_string",
+        "producer_unknown_member",
+        "producer_instance_empty",
+        "producer_instance_65_digits",
+        "producer_instance_uppercase",
+        "completeness_unknown_member",
+        "dropped_spans_negative",
+        "rejected_spans_leading_zero",
+        "unsampled_spans_exponent",
+        "conflict_all_zero_span_id",
+        "note_not_a_string",
+        "segment_zero_with_previous_statement",
+        "continuation_without_previous_statement",
+    ],
+)
+def test_statement_member_breaking_its_rule_fail(
+    kit: Kit, base: bytes, edit: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    # SPEC §8 step 4 items 3, 4 and 6 (§5.2, §5.3, §4.4): every member of the signed
+    # statement is checked, and a violation fails step 4 with its own reason.
+    data = resign(statement_of(base), split(base)[1], kit.key, edit)
+    assert_rejected(kit, data, "statement", message, InvalidBundle)
+
+
 _json = st.recursive(
     st.none()
     | st.booleans()
