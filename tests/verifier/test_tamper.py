@@ -1396,6 +1396,185 @@ def _continuation_without_previous_statement(stmt: dict[str, Any]) -> None:
     stmt["subject"][0]["name"] = stmt["subject"][0]["name"].removesuffix("/0") + "/1"
 
 
+_EVENT = {"timeUnixNano": "1", "name": "e", "attributes": {}, "droppedAttributesCount": "0"}
+_LINK = {
+    "traceId": "1" * 32,
+    "spanId": "2" * 16,
+    "traceState": "",
+    "attributes": {},
+    "droppedAttributesCount": "0",
+}
+_COMMITTED = {"committedValue": {"digest": "0" * 64, "saltDigest": "1" * 64}}
+
+
+def _put(doc: Any, path: Sequence[Any], value: Any) -> None:
+    for step in path[:-1]:
+        doc = doc[step]
+    doc[path[-1]] = value
+
+
+def _with(path: Sequence[Any], value: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda record: _put(record, path, value)
+
+
+def _with_event(path: Sequence[Any], value: Any) -> Callable[[dict[str, Any]], None]:
+    def edit(record: dict[str, Any]) -> None:
+        record["span"]["events"] = [copy.deepcopy(_EVENT)]
+        _put(record["span"]["events"], (0, *path), value)
+
+    return edit
+
+
+def _with_link(path: Sequence[Any], value: Any) -> Callable[[dict[str, Any]], None]:
+    def edit(record: dict[str, Any]) -> None:
+        record["span"]["links"] = [copy.deepcopy(_LINK)]
+        _put(record["span"]["links"], (0, *path), value)
+
+    return edit
+
+
+def _without(path: Sequence[Any], key: str) -> Callable[[dict[str, Any]], None]:
+    def edit(record: dict[str, Any]) -> None:
+        doc = record
+        for step in path:
+            doc = doc[step]
+        del doc[key]
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_without((), "scope"), "record 1: missing scope"),
+        (_with(("seq",), "01"), "record 1.seq: must be an unsigned decimal string"),
+        (_with(("prev",), "0" * 64), "record 1.prev: must be sha256:<64 hex>"),
+        (_with(("span", "traceId"), "0" * 32), "record 1.span.traceId: must be 32 lowercase"),
+        (_with(("span", "spanId"), "00F067AA0BA902B7"), "record 1.span.spanId: must be 16"),
+        (_with(("span", "spanId"), "0" * 16), "record 1.span.spanId: must be 16"),
+        (_with(("span", "parentSpanId"), "0" * 16), "record 1.span.parentSpanId: must be empty"),
+        (_with(("span", "traceState"), None), "record 1.span.traceState: must be a string"),
+        (_with(("span", "name"), []), "record 1.span.name: must be a string"),
+        (_with(("span", "kind"), "SPAN_KIND_SERVER "), "record 1.span.kind: unknown span kind"),
+        (
+            _with(("span", "startTimeUnixNano"), "18446744073709551616"),
+            "record 1.span.startTimeUnixNano: must be an unsigned decimal string",
+        ),
+        (
+            _with(("span", "endTimeUnixNano"), "-1"),
+            "record 1.span.endTimeUnixNano: must be an unsigned decimal string",
+        ),
+        (
+            _with(("span", "status", "code"), "STATUS_CODE_FAILED"),
+            "record 1.span.status.code: unknown status code",
+        ),
+        (_with(("span", "status", "extra"), ""), "record 1.span.status: unknown extra"),
+        (_with(("span", "status", "message"), True), "record 1.span.status.message: must be"),
+        (
+            _with(("span", "droppedAttributesCount"), "01"),
+            "record 1.span.droppedAttributesCount: must be",
+        ),
+        (_with(("span", "droppedEventsCount"), ""), "record 1.span.droppedEventsCount: must be"),
+        (_with(("span", "droppedLinksCount"), "+1"), "record 1.span.droppedLinksCount: must be"),
+        (_with(("span", "attributes"), []), "record 1.span.attributes: must be an object"),
+        (_with(("span", "events"), {}), "record 1.span.events: must be an array"),
+        (_with_event((), "extra"), "record 1.span.events[0]: must be an object"),
+        (_without(("span", "status"), "message"), "record 1.span.status: missing message"),
+        (_with_event(("timeUnixNano",), "1.5"), "record 1.span.events[0].timeUnixNano: must be"),
+        (_with_event(("name",), 1), "record 1.span.events[0].name: must be a string"),
+        (
+            _with_event(("attributes", "k"), _COMMITTED),
+            "record 1.span.events[0].attributes['k']",
+        ),
+        (_with(("span", "links"), {}), "record 1.span.links: must be an array"),
+        (_with_link(("traceId",), "1" * 31), "record 1.span.links[0]: traceId/spanId must be"),
+        (_with_link(("spanId",), "0" * 16), "record 1.span.links[0]: traceId/spanId must be"),
+        (_with_link(("traceState",), 0), "record 1.span.links[0].traceState: must be a string"),
+        (_with_link(("attributes", "k"), _COMMITTED), "record 1.span.links[0].attributes['k']"),
+        (_with(("resource", "schemaUrl"), None), "record 1.resource.schemaUrl: must be a string"),
+        (_with(("resource", "extra"), ""), "record 1.resource: unknown extra"),
+        (_with(("resource", "attributes", "k"), _COMMITTED), "record 1.resource.attributes['k']"),
+        (_with(("scope", "version"), None), "record 1.scope.version: must be a string"),
+        (_with(("scope", "attributes", "k"), _COMMITTED), "record 1.scope.attributes['k']"),
+        (
+            _with(("scope", "droppedAttributesCount"), "1 "),
+            "record 1.scope.droppedAttributesCount: must be",
+        ),
+    ],
+    ids=[
+        "record_member_missing",
+        "seq_leading_zero",
+        "prev_without_prefix",
+        "trace_id_all_zero",
+        "span_id_uppercase",
+        "span_id_all_zero",
+        "parent_span_id_all_zero",
+        "trace_state_not_a_string",
+        "name_not_a_string",
+        "kind_with_a_space",
+        "start_time_over_uint64",
+        "end_time_negative",
+        "status_code_unknown",
+        "status_unknown_member",
+        "status_message_not_a_string",
+        "dropped_attributes_count_leading_zero",
+        "dropped_events_count_empty",
+        "dropped_links_count_plus_sign",
+        "attributes_not_an_object",
+        "events_not_an_array",
+        "event_not_an_object",
+        "status_member_missing",
+        "event_time_not_an_integer",
+        "event_name_not_a_string",
+        "event_attribute_committed",
+        "links_not_an_array",
+        "link_trace_id_short",
+        "link_span_id_all_zero",
+        "link_trace_state_not_a_string",
+        "link_attribute_committed",
+        "resource_schema_url_not_a_string",
+        "resource_unknown_member",
+        "resource_attribute_committed",
+        "scope_version_not_a_string",
+        "scope_attribute_committed",
+        "scope_dropped_attributes_count_with_a_space",
+    ],
+)
+def test_record_member_breaking_its_rule_fail(
+    kit: Kit, base: bytes, edit: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    # SPEC §2.1, §2.2 and §2.5.1 through §8 steps 6-7 item 7: a record breaking any
+    # rule of its members is not a valid record, and step 6 fails naming it.
+    stmt = statement_of(base)
+
+    def encode(i: int, record: dict[str, Any]) -> bytes:
+        if i == 1:
+            edit(record)
+        return canonicalize(record)
+
+    records = chain(
+        [json.loads(raw) for raw in split(base)[1]],
+        stmt["predicate"]["segment"]["start"],
+        encode=encode,
+    )
+    assert_rejected(kit, resign(stmt, records, kit.key), "records", message, InvalidBundle)
+
+
+def test_record_content_the_format_does_not_judge_verifies(kit: Kit, base: bytes) -> None:
+    # SPEC §2.1: a verifier MUST NOT reject a record because its end time precedes its
+    # start time, an event time lies outside the span, its parent span id is its own
+    # span id, or an attribute key breaks a naming convention.
+    stmt = statement_of(base)
+    records = [json.loads(raw) for raw in split(base)[1]]
+    span = records[1]["span"]
+    span["startTimeUnixNano"], span["endTimeUnixNano"] = "20", "10"
+    span["events"] = [{**_EVENT, "timeUnixNano": "18446744073709551615"}]
+    span["parentSpanId"] = span["spanId"]
+    span["attributes"][" Not.A convention\u0000"] = {"stringValue": ""}
+    data = resign(stmt, chain(records, stmt["predicate"]["segment"]["start"]), kit.key)
+    assert kit.check(data).verdict is Verdict.OK
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
