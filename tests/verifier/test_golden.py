@@ -265,6 +265,29 @@ def test_continuation_of_another_history_fail(
     assert "segment 1 does not continue segment 0" in link.message
 
 
+@pytest.mark.parametrize(
+    "member",
+    ["start", "first_seq", "previous_statement"],
+    ids=["start_not_the_previous_head", "first_seq_not_after_the_previous",
+         "previous_statement_not_the_previous_digest"],
+)
+def test_continuation_breaking_one_link_rule_fail(
+    reports: list[BundleReport], trust: TrustRoot, member: str
+) -> None:
+    # SPEC §8 step 11 item 3.3: each of start, firstSeq and previousStatement must
+    # continue the segment before; one of them wrong alone fails the group.
+    position = _position_after(reports[0])
+    wrong: dict[str, Any] = {
+        "start": "sha256:" + "0" * 64,
+        "first_seq": position.first_seq + 1,
+        "previous_statement": "sha256:" + "0" * 64,
+    }
+    second = _seal(gen.bodies()[:1], dataclasses.replace(position, **{member: wrong[member]}))
+    (link,) = link_segments([reports[0], _report(second, trust)])
+    assert not link.ok
+    assert "segment 1 does not continue segment 0" in link.message
+
+
 def test_failed_segments_are_not_linked(reports: list[BundleReport], trust: TrustRoot) -> None:
     data = (DATA / gen.SEGMENT_1).read_bytes().replace(b"send_reply", b"send_rEply")
     broken = check_bundle(io.BytesIO(data), trust)
