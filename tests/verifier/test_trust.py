@@ -88,6 +88,13 @@ def test_keyid_is_optional_and_derived_from_the_key() -> None:
     assert key.valid_from is None and key.valid_until is None
 
 
+def _with_top_level(**members: Any) -> bytes:
+    # SPEC §6.2: besides mediaType and keys, only a comment string may stand at the top.
+    doc = json.loads(_doc(_entry(KEY_A)))
+    doc.update(members)
+    return json.dumps(doc).encode()
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -124,6 +131,9 @@ def test_keyid_is_optional_and_derived_from_the_key() -> None:
         (b"\xff", "not valid UTF-8"),
         (b'{"mediaType":' + b"1" * 5000 + b'}', "integer literal too long (over 4300 digits)"),
         (_doc({"publicKey": unknown_type_public_pem().decode()}), "key is not Ed25519"),
+        (_with_top_level(trusted=True), "trust.json: unknown fields ['trusted']"),
+        (_with_top_level(comment=["rotated"]), "trust.json: comment must be a string"),
+        (_doc(_entry(KEY_A, comment=1)), "trust.json: keys[0].comment: must be a string"),
     ],
     ids=[
         "unknown_media_type_fail",
@@ -146,6 +156,9 @@ def test_keyid_is_optional_and_derived_from_the_key() -> None:
         "invalid_utf8_fail",
         "integer_literal_too_long_fail",
         "key_type_openssl_does_not_know_fail",
+        "unknown_top_level_member_fail",
+        "top_level_comment_not_a_string_fail",
+        "entry_comment_not_a_string_fail",
     ],
 )
 def test_trust_root_rejects(data: bytes, message: str) -> None:
