@@ -319,9 +319,16 @@ def test_disclosure_error_is_a_verification_error() -> None:
         (lambda d: d["disclosures"][0].update(spanId="00" * 8), "spanId"),
         (lambda d: d["disclosures"][0].pop("key"), "missing key"),
         (lambda d: d["disclosures"][0].update(note="x"), "unknown note"),
+        (lambda d: d["disclosures"][0].update(traceId="0" * 32),
+         r"disclosure 0\.traceId: must be 32 lowercase hex"),
+        (lambda d: d["disclosures"][0].update(key=["customer.email"]),
+         r"disclosure 0\.key: must be a string"),
+        (lambda d: d["disclosures"].insert(0, []), "json: disclosure 0: must be an object"),
+        (lambda d: d.update(disclosures={}), r"reviewer\.json\.disclosures: must be an array"),
     ],
     ids=["media_type", "top_member", "salt_short", "salt_upper", "value_number",
-         "value_committed", "span_zero", "key_missing", "entry_member"],
+         "value_committed", "span_zero", "key_missing", "entry_member", "trace_zero",
+         "key_not_a_string", "entry_not_an_object", "disclosures_not_an_array"],
 )
 def test_malformed_disclosure_file_rejected(tmp_path: Path, change, message) -> None:  # type: ignore[no-untyped-def]
     written = write_bundle(tmp_path / "out")
@@ -432,6 +439,12 @@ def test_disclosure_file_text_is_not_echoed_whole_in_errors(
     assert len(message) < 1500, len(message)
     assert echoed in message
     assert re.search(r"\.\.\. \(\d+ more characters\)|and \d+ more", message)
+
+
+def test_disclosure_file_not_an_object_rejected() -> None:
+    # SPEC §2.5.4: the file is an object with exactly mediaType and disclosures.
+    with pytest.raises(InvalidDisclosure, match=r"reviewer\.json: must be a JSON object"):
+        DisclosureFile.from_bytes(b"[]", "reviewer.json")
 
 
 def test_missing_media_type_is_said_missing_not_unknown_none() -> None:
