@@ -24,6 +24,7 @@ from spanproof.verifier.checkpoint import Checkpoint, WitnessKey
 from spanproof.verifier.keys import TrustRoot
 from spanproof.verifier.receipt import (
     LEAF_MEDIA_TYPE,
+    MAX_RECEIPT_BYTES,
     REMEMBERED_NOTE_BYTES,
     Receipt,
     ReceiptVerifier,
@@ -237,6 +238,18 @@ def test_origin_mismatch_is_rejected(logged: Any, keys: list[WitnessKey]) -> Non
         (lambda d: d["leaf"].update(segment="9" * 21), "decimal string"),
         (lambda d: d.update(checkpoint="\ud800"), "lone surrogate"),
         (lambda d: d["leaf"].update(mediaType="x"), "unknown mediaType"),
+        # SPEC §12.5 step 1: every member of the receipt and of its leaf has its form.
+        (lambda d: d.update(inclusionProof=["A" * 43 + "="] * 65), "at most 64 hashes"),
+        (lambda d: d.update(origin=""), "receipt.origin: must be a non-empty string"),
+        (lambda d: d.update(checkpoint=5), "receipt.checkpoint: must be the signed note text"),
+        (lambda d: d["leaf"].update(extra=""), "receipt.leaf: fields must be exactly"),
+        (lambda d: d["leaf"].update(statementDigest=d["leaf"]["statementDigest"].upper()),
+         "receipt.leaf.statementDigest: must be sha256:<64 hex>"),
+        (lambda d: d["leaf"].update(traceId="0" * 32), "receipt.leaf.traceId: must be 32"),
+        (lambda d: d["leaf"].update(producerInstance=5),
+         "receipt.leaf.producerInstance: must be a string"),
+        (lambda d: d["leaf"].update(signerKeyid=d["leaf"]["signerKeyid"][:63]),
+         "receipt.leaf.signerKeyid: must be 64 lowercase hex digits"),
     ],
 )
 def test_malformed_receipts_are_invalid(
@@ -245,6 +258,22 @@ def test_malformed_receipts_are_invalid(
     _path, report, receipt, _ = logged
     with pytest.raises(errors.InvalidReceipt, match=message):
         verify_receipt(_edit(receipt, change), report, keys)
+
+
+def test_receipt_not_an_object_is_invalid(logged: Any, keys: list[WitnessKey]) -> None:
+    _path, report, _receipt, _ = logged
+    with pytest.raises(errors.InvalidReceipt, match="receipt: must be a JSON object"):
+        verify_receipt(b"[]", report, keys)
+
+
+def test_receipt_over_1_mib_is_refused_unparsed(logged: Any, keys: list[WitnessKey]) -> None:
+    # SPEC §12.5 step 1: a receipt is at most 1 MiB; a longer one is not parsed.
+    _path, report, receipt, _ = logged
+    padded = receipt.rstrip(b"\n") + b" " * (MAX_RECEIPT_BYTES - len(receipt) + 2)
+    assert len(padded) == MAX_RECEIPT_BYTES + 1
+    with pytest.raises(errors.InvalidReceipt, match=f"receipt: larger than {MAX_RECEIPT_BYTES}"):
+        verify_receipt(padded, report, keys)
+    verify_receipt(padded[:-1], report, keys)
 
 
 def test_duplicate_keys_are_rejected(logged: Any, keys: list[WitnessKey]) -> None:
