@@ -238,6 +238,12 @@ def test_a_failing_signature_by_a_pinned_key_rejects_the_note(
         ("a\t\n1\nroot\n\n\u2014 a AAAAAAA=\n".encode(), "control character"),
         (b"\xff\n\n", "UTF-8"),
         ("a\n1\n\ud800\n\n", "UTF-8"),  # a str that UTF-8 cannot encode
+        # SPEC §12.4: at most 64 signature lines; a key name non-empty, without a space;
+        # signatures in canonical base64 (the last character's unused bits zero).
+        (("a\n1\nroot\n\n" + "\u2014 a AAAAAAA=\n" * 65).encode(), "more than 64 signature"),
+        ("a\n1\nroot\n\n\u2014  AAAAAAA=\n".encode(), "key name"),
+        ("a\n1\nroot\n\n\u2014 a b AAAAAAA=\n".encode(), "key name"),
+        ("a\n1\nroot\n\n\u2014 a AAAAAAB=\n".encode(), "canonical"),
     ],
 )
 def test_malformed_notes_are_rejected(note: bytes | str, message: str) -> None:
@@ -257,6 +263,7 @@ def test_malformed_notes_are_rejected(note: bytes | str, message: str) -> None:
         ("o\n1\nAAAA AAAA\n", "base64"),
         ("o\n0\n" + base64.b64encode(b"\0" * 32).decode() + "\n", "empty-tree root"),
         ("o\n1\n" + base64.b64encode(b"\0" * 32).decode() + "\n\n", "must not be empty"),
+        ("o\n1\n" + "A" * 42 + "B=\n", "canonical"),
     ],
 )
 def test_malformed_checkpoint_bodies_are_rejected(text: str, message: str) -> None:
