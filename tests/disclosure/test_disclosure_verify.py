@@ -39,7 +39,8 @@ from spanproof.verifier.disclosure import (
     verify_disclosures,
 )
 from spanproof.verifier.errors import DisclosureError, InvalidDisclosure, VerificationError
-from spanproof.verifier.verify import BundleReport, Status
+from spanproof.verifier.receipt import attach_receipt_check
+from spanproof.verifier.verify import BundleReport, Check, Status
 
 
 @pytest.fixture
@@ -229,6 +230,23 @@ def test_disclosure_against_failed_bundle_fails(tmp_path: Path) -> None:
     assert report.verdict is Verdict.FAIL
     file = load_disclosures(written.disclosures)
     results = check_disclosures(file.disclosures, [report])
+    assert results and all(r.status is Status.FAIL for r in results)
+    assert all("its bundle did not verify" in r.message for r in results)
+
+
+def test_disclosure_against_a_bundle_whose_receipt_failed_fails(
+    setup: tuple[BundleReport, DisclosureFile],
+) -> None:
+    # SPEC §2.5.5: only bundles that verified (verdict OK or INCOMPLETE) hold
+    # commitments a disclosure may open; a failed witness receipt (§8 step 10) fails
+    # the bundle, although its steps 1-8 passed.
+    report, file = setup
+    failed = attach_receipt_check(
+        report, Check("receipt", 10, Status.FAIL, "receipt: checkpoint not signed")
+    )
+    assert failed.verdict is Verdict.FAIL
+    assert check_disclosures(file.disclosures, [report])[0].ok
+    results = check_disclosures(file.disclosures, [failed])
     assert results and all(r.status is Status.FAIL for r in results)
     assert all("its bundle did not verify" in r.message for r in results)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -325,6 +326,12 @@ def test_check_receipt_for_bundle(
     # A bundle whose signature failed has no leaf to look for.
     other = TrustRoot.from_keys([keys_to_trusted()])
     assert check_receipt_for_bundle(path, check_bundle(path, other), keys).status is Status.SKIPPED
+    # Nor has one whose signature verified but whose statement failed (SPEC §8 step 10:
+    # SKIPPED when step 4 did not verify a statement), even when a receipt is required.
+    unparsed = dataclasses.replace(report, statement=None)
+    assert report.statement_digest is not None and report.signer_keyid is not None
+    check = check_receipt_for_bundle(path, unparsed, keys, required=True)
+    assert check.status is Status.SKIPPED, check.message
 
 
 def test_receipt_failure_message_quoting_a_huge_value_is_cut(
