@@ -631,6 +631,17 @@ def test_keyid_is_only_a_hint(kit: Kit, parts: tuple[bytes, list[bytes]], hint: 
     assert report.signer_keyid == kit.key.keyid
 
 
+def test_signature_without_a_keyid_verifies(kit: Kit, parts: tuple[bytes, list[bytes]]) -> None:
+    # SPEC §5.1: a verifier MUST NOT fail a signature only because its hint is absent;
+    # §8 step 2 item 5 reads an absent keyid as "".
+    header, records = parts
+    doc = header_doc(header)
+    del doc["envelope"]["signatures"][0]["keyid"]
+    report = kit.check(join(make_header(doc["envelope"]), records))
+    assert report.verdict is Verdict.OK, report.reason
+    assert report.signer_keyid == kit.key.keyid
+
+
 def test_extra_untrusted_signature_does_not_matter(
     kit: Kit, parts: tuple[bytes, list[bytes]]
 ) -> None:
