@@ -1673,6 +1673,57 @@ def test_statement_member_breaking_its_rule_fail(
     assert_rejected(kit, data, "statement", message, InvalidBundle)
 
 
+@pytest.mark.parametrize(
+    "sealed_at",
+    [
+        "2026-03-02t09:30:00Z",
+        "2026-03-02T09:30:00z",
+        "2026-03-02T09:30:00+00:00",
+        "2026-03-02T09:30:00.0000000000Z",
+        "2026-03-02T09:30:00.Z",
+        "2026-03-02T09:30Z",
+        "2026-03-02",
+        "0000-03-02T09:30:00Z",
+        "2026-03-02 09:30:00Z",
+    ],
+    ids=[
+        "lowercase_t",
+        "lowercase_z",
+        "offset",
+        "ten_fraction_digits",
+        "point_without_digits",
+        "no_seconds",
+        "date_only",
+        "year_0000",
+        "space_for_t",
+    ],
+)
+def test_sealed_at_in_a_form_spec_refuses_fail(kit: Kit, base: bytes, sealed_at: str) -> None:
+    # SPEC §5.3: verifiers accept YYYY-MM-DDThh:mm:ss[.f…]Z with 0 to 9 fractional
+    # digits and reject every other form; §8 step 4 item 4 fails the statement.
+    data = resign(
+        statement_of(base),
+        split(base)[1],
+        kit.key,
+        lambda s: _set_path(s, ("predicate", "sealedAt"), sealed_at),
+    )
+    assert_rejected(kit, data, "statement", "statement.predicate.sealedAt", InvalidBundle)
+
+
+@pytest.mark.parametrize("digits", range(10))
+def test_sealed_at_with_0_to_9_fraction_digits_verifies(
+    kit: Kit, base: bytes, digits: int
+) -> None:
+    fraction = "." + "9" * digits if digits else ""
+    data = resign(
+        statement_of(base),
+        split(base)[1],
+        kit.key,
+        lambda s: _set_path(s, ("predicate", "sealedAt"), f"2026-03-02T09:30:00{fraction}Z"),
+    )
+    assert kit.check(data).verdict is Verdict.OK
+
+
 _json = st.recursive(
     st.none()
     | st.booleans()
