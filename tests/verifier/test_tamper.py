@@ -876,6 +876,24 @@ def test_statement_subject_not_the_head_fail(kit: Kit, base: bytes) -> None:
     assert_rejected(kit, data, "statement", "statement.subject", InvalidBundle)
 
 
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (b"[]", "statement: must be an object"),
+        (b'"statement"', "statement: must be an object"),
+        (b'{"_type":"a","_type":"b"}', "statement: duplicate JSON key '_type'"),
+        (b"", "statement"),
+    ],
+    ids=["array", "string", "duplicate_key", "empty"],
+)
+def test_statement_payload_not_a_json_object_fail(
+    kit: Kit, base: bytes, payload: bytes, message: str
+) -> None:
+    # SPEC §8 step 4 item 2: the verified payload must be a strict canonical object.
+    data = resign(statement_of(base), split(base)[1], kit.key, payload=lambda s: payload)
+    assert_rejected(kit, data, "statement", message, InvalidBundle)
+
+
 def test_statement_non_canonical_payload_fail(kit: Kit, base: bytes) -> None:
     # Validly signed, but the signed bytes are not canonical JSON.
     data = resign(
