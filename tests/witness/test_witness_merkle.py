@@ -22,6 +22,7 @@ from spanproof.verifier.merkle import (
     EMPTY_ROOT,
     leaf_hash,
     node_hash,
+    root_from_inclusion_proof,
     root_of,
     verify_consistency,
     verify_inclusion,
@@ -148,3 +149,31 @@ def test_proof_error_is_a_verification_error() -> None:
     assert issubclass(errors.ProofError, errors.VerificationError)
     with pytest.raises(errors.ProofError, match="not inside"):
         verify_inclusion(EMPTY_ROOT, 3, 3, [], EMPTY_ROOT)
+
+
+def test_inclusion_proof_with_an_extra_hash_fail() -> None:
+    # A proof longer than the position needs is refused for its shape, before any
+    # hashing: root_from_inclusion_proof never returns a root for it.
+    leaves = [leaf_hash(bytes([i])) for i in range(5)]
+    tree = MerkleTree(leaves)
+    proof = list(tree.inclusion_proof(2, 5))
+    with pytest.raises(errors.ProofError, match=f"has {len(proof) + 1} hashes; leaf 2 of a "
+                       f"tree of size 5 needs {len(proof)}"):
+        root_from_inclusion_proof(leaves[2], 2, 5, [*proof, leaves[0]])
+
+
+@pytest.mark.parametrize("length", [31, 33])
+def test_proof_hash_of_the_wrong_length_fail(length: int) -> None:
+    # Every hash of a proof is 32 bytes (RFC 9162 §2.1): one of another length is
+    # refused as such, in inclusion and in consistency proofs alike.
+    leaves = [leaf_hash(bytes([i])) for i in range(5)]
+    tree = MerkleTree(leaves)
+    proof = list(tree.inclusion_proof(2, 5))
+    proof[0] = proof[0][:length] + b"\x00" * (length - 32)
+    with pytest.raises(errors.ProofError, match=f"inclusion proof hash 0 is {length} bytes"):
+        verify_inclusion(leaves[2], 2, 5, proof, tree.root(5))
+    consistency = list(tree.consistency_proof(3, 5))
+    consistency[-1] = consistency[-1][:length] + b"\x00" * (length - 32)
+    with pytest.raises(errors.ProofError, match=f"consistency proof hash {len(consistency) - 1} "
+                       f"is {length} bytes"):
+        verify_consistency(3, 5, consistency, tree.root(3), tree.root(5))
