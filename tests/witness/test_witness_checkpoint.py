@@ -12,6 +12,8 @@ from witness_helpers import ORIGIN, OTHER_WITNESS_SEED
 
 from spanproof.verifier import errors
 from spanproof.verifier.checkpoint import (
+    MAX_NOTE_BYTES,
+    MAX_NOTE_SIGNATURES,
     Checkpoint,
     SignedNote,
     WitnessKey,
@@ -249,6 +251,27 @@ def test_a_failing_signature_by_a_pinned_key_rejects_the_note(
 def test_malformed_notes_are_rejected(note: bytes | str, message: str) -> None:
     with pytest.raises(errors.InvalidReceipt, match=message):
         SignedNote.from_bytes(note)
+
+
+def test_note_signature_lines_are_bounded() -> None:
+    # signed-note: at least 16 signature lines MUST be accepted, and a verifier
+    # bounds them; MAX_NOTE_SIGNATURES are accepted, one more is refused.
+    line = "\u2014 a AAAAAAA=\n"
+    note = SignedNote.from_bytes("a\n1\nroot\n\n" + line * MAX_NOTE_SIGNATURES)
+    assert len(note.signatures) == MAX_NOTE_SIGNATURES
+    with pytest.raises(errors.InvalidReceipt, match=f"more than {MAX_NOTE_SIGNATURES} signature"):
+        SignedNote.from_bytes("a\n1\nroot\n\n" + line * (MAX_NOTE_SIGNATURES + 1))
+
+
+def test_note_size_is_bounded() -> None:
+    # A note of MAX_NOTE_BYTES parses; one byte more is refused for its size, before
+    # anything else is read of it.
+    tail = "\n1\nroot\n\n\u2014 a AAAAAAA=\n".encode()
+    note = b"a" * (MAX_NOTE_BYTES - len(tail)) + tail
+    assert len(note) == MAX_NOTE_BYTES
+    assert len(SignedNote.from_bytes(note).signatures) == 1
+    with pytest.raises(errors.InvalidReceipt, match=f"longer than {MAX_NOTE_BYTES} bytes"):
+        SignedNote.from_bytes(b"a" + note)
 
 
 @pytest.mark.parametrize(
