@@ -109,6 +109,17 @@ def test_malformed_vkeys_are_rejected(bad: str) -> None:
         WitnessKey.from_vkey(bad)
 
 
+def test_vkey_of_another_signature_type_fail() -> None:
+    # The reference key with its type byte 0x01 changed to 0x02, its key hash left as
+    # it was (the hash is computed with the type Ed25519 has): only the type check
+    # refuses it.
+    name, key_hash, blob = GO_VKEY.split("+", 2)
+    raw = base64.b64decode(blob)
+    other = f"{name}+{key_hash}+{base64.b64encode(bytes([2]) + raw[1:]).decode()}"
+    with pytest.raises(errors.InvalidKey, match="not an Ed25519 \\(type 0x01\\) key"):
+        WitnessKey.from_vkey(other)
+
+
 # --- checkpoints -----------------------------------------------------------------------
 
 
