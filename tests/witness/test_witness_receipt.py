@@ -32,6 +32,7 @@ from spanproof.verifier.receipt import (
     WitnessLeaf,
     check_receipt_for_bundle,
     receipt_path,
+    unverified_receipt_for,
     verify_receipt,
 )
 from spanproof.verifier.verify import (
@@ -251,6 +252,8 @@ def test_origin_mismatch_is_rejected(logged: Any, keys: list[WitnessKey]) -> Non
          "receipt.leaf.producerInstance: must be a string"),
         (lambda d: d["leaf"].update(signerKeyid=d["leaf"]["signerKeyid"][:63]),
          "receipt.leaf.signerKeyid: must be 64 lowercase hex digits"),
+        (lambda d: d["leaf"].update(signerKeyid=d["leaf"]["signerKeyid"].upper()),
+         "signerKeyid: must be 64 lowercase hex digits"),
     ],
 )
 def test_malformed_receipts_are_invalid(
@@ -275,6 +278,28 @@ def test_receipt_over_1_mib_is_refused_unparsed(logged: Any, keys: list[WitnessK
     with pytest.raises(errors.InvalidReceipt, match=f"receipt: larger than {MAX_RECEIPT_BYTES}"):
         verify_receipt(padded, report, keys)
     verify_receipt(padded[:-1], report, keys)
+
+
+def test_own_leaf_not_in_the_checkpoint_tree_is_rejected(
+    logged: Any, keys: list[WitnessKey]
+) -> None:
+    # verify_own_leaf checks the receipt's own copy of its leaf: an altered copy is
+    # not the leaf the signed tree holds at leafIndex (SPEC §12.5 step 5).
+    _path, _report, receipt, _ = logged
+    assert ReceiptVerifier(keys).verify_own_leaf(receipt).size == 1
+    altered = _edit(receipt, lambda d: d["leaf"].update(producerInstance="ff"))
+    with pytest.raises(errors.ProofError, match="inclusion proof does not reach"):
+        ReceiptVerifier(keys).verify_own_leaf(altered)
+
+
+def test_unverified_receipt_for_another_statement_is_refused(logged: Any) -> None:
+    # With no witness key pinned, a submitter still keeps only a receipt whose leaf
+    # names the statement of the bundle it submitted.
+    path, _report, receipt, other = logged
+    assert unverified_receipt_for(path.read_bytes(), receipt) == Receipt.from_bytes(
+        receipt).to_bytes()
+    with pytest.raises(errors.InvalidReceipt, match="its leaf names statement"):
+        unverified_receipt_for(Path(other.source).read_bytes(), receipt)
 
 
 def test_duplicate_keys_are_rejected(logged: Any, keys: list[WitnessKey]) -> None:
