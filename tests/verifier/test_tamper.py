@@ -1524,6 +1524,7 @@ def _without(path: Sequence[Any], key: str) -> Callable[[dict[str, Any]], None]:
         (_with(("resource", "extra"), ""), "record 1.resource: unknown extra"),
         (_with(("resource", "attributes", "k"), _COMMITTED), "record 1.resource.attributes['k']"),
         (_with(("scope", "version"), None), "record 1.scope.version: must be a string"),
+        (_with(("scope", "schemaUrl"), 5), "record 1.scope.schemaUrl: must be a string"),
         (_with(("scope", "attributes", "k"), _COMMITTED), "record 1.scope.attributes['k']"),
         (
             _with(("scope", "droppedAttributesCount"), "1 "),
@@ -1565,6 +1566,7 @@ def _without(path: Sequence[Any], key: str) -> Callable[[dict[str, Any]], None]:
         "resource_unknown_member",
         "resource_attribute_committed",
         "scope_version_not_a_string",
+        "scope_schema_url_not_a_string",
         "scope_attribute_committed",
         "scope_dropped_attributes_count_with_a_space",
     ],
@@ -1652,6 +1654,8 @@ def test_record_content_the_format_does_not_judge_verifies(kit: Kit, base: bytes
         (lambda s: _set_path(s, ("predicate", "segment", "previousStatement"),
                              "sha256:" + "0" * 64),
          "statement.predicate.segment: segment 0 has no previous statement"),
+        (lambda s: _set_path(s, ("predicate", "segment", "firstSeq"), "1"),
+         "statement.predicate.segment: segment 0 must start at seq 0 from the genesis hash"),
         (_continuation_without_previous_statement,
          "statement.predicate.segment: a continuation segment needs a previousStatement"),
     ],
@@ -1679,6 +1683,7 @@ def test_record_content_the_format_does_not_judge_verifies(kit: Kit, base: bytes
         "conflict_all_zero_span_id",
         "note_not_a_string",
         "segment_zero_with_previous_statement",
+        "segment_zero_first_seq_not_zero",
         "continuation_without_previous_statement",
     ],
 )
