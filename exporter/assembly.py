@@ -287,6 +287,10 @@ class TraceAssembler:
         self._untracked_lost = 0
         # Spans refused whose trace id could not be read (zero, or unreadable).
         self._untracked_rejected = 0
+        #: When a list, :meth:`add` appends ``(trace id, body)`` of each body it
+        #: drops for want of room (counted lost for the trace), so that a caller
+        #: holding the body elsewhere (the processor's journal) can let it go.
+        self.dropped_bodies: list[tuple[str, Body]] | None = None
 
     @classmethod
     def from_config(cls, config: ExporterConfig) -> TraceAssembler:
@@ -347,6 +351,8 @@ class TraceAssembler:
         entry = self._entry(trace_id, now)
         if entry is None:
             self._count_lost(trace_id)
+            if self.dropped_bodies is not None:
+                self.dropped_bodies.append((trace_id, body))
             return True
         span_id = body_span_id(body)
         versions = entry.seen.get(span_id)

@@ -70,7 +70,7 @@ from .assembly import SealJob
 from .config import QUEUE_BLOCK_VAR, QUEUE_SIZE_VAR
 from .journal import Journal
 from .keys import SigningKey
-from .sealing import SealedBundle
+from .sealing import Body, SealedBundle
 from .selection import Selector
 from .sinks import BundleSink
 
@@ -196,8 +196,24 @@ class _JournaledSealer(SpanproofSpanExporter):
                     self._body_keys[id(body)] = key
             for item in unjournaled:
                 self._held[id(item[1])] = item
-            self._admit_locked(now, [(t, b) for t, b, _ in items], rejected, roots,
-                               dropped=dropped, unsampled=unsampled, dropped_note=dropped_note)
+            assembler = self._assembler
+            lost: list[tuple[str, Body]] = []
+            assembler.dropped_bodies = lost
+            try:
+                self._admit_locked(now, [(t, b) for t, b, _ in items], rejected, roots,
+                                   dropped=dropped, unsampled=unsampled,
+                                   dropped_note=dropped_note)
+            finally:
+                assembler.dropped_bodies = None
+            # Spans the assembler had no room for are declared dropped in their
+            # trace's next bundle: that bundle's write retires their journal entries
+            # (left there, the next start certified them again, after they had been
+            # declared lost), and one the journal could not take is not held for it.
+            for trace_id, lost_body in lost:
+                lost_key = self._body_keys.pop(id(lost_body), None)
+                if lost_key is not None:
+                    self._abandoned_keys.setdefault(trace_id, []).append(lost_key)
+                self._held.pop(id(lost_body), None)
 
     @property
     def holding(self) -> bool:
