@@ -39,7 +39,7 @@ trace's pending spans, not against segments already sealed.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -287,10 +287,14 @@ class TraceAssembler:
         self._untracked_lost = 0
         # Spans refused whose trace id could not be read (zero, or unreadable).
         self._untracked_rejected = 0
-        #: When a list, :meth:`add` appends ``(trace id, body)`` of each body it
-        #: drops for want of room (counted lost for the trace), so that a caller
-        #: holding the body elsewhere (the processor's journal) can let it go.
-        self.dropped_bodies: list[tuple[str, Body]] | None = None
+        #: Called with ``(trace id, body)`` of each body :meth:`add` drops for want
+        #: of room (counted lost for the trace), so that a caller holding the body
+        #: elsewhere (the processor's journal) can let it go with the declaration.
+        self.on_dropped_body: Callable[[str, Body], None] | None = None
+        #: Called with a trace id whose dropped spans' count could not be kept by
+        #: trace any more (it joins the count the next bundle of any trace declares),
+        #: and with each job that declares such counts, as it is made.
+        self.on_untracked: Callable[[str | None, SealJob | None], None] | None = None
 
     @classmethod
     def from_config(cls, config: ExporterConfig) -> TraceAssembler:
@@ -351,8 +355,8 @@ class TraceAssembler:
         entry = self._entry(trace_id, now)
         if entry is None:
             self._count_lost(trace_id)
-            if self.dropped_bodies is not None:
-                self.dropped_bodies.append((trace_id, body))
+            if self.on_dropped_body is not None:
+                self.on_dropped_body(trace_id, body)
             return True
         span_id = body_span_id(body)
         versions = entry.seen.get(span_id)
@@ -668,8 +672,10 @@ class TraceAssembler:
             notes += (note,)
         self._lost[trace_id] = (held + count, notes)
         if len(self._lost) > self._max_pending:
-            _, (forgotten, _) = self._lost.popitem(last=False)
+            forgotten_trace, (forgotten, _) = self._lost.popitem(last=False)
             self._untracked_lost += forgotten
+            if self.on_untracked is not None:
+                self.on_untracked(forgotten_trace, None)
 
     def _full(self, entry: _Trace) -> bool:
         """Whether *entry*'s pending bodies make a segment of their own."""
@@ -719,6 +725,8 @@ class TraceAssembler:
             untracked_dropped,
             untracked_rejected,
         )
+        if untracked_dropped and self.on_untracked is not None:
+            self.on_untracked(None, job)
         entry.bodies = rest
         entry.seen = {}
         for body in rest:

@@ -145,6 +145,8 @@ class _JournaledSealer(SpanproofSpanExporter):
             old.forget_after_fork()  # the parent's journal stays the parent's
         self._journal: Journal | None = None
         self._journal_dir: str = getattr(self, "_journal_dir", "")
+        self._assembler.on_dropped_body = self._dropped_body
+        self._assembler.on_untracked = self._untracked
         # Journal key of each body the assembler holds, by the body's identity.
         self._body_keys: dict[int, str] = {}
         # Journal keys of each sealed bundle not yet written, by the bundle's identity.
@@ -154,6 +156,11 @@ class _JournaledSealer(SpanproofSpanExporter):
         # them (unretired, they kept their journal files, and each file's descriptor,
         # for as long as the process lived).
         self._abandoned_keys: dict[str, list[str]] = {}
+        # Journal keys of dropped spans whose count joined the one the next bundle of
+        # any trace declares (_untracked): waiting for that bundle, then by the
+        # identity of the job that declares them; its write retires them.
+        self._untracked_keys: list[str] = []
+        self._job_keys: dict[int, list[str]] = {}
         # Written bundles whose journal entries this sealing pass retires:
         # (trace id, keys, next position, declared counts, file name).
         self._retiring: list[tuple[str, list[str], dict[str, Any], dict[str, int], str]] = []
@@ -196,24 +203,27 @@ class _JournaledSealer(SpanproofSpanExporter):
                     self._body_keys[id(body)] = key
             for item in unjournaled:
                 self._held[id(item[1])] = item
-            assembler = self._assembler
-            lost: list[tuple[str, Body]] = []
-            assembler.dropped_bodies = lost
-            try:
-                self._admit_locked(now, [(t, b) for t, b, _ in items], rejected, roots,
-                                   dropped=dropped, unsampled=unsampled,
-                                   dropped_note=dropped_note)
-            finally:
-                assembler.dropped_bodies = None
-            # Spans the assembler had no room for are declared dropped in their
-            # trace's next bundle: that bundle's write retires their journal entries
-            # (left there, the next start certified them again, after they had been
-            # declared lost), and one the journal could not take is not held for it.
-            for trace_id, lost_body in lost:
-                lost_key = self._body_keys.pop(id(lost_body), None)
-                if lost_key is not None:
-                    self._abandoned_keys.setdefault(trace_id, []).append(lost_key)
-                self._held.pop(id(lost_body), None)
+            self._admit_locked(now, [(t, b) for t, b, _ in items], rejected, roots,
+                               dropped=dropped, unsampled=unsampled, dropped_note=dropped_note)
+
+    def _dropped_body(self, trace_id: str, body: Body) -> None:
+        # The assembler's on_dropped_body, called under self._lock.  The span is
+        # declared dropped in its trace's next bundle, whose write retires its
+        # journal entry (left there, the next start certified it again, after it
+        # had been declared lost); one the journal could not take is not held.
+        key = self._body_keys.pop(id(body), None)
+        if key is not None:
+            self._abandoned_keys.setdefault(trace_id, []).append(key)
+        self._held.pop(id(body), None)
+
+    def _untracked(self, trace_id: str | None, job: SealJob | None) -> None:
+        # The assembler's on_untracked, called under self._lock: the keys of a
+        # trace whose count joined the untracked one are retired with the bundle
+        # that declares that count.
+        if trace_id is not None:
+            self._untracked_keys.extend(self._abandoned_keys.pop(trace_id, ()))
+        elif job is not None and self._untracked_keys:
+            self._job_keys[id(job)], self._untracked_keys = self._untracked_keys, []
 
     @property
     def holding(self) -> bool:
@@ -277,9 +287,10 @@ class _JournaledSealer(SpanproofSpanExporter):
     def _seal(self, job: SealJob) -> SealedBundle:
         with self._lock:
             taken = [(id(b), self._body_keys.pop(id(b), None)) for b in job.bodies]
+            declared_keys = self._job_keys.pop(id(job), [])
             held = ([self._held.pop(id(b)) for b in job.bodies if id(b) in self._held]
                     if self._held else [])
-        keys = [key for _, key in taken if key is not None]
+        keys = [key for _, key in taken if key is not None] + declared_keys
         try:
             bundle = super()._seal(job)
         except Exception:

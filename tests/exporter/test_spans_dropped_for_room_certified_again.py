@@ -55,3 +55,46 @@ def test_span_dropped_for_room_is_not_certified_again_at_the_next_start(
             declared += report.statement.completeness.dropped_spans
     assert certified == [span_hex(kept)[1]]
     assert declared == 1
+
+
+def test_span_dropped_for_room_of_a_trace_not_remembered_is_not_certified_again(
+        tmp_path: Any, monkeypatch: Any) -> None:
+    # More traces lose spans than max_pending_traces: the first one's count is
+    # declared in the next bundle of any trace, which must retire its entry too.
+    out = tmp_path / "out"
+    rec = Recorder()
+    for name in ("no room", "no room either", "kept"):
+        with evidence(rec, name):
+            pass
+    first, second, kept = rec.take()
+    full = {span_hex(first)[0], span_hex(second)[0]}
+    entry = TraceAssembler._entry
+    refused: set[str] = set()
+
+    def no_room_once(self: TraceAssembler, trace_id: str, now: float) -> Any:
+        if trace_id in full - refused:
+            refused.add(trace_id)
+            return None
+        return entry(self, trace_id, now)
+
+    monkeypatch.setattr(TraceAssembler, "_entry", no_room_once)
+    processor = EvidenceSpanProcessor(out, signing_key=signing_key(), select_all=True,
+                                      max_pending_traces=1)
+    for span in (first, second, kept):
+        processor.on_end(span)
+    assert processor.force_flush()
+    processor.shutdown()
+    assert refused == full
+    monkeypatch.setattr(TraceAssembler, "_entry", entry)
+    EvidenceSpanProcessor(out, signing_key=signing_key(), select_all=True).shutdown()
+
+    trust = trust_root(tmp_path)
+    certified: list[str] = []
+    declared = 0
+    for report in reports(out, trust, allow_incomplete=True):
+        assert report.verdict is Verdict.OK, (report.source, report.reason)
+        assert report.statement is not None
+        certified += [r["span"]["spanId"] for r in report.records or ()]
+        declared += report.statement.completeness.dropped_spans
+    assert certified == [span_hex(kept)[1]]
+    assert declared == 2
