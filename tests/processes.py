@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -61,3 +63,20 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "c
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.05)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rotel_agent() -> str:
+    """The ``rotel-agent`` binary the ``rotel`` package (the test extra) ships."""
+    spec = importlib.util.find_spec("rotel")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("the rotel package is not installed (it is in the 'test' extra)")
+    path = os.path.join(next(iter(spec.submodule_search_locations)), "rotel-agent")
+    assert os.access(path, os.X_OK), path
+    return path

@@ -5,7 +5,6 @@ form its comment (and README) gives is the same settings, flag for flag."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shlex
@@ -21,7 +20,7 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from processes import wait_for
+from processes import free_port, rotel_agent, wait_for
 
 from benchmarks.run import rotel_env
 from spanproof.exporter import SigningKey
@@ -36,21 +35,6 @@ _ADDRESS = re.compile(r"127\.0\.0\.1:(\d+)")
 # `[env: ROTEL_X=]` under a flag in `rotel-agent start --help`.
 _HELP_FLAG = re.compile(r"^\s+(--[a-z0-9-]+)\b(?:(?!\n\s+--).)*?\[env: ([A-Z0-9_]+)=",
                         re.MULTILINE | re.DOTALL)
-
-
-def rotel_agent() -> str:
-    spec = importlib.util.find_spec("rotel")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("the rotel package is not installed (it is in the 'test' extra)")
-    path = os.path.join(next(iter(spec.submodule_search_locations)), "rotel-agent")
-    assert os.access(path, os.X_OK), path
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def listening(port: int) -> bool:

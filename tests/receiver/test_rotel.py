@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import socket
@@ -15,28 +14,13 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from processes import wait_for
+from processes import free_port, rotel_agent, wait_for
 from receiver_support import ReceiverProcess, bundle_paths, trust_root, write_key
 
 from benchmarks.run import rotel_env
 from spanproof.verifier import check_bundle
 
 pytestmark = pytest.mark.slow
-
-
-def rotel_agent() -> str:
-    spec = importlib.util.find_spec("rotel")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("the rotel package is not installed (it is in the 'test' extra)")
-    path = os.path.join(next(iter(spec.submodule_search_locations)), "rotel-agent")
-    assert os.access(path, os.X_OK), path
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Rotel:
