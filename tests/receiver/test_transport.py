@@ -1513,6 +1513,10 @@ def test_http_stop_returns_within_its_grace_despite_idle_and_trickling_clients(
     try:
         idle.sendall(_post_request())
         assert idle.recv(65536).startswith(b"HTTP/1.1 200 ")
+        # The answer can arrive before its connection is marked idle: wait for that,
+        # or the count below could be the idle connection's, the trickled request not
+        # begun yet (then closed at once as idle, and stop() returned early).
+        wait_for(lambda: _handling(server) == 0, timeout=10, what="the idle connection")
         trickling.sendall(_post_request()[:-len(_VALID) + 10])
         wait_for(lambda: _handling(server) == 1, timeout=10, what="the trickled request")
         sender.start()
