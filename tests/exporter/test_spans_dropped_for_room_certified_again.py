@@ -14,6 +14,25 @@ from spanproof.exporter.assembly import TraceAssembler
 from spanproof.verifier import Verdict
 
 
+def _after_a_restart(tmp_path: Any, monkeypatch: Any, entry: Any,
+                     trace_id: str | None = None) -> tuple[list[str], int]:
+    """Start the processor again on the same output (the assembler's room back as
+    it was), shut it down, and return the span ids certified in all the bundles and
+    the spans they declare dropped (for *trace_id* only, when given)."""
+    monkeypatch.setattr(TraceAssembler, "_entry", entry)
+    out = tmp_path / "out"
+    EvidenceSpanProcessor(out, signing_key=signing_key(), select_all=True).shutdown()
+    certified: list[str] = []
+    declared = 0
+    for report in reports(out, trust_root(tmp_path), allow_incomplete=True):
+        assert report.verdict is Verdict.OK, (report.source, report.reason)
+        assert report.statement is not None
+        certified += [r["span"]["spanId"] for r in report.records or ()]
+        if trace_id is None or report.statement.trace_id == trace_id:
+            declared += report.statement.completeness.dropped_spans
+    return certified, declared
+
+
 def test_span_dropped_for_room_is_not_certified_again_at_the_next_start(
         tmp_path: Any, monkeypatch: Any) -> None:
     out = tmp_path / "out"
@@ -40,19 +59,8 @@ def test_span_dropped_for_room_is_not_certified_again_at_the_next_start(
     assert processor.force_flush()
     processor.shutdown()
     assert refused
-    monkeypatch.setattr(TraceAssembler, "_entry", entry)
     # The next start finds nothing of this clean shutdown's to recover.
-    EvidenceSpanProcessor(out, signing_key=signing_key(), select_all=True).shutdown()
-
-    trust = trust_root(tmp_path)
-    certified: list[str] = []
-    declared = 0
-    for report in reports(out, trust, allow_incomplete=True):
-        assert report.verdict is Verdict.OK, (report.source, report.reason)
-        assert report.statement is not None
-        certified += [r["span"]["spanId"] for r in report.records or ()]
-        if report.statement.trace_id == full_trace:
-            declared += report.statement.completeness.dropped_spans
+    certified, declared = _after_a_restart(tmp_path, monkeypatch, entry, full_trace)
     assert certified == [span_hex(kept)[1]]
     assert declared == 1
 
@@ -85,16 +93,6 @@ def test_span_dropped_for_room_of_a_trace_not_remembered_is_not_certified_again(
     assert processor.force_flush()
     processor.shutdown()
     assert refused == full
-    monkeypatch.setattr(TraceAssembler, "_entry", entry)
-    EvidenceSpanProcessor(out, signing_key=signing_key(), select_all=True).shutdown()
-
-    trust = trust_root(tmp_path)
-    certified: list[str] = []
-    declared = 0
-    for report in reports(out, trust, allow_incomplete=True):
-        assert report.verdict is Verdict.OK, (report.source, report.reason)
-        assert report.statement is not None
-        certified += [r["span"]["spanId"] for r in report.records or ()]
-        declared += report.statement.completeness.dropped_spans
+    certified, declared = _after_a_restart(tmp_path, monkeypatch, entry)
     assert certified == [span_hex(kept)[1]]
     assert declared == 2
