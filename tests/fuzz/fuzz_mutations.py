@@ -10,10 +10,69 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import random
+import signal
+import traceback
+from collections.abc import Callable
 from typing import Any
 
 from spanproof.verifier.canonical import canonicalize
+
+
+def run_campaign(seed: int, count: int, case: Callable[[int, random.Random], None]) -> None:
+    """Run ``case(n, rng)`` for every n below *count*, each with a random source of
+    its own seeded from *seed* and n (so a failing case replays alone), split over
+    this process and forked children, one per further core (at most four in all):
+    the campaigns are CPU-bound and a test run otherwise uses one core.  A failure
+    is raised with its case number, from a child as its traceback's text."""
+    processes = max(1, min(4, len(os.sched_getaffinity(0))))
+    children: list[tuple[int, int]] = []  # (pid, the pipe its failure comes through)
+    try:
+        for part in range(1, processes):
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: its part, its answer, and out (no pytest teardown)
+                status = 1  # whatever stops it before its answer is written is a failure
+                try:
+                    os.close(read)
+                    failure = _run_part(seed, count, case, part, processes)
+                    with os.fdopen(write, "wb") as answer:
+                        answer.write(failure.encode("utf-8", "replace"))
+                    status = 1 if failure else 0
+                finally:
+                    os._exit(status)
+            os.close(write)
+            children.append((pid, read))
+        failure = _run_part(seed, count, case, 0, processes)
+        if failure:
+            raise AssertionError(failure)
+        while children:
+            pid, read = children.pop()
+            try:
+                with os.fdopen(read, "rb") as answer:
+                    failure = answer.read().decode("utf-8", "replace")
+            finally:
+                status = os.waitpid(pid, 0)[1]
+            if failure or status:
+                raise AssertionError(failure or f"a campaign process ended with status {status}")
+    finally:
+        for pid, read in children:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(read)
+
+
+def _run_part(seed: int, count: int, case: Callable[[int, random.Random], None],
+              part: int, parts: int) -> str:
+    """Cases part, part + parts, ... of a campaign; the first failure's text, or ""."""
+    for n in range(part, count, parts):
+        try:
+            case(n, random.Random(f"{seed}:{n}"))
+        except Exception:
+            return f"case {n} of campaign {seed}:\n{traceback.format_exc()}"
+    return ""
+
 
 _SPECIAL = b'{}[]",:\n\\ 0aZ\x00\xff'
 DELETE = object()  # a "value" that removes the member or element instead

@@ -14,7 +14,7 @@ that was not signed or committed.
 * Disclosure files: a disclosure that opens its commitment is one of the originals.
 
 The default run is quick; the ``slow`` campaign replays 20,000 cases of each kind
-from a fixed seed.
+from a fixed seed, split over the cores (``fuzz_mutations.run_campaign``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,13 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from fuzz_mutations import BundleMutator, mutate_bytes, mutate_document, without_unsigned
+from fuzz_mutations import (
+    BundleMutator,
+    mutate_bytes,
+    mutate_document,
+    run_campaign,
+    without_unsigned,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -240,11 +246,11 @@ def test_disclosure_checks_are_not_vacuous() -> None:
 
 @pytest.mark.slow
 def test_long_run_of_receipt_disclosure_and_case_mutations(deep_receipt: ReceiptCase) -> None:
-    """20,000 cases of each kind from a fixed seed (reproducible; a failure names the
-    kind and the case number)."""
-    rng = random.Random(20261203)
+    """20,000 cases of each kind, each seeded from a fixed seed and its number (a
+    failure names the case and the passing bundle it mutated)."""
     receipts = (CONFORMANCE_RECEIPT, deep_receipt)
-    for n in range(20_000):
+
+    def case(n: int, rng: random.Random) -> None:
         name = PASSING[n % len(PASSING)]
         try:
             _check_bundle_mutation(name, mutate_bytes(_MUTATORS[name].original, rng), False)
@@ -254,3 +260,5 @@ def test_long_run_of_receipt_disclosure_and_case_mutations(deep_receipt: Receipt
             _check_disclosure_mutation(mutate_document(DISCLOSURES, rng))
         except AssertionError as e:
             raise AssertionError(f"case {n} ({name})") from e
+
+    run_campaign(20261203, 20_000, case)
