@@ -280,9 +280,13 @@ _CSP = (
 # ------------------------------------------------------------------------ sections
 
 
-def _trace_verdict(items: Sequence[ReportItem], link: TraceLink | None) -> Verdict:
+def _trace_verdict(
+    items: Sequence[ReportItem], link: TraceLink | None, refused: Sequence[DisclosureResult]
+) -> Verdict:
+    """FAIL when a bundle failed, the segments do not link (SPEC §8 step 11) or a
+    disclosure for the trace was rejected (SPEC §2.5.5): each fails the report."""
     verdicts = {item.verdict for item in items}
-    if Verdict.FAIL in verdicts or (link is not None and not link.ok):
+    if Verdict.FAIL in verdicts or (link is not None and not link.ok) or refused:
         return Verdict.FAIL
     if Verdict.INCOMPLETE in verdicts:
         return Verdict.INCOMPLETE
@@ -663,6 +667,36 @@ def _group(items: Sequence[ReportItem]) -> list[tuple[str | None, list[ReportIte
     return out
 
 
+def _trace_failure(
+    items: Sequence[ReportItem], bad_link: TraceLink | None, refused: Sequence[DisclosureResult]
+) -> str:
+    """Why a trace FAILED, in words that never read as a pass: a bundle's reason, or
+    the segments' link, then any rejected disclosure of the trace (SPEC §2.5.5)."""
+    failed = next((i for i in items if i.verdict is Verdict.FAIL), None)
+    which = ""
+    if refused:
+        first = refused[0]
+        which = (
+            f"<code>{_esc(first.key, _MAX_NAME)}</code> of step <code>{_esc(first.span_id)}"
+            f'</code>: <span class="reason">{_esc(first.message, _MAX_VALUE)}</span>'
+            + (f" (and {len(refused) - 1} more, listed above)" if len(refused) > 1 else "")
+        )
+    if failed is not None or bad_link is not None:
+        reason = failed.reason if failed is not None else (bad_link.message if bad_link else "")
+        sentence = f'FAILED: <span class="reason">{_esc(reason)}</span>'
+        if which:
+            sentence += f". A disclosed value for this trace was rejected too: {which}"
+        return sentence
+    bundles = "every bundle of this trace verified" + (
+        "" if all(i.verdict is Verdict.OK for i in items)
+        else " (some declaring steps they did not certify)"
+    )
+    return (
+        f"FAILED: {bundles}, but a disclosed value handed over with them was REJECTED, "
+        f"so the trace fails: {which}."
+    )
+
+
 def _trace_section(
     n: int,
     trace_id: str | None,
@@ -671,11 +705,15 @@ def _trace_section(
     trusted: Mapping[str, str],
     opened: _Opened,
     rejected: _Opened,
+    refused: Sequence[DisclosureResult],
 ) -> tuple[str, str]:
-    """The section for one trace, and its line in the summary list."""
+    """The section for one trace, and its line in the summary list.
+
+    *refused* are the rejected disclosures of this trace: each makes it FAIL.
+    """
     trace_links = [link for link in links if link.trace_id == trace_id]
     bad_link = next((link for link in trace_links if not link.ok), None)
-    verdict = _trace_verdict(items, bad_link)
+    verdict = _trace_verdict(items, bad_link, refused)
     cls = _verdict_class(verdict)
     title = f"Trace <code>{_esc(trace_id)}</code>" if trace_id else (
         f"File <code>{_esc(_file_name(items[0].path))}</code>"
@@ -687,9 +725,7 @@ def _trace_section(
     elif verdict is Verdict.INCOMPLETE:
         sentence = "Verified, but the producer declared steps it did not certify."
     else:
-        failed = next((i for i in items if i.verdict is Verdict.FAIL), None)
-        reason = failed.reason if failed is not None else (bad_link.message if bad_link else "")
-        sentence = f'FAILED: <span class="reason">{_esc(reason)}</span>'
+        sentence = _trace_failure(items, bad_link, refused)
     parts = [
         f'<section class="trace" id="t{n}" data-verdict="{verdict.value}">',
         f"<h2>{title}</h2>",
@@ -742,6 +778,28 @@ def _disclosure_summary(
     )
 
 
+def _why_failed(
+    failed_bundles: int,
+    problems: Sequence[tuple[str, str]],
+    links: Sequence[TraceLink],
+    failed_disclosures: Sequence[DisclosureResult],
+) -> str:
+    """Every cause of an overall FAIL, so that bundles that all verified never read
+    as a pass of a report that failed; ``""`` when nothing failed."""
+    unlinked = len({link.trace_id for link in links if not link.ok})
+    causes = [
+        f"{n} {what}"
+        for n, what in (
+            (failed_bundles, "bundle(s) failed"),
+            (unlinked, "trace(s) whose segments do not form one chain"),
+            (len(failed_disclosures), "disclosed value(s) rejected"),
+            (len(problems), "input(s) could not be checked"),
+        )
+        if n
+    ]
+    return f" The report FAILS: {', '.join(causes)}." if causes else ""
+
+
 def render_html(
     items: Sequence[ReportItem],
     *,
@@ -763,7 +821,7 @@ def render_html(
         trusted: key id → where that trusted key came from (shown beside the signer).
         disclosures: the results of ``check_disclosures`` for these bundles: a
             verified one shows its value in place of the commitment, a rejected one
-            is listed with its reason and makes the report FAIL.
+            is listed with its reason and makes its trace and the report FAIL.
         title: the document's title.
 
     Every value from a bundle is HTML-escaped.  The result loads no external
@@ -772,14 +830,16 @@ def render_html(
     """
     keys = dict(trusted or {})
     opened, rejected = _index_disclosures(disclosures)
+    failed_disclosures = [r for r in disclosures if not r.ok]
     sections: list[str] = []
     summary: list[str] = []
     for n, (trace_id, group) in enumerate(_group(items)):
-        section, line = _trace_section(n, trace_id, group, links, keys, opened, rejected)
+        refused = [r for r in failed_disclosures if trace_id and r.trace_id == trace_id]
+        section, line = _trace_section(n, trace_id, group, links, keys, opened, rejected,
+                                       refused)
         sections.append(section)
         summary.append(line)
     counts = {v: sum(i.verdict is v for i in items) for v in Verdict}
-    failed_disclosures = [r for r in disclosures if not r.ok]
     no_failure = (
         not problems
         and counts[Verdict.FAIL] == 0
@@ -811,7 +871,8 @@ def render_html(
         f"<h1>{_esc(title)}</h1>",
         f'<div class="banner {_verdict_class(overall)} overall">{_badge(overall)}'
         f"{len(items)} bundle(s) checked: {counts[Verdict.OK]} verified, "
-        f"{counts[Verdict.FAIL]} failed, {counts[Verdict.INCOMPLETE]} incomplete.</div>",
+        f"{counts[Verdict.FAIL]} failed, {counts[Verdict.INCOMPLETE]} incomplete."
+        f"{_why_failed(counts[Verdict.FAIL], problems, links, failed_disclosures)}</div>",
         "<p>Each bundle is a signed, hash-chained record of the steps an automated "
         "workflow ran, taken from its tracing. It was checked offline against the trusted "
         "keys below; nothing was fetched from the operator or the network.</p>",

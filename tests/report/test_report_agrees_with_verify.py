@@ -256,6 +256,16 @@ def disclosures_forged(t: Path, k: Keys, mb: MakeBundle) -> Case:
     return Case(["--key", str(k.pub), "--disclosures", str(f), str(path)])
 
 
+def disclosure_rejected_incomplete(t: Path, k: Keys, mb: MakeBundle) -> Case:
+    path, data = _redacted(t, k, completeness=Completeness(dropped_spans=1))
+    (d,) = DisclosureFile.from_bytes(data).disclosures
+    f = t / "d.json"
+    f.write_bytes(DisclosureFile((Disclosure(d.trace_id, d.span_id, d.key, d.salt,
+                                             {"stringValue": "gpt-x"}),)).to_bytes())
+    return Case(["--key", str(k.pub), "--disclosures", str(f), str(path),
+                 str(mb("other", trace_id=OTHER_TRACE)[0])])
+
+
 def disclosures_malformed(t: Path, k: Keys, mb: MakeBundle) -> Case:
     path, data = _redacted(t, k)
     bad = t / "bad<b>.json"
@@ -361,6 +371,7 @@ CASES: list[Build] = [
     segments_later_only, two_signers, segment_fails_and_links, receipts_valid,
     receipts_mixed, receipts_missing_required, receipt_wrong_origin, receipt_garbage,
     receipt_without_witness_key, disclosures_open, disclosures_forged,
+    disclosure_rejected_incomplete,
     disclosures_malformed, disclosures_empty, disclosures_on_failed_bundle, salt_reused,
     two_instances, key_out_of_window, oddly_named_file, check_raises, hostile,
     empty_directory, unlistable_directory,
@@ -382,6 +393,13 @@ def _printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
+def _banner_text(document: str, kind: str) -> str:
+    """The text of the first ``<div class="banner … KIND">`` of *document*."""
+    m = re.search(rf'<div class="banner \w+ {kind}">.*?</div>', document)
+    assert m is not None, kind
+    return _text(read_page(m.group(0)).text)
+
+
 def _expected_trace_verdicts(doc: dict[str, Any]) -> dict[str, str]:
     verdicts: dict[str, set[str]] = {}
     for bundle in doc["bundles"]:
@@ -390,6 +408,10 @@ def _expected_trace_verdicts(doc: dict[str, Any]) -> dict[str, str]:
     for trace in doc["traces"]:
         if not trace["ok"]:
             verdicts.setdefault(trace["traceId"], set()).add("FAIL")
+    for d in doc.get("disclosures", []):
+        # A rejected disclosure fails the trace it is for, when the page shows that trace.
+        if d["status"] != "PASS" and d["traceId"] in verdicts:
+            verdicts[d["traceId"]].add("FAIL")
     return {
         trace: "FAIL" if "FAIL" in seen else "INCOMPLETE" if "INCOMPLETE" in seen else "OK"
         for trace, seen in verdicts.items()
@@ -435,6 +457,24 @@ def check_agreement(capsys: pytest.CaptureFixture[str], tmp_path: Path, case: Ca
         else:
             assert verdict == "FAIL", title  # a file whose statement was not read
     assert traces == _expected_trace_verdicts(doc)
+
+    # Each verdict's sentence says that verdict: a FAIL never reads as a pass.
+    overall_banner = _banner_text(document, "overall")
+    assert overall_banner.startswith(page.body_verdict or "")
+    if page.body_verdict == "FAIL":
+        assert "The report FAILS: " in overall_banner, overall_banner
+    else:
+        assert "FAIL" not in overall_banner.removeprefix(page.body_verdict or ""), overall_banner
+    for section in document.split('<section class="trace" ')[1:]:
+        verdict = re.match(r'id="t\d+" data-verdict="(\w+)"', section)
+        assert verdict is not None
+        sentence = _banner_text(section, "trace-verdict")
+        if verdict.group(1) == "FAIL":
+            assert sentence.startswith("FAILFAILED: "), sentence
+        else:
+            assert "FAIL" not in sentence, sentence
+        assert ("Every bundle of this trace verified." in sentence) == (
+            verdict.group(1) == "OK"), sentence
 
     # Everything verify states is in the page.
     for path, reason in ((e["path"], e["reason"]) for e in doc["errors"]):

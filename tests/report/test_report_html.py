@@ -352,3 +352,51 @@ def test_report_does_not_call_records_unverified_when_only_the_receipt_failed(
             "the bundle FAILED a later check: witness receipt: no receipt") in page.text
     assert "Yes. The producer declared that 1 step(s) dropped" in page.text
     assert sorted(set(page.steps)) == sorted(WORKFLOW_STEPS)
+
+
+@pytest.mark.parametrize(("completeness", "bundles", "counts"), [
+    (None, "every bundle of this trace verified", "1 verified, 0 failed, 0 incomplete"),
+    (Completeness(dropped_spans=1), "every bundle of this trace verified (some declaring "
+     "steps they did not certify)", "0 verified, 0 failed, 1 incomplete"),
+], ids=["verified", "incomplete"])
+def test_trace_whose_disclosure_was_rejected_is_not_called_verified(
+    capsys, tmp_path: Path, keys: Keys, completeness: Completeness | None, bundles: str,
+    counts: str,
+):
+    # A trace whose bundles all verified, handed over with a disclosure that was
+    # rejected, said "Every bundle of this trace verified." (or, incomplete, "Verified,
+    # but ...") under an OK (INCOMPLETE) badge above the rejected value, and the page's
+    # FAIL banner said only "1 verified, 0 failed, 0 incomplete".
+    sealed = seal(
+        TRACE, workflow_bodies(), ChainPosition.genesis(TRACE), signer=keys.signer,
+        producer=PRODUCER, sealed_at=SEALED_AT, reason="root_ended",
+        redact=AttributeMatcher.parse("gen_ai.request.*"), salt=lambda: bytes(16),
+        completeness=completeness,
+    )
+    path = tmp_path / sealed.file_name
+    path.write_bytes(sealed.data)
+    (d,) = DisclosureFile.from_bytes(sealed.disclosures_data()).disclosures
+    disclosures = tmp_path / "d.json"
+    disclosures.write_bytes(DisclosureFile((Disclosure(d.trace_id, d.span_id, d.key, d.salt,
+                                                       {"stringValue": "gpt-x"}),)).to_bytes())
+    html = tmp_path / "r.html"
+    code, _, _ = run(capsys, "report", "--key", keys.pub, "--disclosures", disclosures, path,
+                     "--html", html)
+    assert code == 1
+    document = html.read_text(encoding="utf-8")
+    page = read_page(document)
+    assert page.body_verdict == "FAIL"
+    section = re.search(r'<section class="trace" id="t0" data-verdict="(\w+)">', document)
+    assert section is not None and section.group(1) == "FAIL"
+    assert "Every bundle of this trace verified." not in page.text
+    assert "Verified, but the producer declared" not in page.text
+    text = " ".join(page.text.split())
+    assert (f"FAILED: {bundles}, but a disclosed value handed over with them was REJECTED, "
+            "so the trace fails: gen_ai.request.model of step "
+            f"{d.span_id}: value does not match the commitment") in text
+    assert (f"1 bundle(s) checked: {counts}. The report FAILS: "
+            "1 disclosed value(s) rejected.") in text
+    # The bundle itself still verified, and says so.
+    article = re.search(r'<article class="bundle" data-verdict="(\w+)"', document)
+    assert article is not None
+    assert article.group(1) == ("OK" if completeness is None else "INCOMPLETE")
