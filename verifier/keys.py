@@ -218,8 +218,15 @@ def parse_time(text: Any, where: str) -> datetime:
 
 
 def format_time(value: datetime) -> str:
-    """Format an aware datetime as RFC 3339 UTC with microseconds and ``Z``."""
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Format an aware datetime as RFC 3339 UTC with microseconds and ``Z``: the
+    ``sealedAt`` form of SPEC §5.3, ``YYYY-MM-DDThh:mm:ss.ffffffZ``."""
+    t = value.astimezone(timezone.utc)
+    # Not strftime: its %Y gives "999", not "0999", for a year below 1000 on glibc,
+    # and RFC 3339 §5.6 (and SPEC §5.3) have a four-digit year.
+    return (
+        f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:"
+        f"{t.second:02d}.{t.microsecond:06d}Z"
+    )
 
 
 @dataclass(frozen=True)

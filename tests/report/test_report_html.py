@@ -3,7 +3,10 @@ nothing, that bundle content is only ever text, and its exit status."""
 
 from __future__ import annotations
 
+import base64
+import json
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -400,3 +403,27 @@ def test_trace_whose_disclosure_was_rejected_is_not_called_verified(
     article = re.search(r'<article class="bundle" data-verdict="(\w+)"', document)
     assert article is not None
     assert article.group(1) == ("OK" if completeness is None else "INCOMPLETE")
+
+
+def test_bundle_sealed_before_year_1000_verifies_and_shows_a_four_digit_year(
+    capsys, tmp_path: Path, keys: Keys
+):
+    # A sealedAt before the year 1000 was signed and shown as "999-03-02T..." (SPEC §5.3
+    # and RFC 3339 have a four-digit year), so verify refused the producer's own bundle.
+    sealed_at = datetime(999, 3, 2, 9, 30, 0, 250_000, timezone.utc)
+    sealed = seal(TRACE, workflow_bodies(), ChainPosition.genesis(TRACE), signer=keys.signer,
+                  producer=PRODUCER, sealed_at=sealed_at, reason="root_ended")
+    path = tmp_path / sealed.file_name
+    path.write_bytes(sealed.data)
+    written = "0999-03-02T09:30:00.250000Z"
+    assert f'"sealedAt":"{written}"' in base64.b64decode(
+        json.loads(sealed.data.split(b"\n", 1)[0] + b"]}")["envelope"]["payload"]
+    ).decode()
+    code, out, _ = run(capsys, "verify", "--key", keys.pub, path)
+    assert code == 0, out
+    code, out, _ = run(capsys, "show", "--key", keys.pub, path)
+    assert code == 0 and f"sealed    root_ended at {written} by " in out
+    html = tmp_path / "r.html"
+    code, _, _ = run(capsys, "report", "--key", keys.pub, path, "--html", html)
+    assert code == 0
+    assert f"Sealed at{written} (the producer's own clock)" in read_report(html).text

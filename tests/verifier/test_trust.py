@@ -457,3 +457,15 @@ def test_parse_time_reads_a_leap_second_as_the_last_microsecond(
 def test_parse_time_refuses_what_no_instant_is(text: str) -> None:
     with pytest.raises(InvalidBundle, match="not a valid date and time"):
         parse_time(text, "sealedAt")
+
+
+@pytest.mark.parametrize("year", [1, 9, 10, 99, 100, 999, 1000, 2026, 9999])
+def test_format_time_writes_a_four_digit_year_below_1000(year: int) -> None:
+    # strftime's %Y wrote the year 999 as "999" (glibc does not pad it), which is not
+    # the YYYY of SPEC §5.3: the producer signed such a sealedAt, and the verifier
+    # refused its own bundle; show and report displayed it so.
+    when = datetime(year, 3, 2, 9, 30, 0, 250_000, timezone.utc)
+    text = format_time(when)
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z", text), text
+    assert text.startswith(f"{year:04d}-03-02T")
+    assert parse_time(text, "sealedAt") == when
