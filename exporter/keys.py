@@ -7,6 +7,7 @@ import fcntl
 import functools
 import logging
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -161,15 +162,18 @@ def load_or_create(directory: str | os.PathLike[str]) -> SigningKey:
     ``directory/signing.pub`` holds its public half.
 
     Of several threads or processes creating the key at once, one key wins and all
-    of them return it.  A missing ``signing.pub`` is written from the key.
+    of them return it.  A missing ``signing.pub`` is written from the key.  A
+    ``signing.key`` that is a symbolic link to nothing is refused: no key is written
+    through it, and nothing in *directory* is changed.
 
     Raises:
-        InvalidKey: ``signing.key`` cannot be used, or ``signing.pub`` holds another
-            key than the public half of ``signing.key``.
+        InvalidKey: ``signing.key`` cannot be used (a dangling symbolic link among
+            them), or ``signing.pub`` holds another key than the public half of
+            ``signing.key``.
         OSError: the directory cannot be created or written.
     """
     path = os.path.join(directory, PRIVATE_KEY_NAME)
-    if not os.path.exists(path):
+    if _key_missing(path):
         # A signing.pub with no signing.key beside it is the half of no key that
         # will sign here.  Removed before the link, it cannot be taken for the new
         # key's in the moment between the winner's link and its own signing.pub.
@@ -189,6 +193,35 @@ def load_or_create(directory: str | os.PathLike[str]) -> SigningKey:
     key = SigningKey.load(path)
     _check_public_half(key, directory)
     return key
+
+
+def _key_missing(path: str) -> bool:
+    """Whether there is no ``signing.key`` at *path* at all, so that one is created.
+
+    A symbolic link there whose target cannot be reached (missing, a loop of links,
+    a directory that cannot be searched) is refused rather than taken for no key:
+    it is someone's choice of where the key lives (a mounted secret, say), gone for
+    now.  A key generated through it would be written where the link leads, and
+    ``signing.pub`` beside it replaced, for a private key its owner never made.
+
+    Raises:
+        InvalidKey: *path* is a symbolic link that leads to no file.
+    """
+    try:
+        if not stat.S_ISLNK(os.lstat(path).st_mode):
+            return False  # a file, or something else the loading refuses by name
+    except OSError:  # none there, or none can be seen: creating it says why not
+        return True
+    try:
+        os.stat(path)
+    except OSError as e:
+        raise InvalidKey(
+            f"{path} is a symbolic link to {os.readlink(path)}, which does not exist "
+            f"or cannot be reached ({e.strerror or e}): no signing key is generated "
+            f"through a link. Make the file it names available, or remove the link "
+            f"to have a key generated in its place"
+        ) from None
+    return False
 
 
 def _check_public_half(key: SigningKey, directory: str | os.PathLike[str]) -> None:

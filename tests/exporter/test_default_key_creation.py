@@ -190,3 +190,29 @@ def test_keys_replaced_at_once_leave_one_writers_pair(
     a.write(tmp_path, exist_ok=True)
     assert b_written
     assert _assert_matching_pair(tmp_path).keyid == b.keyid
+
+
+@pytest.mark.parametrize("producer", ["SpanproofSpanExporter", "EvidenceSpanProcessor"])
+def test_a_dangling_signing_key_link_is_refused_and_signing_pub_kept(
+    tmp_path: Path, producer: str
+) -> None:
+    # signing.key a symbolic link to a file that is gone (an unmounted volume, a
+    # moved secret): the default key was taken for absent, signing.pub deleted, and
+    # only then did loading the link fail.
+    from spanproof import exporter
+
+    directory = tmp_path / "out" / "keys"
+    directory.mkdir(parents=True)
+    target = tmp_path / "secrets" / "signing.key"
+    os.symlink(target, directory / "signing.key")
+    published = SigningKey.generate().public_pem()
+    (directory / "signing.pub").write_bytes(published)
+    with pytest.raises(InvalidKey) as raised:
+        getattr(exporter, producer)(output_dir=tmp_path / "out")
+    assert (directory / "signing.pub").read_bytes() == published
+    message = str(raised.value)
+    assert f"{directory / 'signing.key'} is a symbolic link to {target}" in message
+    assert "does not exist" in message
+    assert sorted(os.listdir(directory)) == ["signing.key", "signing.pub"]
+    assert os.readlink(directory / "signing.key") == str(target)
+    assert not target.parent.exists()  # no key written through the link
