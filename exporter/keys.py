@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import functools
 import logging
 import os
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nacl.signing import SigningKey as _SodiumKey
 
-from spanproof.verifier._files import read_named_file, unlink_quietly, write_atomic, write_temp
+from spanproof.verifier._files import (
+    locked_directory,
+    read_named_file,
+    unlink_quietly,
+    write_atomic,
+    write_temp,
+)
 from spanproof.verifier.dsse import PAYLOAD_TYPE, Envelope, Signature, pae
 from spanproof.verifier.errors import InvalidKey
 from spanproof.verifier.keys import key_id, load_private_key, load_public_key
@@ -97,7 +100,7 @@ class SigningKey:
         into place, so of several writers at once exactly one succeeds and only
         that one writes ``signing.pub``; with *exist_ok* both files are replaced.
         Of writers replacing the key at once, each writes ``signing.pub`` only
-        while ``signing.key`` is still its own (:func:`_key_directory_lock`), so
+        while ``signing.key`` is still its own (one at a time), so
         the pair left is one writer's.  Returns both paths.
 
         Raises:
@@ -120,8 +123,10 @@ class SigningKey:
         finally:
             unlink_quietly(tmp)
         # Reached only by a writer whose key became signing.key; another writer's
-        # may have replaced it since (--force), and that writer writes its own half.
-        with _key_directory_lock(folder):
+        # may have replaced it since (--force), and that writer writes its own half:
+        # unless each checks, in turn, that signing.key is still its own, the last
+        # private key can get another writer's public half.
+        with locked_directory(folder):
             if read_named_file(priv)[0] == self.private_pem():
                 write_atomic(pub, self.public_pem())
         return priv, pub
@@ -130,31 +135,6 @@ class SigningKey:
         """Return a DSSE envelope over *payload* (SPEC §5.1) signed by this key."""
         sig = self._sodium.sign(pae(PAYLOAD_TYPE, payload)).signature
         return Envelope(PAYLOAD_TYPE, payload, (Signature(sig, self.keyid),))
-
-
-@contextlib.contextmanager
-def _key_directory_lock(directory: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on *directory* while ``signing.pub`` is written.
-
-    Writers replacing the key at once (``spanproof keygen --force`` twice) each
-    replace ``signing.key`` and then write ``signing.pub``; unless each checks, in
-    turn, that ``signing.key`` is still its own before writing, the last private key
-    can get another writer's public half, and the bundles it signs fail with the
-    public key given to verifiers.  On a filesystem that locks no directories the
-    check is made without the lock.
-
-    Raises:
-        OSError: *directory* cannot be opened.
-    """
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:
-            pass  # no directory locks here (some network filesystems)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def load_or_create(directory: str | os.PathLike[str]) -> SigningKey:

@@ -3,7 +3,9 @@ and the one way files handed over by others are opened for reading."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import re
 import secrets
@@ -12,7 +14,8 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 __all__ = [
-    "MAX_NAMED_FILE", "fsync_directory", "link_no_replace", "open_regular", "read_named_file",
+    "MAX_NAMED_FILE", "fsync_directory", "link_no_replace", "locked_directory", "open_regular",
+    "read_named_file",
     "temp_target", "unlink_quietly", "walk_files", "write_atomic", "write_new", "write_once",
     "write_temp",
 ]
@@ -167,6 +170,26 @@ def fsync_directory(directory: str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def locked_directory(directory: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on *directory*: writers of a set of files that
+    belong together (a key and the files beside it) take turns.  On a filesystem
+    that locks no directories (some network filesystems) the body runs unlocked.
+
+    Raises:
+        OSError: *directory* cannot be opened.
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass  # no directory locks here
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 _NOT_REGULAR = (
