@@ -296,6 +296,8 @@ def _producer_trust(keys: Sequence[str] | None, root: str | None) -> TrustRoot |
 def _cmd_keygen(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+    from spanproof.verifier._files import temp_target
+
     from .signing import CheckpointSigner, generate_key_file
 
     key = Ed25519PrivateKey.generate()
@@ -310,6 +312,9 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     except OSError as e:
         named = e.filename2 if e.filename2 is not None else e.filename  # replace(): the target
         where = args.key if named is None else os.fsdecode(named)
+        written_for = temp_target(os.path.basename(where))  # a file's temporary copy
+        if written_for is not None:
+            where = os.path.join(os.path.dirname(where), written_for)
         return _fail(f"{where}: cannot write the witness key ({e.strerror or e})", EXIT_USAGE)
     origin_file = f" and {args.key}.origin" if args.origin is not None else ""
     print(f"wrote {args.key} (private, mode 0600), {args.key}.pub{origin_file}")

@@ -9,6 +9,8 @@ Signing is deterministic (Ed25519), with no clock or randomness.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -16,7 +18,14 @@ import os
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from spanproof.verifier._files import unlink_quietly
+from spanproof.verifier._files import (
+    fsync_directory,
+    link_no_replace,
+    locked_directory,
+    unlink_quietly,
+    write_atomic,
+    write_temp,
+)
 from spanproof.verifier.checkpoint import Checkpoint, NoteSignature, SignedNote, WitnessKey
 from spanproof.verifier.errors import TransportError
 from spanproof.verifier.keys import load_private_key
@@ -175,8 +184,19 @@ def generate_key_file(
 ) -> Ed25519PrivateKey:
     """Create a new witness key (or write *key*) at *path* (mode 0600), its public
     key at ``<path>.pub`` and, given *origin*, that origin at ``<path>.origin``;
-    refuse to overwrite.  On failure the private key is not left behind (a private
-    key without its public key or origin would block the next attempt).
+    refuse to overwrite.
+
+    The key's name is given last: each file is written to a temporary file beside
+    it and fsynced, ``<path>.pub`` and ``<path>.origin`` are renamed into place and
+    the directory fsynced, and only then is the key linked as *path* (never over a
+    file there) and the directory fsynced again.  So a key never exists, not even
+    after a crash or a power cut, without the public key and origin it was written
+    with; what a crash can leave is temporary files and, without a key, a
+    ``<path>.pub`` or ``<path>.origin`` that belongs to no key.  Those the next
+    call replaces (or, without *origin*, removes the ``.origin``), and loading a
+    key that is not there fails.  On an error, the files it placed are removed.
+    Writers at once take turns (:func:`locked_directory`): one of them writes the
+    key, the others get FileExistsError.
 
     Raises:
         FileExistsError: *path* exists.
@@ -187,30 +207,42 @@ def generate_key_file(
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    tmp = os.fspath(path) + ".pub.tmp"
+    pub = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    name = os.fspath(path)
+    if name.endswith(os.sep):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), name)
+    target = os.path.abspath(name)
+    folder = os.path.dirname(target)
+    beside = ((target + ".pub", pub),
+              (origin_path(target), None if origin is None else origin.encode("utf-8") + b"\n"))
     try:
-        try:
-            os.write(fd, pem)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        pub = key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        with open(tmp, "wb") as f:
-            f.write(pub)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, os.fspath(path) + ".pub")
-        if origin is not None:
-            with open(tmp, "wb") as f:
-                f.write(origin.encode("utf-8") + b"\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, origin_path(path))
-    except BaseException:
-        unlink_quietly(tmp)
-        unlink_quietly(os.fspath(path))
+        tmp = write_temp(folder, os.path.basename(target), pem, mode=0o600)
+    except OSError as e:
+        e.filename = name  # not the temporary file's name: the key cannot be written
         raise
+    try:
+        with locked_directory(folder):
+            if os.path.lexists(target):
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), name)
+            # No key at *path*: a .pub or .origin there belongs to no key (a write
+            # stopped before linking it), and is replaced before this key appears.
+            placed: list[str] = []
+            try:
+                for where, data in beside:
+                    if data is None:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(where)
+                    else:
+                        write_atomic(where, data)
+                        placed.append(where)
+                link_no_replace(tmp, target)
+                fsync_directory(folder)
+            except BaseException:
+                for where in placed:
+                    unlink_quietly(where)
+                raise
+    finally:
+        unlink_quietly(tmp)
     return key
