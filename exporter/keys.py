@@ -107,6 +107,15 @@ class SigningKey:
             FileExistsError: the key file exists and *exist_ok* is false.
             OSError: the directory cannot be created or written.
         """
+        return self._write(directory, exist_ok=exist_ok)
+
+    def _write(
+        self, directory: str | os.PathLike[str], *, exist_ok: bool,
+        drop_stale_public: bool = False,
+    ) -> tuple[str, str]:
+        """:meth:`write`; with *drop_stale_public*, ``signing.pub`` is removed once
+        the private key's temporary file is written, just before it is linked (see
+        :func:`load_or_create`): a write that fails before then removes nothing."""
         os.makedirs(directory, exist_ok=True)
         folder = os.fspath(directory)
         priv = os.path.join(folder, PRIVATE_KEY_NAME)
@@ -116,6 +125,8 @@ class SigningKey:
         # half-written key and never overwrite each other's.
         tmp = write_temp(folder, PRIVATE_KEY_NAME, self.private_pem(), mode=0o600)
         try:
+            if drop_stale_public:
+                unlink_quietly(pub)
             if exist_ok:
                 os.replace(tmp, priv)
             else:
@@ -156,11 +167,11 @@ def load_or_create(directory: str | os.PathLike[str]) -> SigningKey:
     if _key_missing(path):
         # A signing.pub with no signing.key beside it is the half of no key that
         # will sign here.  Removed before the link, it cannot be taken for the new
-        # key's in the moment between the winner's link and its own signing.pub.
-        unlink_quietly(os.path.join(directory, PUBLIC_KEY_NAME))
+        # key's in the moment between the winner's link and its own signing.pub;
+        # removed only once the new key is written, it is kept when that fails.
         key = SigningKey.generate()
         try:
-            key.write(directory)
+            key._write(directory, exist_ok=False, drop_stale_public=True)
         except FileExistsError:
             pass  # another writer won the race: its key is signing.key
         else:

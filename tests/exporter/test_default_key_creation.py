@@ -3,6 +3,7 @@ at once, and ``signing.pub`` always the public half of ``signing.key``."""
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections.abc import Callable
@@ -216,3 +217,24 @@ def test_a_dangling_signing_key_link_is_refused_and_signing_pub_kept(
     assert sorted(os.listdir(directory)) == ["signing.key", "signing.pub"]
     assert os.readlink(directory / "signing.key") == str(target)
     assert not target.parent.exists()  # no key written through the link
+
+
+def test_a_default_key_that_cannot_be_written_leaves_signing_pub_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # signing.pub (with no signing.key) was removed before the new key was written:
+    # on a full disk it was gone, and no key was there to take its place.
+    published = SigningKey.generate().public_pem()
+    (tmp_path / "signing.pub").write_bytes(published)
+
+    def full(*args: Any, **kwargs: Any) -> str:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(keys, "write_temp", full)
+    with pytest.raises(OSError, match="No space left"):
+        load_or_create(tmp_path)
+    assert (tmp_path / "signing.pub").read_bytes() == published
+    assert os.listdir(tmp_path) == ["signing.pub"]
+    monkeypatch.undo()
+    created = load_or_create(tmp_path)  # with room, it is replaced as before
+    assert _assert_matching_pair(tmp_path).keyid == created.keyid
