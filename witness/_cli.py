@@ -124,7 +124,7 @@ def _max_body(text: str) -> int:
 
 
 def _fail(message: str, status: int) -> int:
-    print(f"spanproof: {printable(message)}", file=sys.stderr)
+    print(f"spanproof: error: {printable(message)}", file=sys.stderr)
     return status
 
 

@@ -188,7 +188,8 @@ def test_output_that_cannot_be_written_is_said_to_be_standard_output(
     status = main(["witness", "keygen", "--key", str(tmp_path / "new.key")])
     err = capsys.readouterr().err
     assert status == 1
-    assert err == f"spanproof: cannot write to standard output: {os.strerror(errno.ENOSPC)}\n"
+    assert err == (f"spanproof: error: cannot write to standard output: "
+                   f"{os.strerror(errno.ENOSPC)}\n")
 
 
 def test_submit_writes_verified_receipts_beside_the_bundles(
@@ -434,7 +435,7 @@ def test_submit_names_a_key_it_cannot_read(
     )
     what = "key file" if option == "--producer-key" else "witness key"
     assert status == 2 and out == ""
-    assert err == f"spanproof: {missing}: cannot read {what} (No such file or directory)\n"
+    assert err == f"spanproof: error: {missing}: cannot read {what} (No such file or directory)\n"
 
 
 def test_submit_reads_a_producer_key_given_through_a_pipe_once(
@@ -518,7 +519,7 @@ def test_submit_names_a_bundle_path_that_does_not_exist(
     url = f"http://127.0.0.1:{free_port()}"
     status, out, err = _run(["witness", "submit", str(missing), "--url", url], capsys)
     assert status == 2 and out == ""
-    assert err == f"spanproof: {missing}: No such file or directory\n"
+    assert err == f"spanproof: error: {missing}: No such file or directory\n"
 
 
 def test_serve_takes_producer_keys_from_key_files_and_a_trust_root(
