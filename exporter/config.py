@@ -76,7 +76,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from spanproof.verifier._batch import witness_url_problem
+from spanproof.verifier._batch import witness_url_error, witness_url_problem
 from spanproof.verifier._settings import parse_decimal, refuse_string
 
 __all__ = ["DEFAULT_SELECT_ATTRIBUTES", "ENV_PREFIX", "ExporterConfig"]
@@ -107,7 +107,8 @@ class ExporterConfig:
 
     Raises:
         ValueError: a field is out of range (the message names the field and its
-            environment variable).
+            environment variable; for a witness URL that cannot be one, the field
+            alone, with the URL and what is wrong with it).
     """
 
     output_dir: str = "./spanproof-bundles"
@@ -171,10 +172,13 @@ class ExporterConfig:
                and all(isinstance(k, str) and k for k in self.redact_attributes),
                "redact_attributes", "must be a tuple of non-empty strings",
                self.redact_attributes)
-        url_problem = (witness_url_problem(self.witness_url)
-                       if isinstance(self.witness_url, str) else "not a string")
-        _check(self.witness_url is None or url_problem is None, "witness_url",
-               f"must be an http:// or https:// URL or None ({url_problem})", self.witness_url)
+        _check(self.witness_url is None or isinstance(self.witness_url, str), "witness_url",
+               "must be a URL or None (no witness)", self.witness_url)
+        url_error = None if self.witness_url is None else witness_url_error(self.witness_url)
+        if url_error is not None:
+            # Given as an argument: a malformed variable is refused as it is read,
+            # naming the variable (_parse_witness_url).
+            raise ValueError(f"spanproof exporter setting witness_url {url_error}")
         _check(self.witness_key is None or (isinstance(self.witness_key, str)
                                             and self.witness_key != ""),
                "witness_key", "must be a non-empty path or key string, or None",
@@ -211,7 +215,8 @@ class ExporterConfig:
             TypeError: an override names no field, or a ``str`` is given for a list
                 setting (``select_attributes``, ``redact_attributes``).
             ValueError: an override, or a variable other than a tuning setting's, is
-                malformed or out of range; the message names the variable.
+                malformed or out of range; the message names the variable (the
+                setting, for an override of ``witness_url``).
         """
         env = os.environ if environ is None else environ
         names = {f.name for f in dataclasses.fields(cls)}
@@ -297,6 +302,14 @@ def _parse_list(var: str, text: str) -> tuple[str, ...]:
     return items
 
 
+def _parse_witness_url(var: str, text: str) -> str:
+    url = text.strip()
+    problem = witness_url_problem(url)
+    if problem is not None:
+        raise ValueError(f"{var} {text!r} is not a witness URL: {problem}")
+    return url
+
+
 def _parse_bool(var: str, text: str) -> bool:
     lowered = text.strip().lower()
     if lowered == "true":
@@ -345,7 +358,7 @@ _ENV: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     "max_pending_traces": ("MAX_PENDING_TRACES", _parse_int),
     "sealed_trace_memory": ("SEALED_TRACE_MEMORY", _parse_int),
     "max_value_bytes": ("MAX_VALUE_BYTES", _parse_int),
-    "witness_url": ("WITNESS_URL", _parse_str),
+    "witness_url": ("WITNESS_URL", _parse_witness_url),
     "witness_key": ("WITNESS_KEY", _parse_str),
     "redact_attributes": ("REDACT_ATTRIBUTES", _parse_list),
     "sealing_process": ("SEALING_PROCESS", _parse_processes),

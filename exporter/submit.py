@@ -53,6 +53,7 @@ from spanproof.verifier._batch import (
     batch_receipt,
     batch_request,
     batch_results,
+    witness_url_error,
 )
 from spanproof.verifier._files import write_atomic
 from spanproof.verifier.bundle import BUNDLE_SUFFIX, BundleReader
@@ -182,7 +183,7 @@ class WitnessSubmitter:
             delivers only what it is given).
 
     Raises:
-        ValueError: an argument is out of range or the URL is not http(s).
+        ValueError: an argument is out of range or *url* cannot be a witness URL.
         OSError: the queue directory cannot be created or read.
     """
 
@@ -206,8 +207,9 @@ class WitnessSubmitter:
         start: bool = True,
         resume: bool = True,
     ) -> None:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"witness URL must be http(s)://...: {url!r}")
+        url_error = witness_url_error(url)
+        if url_error is not None:
+            raise ValueError(url_error)
         if (max_pending < 1 or concurrency < 1 or not 1 <= batch_size <= MAX_BATCH
                 or timeout <= 0 or not 0 < backoff_initial <= backoff_max):
             raise ValueError(f"max_pending >= 1, concurrency >= 1, 1 <= batch_size <= "

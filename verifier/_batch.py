@@ -18,7 +18,7 @@ from .errors import InvalidBundle
 from .receipt import Receipt
 
 __all__ = ["BATCH_BYTES", "BATCH_SIZE", "MAX_BATCH", "batch_receipt", "batch_request",
-           "batch_results", "witness_url_problem"]
+           "batch_results", "witness_url_error", "witness_url_problem"]
 
 #: Submissions one ``POST /v1/submit-batch`` may carry.
 MAX_BATCH = 256
@@ -30,22 +30,38 @@ BATCH_BYTES = 4 * 1024 * 1024
 
 
 def witness_url_problem(url: str) -> str | None:
-    """Why *url* cannot be a witness's base URL, or None when it can: an http:// or
+    """What keeps *url* from being a witness's base URL, said specifically ("its port
+    is '0', not a number from 1 to 65535"), or None when it can be one: an http:// or
     https:// URL with a host, a port (if any) from 1 to 65535, and no white space."""
+    if url == "":
+        return "it is empty"
     try:
         parts = urllib.parse.urlsplit(url)
-        port = parts.port  # raises for a port that is not a number or out of range
-    except ValueError as e:
-        return str(e)
+    except ValueError as e:  # an unclosed "[" of an IPv6 host
+        return f"it cannot be read as a URL ({e})"
     if parts.scheme not in ("http", "https"):
-        return "not an http:// or https:// URL"
+        return "it does not start with http:// or https://"
     if not parts.hostname:
-        return "no host"
+        return "it has no host"
+    try:
+        port = parts.port  # raises for a port that is not a number or out of range
+    except ValueError:
+        port = 0
     if port == 0:
-        return "port 0"
+        given = parts.netloc.rpartition(":")[2]
+        return f"its port is {given!r}, not a number from 1 to 65535"
     if any(c.isspace() for c in url):
-        return "white space in it"
+        return "it has white space in it"
     return None
+
+
+def witness_url_error(url: str) -> str | None:
+    """The message for a *url* that cannot be a witness's base URL (see
+    `witness_url_problem`), quoting it once: ``"'ftp://w' is not a witness URL: it
+    does not start with http:// or https://"``; None when it can be one.  The caller
+    puts in front of it where the URL came from (a flag, a variable, an argument)."""
+    problem = witness_url_problem(url)
+    return None if problem is None else f"{url!r} is not a witness URL: {problem}"
 
 
 def batch_request(submissions: Sequence[bytes]) -> bytes:

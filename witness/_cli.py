@@ -339,6 +339,9 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
     try:
         client = WitnessClient(args.url, timeout=args.timeout)
+    except ValueError as e:
+        return _fail(f"--url {e}", EXIT_USAGE)
+    try:
         witness_keys = load_witness_keys(args.witness_key or [])
         der = None
         trust = None
@@ -563,6 +566,9 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     unreadable: list[tuple[str, str]] = []
     try:
         client = WitnessClient(args.url, timeout=args.timeout)
+    except ValueError as e:
+        return _fail(f"--url {e}", EXIT_USAGE)
+    try:
         keys = load_witness_keys(args.witness_key)
         for path in args.receipts:
             found, problems = find_receipts(path)

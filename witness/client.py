@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from spanproof.verifier._batch import batch_request, batch_results, witness_url_problem
+from spanproof.verifier._batch import batch_request, batch_results, witness_url_error
 from spanproof.verifier.errors import TransportError
 
 __all__ = ["HTTPStatusError", "MalformedAnswer", "Response", "WitnessClient"]
@@ -71,13 +71,14 @@ class WitnessClient:
     prefix).
 
     Raises:
-        ValueError: *url* is not an http(s) URL with a host.
+        ValueError: *url* is not an http(s) URL with a host and, if it has one, a port
+            from 1 to 65535 (the message quotes it and says what is wrong).
     """
 
     def __init__(self, url: str, *, timeout: float = 10.0) -> None:
-        problem = witness_url_problem(url)
-        if problem is not None:
-            raise ValueError(f"witness URL must be http(s)://host[:port]: {url!r} ({problem})")
+        url_error = witness_url_error(url)
+        if url_error is not None:
+            raise ValueError(url_error)
         self.url = url.rstrip("/")
         self.timeout = timeout
 

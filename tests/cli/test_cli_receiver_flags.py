@@ -176,7 +176,7 @@ def test_a_journal_directory_that_cannot_be_created_is_a_usage_error(capsys, tmp
 @pytest.mark.parametrize(("flag", "value", "message"), [
     ("--key", "missing.key", "--key: {value}: cannot read private key"),
     ("--witness-key", "missing.pub", "--witness-key: {value}: cannot read witness key"),
-    ("--witness-url", "ftp://witness", "--witness-url must be an http:// or https:// URL"),
+    ("--witness-url", "ftp://witness", "--witness-url 'ftp://witness' is not a witness URL"),
 ])
 def test_a_refused_flag_is_named_as_the_flag_not_as_a_variable(
     capsys, tmp_path, flag, value, message
@@ -197,4 +197,4 @@ def test_a_refused_flag_is_named_as_the_flag_not_as_a_variable(
 def test_a_refused_variable_is_still_named_as_the_variable(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("OTEL_EXPORTER_SPANPROOF_WITNESS_URL", "ftp://witness")
     err = _refused(capsys, tmp_path)
-    assert "witness_url (OTEL_EXPORTER_SPANPROOF_WITNESS_URL) must be" in err
+    assert "OTEL_EXPORTER_SPANPROOF_WITNESS_URL 'ftp://witness' is not a witness URL" in err
