@@ -246,11 +246,9 @@ class SpanproofSpanExporter(SpanExporter):
             witness_url=witness_url, witness_key=witness_key,
             redact_attributes=redact_attributes, max_value_bytes=max_value_bytes,
             sealing_process=sealing_process,
+            check=lambda config: self._check_arguments(config, clock, sink),
         )
         config = setup.config
-        if config.sealing_process and (clock is not None or sink is not None):
-            raise ValueError("sealing_process needs the default clock and sink: "
-                             "the sealing process cannot call back into this one")
         output = config.output_dir
         self._config = config
         self._signer = setup.signer
@@ -276,6 +274,20 @@ class SpanproofSpanExporter(SpanExporter):
         # The (first) sealing process recovers in its own start.
         if self._remote is None and self._recovers_at_start:
             self._recover_at_start()
+
+    def _check_arguments(
+        self, config: ExporterConfig, clock: Callable[[], float] | None,
+        sink: BundleSink | None,
+    ) -> None:
+        """Refuse arguments that do not go together, before the output directory or a
+        key is created (``resolve_setup``'s *check*).
+
+        Raises:
+            ValueError: *sealing_process* with a custom *clock* or *sink*.
+        """
+        if config.sealing_process and (clock is not None or sink is not None):
+            raise ValueError("sealing_process needs the default clock and sink: "
+                             "the sealing process cannot call back into this one")
 
     def _recover_at_start(self) -> None:
         """Seal what an ``EvidenceSpanProcessor`` that died in this output directory

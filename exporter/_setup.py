@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
-from collections.abc import Iterator, Mapping
+import stat
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +19,7 @@ from .disclosure import AttributeMatcher, redaction_matcher
 from .keys import SigningKey, load_or_create
 from .selection import AttributeSelector, Selector
 
-__all__ = ["ProducerSetup", "resolve_setup"]
+__all__ = ["ProducerSetup", "check_directory", "resolve_setup", "writable_directory"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,10 @@ class ProducerSetup:
     witness_keys: tuple[WitnessKey, ...]
 
 
-def writable_directory(path: str, setting: str = f"output_dir ({ENV_PREFIX}OUTPUT_DIR)") -> None:
+_OUTPUT_DIR_SETTING = f"output_dir ({ENV_PREFIX}OUTPUT_DIR)"
+
+
+def writable_directory(path: str, setting: str = _OUTPUT_DIR_SETTING) -> None:
     """Create the directory *path* of the *setting* (the output directory by default)
     if missing and check that it can be written, at start-up: found later, every
     bundle (or journal entry) would fail to be written and be lost at shutdown, while
@@ -50,6 +55,49 @@ def writable_directory(path: str, setting: str = f"output_dir ({ENV_PREFIX}OUTPU
     else:
         if not os.access(path, os.W_OK | os.X_OK):
             problem = "cannot write to it"
+    _refuse_directory(path, setting, problem)
+
+
+def check_directory(path: str, setting: str = _OUTPUT_DIR_SETTING) -> None:
+    """Check, creating nothing, that `writable_directory` could create (if missing)
+    and write the directory *path*: a constructor checks every argument before it
+    creates any directory or key, so that one it refuses leaves the file system as
+    it was.
+
+    Raises:
+        ValueError: as `writable_directory` would, with the same message.
+    """
+    _refuse_directory(path, setting, _directory_problem(os.path.abspath(path)))
+
+
+def _directory_problem(path: str) -> str | None:
+    """What `writable_directory` would find wrong with the absolute *path*, found by
+    looking at it and at its nearest existing ancestor, the one directory that
+    ``makedirs`` would create into (None: nothing)."""
+    probe, missing = path, False
+    while True:
+        try:
+            st = os.stat(probe)
+        except FileNotFoundError:
+            if os.path.islink(probe):  # a dangling link: makedirs finds it in the way
+                return "it exists and is not a directory"
+            parent = os.path.dirname(probe)
+            if parent == probe:
+                return f"cannot create it: {os.strerror(errno.ENOENT)}"
+            probe, missing = parent, True
+            continue
+        except OSError as e:  # ENOTDIR: a file on the way; EACCES: a closed directory
+            return f"cannot create it: {e.strerror or e}"
+        break
+    if not stat.S_ISDIR(st.st_mode):
+        return (f"cannot create it: {os.strerror(errno.ENOTDIR)}" if missing
+                else "it exists and is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"cannot create it: {os.strerror(errno.EACCES)}" if missing else "cannot write to it"
+    return None
+
+
+def _refuse_directory(path: str, setting: str, problem: str | None) -> None:
     if problem is not None:
         raise ValueError(f"spanproof exporter setting {setting} must be a directory "
                          f"spanproof can create and write to, got {path!r} ({problem})")
@@ -73,6 +121,7 @@ def resolve_setup(
     signing_key: SigningKey | None,
     selector: Selector | None,
     environ: Mapping[str, str] | None = None,
+    check: Callable[[ExporterConfig], None] | None = None,
     **settings: Any,
 ) -> ProducerSetup:
     """Resolve *settings* (``ExporterConfig`` field names; None means "not given")
@@ -83,6 +132,11 @@ def resolve_setup(
     Without *signing_key* the configured key file is loaded, or a key is generated
     once under ``<output_dir>/keys``.
 
+    Every argument is checked before anything is created: the settings, that the
+    output directory could be created and written, the key files, then *check*
+    (the caller's own arguments, given the resolved settings; it raises to refuse
+    them and creates nothing).  A refused setup leaves the file system as it was.
+
     Raises:
         TypeError: a ``str`` given for a list setting.
         ValueError: a malformed argument or a malformed variable that is not a
@@ -90,22 +144,28 @@ def resolve_setup(
             an output directory that cannot be created or written.
         InvalidKey: a key file cannot be used.
         OSError: the key directory cannot be created.
+        Exception: what *check* raises.
     """
     config = ExporterConfig.from_env(environ=environ, output_dir=output_dir,
                                      key_file=key_file, **settings)
     output = os.path.abspath(config.output_dir)
     config = dataclasses.replace(config, output_dir=output)
-    writable_directory(output)
-    if signing_key is None:
-        if config.key_file is not None:
-            with _naming("key_file"):
-                signing_key = SigningKey.load(config.key_file)
-        else:
-            signing_key = load_or_create(os.path.join(output, "keys"))
+    check_directory(output)
+    if signing_key is None and config.key_file is not None:
+        with _naming("key_file"):
+            signing_key = SigningKey.load(config.key_file)
     witness_keys: tuple[WitnessKey, ...] = ()
     if config.witness_key is not None:
         with _naming("witness_key"):
             witness_keys = (WitnessKey.load(config.witness_key),)
+    if check is not None:
+        check(config)
+    # Checked: now create.  (An existing signing.key is read here, not above: a
+    # default key directory that holds one is in an output directory that exists,
+    # so refusing it leaves nothing new behind.)
+    writable_directory(output)
+    if signing_key is None:
+        signing_key = load_or_create(os.path.join(output, "keys"))
     return ProducerSetup(
         config=config,
         signer=signing_key,

@@ -65,9 +65,9 @@ from ._exporter import (
     _trace_id_of,
 )
 from ._recovery import declared_counts, position_to_json
-from ._setup import writable_directory
+from ._setup import check_directory, writable_directory
 from .assembly import SealJob
-from .config import QUEUE_BLOCK_VAR, QUEUE_SIZE_VAR
+from .config import QUEUE_BLOCK_VAR, QUEUE_SIZE_VAR, ExporterConfig
 from .journal import Journal
 from .keys import SigningKey
 from .sealing import Body, SealedBundle
@@ -138,13 +138,33 @@ class _JournaledSealer(SpanproofSpanExporter):
     public class: it is the :class:`EvidenceSpanProcessor`'s engine.
     """
 
+    def __init__(
+        self, *args: Any, journal_dir: str | os.PathLike[str] | None = None, **kwargs: Any
+    ) -> None:
+        self._journal_dir_given = journal_dir
+        self._journal_dir = ""  # resolved by _check_arguments, before anything is created
+        super().__init__(*args, **kwargs)
+
+    def _check_arguments(
+        self, config: ExporterConfig, clock: Callable[[], float] | None,
+        sink: BundleSink | None,
+    ) -> None:
+        super()._check_arguments(config, clock, sink)
+        # The processor's journal directory (default under the output directory) is
+        # one of its arguments: checked with the others, before the output directory
+        # and a key are created; the processor creates it once the sealer is built.
+        given = self._journal_dir_given
+        self._journal_dir = os.path.abspath(
+            os.fspath(given) if given is not None
+            else os.path.join(config.output_dir, "journal"))
+        check_directory(self._journal_dir, "journal_dir")
+
     def _reset_process_state(self) -> None:
         super()._reset_process_state()
         old: Journal | None = getattr(self, "_journal", None)
         if old is not None:
             old.forget_after_fork()  # the parent's journal stays the parent's
         self._journal: Journal | None = None
-        self._journal_dir: str = getattr(self, "_journal_dir", "")
         self._assembler.on_dropped_body = self._dropped_body
         self._assembler.on_untracked = self._untracked
         # Journal key of each body the assembler holds, by the body's identity.
@@ -506,15 +526,11 @@ class EvidenceSpanProcessor(SpanProcessor):
                                        DEFAULT_QUEUE_BLOCK)
         # The processor seals here: its journal is its hand-off off the
         # application's thread, and its flush must reach this sealer's assembler.
-        sealer = _JournaledSealer(output_dir, key_file, selector=selector,
-                                  signing_key=signing_key, clock=clock, sink=sink,
-                                  sealing_process=False, **exporter_settings)
+        sealer = _JournaledSealer(output_dir, key_file, journal_dir=journal_dir,
+                                  selector=selector, signing_key=signing_key, clock=clock,
+                                  sink=sink, sealing_process=False, **exporter_settings)
         self._sealer = sealer
-        output = sealer.config.output_dir
-        self._journal_dir = os.path.abspath(
-            os.fspath(journal_dir) if journal_dir is not None
-            else os.path.join(output, "journal"))
-        sealer._journal_dir = self._journal_dir
+        self._journal_dir = sealer._journal_dir
         try:
             # Found at the first span instead, every span would be sealed from memory
             # only, and the durability this processor exists for silently gone.

@@ -62,7 +62,7 @@ from ._recovery import (
 )
 from ._seal_workers import SealWorkerError, SealWorkers
 from ._sealing_process import RestartSchedule
-from ._setup import resolve_setup, writable_directory
+from ._setup import check_directory, resolve_setup, writable_directory
 from .assembly import SHUTDOWN, SealJob, TraceAssembler
 from .config import MAX_SEALING_PROCESSES, ExporterConfig
 from .journal import Journal
@@ -345,6 +345,14 @@ class Receiver:
         if not 0 <= sealing_processes <= MAX_SEALING_PROCESSES:
             raise ValueError(f"sealing_processes must be from 0 to {MAX_SEALING_PROCESSES}, "
                              f"got {sealing_processes}")
+        def check_journal_dir(config: ExporterConfig) -> None:
+            # An argument like the others: checked before the output directory and
+            # a key are created, so that a refused one leaves nothing behind.
+            self._journal_dir = os.path.abspath(
+                os.fspath(journal_dir) if journal_dir is not None
+                else os.path.join(config.output_dir, "journal"))
+            check_directory(self._journal_dir, "journal_dir")
+
         setup = resolve_setup(
             output_dir, key_file, signing_key=signing_key, selector=selector,
             select_attributes=select_attributes, select_all=select_all,
@@ -352,6 +360,7 @@ class Receiver:
             max_pending_traces=max_pending_traces, sealed_trace_memory=sealed_trace_memory,
             witness_url=witness_url, witness_key=witness_key,
             redact_attributes=redact_attributes, max_value_bytes=max_value_bytes,
+            check=check_journal_dir,
         )
         config = setup.config
         output = config.output_dir
@@ -363,9 +372,6 @@ class Receiver:
         self._redact = setup.redact
         self._clock: Callable[[], float] = clock or time.time
         self._sink: BundleSink = sink or DirectorySink(output)
-        self._journal_dir = os.path.abspath(
-            os.fspath(journal_dir) if journal_dir is not None else os.path.join(output, "journal")
-        )
         # As the processor's: found only at start(), after the servers listen, an
         # unusable --journal-dir was an error exit (1) instead of a usage error (2).
         writable_directory(self._journal_dir, "journal_dir")

@@ -1,0 +1,156 @@
+"""A constructor that refuses one of its later arguments leaves the file system as it
+was: every argument is checked before the output directory is created or a signing
+key generated.  (They were created first: a refused ``key_file``, ``witness_key``,
+``journal_dir`` or ``sealing_process`` with a custom clock left an output directory
+behind, with a freshly generated key in it, and the log said a key was generated.)"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spanproof.exporter import EvidenceSpanProcessor, SpanproofSpanExporter
+from spanproof.exporter._setup import check_directory, writable_directory
+from spanproof.exporter.config import ENV_PREFIX
+from spanproof.exporter.receiver import Receiver
+from spanproof.exporter.sinks import DirectorySink
+from spanproof.verifier._cli import main
+from spanproof.verifier.errors import InvalidKey
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(d, name), root)
+                  for d, dirs, files in os.walk(root) for name in dirs + files)
+
+
+@pytest.fixture
+def place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Paths for the arguments: a fresh output path (its parent missing too), files
+    that cannot be used; no OTEL_EXPORTER_SPANPROOF_* variable set."""
+    for name in list(os.environ):
+        if name.upper().startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+    (tmp_path / "not-a-key").write_text("not a key\n")
+    (tmp_path / "a-file").write_text("")
+    return {
+        "out": str(tmp_path / "new" / "out"),
+        "missing": str(tmp_path / "missing.pem"),
+        "not_a_key": str(tmp_path / "not-a-key"),
+        "under_a_file": str(tmp_path / "a-file" / "journal"),
+    }
+
+
+Make = Callable[[dict[str, str]], Any]
+CASES: dict[str, tuple[Make, type[Exception]]] = {
+    "exporter, key_file missing": (
+        lambda p: SpanproofSpanExporter(p["out"], p["missing"]), InvalidKey),
+    "exporter, key_file not a key": (
+        lambda p: SpanproofSpanExporter(p["out"], p["not_a_key"]), InvalidKey),
+    "exporter, witness_key missing": (
+        lambda p: SpanproofSpanExporter(p["out"], witness_key=p["missing"]), InvalidKey),
+    "exporter, sealing_process with a clock": (
+        lambda p: SpanproofSpanExporter(p["out"], sealing_process=True, clock=lambda: 0.0),
+        ValueError),
+    "exporter, sealing_process with a sink": (
+        lambda p: SpanproofSpanExporter(p["out"], sealing_process=2,
+                                        sink=DirectorySink(p["out"])), ValueError),
+    "processor, key_file missing": (
+        lambda p: EvidenceSpanProcessor(p["out"], p["missing"]), InvalidKey),
+    "processor, witness_key missing": (
+        lambda p: EvidenceSpanProcessor(p["out"], witness_key=p["missing"]), InvalidKey),
+    "processor, journal_dir under a file": (
+        lambda p: EvidenceSpanProcessor(p["out"], journal_dir=p["under_a_file"]),
+        ValueError),
+    "receiver, key_file missing": (
+        lambda p: Receiver(p["out"], p["missing"]), InvalidKey),
+    "receiver, witness_key missing": (
+        lambda p: Receiver(p["out"], witness_key=p["missing"]), InvalidKey),
+    "receiver, journal_dir under a file": (
+        lambda p: Receiver(p["out"], journal_dir=p["under_a_file"]), ValueError),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_refused_later_argument_creates_no_output_directory_or_key(
+    tmp_path: Path, place: dict[str, str], case: str
+) -> None:
+    make, error = CASES[case]
+    before = _tree(tmp_path)
+    with pytest.raises(error):
+        make(place)
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("variable", ["KEY_FILE", "WITNESS_KEY"])
+def test_refused_variable_creates_no_output_directory_or_key(
+    tmp_path: Path, place: dict[str, str], monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(ENV_PREFIX + variable, place["missing"])
+    before = _tree(tmp_path)
+    for make in (SpanproofSpanExporter, EvidenceSpanProcessor, Receiver):
+        with pytest.raises(InvalidKey, match=variable):
+            make(place["out"])
+        assert _tree(tmp_path) == before, make
+
+
+@pytest.mark.parametrize(("flag", "value"), [
+    ("--key", "missing"), ("--witness-key", "missing"), ("--journal-dir", "under_a_file"),
+])
+def test_refused_receiver_flag_creates_no_output_directory_or_key(
+    tmp_path: Path, place: dict[str, str], capsys: pytest.CaptureFixture[str],
+    flag: str, value: str,
+) -> None:
+    before = _tree(tmp_path)
+    status = main(["receiver", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0",
+                   "--out", place["out"], flag, place[value]])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert err.startswith(f"spanproof: error: {flag}")
+    assert _tree(tmp_path) == before
+
+
+def test_the_same_arguments_once_corrected_construct(
+    tmp_path: Path, place: dict[str, str]
+) -> None:
+    # What was refused above is refused for the argument, not for the place.
+    Receiver(place["out"], journal_dir=str(tmp_path / "journal")).shutdown()
+    assert "keys/signing.key" in _tree(tmp_path / "new" / "out")
+    assert os.path.isdir(tmp_path / "journal")
+
+
+@pytest.mark.parametrize("shape", [
+    "missing", "missing, parent missing", "a file", "under a file", "under a file, deeper",
+    "a dangling link", "a link to a directory", "a directory",
+])
+def test_check_directory_refuses_what_writable_directory_refuses(
+    tmp_path: Path, shape: str
+) -> None:
+    (tmp_path / "file").write_text("")
+    (tmp_path / "dir").mkdir()
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
+    os.symlink(tmp_path / "dir", tmp_path / "dirlink")
+    path = str(tmp_path / {
+        "missing": "new", "missing, parent missing": "new/deeper", "a file": "file",
+        "under a file": "file/sub", "under a file, deeper": "file/sub/deeper",
+        "a dangling link": "dangling", "a link to a directory": "dirlink",
+        "a directory": "dir",
+    }[shape])
+    before = _tree(tmp_path)
+    try:
+        check_directory(path, "journal_dir")
+    except ValueError as e:
+        checked: str | None = str(e)
+    else:
+        checked = None
+    assert _tree(tmp_path) == before  # checking created nothing
+    try:
+        writable_directory(path, "journal_dir")
+    except ValueError as e:
+        created: str | None = str(e)
+    else:
+        created = None
+    assert checked == created
