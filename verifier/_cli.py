@@ -12,23 +12,27 @@ missing path, an unusable key or trust-root file).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import errno
 import importlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, NoReturn, cast
+from typing import IO, Any, NoReturn, cast
 
 from ._files import open_regular
 from ._jobs import AUTO_MIN_BUNDLES_FORK, MAX_JOBS, map_in_order
 from ._settings import parse_decimal
 from ._stdout import StdoutError, writing_stdout
+from ._stored import StoredRecords
 from ._term import Progress, Style, printable
 from .bundle import BUNDLE_SUFFIX, BundleReader
+from .canonical import loads_canonical
 from .checkpoint import WitnessKey, load_witness_keys, refuse_producer_key_as_witness_key
 from .disclosure import (
     MAX_DISCLOSURE_FILE_BYTES,
@@ -58,14 +62,16 @@ from .receipt import (
     check_receipt_for_bundle,
     receipt_path,
 )
+from .records import validate_record
 from .report import ReportItem, render_html, summarize_checks
 from .statement import Statement
-from .tree import render_tree
+from .tree import Paint
 from .verify import (
     UNVERIFIED_BYTES_KEPT,
     UNVERIFIED_RECORDS_KEPT,
     BundleReport,
     Check,
+    RecordObserver,
     Status,
     TraceLink,
     Verdict,
@@ -73,6 +79,7 @@ from .verify import (
     cut_message,
     find_bundles,
     link_segments,
+    unverified_shown,
 )
 
 __all__ = ["main"]
@@ -191,8 +198,11 @@ def check_path(
     allow_incomplete: bool = False,
     keep_records: bool = False,
     select_records: DisclosureNeeds | None = None,
+    stream: IO[bytes] | None = None,
+    on_record: RecordObserver | None = None,
 ) -> BundleResult:
-    """Run :func:`check_bundle` on *path*; never raises.
+    """Run :func:`check_bundle` on *path*, or on *stream* (*path* open) when given;
+    never raises.
 
     ``check_bundle`` reports every defect of the input as a failed check.  Should
     it raise anyway (a bug), the bundle is reported as failed with the error's
@@ -200,9 +210,11 @@ def check_path(
     """
     try:
         report = check_bundle(
-            path, trust, allow_incomplete=allow_incomplete, keep_records=keep_records,
-            select_records=select_records,
+            path if stream is None else stream, trust, allow_incomplete=allow_incomplete,
+            keep_records=keep_records, select_records=select_records, on_record=on_record,
         )
+        if stream is not None:
+            report = dataclasses.replace(report, source=path)
     except Exception as e:  # last resort: a bug must not reach the user as a traceback
         _logger.debug("checking %s raised", path, exc_info=True)
         return BundleResult(path, None, f"verifier error: {type(e).__name__}: {e}")
@@ -736,30 +748,60 @@ def _cmd_report(args: argparse.Namespace) -> int:
 @dataclass
 class _Unverified:
     statement: Statement | None
-    records: list[dict[str, Any]]
+    count: int
     problem: str | None
 
 
-def _read_unverified(path: str) -> _Unverified:
-    """Parse a bundle for display without checking its signature or chain."""
+def _read_unverified(stream: IO[bytes], on_record: RecordObserver) -> _Unverified:
+    """Parse a bundle for display without checking its signature or chain, passing
+    each record to *on_record* as it is read: how many were read, and the problem
+    that stopped the reading, if any."""
     statement: Statement | None = None
-    records: list[dict[str, Any]] = []
+    count = 0
     try:
-        with open_regular(path) as f:
-            reader = BundleReader(f)
-            envelope, _header = reader.read_header()
-            try:
-                statement = Statement.from_payload(envelope.payload)
-            except SpanproofError as e:
-                return _Unverified(None, records, cut_message(str(e)))
-            for record in reader.parsed_records():
-                records.append(record)
+        reader = BundleReader(stream)
+        envelope, _header = reader.read_header()
+        try:
+            statement = Statement.from_payload(envelope.payload)
+        except SpanproofError as e:
+            return _Unverified(None, count, cut_message(str(e)))
+        for position, raw in reader.records():
+            record = loads_canonical(raw, f"record {position}")
+            validate_record(record, f"record {position}")
+            on_record(record, raw, reader.record_offset)
+            count += 1
     except OSError as e:
-        return _Unverified(statement, records, f"cannot read: {e.strerror or e}")
+        return _Unverified(statement, count, f"cannot read: {e.strerror or e}")
     except SpanproofError as e:
         # Cut as a failed check's message is: it may quote a line of 64 MiB.
-        return _Unverified(statement, records, cut_message(str(e)))
-    return _Unverified(statement, records, None)
+        return _Unverified(statement, count, cut_message(str(e)))
+    return _Unverified(statement, count, None)
+
+
+def _open_bundle(path: str) -> tuple[IO[bytes] | None, str]:
+    """*path* opened, or ``None`` and why it cannot be."""
+    try:
+        return open_regular(path), ""
+    except OSError as e:
+        return None, f"cannot read: {e.strerror or e}"
+
+
+def _print_tree(stored: StoredRecords, paint: Paint, empty: str, count: int | None = None) -> str:
+    """Print the tree of the first *count* stored records (all by default), or
+    *empty* when there are none; return why it could not be printed whole, or ``""``.
+    Each record is read again as its line comes, so none is kept."""
+    printed = False
+    try:
+        for line in stored.tree_lines(paint, count):
+            print(line)
+            printed = True
+    except OSError as e:
+        return f"cannot read: {e.strerror or e}"
+    except SpanproofError as e:
+        return cut_message(str(e))
+    if not printed:
+        print(empty)
+    return ""
 
 
 def format_header(path: str, statement: Statement | None) -> list[str]:
@@ -795,25 +837,53 @@ def _cmd_show(args: argparse.Namespace) -> int:
         raise UsageError(f"{path}: is a directory; show takes one bundle file")
     trust = load_trust(args.key, args.trust_root)
     paint = Style.for_stream(sys.stdout).paint
-    if trust is None:
-        data = _read_unverified(path)
-        if data.statement is None and not data.records:
-            print(f"{paint('FAIL', 'FAIL')} {printable(f'{path}: {data.problem}')}")
-            return EXIT_FAILED
-        for line in format_header(path, data.statement):
-            print(line)
-        print(f"verdict   {paint('UNVERIFIED', 'UNVERIFIED')} (no --key given): signature and "
-              "chain NOT checked; do not rely on this content")
-        if data.problem:
-            print(f"problem   {paint('error', printable(data.problem))}")
-        print()
-        print(render_tree(data.records, paint) or "(no records)")
-        return EXIT_FAILED if data.problem else EXIT_OK
-    result = check_path(path, trust, allow_incomplete=args.allow_incomplete, keep_records=True)
+    stream, cannot_open = _open_bundle(path)
+    with stream if stream is not None else contextlib.nullcontext():
+        if trust is None:
+            return _show_unverified(path, stream, cannot_open, paint)
+        return _show_verified(path, stream, trust, args.allow_incomplete, paint)
+
+
+def _show_unverified(
+    path: str, stream: IO[bytes] | None, cannot_open: str, paint: Paint
+) -> int:
+    if stream is None:
+        print(f"{paint('FAIL', 'FAIL')} {printable(f'{path}: {cannot_open}')}")
+        return EXIT_FAILED
+    stored = StoredRecords(stream)
+    data = _read_unverified(stream, stored.add)
+    if data.statement is None and not data.count:
+        print(f"{paint('FAIL', 'FAIL')} {printable(f'{path}: {data.problem}')}")
+        return EXIT_FAILED
+    for line in format_header(path, data.statement):
+        print(line)
+    print(f"verdict   {paint('UNVERIFIED', 'UNVERIFIED')} (no --key given): signature and "
+          "chain NOT checked; do not rely on this content")
+    if data.problem:
+        print(f"problem   {paint('error', printable(data.problem))}")
+    print()
+    failed = _print_tree(stored, paint, "(no records)")
+    if failed:
+        print(f"problem   {paint('error', printable(failed))}")
+    return EXIT_FAILED if data.problem or failed else EXIT_OK
+
+
+def _show_verified(
+    path: str, stream: IO[bytes] | None, trust: TrustRoot, allow_incomplete: bool,
+    paint: Paint,
+) -> int:
+    # The records are noted as they are verified, and read again for the tree.  A
+    # file that cannot be opened is reported by check_path, as verify reports it.
+    stored = StoredRecords(stream) if stream is not None else None
+    result = check_path(path, trust, allow_incomplete=allow_incomplete, stream=stream,
+                        on_record=stored.add if stored is not None else None)
     report = result.report
     for line in format_header(path, report.statement if report else None):
         print(line)
-    records = list(report.records or ()) if report is not None else []
+    shown = 0
+    if report is not None and stored is not None:
+        failed = result.verdict is Verdict.FAIL
+        shown = unverified_shown(stored.sizes) if failed else len(stored)
     word = paint(result.verdict.value, result.verdict.value)
     if result.verdict is Verdict.OK:
         assert report is not None
@@ -824,15 +894,21 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(f"verdict   {word}: {printable(result.reason)} (signature and chain verified)")
     else:
         print(f"verdict   {word}: {paint('error', printable(result.reason))}")
-        if records:
-            print(f"          the {len(records)} record(s) below were read before the failure "
+        if shown:
+            print(f"          the {shown} record(s) below were read before the failure "
                   f"and are NOT verified (at most the first {UNVERIFIED_RECORDS_KEPT:,} and "
                   f"{UNVERIFIED_BYTES_KEPT >> 20} MiB are shown)")
     if report is not None:
         print(f"checks    {summarize_checks(report.checks)} (SPEC §8; "
               "spanproof verify --verbose lists each)")
     print()
-    print(render_tree(records, paint) or "(no records to show)")
+    if stored is None or not shown:
+        print("(no records to show)")
+        return EXIT_OK if result.verdict is Verdict.OK else EXIT_FAILED
+    failed_reading = _print_tree(stored, paint, "(no records to show)", shown)
+    if failed_reading:
+        print(f"problem   {paint('error', printable(failed_reading))}")
+        return EXIT_FAILED
     return EXIT_OK if result.verdict is Verdict.OK else EXIT_FAILED
 
 
@@ -878,18 +954,29 @@ def _cmd_disclose(args: argparse.Namespace) -> int:
         print(printable(f"FAIL {bundle}: no disclosure of attribute {attr!r}"
                         + (" on the given span(s)" if args.span else "") + f" in {source}"))
     # Hand out only disclosures that open this bundle's commitments (not verified
-    # here: the reviewer verifies with the producer's key).
-    data = _read_unverified(bundle)
-    if data.problem:
-        print(printable(f"FAIL {bundle}: {data.problem}"))
+    # here: the reviewer verifies with the producer's key).  Of the records, only
+    # those the chosen disclosures need are kept (SPEC §2.5.5 looks at no other).
+    needs = DisclosureNeeds.of(chosen)
+    needed: list[Mapping[str, Any]] = []
+
+    def keep_needed(record: Mapping[str, Any], raw: bytes, offset: int) -> None:
+        if needs(record):
+            needed.append(record)
+
+    stream, problem = _open_bundle(bundle)
+    if stream is not None:
+        with stream:
+            problem = _read_unverified(stream, keep_needed).problem or ""
+    if problem:
+        print(printable(f"FAIL {bundle}: {problem}"))
         return EXIT_FAILED
-    checked = check_disclosures_in_records(chosen, data.records, bundle)
+    checked = check_disclosures_in_records(chosen, needed, bundle)
     for result in checked:
         if not result.ok:
             print(format_disclosure_result(result))
     if unmatched or not all(r.ok for r in checked):
         return EXIT_FAILED
-    shared = _salts_shared_beyond(chosen, data.records)
+    shared = _salts_shared_beyond(chosen, needed)
     if shared:
         for line in _shared_salt_lines(bundle, shared):
             print(printable(line))

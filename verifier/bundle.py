@@ -74,15 +74,21 @@ class BundleReader:
     """Read a bundle from a binary stream, strictly, one line at a time.
 
     Call :meth:`read_header` once, then iterate :meth:`records`.
+    :attr:`record_offset` is where the line of the record last yielded starts, counted
+    from the stream's position when the reader was made: with it a record can be read
+    again later instead of kept.
     """
 
     def __init__(self, stream: IO[bytes]) -> None:
         self._stream = stream
         self._line_no = 0
+        self._offset = 0
+        self.record_offset = 0
 
     def _readline(self) -> bytes:
         line = self._stream.readline(MAX_LINE_BYTES + 1)
         self._line_no += 1
+        self._offset += len(line)
         if len(line) > MAX_LINE_BYTES:
             raise InvalidBundle(f"line {self._line_no}: longer than {MAX_LINE_BYTES} bytes")
         return line
@@ -141,6 +147,7 @@ class BundleReader:
         position = 0
         expect_more = False
         while True:
+            start = self._offset
             line = self._readline()
             if not line:
                 raise InvalidBundle(
@@ -166,5 +173,6 @@ class BundleReader:
                 body, expect_more = line[:-2], True
             else:
                 body, expect_more = line[:-1], False
+            self.record_offset = start
             yield position, body
             position += 1

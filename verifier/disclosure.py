@@ -599,7 +599,7 @@ class DisclosureResult:
 @dataclass(frozen=True)
 class _Located:
     source: str
-    record: Mapping[str, Any]
+    seq: int
     signer: str | None = None
 
 
@@ -613,10 +613,11 @@ class _Commitments:
 
 
 class _Index:
-    """What checking disclosures asks of the verified records, built in one pass so that
-    each disclosure costs the same however many records there are (SPEC §2.5.5)."""
+    """What checking disclosures asks of the verified records, built one record at a
+    time (:meth:`add`) so that each disclosure costs the same however many records
+    there are (SPEC §2.5.5), and no record is kept."""
 
-    def __init__(self, located: Iterable[_Located]) -> None:
+    def __init__(self) -> None:
         #: (traceId, spanId) -> every attribute key the span's records hold.
         self.keys: dict[tuple[str, str], set[str]] = {}
         #: (traceId, spanId, key) -> its commitments; every record holding each digest.
@@ -624,22 +625,27 @@ class _Index:
         #: salt digest -> the first two distinct (traceId, spanId, key) committed with it,
         #: in record order (enough to name one other than any given attribute).
         self.salt_holders: dict[str, list[tuple[str, str, str]]] = {}
-        for loc in located:
-            span = loc.record["span"]
-            trace_id, span_id = span["traceId"], span["spanId"]
-            attributes = span["attributes"]
-            self.keys.setdefault((trace_id, span_id), set()).update(attributes)
-            for key, typed in attributes.items():
-                if not is_committed_value(typed):
-                    continue
-                body: Mapping[str, str] = typed[COMMITTED_VALUE]
-                where = (trace_id, span_id, key)
-                found = self.commitments.setdefault(where, _Commitments({}, set()))
-                found.by_digest.setdefault(body["digest"], []).append(loc)
-                found.salt_digests.add(body["saltDigest"])
-                holders = self.salt_holders.setdefault(body["saltDigest"], [])
-                if len(holders) < 2 and where not in holders:
-                    holders.append(where)
+
+    def add(self, record: Mapping[str, Any], source: str, signer: str | None = None) -> None:
+        """Note the next *record* (validated, verified by the caller), from *source*."""
+        span = record["span"]
+        trace_id, span_id = span["traceId"], span["spanId"]
+        attributes = span["attributes"]
+        self.keys.setdefault((trace_id, span_id), set()).update(attributes)
+        loc: _Located | None = None
+        for key, typed in attributes.items():
+            if not is_committed_value(typed):
+                continue
+            if loc is None:
+                loc = _Located(source, int(record["seq"]), signer)
+            body: Mapping[str, str] = typed[COMMITTED_VALUE]
+            where = (trace_id, span_id, key)
+            found = self.commitments.setdefault(where, _Commitments({}, set()))
+            found.by_digest.setdefault(body["digest"], []).append(loc)
+            found.salt_digests.add(body["saltDigest"])
+            holders = self.salt_holders.setdefault(body["saltDigest"], [])
+            if len(holders) < 2 and where not in holders:
+                holders.append(where)
 
 
 @dataclass(frozen=True)
@@ -693,7 +699,7 @@ def check_disclosures(
     Raises:
         ValueError: a verified report was made without its records.
     """
-    verified: list[_Located] = []
+    index = _Index()
     # The traces of the bundles that verified, from their statements: a verified
     # bundle of the trace was given even when none of its records is kept (a bundle
     # of no records, or records selected for other spans), and a disclosure naming
@@ -713,9 +719,8 @@ def check_disclosures(
             raise ValueError(f"{report.source}: check disclosures against a report made "
                              "with keep_records=True")
         traces.add(stmt.trace_id)
-        verified.extend(_Located(report.source, record, report.signer_keyid)
-                        for record in report.records)
-    index = _Index(verified)
+        for record in report.records:
+            index.add(record, report.source, report.signer_keyid)
     out = []
     for disclosure in disclosures:
         if disclosure.trace_id not in traces:
@@ -745,8 +750,11 @@ def check_disclosures_in_records(
     disclosures: Iterable[Disclosure], records: Iterable[Mapping[str, Any]], source: str = ""
 ) -> tuple[DisclosureResult, ...]:
     """Check each disclosure against *records*, which the caller has verified (SPEC §8
-    steps 1-8 passed for the bundle holding them); the records are read once."""
-    index = _Index(_Located(source, r) for r in records)
+    steps 1-8 passed for the bundle holding them); the records are read once, and
+    none is kept."""
+    index = _Index()
+    for record in records:
+        index.add(record, source)
     return tuple(_check(d, index) for d in disclosures)
 
 
@@ -789,8 +797,7 @@ def _check(disclosure: Disclosure, index: _Index) -> DisclosureResult:
     # signers is a copy by one of them (SPEC §2.5.5).
     holding = targets.by_digest.get(d.digest)
     if holding:
-        openings = tuple(Opening(loc.source, int(loc.record["seq"]), loc.signer)
-                         for loc in holding)
+        openings = tuple(Opening(loc.source, loc.seq, loc.signer) for loc in holding)
         first = openings[0]
         if len(openings) == 1:
             message = f"opens the commitment in {first.describe()}"

@@ -15,11 +15,15 @@ sequences to the reviewer's terminal.
 :func:`tree_rows` is the layout alone (which span sits where), shared with the HTML
 report (:mod:`spanproof.verifier.report`); an optional *paint* function lets
 ``spanproof show`` colour the parts of a line without changing its text.
+:func:`iter_tree_rows` and :func:`tree_lines` give the same rows and lines one at a
+time from :class:`SpanLinks`, a few numbers a span, so that ``show`` lays out a
+bundle of any length without keeping its records.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +32,15 @@ from .values import decode_value, is_committed_value
 
 __all__ = [
     "Paint",
+    "SpanLinks",
     "TreeRow",
     "describe_span",
     "duration_text",
     "genai_attributes",
+    "iter_tree_rows",
     "render_tree",
     "status_text",
+    "tree_lines",
     "tree_rows",
     "value_text",
 ]
@@ -200,6 +207,32 @@ class TreeRow:
     has_children: bool
 
 
+class SpanLinks:
+    """What the tree's layout needs of each span, a few numbers a span, so that a
+    bundle of any length can be laid out without keeping its records: the span id,
+    the parent span id (0 for none: SPEC §2.1 forbids the all-zero id) and the start
+    time, in chain order.  Fill it with :meth:`add`, each span already accepted by
+    ``validate_record``.
+    """
+
+    __slots__ = ("_parents", "_span_ids", "_starts")
+
+    def __init__(self) -> None:
+        self._span_ids = array("Q")
+        self._parents = array("Q")
+        self._starts = array("Q")
+
+    def add(self, span: Mapping[str, Any]) -> None:
+        """Note the next span (a CER's ``span`` object)."""
+        parent = span["parentSpanId"]
+        self._span_ids.append(int(span["spanId"], 16))
+        self._parents.append(int(parent, 16) if parent else 0)
+        self._starts.append(int(span["startTimeUnixNano"]))
+
+    def __len__(self) -> int:
+        return len(self._span_ids)
+
+
 def tree_rows(records: Sequence[Mapping[str, Any]]) -> list[TreeRow]:
     """Lay the records' spans out as a tree, in display order (depth first).
 
@@ -209,61 +242,90 @@ def tree_rows(records: Sequence[Mapping[str, Any]]) -> list[TreeRow]:
     their parent in start-time order.  Malicious parent cycles cannot loop: each
     record appears exactly once.
     """
-    spans = [record["span"] for record in records]
-    first_by_id: dict[str, int] = {}
-    for i, span in enumerate(spans):
-        first_by_id.setdefault(span["spanId"], i)
+    links = SpanLinks()
+    for record in records:
+        links.add(record["span"])
+    return list(iter_tree_rows(links))
 
-    def order(i: int) -> tuple[int, int]:
-        return int(spans[i]["startTimeUnixNano"]), i
 
-    children: dict[int, list[int]] = {}
-    tops: list[tuple[int, str]] = []
-    for i, span in enumerate(spans):
-        parent_id = span["parentSpanId"]
-        if parent_id == "":
-            tops.append((i, ""))
-            continue
-        parent = first_by_id.get(parent_id)
-        if parent is None:
-            tops.append((i, _NOT_CERTIFIED))
-        else:
-            children.setdefault(parent, []).append(i)
+def iter_tree_rows(links: SpanLinks, count: int | None = None) -> Iterator[TreeRow]:
+    """The rows of :func:`tree_rows` for the first *count* spans of *links* (all of
+    them by default), one at a time: what they take beyond *links* is a few numbers
+    a span, whatever the records hold."""
+    n = len(links) if count is None else min(count, len(links))
+    span_ids, parents, starts = links._span_ids, links._parents, links._starts
+    first_by_id: dict[int, int] = {}
+    for i in range(n):
+        first_by_id.setdefault(span_ids[i], i)
 
-    rows: list[TreeRow] = []
-    shown: set[int] = set()
+    def in_order(spans: Iterable[int]) -> list[int]:
+        # By start time, then chain order: *spans* come in chain order, and the
+        # sort is stable.
+        return sorted(spans, key=starts.__getitem__)
 
-    def walk(top: int, marker: str) -> None:
+    # Each span's parent as a position (-1: a root, -2: its parent is not certified),
+    # then every parent's children as one run of `kids`, from `first_kid[p]` on.
+    parent_of = array("q", bytes(8 * n))
+    for i in range(n):
+        parent_id = parents[i]
+        parent_of[i] = -1 if parent_id == 0 else first_by_id.get(parent_id, -2)
+    del first_by_id
+    tops = array("q", in_order(i for i in range(n) if parent_of[i] < 0))
+    not_certified = bytearray(parent_of[i] == -2 for i in tops)
+    first_kid = array("q", bytes(8 * (n + 1)))
+    for i in range(n):
+        if parent_of[i] >= 0:
+            first_kid[parent_of[i] + 1] += 1
+    for i in range(n):
+        first_kid[i + 1] += first_kid[i]
+    kids = array("q", bytes(8 * first_kid[n]))
+    filled = array("q", first_kid[:n])
+    for i in range(n):  # in chain order: each run is in chain order
+        p = parent_of[i]
+        if p >= 0:
+            kids[filled[p]] = i
+            filled[p] += 1
+    del filled, parent_of
+    shown = bytearray(n)
+
+    def walk(top: int, marker: str) -> Iterator[TreeRow]:
         # Iterative depth-first walk: a deep chain of spans must not hit the
-        # recursion limit.  Each stack entry: record, its line's lead, the prefix
-        # its children and events continue with, and a marker for the line.
-        # Past _MAX_INDENT levels the indentation stops growing (a forged bundle
-        # could nest thousands of spans) and each line names its depth instead.
-        stack: list[tuple[int, str, str, str, int]] = [(top, "", "", marker, 0)]
+        # recursion limit.  Each stack entry: a span's children still to show (in
+        # reverse order), the prefix they continue with, and their depth.  Past
+        # _MAX_INDENT levels the indentation stops growing (a forged bundle could
+        # nest thousands of spans) and each line names its depth instead.
+        stack: list[tuple[list[int], str, int]] = [([top], "", 0)]
         while stack:
-            i, lead, cont, mark, depth = stack.pop()
-            if i in shown:
+            pending, cont, depth = stack[-1]
+            if not pending:
+                stack.pop()
                 continue
-            shown.add(i)
-            kids = sorted((k for k in children.get(i, ()) if k not in shown), key=order)
-            rows.append(TreeRow(i, depth, lead, cont, mark, bool(kids)))
-            for n in range(len(kids) - 1, -1, -1):
-                last = n == len(kids) - 1
-                if depth < _MAX_INDENT:
-                    lead_n = cont + (_LAST if last else _BRANCH)
-                    cont_n = cont + (_GAP if last else _PIPE)
-                else:
-                    lead_n = cont + f"└┄ (depth {depth + 1}) "
-                    cont_n = cont
-                stack.append((kids[n], lead_n, cont_n, "", depth + 1))
+            i = pending.pop()
+            last = not pending
+            if shown[i]:
+                continue
+            shown[i] = 1
+            if depth == 0:
+                lead, cont_i, mark = "", "", marker
+            elif depth <= _MAX_INDENT:
+                lead = cont + (_LAST if last else _BRANCH)
+                cont_i = cont + (_GAP if last else _PIPE)
+                mark = ""
+            else:
+                lead, cont_i, mark = cont + f"└┄ (depth {depth}) ", cont, ""
+            below = in_order(k for k in kids[first_kid[i]:first_kid[i + 1]] if not shown[k])
+            below.reverse()
+            yield TreeRow(i, depth, lead, cont_i, mark, bool(below))
+            if below:
+                stack.append((below, cont_i, depth + 1))
 
-    for i, marker in sorted(tops, key=lambda t: order(t[0])):
-        walk(i, marker)
+    for top, outside in zip(tops, not_certified, strict=True):
+        yield from walk(top, _NOT_CERTIFIED if outside else "")
+    del tops, not_certified
     # Whatever is left sits on a parent cycle (only a forged bundle does this).
-    for i in sorted(set(range(len(spans))) - shown, key=order):
-        if i not in shown:
-            walk(i, _CYCLE)
-    return rows
+    for i in in_order(i for i in range(n) if not shown[i]):
+        if not shown[i]:
+            yield from walk(i, _CYCLE)
 
 
 def render_tree(records: Sequence[Mapping[str, Any]], paint: Paint = _plain) -> str:
@@ -274,11 +336,19 @@ def render_tree(records: Sequence[Mapping[str, Any]], paint: Paint = _plain) -> 
     parent is missing is marked ``(parent not certified)``.  *paint* styles parts
     of each line (see :data:`Paint`).  Returns ``""`` for no records.
     """
-    lines: list[str] = []
-    for row in tree_rows(records):
-        span = records[row.index]["span"]
+    spans = [record["span"] for record in records]
+    return "\n".join(tree_lines(tree_rows(records), spans.__getitem__, paint))
+
+
+def tree_lines(
+    rows: Iterable[TreeRow], span_at: Callable[[int], Mapping[str, Any]], paint: Paint = _plain
+) -> Iterator[str]:
+    """The lines of :func:`render_tree`, one at a time, for *rows* (of
+    :func:`iter_tree_rows`); ``span_at(index)`` gives the span of the row's record."""
+    for row in rows:
+        span = span_at(row.index)
         mark = paint("note", row.marker) if row.marker else ""
-        lines.append(row.lead + describe_span(span, paint) + mark)
+        yield row.lead + describe_span(span, paint) + mark
         event_lead = row.cont + ("│ " if row.has_children else "  ")
-        lines.extend(event_lead + _describe_event(ev, paint) for ev in span["events"])
-    return "\n".join(lines)
+        for ev in span["events"]:
+            yield event_lead + _describe_event(ev, paint)

@@ -13,7 +13,7 @@ import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import orjson
 
@@ -40,6 +40,7 @@ __all__ = [
     "UNVERIFIED_RECORDS_KEPT",
     "BundleReport",
     "Check",
+    "RecordObserver",
     "Status",
     "TraceLink",
     "Verdict",
@@ -48,6 +49,7 @@ __all__ = [
     "cut_message",
     "find_bundles",
     "link_segments",
+    "unverified_shown",
     "verify_bundle",
 ]
 
@@ -225,14 +227,25 @@ UNVERIFIED_RECORDS_KEPT = 1000
 UNVERIFIED_BYTES_KEPT = 4 * 1024 * 1024
 
 
-def _unverified_shown(kept: list[bytes]) -> list[bytes]:
-    shown, size = [], 0
-    for raw in kept[:UNVERIFIED_RECORDS_KEPT]:
-        size += len(raw)
-        if size > UNVERIFIED_BYTES_KEPT:
+def unverified_shown(sizes: Iterable[int]) -> int:
+    """How many of a failed bundle's first records, whose canonical bytes have these
+    *sizes* in chain order, a report keeps: at most `UNVERIFIED_RECORDS_KEPT`, and
+    `UNVERIFIED_BYTES_KEPT` bytes."""
+    count, total = 0, 0
+    for size in itertools.islice(sizes, UNVERIFIED_RECORDS_KEPT):
+        total += size
+        if total > UNVERIFIED_BYTES_KEPT:
             break
-        shown.append(raw)
-    return shown
+        count += 1
+    return count
+
+
+class RecordObserver(Protocol):
+    """What :func:`check_bundle` calls with each record as it is read (``on_record``)."""
+
+    def __call__(self, record: Mapping[str, Any], raw: bytes, offset: int) -> None:
+        """Note *record* (accepted by ``validate_record``), its canonical bytes *raw*,
+        and *offset*, where its line starts in the stream read."""
 
 
 def _open(source: str | os.PathLike[str] | IO[bytes]) -> tuple[str, IO[bytes], bool]:
@@ -248,6 +261,7 @@ def check_bundle(
     allow_incomplete: bool = False,
     keep_records: bool = False,
     select_records: Callable[[Mapping[str, Any]], bool] | None = None,
+    on_record: RecordObserver | None = None,
 ) -> BundleReport:
     """Run every SPEC §8 check on one bundle and report each outcome; never raises
     for bad input (an unreadable file is a failed ``format`` check).
@@ -263,6 +277,10 @@ def check_bundle(
             for which this returns True, and no other; implies *keep_records*.  What
             checking disclosures needs of a bundle is a few of its records
             (:class:`~spanproof.verifier.disclosure.DisclosureNeeds`).
+        on_record: called with each record a report made with *keep_records* would
+            keep, as it is read (its parsed value, its canonical bytes and where its
+            line starts in *source*), to keep what the caller needs of the records
+            instead of them all; the report says whether they verified.
     """
     run = _Run()
     name = str(source) if isinstance(source, (str, os.PathLike)) else "<stream>"
@@ -278,7 +296,7 @@ def check_bundle(
         return BundleReport(name, run.checks(), Verdict.FAIL, error=run.error)
     try:
         statement, digest, signer = _run_checks(stream, trust, run, kept, allow_incomplete,
-                                                select_records, salts)
+                                                select_records, salts, on_record)
     except OSError as e:
         run.failed("format", InvalidBundle(f"read error: {e.strerror or e}"))
     finally:
@@ -293,7 +311,7 @@ def check_bundle(
     records = None
     if kept is not None:
         if verdict is Verdict.FAIL:
-            kept = _unverified_shown(kept)
+            kept = kept[:unverified_shown(len(raw) for raw in kept)]
         # Each passed loads_canonical: a plain parse finds the same value.
         records = tuple(orjson.loads(raw) for raw in kept)
     return BundleReport(
@@ -364,6 +382,7 @@ def _run_checks(
     allow_incomplete: bool,
     select: Callable[[Mapping[str, Any]], bool] | None = None,
     salts: _SaltReuse | None = None,
+    on_record: RecordObserver | None = None,
 ) -> tuple[Statement | None, str | None, str | None]:
     reader = BundleReader(stream)
     # Steps 1-2: framing, header, media type, envelope shape.
@@ -440,6 +459,8 @@ def _run_checks(
                 salts.add(record, position)
             if kept is not None and (select is None or select(record)):
                 kept.append(raw)
+            if on_record is not None:
+                on_record(record, raw, reader.record_offset)
     except ChainError as e:
         run.skipped("records", f"stopped at the chain failure after {chain.count} records")
         run.failed("chain", e)
