@@ -28,7 +28,7 @@ from .errors import (
     TrustError,
     VerificationError,
 )
-from .keys import TrustRoot
+from .keys import TrustedKey, TrustRoot, format_time
 from .records import CER_COMMITTED_MEDIA_TYPE, ChainState, digest_hex, validate_record
 from .statement import Statement
 from .values import COMMITTED_VALUE, is_committed_value
@@ -225,6 +225,17 @@ class _Run:
 #: are parsed.
 UNVERIFIED_RECORDS_KEPT = 1000
 UNVERIFIED_BYTES_KEPT = 4 * 1024 * 1024
+
+
+def _window(key: TrustedKey) -> str:
+    """*key*'s validity window as its trust root states it (``validFrom <= sealedAt
+    < validUntil``)."""
+    sides = []
+    if key.valid_from is not None:
+        sides.append(f"from {format_time(key.valid_from)}")
+    if key.valid_until is not None:
+        sides.append(f"until before {format_time(key.valid_until)}")
+    return "valid " + ", ".join(sides)
 
 
 def unverified_shown(sizes: Iterable[int]) -> int:
@@ -424,7 +435,8 @@ def _run_checks(
             "key-validity",
             TrustError(
                 f"key {signer.keyid[:16]} is not valid at sealedAt "
-                f"{statement.sealed_at.isoformat()} (outside its trust-root window)"
+                f"{format_time(statement.sealed_at)} (outside its trust-root window, "
+                f"{_window(signer)})"
             ),
         )
         return statement, digest, signer.keyid

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import errno
 import io
@@ -222,18 +223,33 @@ def test_trust_root_file(capsys, keys: Keys, make_bundle, tmp_path):
     assert code == 0, out
 
 
+@pytest.mark.parametrize(
+    ("window", "stated"),
+    [
+        ({"validFrom": "2027-01-01T00:00:00Z"}, "valid from 2027-01-01T00:00:00.000000Z"),
+        ({"validUntil": "2020-01-01T00:00:00Z"}, "valid until before 2020-01-01T00:00:00.000000Z"),
+        ({"validFrom": "2019-01-01T00:00:00Z", "validUntil": "2020-01-01T00:00:00Z"},
+         "valid from 2019-01-01T00:00:00.000000Z, until before 2020-01-01T00:00:00.000000Z"),
+    ],
+    ids=["not-yet", "retired", "closed-before"],
+)
 def test_trust_root_window_that_excludes_the_sealing_time_fails(
-    capsys, keys: Keys, make_bundle, tmp_path
+    capsys, keys: Keys, make_bundle, tmp_path, window: dict[str, str], stated: str
 ):
     path, _ = make_bundle()
     root = tmp_path / "trust.json"
     root.write_text(json.dumps({
         "mediaType": TRUST_ROOT_MEDIA_TYPE,
-        "keys": [{"publicKey": keys.pub.read_text(), "validFrom": "2027-01-01T00:00:00Z"}],
+        "keys": [{"publicKey": keys.pub.read_text(), **window}],
     }))
     code, out, _ = run(capsys, "verify", "--trust-root", root, path)
     assert code == 1
-    assert "is not valid at sealedAt" in out
+    # The signed time as the bundle has it, and the window it is outside.
+    header = json.loads(path.read_bytes().split(b"\n", 1)[0][: -len(b',"records":[')] + b"}")
+    statement = json.loads(base64.b64decode(header["envelope"]["payload"]))
+    sealed_at = statement["predicate"]["sealedAt"]
+    assert (f"is not valid at sealedAt {sealed_at} (outside its trust-root window, "
+            f"{stated})") in out
 
 
 def _root_file(path: Path, pem: str, **window: str) -> Path:
