@@ -10,7 +10,8 @@ content; SPEC §8 step 3 uses it only to order the key search).
 
 The default run is quick (hypothesis drives the random source); the ``slow`` tests
 run the long campaign: 100,000 cases in process from a fixed seed (split over the
-cores, ``fuzz_mutations.run_campaign``) and 200 through the command line.
+cores, ``fuzz_mutations.run_campaign``) and 200 through the command line (in one
+command, and 40 of them one command each).
 """
 
 from __future__ import annotations
@@ -127,10 +128,9 @@ def test_long_run_of_100000_mutations_in_process() -> None:
 
 # -- through the command line -----------------------------------------------------
 
-def _cli_sample(tmp_path: Path, count: int) -> None:
-    """Mutated bundles through ``spanproof verify``: exit 0 only for OK, 1 for
-    FAIL, never a traceback."""
-    rng = random.Random(7)  # a fixed sample
+def _mutated_files(tmp_path: Path, count: int) -> list[Path]:
+    """*count* copies of the original with one bit flipped each, a fixed sample."""
+    rng = random.Random(7)
     paths = []
     for n in range(count):
         data = bytearray(ORIGINAL)
@@ -139,16 +139,24 @@ def _cli_sample(tmp_path: Path, count: int) -> None:
         path = tmp_path / f"m{n:04d}.spanproof.json"
         path.write_bytes(bytes(data))
         paths.append(path)
+    return paths
 
-    def run(path: Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "spanproof.verifier", "verify", "--key", str(PUB), str(path)],
-            capture_output=True, text=True, timeout=60, check=False,
-        )
 
+def _verify_cli(*paths: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "spanproof.verifier", "verify", "--key", str(PUB),
+         *map(str, paths)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+
+
+def _cli_sample(tmp_path: Path, count: int) -> None:
+    """Mutated bundles through ``spanproof verify``, one command each: exit 0 only
+    for OK, 1 for FAIL, never a traceback."""
+    paths = _mutated_files(tmp_path, count)
     # Two commands at a time: each is mostly the interpreter starting, on one core.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for path, result in zip(paths, pool.map(run, paths), strict=True):
+        for path, result in zip(paths, pool.map(_verify_cli, paths), strict=True):
             expected = check_bundle(str(path), TRUST).verdict
             assert "Traceback" not in result.stderr, result.stderr
             assert result.stdout.split(" ", 1)[0] == expected.value, path.name
@@ -161,4 +169,19 @@ def test_cli_on_mutated_bundles_exits_with_verdict_code(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_cli_on_mutated_bundles_long_sample(tmp_path: Path) -> None:
-    _cli_sample(tmp_path, 200)
+    """200 mutated bundles in one ``spanproof verify``: a line for each with its
+    verdict, never a traceback, exit 1 (some FAIL); and 40 of them one command each."""
+    paths = _mutated_files(tmp_path, 200)
+    result = _verify_cli(*paths)
+    assert "Traceback" not in result.stderr, result.stderr
+    verdicts = {}
+    for line in result.stdout.splitlines():
+        word, rest = line.split(" ", 1)
+        if rest.startswith(str(tmp_path)):
+            verdicts[rest.split(" ", 1)[0].removesuffix(":")] = word
+    expected = {str(p): check_bundle(str(p), TRUST).verdict.value for p in paths}
+    assert verdicts == expected
+    assert "FAIL" in expected.values()
+    assert result.returncode == 1
+    (tmp_path / "one-by-one").mkdir()
+    _cli_sample(tmp_path / "one-by-one", 40)
