@@ -23,11 +23,25 @@ from benchmarks import run
 
 @pytest.mark.timeout(300)
 def test_harness_quick_run_reports_every_section_and_target(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
+    # Deleting one configuration's bundles would slow the next configuration's file
+    # creation on a filesystem without a journal: nothing may be deleted mid-run.
+    deleted: list[tuple[str, bool]] = []
+    rmtree = shutil.rmtree
+
+    def recording_rmtree(path: Any, *args: Any, **kwargs: Any) -> None:
+        leftovers = any(Path(path).rglob("*.spanproof.json"))
+        deleted.append((str(path), leftovers))
+        rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", recording_rmtree)
     work = tmp_path / "work"
     before = tempfile.gettempdir()
     assert run.main(["--quick", "--work-dir", str(work)]) == 0
+    assert len(deleted) == 1  # every run's files, once, at the end
+    path, had_bundles = deleted[0]
+    assert Path(path).parent == work and had_bundles
     text = capsys.readouterr().out
     assert f"files in {work / 'spanproof-bench-'}" in text
     assert "reps=1 (app: 3)," in text  # the app section's noisier figures get more rounds
@@ -66,28 +80,6 @@ def test_harness_quick_run_reports_every_section_and_target(
 def test_unknown_section_is_refused() -> None:
     with pytest.raises(SystemExit):
         run.main(["--only", "nonsense"])
-
-
-@pytest.mark.timeout(300)
-def test_files_are_deleted_once_when_the_run_ends_not_between_runs(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-) -> None:
-    # Deleting one configuration's bundles would slow the next configuration's file
-    # creation on a filesystem without a journal; nothing may be deleted mid-run.
-    deleted: list[tuple[str, bool]] = []
-    rmtree = shutil.rmtree
-
-    def recording_rmtree(path: Any, *args: Any, **kwargs: Any) -> None:
-        leftovers = any(Path(path).rglob("*.spanproof.json"))
-        deleted.append((str(path), leftovers))
-        rmtree(path, *args, **kwargs)
-
-    monkeypatch.setattr(shutil, "rmtree", recording_rmtree)
-    assert run.main(["--quick", "--only", "app,verify,receiver-cost",
-                     "--work-dir", str(tmp_path)]) == 0
-    assert len(deleted) == 1
-    path, had_bundles = deleted[0]
-    assert Path(path).parent == tmp_path and had_bundles  # every run's bundles, at the end
 
 
 def test_settle_waits_until_file_creation_is_quiet(monkeypatch: pytest.MonkeyPatch) -> None:
