@@ -601,7 +601,7 @@ def _smallest_fitting_limit(json_length: int) -> int:
     return low
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.dictionaries(_text, _typed_values, min_size=1, max_size=6))
 def test_a_value_within_what_its_json_length_allows_is_never_measured_above_it(attrs) -> None:
     # The receiver skips measuring values when fits_by_json_length holds for the
