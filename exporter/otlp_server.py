@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import re
+import selectors
 import socket
 import ssl
 import sys
@@ -2059,6 +2060,67 @@ class _BoundedServer(ThreadingHTTPServer):
         self.stopping = False
         #: Its grace is over: what is left is cut off, nothing more is ingested.
         self.cut = False
+        # serve_forever waits on the listening socket and on this pipe, which
+        # shutdown writes to: no wake-up while idle, and no wait to stop.
+        self._wake_read, self._wake_write = os.pipe()
+        self._wake_closed = False
+        self._shutdown_asked = threading.Event()
+        self._loop_ended = threading.Event()
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Accept connections until :meth:`shutdown`.  (socketserver's own loop
+        wakes every *poll_interval*, 0.5 s, to look for a shutdown, and each stop
+        waited for it; this one is woken by the shutdown itself, and
+        *poll_interval* is not used.)"""
+        try:
+            with selectors.DefaultSelector() as selector:
+                selector.register(self, selectors.EVENT_READ)
+                selector.register(self._wake_read, selectors.EVENT_READ)
+                while not self._shutdown_asked.is_set():
+                    ready = selector.select()
+                    if self._shutdown_asked.is_set():
+                        break
+                    if any(key.fileobj is self for key, _events in ready):
+                        self._accept_one()
+                    self.service_actions()
+        finally:
+            self._loop_ended.set()
+
+    def _accept_one(self) -> None:
+        """Accept a connection and hand it over (socketserver's
+        ``_handle_request_noblock``, which its loop calls)."""
+        try:
+            request, client_address = self.get_request()
+        except OSError:
+            return
+        if not self.verify_request(request, client_address):
+            self.shutdown_request(request)
+            return
+        try:
+            self.process_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+        except BaseException:
+            self.shutdown_request(request)
+            raise
+
+    def shutdown(self) -> None:
+        """End :meth:`serve_forever` and wait until it has (call it only once
+        serve_forever runs, or is about to on another thread)."""
+        with self._changes:
+            self._shutdown_asked.set()
+            if not self._loop_ended.is_set() and not self._wake_closed:
+                os.write(self._wake_write, b"\0")
+        self._loop_ended.wait()
+
+    def server_close(self) -> None:
+        super().server_close()
+        with self._changes:  # once: a number closed twice may be another file's by then
+            if not self._wake_closed:
+                self._wake_closed = True
+                os.close(self._wake_read)
+                os.close(self._wake_write)
 
     def get_request(self) -> tuple[Any, Any]:
         request, client_address = super().get_request()

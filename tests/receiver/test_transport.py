@@ -1569,3 +1569,30 @@ def test_http_request_in_flight_at_stop_is_answered_then_closed():
         if stopper.is_alive():
             stopper.join(10)
         server.stop(0)
+
+
+def test_http_server_waits_for_connections_without_waking_and_stops_at_once(
+    ingest, monkeypatch: pytest.MonkeyPatch
+):
+    # socketserver's loop woke every 0.5 s to look for a stop, and each stop waited
+    # for that wake-up: the serving loop now waits with no timeout, and stop() wakes it.
+    from spanproof.exporter import otlp_server
+
+    waits: list[float | None] = []
+
+    class Recording(otlp_server.selectors.DefaultSelector):
+        def select(self, timeout=None):
+            waits.append(timeout)
+            return super().select(timeout)
+
+    monkeypatch.setattr(otlp_server.selectors, "DefaultSelector", Recording)
+    server = HttpServer("127.0.0.1:0", ingest)
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}/v1/traces"
+        status, _, _ = _post(url, _request(1).SerializeToString(), "application/x-protobuf")
+        assert status == 200
+    finally:
+        server.stop()
+    assert not server._thread.is_alive()
+    assert waits and set(waits) == {None}, waits
