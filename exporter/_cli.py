@@ -37,6 +37,7 @@ from spanproof.verifier._cli import (
 )
 from spanproof.verifier._gc import collecting_rarely
 from spanproof.verifier._settings import parse_decimal
+from spanproof.verifier._term import printable
 from spanproof.verifier.errors import InvalidKey
 from spanproof.verifier.tree import render_tree
 from spanproof.verifier.verify import Verdict
@@ -58,7 +59,9 @@ _SIGNAL_POLL_SECONDS = 0.25
 
 
 def _error(message: str) -> None:
-    print(f"{_PROG}: error: {message}", file=sys.stderr)
+    # Messages quote paths and values as given: control characters are escaped, as
+    # the verifier's and the witness's commands escape them.
+    print(f"{_PROG}: error: {printable(message)}", file=sys.stderr)
 
 
 def keygen(out: str, *, force: bool = False) -> int:

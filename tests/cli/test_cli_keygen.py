@@ -88,6 +88,18 @@ def test_keygen_out_naming_a_file_says_it_is_not_a_directory(capsys, tmp_path, f
     assert blocker.read_text() == "not a directory"
 
 
+def test_keygen_error_shows_control_characters_of_a_path_escaped(capsys, tmp_path):
+    # The message quotes the path it was given: an escape sequence in it must not
+    # reach the terminal (clear the screen, recolour, rewrite the line), as verify's,
+    # show's and the witness's messages already keep it out.
+    blocker = tmp_path / "evil\x1b[2J\rname"
+    blocker.write_text("not a directory")
+    assert main(["keygen", "--out", str(blocker)]) == 2
+    _, err = capsys.readouterr()
+    assert "\x1b" not in err and "\r" not in err
+    assert "evil\\x1b[2J\\rname: not a directory" in err
+
+
 @pytest.mark.skipif(os.name == "nt", reason="POSIX console script")
 def test_keygen_console_script(tmp_path):
     done = subprocess.run([spanproof_script(), "keygen", "--out", str(tmp_path)],
