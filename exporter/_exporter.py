@@ -48,6 +48,7 @@ from opentelemetry.trace import SpanContext
 
 from spanproof.verifier.statement import Producer
 
+from ._disabled import BuiltDisabled
 from ._recovery import continue_on_disk, seal_orphaned_journals
 from ._sealing_process import (
     RestartSchedule,
@@ -156,13 +157,15 @@ def _selection_view(span: ReadableSpan) -> tuple[Mapping[str, Any], SpanContext 
     return span.attributes or {}, span.parent
 
 
-class SpanproofSpanExporter(SpanExporter):
+class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
     """Certifies evidence spans into signed, hash-chained bundle files.
 
     Every setting follows :class:`~spanproof.exporter.config.ExporterConfig`: an
     argument that is not ``None``, else its ``OTEL_EXPORTER_SPANPROOF_*`` variable,
     else the default, so ``SpanproofSpanExporter()`` (what ``OTEL_TRACES_EXPORTER=
-    spanproof`` constructs) is configured by the environment alone.
+    spanproof`` constructs) is configured by the environment alone.  With
+    ``OTEL_SDK_DISABLED=true`` it is built disabled: it creates and starts nothing,
+    and certifies nothing (README, "Drop-in, no code change").
 
     Args:
         output_dir: directory for bundle files (and the generated key).
@@ -1497,12 +1500,72 @@ def _span_id_of(span: ReadableSpan) -> str:
         return "?"
 
 
-class _NonRecoveringExporter(SpanproofSpanExporter):
+class _SealingProcessExporter(SpanproofSpanExporter):
+    """The exporter a sealing process runs.  The process is started with
+    ``OTEL_SDK_DISABLED=true`` (it is no instrumented application), which does not
+    disable this exporter: it is not built from that process's environment."""
+
+
+class _NonRecoveringExporter(_SealingProcessExporter):
     """The exporter a sealing process after the first runs: the first alone
     finishes what an earlier run left in the output directory, so two processes
     never race over the same journal, queue entry or unsubmitted bundle."""
 
     _recovers_at_start = False
+
+
+class _DisabledSpanExporter(SpanproofSpanExporter):
+    """What ``SpanproofSpanExporter(...)`` builds while ``OTEL_SDK_DISABLED`` is true.
+
+    It does nothing: no key, directory, journal recovery, sealing process or witness
+    submission, whatever its arguments or variables say.  The SDK's providers make
+    no span then; a span given anyway is not certified (FAILURE, logged once).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # every argument ignored
+        self._warned = False
+        _logger.info("spanproof: OTEL_SDK_DISABLED is true: the spanproof exporter is "
+                     "disabled (nothing is written, recovered or submitted)")
+
+    def _disabled(self) -> RuntimeError:
+        return RuntimeError("the spanproof exporter is disabled (OTEL_SDK_DISABLED=true)")
+
+    @property
+    def config(self) -> ExporterConfig:
+        """Not available: raises ``RuntimeError`` (nothing was configured)."""
+        raise self._disabled()
+
+    @property
+    def producer(self) -> Producer:
+        """Not available: raises ``RuntimeError``."""
+        raise self._disabled()
+
+    @property
+    def keyid(self) -> str:
+        """Not available: raises ``RuntimeError`` (no key was loaded)."""
+        raise self._disabled()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Certify nothing: FAILURE for spans (logged the first time), else SUCCESS."""
+        if not spans:
+            return SpanExportResult.SUCCESS
+        if not self._warned:
+            self._warned = True
+            _logger.warning("spanproof: %d span(s) not certified: the exporter is disabled "
+                            "(OTEL_SDK_DISABLED=true); later ones are not logged", len(spans))
+        return SpanExportResult.FAILURE
+
+    def force_flush(self, timeout_millis: float | None = 30000) -> bool:
+        """Nothing is pending: True."""
+        return True
+
+    def shutdown(self, timeout_millis: float | None = 30000) -> None:
+        """Nothing to stop."""
+
+
+# OTEL_SDK_DISABLED=true: the configurator still builds this exporter, for a
+# provider that makes no span.
+SpanproofSpanExporter._disabled_kind = _DisabledSpanExporter
 
 
 def _scan_quietly(submitter: WitnessSubmitter, directory: str) -> None:

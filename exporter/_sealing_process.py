@@ -1283,10 +1283,10 @@ class _SettledCount:
 
 def _child_exporter(settings: Mapping[str, Any], key_seed: bytes,
                     producer_instance: str, recover: bool, settled_fd: int) -> Any:
-    from ._exporter import SpanproofSpanExporter, _NonRecoveringExporter
+    from ._exporter import _NonRecoveringExporter, _SealingProcessExporter
     from .keys import SigningKey
 
-    kind = SpanproofSpanExporter if recover else _NonRecoveringExporter
+    kind = _SealingProcessExporter if recover else _NonRecoveringExporter
     exporter = kind(signing_key=SigningKey.from_seed(key_seed), sealing_process=False,
                     **settings)
     exporter._serve_parent(producer_instance, _SettledCount(settled_fd))

@@ -50,7 +50,9 @@ Variables (all prefixed ``OTEL_EXPORTER_SPANPROOF_``), with their defaults:
   README, "Performance").
 
 ``EvidenceSpanProcessor`` reads two more, ``QUEUE_SIZE`` and ``QUEUE_BLOCK_MS``
-(``spanproof.exporter.processor``).
+(``spanproof.exporter.processor``).  OpenTelemetry's ``OTEL_SDK_DISABLED=true``
+builds both the exporter and the processor disabled: they create and start nothing
+(``spanproof.exporter._disabled``).
 
 An empty variable counts as unset.  A list that is not empty but names no key
 (``,``) is an error, not an empty list.  Numbers are written in the ASCII digits

@@ -53,6 +53,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from spanproof.verifier._settings import parse_decimal
 
+from ._disabled import BuiltDisabled
 from ._exporter import (
     _LONGEST_WAIT,
     _MAX_DISCARDED_TRACES,
@@ -468,14 +469,15 @@ class _JournaledSealer(SpanproofSpanExporter):
                               "will retry", names, more, e)
 
 
-class EvidenceSpanProcessor(SpanProcessor):
+class EvidenceSpanProcessor(SpanProcessor, BuiltDisabled):
     """A ``SpanProcessor`` that journals evidence spans off the application's thread
     and seals them into signed bundles; see the module documentation.
 
     Every exporter setting follows :class:`~spanproof.exporter.config.ExporterConfig`
     (argument, else ``OTEL_EXPORTER_SPANPROOF_*``, else default), so
-    ``EvidenceSpanProcessor()`` is configured by the environment alone.  Two more
-    settings belong to the processor:
+    ``EvidenceSpanProcessor()`` is configured by the environment alone.  With
+    ``OTEL_SDK_DISABLED=true`` it is built disabled, as the exporter is: no key,
+    journal or recovery.  Two more settings belong to the processor:
 
     Args:
         queue_size: evidence spans waiting for the journal, at most
@@ -952,6 +954,53 @@ def _append_spans(
             except ValueError:
                 keys.append(None)
                 rejections[trace_id] += 1
+
+
+class _DisabledSpanProcessor(EvidenceSpanProcessor):
+    """What ``EvidenceSpanProcessor(...)`` builds while ``OTEL_SDK_DISABLED`` is true.
+
+    It does nothing: no key, journal, recovery or thread, whatever its arguments or
+    variables say.  The SDK's providers make no span then; a span ended anyway is
+    not certified (logged once).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # every argument ignored
+        self._warned = False
+        self.recovered = []
+        _logger.info("spanproof: OTEL_SDK_DISABLED is true: the evidence span processor "
+                     "is disabled (nothing is written or recovered)")
+
+    def _disabled(self) -> RuntimeError:
+        return RuntimeError("the evidence span processor is disabled (OTEL_SDK_DISABLED=true)")
+
+    @property
+    def exporter(self) -> SpanproofSpanExporter:
+        """Not available: raises ``RuntimeError`` (nothing was configured)."""
+        raise self._disabled()
+
+    @property
+    def journal_dir(self) -> str:
+        """Not available: raises ``RuntimeError`` (no journal)."""
+        raise self._disabled()
+
+    def on_end(self, span: ReadableSpan) -> None:
+        """Certify nothing (logged the first time)."""
+        if not self._warned:
+            self._warned = True
+            _logger.warning("spanproof: span %s not certified: the evidence span processor "
+                            "is disabled (OTEL_SDK_DISABLED=true); later ones are not logged",
+                            _span_id_of(span))
+
+    def force_flush(self, timeout_millis: int | None = 30000) -> bool:
+        """Nothing is pending: True."""
+        return True
+
+    def shutdown(self) -> None:
+        """Nothing to stop."""
+
+
+# As the exporter: with OTEL_SDK_DISABLED=true no span reaches a processor.
+EvidenceSpanProcessor._disabled_kind = _DisabledSpanProcessor
 
 
 def install(**kwargs: Any) -> EvidenceSpanProcessor:

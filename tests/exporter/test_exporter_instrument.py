@@ -89,6 +89,17 @@ def test_opentelemetry_instrument_writes_verifiable_bundles(
     assert usage == {"intValue": "42"}
 
 
+def test_otel_sdk_disabled_under_opentelemetry_instrument_writes_nothing(tmp_path: Path) -> None:
+    # The configurator builds the exporter for a disabled provider: it wrote a key and
+    # started two sealing processes for an application whose telemetry was off.
+    result, out = _instrumented(tmp_path, "otlp,spanproof", OTEL_SDK_DISABLED="true",
+                                OTEL_EXPORTER_SPANPROOF_SEALING_PROCESS="2")
+    assert result.returncode == 0, result.stderr
+    assert "app done" in result.stdout
+    assert not out.exists()
+    assert "Traceback" not in result.stderr
+
+
 def test_malformed_tuning_variable_does_not_stop_opentelemetry_instrument(
     tmp_path: Path,
 ) -> None:
