@@ -42,6 +42,7 @@ from spanproof.verifier.errors import InvalidKey
 from spanproof.verifier.tree import render_tree
 from spanproof.verifier.verify import Verdict
 
+from ._disabled import SDK_DISABLED_VAR
 from ._exporter import SpanproofSpanExporter
 from ._malloc import limit_malloc_arenas
 from .config import ENV_PREFIX, MAX_SEALING_PROCESSES
@@ -129,11 +130,19 @@ class _DemoExporter(SpanproofSpanExporter):
 def _run_cases(bundles_dir: str, key_file: str) -> list[Outcome]:
     """Run every sample case under a tracer provider exporting to spanproof; seal all."""
     exporter = _DemoExporter(output_dir=bundles_dir, key_file=key_file)
-    provider = TracerProvider(
-        # Every case traced, whatever OTEL_TRACES_SAMPLER says.
-        sampler=ALWAYS_ON,
-        resource=Resource.create({"service.name": "support-agent"}), shutdown_on_exit=False,
-    )
+    # Every case traced, whatever OTEL_TRACES_SAMPLER or OTEL_SDK_DISABLED says: the
+    # demo is not an instrumented application, and a disabled provider makes no span
+    # (the demo then failed, "no bundle was written").  The provider reads the
+    # variable once, here.
+    disabled = os.environ.pop(SDK_DISABLED_VAR, None)
+    try:
+        provider = TracerProvider(
+            sampler=ALWAYS_ON,
+            resource=Resource.create({"service.name": "support-agent"}), shutdown_on_exit=False,
+        )
+    finally:
+        if disabled is not None:
+            os.environ[SDK_DISABLED_VAR] = disabled
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("spanproof.examples.support_agent")
     try:

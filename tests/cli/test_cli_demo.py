@@ -163,6 +163,20 @@ def test_demo_ignores_the_spanproof_variables_of_the_shell(tmp_path, capsys, mon
     assert "format_reply" not in names  # not evidence: SELECT_ALL was not applied
 
 
+@pytest.mark.parametrize("value", ["true", " TRUE "])
+def test_demo_traces_its_cases_whatever_otel_sdk_disabled_says(
+    tmp_path, capsys, monkeypatch, value
+):
+    # The SDK's provider reads OTEL_SDK_DISABLED: a shell that disabled OpenTelemetry
+    # for its applications made the demo trace nothing, "no bundle was written", exit 1.
+    monkeypatch.setenv("OTEL_SDK_DISABLED", value)
+    out_dir = tmp_path / "d"
+    assert main(["demo", "--out", str(out_dir)]) == 0
+    assert len(list(find_bundles([str(out_dir / "bundles")]))) == N_CASES
+    assert f"{N_CASES} bundles written, all verified" in capsys.readouterr().out
+    assert os.environ["OTEL_SDK_DISABLED"] == value  # the variable is given back
+
+
 def test_demo_says_nothing_of_settings_without_spanproof_variables(
     tmp_path, capsys, monkeypatch
 ):
