@@ -71,6 +71,7 @@ figures mean nothing).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import random
@@ -82,7 +83,7 @@ import sysconfig
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from opentelemetry.sdk.resources import Resource
@@ -1082,13 +1083,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous_tempdir = tempfile.tempdir
     tempfile.tempdir = scratch  # every mkdtemp below
     try:
-        return _run(sections, reps, app_reps, traces, quick=args.quick)
+        with _without_otel_variables(print):
+            return _run(sections, reps, app_reps, traces, quick=args.quick)
     finally:
         tempfile.tempdir = previous_tempdir
         deleted = _count_files(scratch)
         shutil.rmtree(scratch, ignore_errors=True)
         if not args.quick and deleted >= DELETION_MARK_MIN_FILES:
             _mark_deletion(os.path.dirname(scratch))
+
+
+@contextlib.contextmanager
+def _without_otel_variables(out: Callable[[str], None]) -> Iterator[None]:
+    """Unset every ``OTEL_*`` variable while the harness runs (and print their names),
+    so it measures the configurations as it builds them.  ``OTEL_SDK_DISABLED=true``
+    made every provider a no-op and the spanproof exporter a disabled one;
+    ``OTEL_TRACES_SAMPLER``, ``OTEL_BSP_*`` or ``OTEL_EXPORTER_SPANPROOF_*`` (a setting
+    no configuration gives) changed what was measured without a word."""
+    saved = {name: value for name, value in os.environ.items()
+             if name.upper().startswith("OTEL_")}
+    if saved:
+        out(f"(ignoring the OTEL_* variables set here: {', '.join(sorted(saved))})")
+    for name in saved:
+        del os.environ[name]
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 #: Creating a small file costs tens of microseconds on a quiet filesystem; more means

@@ -77,6 +77,34 @@ def test_harness_quick_run_reports_every_section_and_target(
                for line in verdicts) == 9
 
 
+def test_the_harness_measures_without_the_otel_variables_of_the_shell(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    # OTEL_SDK_DISABLED=true made every provider a no-op and the spanproof exporter
+    # a disabled one (the app section died on it); the sampler, the batch processor's
+    # and spanproof's variables changed what was measured without a word.
+    shell = {"OTEL_SDK_DISABLED": "true", "OTEL_TRACES_SAMPLER": "always_off",
+             "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "1",
+             "OTEL_EXPORTER_SPANPROOF_REDACT_ATTRIBUTES": "*"}
+    for name, value in shell.items():
+        monkeypatch.setenv(name, value)
+    seen: list[set[str]] = []
+
+    def measured(*args: Any, **kwargs: Any) -> int:
+        seen.append({name for name in os.environ if name.startswith("OTEL_")})
+        provider = run.TracerProvider()
+        assert provider.get_tracer("t").start_span("s").is_recording()
+        return 0
+
+    monkeypatch.setattr(run, "_run", measured)
+    assert run.main(["--quick", "--only", "app", "--work-dir", str(tmp_path)]) == 0
+    assert seen == [set()]
+    assert capsys.readouterr().out.startswith(
+        "(ignoring the OTEL_* variables set here: OTEL_BSP_MAX_EXPORT_BATCH_SIZE, "
+        "OTEL_EXPORTER_SPANPROOF_REDACT_ATTRIBUTES, OTEL_SDK_DISABLED, OTEL_TRACES_SAMPLER)\n")
+    assert {name: os.environ.get(name) for name in shell} == shell  # given back
+
+
 def test_unknown_section_is_refused() -> None:
     with pytest.raises(SystemExit):
         run.main(["--only", "nonsense"])
