@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +216,20 @@ def test_one_process_gone_the_others_seal_what_they_hold_and_this_process_the_re
         first_share = int(trace_id, 16) % 2 == 0
         assert found[trace_id][0] == ids
         assert (found[trace_id][1] == child_instance) == first_share
+
+
+def test_processes_given_up_are_waited_for_once_they_exit(tmp_path: Path) -> None:
+    # Their input was closed and nothing waited for them: each stayed a zombie until
+    # the next child started (a minute later at least, never at all without one).
+    rec, _, exporter, _, first = _second_process_killed(tmp_path)
+    _traces(rec, 2)
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+    assert exporter._remote is None  # given up
+    deadline = time.monotonic() + 30
+    while first._proc.returncode is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # returncode is set by whoever waits: not this test
+    assert first._proc.returncode == 0
+    exporter.shutdown()
 
 
 def test_a_killed_process_declares_only_what_it_had_not_written(tmp_path: Path) -> None:
