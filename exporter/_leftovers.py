@@ -38,7 +38,7 @@ import re
 import time
 from typing import Any
 
-from spanproof.verifier._files import link_no_replace, temp_target
+from spanproof.verifier._files import link_no_replace, temp_target, temporaries
 from spanproof.verifier.bundle import BUNDLE_SUFFIX, BundleReader
 from spanproof.verifier.disclosure import (
     DisclosureFile,
@@ -166,13 +166,7 @@ def remove_old_temporaries(
     """
     done = Leftovers()
     cutoff = (time.time() if now is None else now) - older_than
-    with os.scandir(directory) as entries:
-        temporaries = sorted(
-            entry.path for entry in entries
-            if entry.name.startswith(".") and entry.is_file(follow_symlinks=False)
-            and names.fullmatch(temp_target(entry.name) or "")
-        )
-    for path in temporaries:
+    for path in temporaries(directory, lambda target: names.fullmatch(target) is not None):
         try:
             _remove_if_older(path, cutoff, done)
         except OSError as e:

@@ -16,8 +16,8 @@ from typing import BinaryIO
 __all__ = [
     "MAX_NAMED_FILE", "fsync_directory", "link_no_replace", "locked_directory", "open_regular",
     "read_named_file",
-    "temp_target", "unlink_quietly", "walk_files", "write_atomic", "write_new", "write_once",
-    "write_temp",
+    "temp_target", "temporaries", "unlink_quietly", "walk_files", "write_atomic", "write_new",
+    "write_once", "write_temp",
 ]
 
 _TEMP_NAME = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp", re.DOTALL)  # see write_temp
@@ -57,6 +57,22 @@ def temp_target(file_name: str) -> str | None:
     temporary file's own name; None for any other name."""
     match = _TEMP_NAME.fullmatch(file_name)
     return None if match is None else match[1]
+
+
+def temporaries(directory: str, written_for: Callable[[str], bool]) -> list[str]:
+    """The paths, sorted, of the temporary files of :func:`write_temp` in *directory*
+    (regular files, not symbolic links) written for a name *written_for* accepts.
+    Which of them a live writer may still be writing, the caller decides.
+
+    Raises:
+        OSError: *directory* cannot be listed.
+    """
+    with os.scandir(directory) as entries:
+        return sorted(
+            entry.path for entry in entries
+            if entry.name.startswith(".") and entry.is_file(follow_symlinks=False)
+            and (target := temp_target(entry.name)) is not None and written_for(target)
+        )
 
 
 def unlink_quietly(path: str) -> None:
