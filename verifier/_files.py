@@ -189,10 +189,12 @@ def fsync_directory(directory: str) -> None:
 
 
 @contextlib.contextmanager
-def locked_directory(directory: str) -> Iterator[None]:
+def locked_directory(directory: str) -> Iterator[bool]:
     """Hold an exclusive ``flock`` on *directory*: writers of a set of files that
     belong together (a key and the files beside it) take turns.  On a filesystem
     that locks no directories (some network filesystems) the body runs unlocked.
+    Gives whether the lock is held: only then is a temporary file that these
+    writers write under the lock, found by the body, one a stopped writer left.
 
     Raises:
         OSError: *directory* cannot be opened.
@@ -202,8 +204,10 @@ def locked_directory(directory: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError:
-            pass  # no directory locks here
-        yield
+            locked = False  # no directory locks here
+        else:
+            locked = True
+        yield locked
     finally:
         os.close(fd)  # releases the lock
 

@@ -22,6 +22,7 @@ from spanproof.verifier._files import (
     fsync_directory,
     link_no_replace,
     locked_directory,
+    temporaries,
     unlink_quietly,
     write_atomic,
     write_temp,
@@ -191,12 +192,17 @@ def generate_key_file(
     the directory fsynced, and only then is the key linked as *path* (never over a
     file there) and the directory fsynced again.  So a key never exists, not even
     after a crash or a power cut, without the public key and origin it was written
-    with; what a crash can leave is temporary files and, without a key, a
-    ``<path>.pub`` or ``<path>.origin`` that belongs to no key.  Those the next
-    call replaces (or, without *origin*, removes the ``.origin``), and loading a
-    key that is not there fails.  On an error, the files it placed are removed.
-    Writers at once take turns (:func:`locked_directory`): one of them writes the
-    key, the others get FileExistsError.
+    with; what a crash can leave is temporary files (the key's holds the private
+    key) and, without a key, a ``<path>.pub`` or ``<path>.origin`` that belongs to
+    no key.  The next call for *path*, refused or not, removes those temporary
+    files (``.<name>.<8 hex>.tmp`` of the three names, no other file; the key's,
+    left after its link, is a second name of the key's file), and a call that
+    writes the key replaces the others (or, without *origin*, removes the
+    ``.origin``); loading a key that is not there fails.  On an error, the files
+    it placed are removed.  Writers at once take turns (:func:`locked_directory`),
+    each writing its temporary files under the lock: one of them writes the key,
+    the others get FileExistsError.  On a filesystem without directory locks, no
+    temporary file is removed (another writer's may be in progress).
 
     Raises:
         FileExistsError: *path* exists.
@@ -217,32 +223,56 @@ def generate_key_file(
     folder = os.path.dirname(target)
     beside = ((target + ".pub", pub),
               (origin_path(target), None if origin is None else origin.encode("utf-8") + b"\n"))
-    try:
-        tmp = write_temp(folder, os.path.basename(target), pem, mode=0o600)
-    except OSError as e:
-        e.filename = name  # not the temporary file's name: the key cannot be written
-        raise
-    try:
-        with locked_directory(folder):
-            if os.path.lexists(target):
-                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), name)
-            # No key at *path*: a .pub or .origin there belongs to no key (a write
-            # stopped before linking it), and is replaced before this key appears.
-            placed: list[str] = []
-            try:
-                for where, data in beside:
-                    if data is None:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(where)
-                    else:
-                        write_atomic(where, data)
-                        placed.append(where)
-                link_no_replace(tmp, target)
-                fsync_directory(folder)
-            except BaseException:
-                for where in placed:
-                    unlink_quietly(where)
-                raise
-    finally:
-        unlink_quietly(tmp)
+    with contextlib.ExitStack() as stack:
+        try:
+            locked = stack.enter_context(locked_directory(folder))
+        except OSError as e:
+            e.filename = name  # not the folder's name: the key cannot be written
+            raise
+        if locked:  # a refused call too: after a crash past the link, the key exists
+            files = (target, *(where for where, _ in beside))
+            _remove_stopped_writes(folder, {os.path.basename(where) for where in files})
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), name)
+        try:
+            tmp = write_temp(folder, os.path.basename(target), pem, mode=0o600)
+        except OSError as e:
+            e.filename = name  # not the temporary file's name: the key cannot be written
+            raise
+        stack.callback(unlink_quietly, tmp)
+        # No key at *path*: a .pub or .origin there belongs to no key (a write
+        # stopped before linking it), and is replaced before this key appears.
+        placed: list[str] = []
+        try:
+            for where, data in beside:
+                if data is None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(where)
+                else:
+                    write_atomic(where, data)
+                    placed.append(where)
+            link_no_replace(tmp, target)
+            fsync_directory(folder)
+        except BaseException:
+            for where in placed:
+                unlink_quietly(where)
+            raise
     return key
+
+
+def _remove_stopped_writes(folder: str, names: set[str]) -> None:
+    """Remove the temporary files in *folder* of the files *names* (a key's, its
+    ``.pub``'s and its ``.origin``'s) that a :func:`generate_key_file` stopped by a
+    crash or a power cut left: a key's holds its private key, and nothing else
+    would ever read or remove it.  Called under the directory's lock, under which
+    every one of them is written, so none is a live writer's."""
+    for leftover in temporaries(folder, names.__contains__):
+        try:
+            os.unlink(leftover)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            _logger.warning("cannot remove %s, left by a witness keygen that stopped (%s)",
+                            leftover, e.strerror or e)
+            continue
+        _logger.warning("removed %s, left by a witness keygen that stopped", leftover)
