@@ -2050,7 +2050,6 @@ class _BoundedServer(ThreadingHTTPServer):
             # IPv4 socket cannot bind it ("Address family for hostname not
             # supported"), where the gRPC port listened on it.
             self.address_family = socket.AF_INET6
-        super().__init__(address, handler)
         self._slots = threading.BoundedSemaphore(connections)
         self._tls = tls
         self._changes = threading.Condition()
@@ -2066,6 +2065,9 @@ class _BoundedServer(ThreadingHTTPServer):
         self._wake_closed = False
         self._shutdown_asked = threading.Event()
         self._loop_ended = threading.Event()
+        # Last: when the address cannot be bound, socketserver calls server_close,
+        # which closes the pipe above, and raises the bind's error.
+        super().__init__(address, handler)
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Accept connections until :meth:`shutdown`.  (socketserver's own loop

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import http.client
 import json
+import os
 import socket
 import threading
 import urllib.error
@@ -529,6 +531,38 @@ def test_http_server_listens_on_an_ipv6_address_as_the_grpc_server_does(ingest):
     finally:
         server.stop()
         grpc_server.stop(0)
+
+
+def test_http_server_on_a_port_in_use_raises_the_bind_error(ingest, monkeypatch):
+    # socketserver calls server_close when the bind fails, and server_close used
+    # what was set only after the bind: the error was an AttributeError
+    # ('_changes'), and `spanproof receiver` with its --http port in use ended in
+    # "unexpected AttributeError" instead of "cannot listen".
+    from spanproof.exporter import otlp_server
+
+    real_pipe, pipes = os.pipe, []  # each end's descriptor and inode
+
+    def pipe() -> tuple[int, int]:
+        ends = real_pipe()
+        pipes.extend((fd, os.fstat(fd).st_ino) for fd in ends)
+        return ends
+
+    monkeypatch.setattr(otlp_server.os, "pipe", pipe)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError) as refused:
+            HttpServer(f"127.0.0.1:{taken.getsockname()[1]}", ingest)
+    assert refused.value.errno == errno.EADDRINUSE
+    assert len(pipes) == 2
+
+    def still_open(fd: int, inode: int) -> bool:
+        try:
+            return os.fstat(fd).st_ino == inode
+        except OSError:
+            return False
+
+    assert not any(still_open(fd, inode) for fd, inode in pipes)  # its wake-up pipe closed
 
 
 class _Admission:
