@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +49,9 @@ from .config import ENV_PREFIX, MAX_SEALING_PROCESSES
 from .keys import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, SigningKey
 
 if TYPE_CHECKING:
-    from .otlp_server import GrpcServer, HttpServer, ServerTLS
+    from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans
+
+    from .otlp_server import GrpcServer, HttpServer, IngestResult, ServerTLS
     from .receiver import Receiver
 
 __all__ = ["demo", "keygen", "receiver"]
@@ -303,7 +305,9 @@ def receiver(
     With *tls_cert* and *tls_key* both ports serve TLS only, and with *tls_client_ca*
     they require client certificates issued by that CA (see ``ServerTLS``).
 
-    Flags override the ``OTEL_EXPORTER_SPANPROOF_*`` variables.  Listens at once, but
+    Flags override the ``OTEL_EXPORTER_SPANPROOF_*`` variables.  Its ports are bound
+    once every argument is checked, before the output directory or a key is created:
+    one it cannot listen on exits 1 creating nothing.  Listens at once, but
     answers ``UNAVAILABLE`` (and its health checks ``NOT_SERVING``) until it has sealed
     what an earlier receiver's journal holds; then prints one line per listening
     address, and runs until SIGTERM or SIGINT, when it stops accepting,
@@ -314,7 +318,7 @@ def receiver(
         UsageError: a malformed flag or setting, an unusable key file, or a
             *select_attributes* or *redact_attributes* that names no key (exit 2).
     """
-    from .otlp_server import MAX_MESSAGE_BYTES
+    from .otlp_server import DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES
     from .receiver import Receiver
 
     grpc = _address("--grpc", grpc)
@@ -351,24 +355,45 @@ def receiver(
     backlog: dict[str, Any] = (
         {} if max_backlog_spans is None else {"max_backlog_spans": max_backlog_spans}
     )
+    served = _Deferred()
+    servers: list[GrpcServer | HttpServer] = []
+
+    def listen() -> None:
+        # Every argument is checked, and nothing is created yet: a port that cannot
+        # be listened on leaves no output directory, and no generated key, behind.
+        limit = DEFAULT_MAX_MESSAGE_BYTES if max_message_bytes is None else max_message_bytes
+        try:
+            servers.extend(_transports(served, grpc, http, limit, tls))
+        except (OSError, RuntimeError, ValueError) as e:
+            raise _CannotListen(str(e)) from e
+
     try:
-        service = Receiver(
-            output_dir=out,
-            key_file=key,
-            select_attributes=selected,
-            select_all=select_all,
-            seal_grace=None if seal_grace_ms is None else seal_grace_ms / 1000,
-            idle_timeout=None if idle_timeout_ms is None else idle_timeout_ms / 1000,
-            max_records=max_records,
-            max_pending_traces=max_pending_traces,
-            witness_url=witness_url,
-            witness_key=witness_key,
-            redact_attributes=redacted,
-            max_value_bytes=max_value_bytes,
-            journal_dir=journal_dir,
-            sealing_processes=sealing_processes,
-            **backlog,
-        )
+        try:
+            served.receiver = Receiver(
+                output_dir=out,
+                key_file=key,
+                select_attributes=selected,
+                select_all=select_all,
+                seal_grace=None if seal_grace_ms is None else seal_grace_ms / 1000,
+                idle_timeout=None if idle_timeout_ms is None else idle_timeout_ms / 1000,
+                max_records=max_records,
+                max_pending_traces=max_pending_traces,
+                witness_url=witness_url,
+                witness_key=witness_key,
+                redact_attributes=redacted,
+                max_value_bytes=max_value_bytes,
+                journal_dir=journal_dir,
+                sealing_processes=sealing_processes,
+                before_creating=listen,
+                **backlog,
+            )
+        except BaseException:
+            for server in servers:
+                server.stop(0)  # bound, never started
+            raise
+    except _CannotListen as e:
+        _error(f"cannot listen: {e}")
+        return 1
     except (ValueError, InvalidKey) as e:
         given = {"output_dir": out, "key_file": key, "witness_url": witness_url,
                  "witness_key": witness_key, "journal_dir": journal_dir}
@@ -393,8 +418,28 @@ def receiver(
     # connection.  Its default action killed the receiver at once, nothing sealed.
     previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
     with collecting_rarely():
-        return _serve_receiver(service, stop, previous, grpc, http, max_message_bytes, tls,
-                               hangups)
+        return _serve_receiver(served.receiver, servers, stop, previous, tls, hangups)
+
+
+class _CannotListen(Exception):
+    """A port of ``spanproof receiver`` cannot be listened on (the message says why)."""
+
+
+class _Deferred:
+    """The receiver, to its servers: they are bound before it is built (so that a
+    port that cannot be listened on leaves nothing behind) and started once it is,
+    so that no request reaches it before :attr:`receiver` is set."""
+
+    receiver: Receiver
+
+    def __call__(self, resource_spans: Sequence[ResourceSpans]) -> IngestResult:
+        return self.receiver(resource_spans)
+
+    def not_serving(self) -> str | None:
+        return self.receiver.not_serving()
+
+    def check_accepting(self) -> None:
+        self.receiver.check_accepting()
 
 
 _SETTING_FLAGS = {"output_dir": "--out", "key_file": "--key", "witness_url": "--witness-url",
@@ -437,46 +482,48 @@ def _server_tls(cert: str | None, key: str | None, client_ca: str | None) -> Ser
 
 
 def _transports(
-    service: Receiver, grpc: str, http: str | None, max_message_bytes: int,
+    service: Receiver | _Deferred, grpc: str, http: str | None, max_message_bytes: int,
     tls: ServerTLS | None = None,
 ) -> list[GrpcServer | HttpServer]:
-    """The receiver's OTLP/gRPC (and OTLP/HTTP) servers, not started; their health
-    checks answer from ``service.not_serving``, and a request is refused undecoded
-    by ``service.check_accepting``."""
+    """The receiver's OTLP/gRPC (and OTLP/HTTP) servers, listening but not started;
+    their health checks answer from ``service.not_serving``, and a request is
+    refused undecoded by ``service.check_accepting``.  When one cannot be made,
+    none is left listening.
+
+    Raises:
+        OSError, RuntimeError, ValueError: a port cannot be listened on.
+    """
     from .otlp_server import GrpcServer, HttpServer
 
     servers: list[GrpcServer | HttpServer] = [
         GrpcServer(grpc, service, max_message_bytes=max_message_bytes,
                    health=service.not_serving, admission=service.check_accepting, tls=tls)]
     if http is not None:
-        servers.append(HttpServer(http, service, max_message_bytes=max_message_bytes,
-                                  health=service.not_serving,
-                                  admission=service.check_accepting, tls=tls))
+        try:
+            servers.append(HttpServer(http, service, max_message_bytes=max_message_bytes,
+                                      health=service.not_serving,
+                                      admission=service.check_accepting, tls=tls))
+        except BaseException:
+            servers[0].stop(0)
+            raise
     return servers
 
 
 def _serve_receiver(
     service: Receiver,
+    servers: list[GrpcServer | HttpServer],
     stop: threading.Event,
     previous: dict[int, Any],
-    grpc: str,
-    http: str | None,
-    max_message_bytes: int | None,
     tls: ServerTLS | None = None,
     hangups: threading.Event | None = None,
 ) -> int:
-    """Serve until *stop* is set, then seal everything; the exit status.  Each time
-    *hangups* is set (SIGHUP), the TLS files are looked at on the next connection."""
-    from .otlp_server import DEFAULT_MAX_MESSAGE_BYTES, read_tls_files_again
+    """Serve on *servers* (made by `_transports` for *service*: listening, not
+    started) until *stop* is set, stop them, then seal everything; the exit status.
+    Each time *hangups* is set (SIGHUP), the TLS files are looked at on the next
+    connection."""
+    from .otlp_server import read_tls_files_again
 
-    servers: list[GrpcServer | HttpServer] = []
     try:
-        limit = DEFAULT_MAX_MESSAGE_BYTES if max_message_bytes is None else max_message_bytes
-        try:
-            servers.extend(_transports(service, grpc, http, limit, tls))
-        except (OSError, RuntimeError, ValueError) as e:
-            _error(f"cannot listen: {e}")
-            return 1
         # Listening while the journal is recovered (which takes seconds for a large
         # one), requests get UNAVAILABLE with a retry delay and health checks
         # NOT_SERVING, instead of a refused connection that a liveness probe counts
@@ -497,7 +544,7 @@ def _serve_receiver(
             print("tls          " + ("on" if tls.client_ca_file is None
                                      else "on, client certificates required"), flush=True)
         print(f"otlp-grpc    {servers[0].host}:{servers[0].port}", flush=True)
-        if http is not None:
+        if len(servers) > 1:
             print(f"otlp-http    {servers[1].host}:{servers[1].port}", flush=True)
         # A signal delivered to one of the servers' threads runs its handler only
         # when this (the main) thread runs Python code: wake up now and then.

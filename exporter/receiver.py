@@ -304,6 +304,11 @@ class Receiver:
             seals in its own process, and starts them again a minute later (twice as
             long after each failure that follows, up to an hour; back to a minute
             after workers that ran an hour).
+        before_creating: called once every argument is checked, before the output
+            directory, the journal directory or a signing key is created; what it
+            raises refuses the construction, leaving the file system as it was.
+            (``spanproof receiver`` binds its ports here: one it cannot listen on
+            leaves no output directory or generated key behind.)
 
     Raises:
         TypeError: a ``str`` given for *select_attributes* or *redact_attributes*
@@ -313,6 +318,7 @@ class Receiver:
             output or journal directory that cannot be created or written.
         InvalidKey: the key file cannot be used.
         OSError: the key directory cannot be created.
+        Exception: what *before_creating* raises.
     """
 
     def __init__(
@@ -339,6 +345,7 @@ class Receiver:
         clock: Callable[[], float] | None = None,
         sink: BundleSink | None = None,
         sealing_processes: int = 0,
+        before_creating: Callable[[], None] | None = None,
     ) -> None:
         if max_backlog_spans < 1 or dedup_memory < 0:
             raise ValueError("max_backlog_spans must be >= 1 and dedup_memory >= 0")
@@ -352,6 +359,8 @@ class Receiver:
                 os.fspath(journal_dir) if journal_dir is not None
                 else os.path.join(config.output_dir, "journal"))
             check_directory(self._journal_dir, "journal_dir")
+            if before_creating is not None:
+                before_creating()
 
         setup = resolve_setup(
             output_dir, key_file, signing_key=signing_key, selector=selector,

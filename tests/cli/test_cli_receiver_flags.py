@@ -10,10 +10,18 @@ from spanproof.exporter import _cli as producer_cli
 from spanproof.verifier._cli import main
 
 
+def _stop(servers) -> int:
+    """Stop the servers `_serve_receiver` is handed (listening, never started); 0."""
+    for server in servers:
+        server.stop(0)
+    return 0
+
+
 @pytest.fixture(autouse=True)
 def _never_serve(monkeypatch):
     """Should a value be let through, return at once instead of serving for good."""
-    monkeypatch.setattr(producer_cli, "_serve_receiver", lambda service, *args: 0)
+    monkeypatch.setattr(producer_cli, "_serve_receiver",
+                        lambda service, servers, *args: _stop(servers))
 
 
 def _refused(capsys, tmp_path, *flag: str) -> str:
@@ -118,7 +126,8 @@ def test_select_all_flags_override_the_variable_both_ways(
         monkeypatch.setenv(ENV_PREFIX + "SELECT_ALL", env)
     seen: list[bool] = []
     monkeypatch.setattr(producer_cli, "_serve_receiver",
-                        lambda service, *args: seen.append(service.config.select_all) or 0)
+                        lambda service, servers, *args:
+                        seen.append(service.config.select_all) or _stop(servers))
     monkeypatch.setattr(producer_cli, "limit_malloc_arenas", lambda: False)
     status = main(["receiver", "--grpc", "127.0.0.1:0", "--http", "127.0.0.1:0",
                    "--out", str(tmp_path / "out"), *flags])

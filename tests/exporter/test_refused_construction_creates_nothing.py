@@ -2,12 +2,16 @@
 was: every argument is checked before the output directory is created or a signing
 key generated.  (They were created first: a refused ``key_file``, ``witness_key``,
 ``journal_dir`` or ``sealing_process`` with a custom clock left an output directory
-behind, with a freshly generated key in it, and the log said a key was generated.)"""
+behind, with a freshly generated key in it, and the log said a key was generated.)
+So does ``spanproof receiver`` that cannot listen on a port: it binds its ports once
+every argument is checked, before it creates anything."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import socket
+import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +20,7 @@ import pytest
 from spanproof.exporter import EvidenceSpanProcessor, SpanproofSpanExporter
 from spanproof.exporter._setup import check_directory, writable_directory
 from spanproof.exporter.config import ENV_PREFIX
+from spanproof.exporter.keys import SigningKey
 from spanproof.exporter.receiver import Receiver
 from spanproof.exporter.sinks import DirectorySink
 from spanproof.verifier._cli import main
@@ -42,6 +47,10 @@ def place(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
         "not_a_key": str(tmp_path / "not-a-key"),
         "under_a_file": str(tmp_path / "a-file" / "journal"),
     }
+
+
+def _refuse() -> None:
+    raise ConnectionRefusedError("refused by its caller")
 
 
 Make = Callable[[dict[str, str]], Any]
@@ -71,6 +80,8 @@ CASES: dict[str, tuple[Make, type[Exception]]] = {
         lambda p: Receiver(p["out"], witness_key=p["missing"]), InvalidKey),
     "receiver, journal_dir under a file": (
         lambda p: Receiver(p["out"], journal_dir=p["under_a_file"]), ValueError),
+    "receiver, before_creating refuses": (
+        lambda p: Receiver(p["out"], before_creating=_refuse), ConnectionRefusedError),
 }
 
 
@@ -111,6 +122,85 @@ def test_refused_receiver_flag_creates_no_output_directory_or_key(
     assert status == 2, err
     assert err.startswith(f"spanproof: error: {flag}")
     assert _tree(tmp_path) == before
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that another socket listens on."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
+
+
+def _receiver_on_a_taken_port(
+    taken_flag: str, port: int, out: str, *args: str
+) -> list[str]:
+    free = {"--grpc": "127.0.0.1:0", "--http": "127.0.0.1:0"}
+    ports = {**free, taken_flag: f"127.0.0.1:{port}"}
+    return ["receiver", "--grpc", ports["--grpc"], "--http", ports["--http"], "--out", out,
+            *args]
+
+
+def _state(root: Path) -> dict[str, tuple[int, bytes | None, int | None]]:
+    """Every path under *root*: its mode and, for a file, its bytes and mtime."""
+    state: dict[str, tuple[int, bytes | None, int | None]] = {}
+    for name in _tree(root):
+        st = os.lstat(root / name)
+        is_file = stat.S_ISREG(st.st_mode)
+        state[name] = (st.st_mode, (root / name).read_bytes() if is_file else None,
+                       st.st_mtime_ns if is_file else None)
+    return state
+
+
+@pytest.mark.parametrize("taken_flag", ["--grpc", "--http"])
+def test_receiver_that_cannot_listen_creates_no_output_directory_or_key(
+    tmp_path: Path, place: dict[str, str], capsys: pytest.CaptureFixture[str],
+    taken_port: int, taken_flag: str,
+) -> None:
+    # The receiver was built first (its output directory created, a key generated
+    # in it) and its ports bound afterwards: a port in use left both behind.
+    before = _tree(tmp_path)
+    status = main(_receiver_on_a_taken_port(taken_flag, taken_port, place["out"]))
+    err = capsys.readouterr().err
+    assert status == 1, err
+    assert err.startswith("spanproof: error: cannot listen: "), err
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("taken_flag", ["--grpc", "--http"])
+def test_receiver_with_a_refused_flag_and_a_port_in_use_is_a_usage_error(
+    tmp_path: Path, place: dict[str, str], capsys: pytest.CaptureFixture[str],
+    taken_port: int, taken_flag: str,
+) -> None:
+    # The ports are bound once every argument is checked: the flag to correct is
+    # named first, as it was when they were bound after the receiver was built.
+    before = _tree(tmp_path)
+    status = main(_receiver_on_a_taken_port(taken_flag, taken_port, place["out"],
+                                            "--key", place["missing"]))
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert err.startswith("spanproof: error: --key"), err
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("taken_flag", ["--grpc", "--http"])
+@pytest.mark.parametrize("given_key", [False, True])
+def test_receiver_that_cannot_listen_leaves_an_existing_directory_and_key_as_they_were(
+    tmp_path: Path, place: dict[str, str], capsys: pytest.CaptureFixture[str],
+    taken_port: int, taken_flag: str, given_key: bool,
+) -> None:
+    # An output directory with its generated key (and no journal directory yet),
+    # or a key given with --key; nothing in either is created, changed or removed.
+    out = Path(place["out"])
+    SigningKey.generate().write(out / "keys")
+    args = ["--key", str(out / "keys" / "signing.key")] if given_key else []
+    before = _state(tmp_path)
+    status = main(_receiver_on_a_taken_port(taken_flag, taken_port, str(out), *args))
+    err = capsys.readouterr().err
+    assert status == 1, err
+    assert err.startswith("spanproof: error: cannot listen: "), err
+    assert _state(tmp_path) == before
 
 
 def test_the_same_arguments_once_corrected_construct(

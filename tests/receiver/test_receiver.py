@@ -567,14 +567,6 @@ def test_spanproof_receiver_listens_while_it_recovers_and_refuses_until_done(
         return real_recover(self)
 
     monkeypatch.setattr(Receiver, "_recover", slow_recover)
-    servers: list = []
-    real_transports = _cli._transports
-
-    def transports(*args):
-        servers.extend(real_transports(*args))
-        return servers
-
-    monkeypatch.setattr(_cli, "_transports", transports)
     from spanproof.exporter import otlp_server
 
     decoded: list[bytes] = []
@@ -582,10 +574,12 @@ def test_spanproof_receiver_listens_while_it_recovers_and_refuses_until_done(
     monkeypatch.setattr(otlp_server, "parse_otlp_protobuf",
                         lambda data: decoded.append(data) or real_parse(data))
     receiver = make_receiver(tmp_path / "out", clock)
+    servers = _cli._transports(receiver, "127.0.0.1:0", "127.0.0.1:0",
+                               otlp_server.DEFAULT_MAX_MESSAGE_BYTES)
     stop = threading.Event()
     exits: list[int] = []
     serve = threading.Thread(target=lambda: exits.append(_cli._serve_receiver(
-        receiver, stop, {}, "127.0.0.1:0", "127.0.0.1:0", None)))
+        receiver, servers, stop, {})))
     serve.start()
     try:
         assert recovering.wait(30)
