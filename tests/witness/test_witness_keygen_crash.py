@@ -6,7 +6,6 @@ temporary files left (the key's holds the private key) the next ``keygen`` remov
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import subprocess
 import sys
@@ -15,55 +14,16 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from stopped_writes import CRASHING_MAIN, holds_private_key, locked_by_another, temporaries
 
 from spanproof.verifier import _files
 from spanproof.verifier._cli import main
-from spanproof.verifier._files import temp_target
 from spanproof.verifier.errors import InvalidKey
 from spanproof.verifier.keys import load_private_key
 from spanproof.witness import signing
 from spanproof.witness.signing import CheckpointSigner, default_origin
 
 ORIGIN = "w.example/log"
-
-# Runs `witness keygen` and ends the process, without any cleanup, just before the
-# N-th (argv[1]) step that makes a file's bytes or name durable; at a write, after
-# half its bytes.  Exits 0 when the command finished before that step.
-_CRASHING_KEYGEN = """
-import os, sys
-from spanproof.verifier._cli import main
-
-crash_at, steps = int(sys.argv[1]), 0
-
-def stopping(real, partial=False):
-    def step(*args, **kwargs):
-        global steps
-        steps += 1
-        if steps == crash_at:
-            if partial:
-                real(args[0], bytes(args[1])[: len(args[1]) // 2])
-            os._exit(137)
-        return real(*args, **kwargs)
-    return step
-
-for name in ("fsync", "replace", "rename", "link"):
-    setattr(os, name, stopping(getattr(os, name)))
-os.write = stopping(os.write, partial=True)
-status = main(sys.argv[2:])
-sys.stdout.flush()
-os._exit(0 if status == 0 else 100 + status)
-"""
-
-
-def _temporaries(directory: Path) -> list[str]:
-    """The names in *directory* of temporary files written for a file there."""
-    return sorted(name for name in os.listdir(directory) if temp_target(name) is not None)
-
-
-def _holds_private_key(directory: Path) -> bool:
-    return any(b"PRIVATE KEY" in (directory / name).read_bytes()
-               for name in _temporaries(directory))
-
 
 def _public_pem(key_path: Path) -> bytes:
     return load_private_key(key_path).public_key().public_bytes(
@@ -96,16 +56,16 @@ def test_keygen_stopped_at_any_step_leaves_no_key_without_its_origin(
         directory.mkdir()
         key = directory / "w.key"
         done = subprocess.run(
-            [sys.executable, "-c", _CRASHING_KEYGEN, str(crash_at),
+            [sys.executable, "-c", CRASHING_MAIN, str(crash_at),
              "witness", "keygen", "--key", str(key), "--origin", ORIGIN],
             capture_output=True, text=True, timeout=60)
         if done.returncode == 0:
             _assert_whole_key(key, ORIGIN)
-            assert _temporaries(directory) == []
+            assert temporaries(directory) == []
             break
         assert done.returncode == 137, done.stderr
         crashes += 1
-        private_leftovers += _holds_private_key(directory)
+        private_leftovers += holds_private_key(directory)
         if os.path.lexists(key):
             _assert_whole_key(key, ORIGIN)
             assert main(["witness", "keygen", "--key", str(key)]) == 2
@@ -118,7 +78,7 @@ def test_keygen_stopped_at_any_step_leaves_no_key_without_its_origin(
             _assert_whole_key(key, None)
         # The stopped keygen's temporary files, its private key among them (mode
         # 0600, hidden), stayed for good: nothing read or removed them.
-        assert _temporaries(directory) == [], crash_at
+        assert temporaries(directory) == [], crash_at
     else:
         raise AssertionError("keygen never finished")
     assert crashes >= 5  # every write, fsync and rename of the three files
@@ -198,17 +158,6 @@ def test_keygen_removes_only_the_temporary_files_of_its_own_three_files(
     assert (tmp_path / "elsewhere").read_text() == "kept\n"
 
 
-def _locked_by_another(directory: str) -> bool:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
 def test_keygen_writes_every_temporary_file_under_the_directory_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -218,7 +167,7 @@ def test_keygen_writes_every_temporary_file_under_the_directory_lock(
     real_write_temp, written = _files.write_temp, []
 
     def write_temp(directory: str, name: str, data: bytes, **kwargs: Any) -> str:
-        written.append((name, _locked_by_another(directory)))
+        written.append((name, locked_by_another(directory)))
         return real_write_temp(directory, name, data, **kwargs)
 
     monkeypatch.setattr(_files, "write_temp", write_temp)
