@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
@@ -15,6 +17,7 @@ from nacl.signing import SigningKey as _SodiumKey
 from spanproof.verifier._files import (
     locked_directory,
     read_named_file,
+    remove_stopped_writes,
     unlink_quietly,
     write_atomic,
     write_temp,
@@ -29,6 +32,8 @@ _logger = logging.getLogger(__name__)
 
 PRIVATE_KEY_NAME = "signing.key"
 PUBLIC_KEY_NAME = "signing.pub"
+#: The files a key's writers write in its directory (each through a temporary file).
+_KEY_FILES = frozenset({PRIVATE_KEY_NAME, PUBLIC_KEY_NAME})
 
 
 @dataclass(frozen=True)
@@ -120,24 +125,26 @@ class SigningKey:
         folder = os.fspath(directory)
         priv = os.path.join(folder, PRIVATE_KEY_NAME)
         pub = os.path.join(folder, PUBLIC_KEY_NAME)
-        # A uniquely named private temp file (0600 from creation), then linked into
-        # place: link() fails if the name exists, so concurrent writers never see a
-        # half-written key and never overwrite each other's.
-        tmp = write_temp(folder, PRIVATE_KEY_NAME, self.private_pem(), mode=0o600)
-        try:
-            if drop_stale_public:
-                unlink_quietly(pub)
-            if exist_ok:
-                os.replace(tmp, priv)
-            else:
-                os.link(tmp, priv)
-        finally:
-            unlink_quietly(tmp)
-        # Reached only by a writer whose key became signing.key; another writer's
-        # may have replaced it since (--force), and that writer writes its own half:
-        # unless each checks, in turn, that signing.key is still its own, the last
-        # private key can get another writer's public half.
-        with locked_directory(folder):
+        # Writers take turns, and write their temporary files only under the lock: a
+        # temporary file found under it is one a stopped writer left (the private
+        # key's holds a private key), removed here.
+        with _key_writers_turn(folder):
+            # A uniquely named private temp file (0600 from creation), then linked
+            # into place: link() fails if the name exists, so of writers at once
+            # (without directory locks too) exactly one places its key, whole.
+            tmp = write_temp(folder, PRIVATE_KEY_NAME, self.private_pem(), mode=0o600)
+            try:
+                if drop_stale_public:
+                    unlink_quietly(pub)
+                if exist_ok:
+                    os.replace(tmp, priv)
+                else:
+                    os.link(tmp, priv)
+            finally:
+                unlink_quietly(tmp)
+            # Where directories cannot be locked, another writer may have replaced
+            # signing.key since (--force), and writes its own half: the last private
+            # key must not get another writer's public half.
             if read_named_file(priv)[0] == self.private_pem():
                 write_atomic(pub, self.public_pem())
         return priv, pub
@@ -146,6 +153,18 @@ class SigningKey:
         """Return a DSSE envelope over *payload* (SPEC §5.1) signed by this key."""
         sig = self._sodium.sign(pae(PAYLOAD_TYPE, payload)).signature
         return Envelope(PAYLOAD_TYPE, payload, (Signature(sig, self.keyid),))
+
+
+@contextlib.contextmanager
+def _key_writers_turn(folder: str) -> Iterator[None]:
+    """Hold the lock on the key directory *folder*, under which every writer of
+    ``signing.key`` and ``signing.pub`` writes their temporary files; so those
+    found there then a stopped writer left (a private key's holds a private key),
+    and they are removed.  Where directories cannot be locked, none is removed."""
+    with locked_directory(folder) as locked:
+        if locked:
+            remove_stopped_writes(folder, _KEY_FILES, _logger.warning)
+        yield
 
 
 def load_or_create(directory: str | os.PathLike[str]) -> SigningKey:
@@ -227,7 +246,8 @@ def _check_public_half(key: SigningKey, directory: str | os.PathLike[str]) -> No
     try:
         found, _ = read_named_file(pub)
     except FileNotFoundError:
-        write_atomic(pub, key.public_pem())  # the very bytes the key's writer writes
+        with _key_writers_turn(os.fspath(directory)):
+            write_atomic(pub, key.public_pem())  # the very bytes the key's writer writes
         return
     try:
         matches = key_id(load_public_key(found, pub)) == key.keyid

@@ -10,12 +10,12 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import BinaryIO
 
 __all__ = [
     "MAX_NAMED_FILE", "fsync_directory", "link_no_replace", "locked_directory", "open_regular",
-    "read_named_file",
+    "read_named_file", "remove_stopped_writes",
     "temp_target", "temporaries", "unlink_quietly", "walk_files", "write_atomic", "write_new",
     "write_once", "write_temp",
 ]
@@ -73,6 +73,27 @@ def temporaries(directory: str, written_for: Callable[[str], bool]) -> list[str]
             if entry.name.startswith(".") and entry.is_file(follow_symlinks=False)
             and (target := temp_target(entry.name)) is not None and written_for(target)
         )
+
+
+def remove_stopped_writes(
+    folder: str, names: Collection[str], warn: Callable[[str], None]
+) -> None:
+    """Remove the temporary files in *folder* of the files *names* that a writer
+    stopped by a crash or a power cut left (a private key's holds the key, and
+    nothing else would ever read or remove it), telling *warn* of each, and of each
+    that cannot be removed.  Only for a caller holding :func:`locked_directory` on
+    *folder*, under which every writer of *names* writes its temporary files: none
+    of them is then a live writer's."""
+    for leftover in temporaries(folder, names.__contains__):
+        try:
+            os.unlink(leftover)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            warn(f"cannot remove {leftover}, left by a write that stopped "
+                 f"({e.strerror or e})")
+            continue
+        warn(f"removed {leftover}, left by a write that stopped")
 
 
 def unlink_quietly(path: str) -> None:

@@ -22,7 +22,7 @@ from spanproof.verifier._files import (
     fsync_directory,
     link_no_replace,
     locked_directory,
-    temporaries,
+    remove_stopped_writes,
     unlink_quietly,
     write_atomic,
     write_temp,
@@ -231,7 +231,8 @@ def generate_key_file(
             raise
         if locked:  # a refused call too: after a crash past the link, the key exists
             files = (target, *(where for where, _ in beside))
-            _remove_stopped_writes(folder, {os.path.basename(where) for where in files})
+            remove_stopped_writes(folder, {os.path.basename(where) for where in files},
+                                  _logger.warning)
         if os.path.lexists(target):
             raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), name)
         try:
@@ -259,20 +260,3 @@ def generate_key_file(
             raise
     return key
 
-
-def _remove_stopped_writes(folder: str, names: set[str]) -> None:
-    """Remove the temporary files in *folder* of the files *names* (a key's, its
-    ``.pub``'s and its ``.origin``'s) that a :func:`generate_key_file` stopped by a
-    crash or a power cut left: a key's holds its private key, and nothing else
-    would ever read or remove it.  Called under the directory's lock, under which
-    every one of them is written, so none is a live writer's."""
-    for leftover in temporaries(folder, names.__contains__):
-        try:
-            os.unlink(leftover)
-        except FileNotFoundError:
-            continue
-        except OSError as e:
-            _logger.warning("cannot remove %s, left by a witness keygen that stopped (%s)",
-                            leftover, e.strerror or e)
-            continue
-        _logger.warning("removed %s, left by a witness keygen that stopped", leftover)

@@ -3,10 +3,11 @@ at once, and ``signing.pub`` always the public half of ``signing.key``."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,26 @@ def _waited(event: threading.Event) -> None:
         raise AssertionError("the other writer never got there")
 
 
+def _without_directory_locks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a filesystem that locks no directories (some network filesystems): key
+    writers do not take turns, and only link() keeps them from each other's keys."""
+
+    @contextlib.contextmanager
+    def unlocked(directory: str) -> Iterator[bool]:
+        yield False
+
+    monkeypatch.setattr(keys, "locked_directory", unlocked)
+
+
 @pytest.mark.parametrize("stale_pub", [False, True], ids=["no-pub", "stale-pub"])
 def test_a_writer_losing_the_race_neither_fails_nor_leaves_its_own_public_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stale_pub: bool
 ) -> None:
     # Writers A and B both find no signing.key and write their keys.  A links first;
     # B gets as far as linking its own, then loads signing.key and returns, all
-    # before A writes signing.pub.
+    # before A writes signing.pub.  (Where directories can be locked, the writers
+    # take turns and this cannot happen.)
+    _without_directory_locks(monkeypatch)
     directory = tmp_path / "keys"
     directory.mkdir()
     if stale_pub:  # left by a key that was deleted
@@ -176,6 +190,8 @@ def test_keys_replaced_at_once_leave_one_writers_pair(
 ) -> None:
     # `spanproof keygen --force` twice at once: A replaces signing.key, then B replaces
     # it and writes signing.pub, and only then does A come to write signing.pub.
+    # (Where directories can be locked, the writers take turns.)
+    _without_directory_locks(monkeypatch)
     SigningKey.generate().write(tmp_path)
     a, b = SigningKey.from_seed(b"A" * 32), SigningKey.from_seed(b"B" * 32)
     real_unlink_quietly = keys.unlink_quietly

@@ -1,0 +1,106 @@
+"""A producer key write stopped part-way (a crash, a power cut) left its hidden
+temporary file, holding the private key, in the key directory for good: nothing read
+it or removed it.  Writers now write their temporary files under the directory's
+lock, and the next writer of that directory removes what a stopped one left."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from stopped_writes import CRASHING_MAIN, holds_private_key, locked_by_another, temporaries
+
+from spanproof.exporter import keys
+from spanproof.exporter.keys import SigningKey, load_or_create
+from spanproof.verifier import _files
+
+
+def _assert_pair(directory: Path) -> SigningKey:
+    key = SigningKey.load(directory / "signing.key")
+    assert (directory / "signing.pub").read_bytes() == key.public_pem()
+    return key
+
+
+def test_keygen_stopped_at_any_step_leaves_no_private_key_once_a_producer_starts(
+    tmp_path: Path,
+) -> None:
+    crashes, private_leftovers = 0, 0
+    for crash_at in range(1, 60):
+        directory = tmp_path / f"at-{crash_at}"
+        done = subprocess.run(
+            [sys.executable, "-c", CRASHING_MAIN, str(crash_at), "keygen", "--out",
+             str(directory)], capture_output=True, text=True, timeout=60)
+        if done.returncode == 0:
+            _assert_pair(directory)
+            assert temporaries(directory) == []
+            break
+        assert done.returncode == 137, done.stderr
+        crashes += 1
+        private_leftovers += holds_private_key(directory)
+        # What the exporter does at its start with a default key directory.
+        key = load_or_create(directory)
+        assert _assert_pair(directory).keyid == key.keyid
+        assert temporaries(directory) == [], crash_at
+    else:
+        raise AssertionError("keygen never finished")
+    assert crashes >= 3  # the private key's write and fsync, its link, signing.pub's
+    assert private_leftovers >= 2  # a private key's temporary file was there to remove
+
+
+def test_a_key_write_removes_only_the_temporary_files_of_the_key_pair(tmp_path: Path) -> None:
+    leftovers = [".signing.key.0123abcd.tmp", ".signing.pub.0123abcd.tmp"]
+    others = [".signing.key.0123ABCD.tmp", ".signing.key.0123abc.tmp", "signing.key.tmp",
+              ".other.key.0123abcd.tmp", ".signing.key.disclosures.0123abcd.tmp"]
+    for name in leftovers + others:
+        (tmp_path / name).write_text(f"{name}\n")
+    (tmp_path / ".signing.key.0123abce.tmp").mkdir()
+    SigningKey.generate().write(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [*others, ".signing.key.0123abce.tmp", "signing.key", "signing.pub"])
+    assert all((tmp_path / name).read_text() == f"{name}\n" for name in others)
+
+
+@pytest.mark.parametrize("how", ["create", "replace", "public-half"])
+def test_every_temporary_key_file_is_written_under_the_directory_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    # The lock is what makes a temporary file found under it a stopped writer's:
+    # the private key's was written before the lock was taken, and signing.pub's
+    # (a key found without it) with no lock at all.
+    if how != "create":
+        SigningKey.generate().write(tmp_path)
+    if how == "public-half":
+        (tmp_path / "signing.pub").unlink()
+    real_write_temp, written = _files.write_temp, []
+
+    def write_temp(directory: str, name: str, data: bytes, **kwargs: Any) -> str:
+        written.append((name, locked_by_another(directory)))
+        return real_write_temp(directory, name, data, **kwargs)
+
+    monkeypatch.setattr(_files, "write_temp", write_temp)
+    monkeypatch.setattr(keys, "write_temp", write_temp)
+    if how == "replace":
+        SigningKey.generate().write(tmp_path, exist_ok=True)
+    else:
+        load_or_create(tmp_path)
+    names = ["signing.pub"] if how == "public-half" else ["signing.key", "signing.pub"]
+    assert written == [(name, True) for name in names]
+
+
+def test_without_directory_locks_no_temporary_file_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a filesystem that locks no directories another writer's may be in progress.
+    @contextlib.contextmanager
+    def unlocked(directory: str) -> Iterator[bool]:
+        yield False
+
+    monkeypatch.setattr(keys, "locked_directory", unlocked)
+    (tmp_path / ".signing.key.0123abcd.tmp").write_text("another writer's\n")
+    SigningKey.generate().write(tmp_path)
+    assert (tmp_path / ".signing.key.0123abcd.tmp").read_text() == "another writer's\n"
