@@ -63,7 +63,7 @@ from .receipt import (
     receipt_path,
 )
 from .records import validate_record
-from .report import ReportItem, render_html, summarize_checks
+from .report import STEPS_SHOWN, ReportItem, render_html, summarize_checks
 from .statement import Statement
 from .tree import Paint
 from .verify import (
@@ -197,7 +197,7 @@ def check_path(
     *,
     allow_incomplete: bool = False,
     keep_records: bool = False,
-    select_records: DisclosureNeeds | None = None,
+    select_records: Callable[[Mapping[str, Any]], bool] | None = None,
     stream: IO[bytes] | None = None,
     on_record: RecordObserver | None = None,
 ) -> BundleResult:
@@ -467,12 +467,29 @@ _NO_WITNESS_KEY = Check(RECEIPT_CHECK, RECEIPT_CHECK_STEP, Status.SKIPPED,
                         "no witness key was given (--witness-key)")
 
 
+class _FirstRecords:
+    """What ``report`` keeps of one bundle, as its ``select_records``: its first
+    *count* records (``check_bundle`` asks of each record in chain order), and any
+    other that *also* selects (the records disclosures need)."""
+
+    def __init__(self, count: int, also: Callable[[Mapping[str, Any]], bool] | None) -> None:
+        self._left = count
+        self._also = also
+
+    def __call__(self, record: Mapping[str, Any]) -> bool:
+        if self._left > 0:
+            self._left -= 1
+            return True
+        return self._also is not None and self._also(record)
+
+
 @dataclass(frozen=True)
 class _BundleCheck:
     """What ``verify`` and ``report`` do to one bundle: :func:`check_path`, then the
     receipt check with the pinned witness keys *receipts*, or with None, the receipt
-    check SKIPPED as no witness key was given.  Picklable, so that ``--jobs`` workers
-    can run it."""
+    check SKIPPED as no witness key was given.  With *first_records*, only a bundle's
+    first records are kept, and those *select_records* needs.  Picklable, so that
+    ``--jobs`` workers can run it."""
 
     trust: TrustRoot
     allow_incomplete: bool
@@ -481,11 +498,16 @@ class _BundleCheck:
     require_receipt: bool = False
     witness_origin: str | None = None
     select_records: DisclosureNeeds | None = None
+    first_records: int | None = None
 
     def __call__(self, path: str) -> BundleResult:
+        keep = self.keep_records
+        select: Callable[[Mapping[str, Any]], bool] | None = self.select_records
+        if self.first_records is not None:
+            # Of each bundle, its first records and those *select_records* needs.
+            keep, select = False, _FirstRecords(self.first_records, self.select_records)
         result = check_path(path, self.trust, allow_incomplete=self.allow_incomplete,
-                            keep_records=self.keep_records,
-                            select_records=self.select_records)
+                            keep_records=keep, select_records=select)
         if self.receipts is None:
             if result.report is None:
                 return result
@@ -698,10 +720,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     loaded = _load_disclosure_files(args.disclosures)
     problems += loaded.problems
     # Always look for a receipt: without --witness-key the report says one is there
-    # but unchecked (a SKIPPED check never changes a verdict).
+    # but unchecked (a SKIPPED check never changes a verdict).  Every record is
+    # verified; of each bundle only the steps the page shows are kept, and the
+    # records the disclosures need, wherever they are.
     check = _BundleCheck(
-        trust, args.allow_incomplete, keep_records=True, receipts=tuple(witness_keys),
+        trust, args.allow_incomplete, keep_records=False, receipts=tuple(witness_keys),
         require_receipt=args.require_receipt, witness_origin=args.witness_origin,
+        select_records=DisclosureNeeds.of(loaded.disclosures) if args.disclosures else None,
+        first_records=STEPS_SHOWN,
     )
     results = _check_all(paths, check, args)
     links = link_results(results)
@@ -713,6 +739,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         problems=problems,
         trusted={key.keyid: key.source for key in trust.keys},
         disclosures=disclosed,
+        steps_shown=STEPS_SHOWN,
     )
     # Atomically, readable by its owner only: it shows what the bundles hold and any
     # disclosed values (as ``disclose`` writes them), until its owner shares it.

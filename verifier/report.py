@@ -2,8 +2,9 @@
 (``spanproof report --html``).
 
 Pure: :func:`render_html` takes verification reports (from
-:func:`~spanproof.verifier.verify.check_bundle` with ``keep_records=True``, plus the
-receipt check of SPEC §8 step 10 when one was run) and returns one HTML document.
+:func:`~spanproof.verifier.verify.check_bundle` keeping at least a bundle's first
+`STEPS_SHOWN` records, plus the receipt check of SPEC §8 step 10 when one was run)
+and returns one HTML document.
 It verifies nothing itself and reads no file, clock or network.
 
 The document loads nothing: no scripts, no external styles, fonts or images.  Its
@@ -16,9 +17,11 @@ Per trace the report shows the verdict in words, then for each bundle (segment):
 whether it was changed, who sealed it, whether anything is missing, the witness
 receipt, what ran (the tree of :func:`~spanproof.verifier.tree.tree_rows`), when each
 step ran (a timeline), every attribute of every step, and every check with its
-SPEC §8 step.  A bundle that failed shows FAIL and the reason first; records read
-before a failure of steps 1-8 are marked as not verified (a bundle that failed only a
-later step, its witness receipt, shows its records as the signed ones).
+SPEC §8 step.  Of a bundle of more than `STEPS_SHOWN` records, the first
+`STEPS_SHOWN` steps are shown, and the page says so.  A bundle that failed shows FAIL
+and the reason first; records read before a failure of steps 1-8 are marked as not
+verified (a bundle that failed only a later step, its witness receipt, shows its
+records as the signed ones).
 
 A committed attribute (SPEC §2.5) is shown as "committed (not disclosed)" with its
 digest, or, when a disclosure for it was checked (``check_disclosures``), as the
@@ -30,6 +33,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +55,7 @@ from .verify import (
 
 __all__ = [
     "COMMITTED_NOT_DISCLOSED",
+    "STEPS_SHOWN",
     "ReportItem",
     "render_html",
     "summarize_checks",
@@ -59,7 +64,18 @@ __all__ = [
 #: How an attribute whose value is a commitment (not a typed value) is shown.
 COMMITTED_NOT_DISCLOSED = "committed (not disclosed)"
 
+#: How many steps of one bundle the report shows in detail (tree, timeline, attribute
+#: tables): the first ones, in chain order.  A step takes ~1.4-1.7 KB of HTML with a
+#: few GenAI attributes and ~9 KB with 120 short ones, so a bundle's section stays
+#: within ~3-18 MB, which a browser opens; every record is still verified, and
+#: ``spanproof show`` lists them all.
+STEPS_SHOWN = 2000
+
 _MAX_NAME = 200
+# How the tree marks a top-level span whose parent is not among its records, and how
+# the report says it when only the first steps are shown.
+_NOT_CERTIFIED = "(parent not certified)"
+_PARENT_NOT_SHOWN = "(parent not among the steps shown)"
 _MAX_VALUE = 2000
 _TIMELINE_UNITS = 1000
 # Checks that answer "was it changed?" (SPEC §8 steps 1-8), in step order.
@@ -449,13 +465,17 @@ def _genai_tags(record: Mapping[str, Any], disclosed: _Disclosed) -> str:
     )
 
 
-def _tree(records: Sequence[Mapping[str, Any]], disclosed: _Disclosed) -> str:
+def _tree(records: Sequence[Mapping[str, Any]], disclosed: _Disclosed, capped: bool) -> str:
     out = ['<ul class="tree">']
     for row in tree_rows(records):
         span = records[row.index]["span"]
         status = _status_class(span)
         kind = str(span["kind"]).removeprefix("SPAN_KIND_")
-        note = f' <span class="note">{_esc(row.marker.strip())}</span>' if row.marker else ""
+        marker = row.marker.strip()
+        if capped and marker == _NOT_CERTIFIED:
+            # Its parent may be a later record of the bundle, verified but not shown.
+            marker = _PARENT_NOT_SHOWN
+        note = f' <span class="note">{_esc(marker)}</span>' if marker else ""
         out.append(
             f'<li class="step" data-span-id="{_esc(span["spanId"])}">'
             f'<span class="lead">{_esc(row.lead)}</span>'
@@ -583,11 +603,32 @@ def _checks_table(item: ReportItem) -> str:
     )
 
 
+def _shown_note(item: ReportItem, shown: int, total: int) -> str:
+    """That only the first *shown* of the bundle's *total* verified steps are shown,
+    and how to list them all."""
+    stmt = item.report.statement if item.report is not None else None
+    first = stmt.first_seq if stmt is not None else 0
+    return (
+        f'<p class="shown" data-shown="{shown}" data-total="{total}"><strong>Showing the '
+        f"first {shown:,} of {total:,} steps</strong> (records {first}..{first + shown - 1}"
+        f"): every one of the {total:,} was verified, but a page showing them all would be "
+        "too large to open. <code>spanproof show --key PUB.pem "
+        f"{_esc(shlex.quote(item.path))}</code> lists them all.</p>"
+    )
+
+
 def _bundle(item: ReportItem, trusted: Mapping[str, str], opened: _Opened,
-            rejected: _Opened) -> str:
+            rejected: _Opened, steps_shown: int) -> str:
     report = item.report
     stmt = report.statement if report is not None else None
-    records = list(report.records or ()) if report is not None else []
+    kept = list(report.records or ()) if report is not None else []
+    # The first steps in chain order; a caller may keep later records too (those a
+    # disclosure needs), which are not shown.
+    records = kept[:steps_shown]
+    verified = stmt is not None and report is not None and report.records is not None and (
+        _records_verified(report))
+    total = stmt.record_count if stmt is not None and verified else len(kept)
+    capped = len(records) < total
     verdict = item.verdict
     cls = _verdict_class(verdict)
     # Disclosures are checked against verified bundles only; a failed one shows none.
@@ -625,21 +666,27 @@ def _bundle(item: ReportItem, trusted: Mapping[str, str], opened: _Opened,
         )
     elif verdict is Verdict.FAIL:
         if records:
+            kept_too = f", the first of {total:,} kept," if capped else ""
             parts.append(
-                f'<p class="unverified">NOT VERIFIED: the {len(records)} record(s) below were '
-                "read before the failure. They are shown as found in the file and may have "
-                f"been altered (of a failed bundle, at most the first {UNVERIFIED_RECORDS_KEPT:,} "
-                f"records read and {UNVERIFIED_BYTES_KEPT >> 20} MiB of them are shown).</p>"
+                f'<p class="unverified">NOT VERIFIED: the {len(records)} record(s) below'
+                f"{kept_too} were read before the failure. They are shown as found in the file "
+                "and may have been altered (of a failed bundle, at most the first "
+                f"{UNVERIFIED_RECORDS_KEPT:,} records read and {UNVERIFIED_BYTES_KEPT >> 20} MiB "
+                "of them are shown).</p>"
             )
         else:
             parts.append('<p class="muted">No records can be shown: none could be verified '
                          "before the failure.</p>")
+    if capped and verified:
+        parts.append(_shown_note(item, len(records), total))
     if records:
         parts += [
-            _tree(records, disclosed),
+            _tree(records, disclosed, capped),
             "<h4>When each step ran</h4>",
             _timeline(records),
-            "<details><summary>Every attribute of every step</summary>",
+            "<details><summary>Every attribute of "
+            + (f"the first {len(records):,} steps" if capped else "every step")
+            + "</summary>",
             _details(records, disclosed),
             "</details>",
         ]
@@ -706,6 +753,7 @@ def _trace_section(
     opened: _Opened,
     rejected: _Opened,
     refused: Sequence[DisclosureResult],
+    steps_shown: int,
 ) -> tuple[str, str]:
     """The section for one trace, and its line in the summary list.
 
@@ -740,7 +788,7 @@ def _trace_section(
                 f"instance <code>{_esc(link.producer_instance)}</code> {word}: "
                 f"{_esc(link.message)}</p>"
             )
-    parts += [_bundle(item, trusted, opened, rejected) for item in items]
+    parts += [_bundle(item, trusted, opened, rejected, steps_shown) for item in items]
     parts.append("</section>")
     line = (
         f'<li><a href="#t{n}">{_badge(verdict)} {title}</a> '
@@ -808,6 +856,7 @@ def render_html(
     trusted: Mapping[str, str] | None = None,
     disclosures: Sequence[DisclosureResult] = (),
     title: str = "Evidence report",
+    steps_shown: int = STEPS_SHOWN,
 ) -> str:
     """Return one self-contained HTML document reporting *items*, grouped by trace.
 
@@ -823,6 +872,11 @@ def render_html(
             verified one shows its value in place of the commitment, a rejected one
             is listed with its reason and makes its trace and the report FAIL.
         title: the document's title.
+        steps_shown: how many steps of each bundle to show in detail (tree,
+            timeline, attributes): the first ones, in chain order.  A verified
+            bundle of more says how many of its steps are shown, and how to list
+            them all; a report may hold only those records (and any a disclosure
+            needs), as the command line keeps them.
 
     Every value from a bundle is HTML-escaped.  The result loads no external
     resource and runs no script.  Raises nothing for bad bundle content: records
@@ -836,7 +890,7 @@ def render_html(
     for n, (trace_id, group) in enumerate(_group(items)):
         refused = [r for r in failed_disclosures if trace_id and r.trace_id == trace_id]
         section, line = _trace_section(n, trace_id, group, links, keys, opened, rejected,
-                                       refused)
+                                       refused, steps_shown)
         sections.append(section)
         summary.append(line)
     counts = {v: sum(i.verdict is v for i in items) for v in Verdict}
