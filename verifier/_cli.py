@@ -19,6 +19,7 @@ import importlib
 import json
 import logging
 import os
+import stat
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -702,6 +703,33 @@ def _refuse_overwriting(flag: str, out: str, inputs: Sequence[str]) -> None:
                              "not writing over it (choose another file)")
 
 
+def _through_link(flag: str, out: str) -> str:
+    """Where writing *out* puts the file: *out*, or, when it is a symbolic link, the
+    file it leads to, so that the link stays and what it names is replaced (as a
+    shell's ``>`` writes through a link, a shared folder's report say).
+
+    A link that leads to no file (missing, a loop of links, a directory that cannot
+    be searched) is refused, as a dangling ``signing.key`` is: it is someone's choice
+    of where the file lives, gone for now, and nothing is written through it.
+
+    Raises:
+        UsageError: *out* is a symbolic link that leads to no file.
+    """
+    try:
+        if not stat.S_ISLNK(os.lstat(out).st_mode):
+            return out
+    except (OSError, ValueError):
+        return out  # a new file (or one that cannot be written: said when writing it)
+    try:
+        os.stat(out)
+    except OSError as e:
+        raise UsageError(
+            f"{flag} {out}: is a symbolic link to {os.readlink(out)}, which does not exist "
+            f"or cannot be reached ({e.strerror or e}); nothing is written through it "
+            "(make the file it names available, or remove the link)") from None
+    return os.path.realpath(out)
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     trust = load_trust(args.key, args.trust_root)
     if trust is None:
@@ -712,6 +740,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     out: str = args.html
     if os.path.isdir(out):
         raise UsageError(f"{out}: is a directory; --html takes the report file to write")
+    target = _through_link("--html", out)
     paths, problems = _collect(args.paths)
     _refuse_overwriting("--html", out, [
         *(f for path in paths for f in _evidence_files(path)),
@@ -742,9 +771,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
         steps_shown=STEPS_SHOWN,
     )
     # Atomically, readable by its owner only: it shows what the bundles hold and any
-    # disclosed values (as ``disclose`` writes them), until its owner shares it.
+    # disclosed values (as ``disclose`` writes them), until its owner shares it.  A
+    # symbolic link stays: the file it names is replaced, in that file's directory.
     try:
-        write_private_file(out, document.encode("utf-8"))
+        write_private_file(target, document.encode("utf-8"))
     except OSError as e:
         raise UsageError(f"{out}: cannot write the report ({e.strerror or e})") from e
     ok = (
