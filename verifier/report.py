@@ -21,7 +21,9 @@ SPEC §8 step.  Of a bundle of more than `STEPS_SHOWN` records, the first
 `STEPS_SHOWN` steps are shown, and the page says so.  A bundle that failed shows FAIL
 and the reason first; records read before a failure of steps 1-8 are marked as not
 verified (a bundle that failed only a later step, its witness receipt, shows its
-records as the signed ones).
+records as the signed ones).  A report that fails names the traces that failed at
+the top; a trace that did not fail says, under its own verdict, that the report as a
+whole fails.
 
 A committed attribute (SPEC §2.5) is shown as "committed (not disclosed)" with its
 digest, or, when a disclosure for it was checked (``check_disclosures``), as the
@@ -72,6 +74,8 @@ COMMITTED_NOT_DISCLOSED = "committed (not disclosed)"
 STEPS_SHOWN = 2000
 
 _MAX_NAME = 200
+# How many failed traces the report's banner names (each linked to its section).
+_FAILED_TRACES_NAMED = 20
 # How the tree marks a top-level span whose parent is not among its records, and how
 # the report says it when only the first steps are shown.
 _NOT_CERTIFIED = "(parent not certified)"
@@ -754,10 +758,14 @@ def _trace_section(
     rejected: _Opened,
     refused: Sequence[DisclosureResult],
     steps_shown: int,
-) -> tuple[str, str]:
-    """The section for one trace, and its line in the summary list.
+    page_fails: bool,
+) -> tuple[str, str, Verdict, str]:
+    """The section for one trace, its line in the summary list, its verdict and its
+    title.
 
-    *refused* are the rejected disclosures of this trace: each makes it FAIL.
+    *refused* are the rejected disclosures of this trace: each makes it FAIL.  When
+    *page_fails* and this trace did not fail, the section says that its verdict is
+    not the report's, whose banner names the traces that failed.
     """
     trace_links = [link for link in links if link.trace_id == trace_id]
     bad_link = next((link for link in trace_links if not link.ok), None)
@@ -780,6 +788,13 @@ def _trace_section(
         f'<div class="banner {cls} trace-verdict">{_badge(verdict)}{sentence} '
         f'<span class="muted">({summary})</span></div>',
     ]
+    if page_fails and verdict is not Verdict.FAIL:
+        # True of this trace, and not the verdict of the page: say so where it is read.
+        parts.append(
+            '<p class="page-verdict reason">This is the verdict of this trace alone: the '
+            'report as a whole FAILS (<a href="#summary">the top of the page</a> says '
+            "which traces failed, and why).</p>"
+        )
     for link in trace_links:
         if link.worth_reporting:
             word = "form one chain" if link.ok else "do NOT form one chain"
@@ -794,7 +809,7 @@ def _trace_section(
         f'<li><a href="#t{n}">{_badge(verdict)} {title}</a> '
         f'<span class="muted">{summary}</span></li>'
     )
-    return "".join(parts), line
+    return "".join(parts), line, verdict, title
 
 
 def _disclosure_summary(
@@ -831,9 +846,12 @@ def _why_failed(
     problems: Sequence[tuple[str, str]],
     links: Sequence[TraceLink],
     failed_disclosures: Sequence[DisclosureResult],
+    failed_traces: Sequence[tuple[int, str]] = (),
 ) -> str:
-    """Every cause of an overall FAIL, so that bundles that all verified never read
-    as a pass of a report that failed; ``""`` when nothing failed."""
+    """Every cause of an overall FAIL, then the traces that failed (their section's
+    number and title, the first `_FAILED_TRACES_NAMED` of them linked), so that
+    bundles or traces that verified never read as a pass of a report that failed;
+    ``""`` when nothing failed."""
     unlinked = len({link.trace_id for link in links if not link.ok})
     causes = [
         f"{n} {what}"
@@ -845,7 +863,16 @@ def _why_failed(
         )
         if n
     ]
-    return f" The report FAILS: {', '.join(causes)}." if causes else ""
+    if not causes:
+        return ""
+    named = ", ".join(f'<a href="#t{n}">{title}</a>'
+                      for n, title in failed_traces[:_FAILED_TRACES_NAMED])
+    more = len(failed_traces) - _FAILED_TRACES_NAMED
+    which = ""
+    if failed_traces:
+        which = f" Failed: {named}" + (
+            f" and {more} more (see Traces below)." if more > 0 else ".")
+    return f" The report FAILS: {', '.join(causes)}.{which}"
 
 
 def render_html(
@@ -885,14 +912,6 @@ def render_html(
     keys = dict(trusted or {})
     opened, rejected = _index_disclosures(disclosures)
     failed_disclosures = [r for r in disclosures if not r.ok]
-    sections: list[str] = []
-    summary: list[str] = []
-    for n, (trace_id, group) in enumerate(_group(items)):
-        refused = [r for r in failed_disclosures if trace_id and r.trace_id == trace_id]
-        section, line = _trace_section(n, trace_id, group, links, keys, opened, rejected,
-                                       refused, steps_shown)
-        sections.append(section)
-        summary.append(line)
     counts = {v: sum(i.verdict is v for i in items) for v in Verdict}
     no_failure = (
         not problems
@@ -900,6 +919,18 @@ def render_html(
         and all(link.ok for link in links)
         and not failed_disclosures
     )
+    sections: list[str] = []
+    summary: list[str] = []
+    failed_traces: list[tuple[int, str]] = []
+    for n, (trace_id, group) in enumerate(_group(items)):
+        refused = [r for r in failed_disclosures if trace_id and r.trace_id == trace_id]
+        section, line, verdict, trace_title = _trace_section(
+            n, trace_id, group, links, keys, opened, rejected, refused, steps_shown,
+            page_fails=not no_failure)
+        sections.append(section)
+        summary.append(line)
+        if verdict is Verdict.FAIL:
+            failed_traces.append((n, trace_title))
     overall = Verdict.FAIL if not no_failure else (
         Verdict.OK if counts[Verdict.OK] == len(items) else Verdict.INCOMPLETE
     )
@@ -912,6 +943,7 @@ def render_html(
         f"<li><code>{_esc(k[:16])}</code> <span class=\"muted\">{_esc(src)}</span></li>"
         for k, src in keys.items()
     )
+    why = _why_failed(counts[Verdict.FAIL], problems, links, failed_disclosures, failed_traces)
     head = (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
@@ -921,12 +953,12 @@ def render_html(
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head>"
     )
     body = [
-        f'<body data-verdict="{overall.value}"><header>',
+        f'<body data-verdict="{overall.value}"><header id="summary">',
         f"<h1>{_esc(title)}</h1>",
         f'<div class="banner {_verdict_class(overall)} overall">{_badge(overall)}'
         f"{len(items)} bundle(s) checked: {counts[Verdict.OK]} verified, "
         f"{counts[Verdict.FAIL]} failed, {counts[Verdict.INCOMPLETE]} incomplete."
-        f"{_why_failed(counts[Verdict.FAIL], problems, links, failed_disclosures)}</div>",
+        f"{why}</div>",
         "<p>Each bundle is a signed, hash-chained record of the steps an automated "
         "workflow ran, taken from its tracing. It was checked offline against the trusted "
         "keys below; nothing was fetched from the operator or the network.</p>",

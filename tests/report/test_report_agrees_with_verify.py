@@ -465,16 +465,26 @@ def check_agreement(capsys: pytest.CaptureFixture[str], tmp_path: Path, case: Ca
         assert "The report FAILS: " in overall_banner, overall_banner
     else:
         assert "FAIL" not in overall_banner.removeprefix(page.body_verdict or ""), overall_banner
+    overall_html = re.search(r'<div class="banner \w+ overall">.*?</div>', document)
+    assert overall_html is not None
     for section in document.split('<section class="trace" ')[1:]:
-        verdict = re.match(r'id="t\d+" data-verdict="(\w+)"', section)
+        verdict = re.match(r'id="t(\d+)" data-verdict="(\w+)"><h2>(.*?)</h2>', section)
         assert verdict is not None
+        number, trace_verdict, title = verdict.groups()
         sentence = _banner_text(section, "trace-verdict")
-        if verdict.group(1) == "FAIL":
+        if trace_verdict == "FAIL":
             assert sentence.startswith("FAILFAILED: "), sentence
         else:
             assert "FAIL" not in sentence, sentence
         assert ("Every bundle of this trace verified." in sentence) == (
-            verdict.group(1) == "OK"), sentence
+            trace_verdict == "OK"), sentence
+        # A trace that did not fail, on a page that fails, says where it is read that
+        # its verdict is not the page's; the page's banner names each trace that failed.
+        own = section.split("</section>")[0]
+        assert ('class="page-verdict' in own) == (
+            page.body_verdict == "FAIL" and trace_verdict != "FAIL"), title
+        assert (f'<a href="#t{number}">{title}</a>' in overall_html.group(0)) == (
+            trace_verdict == "FAIL"), title
 
     # Everything verify states is in the page.
     for path, reason in ((e["path"], e["reason"]) for e in doc["errors"]):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from cli_support import (
+    OTHER_TRACE,
     PRODUCER,
     ROOT,
     SEALED_AT,
@@ -403,6 +404,60 @@ def test_trace_whose_disclosure_was_rejected_is_not_called_verified(
     article = re.search(r'<article class="bundle" data-verdict="(\w+)"', document)
     assert article is not None
     assert article.group(1) == ("OK" if completeness is None else "INCOMPLETE")
+
+
+def test_a_passing_trace_on_a_failing_page_does_not_read_as_the_pages_verdict(
+    capsys, tmp_path: Path, keys: Keys, make_bundle: MakeBundle
+):
+    # A trace whose bundles all verified said "Every bundle of this trace verified."
+    # under an OK badge, and nothing else, on a page whose banner said FAIL, for
+    # another trace, without naming it.
+    ok, _ = make_bundle("fine", trace_id=OTHER_TRACE)
+    bad, _ = make_bundle("changed")
+    flip_in_record(bad, 3)
+    html = tmp_path / "r.html"
+    code, _, _ = run(capsys, "report", "--key", keys.pub, bad, ok, "--html", html)
+    assert code == 1
+    document = html.read_text(encoding="utf-8")
+    assert read_page(document).body_verdict == "FAIL"
+    sections = {}
+    for chunk in document.split('<section class="trace" ')[1:]:
+        m = re.match(r'id="(t\d+)" data-verdict="(\w+)"><h2>Trace <code>(\w+)</code>', chunk)
+        assert m is not None
+        sections[m.group(3)] = (m.group(1), m.group(2), chunk.split("</section>")[0])
+    failed_id, failed_verdict, failed = sections[TRACE]
+    _passed_id, passed_verdict, passed = sections[OTHER_TRACE]
+    assert (failed_verdict, passed_verdict) == ("FAIL", "OK")
+    # The page's banner names the trace that failed, and links to it ...
+    overall = re.search(r'<div class="banner fail overall">.*?</div>', document)
+    assert overall is not None
+    assert (f'The report FAILS: 1 bundle(s) failed. Failed: <a href="#{failed_id}">Trace '
+            f"<code>{TRACE}</code></a>.") in overall.group(0)
+    assert OTHER_TRACE not in overall.group(0)
+    # ... and the passing trace's sentence stays true of it, beside a line saying that
+    # it is not the page's verdict.
+    text = " ".join(read_page(passed).text.split())
+    assert "Every bundle of this trace verified." in text
+    assert ("This is the verdict of this trace alone: the report as a whole FAILS (the top "
+            "of the page says which traces failed, and why).") in text
+    assert 'href="#summary"' in passed and '<header id="summary">' in document
+    assert "verdict of this trace alone" not in failed
+
+    # A page that passes says nothing of the kind.
+    code, _, _ = run(capsys, "report", "--key", keys.pub, ok, "--html", html)
+    assert code == 0
+    assert "verdict of this trace alone" not in html.read_text(encoding="utf-8")
+
+
+def test_the_banner_names_at_most_20_failed_traces():
+    html = render_html([ReportItem(f"b{n:02d}.spanproof.json", None, "verifier error")
+                        for n in range(23)])
+    overall = re.search(r'<div class="banner fail overall">.*?</div>', html)
+    assert overall is not None
+    named = re.findall(r'<a href="#t(\d+)">File <code>b(\d+)\.spanproof\.json</code></a>',
+                       overall.group(0))
+    assert named == [(str(n), f"{n:02d}") for n in range(20)]
+    assert overall.group(0).endswith(" and 3 more (see Traces below).</div>")
 
 
 def test_bundle_sealed_before_year_1000_verifies_and_shows_a_four_digit_year(
