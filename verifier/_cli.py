@@ -994,6 +994,7 @@ def _cmd_disclose(args: argparse.Namespace) -> int:
     bad_spans = [s for s in args.span if len(s) != 16 or s.strip("0123456789abcdef")]
     if bad_spans:
         raise UsageError(f"--span {bad_spans[0]}: a span id is 16 lowercase hex digits")
+    target = _through_link("--out", args.out)
     _refuse_overwriting("--out", args.out, [*_evidence_files(bundle), source])
     try:
         available = load_disclosures(source, MAX_PRODUCER_DISCLOSURE_FILE_BYTES)
@@ -1045,7 +1046,7 @@ def _cmd_disclose(args: argparse.Namespace) -> int:
                         "fewer (--attr, --span)"))
         return EXIT_FAILED
     try:
-        write_private_file(args.out, out)
+        write_private_file(target, out)  # a symbolic link stays: what it names is replaced
     except OSError as e:
         raise UsageError(f"{args.out}: cannot write ({e.strerror or e})") from e
     spans = len({d.span_id for d in chosen})

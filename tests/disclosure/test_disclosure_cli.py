@@ -48,6 +48,38 @@ def test_disclose_extracts_named_attributes_with_mode_0600(
         (SPAN_A, "customer.email"), (SPAN_B, "customer.email")}
 
 
+def test_disclose_out_through_a_symbolic_link_writes_the_file_it_names(
+    tmp_path: Path, written: Written, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The link was replaced by a regular file, and the file it named kept the old
+    # disclosures, as `report --html` did before.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    target = shared / "reviewer.json"
+    target.write_text("last week's disclosures")
+    link = tmp_path / "reviewer.json"
+    os.symlink(os.path.join("shared", "reviewer.json"), link)
+    code, stdout, _ = _disclose(capsys, written, link, "--attr", "customer.email")
+    assert code == 0, stdout
+    assert link.is_symlink() and os.readlink(link) == os.path.join("shared", "reviewer.json")
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+    assert {d.key for d in load_disclosures(target).disclosures} == {"customer.email"}
+    assert sorted(os.listdir(shared)) == ["reviewer.json"]
+
+
+def test_disclose_out_refuses_a_symbolic_link_to_nothing(
+    tmp_path: Path, written: Written, capsys: pytest.CaptureFixture[str]
+) -> None:
+    link = tmp_path / "reviewer.json"
+    os.symlink(tmp_path / "not-mounted" / "reviewer.json", link)
+    code, stdout, err = _disclose(capsys, written, link, "--attr", "customer.email")
+    assert code == 2
+    assert stdout == ""
+    assert f"--out {link}: is a symbolic link to " in err
+    assert "nothing is written through it" in err
+    assert not (tmp_path / "not-mounted").exists()
+
+
 def test_disclose_limited_to_spans_and_globs(
     tmp_path: Path, written: Written, capsys: pytest.CaptureFixture[str]
 ) -> None:
