@@ -9,13 +9,11 @@ numbers a record far below it."""
 from __future__ import annotations
 
 import shutil
-import tracemalloc
-from collections.abc import Callable
 from pathlib import Path
 
-import orjson
 import pytest
 from disclosure_support import PRODUCER, SEALED_AT, TRACE, signer, span_body, trust_root
+from traced_memory import held_by_records, peak_of
 
 from spanproof.exporter.disclosure import redaction_matcher
 from spanproof.exporter.sealing import ChainPosition, seal
@@ -49,29 +47,9 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, int]:
                   redact=redaction_matcher(["customer.*"]))
     path = Path(DirectorySink(tmp / "out").write(sealed))
     _trust, pem = trust_root(tmp / "keys")
-    lines = path.read_bytes().splitlines()[1:-1]
-    tracemalloc.start()
-    try:
-        records = [orjson.loads(line.rstrip(b",")) for line in lines]
-        held, _peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert len(records) == SPANS
+    count, held = held_by_records(path)
+    assert count == SPANS
     return path, pem, held
-
-
-def _peak(run: Callable[[], int], capsys: pytest.CaptureFixture[str]) -> tuple[int, int]:
-    """*run*'s exit status and peak memory, measured on a second run: the first one
-    also pays for what is done once (imports, compiled expressions, caches)."""
-    run()
-    capsys.readouterr()
-    tracemalloc.start()
-    try:
-        code = run()
-        _now, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return code, peak
 
 
 @pytest.mark.parametrize("with_key", [False, True], ids=["unverified", "verified"])
@@ -80,7 +58,7 @@ def test_show_keeps_no_records(
 ) -> None:
     path, pem, held = bundle
     key = ["--key", str(pem)] if with_key else []
-    code, peak = _peak(lambda: main(["show", *key, str(path)]), capsys)
+    code, peak = peak_of(lambda: main(["show", *key, str(path)]), capsys)
     out = capsys.readouterr().out
     assert code == 0, out
     assert out.count("step ") == SPANS  # every span is shown
@@ -94,7 +72,7 @@ def test_show_of_a_failed_bundle_keeps_no_records(
     cut = tmp_path / path.name
     data = path.read_bytes()
     cut.write_bytes(data[: len(data) - 10])  # the last record is cut: the chain fails
-    code, peak = _peak(lambda: main(["show", "--key", str(pem), str(cut)]), capsys)
+    code, peak = peak_of(lambda: main(["show", "--key", str(pem), str(cut)]), capsys)
     out = capsys.readouterr().out
     assert code == 1, out
     assert f"the {SPANS - 1} record(s) below were read before the failure" in out
@@ -110,7 +88,7 @@ def test_disclose_keeps_no_records(
     shutil.copy(str(path).replace(".spanproof.json", ".disclosures.json"),
                 str(copy).replace(".spanproof.json", ".disclosures.json"))
     out_file = tmp_path / "for-reviewer.json"
-    code, peak = _peak(lambda: main(["disclose", str(copy), "--attr", "customer.*",
+    code, peak = peak_of(lambda: main(["disclose", str(copy), "--attr", "customer.*",
                                      "--out", str(out_file)]), capsys)
     out = capsys.readouterr().out
     assert code == 0, out

@@ -8,14 +8,13 @@ takes in this process (as ``show`` and ``disclose`` are, in
 
 from __future__ import annotations
 
-import tracemalloc
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from cli_support import PRODUCER, SEALED_AT, TRACE, Keys, MakeBundle, span_body
 from report_support import read_page, read_report, run
+from traced_memory import held_by_records, peak_of
 
 import spanproof.verifier._cli as cli
 from spanproof.exporter.disclosure import AttributeMatcher
@@ -166,25 +165,11 @@ def test_report_keeps_only_the_steps_it_shows(
 ):
     monkeypatch.setattr(cli, "STEPS_SHOWN", SHOWN)
     path, _ = make_bundle("wide", bodies=_bodies(SPANS, ATTRIBUTES))
-    lines = path.read_bytes().splitlines()[1:-1]
-    tracemalloc.start()
-    try:
-        records = [orjson.loads(line.rstrip(b",")) for line in lines]
-        held, _peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert len(records) == SPANS
-    del records
+    count, held = held_by_records(path)
+    assert count == SPANS
     out = tmp_path / "r.html"
     argv = ["report", "--key", str(keys.pub), str(path), "--html", str(out)]
-    cli.main(argv)  # once first: what is done once (imports, caches) is not counted
-    capsys.readouterr()
-    tracemalloc.start()
-    try:
-        code = cli.main(argv)
-        _now, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    code, peak = peak_of(lambda: cli.main(argv), capsys)
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert f"records={SPANS}" in printed
