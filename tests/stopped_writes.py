@@ -6,6 +6,10 @@ from __future__ import annotations
 import fcntl
 import os
 from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
 
 from spanproof.verifier._files import temp_target
 
@@ -61,3 +65,21 @@ def locked_by_another(directory: str) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def record_temporary_writes(monkeypatch: pytest.MonkeyPatch,
+                            *writers: ModuleType) -> list[tuple[str, bool]]:
+    """Record each temporary file :func:`write_temp` writes, through the modules
+    *writers* (which import it) or the atomic writes: the name it is written for,
+    and whether the directory's lock was held meanwhile."""
+    from spanproof.verifier import _files
+
+    real_write_temp, written = _files.write_temp, []
+
+    def write_temp(directory: str, name: str, data: bytes, **kwargs: Any) -> str:
+        written.append((name, locked_by_another(directory)))
+        return real_write_temp(directory, name, data, **kwargs)
+
+    for module in (_files, *writers):
+        monkeypatch.setattr(module, "write_temp", write_temp)
+    return written

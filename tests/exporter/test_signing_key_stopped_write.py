@@ -10,14 +10,17 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from stopped_writes import CRASHING_MAIN, holds_private_key, locked_by_another, temporaries
+from stopped_writes import (
+    CRASHING_MAIN,
+    holds_private_key,
+    record_temporary_writes,
+    temporaries,
+)
 
 from spanproof.exporter import keys
 from spanproof.exporter.keys import SigningKey, load_or_create
-from spanproof.verifier import _files
 
 
 def _assert_pair(directory: Path) -> SigningKey:
@@ -76,14 +79,7 @@ def test_every_temporary_key_file_is_written_under_the_directory_lock(
         SigningKey.generate().write(tmp_path)
     if how == "public-half":
         (tmp_path / "signing.pub").unlink()
-    real_write_temp, written = _files.write_temp, []
-
-    def write_temp(directory: str, name: str, data: bytes, **kwargs: Any) -> str:
-        written.append((name, locked_by_another(directory)))
-        return real_write_temp(directory, name, data, **kwargs)
-
-    monkeypatch.setattr(_files, "write_temp", write_temp)
-    monkeypatch.setattr(keys, "write_temp", write_temp)
+    written = record_temporary_writes(monkeypatch, keys)
     if how == "replace":
         SigningKey.generate().write(tmp_path, exist_ok=True)
     else:

@@ -10,11 +10,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from stopped_writes import CRASHING_MAIN, holds_private_key, locked_by_another, temporaries
+from stopped_writes import (
+    CRASHING_MAIN,
+    holds_private_key,
+    record_temporary_writes,
+    temporaries,
+)
 
 from spanproof.verifier import _files
 from spanproof.verifier._cli import main
@@ -164,14 +168,7 @@ def test_keygen_writes_every_temporary_file_under_the_directory_lock(
     # The lock is what makes a temporary file found under it a stopped writer's:
     # the key's was written before the lock was taken, so a keygen holding it could
     # have removed the key of another one about to take it.
-    real_write_temp, written = _files.write_temp, []
-
-    def write_temp(directory: str, name: str, data: bytes, **kwargs: Any) -> str:
-        written.append((name, locked_by_another(directory)))
-        return real_write_temp(directory, name, data, **kwargs)
-
-    monkeypatch.setattr(_files, "write_temp", write_temp)
-    monkeypatch.setattr(signing, "write_temp", write_temp)
+    written = record_temporary_writes(monkeypatch, signing)
     key = tmp_path / "w.key"
     assert main(["witness", "keygen", "--key", str(key), "--origin", ORIGIN]) == 0
     assert written == [("w.key", True), ("w.key.pub", True), ("w.key.origin", True)]
