@@ -369,7 +369,7 @@ def receiver(
 
     try:
         try:
-            served.receiver = Receiver(
+            service = Receiver(
                 output_dir=out,
                 key_file=key,
                 select_attributes=selected,
@@ -387,6 +387,7 @@ def receiver(
                 before_creating=listen,
                 **backlog,
             )
+            served.receiver = service
         except BaseException:
             for server in servers:
                 server.stop(0)  # bound, never started
@@ -418,7 +419,7 @@ def receiver(
     # connection.  Its default action killed the receiver at once, nothing sealed.
     previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
     with collecting_rarely():
-        return _serve_receiver(served.receiver, servers, stop, previous, tls, hangups)
+        return _serve_receiver(service, servers, stop, previous, tls, hangups)
 
 
 class _CannotListen(Exception):
@@ -427,19 +428,27 @@ class _CannotListen(Exception):
 
 class _Deferred:
     """The receiver, to its servers: they are bound before it is built (so that a
-    port that cannot be listened on leaves nothing behind) and started once it is,
-    so that no request reaches it before :attr:`receiver` is set."""
+    port that cannot be listened on leaves nothing behind) and started once it is.
+    Until :attr:`receiver` is set (a server stopped unstarted starts for an instant)
+    requests are refused as UNAVAILABLE."""
 
-    receiver: Receiver
+    receiver: Receiver | None = None
+
+    def _built(self) -> Receiver:
+        from .otlp_server import Unavailable
+
+        if self.receiver is None:
+            raise Unavailable("receiver is starting")
+        return self.receiver
 
     def __call__(self, resource_spans: Sequence[ResourceSpans]) -> IngestResult:
-        return self.receiver(resource_spans)
+        return self._built()(resource_spans)
 
     def not_serving(self) -> str | None:
-        return self.receiver.not_serving()
+        return "receiver is starting" if self.receiver is None else self.receiver.not_serving()
 
     def check_accepting(self) -> None:
-        self.receiver.check_accepting()
+        self._built().check_accepting()
 
 
 _SETTING_FLAGS = {"output_dir": "--out", "key_file": "--key", "witness_url": "--witness-url",

@@ -1515,6 +1515,7 @@ class GrpcServer:
             ],
         )
         self._handlers = _Handlers(ingest, self._pool, calls_at_once, health, admission)
+        self._started = False
         self._server.add_generic_rpc_handlers((self._handlers,))
         if tls is None:
             self.port = self._server.add_insecure_port(address)
@@ -1528,9 +1529,15 @@ class GrpcServer:
         """Start serving in background threads."""
         self._handlers.arrivals.start()
         self._server.start()
+        self._started = True
 
     def stop(self, grace: float = 5.0) -> None:
-        """Stop accepting, let in-flight requests finish for up to *grace* seconds."""
+        """Stop accepting, let in-flight requests finish for up to *grace* seconds.
+        A server never started stops listening too."""
+        if not self._started:
+            # gRPC's stop() does nothing to a server never started, which then holds
+            # its port until the process ends: started here, it stops at once.
+            self._server.start()
         self._server.stop(grace).wait()
         self._handlers.arrivals.close()
         for threads in self._handlers.answer_threads:

@@ -168,6 +168,36 @@ def test_receiver_that_cannot_listen_creates_no_output_directory_or_key(
     assert _tree(tmp_path) == before
 
 
+def test_receiver_that_cannot_listen_on_http_frees_the_grpc_port_it_bound(
+    tmp_path: Path, place: dict[str, str], capsys: pytest.CaptureFixture[str],
+    taken_port: int,
+) -> None:
+    # gRPC's stop() does nothing to a server never started: the gRPC port, bound
+    # before the HTTP port was found taken, stayed bound until the process ended.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        grpc_port = probe.getsockname()[1]
+    argv = ["receiver", "--grpc", f"127.0.0.1:{grpc_port}",
+            "--http", f"127.0.0.1:{taken_port}", "--out", place["out"]]
+    assert main(argv) == 1, capsys.readouterr().err
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", grpc_port))  # OSError (in use) while still bound
+
+
+def test_a_request_before_the_receiver_is_built_is_unavailable() -> None:
+    # A server stopped unstarted starts for an instant: a request then got an
+    # AttributeError (gRPC's UNKNOWN), not "try again".
+    from spanproof.exporter._cli import _Deferred
+    from spanproof.exporter.otlp_server import Unavailable
+
+    deferred = _Deferred()
+    assert deferred.not_serving() == "receiver is starting"
+    with pytest.raises(Unavailable, match="receiver is starting"):
+        deferred.check_accepting()
+    with pytest.raises(Unavailable, match="receiver is starting"):
+        deferred([])
+
+
 @pytest.mark.parametrize("taken_flag", ["--grpc", "--http"])
 def test_receiver_with_a_refused_flag_and_a_port_in_use_is_a_usage_error(
     tmp_path: Path, place: dict[str, str], capsys: pytest.CaptureFixture[str],
