@@ -1190,23 +1190,23 @@ class SealingProcesses:
 
 
 def _reap(processes: Sequence[SealingProcess]) -> None:
-    """Wait for *processes*, whose input is closed, on a daemon thread, so that none
-    stays a zombie once it has sealed what it held and exited (nothing else waits for
-    them: before, up to 63 stayed until the next child started)."""
-    if not processes:
-        return
+    """Wait for each of *processes*, whose input is closed, on a daemon thread of its
+    own, so that none stays a zombie once it has sealed what it held and exited
+    (nothing else waits for them: before, up to 63 stayed until the next child
+    started), however long another takes."""
 
-    def reap() -> None:
-        for process in processes:
-            try:
-                process._proc.wait()
-            except OSError:
-                pass
+    def reap(process: SealingProcess) -> None:
+        try:
+            process._proc.wait()
+        except OSError:
+            pass
 
-    try:
-        threading.Thread(target=reap, name="spanproof-reaper", daemon=True).start()
-    except RuntimeError:  # no thread to spare: the next child's start reaps them
-        _logger.debug("spanproof: no thread to wait for the sealing processes given up")
+    for process in processes:
+        try:
+            threading.Thread(target=reap, args=(process,), name="spanproof-reaper",
+                             daemon=True).start()
+        except RuntimeError:  # no thread to spare: the next child's start reaps it
+            _logger.debug("spanproof: no thread to wait for sealing process %d", process.pid)
 
 
 class SealingProcessUnreachable(SealingProcessError):

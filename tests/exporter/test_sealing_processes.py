@@ -6,9 +6,12 @@ import itertools
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -230,6 +233,25 @@ def test_processes_given_up_are_waited_for_once_they_exit(tmp_path: Path) -> Non
         time.sleep(0.05)  # returncode is set by whoever waits: not this test
     assert first._proc.returncode == 0
     exporter.shutdown()
+
+
+def test_a_process_given_up_is_waited_for_while_another_still_runs() -> None:
+    # One thread waited for them in turn: one still sealing (or stopped) kept each
+    # later one that had exited a zombie.
+    slow = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    quick = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        _sealing_process._reap([SimpleNamespace(_proc=slow, pid=slow.pid),  # type: ignore[list-item]
+                                SimpleNamespace(_proc=quick, pid=quick.pid)])
+        deadline = time.monotonic() + 30
+        while quick.returncode is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # returncode is set by whoever waits: not this test
+        assert quick.returncode == 0
+        assert slow.returncode is None
+    finally:
+        slow.kill()
+        slow.wait(10)
+        quick.wait(10)
 
 
 def test_a_killed_process_declares_only_what_it_had_not_written(tmp_path: Path) -> None:
