@@ -239,16 +239,27 @@ def _check_public_half(key: SigningKey, directory: str | os.PathLike[str]) -> No
     written it yet, or never did); refuse one that holds another key.
 
     Raises:
-        InvalidKey: ``signing.pub`` holds something else than *key*'s public half.
+        InvalidKey: ``signing.pub`` holds something else than *key*'s public half,
+            or ``signing.key`` is no longer *key* (replaced meanwhile).
         OSError: ``signing.pub`` cannot be read or written.
     """
     pub = os.path.join(directory, PUBLIC_KEY_NAME)
+    priv = os.path.join(directory, PRIVATE_KEY_NAME)
     try:
         found, _ = read_named_file(pub)
     except FileNotFoundError:
         with _key_writers_turn(os.fspath(directory)):
-            write_atomic(pub, key.public_pem())  # the very bytes the key's writer writes
-        return
+            # No writer is midway now.  One that replaced signing.key since it was
+            # loaded (keygen --force) wrote its own half: *key*'s would not match.
+            if SigningKey.load(priv).keyid != key.keyid:
+                raise InvalidKey(
+                    f"{priv} was replaced while it was being loaded (by `spanproof keygen "
+                    f"--force`?): start again to sign with the new key") from None
+            try:
+                found, _ = read_named_file(pub)
+            except FileNotFoundError:
+                write_atomic(pub, key.public_pem())  # the bytes the key's writer writes
+                return
     try:
         matches = key_id(load_public_key(found, pub)) == key.keyid
     except InvalidKey:

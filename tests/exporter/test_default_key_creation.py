@@ -151,6 +151,32 @@ def test_a_key_without_its_public_half_gets_it_written(tmp_path: Path) -> None:
     _assert_matching_pair(tmp_path)
 
 
+def test_a_key_replaced_while_loaded_does_not_get_the_old_keys_public_half(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A producer loaded K1 and found no signing.pub; `keygen --force` then wrote K2
+    # and its half; the producer wrote K1's half over it, and every later start was
+    # refused for a signing.pub that is not signing.key's.
+    k1, k2 = SigningKey.from_seed(b"1" * 32), SigningKey.from_seed(b"2" * 32)
+    k1.write(tmp_path)
+    (tmp_path / "signing.pub").unlink()
+    real_turn = keys._key_writers_turn
+    replaced: list[bool] = []
+
+    def turn(folder: str) -> Any:
+        if not replaced:  # the producer loaded K1 and found no signing.pub: K2 now
+            replaced.append(True)
+            k2.write(tmp_path, exist_ok=True)
+        return real_turn(folder)
+
+    monkeypatch.setattr(keys, "_key_writers_turn", turn)
+    with pytest.raises(InvalidKey, match=r"signing\.key was replaced while it was being loaded"):
+        load_or_create(tmp_path)
+    monkeypatch.undo()
+    assert _assert_matching_pair(tmp_path).keyid == k2.keyid
+    assert load_or_create(tmp_path).keyid == k2.keyid
+
+
 @pytest.mark.parametrize("published", [
     lambda: SigningKey.generate().public_pem(),
     lambda: b"not a key\n",
