@@ -710,16 +710,26 @@ def _through_link(flag: str, out: str) -> str:
 
     A link that leads to no file (missing, a loop of links, a directory that cannot
     be searched) is refused, as a dangling ``signing.key`` is: it is someone's choice
-    of where the file lives, gone for now, and nothing is written through it.
+    of where the file lives, gone for now, and nothing is written through it.  So is
+    a link owned by another user.
 
     Raises:
-        UsageError: *out* is a symbolic link that leads to no file.
+        UsageError: *out* is a symbolic link that leads to no file, or that another
+            user owns.
     """
     try:
-        if not stat.S_ISLNK(os.lstat(out).st_mode):
-            return out
+        link = os.lstat(out)
     except (OSError, ValueError):
         return out  # a new file (or one that cannot be written: said when writing it)
+    if not stat.S_ISLNK(link.st_mode):
+        return out
+    if link.st_uid != os.geteuid():
+        # Planted in a shared folder by someone else, it would choose which of this
+        # user's files is replaced (a private key, say): as the kernel's
+        # protected_symlinks does in world-writable folders, only one's own is followed.
+        raise UsageError(
+            f"{flag} {out}: is a symbolic link owned by another user (uid {link.st_uid}); "
+            "nothing is written through it (name the file it leads to, or remove the link)")
     try:
         os.stat(out)
     except OSError as e:

@@ -80,6 +80,21 @@ def test_disclose_out_refuses_a_symbolic_link_to_nothing(
     assert not (tmp_path / "not-mounted").exists()
 
 
+def test_disclose_out_refuses_a_symbolic_link_another_user_owns(
+    tmp_path: Path, written: Written, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    precious = tmp_path / "signing.key"
+    precious.write_text("a private key\n")
+    link = tmp_path / "reviewer.json"
+    os.symlink(precious, link)
+    monkeypatch.setattr(os, "geteuid", lambda: os.lstat(link).st_uid + 1)
+    code, stdout, err = _disclose(capsys, written, link, "--attr", "customer.email")
+    assert (code, stdout) == (2, "")
+    assert f"--out {link}: is a symbolic link owned by another user" in err
+    assert precious.read_text() == "a private key\n"
+
+
 def test_disclose_limited_to_spans_and_globs(
     tmp_path: Path, written: Written, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -62,3 +62,22 @@ def test_report_html_refuses_a_dangling_symbolic_link(
     assert sorted(os.listdir(tmp_path)) == sorted(
         ["bundles", "keys", "shared", "report.html", *(["other.html"] if kind == "loop" else [])]
     )
+
+
+def test_report_html_refuses_a_symbolic_link_another_user_owns(
+    capsys, tmp_path: Path, keys: Keys, make_bundle: MakeBundle, monkeypatch
+):
+    # Planted in a shared folder, it chose which of the user's files the report
+    # replaced: the producer's private key, say.
+    path, _ = make_bundle()
+    precious = tmp_path / "signing.key"
+    precious.write_text("a private key\n")
+    link = tmp_path / "report.html"
+    os.symlink(precious, link)
+    monkeypatch.setattr(os, "geteuid", lambda: os.lstat(link).st_uid + 1)
+    code, out, err = run(capsys, "report", "--key", keys.pub, path, "--html", link)
+    assert code == 2, out + err
+    assert f"--html {link}: is a symbolic link owned by another user" in err
+    assert "nothing is written through it" in err
+    assert precious.read_text() == "a private key\n"
+    assert link.is_symlink()
