@@ -793,7 +793,7 @@ def _trace_section(
         parts.append(
             '<p class="page-verdict reason">This is the verdict of this trace alone: the '
             'report as a whole FAILS (<a href="#summary">the top of the page</a> says '
-            "which traces failed, and why).</p>"
+            "why: which traces failed, or which inputs could not be checked).</p>"
         )
     for link in trace_links:
         if link.worth_reporting:

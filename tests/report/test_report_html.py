@@ -439,7 +439,8 @@ def test_a_passing_trace_on_a_failing_page_does_not_read_as_the_pages_verdict(
     text = " ".join(read_page(passed).text.split())
     assert "Every bundle of this trace verified." in text
     assert ("This is the verdict of this trace alone: the report as a whole FAILS (the top "
-            "of the page says which traces failed, and why).") in text
+            "of the page says why: which traces failed, or which inputs could not be "
+            "checked).") in text
     assert 'href="#summary"' in passed and '<header id="summary">' in document
     assert "verdict of this trace alone" not in failed
 
