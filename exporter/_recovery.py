@@ -47,9 +47,14 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
+#: The note of a bundle sealed from an orphaned journal.  Its instance stopped before
+#: writing a bundle of these spans (a crash, a kill) or, an EvidenceSpanProcessor,
+#: discarded that bundle unwritten while its storage kept failing: which, the journal
+#: does not say, and the note claims neither.
 RECOVERED_NOTE = (
-    "recovered after a crash: these spans were journaled by producer instance {} "
-    "and made durable, but the instance stopped before sealing them"
+    "recovered: these spans were journaled by producer instance {} and made durable, "
+    "but that instance wrote no bundle of them (it stopped first, or discarded the "
+    "bundle unwritten while its storage was failing)"
 )
 
 

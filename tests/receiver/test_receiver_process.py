@@ -65,7 +65,7 @@ def test_kill_9_after_acknowledging_then_restart_recovers_the_spans(tmp_path):
     assert {r.statement.seal_reason for r in recovered} == {"recovered"}
     instances = {r.statement.producer.instance for r in recovered}
     assert len(instances) == 1
-    assert all("recovered after a crash" in r.statement.completeness.notes[0]
+    assert all("recovered: these spans were journaled" in r.statement.completeness.notes[0]
                for r in recovered)
     # A Collector retrying the batch it never saw acknowledged duplicates nothing.
     export(second.grpc, otlp_span(TRACE_A, 3, parent=1), otlp_span(TRACE_B, 1, parent=5))

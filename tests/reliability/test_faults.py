@@ -281,6 +281,14 @@ def test_processor_bundle_discarded_for_a_failing_sink_is_sealed_from_its_journa
     for statement in statements:
         assert (statement.segment_index, statement.record_count) == (0, 1)
         assert statement.completeness.dropped_spans == 0
+    # Nothing crashed: the recovered bundles' signed note does not say it did.
+    recovered = [s for s in statements if s.seal_reason == "recovered"]
+    assert len(recovered) == 2
+    for statement in recovered:
+        (note,) = statement.completeness.notes
+        assert "crash" not in note
+        assert note.endswith("wrote no bundle of them (it stopped first, or discarded the "
+                             "bundle unwritten while its storage was failing)")
 
 
 def test_processor_bundle_discarded_with_its_journal_failing_too_is_declared(
