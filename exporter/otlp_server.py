@@ -124,6 +124,15 @@ def _always_serving() -> str | None:
 
 #: How often (seconds) the servers look whether their TLS files changed.
 TLS_RELOAD_SECONDS = 60.0
+#: A connection's handshake must end within this long of the connection, on either
+#: port: TLS over OTLP/HTTP; over OTLP/gRPC, TLS (when served) and then HTTP/2's
+#: opening, which a client sends at once.  A TLS handshake is one or two round trips
+#: and a signature, milliseconds on any network a Collector sends over, so 10 s is
+#: generous; each connection still in its handshake holds one of the
+#: `HTTP_CONNECTIONS_AT_ONCE` (a thread), and with the head's time (60 s) 128
+#: connections that never sent a ClientHello kept every real request out for a
+#: minute.  (gRPC's own bound, unset, is 120 s.)
+HANDSHAKE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -1305,10 +1314,6 @@ GRPC_KEEPALIVE_SECONDS = 30.0
 #: time every ping by it, the flow-control pings a connection sends while a request
 #: arrives included, and a client uploading slowly answers those behind its data.
 GRPC_PING_TIMEOUT_SECONDS = 60.0
-#: A connection's handshake (TLS, then HTTP/2's opening) must end within this long of
-#: the connection, as an OTLP/HTTP connection's handshake and first head must
-#: (`HTTP_HEAD_SECONDS`); gRPC's own bound, unset, was twice that.
-GRPC_HANDSHAKE_SECONDS = 60.0
 _TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 _EXPORT_METHOD = f"/{_TRACE_SERVICE}/Export"
 _HEALTH_CHECK_METHOD = "/grpc.health.v1.Health/Check"
@@ -1476,7 +1481,8 @@ class GrpcServer:
     next is answered ``UNAVAILABLE`` with ``RetryInfo`` (see `GRPC_CALLS_AT_ONCE`).
     The health check answers ``NOT_SERVING`` while *health* gives a reason.  While
     *admission* raises `Unavailable`, an Export call is answered with it unread.  With
-    *tls*, it serves TLS (and, with a client CA, mutual TLS) only.
+    *tls*, it serves TLS (and, with a client CA, mutual TLS) only.  A connection's
+    handshake (TLS, then HTTP/2's opening) must end within `HANDSHAKE_SECONDS` of it.
 
     Raises:
         ValueError: *calls_at_once* is less than *workers*, *max_message_bytes* is
@@ -1511,7 +1517,7 @@ class GrpcServer:
                 ("grpc.keepalive_timeout_ms", int(GRPC_PING_TIMEOUT_SECONDS * 1000)),
                 # Newer gRPC cores time a keepalive ping by this one.
                 ("grpc.http2.ping_timeout_ms", int(GRPC_PING_TIMEOUT_SECONDS * 1000)),
-                ("grpc.server_handshake_timeout_ms", int(GRPC_HANDSHAKE_SECONDS * 1000)),
+                ("grpc.server_handshake_timeout_ms", int(HANDSHAKE_SECONDS * 1000)),
             ],
         )
         self._handlers = _Handlers(ingest, self._pool, calls_at_once, health, admission)
@@ -1826,7 +1832,8 @@ HTTP_IDLE_TIMEOUT = 60.0
 #: A request's body must arrive within this long once its turn is taken.
 HTTP_BODY_SECONDS = 120.0
 #: A request's line and header fields must arrive within this long (from the
-#: previous answer on the connection, or its opening), and be at most this long.
+#: previous answer on the connection, or its opening, its TLS handshake, which has
+#: `HANDSHAKE_SECONDS` of it, included), and be at most this long.
 HTTP_HEAD_SECONDS = 60.0
 HTTP_HEAD_BYTES = 64 * 1024
 #: Connections served at once, each on a thread of its own; one beyond them is
@@ -1896,12 +1903,12 @@ def _make_handler(
         def setup(self) -> None:
             self._connected = None
             if isinstance(self.request, ssl.SSLSocket):
-                # Within the time the first head has, counted from here; a failure
-                # ends the connection (_BoundedServer.handle_error logs it quietly).
+                # Within HANDSHAKE_SECONDS, and within the time the first head has,
+                # both counted from here; a failure ends the connection
+                # (_BoundedServer.handle_error logs it quietly).
                 self._connected = time.monotonic()
-                self.request.settimeout(HTTP_HEAD_SECONDS)
-                self.request.do_handshake()
-            super().setup()
+                _handshake(self.request, self._connected + HANDSHAKE_SECONDS)
+            super().setup()  # which sets the socket's timeout (HTTP_IDLE_TIMEOUT) again
             self._raw_rfile = self.rfile
 
         def _send(
@@ -2234,6 +2241,34 @@ class _BoundedServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+def _handshake(connection: ssl.SSLSocket, deadline: float) -> None:
+    """Complete *connection*'s TLS handshake (server side) by *deadline*
+    (time.monotonic).  The socket's timeout bounds each read only: a client sending
+    its ClientHello a byte at a time passed every one of them, and held its
+    connection for as long as it liked.  Leaves the socket non-blocking.
+
+    Raises:
+        TimeoutError: the handshake did not end by *deadline*.
+        ssl.SSLError: the handshake failed (a client certificate refused, say).
+        OSError: the connection failed or was shut down.
+    """
+    connection.setblocking(False)
+    with selectors.DefaultSelector() as selector:
+        selector.register(connection, selectors.EVENT_READ)
+        while True:
+            try:
+                connection.do_handshake()
+                return
+            except ssl.SSLWantReadError:
+                selector.modify(connection, selectors.EVENT_READ)
+            except ssl.SSLWantWriteError:
+                selector.modify(connection, selectors.EVENT_WRITE)
+            left = deadline - time.monotonic()
+            if left <= 0 or not selector.select(left):
+                raise TimeoutError(f"TLS handshake not done within "
+                                   f"{HANDSHAKE_SECONDS:g} s of the connection")
+
+
 def _certificate_refusal(error: BaseException | None) -> str | None:
     """Why a TLS handshake failed for the client's certificate (one that did not
     verify, or none where mutual TLS wants one), or None when it failed otherwise."""
@@ -2272,7 +2307,8 @@ class HttpServer:
     *health* gives a reason.  While *admission* raises `Unavailable`, a request's body
     is read but not decoded, and answered 503 with ``Retry-After``.  With *tls*, it
     serves HTTPS (and, with a client CA, requires client certificates) only; a
-    connection's handshake must end within the time its request head has.
+    connection's handshake must end within `HANDSHAKE_SECONDS` of it, and its first
+    request head within the time a head has (`HTTP_HEAD_SECONDS`) of it.
 
     Raises:
         ValueError: *max_message_bytes* is not from 1 to `MAX_MESSAGE_BYTES`, or a

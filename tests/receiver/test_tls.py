@@ -437,6 +437,79 @@ def test_a_tls_connection_s_handshake_and_first_head_share_one_deadline(
     assert 1.5 < held < 3.0  # two seconds from the connection, not from the handshake
 
 
+def _client_hello() -> bytes:
+    """The bytes a TLS client sends first (its ClientHello)."""
+    outgoing = ssl.MemoryBIO()
+    client = ssl.create_default_context().wrap_bio(ssl.MemoryBIO(), outgoing,
+                                                   server_hostname="127.0.0.1")
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    return outgoing.read()
+
+
+@pytest.mark.parametrize("stalling", ["silent", "a byte at a time"])
+def test_stalled_tls_handshakes_hold_the_https_connections_only_for_the_handshake_bound(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch, stalling: str
+) -> None:
+    # A handshake had the head's time (60 s), each read of it only: 128 connections
+    # that never sent a ClientHello kept every real request out for a minute (measured:
+    # served 59.9 s after them), and one sending its ClientHello a byte at a time held
+    # its place for as long as it liked.
+    import socket
+    import threading
+    import time
+
+    import spanproof.exporter.otlp_server as otlp_server
+
+    monkeypatch.setattr(otlp_server, "HTTP_CONNECTIONS_AT_ONCE", 2)
+    monkeypatch.setattr(otlp_server, "HTTP_HEAD_SECONDS", 30.0)
+    monkeypatch.setattr(otlp_server, "HANDSHAKE_SECONDS", 1.0)
+    server = _https_server(pki)
+    hello, done = _client_hello(), threading.Event()
+    stalled = [socket.create_connection(("127.0.0.1", server.port), timeout=10)
+               for _ in range(2)]
+
+    def trickle() -> None:
+        for byte in hello:  # ~1 byte per 0.1 s each: far beyond the bound in all
+            for sock in stalled:
+                try:
+                    sock.sendall(bytes([byte]))
+                except OSError:
+                    return
+            if done.wait(0.1):
+                return
+
+    sender = threading.Thread(target=trickle, daemon=True)
+    served_after = None
+    try:
+        began = time.monotonic()
+        if stalling != "silent":
+            sender.start()
+        while served_after is None and time.monotonic() - began < 10.0:
+            try:
+                connection = http.client.HTTPSConnection(
+                    "127.0.0.1", server.port, timeout=10, context=_client_context(pki, None, None))
+                connection.request("GET", "/healthz")
+                assert connection.getresponse().read() == b"SERVING\n"
+                served_after = time.monotonic() - began
+                connection.close()
+            except (ssl.SSLError, ConnectionError):  # no place for it: closed unanswered
+                time.sleep(0.05)
+        assert served_after is not None and served_after < 3.0
+        for sock in stalled:
+            try:
+                assert sock.recv(1) == b""  # the server closed it
+            except ConnectionResetError:
+                pass
+    finally:
+        done.set()
+        for sock in stalled:
+            sock.close()
+        if sender.is_alive():
+            sender.join(5)
+        server.stop()
+
+
 # -- certificates read again when their files change -------------------------------
 
 
@@ -764,7 +837,7 @@ def test_a_grpc_tls_handshake_that_never_ends_is_closed_at_the_handshake_bound(
 
     import spanproof.exporter.otlp_server as otlp_server
 
-    monkeypatch.setattr(otlp_server, "GRPC_HANDSHAKE_SECONDS", 1.0)
+    monkeypatch.setattr(otlp_server, "HANDSHAKE_SECONDS", 1.0)
     server = GrpcServer("127.0.0.1:0", _Ingest(), tls=ServerTLS(
         str(pki.server_cert), str(pki.server_key), str(pki.ca)))
     server.start()
