@@ -51,6 +51,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from spanproof.verifier._files import open_regular
 
+from ._exporter import Throttled
 from ._sealing_process import start_watch
 from .otlp import UNDECODABLE_SCOPE
 
@@ -1839,6 +1840,13 @@ HTTP_HEAD_BYTES = 64 * 1024
 #: Connections served at once, each on a thread of its own; one beyond them is
 #: answered 503 (``Retry-After: 1``) and closed.
 HTTP_CONNECTIONS_AT_ONCE = 128
+#: A client refused in the TLS handshake for its certificate is logged as a warning,
+#: with the reason; more refused for the same reason are logged at most once this
+#: often (seconds), the next one, or the server's stop, counting those held back: a
+#: client retrying in a loop made a line per attempt.
+HTTP_REFUSAL_WARNING_SECONDS = 60.0
+# Reasons beyond this many (OpenSSL's are a few dozen) share one warning's period.
+_REFUSAL_REASONS = 32
 #: How long `HttpServer.stop` lets the requests being handled finish (seconds), as
 #: `GrpcServer.stop`'s default grace.
 HTTP_STOP_GRACE = 5.0
@@ -2077,6 +2085,8 @@ class _BoundedServer(ThreadingHTTPServer):
         # shutdown writes to: no wake-up while idle, and no wait to stop.
         self._wake_read, self._wake_write = os.pipe()
         self._wake_closed = False
+        # The warnings of refused client certificates, by reason.
+        self._refusals: dict[str, Throttled] = {}
         self._shutdown_asked = threading.Event()
         self._loop_ended = threading.Event()
         # Last: when the address cannot be bound, socketserver calls server_close,
@@ -2220,6 +2230,15 @@ class _BoundedServer(ThreadingHTTPServer):
                 _shut_down(request)
             self._changes.wait_for(lambda: not self._connections, _STOP_MARGIN)
 
+    def report_refusals(self) -> None:
+        """Log how many refused-client warnings were held back since the last one
+        logged for their reason (at the stop: no later one will)."""
+        with self._changes:
+            refusals = list(self._refusals.items())
+        for reason, warnings in refusals:
+            warnings.held_back("name OTLP/HTTP clients refused in the TLS handshake"
+                               + (f" ({reason})" if reason else ""))
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
@@ -2231,9 +2250,18 @@ class _BoundedServer(ThreadingHTTPServer):
         refusal = _certificate_refusal(error)
         if refusal is not None:
             # An operator rolling out mutual TLS needs the reason (expired, another
-            # CA's, none at all), as the gRPC port's log and a Collector's give it.
-            _logger.warning("receiver: OTLP/HTTP client %s refused in the TLS "
-                            "handshake: %s", _peer(client_address), refusal)
+            # CA's, none at all), as the gRPC port's log and a Collector's give it;
+            # each reason has its own period, so that a client retrying in a loop
+            # does not hide another's.
+            with self._changes:
+                if refusal not in self._refusals and len(self._refusals) >= _REFUSAL_REASONS:
+                    warnings = self._refusals.setdefault("", Throttled(
+                        _logger, HTTP_REFUSAL_WARNING_SECONDS))
+                else:
+                    warnings = self._refusals.setdefault(refusal, Throttled(
+                        _logger, HTTP_REFUSAL_WARNING_SECONDS))
+            warnings.warn("receiver: OTLP/HTTP client %s refused in the TLS handshake: %s",
+                          _peer(client_address), refusal)
             return
         if isinstance(error, OSError):  # a failed TLS handshake, a peer gone
             _logger.debug("http: connection from %s ended: %s", client_address, error)
@@ -2374,3 +2402,4 @@ class HttpServer:
         self._server.end_connections(deadline)
         if self._thread is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()) + _STOP_MARGIN)
+        self._server.report_refusals()

@@ -799,6 +799,44 @@ def test_a_client_refused_for_its_certificate_over_https_is_logged_with_the_reas
     assert record.message.split(": ", 2)[2].startswith(reason)
 
 
+def test_clients_refused_in_a_loop_over_https_are_logged_once_per_reason_with_a_count(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Each refused handshake was a warning: a client retrying in a loop made a line
+    # per attempt.  Now each reason's first is logged at once, the rest counted.
+    import time
+
+    server = HttpServer("127.0.0.1:0", _Ingest(), tls=ServerTLS(
+        str(pki.server_cert), str(pki.server_key), str(pki.ca)))
+    server.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="spanproof.exporter.otlp_server"):
+            for attempt in range(20):
+                with pytest.raises((ssl.SSLError, ConnectionError)):
+                    _https_post(server.port, _client_context(pki, None, None))
+                if attempt == 10:  # another client, refused for another reason
+                    with pytest.raises((ssl.SSLError, ConnectionError)):
+                        _https_post(server.port, _client_context(pki, pki.rogue_cert,
+                                                                 pki.rogue_key))
+            deadline = time.monotonic() + 10
+            while server._server._connections and time.monotonic() < deadline:
+                time.sleep(0.05)  # their threads are logging (or counting) the refusals
+            assert not server._server._connections
+            server.stop()
+    finally:
+        server.stop()
+    lines = [r.getMessage() for r in caplog.records if "refused in the TLS handshake" in
+             r.getMessage()]
+    assert len(lines) == 3
+    assert lines[0].startswith("receiver: OTLP/HTTP client 127.0.0.1:")
+    assert lines[0].endswith(" refused in the TLS handshake: no client certificate was "
+                             "presented")
+    assert "refused in the TLS handshake: client certificate did not verify: " in lines[1]
+    assert lines[2] == ("spanproof: 19 more warning(s) that name OTLP/HTTP clients refused "
+                        "in the TLS handshake (no client certificate was presented) were "
+                        "held back")
+
+
 def test_plaintext_or_a_dropped_connection_to_the_https_port_is_not_logged_as_refused(
     pki: Pki, caplog: pytest.LogCaptureFixture
 ) -> None:
