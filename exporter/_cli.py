@@ -518,6 +518,42 @@ def _transports(
     return servers
 
 
+def _stop_servers(servers: Sequence[GrpcServer | HttpServer]) -> None:
+    """Stop *servers* together: each stops accepting at once, and the requests in
+    flight on all of them finish within one grace (each stop waited for its own in
+    turn, so a SIGTERM took both graces before sealing began).  One whose stop cannot
+    have a thread of its own is stopped on this one, after the first.
+
+    Raises:
+        BaseException: what a server's stop raised, once every stop has returned.
+    """
+    failures: list[BaseException] = []
+
+    def stop(server: GrpcServer | HttpServer) -> None:
+        try:
+            server.stop()
+        except BaseException as e:  # raised on the caller's thread, below
+            failures.append(e)
+
+    others: list[threading.Thread] = []
+    later: list[GrpcServer | HttpServer] = []
+    for server in servers[1:]:
+        thread = threading.Thread(target=stop, args=(server,), name="spanproof-stop",
+                                  daemon=True)
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had
+            later.append(server)
+        else:
+            others.append(thread)
+    for server in [*servers[:1], *later]:
+        stop(server)
+    for thread in others:
+        thread.join()  # each stop returns within its grace and a second
+    if failures:
+        raise failures[0]
+
+
 def _serve_receiver(
     service: Receiver,
     servers: list[GrpcServer | HttpServer],
@@ -566,8 +602,7 @@ def _serve_receiver(
                     read_tls_files_again()
                     print("SIGHUP: TLS files looked at on the next connection", flush=True)
     finally:
-        for server in servers:
-            server.stop()
+        _stop_servers(servers)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     done = service.shutdown()

@@ -620,6 +620,30 @@ def test_spanproof_receiver_listens_while_it_recovers_and_refuses_until_done(
         == [[span_id(1)]]
 
 
+def test_the_receiver_command_stops_its_two_servers_at_once(tmp_path, clock, monkeypatch):
+    # It stopped the gRPC server, then the HTTP server, each waiting its own grace for
+    # the requests in flight: a SIGTERM took both graces before sealing began.
+    from spanproof.exporter import _cli, otlp_server
+
+    receiver = make_receiver(tmp_path / "out", clock)
+    servers = _cli._transports(receiver, "127.0.0.1:0", "127.0.0.1:0",
+                               otlp_server.DEFAULT_MAX_MESSAGE_BYTES)
+    began = [threading.Event() for _ in servers]
+    overlapped = []
+    for server, mine in zip(servers, began, strict=True):
+        def stop(grace=None, real_stop=server.stop, mine=mine):
+            mine.set()
+            # While this one waits for its requests, the other has begun too.
+            overlapped.append(all(other.wait(5) for other in began))
+            real_stop() if grace is None else real_stop(grace)
+
+        monkeypatch.setattr(server, "stop", stop)
+    stop = threading.Event()
+    stop.set()  # SIGTERM came at once
+    assert _cli._serve_receiver(receiver, servers, stop, {}) == 0
+    assert overlapped == [True, True]
+
+
 def test_a_receiver_that_failed_to_start_says_why(tmp_path, clock, monkeypatch):
     def failing_recover(self):
         raise PermissionError(13, "Permission denied")
