@@ -2059,6 +2059,11 @@ class _BoundedServer(ThreadingHTTPServer):
     """
 
     daemon_threads = True
+    #: The listening socket's backlog: connections the kernel completes before they
+    #: are accepted.  socketserver's 5 dropped the rest of a burst (a Collector's
+    #: exporters opening their connections at once), each of which waited a second
+    #: or more for TCP to try again: 128 connections took 19 s to open.
+    request_queue_size = HTTP_CONNECTIONS_AT_ONCE
 
     def __init__(
         self,

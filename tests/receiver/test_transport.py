@@ -91,6 +91,35 @@ def http_url(ingest):
     server.stop()
 
 
+def test_http_connections_opened_in_a_burst_all_connect_before_they_are_accepted(
+    ingest, monkeypatch
+):
+    # The listening backlog was socketserver's 5: the rest of a burst had its SYNs
+    # dropped and waited a second or more for TCP to try again.
+    from spanproof.exporter import otlp_server
+
+    accepting = threading.Event()
+    accept_one = otlp_server._BoundedServer._accept_one
+
+    def held(self):
+        accepting.wait(30)
+        accept_one(self)
+
+    monkeypatch.setattr(otlp_server._BoundedServer, "_accept_one", held)
+    server = HttpServer("127.0.0.1:0", ingest)
+    server.start()
+    sockets = []
+    try:
+        for _ in range(64):  # none accepted yet: each waits in the backlog
+            sockets.append(socket.create_connection(("127.0.0.1", server.port), timeout=3))
+    finally:
+        accepting.set()
+        for s in sockets:
+            s.close()
+        server.stop()
+    assert len(sockets) == 64
+
+
 def _post(url, body, content_type, encoding=None):
     headers = {"Content-Type": content_type}
     if encoding:
