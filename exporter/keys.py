@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -15,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nacl.signing import SigningKey as _SodiumKey
 
 from spanproof.verifier._files import (
+    link_no_replace,
     locked_directory,
     read_named_file,
     remove_stopped_writes,
@@ -101,9 +103,12 @@ class SigningKey:
         """Write ``signing.key`` (mode 0600) and ``signing.pub`` into *directory*.
 
         The private key file is created with mode 0600 from the start (never
-        readable by others, not even briefly).  Without *exist_ok* it is linked
-        into place, so of several writers at once exactly one succeeds and only
-        that one writes ``signing.pub``; with *exist_ok* both files are replaced.
+        readable by others, not even briefly), and named ``signing.key`` only once
+        whole.  Writers take turns under a lock on *directory* (or, where it cannot
+        be locked, by a hard link that fails on an existing name): without
+        *exist_ok*, of several writers at once exactly one succeeds and only that
+        one writes ``signing.pub``; with *exist_ok* both files are replaced.  No hard
+        links are needed where directories can be locked.
         Of writers replacing the key at once, each writes ``signing.pub`` only
         while ``signing.key`` is still its own (one at a time), so
         the pair left is one writer's.  Returns both paths.
@@ -128,18 +133,23 @@ class SigningKey:
         # Writers take turns, and write their temporary files only under the lock: a
         # temporary file found under it is one a stopped writer left (the private
         # key's holds a private key), removed here.
-        with _key_writers_turn(folder):
-            # A uniquely named private temp file (0600 from creation), then linked
-            # into place: link() fails if the name exists, so of writers at once
-            # (without directory locks too) exactly one places its key, whole.
+        with _key_writers_turn(folder) as locked:
+            # A uniquely named private temp file (0600 from creation), then renamed
+            # into place, whole.  Holding the lock, no other writer can place a key
+            # meanwhile; without it, link() fails if the name exists, so of writers at
+            # once exactly one places its key (link_no_replace: even without hard links).
             tmp = write_temp(folder, PRIVATE_KEY_NAME, self.private_pem(), mode=0o600)
             try:
                 if drop_stale_public:
                     unlink_quietly(pub)
                 if exist_ok:
                     os.replace(tmp, priv)
+                elif locked:
+                    if os.path.lexists(priv):
+                        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), priv)
+                    os.replace(tmp, priv)
                 else:
-                    os.link(tmp, priv)
+                    link_no_replace(tmp, priv)
             finally:
                 unlink_quietly(tmp)
             # Where directories cannot be locked, another writer may have replaced
@@ -156,15 +166,16 @@ class SigningKey:
 
 
 @contextlib.contextmanager
-def _key_writers_turn(folder: str) -> Iterator[None]:
+def _key_writers_turn(folder: str) -> Iterator[bool]:
     """Hold the lock on the key directory *folder*, under which every writer of
     ``signing.key`` and ``signing.pub`` writes their temporary files; so those
     found there then a stopped writer left (a private key's holds a private key),
-    and they are removed.  Where directories cannot be locked, none is removed."""
+    and they are removed.  Gives whether the lock is held: where directories cannot
+    be locked, none is removed."""
     with locked_directory(folder) as locked:
         if locked:
             remove_stopped_writes(folder, _KEY_FILES, _logger.warning)
-        yield
+        yield locked
 
 
 def load_or_create(directory: str | os.PathLike[str]) -> SigningKey:

@@ -6,10 +6,13 @@ lock, and the next writer of that directory removes what a stopped one left."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from stopped_writes import (
@@ -100,3 +103,43 @@ def test_without_directory_locks_no_temporary_file_is_removed(
     (tmp_path / ".signing.key.0123abcd.tmp").write_text("another writer's\n")
     SigningKey.generate().write(tmp_path)
     assert (tmp_path / ".signing.key.0123abcd.tmp").read_text() == "another writer's\n"
+
+
+def _no_hard_links(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on FAT, some FUSE and network filesystems: link() fails with EPERM."""
+
+    def link(src: Any, dst: Any, **kwargs: Any) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted", src, None, dst)
+
+    monkeypatch.setattr(os, "link", link)
+
+
+def test_a_default_key_is_created_where_the_filesystem_has_no_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The private key was linked into place, so a producer on such a filesystem could
+    # not start: "Operation not permitted" from the key directory.
+    _no_hard_links(monkeypatch)
+    key = load_or_create(tmp_path)
+    assert _assert_pair(tmp_path).keyid == key.keyid
+    assert temporaries(tmp_path) == []
+    with pytest.raises(FileExistsError):
+        SigningKey.generate().write(tmp_path)
+    assert _assert_pair(tmp_path).keyid == key.keyid
+
+
+def test_without_hard_links_or_directory_locks_a_key_is_still_placed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    @contextlib.contextmanager
+    def unlocked(directory: str) -> Iterator[bool]:
+        yield False
+
+    _no_hard_links(monkeypatch)
+    monkeypatch.setattr(keys, "locked_directory", unlocked)
+    key = SigningKey.generate()
+    key.write(tmp_path)
+    assert _assert_pair(tmp_path).keyid == key.keyid
+    with pytest.raises(FileExistsError):
+        SigningKey.generate().write(tmp_path)
+    assert _assert_pair(tmp_path).keyid == key.keyid
