@@ -3,8 +3,10 @@ any cleanup, at a chosen step, and what it leaves behind."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -83,3 +85,15 @@ def record_temporary_writes(monkeypatch: pytest.MonkeyPatch,
     for module in (_files, *writers):
         monkeypatch.setattr(module, "write_temp", write_temp)
     return written
+
+
+def without_directory_locks(monkeypatch: pytest.MonkeyPatch, *writers: ModuleType) -> None:
+    """As on a filesystem that locks no directories (some network filesystems): the
+    modules *writers* get a ``locked_directory`` that takes no lock and says so."""
+
+    @contextlib.contextmanager
+    def unlocked(directory: str) -> Iterator[bool]:
+        yield False
+
+    for module in writers:
+        monkeypatch.setattr(module, "locked_directory", unlocked)

@@ -3,15 +3,15 @@ at once, and ``signing.pub`` always the public half of ``signing.key``."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from stopped_writes import without_directory_locks
 
 from spanproof.exporter import keys
 from spanproof.exporter.keys import SigningKey, load_or_create
@@ -34,17 +34,6 @@ def _waited(event: threading.Event) -> None:
         raise AssertionError("the other writer never got there")
 
 
-def _without_directory_locks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """As on a filesystem that locks no directories (some network filesystems): key
-    writers do not take turns, and only link() keeps them from each other's keys."""
-
-    @contextlib.contextmanager
-    def unlocked(directory: str) -> Iterator[bool]:
-        yield False
-
-    monkeypatch.setattr(keys, "locked_directory", unlocked)
-
-
 @pytest.mark.parametrize("stale_pub", [False, True], ids=["no-pub", "stale-pub"])
 def test_a_writer_losing_the_race_neither_fails_nor_leaves_its_own_public_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stale_pub: bool
@@ -53,12 +42,12 @@ def test_a_writer_losing_the_race_neither_fails_nor_leaves_its_own_public_key(
     # B gets as far as linking its own, then loads signing.key and returns, all
     # before A writes signing.pub.  (Where directories can be locked, the writers
     # take turns and this cannot happen.)
-    _without_directory_locks(monkeypatch)
+    without_directory_locks(monkeypatch, keys)  # writers do not take turns
     directory = tmp_path / "keys"
     directory.mkdir()
     if stale_pub:  # left by a key that was deleted
         (directory / "signing.pub").write_bytes(SigningKey.generate().public_pem())
-    keys = {"A": SigningKey.from_seed(b"A" * 32), "B": SigningKey.from_seed(b"B" * 32)}
+    written = {"A": SigningKey.from_seed(b"A" * 32), "B": SigningKey.from_seed(b"B" * 32)}
     a_at_link, b_at_link, a_linked, b_done = (threading.Event() for _ in range(4))
     real_link, real_makedirs = os.link, os.makedirs
 
@@ -84,7 +73,7 @@ def test_a_writer_losing_the_race_neither_fails_nor_leaves_its_own_public_key(
 
     monkeypatch.setattr(os, "link", link)
     monkeypatch.setattr(os, "makedirs", makedirs)
-    monkeypatch.setattr(SigningKey, "generate", classmethod(lambda cls: keys[writer()]))
+    monkeypatch.setattr(SigningKey, "generate", classmethod(lambda cls: written[writer()]))
     returned: dict[str, str] = {}
     errors: list[BaseException] = []
 
@@ -105,8 +94,8 @@ def test_a_writer_losing_the_race_neither_fails_nor_leaves_its_own_public_key(
         thread.join()
     monkeypatch.undo()
     assert errors == []
-    assert returned == {"A": keys["A"].keyid, "B": keys["A"].keyid}
-    assert _assert_matching_pair(directory).keyid == keys["A"].keyid
+    assert returned == {"A": written["A"].keyid, "B": written["A"].keyid}
+    assert _assert_matching_pair(directory).keyid == written["A"].keyid
 
 
 def _race(directory: Path, writers: int) -> tuple[list[str], list[BaseException]]:
@@ -217,7 +206,7 @@ def test_keys_replaced_at_once_leave_one_writers_pair(
     # `spanproof keygen --force` twice at once: A replaces signing.key, then B replaces
     # it and writes signing.pub, and only then does A come to write signing.pub.
     # (Where directories can be locked, the writers take turns.)
-    _without_directory_locks(monkeypatch)
+    without_directory_locks(monkeypatch, keys)  # writers do not take turns
     SigningKey.generate().write(tmp_path)
     a, b = SigningKey.from_seed(b"A" * 32), SigningKey.from_seed(b"B" * 32)
     real_unlink_quietly = keys.unlink_quietly

@@ -5,12 +5,10 @@ lock, and the next writer of that directory removes what a stopped one left."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from stopped_writes import (
     holds_private_key,
     record_temporary_writes,
     temporaries,
+    without_directory_locks,
 )
 
 from spanproof.exporter import keys
@@ -95,11 +94,7 @@ def test_without_directory_locks_no_temporary_file_is_removed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # On a filesystem that locks no directories another writer's may be in progress.
-    @contextlib.contextmanager
-    def unlocked(directory: str) -> Iterator[bool]:
-        yield False
-
-    monkeypatch.setattr(keys, "locked_directory", unlocked)
+    without_directory_locks(monkeypatch, keys)
     (tmp_path / ".signing.key.0123abcd.tmp").write_text("another writer's\n")
     SigningKey.generate().write(tmp_path)
     assert (tmp_path / ".signing.key.0123abcd.tmp").read_text() == "another writer's\n"
@@ -131,12 +126,8 @@ def test_a_default_key_is_created_where_the_filesystem_has_no_hard_links(
 def test_without_hard_links_or_directory_locks_a_key_is_still_placed_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    @contextlib.contextmanager
-    def unlocked(directory: str) -> Iterator[bool]:
-        yield False
-
     _no_hard_links(monkeypatch)
-    monkeypatch.setattr(keys, "locked_directory", unlocked)
+    without_directory_locks(monkeypatch, keys)
     key = SigningKey.generate()
     key.write(tmp_path)
     assert _assert_pair(tmp_path).keyid == key.keyid
