@@ -1015,8 +1015,10 @@ def section_witness(reps: int, bundles: int) -> tuple[dict[str, tuple[float, flo
         _wait_listening(port, server, witness_log)
         url = f"http://127.0.0.1:{port}"
         store = Store(os.path.join(work, "direct.db"))
+        # As `witness serve` keeps it: rewritten after every append.
         witness = Witness(store, signer,
-                          producer_trust=TrustRoot.from_pem_files([producer_pub]))
+                          producer_trust=TrustRoot.from_pem_files([producer_pub]),
+                          signed_file=os.path.join(work, "direct.checkpoint"))
         run = 0
         for r in range(reps):
             shift = r % len(WITNESS_CONFIGS)

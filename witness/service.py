@@ -2,7 +2,8 @@
 
 :class:`Witness` owns the log's store, its in-memory Merkle tree and its signing
 key.  Every append is serialized by one lock; the entry and the checkpoint that
-covers it are committed together before a receipt is returned.  On start the
+covers it are committed together, and the checkpoint kept outside the database
+too (``signed_file``), before a receipt is returned.  On start the
 tree is rebuilt from the stored leaves and checked against every stored signed
 checkpoint; the witness refuses to run on a log that does not match them.
 """
@@ -169,8 +170,11 @@ class Witness:
         clock: the time source for submission and signing times.
         signed_file: where the latest checkpoint the key signed is kept, outside the
             database (``witness serve``: ``<key>.checkpoint``), or None.  A log that
-            does not extend it is refused (SPEC §12.8 step 5); it is rewritten on
-            start and by :meth:`keep_latest`.
+            does not extend it is refused (SPEC §12.8 step 5).  It is rewritten on
+            start, by :meth:`keep_latest`, and after every append before the new
+            checkpoint is handed out (in a receipt, a look-up or as the latest):
+            appends that commit while it is being written are covered by the next
+            write, one for them all.
 
     Raises:
         LogCorrupted: the stored log does not match its signed checkpoints, was
@@ -201,7 +205,15 @@ class Witness:
         # GIL anyway; the appends (their fsync) still overlap it.
         self._verifying = threading.Lock()
         self._tree = MerkleTree()
+        # The latest checkpoint committed (what the next append extends), and the
+        # latest handed out: the same, but for the moment after an append commits
+        # while signed_file is being written to cover it.
         self._latest: StoredCheckpoint
+        self._published: StoredCheckpoint
+        # One write of signed_file at a time, and whether the last one failed (warned
+        # once until one works).
+        self._signed_lock = threading.Lock()
+        self._signed_failing = False
         self._open()
 
     @property
@@ -268,6 +280,7 @@ class Witness:
             "witness log %s opened: %d entries, root %s",
             self.origin, self._tree.size, self._tree.root().hex(),
         )
+        self._published = self._latest
         self.keep_latest()
 
     def _check_signed_file(self) -> None:
@@ -304,14 +317,48 @@ class Witness:
         was given; a failure is logged, not raised (the log is served all the same)."""
         if self._signed_file is None:
             return
+        with self._signed_lock:
+            self._write_signed_locked()
+
+    def _write_signed_locked(self) -> None:
+        # Under _signed_lock: write the latest committed checkpoint, which covers every
+        # append committed so far, and hand it out.
+        assert self._signed_file is not None
         with self._lock:
-            note = self._latest.note
+            latest = self._latest
         try:
-            write_atomic(self._signed_file, note)
+            write_atomic(self._signed_file, latest.note)
         except OSError as e:
-            _logger.warning("cannot write %s (%s): a new or older database served with "
-                            "this key would not be refused", self._signed_file,
-                            e.strerror or e)
+            if not self._signed_failing:
+                _logger.warning("cannot write %s (%s): a new or older database served with "
+                                "this key would not be refused (not repeated until a write "
+                                "succeeds)", self._signed_file, e.strerror or e)
+            self._signed_failing = True
+        else:
+            if self._signed_failing:
+                _logger.warning("%s written again (tree size %d)", self._signed_file,
+                                latest.size)
+            self._signed_failing = False
+        # Handed out even when the write failed: the entries are logged, and refusing
+        # to answer for them would only have their submitters ask again.
+        self._publish(latest)
+
+    def _publish(self, latest: StoredCheckpoint) -> None:
+        with self._lock:
+            if latest.size > self._published.size:
+                self._published = latest
+
+    def _cover(self, latest: StoredCheckpoint) -> None:
+        """Hand out *latest* (just committed) once *signed_file* holds it or a later
+        checkpoint: a write under way when it committed is followed by one more,
+        which covers every append committed meanwhile."""
+        if self._signed_file is None:
+            self._publish(latest)
+            return
+        with self._signed_lock:
+            # Only a write (under this lock) hands out a checkpoint here.
+            if self._published.size < latest.size:
+                self._write_signed_locked()
 
     def _sign_and_store(self, entries: Sequence[Entry]) -> StoredCheckpoint:
         size = self._tree.size
@@ -487,17 +534,18 @@ class Witness:
                     new[h] = entry
                     entries.append((entry, True))
                 if new:
-                    latest = self._sign_and_store(list(new.values()))
-                    self._latest = latest
+                    self._latest = self._sign_and_store(list(new.values()))
             except BaseException:
                 committed = self._committed_anyway(start + len(new)) if new else None
                 if committed is None:
                     self._tree.truncate(start)
                     raise
                 self._latest = committed
+            latest = self._latest
             for entry, created in entries:
-                found.append((entry, created, self._receipt_locked(entry),
+                found.append((entry, created, self._receipt_locked(entry, latest),
                               self._store.in_conflict(entry)))
+        self._cover(latest)
         results = []
         # Self-check: what we hand out must verify offline like any auditor's check
         # (the receipts share one checkpoint, whose signature is checked once).
@@ -515,14 +563,14 @@ class Witness:
             results.append(SubmitResult(receipt, entry, created, conflict))
         return results
 
-    def _receipt_locked(self, entry: Entry) -> Receipt:
-        size = self._latest.size
+    def _receipt_locked(self, entry: Entry, latest: StoredCheckpoint) -> Receipt:
+        size = latest.size
         return Receipt(
             origin=self.origin,
             leaf_index=entry.index,
             tree_size=size,
             inclusion_proof=tuple(self._tree.inclusion_proof(entry.index, size)),
-            checkpoint=self._latest.note,
+            checkpoint=latest.note,
             leaf=entry.leaf,
         )
 
@@ -559,9 +607,12 @@ class Witness:
         Raises:
             TransportError: the database cannot be read.
         """
+        with self._lock:
+            published = self._published
         if size is None:
-            with self._lock:
-                return self._latest.note
+            return published.note
+        if size > published.size:
+            return None
         stored = self._store.checkpoint(size)
         return stored.note if stored else None
 
@@ -569,7 +620,7 @@ class Witness:
     def size(self) -> int:
         """The latest signed tree size."""
         with self._lock:
-            return self._latest.size
+            return self._published.size
 
     def inclusion_proof(
         self, index: int, size: int | None = None
@@ -581,7 +632,7 @@ class Witness:
             ValueError: *index* or *size* outside the signed log.
         """
         with self._lock:
-            latest = self._latest.size
+            latest = self._published.size
             size = latest if size is None else size
             if not 0 <= index < size <= latest:
                 raise ValueError(f"need 0 <= index < size <= {latest}")
@@ -594,7 +645,7 @@ class Witness:
             ValueError: sizes outside ``0 < size1 <= size2 <= latest``.
         """
         with self._lock:
-            latest = self._latest.size
+            latest = self._published.size
             size2 = latest if size2 is None else size2
             if not 0 < size1 <= size2 <= latest:
                 raise ValueError(f"need 0 < from <= to <= {latest}")
@@ -627,17 +678,19 @@ class Witness:
             entries = []
         out = []
         with self._lock:
+            published = self._published
             for entry in entries:
-                if entry.index >= self._latest.size:
+                if entry.index >= published.size:
                     continue  # committed by a concurrent append not yet published
-                out.append((entry, self._store.in_conflict(entry), self._receipt_locked(entry)))
+                out.append((entry, self._store.in_conflict(entry),
+                            self._receipt_locked(entry, published)))
         return out
 
     def _lookup_json(
         self, found: list[tuple[Entry, bool, Receipt]], next_after: int | None
     ) -> dict[str, Any]:
         with self._lock:
-            latest = self._latest
+            latest = self._published
         doc = {
             "origin": self.origin,
             "treeSize": str(latest.size),
@@ -675,7 +728,7 @@ class Witness:
     def info(self) -> dict[str, Any]:
         """The witness's identity, for ``GET /v1/info``."""
         with self._lock:
-            size = self._latest.size
+            size = self._published.size
         return {
             "origin": self.origin,
             "vkey": self._signer.vkey,

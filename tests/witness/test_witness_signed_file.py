@@ -5,8 +5,13 @@ key signed a second root for a tree size it had signed before."""
 
 from __future__ import annotations
 
+import errno
+import logging
 import shutil
+import sqlite3
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -25,8 +30,9 @@ from witness_helpers import (
 from spanproof.exporter.keys import SigningKey
 from spanproof.verifier.checkpoint import verify_checkpoint
 from spanproof.verifier.keys import TrustRoot
+from spanproof.witness import service
 from spanproof.witness.client import WitnessClient
-from spanproof.witness.service import LogCorrupted, Witness
+from spanproof.witness.service import LogCorrupted, SubmitResult, Witness
 from spanproof.witness.signing import CheckpointSigner
 from spanproof.witness.store import Store
 
@@ -141,3 +147,117 @@ def test_a_second_process_cannot_serve_the_same_key(
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(10)
+
+
+def _signed_size(signed: Path, signer: CheckpointSigner) -> int:
+    return verify_checkpoint(signed.read_bytes(), [signer.key], origin=ORIGIN).size
+
+
+def test_every_checkpoint_handed_out_is_in_the_signed_file_without_a_stop(
+    tmp_path: Path, witness_private: Ed25519PrivateKey, producer_trust: TrustRoot
+) -> None:
+    # Written on start and stop only, the file held the tree size of the start: a
+    # witness killed after weeks of appends left it there.
+    signer = CheckpointSigner(witness_private, ORIGIN)
+    signed = tmp_path / "witness.key.checkpoint"
+    witness = _open(tmp_path / "log.db", signer, producer_trust, signed)
+    assert _signed_size(signed, signer) == 0
+    first = witness.submit(make_bundle(trace_id(0)).data)
+    assert _signed_size(signed, signer) == first.receipt.tree_size == 1
+    batch = witness.submit_batch([make_bundle(trace_id(n)).data for n in (1, 2, 3)])
+    sizes = {r.receipt.tree_size for r in batch if isinstance(r, SubmitResult)}
+    assert sizes == {4} and _signed_size(signed, signer) == 4
+    assert signed.read_bytes() == witness.checkpoint()
+
+
+def test_a_database_restored_after_a_crash_from_a_copy_older_than_the_crash_is_refused(
+    tmp_path: Path, witness_private: Ed25519PrivateKey, producer_trust: TrustRoot
+) -> None:
+    # The copy (last night's backup) extends the checkpoint of the last start, but
+    # not those signed since: served, it signed other roots for those sizes.
+    signer = CheckpointSigner(witness_private, ORIGIN)
+    signed = tmp_path / "witness.key.checkpoint"
+    log = tmp_path / "log.db"
+    witness = _open(log, signer, producer_trust, signed)
+    witness.submit(make_bundle(trace_id(0)).data)
+    with sqlite3.connect(log) as live, sqlite3.connect(tmp_path / "backup.db") as copy:
+        live.backup(copy)  # an online backup, of tree size 1
+    witness.submit(make_bundle(trace_id(1)).data)
+    witness.submit(make_bundle(trace_id(2)).data)
+    # No keep_latest(): the process dies here.
+    with pytest.raises(LogCorrupted, match=r"signed tree size 3 .* is a log of tree size 1"):
+        _open(tmp_path / "backup.db", signer, producer_trust, signed)
+
+
+def test_a_checkpoint_is_handed_out_only_once_the_signed_file_holds_it(
+    tmp_path: Path, witness_private: Ed25519PrivateKey, producer_trust: TrustRoot,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    signer = CheckpointSigner(witness_private, ORIGIN)
+    signed = tmp_path / "witness.key.checkpoint"
+    witness = _open(tmp_path / "log.db", signer, producer_trust, signed)
+    writing, release = threading.Event(), threading.Event()
+    written: list[int] = []
+    real_write = service.write_atomic
+
+    def slow_write(path: str, data: bytes) -> None:
+        writing.set()
+        assert release.wait(30)
+        real_write(path, data)
+        written.append(verify_checkpoint(data, [signer.key], origin=ORIGIN).size)
+
+    monkeypatch.setattr(service, "write_atomic", slow_write)
+    results: dict[int, SubmitResult] = {}
+
+    def submit(n: int) -> None:
+        results[n] = witness.submit(make_bundle(trace_id(n)).data)
+
+    first = threading.Thread(target=submit, args=(0,))
+    first.start()
+    assert writing.wait(30)
+    # Committed, not yet in the file: nothing of it is handed out.
+    assert witness.size == 0 and witness.checkpoint(1) is None
+    assert verify_checkpoint(witness.checkpoint() or b"", [signer.key], origin=ORIGIN).size == 0
+    assert witness.lookup(trace=trace_id(0)) == []
+    with pytest.raises(ValueError):
+        witness.inclusion_proof(0)
+    # Two more commit while the first write is under way: one more write covers both.
+    later = [threading.Thread(target=submit, args=(n,)) for n in (1, 2)]
+    for thread in later:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while witness._tree.size < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert witness._tree.size == 3
+    release.set()
+    for thread in (first, *later):
+        thread.join(30)
+    assert written == [1, 3]
+    assert sorted(r.receipt.tree_size for r in results.values())[-1] == 3
+    assert witness.size == 3 and _signed_size(signed, signer) == 3
+    assert [entry.index for entry, _, _ in witness.lookup(trace=trace_id(0))] == [0]
+
+
+def test_a_signed_file_that_cannot_be_written_is_warned_of_once_and_the_log_still_answers(
+    tmp_path: Path, witness_private: Ed25519PrivateKey, producer_trust: TrustRoot,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    signer = CheckpointSigner(witness_private, ORIGIN)
+    signed = tmp_path / "witness.key.checkpoint"
+    witness = _open(tmp_path / "log.db", signer, producer_trust, signed)
+    real_write = service.write_atomic
+
+    def full_disk(path: str, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    monkeypatch.setattr(service, "write_atomic", full_disk)
+    with caplog.at_level(logging.WARNING, logger=service.__name__):
+        assert witness.submit(make_bundle(trace_id(0)).data).receipt.tree_size == 1
+        assert witness.submit(make_bundle(trace_id(1)).data).receipt.tree_size == 2
+        assert witness.size == 2
+        failures = [r for r in caplog.records if "cannot write" in r.getMessage()]
+        assert len(failures) == 1 and "No space left on device" in failures[0].getMessage()
+        monkeypatch.setattr(service, "write_atomic", real_write)
+        witness.submit(make_bundle(trace_id(2)).data)
+    assert _signed_size(signed, signer) == 3
+    assert any("written again (tree size 3)" in r.getMessage() for r in caplog.records)
