@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.hazmat.primitives import serialization
 
 from spanproof.verifier._batch import BATCH_BYTES, BATCH_SIZE, batch_receipt
-from spanproof.verifier._files import open_regular, write_atomic
+from spanproof.verifier._files import open_regular, remove_stopped_writes, write_atomic
 from spanproof.verifier._settings import parse_decimal, parse_seconds
 from spanproof.verifier._stdout import StdoutError, writing_stdout
 from spanproof.verifier._term import printable
@@ -171,6 +171,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         held = hold_key(args.key)
     except TransportError as e:
         return _fail(str(e), EXIT_UNAVAILABLE)
+    signed_file = signed_checkpoint_path(args.key)
+    if held >= 0:
+        # Only the process holding the key's lock writes <key>.checkpoint: a temporary
+        # file of it is one that a stopped witness left.
+        try:
+            remove_stopped_writes(os.path.dirname(signed_file),
+                                  {os.path.basename(signed_file)}, _logger.warning)
+        except OSError as e:  # the directory cannot be listed: the start is not held up
+            _logger.warning("cannot look for temporary files of %s (%s)", signed_file,
+                            e.strerror or e)
     try:
         store = Store(args.db)
     except TransportError as e:
@@ -178,7 +188,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return _fail(str(e), EXIT_UNAVAILABLE)
     try:
         witness = Witness(store, signer, producer_trust=trust,
-                          signed_file=signed_checkpoint_path(args.key))
+                          signed_file=signed_file)
     except LogCorrupted as e:
         store.close()
         _release(held)

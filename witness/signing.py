@@ -52,8 +52,10 @@ def origin_path(key_path: str | os.PathLike[str]) -> str:
 
 def signed_checkpoint_path(key_path: str | os.PathLike[str]) -> str:
     """Where ``witness serve`` keeps the latest checkpoint the key signed:
-    ``<key>.checkpoint`` (SPEC §12.8 step 5)."""
-    return os.fspath(key_path) + ".checkpoint"
+    ``<key>.checkpoint`` beside the key file, symbolic links followed, as its lock
+    (SPEC §12.8 step 5): beside a link, a key served through a second name would
+    find no checkpoint there and take a new database for its log."""
+    return os.path.realpath(key_path) + ".checkpoint"
 
 
 def hold_key(key_path: str | os.PathLike[str]) -> int:
@@ -112,7 +114,8 @@ class CheckpointSigner:
     def load(cls, path: str | os.PathLike[str], origin: str | None = None) -> CheckpointSigner:
         """Load a PKCS#8 PEM Ed25519 private key; warn when others can read the file.
         Without *origin*, the origin the key was generated for (``<key>.origin``,
-        :func:`origin_path`), else the one derived from the key.
+        :func:`origin_path`, beside the key file, symbolic links followed), else the
+        one derived from the key.
 
         Raises:
             InvalidKey: unreadable file, not an unencrypted PEM key, or not Ed25519.
@@ -123,7 +126,8 @@ class CheckpointSigner:
         recorded = _recorded_origin(path)
         if recorded is not None and origin is not None and origin != recorded:
             raise ValueError(
-                f"{path} was generated for origin {recorded!r} ({origin_path(path)}), not "
+                f"{path} was generated for origin {recorded!r} "
+                f"({origin_path(os.path.realpath(path))}), not "
                 f"{origin!r}: a log's origin names it in every checkpoint and verifier "
                 "key, so serve it with that origin (or remove that file to choose anew)")
         return cls(private_key, origin if origin is not None else recorded)
@@ -161,7 +165,8 @@ def _recorded_origin(path: str | os.PathLike[str]) -> str | None:
     Raises:
         ValueError: the file exists but cannot be read as one line of UTF-8.
     """
-    where = origin_path(path)
+    # Beside the key file itself, where keygen wrote it: a link to the key has none.
+    where = origin_path(os.path.realpath(path))
     try:
         with open(where, "rb") as f:
             data = f.read(4097)

@@ -33,7 +33,7 @@ from spanproof.verifier.keys import TrustRoot
 from spanproof.witness import service
 from spanproof.witness.client import WitnessClient
 from spanproof.witness.service import LogCorrupted, SubmitResult, Witness
-from spanproof.witness.signing import CheckpointSigner
+from spanproof.witness.signing import CheckpointSigner, signed_checkpoint_path
 from spanproof.witness.store import Store
 
 
@@ -261,3 +261,72 @@ def test_a_signed_file_that_cannot_be_written_is_warned_of_once_and_the_log_stil
         witness.submit(make_bundle(trace_id(2)).data)
     assert _signed_size(signed, signer) == 3
     assert any("written again (tree size 3)" in r.getMessage() for r in caplog.records)
+
+
+def test_the_signed_file_and_the_origin_are_found_beside_the_key_through_a_link(
+    tmp_path: Path, witness_private: Ed25519PrivateKey
+) -> None:
+    # Beside the link, a key served through a second name found no checkpoint and
+    # took a new database as its log; its origin was the derived one.
+    real = tmp_path / "keys" / "witness.key"
+    real.parent.mkdir()
+    write_private_key(real, witness_private)
+    (tmp_path / "keys" / "witness.key.origin").write_text(f"{ORIGIN}\n")
+    link = tmp_path / "elsewhere" / "witness.key"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    assert signed_checkpoint_path(link) == signed_checkpoint_path(real) == f"{real}.checkpoint"
+    assert CheckpointSigner.load(link).origin == ORIGIN
+
+
+def test_witness_serve_killed_keeps_what_it_signed_and_a_stopped_write_is_removed(
+    tmp_path: Path, witness_private: Ed25519PrivateKey, producer_key: SigningKey
+) -> None:
+    # Served through a link to the key, killed with SIGKILL after an append: the next
+    # start, through the key's own name on a new database, is refused.  A temporary
+    # file of <key>.checkpoint that a stopped witness left goes at its start; another
+    # file's does not.
+    (tmp_path / "keys").mkdir()
+    real = write_private_key(tmp_path / "keys" / "witness.key", witness_private)
+    link = tmp_path / "elsewhere" / "witness.key"
+    link.parent.mkdir()
+    link.symlink_to(real)
+    stale = real.parent / ".witness.key.checkpoint.0123abcd.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    other = real.parent / ".witness.key.pub.0123abcd.tmp"
+    other.write_bytes(b"not the witness's to remove")
+    log = tmp_path / "serve.log"
+
+    def serve(key: Path, db: str) -> tuple[subprocess.Popen[bytes], str]:
+        port = free_port()
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                witness_command("witness", "serve", "--key", str(key), "--origin", ORIGIN,
+                                "--db", str(tmp_path / db), "--listen", f"127.0.0.1:{port}"),
+                stdout=out, stderr=subprocess.STDOUT)
+        return proc, f"http://127.0.0.1:{port}"
+
+    first, url = serve(link, "log.db")
+    try:
+        wait_until_up(url, proc=first)
+        assert not stale.exists() and other.exists()
+        der = producer_key.private_key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        assert WitnessClient(url).submit(make_bundle(trace_id(0)).data,
+                                         public_key_der=der).status == 201
+    finally:
+        first.kill()
+        first.wait(30)
+    assert not (link.parent / "witness.key.checkpoint").exists()
+    assert verify_checkpoint((real.parent / "witness.key.checkpoint").read_bytes(),
+                             [CheckpointSigner(witness_private, ORIGIN).key],
+                             origin=ORIGIN).size == 1
+    second, _ = serve(real, "new.db")
+    try:
+        assert second.wait(30) == 1
+    finally:
+        if second.poll() is None:
+            second.kill()
+            second.wait(10)
+    assert f"refusing to start: this key signed tree size 1 of {ORIGIN!r}" in log.read_text()
+    assert f"removed {stale}, left by a write that stopped" in log.read_text()
