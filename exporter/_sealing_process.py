@@ -1132,6 +1132,13 @@ class SealingProcesses:
                     lost.add(e, part_bodies, part_roots, part_rejected)
         lost.raise_if_any()
 
+    def settled(self) -> bool:
+        """Whether every span sent to the processes is settled (see
+        :meth:`SealingProcess.unsettled`) and every process still runs: nothing is
+        left to flush.  A span sent twice keeps this False; never True too early."""
+        return all(process.unsettled() == 0 and process.exit_code is None
+                   for process in self.processes)
+
     def request(self, kind: str, timeout: float) -> bool:
         """Ask every process to ``flush`` or ``shutdown`` (side by side); True when
         all answered that everything is done, False when *timeout* (seconds)
