@@ -262,7 +262,7 @@ def _queues(settings: dict[str, Any]) -> list[dict[str, Any]]:
 
 # What each `# LOSS:` comment stands above: the option it marks.
 LOSS_MARKED = {"file_storage/spanproof_queue", "decision_cache", "retry_on_failure",
-               "sending_queue"}
+               "sending_queue", "fsync"}
 
 
 @both
@@ -285,7 +285,7 @@ def test_memory_limiter_comes_first_in_every_pipeline(path: Path) -> None:
 def test_evidence_tier_keeps_the_settings_its_comments_mark_loss() -> None:
     config = load(EVIDENCE)
     text = EVIDENCE.read_text(encoding="utf-8")
-    assert text.count("# LOSS:") == 4
+    assert text.count("# LOSS:") == 5
     _, exporter = the(config, "exporters", "otlp")
     retry = exporter["retry_on_failure"]
     assert retry["enabled"] is True and retry["max_elapsed_time"] == 0  # never give up
@@ -294,6 +294,8 @@ def test_evidence_tier_keeps_the_settings_its_comments_mark_loss() -> None:
     storage = queue["storage"]
     assert storage in config["extensions"] and storage in config["service"]["extensions"]
     assert config["extensions"][storage]["directory"]
+    # Made durable as it is written: what the collector acknowledged survives a crash.
+    assert config["extensions"][storage]["fsync"] is True
     _, sampling = the(config, "processors", "tail_sampling")
     # Upstream: at least an order of magnitude more than num_traces to be effective.
     assert sampling["decision_cache"]["sampled_cache_size"] >= 10 * sampling["num_traces"]
