@@ -37,14 +37,47 @@ from spanproof.witness.signing import CheckpointSigner, signed_checkpoint_path
 from spanproof.witness.store import Store
 
 
+@pytest.fixture
+def signer(witness_private: Ed25519PrivateKey) -> CheckpointSigner:
+    """The witness's checkpoint signer, of the tests' origin."""
+    return CheckpointSigner(witness_private, ORIGIN)
+
+
 def _open(db: Path, signer: CheckpointSigner, trust: TrustRoot, signed: Path) -> Witness:
     return Witness(Store(str(db)), signer, producer_trust=trust, signed_file=str(signed))
 
 
+def _serve(key: Path, db: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``witness serve`` with *key* on *db*, its output appended to *log*."""
+    port = free_port()
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            witness_command("witness", "serve", "--key", str(key), "--origin", ORIGIN,
+                            "--db", str(db), "--listen", f"127.0.0.1:{port}"),
+            stdout=out, stderr=subprocess.STDOUT)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _refused_start(proc: subprocess.Popen[bytes]) -> int:
+    """The exit status of a ``witness serve`` expected to exit at start (bounded)."""
+    try:
+        return proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def _submit(url: str, producer_key: SigningKey, n: int) -> int:
+    """Submit the bundle of trace *n*; the answer's status."""
+    der = producer_key.private_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return WitnessClient(url).submit(make_bundle(trace_id(n)).data, public_key_der=der).status
+
+
 def test_a_database_that_does_not_extend_what_the_key_signed_is_refused(
-    tmp_path: Path, witness_private: Ed25519PrivateKey, producer_trust: TrustRoot
+    tmp_path: Path, signer: CheckpointSigner, producer_trust: TrustRoot
 ) -> None:
-    signer = CheckpointSigner(witness_private, ORIGIN)
     signed = tmp_path / "witness.key.checkpoint"
     log = tmp_path / "log.db"
     witness = _open(log, signer, producer_trust, signed)
@@ -79,32 +112,15 @@ def test_witness_serve_refuses_a_new_database_for_a_key_that_signed_a_log(
     key = write_private_key(tmp_path / "witness.key", witness_private)
     log = tmp_path / "serve.log"
 
-    def serve(db: str) -> tuple[subprocess.Popen[bytes], str]:
-        port = free_port()
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                witness_command("witness", "serve", "--key", str(key), "--origin", ORIGIN,
-                                "--db", str(tmp_path / db), "--listen", f"127.0.0.1:{port}"),
-                stdout=out, stderr=subprocess.STDOUT)
-        return proc, f"http://127.0.0.1:{port}"
-
-    first, url = serve("log.db")
+    first, url = _serve(key, tmp_path / "log.db", log)
     try:
         wait_until_up(url, proc=first)
-        der = producer_key.private_key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        assert WitnessClient(url).submit(make_bundle(trace_id(0)).data,
-                                         public_key_der=der).status == 201
+        assert _submit(url, producer_key, 0) == 201
     finally:
         first.terminate()
     assert first.wait(30) == 0
-    second, _ = serve("typo.db")  # the same key, and a --db naming a new file
-    try:
-        assert second.wait(30) == 1
-    finally:
-        if second.poll() is None:
-            second.kill()
-            second.wait(10)
+    # The same key, and a --db naming a new file.
+    assert _refused_start(_serve(key, tmp_path / "typo.db", log)[0]) == 1
     assert (f"refusing to start: this key signed tree size 1 of {ORIGIN!r}"
             in log.read_text())
 
@@ -119,14 +135,9 @@ def test_a_second_process_cannot_serve_the_same_key(
     procs: list[subprocess.Popen[bytes]] = []
 
     def serve(db: str) -> tuple[subprocess.Popen[bytes], str]:
-        port = free_port()
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                witness_command("witness", "serve", "--key", str(key), "--origin", ORIGIN,
-                                "--db", str(tmp_path / db), "--listen", f"127.0.0.1:{port}"),
-                stdout=out, stderr=subprocess.STDOUT)
+        proc, url = _serve(key, tmp_path / db, log)
         procs.append(proc)
-        return proc, f"http://127.0.0.1:{port}"
+        return proc, url
 
     try:
         first, url = serve("one.db")
@@ -154,11 +165,10 @@ def _signed_size(signed: Path, signer: CheckpointSigner) -> int:
 
 
 def test_every_checkpoint_handed_out_is_in_the_signed_file_without_a_stop(
-    tmp_path: Path, witness_private: Ed25519PrivateKey, producer_trust: TrustRoot
+    tmp_path: Path, signer: CheckpointSigner, producer_trust: TrustRoot
 ) -> None:
     # Written on start and stop only, the file held the tree size of the start: a
     # witness killed after weeks of appends left it there.
-    signer = CheckpointSigner(witness_private, ORIGIN)
     signed = tmp_path / "witness.key.checkpoint"
     witness = _open(tmp_path / "log.db", signer, producer_trust, signed)
     assert _signed_size(signed, signer) == 0
@@ -171,11 +181,10 @@ def test_every_checkpoint_handed_out_is_in_the_signed_file_without_a_stop(
 
 
 def test_a_database_restored_after_a_crash_from_a_copy_older_than_the_crash_is_refused(
-    tmp_path: Path, witness_private: Ed25519PrivateKey, producer_trust: TrustRoot
+    tmp_path: Path, signer: CheckpointSigner, producer_trust: TrustRoot
 ) -> None:
     # The copy (last night's backup) extends the checkpoint of the last start, but
     # not those signed since: served, it signed other roots for those sizes.
-    signer = CheckpointSigner(witness_private, ORIGIN)
     signed = tmp_path / "witness.key.checkpoint"
     log = tmp_path / "log.db"
     witness = _open(log, signer, producer_trust, signed)
@@ -190,10 +199,9 @@ def test_a_database_restored_after_a_crash_from_a_copy_older_than_the_crash_is_r
 
 
 def test_a_checkpoint_is_handed_out_only_once_the_signed_file_holds_it(
-    tmp_path: Path, witness_private: Ed25519PrivateKey, producer_trust: TrustRoot,
+    tmp_path: Path, signer: CheckpointSigner, producer_trust: TrustRoot,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    signer = CheckpointSigner(witness_private, ORIGIN)
     signed = tmp_path / "witness.key.checkpoint"
     witness = _open(tmp_path / "log.db", signer, producer_trust, signed)
     writing, release = threading.Event(), threading.Event()
@@ -239,10 +247,9 @@ def test_a_checkpoint_is_handed_out_only_once_the_signed_file_holds_it(
 
 
 def test_a_signed_file_that_cannot_be_written_is_warned_of_once_and_the_log_still_answers(
-    tmp_path: Path, witness_private: Ed25519PrivateKey, producer_trust: TrustRoot,
+    tmp_path: Path, signer: CheckpointSigner, producer_trust: TrustRoot,
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    signer = CheckpointSigner(witness_private, ORIGIN)
     signed = tmp_path / "witness.key.checkpoint"
     witness = _open(tmp_path / "log.db", signer, producer_trust, signed)
     real_write = service.write_atomic
@@ -297,23 +304,11 @@ def test_witness_serve_killed_keeps_what_it_signed_and_a_stopped_write_is_remove
     other.write_bytes(b"not the witness's to remove")
     log = tmp_path / "serve.log"
 
-    def serve(key: Path, db: str) -> tuple[subprocess.Popen[bytes], str]:
-        port = free_port()
-        with log.open("ab") as out:
-            proc = subprocess.Popen(
-                witness_command("witness", "serve", "--key", str(key), "--origin", ORIGIN,
-                                "--db", str(tmp_path / db), "--listen", f"127.0.0.1:{port}"),
-                stdout=out, stderr=subprocess.STDOUT)
-        return proc, f"http://127.0.0.1:{port}"
-
-    first, url = serve(link, "log.db")
+    first, url = _serve(link, tmp_path / "log.db", log)
     try:
         wait_until_up(url, proc=first)
         assert not stale.exists() and other.exists()
-        der = producer_key.private_key.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        assert WitnessClient(url).submit(make_bundle(trace_id(0)).data,
-                                         public_key_der=der).status == 201
+        assert _submit(url, producer_key, 0) == 201
     finally:
         first.kill()
         first.wait(30)
@@ -321,12 +316,6 @@ def test_witness_serve_killed_keeps_what_it_signed_and_a_stopped_write_is_remove
     assert verify_checkpoint((real.parent / "witness.key.checkpoint").read_bytes(),
                              [CheckpointSigner(witness_private, ORIGIN).key],
                              origin=ORIGIN).size == 1
-    second, _ = serve(real, "new.db")
-    try:
-        assert second.wait(30) == 1
-    finally:
-        if second.poll() is None:
-            second.kill()
-            second.wait(10)
+    assert _refused_start(_serve(real, tmp_path / "new.db", log)[0]) == 1
     assert f"refusing to start: this key signed tree size 1 of {ORIGIN!r}" in log.read_text()
     assert f"removed {stale}, left by a write that stopped" in log.read_text()
