@@ -59,7 +59,7 @@ from spanproof.verifier._files import write_atomic
 from spanproof.verifier.bundle import BUNDLE_SUFFIX, BundleReader
 from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.checkpoint import WitnessKey
-from spanproof.verifier.errors import LogInconsistent, SpanproofError
+from spanproof.verifier.errors import LogInconsistent, SpanproofError, TransportError
 from spanproof.verifier.keys import TrustedKey, TrustRoot
 from spanproof.verifier.receipt import (
     Receipt,
@@ -214,7 +214,8 @@ class WitnessSubmitter:
                 or timeout <= 0 or not 0 < backoff_initial <= backoff_max):
             raise ValueError(f"max_pending >= 1, concurrency >= 1, 1 <= batch_size <= "
                              f"{MAX_BATCH}, timeout > 0, 0 < backoff_initial <= backoff_max")
-        self._url = url.rstrip("/") + "/v1/submit"
+        self._base_url = url.rstrip("/")
+        self._url = self._base_url + "/v1/submit"
         self._batch_url = url.rstrip("/") + "/v1/submit-batch"
         self._dir = os.fspath(queue_dir)
         self._headers = {"Content-Type": "application/vnd.spanproof.bundle.v1+json"}
@@ -499,15 +500,23 @@ class WitnessSubmitter:
     def _kept(self, name: str, got: _Delivered) -> bool:
         """Whether a receipt already beside the bundle is kept instead of *got*'s
         (:func:`~spanproof.verifier.receipt.kept_receipt`): the submission is then
-        done, and nothing is written over it.  The two are compared offline only
-        (this submitter asks the witness for no consistency proof, SPEC §12.6): a
-        rollback or fork they show is logged as an error, and ``kept_receipt`` has
-        kept *got*'s receipt beside the bundle as its evidence."""
+        done, and nothing is written over it.  When both verify and the kept one's
+        tree is the smaller, the witness is asked for the consistency proof between
+        the two (SPEC §12.6), as ``spanproof witness submit`` asks; a witness that
+        cannot answer now leaves the kept receipt unchecked (a warning).  A rollback
+        or fork they show is logged as an error, and ``kept_receipt`` has kept
+        *got*'s receipt beside the bundle as its evidence."""
         try:
-            kept = kept_receipt(got.target, Receipt.from_bytes(got.receipt), got.verify)
+            kept = kept_receipt(got.target, Receipt.from_bytes(got.receipt), got.verify,
+                                self._prove)
         except LogInconsistent as e:
             _logger.error("spanproof: witness submission of %s: %s", got.target, e)
             kept = str(e)
+        except TransportError as e:
+            _logger.warning("spanproof: witness submission of %s: kept the receipt already "
+                            "beside it, unchecked: no consistency proof from the witness "
+                            "now (%s)", got.target, e)
+            kept = f"kept the receipt already beside {got.target}, unchecked"
         except SpanproofError:
             return False  # checked when it was delivered: not expected
         if kept is None:
@@ -515,6 +524,20 @@ class WitnessSubmitter:
         _logger.info("spanproof: %s", kept)
         self._remove(name)
         return True
+
+    def _prove(self, size1: int, size2: int) -> list[bytes]:
+        """The witness's consistency proof from tree size *size1* to *size2* (SPEC
+        §12.7 step 6), for a receipt already beside a bundle and its new one.
+
+        Raises:
+            LogInconsistent: the witness does not prove it.
+            TransportError: the witness is unavailable.
+        """
+        from spanproof.witness.client import WitnessClient
+        from spanproof.witness.monitor import fetch_consistency_proof
+
+        return fetch_consistency_proof(WitnessClient(self._base_url, timeout=self._timeout),
+                                       size1, size2)
 
     def _deliver_window(self, items: Sequence[tuple[str, str]]) -> _Transient | None:
         """Deliver *items* (queue name, bundle path) in order with ``concurrency``

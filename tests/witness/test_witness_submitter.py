@@ -1238,3 +1238,78 @@ def test_a_receipt_for_the_same_index_from_another_history_is_kept_beside_the_fi
     finally:
         store.close()
     sub.close()
+
+
+class _ProofRequests:
+    """Records the paths the witness client asks for; answers *refused* with 503."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, refused: str | None = None) -> None:
+        from spanproof.witness.client import HTTPStatusError, WitnessClient
+
+        self.paths: list[str] = []
+        real = WitnessClient.request
+
+        def request(client: WitnessClient, method: str, path: str, **kw: Any) -> Any:
+            self.paths.append(path)
+            if path == refused:
+                raise HTTPStatusError(503, "unavailable, says the test")
+            return real(client, method, path, **kw)
+
+        monkeypatch.setattr(WitnessClient, "request", request)
+
+
+@pytest.mark.parametrize("case", ["grown", "forked", "unavailable"])
+def test_a_kept_receipt_of_a_smaller_tree_is_checked_with_the_witness_consistency_proof(
+    tmp_path: Path, witness_private: Ed25519PrivateKey, producer_trust: TrustRoot,
+    witness: Witness, witness_keys: list[WitnessKey], producer_key: SigningKey,
+    serve_witness: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    case: str,
+) -> None:
+    # Compared offline only, a receipt beside the bundle from a smaller tree was kept
+    # unchecked: a witness that forked after it went unnoticed, as the CLI's
+    # `witness submit` would have noticed.
+    (path,) = _bundles(tmp_path / "b", 1)  # trace 0
+    witness.submit(make_bundle(trace_id(1)).data, None)
+    kept = witness.submit(path.read_bytes(), None).receipt  # entry 1 of a tree of 2
+    Path(receipt_path(path)).write_bytes(kept.to_bytes())
+    store = Store(str(tmp_path / "forked.db"))
+    try:
+        if case == "forked":  # the same key and origin: entry 1 there too, another entry 0
+            served = Witness(store, CheckpointSigner(witness_private, ORIGIN),
+                             producer_trust=producer_trust, clock=FakeClock())
+            for i in (7, 0, 8):
+                served.submit(make_bundle(trace_id(i)).data, None)
+        else:
+            served = witness
+            witness.submit(make_bundle(trace_id(2)).data, None)  # the log grew
+        requests = _ProofRequests(
+            monkeypatch, "/v1/proof/consistency" if case == "unavailable" else None)
+        srv = serve_witness(served)
+        sub = WitnessSubmitter(srv.url, tmp_path / "q", clock=Clock(), rng=lambda: 0.0,
+                               start=False, producer_key=producer_key.private_key.public_key(),
+                               witness_keys=witness_keys)
+        sub.submit(path)
+        with caplog.at_level("INFO", "spanproof"):
+            assert sub.process_due() is None
+        assert sub.pending == 0
+        sub.close()
+    finally:
+        store.close()
+    assert Path(receipt_path(path)).read_bytes() == kept.to_bytes()
+    assert "/v1/proof/consistency" in requests.paths
+    stem = Path(receipt_path(path)[: -len(".json")])
+    conflicts = list(stem.parent.glob(stem.name + ".conflict-*.json"))
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    if case == "forked":
+        (conflict,) = conflicts
+        assert len(errors) == 1, errors
+        assert "fork: the tree of size 3 does not extend the tree of size 2" in errors[0]
+        assert str(conflict) in errors[0]
+    else:
+        assert not conflicts and not errors
+    if case == "unavailable":
+        assert any("unchecked: no consistency proof from the witness now" in w
+                   for w in warnings), warnings
+    if case == "grown":
+        assert "kept the receipt already beside it" in caplog.text and not warnings
