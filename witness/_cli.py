@@ -165,13 +165,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if trust is not None:
             own = WitnessKey(signer.key.public_key, signer.origin, args.key)
             refuse_producer_key_as_witness_key(trust, [own])
+        if args.state_dir is not None and not os.path.isdir(args.state_dir):
+            raise ValueError(f"--state-dir {args.state_dir}: not a directory")
     except (ValueError, InvalidKey) as e:
         return _fail(str(e), EXIT_USAGE)
     try:
-        held = hold_key(args.key)
+        held = hold_key(args.key, args.state_dir)
     except TransportError as e:
         return _fail(str(e), EXIT_UNAVAILABLE)
-    signed_file = signed_checkpoint_path(args.key)
+    signed_file = signed_checkpoint_path(args.key, args.state_dir)
     if held >= 0:
         # Only the process holding the key's lock writes <key>.checkpoint: a temporary
         # file of it is one that a stopped witness left.
@@ -652,6 +654,10 @@ def add_commands(subparsers: Any) -> None:
     serve.add_argument("--origin", metavar="NAME",
                        help="log origin and key name (default: the one 'witness keygen "
                             "--origin' recorded in KEY.origin, else derived from the key)")
+    serve.add_argument("--state-dir", metavar="DIR",
+                       help="an existing directory for the key's lock and latest signed "
+                            "checkpoint (KEY.lock, KEY.checkpoint; default: beside the key "
+                            "file), for a key on a read-only mount")
     serve.add_argument("--producer-key", action="append", metavar="PUB.pem",
                        help="accept bundles signed by this producer key (repeatable); "
                             "without any, any valid signature by a submitter-supplied key "

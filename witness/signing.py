@@ -50,18 +50,30 @@ def origin_path(key_path: str | os.PathLike[str]) -> str:
     return os.fspath(key_path) + ".origin"
 
 
-def signed_checkpoint_path(key_path: str | os.PathLike[str]) -> str:
+def _key_state(key_path: str | os.PathLike[str], state_dir: str | None) -> str:
+    """``<key>`` beside the key file, symbolic links followed, or the key file's
+    name in *state_dir*: where ``witness serve`` keeps the key's lock and latest
+    checkpoint (``<key>.lock``, ``<key>.checkpoint``)."""
+    real = os.path.realpath(key_path)
+    if state_dir is None:
+        return real
+    return os.path.join(os.path.realpath(state_dir), os.path.basename(real))
+
+
+def signed_checkpoint_path(key_path: str | os.PathLike[str], state_dir: str | None = None) -> str:
     """Where ``witness serve`` keeps the latest checkpoint the key signed:
     ``<key>.checkpoint`` beside the key file, symbolic links followed, as its lock
-    (SPEC §12.8 step 5): beside a link, a key served through a second name would
-    find no checkpoint there and take a new database for its log."""
-    return os.path.realpath(key_path) + ".checkpoint"
+    (SPEC §12.8 step 5), or in *state_dir* (a key on a read-only mount): beside a
+    link, a key served through a second name would find no checkpoint there and take
+    a new database for its log."""
+    return _key_state(key_path, state_dir) + ".checkpoint"
 
 
-def hold_key(key_path: str | os.PathLike[str]) -> int:
+def hold_key(key_path: str | os.PathLike[str], state_dir: str | None = None) -> int:
     """Lock ``<key>.lock`` for this process, beside the key file, symbolic links
-    followed: one process serves a key.  Its descriptor (close it to release the
-    lock), or -1 when the lock file cannot be opened (a key read from a pipe).
+    followed, or in *state_dir*: one process serves a key.  Its descriptor (close it
+    to release the lock), or -1 when the lock file cannot be opened (a key read from
+    a pipe, a read-only directory).
 
     Two ``witness serve`` with one key and two databases each signed its own log
     under the key's origin: two roots for a tree size, a fork of the key's making.
@@ -70,7 +82,7 @@ def hold_key(key_path: str | os.PathLike[str]) -> int:
         TransportError: another process holds the lock, or it cannot be taken.
     """
     try:
-        fd, _ = lock_beside(os.fspath(key_path))
+        fd, _ = lock_beside(_key_state(key_path, state_dir))
     except Held as e:
         raise TransportError(
             f"{os.fspath(key_path)} is served by another process ({e.lock} is locked): a "
@@ -82,7 +94,8 @@ def hold_key(key_path: str | os.PathLike[str]) -> int:
     except OSError as e:
         # Nowhere to put the lock (a key read from a pipe, a read-only directory).
         _logger.warning("cannot open %s (%s): another process serving this key would "
-                        "not be refused", e.filename, e.strerror or e)
+                        "not be refused (--state-dir names a writable directory for it)",
+                        e.filename, e.strerror or e)
         return -1
     return fd
 

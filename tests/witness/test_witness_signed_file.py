@@ -47,13 +47,14 @@ def _open(db: Path, signer: CheckpointSigner, trust: TrustRoot, signed: Path) ->
     return Witness(Store(str(db)), signer, producer_trust=trust, signed_file=str(signed))
 
 
-def _serve(key: Path, db: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """``witness serve`` with *key* on *db*, its output appended to *log*."""
+def _serve(key: Path, db: Path, log: Path, *options: str) -> tuple[subprocess.Popen[bytes], str]:
+    """``witness serve`` with *key* on *db* (and *options*), its output appended to
+    *log*."""
     port = free_port()
     with log.open("ab") as out:
         proc = subprocess.Popen(
             witness_command("witness", "serve", "--key", str(key), "--origin", ORIGIN,
-                            "--db", str(db), "--listen", f"127.0.0.1:{port}"),
+                            "--db", str(db), "--listen", f"127.0.0.1:{port}", *options),
             stdout=out, stderr=subprocess.STDOUT)
     return proc, f"http://127.0.0.1:{port}"
 
@@ -319,3 +320,47 @@ def test_witness_serve_killed_keeps_what_it_signed_and_a_stopped_write_is_remove
     assert _refused_start(_serve(real, tmp_path / "new.db", log)[0]) == 1
     assert f"refusing to start: this key signed tree size 1 of {ORIGIN!r}" in log.read_text()
     assert f"removed {stale}, left by a write that stopped" in log.read_text()
+
+
+def test_witness_serve_keeps_the_keys_lock_and_checkpoint_in_its_state_dir(
+    tmp_path: Path, witness_private: Ed25519PrivateKey, producer_key: SigningKey
+) -> None:
+    # A key on a read-only mount (a secret volume) could hold neither beside it:
+    # another process serving the key, or a new database, went unrefused.
+    (tmp_path / "secret").mkdir()
+    key = write_private_key(tmp_path / "secret" / "witness.key", witness_private)
+    state = tmp_path / "state"
+    state.mkdir()
+    log = tmp_path / "serve.log"
+
+    def serve(db: str) -> tuple[subprocess.Popen[bytes], str]:
+        return _serve(key, tmp_path / db, log, "--state-dir", str(state))
+
+    first, url = serve("log.db")
+    try:
+        wait_until_up(url, proc=first)
+        assert _submit(url, producer_key, 0) == 201
+        assert _refused_start(serve("other.db")[0]) == 3  # the lock, in the state dir
+        assert f"{key} is served by another process ({state}/witness.key.lock" in (
+            log.read_text())
+    finally:
+        first.terminate()
+    assert first.wait(30) == 0
+    assert sorted(p.name for p in state.iterdir()) == ["witness.key.checkpoint",
+                                                       "witness.key.lock"]
+    assert sorted(p.name for p in key.parent.iterdir()) == ["witness.key", "witness.key.pub"]
+    assert _refused_start(serve("new.db")[0]) == 1
+    assert f"refusing to start: this key signed tree size 1 of {ORIGIN!r}" in log.read_text()
+
+
+def test_witness_serve_refuses_a_state_dir_that_is_not_a_directory(
+    tmp_path: Path, witness_private: Ed25519PrivateKey
+) -> None:
+    key = write_private_key(tmp_path / "witness.key", witness_private)
+    proc = subprocess.run(
+        witness_command("witness", "serve", "--key", str(key), "--db", str(tmp_path / "w.db"),
+                        "--state-dir", str(tmp_path / "missing"), "--listen", "127.0.0.1:0"),
+        capture_output=True, timeout=60)
+    assert proc.returncode == 2
+    assert f"--state-dir {tmp_path / 'missing'}: not a directory" in proc.stderr.decode()
+    assert not (tmp_path / "w.db").exists()
