@@ -1134,10 +1134,21 @@ class SealingProcesses:
 
     def settled(self) -> bool:
         """Whether every span sent to the processes is settled (see
-        :meth:`SealingProcess.unsettled`) and every process still runs: nothing is
-        left to flush.  A span sent twice keeps this False; never True too early."""
-        return all(process.unsettled() == 0 and process.exit_code is None
-                   for process in self.processes)
+        :meth:`SealingProcess.unsettled`), none is being sent, and every process
+        still runs: nothing is left to flush.  A span sent twice keeps this False;
+        never True too early.  Never waits: a process held by another thread (an
+        export writing to it, a request) makes it False."""
+        for process in self.processes:
+            # A span is counted once its write returned: one being written (the
+            # pipe full) is in no count yet.
+            if not process._lock.acquire(blocking=False):
+                return False
+            try:
+                if process.unsettled() or process.exit_code is not None:
+                    return False
+            finally:
+                process._release()
+        return True
 
     def request(self, kind: str, timeout: float) -> bool:
         """Ask every process to ``flush`` or ``shutdown`` (side by side); True when

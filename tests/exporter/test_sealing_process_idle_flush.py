@@ -6,6 +6,10 @@ asked each process and waited no time for the answer."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -51,6 +55,41 @@ def test_force_flush_with_zero_timeout_is_false_while_a_sent_trace_is_pending(
         # The trace waits for its grace in the process: not sealed yet.
         assert exporter.force_flush(0) is False
         assert exporter.force_flush(10_000) is True
+        assert exporter.force_flush(0) is True
+    finally:
+        exporter.shutdown()
+
+
+def test_force_flush_is_not_true_while_an_export_is_still_writing_to_the_process(
+    tmp_path: Path,
+) -> None:
+    # A span is counted as sent once its write returned: while an export was still
+    # writing (the child stopped, its pipe full) nothing was unsettled, and
+    # force_flush() answered True at once for spans it had not flushed.
+    exporter = _exporter(tmp_path / "out", 1)
+    child = exporter._remote.processes[0].pid if exporter._remote else 0
+    rec = Recorder()
+    for n in range(200):  # ~600 KB of frame that does not compress: more than a pipe holds
+        with rec.tracer.start_as_current_span(f"handle-{n}"), \
+                evidence(rec, "llm", **{"app.prompt": os.urandom(1500).hex()}):
+            pass
+    spans = rec.take()
+    os.kill(child, signal.SIGSTOP)
+    writer = threading.Thread(target=exporter.export, args=(spans,))
+    try:
+        writer.start()
+        deadline = time.monotonic() + 30
+        while not exporter._remote.processes[0]._lock.locked():  # type: ignore[union-attr]
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(0.2)  # the write is blocked on the full pipe
+        assert writer.is_alive()
+        assert exporter.force_flush(0) is False
+    finally:
+        os.kill(child, signal.SIGCONT)
+        writer.join(30)
+    try:
+        assert exporter.force_flush(30_000) is True
         assert exporter.force_flush(0) is True
     finally:
         exporter.shutdown()
