@@ -474,16 +474,24 @@ class WitnessSubmitter:
         durable together (:func:`~spanproof.exporter.sinks.write_together`), and only
         then forget their queue files.  A receipt that cannot be written now (a full
         disk, an I/O error) stays pending: the witness answers its next submission
-        with the same entry.  One this process may not write at all (``EACCES``,
-        ``EPERM``, ``EROFS``) is retired to ``failed/`` with the reason, once."""
+        with the same entry, as does one beside whose bundle a receipt is kept that
+        the witness gave no consistency proof for now (see :meth:`_kept`).  One this
+        process may not write at all (``EACCES``, ``EPERM``, ``EROFS``) is retired
+        to ``failed/`` with the reason, once."""
         batch, self._unwritten = self._unwritten, []
         # Each once, and only while still pending (should an earlier round have failed).
         todo = []
+        failure: _Transient | None = None
+        unproved: list[str] = []  # once the witness gave no proof, none is asked again
         for name, got in dict(batch).items():
-            if name in self._pending and not self._kept(name, got):
+            if name not in self._pending:
+                continue
+            kept = self._kept(name, got, unproved)
+            if isinstance(kept, _Transient):
+                failure = failure or kept  # stays pending: delivered again later
+            elif not kept:
                 todo.append((name, got))
         errors = write_together([(got.target, got.receipt) for _, got in todo])
-        failure: _Transient | None = None
         for (name, got), error in zip(todo, errors, strict=True):
             if error is None:
                 self._remove(name)
@@ -497,26 +505,35 @@ class WitnessSubmitter:
                 failure = failure or _Transient(f"cannot write {got.target}: {error}")
         return failure
 
-    def _kept(self, name: str, got: _Delivered) -> bool:
+    def _kept(self, name: str, got: _Delivered, unproved: list[str]) -> bool | _Transient:
         """Whether a receipt already beside the bundle is kept instead of *got*'s
         (:func:`~spanproof.verifier.receipt.kept_receipt`): the submission is then
         done, and nothing is written over it.  When both verify and the kept one's
         tree is the smaller, the witness is asked for the consistency proof between
-        the two (SPEC §12.6), as ``spanproof witness submit`` asks; a witness that
-        cannot answer now leaves the kept receipt unchecked (a warning).  A rollback
-        or fork they show is logged as an error, and ``kept_receipt`` has kept
-        *got*'s receipt beside the bundle as its evidence."""
+        the two (SPEC §12.6), as ``spanproof witness submit`` asks.  A rollback or
+        fork they show is logged as an error, and ``kept_receipt`` has kept *got*'s
+        receipt beside the bundle as its evidence.  A witness that cannot give the
+        proof now (or a submitter closing) makes it a transient failure: the
+        submission stays pending, to be delivered and checked again after the
+        backoff, as ``witness submit`` exits 3; *unproved* (the round's first such
+        failure) spares the round's other submissions the wait for another."""
+        def prove(size1: int, size2: int) -> list[bytes]:
+            if unproved:
+                raise TransportError(unproved[0])
+            if self._stopping():
+                raise TransportError("the submitter is closing")
+            return self._prove(size1, size2)
+
         try:
             kept = kept_receipt(got.target, Receipt.from_bytes(got.receipt), got.verify,
-                                self._prove)
+                                prove)
         except LogInconsistent as e:
             _logger.error("spanproof: witness submission of %s: %s", got.target, e)
             kept = str(e)
         except TransportError as e:
-            _logger.warning("spanproof: witness submission of %s: kept the receipt already "
-                            "beside it, unchecked: no consistency proof from the witness "
-                            "now (%s)", got.target, e)
-            kept = f"kept the receipt already beside {got.target}, unchecked"
+            unproved[:] = unproved or [str(e)]
+            return _Transient(f"the receipt already beside {got.target} is from a smaller "
+                              f"tree, and the witness gave no consistency proof now ({e})")
         except SpanproofError:
             return False  # checked when it was delivered: not expected
         if kept is None:

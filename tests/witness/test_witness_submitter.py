@@ -1241,24 +1241,25 @@ def test_a_receipt_for_the_same_index_from_another_history_is_kept_beside_the_fi
 
 
 class _ProofRequests:
-    """Records the paths the witness client asks for; answers *refused* with 503."""
+    """Records the paths the witness client asks for; answers ``refused`` with 503."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, refused: str | None = None) -> None:
         from spanproof.witness.client import HTTPStatusError, WitnessClient
 
         self.paths: list[str] = []
+        self.refused = refused
         real = WitnessClient.request
 
         def request(client: WitnessClient, method: str, path: str, **kw: Any) -> Any:
             self.paths.append(path)
-            if path == refused:
+            if path == self.refused:
                 raise HTTPStatusError(503, "unavailable, says the test")
             return real(client, method, path, **kw)
 
         monkeypatch.setattr(WitnessClient, "request", request)
 
 
-@pytest.mark.parametrize("case", ["grown", "forked", "unavailable"])
+@pytest.mark.parametrize("case", ["grown", "forked", "unavailable", "forked-unavailable"])
 def test_a_kept_receipt_of_a_smaller_tree_is_checked_with_the_witness_consistency_proof(
     tmp_path: Path, witness_private: Ed25519PrivateKey, producer_trust: TrustRoot,
     witness: Witness, witness_keys: list[WitnessKey], producer_key: SigningKey,
@@ -1267,49 +1268,57 @@ def test_a_kept_receipt_of_a_smaller_tree_is_checked_with_the_witness_consistenc
 ) -> None:
     # Compared offline only, a receipt beside the bundle from a smaller tree was kept
     # unchecked: a witness that forked after it went unnoticed, as the CLI's
-    # `witness submit` would have noticed.
-    (path,) = _bundles(tmp_path / "b", 1)  # trace 0
-    witness.submit(make_bundle(trace_id(1)).data, None)
-    kept = witness.submit(path.read_bytes(), None).receipt  # entry 1 of a tree of 2
-    Path(receipt_path(path)).write_bytes(kept.to_bytes())
+    # `witness submit` would have noticed.  One that gives no proof now (a 503)
+    # leaves the submission pending, as the CLI exits 3: kept unchecked and done, a
+    # forked witness escaped the check by answering 503.
+    paths = _bundles(tmp_path / "b", 2)  # traces 0 and 1
+    witness.submit(make_bundle(trace_id(5)).data, None)
+    kept = [witness.submit(path.read_bytes(), None).receipt for path in paths]  # of 2, 3
+    for path, receipt in zip(paths, kept, strict=True):
+        Path(receipt_path(path)).write_bytes(receipt.to_bytes())
     store = Store(str(tmp_path / "forked.db"))
     try:
-        if case == "forked":  # the same key and origin: entry 1 there too, another entry 0
+        if case.startswith("forked"):  # the same key and origin, another history
             served = Witness(store, CheckpointSigner(witness_private, ORIGIN),
                              producer_trust=producer_trust, clock=FakeClock())
-            for i in (7, 0, 8):
+            for i in (7, 0, 1, 8):
                 served.submit(make_bundle(trace_id(i)).data, None)
         else:
             served = witness
             witness.submit(make_bundle(trace_id(2)).data, None)  # the log grew
         requests = _ProofRequests(
-            monkeypatch, "/v1/proof/consistency" if case == "unavailable" else None)
+            monkeypatch, "/v1/proof/consistency" if case.endswith("unavailable") else None)
         srv = serve_witness(served)
-        sub = WitnessSubmitter(srv.url, tmp_path / "q", clock=Clock(), rng=lambda: 0.0,
+        clock = Clock()
+        sub = WitnessSubmitter(srv.url, tmp_path / "q", clock=clock, rng=lambda: 0.0,
                                start=False, producer_key=producer_key.private_key.public_key(),
-                               witness_keys=witness_keys)
-        sub.submit(path)
+                               witness_keys=witness_keys, batch_size=1, concurrency=1)
+        for path in paths:
+            sub.submit(path)
         with caplog.at_level("INFO", "spanproof"):
-            assert sub.process_due() is None
+            sub.process_due()
+            if case.endswith("unavailable"):
+                # Still pending; the round's second submission waited for no second proof.
+                assert sub.pending == 2
+                assert requests.paths.count("/v1/proof/consistency") == 1
+                assert any("no consistency proof now" in r.getMessage()
+                           for r in caplog.records if r.levelname == "WARNING")
+                requests.refused = None  # the witness answers again
+                clock.t += 1000
+                sub.process_due()
         assert sub.pending == 0
         sub.close()
     finally:
         store.close()
-    assert Path(receipt_path(path)).read_bytes() == kept.to_bytes()
+    for path, receipt in zip(paths, kept, strict=True):
+        assert Path(receipt_path(path)).read_bytes() == receipt.to_bytes()
     assert "/v1/proof/consistency" in requests.paths
-    stem = Path(receipt_path(path)[: -len(".json")])
-    conflicts = list(stem.parent.glob(stem.name + ".conflict-*.json"))
+    stems = [Path(receipt_path(path)[: -len(".json")]) for path in paths]
+    conflicts = [c for stem in stems for c in stem.parent.glob(stem.name + ".conflict-*.json")]
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    if case == "forked":
-        (conflict,) = conflicts
-        assert len(errors) == 1, errors
-        assert "fork: the tree of size 3 does not extend the tree of size 2" in errors[0]
-        assert str(conflict) in errors[0]
+    if case.startswith("forked"):
+        assert len(conflicts) == 2 and len(errors) == 2, caplog.text
+        assert all("does not extend the tree of size" in e for e in errors)
     else:
         assert not conflicts and not errors
-    if case == "unavailable":
-        assert any("unchecked: no consistency proof from the witness now" in w
-                   for w in warnings), warnings
-    if case == "grown":
-        assert "kept the receipt already beside it" in caplog.text and not warnings
+        assert "kept the receipt already beside it" in caplog.text
