@@ -154,7 +154,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             f"of spanproof ({e})", EXIT_USAGE
         )
     from .service import LogCorrupted, Witness
-    from .signing import CheckpointSigner, hold_key, signed_checkpoint_path
+    from .signing import (
+        CheckpointSigner,
+        earlier_checkpoint_paths,
+        hold_key,
+        signed_checkpoint_path,
+    )
     from .store import Store
 
     logging.getLogger().setLevel(args.log_level.upper())
@@ -170,11 +175,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except (ValueError, InvalidKey) as e:
         return _fail(str(e), EXIT_USAGE)
     try:
-        held = hold_key(args.key, args.state_dir)
+        held, state_locked = hold_key(args.key, args.state_dir, signer.key_id)
     except TransportError as e:
         return _fail(str(e), EXIT_UNAVAILABLE)
-    signed_file = signed_checkpoint_path(args.key, args.state_dir)
-    if held >= 0:
+    signed_file = signed_checkpoint_path(args.key, args.state_dir, signer.key_id)
+    if state_locked:
         # Only the process holding the key's lock writes <key>.checkpoint: a temporary
         # file of it is one that a stopped witness left.
         try:
@@ -189,8 +194,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         _release(held)
         return _fail(str(e), EXIT_UNAVAILABLE)
     try:
-        witness = Witness(store, signer, producer_trust=trust,
-                          signed_file=signed_file)
+        witness = Witness(store, signer, producer_trust=trust, signed_file=signed_file,
+                          earlier_files=earlier_checkpoint_paths(args.key, args.state_dir,
+                                                                 signer.key_id))
     except LogCorrupted as e:
         store.close()
         _release(held)
@@ -251,10 +257,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return status
 
 
-def _release(held: int) -> None:
+def _release(held: list[int]) -> None:
     """Let another process serve the key :func:`~.signing.hold_key` locked."""
-    if held >= 0:
-        os.close(held)
+    for fd in held:
+        os.close(fd)
 
 
 def _announcing_server(config: uvicorn.Config,
@@ -656,8 +662,9 @@ def add_commands(subparsers: Any) -> None:
                             "--origin' recorded in KEY.origin, else derived from the key)")
     serve.add_argument("--state-dir", metavar="DIR",
                        help="an existing directory for the key's lock and latest signed "
-                            "checkpoint (KEY.lock, KEY.checkpoint; default: beside the key "
-                            "file), for a key on a read-only mount")
+                            "checkpoint (witness-<key id>.lock and .checkpoint; default: "
+                            "KEY.lock and KEY.checkpoint beside the key file), for a key "
+                            "on a read-only mount")
     serve.add_argument("--producer-key", action="append", metavar="PUB.pem",
                        help="accept bundles signed by this producer key (repeatable); "
                             "without any, any valid signature by a submitter-supplied key "

@@ -21,11 +21,12 @@ class NotLocked(OSError):
     """The lock file opened, but could not be locked (``filename``: its path)."""
 
 
-def lock_beside(path: str) -> tuple[int, str]:
+def lock_beside(path: str, *, resolve: bool = True) -> tuple[int, str]:
     """Lock ``<path>.lock`` (``flock``, exclusive, without waiting) beside the file
-    *path* names, symbolic links followed: a link to the file had a lock of its own,
-    and two processes held one file through two names.  The lock's descriptor (close
-    it to release the lock) and the lock file's path.
+    *path* names, symbolic links followed (unless *resolve* is false: *path* is
+    already where the lock goes): a link to the file had a lock of its own, and two
+    processes held one file through two names.  The lock's descriptor (close it to
+    release the lock) and the lock file's path.
 
     Raises:
         Held: another process holds the lock.
@@ -33,7 +34,7 @@ def lock_beside(path: str) -> tuple[int, str]:
         OSError: the lock file cannot be opened (its ``filename`` is the lock
             file's path).
     """
-    lock = os.path.realpath(path) + ".lock"
+    lock = (os.path.realpath(path) if resolve else path) + ".lock"
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as e:

@@ -175,6 +175,10 @@ class Witness:
             checkpoint is handed out (in a receipt, a look-up or as the latest):
             appends that commit while it is being written are covered by the next
             write, one for them all.
+        earlier_files: where earlier runs may have kept it instead (``witness
+            serve``: beside the key's name as given, or beside the key file before
+            a state directory was used); read on start only, and the log must
+            extend each that exists too.
 
     Raises:
         LogCorrupted: the stored log does not match its signed checkpoints, was
@@ -191,9 +195,11 @@ class Witness:
         producer_trust: TrustRoot | None = None,
         clock: Callable[[], datetime] = _utcnow,
         signed_file: str | None = None,
+        earlier_files: Sequence[str] = (),
     ) -> None:
         self._store = store
         self._signed_file = signed_file
+        self._earlier_files = tuple(earlier_files)
         self._signer = signer
         self._producer_trust = producer_trust
         self._clock = clock
@@ -290,25 +296,29 @@ class Witness:
         # signed before, a fork no check on the database alone can see.
         if self._signed_file is None:
             return
+        for path in (self._signed_file, *self._earlier_files):
+            self._check_extends(path)
+
+    def _check_extends(self, path: str) -> None:
         try:
-            data, _ = read_named_file(self._signed_file)
+            data, _ = read_named_file(path)
         except FileNotFoundError:
             return
         except OSError as e:
-            raise LogCorrupted(f"{self._signed_file}: cannot read the latest checkpoint "
+            raise LogCorrupted(f"{path}: cannot read the latest checkpoint "
                                f"this key signed ({e.strerror})") from e
-        remove = f"(remove {self._signed_file} only to start a new log under this key)"
+        remove = f"(remove {path} only to start a new log under this key)"
         try:
             signed = verify_checkpoint(data, [self._signer.key], origin=self.origin)
         except (InvalidBundle, VerificationError) as e:
-            raise LogCorrupted(f"{self._signed_file}: not a checkpoint this key signed "
+            raise LogCorrupted(f"{path}: not a checkpoint this key signed "
                                f"for {self.origin!r} ({e}) {remove}") from e
         if signed.size > self._tree.size or self._tree.root(signed.size) != signed.root:
             held = (f"is a log of tree size {self._tree.size}" if signed.size > self._tree.size
                     else "gives another root at that size")
             raise LogCorrupted(
                 f"this key signed tree size {signed.size} of {self.origin!r} "
-                f"({self._signed_file}), but {self._store.path} {held}: an older copy of "
+                f"({path}), but {self._store.path} {held}: an older copy of "
                 "the log, or another log, whose checkpoints would contradict those already "
                 f"signed {remove}")
 
@@ -503,6 +513,37 @@ class Witness:
                       json.dumps(v.report.to_json(), sort_keys=True))
             leaves.append((v, leaf, data, leaf_hash(data), stored))
         found: list[tuple[Entry, bool, Receipt, bool]] = []
+        try:
+            self._log_locked(leaves, found)
+        finally:
+            # Whatever failed after the commit, what was committed is handed out once
+            # signed_file covers it (not left for the next append).
+            with self._lock:
+                committed = self._latest
+            self._cover(committed)
+        results = []
+        # Self-check: what we hand out must verify offline like any auditor's check
+        # (the receipts share one checkpoint, whose signature is checked once).
+        self_check = ReceiptVerifier([self._signer.key], origin=self.origin)
+        for (v, leaf, _, _, _), (entry, created, receipt, conflict) in zip(
+            leaves, found, strict=True
+        ):
+            self_check.verify(receipt, v.report)
+            if created:
+                _logger.info(
+                    "logged %s (trace %s segment %d) at index %d%s",
+                    v.statement_digest, leaf.trace_id, leaf.segment, entry.index,
+                    " [CONFLICT: another statement for this segment]" if conflict else "",
+                )
+            results.append(SubmitResult(receipt, entry, created, conflict))
+        return results
+
+    def _log_locked(self, leaves: list[Any], found: list[tuple[Entry, bool, Receipt, bool]]
+                    ) -> None:
+        """Under the lock: append the new leaves of *leaves*, sign and commit one
+        checkpoint over them, and add to *found* each submission's entry and receipt
+        against the latest committed checkpoint (handed out by the caller once
+        ``signed_file`` covers it)."""
         with self._lock:
             start = self._tree.size
             submitted_at = format_time(self._clock())
@@ -545,23 +586,6 @@ class Witness:
             for entry, created in entries:
                 found.append((entry, created, self._receipt_locked(entry, latest),
                               self._store.in_conflict(entry)))
-        self._cover(latest)
-        results = []
-        # Self-check: what we hand out must verify offline like any auditor's check
-        # (the receipts share one checkpoint, whose signature is checked once).
-        self_check = ReceiptVerifier([self._signer.key], origin=self.origin)
-        for (v, leaf, _, _, _), (entry, created, receipt, conflict) in zip(
-            leaves, found, strict=True
-        ):
-            self_check.verify(receipt, v.report)
-            if created:
-                _logger.info(
-                    "logged %s (trace %s segment %d) at index %d%s",
-                    v.statement_digest, leaf.trace_id, leaf.segment, entry.index,
-                    " [CONFLICT: another statement for this segment]" if conflict else "",
-                )
-            results.append(SubmitResult(receipt, entry, created, conflict))
-        return results
 
     def _receipt_locked(self, entry: Entry, latest: StoredCheckpoint) -> Receipt:
         size = latest.size

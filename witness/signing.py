@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import logging
 import os
+import stat
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -36,6 +38,7 @@ from ._lock import Held, NotLocked, lock_beside
 __all__ = [
     "CheckpointSigner",
     "default_origin",
+    "earlier_checkpoint_paths",
     "generate_key_file",
     "hold_key",
     "origin_path",
@@ -50,54 +53,123 @@ def origin_path(key_path: str | os.PathLike[str]) -> str:
     return os.fspath(key_path) + ".origin"
 
 
-def _key_state(key_path: str | os.PathLike[str], state_dir: str | None) -> str:
-    """``<key>`` beside the key file, symbolic links followed, or the key file's
-    name in *state_dir*: where ``witness serve`` keeps the key's lock and latest
-    checkpoint (``<key>.lock``, ``<key>.checkpoint``)."""
-    real = os.path.realpath(key_path)
+def _key_state(key_path: str | os.PathLike[str], state_dir: str | None,
+               key_id: str | None) -> str:
+    """Where ``witness serve`` keeps the key's lock and latest checkpoint, less the
+    ``.lock`` and ``.checkpoint``: ``<key>`` beside the key file, symbolic links
+    followed, or ``witness-<key id>`` in *state_dir* (named for the key, not its
+    file name: two keys both named ``witness.key``, or a key read from a pipe, would
+    share or change names)."""
     if state_dir is None:
-        return real
-    return os.path.join(os.path.realpath(state_dir), os.path.basename(real))
+        return os.path.realpath(key_path)
+    if key_id is None:
+        raise ValueError("a state directory needs the key's id")
+    return os.path.join(os.path.realpath(state_dir), f"witness-{key_id}")
 
 
-def signed_checkpoint_path(key_path: str | os.PathLike[str], state_dir: str | None = None) -> str:
-    """Where ``witness serve`` keeps the latest checkpoint the key signed:
-    ``<key>.checkpoint`` beside the key file, symbolic links followed, as its lock
-    (SPEC §12.8 step 5), or in *state_dir* (a key on a read-only mount): beside a
-    link, a key served through a second name would find no checkpoint there and take
-    a new database for its log."""
-    return _key_state(key_path, state_dir) + ".checkpoint"
+def signed_checkpoint_path(key_path: str | os.PathLike[str], state_dir: str | None = None,
+                           key_id: str | None = None) -> str:
+    """Where ``witness serve`` keeps the latest checkpoint the key signed (SPEC §12.8
+    step 5): ``<key>.checkpoint`` beside the key file, symbolic links followed, or
+    ``witness-<key id>.checkpoint`` in *state_dir* (a key on a read-only mount; see
+    :attr:`CheckpointSigner.key_id`).  Beside a link, a key served through a second
+    name found no checkpoint there and took a new database for its log."""
+    return _key_state(key_path, state_dir, key_id) + ".checkpoint"
 
 
-def hold_key(key_path: str | os.PathLike[str], state_dir: str | None = None) -> int:
-    """Lock ``<key>.lock`` for this process, beside the key file, symbolic links
-    followed, or in *state_dir*: one process serves a key.  Its descriptor (close it
-    to release the lock), or -1 when the lock file cannot be opened (a key read from
-    a pipe, a read-only directory).
+def earlier_checkpoint_paths(key_path: str | os.PathLike[str], state_dir: str | None = None,
+                             key_id: str | None = None) -> list[str]:
+    """Where earlier runs may have kept the key's latest checkpoint, other than
+    :func:`signed_checkpoint_path`: beside the key's name as given (before symbolic
+    links were followed), and beside the key file (before *state_dir* was used).  A
+    database must extend those too, or a start after such a change would take a new
+    or older one unrefused."""
+    current = signed_checkpoint_path(key_path, state_dir, key_id)
+    found: list[str] = []
+    for path in (os.path.abspath(os.fspath(key_path)) + ".checkpoint",
+                 os.path.realpath(key_path) + ".checkpoint"):
+        if path != current and path not in found:
+            found.append(path)
+    return found
+
+
+def hold_key(key_path: str | os.PathLike[str], state_dir: str | None = None,
+             key_id: str | None = None) -> tuple[list[int], bool]:
+    """Lock the key for this process: one process serves a key.  Two locks, both
+    ``flock`` without waiting: ``<key>.lock`` beside the key file, symbolic links
+    followed (or ``witness-<key id>.lock`` in *state_dir*), under which this process
+    alone writes the checkpoint file beside it; and the key file itself, read-only,
+    which every ``witness serve`` of the key takes wherever it keeps its state.
+    Returns the descriptors (close them to release the locks) and whether the first
+    lock is held: a lock that cannot be opened or taken here (a key read from a pipe,
+    a read-only directory, a filesystem without such locks) is warned of and left
+    out.
 
     Two ``witness serve`` with one key and two databases each signed its own log
     under the key's origin: two roots for a tree size, a fork of the key's making.
 
     Raises:
-        TransportError: another process holds the lock, or it cannot be taken.
+        TransportError: another process holds a lock, or the lock file cannot be
+            locked.
     """
+    held: list[int] = []
     try:
-        fd, _ = lock_beside(_key_state(key_path, state_dir))
+        try:
+            fd, _ = lock_beside(_key_state(key_path, state_dir, key_id), resolve=False)
+            held.append(fd)
+        except OSError as e:
+            if isinstance(e, (Held, NotLocked)):
+                raise
+            # Nowhere to put the lock (a key read from a pipe, a read-only directory).
+            _logger.warning("cannot open %s (%s): another process serving this key would "
+                            "not be refused (--state-dir names a writable directory for "
+                            "it)", e.filename, e.strerror or e)
+        state_locked = bool(held)
+        key_lock = _lock_key_file(key_path)
+        if key_lock is not None:
+            held.append(key_lock)
     except Held as e:
+        _release_all(held)
         raise TransportError(
             f"{os.fspath(key_path)} is served by another process ({e.lock} is locked): a "
             "key signs one log, or the checkpoints of the two would contradict each "
             "other") from None
     except NotLocked as e:
+        _release_all(held)
         raise TransportError(f"{e.filename}: cannot lock the witness key "
                              f"({e.strerror})") from None
+    return held, state_locked
+
+
+def _lock_key_file(key_path: str | os.PathLike[str]) -> int | None:
+    """``flock`` the key file itself (read-only, exclusive, without waiting): its
+    descriptor, or None where it cannot be opened as a regular file or locked that
+    way (a pipe; some network filesystems lock only files open for writing).
+
+    Raises:
+        Held: another process holds it.
+    """
+    try:
+        fd = os.open(key_path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
-        # Nowhere to put the lock (a key read from a pipe, a read-only directory).
-        _logger.warning("cannot open %s (%s): another process serving this key would "
-                        "not be refused (--state-dir names a writable directory for it)",
-                        e.filename, e.strerror or e)
-        return -1
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise Held(os.fspath(key_path)) from None
+        return None
     return fd
+
+
+def _release_all(held: list[int]) -> None:
+    for fd in held:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def default_origin(public_raw: bytes) -> str:
@@ -122,6 +194,9 @@ class CheckpointSigner:
         # Validates the name (no spaces, no '+'): the key name is the origin.
         self.key = WitnessKey(private_key.public_key(), self.origin, "witness key")
         self._key_hash = self.key.key_hash()
+        #: 16 hex digits of the SHA-256 of the raw public key: what names the key's
+        #: files in a state directory (and its default origin).
+        self.key_id = hashlib.sha256(raw).hexdigest()[:16]
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], origin: str | None = None) -> CheckpointSigner:

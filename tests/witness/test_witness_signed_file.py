@@ -29,11 +29,16 @@ from witness_helpers import (
 
 from spanproof.exporter.keys import SigningKey
 from spanproof.verifier.checkpoint import verify_checkpoint
+from spanproof.verifier.errors import TransportError
 from spanproof.verifier.keys import TrustRoot
 from spanproof.witness import service
 from spanproof.witness.client import WitnessClient
 from spanproof.witness.service import LogCorrupted, SubmitResult, Witness
-from spanproof.witness.signing import CheckpointSigner, signed_checkpoint_path
+from spanproof.witness.signing import (
+    CheckpointSigner,
+    earlier_checkpoint_paths,
+    signed_checkpoint_path,
+)
 from spanproof.witness.store import Store
 
 
@@ -323,34 +328,98 @@ def test_witness_serve_killed_keeps_what_it_signed_and_a_stopped_write_is_remove
 
 
 def test_witness_serve_keeps_the_keys_lock_and_checkpoint_in_its_state_dir(
-    tmp_path: Path, witness_private: Ed25519PrivateKey, producer_key: SigningKey
+    tmp_path: Path, witness_private: Ed25519PrivateKey, producer_key: SigningKey,
+    signer: CheckpointSigner,
 ) -> None:
     # A key on a read-only mount (a secret volume) could hold neither beside it:
-    # another process serving the key, or a new database, went unrefused.
+    # another process serving the key, or a new database, went unrefused.  In the
+    # state directory they are named for the key, not its file name.
     (tmp_path / "secret").mkdir()
     key = write_private_key(tmp_path / "secret" / "witness.key", witness_private)
     state = tmp_path / "state"
     state.mkdir()
     log = tmp_path / "serve.log"
+    named = f"witness-{signer.key_id}"
 
-    def serve(db: str) -> tuple[subprocess.Popen[bytes], str]:
-        return _serve(key, tmp_path / db, log, "--state-dir", str(state))
+    def serve(db: str, *options: str) -> tuple[subprocess.Popen[bytes], str]:
+        return _serve(key, tmp_path / db, log, *options)
 
-    first, url = serve("log.db")
+    first, url = serve("log.db", "--state-dir", str(state))
     try:
         wait_until_up(url, proc=first)
         assert _submit(url, producer_key, 0) == 201
-        assert _refused_start(serve("other.db")[0]) == 3  # the lock, in the state dir
-        assert f"{key} is served by another process ({state}/witness.key.lock" in (
-            log.read_text())
+        # The lock in the state directory, and the key file's own, which a serve
+        # without --state-dir (or with another) takes too.
+        assert _refused_start(serve("other.db", "--state-dir", str(state))[0]) == 3
+        assert f"{key} is served by another process ({state}/{named}.lock" in log.read_text()
+        assert sorted(p.name for p in key.parent.iterdir()) == ["witness.key",
+                                                               "witness.key.pub"]
+        assert _refused_start(serve("third.db")[0]) == 3
+        assert f"{key} is served by another process ({key} is locked)" in log.read_text()
     finally:
         first.terminate()
     assert first.wait(30) == 0
-    assert sorted(p.name for p in state.iterdir()) == ["witness.key.checkpoint",
-                                                       "witness.key.lock"]
-    assert sorted(p.name for p in key.parent.iterdir()) == ["witness.key", "witness.key.pub"]
-    assert _refused_start(serve("new.db")[0]) == 1
+    assert sorted(p.name for p in state.iterdir()) == [f"{named}.checkpoint", f"{named}.lock"]
+    assert not (key.parent / "witness.key.checkpoint").exists()
+    assert _refused_start(serve("new.db", "--state-dir", str(state))[0]) == 1
     assert f"refusing to start: this key signed tree size 1 of {ORIGIN!r}" in log.read_text()
+
+
+def test_state_files_of_two_keys_of_one_file_name_are_apart(tmp_path: Path) -> None:
+    # Named for the file, the second key found the first's checkpoint and was refused
+    # as "not a checkpoint this key signed", whose removal the message advised.
+    one = signed_checkpoint_path(tmp_path / "a" / "witness.key", str(tmp_path), "0" * 16)
+    two = signed_checkpoint_path(tmp_path / "b" / "witness.key", str(tmp_path), "1" * 16)
+    assert one != two and Path(one).parent == Path(two).parent == tmp_path
+
+
+@pytest.mark.parametrize("earlier", ["beside the link", "beside the key file"])
+def test_a_checkpoint_an_earlier_run_kept_elsewhere_is_still_checked(
+    tmp_path: Path, signer: CheckpointSigner, producer_trust: TrustRoot, earlier: str
+) -> None:
+    # Earlier runs kept it beside the key's name as given (before links were
+    # followed), or beside the key file (before --state-dir): a start after such a
+    # change took a new database unrefused.
+    (tmp_path / "secret").mkdir()
+    real = tmp_path / "secret" / "witness.key"
+    real.write_bytes(b"")
+    link = tmp_path / "witness.key"
+    link.symlink_to(real)
+    state = tmp_path / "state"
+    state.mkdir()
+    if earlier == "beside the link":
+        used, key_as_given, state_dir = f"{link}.checkpoint", link, None
+    else:
+        used, key_as_given, state_dir = f"{real}.checkpoint", real, str(state)
+    witness = _open(tmp_path / "log.db", signer, producer_trust, Path(used))
+    witness.submit(make_bundle(trace_id(0)).data)
+    witness._store.close()
+    current = signed_checkpoint_path(key_as_given, state_dir, signer.key_id)
+    assert current != used and used in earlier_checkpoint_paths(
+        key_as_given, state_dir, signer.key_id)
+    with pytest.raises(LogCorrupted, match=r"signed tree size 1 .* is a log of tree size 0"):
+        Witness(Store(str(tmp_path / "new.db")), signer, producer_trust=producer_trust,
+                signed_file=current,
+                earlier_files=earlier_checkpoint_paths(key_as_given, state_dir,
+                                                       signer.key_id))
+
+
+def test_a_failure_after_the_commit_still_hands_out_and_keeps_the_checkpoint(
+    tmp_path: Path, signer: CheckpointSigner, producer_trust: TrustRoot,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Raised after the commit (reading the conflict flag), the append's checkpoint was
+    # neither handed out nor written to the file until another append came.
+    signed = tmp_path / "witness.key.checkpoint"
+    witness = _open(tmp_path / "log.db", signer, producer_trust, signed)
+
+    def unreadable(entry: object) -> bool:
+        raise TransportError("database is locked")
+
+    monkeypatch.setattr(witness._store, "in_conflict", unreadable)
+    with pytest.raises(TransportError):
+        witness.submit(make_bundle(trace_id(0)).data)
+    assert witness.size == 1 and _signed_size(signed, signer) == 1
 
 
 def test_witness_serve_refuses_a_state_dir_that_is_not_a_directory(
