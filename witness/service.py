@@ -296,15 +296,21 @@ class Witness:
         # signed before, a fork no check on the database alone can see.
         if self._signed_file is None:
             return
-        for path in (self._signed_file, *self._earlier_files):
-            self._check_extends(path)
+        self._check_extends(self._signed_file, earlier=False)
+        for path in self._earlier_files:
+            self._check_extends(path, earlier=True)
 
-    def _check_extends(self, path: str) -> None:
+    def _check_extends(self, path: str, *, earlier: bool) -> None:
         try:
             data, _ = read_named_file(path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return
         except OSError as e:
+            if earlier:  # only where an earlier run may have kept it: not in the way
+                _logger.warning("cannot read %s, where an earlier run may have kept the "
+                                "latest checkpoint this key signed (%s): not checked",
+                                path, e.strerror or e)
+                return
             raise LogCorrupted(f"{path}: cannot read the latest checkpoint "
                                f"this key signed ({e.strerror})") from e
         remove = f"(remove {path} only to start a new log under this key)"

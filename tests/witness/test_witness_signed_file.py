@@ -433,3 +433,23 @@ def test_witness_serve_refuses_a_state_dir_that_is_not_a_directory(
     assert proc.returncode == 2
     assert f"--state-dir {tmp_path / 'missing'}: not a directory" in proc.stderr.decode()
     assert not (tmp_path / "w.db").exists()
+
+
+def test_an_unreadable_place_an_earlier_run_may_have_used_is_warned_of_not_in_the_way(
+    tmp_path: Path, signer: CheckpointSigner, producer_trust: TrustRoot,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Only the checkpoint file in use must be readable: a start is not refused for
+    # the place an earlier run may have kept one.
+    earlier = tmp_path / "witness.key.checkpoint"
+    earlier.mkdir()  # not a file: cannot be read
+    with caplog.at_level(logging.WARNING):
+        witness = Witness(Store(str(tmp_path / "log.db")), signer,
+                          producer_trust=producer_trust,
+                          signed_file=str(tmp_path / "state.checkpoint"),
+                          earlier_files=[str(earlier)])
+    assert witness.size == 0
+    assert f"cannot read {earlier}, where an earlier run may have kept" in caplog.text
+    with pytest.raises(LogCorrupted, match="cannot read the latest checkpoint"):
+        Witness(Store(str(tmp_path / "other.db")), signer, producer_trust=producer_trust,
+                signed_file=str(earlier))
