@@ -340,8 +340,10 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
         self._sealer_starts = ThreadStarts(
             "sealer thread", "traces are sealed by force_flush() and shutdown()")
         self._stopping = False
-        self._span_warnings = Throttled(_logger, _SPAN_WARNING_SECONDS)
-        self._unencodable_warnings = Throttled(_logger, _SPAN_WARNING_SECONDS)
+        self._span_warnings = Throttled(_logger, _SPAN_WARNING_SECONDS,
+                                        "name spans that cannot be certified")
+        self._unencodable_warnings = Throttled(_logger, _SPAN_WARNING_SECONDS,
+                                               "name spans rejected at sealing")
         # The segments a pass took from the assembler and has not sealed yet (those a
         # pass out of time left included: the next pass seals them first), and the
         # bundles it sealed and has not handed to the writer yet.  Kept here, not in
@@ -880,8 +882,8 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
             remaining = max(0.0, deadline - time.monotonic())
             self._submitter.flush(min(remaining, _MIN_SHUTDOWN_SECONDS))
             self._submitter.close(max(0.0, deadline - time.monotonic()))
-        self._span_warnings.held_back("name spans that cannot be certified")
-        self._unencodable_warnings.held_back("name spans rejected at sealing")
+        self._span_warnings.held_back()
+        self._unencodable_warnings.held_back()
         if incomplete:
             _logger.error("spanproof: shutdown incomplete: %d sealed bundle(s) not written, "
                           "%d still being written, %d trace(s) not sealed, %d span(s) of "
@@ -1334,23 +1336,41 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
 
 class Throttled:
     """Warnings of one kind, logged at most once per *period* seconds: each logged
-    one says how many were held back since the one before."""
+    one says how many were held back since the one before.  Those held back are also
+    counted in a warning of their own once the period ends without another logged
+    (say what they are with *what*): a burst that stops is not left unsaid until
+    the next warning or the shutdown."""
 
-    def __init__(self, logger: logging.Logger, period: float) -> None:
+    def __init__(self, logger: logging.Logger, period: float, what: str = "") -> None:
         self._logger = logger
         self._period = period
+        self._what = what
         self._lock = threading.Lock()
         self._next = float("-inf")
         self._held = 0
+        self._timer: threading.Timer | None = None
 
-    def held_back(self, what: str) -> None:
+    def held_back(self, what: str | None = None) -> None:
         """Say how many warnings were held back since the last one logged (at
         shutdown: no later warning will)."""
         with self._lock:
             held, self._held = self._held, 0
+            timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
         if held:
             self._logger.warning("spanproof: %d more warning(s) that %s were held back", held,
-                                 what)
+                                 self._what if what is None else what)
+
+    def _period_ended(self) -> None:
+        # On the timer's thread: the period of the last warning logged ended (the
+        # next warning is logged whole, and starts a period of its own).
+        with self._lock:
+            held, self._held = self._held, 0
+            self._timer = None
+        if held:
+            self._logger.warning("spanproof: %d more warning(s) that %s were held back in "
+                                 "the last %g s", held, self._what, self._period)
 
     def warn(self, message: str, *args: object) -> None:
         """Log *message* % *args* as a warning, unless one was logged too recently."""
@@ -1358,6 +1378,8 @@ class Throttled:
             now = time.monotonic()
             if now < self._next:
                 self._held += 1
+                if self._held == 1 and self._what and self._timer is None:
+                    self._start_timer(self._next - now)
                 return
             held, self._held = self._held, 0
             self._next = now + self._period
@@ -1365,6 +1387,18 @@ class Throttled:
             message += " (%d more such warnings held back since the last, one per %g s)"
             args = (*args, held, self._period)
         self._logger.warning(message, *args)
+
+    def _start_timer(self, seconds: float) -> None:
+        # Under the lock.  Where no thread may start (the interpreter exiting), the
+        # count waits for the next warning or the shutdown, as it did.
+        timer = threading.Timer(seconds, self._period_ended)
+        timer.daemon = True
+        timer.name = "spanproof-held-warnings"
+        try:
+            timer.start()
+        except RuntimeError:
+            return
+        self._timer = timer
 
 
 class ThreadStarts:

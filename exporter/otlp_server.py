@@ -1842,8 +1842,8 @@ HTTP_HEAD_BYTES = 64 * 1024
 HTTP_CONNECTIONS_AT_ONCE = 128
 #: A client refused in the TLS handshake for its certificate is logged as a warning,
 #: with the reason; more refused for the same reason are logged at most once this
-#: often (seconds), the next one, or the server's stop, counting those held back: a
-#: client retrying in a loop made a line per attempt.
+#: often (seconds), the next one, the period's end or the server's stop counting
+#: those held back: a client retrying in a loop made a line per attempt.
 HTTP_REFUSAL_WARNING_SECONDS = 60.0
 # Reasons beyond this many (OpenSSL's are a few dozen) share one warning's period.
 _REFUSAL_REASONS = 32
@@ -2240,9 +2240,8 @@ class _BoundedServer(ThreadingHTTPServer):
         logged for their reason (at the stop: no later one will)."""
         with self._changes:
             refusals = list(self._refusals.items())
-        for reason, warnings in refusals:
-            warnings.held_back("name OTLP/HTTP clients refused in the TLS handshake"
-                               + (f" ({reason})" if reason else ""))
+        for _, warnings in refusals:
+            warnings.held_back()
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
@@ -2260,11 +2259,15 @@ class _BoundedServer(ThreadingHTTPServer):
             # does not hide another's.
             with self._changes:
                 if refusal not in self._refusals and len(self._refusals) >= _REFUSAL_REASONS:
-                    warnings = self._refusals.setdefault("", Throttled(
-                        _logger, HTTP_REFUSAL_WARNING_SECONDS))
+                    refusal_key = ""
                 else:
-                    warnings = self._refusals.setdefault(refusal, Throttled(
-                        _logger, HTTP_REFUSAL_WARNING_SECONDS))
+                    refusal_key = refusal
+                warnings = self._refusals.get(refusal_key)
+                if warnings is None:
+                    warnings = self._refusals[refusal_key] = Throttled(
+                        _logger, HTTP_REFUSAL_WARNING_SECONDS,
+                        "name OTLP/HTTP clients refused in the TLS handshake"
+                        + (f" ({refusal_key})" if refusal_key else ""))
             warnings.warn("receiver: OTLP/HTTP client %s refused in the TLS handshake: %s",
                           _peer(client_address), refusal)
             return
