@@ -768,7 +768,9 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
         Traces whose local root span ended are sealed without waiting for the
         grace (reason ``force_flush``); traces still open are not cut.  Returns
         True when everything due is written, False on timeout, after shutdown,
-        or while the sink keeps failing.  *timeout_millis* None (as the SDK's
+        while the sink keeps failing, or at once from a signal handler that
+        interrupted an ``export()`` of its own thread to sealing processes (that
+        export holds them until the handler returns).  *timeout_millis* None (as the SDK's
         ``BatchSpanProcessor.force_flush`` takes it), or longer than a year,
         waits without a limit.
         """
@@ -778,6 +780,10 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
         deadline = time.monotonic() + seconds
         remote = self._remote
         if remote is not None:
+            if self._in_export.inside_here():
+                # A signal handler that interrupted an export() of this thread, which
+                # may hold a process until it returns: no flush can end before.
+                return False
             # With nothing unsettled no process has anything to flush: True at once,
             # not after a round trip that a short timeout cuts off.
             try:
@@ -1461,6 +1467,11 @@ class Interruptible:
             return None
         self._asked = None
         return asked[1]
+
+    def inside_here(self) -> bool:
+        """Whether the calling thread is inside such a call (a signal handler that
+        interrupted it runs on that thread)."""
+        return threading.get_ident() in self._depth
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait up to *timeout* seconds until no thread is inside; whether none is."""

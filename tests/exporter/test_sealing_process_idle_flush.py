@@ -93,3 +93,26 @@ def test_force_flush_is_not_true_while_an_export_is_still_writing_to_the_process
         assert exporter.force_flush(0) is True
     finally:
         exporter.shutdown()
+
+
+def test_force_flush_inside_an_export_of_its_own_thread_answers_false_at_once(
+    tmp_path: Path,
+) -> None:
+    # A signal handler that interrupted an export() writing to the process, calling
+    # force_flush(): it waited its whole timeout (a year for None) on the process
+    # its own thread held.
+    exporter = _exporter(tmp_path / "out", 1)
+    try:
+        assert exporter._remote is not None
+        (process,) = exporter._remote.processes
+        me = exporter._in_export.enter()
+        try:
+            with process._held():  # as the interrupted export's write holds it
+                start = time.monotonic()
+                assert exporter.force_flush(3000) is False
+                assert time.monotonic() - start < 1.0
+        finally:
+            exporter._in_export.leave(me)
+        assert exporter.force_flush(0) is True
+    finally:
+        exporter.shutdown()
