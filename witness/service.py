@@ -317,6 +317,10 @@ class Witness:
         try:
             signed = verify_checkpoint(data, [self._signer.key], origin=self.origin)
         except (InvalidBundle, VerificationError) as e:
+            if earlier:  # another key's, kept where this one now is: proves nothing here
+                _logger.warning("%s is not a checkpoint this key signed for %r (%s): not "
+                                "checked", path, self.origin, e)
+                return
             raise LogCorrupted(f"{path}: not a checkpoint this key signed "
                                f"for {self.origin!r} ({e}) {remove}") from e
         if signed.size > self._tree.size or self._tree.root(signed.size) != signed.root:

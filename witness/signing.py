@@ -130,10 +130,12 @@ def hold_key(key_path: str | os.PathLike[str], state_dir: str | None = None,
             held.append(key_lock)
     except Held as e:
         _release_all(held)
+        wrapper = (" (or a wrapper of this command locks the key file: have it lock "
+                   "another file)" if e.lock == os.fspath(key_path) else "")
         raise TransportError(
-            f"{os.fspath(key_path)} is served by another process ({e.lock} is locked): a "
-            "key signs one log, or the checkpoints of the two would contradict each "
-            "other") from None
+            f"{os.fspath(key_path)} is served by another process ({e.lock} is "
+            f"locked{wrapper}): a key signs one log, or the checkpoints of the two would "
+            "contradict each other") from None
     except NotLocked as e:
         _release_all(held)
         raise TransportError(f"{e.filename}: cannot lock the witness key "

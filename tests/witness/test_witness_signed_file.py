@@ -6,7 +6,9 @@ key signed a second root for a tree size it had signed before."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -355,7 +357,7 @@ def test_witness_serve_keeps_the_keys_lock_and_checkpoint_in_its_state_dir(
         assert sorted(p.name for p in key.parent.iterdir()) == ["witness.key",
                                                                "witness.key.pub"]
         assert _refused_start(serve("third.db")[0]) == 3
-        assert f"{key} is served by another process ({key} is locked)" in log.read_text()
+        assert f"{key} is served by another process ({key} is locked" in log.read_text()
     finally:
         first.terminate()
     assert first.wait(30) == 0
@@ -453,3 +455,40 @@ def test_an_unreadable_place_an_earlier_run_may_have_used_is_warned_of_not_in_th
     with pytest.raises(LogCorrupted, match="cannot read the latest checkpoint"):
         Witness(Store(str(tmp_path / "other.db")), signer, producer_trust=producer_trust,
                 signed_file=str(earlier))
+
+
+def test_another_keys_checkpoint_where_an_earlier_run_may_have_kept_this_ones_is_passed_over(
+    tmp_path: Path, signer: CheckpointSigner, producer_trust: TrustRoot,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A key replaced in place, now served with a state directory: the old key's
+    # checkpoint beside it proves nothing about this log, and refused the start.
+    other = CheckpointSigner(Ed25519PrivateKey.from_private_bytes(bytes(range(32))), ORIGIN)
+    earlier = tmp_path / "witness.key.checkpoint"
+    old = _open(tmp_path / "old.db", other, producer_trust, earlier)
+    old.submit(make_bundle(trace_id(0)).data)
+    old._store.close()
+    with caplog.at_level(logging.WARNING):
+        witness = Witness(Store(str(tmp_path / "log.db")), signer,
+                          producer_trust=producer_trust,
+                          signed_file=str(tmp_path / "state.checkpoint"),
+                          earlier_files=[str(earlier)])
+    assert witness.size == 0
+    assert f"{earlier} is not a checkpoint this key signed" in caplog.text
+
+
+def test_a_wrapper_that_locks_the_key_file_is_named_in_the_refusal(
+    tmp_path: Path, witness_private: Ed25519PrivateKey
+) -> None:
+    key = write_private_key(tmp_path / "witness.key", witness_private)
+    fd = os.open(key, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as `flock witness.key spanproof witness serve`
+        proc = subprocess.run(
+            witness_command("witness", "serve", "--key", str(key), "--db",
+                            str(tmp_path / "w.db"), "--listen", "127.0.0.1:0"),
+            capture_output=True, timeout=60)
+    finally:
+        os.close(fd)
+    assert proc.returncode == 3
+    assert "or a wrapper of this command locks the key file" in proc.stderr.decode()
