@@ -253,6 +253,9 @@ class WitnessSubmitter:
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._helpers: list[threading.Thread] = []
         self._unwritten: list[tuple[str, _Delivered]] = []  # worker thread only
+        # Why the witness gave no consistency proof this round, once it did not
+        # (worker thread only; see _kept).
+        self._unproved: list[str] = []
         self._failures = 0
         self._transient_events = 0
         self._not_before = 0.0
@@ -407,6 +410,7 @@ class WitnessSubmitter:
         transient failure no new delivery starts until the backoff has passed."""
         self._drain_incoming()
         order = sorted(self._pending, key=lambda n: self._pending[n].seq)
+        self._unproved = []  # once the witness gave no proof, none is asked this round
         if order and self._clock() >= self._not_before and not self._stopping():
             first = order[0]
             transient = self._settle(first, self._attempt(self._pending[first].bundle))
@@ -482,11 +486,10 @@ class WitnessSubmitter:
         # Each once, and only while still pending (should an earlier round have failed).
         todo = []
         failure: _Transient | None = None
-        unproved: list[str] = []  # once the witness gave no proof, none is asked again
         for name, got in dict(batch).items():
             if name not in self._pending:
                 continue
-            kept = self._kept(name, got, unproved)
+            kept = self._kept(name, got, self._unproved)
             if isinstance(kept, _Transient):
                 failure = failure or kept  # stays pending: delivered again later
             elif not kept:

@@ -1288,11 +1288,16 @@ def test_a_kept_receipt_of_a_smaller_tree_is_checked_with_the_witness_consistenc
             witness.submit(make_bundle(trace_id(2)).data, None)  # the log grew
         requests = _ProofRequests(
             monkeypatch, "/v1/proof/consistency" if case.endswith("unavailable") else None)
+        # Each receipt written on its own, as a round's 65th is: still one proof asked.
+        monkeypatch.setattr(submit_module, "_RECEIPT_GROUP", 1)
         srv = serve_witness(served)
         clock = Clock()
         sub = WitnessSubmitter(srv.url, tmp_path / "q", clock=clock, rng=lambda: 0.0,
                                start=False, producer_key=producer_key.private_key.public_key(),
-                               witness_keys=witness_keys, batch_size=1, concurrency=1)
+                               witness_keys=witness_keys, batch_size=1, concurrency=4)
+        # A bundle with no receipt yet goes first (alone), so that the two others are
+        # delivered in one window.
+        sub.submit(write_bundle(tmp_path / "b", make_bundle(trace_id(3))))
         for path in paths:
             sub.submit(path)
         with caplog.at_level("INFO", "spanproof"):
