@@ -164,6 +164,9 @@ def _lock_key_file(key_path: str | os.PathLike[str]) -> int | None:
         os.close(fd)
         if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
             raise Held(os.fspath(key_path)) from None
+        _logger.warning("cannot lock the key file %s (%s): a serve of this key keeping "
+                        "its lock elsewhere (another --state-dir) would not be refused",
+                        os.fspath(key_path), e.strerror or e)
         return None
     return fd
 

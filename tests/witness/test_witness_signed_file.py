@@ -492,3 +492,31 @@ def test_a_wrapper_that_locks_the_key_file_is_named_in_the_refusal(
         os.close(fd)
     assert proc.returncode == 3
     assert "or a wrapper of this command locks the key file" in proc.stderr.decode()
+
+
+def test_a_key_file_that_cannot_be_locked_is_warned_of(
+    tmp_path: Path, witness_private: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Some network filesystems lock only files open for writing: the key file's lock
+    # was skipped without a word, and with it the exclusion of a serve keeping its
+    # lock in another state directory.
+    from spanproof.witness import signing
+
+    key = write_private_key(tmp_path / "witness.key", witness_private)
+    real_flock = fcntl.flock
+
+    def flock(fd: int, operation: int) -> None:
+        if os.path.samefile(f"/proc/self/fd/{fd}", key):
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(signing.fcntl, "flock", flock)
+    with caplog.at_level(logging.WARNING):
+        held, state_locked = signing.hold_key(key)
+    try:
+        assert state_locked and len(held) == 1  # <key>.lock only
+        assert f"cannot lock the key file {key} (Bad file descriptor)" in caplog.text
+    finally:
+        for fd in held:
+            os.close(fd)
