@@ -1343,11 +1343,10 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
 class Throttled:
     """Warnings of one kind, logged at most once per *period* seconds: each logged
     one says how many were held back since the one before.  Those held back are also
-    counted in a warning of their own once the period ends without another logged
-    (say what they are with *what*): a burst that stops is not left unsaid until
-    the next warning or the shutdown."""
+    counted, as warnings that *what*, in a warning of their own when the period ends:
+    a burst that stops is not left unsaid until the next warning or the shutdown."""
 
-    def __init__(self, logger: logging.Logger, period: float, what: str = "") -> None:
+    def __init__(self, logger: logging.Logger, period: float, what: str) -> None:
         self._logger = logger
         self._period = period
         self._what = what
@@ -1356,7 +1355,7 @@ class Throttled:
         self._held = 0
         self._timer: threading.Timer | None = None
 
-    def held_back(self, what: str | None = None) -> None:
+    def held_back(self) -> None:
         """Say how many warnings were held back since the last one logged (at
         shutdown: no later warning will)."""
         with self._lock:
@@ -1366,7 +1365,7 @@ class Throttled:
             timer.cancel()
         if held:
             self._logger.warning("spanproof: %d more warning(s) that %s were held back", held,
-                                 self._what if what is None else what)
+                                 self._what)
 
     def _period_ended(self) -> None:
         # On the timer's thread: the period of the last warning logged ended (the
@@ -1384,7 +1383,7 @@ class Throttled:
             now = time.monotonic()
             if now < self._next:
                 self._held += 1
-                if self._held == 1 and self._what and self._timer is None:
+                if self._held == 1 and self._timer is None:
                     self._start_timer(self._next - now)
                 return
             held, self._held = self._held, 0

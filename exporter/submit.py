@@ -489,7 +489,7 @@ class WitnessSubmitter:
         for name, got in dict(batch).items():
             if name not in self._pending:
                 continue
-            kept = self._kept(name, got, self._unproved)
+            kept = self._kept(name, got)
             if isinstance(kept, _Transient):
                 failure = failure or kept  # stays pending: delivered again later
             elif not kept:
@@ -508,7 +508,7 @@ class WitnessSubmitter:
                 failure = failure or _Transient(f"cannot write {got.target}: {error}")
         return failure
 
-    def _kept(self, name: str, got: _Delivered, unproved: list[str]) -> bool | _Transient:
+    def _kept(self, name: str, got: _Delivered) -> bool | _Transient:
         """Whether a receipt already beside the bundle is kept instead of *got*'s
         (:func:`~spanproof.verifier.receipt.kept_receipt`): the submission is then
         done, and nothing is written over it.  When both verify and the kept one's
@@ -518,11 +518,11 @@ class WitnessSubmitter:
         receipt beside the bundle as its evidence.  A witness that cannot give the
         proof now (or a submitter closing) makes it a transient failure: the
         submission stays pending, to be delivered and checked again after the
-        backoff, as ``witness submit`` exits 3; *unproved* (the round's first such
-        failure) spares the round's other submissions the wait for another."""
+        backoff, as ``witness submit`` exits 3; the round's first such failure
+        spares the round's other submissions the wait for another."""
         def prove(size1: int, size2: int) -> list[bytes]:
-            if unproved:
-                raise TransportError(unproved[0])
+            if self._unproved:
+                raise TransportError(self._unproved[0])
             if self._stopping():
                 raise TransportError("the submitter is closing")
             return self._prove(size1, size2)
@@ -534,7 +534,7 @@ class WitnessSubmitter:
             _logger.error("spanproof: witness submission of %s: %s", got.target, e)
             kept = str(e)
         except TransportError as e:
-            unproved[:] = unproved or [str(e)]
+            self._unproved = self._unproved or [str(e)]
             return _Transient(f"the receipt already beside {got.target} is from a smaller "
                               f"tree, and the witness gave no consistency proof now ({e})")
         except SpanproofError:

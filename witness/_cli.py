@@ -158,6 +158,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         CheckpointSigner,
         earlier_checkpoint_paths,
         hold_key,
+        release_key,
         signed_checkpoint_path,
     )
     from .store import Store
@@ -191,7 +192,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         store = Store(args.db)
     except TransportError as e:
-        _release(held)
+        release_key(held)
         return _fail(str(e), EXIT_UNAVAILABLE)
     try:
         witness = Witness(store, signer, producer_trust=trust, signed_file=signed_file,
@@ -199,11 +200,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                                                                  signer.key_id))
     except LogCorrupted as e:
         store.close()
-        _release(held)
+        release_key(held)
         return _fail(f"refusing to start: {e}", EXIT_FAILED)
     except TransportError as e:
         store.close()
-        _release(held)
+        release_key(held)
         return _fail(str(e), EXIT_UNAVAILABLE)
     if trust is None:
         _logger.warning(
@@ -253,14 +254,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                 signal.signal(sig, handler)
         witness.keep_latest()
         store.close()
-        _release(held)
+        release_key(held)
     return status
-
-
-def _release(held: list[int]) -> None:
-    """Let another process serve the key :func:`~.signing.hold_key` locked."""
-    for fd in held:
-        os.close(fd)
 
 
 def _announcing_server(config: uvicorn.Config,

@@ -42,6 +42,7 @@ __all__ = [
     "generate_key_file",
     "hold_key",
     "origin_path",
+    "release_key",
     "signed_checkpoint_path",
 ]
 
@@ -129,7 +130,7 @@ def hold_key(key_path: str | os.PathLike[str], state_dir: str | None = None,
         if key_lock is not None:
             held.append(key_lock)
     except Held as e:
-        _release_all(held)
+        release_key(held)
         wrapper = (" (or a wrapper of this command locks the key file: have it lock "
                    "another file)" if e.lock == os.fspath(key_path) else "")
         raise TransportError(
@@ -137,7 +138,7 @@ def hold_key(key_path: str | os.PathLike[str], state_dir: str | None = None,
             f"locked{wrapper}): a key signs one log, or the checkpoints of the two would "
             "contradict each other") from None
     except NotLocked as e:
-        _release_all(held)
+        release_key(held)
         raise TransportError(f"{e.filename}: cannot lock the witness key "
                              f"({e.strerror})") from None
     return held, state_locked
@@ -171,7 +172,8 @@ def _lock_key_file(key_path: str | os.PathLike[str]) -> int | None:
     return fd
 
 
-def _release_all(held: list[int]) -> None:
+def release_key(held: list[int]) -> None:
+    """Release the locks :func:`hold_key` took (its descriptors *held*)."""
     for fd in held:
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -180,7 +182,12 @@ def _release_all(held: list[int]) -> None:
 def default_origin(public_raw: bytes) -> str:
     """The origin used when none is configured: ``spanproof-witness/<16 hex>``,
     derived from the public key so that it is stable across restarts."""
-    return "spanproof-witness/" + hashlib.sha256(public_raw).hexdigest()[:16]
+    return "spanproof-witness/" + _key_id(public_raw)
+
+
+def _key_id(public_raw: bytes) -> str:
+    """16 hex digits of the SHA-256 of a raw public key."""
+    return hashlib.sha256(public_raw).hexdigest()[:16]
 
 
 class CheckpointSigner:
@@ -201,7 +208,7 @@ class CheckpointSigner:
         self._key_hash = self.key.key_hash()
         #: 16 hex digits of the SHA-256 of the raw public key: what names the key's
         #: files in a state directory (and its default origin).
-        self.key_id = hashlib.sha256(raw).hexdigest()[:16]
+        self.key_id = _key_id(raw)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], origin: str | None = None) -> CheckpointSigner:
