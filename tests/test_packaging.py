@@ -1,8 +1,10 @@
 """Packaging rules from the design: the verifier stands alone, names live under
 ``spanproof.``.
 
-* An auditor installs and runs the verifier without OpenTelemetry, gRPC, protobuf or PyNaCl,
-  and the verifier never builds a network client (SPEC, DESIGN "The parts").
+* An auditor installs and runs the verifier without OpenTelemetry, gRPC, protobuf or PyNaCl
+  (``pip install .`` brings only what the verifier imports; the producer's packages are
+  the ``exporter`` extra), and the verifier never builds a network client (SPEC, DESIGN
+  "The parts").
 * No generic top-level module (``verifier``, ``exporter``, ...) is installed.
 
 Each check runs in a fresh interpreter, so modules other tests imported do not count.
@@ -19,16 +21,21 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 _IMPORT_ALL = """
 import importlib, json, pkgutil, sys
+before = set(sys.modules)  # what the interpreter loaded at start (site, .pth files)
 import spanproof.verifier as package
 names = sorted(
     info.name for info in pkgutil.walk_packages(package.__path__, package.__name__ + ".")
 )
 for name in names:
     importlib.import_module(name)
-print(json.dumps({"submodules": names, "loaded": sorted(sys.modules)}))
+added = set(sys.modules) - before
+files = sorted(f for f in (getattr(sys.modules[n], "__file__", None) for n in added) if f)
+print(json.dumps({"submodules": names, "loaded": sorted(sys.modules), "files": files}))
 """
 
 _FIND_SPECS = """
@@ -106,3 +113,80 @@ def test_distribution_declares_only_the_spanproof_namespace() -> None:
     for path in dist.files or ():
         parts = Path(str(path)).parts
         assert parts[0] not in {"verifier", "exporter", "witness", "examples"}, path
+
+
+def _installed_spanproof() -> metadata.Distribution:
+    """The installed distribution's metadata, not a build's egg-info in the checkout."""
+    (dist,) = metadata.distributions(name="spanproof", path=[sysconfig.get_path("purelib")])
+    return dist
+
+
+def _installs(extras: frozenset[str]) -> set[str]:
+    """The distributions ``pip install .[extras]`` brings in this environment: the
+    requirements of spanproof (with *extras*), of those, and so on (canonical names)."""
+    found: set[str] = set()
+    todo: list[tuple[metadata.Distribution, frozenset[str]]] = [(_installed_spanproof(), extras)]
+    while todo:
+        dist, wanted = todo.pop()
+        for line in dist.requires or ():
+            req = Requirement(line)
+            if req.marker is not None and not any(
+                req.marker.evaluate({"extra": extra}) for extra in wanted | {""}
+            ):
+                continue
+            name = canonicalize_name(req.name)
+            if name == "spanproof":  # an extra that names others (test: exporter, witness)
+                todo.append((_installed_spanproof(), frozenset(req.extras)))
+                continue
+            if name in found:
+                continue
+            found.add(name)
+            try:
+                todo.append((metadata.distribution(name), frozenset(req.extras)))
+            except metadata.PackageNotFoundError:
+                pass  # not installed here (a requirement for another platform)
+    return found
+
+
+#: The distributions of the packages FORBIDDEN_PREFIXES names.
+PRODUCER_DISTRIBUTIONS = {"opentelemetry-sdk", "opentelemetry-api", "opentelemetry-proto",
+                          "opentelemetry-exporter-otlp", "grpcio", "protobuf", "pynacl"}
+
+
+def test_the_plain_install_brings_none_of_the_producer_s_packages() -> None:
+    base = _installs(frozenset())
+    assert "cryptography" in base  # the walk is not vacuous
+    assert base & PRODUCER_DISTRIBUTIONS == set()
+    assert base & {"starlette", "uvicorn"} == set()
+
+
+def test_the_exporter_extra_brings_the_producer_s_packages() -> None:
+    # What the exporter imports is installed by asking for it, and the suite's own
+    # extra asks for it (and for the witness's web stack).
+    assert PRODUCER_DISTRIBUTIONS <= _installs(frozenset({"exporter"}))
+    assert PRODUCER_DISTRIBUTIONS | {"starlette", "uvicorn"} <= _installs(frozenset({"test"}))
+
+
+def test_every_package_the_verifier_imports_comes_with_the_plain_install(
+    imported: dict[str, object],
+) -> None:
+    files = imported["files"]
+    assert isinstance(files, list)
+    # Each module file the verifier loaded from an installed distribution, by the
+    # top-level name it sits under (the standard library's, and this checkout's in an
+    # editable install, sit elsewhere).
+    sites = {Path(sysconfig.get_path(key)).resolve() for key in ("purelib", "platlib")}
+    tops: set[str] = set()
+    for name in files:
+        path = Path(name).resolve()
+        for site in sites:
+            if path.is_relative_to(site):
+                tops.add(path.relative_to(site).parts[0].partition(".")[0])
+    tops.discard("spanproof")
+    assert "orjson" in tops  # the check below is not vacuous
+    owners = metadata.packages_distributions()
+    unowned = tops - owners.keys()
+    assert unowned == set(), f"the verifier loaded files no distribution installs: {unowned}"
+    brought = {canonicalize_name(dist) for top in tops for dist in owners[top]}
+    missing = brought - _installs(frozenset())
+    assert missing == set(), f"`pip install .` does not bring what the verifier imports: {missing}"

@@ -1109,10 +1109,7 @@ def _producer(name: str) -> Callable[..., int]:
     try:
         module = importlib.import_module("spanproof.exporter._cli")
     except ImportError as e:
-        raise UsageError(
-            f"'{_PROG} {name}' needs the producer side of spanproof "
-            f"(OpenTelemetry SDK) and it cannot be imported: {e}"
-        ) from e
+        raise UsageError(f"'{_PROG} {name}' cannot run: {e}") from e
     return cast(Callable[..., int], getattr(module, name))
 
 
