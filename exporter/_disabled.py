@@ -10,6 +10,7 @@ class that names a ``_disabled_kind`` build that kind instead, which does nothin
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar, cast
@@ -34,10 +35,13 @@ class BuiltDisabled:
     """A base whose subclass that sets ``_disabled_kind`` builds an instance of that
     kind (a subclass of it, doing nothing) while the SDK is disabled.
 
-    Only the class that sets it is switched: its own subclasses (the sealing
-    process's exporter, which runs with ``OTEL_SDK_DISABLED=true``; the demo's) are
-    built as they are.  The switch is ``__new__`` here, in a base, so that
-    ``inspect.signature`` still reads the class's own ``__init__``.
+    The arguments are bound to the class's own ``__init__`` first, so a misspelled
+    or extra argument raises ``TypeError`` as it would with the SDK enabled; their
+    values are not checked.  Only the class that sets it is switched: its own
+    subclasses (the sealing process's exporter, which runs with
+    ``OTEL_SDK_DISABLED=true``; the demo's) are built as they are.  The switch is
+    ``__new__`` here, in a base, so that ``inspect.signature`` still reads the
+    class's own ``__init__``.
     """
 
     _disabled_kind: ClassVar[type[Any] | None] = None
@@ -45,5 +49,20 @@ class BuiltDisabled:
     def __new__(cls: type[_T], *args: Any, **kwargs: Any) -> _T:
         kind = cls.__dict__.get("_disabled_kind")
         if kind is not None and sdk_disabled():
+            # Arguments by name and number are checked as an enabled build checks them,
+            # so a misspelled keyword fails the same way either way; values are not.
+            try:
+                cls._bind_disabled_arguments(args, kwargs)
+            except TypeError as e:
+                raise TypeError(f"{cls.__name__}(): {e}") from None
             return cast(_T, object.__new__(kind))
         return object.__new__(cls)
+
+    @classmethod
+    def _bind_disabled_arguments(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Bind *args* and *kwargs* to the class's ``__init__``.
+
+        Raises:
+            TypeError: they do not fit it (a misspelled keyword, too many).
+        """
+        inspect.signature(cls.__init__).bind(None, *args, **kwargs)

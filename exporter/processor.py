@@ -39,6 +39,7 @@ request) to bound that window.
 from __future__ import annotations
 
 import collections
+import inspect
 import logging
 import os
 import queue
@@ -502,6 +503,15 @@ class EvidenceSpanProcessor(SpanProcessor, BuiltDisabled):
         InvalidKey: the key file cannot be used.
         OSError: the key directory cannot be created.
     """
+
+    @classmethod
+    def _bind_disabled_arguments(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Bind the arguments as ``__init__`` does, the exporter's settings among
+        them to the sealer's (a misspelled one is a ``TypeError`` there)."""
+        bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+        settings = dict(bound.arguments.get("exporter_settings", {}))
+        settings.pop("sealing_process", None)
+        inspect.signature(SpanproofSpanExporter.__init__).bind(None, **settings)
 
     def __init__(
         self,

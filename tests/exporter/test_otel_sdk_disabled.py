@@ -178,3 +178,35 @@ def test_processor_with_the_sdk_disabled_leaves_an_orphaned_journal_alone(
     monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
     EvidenceSpanProcessor(out, signing_key=signing_key()).shutdown()
     assert _files(out) == before
+
+
+@pytest.mark.parametrize(("build", "named"), [
+    (lambda out: SpanproofSpanExporter(out, sealing_proces=True), "'sealing_proces'"),
+    (lambda out: SpanproofSpanExporter(out, None, None), "positional"),
+    (lambda out: EvidenceSpanProcessor(output_dri=out), "'output_dri'"),
+    # A setting the processor hands to its exporter, misspelled.
+    (lambda out: EvidenceSpanProcessor(out, max_record=5), "'max_record'"),
+], ids=["exporter-misspelled", "exporter-too-many", "processor-misspelled",
+        "processor-setting-misspelled"])
+def test_a_misspelled_argument_fails_with_the_sdk_disabled_as_it_does_enabled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, build: Any, named: str) -> None:
+    out = tmp_path / "evidence"
+    with pytest.raises(TypeError, match=named):
+        build(out)
+    assert not out.exists()
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    with pytest.raises(TypeError, match=named) as disabled:
+        build(out)
+    assert str(disabled.value).startswith(("SpanproofSpanExporter(): ",
+                                           "EvidenceSpanProcessor(): "))
+    assert not out.exists()
+
+
+def test_arguments_spelled_right_are_still_not_used_with_the_sdk_disabled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    # A value the enabled exporter refuses is not looked at: only names are checked.
+    out = tmp_path / "evidence"
+    SpanproofSpanExporter(out, max_records=-1, sealing_process="sometimes").shutdown()
+    EvidenceSpanProcessor(output_dir=out, max_records=-1).shutdown()
+    assert not out.exists()
