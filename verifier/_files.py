@@ -333,10 +333,14 @@ def walk_files(
     Symbolic links to directories are followed, as links to files are: what is
     below them is below *top* too.  Each directory (by its real path) is searched
     once, under the first way to it, so a link back up ends there and a second
-    link to one directory lists it once.  A directory that cannot be listed goes
-    to *onerror* (which may raise), never skipped silently.
+    link to one directory lists it once.  A link to a directory that holds *top*
+    (``/``, or any other above it) is not followed: it would search everything
+    around *top*, the whole disk for ``/``; it goes to *onerror* as ``ELOOP``.  A
+    directory that cannot be listed goes to *onerror* (which may raise), never
+    skipped silently.
     """
     searched: set[str] = set()
+    above = os.path.realpath(top)
     for root, dirs, files in os.walk(top, onerror=onerror, followlinks=True):
         real = os.path.realpath(root)
         if real in searched:  # a loop of links, or a second way to one directory
@@ -344,4 +348,10 @@ def walk_files(
             continue
         searched.add(real)
         dirs.sort()  # which of two ways to one directory is searched: the first
+        for name in [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            target = os.path.realpath(os.path.join(root, name))
+            if target != above and os.path.commonpath([target, above]) == target:
+                dirs.remove(name)
+                onerror(OSError(errno.ELOOP, f"a symbolic link to {target}, which holds "
+                                f"{top}: not followed", os.path.join(root, name)))
         yield from (os.path.join(root, f) for f in sorted(files) if wanted(f))

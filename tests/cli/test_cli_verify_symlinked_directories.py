@@ -53,3 +53,43 @@ def test_a_link_loop_and_a_second_link_search_each_directory_once(
     os.symlink("..", top / "sub" / "up")  # back to top: a loop
     os.symlink(tmp_path / "archive", top / "sub" / "same-archive")
     assert list(find_bundles([str(top)])) == [str(seg0), str(seg1)]
+
+
+@pytest.mark.parametrize("target", ["root", "parent"])
+def test_a_link_to_a_directory_that_holds_the_one_given_is_not_followed(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, keys: Keys, make_bundle: MakeBundle,
+    target: str,
+) -> None:
+    # A link to / (or to any directory above DIR) made verify search the whole disk,
+    # and check every bundle there as if it were in DIR. It fails instead, named.
+    top, seg0, seg1 = _segments(tmp_path, make_bundle)
+    outside, _ = make_bundle("elsewhere", directory=tmp_path / "elsewhere")
+    link = top / "sub" / "up"
+    os.symlink("/" if target == "root" else tmp_path, link)
+    held = "/" if target == "root" else str(tmp_path.resolve())
+    why = f"a symbolic link to {held}, which holds {top}: not followed"
+
+    errors: list[OSError] = []
+    assert list(find_bundles([str(top)], onerror=errors.append)) == [str(seg0), str(seg1)]
+    assert [(e.filename, e.strerror) for e in errors] == [(str(link), why)]
+    with pytest.raises(OSError, match="not followed"):
+        list(find_bundles([str(top)]))
+
+    assert main(["verify", "--key", str(keys.pub), str(top)]) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL {link}: cannot list the directory ({why}); the bundles in it were not " \
+        "checked" in out
+    assert f"OK {seg0} " in out and f"OK {seg1} " in out
+    assert str(outside) not in out and "elsewhere" not in out
+
+
+def test_a_link_back_to_the_directory_given_is_still_searched_once_without_a_failure(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, keys: Keys, make_bundle: MakeBundle
+) -> None:
+    # DIR itself holds DIR, but a link to it adds nothing to search: not a failure.
+    top, seg0, seg1 = _segments(tmp_path, make_bundle)
+    os.symlink(top, top / "sub" / "self")
+    assert main(["verify", "--key", str(keys.pub), str(top)]) == 0
+    out = capsys.readouterr().out
+    assert "FAIL" not in out
+    assert out.count(f"OK {seg0} ") == 1 and out.count(f"OK {seg1} ") == 1

@@ -4,6 +4,7 @@ is a fork or rollback whose new receipt is kept too, as evidence."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -162,3 +163,20 @@ def test_a_new_receipt_that_does_not_verify_proves_nothing_against_the_kept_one(
     said = kept_receipt(str(target), unsigned, verify)
     assert said is not None and said.startswith("kept the receipt already beside it")
     assert not saved(tmp_path)
+
+
+def test_a_monitor_does_not_follow_a_link_to_a_directory_above_the_one_given(
+    tmp_path: Path,
+) -> None:
+    # As `verify` (walk_files): a link to / made `monitor --receipts DIR` read every
+    # receipt on the disk as DIR's; it is named as a directory not searched instead.
+    top, other = tmp_path / "receipts", tmp_path / "elsewhere"
+    top.mkdir()
+    other.mkdir()
+    target = kept_beside(top, receipt_in(history(*range(3))))
+    elsewhere = kept_beside(other, receipt_in(history(*range(4))))
+    os.symlink(tmp_path, top / "up")
+    found, problems = find_receipts(str(top))
+    assert found == [str(target)] and str(elsewhere) not in found
+    assert problems == [(str(top / "up"), "cannot list the directory (a symbolic link to "
+                         f"{tmp_path.resolve()}, which holds {top}: not followed)")]
