@@ -534,9 +534,15 @@ class WitnessSubmitter:
             _logger.error("spanproof: witness submission of %s: %s", got.target, e)
             kept = str(e)
         except TransportError as e:
+            from spanproof.witness.client import HTTPStatusError
+
             self._unproved = self._unproved or [str(e)]
+            # A 429's or 503's Retry-After is kept, as for a submission's answer.
+            asked = (self._unavailable(e.status, e.retry_after).asked
+                     if isinstance(e, HTTPStatusError) else 0.0)
             return _Transient(f"the receipt already beside {got.target} is from a smaller "
-                              f"tree, and the witness gave no consistency proof now ({e})")
+                              f"tree, and the witness gave no consistency proof now ({e})",
+                              asked)
         except SpanproofError:
             return False  # checked when it was delivered: not expected
         if kept is None:

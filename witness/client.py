@@ -48,13 +48,16 @@ class MalformedAnswer(TransportError):
 
 
 class HTTPStatusError(TransportError):
-    """The witness answered with an HTTP error status (``status``, ``message``)."""
+    """The witness answered with an HTTP error status (``status``, ``message``), and
+    its ``Retry-After`` header as sent (``retry_after``; None without one)."""
 
-    def __init__(self, status: int, message: str, body: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, status: int, message: str, body: Mapping[str, Any] | None = None,
+                 retry_after: str | None = None) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.message = message
         self.body = dict(body or {})
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,8 @@ class WitnessClient:
                 doc = {}
             message = doc.get("error") if isinstance(doc, dict) else None
             raise HTTPStatusError(
-                e.code, str(message or e.reason), doc if isinstance(doc, dict) else None
+                e.code, str(message or e.reason), doc if isinstance(doc, dict) else None,
+                e.headers.get("Retry-After") if e.headers is not None else None,
             ) from e
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)

@@ -100,6 +100,22 @@ def _signed(signer: CheckpointSigner, tree: MerkleTree) -> Callable[[], bytes]:
                           "Content-Type: text/plain")
 
 
+@pytest.mark.parametrize(("headers", "retry_after"), [
+    (("Retry-After: 30",), "30"), ((), None),
+], ids=["with-retry-after", "without"])
+def test_an_error_answer_s_retry_after_is_kept(
+    canned: Canned, headers: tuple[str, ...], retry_after: str | None
+) -> None:
+    # The submitter waits at least that long before asking again (SPEC §12.11).
+    canned.answers["/v1/proof/consistency"] = answer(
+        "503 Service Unavailable", b'{"error":"busy"}', "Content-Type: application/json",
+        *headers)
+    with pytest.raises(HTTPStatusError) as got:
+        WitnessClient(canned.url, timeout=5).consistency_proof(3, 5)
+    assert (got.value.status, got.value.message) == (503, "busy")
+    assert got.value.retry_after == retry_after
+
+
 # --- redirects -------------------------------------------------------------------------
 
 

@@ -1243,7 +1243,8 @@ def test_a_receipt_for_the_same_index_from_another_history_is_kept_beside_the_fi
 class _ProofRequests:
     """Records the paths the witness client asks for; answers ``refused`` with 503."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, refused: str | None = None) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, refused: str | None = None,
+                 retry_after: str | None = None) -> None:
         from spanproof.witness.client import HTTPStatusError, WitnessClient
 
         self.paths: list[str] = []
@@ -1253,7 +1254,7 @@ class _ProofRequests:
         def request(client: WitnessClient, method: str, path: str, **kw: Any) -> Any:
             self.paths.append(path)
             if path == self.refused:
-                raise HTTPStatusError(503, "unavailable, says the test")
+                raise HTTPStatusError(503, "unavailable, says the test", None, retry_after)
             return real(client, method, path, **kw)
 
         monkeypatch.setattr(WitnessClient, "request", request)
@@ -1327,3 +1328,32 @@ def test_a_kept_receipt_of_a_smaller_tree_is_checked_with_the_witness_consistenc
     else:
         assert not conflicts and not errors
         assert "kept the receipt already beside it" in caplog.text
+
+
+def test_a_proof_request_s_retry_after_is_waited_as_a_submission_s(
+    tmp_path: Path, witness: Witness, witness_keys: list[WitnessKey],
+    producer_key: SigningKey, serve_witness: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A 503 to the consistency proof left the submitter's own backoff (0.5 s here):
+    # asked again at once by every producer, a witness that asked for 30 s got none.
+    (path,) = _bundles(tmp_path / "b", 1)
+    kept = witness.submit(path.read_bytes(), None).receipt
+    Path(receipt_path(path)).write_bytes(kept.to_bytes())
+    witness.submit(make_bundle(trace_id(2)).data, None)  # the log grew
+    requests = _ProofRequests(monkeypatch, "/v1/proof/consistency", retry_after="30")
+    srv = serve_witness(witness)
+    clock = Clock()
+    sub = WitnessSubmitter(srv.url, tmp_path / "q", clock=clock, rng=lambda: 0.0,
+                           start=False, producer_key=producer_key.private_key.public_key(),
+                           witness_keys=witness_keys, batch_size=1)
+    sub.submit(path)
+    assert sub.process_due() == 30.0 and sub.pending == 1
+    clock.t += 29.5
+    assert sub.process_due() == 0.5  # not asked again before then
+    assert requests.paths.count("/v1/proof/consistency") == 1
+    requests.refused = None
+    clock.t += 0.5
+    assert sub.process_due() is None and sub.pending == 0
+    assert requests.paths.count("/v1/proof/consistency") == 2
+    assert Path(receipt_path(path)).read_bytes() == kept.to_bytes()
+    sub.close()
