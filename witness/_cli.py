@@ -66,8 +66,10 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_INTERRUPTED = 130  # SIGINT, as shells report it
-#: How long `witness serve` lets requests in flight finish once told to stop.
+#: How long `witness serve` lets requests in flight finish once told to stop, by
+#: default (``--shutdown-timeout``), and at most.
 SHUTDOWN_SECONDS = 10
+MAX_SHUTDOWN_SECONDS = 3600
 
 _logger = logging.getLogger(__name__)
 
@@ -120,6 +122,18 @@ def _max_body(text: str) -> int:
     if value < MIN_MAX_BODY:
         raise argparse.ArgumentTypeError(
             f"must be a whole number of bytes of at least {MIN_MAX_BODY}, not {text!r}")
+    return value
+
+
+def _shutdown_seconds(text: str) -> int:
+    """A ``--shutdown-timeout`` value: whole seconds, 1 to `MAX_SHUTDOWN_SECONDS`."""
+    try:
+        value = parse_decimal(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_SHUTDOWN_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"must be whole seconds from 1 to {MAX_SHUTDOWN_SECONDS}, not {text!r}")
     return value
 
 
@@ -229,7 +243,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         server_header=False,
         # Requests still in flight when SIGTERM or SIGINT comes get this long to
         # finish; a client that sends a byte now and then held the exit for good.
-        timeout_graceful_shutdown=SHUTDOWN_SECONDS,
+        timeout_graceful_shutdown=args.shutdown_timeout,
     )
     # uvicorn shuts down gracefully on SIGTERM and SIGINT, then raises the signal again
     # once its own handler is gone, so the handler it found runs.  With SIGTERM's
@@ -668,6 +682,10 @@ def add_commands(subparsers: Any) -> None:
                        help="accept producer keys from a trust-root file (validity windows)")
     serve.add_argument("--max-body", type=_max_body, default=64 * 1024 * 1024, metavar="BYTES",
                        help="largest accepted submission (default 64 MiB, at least 1024)")
+    serve.add_argument("--shutdown-timeout", type=_shutdown_seconds, default=SHUTDOWN_SECONDS,
+                       metavar="SECONDS",
+                       help=f"how long requests in flight get to finish after SIGTERM or "
+                            f"SIGINT (default {SHUTDOWN_SECONDS}; 1 to {MAX_SHUTDOWN_SECONDS})")
     serve.add_argument("--log-level", default="info",
                        choices=["critical", "error", "warning", "info", "debug"])
     serve.set_defaults(handler=_cmd_serve, subparser=serve)
