@@ -630,7 +630,8 @@ class Witness:
         return {
             "report": report.to_json(),
             "producerKey": mode,
-            **(self.lookup_json(digest=digest) if digest else self._lookup_json([], None)),
+            **(self.lookup_json(digest=digest) if digest
+               else self._lookup_json(self._published_now(), [], None)),
         }
 
     # --- reads --------------------------------------------------------------------
@@ -701,6 +702,19 @@ class Witness:
         Raises:
             TransportError: the database cannot be read.
         """
+        return self._lookup(trace=trace, digest=digest, index=index, after=after,
+                            limit=limit)[1]
+
+    def _lookup(
+        self,
+        *,
+        trace: str | None,
+        digest: str | None,
+        index: int | None,
+        after: int,
+        limit: int,
+    ) -> tuple[StoredCheckpoint, list[tuple[Entry, bool, Receipt]]]:
+        """:meth:`lookup`'s entries, with the checkpoint their receipts are against."""
         if trace is not None:
             entries = self._store.by_trace(trace, after=after, limit=limit)
         elif digest is not None:
@@ -718,13 +732,19 @@ class Witness:
                     continue  # committed by a concurrent append not yet published
                 out.append((entry, self._store.in_conflict(entry),
                             self._receipt_locked(entry, published)))
-        return out
+        return published, out
+
+    def _published_now(self) -> StoredCheckpoint:
+        """The latest checkpoint handed out."""
+        with self._lock:
+            return self._published
 
     def _lookup_json(
-        self, found: list[tuple[Entry, bool, Receipt]], next_after: int | None
+        self, latest: StoredCheckpoint, found: list[tuple[Entry, bool, Receipt]],
+        next_after: int | None,
     ) -> dict[str, Any]:
-        with self._lock:
-            latest = self._published
+        # The checkpoint the receipts are against: one published since would give
+        # the answer a treeSize that is not its receipts'.
         doc = {
             "origin": self.origin,
             "treeSize": str(latest.size),
@@ -753,11 +773,11 @@ class Witness:
     ) -> dict[str, Any]:
         """:meth:`lookup` as the ``GET /v1/lookup`` document: with ``next``, the
         *after* of the following page, when more entries follow this one."""
-        found = self.lookup(trace=trace, digest=digest, index=index, after=after,
-                            limit=limit + 1)
+        latest, found = self._lookup(trace=trace, digest=digest, index=index, after=after,
+                                     limit=limit + 1)
         if len(found) <= limit:
-            return self._lookup_json(found, None)
-        return self._lookup_json(found[:limit], found[limit - 1][0].index)
+            return self._lookup_json(latest, found, None)
+        return self._lookup_json(latest, found[:limit], found[limit - 1][0].index)
 
     def info(self) -> dict[str, Any]:
         """The witness's identity, for ``GET /v1/info``."""

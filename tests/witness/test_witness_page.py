@@ -13,7 +13,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -185,15 +185,27 @@ def test_a_trace_lookup_of_more_than_a_page_links_to_the_next(
     assert "1 entry for " + CONFLICTED + " after index 0" in page.text
 
 
+def _answer_with(witness: Witness, monkeypatch: pytest.MonkeyPatch,
+                 change: Callable[[Any], Any]) -> None:
+    """Make *witness*'s look-ups answer *change* of the entries it found (each an
+    ``(entry, conflict, receipt)``): a lying witness, for the page to catch."""
+    real = witness._lookup
+
+    def lying(**kwargs: Any) -> Any:
+        published, found = real(**kwargs)
+        return published, change(found)
+
+    monkeypatch.setattr(witness, "_lookup", lying)
+
+
 def test_browser_check_catches_a_bad_proof(
     chromium: str, site: tuple[str, Witness, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url, witness, digest = site
-    real = witness.lookup
 
-    def lying_lookup(**kwargs: Any) -> Any:
+    def lying(found: Any) -> Any:
         out = []
-        for entry, conflict, receipt in real(**kwargs):
+        for entry, conflict, receipt in found:
             proof = list(receipt.inclusion_proof)
             proof[0] = bytes([proof[0][0] ^ 1]) + proof[0][1:]
             out.append(
@@ -201,7 +213,7 @@ def test_browser_check_catches_a_bad_proof(
             )
         return out
 
-    monkeypatch.setattr(witness, "lookup", lying_lookup)
+    _answer_with(witness, monkeypatch, lying)
     page = _load(chromium, tmp_path, f"{url}/?digest={digest}")
     assert ("browser-inclusion", "FAIL") in page.verdicts
 
@@ -213,13 +225,9 @@ def test_browser_check_fails_a_receipt_whose_tree_size_is_not_the_checkpoints(
     # path in a tree of size 4, so it reaches the signed root for a receipt that claims
     # size 4; the page took the size from the receipt, not from the checkpoint.
     url, witness, _ = site
-    real = witness.lookup
-
-    def lying_lookup(**kwargs: Any) -> Any:
-        return [(entry, conflict, dataclasses.replace(receipt, tree_size=4))
-                for entry, conflict, receipt in real(**kwargs)]
-
-    monkeypatch.setattr(witness, "lookup", lying_lookup)
+    _answer_with(witness, monkeypatch, lambda found: [
+        (entry, conflict, dataclasses.replace(receipt, tree_size=4))
+        for entry, conflict, receipt in found])
     page = _load(chromium, tmp_path, f"{url}/?trace={CONFLICTED}")
     assert [e["entry-index"] for e in page.entries] == ["0", "1"]
     assert [v for name, v in page.verdicts if name == "browser-inclusion"] == ["FAIL", "FAIL"]
@@ -232,15 +240,13 @@ def test_browser_check_fails_a_receipt_of_another_entry(
     # Entries 0 and 1 with each other's receipts: each receipt proves its own leaf,
     # and the page said PASS under entries whose leaves it had not proven.
     url, witness, _ = site
-    real = witness.lookup
 
-    def swapping_lookup(**kwargs: Any) -> Any:
-        found = real(**kwargs)
+    def swapping(found: Any) -> Any:
         receipts = [receipt for _, _, receipt in found][::-1]
         return [(entry, conflict, receipt)
                 for (entry, conflict, _), receipt in zip(found, receipts, strict=True)]
 
-    monkeypatch.setattr(witness, "lookup", swapping_lookup)
+    _answer_with(witness, monkeypatch, swapping)
     page = _load(chromium, tmp_path, f"{url}/?trace={CONFLICTED}")
     assert [e["entry-index"] for e in page.entries] == ["0", "1"]
     assert [v for name, v in page.verdicts if name == "browser-inclusion"] == ["FAIL", "FAIL"]

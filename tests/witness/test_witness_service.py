@@ -174,6 +174,31 @@ def test_lookups(harness: Harness, tmp_path: Path) -> None:
     assert harness.client.get("/v1/receipt", params={"index": "5"}).status_code == 404
 
 
+def test_a_lookup_s_tree_size_is_its_receipts_with_an_append_in_between(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The answer's treeSize and checkpoint were read again after its receipts: an
+    # append between the two made them another checkpoint's than the receipts'.
+    witness = harness.witness
+    harness.submit(make_bundle(trace_id(30)).data)
+    for name in ("lookup", "_lookup"):  # where the entries are found, whichever
+        found = getattr(witness, name, None)
+        if found is None:
+            continue
+
+        def then_append(*args: Any, _found: Any = found, **kwargs: Any) -> Any:
+            result = _found(*args, **kwargs)
+            witness.submit(make_bundle(trace_id(31 + witness.size)).data, None)
+            return result
+
+        monkeypatch.setattr(witness, name, then_append)
+    doc = witness.lookup_json(trace=trace_id(30))
+    (entry,) = doc["entries"]
+    assert witness.size == 2  # the append came in between
+    assert doc["treeSize"] == entry["receipt"]["treeSize"] == "1"
+    assert doc["checkpoint"] == entry["receipt"]["checkpoint"]
+
+
 def _page(harness: Harness, **params: str) -> tuple[list[str], str | None]:
     resp = harness.client.get("/v1/lookup", params=params)
     assert resp.status_code == 200, resp.text
