@@ -340,7 +340,11 @@ def walk_files(
     skipped silently.
     """
     searched: set[str] = set()
-    above = os.path.realpath(top)
+    itself = os.path.realpath(top)
+    # Where *top* is, and each directory on the path it was given by, where it is:
+    # a directory that holds any of them holds *top* (given as a symbolic link too).
+    given = os.path.abspath(top)
+    held = {itself, *(os.path.realpath(d) for d in _ancestors(given))}
     for root, dirs, files in os.walk(top, onerror=onerror, followlinks=True):
         real = os.path.realpath(root)
         if real in searched:  # a loop of links, or a second way to one directory
@@ -350,8 +354,17 @@ def walk_files(
         dirs.sort()  # which of two ways to one directory is searched: the first
         for name in [d for d in dirs if os.path.islink(os.path.join(root, d))]:
             target = os.path.realpath(os.path.join(root, name))
-            if target != above and os.path.commonpath([target, above]) == target:
+            if target != itself and any(os.path.commonpath([target, h]) == target
+                                        for h in held):
                 dirs.remove(name)
                 onerror(OSError(errno.ELOOP, f"a symbolic link to {target}, which holds "
                                 f"{top}: not followed", os.path.join(root, name)))
         yield from (os.path.join(root, f) for f in sorted(files) if wanted(f))
+
+
+def _ancestors(path: str) -> Iterator[str]:
+    """The directories above absolute *path*, nearest first, up to the root."""
+    parent = os.path.dirname(path)
+    while parent != path:
+        yield parent
+        path, parent = parent, os.path.dirname(parent)

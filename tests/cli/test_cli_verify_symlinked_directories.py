@@ -93,3 +93,22 @@ def test_a_link_back_to_the_directory_given_is_still_searched_once_without_a_fai
     out = capsys.readouterr().out
     assert "FAIL" not in out
     assert out.count(f"OK {seg0} ") == 1 and out.count(f"OK {seg1} ") == 1
+
+
+def test_a_link_to_a_directory_above_a_path_given_as_a_link_is_not_followed(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, keys: Keys, make_bundle: MakeBundle
+) -> None:
+    # PATH is home/evidence, a link to store/bundles; a link in there to home held
+    # PATH as given, though not where it really is, and was followed.
+    store, home = tmp_path / "store" / "bundles", tmp_path / "home"
+    inside, _ = make_bundle("inside", directory=store)
+    outside, _ = make_bundle("outside", directory=home / "other")
+    os.symlink(store, home / "evidence")
+    os.symlink(home, store / "up")
+    given = home / "evidence"
+    assert main(["verify", "--key", str(keys.pub), str(given)]) == 1
+    out = capsys.readouterr().out
+    assert f"OK {given / inside.name} " in out
+    assert (f"FAIL {given / 'up'}: cannot list the directory (a symbolic link to "
+            f"{home.resolve()}, which holds {given}: not followed)") in out
+    assert outside.name not in out
