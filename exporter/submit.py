@@ -150,6 +150,14 @@ class _Transient(Exception):
         self.asked = asked
 
 
+def _longer(one: _Transient | None, other: _Transient | None) -> _Transient | None:
+    """Of two failures (None: none), the one whose ``Retry-After`` asks the longer
+    wait; *one* when they ask the same."""
+    if one is None or (other is not None and other.asked > one.asked):
+        return other
+    return one
+
+
 class WitnessSubmitter:
     """Submit sealed bundles to a witness from a background thread.
 
@@ -418,8 +426,8 @@ class WitnessSubmitter:
                 transient = self._deliver_window(
                     [(name, self._pending[name].bundle) for name in order[1:]]
                 )
-            unwritten = self._write_receipts()
-            transient = transient or unwritten
+            # Of the round's failures, the one that asks the longest wait counts.
+            transient = _longer(transient, self._write_receipts())
             if transient is not None:
                 self._failures += 1
                 self._transient_events += 1
@@ -491,7 +499,7 @@ class WitnessSubmitter:
                 continue
             kept = self._kept(name, got)
             if isinstance(kept, _Transient):
-                failure = failure or kept  # stays pending: delivered again later
+                failure = _longer(failure, kept)  # stays pending: delivered again later
             elif not kept:
                 todo.append((name, got))
         errors = write_together([(got.target, got.receipt) for _, got in todo])
@@ -505,7 +513,7 @@ class WitnessSubmitter:
                              f"{error.strerror} (the witness logged the bundle; submit it "
                              f"again once the receipt can be written)")
             else:
-                failure = failure or _Transient(f"cannot write {got.target}: {error}")
+                failure = _longer(failure, _Transient(f"cannot write {got.target}: {error}"))
         return failure
 
     def _kept(self, name: str, got: _Delivered) -> bool | _Transient:
@@ -632,8 +640,7 @@ class WitnessSubmitter:
                 failed = self._settle(name, outcome)
                 if failed is not None:
                     stop.set()
-                    if transient is None or failed.asked > transient.asked:
-                        transient = failed  # the longest Retry-After of the round
+                    transient = _longer(transient, failed)
 
         try:
             while taken := take():

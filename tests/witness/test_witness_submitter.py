@@ -1357,3 +1357,39 @@ def test_a_proof_request_s_retry_after_is_waited_as_a_submission_s(
     assert requests.paths.count("/v1/proof/consistency") == 2
     assert Path(receipt_path(path)).read_bytes() == kept.to_bytes()
     sub.close()
+
+
+@pytest.mark.parametrize(("submission", "proof", "waited"), [
+    ("5", "30", 30.0), ("30", "5", 30.0), (None, "30", 30.0),
+], ids=["proof-longer", "submission-longer", "submission-without"])
+def test_the_longest_retry_after_of_a_round_counts_the_proof_s_among_them(
+    tmp_path: Path, witness: Witness, witness_keys: list[WitnessKey],
+    producer_key: SigningKey, monkeypatch: pytest.MonkeyPatch,
+    submission: str | None, proof: str, waited: float,
+) -> None:
+    # SPEC §12.11: of several answered in one round, the longest counts.  A
+    # submission's shorter (or no) Retry-After replaced the proof request's.
+    new, kept_path, busy = _bundles(tmp_path / "b", 3)
+    kept = witness.submit(kept_path.read_bytes(), None).receipt
+    Path(receipt_path(kept_path)).write_bytes(kept.to_bytes())
+    witness.submit(make_bundle(trace_id(9)).data, None)  # the log grew
+    _ProofRequests(monkeypatch, "/v1/proof/consistency", retry_after=proof)
+    fake = FakeWitness(witness)
+    fake.down = False
+    busy_trace = trace_id(2).encode()
+
+    def answer(url: str, body: bytes, headers: Mapping[str, str],
+               timeout: float) -> tuple[int, bytes, str | None]:
+        if busy_trace in body:
+            return 503, b'{"error":"busy"}', submission
+        return fake(url, body, headers, timeout)
+
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=answer, clock=Clock(),
+                           rng=lambda: 0.0, start=False, batch_size=1, concurrency=1,
+                           producer_key=producer_key.private_key.public_key(),
+                           witness_keys=witness_keys)
+    for path in (new, kept_path, busy):
+        sub.submit(path)
+    assert sub.process_due() == waited
+    assert sub.pending == 2  # the kept receipt's bundle and the busy one
+    sub.close()
