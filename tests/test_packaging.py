@@ -27,10 +27,13 @@ from packaging.utils import canonicalize_name
 _IMPORT_ALL = """
 import importlib, json, pkgutil, sys
 before = set(sys.modules)  # what the interpreter loaded at start (site, .pth files)
-import spanproof.verifier as package
-names = sorted(
-    info.name for info in pkgutil.walk_packages(package.__path__, package.__name__ + ".")
-)
+names = []
+for top in sys.argv[1].split(","):
+    package = importlib.import_module(top)
+    names += sorted(
+        info.name for info in pkgutil.walk_packages(package.__path__, package.__name__ + ".")
+        if info.name not in sys.argv[2].split(",")
+    )
 for name in names:
     importlib.import_module(name)
 added = set(sys.modules) - before
@@ -48,10 +51,10 @@ FORBIDDEN_PREFIXES = ("opentelemetry", "grpc", "google.protobuf", "nacl")
 NETWORK_CLIENTS = ("urllib.request", "http.client", "requests", "httpx", "urllib3", "aiohttp")
 
 
-def _run(code: str, cwd: Path) -> dict[str, object]:
+def _run(code: str, cwd: Path, *args: str) -> dict[str, object]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP")}
     result = subprocess.run(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", code, *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -66,7 +69,19 @@ def _run(code: str, cwd: Path) -> dict[str, object]:
 
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    return _run(_IMPORT_ALL, tmp_path_factory.mktemp("import-verifier"))
+    return _run(_IMPORT_ALL, tmp_path_factory.mktemp("import-verifier"), "spanproof.verifier", "")
+
+
+#: The witness's module that needs the ``witness`` extra (its web stack): all the others
+#: serve ``witness submit``, ``witness keygen`` and ``monitor``, which the plain install runs.
+WEB_MODULES = ("spanproof.witness.app",)
+
+
+@pytest.fixture(scope="module")
+def imported_commands(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """What the verifier and the witness's commands but ``serve`` import."""
+    return _run(_IMPORT_ALL, tmp_path_factory.mktemp("import-commands"),
+                "spanproof.verifier,spanproof.witness", ",".join(WEB_MODULES))
 
 
 def test_all_verifier_submodules_import(imported: dict[str, object]) -> None:
@@ -167,10 +182,26 @@ def test_the_exporter_extra_brings_the_producer_s_packages() -> None:
     assert PRODUCER_DISTRIBUTIONS | {"starlette", "uvicorn"} <= _installs(frozenset({"test"}))
 
 
-def test_every_package_the_verifier_imports_comes_with_the_plain_install(
-    imported: dict[str, object],
+def test_the_witness_client_commands_import_no_producer_package(
+    imported_commands: dict[str, object],
 ) -> None:
-    files = imported["files"]
+    submodules = imported_commands["submodules"]
+    loaded = imported_commands["loaded"]
+    assert isinstance(submodules, list) and isinstance(loaded, list)
+    assert {"spanproof.witness.client", "spanproof.witness.monitor",
+            "spanproof.witness._cli"} <= set(submodules)  # not vacuous
+    offending = sorted(name for name in loaded if name.startswith(FORBIDDEN_PREFIXES))
+    assert offending == [], f"the witness's commands pulled in producer packages: {offending}"
+    assert not any(name.startswith("spanproof.exporter") for name in loaded)
+
+
+@pytest.mark.parametrize("which", ["verifier", "witness-commands"])
+def test_every_package_the_verifier_imports_comes_with_the_plain_install(
+    imported: dict[str, object], imported_commands: dict[str, object], which: str,
+) -> None:
+    # The verifier's commands, and the witness's but `serve` (README, "Verifying
+    # bundles"), run on `pip install .`.
+    files = (imported if which == "verifier" else imported_commands)["files"]
     assert isinstance(files, list)
     # Each module file the verifier loaded from an installed distribution, by the
     # top-level name it sits under (the standard library's, and this checkout's in an
