@@ -52,14 +52,14 @@ class BuiltDisabled:
             # Arguments by name and number are checked as an enabled build checks them,
             # so a misspelled keyword fails the same way either way; values are not.
             try:
-                cls._bind_disabled_arguments(args, kwargs)
+                cls._bind_arguments(args, kwargs)
             except TypeError as e:
                 raise TypeError(f"{cls.__name__}(): {e}") from None
             return cast(_T, object.__new__(kind))
         return object.__new__(cls)
 
     @classmethod
-    def _bind_disabled_arguments(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _bind_arguments(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Bind *args* and *kwargs* to the class's ``__init__``.
 
         Raises:

@@ -505,7 +505,7 @@ class EvidenceSpanProcessor(SpanProcessor, BuiltDisabled):
     """
 
     @classmethod
-    def _bind_disabled_arguments(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _bind_arguments(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Bind the arguments as ``__init__`` does, the exporter's settings among
         them to the sealer's (a misspelled one is a ``TypeError`` there)."""
         bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
@@ -1022,13 +1022,20 @@ def install(**kwargs: Any) -> EvidenceSpanProcessor:
     The provider shuts the processor down at exit.
 
     Raises:
-        TypeError: the global tracer provider is not the OpenTelemetry SDK's (the
+        TypeError: an argument :class:`EvidenceSpanProcessor` does not take (said
+            first); the global tracer provider is not the OpenTelemetry SDK's (the
             SDK is not configured), or is a disabled one (``OTEL_SDK_DISABLED=true``).
         ValueError: a malformed setting.
     """
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
 
+    # A misspelled argument first: one who catches the TypeError below (the SDK
+    # disabled) must not catch that one with it.
+    try:
+        EvidenceSpanProcessor._bind_arguments((), kwargs)
+    except TypeError as e:
+        raise TypeError(f"install(): {e}") from None
     provider = trace.get_tracer_provider()
     if not isinstance(provider, TracerProvider):
         raise TypeError("the global tracer provider is not an OpenTelemetry SDK "

@@ -40,3 +40,20 @@ def test_install_on_an_enabled_sdk_provider_adds_the_processor(
         assert provider._active_span_processor._span_processors == (processor,)
     finally:
         provider.shutdown()
+
+
+@pytest.mark.parametrize("disabled", [True, False], ids=["sdk-disabled", "sdk-enabled"])
+def test_install_names_a_misspelled_argument_before_the_provider(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, disabled: bool) -> None:
+    # With the SDK disabled, install(outptu_dir=...) raised the "provider is disabled"
+    # TypeError: code catching that one caught the typo with it, silently.
+    if disabled:
+        monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    else:
+        monkeypatch.delenv("OTEL_SDK_DISABLED", raising=False)
+    provider = TracerProvider()
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    with pytest.raises(TypeError, match=r"^install\(\): .*'outptu_dir'"):
+        install(outptu_dir=str(tmp_path / "evidence"))
+    assert not (tmp_path / "evidence").exists()
+    assert not provider._active_span_processor._span_processors
