@@ -331,35 +331,56 @@ def walk_files(
     order within each directory, subdirectories in sorted order.
 
     Symbolic links to directories are followed, as links to files are: what is
-    below them is below *top* too.  Each directory (by its real path) is searched
-    once, under the first way to it, so a link back up ends there and a second
+    below them is below *top* too.  Each directory (by its device and inode) is
+    searched once, under the first way to it, so a link back up ends there and a second
     link to one directory lists it once.  A link to a directory that holds *top*
     (``/``, or any other above it) is not followed: it would search everything
     around *top*, the whole disk for ``/``; it goes to *onerror* as ``ELOOP``.  A
     directory that cannot be listed goes to *onerror* (which may raise), never
-    skipped silently.
+    skipped silently.  Directories are walked without recursion, so no depth of
+    them exhausts Python's stack (``os.walk`` recursed once per level before 3.12).
     """
-    searched: set[str] = set()
+    searched: set[tuple[int, int]] = set()  # each directory's device and inode
     itself = os.path.realpath(top)
     # Where *top* is, and each directory on the path it was given by, where it is:
     # a directory that holds any of them holds *top* (given as a symbolic link too).
     given = os.path.abspath(top)
     held = {itself, *(os.path.realpath(d) for d in _ancestors(given))}
-    for root, dirs, files in os.walk(top, onerror=onerror, followlinks=True):
-        real = os.path.realpath(root)
-        if real in searched:  # a loop of links, or a second way to one directory
-            dirs.clear()
+    todo = [top]  # directories still to search, the next one last
+    while todo:
+        root = todo.pop()
+        try:
+            found = os.stat(root)
+            if (found.st_dev, found.st_ino) in searched:
+                continue  # a loop of links, or a second way to one directory
+            searched.add((found.st_dev, found.st_ino))
+            with os.scandir(root) as listing:
+                entries = list(listing)
+        except OSError as error:
+            onerror(error)
             continue
-        searched.add(real)
-        dirs.sort()  # which of two ways to one directory is searched: the first
-        for name in [d for d in dirs if os.path.islink(os.path.join(root, d))]:
-            target = os.path.realpath(os.path.join(root, name))
-            if target != itself and any(os.path.commonpath([target, h]) == target
-                                        for h in held):
-                dirs.remove(name)
-                onerror(OSError(errno.ELOOP, f"a symbolic link to {target}, which holds "
-                                f"{top}: not followed", os.path.join(root, name)))
+        dirs: list[str] = []
+        files: list[str] = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()  # through a symbolic link too
+            except OSError:
+                is_dir = False  # as os.walk: then it is read as a file, and fails so
+            if not is_dir:
+                files.append(entry.name)
+            elif not entry.is_symlink():
+                dirs.append(entry.name)
+            else:
+                target = os.path.realpath(entry.path)
+                if target != itself and any(os.path.commonpath([target, h]) == target
+                                            for h in held):
+                    onerror(OSError(errno.ELOOP, f"a symbolic link to {target}, which holds "
+                                    f"{top}: not followed", entry.path))
+                else:
+                    dirs.append(entry.name)
         yield from (os.path.join(root, f) for f in sorted(files) if wanted(f))
+        # Which of two ways to one directory is searched: the first, in sorted order.
+        todo.extend(os.path.join(root, d) for d in sorted(dirs, reverse=True))
 
 
 def _ancestors(path: str) -> Iterator[str]:
