@@ -48,6 +48,7 @@ from .errors import (
     SpanproofError,
     VerificationError,
 )
+from .keys import raw_public_bytes
 from .merkle import HASH_SIZE, leaf_hash, verify_inclusion
 from .records import is_digest, is_trace_id, is_uint
 from .statement import Statement
@@ -566,13 +567,20 @@ def kept_receipt(
                     "it proves no rollback")
         return kept
     try:
-        verify(raw)
+        was = verify(raw)
     except SpanproofError:
         return None  # this log's receipt, but not its signature: it proves nothing
     try:
-        verify(new.to_bytes())
+        now = verify(new.to_bytes())
     except SpanproofError:
         return kept  # the new one proves nothing against it
+    signers = _signer(was), _signer(now)
+    if None not in signers and signers[0] != signers[1]:
+        # Two pinned keys signing one origin: what one signed is no evidence
+        # against the other (SPEC §12.7, "signed by the same key").
+        return (f"kept the receipt already beside it ({target}), whose checkpoint another "
+                "pinned key signed: it proves no rollback of this witness; move it away to "
+                "store this one")
     if old.leaf_index != new.leaf_index:
         raise _kept_conflict(
             target, new,
@@ -614,6 +622,17 @@ def conflict_receipt_path(target: str, receipt: bytes) -> str:
     in ``.receipt.json``, so it is never taken for the bundle's receipt."""
     stem = target[: -len(".json")] if target.endswith(RECEIPT_SUFFIX) else target
     return f"{stem}.conflict-{hashlib.sha256(receipt).hexdigest()[:16]}.json"
+
+
+def _signer(verified: object) -> bytes | None:
+    """The raw public key that signed the checkpoint of what a receipt's *verify*
+    returned (a :class:`VerifiedReceipt` or :class:`VerifiedCheckpoint`); None for
+    anything else."""
+    if isinstance(verified, VerifiedReceipt):
+        verified = verified.checkpoint
+    if isinstance(verified, VerifiedCheckpoint):
+        return raw_public_bytes(verified.key.public_key)
+    return None
 
 
 def _receipt_checkpoint(receipt: Receipt) -> Checkpoint:

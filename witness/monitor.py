@@ -47,6 +47,7 @@ from spanproof.verifier.errors import (
     LogInconsistent,
     SpanproofError,
 )
+from spanproof.verifier.keys import raw_public_bytes
 from spanproof.verifier.receipt import (
     MAX_RECEIPT_BYTES,
     RECEIPT_SUFFIX,
@@ -366,8 +367,9 @@ def check_receipts(
 
     A witness showing its monitors one tree and producers another signs two
     checkpoints that fail this check; they are saved as evidence, as for a fork.
-    Receipts sharing a checkpoint are checked once.  A receipt of another log is
-    listed as unchecked.
+    Receipts sharing a checkpoint are checked once.  A receipt of another log, or
+    whose checkpoint another pinned key signed (two witnesses under one origin),
+    is listed as unchecked: it is no evidence against this witness.
 
     Raises:
         LogInconsistent: a receipt's checkpoint and *current* cannot both be honest;
@@ -382,6 +384,15 @@ def check_receipts(
         if checkpoint.origin != current.origin:
             unchecked.append((path, f"a receipt of the log {checkpoint.origin!r}, "
                                     f"not of {current.origin!r}"))
+            continue
+        if raw_public_bytes(checkpoint.key.public_key) != raw_public_bytes(
+                current.key.public_key):
+            # Two pinned keys signing one origin: what one signed is no evidence
+            # against the other, and a fork alert would name the wrong witness.
+            signer, log_signer = (cp.key.key_hash(cp.origin).hex()
+                                  for cp in (checkpoint, current))
+            unchecked.append((path, f"its checkpoint is signed by another pinned key "
+                                    f"({signer}) than the log's ({log_signer})"))
             continue
         if (checkpoint.size, checkpoint.root) not in shown:
             _check_extends(client, checkpoint, current, state_path, f"receipt {path}: ")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from witness_helpers import (
     ORIGIN,
@@ -815,6 +816,35 @@ def test_monitor_lists_receipts_it_cannot_check(
                            "--witness-key", str(files["pub"]),
                            "--receipts", str(tmp_path / "missing")], capsys)
     assert status == 2 and f"{tmp_path / 'missing'}: No such file or directory" in err
+
+
+def test_a_receipt_signed_by_another_pinned_key_under_the_origin_is_no_fork_alert(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # With two witness keys pinned, a second witness signing under the first one's
+    # origin made the monitor raise a fork ALERT against the first, with "evidence"
+    # pairing checkpoints two keys signed: proof against neither.
+    shown = open_witness()
+    shown.submit(make_bundle(trace_id(1)).data)
+    other_key = Ed25519PrivateKey.from_private_bytes(bytes(32))
+    other = open_witness("other.db", key=other_key)
+    (foreign,) = _receipts(other, tmp_path / "held", range(7, 8))  # tree size 1, another root
+    other_pub = tmp_path / "other.pub"
+    other_pub.write_bytes(other_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    srv = serve_witness(shown)
+    state = tmp_path / "m.json"
+    status, out, _ = _run(["monitor", "--url", srv.url, "--state", str(state), "--witness-key",
+                           str(files["pub"]), "--witness-key", str(other_pub), "--receipts",
+                           str(foreign)], capsys)
+    lines = out.splitlines()
+    assert status == 1, out
+    assert not any(line.startswith("ALERT") for line in lines) and not _evidence(state)
+    signer = WitnessKey(other_key.public_key()).key_hash(ORIGIN).hex()
+    assert any(line.startswith(f"FAIL receipt {foreign}: its checkpoint is signed by another "
+                               f"pinned key ({signer}) than the log's (") for line in lines), out
+    assert lines[-1].startswith(f"OK {ORIGIN}: 0 receipt(s)")
 
 
 def test_monitor_follows_a_growing_log(

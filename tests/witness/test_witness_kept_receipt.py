@@ -165,6 +165,29 @@ def test_a_new_receipt_that_does_not_verify_proves_nothing_against_the_kept_one(
     assert not saved(tmp_path)
 
 
+def test_a_receipt_another_pinned_key_signed_under_the_origin_proves_no_fork(
+    tmp_path: Path,
+) -> None:
+    # With both witnesses' keys pinned, the other one's receipt of another root at
+    # the same size was a "fork" of this witness, its receipt saved as evidence
+    # against it: the two checkpoints are two keys' word, proof against neither.
+    target = kept_beside(tmp_path, receipt_in(history(*range(9))))
+    other = CheckpointSigner(Ed25519PrivateKey.from_private_bytes(OTHER_WITNESS_SEED), ORIGIN)
+    tree = history(*range(10, 19))
+    theirs = Receipt(ORIGIN, 0, tree.size, tuple(tree.inclusion_proof(0)),
+                     other.sign(Checkpoint(ORIGIN, tree.size, tree.root())), LEAF)
+
+    def verify_both(raw: bytes) -> object:
+        return ReceiptVerifier([SIGNER.key, other.key]).verify_own_leaf(raw)
+
+    said = kept_receipt(str(target), theirs, verify_both)
+    assert said is not None and "whose checkpoint another pinned key signed" in said
+    assert not saved(tmp_path)
+    # One key, the same two roots: the fork it is.
+    with pytest.raises(LogInconsistent, match="two checkpoints of tree size 10"):
+        kept_receipt(str(target), receipt_in(tree), verify_both)
+
+
 def test_a_monitor_does_not_follow_a_link_to_a_directory_above_the_one_given(
     tmp_path: Path,
 ) -> None:
