@@ -22,6 +22,7 @@ bundle of any length without keeping its records.
 
 from __future__ import annotations
 
+import json
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -86,19 +87,38 @@ COMMITTED_TEXT = "<committed>"
 
 
 def value_text(typed: Mapping[str, Any]) -> str:
-    """A typed value (SPEC §2.3) as plain, unsanitized text; ``"<committed>"`` for a
-    committed value (SPEC §2.5), ``"?"`` for anything else that is not a typed value."""
+    """A typed value (SPEC §2.3) as unsanitized text that no other value has;
+    ``"<committed>"`` for a committed value (SPEC §2.5), ``"?"`` for anything else
+    that is not a typed value.
+
+    A string is itself, unless a sanitizer would change it (it holds a character that
+    is not printable) or it starts with ``"``: then it is its JSON string literal, so
+    that an escaped newline and a backslash before an ``n`` read differently.  In an
+    array or a map every string and key is a JSON string literal: ``["a","b"]`` and
+    ``["a,b"]``, ``[1]`` and ``["1"]`` differ.
+    """
     if is_committed_value(typed):
         return COMMITTED_TEXT
     try:
-        return _python_text(decode_value(typed))
+        value = decode_value(typed)
     except (ValueError, TypeError, AttributeError):
         return "?"
+    if isinstance(value, str):
+        return value if value.isprintable() and not value.startswith('"') else _quoted(value)
+    return _python_text(value)
 
 
 def _shown_value(typed: Mapping[str, Any]) -> str:
-    """A typed value for ``key=value`` display."""
-    return _shown(value_text(typed))
+    """A typed value for ``key=value`` display: a string quoted by :func:`_shown`."""
+    if is_committed_value(typed):
+        return COMMITTED_TEXT
+    try:
+        value = decode_value(typed)
+    except (ValueError, TypeError, AttributeError):
+        return "?"
+    if isinstance(value, str):
+        return _shown(value)
+    return _clean(_python_text(value), _MAX_VALUE_CHARS)
 
 
 def _shown(raw: str) -> str:
@@ -108,17 +128,26 @@ def _shown(raw: str) -> str:
     return _clean(raw, _MAX_VALUE_CHARS)
 
 
+def _quoted(text: str) -> str:
+    """*text* as a JSON string literal (non-ASCII characters kept)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
 def _python_text(value: Any) -> str:
+    """A decoded value other than a top-level string as text; strings inside it
+    quoted (:func:`_quoted`)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, bytes):
         return "0x" + value.hex()
     if value is None:
         return "null"
+    if isinstance(value, str):
+        return _quoted(value)
     if isinstance(value, list):
         return "[" + ",".join(_python_text(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ",".join(f"{k}={_python_text(v)}" for k, v in value.items()) + "}"
+        return "{" + ",".join(f"{_quoted(k)}:{_python_text(v)}" for k, v in value.items()) + "}"
     return str(value)
 
 
@@ -137,17 +166,20 @@ def status_text(span: Mapping[str, Any]) -> str:
     return f"{code}: {message}" if message else code
 
 
-def genai_attributes(attrs: Mapping[str, Any]) -> list[tuple[str, str]]:
+def genai_attributes(
+    attrs: Mapping[str, Any], text: Callable[[Mapping[str, Any]], str] = value_text
+) -> list[tuple[str, str]]:
     """The GenAI semantic-convention attributes a reviewer looks for, as ``(label,
-    raw text)`` pairs in display order: operation, agent, tool, model (or request and
-    response model when they differ), input and output tokens.  The text is not
-    sanitized; the caller escapes it for its medium."""
+    text)`` pairs in display order: operation, agent, tool, model (or request and
+    response model when they differ), input and output tokens.  Each value's text is
+    *text* of it: by default :func:`value_text`, not sanitized, which the caller
+    escapes for its medium."""
     extras: list[tuple[str, str]] = []
     for key, label in _GENAI_FIELDS[:3]:
         if key in attrs:
-            extras.append((label, value_text(attrs[key])))
-    request = value_text(attrs[_REQUEST_MODEL]) if _REQUEST_MODEL in attrs else None
-    response = value_text(attrs[_RESPONSE_MODEL]) if _RESPONSE_MODEL in attrs else None
+            extras.append((label, text(attrs[key])))
+    request = text(attrs[_REQUEST_MODEL]) if _REQUEST_MODEL in attrs else None
+    response = text(attrs[_RESPONSE_MODEL]) if _RESPONSE_MODEL in attrs else None
     if request is not None and response is not None and request != response:
         extras.append(("request_model", request))
         extras.append(("response_model", response))
@@ -155,7 +187,7 @@ def genai_attributes(attrs: Mapping[str, Any]) -> list[tuple[str, str]]:
         extras.append(("model", request or response or ""))
     for key, label in _GENAI_FIELDS[3:]:
         if key in attrs:
-            extras.append((label, value_text(attrs[key])))
+            extras.append((label, text(attrs[key])))
     return extras
 
 
@@ -173,7 +205,8 @@ def describe_span(span: Mapping[str, Any], paint: Paint = _plain) -> str:
         f"{paint('name', _clean(span['name'], 200))} "
         f"[{kind}, {paint(role, status)}, {duration_text(span)}]"
     )
-    extras = [f"{label}={_shown(text)}" for label, text in genai_attributes(span["attributes"])]
+    extras = [f"{label}={text}"
+              for label, text in genai_attributes(span["attributes"], _shown_value)]
     return line + ("  " + " ".join(extras) if extras else "")
 
 

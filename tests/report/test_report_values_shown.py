@@ -1,0 +1,75 @@
+"""Two different signed values never read the same in the HTML report or ``show``.
+
+An array's strings were joined with ``,`` and a map's entries written ``k=v``, none
+quoted: ``["refund","approve"]`` and ``["refund,approve"]`` both read
+``[refund,approve]``, ``[1,2]`` and ``["1","2"]`` both ``[1,2]``.  And a string holding
+a newline read as one holding a backslash and an ``n``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_support import ROOT, TRACE, Keys, MakeBundle, span_body
+from report_support import run
+
+from spanproof.verifier.tree import describe_span, value_text
+from spanproof.verifier.values import encode_value
+
+PAIRS: list[tuple[Any, Any]] = [
+    (["refund", "approve"], ["refund,approve"]),
+    ([1, 2], ["1", "2"]),
+    ([1], [1.0]),
+    ({"a": 1, "b": 2}, {"a=1,b": 2}),
+    ({"a": "1"}, {"a": 1}),
+    ([True], ["true"]),
+    ([b"\x01"], ["0x01"]),
+    (["a", ["b"]], ["a", "[\"b\"]"]),
+    ("a\nb", "a\\nb"),
+    ("\"a\"", "a"),
+    ('"a\\nb"', "a\nb"),
+]
+
+
+@pytest.mark.parametrize(("one", "other"), PAIRS, ids=[repr(p) for p in PAIRS])
+def test_two_values_never_have_one_text(one: Any, other: Any) -> None:
+    assert value_text(encode_value(one)) != value_text(encode_value(other))
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    (["refund", "approve"], '["refund","approve"]'),
+    ({"a=1,b": 2}, '{"a=1,b":2}'),
+    ([1, 2.5, None, False, b"\xff"], '[1,2.5,null,false,0xff]'),
+    ("plain text, as it is", "plain text, as it is"),
+    ("a\nb", '"a\\nb"'),
+    ('"quoted"', '"\\"quoted\\""'),
+])
+def test_what_a_value_reads(value: Any, text: str) -> None:
+    assert value_text(encode_value(value)) == text
+
+
+def test_show_keeps_apart_what_the_report_keeps_apart() -> None:
+    lines = set()
+    for one, other in PAIRS:
+        for value in (one, other):
+            body = span_body(TRACE, ROOT, "", "step", attributes={"gen_ai.tool.name": value})
+            lines.add((repr(value), describe_span(body["span"])))
+    assert len({line for _, line in lines}) == len(lines)
+
+
+def test_the_html_report_shows_each_value_as_no_other(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, keys: Keys, make_bundle: MakeBundle,
+) -> None:
+    attributes = {f"v{i}.{j}": value for i, pair in enumerate(PAIRS)
+                  for j, value in enumerate(pair)}
+    path, _ = make_bundle(bodies=[span_body(TRACE, ROOT, "", "step", attributes=attributes)])
+    out = tmp_path / "report.html"
+    code, _, _ = run(capsys, "report", "--key", keys.pub, path, "--html", out)
+    assert code == 0
+    html = out.read_text(encoding="utf-8")
+    assert "<th>v0.0</th><td>[&quot;refund&quot;,&quot;approve&quot;]</td>" in html
+    assert "<th>v0.1</th><td>[&quot;refund,approve&quot;]</td>" in html
+    assert '<th>v8.0</th><td>&quot;a\\nb&quot;</td><td>text</td>' in html
+    assert '<th>v8.1</th><td>a\\nb</td><td>text</td>' in html
