@@ -23,6 +23,7 @@ bundle of any length without keeping its records.
 from __future__ import annotations
 
 import json
+import re
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -121,9 +122,18 @@ def _shown_value(typed: Mapping[str, Any]) -> str:
     return _clean(_python_text(value), _MAX_VALUE_CHARS)
 
 
+#: A string that reads as another type's value (:func:`_python_text`): a number,
+#: ``true``, ``false``, ``null``, bytes, an array or a map, or a placeholder.
+_LOOKS_TYPED = re.compile(r"-?[0-9].*|-?inf|nan|true|false|null|\?|<committed>|0x.*|[\[{].*",
+                          re.DOTALL)
+
+
 def _shown(raw: str) -> str:
-    """Text for ``key=value`` display: quoted when it holds spaces, then sanitized."""
-    if raw == "" or any(ch.isspace() or ch in '="' for ch in raw):
+    """A string for ``key=value`` display, sanitized: quoted, its backslashes and
+    quotes escaped, when it is empty, holds white space, ``=``, ``"`` or a character
+    that is not printable, or would read as a value of another type."""
+    if (raw == "" or not raw.isprintable() or any(ch.isspace() or ch in '="' for ch in raw)
+            or _LOOKS_TYPED.fullmatch(raw)):
         raw = '"' + raw.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return _clean(raw, _MAX_VALUE_CHARS)
 

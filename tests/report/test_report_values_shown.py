@@ -18,8 +18,14 @@ from report_support import run
 from spanproof.verifier.tree import describe_span, value_text
 from spanproof.verifier.values import encode_value
 
+#: Values of one type whose text differs, and of two types whose text may not in the
+#: report, which names the type beside it, but must in show, which does not.
+TYPED_PAIRS: list[tuple[Any, Any]] = [
+    (5, "5"), (1.5, "1.5"), (True, "true"), (b"\x01", "0x01"), ([1], "[1]"), ({}, "{}"),
+]
 PAIRS: list[tuple[Any, Any]] = [
     (["refund", "approve"], ["refund,approve"]),
+    ("a\x07b", "a\\x07b"),
     ([1, 2], ["1", "2"]),
     ([1], [1.0]),
     ({"a": 1, "b": 2}, {"a=1,b": 2}),
@@ -50,9 +56,11 @@ def test_what_a_value_reads(value: Any, text: str) -> None:
     assert value_text(encode_value(value)) == text
 
 
-def test_show_keeps_apart_what_the_report_keeps_apart() -> None:
+def test_show_keeps_apart_what_the_report_keeps_apart_and_types_too() -> None:
+    # The report names each value's type; show's line does not, so a string that
+    # reads as another type's value is quoted there.
     lines = set()
-    for one, other in PAIRS:
+    for one, other in PAIRS + TYPED_PAIRS:
         for value in (one, other):
             body = span_body(TRACE, ROOT, "", "step", attributes={"gen_ai.tool.name": value})
             lines.add((repr(value), describe_span(body["span"])))
@@ -71,5 +79,6 @@ def test_the_html_report_shows_each_value_as_no_other(
     html = out.read_text(encoding="utf-8")
     assert "<th>v0.0</th><td>[&quot;refund&quot;,&quot;approve&quot;]</td>" in html
     assert "<th>v0.1</th><td>[&quot;refund,approve&quot;]</td>" in html
-    assert '<th>v8.0</th><td>&quot;a\\nb&quot;</td><td>text</td>' in html
-    assert '<th>v8.1</th><td>a\\nb</td><td>text</td>' in html
+    newline = PAIRS.index(("a\nb", "a\\nb"))
+    assert f'<th>v{newline}.0</th><td>&quot;a\\nb&quot;</td><td>text</td>' in html
+    assert f'<th>v{newline}.1</th><td>a\\nb</td><td>text</td>' in html
