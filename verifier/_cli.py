@@ -47,6 +47,7 @@ from .disclosure import (
     check_disclosures,
     check_disclosures_in_records,
     committed_attributes,
+    disclosure_view,
     disclosures_path,
     format_disclosure_result,
     load_disclosures,
@@ -201,6 +202,7 @@ def check_path(
     select_records: Callable[[Mapping[str, Any]], bool] | None = None,
     stream: IO[bytes] | None = None,
     on_record: RecordObserver | None = None,
+    shape_records: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> BundleResult:
     """Run :func:`check_bundle` on *path*, or on *stream* (*path* open) when given;
     never raises.
@@ -213,6 +215,7 @@ def check_path(
         report = check_bundle(
             path if stream is None else stream, trust, allow_incomplete=allow_incomplete,
             keep_records=keep_records, select_records=select_records, on_record=on_record,
+            shape_records=shape_records,
         )
         if stream is not None:
             report = dataclasses.replace(report, source=path)
@@ -504,11 +507,15 @@ class _BundleCheck:
     def __call__(self, path: str) -> BundleResult:
         keep = self.keep_records
         select: Callable[[Mapping[str, Any]], bool] | None = self.select_records
+        shape = None
         if self.first_records is not None:
             # Of each bundle, its first records and those *select_records* needs.
             keep, select = False, _FirstRecords(self.first_records, self.select_records)
+        elif select is not None and not keep:
+            # Only for disclosures: of their records, what checking them reads.
+            shape = disclosure_view
         result = check_path(path, self.trust, allow_incomplete=self.allow_incomplete,
-                            keep_records=keep, select_records=select)
+                            keep_records=keep, select_records=select, shape_records=shape)
         if self.receipts is None:
             if result.report is None:
                 return result

@@ -64,6 +64,7 @@ __all__ = [
     "commitment_digest",
     "commitment_input",
     "committed_attributes",
+    "disclosure_view",
     "disclosures_path",
     "format_disclosure_result",
     "format_value",
@@ -646,6 +647,24 @@ class _Index:
             holders = self.salt_holders.setdefault(body["saltDigest"], [])
             if len(holders) < 2 and where not in holders:
                 holders.append(where)
+
+
+def disclosure_view(record: dict[str, Any]) -> dict[str, Any]:
+    """What checking disclosures reads of a *record* (validated): its media type,
+    position, span and trace id, and its attributes' keys, each committed value
+    whole and every other one as ``{}``.  A record kept for disclosures holds this,
+    not its values in clear, which can be ~25 times their size once parsed."""
+    span = record["span"]
+    return {
+        "mediaType": record["mediaType"],
+        "seq": record["seq"],
+        "span": {
+            "traceId": span["traceId"],
+            "spanId": span["spanId"],
+            "attributes": {key: typed if is_committed_value(typed) else {}
+                           for key, typed in span["attributes"].items()},
+        },
+    }
 
 
 @dataclass(frozen=True)

@@ -273,6 +273,7 @@ def check_bundle(
     keep_records: bool = False,
     select_records: Callable[[Mapping[str, Any]], bool] | None = None,
     on_record: RecordObserver | None = None,
+    shape_records: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> BundleReport:
     """Run every SPEC §8 check on one bundle and report each outcome; never raises
     for bad input (an unreadable file is a failed ``format`` check).
@@ -292,6 +293,9 @@ def check_bundle(
             keep, as it is read (its parsed value, its canonical bytes and where its
             line starts in *source*), to keep what the caller needs of the records
             instead of them all; the report says whether they verified.
+        shape_records: what of each kept record the report holds: applied to each
+            as it is parsed, once the bundle is read (kept as their bytes until
+            then), so that only one whole record is parsed at a time.
     """
     run = _Run()
     name = str(source) if isinstance(source, (str, os.PathLike)) else "<stream>"
@@ -324,7 +328,10 @@ def check_bundle(
         if verdict is Verdict.FAIL:
             kept = kept[:unverified_shown(len(raw) for raw in kept)]
         # Each passed loads_canonical: a plain parse finds the same value.
-        records = tuple(orjson.loads(raw) for raw in kept)
+        if shape_records is None:
+            records = tuple(orjson.loads(raw) for raw in kept)
+        else:
+            records = tuple(shape_records(orjson.loads(raw)) for raw in kept)
     return BundleReport(
         source=name,
         checks=run.checks(),
