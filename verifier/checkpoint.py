@@ -400,13 +400,25 @@ class VerifiedCheckpoint:
     """A checkpoint whose note verified under a pinned witness key.
 
     ``note`` holds the exact signed-note bytes, ``key_name`` the name the key signed
-    under (always equal to the origin).
+    under (always equal to the origin), ``key`` the first pinned key that signed it
+    under that name, and ``signers`` every one that did (a note may carry several:
+    rotation, cosigning; SPEC §12.4), ``key`` among them.
     """
 
     checkpoint: Checkpoint
     note: bytes
     key: WitnessKey
     key_name: str
+    signers: tuple[WitnessKey, ...] = ()
+
+    def shares_a_signer(self, other: VerifiedCheckpoint) -> bool:
+        """Whether one pinned key signed both this checkpoint and *other*: only then
+        are the two, if they cannot both be honest, proof against that key's log
+        (SPEC §12.7).  Two keys' checkpoints under one origin are proof against
+        neither."""
+        mine = {raw_public_bytes(k.public_key) for k in self.signers or (self.key,)}
+        return any(raw_public_bytes(k.public_key) in mine
+                   for k in other.signers or (other.key,))
 
     @property
     def origin(self) -> str:
@@ -468,7 +480,8 @@ def verify_checkpoint(
                     f"checkpoint origin {checkpoint.origin!r} is not the pinned witness "
                     f"origin {origin!r}"
                 )
-            return VerifiedCheckpoint(checkpoint, note.to_bytes(), key, name)
+            signers = tuple(k for k, n in signed if n == checkpoint.origin)
+            return VerifiedCheckpoint(checkpoint, note.to_bytes(), key, name, signers)
     raise NoteSignatureError(
         f"checkpoint origin {checkpoint.origin!r} is not the name of the pinned witness key "
         f"that signed it ({signed[0][1]!r})"

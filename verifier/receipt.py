@@ -48,7 +48,6 @@ from .errors import (
     SpanproofError,
     VerificationError,
 )
-from .keys import raw_public_bytes
 from .merkle import HASH_SIZE, leaf_hash, verify_inclusion
 from .records import is_digest, is_trace_id, is_uint
 from .statement import Statement
@@ -574,8 +573,9 @@ def kept_receipt(
         now = verify(new.to_bytes())
     except SpanproofError:
         return kept  # the new one proves nothing against it
-    signers = _signer(was), _signer(now)
-    if None not in signers and signers[0] != signers[1]:
+    signed = _checkpoint_of(was), _checkpoint_of(now)
+    if signed[0] is not None and signed[1] is not None and not signed[0].shares_a_signer(
+            signed[1]):
         # Two pinned keys signing one origin: what one signed is no evidence
         # against the other (SPEC §12.7, "signed by the same key").
         return (f"kept the receipt already beside it ({target}), whose checkpoint another "
@@ -624,15 +624,12 @@ def conflict_receipt_path(target: str, receipt: bytes) -> str:
     return f"{stem}.conflict-{hashlib.sha256(receipt).hexdigest()[:16]}.json"
 
 
-def _signer(verified: object) -> bytes | None:
-    """The raw public key that signed the checkpoint of what a receipt's *verify*
-    returned (a :class:`VerifiedReceipt` or :class:`VerifiedCheckpoint`); None for
-    anything else."""
+def _checkpoint_of(verified: object) -> VerifiedCheckpoint | None:
+    """The verified checkpoint of what a receipt's *verify* returned (a
+    :class:`VerifiedReceipt` or :class:`VerifiedCheckpoint`); None for anything else."""
     if isinstance(verified, VerifiedReceipt):
-        verified = verified.checkpoint
-    if isinstance(verified, VerifiedCheckpoint):
-        return raw_public_bytes(verified.key.public_key)
-    return None
+        return verified.checkpoint
+    return verified if isinstance(verified, VerifiedCheckpoint) else None
 
 
 def _receipt_checkpoint(receipt: Receipt) -> Checkpoint:

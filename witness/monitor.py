@@ -328,14 +328,15 @@ def read_receipt_checkpoints(
     and an inclusion proof of its own leaf that reaches the root), as
     ``spanproof verify`` requires.
 
-    Receipts of one checkpoint (origin, size and root) share one held object, and a
+    Receipts of one checkpoint (origin, size and root, signed by the same keys) share
+    one held object, and a
     note shared by several (a batch's) is verified once (:class:`ReceiptVerifier`,
     which remembers no padded note); a padded note is not held twice.  Read them
     before fetching the checkpoint they are compared with: a receipt written
     meanwhile then cannot hold a checkpoint newer than it.
     """
     verifier = ReceiptVerifier(keys, origin=origin, remember=REMEMBERED_CHECKPOINTS)
-    shared: dict[tuple[str, int, bytes], VerifiedCheckpoint] = {}
+    shared: dict[tuple[str, int, bytes, frozenset[bytes]], VerifiedCheckpoint] = {}
     held: list[tuple[str, VerifiedCheckpoint]] = []
     unchecked: list[tuple[str, str]] = []
     for path in paths:
@@ -348,7 +349,10 @@ def read_receipt_checkpoints(
         except SpanproofError as e:
             unchecked.append((path, str(e)))
             continue
-        key = (checkpoint.origin, checkpoint.size, checkpoint.root)
+        # One object per checkpoint and the keys that signed it: receipts of one
+        # checkpoint signed by other keys are other evidence (check_receipts).
+        key = (checkpoint.origin, checkpoint.size, checkpoint.root,
+               frozenset(raw_public_bytes(k.public_key) for k in checkpoint.signers))
         held.append((path, shared.setdefault(key, checkpoint)))
     return held, unchecked
 
@@ -385,8 +389,7 @@ def check_receipts(
             unchecked.append((path, f"a receipt of the log {checkpoint.origin!r}, "
                                     f"not of {current.origin!r}"))
             continue
-        if raw_public_bytes(checkpoint.key.public_key) != raw_public_bytes(
-                current.key.public_key):
+        if not checkpoint.shares_a_signer(current):
             # Two pinned keys signing one origin: what one signed is no evidence
             # against the other, and a fork alert would name the wrong witness.
             signer, log_signer = (cp.key.key_hash(cp.origin).hex()

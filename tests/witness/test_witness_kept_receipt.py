@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from witness_helpers import ORIGIN, OTHER_WITNESS_SEED, WITNESS_SEED
 
-from spanproof.verifier.checkpoint import Checkpoint
+from spanproof.verifier.checkpoint import Checkpoint, SignedNote, verify_checkpoint
 from spanproof.verifier.errors import LogInconsistent, TransportError
 from spanproof.verifier.merkle import leaf_hash
 from spanproof.verifier.receipt import (
@@ -23,7 +23,7 @@ from spanproof.verifier.receipt import (
     kept_receipt,
     receipt_path,
 )
-from spanproof.witness.monitor import find_receipts
+from spanproof.witness.monitor import check_receipts, find_receipts, read_receipt_checkpoints
 from spanproof.witness.signing import CheckpointSigner
 from spanproof.witness.tree import MerkleTree
 
@@ -186,6 +186,60 @@ def test_a_receipt_another_pinned_key_signed_under_the_origin_proves_no_fork(
     # One key, the same two roots: the fork it is.
     with pytest.raises(LogInconsistent, match="two checkpoints of tree size 10"):
         kept_receipt(str(target), receipt_in(tree), verify_both)
+
+
+OTHER = CheckpointSigner(Ed25519PrivateKey.from_private_bytes(OTHER_WITNESS_SEED), ORIGIN)
+BOTH = [SIGNER.key, OTHER.key]
+
+
+def _signed_by(signers: Sequence[CheckpointSigner], tree: MerkleTree) -> bytes:
+    """*tree*'s checkpoint as one note signed by each of *signers*, in that order."""
+    notes = [SignedNote.from_bytes(s.sign(Checkpoint(ORIGIN, tree.size, tree.root())))
+             for s in signers]
+    return SignedNote(notes[0].text, tuple(sig for n in notes for sig in n.signatures)).to_bytes()
+
+
+def _receipt(signers: Sequence[CheckpointSigner], tree: MerkleTree) -> Receipt:
+    return Receipt(ORIGIN, 0, tree.size, tuple(tree.inclusion_proof(0)),
+                   _signed_by(signers, tree), LEAF)
+
+
+def test_a_fork_one_key_signed_alerts_though_a_note_names_another_pinned_key_first(
+    tmp_path: Path,
+) -> None:
+    # Only the first pinned signature of a note was compared: a witness rotating its
+    # key (signing with the new one, then the old) escaped the fork check of a
+    # receipt the old key alone had signed, and kept_receipt let its answer by.
+    kept_tree, shown_tree = history(*range(9)), history(*range(10, 19))
+    current = verify_checkpoint(_signed_by([OTHER, SIGNER], shown_tree), BOTH)
+    assert current.key.public_key == OTHER.key.public_key  # the first line's key
+    held = verify_checkpoint(_signed_by([SIGNER], kept_tree), BOTH)
+    with pytest.raises(LogInconsistent, match="two checkpoints of tree size 10"):
+        check_receipts(None, current, [("x.receipt.json", held)],  # type: ignore[arg-type]
+                       str(tmp_path / "m.json"))
+
+    target = kept_beside(tmp_path, _receipt([SIGNER], kept_tree))
+    with pytest.raises(LogInconsistent, match="two checkpoints of tree size 10"):
+        kept_receipt(str(target), _receipt([OTHER, SIGNER], shown_tree),
+                     lambda raw: ReceiptVerifier(BOTH).verify_own_leaf(raw))
+
+
+@pytest.mark.parametrize("order", ["other-key-first", "same-key-first"])
+def test_receipts_of_one_checkpoint_signed_by_two_keys_are_held_apart(
+    tmp_path: Path, order: str,
+) -> None:
+    # Receipts of one checkpoint were held as one object, the first one's: with the
+    # other key's receipt read first, this key's fork went unalerted.
+    kept_tree, shown_tree = history(*range(9)), history(*range(10, 19))
+    theirs, ours = tmp_path / "a.receipt.json", tmp_path / "b.receipt.json"
+    theirs.write_bytes(_receipt([OTHER], kept_tree).to_bytes())
+    ours.write_bytes(_receipt([SIGNER], kept_tree).to_bytes())
+    paths = [str(theirs), str(ours)] if order == "other-key-first" else [str(ours), str(theirs)]
+    held, unreadable = read_receipt_checkpoints(paths, BOTH)
+    assert unreadable == [] and held[0][1] is not held[1][1]
+    current = verify_checkpoint(_signed_by([SIGNER], shown_tree), BOTH)
+    with pytest.raises(LogInconsistent, match=f"receipt {ours}: fork"):
+        check_receipts(None, current, held, str(tmp_path / "m.json"))  # type: ignore[arg-type]
 
 
 def test_a_monitor_does_not_follow_a_link_to_a_directory_above_the_one_given(
