@@ -355,7 +355,7 @@ def walk_files(
                 continue  # a loop of links, or a second way to one directory
             searched.add((found.st_dev, found.st_ino))
             with os.scandir(root) as listing:
-                entries = list(listing)
+                entries = sorted(listing, key=lambda entry: entry.name)
         except OSError as error:
             onerror(error)
             continue
@@ -378,9 +378,9 @@ def walk_files(
                                     f"{top}: not followed", entry.path))
                 else:
                     dirs.append(entry.name)
-        yield from (os.path.join(root, f) for f in sorted(files) if wanted(f))
+        yield from (os.path.join(root, f) for f in files if wanted(f))
         # Which of two ways to one directory is searched: the first, in sorted order.
-        todo.extend(os.path.join(root, d) for d in sorted(dirs, reverse=True))
+        todo.extend(os.path.join(root, d) for d in reversed(dirs))
 
 
 def _ancestors(path: str) -> Iterator[str]:

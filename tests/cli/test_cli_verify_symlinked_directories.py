@@ -112,3 +112,17 @@ def test_a_link_to_a_directory_above_a_path_given_as_a_link_is_not_followed(
     assert (f"FAIL {given / 'up'}: cannot list the directory (a symbolic link to "
             f"{home.resolve()}, which holds {given}: not followed)") in out
     assert outside.name not in out
+
+
+def test_links_not_followed_are_named_in_sorted_order(
+    tmp_path: Path, make_bundle: MakeBundle
+) -> None:
+    # They came in the order the directory listed them, which the file system picks.
+    top = tmp_path / "top"
+    make_bundle("a", directory=top)
+    names = [f"u{i:02d}" for i in (7, 3, 11, 0, 5, 9, 1)]
+    for name in names:
+        os.symlink(tmp_path, top / name)
+    errors: list[OSError] = []
+    list(find_bundles([str(top)], onerror=errors.append))
+    assert [e.filename for e in errors] == [str(top / n) for n in sorted(names)]
