@@ -77,8 +77,11 @@ def test_the_html_report_shows_each_value_as_no_other(
     code, _, _ = run(capsys, "report", "--key", keys.pub, path, "--html", out)
     assert code == 0
     html = out.read_text(encoding="utf-8")
-    assert "<th>v0.0</th><td>[&quot;refund&quot;,&quot;approve&quot;]</td>" in html
-    assert "<th>v0.1</th><td>[&quot;refund,approve&quot;]</td>" in html
+    cell = '<td class="value">'
+    assert f"<th>v0.0</th>{cell}[&quot;refund&quot;,&quot;approve&quot;]</td>" in html
+    assert f"<th>v0.1</th>{cell}[&quot;refund,approve&quot;]</td>" in html
     newline = PAIRS.index(("a\nb", "a\\nb"))
-    assert f'<th>v{newline}.0</th><td>&quot;a\\nb&quot;</td><td>text</td>' in html
-    assert f'<th>v{newline}.1</th><td>a\\nb</td><td>text</td>' in html
+    assert f'<th>v{newline}.0</th>{cell}&quot;a\\nb&quot;</td><td>text</td>' in html
+    assert f'<th>v{newline}.1</th>{cell}a\\nb</td><td>text</td>' in html
+    # A browser collapses runs of white space unless told otherwise: "a  b" read "a b".
+    assert "td.value{white-space:pre-wrap;" in html
