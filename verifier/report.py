@@ -274,7 +274,7 @@ _CSS = "\n".join(
         "th,td{border-bottom:1px solid var(--line);padding:4px 8px;text-align:left;"
         "vertical-align:top}",
         "th{background:var(--soft);font-weight:600}",
-        "td.value{white-space:pre-wrap;overflow-wrap:anywhere}",
+        "td.value,td.disclosed{white-space:pre-wrap;overflow-wrap:anywhere}",
         "td.status-PASS{color:var(--ok);font-weight:700}"
         "td.status-FAIL{color:var(--fail);font-weight:700}"
         "td.status-SKIPPED{color:var(--muted)}",
@@ -556,7 +556,7 @@ def _value_cell(value: Any, result: DisclosureResult | None = None) -> str:
             "<td>committed</td>"
         )
     if not isinstance(value, dict):
-        return f"<td>{_esc(value, _MAX_VALUE)}</td><td>?</td>"
+        return f'<td class="value">{_esc(value, _MAX_VALUE)}</td><td>?</td>'
     kind = next(iter(value), "")
     type_name = _TYPE_NAMES.get(kind, "empty" if not value else "?")
     # White space as it is (pre-wrap): "a  b" and "a b" must not read alike.

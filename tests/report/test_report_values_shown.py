@@ -84,4 +84,4 @@ def test_the_html_report_shows_each_value_as_no_other(
     assert f'<th>v{newline}.0</th>{cell}&quot;a\\nb&quot;</td><td>text</td>' in html
     assert f'<th>v{newline}.1</th>{cell}a\\nb</td><td>text</td>' in html
     # A browser collapses runs of white space unless told otherwise: "a  b" read "a b".
-    assert "td.value{white-space:pre-wrap;" in html
+    assert "td.value,td.disclosed{white-space:pre-wrap;" in html
