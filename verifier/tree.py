@@ -98,12 +98,9 @@ def value_text(typed: Mapping[str, Any]) -> str:
     array or a map every string and key is a JSON string literal: ``["a","b"]`` and
     ``["a,b"]``, ``[1]`` and ``["1"]`` differ.
     """
-    if is_committed_value(typed):
-        return COMMITTED_TEXT
-    try:
-        value = decode_value(typed)
-    except (ValueError, TypeError, AttributeError):
-        return "?"
+    value = _decoded(typed)
+    if isinstance(value, _Placeholder):
+        return value.text
     if isinstance(value, str):
         return value if value.isprintable() and not value.startswith('"') else _quoted(value)
     return _python_text(value)
@@ -111,15 +108,31 @@ def value_text(typed: Mapping[str, Any]) -> str:
 
 def _shown_value(typed: Mapping[str, Any]) -> str:
     """A typed value for ``key=value`` display: a string quoted by :func:`_shown`."""
-    if is_committed_value(typed):
-        return COMMITTED_TEXT
-    try:
-        value = decode_value(typed)
-    except (ValueError, TypeError, AttributeError):
-        return "?"
+    value = _decoded(typed)
+    if isinstance(value, _Placeholder):
+        return value.text
     if isinstance(value, str):
         return _shown(value)
     return _clean(_python_text(value), _MAX_VALUE_CHARS)
+
+
+@dataclass(frozen=True)
+class _Placeholder:
+    """What stands for a value that is not shown: committed, or not a typed value."""
+
+    text: str
+
+
+def _decoded(typed: Mapping[str, Any]) -> Any:
+    """*typed*'s value (:func:`~spanproof.verifier.values.decode_value`), or a
+    :class:`_Placeholder` for a committed value (SPEC §2.5) or anything else that is
+    not a typed value."""
+    if is_committed_value(typed):
+        return _Placeholder(COMMITTED_TEXT)
+    try:
+        return decode_value(typed)
+    except (ValueError, TypeError, AttributeError):
+        return _Placeholder("?")
 
 
 #: A string that reads as another type's value (:func:`_python_text`): a number,

@@ -38,6 +38,22 @@ def receipt_in(tree: MerkleTree) -> Receipt:
     return Receipt(ORIGIN, 0, tree.size, tuple(tree.inclusion_proof(0)), checkpoint, LEAF)
 
 
+OTHER = CheckpointSigner(Ed25519PrivateKey.from_private_bytes(OTHER_WITNESS_SEED), ORIGIN)
+BOTH = [SIGNER.key, OTHER.key]
+
+
+def _signed_by(signers: Sequence[CheckpointSigner], tree: MerkleTree) -> bytes:
+    """*tree*'s checkpoint as one note signed by each of *signers*, in that order."""
+    notes = [SignedNote.from_bytes(s.sign(Checkpoint(ORIGIN, tree.size, tree.root())))
+             for s in signers]
+    return SignedNote(notes[0].text, tuple(sig for n in notes for sig in n.signatures)).to_bytes()
+
+
+def _receipt(signers: Sequence[CheckpointSigner], tree: MerkleTree) -> Receipt:
+    return Receipt(ORIGIN, 0, tree.size, tuple(tree.inclusion_proof(0)),
+                   _signed_by(signers, tree), LEAF)
+
+
 def history(*others: int) -> MerkleTree:
     """A log whose entry 0 is :data:`LEAF`, then the entries *others*."""
     return MerkleTree([LEAF.hash(), *(OTHERS[i] for i in others)])
@@ -156,10 +172,7 @@ def test_a_new_receipt_that_does_not_verify_proves_nothing_against_the_kept_one(
     tmp_path: Path,
 ) -> None:
     target = kept_beside(tmp_path, receipt_in(history(*range(9))))
-    other = CheckpointSigner(Ed25519PrivateKey.from_private_bytes(OTHER_WITNESS_SEED), ORIGIN)
-    tree = history(*range(10, 19))
-    unsigned = Receipt(ORIGIN, 0, tree.size, tuple(tree.inclusion_proof(0)),
-                       other.sign(Checkpoint(ORIGIN, tree.size, tree.root())), LEAF)
+    unsigned = _receipt([OTHER], history(*range(10, 19)))  # by a key not pinned here
     said = kept_receipt(str(target), unsigned, verify)
     assert said is not None and said.startswith("kept the receipt already beside it")
     assert not saved(tmp_path)
@@ -172,13 +185,11 @@ def test_a_receipt_another_pinned_key_signed_under_the_origin_proves_no_fork(
     # the same size was a "fork" of this witness, its receipt saved as evidence
     # against it: the two checkpoints are two keys' word, proof against neither.
     target = kept_beside(tmp_path, receipt_in(history(*range(9))))
-    other = CheckpointSigner(Ed25519PrivateKey.from_private_bytes(OTHER_WITNESS_SEED), ORIGIN)
     tree = history(*range(10, 19))
-    theirs = Receipt(ORIGIN, 0, tree.size, tuple(tree.inclusion_proof(0)),
-                     other.sign(Checkpoint(ORIGIN, tree.size, tree.root())), LEAF)
+    theirs = _receipt([OTHER], tree)
 
     def verify_both(raw: bytes) -> object:
-        return ReceiptVerifier([SIGNER.key, other.key]).verify_own_leaf(raw)
+        return ReceiptVerifier(BOTH).verify_own_leaf(raw)
 
     said = kept_receipt(str(target), theirs, verify_both)
     assert said is not None and "whose checkpoint another pinned key signed" in said
@@ -186,22 +197,6 @@ def test_a_receipt_another_pinned_key_signed_under_the_origin_proves_no_fork(
     # One key, the same two roots: the fork it is.
     with pytest.raises(LogInconsistent, match="two checkpoints of tree size 10"):
         kept_receipt(str(target), receipt_in(tree), verify_both)
-
-
-OTHER = CheckpointSigner(Ed25519PrivateKey.from_private_bytes(OTHER_WITNESS_SEED), ORIGIN)
-BOTH = [SIGNER.key, OTHER.key]
-
-
-def _signed_by(signers: Sequence[CheckpointSigner], tree: MerkleTree) -> bytes:
-    """*tree*'s checkpoint as one note signed by each of *signers*, in that order."""
-    notes = [SignedNote.from_bytes(s.sign(Checkpoint(ORIGIN, tree.size, tree.root())))
-             for s in signers]
-    return SignedNote(notes[0].text, tuple(sig for n in notes for sig in n.signatures)).to_bytes()
-
-
-def _receipt(signers: Sequence[CheckpointSigner], tree: MerkleTree) -> Receipt:
-    return Receipt(ORIGIN, 0, tree.size, tuple(tree.inclusion_proof(0)),
-                   _signed_by(signers, tree), LEAF)
 
 
 def test_a_fork_one_key_signed_alerts_though_a_note_names_another_pinned_key_first(
