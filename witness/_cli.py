@@ -67,8 +67,9 @@ EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_INTERRUPTED = 130  # SIGINT, as shells report it
 #: How long `witness serve` lets requests in flight finish once told to stop, by
-#: default (``--shutdown-timeout``), and at most.
+#: default (``--shutdown-timeout``).
 SHUTDOWN_SECONDS = 10
+#: The longest ``--shutdown-timeout`` taken.
 MAX_SHUTDOWN_SECONDS = 3600
 
 _logger = logging.getLogger(__name__)
