@@ -24,8 +24,6 @@ one delivery round without the thread.
 from __future__ import annotations
 
 import base64
-import datetime
-import email.utils
 import errno
 import hashlib
 import io
@@ -50,9 +48,11 @@ from spanproof.verifier._batch import (
     BATCH_BYTES,
     BATCH_SIZE,
     MAX_BATCH,
+    backoff_delay,
     batch_receipt,
     batch_request,
     batch_results,
+    retry_after_seconds,
     witness_url_error,
 )
 from spanproof.verifier._files import write_atomic
@@ -100,19 +100,6 @@ _RECEIPT_GROUP = 64
 #: Bundle bytes one batch carries at most (a larger bundle goes alone), so that a
 #: delivery thread holds a bounded amount in memory (a name of its own for tests).
 _BATCH_BYTES = BATCH_BYTES
-#: A ``Retry-After`` of more seconds than this counts as this many (it is capped at
-#: the longest backoff anyway), so that no number is too large to compute with.
-_RETRY_AFTER_MAX = 10**9
-
-
-def backoff_delay(
-    failures: int, initial: float, maximum: float, rng: Callable[[], float]
-) -> float:
-    """Seconds to wait after *failures* consecutive failed attempts: exponential
-    (``initial * 2**(failures-1)``, capped at *maximum*) with "equal jitter" (a
-    random value in the upper half), so many producers do not retry in lockstep."""
-    base = min(maximum, initial * float(1 << min(60, max(0, failures - 1))))
-    return base / 2 + rng() * base / 2
 
 
 @dataclass
@@ -807,7 +794,7 @@ class WitnessSubmitter:
         asks to be left alone, unless it is malformed."""
         asked = None
         if status in (429, 503) and retry_after is not None:
-            asked = _retry_after_seconds(retry_after, self._wall_clock())
+            asked = retry_after_seconds(retry_after, self._wall_clock())
         if asked is None:
             return _Transient(f"HTTP {status}")
         return _Transient(f"HTTP {status}, Retry-After {asked:.0f} s", asked)
@@ -970,25 +957,6 @@ def _retryable(status: int) -> bool:
     429, 5xx, and a 3xx, a redirect (not followed: a proxy's, or a maintenance
     page's, not the witness's answer), as ``spanproof witness submit`` reads it."""
     return status in (408, 429) or 300 <= status < 400 or status >= 500
-
-
-def _retry_after_seconds(value: str, now: float) -> float | None:
-    """The seconds a ``Retry-After`` header *value* asks to wait (RFC 9110 §10.2.3):
-    delay-seconds (digits only; beyond ``_RETRY_AFTER_MAX``, that), or an HTTP-date
-    less *now* (seconds since the epoch; 0 for a date past).  None when it is
-    neither (a sign, a fraction, ``NaN``, an impossible date...)."""
-    value = value.strip(" \t")
-    if value.isascii() and value.isdigit():
-        digits = value.lstrip("0") or "0"
-        return float(int(digits) if len(digits) <= 9 else _RETRY_AFTER_MAX)
-    try:
-        date = email.utils.parsedate_to_datetime(value)
-        if date.tzinfo is None:  # an HTTP-date is in GMT, as asctime's form leaves unsaid
-            date = date.replace(tzinfo=datetime.timezone.utc)
-        seconds = date.timestamp() - now
-    except (ValueError, TypeError, OverflowError):
-        return None
-    return min(max(0.0, seconds), float(_RETRY_AFTER_MAX))
 
 
 def _check_answer(status: int, reason: bytes | str) -> None:

@@ -1,5 +1,6 @@
 """The submitting side of a witness's ``POST /v1/submit-batch`` (SPEC §12.9): the
-request body, the checked answer, and each result's receipt file bytes.
+request body, the checked answer, and each result's receipt file bytes; and when to
+try again (SPEC §12.11): the backoff and a ``Retry-After``'s seconds.
 
 Shared by the producer's submitter (``spanproof.exporter.submit``) and ``spanproof
 witness submit``, and the batch limit by the witness itself.  No network here.
@@ -8,17 +9,20 @@ witness submit``, and the batch limit by the witness itself.  No network here.
 from __future__ import annotations
 
 import base64
+import datetime
+import email.utils
 import json
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .canonical import _parse_int
 from .errors import InvalidBundle
 from .receipt import Receipt
 
-__all__ = ["BATCH_BYTES", "BATCH_SIZE", "MAX_BATCH", "batch_receipt", "batch_request",
-           "batch_results", "witness_url_error", "witness_url_problem"]
+__all__ = ["BATCH_BYTES", "BATCH_SIZE", "MAX_BATCH", "backoff_delay", "batch_receipt",
+           "batch_request", "batch_results", "retry_after_seconds", "witness_url_error",
+           "witness_url_problem"]
 
 #: Submissions one ``POST /v1/submit-batch`` may carry.
 MAX_BATCH = 256
@@ -27,6 +31,38 @@ MAX_BATCH = 256
 #: sender holds in memory.
 BATCH_SIZE = 16
 BATCH_BYTES = 4 * 1024 * 1024
+#: A ``Retry-After`` of more seconds than this counts as this many (both clients cap
+#: their waits far below it), so that no number is too large to compute with.
+_RETRY_AFTER_MAX = 10**9
+
+
+def backoff_delay(
+    failures: int, initial: float, maximum: float, rng: Callable[[], float]
+) -> float:
+    """Seconds to wait after *failures* consecutive failed attempts: exponential
+    (``initial * 2**(failures-1)``, capped at *maximum*) with "equal jitter" (a
+    random value in the upper half), so many producers do not retry in lockstep."""
+    base = min(maximum, initial * float(1 << min(60, max(0, failures - 1))))
+    return base / 2 + rng() * base / 2
+
+
+def retry_after_seconds(value: str, now: float) -> float | None:
+    """The seconds a ``Retry-After`` header *value* asks to wait (RFC 9110 §10.2.3):
+    delay-seconds (digits only; beyond ``_RETRY_AFTER_MAX``, that), or an HTTP-date
+    less *now* (seconds since the epoch; 0 for a date past).  None when it is
+    neither (a sign, a fraction, ``NaN``, an impossible date...)."""
+    value = value.strip(" \t")
+    if value.isascii() and value.isdigit():
+        digits = value.lstrip("0") or "0"
+        return float(int(digits) if len(digits) <= 9 else _RETRY_AFTER_MAX)
+    try:
+        date = email.utils.parsedate_to_datetime(value)
+        if date.tzinfo is None:  # an HTTP-date is in GMT, as asctime's form leaves unsaid
+            date = date.replace(tzinfo=datetime.timezone.utc)
+        seconds = date.timestamp() - now
+    except (ValueError, TypeError, OverflowError):
+        return None
+    return min(max(0.0, seconds), float(_RETRY_AFTER_MAX))
 
 
 def witness_url_problem(url: str) -> str | None:

@@ -19,16 +19,24 @@ import io
 import logging
 import math
 import os
+import random
 import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
 
-from spanproof.verifier._batch import BATCH_BYTES, BATCH_SIZE, batch_receipt
+from spanproof.verifier._batch import (
+    BATCH_BYTES,
+    BATCH_SIZE,
+    backoff_delay,
+    batch_receipt,
+    retry_after_seconds,
+)
 from spanproof.verifier._files import open_regular, remove_stopped_writes, write_atomic
 from spanproof.verifier._settings import parse_decimal, parse_seconds
 from spanproof.verifier._stdout import StdoutError, writing_stdout
@@ -359,7 +367,52 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 SUBMIT_BATCH = BATCH_SIZE
 SUBMIT_BATCH_BYTES = BATCH_BYTES
 
+#: How long, in all, ``witness submit`` waits to try again the bundles the witness
+#: cannot take now, by default (``--retry-for``, seconds): a busy witness answers
+#: 503 with ``Retry-After: 1``, and a rolling restart takes a few seconds.
+SUBMIT_RETRY_SECONDS = 30.0
+#: The first wait before trying again, and the longest (seconds, before jitter):
+#: the producer's submitter's backoff (SPEC §12.11), on a command's scale.
+SUBMIT_BACKOFF = (1.0, 8.0)
+
 _Outcome = tuple[str, int]  # a line to print, and the exit status it calls for
+
+
+def _retry_for(text: str) -> float:
+    """A ``--retry-for`` value: seconds, 0 (no retries) to a day."""
+    try:
+        value = parse_seconds(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= MAX_TIMEOUT_SECONDS:  # NaN too
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds from 0 to {MAX_TIMEOUT_SECONDS:g}, not {text!r}")
+    return value
+
+
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)  # a name of its own, for tests
+
+
+class _Retries:
+    """What ``witness submit`` may still wait for bundles the witness cannot take now
+    (exit status 3): its waits add up to at most ``--retry-for`` seconds, over the
+    whole command, so a witness that stays down costs that once, not once per batch."""
+
+    def __init__(self, seconds: float) -> None:
+        self.left = seconds
+
+    def wait(self, failures: int, asked: float, why: str) -> bool:
+        """Wait before the next try after *failures* in a row (the backoff, or the
+        *asked* seconds of a ``Retry-After`` when longer), saying so and *why* on
+        standard error; False, without waiting, when that would go past what is left."""
+        delay = max(backoff_delay(failures, *SUBMIT_BACKOFF, random.random), asked)
+        if delay > self.left:
+            return False
+        self.left -= delay
+        print(printable(f"spanproof: {why}; trying again in {delay:.1f} s"), file=sys.stderr)
+        _sleep(delay)
+        return True
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
@@ -391,9 +444,10 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             "--witness-key needs --producer-key to recompute each bundle's leaf", EXIT_USAGE
         )
     submitter = _Submitter(client, der, trust, witness_keys)
+    retries = _Retries(args.retry_for)
     status = EXIT_OK
     for group in _groups(paths):
-        for line, code in submitter.submit(group):
+        for line, code in submitter.submit_retrying(group, retries):
             print(printable(line))  # paths, and what the witness answered
             status = max(status, code)
     return status
@@ -437,11 +491,47 @@ class _Submitter:
         self._trust = trust
         self._witness_keys = witness_keys
         self._batches = True
+        #: The longest wait a ``Retry-After`` asked for in the last `submit` (seconds).
+        self.asked = 0.0
+
+    def submit_retrying(self, paths: Sequence[str], retries: _Retries) -> list[_Outcome]:
+        """Each bundle's line and exit status, in order, after trying again those the
+        witness could not take now, for as long as *retries* allows."""
+        outcomes = self.submit(paths)
+        failures = 0
+        while True:
+            again = [i for i, (_, code) in enumerate(outcomes) if code == EXIT_UNAVAILABLE]
+            if not again:
+                return outcomes
+            failures += 1
+            first = again[0]
+            why = outcomes[first][0].removeprefix(f"FAIL {paths[first]}: ")
+            if not retries.wait(failures, self.asked,
+                                f"{len(again)} bundle(s) not taken now ({why})"):
+                return outcomes
+            for i, outcome in zip(again, self.submit([paths[i] for i in again]), strict=True):
+                outcomes[i] = outcome
+
+    def _note(self, error: BaseException) -> None:
+        """Keep the wait a 429's or 503's ``Retry-After`` asks for, of *error* or the
+        HTTP error it was raised from (SPEC §12.11: one that says neither a number
+        of seconds nor a date is ignored)."""
+        from .client import HTTPStatusError
+
+        cause: BaseException | None = error
+        while cause is not None and not isinstance(cause, HTTPStatusError):
+            cause = cause.__cause__
+        if (isinstance(cause, HTTPStatusError) and cause.status in (429, 503)
+                and cause.retry_after is not None):
+            asked = retry_after_seconds(cause.retry_after, time.time())
+            if asked is not None:
+                self.asked = max(self.asked, asked)
 
     def submit(self, paths: Sequence[str]) -> list[_Outcome]:
-        """Each bundle's line and exit status, in order."""
+        """Each bundle's line and exit status, in order, from one try."""
         from .client import HTTPStatusError, MalformedAnswer
 
+        self.asked = 0.0
         outcomes: dict[int, _Outcome] = {}
         ready: list[tuple[int, str, bytes, BundleReport | None]] = []
         for i, path in enumerate(paths):
@@ -460,6 +550,7 @@ class _Submitter:
                 if e.status in (404, 405):
                     self._batches = False  # an older witness: one by one from now on
                 elif _unavailable(e.status):
+                    self._note(e)
                     ready, outcomes = [], {**outcomes, **{
                         i: (f"FAIL {path}: witness answered {e}", EXIT_UNAVAILABLE)
                         for i, path, _, _ in ready}}
@@ -508,9 +599,11 @@ class _Submitter:
                 resp.headers.get("spanproof-conflict") == "true", report, verifier,
             ), EXIT_OK
         except HTTPStatusError as e:
+            self._note(e)
             return (f"FAIL {path}: witness answered {e}",
                     EXIT_UNAVAILABLE if _unavailable(e.status) else EXIT_FAILED)
-        except TransportError as e:
+        except TransportError as e:  # a consistency proof among them
+            self._note(e)
             return f"FAIL {path}: {e}", EXIT_UNAVAILABLE
         except (SpanproofError, OSError) as e:
             return f"FAIL {path}: {e}", EXIT_FAILED
@@ -527,6 +620,7 @@ class _Submitter:
                                  str(answer.get("leafIndex", "?")), answer.get("conflict") is True,
                                  report, verifier), EXIT_OK
         except TransportError as e:  # a consistency proof the witness cannot give now
+            self._note(e)
             return f"FAIL {path}: {e}", EXIT_UNAVAILABLE
         except (SpanproofError, OSError) as e:
             return f"FAIL {path}: {e}", EXIT_FAILED
@@ -709,7 +803,8 @@ def add_commands(subparsers: Any) -> None:
         epilog="Exit status: 0 every bundle logged and its receipt stored, 1 a bundle "
                "failed its check or was refused, or a receipt did not verify or conflicts "
                "with the one kept, 2 usage error, 3 the witness cannot take bundles now "
-               "(unreachable, 5xx, 408, 429 or a redirect): try again later.",
+               "(unreachable, 5xx, 408, 429 or a redirect) and --retry-for ran out: try "
+               "again later.",
     )
     submit.add_argument("bundles", nargs="+", metavar="BUNDLE",
                         help="bundle files or directories")
@@ -723,6 +818,11 @@ def add_commands(subparsers: Any) -> None:
     submit.add_argument("--timeout", type=_timeout, default=30.0, metavar="SECONDS",
                         help="how long each request to the witness may take, its whole "
                              "answer included (default 30)")
+    submit.add_argument("--retry-for", type=_retry_for, default=SUBMIT_RETRY_SECONDS,
+                        metavar="SECONDS",
+                        help="try bundles the witness cannot take now again, waiting "
+                             "(with backoff, or as its Retry-After asks) at most this "
+                             f"long in all (default {SUBMIT_RETRY_SECONDS:g}; 0: never)")
     submit.set_defaults(handler=_cmd_submit, subparser=submit)
 
     monitor = subparsers.add_parser(

@@ -152,7 +152,7 @@ def test_the_witness_client_commands_run_without_either_extra(
     assert made.returncode == 0, made.stderr
     assert Path(f"{key}.pub").is_file()
 
-    submitted = _run(_CLI, "witness", "submit", "--url", url, str(good))
+    submitted = _run(_CLI, "witness", "submit", "--url", url, "--retry-for", "0", str(good))
     assert submitted.returncode == 3, submitted.stderr
     assert f"FAIL {good}: cannot reach witness {url}" in submitted.stdout
 

@@ -318,7 +318,7 @@ def test_a_batch_refused_whole(
 ) -> None:
     url, _ = _served_bundles(files, open_witness, serve_witness, 3)
     log = RequestLog(monkeypatch, refuse={"/v1/submit-batch": refusal})
-    code, out, _ = _run(_submit_args(files, url), capsys)
+    code, out, _ = _run([*_submit_args(files, url), "--retry-for", "0"], capsys)
     assert code == status
     if sent == "one by one":  # each gets its own answer; batches stay on
         assert out.count("OK ") == 3
@@ -335,9 +335,160 @@ def test_a_bundle_the_witness_cannot_take_now_is_unavailable_not_failed(
 ) -> None:
     url, paths = _served_bundles(files, open_witness, serve_witness, 1)
     log = RequestLog(monkeypatch, refuse={"/v1/submit": refusal})
-    code, out, _ = _run(_submit_args(files, url), capsys)
+    code, out, _ = _run([*_submit_args(files, url), "--retry-for", "0"], capsys)
     assert (code, log.paths) == (3, ["/v1/submit"])
     assert out.startswith(f"FAIL {paths[0]}: witness answered HTTP {refusal}: ")
+
+
+class Refusals:
+    """Records the path of every request ``witness submit`` sends, and answers those
+    to a path in *script* with its HTTP errors in turn, ``(status, Retry-After or
+    None)``, before passing them on to the witness."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch,
+                 script: dict[str, list[tuple[int, str | None]]]) -> None:
+        from spanproof.witness.client import HTTPStatusError, WitnessClient
+
+        self.paths: list[str] = []
+        real = WitnessClient.request
+
+        def request(client: WitnessClient, method: str, path: str, **kw: Any) -> Any:
+            self.paths.append(path)
+            if script.get(path):
+                status, retry_after = script[path].pop(0)
+                raise HTTPStatusError(status, "not now (the test)", retry_after=retry_after)
+            return real(client, method, path, **kw)
+
+        monkeypatch.setattr(WitnessClient, "request", request)
+
+
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The waits ``witness submit`` takes before trying again (not slept), with the
+    backoff's jitter at its top: 1, 2, 4, 8, 8... seconds."""
+    from spanproof.witness import _cli
+
+    taken: list[float] = []
+    monkeypatch.setattr(_cli, "_sleep", taken.append)
+    monkeypatch.setattr(_cli.random, "random", lambda: 1.0)
+    return taken
+
+
+def test_submit_sends_again_what_a_busy_witness_did_not_take_when_it_asks(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, waits: list[float],
+) -> None:
+    # A busy witness answers 503 with Retry-After: 1 (SPEC §12.9); a command that
+    # gave up at once (exit 3) left a by-hand submit to be run again by hand.
+    url, paths = _served_bundles(files, open_witness, serve_witness, 20)
+    log = Refusals(monkeypatch, {"/v1/submit-batch": [(503, "3")]})
+    status, out, err = _run(_submit_args(files, url), capsys)
+    assert status == 0, out
+    assert waits == [3.0]  # the Retry-After, longer than the first backoff (1 s)
+    assert log.paths == ["/v1/submit-batch"] * 3  # 16 refused, the 16 again, then 4
+    assert [line.split(":")[0] for line in out.splitlines()] == [f"OK {p}" for p in paths]
+    assert ("16 bundle(s) not taken now (witness answered HTTP 503: not now (the test)); "
+            "trying again in 3.0 s") in err
+
+
+def test_submit_backs_off_between_tries_without_a_retry_after(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, waits: list[float],
+) -> None:
+    url, _ = _served_bundles(files, open_witness, serve_witness, 3)
+    # A 429 without Retry-After, one whose Retry-After is no number of seconds or date
+    # (ignored), and a 408, whose Retry-After is not the wait a client is asked for.
+    log = Refusals(monkeypatch, {"/v1/submit-batch": [(429, None), (503, "-5"), (408, "60")]})
+    status, out, _ = _run(_submit_args(files, url), capsys)
+    assert (status, out.count("OK ")) == (0, 3), out
+    assert waits == [1.0, 2.0, 4.0]
+    assert log.paths == ["/v1/submit-batch"] * 4
+
+
+def test_submit_sends_again_only_the_bundles_not_taken(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, waits: list[float],
+) -> None:
+    url, paths = _served_bundles(files, open_witness, serve_witness, 3)
+    paths[1].write_bytes(paths[1].read_bytes().replace(b"step 1", b"step X"))
+    log = Refusals(monkeypatch, {"/v1/submit-batch": [(404, None)],
+                                 "/v1/submit": [(502, None)]})
+    # Without --producer-key nothing is checked before it is sent: the witness rejects
+    # the altered bundle (422), which no new try changes.
+    code, out, _ = _run(["witness", "submit", str(files["bundles"]), "--url", url], capsys)
+    assert code == 1 and waits == [1.0]
+    assert log.paths == ["/v1/submit-batch"] + ["/v1/submit"] * 4  # the first bundle twice
+    lines = out.splitlines()
+    assert lines[0].startswith(f"OK {paths[0]}: logged at index ")
+    assert lines[1].startswith(f"FAIL {paths[1]}: witness answered HTTP 422: ")
+    assert lines[2].startswith(f"OK {paths[2]}: logged at index ")
+
+
+def test_submit_stops_trying_when_retry_for_runs_out(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, waits: list[float],
+) -> None:
+    url, paths = _served_bundles(files, open_witness, serve_witness, 2)
+    log = Refusals(monkeypatch, {"/v1/submit-batch": [(503, None)] * 100})
+    status, out, _ = _run([*_submit_args(files, url), "--retry-for", "10"], capsys)
+    assert status == 3
+    assert waits == [1.0, 2.0, 4.0]  # 8 more would make 15
+    assert log.paths == ["/v1/submit-batch"] * 4
+    assert out.splitlines() == [
+        f"FAIL {p}: witness answered HTTP 503: not now (the test)" for p in paths]
+    assert not any(Path(receipt_path(p)).exists() for p in paths)
+
+
+def test_a_retry_after_beyond_retry_for_is_not_waited_for(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, waits: list[float],
+) -> None:
+    url, _ = _served_bundles(files, open_witness, serve_witness, 2)
+    log = Refusals(monkeypatch, {"/v1/submit-batch": [(429, "31")]})
+    status, out, err = _run(_submit_args(files, url), capsys)  # 30 s by default
+    assert (status, waits, log.paths) == (3, [], ["/v1/submit-batch"])
+    assert out.count("witness answered HTTP 429") == 2 and "trying again" not in err
+
+
+def test_retry_for_is_spent_once_over_the_whole_command(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str], waits: list[float],
+) -> None:
+    # A witness that stays down costs --retry-for once, not once per batch of 16.
+    for i in range(20):
+        write_bundle(files["bundles"], make_bundle(trace_id(i)))
+    url = f"http://127.0.0.1:{free_port()}"
+    status, out, _ = _run(["witness", "submit", str(files["bundles"]), "--url", url,
+                           "--timeout", "2", "--retry-for", "4"], capsys)
+    assert status == 3 and out.count("cannot reach witness") == 20
+    assert waits == [1.0, 2.0, 1.0]  # the first batch's, then the second's
+
+
+def test_submit_sends_again_when_a_kept_receipts_proof_cannot_be_given_now(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, waits: list[float],
+) -> None:
+    url, (first, second) = _served_bundles(files, open_witness, serve_witness, 2)
+    assert _run(_submit_args(files, url, first), capsys)[0] == 0
+    assert _run(_submit_args(files, url, second), capsys)[0] == 0
+    Refusals(monkeypatch, {"/v1/proof/consistency": [(503, "2")]})
+    code, out, _ = _run(_submit_args(files, url, first), capsys)
+    assert code == 0 and "kept the receipt already beside it" in out, out
+    assert waits == [2.0]  # the proof request's Retry-After
+    assert not _conflicts(first)
+
+
+@pytest.mark.parametrize("value", ["-1", "86401", "1e3", "inf", "nan", "1_0", "\u0663", "x"])
+def test_retry_for_is_a_plain_number_of_seconds_up_to_a_day(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    from spanproof.verifier._cli import main as spanproof_main
+
+    status = spanproof_main(["witness", "submit", str(tmp_path / "b.spanproof.json"),
+                             "--url", "http://127.0.0.1:9", "--retry-for", value])
+    out, err = capsys.readouterr()
+    assert (status, out) == (2, "")
+    assert (f"argument --retry-for: must be a number of seconds from 0 to 86400, "
+            f"not {value!r}") in err
 
 
 def test_a_badly_answered_batch_is_sent_one_by_one(
@@ -378,7 +529,8 @@ def test_submit_to_an_unreachable_witness(
 ) -> None:
     path = write_bundle(files["bundles"], make_bundle(trace_id(1)))
     url = f"http://127.0.0.1:{free_port()}"
-    status, out, _ = _run(["witness", "submit", str(path), "--url", url, "--timeout", "2"], capsys)
+    status, out, _ = _run(["witness", "submit", str(path), "--url", url, "--timeout", "2",
+                           "--retry-for", "0"], capsys)
     assert status == 3 and "cannot reach witness" in out
     assert not Path(receipt_path(path)).exists()
 
@@ -450,7 +602,8 @@ def test_submit_reads_a_producer_key_given_through_a_pipe_once(
     url = f"http://127.0.0.1:{free_port()}"
     try:
         status, out, err = _run(["witness", "submit", str(path), "--url", url, "--timeout",
-                                 "2", "--producer-key", f"/dev/fd/{read_end}"], capsys)
+                                 "2", "--retry-for", "0", "--producer-key",
+                                 f"/dev/fd/{read_end}"], capsys)
     finally:
         os.close(read_end)
     # The key was accepted and the bundle checked against it: only the witness is missing.
@@ -589,7 +742,8 @@ def test_submit_escapes_control_characters_of_a_file_name(
     odd = path.with_name("x\x1b[2K\rOK-" + path.name)
     path.rename(odd)
     url = f"http://127.0.0.1:{free_port()}"
-    status, out, _ = _run(["witness", "submit", str(odd), "--url", url, "--timeout", "2"], capsys)
+    status, out, _ = _run(["witness", "submit", str(odd), "--url", url, "--timeout", "2",
+                           "--retry-for", "0"], capsys)
     assert status == 3 and "cannot reach witness" in out
     assert "\x1b" not in out and "\r" not in out
     assert out.startswith(f"FAIL {files['bundles']}/x\\x1b[2K\\rOK-")
@@ -1327,7 +1481,7 @@ def test_submit_to_a_witness_that_does_not_prove_a_kept_receipts_tree_grew(
     kept = Path(receipt_path(first)).read_bytes()
     assert _run(_submit_args(files, url, second), capsys)[0] == 0
     RequestLog(monkeypatch, refuse={"/v1/proof/consistency": status})
-    code, out, _ = _run(_submit_args(files, url, first), capsys)
+    code, out, _ = _run([*_submit_args(files, url, first), "--retry-for", "0"], capsys)
     assert code == expected and out.startswith(f"FAIL {first}: "), out
     assert Path(receipt_path(first)).read_bytes() == kept
     if expected == 1:

@@ -225,7 +225,7 @@ def test_submit_to_a_witness_answering_malformed_http_fails_each_bundle_as_unava
     canned.answers["/v1/submit-batch"] = NOT_HTTP["header-line-too-long"]
     canned.answers["/v1/submit"] = NOT_HTTP["bad-status-line"]
     status = main(["witness", "submit", *map(str, paths), "--url", canned.url,
-                   "--producer-key", str(producer), "--timeout", "5"])
+                   "--producer-key", str(producer), "--timeout", "5", "--retry-for", "0"])
     lines = capsys.readouterr().out.splitlines()
     assert status == 3 and len(lines) == 2, lines
     assert all(line.startswith("FAIL") and "malformed HTTP" in line for line in lines)
