@@ -132,7 +132,8 @@ TLS_RELOAD_SECONDS = 60.0
 #: generous; each connection still in its handshake holds one of the
 #: `HTTP_CONNECTIONS_AT_ONCE` (a thread), and with the head's time (60 s) 128
 #: connections that never sent a ClientHello kept every real request out for a
-#: minute.  (gRPC's own bound, unset, is 120 s.)
+#: minute.  (gRPC's own bound, unset, is 120 s.)  Such a connection is idle, too:
+#: when the places run out, a new connection takes the place of the one idle longest.
 HANDSHAKE_SECONDS = 10.0
 
 
@@ -1837,8 +1838,13 @@ HTTP_BODY_SECONDS = 120.0
 #: `HANDSHAKE_SECONDS` of it, included), and be at most this long.
 HTTP_HEAD_SECONDS = 60.0
 HTTP_HEAD_BYTES = 64 * 1024
-#: Connections served at once, each on a thread of its own; one beyond them is
-#: answered 503 (``Retry-After: 1``) and closed.
+#: Connections served at once, each on a thread of its own.  One beyond them takes
+#: the place of the connection idle longest (no request line read on it since its
+#: opening, its TLS handshake included, or since its last answer), which is closed,
+#: as nginx reuses its idle keep-alive connections when its connections run out:
+#: 128 connections that sent nothing kept every Collector's request out for the
+#: head's time (60 s), again and again.  Only when all of them are handling a request
+#: is it answered 503 (``Retry-After: 1``) and closed (over TLS, closed unanswered).
 HTTP_CONNECTIONS_AT_ONCE = 128
 #: A client refused in the TLS handshake for its certificate is logged as a warning,
 #: with the reason; more refused for the same reason are logged at most once this
@@ -1852,6 +1858,9 @@ _REFUSAL_REASONS = 32
 HTTP_STOP_GRACE = 5.0
 # After the grace, how long stop() waits for the connections it cut to end.
 _STOP_MARGIN = 0.5
+# How long the accepting thread waits for the place of an idle connection it closed
+# for a new one (see _BoundedServer._evict_idlest).
+_EVICTION_WAIT = 1.0
 _BUSY_CONNECTION = (
     b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n"
     b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 5\r\n\r\nbusy\n"
@@ -2055,7 +2064,10 @@ class _BoundedServer(ThreadingHTTPServer):
 
     It knows its connections, and which are handling a request (from its request
     line to its answer), so that :meth:`stop_connections` can close the idle ones at
-    once and the others when their request is answered or the grace is over.
+    once and the others when their request is answered or the grace is over.  When
+    every place is taken, a new connection takes the place of the one idle longest
+    (:meth:`_evict_idlest`); only when all of them are handling a request is it
+    refused (503, or over TLS closed unanswered).
     """
 
     daemon_threads = True
@@ -2082,6 +2094,10 @@ class _BoundedServer(ThreadingHTTPServer):
         self._changes = threading.Condition()
         # Each open connection's socket, and whether it is handling a request.
         self._connections: dict[Any, bool] = {}
+        # The idle ones among them (no request line read since the connection opened
+        # or since its last answer), each with when it became idle (time.monotonic),
+        # in that order: the first is the one idle longest.
+        self._idle: dict[Any, float] = {}
         #: stop_connections was called: requests not yet begun are not served.
         self.stopping = False
         #: Its grace is over: what is left is cut off, nothing more is ingested.
@@ -2163,10 +2179,11 @@ class _BoundedServer(ThreadingHTTPServer):
         return request, client_address
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            # Over TLS the 503 would need a handshake on this, the accepting, thread,
-            # which a slow client could stall: the connection is closed unanswered
-            # instead (a Collector retries a reset as it retries a 503).
+        if not self._slots.acquire(blocking=False) and not self._evict_idlest():
+            # Every connection is handling a request.  Over TLS the 503 would need a
+            # handshake on this, the accepting, thread, which a slow client could
+            # stall: the connection is closed unanswered instead (a Collector retries
+            # a reset as it retries a 503).
             if not isinstance(request, ssl.SSLSocket):
                 try:
                     request.settimeout(1.0)
@@ -2179,6 +2196,7 @@ class _BoundedServer(ThreadingHTTPServer):
             open_ = not self.stopping
             if open_:
                 self._connections[request] = False
+                self._idle[request] = time.monotonic()
         if not open_:
             self.shutdown_request(request)
             self._slots.release()
@@ -2189,11 +2207,45 @@ class _BoundedServer(ThreadingHTTPServer):
             self._slots.release()
             raise  # the caller (socketserver) shuts the request down
 
+    def _evict_idlest(self) -> bool:
+        """Close the connection idle longest so that a new one takes its place, as
+        nginx reuses an idle keep-alive connection when its connections run out.
+
+        Its client sees the connection closed between requests; a request whose line
+        arrives as it is chosen is not served, closed unanswered (a client retries
+        it, as at a stop).  True once its place is the caller's; False when no
+        connection is idle (or the server is stopping), or its place was not given
+        back in time.
+        """
+        with self._changes:
+            if self.stopping or not self._idle:
+                return False
+            request = next(iter(self._idle))
+            idle_for = time.monotonic() - self._idle.pop(request)
+            # Forgotten under the lock begin_request takes, so a request line read
+            # on it meanwhile is not served on a socket shut down; and shut down
+            # under it too, before its thread can have closed it (shutdown_request
+            # forgets a socket under this lock before it closes it): never another
+            # connection's socket that has its descriptor by then.
+            del self._connections[request]
+            _shut_down(request)
+            self._changes.notify_all()
+        # Debug only: under a flood of connections there is one per connection.
+        _logger.debug("http: connection idle for %.1f s closed for a new one", idle_for)
+        # Its thread gives the place back (process_request_thread): its read, or its
+        # TLS handshake, fails at once on the shut-down socket, so this thread, which
+        # accepts every connection, waits for no client, only for that thread's
+        # turn, and meanwhile new connections wait in the listening backlog.  Bounded
+        # all the same: on a machine too busy to run that thread soon, the new
+        # connection is refused as before, rather than stall the accepting.
+        return self._slots.acquire(timeout=_EVICTION_WAIT)
+
     def shutdown_request(self, request: Any) -> None:
         with self._changes:
             # Forgotten before it is closed: stop_connections never shuts down a
             # closed socket (whose descriptor another connection may have by then).
             self._connections.pop(request, None)
+            self._idle.pop(request, None)
             self._changes.notify_all()
         super().shutdown_request(request)
 
@@ -2203,6 +2255,7 @@ class _BoundedServer(ThreadingHTTPServer):
             if self.stopping or request not in self._connections:
                 return False
             self._connections[request] = True
+            self._idle.pop(request, None)
             return True
 
     def end_request(self, request: Any) -> bool:
@@ -2210,6 +2263,9 @@ class _BoundedServer(ThreadingHTTPServer):
         with self._changes:
             if request in self._connections:
                 self._connections[request] = False
+                # Idle from now, after the others, unless it was idle already
+                # (no request line was read: it is closing).
+                self._idle.setdefault(request, time.monotonic())
             self._changes.notify_all()
             return not self.stopping
 
@@ -2344,7 +2400,11 @@ class HttpServer:
     is read but not decoded, and answered 503 with ``Retry-After``.  With *tls*, it
     serves HTTPS (and, with a client CA, requires client certificates) only; a
     connection's handshake must end within `HANDSHAKE_SECONDS` of it, and its first
-    request head within the time a head has (`HTTP_HEAD_SECONDS`) of it.
+    request head within the time a head has (`HTTP_HEAD_SECONDS`) of it.  At most
+    `HTTP_CONNECTIONS_AT_ONCE` connections are served at once: one beyond them takes
+    the place of the one idle longest, which is closed, and is refused (503 with
+    ``Retry-After: 1``, or over TLS closed unanswered) only when every one of them is
+    handling a request.
 
     Raises:
         ValueError: *max_message_bytes* is not from 1 to `MAX_MESSAGE_BYTES`, or a

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from processes import wait_for
 
 from spanproof.exporter._cli import _server_tls, _transports
 from spanproof.exporter.otlp_server import (
@@ -381,6 +382,11 @@ def _https_server(pki: Pki) -> HttpServer:
     return server
 
 
+def _accepted(server: HttpServer) -> int:
+    """The connections *server* holds now."""
+    return len(server._server._connections)
+
+
 def test_tls_connections_beyond_the_bound_are_closed_without_a_handshake(
     pki: Pki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -393,9 +399,14 @@ def test_tls_connections_beyond_the_bound_are_closed_without_a_handshake(
 
     monkeypatch.setattr(otlp_server, "HTTP_CONNECTIONS_AT_ONCE", 1)
     server = _https_server(pki)
-    held = socket.create_connection(("127.0.0.1", server.port), timeout=5)  # no handshake
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)
     try:
-        time.sleep(0.2)  # its thread now waits for the handshake: the one place is taken
+        # The one place is held by a request being handled: its body never arrives.
+        held = _client_context(pki, None, None).wrap_socket(raw, server_hostname="127.0.0.1")
+        held.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/x-protobuf\r\nContent-Length: 100\r\n\r\n")
+        wait_for(lambda: any(server._server._connections.values()), timeout=10,
+                 what="the request to be handled")
         began = time.monotonic()
         silent = [socket.create_connection(("127.0.0.1", server.port), timeout=5)
                   for _ in range(3)]  # none of them ever starts a handshake
@@ -404,8 +415,43 @@ def test_tls_connections_beyond_the_bound_are_closed_without_a_handshake(
             sock.close()
         assert time.monotonic() - began < 2.0  # not a second each on the accepting thread
     finally:
-        held.close()
-        server.stop()
+        raw.close()
+        server.stop(0)
+
+
+def test_a_new_https_connection_takes_the_place_of_one_that_never_sent_its_client_hello(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Connections that never began their handshake held every place for the
+    # handshake's time: a real export was closed unanswered until they were closed.
+    import socket
+    import time
+
+    import spanproof.exporter.otlp_server as otlp_server
+
+    monkeypatch.setattr(otlp_server, "HTTP_CONNECTIONS_AT_ONCE", 2)
+    monkeypatch.setattr(otlp_server, "HANDSHAKE_SECONDS", 30.0)  # not what frees a place
+    server = _https_server(pki)
+    silent: list[socket.socket] = []
+    try:
+        for accepted in (1, 2):  # in turn: the first is idle longest
+            silent.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+            wait_for(lambda n=accepted: _accepted(server) == n, timeout=10,
+                     what="the connection to be accepted")
+        began = time.monotonic()
+        assert _https_post(server.port, _client_context(pki, None, None)) == 200
+        assert time.monotonic() - began < 5.0
+        try:
+            assert silent[0].recv(1) == b""  # closed for the new one
+        except ConnectionResetError:
+            pass
+        silent[1].settimeout(0.3)
+        with pytest.raises(TimeoutError):  # still waiting for its handshake
+            silent[1].recv(1)
+    finally:
+        for sock in silent:
+            sock.close()
+        server.stop(0)
 
 
 def test_a_tls_connection_s_handshake_and_first_head_share_one_deadline(
@@ -496,6 +542,8 @@ def test_stalled_tls_handshakes_hold_the_https_connections_only_for_the_handshak
             except (ssl.SSLError, ConnectionError):  # no place for it: closed unanswered
                 time.sleep(0.05)
         assert served_after is not None and served_after < 3.0
+        # The first was closed for the new connection (it was idle longest), the other
+        # at the handshake bound: the head's 30 s is past this read's timeout.
         for sock in stalled:
             try:
                 assert sock.recv(1) == b""  # the server closed it

@@ -1478,30 +1478,194 @@ def test_http_client_trickling_its_head_is_disconnected_at_the_head_deadline(
         server.stop()
 
 
-def test_http_connections_beyond_the_bound_get_503_and_are_closed(ingest, monkeypatch):
+def _connect_in_turn(server: HttpServer, n: int) -> list[socket.socket]:
+    """*n* connections to *server* that send nothing, each opened once the one before
+    was accepted (so that they became idle in that order)."""
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            accepted = len(server._server._connections) + 1
+            sockets.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+            wait_for(lambda n=accepted: len(server._server._connections) == n, timeout=10,
+                     what="the connection to be accepted")
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def _still_open(sock: socket.socket, wait: float = 0.3) -> bool:
+    """Whether *sock*'s connection is still open, nothing sent on it (for *wait* s)."""
+    sock.settimeout(wait)
+    try:
+        sock.recv(1)
+    except TimeoutError:
+        return True
+    except ConnectionResetError:
+        pass
+    return False
+
+
+def test_http_connection_beyond_the_bound_takes_the_place_of_the_one_idle_longest(
+    ingest, monkeypatch
+):
+    # Connections that sent nothing held every place for the head's time (60 s): a
+    # real export got 503 until they were closed, and again as soon as they were
+    # opened again.
+    import time
+
+    import spanproof.exporter.otlp_server as otlp_server
+
+    monkeypatch.setattr(otlp_server, "HTTP_CONNECTIONS_AT_ONCE", 3)
+    server = HttpServer("127.0.0.1:0", ingest)
+    server.start()
+    silent: list[socket.socket] = []
+    try:
+        silent = _connect_in_turn(server, 3)
+        began = time.monotonic()
+        status, _, _ = _post(f"http://127.0.0.1:{server.port}/v1/traces", _VALID,
+                             "application/x-protobuf")
+        assert status == 200 and len(ingest.seen) == 1
+        assert time.monotonic() - began < 5.0  # not the head's 60 s
+        assert _closed_by_server(silent[0])  # the one idle longest, alone
+        assert _still_open(silent[1]) and _still_open(silent[2])
+    finally:
+        for sock in silent:
+            sock.close()
+        server.stop(0)
+
+
+def test_http_connections_beyond_the_bound_all_handling_requests_get_503(
+    ingest, monkeypatch
+):
     # One thread per connection, unbounded: each also held up to 6 MB of header fields.
+    # A connection handling a request is never closed for a new one.
     import spanproof.exporter.otlp_server as otlp_server
 
     monkeypatch.setattr(otlp_server, "HTTP_CONNECTIONS_AT_ONCE", 2)
     server = HttpServer("127.0.0.1:0", ingest)
     server.start()
-    held = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(2)]
+    handling: list[socket.socket] = []
     try:
+        for _ in range(2):  # each reads a body that has not arrived yet
+            handling.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+            handling[-1].sendall(_post_request()[:-len(_VALID)])
+        wait_for(lambda: _handling(server) == 2, timeout=10, what="the two requests")
         received, closed = _exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert received.startswith(b"HTTP/1.1 503 "), received[:200]
         assert b"\r\nRetry-After: 1\r\n" in received and closed
-        held.pop().close()
-
-        def served() -> bool:
-            answer, _ = _exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
-                                  end=True)
-            return answer.startswith(b"HTTP/1.1 200 ")
-
-        wait_for(served, timeout=10, what="a connection's place to be given back")
+        assert _still_open(handling[0]) and _still_open(handling[1])
+        handling[0].settimeout(5)
+        handling[0].sendall(_VALID)  # its request is served whole
+        assert handling[0].recv(65536).startswith(b"HTTP/1.1 200 ")
+        assert len(ingest.seen) == 1
     finally:
-        for sock in held:
+        for sock in handling:
             sock.close()
-        server.stop()
+        server.stop(0)
+
+
+def test_http_kept_alive_connection_idle_after_its_answer_is_closed_for_a_new_one(
+    ingest, monkeypatch
+):
+    import spanproof.exporter.otlp_server as otlp_server
+
+    monkeypatch.setattr(otlp_server, "HTTP_CONNECTIONS_AT_ONCE", 2)
+    server = HttpServer("127.0.0.1:0", ingest)
+    server.start()
+    kept = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    silent: list[socket.socket] = []
+    try:
+        kept.request("POST", "/v1/traces", body=_VALID, headers=_PROTOBUF)
+        response = kept.getresponse()
+        response.read()
+        assert response.status == 200 and response.getheader("Connection") != "close"
+        wait_for(lambda: _handling(server) == 0, timeout=10, what="the answered request")
+        silent = _connect_in_turn(server, 1)  # idle since after the answer
+        status, _, _ = _post(f"http://127.0.0.1:{server.port}/v1/traces", _VALID,
+                             "application/x-protobuf")
+        assert status == 200 and len(ingest.seen) == 2
+        assert kept.sock is not None
+        kept.sock.settimeout(2)
+        assert kept.sock.recv(65536) == b""  # closed, between requests: nothing sent
+        assert _still_open(silent[0])
+    finally:
+        kept.close()
+        for sock in silent:
+            sock.close()
+        server.stop(0)
+
+
+def test_http_connection_idle_counts_from_its_last_answer_not_its_opening(
+    ingest, monkeypatch
+):
+    import spanproof.exporter.otlp_server as otlp_server
+
+    monkeypatch.setattr(otlp_server, "HTTP_CONNECTIONS_AT_ONCE", 2)
+    server = HttpServer("127.0.0.1:0", ingest)
+    server.start()
+    connections: list[socket.socket] = []
+    try:
+        connections = _connect_in_turn(server, 2)
+        answered, silent = connections
+        answered.sendall(_post_request())  # opened first, answered since the other opened
+        assert answered.recv(65536).startswith(b"HTTP/1.1 200 ")
+        wait_for(lambda: _handling(server) == 0, timeout=10, what="the answered request")
+        status, _, _ = _post(f"http://127.0.0.1:{server.port}/v1/traces", _VALID,
+                             "application/x-protobuf")
+        assert status == 200 and len(ingest.seen) == 2
+        assert _closed_by_server(silent)
+        assert _still_open(answered)
+    finally:
+        for sock in connections:
+            sock.close()
+        server.stop(0)
+
+
+def test_http_request_whose_line_arrives_as_its_connection_is_closed_is_not_served(
+    ingest, monkeypatch
+):
+    # Its line read, but the connection not yet marked as handling a request when it
+    # was chosen as the one idle longest: it is closed unanswered (a client retries
+    # it), never served, nor ingested, on a socket already shut down.
+    import spanproof.exporter.otlp_server as otlp_server
+
+    monkeypatch.setattr(otlp_server, "HTTP_CONNECTIONS_AT_ONCE", 1)
+    begin = otlp_server._BoundedServer.begin_request
+    reached, go = threading.Event(), threading.Event()
+
+    def late_begin(self, request):  # the first request line only: held before its mark
+        if not reached.is_set():
+            reached.set()
+            go.wait(10)
+        return begin(self, request)
+
+    monkeypatch.setattr(otlp_server._BoundedServer, "begin_request", late_begin)
+    server = HttpServer("127.0.0.1:0", ingest)
+    server.start()
+    late = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    answers: list[int] = []
+    newcomer = threading.Thread(target=lambda: answers.append(_post(
+        f"http://127.0.0.1:{server.port}/v1/traces", _VALID, "application/x-protobuf")[0]),
+        daemon=True)
+    try:
+        late.sendall(_post_request())
+        assert reached.wait(10)
+        newcomer.start()
+        wait_for(lambda: not server._server._connections, timeout=10,
+                 what="the connection to be closed for the new one")
+        go.set()
+        newcomer.join(10)
+        assert answers == [200]
+        assert _closed_by_server(late)  # and nothing was sent on it
+        assert len(ingest.seen) == 1  # the new connection's request alone
+    finally:
+        go.set()
+        late.close()
+        if newcomer.is_alive():
+            newcomer.join(10)
+        server.stop(0)
 
 
 # -- HttpServer.stop: connections kept open -------------------------------------------
