@@ -15,17 +15,19 @@ each record's own bytes can be checked for canonical form.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import IO, Any
 
 from .canonical import canonicalize, loads_canonical
 from .dsse import Envelope
 from .errors import InvalidBundle
-from .records import validate_record
+from .records import CER_COMMITTED_MEDIA_TYPE, CER_MEDIA_TYPE, validate_record
 
 __all__ = [
     "BUNDLE_MEDIA_TYPE",
     "BUNDLE_SUFFIX",
+    "LARGE_RECORD_BYTES",
     "MAX_LINE_BYTES",
     "MAX_RECORD_BYTES",
     "BundleReader",
@@ -42,6 +44,18 @@ _CLOSE = b"]}\n"
 MAX_LINE_BYTES = 64 * 1024 * 1024
 #: The longest record a bundle can hold: its line adds a comma and a line feed.
 MAX_RECORD_BYTES = MAX_LINE_BYTES - 2
+#: A record longer than this is parsed only once it and the lines after it are known
+#: to chain, by their bytes alone, to the signed head (SPEC §8 steps 6-7): a line of
+#: tiny JSON values takes up to ~30 times its size parsed, so a forged 64 MiB line
+#: would cost a verifier ~2 GB before any hash could refuse it.  A producer's records
+#: stay under it unless it is configured for larger ones (1 MiB by default).
+LARGE_RECORD_BYTES = 1024 * 1024
+# A canonical record's first bytes, up to its `prev` digest's: its members are
+# sorted, `mediaType` (one of two values) first and `prev` second (SPEC §2.1, §3).
+_RECORD_STARTS = tuple(
+    b'{"mediaType":"' + media_type.encode() + b'","prev":"'
+    for media_type in (CER_MEDIA_TYPE, CER_COMMITTED_MEDIA_TYPE)
+)
 
 
 def _header_bytes(envelope: Envelope) -> bytes:
@@ -135,6 +149,47 @@ class BundleReader:
             record = loads_canonical(raw, f"record {position}")
             validate_record(record, f"record {position}")
             yield record
+
+    def unchained(self, record: bytes, count: int, record_count: int, head: str) -> str | None:
+        """Why *record*, the record line last read, the *count*-th of its segment,
+        and the record lines after it do not chain to the signed *head* of
+        *record_count* records by their bytes alone, or None when they do; none of
+        them is parsed (SPEC §8 steps 6-7), and the stream is read ahead and then
+        put back where it was.
+
+        Each line after *record* must begin as a canonical record does, with
+        ``mediaType`` and then ``prev``, whose digest is the hash of the line before
+        it; the last must hash to *head*.  Framing is left to :meth:`records`.
+
+        Raises:
+            OSError: the stream cannot be read or seek back (see ``seekable()``).
+        """
+        back = self._stream.tell()
+        try:
+            digest = hashlib.sha256(record).hexdigest().encode()
+            position = count - 1
+            while True:
+                if count > record_count:
+                    return f"the signed statement covers {record_count} records"
+                line = self._stream.readline(MAX_LINE_BYTES + 1)
+                if line == _CLOSE or not line.endswith(b"\n") or len(line) > MAX_LINE_BYTES:
+                    break
+                position += 1
+                if not any(line.startswith(start + b"sha256:" + digest + b'"')
+                           for start in _RECORD_STARTS):
+                    return (f"record {position} does not begin with the hash of the "
+                            "line before it as its prev")
+                body = line[:-2] if line.endswith(b",\n") else line[:-1]
+                digest = hashlib.sha256(body).hexdigest().encode()
+                count += 1
+            if count < record_count:
+                return (f"the lines end after record {position}, of the {record_count} "
+                        "records the signed statement covers")
+            if b"sha256:" + digest != head.encode():
+                return f"the hash of record {position} is not the signed head"
+            return None
+        finally:
+            self._stream.seek(back)
 
     def records(self) -> Iterator[tuple[int, bytes]]:
         """Yield ``(position, canonical bytes)`` for each record line, checking framing.

@@ -18,7 +18,7 @@ from typing import IO, Any, Protocol
 import orjson
 
 from ._files import open_regular, walk_files
-from .bundle import BUNDLE_SUFFIX, BundleReader
+from .bundle import BUNDLE_SUFFIX, LARGE_RECORD_BYTES, BundleReader
 from .canonical import loads_canonical
 from .errors import (
     ChainError,
@@ -453,8 +453,19 @@ def _run_checks(
     chain = ChainState(statement.trace_id, statement.first_seq, statement.start)
     span_ids: dict[int, int] = {}
     duplicates: list[str] = []
+    # Whether the record lines from here on are known to chain to the signed head.
+    covered = False
     try:
         for position, raw in reader.records():
+            if len(raw) > LARGE_RECORD_BYTES and not covered and stream.seekable():
+                why = reader.unchained(raw, chain.count + 1, statement.record_count,
+                                       statement.head)
+                if why is not None:
+                    raise InvalidBundle(
+                        f"record {position}: its {len(raw)} bytes, over "
+                        f"{LARGE_RECORD_BYTES}, are not parsed: the lines from it to the "
+                        f"end do not chain to the signed head by their bytes ({why})")
+                covered = True
             record = loads_canonical(raw, f"record {position}")
             validate_record(record, f"record {position}")
             chain.append(record, raw, position)
