@@ -8,6 +8,7 @@ insists the input bytes were already canonical.
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import math
@@ -22,6 +23,7 @@ import orjson
 from .errors import CanonicalizationError, InvalidBundle
 
 __all__ = [
+    "canonical_members",
     "canonicalize",
     "format_double",
     "loads_canonical",
@@ -440,3 +442,150 @@ def loads_canonical(data: bytes, what: str = "document") -> Any:
     if canonical != data:
         raise CanonicalizationError(f"{what}: bytes are not RFC 8785 canonical JSON")
     return value
+
+
+# The canonical form of a string (RFC 8785 §3.2.2.2, as ``_encode_string`` writes it):
+# any character but a quote, a backslash or a control character as itself; those
+# three as the two-character escapes, or ``\u00xx`` in lower case for the control
+# characters that have none.  A string spelled any other way is not canonical.
+# Written as "unrolling the loop": no two ways to match the same bytes, so a string
+# left open is refused in one pass, not after trying every split of it.
+_CANONICAL_STRING = re.compile(
+    rb'"[^"\\\x00-\x1f]*'
+    rb'(?:\\(?:["\\bfnrt]|u00(?:0[0-7]|0b|0e|0f|1[0-9a-f]))[^"\\\x00-\x1f]*)*"'
+)
+_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+# An integer as canonicalize writes one of at most 15 digits, always within
+# +-(2^53-1): no "-0", no leading zero, nothing of a longer number after it.
+_SHORT_INTEGER = re.compile(rb"(?:0|-?[1-9][0-9]{0,14})(?![-+.eE0-9])")
+_UTF8_CHUNK = 1 << 20
+# What is expected next, in canonical_members.
+_VALUE, _VALUE_OR_CLOSE, _KEY, _KEY_OR_CLOSE, _AFTER_VALUE = range(5)
+# An array and an object just opened, as canonical_members stacks them (made once).
+_OPEN_ARRAY: tuple[bool, bytes | None] = (False, None)
+_OPEN_OBJECT: tuple[bool, bytes | None] = (True, None)
+
+
+def _canonical_number(token: bytes) -> bool:
+    """Whether a JSON number *token* is in the form `canonicalize` writes its value."""
+    if b"." in token or b"e" in token or b"E" in token:
+        value = float(token)
+        if b"e" not in token and token[-2:] != b".0" and repr(value).encode() == token:
+            # Shortest digits, in fixed notation (1e-4 <= |value| < 1e16, where
+            # ECMAScript writes it the same way), not an integral value's ".0": the
+            # common case, without format_double's work.
+            return True
+        return math.isfinite(value) and format_double(value).encode() == token
+    # Written as an integer: the value as written, within +-(2^53-1) (SPEC §3.1).
+    return len(token) <= 17 and abs(int(token)) <= _MAX_SAFE_INTEGER and (
+        str(int(token)).encode() == token)
+
+
+def canonical_members(data: bytes, what: str = "document") -> list[tuple[str, int, int, int]]:
+    """Check that *data* is the RFC 8785 canonical form of a JSON object, as
+    :func:`loads_canonical` would accept it, without building its values; return
+    each member's name, where its value's bytes start and end in *data*, and how
+    many JSON values that value holds (itself included).
+
+    For a document too large to parse whole: a parsed line of tiny JSON values takes
+    ~30 times its size, this a few times its members' names at most.  It accepts
+    exactly what :func:`loads_canonical` accepts (its messages are less specific).
+
+    Raises:
+        InvalidBundle: not UTF-8, or nested deeper than :data:`MAX_NESTING` levels.
+        CanonicalizationError: anything else that keeps *data* from being the
+            canonical form of a JSON object (not JSON, not an object, or not
+            canonical), naming the byte where it was found.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    view = memoryview(data)
+    for start in range(0, len(data), _UTF8_CHUNK):
+        try:
+            decoder.decode(view[start:start + _UTF8_CHUNK],
+                           final=start + _UTF8_CHUNK >= len(data))
+        except UnicodeDecodeError as e:
+            raise InvalidBundle(f"{what}: not valid UTF-8 (byte {start + e.start})") from None
+
+    def refused(at: int) -> CanonicalizationError:
+        return CanonicalizationError(
+            f"{what}: bytes are not the RFC 8785 canonical form of a JSON object "
+            f"(byte {at})")
+
+    if not data.startswith(b"{"):
+        raise refused(0)
+    # Per open array or object: whether it is an object, and its last member name's
+    # UTF-16 code units (RFC 8785 §3.2.3 orders names by them; none yet: None).
+    stack: list[tuple[bool, bytes | None]] = [_OPEN_OBJECT]
+    members: list[tuple[str, int, int, int]] = []
+    name, start, values = "", 0, 0  # the top-level member being read
+    state, pos, end = _KEY_OR_CLOSE, 1, len(data)
+    while stack:
+        if pos >= end:
+            raise refused(pos)
+        byte = data[pos]
+        if state == _AFTER_VALUE:
+            is_object = stack[-1][0]
+            if len(stack) == 1:
+                members.append((name, start, pos, values))
+            if byte == 0x2C:  # ,
+                state = _KEY if is_object else _VALUE
+            elif byte == (0x7D if is_object else 0x5D):  # } or ]
+                stack.pop()
+            else:
+                raise refused(pos)
+            pos += 1
+        elif state in (_KEY, _KEY_OR_CLOSE):
+            if byte == 0x7D and state == _KEY_OR_CLOSE:  # {}
+                stack.pop()
+                pos += 1
+                state = _AFTER_VALUE
+                continue
+            match = _CANONICAL_STRING.match(data, pos)
+            if match is None or data[match.end():match.end() + 1] != b":":
+                raise refused(pos)
+            key = json.loads(match[0])
+            order = str.encode(key, "utf-16-be")
+            previous = stack[-1][1]
+            if previous is not None and order <= previous:  # out of order, or repeated
+                raise refused(pos)
+            stack[-1] = (True, order)
+            pos = match.end() + 1
+            if len(stack) == 1:
+                name, start, values = key, pos, 0
+            state = _VALUE
+        else:
+            if byte == 0x5D and state == _VALUE_OR_CLOSE:  # []
+                stack.pop()
+                pos += 1
+                state = _AFTER_VALUE
+                continue
+            values += 1
+            if byte == 0x7B or byte == 0x5B:  # { or [
+                if len(stack) >= MAX_NESTING:
+                    raise InvalidBundle(f"{what}: {_TOO_DEEP}")
+                stack.append(_OPEN_OBJECT if byte == 0x7B else _OPEN_ARRAY)
+                pos += 1
+                state = _KEY_OR_CLOSE if byte == 0x7B else _VALUE_OR_CLOSE
+                continue
+            if byte == 0x22:  # "
+                match = _CANONICAL_STRING.match(data, pos)
+                if match is None:
+                    raise refused(pos)
+                pos = match.end()
+            elif byte == 0x2D or 0x30 <= byte <= 0x39:  # - or a digit
+                match = _SHORT_INTEGER.match(data, pos)
+                if match is None:
+                    match = _NUMBER.match(data, pos)
+                    if match is None or not _canonical_number(match[0]):
+                        raise refused(pos)
+                pos = match.end()
+            elif data.startswith((b"true", b"null"), pos):
+                pos += 4
+            elif data.startswith(b"false", pos):
+                pos += 5
+            else:
+                raise refused(pos)
+            state = _AFTER_VALUE
+    if pos != end:
+        raise refused(pos)
+    return members
