@@ -1489,7 +1489,8 @@ class GrpcServer:
     Raises:
         ValueError: *calls_at_once* is less than *workers*, *max_message_bytes* is
             not from 1 to `MAX_MESSAGE_BYTES`, or a TLS file is unusable.
-        OSError: *address* cannot be listened on.
+        OSError: *address* cannot be listened on (another process listens on it,
+            another gRPC server too: the port is not shared).
     """
 
     def __init__(
@@ -1520,15 +1521,26 @@ class GrpcServer:
                 # Newer gRPC cores time a keepalive ping by this one.
                 ("grpc.http2.ping_timeout_ms", int(GRPC_PING_TIMEOUT_SECONDS * 1000)),
                 ("grpc.server_handshake_timeout_ms", int(HANDSHAKE_SECONDS * 1000)),
+                # gRPC sets SO_REUSEPORT on Linux unless told not to: a second
+                # receiver on the same port then listened too, and the kernel split
+                # the connections between the two (one trace's spans in two output
+                # directories).  Without it, the second one's bind fails.
+                ("grpc.so_reuseport", 0),
             ],
         )
         self._handlers = _Handlers(ingest, self._pool, calls_at_once, health, admission)
         self._started = False
         self._server.add_generic_rpc_handlers((self._handlers,))
-        if tls is None:
-            self.port = self._server.add_insecure_port(address)
-        else:
-            self.port = self._server.add_secure_port(address, tls.grpc_credentials())
+        credentials = None if tls is None else tls.grpc_credentials()
+        try:
+            if credentials is None:
+                self.port = self._server.add_insecure_port(address)
+            else:
+                self.port = self._server.add_secure_port(address, credentials)
+        except RuntimeError as e:
+            # Newer gRPC raises "Failed to bind to address ..." (it logs the reason);
+            # older gRPC returns 0.  Either is an OSError here, as HttpServer's is.
+            raise OSError(str(e)) from e
         if self.port == 0:
             raise OSError(f"cannot listen on {address}")
         self.host = address.rsplit(":", 1)[0]

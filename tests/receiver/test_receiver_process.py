@@ -103,6 +103,28 @@ def test_a_receiver_that_cannot_listen_exits_1_and_leaves_the_journal(tmp_path):
     assert [span_ids(r) for r in verified(out, trust_root(str(tmp_path)))] == [[span_id(1)]]
 
 
+def test_a_second_receiver_on_the_grpc_port_of_a_running_one_exits_1(tmp_path):
+    # gRPC shares a port (SO_REUSEPORT) unless told not to: the second receiver
+    # started, and the kernel split the Collectors' connections between the two,
+    # one trace's spans landing in two output directories.  (Without the fix this
+    # waits for the timeout: the second receiver runs.)
+    key, _ = write_key(str(tmp_path))
+    first = ReceiverProcess(str(tmp_path / "out"), key, *HOLD)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "spanproof.verifier", "receiver",
+             "--out", str(tmp_path / "second"), "--key", key,
+             "--grpc", first.grpc, "--no-http"],
+            capture_output=True, text=True, timeout=30,
+        )
+    finally:
+        assert first.stop(signal.SIGTERM) == 0, first.log()
+    assert result.returncode == 1, result.stderr
+    assert "spanproof: error: cannot listen: " in result.stderr, result.stderr
+    assert first.grpc in result.stderr
+    assert not os.path.exists(tmp_path / "second")
+
+
 def test_usage_errors_exit_2(tmp_path):
     key, _ = write_key(str(tmp_path))
     for args, message in (

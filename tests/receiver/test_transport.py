@@ -596,6 +596,27 @@ def test_http_server_on_a_port_in_use_raises_the_bind_error(ingest, monkeypatch)
     assert not any(still_open(fd, inode) for fd, inode in pipes)  # its wake-up pipe closed
 
 
+@pytest.mark.parametrize("first", ["spanproof", "grpc defaults"])
+def test_grpc_server_on_a_port_another_grpc_server_listens_on_raises_oserror(ingest, first):
+    # gRPC sets SO_REUSEPORT unless told not to: a second receiver on the port of a
+    # running one listened too, and the kernel split the connections between them.
+    # The first may be a receiver, or any gRPC server (which sets it by default).
+    from concurrent import futures
+
+    if first == "spanproof":
+        running = GrpcServer("127.0.0.1:0", ingest)
+        port, stop = running.port, running.stop
+    else:
+        other = grpc.server(futures.ThreadPoolExecutor(1))
+        port, stop = other.add_insecure_port("127.0.0.1:0"), other.stop
+    try:
+        with pytest.raises(OSError, match=f"127.0.0.1:{port}"):
+            second = GrpcServer(f"127.0.0.1:{port}", FakeIngest())
+            second.stop(0)  # reached only when it listens (a failure, then)
+    finally:
+        stop(0)
+
+
 class _Admission:
     """What `Receiver.check_accepting` does, switched by hand."""
 
