@@ -1851,12 +1851,14 @@ HTTP_BODY_SECONDS = 120.0
 HTTP_HEAD_SECONDS = 60.0
 HTTP_HEAD_BYTES = 64 * 1024
 #: Connections served at once, each on a thread of its own.  One beyond them takes
-#: the place of the connection idle longest (no request line read on it since its
-#: opening, its TLS handshake included, or since its last answer), which is closed,
-#: as nginx reuses its idle keep-alive connections when its connections run out:
-#: 128 connections that sent nothing kept every Collector's request out for the
-#: head's time (60 s), again and again.  Only when all of them are handling a request
-#: is it answered 503 (``Retry-After: 1``) and closed (over TLS, closed unanswered).
+#: the place of the connection idle longest (no whole request head, its line and
+#: header fields, read on it since its opening, its TLS handshake included, or since
+#: its last answer), which is closed, as nginx reuses its idle keep-alive
+#: connections when its connections run out: 128 connections that sent nothing, or
+#: only a request line, kept every Collector's request out for the head's time
+#: (60 s), again and again.  A connection handles a request once its whole head has
+#: arrived; only when all of them are handling a request is a new one answered 503
+#: (``Retry-After: 1``) and closed (over TLS, closed unanswered).
 HTTP_CONNECTIONS_AT_ONCE = 128
 #: A client refused in the TLS handshake for its certificate is logged as a warning,
 #: with the reason; more refused for the same reason are logged at most once this
@@ -1916,18 +1918,29 @@ def _make_handler(
             return self.server  # type: ignore[return-value]
 
         def parse_request(self) -> bool:
-            # A request line arrived: the request is being handled from here on
-            # (HttpServer.stop waits for it), unless the server is stopping.
-            if not self._connections().begin_request(self.connection):
-                # Closed unanswered, its request not read: a client retries it.
-                self.close_connection = True
-                return False
+            # The connection stays idle (it can be closed for a new one, or at a stop)
+            # until its whole head is read: marked busy from its request line, 128
+            # connections that sent one and went silent held every place for the
+            # head's 60 s.  An error answer (400, 431, 505, and the 414 above) is sent
+            # while it is still idle, so a connection closed for a new one meanwhile
+            # may lose it; that is acceptable, as its client sent no request that
+            # could have been served.
             try:
-                return super().parse_request()
+                parsed = super().parse_request()
             finally:
                 # The head is read: the body is read from the stream itself.
                 self.rfile = self._raw_rfile
                 self.connection.settimeout(self.timeout)
+            if not parsed:
+                return False
+            # The request is being handled from here on (HttpServer.stop waits for
+            # it), unless the server is stopping or the connection was closed for a
+            # new one (whose shut-down socket may also have ended the head early).
+            if not self._connections().begin_request(self.connection):
+                # Closed unanswered, its body not read: a client retries it.
+                self.close_connection = True
+                return False
+            return True
 
         def setup(self) -> None:
             self._connected = None
@@ -2074,12 +2087,12 @@ class _Unsupported(Exception):
 class _BoundedServer(ThreadingHTTPServer):
     """A thread per connection, for at most *connections* at once.
 
-    It knows its connections, and which are handling a request (from its request
-    line to its answer), so that :meth:`stop_connections` can close the idle ones at
-    once and the others when their request is answered or the grace is over.  When
-    every place is taken, a new connection takes the place of the one idle longest
-    (:meth:`_evict_idlest`); only when all of them are handling a request is it
-    refused (503, or over TLS closed unanswered).
+    It knows its connections, and which are handling a request (from its whole head,
+    request line and header fields, to its answer), so that :meth:`stop_connections`
+    can close the idle ones at once and the others when their request is answered or
+    the grace is over.  When every place is taken, a new connection takes the place
+    of the one idle longest (:meth:`_evict_idlest`); only when all of them are
+    handling a request is it refused (503, or over TLS closed unanswered).
     """
 
     daemon_threads = True
@@ -2106,9 +2119,10 @@ class _BoundedServer(ThreadingHTTPServer):
         self._changes = threading.Condition()
         # Each open connection's socket, and whether it is handling a request.
         self._connections: dict[Any, bool] = {}
-        # The idle ones among them (no request line read since the connection opened
-        # or since its last answer), each with when it became idle (time.monotonic),
-        # in that order: the first is the one idle longest.
+        # The idle ones among them (no whole head read since the connection opened or
+        # since its last answer, a head still arriving included), each with when it
+        # became idle (time.monotonic), in that order: the first is the one idle
+        # longest.
         self._idle: dict[Any, float] = {}
         #: stop_connections was called: requests not yet begun are not served.
         self.stopping = False
@@ -2223,18 +2237,18 @@ class _BoundedServer(ThreadingHTTPServer):
         """Close the connection idle longest so that a new one takes its place, as
         nginx reuses an idle keep-alive connection when its connections run out.
 
-        Its client sees the connection closed between requests; a request whose line
-        arrives as it is chosen is not served, closed unanswered (a client retries
-        it, as at a stop).  True once its place is the caller's; False when no
-        connection is idle (or the server is stopping), or its place was not given
-        back in time.
+        Its client sees the connection closed between requests (or while it sends a
+        request's head); a request whose head is read as it is chosen is not served,
+        closed unanswered (a client retries it, as at a stop).  True once its place
+        is the caller's; False when no connection is idle (or the server is
+        stopping), or its place was not given back in time.
         """
         with self._changes:
             if self.stopping or not self._idle:
                 return False
             request = next(iter(self._idle))
             idle_for = time.monotonic() - self._idle.pop(request)
-            # Forgotten under the lock begin_request takes, so a request line read
+            # Forgotten under the lock begin_request takes, so a request head read
             # on it meanwhile is not served on a socket shut down; and shut down
             # under it too, before its thread can have closed it (shutdown_request
             # forgets a socket under this lock before it closes it): never another
@@ -2275,14 +2289,15 @@ class _BoundedServer(ThreadingHTTPServer):
         with self._changes:
             if request in self._connections:
                 self._connections[request] = False
-                # Idle from now, after the others, unless it was idle already
-                # (no request line was read: it is closing).
+                # Idle from now, after the others, unless it was idle already (no
+                # whole head was read, or it was refused: it is closing).
                 self._idle.setdefault(request, time.monotonic())
             self._changes.notify_all()
             return not self.stopping
 
     def stop_connections(self) -> None:
-        """Serve no request that has not begun, and close the idle connections."""
+        """Serve no request that has not begun, and close the idle connections
+        (those still sending a request's head too: their request was not read)."""
         with self._changes:
             self.stopping = True
             for request, busy in self._connections.items():
@@ -2459,13 +2474,14 @@ class HttpServer:
         finish for up to *grace* seconds (default `HTTP_STOP_GRACE`, 5 s, as
         `GrpcServer.stop`'s).
 
-        A request whose line arrived before the call is answered (with
-        ``Connection: close``) if it finishes within *grace*; a connection between
-        requests is closed at once, and a request arriving on one later is not
-        served (its connection closed unanswered; a Collector retries it).  After
-        *grace* the remaining connections are cut off, and a request among them that
-        has not reached *ingest* never does.  Returns within *grace* + 1 s (an
-        ``ingest`` call already made runs on, on its own thread).  Idempotent.
+        A request whose head (line and header fields) arrived before the call is
+        answered (with ``Connection: close``) if it finishes within *grace*; a
+        connection between requests, or still sending a request's head, is closed
+        at once, and a request arriving on one later is not served (its connection
+        closed unanswered; a Collector retries it).  After *grace* the remaining
+        connections are cut off, and a request among them that has not reached
+        *ingest* never does.  Returns within *grace* + 1 s (an ``ingest`` call
+        already made runs on, on its own thread).  Idempotent.
 
         Raises:
             ValueError: *grace* is negative or not a number.

@@ -1647,7 +1647,7 @@ def test_http_connection_idle_counts_from_its_last_answer_not_its_opening(
 def test_http_request_whose_line_arrives_as_its_connection_is_closed_is_not_served(
     ingest, monkeypatch
 ):
-    # Its line read, but the connection not yet marked as handling a request when it
+    # Its head read, but the connection not yet marked as handling a request when it
     # was chosen as the one idle longest: it is closed unanswered (a client retries
     # it), never served, nor ingested, on a socket already shut down.
     import spanproof.exporter.otlp_server as otlp_server
@@ -1656,7 +1656,7 @@ def test_http_request_whose_line_arrives_as_its_connection_is_closed_is_not_serv
     begin = otlp_server._BoundedServer.begin_request
     reached, go = threading.Event(), threading.Event()
 
-    def late_begin(self, request):  # the first request line only: held before its mark
+    def late_begin(self, request):  # the first request head only: held before its mark
         if not reached.is_set():
             reached.set()
             go.wait(10)
@@ -1686,6 +1686,74 @@ def test_http_request_whose_line_arrives_as_its_connection_is_closed_is_not_serv
         late.close()
         if newcomer.is_alive():
             newcomer.join(10)
+        server.stop(0)
+
+
+_PARTIAL_HEADS = {
+    "request line": b"POST /v1/traces HTTP/1.1\r\n",
+    "request line and fields": b"POST /v1/traces HTTP/1.1\r\nHost: x\r\n"
+                               b"Content-Type: application/x-protobuf\r\n",
+}
+
+
+def _count_head_reads(monkeypatch: pytest.MonkeyPatch) -> threading.Semaphore:
+    """Released as each read of a request head's line begins (patched before the
+    connections open, so that none is missed)."""
+    import spanproof.exporter.otlp_server as otlp_server
+
+    reads = threading.Semaphore(0)
+    readline = otlp_server._HeadStream.readline
+
+    def counted(self, limit=-1):
+        reads.release()
+        return readline(self, limit)
+
+    monkeypatch.setattr(otlp_server._HeadStream, "readline", counted)
+    return reads
+
+
+def _send_partial_heads(
+    reads: threading.Semaphore, sockets: list[socket.socket], head: bytes
+) -> None:
+    """Send *head* (a head without its blank line) on each of *sockets*, and wait until
+    the server read all of it on each and waits for more: each line's read, and one
+    more begun."""
+    for sock in sockets:
+        sock.sendall(head)
+    for _ in range(len(sockets) * (head.count(b"\n") + 1)):
+        assert reads.acquire(timeout=10), "the server did not read the heads"
+
+
+@pytest.mark.parametrize("head", list(_PARTIAL_HEADS.values()), ids=list(_PARTIAL_HEADS))
+def test_http_connections_that_sent_part_of_a_head_give_their_place_to_a_new_one(
+    ingest, monkeypatch, head
+):
+    # A connection counted as handling a request from its request line: 128 that
+    # sent one (with some header fields, or none) and went silent got every real
+    # export a 503 for the head's 60 s.  It is idle until its whole head arrives.
+    import time
+
+    import spanproof.exporter.otlp_server as otlp_server
+
+    monkeypatch.setattr(otlp_server, "HTTP_CONNECTIONS_AT_ONCE", 3)
+    reads = _count_head_reads(monkeypatch)
+    server = HttpServer("127.0.0.1:0", ingest)
+    server.start()
+    partial: list[socket.socket] = []
+    try:
+        partial = _connect_in_turn(server, 3)
+        _send_partial_heads(reads, partial, head)
+        assert _handling(server) == 0
+        began = time.monotonic()
+        status, _, _ = _post(f"http://127.0.0.1:{server.port}/v1/traces", _VALID,
+                             "application/x-protobuf")
+        assert status == 200 and len(ingest.seen) == 1
+        assert time.monotonic() - began < 5.0  # not the head's 60 s
+        assert _closed_by_server(partial[0])  # the one idle longest, alone, unanswered
+        assert _still_open(partial[1]) and _still_open(partial[2])
+    finally:
+        for sock in partial:
+            sock.close()
         server.stop(0)
 
 
@@ -1783,6 +1851,31 @@ def test_http_stop_returns_within_its_grace_despite_idle_and_trickling_clients(
             sender.join(5)
         idle.close()
         trickling.close()
+        server.stop(0)
+
+
+def test_http_stop_closes_a_connection_still_sending_its_head_at_once(ingest, monkeypatch):
+    # Its request is not read yet: there is nothing to let finish, so stop() does
+    # not wait the grace for it (it did, counted as handling a request from its
+    # request line), and it is closed unanswered (a client retries it).
+    import time
+
+    import spanproof.exporter.otlp_server as otlp_server
+
+    monkeypatch.setattr(otlp_server, "HTTP_STOP_GRACE", 3.0)
+    reads = _count_head_reads(monkeypatch)
+    server = HttpServer("127.0.0.1:0", ingest)
+    server.start()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    try:
+        _send_partial_heads(reads, [sock], _PARTIAL_HEADS["request line"])
+        started = time.monotonic()
+        server.stop()
+        assert time.monotonic() - started < 1.5  # not the 3 s grace
+        assert _closed_by_server(sock)  # and nothing was sent on it
+        assert not ingest.seen
+    finally:
+        sock.close()
         server.stop(0)
 
 
