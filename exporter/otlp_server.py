@@ -1875,6 +1875,10 @@ _STOP_MARGIN = 0.5
 # How long the accepting thread waits for the place of an idle connection it closed
 # for a new one (see _BoundedServer._evict_idlest).
 _EVICTION_WAIT = 1.0
+# The answer to a path not served names the ones that are: an SDK exporter given
+# OTEL_EXPORTER_OTLP_TRACES_ENDPOINT without /v1/traces (used as it is, where the
+# general OTEL_EXPORTER_OTLP_ENDPOINT has it appended) got a bare "not found".
+_NOT_FOUND = "not found: this receiver serves POST /v1/traces (and GET /healthz)"
 _BUSY_CONNECTION = (
     b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n"
     b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 5\r\n\r\nbusy\n"
@@ -1985,7 +1989,7 @@ def _make_handler(
         def do_GET(self) -> None:
             self._body_read = False  # a body sent with it is not read: the connection closes
             if self.path.split("?")[0] != "/healthz":
-                self._send(404, b"not found\n", "text/plain; charset=utf-8")
+                self._send(404, f"{_NOT_FOUND}\n".encode(), "text/plain; charset=utf-8")
                 return
             reason = health()
             if reason is None:
@@ -1999,7 +2003,7 @@ def _make_handler(
             as_json = content_type == "application/json"
             if self.path.split("?")[0] != "/v1/traces":
                 self._send_status(
-                    404, status_pb2.Status(code=code_pb2.NOT_FOUND, message="not found"), as_json
+                    404, status_pb2.Status(code=code_pb2.NOT_FOUND, message=_NOT_FOUND), as_json
                 )
                 return
             turn = False

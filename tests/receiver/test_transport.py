@@ -537,6 +537,37 @@ def test_http_healthz_answers_serving_or_503_with_the_reason():
         server.stop()
 
 
+_NOT_FOUND = "not found: this receiver serves POST /v1/traces (and GET /healthz)"
+
+
+@pytest.mark.parametrize("content_type", ["application/x-protobuf", "application/json"])
+def test_http_post_to_a_path_not_served_is_404_naming_the_paths_served(
+    http_url, ingest, content_type
+):
+    # An SDK exporter given OTEL_EXPORTER_OTLP_TRACES_ENDPOINT without /v1/traces
+    # posts to the bare address (the endpoint is used as it is), and got a 404
+    # saying only "not found".
+    base = http_url.removesuffix("/v1/traces")
+    body = _VALID if content_type == "application/x-protobuf" else b"{}"
+    status, _, answer = _post(f"{base}/", body, content_type)
+    assert status == 404
+    if content_type == "application/json":
+        message = json.loads(answer)["message"]
+    else:
+        message = status_pb2.Status.FromString(answer).message
+    assert message == _NOT_FOUND
+    assert not ingest.seen
+
+
+def test_http_get_of_a_path_not_served_is_404_naming_the_paths_served(http_url):
+    base = http_url.removesuffix("/v1/traces")
+    for path in ("/", "/v1/traces"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{base}{path}", timeout=10)
+        assert err.value.code == 404
+        assert err.value.read() == f"{_NOT_FOUND}\n".encode()
+
+
 def _ipv6_loopback() -> bool:
     try:
         with socket.socket(socket.AF_INET6) as s:
