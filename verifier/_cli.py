@@ -1349,7 +1349,7 @@ def _add_receiver_command(sub: Any) -> None:
     receiver.add_argument("--grpc", default="127.0.0.1:4317", metavar="HOST:PORT",
                           help="OTLP/gRPC address (default 127.0.0.1:4317; port 0: any free)")
     receiver.add_argument("--http", default="127.0.0.1:4318", metavar="HOST:PORT",
-                          help="OTLP/HTTP address (default 127.0.0.1:4318)")
+                          help="OTLP/HTTP address (default 127.0.0.1:4318; port 0: any free)")
     receiver.add_argument("--no-http", action="store_true", help="serve OTLP/gRPC only")
     receiver.add_argument("--out", metavar="DIR", help=f"bundle directory ({env}OUTPUT_DIR)")
     receiver.add_argument("--key", metavar="KEYFILE",

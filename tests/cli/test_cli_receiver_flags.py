@@ -207,3 +207,12 @@ def test_a_refused_variable_is_still_named_as_the_variable(capsys, monkeypatch, 
     monkeypatch.setenv("OTEL_EXPORTER_SPANPROOF_WITNESS_URL", "ftp://witness")
     err = _refused(capsys, tmp_path)
     assert "OTEL_EXPORTER_SPANPROOF_WITNESS_URL 'ftp://witness' is not a witness URL" in err
+
+
+@pytest.mark.parametrize("flag", ["--grpc", "--http"])
+def test_help_says_port_0_takes_a_free_port_for_either_address(capsys, flag):
+    # --grpc said so and --http did not, though port 0 takes a free port for both.
+    assert main(["receiver", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    (line,) = [part for part in help_text.split(" --") if part.startswith(flag[2:] + " ")]
+    assert "port 0: any free" in line, line
