@@ -14,6 +14,7 @@ or its storage failed.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
 import io
 import logging
@@ -719,9 +720,7 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
         print(printable(f"FAIL {args.url}: {e}"))
         return EXIT_UNAVAILABLE
     except OSError as e:  # the state file (an evidence file is reported in the alert)
-        print(printable(f"FAIL monitor state {args.state}: cannot read or write it "
-                        f"({e.strerror or e})"))
-        return EXIT_FAILED
+        return _fail(_unusable_state(args.state, e), EXIT_USAGE)
     except SpanproofError as e:
         print(printable(f"FAIL {args.url}: {e}"))
         return EXIT_FAILED
@@ -733,6 +732,21 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
         f"{result.current.size}"
     ))
     return EXIT_FAILED if unreadable or checked.unchecked else EXIT_OK
+
+
+def _unusable_state(state: str, error: OSError) -> str:
+    """Why ``monitor --state`` cannot be used: a usage error (SPEC §12.10), not a
+    failed check, so that a job alerting on exit status 1 does not take it for a
+    fork.  A state file that is read but malformed, or whose checkpoint no pinned
+    key signed, is a failed check (exit status 1)."""
+    why = error.strerror or str(error)
+    directory = os.path.dirname(state) or "."
+    if error.errno == errno.ENOENT and not os.path.isdir(directory):
+        return f"--state {state}: the directory {directory} does not exist"
+    lock = f"{state}.lock"
+    if error.filename is not None and os.fsdecode(error.filename) == lock:
+        return f"--state {state}: cannot open its lock {lock} ({why})"
+    return f"--state {state}: cannot read or write it ({why})"
 
 
 # --- registration -----------------------------------------------------------------------
