@@ -682,7 +682,7 @@ class _Submitter:
 def _cmd_monitor(args: argparse.Namespace) -> int:
     from spanproof.verifier.errors import LogInconsistent
 
-    from .client import WitnessClient
+    from .client import HTTPStatusError, WitnessClient
     from .monitor import check_receipts, find_receipts, monitor_once, read_receipt_checkpoints
 
     receipts: list[str] = []
@@ -717,7 +717,11 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
         print(printable(f"ALERT {args.url}: {e}"))
         return EXIT_FAILED
     except TransportError as e:
-        print(printable(f"FAIL {args.url}: {e}"))
+        # A 404 for a proof is an alert (fetch_consistency_proof), so this one is the
+        # checkpoint's: no witness at that URL (§12.9 GET /v1/checkpoint).
+        hint = (" (is --url the witness's base URL?)"
+                if isinstance(e, HTTPStatusError) and e.status == 404 else "")
+        print(printable(f"FAIL {args.url}: {e}{hint}"))
         return EXIT_UNAVAILABLE
     except OSError as e:  # the state file (an evidence file is reported in the alert)
         return _fail(_unusable_state(args.state, e), EXIT_USAGE)

@@ -1255,6 +1255,18 @@ def test_monitor_unreachable(
     assert status == 3 and "cannot reach witness" in out
 
 
+def test_monitor_hints_at_the_url_when_the_witness_has_no_checkpoint_there(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    srv = serve_witness(open_witness())
+    url = f"{srv.url}/v1"  # a path under the base URL: GET /v1/v1/checkpoint is a 404
+    status, out = _monitor(url, tmp_path / "s.json", files["pub"], capsys)
+    assert status == 3
+    assert out == f"FAIL {url}: HTTP 404: Not Found (is --url the witness's base URL?)\n"
+    assert not (tmp_path / "s.json").exists()
+
+
 def test_monitor_escapes_what_a_witness_answers(
     files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
