@@ -1255,6 +1255,23 @@ def test_monitor_unreachable(
     assert status == 3 and "cannot reach witness" in out
 
 
+def test_monitor_origin_pins_the_logs_origin(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    srv = serve_witness(open_witness())
+    state = tmp_path / "s.json"
+    base = ["monitor", "--url", srv.url, "--state", str(state),
+            "--witness-key", str(files["pub"]), "--timeout", "5"]
+    status, out, _ = _run([*base, "--origin", "other.test/log"], capsys)
+    assert status == 1
+    assert out == (f"FAIL {srv.url}: checkpoint origin {ORIGIN!r} is not the pinned "
+                   f"witness origin 'other.test/log'\n")
+    assert not state.exists()
+    status, out, _ = _run([*base, "--origin", ORIGIN], capsys)
+    assert status == 0 and out.startswith(f"OK {ORIGIN}: first checkpoint recorded")
+
+
 def test_monitor_hints_at_the_url_when_the_witness_has_no_checkpoint_there(
     files: dict[str, Path], open_witness: Any, serve_witness: Any, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
