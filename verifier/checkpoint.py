@@ -70,6 +70,12 @@ MAX_NOTE_BYTES = 1 << 20
 #: Signature lines accepted per note (signed-note: at least 16 MUST be accepted).
 MAX_NOTE_SIGNATURES = 64
 
+#: Keys (``name+hash``) named in a failure message, each list, before the rest are
+#: only counted.
+_KEYS_SHOWN = 3
+#: Characters of one key name shown in a failure message.
+_NAME_CHARS = 64
+
 _SIG_PREFIX = "\u2014 "  # em dash, space
 _HEX8 = re.compile(r"[0-9a-f]{8}\Z")
 _UINT64_MAX = 2**64 - 1
@@ -436,6 +442,19 @@ class VerifiedCheckpoint:
         return self.checkpoint.root
 
 
+def _key_list(keys: Sequence[tuple[str, bytes]]) -> str:
+    """``name+hash`` (the 4-byte key hash in 8 hex digits, as a verifier key string
+    gives it) of the first few distinct *keys*, sorted, each name cut to
+    `_NAME_CHARS`, then how many more."""
+    unique = sorted(set(keys))
+    shown = [
+        f"{name if len(name) <= _NAME_CHARS else name[:_NAME_CHARS] + '...'}+{key_hash.hex()}"
+        for name, key_hash in unique[:_KEYS_SHOWN]
+    ]
+    more = len(unique) - len(shown)
+    return (", ".join(shown) or "none") + (f" and {more} more" if more else "")
+
+
 def verify_checkpoint(
     data: bytes | str, keys: Sequence[WitnessKey], *, origin: str | None = None
 ) -> VerifiedCheckpoint:
@@ -467,9 +486,17 @@ def verify_checkpoint(
                 )
             signed.append((key, name))
     if not signed:
-        names = ", ".join(sorted({s.name for s in note.signatures}))
+        # Names and key hashes as the signature lines give them: two keys of one name
+        # (a rotated witness key, another witness under the same origin) differ only
+        # in their hashes.  A key pinned without a name is shown under each line's.
+        signed_by = [(sig.name, sig.key_hash) for sig in note.signatures]
+        pinned = [(name, key.key_hash(name))
+                  for key in keys
+                  for name in ([key.name] if key.name is not None
+                               else sorted({sig.name for sig in note.signatures}))]
         raise NoteSignatureError(
-            f"checkpoint not signed by a pinned witness key (signed by: {names})"
+            f"checkpoint not signed by a pinned witness key (signed by: {_key_list(signed_by)}; "
+            f"pinned: {_key_list(pinned)})"
         )
     # Only now is the text trusted enough to parse (signed-note: verify, then parse).
     checkpoint = Checkpoint.from_text(note.text)

@@ -145,8 +145,47 @@ def test_empty_tree_checkpoint(signer: CheckpointSigner, pem_key: WitnessKey) ->
 def test_checkpoint_by_another_key_is_rejected(signer: CheckpointSigner) -> None:
     other = CheckpointSigner(Ed25519PrivateKey.from_private_bytes(OTHER_WITNESS_SEED), ORIGIN)
     note = other.sign(_checkpoint())
-    with pytest.raises(errors.NoteSignatureError, match="not signed by a pinned witness key"):
-        verify_checkpoint(note, [WitnessKey.from_pem(signer.key.public_pem())])
+    # Both keys sign under one name: only their key hashes tell them apart (the
+    # message said "signed by: witness.test/spanproof", the pinned key's own name).
+    theirs = other.key.key_hash(ORIGIN).hex()
+    ours = signer.key.key_hash(ORIGIN).hex()
+    assert theirs != ours
+    want = (f"checkpoint not signed by a pinned witness key (signed by: {ORIGIN}+{theirs}; "
+            f"pinned: {ORIGIN}+{ours})")
+    for key in (WitnessKey.from_pem(signer.key.public_pem()),  # named by the note's line
+                WitnessKey.from_vkey(signer.vkey)):
+        with pytest.raises(errors.NoteSignatureError) as caught:
+            verify_checkpoint(note, [key])
+        assert str(caught.value) == want
+
+
+def test_a_rejected_checkpoint_names_a_few_keys_and_counts_the_rest(
+    signer: CheckpointSigner,
+) -> None:
+    key = Ed25519PrivateKey.from_private_bytes(OTHER_WITNESS_SEED)
+    names = [f"log{i}.example" for i in range(5)] + ["x" * 100]
+    text = _checkpoint().to_text()
+    lines = [CheckpointSigner(key, name).sign_text(text).decode().split("\n\n")[1]
+             for name in names]
+    note = (text + "\n" + "".join(lines)).encode()
+    pinned = [WitnessKey.from_vkey(signer.key.vkey(f"pinned{i}.example")) for i in range(4)]
+    with pytest.raises(errors.NoteSignatureError) as caught:
+        verify_checkpoint(note, pinned)
+    signers = ", ".join(f"log{i}.example+{note_key_hash(f'log{i}.example', key.public_key()).hex()}"
+                        for i in range(3))
+    shown = ", ".join(f"pinned{i}.example+{pinned[i].key_hash().hex()}" for i in range(3))
+    assert str(caught.value) == (
+        f"checkpoint not signed by a pinned witness key (signed by: {signers} and 3 more; "
+        f"pinned: {shown} and 1 more)")
+    # A long name is cut; a key pinned without a name is shown under each line's.
+    long_note = (text + "\n" + lines[-1]).encode()
+    with pytest.raises(errors.NoteSignatureError) as caught:
+        verify_checkpoint(long_note, [WitnessKey.from_pem(signer.key.public_pem())])
+    cut = "x" * 64 + "..."
+    assert str(caught.value) == (
+        f"checkpoint not signed by a pinned witness key "
+        f"(signed by: {cut}+{note_key_hash('x' * 100, key.public_key()).hex()}; "
+        f"pinned: {cut}+{signer.key.key_hash('x' * 100).hex()})")
 
 
 @pytest.mark.parametrize(
