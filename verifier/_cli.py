@@ -68,6 +68,7 @@ from .records import validate_record
 from .report import STEPS_SHOWN, ReportItem, render_html, summarize_checks
 from .statement import Statement
 from .tree import Paint
+from .values import is_committed_value
 from .verify import (
     UNVERIFIED_BYTES_KEPT,
     UNVERIFIED_RECORDS_KEPT,
@@ -1020,28 +1021,44 @@ def _cmd_disclose(args: argparse.Namespace) -> int:
     except SpanproofError as e:
         raise UsageError(str(e)) from e
     chosen = available.select(wanted, args.span).disclosures
-    unmatched = [
-        *(a for a in args.attr
-          if not any(AttributeMatcher((a,)).matches(d.key) for d in chosen)),
-        *(a for a in args.attr_exact if not any(d.key == a for d in chosen)),
+    names: list[tuple[str, Callable[[str], bool]]] = [
+        *((a, AttributeMatcher((a,)).matches) for a in args.attr),
+        *((a, a.__eq__) for a in args.attr_exact),
     ]
-    for attr in unmatched:
-        print(printable(f"FAIL {bundle}: no disclosure of attribute {attr!r}"
-                        + (" on the given span(s)" if args.span else "") + f" in {source}"))
+    unmatched = [(a, match) for a, match in names if not any(match(d.key) for d in chosen)]
     # Hand out only disclosures that open this bundle's commitments (not verified
     # here: the reviewer verifies with the producer's key).  Of the records, only
     # those the chosen disclosures need are kept (SPEC §2.5.5 looks at no other).
     needs = DisclosureNeeds.of(chosen)
     needed: list[Mapping[str, Any]] = []
+    # Whether the records hold each name no disclosure matched in clear or
+    # committed (by its place in *unmatched*): a value in clear has no disclosure.
+    in_clear: set[int] = set()
+    committed: set[int] = set()
 
     def keep_needed(record: Mapping[str, Any], raw: bytes, offset: int) -> None:
         if needs(record):
             needed.append(record)
+        span = record["span"]
+        if not unmatched or (args.span and span["spanId"] not in args.span):
+            return
+        for key, typed in span["attributes"].items():
+            for i, (_, match) in enumerate(unmatched):
+                if match(key):
+                    (committed if is_committed_value(typed) else in_clear).add(i)
 
     stream, problem = _open_bundle(bundle)
     if stream is not None:
         with stream:
             problem = _read_unverified(stream, keep_needed).problem or ""
+    on_spans = " on the given span(s)" if args.span else ""
+    for i, (attr, _) in enumerate(unmatched):
+        if i in in_clear and i not in committed:
+            print(printable(f"FAIL {bundle}: attribute {attr!r} is in clear in the bundle"
+                            f"{on_spans} (not committed): there is nothing to disclose"))
+        else:
+            print(printable(f"FAIL {bundle}: no disclosure of attribute {attr!r}{on_spans} "
+                            f"in {source}"))
     if problem:
         print(printable(f"FAIL {bundle}: {problem}"))
         return EXIT_FAILED

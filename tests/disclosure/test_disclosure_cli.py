@@ -119,6 +119,35 @@ def test_disclose_unknown_attribute_fails_and_writes_nothing(
     assert not out.exists()
 
 
+def test_disclose_of_an_attribute_in_clear_says_there_is_nothing_to_disclose(
+    tmp_path: Path, written: Written, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It said "no disclosure of attribute ... in B.disclosures.json", as for a name
+    # the bundle does not hold, while the bundle shows the value to anyone.
+    out = tmp_path / "reviewer.json"
+    code, stdout, _ = _disclose(capsys, written, out, "--attr", "customer.email",
+                                "gen_ai.operation.*", "customer.phone")
+    assert code == 1
+    assert stdout.splitlines() == [
+        f"FAIL {written.bundle}: attribute 'gen_ai.operation.*' is in clear in the bundle "
+        "(not committed): there is nothing to disclose",
+        f"FAIL {written.bundle}: no disclosure of attribute 'customer.phone' in "
+        f"{written.disclosures}",
+    ]
+    assert not out.exists()
+    # On the spans named: fraud.score is in clear on span B and not on span A.
+    for span, line in (
+        (SPAN_B, "attribute 'fraud.score' is in clear in the bundle on the given span(s) "
+                 "(not committed): there is nothing to disclose"),
+        (SPAN_A, f"no disclosure of attribute 'fraud.score' on the given span(s) in "
+                 f"{written.disclosures}"),
+    ):
+        code, stdout, _ = _disclose(capsys, written, out, "--attr-exact", "fraud.score",
+                                    "--span", span)
+        assert code == 1 and stdout == f"FAIL {written.bundle}: {line}\n"
+        assert not out.exists()
+
+
 def test_disclose_without_disclosure_file_is_a_usage_error(
     tmp_path: Path, written: Written, capsys: pytest.CaptureFixture[str]
 ) -> None:
