@@ -27,7 +27,7 @@ from importlib import metadata
 from typing import IO, Any, NoReturn, cast
 
 from ._files import open_regular
-from ._jobs import AUTO_MIN_BUNDLES_FORK, MAX_JOBS, map_in_order
+from ._jobs import AUTO_MIN_BUNDLES_FORK, AUTO_MIN_BUNDLES_SPAWN, MAX_JOBS, map_in_order
 from ._settings import parse_decimal
 from ._stdout import StdoutError, writing_stdout
 from ._stored import StoredRecords
@@ -1205,9 +1205,10 @@ def _add_jobs_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jobs", "-j", type=_job_count, metavar="N",
         help="check bundles in N processes side by side; the output is the same "
-             "(default: one per usable CPU when there are enough bundles to pay for "
-             f"starting them, {AUTO_MIN_BUNDLES_FORK} on Linux; 1: all in this process; "
-             f"at most {MAX_JOBS})",
+             "(default: a run of at least "
+             f"{AUTO_MIN_BUNDLES_FORK:,} bundles uses one worker per usable CPU on Linux "
+             f"({AUTO_MIN_BUNDLES_SPAWN:,} bundles elsewhere), and a smaller run is "
+             f"checked in one process; 1: always one process; at most {MAX_JOBS})",
     )
 
 

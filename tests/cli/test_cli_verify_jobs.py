@@ -233,6 +233,18 @@ def test_how_many_workers(monkeypatch: pytest.MonkeyPatch):
     assert jobs.workers_for(None, 10 * least)[0] == 0
 
 
+@pytest.mark.parametrize("command", ["verify", "report"])
+def test_jobs_help_says_what_readme_says_the_default_is(capsys, command: str):
+    # The help said "one per usable CPU when there are enough bundles ..., 64 on
+    # Linux": 64 read as a number of workers.
+    said = (f"a run of at least {jobs.AUTO_MIN_BUNDLES_FORK:,} bundles uses one worker per "
+            f"usable CPU on Linux ({jobs.AUTO_MIN_BUNDLES_SPAWN:,} bundles elsewhere")
+    assert main([command, "--help"]) == 0
+    assert said in " ".join(capsys.readouterr().out.split())
+    readme = Path(__file__).parents[2] / "README.md"
+    assert said in " ".join(readme.read_text(encoding="utf-8").split())
+
+
 def test_default_is_one_process_for_a_few_bundles(
     capsys, keys: Keys, make_bundle: MakeBundle, spy_pool: list[int]
 ):
