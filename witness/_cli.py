@@ -398,18 +398,27 @@ def _sleep(seconds: float) -> None:
 class _Retries:
     """What ``witness submit`` may still wait for bundles the witness cannot take now
     (exit status 3): its waits add up to at most ``--retry-for`` seconds, over the
-    whole command, so a witness that stays down costs that once, not once per batch."""
+    whole command, so a witness that stays down costs that once, not once per batch.
+    (Each try also takes up to ``--timeout``.)"""
 
     def __init__(self, seconds: float) -> None:
-        self.left = seconds
+        self.seconds = self.left = seconds
 
     def wait(self, failures: int, asked: float, why: str) -> bool:
-        """Wait before the next try after *failures* in a row (the backoff, or the
-        *asked* seconds of a ``Retry-After`` when longer), saying so and *why* on
-        standard error; False, without waiting, when that would go past what is left."""
-        delay = max(backoff_delay(failures, *SUBMIT_BACKOFF, random.random), asked)
-        if delay > self.left:
+        """Wait before the next try after *failures* in a row: the backoff, or the
+        *asked* seconds of a ``Retry-After`` when longer, cut to what is left; say so
+        and *why* on standard error.  False, without waiting, when nothing is left or
+        the witness asks for more than that (said too, unless retries are off)."""
+        if asked > self.left or self.left <= 0:
+            if self.seconds > 0:
+                limit = (f"the witness asks for {asked:g} s, more than the {self.left:g} s "
+                         "left of --retry-for" if asked > self.left else
+                         f"--retry-for ({self.seconds:g} s) has run out")
+                print(printable(f"spanproof: {why}; not trying again: {limit}"),
+                      file=sys.stderr)
             return False
+        delay = min(max(backoff_delay(failures, *SUBMIT_BACKOFF, random.random), asked),
+                    self.left)
         self.left -= delay
         print(printable(f"spanproof: {why}; trying again in {delay:.1f} s"), file=sys.stderr)
         _sleep(delay)
@@ -446,12 +455,15 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         )
     submitter = _Submitter(client, der, trust, witness_keys)
     retries = _Retries(args.retry_for)
-    status = EXIT_OK
+    statuses = [EXIT_OK]
+
+    def show(outcome: _Outcome) -> None:
+        print(printable(outcome[0]), flush=True)  # paths, and what the witness answered
+        statuses.append(outcome[1])
+
     for group in _groups(paths):
-        for line, code in submitter.submit_retrying(group, retries):
-            print(printable(line))  # paths, and what the witness answered
-            status = max(status, code)
-    return status
+        submitter.submit_retrying(group, retries, show)
+    return max(statuses)
 
 
 def _groups(paths: Sequence[str]) -> list[list[str]]:
@@ -495,23 +507,31 @@ class _Submitter:
         #: The longest wait a ``Retry-After`` asked for in the last `submit` (seconds).
         self.asked = 0.0
 
-    def submit_retrying(self, paths: Sequence[str], retries: _Retries) -> list[_Outcome]:
-        """Each bundle's line and exit status, in order, after trying again those the
-        witness could not take now, for as long as *retries* allows."""
+    def submit_retrying(self, paths: Sequence[str], retries: _Retries,
+                        show: Callable[[_Outcome], None]) -> None:
+        """*show* each bundle's line and exit status, in order, once it is final:
+        after trying again those the witness could not take now, for as long as
+        *retries* allows.  Those before the first bundle still to be tried again are
+        shown before each wait, so an interrupted wait loses no line of a bundle
+        whose receipt was written."""
         outcomes = self.submit(paths)
-        failures = 0
+        shown = failures = 0
         while True:
             again = [i for i, (_, code) in enumerate(outcomes) if code == EXIT_UNAVAILABLE]
             if not again:
-                return outcomes
+                break
+            for outcome in outcomes[shown:again[0]]:
+                show(outcome)
+            shown = again[0]
             failures += 1
-            first = again[0]
-            why = outcomes[first][0].removeprefix(f"FAIL {paths[first]}: ")
+            why = outcomes[shown][0].removeprefix(f"FAIL {paths[shown]}: ")
             if not retries.wait(failures, self.asked,
                                 f"{len(again)} bundle(s) not taken now ({why})"):
-                return outcomes
+                break
             for i, outcome in zip(again, self.submit([paths[i] for i in again]), strict=True):
                 outcomes[i] = outcome
+        for outcome in outcomes[shown:]:
+            show(outcome)
 
     def _note(self, error: BaseException) -> None:
         """Keep the wait a 429's or 503's ``Retry-After`` asks for, of *error* or the
@@ -838,9 +858,10 @@ def add_commands(subparsers: Any) -> None:
                              "answer included (default 30)")
     submit.add_argument("--retry-for", type=_retry_for, default=SUBMIT_RETRY_SECONDS,
                         metavar="SECONDS",
-                        help="try bundles the witness cannot take now again, waiting "
-                             "(with backoff, or as its Retry-After asks) at most this "
-                             f"long in all (default {SUBMIT_RETRY_SECONDS:g}; 0: never)")
+                        help="send again the bundles the witness cannot take now, "
+                             "waiting (with backoff, or as a 429's or 503's Retry-After "
+                             "asks) at most this long in all, each try also taking up "
+                             f"to --timeout (default {SUBMIT_RETRY_SECONDS:g}; 0: never)")
     submit.set_defaults(handler=_cmd_submit, subparser=submit)
 
     monitor = subparsers.add_parser(

@@ -335,8 +335,8 @@ def test_a_bundle_the_witness_cannot_take_now_is_unavailable_not_failed(
 ) -> None:
     url, paths = _served_bundles(files, open_witness, serve_witness, 1)
     log = RequestLog(monkeypatch, refuse={"/v1/submit": refusal})
-    code, out, _ = _run([*_submit_args(files, url), "--retry-for", "0"], capsys)
-    assert (code, log.paths) == (3, ["/v1/submit"])
+    code, out, err = _run([*_submit_args(files, url), "--retry-for", "0"], capsys)
+    assert (code, log.paths, err) == (3, ["/v1/submit"], "")  # retries off: no word of them
     assert out.startswith(f"FAIL {paths[0]}: witness answered HTTP {refusal}: ")
 
 
@@ -430,10 +430,11 @@ def test_submit_stops_trying_when_retry_for_runs_out(
 ) -> None:
     url, paths = _served_bundles(files, open_witness, serve_witness, 2)
     log = Refusals(monkeypatch, {"/v1/submit-batch": [(503, None)] * 100})
-    status, out, _ = _run([*_submit_args(files, url), "--retry-for", "10"], capsys)
+    status, out, err = _run([*_submit_args(files, url), "--retry-for", "10"], capsys)
     assert status == 3
-    assert waits == [1.0, 2.0, 4.0]  # 8 more would make 15
-    assert log.paths == ["/v1/submit-batch"] * 4
+    assert waits == [1.0, 2.0, 4.0, 3.0]  # the last cut to what is left
+    assert log.paths == ["/v1/submit-batch"] * 5
+    assert err.endswith("; not trying again: --retry-for (10 s) has run out\n"), err
     assert out.splitlines() == [
         f"FAIL {p}: witness answered HTTP 503: not now (the test)" for p in paths]
     assert not any(Path(receipt_path(p)).exists() for p in paths)
@@ -447,7 +448,42 @@ def test_a_retry_after_beyond_retry_for_is_not_waited_for(
     log = Refusals(monkeypatch, {"/v1/submit-batch": [(429, "31")]})
     status, out, err = _run(_submit_args(files, url), capsys)  # 30 s by default
     assert (status, waits, log.paths) == (3, [], ["/v1/submit-batch"])
-    assert out.count("witness answered HTTP 429") == 2 and "trying again" not in err
+    assert out.count("witness answered HTTP 429") == 2
+    assert err == ("spanproof: 2 bundle(s) not taken now (witness answered HTTP 429: not now "
+                   "(the test)); not trying again: the witness asks for 31 s, more than the "
+                   "30 s left of --retry-for\n")
+
+
+def test_an_interrupted_wait_keeps_the_lines_of_bundles_already_logged(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The lines were printed once the group's retries ended: Ctrl-C during a wait
+    # lost the OK lines of bundles whose receipts were already written.
+    from spanproof.witness import _cli
+
+    url, paths = _served_bundles(files, open_witness, serve_witness, 3)
+    from spanproof.witness.client import HTTPStatusError, WitnessClient
+
+    Refusals(monkeypatch, {"/v1/submit-batch": [(404, None)]})  # one by one
+    answers = iter([None, None, (503, "1")])  # the third bundle's is not taken
+    real = WitnessClient.request
+
+    def request(client: WitnessClient, method: str, path: str, **kw: Any) -> Any:
+        answer = next(answers) if path == "/v1/submit" else None
+        if answer is not None:
+            raise HTTPStatusError(answer[0], "busy (the test)", retry_after=answer[1])
+        return real(client, method, path, **kw)
+
+    def interrupted(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(WitnessClient, "request", request)
+    monkeypatch.setattr(_cli, "_sleep", interrupted)
+    status, out, _ = _run(_submit_args(files, url), capsys)
+    assert status == 130
+    assert [line.split(":")[0] for line in out.splitlines()] == [f"OK {p}" for p in paths[:2]]
+    assert [Path(receipt_path(p)).exists() for p in paths] == [True, True, False]
 
 
 def test_retry_for_is_spent_once_over_the_whole_command(
