@@ -903,6 +903,14 @@ class WitnessSubmitter:
             self._drain_incoming()
             with self._cond:
                 self._closed = True
+        left = self.pending
+        if left:
+            # The last word the process says of them: without it, its last line
+            # was a retry's, and nothing pointed at the queue.
+            _logger.warning(
+                "%d bundle(s) not yet logged with the witness %s are queued in %s: "
+                "they are sent at the next start, or by 'spanproof witness submit'",
+                left, self._base_url, self._dir)
         return stopped
 
 

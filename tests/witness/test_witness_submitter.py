@@ -314,7 +314,9 @@ def test_a_failed_filesystem_sync_queues_nothing_of_its_batch(
     assert sum("cannot queue" in r.getMessage() for r in caplog.records) == 2
 
 
-def test_close_persists_what_is_still_in_memory(tmp_path: Path, witness: Witness) -> None:
+def test_close_persists_what_is_still_in_memory(
+    tmp_path: Path, witness: Witness, caplog: pytest.LogCaptureFixture
+) -> None:
     sub = WitnessSubmitter(
         "http://w.invalid", tmp_path / "q", post=FakeWitness(witness), start=False
     )
@@ -323,6 +325,21 @@ def test_close_persists_what_is_still_in_memory(tmp_path: Path, witness: Witness
     assert len(list((tmp_path / "q").glob("*.json"))) == 1
     assert sub.close()  # idempotent
     assert not sub.submit(tmp_path / "b" / "x.spanproof.json")
+    # Its last word points at the queue (it was a retry's "retrying in N s").
+    said = [r.getMessage() for r in caplog.records if "not yet logged" in r.getMessage()]
+    assert said == [f"1 bundle(s) not yet logged with the witness http://w.invalid are "
+                    f"queued in {tmp_path / 'q'}: they are sent at the next start, or by "
+                    "'spanproof witness submit'"]
+
+
+def test_close_with_nothing_queued_says_nothing(
+    tmp_path: Path, witness: Witness, caplog: pytest.LogCaptureFixture
+) -> None:
+    sub = WitnessSubmitter(
+        "http://w.invalid", tmp_path / "q", post=FakeWitness(witness), start=False
+    )
+    assert sub.close()
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 def test_rejections_and_bad_receipts_are_retired_not_retried(
