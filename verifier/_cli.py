@@ -266,9 +266,10 @@ def _declared_lines(stmt: Statement) -> list[str]:
     return lines
 
 
-def format_result(result: BundleResult) -> str:
+def format_result(result: BundleResult, *, receipts: bool = False) -> str:
     """The one-line verdict of ``spanproof verify`` for one bundle (how many notes
-    and conflicts it declares: :func:`format_declared` lists them)."""
+    and conflicts it declares: :func:`format_declared` lists them); with *receipts*
+    (a witness key was pinned), whether its receipt verified or it has none."""
     report = result.report
     stmt = report.statement if report is not None else None
     if report is None or stmt is None or result.verdict is Verdict.FAIL:
@@ -291,6 +292,13 @@ def format_result(result: BundleResult) -> str:
         line += f" incomplete=({_loss_note(stmt)}; allowed)"
     if declared:
         line += " " + declared.rstrip()
+    receipt = next((c for c in report.checks if c.name == RECEIPT_CHECK), None)
+    if receipts and receipt is not None and receipt.status is Status.PASS:
+        line += " receipt=verified"
+    elif receipts and receipt is not None and receipt.message.startswith("no receipt"):
+        # With a witness key pinned, a bundle without a receipt verified in words no
+        # different from one whose receipt did (without --require-receipt).
+        line += " receipt=none"
     return printable(line)
 
 
@@ -594,7 +602,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     for path, reason in problems:
         print(printable(f"FAIL {path}: {reason}"))
     for result in results:
-        print(format_result(result))
+        print(format_result(result, receipts=bool(witness_keys)))
         for line in format_remarks(result):
             print(line)
         if args.verbose:
@@ -804,7 +812,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     for path, reason in problems:
         print(printable(f"FAIL {path}: {reason}"))
     for result in results:
-        print(format_result(result))
+        print(format_result(result, receipts=bool(witness_keys)))
         for line in format_remarks(result):
             print(line)
     for link in links:

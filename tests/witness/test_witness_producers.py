@@ -197,7 +197,8 @@ def test_verify_fails_a_receipt_that_belongs_to_another_bundle(
                          "--witness-key", str(keys["witness_pub"]), str(bundles)], capsys)
     assert status == EXIT_FAILED, text
     lines = text.splitlines()
-    assert any(line.startswith(f"OK {first}") for line in lines), text
+    assert any(line.startswith(f"OK {first}") and line.endswith(" receipt=verified")
+               for line in lines), text
     assert any(line.startswith(f"FAIL {second}") and "receipt" in line for line in lines), text
 
 
@@ -208,6 +209,10 @@ def test_require_receipt_fails_a_bundle_without_one(
     trust = ["--key", str(keys["producer_pub"]), "--witness-key", str(keys["witness_pub"])]
     status, text = _run(["verify", *trust, str(bundle)], capsys)
     assert status == EXIT_OK, text  # a missing receipt is only SKIPPED unless required
+    # ... and said: the line read as a witnessed bundle's did.
+    assert text.startswith(f"OK {bundle} ") and text.rstrip().endswith(" receipt=none"), text
+    status, text = _run(["verify", "--key", str(keys["producer_pub"]), str(bundle)], capsys)
+    assert status == EXIT_OK and "receipt=" not in text, text  # no witness key: not looked for
     status, text = _run(["verify", *trust, "--require-receipt", str(bundle)], capsys)
     assert status == EXIT_FAILED and "receipt" in text, text
     status, text = _run(["verify", "--key", str(keys["producer_pub"]), "--require-receipt",
