@@ -200,8 +200,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except (ValueError, InvalidKey) as e:
         return _fail(str(e), EXIT_USAGE)
     try:
+        # Bound first, as the receiver binds its ports: a port another process holds
+        # is said before the key is locked or the database made (uvicorn's own bind
+        # came last, and left a new database behind its "address already in use").
+        listening = _listen(host, port)
+    except OSError as e:
+        return _fail(f"cannot listen on {args.listen}: {e.strerror or e}", EXIT_USAGE)
+    try:
         held, state_locked = hold_key(args.key, args.state_dir, signer.key_id)
     except TransportError as e:
+        listening.close()
         return _fail(str(e), EXIT_UNAVAILABLE)
     signed_file = signed_checkpoint_path(args.key, args.state_dir, signer.key_id)
     if state_locked:
@@ -216,6 +224,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         store = Store(args.db)
     except TransportError as e:
+        listening.close()
         release_key(held)
         return _fail(str(e), EXIT_UNAVAILABLE)
     try:
@@ -223,10 +232,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                           earlier_files=earlier_checkpoint_paths(args.key, args.state_dir,
                                                                  signer.key_id))
     except LogCorrupted as e:
+        listening.close()
         store.close()
         release_key(held)
         return _fail(f"refusing to start: {e}", EXIT_FAILED)
     except TransportError as e:
+        listening.close()
         store.close()
         release_key(held)
         return _fail(str(e), EXIT_UNAVAILABLE)
@@ -268,7 +279,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         previous = {sig: signal.signal(sig, _stopped) for sig in _STOP_SIGNALS}
     status = EXIT_OK
     try:
-        _announcing_server(config, announce).run()
+        _announcing_server(config, announce).run(sockets=[listening])
     except _Stopped as e:
         _logger.info("stopped by %s", signal.Signals(e.signum).name)
         status = EXIT_OK if e.signum == signal.SIGTERM else EXIT_INTERRUPTED
@@ -279,7 +290,26 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         witness.keep_latest()
         store.close()
         release_key(held)
+        listening.close()
     return status
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket listening on *host*:*port*, as uvicorn would bind it (the address
+    reused at once after a stop, uvicorn's backlog).
+
+    Raises:
+        OSError: it cannot listen there (the port is another process's, the host
+            is not one of this machine's addresses or cannot be resolved).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as e:
+        # Its reason ends "(while attempting to bind on address (...))": the command's
+        # message names the address already.
+        reason = (e.strerror or str(e)).split(" (while attempting to bind on address")[0]
+        raise OSError(e.errno, reason) from e
 
 
 def _announcing_server(config: uvicorn.Config,
@@ -791,8 +821,9 @@ def add_commands(subparsers: Any) -> None:
     serve = wsub.add_parser(
         "serve", help="serve a witness log over HTTP",
         epilog="Exit status: 0 stopped by SIGTERM, 130 by SIGINT, 1 the log refused at "
-               "start (it fails its own check), 2 usage error, 3 the database cannot be "
-               "opened or written, or another process serves it or the key.",
+               "start (it fails its own check), 2 usage error (an address it cannot "
+               "listen on included), 3 the database cannot be opened or written, or "
+               "another process serves it or the key.",
     )
     serve.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
                        help="address to listen on (default 127.0.0.1:8080)")

@@ -47,3 +47,41 @@ def test_listen_on_port_0_announces_the_port_it_bound(
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+@pytest.mark.timeout(60)
+def test_a_port_in_use_is_refused_before_anything_is_made(
+    tmp_path: Path, witness_private: Any
+) -> None:
+    # uvicorn bound last: the database and the key's lock were made, and its own
+    # "address already in use" ended the command with exit status 3.
+    import socket
+
+    key = write_private_key(tmp_path / "witness.key", witness_private)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            witness_command("serve", "--listen", f"127.0.0.1:{port}", "--db",
+                            str(tmp_path / "w.db"), "--key", str(key), "--origin", ORIGIN),
+            capture_output=True, text=True, timeout=50,
+        )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.endswith(
+        f"spanproof: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"), \
+        done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["witness.key", "witness.key.pub"]
+
+
+def test_a_host_that_is_not_this_machine_s_is_refused(
+    tmp_path: Path, witness_private: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from spanproof.witness._cli import main
+
+    key = write_private_key(tmp_path / "witness.key", witness_private)
+    status = main(["witness", "serve", "--listen", "no-such-host.invalid:0", "--db",
+                   str(tmp_path / "w.db"), "--key", str(key), "--origin", ORIGIN])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert err.startswith("spanproof: error: cannot listen on no-such-host.invalid:0: ")
+    assert "while attempting" not in err and "Unknown error" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["witness.key", "witness.key.pub"]
