@@ -161,16 +161,24 @@ def test_signed_large_records_are_parsed_and_verify(
     assert sum(size > LARGE_RECORD_BYTES for size in parsed) == 2
 
 
+def _second_made_large(
+    parts: tuple[bytes, list[bytes]]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The statement of the bundle of *parts*, and its records with the second one's
+    prompt made larger than ``LARGE_RECORD_BYTES`` (to be chained and signed again)."""
+    header, records = parts
+    bodies = [json.loads(raw) for raw in records]
+    bodies[1]["span"]["attributes"]["gen_ai.prompt"] = {"stringValue": "p" * LARGE_RECORD_BYTES}
+    return statement_of(join(header, records)), bodies
+
+
 def test_a_signed_large_record_is_judged_as_any_record(
     kit: Kit, parts: tuple[bytes, list[bytes]]
 ) -> None:
     # Chained to the signed head, the line is parsed, and the records' defects are
     # found as ever: here the next record has a committed record's media type without
     # a committed value (its `prev` is found after that media type too).
-    header, records = parts
-    statement = statement_of(join(header, records))
-    bodies = [json.loads(raw) for raw in records]
-    bodies[1]["span"]["attributes"]["gen_ai.prompt"] = {"stringValue": "p" * LARGE_RECORD_BYTES}
+    statement, bodies = _second_made_large(parts)
     bodies[2]["mediaType"] = "application/vnd.spanproof.cer.v1.1+json"
     data = resign(statement, chain(bodies, statement["predicate"]["segment"]["start"]), kit.key)
     message = _records_failure(kit, data)
@@ -183,10 +191,7 @@ def test_a_signed_large_record_out_of_its_chain_fails_the_chain(
 ) -> None:
     # The key's holder signed a large record whose own prev is wrong: the lines from
     # it chain to the head, so it is parsed, and step 7 fails as it would for any.
-    header, records = parts
-    statement = statement_of(join(header, records))
-    bodies = [json.loads(raw) for raw in records]
-    bodies[1]["span"]["attributes"]["gen_ai.prompt"] = {"stringValue": "p" * LARGE_RECORD_BYTES}
+    statement, bodies = _second_made_large(parts)
     linked = chain(bodies, statement["predicate"]["segment"]["start"])
     broken = canonicalize({**json.loads(linked[1]), "prev": "sha256:" + "0" * 64})
     after = chain([json.loads(raw) for raw in linked[2:]], record_hash(broken), first_seq=2)
