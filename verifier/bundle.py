@@ -63,6 +63,9 @@ _RECORD_STARTS = tuple(
 #: The most JSON values a DSSE envelope can hold and be valid (SPEC §5.1): itself, its
 #: payload, payload type and array of signatures, and three for each signature.
 _ENVELOPE_VALUES = 4 + 3 * MAX_SIGNATURES
+# A large header's other members (but receipts) are parsed, to be quoted in a
+# message, when they hold at most this many JSON values.
+_SHOWN_VALUES = 64
 
 
 def _large_header(document: bytes) -> dict[str, Any]:
@@ -79,12 +82,25 @@ def _large_header(document: bytes) -> dict[str, Any]:
         if name == "receipts":
             continue  # checked canonical; it influences nothing (SPEC §7.2)
         if name == "envelope" and values > _ENVELOPE_VALUES:
-            raise InvalidBundle(
+            # Refused at step 2, after step 1's checks of the other members.
+            header[name] = _Unparsed(
                 f"envelope: {values} JSON values, more than a DSSE envelope of at most "
                 f"{MAX_SIGNATURES} signatures holds ({_ENVELOPE_VALUES})")
-        header[name] = orjson.loads(document[start:end]) if values == 1 or name == "envelope" \
-            else None  # another member, which is refused by its name
+        elif name == "envelope" or values <= _SHOWN_VALUES:
+            header[name] = orjson.loads(document[start:end])
+        else:  # a media type too large to quote, or a member refused by its name
+            header[name] = _Unparsed(f"a JSON value of {values} values")
     return header
+
+
+class _Unparsed:
+    """A member of a large bundle header that was not parsed, and why."""
+
+    def __init__(self, why: str) -> None:
+        self.why = why
+
+    def __repr__(self) -> str:  # as an unknown media type's message quotes it
+        return f"<{self.why}>"
 
 
 def _header_bytes(envelope: Envelope) -> bytes:
@@ -168,6 +184,8 @@ class BundleReader:
             raise InvalidBundle(f"bundle header: unknown fields {sorted(extra)}")
         if "envelope" not in header:
             raise InvalidBundle("bundle header: missing envelope")
+        if isinstance(header["envelope"], _Unparsed):
+            raise InvalidBundle(header["envelope"].why)
         return Envelope.from_json(header["envelope"]), header
 
     def parsed_records(self) -> Iterator[dict[str, Any]]:

@@ -448,12 +448,36 @@ def loads_canonical(data: bytes, what: str = "document") -> Any:
 # any character but a quote, a backslash or a control character as itself; those
 # three as the two-character escapes, or ``\u00xx`` in lower case for the control
 # characters that have none.  A string spelled any other way is not canonical.
-# Written as "unrolling the loop": no two ways to match the same bytes, so a string
-# left open is refused in one pass, not after trying every split of it.
-_CANONICAL_STRING = re.compile(
-    rb'"[^"\\\x00-\x1f]*'
-    rb'(?:\\(?:["\\bfnrt]|u00(?:0[0-7]|0b|0e|0f|1[0-9a-f]))[^"\\\x00-\x1f]*)*"'
-)
+# A repeated group (one escape and the plain run after it) makes the regular
+# expression engine keep ~180 bytes of state per repeat in case it must backtrack:
+# a string of escapes took ~90 times its size.  Possessive repeats (Python 3.11)
+# keep none; before 3.11 the string is matched one escape at a time.
+_PLAIN_RUN = re.compile(rb'[^"\\\x00-\x1f]*')
+_ESCAPE = re.compile(rb'\\(?:["\\bfnrt]|u00(?:0[0-7]|0b|0e|0f|1[0-9a-f]))')
+_POSSESSIVE_STRING = re.compile(
+    rb'"[^"\\\x00-\x1f]*+'
+    rb'(?:\\(?:["\\bfnrt]|u00(?:0[0-7]|0b|0e|0f|1[0-9a-f]))[^"\\\x00-\x1f]*+)*+"'
+) if sys.version_info >= (3, 11) else None
+
+
+def _string_end_stepwise(data: bytes, pos: int) -> int:
+    """Where the canonical string starting at *pos* (its quote) ends, or -1 when it
+    is not one: its plain runs and escapes matched one at a time."""
+    end = _PLAIN_RUN.match(data, pos + 1).end()  # type: ignore[union-attr]  # matches ""
+    while data[end:end + 1] == b"\\":
+        escape = _ESCAPE.match(data, end)
+        if escape is None:
+            return -1
+        end = _PLAIN_RUN.match(data, escape.end()).end()  # type: ignore[union-attr]
+    return end + 1 if data[end:end + 1] == b'"' else -1
+
+
+def _string_end(data: bytes, pos: int) -> int:
+    """Where the canonical string starting at *pos* (its quote) ends, or -1."""
+    if _POSSESSIVE_STRING is None:
+        return _string_end_stepwise(data, pos)
+    match = _POSSESSIVE_STRING.match(data, pos)
+    return -1 if match is None else match.end()
 _NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 # An integer as canonicalize writes one of at most 15 digits, always within
 # +-(2^53-1): no "-0", no leading zero, nothing of a longer number after it.
@@ -500,11 +524,13 @@ def canonical_members(data: bytes, what: str = "document") -> list[tuple[str, in
     decoder = codecs.getincrementaldecoder("utf-8")()
     view = memoryview(data)
     for start in range(0, len(data), _UTF8_CHUNK):
+        held = len(decoder.getstate()[0])  # a sequence the last chunk cut, held back
         try:
             decoder.decode(view[start:start + _UTF8_CHUNK],
                            final=start + _UTF8_CHUNK >= len(data))
         except UnicodeDecodeError as e:
-            raise InvalidBundle(f"{what}: not valid UTF-8 (byte {start + e.start})") from None
+            raise InvalidBundle(
+                f"{what}: not valid UTF-8 (byte {start - held + e.start})") from None
 
     def refused(at: int) -> CanonicalizationError:
         return CanonicalizationError(
@@ -540,16 +566,18 @@ def canonical_members(data: bytes, what: str = "document") -> list[tuple[str, in
                 pos += 1
                 state = _AFTER_VALUE
                 continue
-            match = _CANONICAL_STRING.match(data, pos)
-            if match is None or data[match.end():match.end() + 1] != b":":
+            after = _string_end(data, pos)
+            if after < 0 or data[after:after + 1] != b":":
                 raise refused(pos)
-            key = json.loads(match[0])
+            token = data[pos:after]
+            # Valid UTF-8 (checked above); without escapes, its bytes are the name's.
+            key = json.loads(token) if b"\\" in token else token[1:-1].decode()
             order = str.encode(key, "utf-16-be")
             previous = stack[-1][1]
             if previous is not None and order <= previous:  # out of order, or repeated
                 raise refused(pos)
             stack[-1] = (True, order)
-            pos = match.end() + 1
+            pos = after + 1
             if len(stack) == 1:
                 name, start, values = key, pos, 0
             state = _VALUE
@@ -568,10 +596,10 @@ def canonical_members(data: bytes, what: str = "document") -> list[tuple[str, in
                 state = _KEY_OR_CLOSE if byte == 0x7B else _VALUE_OR_CLOSE
                 continue
             if byte == 0x22:  # "
-                match = _CANONICAL_STRING.match(data, pos)
-                if match is None:
+                after = _string_end(data, pos)
+                if after < 0:
                     raise refused(pos)
-                pos = match.end()
+                pos = after
             elif byte == 0x2D or 0x30 <= byte <= 0x39:  # - or a digit
                 match = _SHORT_INTEGER.match(data, pos)
                 if match is None:
