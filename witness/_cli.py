@@ -757,27 +757,35 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     # can hold a newer one (SPEC §12.7 step 8).
     held, unverified = read_receipt_checkpoints(receipts, keys, origin=args.origin)
     unreadable += unverified
-    try:
-        result = monitor_once(client, args.state, keys, origin=args.origin)
-        print(printable(result.message))
-        if not args.receipts:
-            return EXIT_OK
-        checked = check_receipts(client, result.current, held, args.state)
-    except LogInconsistent as e:
-        print(printable(f"ALERT {args.url}: {e}"))
-        return EXIT_FAILED
-    except TransportError as e:
-        # A 404 for a proof is an alert (fetch_consistency_proof), so this one is the
-        # checkpoint's: no witness at that URL (§12.9 GET /v1/checkpoint).
-        hint = (" (is --url the witness's base URL?)"
-                if isinstance(e, HTTPStatusError) and e.status == 404 else "")
-        print(printable(f"FAIL {args.url}: {e}{hint}"))
-        return EXIT_UNAVAILABLE
-    except OSError as e:  # the state file (an evidence file is reported in the alert)
-        return _fail(_unusable_state(args.state, e), EXIT_USAGE)
-    except SpanproofError as e:
+
+    def failed(e: SpanproofError | OSError) -> int:
+        if isinstance(e, LogInconsistent):
+            print(printable(f"ALERT {args.url}: {e}"))
+            return EXIT_FAILED
+        if isinstance(e, TransportError):
+            # A 404 for a proof is an alert (fetch_consistency_proof), so this one is
+            # the checkpoint's: no witness at that URL (§12.9 GET /v1/checkpoint).
+            hint = (" (is --url the witness's base URL?)"
+                    if isinstance(e, HTTPStatusError) and e.status == 404 else "")
+            print(printable(f"FAIL {args.url}: {e}{hint}"))
+            return EXIT_UNAVAILABLE
+        if isinstance(e, OSError):  # only monitor_once's: the state file and its lock
+            return _fail(_unusable_state(args.state, e), EXIT_USAGE)
         print(printable(f"FAIL {args.url}: {e}"))
         return EXIT_FAILED
+
+    try:
+        result = monitor_once(client, args.state, keys, origin=args.origin)
+    except (SpanproofError, OSError) as e:  # an evidence file is reported in the alert
+        return failed(e)
+    # Printed outside: a closed standard output is not a --state that cannot be used.
+    print(printable(result.message))
+    if not args.receipts:
+        return EXIT_OK
+    try:
+        checked = check_receipts(client, result.current, held, args.state)
+    except SpanproofError as e:
+        return failed(e)
     for path, why in (*unreadable, *checked.unchecked):
         print(printable(f"FAIL receipt {path}: {why}"))
     print(printable(

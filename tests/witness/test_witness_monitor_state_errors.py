@@ -95,3 +95,26 @@ def test_a_malformed_state_file_is_still_a_failed_check(capsys, tmp_path):
     out, _ = capsys.readouterr()
     assert out == (f"FAIL {URL}: monitor state {state}: not a "
                    f"application/vnd.spanproof.monitor-state.v1+json document\n")
+
+
+def test_a_closed_standard_output_is_not_a_state_it_cannot_use(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its OK line was printed where an OSError was read as the state's: a reader
+    # gone from the pipe made "--state ...: cannot read or write it (Broken pipe)".
+    import io
+    import sys
+    from types import SimpleNamespace
+
+    from spanproof.witness import monitor
+
+    class Gone(io.TextIOBase):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    monkeypatch.setattr(monitor, "monitor_once", lambda *a, **k: SimpleNamespace(
+        message="OK http://127.0.0.1:9: first checkpoint, tree size 1", current=None))
+    monkeypatch.setattr(sys, "stdout", Gone())
+    status = _monitor(tmp_path, tmp_path / "m.json")
+    err = capsys.readouterr().err
+    assert (status, err) == (1, ""), err  # as any command whose reader went away
