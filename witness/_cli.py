@@ -542,8 +542,9 @@ class _Submitter:
         """*show* each bundle's line and exit status, in order, once it is final:
         after trying again those the witness could not take now, for as long as
         *retries* allows.  Those before the first bundle still to be tried again are
-        shown before each wait, so an interrupted wait loses no line of a bundle
-        whose receipt was written."""
+        shown before each wait, and all of them when a wait is interrupted (those
+        not taken with the failure they had), so no line of a bundle whose receipt
+        was written is lost."""
         outcomes = self.submit(paths)
         shown = failures = 0
         while True:
@@ -555,8 +556,14 @@ class _Submitter:
             shown = again[0]
             failures += 1
             why = outcomes[shown][0].removeprefix(f"FAIL {paths[shown]}: ")
-            if not retries.wait(failures, self.asked,
-                                f"{len(again)} bundle(s) not taken now ({why})"):
+            try:
+                waited = retries.wait(failures, self.asked,
+                                      f"{len(again)} bundle(s) not taken now ({why})")
+            except KeyboardInterrupt:
+                for outcome in outcomes[shown:]:
+                    show(outcome)
+                raise
+            if not waited:
                 break
             for i, outcome in zip(again, self.submit([paths[i] for i in again]), strict=True):
                 outcomes[i] = outcome

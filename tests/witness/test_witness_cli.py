@@ -454,9 +454,10 @@ def test_a_retry_after_beyond_retry_for_is_not_waited_for(
                    "30 s left of --retry-for\n")
 
 
+@pytest.mark.parametrize("not_taken", [2, 0])
 def test_an_interrupted_wait_keeps_the_lines_of_bundles_already_logged(
     files: dict[str, Path], open_witness: Any, serve_witness: Any,
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, not_taken: int,
 ) -> None:
     # The lines were printed once the group's retries ended: Ctrl-C during a wait
     # lost the OK lines of bundles whose receipts were already written.
@@ -466,7 +467,7 @@ def test_an_interrupted_wait_keeps_the_lines_of_bundles_already_logged(
     from spanproof.witness.client import HTTPStatusError, WitnessClient
 
     Refusals(monkeypatch, {"/v1/submit-batch": [(404, None)]})  # one by one
-    answers = iter([None, None, (503, "1")])  # the third bundle's is not taken
+    answers = iter([(503, "1") if i == not_taken else None for i in range(3)])
     real = WitnessClient.request
 
     def request(client: WitnessClient, method: str, path: str, **kw: Any) -> Any:
@@ -482,8 +483,11 @@ def test_an_interrupted_wait_keeps_the_lines_of_bundles_already_logged(
     monkeypatch.setattr(_cli, "_sleep", interrupted)
     status, out, _ = _run(_submit_args(files, url), capsys)
     assert status == 130
-    assert [line.split(":")[0] for line in out.splitlines()] == [f"OK {p}" for p in paths[:2]]
-    assert [Path(receipt_path(p)).exists() for p in paths] == [True, True, False]
+    # Every line, in order: the bundle not taken with the failure it had.
+    assert [line.split(":")[0] for line in out.splitlines()] == [
+        f"{'FAIL' if i == not_taken else 'OK'} {p}" for i, p in enumerate(paths)]
+    assert [Path(receipt_path(p)).exists() for p in paths] == [
+        i != not_taken for i in range(3)]
 
 
 def test_retry_for_is_spent_once_over_the_whole_command(
