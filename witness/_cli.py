@@ -205,11 +205,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         # came last, and left a new database behind its "address already in use").
         listening = _listen(host, port)
     except OSError as e:
-        return _fail(f"cannot listen on {args.listen}: {e.strerror or e}", EXIT_USAGE)
+        # A port another process listens on is another process serving (exit 3, as
+        # for its database or key); a host that is not this machine's is a usage error.
+        return _fail(f"cannot listen on {args.listen}: {e.strerror or e}",
+                     EXIT_UNAVAILABLE if e.errno == errno.EADDRINUSE else EXIT_USAGE)
+
+    def close_listening() -> None:
+        for sock in listening:
+            sock.close()
+
     try:
         held, state_locked = hold_key(args.key, args.state_dir, signer.key_id)
     except TransportError as e:
-        listening.close()
+        close_listening()
         return _fail(str(e), EXIT_UNAVAILABLE)
     signed_file = signed_checkpoint_path(args.key, args.state_dir, signer.key_id)
     if state_locked:
@@ -224,7 +232,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         store = Store(args.db)
     except TransportError as e:
-        listening.close()
+        close_listening()
         release_key(held)
         return _fail(str(e), EXIT_UNAVAILABLE)
     try:
@@ -232,12 +240,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                           earlier_files=earlier_checkpoint_paths(args.key, args.state_dir,
                                                                  signer.key_id))
     except LogCorrupted as e:
-        listening.close()
+        close_listening()
         store.close()
         release_key(held)
         return _fail(f"refusing to start: {e}", EXIT_FAILED)
     except TransportError as e:
-        listening.close()
+        close_listening()
         store.close()
         release_key(held)
         return _fail(str(e), EXIT_UNAVAILABLE)
@@ -279,7 +287,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         previous = {sig: signal.signal(sig, _stopped) for sig in _STOP_SIGNALS}
     status = EXIT_OK
     try:
-        _announcing_server(config, announce).run(sockets=[listening])
+        _announcing_server(config, announce).run(sockets=listening)
     except _Stopped as e:
         _logger.info("stopped by %s", signal.Signals(e.signum).name)
         status = EXIT_OK if e.signum == signal.SIGTERM else EXIT_INTERRUPTED
@@ -290,26 +298,40 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         witness.keep_latest()
         store.close()
         release_key(held)
-        listening.close()
+        close_listening()
     return status
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """A socket listening on *host*:*port*, as uvicorn would bind it (the address
-    reused at once after a stop, uvicorn's backlog).
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Sockets listening on every address *host* resolves to, at *port*, as uvicorn
+    (asyncio's ``create_server``) binds them: ``localhost`` is often 127.0.0.1 and
+    ::1; the address reused at once after a stop; IPv6 sockets IPv6 only; uvicorn's
+    backlog.
 
     Raises:
-        OSError: it cannot listen there (the port is another process's, the host
-            is not one of this machine's addresses or cannot be resolved).
+        OSError: it cannot listen there (a port another process listens on:
+            ``EADDRINUSE``; a host that is not this machine's or cannot be resolved).
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        return socket.create_server((host, port), family=family, backlog=2048)
-    except OSError as e:
-        # Its reason ends "(while attempting to bind on address (...))": the command's
-        # message names the address already.
-        reason = (e.strerror or str(e)).split(" (while attempting to bind on address")[0]
-        raise OSError(e.errno, reason) from e
+        found = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                                   socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise OSError(None, e.strerror) from e
+    listening: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            sock = socket.socket(family, kind, proto)
+            listening.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(2048)
+    except OSError:
+        for sock in listening:
+            sock.close()
+        raise
+    return listening
 
 
 def _announcing_server(config: uvicorn.Config,
@@ -836,9 +858,10 @@ def add_commands(subparsers: Any) -> None:
     serve = wsub.add_parser(
         "serve", help="serve a witness log over HTTP",
         epilog="Exit status: 0 stopped by SIGTERM, 130 by SIGINT, 1 the log refused at "
-               "start (it fails its own check), 2 usage error (an address it cannot "
-               "listen on included), 3 the database cannot be opened or written, or "
-               "another process serves it or the key.",
+               "start (it fails its own check), 2 usage error (a --listen host that is "
+               "not this machine's included), 3 the database cannot be opened or "
+               "written, or another process listens on the port, or another process "
+               "serves it or the key.",
     )
     serve.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT",
                        help="address to listen on (default 127.0.0.1:8080)")

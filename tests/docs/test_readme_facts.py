@@ -229,6 +229,9 @@ def test_witness_serve_help_gives_readme_s_exit_status_3() -> None:
     assert "a second `witness serve` with the same key on another database exits 3" in prose
     epilog = " ".join((_commands()["witness serve"].epilog or "").split())
     assert "another process serves it or the key" in epilog
+    # ... and a port another process listens on exits 3 too.
+    assert "a port another process listens on exits 3" in prose
+    assert "another process listens on the port" in epilog
 
 
 def test_readme_synopses_give_every_flag_of_their_command() -> None:

@@ -53,8 +53,9 @@ def test_listen_on_port_0_announces_the_port_it_bound(
 def test_a_port_in_use_is_refused_before_anything_is_made(
     tmp_path: Path, witness_private: Any
 ) -> None:
-    # uvicorn bound last: the database and the key's lock were made, and its own
-    # "address already in use" ended the command with exit status 3.
+    # uvicorn bound last: the database and the key's lock were made before its own
+    # "address already in use".  Exit status 3, as another process serving the
+    # database or the key: it may be the same witness, still stopping.
     import socket
 
     key = write_private_key(tmp_path / "witness.key", witness_private)
@@ -65,7 +66,7 @@ def test_a_port_in_use_is_refused_before_anything_is_made(
                             str(tmp_path / "w.db"), "--key", str(key), "--origin", ORIGIN),
             capture_output=True, text=True, timeout=50,
         )
-    assert done.returncode == 2, done.stderr
+    assert done.returncode == 3, done.stderr
     assert done.stderr.endswith(
         f"spanproof: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"), \
         done.stderr
@@ -85,3 +86,30 @@ def test_a_host_that_is_not_this_machine_s_is_refused(
     assert err.startswith("spanproof: error: cannot listen on no-such-host.invalid:0: ")
     assert "while attempting" not in err and "Unknown error" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["witness.key", "witness.key.pub"]
+
+
+def test_every_address_a_host_name_resolves_to_is_listened_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # uvicorn bound every address of a name, as asyncio does (localhost is often
+    # 127.0.0.1 and ::1); binding the first one alone left clients of ::1 refused.
+    import socket
+
+    from spanproof.witness import _cli
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    stream = (socket.SOCK_STREAM, socket.IPPROTO_TCP, "")
+    both = [(socket.AF_INET6, *stream, ("::1", 0, 0, 0)), (socket.AF_INET, *stream,
+                                                          ("127.0.0.1", 0))]
+    monkeypatch.setattr(_cli.socket, "getaddrinfo", lambda *a, **k: both + both)
+    try:
+        listening = _cli._listen("localhost", 0)
+    except OSError as e:  # ::1 not configured on this machine
+        pytest.skip(f"cannot listen on ::1 here ({e})")
+    try:
+        assert [s.getsockname()[0] for s in listening] == ["::1", "127.0.0.1"]
+        assert listening[0].getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+    finally:
+        for sock in listening:
+            sock.close()
