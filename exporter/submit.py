@@ -903,14 +903,22 @@ class WitnessSubmitter:
             self._drain_incoming()
             with self._cond:
                 self._closed = True
-        left = self.pending
-        if left:
-            # The last word the process says of them: without it, its last line
-            # was a retry's, and nothing pointed at the queue.
+        with self._cond:
+            queued, unqueued = len(self._pending), len(self._incoming)
+        # The last word the process says of them: without it, its last line was a
+        # retry's, and nothing pointed at the queue.
+        if unqueued:  # the worker was still delivering: they were never written
+            _logger.warning(
+                "%d bundle(s) not yet logged with the witness %s (a delivery was still "
+                "under way): %d queued in %s, sent at the next start; the other %d are "
+                "not queued, and are found again by the next start's scan or given to "
+                "'spanproof witness submit'",
+                queued + unqueued, self._base_url, queued, self._dir, unqueued)
+        elif queued:
             _logger.warning(
                 "%d bundle(s) not yet logged with the witness %s are queued in %s: "
                 "they are sent at the next start, or by 'spanproof witness submit'",
-                left, self._base_url, self._dir)
+                queued, self._base_url, self._dir)
         return stopped
 
 

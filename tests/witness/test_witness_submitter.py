@@ -332,6 +332,37 @@ def test_close_persists_what_is_still_in_memory(
                     "'spanproof witness submit'"]
 
 
+def test_close_during_a_delivery_says_what_is_not_queued(
+    tmp_path: Path, witness: Witness, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The worker still delivered when close() stopped waiting: a submission that
+    # came meanwhile was never written to the queue, which the warning said it was.
+    import threading
+
+    delivering, release = threading.Event(), threading.Event()
+
+    def slow(url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> Any:
+        delivering.set()
+        release.wait(10)
+        raise ConnectionRefusedError("connection refused")
+
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=slow)
+    paths = _bundles(tmp_path / "b", 2)
+    try:
+        sub.submit(paths[0])
+        assert delivering.wait(10)
+        sub.submit(paths[1])
+        assert not sub.close(0.2)
+    finally:
+        release.set()
+    said = [r.getMessage() for r in caplog.records if "not yet logged" in r.getMessage()]
+    assert said == [f"2 bundle(s) not yet logged with the witness http://w.invalid (a "
+                    f"delivery was still under way): 1 queued in {tmp_path / 'q'}, sent at "
+                    "the next start; the other 1 are not queued, and are found again by the "
+                    "next start's scan or given to 'spanproof witness submit'"]
+    assert len(list((tmp_path / "q").glob("*.json"))) == 1
+
+
 def test_close_with_nothing_queued_says_nothing(
     tmp_path: Path, witness: Witness, caplog: pytest.LogCaptureFixture
 ) -> None:
