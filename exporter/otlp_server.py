@@ -2121,13 +2121,11 @@ class _BoundedServer(ThreadingHTTPServer):
         self._slots = threading.BoundedSemaphore(connections)
         self._tls = tls
         self._changes = threading.Condition()
-        # Each open connection's socket, and whether it is handling a request.
+        # Each open connection's socket, and whether it is handling a request, in the
+        # order they last became idle (no whole head read since the connection opened
+        # or since its last answer, a head still arriving included): the first idle
+        # one is the one idle longest.
         self._connections: dict[Any, bool] = {}
-        # The idle ones among them (no whole head read since the connection opened or
-        # since its last answer, a head still arriving included), each with when it
-        # became idle (time.monotonic), in that order: the first is the one idle
-        # longest.
-        self._idle: dict[Any, float] = {}
         #: stop_connections was called: requests not yet begun are not served.
         self.stopping = False
         #: Its grace is over: what is left is cut off, nothing more is ingested.
@@ -2226,7 +2224,6 @@ class _BoundedServer(ThreadingHTTPServer):
             open_ = not self.stopping
             if open_:
                 self._connections[request] = False
-                self._idle[request] = time.monotonic()
         if not open_:
             self.shutdown_request(request)
             self._slots.release()
@@ -2248,10 +2245,10 @@ class _BoundedServer(ThreadingHTTPServer):
         stopping), or its place was not given back in time.
         """
         with self._changes:
-            if self.stopping or not self._idle:
+            idle = (r for r, busy in self._connections.items() if not busy)
+            request = None if self.stopping else next(idle, None)
+            if request is None:
                 return False
-            request = next(iter(self._idle))
-            idle_for = time.monotonic() - self._idle.pop(request)
             # Forgotten under the lock begin_request takes, so a request head read
             # on it meanwhile is not served on a socket shut down; and shut down
             # under it too, before its thread can have closed it (shutdown_request
@@ -2261,7 +2258,7 @@ class _BoundedServer(ThreadingHTTPServer):
             _shut_down(request)
             self._changes.notify_all()
         # Debug only: under a flood of connections there is one per connection.
-        _logger.debug("http: connection idle for %.1f s closed for a new one", idle_for)
+        _logger.debug("http: the connection idle longest closed for a new one")
         # Its thread gives the place back (process_request_thread): its read, or its
         # TLS handshake, fails at once on the shut-down socket, so this thread, which
         # accepts every connection, waits for no client, only for that thread's
@@ -2275,7 +2272,6 @@ class _BoundedServer(ThreadingHTTPServer):
             # Forgotten before it is closed: stop_connections never shuts down a
             # closed socket (whose descriptor another connection may have by then).
             self._connections.pop(request, None)
-            self._idle.pop(request, None)
             self._changes.notify_all()
         super().shutdown_request(request)
 
@@ -2285,17 +2281,16 @@ class _BoundedServer(ThreadingHTTPServer):
             if self.stopping or request not in self._connections:
                 return False
             self._connections[request] = True
-            self._idle.pop(request, None)
             return True
 
     def end_request(self, request: Any) -> bool:
         """Mark *request*'s connection idle; False when it is to be closed (stopping)."""
         with self._changes:
-            if request in self._connections:
+            if self._connections.get(request):
+                # Idle from now, after the others (moved to the end), unless it was
+                # idle already (no whole head was read, or it was refused: closing).
+                del self._connections[request]
                 self._connections[request] = False
-                # Idle from now, after the others, unless it was idle already (no
-                # whole head was read, or it was refused: it is closing).
-                self._idle.setdefault(request, time.monotonic())
             self._changes.notify_all()
             return not self.stopping
 
