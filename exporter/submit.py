@@ -52,7 +52,7 @@ from spanproof.verifier._batch import (
     batch_receipt,
     batch_request,
     batch_results,
-    retry_after_seconds,
+    retry_after_asks,
     witness_url_error,
 )
 from spanproof.verifier._files import write_atomic
@@ -792,9 +792,7 @@ class WitnessSubmitter:
         """The failure of a retryable answer *status*; a 429's or 503's *retry_after*
         (the ``Retry-After`` header, RFC 9110 §10.2.3) says how long the witness
         asks to be left alone, unless it is malformed."""
-        asked = None
-        if status in (429, 503) and retry_after is not None:
-            asked = retry_after_seconds(retry_after, self._wall_clock())
+        asked = retry_after_asks(status, retry_after, self._wall_clock())
         if asked is None:
             return _Transient(f"HTTP {status}")
         return _Transient(f"HTTP {status}, Retry-After {asked:.0f} s", asked)

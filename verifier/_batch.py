@@ -21,8 +21,8 @@ from .errors import InvalidBundle
 from .receipt import Receipt
 
 __all__ = ["BATCH_BYTES", "BATCH_SIZE", "MAX_BATCH", "backoff_delay", "batch_receipt",
-           "batch_request", "batch_results", "retry_after_seconds", "witness_url_error",
-           "witness_url_problem"]
+           "batch_request", "batch_results", "retry_after_asks", "retry_after_seconds",
+           "witness_url_error", "witness_url_problem"]
 
 #: Submissions one ``POST /v1/submit-batch`` may carry.
 MAX_BATCH = 256
@@ -63,6 +63,15 @@ def retry_after_seconds(value: str, now: float) -> float | None:
     except (ValueError, TypeError, OverflowError):
         return None
     return min(max(0.0, seconds), float(_RETRY_AFTER_MAX))
+
+
+def retry_after_asks(status: int, retry_after: str | None, now: float) -> float | None:
+    """The seconds an answer of HTTP *status* asks the client to wait by its
+    ``Retry-After`` header *retry_after* (SPEC §12.11): a 429's or a 503's, when it
+    is delay-seconds or an HTTP-date (see `retry_after_seconds`); else None."""
+    if status not in (429, 503) or retry_after is None:
+        return None
+    return retry_after_seconds(retry_after, now)
 
 
 def witness_url_problem(url: str) -> str | None:

@@ -36,7 +36,7 @@ from spanproof.verifier._batch import (
     BATCH_SIZE,
     backoff_delay,
     batch_receipt,
-    retry_after_seconds,
+    retry_after_asks,
 )
 from spanproof.verifier._files import open_regular, remove_stopped_writes, write_atomic
 from spanproof.verifier._settings import parse_decimal, parse_seconds
@@ -106,17 +106,23 @@ def parse_listen(text: str) -> tuple[str, int]:
 MAX_TIMEOUT_SECONDS = 86400.0
 
 
-def _timeout(text: str) -> float:
-    """A ``--timeout`` value: seconds, more than 0 and at most a day."""
+def _seconds_up_to_a_day(text: str, *, zero: bool) -> float:
+    """Seconds, at most a day; above 0, or from 0 with *zero* (NaN never)."""
     try:
         value = parse_seconds(text)
     except ValueError:
         value = math.nan
-    if not 0 < value <= MAX_TIMEOUT_SECONDS:  # NaN too
+    if not (0 <= value if zero else 0 < value) or not value <= MAX_TIMEOUT_SECONDS:
+        within = (f"from 0 to {MAX_TIMEOUT_SECONDS:g}" if zero else
+                  f"above 0 and at most {MAX_TIMEOUT_SECONDS:g}")
         raise argparse.ArgumentTypeError(
-            f"must be a number of seconds above 0 and at most {MAX_TIMEOUT_SECONDS:g}, "
-            f"not {text!r}")
+            f"must be a number of seconds {within}, not {text!r}")
     return value
+
+
+def _timeout(text: str) -> float:
+    """A ``--timeout`` value: seconds, more than 0 and at most a day."""
+    return _seconds_up_to_a_day(text, zero=False)
 
 
 #: The smallest ``witness serve --max-body``: below it no bundle would be accepted.
@@ -433,14 +439,7 @@ _Outcome = tuple[str, int]  # a line to print, and the exit status it calls for
 
 def _retry_for(text: str) -> float:
     """A ``--retry-for`` value: seconds, 0 (no retries) to a day."""
-    try:
-        value = parse_seconds(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value <= MAX_TIMEOUT_SECONDS:  # NaN too
-        raise argparse.ArgumentTypeError(
-            f"must be a number of seconds from 0 to {MAX_TIMEOUT_SECONDS:g}, not {text!r}")
-    return value
+    return _seconds_up_to_a_day(text, zero=True)
 
 
 def _sleep(seconds: float) -> None:
@@ -601,9 +600,8 @@ class _Submitter:
         cause: BaseException | None = error
         while cause is not None and not isinstance(cause, HTTPStatusError):
             cause = cause.__cause__
-        if (isinstance(cause, HTTPStatusError) and cause.status in (429, 503)
-                and cause.retry_after is not None):
-            asked = retry_after_seconds(cause.retry_after, time.time())
+        if isinstance(cause, HTTPStatusError):
+            asked = retry_after_asks(cause.status, cause.retry_after, time.time())
             if asked is not None:
                 self.asked = max(self.asked, asked)
 
