@@ -478,6 +478,8 @@ def _string_end(data: bytes, pos: int) -> int:
         return _string_end_stepwise(data, pos)
     match = _POSSESSIVE_STRING.match(data, pos)
     return -1 if match is None else match.end()
+
+
 _NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 # An integer as canonicalize writes one of at most 15 digits, always within
 # +-(2^53-1): no "-0", no leading zero, nothing of a longer number after it.
