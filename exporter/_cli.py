@@ -45,7 +45,7 @@ from spanproof.verifier.verify import Verdict
 from ._disabled import SDK_DISABLED_VAR
 from ._exporter import SpanproofSpanExporter
 from ._malloc import limit_malloc_arenas
-from .config import ENV_PREFIX, MAX_SEALING_PROCESSES
+from .config import ENV_PREFIX, MAX_DURATION_SECONDS, MAX_SEALING_PROCESSES
 from .keys import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, SigningKey
 
 if TYPE_CHECKING:
@@ -331,22 +331,21 @@ def receiver(
                      "leave it out for the default keys; --select-all certifies every span")
     redacted = _keys("--redact-attributes", redact_attributes,
                      "leave it out to redact nothing")
-    for flag, number, minimum in (("--seal-grace-ms", seal_grace_ms, 0),
-                                  ("--idle-timeout-ms", idle_timeout_ms, 0),
-                                  ("--max-records", max_records, 1),
-                                  ("--max-pending-traces", max_pending_traces, 1),
-                                  ("--max-message-bytes", max_message_bytes, 1024),
-                                  ("--max-value-bytes", max_value_bytes, 1024),
-                                  ("--max-backlog-spans", max_backlog_spans, 1),
-                                  ("--sealing-processes", sealing_processes, 0)):
+    # A year at most: a longer wait would never seal, and a huge one overflows a float.
+    year = (MAX_DURATION_SECONDS * 1000, " (a year)")
+    for flag, number, minimum, maximum in (
+            ("--seal-grace-ms", seal_grace_ms, 0, year),
+            ("--idle-timeout-ms", idle_timeout_ms, 0, year),
+            ("--max-records", max_records, 1, None),
+            ("--max-pending-traces", max_pending_traces, 1, None),
+            ("--max-message-bytes", max_message_bytes, 1024, (MAX_MESSAGE_BYTES, " (2 GiB - 1)")),
+            ("--max-value-bytes", max_value_bytes, 1024, None),
+            ("--max-backlog-spans", max_backlog_spans, 1, None),
+            ("--sealing-processes", sealing_processes, 0, (MAX_SEALING_PROCESSES, ""))):
         if number is not None and number < minimum:
             raise UsageError(f"{flag} must be an integer >= {minimum}, got {number}")
-    if sealing_processes > MAX_SEALING_PROCESSES:
-        raise UsageError(f"--sealing-processes must be at most {MAX_SEALING_PROCESSES}, "
-                         f"got {sealing_processes}")
-    if max_message_bytes is not None and max_message_bytes > MAX_MESSAGE_BYTES:
-        raise UsageError(f"--max-message-bytes must be at most {MAX_MESSAGE_BYTES} "
-                         f"(2 GiB - 1), got {max_message_bytes}")
+        if number is not None and maximum is not None and number > maximum[0]:
+            raise UsageError(f"{flag} must be at most {maximum[0]}{maximum[1]}, got {number}")
     tls = _server_tls(tls_cert, tls_key, tls_client_ca)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

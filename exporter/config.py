@@ -26,6 +26,7 @@ Variables (all prefixed ``OTEL_EXPORTER_SPANPROOF_``), with their defaults:
 * ``SELECT_ALL`` (``false``): ``true`` makes every span evidence.
 * ``SEAL_GRACE_MS`` (``2000``): seal a trace this long after its local root span ended.
 * ``IDLE_TIMEOUT_MS`` (``30000``): seal a trace that received no span for this long.
+  Both are at most a year (:data:`MAX_DURATION_SECONDS`).
 * ``MAX_RECORDS`` (``10000``): records per bundle; a bigger trace continues in
   linked segments (seal reason ``size_limit``).
 * ``MAX_PENDING_TRACES`` (``2048``): open traces held in memory.
@@ -91,6 +92,9 @@ QUEUE_SIZE_VAR = ENV_PREFIX + "QUEUE_SIZE"
 QUEUE_BLOCK_VAR = ENV_PREFIX + "QUEUE_BLOCK_MS"
 #: The most sealing processes one exporter starts.
 MAX_SEALING_PROCESSES = 64
+#: The longest seal grace or idle timeout, in seconds (a year): a longer one would
+#: never seal, and one too large for a float cannot be added to the clock.
+MAX_DURATION_SECONDS = 365 * 86_400
 
 #: Attribute keys that make a span evidence by default: the OTel GenAI semantic
 #: conventions, OpenInference and OpenLLMetry (Traceloop).
@@ -187,8 +191,10 @@ class ExporterConfig:
                self.witness_key)
         for name in ("seal_grace", "idle_timeout"):
             value = getattr(self, name)
+            # Compared as given: an int too large for a float is refused, not converted.
             _check(isinstance(value, (int, float)) and not isinstance(value, bool)
-                   and 0 <= value < float("inf"), name, "must be a finite number of seconds >= 0",
+                   and 0 <= value <= MAX_DURATION_SECONDS, name,
+                   f"must be a number of seconds from 0 to {MAX_DURATION_SECONDS} (a year)",
                    value)
         for name, minimum in (("max_records", 1), ("max_pending_traces", 1),
                               ("max_value_bytes", 1024),
@@ -342,10 +348,15 @@ def _parse_int(var: str, text: str) -> int:
 
 def _parse_millis(var: str, text: str) -> float:
     try:
-        return parse_decimal(text.strip()) / 1000
+        millis = parse_decimal(text.strip())
     except ValueError:
         raise ValueError(f"{var} must be a whole number of milliseconds in the digits 0-9, "
                          f"got {text!r}") from None
+    if millis > MAX_DURATION_SECONDS * 1000:
+        # Checked before dividing: an int of 309 digits or more overflows a float.
+        raise ValueError(f"{var} must be at most {MAX_DURATION_SECONDS * 1000} "
+                         f"milliseconds (a year), got {text!r}")
+    return millis / 1000
 
 
 # Field name -> (variable suffix, parser of the variable's text).

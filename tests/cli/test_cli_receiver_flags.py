@@ -50,6 +50,22 @@ def test_sealing_processes_beyond_64_is_a_usage_error(capsys, tmp_path, value):
     assert f"--sealing-processes must be at most 64, got {value}" in err
 
 
+@pytest.mark.parametrize("flag", ["--seal-grace-ms", "--idle-timeout-ms"])
+@pytest.mark.parametrize("value", ["31536000001", "1" * 400])
+def test_a_wait_beyond_a_year_is_a_usage_error(capsys, tmp_path, flag, value):
+    # 400 digits overflowed a float when divided into seconds: "unexpected
+    # OverflowError", exit 1.
+    err = _refused(capsys, tmp_path, flag, value)
+    assert f"{flag} must be at most 31536000000 (a year), got {value}" in err
+    assert "unexpected" not in err
+
+
+@pytest.mark.parametrize("flag", ["--seal-grace-ms", "--idle-timeout-ms"])
+def test_a_wait_of_a_year_is_taken(tmp_path, flag):
+    assert main(["receiver", "--grpc", "127.0.0.1:0", "--no-http", "--out",
+                 str(tmp_path / "out"), flag, "31536000000"]) == 0
+
+
 @pytest.mark.parametrize("flag", ["--select-attributes", "--redact-attributes"])
 @pytest.mark.parametrize("value", ["", " ", ",", " , "])
 def test_attribute_keys_naming_no_key_are_a_usage_error(capsys, tmp_path, flag, value):

@@ -81,6 +81,10 @@ def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
         ("SEAL_GRACE_MS", "fast", "seal_grace"),
         ("SEAL_GRACE_MS", "1.5", "seal_grace"),
         ("SEAL_GRACE_MS", "-1", "seal_grace"),
+        # Beyond a year; 400 digits overflowed a float and aborted the configuration.
+        ("SEAL_GRACE_MS", "31536000001", "seal_grace"),
+        ("SEAL_GRACE_MS", "1" * 400, "seal_grace"),
+        ("IDLE_TIMEOUT_MS", "1" * 400, "idle_timeout"),
         ("IDLE_TIMEOUT_MS", "30s", "idle_timeout"),
         ("MAX_RECORDS", "0", "max_records"),
         ("MAX_RECORDS", "ten", "max_records"),
@@ -131,6 +135,23 @@ def test_bad_argument_is_a_value_error_naming_the_setting() -> None:
         ExporterConfig(seal_grace=float("nan"))
     with pytest.raises(ValueError, match="select_attributes"):
         ExporterConfig(select_attributes=("ok", ""))
+
+
+@pytest.mark.parametrize("field", ["seal_grace", "idle_timeout"])
+@pytest.mark.parametrize("value", [365 * 86_400 + 1, 1e300, 10**400])
+def test_a_wait_beyond_a_year_is_refused(field: str, value: float) -> None:
+    # 10**400 was taken, then overflowed a float at the first root or idle check,
+    # failing every export (or killing the sealing process over and over).
+    with pytest.raises(ValueError, match=rf"{field} .* must be a number of seconds from 0 to "
+                                         r"31536000 \(a year\)"):
+        ExporterConfig(**{field: value})
+
+
+def test_a_wait_of_a_year_is_taken() -> None:
+    config = ExporterConfig(seal_grace=365 * 86_400, idle_timeout=365 * 86_400.0)
+    assert (config.seal_grace, config.idle_timeout) == (31_536_000, 31_536_000.0)
+    from_env = ExporterConfig.from_env(environ={ENV_PREFIX + "SEAL_GRACE_MS": "31536000000"})
+    assert from_env.seal_grace == 31_536_000.0
 
 
 def test_unknown_override_is_a_type_error() -> None:
