@@ -79,7 +79,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from spanproof.verifier._batch import witness_url_error, witness_url_problem
+from spanproof.verifier._batch import shown_url, witness_url_error, witness_url_problem
 from spanproof.verifier._settings import parse_decimal, refuse_string
 
 __all__ = ["DEFAULT_SELECT_ATTRIBUTES", "ENV_PREFIX", "ExporterConfig"]
@@ -314,7 +314,7 @@ def _parse_witness_url(var: str, text: str) -> str:
     url = text.strip()
     problem = witness_url_problem(url)
     if problem is not None:
-        raise ValueError(f"{var} {text!r} is not a witness URL: {problem}")
+        raise ValueError(f"{var} {shown_url(text)!r} is not a witness URL: {problem}")
     return url
 
 

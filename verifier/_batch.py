@@ -22,7 +22,7 @@ from .receipt import Receipt
 
 __all__ = ["BATCH_BYTES", "BATCH_SIZE", "MAX_BATCH", "backoff_delay", "batch_receipt",
            "batch_request", "batch_results", "retry_after_asks", "retry_after_seconds",
-           "witness_url_error", "witness_url_problem"]
+           "shown_url", "witness_url_error", "witness_url_problem"]
 
 #: Submissions one ``POST /v1/submit-batch`` may carry.
 MAX_BATCH = 256
@@ -77,7 +77,8 @@ def retry_after_asks(status: int, retry_after: str | None, now: float) -> float 
 def witness_url_problem(url: str) -> str | None:
     """What keeps *url* from being a witness's base URL, said specifically ("its port
     is '0', not a number from 1 to 65535"), or None when it can be one: an http:// or
-    https:// URL with a host, a port (if any) from 1 to 65535, and no white space."""
+    https:// URL with a host, a port (if any) from 1 to 65535, and no white space,
+    query, fragment, user name or password."""
     if url == "":
         return "it is empty"
     try:
@@ -97,7 +98,28 @@ def witness_url_problem(url: str) -> str | None:
         return f"its port is {given!r}, not a number from 1 to 65535"
     if any(c.isspace() for c in url):
         return "it has white space in it"
+    if "?" in url or "#" in url:
+        # The API's paths are added to its end: "http://w?x=1" + "/v1/submit"
+        # is a request for "/", refused by the witness for good.
+        return ("it has a query or fragment ('?' or '#'); a witness's base URL has "
+                "none, as the API's paths are added to its end")
+    if "@" in parts.netloc:
+        return "it has a user name or password ('...@'), which spanproof never sends"
     return None
+
+
+def shown_url(url: str) -> str:
+    """*url* with the password of a ``user:password@`` part replaced by ``***``, to be
+    quoted in a message or a log line; otherwise *url* as it is."""
+    try:
+        netloc = urllib.parse.urlsplit(url).netloc
+    except ValueError:
+        return url
+    userinfo, at, host = netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    if not (at and colon):
+        return url
+    return url.replace(netloc, f"{user}:***@{host}", 1)
 
 
 def witness_url_error(url: str) -> str | None:
@@ -106,7 +128,7 @@ def witness_url_error(url: str) -> str | None:
     does not start with http:// or https://"``; None when it can be one.  The caller
     puts in front of it where the URL came from (a flag, a variable, an argument)."""
     problem = witness_url_problem(url)
-    return None if problem is None else f"{url!r} is not a witness URL: {problem}"
+    return None if problem is None else f"{shown_url(url)!r} is not a witness URL: {problem}"
 
 
 def batch_request(submissions: Sequence[bytes]) -> bytes:

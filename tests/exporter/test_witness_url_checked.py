@@ -16,6 +16,10 @@ from spanproof.witness.client import WitnessClient
 
 VAR = "OTEL_EXPORTER_SPANPROOF_WITNESS_URL"
 
+QUERY = ("it has a query or fragment ('?' or '#'); a witness's base URL has none, as the "
+         "API's paths are added to its end")
+USER = "it has a user name or password ('...@'), which spanproof never sends"
+
 BAD = [
     ("http://127.0.0.1:99999", "its port is '99999', not a number from 1 to 65535"),
     ("http://127.0.0.1:0", "its port is '0', not a number from 1 to 65535"),
@@ -26,6 +30,12 @@ BAD = [
     ("ftp://witness", "it does not start with http:// or https://"),
     ("witness.example:8080", "it does not start with http:// or https://"),
     ("http://[::1", "it cannot be read as a URL (Invalid IPv6 URL)"),
+    # The API's paths are added to the end: "?x=1/v1/submit" asked for "/", which the
+    # witness refused (405) for every bundle, each one queued as failed for good.
+    ("http://127.0.0.1:8080?x=1", QUERY),
+    ("http://127.0.0.1:8080/?", QUERY),
+    ("http://127.0.0.1:8080/#x", QUERY),
+    ("http://witness@127.0.0.1:8080", USER),
 ]
 
 
@@ -57,6 +67,27 @@ def test_a_good_url_is_taken():
     assert ExporterConfig.from_env(environ={}, witness_url="https://w.example:8443/").witness_url
     assert ExporterConfig.from_env(environ={VAR: " http://w:1 "}).witness_url == "http://w:1"
     assert WitnessClient("http://[::1]:8080").url == "http://[::1]:8080"
+    # A path is kept: the API's paths are added to it.
+    assert WitnessClient("http://w:1/witness/").url == "http://w:1/witness"
+
+
+SECRET_URL = "http://submitter:s3cret@127.0.0.1:8080"
+SHOWN = "'http://submitter:***@127.0.0.1:8080' is not a witness URL: " + USER
+
+
+def test_a_password_in_the_url_is_refused_and_never_shown(capsys, tmp_path):
+    # It was taken, never sent (no Authorization header), and logged in clear at
+    # shutdown with the bundles still queued for it.
+    with pytest.raises(ValueError) as e:
+        ExporterConfig(witness_url=SECRET_URL)
+    assert str(e.value) == f"spanproof exporter setting witness_url {SHOWN}"
+    with pytest.raises(ValueError) as e:
+        ExporterConfig.from_env(environ={VAR: SECRET_URL})
+    assert str(e.value) == f"{VAR} {SHOWN}"
+    bundle = tmp_path / "a.spanproof.json"
+    bundle.write_bytes(b"{}\n")
+    assert main(["witness", "submit", "--url", SECRET_URL, str(bundle)]) == 2
+    assert capsys.readouterr().err == f"spanproof: error: --url {SHOWN}\n"
 
 
 # Each way a user gives a witness URL, and the message it must get for "ftp://w:0".
