@@ -770,7 +770,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     paths, problems = _collect(args.paths)
     _refuse_overwriting("--html", out, [
         *(f for path in paths for f in _evidence_files(path)),
-        *args.disclosures, *args.key, *args.trust_root,
+        *args.disclosures, *args.key, *args.trust_root, *args.witness_key,
     ])
     loaded = _load_disclosure_files(args.disclosures)
     problems += loaded.problems

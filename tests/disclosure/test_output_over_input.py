@@ -48,12 +48,20 @@ def test_disclose_out_refuses_the_bundle_and_another_name_for_an_input(
     assert written.bundle.read_bytes() == bundle
 
 
-@pytest.mark.parametrize("which", ["bundle", "disclosures", "key"])
-def test_report_html_refuses_an_input(capsys, written, pem, which):
-    target = {"bundle": written.bundle, "disclosures": written.disclosures, "key": pem}[which]
+@pytest.fixture
+def witness_pub(tmp_path: Path) -> Path:
+    assert main(["witness", "keygen", "--key", str(tmp_path / "witness.key")]) == 0
+    return tmp_path / "witness.key.pub"
+
+
+@pytest.mark.parametrize("which", ["bundle", "disclosures", "key", "witness key"])
+def test_report_html_refuses_an_input(capsys, written, pem, witness_pub, which):
+    # The witness key, the reviewer's pinned anchor, was written over (exit 0).
+    target = {"bundle": written.bundle, "disclosures": written.disclosures, "key": pem,
+              "witness key": witness_pub}[which]
     before = target.read_bytes()
-    status = main(["report", "--key", str(pem), "--html", str(target),
-                   str(written.bundle.parent)])
+    status = main(["report", "--key", str(pem), "--witness-key", str(witness_pub),
+                   "--html", str(target), str(written.bundle.parent)])
     err = capsys.readouterr().err
     assert status == 2, err
     assert f"--html {target}: is " in err and "an input of this command" in err
