@@ -426,6 +426,17 @@ class VerifiedCheckpoint:
         return any(raw_public_bytes(k.public_key) in mine
                    for k in other.signers or (other.key,))
 
+    def pinned_note(self) -> bytes:
+        """The note with only the signature lines of the pinned keys that signed it
+        (:attr:`signers`), in their order: what is worth keeping of it.  The lines of
+        other keys are ignored when verifying (C2SP signed-note), and up to ~2 MB
+        of them, added on the way by anyone, would be kept otherwise."""
+        note = SignedNote.from_bytes(self.note)
+        hashes = {key.key_hash(self.key_name) for key in self.signers or (self.key,)}
+        kept = tuple(sig for sig in note.signatures
+                     if sig.name == self.key_name and sig.key_hash in hashes)
+        return SignedNote(note.text, kept).to_bytes()
+
     @property
     def origin(self) -> str:
         """The log's origin line."""

@@ -36,6 +36,7 @@ from spanproof.verifier._files import (
 )
 from spanproof.verifier.canonical import canonicalize, parse_strict
 from spanproof.verifier.checkpoint import (
+    MAX_NOTE_BYTES,
     VerifiedCheckpoint,
     WitnessKey,
     check_consistent,
@@ -99,6 +100,11 @@ class MonitorResult:
         )
 
 
+#: The most a state file can hold: a note of MAX_NOTE_BYTES, each byte escaped in
+#: two (a quote, a backslash, a line feed), in its small JSON document.
+_STATE_LIMIT = 2 * MAX_NOTE_BYTES + 4096
+
+
 def load_state(
     path: str, keys: Sequence[WitnessKey], *, origin: str | None = None
 ) -> VerifiedCheckpoint | None:
@@ -110,7 +116,7 @@ def load_state(
         OSError: the file exists but cannot be read.
     """
     try:
-        data, _ = read_named_file(path)
+        data, _ = read_named_file(path, limit=_STATE_LIMIT)
     except FileNotFoundError:
         return None
     try:
@@ -129,12 +135,16 @@ def load_state(
 
 
 def save_state(path: str, checkpoint: VerifiedCheckpoint) -> None:
-    """Remember *checkpoint* in the state file (temp file, fsync, rename).
+    """Remember *checkpoint* in the state file (temp file, fsync, rename), with the
+    signature lines of the pinned keys alone: a note padded with other keys' lines
+    (which anyone on the way can add) would make a state file too large to read
+    back, and every later run a usage error instead of a check.
 
     Raises:
         OSError: the file cannot be written.
     """
-    doc = {"mediaType": MONITOR_STATE_MEDIA_TYPE, "checkpoint": checkpoint.note.decode("utf-8")}
+    note = checkpoint.pinned_note().decode("utf-8")
+    doc = {"mediaType": MONITOR_STATE_MEDIA_TYPE, "checkpoint": note}
     write_atomic(path, canonicalize(doc) + b"\n")
 
 

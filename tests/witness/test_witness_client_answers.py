@@ -4,6 +4,8 @@ never a refusal, so a monitor does not raise a fork alert on a proxy's word."""
 
 from __future__ import annotations
 
+import base64
+import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -230,3 +232,52 @@ def test_submit_to_a_witness_answering_malformed_http_fails_each_bundle_as_unava
     assert status == 3 and len(lines) == 2, lines
     assert all(line.startswith("FAIL") and "malformed HTTP" in line for line in lines)
     assert not list(tmp_path.glob("*.receipt.json"))
+
+
+# --- notes padded on the way -------------------------------------------------------------
+
+
+def _padded(note: bytes) -> bytes:
+    """*note* with 63 signature lines of keys nobody pinned, names of 16,000 quotes
+    each (~1 MB, under the note's limit): ignored when verifying (C2SP signed-note),
+    and addable by anyone between the witness and the monitor."""
+    blob = base64.b64encode(bytes(68)).decode("ascii")
+    return note + "".join(f"\u2014 {chr(34) * 16_000}{i} {blob}\n"
+                          for i in range(63)).encode("utf-8")
+
+
+def test_a_note_padded_on_the_way_is_remembered_without_the_padding(
+    canned: Canned, tmp_path: Path
+) -> None:
+    # The whole note was saved, ~2 MB once its quotes were escaped: every later run
+    # read a state over its 1 MiB limit, a usage error instead of a check, against
+    # the honest witness too, and a fork went unseen.
+    signer = CheckpointSigner(Ed25519PrivateKey.from_private_bytes(WITNESS_SEED), ORIGIN)
+    tree = MerkleTree(leaf_hash(bytes([i])) for i in range(8))
+    honest = signer.sign(Checkpoint(ORIGIN, tree.size, tree.root()))
+    canned.answers["/v1/checkpoint"] = answer("200 OK", _padded(honest))
+    client = WitnessClient(canned.url, timeout=5)
+    state = tmp_path / "monitor.json"
+    assert monitor_once(client, str(state), [signer.key]).current.size == 8
+    assert json.loads(state.read_text())["checkpoint"] == honest.decode("utf-8")
+    canned.answers["/v1/checkpoint"] = _signed(signer, tree)
+    tree.append(leaf_hash(b"next"))
+    canned.answers["/v1/proof/consistency"] = answer(
+        "200 OK", json.dumps({"proof": [base64.b64encode(h).decode()
+                                        for h in tree.consistency_proof(8, 9)]}).encode())
+    assert monitor_once(client, str(state), [signer.key]).current.size == 9
+
+
+def test_the_largest_note_a_witness_can_sign_is_read_back_from_the_state(
+    canned: Canned, tmp_path: Path
+) -> None:
+    # Its own text (an extension line of quotes) escapes to twice its size.
+    signer = CheckpointSigner(Ed25519PrivateKey.from_private_bytes(WITNESS_SEED), ORIGIN)
+    tree = MerkleTree(leaf_hash(bytes([i])) for i in range(8))
+    big = signer.sign(Checkpoint(ORIGIN, tree.size, tree.root(), ('"' * 1_040_000,)))
+    canned.answers["/v1/checkpoint"] = answer("200 OK", big)
+    client = WitnessClient(canned.url, timeout=5)
+    state = tmp_path / "monitor.json"
+    assert monitor_once(client, str(state), [signer.key]).current.size == 8
+    assert state.stat().st_size > 2_000_000
+    assert monitor_once(client, str(state), [signer.key]).current.size == 8

@@ -28,7 +28,8 @@ def _monitor(tmp_path: Path, state: Path) -> int:
 
 @pytest.mark.parametrize("make, why", [
     (lambda p: p.mkdir(), "Is a directory"),
-    (lambda p: p.write_bytes(b" " * (1 << 20 + 1)), "larger than 1048576 bytes"),
+    # Twice the largest note (each byte escaped in two), and 4 KiB for the rest.
+    (lambda p: p.write_bytes(b" " * (2 * (1 << 20) + 4097)), "larger than 2101248 bytes"),
 ])
 def test_an_unreadable_state_file_is_a_usage_error(capsys, tmp_path, make, why):
     state = tmp_path / "state.json"
