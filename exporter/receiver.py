@@ -175,8 +175,10 @@ def _trace_chunks(
     chunk, in their order, so chunking never makes a trace's seal grace run out
     between two of its spans from the same request.
 
-    A chunk of more than *max_traces* new traces (``max_pending_traces``) could
-    never be admitted (:meth:`Receiver._admit`), however often it was retried.
+    The receiver passes half of ``max_pending_traces`` as *max_traces*: a chunk is
+    refused while its new traces and those pending would reach twice that limit
+    (:meth:`Receiver._admit`), and under steady traffic about the limit's worth of
+    traces is pending, so a chunk of the whole limit was refused on every retry.
     """
     spans = list(iter_request_spans(resource_spans))
     if len(spans) <= min(size, max_traces):
@@ -643,7 +645,8 @@ class Receiver:
         with self._decode_lock:
             # A request that began before shutdown() is admitted to its end:
             # shutdown() waits for it, so none is left half admitted.
-            chunks = _trace_chunks(resource_spans, _ADMIT_CHUNK_SPANS, self._max_pending)
+            chunks = _trace_chunks(resource_spans, _ADMIT_CHUNK_SPANS,
+                                   max(1, self._max_pending // 2))
             for i, chunk in enumerate(chunks):
                 items, chunk_rejected, roots = self._decode(chunk)
                 with self._ingest_lock:
@@ -729,14 +732,28 @@ class Receiver:
             raise Unavailable("receiver is shutting down", _RETRY_AFTER)
         if self._storage_error is not None:
             raise Unavailable(f"storage is failing: {self._storage_error}", _STORAGE_RETRY_AFTER)
-        if len(self._keys) + len(items) > self._max_backlog and self._keys:
+        backlog = len(self._keys)
+        # A chunk that fits the limit waits for its room; one larger than the whole
+        # limit (one trace's spans) could never fit beside a single waiting span, so
+        # under steady traffic it would be refused for good: it waits only until the
+        # backlog is under the limit, which it then exceeds by at most its own size.
+        if backlog >= self._max_backlog or (
+                backlog + len(items) > self._max_backlog >= len(items)):
             raise Unavailable(
-                f"overloaded: {len(self._keys)} accepted spans are waiting to be sealed",
+                f"overloaded: {backlog} accepted spans are waiting to be sealed",
                 _RETRY_AFTER,
             )
         memory = self._memory
         fresh: list[tuple[str, SerializedBody, bytes, bool]] = []
+        # A span the chunk holds twice: the memory may have forgotten the first copy
+        # by the second (more than its capacity of spans in between), and neither is
+        # pending yet, so both were journaled; the second joined no bundle, its entry
+        # was never retired, and the next start certified the span again.
+        chunk: set[tuple[str, str, bytes]] = set()
         for trace_id, body, fingerprint in items:
+            if (trace_id, body.span_id, fingerprint) in chunk:
+                continue
+            chunk.add((trace_id, body.span_id, fingerprint))
             versions = memory.versions(trace_id, body.span_id)
             if versions is not None and fingerprint in versions:
                 continue  # an identical re-delivery: already durable

@@ -198,6 +198,26 @@ def test_a_pending_span_the_memory_forgot_is_still_ignored_when_redelivered(tmp_
     assert [span_ids(r) for r in reports if r.statement.trace_id == TRACE_A] == [[span_id(2)]]
 
 
+def test_a_span_one_request_holds_twice_is_certified_once(tmp_path, clock):
+    # The memory had forgotten the first copy by the second (more spans than it
+    # holds in between), and neither was pending yet: both were journaled, the
+    # second joined no bundle, its entry was never retired (the journal kept every
+    # later file), and the next start certified the span a second time.
+    receiver = make_receiver(tmp_path / "out", clock, dedup_memory=2)
+    receiver.start()
+    twice = otlp_span(TRACE_A, 2, parent=1)
+    receiver(request(twice, otlp_span(TRACE_A, 3, parent=1), otlp_span(TRACE_A, 4, parent=1),
+                     twice).resource_spans)
+    assert receiver.shutdown()
+    assert receiver._keys == {}
+    assert os.listdir(tmp_path / "out" / "journal") == []
+    again = make_receiver(tmp_path / "out", clock)
+    assert again.start() == []  # nothing left to recover
+    again.shutdown()
+    reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)), allow_incomplete=True)
+    assert [span_ids(r) for r in reports] == [[span_id(2), span_id(3), span_id(4)]]
+
+
 def test_a_pending_version_redelivered_after_the_memory_kept_only_another_is_ignored(
         tmp_path, clock):
     # Two versions of one span id are pending; the memory, full, kept only the
@@ -1023,14 +1043,14 @@ def test_a_request_of_more_traces_than_max_pending_traces_is_admitted_in_turn(
 ):
     # 1,024 spans are admitted in one chunk; of 200 one-span traces with room for
     # 2 x 100 pending ones, that chunk was refused on every retry, even by an idle
-    # receiver.  In chunks of at most max_pending_traces traces, part of it is
-    # admitted and the rest once the first part is sealed.
+    # receiver.  In chunks of at most half of max_pending_traces traces, part of it
+    # is admitted (three chunks of 50) and the rest once the first part is sealed.
     receiver = make_receiver(tmp_path / "out", clock, max_pending_traces=100)
     traces = [f"{n + 1:032x}" for n in range(200)]
     spans = request(*(otlp_span(trace, 1) for trace in traces)).resource_spans
     receiver.start()
     try:
-        with pytest.raises(Unavailable, match="overloaded: 100 traces"):
+        with pytest.raises(Unavailable, match="overloaded: 150 traces"):
             receiver(spans)
         clock.advance(2.5)
         assert receiver.flush()
@@ -1041,6 +1061,49 @@ def test_a_request_of_more_traces_than_max_pending_traces_is_admitted_in_turn(
         receiver.shutdown(10)
     reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
     assert sorted(r.statement.trace_id for r in reports) == traces
+
+
+def test_a_request_of_new_traces_is_admitted_beside_a_full_set_of_open_ones(tmp_path, clock):
+    # Open traces (no root yet) fill max_pending_traces, as under steady traffic.  A
+    # chunk of max_pending_traces new traces would reach twice the limit: it was
+    # refused on every retry, however many seals passed in between.  In chunks of
+    # half the limit, part of it is admitted, and the rest once the traces it
+    # pushed out are sealed.
+    receiver = make_receiver(tmp_path / "out", clock, max_pending_traces=10)
+    waiting = [f"{n + 1:032x}" for n in range(10)]
+    new = [f"{n + 101:032x}" for n in range(10)]
+    receiver.start()
+    try:
+        for trace in waiting:
+            receiver(request(otlp_span(trace, 2, parent=1)).resource_spans)
+        spans = request(*(otlp_span(trace, 2, parent=1) for trace in new)).resource_spans
+        with pytest.raises(Unavailable, match="overloaded: 15 traces"):
+            receiver(spans)
+        assert receiver.flush()  # seals the five open traces the first chunk pushed out
+        assert receiver(spans).rejected == 0
+    finally:
+        receiver.shutdown(10)
+    reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)), allow_incomplete=True)
+    assert sorted(r.statement.trace_id for r in reports) == sorted(waiting + new)
+
+
+def test_a_trace_larger_than_the_backlog_limit_is_admitted_while_others_wait(tmp_path, clock):
+    # Refused while any span waited: under steady traffic, on every retry.  It waits
+    # only until the backlog is under the limit; a chunk that fits the limit still
+    # waits for its room.
+    receiver = make_receiver(tmp_path / "out", clock, max_backlog_spans=4)
+    receiver.start()
+    try:
+        receiver(request(otlp_span(TRACE_B, 2, parent=1)).resource_spans)  # one waits
+        large = request(*(otlp_span(TRACE_A, n) for n in range(1, 7))).resource_spans
+        assert receiver(large).rejected == 0
+        assert len(receiver._keys) == 7
+        with pytest.raises(Unavailable, match="overloaded: 7 accepted spans"):
+            receiver(request(otlp_span(f"{3:032x}", 1)).resource_spans)
+    finally:
+        receiver.shutdown(10)
+    reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)), allow_incomplete=True)
+    assert sorted(r.statement.trace_id for r in reports) == sorted([TRACE_A, TRACE_B])
 
 
 def test_a_request_refused_part_way_loses_nothing_and_its_retry_adds_each_span_once(
