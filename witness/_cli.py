@@ -203,6 +203,13 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             refuse_producer_key_as_witness_key(trust, [own])
         if args.state_dir is not None and not os.path.isdir(args.state_dir):
             raise ValueError(f"--state-dir {args.state_dir}: not a directory")
+        # Names no database file could have: usage errors, not a storage that may
+        # come back (exit 3 tells a supervisor to start it again).
+        if args.db == "":
+            raise ValueError("--db: no database file named (an empty name)")
+        if os.path.isdir(args.db):
+            raise ValueError(f"--db {args.db}: is a directory; --db takes the log's "
+                             "database file")
     except (ValueError, InvalidKey) as e:
         return _fail(str(e), EXIT_USAGE)
     try:

@@ -378,27 +378,25 @@ class Store:
 
 
 def _file_uri(path: str) -> str:
-    """The SQLite URI of the file named *path*, taken literally (``:memory:`` stays the
-    in-memory database).
+    """The SQLite URI of the file named *path*, taken literally.
 
     Given to SQLite as it was, a name beginning ``file:`` was read as a URI (SQLite
     takes URIs whatever the caller asks), so ``--db file:log.db`` opened ``log.db``
-    while no lock was held for it, and a second process served the same log.
+    while no lock was held for it, and a second process served the same log.  So
+    was ``:memory:``, SQLite's name for a database in memory: a log served from it
+    was lost when the witness stopped, and its key, which had signed that log's
+    size, refused every start after.  It is a file of that name.
     """
-    if path == ":memory:":
-        return "file::memory:"
     return "file:" + urllib.parse.quote(os.path.abspath(path))
 
 
 def _hold(path: str) -> int:
     """Lock ``<path>.lock`` for this process, beside the file *path* names, symbolic
-    links followed (an in-memory database needs none); its descriptor, or -1.
+    links followed; its descriptor.
 
     Raises:
         TransportError: another process holds it, or it cannot be opened.
     """
-    if path == ":memory:":
-        return -1
     try:
         fd, _ = lock_beside(path)
     except Held as e:

@@ -73,3 +73,38 @@ def test_a_database_it_cannot_write_is_refused_on_open(tmp_path: Path) -> None:
     assert done.returncode == 3, (done.stdout, done.stderr)
     assert "cannot write the witness database" in done.stdout
     assert "readonly" in done.stdout
+
+
+def test_memory_is_a_file_name_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # SQLite's name for a database in memory: the log served from it, and every
+    # receipt, was lost when the witness stopped, and its key, which had signed that
+    # log's size, refused every start after.
+    monkeypatch.chdir(tmp_path)
+    store = Store(":memory:")
+    try:
+        with pytest.raises(TransportError, match="served by another process"):
+            Store(":memory:")
+    finally:
+        store.close()
+    assert (tmp_path / ":memory:").is_file()
+    assert (tmp_path / ":memory:.lock").is_file()
+
+
+@pytest.mark.parametrize("name", ["", "a directory"])
+def test_serve_with_a_db_no_file_could_have_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    # Exit 3 ("unavailable") told a supervisor to start it again, for ever.
+    from spanproof.verifier._cli import main
+
+    key = tmp_path / "witness.key"
+    assert main(["witness", "keygen", "--key", str(key)]) == 0
+    capsys.readouterr()
+    db = "" if name == "" else str(tmp_path)
+    status = main(["witness", "serve", "--key", str(key), "--db", db,
+                   "--listen", "127.0.0.1:0"])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert ("--db: no database file named (an empty name)" if name == "" else
+            f"--db {tmp_path}: is a directory; --db takes the log's database file") in err
+    assert not (tmp_path / "witness.key.lock").exists()  # refused before the key was held
