@@ -658,9 +658,15 @@ class _Submitter:
         The bytes checked are the bytes sent: the file is read once.
 
         Raises:
+            InvalidBundle: its name has no place for a receipt beside it.
             VerificationError: it does not verify (it is not submitted).
             OSError: it cannot be read.
         """
+        if not path.endswith(BUNDLE_SUFFIX):
+            # Checked once it was logged, this failed after the witness had logged it.
+            raise InvalidBundle(f"not submitted: the file name does not end in "
+                                f"{BUNDLE_SUFFIX}, so its receipt would have no place "
+                                "beside it (SPEC 12.6); rename it")
         with open_regular(path) as f:
             data = f.read()
         report = None
@@ -735,9 +741,7 @@ class _Submitter:
                  verifier: ReceiptVerifier | None) -> str:
         """Check *receipt* for the bundle *data* (verified with pinned witness keys,
         else its form and statement), write it beside the bundle, and say so."""
-        if not path.endswith(BUNDLE_SUFFIX):
-            raise InvalidBundle(f"receipt not written: file name does not end in {BUNDLE_SUFFIX}")
-        target = receipt_path(path)
+        target = receipt_path(path)  # a bundle's name (_prepared)
         verify: Callable[[bytes], object] | None = None
         if verifier is not None:
             assert report is not None

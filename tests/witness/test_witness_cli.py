@@ -233,6 +233,25 @@ def test_submit_writes_verified_receipts_beside_the_bundles(
     assert status == 1 and "HTTP 422" in out
 
 
+def test_a_bundle_whose_name_has_no_place_for_a_receipt_is_not_submitted(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The name was checked once the witness had logged the bundle: "FAIL ...: receipt
+    # not written", said of a bundle that was in the log.
+    witness = open_witness()
+    srv = serve_witness(witness)
+    bundle = write_bundle(files["bundles"], make_bundle(trace_id(0)))
+    odd = bundle.with_name("odd.json")
+    bundle.rename(odd)
+    status, out, _ = _run(["witness", "submit", str(odd), "--url", srv.url], capsys)
+    assert status == 1
+    assert out == (f"FAIL {odd}: not submitted: the file name does not end in "
+                   ".spanproof.json, so its receipt would have no place beside it "
+                   "(SPEC 12.6); rename it\n")
+    assert witness.size == 0
+
+
 class RequestLog:
     """Records the path of every request ``witness submit`` sends; *refuse* maps a
     path to the HTTP status the witness answers it with instead."""
