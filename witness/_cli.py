@@ -666,7 +666,7 @@ class _Submitter:
             # Checked once it was logged, this failed after the witness had logged it.
             raise InvalidBundle(f"not submitted: the file name does not end in "
                                 f"{BUNDLE_SUFFIX}, so its receipt would have no place "
-                                "beside it (SPEC 12.6); rename it")
+                                "beside it (SPEC §12.6); rename it")
         with open_regular(path) as f:
             data = f.read()
         report = None

@@ -248,7 +248,7 @@ def test_a_bundle_whose_name_has_no_place_for_a_receipt_is_not_submitted(
     assert status == 1
     assert out == (f"FAIL {odd}: not submitted: the file name does not end in "
                    ".spanproof.json, so its receipt would have no place beside it "
-                   "(SPEC 12.6); rename it\n")
+                   "(SPEC §12.6); rename it\n")
     assert witness.size == 0
 
 
