@@ -955,4 +955,6 @@ def format_disclosure_result(result: DisclosureResult) -> str:
     where = f"trace={result.trace_id} span={result.span_id} {_clean(result.key)}"
     if result.ok:
         return f"DISCLOSED {where} = {format_value(result.value)}: {result.message}"
-    return f"FAIL disclosure {where}: {_clean(result.message)}"
+    # The message's own echoes of the file are cut (_shown); cut at 200 as a whole,
+    # it lost its diagnosis (the attribute a salt was moved from, the committed type).
+    return f"FAIL disclosure {where}: {_clean(result.message, _MAX_MESSAGE)}"

@@ -244,8 +244,12 @@ def _forge(path: Path, out: Path, source_key: str, changes: dict[str, object]) -
          "(moved from another span or attribute)"),
         ("customer.email", {"key": "gen_ai.operation.name", "value": {"stringValue": "chat"}},
          "is not committed: its value is in the record in clear"),
+        # Its line was cut at 200 characters, inside the diagnosis.
+        ("customer.email", {"key": "customer.tier"},
+         "carries the salt of attribute 'customer.email' of span "),
     ],
-    ids=["changed_value", "changed_type", "wrong_salt", "moved_span", "not_committed"],
+    ids=["changed_value", "changed_type", "wrong_salt", "moved_span", "not_committed",
+         "moved_key"],
 )
 def test_verify_with_bad_disclosure_fails(
     tmp_path: Path, written: Written, pem: Path, capsys: pytest.CaptureFixture[str],
@@ -258,6 +262,7 @@ def test_verify_with_bad_disclosure_fails(
     assert stdout.startswith("OK "), "the bundle itself still verifies"
     (line,) = [ln for ln in stdout.splitlines() if ln.startswith("FAIL disclosure")]
     assert message in line, line
+    assert "more characters" not in line, line  # said whole
 
 
 def test_a_malformed_disclosure_file_fails_as_a_malformed_bundle_does_not_as_a_usage_error(
