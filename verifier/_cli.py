@@ -65,7 +65,7 @@ from .receipt import (
     receipt_path,
 )
 from .records import validate_record
-from .report import STEPS_SHOWN, ReportItem, render_html, summarize_checks
+from .report import STEPS_SHOWN, ReportItem, records_verified, render_html, summarize_checks
 from .statement import Statement
 from .tree import Paint
 from .values import is_committed_value
@@ -887,22 +887,27 @@ def _print_tree(stored: StoredRecords, paint: Paint, empty: str, count: int | No
     return ""
 
 
-def format_header(path: str, statement: Statement | None) -> list[str]:
+def format_header(path: str, statement: Statement | None, *,
+                  unverified: bool = False) -> list[str]:
     """The lines above a bundle's tree: what the statement says about the bundle
-    (non-printable characters escaped: the path and the statement are not ours)."""
+    (non-printable characters escaped: the path and the statement are not ours),
+    each marked ``(unverified)`` when *unverified* (a bundle that failed before its
+    statement and records were bound to a key trusted at its sealing time)."""
     lines = [f"bundle    {path}"]
     if statement is None:
         return [printable(line) for line in lines]
     s = statement
     comp = s.completeness
-    lines += [
-        f"trace     {s.trace_id}  segment {s.segment_index}  records {s.record_count}",
-        f"sealed    {s.seal_reason} at {format_time(s.sealed_at)} by {s.producer.name} "
-        f"{s.producer.version} (instance {s.producer.instance})",
-        "complete  " + (f"no: {_loss_note(s)}" if comp.lost else "yes, no declared losses")
-        + (f"; conflicting span ids: {', '.join(comp.conflicts)}" if comp.conflicts else ""),
+    mark = "(unverified) " if unverified else ""
+    claims = [
+        ("trace", f"{s.trace_id}  segment {s.segment_index}  records {s.record_count}"),
+        ("sealed", f"{s.seal_reason} at {format_time(s.sealed_at)} by {s.producer.name} "
+                   f"{s.producer.version} (instance {s.producer.instance})"),
+        ("complete", (f"no: {_loss_note(s)}" if comp.lost else "yes, no declared losses")
+         + (f"; conflicting span ids: {', '.join(comp.conflicts)}" if comp.conflicts else "")),
+        *(("note", note) for note in comp.notes),
     ]
-    lines += [f"note      {note}" for note in comp.notes]
+    lines += [f"{label:<10}{mark}{text}" for label, text in claims]
     return [printable(line) for line in lines]
 
 
@@ -938,7 +943,7 @@ def _show_unverified(
     if data.statement is None and not data.count:
         print(f"{paint('FAIL', 'FAIL')} {printable(f'{path}: {data.problem}')}")
         return EXIT_FAILED
-    for line in format_header(path, data.statement):
+    for line in format_header(path, data.statement, unverified=True):
         print(line)
     print(f"verdict   {paint('UNVERIFIED', 'UNVERIFIED')} (no --key given): signature and "
           "chain NOT checked; do not rely on this content")
@@ -961,7 +966,11 @@ def _show_verified(
     result = check_path(path, trust, allow_incomplete=allow_incomplete, stream=stream,
                         on_record=stored.add if stored is not None else None)
     report = result.report
-    for line in format_header(path, report.statement if report else None):
+    # Signed, but by a key not valid at its sealing time, or not bound to its records:
+    # what the statement claims is marked, as the HTML report marks it.
+    unverified = result.verdict is Verdict.FAIL and not records_verified(report)
+    for line in format_header(path, report.statement if report else None,
+                              unverified=unverified):
         print(line)
     shown = 0
     if report is not None and stored is not None:

@@ -59,6 +59,7 @@ __all__ = [
     "COMMITTED_NOT_DISCLOSED",
     "STEPS_SHOWN",
     "ReportItem",
+    "records_verified",
     "render_html",
     "summarize_checks",
 ]
@@ -203,7 +204,7 @@ def _check(report: BundleReport | None, name: str) -> Check | None:
     return next((c for c in report.checks if c.name == name), None)
 
 
-def _records_verified(report: BundleReport | None) -> bool:
+def records_verified(report: BundleReport | None) -> bool:
     """Whether SPEC §8 steps 1-8 all passed: the statement is signed by a trusted key
     and every record is bound to its signed head, whatever a later step found."""
     return all(
@@ -398,7 +399,7 @@ def _completeness(item: ReportItem) -> str:
     if stmt is None:
         return '<p class="muted">Unknown: the signed statement could not be read.</p>'
     comp = stmt.completeness
-    unverified = item.verdict is Verdict.FAIL and not _records_verified(report)
+    unverified = item.verdict is Verdict.FAIL and not records_verified(report)
     prefix = "The (unverified) statement says: " if unverified else ""
     lines = []
     if comp.lost:
@@ -632,7 +633,7 @@ def _bundle(item: ReportItem, trusted: Mapping[str, str], opened: _Opened,
     # disclosure needs), which are not shown.
     records = kept[:steps_shown]
     verified = stmt is not None and report is not None and report.records is not None and (
-        _records_verified(report))
+        records_verified(report))
     total = stmt.record_count if stmt is not None and verified else len(kept)
     capped = len(records) < total
     verdict = item.verdict
@@ -662,7 +663,7 @@ def _bundle(item: ReportItem, trusted: Mapping[str, str], opened: _Opened,
         _receipt(item),
         "<h4>What ran</h4>",
     ]
-    if verdict is Verdict.FAIL and records and _records_verified(report):
+    if verdict is Verdict.FAIL and records and records_verified(report):
         # Failed at a later step (the witness receipt, step 10): the records are
         # the signed ones, and are not called unverified.
         parts.append(

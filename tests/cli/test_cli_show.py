@@ -51,6 +51,7 @@ def test_show_without_key_is_marked_unverified(capsys, make_bundle):
     assert code == 0
     header, _, tree = out.partition("\n\n")
     assert "verdict   UNVERIFIED (no --key given)" in header
+    assert "complete  (unverified) yes, no declared losses" in header
     assert "verified by key" not in out
     assert tree.splitlines() == EXPECTED_TREE
 
@@ -63,6 +64,29 @@ def test_show_of_a_tampered_bundle_fails_but_shows_what_was_read(capsys, keys: K
     assert "verdict   FAIL: record 4: previous-hash mismatch" in out
     assert "the 4 record(s) below were read before the failure and are NOT verified" in out
     assert "Xxecute_tool crm.get_account" in out  # the altered name, shown as read
+
+
+def test_show_marks_the_claims_of_a_key_used_outside_its_window(
+        capsys, keys: Keys, make_bundle, tmp_path):
+    # Signed by a key the trust root retired before the bundle's sealing time: its
+    # completeness claim and notes were printed above the FAIL as facts.
+    import json
+
+    path, _ = make_bundle()
+    root = tmp_path / "trust-root.json"
+    root.write_text(json.dumps({
+        "mediaType": "application/vnd.spanproof.trust-root.v1+json",
+        "keys": [{"publicKey": keys.pub.read_text(), "validUntil": "2026-01-01T00:00:00Z"}]}))
+    code, out, _ = run(capsys, "show", "--trust-root", root, path)
+    assert code == 1
+    header = out.partition("\n\n")[0].splitlines()
+    assert header[0] == f"bundle    {path}"
+    assert header[1] == f"trace     (unverified) {TRACE}  segment 0  records 7"
+    assert header[2].startswith("sealed    (unverified) root_ended at ")
+    assert header[3] == "complete  (unverified) yes, no declared losses"
+    assert header[4].startswith("verdict   FAIL: ") and "not valid" in header[4]
+    code, out, _ = run(capsys, "show", "--key", keys.pub, path)
+    assert code == 0 and "(unverified)" not in out
 
 
 def test_show_with_the_wrong_key_fails(capsys, keys: Keys, make_bundle):
