@@ -43,7 +43,14 @@ from typing import Any
 from .disclosure import DisclosureResult, format_value
 from .keys import format_time
 from .statement import Statement
-from .tree import duration_text, genai_attributes, status_text, tree_rows, value_text
+from .tree import (
+    duration_text,
+    genai_attributes,
+    status_text,
+    tag_text,
+    tree_rows,
+    value_text,
+)
 from .values import COMMITTED_VALUE, is_committed_value
 from .verify import (
     UNVERIFIED_BYTES_KEPT,
@@ -453,22 +460,26 @@ def _status_class(span: Mapping[str, Any]) -> str:
 
 
 def _genai_tags(record: Mapping[str, Any], disclosed: _Disclosed) -> str:
-    # A committed value is not a typed value: show the verified disclosure, or say
-    # that it is committed, never "?".
+    # A committed value shows its verified disclosure, or says it is committed,
+    # never "?".  Tags name no types, so each value is written as show writes it
+    # (tag_text): 412 and "412" read the same, and so did a committed value and the
+    # string "committed (not disclosed)", which is now quoted (it holds spaces).
     attrs: dict[str, Any] = {}
     for key, value in record["span"]["attributes"].items():
         if is_committed_value(value):
             result = disclosed.for_attribute(record, key)
-            value = (
-                result.value if result is not None and result.ok
-                else {"stringValue": COMMITTED_NOT_DISCLOSED}
-            )
+            if result is not None and result.ok:
+                value = result.value
         attrs[key] = value
     return "".join(
         f'<span class="tag genai" data-field="{_esc(label)}">{_esc(label)}: '
         f"{_esc(text, _MAX_NAME)}</span>"
-        for label, text in genai_attributes(attrs)
+        for label, text in genai_attributes(attrs, _tag_text)
     )
+
+
+def _tag_text(typed: Mapping[str, Any]) -> str:
+    return COMMITTED_NOT_DISCLOSED if is_committed_value(typed) else tag_text(typed)
 
 
 def _tree(records: Sequence[Mapping[str, Any]], disclosed: _Disclosed, capped: bool) -> str:

@@ -42,6 +42,7 @@ __all__ = [
     "iter_tree_rows",
     "render_tree",
     "status_text",
+    "tag_text",
     "tree_lines",
     "tree_rows",
     "value_text",
@@ -93,7 +94,8 @@ def value_text(typed: Mapping[str, Any]) -> str:
     that is not a typed value.
 
     A string is itself, unless a sanitizer would change it (it holds a character that
-    is not printable) or it starts with ``"``: then it is its JSON string literal, so
+    is not printable), it starts with ``"``, or it starts or ends with white space
+    (``"approve "`` looked like ``approve``): then it is its JSON string literal, so
     that an escaped newline and a backslash before an ``n`` read differently.  In an
     array or a map every string and key is a JSON string literal: ``["a","b"]`` and
     ``["a,b"]``, ``[1]`` and ``["1"]`` differ.
@@ -102,7 +104,8 @@ def value_text(typed: Mapping[str, Any]) -> str:
     if isinstance(value, _Placeholder):
         return value.text
     if isinstance(value, str):
-        return value if value.isprintable() and not value.startswith('"') else _quoted(value)
+        plain = value.isprintable() and not value.startswith('"') and value == value.strip()
+        return value if plain else _quoted(value)
     return _python_text(value)
 
 
@@ -142,13 +145,31 @@ _LOOKS_TYPED = re.compile(r"-?[0-9].*|-?inf|nan|true|false|null|\?|<committed>|0
 
 
 def _shown(raw: str) -> str:
-    """A string for ``key=value`` display, sanitized: quoted, its backslashes and
-    quotes escaped, when it is empty, holds white space, ``=``, ``"`` or a character
-    that is not printable, or would read as a value of another type."""
+    """A string for ``key=value`` display, sanitized: :func:`_unambiguous`, cut."""
+    return _clean(_unambiguous(raw), _MAX_VALUE_CHARS)
+
+
+def _unambiguous(raw: str) -> str:
+    """*raw* quoted, its backslashes and quotes escaped, when it is empty, holds white
+    space, ``=``, ``"`` or a character that is not printable, or would read as a
+    value of another type; otherwise as it is.  Not sanitized."""
     if (raw == "" or not raw.isprintable() or any(ch.isspace() or ch in '="' for ch in raw)
             or _LOOKS_TYPED.fullmatch(raw)):
-        raw = '"' + raw.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return _clean(raw, _MAX_VALUE_CHARS)
+        return '"' + raw.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return raw
+
+
+def tag_text(typed: Mapping[str, Any]) -> str:
+    """A typed value as a label's text (``model: gpt-4``), unsanitized and uncut: as
+    ``show`` writes it, so that no two values read the same without naming their
+    types: ``412`` and ``"412"``, ``"approve "`` and ``approve``, ``<committed>`` and
+    the string ``"<committed>"``."""
+    value = _decoded(typed)
+    if isinstance(value, _Placeholder):
+        return value.text
+    if isinstance(value, str):
+        return _unambiguous(value)
+    return _python_text(value)
 
 
 def _quoted(text: str) -> str:

@@ -237,6 +237,36 @@ def test_usage_errors_exit_2(capsys, tmp_path: Path, keys: Keys, make_bundle: Ma
     assert out == ""
 
 
+def test_genai_tags_of_values_of_different_types_read_differently(
+    capsys, tmp_path: Path, keys: Keys, make_bundle: MakeBundle
+):
+    # Tags name no types: an int and a string of its digits read "412" alike, a string
+    # with a trailing space read as the word, and a string that says "committed (not
+    # disclosed)" as a committed value.
+    def span(span_id: str, name: str, attributes: dict) -> dict:
+        return span_body(TRACE, span_id, ROOT, name, attributes=attributes)
+
+    bodies = [
+        span_body(TRACE, ROOT, "", "root"),
+        span("00000000000000a1", "a", {"gen_ai.usage.input_tokens": 412,
+                                        "gen_ai.request.model": COMMITTED_NOT_DISCLOSED,
+                                        "gen_ai.operation.name": "approve"}),
+        span("00000000000000b1", "b", {"gen_ai.usage.input_tokens": "412",
+                                        "gen_ai.request.model": "<committed>",
+                                        "gen_ai.operation.name": "approve "}),
+    ]
+    path, _ = make_bundle(bodies=bodies)
+    html = tmp_path / "r.html"
+    assert run(capsys, "report", "--key", keys.pub, path, "--html", html)[0] == 0
+    tags = re.findall(r'<span class="tag genai"[^>]*>([^<]*)</span>', html.read_text())
+    assert sorted(tags) == sorted([
+        "input_tokens: 412", "model: &quot;committed (not disclosed)&quot;",
+        "operation: approve",
+        "input_tokens: &quot;412&quot;", "model: &quot;&lt;committed&gt;&quot;",
+        "operation: &quot;approve &quot;",
+    ])
+
+
 def test_committed_values_and_their_disclosures(
     capsys, tmp_path: Path, keys: Keys, make_bundle: MakeBundle
 ):

@@ -15,7 +15,7 @@ import pytest
 from cli_support import ROOT, TRACE, Keys, MakeBundle, span_body
 from report_support import run
 
-from spanproof.verifier.tree import describe_span, value_text
+from spanproof.verifier.tree import describe_span, tag_text, value_text
 from spanproof.verifier.values import encode_value
 
 #: Values of one type whose text differs, and of two types whose text may not in the
@@ -36,6 +36,10 @@ PAIRS: list[tuple[Any, Any]] = [
     ("a\nb", "a\\nb"),
     ("\"a\"", "a"),
     ('"a\\nb"', "a\nb"),
+    # White space at either end was shown, as it is, in a cell that shows it as
+    # nothing.
+    ("approve ", "approve"),
+    ("\tapprove", "approve"),
 ]
 
 
@@ -51,9 +55,18 @@ def test_two_values_never_have_one_text(one: Any, other: Any) -> None:
     ("plain text, as it is", "plain text, as it is"),
     ("a\nb", '"a\\nb"'),
     ('"quoted"', '"\\"quoted\\""'),
+    ("approve ", '"approve "'),
+    ("white space inside", "white space inside"),
 ])
 def test_what_a_value_reads(value: Any, text: str) -> None:
     assert value_text(encode_value(value)) == text
+
+
+def test_the_report_s_tags_keep_apart_what_show_keeps_apart() -> None:
+    # A tag (model: ..., input_tokens: ...) names no type either.
+    texts = {repr(value): tag_text(encode_value(value))
+             for pair in PAIRS + TYPED_PAIRS for value in pair}
+    assert len(set(texts.values())) == len(texts)
 
 
 def test_show_keeps_apart_what_the_report_keeps_apart_and_types_too() -> None:
