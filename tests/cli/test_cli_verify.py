@@ -968,10 +968,10 @@ def test_show_escapes_what_the_statement_says(capsys, keys: Keys, make_bundle):
     # A producer's own words (a completeness note) reach the header, signed or not.
     note = "x\x1b[2J\x1b]0;owned\x07\rverdict   OK"
     path, _ = make_bundle(completeness=Completeness(dropped_spans=1, notes=(note,)))
-    for argv in (["show", path], ["show", "--key", keys.pub, path]):
+    for argv, mark in ((["show", path], "(unverified) "), (["show", "--key", keys.pub, path], "")):
         _, out, _ = run(capsys, *argv)
         assert not any(ch in out for ch in "\x1b\x07\r")
-        assert "note      x\\x1b[2J\\x1b]0;owned\\x07\\rverdict   OK" in out
+        assert f"note      {mark}x\\x1b[2J\\x1b]0;owned\\x07\\rverdict   OK" in out
 
 
 def test_a_usage_error_naming_an_odd_path_is_escaped(capsys, keys: Keys, tmp_path):
