@@ -276,13 +276,13 @@ def format_result(result: BundleResult, *, receipts: bool = False) -> str:
         return printable(f"FAIL {result.path}: {result.reason}")
     where = f"trace={stmt.trace_id} segment={stmt.segment_index}"
     comp = stmt.completeness
-    declared = "".join(f"{name}={len(items)} " for name, items in
-                       (("conflicts", comp.conflicts), ("notes", comp.notes)) if items)
+    counts = [f"{name}={len(items)}" for name, items in
+              (("conflicts", comp.conflicts), ("notes", comp.notes)) if items]
     if result.verdict is Verdict.INCOMPLETE:
         reason = result.reason.removeprefix("incomplete: ")
         return printable(
-            f"INCOMPLETE {result.path}: {reason} ({where}; {declared}signature and chain "
-            "verified; --allow-incomplete accepts declared losses)"
+            f"INCOMPLETE {result.path}: {reason} ({'; '.join([where, *counts])}; signature "
+            "and chain verified; --allow-incomplete accepts declared losses)"
         )
     line = (
         f"OK {result.path} {where} records={stmt.record_count} seal={stmt.seal_reason} "
@@ -290,8 +290,8 @@ def format_result(result: BundleResult, *, receipts: bool = False) -> str:
     )
     if comp.lost:
         line += f" incomplete=({_loss_note(stmt)}; allowed)"
-    if declared:
-        line += " " + declared.rstrip()
+    if counts:
+        line += " " + " ".join(counts)
     receipt = next((c for c in report.checks if c.name == RECEIPT_CHECK), None)
     if receipts and receipt is not None and receipt.status is Status.PASS:
         line += " receipt=verified"

@@ -507,7 +507,8 @@ def _run_checks(
                        "but is not declared a conflict"),
         )
         return statement, digest, signer.keyid
-    run.passed("chain", f"seq {statement.first_seq}..{chain.next_seq - 1} linked by prev hashes")
+    run.passed("chain", f"seq {statement.first_seq}..{chain.next_seq - 1} linked by prev hashes"
+               if chain.count else "no records: the head is the segment's start")
 
     # Step 8: the chain ends exactly at the signed head.
     if chain.count != statement.record_count:

@@ -379,7 +379,7 @@ def test_verify_text_output_reports_conflicts_notes_and_seal_reason_incomplete(
     code, out, _ = run(capsys, "verify", "--key", keys.pub, path)
     assert code == 1
     verdict = (f"INCOMPLETE {path}: 2 evidence spans dropped before certification; sealed: "
-               f"root_ended (trace={TRACE} segment=0; conflicts=2 notes=2 signature and "
+               f"root_ended (trace={TRACE} segment=0; conflicts=2; notes=2; signature and "
                "chain verified; --allow-incomplete accepts declared losses)")
     assert out.splitlines() == [verdict]  # one line per bundle (DESIGN)
     code, out, _ = run(capsys, "verify", "-v", "--key", keys.pub, path)

@@ -88,3 +88,11 @@ def test_regenerating_writes_the_committed_bytes(tmp_path: Path) -> None:
     for path in generate(tmp_path):
         committed = CASES_DIR / path.name
         assert path.read_bytes() == committed.read_bytes(), path.name
+
+
+def test_an_empty_segment_s_chain_check_says_it_has_no_records() -> None:
+    # It said "seq 0..-1 linked by prev hashes": a range going backwards.
+    result = _verify(CASES_DIR / "no_records_pass.spanproof.json", "-v")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "  PASS  step 7 chain: no records: the head is the segment's start" in result.stdout
+    assert "..-1" not in result.stdout
