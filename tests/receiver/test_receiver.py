@@ -176,6 +176,18 @@ def test_identical_redelivery_is_ignored_before_and_after_sealing(tmp_path, cloc
     assert reports[0].statement.completeness.conflicts == ()
 
 
+def _stopped_with_nothing_to_recover(receiver, tmp_path, clock):
+    """Stop *receiver* and check that every journal entry was retired: a new start
+    recovers nothing.  The verified bundles of ``tmp_path/out``."""
+    assert receiver.shutdown()
+    assert receiver._keys == {}
+    assert os.listdir(tmp_path / "out" / "journal") == []
+    again = make_receiver(tmp_path / "out", clock)
+    assert again.start() == []  # nothing left to recover
+    again.shutdown()
+    return verified(str(tmp_path / "out"), trust_root(str(tmp_path)), allow_incomplete=True)
+
+
 def test_a_pending_span_the_memory_forgot_is_still_ignored_when_redelivered(tmp_path, clock):
     # Its trace waited (no root) while more spans than the memory holds arrived.
     # The retry was journaled again, joined no bundle, and its journal entry was
@@ -188,13 +200,7 @@ def test_a_pending_span_the_memory_forgot_is_still_ignored_when_redelivered(tmp_
         receiver(request(otlp_span(f"{n + 1:032x}", 1)).resource_spans)
     assert receiver._memory.versions(TRACE_A, span_id(2)) is None  # forgotten
     receiver(waiting)
-    assert receiver.shutdown()
-    assert receiver._keys == {}
-    assert os.listdir(tmp_path / "out" / "journal") == []
-    again = make_receiver(tmp_path / "out", clock)
-    assert again.start() == []  # nothing left to recover
-    again.shutdown()
-    reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)), allow_incomplete=True)
+    reports = _stopped_with_nothing_to_recover(receiver, tmp_path, clock)
     assert [span_ids(r) for r in reports if r.statement.trace_id == TRACE_A] == [[span_id(2)]]
 
 
@@ -208,13 +214,7 @@ def test_a_span_one_request_holds_twice_is_certified_once(tmp_path, clock):
     twice = otlp_span(TRACE_A, 2, parent=1)
     receiver(request(twice, otlp_span(TRACE_A, 3, parent=1), otlp_span(TRACE_A, 4, parent=1),
                      twice).resource_spans)
-    assert receiver.shutdown()
-    assert receiver._keys == {}
-    assert os.listdir(tmp_path / "out" / "journal") == []
-    again = make_receiver(tmp_path / "out", clock)
-    assert again.start() == []  # nothing left to recover
-    again.shutdown()
-    reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)), allow_incomplete=True)
+    reports = _stopped_with_nothing_to_recover(receiver, tmp_path, clock)
     assert [span_ids(r) for r in reports] == [[span_id(2), span_id(3), span_id(4)]]
 
 
@@ -232,13 +232,7 @@ def test_a_pending_version_redelivered_after_the_memory_kept_only_another_is_ign
     versions = receiver._memory.versions(TRACE_A, span_id(2))
     assert versions is not None and len(versions) == 1  # the first one forgotten
     receiver(first)
-    assert receiver.shutdown()
-    assert receiver._keys == {}
-    assert os.listdir(tmp_path / "out" / "journal") == []
-    again = make_receiver(tmp_path / "out", clock)
-    assert again.start() == []  # nothing left to recover
-    again.shutdown()
-    reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)), allow_incomplete=True)
+    reports = _stopped_with_nothing_to_recover(receiver, tmp_path, clock)
     assert [span_ids(r) for r in reports] == [[span_id(2), span_id(2)]]
 
 
