@@ -57,7 +57,6 @@ from spanproof.verifier._batch import (
 )
 from spanproof.verifier._files import write_atomic
 from spanproof.verifier.bundle import BUNDLE_SUFFIX, BundleReader
-from spanproof.verifier.canonical import canonicalize
 from spanproof.verifier.checkpoint import WitnessKey
 from spanproof.verifier.errors import LogInconsistent, SpanproofError, TransportError
 from spanproof.verifier.keys import TrustedKey, TrustRoot
@@ -239,6 +238,8 @@ class WitnessSubmitter:
         self._post: Post = post
         self._cond = threading.Condition()
         self._incoming: deque[str] = deque()
+        #: The paths in _incoming that scan() found (without a receipt, then).
+        self._scanned: set[str] = set()
         self._pending: dict[str, _Pending] = {}  # keyed by queue file name
         self._tags: dict[str, str] = {}  # bundle path tag -> its queue file name
         self._concurrency = concurrency
@@ -307,17 +308,24 @@ class WitnessSubmitter:
         # Called by the worker only.  One small file per pending bundle, named so
         # that a second submission of the same path is recognized; those of one
         # round are made durable together (write_together).
+        # A bundle scan() found without a receipt may have one now: found while the
+        # queue the last run left was being delivered, it was sent a second time.
+        # (One given to submit() is sent whatever lies beside it: a receipt there
+        # is checked against the new one, SPEC §12.6.)
+        with self._cond:
+            scanned = [bundle in self._scanned for bundle in bundles]
+            self._scanned.difference_update(bundles)
         new: dict[str, str] = {}  # tag -> bundle, in submission order
-        for bundle in bundles:
+        for bundle, found in zip(bundles, scanned, strict=True):
             tag = hashlib.sha256(bundle.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-            if tag not in self._tags:
+            if tag not in self._tags and not (found and os.path.exists(receipt_path(bundle))):
                 new.setdefault(tag, bundle)
         queued = []  # sequence number, tag, bundle
         for tag, bundle in new.items():
             queued.append((self._seq, tag, bundle))
             self._seq += 1
         names = [f"{seq:012d}-{tag}.json" for seq, tag, _ in queued]
-        errors = write_together([(os.path.join(self._dir, name), canonicalize({"bundle": b}))
+        errors = write_together([(os.path.join(self._dir, name), _entry({"bundle": b}))
                                  for name, (_, _, b) in zip(names, queued, strict=True)])
         for name, (seq, tag, bundle), error in zip(names, queued, errors, strict=True):
             if error is not None:
@@ -352,7 +360,11 @@ class WitnessSubmitter:
         queue has drained to half, the directory :meth:`scan` last looked in is
         looked in again, so the bundles refused meanwhile are queued then.
         """
-        path = os.path.abspath(os.fspath(bundle_path))
+        return self._enqueue(os.path.abspath(os.fspath(bundle_path)), scanned=False)
+
+    def _enqueue(self, path: str, *, scanned: bool) -> bool:
+        """:meth:`submit` *path*, which :meth:`scan` found (without a receipt) when
+        *scanned*."""
         with self._cond:
             if self._closing:
                 _logger.warning("witness submitter is closed; %s not queued", path)
@@ -370,6 +382,8 @@ class WitnessSubmitter:
                 self._refused = True
                 return False
             self._incoming.append(path)
+            if scanned:
+                self._scanned.add(path)
             self._cond.notify()
         return True
 
@@ -386,7 +400,7 @@ class WitnessSubmitter:
                 if (
                     name.endswith(BUNDLE_SUFFIX)
                     and not os.path.exists(receipt_path(path))
-                    and self.submit(path)
+                    and self._enqueue(os.path.abspath(path), scanned=True)
                 ):
                     queued += 1
         return queued
@@ -764,7 +778,7 @@ class WitnessSubmitter:
         try:
             # Atomic and durable before the queue file goes: a crash leaves the
             # submission queued (and retired again), never half an entry (SPEC §12.11).
-            write_atomic(target, canonicalize({"bundle": item.bundle, "reason": reason}))
+            write_atomic(target, _entry({"bundle": item.bundle, "reason": reason}))
             os.unlink(item.file)
         except OSError as e:
             _logger.error("cannot move %s to %s: %s", item.file, target, e)
@@ -843,15 +857,18 @@ class WitnessSubmitter:
 
     def _run(self) -> None:
         while True:
+            failed = False
             try:
                 wait = self.process_due()
             except Exception:  # never let the worker die silently
                 _logger.exception("witness submitter round failed")
-                wait = self._backoff[0]
+                wait, failed = self._backoff[0], True
             with self._cond:
                 if self._closing:
                     return
-                if not self._incoming:
+                # After a failed round, wait even with submissions waiting: the
+                # round that failed on them would fail again at once, and again.
+                if failed or not self._incoming:
                     self._cond.wait(timeout=60.0 if wait is None else min(wait, 60.0))
                 if self._closing:
                     return
@@ -898,7 +915,10 @@ class WitnessSubmitter:
                 self._jobs.put(None)
             if self._transport is not None:
                 self._transport.close()
-            self._drain_incoming()
+            try:
+                self._drain_incoming()
+            except Exception:  # an exporter's shutdown() must not raise
+                _logger.exception("witness submitter: cannot queue the last submissions")
             with self._cond:
                 self._closed = True
         with self._cond:
@@ -964,6 +984,14 @@ def _read_bundle(bundle: str) -> bytes:
             return f.read()
     except OSError as e:
         raise _Permanent(f"cannot read bundle: {e.strerror}") from e
+
+
+def _entry(doc: Mapping[str, str]) -> bytes:
+    """A queue or failed entry's bytes: JSON, every character outside ASCII escaped,
+    so that a path that is not UTF-8 (``os.fsdecode``'s lone surrogates, which
+    canonical JSON refuses) is kept as it is, and read back by ``json.loads``."""
+    return json.dumps(dict(doc), ensure_ascii=True, sort_keys=True,
+                      separators=(",", ":")).encode("ascii")
 
 
 def _retryable(status: int) -> bool:

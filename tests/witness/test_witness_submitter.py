@@ -1441,3 +1441,77 @@ def test_the_longest_retry_after_of_a_round_counts_the_proof_s_among_them(
     assert sub.process_due() == waited
     assert sub.pending == 2  # the kept receipt's bundle and the busy one
     sub.close()
+
+
+# --- paths that are not UTF-8, failed rounds, the start-up scan --------------------------
+
+
+def test_a_bundle_path_that_is_not_utf8_is_queued_delivered_and_resumed(
+    tmp_path: Path, witness: Witness
+) -> None:
+    # Canonical JSON refused the path's lone surrogates (os.fsdecode's escapes of its
+    # bytes): no queue file was written, the round failed on the same path again and
+    # again (thousands of tracebacks a second), and close() raised.
+    folder = Path(os.fsdecode(os.path.join(os.fsencode(str(tmp_path)), b"caf\xe9")))
+    (path,) = _bundles(folder, 1)
+    fake = FakeWitness(witness)
+    first = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
+                             rng=lambda: 0.0, start=False)
+    assert first.submit(path)
+    first._drain_incoming()
+    assert first.pending == 1  # witness down: it stays queued, its file written
+    first.close()
+    fake.down = False
+    again = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
+                             rng=lambda: 0.0, start=False)
+    assert again.pending == 1  # read back as it was written
+    assert again.process_due() is None and again.pending == 0
+    assert Path(receipt_path(path)).is_file()
+    again.close()
+
+
+def test_a_failed_round_is_not_tried_again_at_once(
+    tmp_path: Path, witness: Witness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With a submission waiting, the worker skipped its wait after a round that
+    # raised, and ran into the same failure again at once, for good.
+    rounds: list[float] = []
+
+    def failing(self: WitnessSubmitter) -> float | None:
+        rounds.append(time.monotonic())
+        raise RuntimeError("a round that fails")
+
+    monkeypatch.setattr(WitnessSubmitter, "process_due", failing)
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=FakeWitness(witness),
+                           backoff_initial=0.2, backoff_max=0.4)
+    try:
+        sub.submit(_bundles(tmp_path / "b", 1)[0])
+        time.sleep(0.5)
+    finally:
+        sub.close(5)
+    assert 1 <= len(rounds) <= 4, len(rounds)
+
+
+def test_a_bundle_the_start_up_scan_found_is_not_sent_again_once_delivered(
+    tmp_path: Path, witness: Witness
+) -> None:
+    # The scan runs beside the delivery of the queue the last run left: it found a
+    # bundle of that queue still without its receipt, and the bundle was queued and
+    # sent a second time once delivered.
+    fake = FakeWitness(witness)
+    sub, paths = _queued(tmp_path, witness, 2, fake)
+    posted: list[str] = []
+
+    def post(url: str, body: bytes, headers: Mapping[str, str], timeout: float):
+        posted.append(url)
+        if len(posted) == 1:
+            sub.scan(tmp_path / "b")  # during the first delivery: no receipt yet
+        return fake(url, body, headers, timeout)
+
+    sub._post = post
+    sub.process_due()  # delivers both; the scan queued both meanwhile
+    assert all(Path(receipt_path(p)).is_file() for p in paths)
+    assert len(posted) == 2
+    assert sub.process_due() is None and sub.pending == 0
+    assert len(posted) == 2  # nothing sent again
+    sub.close()
