@@ -883,11 +883,13 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
         counts = (len(self._unwritten), len(self._inflight), self._assembler.pending_traces,
                   sum(sum(held[:4]) for held in discarded) + self._discarded_untracked)
         if self._submitter is not None:
-            # Deliver what was just sealed while the witness answers; whatever is
-            # not delivered stays queued on disk for the next start.
-            remaining = max(0.0, deadline - time.monotonic())
-            self._submitter.flush(min(remaining, _MIN_SHUTDOWN_SECONDS))
-            self._submitter.close(max(0.0, deadline - time.monotonic()))
+            # Deliver what was just sealed while the witness answers, for at most
+            # 5 s in all (README): waiting for the delivery under way to end as well
+            # took up to the submitter's own timeout more.  Whatever is not
+            # delivered stays queued on disk for the next start.
+            witness_deadline = min(deadline, time.monotonic() + _MIN_SHUTDOWN_SECONDS)
+            self._submitter.flush(max(0.0, witness_deadline - time.monotonic()))
+            self._submitter.close(max(0.0, witness_deadline - time.monotonic()))
         self._span_warnings.held_back()
         self._unencodable_warnings.held_back()
         if incomplete:

@@ -4,8 +4,11 @@ witness in the background (the exporter also when the witness comes up late), an
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -218,6 +221,44 @@ def test_require_receipt_fails_a_bundle_without_one(
     status, text = _run(["verify", "--key", str(keys["producer_pub"]), "--require-receipt",
                          str(bundle)], capsys)
     assert status == EXIT_USAGE and "--witness-key" in text, text
+
+
+@pytest.fixture
+def silent_witness() -> Iterator[str]:
+    """The URL of a server on 127.0.0.1 that takes connections and requests and never
+    answers (a witness hung, or a proxy holding requests); stopped at teardown."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def hold() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                held.append(listener.accept()[0])
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join(5)
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+def test_shutdown_waits_at_most_5_s_for_a_witness_that_does_not_answer(
+    tmp_path: Path, keys: dict[str, Path], silent_witness: str
+) -> None:
+    # It waited for the delivery under way to end too: up to the submitter's own
+    # 10 s timeout after the 5 s README promises, 10-18 s in all.
+    out = tmp_path / "out"
+    started = time.monotonic()
+    _trace(SpanproofSpanExporter(out, keys["producer"], witness_url=silent_witness), "hung")
+    assert time.monotonic() - started < 8.5
+    (bundle,) = _bundles(out)
+    assert not Path(receipt_path(bundle)).exists()
+    assert list((out / "witness-queue").glob("*.json")), "the submission was not queued on disk"
 
 
 def test_exporter_queues_while_the_witness_is_down_and_delivers_later(
