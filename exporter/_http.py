@@ -8,9 +8,10 @@ reuses it while the witness keeps it open.
 
 A connection the witness closed while it was idle (servers close idle connections
 after a few seconds) fails on the next request before any answer arrives; that
-request is sent once more on a new connection.  The request may then reach the
-witness twice, which is harmless only because a witness submission is idempotent
-(SPEC §12.8): this transport is for that request and no other.
+request is sent once more on a new connection, within what is left of its timeout.
+The request may then reach the witness twice, which is harmless only because a
+witness submission is idempotent (SPEC §12.8): this transport is for that request
+and no other.
 
 An ``https`` witness's certificate is checked against the system's trust store
 (``ssl.create_default_context()``, as ``urllib`` does); a connection that fails
@@ -91,6 +92,7 @@ class KeepAlivePost:
             OSError: the server cannot be reached, or the connection failed
                 before a whole answer arrived.
         """
+        deadline = time.monotonic() + timeout
         parts = urllib.parse.urlsplit(url)
         origin = (parts.scheme, parts.netloc)
         if not self._is_direct(origin, parts.hostname or ""):
@@ -115,6 +117,12 @@ class KeepAlivePost:
             except OSError:
                 self._forget(mine, origin)
                 raise
+            # Sent again with what is left of the one timeout: a close that came
+            # late (a server holding the request) is not the idle close it looks
+            # like, and a whole new timeout made the request take twice as long.
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                raise TimeoutError("no whole answer within the timeout")
         conn = self._connect(parts, timeout)
         mine[origin] = conn
         try:

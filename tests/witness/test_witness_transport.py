@@ -51,6 +51,9 @@ class Seen:
     answer_for: Callable[[bytes], bytes] | None = None
     status: int = 201
     retry_after: str | None = None  # sent as Retry-After when set
+    # When set, every request after the first is held this many seconds, then its
+    # connection closed unanswered.
+    hold_then_close: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -69,6 +72,10 @@ def _handler(seen: Seen) -> type[BaseHTTPRequestHandler]:
             with seen.lock:
                 seen.requests.append(self.requestline)
                 seen.bodies.append(body)
+            if seen.hold_then_close and len(seen.requests) > 1:
+                time.sleep(seen.hold_then_close)
+                self.close_connection = True
+                return
             answer = seen.answer if seen.answer_for is None else seen.answer_for(body)
             self.send_response(seen.status)
             self.send_header("Content-Type", "application/json")
@@ -176,6 +183,24 @@ def test_an_answer_cut_short_by_the_server_raises_oserror_not_half_an_answer(
         post(f"{url}/v1/submit", b"a", HEADERS, 5.0)
     seen.cut_after = 0
     assert post(f"{url}/v1/submit", b"b", HEADERS, 5.0) == (201, seen.answer, None)
+    post.close()
+
+
+def test_a_request_sent_again_on_a_new_connection_keeps_its_first_deadline(
+    stub: tuple[str, Seen],
+) -> None:
+    # A connection closed unanswered near the timeout was taken for one the server
+    # had closed while idle, and the request sent again with a whole new timeout:
+    # twice the timeout in all, for the delivery and for the exporter's shutdown.
+    url, seen = stub
+    seen.hold_then_close = 1.5
+    post = KeepAlivePost(1 << 20)
+    assert post(f"{url}/v1/submit", b"first", HEADERS, 2.0)[0] == 201
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="no whole answer"):
+        post(f"{url}/v1/submit", b"second", HEADERS, 2.0)
+    assert time.monotonic() - start < 2.6
+    assert seen.connections == 2  # sent again all the same: the close came first
     post.close()
 
 
