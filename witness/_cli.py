@@ -549,6 +549,10 @@ def _unavailable(status: int) -> bool:
     return status >= 500 or status in (408, 429) or 300 <= status < 400
 
 
+class _Unwritable(OSError):
+    """A receipt the witness gave that cannot be written beside its bundle."""
+
+
 class _Submitter:
     """Submits groups of bundles for ``witness submit``: each group in one
     ``/v1/submit-batch`` request while the witness takes batches (one by one after
@@ -696,6 +700,8 @@ class _Submitter:
         except TransportError as e:  # a consistency proof among them
             self._note(e)
             return f"FAIL {path}: {e}", EXIT_UNAVAILABLE
+        except _Unwritable as e:  # a path that cannot be written (SPEC §12.10)
+            return f"FAIL {path}: {e}", EXIT_USAGE
         except (SpanproofError, OSError) as e:
             return f"FAIL {path}: {e}", EXIT_FAILED
 
@@ -713,6 +719,8 @@ class _Submitter:
         except TransportError as e:  # a consistency proof the witness cannot give now
             self._note(e)
             return f"FAIL {path}: {e}", EXIT_UNAVAILABLE
+        except _Unwritable as e:
+            return f"FAIL {path}: {e}", EXIT_USAGE
         except (SpanproofError, OSError) as e:
             return f"FAIL {path}: {e}", EXIT_FAILED
 
@@ -759,7 +767,13 @@ class _Submitter:
         kept = kept_receipt(target, Receipt.from_bytes(receipt), verify, self._prove)
         if kept is not None:
             return f"OK {path}: {new} at index {index}{note}; {kept}{flag}"
-        write_atomic(target, receipt)
+        try:
+            write_atomic(target, receipt)
+        except OSError as e:
+            # Named as the receipt, not the hidden temporary file it is written to,
+            # and said to be logged: a submission again gets the same entry.
+            raise _Unwritable(f"{new} at index {index}, but its receipt cannot be written "
+                              f"to {target} ({e.strerror or e}){flag}") from e
         return f"OK {path}: {new} at index {index}{note}; wrote {target}{flag}"
 
 

@@ -252,6 +252,28 @@ def test_a_bundle_whose_name_has_no_place_for_a_receipt_is_not_submitted(
     assert witness.size == 0
 
 
+def test_a_receipt_that_cannot_be_written_is_named_and_a_usage_error(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A read-only directory: exit 1 and "[Errno 30] ...: '.X.receipt.json.bddf0a0a.tmp'",
+    # the hidden temporary file, not the receipt, and not a word that it was logged.
+    import errno
+
+    from spanproof.witness import _cli
+
+    def read_only(path: str, data: bytes) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", f".{path}.0123abcd.tmp")
+
+    monkeypatch.setattr(_cli, "write_atomic", read_only)
+    srv = serve_witness(open_witness())
+    bundle = write_bundle(files["bundles"], make_bundle(trace_id(0)))
+    status, out, _ = _run(["witness", "submit", str(bundle), "--url", srv.url], capsys)
+    assert status == 2
+    assert out == (f"FAIL {bundle}: logged at index 0, but its receipt cannot be written "
+                   f"to {receipt_path(bundle)} (Read-only file system)\n")
+
+
 class RequestLog:
     """Records the path of every request ``witness submit`` sends; *refuse* maps a
     path to the HTTP status the witness answers it with instead."""
