@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -116,9 +117,13 @@ def load_state(
         OSError: the file exists but cannot be read.
     """
     try:
-        data, _ = read_named_file(path, limit=_STATE_LIMIT)
+        data, mode = read_named_file(path, limit=_STATE_LIMIT)
     except FileNotFoundError:
         return None
+    if not stat.S_ISREG(mode):
+        # A named pipe read as empty, then failed as malformed JSON (exit 1, an
+        # alert's status); it could not be replaced with the next checkpoint either.
+        raise OSError(errno.EINVAL, "not a regular file, which the state must be", path)
     try:
         doc = parse_strict(data, f"monitor state {path}")
     except InvalidBundle as e:

@@ -789,10 +789,14 @@ def test_monitor_with_a_named_pipe_nobody_writes_fails_without_blocking(
     os.mkfifo(pipe)
     status, out = _monitor(url, tmp_path / "s.json", pipe, capsys)  # as the witness key
     assert status == 2 and out == ""
-    status, out = _monitor(url, pipe, files["pub"], capsys)  # as the state file
-    assert status == 1
-    assert out.startswith(f"FAIL {url}: monitor state {pipe}: invalid JSON")
-    assert stat.S_ISFIFO(pipe.stat().st_mode)  # left as it was
+    # As the state file: a usage error (it read as empty, then failed as malformed
+    # JSON, exit 1, the status of an alert), and left as it was.
+    status, out, err = _run(["monitor", "--url", url, "--state", str(pipe),
+                             "--witness-key", str(files["pub"])], capsys)
+    assert (status, out) == (2, "")
+    assert err == (f"spanproof: error: --state {pipe}: cannot read or write it (not a "
+                   "regular file, which the state must be)\n")
+    assert stat.S_ISFIFO(pipe.stat().st_mode)
 
 
 def test_submit_stops_at_a_directory_it_cannot_list(
