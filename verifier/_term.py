@@ -27,10 +27,18 @@ PROGRESS_THRESHOLD = 20
 
 def printable(text: str) -> str:
     """*text* with every non-printable character (controls, escape, line and
-    paragraph separators, undecodable file name bytes) written as its Python escape."""
+    paragraph separators) written as its Python escape, and each undecodable file
+    name byte (``os.fsdecode``'s U+DC80-U+DCFF) as the byte's (``\\xff``)."""
     if text.isprintable():
         return text
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    if "\udc80" <= ch <= "\udcff":
+        return f"\\x{ord(ch) - 0xDC00:02x}"
+    return repr(ch)[1:-1]
+
 
 _RESET = "\x1b[0m"
 _CODES = {

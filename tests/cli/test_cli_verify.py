@@ -984,8 +984,10 @@ def test_printable_escapes_controls_and_undecodable_bytes_only():
     from spanproof.verifier._term import printable
 
     assert printable("café 😀 plain") == "café 😀 plain"
-    assert printable("a\x1bb\rc\x00d\x7fe\u2028f\udcffg") == (
-        "a\\x1bb\\rc\\x00d\\x7fe\\u2028f\\udcffg"
+    # An undecodable file name byte is the byte (0xff), not the code point standing
+    # for it; a lone surrogate not from a file name keeps its own escape.
+    assert printable("a\x1bb\rc\x00d\x7fe\u2028f\udcffg\ud800") == (
+        "a\\x1bb\\rc\\x00d\\x7fe\\u2028f\\xffg\\ud800"
     )
 
 
@@ -1006,7 +1008,7 @@ def test_a_file_name_that_is_not_utf8_neither_breaks_the_output_nor_the_run(
     )
     assert done.returncode == 0, done.stderr
     out = done.stdout.decode("ascii")  # every other character escaped
-    shown = f"{tmp_path / 'bundles'}/a\\udcffb.spanproof.json"
+    shown = f"{tmp_path / 'bundles'}/a\\xffb.spanproof.json"
     if json_output:
         paths = {b["path"] for b in json.loads(out)["bundles"]}
         assert paths == {str(path), os.fsdecode(odd)}
