@@ -505,9 +505,13 @@ def verify_checkpoint(
                   for key in keys
                   for name in ([key.name] if key.name is not None
                                else sorted({sig.name for sig in note.signatures}))]
+        # A PEM key's name above is borrowed from the note: without this, another
+        # log's key read as a rotated key of the log that signed (one name, two hashes).
+        unnamed = ("; a PEM key names no log, so it is shown under the note's names"
+                   if any(key.name is None for key in keys) else "")
         raise NoteSignatureError(
             f"checkpoint not signed by a pinned witness key (signed by: {_key_list(signed_by)}; "
-            f"pinned: {_key_list(pinned)})"
+            f"pinned: {_key_list(pinned)}{unnamed})"
         )
     # Only now is the text trusted enough to parse (signed-note: verify, then parse).
     checkpoint = Checkpoint.from_text(note.text)
