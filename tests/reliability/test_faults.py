@@ -191,7 +191,7 @@ def test_bundle_discarded_for_a_failing_sink_is_declared_by_its_trace_next_bundl
     lines = result.stdout.splitlines()
     verdicts = sorted(line.split()[0] for line in lines if not line.startswith("OK trace "))
     assert verdicts == ["INCOMPLETE"] * 2 + ["OK"] * 3, result.stdout
-    assert sum("notes=1 " in line for line in lines) == 2  # the two declarations' notes
+    assert sum("notes=1;" in line for line in lines) == 2  # the two declarations' notes
     # The discarded segment 0 of each declaring trace is said not to be present.
     assert sorted(line.split()[2] for line in lines if line.startswith("OK trace ")
                   and line.endswith("segment 1 forms one chain (segment 0 not present)")) \
