@@ -374,6 +374,10 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
             tuple[SealedBundle, concurrent.futures.Future[str | Exception]]
         ] = collections.deque()
         self._remote: SealingProcesses | None = None
+        # The sealing processes given up after a sibling was lost: they seal what
+        # they hold and exit; force_flush() and shutdown() wait for them, and what
+        # one leaves unsettled is declared lost (_await_survivors).
+        self._survivors: list[SealingProcess] = []
         # Held while the sealing processes are taken away (lost, or stopped by
         # shutdown()), so a shutdown waits for a loss under way to be declared.
         # Reentrant: a signal handler that shuts down may interrupt a loss.
@@ -489,6 +493,8 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
                     self._producer = _new_producer()
                 self._remote = None
             gone = remote.give_up()
+            with self._cond:
+                self._survivors += [p for p in remote.processes if p not in gone]
             others = len(remote.processes) - 1
             wait = self._restarts.failed()
             _logger.error("spanproof: %s; the spans it held are lost (not sealed), %sand "
@@ -503,7 +509,9 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
     def _declare_lost_with(self, gone: Sequence[SealingProcess], *, start_sealer: bool) -> None:
         """Declare the spans each sealing process in *gone* held unsettled as
         dropped (SPEC §5.3), in a bundle of the last trace sent to it, which this
-        process seals (under its new producer instance)."""
+        process seals (under its new producer instance).  The declaration is due as
+        a trace whose root ended: ``force_flush()`` seals and writes it (it waited
+        for the idle timeout, so a flush returned True with it in memory only)."""
         with self._cond:
             now = self._clock()
             for process in gone:
@@ -519,6 +527,33 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
                                        dropped_note=note)
                 else:
                     self._assembler.drop(process.last_trace, now, lost, note)
+                self._assembler.root_ended(process.last_trace, now)
+
+    def _await_survivors(self, deadline: float, *, stop: bool) -> bool:
+        """Wait until *deadline* for the sealing processes given up after a sibling
+        was lost (:meth:`_lose_remote`): each seals what it holds and exits.  What
+        one that exited left unsettled (it was killed too, or could not write) is
+        declared lost; with *stop* (shutdown), one still running at the deadline is
+        killed, and what it held declared.  True when none is left.  Before, no
+        one waited for them: a flush or a shutdown returned while they still
+        sealed, and the spans of one killed then were lost without a word."""
+        with self._cond:
+            survivors = list(self._survivors)
+        if not survivors:
+            return True
+        ended = []
+        for process in survivors:
+            if process.wait(max(0.0, deadline - time.monotonic())) is None:
+                if not stop:
+                    continue
+                _logger.error("spanproof: sealing process %d did not finish sealing before "
+                              "the shutdown deadline; it is stopped", process.pid)
+                process.kill()
+            ended.append(process)
+        with self._cond:
+            self._survivors = [p for p in self._survivors if p not in ended]
+        self._declare_lost_with(ended, start_sealer=not stop)
+        return len(ended) == len(survivors)
 
     def _start_submitter(self, *, catch_up: bool = True) -> WitnessSubmitter | None:
         """The background witness submitter, when a witness URL is configured.
@@ -795,6 +830,8 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
                 return done
         else:
             done = True
+        # Before the pass below, which then seals what they left declared.
+        done = self._await_survivors(deadline, stop=False) and done
         try:
             return self._cycle(flush=True, deadline=deadline) and done
         except Exception:
@@ -858,6 +895,8 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
                         # The declaration sealed below goes to the witness as the
                         # children's bundles did (theirs: the next start's scan).
                         self._submitter = self._start_submitter(catch_up=False)
+            # (Sealed here under the instance _lose_remote took when it gave them up.)
+            self._await_survivors(deadline, stop=True)
         finally:
             if got:
                 self._remote_lock.release()

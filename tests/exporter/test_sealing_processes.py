@@ -221,6 +221,51 @@ def test_one_process_gone_the_others_seal_what_they_hold_and_this_process_the_re
         assert (found[trace_id][1] == child_instance) == first_share
 
 
+def test_force_flush_waits_for_the_processes_given_up_and_writes_the_loss(
+    tmp_path: Path,
+) -> None:
+    # Once one process was lost, force_flush() returned True at once: the others,
+    # given up, still sealed what they held, and the bundle declaring the lost
+    # spans waited in memory for the idle timeout.  A crash after that True lost
+    # both without a word.
+    rec, held, exporter, child_instance, first = _second_process_killed(tmp_path)
+    _traces(rec, 2)
+    assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+    assert exporter._remote is None  # given up
+    assert exporter.force_flush(30_000) is True
+    assert first._proc.poll() == 0  # waited for
+    found = _by_trace(verified(tmp_path / "out", trust_root(tmp_path), allow_incomplete=True))
+    lost, kept = sorted(held)[1], sorted(held)[0]
+    assert found[kept][:2] == (held[kept], child_instance)  # sealed by the survivor
+    assert found[lost][0] == []  # the declaration, written before the flush returned
+    exporter.shutdown()
+
+
+def test_a_process_given_up_that_dies_too_has_its_spans_declared(tmp_path: Path) -> None:
+    # Nothing watched the processes given up: one killed while it still held spans
+    # (an OOM kill, a container stopping) lost them without a word.
+    rec, held, exporter, _, first = _second_process_killed(tmp_path)
+    os.kill(first.pid, signal.SIGSTOP)  # it seals nothing more
+    try:
+        later = _traces(rec, 2)
+        assert exporter.export(rec.take()) is SpanExportResult.SUCCESS
+        assert exporter._remote is None  # given up: its input closed
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+    first._proc.wait(10)
+    assert exporter.force_flush(30_000) is True
+    exporter.shutdown()
+    sealed = verified(tmp_path / "out", trust_root(tmp_path), allow_incomplete=True)
+    certified = {span for report in sealed for span in record_span_ids(report)}
+    dropped = sum(r.statement.completeness.dropped_spans for r in sealed  # type: ignore[union-attr]
+                  )
+    spans = [span for ids in (*held.values(), *later.values()) for span in ids]
+    # Every span is certified, or declared lost: the killed processes' spans are.
+    assert len(certified) + dropped == len(spans) == 8
+    assert dropped >= 4  # both held traces at least, each by the process it went to
+    assert certified <= set(spans)
+
+
 def test_processes_given_up_are_waited_for_once_they_exit(tmp_path: Path) -> None:
     # Their input was closed and nothing waited for them: each stayed a zombie until
     # the next child started (a minute later at least, never at all without one).
