@@ -962,10 +962,15 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
                           "was being sent, seals everything it holds and exits (its input "
                           "is closed then, or when this process exits)",
                           ", ".join(map(str, blocked)))
-        elif not done or code != 0:
+        elif code is None:
             _logger.error("spanproof: the sealing process did not finish sealing before "
-                          "the shutdown deadline (exit code %s); it keeps running until "
-                          "it has", code)
+                          "the shutdown deadline; it keeps running until it has")
+        elif not done or code != 0:
+            # It exited: it said what it could not write (its own "shutdown
+            # incomplete" line); "keeps running" sent the reader after a process gone.
+            _logger.error("spanproof: the sealing process exited (code %s) without "
+                          "finishing its shutdown: what it did not write is lost (its own "
+                          "error above says how many bundles)", code)
         return []
 
     # -- the sealer --------------------------------------------------------------

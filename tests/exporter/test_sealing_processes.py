@@ -522,3 +522,20 @@ def test_a_batch_sent_as_bodies_is_shared_out_by_trace_too(tmp_path: Path) -> No
     rejected = {r.statement.trace_id: r.statement.completeness.rejected_spans
                 for r in reports(tmp_path / "out", trust_root(tmp_path)) if r.statement}
     assert rejected == {t: int(t == bad_trace) for t in expected}
+
+
+@pytest.mark.parametrize(("code", "said"), [
+    (None, "did not finish sealing before the shutdown deadline; it keeps running"),
+    (0, "exited (code 0) without finishing its shutdown: what it did not write is lost"),
+    (1, "exited (code 1) without finishing its shutdown"),
+])
+def test_a_shutdown_left_unfinished_says_whether_the_process_still_runs(
+    caplog: pytest.LogCaptureFixture, code: int | None, said: str
+) -> None:
+    # A process that had exited, its bundles unwritten, was said to keep running.
+    remote = SimpleNamespace(request=lambda kind, timeout: False,
+                             close=lambda timeout: code, processes=[])
+    with caplog.at_level(logging.ERROR, logger="spanproof.exporter._exporter"):
+        assert SpanproofSpanExporter._stop_remote(remote, time.monotonic() + 1) == []
+    assert said in caplog.text
+    assert (code is None) == ("keeps running" in caplog.text)
