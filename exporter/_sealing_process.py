@@ -1316,10 +1316,12 @@ class _SettledCount:
     def __init__(self, fd: int) -> None:
         self._map = mmap.mmap(fd, _SETTLED.size)
         self._total = 0
+        self._lock = threading.Lock()  # the writer thread and the sealer both add
 
     def __call__(self, spans: int) -> None:
-        self._total += spans
-        _SETTLED.pack_into(self._map, 0, self._total)
+        with self._lock:
+            self._total += spans
+            _SETTLED.pack_into(self._map, 0, self._total)
 
 
 def _child_exporter(settings: Mapping[str, Any], key_seed: bytes,
