@@ -35,6 +35,8 @@ import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 
+from spanproof.verifier._batch import NoRedirect
+
 __all__ = ["KeepAlivePost", "urllib_post"]
 
 # What a request on a connection the server has closed fails with, before any
@@ -97,7 +99,9 @@ class KeepAlivePost:
         origin = (parts.scheme, parts.netloc)
         if not self._is_direct(origin, parts.hostname or ""):
             if self._opener is None:
-                self._opener = urllib.request.build_opener()  # reads the proxy settings
+                # It reads the proxy settings; it follows no redirect (a POST
+                # redirected became a GET, answered 405: given up on, not retried).
+                self._opener = urllib.request.build_opener(NoRedirect())
             return urllib_post(self._opener, url, body, headers, timeout, self._max_response)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         mine: dict[tuple[str, str], http.client.HTTPConnection] | None = getattr(

@@ -51,6 +51,7 @@ class Seen:
     answer_for: Callable[[bytes], bytes] | None = None
     status: int = 201
     retry_after: str | None = None  # sent as Retry-After when set
+    location: str | None = None  # sent as Location when set
     # When set, every request after the first is held this many seconds, then its
     # connection closed unanswered.
     hold_then_close: float = 0.0
@@ -81,6 +82,8 @@ def _handler(seen: Seen) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "application/json")
             if seen.retry_after is not None:
                 self.send_header("Retry-After", seen.retry_after)
+            if seen.location is not None:
+                self.send_header("Location", seen.location)
             self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
             if seen.cut_after:
@@ -283,6 +286,22 @@ def test_a_configured_proxy_is_used(
     post = KeepAlivePost(1 << 20)
     assert post("http://witness.example:8080/v1/submit", b"x", HEADERS, 5.0)[0] == 201
     # A request to a proxy names the whole URL.
+    assert seen.requests == ["POST http://witness.example:8080/v1/submit HTTP/1.1"]
+
+
+def test_a_redirect_through_a_proxy_is_not_followed(
+    stub: tuple[str, Seen], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Followed, the POST became a GET of the new place, which a witness answers 405:
+    # the submission was given up on (moved to failed/), where SPEC §12.11 retries a
+    # 3xx as the witness being unavailable, as it is without a proxy.
+    proxy, seen = stub
+    seen.status, seen.location = 301, "http://witness-moved.example:8080/v1/submit"
+    monkeypatch.setenv("http_proxy", proxy)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    post = KeepAlivePost(1 << 20)
+    assert post("http://witness.example:8080/v1/submit", b"x", HEADERS, 5.0)[0] == 301
     assert seen.requests == ["POST http://witness.example:8080/v1/submit HTTP/1.1"]
 
 
