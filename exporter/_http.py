@@ -34,14 +34,25 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
-
-from spanproof.verifier._batch import NoRedirect
+from typing import Any
 
 __all__ = ["KeepAlivePost", "urllib_post"]
 
 # What a request on a connection the server has closed fails with, before any
 # answer: the request is sent again on a new connection.
 _CLOSED_BY_SERVER = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Follows no redirect: a 3xx reaches the caller as the answer it is, which the
+    submitter retries as the witness being unavailable (SPEC §12.11).  Followed, a
+    POST became a GET of the new place, answered 405: the submission was given up
+    on.  (The witness client has its own: the verifier, which both packages may
+    use, imports no network client, and neither package may import the other.)"""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                         headers: Any, newurl: str) -> None:
+        return None
 
 
 def urllib_post(
@@ -101,7 +112,7 @@ class KeepAlivePost:
             if self._opener is None:
                 # It reads the proxy settings; it follows no redirect (a POST
                 # redirected became a GET, answered 405: given up on, not retried).
-                self._opener = urllib.request.build_opener(NoRedirect())
+                self._opener = urllib.request.build_opener(_NoRedirect())
             return urllib_post(self._opener, url, body, headers, timeout, self._max_response)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         mine: dict[tuple[str, str], http.client.HTTPConnection] | None = getattr(

@@ -1,7 +1,6 @@
 """The submitting side of a witness's ``POST /v1/submit-batch`` (SPEC §12.9): the
 request body, the checked answer, and each result's receipt file bytes; and when to
-try again (SPEC §12.11): the backoff and a ``Retry-After``'s seconds; and the
-``urllib`` handler that follows no redirect.
+try again (SPEC §12.11): the backoff and a ``Retry-After``'s seconds.
 
 Shared by the producer's submitter (``spanproof.exporter.submit``) and ``spanproof
 witness submit``, and the batch limit by the witness itself.  No network here.
@@ -14,7 +13,6 @@ import datetime
 import email.utils
 import json
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -22,9 +20,9 @@ from .canonical import _parse_int
 from .errors import InvalidBundle
 from .receipt import Receipt
 
-__all__ = ["BATCH_BYTES", "BATCH_SIZE", "MAX_BATCH", "NoRedirect", "backoff_delay",
-           "batch_receipt", "batch_request", "batch_results", "retry_after_asks",
-           "retry_after_seconds", "shown_url", "witness_url_error", "witness_url_problem"]
+__all__ = ["BATCH_BYTES", "BATCH_SIZE", "MAX_BATCH", "backoff_delay", "batch_receipt",
+           "batch_request", "batch_results", "retry_after_asks", "retry_after_seconds",
+           "shown_url", "witness_url_error", "witness_url_problem"]
 
 #: Submissions one ``POST /v1/submit-batch`` may carry.
 MAX_BATCH = 256
@@ -74,20 +72,6 @@ def retry_after_asks(status: int, retry_after: str | None, now: float) -> float 
     if status not in (429, 503) or retry_after is None:
         return None
     return retry_after_seconds(retry_after, now)
-
-
-class NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Follows no redirect: a 3xx reaches the caller as the HTTP error it is.
-
-    A witness answers its own API; a 3xx is a proxy or a misconfiguration between
-    us and it, which SPEC §12.7 step 6 and §12.11 count as the witness being
-    unavailable.  Followed, a POST turned into a GET of another page (a 404 or
-    405, say: a refusal), and the submission was given up on.
-    """
-
-    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
-                         headers: Any, newurl: str) -> None:
-        return None
 
 
 def witness_url_problem(url: str) -> str | None:

@@ -20,12 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from spanproof.verifier._batch import (
-    NoRedirect,
-    batch_request,
-    batch_results,
-    witness_url_error,
-)
+from spanproof.verifier._batch import batch_request, batch_results, witness_url_error
 from spanproof.verifier.errors import TransportError
 
 __all__ = ["HTTPStatusError", "MalformedAnswer", "Response", "WitnessClient"]
@@ -33,6 +28,19 @@ __all__ = ["HTTPStatusError", "MalformedAnswer", "Response", "WitnessClient"]
 _MAX_RESPONSE = 16 * 1024 * 1024
 # RFC 9110 §8.6: 1*DIGIT, ASCII only (str.isdigit() takes '²', which int() refuses).
 _CONTENT_LENGTH = re.compile(r"[0-9]+\Z")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Follows no redirect: a 3xx reaches the caller as the HTTP error it is.
+
+    A witness answers its own API; a 3xx is a proxy or a misconfiguration between
+    us and it, which SPEC §12.7 step 6 counts as the witness being unavailable.
+    Followed, it would turn into the answer of another page (a 404, say: a refusal).
+    """
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                         headers: Any, newurl: str) -> None:
+        return None
 
 
 class MalformedAnswer(TransportError):
@@ -128,7 +136,7 @@ class WitnessClient:
         # The default handlers (proxies from the environment, https), but no
         # redirects, and connections whose sockets the deadline watches.
         opener = urllib.request.build_opener(
-            NoRedirect(), _WatchedHTTP(deadline), _WatchedHTTPS(deadline))
+            _NoRedirect(), _WatchedHTTP(deadline), _WatchedHTTPS(deadline))
         try:
             with opener.open(req, timeout=self.timeout) as resp:
                 data = resp.read(_MAX_RESPONSE + 1)
