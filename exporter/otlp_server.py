@@ -1879,10 +1879,21 @@ _EVICTION_WAIT = 1.0
 # OTEL_EXPORTER_OTLP_TRACES_ENDPOINT without /v1/traces (used as it is, where the
 # general OTEL_EXPORTER_OTLP_ENDPOINT has it appended) got a bare "not found".
 _NOT_FOUND = "not found: this receiver serves POST /v1/traces (and GET /healthz)"
+# OTLP/HTTP: the body of every 4xx and 5xx answer is a google.rpc.Status, in
+# protobuf where the request's content type is not known (it was "busy", text).
+_BUSY_STATUS = status_pb2.Status(
+    code=code_pb2.UNAVAILABLE,
+    message=f"busy: {HTTP_CONNECTIONS_AT_ONCE} connections are handling requests",
+).SerializeToString()
 _BUSY_CONNECTION = (
     b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nConnection: close\r\n"
-    b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 5\r\n\r\nbusy\n"
+    b"Content-Type: application/x-protobuf\r\nContent-Length: "
+    + str(len(_BUSY_STATUS)).encode("ascii") + b"\r\n\r\n" + _BUSY_STATUS
 )
+# The gRPC code of an HTTP error the standard library's parser answers (send_error).
+_ERROR_CODES = {400: code_pb2.INVALID_ARGUMENT, 408: code_pb2.DEADLINE_EXCEEDED,
+                414: code_pb2.INVALID_ARGUMENT, 431: code_pb2.INVALID_ARGUMENT,
+                501: code_pb2.UNIMPLEMENTED, 505: code_pb2.UNIMPLEMENTED}
 
 
 def _make_handler(
@@ -1985,6 +1996,24 @@ def _make_handler(
                 self._send(http_code, body, "application/json", headers)
             else:
                 self._send(http_code, status.SerializeToString(), "application/x-protobuf", headers)
+
+        def send_error(self, code: int, message: str | None = None,
+                       explain: str | None = None) -> None:
+            """An error the request's parsing found (a method not served, a head
+            too long, a malformed request line), answered with a google.rpc.Status
+            as OTLP/HTTP asks of every 4xx and 5xx, not the standard library's HTML
+            page; the connection is closed, as the standard library does."""
+            self.log_error("code %d, message %s", code, message)
+            self.close_connection = True
+            if not message:
+                try:
+                    message = HTTPStatus(code).phrase
+                except ValueError:
+                    message = ""
+            status = status_pb2.Status(code=_ERROR_CODES.get(code, code_pb2.UNKNOWN),
+                                       message=f"{message}: {explain}" if explain else message)
+            body = b"" if self.command == "HEAD" else status.SerializeToString()
+            self._send(code, body, "application/x-protobuf")
 
         def do_GET(self) -> None:
             self._body_read = False  # a body sent with it is not read: the connection closes

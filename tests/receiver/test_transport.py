@@ -1970,3 +1970,41 @@ def test_http_server_waits_for_connections_without_waking_and_stops_at_once(
         server.stop()
     assert not server._thread.is_alive()
     assert waits and set(waits) == {None}, waits
+
+
+def _status_answer(received: bytes) -> tuple[int, status_pb2.Status]:
+    """The HTTP status and the google.rpc.Status body of a whole answer."""
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    fields = dict(line.split(b": ", 1) for line in lines[1:])
+    assert fields.get(b"Content-Type") == b"application/x-protobuf", received[:300]
+    length = int(fields[b"Content-Length"])
+    return int(lines[0].split()[1]), status_pb2.Status.FromString(body[:length])
+
+
+@pytest.mark.parametrize(("request_bytes", "http_code", "grpc_code", "said"), [
+    (b"PUT /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 501, 12,
+     "Unsupported method ('PUT')"),
+    (b"POST /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414, 3, "longer than"),
+    (_raw("POST /v1/traces", {"X-One": "a" * 40_000, "X-Two": "b" * 40_000}, b""), 431, 3,
+     "longer than 65536 bytes"),
+], ids=["method", "request-line", "head"])
+def test_http_errors_the_parser_answers_carry_a_status(
+    http_url, request_bytes, http_code, grpc_code, said
+):
+    # OTLP/HTTP: every 4xx and 5xx body is a google.rpc.Status; these were the
+    # standard library's HTML pages.
+    received, closed = _exchange(_port(http_url), request_bytes)
+    code, status = _status_answer(received)
+    assert (code, status.code) == (http_code, grpc_code)
+    assert said in status.message
+    assert closed
+
+
+def test_the_busy_answer_carries_a_status():
+    from spanproof.exporter.otlp_server import _BUSY_CONNECTION
+
+    code, status = _status_answer(_BUSY_CONNECTION)
+    assert (code, status.code) == (503, 14)  # UNAVAILABLE: retried
+    assert status.message == "busy: 128 connections are handling requests"
+    assert b"\r\nRetry-After: 1\r\n" in _BUSY_CONNECTION
