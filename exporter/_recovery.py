@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from spanproof.verifier._files import fsync_directory
 from spanproof.verifier.bundle import BUNDLE_SUFFIX
 from spanproof.verifier.canonical import canonicalize
@@ -207,7 +209,8 @@ def _seal_trace(
     damaged = trace.damaged_spans + unreadable
     unencodable, rejected = rejected, rejected + trace.rejected_spans
     if directory is not None and trace.instance:
-        earlier = _written_segments(trace.trace_id, instance, position, directory, signer)
+        earlier = _written_segments(trace.trace_id, instance, position, directory, signer,
+                                    trace.public_key)
         if earlier:
             # The dead instance may have stopped between linking them and fsyncing
             # the directory: durable before their journal goes.
@@ -374,12 +377,33 @@ def _directory_of(sink: BundleSink) -> str | None:
     return sink.directory if isinstance(sink, DirectorySink) else None
 
 
+def _recovery_trust(signer: SigningKey, journaled_key: bytes | None) -> TrustRoot:
+    """*signer*'s key, and the key the dead instance's journal names when it is
+    another one that can be read as an Ed25519 key (else it is left out: its
+    segments are then sealed again, as before journals named their key)."""
+    keys = [TrustedKey.from_public_key(signer.private_key.public_key())]
+    if journaled_key is not None:
+        try:
+            journaled = TrustedKey.from_public_key(
+                Ed25519PublicKey.from_public_bytes(journaled_key), "the journal's key")
+            if journaled.keyid != keys[0].keyid:
+                return TrustRoot.from_keys([*keys, journaled])
+        except ValueError:
+            _logger.warning("spanproof: the journal names a key that is not an Ed25519 "
+                            "public key; only this process's key is trusted for it")
+    return TrustRoot.from_keys(keys)
+
+
 def _written_segments(
-    trace_id: str, instance: str, position: ChainPosition, directory: str, signer: SigningKey
+    trace_id: str, instance: str, position: ChainPosition, directory: str, signer: SigningKey,
+    journaled_key: bytes | None = None,
 ) -> list[BundleReport]:
     """The bundles already in *directory* that continue the chain from *position*:
     each named for the next segment of this trace and instance, signed by *signer*'s
-    key, and starting exactly where the previous one (or *position*) ends.
+    key or by *journaled_key* (the raw public key the instance's journal names: the
+    key rotated at the restart, its segments are still its own, and sealed again
+    they were a second version of each, failing the trace), and starting exactly
+    where the previous one (or *position*) ends.
 
     A segment's bundle is looked for under every name the sink gives it
     (:func:`bundle_names`), up to the first it would have taken: the first is taken
@@ -401,8 +425,7 @@ def _written_segments(
                     continue  # the name is taken all the same (DirectorySink.write)
                 break  # the first free name: the sink wrote nothing after it
             if trust is None:
-                public = signer.private_key.public_key()
-                trust = TrustRoot.from_keys([TrustedKey.from_public_key(public)])
+                trust = _recovery_trust(signer, journaled_key)
             checked = check_bundle(path, trust, allow_incomplete=True, keep_records=True)
             if _continues(checked, trace_id, instance, position):
                 report = checked

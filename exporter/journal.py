@@ -26,6 +26,7 @@ every span in it is retired and it is deleted.
 
 from __future__ import annotations
 
+import base64
 import collections
 import contextlib
 import errno
@@ -81,6 +82,9 @@ class RecoveredTrace:
     damaged_spans: int = 0
     rejected_spans: int = 0
     conflicts: set[str] = field(default_factory=set)
+    #: The Ed25519 public key (raw, 32 bytes) the instance's journal names as the one
+    #: it signed with, or None (a journal of an earlier version names none).
+    public_key: bytes | None = None
 
 
 _PAYLOAD_START = b'{"t":"'
@@ -118,6 +122,8 @@ def _well_formed(entry: Any) -> bool:
     An entry that passes its frame's check and is not (another version's, or
     damaged so as to pass it) is skipped as a damaged one: read as it is, it
     raised out of replay, and no journal in the directory was ever recovered."""
+    if isinstance(entry, dict) and entry.get("t") == "key":
+        return _public_key_of(entry) is not None
     if not isinstance(entry, dict) or not is_trace_id(entry.get("trace")):
         return False
     kind = entry.get("t")
@@ -132,6 +138,18 @@ def _well_formed(entry: Any) -> bool:
                                       and all(_is_count(n) for n in declared.values())))
         )
     return kind in _COUNT_KINDS and _is_count(entry.get("n"))
+
+
+def _public_key_of(entry: Mapping[str, Any]) -> bytes | None:
+    """The raw public key a ``key`` entry names (32 bytes, base64), or None."""
+    text = entry.get("key")
+    if not isinstance(text, str):
+        return None
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:
+        return None
+    return raw if len(raw) == 32 else None
 
 
 def _is_count(value: Any) -> bool:
@@ -222,7 +240,7 @@ def replay_instances(paths: Iterable[str]) -> list[RecoveredTrace]:
         instance = _instance_of(path)
         state = replays.setdefault(instance, _Replay(instance))
         for entry in _read_entries(path):
-            if entry["t"] != "damaged":
+            if entry["t"] not in ("damaged", "key"):
                 named.add(entry["trace"])
             state.take(entry)
     return [trace for state in replays.values() for trace in state.traces(named)]
@@ -236,11 +254,14 @@ class _Replay:
         self.spans: dict[str, dict[str, Any]] = {}  # entry key -> entry
         self.positions: dict[str, dict[str, Any]] = {}
         self.counts: dict[str, dict[str, int]] = {kind: {} for kind in _COUNT_KINDS}
+        self.public_key: bytes | None = None
 
     def take(self, entry: dict[str, Any]) -> None:
         """Replay one entry (in the order the files hold them)."""
         kind = entry["t"]
-        if kind in ("span", "damaged"):
+        if kind == "key":
+            self.public_key = _public_key_of(entry)
+        elif kind in ("span", "damaged"):
             self.spans[entry["k"]] = entry
         elif kind == "sealed":
             for key in entry["keys"]:
@@ -269,7 +290,8 @@ class _Replay:
                                 "other entry names; its loss is not declared", tid)
                 continue
             trace = traces.setdefault(
-                tid, RecoveredTrace(tid, self.instance, next_position=positions.get(tid))
+                tid, RecoveredTrace(tid, self.instance, next_position=positions.get(tid),
+                                    public_key=self.public_key)
             )
             if entry["t"] == "damaged":
                 trace.damaged_spans += 1
@@ -349,9 +371,15 @@ class Journal:
     Span entries are keyed ``<instance>:<n>`` so a ``sealed`` entry can retire them.
     """
 
-    def __init__(self, directory: str, instance: str) -> None:
+    def __init__(self, directory: str, instance: str, public_key: bytes | None = None) -> None:
+        """*public_key*: the raw Ed25519 public key this instance signs its bundles
+        with, named at the start of each journal file, so that a recovery under
+        another key (the key rotated at the restart) still knows this instance's
+        written segments for its own (:func:`replay_instances`)."""
         self._dir = directory
         self._instance = instance
+        self._key_entry = b"" if public_key is None else _frame(
+            {"t": "key", "key": base64.b64encode(public_key).decode("ascii")})
         self._lock = threading.Lock()
         self._counter = 0
         self._file_no = 0
@@ -626,6 +654,8 @@ class Journal:
     def _write(self, data: bytes) -> None:
         if self._fd < 0:
             self._open_next()  # the last write failed and could not be undone
+        if self._size == 0:
+            data = self._key_entry + data  # each file names the key (see __init__)
         try:
             view = memoryview(data)
             while view:

@@ -53,6 +53,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from spanproof.verifier._settings import parse_decimal
+from spanproof.verifier.keys import raw_public_bytes
 
 from ._disabled import BuiltDisabled
 from ._exporter import (
@@ -201,7 +202,8 @@ class _JournaledSealer(SpanproofSpanExporter):
     def journal(self) -> Journal:
         """This process's journal, opened on first use (under the producer instance)."""
         if self._journal is None:
-            self._journal = Journal(self._journal_dir, self._producer.instance)
+            self._journal = Journal(self._journal_dir, self._producer.instance,
+                                    raw_public_bytes(self._signer.private_key.public_key()))
         return self._journal
 
     def admit(

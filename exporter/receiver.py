@@ -51,6 +51,7 @@ from typing import Any, TypeGuard
 import orjson
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+from spanproof.verifier.keys import raw_public_bytes
 from spanproof.verifier.statement import Producer
 
 from ._recovery import (
@@ -491,7 +492,8 @@ class Receiver:
             written = self._recover()
         finally:
             self._recovering = False
-        self._journal = Journal(self._journal_dir, self._producer.instance)
+        self._journal = Journal(self._journal_dir, self._producer.instance,
+                                raw_public_bytes(self._signer.private_key.public_key()))
         if self._sealing_processes:
             self._start_workers()
         if self._config.witness_url is not None:

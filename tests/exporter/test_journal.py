@@ -957,3 +957,36 @@ def test_the_loss_counts_of_many_traces_take_one_write(tmp_path, monkeypatch):
         t: (2, 1 if t == traces[0] else 0) for t in traces}
     with pytest.raises(ValueError, match="kind of loss count"):
         j.append_counts({"lost": {TRACE: 1}})
+
+
+def test_each_journal_file_names_the_key_and_replay_hands_it_over(tmp_path, monkeypatch):
+    # A recovery under another key (rotated at the restart) needs the dead instance's
+    # own key to know its written segments for its own.
+    from spanproof.exporter import journal as journal_module
+
+    monkeypatch.setattr(journal_module, "ROTATE_BYTES", 1)  # every write ends its file
+    key = bytes(range(32))
+    j = Journal(str(tmp_path), "aaaa", key)
+    j.append_spans([(TRACE, _body(1))])
+    j.append_spans([(TRACE, _body(2))])
+    files = _journal_files(str(tmp_path))
+    written = [path for path in files if _read_entries(path)]  # the newest is empty
+    assert len(written) == 2
+    for path in written:
+        first = _read_entries(path)[0]
+        assert first == {"t": "key", "key": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}
+    traces = replay(files)
+    assert traces[TRACE].public_key == key
+    assert [b["span"]["name"] for b in traces[TRACE].bodies] == ["s1", "s2"]
+
+
+def test_a_journal_naming_no_key_or_a_malformed_one_replays_as_before(tmp_path, caplog):
+    Journal(str(tmp_path / "old"), "aaaa").append_spans([(TRACE, _body(1))])
+    assert replay(_journal_files(str(tmp_path / "old")))[TRACE].public_key is None
+    path = tmp_path / "bad" / "journal-bbbb-000001.log"
+    path.parent.mkdir()
+    path.write_bytes(_frame({"t": "key", "key": "not base64!"})
+                     + _frame({"t": "span", "k": "bbbb:1", "trace": TRACE, "body": _body(1)}))
+    traces = replay([str(path)])
+    assert traces[TRACE].public_key is None  # skipped as an entry of another form
+    assert [b["span"]["name"] for b in traces[TRACE].bodies] == ["s1"]

@@ -209,3 +209,26 @@ def test_bundle_found_at_recovery_is_durable_before_the_journal_is_deleted(
     assert restart(out, clock) == []
     assert "delete journal" in events
     assert "fsync output directory" in events[:events.index("delete journal")], events
+
+
+def test_bundle_written_before_a_crash_is_not_sealed_again_under_a_rotated_key(
+    tmp_path: Path,
+) -> None:
+    # Restarted with a new signing key (the documented rotation), recovery trusted
+    # only that key: the written segment did not verify, its spans were sealed again
+    # under the same segment index, and the trace failed ("segment 0 appears
+    # twice").  The journal now names the key its instance signed with.
+    from spanproof.exporter.receiver import Receiver
+
+    clock = FakeClock()
+    out = tmp_path / "out"
+    stop_after_writing(out, clock, request(otlp_span(TRACE_A, 1), otlp_span(TRACE_A, 2, parent=1)))
+    (before,) = bundle_paths(str(out))
+    rotated = Receiver(out, signing_key=SigningKey.from_seed(bytes([7]) * 32), clock=clock,
+                       seal_grace=2.0, idle_timeout=30.0)
+    try:
+        assert rotated.start() == []
+    finally:
+        rotated.shutdown(5)
+    assert bundle_paths(str(out)) == [before]
+    assert not any(name.startswith("journal-") for name in os.listdir(out / "journal"))
