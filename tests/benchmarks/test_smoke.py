@@ -75,6 +75,52 @@ def test_harness_quick_run_reports_every_section_and_target(
     # The app section's paired ratios say how their rounds fell around the target.
     assert sum(", middle half " in line and " of 3 rounds met" in line
                for line in verdicts) == 9
+    # Each verdict agrees with the figure it prints: an inverted comparison printed
+    # "MISS ... 1.943x (target >= 0.75x)" and this test passed.
+    for line in verdicts:
+        _check_verdict(line)
+    # The RSS target is 300 MB: the MiB measured are turned into MB for it (300 MiB
+    # is 314.6 MB, and a verifier in between passed).
+    (mib,) = [line.split("peak RSS ")[1].split(" MiB")[0] for line in text.splitlines()
+              if line.startswith("verify: 2,000 records")]
+    (rss,) = [line for line in verdicts if "peak RSS MB" in line]
+    shown = float(rss.split(": ", 1)[1].split(" ")[0].replace(",", ""))
+    assert abs(shown - float(mib.replace(",", "")) * 1.048576) <= 1.6, (mib, rss)
+
+
+def _check_verdict(line: str) -> None:
+    """That ``  PASS|MISS  name: FIGURE[x][, ...] (target OP NEEDED[x])`` says PASS
+    exactly when FIGURE meets the target."""
+    word = line.split()[0]
+    figure = line.split(": ", 1)[1].split(" ", 1)[0].rstrip(",").rstrip("x")
+    op, needed = line.rsplit("(target ", 1)[1].rstrip(")").split(" ")
+    measured, wanted = float(figure.replace(",", "")), float(needed.rstrip("x").replace(",", ""))
+    met = measured < wanted if op == "<" else measured >= wanted
+    assert word == ("PASS" if met else "MISS"), line
+
+
+@pytest.mark.parametrize(("measured", "needed", "unit", "met"), [
+    (1.0, 0.75, "x", True), (0.75, 0.75, "x", True), (0.749, 0.75, "x", False),
+    (19_999.0, 20_000.0, ">", False), (20_000.0, 20_000.0, ">", True),
+    (299.9, 300.0, "<", True), (300.0, 300.0, "<", False), (310.0, 300.0, "<", False),
+])
+def test_a_target_is_met_on_its_side_of_the_threshold(
+    measured: float, needed: float, unit: str, met: bool
+) -> None:
+    assert run.target_met(measured, needed, unit) is met
+
+
+def test_an_end_to_end_run_that_did_not_wait_for_its_bundles_is_an_error(
+    tmp_path: Path,
+) -> None:
+    # Timed before the bundles were on disk, an end-to-end figure would be an
+    # app-thread one under another name.
+    (tmp_path / "a.spanproof.json").write_bytes(b"")
+    run._check_bundles("spanproof-100%", str(tmp_path), 1)
+    with pytest.raises(RuntimeError, match=r"1 bundle.* on disk when its run ended, not 2"):
+        run._check_bundles("spanproof-10%+process", str(tmp_path), 2)
+    run._check_bundles("otlp-grpc", str(tmp_path), 2)  # certifies nothing: not counted
+
 
 
 def test_the_harness_measures_without_the_otel_variables_of_the_shell(
