@@ -1025,9 +1025,21 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
         """One sealing pass.  Returns whether it completed (or, with *report_work*,
         whether it sealed or wrote anything)."""
         timeout = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
-        if not self._seal_lock.acquire(timeout=timeout):
-            return False
+        # Inside the pass before the lock is taken, and until it is released: a
+        # signal handled in between, on a thread that held the lock without being
+        # inside, had its handler's shutdown wait on that lock until its deadline
+        # (30 s) instead of leaving the shutdown to the pass.
         me = self._in_pass.enter()
+        acquired = False
+        try:
+            acquired = self._seal_lock.acquire(timeout=timeout)
+        finally:
+            if not acquired:
+                asked = self._in_pass.leave(me)
+                if asked is not None:
+                    self._shutdown_now(asked)
+        if not acquired:
+            return False
         try:
             worked = self._reap(block=False)
             worked = self._retry_unwritten() or worked
@@ -1080,8 +1092,8 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
             try:
                 self._pass_done()
             finally:
-                asked = self._in_pass.leave(me)
                 self._seal_lock.release()
+                asked = self._in_pass.leave(me)
                 if asked is not None:
                     self._shutdown_now(asked)
 

@@ -278,6 +278,21 @@ def _flush_interrupted_by_shutdown(
             real_start()
 
         exporter._start_writes = start_interrupted  # type: ignore[method-assign]
+    elif where == "lock":  # the seal lock just taken, the pass not yet begun
+        class Interrupting:
+            def __init__(self, lock: Any) -> None:
+                self.lock = lock
+
+            def acquire(self, *args: Any, **kwargs: Any) -> bool:
+                got = self.lock.acquire(*args, **kwargs)
+                if got:
+                    handler()
+                return bool(got)
+
+            def release(self) -> None:
+                self.lock.release()
+
+        exporter._seal_lock = Interrupting(exporter._seal_lock)  # type: ignore[assignment]
     else:
         class Interrupted(collections.deque):  # type: ignore[type-arg]
             def extend(self, items: Any) -> None:  # under the write queue's lock
@@ -294,7 +309,10 @@ def _flush_interrupted_by_shutdown(
 
 @pytest.mark.parametrize("where, then, pending", [
     ("seal", "return", 2), ("seal", "exit", 2), ("write", "exit", 1), ("queue", "return", 1),
-    ("queue", "exit", 1)])
+    ("queue", "exit", 1),
+    # Taken before the pass counted its thread inside: the handler's shutdown waited
+    # its whole deadline for the lock its own thread held.
+    ("lock", "return", 2)])
 def test_shutdown_from_a_signal_handler_during_force_flush_seals_when_the_flush_ends(
     out: Path, clock: FakeClock, caplog: pytest.LogCaptureFixture, where: str, then: str,
     pending: int,
