@@ -4,7 +4,9 @@ Whatever a producer acknowledges is first appended here and fsynced; after a cra
 the next start in the same output directory replays the journal and seals what was
 never sealed (seal reason ``recovered``).  A ``sealed`` entry, appended after a
 bundle is durably written, retires the span entries it covers and remembers where
-the trace's chain continues.
+the trace's chain continues.  Each file starts with a ``key`` entry naming the
+public key its instance signs with, so a recovery under a rotated key still knows
+the instance's written segments for its own.
 
 Layout: ``<dir>/journal-<instance>-<n>.log``.  Each entry is
 ``length (4 bytes, big-endian) || CRC-32 (4 bytes) || JSON payload``, every payload
@@ -91,7 +93,6 @@ _PAYLOAD_START = b'{"t":"'
 # In a file's live set, beside span keys: the trace has loss counts in that file.
 _COUNTS = "counts:"
 _COUNT_KINDS = ("dropped", "rejected", "unsampled")  # _retire_counts takes them in order
-_KINDS = frozenset({"span", "sealed", "dropped", "unsampled", "rejected"})
 # The start of a span entry's payload, as append_spans writes it.
 _SPAN_HEAD = re.compile(rb'\{"t":"span","k":"([0-9a-f]+:[0-9]+)","trace":"([0-9a-f]{32})",')
 
