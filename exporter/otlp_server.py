@@ -536,7 +536,8 @@ def _to_protobuf_json(obj: Any, schema: _Schema = _REQUEST_SCHEMA) -> None:
     Raises:
         InvalidRequest: a field name holds a lone surrogate, a field is named twice
             or under both spellings, a ``bytesValue`` is not base64, or an integer
-            field holds a number that is not an integer.
+            field holds a number that is not an integer, or a ``doubleValue`` holds
+            a boolean.
     """
     if isinstance(obj, list):
         for item in obj:
@@ -565,8 +566,13 @@ def _to_protobuf_json(obj: Any, schema: _Schema = _REQUEST_SCHEMA) -> None:
             _to_protobuf_json(value, child)
         elif kind == _INTEGER:
             obj[key] = _exact_integer(key, value)
+        elif kind == _DOUBLE and isinstance(value, bool):
+            # protobuf takes a JSON boolean as the number 1 or 0 (bool is an int in
+            # Python); the Collector's reader refuses it, and a record would state a
+            # double the sender never sent.
+            raise InvalidRequest(f"{key} {str(value).lower()} is not a number")
         elif not isinstance(value, str):
-            continue  # protobuf takes null, and refuses what is not a string
+            continue  # protobuf takes null and numbers, and refuses other non-strings
         elif kind == _ID:
             # Hex digits only: bytes.fromhex also skips whitespace.
             obj[key] = (base64.b64encode(bytes.fromhex(value)).decode("ascii")
