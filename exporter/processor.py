@@ -195,6 +195,12 @@ class _JournaledSealer(SpanproofSpanExporter):
         # written, by the bundle's.
         self._held: dict[int, tuple[str, dict[str, Any]]] = {}
         self._held_sealed: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+        # Spans the journal could not encode, by the body's identity: journaled as
+        # rejected counts of their traces, and declared rejected by their bundle (the
+        # sealer cannot encode them either), whose "sealed" entry then records them
+        # as declared.  Without that, a clean stop left the count owed, and the next
+        # start declared the span rejected a second time, in a "recovered" bundle.
+        self._journal_rejected: set[int] = set()
 
     def _recover_at_start(self) -> None:
         pass  # the processor recovers its own journal directory (EvidenceSpanProcessor)
@@ -222,9 +228,12 @@ class _JournaledSealer(SpanproofSpanExporter):
         held for :meth:`journal_held`."""
         now = self._clock()
         with self._cond:
+            held = {id(body) for _, body in unjournaled}
             for _, body, key in items:
                 if key is not None:
                     self._body_keys[id(body)] = key
+                elif id(body) not in held:
+                    self._journal_rejected.add(id(body))
             for item in unjournaled:
                 self._held[id(item[1])] = item
             self._admit_locked(now, [(t, b) for t, b, _ in items], rejected, roots,
@@ -239,6 +248,7 @@ class _JournaledSealer(SpanproofSpanExporter):
         if key is not None:
             self._abandoned_keys.setdefault(trace_id, []).append(key)
         self._held.pop(id(body), None)
+        self._journal_rejected.discard(id(body))
 
     def _untracked(self, trace_id: str | None, job: SealJob | None) -> None:
         # The assembler's on_untracked, called under self._lock: the keys of a
@@ -291,6 +301,8 @@ class _JournaledSealer(SpanproofSpanExporter):
                     for (_, body), key in zip(waiting, keys, strict=False):  # the shorter
                         if key is not None:
                             self._body_keys[id(body)] = key
+                        else:
+                            self._journal_rejected.add(id(body))
                         del self._held[id(body)]
                     rest = keys[len(waiting):]
                     for bundle_id, held in sealed:
@@ -298,7 +310,10 @@ class _JournaledSealer(SpanproofSpanExporter):
                             break
                         part, rest = rest[:len(held)], rest[len(held):]
                         # Set in _seal and forgotten in _write together.
-                        self._bundle_keys[bundle_id][1].extend(k for k in part if k is not None)
+                        entry = self._bundle_keys[bundle_id]
+                        entry[1].extend(k for k in part if k is not None)
+                        # Counted rejected in the journal: declared by that bundle.
+                        entry[2]["rejected"] += sum(k is None for k in part)
                         del held[:len(part)]
                         if not held:
                             del self._held_sealed[bundle_id]
@@ -311,6 +326,9 @@ class _JournaledSealer(SpanproofSpanExporter):
     def _seal(self, job: SealJob) -> SealedBundle:
         with self._lock:
             taken = [(id(b), self._body_keys.pop(id(b), None)) for b in job.bodies]
+            journal_rejected = ([id(b) for b in job.bodies if id(b) in self._journal_rejected]
+                                if self._journal_rejected else [])
+            self._journal_rejected.difference_update(journal_rejected)
             declared_keys = self._job_keys.pop(id(job), [])
             held = ([self._held.pop(id(b)) for b in job.bodies if id(b) in self._held]
                     if self._held else [])
@@ -328,10 +346,13 @@ class _JournaledSealer(SpanproofSpanExporter):
             with self._lock:
                 self._body_keys.update((body, key) for body, key in taken if key is not None)
                 self._held.update((id(body), (trace_id, body)) for trace_id, body in held)
+                self._journal_rejected.update(journal_rejected)
             raise
         with self._lock:
             keys += self._abandoned_keys.pop(job.trace_id, [])
-            self._bundle_keys[id(bundle)] = (bundle, keys, job.journaled_counts())
+            declared = job.journaled_counts()
+            declared["rejected"] += len(journal_rejected)
+            self._bundle_keys[id(bundle)] = (bundle, keys, declared)
             if held:
                 self._held_sealed[id(bundle)] = held
         return bundle

@@ -895,3 +895,37 @@ def test_a_loss_of_no_trace_is_not_retired_from_the_journal_counts_of_the_trace_
     assert report.statement is not None
     assert report.statement.completeness.rejected_spans == 1  # the nameless span's
     assert [entry["declared"] for entry in sealed] == [{}]
+
+
+def test_a_str_enum_attribute_key_is_journaled_so_a_crash_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    # The journal's encoder refused a str subclass key and counted the span as
+    # rejected: after a crash, the next start declared rejected a span it could
+    # have certified.
+    import enum
+
+    from opentelemetry import trace
+
+    class Attr(str, enum.Enum):
+        DECISION = "fraud.decision"
+
+    dead = make_processor(tmp_path, recover=False)
+    traced = Traced(dead)
+    root = traced.tracer.start_span("open-root")
+    with traced.tracer.start_as_current_span(
+            "check", context=trace.set_span_in_context(root),
+            attributes={"gen_ai.operation.name": "chat", Attr.DECISION: "deny"}) as span:
+        pass
+    assert dead.force_flush(10_000)  # journaled, not sealed (its root is open)
+    dead.exporter._journal.forget_after_fork()  # type: ignore[attr-defined]  # killed
+    make_processor(tmp_path).shutdown()  # the next start recovers the journal
+    (path,) = bundles(tmp_path)
+    report = check_bundle(str(path), _trust(tmp_path), keep_records=True)
+    assert report.verdict is Verdict.OK, report.reason
+    assert report.statement is not None and report.statement.seal_reason == "recovered"
+    assert report.records is not None
+    ((record_span, attributes),) = [(r["span"]["spanId"], r["span"]["attributes"])
+                                    for r in report.records]
+    assert record_span == ids(span)[1]
+    assert attributes["fraud.decision"] == {"stringValue": "deny"}
