@@ -97,10 +97,12 @@ def keygen(out: str, *, force: bool = False) -> int:
         _error(f"cannot write the key to {out}: {e.strerror or e}")
         return EXIT_USAGE
     print(f"key id       {key.keyid}")
-    print(f"private key  {priv}  (mode 0600: for the producer, "
-          "e.g. OTEL_EXPORTER_SPANPROOF_KEY_FILE)")
-    print(f"public key   {pub}  (for verifiers: "
-          f"{_PROG} verify --key {shlex.quote(pub)} BUNDLES)")
+    # The file names as given, their control characters escaped (a name holding
+    # an escape sequence could set the terminal's title or move its cursor).
+    print(printable(f"private key  {priv}  (mode 0600: for the producer, "
+                    "e.g. OTEL_EXPORTER_SPANPROOF_KEY_FILE)"))
+    print(printable(f"public key   {pub}  (for verifiers: "
+                    f"{_PROG} verify --key {shlex.quote(pub)} BUNDLES)"))
     return 0
 
 
@@ -193,9 +195,9 @@ def demo(out: str) -> int:
 
     print("spanproof demo: a support-case agent traced with OpenTelemetry, certified by "
           "spanproof, verified offline")
-    print(f"  signing key  {priv}  ({how}; key id {key.keyid[:16]}...)")
-    print(f"  public key   {pub}  (all an auditor needs, with the bundles)")
-    print(f"  bundles      {bundles_dir}")
+    print(printable(f"  signing key  {priv}  ({how}; key id {key.keyid[:16]}...)"))
+    print(printable(f"  public key   {pub}  (all an auditor needs, with the bundles)"))
+    print(printable(f"  bundles      {bundles_dir}"))
     if any(name.upper().startswith(ENV_PREFIX) for name in os.environ):
         print(f"  settings     the demo's own: it ignores the {ENV_PREFIX}* variables set here")
     ok = True
@@ -229,12 +231,12 @@ def demo(out: str) -> int:
     print()
     older = len(before)
     verdict = "all verified" if ok else "NOT all verified"
-    print(f"{len(outcomes)} cases, {len(written)} bundles written, {verdict} with {pub} "
-          f"({time.monotonic() - started:.2f} s).")
+    print(printable(f"{len(outcomes)} cases, {len(written)} bundles written, {verdict} "
+                    f"with {pub} ({time.monotonic() - started:.2f} s)."))
     if older:
-        print(f"{older} bundle(s) from earlier runs are also in {bundles_dir}.")
+        print(printable(f"{older} bundle(s) from earlier runs are also in {bundles_dir}."))
     print("Verify them yourself, offline, with only the public key:")
-    print(f"  {_PROG} verify --key {shlex.quote(pub)} {shlex.quote(bundles_dir)}")
+    print(printable(f"  {_PROG} verify --key {shlex.quote(pub)} {shlex.quote(bundles_dir)}"))
     print("Change one character inside any record of a bundle and run it again: it fails.")
     return 0 if ok else 1
 
@@ -582,8 +584,8 @@ def _serve_receiver(
         if recovered:
             print(f"recovered    {len(recovered)} bundle(s) from an earlier receiver's journal",
                   flush=True)
-        print(f"spanproof receiver: key id {service.keyid[:16]}..., bundles in "
-              f"{service.config.output_dir}", flush=True)
+        print(printable(f"spanproof receiver: key id {service.keyid[:16]}..., bundles in "
+                        f"{service.config.output_dir}"), flush=True)
         if tls is not None:
             print("tls          " + ("on" if tls.client_ca_file is None
                                      else "on, client certificates required"), flush=True)

@@ -981,7 +981,7 @@ def _show_verified(
         assert report is not None
         keyid = report.signer_keyid
         print(f"verdict   {word}: verified by key {(keyid or '')[:16]} "
-              f"({_source_of(trust, keyid)})")
+              f"({printable(_source_of(trust, keyid))})")
     elif result.verdict is Verdict.INCOMPLETE:
         print(f"verdict   {word}: {printable(result.reason)} (signature and chain verified)")
     else:

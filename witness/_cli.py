@@ -270,8 +270,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     http, loop = server_stack()
 
     def announce(urls: list[str]) -> None:
-        print(f"witness {signer.origin} on {', '.join(urls)} "
-              f"(HTTP: {http}, event loop: {loop})", file=sys.stderr, flush=True)
+        print(printable(f"witness {signer.origin} on {', '.join(urls)} "
+                        f"(HTTP: {http}, event loop: {loop})"), file=sys.stderr, flush=True)
         print(f"verifier key: {signer.vkey}", file=sys.stderr, flush=True)
 
     config = uvicorn.Config(
@@ -419,8 +419,8 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
             where = os.path.join(os.path.dirname(where), written_for)
         return _fail(f"{where}: cannot write the witness key ({e.strerror or e})", EXIT_USAGE)
     origin_file = f" and {args.key}.origin" if args.origin is not None else ""
-    print(f"wrote {args.key} (private, mode 0600), {args.key}.pub{origin_file}")
-    print(f"origin: {signer.origin}")
+    print(printable(f"wrote {args.key} (private, mode 0600), {args.key}.pub{origin_file}"))
+    print(printable(f"origin: {signer.origin}"))
     print(f"verifier key: {signer.vkey}")
     return EXIT_OK
 

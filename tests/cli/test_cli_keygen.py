@@ -100,6 +100,16 @@ def test_keygen_error_shows_control_characters_of_a_path_escaped(capsys, tmp_pat
     assert "evil\\x1b[2J\\rname: not a directory" in err
 
 
+def test_keygen_output_shows_control_characters_of_a_path_escaped(capsys, tmp_path):
+    # The lines naming the written files quoted them raw: a name holding an OSC
+    # sequence set the terminal's title.
+    out_dir = tmp_path / "kg\x1b]0;PWNED\x07"
+    assert main(["keygen", "--out", str(out_dir)]) == 0
+    out, _ = capsys.readouterr()
+    assert "\x1b" not in out and "\x07" not in out
+    assert "kg\\x1b]0;PWNED\\x07" in out
+
+
 @pytest.mark.skipif(os.name == "nt", reason="POSIX console script")
 def test_keygen_console_script(tmp_path):
     done = subprocess.run([spanproof_script(), "keygen", "--out", str(tmp_path)],

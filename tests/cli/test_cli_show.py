@@ -45,6 +45,18 @@ def test_show_with_key_prints_verdict_and_tree(capsys, keys: Keys, make_bundle):
     assert tree.splitlines() == EXPECTED_TREE
 
 
+def test_show_escapes_control_characters_of_the_key_file_name(capsys, keys: Keys, make_bundle):
+    # The verdict line names the key file as given: an escape sequence there erased
+    # the line above it (the bundle's last claim) and reached the terminal raw.
+    path, _ = make_bundle()
+    odd = keys.pub.with_name("producer\x1b[1A\x1b[2K\rOK.pub")
+    odd.write_bytes(keys.pub.read_bytes())
+    code, out, err = run(capsys, "show", "--key", str(odd), path)
+    assert code == 0, err
+    assert "\x1b" not in out and "\r" not in out
+    assert "producer\\x1b[1A\\x1b[2K\\rOK.pub)" in out
+
+
 def test_show_without_key_is_marked_unverified(capsys, make_bundle):
     path, _ = make_bundle()
     code, out, _ = run(capsys, "show", path)

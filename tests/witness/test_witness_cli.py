@@ -137,6 +137,16 @@ def test_keygen(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert status == 2 and "refusing to overwrite" in err
 
 
+def test_keygen_shows_control_characters_of_the_key_path_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "wk\x1b[31m.key"
+    status, out, _ = _run(["witness", "keygen", "--key", str(key)], capsys)
+    assert status == 0 and key.exists()
+    assert "\x1b" not in out
+    assert "wk\\x1b[31m.key (private, mode 0600)" in out
+
+
 def test_a_key_generated_for_an_origin_is_served_under_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
