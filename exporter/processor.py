@@ -606,6 +606,9 @@ class EvidenceSpanProcessor(SpanProcessor, BuiltDisabled):
         self._counts_lock = threading.Lock()
         self._dropped: collections.Counter[str] = collections.Counter()
         self._unsampled: collections.Counter[str] = collections.Counter()
+        # The traces of local roots counted above instead of queued: their end
+        # reaches the sealer with the counts.
+        self._lost_roots: set[str] = set()
         self._worker: threading.Thread | None = None
         self._worker_lock = threading.Lock()
         self._worker_starts = ThreadStarts(
@@ -666,6 +669,10 @@ class EvidenceSpanProcessor(SpanProcessor, BuiltDisabled):
             if trace_id is not None:
                 with self._counts_lock:
                     self._unsampled[trace_id] += 1
+                    if is_root:
+                        # No span of it queued carries the root's end: noted with the
+                        # count, so that force_flush() seals the trace.
+                        self._lost_roots.add(trace_id)
             return
         item = ("span", span)
         try:
@@ -678,6 +685,9 @@ class EvidenceSpanProcessor(SpanProcessor, BuiltDisabled):
             if trace_id is not None:
                 with self._counts_lock:
                     self._dropped[trace_id] += 1
+                    if is_root:
+                        # As for an unsampled root: a marker would not fit either.
+                        self._lost_roots.add(trace_id)
             if not self._dropping:
                 self._dropping = True
                 _logger.error("spanproof: evidence span queue full (%d); dropping evidence "
@@ -834,7 +844,7 @@ class EvidenceSpanProcessor(SpanProcessor, BuiltDisabled):
             if q.queue or q.taken != self._processed:
                 return False
         with self._counts_lock:
-            if self._dropped or self._unsampled:
+            if self._dropped or self._unsampled or self._lost_roots:
                 return False
         return not self._journal_failing and not self._sealer.holding
 
@@ -901,6 +911,9 @@ class EvidenceSpanProcessor(SpanProcessor, BuiltDisabled):
         with self._counts_lock:
             dropped, self._dropped = self._dropped, collections.Counter()
             unsampled, self._unsampled = self._unsampled, collections.Counter()
+            if self._lost_roots:
+                roots.extend(self._lost_roots)
+                self._lost_roots = set()
         # Spans held since the journal failed are journaled as soon as it can be,
         # even when nothing else comes to be journaled.
         if not (items or rejected or roots or dropped or unsampled or flushes

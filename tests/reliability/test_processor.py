@@ -496,8 +496,9 @@ def test_journal_records_unsampled_counts_for_recovery(tmp_path: Path) -> None:
             length = int.from_bytes(data[pos:pos + 4], "big")
             entries.append(json.loads(data[pos + 8:pos + 8 + length]))
             pos += 8 + length
-    # After the key the file names first (recovery under a rotated key).
-    assert [e["t"] for e in entries] == ["key", "unsampled"]
+    # After the key the file names first (recovery under a rotated key); the span
+    # was its trace's root, so the flush sealed the trace too.
+    assert [e["t"] for e in entries] == ["key", "unsampled", "sealed"]
     assert entries[1]["n"] == "1"
     processor.shutdown()
 
