@@ -39,7 +39,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.trace import ReadableSpan
@@ -218,6 +218,10 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
     # The environment the settings fall back to (None: os.environ); ``spanproof
     # demo``'s exporter reads none.
     _environ: Mapping[str, str] | None = None
+    # Whether a forked multiprocessing worker shuts this exporter down as it exits
+    # (see _shut_down_at_worker_exit); the processor's sealer leaves that to the
+    # processor, which journals its queue first.
+    _shuts_down_at_worker_exit = True
 
     def __init__(
         self,
@@ -599,6 +603,8 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
             self._start_pending = True
         else:
             self._submitter = self._start_submitter(catch_up=False)
+        if self._shuts_down_at_worker_exit:
+            _shut_down_at_worker_exit(self)
 
     @property
     def config(self) -> ExporterConfig:
@@ -1554,6 +1560,52 @@ class Interruptible:
             return False
         self._asked = (me, timeout)
         return True
+
+
+class _ShutsDown(Protocol):
+    def shutdown(self) -> None: ...
+
+
+def _shut_down_at_worker_exit(owner: _ShutsDown) -> None:
+    """Have *owner* shut down as this forked child exits, when the child is a
+    multiprocessing worker; call it from an ``os.register_at_fork`` child hook.
+
+    Such a worker (a fork-context ``Process``, a ``Pool`` worker) runs its target,
+    then multiprocessing's finalizers, and leaves through ``os._exit()``: the
+    ``atexit`` hooks, the SDK's ``provider.shutdown()`` among them, never run, and
+    the traces *owner* held were lost without a bundle declaring them.  The worker
+    drops the finalizers it inherited after the fork hooks ran
+    (``Process._bootstrap``), then runs multiprocessing's own after-fork hooks: the
+    finalizer is registered from there.  A child of a plain ``os.fork()`` (gunicorn)
+    runs neither and exits through ``atexit`` as before, where a finalizer run first
+    would have shut the exporter down before the SDK's batch processor handed it its
+    last spans.  Where multiprocessing is not imported, this child is none of its
+    workers (a ``Process`` imports it before it forks); nothing is imported here.
+    """
+    if "multiprocessing.util" in sys.modules:
+        from multiprocessing import util
+
+        util.register_after_fork(owner, _shut_down_as_the_worker_exits)
+
+
+def _shut_down_as_the_worker_exits(owner: _ShutsDown) -> None:
+    # multiprocessing's after-fork hook, in the worker.  A finalizer of no object
+    # runs once the target returned (util._exit_function); priority 0: among the
+    # first, before the worker waits for its own children to exit.
+    from multiprocessing import util
+
+    util.Finalize(None, _shut_down, args=(weakref.ref(owner),), exitpriority=0)
+
+
+def _shut_down(owner: weakref.ref[_ShutsDown]) -> None:
+    """Shut *owner* down (a worker's finalizer: it never raises), unless it is gone."""
+    alive = owner()
+    if alive is None:
+        return
+    try:
+        alive.shutdown()  # idempotent: the worker may have shut it down already
+    except Exception:
+        _logger.exception("spanproof: shutdown as the worker process exits failed")
 
 
 def select_spans(

@@ -25,7 +25,9 @@ when losing evidence matters:
   journal directory are sealed as bundles with seal reason ``recovered``.  The
   process that built the processor looks again every ``ORPHAN_CHECK_SECONDS`` and
   at shutdown: forked workers it outlives (killed, recycled, or left through
-  ``os._exit`` without shutting down) leave their journals behind.
+  ``os._exit`` without shutting down) leave their journals behind.  A
+  ``multiprocessing`` worker whose target returned shuts the processor down as it
+  exits (a finalizer), sealing its journal itself.
 
 What can still be lost on a crash: evidence spans still in the queue or in the
 worker's current batch, i.e. ended since the last completed ``force_flush()`` and
@@ -64,6 +66,7 @@ from ._exporter import (
     SpanproofSpanExporter,
     ThreadStarts,
     _selection_view,
+    _shut_down_at_worker_exit,
     _span_id_of,
     _trace_id_of,
 )
@@ -140,6 +143,10 @@ class _JournaledSealer(SpanproofSpanExporter):
     It retires a bundle's journal entries once the sink wrote the bundle.  Not a
     public class: it is the :class:`EvidenceSpanProcessor`'s engine.
     """
+
+    # The processor shuts down as a multiprocessing worker exits, journaling its
+    # queue before this sealer shuts down.
+    _shuts_down_at_worker_exit = False
 
     def __init__(
         self, *args: Any, journal_dir: str | os.PathLike[str] | None = None, **kwargs: Any
@@ -589,7 +596,7 @@ class EvidenceSpanProcessor(SpanProcessor, BuiltDisabled):
             ThreadStarts("journal recovery thread",
                          "orphaned journals are sealed at shutdown").start(looker)
         self._reset_process_state()
-        weak_reinit = weakref.WeakMethod(self._reset_process_state)
+        weak_reinit = weakref.WeakMethod(self._after_fork_in_child)
 
         def after_in_child() -> None:
             reinit = weak_reinit()
@@ -598,6 +605,13 @@ class EvidenceSpanProcessor(SpanProcessor, BuiltDisabled):
 
         if hasattr(os, "register_at_fork"):  # POSIX; runs after the sealer's own hook
             os.register_at_fork(after_in_child=after_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's queue stays the parent's.  A multiprocessing worker, which
+        # leaves through os._exit() without the SDK's exit hook, shuts down as it
+        # exits: what it journaled is sealed by it rather than recovered by the parent.
+        self._reset_process_state()
+        _shut_down_at_worker_exit(self)
 
     def _reset_process_state(self) -> None:
         """The queue, loss counters and worker of this process."""
