@@ -19,6 +19,8 @@ import os
 from collections.abc import Mapping
 from typing import TextIO
 
+from ._visible import escape_char, visible
+
 __all__ = ["PROGRESS_THRESHOLD", "Progress", "Style", "colour_enabled", "printable"]
 
 #: ``spanproof verify`` shows a progress bar when checking more bundles than this.
@@ -26,18 +28,18 @@ PROGRESS_THRESHOLD = 20
 
 
 def printable(text: str) -> str:
-    """*text* with every non-printable character (controls, escape, line and
-    paragraph separators) written as its Python escape, and each undecodable file
-    name byte (``os.fsdecode``'s U+DC80-U+DCFF) as the byte's (``\\xff``)."""
-    if text.isprintable():
-        return text
-    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+    """*text* with every character a reader cannot see for what it is (controls,
+    escape, line and paragraph separators, characters that render as nothing, and
+    the combining marks of text not in NFC: :func:`~spanproof.verifier._visible.visible`)
+    written as its escape, and each undecodable file name byte (``os.fsdecode``'s
+    U+DC80-U+DCFF) as the byte's (``\\xff``)."""
+    return visible(text, _escape)
 
 
 def _escape(ch: str) -> str:
     if "\udc80" <= ch <= "\udcff":
         return f"\\x{ord(ch) - 0xDC00:02x}"
-    return repr(ch)[1:-1]
+    return escape_char(ch)
 
 
 _RESET = "\x1b[0m"

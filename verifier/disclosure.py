@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._files import open_regular, write_atomic
+from ._visible import visible
 from .bundle import BUNDLE_SUFFIX
 from .canonical import canonicalize, parse_strict
 from .errors import DisclosureError, InvalidBundle, InvalidDisclosure
@@ -919,9 +920,10 @@ def _retyped(typed: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def _clean(text: str, limit: int = _MAX_SHOWN) -> str:
-    """Escape non-printable characters, so a disclosed value cannot drive a terminal,
-    and cut the result at *limit* characters, saying how many more there were."""
-    out = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+    """Escape what a reader cannot see for what it is (:func:`._visible.visible`), so
+    a disclosed value cannot drive a terminal nor pass for another, and cut the result
+    at *limit* characters, saying how many more there were."""
+    out = visible(text)
     if len(out) <= limit:
         return out
     return out[: limit - 1] + f"… ({len(out) - limit + 1} more characters)"

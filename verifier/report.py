@@ -40,6 +40,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ._visible import visible
 from .disclosure import DisclosureResult, format_value
 from .keys import format_time
 from .statement import Statement
@@ -188,9 +189,10 @@ class _Disclosed:
 
 
 def _esc(text: object, limit: int = 0) -> str:
-    """Escape *text* for HTML; non-printable characters are shown as escapes."""
-    raw = str(text)
-    out = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in raw)
+    """Escape *text* for HTML; what a reader cannot see for what it is (characters
+    that are not printable or render as nothing, combining marks of text not in NFC:
+    :func:`._visible.visible`) is shown as its escape."""
+    out = visible(str(text))
     if limit and len(out) > limit:
         out = out[: limit - 1] + f"… ({len(out) - limit + 1} more characters)"
     return html.escape(out, quote=True)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._term import printable
+from ._visible import is_plain, quoted
 from .values import decode_value, is_committed_value
 
 __all__ = [
@@ -94,7 +95,8 @@ def value_text(typed: Mapping[str, Any]) -> str:
     that is not a typed value.
 
     A string is itself, unless a sanitizer would change it (it holds a character that
-    is not printable), it starts with ``"``, or it starts or ends with white space
+    is not printable, renders as nothing or, in text not in NFC, combines: see
+    :mod:`._visible`), it starts with ``"``, or it starts or ends with white space
     (``"approve "`` looked like ``approve``): then it is its JSON string literal, so
     that an escaped newline and a backslash before an ``n`` read differently.  In an
     array or a map every string and key is a JSON string literal: ``["a","b"]`` and
@@ -104,7 +106,7 @@ def value_text(typed: Mapping[str, Any]) -> str:
     if isinstance(value, _Placeholder):
         return value.text
     if isinstance(value, str):
-        plain = value.isprintable() and not value.startswith('"') and value == value.strip()
+        plain = is_plain(value) and not value.startswith('"') and value == value.strip()
         return value if plain else _quoted(value)
     return _python_text(value)
 
@@ -151,11 +153,11 @@ def _shown(raw: str) -> str:
 
 def _unambiguous(raw: str) -> str:
     """*raw* quoted, its backslashes and quotes escaped, when it is empty, holds white
-    space, ``=``, ``"`` or a character that is not printable, or would read as a
-    value of another type; otherwise as it is.  Not sanitized."""
-    if (raw == "" or not raw.isprintable() or any(ch.isspace() or ch in '="' for ch in raw)
+    space, ``=``, ``"`` or a character a sanitizer would change (:mod:`._visible`), or
+    would read as a value of another type; otherwise as it is.  Not sanitized."""
+    if (raw == "" or not is_plain(raw) or any(ch.isspace() or ch in '="' for ch in raw)
             or _LOOKS_TYPED.fullmatch(raw)):
-        return '"' + raw.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return quoted(raw)
     return raw
 
 

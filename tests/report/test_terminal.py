@@ -9,9 +9,16 @@ from pathlib import Path
 
 import pytest
 from cli_support import ROOT, TRACE, Keys, MakeBundle, flip_in_record, span_body
+from look_alike import IGNORABLE_RANGES, reads_as
 
 from spanproof.verifier._cli import main
-from spanproof.verifier._term import PROGRESS_THRESHOLD, Progress, Style, colour_enabled
+from spanproof.verifier._term import (
+    PROGRESS_THRESHOLD,
+    Progress,
+    Style,
+    colour_enabled,
+    printable,
+)
 
 ESC = "\x1b["
 
@@ -109,6 +116,27 @@ def test_control_sequences_from_the_bundle_stay_escaped_in_colour(
     path, _ = make_bundle(bodies=[span_body(TRACE, ROOT, "", "evil\x1b[2J")])
     assert main(["show", "--key", str(keys.pub), str(path)]) == 0
     assert "\x1b[2J" not in out.getvalue() and "evil\\x1b[2J" in out.getvalue()
+
+
+def test_what_renders_as_nothing_is_printed_as_its_escape():
+    # Python counts U+034F, variation selectors and Hangul fillers as printable: a
+    # terminal showed "approve" for "approve" and a U+034F.
+    hidden = [chr(code) for low, high in IGNORABLE_RANGES for code in range(low, high + 1)]
+    for ch in hidden:
+        shown = printable(f"a{ch}b")
+        assert shown.isascii() and reads_as(shown) != "ab", ascii(ch)
+    assert printable("approve\u034f") == "approve\\u034f"
+    assert printable("approve\ufe0f") == "approve\\ufe0f"
+    assert printable("tag\U000e0041") == "tag\\U000e0041"
+
+
+def test_combining_marks_of_text_not_in_nfc_are_printed_as_their_escape():
+    assert printable("cafe\u0301") == "cafe\\u0301"
+    assert printable("\u212b") == "\\u212b"  # ANGSTROM SIGN: NFC makes it U+00C5
+    assert printable("\u0301abc") == "\\u0301abc"  # nothing to sit on
+    for text in ("caf\u00e9", "na\u00efve", "\u0928\u092e\u0938\u094d\u0924\u0947",
+                 "\u0645\u0631\u062d\u0628\u0627", "\ud55c\uad6d\uc5b4"):
+        assert printable(text) == text
 
 
 # ------------------------------------------------------------------------- progress
