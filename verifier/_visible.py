@@ -11,6 +11,9 @@ that is not in Unicode Normalization Form C, when it takes part in what NFC woul
 change (a combining mark, or a character NFC replaces or composes with the one
 before), so that ``cafe\\u0301`` and ``café`` read differently while NFC text in any
 script is shown as it is.  Pure ASCII text takes a fast path.
+
+:func:`key_text` and :func:`name_text` quote an attribute key or a span or event name
+when it would otherwise read as another, or as part of the line around it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterator
 
-__all__ = ["escape_char", "is_plain", "quoted", "visible"]
+__all__ = ["escape_char", "is_plain", "key_text", "name_text", "quoted", "visible"]
 
 # Unicode DerivedCoreProperties.txt, Default_Ignorable_Code_Point (Unicode 15.1).
 _IGNORABLE = re.compile(
@@ -97,3 +100,28 @@ def _unsettled(before: str, ch: str) -> bool:
 def quoted(text: str) -> str:
     """*text* between ``"``, its backslashes and quotes escaped (not sanitized)."""
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# What makes a key or a name read as part of the line around it.
+_KEY_SEPARATORS = re.compile(r'[\s=":]')
+_NAME_SEPARATORS = re.compile(r'^\s|\s$|\s\s|["\[\]=:]')
+
+
+def key_text(key: str) -> str:
+    """An attribute key as it is, or :func:`quoted` when it is empty, holds white
+    space, ``=``, ``"``, ``:`` or a character :func:`visible` escapes: so that
+    ``amount=5 decision`` and ``customer.email\\u034f`` read as one key, and as no
+    other.  Not sanitized."""
+    if key and is_plain(key) and _KEY_SEPARATORS.search(key) is None:
+        return key
+    return quoted(key)
+
+
+def name_text(name: str) -> str:
+    """A span or event name as it is, or :func:`quoted` when it is empty, starts or
+    ends with white space, holds a run of white space, ``"``, ``[``, ``]``, ``=``,
+    ``:`` or a character :func:`visible` escapes: a name cannot bring its own
+    ``[INTERNAL, OK, 1.000 ms]`` or attributes.  Not sanitized."""
+    if name and is_plain(name) and _NAME_SEPARATORS.search(name) is None:
+        return name
+    return quoted(name)

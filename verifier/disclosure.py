@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._files import open_regular, write_atomic
-from ._visible import visible
+from ._visible import key_text, visible
 from .bundle import BUNDLE_SUFFIX
 from .canonical import canonicalize, parse_strict
 from .errors import DisclosureError, InvalidBundle, InvalidDisclosure
@@ -954,7 +954,9 @@ def format_value(typed: Mapping[str, Any], limit: int = _MAX_SHOWN) -> str:
 
 def format_disclosure_result(result: DisclosureResult) -> str:
     """One line for a disclosure: ``DISCLOSED …`` with the value, or ``FAIL …`` and why."""
-    where = f"trace={result.trace_id} span={result.span_id} {_clean(result.key)}"
+    # The key as no other key reads (key_text): "customer.email\u034f" is not
+    # customer.email, and a key cannot bring its own " = value".
+    where = f"trace={result.trace_id} span={result.span_id} {_clean(key_text(result.key))}"
     if result.ok:
         return f"DISCLOSED {where} = {format_value(result.value)}: {result.message}"
     # The message's own echoes of the file are cut (_shown); cut at 200 as a whole,

@@ -40,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._visible import visible
+from ._visible import key_text, name_text, visible
 from .disclosure import DisclosureResult, format_value
 from .keys import format_time
 from .statement import Statement
@@ -284,6 +284,8 @@ _CSS = "\n".join(
         "th,td{border-bottom:1px solid var(--line);padding:4px 8px;text-align:left;"
         "vertical-align:top}",
         "th{background:var(--soft);font-weight:600}",
+        # Keys and names as they are: "a  b" and "a b" must not read alike.
+        "th,code,h4{white-space:pre-wrap}",
         "td.value,td.disclosed{white-space:pre-wrap;overflow-wrap:anywhere}",
         "td.status-PASS{color:var(--ok);font-weight:700}"
         "td.status-FAIL{color:var(--fail);font-weight:700}"
@@ -508,7 +510,7 @@ def _tree(records: Sequence[Mapping[str, Any]], disclosed: _Disclosed, capped: b
         for event in span["events"]:
             out.append(
                 f'<li class="event"><span class="lead">{_esc(lead)}</span>'
-                f"• event {_esc(event['name'], _MAX_NAME)}</li>"
+                f"• event {_esc(name_text(event['name']), _MAX_NAME)}</li>"
             )
     out.append("</ul>")
     return "".join(out)
@@ -584,20 +586,22 @@ def _details(records: Sequence[Mapping[str, Any]], disclosed: _Disclosed) -> str
         span = record["span"]
         attrs: Mapping[str, Any] = span["attributes"]
         rows = "".join(
-            f"<tr><th>{_esc(key, _MAX_NAME)}</th>"
+            f"<tr><th>{_esc(key_text(key), _MAX_NAME)}</th>"
             f"{_value_cell(value, disclosed.for_attribute(record, key))}</tr>"
             for key, value in sorted(attrs.items())
         )
         for event in span["events"]:
             for key, value in sorted(event["attributes"].items()):
+                # Name and key each quoted where they hold a ":" (name_text,
+                # key_text): event "check: decision": x is not event check: "decision: x".
                 rows += (
-                    f"<tr><th>event {_esc(event['name'], _MAX_NAME)}: "
-                    f"{_esc(key, _MAX_NAME)}</th>{_value_cell(value)}</tr>"
+                    f"<tr><th>event {_esc(name_text(event['name']), _MAX_NAME)}: "
+                    f"{_esc(key_text(key), _MAX_NAME)}</th>{_value_cell(value)}</tr>"
                 )
         if not rows:
             rows = '<tr><td colspan="3" class="muted">no attributes</td></tr>'
         out.append(
-            f'<h4 class="mono">{_esc(span["name"], _MAX_NAME)} '
+            f'<h4 class="mono">{_esc(name_text(span["name"]), _MAX_NAME)} '
             f'<span class="muted">record {_esc(record["seq"])}, step id '
             f"{_esc(span['spanId'])}</span></h4>"
             "<table><thead><tr><th>Attribute</th><th>Value</th><th>Type</th></tr></thead>"
@@ -744,8 +748,9 @@ def _trace_failure(
     if refused:
         first = refused[0]
         which = (
-            f"<code>{_esc(first.key, _MAX_NAME)}</code> of step <code>{_esc(first.span_id)}"
-            f'</code>: <span class="reason">{_esc(first.message, _MAX_VALUE)}</span>'
+            f"<code>{_esc(key_text(first.key), _MAX_NAME)}</code> of step "
+            f"<code>{_esc(first.span_id)}</code>: "
+            f'<span class="reason">{_esc(first.message, _MAX_VALUE)}</span>'
             + (f" (and {len(refused) - 1} more, listed above)" if len(refused) > 1 else "")
         )
     if failed is not None or bad_link is not None:
@@ -835,14 +840,14 @@ def _disclosure_summary(
         return ""
     ok = len(results) - len(failed)
     rows = "".join(
-        f'<li class="disclosure-failed"><code>{_esc(r.key, _MAX_NAME)}</code> of step '
+        f'<li class="disclosure-failed"><code>{_esc(key_text(r.key), _MAX_NAME)}</code> of step '
         f"<code>{_esc(r.span_id)}</code> in trace <code>{_esc(r.trace_id)}</code>: "
         f'<span class="reason">{_esc(r.message, _MAX_VALUE)}</span></li>'
         for r in failed
     )
     # A PASS whose commitment is in bundles of several signers (SPEC §2.5.5).
     remarks = "".join(
-        f'<li class="disclosure-remark"><code>{_esc(r.key, _MAX_NAME)}</code> of step '
+        f'<li class="disclosure-remark"><code>{_esc(key_text(r.key), _MAX_NAME)}</code> of step '
         f"<code>{_esc(r.span_id)}</code>: {_esc(remark, _MAX_VALUE)}</li>"
         for r in results if r.ok for remark in r.remarks
     )

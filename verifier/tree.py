@@ -10,7 +10,9 @@ usage).  Children sit under their parent (by ``parentSpanId``) in start-time ord
 a span whose parent is not in the bundle is shown at the top level, marked
 ``(parent not certified)``.  Span events are listed under their span with ``•``.
 Text taken from the bundle is sanitized, so a record cannot send control
-sequences to the reviewer's terminal.
+sequences to the reviewer's terminal, and names and keys are quoted where they could
+read as another or as part of the line (a name bringing its own ``[INTERNAL, OK, ...]``,
+a key ``amount=5 decision``).
 
 :func:`tree_rows` is the layout alone (which span sits where), shared with the HTML
 report (:mod:`spanproof.verifier.report`); an optional *paint* function lets
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._term import printable
-from ._visible import is_plain, quoted
+from ._visible import is_plain, key_text, name_text, quoted
 from .values import decode_value, is_committed_value
 
 __all__ = [
@@ -241,14 +243,16 @@ def describe_span(span: Mapping[str, Any], paint: Paint = _plain) -> str:
     """One line describing a CER's ``span`` object (name, kind, status, duration, GenAI).
 
     Example: ``chat support-classifier-1 [CLIENT, OK, 0.104 ms]  operation=chat
-    model=support-classifier-1 input_tokens=52 output_tokens=1``.  *paint* styles
-    the name and the status (colour in a terminal) without changing the text.
+    model=support-classifier-1 input_tokens=52 output_tokens=1``.  The name is
+    quoted when it could bring its own status or read as another
+    (:func:`~spanproof.verifier._visible.name_text`).  *paint* styles the name and the
+    status (colour in a terminal) without changing the text.
     """
     kind = str(span["kind"]).removeprefix("SPAN_KIND_")
     status = _clean(status_text(span), 200)
     role = "error" if status.startswith("ERROR") else "ok" if status == "OK" else "dim"
     line = (
-        f"{paint('name', _clean(span['name'], 200))} "
+        f"{paint('name', _clean(name_text(span['name']), 200))} "
         f"[{kind}, {paint(role, status)}, {duration_text(span)}]"
     )
     extras = [f"{label}={text}"
@@ -259,12 +263,12 @@ def describe_span(span: Mapping[str, Any], paint: Paint = _plain) -> str:
 def _describe_event(event: Mapping[str, Any], paint: Paint = _plain) -> str:
     attrs: Mapping[str, Any] = event["attributes"]
     parts = [
-        f"{_clean(key, 60)}={_shown_value(value)}"
+        f"{_clean(key_text(key), 60)}={_shown_value(value)}"
         for key, value in list(attrs.items())[:_MAX_EVENT_ATTRIBUTES]
     ]
     if len(attrs) > _MAX_EVENT_ATTRIBUTES:
         parts.append(f"(+{len(attrs) - _MAX_EVENT_ATTRIBUTES} more)")
-    head = paint("dim", "• " + _clean(event["name"], 120))
+    head = paint("dim", "• " + _clean(name_text(event["name"]), 120))
     return head + ("  " + " ".join(parts) if parts else "")
 
 

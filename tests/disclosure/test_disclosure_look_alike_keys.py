@@ -5,6 +5,7 @@ A span committed ``customer.email="mallory@evil.example"`` and a second key,
 ``ana@example.com``.  Disclosing only the second printed ``DISCLOSED ...
 customer.email = "ana@example.com"``, and the HTML report showed two rows both
 reading ``customer.email``: Python counts U+034F as printable, so it was not escaped.
+Keys were printed unquoted too, so a key could bring its own `` = "value" (string)``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def written(tmp_path: Path) -> Written:
         "gen_ai.operation.name": "chat",
         REAL: "mallory@evil.example",
         LOOK_ALIKE: "ana@example.com",
-    })], redact=("customer.*",))
+        'note = "ana@example.com" (string)': "x",
+    })], redact=("customer.*", "note*"))
 
 
 @pytest.fixture
@@ -68,10 +70,18 @@ def test_disclosed_line_of_a_look_alike_key_does_not_read_as_the_real_key(
     line = _disclosed_line(capsys, tmp_path, written, pem, LOOK_ALIKE)
     assert '"ana@example.com" (string)' in line
     assert line.isascii()
-    assert _key_shown(line) == "customer.email\\u034f"
+    assert _key_shown(line) == '"customer.email\\u034f"'
     real = _disclosed_line(capsys, tmp_path, written, pem, REAL)
     assert _key_shown(real) == "customer.email"
     assert reads_as(_key_shown(line)) != reads_as(_key_shown(real))
+
+
+def test_disclosed_line_quotes_a_key_that_brings_its_own_value(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, written: Written, pem: Path,
+) -> None:
+    line = _disclosed_line(capsys, tmp_path, written, pem, 'note = "ana@example.com" (string)')
+    assert line.startswith(f'DISCLOSED trace=4bf92f3577b34da6a3ce929d0e0e4736 span={SPAN_A} '
+                           '"note = \\"ana@example.com\\" (string)" = "x" (string): ')
 
 
 def test_html_rows_of_a_real_and_a_look_alike_key_read_differently(
@@ -88,5 +98,5 @@ def test_html_rows_of_a_real_and_a_look_alike_key_read_differently(
     email_rows = {key: cell for key, cell in rows.items() if "customer.email" in key}
     assert len(email_rows) == 2
     assert len({reads_as(key) for key in email_rows}) == 2
-    assert email_rows["customer.email\\u034f"].startswith('"ana@example.com" (string)')
+    assert email_rows['"customer.email\\u034f"'].startswith('"ana@example.com" (string)')
     assert "ana@example.com" not in email_rows["customer.email"]
