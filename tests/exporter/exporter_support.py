@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -220,3 +221,24 @@ def by_trace(rs: Sequence[BundleReport]) -> dict[str, list[BundleReport]]:
     for group in out.values():
         group.sort(key=lambda r: r.statement.segment_index if r.statement else 0)
     return out
+
+
+def hold_the_worker(
+    processor: Any, monkeypatch: pytest.MonkeyPatch, wait: float = 30.0
+) -> tuple[threading.Event, threading.Event]:
+    """Make *processor*'s (an ``EvidenceSpanProcessor``'s) worker hold each batch it
+    takes until released: ``(taken, release)``, set when it holds one and to be set
+    to let it go (each wait bounded by *wait* seconds, so that a broken hand-over
+    fails instead of hanging)."""
+    taken, release = threading.Event(), threading.Event()
+    real = processor._process_or_log
+
+    def held(batch: list[Any]) -> bool:
+        if batch:
+            taken.set()
+            if not release.wait(wait):
+                raise AssertionError("the test never released the worker")
+        return bool(real(batch))
+
+    monkeypatch.setattr(processor, "_process_or_log", held)
+    return taken, release

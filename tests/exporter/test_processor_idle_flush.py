@@ -5,12 +5,10 @@ flush to its worker and waited no time for the answer."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
-from exporter_support import signing_key
+from exporter_support import hold_the_worker, signing_key
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -52,16 +50,7 @@ def test_force_flush_with_zero_timeout_is_false_while_a_span_is_not_yet_journale
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     processor = _processor(tmp_path / "out")
-    taken, release = threading.Event(), threading.Event()
-    real = processor._process_or_log
-
-    def held(batch: list[Any]) -> bool:
-        taken.set()
-        if not release.wait(_WAIT):
-            raise AssertionError("the test never released the worker")
-        return real(batch)
-
-    monkeypatch.setattr(processor, "_process_or_log", held)
+    taken, release = hold_the_worker(processor, monkeypatch, _WAIT)
     try:
         _end_evidence_span(processor)
         assert taken.wait(_WAIT)  # the worker holds the span, not yet journaled

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from no_threads import refuse_new_threads
-from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from record_only import RecordOnly
 from reliability_support import (
     Traced,
     bundles,
@@ -448,22 +448,10 @@ def test_a_rejection_declared_in_a_sealed_segment_is_not_declared_again_after_a_
         recovering.shutdown()
 
 
-class _RecordOnly(Sampler):
-    """Records every span but samples none (spans reach on_end unsampled)."""
-
-    def should_sample(self, parent_context: object, trace_id: int, name: str,
-                      kind: object = None, attributes: Any = None,
-                      links: object = None, trace_state: object = None) -> SamplingResult:
-        # The SDK keeps only the attributes the sampler returns.
-        return SamplingResult(Decision.RECORD_ONLY, attributes)
-
-    def get_description(self) -> str:
-        return "RecordOnly"
-
 
 def test_unsampled_evidence_spans_are_counted_not_certified(tmp_path: Path) -> None:
     processor = make_processor(tmp_path / "out")
-    traced = Traced(processor, sampler=_RecordOnly())
+    traced = Traced(processor, sampler=RecordOnly())
     with traced.tracer.start_as_current_span("request") as root:
         for i in range(3):
             with evidence_span(traced.tracer, f"step-{i}"):
@@ -484,7 +472,7 @@ def test_unsampled_evidence_spans_are_counted_not_certified(tmp_path: Path) -> N
 
 def test_journal_records_unsampled_counts_for_recovery(tmp_path: Path) -> None:
     processor = make_processor(tmp_path)
-    traced = Traced(processor, sampler=_RecordOnly())
+    traced = Traced(processor, sampler=RecordOnly())
     with evidence_span(traced.tracer, "only"):
         pass
     assert processor.force_flush(10_000)
