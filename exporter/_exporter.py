@@ -189,8 +189,12 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
             committed instead of stored (SPEC §2.5); the values and salts are
             written to ``<name>.disclosures.json`` (mode 0600) beside each bundle.
         signing_key: a key object to sign with (overrides *key_file*).
-        clock: returns the current time as seconds since the epoch (default
-            :func:`time.time`); used for deadlines and the bundles' ``sealedAt``.
+        clock: returns the current time as seconds since the epoch, for both the
+            deadlines (grace, idle timeout, retries) and the bundles' ``sealedAt``:
+            a test's clock.  By default the deadlines follow :func:`time.monotonic`,
+            so that the wall clock stepped back (NTP) neither holds every trace nor,
+            stepped forward, seals open ones early, and ``sealedAt`` is
+            :func:`time.time`.
         sink: where bundles go (default: a :class:`~spanproof.exporter.sinks.DirectorySink`
             on *output_dir*).
         sealing_process: seal in a child Python process (started here, with the
@@ -261,7 +265,9 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
         self._signer = setup.signer
         self._selector: Selector = setup.selector
         self._redact = setup.redact
-        self._clock: Callable[[], float] = clock or time.time
+        # Deadlines on a clock that never steps; sealedAt on the wall clock.
+        self._clock: Callable[[], float] = clock or time.monotonic
+        self._wall_clock: Callable[[], float] = clock or time.time
         self._sink: BundleSink = sink or DirectorySink(output)
         self._shutdown = False
         self._witness_keys = setup.witness_keys
@@ -310,7 +316,7 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
             written = seal_orphaned_journals(
                 journal_dir, signer=self._signer, sink=self._sink,
                 producer_name=PRODUCER_NAME, producer_version=_package_version(),
-                max_records=self._config.max_records, clock=self._clock,
+                max_records=self._config.max_records, clock=self._wall_clock,
                 redact=self._redact,
                 skip_instance=self._producer.instance if again else None,
                 tidy_first=not again,
@@ -1260,7 +1266,7 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
         return reaped > 0
 
     def _seal(self, job: SealJob) -> SealedBundle:
-        sealed_at = datetime.fromtimestamp(self._clock(), timezone.utc)
+        sealed_at = datetime.fromtimestamp(self._wall_clock(), timezone.utc)
         if self._assembler.forgot_sealed:
             job = self._continue_forgotten(job)
         bundle = seal(

@@ -297,7 +297,10 @@ class Receiver:
             re-deliveries after their trace was sealed; as many rejected spans are
             remembered, so that one delivered again is declared once.
         signing_key: a key object to sign with (overrides *key_file*).
-        clock: seconds since the epoch (default :func:`time.time`).
+        clock: seconds since the epoch, for both the deadlines and ``sealedAt``: a
+            test's clock.  By default the deadlines follow :func:`time.monotonic`
+            (a stepped wall clock neither holds every trace nor seals open ones
+            early) and ``sealedAt`` is :func:`time.time`.
         sink: where bundles go (default: a :class:`DirectorySink` on *output_dir*).
         sealing_processes: worker processes that encode, hash, sign and (with
             the default sink) write the bundles while this process goes on
@@ -382,7 +385,9 @@ class Receiver:
         # Committed attributes (SPEC §2.5): committed at sealing, never before
         # assembly, so a re-delivered span still matches its first delivery.
         self._redact = setup.redact
-        self._clock: Callable[[], float] = clock or time.time
+        # Deadlines on a clock that never steps; sealedAt on the wall clock.
+        self._clock: Callable[[], float] = clock or time.monotonic
+        self._wall_clock: Callable[[], float] = clock or time.time
         self._sink: BundleSink = sink or DirectorySink(output)
         # As the processor's: found only at start(), after the servers listen, an
         # unusable --journal-dir was an error exit (1) instead of a usage error (2).
@@ -852,7 +857,7 @@ class Receiver:
         return seal_orphaned_journals(
             self._journal_dir, signer=self._signer, sink=self._sink,
             producer_name=RECEIVER_PRODUCER_NAME, producer_version=_package_version(),
-            max_records=self._config.max_records, clock=self._clock, redact=self._redact,
+            max_records=self._config.max_records, clock=self._wall_clock, redact=self._redact,
             on_recovered=remember,
         )
 
@@ -960,7 +965,7 @@ class Receiver:
         due = self._workers_restarts.due
         if due is not None and time.monotonic() >= due and not self._stopping:
             self._start_workers()
-        sealed_at = datetime.fromtimestamp(self._clock(), timezone.utc)
+        sealed_at = datetime.fromtimestamp(self._wall_clock(), timezone.utc)
         if self._assembler.forgot_sealed:
             jobs = [continue_on_disk(job, self._producer.instance, self._sink, self._signer)
                     for job in jobs]
