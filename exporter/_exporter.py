@@ -926,12 +926,16 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
             self._writers.shutdown(wait=False)
         # Counted now, after the bounded wait, not after the witness's delivery.
         # Traces still held: a segment an exception took out of a pass, never sealed.
-        incomplete = (not done or self._unwritten or self._inflight
+        incomplete = (not done or self._unwritten or self._sealed_unwritten or self._inflight
                       or self._assembler.pending_traces or self._discarded
                       or self._discarded_untracked)
         # (A snapshot: a sealer thread the join above gave up on may still discard.)
         discarded = list(self._discarded.values())
-        counts = (len(self._unwritten), len(self._inflight), self._assembler.pending_traces,
+        # Signed but not handed to the sink (a pass that could not finish), and writes
+        # not finished: those done are written, only their outcomes not yet taken.
+        counts = (len(self._unwritten) + len(self._sealed_unwritten),
+                  sum(not future.done() for _, future in self._inflight),
+                  self._assembler.pending_traces,
                   sum(sum(held[:4]) for held in discarded) + self._discarded_untracked)
         if self._submitter is not None:
             # Deliver what was just sealed while the witness answers, for at most
@@ -1060,7 +1064,7 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
                 # kept ones): no recovery of the sink is left to declare them.
                 self._declare_discarded()
             if self._sealed_unwritten:  # a pass an exception cut short sealed these
-                self._start_writes()  # (behind their traces' earlier segments)
+                self._start_writes(deadline)  # (behind their traces' earlier segments)
                 worked = True
             while True:
                 with self._lock:
@@ -1075,10 +1079,11 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
                     break
                 # A flush's deadline bounds its signing; shutdown's drain seals what it
                 # took (no sealer is left to seal carried segments after it).
-                self._seal_jobs(deadline if drain is None and not self._stopping else None)
+                self._seal_jobs(deadline if drain is None and not self._stopping else None,
+                                yield_to_shutdown=drain is None)
                 bundles = len(self._sealed_unwritten)
                 if bundles:
-                    self._start_writes()
+                    self._start_writes(deadline)
                     worked = True
                 if self._carried:
                     with self._cond:
@@ -1113,14 +1118,19 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
         """Called at the end of every sealing pass, still under the seal lock, after
         the pass accounted for its writes (:meth:`_write`); a subclass's hook."""
 
-    def _seal_jobs(self, deadline: float | None) -> None:
+    def _seal_jobs(self, deadline: float | None, *, yield_to_shutdown: bool = False) -> None:
         """Seal the segments the pass took (``_carried``), first to last, into
         ``_sealed_unwritten``, until *deadline* (at least one); the rest stay for the
         next pass.  A caller's timeout (``force_flush``) bounds the pass, not only its
-        waits: a thousand due traces take a second to sign."""
+        waits: a thousand due traces take a second to sign.  With
+        *yield_to_shutdown*, also until a shutdown begins: the pass then writes what
+        it signed and leaves the rest to the shutdown's own pass (it signed them all
+        before writing any, and a shutdown that gave up waiting for it lost them,
+        signed, with the process)."""
         first = True
         while self._carried:
-            if not first and deadline is not None and time.monotonic() > deadline:
+            if not first and ((deadline is not None and time.monotonic() > deadline)
+                              or (yield_to_shutdown and self._stopping)):
                 return
             first = False
             bundle = self._seal_job(self._carried[0])
@@ -1144,9 +1154,11 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
             self._assembler.sealed(job, bundle.next_position())
         return bundle
 
-    def _start_writes(self) -> None:
+    def _start_writes(self, deadline: float | None = None) -> None:
         """Write the bundles the pass sealed (``_sealed_unwritten``), each taken off
-        that list as it is handed over.  With a DirectorySink they are queued for the
+        that list as it is handed over, waiting while more than
+        :data:`_MAX_IN_FLIGHT` writes are in flight until *deadline* (a stalled disk
+        held a flush or a shutdown without bound).  With a DirectorySink they are queued for the
         writer thread, which writes everything queued since its last group as one
         group (one durability barrier and one directory fsync for all, see
         :meth:`DirectorySink.write_many`) while the sealer goes on sealing, and
@@ -1204,7 +1216,8 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
                     self._unwritten.append(bundle)
                     raise
         while len(self._inflight) > _MAX_IN_FLIGHT:
-            self._reap(block=True, limit=1)
+            if not self._reap(block=True, deadline=deadline, limit=1):
+                break  # the deadline passed: the writes go on, reaped by a later pass
 
     def _drain_write_queue(self) -> None:
         """On the writer thread: write what is queued as one group, settle each

@@ -364,10 +364,10 @@ class _JournaledSealer(SpanproofSpanExporter):
                 self._held_sealed[id(bundle)] = held
         return bundle
 
-    def _start_writes(self) -> None:
+    def _start_writes(self, deadline: float | None = None) -> None:
         for bundle in self._sealed_unwritten:
             self._declare_unstored(bundle.statement.trace_id)
-        super()._start_writes()
+        super()._start_writes(deadline)
 
     def _write(self, bundle: SealedBundle, outcome: str | Exception | None = None) -> bool:
         if outcome is None:  # written here, not by the writer thread (_start_writes)

@@ -273,9 +273,9 @@ def _flush_interrupted_by_shutdown(
     elif where == "write":  # sealed, not yet handed to the writer
         real_start = exporter._start_writes
 
-        def start_interrupted() -> None:
+        def start_interrupted(deadline: float | None = None) -> None:
             handler()
-            real_start()
+            real_start(deadline)
 
         exporter._start_writes = start_interrupted  # type: ignore[method-assign]
     elif where == "lock":  # the seal lock just taken, the pass not yet begun

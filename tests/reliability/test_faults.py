@@ -741,8 +741,8 @@ def test_bundles_kept_for_a_failing_sink_are_retried_under_a_steady_load(
     real_seal_jobs = exporter._seal_jobs
     passes: list[int] = []
 
-    def seal_jobs_while_traces_keep_coming(deadline: float | None) -> None:
-        real_seal_jobs(deadline)
+    def seal_jobs_while_traces_keep_coming(deadline: float | None, **kwargs: bool) -> None:
+        real_seal_jobs(deadline, **kwargs)
         passes.append(len(exporter._unwritten))
         if len(passes) == 2:
             disk.failure = None
