@@ -399,7 +399,7 @@ class TraceAssembler:
                 break
             del self._open[trace_id]
             self._ready[trace_id] = SIZE_LIMIT
-            entry.notes.append(_BYTES_NOTE.format(self._max_total))
+            entry.notes.append(_early(entry, _BYTES_NOTE.format(self._max_total)))
             excess -= entry.size
 
     def reject(self, trace_id: str, now: float, count: int = 1) -> None:
@@ -627,8 +627,10 @@ class TraceAssembler:
             # Make room: the least recently active open trace is sealed early.
             oldest = next(iter(self._open))
             del self._open[oldest]
-            self._ready[oldest] = IDLE_TIMEOUT
-            self._traces[oldest].notes.append(_EVICTED_NOTE.format(self._max_pending))
+            evicted = self._traces[oldest]
+            # A trace whose root ended is sealed for that, only before its grace.
+            self._ready[oldest] = ROOT_ENDED if evicted.root_ended else IDLE_TIMEOUT
+            evicted.notes.append(_early(evicted, _EVICTED_NOTE.format(self._max_pending)))
         entry = self._new_entry(trace_id, now)
         lost = self._lost.pop(trace_id, None)
         if lost is not None:
@@ -761,14 +763,17 @@ class TraceAssembler:
             self._forgot_sealed = True
 
 
-_EVICTED_NOTE = (
-    "sealed before its root span ended or went idle: {} traces were open "
-    "(max_pending_traces)"
-)
-_BYTES_NOTE = (
-    "sealed before its root span ended or went idle: the open traces held more than {} "
-    "bytes (the largest is sealed first)"
-)
+_EVICTED_NOTE = "{} traces were open (max_pending_traces)"
+_BYTES_NOTE = "the open traces held more than {} bytes (the largest is sealed first)"
+
+
+def _early(entry: _Trace, cause: str) -> str:
+    """The note of a trace sealed early for *cause*: before its root span ended or
+    went idle, or, its root ended, before its grace period did (a note that said
+    its root had not ended misstated a complete trace)."""
+    when = ("before its grace period ended" if entry.root_ended
+            else "before its root span ended or went idle")
+    return f"sealed {when}: {cause}"
 _LIMIT_NOTE = (
     "evidence spans of this trace were dropped: {} traces were waiting to be sealed "
     "(max_pending_traces) and the sealer had fallen behind"

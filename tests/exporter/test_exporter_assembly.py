@@ -317,8 +317,25 @@ def test_pending_trace_limit_seals_the_least_recently_active_trace() -> None:
     assert asm.add(T3, body(T3, 0), now=3.0) is True
     (job,) = asm.due(3.0)
     assert (job.trace_id, job.reason) == (T2, "idle_timeout")
-    assert any("max_pending_traces" in note for note in job.completeness.notes)
+    assert job.completeness.notes == (
+        "sealed before its root span ended or went idle: 2 traces were open "
+        "(max_pending_traces)",)
     assert job.completeness.dropped_spans == 0
+
+
+def test_a_trace_sealed_early_for_room_after_its_root_ended_says_so() -> None:
+    # Its statement said idle_timeout, "sealed before its root span ended": an
+    # auditor read a complete trace as cut short.
+    asm = assembler(max_pending_traces=2)
+    asm.add(T1, body(T1, 0), now=0.0)
+    asm.root_ended(T1, now=0.5)  # complete, within its grace
+    asm.add(T2, body(T2, 0), now=1.0)
+    assert asm.add(T3, body(T3, 0), now=1.5) is True  # T1 goes for room
+    (job,) = asm.due(1.5)
+    assert (job.trace_id, job.reason) == (T1, "root_ended")
+    assert job.completeness.notes == (
+        "sealed before its grace period ended: 2 traces were open (max_pending_traces)",)
+    assert asm.due(10.0) == []  # sealed once, not again when its grace ends
 
 
 def test_spans_dropped_for_want_of_room_are_declared_in_their_trace() -> None:
