@@ -53,6 +53,12 @@ _logger = logging.getLogger(__name__)
 #: writing a bundle of these spans (a crash, a kill) or, an EvidenceSpanProcessor,
 #: discarded that bundle unwritten while its storage kept failing: which, the journal
 #: does not say, and the note claims neither.
+_RESTARTED_NOTE = (
+    "the segment of instance {} these spans would continue from is in the output "
+    "directory, signed by a key the recovering process does not trust, and the journal "
+    "names no key: they start the chain of a new instance"
+)
+
 RECOVERED_NOTE = (
     "recovered: these spans were journaled by producer instance {} and made durable, "
     "but that instance wrote no bundle of them (it stopped first, or discarded the "
@@ -208,6 +214,7 @@ def _seal_trace(
     dropped, unsampled = trace.dropped_spans, trace.unsampled_spans
     damaged = trace.damaged_spans + unreadable
     unencodable, rejected = rejected, rejected + trace.rejected_spans
+    dead, restarted = instance, ""  # the instance that journaled them; why a new chain
     if directory is not None and trace.instance:
         earlier = _written_segments(trace.trace_id, instance, position, directory, signer,
                                     trace.public_key)
@@ -241,7 +248,25 @@ def _seal_trace(
         if earlier:
             if not bodies and not (dropped or unsampled or rejected or damaged):
                 return []
-    notes = [RECOVERED_NOTE.format(instance)]
+        if trace.public_key is None and _slot_taken(directory, trace.trace_id, instance,
+                                                     position):
+            # A journal of an earlier version, which names no key: the bundle
+            # there, not the continuation under this process's key, is likely the
+            # dead instance's own under a key rotated at this restart.  Sealed
+            # again as that segment, it was a second version of it (the trace
+            # fails, SPEC §8 step 11): the spans start a chain of a new instance.
+            dead, instance = instance, secrets.token_hex(8)
+            _logger.warning(
+                "spanproof: trace %s: segment %d of producer instance %s is in %s but "
+                "not signed by this process's key, and the journal (of an earlier "
+                "version) names no key; its spans are sealed under new instance %s",
+                trace.trace_id, position.segment_index, dead, directory, instance)
+            position = ChainPosition.genesis(trace.trace_id)
+            producer = Producer(producer_name, producer_version, instance)
+            restarted = _RESTARTED_NOTE.format(dead)
+    notes = [RECOVERED_NOTE.format(dead)]
+    if restarted:
+        notes.append(restarted)
     if dropped or unsampled:
         notes.append(f"{dropped} dropped and {unsampled} unsampled "
                      "evidence span(s) were recorded in the journal")
@@ -276,6 +301,13 @@ def _seal_trace(
         bundles.append(bundle)
         position = bundle.next_position()
     return bundles
+
+
+def _slot_taken(directory: str, trace_id: str, instance: str, position: ChainPosition) -> bool:
+    """Whether a file holds the name of the segment at *position* of this trace and
+    instance (one that :func:`_written_segments` found not to continue the chain)."""
+    name = f"{trace_id}-{position.segment_index:04d}-{instance}{BUNDLE_SUFFIX}"
+    return os.path.lexists(os.path.join(directory, name))
 
 
 def _is_body(body: Any) -> bool:

@@ -33,7 +33,7 @@ from receiver_support import (
 
 from spanproof.exporter.keys import SigningKey
 from spanproof.exporter.sealing import ChainPosition, seal
-from spanproof.verifier.keys import TrustRoot
+from spanproof.verifier.keys import TrustedKey, TrustRoot
 from spanproof.verifier.verify import Verdict, check_bundle, link_segments
 
 
@@ -232,3 +232,50 @@ def test_bundle_written_before_a_crash_is_not_sealed_again_under_a_rotated_key(
         rotated.shutdown(5)
     assert bundle_paths(str(out)) == [before]
     assert not any(name.startswith("journal-") for name in os.listdir(out / "journal"))
+
+
+def _without_key_entries(journal_dir: Path) -> None:
+    """Make each journal file one an earlier version wrote: without the entry that
+    names its instance's key (the first frame)."""
+    from spanproof.exporter.journal import _HEADER
+
+    for path in journal_dir.glob("journal-*.log"):
+        data = path.read_bytes()
+        length, _ = _HEADER.unpack_from(data)
+        first = data[_HEADER.size:_HEADER.size + length]
+        assert first.startswith(b'{"t":"key"'), first[:40]
+        path.write_bytes(data[_HEADER.size + length:])
+
+
+def test_an_earlier_versions_journal_recovered_under_a_rotated_key_starts_a_new_chain(
+    tmp_path: Path,
+) -> None:
+    # A journal of an earlier version names no key.  Restarted with a new key, the
+    # written segment did not verify under it, its spans were sealed again under the
+    # dead instance as the same segment, and the trace failed ("segment 0 appears
+    # twice").  They are sealed under a new instance now, and every chain verifies.
+    from spanproof.exporter.receiver import Receiver
+
+    clock = FakeClock()
+    out = tmp_path / "out"
+    stop_after_writing(out, clock, request(otlp_span(TRACE_A, 1), otlp_span(TRACE_A, 2, parent=1)))
+    (before,) = bundle_paths(str(out))
+    _without_key_entries(out / "journal")
+    new_key = SigningKey.from_seed(bytes([7]) * 32)
+    rotated = Receiver(out, signing_key=new_key, clock=clock, seal_grace=2.0, idle_timeout=30.0)
+    try:
+        (recovered,) = rotated.start()
+    finally:
+        rotated.shutdown(5)
+    assert sorted(bundle_paths(str(out))) == sorted([before, recovered])
+    both = TrustRoot.from_keys([
+        *trust_root(str(tmp_path)).keys,
+        TrustedKey.from_public_key(new_key.private_key.public_key(), "the new key")])
+    reports = [check_bundle(path, both, keep_records=True) for path in (before, recovered)]
+    assert [r.verdict for r in reports] == [Verdict.OK, Verdict.OK]
+    old, new = (r.statement for r in reports)
+    assert old is not None and new is not None
+    assert new.producer.instance != old.producer.instance
+    assert new.seal_reason == "recovered" and new.segment_index == 0
+    assert any("names no key" in note for note in new.completeness.notes)
+    assert all(link.ok for link in link_segments(reports))
