@@ -78,12 +78,17 @@ PRODUCER_NAME = "spanproof-exporter"
 _MAX_SLEEP = 1.0
 # Bundles kept in memory while the sink fails, and the wait between retries.
 _MAX_UNWRITTEN = 1024
+# ... and at most this many bytes of them (a bundle may be 64 MiB and more: a full
+# disk kept 1,024 of them, and the process grew until it was killed, losing all).
+_MAX_UNWRITTEN_BYTES = 256 << 20
+#: How the limits on kept bundles read in notes and logs.
+_KEPT_LIMIT = f"more than {_MAX_UNWRITTEN} bundles, or 256 MiB of them,"
 # Traces whose discarded bundles are remembered for their declaration; beyond,
 # the oldest trace's count is declared in the next bundle of any trace.
 _MAX_DISCARDED_TRACES = 65_536
 _DISCARDED_NOTE = (
     "evidence spans of this trace were dropped: {} sealed bundle(s) of it were discarded "
-    f"unwritten, after more than {_MAX_UNWRITTEN} bundles waited for a failing sink"
+    f"unwritten, after {_KEPT_LIMIT} waited for a failing sink"
 )
 _PROCESS_LOST_NOTE = (
     "{} evidence span(s) sent to sealing process {} were lost unsealed when it exited "
@@ -1362,10 +1367,16 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
     def _keep_unwritten(self, bundle: SealedBundle) -> None:
         """Keep *bundle* for a retry, after every bundle kept before it (a trace's
         segments are retried in order), discarding the oldest beyond
-        ``_MAX_UNWRITTEN``."""
+        ``_MAX_UNWRITTEN`` bundles or ``_MAX_UNWRITTEN_BYTES`` (the newest is kept,
+        whatever its size)."""
         self._unwritten.append(bundle)
         if len(self._unwritten) > _MAX_UNWRITTEN:
             self._discard(self._unwritten.popleft())
+        held = sum(len(kept.data) for kept in self._unwritten)
+        while held > _MAX_UNWRITTEN_BYTES and len(self._unwritten) > 1:
+            oldest = self._unwritten.popleft()
+            held -= len(oldest.data)
+            self._discard(oldest)
 
     def _discard(self, bundle: SealedBundle) -> None:
         """Give up on *bundle*, the oldest of more than ``_MAX_UNWRITTEN`` waiting
@@ -1375,9 +1386,9 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
         be discarded in turn."""
         records = bundle.statement.record_count
         self._count_discarded(bundle, records)
-        _logger.error("spanproof: bundle %s discarded: %d bundles are waiting for a failing "
-                      "sink; its trace's next bundle declares its %d span(s) as dropped",
-                      bundle.file_name, _MAX_UNWRITTEN, records)
+        _logger.error("spanproof: bundle %s discarded: %s are waiting for a failing sink; "
+                      "its trace's next bundle declares its %d span(s) as dropped",
+                      bundle.file_name, _KEPT_LIMIT.removesuffix(","), records)
 
     def _count_discarded(self, bundle: SealedBundle, records: int) -> None:
         """Count *records* of discarded *bundle*'s records, and the losses it

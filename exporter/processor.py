@@ -59,9 +59,9 @@ from spanproof.verifier.keys import raw_public_bytes
 
 from ._disabled import BuiltDisabled
 from ._exporter import (
+    _KEPT_LIMIT,
     _LONGEST_WAIT,
     _MAX_DISCARDED_TRACES,
-    _MAX_UNWRITTEN,
     Interruptible,
     SpanproofSpanExporter,
     ThreadStarts,
@@ -102,7 +102,7 @@ _DROPPED_NOTE = ("evidence spans of this trace were dropped: the span processor'
                  "({} spans) stayed full for {} ms")
 _UNSTORED_NOTE = (
     "evidence spans of this trace were dropped: {} certified in sealed bundle(s) of it "
-    f"discarded unwritten, after more than {_MAX_UNWRITTEN} bundles waited for a failing "
+    f"discarded unwritten, after {_KEPT_LIMIT} waited for a failing "
     "sink, which the chain goes on without; they stay in the journal, and the producer's "
     "next start seals them again (recovered)"
 )
@@ -416,16 +416,16 @@ class _JournaledSealer(SpanproofSpanExporter):
             if len(self._unstored) > _MAX_DISCARDED_TRACES:
                 self._declare_unstored(next(iter(self._unstored)))  # early, not never
         if unjournaled <= 0:
-            _logger.error("spanproof: bundle %s discarded: %d bundles are waiting for a "
+            _logger.error("spanproof: bundle %s discarded: %s are waiting for a "
                           "failing sink; its spans stay in the journal and the next start "
                           "seals them (declared dropped as well should its trace go on "
-                          "meanwhile)", bundle.file_name, _MAX_UNWRITTEN)
+                          "meanwhile)", bundle.file_name, _KEPT_LIMIT.removesuffix(","))
             return
         self._count_discarded(bundle, unjournaled)
-        _logger.error("spanproof: bundle %s discarded: %d bundles are waiting for a failing "
+        _logger.error("spanproof: bundle %s discarded: %s are waiting for a failing "
                       "sink; %d of its span(s) were not journaled either, and its trace's "
                       "next bundle declares them as dropped", bundle.file_name,
-                      _MAX_UNWRITTEN, unjournaled)
+                      _KEPT_LIMIT.removesuffix(","), unjournaled)
 
     def _declare_unstored(self, trace_id: str) -> None:
         """Before a segment of *trace_id* is written: when it continues a segment

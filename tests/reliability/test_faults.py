@@ -198,6 +198,29 @@ def test_bundle_discarded_for_a_failing_sink_is_declared_by_its_trace_next_bundl
         == sorted(d.trace_id for d in declarations), result.stdout
 
 
+def test_bundles_kept_for_a_failing_sink_are_bounded_in_bytes_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Only their number was bounded (1,024): bundles of up to 64 MiB and more, kept
+    # while the disk was full, grew the process until it was killed, losing all.
+    out, disk, exporter = _discarding_exporter(tmp_path, monkeypatch, 1024)
+    monkeypatch.setattr(exporter_module, "_MAX_UNWRITTEN_BYTES", 1)  # the newest only
+    sealed = _fail_writes_and_discard(exporter, disk, 4, {})
+    assert len(exporter._unwritten) == 1
+    discarded = [r.getMessage() for r in caplog.records if "json discarded:" in r.getMessage()]
+    assert [name in message for name, message in zip(sealed[:3], discarded, strict=True)] \
+        == [True] * 3
+    assert "or 256 MiB of them" in discarded[0]
+    disk.failure = None
+    assert exporter.force_flush() is True
+    exporter.shutdown()
+    statements = _statements(out, tmp_path / "keys")
+    declarations = [s for s in statements if s.segment_index == 1]
+    assert sorted(s.trace_id for s in declarations) == sorted(n[:32] for n in sealed[:3])
+    assert all("or 256 MiB of them, waited for a failing sink" in s.completeness.notes[0]
+               for s in declarations)
+
+
 def test_discarded_bundle_losses_beyond_the_remembered_traces_go_to_the_next_bundle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
