@@ -792,6 +792,18 @@ class WitnessSubmitter:
 
     def _deliver(self, bundle: str) -> _Delivered:
         data = _read_bundle(bundle)
+        status, body = self._submit(data)
+        if status == 413:
+            # Larger than the witness takes (a segment cut at 64 MiB of values is
+            # larger than its default --max-body): its signed statement alone, as
+            # a DSSE envelope, which the witness logs without its records.
+            status, body = self._submit(_envelope_of(data))
+        _check_answer(status, body)
+        return self._checked_receipt(bundle, data, body, self._receipt_verifier())
+
+    def _submit(self, data: bytes) -> tuple[int, bytes]:
+        """POST *data* to ``/v1/submit``: the answer's status and body, a retryable
+        one raised as ``_Transient``."""
         try:
             status, body, retry_after = self._post(self._url, data, self._headers,
                                                    self._timeout)
@@ -799,8 +811,7 @@ class WitnessSubmitter:
             raise _Transient(str(getattr(e, "reason", e))) from e
         if _retryable(status):
             raise self._unavailable(status, retry_after)
-        _check_answer(status, body)
-        return self._checked_receipt(bundle, data, body, self._receipt_verifier())
+        return status, body
 
     def _unavailable(self, status: int, retry_after: str | None) -> _Transient:
         """The failure of a retryable answer *status*; a 429's or 503's *retry_after*
@@ -966,6 +977,19 @@ def _own_statement(data: bytes, trust: TrustRoot) -> _OwnStatement:
     except SpanproofError as e:
         raise _Permanent(f"own bundle's statement does not verify: {e}") from e
     return _OwnStatement(statement, digest_hex(envelope.payload), signer.keyid)
+
+
+def _envelope_of(data: bytes) -> bytes:
+    """The DSSE envelope of bundle *data* as JSON, for a submission without records.
+
+    Raises:
+        _Permanent: the bundle's header cannot be read.
+    """
+    try:
+        envelope, _ = BundleReader(io.BytesIO(data)).read_header()
+    except SpanproofError as e:
+        raise _Permanent(f"bundle header cannot be read: {e}") from e
+    return json.dumps(envelope.to_json(), separators=(",", ":")).encode("ascii")
 
 
 def _is_receipt(answer: bytes) -> bool:

@@ -17,6 +17,7 @@ import argparse
 import errno
 import importlib.util
 import io
+import json
 import logging
 import math
 import os
@@ -42,7 +43,7 @@ from spanproof.verifier._files import open_regular, remove_stopped_writes, write
 from spanproof.verifier._settings import parse_decimal, parse_seconds
 from spanproof.verifier._stdout import StdoutError, writing_stdout
 from spanproof.verifier._term import printable
-from spanproof.verifier.bundle import BUNDLE_SUFFIX
+from spanproof.verifier.bundle import BUNDLE_SUFFIX, BundleReader
 from spanproof.verifier.checkpoint import (
     WitnessKey,
     load_witness_keys,
@@ -541,6 +542,16 @@ def _groups(paths: Sequence[str]) -> list[list[str]]:
     return groups
 
 
+def _envelope_of(data: bytes) -> bytes:
+    """The DSSE envelope of bundle *data* as JSON, for a submission without records.
+
+    Raises:
+        SpanproofError: the bundle's header cannot be read.
+    """
+    envelope, _ = BundleReader(io.BytesIO(data)).read_header()
+    return json.dumps(envelope.to_json(), separators=(",", ":")).encode("ascii")
+
+
 def _unavailable(status: int) -> bool:
     """Whether an HTTP *status* says "not now" (exit status 3, try again later)
     rather than that the bundle was refused: a 5xx, 408 or 429, the answers the
@@ -687,7 +698,14 @@ class _Submitter:
         from .client import HTTPStatusError
 
         try:
-            resp = self._client.submit(data, public_key_der=self._der)
+            try:
+                resp = self._client.submit(data, public_key_der=self._der)
+            except HTTPStatusError as e:
+                if e.status != 413:
+                    raise
+                # Larger than the witness takes: its signed statement alone, as a
+                # DSSE envelope, which the witness logs without its records.
+                resp = self._client.submit(_envelope_of(data), public_key_der=self._der)
             return self._written(
                 path, data, resp.body, resp.status == 201,
                 resp.headers.get("spanproof-leaf-index", "?"),

@@ -317,6 +317,34 @@ def _submit_args(files: dict[str, Path], url: str, *paths: Path) -> list[str]:
             "--producer-key", str(files["producer"]), "--witness-key", str(files["pub"])]
 
 
+def test_submit_sends_a_bundle_larger_than_the_witness_takes_as_its_envelope(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    producer_trust: TrustRoot, capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A 413 was a FAIL: a bundle over the witness's --max-body (a segment cut at
+    # 64 MiB of values is, under the default) could never be witnessed.
+    import io
+    import json
+
+    from spanproof.verifier.bundle import BundleReader
+
+    paths = [write_bundle(files["bundles"], make_bundle(trace_id(i))) for i in range(2)]
+    envelope = max(len(json.dumps(BundleReader(io.BytesIO(p.read_bytes())).read_header()[0]
+                                  .to_json(), separators=(",", ":"))) for p in paths)
+    assert envelope + 64 < min(p.stat().st_size for p in paths)
+    srv = serve_witness(open_witness(), max_body=envelope + 64)
+    status, out, _ = _run(["witness", "submit", str(files["bundles"]), "--url", srv.url,
+                           "--producer-key", str(files["producer"]),
+                           "--witness-key", str(files["pub"])], capsys)
+    assert status == 0, out
+    assert out.count("OK ") == 2
+    keys = [WitnessKey.load(str(files["pub"]))]
+    for path in paths:
+        verify_receipt(
+            Path(receipt_path(path)).read_bytes(), check_bundle(path, producer_trust), keys
+        )
+
+
 def test_submit_sends_bundles_in_batches(
     files: dict[str, Path], open_witness: Any, serve_witness: Any,
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,

@@ -1515,3 +1515,46 @@ def test_a_bundle_the_start_up_scan_found_is_not_sent_again_once_delivered(
     assert sub.process_due() is None and sub.pending == 0
     assert len(posted) == 2  # nothing sent again
     sub.close()
+
+
+class TooLargeForBundles(FakeWitness):
+    """A witness whose --max-body a whole bundle exceeds (413), as a segment cut at
+    64 MiB of values exceeds the default's 64 MiB; a bare envelope fits."""
+
+    def __init__(self, witness: Witness) -> None:
+        super().__init__(witness)
+        self.down = False
+        self.bodies: list[bytes] = []
+
+    def __call__(
+        self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
+    ) -> tuple[int, bytes, str | None]:
+        self.bodies.append(body[:12])
+        if url.endswith("/v1/submit-batch") or body.startswith(b'{"envelope":'):
+            self.calls += 1
+            self.urls.append(url.rsplit("/", 1)[1])
+            return 413, b'{"error":"request body larger than 67108864 bytes"}', None
+        return super().__call__(url, body, headers, timeout)
+
+
+def test_a_bundle_larger_than_the_witness_takes_is_submitted_as_its_envelope(
+    tmp_path: Path, witness: Witness, witness_keys: list[WitnessKey],
+    producer_key: SigningKey, producer_trust: TrustRoot,
+) -> None:
+    # A 413 retired it for good: such a bundle was never witnessed.
+    fake = TooLargeForBundles(witness)
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=fake, clock=Clock(),
+                           producer_key=producer_key.private_key.public_key(),
+                           witness_keys=witness_keys, concurrency=1, batch_size=8,
+                           start=False)
+    paths = _bundles(tmp_path / "b", 2)
+    for p in paths:
+        sub.submit(p)
+    assert sub.process_due() is None and sub.pending == 0
+    assert not list((tmp_path / "q" / "failed").glob("*.json"))
+    assert sum(b.startswith(b'{"payload":') for b in fake.bodies) == 2  # once each
+    for path in paths:
+        receipt = Path(receipt_path(path)).read_bytes()
+        verify_receipt(receipt, check_bundle(path, producer_trust), witness_keys)
+    assert witness.size == 2
+    sub.close()
