@@ -1071,17 +1071,20 @@ def install(**kwargs: Any) -> EvidenceSpanProcessor:
     the provider before the application's code runs: call this once at start-up.
     The provider shuts the processor down at exit.
 
+    With the SDK disabled (``OTEL_SDK_DISABLED=true``; ``opentelemetry-instrument``
+    then installs a disabled SDK provider, whose tracers make no span) it logs so
+    and returns the disabled processor, which does nothing, without adding it.
+
     Raises:
         TypeError: an argument :class:`EvidenceSpanProcessor` does not take (said
             first); the global tracer provider is not the OpenTelemetry SDK's (the
-            SDK is not configured), or is a disabled one (``OTEL_SDK_DISABLED=true``).
-        ValueError: a malformed setting.
+            SDK is not configured).
+        ValueError: a malformed setting (the SDK enabled).
     """
     from opentelemetry import trace
     from opentelemetry.sdk.trace import TracerProvider
 
-    # A misspelled argument first: one who catches the TypeError below (the SDK
-    # disabled) must not catch that one with it.
+    # A misspelled argument first, with the SDK disabled or not.
     try:
         EvidenceSpanProcessor._bind_arguments((), kwargs)
     except TypeError as e:
@@ -1092,9 +1095,11 @@ def install(**kwargs: Any) -> EvidenceSpanProcessor:
                         f"TracerProvider ({type(provider).__name__}); configure the SDK first")
     if getattr(provider, "_disabled", False):
         # opentelemetry-instrument installs the SDK's provider with the SDK disabled
-        # too: its tracers make no span, and a processor would only write a key.
-        raise TypeError("the global tracer provider is disabled (OTEL_SDK_DISABLED=true): "
-                        "no span would reach the processor")
+        # too: its tracers make no span. The application runs on, spanproof with it
+        # disabled (README, "Drop-in, no code change").
+        _logger.info("spanproof: install(): the global tracer provider is disabled "
+                     "(OTEL_SDK_DISABLED=true): the processor returned does nothing")
+        return _DisabledSpanProcessor(**kwargs)
     processor = EvidenceSpanProcessor(**kwargs)
     provider.add_span_processor(processor)
     return processor
