@@ -15,12 +15,20 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.resources import (
+    SERVICE_INSTANCE_ID,
+    SERVICE_NAME,
+    TELEMETRY_SDK_LANGUAGE,
+    TELEMETRY_SDK_NAME,
+    TELEMETRY_SDK_VERSION,
+    Resource,
+)
+from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
@@ -131,18 +139,44 @@ class _DemoExporter(SpanproofSpanExporter):
     _environ: Mapping[str, str] | None = {}
 
 
+# OpenTelemetry's default span limits, given as values: SpanLimits() reads the
+# OTEL_*_LIMIT variables for each one not given (and SpanLimits.UNSET: no limit on
+# the length of values), so a shell exporting OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT=2 cut
+# the demo's spans to two attributes, and its selection with them.
+_DEMO_SPAN_LIMITS = {
+    "max_attributes": 128, "max_events": 128, "max_links": 128,
+    "max_span_attributes": 128, "max_event_attributes": 128, "max_link_attributes": 128,
+    "max_attribute_length": SpanLimits.UNSET, "max_span_attribute_length": SpanLimits.UNSET,
+}
+
+
+def _demo_resource() -> Resource:
+    """What ``Resource.create({"service.name": "support-agent"})`` holds in a shell
+    with no ``OTEL_*`` variable; ``Resource.create`` reads OTEL_RESOURCE_ATTRIBUTES,
+    OTEL_SERVICE_NAME and OTEL_EXPERIMENTAL_RESOURCE_DETECTORS."""
+    from opentelemetry.sdk.version import __version__ as sdk_version
+
+    return Resource({
+        TELEMETRY_SDK_LANGUAGE: "python",
+        TELEMETRY_SDK_NAME: "opentelemetry",
+        TELEMETRY_SDK_VERSION: sdk_version,
+        SERVICE_INSTANCE_ID: str(uuid.uuid4()),  # as the SDK's detector: one per run
+        SERVICE_NAME: "support-agent",
+    })
+
+
 def _run_cases(bundles_dir: str, key_file: str) -> list[Outcome]:
     """Run every sample case under a tracer provider exporting to spanproof; seal all."""
     exporter = _DemoExporter(output_dir=bundles_dir, key_file=key_file)
     # Every case traced, whatever OTEL_TRACES_SAMPLER or OTEL_SDK_DISABLED says: the
     # demo is not an instrumented application, and a disabled provider makes no span
     # (the demo then failed, "no bundle was written").  The provider reads the
-    # variable once, here.
+    # variable once, here.  Span limits and resource given, not read from the shell.
     disabled = os.environ.pop(SDK_DISABLED_VAR, None)
     try:
         provider = TracerProvider(
-            sampler=ALWAYS_ON,
-            resource=Resource.create({"service.name": "support-agent"}), shutdown_on_exit=False,
+            sampler=ALWAYS_ON, resource=_demo_resource(),
+            span_limits=SpanLimits(**_DEMO_SPAN_LIMITS), shutdown_on_exit=False,
         )
     finally:
         if disabled is not None:

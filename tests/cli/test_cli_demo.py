@@ -195,3 +195,44 @@ def test_demo_out_that_cannot_be_used_is_a_usage_error(tmp_path, capsys):
     assert main(["demo", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert f"spanproof: error: --out {out}: cannot set up the demo key" in err
+
+
+def _bundle_contents(out_dir: Path) -> list[list[tuple[str, list[str], dict[str, Any]]]]:
+    """Each bundle's records as (span name, attribute keys, resource attributes but
+    the per-run ``service.instance.id``), bundles in a stable order."""
+    pub = out_dir / "keys" / "signing.pub"
+    bundles = []
+    for bundle in find_bundles([str(out_dir / "bundles")]):
+        records = []
+        for r in _records(bundle, pub):
+            resource = {k: decode_value(v) for k, v in r["resource"]["attributes"].items()
+                        if k != "service.instance.id"}
+            records.append((r["span"]["name"], sorted(r["span"]["attributes"]), resource))
+        bundles.append(sorted(records))
+    return sorted(bundles)
+
+
+def test_demo_bundles_are_the_same_whatever_the_sdk_limits_and_resource_variables_say(
+    tmp_path, capsys, monkeypatch
+):
+    # SpanLimits() and Resource.create read the shell: with these exported the demo's
+    # spans kept two attributes each, lost their selecting one, and its bundles held
+    # 2 or 3 records instead of 11, "all verified".
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+    assert main(["demo", "--out", str(tmp_path / "clean")]) == 0
+    for name, value in (("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "2"),
+                        ("OTEL_ATTRIBUTE_COUNT_LIMIT", "1"),
+                        ("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", "3"),
+                        ("OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT", "3"),
+                        ("OTEL_SPAN_EVENT_COUNT_LIMIT", "0"),
+                        ("OTEL_SERVICE_NAME", "another"),
+                        ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod")):
+        monkeypatch.setenv(name, value)
+    assert main(["demo", "--out", str(tmp_path / "limited")]) == 0
+    clean = _bundle_contents(tmp_path / "clean")
+    assert [len(b) for b in clean] == [len(b) for b in _bundle_contents(tmp_path / "limited")]
+    assert clean == _bundle_contents(tmp_path / "limited")
+    assert {"service.name": "support-agent", "telemetry.sdk.language": "python"}.items() <= (
+        clean[0][0][2].items())
