@@ -56,7 +56,9 @@ builds both the exporter and the processor disabled: they create and start nothi
 (``spanproof.exporter._disabled``).
 
 An empty variable counts as unset.  A list that is not empty but names no key
-(``,``) is an error, not an empty list.  Numbers are written in the ASCII digits
+(``,``) is an error, not an empty list, and so is a list item, variable or argument,
+holding a lone surrogate (bytes that are not UTF-8, as Python reads them): it could
+never match an attribute key.  Numbers are written in the ASCII digits
 ``0``-``9`` alone: ``1_000``, ``+3`` or another script's digits (``٣``) are malformed.
 A variable with the prefix that names no setting (``REDACT_ATTRIBUTE``, singular) is
 logged as a warning, with the closest name when there is one, and ignored.
@@ -167,6 +169,7 @@ class ExporterConfig:
                and all(isinstance(k, str) and k for k in self.select_attributes),
                "select_attributes", "must be a tuple of non-empty strings",
                self.select_attributes)
+        _check_unicode("select_attributes", self.select_attributes)
         _check(isinstance(self.select_all, bool), "select_all", "must be a bool", self.select_all)
         _check(isinstance(self.sealing_process, int)
                and 0 <= self.sealing_process <= MAX_SEALING_PROCESSES, "sealing_process",
@@ -178,6 +181,7 @@ class ExporterConfig:
                and all(isinstance(k, str) and k for k in self.redact_attributes),
                "redact_attributes", "must be a tuple of non-empty strings",
                self.redact_attributes)
+        _check_unicode("redact_attributes", self.redact_attributes)
         _check(self.witness_url is None or isinstance(self.witness_url, str), "witness_url",
                "must be a URL or None (no witness)", self.witness_url)
         url_error = None if self.witness_url is None else witness_url_error(self.witness_url)
@@ -291,6 +295,30 @@ def _check(ok: bool, field_name: str, requirement: str, value: object) -> None:
         )
 
 
+def _not_unicode(items: Iterable[str]) -> str | None:
+    """The first of *items* holding a lone surrogate (U+D800-U+DFFF), else None.
+
+    Python reads bytes that are not UTF-8 (an environment file saved as Latin-1, a
+    command-line argument) as lone surrogates: ``kunde.straße`` as
+    ``'kunde.stra\\udcdfe'``.  No attribute key holds one (a key is UTF-8 on the
+    wire, and one with no UTF-8 form cannot be certified), so such an item could
+    never match: a redaction meant to hide a value would store it in clear.
+    """
+    for item in items:
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError:
+            return item
+    return None
+
+
+def _check_unicode(field_name: str, items: tuple[str, ...]) -> None:
+    bad = _not_unicode(items)
+    _check(bad is None, field_name,
+           f"must hold no lone surrogate (U+D800-U+DFFF, what bytes that are not UTF-8 "
+           f"are read as): {bad!r} matches no attribute key", items)
+
+
 # Each parser takes the variable's text as set (not empty once stripped), parses it
 # stripped and quotes it as set.
 
@@ -307,6 +335,11 @@ def _parse_list(var: str, text: str) -> tuple[str, ...]:
         # spanproof.evidence, and a REDACT_ATTRIBUTES meant to hide values hides none.
         raise ValueError(f"{var} must list at least one key, got {text!r} "
                          "(leave it unset for the default)")
+    bad = _not_unicode(items)
+    if bad is not None:
+        raise ValueError(f"{var} holds {bad!r}, which is not UTF-8 (a lone surrogate "
+                         "stands for a byte that is not; save the file that sets it in "
+                         "UTF-8): no attribute key could match it")
     return items
 
 

@@ -554,3 +554,39 @@ def test_an_output_dir_that_cannot_be_written_is_refused(
         False if os.fspath(path) == str(out) else real_access(path, mode, **kw)))
     with pytest.raises(ValueError, match=r"got '.*out' \(cannot write to it\)"):
         SpanproofSpanExporter(out, signing_key=SigningKey.generate())
+
+
+# An env file saved as Latin-1: Python reads b"kunde.stra\xdfe" as 'kunde.stra\udcdfe',
+# an item that matched no attribute key, so the value it was meant to hide was stored
+# in clear, without a word.
+NOT_UTF8 = b"kunde.stra\xdfe".decode("utf-8", "surrogateescape")
+
+
+@pytest.mark.parametrize("suffix", ["REDACT_ATTRIBUTES", "SELECT_ATTRIBUTES"])
+def test_a_list_variable_item_that_is_not_utf8_is_an_error_naming_the_variable(
+    suffix: str
+) -> None:
+    assert NOT_UTF8 == "kunde.stra\udcdfe"
+    with pytest.raises(ValueError, match=ENV_PREFIX + suffix + r" holds .*not UTF-8"):
+        ExporterConfig.from_env(environ={ENV_PREFIX + suffix: f"customer.*, {NOT_UTF8}"})
+
+
+@pytest.mark.parametrize("field", ["redact_attributes", "select_attributes"])
+def test_a_list_argument_item_with_a_lone_surrogate_is_a_value_error_naming_the_setting(
+    field: str
+) -> None:
+    with pytest.raises(ValueError, match=rf"{field} \({ENV_PREFIX}.*lone surrogate"):
+        ExporterConfig.from_env(environ={}, **{field: ["customer.*", NOT_UTF8]})
+    with pytest.raises(ValueError, match=rf"{field} .*lone surrogate"):
+        ExporterConfig(**{field: ("\ud83d",)})
+
+
+def test_a_list_item_that_is_not_utf8_is_refused_before_anything_is_created(
+    tmp_path: Path
+) -> None:
+    out = tmp_path / "evidence"
+    with pytest.raises(ValueError, match="REDACT_ATTRIBUTES"):
+        SpanproofSpanExporter(output_dir=str(out), redact_attributes=[NOT_UTF8])
+    assert not out.exists()
+    assert ExporterConfig(redact_attributes=("kunde.straße",)).redact_attributes == (
+        "kunde.straße",)
