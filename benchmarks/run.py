@@ -150,8 +150,11 @@ class SelectionOnlyExporter(SpanExporter):
     def export(self, spans: Sequence[Any]) -> SpanExportResult:
         from spanproof.exporter._exporter import select_spans
 
-        select_spans(self._selector, spans)
+        select_spans(self._selector, spans, self._dropped)
         return SpanExportResult.SUCCESS
+
+    def _dropped(self, span: Any, count: object) -> None:
+        """As the exporter's, called for a span not selected that lost attributes."""
 
     def shutdown(self) -> None:
         pass

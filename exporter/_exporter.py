@@ -143,6 +143,67 @@ def _new_producer() -> Producer:
     return Producer(PRODUCER_NAME, _package_version(), secrets.token_hex(8))
 
 
+#: What the throttled warning about unselected spans the SDK dropped attributes of
+#: names (README, "Faults and hostile input").
+DROPPED_ATTRIBUTES_WARNINGS = "name spans not selected that lost attributes to a count limit"
+
+
+def warn_dropped_attributes(warnings: Throttled, span_id: str, trace_id: str,
+                            dropped: object, limit: str) -> None:
+    """Warn, through *warnings*, that span *span_id* was not selected although
+    *dropped* of its attributes were dropped before spanproof saw it, by *limit*.
+
+    Selection sees only the attributes kept; the SDK drops the oldest first, and a
+    selecting attribute is usually set as the span starts.  Nothing about the span
+    is known, so nothing is declared: the warning is all that says so.
+    """
+    if type(dropped) is not int or dropped <= 0:
+        return
+    warnings.warn(
+        "spanproof: span %s of trace %s was not selected as evidence, and %d of its "
+        "attributes were dropped before spanproof saw it (%s): an attribute that "
+        "selects it (SELECT_ATTRIBUTES, spanproof.evidence) may have been among them; "
+        "raise the attribute count limit, or set the selecting attribute again after "
+        "the others so that it is kept", span_id, trace_id, dropped, limit)
+
+
+#: The limit that drops an SDK span's attributes, as the warning names it.
+SDK_ATTRIBUTE_COUNT_LIMIT = ("the OpenTelemetry SDK's attribute count limit, "
+                             "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT or OTEL_ATTRIBUTE_COUNT_LIMIT or "
+                             "SpanLimits(max_span_attributes=...), 128 by default, drops the "
+                             "oldest first")
+
+
+def dropped_attributes(span: ReadableSpan) -> int:
+    """How many attributes the SDK dropped from *span* (0 when it cannot say)."""
+    try:
+        count = getattr(getattr(span, "_attributes", None), "dropped", 0)
+    except Exception:  # a property of a span of another kind
+        return 0
+    return count if type(count) is int and count > 0 else 0
+
+
+def value_length_limit(spans: Sequence[ReadableSpan]) -> int | None:
+    """The SDK's attribute value length limit the first of *spans* that has one
+    was recorded under, else None (one attribute read per span)."""
+    for span in spans:
+        limit = getattr(getattr(span, "_attributes", None), "max_value_len", None)
+        if type(limit) is int:
+            return limit
+    return None
+
+
+def warn_value_length_limit(limit: int) -> None:
+    """Say that the SDK truncated string values longer than *limit* before they were
+    certified: a record cannot tell a truncated value from a whole one."""
+    _logger.warning(
+        "spanproof: spans arrive with an attribute value length limit of %d "
+        "(OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT, OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT or "
+        "SpanLimits(max_attribute_length=...)): the OpenTelemetry SDK truncated longer "
+        "string values before they were certified, and their records certify them "
+        "truncated; unset the limit for whole values (logged once)", limit)
+
+
 def _selection_view(span: ReadableSpan) -> tuple[Mapping[str, Any], SpanContext | None]:
     """What selection reads of *span*: its attributes and its parent's context.
 
@@ -359,6 +420,10 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
                                         "name spans that cannot be certified")
         self._unencodable_warnings = Throttled(_logger, _SPAN_WARNING_SECONDS,
                                                "name spans rejected at sealing")
+        self._dropped_warnings = Throttled(_logger, _SPAN_WARNING_SECONDS,
+                                           DROPPED_ATTRIBUTES_WARNINGS)
+        # Whether the SDK's value length limit was warned about (once).
+        self._value_length_warned = False
         # The segments a pass took from the assembler and has not sealed yet (those a
         # pass out of time left included: the next pass seals them first), and the
         # bundles it sealed and has not handed to the writer yet.  Kept here, not in
@@ -657,7 +722,9 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
             _logger.warning("spanproof: export called after shutdown; %d span(s) ignored",
                             len(spans))
             return SpanExportResult.FAILURE
-        selected, roots, failed = select_spans(self._selector, spans)
+        selected, roots, failed = select_spans(self._selector, spans, self._warn_dropped)
+        if selected and not self._value_length_warned:
+            self.note_value_length(selected)
         if self._start_pending:
             with self._start_lock:
                 if self._start_pending:
@@ -764,6 +831,22 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
                 return False
             self._admit_locked(now, bodies, rejected, roots)
         return True
+
+    def _warn_dropped(self, span: ReadableSpan, dropped: object) -> None:
+        """Warn (throttled) about a span not selected that lost attributes."""
+        warn_dropped_attributes(self._dropped_warnings, _span_id_of(span),
+                                _trace_id_of(span) or "(unreadable id)", dropped,
+                                SDK_ATTRIBUTE_COUNT_LIMIT)
+
+    def note_value_length(self, spans: Sequence[ReadableSpan]) -> None:
+        """Warn once when one of *spans* (evidence) was recorded under the SDK's
+        attribute value length limit: its values may be certified truncated."""
+        if self._value_length_warned:
+            return
+        limit = value_length_limit(spans)
+        if limit is not None:
+            self._value_length_warned = True
+            warn_value_length_limit(limit)
 
     def _normalize(self, span: ReadableSpan) -> dict[str, Any] | None:
         """The record body of a selected span; None (logged) when it cannot be
@@ -952,6 +1035,7 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
             self._submitter.close(max(0.0, witness_deadline - time.monotonic()))
         self._span_warnings.held_back()
         self._unencodable_warnings.held_back()
+        self._dropped_warnings.held_back()
         if incomplete:
             _logger.error("spanproof: shutdown incomplete: %d sealed bundle(s) not written, "
                           "%d still being written, %d trace(s) not sealed, %d span(s) of "
@@ -1639,11 +1723,16 @@ def _shut_down(owner: weakref.ref[_ShutsDown]) -> None:
 
 
 def select_spans(
-    selector: Selector, spans: Sequence[ReadableSpan]
+    selector: Selector, spans: Sequence[ReadableSpan],
+    on_dropped: Callable[[ReadableSpan, object], None] | None = None,
 ) -> tuple[list[ReadableSpan], list[str], int]:
     """The per-span work every export does: the evidence spans among *spans*, the
     trace ids of the local root spans among them (evidence or not: a root's end
-    makes its trace due), and how many spans could not be read (logged, skipped)."""
+    makes its trace due), and how many spans could not be read (logged, skipped).
+
+    *on_dropped*, when given, is called with each span not selected whose attributes
+    the SDK dropped some of (a selecting one may have been among them), and their
+    number."""
     selects = selector.selects
     selected: list[ReadableSpan] = []
     roots: list[str] = []
@@ -1651,13 +1740,24 @@ def select_spans(
     attributes: Mapping[str, Any]
     for span in spans:
         try:
-            if type(span) is ReadableSpan and type(span._attributes) is BoundedAttributes:
+            bounded = span._attributes if type(span) is ReadableSpan else None
+            if type(bounded) is BoundedAttributes:
                 # _selection_view's first case, inline: this loop sees every span.
-                attributes, parent = span._attributes._dict, span._parent
+                attributes, parent = bounded._dict, span._parent
+                if selects(attributes):
+                    selected.append(span)
+                elif bounded.dropped and on_dropped is not None:
+                    # One attribute read, for spans not selected alone (README, "Faults
+                    # and hostile input": selection sees only the attributes kept).
+                    on_dropped(span, bounded.dropped)
             else:
                 attributes, parent = _selection_view(span)
-            if selects(attributes):
-                selected.append(span)
+                if selects(attributes):
+                    selected.append(span)
+                elif on_dropped is not None:
+                    count = dropped_attributes(span)
+                    if count:
+                        on_dropped(span, count)
             if parent is None or parent.is_remote:
                 trace_id = _trace_id_of(span)
                 if trace_id is not None:

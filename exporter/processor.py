@@ -675,6 +675,14 @@ class EvidenceSpanProcessor(SpanProcessor, BuiltDisabled):
                     self._queue.put_nowait(("root", span))
                 except queue.Full:
                     pass  # the trace is sealed on its idle timeout instead
+            # One attribute read (README, "Faults and hostile input": selection sees
+            # only the attributes the SDK kept).
+            try:
+                dropped = span._attributes.dropped  # type: ignore[union-attr]
+            except AttributeError:
+                return
+            if dropped:
+                self._sealer._warn_dropped(span, dropped)
             return
         self._ensure_worker()
         ctx = span.get_span_context()
@@ -909,6 +917,7 @@ class EvidenceSpanProcessor(SpanProcessor, BuiltDisabled):
                 kind, span = item
                 trace_id = _trace_id_of(span)
                 if kind == "span":
+                    self._sealer.note_value_length((span,))
                     body = self._sealer._normalize(span)
                     if body is None:
                         rejected.append(trace_id)  # None: declared in any trace's bundle

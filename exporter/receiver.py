@@ -54,6 +54,12 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from spanproof.verifier.keys import raw_public_bytes
 from spanproof.verifier.statement import Producer
 
+from ._exporter import (
+    _SPAN_WARNING_SECONDS,
+    DROPPED_ATTRIBUTES_WARNINGS,
+    Throttled,
+    warn_dropped_attributes,
+)
 from ._recovery import (
     continue_on_disk,
     finish_writes_in,
@@ -382,6 +388,8 @@ class Receiver:
         self._config = config
         self._signer = setup.signer
         self._selector: Selector = setup.selector
+        self._dropped_warnings = Throttled(_logger, _SPAN_WARNING_SECONDS,
+                                           DROPPED_ATTRIBUTES_WARNINGS)
         # Committed attributes (SPEC §2.5): committed at sealing, never before
         # assembly, so a re-delivered span still matches its first delivery.
         self._redact = setup.redact
@@ -572,6 +580,7 @@ class Receiver:
             _logger.error("receiver: shutdown incomplete: %d bundle(s) not written, %d trace(s) "
                           "not sealed; they stay in the journal for the next start",
                           len(self._unwritten), self._assembler.pending_traces)
+        self._dropped_warnings.held_back()
         undeclared = self._assembler.undeclared_untracked
         if undeclared:
             _logger.error("receiver: %d span(s) of no known trace were lost or rejected "
@@ -691,6 +700,8 @@ class Receiver:
             if _is_local_root(span) and len(span.trace_id) == 16:
                 roots.append(span.trace_id.hex())
             if not selects(_selection_attributes(span)):
+                if span.dropped_attributes_count:  # one attribute read, unselected spans only
+                    self._warn_dropped(span)
                 continue
             trace_id = span.trace_id.hex() if len(span.trace_id) == 16 else None
             try:
@@ -716,6 +727,16 @@ class Receiver:
             items.append((body["span"]["traceId"],
                           SerializedBody(body["span"]["spanId"], data), fingerprint))
         return items, rejected, roots
+
+    def _warn_dropped(self, span: trace_pb2.Span) -> None:
+        """Warn (throttled) about a span not selected whose sender dropped attributes
+        (README, "Faults and hostile input": selection sees only those kept)."""
+        warn_dropped_attributes(
+            self._dropped_warnings, span.span_id.hex() or "?", span.trace_id.hex() or "?",
+            span.dropped_attributes_count,
+            "dropped_attributes_count: by its sender, as the OpenTelemetry SDK's attribute "
+            "count limit does, OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT or SpanLimits, the oldest "
+            "first")
 
     @staticmethod
     def _rejection_message(rejected: list[_Rejected]) -> str:
