@@ -304,7 +304,8 @@ def format_result(result: BundleResult, *, receipts: bool = False) -> str:
 
 def format_remarks(result: BundleResult) -> list[str]:
     """The ``  remark:`` lines under a bundle that verified: what a reader should
-    know that does not change its verdict (a reused salt, SPEC §2.5.2)."""
+    know that does not change its verdict (a reused salt, SPEC §2.5.2; records holding
+    what their producer's SDK dropped)."""
     if result.report is None or result.verdict is Verdict.FAIL:
         return []
     return [printable(f"  remark: {remark}") for remark in result.report.remarks]
@@ -993,6 +994,9 @@ def _show_verified(
     if report is not None:
         print(f"checks    {summarize_checks(report.checks)} (SPEC §8; "
               "spanproof verify --verbose lists each)")
+        if result.verdict is not Verdict.FAIL:
+            for remark in report.remarks:
+                print(printable(f"remark    {remark}"))
     print()
     if stored is None or not shown:
         print("(no records to show)")

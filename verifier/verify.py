@@ -101,7 +101,8 @@ class BundleReport:
     ``records`` holds the parsed records only when asked for (``keep_records``); of
     a failed bundle, only the first of those read (`UNVERIFIED_RECORDS_KEPT`).
     ``remarks`` are what a reader should know of a bundle that verified without
-    changing its verdict: committed values sharing a salt (SPEC §2.5.2).
+    changing its verdict: committed values sharing a salt (SPEC §2.5.2), and records
+    holding what their producer's SDK dropped (SPEC §8, steps 6-7).
     """
 
     source: str
@@ -304,6 +305,7 @@ def check_bundle(
     signer: str | None = None
     kept: list[bytes] | None = [] if keep_records or select_records is not None else None
     salts = _SaltReuse()
+    drops = _SdkDrops()
     try:
         name, stream, owned = _open(source)
     except OSError as e:
@@ -311,7 +313,7 @@ def check_bundle(
         return BundleReport(name, run.checks(), Verdict.FAIL, error=run.error)
     try:
         statement, digest, signer = _run_checks(stream, trust, run, kept, allow_incomplete,
-                                                select_records, salts, on_record)
+                                                select_records, salts, on_record, drops)
     except OSError as e:
         run.failed("format", InvalidBundle(f"read error: {e.strerror or e}"))
     finally:
@@ -341,8 +343,52 @@ def check_bundle(
         signer_keyid=signer,
         records=records,
         error=run.error,
-        remarks=salts.remarks() if verdict is not Verdict.FAIL else (),
+        remarks=salts.remarks() + drops.remarks() if verdict is not Verdict.FAIL else (),
     )
+
+
+class _SdkDrops:
+    """What the records of one bundle say their producer's SDK dropped before
+    certification (``droppedAttributesCount`` of a span, its events and links;
+    ``droppedEventsCount``; ``droppedLinksCount``).  The statement's completeness
+    counts whole spans (SPEC §5); these are parts of certified spans, which no
+    record can show: worth a remark, not a failed check (silence about a loss is a
+    defect)."""
+
+    __slots__ = ("attributes", "events", "links", "records")
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.attributes = 0
+        self.events = 0
+        self.links = 0
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        """Note the dropped counts of *record* (a valid record: uint64 strings)."""
+        span = record["span"]
+        attributes = int(span["droppedAttributesCount"])
+        for part in span["events"]:
+            attributes += int(part["droppedAttributesCount"])
+        for part in span["links"]:
+            attributes += int(part["droppedAttributesCount"])
+        events = int(span["droppedEventsCount"])
+        links = int(span["droppedLinksCount"])
+        if attributes or events or links:
+            self.records += 1
+            self.attributes += attributes
+            self.events += events
+            self.links += links
+
+    def remarks(self) -> tuple[str, ...]:
+        """The remark for the bundle's report, or none."""
+        if not self.records:
+            return ()
+        return (
+            f"{self.records} record(s) hold what their producer's SDK dropped: "
+            f"{self.attributes} attribute(s), {self.events} event(s), {self.links} link(s) "
+            "(droppedAttributesCount, droppedEventsCount, droppedLinksCount); they certify "
+            "their spans as kept, not what was dropped",
+        )
 
 
 class _SaltReuse:
@@ -401,6 +447,7 @@ def _run_checks(
     select: Callable[[Mapping[str, Any]], bool] | None = None,
     salts: _SaltReuse | None = None,
     on_record: RecordObserver | None = None,
+    drops: _SdkDrops | None = None,
 ) -> tuple[Statement | None, str | None, str | None]:
     reader = BundleReader(stream)
     # Steps 1-2: framing, header, media type, envelope shape.
@@ -487,6 +534,8 @@ def _run_checks(
             span_ids[sid] = position
             if salts is not None and record["mediaType"] == CER_COMMITTED_MEDIA_TYPE:
                 salts.add(record, position)
+            if drops is not None:
+                drops.add(record)
             if kept is not None and (select is None or select(record)):
                 kept.append(raw)
             if on_record is not None:
