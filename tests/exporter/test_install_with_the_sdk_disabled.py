@@ -31,7 +31,7 @@ APP = textwrap.dedent(
 
     trace.set_tracer_provider(TracerProvider())  # disabled, as opentelemetry-instrument's
     evidence = install()
-    tracer = trace.get_tracer("support.agent", "0.1")
+    tracer = trace.get_tracer("tests.app", "0.1")
     with tracer.start_as_current_span("classify",
                                       attributes={"gen_ai.operation.name": "chat"}):
         pass
