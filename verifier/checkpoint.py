@@ -195,6 +195,11 @@ class WitnessKey:
 
     With ``name`` unset the key signs under the checkpoint's origin, which is then
     taken from the signature line and must equal the origin (SPEC §12.5 step 2).
+
+    Raises:
+        ValueError: *name* is not a valid key name.
+        InvalidKey: *public_key* is of small order (SPEC §6.1, §12.4), named by
+            *source*.
     """
 
     public_key: Ed25519PublicKey
@@ -202,6 +207,8 @@ class WitnessKey:
     source: str = "witness key"
 
     def __post_init__(self) -> None:
+        # SPEC §6.1: with such a key, checkpoints nobody signed verify.
+        refuse_small_order(self.public_key, self.source)
         if self.name is not None and _bad_name(self.name):
             raise ValueError(
                 f"invalid witness key name {self.name!r} (no spaces, '+' or control "
@@ -282,8 +289,7 @@ class WitnessKey:
             key = Ed25519PublicKey.from_public_bytes(blob[1:])
         except ValueError as e:
             raise InvalidKey(f"{source}: verifier key holds no valid Ed25519 key") from e
-        refuse_small_order(key, source)
-        pinned = cls(key, parts[0], source)
+        pinned = cls(key, parts[0], source)  # refuses a key of small order
         if pinned.key_hash().hex() != parts[1]:
             raise InvalidKey(f"{source}: verifier key hash does not match its name and key")
         return pinned

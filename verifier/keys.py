@@ -235,6 +235,10 @@ class TrustedKey:
 
     ``valid_from``/``valid_until`` bound the bundle's signed ``sealedAt`` time
     (``valid_from <= sealedAt < valid_until``); ``None`` leaves that side open.
+
+    Raises:
+        InvalidKey: *key* is of small order (SPEC §6.1: it would make signatures
+            nobody made verify), named by *source*.
     """
 
     key: Ed25519PublicKey
@@ -243,9 +247,18 @@ class TrustedKey:
     valid_from: datetime | None = None
     valid_until: datetime | None = None
 
+    def __post_init__(self) -> None:
+        # SPEC §6.1: refused wherever it is given, the Python API included, not
+        # only when read from a file.
+        refuse_small_order(self.key, self.source)
+
     @classmethod
     def from_public_key(cls, key: Ed25519PublicKey, source: str = "public key") -> TrustedKey:
-        """Trust *key* with no validity window."""
+        """Trust *key* with no validity window.
+
+        Raises:
+            InvalidKey: *key* is of small order (SPEC §6.1).
+        """
         return cls(key=key, keyid=key_id(key), source=source)
 
     def verify(self, signature: bytes, message: bytes) -> bool:
