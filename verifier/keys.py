@@ -235,10 +235,16 @@ class TrustedKey:
 
     ``valid_from``/``valid_until`` bound the bundle's signed ``sealedAt`` time
     (``valid_from <= sealedAt < valid_until``); ``None`` leaves that side open.
+    Each bound is an aware datetime, kept in UTC.  ``keyid`` is the key's own key id
+    (:func:`key_id`): the key id a bundle names picks the key to try first, so one
+    given another key's id would pick this key's window for that key's bundles.
 
     Raises:
+        TypeError: *key* is not an Ed25519 public key, or a bound is not a datetime.
         InvalidKey: *key* is of small order (SPEC §6.1: it would make signatures
-            nobody made verify), named by *source*.
+            nobody made verify), *keyid* is not its key id (SPEC §6.1: derived,
+            never assigned), a bound has no time zone, or ``valid_from`` is not
+            before ``valid_until`` (SPEC §6.2); the message names *source*.
     """
 
     key: Ed25519PublicKey
@@ -248,9 +254,26 @@ class TrustedKey:
     valid_until: datetime | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.key, Ed25519PublicKey):
+            raise TypeError(f"{self.source}: TrustedKey key must be an Ed25519PublicKey, "
+                            f"not {type(self.key).__name__}")
         # SPEC §6.1: refused wherever it is given, the Python API included, not
         # only when read from a file.
         refuse_small_order(self.key, self.source)
+        derived = key_id(self.key)
+        if self.keyid != derived:
+            raise InvalidKey(
+                f"{self.source}: key id {self.keyid!r} is not the key's own ({derived}); "
+                "a key id is derived from the key, never assigned (SPEC §6.1)")
+        for field in ("valid_from", "valid_until"):
+            object.__setattr__(self, field, _window_bound(getattr(self, field), field,
+                                                          self.source))
+        if (self.valid_from is not None and self.valid_until is not None
+                and self.valid_from >= self.valid_until):
+            raise InvalidKey(
+                f"{self.source}: valid_from {format_time(self.valid_from)} is not before "
+                f"valid_until {format_time(self.valid_until)}: the key would be valid at "
+                "no time (SPEC §6.2)")
 
     @classmethod
     def from_public_key(cls, key: Ed25519PublicKey, source: str = "public key") -> TrustedKey:
@@ -282,6 +305,26 @@ class TrustedKey:
                                self.valid_until))
 
 
+def _window_bound(value: object, field: str, source: str) -> datetime | None:
+    """*value*, a bound of a key's validity window, in UTC (None: open).
+
+    Raises:
+        TypeError: *value* is not a datetime.
+        InvalidKey: *value* has no time zone.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise TypeError(f"{source}: TrustedKey {field} must be a datetime with a time "
+                        f"zone or None, not {type(value).__name__}")
+    if value.utcoffset() is None:
+        # Compared with a bundle's sealedAt (UTC), a naive time would raise, or be
+        # read in whatever zone the verifying machine is in.
+        raise InvalidKey(f"{source}: {field} {value.isoformat()} has no time zone; give "
+                         "an aware datetime (tzinfo=timezone.utc)")
+    return value.astimezone(timezone.utc)
+
+
 def raw_public_bytes(key: Ed25519PublicKey) -> bytes:
     """The 32 raw bytes of an Ed25519 public key (RFC 8032 encoding)."""
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -300,7 +343,8 @@ class TrustRoot:
 
     Raises:
         ValueError: no keys.
-        InvalidKey: one key id appears twice, from one source or from two (SPEC §6.2:
+        TypeError: an entry is not a :class:`TrustedKey`.
+        InvalidKey: one key appears twice, from one source or from two (SPEC §6.2:
             which entry's validity window applies would depend on their order).
     """
 
@@ -309,14 +353,19 @@ class TrustRoot:
     def __post_init__(self) -> None:
         if not self.keys:
             raise ValueError("a trust root needs at least one key")
-        first: dict[str, TrustedKey] = {}
+        first: dict[bytes, TrustedKey] = {}
         for key in self.keys:
-            if key.keyid in first:
+            if not isinstance(key, TrustedKey):
+                raise TypeError(f"a trust root holds TrustedKey entries, not "
+                                f"{type(key).__name__}")
+            # By the key itself: the same key is the same key whatever it is called.
+            raw = raw_public_bytes(key.key)
+            if raw in first:
                 raise InvalidKey(
-                    f"key {key.keyid} is trusted twice, from {first[key.keyid].source} and "
+                    f"key {key.keyid} is trusted twice, from {first[raw].source} and "
                     f"from {key.source}; give each key once (SPEC §6.2)"
                 )
-            first[key.keyid] = key
+            first[raw] = key
 
     @classmethod
     def from_keys(cls, keys: Iterable[TrustedKey]) -> TrustRoot:
@@ -324,7 +373,8 @@ class TrustRoot:
 
         Raises:
             ValueError: no keys.
-            InvalidKey: one key id appears twice.
+            TypeError: an entry is not a :class:`TrustedKey`.
+            InvalidKey: one key appears twice.
         """
         return cls(tuple(keys))
 

@@ -6,7 +6,7 @@ import json
 import os
 import pickle
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -429,8 +429,92 @@ def test_trusted_and_witness_keys_survive_pickling() -> None:
 
 def test_a_pickled_trusted_key_derives_its_key_id_again() -> None:
     private = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
-    forged = TrustedKey(private.public_key(), "0" * 64, "forged")
-    assert pickle.loads(pickle.dumps(forged)).keyid == key_id(private.public_key())
+    trusted = TrustedKey.from_public_key(private.public_key(), "trusted")
+    assert pickle.loads(pickle.dumps(trusted)).keyid == key_id(private.public_key())
+
+
+# --- TrustedKey built from Python: checked as a trust-root entry is (SPEC §6.1, §6.2) ---
+
+
+def test_trusted_key_with_a_key_id_not_its_own_fail() -> None:
+    public = KEY_A.private_key.public_key()
+    for keyid in ("0" * 64, KEY_B.keyid, KEY_A.keyid.upper()):
+        with pytest.raises(InvalidKey, match=re.escape(
+            f"mine: key id {keyid!r} is not the key's own ({KEY_A.keyid}); a key id is "
+            "derived from the key, never assigned (SPEC §6.1)"
+        )):
+            TrustedKey(public, keyid, "mine")
+
+
+def test_same_key_twice_under_another_keys_id_picks_no_window_fail(kit: Kit) -> None:
+    # Retired under its own key id and trusted again under KEY_B's: the unsigned key id
+    # hint of a bundle would pick which of the two windows applied (FAIL or OK), and
+    # the report would name KEY_B's key id for KEY_A's signature.
+    public = KEY_A.private_key.public_key()
+    retired = TrustedKey(public, KEY_A.keyid, "retired", valid_until=ROTATION)
+    with pytest.raises(InvalidKey, match="is not the key's own"):
+        TrustedKey(public, KEY_B.keyid, "renamed")
+    data = kit.seal(signer=KEY_A, sealed_at=ROTATION + timedelta(days=1)).data
+    assert kit.check(data, TrustRoot.from_keys([retired])).verdict is Verdict.FAIL
+
+
+def test_trust_root_finds_the_same_key_by_its_bytes() -> None:
+    public = KEY_A.private_key.public_key()
+    with pytest.raises(InvalidKey, match=re.escape(
+        f"key {KEY_A.keyid} is trusted twice, from retired and from again"
+    )):
+        TrustRoot.from_keys([TrustedKey(public, KEY_A.keyid, "retired", valid_until=ROTATION),
+                             TrustedKey.from_public_key(public, "again")])
+
+
+def test_trust_root_of_something_else_than_trusted_keys_is_a_caller_mistake() -> None:
+    with pytest.raises(TypeError, match="a trust root holds TrustedKey entries, not"):
+        TrustRoot.from_keys([KEY_A.private_key.public_key()])  # type: ignore[list-item]
+
+
+def test_trusted_key_of_another_type_is_a_caller_mistake() -> None:
+    with pytest.raises(TypeError, match="TrustedKey key must be an Ed25519PublicKey"):
+        TrustedKey(KEY_A.private_key, KEY_A.keyid, "mine")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("field", ["valid_from", "valid_until"])
+def test_trusted_key_window_without_time_zone_fail(field: str) -> None:
+    # Compared with the bundle's sealedAt, a naive bound made check_bundle raise.
+    with pytest.raises(InvalidKey, match=re.escape(
+        f"mine: {field} 2026-06-01T00:00:00 has no time zone"
+    )):
+        TrustedKey(KEY_A.private_key.public_key(), KEY_A.keyid, "mine",
+                   **{field: datetime(2026, 6, 1)})
+
+
+@pytest.mark.parametrize("value", ["2026-06-01T00:00:00Z", 1780272000, date(2026, 6, 1)],
+                         ids=["string", "number", "date"])
+def test_trusted_key_window_not_a_datetime_is_a_caller_mistake(value: Any) -> None:
+    with pytest.raises(TypeError, match=r"mine: TrustedKey valid_until must be a datetime "
+                                        r"with a time zone or None, not "):
+        TrustedKey(KEY_A.private_key.public_key(), KEY_A.keyid, "mine", valid_until=value)
+
+
+@pytest.mark.parametrize("length", [timedelta(0), timedelta(days=-1)], ids=["empty", "reversed"])
+def test_trusted_key_window_holding_no_time_fail(length: timedelta) -> None:
+    until = ROTATION + length
+    with pytest.raises(InvalidKey, match=re.escape(
+        f"mine: valid_from {format_time(ROTATION)} is not before valid_until "
+        f"{format_time(until)}: the key would be valid at no time (SPEC §6.2)"
+    )):
+        TrustedKey(KEY_A.private_key.public_key(), KEY_A.keyid, "mine", ROTATION, until)
+
+
+def test_trusted_key_window_in_another_zone_is_kept_in_utc(kit: Kit) -> None:
+    paris = timezone(timedelta(hours=2))
+    key = TrustedKey(KEY_A.private_key.public_key(), KEY_A.keyid, "mine",
+                     valid_until=datetime(2026, 6, 1, 2, 0, tzinfo=paris))
+    assert key.valid_until == ROTATION and key.valid_until.tzinfo is timezone.utc
+    root = TrustRoot.from_keys([key])
+    assert kit.check(kit.seal(signer=KEY_A, sealed_at=ROTATION).data, root).verdict \
+        is Verdict.FAIL
+    before = ROTATION - timedelta(microseconds=1)
+    assert kit.check(kit.seal(signer=KEY_A, sealed_at=before).data, root).verdict is Verdict.OK
 
 
 @pytest.mark.parametrize(
