@@ -254,7 +254,9 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
         redact_attributes: span attribute keys and glob patterns whose values are
             committed instead of stored (SPEC §2.5); the values and salts are
             written to ``<name>.disclosures.json`` (mode 0600) beside each bundle.
-        signing_key: a key object to sign with (overrides *key_file*).
+        signing_key: a :class:`~spanproof.exporter.keys.SigningKey` to sign with
+            (overrides *key_file*; ``SigningKey(key)`` wraps a cryptography
+            ``Ed25519PrivateKey``).
         clock: returns the current time as seconds since the epoch, for both the
             deadlines (grace, idle timeout, retries) and the bundles' ``sealedAt``:
             a test's clock.  By default the deadlines follow :func:`time.monotonic`,
@@ -272,7 +274,8 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
 
     Raises:
         TypeError: a ``str`` given for *select_attributes* or *redact_attributes*
-            (a list of keys is expected).
+            (a list of keys is expected), or a *signing_key* that is not a
+            ``SigningKey``.
         ValueError: a malformed argument or a malformed variable that is not a
             tuning setting (naming it; see :mod:`~spanproof.exporter.config`), an
             output directory that cannot be created or written, or

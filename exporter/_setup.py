@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from spanproof.verifier.checkpoint import WitnessKey
 from spanproof.verifier.errors import InvalidKey
 
@@ -138,7 +140,8 @@ def resolve_setup(
     them and creates nothing).  A refused setup leaves the file system as it was.
 
     Raises:
-        TypeError: a ``str`` given for a list setting.
+        TypeError: a ``str`` given for a list setting, or a *signing_key* that is
+            not a :class:`~spanproof.exporter.keys.SigningKey`.
         ValueError: a malformed argument or a malformed variable that is not a
             tuning setting (naming it; see :mod:`~spanproof.exporter.config`), or
             an output directory that cannot be created or written.
@@ -146,6 +149,7 @@ def resolve_setup(
         OSError: the key directory cannot be created.
         Exception: what *check* raises.
     """
+    _refuse_other_than_a_signing_key(signing_key)
     config = ExporterConfig.from_env(environ=environ, output_dir=output_dir,
                                      key_file=key_file, **settings)
     output = os.path.abspath(config.output_dir)
@@ -173,3 +177,24 @@ def resolve_setup(
         redact=redaction_matcher(config.redact_attributes),
         witness_keys=witness_keys,
     )
+
+
+def _refuse_other_than_a_signing_key(signing_key: object) -> None:
+    """Refuse a *signing_key* that is not a spanproof SigningKey (or None): taken, it
+    failed every seal (``sign_envelope`` missing), and no bundle was ever written.
+
+    Raises:
+        TypeError: *signing_key* is of another type; the message says what to give.
+    """
+    if signing_key is None or isinstance(signing_key, SigningKey):
+        return
+    if isinstance(signing_key, Ed25519PrivateKey):
+        how = "wrap the key: signing_key=SigningKey(key)"
+    elif isinstance(signing_key, (str, bytes, os.PathLike)):
+        how = "give a key file's path as key_file, or signing_key=SigningKey.load(path)"
+    else:
+        how = ("signing_key=SigningKey(key) wraps a cryptography Ed25519PrivateKey, "
+               "SigningKey.load(path) reads a key file")
+    raise TypeError(
+        f"spanproof exporter setting signing_key must be a SigningKey "
+        f"(spanproof.exporter.keys.SigningKey), not {type(signing_key).__name__}: {how}")

@@ -525,7 +525,8 @@ class EvidenceSpanProcessor(SpanProcessor, BuiltDisabled):
 
     Raises:
         TypeError: a ``str`` given for ``select_attributes`` or
-            ``redact_attributes`` (a list of keys is expected).
+            ``redact_attributes`` (a list of keys is expected), or a
+            ``signing_key`` that is not a ``SigningKey``.
         ValueError: a malformed argument or a malformed variable that is not a
             tuning setting (naming it; see :mod:`~spanproof.exporter.config`;
             ``QUEUE_SIZE`` and ``QUEUE_BLOCK_MS`` are tuning settings), or an

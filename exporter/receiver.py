@@ -302,7 +302,9 @@ class Receiver:
         dedup_memory: spans whose fingerprint is remembered to recognise
             re-deliveries after their trace was sealed; as many rejected spans are
             remembered, so that one delivered again is declared once.
-        signing_key: a key object to sign with (overrides *key_file*).
+        signing_key: a :class:`~spanproof.exporter.keys.SigningKey` to sign with
+            (overrides *key_file*; ``SigningKey(key)`` wraps a cryptography
+            ``Ed25519PrivateKey``).
         clock: seconds since the epoch, for both the deadlines and ``sealedAt``: a
             test's clock.  By default the deadlines follow :func:`time.monotonic`
             (a stepped wall clock neither holds every trace nor seals open ones
@@ -324,7 +326,8 @@ class Receiver:
 
     Raises:
         TypeError: a ``str`` given for *select_attributes* or *redact_attributes*
-            (a list of keys is expected).
+            (a list of keys is expected), or a *signing_key* that is not a
+            ``SigningKey``.
         ValueError: a malformed argument or a malformed variable that is not a
             tuning setting (naming it; see :mod:`~spanproof.exporter.config`), or an
             output or journal directory that cannot be created or written.
