@@ -278,8 +278,9 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
             ``SigningKey``.
         ValueError: a malformed argument or a malformed variable that is not a
             tuning setting (naming it; see :mod:`~spanproof.exporter.config`), an
-            output directory that cannot be created or written, or
-            *sealing_process* with a custom *clock* or *sink*.
+            output directory that cannot be created or written, a *witness_key*
+            that is the signing key's public half, or *sealing_process* with a
+            custom *clock* or *sink*.
         InvalidKey: the key file cannot be used.
         OSError: the key directory cannot be created.
     """

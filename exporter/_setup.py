@@ -13,12 +13,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from spanproof.verifier.checkpoint import WitnessKey
+from spanproof.verifier.checkpoint import WitnessKey, refuse_producer_key_as_witness_key
 from spanproof.verifier.errors import InvalidKey
+from spanproof.verifier.keys import TrustedKey, TrustRoot
 
 from .config import ENV_PREFIX, ExporterConfig
 from .disclosure import AttributeMatcher, redaction_matcher
-from .keys import SigningKey, load_or_create
+from .keys import PRIVATE_KEY_NAME, SigningKey, load_or_create
 from .selection import AttributeSelector, Selector
 
 __all__ = ["ProducerSetup", "check_directory", "resolve_setup", "writable_directory"]
@@ -143,8 +144,9 @@ def resolve_setup(
         TypeError: a ``str`` given for a list setting, or a *signing_key* that is
             not a :class:`~spanproof.exporter.keys.SigningKey`.
         ValueError: a malformed argument or a malformed variable that is not a
-            tuning setting (naming it; see :mod:`~spanproof.exporter.config`), or
-            an output directory that cannot be created or written.
+            tuning setting (naming it; see :mod:`~spanproof.exporter.config`), an
+            output directory that cannot be created or written, or a witness key
+            that is the signing key's public half.
         InvalidKey: a key file cannot be used.
         OSError: the key directory cannot be created.
         Exception: what *check* raises.
@@ -155,13 +157,17 @@ def resolve_setup(
     output = os.path.abspath(config.output_dir)
     config = dataclasses.replace(config, output_dir=output)
     check_directory(output)
+    signed_by = "the signing_key argument"
     if signing_key is None and config.key_file is not None:
         with _naming("key_file"):
             signing_key = SigningKey.load(config.key_file)
+        signed_by = f"the signing key {os.fspath(config.key_file)}"
     witness_keys: tuple[WitnessKey, ...] = ()
     if config.witness_key is not None:
         with _naming("witness_key"):
             witness_keys = (WitnessKey.load(config.witness_key),)
+    if signing_key is not None:
+        _refuse_signing_key_as_witness_key(signing_key, signed_by, witness_keys)
     if check is not None:
         check(config)
     # Checked: now create.  (An existing signing.key is read here, not above: a
@@ -169,7 +175,11 @@ def resolve_setup(
     # so refusing it leaves nothing new behind.)
     writable_directory(output)
     if signing_key is None:
-        signing_key = load_or_create(os.path.join(output, "keys"))
+        key_directory = os.path.join(output, "keys")
+        signing_key = load_or_create(key_directory)
+        _refuse_signing_key_as_witness_key(
+            signing_key, f"the signing key {os.path.join(key_directory, PRIVATE_KEY_NAME)}",
+            witness_keys)
     return ProducerSetup(
         config=config,
         signer=signing_key,
@@ -198,3 +208,21 @@ def _refuse_other_than_a_signing_key(signing_key: object) -> None:
     raise TypeError(
         f"spanproof exporter setting signing_key must be a SigningKey "
         f"(spanproof.exporter.keys.SigningKey), not {type(signing_key).__name__}: {how}")
+
+
+def _refuse_signing_key_as_witness_key(
+    signing_key: SigningKey, signed_by: str, witness_keys: tuple[WitnessKey, ...]
+) -> None:
+    """Refuse a witness key that is the public half of *signing_key* (named by
+    *signed_by*): every genuine receipt would fail to verify with it, and each
+    submission would be retired as failed (SPEC §12.1).
+
+    Raises:
+        ValueError: it is; the message names the setting and both keys.
+    """
+    producer = TrustedKey.from_public_key(signing_key.private_key.public_key(), signed_by)
+    try:
+        refuse_producer_key_as_witness_key(TrustRoot((producer,)), witness_keys)
+    except ValueError as e:
+        raise ValueError(f"spanproof exporter setting witness_key "
+                         f"({ENV_PREFIX}WITNESS_KEY): {e}") from None

@@ -529,8 +529,9 @@ class EvidenceSpanProcessor(SpanProcessor, BuiltDisabled):
             ``signing_key`` that is not a ``SigningKey``.
         ValueError: a malformed argument or a malformed variable that is not a
             tuning setting (naming it; see :mod:`~spanproof.exporter.config`;
-            ``QUEUE_SIZE`` and ``QUEUE_BLOCK_MS`` are tuning settings), or an
-            output or journal directory that cannot be created or written.
+            ``QUEUE_SIZE`` and ``QUEUE_BLOCK_MS`` are tuning settings), an output
+            or journal directory that cannot be created or written, or a
+            ``witness_key`` that is the signing key's public half.
         InvalidKey: the key file cannot be used.
         OSError: the key directory cannot be created.
     """

@@ -329,8 +329,9 @@ class Receiver:
             (a list of keys is expected), or a *signing_key* that is not a
             ``SigningKey``.
         ValueError: a malformed argument or a malformed variable that is not a
-            tuning setting (naming it; see :mod:`~spanproof.exporter.config`), or an
-            output or journal directory that cannot be created or written.
+            tuning setting (naming it; see :mod:`~spanproof.exporter.config`), an
+            output or journal directory that cannot be created or written, or a
+            *witness_key* that is the signing key's public half.
         InvalidKey: the key file cannot be used.
         OSError: the key directory cannot be created.
         Exception: what *before_creating* raises.

@@ -232,3 +232,18 @@ def test_help_says_port_0_takes_a_free_port_for_either_address(capsys, flag):
     help_text = " ".join(capsys.readouterr().out.split())
     (line,) = [part for part in help_text.split(" --") if part.startswith(flag[2:] + " ")]
     assert "port 0: any free" in line, line
+
+
+def test_a_witness_key_that_is_the_signing_keys_public_half_is_a_usage_error(capsys, tmp_path):
+    # The receiver started, and every genuine receipt then failed to verify with the
+    # producer's own key: each submission was retired as failed.  `verify` and
+    # `witness submit` refuse the same pair.
+    from spanproof.exporter.keys import SigningKey
+
+    key_file, public = SigningKey.from_seed(bytes(range(32))).write(tmp_path)
+    err = _refused(capsys, tmp_path, "--key", key_file, "--witness-url", "http://127.0.0.1:9",
+                   "--witness-key", public)
+    assert (f"spanproof: error: --witness-key: {public}: the witness key is also a trusted "
+            f"producer key (the signing key {key_file}): a receipt it signs proves nothing "
+            "the bundle's own signature does not; pin the witness's own key") in err
+    assert "OTEL_EXPORTER_SPANPROOF" not in err
