@@ -24,6 +24,7 @@ from spanproof.verifier._files import (
     fsync_directory,
     link_no_replace,
     locked_directory,
+    open_regular,
     remove_stopped_writes,
     unlink_quietly,
     write_atomic,
@@ -220,7 +221,8 @@ class CheckpointSigner:
         Raises:
             InvalidKey: unreadable file, not an unencrypted PEM key, or not Ed25519.
             ValueError: *origin* is not a valid key name (spaces or '+'), or not the
-                one the key was generated for; ``<key>.origin`` cannot be read.
+                one the key was generated for; ``<key>.origin`` is not a regular file
+                or cannot be read.
         """
         private_key = load_private_key(path, "witness key", made_by="spanproof witness keygen")
         recorded = _recorded_origin(path)
@@ -263,12 +265,13 @@ def _recorded_origin(path: str | os.PathLike[str]) -> str | None:
     """The origin recorded beside the key at *path*, or None.
 
     Raises:
-        ValueError: the file exists but cannot be read as one line of UTF-8.
+        ValueError: the file exists but is not a regular file (a named pipe would
+            block the command forever), or cannot be read as one line of UTF-8.
     """
     # Beside the key file itself, where keygen wrote it: a link to the key has none.
     where = origin_path(os.path.realpath(path))
     try:
-        with open(where, "rb") as f:
+        with open_regular(where) as f:
             data = f.read(4097)
     except FileNotFoundError:
         return None

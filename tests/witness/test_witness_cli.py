@@ -10,6 +10,7 @@ import json
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -1714,3 +1715,20 @@ def test_submit_replaces_a_file_that_is_not_a_receipt(
     assert status == 0 and "wrote" in out, out
     verify_receipt(Path(receipt_path(path)).read_bytes(), check_bundle(path, producer_trust),
                    [WitnessKey.load(str(files["pub"]))])
+
+
+@pytest.mark.timeout(10)  # the defect was `witness serve` blocked forever on the pipe
+def test_serve_with_a_named_pipe_as_the_keys_origin_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "wk2"
+    generate_key_file(key)
+    os.mkfifo(tmp_path / "wk2.origin")
+    started = time.monotonic()
+    status, _, err = _run(["witness", "serve", "--key", str(key), "--db", str(tmp_path / "w.db"),
+                           "--listen", "127.0.0.1:0"], capsys)
+    assert time.monotonic() - started < 1
+    assert status == 2, err
+    assert (f"{tmp_path / 'wk2.origin'}: cannot read the key's origin (not a regular file "
+            "(a named pipe))") in err
+    assert not (tmp_path / "w.db").exists()
