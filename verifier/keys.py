@@ -559,14 +559,18 @@ _OPENSSH_PUBLIC = re.compile(rb"\s*(ssh-|ecdsa-sha2-|sk-)[a-z0-9@.-]* AAAA")
 
 
 def _other_than_pkcs8(data: bytes) -> tuple[str, str] | None:
-    """What *data* holds when it is plainly not a PKCS#8 PEM private key (by its first
-    PEM block's label, an OpenSSH public key line, DER), and what to do about it;
-    None when its first PEM block is ``PRIVATE KEY``, for the key loader to judge."""
-    label = _PEM_LABEL.search(data)
-    if label is not None:
-        text = label[1].decode("ascii")
-        if text == "PRIVATE KEY":
+    """What *data* holds when it is plainly not a PKCS#8 PEM private key (by the label
+    of its private key's PEM block, else of its first one; an OpenSSH public key line,
+    DER), and what to do about it; None when its first PEM block is ``PRIVATE KEY``,
+    for the key loader to judge."""
+    labels = [label[1].decode("ascii") for label in _PEM_LABEL.finditer(data)]
+    if labels:
+        if labels[0] == "PRIVATE KEY":
             return None
+        # `openssl ecparam -genkey` writes an EC PARAMETERS block before the key: what
+        # the file holds is the key.
+        text = next((label for label in labels
+                     if label.endswith("PRIVATE KEY") and label in _OTHER_PEM), labels[0])
         what_it_is, hint = _OTHER_PEM.get(text, ("a PEM block of another kind", ""))
         return f"{what_it_is} (-----BEGIN {text}-----)", hint
     if _OPENSSH_PUBLIC.match(data):

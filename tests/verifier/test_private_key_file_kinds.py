@@ -60,6 +60,13 @@ KINDS: dict[str, tuple[Callable[[], bytes], str]] = {
             _PEM, serialization.PrivateFormat.TraditionalOpenSSL, _PLAIN),
         "an EC private key (SEC1) (-----BEGIN EC PRIVATE KEY-----)",
     ),
+    # `openssl ecparam -genkey -name prime256v1`: the curve's parameters, then the key.
+    "ec-sec1-after-its-parameters": (
+        lambda: (b"-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n"
+                 + ec.generate_private_key(ec.SECP256R1()).private_bytes(
+                     _PEM, serialization.PrivateFormat.TraditionalOpenSSL, _PLAIN)),
+        "an EC private key (SEC1) (-----BEGIN EC PRIVATE KEY-----)",
+    ),
     "der-private": (lambda: _ED25519.private_bytes(_DER, _PKCS8, _PLAIN),
                     "a DER (binary) private key"),
     "der-public": (lambda: _ED25519.public_key().public_bytes(_DER, _SPKI),
@@ -90,6 +97,7 @@ def test_a_file_given_as_private_key_is_refused_naming_what_it_holds(
     ("openssh-private", "ssh-keygen cannot write an Ed25519 key as PKCS#8; convert it as "
                         "the README shows"),
     ("rsa-pkcs1", "SPEC §6 allows only Ed25519 keys"),
+    ("ec-sec1-after-its-parameters", "SPEC §6 allows only Ed25519 keys"),
     ("der-private", "write it as PEM with `openssl pkey -inform DER -in KEY -out KEY.pem`"),
 ])
 def test_a_private_key_of_another_format_is_refused_saying_how_to_convert_it(
