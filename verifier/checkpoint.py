@@ -273,9 +273,15 @@ class WitnessKey:
         """Pin a key given as a verifier key string (pins its name too).
 
         Raises:
-            InvalidKey: malformed string, not an Ed25519 key, a key of small order
-                (SPEC §6.1), or a key hash that does not match the name and key.
+            InvalidKey: malformed string, a byte-order mark in it, not an Ed25519
+                key, a key of small order (SPEC §6.1), or a key hash that does not
+                match the name and key.
         """
+        if "\ufeff" in text:
+            # Refused, as in a PEM key file: a BOM is no part of the key, and kept it
+            # read as part of the name, whose key hash then did not match.
+            raise InvalidKey(f"{source}: a byte-order mark (U+FEFF) in the verifier key; "
+                             "save it as plain text without one")
         parts = text.strip().split("+", 2)  # base64 may itself contain '+'
         if len(parts) != 3 or _bad_name(parts[0]) or not _HEX8.match(parts[1]):
             raise InvalidKey(f"{source}: not a verifier key '<name>+<8 hex>+<base64 key>'")

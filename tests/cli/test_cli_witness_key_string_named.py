@@ -31,3 +31,17 @@ def test_a_long_string_is_cut(capsys, tmp_path, keys):
     err = capsys.readouterr().err
     assert f"verifier key {bad[:120]!r}" not in err  # the quoted text is the cut one
     assert f"verifier key '{bad[:120]}...'" in err
+
+
+def test_a_verifier_key_file_saved_with_a_byte_order_mark_is_refused_naming_it(
+    capsys, tmp_path, keys
+):
+    # Some editors save UTF-8 with a byte-order mark: the error was "verifier key hash
+    # does not match its name and key", which sent the user looking at the key.
+    vkey = tmp_path / "witness.vkey"
+    vkey.write_bytes(b"\xef\xbb\xbf" + GOOD_VKEY.encode() + b"\n")
+    status = main(["verify", "--key", str(keys.pub), "--witness-key", str(vkey), str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert err == (f"spanproof: error: {vkey}: a byte-order mark (U+FEFF) in the verifier key; "
+                   "save it as plain text without one\n")

@@ -109,6 +109,15 @@ def test_malformed_vkeys_are_rejected(bad: str) -> None:
         WitnessKey.from_vkey(bad)
 
 
+@pytest.mark.parametrize("text", ["\ufeff" + GO_VKEY + "\n", GO_VKEY + "\ufeff"],
+                         ids=["leading", "trailing"])
+def test_vkey_with_a_byte_order_mark_is_refused_naming_it(text: str) -> None:
+    # Kept as part of the name, the mark made "key hash does not match its name and key".
+    with pytest.raises(errors.InvalidKey, match=r"^w\.vkey: a byte-order mark \(U\+FEFF\) "
+                                                r"in the verifier key; save it as plain text"):
+        WitnessKey.from_vkey(text, "w.vkey")
+
+
 def test_vkey_of_another_signature_type_fail() -> None:
     # The reference key with its type byte 0x01 changed to 0x02, its key hash left as
     # it was (the hash is computed with the type Ed25519 has): only the type check
