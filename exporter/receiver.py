@@ -51,6 +51,7 @@ from typing import Any, TypeGuard
 import orjson
 from opentelemetry.proto.trace.v1 import trace_pb2
 
+from spanproof.verifier._files import fsync_directory, write_atomic
 from spanproof.verifier.keys import raw_public_bytes
 from spanproof.verifier.statement import Producer
 
@@ -220,6 +221,15 @@ def _is_local_root(span: trace_pb2.Span) -> bool:
     if not parent or parent == NO_SPAN_ID:  # no parent (SPEC §2.4.1)
         return True
     return span.flags & (_HAS_IS_REMOTE | _IS_REMOTE) == _HAS_IS_REMOTE | _IS_REMOTE
+
+
+#: In the journal directory: the spans of requests admitted in part, then refused
+#: (a later chunk overloaded, or storage failing), which the sender retries whole.
+UNANSWERED_FILE = "unanswered-spans.jsonl"
+#: How many of them are kept across a restart (each ~150 bytes in the file), and the
+#: size past which the file is cut down to them.
+_UNANSWERED_KEPT = 65_536
+_UNANSWERED_MAX_BYTES = 16 << 20
 
 
 class _SpanMemory:
@@ -416,6 +426,11 @@ class Receiver:
         self._seal_lock = threading.Lock()
         self._assembler = TraceAssembler.from_config(self._config)
         self._memory = _SpanMemory(dedup_memory)
+        self._dedup_memory = dedup_memory
+        self._unanswered_kept = min(dedup_memory, _UNANSWERED_KEPT)
+        # Appends to the file of spans admitted from requests then refused (see
+        # _note_unanswered), one at a time.
+        self._unanswered_lock = threading.Lock()
         # Fingerprints of the rejected spans already declared, oldest forgotten first.
         self._rejected_seen: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._rejected_limit = dedup_memory
@@ -507,6 +522,7 @@ class Receiver:
         self._recovering = True
         try:
             written = self._recover()
+            self._remember_unanswered()
         finally:
             self._recovering = False
         self._journal = Journal(self._journal_dir, self._producer.instance,
@@ -667,12 +683,20 @@ class Receiver:
             # shutdown() waits for it, so none is left half admitted.
             chunks = _trace_chunks(resource_spans, _ADMIT_CHUNK_SPANS,
                                    max(1, self._max_pending // 2))
-            for i, chunk in enumerate(chunks):
-                items, chunk_rejected, roots = self._decode(chunk)
-                with self._ingest_lock:
-                    self._admit(items, chunk_rejected, roots, first=i == 0)
-                decoded += len(items)
-                rejected += chunk_rejected
+            admitted: list[tuple[str, str, bytes]] = []
+            try:
+                for i, chunk in enumerate(chunks):
+                    items, chunk_rejected, roots = self._decode(chunk)
+                    with self._ingest_lock:
+                        admitted += self._admit(items, chunk_rejected, roots, first=i == 0)
+                    decoded += len(items)
+                    rejected += chunk_rejected
+            except Unavailable:
+                if admitted:
+                    # Refused after earlier chunks were accepted: the sender retries
+                    # the whole request, maybe after this receiver restarted.
+                    self._note_unanswered(admitted)
+                raise
         if rejected and not decoded:
             # Declared in the traces' next bundles by _admit; the request is refused.
             raise InvalidRequest(self._rejection_message(rejected))
@@ -756,9 +780,10 @@ class Receiver:
         roots: list[str],
         *,
         first: bool = True,
-    ) -> None:
+    ) -> list[tuple[str, str, bytes]]:
         """Journal and admit one decoded chunk of a request (its *first* or a later
-        one: a request admitted in part is finished even while shutting down)."""
+        one: a request admitted in part is finished even while shutting down).
+        Returns the (trace id, span id, fingerprint) of the spans it accepted anew."""
         assert self._journal is not None
         if self._shut_down and first:
             raise Unavailable("receiver is shutting down", _RETRY_AFTER)
@@ -863,6 +888,73 @@ class Receiver:
             deadline = assembler.next_deadline()
             if wake or (deadline is not None and deadline < self._wake_at):
                 self._cond.notify()
+        return [(trace_id, body.span_id, fingerprint) for trace_id, body, fingerprint, _ in fresh]
+
+    def _note_unanswered(self, spans: list[tuple[str, str, bytes]]) -> None:
+        """Keep *spans*, accepted from a request that was then refused, in the journal
+        directory (fsynced, before the refusal is answered): the sender retries the
+        whole request, and a receiver started meanwhile (a restart, a crash after
+        they were sealed) remembers them as a retry's identical re-deliveries
+        instead of certifying them a second time (:meth:`_remember_unanswered`).
+        Never raises: on failure the retry may certify them again (logged)."""
+        if not self._dedup_memory:
+            return
+        lines = b"".join(orjson.dumps({"t": t, "s": s, "f": f.hex()}) + b"\n"
+                         for t, s, f in spans)
+        path = os.path.join(self._journal_dir, UNANSWERED_FILE)
+        try:
+            with self._unanswered_lock:
+                created = not os.path.exists(path)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                try:
+                    os.write(fd, lines)
+                    os.fsync(fd)
+                    size = os.fstat(fd).st_size
+                finally:
+                    os.close(fd)
+                if created:
+                    fsync_directory(self._journal_dir)
+                if size > _UNANSWERED_MAX_BYTES:
+                    self._keep_unanswered(path, self._unanswered_kept)
+        except OSError as e:
+            _logger.error("receiver: cannot keep the %d span(s) admitted from a request then "
+                          "refused in %s (%s); a retry after a restart certifies them again",
+                          len(spans), path, e)
+
+    def _remember_unanswered(self) -> None:
+        """Remember the spans :meth:`_note_unanswered` kept (the newest, up to the
+        memory's capacity), and keep only those in the file."""
+        path = os.path.join(self._journal_dir, UNANSWERED_FILE)
+        if not self._dedup_memory or not os.path.exists(path):
+            return
+        try:
+            kept = self._keep_unanswered(path, self._unanswered_kept)
+        except OSError as e:
+            _logger.error("receiver: cannot read %s (%s): a Collector's retry of a request "
+                          "refused in part before the restart may be certified again", path, e)
+            return
+        for trace_id, span_id, fingerprint in kept:
+            self._memory.add(trace_id, span_id, fingerprint)
+
+    @staticmethod
+    def _keep_unanswered(path: str, most: int) -> list[tuple[str, str, bytes]]:
+        """The last *most* well-formed entries of *path* (oldest first), which is
+        rewritten (atomically) to hold only them when it held more."""
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - _UNANSWERED_MAX_BYTES))
+            lines = f.read().splitlines()
+        kept: list[tuple[str, str, bytes]] = []
+        for line in lines[-most:]:
+            try:
+                entry = orjson.loads(line)
+                kept.append((str(entry["t"]), str(entry["s"]), bytes.fromhex(entry["f"])))
+            except (ValueError, TypeError, KeyError):
+                continue  # a torn tail, or the cut through the first line kept
+        if len(kept) < len(lines):
+            write_atomic(path, b"".join(
+                orjson.dumps({"t": t, "s": s, "f": f.hex()}) + b"\n" for t, s, f in kept),
+                mode=0o600)
+        return kept
 
     def _forget(self, fresh: list[tuple[str, SerializedBody, bytes, bool]]) -> None:
         """Forget the fingerprints of spans that were not acknowledged, so that the
