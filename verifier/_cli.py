@@ -65,7 +65,13 @@ from .receipt import (
     receipt_path,
 )
 from .records import validate_record
-from .report import STEPS_SHOWN, ReportItem, records_verified, render_html, summarize_checks
+from .report import (
+    ReportItem,
+    records_verified,
+    render_html,
+    steps_shown_of,
+    summarize_checks,
+)
 from .statement import Statement
 from .tree import Paint
 from .values import is_committed_value
@@ -779,11 +785,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     # but unchecked (a SKIPPED check never changes a verdict).  Every record is
     # verified; of each bundle only the steps the page shows are kept, and the
     # records the disclosures need, wherever they are.
+    # A page of many bundles shows fewer steps of each, the page's as a whole bounded.
+    steps_shown = steps_shown_of(len(paths))
     check = _BundleCheck(
         trust, args.allow_incomplete, keep_records=False, receipts=tuple(witness_keys),
         require_receipt=args.require_receipt, witness_origin=args.witness_origin,
         select_records=DisclosureNeeds.of(loaded.disclosures) if args.disclosures else None,
-        first_records=STEPS_SHOWN,
+        first_records=steps_shown,
     )
     results = _check_all(paths, check, args)
     links = link_results(results)
@@ -795,7 +803,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         problems=problems,
         trusted={key.keyid: key.source for key in trust.keys},
         disclosures=disclosed,
-        steps_shown=STEPS_SHOWN,
+        steps_shown=steps_shown,
     )
     # Atomically, readable by its owner only: it shows what the bundles hold and any
     # disclosed values (as ``disclose`` writes them), until its owner shares it.  A

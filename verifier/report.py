@@ -66,9 +66,11 @@ from .verify import (
 __all__ = [
     "COMMITTED_NOT_DISCLOSED",
     "STEPS_SHOWN",
+    "STEPS_SHOWN_ON_A_PAGE",
     "ReportItem",
     "records_verified",
     "render_html",
+    "steps_shown_of",
     "summarize_checks",
 ]
 
@@ -81,6 +83,16 @@ COMMITTED_NOT_DISCLOSED = "committed (not disclosed)"
 #: within ~3-18 MB, which a browser opens; every record is still verified, and
 #: ``spanproof show`` lists them all.
 STEPS_SHOWN = 2000
+#: How many steps the whole page shows in detail: of many bundles (a long trace cut
+#: into segments, a directory), each shows an equal share, at most
+#: :data:`STEPS_SHOWN` (:func:`steps_shown_of`).  The records a page shows are kept
+#: in memory until it is written: 50 segments of 2,000 took 1.2 GiB and a 111 MB page.
+STEPS_SHOWN_ON_A_PAGE = 20_000
+
+
+def steps_shown_of(bundles: int) -> int:
+    """How many steps of each of *bundles* bundles a page shows in detail."""
+    return min(STEPS_SHOWN, STEPS_SHOWN_ON_A_PAGE // max(1, bundles))
 
 _MAX_NAME = 200
 # How many failed traces the report's banner names (each linked to its section).
@@ -632,10 +644,13 @@ def _shown_note(item: ReportItem, shown: int, total: int) -> str:
     and how to list them all."""
     stmt = item.report.statement if item.report is not None else None
     first = stmt.first_seq if stmt is not None else 0
+    shown_part = (f"Showing the first {shown:,} of {total:,} steps</strong> (records "
+                  f"{first}..{first + shown - 1})" if shown else
+                  f"None of its {total:,} steps is shown</strong> (the page shows "
+                  f"{STEPS_SHOWN_ON_A_PAGE:,} in all, shared among its bundles)")
     return (
-        f'<p class="shown" data-shown="{shown}" data-total="{total}"><strong>Showing the '
-        f"first {shown:,} of {total:,} steps</strong> (records {first}..{first + shown - 1}"
-        f"): every one of the {total:,} was verified, but a page showing them all would be "
+        f'<p class="shown" data-shown="{shown}" data-total="{total}"><strong>{shown_part}'
+        f": every one of the {total:,} was verified, but a page showing them all would be "
         "too large to open. <code>spanproof show --key PUB.pem "
         f"{_esc(shlex.quote(item.path))}</code> lists them all.</p>"
     )
@@ -714,7 +729,7 @@ def _bundle(item: ReportItem, trusted: Mapping[str, str], opened: _Opened,
             _details(records, disclosed),
             "</details>",
         ]
-    elif verdict is not Verdict.FAIL:
+    elif verdict is not Verdict.FAIL and not capped:
         parts.append('<p class="muted">This bundle holds no records.</p>')
     parts += ["<h4>Every check, step by step</h4>", _checks_table(item), "</article>"]
     return "".join(parts)

@@ -17,6 +17,7 @@ from report_support import read_page, read_report, run
 from traced_memory import held_by_records, peak_of
 
 import spanproof.verifier._cli as cli
+import spanproof.verifier.report as report_module
 from spanproof.exporter.disclosure import AttributeMatcher
 from spanproof.exporter.sealing import ChainPosition, seal
 from spanproof.verifier.disclosure import Disclosure, DisclosureFile
@@ -100,7 +101,7 @@ def test_report_of_a_failed_long_bundle_shows_what_it_showed(
 def test_report_of_no_more_steps_than_shown_renders_as_keeping_every_record(
     capsys, tmp_path: Path, keys: Keys, make_bundle: MakeBundle, monkeypatch, cap: int
 ):
-    monkeypatch.setattr(cli, "STEPS_SHOWN", cap)
+    monkeypatch.setattr(report_module, "STEPS_SHOWN", cap)
     path, _ = make_bundle("short", bodies=_bodies(7, attributes=3))
     out = tmp_path / "r.html"
     code, printed, _ = run(capsys, "report", "--key", keys.pub, path, "--html", out)
@@ -129,7 +130,7 @@ def _sealed_with_committed(tmp_path: Path, keys: Keys, count: int, committed: in
 def test_disclosures_of_steps_past_those_shown_are_still_checked(
     capsys, tmp_path: Path, keys: Keys, monkeypatch
 ):
-    monkeypatch.setattr(cli, "STEPS_SHOWN", 3)
+    monkeypatch.setattr(report_module, "STEPS_SHOWN", 3)
     path = _sealed_with_committed(tmp_path, keys, 10, committed=8)
     good = tmp_path / "d.json"
     out = tmp_path / "r.html"
@@ -163,7 +164,7 @@ SHOWN = 20
 def test_report_keeps_only_the_steps_it_shows(
     capsys, tmp_path: Path, keys: Keys, make_bundle: MakeBundle, monkeypatch
 ):
-    monkeypatch.setattr(cli, "STEPS_SHOWN", SHOWN)
+    monkeypatch.setattr(report_module, "STEPS_SHOWN", SHOWN)
     path, _ = make_bundle("wide", bodies=_bodies(SPANS, ATTRIBUTES))
     count, held = held_by_records(path)
     assert count == SPANS
@@ -175,3 +176,31 @@ def test_report_keeps_only_the_steps_it_shows(
     assert f"records={SPANS}" in printed
     assert peak < held / 4, (peak, held)
     assert f"Showing the first {SHOWN} of {SPANS} steps" in read_report(out).text
+
+
+def test_a_page_of_many_bundles_shows_a_share_of_its_steps_each() -> None:
+    # Each bundle kept and showed 2,000 steps however many there were: 50 segments of
+    # a long trace took 1.2 GiB and wrote a 111 MB page.
+    from spanproof.verifier.report import STEPS_SHOWN_ON_A_PAGE, steps_shown_of
+
+    assert steps_shown_of(1) == steps_shown_of(10) == STEPS_SHOWN
+    assert steps_shown_of(50) == STEPS_SHOWN_ON_A_PAGE // 50 < STEPS_SHOWN
+    assert steps_shown_of(STEPS_SHOWN_ON_A_PAGE + 1) == 0
+
+
+def test_report_of_many_bundles_keeps_and_shows_their_share(
+    capsys, tmp_path: Path, keys: Keys, make_bundle: MakeBundle, monkeypatch
+):
+    monkeypatch.setattr(report_module, "STEPS_SHOWN_ON_A_PAGE", 9)  # 3 bundles: 3 each
+    paths = [make_bundle(f"b{n}", bodies=_bodies(5))[0] for n in range(3)]
+    out = tmp_path / "r.html"
+    code, printed, _ = run(capsys, "report", "--key", keys.pub, *paths, "--html", out)
+    assert code == 0, printed
+    text = " ".join(read_report(out).text.split())
+    assert text.count("Showing the first 3 of 5 steps") == 3
+    monkeypatch.setattr(report_module, "STEPS_SHOWN_ON_A_PAGE", 2)  # none of each
+    code, printed, _ = run(capsys, "report", "--key", keys.pub, *paths, "--html", out)
+    assert code == 0, printed
+    text = " ".join(read_report(out).text.split())
+    assert text.count("None of its 5 steps is shown") == 3
+    assert "This bundle holds no records" not in text
