@@ -275,16 +275,26 @@ def _refuse_string(field_name: str, value: object) -> None:
 
 
 def _warn_unknown_variables(env: Iterable[str]) -> None:
-    """Warn about each variable with the prefix (in any case) that names no setting:
-    ignored silently, a misspelled ``REDACT_ATTRIBUTE`` would store in clear the
-    values it was set to hide."""
-    for var in sorted(name for name in env if name.upper().startswith(ENV_PREFIX)):
+    """Warn about each variable with the prefix (in any case) that names no setting,
+    or that names one under another prefix (``OTEL_SPANPROOF_``, ``SPANPROOF_``, the
+    prefix without its last underscore): ignored silently, a misspelled
+    ``REDACT_ATTRIBUTE`` would store in clear the values it was set to hide."""
+    for var in sorted(name for name in env if _MARK in name.upper()):
         if var in KNOWN_VARIABLES:
             continue
-        close = difflib.get_close_matches(var.upper()[len(ENV_PREFIX):], _KNOWN_SUFFIXES, n=1)
+        upper = var.upper()
+        rest = (upper[len(ENV_PREFIX):] if upper.startswith(ENV_PREFIX)
+                else upper.split(_MARK, 1)[1].lstrip("_"))
+        close = difflib.get_close_matches(rest, _KNOWN_SUFFIXES, n=1)
         hint = (f"; did you mean {ENV_PREFIX}{close[0]}?" if close
                 else " (README, Configuration, lists the variables)")
+        if not upper.startswith(ENV_PREFIX) and not close:
+            continue  # another program's variable that happens to hold the word
         _logger.warning("spanproof: %s is not a spanproof setting and is ignored%s", var, hint)
+
+
+# What every spanproof variable, and every misspelling of its prefix, holds.
+_MARK = "SPANPROOF"
 
 
 def _check(ok: bool, field_name: str, requirement: str, value: object) -> None:

@@ -419,6 +419,31 @@ def test_a_misspelled_variable_is_warned_about_with_the_closest_name(
                                    f"ignored; did you mean {ENV_PREFIX}{suggested}?")
 
 
+@pytest.mark.parametrize("var", [
+    "OTEL_SPANPROOF_REDACT_ATTRIBUTES", "SPANPROOF_REDACT_ATTRIBUTES",
+    "OTEL_EXPORTER_SPANPROOFREDACT_ATTRIBUTES", "otel_exporter_spanproof__redact_attributes",
+])
+def test_a_setting_under_a_misspelled_prefix_is_warned_about(
+    var: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Only the exact prefix was looked at: these were ignored without a word, and
+    # the values they were set to hide were stored in clear.
+    with caplog.at_level(logging.WARNING, logger="spanproof.exporter.config"):
+        config = ExporterConfig.from_env(environ={var: "customer.*"})
+    assert config == ExporterConfig()
+    (record,) = caplog.records
+    assert record.getMessage() == (f"spanproof: {var} is not a spanproof setting and is "
+                                   f"ignored; did you mean {ENV_PREFIX}REDACT_ATTRIBUTES?")
+
+
+def test_another_programs_variable_holding_the_word_is_left_alone(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="spanproof.exporter.config"):
+        ExporterConfig.from_env(environ={"MY_SPANPROOF_DASHBOARD_URL": "http://x"})
+    assert caplog.records == []
+
+
 def test_an_unknown_variable_far_from_any_name_is_warned_about_without_a_guess(
     caplog: pytest.LogCaptureFixture
 ) -> None:
