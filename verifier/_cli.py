@@ -19,9 +19,10 @@ import importlib
 import json
 import logging
 import os
+import re
 import stat
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import IO, Any, NoReturn, cast
@@ -374,26 +375,66 @@ def _must_exist(path: str) -> None:
         raise UsageError(f"{path}: no such file or directory") from None
 
 
-def _collect(paths: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+@dataclass(frozen=True)
+class _Collected:
+    """The bundle files under the ``PATH`` arguments, each once, in order, and what
+    could not be checked, with why.  To look again: what ``find_bundles`` gave for
+    each ``PATH``, the positions of the ``PATH`` arguments that are directories, and
+    for each bundle found by walking one of them, that position (a bundle file named
+    on the command line has none)."""
+
+    bundles: list[str]
+    problems: list[tuple[str, str]]
+    found: tuple[tuple[str, ...], ...]
+    directories: frozenset[int]
+    walked: Mapping[str, int]
+
+    def adding(self, late: Mapping[int, Sequence[str]]) -> _Collected:
+        """These bundles and the files *late* gives for the ``PATH`` at each position,
+        in the order the first listing would have given them in."""
+        found = tuple(
+            tuple(sorted({*files, *late[i]})) if i in late else files
+            for i, files in enumerate(self.found)
+        )
+        bundles, walked = _unique(found, self.directories)
+        return _Collected(bundles, self.problems, found, self.directories, walked)
+
+
+def _collect(paths: Sequence[str]) -> _Collected:
     """Bundle files under *paths* (each once), and what could not be checked, with
     why: a path that holds no bundle, a directory that cannot be listed."""
-    bundles: list[str] = []
     problems: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    real_dirs: dict[str, str] = {}  # a directory's real path, resolved once
+    found: list[tuple[str, ...]] = []
+    directories: set[int] = set()
 
     def cannot_list(error: OSError) -> None:
         where = os.fspath(error.filename) if error.filename is not None else "?"
         problems.append((where, f"cannot list the directory ({error.strerror or error}); "
                                 "the bundles in it were not checked"))
 
-    for path in paths:
+    for position, path in enumerate(paths):
         _must_exist(path)
         known = len(problems)
-        found = list(find_bundles([path], onerror=cannot_list))
-        if not found and len(problems) == known:
+        if os.path.isdir(path):
+            directories.add(position)
+        found.append(tuple(find_bundles([path], onerror=cannot_list)))
+        if not found[-1] and len(problems) == known:
             problems.append((path, _NO_BUNDLES))
-        for bundle in found:
+    bundles, walked = _unique(found, directories)
+    return _Collected(bundles, problems, tuple(found), frozenset(directories), walked)
+
+
+def _unique(
+    found: Sequence[Sequence[str]], directories: Collection[int]
+) -> tuple[list[str], dict[str, int]]:
+    """Each bundle of *found* (what each ``PATH`` gave) once, by the file it really
+    is, in order; and the ``PATH`` position of each found below one of *directories*."""
+    bundles: list[str] = []
+    walked: dict[str, int] = {}
+    seen: set[str] = set()
+    real_dirs: dict[str, str] = {}  # a directory's real path, resolved once
+    for position, files in enumerate(found):
+        for bundle in files:
             if os.path.islink(bundle):
                 real = os.path.realpath(bundle)
             else:
@@ -405,7 +446,78 @@ def _collect(paths: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
             if real not in seen:
                 seen.add(real)
                 bundles.append(bundle)
-    return bundles, problems
+                if position in directories:
+                    walked[bundle] = position
+    return bundles, walked
+
+
+# A producer names segment N of trace T, from its instance I, T-NNNN-I.spanproof.json
+# (SPEC §7.4); its directory sink, when that name is taken, T-NNNN-I.<n>.spanproof.json.
+_SEGMENT_NAME = re.compile(
+    r"([0-9a-f]{32})-([0-9]{4,20})-([0-9a-f]{1,64})(?:\.[0-9]+)?" + re.escape(BUNDLE_SUFFIX))
+
+
+def _late_segments(
+    collected: _Collected, results: Sequence[BundleResult]
+) -> dict[int, list[str]]:
+    """The bundle files, by ``PATH`` position, that a trace's segments found by
+    walking a directory lack, listed again where they were found.
+
+    A directory listing taken while a producer links bundles into it is no snapshot
+    (on ext4 it runs in hash order): a segment published before a later one of its
+    trace can be missed while the later one is seen.  A trace (of one producer
+    instance) without a segment below its highest verified one is such a gap, and the
+    directories where its segments were found are listed once more, for the missing
+    segments' names (SPEC §7.4): each was published before the later segment was
+    seen, so it is in that listing.  What is found is verified like every bundle,
+    the name deciding nothing; a gap that remains fails the trace (SPEC §8 step 11).
+    """
+    present: dict[tuple[str, str], set[int]] = {}
+    where: dict[tuple[str, str], set[tuple[int, str]]] = {}
+    for path, result in zip(collected.bundles, results, strict=True):
+        report = result.report
+        stmt = report.statement if report is not None else None
+        if stmt is None or result.verdict is Verdict.FAIL:
+            continue  # as link_segments: a failed segment is a missing one
+        group = (stmt.trace_id, stmt.producer.instance)
+        present.setdefault(group, set()).add(stmt.segment_index)
+        position = collected.walked.get(path)
+        if position is not None:
+            # The directory as the walk named it, so that a file found in it is named alike.
+            where.setdefault(group, set()).add((position, path[:-len(os.path.basename(path))]))
+    lacking: dict[tuple[int, str], dict[tuple[str, str], set[int]]] = {}
+    for group, indexes in present.items():
+        if len(indexes) <= max(indexes):  # a gap below the highest segment
+            for place in where.get(group, ()):
+                lacking.setdefault(place, {})[group] = indexes
+    known = set(collected.bundles)
+    late: dict[int, list[str]] = {}
+    for (position, directory), groups in sorted(lacking.items()):
+        try:
+            with os.scandir(directory) as listing:
+                names = [entry.name for entry in listing
+                         if _fills_gap(entry.name, groups) and not entry.is_dir()]
+        except OSError:
+            continue  # gone since it was listed: the gap stands, and fails the trace
+        for name in names:
+            path = directory + name
+            if path not in known:
+                known.add(path)
+                late.setdefault(position, []).append(path)
+    return late
+
+
+def _fills_gap(name: str, groups: Mapping[tuple[str, str], set[int]]) -> bool:
+    """Whether *name* is a file name of a segment that one of *groups* (each with the
+    segments present) lacks below its highest one."""
+    match = _SEGMENT_NAME.fullmatch(name)
+    if match is None:
+        return False
+    indexes = groups.get((match[1], match[3]))
+    if indexes is None:
+        return False
+    index = int(match[2])
+    return index not in indexes and index < max(indexes)
 
 
 def _load_witness_keys(specs: Sequence[str]) -> tuple[WitnessKey, ...]:
@@ -555,6 +667,25 @@ def _check_all(
     return results
 
 
+def _check_collected(
+    collected: _Collected, check: _BundleCheck, args: argparse.Namespace
+) -> tuple[list[BundleResult], list[TraceLink], list[str]]:
+    """*check* on every collected bundle, and the segments of each trace linked
+    (SPEC §8 step 11), once what a trace's segments lack below its highest one has
+    been looked for again (:func:`_late_segments`): the results and links, in the
+    order of :func:`_collect`, and the bundle files found on that second look."""
+    results = _check_all(collected.bundles, check, args)
+    late = _late_segments(collected, results)
+    if not late:
+        return results, link_results(results), []
+    more = collected.adding(late)
+    checked = dict(zip(collected.bundles, results, strict=True))
+    new = [path for path in more.bundles if path not in checked]
+    checked.update(zip(new, _check_all(new, check, args), strict=True))
+    results = [checked[path] for path in more.bundles]
+    return results, link_results(results), new
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     trust = load_trust(args.key, args.trust_root)
     if trust is None:
@@ -562,7 +693,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     witness_keys = _load_witness_keys(args.witness_key)
     _refuse_receipt_options_without_key(args, witness_keys)
     _refuse_producer_key_as_witness_key(trust, witness_keys)
-    paths, problems = _collect(args.paths)
+    collected = _collect(args.paths)
+    problems = list(collected.problems)
     # Read first, so that each bundle keeps only the records these disclosures need.
     loaded = _load_disclosure_files(args.disclosures)
     problems += loaded.problems
@@ -572,8 +704,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         require_receipt=args.require_receipt, witness_origin=args.witness_origin,
         select_records=DisclosureNeeds.of(loaded.disclosures) if args.disclosures else None,
     )
-    results = _check_all(paths, check, args)
-    links = link_results(results)
+    results, links, _ = _check_collected(collected, check, args)
     # SPEC §2.5.5: each disclosed value against its commitment in a verified bundle.
     disclosed = _check_disclosed(loaded.disclosures, results)
     problems += _nothing_disclosed(loaded.read, disclosed)
@@ -774,9 +905,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if os.path.isdir(out):
         raise UsageError(f"{out}: is a directory; --html takes the report file to write")
     target = _through_link("--html", out)
-    paths, problems = _collect(args.paths)
+    collected = _collect(args.paths)
+    problems = list(collected.problems)
     _refuse_overwriting("--html", out, [
-        *(f for path in paths for f in _evidence_files(path)),
+        *(f for path in collected.bundles for f in _evidence_files(path)),
         *args.disclosures, *args.key, *args.trust_root, *args.witness_key,
     ])
     loaded = _load_disclosure_files(args.disclosures)
@@ -793,8 +925,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         select_records=DisclosureNeeds.of(loaded.disclosures) if args.disclosures else None,
         first_records=steps_shown,
     )
-    results = _check_all(paths, check, args)
-    links = link_results(results)
+    results, links, late = _check_collected(collected, check, args)
+    _refuse_overwriting("--html", out, [f for path in late for f in _evidence_files(path)])
     disclosed = _check_disclosed(loaded.disclosures, results)
     problems += _nothing_disclosed(loaded.read, disclosed)
     document = render_html(
