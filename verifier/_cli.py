@@ -918,7 +918,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     # verified; of each bundle only the steps the page shows are kept, and the
     # records the disclosures need, wherever they are.
     # A page of many bundles shows fewer steps of each, the page's as a whole bounded.
-    steps_shown = steps_shown_of(len(paths))
+    steps_shown = steps_shown_of(len(collected.bundles))
     check = _BundleCheck(
         trust, args.allow_incomplete, keep_records=False, receipts=tuple(witness_keys),
         require_receipt=args.require_receipt, witness_origin=args.witness_origin,
