@@ -13,6 +13,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from spanproof.verifier._files import make_directories
 from spanproof.verifier.checkpoint import WitnessKey, refuse_producer_key_as_witness_key
 from spanproof.verifier.errors import InvalidKey
 from spanproof.verifier.keys import TrustedKey, TrustRoot
@@ -41,16 +42,17 @@ _OUTPUT_DIR_SETTING = f"output_dir ({ENV_PREFIX}OUTPUT_DIR)"
 
 def writable_directory(path: str, setting: str = _OUTPUT_DIR_SETTING) -> None:
     """Create the directory *path* of the *setting* (the output directory by default)
-    if missing and check that it can be written, at start-up: found later, every
-    bundle (or journal entry) would fail to be written and be lost at shutdown, while
-    the application runs on and exits 0.  Nothing is written to it.
+    if missing (with its parents, mode 0755 whatever the umask: `make_directories`)
+    and check that it can be written, at start-up: found later, every bundle (or
+    journal entry) would fail to be written and be lost at shutdown, while the
+    application runs on and exits 0.  Nothing is written to it.
 
     Raises:
         ValueError: *path* cannot be created, is not a directory or cannot be written.
     """
     problem = None
     try:
-        os.makedirs(path, exist_ok=True)
+        make_directories(path)
     except FileExistsError:  # exists, and is not a directory (or a link to one)
         problem = "it exists and is not a directory"
     except OSError as e:

@@ -47,6 +47,7 @@ from typing import Any
 
 import orjson
 
+from spanproof.verifier._files import make_directories
 from spanproof.verifier.records import is_trace_id
 
 __all__ = ["Journal", "RecoveredTrace", "recover_orphans", "replay", "replay_instances"]
@@ -404,7 +405,7 @@ class Journal:
         # Values: _POSITION-packed (file number, segment index, first seq, start,
         # previous statement): ~0.2 KB a trace with the dict's own, its id apart.
         self._positions: collections.OrderedDict[str, bytes] = collections.OrderedDict()
-        os.makedirs(directory, exist_ok=True)
+        make_directories(directory)
         self._open_next()
 
     @property

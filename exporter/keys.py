@@ -18,6 +18,7 @@ from nacl.signing import SigningKey as _SodiumKey
 from spanproof.verifier._files import (
     link_no_replace,
     locked_directory,
+    make_directories,
     read_named_file,
     remove_stopped_writes,
     unlink_quietly,
@@ -100,7 +101,8 @@ class SigningKey:
     def write(
         self, directory: str | os.PathLike[str], *, exist_ok: bool = False
     ) -> tuple[str, str]:
-        """Write ``signing.key`` (mode 0600) and ``signing.pub`` into *directory*.
+        """Write ``signing.key`` (mode 0600) and ``signing.pub`` into *directory*,
+        created (mode 0755 whatever the umask) if missing.
 
         The private key file is created with mode 0600 from the start (never
         readable by others, not even briefly), and named ``signing.key`` only once
@@ -126,7 +128,7 @@ class SigningKey:
         """:meth:`write`; with *drop_stale_public*, ``signing.pub`` is removed once
         the private key's temporary file is written, just before it is linked (see
         :func:`load_or_create`): a write that fails before then removes nothing."""
-        os.makedirs(directory, exist_ok=True)
+        make_directories(directory)
         folder = os.fspath(directory)
         priv = os.path.join(folder, PRIVATE_KEY_NAME)
         pub = os.path.join(folder, PUBLIC_KEY_NAME)

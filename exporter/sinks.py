@@ -36,6 +36,7 @@ from typing import Literal, Protocol, get_args, runtime_checkable
 from spanproof.verifier._files import (
     fsync_directory,
     link_no_replace,
+    make_directories,
     unlink_quietly,
     write_temp,
 )
@@ -131,7 +132,7 @@ class DirectorySink:
         that kept it from being written (the others are still written).  Once this
         returns, every bundle given a path survives a crash."""
         try:
-            os.makedirs(self._dir, exist_ok=True)
+            make_directories(self._dir)
         except OSError as e:
             return [e] * len(bundles)
         group_sync = self._syncfs is not None and len(bundles) > 1

@@ -55,7 +55,7 @@ from spanproof.verifier._batch import (
     retry_after_asks,
     witness_url_error,
 )
-from spanproof.verifier._files import write_atomic
+from spanproof.verifier._files import make_directories, write_atomic
 from spanproof.verifier.bundle import BUNDLE_SUFFIX, BundleReader
 from spanproof.verifier.checkpoint import WitnessKey
 from spanproof.verifier.errors import LogInconsistent, SpanproofError, TransportError
@@ -262,7 +262,7 @@ class WitnessSubmitter:
         # again, so what was refused is submitted without waiting for a restart.
         self._scan_dir: str | None = None
         self._refused = False
-        os.makedirs(os.path.join(self._dir, _FAILED_DIR), exist_ok=True)
+        make_directories(os.path.join(self._dir, _FAILED_DIR))
         self._seq = 0
         if resume:
             self._remove_interrupted_writes()

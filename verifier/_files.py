@@ -14,8 +14,8 @@ from collections.abc import Callable, Collection, Iterator
 from typing import BinaryIO
 
 __all__ = [
-    "MAX_NAMED_FILE", "fsync_directory", "link_no_replace", "locked_directory", "open_regular",
-    "read_named_file", "remove_stopped_writes",
+    "MAX_NAMED_FILE", "fsync_directory", "link_no_replace", "locked_directory",
+    "make_directories", "open_regular", "read_named_file", "remove_stopped_writes",
     "temp_target", "temporaries", "unlink_quietly", "walk_files", "write_atomic", "write_new",
     "write_once", "write_temp",
 ]
@@ -194,6 +194,41 @@ def link_no_replace(src: str, dst: str) -> None:
 # What os.link() fails with where a filesystem has no hard links, or none more.
 _NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV,
                             errno.EMLINK})
+
+
+def make_directories(path: str | os.PathLike[str], *, mode: int = 0o755) -> None:
+    """Create the directory *path* with its missing parents, as
+    ``os.makedirs(path, exist_ok=True)`` does, giving each directory this call
+    creates *mode* whatever the umask; a directory that exists keeps its own mode.
+
+    A producer's directories (output, journal, witness queue, default key
+    directory) are made listable by anyone: under a umask such as 077, ``mkdir``
+    alone makes them 0700, and ``spanproof verify`` run by any other account fails
+    on each of them, as it must on a directory that may hide bundles.  The files in them keep
+    their own modes (a journal file or a private key 0600).
+
+    Raises:
+        FileExistsError: *path*, or a parent, exists and is not a directory.
+        OSError: a directory cannot be created or its mode set.
+    """
+    name = os.fspath(path)
+    head, tail = os.path.split(name)
+    if not tail:
+        head, tail = os.path.split(head)
+    if head and tail and not os.path.exists(head):
+        with contextlib.suppress(FileExistsError):  # created meanwhile by another writer
+            make_directories(head, mode=mode)
+        if tail == os.curdir:
+            return
+    try:
+        os.mkdir(name, mode)
+    except OSError:
+        if not os.path.isdir(name):
+            raise
+        return  # there already: not ours to change
+    # Set before any directory is created in it: under a umask that takes the
+    # owner's bits, mkdir's mode would keep even this process out.
+    os.chmod(name, mode)
 
 
 def fsync_directory(directory: str) -> None:

@@ -49,7 +49,7 @@ def test_a_writer_losing_the_race_neither_fails_nor_leaves_its_own_public_key(
         (directory / "signing.pub").write_bytes(SigningKey.generate().public_pem())
     written = {"A": SigningKey.from_seed(b"A" * 32), "B": SigningKey.from_seed(b"B" * 32)}
     a_at_link, b_at_link, a_linked, b_done = (threading.Event() for _ in range(4))
-    real_link, real_makedirs = os.link, os.makedirs
+    real_link, real_make_directories = os.link, keys.make_directories
 
     def writer() -> str:
         return threading.current_thread().name
@@ -66,13 +66,13 @@ def test_a_writer_losing_the_race_neither_fails_nor_leaves_its_own_public_key(
             _waited(a_linked)
             real_link(src, dst, **kwargs)
 
-    def makedirs(name: Any, *args: Any, **kwargs: Any) -> None:
+    def make_directories(name: Any, **kwargs: Any) -> None:
         if writer() == "B":
             _waited(a_at_link)  # B writes its temporary key after A has written its own
-        real_makedirs(name, *args, **kwargs)
+        real_make_directories(name, **kwargs)
 
     monkeypatch.setattr(os, "link", link)
-    monkeypatch.setattr(os, "makedirs", makedirs)
+    monkeypatch.setattr(keys, "make_directories", make_directories)
     monkeypatch.setattr(SigningKey, "generate", classmethod(lambda cls: written[writer()]))
     returned: dict[str, str] = {}
     errors: list[BaseException] = []
