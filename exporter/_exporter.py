@@ -1433,7 +1433,8 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
                 # Once per condition (disk full, read-only, ...), not once per bundle.
                 self._sink_condition = condition
                 _logger.error("spanproof: cannot write bundles (%s: %s); they are kept in "
-                              "memory (up to %d) and retried every %.0f s",
+                              "memory (up to %d, and 256 MiB with their disclosures) and "
+                              "retried every %.0f s",
                               type(e).__name__, e, _MAX_UNWRITTEN, _RETRY_SECONDS)
             else:
                 _logger.debug("spanproof: still cannot write bundle %s (%s)",
@@ -1460,10 +1461,11 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
         self._unwritten.append(bundle)
         if len(self._unwritten) > _MAX_UNWRITTEN:
             self._discard(self._unwritten.popleft())
-        held = sum(len(kept.data) for kept in self._unwritten)
+        # Their disclosures too: with redaction the values are there, not in the bundle.
+        held = sum(kept.held_bytes for kept in self._unwritten)
         while held > _MAX_UNWRITTEN_BYTES and len(self._unwritten) > 1:
             oldest = self._unwritten.popleft()
-            held -= len(oldest.data)
+            held -= oldest.held_bytes
             self._discard(oldest)
 
     def _discard(self, bundle: SealedBundle) -> None:

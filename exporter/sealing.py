@@ -7,6 +7,7 @@ position are passed in, so the same inputs always give the same bytes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -119,6 +120,12 @@ class SealedBundle:
         """``<trace id>-<segment>-<producer instance>.spanproof.json`` (hex only)."""
         s = self.statement
         return f"{s.trace_id}-{s.segment_index:04d}-{s.producer.instance}{BUNDLE_SUFFIX}"
+
+    @functools.cached_property
+    def held_bytes(self) -> int:
+        """What the bundle holds in memory, about: its bytes and its disclosure file's
+        (the committed values, which ``data`` does not hold).  Computed once."""
+        return len(self.data) + len(self.disclosures_data())
 
     def disclosures_data(self) -> bytes:
         """The disclosure file's bytes (SPEC §2.5.4); empty when nothing was committed."""

@@ -221,6 +221,35 @@ def test_bundles_kept_for_a_failing_sink_are_bounded_in_bytes_too(
                for s in declarations)
 
 
+def test_bundles_kept_for_a_failing_sink_count_their_disclosures_in_the_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With redaction the values are in the bundles' disclosures, not in their bytes:
+    # the bound counted the bytes alone, and kept every bundle of large prompts.
+    out = tmp_path / "out"
+    disk = _Disk(monkeypatch, out)
+    monkeypatch.setattr(exporter_module, "_MAX_UNWRITTEN_BYTES", 300_000)
+    exporter = SpanproofSpanExporter(out, signing_key=signing_key(), seal_grace=0.0,
+                                     redact_attributes=["gen_ai.prompt"])
+    provider = TracerProvider(resource=Resource.create({"service.name": "faults-svc"}),
+                              shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("tests.faults")
+    disk.failure = errno.ENOSPC
+    for n in range(3):  # each ~200 kB of committed prompt, a few kB of bundle
+        with tracer.start_as_current_span(f"ask-{n}", attributes={
+                "gen_ai.operation.name": "chat", "gen_ai.prompt": f"{n}" * 200_000}):
+            pass
+        assert exporter.force_flush() is False
+    assert len(exporter._unwritten) == 1
+    assert sum(len(b.data) for b in exporter._unwritten) < 20_000  # the values are not there
+    disk.failure = None
+    assert exporter.force_flush() is True
+    exporter.shutdown()
+    declared = [s for s in _statements(out, tmp_path / "keys") if s.segment_index == 1]
+    assert len(declared) == 2 and all(s.completeness.dropped_spans == 1 for s in declared)
+
+
 def test_discarded_bundle_losses_beyond_the_remembered_traces_go_to_the_next_bundle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
