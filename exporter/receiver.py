@@ -37,10 +37,12 @@ I/O; ``_seal_lock`` runs sealing cycles one at a time.
 from __future__ import annotations
 
 import collections
+import errno
 import hashlib
 import logging
 import os
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
@@ -51,7 +53,7 @@ from typing import Any, TypeGuard
 import orjson
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from spanproof.verifier._files import fsync_directory, write_atomic
+from spanproof.verifier._files import fsync_directory, open_regular, write_atomic
 from spanproof.verifier.keys import raw_public_bytes
 from spanproof.verifier.statement import Producer
 
@@ -684,18 +686,22 @@ class Receiver:
             chunks = _trace_chunks(resource_spans, _ADMIT_CHUNK_SPANS,
                                    max(1, self._max_pending // 2))
             admitted: list[tuple[str, str, bytes]] = []
+            declared: list[bytes] = []
             try:
                 for i, chunk in enumerate(chunks):
                     items, chunk_rejected, roots = self._decode(chunk)
                     with self._ingest_lock:
-                        admitted += self._admit(items, chunk_rejected, roots, first=i == 0)
+                        accepted, counted = self._admit(items, chunk_rejected, roots,
+                                                        first=i == 0)
+                    admitted += accepted
+                    declared += counted
                     decoded += len(items)
                     rejected += chunk_rejected
             except Unavailable:
-                if admitted:
+                if admitted or declared:
                     # Refused after earlier chunks were accepted: the sender retries
                     # the whole request, maybe after this receiver restarted.
-                    self._note_unanswered(admitted)
+                    self._note_unanswered(admitted, declared)
                 raise
         if rejected and not decoded:
             # Declared in the traces' next bundles by _admit; the request is refused.
@@ -780,10 +786,11 @@ class Receiver:
         roots: list[str],
         *,
         first: bool = True,
-    ) -> list[tuple[str, str, bytes]]:
+    ) -> tuple[list[tuple[str, str, bytes]], list[bytes]]:
         """Journal and admit one decoded chunk of a request (its *first* or a later
         one: a request admitted in part is finished even while shutting down).
-        Returns the (trace id, span id, fingerprint) of the spans it accepted anew."""
+        Returns the (trace id, span id, fingerprint) of the spans it accepted anew,
+        and the fingerprints of the rejected spans it declared."""
         assert self._journal is not None
         if self._shut_down and first:
             raise Unavailable("receiver is shutting down", _RETRY_AFTER)
@@ -888,25 +895,34 @@ class Receiver:
             deadline = assembler.next_deadline()
             if wake or (deadline is not None and deadline < self._wake_at):
                 self._cond.notify()
-        return [(trace_id, body.span_id, fingerprint) for trace_id, body, fingerprint, _ in fresh]
+        return ([(trace_id, body.span_id, fingerprint) for trace_id, body, fingerprint, _ in fresh],
+                [fingerprint for _, fingerprint in counted])
 
-    def _note_unanswered(self, spans: list[tuple[str, str, bytes]]) -> None:
-        """Keep *spans*, accepted from a request that was then refused, in the journal
-        directory (fsynced, before the refusal is answered): the sender retries the
-        whole request, and a receiver started meanwhile (a restart, a crash after
-        they were sealed) remembers them as a retry's identical re-deliveries
-        instead of certifying them a second time (:meth:`_remember_unanswered`).
-        Never raises: on failure the retry may certify them again (logged)."""
+    def _note_unanswered(self, spans: list[tuple[str, str, bytes]],
+                         rejected: list[bytes]) -> None:
+        """Keep *spans* accepted, and the fingerprints of spans *rejected* (declared),
+        from a request that was then refused, in the journal directory (fsynced,
+        before the refusal is answered): the sender retries the whole request, and a
+        receiver started meanwhile (a restart, a crash after they were sealed)
+        remembers them as a retry's identical re-deliveries, and its rejections as
+        declared, instead of certifying or declaring them a second time
+        (:meth:`_remember_unanswered`).  Never raises: on failure the retry may
+        certify them again (logged)."""
         if not self._dedup_memory:
             return
-        lines = b"".join(orjson.dumps({"t": t, "s": s, "f": f.hex()}) + b"\n"
-                         for t, s, f in spans)
+        lines = b"".join(
+            [orjson.dumps({"t": t, "s": s, "f": f.hex()}) + b"\n" for t, s, f in spans]
+            + [orjson.dumps({"r": f.hex()}) + b"\n" for f in rejected])
         path = os.path.join(self._journal_dir, UNANSWERED_FILE)
         try:
             with self._unanswered_lock:
-                created = not os.path.exists(path)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                created = not os.path.lexists(path)
+                # Not through a link, never blocking on a pipe: a regular file only.
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+                             | os.O_NONBLOCK, 0o600)
                 try:
+                    if not stat.S_ISREG(os.fstat(fd).st_mode):
+                        raise OSError(errno.EINVAL, "not a regular file")
                     os.write(fd, lines)
                     os.fsync(fd)
                     size = os.fstat(fd).st_size
@@ -919,42 +935,60 @@ class Receiver:
         except OSError as e:
             _logger.error("receiver: cannot keep the %d span(s) admitted from a request then "
                           "refused in %s (%s); a retry after a restart certifies them again",
-                          len(spans), path, e)
+                          len(spans) + len(rejected), path, e)
 
     def _remember_unanswered(self) -> None:
         """Remember the spans :meth:`_note_unanswered` kept (the newest, up to the
         memory's capacity), and keep only those in the file."""
         path = os.path.join(self._journal_dir, UNANSWERED_FILE)
-        if not self._dedup_memory or not os.path.exists(path):
+        if not self._dedup_memory or not os.path.lexists(path):
             return
         try:
-            kept = self._keep_unanswered(path, self._unanswered_kept)
+            spans, rejected = self._keep_unanswered(path, self._unanswered_kept)
         except OSError as e:
             _logger.error("receiver: cannot read %s (%s): a Collector's retry of a request "
                           "refused in part before the restart may be certified again", path, e)
             return
-        for trace_id, span_id, fingerprint in kept:
+        for trace_id, span_id, fingerprint in spans:
             self._memory.add(trace_id, span_id, fingerprint)
+        for fingerprint in rejected:
+            self._rejected_seen[fingerprint] = None
+        while len(self._rejected_seen) > self._rejected_limit:
+            self._rejected_seen.popitem(last=False)
 
     @staticmethod
-    def _keep_unanswered(path: str, most: int) -> list[tuple[str, str, bytes]]:
-        """The last *most* well-formed entries of *path* (oldest first), which is
-        rewritten (atomically) to hold only them when it held more."""
-        with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - _UNANSWERED_MAX_BYTES))
-            lines = f.read().splitlines()
-        kept: list[tuple[str, str, bytes]] = []
+    def _keep_unanswered(
+        path: str, most: int
+    ) -> tuple[list[tuple[str, str, bytes]], list[bytes]]:
+        """The spans (trace id, span id, fingerprint) and rejected fingerprints of the
+        last *most* lines of *path* (a regular file: anything else is refused without
+        reading; at most its last 16 MiB read), oldest first, without the lines
+        that are not well formed; *path* is rewritten (atomically) to hold only
+        those when it held more.
+
+        Raises:
+            OSError: it cannot be read, or is not a regular file.
+        """
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - _UNANSWERED_MAX_BYTES))
+            lines = f.read(_UNANSWERED_MAX_BYTES).splitlines()
+        spans: list[tuple[str, str, bytes]] = []
+        rejected: list[bytes] = []
+        kept: list[bytes] = []
         for line in lines[-most:]:
             try:
                 entry = orjson.loads(line)
-                kept.append((str(entry["t"]), str(entry["s"]), bytes.fromhex(entry["f"])))
+                if "r" in entry:
+                    rejected.append(bytes.fromhex(entry["r"]))
+                else:
+                    spans.append((str(entry["t"]), str(entry["s"]), bytes.fromhex(entry["f"])))
             except (ValueError, TypeError, KeyError):
                 continue  # a torn tail, or the cut through the first line kept
+            kept.append(line + b"\n")
         if len(kept) < len(lines):
-            write_atomic(path, b"".join(
-                orjson.dumps({"t": t, "s": s, "f": f.hex()}) + b"\n" for t, s, f in kept),
-                mode=0o600)
-        return kept
+            write_atomic(path, b"".join(kept), mode=0o600)
+        return spans, rejected
 
     def _forget(self, fresh: list[tuple[str, SerializedBody, bytes, bool]]) -> None:
         """Forget the fingerprints of spans that were not acknowledged, so that the

@@ -76,6 +76,58 @@ def test_the_kept_spans_are_bounded_and_a_torn_line_is_dropped(tmp_path: Path) -
     path = tmp_path / UNANSWERED_FILE
     lines = [f'{{"t":"{TRACES[0]}","s":"{n:016x}","f":"{n:064x}"}}' for n in range(10)]
     path.write_text("\n".join(lines) + '\n{"t":"torn')
-    kept = Receiver._keep_unanswered(str(path), 5)
+    kept, rejected = Receiver._keep_unanswered(str(path), 5)
     assert [span for _, span, _ in kept] == [f"{n:016x}" for n in range(6, 10)]
+    assert rejected == []
     assert path.read_text().splitlines() == lines[6:]  # rewritten with them alone
+
+
+def test_a_retry_after_a_restart_declares_a_rejected_span_once(tmp_path: Path) -> None:
+    # The accepted spans were kept across the restart, the rejected ones' having been
+    # declared was not: the retry declared them again, in a bundle of its own.
+    from receiver_support import verified as all_verified
+
+    clock = FakeClock()
+    out = tmp_path / "out"
+    big = {"app.blob": "x" * 5_000}  # over max_value_bytes: rejected
+    spans = [otlp_span(trace, n, parent=None if n == 1 else 1,
+                       extra=big if (trace, n) == (TRACES[0], 7) else None)
+             for trace in TRACES for n in range(1, SPANS_PER_TRACE + 1)]
+    first = quiet_receiver(out, clock, max_backlog_spans=1500, max_value_bytes=1024)
+    first.start()
+    with pytest.raises(Unavailable, match="overloaded"):
+        first(request(*spans).resource_spans)
+    assert first.shutdown(5)
+    second = quiet_receiver(out, clock, max_backlog_spans=1500, max_value_bytes=1024)
+    second.start()
+    try:
+        second(request(*spans).resource_spans)
+    finally:
+        assert second.shutdown(5)
+    reports = all_verified(str(out), trust_root(str(tmp_path)), allow_incomplete=True)
+    assert sum(r.statement.completeness.rejected_spans for r in reports
+               if r.statement is not None and r.statement.trace_id == TRACES[0]) == 1
+
+
+@pytest.mark.parametrize("kind", ["named pipe", "device"])
+def test_an_unanswered_file_that_is_not_a_regular_file_is_refused_not_read(
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import os
+
+    clock = FakeClock()
+    out = tmp_path / "out"
+    (out / "journal").mkdir(parents=True)
+    odd = out / "journal" / UNANSWERED_FILE
+    if kind == "named pipe":
+        os.mkfifo(odd)
+    else:
+        odd.symlink_to("/dev/zero")
+    receiver = quiet_receiver(out, clock, max_backlog_spans=1500)
+    receiver.start()  # returned: it neither blocked on the pipe nor read the device
+    try:
+        assert "not a regular file" in caplog.text
+        with pytest.raises(Unavailable, match="overloaded"):
+            receiver(_request())  # its note cannot be kept either: logged, answered
+    finally:
+        receiver.shutdown(5)
