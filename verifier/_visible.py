@@ -4,7 +4,8 @@ are shown as their escape, shared by ``verify``, ``show`` and the HTML report.
 A character is written as its escape (``\\x1b``, ``\\u034f``) when it is not
 printable (controls, line and paragraph separators, format characters), when it is a
 Unicode Default_Ignorable_Code_Point (it renders as nothing: U+034F COMBINING
-GRAPHEME JOINER, variation selectors, Hangul fillers), when it is a combining mark
+GRAPHEME JOINER, variation selectors, Hangul fillers) or U+2800 BRAILLE PATTERN BLANK
+(drawn as a blank cell), when it is a combining mark
 with no letter, number or mark before it (at the start of the text it would sit on
 whatever is printed before; after a quote or ``=`` it hides in them), and, in a text
 that is not in Unicode Normalization Form C, when it takes part in what NFC would
@@ -24,9 +25,11 @@ from collections.abc import Callable, Iterator
 
 __all__ = ["escape_char", "is_plain", "key_text", "name_text", "quoted", "visible"]
 
-# Unicode DerivedCoreProperties.txt, Default_Ignorable_Code_Point (Unicode 15.1).
+# Unicode DerivedCoreProperties.txt, Default_Ignorable_Code_Point (Unicode 15.1), and
+# U+2800 BRAILLE PATTERN BLANK: printable, not white space, drawn as a blank cell
+# ("customer.email" followed by it read as customer.email).
 _IGNORABLE = re.compile(
-    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u2800"
     "\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
     "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
 )

@@ -130,6 +130,17 @@ def test_what_renders_as_nothing_is_printed_as_its_escape():
     assert printable("tag\U000e0041") == "tag\\U000e0041"
 
 
+def test_a_character_drawn_as_a_blank_cell_is_printed_as_its_escape():
+    # U+2800 BRAILLE PATTERN BLANK is printable and no white space: a key of
+    # "customer.email" and it was printed bare, reading as customer.email.
+    from spanproof.verifier._visible import key_text, name_text
+
+    assert printable("customer.email\u2800") == "customer.email\\u2800"
+    assert key_text("customer.email\u2800") == '"customer.email\u2800"'
+    assert name_text("refund\u2800approve") == '"refund\u2800approve"'
+    assert printable("\u2801") == "\u2801"  # a braille pattern with a dot is drawn
+
+
 def test_combining_marks_of_text_not_in_nfc_are_printed_as_their_escape():
     assert printable("cafe\u0301") == "cafe\\u0301"
     assert printable("\u212b") == "\\u212b"  # ANGSTROM SIGN: NFC makes it U+00C5
