@@ -681,6 +681,9 @@ def _check_collected(
     more = collected.adding(late)
     checked = dict(zip(collected.bundles, results, strict=True))
     new = [path for path in more.bundles if path not in checked]
+    if check.first_records is not None:
+        # A report's page: its share of steps is of every bundle, the late ones too.
+        check = dataclasses.replace(check, first_records=steps_shown_of(len(more.bundles)))
     checked.update(zip(new, _check_all(new, check, args), strict=True))
     results = [checked[path] for path in more.bundles]
     return results, link_results(results), new
@@ -926,6 +929,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         first_records=steps_shown,
     )
     results, links, late = _check_collected(collected, check, args)
+    steps_shown = steps_shown_of(len(results))  # bundles a second look found count too
     _refuse_overwriting("--html", out, [f for path in late for f in _evidence_files(path)])
     disclosed = _check_disclosed(loaded.disclosures, results)
     problems += _nothing_disclosed(loaded.read, disclosed)
