@@ -322,7 +322,13 @@ def _window_bound(value: object, field: str, source: str) -> datetime | None:
         # read in whatever zone the verifying machine is in.
         raise InvalidKey(f"{source}: {field} {value.isoformat()} has no time zone; give "
                          "an aware datetime (tzinfo=timezone.utc)")
-    return value.astimezone(timezone.utc)
+    try:
+        return value.astimezone(timezone.utc)
+    except OverflowError:
+        # The calendar's edge in another zone (datetime.max in New York): in UTC it is
+        # past the edge, so the edge itself, which no sealedAt passes either.
+        edge = datetime.max if value.year == datetime.max.year else datetime.min
+        return edge.replace(tzinfo=timezone.utc)
 
 
 def raw_public_bytes(key: Ed25519PublicKey) -> bytes:
