@@ -350,18 +350,24 @@ def check_bundle(
 class _SdkDrops:
     """What the records of one bundle say their producer's SDK dropped before
     certification (``droppedAttributesCount`` of a span, its events and links;
-    ``droppedEventsCount``; ``droppedLinksCount``).  The statement's completeness
-    counts whole spans (SPEC §5); these are parts of certified spans, which no
+    ``droppedEventsCount``; ``droppedLinksCount``; and of their resource and scope).
+    The statement's completeness counts whole spans (SPEC §5); these are parts of
+    certified spans, which no
     record can show: worth a remark, not a failed check (silence about a loss is a
     defect)."""
 
-    __slots__ = ("attributes", "events", "links", "records")
+    __slots__ = ("attributes", "events", "links", "records", "resource", "scope", "shared")
 
     def __init__(self) -> None:
         self.records = 0
         self.attributes = 0
         self.events = 0
         self.links = 0
+        # A resource's or scope's count is repeated by each record of it: the records
+        # naming one that lost attributes, and the most each lost.
+        self.shared = 0
+        self.resource = 0
+        self.scope = 0
 
     def add(self, record: Mapping[str, Any]) -> None:
         """Note the dropped counts of *record* (a valid record: uint64 strings)."""
@@ -378,17 +384,28 @@ class _SdkDrops:
             self.attributes += attributes
             self.events += events
             self.links += links
+        resource = int(record["resource"]["droppedAttributesCount"])
+        scope = int(record["scope"]["droppedAttributesCount"])
+        if resource or scope:
+            self.shared += 1
+            self.resource = max(self.resource, resource)
+            self.scope = max(self.scope, scope)
 
     def remarks(self) -> tuple[str, ...]:
-        """The remark for the bundle's report, or none."""
-        if not self.records:
-            return ()
-        return (
-            f"{self.records} record(s) hold what their producer's SDK dropped: "
-            f"{self.attributes} attribute(s), {self.events} event(s), {self.links} link(s) "
-            "(droppedAttributesCount, droppedEventsCount, droppedLinksCount); they certify "
-            "their spans as kept, not what was dropped",
-        )
+        """The remarks for the bundle's report, or none."""
+        found: list[str] = []
+        if self.records:
+            found.append(
+                f"{self.records} record(s) hold what their producer's SDK dropped: "
+                f"{self.attributes} attribute(s), {self.events} event(s), {self.links} "
+                "link(s) (droppedAttributesCount, droppedEventsCount, droppedLinksCount); "
+                "they certify their spans as kept, not what was dropped")
+        if self.shared:
+            found.append(
+                f"{self.shared} record(s) name a resource or instrumentation scope that "
+                f"lost attributes before certification (up to {self.resource} of a "
+                f"resource's, {self.scope} of a scope's: their droppedAttributesCount)")
+        return tuple(found)
 
 
 class _SaltReuse:

@@ -82,3 +82,21 @@ def test_records_that_dropped_nothing_give_no_remark(
     assert check_bundle(path, TrustRoot.from_pem_files([str(keys.pub)])).remarks == ()
     assert main(["show", "--key", str(keys.pub), str(path)]) == 0
     assert "remark" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("part", ["resource", "scope"])
+def test_a_resource_or_scope_that_lost_attributes_is_remarked_once_for_its_records(
+        part: str, make_bundle: MakeBundle, keys: Keys) -> None:
+    # Only spans, events and links were summed: a receiver's record of a resource
+    # that lost attributes (the OTLP resource's dropped_attributes_count) said nothing.
+    bodies = workflow_bodies()
+    for body in bodies:
+        body[part] = {**body[part], "droppedAttributesCount": "3"}  # shared dicts: copied
+    path, _ = make_bundle(bodies=bodies)
+    report = check_bundle(path, TrustRoot.from_pem_files([str(keys.pub)]))
+    assert report.verdict is Verdict.OK
+    resource, scope = (3, 0) if part == "resource" else (0, 3)
+    assert report.remarks == (
+        f"{len(bodies)} record(s) name a resource or instrumentation scope that lost "
+        f"attributes before certification (up to {resource} of a resource's, {scope} of "
+        "a scope's: their droppedAttributesCount)",)
