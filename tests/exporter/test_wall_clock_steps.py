@@ -53,15 +53,23 @@ def _sealed_at(out: Path, trust_dir: Path) -> dict[str, tuple[str, datetime]]:
             for r in out_reports if r.statement is not None}
 
 
-def test_a_wall_clock_stepped_back_delays_no_seal(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _stepped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, idle_timeout: float
+) -> tuple[SteppedWall, Path, SpanproofSpanExporter, Recorder]:
+    """A wall clock to step, and an exporter (grace 0.2 s) built while it is the
+    process's ``time.time``, with its output directory and a recorder."""
     wall = SteppedWall()
     monkeypatch.setattr(time, "time", wall)
     out = tmp_path / "out"
     exporter = SpanproofSpanExporter(out, signing_key=signing_key(), select_all=True,
-                                     seal_grace=0.2, idle_timeout=3600.0)
-    rec = Recorder()
+                                     seal_grace=0.2, idle_timeout=idle_timeout)
+    return wall, out, exporter, Recorder()
+
+
+def test_a_wall_clock_stepped_back_delays_no_seal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wall, out, exporter, rec = _stepped(tmp_path, monkeypatch, idle_timeout=3600.0)
     try:
         with evidence(rec, "before-the-step"):
             pass
@@ -82,12 +90,7 @@ def test_a_wall_clock_stepped_back_delays_no_seal(
 def test_a_wall_clock_stepped_forward_seals_no_open_trace_as_idle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    wall = SteppedWall()
-    monkeypatch.setattr(time, "time", wall)
-    out = tmp_path / "out"
-    exporter = SpanproofSpanExporter(out, signing_key=signing_key(), select_all=True,
-                                     seal_grace=0.2, idle_timeout=30.0)
-    rec = Recorder()
+    wall, out, exporter, rec = _stepped(tmp_path, monkeypatch, idle_timeout=30.0)
     try:
         with evidence(rec, "open-root"):
             with evidence(rec, "step"):

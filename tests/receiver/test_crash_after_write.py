@@ -211,6 +211,32 @@ def test_bundle_found_at_recovery_is_durable_before_the_journal_is_deleted(
     assert "fsync output directory" in events[:events.index("delete journal")], events
 
 
+#: The key a receiver is restarted with (the documented rotation).
+ROTATED = SigningKey.from_seed(bytes([7]) * 32)
+
+
+def _written_then_stopped(out: Path) -> str:
+    """A two-span trace sealed and written into *out*, then stopped as a crash would
+    before the journal recorded it: the bundle's path."""
+    stop_after_writing(out, FakeClock(),
+                       request(otlp_span(TRACE_A, 1), otlp_span(TRACE_A, 2, parent=1)))
+    (before,) = bundle_paths(str(out))
+    return before
+
+
+def _start_rotated(out: Path) -> list[str]:
+    """Start a receiver on *out* with the :data:`ROTATED` key and stop it: the bundles
+    it recovered."""
+    from spanproof.exporter.receiver import Receiver
+
+    rotated = Receiver(out, signing_key=ROTATED, clock=FakeClock(), seal_grace=2.0,
+                       idle_timeout=30.0)
+    try:
+        return rotated.start()
+    finally:
+        rotated.shutdown(5)
+
+
 def test_bundle_written_before_a_crash_is_not_sealed_again_under_a_rotated_key(
     tmp_path: Path,
 ) -> None:
@@ -218,18 +244,9 @@ def test_bundle_written_before_a_crash_is_not_sealed_again_under_a_rotated_key(
     # only that key: the written segment did not verify, its spans were sealed again
     # under the same segment index, and the trace failed ("segment 0 appears
     # twice").  The journal now names the key its instance signed with.
-    from spanproof.exporter.receiver import Receiver
-
-    clock = FakeClock()
     out = tmp_path / "out"
-    stop_after_writing(out, clock, request(otlp_span(TRACE_A, 1), otlp_span(TRACE_A, 2, parent=1)))
-    (before,) = bundle_paths(str(out))
-    rotated = Receiver(out, signing_key=SigningKey.from_seed(bytes([7]) * 32), clock=clock,
-                       seal_grace=2.0, idle_timeout=30.0)
-    try:
-        assert rotated.start() == []
-    finally:
-        rotated.shutdown(5)
+    before = _written_then_stopped(out)
+    assert _start_rotated(out) == []
     assert bundle_paths(str(out)) == [before]
     assert not any(name.startswith("journal-") for name in os.listdir(out / "journal"))
 
@@ -254,23 +271,14 @@ def test_an_earlier_versions_journal_recovered_under_a_rotated_key_starts_a_new_
     # written segment did not verify under it, its spans were sealed again under the
     # dead instance as the same segment, and the trace failed ("segment 0 appears
     # twice").  They are sealed under a new instance now, and every chain verifies.
-    from spanproof.exporter.receiver import Receiver
-
-    clock = FakeClock()
     out = tmp_path / "out"
-    stop_after_writing(out, clock, request(otlp_span(TRACE_A, 1), otlp_span(TRACE_A, 2, parent=1)))
-    (before,) = bundle_paths(str(out))
+    before = _written_then_stopped(out)
     _without_key_entries(out / "journal")
-    new_key = SigningKey.from_seed(bytes([7]) * 32)
-    rotated = Receiver(out, signing_key=new_key, clock=clock, seal_grace=2.0, idle_timeout=30.0)
-    try:
-        (recovered,) = rotated.start()
-    finally:
-        rotated.shutdown(5)
+    (recovered,) = _start_rotated(out)
     assert sorted(bundle_paths(str(out))) == sorted([before, recovered])
     both = TrustRoot.from_keys([
         *trust_root(str(tmp_path)).keys,
-        TrustedKey.from_public_key(new_key.private_key.public_key(), "the new key")])
+        TrustedKey.from_public_key(ROTATED.private_key.public_key(), "the new key")])
     reports = [check_bundle(path, both, keep_records=True) for path in (before, recovered)]
     assert [r.verdict for r in reports] == [Verdict.OK, Verdict.OK]
     old, new = (r.statement for r in reports)
