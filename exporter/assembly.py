@@ -558,7 +558,9 @@ class TraceAssembler:
         for trace_id, entry in list(self._traces.items()):
             if entry.position is None or not entry.has_work():
                 continue
-            jobs.append(self._emit(entry, reason))
+            # One already due keeps its own reason for this segment (sealed early for
+            # room, its note says so: "shutdown" beside it misstated why).
+            jobs.append(self._emit(entry, self._ready.pop(trace_id, reason)))
             if not entry.has_work():
                 self._forget_queues(trace_id)
         return jobs

@@ -338,6 +338,20 @@ def test_a_trace_sealed_early_for_room_after_its_root_ended_says_so() -> None:
     assert asm.due(10.0) == []  # sealed once, not again when its grace ends
 
 
+def test_a_trace_sealed_early_for_room_keeps_its_reason_when_a_shutdown_drains_it() -> None:
+    # Drained before the sealer took it, it was sealed "shutdown", beside a note saying
+    # it was sealed early for room.
+    asm = assembler(max_pending_traces=1)
+    asm.add(T1, body(T1, 0), now=0.0)
+    asm.root_ended(T1, now=0.5)
+    assert asm.add(T2, body(T2, 0), now=1.0) is True  # T1 goes for room
+    jobs = {job.trace_id: job for job in asm.drain_all()}
+    assert jobs[T1].reason == "root_ended"
+    assert jobs[T1].completeness.notes == (
+        "sealed before its grace period ended: 1 traces were open (max_pending_traces)",)
+    assert jobs[T2].reason == "shutdown"
+
+
 def test_spans_dropped_for_want_of_room_are_declared_in_their_trace() -> None:
     asm = assembler(max_pending_traces=1)
     asm.add(T1, body(T1, 0), now=0.0)
