@@ -542,26 +542,6 @@ def _groups(paths: Sequence[str]) -> list[list[str]]:
     return groups
 
 
-#: A body of at least this many bytes whose upload the witness cut off (a reset, a
-#: broken pipe) is taken as one it refused as too large: a server answers 413 and
-#: closes the connection without reading the rest, which this client (closing each
-#: connection) may see as the reset alone, never reading the 413.
-_CUT_OFF_AS_TOO_LARGE = 1 << 20
-
-
-def _too_large(error: Exception, size: int) -> bool:
-    """Whether *error*, answering a submission of *size* bytes, says the witness
-    takes no body that large (413, or the upload cut off)."""
-    from .client import HTTPStatusError
-
-    if isinstance(error, HTTPStatusError):
-        return error.status == 413
-    cause = error.__cause__
-    reason = getattr(cause, "reason", cause)  # a URLError wraps the socket's error
-    return size >= _CUT_OFF_AS_TOO_LARGE and isinstance(
-        reason, (ConnectionResetError, BrokenPipeError))
-
-
 def _envelope_of(data: bytes) -> bytes:
     """The DSSE envelope of bundle *data* as JSON, for a submission without records.
 
@@ -720,8 +700,8 @@ class _Submitter:
         try:
             try:
                 resp = self._client.submit(data, public_key_der=self._der)
-            except (HTTPStatusError, TransportError) as e:
-                if not _too_large(e, len(data)):
+            except HTTPStatusError as e:
+                if e.status != 413:
                     raise
                 # Larger than the witness takes: its signed statement alone, as a
                 # DSSE envelope, which the witness logs without its records.

@@ -346,26 +346,6 @@ def test_submit_sends_a_bundle_larger_than_the_witness_takes_as_its_envelope(
         )
 
 
-def test_submit_sends_a_bundle_far_larger_than_the_witness_takes_as_its_envelope(
-    files: dict[str, Path], open_witness: Any, serve_witness: Any,
-    producer_trust: TrustRoot, capsys: pytest.CaptureFixture[str],
-) -> None:
-    # Megabytes over the limit, the witness answers 413 and closes the connection
-    # with the upload unread: this client saw a reset, said "cannot reach witness"
-    # (exit 3), and never fell back to the envelope.
-    path = write_bundle(files["bundles"], make_bundle(trace_id(1), records=2000,
-                                                      name="n" * 8000))
-    assert path.stat().st_size > 16_000_000
-    srv = serve_witness(open_witness(), max_body=200_000)
-    status, out, _ = _run(["witness", "submit", str(path), "--url", srv.url,
-                           "--producer-key", str(files["producer"]),
-                           "--witness-key", str(files["pub"]), "--retry-for", "0"], capsys)
-    assert status == 0, out
-    keys = [WitnessKey.load(str(files["pub"]))]
-    verify_receipt(Path(receipt_path(path)).read_bytes(), check_bundle(path, producer_trust),
-                   keys)
-
-
 def test_submit_sends_bundles_in_batches(
     files: dict[str, Path], open_witness: Any, serve_witness: Any,
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
