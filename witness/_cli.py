@@ -698,6 +698,7 @@ class _Submitter:
         from .client import HTTPStatusError
 
         try:
+            alone = ""
             try:
                 resp = self._client.submit(data, public_key_der=self._der)
             except HTTPStatusError as e:
@@ -706,11 +707,13 @@ class _Submitter:
                 # Larger than the witness takes: its signed statement alone, as a
                 # DSSE envelope, which the witness logs without its records.
                 resp = self._client.submit(_envelope_of(data), public_key_der=self._der)
+                alone = (" (larger than the witness takes: sent as its DSSE envelope "
+                         "alone, its records not checked by the witness)")
             return self._written(
                 path, data, resp.body, resp.status == 201,
                 resp.headers.get("spanproof-leaf-index", "?"),
                 resp.headers.get("spanproof-conflict") == "true", report, verifier,
-            ), EXIT_OK
+            ) + alone, EXIT_OK
         except HTTPStatusError as e:
             self._note(e)
             return (f"FAIL {path}: witness answered {e}",

@@ -339,6 +339,7 @@ def test_submit_sends_a_bundle_larger_than_the_witness_takes_as_its_envelope(
                            "--witness-key", str(files["pub"])], capsys)
     assert status == 0, out
     assert out.count("OK ") == 2
+    assert out.count("sent as its DSSE envelope alone, its records not checked") == 2
     keys = [WitnessKey.load(str(files["pub"]))]
     for path in paths:
         verify_receipt(
