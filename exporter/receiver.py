@@ -895,8 +895,11 @@ class Receiver:
             deadline = assembler.next_deadline()
             if wake or (deadline is not None and deadline < self._wake_at):
                 self._cond.notify()
+        # Only the journaled rejections (of a named trace): one of no trace is declared
+        # from memory only, and kept as declared it would be declared by nothing after
+        # a crash.
         return ([(trace_id, body.span_id, fingerprint) for trace_id, body, fingerprint, _ in fresh],
-                [fingerprint for _, fingerprint in counted])
+                [fingerprint for trace, fingerprint in counted if _named_trace(trace)])
 
     def _note_unanswered(self, spans: list[tuple[str, str, bytes]],
                          rejected: list[bytes]) -> None:

@@ -798,6 +798,9 @@ class WitnessSubmitter:
             # larger than its default --max-body): its signed statement alone, as
             # a DSSE envelope, which the witness logs without its records.
             status, body = self._submit(_envelope_of(data))
+            _logger.warning("witness submission of %s: larger than the witness takes (HTTP "
+                            "413), sent as its DSSE envelope alone (its records not checked "
+                            "by the witness)", bundle)
         _check_answer(status, body)
         return self._checked_receipt(bundle, data, body, self._receipt_verifier())
 

@@ -326,9 +326,8 @@ def _window_bound(value: object, field: str, source: str) -> datetime | None:
         return value.astimezone(timezone.utc)
     except OverflowError:
         # The calendar's edge in another zone (datetime.max in New York): in UTC it is
-        # past the edge, so the edge itself, which no sealedAt passes either.
-        edge = datetime.max if value.year == datetime.max.year else datetime.min
-        return edge.replace(tzinfo=timezone.utc)
+        # past the edge, beyond every sealedAt, so that side of the window is open.
+        return None
 
 
 def raw_public_bytes(key: Ed25519PublicKey) -> bytes:

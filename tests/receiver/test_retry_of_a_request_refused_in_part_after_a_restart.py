@@ -131,3 +131,32 @@ def test_an_unanswered_file_that_is_not_a_regular_file_is_refused_not_read(
             receiver(_request())  # its note cannot be kept either: logged, answered
     finally:
         receiver.shutdown(5)
+
+
+def test_a_rejection_of_no_trace_is_declared_after_a_crash_and_the_retry(tmp_path: Path) -> None:
+    # A span whose trace id is zero is declared from memory only (in any trace's next
+    # bundle), never journaled: kept as declared across the restart, after a crash
+    # nothing declared it at all.
+    from receiver_support import verified as all_verified
+
+    clock = FakeClock()
+    out = tmp_path / "out"
+    spans = [otlp_span(TRACES[0], n, parent=None if n == 1 else 1)
+             for n in range(1, SPANS_PER_TRACE + 1)]
+    spans.append(otlp_span("0" * 32, 1))  # rejected: no trace
+    spans += [otlp_span(trace, n, parent=None if n == 1 else 1)
+              for trace in TRACES[1:] for n in range(1, SPANS_PER_TRACE + 1)]
+    first = quiet_receiver(out, clock, max_backlog_spans=1500)
+    first.start()
+    with pytest.raises(Unavailable, match="overloaded"):
+        first(request(*spans).resource_spans)
+    crash(first)
+    second = quiet_receiver(out, clock, max_backlog_spans=1500)
+    second.start()
+    try:
+        second(request(*spans).resource_spans)
+    finally:
+        assert second.shutdown(5)
+    reports = all_verified(str(out), trust_root(str(tmp_path)), allow_incomplete=True)
+    assert sum(r.statement.completeness.rejected_spans for r in reports
+               if r.statement is not None) == 1

@@ -1539,7 +1539,7 @@ class TooLargeForBundles(FakeWitness):
 
 def test_a_bundle_larger_than_the_witness_takes_is_submitted_as_its_envelope(
     tmp_path: Path, witness: Witness, witness_keys: list[WitnessKey],
-    producer_key: SigningKey, producer_trust: TrustRoot,
+    producer_key: SigningKey, producer_trust: TrustRoot, caplog: pytest.LogCaptureFixture,
 ) -> None:
     # A 413 retired it for good: such a bundle was never witnessed.
     fake = TooLargeForBundles(witness)
@@ -1557,4 +1557,5 @@ def test_a_bundle_larger_than_the_witness_takes_is_submitted_as_its_envelope(
         receipt = Path(receipt_path(path)).read_bytes()
         verify_receipt(receipt, check_bundle(path, producer_trust), witness_keys)
     assert witness.size == 2
+    assert caplog.text.count("sent as its DSSE envelope alone") == 2
     sub.close()
