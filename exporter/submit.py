@@ -52,6 +52,7 @@ from spanproof.verifier._batch import (
     batch_receipt,
     batch_request,
     batch_results,
+    envelope_submission,
     retry_after_asks,
     witness_url_error,
 )
@@ -797,7 +798,11 @@ class WitnessSubmitter:
             # Larger than the witness takes (a segment cut at 64 MiB of values is
             # larger than its default --max-body): its signed statement alone, as
             # a DSSE envelope, which the witness logs without its records.
-            status, body = self._submit(_envelope_of(data))
+            try:
+                envelope = envelope_submission(data)
+            except SpanproofError as e:
+                raise _Permanent(f"bundle header cannot be read: {e}") from e
+            status, body = self._submit(envelope)
             _logger.warning("witness submission of %s: larger than the witness takes (HTTP "
                             "413), sent as its DSSE envelope alone (its records not checked "
                             "by the witness)", bundle)
@@ -980,19 +985,6 @@ def _own_statement(data: bytes, trust: TrustRoot) -> _OwnStatement:
     except SpanproofError as e:
         raise _Permanent(f"own bundle's statement does not verify: {e}") from e
     return _OwnStatement(statement, digest_hex(envelope.payload), signer.keyid)
-
-
-def _envelope_of(data: bytes) -> bytes:
-    """The DSSE envelope of bundle *data* as JSON, for a submission without records.
-
-    Raises:
-        _Permanent: the bundle's header cannot be read.
-    """
-    try:
-        envelope, _ = BundleReader(io.BytesIO(data)).read_header()
-    except SpanproofError as e:
-        raise _Permanent(f"bundle header cannot be read: {e}") from e
-    return json.dumps(envelope.to_json(), separators=(",", ":")).encode("ascii")
 
 
 def _is_receipt(answer: bytes) -> bool:

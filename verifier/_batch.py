@@ -1,5 +1,6 @@
 """The submitting side of a witness's ``POST /v1/submit-batch`` (SPEC §12.9): the
-request body, the checked answer, and each result's receipt file bytes; and when to
+request body, the checked answer, and each result's receipt file bytes; a bundle's
+envelope alone, for a witness that takes no body as large as the bundle; and when to
 try again (SPEC §12.11): the backoff and a ``Retry-After``'s seconds.
 
 Shared by the producer's submitter (``spanproof.exporter.submit``) and ``spanproof
@@ -11,18 +12,20 @@ from __future__ import annotations
 import base64
 import datetime
 import email.utils
+import io
 import json
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .bundle import BundleReader
 from .canonical import _parse_int
 from .errors import InvalidBundle
 from .receipt import Receipt
 
 __all__ = ["BATCH_BYTES", "BATCH_SIZE", "MAX_BATCH", "backoff_delay", "batch_receipt",
-           "batch_request", "batch_results", "retry_after_asks", "retry_after_seconds",
-           "shown_url", "witness_url_error", "witness_url_problem"]
+           "batch_request", "batch_results", "envelope_submission", "retry_after_asks",
+           "retry_after_seconds", "shown_url", "witness_url_error", "witness_url_problem"]
 
 #: Submissions one ``POST /v1/submit-batch`` may carry.
 MAX_BATCH = 256
@@ -129,6 +132,17 @@ def witness_url_error(url: str) -> str | None:
     puts in front of it where the URL came from (a flag, a variable, an argument)."""
     problem = witness_url_problem(url)
     return None if problem is None else f"{shown_url(url)!r} is not a witness URL: {problem}"
+
+
+def envelope_submission(bundle: bytes) -> bytes:
+    """The DSSE envelope of the bundle file *bundle*, as JSON: what ``POST /v1/submit``
+    takes without records (SPEC §12.9), for a witness that answered 413 to the bundle.
+
+    Raises:
+        SpanproofError: the bundle's header cannot be read.
+    """
+    envelope, _ = BundleReader(io.BytesIO(bundle)).read_header()
+    return json.dumps(envelope.to_json(), separators=(",", ":")).encode("ascii")
 
 
 def batch_request(submissions: Sequence[bytes]) -> bytes:

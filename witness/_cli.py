@@ -17,7 +17,6 @@ import argparse
 import errno
 import importlib.util
 import io
-import json
 import logging
 import math
 import os
@@ -37,13 +36,14 @@ from spanproof.verifier._batch import (
     BATCH_SIZE,
     backoff_delay,
     batch_receipt,
+    envelope_submission,
     retry_after_asks,
 )
 from spanproof.verifier._files import open_regular, remove_stopped_writes, write_atomic
 from spanproof.verifier._settings import parse_decimal, parse_seconds
 from spanproof.verifier._stdout import StdoutError, writing_stdout
 from spanproof.verifier._term import printable
-from spanproof.verifier.bundle import BUNDLE_SUFFIX, BundleReader
+from spanproof.verifier.bundle import BUNDLE_SUFFIX
 from spanproof.verifier.checkpoint import (
     WitnessKey,
     load_witness_keys,
@@ -542,16 +542,6 @@ def _groups(paths: Sequence[str]) -> list[list[str]]:
     return groups
 
 
-def _envelope_of(data: bytes) -> bytes:
-    """The DSSE envelope of bundle *data* as JSON, for a submission without records.
-
-    Raises:
-        SpanproofError: the bundle's header cannot be read.
-    """
-    envelope, _ = BundleReader(io.BytesIO(data)).read_header()
-    return json.dumps(envelope.to_json(), separators=(",", ":")).encode("ascii")
-
-
 def _unavailable(status: int) -> bool:
     """Whether an HTTP *status* says "not now" (exit status 3, try again later)
     rather than that the bundle was refused: a 5xx, 408 or 429, the answers the
@@ -706,7 +696,7 @@ class _Submitter:
                     raise
                 # Larger than the witness takes: its signed statement alone, as a
                 # DSSE envelope, which the witness logs without its records.
-                resp = self._client.submit(_envelope_of(data), public_key_der=self._der)
+                resp = self._client.submit(envelope_submission(data), public_key_der=self._der)
                 alone = (" (larger than the witness takes: sent as its DSSE envelope "
                          "alone, its records not checked by the witness)")
             return self._written(
