@@ -728,7 +728,9 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
             return SpanExportResult.FAILURE
         selected, roots, failed = select_spans(self._selector, spans, self._warn_dropped)
         if selected and not self._value_length_warned:
-            self.note_value_length(selected)
+            # One span of the batch: a provider's spans share its limits, and this runs
+            # on the span processor's thread, beside the application's.
+            self.note_value_length(selected[:1])
         if self._start_pending:
             with self._start_lock:
                 if self._start_pending:
