@@ -534,6 +534,8 @@ def test_trusted_key_window_in_another_zone_is_kept_in_utc(kit: Kit) -> None:
     [
         ("2016-12-31T23:59:60Z", datetime(2016, 12, 31, 23, 59, 59, 999_999, timezone.utc)),
         ("2016-12-31T23:59:60.5Z", datetime(2016, 12, 31, 23, 59, 59, 999_999, timezone.utc)),
+        # At 23:59 of any date (SPEC §5.3: no table of leap seconds is kept).
+        ("2026-03-02T23:59:60Z", datetime(2026, 3, 2, 23, 59, 59, 999_999, timezone.utc)),
     ],
 )
 def test_parse_time_reads_a_leap_second_as_the_last_microsecond(
@@ -541,8 +543,9 @@ def test_parse_time_reads_a_leap_second_as_the_last_microsecond(
 ) -> None:
     parsed = parse_time(text, "sealedAt")
     assert parsed == expected
-    assert parse_time("2016-12-31T23:59:59.999998Z", "x") < parsed
-    assert parsed < parse_time("2017-01-01T00:00:00Z", "x")
+    day = expected.date()
+    assert parse_time(f"{day}T23:59:59.999998Z", "x") < parsed
+    assert parsed < parse_time(f"{day + timedelta(days=1)}T00:00:00Z", "x")
 
 
 @pytest.mark.parametrize(

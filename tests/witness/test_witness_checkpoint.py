@@ -232,7 +232,11 @@ def test_origin_must_be_the_key_name(witness_private: Ed25519PrivateKey) -> None
         verify_checkpoint(note, [WitnessKey.from_pem(signer.key.public_pem())])
 
 
-@pytest.mark.parametrize("origin", ["log\x01.example", "log.example/\x1b[31m", "log\udcff"])
+@pytest.mark.parametrize("origin", [
+    "log\x01.example", "log.example/\x1b[31m", "log\udcff",
+    # White space is Unicode's (SPEC §12.4), as Go's unicode.IsSpace reads it.
+    "log\u00a0example", "log\u3000example", "log\u2028example", "log\u0085example",
+])
 def test_an_origin_no_signed_note_can_carry_is_refused(
     witness_private: Ed25519PrivateKey, origin: str
 ) -> None:
