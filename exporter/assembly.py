@@ -32,8 +32,10 @@ Losses are declared, never silent (SPEC §5.3): a span that cannot be admitted
 next bundle; a span that could not be certified (:meth:`~TraceAssembler.reject`) is
 counted as rejected.  A re-delivered span identical to one still pending is
 ignored; the same span id with different content is kept as its own record and
-listed in the bundle's ``conflicts``.  Duplicates are only recognized among a
-trace's pending spans, not against segments already sealed.
+listed in the bundle's ``conflicts``.  A span id that an earlier segment of the
+trace's chain already certified is listed in ``conflicts`` too, whatever its content
+(the earlier segment's content is not kept, only its span ids: 8 bytes each, the
+last :data:`SEALED_SPAN_IDS` of them).
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ MAX_SEGMENT_BYTES = 64 * 1024 * 1024
 #: traces of up to ``MAX_SEGMENT_BYTES`` each would otherwise be 128 GiB.  Checked
 #: each time they grow by a 64th of it, so it can be passed by that much.
 MAX_PENDING_BYTES = 1024 * 1024 * 1024
+#: How many span ids of sealed segments are remembered (8 bytes each), those of the
+#: least recently sealed traces forgotten first, so that a span id certified again
+#: in a later segment of its chain is listed in that segment's ``conflicts`` (SPEC
+#: §4.3).
+SEALED_SPAN_IDS = 1 << 20
 
 
 def body_bytes(body: Body) -> int:
@@ -281,6 +288,10 @@ class TraceAssembler:
         self._ready: OrderedDict[str, str] = OrderedDict()
         self._roots: OrderedDict[str, float] = OrderedDict()
         self._sealed: OrderedDict[str, _Sealed] = OrderedDict()
+        # The span ids (8 bytes each) of the sealed segments of each trace, least
+        # recently sealed first, and how many they hold in all (SEALED_SPAN_IDS).
+        self._certified: OrderedDict[str, bytearray] = OrderedDict()
+        self._certified_count = 0
         # Spans dropped for traces that had no slot, by trace (with the notes given
         # with them), and those whose trace could not even be remembered.
         self._lost: OrderedDict[str, _Lost] = OrderedDict()
@@ -362,6 +373,9 @@ class TraceAssembler:
         versions = entry.seen.get(span_id)
         if versions is None:
             entry.seen[span_id] = [body]
+            certified = self._certified.get(trace_id)
+            if certified is not None and _holds_id(certified, span_id):
+                conflict = True  # an earlier segment of the chain holds this span id
         elif _holds(versions, body):
             return False  # an identical re-delivery: already pending
         else:
@@ -575,6 +589,7 @@ class TraceAssembler:
         if entry is None or entry.position is not None:
             raise ValueError(f"trace {job.trace_id} has no segment in flight")
         entry.position = next_position
+        self._certify(job)
         if not entry.has_work():
             del self._traces[job.trace_id]
             self._remember(job.trace_id, _Sealed(next_position, entry.root_ended))
@@ -757,12 +772,65 @@ class TraceAssembler:
 
     def _remember(self, trace_id: str, sealed: _Sealed) -> None:
         if self._memory == 0:
+            self._forget_certified(trace_id)
             return
         self._sealed[trace_id] = sealed
         self._sealed.move_to_end(trace_id)
         if len(self._sealed) > self._memory:
-            self._sealed.popitem(last=False)
+            forgotten, _ = self._sealed.popitem(last=False)
+            self._forget_certified(forgotten)
             self._forgot_sealed = True
+
+    def _certify(self, job: SealJob) -> None:
+        """Remember the span ids *job* certified (see :data:`SEALED_SPAN_IDS`)."""
+        ids = _span_ids(job.bodies)
+        if not ids:
+            return
+        certified = self._certified.get(job.trace_id)
+        if certified is None:
+            self._certified[job.trace_id] = bytearray(ids)
+        else:
+            certified += ids
+            self._certified.move_to_end(job.trace_id)
+        self._certified_count += len(ids) // 8
+        while self._certified_count > SEALED_SPAN_IDS:
+            _, forgotten = self._certified.popitem(last=False)
+            self._certified_count -= len(forgotten) // 8
+
+    def _forget_certified(self, trace_id: str) -> None:
+        forgotten = self._certified.pop(trace_id, None)
+        if forgotten is not None:
+            self._certified_count -= len(forgotten) // 8
+
+
+def _span_ids(bodies: Sequence[Body]) -> bytes:
+    """The span ids of *bodies*, 8 bytes each (one not 16 hex digits is left out:
+    a record's span id always is, SPEC §2.2)."""
+    ids = bytearray()
+    for body in bodies:
+        span_id = body_span_id(body)
+        if len(span_id) == 16:
+            try:
+                ids += bytes.fromhex(span_id)
+            except ValueError:
+                pass
+    return bytes(ids)
+
+
+def _holds_id(certified: bytearray, span_id: str) -> bool:
+    """Whether *certified* (span ids, 8 bytes each) holds *span_id* (hex)."""
+    if len(span_id) != 16:
+        return False
+    try:
+        wanted = bytes.fromhex(span_id)
+    except ValueError:
+        return False
+    at = certified.find(wanted)
+    while at != -1:
+        if at % 8 == 0:
+            return True
+        at = certified.find(wanted, at + 1)
+    return False
 
 
 _EVICTED_NOTE = "{} traces were open (max_pending_traces)"

@@ -309,6 +309,64 @@ def test_identical_duplicate_is_ignored_and_conflict_is_declared(form: Any) -> N
     assert check_bundle(io.BytesIO(bundle.data), trust_root_for_test()).verdict is Verdict.OK
 
 
+@pytest.mark.parametrize("form", [dict, as_json], ids=["dict", "json"])
+def test_span_id_certified_in_an_earlier_segment_is_listed_as_a_conflict(form: Any) -> None:
+    # SPEC §4.3: a span id occurs once per chain.  Only a segment's own repeats were
+    # listed: a second version arriving after its first was sealed verified as OK,
+    # nothing declared, in every later segment.
+    asm = assembler()
+    asm.add(T1, form(body(T1, 0)), now=0.0)
+    (first,) = seal_all(asm, asm.drain_all("force_flush"))
+    assert first.statement.completeness.conflicts == ()
+    asm.add(T1, form(body(T1, 0, name="rewritten")), now=1.0)
+    asm.add(T1, form(body(T1, 1)), now=1.0)
+    (job,) = asm.drain_all("force_flush")
+    assert job.completeness.conflicts == (f"{1:016x}",)
+    (second,) = seal_all(asm, [job])
+    # Identical content too: the earlier segment's content is not kept.
+    asm.add(T1, form(body(T1, 0)), now=2.0)
+    asm.add(T1, form(body(T1, 2)), now=2.0)
+    (job,) = asm.drain_all("force_flush")
+    assert job.completeness.conflicts == (f"{1:016x}",)
+    (third,) = seal_all(asm, [job])
+    for bundle in (second, third):
+        assert check_bundle(io.BytesIO(bundle.data), trust_root_for_test()).verdict is Verdict.OK
+
+
+def test_span_ids_of_an_abandoned_segment_are_not_conflicts() -> None:
+    asm = assembler()
+    asm.add(T1, body(T1, 0), now=0.0)
+    (job,) = asm.drain_all("force_flush")
+    asm.abandon(job, "the disk is full")  # never certified: declared dropped instead
+    asm.add(T1, body(T1, 0), now=1.0)
+    (again,) = asm.drain_all("force_flush")
+    assert again.completeness.conflicts == ()
+    assert again.completeness.dropped_spans == 1
+
+
+def test_sealed_span_ids_are_forgotten_least_recently_sealed_trace_first(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from spanproof.exporter import assembly
+
+    monkeypatch.setattr(assembly, "SEALED_SPAN_IDS", 3)
+    asm = assembler()
+    for trace_id in (T1, T2):  # T1's two ids, then T2's two: T1 is forgotten
+        asm.add(trace_id, body(trace_id, 0), now=0.0)
+        asm.add(trace_id, body(trace_id, 1), now=0.0)
+        seal_all(asm, asm.drain_all("force_flush"))
+    for trace_id in (T1, T2):
+        asm.add(trace_id, body(trace_id, 1), now=1.0)
+    jobs = {job.trace_id: job for job in asm.drain_all("force_flush")}
+    assert jobs[T1].completeness.conflicts == ()
+    assert jobs[T2].completeness.conflicts == (f"{2:016x}",)
+    # Forgetting a sealed trace's chain forgets its span ids with it.
+    small = assembler(sealed_trace_memory=1)
+    for trace_id in (T1, T2):
+        small.add(trace_id, body(trace_id, 0), now=0.0)
+        seal_all(small, small.drain_all("force_flush"))
+    assert list(small._certified) == [T2]
+
+
 def test_pending_trace_limit_seals_the_least_recently_active_trace() -> None:
     asm = assembler(max_pending_traces=2)
     asm.add(T1, body(T1, 0), now=0.0)
