@@ -58,6 +58,7 @@ from ._sealing_process import (
     SealingProcessUnreachable,
 )
 from ._setup import resolve_setup
+from ._untraced import quiet_thread, untraced
 from .assembly import SHUTDOWN, SealJob, TraceAssembler
 from .config import ExporterConfig
 from .keys import SigningKey
@@ -537,8 +538,8 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
             if due is None or time.monotonic() < due:
                 return  # another exporting thread took it
             self._restarts.due = None
-        thread = threading.Thread(target=self._start_again, name="spanproof-sealing-start",
-                                  daemon=True)
+        thread = threading.Thread(target=untraced(self._start_again),
+                                  name="spanproof-sealing-start", daemon=True)
         try:
             thread.start()
         except RuntimeError as e:  # no thread to be had now, or the interpreter exits
@@ -657,7 +658,8 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
             witness_keys=self._witness_keys, resume=catch_up,
         )
         if catch_up:
-            threading.Thread(target=_scan_quietly, args=(submitter, self._config.output_dir),
+            threading.Thread(target=untraced(_scan_quietly),
+                             args=(submitter, self._config.output_dir),
                              name="spanproof-witness-scan", daemon=True).start()
         return submitter
 
@@ -1091,7 +1093,8 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
         # script's first evidence on Python 3.12), the spans are admitted all the
         # same: force_flush() and shutdown() seal on the calling thread, and the next
         # export tries again.
-        thread = threading.Thread(target=self._run, name="spanproof-sealer", daemon=True)
+        thread = threading.Thread(target=untraced(self._run), name="spanproof-sealer",
+                                  daemon=True)
         if self._sealer_starts.start(thread):
             self._thread = thread
 
@@ -1270,7 +1273,8 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
         behind = {bundle.statement.trace_id for bundle in self._unwritten}
         if type(self._sink) is DirectorySink:
             if self._writers is None:
-                self._writers = concurrent.futures.ThreadPoolExecutor(1, "spanproof-write")
+                self._writers = concurrent.futures.ThreadPoolExecutor(
+                    1, "spanproof-write", initializer=quiet_thread)
             futures: list[concurrent.futures.Future[str | Exception]] = [
                 concurrent.futures.Future() for _ in bundles
             ]

@@ -36,6 +36,8 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
+from ._untraced import untraced, untraced_context
+
 __all__ = ["KeepAlivePost", "urllib_post"]
 
 # What a request on a connection the server has closed fails with, before any
@@ -105,6 +107,12 @@ class KeepAlivePost:
             OSError: the server cannot be reached, or the connection failed
                 before a whole answer arrived.
         """
+        with untraced_context():  # never a span of the application's HTTP clients
+            return self._post(url, body, headers, timeout)
+
+    def _post(
+        self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
+    ) -> tuple[int, bytes, str | None]:
         deadline = time.monotonic() + timeout
         parts = urllib.parse.urlsplit(url)
         origin = (parts.scheme, parts.netloc)
@@ -274,7 +282,8 @@ class _Deadlines:
         with self._cond:
             self._armed.add(armed)
             if self._thread is None:
-                thread = threading.Thread(target=self._run, name="spanproof-witness-deadlines",
+                thread = threading.Thread(target=untraced(self._run),
+                                          name="spanproof-witness-deadlines",
                                           daemon=True)
                 try:
                     thread.start()

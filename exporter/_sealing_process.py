@@ -78,6 +78,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from spanproof.verifier._gc import collecting_rarely
 
+from ._untraced import untraced
 from .config import ENV_PREFIX
 
 __all__ = ["FieldSpan", "RestartSchedule", "SealingProcess", "SealingProcessError",
@@ -434,7 +435,7 @@ def start_watch(check: Callable[[float], None], name: str) -> threading.Event:
         while not stop.wait(_WATCH_INTERVAL):
             check(time.monotonic())
 
-    threading.Thread(target=watch, name=name, daemon=True).start()
+    threading.Thread(target=untraced(watch), name=name, daemon=True).start()
     return stop
 
 
@@ -1221,7 +1222,7 @@ def _reap(processes: Sequence[SealingProcess]) -> None:
 
     for process in processes:
         try:
-            threading.Thread(target=reap, args=(process,), name="spanproof-reaper",
+            threading.Thread(target=untraced(reap), args=(process,), name="spanproof-reaper",
                              daemon=True).start()
         except RuntimeError:  # no thread to spare: the next child's start reaps it
             _logger.debug("spanproof: no thread to wait for sealing process %d", process.pid)

@@ -73,6 +73,7 @@ from ._recovery import (
 from ._seal_workers import SealWorkerError, SealWorkers
 from ._sealing_process import RestartSchedule
 from ._setup import check_directory, resolve_setup, writable_directory
+from ._untraced import untraced
 from .assembly import SHUTDOWN, SealJob, TraceAssembler
 from .config import MAX_SEALING_PROCESSES, ExporterConfig
 from .journal import Journal
@@ -540,9 +541,10 @@ class Receiver:
             )
             for path in written:
                 self._submitter.submit(path)
-            threading.Thread(target=self._scan_unsubmitted, name="spanproof-witness-scan",
+            threading.Thread(target=untraced(self._scan_unsubmitted), name="spanproof-witness-scan",
                              daemon=True).start()
-        thread = threading.Thread(target=self._run, name="spanproof-sealer", daemon=True)
+        thread = threading.Thread(target=untraced(self._run), name="spanproof-sealer",
+                                  daemon=True)
         thread.start()
         self._thread = thread  # last: from now on the receiver runs (_running)
         return written

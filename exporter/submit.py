@@ -73,6 +73,7 @@ from spanproof.verifier.statement import Statement
 
 from ._http import KeepAlivePost
 from ._leftovers import remove_old_temporaries
+from ._untraced import untraced
 from .sinks import write_together
 
 __all__ = ["Post", "WitnessSubmitter", "backoff_delay"]
@@ -271,7 +272,7 @@ class WitnessSubmitter:
         self._thread: threading.Thread | None = None
         if start:
             self._thread = threading.Thread(
-                target=self._run, name="spanproof-witness-submitter", daemon=True
+                target=untraced(self._run), name="spanproof-witness-submitter", daemon=True
             )
             self._thread.start()
 
@@ -672,7 +673,8 @@ class WitnessSubmitter:
         no thread may start (at interpreter exit on Python 3.12, or out of threads)
         the worker delivers alone, and the next batch tries again."""
         while len(self._helpers) < self._concurrency - 1:
-            helper = threading.Thread(target=self._help, name="spanproof-witness-delivery",
+            helper = threading.Thread(target=untraced(self._help),
+                                      name="spanproof-witness-delivery",
                                       daemon=True)
             try:
                 helper.start()
@@ -855,7 +857,7 @@ class WitnessSubmitter:
                     # and tried again, as when no witness key is pinned.
                     raise _Transient(f"witness answer is not a receipt: {e}") from e
                 raise _Permanent(f"witness receipt does not verify: {e}") from e
-            _logger.info(
+            _logger.debug(  # one a bundle: a stock exporter logs nothing it delivers
                 "receipt for %s verified: index %d of %s (tree size %d)",
                 bundle, verified.leaf_index, verified.origin, verified.tree_size,
             )
@@ -866,7 +868,7 @@ class WitnessSubmitter:
                 # A 2xx that is not this bundle's receipt (a proxy's page, say): the
                 # submission is not delivered, and is tried again.
                 raise _Transient(f"witness answer is not this bundle's receipt: {e}") from e
-            _logger.info("receipt for %s stored (not verified: no witness key pinned)", bundle)
+            _logger.debug("receipt for %s stored (not verified: no witness key pinned)", bundle)
         try:
             return _Delivered(receipt_path(bundle), receipt, verify)
         except ValueError as e:

@@ -129,19 +129,23 @@ def test_backoff_grows_exponentially_with_bounded_jitter() -> None:
     assert backoff_delay(10_000, 1.0, 60.0, lambda: 0.5) == 45.0
 
 
+@pytest.mark.parametrize("pinned", [True, False], ids=["witness-key", "no-witness-key"])
 def test_queued_while_down_then_delivered_with_verified_receipts(
     tmp_path: Path,
     witness: Witness,
     witness_keys: list[WitnessKey],
     producer_key: SigningKey,
     producer_trust: TrustRoot,
+    caplog: pytest.LogCaptureFixture,
+    pinned: bool,
 ) -> None:
+    caplog.set_level("DEBUG", "spanproof")
     clock, fake = Clock(), FakeWitness(witness)
     sub = WitnessSubmitter(
         "http://witness.invalid",
         tmp_path / "queue",
         producer_key=producer_key.private_key.public_key(),
-        witness_keys=witness_keys,
+        witness_keys=witness_keys if pinned else (),
         backoff_initial=1.0,
         backoff_max=8.0,
         clock=clock,
@@ -165,6 +169,10 @@ def test_queued_while_down_then_delivered_with_verified_receipts(
         receipt = Path(receipt_path(path)).read_bytes()
         verify_receipt(receipt, check_bundle(path, producer_trust), witness_keys)
     sub.close()
+    # One line a bundle is DEBUG: at INFO it was a line per trace in an application's
+    # log (and, with a handler that traces log records, a span per bundle).
+    said = [r.levelname for r in caplog.records if r.getMessage().startswith("receipt for")]
+    assert said == ["DEBUG"] * 3
 
 
 def test_a_2xx_that_is_not_the_bundles_receipt_is_retried_not_stored(
