@@ -586,6 +586,7 @@ class EvidenceSpanProcessor(SpanProcessor, BuiltDisabled):
         self._selects = sealer._selector.selects
         self._dropped_note = _DROPPED_NOTE.format(self._queue_size, round(self._block * 1000))
         self._shutdown = False
+        self._warned_after_shutdown = False
         self.recovered: list[str] = []
         # The process that recovers (this one, with *recover*), and its thread that
         # looks again; a forked child has neither.
@@ -667,6 +668,13 @@ class EvidenceSpanProcessor(SpanProcessor, BuiltDisabled):
 
     def _on_end(self, span: ReadableSpan) -> None:
         if self._shutdown:
+            # The SDK's processors log a span handed to them after shutdown; an
+            # evidence span lost so must not be silent either.
+            if not self._warned_after_shutdown and self._selects(_selection_view(span)[0]):
+                self._warned_after_shutdown = True
+                _logger.warning("spanproof: evidence span %s ended after the evidence span "
+                                "processor was shut down: not certified; later ones are "
+                                "not logged", _span_id_of(span))
             return
         attributes, parent = _selection_view(span)
         is_root = parent is None or parent.is_remote
