@@ -99,6 +99,7 @@ _logger = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_PIPE_CLOSED = 141
 
 _PROG = "spanproof"
 
@@ -1628,7 +1629,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        return EXIT_FAILED
+        # The reader went away (`| head`): not every result was shown, so not 0;
+        # 141 as a shell reports a command a closed pipe stopped (128 + SIGPIPE),
+        # not 1, which says a bundle failed.
+        return EXIT_PIPE_CLOSED
     except StdoutError as e:
         _error(f"cannot write to standard output: {e}")
         return EXIT_FAILED

@@ -7,10 +7,18 @@ when the command returns failed as the interpreter exited, where Python reports 
 ignored exception and exits 120.  :func:`writing_stdout` runs a command with
 ``sys.stdout`` wrapped so that such a failure raises :class:`StdoutError`, and
 flushes it before the command's status is returned.
+
+Two more cases the command line meets in scripts and on servers: standard output
+closed (``spanproof verify ... >&-``, where ``sys.stdout`` is ``None``) is the null
+device, so the command runs and its exit status still says what it found (every
+command failed "unexpected AttributeError"); and a terminal whose encoding is not
+UTF-8 (a Latin-1 locale) gets what it cannot show as backslash escapes, where
+``show``'s tree lines stopped the command with a ``UnicodeEncodeError``.
 """
 
 from __future__ import annotations
 
+import codecs
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -73,19 +81,44 @@ def writing_stdout() -> Iterator[None]:
 
     Raises:
         StdoutError: standard output could not be written.
+        BrokenPipeError: its reader went away (the output still buffered is dropped
+            as for a failure).
     """
     stream = sys.stdout
+    null = None
+    if stream is None:  # closed: the results are dropped, the exit status is not
+        stream = null = open(os.devnull, "w", encoding="utf-8")
+    else:
+        _escape_what_cannot_be_shown(stream)
     guarded = cast(TextIO, _Guarded(stream))
     sys.stdout = guarded
     try:
         yield
         guarded.flush()
-    except StdoutError:
+    except (StdoutError, BrokenPipeError):
         _drop_buffered(stream)
         raise
     finally:
         if sys.stdout is guarded:
-            sys.stdout = stream
+            sys.stdout = None if null is not None else stream
+        if null is not None:
+            null.close()
+
+
+def _escape_what_cannot_be_shown(stream: TextIO) -> None:
+    """Have *stream* write a character its encoding cannot hold as a backslash escape
+    (Python's own choice for standard error) instead of failing."""
+    encoding = getattr(stream, "encoding", None)
+    try:
+        utf8 = encoding is not None and codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        utf8 = False
+    reconfigure = getattr(stream, "reconfigure", None)
+    if not utf8 and reconfigure is not None:
+        try:
+            reconfigure(errors="backslashreplace")
+        except (OSError, ValueError):  # a stream that cannot change: left as it is
+            pass
 
 
 def _drop_buffered(stream: TextIO) -> None:

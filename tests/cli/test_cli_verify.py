@@ -773,6 +773,59 @@ def test_console_script_writing_to_a_full_device_says_it_was_standard_output(
                            f"{os.strerror(errno.ENOSPC)}\n")
 
 
+@pytest.mark.parametrize("command", ["verify", "show", "report"])
+def test_console_script_with_standard_output_closed_still_answers_by_its_status(
+    keys: Keys, make_bundle, tmp_path, command
+):
+    # `>&-`: every command failed "unexpected AttributeError" (sys.stdout is None),
+    # exit 1, which said a bundle failed; report still wrote its file.
+    path, _ = make_bundle()
+    argv = [str(a) for a in _output_commands(keys, path, tmp_path)[command]]
+    done = subprocess.run([spanproof_script(), *argv], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, timeout=60,
+                          preexec_fn=lambda: os.close(1))
+    assert (done.returncode, done.stderr) == (0, "")
+    path.write_bytes(path.read_bytes().replace(b'"records"', b'"recordz"', 1))
+    done = subprocess.run([spanproof_script(), *argv], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, timeout=60,
+                          preexec_fn=lambda: os.close(1))
+    assert done.returncode == 1 and "unexpected" not in done.stderr
+
+
+def test_console_script_whose_reader_went_away_exits_141_not_1(
+    keys: Keys, make_bundle, tmp_path
+):
+    # `verify ... | head -1`: exit 1 said a bundle failed, or 0 when the output fit in
+    # the pipe; every bundle here verifies.
+    path, _ = make_bundle()
+    for i in range(400):
+        (tmp_path / "bundles" / f"copy-{i}.spanproof.json").write_bytes(path.read_bytes())
+    reader, writer = os.pipe()
+    os.close(reader)  # nobody reads: the first write fails
+    try:
+        done = subprocess.run([spanproof_script(), "verify", "--verbose", "--key", str(keys.pub),
+                               str(tmp_path / "bundles")],
+                              stdout=writer, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(writer)
+    assert done.returncode == 141
+    assert done.stderr == ""  # nothing about an ignored exception at exit
+
+
+def test_console_script_on_a_latin_1_terminal_escapes_what_it_cannot_show(
+    keys: Keys, make_bundle, tmp_path
+):
+    # show's tree lines (U+251C, U+2500) stopped the command with an
+    # UnicodeEncodeError after a few lines, exit 1.
+    path, _ = make_bundle()
+    env = {**os.environ, "PYTHONIOENCODING": "latin-1"}
+    done = subprocess.run([spanproof_script(), "show", "--key", str(keys.pub), str(path)],
+                          capture_output=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    shown = done.stdout.decode("latin-1")
+    assert "\\u2500" in shown and "verified" in shown.lower()
+
+
 def test_witness_commands_are_registered_on_the_same_cli(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0 and "witness" in out and "monitor" in out

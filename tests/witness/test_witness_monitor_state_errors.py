@@ -118,4 +118,4 @@ def test_a_closed_standard_output_is_not_a_state_it_cannot_use(
     monkeypatch.setattr(sys, "stdout", Gone())
     status = _monitor(tmp_path, tmp_path / "m.json")
     err = capsys.readouterr().err
-    assert (status, err) == (1, ""), err  # as any command whose reader went away
+    assert (status, err) == (141, ""), err  # as any command whose reader went away
