@@ -120,17 +120,21 @@ class _Flush:
 
 
 class _Queue(queue.Queue[Any]):
-    """The journal worker's queue, counting the items taken out of it."""
+    """The journal worker's queue, counting the items put in it.
+
+    Only ``put``, ``get`` and ``_put`` are used: under gevent's monkey-patching,
+    ``queue.Queue`` is gevent's, which has no ``mutex`` (a flush that took it failed
+    every time, AttributeError).
+    """
 
     def __init__(self, maxsize: int) -> None:
         super().__init__(maxsize)
-        self.taken = 0
+        self.put_total = 0
 
-    def _get(self) -> Any:
-        # Under the queue's lock, as the item leaves: no moment when an item is
-        # neither in the queue nor counted taken.
-        self.taken += 1
-        return super()._get()
+    def _put(self, item: Any) -> None:
+        # As the item is queued: an on_end() that returned has counted its item.
+        self.put_total += 1
+        super()._put(item)
 
 
 _STOP = object()
@@ -872,10 +876,8 @@ class EvidenceSpanProcessor(SpanProcessor, BuiltDisabled):
         """Whether every item queued so far is processed, no loss waits to be counted
         in the journal, the journal was writable at the last write, and no span of a
         batch it failed to take is held in memory only."""
-        q = self._queue
-        with q.mutex:  # the lock under which put() queues and get() takes (counting it)
-            if q.queue or q.taken != self._processed:
-                return False
+        if self._queue.put_total != self._processed:  # queued or being processed
+            return False
         with self._counts_lock:
             if self._dropped or self._unsampled or self._lost_roots:
                 return False

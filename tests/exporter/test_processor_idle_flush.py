@@ -61,3 +61,17 @@ def test_force_flush_with_zero_timeout_is_false_while_a_span_is_not_yet_journale
     finally:
         release.set()
         processor.shutdown()
+
+
+def test_force_flush_does_not_need_the_queues_mutex(tmp_path: Path) -> None:
+    # Under gevent's monkey-patching (patched first, as gevent asks), queue.Queue is
+    # gevent's, which has no `mutex`: every force_flush() failed with an
+    # AttributeError, logged with its traceback, and answered False.
+    processor = _processor(tmp_path / "out")
+    del processor._queue.mutex  # put() and get() use their conditions, not the name
+    try:
+        _end_evidence_span(processor)
+        assert processor.force_flush(10_000) is True
+        assert processor.force_flush(0) is True
+    finally:
+        processor.shutdown()
