@@ -60,6 +60,7 @@ import logging
 import mmap
 import os
 import pickle
+import re
 import select
 import signal
 import struct
@@ -71,7 +72,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import IO, Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
@@ -407,21 +408,74 @@ def spawn_child(module: str, function: str, *, bufsize: int = -1,
     # The child is not an instrumented application: no SDK set-up from the
     # environment (opentelemetry-instrument), and never a sealing process of its own.
     env["OTEL_SDK_DISABLED"] = "true"
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-I", "-c", _BOOT.format(module, function), json.dumps(sys.path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
-        bufsize=bufsize, pass_fds=tuple(pass_fds),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        close_fds=True, bufsize=bufsize, pass_fds=tuple(pass_fds),
     )
+    assert process.stderr is not None
+    stderr, process.stderr = process.stderr, None  # the relay's alone
+    try:
+        threading.Thread(target=untraced(relay_child_log), args=(stderr,),
+                         name="spanproof-child-log", daemon=True).start()
+    except RuntimeError:  # no thread to be had: what the child logs is lost
+        stderr.close()
+    return process
 
 
 def child_replies(label: str) -> io.BufferedWriter:
     """In a child :func:`spawn_child` started: the stream its replies go to (the
-    original stdout).  Stray prints go to stderr from now on, and log records name
-    *label*."""
+    original stdout).  Stray prints go to stderr from now on, and log records go
+    there one a line, naming *label*, for :func:`relay_child_log`."""
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    logging.basicConfig(format=f"%(levelname)s %(name)s [{label}]: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine(label))
+    logging.basicConfig(handlers=[handler])
     return out
+
+
+class _OneLine(logging.Formatter):
+    """A child's log record as one line: ``<level> <logger> [<label>]: <message>``, its
+    message's (and traceback's) line feeds and backslashes escaped."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__(f"%(levelname)s %(name)s [{label}]: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\\", "\\\\").replace("\n", "\\n")
+
+
+_CHILD_LINE = re.compile(
+    r"(DEBUG|INFO|WARNING|ERROR|CRITICAL) (spanproof[\w.]*) (\[[^\]]*\]): (.*)")
+_CHILD_OUTPUT_LOGGER = "spanproof.exporter.child"
+_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING,
+           "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
+
+
+def relay_child_log(stream: IO[bytes]) -> None:
+    """Log, through this process's ``logging``, what a child :func:`spawn_child`
+    started writes to its stderr, until it closes it: each of its log records under
+    its own logger and level, prefixed with the child's label (an application's
+    handlers, formatters and alerting see what its sealing processes say, as they see
+    the in-process exporter's records), and any other line (a stray print, the
+    traceback of a crash) as a WARNING of ``spanproof.exporter.child``."""
+    with stream:
+        for raw in stream:
+            line = raw.decode("utf-8", "backslashreplace").rstrip("\n")
+            if not line:
+                continue
+            match = _CHILD_LINE.fullmatch(line)
+            if match is None:
+                logging.getLogger(_CHILD_OUTPUT_LOGGER).warning("%s", line)
+                continue
+            level, name, label, message = match.groups()
+            logging.getLogger(name).log(_LEVELS[level], "%s %s", label, _unescape(message))
+
+
+def _unescape(text: str) -> str:
+    """Undo :class:`_OneLine`'s escapes."""
+    return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), text)
 
 
 def start_watch(check: Callable[[float], None], name: str) -> threading.Event:
