@@ -33,7 +33,7 @@ from ._settings import parse_decimal
 from ._stdout import StdoutError, writing_stdout
 from ._stored import StoredRecords
 from ._term import Progress, Style, printable
-from .bundle import BUNDLE_SUFFIX, BundleReader
+from .bundle import BUNDLE_SUFFIX, LARGE_RECORD_BYTES, BundleReader
 from .canonical import loads_canonical
 from .checkpoint import WitnessKey, load_witness_keys, refuse_producer_key_as_witness_key
 from .disclosure import (
@@ -981,20 +981,32 @@ class _Unverified:
     problem: str | None
 
 
-def _read_unverified(stream: IO[bytes], on_record: RecordObserver) -> _Unverified:
+def _read_unverified(stream: IO[bytes], on_record: RecordObserver, *,
+                     bounded: bool = False) -> _Unverified:
     """Parse a bundle for display without checking its signature or chain, passing
     each record to *on_record* as it is read: how many were read, and the problem
-    that stopped the reading, if any."""
+    that stopped the reading, if any.
+
+    *bounded* (a bundle nobody vouched for): a statement or record line over
+    `LARGE_RECORD_BYTES` is not parsed (one of tiny JSON values takes ~30 times its
+    size in memory: a 60 MB line took `show` 1.9 GB), as `verify` parses one only
+    once it chains to a signed head."""
     statement: Statement | None = None
     count = 0
     try:
         reader = BundleReader(stream)
         envelope, _header = reader.read_header()
+        if bounded and len(envelope.payload) > LARGE_RECORD_BYTES:
+            return _Unverified(None, count, _NOT_PARSED.format(
+                "its statement", len(envelope.payload), LARGE_RECORD_BYTES))
         try:
             statement = Statement.from_payload(envelope.payload)
         except SpanproofError as e:
             return _Unverified(None, count, cut_message(str(e)))
         for position, raw in reader.records():
+            if bounded and len(raw) > LARGE_RECORD_BYTES:
+                return _Unverified(statement, count, _NOT_PARSED.format(
+                    f"record {position}", len(raw), LARGE_RECORD_BYTES))
             record = loads_canonical(raw, f"record {position}")
             validate_record(record, f"record {position}")
             on_record(record, raw, reader.record_offset)
@@ -1005,6 +1017,10 @@ def _read_unverified(stream: IO[bytes], on_record: RecordObserver) -> _Unverifie
         # Cut as a failed check's message is: it may quote a line of 64 MiB.
         return _Unverified(statement, count, cut_message(str(e)))
     return _Unverified(statement, count, None)
+
+
+_NOT_PARSED = ("{}: its {} bytes, over {}, are not parsed unless the bundle verifies "
+               "(give --key or --trust-root)")
 
 
 def _open_bundle(path: str) -> tuple[IO[bytes] | None, str]:
@@ -1085,7 +1101,7 @@ def _show_unverified(
         print(f"{paint('FAIL', 'FAIL')} {printable(f'{path}: {cannot_open}')}")
         return EXIT_FAILED
     stored = StoredRecords(stream)
-    data = _read_unverified(stream, stored.add)
+    data = _read_unverified(stream, stored.add, bounded=True)
     if data.statement is None and not data.count:
         print(f"{paint('FAIL', 'FAIL')} {printable(f'{path}: {data.problem}')}")
         return EXIT_FAILED

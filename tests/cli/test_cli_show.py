@@ -222,3 +222,30 @@ def test_orphan_marker_names_spans_whose_parent_is_not_certified():
     records = [_record(span_body(TRACE, CHAT, NOT_IN_BUNDLE, "orphan"))]
     assert render_tree(records).endswith("(parent not certified)")
     assert render_tree([]) == ""
+
+
+def test_show_unverified_does_not_parse_a_record_line_over_a_mebibyte(
+    capsys, make_bundle, monkeypatch: pytest.MonkeyPatch
+):
+    # A record line of tiny JSON values takes ~30 times its size parsed: a forged
+    # 60 MB line took `show` without --key 1.9 GB, where `verify` parses such a line
+    # only once it chains to a signed head.
+    from spanproof.verifier import _cli
+
+    path, sealed = make_bundle()
+    header, _, _ = sealed.data.partition(b"\n")
+    huge = b'{"a":[' + b"[]," * 400_000 + b"[]]}"
+    path.write_bytes(header + b"\n" + huge + b"\n]}\n")
+    parsed: list[int] = []
+    loads = _cli.loads_canonical
+
+    def measuring(raw: bytes, where: str) -> Any:
+        parsed.append(len(raw))
+        return loads(raw, where)
+
+    monkeypatch.setattr(_cli, "loads_canonical", measuring)
+    code, out, _ = run(capsys, "show", path)
+    assert code == 1
+    assert (f"problem   record 0: its {len(huge)} bytes, over 1048576, are not parsed "
+            "unless the bundle verifies (give --key or --trust-root)") in out
+    assert all(size <= 1024 * 1024 for size in parsed)
