@@ -97,3 +97,28 @@ def test_disclose_refuses_a_salt_that_also_opens_a_value_not_chosen(
     # Every value the salt opens chosen: the file hands out nothing more than it says.
     assert main(["disclose", str(bundle), "--attr", "*", "--out", str(out)]) == 0
     assert out.exists()
+
+
+def test_salts_past_the_limit_are_not_kept_and_a_remark_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every salt digest was kept while the records streamed, before they were proven
+    # signed: ~160 bytes per committed value, 800 MB for a forged bundle of them.
+    from spanproof.verifier import verify
+
+    monkeypatch.setattr(verify, "SALTS_CHECKED", 3)
+    bundle = _written(tmp_path, None)  # fresh salts: 8 committed values
+    trust, _pem = trust_root(tmp_path / "keys")
+    kept: list[int] = []
+    add = verify._SaltReuse.add
+
+    def counting(self: verify._SaltReuse, record, position: int) -> None:
+        add(self, record, position)
+        kept.append(len(self.seen))
+
+    monkeypatch.setattr(verify._SaltReuse, "add", counting)
+    report = check_bundle(bundle, trust)
+    assert report.verdict is Verdict.OK
+    assert max(kept) == 3
+    assert report.remarks == ("salt reuse not checked for 5 committed values: only the first "
+                              "3 distinct salt digests of a bundle are compared",)
