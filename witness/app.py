@@ -3,8 +3,8 @@
 Thin: parse the request, call :class:`~spanproof.witness.service.Witness` in a
 worker thread (its calls block on SQLite, fsync and hashing), map errors to status
 codes.  Bad input is 400, a bundle that fails verification 422 (with the report),
-an oversized body 413, a body not received in time 408, no turn to read a body
-or storage trouble 503 (retry later).
+an oversized body or bundle header 413, a body not received in time 408, no turn
+to read a body or storage trouble 503 (retry later).
 """
 
 from __future__ import annotations
@@ -35,7 +35,13 @@ from spanproof.verifier.receipt import RECEIPT_MEDIA_TYPE
 from spanproof.verifier.records import is_digest, is_trace_id
 from spanproof.verifier.verify import cut_message
 
-from .service import LOOKUP_PAGE_ENTRIES, SubmissionRejected, SubmitResult, Witness
+from .service import (
+    LOOKUP_PAGE_ENTRIES,
+    SubmissionRejected,
+    SubmissionTooLarge,
+    SubmitResult,
+    Witness,
+)
 
 __all__ = [
     "BODY_MAX_SECONDS",
@@ -433,6 +439,9 @@ def create_app(
     async def on_bad_input(request: Request, exc: Exception) -> Response:
         return _error(400, str(exc))
 
+    async def on_too_large(request: Request, exc: Exception) -> Response:
+        return _error(413, str(exc))
+
     async def on_storage(request: Request, exc: Exception) -> Response:
         _logger.error("witness storage failure: %s", exc)
         return JSONResponse(
@@ -459,6 +468,7 @@ def create_app(
         exception_handlers={
             HTTPException: on_framework_error,
             _HTTPError: on_http_error,
+            SubmissionTooLarge: on_too_large,
             InvalidBundle: on_bad_input,
             InvalidKey: on_bad_input,
             TransportError: on_storage,

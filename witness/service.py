@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from spanproof.verifier._files import read_named_file, write_atomic
-from spanproof.verifier.bundle import BUNDLE_MEDIA_TYPE, BundleReader
+from spanproof.verifier.bundle import BUNDLE_MEDIA_TYPE, LARGE_RECORD_BYTES, BundleReader
 from spanproof.verifier.canonical import canonicalize, parse_strict
 from spanproof.verifier.checkpoint import Checkpoint, verify_checkpoint
 from spanproof.verifier.dsse import PAYLOAD_TYPE, Envelope
@@ -51,10 +51,12 @@ from .tree import MerkleTree
 
 __all__ = [
     "MAX_ENVELOPE_BYTES",
+    "MAX_HEADER_BYTES",
     "PRODUCER_PINNED",
     "PRODUCER_UNVERIFIED",
     "LogCorrupted",
     "SubmissionRejected",
+    "SubmissionTooLarge",
     "SubmitResult",
     "Witness",
     "parse_public_key_header",
@@ -67,6 +69,14 @@ PRODUCER_UNVERIFIED = "unverified-producer"
 #: The largest submission taken as a bare DSSE envelope (parsed whole; a statement
 #: is a few KB, ~250 KB for 10,000 conflicts).  A bundle is read a line at a time.
 MAX_ENVELOPE_BYTES = 4 * 1024 * 1024
+#: The largest bundle header (SPEC §8 step 1 item 4's H) taken.  A larger one is
+#: checked token by token before any signature can be (its ``receipts`` member is
+#: signed by no one): one of 64 MiB of ``1e+21`` took 33 s to refuse, with every
+#: other submission waiting.  One of this size is parsed in ~0.4 s at most; a
+#: producer's is a few KB (~330 KB with 10,000 conflicts).  A bundle over it is
+#: answered 413, as one over ``--max-body`` is, and its submitter sends its envelope
+#: alone.
+MAX_HEADER_BYTES = LARGE_RECORD_BYTES
 # How a bundle file begins (SPEC §7.1: its header line, canonical).
 #: The most entries one look-up answers (``GET /v1/lookup``'s page); ``next`` in the
 #: answer says where the following page starts.  An entry is ~3 KB of JSON with its
@@ -87,6 +97,11 @@ class SubmissionRejected(VerificationError):
     def __init__(self, message: str, report: BundleReport) -> None:
         super().__init__(message)
         self.report = report
+
+
+class SubmissionTooLarge(InvalidBundle):
+    """A bundle whose header is larger than the witness takes (``MAX_HEADER_BYTES``);
+    its envelope alone is taken."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +128,24 @@ class _Verified:
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _refuse_large_header(body: bytes, what: str = "bundle") -> None:
+    """Refuse the bundle *body* when its header is over ``MAX_HEADER_BYTES``: found by
+    its first line feed alone, nothing parsed.
+
+    Raises:
+        SubmissionTooLarge: it is.
+    """
+    if not body.startswith(_BUNDLE_START):
+        return
+    line = body.find(b"\n") + 1 or len(body)
+    # H is line 1 less the 13 bytes ',"records":[' LF, plus '}' (SPEC §8 step 1).
+    if line - 12 > MAX_HEADER_BYTES:
+        raise SubmissionTooLarge(
+            f"{what}: its header line is {line} bytes, and this witness takes a bundle "
+            f"header of at most {MAX_HEADER_BYTES} bytes (it is checked before its "
+            "signature is); send the bundle's DSSE envelope alone")
 
 
 def _envelope_report(source: str, statement: Statement, digest: str, keyid: str) -> BundleReport:
@@ -402,6 +435,7 @@ class Witness:
     # --- submissions -------------------------------------------------------------
 
     def _verify_submission(self, body: bytes, public_key: str | None) -> _Verified:
+        _refuse_large_header(body)
         with self._verifying:
             return self._verify_one(body, public_key)
 
@@ -481,6 +515,8 @@ class Witness:
         Raises:
             InvalidBundle: not a bundle or envelope, malformed, or no usable key.
             InvalidKey: the supplied public key is unusable.
+            SubmissionTooLarge: a bundle whose header is over ``MAX_HEADER_BYTES``
+                (an ``InvalidBundle``).
             SubmissionRejected: the bundle or envelope failed verification.
             TransportError: the log could not be written (nothing was logged).
         """
@@ -496,9 +532,14 @@ class Witness:
         rejected it (``InvalidBundle``, ``InvalidKey``, ``SubmissionRejected``).
 
         Raises:
+            SubmissionTooLarge: one of them is a bundle whose header is over
+                ``MAX_HEADER_BYTES``: nothing of the batch is verified, so that each
+                can be sent alone (that one as its envelope).
             TransportError: the log could not be written (nothing of the batch was
                 logged).
         """
+        for i, body in enumerate(bodies):
+            _refuse_large_header(body, f"batch submission {i}")
         checked: list[_Verified | SpanproofError] = []
         for body in bodies:
             try:
@@ -615,6 +656,7 @@ class Witness:
         Raises:
             InvalidBundle: no producer key is configured or supplied.
             InvalidKey: the supplied public key is unusable.
+            SubmissionTooLarge: a bundle whose header is over ``MAX_HEADER_BYTES``.
         """
         if self._producer_trust is not None:
             trust, mode = self._producer_trust, PRODUCER_PINNED
@@ -624,6 +666,7 @@ class Witness:
             raise InvalidBundle(
                 "this witness pins no producer keys: give the producer's public key"
             )
+        _refuse_large_header(body)
         with self._verifying:
             report = check_bundle(io.BytesIO(body), trust, allow_incomplete=True)
         digest = report.statement_digest

@@ -20,11 +20,14 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from witness_helpers import (
+    MAX_HEADER_BYTES,
     ORIGIN,
     OTHER_WITNESS_SEED,
     FakeClock,
     free_port,
+    header_size,
     make_bundle,
+    padded,
     trace_id,
     write_bundle,
     write_private_key,
@@ -340,6 +343,40 @@ def test_submit_sends_a_bundle_larger_than_the_witness_takes_as_its_envelope(
     assert status == 0, out
     assert out.count("OK ") == 2
     assert out.count("sent as its DSSE envelope alone, its records not checked") == 2
+    keys = [WitnessKey.load(str(files["pub"]))]
+    for path in paths:
+        verify_receipt(
+            Path(receipt_path(path)).read_bytes(), check_bundle(path, producer_trust), keys
+        )
+
+
+def test_submit_sends_a_bundle_whose_header_the_witness_refuses_as_its_envelope(
+    files: dict[str, Path], open_witness: Any, serve_witness: Any,
+    producer_trust: TrustRoot, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A witness refuses a bundle header over 1 MiB unverified (413, SPEC §12.9): a
+    # bundle with receipts in its header is still witnessed, as its envelope alone
+    # past that, and as the bundle it is below it.
+    witness = open_witness()
+    srv = serve_witness(witness)
+    small, large = (make_bundle(trace_id(i)) for i in range(2))
+    paths = [files["bundles"] / small.file_name, files["bundles"] / large.file_name]
+    paths[0].write_bytes(padded(small.data, b'[{"receipt":"kept elsewhere"}]'))
+    paths[1].write_bytes(padded(large.data, b'"' + b"x" * MAX_HEADER_BYTES + b'"'))
+    assert header_size(paths[1].read_bytes()) > MAX_HEADER_BYTES
+    log = RequestLog(monkeypatch)
+    status, out, _ = _run(_submit_args(files, srv.url), capsys)
+    assert status == 0, out
+    lines = sorted(out.splitlines())
+    assert [line.split(":")[0] for line in lines] == [f"OK {p}" for p in sorted(paths)]
+    alone = "sent as its DSSE envelope alone, its records not checked"
+    assert [alone in line for line in out.splitlines()] == [
+        str(p) == str(paths[1]) for p in sorted(paths)]
+    # The batch refused whole, then each alone, the large one again as its envelope.
+    assert log.paths == ["/v1/submit-batch", "/v1/submit", "/v1/submit", "/v1/submit"]
+    assert sorted(e.checked for e, _, _ in (witness.lookup(index=i)[0] for i in range(2))
+                  ) == ["bundle", "envelope"]
     keys = [WitnessKey.load(str(files["pub"]))]
     for path in paths:
         verify_receipt(

@@ -14,10 +14,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from no_threads import refuse_new_threads
 from witness_helpers import (
+    MAX_HEADER_BYTES,
     ORIGIN,
     FakeClock,
     free_port,
     make_bundle,
+    padded,
     trace_id,
     write_bundle,
 )
@@ -1566,4 +1568,44 @@ def test_a_bundle_larger_than_the_witness_takes_is_submitted_as_its_envelope(
         verify_receipt(receipt, check_bundle(path, producer_trust), witness_keys)
     assert witness.size == 2
     assert caplog.text.count("sent as its DSSE envelope alone") == 2
+    sub.close()
+
+
+def test_a_bundle_whose_header_the_witness_refuses_is_submitted_as_its_envelope(
+    tmp_path: Path, witness: Witness, witness_keys: list[WitnessKey],
+    producer_key: SigningKey, producer_trust: TrustRoot, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A witness refuses a bundle header over 1 MiB unverified, its batch whole (413,
+    # SPEC §12.9): receipts written into a bundle's header do not keep it from being
+    # witnessed, as its envelope alone.
+    from starlette.testclient import TestClient
+
+    client = TestClient(witness_app.create_app(witness))
+    urls: list[str] = []
+
+    def post(url: str, body: bytes, headers: Mapping[str, str], timeout: float
+             ) -> tuple[int, bytes, str | None]:
+        urls.append(url.rsplit("/", 1)[1])
+        resp = client.post(url.removeprefix("http://w.invalid"), content=body,
+                           headers=dict(headers))
+        return resp.status_code, resp.content, resp.headers.get("Retry-After")
+
+    sub = WitnessSubmitter("http://w.invalid", tmp_path / "q", post=post, clock=Clock(),
+                           producer_key=producer_key.private_key.public_key(),
+                           witness_keys=witness_keys, concurrency=1, batch_size=8,
+                           start=False)
+    paths = _bundles(tmp_path / "b", 3)
+    paths[2].write_bytes(padded(paths[2].read_bytes(), b'"' + b"x" * MAX_HEADER_BYTES + b'"'))
+    for p in paths:
+        sub.submit(p)
+    assert sub.process_due() is None and sub.pending == 0
+    assert not list((tmp_path / "q" / "failed").glob("*.json"))
+    # The first alone; the batch of the others refused whole, then each alone.
+    assert urls == ["submit", "submit-batch", "submit", "submit", "submit"]
+    for path in paths:
+        receipt = Path(receipt_path(path)).read_bytes()
+        verify_receipt(receipt, check_bundle(path, producer_trust), witness_keys)
+    assert [witness.lookup(index=i)[0][0].checked for i in range(3)] == [
+        "bundle", "bundle", "envelope"]
+    assert caplog.text.count("sent as its DSSE envelope alone") == 1
     sub.close()

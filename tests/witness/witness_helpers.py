@@ -105,6 +105,23 @@ def make_bundle(
     )
 
 
+_RECORDS_OPEN = b',"records":[\n'
+#: The largest bundle header (SPEC §8 step 1 item 4's H) a witness takes (SPEC §12.9).
+MAX_HEADER_BYTES = 1024 * 1024
+
+
+def padded(data: bytes, receipts: bytes) -> bytes:
+    """The bundle *data* with *receipts* (JSON) as its header's ``receipts`` member."""
+    line, rest = data.split(b"\n", 1)
+    head = line[: -len(_RECORDS_OPEN) + 1]
+    return head + b',"receipts":' + receipts + _RECORDS_OPEN + rest
+
+
+def header_size(data: bytes) -> int:
+    """The size of the bundle *data*'s header H (SPEC §8 step 1 item 4)."""
+    return data.index(b"\n") + 1 - len(_RECORDS_OPEN) + 1
+
+
 def write_bundle(directory: Path, sealed: SealedBundle) -> Path:
     """Write *sealed* under its standard file name; return the path."""
     path = directory / sealed.file_name
