@@ -4,7 +4,7 @@ Thin: parse the request, call :class:`~spanproof.witness.service.Witness` in a
 worker thread (its calls block on SQLite, fsync and hashing), map errors to status
 codes.  Bad input is 400, a bundle that fails verification 422 (with the report),
 an oversized body or bundle header 413, a body not received in time 408, no turn
-to read a body or storage trouble 503 (retry later).
+to read a body or to be verified, or storage trouble 503 (retry later).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from .service import (
     SubmissionRejected,
     SubmissionTooLarge,
     SubmitResult,
+    VerifierBusy,
     Witness,
 )
 
@@ -442,6 +443,9 @@ def create_app(
     async def on_too_large(request: Request, exc: Exception) -> Response:
         return _error(413, str(exc))
 
+    async def on_busy(request: Request, exc: Exception) -> Response:
+        return _error(503, str(exc), headers={"Retry-After": _BUSY_RETRY_AFTER})
+
     async def on_storage(request: Request, exc: Exception) -> Response:
         _logger.error("witness storage failure: %s", exc)
         return JSONResponse(
@@ -471,6 +475,7 @@ def create_app(
             SubmissionTooLarge: on_too_large,
             InvalidBundle: on_bad_input,
             InvalidKey: on_bad_input,
+            VerifierBusy: on_busy,
             TransportError: on_storage,
         },
     )

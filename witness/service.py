@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -54,10 +55,12 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "PRODUCER_PINNED",
     "PRODUCER_UNVERIFIED",
+    "VERIFY_WAIT",
     "LogCorrupted",
     "SubmissionRejected",
     "SubmissionTooLarge",
     "SubmitResult",
+    "VerifierBusy",
     "Witness",
     "parse_public_key_header",
 ]
@@ -77,6 +80,10 @@ MAX_ENVELOPE_BYTES = 4 * 1024 * 1024
 #: answered 413, as one over ``--max-body`` is, and its submitter sends its envelope
 #: alone.
 MAX_HEADER_BYTES = LARGE_RECORD_BYTES
+#: How long a submission (or check) waits for its turn to be verified before it is
+#: refused as busy: waited for without end, each waited for however long the ones
+#: before it took (three 64 MiB headers, before they were refused, held one 107 s).
+VERIFY_WAIT = 10.0
 # How a bundle file begins (SPEC §7.1: its header line, canonical).
 #: The most entries one look-up answers (``GET /v1/lookup``'s page); ``next`` in the
 #: answer says where the following page starts.  An entry is ~3 KB of JSON with its
@@ -102,6 +109,10 @@ class SubmissionRejected(VerificationError):
 class SubmissionTooLarge(InvalidBundle):
     """A bundle whose header is larger than the witness takes (``MAX_HEADER_BYTES``);
     its envelope alone is taken."""
+
+
+class VerifierBusy(SpanproofError):
+    """No turn to be verified within the wait (``VERIFY_WAIT``): try again later."""
 
 
 @dataclass(frozen=True)
@@ -212,6 +223,9 @@ class Witness:
             serve``: beside the key's name as given, or beside the key file before
             a state directory was used); read on start only, and the log must
             extend each that exists too.
+        verify_wait: how long a submission or check waits for its turn to be
+            verified (one at a time) before :class:`VerifierBusy` refuses it; None:
+            ``VERIFY_WAIT`` when the witness is made.
 
     Raises:
         LogCorrupted: the stored log does not match its signed checkpoints, was
@@ -229,6 +243,7 @@ class Witness:
         clock: Callable[[], datetime] = _utcnow,
         signed_file: str | None = None,
         earlier_files: Sequence[str] = (),
+        verify_wait: float | None = None,
     ) -> None:
         self._store = store
         self._signed_file = signed_file
@@ -241,8 +256,11 @@ class Witness:
         # line of tiny JSON values takes ~30 times its size before it can fail (a
         # 60 MB line ~2 GB, SPEC 7.1 allows 64 MiB): verified side by side, the
         # app's 8 requests at once took ~8 times that.  Verifying is bound to the
-        # GIL anyway; the appends (their fsync) still overlap it.
+        # GIL anyway; the appends (their fsync) still overlap it.  The wait for it is
+        # bounded: a turn waited for without end let one slow verification hold every
+        # other submitter for as long as it took.
         self._verifying = threading.Lock()
+        self._verify_wait = VERIFY_WAIT if verify_wait is None else verify_wait
         self._tree = MerkleTree()
         # The latest checkpoint committed (what the next append extends), and the
         # latest handed out: the same, but for the moment after an append commits
@@ -434,9 +452,25 @@ class Witness:
 
     # --- submissions -------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _verifying_turn(self) -> Iterator[None]:
+        """Hold the turn to verify, waited for at most ``verify_wait`` seconds.
+
+        Raises:
+            VerifierBusy: not had in time.
+        """
+        if not self._verifying.acquire(timeout=self._verify_wait):
+            raise VerifierBusy(
+                f"busy: other submissions are being verified, and this one had no turn "
+                f"within {self._verify_wait:g} s; retry later")
+        try:
+            yield
+        finally:
+            self._verifying.release()
+
     def _verify_submission(self, body: bytes, public_key: str | None) -> _Verified:
         _refuse_large_header(body)
-        with self._verifying:
+        with self._verifying_turn():
             return self._verify_one(body, public_key)
 
     def _verify_one(self, body: bytes, public_key: str | None) -> _Verified:
@@ -518,6 +552,7 @@ class Witness:
             SubmissionTooLarge: a bundle whose header is over ``MAX_HEADER_BYTES``
                 (an ``InvalidBundle``).
             SubmissionRejected: the bundle or envelope failed verification.
+            VerifierBusy: no turn to be verified within ``verify_wait``.
             TransportError: the log could not be written (nothing was logged).
         """
         (result,) = self._log([self._verify_submission(body, public_key)])
@@ -535,6 +570,8 @@ class Witness:
             SubmissionTooLarge: one of them is a bundle whose header is over
                 ``MAX_HEADER_BYTES``: nothing of the batch is verified, so that each
                 can be sent alone (that one as its envelope).
+            VerifierBusy: no turn to verify one of them within ``verify_wait``
+                (nothing of the batch was logged).
             TransportError: the log could not be written (nothing of the batch was
                 logged).
         """
@@ -657,6 +694,7 @@ class Witness:
             InvalidBundle: no producer key is configured or supplied.
             InvalidKey: the supplied public key is unusable.
             SubmissionTooLarge: a bundle whose header is over ``MAX_HEADER_BYTES``.
+            VerifierBusy: no turn to be verified within ``verify_wait``.
         """
         if self._producer_trust is not None:
             trust, mode = self._producer_trust, PRODUCER_PINNED
@@ -667,7 +705,7 @@ class Witness:
                 "this witness pins no producer keys: give the producer's public key"
             )
         _refuse_large_header(body)
-        with self._verifying:
+        with self._verifying_turn():
             report = check_bundle(io.BytesIO(body), trust, allow_incomplete=True)
         digest = report.statement_digest
         return {

@@ -293,6 +293,56 @@ def test_submissions_and_checks_are_verified_one_at_a_time(
     assert most == 1
 
 
+@pytest.mark.parametrize("path", ["/v1/submit", "/v1/submit-batch", "/v1/check"])
+def test_a_submission_behind_a_slow_verification_waits_a_bounded_time_then_503(
+    tmp_path: Path, witness_private: Ed25519PrivateKey, producer_trust: TrustRoot,
+    monkeypatch: pytest.MonkeyPatch, path: str,
+) -> None:
+    # The turn to be verified was waited for without end: three checks of 64 MiB
+    # headers padded with numbers (no key needed) kept a genuine submission 107 s,
+    # and at a witness that pins no producer keys anyone can sign 64 MiB of records.
+    from spanproof.witness import service
+
+    real = service.check_bundle
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        inside.set()
+        assert release.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service, "VERIFY_WAIT", 0.3, raising=False)
+    store = Store(str(tmp_path / "w.db"))
+    witness = Witness(store, CheckpointSigner(witness_private, ORIGIN),
+                      producer_trust=producer_trust, clock=FakeClock())
+    client = TestClient(create_app(witness))
+    monkeypatch.setattr(service, "check_bundle", slow)
+    unstuck = threading.Timer(3, release.set)  # without a bound, the request waits for it
+    unstuck.start()
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(witness.submit, make_bundle(trace_id(60)).data)
+            assert inside.wait(10)
+            data = make_bundle(trace_id(61)).data
+            if path == "/v1/submit-batch":
+                data = json.dumps({"submissions": [base64.b64encode(data).decode()]}).encode()
+            started = time.monotonic()
+            resp = client.post(path, content=data)
+            took = time.monotonic() - started
+            release.set()
+            assert first.result().created
+        assert resp.status_code == 503, resp.text[:200]
+        assert resp.headers["Retry-After"] == "1"
+        assert resp.json()["error"] == ("busy: other submissions are being verified, and "
+                                        "this one had no turn within 0.3 s; retry later")
+        assert 0.25 < took < 3, took
+        assert witness.size == 1  # the first alone: nothing of the refused one
+    finally:
+        unstuck.cancel()
+        release.set()
+        store.close()
+
+
 @pytest.mark.parametrize("kind", ["parsed", "invalid JSON"])
 def test_a_batch_keeps_none_of_its_refused_submissions_parsed(
     harness: Harness, kind: str
