@@ -718,6 +718,18 @@ def _json_fields(descriptor: Descriptor) -> dict[str, FieldDescriptor]:
     return fields
 
 
+def _repeated(field: FieldDescriptor) -> bool:
+    """Whether *field* is repeated: ``is_repeated`` from protobuf 6.31 (7 has no
+    ``label``), its ``label`` before, where opentelemetry-proto before 1.35 keeps
+    protobuf (an OTLP/JSON request holding a lone surrogate failed there with
+    AttributeError: 503, retried for ever)."""
+    is_repeated = getattr(field, "is_repeated", None)
+    if is_repeated is not None:
+        return bool(is_repeated)
+    label = field.label  # type: ignore[attr-defined]  # not in protobuf 7's types
+    return bool(label == FieldDescriptor.LABEL_REPEATED)
+
+
 def _holds_lone_surrogate(obj: Any, descriptor: Descriptor, skip: str = "") -> bool:
     """Whether *obj*, the JSON of a *descriptor* message, holds a lone surrogate in a
     string field protobuf reads, at any depth (except under its field *skip*).
@@ -730,7 +742,7 @@ def _holds_lone_surrogate(obj: Any, descriptor: Descriptor, skip: str = "") -> b
         field = fields.get(key)
         if field is None or field.name == skip:
             continue
-        items = value if field.is_repeated and isinstance(value, list) else (value,)
+        items = value if _repeated(field) and isinstance(value, list) else (value,)
         if field.type == FieldDescriptor.TYPE_STRING:
             if any(isinstance(item, str) and _has_lone_surrogate(item) for item in items):
                 return True

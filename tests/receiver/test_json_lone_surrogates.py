@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from receiver_support import (
     TRACE_A,
     TRACE_B,
@@ -29,6 +30,7 @@ from receiver_support import (
     verified,
 )
 
+from spanproof.exporter import otlp_server
 from spanproof.exporter.otlp import UNDECODABLE_SCOPE
 from spanproof.exporter.otlp_server import InvalidRequest, parse_otlp_json
 from spanproof.exporter.receiver import Receiver
@@ -226,3 +228,42 @@ def test_a_body_not_in_utf8_is_refused_whole_whatever_it_holds(encoding: str) ->
     # A UTF-8 byte order mark is still read past, as before.
     request = parse_otlp_json(b"\xef\xbb\xbf" + _body(_resource(_span(TRACE_A, 1))))
     assert len(request.resource_spans[0].scope_spans[0].spans) == 1
+
+
+class _FieldBefore631:
+    """A field descriptor as protobuf before 6.31 has it: ``label``, no ``is_repeated``
+    (and protobuf 7 has no ``label``)."""
+
+    def __init__(self, field: FieldDescriptor) -> None:
+        self._field = field
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "is_repeated":
+            raise AttributeError(name)
+        if name == "label" and not hasattr(self._field, "label"):
+            return (FieldDescriptor.LABEL_REPEATED if self._field.is_repeated
+                    else FieldDescriptor.LABEL_OPTIONAL)
+        return getattr(self._field, name)
+
+
+def test_a_lone_surrogate_is_set_apart_with_a_protobuf_without_is_repeated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # FieldDescriptor.is_repeated arrived in protobuf 6.31, where OpenTelemetry before
+    # 1.35 caps protobuf below 6: looking for lone surrogates failed with
+    # AttributeError, and the request was answered 503 and retried for ever.
+    fields = otlp_server._json_fields
+
+    def before_631(descriptor: Descriptor) -> dict[str, Any]:
+        return {name: _FieldBefore631(field) for name, field in fields(descriptor).items()}
+
+    monkeypatch.setattr(otlp_server, "_json_fields", before_631)
+    bad = _span(TRACE_A, 2, parent=1, events=[{"name": "e", "attributes": [
+        {"key": "k", "value": {"arrayValue": {"values": [_string(CUT)]}}}]}])
+    body = _body(_resource(_span(TRACE_A, 1), bad))
+    assert _set_apart(body) == {"tests.receiver": [(TRACE_A, span_id(1))],
+                                f"a string {WHY}": [(TRACE_A, span_id(2))]}
+    response, bundles = _export(tmp_path, body)
+    assert response["partialSuccess"]["rejectedSpans"] == "1"
+    (bundle,) = bundles.values()
+    assert span_ids(bundle) == [span_id(1)]
