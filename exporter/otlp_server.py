@@ -1000,14 +1000,15 @@ def parse_otlp_protobuf(data: bytes) -> trace_service_pb2.ExportTraceServiceRequ
         request = trace_service_pb2.ExportTraceServiceRequest()
         try:
             request.ParseFromString(data)
-        except DecodeError as e:
-            if _forgiven(e) is None:
+        except (DecodeError, UnicodeDecodeError) as e:
+            if _forgiven(e) is None and not _says_not_why(e):
                 raise
             # One part nested deeper than protobuf decodes (~47 levels of arrays or
             # ~31 of key-value lists in a request, where SPEC §2.3 allows 64 of
             # either), or one string that is not UTF-8, failed the whole request,
             # and a Collector drops a request answered 400, every other sender's
-            # spans in its batch included: decode it piece by piece.
+            # spans in its batch included: decode it piece by piece.  Where protobuf
+            # does not say why, the part that fails is diagnosed (:func:`_why`).
             request = _parse_piecewise(data)
     except DecodeError as e:
         raise InvalidRequest(f"body is not an OTLP protobuf request: {e}") from None
@@ -1092,12 +1093,13 @@ def _merge(message: Any, raw: bytes, what: str) -> str | None:
     is nested too deeply).
 
     Raises:
-        DecodeError: *raw* cannot be decoded for another reason than its depth.
+        DecodeError: *raw* cannot be decoded for another reason than its depth or a
+            string that is not UTF-8.
     """
     try:
         message.MergeFromString(raw)
-    except DecodeError as e:
-        return f"{what} cannot be decoded ({_why(e)})"
+    except (DecodeError, UnicodeDecodeError) as e:
+        return f"{what} cannot be decoded ({_why(e, raw, message.DESCRIPTOR)})"
     return None
 
 
@@ -1121,7 +1123,7 @@ def _span_outline(data: bytes, start: int, end: int) -> trace_pb2.Span:
         elif wire == 2 and number == 9:
             try:
                 span.attributes.append(common_pb2.KeyValue.FromString(data[i:j]))
-            except DecodeError:
+            except (DecodeError, UnicodeDecodeError):
                 key = next((data[a:b] for n, w, a, b in _fields(data, i, j)
                             if n == 1 and w == 2), b"")
                 span.attributes.add().key = key.decode("utf-8", "replace")
@@ -1136,29 +1138,90 @@ _TOO_DEEP = ("nested deeper than protobuf decodes: 100 messages, ~49 levels of a
 _NOT_UTF8 = "a string is not UTF-8: no canonical JSON form (SPEC §3.1)"
 
 
-def _forgiven(error: DecodeError) -> str | None:
-    """Why protobuf refused a part of a request, when that rejects the part alone: it
-    is nested too deeply, or a string in it is not UTF-8 (upb's words; its framing
-    is sound either way).  None for any other failure."""
+#: How deeply protobuf decodes: 100 messages within the one decoded, in upb and in
+#: the pure-Python decoder alike.
+_PROTOBUF_DEPTH = 100
+#: What upb says before protobuf 7.35, whatever the failure ("with type" from 5.26).
+_SAYS_NOT_WHY = re.compile(r"Error parsing message(?: with type '[^']*')?")
+
+
+def _forgiven(error: DecodeError | UnicodeDecodeError) -> str | None:
+    """Why protobuf refused a part of a request, in its own words, when that rejects
+    the part alone: it is nested too deeply, or a string in it is not UTF-8 (upb's
+    words from protobuf 7.35; the pure-Python decoder's, which raises
+    UnicodeDecodeError for such a string; its framing is sound either way).  None
+    for any other failure, or words that do not say (:func:`_says_not_why`)."""
+    if isinstance(error, UnicodeDecodeError):
+        return _NOT_UTF8
     text = str(error)
-    if "MaxDepth" in text:
+    if "MaxDepth" in text or "too many levels of nesting" in text:
         return _TOO_DEEP
     if "String field had bad UTF-8" in text:
         return _NOT_UTF8
     return None
 
 
-def _why(error: DecodeError) -> str:
-    """Why a part of a request decoded piece by piece cannot be decoded.
+def _says_not_why(error: DecodeError | UnicodeDecodeError) -> bool:
+    """Whether *error* does not say why protobuf refused the message: upb before
+    protobuf 7.35 says "Error parsing message" for a part nested too deeply, a string
+    that is not UTF-8 and a broken framing alike."""
+    return isinstance(error, DecodeError) and bool(_SAYS_NOT_WHY.fullmatch(str(error)))
+
+
+def _why(error: DecodeError | UnicodeDecodeError, raw: bytes,
+         descriptor: Descriptor) -> str:
+    """Why the *descriptor* message *raw*, a part of a request decoded piece by piece,
+    cannot be decoded: in protobuf's words (:func:`_forgiven`), or where they do not
+    say, from its bytes (:func:`_fault`).
 
     Raises:
-        DecodeError: *error*, when it is not forgiven part by part (:func:`_forgiven`):
-            the request is refused whole, as protobuf refuses it.
+        DecodeError: *error*, when it is not forgiven part by part: the request is
+            refused whole, as protobuf refuses it.
     """
     why = _forgiven(error)
+    if why is None and _says_not_why(error):
+        why = _fault(raw, descriptor)
     if why is None:
         raise error
     return why
+
+
+def _fault(raw: bytes, descriptor: Descriptor) -> str | None:
+    """Why protobuf refused the *descriptor* message *raw*, found from its bytes as
+    protobuf decodes them (first fault first): :data:`_NOT_UTF8` for a string field
+    that is not UTF-8, :data:`_TOO_DEEP` for a message field nested deeper than
+    `_PROTOBUF_DEPTH`; None when its framing is broken first, or no fault is found."""
+    try:
+        return _first_fault(raw, 0, len(raw), descriptor, 0)
+    except DecodeError:
+        return None
+
+
+def _first_fault(data: bytes, start: int, end: int, descriptor: Descriptor,
+                 depth: int) -> str | None:
+    """The first fault of :func:`_fault` in the *descriptor* message *data[start:end]*,
+    *depth* messages within the one decoded.
+
+    Raises:
+        DecodeError: the message's framing is broken (:func:`_fields`).
+    """
+    fields = descriptor.fields_by_number
+    for number, wire, i, j in _fields(data, start, end):
+        field = fields.get(number)
+        if field is None or wire != 2:  # unknown, or of another wire type: skipped
+            continue
+        if field.type == FieldDescriptor.TYPE_STRING:
+            try:
+                data[i:j].decode("utf-8")
+            except UnicodeDecodeError:
+                return _NOT_UTF8
+        elif (message := field.message_type) is not None:
+            if depth == _PROTOBUF_DEPTH:
+                return _TOO_DEEP
+            why = _first_fault(data, i, j, message, depth + 1)
+            if why is not None:
+                return why
+    return None
 
 
 def _response(result: IngestResult) -> trace_service_pb2.ExportTraceServiceResponse:
@@ -1413,7 +1476,7 @@ class _HealthCheck:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no HealthCheckRequest")
         try:
             service = wrappers_pb2.StringValue.FromString(data).value
-        except DecodeError as e:
+        except (DecodeError, UnicodeDecodeError) as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"not a HealthCheckRequest: {e}")
         if service not in ("", _TRACE_SERVICE):
             _abort(context, grpc.StatusCode.NOT_FOUND, f"unknown service {service!r}")
