@@ -34,14 +34,14 @@ counted as rejected.  A re-delivered span identical to one still pending is
 ignored; the same span id with different content is kept as its own record and
 listed in the bundle's ``conflicts``.  A span id that an earlier segment of the
 trace's chain already certified is listed in ``conflicts`` too, whatever its content
-(the earlier segment's content is not kept, only its span ids: 8 bytes each, the
+(the earlier segment's content is not kept, only its span ids: 16 bytes each, the
 last :data:`SEALED_SPAN_IDS` of them).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,7 +65,7 @@ MAX_SEGMENT_BYTES = 64 * 1024 * 1024
 #: traces of up to ``MAX_SEGMENT_BYTES`` each would otherwise be 128 GiB.  Checked
 #: each time they grow by a 64th of it, so it can be passed by that much.
 MAX_PENDING_BYTES = 1024 * 1024 * 1024
-#: How many span ids of sealed segments are remembered (8 bytes each), those of the
+#: How many span ids of sealed segments are remembered (16 bytes each), those of the
 #: least recently sealed traces forgotten first, so that a span id certified again
 #: in a later segment of its chain is listed in that segment's ``conflicts`` (SPEC
 #: §4.3).
@@ -227,6 +227,10 @@ class _Trace:
     unsampled: int = 0
     notes: list[str] = field(default_factory=list)
     root_ended: bool = False
+    #: The span ids (16 characters each, one after the other) of the trace's sealed
+    #: segments the assembler remembers, and of the segment in flight.
+    certified_ids: str = ""
+    in_flight_ids: str = ""
 
     def has_work(self) -> bool:
         return bool(self.bodies) or self.dropped > 0 or self.rejected > 0 or self.unsampled > 0
@@ -288,9 +292,11 @@ class TraceAssembler:
         self._ready: OrderedDict[str, str] = OrderedDict()
         self._roots: OrderedDict[str, float] = OrderedDict()
         self._sealed: OrderedDict[str, _Sealed] = OrderedDict()
-        # The span ids (8 bytes each) of the sealed segments of each trace, least
-        # recently sealed first, and how many they hold in all (SEALED_SPAN_IDS).
-        self._certified: OrderedDict[str, bytearray] = OrderedDict()
+        # The span ids (16 characters each, one after the other) of the sealed
+        # segments of each trace, least recently sealed first, and how many they
+        # hold in all (SEALED_SPAN_IDS).  A string, which the garbage collector
+        # does not scan, in a plain dict.
+        self._certified: dict[str, str] = {}
         self._certified_count = 0
         # Spans dropped for traces that had no slot, by trace (with the notes given
         # with them), and those whose trace could not even be remembered.
@@ -373,8 +379,9 @@ class TraceAssembler:
         versions = entry.seen.get(span_id)
         if versions is None:
             entry.seen[span_id] = [body]
-            certified = self._certified.get(trace_id)
-            if certified is not None and _holds_id(certified, span_id):
+            if (entry.certified_ids or entry.in_flight_ids) and (
+                    _holds_id(entry.certified_ids, span_id)
+                    or _holds_id(entry.in_flight_ids, span_id)):
                 conflict = True  # an earlier segment of the chain holds this span id
         elif _holds(versions, body):
             return False  # an identical re-delivery: already pending
@@ -589,7 +596,8 @@ class TraceAssembler:
         if entry is None or entry.position is not None:
             raise ValueError(f"trace {job.trace_id} has no segment in flight")
         entry.position = next_position
-        self._certify(job)
+        entry.certified_ids = self._certify(job.trace_id, entry.in_flight_ids)
+        entry.in_flight_ids = ""
         if not entry.has_work():
             del self._traces[job.trace_id]
             self._remember(job.trace_id, _Sealed(next_position, entry.root_ended))
@@ -607,6 +615,7 @@ class TraceAssembler:
         if entry is None or entry.position is not None:
             raise ValueError(f"trace {job.trace_id} has no segment in flight")
         entry.position = job.position
+        entry.in_flight_ids = ""  # never certified
         entry.dropped += len(job.bodies) + job.completeness.dropped_spans
         entry.rejected += job.completeness.rejected_spans
         entry.unsampled += job.completeness.unsampled_spans
@@ -632,7 +641,8 @@ class TraceAssembler:
         sealed = self._sealed.pop(trace_id, None)
         if sealed is None:
             return _Trace(trace_id, ChainPosition.genesis(trace_id), now)
-        return _Trace(trace_id, sealed.position, now, root_ended=sealed.root_ended)
+        return _Trace(trace_id, sealed.position, now, root_ended=sealed.root_ended,
+                      certified_ids=self._certified.get(trace_id, ""))
 
     def _entry(self, trace_id: str, now: float) -> _Trace | None:
         entry = self._traces.get(trace_id)
@@ -709,9 +719,11 @@ class TraceAssembler:
             taken, rest = bodies[:count], bodies[count:]
             entry.sizes = sizes[count:]
             reason = SIZE_LIMIT
+            entry.in_flight_ids = _span_ids([body_span_id(body) for body in taken])
         else:
             taken, rest = bodies, []
             entry.sizes = []
+            entry.in_flight_ids = _span_ids(entry.seen)  # every body's span id, once
         left = sum(entry.sizes)
         self._bytes -= entry.size - left
         self._next_look = min(self._next_look, max(self._bytes, self._max_total))
@@ -781,55 +793,40 @@ class TraceAssembler:
             self._forget_certified(forgotten)
             self._forgot_sealed = True
 
-    def _certify(self, job: SealJob) -> None:
-        """Remember the span ids *job* certified (see :data:`SEALED_SPAN_IDS`)."""
-        ids = _span_ids(job.bodies)
-        if not ids:
-            return
-        certified = self._certified.get(job.trace_id)
-        if certified is None:
-            self._certified[job.trace_id] = bytearray(ids)
-        else:
-            certified += ids
-            self._certified.move_to_end(job.trace_id)
-        self._certified_count += len(ids) // 8
+    def _certify(self, trace_id: str, ids: str) -> str:
+        """Remember *ids*, the span ids a segment of the trace certified (see
+        :data:`SEALED_SPAN_IDS`); return all those remembered of the trace."""
+        certified = self._certified
+        held = certified.pop(trace_id, "") + ids
+        certified[trace_id] = held  # last: the most recently sealed
+        self._certified_count += len(ids) >> 4
         while self._certified_count > SEALED_SPAN_IDS:
-            _, forgotten = self._certified.popitem(last=False)
-            self._certified_count -= len(forgotten) // 8
+            self._forget_certified(next(iter(certified)))
+        return held
 
     def _forget_certified(self, trace_id: str) -> None:
         forgotten = self._certified.pop(trace_id, None)
         if forgotten is not None:
-            self._certified_count -= len(forgotten) // 8
+            self._certified_count -= len(forgotten) >> 4
 
 
-def _span_ids(bodies: Sequence[Body]) -> bytes:
-    """The span ids of *bodies*, 8 bytes each (one not 16 hex digits is left out:
-    a record's span id always is, SPEC §2.2)."""
-    ids = bytearray()
-    for body in bodies:
-        span_id = body_span_id(body)
-        if len(span_id) == 16:
-            try:
-                ids += bytes.fromhex(span_id)
-            except ValueError:
-                pass
-    return bytes(ids)
+def _span_ids(ids: Collection[str]) -> str:
+    """*ids* one after the other, those of 16 characters (a record's always are)."""
+    joined = "".join(ids)
+    if len(joined) != 16 * len(ids):
+        joined = "".join(i for i in ids if len(i) == 16)
+    return joined
 
 
-def _holds_id(certified: bytearray, span_id: str) -> bool:
-    """Whether *certified* (span ids, 8 bytes each) holds *span_id* (hex)."""
+def _holds_id(certified: str, span_id: str) -> bool:
+    """Whether *certified* (span ids, 16 characters each) holds *span_id*."""
     if len(span_id) != 16:
         return False
-    try:
-        wanted = bytes.fromhex(span_id)
-    except ValueError:
-        return False
-    at = certified.find(wanted)
+    at = certified.find(span_id)
     while at != -1:
-        if at % 8 == 0:
+        if at & 15 == 0:
             return True
-        at = certified.find(wanted, at + 1)
+        at = certified.find(span_id, at + 1)
     return False
 
 

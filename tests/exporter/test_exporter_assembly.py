@@ -333,6 +333,19 @@ def test_span_id_certified_in_an_earlier_segment_is_listed_as_a_conflict(form: A
         assert check_bundle(io.BytesIO(bundle.data), trust_root_for_test()).verdict is Verdict.OK
 
 
+def test_span_id_of_the_segment_in_flight_is_listed_as_a_conflict() -> None:
+    # Arriving while the segment holding its first version is being sealed, it is in
+    # neither the pending spans nor the sealed ones yet.
+    asm = assembler()
+    asm.add(T1, body(T1, 0), now=0.0)
+    (job,) = asm.drain_all("force_flush")
+    asm.add(T1, body(T1, 0, name="rewritten"), now=0.5)  # the sealer has `job`
+    seal_all(asm, [job])
+    (later,) = asm.drain_all("force_flush")
+    assert names(later) == ["rewritten"]
+    assert later.completeness.conflicts == (f"{1:016x}",)
+
+
 def test_span_ids_of_an_abandoned_segment_are_not_conflicts() -> None:
     asm = assembler()
     asm.add(T1, body(T1, 0), now=0.0)
