@@ -3,7 +3,9 @@
 ``export()`` runs on the span processor's thread and does only cheap work: select,
 normalize, hand the bodies to the :class:`~spanproof.exporter.assembly.TraceAssembler`.
 A daemon thread ("the sealer") seals traces when they are due, signs them and writes
-them through the sink; file I/O and signing never happen on the caller's thread.
+them through the sink; file I/O and signing never happen on the caller's thread,
+except in a process where gevent patched threading after the exporter was set up
+(:mod:`._green`): no thread starts there, and ``export()`` seals what is due itself.
 
 With ``sealing_process`` on, ``export()`` only selects and hands the fields of the
 selected spans to a child process that runs this same exporter in-process
@@ -49,6 +51,7 @@ from opentelemetry.trace import SpanContext
 from spanproof.verifier.statement import Producer
 
 from ._disabled import BuiltDisabled
+from ._green import GreenSince, warn_threadless
 from ._recovery import continue_on_disk, seal_orphaned_journals
 from ._sealing_process import (
     RestartSchedule,
@@ -481,7 +484,15 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
         (not in a forked child: the parent does that), what an earlier run left is
         finished: its journals sealed, its witness submissions taken over."""
         remote = None
-        if self._config.sealing_process:
+        if self._config.sealing_process and self._sealer_starts.threadless:
+            # Starting one from the exporting thread fails under gevent ("child
+            # watchers are only available on the default loop"), and its reader
+            # threads would be greenlets (see GreenSince).
+            warn_threadless()
+            _logger.error("spanproof: cannot start the sealing process: gevent patched the "
+                          "threading module after the exporter was set up; sealing in this "
+                          "process instead, without background threads")
+        elif self._config.sealing_process:
             remote = self._spawn(self._producer.instance, recover=recover)
         if remote is not None:
             self._install(remote)
@@ -538,6 +549,12 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
             if due is None or time.monotonic() < due:
                 return  # another exporting thread took it
             self._restarts.due = None
+        if self._sealer_starts.threadless:
+            warn_threadless()  # for good: see _start_sealing
+            _logger.error("spanproof: not starting the sealing process again: gevent "
+                          "patched the threading module after the exporter was set up; "
+                          "sealing in this process instead, without background threads")
+            return
         thread = threading.Thread(target=untraced(self._start_again),
                                   name="spanproof-sealing-start", daemon=True)
         try:
@@ -708,9 +725,11 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Select and normalize *spans* and queue them for sealing.
 
-        Never raises and never blocks on I/O.  Returns FAILURE after shutdown or
-        when a span could not be handled (a selected span that cannot be
-        normalized is declared as rejected in its trace's bundle).
+        Never raises and never blocks on I/O, except where gevent patched threading
+        after this exporter was set up: it then seals and writes what is due
+        (README, "gevent").  Returns FAILURE after shutdown or when a span could not
+        be handled (a selected span that cannot be normalized is declared as
+        rejected in its trace's bundle).
         """
         me = self._in_export.enter()
         try:
@@ -756,7 +775,19 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
                 rejected += 1
         else:
             rejected = self._send(remote, selected, roots)
+        if self._thread is None and self._sealer_starts.threadless:
+            self._seal_here()
         return SpanExportResult.FAILURE if failed or rejected else SpanExportResult.SUCCESS
+
+    def _seal_here(self) -> None:
+        """Seal and write what is due on the calling thread: no sealer thread may
+        start (gevent patched threading after this exporter was set up, see
+        :class:`GreenSince`).  What is not due yet waits for the next call, a
+        ``force_flush()`` or the ``shutdown()``."""
+        try:
+            self._cycle(flush=False, deadline=None)
+        except Exception:
+            _logger.exception("spanproof: sealing pass failed")
 
     def _send(self, remote: SealingProcesses, spans: Sequence[ReadableSpan],
               roots: Sequence[str]) -> int:
@@ -1271,7 +1302,9 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
         # hide the gap behind it.  It waits behind one kept for a retry, and a write
         # in flight decides whether it is written (see _drain_write_queue).
         behind = {bundle.statement.trace_id for bundle in self._unwritten}
-        if type(self._sink) is DirectorySink:
+        # Written here, as other sinks are, once no writer thread may start (see
+        # GreenSince): the pass would wait for a thread that never runs.
+        if type(self._sink) is DirectorySink and not self._sealer_starts.threadless:
             if self._writers is None:
                 self._writers = concurrent.futures.ThreadPoolExecutor(
                     1, "spanproof-write", initializer=quiet_thread)
@@ -1548,6 +1581,7 @@ class Throttled:
         self._next = float("-inf")
         self._held = 0
         self._timer: threading.Timer | None = None
+        self._green = GreenSince()
 
     def held_back(self) -> None:
         """Say how many warnings were held back since the last one logged (at
@@ -1588,8 +1622,11 @@ class Throttled:
         self._logger.warning(message, *args)
 
     def _start_timer(self, seconds: float) -> None:
-        # Under the lock.  Where no thread may start (the interpreter exiting), the
-        # count waits for the next warning or the shutdown, as it did.
+        # Under the lock.  Where no thread may start (the interpreter exiting, or
+        # gevent patched since: see GreenSince), the count waits for the next warning
+        # or the shutdown, as it did.
+        if self._green.turned:
+            return
         timer = threading.Timer(seconds, self._period_ended)
         timer.daemon = True
         timer.name = "spanproof-held-warnings"
@@ -1606,16 +1643,28 @@ class ThreadStarts:
     Python 3.12 refuses every new thread while the interpreter exits (in ``atexit``
     callbacks, where the SDK shuts its tracer provider down), and a process can run
     out of threads; the caller then does the thread's work itself.  Nothing is
-    logged while the interpreter exits: that is expected there.
+    logged while the interpreter exits: that is expected there.  Nor does a thread
+    start once gevent patched threading after this object was made (see
+    :class:`GreenSince`; :attr:`threadless` says so): the caller then does the
+    thread's work itself for good.
     """
 
     def __init__(self, what: str, meanwhile: str) -> None:
         self._what = what
         self._meanwhile = meanwhile
         self._warned = False
+        self._green = GreenSince()
+
+    @property
+    def threadless(self) -> bool:
+        """Whether gevent patched threading since this was made: no thread starts."""
+        return self._green.turned
 
     def start(self, thread: threading.Thread) -> bool:
         """Start *thread*; False when no thread may start now."""
+        if self._green.turned:
+            warn_threadless()
+            return False
         try:
             thread.start()
         except RuntimeError as e:

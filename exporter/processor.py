@@ -664,6 +664,8 @@ class EvidenceSpanProcessor(SpanProcessor, BuiltDisabled):
         me = self._in_end.enter()
         try:
             self._on_end(span)
+            if self._worker is None and self._worker_starts.threadless:
+                self._work_here(span)
         except Exception:
             _logger.exception("spanproof: on_end failed for span %s", _span_id_of(span))
         finally:
@@ -840,6 +842,8 @@ class EvidenceSpanProcessor(SpanProcessor, BuiltDisabled):
         Where no thread may start (at interpreter exit on Python 3.12, for a span
         that ends there, or out of threads) spans stay queued: force_flush() and
         shutdown() process them on the calling thread, and the next span tries again.
+        Once gevent patched threading after this processor was set up, none starts
+        again: :meth:`on_end` processes them too (:meth:`_work_here`).
         """
         if self._worker is not None:
             return True
@@ -851,6 +855,18 @@ class EvidenceSpanProcessor(SpanProcessor, BuiltDisabled):
                     return False
                 self._worker = worker
         return True
+
+    def _work_here(self, span: ReadableSpan) -> None:
+        """Where no worker thread may start for good (gevent patched threading after
+        this processor was set up, see :class:`._green.GreenSince`): once *span* ended a
+        local root, or a batch is queued, journal what is queued and seal what is
+        due on the calling thread, as the worker and the sealer would."""
+        if self._shutdown:
+            return
+        _, parent = _selection_view(span)
+        if parent is None or parent.is_remote or self._queue.qsize() >= _BATCH:
+            self._process_here()
+            self._sealer._seal_here()
 
     def _process_here(self) -> None:
         """Process everything queued on the calling thread, while no worker runs."""
