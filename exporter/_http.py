@@ -36,6 +36,7 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
+from ._green import GreenSince
 from ._untraced import untraced, untraced_context
 
 __all__ = ["KeepAlivePost", "urllib_post"]
@@ -275,6 +276,9 @@ class _Deadlines:
         self._armed: set[_Armed] = set()
         self._thread: threading.Thread | None = None
         self._wake = 0.0  # when the thread wakes up next, at the latest
+        # Started once gevent patched threading since, the thread would be a
+        # greenlet of the delivering thread, waiting on this (real) condition.
+        self._green = GreenSince()
 
     def arm(self, sock: socket.socket, deadline: float) -> _Armed:
         """Watch *sock* until :meth:`disarm`; shut it down at *deadline*."""
@@ -282,6 +286,8 @@ class _Deadlines:
         with self._cond:
             self._armed.add(armed)
             if self._thread is None:
+                if self._green.turned:  # the socket timeout alone (see GreenSince)
+                    return armed
                 thread = threading.Thread(target=untraced(self._run),
                                           name="spanproof-witness-deadlines",
                                           daemon=True)

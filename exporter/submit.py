@@ -71,6 +71,7 @@ from spanproof.verifier.receipt import (
 from spanproof.verifier.records import digest_hex
 from spanproof.verifier.statement import Statement
 
+from ._green import GreenSince
 from ._http import KeepAlivePost
 from ._leftovers import remove_old_temporaries
 from ._untraced import untraced
@@ -250,6 +251,9 @@ class WitnessSubmitter:
         self._batch_headers = {**self._headers, "Content-Type": "application/json"}
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._helpers: list[threading.Thread] = []
+        # Helpers started once gevent patched threading since would be greenlets of
+        # the worker's thread, blocking it on the job queue (see GreenSince).
+        self._green = GreenSince()
         self._unwritten: list[tuple[str, _Delivered]] = []  # worker thread only
         # Why the witness gave no consistency proof this round, once it did not
         # (worker thread only; see _kept).
@@ -671,8 +675,9 @@ class WitnessSubmitter:
         Daemon threads, like the worker, so a witness that stops answering never
         holds up the application's exit; started once, on the first batch.  Where
         no thread may start (at interpreter exit on Python 3.12, or out of threads)
-        the worker delivers alone, and the next batch tries again."""
-        while len(self._helpers) < self._concurrency - 1:
+        the worker delivers alone, and the next batch tries again; once gevent
+        patched threading after this submitter was made, it delivers alone for good."""
+        while len(self._helpers) < self._concurrency - 1 and not self._green.turned:
             helper = threading.Thread(target=untraced(self._help),
                                       name="spanproof-witness-delivery",
                                       daemon=True)

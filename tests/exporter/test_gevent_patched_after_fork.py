@@ -34,9 +34,10 @@ _BOUND = 15.0
 _SPANS = 20
 
 # Builds the SDK and spanproof (argv: kind, output directory, "early" to patch
-# first), forks a worker that patches gevent (unless patched first) and ends
-# evidence spans in greenlets, two batches apart, then exits through atexit (the
-# provider's shutdown); prints the worker's exit status and how long it ran.
+# first, the key's seed), forks a worker that patches gevent (unless patched first)
+# and ends evidence spans in greenlets, two batches apart (one batch for the
+# witness), then exits through atexit (the provider's shutdown); prints the
+# worker's exit status and how long it ran.
 _SCRIPT = textwrap.dedent("""
     import json, os, sys, time
     kind, out, when = sys.argv[1:4]
@@ -48,6 +49,35 @@ _SCRIPT = textwrap.dedent("""
     from spanproof.exporter import EvidenceSpanProcessor, SigningKey, SpanproofSpanExporter
     settings = dict(signing_key=SigningKey.from_seed(bytes.fromhex(sys.argv[4])),
                     seal_grace=0.05)
+    if kind == "witness":  # served from this process's thread, for the worker
+        import asyncio, socket, threading, uvicorn
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+        from spanproof.verifier.keys import TrustedKey, TrustRoot
+        from spanproof.witness.app import create_app
+        from spanproof.witness.service import Witness
+        from spanproof.witness.signing import CheckpointSigner
+        from spanproof.witness.store import Store
+        producer = settings["signing_key"].private_key.public_key()
+        witness = Witness(Store(out + ".witness.db"),
+                          CheckpointSigner(Ed25519PrivateKey.generate(), "test/witness"),
+                          producer_trust=TrustRoot((TrustedKey.from_public_key(producer),)))
+        served = create_app(witness)
+        answered = []
+
+        async def app(scope, receive, send):
+            if not answered:  # the first answer is late: the rest queue up meanwhile,
+                answered.append(scope)  # and go in one delivery of many (helpers)
+                await asyncio.sleep(0.5)
+            await served(scope, receive, send)
+
+        listening = socket.socket()
+        listening.bind(("127.0.0.1", 0))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        threading.Thread(target=server.run, kwargs={"sockets": [listening]},
+                         daemon=True).start()
+        while not server.started:
+            time.sleep(0.01)
+        settings["witness_url"] = "http://127.0.0.1:%d" % listening.getsockname()[1]
     provider = TracerProvider()
     if kind == "processor":
         provider.add_span_processor(EvidenceSpanProcessor(out, **settings))
@@ -66,8 +96,10 @@ _SCRIPT = textwrap.dedent("""
             with tracer.start_as_current_span(f"request-{i}",
                                               attributes={"spanproof.evidence": True}):
                 gevent.sleep(0.01)
-        for first in (0, N // 2):
-            gevent.joinall([gevent.spawn(request, i) for i in range(first, first + N // 2)])
+        # The witness's case: every bundle sealed at the exit, for a delivery of many.
+        batch = SPANS if kind == "witness" else SPANS // 2
+        for first in range(0, SPANS, batch):
+            gevent.joinall([gevent.spawn(request, i) for i in range(first, first + batch)])
             gevent.sleep(0.3)  # the batch processor exports them meanwhile
         sys.exit(0)
     start = time.monotonic()
@@ -82,7 +114,7 @@ _SCRIPT = textwrap.dedent("""
         time.sleep(0.02)
     print(json.dumps({"status": status, "seconds": time.monotonic() - start}))
     os._exit(0)
-""").replace("BOUND", repr(_BOUND)).replace("N //", f"{_SPANS} //")
+""").replace("BOUND", repr(_BOUND)).replace("SPANS", repr(_SPANS))
 
 
 def _run_worker(kind: str, out: Path, when: str = "late") -> tuple[dict[str, float], str]:
@@ -111,6 +143,24 @@ def test_a_worker_that_patches_gevent_after_the_fork_certifies_every_span_and_ex
     if kind == "sealing_process":
         assert "cannot start the sealing process: gevent patched" in log
     assert "Traceback" not in log, log
+
+
+@pytest.mark.timeout(60)
+def test_the_witness_submitter_of_such_a_worker_delivers_every_bundle_and_exits(
+    tmp_path: Path,
+) -> None:
+    # Its thread, started at the fork, was real; the delivery helpers it started
+    # after the patch were greenlets of it, blocking it on their job queue: one
+    # receipt of 20, and the worker hung at exit.  It now delivers alone.
+    out = tmp_path / "out"
+    worker, log = _run_worker("witness", out)
+    assert worker["status"] == 0, log
+    assert worker["seconds"] < 5.0, log
+    bundles = sorted(out.glob("*.spanproof.json"))
+    assert len(bundles) == _SPANS, log
+    receipts = sorted(out.glob("*.receipt.json"))
+    assert [r.name.removesuffix(".receipt.json") for r in receipts] == [
+        b.name.removesuffix(".spanproof.json") for b in bundles], log
 
 
 @pytest.mark.timeout(60)
