@@ -18,7 +18,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from thread_signals import signal_another_thread
 
 from spanproof.exporter import SigningKey
-from spanproof.exporter.otlp_server import GrpcServer, HttpServer
+from spanproof.exporter.otlp_server import GrpcServer, HttpServer, parse_otlp_protobuf
 from spanproof.exporter.receiver import Receiver
 from spanproof.verifier import BundleReport, TrustRoot, Verdict, check_bundle, find_bundles
 
@@ -142,6 +142,22 @@ def request(*spans: trace_pb2.Span) -> trace_service_pb2.ExportTraceServiceReque
 
 
 # -- bundles --------------------------------------------------------------------
+
+
+def nest_in_arrays(value: common_pb2.AnyValue, levels: int) -> None:
+    """Nest a string *levels* arrays down in *value*, built in place (copying a
+    message this deep is refused)."""
+    for _ in range(levels):
+        value = value.array_value.values.add()
+    value.string_value = "bottom"
+
+
+def decoded_groups(data: bytes) -> list[tuple[str, str, list[str]]]:
+    """The request *data* as the receiver decodes it: each scope's name and version
+    (an undecodable part's reason) with its span ids."""
+    decoded = parse_otlp_protobuf(data)
+    return [(ss.scope.name, ss.scope.version, [s.span_id.hex() for s in ss.spans])
+            for rs in decoded.resource_spans for ss in rs.scope_spans]
 
 
 def bundle_paths(directory: str) -> list[str]:

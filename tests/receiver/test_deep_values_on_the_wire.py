@@ -22,6 +22,7 @@ from opentelemetry.proto.common.v1 import common_pb2
 from receiver_support import (
     TRACE_A,
     TRACE_B,
+    nest_in_arrays,
     otlp_span,
     serving,
     signing_key,
@@ -39,19 +40,12 @@ DEEP = 60  # allowed by SPEC §2.3, beyond what protobuf decodes
 WHY = "span cannot be decoded (nested deeper than protobuf decodes"
 
 
-def _nest(value: common_pb2.AnyValue, levels: int) -> None:
-    """Nest a string *levels* arrays down in *value*, built in place (copying a
-    message this deep is refused)."""
-    for _ in range(levels):
-        value = value.array_value.values.add()
-    value.string_value = "bottom"
-
 
 def _deep_span(spans: object, trace: str, n: int, parent: int | None = None,
                *, evidence: bool = True) -> None:
     span = spans.add()  # type: ignore[attr-defined]
     span.CopyFrom(otlp_span(trace, n, parent=parent, evidence=evidence))
-    _nest(span.attributes.add(key="deep").value, DEEP)
+    nest_in_arrays(span.attributes.add(key="deep").value, DEEP)
 
 
 def _request() -> trace_service_pb2.ExportTraceServiceRequest:
@@ -67,7 +61,7 @@ def _request() -> trace_service_pb2.ExportTraceServiceRequest:
     ss.spans.append(otlp_span(TRACE_A, 3, parent=1))
     _deep_span(ss.spans, TRACE_A, 4, parent=1, evidence=False)
     other = req.resource_spans.add()
-    _nest(other.resource.attributes.add(key="deep").value, DEEP)
+    nest_in_arrays(other.resource.attributes.add(key="deep").value, DEEP)
     other.scope_spans.add().spans.append(otlp_span(TRACE_B, 5))
     return req
 
@@ -246,7 +240,7 @@ def test_piecewise_decoding_keeps_schema_urls_and_sets_apart_a_deep_scope() -> N
     good.spans.append(otlp_span(TRACE_A, 1))
     _deep_span(good.spans, TRACE_A, 2, parent=1)  # makes the request fail whole
     deep_scope = rs.scope_spans.add()
-    _nest(deep_scope.scope.attributes.add(key="deep").value, DEEP)
+    nest_in_arrays(deep_scope.scope.attributes.add(key="deep").value, DEEP)
     deep_scope.spans.append(otlp_span(TRACE_B, 3))
     decoded = parse_otlp_protobuf(req.SerializeToString())
     (drs,) = decoded.resource_spans

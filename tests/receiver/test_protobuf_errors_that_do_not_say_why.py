@@ -37,6 +37,8 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from receiver_support import (
     TRACE_A,
     TRACE_B,
+    decoded_groups,
+    nest_in_arrays,
     otlp_span,
     serving,
     signing_key,
@@ -107,12 +109,6 @@ def _protobuf_saying(monkeypatch: pytest.MonkeyPatch, said: Saying) -> None:
         monkeypatch.setattr(message, "FromString", classmethod(_from_string))
 
 
-def _nest(value: common_pb2.AnyValue, levels: int) -> None:
-    """Nest a string *levels* arrays down in *value*, in place."""
-    for _ in range(levels):
-        value = value.array_value.values.add()
-    value.string_value = "bottom"
-
 
 def _request(fault: str) -> bytes:
     """TRACE_A's root, a child with *fault* ("not UTF-8" or "too deep") and another
@@ -125,15 +121,10 @@ def _request(fault: str) -> bytes:
     bad.CopyFrom(otlp_span(TRACE_A, 2, parent=1, name=MARK if fault == "not UTF-8"
                            else "step"))
     if fault == "too deep":
-        _nest(bad.attributes.add(key="deep").value, 60)
+        nest_in_arrays(bad.attributes.add(key="deep").value, 60)
     ss.spans.extend([otlp_span(TRACE_A, 3, parent=1), otlp_span(TRACE_B, 4)])
     return req.SerializeToString().replace(MARK.encode(), b"\xc3\xc3zz")
 
-
-def _groups(data: bytes) -> list[tuple[str, str, list[str]]]:
-    decoded = parse_otlp_protobuf(data)
-    return [(ss.scope.name, ss.scope.version, [s.span_id.hex() for s in ss.spans])
-            for rs in decoded.resource_spans for ss in rs.scope_spans]
 
 
 def _set_apart(why: str) -> list[tuple[str, str, list[str]]]:
@@ -151,7 +142,7 @@ def test_a_span_is_set_apart_alone_where_protobuf_does_not_say_why(
     _protobuf_saying(monkeypatch, said)
     with pytest.raises(DecodeError, match=r"^Error parsing message"):
         trace_service_pb2.ExportTraceServiceRequest.FromString(data)
-    assert _groups(data) == _set_apart(why)  # before: InvalidRequest, the whole request
+    assert decoded_groups(data) == _set_apart(why)  # before: InvalidRequest, the whole request
 
 
 @pytest.mark.parametrize("fault, why", [("not UTF-8", NOT_UTF8), ("too deep", TOO_DEEP)],
@@ -163,7 +154,7 @@ def test_a_span_is_set_apart_alone_where_protobuf_speaks_as_its_pure_python_deco
     # string not UTF-8.
     data = _request(fault)
     _protobuf_saying(monkeypatch, _pure_python)
-    assert _groups(data) == _set_apart(why)
+    assert decoded_groups(data) == _set_apart(why)
 
 
 _PURE_PYTHON_GROUPS = """
@@ -209,7 +200,7 @@ def _nested(levels: int, *, framing_broken: bool = False) -> bytes:
     """A span holding a string *levels* arrays down, whose own framing is broken
     when *framing_broken* (the string's length overruns its value)."""
     span = trace_pb2.Span(trace_id=bytes.fromhex(TRACE_A), span_id=bytes.fromhex(span_id(1)))
-    _nest(span.attributes.add(key="deep").value, levels)
+    nest_in_arrays(span.attributes.add(key="deep").value, levels)
     data = span.SerializeToString()
     if framing_broken:
         assert data.count(b"\x0a\x06bottom") == 1
@@ -245,7 +236,7 @@ def test_the_depth_diagnosed_is_the_depth_protobuf_decodes(
     data = _in_a_request(_nested(levels, framing_broken=True))
     _protobuf_saying(monkeypatch, _before_7_35)
     if too_deep:
-        assert _groups(data) == [("", "", []), (UNDECODABLE_SCOPE, TOO_DEEP, [span_id(1)])]
+        assert decoded_groups(data) == [("", "", []), (UNDECODABLE_SCOPE, TOO_DEEP, [span_id(1)])]
     else:
         with pytest.raises(InvalidRequest, match=r"Error parsing message with type "
                            r"'opentelemetry\.proto\.trace\.v1\.Span'"):
@@ -273,7 +264,7 @@ def _both_faults() -> bytes:
     del ss.spans[3]
     deep = ss.spans.add()
     deep.CopyFrom(root_b)
-    _nest(deep.attributes.add(key="deep").value, 60)
+    nest_in_arrays(deep.attributes.add(key="deep").value, 60)
     return req.SerializeToString().replace(MARK.encode(), b"\xc3\xc3zz")
 
 

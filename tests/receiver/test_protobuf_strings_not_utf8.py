@@ -20,6 +20,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from receiver_support import (
     TRACE_A,
     TRACE_B,
+    decoded_groups,
     otlp_span,
     serving,
     signing_key,
@@ -44,11 +45,6 @@ def _not_utf8(req: trace_service_pb2.ExportTraceServiceRequest, times: int = 1) 
     assert data.count(MARK.encode()) == times
     return data.replace(MARK.encode(), b"\xc3\xc3zz")
 
-
-def _groups(data: bytes) -> list[tuple[str, str, list[str]]]:
-    decoded = parse_otlp_protobuf(data)
-    return [(ss.scope.name, ss.scope.version, [s.span_id.hex() for s in ss.spans])
-            for rs in decoded.resource_spans for ss in rs.scope_spans]
 
 
 def _two_traces() -> trace_service_pb2.ExportTraceServiceRequest:
@@ -82,7 +78,7 @@ def test_a_span_with_a_string_not_utf8_is_set_apart_alone(where: str) -> None:
                        trace_state=MARK)
     else:
         span.status.message = MARK
-    groups = _groups(_not_utf8(req))
+    groups = decoded_groups(_not_utf8(req))
     assert groups == [
         ("tests.receiver", "", [span_id(1), span_id(3), span_id(4)]),
         (UNDECODABLE_SCOPE, f"span cannot be decoded ({NOT_UTF8})", [span_id(2)]),
@@ -105,7 +101,7 @@ def test_a_resource_or_scope_not_utf8_sets_apart_the_spans_under_it() -> None:
     good = rs.scope_spans.add()
     good.scope.name = "lib"
     good.spans.append(otlp_span(TRACE_B, 3))
-    assert _groups(_not_utf8(req, times=2)) == [
+    assert decoded_groups(_not_utf8(req, times=2)) == [
         (UNDECODABLE_SCOPE, f"its resource cannot be decoded ({NOT_UTF8})", [span_id(1)]),
         (UNDECODABLE_SCOPE, f"its scope cannot be decoded ({NOT_UTF8})", [span_id(2)]),
         ("lib", "", [span_id(3)]),
@@ -125,7 +121,7 @@ def test_a_schema_url_not_utf8_sets_apart_the_spans_under_it() -> None:
     bad_scope.spans.append(otlp_span(TRACE_A, 2, parent=1))
     rs.scope_spans.add().spans.append(otlp_span(TRACE_B, 3))
     decoded = parse_otlp_protobuf(_not_utf8(req, times=2))
-    assert _groups(_not_utf8(req, times=2)) == [
+    assert decoded_groups(_not_utf8(req, times=2)) == [
         (UNDECODABLE_SCOPE, "its resource's schema URL is not UTF-8", [span_id(1)]),
         (UNDECODABLE_SCOPE, "its scope's schema URL is not UTF-8", [span_id(2)]),
         ("", "", [span_id(3)]),
