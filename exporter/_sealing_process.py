@@ -72,7 +72,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import IO, Any
+from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
@@ -414,12 +414,18 @@ def spawn_child(module: str, function: str, *, bufsize: int = -1,
         close_fds=True, bufsize=bufsize, pass_fds=tuple(pass_fds),
     )
     assert process.stderr is not None
-    stderr, process.stderr = process.stderr, None  # the relay's alone
+    # The relay reads the bare descriptor: a forked process closes its copy
+    # (_abandon_all_in_child), and a buffered reader's lock, held by the relay
+    # thread as the fork came, would never be released in the forked process.
+    fd = os.dup(process.stderr.fileno())
+    process.stderr.close()
+    process.stderr = None
+    _RELAYED.add(fd)
     try:
-        threading.Thread(target=untraced(relay_child_log), args=(stderr,),
+        threading.Thread(target=untraced(relay_child_log), args=(fd,),
                          name="spanproof-child-log", daemon=True).start()
     except RuntimeError:  # no thread to be had: what the child logs is lost
-        stderr.close()
+        _close_relayed(fd)
     return process
 
 
@@ -453,24 +459,47 @@ _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARN
            "ERROR": logging.ERROR, "CRITICAL": logging.CRITICAL}
 
 
-def relay_child_log(stream: IO[bytes]) -> None:
+#: The descriptors of the children's stderr being relayed: a forked process closes
+#: its copies, as it does of the children's other pipes.
+_RELAYED: set[int] = set()
+
+
+def _close_relayed(fd: int) -> None:
+    # Under _SPAWNING, which a fork takes: a descriptor closed here, and its number
+    # reused, is never closed again by a forked process.
+    with _SPAWNING:
+        _RELAYED.discard(fd)
+        os.close(fd)
+
+
+def relay_child_log(fd: int) -> None:
     """Log, through this process's ``logging``, what a child :func:`spawn_child`
-    started writes to its stderr, until it closes it: each of its log records under
-    its own logger and level, prefixed with the child's label (an application's
-    handlers, formatters and alerting see what its sealing processes say, as they see
-    the in-process exporter's records), and any other line (a stray print, the
-    traceback of a crash) as a WARNING of ``spanproof.exporter.child``."""
-    with stream:
-        for raw in stream:
-            line = raw.decode("utf-8", "backslashreplace").rstrip("\n")
-            if not line:
-                continue
-            match = _CHILD_LINE.fullmatch(line)
-            if match is None:
-                logging.getLogger(_CHILD_OUTPUT_LOGGER).warning("%s", line)
-                continue
-            level, name, label, message = match.groups()
-            logging.getLogger(name).log(_LEVELS[level], "%s %s", label, _unescape(message))
+    started writes to its stderr (*fd*, closed at its end): each of its log records
+    under its own logger and level, prefixed with the child's label (an
+    application's handlers, formatters and alerting see what its sealing processes
+    say, as they see the in-process exporter's records), and any other line (a stray
+    print, the traceback of a crash) as a WARNING of ``spanproof.exporter.child``."""
+    held = b""
+    try:
+        while chunk := os.read(fd, 65536):
+            *lines, held = (held + chunk).split(b"\n")
+            for line in lines:
+                _relay_line(line)
+        _relay_line(held)
+    finally:
+        _close_relayed(fd)
+
+
+def _relay_line(raw: bytes) -> None:
+    line = raw.decode("utf-8", "backslashreplace")
+    if not line:
+        return
+    match = _CHILD_LINE.fullmatch(line)
+    if match is None:
+        logging.getLogger(_CHILD_OUTPUT_LOGGER).warning("%s", line)
+        return
+    level, name, label, message = match.groups()
+    logging.getLogger(name).log(_LEVELS[level], "%s %s", label, _unescape(message))
 
 
 def _unescape(text: str) -> str:
@@ -1032,6 +1061,12 @@ _SPAWNING = threading.RLock()  # reentrant: a fork in a signal handler that inte
 
 
 def _abandon_all_in_child() -> None:
+    for fd in _RELAYED:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _RELAYED.clear()
     _SPAWNING.release()
     for process in list(_STARTED):
         process.abandon()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from exporter_support import Recorder, evidence, signing_key
 
-from spanproof.exporter import SpanproofSpanExporter
+from spanproof.exporter import SpanproofSpanExporter, _sealing_process
 from spanproof.exporter._sealing_process import _OneLine, relay_child_log
 
 
@@ -35,8 +35,9 @@ def test_a_childs_records_are_logged_under_their_logger_and_level(
     os.write(writer, "\n".join(lines).encode() + b"\n")
     os.close(writer)
     caplog.set_level(logging.DEBUG)
-    with os.fdopen(reader, "rb") as stream:
-        relay_child_log(stream)
+    relay_child_log(reader)
+    with pytest.raises(OSError):
+        os.fstat(reader)  # closed at its end
     got = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
     assert got[0][:2] == ("spanproof.exporter.sinks", logging.ERROR)
     assert got[0][2].startswith("[sealing process] cannot write a.json\nsecond line\n"
@@ -70,3 +71,31 @@ def test_a_sealing_processs_warning_reaches_the_applications_logging(
                if r.getMessage().startswith("[sealing process] witness unavailable")]
     assert relayed and relayed[0].name == "spanproof.exporter.submit"
     assert relayed[0].levelno == logging.WARNING
+
+
+def test_a_forked_process_closes_its_copies_of_the_relayed_stderr(tmp_path: Path) -> None:
+    # A worker forked after the sealing process started held the read end of the
+    # child's stderr: had the parent gone, the child would block on a full pipe.
+    exporter = SpanproofSpanExporter(tmp_path / "out", signing_key=signing_key(),
+                                     sealing_process=1)
+    try:
+        rec = Recorder()
+        with evidence(rec, "llm"):
+            pass
+        exporter.export(rec.take())  # the sealing process starts
+        relayed = sorted(_sealing_process._RELAYED)
+        assert relayed
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the forked process
+            still_open = 0
+            for fd in relayed:
+                try:
+                    os.fstat(fd)
+                    still_open += 1
+                except OSError:
+                    pass
+            os._exit(still_open)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        exporter.shutdown()
