@@ -674,7 +674,7 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
             producer_key=self._signer.private_key.public_key(),
             witness_keys=self._witness_keys, resume=catch_up,
         )
-        if catch_up:
+        if submitter.resumed:  # the scan too is left to the process that resumed
             threading.Thread(target=untraced(_scan_quietly),
                              args=(submitter, self._config.output_dir),
                              name="spanproof-witness-scan", daemon=True).start()

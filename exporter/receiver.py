@@ -541,8 +541,9 @@ class Receiver:
             )
             for path in written:
                 self._submitter.submit(path)
-            threading.Thread(target=untraced(self._scan_unsubmitted), name="spanproof-witness-scan",
-                             daemon=True).start()
+            if self._submitter.resumed:  # else another running receiver scans
+                threading.Thread(target=untraced(self._scan_unsubmitted),
+                                 name="spanproof-witness-scan", daemon=True).start()
         thread = threading.Thread(target=untraced(self._run), name="spanproof-sealer",
                                   daemon=True)
         thread.start()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -270,9 +271,19 @@ class WitnessSubmitter:
         self._refused = False
         make_directories(os.path.join(self._dir, _FAILED_DIR))
         self._seq = 0
+        #: Whether this submitter took over what an earlier run left in the queue: only
+        #: one live process at a time does (the queue directory's resume lock).
+        self.resumed = False
+        self._resume_lock: int | None = None
         if resume:
-            self._remove_interrupted_writes()
-            self._seq = self._load()
+            self.resumed, self._resume_lock = _take_resume_lock(self._dir)
+            if self.resumed:
+                self._remove_interrupted_writes()
+                self._seq = self._load()
+            else:
+                _logger.info("witness queue %s: another running process is finishing what "
+                             "an earlier run left there; this one submits its own bundles",
+                             self._dir)
         self._thread: threading.Thread | None = None
         if start:
             self._thread = threading.Thread(
@@ -947,6 +958,7 @@ class WitnessSubmitter:
                 _logger.exception("witness submitter: cannot queue the last submissions")
             with self._cond:
                 self._closed = True
+            _release_resume_lock(self._resume_lock)
         with self._cond:
             queued, unqueued = len(self._pending), len(self._incoming)
         # The last word the process says of them: without it, its last line was a
@@ -964,6 +976,63 @@ class WitnessSubmitter:
                 "they are sent at the next start, or by 'spanproof witness submit'",
                 queued, self._base_url, self._dir)
         return stopped
+
+
+#: The queue directory's lock, held by the one live submitter that resumed the queue.
+_RESUME_LOCK = ".resume.lock"
+#: The resume locks this process holds (descriptors): a forked process closes its
+#: copies, or it would keep the lock, and the queue, from the next process that
+#: starts once its parent has stopped.
+_HELD_LOCKS: set[int] = set()
+# Taken by a fork, so that no descriptor is between the set and its closing then;
+# reentrant, for a fork in a signal handler that interrupted a thread holding it.
+_HELD_LOCKS_LOCK = threading.RLock()
+
+
+def _take_resume_lock(directory: str) -> tuple[bool, int | None]:
+    """Whether this process may resume the queue in *directory*, and the descriptor
+    holding its lock (None where none is held: locking is not to be had there, and
+    the queue is resumed as before).  Two gunicorn workers started on their own each
+    resumed it, and each sent every bundle an earlier run left, and the other's."""
+    path = os.path.join(directory, _RESUME_LOCK)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        _logger.warning("witness queue: cannot open %s (%s); resuming the queue without "
+                        "its lock", path, e.strerror or e)
+        return True, None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        return e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN), None
+    with _HELD_LOCKS_LOCK:
+        _HELD_LOCKS.add(fd)
+    return True, fd
+
+
+def _release_resume_lock(fd: int | None) -> None:
+    with _HELD_LOCKS_LOCK:
+        if fd is None or fd not in _HELD_LOCKS:  # none, or closed at a fork
+            return
+        _HELD_LOCKS.discard(fd)
+        os.close(fd)
+
+
+def _close_resume_locks_in_child() -> None:
+    _HELD_LOCKS_LOCK.release()
+    for fd in _HELD_LOCKS:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(before=_HELD_LOCKS_LOCK.acquire,
+                        after_in_parent=_HELD_LOCKS_LOCK.release,
+                        after_in_child=_close_resume_locks_in_child)
 
 
 @dataclass(frozen=True)

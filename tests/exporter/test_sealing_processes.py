@@ -488,8 +488,11 @@ def test_a_submitter_that_does_not_resume_leaves_the_queue_to_the_one_that_does(
     first = WitnessSubmitter("http://127.0.0.1:9", queue, start=False)
     assert first.submit(tmp_path / "a.spanproof.json")
     first._drain_incoming()  # persisted as a queue file
+    first.close()  # and its hold on the queue released
     assert len(list(queue.glob("*.json"))) == 1
-    assert WitnessSubmitter("http://127.0.0.1:9", queue, start=False).pending == 1
+    resuming = WitnessSubmitter("http://127.0.0.1:9", queue, start=False)
+    assert resuming.pending == 1
+    resuming.close()
     assert WitnessSubmitter("http://127.0.0.1:9", queue, start=False, resume=False).pending == 0
 
 

@@ -1609,3 +1609,67 @@ def test_a_bundle_whose_header_the_witness_refuses_is_submitted_as_its_envelope(
         "bundle", "bundle", "envelope"]
     assert caplog.text.count("sent as its DSSE envelope alone") == 1
     sub.close()
+
+
+def _leave_a_queue(tmp_path: Path, witness: Witness, n: int) -> Path:
+    """A queue an earlier run left: *n* bundles submitted while the witness was down."""
+    queue = tmp_path / "queue"
+    sub = WitnessSubmitter("http://witness.invalid", queue, post=FakeWitness(witness),
+                           start=False)
+    for path in _bundles(tmp_path / "b", n):
+        assert sub.submit(path)
+    sub.process_due()
+    sub.close()
+    assert len(list(queue.glob("*.json"))) == n
+    return queue
+
+
+def test_only_one_running_submitter_resumes_what_an_earlier_run_left(
+    tmp_path: Path, witness: Witness
+) -> None:
+    # Two gunicorn workers started on their own each took the queue over: each sent
+    # every bundle an earlier run left (and the other's own, and scanned for more).
+    queue = _leave_a_queue(tmp_path, witness, 3)
+    first = WitnessSubmitter("http://w.invalid", queue, post=FakeWitness(witness), start=False)
+    second = WitnessSubmitter("http://w.invalid", queue, post=FakeWitness(witness),
+                              start=False)
+    try:
+        assert (first.resumed, first.pending) == (True, 3)
+        assert (second.resumed, second.pending) == (False, 0)
+    finally:
+        first.close()
+        second.close()
+    third = WitnessSubmitter("http://w.invalid", queue, post=FakeWitness(witness), start=False)
+    try:
+        assert (third.resumed, third.pending) == (True, 3)  # the first one stopped
+    finally:
+        third.close()
+
+
+def test_a_forked_process_does_not_keep_the_queue_from_the_next_one(
+    tmp_path: Path, witness: Witness
+) -> None:
+    queue = _leave_a_queue(tmp_path, witness, 1)
+    first = WitnessSubmitter("http://w.invalid", queue, post=FakeWitness(witness), start=False)
+    assert first.resumed
+    ready_r, ready_w = os.pipe()
+    stop_r, stop_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the forked process: past its fork hooks, alive until told
+        os.write(ready_w, b"r")
+        os.read(stop_r, 1)
+        os._exit(0)
+    try:
+        assert os.read(ready_r, 1) == b"r"
+        first.close()  # the parent stops; its forked child still runs
+        later = WitnessSubmitter("http://w.invalid", queue, post=FakeWitness(witness),
+                                 start=False)
+        try:
+            assert later.resumed
+        finally:
+            later.close()
+    finally:
+        os.write(stop_w, b"s")
+        os.waitpid(pid, 0)
+        for fd in (ready_r, ready_w, stop_r, stop_w):
+            os.close(fd)
