@@ -929,13 +929,20 @@ def _varint(data: bytes, i: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(data: bytes, i: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-    """Each field of the message *data[i:end]*: (number, wire type, start, end)."""
+def _fields(data: bytes, i: int, end: int, *,
+            groups: bool = False) -> Iterator[tuple[int, int, int, int]]:
+    """Each field of the message *data[i:end]*: (number, wire type, start, end).
+
+    *groups*: a group (wire types 3 and 4, in no OTLP message, which protobuf skips as
+    an unknown field) is yielded whole, from after its start tag to after its end
+    tag; else it is refused (DecodeError)."""
     while i < end:
         key, i = _varint(data, i, end)
         number, wire = key >> 3, key & 7
         if number == 0:
             raise DecodeError("field number 0")
+        if key > 0xFFFFFFFF:  # a tag is 32 bits: protobuf refuses a longer one
+            raise DecodeError(f"field number {number} is over 2^29 - 1")
         if wire == 0:
             _, j = _varint(data, i, end)
         elif wire == 1:
@@ -945,12 +952,52 @@ def _fields(data: bytes, i: int, end: int) -> Iterator[tuple[int, int, int, int]
             j = i + length
         elif wire == 5:
             j = i + 4
+        elif wire == 3 and groups:
+            j = _group_end(data, i, end, number)
         else:  # groups: not in OTLP's messages, known or added later
             raise DecodeError(f"field {number} has wire type {wire}")
         if j > end:
             raise DecodeError("truncated message")
         yield number, wire, i, j
         i = j
+
+
+def _group_end(data: bytes, i: int, end: int, number: int) -> int:
+    """Where the group *number* that starts at *i* ends (after its end tag), groups
+    nested in it skipped too, at most ``_PROTOBUF_DEPTH`` deep.
+
+    Raises:
+        DecodeError: it does not end, or ends with another group's end tag.
+    """
+    open_groups = [number]
+    while i < end:
+        key, i = _varint(data, i, end)
+        inner, wire = key >> 3, key & 7
+        if inner == 0 or key > 0xFFFFFFFF:
+            raise DecodeError("malformed tag in a group")
+        if wire == 4:
+            if inner != open_groups.pop():
+                raise DecodeError(f"group {number} ends with another group's end tag")
+            if not open_groups:
+                return i
+            continue
+        if wire == 3:
+            open_groups.append(inner)
+            if len(open_groups) > _PROTOBUF_DEPTH:
+                raise DecodeError("groups nested too deeply")
+            continue
+        if wire == 0:
+            _, i = _varint(data, i, end)
+        elif wire == 1:
+            i += 8
+        elif wire == 2:
+            length, i = _varint(data, i, end)
+            i += length
+        elif wire == 5:
+            i += 4
+        else:
+            raise DecodeError(f"field {inner} has wire type {wire}")
+    raise DecodeError(f"group {number} does not end")
 
 
 def _check_holders(holders: int, spans: int) -> None:
@@ -1115,18 +1162,26 @@ def _span_outline(data: bytes, start: int, end: int) -> trace_pb2.Span:
     marker's value when that attribute decodes), so it is selected, rejected and
     declared in its trace as a decoded span would be."""
     span = trace_pb2.Span()
-    for number, wire, i, j in _fields(data, start, end):
+    for number, wire, i, j in _fields(data, start, end, groups=True):
         if wire == 2 and number in (1, 2, 4):
             setattr(span, _OUTLINE_IDS[number], data[i:j])
         elif wire == 5 and number == 16:
             span.flags = int.from_bytes(data[i:j], "little")
         elif wire == 2 and number == 9:
             try:
-                span.attributes.append(common_pb2.KeyValue.FromString(data[i:j]))
+                kv = common_pb2.KeyValue.FromString(data[i:j])
             except (DecodeError, UnicodeDecodeError):
                 key = next((data[a:b] for n, w, a, b in _fields(data, i, j)
                             if n == 1 and w == 2), b"")
                 span.attributes.add().key = key.decode("utf-8", "replace")
+                continue
+            if kv.value.WhichOneof("value") in ("array_value", "kvlist_value"):
+                # Its key alone: selection needs no more, and a value that decodes
+                # 100 messages below its attribute is 101 below the span, which
+                # protobuf then refused to copy into the outline (SystemError, 503).
+                span.attributes.add().key = kv.key
+            else:
+                span.attributes.append(kv)
     return span
 
 
@@ -1181,6 +1236,10 @@ def _why(error: DecodeError | UnicodeDecodeError, raw: bytes,
     why = _forgiven(error)
     if why is None and _says_not_why(error):
         why = _fault(raw, descriptor)
+    elif why == _NOT_UTF8 and isinstance(error, DecodeError) and _fault(raw, descriptor) is None:
+        # upb checks a string read past the end of its message before it notices
+        # the framing is broken: refused whole, as the other decoders refuse it.
+        why = None
     if why is None:
         raise error
     return why
@@ -1206,7 +1265,7 @@ def _first_fault(data: bytes, start: int, end: int, descriptor: Descriptor,
         DecodeError: the message's framing is broken (:func:`_fields`).
     """
     fields = descriptor.fields_by_number
-    for number, wire, i, j in _fields(data, start, end):
+    for number, wire, i, j in _fields(data, start, end, groups=True):
         field = fields.get(number)
         if field is None or wire != 2:  # unknown, or of another wire type: skipped
             continue

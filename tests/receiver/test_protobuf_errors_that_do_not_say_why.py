@@ -308,3 +308,98 @@ def test_the_spans_protobuf_cannot_decode_are_rejected_the_rest_certified(
     assert by_trace[TRACE_A].statement.completeness.rejected_spans == 1
     assert span_ids(by_trace[TRACE_B]) == []
     assert by_trace[TRACE_B].statement.completeness.rejected_spans == 1
+
+
+# -- requests written byte by byte: what protobuf's own encoder never writes ----------
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while n > 0x7F:
+        out += bytes([n & 0x7F | 0x80])
+        n >>= 7
+    return out + bytes([n])
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field."""
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _span_with(n: int, extra: bytes, *, trace: str = TRACE_A) -> bytes:
+    """Span *n* of *trace* (a child of span 1 unless it is span 1), then *extra*."""
+    parent = None if n == 1 or trace != TRACE_A else 1
+    return otlp_span(trace, n, parent=parent).SerializeToString() + extra
+
+
+def _written(second: bytes) -> bytes:
+    """:func:`_request`'s four spans, the second one *second*."""
+    spans = [_span_with(1, b""), second, _span_with(3, b""), _span_with(4, b"", trace=TRACE_B)]
+    scope = common_pb2.InstrumentationScope(name="tests.receiver").SerializeToString()
+    return _field(1, _field(2, _field(1, scope) + b"".join(_field(2, s) for s in spans)))
+
+
+_GROUP = _varint(200 << 3 | 3) + _varint(1 << 3) + b"\x05" + _varint(200 << 3 | 4)
+_NOT_UTF8_NAME = _field(5, b"\xc3\xc3zz")  # a name after the span's own: protobuf keeps the last
+
+
+def _decoders() -> list[Any]:
+    return [pytest.param(None, id="protobuf"), pytest.param(_before_7_35, id="5.26-7.34"),
+            pytest.param(_pure_python, id="pure-python")]
+
+
+@pytest.mark.parametrize("said", _decoders())
+def test_a_value_100_messages_below_its_attribute_sets_its_span_apart_alone(
+    monkeypatch: pytest.MonkeyPatch, said: Saying | None
+) -> None:
+    # It decodes as an attribute, 100 messages deep, and not as part of the span,
+    # 101: copying it into the span's outline failed (SystemError with protobuf
+    # 5.29, HTTP 503 for ever; the whole request refused with 7.35 and later).
+    value = _field(5, b"")
+    for _ in range(49):
+        value = _field(5, _field(1, value))
+    data = _written(_span_with(2, _field(9, _field(1, b"deep") + _field(2, value))))
+    if said is not None:
+        _protobuf_saying(monkeypatch, said)
+    assert decoded_groups(data) == _set_apart(TOO_DEEP)
+
+
+@pytest.mark.parametrize("said", _decoders()[:2])
+@pytest.mark.parametrize("where", ["attribute", "span"])
+def test_an_unknown_group_beside_a_string_not_utf8_sets_the_span_apart_alone(
+    monkeypatch: pytest.MonkeyPatch, said: Saying | None, where: str
+) -> None:
+    # protobuf skips an unknown group; the diagnosis from the bytes refused the whole
+    # request at it.
+    kv = _field(1, b"k") + (_GROUP if where == "attribute" else b"") + _field(2, b"")
+    extra = _field(9, kv) + (_GROUP if where == "span" else b"") + _NOT_UTF8_NAME
+    data = _written(_span_with(2, extra))
+    if said is not None:
+        _protobuf_saying(monkeypatch, said)
+    assert decoded_groups(data) == _set_apart(NOT_UTF8)
+
+
+@pytest.mark.parametrize("said", _decoders()[:2])
+def test_a_string_not_utf8_after_a_broken_framing_refuses_the_request(
+    monkeypatch: pytest.MonkeyPatch, said: Saying | None
+) -> None:
+    # upb 7.35+ reports the string (read past its message's end) before the broken
+    # framing: the span was set apart alone, where older releases refuse the request.
+    broken = _field(9, _field(1, b"a") + _field(2, b"\x0a\x0aok"))  # says 10 bytes, holds 2
+    data = _written(_span_with(2, broken + _field(5, b"\xc3\xc3zzzzzz")))
+    if said is not None:
+        _protobuf_saying(monkeypatch, said)
+    with pytest.raises(InvalidRequest, match=r"^body is not an OTLP protobuf request"):
+        parse_otlp_protobuf(data)
+
+
+@pytest.mark.parametrize("said", _decoders()[:2])
+def test_a_tag_over_32_bits_refuses_the_request(
+    monkeypatch: pytest.MonkeyPatch, said: Saying | None
+) -> None:
+    huge = _varint((1 << 40) << 3) + b"\x01"  # protobuf: wire format corrupt
+    data = _written(_span_with(2, huge + _NOT_UTF8_NAME))
+    if said is not None:
+        _protobuf_saying(monkeypatch, said)
+    with pytest.raises(InvalidRequest, match=r"^body is not an OTLP protobuf request"):
+        parse_otlp_protobuf(data)
