@@ -61,6 +61,7 @@ import mmap
 import os
 import pickle
 import re
+import secrets
 import select
 import signal
 import struct
@@ -408,21 +409,26 @@ def spawn_child(module: str, function: str, *, bufsize: int = -1,
     # The child is not an instrumented application: no SDK set-up from the
     # environment (opentelemetry-instrument), and never a sealing process of its own.
     env["OTEL_SDK_DISABLED"] = "true"
-    process = subprocess.Popen(
-        [sys.executable, "-I", "-c", _BOOT.format(module, function), json.dumps(sys.path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-        close_fds=True, bufsize=bufsize, pass_fds=tuple(pass_fds),
-    )
-    assert process.stderr is not None
-    # The relay reads the bare descriptor: a forked process closes its copy
-    # (_abandon_all_in_child), and a buffered reader's lock, held by the relay
-    # thread as the fork came, would never be released in the forked process.
-    fd = os.dup(process.stderr.fileno())
-    process.stderr.close()
-    process.stderr = None
-    _RELAYED.add(fd)
+    # What marks the child's log records on its stderr: a stray line there (a
+    # crash's traceback quoting a span's text) is never taken for one.
+    mark = secrets.token_hex(8)
+    env[_LOG_MARK_VAR] = mark
+    with _SPAWNING:  # a fork waits: no copy of the pipes escapes unregistered
+        process = subprocess.Popen(
+            [sys.executable, "-I", "-c", _BOOT.format(module, function), json.dumps(sys.path)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            close_fds=True, bufsize=bufsize, pass_fds=tuple(pass_fds),
+        )
+        assert process.stderr is not None
+        # The relay reads the bare descriptor: a forked process closes its copy
+        # (_abandon_all_in_child), and a buffered reader's lock, held by the relay
+        # thread as the fork came, would never be released in the forked process.
+        fd = os.dup(process.stderr.fileno())
+        process.stderr.close()
+        process.stderr = None
+        _RELAYED.add(fd)
     try:
-        threading.Thread(target=untraced(relay_child_log), args=(fd,),
+        threading.Thread(target=untraced(relay_child_log), args=(fd, mark),
                          name="spanproof-child-log", daemon=True).start()
     except RuntimeError:  # no thread to be had: what the child logs is lost
         _close_relayed(fd)
@@ -436,17 +442,21 @@ def child_replies(label: str) -> io.BufferedWriter:
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_OneLine(label))
+    handler.setFormatter(_OneLine(label, os.environ.get(_LOG_MARK_VAR, "")))
     logging.basicConfig(handlers=[handler])
     return out
 
 
-class _OneLine(logging.Formatter):
-    """A child's log record as one line: ``<level> <logger> [<label>]: <message>``, its
-    message's (and traceback's) line feeds and backslashes escaped."""
+#: The variable that hands a child the mark of its log records.
+_LOG_MARK_VAR = "SPANPROOF_CHILD_LOG_MARK"
 
-    def __init__(self, label: str) -> None:
-        super().__init__(f"%(levelname)s %(name)s [{label}]: %(message)s")
+
+class _OneLine(logging.Formatter):
+    """A child's log record as one line: ``<mark> <level> <logger> [<label>]:
+    <message>``, its message's (and traceback's) line feeds and backslashes escaped."""
+
+    def __init__(self, label: str, mark: str) -> None:
+        super().__init__(f"{mark} %(levelname)s %(name)s [{label}]: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         return super().format(record).replace("\\", "\\\\").replace("\n", "\\n")
@@ -472,29 +482,31 @@ def _close_relayed(fd: int) -> None:
         os.close(fd)
 
 
-def relay_child_log(fd: int) -> None:
+def relay_child_log(fd: int, mark: str) -> None:
     """Log, through this process's ``logging``, what a child :func:`spawn_child`
     started writes to its stderr (*fd*, closed at its end): each of its log records
-    under its own logger and level, prefixed with the child's label (an
-    application's handlers, formatters and alerting see what its sealing processes
-    say, as they see the in-process exporter's records), and any other line (a stray
-    print, the traceback of a crash) as a WARNING of ``spanproof.exporter.child``."""
+    (a line that begins with *mark*) under its own logger and level, prefixed with
+    the child's label (an application's handlers, formatters and alerting see what
+    its sealing processes say, as they see the in-process exporter's records), and
+    any other line (a stray print, the traceback of a crash) as a WARNING of
+    ``spanproof.exporter.child``."""
     held = b""
     try:
         while chunk := os.read(fd, 65536):
             *lines, held = (held + chunk).split(b"\n")
             for line in lines:
-                _relay_line(line)
-        _relay_line(held)
+                _relay_line(line, mark)
+        _relay_line(held, mark)
     finally:
         _close_relayed(fd)
 
 
-def _relay_line(raw: bytes) -> None:
+def _relay_line(raw: bytes, mark: str) -> None:
     line = raw.decode("utf-8", "backslashreplace")
     if not line:
         return
-    match = _CHILD_LINE.fullmatch(line)
+    marked = line.startswith(mark + " ")
+    match = _CHILD_LINE.fullmatch(line[len(mark) + 1:]) if marked else None
     if match is None:
         logging.getLogger(_CHILD_OUTPUT_LOGGER).warning("%s", line)
         return
@@ -503,8 +515,9 @@ def _relay_line(raw: bytes) -> None:
 
 
 def _unescape(text: str) -> str:
-    """Undo :class:`_OneLine`'s escapes."""
-    return re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), text)
+    """Undo :class:`_OneLine`'s escapes, and only those: what the child's stderr
+    wrote as a backslash escape (a character UTF-8 cannot hold) stays one."""
+    return re.sub(r"\\([\\n])", lambda m: "\n" if m.group(1) == "n" else "\\", text)
 
 
 def start_watch(check: Callable[[float], None], name: str) -> threading.Event:

@@ -20,7 +20,7 @@ from spanproof.exporter._sealing_process import _OneLine, relay_child_log
 
 def test_a_childs_records_are_logged_under_their_logger_and_level(
         caplog: pytest.LogCaptureFixture) -> None:
-    formatter = _OneLine("sealing process")
+    formatter = _OneLine("sealing process", "0123abcd")
     try:
         raise ValueError("disk\\full")
     except ValueError:
@@ -28,14 +28,18 @@ def test_a_childs_records_are_logged_under_their_logger_and_level(
                                    "cannot write %s\nsecond line", ("a.json",),
                                    sys.exc_info())
     warned = logging.LogRecord("spanproof.exporter.submit", logging.WARNING, __file__, 1,
-                               "witness unavailable", (), None)
-    lines = [formatter.format(failed), formatter.format(warned), "a stray print"]
+                               "witness unavailable \udc80", (), None)
+    # A stray line written like a record, without the mark: a crash's traceback
+    # quoting a span's text made an ERROR of any logger and text.
+    forged = "ERROR spanproof.exporter.sinks [sealing process]: forged"
+    lines = [formatter.format(failed), formatter.format(warned), "a stray print", forged]
     assert all("\n" not in line for line in lines)
     reader, writer = os.pipe()
-    os.write(writer, "\n".join(lines).encode() + b"\n")
+    # As the child's stderr writes it: what UTF-8 cannot hold as a backslash escape.
+    os.write(writer, "\n".join(lines).encode("utf-8", "backslashreplace") + b"\n")
     os.close(writer)
     caplog.set_level(logging.DEBUG)
-    relay_child_log(reader)
+    relay_child_log(reader, "0123abcd")
     with pytest.raises(OSError):
         os.fstat(reader)  # closed at its end
     got = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
@@ -44,8 +48,10 @@ def test_a_childs_records_are_logged_under_their_logger_and_level(
                                 "Traceback (most recent call last):")
     assert got[0][2].endswith("ValueError: disk\\full")
     assert got[1:] == [
-        ("spanproof.exporter.submit", logging.WARNING, "[sealing process] witness unavailable"),
+        ("spanproof.exporter.submit", logging.WARNING,
+         "[sealing process] witness unavailable \\udc80"),  # its escape kept
         ("spanproof.exporter.child", logging.WARNING, "a stray print"),
+        ("spanproof.exporter.child", logging.WARNING, forged),
     ]
 
 
