@@ -995,20 +995,20 @@ def _take_resume_lock(directory: str) -> tuple[bool, int | None]:
     the queue is resumed as before).  Two gunicorn workers started on their own each
     resumed it, and each sent every bundle an earlier run left, and the other's."""
     path = os.path.join(directory, _RESUME_LOCK)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except OSError as e:
-        _logger.warning("witness queue: cannot open %s (%s); resuming the queue without "
-                        "its lock", path, e.strerror or e)
-        return True, None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        return e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN), None
-    with _HELD_LOCKS_LOCK:
+    with _HELD_LOCKS_LOCK:  # a fork waits: no copy of the lock escapes unregistered
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            _logger.warning("witness queue: cannot open %s (%s); resuming the queue "
+                            "without its lock", path, e.strerror or e)
+            return True, None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            return e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN), None
         _HELD_LOCKS.add(fd)
-    return True, fd
+        return True, fd
 
 
 def _release_resume_lock(fd: int | None) -> None:
