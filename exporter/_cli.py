@@ -53,6 +53,7 @@ from spanproof.verifier.verify import Verdict
 from ._disabled import SDK_DISABLED_VAR
 from ._exporter import SpanproofSpanExporter
 from ._malloc import limit_malloc_arenas
+from ._untraced import own_thread
 from .config import ENV_PREFIX, MAX_DURATION_SECONDS, MAX_SEALING_PROCESSES
 from .keys import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, SigningKey
 
@@ -573,8 +574,7 @@ def _stop_servers(servers: Sequence[GrpcServer | HttpServer]) -> None:
     others: list[threading.Thread] = []
     later: list[GrpcServer | HttpServer] = []
     for server in servers[1:]:
-        thread = threading.Thread(target=stop, args=(server,), name="spanproof-stop",
-                                  daemon=True)
+        thread = own_thread(stop, "spanproof-stop", (server,))
         try:
             thread.start()
         except RuntimeError:  # no thread to be had

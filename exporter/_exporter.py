@@ -61,7 +61,7 @@ from ._sealing_process import (
     SealingProcessUnreachable,
 )
 from ._setup import resolve_setup
-from ._untraced import quiet_thread, untraced
+from ._untraced import own_thread, own_timer, quiet_thread
 from .assembly import SHUTDOWN, SealJob, TraceAssembler
 from .config import ExporterConfig
 from .keys import SigningKey
@@ -555,8 +555,7 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
                           "patched the threading module after the exporter was set up; "
                           "sealing in this process instead, without background threads")
             return
-        thread = threading.Thread(target=untraced(self._start_again),
-                                  name="spanproof-sealing-start", daemon=True)
+        thread = own_thread(self._start_again, "spanproof-sealing-start")
         try:
             thread.start()
         except RuntimeError as e:  # no thread to be had now, or the interpreter exits
@@ -675,9 +674,8 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
             witness_keys=self._witness_keys, resume=catch_up,
         )
         if submitter.resumed:  # the scan too is left to the process that resumed
-            threading.Thread(target=untraced(_scan_quietly),
-                             args=(submitter, self._config.output_dir),
-                             name="spanproof-witness-scan", daemon=True).start()
+            own_thread(_scan_quietly, "spanproof-witness-scan",
+                       (submitter, self._config.output_dir)).start()
         return submitter
 
     def _serve_parent(self, producer_instance: str, settle: Callable[[int], None]) -> None:
@@ -1124,8 +1122,7 @@ class SpanproofSpanExporter(SpanExporter, BuiltDisabled):
         # script's first evidence on Python 3.12), the spans are admitted all the
         # same: force_flush() and shutdown() seal on the calling thread, and the next
         # export tries again.
-        thread = threading.Thread(target=untraced(self._run), name="spanproof-sealer",
-                                  daemon=True)
+        thread = own_thread(self._run, "spanproof-sealer")
         if self._sealer_starts.start(thread):
             self._thread = thread
 
@@ -1627,9 +1624,7 @@ class Throttled:
         # or the shutdown, as it did.
         if self._green.turned:
             return
-        timer = threading.Timer(seconds, self._period_ended)
-        timer.daemon = True
-        timer.name = "spanproof-held-warnings"
+        timer = own_timer(seconds, self._period_ended, "spanproof-held-warnings")
         try:
             timer.start()
         except RuntimeError:

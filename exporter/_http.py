@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._green import GreenSince
-from ._untraced import untraced, untraced_context
+from ._untraced import own_thread, untraced_context
 
 __all__ = ["KeepAlivePost", "urllib_post"]
 
@@ -288,9 +288,7 @@ class _Deadlines:
             if self._thread is None:
                 if self._green.turned:  # the socket timeout alone (see GreenSince)
                     return armed
-                thread = threading.Thread(target=untraced(self._run),
-                                          name="spanproof-witness-deadlines",
-                                          daemon=True)
+                thread = own_thread(self._run, "spanproof-witness-deadlines")
                 try:
                     thread.start()
                 except RuntimeError:  # at interpreter exit: the socket timeout alone

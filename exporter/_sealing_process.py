@@ -80,7 +80,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from spanproof.verifier._gc import collecting_rarely
 
-from ._untraced import untraced
+from ._untraced import own_thread
 from .config import ENV_PREFIX
 
 __all__ = ["FieldSpan", "RestartSchedule", "SealingProcess", "SealingProcessError",
@@ -428,8 +428,7 @@ def spawn_child(module: str, function: str, *, bufsize: int = -1,
         process.stderr = None
         _RELAYED.add(fd)
     try:
-        threading.Thread(target=untraced(relay_child_log), args=(fd, mark),
-                         name="spanproof-child-log", daemon=True).start()
+        own_thread(relay_child_log, "spanproof-child-log", (fd, mark)).start()
     except RuntimeError:  # no thread to be had: what the child logs is lost
         _close_relayed(fd)
     return process
@@ -531,7 +530,7 @@ def start_watch(check: Callable[[float], None], name: str) -> threading.Event:
         while not stop.wait(_WATCH_INTERVAL):
             check(time.monotonic())
 
-    threading.Thread(target=untraced(watch), name=name, daemon=True).start()
+    own_thread(watch, name).start()
     return stop
 
 
@@ -1324,8 +1323,7 @@ def _reap(processes: Sequence[SealingProcess]) -> None:
 
     for process in processes:
         try:
-            threading.Thread(target=untraced(reap), args=(process,), name="spanproof-reaper",
-                             daemon=True).start()
+            own_thread(reap, "spanproof-reaper", (process,)).start()
         except RuntimeError:  # no thread to spare: the next child's start reaps it
             _logger.debug("spanproof: no thread to wait for sealing process %d", process.pid)
 

@@ -15,29 +15,27 @@ is current inherits that span where the ``threading`` instrumentation is install
 current span, no baggage), with instrumentation and HTTP instrumentation suppressed,
 the keys the OpenTelemetry instrumentations read
 (``opentelemetry.instrumentation.utils.is_instrumentation_enabled`` and
-``is_http_instrumentation_enabled``).  Without the OpenTelemetry API they do nothing.
+``is_http_instrumentation_enabled``).  :func:`own_thread` and :func:`own_timer` make
+every thread the package starts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-__all__ = ["quiet_thread", "untraced", "untraced_context"]
+from opentelemetry import context as _otel_context
+
+__all__ = ["own_thread", "own_timer", "quiet_thread", "untraced", "untraced_context"]
 
 _T = TypeVar("_T")
 
-try:
-    from opentelemetry import context as _otel_context
-except ImportError:  # pragma: no cover - the exporter extra installs the API
-    _otel_context = None  # type: ignore[assignment]
 
-
-def _quiet() -> Any:
+def _quiet() -> _otel_context.Context:
     """An empty context in which instrumentations record nothing."""
-    assert _otel_context is not None
     quiet = _otel_context.Context()
     for name in ("_SUPPRESS_INSTRUMENTATION_KEY", "_SUPPRESS_HTTP_INSTRUMENTATION_KEY"):
         key = getattr(_otel_context, name, None)
@@ -46,13 +44,13 @@ def _quiet() -> Any:
     return quiet
 
 
+_QUIET = _quiet()
+
+
 @contextlib.contextmanager
 def untraced_context() -> Iterator[None]:
     """Run the block in an empty context with instrumentation suppressed."""
-    if _otel_context is None:
-        yield
-        return
-    token = _otel_context.attach(_quiet())
+    token = _otel_context.attach(_QUIET)
     try:
         yield
     finally:
@@ -63,12 +61,11 @@ def quiet_thread() -> None:
     """Give the calling thread that context for good (a thread pool's initializer:
     the pool's tasks then run in it, or in their submitter's where the ``threading``
     instrumentation carries it over, which is spanproof's own quiet thread's)."""
-    if _otel_context is not None:
-        _otel_context.attach(_quiet())
+    _otel_context.attach(_QUIET)
 
 
 def untraced(target: Callable[..., _T]) -> Callable[..., _T]:
-    """*target*, run by :func:`untraced_context` (for a thread's ``target``)."""
+    """*target*, run by :func:`untraced_context`."""
 
     @functools.wraps(target)
     def run(*args: Any, **kwargs: Any) -> _T:
@@ -76,3 +73,19 @@ def untraced(target: Callable[..., _T]) -> Callable[..., _T]:
             return target(*args, **kwargs)
 
     return run
+
+
+def own_thread(target: Callable[..., object], name: str,
+               args: tuple[Any, ...] = ()) -> threading.Thread:
+    r"""A daemon thread of spanproof's own, named *name*, running *target(\*args)*
+    untraced: every thread the package starts is made here (a test looks), so none
+    runs in the application's context."""
+    return threading.Thread(target=untraced(target), args=args, name=name, daemon=True)
+
+
+def own_timer(seconds: float, target: Callable[[], object], name: str) -> threading.Timer:
+    """A daemon :class:`threading.Timer` of spanproof's own, *target* run untraced."""
+    timer = threading.Timer(seconds, untraced(target))
+    timer.daemon = True
+    timer.name = name
+    return timer

@@ -53,6 +53,7 @@ from spanproof.verifier._files import open_regular
 
 from ._exporter import Throttled
 from ._sealing_process import start_watch
+from ._untraced import own_thread
 from .otlp import UNDECODABLE_SCOPE
 
 __all__ = [
@@ -2632,9 +2633,7 @@ class HttpServer:
 
     def start(self) -> None:
         """Serve in a background thread."""
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="spanproof-http", daemon=True
-        )
+        self._thread = own_thread(self._server.serve_forever, "spanproof-http")
         self._thread.start()
 
     def stop(self, grace: float | None = None) -> None:

@@ -72,7 +72,7 @@ from ._exporter import (
 )
 from ._recovery import declared_counts, position_to_json
 from ._setup import check_directory, writable_directory
-from ._untraced import untraced
+from ._untraced import own_thread
 from .assembly import SealJob
 from .config import QUEUE_BLOCK_VAR, QUEUE_SIZE_VAR, ExporterConfig
 from .journal import Journal
@@ -599,8 +599,7 @@ class EvidenceSpanProcessor(SpanProcessor, BuiltDisabled):
         self._orphans_lock = threading.Lock()  # one recovery at a time (journal claims)
         if recover:
             self.recovered = sealer._recover_journals(self._journal_dir)
-            looker = threading.Thread(target=untraced(self._look_for_orphans),
-                                      name="spanproof-orphans", daemon=True)
+            looker = own_thread(self._look_for_orphans, "spanproof-orphans")
             ThreadStarts("journal recovery thread",
                          "orphaned journals are sealed at shutdown").start(looker)
         self._reset_process_state()
@@ -849,8 +848,7 @@ class EvidenceSpanProcessor(SpanProcessor, BuiltDisabled):
             return True
         with self._worker_lock:
             if self._worker is None:
-                worker = threading.Thread(target=untraced(self._run), name="spanproof-journal",
-                                          daemon=True)
+                worker = own_thread(self._run, "spanproof-journal")
                 if not self._worker_starts.start(worker):
                     return False
                 self._worker = worker

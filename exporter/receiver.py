@@ -73,7 +73,7 @@ from ._recovery import (
 from ._seal_workers import SealWorkerError, SealWorkers
 from ._sealing_process import RestartSchedule
 from ._setup import check_directory, resolve_setup, writable_directory
-from ._untraced import untraced
+from ._untraced import own_thread
 from .assembly import SHUTDOWN, SealJob, TraceAssembler
 from .config import MAX_SEALING_PROCESSES, ExporterConfig
 from .journal import Journal
@@ -542,10 +542,8 @@ class Receiver:
             for path in written:
                 self._submitter.submit(path)
             if self._submitter.resumed:  # else another running receiver scans
-                threading.Thread(target=untraced(self._scan_unsubmitted),
-                                 name="spanproof-witness-scan", daemon=True).start()
-        thread = threading.Thread(target=untraced(self._run), name="spanproof-sealer",
-                                  daemon=True)
+                own_thread(self._scan_unsubmitted, "spanproof-witness-scan").start()
+        thread = own_thread(self._run, "spanproof-sealer")
         thread.start()
         self._thread = thread  # last: from now on the receiver runs (_running)
         return written

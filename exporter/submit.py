@@ -75,7 +75,7 @@ from spanproof.verifier.statement import Statement
 from ._green import GreenSince
 from ._http import KeepAlivePost
 from ._leftovers import remove_old_temporaries
-from ._untraced import untraced
+from ._untraced import own_thread
 from .sinks import write_together
 
 __all__ = ["Post", "WitnessSubmitter", "backoff_delay"]
@@ -286,9 +286,7 @@ class WitnessSubmitter:
                              self._dir)
         self._thread: threading.Thread | None = None
         if start:
-            self._thread = threading.Thread(
-                target=untraced(self._run), name="spanproof-witness-submitter", daemon=True
-            )
+            self._thread = own_thread(self._run, "spanproof-witness-submitter")
             self._thread.start()
 
     # --- the queue ------------------------------------------------------------------
@@ -689,9 +687,7 @@ class WitnessSubmitter:
         the worker delivers alone, and the next batch tries again; once gevent
         patched threading after this submitter was made, it delivers alone for good."""
         while len(self._helpers) < self._concurrency - 1 and not self._green.turned:
-            helper = threading.Thread(target=untraced(self._help),
-                                      name="spanproof-witness-delivery",
-                                      daemon=True)
+            helper = own_thread(self._help, "spanproof-witness-delivery")
             try:
                 helper.start()
             except RuntimeError:
