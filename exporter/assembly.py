@@ -358,6 +358,17 @@ class TraceAssembler:
         versions = None if entry is None else entry.seen.get(body_span_id(body))
         return versions is not None and _holds(versions, body)
 
+    def chain_holds(self, trace_id: str, span_id: str) -> bool:
+        """Whether an earlier segment of the trace's chain, sealed or in flight, holds
+        *span_id*: :meth:`add` would list the span id in ``conflicts``."""
+        entry = self._traces.get(trace_id)
+        if entry is not None:
+            return bool(entry.certified_ids or entry.in_flight_ids) and (
+                _holds_id(entry.certified_ids, span_id)
+                or _holds_id(entry.in_flight_ids, span_id))
+        return trace_id in self._sealed and _holds_id(
+            self._certified.get(trace_id, ""), span_id)
+
     # -- input -----------------------------------------------------------------
 
     def add(

@@ -832,9 +832,16 @@ class Receiver:
             # version: journaled again, it joined no bundle (the assembler ignores
             # the copy), so its entry was never retired, and the next start
             # certified the span a second time.
+            # A span id an earlier segment of its chain certified is a conflict
+            # (SPEC §4.3) even when the memory forgot it: the assembler lists it,
+            # and the journal must say so too, or the bundle recovered after a
+            # crash certifies the span id again undeclared.
             with self._lock:
                 copy = self._assembler.holds_copy
-                fresh = [item for item in fresh if not copy(item[0], item[1])]
+                chain = self._assembler.chain_holds
+                fresh = [(t, body, fingerprint, conflict or chain(t, body.span_id))
+                         for t, body, fingerprint, conflict in fresh
+                         if not copy(t, body)]
         new_traces = {item[0] for item in fresh}
         if self._assembler.pending_traces + len(new_traces) >= 2 * self._max_pending:
             # Beyond this the assembler would have to drop spans (SPEC §5.3).

@@ -346,6 +346,25 @@ def test_span_id_of_the_segment_in_flight_is_listed_as_a_conflict() -> None:
     assert later.completeness.conflicts == (f"{1:016x}",)
 
 
+def test_chain_holds_answers_as_add_lists_conflicts() -> None:
+    # The receiver journals a span as conflicting when chain_holds says an earlier
+    # segment holds its id, so a bundle recovered after a crash lists it as the live
+    # one would.  In flight, sealed with the trace still pending, and sealed alone.
+    asm = assembler()
+    one, two = f"{1:016x}", f"{2:016x}"
+    asm.add(T1, body(T1, 0), now=0.0)
+    assert not asm.chain_holds(T1, one)  # pending in this segment: not an earlier one
+    (job,) = asm.drain_all("force_flush")
+    assert asm.chain_holds(T1, one) and not asm.chain_holds(T1, two)
+    asm.add(T1, body(T1, 1), now=0.5)
+    seal_all(asm, [job])
+    assert asm.chain_holds(T1, one) and not asm.chain_holds(T1, two)
+    seal_all(asm, asm.drain_all("force_flush"))
+    assert T1 not in asm._traces
+    assert asm.chain_holds(T1, one) and asm.chain_holds(T1, two)
+    assert not asm.chain_holds(T1, f"{3:016x}") and not asm.chain_holds(T2, one)
+
+
 def test_a_long_traces_span_ids_are_looked_up_in_a_set_not_scanned() -> None:
     # One string of all a trace's sealed ids was scanned for each new span: ~0.5 ms a
     # span once 100,000 were sealed, under the exporter's lock.

@@ -33,9 +33,11 @@ from spanproof.exporter.receiver import Receiver
 from spanproof.exporter.sinks import DirectorySink
 
 
-def crash_after(out: Path, clock: FakeClock, *requests: Any, sealed: Any = None) -> None:
-    """Ingest *sealed* and seal it, then ingest *requests* and crash."""
-    first = quiet_receiver(out, clock)
+def crash_after(out: Path, clock: FakeClock, *requests: Any, sealed: Any = None,
+                **kwargs: Any) -> None:
+    """Ingest *sealed* and seal it, then ingest *requests* and crash (*kwargs* go to
+    the receiver)."""
+    first = quiet_receiver(out, clock, **kwargs)
     first.start()
     if sealed is not None:
         first(sealed.resource_spans)
@@ -91,6 +93,27 @@ def test_a_conflicting_version_is_declared_after_a_crash(tmp_path: Path) -> None
     assert len(restart(out, clock)) == 1
     reports = verified(str(out), trust_root(str(tmp_path)))
     assert [r.statement.segment_index for r in reports if r.statement] == [0, 1]
+    assert [span_ids(r) for r in reports] == [[span_id(1), span_id(2)], [span_id(2)]]
+    recovered = reports[1].statement
+    assert recovered is not None and recovered.seal_reason == "recovered"
+    assert recovered.completeness.conflicts == (span_id(2),)
+
+
+def test_a_span_id_of_a_sealed_segment_the_span_memory_forgot_is_declared_after_a_crash(
+    tmp_path: Path,
+) -> None:
+    # The receiver's span memory (dedup_memory) had forgotten the first version, so
+    # only the assembler's memory of the chain's span ids knew of the repeat: the
+    # live bundle listed it, the journal did not, and the bundle recovered after a
+    # crash certified the span id a second time in the chain, undeclared.
+    clock = FakeClock()
+    out = tmp_path / "out"
+    crash_after(out, clock, request(otlp_span(TRACE_A, 2, parent=1, name="deny refund")),
+                sealed=request(otlp_span(TRACE_A, 1, name="root"),
+                               otlp_span(TRACE_A, 2, parent=1, name="approve refund")),
+                dedup_memory=0)
+    assert len(restart(out, clock)) == 1
+    reports = verified(str(out), trust_root(str(tmp_path)))
     assert [span_ids(r) for r in reports] == [[span_id(1), span_id(2)], [span_id(2)]]
     recovered = reports[1].statement
     assert recovered is not None and recovered.seal_reason == "recovered"
