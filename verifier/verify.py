@@ -13,6 +13,7 @@ import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import IO, Any, Protocol
 
 import orjson
@@ -103,6 +104,9 @@ class BundleReport:
     ``remarks`` are what a reader should know of a bundle that verified without
     changing its verdict: committed values sharing a salt (SPEC §2.5.2), and records
     holding what their producer's SDK dropped (SPEC §8, steps 6-7).
+    ``signer_valid_until`` is the end of the signing key's validity window in the
+    trust root (None when it has none, or no trusted key verified the signature):
+    step 11 holds a continuation to it.
     """
 
     source: str
@@ -114,6 +118,7 @@ class BundleReport:
     records: tuple[dict[str, Any], ...] | None = None
     error: SpanproofError | None = field(default=None, compare=False)
     remarks: tuple[str, ...] = ()
+    signer_valid_until: datetime | None = None
 
     @property
     def ok(self) -> bool:
@@ -302,7 +307,7 @@ def check_bundle(
     name = str(source) if isinstance(source, (str, os.PathLike)) else "<stream>"
     statement: Statement | None = None
     digest: str | None = None
-    signer: str | None = None
+    signer: TrustedKey | None = None
     kept: list[bytes] | None = [] if keep_records or select_records is not None else None
     salts = _SaltReuse()
     drops = _SdkDrops()
@@ -340,10 +345,11 @@ def check_bundle(
         verdict=verdict,
         statement=statement,
         statement_digest=digest,
-        signer_keyid=signer,
+        signer_keyid=None if signer is None else signer.keyid,
         records=records,
         error=run.error,
         remarks=salts.remarks() + drops.remarks() if verdict is not Verdict.FAIL else (),
+        signer_valid_until=None if signer is None else signer.valid_until,
     )
 
 
@@ -483,7 +489,7 @@ def _run_checks(
     salts: _SaltReuse | None = None,
     on_record: RecordObserver | None = None,
     drops: _SdkDrops | None = None,
-) -> tuple[Statement | None, str | None, str | None]:
+) -> tuple[Statement | None, str | None, TrustedKey | None]:
     reader = BundleReader(stream)
     # Steps 1-2: framing, header, media type, envelope shape.
     try:
@@ -511,7 +517,7 @@ def _run_checks(
         statement = Statement.from_payload(envelope.payload)
     except InvalidBundle as e:
         run.failed("statement", e)
-        return None, digest, signer.keyid
+        return None, digest, signer
     run.passed(
         "statement",
         f"trace {statement.trace_id} segment {statement.segment_index}, "
@@ -528,7 +534,7 @@ def _run_checks(
                 f"{_window(signer)})"
             ),
         )
-        return statement, digest, signer.keyid
+        return statement, digest, signer
     run.passed("key-validity", "sealing time within the signer's validity window")
 
     # Steps 6-7: every record well formed and in the chain.
@@ -562,7 +568,7 @@ def _run_checks(
                 run.failed("head", ChainError(
                     f"bundle has more than the {statement.record_count} records the signed "
                     f"statement covers (record {position} and any after it appended)"))
-                return statement, digest, signer.keyid
+                return statement, digest, signer
             sid = int(record["span"]["spanId"], 16)
             if sid in span_ids:
                 duplicates.append(record["span"]["spanId"])
@@ -578,10 +584,10 @@ def _run_checks(
     except ChainError as e:
         run.skipped("records", f"stopped at the chain failure after {chain.count} records")
         run.failed("chain", e)
-        return statement, digest, signer.keyid
+        return statement, digest, signer
     except InvalidBundle as e:
         run.failed("records", e)
-        return statement, digest, signer.keyid
+        return statement, digest, signer
     run.passed("records", f"{chain.count} records, each strict canonical v1 CER")
     undeclared = sorted(set(duplicates) - set(statement.completeness.conflicts))
     if undeclared:
@@ -590,7 +596,7 @@ def _run_checks(
             ChainError(f"span id {undeclared[0]} appears in more than one record "
                        "but is not declared a conflict"),
         )
-        return statement, digest, signer.keyid
+        return statement, digest, signer
     run.passed("chain", f"seq {statement.first_seq}..{chain.next_seq - 1} linked by prev hashes"
                if chain.count else "no records: the head is the segment's start")
 
@@ -603,7 +609,7 @@ def _run_checks(
                 f"{statement.record_count} (records truncated or appended)"
             ),
         )
-        return statement, digest, signer.keyid
+        return statement, digest, signer
     if chain.head != statement.head:
         run.failed(
             "head",
@@ -612,7 +618,7 @@ def _run_checks(
                 "(last record altered)"
             ),
         )
-        return statement, digest, signer.keyid
+        return statement, digest, signer
     run.passed("head", f"chain head {statement.head[:23]}... is the signed head")
 
     # Step 9: completeness.  Declared losses make the bundle INCOMPLETE.
@@ -623,7 +629,7 @@ def _run_checks(
     else:
         note = _loss_text(statement) if comp.lost else "no declared losses"
         run.passed("completeness", f"{note}; {sealed}")
-    return statement, digest, signer.keyid
+    return statement, digest, signer
 
 
 def _loss_text(statement: Statement) -> str:
@@ -709,8 +715,9 @@ class TraceLink:
 
     *remarks* are what a reviewer who needs the whole trace should know of a group
     that forms one chain (SPEC §4.4): segments before the lowest one not present,
-    the highest one sealed at the size limit (so later ones may exist), or the
-    segments signed by more than one key.  *message* ends with them.
+    the highest one sealed at the size limit (so later ones may exist), a segment
+    stating a sealing time before the one it continues, or the segments signed by
+    more than one key.  *message* ends with them.
     """
 
     trace_id: str
@@ -796,6 +803,15 @@ def _link_remarks(group: list[BundleReport]) -> tuple[str, ...]:
     if last.seal_reason == _SIZE_LIMIT:
         remarks.append(f"segment {last.segment_index} was sealed at the producer's size "
                        "limit, so later segments may exist")
+    for prev, cur in itertools.pairwise(group):
+        a, b = prev.statement, cur.statement
+        assert a is not None and b is not None
+        if b.sealed_at < a.sealed_at:
+            remarks.append(
+                f"segment {b.segment_index} states it was sealed at "
+                f"{format_time(b.sealed_at)}, before segment {a.segment_index} "
+                f"({format_time(a.sealed_at)}), which it continues: a producer's clock "
+                "set back, or a sealing time that is not true")
     # Whole key ids are compared: two keys may share any prefix.
     keys = sorted({r.signer_keyid for r in group if r.signer_keyid})
     if len(keys) > 1:
@@ -827,5 +843,14 @@ def _link_problem(group: list[BundleReport]) -> str | None:
             return (
                 f"segment {b.segment_index} does not continue segment {a.segment_index} "
                 "(start, firstSeq or previousStatement mismatch)"
+            )
+        until = cur.signer_valid_until
+        if until is not None and a.sealed_at >= until:
+            # b signs a's statement digest, so b was signed after a's statement was
+            # made, which a's signer dates after b's key was retired (SPEC §8 step 11).
+            return (
+                f"segment {b.segment_index} is signed by key {(cur.signer_keyid or '')[:16]}, "
+                f"valid until before {format_time(until)}, but continues segment "
+                f"{a.segment_index}, sealed at {format_time(a.sealed_at)}"
             )
     return None

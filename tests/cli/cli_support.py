@@ -178,7 +178,7 @@ def bundle_maker(default_dir: Path, default_signer: SigningKey) -> MakeBundle:
 
     Keyword arguments: ``name`` (file name stem), ``directory``, ``trace_id``,
     ``bodies``, ``position`` (continuation segments), ``completeness``, ``signer``,
-    ``reason``, ``producer``.
+    ``reason``, ``producer``, ``sealed_at``.
     """
 
     def make(
@@ -192,6 +192,7 @@ def bundle_maker(default_dir: Path, default_signer: SigningKey) -> MakeBundle:
         signer: SigningKey | None = None,
         reason: str = "root_ended",
         producer: Producer = PRODUCER,
+        sealed_at: datetime = SEALED_AT,
     ) -> tuple[Path, SealedBundle]:
         sealed = seal(
             trace_id,
@@ -199,7 +200,7 @@ def bundle_maker(default_dir: Path, default_signer: SigningKey) -> MakeBundle:
             position or ChainPosition.genesis(trace_id),
             signer=signer or default_signer,
             producer=producer,
-            sealed_at=SEALED_AT,
+            sealed_at=sealed_at,
             reason=reason,
             completeness=completeness,
         )

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -528,6 +529,71 @@ def test_a_chain_signed_by_two_keys_says_so(capsys, keys: Keys, make_bundle, tmp
     assert out.splitlines()[-1] == (
         f"OK trace {TRACE} instance {PRODUCER.instance}: segments 0, 1 form one chain "
         f"(signed by 2 keys: {ids[0]}, {ids[1]})")
+
+
+def retired_key_trust_root(tmp_path: Path, keys: Keys, retired: SigningKey,
+                           until: str) -> Path:
+    """A trust root of *keys*' key and *retired*, valid until before *until*."""
+    root = tmp_path / "trust.json"
+    root.write_text(json.dumps({"mediaType": TRUST_ROOT_MEDIA_TYPE, "keys": [
+        {"keyid": keys.signer.keyid, "publicKey": keys.pub.read_text()},
+        {"keyid": retired.keyid, "publicKey": retired.public_pem().decode(),
+         "validUntil": until}]}))
+    return root
+
+
+def test_a_retired_key_continuing_a_segment_sealed_after_its_window_fails_the_trace(
+    capsys, keys: Keys, make_bundle, tmp_path
+):
+    # A thief of a retired key backdates its segment into the key's window, but the
+    # segment it continues, signed by the current key, was sealed after the window
+    # closed: the continuation was signed after that, by a key no longer valid.
+    # Each bundle verified OK alone, and the chain did too ("signed by 2 keys").
+    retired = SigningKey.from_seed(b"\x07" * 32)
+    root = retired_key_trust_root(tmp_path, keys, retired, "2026-03-02T09:00:00Z")
+    _, first = make_bundle("seg0")  # sealed 09:30:00.25 by the current key
+    make_bundle("seg1", position=first.next_position(), signer=retired,
+                sealed_at=datetime(2026, 3, 2, 8, 0, tzinfo=timezone.utc))
+    code, out, _ = run(capsys, "verify", "--trust-root", root, tmp_path / "bundles")
+    assert code == 1, out
+    assert sum(line.startswith("OK ") for line in out.splitlines()) == 2
+    assert out.splitlines()[-1] == (
+        f"FAIL trace {TRACE} instance {PRODUCER.instance}: segment 1 is signed by key "
+        f"{retired.keyid[:16]}, valid until before 2026-03-02T09:00:00.000000Z, but "
+        "continues segment 0, sealed at 2026-03-02T09:30:00.250000Z")
+
+
+def test_a_retired_key_continuing_a_segment_sealed_inside_its_window_is_one_chain(
+    capsys, keys: Keys, make_bundle, tmp_path
+):
+    # The honest order of a rotation: the retired key sealed before its window closed,
+    # the current key continued after.
+    retired = SigningKey.from_seed(b"\x07" * 32)
+    root = retired_key_trust_root(tmp_path, keys, retired, "2026-03-02T09:30:00.250001Z")
+    _, first = make_bundle("seg0", signer=retired)
+    make_bundle("seg1", position=first.next_position())
+    code, out, _ = run(capsys, "verify", "--trust-root", root, tmp_path / "bundles")
+    assert code == 0, out
+    assert out.splitlines()[-1].startswith(
+        f"OK trace {TRACE} instance {PRODUCER.instance}: segments 0, 1 form one chain "
+        "(signed by 2 keys")
+
+
+def test_a_segment_stating_a_time_before_the_one_it_continues_is_remarked(
+    capsys, keys: Keys, make_bundle, tmp_path
+):
+    # Possible with an honest producer whose clock was set back, so not a failure,
+    # but a reviewer who relies on sealedAt must see it.
+    _, first = make_bundle("seg0")
+    make_bundle("seg1", position=first.next_position(),
+                sealed_at=datetime(2026, 3, 2, 9, 29, tzinfo=timezone.utc))
+    code, out, _ = run(capsys, "verify", "--key", keys.pub, tmp_path / "bundles")
+    assert code == 0, out
+    assert out.splitlines()[-1] == (
+        f"OK trace {TRACE} instance {PRODUCER.instance}: segments 0, 1 form one chain "
+        "(segment 1 states it was sealed at 2026-03-02T09:29:00.000000Z, before segment 0 "
+        "(2026-03-02T09:30:00.250000Z), which it continues: a producer's clock set back, "
+        "or a sealing time that is not true)")
 
 
 def test_a_missing_segment_fails_the_trace(capsys, keys: Keys, make_bundle, tmp_path):

@@ -248,6 +248,27 @@ def test_deleting_a_middle_segment_fails_linking(
     assert tail_cut.ok
 
 
+def test_a_retired_key_continuing_a_later_segment_fails_linking(
+    example: Any, make_example: Any
+) -> None:
+    row = _rows()["continue a chain with a retired key, `sealedAt` backdated into its window"]
+    assert "step 11" in row
+    current = SigningKey.from_seed(b"\x09" * 32)
+    first = _seal(make_example, make_example.bodies(), signer=current)
+    stolen = TrustedKey(example.key.private_key.public_key(), example.keyid, "retired",
+                        valid_until=first.statement.sealed_at)
+    trust = TrustRoot((TrustedKey(current.private_key.public_key(), current.keyid,
+                                  "current"), stolen))
+    body = json.loads(json.dumps(make_example.bodies()[0]))
+    body["span"]["spanId"] = "00000000000000ff"
+    backdated = _seal(make_example, [body], position=first.next_position(),
+                      sealed_at=first.statement.sealed_at - timedelta(hours=1))
+    reports = [_check(first.data, trust), _check(backdated.data, trust)]
+    assert all(r.ok for r in reports)
+    (link,) = link_segments(reports)
+    assert not link.ok and "continues segment 0" in link.message
+
+
 def test_declared_losses_are_incomplete(example: Any, make_example: Any, trust: TrustRoot) -> None:
     assert "`completeness`" in _rows()["declare losses"]
     lossy = _seal(make_example, make_example.bodies(), completeness=Completeness(dropped_spans=3))
@@ -261,6 +282,7 @@ def test_every_row_naming_a_step_is_exercised() -> None:
         "point the key id hint at a trusted key",
         "sign with a retired key, honest `sealedAt`",
         "delete a middle segment of a trace",
+        "continue a chain with a retired key, `sealedAt` backdated into its window",
         "declare losses",
     }
     with_step = {attack for attack, caught in _rows().items() if re.search(r"step \d+", caught)}
