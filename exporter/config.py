@@ -131,8 +131,10 @@ class ExporterConfig:
     idle_timeout: float = 30.0
     max_records: int = 10_000
     #: Open traces held in memory.  When a span of a new trace arrives and this
-    #: many are open, the least recently active one is sealed early (reason
-    #: ``idle_timeout``, with a note saying why).
+    #: many are open, the least recently active one is sealed early, with a note
+    #: saying why (reason ``root_ended`` when its root span had ended, else
+    #: ``idle_timeout``); when as many are already waiting for the sealer, the span
+    #: is dropped and declared in its trace's next bundle.
     max_pending_traces: int = 2048
     #: Sealed traces whose chain position is remembered, so a late span continues
     #: the trace's chain in a linked segment without reading the disk.  A late span

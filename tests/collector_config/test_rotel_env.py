@@ -252,7 +252,9 @@ def test_rotel_started_with_rotel_env_carries_stock_otlp_spans_into_verified_bun
     tmp_path: Path, rotel: str, receiver: Server
 ) -> None:
     evidence = send_traces(rotel, 10)
-    trust = TrustRoot.from_pem_files([str(tmp_path / "signing.pub")])
+    words = commented_command(ROTEL_ENV.read_text(encoding="utf-8"), "spanproof receiver")
+    key = words[words.index("--key") + 1]
+    trust = TrustRoot.from_pem_files([str(tmp_path / os.path.dirname(key) / "signing.pub")])
     out = tmp_path / "bundles"
     wait_for(lambda: len(certified(out, trust)) >= len(evidence), timeout=90,
              what="every evidence span in a verified bundle")
