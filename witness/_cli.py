@@ -871,6 +871,9 @@ def _unusable_state(state: str, error: OSError) -> str:
     lock = f"{state}.lock"
     if error.filename is not None and os.fsdecode(error.filename) == lock:
         return f"--state {state}: cannot open its lock {lock} ({why})"
+    history = f"{state}.history"
+    if error.filename is not None and os.fsdecode(error.filename) == history:
+        return f"--state {state}: cannot append to its history {history} ({why})"
     return f"--state {state}: cannot read or write it ({why})"
 
 

@@ -12,6 +12,11 @@ two signed checkpoints that cannot both be honest are proof of the witness's
 misbehaviour that anyone can check.  Receipts held by producers are checked the
 same way against that checkpoint (:func:`check_receipts`), so a receipt from a
 history the monitor is not shown is caught as a fork.
+
+Each checkpoint the monitor sees for the first time is also appended, with the time
+it saw it, to ``<state>.history`` (:func:`record_seen`): checkpoints carry no time,
+so this is the record independent of the producer's clock that dates log entries
+(SPEC §6.2, §12.7).
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ import os
 import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from spanproof.verifier._files import (
+    fsync_directory,
     open_regular,
     read_named_file,
     walk_files,
@@ -49,7 +56,7 @@ from spanproof.verifier.errors import (
     LogInconsistent,
     SpanproofError,
 )
-from spanproof.verifier.keys import raw_public_bytes
+from spanproof.verifier.keys import format_time, raw_public_bytes
 from spanproof.verifier.receipt import (
     MAX_RECEIPT_BYTES,
     RECEIPT_SUFFIX,
@@ -61,6 +68,7 @@ from spanproof.verifier.receipt import (
 from .client import HTTPStatusError, MalformedAnswer, WitnessClient
 
 __all__ = [
+    "HISTORY_SUFFIX",
     "MONITOR_EVIDENCE_MEDIA_TYPE",
     "MONITOR_STATE_MEDIA_TYPE",
     "MonitorResult",
@@ -71,11 +79,14 @@ __all__ = [
     "load_state",
     "monitor_once",
     "read_receipt_checkpoints",
+    "record_seen",
     "save_state",
 ]
 
 MONITOR_STATE_MEDIA_TYPE = "application/vnd.spanproof.monitor-state.v1+json"
 MONITOR_EVIDENCE_MEDIA_TYPE = "application/vnd.spanproof.monitor-evidence.v1+json"
+#: Beside the state file: one line per checkpoint first seen (:func:`record_seen`).
+HISTORY_SUFFIX = ".history"
 
 
 @dataclass(frozen=True)
@@ -151,6 +162,46 @@ def save_state(path: str, checkpoint: VerifiedCheckpoint) -> None:
     note = checkpoint.pinned_note().decode("utf-8")
     doc = {"mediaType": MONITOR_STATE_MEDIA_TYPE, "checkpoint": note}
     write_atomic(path, canonicalize(doc) + b"\n")
+
+
+def record_seen(path: str, checkpoint: VerifiedCheckpoint, seen_at: datetime) -> None:
+    """Append *checkpoint* and *seen_at* to ``<path>.history`` (*path* the state
+    file) as one canonical JSON line, ``{"checkpoint", "rootHash", "seenAt",
+    "treeSize"}``, and make it durable (fsync; the directory too when the file is
+    new).  An entry at leaf index *i* was logged after the ``seenAt`` of a line whose
+    ``treeSize`` is at most *i*, and by that of a line whose ``treeSize`` is above
+    it (SPEC §12.7 step 7).
+
+    Raises:
+        OSError: the history file cannot be written.
+    """
+    line = canonicalize({
+        "checkpoint": checkpoint.pinned_note().decode("utf-8"),
+        "rootHash": base64.b64encode(checkpoint.root).decode("ascii"),
+        "seenAt": format_time(seen_at),
+        "treeSize": checkpoint.size,
+    }) + b"\n"
+    history = path + HISTORY_SUFFIX
+    created = not os.path.lexists(history)
+    # Non-blocking: a named pipe there would hold the run until a reader came.
+    fd = os.open(history, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                 | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    try:
+        _only_regular_fd(fd, history)
+        view = memoryview(line)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if created:
+        fsync_directory(os.path.dirname(os.path.abspath(history)))
+
+
+def _only_regular_fd(fd: int, path: str) -> None:
+    """Refuse to append to anything but a regular file (a FIFO would block a run)."""
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise OSError(errno.EINVAL, "not a regular file", path)
 
 
 def _save_evidence(
@@ -259,15 +310,19 @@ def monitor_once(
             a pinned witness key.
         InvalidReceipt: a malformed checkpoint or state file.
         TransportError: the witness could not be reached.
-        OSError: the state file (or its lock, ``<state>.lock``) cannot be read or
-            written.
+        OSError: the state file (or its lock, ``<state>.lock``, or its history,
+            ``<state>.history``) cannot be read or written.
     """
     with _state_turn(state_path):
         previous = load_state(state_path, keys, origin=origin)
         pinned_origin = origin if origin is not None else (previous.origin if previous else None)
         current = verify_checkpoint(client.checkpoint(), keys, origin=pinned_origin)
+        seen_at = datetime.now(timezone.utc)
         if previous is not None:
             _check_extends(client, previous, current, state_path)
+        if previous is None or (previous.size, previous.root) != (current.size, current.root):
+            # Before the state: a run stopped between the two records it again.
+            record_seen(state_path, current, seen_at)
         save_state(state_path, current)
     return MonitorResult(previous, current)
 
