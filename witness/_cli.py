@@ -877,19 +877,77 @@ def _unusable_state(state: str, error: OSError) -> str:
     return f"--state {state}: cannot read or write it ({why})"
 
 
+# --- lookup -----------------------------------------------------------------------------
+
+
+def _cmd_lookup(args: argparse.Namespace) -> int:
+    from spanproof.verifier.records import is_trace_id
+
+    from .client import WitnessClient
+    from .lookup import GivenBundle, compare_entries, read_given
+
+    if not is_trace_id(args.trace):
+        return _fail(f"TRACE_ID must be 32 lowercase hex digits, not all zero: "
+                     f"{printable(args.trace)!r}", EXIT_USAGE)
+    try:
+        client = WitnessClient(args.url, timeout=args.timeout)
+    except ValueError as e:
+        return _fail(f"--url {e}", EXIT_USAGE)
+    given: list[GivenBundle] | None = None
+    unreadable: list[tuple[str, str]] = []
+    try:
+        keys = load_witness_keys(args.witness_key)
+        if args.bundles:
+            given, unreadable = read_given(find_bundles(args.bundles))
+    except (ValueError, InvalidKey) as e:
+        return _fail(str(e), EXIT_USAGE)
+    except OSError as e:  # a path that does not exist, a directory that cannot be listed
+        where = "?" if e.filename is None else os.fsdecode(e.filename)
+        return _fail(f"{where}: {e.strerror or e}", EXIT_USAGE)
+    for path, why in unreadable:
+        print(printable(f"FAIL {path}: {why}"), flush=True)
+    try:
+        result = compare_entries(
+            client.lookup_entries(trace=args.trace), args.trace, keys, origin=args.origin,
+            given=given, on_entry=lambda line: print(printable(line), flush=True))
+    except TransportError as e:
+        print(printable(f"FAIL {args.url}: {e}"))
+        return EXIT_UNAVAILABLE
+    for line in result.not_logged:
+        print(printable(line))
+    instances = len(result.instances)
+    counted = (f"{result.entries} entr{'y' if result.entries == 1 else 'ies'} logged, of "
+               f"{instances} producer instance{'' if instances == 1 else 's'}")
+    if not result.ok or unreadable:
+        problems = [f"{len(lines)} {what}" for lines, what in (
+            (result.failed, "entries whose receipt did not verify"),
+            (result.conflicts, "in conflict"),
+            (result.missing, "not among the bundles given"),
+            (result.not_logged, "bundles given not logged"),
+            (unreadable, "bundles given that could not be read"),
+        ) if lines]
+        print(printable(f"FAIL trace {args.trace}: {counted}; {', '.join(problems)}"))
+        return EXIT_FAILED
+    among = ", each among the bundles given" if given is not None else ""
+    print(printable(f"OK trace {args.trace}: {counted}{among}"))
+    return EXIT_OK
+
+
 # --- registration -----------------------------------------------------------------------
 
 
 def add_commands(subparsers: Any) -> None:
-    """Register ``witness {serve,keygen,submit}`` and ``monitor`` on the main
+    """Register ``witness {serve,keygen,submit,lookup}`` and ``monitor`` on the main
     parser's sub-parsers.  Each command sets ``handler`` (parsed args -> exit
     status) and ``subparser`` (its own parser, for usage errors), the convention of
     ``spanproof.verifier._cli``."""
     witness = subparsers.add_parser(
         "witness", help="run or use an independent witness log",
-        description="Run a witness (serve), create its key (keygen), or log bundles (submit).",
+        description="Run a witness (serve), create its key (keygen), log bundles (submit), "
+                    "or list what it logged for a trace (lookup).",
     )
-    wsub = witness.add_subparsers(dest="witness_command", metavar="{serve,keygen,submit}")
+    wsub = witness.add_subparsers(dest="witness_command",
+                                  metavar="{serve,keygen,submit,lookup}")
     wsub.required = True
 
     serve = wsub.add_parser(
@@ -969,6 +1027,31 @@ def add_commands(subparsers: Any) -> None:
                              "asks) at most this long in all, each try also taking up "
                              f"to --timeout (default {SUBMIT_RETRY_SECONDS:g}; 0: never)")
     submit.set_defaults(handler=_cmd_submit, subparser=submit)
+
+    lookup = wsub.add_parser(
+        "lookup", help="list what a witness logged for a trace, against the bundles given",
+        description="Ask the witness for every entry of TRACE_ID, verify each entry's "
+                    "receipt with the pinned witness key, and, with bundles given, check "
+                    "that every entry is among them and every bundle of the trace is "
+                    "logged: the later segments or second histories that offline "
+                    "verification cannot know of.",
+        epilog="Exit status: 0 every entry verified (and, with bundles, each among them "
+               "and each of them logged), 1 an entry whose receipt did not verify, an "
+               "entry in conflict, an entry not among the bundles, a bundle of the trace "
+               "not logged or not readable, 2 usage error, 3 the witness is unreachable "
+               "or answered with a redirect, a 5xx or malformed HTTP.",
+    )
+    lookup.add_argument("trace", metavar="TRACE_ID", help="the trace id (32 hex digits)")
+    lookup.add_argument("bundles", nargs="*", metavar="BUNDLE|DIR",
+                        help="the bundles handed over (files or directories)")
+    lookup.add_argument("--url", required=True, help="witness base URL (http://host:port)")
+    lookup.add_argument("--witness-key", action="append", required=True,
+                        metavar="PUB.pem|VKEY", help="pinned witness key (repeatable)")
+    lookup.add_argument("--origin", metavar="NAME", help="pin the log's origin")
+    lookup.add_argument("--timeout", type=_timeout, default=30.0, metavar="SECONDS",
+                        help="how long each request to the witness may take, its whole "
+                             "answer included (default 30)")
+    lookup.set_defaults(handler=_cmd_lookup, subparser=lookup)
 
     monitor = subparsers.add_parser(
         "monitor", help="check a witness for forks and rollbacks",
