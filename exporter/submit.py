@@ -72,6 +72,7 @@ from spanproof.verifier.receipt import (
 from spanproof.verifier.records import digest_hex
 from spanproof.verifier.statement import Statement
 
+from . import _held_locks as held_locks
 from ._green import GreenSince
 from ._http import KeepAlivePost
 from ._leftovers import remove_old_temporaries
@@ -954,7 +955,7 @@ class WitnessSubmitter:
                 _logger.exception("witness submitter: cannot queue the last submissions")
             with self._cond:
                 self._closed = True
-            _release_resume_lock(self._resume_lock)
+            held_locks.release(self._resume_lock)
         with self._cond:
             queued, unqueued = len(self._pending), len(self._incoming)
         # The last word the process says of them: without it, its last line was a
@@ -976,59 +977,34 @@ class WitnessSubmitter:
 
 #: The queue directory's lock, held by the one live submitter that resumed the queue.
 _RESUME_LOCK = ".resume.lock"
-#: The resume locks this process holds (descriptors): a forked process closes its
-#: copies, or it would keep the lock, and the queue, from the next process that
-#: starts once its parent has stopped.
-_HELD_LOCKS: set[int] = set()
-# Taken by a fork, so that no descriptor is between the set and its closing then;
-# reentrant, for a fork in a signal handler that interrupted a thread holding it.
-_HELD_LOCKS_LOCK = threading.RLock()
-
-
 def _take_resume_lock(directory: str) -> tuple[bool, int | None]:
     """Whether this process may resume the queue in *directory*, and the descriptor
     holding its lock (None where none is held: locking is not to be had there, and
     the queue is resumed as before).  Two gunicorn workers started on their own each
-    resumed it, and each sent every bundle an earlier run left, and the other's."""
+    resumed it, and each sent every bundle an earlier run left, and the other's.  A
+    forked process closes its copy (:mod:`._held_locks`), or it would keep the lock,
+    and the queue, from the next process that starts once its parent has stopped."""
     path = os.path.join(directory, _RESUME_LOCK)
-    with _HELD_LOCKS_LOCK:  # a fork waits: no copy of the lock escapes unregistered
+    resume = True
+
+    def open_and_lock() -> int | None:
+        nonlocal resume
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as e:
             _logger.warning("witness queue: cannot open %s (%s); resuming the queue "
                             "without its lock", path, e.strerror or e)
-            return True, None
+            return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             os.close(fd)
-            return e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN), None
-        _HELD_LOCKS.add(fd)
-        return True, fd
+            resume = e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN)
+            return None
+        return fd
 
-
-def _release_resume_lock(fd: int | None) -> None:
-    with _HELD_LOCKS_LOCK:
-        if fd is None or fd not in _HELD_LOCKS:  # none, or closed at a fork
-            return
-        _HELD_LOCKS.discard(fd)
-        os.close(fd)
-
-
-def _close_resume_locks_in_child() -> None:
-    _HELD_LOCKS_LOCK.release()
-    for fd in _HELD_LOCKS:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _HELD_LOCKS.clear()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX
-    os.register_at_fork(before=_HELD_LOCKS_LOCK.acquire,
-                        after_in_parent=_HELD_LOCKS_LOCK.release,
-                        after_in_child=_close_resume_locks_in_child)
+    fd = held_locks.holding(open_and_lock)
+    return resume, fd
 
 
 @dataclass(frozen=True)
