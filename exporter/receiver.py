@@ -71,6 +71,7 @@ from ._recovery import (
     written_segment,
 )
 from ._seal_workers import SealWorkerError, SealWorkers
+from ._sealed_spans import SEALED_SPANS_DIR, SealedSpanLog
 from ._sealing_process import RestartSchedule
 from ._setup import check_directory, resolve_setup, writable_directory
 from ._untraced import own_thread
@@ -434,6 +435,7 @@ class Receiver:
         # Appends to the file of spans admitted from requests then refused (see
         # _note_unanswered), one at a time.
         self._unanswered_lock = threading.Lock()
+        self._sealed_spans: SealedSpanLog | None = None
         # Fingerprints of the rejected spans already declared, oldest forgotten first.
         self._rejected_seen: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._rejected_limit = dedup_memory
@@ -442,7 +444,7 @@ class Receiver:
         self._rooted_limit = max(self._config.max_pending_traces,
                                  self._config.sealed_trace_memory)
         # Journal key of every body the assembler holds, by the body's identity.
-        self._keys: dict[int, tuple[str, SerializedBody]] = {}
+        self._keys: dict[int, tuple[str, SerializedBody, bytes]] = {}
         self._unwritten: collections.deque[tuple[SealedBundle, SealJob]] = collections.deque()
         # Segments the seal workers wrote, retired while they seal the next pass
         # (see _seal_jobs) or at the end of the sealing cycle.
@@ -524,6 +526,7 @@ class Receiver:
         """:meth:`start` once it is known to be the first call."""
         self._recovering = True
         try:
+            self._take_over_sealed_spans()
             written = self._recover()
             self._remember_unanswered()
         finally:
@@ -596,6 +599,8 @@ class Receiver:
             self._submitter.close(max(0.0, deadline - time.monotonic()))
         if self._journal is not None:
             self._journal.close()
+        if self._sealed_spans is not None:
+            self._sealed_spans.close()
         if self._workers is not None:
             self._workers.close()
             self._workers = None
@@ -878,9 +883,9 @@ class Receiver:
         with self._cond:
             assembler = self._assembler
             wake = False
-            for (trace_id, body, _, conflict), key in zip(fresh, keys, strict=True):
+            for (trace_id, body, fingerprint, conflict), key in zip(fresh, keys, strict=True):
                 # Pinning the body keeps its id unique while the key is held.
-                self._keys[id(body)] = (key, body)
+                self._keys[id(body)] = (key, body, fingerprint)
                 wake = assembler.add(trace_id, body, now, conflict=conflict) or wake
             for rejected_trace, fingerprint in counted:
                 if _named_trace(rejected_trace):
@@ -1010,18 +1015,46 @@ class Receiver:
 
     # -- recovery ----------------------------------------------------------------
 
+    def _take_over_sealed_spans(self) -> None:
+        """Remember the spans earlier receivers in this journal directory sealed (their
+        :class:`SealedSpanLog` files), so a Collector's retry that outlived their
+        process is not certified again, and start this receiver's own log."""
+        if not self._dedup_memory:
+            return
+        log = SealedSpanLog(os.path.join(self._journal_dir, SEALED_SPANS_DIR),
+                            self._producer.instance, self._dedup_memory)
+        try:
+            spans = log.take_over()
+        except OSError as e:
+            _logger.error("receiver: cannot remember the spans sealed before this start "
+                          "(%s): a Collector's retry of them is certified again",
+                          e.strerror or e)
+            log.close()
+            return
+        for trace_id, span_id, fingerprint in spans:
+            self._memory.add(trace_id, span_id, fingerprint)
+        self._sealed_spans = log
+
     def _recover(self) -> list[str]:
         """Seal the traces of orphaned journals (SPEC §5.3 ``recovered``), remembering
-        their spans so a Collector's retry of them is not certified again."""
-        def remember(trace_id: str, span_id: str, body: Mapping[str, Any]) -> None:
-            self._memory.add(trace_id, span_id, _fingerprint(body))
+        their spans so a Collector's retry of them is not certified again (by this
+        receiver, and by the next ones: :class:`SealedSpanLog`)."""
+        recovered: list[tuple[str, str, bytes]] = []
 
-        return seal_orphaned_journals(
+        def remember(trace_id: str, span_id: str, body: Mapping[str, Any]) -> None:
+            fingerprint = _fingerprint(body)
+            self._memory.add(trace_id, span_id, fingerprint)
+            recovered.append((trace_id, span_id, fingerprint))
+
+        written = seal_orphaned_journals(
             self._journal_dir, signer=self._signer, sink=self._sink,
             producer_name=RECEIVER_PRODUCER_NAME, producer_version=_package_version(),
             max_records=self._config.max_records, clock=self._wall_clock, redact=self._redact,
             on_recovered=remember,
         )
+        if self._sealed_spans is not None:
+            self._sealed_spans.append(recovered)
+        return written
 
     def _scan_unsubmitted(self) -> None:
         assert self._submitter is not None
@@ -1278,12 +1311,17 @@ class Receiver:
         items = []
         done = [*self._to_retire, *done]
         self._to_retire = []
+        sealed: list[tuple[str, str, bytes]] = []
         with self._lock:
             for job, position in done:
-                keys = [held[0] for held in (self._keys.pop(id(b), None) for b in job.bodies)
-                        if held is not None]
-                items.append((job.trace_id, keys, position_to_json(position),
+                held = [h for h in (self._keys.pop(id(b), None) for b in job.bodies)
+                        if h is not None]
+                items.append((job.trace_id, [h[0] for h in held], position_to_json(position),
                               job.journaled_counts()))
+                sealed.extend((job.trace_id, h[1].span_id, h[2]) for h in held)
+        if self._sealed_spans is not None:
+            # Before the journal retires them: until then a restart recovers them.
+            self._sealed_spans.append(sealed)
         try:
             self._journal.append_sealed_many(items)
         except OSError as e:

@@ -105,6 +105,12 @@ def restart(out: Any, clock: FakeClock, **kwargs: Any) -> list[str]:
         second.shutdown(5)
 
 
+def journal_files(directory: Any) -> list[str]:
+    """The journal directory's entries other than the receivers' remembered sealed
+    spans (``sealed-spans/``, kept across restarts by design)."""
+    return sorted(name for name in os.listdir(directory) if name != "sealed-spans")
+
+
 def span_id(n: int) -> str:
     return f"{n:016x}"
 

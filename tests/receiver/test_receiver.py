@@ -17,6 +17,7 @@ from receiver_support import (
     TRACE_B,
     FakeClock,
     export,
+    journal_files,
     otlp_span,
     request,
     serving,
@@ -156,7 +157,7 @@ def test_shutdown_seals_everything_pending(tmp_path, clock):
     reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
     assert {r.statement.trace_id for r in reports} == {TRACE_A, TRACE_B}
     assert {r.statement.seal_reason for r in reports} == {"shutdown"}
-    assert os.listdir(receiver.journal_dir) == []  # everything retired
+    assert journal_files(receiver.journal_dir) == []  # everything retired
 
 
 def test_identical_redelivery_is_ignored_before_and_after_sealing(tmp_path, clock):
@@ -181,7 +182,7 @@ def _stopped_with_nothing_to_recover(receiver, tmp_path, clock):
     recovers nothing.  The verified bundles of ``tmp_path/out``."""
     assert receiver.shutdown()
     assert receiver._keys == {}
-    assert os.listdir(tmp_path / "out" / "journal") == []
+    assert journal_files(tmp_path / "out" / "journal") == []
     again = make_receiver(tmp_path / "out", clock)
     assert again.start() == []  # nothing left to recover
     again.shutdown()
@@ -709,7 +710,7 @@ def test_a_failed_journal_retire_is_retried_and_requests_are_accepted_again(
     reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
     assert [(r.statement.trace_id, span_ids(r)) for r in reports] == [
         (TRACE_A, [span_id(1)]), (TRACE_B, [span_id(1)])]
-    assert os.listdir(receiver.journal_dir) == []  # every entry retired
+    assert journal_files(receiver.journal_dir) == []  # every entry retired
 
 
 def test_overload_answers_unavailable(tmp_path, clock):
@@ -958,7 +959,7 @@ def test_bundles_sealed_in_one_pass_are_written_as_one_group(tmp_path, clock, mo
     assert sorted(r.statement.trace_id for r in reports) == traces
     assert len(barriers) == 1  # one durability barrier for the eight bundles
     assert receiver.shutdown()
-    assert os.listdir(receiver.journal_dir) == []
+    assert journal_files(receiver.journal_dir) == []
 
 
 def test_a_failed_group_write_keeps_its_spans_journaled_and_is_retried(
@@ -982,13 +983,13 @@ def test_a_failed_group_write_keeps_its_spans_journaled_and_is_retried(
     assert not receiver.flush()
     with pytest.raises(Unavailable, match="No space left"):
         receiver(request(otlp_span(TRACE_A, 2, parent=1)).resource_spans)
-    assert os.listdir(receiver.journal_dir) != []
+    assert journal_files(receiver.journal_dir) != []
     disk["full"] = False
     assert receiver.flush()
     reports = verified(str(tmp_path / "out"), trust_root(str(tmp_path)))
     assert sorted(r.statement.trace_id for r in reports) == sorted([TRACE_A, TRACE_B])
     assert receiver.shutdown()
-    assert os.listdir(receiver.journal_dir) == []
+    assert journal_files(receiver.journal_dir) == []
 
 
 # -- large requests: admitted in chunks of whole traces -----------------------------

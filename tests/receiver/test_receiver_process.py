@@ -15,6 +15,7 @@ from receiver_support import (
     ReceiverProcess,
     bundle_paths,
     export,
+    journal_files,
     otlp_span,
     span_id,
     span_ids,
@@ -74,7 +75,7 @@ def test_kill_9_after_acknowledging_then_restart_recovers_the_spans(tmp_path):
     assert [r.source for r in after] == [r.source for r in recovered]
     # The dead instance's journal was retired once its spans were sealed, and the
     # second instance retired its own at shutdown.
-    assert os.listdir(os.path.join(out, "journal")) == []
+    assert journal_files(os.path.join(out, "journal")) == []
 
 
 def test_a_receiver_that_cannot_listen_exits_1_and_leaves_the_journal(tmp_path):
@@ -85,7 +86,7 @@ def test_a_receiver_that_cannot_listen_exits_1_and_leaves_the_journal(tmp_path):
     first = ReceiverProcess(out, key, *HOLD)
     export(first.grpc, otlp_span(TRACE_A, 1))
     assert first.stop(signal.SIGKILL) == -signal.SIGKILL
-    journal = sorted(os.listdir(os.path.join(out, "journal")))
+    journal = journal_files(os.path.join(out, "journal"))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -97,7 +98,7 @@ def test_a_receiver_that_cannot_listen_exits_1_and_leaves_the_journal(tmp_path):
     assert result.returncode == 1, result.stderr
     assert "cannot listen" in result.stderr
     assert bundle_paths(out) == []
-    assert sorted(os.listdir(os.path.join(out, "journal"))) == journal
+    assert journal_files(os.path.join(out, "journal")) == journal
     second = ReceiverProcess(out, key, *HOLD)
     assert second.stop(signal.SIGTERM) == 0, second.log()
     assert [span_ids(r) for r in verified(out, trust_root(str(tmp_path)))] == [[span_id(1)]]

@@ -28,6 +28,7 @@ from receiver_support import (
     ReceiverProcess,
     bundle_paths,
     export,
+    journal_files,
     otlp_span,
     request,
     signing_key,
@@ -264,13 +265,13 @@ def test_a_worker_write_failure_is_retried_by_the_receiver(tmp_path):
     assert not receiver.flush()
     with pytest.raises(Unavailable, match="cannot write bundles"):
         receiver(request(otlp_span(TRACE_A, 2, parent=1)).resource_spans)
-    assert os.listdir(receiver.journal_dir) != []
+    assert journal_files(receiver.journal_dir) != []
     out.unlink()
     assert receiver.flush()
     reports = verified(str(out), trust_root(str(tmp_path)))
     assert sorted(r.statement.trace_id for r in reports) == sorted([TRACE_A, TRACE_B])
     assert receiver.shutdown()
-    assert os.listdir(receiver.journal_dir) == []
+    assert journal_files(receiver.journal_dir) == []
 
 
 def test_a_pass_is_retired_while_the_workers_seal_the_next_one(tmp_path, monkeypatch):
@@ -341,7 +342,7 @@ def test_a_worker_killed_mid_run_leaves_the_receiver_sealing_itself(
                 for r in reports}
     assert segments == {(TRACE_A, 0): [span_id(1)], (TRACE_A, 1): [span_id(2)],
                         (TRACE_B, 0): [span_id(1)]}
-    assert os.listdir(receiver.journal_dir) == []
+    assert journal_files(receiver.journal_dir) == []
 
 
 def test_bundles_a_worker_wrote_before_it_died_are_not_sealed_again(
@@ -378,7 +379,7 @@ def test_bundles_a_worker_wrote_before_it_died_are_not_sealed_again(
     a = [r for r in reports if r.statement.trace_id == TRACE_A]
     assert [r.statement.segment_index for r in a] == [0, 1]
     assert a[1].statement.previous_statement == a[0].statement_digest
-    assert os.listdir(receiver.journal_dir) == []
+    assert journal_files(receiver.journal_dir) == []
 
 
 def directory_fsyncs(monkeypatch, events: list, directory) -> None:
@@ -676,7 +677,7 @@ def test_a_stopped_worker_leaves_the_receiver_sealing_itself_and_loses_nothing(
     assert receiver.shutdown()
     reports = verified(str(out), trust_root(str(tmp_path)))
     assert sorted(r.statement.trace_id for r in reports) == sorted([*traces, TRACE_A])
-    assert os.listdir(receiver.journal_dir) == []
+    assert journal_files(receiver.journal_dir) == []
 
 
 def test_workers_that_cannot_start_leave_the_receiver_sealing_itself(
