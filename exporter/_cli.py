@@ -355,6 +355,47 @@ def receiver(
         UsageError: a malformed flag or setting, an unusable key file, or a
             *select_attributes* or *redact_attributes* that names no key (exit 2).
     """
+    # First, before the seconds of imports and set-up: a SIGTERM then (a service
+    # manager stopping it as it starts) killed the process, exit status -15 where a
+    # clean stop is promised; now the receiver starts, stops and exits 0.
+    stop = threading.Event()
+    hangups = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    def on_hangup(signum: int, frame: FrameType | None) -> None:
+        hangups.set()  # acted on by the main loop, not in the handler
+
+    previous: dict[int, Any] = {
+        sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    # SIGHUP, a daemon's "read your files again": the TLS files, at the next
+    # connection.  Its default action killed the receiver at once, nothing sealed.
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
+    try:
+        return _receiver_until_stopped(
+            stop, hangups, previous, grpc, http, out, key, select_attributes, select_all,
+            seal_grace_ms, idle_timeout_ms, max_records, max_pending_traces,
+            max_message_bytes, max_backlog_spans, witness_url, witness_key,
+            redact_attributes, max_value_bytes, journal_dir, sealing_processes, tls_cert,
+            tls_key, tls_client_ca)
+    finally:  # _serve_receiver puts them back before it seals; an early exit here
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _receiver_until_stopped(
+    stop: threading.Event, hangups: threading.Event, previous: dict[int, Any],
+    grpc: str, http: str | None, out: str | None, key: str | None,
+    select_attributes: str | None, select_all: bool | None, seal_grace_ms: int | None,
+    idle_timeout_ms: int | None, max_records: int | None, max_pending_traces: int | None,
+    max_message_bytes: int | None, max_backlog_spans: int | None,
+    witness_url: str | None, witness_key: str | None, redact_attributes: str | None,
+    max_value_bytes: int | None, journal_dir: str | None, sealing_processes: int,
+    tls_cert: str | None, tls_key: str | None, tls_client_ca: str | None,
+) -> int:
+    """:func:`receiver` once its signal handlers are in place."""
     from .otlp_server import DEFAULT_MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES
     from .receiver import Receiver
 
@@ -439,21 +480,6 @@ def receiver(
         _error(f"cannot set up the receiver: {e}")
         return 1
 
-    stop = threading.Event()
-    hangups = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    def on_hangup(signum: int, frame: FrameType | None) -> None:
-        hangups.set()  # acted on by the main loop, not in the handler
-
-    previous: dict[int, Any] = {
-        sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
-    }
-    # SIGHUP, a daemon's "read your files again": the TLS files, at the next
-    # connection.  Its default action killed the receiver at once, nothing sealed.
-    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
     with collecting_rarely():
         return _serve_receiver(service, servers, stop, previous, tls, hangups)
 

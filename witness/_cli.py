@@ -175,6 +175,26 @@ def server_stack() -> tuple[str, str]:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    # First, before the imports and the start-up checks: a SIGTERM then (a service
+    # manager stopping it as it starts) killed the process, exit status -15 where a
+    # graceful stop is promised.  Noted here, it stops the witness before it serves.
+    # (Signal handlers can only be set from the main thread.)
+    early: list[int] = []
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, lambda signum, frame: early.append(signum))
+                    for sig in _STOP_SIGNALS}
+    try:
+        return _serve(args, early, bool(previous))
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:  # None: not set from Python
+                signal.signal(sig, handler)
+
+
+def _serve(args: argparse.Namespace, early: list[int], handling: bool) -> int:
+    """``witness serve`` once SIGTERM and SIGINT are noted in *early* (when
+    *handling*, on the main thread)."""
     try:
         import uvicorn
 
@@ -295,20 +315,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # handler, which turns it into KeyboardInterrupt only if the server's task has
     # not finished yet.  Handlers of ours make both exits certain.  (Signal handlers
     # can only be set from the main thread.)
-    on_main_thread = threading.current_thread() is threading.main_thread()
-    previous = {}
-    if on_main_thread:
-        previous = {sig: signal.signal(sig, _stopped) for sig in _STOP_SIGNALS}
     status = EXIT_OK
     try:
+        if handling:
+            for sig in _STOP_SIGNALS:
+                signal.signal(sig, _stopped)
+        if early:  # a signal came while it started: it stops before serving
+            raise _Stopped(early[0])
         _announcing_server(config, announce).run(sockets=listening)
     except _Stopped as e:
         _logger.info("stopped by %s", signal.Signals(e.signum).name)
         status = EXIT_OK if e.signum == signal.SIGTERM else EXIT_INTERRUPTED
     finally:
-        for sig, handler in previous.items():
-            if handler is not None:  # None: not set from Python
-                signal.signal(sig, handler)
         witness.keep_latest()
         store.close()
         release_key(held)

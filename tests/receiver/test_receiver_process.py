@@ -49,6 +49,30 @@ def test_sigterm_seals_everything_and_exits_0(tmp_path, thread):
     assert {r.statement.seal_reason for r in reports} == {"shutdown"}
 
 
+def test_sigterm_while_the_receiver_is_being_set_up_stops_it_cleanly(tmp_path):
+    # The handlers were installed only once the receiver was built: a SIGTERM during
+    # the imports and set-up (a service manager stopping it as it starts) killed the
+    # process, exit status -15.  Here the signal comes from inside the set-up.
+    key, _ = write_key(str(tmp_path))
+    out = str(tmp_path / "out")
+    script = (
+        "import os, signal, sys\n"
+        "from spanproof.exporter import receiver as module\n"
+        "built = module.Receiver.__init__\n"
+        "def signalled(self, *args, **kwargs):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    built(self, *args, **kwargs)\n"
+        "module.Receiver.__init__ = signalled\n"
+        "from spanproof.verifier._cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, "receiver", "--grpc", "127.0.0.1:0", "--no-http",
+         "--out", out, "--key", key], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "receiver stopped: everything sealed" in done.stdout
+
+
 def test_kill_9_after_acknowledging_then_restart_recovers_the_spans(tmp_path):
     key, _ = write_key(str(tmp_path))
     out = str(tmp_path / "out")

@@ -289,3 +289,47 @@ def test_submissions_beyond_the_bound_wait_their_turn_unread(
         holder.join(10)
         srv.stop()
         store.close()
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 0), (signal.SIGINT, 130)])
+def test_a_signal_while_the_witness_starts_stops_it_cleanly(
+    tmp_path: Path, witness_private: Any, signum: int, status: int
+) -> None:
+    # Its handlers were set only just before serving: a SIGTERM during the imports
+    # and start-up checks (a service manager stopping it as it starts) killed the
+    # process, exit status -15.  Here the signal comes from inside the start-up.
+    key = write_private_key(tmp_path / "witness.key", witness_private)
+    db = tmp_path / "w.db"
+    script = (
+        "import os, sys\n"
+        "from spanproof.witness import store as module\n"
+        "opened = module.Store.__init__\n"
+        "def signalled(self, *args, **kwargs):\n"
+        f"    os.kill(os.getpid(), {int(signum)})\n"
+        "    opened(self, *args, **kwargs)\n"
+        "module.Store.__init__ = signalled\n"
+        "from spanproof.verifier._cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, "witness", "serve", "--listen", "127.0.0.1:0",
+         "--db", str(db), "--key", str(key), "--origin", ORIGIN],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == status, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert not Path(f"{db}-wal").exists()
+    # The key's lock was released: a witness started now serves it.
+    port = free_port()
+    with (tmp_path / "again.log").open("wb") as out:
+        proc = subprocess.Popen(
+            [*COMMANDS["spanproof"], "serve", "--listen", f"127.0.0.1:{port}", "--db",
+             str(db), "--key", str(key), "--origin", ORIGIN], stdout=out,
+            stderr=subprocess.STDOUT)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}", proc=proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
