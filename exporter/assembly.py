@@ -65,6 +65,12 @@ MAX_SEGMENT_BYTES = 64 * 1024 * 1024
 #: traces of up to ``MAX_SEGMENT_BYTES`` each would otherwise be 128 GiB.  Checked
 #: each time they grow by a 64th of it, so it can be passed by that much.
 MAX_PENDING_BYTES = 1024 * 1024 * 1024
+#: What each pending span adds to that total beyond :func:`body_bytes`: its body's
+#: dicts, lists and bookkeeping (~2.1 KB measured for a span of six attributes, two
+#: of them ~230 characters, whose strings body_bytes counts as ~210).  Counting the
+#: strings alone, open traces of small spans reached the bound only at ~5 million
+#: spans, ~12 GB.  A segment's own limit (``MAX_SEGMENT_BYTES``) counts the strings.
+PENDING_SPAN_BYTES = 2048
 #: Span ids, 16 characters each: one after the other in a string while they are few
 #: (compact, and not scanned by the garbage collector), a set once they are more than
 #: _SCANNED_IDS (a look-up in the string scanned all of them: ~0.5 ms a span for a
@@ -411,7 +417,7 @@ class TraceAssembler:
         entry.bodies.append(body)
         entry.sizes.append(size)
         entry.size += size
-        self._bytes += size
+        self._bytes += size + PENDING_SPAN_BYTES
         self._touch(entry, now)
         if self._full(entry) and trace_id not in self._ready:
             del self._open[trace_id]
@@ -425,18 +431,19 @@ class TraceAssembler:
         """Seal open traces early, largest first, until the open traces hold at most
         ``max_pending_bytes`` (those already due are on their way out)."""
         self._next_look = self._bytes + max(1, self._max_total // 64)
-        due = sum(self._traces[trace_id].size for trace_id in self._ready)
+        due = sum(_held_bytes(self._traces[trace_id]) for trace_id in self._ready)
         excess = self._bytes - due - self._max_total
         if excess <= 0:
             return
-        for trace_id in sorted(self._open, key=lambda t: self._traces[t].size, reverse=True):
+        for trace_id in sorted(self._open, key=lambda t: _held_bytes(self._traces[t]),
+                               reverse=True):
             entry = self._traces[trace_id]
-            if excess <= 0 or entry.size == 0:
+            if excess <= 0 or not entry.bodies:
                 break
             del self._open[trace_id]
             self._ready[trace_id] = SIZE_LIMIT
             entry.notes.append(_early(entry, _BYTES_NOTE.format(self._max_total)))
-            excess -= entry.size
+            excess -= _held_bytes(entry)
 
     def reject(self, trace_id: str, now: float, count: int = 1) -> None:
         """Count *count* spans of the trace that could not be certified (malformed);
@@ -740,7 +747,7 @@ class TraceAssembler:
             entry.sizes = []
             entry.in_flight_ids = _span_ids(entry.seen)  # every body's span id, once
         left = sum(entry.sizes)
-        self._bytes -= entry.size - left
+        self._bytes -= entry.size - left + PENDING_SPAN_BYTES * len(taken)
         self._next_look = min(self._next_look, max(self._bytes, self._max_total))
         entry.size = left
         conflicts: tuple[str, ...] = ()
@@ -856,6 +863,11 @@ def _as_set(ids: str) -> set[str]:
 
 def _count(ids: SpanIds) -> int:
     return len(ids) >> 4 if isinstance(ids, str) else len(ids)
+
+
+def _held_bytes(entry: _Trace) -> int:
+    """What *entry*'s pending bodies count toward ``max_pending_bytes``."""
+    return entry.size + PENDING_SPAN_BYTES * len(entry.bodies)
 
 
 def _holds_id(certified: SpanIds, span_id: str) -> bool:

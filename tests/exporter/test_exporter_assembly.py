@@ -203,9 +203,9 @@ def test_a_trace_is_cut_once_its_pending_bodies_reach_the_byte_limit(form: Any) 
 
 def test_the_largest_open_trace_is_sealed_early_when_open_traces_hold_too_many_bytes() -> None:
     # max_pending_traces traces of up to MAX_SEGMENT_BYTES each would be 128 GiB.
-    from spanproof.exporter.assembly import body_bytes
+    from spanproof.exporter.assembly import PENDING_SPAN_BYTES, body_bytes
 
-    size = body_bytes(prompt(T1, 0, 1000))
+    size = body_bytes(prompt(T1, 0, 1000)) + PENDING_SPAN_BYTES
     asm = assembler(max_pending_bytes=10 * size)
     for trace_id, count in ((T1, 5), (T2, 3), (T3, 2)):
         for i in range(count):
@@ -246,16 +246,37 @@ def test_many_open_traces_stay_within_the_bytes_bound() -> None:
 
 
 def test_traces_already_due_do_not_count_against_the_open_traces_bytes() -> None:
-    from spanproof.exporter.assembly import body_bytes
+    from spanproof.exporter.assembly import PENDING_SPAN_BYTES, body_bytes
 
     size = body_bytes(prompt(T1, 0, 1000))
-    asm = assembler(max_pending_bytes=4 * size, max_segment_bytes=5 * size)
+    asm = assembler(max_pending_bytes=4 * (size + PENDING_SPAN_BYTES),
+                    max_segment_bytes=5 * size)
     for i in range(3):
         asm.add(T1, prompt(T1, i, 2000), now=0.0)  # a segment's worth: due at once
     for i in range(4):
         asm.add(T2, prompt(T2, i, 1000), now=0.0)  # ten sizes held, four of them open
     (job,) = asm.due(0.0)  # the sealer is behind: only T1 is due, T2 stays open
     assert (job.trace_id, job.reason, job.completeness.notes) == (T1, "size_limit", ())
+
+
+def test_open_traces_of_small_spans_are_bounded_by_their_count_too() -> None:
+    # The bound counted only names and strings: a span of few short strings counted
+    # ~50 bytes while it held ~2 KB, so open traces of such spans reached the 1 GiB
+    # bound only at ~5 million spans, ~12 GB.  Each pending span now also counts
+    # PENDING_SPAN_BYTES.
+    from spanproof.exporter.assembly import PENDING_SPAN_BYTES
+
+    bound = 100 * PENDING_SPAN_BYTES
+    asm = assembler(max_pending_bytes=bound, idle_timeout=1e9)
+    traces = [f"{i + 1:032x}" for i in range(10)]
+    most = 0
+    for step in range(50):  # 500 small spans, round-robin: every trace grows, none ends
+        for trace_id in traces:
+            asm.add(trace_id, body(trace_id, step), now=0.0)
+            most = max(most, sum(len(asm._traces[t].bodies) for t in asm._open))
+        seal_all(asm, asm.due(0.0))
+    assert most <= 100 + 100 // 64 + 1
+    assert asm.pending_traces == 10
 
 
 def trust_root_for_test() -> TrustRoot:
