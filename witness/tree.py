@@ -5,7 +5,8 @@ run of ``2**k`` leaves once its last leaf arrived.  The root of any prefix of th
 log, inclusion proofs and consistency proofs are then built from O(log n) stored
 nodes plus O(log n) right-border nodes computed on the fly (each O(log n)), so a
 proof costs O(log² n) hashes instead of the O(n) of hashing every leaf again.
-Memory is about two hashes per leaf (64 MB per million entries).
+Memory is about two hashes per leaf, each a Python bytes object: ~147 bytes a leaf
+measured, ~150 MB per million entries.
 
 The tree is rebuilt from the stored leaf hashes when the witness starts (O(n));
 see ``witness/store.py``.  Not thread-safe: the witness serializes access.
