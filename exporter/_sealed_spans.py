@@ -34,7 +34,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from spanproof.verifier._files import make_directories
+from spanproof.verifier._files import make_directories, unlink_quietly, write_all
 
 from . import _held_locks as held_locks
 
@@ -126,7 +126,7 @@ class SealedSpanLog:
             if fd is None:
                 continue  # a live process's, or not a regular file
             if temp:
-                _unlink_quietly(path)
+                unlink_quietly(path)
                 held_locks.release(fd)
                 continue
             assert match is not None
@@ -175,7 +175,7 @@ class SealedSpanLog:
                     continue
                 chunk = packed[start:start + room]
                 try:
-                    _write_all(self._fd, b"".join(chunk))
+                    write_all(self._fd, b"".join(chunk))
                 except OSError as e:
                     self._failed(e)
                     return
@@ -204,11 +204,11 @@ class SealedSpanLog:
                          | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                _write_all(fd, MAGIC)
+                write_all(fd, MAGIC)
                 os.rename(temp, path)
             except BaseException:
                 os.close(fd)
-                _unlink_quietly(temp)
+                unlink_quietly(temp)
                 raise
             return fd
 
@@ -216,7 +216,7 @@ class SealedSpanLog:
         assert fd is not None
         if self._older is not None:
             older_fd, older_path = self._older
-            _unlink_quietly(older_path)
+            unlink_quietly(older_path)
             held_locks.release(older_fd)
         if self._fd is not None and self._path is not None:
             self._older = (self._fd, self._path)
@@ -255,14 +255,3 @@ def _open_locked(path: str) -> int | None:
     return fd
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

@@ -47,7 +47,7 @@ from typing import Any
 
 import orjson
 
-from spanproof.verifier._files import make_directories
+from spanproof.verifier._files import make_directories, write_all
 from spanproof.verifier.records import is_trace_id
 
 __all__ = ["Journal", "RecoveredTrace", "recover_orphans", "replay", "replay_instances"]
@@ -659,9 +659,7 @@ class Journal:
         if self._size == 0:
             data = self._key_entry + data  # each file names the key (see __init__)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view):]
+            write_all(self._fd, data)
             os.fsync(self._fd)
         except OSError:
             # A partial frame (disk full) would hide every later entry from replay:

@@ -39,9 +39,7 @@ def write_temp(
     try:
         try:
             os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
             if fsync:
                 os.fsync(fd)
         finally:
@@ -94,6 +92,17 @@ def remove_stopped_writes(
                  f"({e.strerror or e})")
             continue
         warn(f"removed {leftover}, left by a write that stopped")
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of *data* to *fd* (``os.write`` may write less than it is given).
+
+    Raises:
+        OSError: a write failed; part of *data* may have been written.
+    """
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def unlink_quietly(path: str) -> None:

@@ -39,6 +39,7 @@ from spanproof.verifier._files import (
     open_regular,
     read_named_file,
     walk_files,
+    write_all,
     write_atomic,
     write_once,
 )
@@ -188,9 +189,7 @@ def record_seen(path: str, checkpoint: VerifiedCheckpoint, seen_at: datetime) ->
                  | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     try:
         _only_regular_fd(fd, history)
-        view = memoryview(line)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, line)
         os.fsync(fd)
     finally:
         os.close(fd)
