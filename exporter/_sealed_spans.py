@@ -177,6 +177,12 @@ class SealedSpanLog:
                 try:
                     write_all(self._fd, b"".join(chunk))
                 except OSError as e:
+                    # A short write (a full disk) would misalign every later record:
+                    # cut the file back to its last whole one.
+                    try:
+                        os.ftruncate(self._fd, len(MAGIC) + self._count * _RECORD.size)
+                    except OSError:
+                        self._count = self._per_file  # unusable: the next write starts a file
                     self._failed(e)
                     return
                 self._failing = False

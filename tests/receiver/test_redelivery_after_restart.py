@@ -218,3 +218,29 @@ def test_a_forked_process_does_not_keep_the_files_from_the_next_start(tmp_path: 
         for fd in (ready_r, ready_w, stop_r, stop_w):
             os.close(fd)
     assert len(bundle_paths(str(out))) == 1
+
+
+def test_a_short_write_is_cut_back_so_later_records_stay_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A full disk wrote part of a record and failed: every record appended after it,
+    # once there was room again, was misaligned and not recognised after a restart.
+    from spanproof.exporter import _sealed_spans
+    from spanproof.exporter._sealed_spans import SealedSpanLog
+
+    log = SealedSpanLog(str(tmp_path), "00000000000000aa", 100)
+    assert log.take_over() == []
+    real = _sealed_spans.write_all
+
+    def short(fd: int, data: bytes) -> None:
+        os.write(fd, data[:20])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_sealed_spans, "write_all", short)
+    log.append([("ab" * 16, "01" * 8, b"\x11" * 32)])
+    monkeypatch.setattr(_sealed_spans, "write_all", real)
+    log.append([("ab" * 16, "02" * 8, b"\x22" * 32)])
+    log.close()
+    again = SealedSpanLog(str(tmp_path), "00000000000000bb", 100)
+    assert again.take_over() == [("ab" * 16, "02" * 8, b"\x22" * 32)]
+    again.close()
