@@ -937,13 +937,13 @@ def _cmd_lookup(args: argparse.Namespace) -> int:
     counted = (f"{result.entries} entr{'y' if result.entries == 1 else 'ies'} logged, of "
                f"{instances} producer instance{'' if instances == 1 else 's'}")
     if not result.ok or unreadable:
-        problems = [f"{len(lines)} {what}" for lines, what in (
-            (result.failed, "entries whose receipt did not verify"),
+        problems = [f"{count} {what}" for count, what in (
+            (result.failed, "entries that failed their check"),
             (result.conflicts, "in conflict"),
             (result.missing, "not among the bundles given"),
-            (result.not_logged, "bundles given not logged"),
-            (unreadable, "bundles given that could not be read"),
-        ) if lines]
+            (len(result.not_logged), "bundles given not logged"),
+            (len(unreadable), "bundles given that could not be read"),
+        ) if count]
         print(printable(f"FAIL trace {args.trace}: {counted}; {', '.join(problems)}"))
         return EXIT_FAILED
     among = ", each among the bundles given" if given is not None else ""

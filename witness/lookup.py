@@ -77,14 +77,14 @@ def read_given(paths: Iterable[str]) -> tuple[list[GivenBundle], list[tuple[str,
 @dataclass
 class LookupResult:
     """What :func:`compare_entries` found: how many entries, of which producer
-    instances, and the lines of what fails the check (each entry's own line went to
-    ``on_entry``; a bundle given but not logged has its line here alone)."""
+    instances, how many failed the check and how (each entry's line went to
+    ``on_entry``), and the lines of the bundles given that are not logged."""
 
     entries: int = 0
     instances: set[str] = field(default_factory=set)
-    failed: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    conflicts: list[str] = field(default_factory=list)
+    failed: int = 0
+    missing: int = 0
+    conflicts: int = 0
     not_logged: list[str] = field(default_factory=list)
 
     @property
@@ -113,14 +113,20 @@ def _entry_receipt(entry: Any, trace_id: str, verifier: ReceiptVerifier) -> Rece
     leaf = receipt.leaf.to_json()
     for member, leaf_member in _LEAF_MEMBERS:
         if str(entry.get(member)) != leaf[leaf_member]:
-            raise SpanproofError(f"its {member} {entry.get(member)!r} is not its receipt's "
-                                 f"{leaf[leaf_member]!r}")
+            raise SpanproofError(f"its {member} {_cut(entry.get(member))} is not its "
+                                 f"receipt's {_cut(leaf[leaf_member])}")
     if str(entry.get("index")) != str(receipt.leaf_index):
-        raise SpanproofError(f"its index {entry.get('index')!r} is not its receipt's "
+        raise SpanproofError(f"its index {_cut(entry.get('index'))} is not its receipt's "
                              f"leafIndex {receipt.leaf_index}")
     if receipt.leaf.trace_id != trace_id:
         raise SpanproofError(f"it is of trace {receipt.leaf.trace_id}, not {trace_id}")
     return receipt
+
+
+def _cut(value: Any) -> str:
+    """*value* as a message quotes it: its repr, at most 80 characters of it."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def compare_entries(
@@ -132,9 +138,12 @@ def compare_entries(
     given: Iterable[GivenBundle] | None = None,
     on_entry: Callable[[str], None] | None = None,
 ) -> LookupResult:
-    """Check each look-up entry of *trace_id* (:func:`_entry_receipt`) and, when
-    *given* is not None, compare the entries with those bundles.  *on_entry* gets
-    each entry's line as it is checked (entries are not kept: a trace may have many).
+    """Check each look-up entry of *trace_id* (:func:`_entry_receipt`; entries come
+    by index, each above the one before) and, when *given* is not None, compare the
+    entries with those bundles.  Two verified entries of one segment of one producer
+    instance with different statements are a conflict whether or not the witness
+    marks them.  *on_entry* gets each entry's line as it is checked; entries are not
+    kept (a trace may have many), only the first statement of each segment.
     """
     verifier = ReceiptVerifier(list(keys), origin=origin)
     by_digest: dict[str, list[GivenBundle]] = {}
@@ -142,38 +151,53 @@ def compare_entries(
         if bundle.trace_id == trace_id:
             by_digest.setdefault(bundle.statement_digest, []).append(bundle)
     found: set[str] = set()
+    first: dict[tuple[str, int], tuple[int, str]] = {}  # segment -> (index, statement)
+    last_index = -1
     result = LookupResult()
+
+    def say(line: str) -> None:
+        if on_entry is not None:
+            on_entry(line)
+
     for entry in entries:
         result.entries += 1
         try:
             receipt = _entry_receipt(entry, trace_id, verifier)
+            if receipt.leaf_index <= last_index:
+                raise SpanproofError(f"it comes after entry {last_index}: the witness "
+                                     "answers entries by index, each once")
         except SpanproofError as e:
             index = entry.get("index") if isinstance(entry, Mapping) else None
-            line = f"FAIL entry {index!s:.40}: {e}"
-            result.failed.append(line)
-            if on_entry is not None:
-                on_entry(line)
+            result.failed += 1
+            plain = isinstance(index, str) and index.isdecimal() and len(index) <= 20
+            say(f"FAIL entry {index if plain else _cut(index)}: {e}")
             continue
+        last_index = receipt.leaf_index
         leaf = receipt.leaf
         result.instances.add(leaf.producer_instance)
         text = _describe(receipt)
-        if isinstance(entry, Mapping) and entry.get("producerKey") == "unverified-producer":
+        if entry.get("producerKey") == "unverified-producer":
             text += " (its producer key not pinned by the witness)"
+        earlier = first.setdefault((leaf.producer_instance, leaf.segment),
+                                   (receipt.leaf_index, leaf.statement_digest))
         matches = by_digest.get(leaf.statement_digest)
-        if entry.get("conflict") is True:
-            line = (f"CONFLICT {text}: another statement for this segment of this "
-                    "instance is logged")
-            result.conflicts.append(line)
+        if earlier[1] != leaf.statement_digest:
+            result.conflicts += 1
+            line = (f"CONFLICT {text}: entry {earlier[0]} is another statement for this "
+                    "segment of this instance")
+        elif entry.get("conflict") is True:
+            result.conflicts += 1
+            line = (f"CONFLICT {text}: the witness marks another statement for this "
+                    "segment of this instance as logged")
         elif given is not None and not matches:
+            result.missing += 1
             line = f"MISSING {text}: logged, not among the bundles given"
-            result.missing.append(line)
         else:
             line = f"LOGGED {text}"
         if matches:
             found.add(leaf.statement_digest)
             line += " (" + ", ".join(b.path for b in matches) + ")"
-        if on_entry is not None:
-            on_entry(line)
+        say(line)
     for digest, bundles in sorted(by_digest.items()):
         if digest not in found:
             for b in bundles:
@@ -181,4 +205,3 @@ def compare_entries(
                     f"NOT LOGGED {b.path}: instance {b.producer_instance} segment "
                     f"{b.segment} statement {digest}")
     return result
-

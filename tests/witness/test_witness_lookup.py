@@ -199,7 +199,7 @@ def test_entries_whose_receipts_another_key_signed_fail(
     status, lines = lookup(capsys, srv.url, Path(f"{other}.pub"))
     assert status == 1
     assert lines[0].startswith("FAIL entry 0: ")
-    assert lines[-1].endswith("1 entries whose receipt did not verify")
+    assert lines[-1].endswith("1 entries that failed their check")
 
 
 def test_an_entry_naming_another_statement_than_its_receipt_fails(
@@ -210,18 +210,66 @@ def test_an_entry_naming_another_statement_than_its_receipt_fails(
     srv, log = witness
     segments = chain(2)
     log(*segments)
-    from spanproof.witness.client import WitnessClient
-
-    entries = list(WitnessClient(srv.url).lookup_entries(trace=TRACE))
+    entries = served_entries(srv.url)
     entries[1] = {**entries[1], "statementDigest": segments[0].statement_digest}
     given, unreadable = read_given([str(given_dir(tmp_path, *segments) / s.file_name)
                                     for s in segments])
     assert not unreadable
-    result = compare_entries(entries, TRACE, [WitnessKey.load(str(pub))], given=given)
-    assert not result.ok
-    assert [line.split(":")[0] for line in result.failed] == ["FAIL entry 1"]
-    assert "statementDigest" in result.failed[0]
+    lines, result = compared(entries, pub, given=given)
+    assert (result.ok, result.failed) == (False, 1)
+    assert lines[1].startswith("FAIL entry 1: its statementDigest ")
     assert result.not_logged  # the second bundle is then matched by no entry
+
+
+def served_entries(url: str) -> list[dict[str, Any]]:
+    from spanproof.witness.client import WitnessClient
+
+    return list(WitnessClient(url).lookup_entries(trace=TRACE))
+
+
+def compared(entries: list[Any], pub: Path, **kwargs: Any) -> tuple[list[str], Any]:
+    """compare_entries' lines and result for *entries*."""
+    lines: list[str] = []
+    result = compare_entries(entries, TRACE, [WitnessKey.load(str(pub))],
+                             on_entry=lines.append, **kwargs)
+    return lines, result
+
+
+def test_two_statements_for_one_segment_are_a_conflict_unmarked_too(
+    witness: Any, pub: Path
+) -> None:
+    # The conflict flag is the witness's unsigned word: a hostile witness leaves it
+    # off, and both signed leaves printed as LOGGED, exit 0.
+    srv, log = witness
+    log(chain(1)[0], chain(1, name="another version")[0])
+    entries = [{**entry, "conflict": False} for entry in served_entries(srv.url)]
+    lines, result = compared(entries, pub)
+    assert result.conflicts == 1 and not result.ok
+    assert lines[0].startswith("LOGGED entry 0: ")
+    assert lines[1].startswith("CONFLICT entry 1: ")
+    assert lines[1].endswith("entry 0 is another statement for this segment of this instance")
+
+
+def test_an_entry_given_twice_or_out_of_order_fails(witness: Any, pub: Path) -> None:
+    srv, log = witness
+    log(*chain(2))
+    first, second = served_entries(srv.url)
+    lines, result = compared([first, second, second, first], pub)
+    assert (result.entries, result.failed) == (4, 2)
+    assert [line.split(":")[0] for line in lines] == [
+        "LOGGED entry 0", "LOGGED entry 1", "FAIL entry 1", "FAIL entry 0"]
+    assert lines[2].endswith("it comes after entry 1: the witness answers entries by "
+                             "index, each once")
+
+
+def test_a_long_member_is_quoted_cut(witness: Any, pub: Path) -> None:
+    # A value of megabytes was quoted whole in the FAIL line.
+    srv, log = witness
+    log(*chain(1))
+    (entry,) = served_entries(srv.url)
+    lines, _ = compared([{**entry, "traceId": "f" * 1_000_000}], pub)
+    assert lines[0].startswith("FAIL entry 0: its traceId 'ffff")
+    assert len(lines[0]) < 300
 
 
 @pytest.mark.parametrize("trace", ["4BF92F3577B34DA6A3CE929D0E0E4736", "0" * 32, "abc"])
