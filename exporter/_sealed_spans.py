@@ -31,6 +31,7 @@ import secrets
 import stat
 import struct
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -50,6 +51,8 @@ _RECORD = struct.Struct(">16s8s32s")
 _NAME = re.compile(r"sealed-spans-([0-9a-f]{16})-([0-9]{1,9})\.bin\Z")
 _TEMP = re.compile(r"\.sealed-spans-[0-9a-f]{16}-[0-9]{1,9}\.bin\.[0-9a-f]{8}\.new\Z")
 
+#: Seconds after which a temporary file no process holds is a stopped one's.
+_TEMP_AGE = 60.0
 #: A span a receiver sealed: trace id and span id (hex), content fingerprint.
 Span = tuple[str, str, bytes]
 
@@ -81,7 +84,6 @@ class SealedSpanLog:
         self._older: tuple[int, str] | None = None
         self._number = 0
         self._count = 0
-        self._orphans: list[_Orphan] = []
         self._failing = False
 
     # -- start -------------------------------------------------------------------
@@ -89,32 +91,40 @@ class SealedSpanLog:
     def take_over(self) -> list[Span]:
         """The spans of the files no live process holds, oldest first (at most the
         capacity, the newest kept), which this log now holds: they are written to
-        its own file and the files deleted.  Temporary files a stopped process left
-        are deleted.
+        its own file and the files deleted.  When its own file cannot be made (a
+        full disk), they are still returned, the files kept for the next start, and
+        this log remembers nothing (logged).  Temporary files a stopped process
+        left are deleted.
 
         Raises:
-            OSError: the directory cannot be made or listed, or this log's file
-                created.
+            OSError: the directory cannot be made or listed.
         """
         make_directories(self._dir)
+        orphans = self._find_orphans()
         spans: list[Span] = []
-        for orphan in self._find_orphans():
-            spans.extend(self._read(orphan))
-        spans = spans[-self._capacity:] if self._capacity else []
-        self._open_next()
-        self.append(spans)
-        for orphan in self._orphans:
-            try:
-                os.unlink(orphan.path)
-            except OSError as e:
-                if e.errno != errno.ENOENT:
-                    _logger.warning("receiver: cannot delete %s (%s)", orphan.path,
-                                    e.strerror or e)
+        for orphan in orphans:
+            spans = (spans + self._read(orphan))[-self._capacity:]
+        try:
+            self._open_next()
+        except OSError as e:
+            self._failed(e)
+        else:
+            self.append(spans)
+        for orphan in orphans:
+            if self._fd is not None:  # else kept for the next start
+                try:
+                    os.unlink(orphan.path)
+                except OSError as e:
+                    if e.errno != errno.ENOENT:
+                        _logger.warning("receiver: cannot delete %s (%s)", orphan.path,
+                                        e.strerror or e)
             held_locks.release(orphan.fd)
-        self._orphans = []
         return spans
 
     def _find_orphans(self) -> list[_Orphan]:
+        """The files of this log's kind that no live process holds, each held locked
+        now, oldest first; temporary files a stopped process left are deleted (one
+        younger than a minute may be a starting process's, not yet locked)."""
         found: list[_Orphan] = []
         for name in sorted(os.listdir(self._dir)):
             path = os.path.join(self._dir, name)
@@ -126,13 +136,13 @@ class SealedSpanLog:
             if fd is None:
                 continue  # a live process's, or not a regular file
             if temp:
-                unlink_quietly(path)
+                if time.time() - os.fstat(fd).st_mtime > _TEMP_AGE:
+                    unlink_quietly(path)
                 held_locks.release(fd)
                 continue
             assert match is not None
             found.append(_Orphan(path, fd, os.fstat(fd).st_mtime, match[1], int(match[2])))
         found.sort(key=lambda o: (o.mtime, o.instance, o.number))
-        self._orphans = found
         return found
 
     def _read(self, orphan: _Orphan) -> list[Span]:

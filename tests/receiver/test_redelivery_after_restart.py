@@ -244,3 +244,45 @@ def test_a_short_write_is_cut_back_so_later_records_stay_whole(
     again = SealedSpanLog(str(tmp_path), "00000000000000bb", 100)
     assert again.take_over() == [("ab" * 16, "02" * 8, b"\x22" * 32)]
     again.close()
+
+
+def test_a_take_over_that_cannot_make_its_file_keeps_what_it_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A full disk at start: the spans read were thrown away with the error, and the
+    # files of the stopped receiver stayed locked for this one's whole life.
+    from spanproof.exporter._sealed_spans import SealedSpanLog
+
+    span = ("ab" * 16, "01" * 8, b"\x11" * 32)
+    first = SealedSpanLog(str(tmp_path), "00000000000000aa", 100)
+    first.take_over()
+    first.append([span])
+    first.close()
+    second = SealedSpanLog(str(tmp_path), "00000000000000bb", 100)
+
+    def full(self: SealedSpanLog) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(SealedSpanLog, "_open_next", full)
+    assert second.take_over() == [span]
+    monkeypatch.undo()
+    second.append([("cd" * 16, "02" * 8, b"\x22" * 32)])  # remembers nothing more
+    third = SealedSpanLog(str(tmp_path), "00000000000000cc", 100)
+    assert third.take_over() == [span]  # the file was kept, and its lock released
+    third.close()
+
+
+def test_only_a_stopped_processs_temporary_files_are_removed(tmp_path: Path) -> None:
+    # A starting process's file is named before it is locked: one younger than a
+    # minute may be that, and was deleted under it, so it ran remembering nothing.
+    from spanproof.exporter._sealed_spans import SealedSpanLog
+
+    young = tmp_path / ".sealed-spans-00000000000000aa-0.bin.0123abcd.new"
+    old = tmp_path / ".sealed-spans-00000000000000bb-0.bin.4567cdef.new"
+    young.write_bytes(MAGIC)
+    old.write_bytes(MAGIC)
+    os.utime(old, (0, 0))
+    log = SealedSpanLog(str(tmp_path), "00000000000000cc", 100)
+    log.take_over()
+    log.close()
+    assert young.exists() and not old.exists()
