@@ -165,18 +165,22 @@ def save_state(path: str, checkpoint: VerifiedCheckpoint) -> None:
     write_atomic(path, canonicalize(doc) + b"\n")
 
 
-def record_seen(path: str, checkpoint: VerifiedCheckpoint, seen_at: datetime) -> None:
-    """Append *checkpoint* and *seen_at* to ``<path>.history`` (*path* the state
-    file) as one canonical JSON line, ``{"checkpoint", "rootHash", "seenAt",
-    "treeSize"}``, and make it durable (fsync; the directory too when the file is
-    new).  An entry at leaf index *i* was logged after the ``seenAt`` of a line whose
-    ``treeSize`` is at most *i*, and by that of a line whose ``treeSize`` is above
-    it (SPEC §12.7 step 7).
+def record_seen(path: str, checkpoint: VerifiedCheckpoint, asked_at: datetime,
+                seen_at: datetime) -> None:
+    """Append *checkpoint*, when it was asked for (*asked_at*) and when it arrived
+    (*seen_at*) to ``<path>.history`` (*path* the state file) as one canonical JSON
+    line, ``{"askedAt", "checkpoint", "rootHash", "seenAt", "treeSize"}``, and make it
+    durable (fsync; the directory too when the file is new).  An entry at leaf index
+    *i* was logged by the ``seenAt`` of a line whose ``treeSize`` is above *i*, and,
+    when the witness answered with its latest checkpoint, after the ``askedAt`` of a
+    line whose ``treeSize`` is at most *i* (SPEC §12.7 step 7).  A write that fails
+    part-way is cut back, so the next line starts whole.
 
     Raises:
         OSError: the history file cannot be written.
     """
     line = canonicalize({
+        "askedAt": format_time(asked_at),
         "checkpoint": checkpoint.pinned_note().decode("utf-8"),
         "rootHash": base64.b64encode(checkpoint.root).decode("ascii"),
         "seenAt": format_time(seen_at),
@@ -189,8 +193,14 @@ def record_seen(path: str, checkpoint: VerifiedCheckpoint, seen_at: datetime) ->
                  | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
     try:
         _only_regular_fd(fd, history)
-        write_all(fd, line)
-        os.fsync(fd)
+        size = os.fstat(fd).st_size
+        try:
+            write_all(fd, line)
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
     finally:
         os.close(fd)
     if created:
@@ -315,13 +325,14 @@ def monitor_once(
     with _state_turn(state_path):
         previous = load_state(state_path, keys, origin=origin)
         pinned_origin = origin if origin is not None else (previous.origin if previous else None)
+        asked_at = datetime.now(timezone.utc)
         current = verify_checkpoint(client.checkpoint(), keys, origin=pinned_origin)
         seen_at = datetime.now(timezone.utc)
         if previous is not None:
             _check_extends(client, previous, current, state_path)
         if previous is None or (previous.size, previous.root) != (current.size, current.root):
             # Before the state: a run stopped between the two records it again.
-            record_seen(state_path, current, seen_at)
+            record_seen(state_path, current, asked_at, seen_at)
         save_state(state_path, current)
     return MonitorResult(previous, current)
 

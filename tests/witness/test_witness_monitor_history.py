@@ -58,8 +58,8 @@ def test_each_new_checkpoint_is_recorded_once_with_when_it_was_seen(tmp_path: Pa
         assert isinstance(note, str)
         verified = verify_checkpoint(note.encode("utf-8"), KEYS, origin=ORIGIN)
         assert verified.size == size
-    times = [parse(line["seenAt"]) for line in lines]
-    assert before <= times[0] <= times[1] <= after
+    times = [parse(line[member]) for line in lines for member in ("askedAt", "seenAt")]
+    assert before <= times[0] <= times[1] <= times[2] <= times[3] <= after
 
 
 def test_a_rollback_is_not_recorded_as_seen(tmp_path: Path) -> None:
@@ -115,3 +115,27 @@ def test_a_history_it_cannot_append_to_is_a_usage_error_naming_it(
     os.rmdir(history_path)
     assert main(argv) == 0
     assert [line["treeSize"] for line in history(str(state))] == [3]
+
+
+def test_a_line_written_in_part_is_cut_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A full disk cut a line short; the next run's line was appended to the fragment,
+    # and neither could be read.
+    from spanproof.witness import monitor
+
+    tree = MerkleTree(leaf_hash(b"entry %d" % i) for i in range(20))
+    state = str(tmp_path / "monitor.json")
+    monitor_once(Log(tree, 10), state, KEYS)  # type: ignore[arg-type]
+    real = monitor.write_all
+
+    def short(fd: int, data: bytes) -> None:
+        os.write(fd, data[:30])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(monitor, "write_all", short)
+    with pytest.raises(OSError):
+        monitor_once(Log(tree, 15), state, KEYS)  # type: ignore[arg-type]
+    monkeypatch.setattr(monitor, "write_all", real)
+    monitor_once(Log(tree, 20), state, KEYS)  # type: ignore[arg-type]
+    assert [line["treeSize"] for line in history(state)] == [10, 20]
